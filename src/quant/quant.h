@@ -1,0 +1,19 @@
+// Row-level entry points over all tensor formats. The *_ref functions are the scalar reference
+// decoders/encoders (bit-exact with GGUF); the plain names dispatch to SIMD code where it exists and
+// are tested against the reference.
+#pragma once
+#include <cstdint>
+
+#include "quant/ggml_type.h"
+
+namespace qleap {
+
+// Decode n elements (a multiple of the block size) of type t into floats.
+void dequantize_row_ref(GgmlType t, const void* src, float* dst, int64_t n);
+void dequantize_row(GgmlType t, const void* src, float* dst, int64_t n);
+
+// Encode n floats into type t. Throws Unsupported for types without an encoder here.
+bool can_quantize(GgmlType t);
+void quantize_row_ref(GgmlType t, const float* src, void* dst, int64_t n);
+
+}  // namespace qleap

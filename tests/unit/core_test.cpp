@@ -1,0 +1,46 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/fp16.h"
+#include "core/thread_pool.h"
+
+namespace qleap {
+
+TEST(Fp16, RoundTripsEveryHalf) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = fp16_to_fp32_ref(uint16_t(h));
+    if (std::isnan(f)) continue;
+    EXPECT_EQ(fp32_to_fp16_ref(f), h) << h;
+  }
+}
+
+TEST(Fp16, RoundsToNearestEven) {
+  EXPECT_EQ(fp32_to_fp16_ref(1.0f), 0x3c00);
+  EXPECT_EQ(fp32_to_fp16_ref(65504.0f), 0x7bff);
+  EXPECT_EQ(fp32_to_fp16_ref(1e6f), 0x7c00);
+  // 1 + 2^-11 is halfway between 1 and the next half: ties to even (1.0).
+  EXPECT_EQ(fp32_to_fp16_ref(1.0f + 1.0f / 2048), 0x3c00);
+  EXPECT_EQ(fp32_to_fp16_ref(1.0f + 3.0f / 2048), 0x3c02);
+  EXPECT_EQ(fp32_to_fp16_ref(5.96046448e-08f), 0x0001);  // smallest subnormal
+}
+
+TEST(Bf16, Rounds) {
+  EXPECT_EQ(fp32_to_bf16(1.0f), 0x3f80);
+  EXPECT_FLOAT_EQ(bf16_to_fp32(0x3f80), 1.0f);
+  EXPECT_EQ(fp32_to_bf16(bits_to_f32(0x3f808000)), 0x3f80);  // tie to even
+  EXPECT_EQ(fp32_to_bf16(bits_to_f32(0x3f818000)), 0x3f82);
+}
+
+TEST(ThreadPool, ParallelForCoversRangeOnce) {
+  ThreadPool pool(3);
+  std::vector<std::atomic<int>> hits(1000);
+  for (int rep = 0; rep < 50; ++rep) {
+    pool.parallel_for(1000, 7, [&](int64_t b, int64_t e, int) {
+      for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+    });
+  }
+  for (auto& h : hits) EXPECT_EQ(h.load(), 50);
+}
+
+}  // namespace qleap
