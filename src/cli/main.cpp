@@ -1,10 +1,31 @@
+#include <fmt/format.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <exception>
+
+#include "cli/common.h"
+#include "core/error.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"qleap: local LLM inference engine"};
-  app.require_subcommand(0, 1);
-  CLI11_PARSE(app, argc, argv);
-  std::printf("qleap 0.1.0\n");
+  CLI::App app{"qleap - QuantumLeap local LLM inference engine"};
+  app.set_version_flag("--version", "qleap 0.1.0");
+  app.require_subcommand(1);
+  qleap::cli::register_run(app);
+  qleap::cli::register_info(app);
+  qleap::cli::register_convert(app);
+  qleap::cli::register_bench(app);
+  qleap::cli::register_perplexity(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const qleap::Error& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 2;
+  }
   return 0;
 }

@@ -1,0 +1,156 @@
+// `qleap bench`: prompt processing (pp) and generation (tg) throughput, peak memory, and decode
+// bandwidth set against the machine's measured bandwidth. Same test definitions as llama-bench
+// (random tokens; pp = one batch of N prompt tokens, tg = N single-token steps from an empty
+// context) so the figures compare directly.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <vector>
+
+#include "autoconf/memory_bandwidth.h"
+#include "cli/common.h"
+#include "core/cpu_features.h"
+#include "core/timer.h"
+#include "gguf/gguf.h"
+#include "model/model.h"
+#include "runtime/session.h"
+
+namespace qleap::cli {
+namespace {
+
+struct BenchOptions {
+  CommonOptions common;
+  int n_prompt = 512;
+  int n_gen = 128;
+  int reps = 3;
+  bool json = false;
+  bool no_membw = false;
+};
+
+struct Sample {
+  double mean = 0, sd = 0;
+};
+
+Sample summarize(const std::vector<double>& v) {
+  Sample s;
+  for (double x : v) s.mean += x;
+  s.mean /= double(v.size());
+  for (double x : v) s.sd += (x - s.mean) * (x - s.mean);
+  s.sd = v.size() > 1 ? std::sqrt(s.sd / double(v.size() - 1)) : 0;
+  return s;
+}
+
+// Weight bytes streamed from memory per generated token: every tensor except the embedding table
+// (one row is read), unless the output projection is tied to it.
+uint64_t decode_bytes_per_token(const GgufFile& f) {
+  const bool tied = f.find_tensor("output.weight") == nullptr;
+  uint64_t n = 0;
+  for (const auto& t : f.tensors()) {
+    if (t.name == "token_embd.weight" && !tied) {
+      n += t.nbytes / uint64_t(std::max<int64_t>(1, t.ne(1)));
+      continue;
+    }
+    n += t.nbytes;
+  }
+  return n;
+}
+
+void bench_command(BenchOptions& o) {
+  const std::string path = resolve_model(o.common.model);
+  auto model = load_model(path);
+  const GgufFile& file = model->file();
+  SessionOptions so{o.common.ctx, o.common.threads, o.common.kv, o.common.batch};
+  if (so.n_ctx == 0) so.n_ctx = o.n_prompt + o.n_gen + 16;
+  if (o.n_prompt > so.n_batch) so.n_batch = o.n_prompt;
+  Session session(model, so);
+  const int n_vocab = session.n_vocab();
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> pick(0, n_vocab - 1);
+
+  nlohmann::json out;
+  out["model"] = path;
+  out["threads"] = session.pool().size();
+  out["isa"] = isa_name(isa_level());
+  out["kv"] = o.common.kv;
+  out["weights_bytes"] = file.tensor_bytes();
+
+  if (!o.json) {
+    fmt::print("model: {} ({}, {} threads, {}, KV {})\n", path, human_bytes(double(file.tensor_bytes())),
+               session.pool().size(), isa_name(isa_level()), o.common.kv);
+    fmt::print("| {:>8} | {:>16} |\n", "test", "t/s");
+    fmt::print("| {:->8} | {:->16} |\n", "", "");
+  }
+
+  if (o.n_prompt > 0) {
+    std::vector<int32_t> toks(size_t(o.n_prompt));
+    for (auto& t : toks) t = pick(rng);
+    session.reset();
+    session.eval(std::vector<int32_t>(toks.begin(), toks.begin() + std::min(o.n_prompt, 16)));  // warm-up
+    std::vector<double> rates;
+    for (int r = 0; r < o.reps; ++r) {
+      session.reset();
+      Stopwatch sw;
+      session.eval(toks);
+      rates.push_back(o.n_prompt / sw.elapsed());
+    }
+    const Sample s = summarize(rates);
+    out["pp"] = {{"n", o.n_prompt}, {"tps", s.mean}, {"sd", s.sd}};
+    if (!o.json) fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |\n", fmt::format("pp{}", o.n_prompt), s.mean, s.sd);
+  }
+  if (o.n_gen > 0) {
+    std::vector<double> rates;
+    session.reset();
+    session.eval({pick(rng)});  // warm-up
+    for (int r = 0; r < o.reps; ++r) {
+      session.reset();
+      Stopwatch sw;
+      for (int i = 0; i < o.n_gen; ++i) session.eval({pick(rng)});
+      rates.push_back(o.n_gen / sw.elapsed());
+    }
+    const Sample s = summarize(rates);
+    const double bpt = double(decode_bytes_per_token(file));
+    out["tg"] = {{"n", o.n_gen}, {"tps", s.mean}, {"sd", s.sd}, {"weight_bytes_per_token", bpt},
+                 {"weight_gbps", bpt * s.mean / 1e9}};
+    if (!o.json) fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |\n", fmt::format("tg{}", o.n_gen), s.mean, s.sd);
+  }
+  out["peak_rss_bytes"] = peak_rss_bytes();
+  out["kv_bytes_per_token"] = session.kv().bytes_per_token();
+  if (!o.no_membw) {
+    const auto bw = measure_read_bandwidth(session.pool());
+    out["machine_read_gbps"] = bw.read_gbps;
+  }
+  if (o.json) {
+    std::cout << out.dump(2) << "\n";
+    return;
+  }
+  fmt::print("peak RSS: {}   KV: {} per token\n", human_bytes(double(peak_rss_bytes())),
+             human_bytes(double(session.kv().bytes_per_token())));
+  if (out.contains("tg")) {
+    fmt::print("decode reads {} of weights per token: {:.2f} GB/s", human_bytes(out["tg"]["weight_bytes_per_token"]),
+               double(out["tg"]["weight_gbps"]));
+    if (out.contains("machine_read_gbps")) {
+      const double m = out["machine_read_gbps"];
+      fmt::print(" vs machine {:.2f} GB/s measured ({:.0f}%)", m, 100.0 * double(out["tg"]["weight_gbps"]) / m);
+    }
+    fmt::print("\n");
+  }
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app) {
+  auto opt = std::make_shared<BenchOptions>();
+  auto* cmd = app.add_subcommand("bench", "Measure prompt (pp) and generation (tg) speed, peak memory and bandwidth");
+  add_common_options(*cmd, opt->common);
+  cmd->add_option("-p,--n-prompt", opt->n_prompt, "prompt tokens for the pp test (0: skip)")->capture_default_str();
+  cmd->add_option("-n,--n-gen", opt->n_gen, "generated tokens for the tg test (0: skip)")->capture_default_str();
+  cmd->add_option("-r,--reps", opt->reps, "repetitions of each test")->check(CLI::Range(1, 1000))->capture_default_str();
+  cmd->add_flag("--json", opt->json, "machine-readable output");
+  cmd->add_flag("--no-membw", opt->no_membw, "skip the memory bandwidth measurement");
+  cmd->callback([opt] { bench_command(*opt); });
+}
+
+}  // namespace qleap::cli

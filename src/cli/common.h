@@ -1,0 +1,42 @@
+// Shared pieces of the qleap subcommands: model lookup, flags that several commands take, and
+// small formatting helpers.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+
+#include "sampling/sampler.h"
+
+namespace qleap::cli {
+
+// Resolves a model argument: an existing file path, or a name looked up in the model store
+// ($QLEAP_MODELS or ~/.qleap/models; "name", "name.gguf" or a unique prefix). Throws
+// InvalidArgument listing what the store holds when nothing matches.
+std::string resolve_model(const std::string& name_or_path);
+std::string models_dir();
+// The model used when none is given.
+constexpr const char* kDefaultModel = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+struct CommonOptions {
+  std::string model;
+  int threads = 0;  // 0: one per physical core
+  int ctx = 0;      // 0: min(model context, 4096)
+  std::string kv = "f16";
+  int batch = 512;
+};
+void add_common_options(CLI::App& cmd, CommonOptions& o, bool model_positional = true);
+
+void add_sampling_options(CLI::App& cmd, SamplerParams& p);
+
+std::string human_bytes(double bytes);
+// Peak resident set size of this process, in bytes.
+size_t peak_rss_bytes();
+
+// Each subcommand file defines one of these; main.cpp wires them up.
+void register_run(CLI::App& app);
+void register_info(CLI::App& app);
+void register_convert(CLI::App& app);
+void register_bench(CLI::App& app);
+void register_perplexity(CLI::App& app);
+
+}  // namespace qleap::cli

@@ -1,0 +1,129 @@
+// `qleap info`: what a GGUF file holds (metadata, tensor types, memory needed), or the machine
+// when no model is given.
+#include <fmt/format.h>
+
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "autoconf/memory_bandwidth.h"
+#include "cli/common.h"
+#include "core/cpu_features.h"
+#include "core/thread_pool.h"
+#include "gguf/gguf.h"
+#include "model/model.h"
+#include "runtime/session.h"
+
+namespace qleap::cli {
+namespace {
+
+struct InfoOptions {
+  std::string model;
+  bool tensors = false;
+  bool json = false;
+  int ctx = 4096;
+  std::string kv = "f16";
+};
+
+void print_machine() {
+  const auto& f = cpu_features();
+  ThreadPool pool(default_thread_count());
+  const auto bw = measure_read_bandwidth(pool, size_t(128) << 20, 3);
+  fmt::print("CPU:        {}\n", cpu_model_name());
+  fmt::print("threads:    {} (default, one per physical core)\n", default_thread_count());
+  fmt::print("SIMD:       {} (avx2={} fma={} f16c={} avx512f={} avx512bw={} avx512vnni={})\n", isa_name(isa_level()),
+             f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vnni);
+  fmt::print("memory bw:  {:.1f} GB/s read (measured, {} threads)\n", bw.read_gbps, bw.threads);
+}
+
+void info_command(const InfoOptions& o) {
+  if (o.model.empty()) {
+    print_machine();
+    return;
+  }
+  const std::string path = resolve_model(o.model);
+  auto file = GgufFile::open(path);
+
+  std::map<std::string, std::pair<int, uint64_t>> by_type;
+  for (const auto& t : file->tensors()) {
+    auto& e = by_type[type_name(t.type)];
+    e.first++;
+    e.second += t.nbytes;
+  }
+  int64_t n_params = 0;
+  for (const auto& t : file->tensors()) n_params += t.n_elements();
+
+  // KV bytes come from the cache implementation itself, so the figure is what a session allocates.
+  size_t kv_per_token = 0;
+  std::string kv_note;
+  try {
+    auto model = load_model(path);
+    Session probe(model, SessionOptions{16, 1, o.kv, 16});
+    kv_per_token = probe.kv().bytes_per_token();
+  } catch (const std::exception& e) {
+    kv_note = e.what();
+  }
+
+  if (o.json) {
+    nlohmann::json j;
+    j["path"] = path;
+    j["version"] = file->version();
+    j["alignment"] = file->alignment();
+    j["n_tensors"] = file->tensors().size();
+    j["n_params"] = n_params;
+    j["tensor_bytes"] = file->tensor_bytes();
+    for (const auto& [k, v] : file->metadata()) j["metadata"][k] = v.to_display(16);
+    for (const auto& [k, v] : by_type) j["types"][k] = {{"count", v.first}, {"bytes", v.second}};
+    j["kv_bytes_per_token"] = kv_per_token;
+    if (o.tensors) {
+      for (const auto& t : file->tensors()) {
+        j["tensors"].push_back({{"name", t.name}, {"type", type_name(t.type)}, {"shape", t.shape}, {"bytes", t.nbytes}});
+      }
+    }
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+
+  fmt::print("file:        {}\n", path);
+  fmt::print("GGUF:        v{}, {} metadata keys, {} tensors, alignment {}\n", file->version(), file->metadata().size(),
+             file->tensors().size(), file->alignment());
+  fmt::print("arch:        {}   name: {}\n", file->architecture(), file->get_string("general.name", "?"));
+  fmt::print("parameters:  {:.1f} M\n", double(n_params) / 1e6);
+  fmt::print("weights:     {} ({:.2f} bits/weight)\n", human_bytes(double(file->tensor_bytes())),
+             8.0 * double(file->tensor_bytes()) / double(std::max<int64_t>(1, n_params)));
+  fmt::print("tensor types:\n");
+  for (const auto& [k, v] : by_type) fmt::print("  {:<6} {:>4} tensors  {}\n", k, v.first, human_bytes(double(v.second)));
+  if (kv_per_token) {
+    fmt::print("KV cache ({}): {} per token; {} at ctx {}\n", o.kv, human_bytes(double(kv_per_token)),
+               human_bytes(double(kv_per_token) * o.ctx), o.ctx);
+    fmt::print("memory estimate at ctx {}: {} (weights, mmapped) + {} (KV)\n", o.ctx,
+               human_bytes(double(file->tensor_bytes())), human_bytes(double(kv_per_token) * o.ctx));
+  } else {
+    fmt::print("KV cache: cannot size ({})\n", kv_note);
+  }
+  fmt::print("metadata:\n");
+  for (const auto& [k, v] : file->metadata()) fmt::print("  {:<44} {}\n", k, v.to_display());
+  if (o.tensors) {
+    fmt::print("tensors:\n");
+    for (const auto& t : file->tensors()) {
+      std::string shape;
+      for (size_t d = 0; d < t.shape.size(); ++d) shape += (d ? " x " : "") + std::to_string(t.shape[d]);
+      fmt::print("  {:<36} {:<6} [{}] {}\n", t.name, type_name(t.type), shape, human_bytes(double(t.nbytes)));
+    }
+  }
+}
+
+}  // namespace
+
+void register_info(CLI::App& app) {
+  auto opt = std::make_shared<InfoOptions>();
+  auto* cmd = app.add_subcommand("info", "Show a model's metadata, tensor types and memory needs (no model: this machine)");
+  cmd->add_option("model", opt->model, "GGUF file or model name");
+  cmd->add_flag("--tensors", opt->tensors, "list every tensor");
+  cmd->add_flag("--json", opt->json, "machine-readable output");
+  cmd->add_option("-c,--ctx", opt->ctx, "context length for the memory estimate")->capture_default_str();
+  cmd->add_option("--kv", opt->kv, "KV cache type for the estimate")->capture_default_str();
+  cmd->callback([opt] { info_command(*opt); });
+}
+
+}  // namespace qleap::cli
