@@ -6,8 +6,37 @@
 
 #include "core/error.h"
 #include "core/fp16.h"
+#include "quant/block_iq4_nl.h"
+#include "quant/block_q2_k.h"
+#include "quant/block_q3_k.h"
+#include "quant/block_q4_0.h"
+#include "quant/block_q4_1.h"
+#include "quant/block_q4_k.h"
+#include "quant/block_q5_0.h"
+#include "quant/block_q5_1.h"
+#include "quant/block_q5_k.h"
+#include "quant/block_q6_k.h"
+#include "quant/block_q8_0.h"
+#include "quant/block_q8_k.h"
+#include "quant/quant_encode.h"
 
 namespace qleap {
+namespace {
+
+template <typename Block, int kBlockElems>
+void dequant_blocks(const void* src, float* dst, int64_t n) {
+  const auto* b = static_cast<const Block*>(src);
+  for (int64_t i = 0; i < n / kBlockElems; ++i) dequantize_block_ref(b[i], dst + i * kBlockElems);
+}
+
+void check_multiple(GgmlType t, int64_t n) {
+  const auto& tr = type_traits(t);
+  if (tr.block_size <= 0 || n % tr.block_size != 0) {
+    throw InvalidArgument(fmt::format("row of {} elements is not a whole number of {} blocks", n, type_name(t)));
+  }
+}
+
+}  // namespace
 
 void dequantize_row_ref(GgmlType t, const void* src, float* dst, int64_t n) {
   switch (t) {
@@ -25,13 +54,49 @@ void dequantize_row_ref(GgmlType t, const void* src, float* dst, int64_t n) {
       return;
     }
     default:
+      break;
+  }
+  check_multiple(t, n);
+  switch (t) {
+    case GgmlType::Q8_0: return dequant_blocks<BlockQ8_0, kQK>(src, dst, n);
+    case GgmlType::Q4_0: return dequant_blocks<BlockQ4_0, kQK>(src, dst, n);
+    case GgmlType::Q4_1: return dequant_blocks<BlockQ4_1, kQK>(src, dst, n);
+    case GgmlType::Q5_0: return dequant_blocks<BlockQ5_0, kQK>(src, dst, n);
+    case GgmlType::Q5_1: return dequant_blocks<BlockQ5_1, kQK>(src, dst, n);
+    case GgmlType::IQ4_NL: return dequant_blocks<BlockIq4Nl, kQK>(src, dst, n);
+    case GgmlType::Q8_K: return dequant_blocks<BlockQ8_K, kQKK>(src, dst, n);
+    case GgmlType::Q2_K: return dequant_blocks<BlockQ2_K, kQKK>(src, dst, n);
+    case GgmlType::Q3_K: return dequant_blocks<BlockQ3_K, kQKK>(src, dst, n);
+    case GgmlType::Q4_K: return dequant_blocks<BlockQ4_K, kQKK>(src, dst, n);
+    case GgmlType::Q5_K: return dequant_blocks<BlockQ5_K, kQKK>(src, dst, n);
+    case GgmlType::Q6_K: return dequant_blocks<BlockQ6_K, kQKK>(src, dst, n);
+    default:
       throw Unsupported(fmt::format("no decoder for tensor type {}", type_name(t)));
   }
 }
 
 void dequantize_row(GgmlType t, const void* src, float* dst, int64_t n) { dequantize_row_ref(t, src, dst, n); }
 
-bool can_quantize(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
+bool can_quantize(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32:
+    case GgmlType::F16:
+    case GgmlType::BF16:
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1:
+    case GgmlType::IQ4_NL:
+    case GgmlType::Q8_K:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K:
+      return true;
+    default:
+      return false;
+  }
+}
 
 void quantize_row_ref(GgmlType t, const float* src, void* dst, int64_t n) {
   switch (t) {
@@ -49,7 +114,29 @@ void quantize_row_ref(GgmlType t, const float* src, void* dst, int64_t n) {
       return;
     }
     default:
-      throw Unsupported(fmt::format("no encoder for tensor type {}", type_name(t)));
+      break;
+  }
+  if (!can_quantize(t)) throw Unsupported(fmt::format("no encoder for tensor type {}", type_name(t)));
+  check_multiple(t, n);
+  const int64_t bs = type_traits(t).block_size;
+  const size_t ts = type_traits(t).type_size;
+  auto* out = static_cast<uint8_t*>(dst);
+  for (int64_t i = 0; i < n / bs; ++i) {
+    const float* x = src + i * bs;
+    void* b = out + size_t(i) * ts;
+    switch (t) {
+      case GgmlType::Q8_0: quantize_block_ref(x, static_cast<BlockQ8_0*>(b)); break;
+      case GgmlType::Q4_0: quantize_block_ref(x, static_cast<BlockQ4_0*>(b)); break;
+      case GgmlType::Q4_1: quantize_block_ref(x, static_cast<BlockQ4_1*>(b)); break;
+      case GgmlType::Q5_0: quantize_block_ref(x, static_cast<BlockQ5_0*>(b)); break;
+      case GgmlType::Q5_1: quantize_block_ref(x, static_cast<BlockQ5_1*>(b)); break;
+      case GgmlType::IQ4_NL: quantize_block_ref(x, static_cast<BlockIq4Nl*>(b)); break;
+      case GgmlType::Q8_K: quantize_block_ref(x, static_cast<BlockQ8_K*>(b)); break;
+      case GgmlType::Q4_K: quantize_block_ref(x, static_cast<BlockQ4_K*>(b)); break;
+      case GgmlType::Q5_K: quantize_block_ref(x, static_cast<BlockQ5_K*>(b)); break;
+      case GgmlType::Q6_K: quantize_block_ref(x, static_cast<BlockQ6_K*>(b)); break;
+      default: throw Unsupported(fmt::format("no encoder for tensor type {}", type_name(t)));
+    }
   }
 }
 

@@ -1,42 +1,171 @@
 #include "backend/cpu/matmul.h"
 
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
 #include <vector>
 
+#include "backend/cpu/matmul_kernels.h"
+#include "core/cpu_features.h"
+#include "core/error.h"
 #include "quant/quant.h"
 
 namespace qleap {
+namespace kern {
 
-void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y) {
-  std::vector<float> row(size_t(w.cols));
-  for (int64_t r = 0; r < w.rows; ++r) {
-    dequantize_row_ref(w.type, static_cast<const uint8_t*>(w.data) + size_t(r) * w.row_bytes, row.data(), w.cols);
-    for (int64_t t = 0; t < m; ++t) {
-      double acc = 0;
-      const float* xt = x + t * w.cols;
-      for (int64_t c = 0; c < w.cols; ++c) acc += double(row[c]) * xt[c];
-      y[t * w.rows + r] = float(acc);
-    }
+ActFormat act_format(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1:
+    case GgmlType::Q8_0:
+    case GgmlType::IQ4_NL:
+      return ActFormat::kQ8A;
+    case GgmlType::Q2_K:
+    case GgmlType::Q3_K:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K:
+      return ActFormat::kQ8K;
+    default:
+      return ActFormat::kF32;
   }
 }
 
-// Placeholder until the quantized kernels land: decode each row once, dot with all activations.
-void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool) {
-  pool.parallel_for(w.rows, 16, [&](int64_t r0, int64_t r1, int) {
-    std::vector<float> row(size_t(w.cols));
+size_t act_row_bytes(ActFormat f, int64_t n) {
+  switch (f) {
+    case ActFormat::kQ8A: return size_t(n / 32) * sizeof(BlockQ8A);
+    case ActFormat::kQ8K: return size_t(n / 256) * sizeof(BlockQ8_K);
+    case ActFormat::kF32: return size_t(n) * sizeof(float);
+  }
+  return 0;
+}
+
+const IsaKernels* active_kernels() {
+  const IsaLevel lvl = isa_level();
+  if (lvl == IsaLevel::kAvx512) {
+    // The AVX-512 build uses VNNI; without it the AVX2 build is the better choice.
+    if (cpu_features().avx512vnni) return kernels_avx512();
+    return kernels_avx2();
+  }
+  if (lvl == IsaLevel::kAvx2) return kernels_avx2();
+  return nullptr;
+}
+
+}  // namespace kern
+
+namespace {
+
+// Grow-only per-thread buffers: the decode loop calls matmul hundreds of times per token.
+struct Scratch {
+  std::vector<uint8_t> act;
+  std::vector<float> row;
+};
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+const uint8_t* row_ptr(const WeightView& w, int64_t r) { return static_cast<const uint8_t*>(w.data) + size_t(r) * w.row_bytes; }
+
+void check_view(const WeightView& w) {
+  const auto& tr = type_traits(w.type);
+  if (!tr.can_compute || tr.block_size <= 0) {
+    throw Unsupported(fmt::format("matmul: unsupported weight type {}", type_name(w.type)));
+  }
+  if (w.cols % tr.block_size != 0) {
+    throw InvalidArgument(fmt::format("matmul: {} columns not a multiple of the {} block", w.cols, type_name(w.type)));
+  }
+  if (w.row_bytes < row_size(w.type, w.cols)) throw InvalidArgument("matmul: row stride smaller than a row");
+}
+
+// Rows per parallel_for chunk: enough chunks (about 4 per thread) to even out uneven threads, each a
+// multiple of 4 rows so the register tiles stay full.
+int64_t row_grain(int64_t rows, int nth) {
+  if (nth <= 1) return rows;
+  const int64_t g = (rows + int64_t(nth) * 4 - 1) / (int64_t(nth) * 4);
+  return std::max<int64_t>(4, (g + 3) / 4 * 4);
+}
+
+void matmul_fallback(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool) {
+  pool.parallel_for(w.rows, row_grain(w.rows, pool.size()), [&](int64_t r0, int64_t r1, int) {
+    auto& row = scratch().row;
+    if (row.size() < size_t(w.cols)) row.resize(size_t(w.cols));
     for (int64_t r = r0; r < r1; ++r) {
-      dequantize_row(w.type, static_cast<const uint8_t*>(w.data) + size_t(r) * w.row_bytes, row.data(), w.cols);
+      dequantize_row_ref(w.type, row_ptr(w, r), row.data(), w.cols);
       for (int64_t t = 0; t < m; ++t) {
         float acc = 0;
         const float* xt = x + t * w.cols;
-        for (int64_t c = 0; c < w.cols; ++c) acc += row[c] * xt[c];
+        for (int64_t c = 0; c < w.cols; ++c) acc += row[size_t(c)] * xt[c];
         y[t * w.rows + r] = acc;
       }
     }
   });
 }
 
+}  // namespace
+
+void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y) {
+  check_view(w);
+  std::vector<float> row(size_t(w.cols));
+  for (int64_t r = 0; r < w.rows; ++r) {
+    dequantize_row_ref(w.type, row_ptr(w, r), row.data(), w.cols);
+    for (int64_t t = 0; t < m; ++t) {
+      double acc = 0;
+      const float* xt = x + t * w.cols;
+      for (int64_t c = 0; c < w.cols; ++c) acc += double(row[size_t(c)]) * xt[c];
+      y[t * w.rows + r] = float(acc);
+    }
+  }
+}
+
+void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool) {
+  check_view(w);
+  if (m <= 0 || w.rows <= 0) return;
+  const kern::IsaKernels* k = kern::active_kernels();
+  if (k == nullptr) return matmul_fallback(w, x, m, y, pool);
+
+  // Quantize the activations once; every weight row reuses them.
+  const kern::ActFormat af = kern::act_format(w.type);
+  const uint8_t* xa = reinterpret_cast<const uint8_t*>(x);
+  size_t xa_stride = size_t(w.cols) * sizeof(float);
+  if (af != kern::ActFormat::kF32) {
+    xa_stride = kern::act_row_bytes(af, w.cols);
+    auto& buf = scratch().act;
+    if (buf.size() < xa_stride * size_t(m)) buf.resize(xa_stride * size_t(m));
+    uint8_t* dst = buf.data();
+    auto quant_rows = [&](int64_t t0, int64_t t1, int) {
+      for (int64_t t = t0; t < t1; ++t) {
+        if (af == kern::ActFormat::kQ8A) {
+          k->quantize_q8a(x + t * w.cols, reinterpret_cast<kern::BlockQ8A*>(dst + size_t(t) * xa_stride), w.cols);
+        } else {
+          k->quantize_q8k(x + t * w.cols, reinterpret_cast<BlockQ8_K*>(dst + size_t(t) * xa_stride), w.cols);
+        }
+      }
+    };
+    if (m >= 8 && pool.size() > 1) {
+      pool.parallel_for(m, std::max<int64_t>(1, m / (4 * pool.size())), quant_rows);
+    } else {
+      quant_rows(0, m, 0);
+    }
+    xa = dst;
+  }
+
+  const auto* wd = static_cast<const uint8_t*>(w.data);
+  const bool ok = k->gemm(w.type, wd, w.row_bytes, w.cols, 0, 0, xa, xa_stride, 0, 0, y, w.rows);
+  if (!ok) return matmul_fallback(w, x, m, y, pool);
+  pool.parallel_for(w.rows, row_grain(w.rows, pool.size()), [&](int64_t r0, int64_t r1, int) {
+    k->gemm(w.type, wd, w.row_bytes, w.cols, r0, r1, xa, xa_stride, 0, m, y, w.rows);
+  });
+}
+
 void get_row(const WeightView& w, int64_t r, float* out) {
-  dequantize_row(w.type, static_cast<const uint8_t*>(w.data) + size_t(r) * w.row_bytes, out, w.cols);
+  if (r < 0 || r >= w.rows) throw InvalidArgument(fmt::format("get_row: row {} out of range [0, {})", r, w.rows));
+  const kern::IsaKernels* k = kern::active_kernels();
+  if (k != nullptr && k->dequantize(w.type, row_ptr(w, r), out, w.cols)) return;
+  dequantize_row(w.type, row_ptr(w, r), out, w.cols);
 }
 
 }  // namespace qleap

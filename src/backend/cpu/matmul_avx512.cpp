@@ -1,0 +1,12 @@
+// AVX-512 (BW/VL/VNNI) build of the x86 kernels: the same 256-bit tiles with VPDPBUSD for the
+// unsigned x signed byte dot products.
+#define QLEAP_ISA_NS avx512
+#define QLEAP_ISA_NAME "avx512"
+#define QLEAP_USE_VNNI 1
+#include "backend/cpu/matmul_x86_impl.h"
+
+namespace qleap::kern {
+
+const IsaKernels* kernels_avx512() { return avx512::kernels(); }
+
+}  // namespace qleap::kern

@@ -1,0 +1,652 @@
+// x86 SIMD kernels, compiled once per ISA: matmul_avx2.cpp and matmul_avx512.cpp include this file
+// after defining QLEAP_ISA_NS (the namespace that keeps the two builds apart) and QLEAP_USE_VNNI.
+// Everything here has internal linkage so no function compiled with AVX-512 flags can be picked by
+// the linker for a caller on a lesser CPU; only kernels() is exported.
+//
+// Scheme: the weight block is unpacked to 32 bytes per 32 weights, activations are int8 (BlockQ8A
+// or Q8_K). For signed weights the product uses |w| * sign(x, w) (unsigned x signed bytes); for
+// weights with a minimum the bytes stay unsigned and the minimum is applied with the activation
+// block sum. A register tile of RR weight rows x CC activation rows reuses every unpacked weight
+// block CC times and every activation block RR times.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "backend/cpu/matmul_kernels.h"
+#include "quant/block_iq4_nl.h"
+#include "quant/block_q2_k.h"
+#include "quant/block_q3_k.h"
+#include "quant/block_q4_0.h"
+#include "quant/block_q4_1.h"
+#include "quant/block_q4_k.h"
+#include "quant/block_q5_0.h"
+#include "quant/block_q5_1.h"
+#include "quant/block_q5_k.h"
+#include "quant/block_q6_k.h"
+#include "quant/block_q8_0.h"
+
+#ifndef QLEAP_ISA_NS
+#error "define QLEAP_ISA_NS before including matmul_x86_impl.h"
+#endif
+
+namespace qleap::kern::QLEAP_ISA_NS {
+namespace {
+
+// Activation rows per cache chunk in prefill: 64 rows of Q8A activations for a 4096-wide matrix
+// are ~330 KB, which stays in L2 while every weight row tile streams past it.
+constexpr int64_t kActChunk = 64;
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// 8 int32 lanes, each the sum of 4 adjacent u8 x s8 products. maddubs saturates to int16, which
+// our operand ranges (|u| <= 128, |s| <= 127) never reach.
+inline __m256i dot_u8i8(__m256i u, __m256i s) {
+#if QLEAP_USE_VNNI
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+inline float hsum(__m256 v) {
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+inline int hsum_i32(__m256i v) {
+  __m128i lo = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  lo = _mm_add_epi32(lo, _mm_shuffle_epi32(lo, 0x4e));
+  lo = _mm_add_epi32(lo, _mm_shuffle_epi32(lo, 0xb1));
+  return _mm_cvtsi128_si32(lo);
+}
+
+// 16 bytes of packed nibbles -> 32 bytes 0..15: low nibbles are elements 0..15, high 16..31.
+inline __m256i load_nibbles(const uint8_t* qs) {
+  const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m256i v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+}
+
+// 32 bits (little-endian) -> 32 bytes, 0xFF where the bit is set.
+inline __m256i bits_to_bytes(const uint8_t* p) {
+  uint32_t x;
+  std::memcpy(&x, p, 4);
+  const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(int(x)), spread);
+  bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+  return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+}
+
+// ---- 32-element formats against BlockQ8A ----
+
+struct TQ4_0 {
+  using B = BlockQ4_0;
+  static constexpr bool kSigned = true;
+  static __m256i q(const B* b) { return _mm256_sub_epi8(load_nibbles(b->qs), _mm256_set1_epi8(8)); }
+  static float d(const B* b) { return h2f(b->d); }
+  static float m(const B*) { return 0.0f; }
+};
+struct TQ4_1 {
+  using B = BlockQ4_1;
+  static constexpr bool kSigned = false;
+  static __m256i q(const B* b) { return load_nibbles(b->qs); }
+  static float d(const B* b) { return h2f(b->d); }
+  static float m(const B* b) { return h2f(b->m); }
+};
+struct TQ5_0 {
+  using B = BlockQ5_0;
+  static constexpr bool kSigned = true;
+  static __m256i q(const B* b) {
+    const __m256i hi = _mm256_and_si256(bits_to_bytes(b->qh), _mm256_set1_epi8(0x10));
+    return _mm256_sub_epi8(_mm256_or_si256(load_nibbles(b->qs), hi), _mm256_set1_epi8(16));
+  }
+  static float d(const B* b) { return h2f(b->d); }
+  static float m(const B*) { return 0.0f; }
+};
+struct TQ5_1 {
+  using B = BlockQ5_1;
+  static constexpr bool kSigned = false;
+  static __m256i q(const B* b) {
+    const __m256i hi = _mm256_and_si256(bits_to_bytes(b->qh), _mm256_set1_epi8(0x10));
+    return _mm256_or_si256(load_nibbles(b->qs), hi);
+  }
+  static float d(const B* b) { return h2f(b->d); }
+  static float m(const B* b) { return h2f(b->m); }
+};
+struct TQ8_0 {
+  using B = BlockQ8_0;
+  static constexpr bool kSigned = true;
+  static __m256i q(const B* b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qs)); }
+  static float d(const B* b) { return h2f(b->d); }
+  static float m(const B*) { return 0.0f; }
+};
+struct TIq4Nl {
+  using B = BlockIq4Nl;
+  static constexpr bool kSigned = true;
+  static __m256i q(const B* b) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+    return _mm256_shuffle_epi8(table, load_nibbles(b->qs));
+  }
+  static float d(const B* b) { return h2f(b->d); }
+  static float m(const B*) { return 0.0f; }
+};
+
+template <class T, int RR, int CC>
+void tile_q8a(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8A* x, int64_t xs, float* y,
+              int64_t ldy) {
+  using B = typename T::B;
+  __m256 acc[RR][CC];
+  float macc[RR][CC];
+  const B* wr[RR];
+  for (int r = 0; r < RR; ++r) {
+    wr[r] = reinterpret_cast<const B*>(w + size_t(r) * row_bytes);
+    for (int c = 0; c < CC; ++c) {
+      acc[r][c] = _mm256_setzero_ps();
+      macc[r][c] = 0.0f;
+    }
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i q[RR], aq[RR];
+    float dw[RR], mw[RR];
+    for (int r = 0; r < RR; ++r) {
+      q[r] = T::q(wr[r] + b);
+      dw[r] = T::d(wr[r] + b);
+      if constexpr (T::kSigned) {
+        aq[r] = _mm256_sign_epi8(q[r], q[r]);
+      } else {
+        mw[r] = T::m(wr[r] + b);
+      }
+    }
+    for (int c = 0; c < CC; ++c) {
+      const BlockQ8A* xb = x + c * xs + b;
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb->qs));
+      const float dx = xb->d;
+      for (int r = 0; r < RR; ++r) {
+        __m256i p;
+        if constexpr (T::kSigned) {
+          p = dot_u8i8(aq[r], _mm256_sign_epi8(xv, q[r]));
+        } else {
+          p = dot_u8i8(q[r], xv);
+          macc[r][c] += mw[r] * xb->s;
+        }
+        acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx), _mm256_cvtepi32_ps(p), acc[r][c]);
+      }
+    }
+  }
+  for (int r = 0; r < RR; ++r) {
+    for (int c = 0; c < CC; ++c) y[c * ldy + r] = hsum(acc[r][c]) + macc[r][c];
+  }
+}
+
+// ---- K-quants against Q8_K ----
+// Each weight super-block is first unpacked into a uniform form: 256 unsigned bytes q, a scale per
+// 16 values and a "min" per 16 values so that w = d * sc * q - dmin * mn. The dot product with a
+// Q8_K block is then d * dx * sum(sc * q . x) - dmin * dx * sum(mn * bsums).
+struct alignas(32) KPrep {
+  uint8_t q[256];
+  int16_t sc[8][16];  // scale vector for 32-value chunk k: groups 2k (low 8 lanes), 2k + 1
+  int16_t mn[16];
+  float d, dmin;
+};
+
+inline void set_chunk_scales(KPrep& p, int k, int s0, int s1) {
+  for (int i = 0; i < 8; ++i) {
+    p.sc[k][i] = int16_t(s0);
+    p.sc[k][8 + i] = int16_t(s1);
+  }
+}
+
+inline void store32(uint8_t* dst, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(dst), v); }
+inline __m256i load32u(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+// Local copy of the 6-bit scale unpacking (not the shared inline one: see the file comment).
+inline void scale_min_k4(int j, const uint8_t* q, int* sc, int* m) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+struct KQ4 {
+  using B = BlockQ4_K;
+  static void prep(const B* b, KPrep& p) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int g = 0; g < 4; ++g) {
+      const __m256i v = load32u(b->qs + 32 * g);
+      store32(p.q + 64 * g, _mm256_and_si256(v, m4));
+      store32(p.q + 64 * g + 32, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+    }
+    for (int k = 0; k < 8; ++k) {
+      int sc, m;
+      scale_min_k4(k, b->scales, &sc, &m);
+      set_chunk_scales(p, k, sc, sc);
+      p.mn[2 * k] = p.mn[2 * k + 1] = int16_t(m);
+    }
+    p.d = h2f(b->d);
+    p.dmin = h2f(b->dmin);
+  }
+};
+
+struct KQ5 {
+  using B = BlockQ5_K;
+  static void prep(const B* b, KPrep& p) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const __m256i hv = load32u(b->qh);
+    for (int g = 0; g < 4; ++g) {
+      const __m256i v = load32u(b->qs + 32 * g);
+      const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * g), one), 4);
+      const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * g + 1), one), 4);
+      store32(p.q + 64 * g, _mm256_or_si256(_mm256_and_si256(v, m4), h0));
+      store32(p.q + 64 * g + 32, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), h1));
+    }
+    for (int k = 0; k < 8; ++k) {
+      int sc, m;
+      scale_min_k4(k, b->scales, &sc, &m);
+      set_chunk_scales(p, k, sc, sc);
+      p.mn[2 * k] = p.mn[2 * k + 1] = int16_t(m);
+    }
+    p.d = h2f(b->d);
+    p.dmin = h2f(b->dmin);
+  }
+};
+
+struct KQ6 {
+  using B = BlockQ6_K;
+  static void prep(const B* b, KPrep& p) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = load32u(b->ql + 64 * h), l1 = load32u(b->ql + 64 * h + 32);
+      const __m256i hq = load32u(b->qh + 32 * h);
+      const __m256i lo[4] = {_mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
+                             _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                             _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
+      for (int k = 0; k < 4; ++k) {
+        const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hq, 2 * k), m2), 4);
+        store32(p.q + 128 * h + 32 * k, _mm256_or_si256(lo[k], hi));
+      }
+    }
+    for (int k = 0; k < 8; ++k) set_chunk_scales(p, k, b->scales[2 * k], b->scales[2 * k + 1]);
+    for (int g = 0; g < 16; ++g) p.mn[g] = int16_t(32 * b->scales[g]);
+    p.d = p.dmin = h2f(b->d);
+  }
+};
+
+struct KQ2 {
+  using B = BlockQ2_K;
+  static void prep(const B* b, KPrep& p) {
+    const __m256i m2 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = load32u(b->qs + 32 * h);
+      for (int j = 0; j < 4; ++j) store32(p.q + 128 * h + 32 * j, _mm256_and_si256(_mm256_srli_epi16(v, 2 * j), m2));
+    }
+    for (int k = 0; k < 8; ++k) set_chunk_scales(p, k, b->scales[2 * k] & 0xF, b->scales[2 * k + 1] & 0xF);
+    for (int g = 0; g < 16; ++g) p.mn[g] = int16_t(b->scales[g] >> 4);
+    p.d = h2f(b->d);
+    p.dmin = h2f(b->dmin);
+  }
+};
+
+struct KQ3 {
+  using B = BlockQ3_K;
+  static void prep(const B* b, KPrep& p) {
+    // Stored value is low - 4 * (1 - hbit); we keep q' = low + 4 * hbit (0..7) and fold the -4
+    // into the min term.
+    const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    const __m256i hm = load32u(b->hmask);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = load32u(b->qs + 32 * h);
+      for (int j = 0; j < 4; ++j) {
+        const int k = 4 * h + j;
+        const __m256i hb = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, k), one), 2);
+        store32(p.q + 32 * k, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 2 * j), m2), hb));
+      }
+    }
+    int sc[16];
+    for (int g = 0; g < 16; ++g) {
+      const int lo = (b->scales[g % 8] >> (4 * (g / 8))) & 0xF;
+      const int hi = (b->scales[8 + g % 4] >> (2 * (g / 4))) & 3;
+      sc[g] = (lo | (hi << 4)) - 32;
+      p.mn[g] = int16_t(4 * sc[g]);
+    }
+    for (int k = 0; k < 8; ++k) set_chunk_scales(p, k, sc[2 * k], sc[2 * k + 1]);
+    p.d = p.dmin = h2f(b->d);
+  }
+};
+
+template <class T, int RR, int CC>
+void tile_q8k(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* x, int64_t xs, float* y,
+              int64_t ldy) {
+  using B = typename T::B;
+  __m256 acc[RR][CC];
+  for (int r = 0; r < RR; ++r) {
+    for (int c = 0; c < CC; ++c) acc[r][c] = _mm256_setzero_ps();
+  }
+  KPrep prep[RR];
+  for (int64_t b = 0; b < nb; ++b) {
+    for (int r = 0; r < RR; ++r) T::prep(reinterpret_cast<const B*>(w + size_t(r) * row_bytes) + b, prep[r]);
+    for (int c = 0; c < CC; ++c) {
+      const BlockQ8_K* xb = x + c * xs + b;
+      const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb->bsums));
+      for (int r = 0; r < RR; ++r) {
+        const KPrep& p = prep[r];
+        __m256i isum = _mm256_setzero_si256();
+        for (int k = 0; k < 8; ++k) {
+          const __m256i prod = _mm256_maddubs_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.q + 32 * k)),
+                                                    load32u(reinterpret_cast<const uint8_t*>(xb->qs) + 32 * k));
+          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, _mm256_load_si256(reinterpret_cast<const __m256i*>(p.sc[k]))));
+        }
+        const __m256i msum = _mm256_madd_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.mn)), bsums);
+        acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(p.d * xb->d), _mm256_cvtepi32_ps(isum), acc[r][c]);
+        acc[r][c] = _mm256_fnmadd_ps(_mm256_set1_ps(p.dmin * xb->d), _mm256_cvtepi32_ps(msum), acc[r][c]);
+      }
+    }
+  }
+  for (int r = 0; r < RR; ++r) {
+    for (int c = 0; c < CC; ++c) y[c * ldy + r] = hsum(acc[r][c]);
+  }
+}
+
+// ---- float weights against f32 activations ----
+
+struct TF32 {
+  static __m256 load(const uint8_t* w, int64_t i) { return _mm256_loadu_ps(reinterpret_cast<const float*>(w) + i); }
+  static float get(const uint8_t* w, int64_t i) { return reinterpret_cast<const float*>(w)[i]; }
+};
+struct TF16 {
+  static __m256 load(const uint8_t* w, int64_t i) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(w) + i)));
+  }
+  static float get(const uint8_t* w, int64_t i) {
+    uint16_t h;
+    std::memcpy(&h, w + 2 * i, 2);
+    return h2f(h);
+  }
+};
+struct TBF16 {
+  static __m256 load(const uint8_t* w, int64_t i) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(w) + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static float get(const uint8_t* w, int64_t i) {
+    uint16_t h;
+    std::memcpy(&h, w + 2 * i, 2);
+    const uint32_t u = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+};
+
+template <class T, int RR, int CC>
+void tile_f(const uint8_t* w, size_t row_bytes, int64_t cols, const float* x, int64_t xs, float* y, int64_t ldy) {
+  __m256 acc[RR][CC];
+  for (int r = 0; r < RR; ++r) {
+    for (int c = 0; c < CC; ++c) acc[r][c] = _mm256_setzero_ps();
+  }
+  int64_t i = 0;
+  for (; i + 8 <= cols; i += 8) {
+    __m256 wv[RR];
+    for (int r = 0; r < RR; ++r) wv[r] = T::load(w + size_t(r) * row_bytes, i);
+    for (int c = 0; c < CC; ++c) {
+      const __m256 xv = _mm256_loadu_ps(x + c * xs + i);
+      for (int r = 0; r < RR; ++r) acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
+    }
+  }
+  for (int r = 0; r < RR; ++r) {
+    for (int c = 0; c < CC; ++c) {
+      float s = hsum(acc[r][c]);
+      for (int64_t j = i; j < cols; ++j) s += T::get(w + size_t(r) * row_bytes, j) * x[c * xs + j];
+      y[c * ldy + r] = s;
+    }
+  }
+}
+
+// ---- drivers: walk a rectangle of (weight rows) x (activation rows) in register tiles ----
+
+using TileFn = void (*)(const uint8_t* w, size_t row_bytes, int64_t n, const void* x, int64_t xs, float* y,
+                        int64_t ldy);
+
+template <class T, int R, int C>
+void tile_q8a_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
+  tile_q8a<T, R, C>(w, rb, n / 32, static_cast<const BlockQ8A*>(x), xs, y, ldy);
+}
+template <class T, int R, int C>
+void tile_q8k_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
+  tile_q8k<T, R, C>(w, rb, n / 256, static_cast<const BlockQ8_K*>(x), xs, y, ldy);
+}
+template <class T, int R, int C>
+void tile_f_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
+  tile_f<T, R, C>(w, rb, n, static_cast<const float*>(x), xs, y, ldy);
+}
+
+// A table of every tile shape up to RR x CC, so edges of the rectangle run the exact shape.
+template <int RR, int CC>
+struct Tiles {
+  TileFn fn[RR][CC];
+  int64_t act_elem_bytes_num, act_elem_bytes_den;  // activation row stride in units of xs
+};
+
+template <template <class, int, int> class F, class T, int RR, int CC, size_t... I>
+constexpr Tiles<RR, CC> make_tiles(std::index_sequence<I...>) {
+  Tiles<RR, CC> t{};
+  ((t.fn[I / CC][I % CC] = &F<T, int(I / CC) + 1, int(I % CC) + 1>::run), ...);
+  return t;
+}
+
+template <class T, int R, int C>
+struct Q8AFn {
+  static void run(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
+    tile_q8a_erased<T, R, C>(w, rb, n, x, xs, y, ldy);
+  }
+};
+template <class T, int R, int C>
+struct Q8KFn {
+  static void run(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
+    tile_q8k_erased<T, R, C>(w, rb, n, x, xs, y, ldy);
+  }
+};
+template <class T, int R, int C>
+struct FFn {
+  static void run(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
+    tile_f_erased<T, R, C>(w, rb, n, x, xs, y, ldy);
+  }
+};
+
+// Decode (one activation row) uses tall tiles: 4 weight rows in flight hide load latency.
+constexpr int kDecodeRows = 4;
+
+template <int RR, int CC>
+void walk(const Tiles<RR, CC>& tiles, const Tiles<kDecodeRows, 1>& dec, const uint8_t* w, size_t rb, int64_t cols,
+          int64_t r0, int64_t r1, const uint8_t* xa, size_t xa_stride, int64_t xs_units, size_t unit_bytes,
+          int64_t t0, int64_t t1, float* y, int64_t ldy) {
+  (void)unit_bytes;
+  if (t1 - t0 == 1) {
+    for (int64_t r = r0; r < r1; r += kDecodeRows) {
+      const int rr = int(std::min<int64_t>(kDecodeRows, r1 - r));
+      dec.fn[rr - 1][0](w + size_t(r) * rb, rb, cols, xa + size_t(t0) * xa_stride, xs_units, y + t0 * ldy + r, ldy);
+    }
+    return;
+  }
+  for (int64_t tc = t0; tc < t1; tc += kActChunk) {
+    const int64_t tc1 = std::min(t1, tc + kActChunk);
+    for (int64_t r = r0; r < r1; r += RR) {
+      const int rr = int(std::min<int64_t>(RR, r1 - r));
+      for (int64_t t = tc; t < tc1; t += CC) {
+        const int cc = int(std::min<int64_t>(CC, tc1 - t));
+        tiles.fn[rr - 1][cc - 1](w + size_t(r) * rb, rb, cols, xa + size_t(t) * xa_stride, xs_units,
+                                 y + t * ldy + r, ldy);
+      }
+    }
+  }
+}
+
+// Prefill tile shapes (weight rows x activation rows), picked by measurement on AVX2.
+constexpr int kQ8aRR = 4, kQ8aCC = 2;
+constexpr int kQ8kRR = 2, kQ8kCC = 4;
+constexpr int kFRR = 4, kFCC = 3;
+
+template <class T>
+struct Q8AKernel {
+  static constexpr auto kTiles = make_tiles<Q8AFn, T, kQ8aRR, kQ8aCC>(std::make_index_sequence<kQ8aRR * kQ8aCC>());
+  static constexpr auto kDec = make_tiles<Q8AFn, T, kDecodeRows, 1>(std::make_index_sequence<kDecodeRows>());
+  static void run(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
+                  size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
+    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(BlockQ8A)), 0, t0, t1, y, ldy);
+  }
+};
+template <class T>
+struct Q8KKernel {
+  static constexpr auto kTiles = make_tiles<Q8KFn, T, kQ8kRR, kQ8kCC>(std::make_index_sequence<kQ8kRR * kQ8kCC>());
+  static constexpr auto kDec = make_tiles<Q8KFn, T, kDecodeRows, 1>(std::make_index_sequence<kDecodeRows>());
+  static void run(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
+                  size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
+    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(BlockQ8_K)), 0, t0, t1, y, ldy);
+  }
+};
+template <class T>
+struct FKernel {
+  static constexpr auto kTiles = make_tiles<FFn, T, kFRR, kFCC>(std::make_index_sequence<kFRR * kFCC>());
+  static constexpr auto kDec = make_tiles<FFn, T, kDecodeRows, 1>(std::make_index_sequence<kDecodeRows>());
+  static void run(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
+                  size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
+    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(float)), 0, t0, t1, y, ldy);
+  }
+};
+
+bool gemm(GgmlType type, const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
+          size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
+  switch (type) {
+    case GgmlType::Q4_0: Q8AKernel<TQ4_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    case GgmlType::Q4_1: Q8AKernel<TQ4_1>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    case GgmlType::Q5_0: Q8AKernel<TQ5_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    case GgmlType::Q5_1: Q8AKernel<TQ5_1>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    case GgmlType::Q8_0: Q8AKernel<TQ8_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    case GgmlType::IQ4_NL: Q8AKernel<TIq4Nl>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    case GgmlType::Q2_K: Q8KKernel<KQ2>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    case GgmlType::Q3_K: Q8KKernel<KQ3>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    case GgmlType::Q4_K: Q8KKernel<KQ4>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    case GgmlType::Q5_K: Q8KKernel<KQ5>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    case GgmlType::Q6_K: Q8KKernel<KQ6>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    case GgmlType::F32: FKernel<TF32>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    case GgmlType::F16: FKernel<TF16>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    case GgmlType::BF16: FKernel<TBF16>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
+    default: return false;
+  }
+}
+
+// ---- activation quantizers ----
+
+inline __m256 abs_ps(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+// Rounds 32 floats times id to int8, stores them in order; returns their sum.
+inline int quantize32(const float* x, float id, int8_t* out) {
+  const __m256 mul = _mm256_set1_ps(id);
+  __m256i i[4];
+  for (int k = 0; k < 4; ++k) {
+    i[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), mul),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  const int sum = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3])));
+  // packs work per 128-bit lane; the final permute restores element order.
+  const __m256i a = _mm256_packs_epi32(i[0], i[1]);
+  const __m256i b = _mm256_packs_epi32(i[2], i[3]);
+  __m256i q = _mm256_packs_epi16(a, b);
+  q = _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), q);
+  return sum;
+}
+
+void quantize_q8a(const float* x, BlockQ8A* y, int64_t n) {
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const float* xb = x + 32 * b;
+    __m256 mx = abs_ps(_mm256_loadu_ps(xb));
+    for (int k = 1; k < 4; ++k) mx = _mm256_max_ps(mx, abs_ps(_mm256_loadu_ps(xb + 8 * k)));
+    const float amax = hmax(mx);
+    const float d = amax / 127.0f;
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const int sum = quantize32(xb, id, y[b].qs);
+    y[b].d = d;
+    y[b].s = d * float(sum);
+  }
+}
+
+void quantize_q8k(const float* x, BlockQ8_K* y, int64_t n) {
+  for (int64_t b = 0; b < n / 256; ++b) {
+    const float* xb = x + 256 * b;
+    __m256 mx = _mm256_setzero_ps();
+    for (int k = 0; k < 32; ++k) mx = _mm256_max_ps(mx, abs_ps(_mm256_loadu_ps(xb + 8 * k)));
+    const float amax = hmax(mx);
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int k = 0; k < 8; ++k) quantize32(xb + 32 * k, id, y[b].qs + 32 * k);
+    for (int g = 0; g < 16; ++g) {
+      // 16 int8 -> int16 and a horizontal sum.
+      const __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y[b].qs + 16 * g)));
+      y[b].bsums[g] = int16_t(hsum_i32(_mm256_madd_epi16(v, _mm256_set1_epi16(1))));
+    }
+    y[b].d = amax / 127.0f;
+  }
+}
+
+// ---- SIMD decoders for the common formats (get_row, fallbacks) ----
+
+template <class T>
+void dequant_q8a_type(const void* src, float* dst, int64_t n) {
+  const auto* b = static_cast<const typename T::B*>(src);
+  for (int64_t i = 0; i < n / 32; ++i) {
+    const __m256i q = T::q(b + i);
+    const __m256 d = _mm256_set1_ps(T::d(b + i));
+    const __m256 m = _mm256_set1_ps(T::m(b + i));
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int k = 0; k < 4; ++k) {
+      const __m256i v = T::kSigned ? _mm256_cvtepi8_epi32(parts[k]) : _mm256_cvtepu8_epi32(parts[k]);
+      // Same operation order as the reference (d * q + m, no fused multiply-add) for bit-exactness.
+      __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), d);
+      if constexpr (!T::kSigned) f = _mm256_add_ps(f, m);
+      _mm256_storeu_ps(dst + 32 * i + 8 * k, f);
+    }
+  }
+}
+
+bool dequantize(GgmlType t, const void* src, float* dst, int64_t n) {
+  switch (t) {
+    case GgmlType::Q4_0: dequant_q8a_type<TQ4_0>(src, dst, n); return true;
+    case GgmlType::Q4_1: dequant_q8a_type<TQ4_1>(src, dst, n); return true;
+    case GgmlType::Q5_0: dequant_q8a_type<TQ5_0>(src, dst, n); return true;
+    case GgmlType::Q5_1: dequant_q8a_type<TQ5_1>(src, dst, n); return true;
+    case GgmlType::Q8_0: dequant_q8a_type<TQ8_0>(src, dst, n); return true;
+    case GgmlType::IQ4_NL: dequant_q8a_type<TIq4Nl>(src, dst, n); return true;
+    case GgmlType::F16: {
+      const auto* s = static_cast<const uint8_t*>(src);
+      int64_t i = 0;
+      for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, TF16::load(s, i));
+      for (; i < n; ++i) dst[i] = TF16::get(s, i);
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+const IsaKernels* kernels() {
+  static const IsaKernels k{QLEAP_ISA_NAME, &quantize_q8a, &quantize_q8k, &gemm, &dequantize};
+  return &k;
+}
+
+}  // namespace qleap::kern::QLEAP_ISA_NS

@@ -1,0 +1,180 @@
+// Every SIMD matmul kernel against the scalar reference, at every ISA level this CPU supports
+// (an AVX-512 machine runs the AVX-512 kernels automatically), on odd shapes and thread counts.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/matmul.h"
+#include "core/cpu_features.h"
+#include "core/error.h"
+#include "core/fp16.h"
+#include "core/thread_pool.h"
+#include "quant/quant.h"
+
+namespace qleap {
+namespace {
+
+// Byte offsets of fp16 scale fields per block (random bytes there could be NaN/inf).
+std::vector<int> fp16_fields(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0: case GgmlType::Q5_0: case GgmlType::Q8_0: case GgmlType::IQ4_NL: return {0};
+    case GgmlType::Q4_1: case GgmlType::Q5_1: case GgmlType::Q4_K: case GgmlType::Q5_K: return {0, 2};
+    case GgmlType::Q2_K: return {80, 82};
+    case GgmlType::Q3_K: return {108};
+    case GgmlType::Q6_K: return {208};
+    default: return {};
+  }
+}
+
+// Random weights: arbitrary quant bytes (every bit pattern, including Q8_0's -128) with sane scales.
+std::vector<uint8_t> random_weights(GgmlType t, int64_t rows, int64_t cols, std::mt19937& rng) {
+  const size_t rb = row_size(t, cols);
+  std::vector<uint8_t> w(rb * size_t(rows));
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  if (t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16) {
+    std::vector<float> f(size_t(rows * cols));
+    for (auto& v : f) v = u(rng);
+    quantize_row_ref(t, f.data(), w.data(), rows * cols);
+    return w;
+  }
+  for (auto& b : w) b = uint8_t(rng() & 0xFF);
+  const size_t ts = type_traits(t).type_size;
+  for (size_t off = 0; off < w.size(); off += ts) {
+    for (int f : fp16_fields(t)) {
+      const uint16_t h = fp32_to_fp16_ref(u(rng) * 0.05f);
+      std::memcpy(&w[off + size_t(f)], &h, 2);
+    }
+  }
+  return w;
+}
+
+// Error bound: the kernels quantize activations to int8 per block (32 or 256 values), so each
+// x_c carries an error of at most d/2 (d = block absmax / 127), roughly uniform. Bound the dot
+// product error by 6 standard deviations of that sum, plus float rounding.
+double tolerance(const std::vector<float>& wrow, const float* x, int64_t cols, int act_block) {
+  double var = 0, mag = 0;
+  for (int64_t b = 0; b < cols; b += act_block) {
+    float amax = 0;
+    for (int64_t c = b; c < b + act_block && c < cols; ++c) amax = std::max(amax, std::fabs(x[c]));
+    const double d = act_block > 1 ? amax / 127.0 : 0.0;
+    for (int64_t c = b; c < b + act_block && c < cols; ++c) {
+      var += double(wrow[size_t(c)]) * wrow[size_t(c)] * d * d / 12.0;
+      mag += std::fabs(double(wrow[size_t(c)]) * x[c]);
+    }
+  }
+  return 6.0 * std::sqrt(var) + 2e-5 * mag + 1e-6;
+}
+
+int act_block_of(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: return 1;
+    case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: return 256;
+    default: return 32;
+  }
+}
+
+std::vector<IsaLevel> supported_levels() {
+  std::vector<IsaLevel> out;
+  const IsaLevel saved = isa_level();
+  for (IsaLevel l : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+    set_isa_level(l);
+    if (isa_level() == l) out.push_back(l);
+  }
+  set_isa_level(saved);
+  return out;
+}
+
+struct IsaGuard {
+  IsaLevel saved = isa_level();
+  ~IsaGuard() { set_isa_level(saved); }
+};
+
+class MatmulKernel : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(MatmulKernel, MatchesReferenceAtEveryIsaLevel) {
+  const GgmlType t = *type_from_name(GetParam());
+  const int64_t bs = type_traits(t).block_size;
+  IsaGuard guard;
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  struct Shape {
+    int64_t rows, cols;
+  };
+  const int64_t unit = std::max<int64_t>(bs, 32);
+  const Shape shapes[] = {{37, unit * 3}, {8, unit}, {13, unit * 2 + (bs == 1 ? 5 : 0)}};
+  ThreadPool pool1(1), pool3(3);
+  for (IsaLevel lvl : supported_levels()) {
+    set_isa_level(lvl);
+    for (const Shape& s : shapes) {
+      const auto w = random_weights(t, s.rows, s.cols, rng);
+      const WeightView wv{t, w.data(), s.cols, s.rows, row_size(t, s.cols)};
+      std::vector<std::vector<float>> wrows(size_t(s.rows), std::vector<float>(size_t(s.cols)));
+      for (int64_t r = 0; r < s.rows; ++r) dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), s.cols);
+      for (int64_t m : {1, 2, 3, 4, 5, 9}) {
+        std::vector<float> x(size_t(m * s.cols));
+        for (auto& v : x) v = nd(rng) * (1.0f + float(&v - x.data()) * 0.001f);
+        std::vector<float> ref(size_t(m * s.rows)), got(size_t(m * s.rows), NAN);
+        matmul_ref(wv, x.data(), m, ref.data());
+        for (ThreadPool* pool : {&pool1, &pool3}) {
+          std::fill(got.begin(), got.end(), NAN);
+          matmul(wv, x.data(), m, got.data(), *pool);
+          for (int64_t tt = 0; tt < m; ++tt) {
+            for (int64_t r = 0; r < s.rows; ++r) {
+              const double tol = tolerance(wrows[size_t(r)], x.data() + tt * s.cols, s.cols, lvl == IsaLevel::kScalar ? 1 : act_block_of(t));
+              const size_t i = size_t(tt * s.rows + r);
+              ASSERT_NEAR(got[i], ref[i], tol) << GetParam() << " isa=" << isa_name(lvl) << " rows=" << s.rows
+                                               << " cols=" << s.cols << " m=" << m << " t=" << tt << " r=" << r
+                                               << " threads=" << pool->size();
+            }
+          }
+        }
+      }
+      // get_row (SIMD decoders where present) must be bit-exact with the scalar decoder.
+      std::vector<float> row(size_t(s.cols));
+      for (int64_t r = 0; r < s.rows; ++r) {
+        get_row(wv, r, row.data());
+        for (int64_t c = 0; c < s.cols; ++c) ASSERT_EQ(row[size_t(c)], wrows[size_t(r)][size_t(c)]) << GetParam() << " r=" << r << " c=" << c;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFormats, MatmulKernel,
+                         ::testing::Values("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
+                                           "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"),
+                         [](const auto& info) { return std::string(info.param); });
+
+TEST(MatmulKernelApi, RejectsBadShapesAndTypes) {
+  std::vector<uint8_t> w(1024);
+  ThreadPool pool(1);
+  float x[48] = {}, y[4] = {};
+  EXPECT_THROW(matmul(WeightView{GgmlType::Q4_0, w.data(), 48, 1, 18 * 2}, x, 1, y, pool), InvalidArgument);
+  EXPECT_THROW(matmul(WeightView{GgmlType::IQ2_XXS, w.data(), 256, 1, 66}, x, 1, y, pool), Unsupported);
+  EXPECT_THROW(get_row(WeightView{GgmlType::Q4_0, w.data(), 32, 1, 18}, 1, y), InvalidArgument);
+}
+
+// The tolerance must be tight enough to catch a kernel bug: a single flipped weight nibble moves
+// the result far outside it.
+TEST(MatmulKernelApi, ToleranceDetectsACorruptedWeight) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t cols = 256;
+  auto w = random_weights(GgmlType::Q4_0, 1, cols, rng);
+  std::vector<float> x(static_cast<size_t>(cols)), row(static_cast<size_t>(cols));
+  for (auto& v : x) v = nd(rng);
+  const WeightView wv{GgmlType::Q4_0, w.data(), cols, 1, row_size(GgmlType::Q4_0, cols)};
+  float ref = 0, bad = 0;
+  matmul_ref(wv, x.data(), 1, &ref);
+  dequantize_row_ref(GgmlType::Q4_0, w.data(), row.data(), cols);
+  const double tol = tolerance(row, x.data(), cols, 32);
+  w[2] ^= 0x08;  // flip the top bit of element 0's nibble
+  matmul_ref(wv, x.data(), 1, &bad);
+  EXPECT_GT(std::fabs(bad - ref), tol * 0.5) << "tol=" << tol;
+}
+
+}  // namespace
+}  // namespace qleap
