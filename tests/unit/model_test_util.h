@@ -82,7 +82,7 @@ class GgufBuilder {
 
   std::vector<uint8_t> build() const {
     std::vector<uint8_t> out;
-    out.insert(out.end(), {'G', 'G', 'U', 'F'});
+    put(out, uint32_t(0x46554747));  // "GGUF"
     put(out, uint32_t(3));
     put(out, uint64_t(tensors_.size()));
     put(out, uint64_t(n_kv_));
