@@ -1,0 +1,146 @@
+#include "model/model.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "model/blocks.h"
+
+namespace qleap {
+
+extern const ArchDef kArchLlama;
+extern const ArchDef kArchQwen2;
+extern const ArchDef kArchQwen3;
+
+namespace {
+
+// An explicit table rather than self-registration: static constructors in a static library are
+// dropped by the linker when nothing references their object file.
+const ArchDef* const kArchs[] = {&kArchLlama, &kArchQwen2, &kArchQwen3};
+
+int64_t arch_int(const GgufFile& f, std::string_view suffix, int64_t def, bool required) {
+  const GgufValue* v = f.find_arch(suffix);
+  if (v == nullptr) {
+    if (required) throw FormatError(fmt::format("missing metadata key '{}.{}'", f.architecture(), suffix));
+    return def;
+  }
+  return v->as_int();
+}
+
+double arch_float(const GgufFile& f, std::string_view suffix, double def) {
+  const GgufValue* v = f.find_arch(suffix);
+  return v ? v->as_double() : def;
+}
+
+}  // namespace
+
+const ArchDef* find_arch(std::string_view name) {
+  for (const ArchDef* a : kArchs) {
+    if (name == a->name) return a;
+  }
+  return nullptr;
+}
+
+std::string supported_architectures() {
+  std::string s;
+  for (const ArchDef* a : kArchs) s += (s.empty() ? "" : ", ") + std::string(a->name);
+  return s;
+}
+
+HParams read_hparams(const GgufFile& f) {
+  const std::string arch = f.architecture();
+  if (arch.empty()) throw FormatError("missing metadata key 'general.architecture'");
+  HParams hp;
+  hp.n_layers = int(arch_int(f, "block_count", 0, true));
+  hp.n_embd = int(arch_int(f, "embedding_length", 0, true));
+  hp.n_ff = int(arch_int(f, "feed_forward_length", 0, true));
+  hp.n_heads = int(arch_int(f, "attention.head_count", 0, true));
+  hp.n_kv_heads = int(arch_int(f, "attention.head_count_kv", hp.n_heads, false));
+  if (hp.n_layers <= 0 || hp.n_embd <= 0 || hp.n_ff <= 0 || hp.n_heads <= 0 || hp.n_kv_heads <= 0 ||
+      hp.n_heads % hp.n_kv_heads != 0) {
+    throw FormatError(fmt::format("bad hyper-parameters: layers {}, embd {}, ff {}, heads {}/{}", hp.n_layers,
+                                  hp.n_embd, hp.n_ff, hp.n_heads, hp.n_kv_heads));
+  }
+  hp.head_dim = int(arch_int(f, "attention.key_length", hp.n_embd / hp.n_heads, false));
+  const int head_dim_v = int(arch_int(f, "attention.value_length", hp.head_dim, false));
+  if (hp.head_dim <= 0) throw FormatError("bad attention.key_length");
+  if (head_dim_v != hp.head_dim) {
+    throw Unsupported(fmt::format("key_length {} != value_length {}", hp.head_dim, head_dim_v));
+  }
+  hp.n_ctx_train = int(arch_int(f, "context_length", 0, false));
+  hp.rms_eps = float(arch_float(f, "attention.layer_norm_rms_epsilon", 1e-5));
+  hp.n_vocab = int(arch_int(f, "vocab_size", 0, false));
+  if (hp.n_vocab == 0) {
+    if (const GgufTensor* t = f.find_tensor("token_embd.weight")) hp.n_vocab = int(t->ne(1));
+  }
+
+  RopeParams& r = hp.rope;
+  r.n_rot = int(arch_int(f, "rope.dimension_count", hp.head_dim, false));
+  if (r.n_rot <= 0 || r.n_rot > hp.head_dim || r.n_rot % 2 != 0) {
+    throw FormatError(fmt::format("bad rope.dimension_count {} (head_dim {})", r.n_rot, hp.head_dim));
+  }
+  r.freq_base = float(arch_float(f, "rope.freq_base", 10000.0));
+  r.factor = float(arch_float(f, "rope.scaling.factor", arch_float(f, "rope.scale_linear", 1.0)));
+  std::string type;
+  if (const GgufValue* v = f.find_arch("rope.scaling.type")) type = v->as_string();
+  if (type.empty()) type = r.factor != 1.0f ? "linear" : "none";
+  if (type == "none") {
+    r.scaling = RopeScaling::kNone;
+  } else if (type == "linear") {
+    r.scaling = RopeScaling::kLinear;
+  } else if (type == "yarn") {
+    r.scaling = RopeScaling::kYarn;
+  } else {
+    throw Unsupported(fmt::format("rope scaling type '{}' (supported: none, linear, yarn)", type));
+  }
+  if (r.scaling != RopeScaling::kNone && !(r.factor > 0)) throw FormatError("bad rope.scaling.factor");
+  r.orig_ctx = int(arch_int(f, "rope.scaling.original_context_length", hp.n_ctx_train, false));
+  r.attn_factor = float(arch_float(f, "rope.scaling.attn_factor", 1.0) *
+                        arch_float(f, "rope.scaling.yarn_attn_factor", 1.0));
+  r.ext_factor = float(arch_float(f, "rope.scaling.yarn_ext_factor", -1.0));
+  r.beta_fast = float(arch_float(f, "rope.scaling.yarn_beta_fast", 32.0));
+  r.beta_slow = float(arch_float(f, "rope.scaling.yarn_beta_slow", 1.0));
+  return hp;
+}
+
+Model::Model(std::shared_ptr<GgufFile> file, const ArchDef& arch, HParams hp, ModelWeights w)
+    : file_(std::move(file)), arch_(&arch), arch_name_(arch.name), hp_(std::move(hp)), w_(std::move(w)) {}
+
+std::shared_ptr<const Model> load_model(std::shared_ptr<GgufFile> file) {
+  const GgufFile& f = *file;
+  const std::string arch_name = f.architecture();
+  const ArchDef* arch = find_arch(arch_name);
+  if (arch == nullptr) {
+    throw Unsupported(
+        fmt::format("unknown architecture '{}' (supported: {})", arch_name, supported_architectures()));
+  }
+  HParams hp = read_hparams(f);
+  hp.rope.style = arch->rope_style;
+  if (const GgufTensor* t = f.find_tensor("rope_freqs.weight")) {
+    hp.rope.freq_factors = load_vector(f, "rope_freqs.weight", t->ne(0), true);
+    if (int(hp.rope.freq_factors.size()) < hp.rope.n_rot / 2) {
+      throw FormatError(fmt::format("tensor 'rope_freqs.weight' has {} entries, expected {}",
+                                    hp.rope.freq_factors.size(), hp.rope.n_rot / 2));
+    }
+  }
+
+  ModelWeights w;
+  const GgufTensor& emb = f.tensor("token_embd.weight");
+  if (hp.n_vocab <= 0 || emb.ne(1) != hp.n_vocab) {
+    throw FormatError(fmt::format("tensor 'token_embd.weight' has {} rows, vocab_size is {}", emb.ne(1), hp.n_vocab));
+  }
+  w.token_embd = load_matrix(f, "token_embd.weight", hp.n_embd, hp.n_vocab);
+  w.output_norm = load_vector(f, "output_norm.weight", hp.n_embd, true);
+  if (f.find_tensor("output.weight") != nullptr) {
+    w.output = load_matrix(f, "output.weight", hp.n_embd, hp.n_vocab);
+  } else {
+    w.output = w.token_embd;
+    w.tied_embeddings = true;
+  }
+  w.layers.resize(size_t(hp.n_layers));
+  for (int il = 0; il < hp.n_layers; ++il) arch->load_layer(f, hp, il, w.layers[size_t(il)]);
+  return std::make_shared<const Model>(std::move(file), *arch, std::move(hp), std::move(w));
+}
+
+std::shared_ptr<const Model> load_model(const std::string& path) { return load_model(GgufFile::open(path)); }
+
+}  // namespace qleap

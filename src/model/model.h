@@ -1,0 +1,75 @@
+// A loaded transformer: hyper-parameters read from GGUF metadata and views of the weight tensors,
+// which stay in the memory-mapped file (the Model keeps the GgufFile alive).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/matmul.h"
+#include "backend/cpu/ops.h"
+#include "gguf/gguf.h"
+
+namespace qleap {
+
+struct HParams {
+  int n_layers = 0;
+  int n_embd = 0;
+  int n_ff = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;     // attention.key_length (default n_embd / n_heads)
+  int n_ctx_train = 0;  // context_length (0 when absent)
+  int n_vocab = 0;
+  float rms_eps = 1e-5f;
+  RopeParams rope;
+  int q_dim() const { return n_heads * head_dim; }
+  int kv_dim() const { return n_kv_heads * head_dim; }
+};
+
+// Weights of one block. Optional tensors are empty (vectors) / null (views) when absent.
+struct LayerWeights {
+  std::vector<float> attn_norm, ffn_norm;
+  std::vector<float> q_norm, k_norm;  // per-head RMSNorm weights (head_dim), qwen3
+  std::vector<float> bq, bk, bv;      // projection biases, qwen2
+  WeightView wq, wk, wv, wo;
+  WeightView w_gate, w_up, w_down;
+};
+
+struct ModelWeights {
+  WeightView token_embd;
+  WeightView output;  // token_embd when the embeddings are tied
+  bool tied_embeddings = false;
+  std::vector<float> output_norm;
+  std::vector<LayerWeights> layers;
+};
+
+struct ArchDef;
+
+class Model {
+ public:
+  Model(std::shared_ptr<GgufFile> file, const ArchDef& arch, HParams hp, ModelWeights w);
+
+  const HParams& hparams() const { return hp_; }
+  const std::string& arch() const { return arch_name_; }
+  const ArchDef& arch_def() const { return *arch_; }
+  int n_vocab() const { return hp_.n_vocab; }
+  const GgufFile& file() const { return *file_; }
+  const ModelWeights& weights() const { return w_; }
+
+ private:
+  std::shared_ptr<GgufFile> file_;
+  const ArchDef* arch_;
+  std::string arch_name_;
+  HParams hp_;
+  ModelWeights w_;
+};
+
+// Opens and maps a GGUF model. Throws IoError / FormatError / Unsupported.
+std::shared_ptr<const Model> load_model(const std::string& path);
+// Builds a model over an already parsed file (tests, in-memory files).
+std::shared_ptr<const Model> load_model(std::shared_ptr<GgufFile> file);
+
+// Reads the hyper-parameters of `arch` from the file's metadata (exposed for tests and `qleap info`).
+HParams read_hparams(const GgufFile& f);
+
+}  // namespace qleap

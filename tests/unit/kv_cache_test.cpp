@@ -1,0 +1,133 @@
+// KV cache implementations against a straightforward double-precision causal attention.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "core/error.h"
+#include "core/fp16.h"
+#include "kv/kv_cache.h"
+
+namespace qleap {
+namespace {
+
+// out[t, h, :] = softmax_j(q[t,h] . k[j, h/g] * scale) v[j, h/g], j in [0, pos0 + t].
+std::vector<float> reference_attention(const KvShape& s, const std::vector<float>& k, const std::vector<float>& v,
+                                       int pos0, int n_q, const std::vector<float>& q, float scale) {
+  const int hd = s.head_dim, kvd = s.kv_dim(), g = s.n_heads / s.n_kv_heads;
+  std::vector<float> out(size_t(n_q) * s.n_heads * hd);
+  for (int t = 0; t < n_q; ++t) {
+    for (int h = 0; h < s.n_heads; ++h) {
+      const float* qh = q.data() + (size_t(t) * s.n_heads + h) * hd;
+      const int n_keys = pos0 + t + 1;
+      std::vector<double> sc(static_cast<size_t>(n_keys));
+      double mx = -1e300;
+      for (int j = 0; j < n_keys; ++j) {
+        double d = 0;
+        for (int i = 0; i < hd; ++i) d += double(qh[i]) * k[size_t(j) * kvd + (h / g) * hd + i];
+        sc[size_t(j)] = d * scale;
+        mx = std::max(mx, sc[size_t(j)]);
+      }
+      double sum = 0;
+      for (auto& x : sc) sum += (x = std::exp(x - mx));
+      for (int i = 0; i < hd; ++i) {
+        double acc = 0;
+        for (int j = 0; j < n_keys; ++j) acc += sc[size_t(j)] * v[size_t(j) * kvd + (h / g) * hd + i];
+        out[(size_t(t) * s.n_heads + h) * hd + i] = float(acc / sum);
+      }
+    }
+  }
+  return out;
+}
+
+struct Case {
+  const char* type;
+  int head_dim;
+  float tol;
+};
+
+class KvAttention : public ::testing::TestWithParam<Case> {};
+
+TEST_P(KvAttention, MatchesReference) {
+  const Case c = GetParam();
+  KvShape s;
+  s.n_layers = 2;
+  s.n_ctx = 300;
+  s.n_heads = 6;
+  s.n_kv_heads = 2;
+  s.head_dim = c.head_dim;
+  auto kv = make_kv_cache(c.type, s);
+  EXPECT_STREQ(kv->type_name(), c.type);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  const int n = 260, kvd = s.kv_dim();
+  std::vector<float> k(size_t(n) * kvd), v(size_t(n) * kvd), q(size_t(n) * s.n_heads * s.head_dim);
+  for (auto& x : k) x = nd(rng);
+  for (auto& x : v) x = nd(rng);
+  for (auto& x : q) x = nd(rng);
+  const float scale = 1.0f / std::sqrt(float(s.head_dim));
+  // Store in uneven pieces into layer 1 (layer 0 gets different data that must not leak in).
+  std::vector<float> junk(size_t(n) * kvd, 100.0f);
+  kv->store(0, 0, n, junk.data(), junk.data());
+  kv->store(1, 0, 100, k.data(), v.data());
+  kv->store(1, 100, 1, k.data() + 100 * kvd, v.data() + 100 * kvd);
+  kv->store(1, 101, n - 101, k.data() + 101 * kvd, v.data() + 101 * kvd);
+
+  ThreadPool pool(2);
+  for (const auto& [pos0, n_q] : {std::pair{0, 1}, std::pair{0, 40}, std::pair{150, 1}, std::pair{200, 60}}) {
+    std::vector<float> qq(q.begin() + size_t(pos0) * s.n_heads * s.head_dim,
+                          q.begin() + size_t(pos0 + n_q) * s.n_heads * s.head_dim);
+    std::vector<float> out(qq.size());
+    kv->attend(1, pos0, n_q, qq.data(), out.data(), scale, pool);
+    const auto ref = reference_attention(s, k, v, pos0, n_q, qq, scale);
+    float max_err = 0;
+    for (size_t i = 0; i < out.size(); ++i) max_err = std::max(max_err, std::fabs(out[i] - ref[i]));
+    EXPECT_LT(max_err, c.tol) << "pos0 " << pos0 << " n_q " << n_q;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, KvAttention,
+                         ::testing::Values(Case{"f32", 64, 1e-5f}, Case{"f32", 8, 1e-5f}, Case{"f16", 64, 3e-3f},
+                                           Case{"f16", 8, 3e-3f}, Case{"q8_0", 64, 3e-2f}, Case{"q8_0", 8, 3e-2f},
+                                           Case{"q8_0", 40, 3e-2f}),
+                         [](const auto& info) {
+                           return std::string(info.param.type) + "_hd" + std::to_string(info.param.head_dim);
+                         });
+
+TEST(KvCache, BytesPerTokenMatchesAllocation) {
+  KvShape s;
+  s.n_layers = 3;
+  s.n_ctx = 17;
+  s.n_heads = 4;
+  s.n_kv_heads = 2;
+  s.head_dim = 64;
+  EXPECT_EQ(make_kv_cache("f32", s)->bytes_per_token(), 3u * 2 * 128 * 4);
+  EXPECT_EQ(make_kv_cache("f16", s)->bytes_per_token(), 3u * 2 * 128 * 2);
+  EXPECT_EQ(make_kv_cache("q8_0", s)->bytes_per_token(), 3u * 2 * 4 * 34);
+  s.head_dim = 8;  // kv_dim 16: one zero-padded block per row
+  EXPECT_EQ(make_kv_cache("q8_0", s)->bytes_per_token(), 3u * 2 * 34);
+  for (const char* t : {"f32", "f16", "q8_0"}) {
+    auto kv = make_kv_cache(t, s);
+    EXPECT_EQ(kv->allocated_bytes(), kv->bytes_per_token() * 17) << t;
+  }
+}
+
+TEST(KvCache, RejectsBadTypeShapeAndRange) {
+  KvShape s;
+  s.n_layers = 1;
+  s.n_ctx = 8;
+  s.n_heads = 4;
+  s.n_kv_heads = 2;
+  s.head_dim = 8;
+  EXPECT_THROW(make_kv_cache("q4_0", s), InvalidArgument);
+  KvShape bad = s;
+  bad.n_kv_heads = 3;
+  EXPECT_THROW(make_kv_cache("f16", bad), InvalidArgument);
+  auto kv = make_kv_cache("f16", s);
+  std::vector<float> x(16 * 9);
+  EXPECT_THROW(kv->store(0, 4, 5, x.data(), x.data()), InvalidArgument);
+  EXPECT_THROW(kv->store(1, 0, 1, x.data(), x.data()), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace qleap
