@@ -40,6 +40,19 @@ constexpr int64_t kActChunk = 64;
 
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
+// Two adjacent fp16 values (d, m) -> floats in lanes 0 and 1.
+inline __m128 dm_of(const uint16_t* p) {
+  uint32_t u;
+  std::memcpy(&u, p, 4);
+  return _mm_cvtph_ps(_mm_cvtsi32_si128(int(u)));
+}
+// One fp16 value d -> d in lanes 0 and 1.
+inline __m128 dd_of(const uint16_t* p) {
+  uint16_t u;
+  std::memcpy(&u, p, 2);
+  return _mm_cvtph_ps(_mm_shufflelo_epi16(_mm_cvtsi32_si128(u), 0));
+}
+
 // 8 int32 lanes, each the sum of 4 adjacent u8 x s8 products. maddubs saturates to int16, which
 // our operand ranges (|u| <= 128, |s| <= 127) never reach.
 inline __m256i dot_u8i8(__m256i u, __m256i s) {
@@ -83,102 +96,126 @@ inline __m256i bits_to_bytes(const uint8_t* p) {
 
 // ---- 32-element formats against BlockQ8A ----
 
+// kKind: kSignedQ - q is signed, product via |q| * sign(x, q); kOffsetQ - q is unsigned and the
+// weight is d * (q + kOffset), the offset applied once per row through the activation sums;
+// kAffineQ - unsigned q, weight d * q + m.
+enum Kind { kSignedQ, kOffsetQ, kAffineQ };
+
 struct TQ4_0 {
   using B = BlockQ4_0;
-  static constexpr bool kSigned = true;
-  static __m256i q(const B* b) { return _mm256_sub_epi8(load_nibbles(b->qs), _mm256_set1_epi8(8)); }
+  static constexpr Kind kKind = kOffsetQ;
+  static constexpr float kOffset = -8.0f;
+  static __m256i q(const B* b) { return load_nibbles(b->qs); }
   static float d(const B* b) { return h2f(b->d); }
   static float m(const B*) { return 0.0f; }
+  static __m128 dm(const B* b) { return dd_of(&b->d); }
 };
 struct TQ4_1 {
   using B = BlockQ4_1;
-  static constexpr bool kSigned = false;
+  static constexpr Kind kKind = kAffineQ;
+  static constexpr float kOffset = 0.0f;
   static __m256i q(const B* b) { return load_nibbles(b->qs); }
   static float d(const B* b) { return h2f(b->d); }
   static float m(const B* b) { return h2f(b->m); }
+  static __m128 dm(const B* b) { return dm_of(&b->d); }
 };
 struct TQ5_0 {
   using B = BlockQ5_0;
-  static constexpr bool kSigned = true;
+  static constexpr Kind kKind = kOffsetQ;
+  static constexpr float kOffset = -16.0f;
   static __m256i q(const B* b) {
     const __m256i hi = _mm256_and_si256(bits_to_bytes(b->qh), _mm256_set1_epi8(0x10));
-    return _mm256_sub_epi8(_mm256_or_si256(load_nibbles(b->qs), hi), _mm256_set1_epi8(16));
+    return _mm256_or_si256(load_nibbles(b->qs), hi);
   }
   static float d(const B* b) { return h2f(b->d); }
   static float m(const B*) { return 0.0f; }
+  static __m128 dm(const B* b) { return dd_of(&b->d); }
 };
 struct TQ5_1 {
   using B = BlockQ5_1;
-  static constexpr bool kSigned = false;
+  static constexpr Kind kKind = kAffineQ;
+  static constexpr float kOffset = 0.0f;
   static __m256i q(const B* b) {
     const __m256i hi = _mm256_and_si256(bits_to_bytes(b->qh), _mm256_set1_epi8(0x10));
     return _mm256_or_si256(load_nibbles(b->qs), hi);
   }
   static float d(const B* b) { return h2f(b->d); }
   static float m(const B* b) { return h2f(b->m); }
+  static __m128 dm(const B* b) { return dm_of(&b->d); }
 };
 struct TQ8_0 {
   using B = BlockQ8_0;
-  static constexpr bool kSigned = true;
+  static constexpr Kind kKind = kSignedQ;
+  static constexpr float kOffset = 0.0f;
   static __m256i q(const B* b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qs)); }
   static float d(const B* b) { return h2f(b->d); }
   static float m(const B*) { return 0.0f; }
+  static __m128 dm(const B* b) { return dd_of(&b->d); }
 };
 struct TIq4Nl {
   using B = BlockIq4Nl;
-  static constexpr bool kSigned = true;
+  static constexpr Kind kKind = kSignedQ;
+  static constexpr float kOffset = 0.0f;
   static __m256i q(const B* b) {
     const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
     return _mm256_shuffle_epi8(table, load_nibbles(b->qs));
   }
   static float d(const B* b) { return h2f(b->d); }
   static float m(const B*) { return 0.0f; }
+  static __m128 dm(const B* b) { return dd_of(&b->d); }
 };
 
 template <class T, int RR, int CC>
 void tile_q8a(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8A* x, int64_t xs, float* y,
               int64_t ldy) {
   using B = typename T::B;
+  constexpr bool kMin = T::kKind != kSignedQ;
   __m256 acc[RR][CC];
-  float macc[RR][CC];
+  // Lane 1: sum over blocks of (weight min, or weight d) * activation block sum; lane 0 unused.
+  __m128 macc[RR][CC];
   const B* wr[RR];
   for (int r = 0; r < RR; ++r) {
     wr[r] = reinterpret_cast<const B*>(w + size_t(r) * row_bytes);
     for (int c = 0; c < CC; ++c) {
       acc[r][c] = _mm256_setzero_ps();
-      macc[r][c] = 0.0f;
+      macc[r][c] = _mm_setzero_ps();
     }
   }
   for (int64_t b = 0; b < nb; ++b) {
     __m256i q[RR], aq[RR];
-    float dw[RR], mw[RR];
+    __m128 dm[RR];
     for (int r = 0; r < RR; ++r) {
       q[r] = T::q(wr[r] + b);
-      dw[r] = T::d(wr[r] + b);
-      if constexpr (T::kSigned) {
-        aq[r] = _mm256_sign_epi8(q[r], q[r]);
-      } else {
-        mw[r] = T::m(wr[r] + b);
-      }
+      dm[r] = T::dm(wr[r] + b);
+      if constexpr (T::kKind == kSignedQ) aq[r] = _mm256_sign_epi8(q[r], q[r]);
     }
     for (int c = 0; c < CC; ++c) {
       const BlockQ8A* xb = x + c * xs + b;
       const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb->qs));
-      const float dx = xb->d;
+      // (d, s) of the activation block in lanes 0, 1.
+      const __m128 xds = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(&xb->d)));
       for (int r = 0; r < RR; ++r) {
         __m256i p;
-        if constexpr (T::kSigned) {
+        if constexpr (T::kKind == kSignedQ) {
           p = dot_u8i8(aq[r], _mm256_sign_epi8(xv, q[r]));
         } else {
           p = dot_u8i8(q[r], xv);
-          macc[r][c] += mw[r] * xb->s;
         }
-        acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx), _mm256_cvtepi32_ps(p), acc[r][c]);
+        const __m128 prod = _mm_mul_ps(dm[r], xds);  // (d_w * d_x, m_w * s_x)
+        if constexpr (kMin) macc[r][c] = _mm_add_ps(macc[r][c], prod);
+        acc[r][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), acc[r][c]);
       }
     }
   }
   for (int r = 0; r < RR; ++r) {
-    for (int c = 0; c < CC; ++c) y[c * ldy + r] = hsum(acc[r][c]) + macc[r][c];
+    for (int c = 0; c < CC; ++c) {
+      float corr = 0.0f;
+      if constexpr (kMin) {
+        corr = _mm_cvtss_f32(_mm_movehdup_ps(macc[r][c]));
+        if constexpr (T::kKind == kOffsetQ) corr *= T::kOffset;
+      }
+      y[c * ldy + r] = hsum(acc[r][c]) + corr;
+    }
   }
 }
 
@@ -613,10 +650,11 @@ void dequant_q8a_type(const void* src, float* dst, int64_t n) {
     const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
     const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
     for (int k = 0; k < 4; ++k) {
-      const __m256i v = T::kSigned ? _mm256_cvtepi8_epi32(parts[k]) : _mm256_cvtepu8_epi32(parts[k]);
+      __m256i v = T::kKind == kSignedQ ? _mm256_cvtepi8_epi32(parts[k]) : _mm256_cvtepu8_epi32(parts[k]);
+      if constexpr (T::kKind == kOffsetQ) v = _mm256_add_epi32(v, _mm256_set1_epi32(int(T::kOffset)));
       // Same operation order as the reference (d * q + m, no fused multiply-add) for bit-exactness.
       __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), d);
-      if constexpr (!T::kSigned) f = _mm256_add_ps(f, m);
+      if constexpr (T::kKind == kAffineQ) f = _mm256_add_ps(f, m);
       _mm256_storeu_ps(dst + 32 * i + 8 * k, f);
     }
   }
