@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "backend/cpu/matmul_kernels.h"
@@ -40,6 +41,19 @@ constexpr int64_t kActChunk = 64;
 
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
+// Two adjacent fp16 values (d, m) -> floats in lanes 0 and 1.
+inline __m128 dm_of(const uint16_t* p) {
+  uint32_t u;
+  std::memcpy(&u, p, 4);
+  return _mm_cvtph_ps(_mm_cvtsi32_si128(int(u)));
+}
+// One fp16 value d -> d in lanes 0 and 1.
+inline __m128 dd_of(const uint16_t* p) {
+  uint16_t u;
+  std::memcpy(&u, p, 2);
+  return _mm_cvtph_ps(_mm_shufflelo_epi16(_mm_cvtsi32_si128(u), 0));
+}
+
 // 8 int32 lanes, each the sum of 4 adjacent u8 x s8 products. maddubs saturates to int16, which
 // our operand ranges (|u| <= 128, |s| <= 127) never reach.
 inline __m256i dot_u8i8(__m256i u, __m256i s) {
@@ -64,6 +78,9 @@ inline int hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(lo);
 }
 
+inline void store32(uint8_t* dst, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(dst), v); }
+inline __m256i load32u(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
 // 16 bytes of packed nibbles -> 32 bytes 0..15: low nibbles are elements 0..15, high 16..31.
 inline __m256i load_nibbles(const uint8_t* qs) {
   const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
@@ -83,106 +100,232 @@ inline __m256i bits_to_bytes(const uint8_t* p) {
 
 // ---- 32-element formats against BlockQ8A ----
 
+// kKind: kSignedQ - q is signed, product via |q| * sign(x, q); kOffsetQ - q is unsigned and the
+// weight is d * (q + kOffset), the offset applied once per row through the activation sums;
+// kAffineQ - unsigned q, weight d * q + m.
+enum Kind { kSignedQ, kOffsetQ, kAffineQ };
+
 struct TQ4_0 {
   using B = BlockQ4_0;
-  static constexpr bool kSigned = true;
-  static __m256i q(const B* b) { return _mm256_sub_epi8(load_nibbles(b->qs), _mm256_set1_epi8(8)); }
+  static constexpr Kind kKind = kOffsetQ;
+  static constexpr float kOffset = -8.0f;
+  static __m256i q(const B* b) { return load_nibbles(b->qs); }
   static float d(const B* b) { return h2f(b->d); }
   static float m(const B*) { return 0.0f; }
+  static __m128 dm(const B* b) { return dd_of(&b->d); }
 };
 struct TQ4_1 {
   using B = BlockQ4_1;
-  static constexpr bool kSigned = false;
+  static constexpr Kind kKind = kAffineQ;
+  static constexpr float kOffset = 0.0f;
   static __m256i q(const B* b) { return load_nibbles(b->qs); }
   static float d(const B* b) { return h2f(b->d); }
   static float m(const B* b) { return h2f(b->m); }
+  static __m128 dm(const B* b) { return dm_of(&b->d); }
 };
 struct TQ5_0 {
   using B = BlockQ5_0;
-  static constexpr bool kSigned = true;
+  static constexpr Kind kKind = kOffsetQ;
+  static constexpr float kOffset = -16.0f;
   static __m256i q(const B* b) {
     const __m256i hi = _mm256_and_si256(bits_to_bytes(b->qh), _mm256_set1_epi8(0x10));
-    return _mm256_sub_epi8(_mm256_or_si256(load_nibbles(b->qs), hi), _mm256_set1_epi8(16));
+    return _mm256_or_si256(load_nibbles(b->qs), hi);
   }
   static float d(const B* b) { return h2f(b->d); }
   static float m(const B*) { return 0.0f; }
+  static __m128 dm(const B* b) { return dd_of(&b->d); }
 };
 struct TQ5_1 {
   using B = BlockQ5_1;
-  static constexpr bool kSigned = false;
+  static constexpr Kind kKind = kAffineQ;
+  static constexpr float kOffset = 0.0f;
   static __m256i q(const B* b) {
     const __m256i hi = _mm256_and_si256(bits_to_bytes(b->qh), _mm256_set1_epi8(0x10));
     return _mm256_or_si256(load_nibbles(b->qs), hi);
   }
   static float d(const B* b) { return h2f(b->d); }
   static float m(const B* b) { return h2f(b->m); }
+  static __m128 dm(const B* b) { return dm_of(&b->d); }
 };
 struct TQ8_0 {
   using B = BlockQ8_0;
-  static constexpr bool kSigned = true;
+  static constexpr Kind kKind = kSignedQ;
+  static constexpr float kOffset = 0.0f;
   static __m256i q(const B* b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qs)); }
   static float d(const B* b) { return h2f(b->d); }
   static float m(const B*) { return 0.0f; }
+  static __m128 dm(const B* b) { return dd_of(&b->d); }
 };
 struct TIq4Nl {
   using B = BlockIq4Nl;
-  static constexpr bool kSigned = true;
+  static constexpr Kind kKind = kSignedQ;
+  static constexpr float kOffset = 0.0f;
   static __m256i q(const B* b) {
     const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
     return _mm256_shuffle_epi8(table, load_nibbles(b->qs));
   }
   static float d(const B* b) { return h2f(b->d); }
   static float m(const B*) { return 0.0f; }
+  static __m128 dm(const B* b) { return dd_of(&b->d); }
 };
 
 template <class T, int RR, int CC>
 void tile_q8a(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8A* x, int64_t xs, float* y,
               int64_t ldy) {
   using B = typename T::B;
+  constexpr bool kMin = T::kKind != kSignedQ;
   __m256 acc[RR][CC];
-  float macc[RR][CC];
+  // Lane 1: sum over blocks of (weight min, or weight d) * activation block sum; lane 0 unused.
+  __m128 macc[RR][CC];
   const B* wr[RR];
   for (int r = 0; r < RR; ++r) {
     wr[r] = reinterpret_cast<const B*>(w + size_t(r) * row_bytes);
     for (int c = 0; c < CC; ++c) {
       acc[r][c] = _mm256_setzero_ps();
-      macc[r][c] = 0.0f;
+      macc[r][c] = _mm_setzero_ps();
     }
   }
   for (int64_t b = 0; b < nb; ++b) {
     __m256i q[RR], aq[RR];
-    float dw[RR], mw[RR];
+    __m128 dm[RR];
     for (int r = 0; r < RR; ++r) {
       q[r] = T::q(wr[r] + b);
-      dw[r] = T::d(wr[r] + b);
-      if constexpr (T::kSigned) {
-        aq[r] = _mm256_sign_epi8(q[r], q[r]);
-      } else {
-        mw[r] = T::m(wr[r] + b);
-      }
+      dm[r] = T::dm(wr[r] + b);
+      if constexpr (T::kKind == kSignedQ) aq[r] = _mm256_sign_epi8(q[r], q[r]);
     }
     for (int c = 0; c < CC; ++c) {
       const BlockQ8A* xb = x + c * xs + b;
       const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb->qs));
-      const float dx = xb->d;
+      // (d, s) of the activation block in lanes 0, 1.
+      const __m128 xds = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(&xb->d)));
       for (int r = 0; r < RR; ++r) {
         __m256i p;
-        if constexpr (T::kSigned) {
+        if constexpr (T::kKind == kSignedQ) {
           p = dot_u8i8(aq[r], _mm256_sign_epi8(xv, q[r]));
         } else {
           p = dot_u8i8(q[r], xv);
-          macc[r][c] += mw[r] * xb->s;
         }
-        acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx), _mm256_cvtepi32_ps(p), acc[r][c]);
+        const __m128 prod = _mm_mul_ps(dm[r], xds);  // (d_w * d_x, m_w * s_x)
+        if constexpr (kMin) macc[r][c] = _mm_add_ps(macc[r][c], prod);
+        acc[r][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), acc[r][c]);
       }
     }
   }
   for (int r = 0; r < RR; ++r) {
-    for (int c = 0; c < CC; ++c) y[c * ldy + r] = hsum(acc[r][c]) + macc[r][c];
+    for (int c = 0; c < CC; ++c) {
+      float corr = 0.0f;
+      if constexpr (kMin) {
+        corr = _mm_cvtss_f32(_mm_movehdup_ps(macc[r][c]));
+        if constexpr (T::kKind == kOffsetQ) corr *= T::kOffset;
+      }
+      y[c * ldy + r] = hsum(acc[r][c]) + corr;
+    }
   }
 }
 
-// ---- K-quants against Q8_K ----
+
+// ---- K-quant decode (one activation row): unpack in registers, no staging buffer ----
+
+// Bytes (2k, 2k + 1) of every 16-bit lane: broadcasts int16 element k of each 128-bit lane.
+inline __m256i bcast16_mask(int lo_elem, int hi_elem) {
+  const auto m = [](int e) { return short(((2 * e + 1) << 8) | (2 * e)); };
+  return _mm256_set_m128i(_mm_set1_epi16(m(hi_elem)), _mm_set1_epi16(m(lo_elem)));
+}
+
+// Q4_K / Q5_K: the eight 6-bit scales and mins as bytes (low word: sub-blocks 0..3).
+inline void unpack_k4_scales(const uint8_t* q, uint64_t* sc, uint64_t* mn) {
+  uint32_t a, b, c;
+  std::memcpy(&a, q, 4);
+  std::memcpy(&b, q + 4, 4);
+  std::memcpy(&c, q + 8, 4);
+  *sc = (a & 0x3f3f3f3fu) | (uint64_t((c & 0x0f0f0f0fu) | ((a >> 2) & 0x30303030u)) << 32);
+  *mn = (b & 0x3f3f3f3fu) | (uint64_t(((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u)) << 32);
+}
+
+template <bool kFifthBit, class B>
+float vec_dot_k45(const B* w, const BlockQ8_K* x, int64_t nb) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const B& wb = w[i];
+    const BlockQ8_K& xb = x[i];
+    uint64_t sc8, mn8;
+    unpack_k4_scales(wb.scales, &sc8, &mn8);
+    const __m256i scv = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(sc8))));
+    const __m128i mb = _mm_cvtsi64_si128(int64_t(mn8));
+    const __m256i msum = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mb, mb)),
+                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums)));
+    __m256i hv = _mm256_setzero_si256();
+    if constexpr (kFifthBit) hv = load32u(wb.qh);
+    __m256i isum = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+      const __m256i qv = load32u(wb.qs + 32 * j);
+      __m256i lo = _mm256_and_si256(qv, m4);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+      if constexpr (kFifthBit) {
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * j), one), 4));
+        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * j + 1), one), 4));
+      }
+      const __m256i p0 = _mm256_maddubs_epi16(lo, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 64 * j));
+      const __m256i p1 = _mm256_maddubs_epi16(hi, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 64 * j + 32));
+      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(scv, bcast16_mask(2 * j, 2 * j))));
+      isum = _mm256_add_epi32(isum,
+                              _mm256_madd_epi16(p1, _mm256_shuffle_epi8(scv, bcast16_mask(2 * j + 1, 2 * j + 1))));
+    }
+    const __m128 dd = _mm_mul_ps(dm_of(&wb.d), _mm_set1_ps(xb.d));  // (d * dx, dmin * dx)
+    acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(isum), acc);
+    acc = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(msum), acc);
+  }
+  return hsum(acc);
+}
+
+inline float vec_dot_q6k(const BlockQ6_K* w, const BlockQ8_K* x, int64_t nb) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const BlockQ6_K& wb = w[i];
+    const BlockQ8_K& xb = x[i];
+    const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.scales));
+    const __m256i msum = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8),
+                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums)));
+    const __m256i sch[2] = {_mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8)),
+                            _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_srli_si128(sc8, 8)))};
+    __m256i isum = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = load32u(wb.ql + 64 * h), l1 = load32u(wb.ql + 64 * h + 32);
+      const __m256i hq = load32u(wb.qh + 32 * h);
+      const __m256i lo[4] = {_mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
+                             _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                             _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
+      for (int k = 0; k < 4; ++k) {
+        const __m256i q =
+            _mm256_or_si256(lo[k], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hq, 2 * k), m2), 4));
+        const __m256i p = _mm256_maddubs_epi16(q, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 128 * h + 32 * k));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sch[h], bcast16_mask(2 * k, 2 * k + 1))));
+      }
+    }
+    // w = d * sc * (q - 32): subtract 32 * sum(sc * bsums) in the integer domain.
+    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(msum, 5));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(wb.d) * xb.d), _mm256_cvtepi32_ps(isum), acc);
+  }
+  return hsum(acc);
+}
+
+struct KQ4;
+struct KQ5;
+struct KQ6;
+
+template <class T>
+float vec_dot_direct(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  if constexpr (std::is_same_v<T, KQ4>) return vec_dot_k45<false>(reinterpret_cast<const BlockQ4_K*>(w), x, nb);
+  if constexpr (std::is_same_v<T, KQ5>) return vec_dot_k45<true>(reinterpret_cast<const BlockQ5_K*>(w), x, nb);
+  if constexpr (std::is_same_v<T, KQ6>) return vec_dot_q6k(reinterpret_cast<const BlockQ6_K*>(w), x, nb);
+  return 0.0f;
+}
+template <class T>
+constexpr bool kHasDirect = std::is_same_v<T, KQ4> || std::is_same_v<T, KQ5> || std::is_same_v<T, KQ6>;
+
+// ---- K-quants against Q8_K (prefill tiles) ----
 // Each weight super-block is first unpacked into a uniform form: 256 unsigned bytes q, a scale per
 // 16 values and a "min" per 16 values so that w = d * sc * q - dmin * mn. The dot product with a
 // Q8_K block is then d * dx * sum(sc * q . x) - dmin * dx * sum(mn * bsums).
@@ -200,8 +343,6 @@ inline void set_chunk_scales(KPrep& p, int k, int s0, int s1) {
   }
 }
 
-inline void store32(uint8_t* dst, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(dst), v); }
-inline __m256i load32u(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
 // Local copy of the 6-bit scale unpacking (not the shared inline one: see the file comment).
 inline void scale_min_k4(int j, const uint8_t* q, int* sc, int* m) {
@@ -419,7 +560,11 @@ void tile_q8a_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int6
 }
 template <class T, int R, int C>
 void tile_q8k_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
-  tile_q8k<T, R, C>(w, rb, n / 256, static_cast<const BlockQ8_K*>(x), xs, y, ldy);
+  if constexpr (C == 1 && kHasDirect<T>) {
+    for (int r = 0; r < R; ++r) y[r] = vec_dot_direct<T>(w + size_t(r) * rb, static_cast<const BlockQ8_K*>(x), n / 256);
+  } else {
+    tile_q8k<T, R, C>(w, rb, n / 256, static_cast<const BlockQ8_K*>(x), xs, y, ldy);
+  }
 }
 template <class T, int R, int C>
 void tile_f_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
@@ -613,10 +758,11 @@ void dequant_q8a_type(const void* src, float* dst, int64_t n) {
     const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
     const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
     for (int k = 0; k < 4; ++k) {
-      const __m256i v = T::kSigned ? _mm256_cvtepi8_epi32(parts[k]) : _mm256_cvtepu8_epi32(parts[k]);
+      __m256i v = T::kKind == kSignedQ ? _mm256_cvtepi8_epi32(parts[k]) : _mm256_cvtepu8_epi32(parts[k]);
+      if constexpr (T::kKind == kOffsetQ) v = _mm256_add_epi32(v, _mm256_set1_epi32(int(T::kOffset)));
       // Same operation order as the reference (d * q + m, no fused multiply-add) for bit-exactness.
       __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), d);
-      if constexpr (!T::kSigned) f = _mm256_add_ps(f, m);
+      if constexpr (T::kKind == kAffineQ) f = _mm256_add_ps(f, m);
       _mm256_storeu_ps(dst + 32 * i + 8 * k, f);
     }
   }

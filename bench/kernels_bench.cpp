@@ -1,0 +1,149 @@
+// Kernel benchmarks: matvec (decode, m = 1) and matmul (prefill, m = 64 / 512) per weight format,
+// with 1 and 2 threads, reporting weight bytes streamed per second; plus a plain streaming read
+// of a large buffer as the machine's memory-bandwidth ceiling.
+//   ./qleap_kernel_bench --benchmark_filter='Matvec/Q4_0'   (QLEAP_ISA=avx2|scalar caps the ISA)
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/matmul.h"
+#include "core/fp16.h"
+#include "core/thread_pool.h"
+#include "quant/quant.h"
+
+namespace qleap {
+namespace {
+
+// Decode benchmarks cycle through enough weight copies to exceed the last-level cache, so they
+// measure DRAM streaming like a real model does.
+constexpr size_t kColdBytes = size_t(160) << 20;
+
+ThreadPool& pool_for(int n) {
+  static std::unique_ptr<ThreadPool> pools[9];
+  if (!pools[n]) pools[n] = std::make_unique<ThreadPool>(n);
+  return *pools[n];
+}
+
+std::vector<uint8_t> make_weights(GgmlType t, int64_t rows, int64_t cols) {
+  std::mt19937 rng(42);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::vector<float> f(static_cast<size_t>(cols));
+  const size_t rb = row_size(t, cols);
+  std::vector<uint8_t> w(rb * size_t(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (auto& v : f) v = nd(rng);
+    if (can_quantize(t)) {
+      quantize_row_ref(t, f.data(), w.data() + size_t(r) * rb, cols);
+    } else {
+      // No encoder (Q2_K, Q3_K): random bits with a small fp16 scale in the first two bytes and
+      // the last two (d / dmin live there for these formats).
+      for (size_t i = 0; i < rb; ++i) w[size_t(r) * rb + i] = uint8_t(rng());
+      const size_t ts = type_traits(t).type_size;
+      for (size_t o = 0; o < rb; o += ts) {
+        const uint16_t h = fp32_to_fp16_ref(0.001f);
+        std::memcpy(&w[size_t(r) * rb + o + ts - 2], &h, 2);
+        std::memcpy(&w[size_t(r) * rb + o + ts - 4], &h, 2);
+      }
+    }
+  }
+  return w;
+}
+
+void bm_matmul(benchmark::State& state, GgmlType t, int64_t rows, int64_t cols, int64_t m, int threads,
+               bool hot = false) {
+  const auto base = make_weights(t, rows, cols);
+  const size_t bytes = base.size();
+  const size_t copies = m == 1 && !hot ? std::max<size_t>(1, kColdBytes / bytes) : 1;
+  std::vector<std::vector<uint8_t>> w(copies, base);
+  std::vector<float> x(size_t(m * cols)), y(size_t(m * rows));
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd;
+  for (auto& v : x) v = nd(rng);
+  ThreadPool& pool = pool_for(threads);
+  size_t i = 0;
+  for (auto _ : state) {
+    const WeightView wv{t, w[i].data(), cols, rows, row_size(t, cols)};
+    matmul(wv, x.data(), m, y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+    i = (i + 1) % copies;
+  }
+  state.counters["wGB/s"] = benchmark::Counter(double(bytes) * double(state.iterations()) / 1e9,
+                                               benchmark::Counter::kIsRate);
+  state.counters["GFLOPS"] = benchmark::Counter(2.0 * double(rows * cols * m) * double(state.iterations()) / 1e9,
+                                                benchmark::Counter::kIsRate);
+}
+
+// Streaming read of a buffer much larger than the caches: the bandwidth ceiling for decode.
+void bm_mem_read(benchmark::State& state, int threads) {
+  const size_t n = (size_t(512) << 20) / sizeof(uint64_t);
+  static std::vector<uint64_t> buf(n, 1);
+  ThreadPool& pool = pool_for(threads);
+  std::vector<uint64_t> sums(size_t(threads) * 8);
+  for (auto _ : state) {
+    pool.run([&](int ith, int nth) {
+      const size_t b = n * size_t(ith) / size_t(nth), e = n * size_t(ith + 1) / size_t(nth);
+      uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (size_t k = b; k + 4 <= e; k += 4) {
+        s0 += buf[k];
+        s1 += buf[k + 1];
+        s2 += buf[k + 2];
+        s3 += buf[k + 3];
+      }
+      sums[size_t(ith) * 8] = s0 + s1 + s2 + s3;
+    });
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(double(n * 8) * double(state.iterations()) / 1e9,
+                                              benchmark::Counter::kIsRate);
+}
+
+void register_all() {
+  for (int th : {1, 2}) {
+    benchmark::RegisterBenchmark(("MemRead/threads:" + std::to_string(th)).c_str(),
+                                 [th](benchmark::State& s) { bm_mem_read(s, th); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  const GgmlType types[] = {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q5_1,
+                            GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K,
+                            GgmlType::Q6_K, GgmlType::F16, GgmlType::BF16, GgmlType::F32};
+  // Cache-resident matvec (L2): isolates kernel compute from DRAM for A/B comparisons of kernels.
+  for (GgmlType t : types) {
+    const std::string name = std::string("MatvecHot/") + type_name(t) + "/256x2048/threads:1";
+    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { bm_matmul(s, t, 256, 2048, 1, 1, true); })
+        ->Unit(benchmark::kMicrosecond);
+  }
+  const std::pair<int64_t, int64_t> shapes[] = {{768, 2048}, {2048, 768}, {4096, 4096}};  // rows x cols
+  for (int64_t m : {1, 64, 512}) {
+    for (GgmlType t : types) {
+      for (auto [rows, cols] : shapes) {
+        if (m == 512 && rows * cols > 2048 * 768) continue;  // keep the full run in minutes
+        for (int th : {1, 2}) {
+          const std::string name = std::string(m == 1 ? "Matvec/" : "Matmul/") + type_name(t) + "/" +
+                                   std::to_string(rows) + "x" + std::to_string(cols) + "/m:" + std::to_string(m) +
+                                   "/threads:" + std::to_string(th);
+          benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { bm_matmul(s, t, rows, cols, m, th); })
+              ->UseRealTime()
+              ->Unit(benchmark::kMicrosecond);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace qleap
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  qleap::register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
