@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <vector>
 
 #include "backend/cpu/ops.h"
 #include "core/error.h"
@@ -21,6 +22,10 @@ namespace {
 constexpr int kMaxHeadDim = 1024;
 // Keys scored per online-softmax step: one rescale of the accumulator per tile instead of per key.
 constexpr int kTile = 64;
+// Query heads sharing one kv head that one work item handles together.
+constexpr int kMaxGroup = 8;
+// Fewest keys per slice when one query's keys are split across threads.
+constexpr int kMinSplitKeys = 128;
 
 // Storage formats. A row holds the n_kv_heads * head_dim values of one position; `off`/`n` select one
 // head's slice of it.
@@ -33,6 +38,9 @@ struct F32Format {
   }
   static void axpy(float p, const uint8_t* row, int off, float* acc, int n) {
     axpy_f32(p, reinterpret_cast<const float*>(row) + off, acc, n);
+  }
+  static const float* view(const uint8_t* row, int off, int, float*) {
+    return reinterpret_cast<const float*>(row) + off;
   }
 };
 
@@ -47,6 +55,10 @@ struct F16Format {
   }
   static void axpy(float p, const uint8_t* row, int off, float* acc, int n) {
     axpy_f16(p, reinterpret_cast<const uint16_t*>(row) + off, acc, n);
+  }
+  static const float* view(const uint8_t* row, int off, int n, float* buf) {
+    fp16_to_fp32_row(reinterpret_cast<const uint16_t*>(row) + off, buf, n);
+    return buf;
   }
 };
 
@@ -84,6 +96,18 @@ struct Q8Format {
       acc[i] += p * fp16_to_fp32(blk.d) * float(blk.qs[(off + i) % 32]);
     }
   }
+  static const float* view(const uint8_t* row, int off, int n, float* buf) {
+    const auto* b = reinterpret_cast<const BlockQ8_0*>(row);
+    if (off % 32 == 0 && n % 32 == 0) {
+      dequantize_q8_0(b + off / 32, buf, n);
+    } else {
+      for (int i = 0; i < n; ++i) {
+        const BlockQ8_0& blk = b[(off + i) / 32];
+        buf[i] = fp16_to_fp32(blk.d) * float(blk.qs[(off + i) % 32]);
+      }
+    }
+    return buf;
+  }
 };
 
 struct AlignedFree {
@@ -112,18 +136,36 @@ class KvCacheImpl final : public KvCache {
 
   void attend(int layer, int pos0, int n_q, const float* q, float* out, float scale, ThreadPool& pool) override {
     check(layer, pos0, n_q);
+    const KvShape& sh = shape_;
     Job job{this, layer, pos0, q, out, scale};
-    const int64_t n_items = int64_t(n_q) * shape_.n_heads;
+    job.group = sh.n_heads / sh.n_kv_heads;
+    job.n_sub = (job.group + kMaxGroup - 1) / kMaxGroup;
+    job.sub_heads = (job.group + job.n_sub - 1) / job.n_sub;
+    const int64_t base_items = int64_t(n_q) * sh.n_kv_heads * job.n_sub;
+    const int n_keys_max = pos0 + n_q;
+    // Decode has few (query, kv head) items: split long key ranges across threads as well and merge
+    // the partial softmax states afterwards.
+    if (pool.size() > 1 && base_items < 2 * pool.size() && n_keys_max >= 2 * kMinSplitKeys) {
+      const int64_t want = (4 * pool.size() + base_items - 1) / base_items;
+      job.n_split = int(std::min<int64_t>(want, n_keys_max / kMinSplitKeys));
+    }
+    const int64_t n_items = base_items * job.n_split;
+    if (job.n_split > 1) {
+      const size_t need = size_t(n_items) * job.sub_heads * (sh.head_dim + 2);
+      if (partial_.size() < need) partial_.resize(need);  // grows once, then reused every token
+      job.partial = partial_.data();
+    }
     // Work in multiply-adds; below a few tens of thousands the dispatch costs more than it saves.
-    const double work = double(n_items) * (pos0 + 0.5 * n_q + 1) * shape_.head_dim * 2;
+    const double work = double(n_q) * sh.n_heads * (pos0 + 0.5 * n_q + 1) * sh.head_dim * 2;
     if (pool.size() == 1 || work < 32768) {
       for (int64_t i = 0; i < n_items; ++i) job.run(i);
-      return;
+    } else {
+      const Job* jp = &job;
+      pool.parallel_for(n_items, 1, [jp](int64_t b, int64_t e, int) {
+        for (int64_t i = b; i < e; ++i) jp->run(i);
+      });
     }
-    const Job* jp = &job;
-    pool.parallel_for(n_items, 1, [jp](int64_t b, int64_t e, int) {
-      for (int64_t i = b; i < e; ++i) jp->run(i);
-    });
+    if (job.n_split > 1) job.merge(n_q);
   }
 
   size_t bytes_per_token() const override { return 2 * row_bytes_ * size_t(shape_.n_layers); }
@@ -131,47 +173,117 @@ class KvCacheImpl final : public KvCache {
   const char* type_name() const override { return Format::kName; }
 
  private:
+  // One work item: a query token, a kv head and up to kMaxGroup of the query heads that share it
+  // (each K/V row is decoded once for all of them), over one slice of the keys.
   struct Job {
     const KvCacheImpl* self;
     int layer, pos0;
     const float* q;
     float* out;
     float scale;
+    int group = 1, n_sub = 1, sub_heads = 1, n_split = 1;
+    float* partial = nullptr;  // n_split > 1: per item and head {m, l, acc[head_dim]}
 
-    // One (query token, head) pair: online softmax over tiles of keys.
     void run(int64_t item) const {
       const KvShape& s = self->shape_;
       const int hd = s.head_dim;
-      const int t = int(item / s.n_heads), h = int(item % s.n_heads);
-      const int kvh = h / (s.n_heads / s.n_kv_heads);
-      const int off = kvh * hd;
-      const float* qh = q + (size_t(t) * s.n_heads + h) * hd;
-      float* oh = out + (size_t(t) * s.n_heads + h) * hd;
+      const int split = int(item % n_split);
+      int64_t rest = item / n_split;
+      const int sub = int(rest % n_sub);
+      rest /= n_sub;
+      const int g = int(rest % s.n_kv_heads);
+      const int t = int(rest / s.n_kv_heads);
+      const int h0 = g * group + sub * sub_heads;
+      const int nh = std::min(sub_heads, group - sub * sub_heads);
+      const int off = g * hd;
       const int n_keys = pos0 + t + 1;
-      float acc[kMaxHeadDim];
-      float sc[kTile];
-      std::fill(acc, acc + hd, 0.0f);
-      float m = -std::numeric_limits<float>::infinity(), l = 0;
-      for (int j0 = 0; j0 < n_keys; j0 += kTile) {
-        const int nt = std::min(kTile, n_keys - j0);
-        float tmax = -std::numeric_limits<float>::infinity();
-        for (int j = 0; j < nt; ++j) {
-          sc[j] = Format::dot(self->row(layer, 0, j0 + j), off, qh, hd) * scale;
-          tmax = std::max(tmax, sc[j]);
-        }
-        if (tmax > m) {
-          if (l > 0) {
-            const float c = std::exp(m - tmax);
-            scale_inplace(acc, c, hd);
-            l *= c;
-          }
-          m = tmax;
-        }
-        l += exp_sub_sum(sc, nt, m);
-        for (int j = 0; j < nt; ++j) Format::axpy(sc[j], self->row(layer, 1, j0 + j), off, acc, hd);
+      const int jb = int(int64_t(n_keys) * split / n_split), je = int(int64_t(n_keys) * (split + 1) / n_split);
+
+      const float* qh[kMaxGroup];
+      float m[kMaxGroup], l[kMaxGroup];
+      alignas(32) float acc[kMaxGroup][kMaxHeadDim];
+      alignas(32) float sc[kMaxGroup][kTile];
+      alignas(32) float buf[kMaxHeadDim];
+      for (int k = 0; k < nh; ++k) {
+        qh[k] = q + (size_t(t) * s.n_heads + h0 + k) * hd;
+        m[k] = -std::numeric_limits<float>::infinity();
+        l[k] = 0;
+        std::fill(acc[k], acc[k] + hd, 0.0f);
       }
-      const float inv = 1.0f / l;
-      for (int i = 0; i < hd; ++i) oh[i] = acc[i] * inv;
+      for (int j0 = jb; j0 < je; j0 += kTile) {
+        const int nt = std::min(kTile, je - j0);
+        for (int j = 0; j < nt; ++j) {
+          const uint8_t* kr = self->row(layer, 0, j0 + j);
+          if (nh == 1) {
+            sc[0][j] = Format::dot(kr, off, qh[0], hd) * scale;
+          } else {
+            const float* kv = Format::view(kr, off, hd, buf);
+            for (int k = 0; k < nh; ++k) sc[k][j] = dot_f32(kv, qh[k], hd) * scale;
+          }
+        }
+        for (int k = 0; k < nh; ++k) {
+          float tmax = sc[k][0];
+          for (int j = 1; j < nt; ++j) tmax = std::max(tmax, sc[k][j]);
+          if (tmax > m[k]) {
+            if (l[k] > 0) {
+              const float c = std::exp(m[k] - tmax);
+              scale_inplace(acc[k], c, hd);
+              l[k] *= c;
+            }
+            m[k] = tmax;
+          }
+          l[k] += exp_sub_sum(sc[k], nt, m[k]);
+        }
+        for (int j = 0; j < nt; ++j) {
+          const uint8_t* vr = self->row(layer, 1, j0 + j);
+          if (nh == 1) {
+            Format::axpy(sc[0][j], vr, off, acc[0], hd);
+          } else {
+            const float* vv = Format::view(vr, off, hd, buf);
+            for (int k = 0; k < nh; ++k) axpy_f32(sc[k][j], vv, acc[k], hd);
+          }
+        }
+      }
+      for (int k = 0; k < nh; ++k) {
+        if (n_split == 1) {
+          float* oh = out + (size_t(t) * s.n_heads + h0 + k) * hd;
+          const float inv = 1.0f / l[k];
+          for (int i = 0; i < hd; ++i) oh[i] = acc[k][i] * inv;
+        } else {
+          float* p = partial + (size_t(item) * sub_heads + k) * (hd + 2);
+          p[0] = m[k];
+          p[1] = l[k];
+          std::copy(acc[k], acc[k] + hd, p + 2);
+        }
+      }
+    }
+
+    // Combines the key slices of each (query, head): rescale every slice to the common maximum.
+    void merge(int n_q) const {
+      const KvShape& s = self->shape_;
+      const int hd = s.head_dim;
+      for (int t = 0; t < n_q; ++t) {
+        for (int h = 0; h < s.n_heads; ++h) {
+          const int g = h / group, sub = (h % group) / sub_heads, k = (h % group) % sub_heads;
+          const int64_t base = ((int64_t(t) * s.n_kv_heads + g) * n_sub + sub) * n_split;
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int sp = 0; sp < n_split; ++sp) {
+            const float* p = partial + (size_t(base + sp) * sub_heads + k) * (hd + 2);
+            if (p[1] > 0) mx = std::max(mx, p[0]);
+          }
+          float* oh = out + (size_t(t) * s.n_heads + h) * hd;
+          std::fill(oh, oh + hd, 0.0f);
+          float l = 0;
+          for (int sp = 0; sp < n_split; ++sp) {
+            const float* p = partial + (size_t(base + sp) * sub_heads + k) * (hd + 2);
+            if (p[1] <= 0) continue;
+            const float c = std::exp(p[0] - mx);
+            l += p[1] * c;
+            axpy_f32(c, p + 2, oh, hd);
+          }
+          scale_inplace(oh, 1.0f / l, hd);
+        }
+      }
     }
   };
 
@@ -186,6 +298,7 @@ class KvCacheImpl final : public KvCache {
   }
 
   size_t row_bytes_;
+  std::vector<float> partial_;
   size_t layer_bytes_ = 0;
   size_t total_ = 0;
   std::unique_ptr<uint8_t[], AlignedFree> data_;

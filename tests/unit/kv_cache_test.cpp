@@ -44,6 +44,8 @@ struct Case {
   const char* type;
   int head_dim;
   float tol;
+  int n_heads = 6;
+  int n_kv_heads = 2;
 };
 
 class KvAttention : public ::testing::TestWithParam<Case> {};
@@ -53,8 +55,8 @@ TEST_P(KvAttention, MatchesReference) {
   KvShape s;
   s.n_layers = 2;
   s.n_ctx = 300;
-  s.n_heads = 6;
-  s.n_kv_heads = 2;
+  s.n_heads = c.n_heads;
+  s.n_kv_heads = c.n_kv_heads;
   s.head_dim = c.head_dim;
   auto kv = make_kv_cache(c.type, s);
   EXPECT_STREQ(kv->type_name(), c.type);
@@ -73,8 +75,11 @@ TEST_P(KvAttention, MatchesReference) {
   kv->store(1, 100, 1, k.data() + 100 * kvd, v.data() + 100 * kvd);
   kv->store(1, 101, n - 101, k.data() + 101 * kvd, v.data() + 101 * kvd);
 
-  ThreadPool pool(2);
-  for (const auto& [pos0, n_q] : {std::pair{0, 1}, std::pair{0, 40}, std::pair{150, 1}, std::pair{200, 60}}) {
+  // Pools of 2 and 4 threads with a long single query exercise the split-key path and its merge.
+  for (const int threads : {1, 2, 4})
+  for (const auto& [pos0, n_q] : {std::pair{0, 1}, std::pair{0, 40}, std::pair{150, 1}, std::pair{259, 1},
+                                  std::pair{200, 60}}) {
+    ThreadPool pool(threads);
     std::vector<float> qq(q.begin() + size_t(pos0) * s.n_heads * s.head_dim,
                           q.begin() + size_t(pos0 + n_q) * s.n_heads * s.head_dim);
     std::vector<float> out(qq.size());
@@ -82,16 +87,19 @@ TEST_P(KvAttention, MatchesReference) {
     const auto ref = reference_attention(s, k, v, pos0, n_q, qq, scale);
     float max_err = 0;
     for (size_t i = 0; i < out.size(); ++i) max_err = std::max(max_err, std::fabs(out[i] - ref[i]));
-    EXPECT_LT(max_err, c.tol) << "pos0 " << pos0 << " n_q " << n_q;
+    EXPECT_LT(max_err, c.tol) << "pos0 " << pos0 << " n_q " << n_q << " threads " << threads;
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, KvAttention,
                          ::testing::Values(Case{"f32", 64, 1e-5f}, Case{"f32", 8, 1e-5f}, Case{"f16", 64, 3e-3f},
                                            Case{"f16", 8, 3e-3f}, Case{"q8_0", 64, 3e-2f}, Case{"q8_0", 8, 3e-2f},
-                                           Case{"q8_0", 40, 3e-2f}),
+                                           Case{"q8_0", 40, 3e-2f}, Case{"f32", 16, 1e-5f, 20, 2},
+                                           Case{"f16", 32, 3e-3f, 3, 3}, Case{"q8_0", 32, 3e-2f, 4, 1}),
                          [](const auto& info) {
-                           return std::string(info.param.type) + "_hd" + std::to_string(info.param.head_dim);
+                           const Case& c = info.param;
+                           return std::string(c.type) + "_hd" + std::to_string(c.head_dim) + "_h" +
+                                  std::to_string(c.n_heads) + "_kv" + std::to_string(c.n_kv_heads);
                          });
 
 TEST(KvCache, BytesPerTokenMatchesAllocation) {

@@ -76,6 +76,19 @@ void fp32_to_fp16_row(const float* x, uint16_t* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
 }
 
+void fp16_to_fp32_row(const uint16_t* x, float* y, int64_t n) {
+  if (use_avx2()) return ops_detail::fp16_to_fp32_row_avx2(x, y, n);
+  for (int64_t i = 0; i < n; ++i) y[i] = fp16_to_fp32(x[i]);
+}
+
+void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t n) {
+  if (use_avx2()) return ops_detail::dequantize_q8_0_avx2(x, y, n);
+  for (int64_t blk = 0; blk < n / 32; ++blk) {
+    const float d = fp16_to_fp32(x[blk].d);
+    for (int i = 0; i < 32; ++i) y[blk * 32 + i] = d * float(x[blk].qs[i]);
+  }
+}
+
 float dot_f32(const float* a, const float* b, int64_t n) {
   if (use_avx2()) return ops_detail::dot_f32_avx2(a, b, n);
   float s = 0;

@@ -31,6 +31,7 @@ void scale_inplace(float* y, float a, int64_t n);
 float exp_sub_sum(float* x, int64_t n, float m);
 // Converts a row of floats to fp16 (round to nearest even).
 void fp32_to_fp16_row(const float* x, uint16_t* y, int64_t n);
+void fp16_to_fp32_row(const uint16_t* x, float* y, int64_t n);
 
 // The GGUF Q8_0 block: 32 signed bytes and one fp16 scale (34 bytes).
 struct BlockQ8_0 {
@@ -43,6 +44,7 @@ void quantize_q8_0(const float* x, BlockQ8_0* out, int64_t n);
 // n is a multiple of 32 (whole blocks).
 float dot_q8_0(const BlockQ8_0* a, const float* b, int64_t n);
 void axpy_q8_0(float a, const BlockQ8_0* x, float* y, int64_t n);
+void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t n);
 
 // ---- Rotary position embedding ----
 
@@ -109,6 +111,8 @@ void scale_mul_avx2(const float* x, const float* w, float s, float* y, int64_t n
 void silu_mul_avx2(float* g, const float* u, int64_t n);
 float exp_sub_sum_avx2(float* x, int64_t n, float m);
 void fp32_to_fp16_row_avx2(const float* x, uint16_t* y, int64_t n);
+void fp16_to_fp32_row_avx2(const uint16_t* x, float* y, int64_t n);
+void dequantize_q8_0_avx2(const BlockQ8_0* x, float* y, int64_t n);
 }  // namespace ops_detail
 
 inline float silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
