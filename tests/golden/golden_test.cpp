@@ -45,12 +45,15 @@ std::vector<std::string> fixture_names() {
 
 struct Result {
   double max_abs_err = 0;
+  double max_abs_ref = 0;  // largest reference logit magnitude (the scale errors are judged against)
   int argmax_mismatch = 0;        // positions where the argmax differs
   int argmax_mismatch_clear = 0;  // ... although the reference's top-2 gap exceeds `clear_gap`
   int positions = 0;
 };
 
-Result run_fixture(const std::string& name, GgmlType type, const std::string& kv_type, double clear_gap) {
+// clear_gap_rel: an argmax mismatch counts as "clear" when the reference's top-2 gap exceeds
+// clear_gap_rel * max_abs_ref.
+Result run_fixture(const std::string& name, GgmlType type, const std::string& kv_type, double clear_gap_rel) {
   const std::filesystem::path dir = std::filesystem::path(testing::fixtures_dir()) / name;
   testing::TempDir tmp("golden_" + name + "_" + type_name(type));
   const std::string gguf = tmp.file("model.gguf");
@@ -63,6 +66,12 @@ Result run_fixture(const std::string& name, GgmlType type, const std::string& kv
   so.kv_type = kv_type;
   so.n_threads = 2;
   Result r;
+  for (const auto& prompt_logits : g.logits) {
+    for (const auto& row : prompt_logits) {
+      for (float x : row) r.max_abs_ref = std::max(r.max_abs_ref, double(std::fabs(x)));
+    }
+  }
+  const double clear_gap = clear_gap_rel * r.max_abs_ref;
   for (size_t p = 0; p < g.prompts.size(); ++p) {
     Session s(model, so);
     const std::vector<float>& logits = s.eval(g.prompts[p], /*all_logits=*/true);
@@ -72,7 +81,9 @@ Result run_fixture(const std::string& name, GgmlType type, const std::string& kv
     for (size_t pos = 0; pos < g.prompts[p].size(); ++pos) {
       const std::vector<float>& ref = g.logits[p][pos];
       const float* got = logits.data() + pos * n_vocab;
-      for (size_t v = 0; v < n_vocab; ++v) r.max_abs_err = std::max(r.max_abs_err, double(std::fabs(got[v] - ref[v])));
+      for (size_t v = 0; v < n_vocab; ++v) {
+        r.max_abs_err = std::max(r.max_abs_err, double(std::fabs(got[v] - ref[v])));
+      }
       const size_t am_ref = size_t(std::max_element(ref.begin(), ref.end()) - ref.begin());
       const size_t am_got = size_t(std::max_element(got, got + n_vocab) - got);
       std::vector<float> sorted = ref;
@@ -100,16 +111,18 @@ TEST_P(GoldenLogits, F32MatchesTransformers) {
   EXPECT_EQ(r.argmax_mismatch, 0);
 }
 
-// F16 weights and the default KV cache. The tolerance is ~3x the error measured across the fixtures
-// (tiny models with weights ~N(0, 1.5/sqrt(fan_in)) and logits of magnitude ~5-20). Argmax must
-// agree wherever the reference's top-2 gap is clearly larger than that rounding noise.
+// F16 weights and the default KV cache. Errors scale with the logits, so the tolerance is relative
+// to the largest reference logit: measured max error / max |logit| was 1.4e-3 .. 2.2e-3 across the
+// fixtures (model branch 258eba7), the bound is 5e-3. Argmax must agree wherever the reference's
+// top-2 gap is clearly (2x) larger than that tolerance.
 TEST_P(GoldenLogits, F16CloseToTransformers) {
-  constexpr double kTol = 5e-2;
-  const Result r = run_fixture(GetParam(), GgmlType::F16, SessionOptions{}.kv_type, 2 * kTol);
-  std::printf("[golden] %s F16: max abs err %.3g, argmax differs at %d/%d positions (all with top-2 gap < %.2g)\n",
-              GetParam().c_str(), r.max_abs_err, r.argmax_mismatch, r.positions, 2 * kTol);
+  constexpr double kRelTol = 5e-3;
+  const Result r = run_fixture(GetParam(), GgmlType::F16, SessionOptions{}.kv_type, 2 * kRelTol);
+  std::printf("[golden] %s F16: max abs err %.3g (%.2g of max |logit| %.3g), argmax differs at %d/%d positions\n",
+              GetParam().c_str(), r.max_abs_err, r.max_abs_err / r.max_abs_ref, r.max_abs_ref, r.argmax_mismatch,
+              r.positions);
   EXPECT_GT(r.positions, 0);
-  EXPECT_LT(r.max_abs_err, kTol);
+  EXPECT_LT(r.max_abs_err, kRelTol * r.max_abs_ref);
   EXPECT_EQ(r.argmax_mismatch_clear, 0);
 }
 
