@@ -1,0 +1,179 @@
+"""gguf-py reads what our GGUF writer and HF converter produce.
+
+Runs `qleap_tests --gtest_filter=GgufCrosscheck.WritesCrosscheckFiles` with QLEAP_CROSSCHECK_OUT set
+(binary from $QLEAP_TESTS_BIN, default build/qleap_tests), then:
+  - writer.gguf: every key, type, value and tensor equals writer_expected.json (what the C++ test
+    handed the writer), as read by gguf.GGUFReader;
+  - converted_<fixture>.gguf: metadata matches config.json the way llama.cpp's converter writes it,
+    and every tensor equals the safetensors weight (llama q/k re-ordered by an independent numpy
+    implementation of the rotary permutation).
+"""
+import json
+import math
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import gguf
+from gguf_dump import dump
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+FIXTURES = os.path.join(ROOT, "tests", "golden", "fixtures")
+
+
+def _tests_bin():
+    return os.environ.get("QLEAP_TESTS_BIN", os.path.join(ROOT, "build", "qleap_tests"))
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    binary = _tests_bin()
+    if not os.path.exists(binary):
+        pytest.skip(f"{binary} not built")
+    d = tmp_path_factory.mktemp("crosscheck")
+    env = dict(os.environ, QLEAP_CROSSCHECK_OUT=str(d), QLEAP_SOURCE_DIR=ROOT)
+    r = subprocess.run([binary, "--gtest_filter=GgufCrosscheck.WritesCrosscheckFiles"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[  PASSED  ] 1 test" in r.stdout, r.stdout
+    return d
+
+
+def test_writer_file_reads_back_in_gguf_py(out_dir):
+    got = dump(str(out_dir / "writer.gguf"))
+    with open(out_dir / "writer_expected.json") as f:
+        want = json.load(f)
+    assert got["alignment"] == want["alignment"] == 128
+    assert [m["key"] for m in got["metadata"]] == [m["key"] for m in want["metadata"]]
+    for g, w in zip(got["metadata"], want["metadata"]):
+        assert g["type"] == w["type"], g["key"]
+        assert g["value"] == w["value"], g["key"]
+    assert len(got["tensors"]) == len(want["tensors"])
+    for g, w in zip(got["tensors"], want["tensors"]):
+        for k in ("name", "type", "shape", "n_bytes", "fnv1a64"):
+            assert g[k] == w[k], (g["name"], k)
+        assert g["data_offset"] % 128 == 0
+
+
+def rotary_permute(w, n_head):
+    """HF rotate-half rows -> interleaved pairs (per head: row j*d/2+i goes to 2*i+j)."""
+    rows = w.shape[0]
+    d = rows // n_head
+    x = w.reshape(n_head, 2, d // 2, *w.shape[1:])
+    return np.swapaxes(x, 1, 2).reshape(w.shape)
+
+
+def hf_to_gguf_name(hf):
+    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": "output.weight"}
+    if hf in top:
+        return top[hf]
+    parts = hf.split(".")
+    assert parts[0] == "model" and parts[1] == "layers", hf
+    blk, rest = parts[2], ".".join(parts[3:-1])
+    m = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+         "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+         "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+         "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    return f"blk.{blk}.{m[rest]}.{parts[-1]}"
+
+
+def fixture_names():
+    return sorted(n for n in os.listdir(FIXTURES) if os.path.isdir(os.path.join(FIXTURES, n)))
+
+
+def kv(reader):
+    return {f.name: f for f in reader.fields.values()}
+
+
+@pytest.mark.parametrize("name", fixture_names())
+def test_converted_fixture_matches_checkpoint(out_dir, name):
+    from safetensors.numpy import load_file
+
+    with open(os.path.join(FIXTURES, name, "config.json")) as f:
+        cfg = json.load(f)
+    r = gguf.GGUFReader(str(out_dir / f"converted_{name}.gguf"))
+    fields = kv(r)
+    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[cfg["model_type"]]
+
+    def val(key):
+        return fields[key].contents()
+
+    assert val("general.architecture") == arch
+    assert val("general.file_type") == 0
+    n_head, n_kv, n_embd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["hidden_size"]
+    head_dim = cfg.get("head_dim") or n_embd // n_head
+    assert val(f"{arch}.context_length") == cfg["max_position_embeddings"]
+    assert val(f"{arch}.embedding_length") == n_embd
+    assert val(f"{arch}.block_count") == cfg["num_hidden_layers"]
+    assert val(f"{arch}.feed_forward_length") == cfg["intermediate_size"]
+    assert val(f"{arch}.attention.head_count") == n_head
+    assert val(f"{arch}.attention.head_count_kv") == n_kv
+    assert val(f"{arch}.rope.dimension_count") == head_dim
+    assert val(f"{arch}.vocab_size") == cfg["vocab_size"]
+    rp = cfg.get("rope_parameters") or {}
+    assert math.isclose(val(f"{arch}.rope.freq_base"), rp.get("rope_theta", cfg.get("rope_theta", 10000.0)),
+                        rel_tol=1e-6)
+    assert math.isclose(val(f"{arch}.attention.layer_norm_rms_epsilon"), cfg["rms_norm_eps"], rel_tol=1e-6)
+    if head_dim != n_embd // n_head:
+        assert val(f"{arch}.attention.key_length") == head_dim
+        assert val(f"{arch}.attention.value_length") == head_dim
+    else:
+        assert f"{arch}.attention.key_length" not in fields
+    rtype = rp.get("rope_type", "default")
+    if rtype in ("linear", "yarn"):
+        assert val(f"{arch}.rope.scaling.type") == rtype
+        assert math.isclose(val(f"{arch}.rope.scaling.factor"), rp["factor"], rel_tol=1e-6)
+    else:
+        assert f"{arch}.rope.scaling.type" not in fields
+    if rtype == "yarn":
+        assert val(f"{arch}.rope.scaling.original_context_length") == rp["original_max_position_embeddings"]
+
+    weights = load_file(os.path.join(FIXTURES, name, "model.safetensors"))
+    tensors = {t.name: t for t in r.tensors}
+    expected = {}
+    for hf, w in weights.items():
+        g = hf_to_gguf_name(hf)
+        if g == "output.weight" and cfg.get("tie_word_embeddings"):
+            continue
+        if arch == "llama" and ".attn_q." in g:
+            w = rotary_permute(w, n_head)
+        if arch == "llama" and ".attn_k." in g:
+            w = rotary_permute(w, n_kv)
+        expected[g] = w
+    if rtype == "llama3":
+        # HF's llama3 inv_freq divided into the default inv_freq gives the per-pair factors.
+        import torch
+        from transformers import AutoConfig
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        hf_cfg = AutoConfig.from_pretrained(os.path.join(FIXTURES, name))
+        inv, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_cfg, "cpu")
+        base = 1.0 / (rp["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        expected["rope_freqs.weight"] = (base / inv.to(torch.float64)).numpy().astype(np.float32)
+    if cfg.get("tie_word_embeddings"):
+        assert "output.weight" not in tensors
+    assert sorted(tensors) == sorted(expected)
+    for g, w in expected.items():
+        t = tensors[g]
+        assert t.tensor_type == gguf.GGMLQuantizationType.F32, g
+        assert [int(x) for x in t.shape] == list(reversed(w.shape)), g
+        got = np.asarray(t.data).reshape(w.shape)
+        tol = 1e-5 if g == "rope_freqs.weight" else 0
+        np.testing.assert_allclose(got, w, rtol=tol, atol=0, err_msg=g)
+
+
+def test_f16_conversion(out_dir):
+    from safetensors.numpy import load_file
+
+    r = gguf.GGUFReader(str(out_dir / "converted_llama_gqa_f16.gguf"))
+    assert kv(r)["general.file_type"].contents() == 1
+    weights = load_file(os.path.join(FIXTURES, "llama_gqa", "model.safetensors"))
+    tensors = {t.name: t for t in r.tensors}
+    t = tensors["blk.0.ffn_down.weight"]
+    assert t.tensor_type == gguf.GGMLQuantizationType.F16
+    np.testing.assert_array_equal(np.asarray(t.data).ravel(),
+                                  weights["model.layers.0.mlp.down_proj.weight"].astype(np.float16).ravel())
+    assert tensors["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Writes a random-weight Llama checkpoint in Hugging Face layout (config.json + model.safetensors)
+for benchmarks, with numpy only (no torch). Defaults: hidden 768, 12 layers, 12 heads / 4 kv heads,
+ffn 2048, vocab 32000, context 2048 (~120M parameters), weights ~ N(0, 0.02), norms 1.
+
+    python3 tools/make_random_model.py /tmp/rand-llama [--dtype BF16|F16|F32]
+    qleap convert /tmp/rand-llama out.gguf --type Q4_0
+
+Tensors are generated and written one at a time, so memory stays at the size of the largest one.
+"""
+import argparse
+import json
+import os
+import struct
+
+import numpy as np
+
+
+def to_dtype(a, dtype):
+    if dtype == "F32":
+        return a.astype(np.float32)
+    if dtype == "F16":
+        return a.astype(np.float16)
+    # BF16: round to nearest even on the top 16 bits of the float32 pattern.
+    u = a.astype(np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out_dir")
+    ap.add_argument("--hidden", type=int, default=768)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--ffn", type=int, default=2048)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--ctx", type=int, default=2048)
+    ap.add_argument("--dtype", choices=["F32", "F16", "BF16"], default="BF16")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    h, hd = args.hidden, args.hidden // args.heads
+    shapes = {"model.embed_tokens.weight": (args.vocab, h)}
+    for i in range(args.layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (args.heads * hd, h),
+            p + "self_attn.k_proj.weight": (args.kv_heads * hd, h),
+            p + "self_attn.v_proj.weight": (args.kv_heads * hd, h),
+            p + "self_attn.o_proj.weight": (h, args.heads * hd),
+            p + "post_attention_layernorm.weight": (h,),
+            p + "mlp.gate_proj.weight": (args.ffn, h),
+            p + "mlp.up_proj.weight": (args.ffn, h),
+            p + "mlp.down_proj.weight": (h, args.ffn),
+        })
+    shapes["model.norm.weight"] = (h,)
+    shapes["lm_head.weight"] = (args.vocab, h)
+
+    esize = 4 if args.dtype == "F32" else 2
+    header, off = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in shapes.items():
+        n = int(np.prod(shape)) * esize
+        header[name] = {"dtype": args.dtype, "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    hjson = json.dumps(header, separators=(",", ":")).encode()
+    hjson += b" " * ((8 - len(hjson) % 8) % 8)
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    with open(os.path.join(args.out_dir, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(hjson)))
+        f.write(hjson)
+        for name, shape in shapes.items():
+            if name.endswith("norm.weight"):
+                a = np.ones(shape, dtype=np.float32)
+            else:
+                a = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+            f.write(to_dtype(a, args.dtype).tobytes())
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": h,
+        "intermediate_size": args.ffn,
+        "num_hidden_layers": args.layers,
+        "num_attention_heads": args.heads,
+        "num_key_value_heads": args.kv_heads,
+        "vocab_size": args.vocab,
+        "max_position_embeddings": args.ctx,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "torch_dtype": {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[args.dtype],
+    }
+    with open(os.path.join(args.out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    n_params = sum(int(np.prod(s)) for s in shapes.values())
+    print(f"wrote {args.out_dir}: {n_params / 1e6:.1f}M parameters, {off / 2**20:.0f} MiB of {args.dtype}")
+
+
+if __name__ == "__main__":
+    main()
