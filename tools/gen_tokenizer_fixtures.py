@@ -239,12 +239,60 @@ def compare_with_transformers(smollm, ref):
           file=sys.stderr)
 
 
+def byte_level_to_text(piece):
+    inv = {}
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    inv = {chr(c): b for b, c in zip(bs, cs)}
+    return bytes(inv[ch] for ch in piece).decode("utf-8")
+
+
+def gen_pretokenize():
+    """pretokenize.json: {kind: [[text, [pieces]], ...]} from the tokenizers pre-tokenizers, on the
+    fixture texts plus seeded random strings over an alphabet chosen to stress the regex branches."""
+    import random
+    rng = random.Random(1234)
+    alphabet = [" ", " ", " ", "\n", "\r", "\t", "a", "b", "Z", "s", "M", "L", "1", "2", "3", "'", ".", "-", "_",
+                "\u00e9", "\u65e5", "\U0001F600", "\u00a0", "\u3000", "\u0301", "\u2581", "\u0661", "\u00bd",
+                "\u017f", "!", "\u200b"]
+    texts = list(TEXTS)
+    for _ in range(400):
+        texts.append("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))))
+    kinds = {
+        "gpt2": pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                           pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]),
+        "llama-bpe": pre_tokenizers.Split(Regex(LLAMA3_RE), behavior="isolated", invert=False),
+        "qwen2": pre_tokenizers.Split(Regex(QWEN2_RE), behavior="isolated", invert=False),
+    }
+    out = {}
+    for kind, pt in kinds.items():
+        rows = []
+        for t in texts:
+            pieces = [p for p, _ in pt.pre_tokenize_str(t)]
+            if kind in ("gpt2", "smollm"):
+                pieces = [byte_level_to_text(p) for p in pieces]
+            assert "".join(pieces) == t, (kind, t, pieces)
+            rows.append([t, pieces])
+        out[kind] = rows
+    with open(os.path.join(OUT, "pretokenize.json"), "w", encoding="utf-8") as fp:
+        json.dump(out, fp, ensure_ascii=False)
+        fp.write("\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--stories", default=os.path.join(ROOT, "..", "shared", "models", "stories260K.gguf"))
     ap.add_argument("--smollm", default="/work/models/SmolLM2-135M-Instruct.Q4_1.gguf")
     a = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
+    gen_pretokenize()
     gen_spm(a.stories)
     gen_bpe(a.smollm)
 
