@@ -1,0 +1,99 @@
+// Tokenizers built from GGUF metadata (tokenizer.ggml.*):
+//  - "llama": SentencePiece-style BPE over scores, U+2581 for spaces, byte fallback to <0xXX>.
+//  - "gpt2":  byte-level BPE with merge ranks and a pre-tokenizer chosen by tokenizer.ggml.pre.
+// Encoding follows the Hugging Face tokenizers semantics (the reference the tests compare with).
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "gguf/gguf.h"
+#include "tokenizer/pretokenize.h"
+
+namespace qleap {
+
+enum class TokenType : int32_t { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
+
+class Tokenizer {
+ public:
+  // Throws Unsupported for an unknown tokenizer.ggml.model, FormatError for inconsistent metadata.
+  static Tokenizer from_gguf(const GgufFile& f);
+
+  // add_bos: prepend BOS when the model wants it (wants_bos()). parse_special: control and unknown
+  // token strings in the text become their ids (longest match first); user-defined tokens are
+  // always matched, as HF does for non-special added tokens.
+  std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special) const;
+  // skip_special drops control and unknown tokens.
+  std::string decode(const std::vector<int32_t>& ids, bool skip_special = true) const;
+  // Raw bytes of one token (may be a partial UTF-8 sequence); empty for an out-of-range id.
+  std::string token_to_piece(int32_t id) const;
+
+  int32_t bos() const { return bos_; }
+  int32_t eos() const { return eos_; }
+  bool is_eog(int32_t id) const;
+  int n_vocab() const { return int(tokens_.size()); }
+  bool wants_bos() const { return add_bos_ && bos_ >= 0; }
+  const std::string& model() const { return model_; }
+  const std::string& pre() const { return pre_; }
+  std::optional<int32_t> token_id(std::string_view piece) const;
+
+  // Extras beyond the core API.
+  TokenType token_type(int32_t id) const;
+  const std::string& token_text(int32_t id) const { return tokens_.at(size_t(id)); }
+  bool is_spm() const { return spm_; }
+  bool add_space_prefix() const { return add_space_prefix_; }
+  // Non-empty when tokenizer.ggml.pre was not recognised and the GPT-2 regex is used instead.
+  const std::string& warning() const { return warning_; }
+
+ private:
+  struct PairHash {
+    size_t operator()(uint64_t k) const { return size_t(k * 0x9E3779B97F4A7C15ull >> 17) ^ size_t(k); }
+  };
+  struct Merge {
+    int32_t rank;
+    int32_t result;
+  };
+
+  void encode_text(std::string_view text, bool at_start, std::vector<int32_t>& out) const;
+  void encode_spm(std::string_view text, bool at_start, std::vector<int32_t>& out) const;
+  void encode_bpe_word(std::string_view word, std::vector<int32_t>& out) const;
+  void append_piece(int32_t id, std::string& out) const;
+
+  std::string model_, pre_, warning_;
+  bool spm_ = false;
+  PreTokenizer pre_kind_ = PreTokenizer::kGpt2;
+  bool ignore_merges_ = false;
+  std::vector<std::string> tokens_;
+  std::vector<float> scores_;
+  std::vector<TokenType> types_;
+  std::unordered_map<std::string, int32_t> token_index_;
+  std::unordered_map<uint64_t, Merge, PairHash> merges_;  // key: (left id << 32) | right id
+  std::vector<std::pair<std::string, int32_t>> specials_;  // matchable token strings, longest first
+  std::vector<bool> eog_;
+  int32_t byte_tokens_[256];                // SPM <0xXX> ids, -1 when absent
+  int32_t byte_char_tokens_[256];           // byte-level BPE: id of each byte's mapped character
+  int32_t bos_ = -1, eos_ = -1, unk_ = -1;
+  bool add_bos_ = false;
+  bool add_space_prefix_ = false;
+};
+
+// Streaming detokenizer: feeds pieces and returns only complete UTF-8 text, holding back an
+// incomplete multi-byte tail until the next piece completes it. Control tokens are skipped and the
+// SPM leading space is stripped, as in decode(). Bytes that can never form valid UTF-8 come out as
+// U+FFFD so the output is always valid UTF-8.
+class StreamDecoder {
+ public:
+  explicit StreamDecoder(const Tokenizer& tok) : tok_(tok) {}
+  std::string push(int32_t id);
+  std::string flush();
+
+ private:
+  const Tokenizer& tok_;
+  std::string pending_;
+  bool started_ = false;
+};
+
+}  // namespace qleap

@@ -1,0 +1,333 @@
+// Tokenizer behaviour beyond the reference ids: streaming decode, malformed metadata, end-of-
+// generation tokens, and encode speed.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+
+#include "core/error.h"
+#include "gguf/gguf.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
+
+namespace qleap {
+namespace {
+
+std::string fixture(const std::string& name) {
+  const char* e = std::getenv("QLEAP_SOURCE_DIR");
+#ifdef QLEAP_SOURCE_DIR
+  const std::string root = e ? e : QLEAP_SOURCE_DIR;
+#else
+  const std::string root = e ? e : ".";
+#endif
+  return root + "/tests/fixtures/tokenizer/" + name;
+}
+
+Tokenizer load(const std::string& name) { return Tokenizer::from_gguf(*GgufFile::open(fixture(name))); }
+
+bool valid_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    size_t len = 1;
+    const uint32_t cp = utf8_decode(s.data() + i, s.size() - i, len);
+    if (len == 1 && uint8_t(s[i]) >= 0x80) return false;
+    (void)cp;
+    i += len;
+  }
+  return true;
+}
+
+// Minimal GGUF v3 writer for metadata-only files.
+class GgufBuilder {
+ public:
+  void str(const std::string& key, const std::string& v) {
+    key_(key, 8);
+    s_(v);
+    ++n_;
+  }
+  void u32(const std::string& key, uint32_t v) {
+    key_(key, 4);
+    raw(&v, 4);
+    ++n_;
+  }
+  void strs(const std::string& key, const std::vector<std::string>& v) {
+    key_(key, 9);
+    arr_head(8, v.size());
+    for (const auto& s : v) s_(s);
+    ++n_;
+  }
+  void i32s(const std::string& key, const std::vector<int32_t>& v) {
+    key_(key, 9);
+    arr_head(5, v.size());
+    for (int32_t x : v) raw(&x, 4);
+    ++n_;
+  }
+  void f32s(const std::string& key, const std::vector<float>& v) {
+    key_(key, 9);
+    arr_head(6, v.size());
+    for (float x : v) raw(&x, 4);
+    ++n_;
+  }
+  std::vector<uint8_t> bytes() const {
+    std::vector<uint8_t> out = {'G', 'G', 'U', 'F'};
+    const uint32_t version = 3;
+    const uint64_t n_tensors = 0, n_kv = n_;
+    auto put = [&](const void* p, size_t n) {
+      const auto* b = static_cast<const uint8_t*>(p);
+      out.insert(out.end(), b, b + n);
+    };
+    put(&version, 4);
+    put(&n_tensors, 8);
+    put(&n_kv, 8);
+    out.insert(out.end(), body_.begin(), body_.end());
+    return out;
+  }
+
+ private:
+  void raw(const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    body_.insert(body_.end(), b, b + n);
+  }
+  void s_(const std::string& s) {
+    const uint64_t n = s.size();
+    raw(&n, 8);
+    raw(s.data(), s.size());
+  }
+  void key_(const std::string& k, uint32_t type) {
+    s_(k);
+    raw(&type, 4);
+  }
+  void arr_head(uint32_t elem, uint64_t n) {
+    raw(&elem, 4);
+    raw(&n, 8);
+  }
+  std::vector<uint8_t> body_;
+  uint64_t n_ = 0;
+};
+
+// A tiny valid byte-level vocabulary: the 256 byte characters plus "ab" from the merge "a b".
+struct TinyBpe {
+  std::vector<std::string> tokens;
+  std::vector<int32_t> types;
+  TinyBpe() {
+    uint32_t next = 256;
+    for (uint32_t b = 0; b < 256; ++b) {
+      const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
+      std::string s;
+      utf8_append(printable ? b : next++, s);
+      tokens.push_back(s);
+      types.push_back(1);
+    }
+    tokens.push_back("ab");
+    types.push_back(1);
+    tokens.push_back("<|end|>");
+    types.push_back(3);
+  }
+};
+
+Tokenizer from_builder(const GgufBuilder& b, std::vector<uint8_t>& keep) {
+  keep = b.bytes();
+  return Tokenizer::from_gguf(*GgufFile::parse(keep.data(), keep.size()));
+}
+
+TEST(TokenizerUnit, TinyBpeFromMemoryWorks) {
+  TinyBpe t;
+  GgufBuilder b;
+  b.str("tokenizer.ggml.model", "gpt2");
+  b.strs("tokenizer.ggml.tokens", t.tokens);
+  b.i32s("tokenizer.ggml.token_type", t.types);
+  b.strs("tokenizer.ggml.merges", {"a b"});
+  b.u32("tokenizer.ggml.eos_token_id", 257);
+  std::vector<uint8_t> keep;
+  const Tokenizer tok = from_builder(b, keep);
+  EXPECT_EQ(tok.encode("abc", false, true), (std::vector<int32_t>{256, int32_t('c')}));
+  EXPECT_EQ(tok.encode("ab<|end|>", false, true), (std::vector<int32_t>{256, 257}));
+  EXPECT_EQ(tok.decode({256, 257}, false), "ab<|end|>");
+  EXPECT_EQ(tok.decode({256, 257}, true), "ab");
+  EXPECT_TRUE(tok.is_eog(257));
+  EXPECT_EQ(tok.eos(), 257);
+  EXPECT_EQ(tok.bos(), -1);
+  EXPECT_FALSE(tok.wants_bos());
+  EXPECT_TRUE(tok.warning().empty());
+}
+
+TEST(TokenizerUnit, MalformedMetadataIsFormatError) {
+  TinyBpe t;
+  std::vector<uint8_t> keep;
+  {  // no tokens array
+    GgufBuilder b;
+    b.str("tokenizer.ggml.model", "gpt2");
+    b.strs("tokenizer.ggml.merges", {"a b"});
+    EXPECT_THROW(from_builder(b, keep), FormatError);
+  }
+  {  // tokens of the wrong type
+    GgufBuilder b;
+    b.str("tokenizer.ggml.model", "llama");
+    b.i32s("tokenizer.ggml.tokens", {1, 2, 3});
+    EXPECT_THROW(from_builder(b, keep), FormatError);
+  }
+  {  // merge referencing an unknown token
+    GgufBuilder b;
+    b.str("tokenizer.ggml.model", "gpt2");
+    b.strs("tokenizer.ggml.tokens", t.tokens);
+    b.strs("tokenizer.ggml.merges", {"a b", "x yz"});
+    EXPECT_THROW(from_builder(b, keep), FormatError);
+  }
+  {  // merge without a separator
+    GgufBuilder b;
+    b.str("tokenizer.ggml.model", "gpt2");
+    b.strs("tokenizer.ggml.tokens", t.tokens);
+    b.strs("tokenizer.ggml.merges", {"ab"});
+    EXPECT_THROW(from_builder(b, keep), FormatError);
+  }
+  {  // gpt2 without merges
+    GgufBuilder b;
+    b.str("tokenizer.ggml.model", "gpt2");
+    b.strs("tokenizer.ggml.tokens", t.tokens);
+    EXPECT_THROW(from_builder(b, keep), FormatError);
+  }
+  {  // scores / types of the wrong length
+    GgufBuilder b;
+    b.str("tokenizer.ggml.model", "llama");
+    b.strs("tokenizer.ggml.tokens", {"<unk>", "a", "b"});
+    b.f32s("tokenizer.ggml.scores", {0, 1});
+    EXPECT_THROW(from_builder(b, keep), FormatError);
+    GgufBuilder c;
+    c.str("tokenizer.ggml.model", "llama");
+    c.strs("tokenizer.ggml.tokens", {"<unk>", "a", "b"});
+    c.i32s("tokenizer.ggml.token_type", {2, 1, 1, 1});
+    EXPECT_THROW(from_builder(c, keep), FormatError);
+  }
+  {  // BOS outside the vocabulary
+    GgufBuilder b;
+    b.str("tokenizer.ggml.model", "llama");
+    b.strs("tokenizer.ggml.tokens", {"<unk>", "a", "b"});
+    b.u32("tokenizer.ggml.bos_token_id", 7);
+    EXPECT_THROW(from_builder(b, keep), FormatError);
+  }
+  {  // no model key at all
+    GgufBuilder b;
+    b.strs("tokenizer.ggml.tokens", {"<unk>", "a"});
+    EXPECT_THROW(from_builder(b, keep), FormatError);
+  }
+  {  // unknown model
+    GgufBuilder b;
+    b.str("tokenizer.ggml.model", "bert");
+    b.strs("tokenizer.ggml.tokens", {"<unk>", "a"});
+    EXPECT_THROW(from_builder(b, keep), Unsupported);
+  }
+}
+
+TEST(TokenizerUnit, UnknownPreFallsBackVisibly) {
+  TinyBpe t;
+  GgufBuilder b;
+  b.str("tokenizer.ggml.model", "gpt2");
+  b.str("tokenizer.ggml.pre", "some-future-model");
+  b.strs("tokenizer.ggml.tokens", t.tokens);
+  b.strs("tokenizer.ggml.merges", {"a b"});
+  std::vector<uint8_t> keep;
+  const Tokenizer tok = from_builder(b, keep);
+  EXPECT_NE(tok.warning().find("some-future-model"), std::string::npos);
+  EXPECT_EQ(tok.encode("ab", false, false), (std::vector<int32_t>{256}));
+}
+
+TEST(TokenizerUnit, SpecialIdsAndEog) {
+  const Tokenizer smol = load("bpe_smollm.gguf");
+  EXPECT_EQ(smol.bos(), 1);
+  EXPECT_EQ(smol.eos(), 2);
+  EXPECT_TRUE(smol.is_eog(2));  // <|im_end|>
+  EXPECT_TRUE(smol.is_eog(0));  // <|endoftext|>
+  EXPECT_FALSE(smol.is_eog(1));
+  EXPECT_FALSE(smol.is_eog(-1));
+  EXPECT_FALSE(smol.is_eog(1 << 30));
+  EXPECT_EQ(smol.token_id("<|im_start|>"), 1);
+  EXPECT_FALSE(smol.token_id("definitely not a token").has_value());
+  EXPECT_EQ(smol.token_to_piece(1), "<|im_start|>");
+  EXPECT_EQ(smol.token_to_piece(-5), "");
+  const Tokenizer spm = load("spm_stories260k.gguf");
+  EXPECT_EQ(spm.n_vocab(), 512);
+  EXPECT_TRUE(spm.wants_bos());
+  EXPECT_EQ(spm.bos(), 1);
+  EXPECT_TRUE(spm.is_eog(2));
+  EXPECT_EQ(spm.encode("hi", true, true).front(), 1);
+  EXPECT_NE(spm.encode("hi", false, true).front(), 1);
+  EXPECT_EQ(spm.token_to_piece(*spm.token_id("<0xE6>")), "\xE6");
+  EXPECT_EQ(spm.token_to_piece(*spm.token_id("\xE2\x96\x81the")), " the");
+}
+
+void check_stream(const Tokenizer& tok, const std::string& text) {
+  const auto ids = tok.encode(text, true, true);
+  StreamDecoder sd(tok);
+  std::string all;
+  bool split_seen = false;
+  for (int32_t id : ids) {
+    const std::string piece = tok.token_to_piece(id);
+    if (!piece.empty() && utf8_incomplete_tail(piece) > 0) split_seen = true;
+    const std::string out = sd.push(id);
+    EXPECT_TRUE(valid_utf8(out)) << "partial UTF-8 emitted for id " << id;
+    all += out;
+  }
+  all += sd.flush();
+  EXPECT_TRUE(split_seen) << "test text should contain a character split across tokens";
+  EXPECT_EQ(all, tok.decode(ids));
+  EXPECT_EQ(all, text);
+}
+
+TEST(TokenizerUnit, StreamDecoderReassemblesSplitCharacters) {
+  // SPM: CJK and emoji fall back to <0xXX> byte tokens, one byte per token.
+  check_stream(load("spm_stories260k.gguf"), "Lily saw 日本 and 😀 today.");
+  // Byte-level BPE: rare emoji are split into several byte-level tokens.
+  check_stream(load("bpe_smollm.gguf"), "emoji 😀👍🏽 and 🇺🇸 done");
+}
+
+TEST(TokenizerUnit, StreamDecoderHoldsAndReplaces) {
+  const Tokenizer spm = load("spm_stories260k.gguf");
+  const int32_t f0 = *spm.token_id("<0xF0>"), x9f = *spm.token_id("<0x9F>"), x98 = *spm.token_id("<0x98>"),
+                x80 = *spm.token_id("<0x80>");
+  StreamDecoder sd(spm);
+  EXPECT_EQ(sd.push(f0), "");
+  EXPECT_EQ(sd.push(x9f), "");
+  EXPECT_EQ(sd.push(x98), "");
+  EXPECT_EQ(sd.push(x80), "\xF0\x9F\x98\x80");
+  // An incomplete sequence left at the end flushes as one U+FFFD; a stray continuation byte is
+  // replaced at once.
+  EXPECT_EQ(sd.push(f0), "");
+  EXPECT_EQ(sd.flush(), "\xEF\xBF\xBD");
+  StreamDecoder sd2(spm);
+  EXPECT_EQ(sd2.push(x80), "\xEF\xBF\xBD");
+  EXPECT_EQ(sd2.push(spm.bos()), "");  // control tokens are skipped
+}
+
+TEST(TokenizerUnit, EncodeSpeed) {
+  const Tokenizer smol = load("bpe_smollm.gguf");
+  const Tokenizer spm = load("spm_stories260k.gguf");
+  std::string text;
+  const std::string para =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the sunshine, "
+      "and she counted 1234 flowers! def f(x):\n    return x ** 2  # café 日本 😀\n";
+  while (text.size() < 100 * 1024) text += para;
+  for (const Tokenizer* tok : {&smol, &spm}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto ids = tok->encode(text, false, true);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::cout << "[ perf ] " << tok->model() << ": " << text.size() / 1024 << " KB -> " << ids.size() << " tokens in "
+              << s * 1e3 << " ms (" << ids.size() / s / 1e6 << " M tokens/s)\n";
+    EXPECT_EQ(tok->decode(ids), text);
+    EXPECT_LT(s, 2.0);  // generous: catches quadratic blow-ups, not noise
+  }
+}
+
+TEST(TokenizerUnit, LongWordsStayFast) {
+  // A 200 KB run without any split point must not be quadratic.
+  const Tokenizer smol = load("bpe_smollm.gguf");
+  const std::string text(200 * 1024, 'a');
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto ids = smol.encode(text, false, false);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(smol.decode(ids), text);
+  EXPECT_LT(s, 2.0);
+}
+
+}  // namespace
+}  // namespace qleap

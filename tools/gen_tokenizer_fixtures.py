@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""Writes tokenizer test fixtures under tests/fixtures/tokenizer/:
+
+  <name>.gguf  vocab-only GGUF files (tokenizer.ggml.* metadata, no tensors), written with gguf-py
+  <name>.json  {"gguf" (null for smollm2_full.json: run against the real SmolLM2 model), "model", "pre", "cases": [{"text", "ids", "ids_plain", "ids_nobos", "decoded"}]}
+
+Reference ids come from independent implementations, never from qleap:
+  - SPM (stories260K): Hugging Face transformers loading the GGUF (AutoTokenizer gguf_file=...).
+  - byte-level BPE: the `tokenizers` library with the vocab/merges from the GGUF and the model's
+    official pre-tokenizer (SmolLM2: Digits(individual_digits) + ByteLevel; Qwen2 / Llama 3: their
+    Split regex + ByteLevel(use_regex=False); GPT-2: ByteLevel(use_regex=True)).
+
+ids: add_bos=True, parse_special=True; ids_plain: add_bos=True, parse_special=False (special-token
+text tokenized as plain text); ids_nobos: add_bos=False, parse_special=True; decoded: decode(ids)
+skipping special tokens.
+
+Usage: python3 tools/gen_tokenizer_fixtures.py [--stories PATH] [--smollm PATH]
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import gguf
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
+from tokenizers.models import BPE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "tests", "fixtures", "tokenizer")
+
+QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+            r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+             r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+TEXTS = [
+    "",
+    " ",
+    "Hello world",
+    "Hello, World! How are you?",
+    "héllo café naïve résumé Ångström",
+    "e\u0301 combining accent",
+    "日本語のテキスト、中文测试。한국어 텍스트",
+    "emoji 😀👍🏽 and ❤️ and 🇺🇸 family 👨‍👩‍👧",
+    "mixed Русский ελληνικά العربية हिन्दी text",
+    "multiple   spaces    here",
+    "tabs\tand\t\ttabs",
+    "newlines\n\n\nthree",
+    "crlf\r\nline\r\n",
+    "  leading and trailing spaces  ",
+    " single leading",
+    "trailing\n",
+    "\n\n",
+    "   ",
+    "1234567",
+    "3.14159",
+    "abc123def 2024-11-23 1,000,000",
+    "a  1 x 12 y   345",
+    "don't I'M we'll you've they'RE it's 'hello' 'S",
+    "def foo(x):\n    if x > 0:\n        return x ** 2\n    return -x  # done\n",
+    "for (int i = 0; i < n; ++i) { sum += a[i]; }",
+    "<|im_start|>user\nhi<|im_end|>",
+    "<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n<|im_start|>assistant\n",
+    "<s>hi</s> x",
+    "<unk> and <|im_start",
+    "<|tool|>call<|tool|>",
+    "punctuation!!! ??? ... --- (parens) [brackets] {braces}",
+    "nbsp\u00a0here and ideographic\u3000space",
+    "URL: https://example.com/path?q=1&r=2#frag",
+    "a\u2581b literal lower-one-eighth block",
+    "The quick brown fox jumps over the lazy dog. THE QUICK BROWN FOX!",
+    "Once upon a time, there was a little girl named Lily. She loved to play outside.",
+]
+
+
+def read_vocab(path):
+    r = gguf.GGUFReader(path)
+    f = r.fields
+
+    def arr(key):
+        if key not in f:
+            return None
+        fld = f[key]
+        return [fld.contents(i) for i in range(len(fld.data))]
+
+    def scalar(key):
+        return f[key].contents() if key in f else None
+
+    return {
+        "tokens": arr("tokenizer.ggml.tokens"),
+        "scores": arr("tokenizer.ggml.scores"),
+        "types": arr("tokenizer.ggml.token_type"),
+        "merges": arr("tokenizer.ggml.merges"),
+        "bos": scalar("tokenizer.ggml.bos_token_id"),
+        "eos": scalar("tokenizer.ggml.eos_token_id"),
+        "unk": scalar("tokenizer.ggml.unknown_token_id"),
+    }
+
+
+def write_gguf(path, model, v, pre=None, add_bos=None):
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("qleap tokenizer fixture")
+    w.add_tokenizer_model(model)
+    if pre is not None:
+        w.add_tokenizer_pre(pre)
+    w.add_token_list(v["tokens"])
+    if v.get("scores") is not None:
+        w.add_token_scores(v["scores"])
+    w.add_token_types(v["types"])
+    if v.get("merges") is not None:
+        w.add_token_merges(v["merges"])
+    for key, fn in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("unk", w.add_unk_token_id)):
+        if v.get(key) is not None and 0 <= v[key] < len(v["tokens"]):
+            fn(v[key])
+    if add_bos is not None:
+        w.add_add_bos_token(add_bos)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def truncate_bpe(v, n_tokens, first_merged):
+    """Keeps tokens [0, n_tokens) and the merges whose parts and result all stay in range. In
+    SmolLM2's vocab merge i produces token first_merged + i, so this is a consistent smaller BPE."""
+    toks = v["tokens"][:n_tokens]
+    index = {t: i for i, t in enumerate(toks)}
+    merges = []
+    for m in v["merges"][: n_tokens - first_merged]:
+        a, b = m.split(" ", 1)
+        if a in index and b in index and (a + b) in index:
+            merges.append(m)
+    return dict(v, tokens=toks, types=v["types"][:n_tokens], merges=merges, scores=None)
+
+
+def hf_bpe(v, pre_tokenizer, ignore_merges=False):
+    vocab = {}
+    for i, t in enumerate(v["tokens"]):
+        vocab.setdefault(t, i)
+    merges = [tuple(m.split(" ", 1)) for m in v["merges"]]
+    tk = Tokenizer(BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges))
+    tk.pre_tokenizer = pre_tokenizer
+    tk.decoder = decoders.ByteLevel()
+    user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(v["tokens"], v["types"]) if ty == 4]
+    special = [AddedToken(t, special=True, normalized=False) for t, ty in zip(v["tokens"], v["types"]) if ty == 3]
+    if user:
+        tk.add_tokens(user)
+    if special:
+        tk.add_special_tokens(special)
+    return tk
+
+
+def cases_for(tk):
+    out = []
+    for text in TEXTS:
+        tk.encode_special_tokens = False
+        ids = tk.encode(text, add_special_tokens=True).ids
+        nobos = tk.encode(text, add_special_tokens=False).ids
+        tk.encode_special_tokens = True
+        plain = tk.encode(text, add_special_tokens=True).ids
+        tk.encode_special_tokens = False
+        decoded = tk.decode(ids, skip_special_tokens=True)
+        out.append({"text": text, "ids": ids, "ids_plain": plain, "ids_nobos": nobos, "decoded": decoded})
+    return out
+
+
+def save(name, model, pre, cases):
+    with open(os.path.join(OUT, name + ".json"), "w", encoding="utf-8") as fp:
+        gguf_name = None if name.endswith("_full") else name + ".gguf"
+        json.dump({"gguf": gguf_name, "model": model, "pre": pre, "cases": cases}, fp, ensure_ascii=False,
+                  indent=1)
+        fp.write("\n")
+
+
+def gen_spm(stories):
+    v = read_vocab(stories)
+    name = "spm_stories260k"
+    path = os.path.join(OUT, name + ".gguf")
+    write_gguf(path, "llama", v)
+    # transformers' GGUF loader builds the reference tokenizer from the file we just wrote.
+    from transformers import AutoTokenizer
+    tmp = tempfile.mkdtemp()
+    try:
+        shutil.copy(path, os.path.join(tmp, "t.gguf"))
+        tok = AutoTokenizer.from_pretrained(tmp, gguf_file="t.gguf")
+    finally:
+        shutil.rmtree(tmp)
+    save(name, "llama", "", cases_for(tok.backend_tokenizer))
+
+
+def gen_bpe(smollm):
+    v = read_vocab(smollm)
+    smol_pre = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    # Full SmolLM2 vocabulary: ids only (the test runs them against the real model file when present);
+    # the committed GGUF keeps the first 24000 tokens to stay under ~1 MB.
+    smol = hf_bpe(v, smol_pre)
+    save("smollm2_full", "gpt2", "smollm", cases_for(smol))
+    compare_with_transformers(smollm, smol)
+    smol_small = truncate_bpe(v, 24000, 252)
+    write_gguf(os.path.join(OUT, "bpe_smollm.gguf"), "gpt2", smol_small, pre="smollm", add_bos=False)
+    save("bpe_smollm", "gpt2", "smollm", cases_for(hf_bpe(smol_small, smol_pre)))
+
+    small = truncate_bpe(v, 6000, 252)
+    variants = [
+        ("bpe_gpt2", "gpt2", pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True), False),
+        ("bpe_llama3", "llama-bpe",
+         pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_RE), behavior="isolated", invert=False),
+                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]), True),
+        ("bpe_qwen2", "qwen2",
+         pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_RE), behavior="isolated", invert=False),
+                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]), False),
+    ]
+    for name, pre, pt, ignore_merges in variants:
+        vv = small
+        if name == "bpe_qwen2":
+            # One user-defined token: split out even when parse_special is off.
+            vv = dict(small, tokens=small["tokens"] + ["<|tool|>"], types=small["types"] + [4])
+        write_gguf(os.path.join(OUT, name + ".gguf"), "gpt2", vv, pre=pre, add_bos=False)
+        save(name, "gpt2", pre, cases_for(hf_bpe(vv, pt, ignore_merges)))
+
+
+def compare_with_transformers(smollm, ref):
+    """Informational: transformers' own GGUF loader for SmolLM2 uses the plain GPT-2 ByteLevel regex
+    (no digit splitting), so it can differ from the official tokenizer where digits follow spaces."""
+    try:
+        from transformers import AutoTokenizer
+        tmp = tempfile.mkdtemp()
+        os.symlink(os.path.abspath(smollm), os.path.join(tmp, "m.gguf"))
+        tok = AutoTokenizer.from_pretrained(tmp, gguf_file="m.gguf")
+        shutil.rmtree(tmp)
+    except Exception as e:  # noqa: BLE001 - informational only
+        print("transformers GGUF load of SmolLM2 failed:", e, file=sys.stderr)
+        return
+    diff = [t for t in TEXTS + ["a  1", "x 12"] if tok.backend_tokenizer.encode(t).ids != ref.encode(t).ids]
+    print("SmolLM2: transformers-GGUF vs official pre-tokenizer differ on %d texts: %r" % (len(diff), diff[:5]),
+          file=sys.stderr)
+
+
+def byte_level_to_text(piece):
+    inv = {}
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    inv = {chr(c): b for b, c in zip(bs, cs)}
+    return bytes(inv[ch] for ch in piece).decode("utf-8")
+
+
+def gen_pretokenize():
+    """pretokenize.json: {kind: [[text, [pieces]], ...]} from the tokenizers pre-tokenizers, on the
+    fixture texts plus seeded random strings over an alphabet chosen to stress the regex branches."""
+    import random
+    rng = random.Random(1234)
+    alphabet = [" ", " ", " ", "\n", "\r", "\t", "a", "b", "Z", "s", "M", "L", "1", "2", "3", "'", ".", "-", "_",
+                "\u00e9", "\u65e5", "\U0001F600", "\u00a0", "\u3000", "\u0301", "\u2581", "\u0661", "\u00bd",
+                "\u017f", "!", "\u200b"]
+    texts = list(TEXTS)
+    for _ in range(400):
+        texts.append("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))))
+    kinds = {
+        "gpt2": pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                           pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]),
+        "llama-bpe": pre_tokenizers.Split(Regex(LLAMA3_RE), behavior="isolated", invert=False),
+        "qwen2": pre_tokenizers.Split(Regex(QWEN2_RE), behavior="isolated", invert=False),
+    }
+    out = {}
+    for kind, pt in kinds.items():
+        rows = []
+        for t in texts:
+            pieces = [p for p, _ in pt.pre_tokenize_str(t)]
+            if kind in ("gpt2", "smollm"):
+                pieces = [byte_level_to_text(p) for p in pieces]
+            assert "".join(pieces) == t, (kind, t, pieces)
+            rows.append([t, pieces])
+        out[kind] = rows
+    with open(os.path.join(OUT, "pretokenize.json"), "w", encoding="utf-8") as fp:
+        json.dump(out, fp, ensure_ascii=False)
+        fp.write("\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stories", default=os.path.join(ROOT, "..", "shared", "models", "stories260K.gguf"))
+    ap.add_argument("--smollm", default="/work/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    a = ap.parse_args()
+    os.makedirs(OUT, exist_ok=True)
+    gen_pretokenize()
+    gen_spm(a.stories)
+    gen_bpe(a.smollm)
+
+
+if __name__ == "__main__":
+    main()
