@@ -1,0 +1,96 @@
+#include "tokenizer/chat_template.h"
+
+#include "tokenizer/jinja/interpreter.h"
+#include "tokenizer/jinja/parser.h"
+
+namespace qleap {
+
+struct ChatTemplate::Parsed {
+  jinja::Body body;
+};
+
+ChatTemplate::ChatTemplate(std::string source) : source_(std::move(source)) {
+  parsed_ = std::make_unique<Parsed>();
+  parsed_->body = jinja::parse_template(source_);
+}
+
+ChatTemplate::~ChatTemplate() = default;
+ChatTemplate::ChatTemplate(ChatTemplate&&) noexcept = default;
+ChatTemplate& ChatTemplate::operator=(ChatTemplate&&) noexcept = default;
+
+namespace {
+
+// transformers' _alias_reasoning_fields: {"thinking": r, **message, "reasoning_content": r}.
+nlohmann::ordered_json alias_reasoning(const nlohmann::ordered_json& m) {
+  if (!m.is_object()) return m;
+  const nlohmann::ordered_json* reasoning = nullptr;
+  for (const char* key : {"reasoning_content", "thinking", "reasoning"}) {
+    auto it = m.find(key);
+    if (it != m.end() && !it->is_null()) {
+      reasoning = &*it;
+      break;
+    }
+  }
+  if (!reasoning) return m;
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
+  out["thinking"] = *reasoning;
+  for (auto it = m.begin(); it != m.end(); ++it) out[it.key()] = it.value();
+  out["reasoning_content"] = *reasoning;
+  return out;
+}
+
+}  // namespace
+
+std::string ChatTemplate::apply(const nlohmann::ordered_json& messages, bool add_generation_prompt,
+                                const nlohmann::ordered_json& extra, std::optional<int64_t> now_unix) const {
+  if (!messages.is_array()) throw ChatTemplateError("chat messages must be a JSON array");
+  nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
+  for (const auto& m : messages) {
+    if (!m.is_object()) throw ChatTemplateError("chat messages must be JSON objects, got: " + m.dump());
+    msgs.push_back(alias_reasoning(m));
+  }
+  if (!extra.is_null() && !extra.is_object()) throw ChatTemplateError("chat template variables must be an object");
+
+  jinja::Value vars = jinja::Value::make_dict();
+  vars.dict->set("messages", jinja::Value::from_json(msgs));
+  vars.dict->set("tools", jinja::Value::none());
+  vars.dict->set("documents", jinja::Value::none());
+  vars.dict->set("add_generation_prompt", jinja::Value::boolean(add_generation_prompt));
+  if (extra.is_object()) {
+    for (auto it = extra.begin(); it != extra.end(); ++it) {
+      if (it.key() == "messages" || it.key() == "add_generation_prompt") continue;
+      vars.dict->set(it.key(), jinja::Value::from_json(it.value()));
+    }
+  }
+  jinja::Interpreter interp;
+  return interp.render(parsed_->body, vars, now_unix);
+}
+
+std::string apply_chat_template(const std::string& tmpl, const nlohmann::ordered_json& messages,
+                                bool add_generation_prompt, const nlohmann::ordered_json& extra) {
+  return ChatTemplate(tmpl).apply(messages, add_generation_prompt, extra);
+}
+
+std::string apply_chat_template(const std::string& tmpl, const nlohmann::json& messages, bool add_generation_prompt,
+                                const nlohmann::json& extra) {
+  return ChatTemplate(tmpl).apply(nlohmann::ordered_json(messages), add_generation_prompt,
+                                  nlohmann::ordered_json(extra));
+}
+
+std::string render_template(const std::string& tmpl, const nlohmann::ordered_json& variables,
+                            std::optional<int64_t> now_unix) {
+  if (!variables.is_null() && !variables.is_object()) throw ChatTemplateError("template variables must be an object");
+  jinja::Body body = jinja::parse_template(tmpl);
+  jinja::Value vars = variables.is_object() ? jinja::Value::from_json(variables) : jinja::Value::make_dict();
+  jinja::Interpreter interp;
+  return interp.render(body, vars, now_unix);
+}
+
+const std::string& default_chat_template() {
+  static const std::string kChatml =
+      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+      "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+  return kChatml;
+}
+
+}  // namespace qleap

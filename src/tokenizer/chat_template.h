@@ -1,0 +1,66 @@
+// Chat templates: renders a model's tokenizer.chat_template (a Jinja template) the way HF
+// transformers' apply_chat_template(..., tokenize=False) does, with our own Jinja-subset
+// interpreter (src/tokenizer/jinja). Environment as in transformers: trim_blocks, lstrip_blocks,
+// loop controls, raise_exception, strftime_now, namespace, dict and a tojson filter that calls
+// json.dumps(ensure_ascii=False).
+//
+// Variables the template sees: messages, add_generation_prompt, tools (none unless given),
+// documents (none unless given), and every key of `extra` (bos_token, eos_token, tools,
+// date_string, enable_thinking, ...). As in transformers, a message carrying reasoning under
+// reasoning_content / thinking / reasoning gets both `thinking` and `reasoning_content` set.
+//
+// Object key order matters (tojson output, dict iteration): nlohmann::json sorts keys, so callers
+// that parse request JSON should use nlohmann::ordered_json to keep the client's order.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "tokenizer/jinja/value.h"  // ChatTemplateError
+
+namespace qleap {
+
+namespace jinja {
+struct Stmt;
+}
+
+class ChatTemplate {
+ public:
+  // Parses the template once; throws ChatTemplateError (with line/column) on syntax errors.
+  explicit ChatTemplate(std::string source);
+  ~ChatTemplate();
+  ChatTemplate(ChatTemplate&&) noexcept;
+  ChatTemplate& operator=(ChatTemplate&&) noexcept;
+
+  // now_unix fixes what strftime_now() sees (tests); default: the current time.
+  std::string apply(const nlohmann::ordered_json& messages, bool add_generation_prompt,
+                    const nlohmann::ordered_json& extra = nlohmann::ordered_json::object(),
+                    std::optional<int64_t> now_unix = std::nullopt) const;
+  const std::string& source() const { return source_; }
+
+ private:
+  std::string source_;
+  struct Parsed;
+  std::unique_ptr<Parsed> parsed_;
+};
+
+// messages: JSON array of {role, content, [tool_calls], [name], ...}; extra: bos_token, eos_token,
+// tools, date_string, any other variables. Throws ChatTemplateError.
+std::string apply_chat_template(const std::string& tmpl, const nlohmann::json& messages, bool add_generation_prompt,
+                                const nlohmann::json& extra = nlohmann::json::object());
+std::string apply_chat_template(const std::string& tmpl, const nlohmann::ordered_json& messages,
+                                bool add_generation_prompt,
+                                const nlohmann::ordered_json& extra = nlohmann::ordered_json::object());
+
+// Renders any template with the chat environment and exactly these top-level variables (no
+// messages/tools defaults). For tools and tests.
+std::string render_template(const std::string& tmpl, const nlohmann::ordered_json& variables,
+                            std::optional<int64_t> now_unix = std::nullopt);
+
+// A fallback for models without tokenizer.chat_template: chatml.
+const std::string& default_chat_template();
+
+}  // namespace qleap
