@@ -14,6 +14,8 @@ namespace qleap::tq_detail {
 
 namespace {
 
+// Indices of one group of 8 coordinates, one per 32-bit lane. For B >= 3 only the low B bits of
+// each lane are meaningful (see below).
 template <int B>
 inline __m256i unpack8(const uint8_t* p) {
   uint32_t v;
@@ -26,6 +28,9 @@ inline __m256i unpack8(const uint8_t* p) {
   }
   const __m256i shifts = _mm256_setr_epi32(0, B, 2 * B, 3 * B, 4 * B, 5 * B, 6 * B, 7 * B);
   const __m256i idx = _mm256_srlv_epi32(_mm256_set1_epi32(int(v)), shifts);
+  // vpermps reads only the low 3 bits of each lane and the 4-bit blend only bit 3 (shifted to the
+  // sign), so the higher garbage bits need no mask for B >= 3.
+  if constexpr (B >= 3) return idx;
   return _mm256_and_si256(idx, _mm256_set1_epi32((1 << B) - 1));
 }
 
@@ -95,26 +100,18 @@ void scores_block(const KernelArgs& a, const float* q_rot, const uint8_t* keys, 
   }
 }
 
-template <int B, int NQ>
-inline void seg_axpy(const uint8_t* p, int n8, const Cents& c, const __m256 (&coef)[NQ], float* acc, int dim) {
-  for (int g = 0; g < n8; ++g) {
-    const __m256 cv = lookup<B>(c, unpack8<B>(p + g * B));
-    for (int qi = 0; qi < NQ; ++qi) {
-      float* dst = acc + qi * dim + g * 8;
-      _mm256_storeu_ps(dst, _mm256_fmadd_ps(coef[qi], cv, _mm256_loadu_ps(dst)));
-    }
-  }
-}
-
-template <int BH, int BL, int NQ>
-void accum_block(const KernelArgs& a, const float* w, size_t w_stride, const uint8_t* values, size_t value_stride,
-                 int64_t n, float* acc_rot) {
-  const Cents ch{_mm256_loadu_ps(a.cb_hi), _mm256_loadu_ps(a.cb_hi + 8)};
-  const Cents cl{_mm256_loadu_ps(a.cb_lo), _mm256_loadu_ps(a.cb_lo + 8)};
-  const int n8_hi = a.split / 8, n8_lo = (a.dim - a.split) / 8;
+// Accumulates the coordinate groups [g0, g0 + cnt) (cnt <= CH) of one bit segment over all n values
+// with the NQ x CH partial sums held in registers: the keys are re-read once per chunk of groups,
+// which is cheaper than a load + store of the accumulators per group and key.
+template <int B, int NQ, int CH>
+void accum_chunk(const float* w, size_t w_stride, const uint8_t* values, size_t stride, size_t norm_off, int64_t n,
+                 const Cents& c, size_t seg_off, int g0, int cnt, float* acc, int dim) {
+  __m256 s[NQ][CH];
+  for (int qi = 0; qi < NQ; ++qi)
+    for (int g = 0; g < CH; ++g) s[qi][g] = g < cnt ? _mm256_loadu_ps(acc + qi * dim + (g0 + g) * 8) : _mm256_setzero_ps();
   for (int64_t j = 0; j < n; ++j) {
-    const uint8_t* rec = values + size_t(j) * value_stride;
-    const float nrm = load_norm(rec, a.norm_offset);
+    const uint8_t* rec = values + size_t(j) * stride;
+    const float nrm = load_norm(rec, norm_off);
     __m256 coef[NQ];
     bool any = false;
     for (int qi = 0; qi < NQ; ++qi) {
@@ -123,9 +120,32 @@ void accum_block(const KernelArgs& a, const float* w, size_t w_stride, const uin
       coef[qi] = _mm256_set1_ps(cf);
     }
     if (!any) continue;  // masked (causal) or zero-norm
-    seg_axpy<BH, NQ>(rec, n8_hi, ch, coef, acc_rot, a.dim);
-    if (n8_lo > 0) seg_axpy<BL, NQ>(rec + a.hi_bytes, n8_lo, cl, coef, acc_rot + a.split, a.dim);
+    const uint8_t* p = rec + seg_off + g0 * B;
+    for (int g = 0; g < CH; ++g) {
+      if (g < cnt) {
+        const __m256 cv = lookup<B>(c, unpack8<B>(p + g * B));
+        for (int qi = 0; qi < NQ; ++qi) s[qi][g] = _mm256_fmadd_ps(coef[qi], cv, s[qi][g]);
+      }
+    }
   }
+  for (int qi = 0; qi < NQ; ++qi)
+    for (int g = 0; g < cnt; ++g) _mm256_storeu_ps(acc + qi * dim + (g0 + g) * 8, s[qi][g]);
+}
+
+template <int BH, int BL, int NQ>
+void accum_block(const KernelArgs& a, const float* w, size_t w_stride, const uint8_t* values, size_t value_stride,
+                 int64_t n, float* acc_rot) {
+  // NQ * kCh accumulators; 4-bit lookups need two more centroid registers, so fewer accumulators.
+  constexpr int kCh = (NQ == 1 ? 8 : NQ == 2 ? 4 : 2) / (BH == 4 ? 2 : 1);
+  const Cents ch{_mm256_loadu_ps(a.cb_hi), _mm256_loadu_ps(a.cb_hi + 8)};
+  const Cents cl{_mm256_loadu_ps(a.cb_lo), _mm256_loadu_ps(a.cb_lo + 8)};
+  const int n8_hi = a.split / 8, n8_lo = (a.dim - a.split) / 8;
+  for (int g0 = 0; g0 < n8_hi; g0 += kCh)
+    accum_chunk<BH, NQ, kCh>(w, w_stride, values, value_stride, a.norm_offset, n, ch, 0, g0,
+                             std::min(kCh, n8_hi - g0), acc_rot, a.dim);
+  for (int g0 = 0; g0 < n8_lo; g0 += kCh)
+    accum_chunk<BL, NQ, kCh>(w, w_stride, values, value_stride, a.norm_offset, n, cl, a.hi_bytes, g0,
+                             std::min(kCh, n8_lo - g0), acc_rot + a.split, a.dim);
 }
 
 template <int BH, int BL>

@@ -105,7 +105,8 @@ TEST_P(TurboQuantAttention, AttendMatchesDequantizeThenAttend) {
   const auto q = gaussian(rng, size_t(n_q) * d, 2.0f);
   const int64_t n_kv[n_q] = {70, 1, 45};  // decode-style full length, first position only, causal
   const float scale = 1.0f / std::sqrt(float(d));
-  for (IsaLevel lvl : {IsaLevel::kScalar, IsaLevel::kAvx2}) {
+  const IsaLevel saved = isa_level();
+  for (IsaLevel lvl : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
     set_isa_level(lvl);
     std::vector<float> out(size_t(n_q) * d, 7.0f), ref(size_t(n_q) * d);
     tq_attend(ks, vs, q.data(), n_q, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale, out.data(), d);
@@ -113,7 +114,7 @@ TEST_P(TurboQuantAttention, AttendMatchesDequantizeThenAttend) {
                   ref.data(), d);
     for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], ref[i], 2e-5) << i << " isa " << int(lvl);
   }
-  set_isa_level(IsaLevel::kAvx512);  // back to the best available (clamped)
+  set_isa_level(saved);
 }
 
 INSTANTIATE_TEST_SUITE_P(DimsBits, TurboQuantAttention,
