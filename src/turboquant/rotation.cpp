@@ -1,0 +1,127 @@
+#include "turboquant/rotation.h"
+
+#include <cmath>
+#include <string>
+
+#include "core/error.h"
+
+namespace qleap {
+
+double TqRng::next_gaussian() {
+  const double u1 = next_uniform();
+  const double u2 = next_uniform();
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586476925 * u2);
+}
+
+static uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+uint64_t tq_head_seed(uint64_t base_seed, int layer, int kv_head) {
+  uint64_t h = mix64(base_seed + 0x9e3779b97f4a7c15ull);
+  h = mix64(h ^ (uint64_t(uint32_t(layer)) + 0x632be59bd9b4e019ull));
+  h = mix64(h ^ (uint64_t(uint32_t(kv_head)) + 0x8cb92ba72f3d8dd7ull));
+  return h;
+}
+
+bool tq_is_pow2(int d) { return d > 0 && (d & (d - 1)) == 0; }
+
+void fwht(float* x, int n) {
+  for (int h = 1; h < n; h <<= 1) {
+    for (int i = 0; i < n; i += 2 * h) {
+      for (int j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+    }
+  }
+}
+
+// Haar-random orthogonal matrix: Gram-Schmidt (modified, two passes for orthogonality to double
+// precision) on the columns of a Gaussian matrix. Gram-Schmidt yields R with a positive diagonal,
+// which is exactly the sign fix that makes the QR factor Haar-distributed.
+static std::vector<float> haar_orthogonal(int d, TqRng& rng) {
+  std::vector<double> q(size_t(d) * d);  // column-major: column j at q[j * d]
+  for (auto& v : q) v = rng.next_gaussian();
+  for (int j = 0; j < d; ++j) {
+    double* cj = &q[size_t(j) * d];
+    for (int pass = 0; pass < 2; ++pass) {
+      for (int i = 0; i < j; ++i) {
+        const double* ci = &q[size_t(i) * d];
+        double dot = 0;
+        for (int k = 0; k < d; ++k) dot += ci[k] * cj[k];
+        for (int k = 0; k < d; ++k) cj[k] -= dot * ci[k];
+      }
+    }
+    double nrm = 0;
+    for (int k = 0; k < d; ++k) nrm += cj[k] * cj[k];
+    nrm = std::sqrt(nrm);
+    for (int k = 0; k < d; ++k) cj[k] /= nrm;
+  }
+  std::vector<float> m(size_t(d) * d);  // row-major Q
+  for (int r = 0; r < d; ++r)
+    for (int c = 0; c < d; ++c) m[size_t(r) * d + c] = float(q[size_t(c) * d + r]);
+  return m;
+}
+
+TqRotation make_rotation(int dim, TqRotationKind kind, uint64_t seed) {
+  if (dim < 1 || dim > 65536) throw InvalidArgument("turboquant: bad rotation dim " + std::to_string(dim));
+  if (kind == TqRotationKind::kAuto) kind = tq_is_pow2(dim) ? TqRotationKind::kHadamard : TqRotationKind::kDense;
+  TqRotation r;
+  r.dim = dim;
+  r.kind = kind;
+  TqRng rng(seed);
+  if (kind == TqRotationKind::kHadamard) {
+    if (!tq_is_pow2(dim))
+      throw InvalidArgument("turboquant: Hadamard rotation needs a power-of-two dim, got " + std::to_string(dim));
+    r.signs.resize(dim);
+    for (auto& s : r.signs) s = (rng.next_u64() >> 63) ? -1.0f : 1.0f;
+  } else if (kind == TqRotationKind::kDense) {
+    r.matrix = haar_orthogonal(dim, rng);
+  } else {
+    throw InvalidArgument("turboquant: unknown rotation kind");
+  }
+  return r;
+}
+
+void rotate_forward(const TqRotation& r, const float* x, float* y) {
+  const int d = r.dim;
+  if (r.kind == TqRotationKind::kHadamard) {
+    const float s = 1.0f / std::sqrt(float(d));
+    for (int i = 0; i < d; ++i) y[i] = x[i] * r.signs[i] * s;
+    fwht(y, d);
+    return;
+  }
+  std::vector<float> tmp(x, x + d);  // allows x == y
+  for (int i = 0; i < d; ++i) {
+    const float* row = &r.matrix[size_t(i) * d];
+    double acc = 0;
+    for (int k = 0; k < d; ++k) acc += double(row[k]) * tmp[k];
+    y[i] = float(acc);
+  }
+}
+
+void rotate_inverse(const TqRotation& r, const float* y, float* x) {
+  const int d = r.dim;
+  if (r.kind == TqRotationKind::kHadamard) {
+    // (H D / sqrt d)^-1 = D H / sqrt d since H is symmetric with H H = d I.
+    const float s = 1.0f / std::sqrt(float(d));
+    if (x != y)
+      for (int i = 0; i < d; ++i) x[i] = y[i];
+    fwht(x, d);
+    for (int i = 0; i < d; ++i) x[i] *= r.signs[i] * s;
+    return;
+  }
+  std::vector<double> acc(d, 0.0);
+  for (int k = 0; k < d; ++k) {
+    const float* row = &r.matrix[size_t(k) * d];
+    const double yk = y[k];
+    for (int i = 0; i < d; ++i) acc[i] += double(row[i]) * yk;
+  }
+  for (int i = 0; i < d; ++i) x[i] = float(acc[i]);
+}
+
+}  // namespace qleap

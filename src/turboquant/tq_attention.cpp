@@ -1,0 +1,176 @@
+#include "turboquant/tq_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "core/cpu_features.h"
+#include "core/error.h"
+#include "core/fp16.h"
+#include "turboquant/tq_kernels.h"
+
+namespace qleap {
+
+namespace tq_detail {
+
+namespace {
+
+inline float load_norm(const uint8_t* rec, size_t off) {
+  uint16_t h;
+  std::memcpy(&h, rec + off, 2);
+  return fp16_to_fp32_ref(h);
+}
+
+// Unpacks index i of a LSB-first b-bit stream.
+inline uint32_t index_at(const uint8_t* p, int i, int bits) {
+  const size_t bit = size_t(i) * bits;
+  uint32_t v = p[bit >> 3] >> (bit & 7);
+  if ((bit & 7) + bits > 8) v |= uint32_t(p[(bit >> 3) + 1]) << (8 - (bit & 7));
+  return v & ((1u << bits) - 1);
+}
+
+}  // namespace
+
+void scores_scalar(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
+                   int64_t n, float* scores, size_t score_stride) {
+  std::vector<float> c(a.dim);
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* rec = keys + size_t(j) * key_stride;
+    for (int i = 0; i < a.split; ++i) c[i] = a.cb_hi[index_at(rec, i, a.bits_hi)];
+    for (int i = a.split; i < a.dim; ++i) c[i] = a.cb_lo[index_at(rec + a.hi_bytes, i - a.split, a.bits_lo)];
+    const float nrm = load_norm(rec, a.norm_offset);
+    for (int qi = 0; qi < n_q; ++qi) {
+      const float* q = q_rot + size_t(qi) * a.dim;
+      float s = 0;
+      for (int i = 0; i < a.dim; ++i) s += q[i] * c[i];
+      scores[size_t(qi) * score_stride + j] = nrm * s;
+    }
+  }
+}
+
+void accum_scalar(const KernelArgs& a, const float* w, size_t w_stride, int n_q, const uint8_t* values,
+                  size_t value_stride, int64_t n, float* acc_rot) {
+  std::vector<float> c(a.dim);
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* rec = values + size_t(j) * value_stride;
+    for (int i = 0; i < a.split; ++i) c[i] = a.cb_hi[index_at(rec, i, a.bits_hi)];
+    for (int i = a.split; i < a.dim; ++i) c[i] = a.cb_lo[index_at(rec + a.hi_bytes, i - a.split, a.bits_lo)];
+    const float nrm = load_norm(rec, a.norm_offset);
+    for (int qi = 0; qi < n_q; ++qi) {
+      const float coef = w[size_t(qi) * w_stride + j] * nrm;
+      if (coef == 0.0f) continue;
+      float* acc = acc_rot + size_t(qi) * a.dim;
+      for (int i = 0; i < a.dim; ++i) acc[i] += coef * c[i];
+    }
+  }
+}
+
+}  // namespace tq_detail
+
+using namespace tq_detail;
+
+namespace {
+
+bool simd_ok(const TqLayout& l) {
+  return l.split % 8 == 0 && (l.dim - l.split) % 8 == 0 && l.bits_hi <= 4 && l.bits_lo <= 4;
+}
+
+ScoresFn pick_scores(const TqLayout& l) {
+  if (simd_ok(l) && isa_level() >= IsaLevel::kAvx2) return scores_avx2;
+  return scores_scalar;
+}
+AccumFn pick_accum(const TqLayout& l) {
+  if (simd_ok(l) && isa_level() >= IsaLevel::kAvx2) return accum_avx2;
+  return accum_scalar;
+}
+
+}  // namespace
+
+const char* tq_kernel_name(const TqLayout& l) {
+  return pick_scores(l) == scores_scalar ? "scalar" : "avx2";
+}
+
+void tq_rotate_query(const TqState& st, const float* q, float* q_rot) { rotate_forward(st.rotation, q, q_rot); }
+
+void tq_unrotate(const TqState& st, const float* acc_rot, float* out) { rotate_inverse(st.rotation, acc_rot, out); }
+
+void tq_scores(const TqState& st, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
+               int64_t n, float* scores, size_t score_stride) {
+  if (n <= 0 || n_q <= 0) return;
+  pick_scores(st.layout)(kernel_args(st), q_rot, n_q, keys, key_stride, n, scores, score_stride);
+}
+
+void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, int n_q,
+                          const uint8_t* values, size_t value_stride, int64_t n, float* acc_rot) {
+  if (n <= 0 || n_q <= 0) return;
+  pick_accum(st.layout)(kernel_args(st), w, w_stride, n_q, values, value_stride, n, acc_rot);
+}
+
+void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
+               const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
+               size_t value_stride, float scale, float* out, size_t out_stride) {
+  if (n_q <= 0) return;
+  const int dk = ks.layout.dim, dv = vs.layout.dim;
+  int64_t n_max = 0;
+  for (int qi = 0; qi < n_q; ++qi) {
+    if (n_kv[qi] < 0) throw InvalidArgument("turboquant: negative n_kv");
+    n_max = std::max(n_max, n_kv[qi]);
+  }
+  // Scratch reused across calls on the same thread (the decode loop calls this per layer and head).
+  thread_local std::vector<float> q_rot, w, acc;
+  q_rot.resize(size_t(n_q) * dk);
+  w.resize(size_t(n_q) * std::max<int64_t>(n_max, 1));
+  acc.assign(size_t(n_q) * dv, 0.0f);
+  for (int qi = 0; qi < n_q; ++qi) tq_rotate_query(ks, q + size_t(qi) * q_stride, &q_rot[size_t(qi) * dk]);
+  if (n_max > 0) {
+    tq_scores(ks, q_rot.data(), n_q, keys, key_stride, n_max, w.data(), size_t(n_max));
+    for (int qi = 0; qi < n_q; ++qi) {
+      float* row = &w[size_t(qi) * n_max];
+      const int64_t m = n_kv[qi];
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < m; ++j) mx = std::max(mx, row[j] * scale);
+      double sum = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        row[j] = std::exp(row[j] * scale - mx);
+        sum += row[j];
+      }
+      const float inv = m > 0 ? float(1.0 / sum) : 0.0f;
+      for (int64_t j = 0; j < m; ++j) row[j] *= inv;
+      for (int64_t j = m; j < n_max; ++j) row[j] = 0.0f;  // causal mask: later positions get no weight
+    }
+    tq_accumulate_values(vs, w.data(), size_t(n_max), n_q, values, value_stride, n_max, acc.data());
+  }
+  for (int qi = 0; qi < n_q; ++qi) tq_unrotate(vs, &acc[size_t(qi) * dv], out + size_t(qi) * out_stride);
+}
+
+void tq_attend_ref(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
+                   const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
+                   size_t value_stride, float scale, float* out, size_t out_stride) {
+  const int dk = ks.layout.dim, dv = vs.layout.dim;
+  std::vector<float> k(dk), v(dv);
+  for (int qi = 0; qi < n_q; ++qi) {
+    const float* qq = q + size_t(qi) * q_stride;
+    const int64_t m = n_kv[qi];
+    std::vector<double> s(size_t(std::max<int64_t>(m, 0)));
+    double mx = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < m; ++j) {
+      tq_dequantize(ks, keys + size_t(j) * key_stride, k.data());
+      double d = 0;
+      for (int i = 0; i < dk; ++i) d += double(qq[i]) * k[i];
+      s[j] = d * scale;
+      mx = std::max(mx, s[j]);
+    }
+    double sum = 0;
+    for (int64_t j = 0; j < m; ++j) sum += (s[j] = std::exp(s[j] - mx));
+    std::vector<double> o(dv, 0.0);
+    for (int64_t j = 0; j < m; ++j) {
+      tq_dequantize(vs, values + size_t(j) * value_stride, v.data());
+      for (int i = 0; i < dv; ++i) o[i] += s[j] / sum * v[i];
+    }
+    for (int i = 0; i < dv; ++i) out[size_t(qi) * out_stride + i] = float(o[i]);
+  }
+}
+
+}  // namespace qleap

@@ -1,0 +1,184 @@
+#include "turboquant/tq_quant.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "core/error.h"
+#include "core/fp16.h"
+
+namespace qleap {
+
+TqLayout tq_layout(const TqConfig& cfg) {
+  if (cfg.dim < 2 || cfg.dim > 65536)
+    throw InvalidArgument("turboquant: dim must be 2..65536, got " + std::to_string(cfg.dim));
+  const float twice = cfg.bits * 2.0f;
+  if (!(twice >= 2.0f && twice <= 8.0f) || twice != std::floor(twice))
+    throw InvalidArgument("turboquant: bits must be one of 1, 1.5, 2, 2.5, 3, 3.5, 4, got " +
+                          std::to_string(cfg.bits));
+  if (cfg.rotation == TqRotationKind::kHadamard && !tq_is_pow2(cfg.dim))
+    throw InvalidArgument("turboquant: Hadamard rotation needs a power-of-two dim, got " + std::to_string(cfg.dim));
+  TqLayout l;
+  l.dim = cfg.dim;
+  const int t = int(twice);
+  if (t % 2 == 0) {
+    l.bits_hi = l.bits_lo = t / 2;
+    l.split = cfg.dim;
+  } else {
+    l.bits_lo = t / 2;
+    l.bits_hi = l.bits_lo + 1;
+    l.split = cfg.dim / 2;
+  }
+  l.hi_bytes = (size_t(l.split) * l.bits_hi + 7) / 8;
+  l.lo_bytes = (size_t(cfg.dim - l.split) * l.bits_lo + 7) / 8;
+  l.norm_offset = l.hi_bytes + l.lo_bytes;
+  l.bytes = l.norm_offset + 2;
+  l.qjl = cfg.qjl;
+  if (cfg.qjl) {
+    l.qjl_offset = l.bytes;
+    l.gamma_offset = l.qjl_offset + (size_t(cfg.dim) + 7) / 8;
+    l.bytes = l.gamma_offset + 2;
+  }
+  return l;
+}
+
+TqState tq_make_state(const TqConfig& cfg, int layer, int kv_head) {
+  TqState st;
+  st.cfg = cfg;
+  st.layout = tq_layout(cfg);
+  const uint64_t seed = tq_head_seed(cfg.seed, layer, kv_head);
+  st.rotation = make_rotation(cfg.dim, cfg.rotation, seed);
+  st.cb_hi = &tq_codebook(st.layout.bits_hi, cfg.dim);
+  st.cb_lo = &tq_codebook(st.layout.bits_lo, cfg.dim);
+  if (cfg.qjl) {
+    // A separate stream from the rotation's so that S and R are independent.
+    TqRng rng(seed ^ 0x514a4c5f51554e54ull);
+    st.qjl_matrix.resize(size_t(cfg.dim) * cfg.dim);
+    for (auto& v : st.qjl_matrix) v = float(rng.next_gaussian());
+  }
+  return st;
+}
+
+void tq_pack_indices(const uint8_t* idx, int n, int bits, uint8_t* out) {
+  std::memset(out, 0, (size_t(n) * bits + 7) / 8);
+  size_t bit = 0;
+  for (int i = 0; i < n; ++i, bit += bits) {
+    const uint32_t v = idx[i] & ((1u << bits) - 1);
+    // bits <= 8, so the value spans at most two bytes.
+    out[bit >> 3] |= uint8_t(v << (bit & 7));
+    if ((bit & 7) + bits > 8) out[(bit >> 3) + 1] |= uint8_t(v >> (8 - (bit & 7)));
+  }
+}
+
+void tq_unpack_indices(const uint8_t* in, int n, int bits, uint8_t* idx) {
+  size_t bit = 0;
+  const uint32_t mask = (1u << bits) - 1;
+  for (int i = 0; i < n; ++i, bit += bits) {
+    uint32_t v = in[bit >> 3] >> (bit & 7);
+    if ((bit & 7) + bits > 8) v |= uint32_t(in[(bit >> 3) + 1]) << (8 - (bit & 7));
+    idx[i] = uint8_t(v & mask);
+  }
+}
+
+float tq_record_norm(const TqLayout& l, const uint8_t* rec) {
+  uint16_t h;
+  std::memcpy(&h, rec + l.norm_offset, 2);
+  return fp16_to_fp32(h);
+}
+
+void tq_quantize(const TqState& st, const float* x, uint8_t* out) {
+  const TqLayout& l = st.layout;
+  const int d = l.dim;
+  double nrm2 = 0;
+  for (int i = 0; i < d; ++i) nrm2 += double(x[i]) * x[i];
+  const double nrm = std::sqrt(nrm2);
+  std::vector<float> y(d);
+  std::vector<uint8_t> idx(d, 0);
+  uint16_t norm_h = 0;
+  const bool ok = nrm > 0 && std::isfinite(nrm);
+  if (ok) {
+    const float inv = float(1.0 / nrm);
+    for (int i = 0; i < d; ++i) y[i] = x[i] * inv;
+    rotate_forward(st.rotation, y.data(), y.data());
+    const TqCodebook& hi = *st.cb_hi;
+    const TqCodebook& lo = *st.cb_lo;
+    for (int i = 0; i < l.split; ++i)
+      idx[i] = uint8_t(tq_nearest_index(hi.thresholds_f.data(), int(hi.thresholds_f.size()), y[i]));
+    for (int i = l.split; i < d; ++i)
+      idx[i] = uint8_t(tq_nearest_index(lo.thresholds_f.data(), int(lo.thresholds_f.size()), y[i]));
+    norm_h = fp32_to_fp16(float(std::min(nrm, 65504.0)));  // saturate instead of inf
+  }
+  tq_pack_indices(idx.data(), l.split, l.bits_hi, out);
+  if (d > l.split) tq_pack_indices(idx.data() + l.split, d - l.split, l.bits_lo, out + l.hi_bytes);
+  std::memcpy(out + l.norm_offset, &norm_h, 2);
+  if (l.qjl) {
+    uint8_t* signs = out + l.qjl_offset;
+    std::memset(signs, 0, (size_t(d) + 7) / 8);
+    uint16_t gamma_h = 0;
+    if (ok) {
+      std::vector<double> r(d);
+      double g2 = 0;
+      for (int i = 0; i < d; ++i) {
+        const float c = i < l.split ? st.cb_hi->centroids_f[idx[i]] : st.cb_lo->centroids_f[idx[i]];
+        r[i] = double(y[i]) - c;
+        g2 += r[i] * r[i];
+      }
+      for (int k = 0; k < d; ++k) {
+        const float* row = &st.qjl_matrix[size_t(k) * d];
+        double s = 0;
+        for (int i = 0; i < d; ++i) s += double(row[i]) * r[i];
+        if (s >= 0) signs[k >> 3] |= uint8_t(1u << (k & 7));
+      }
+      gamma_h = fp32_to_fp16(float(std::sqrt(g2)));
+    }
+    std::memcpy(out + l.gamma_offset, &gamma_h, 2);
+  }
+}
+
+void tq_quantize_rows(const TqState& st, int64_t n, const float* x, size_t x_stride, uint8_t* out,
+                      size_t out_stride) {
+  for (int64_t j = 0; j < n; ++j) tq_quantize(st, x + size_t(j) * x_stride, out + size_t(j) * out_stride);
+}
+
+void tq_dequantize_rotated_unit(const TqState& st, const uint8_t* in, float* y) {
+  const TqLayout& l = st.layout;
+  std::vector<uint8_t> idx(l.dim);
+  tq_unpack_indices(in, l.split, l.bits_hi, idx.data());
+  if (l.dim > l.split) tq_unpack_indices(in + l.hi_bytes, l.dim - l.split, l.bits_lo, idx.data() + l.split);
+  for (int i = 0; i < l.split; ++i) y[i] = st.cb_hi->centroids_f[idx[i]];
+  for (int i = l.split; i < l.dim; ++i) y[i] = st.cb_lo->centroids_f[idx[i]];
+}
+
+void tq_dequantize(const TqState& st, const uint8_t* in, float* x) {
+  const float nrm = tq_record_norm(st.layout, in);
+  tq_dequantize_rotated_unit(st, in, x);
+  rotate_inverse(st.rotation, x, x);
+  for (int i = 0; i < st.layout.dim; ++i) x[i] *= nrm;
+}
+
+float tq_qjl_inner_product(const TqState& st, const float* q, const uint8_t* rec) {
+  const TqLayout& l = st.layout;
+  if (!l.qjl) throw InvalidArgument("turboquant: QJL estimate needs a config with qjl = true");
+  const int d = l.dim;
+  std::vector<float> qr(d), c(d);
+  rotate_forward(st.rotation, q, qr.data());
+  tq_dequantize_rotated_unit(st, rec, c.data());
+  double mse_part = 0;
+  for (int i = 0; i < d; ++i) mse_part += double(qr[i]) * c[i];
+  const uint8_t* signs = rec + l.qjl_offset;
+  double sk = 0;
+  for (int k = 0; k < d; ++k) {
+    const float* row = &st.qjl_matrix[size_t(k) * d];
+    double s = 0;
+    for (int i = 0; i < d; ++i) s += double(row[i]) * qr[i];
+    sk += (signs[k >> 3] >> (k & 7)) & 1 ? s : -s;
+  }
+  uint16_t gh;
+  std::memcpy(&gh, rec + l.gamma_offset, 2);
+  const double gamma = fp16_to_fp32(gh);
+  const double corr = std::sqrt(3.14159265358979323846 / 2.0) / d * gamma * sk;
+  return float(tq_record_norm(l, rec) * (mse_part + corr));
+}
+
+}  // namespace qleap

@@ -1,0 +1,173 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/cpu_features.h"
+#include "turboquant/tq_attention.h"
+#include "turboquant/tq_kernels.h"
+
+namespace qleap {
+namespace {
+
+std::vector<float> gaussian(TqRng& rng, size_t n, float scale = 1.0f) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = scale * float(rng.next_gaussian());
+  return v;
+}
+
+struct Packed {
+  std::vector<uint8_t> k, v;
+  size_t stride_k, stride_v;
+};
+
+Packed pack(const TqState& ks, const TqState& vs, const std::vector<float>& k, const std::vector<float>& v,
+            int64_t n) {
+  Packed p;
+  // Pad the strides so that records are not contiguous (the cache may interleave other data).
+  p.stride_k = ks.layout.bytes + 6;
+  p.stride_v = vs.layout.bytes + 3;
+  p.k.assign(p.stride_k * n, 0xcd);
+  p.v.assign(p.stride_v * n, 0xcd);
+  tq_quantize_rows(ks, n, k.data(), ks.layout.dim, p.k.data(), p.stride_k);
+  tq_quantize_rows(vs, n, v.data(), vs.layout.dim, p.v.data(), p.stride_v);
+  return p;
+}
+
+class TurboQuantAttention : public ::testing::TestWithParam<std::tuple<int, float>> {};
+
+TEST_P(TurboQuantAttention, ScoresMatchDequantizedDotProducts) {
+  const auto [d, bits] = GetParam();
+  const TqState st = tq_make_state({d, bits}, 1, 0);
+  TqRng rng(5);
+  const int64_t n = 37;
+  const int n_q = 5;  // more than one block of 4 query heads
+  auto keys = gaussian(rng, size_t(n) * d);
+  for (int64_t j = 0; j < n; ++j) keys[size_t(j) * d + 2] *= 15.0f;  // an outlier channel
+  const Packed p = pack(st, st, keys, keys, n);
+  const auto q = gaussian(rng, size_t(n_q) * d);
+  std::vector<float> q_rot(size_t(n_q) * d), kh(d);
+  for (int qi = 0; qi < n_q; ++qi) tq_rotate_query(st, &q[size_t(qi) * d], &q_rot[size_t(qi) * d]);
+  const auto args = tq_detail::kernel_args(st);
+  std::vector<float> s_scalar(size_t(n_q) * n), s_simd(size_t(n_q) * n, -1.0f), s_api(size_t(n_q) * n);
+  tq_detail::scores_scalar(args, q_rot.data(), n_q, p.k.data(), p.stride_k, n, s_scalar.data(), n);
+  tq_scores(st, q_rot.data(), n_q, p.k.data(), p.stride_k, n, s_api.data(), n);
+  const bool have_avx2 = cpu_features().avx2 && cpu_features().fma && d % 16 == 0;
+  if (have_avx2) tq_detail::scores_avx2(args, q_rot.data(), n_q, p.k.data(), p.stride_k, n, s_simd.data(), n);
+  for (int64_t j = 0; j < n; ++j) {
+    tq_dequantize(st, &p.k[size_t(j) * p.stride_k], kh.data());
+    for (int qi = 0; qi < n_q; ++qi) {
+      double ref = 0, mag = 0;
+      for (int i = 0; i < d; ++i) {
+        ref += double(q[size_t(qi) * d + i]) * kh[i];
+        mag += std::fabs(double(q[size_t(qi) * d + i]) * kh[i]);
+      }
+      const double tol = 1e-5 * mag + 1e-6;
+      const size_t o = size_t(qi) * n + j;
+      EXPECT_NEAR(s_scalar[o], ref, tol) << j << " " << qi;
+      EXPECT_NEAR(s_api[o], ref, tol) << j << " " << qi;
+      if (have_avx2) {
+        EXPECT_NEAR(s_simd[o], s_scalar[o], tol) << j << " " << qi;
+      }
+    }
+  }
+}
+
+TEST_P(TurboQuantAttention, ValueAccumulationMatchesScalar) {
+  const auto [d, bits] = GetParam();
+  const TqState st = tq_make_state({d, bits}, 0, 2);
+  TqRng rng(8);
+  const int64_t n = 29;
+  const int n_q = 6;
+  const auto vals = gaussian(rng, size_t(n) * d);
+  const Packed p = pack(st, st, vals, vals, n);
+  auto w = gaussian(rng, size_t(n_q) * n);
+  w[3] = 0.0f;
+  const auto args = tq_detail::kernel_args(st);
+  std::vector<float> a_scalar(size_t(n_q) * d, 0.5f), a_simd(size_t(n_q) * d, 0.5f);
+  tq_detail::accum_scalar(args, w.data(), n, n_q, p.v.data(), p.stride_v, n, a_scalar.data());
+  if (!(cpu_features().avx2 && cpu_features().fma && d % 16 == 0)) GTEST_SKIP() << "no AVX2 path here";
+  tq_detail::accum_avx2(args, w.data(), n, n_q, p.v.data(), p.stride_v, n, a_simd.data());
+  for (size_t i = 0; i < a_scalar.size(); ++i) EXPECT_NEAR(a_simd[i], a_scalar[i], 1e-4) << i;
+}
+
+TEST_P(TurboQuantAttention, AttendMatchesDequantizeThenAttend) {
+  const auto [d, bits] = GetParam();
+  const TqState ks = tq_make_state({d, bits}, 4, 1);
+  TqConfig vc{d, bits};
+  vc.seed = 99;  // values use their own rotation
+  const TqState vs = tq_make_state(vc, 4, 1);
+  TqRng rng(21);
+  const int64_t n = 70;
+  const int n_q = 3;  // a GQA group
+  const auto keys = gaussian(rng, size_t(n) * d), vals = gaussian(rng, size_t(n) * d);
+  const Packed p = pack(ks, vs, keys, vals, n);
+  const auto q = gaussian(rng, size_t(n_q) * d, 2.0f);
+  const int64_t n_kv[n_q] = {70, 1, 45};  // decode-style full length, first position only, causal
+  const float scale = 1.0f / std::sqrt(float(d));
+  const IsaLevel saved = isa_level();
+  for (IsaLevel lvl : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+    set_isa_level(lvl);
+    std::vector<float> out(size_t(n_q) * d, 7.0f), ref(size_t(n_q) * d);
+    tq_attend(ks, vs, q.data(), n_q, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale, out.data(), d);
+    tq_attend_ref(ks, vs, q.data(), n_q, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale,
+                  ref.data(), d);
+    for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], ref[i], 2e-5) << i << " isa " << int(lvl);
+  }
+  set_isa_level(saved);
+}
+
+INSTANTIATE_TEST_SUITE_P(DimsBits, TurboQuantAttention,
+                         ::testing::Combine(::testing::Values(16, 64, 128, 80),
+                                            ::testing::Values(1.0f, 2.0f, 2.5f, 3.0f, 3.5f, 4.0f)));
+
+TEST(TurboQuantAttentionMisc, EmptyContextGivesZeros) {
+  const TqState st = tq_make_state({32, 3.0f}, 0, 0);
+  std::vector<float> q(32, 1.0f), out(32, 5.0f);
+  const int64_t n_kv = 0;
+  tq_attend(st, st, q.data(), 1, 32, &n_kv, nullptr, 0, nullptr, 0, 1.0f, out.data(), 32);
+  for (float v : out) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(TurboQuantAttentionMisc, AttentionErrorShrinksWithBits) {
+  // Synthetic data, end to end: attention output error vs exact float attention (relative L2).
+  const int d = 128;
+  const int64_t n = 256;
+  TqRng rng(31);
+  auto keys = gaussian(rng, size_t(n) * d), vals = gaussian(rng, size_t(n) * d);
+  for (int64_t j = 0; j < n; ++j) keys[size_t(j) * d + 5] += 8.0f;  // outlier channel with an offset
+  const auto q = gaussian(rng, d);
+  const float scale = 1.0f / std::sqrt(float(d));
+  std::vector<double> s(n), exact(d, 0.0);
+  double mx = -1e30, sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    double dd = 0;
+    for (int i = 0; i < d; ++i) dd += double(q[i]) * keys[size_t(j) * d + i];
+    s[j] = dd * scale;
+    mx = std::max(mx, s[j]);
+  }
+  for (auto& v : s) sum += (v = std::exp(v - mx));
+  for (int64_t j = 0; j < n; ++j)
+    for (int i = 0; i < d; ++i) exact[i] += s[j] / sum * vals[size_t(j) * d + i];
+  double prev = 1e30;
+  for (float bits : {2.0f, 2.5f, 3.0f, 3.5f, 4.0f}) {
+    const TqState st = tq_make_state({d, bits}, 0, 0);
+    const Packed p = pack(st, st, keys, vals, n);
+    std::vector<float> out(d);
+    tq_attend(st, st, q.data(), 1, d, &n, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale, out.data(), d);
+    double e = 0, nn = 0;
+    for (int i = 0; i < d; ++i) {
+      e += (out[i] - exact[i]) * (out[i] - exact[i]);
+      nn += exact[i] * exact[i];
+    }
+    const double rel = std::sqrt(e / nn);
+    std::printf("  attention output rel. L2 error, %.1f bits: %.4f\n", bits, rel);
+    EXPECT_LT(rel, prev);
+    prev = rel;
+  }
+  // Relative error is about sqrt(D(4)) ~ 0.1 for near-uniform attention over random values.
+  EXPECT_LT(prev, 0.2);
+}
+
+}  // namespace
+}  // namespace qleap
