@@ -20,6 +20,7 @@ inline void cpu_relax() {
 }
 
 constexpr int kSpinIterations = 1 << 15;
+constexpr int kCallerSpins = 1 << 12;
 
 }  // namespace
 
@@ -64,7 +65,15 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   generation_.fetch_add(1, std::memory_order_release);
   generation_.notify_all();
   fn(0, n_threads_);
-  while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+  // Spin briefly (workers usually finish within microseconds of each other), then yield: when the
+  // machine is oversubscribed a descheduled worker needs this core to finish its share.
+  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+    if (spin < kCallerSpins) {
+      cpu_relax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
   job_ = nullptr;
 }
 
