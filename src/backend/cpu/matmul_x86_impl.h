@@ -494,6 +494,43 @@ void tile_q8k(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* x
   }
 }
 
+// Prefill for the K-quants: each weight super-block is unpacked (prep) once per activation chunk
+// and then multiplied against every activation row of the chunk; per-(row, activation) vector
+// accumulators live in a small L1-resident array.
+template <class T, int RR>
+void panel_q8k(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* x, int64_t xs, int nt, float* y,
+               int64_t ldy) {
+  using B = typename T::B;
+  alignas(32) __m256 acc[RR][kActChunk];
+  for (int r = 0; r < RR; ++r) {
+    for (int c = 0; c < nt; ++c) acc[r][c] = _mm256_setzero_ps();
+  }
+  KPrep prep[RR];
+  for (int64_t b = 0; b < nb; ++b) {
+    for (int r = 0; r < RR; ++r) T::prep(reinterpret_cast<const B*>(w + size_t(r) * row_bytes) + b, prep[r]);
+    for (int c = 0; c < nt; ++c) {
+      const BlockQ8_K* xb = x + c * xs + b;
+      const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb->bsums));
+      __m256i xv[8];
+      for (int k = 0; k < 8; ++k) xv[k] = load32u(reinterpret_cast<const uint8_t*>(xb->qs) + 32 * k);
+      for (int r = 0; r < RR; ++r) {
+        const KPrep& p = prep[r];
+        __m256i isum = _mm256_setzero_si256();
+        for (int k = 0; k < 8; ++k) {
+          const __m256i prod = _mm256_maddubs_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.q + 32 * k)), xv[k]);
+          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, _mm256_load_si256(reinterpret_cast<const __m256i*>(p.sc[k]))));
+        }
+        const __m256i msum = _mm256_madd_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.mn)), bsums);
+        __m256 a = _mm256_fmadd_ps(_mm256_set1_ps(p.d * xb->d), _mm256_cvtepi32_ps(isum), acc[r][c]);
+        acc[r][c] = _mm256_fnmadd_ps(_mm256_set1_ps(p.dmin * xb->d), _mm256_cvtepi32_ps(msum), a);
+      }
+    }
+  }
+  for (int r = 0; r < RR; ++r) {
+    for (int c = 0; c < nt; ++c) y[c * ldy + r] = hsum(acc[r][c]);
+  }
+}
+
 // ---- float weights against f32 activations ----
 
 struct TF32 {
@@ -633,9 +670,9 @@ void walk(const Tiles<RR, CC>& tiles, const Tiles<kDecodeRows, 1>& dec, const ui
 }
 
 // Prefill tile shapes (weight rows x activation rows), picked by measurement on AVX2.
-constexpr int kQ8aRR = 4, kQ8aCC = 2;
+constexpr int kQ8aRR = 2, kQ8aCC = 4;
 constexpr int kQ8kRR = 2, kQ8kCC = 4;
-constexpr int kFRR = 4, kFCC = 3;
+constexpr int kFRR = 3, kFCC = 4;
 
 template <class T>
 struct Q8AKernel {
@@ -652,7 +689,19 @@ struct Q8KKernel {
   static constexpr auto kDec = make_tiles<Q8KFn, T, kDecodeRows, 1>(std::make_index_sequence<kDecodeRows>());
   static void run(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
                   size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
-    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(BlockQ8_K)), 0, t0, t1, y, ldy);
+    const int64_t xs = int64_t(xa_stride / sizeof(BlockQ8_K));
+    if (t1 - t0 <= 1) {
+      walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, xs, 0, t0, t1, y, ldy);
+      return;
+    }
+    constexpr int kRR = 4;
+    for (int64_t tc = t0; tc < t1; tc += kActChunk) {
+      const int nt = int(std::min(t1, tc + kActChunk) - tc);
+      const auto* xb = reinterpret_cast<const BlockQ8_K*>(xa + size_t(tc) * xa_stride);
+      int64_t r = r0;
+      for (; r + kRR <= r1; r += kRR) panel_q8k<T, kRR>(w + size_t(r) * rb, rb, cols / 256, xb, xs, nt, y + tc * ldy + r, ldy);
+      for (; r < r1; ++r) panel_q8k<T, 1>(w + size_t(r) * rb, rb, cols / 256, xb, xs, nt, y + tc * ldy + r, ldy);
+    }
   }
 };
 template <class T>
