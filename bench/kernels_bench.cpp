@@ -36,7 +36,13 @@ std::vector<uint8_t> make_weights(GgmlType t, int64_t rows, int64_t cols) {
   std::vector<float> f(static_cast<size_t>(cols));
   const size_t rb = row_size(t, cols);
   std::vector<uint8_t> w(rb * size_t(rows));
+  // Encode at most 64 distinct rows (the K-quant encoders are slow) and repeat them.
+  constexpr int64_t kDistinct = 64;
   for (int64_t r = 0; r < rows; ++r) {
+    if (r >= kDistinct) {
+      std::memcpy(w.data() + size_t(r) * rb, w.data() + size_t(r % kDistinct) * rb, rb);
+      continue;
+    }
     for (auto& v : f) v = nd(rng);
     if (can_quantize(t)) {
       quantize_row_ref(t, f.data(), w.data() + size_t(r) * rb, cols);

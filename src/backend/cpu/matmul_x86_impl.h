@@ -311,6 +311,85 @@ inline float vec_dot_q6k(const BlockQ6_K* w, const BlockQ8_K* x, int64_t nb) {
   return hsum(acc);
 }
 
+
+// Q2_K / Q3_K: 16 scales per super-block; chunk k (32 values) covers groups 2k and 2k + 1.
+// sc16[h] holds groups 8h .. 8h + 7 as int16 in both 128-bit lanes.
+inline __m256i k16_chunk_scale(const __m256i* sc16, int k) {
+  return _mm256_shuffle_epi8(sc16[k / 4], bcast16_mask(2 * (k % 4), 2 * (k % 4) + 1));
+}
+
+inline float vec_dot_q2k(const BlockQ2_K* w, const BlockQ8_K* x, int64_t nb) {
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  const __m256i m2 = _mm256_set1_epi8(3);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const BlockQ2_K& wb = w[i];
+    const BlockQ8_K& xb = x[i];
+    const __m128i sb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.scales));
+    const __m128i sc = _mm_and_si128(sb, m4);
+    const __m128i mn = _mm_and_si128(_mm_srli_epi16(sb, 4), m4);
+    const __m256i msum = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mn),
+                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums)));
+    const __m256i sc16[2] = {_mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sc)),
+                             _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_srli_si128(sc, 8)))};
+    __m256i isum = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = load32u(wb.qs + 32 * h);
+      for (int j = 0; j < 4; ++j) {
+        const int k = 4 * h + j;
+        const __m256i q = _mm256_and_si256(_mm256_srli_epi16(v, 2 * j), m2);
+        const __m256i p = _mm256_maddubs_epi16(q, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 32 * k));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, k16_chunk_scale(sc16, k)));
+      }
+    }
+    const __m128 dd = _mm_mul_ps(dm_of(&wb.d), _mm_set1_ps(xb.d));  // (d * dx, dmin * dx)
+    acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(isum), acc);
+    acc = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(msum), acc);
+  }
+  return hsum(acc);
+}
+
+inline float vec_dot_q3k(const BlockQ3_K* w, const BlockQ8_K* x, int64_t nb) {
+  const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const BlockQ3_K& wb = w[i];
+    const BlockQ8_K& xb = x[i];
+    // 16 signed 6-bit scales: low nibbles from bytes 0..7, top two bits from bytes 8..11.
+    uint32_t a, b, c;
+    std::memcpy(&a, wb.scales, 4);
+    std::memcpy(&b, wb.scales + 4, 4);
+    std::memcpy(&c, wb.scales + 8, 4);
+    const uint32_t s0 = (a & 0x0f0f0f0fu) | ((c & 0x03030303u) << 4);
+    const uint32_t s1 = (b & 0x0f0f0f0fu) | (((c >> 2) & 0x03030303u) << 4);
+    const uint32_t s2 = ((a >> 4) & 0x0f0f0f0fu) | (((c >> 4) & 0x03030303u) << 4);
+    const uint32_t s3 = ((b >> 4) & 0x0f0f0f0fu) | (((c >> 6) & 0x03030303u) << 4);
+    const __m128i sc = _mm_sub_epi8(_mm_setr_epi32(int(s0), int(s1), int(s2), int(s3)), _mm_set1_epi8(32));
+    const __m256i msum = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc),
+                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums)));
+    const __m256i sc16[2] = {_mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc)),
+                             _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_srli_si128(sc, 8)))};
+    const __m256i hm = load32u(wb.hmask);
+    __m256i isum = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = load32u(wb.qs + 32 * h);
+      for (int j = 0; j < 4; ++j) {
+        const int k = 4 * h + j;
+        // q' = low bits + 4 * high bit (0..7); the stored value is q' - 4.
+        const __m256i hb = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, k), one), 2);
+        const __m256i q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 2 * j), m2), hb);
+        const __m256i p = _mm256_maddubs_epi16(q, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 32 * k));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, k16_chunk_scale(sc16, k)));
+      }
+    }
+    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(msum, 2));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(wb.d) * xb.d), _mm256_cvtepi32_ps(isum), acc);
+  }
+  return hsum(acc);
+}
+
+struct KQ2;
+struct KQ3;
 struct KQ4;
 struct KQ5;
 struct KQ6;
@@ -320,10 +399,13 @@ float vec_dot_direct(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
   if constexpr (std::is_same_v<T, KQ4>) return vec_dot_k45<false>(reinterpret_cast<const BlockQ4_K*>(w), x, nb);
   if constexpr (std::is_same_v<T, KQ5>) return vec_dot_k45<true>(reinterpret_cast<const BlockQ5_K*>(w), x, nb);
   if constexpr (std::is_same_v<T, KQ6>) return vec_dot_q6k(reinterpret_cast<const BlockQ6_K*>(w), x, nb);
+  if constexpr (std::is_same_v<T, KQ2>) return vec_dot_q2k(reinterpret_cast<const BlockQ2_K*>(w), x, nb);
+  if constexpr (std::is_same_v<T, KQ3>) return vec_dot_q3k(reinterpret_cast<const BlockQ3_K*>(w), x, nb);
   return 0.0f;
 }
 template <class T>
-constexpr bool kHasDirect = std::is_same_v<T, KQ4> || std::is_same_v<T, KQ5> || std::is_same_v<T, KQ6>;
+constexpr bool kHasDirect = std::is_same_v<T, KQ4> || std::is_same_v<T, KQ5> || std::is_same_v<T, KQ6> ||
+                            std::is_same_v<T, KQ2> || std::is_same_v<T, KQ3>;
 
 // ---- K-quants against Q8_K (prefill tiles) ----
 // Each weight super-block is first unpacked into a uniform form: 256 unsigned bytes q, a scale per
