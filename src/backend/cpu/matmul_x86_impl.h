@@ -543,39 +543,6 @@ struct KQ3 {
   }
 };
 
-template <class T, int RR, int CC>
-void tile_q8k(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* x, int64_t xs, float* y,
-              int64_t ldy) {
-  using B = typename T::B;
-  __m256 acc[RR][CC];
-  for (int r = 0; r < RR; ++r) {
-    for (int c = 0; c < CC; ++c) acc[r][c] = _mm256_setzero_ps();
-  }
-  KPrep prep[RR];
-  for (int64_t b = 0; b < nb; ++b) {
-    for (int r = 0; r < RR; ++r) T::prep(reinterpret_cast<const B*>(w + size_t(r) * row_bytes) + b, prep[r]);
-    for (int c = 0; c < CC; ++c) {
-      const BlockQ8_K* xb = x + c * xs + b;
-      const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb->bsums));
-      for (int r = 0; r < RR; ++r) {
-        const KPrep& p = prep[r];
-        __m256i isum = _mm256_setzero_si256();
-        for (int k = 0; k < 8; ++k) {
-          const __m256i prod = _mm256_maddubs_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.q + 32 * k)),
-                                                    load32u(reinterpret_cast<const uint8_t*>(xb->qs) + 32 * k));
-          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, _mm256_load_si256(reinterpret_cast<const __m256i*>(p.sc[k]))));
-        }
-        const __m256i msum = _mm256_madd_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.mn)), bsums);
-        acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(p.d * xb->d), _mm256_cvtepi32_ps(isum), acc[r][c]);
-        acc[r][c] = _mm256_fnmadd_ps(_mm256_set1_ps(p.dmin * xb->d), _mm256_cvtepi32_ps(msum), acc[r][c]);
-      }
-    }
-  }
-  for (int r = 0; r < RR; ++r) {
-    for (int c = 0; c < CC; ++c) y[c * ldy + r] = hsum(acc[r][c]);
-  }
-}
-
 // Prefill for the K-quants: each weight super-block is unpacked (prep) once per activation chunk
 // and then multiplied against every activation row of the chunk; per-(row, activation) vector
 // accumulators live in a small L1-resident array.
@@ -677,13 +644,11 @@ template <class T, int R, int C>
 void tile_q8a_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
   tile_q8a<T, R, C>(w, rb, n / 32, static_cast<const BlockQ8A*>(x), xs, y, ldy);
 }
+// Decode only (C == 1): K-quant prefill goes through panel_q8k.
 template <class T, int R, int C>
-void tile_q8k_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
-  if constexpr (C == 1 && kHasDirect<T>) {
-    for (int r = 0; r < R; ++r) y[r] = vec_dot_direct<T>(w + size_t(r) * rb, static_cast<const BlockQ8_K*>(x), n / 256);
-  } else {
-    tile_q8k<T, R, C>(w, rb, n / 256, static_cast<const BlockQ8_K*>(x), xs, y, ldy);
-  }
+void tile_q8k_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t, float* y, int64_t) {
+  static_assert(C == 1);
+  for (int r = 0; r < R; ++r) y[r] = vec_dot_direct<T>(w + size_t(r) * rb, static_cast<const BlockQ8_K*>(x), n / 256);
 }
 template <class T, int R, int C>
 void tile_f_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
@@ -694,7 +659,6 @@ void tile_f_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_
 template <int RR, int CC>
 struct Tiles {
   TileFn fn[RR][CC];
-  int64_t act_elem_bytes_num, act_elem_bytes_den;  // activation row stride in units of xs
 };
 
 template <template <class, int, int> class F, class T, int RR, int CC, size_t... I>
@@ -728,9 +692,8 @@ constexpr int kDecodeRows = 4;
 
 template <int RR, int CC>
 void walk(const Tiles<RR, CC>& tiles, const Tiles<kDecodeRows, 1>& dec, const uint8_t* w, size_t rb, int64_t cols,
-          int64_t r0, int64_t r1, const uint8_t* xa, size_t xa_stride, int64_t xs_units, size_t unit_bytes,
-          int64_t t0, int64_t t1, float* y, int64_t ldy) {
-  (void)unit_bytes;
+          int64_t r0, int64_t r1, const uint8_t* xa, size_t xa_stride, int64_t xs_units, int64_t t0, int64_t t1,
+          float* y, int64_t ldy) {
   if (t1 - t0 == 1) {
     for (int64_t r = r0; r < r1; r += kDecodeRows) {
       const int rr = int(std::min<int64_t>(kDecodeRows, r1 - r));
@@ -753,7 +716,6 @@ void walk(const Tiles<RR, CC>& tiles, const Tiles<kDecodeRows, 1>& dec, const ui
 
 // Prefill tile shapes (weight rows x activation rows), picked by measurement on AVX2.
 constexpr int kQ8aRR = 2, kQ8aCC = 4;
-constexpr int kQ8kRR = 2, kQ8kCC = 4;
 constexpr int kFRR = 3, kFCC = 4;
 
 template <class T>
@@ -762,18 +724,17 @@ struct Q8AKernel {
   static constexpr auto kDec = make_tiles<Q8AFn, T, kDecodeRows, 1>(std::make_index_sequence<kDecodeRows>());
   static void run(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
                   size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
-    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(BlockQ8A)), 0, t0, t1, y, ldy);
+    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(BlockQ8A)), t0, t1, y, ldy);
   }
 };
 template <class T>
 struct Q8KKernel {
-  static constexpr auto kTiles = make_tiles<Q8KFn, T, kQ8kRR, kQ8kCC>(std::make_index_sequence<kQ8kRR * kQ8kCC>());
   static constexpr auto kDec = make_tiles<Q8KFn, T, kDecodeRows, 1>(std::make_index_sequence<kDecodeRows>());
   static void run(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
                   size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
     const int64_t xs = int64_t(xa_stride / sizeof(BlockQ8_K));
     if (t1 - t0 <= 1) {
-      walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, xs, 0, t0, t1, y, ldy);
+      walk(kDec, kDec, w, rb, cols, r0, r1, xa, xa_stride, xs, t0, t1, y, ldy);
       return;
     }
     constexpr int kRR = 4;
@@ -792,7 +753,7 @@ struct FKernel {
   static constexpr auto kDec = make_tiles<FFn, T, kDecodeRows, 1>(std::make_index_sequence<kDecodeRows>());
   static void run(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
                   size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
-    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(float)), 0, t0, t1, y, ldy);
+    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(float)), t0, t1, y, ldy);
   }
 };
 
