@@ -191,8 +191,6 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
 
 void get_row(const WeightView& w, int64_t r, float* out) {
   if (r < 0 || r >= w.rows) throw InvalidArgument(fmt::format("get_row: row {} out of range [0, {})", r, w.rows));
-  const kern::IsaKernels* k = kern::active_kernels();
-  if (k != nullptr && k->dequantize(w.type, row_ptr(w, r), out, w.cols)) return;
   dequantize_row(w.type, row_ptr(w, r), out, w.cols);
 }
 
