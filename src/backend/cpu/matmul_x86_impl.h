@@ -3,11 +3,14 @@
 // Everything here has internal linkage so no function compiled with AVX-512 flags can be picked by
 // the linker for a caller on a lesser CPU; only kernels() is exported.
 //
-// Scheme: the weight block is unpacked to 32 bytes per 32 weights, activations are int8 (BlockQ8A
-// or Q8_K). For signed weights the product uses |w| * sign(x, w) (unsigned x signed bytes); for
-// weights with a minimum the bytes stay unsigned and the minimum is applied with the activation
-// block sum. A register tile of RR weight rows x CC activation rows reuses every unpacked weight
-// block CC times and every activation block RR times.
+// Scheme: activations are quantized once per call to int8 (BlockQ8A for the 32-element formats,
+// Q8_K for the K-quants); weight blocks are unpacked to bytes in registers and multiplied with
+// u8 x s8 multiply-adds (maddubs, or VPDPBUSD with VNNI). Signed weights (Q8_0, IQ4_NL) use
+// |w| * sign(x, w); Q4_0/Q5_0 stay unsigned with their -8/-16 offset, and Q4_1/Q5_1 with their
+// minimum, applied through the activation block sums. Prefill tiles RR weight rows x CC
+// activation rows in registers (each unpacked weight block is reused CC times, each activation
+// block RR times); K-quant prefill unpacks a super-block once per 64-row activation chunk; decode
+// (one activation row) has dedicated register-only kernels.
 #include <immintrin.h>
 
 #include <algorithm>
