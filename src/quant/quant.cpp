@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "backend/cpu/matmul_kernels.h"
@@ -124,6 +125,13 @@ void quantize_row_ref(GgmlType t, const float* src, void* dst, int64_t n) {
   }
   if (!can_quantize(t)) throw Unsupported(fmt::format("no encoder for tensor type {}", type_name(t)));
   check_multiple(t, n);
+  // Block scales are derived from the values; NaN or inf would poison whole blocks (and the
+  // float-to-int rounding would be undefined), so refuse them at this boundary.
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(src[i])) {
+      throw InvalidArgument(fmt::format("cannot quantize non-finite value at element {} to {}", i, type_name(t)));
+    }
+  }
   const int64_t bs = type_traits(t).block_size;
   const size_t ts = type_traits(t).type_size;
   auto* out = static_cast<uint8_t*>(dst);

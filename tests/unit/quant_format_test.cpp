@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -125,6 +126,12 @@ TEST(QuantApi, RejectsPartialBlocksAndUnknownTypes) {
   EXPECT_THROW(dequantize_row_ref(GgmlType::Q4_0, q.data(), x.data(), 48), InvalidArgument);
   EXPECT_THROW(quantize_row_ref(GgmlType::Q2_K, x.data(), q.data(), 256), Unsupported);
   EXPECT_THROW(dequantize_row_ref(GgmlType::IQ2_XXS, q.data(), x.data(), 256), Unsupported);
+  std::vector<float> bad(256, 0.5f);
+  bad[77] = std::numeric_limits<float>::infinity();
+  std::vector<uint8_t> qk(512);
+  EXPECT_THROW(quantize_row_ref(GgmlType::Q4_K, bad.data(), qk.data(), 256), InvalidArgument);
+  bad[77] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THROW(quantize_row_ref(GgmlType::Q8_0, bad.data(), qk.data(), 256), InvalidArgument);
 }
 
 }  // namespace
