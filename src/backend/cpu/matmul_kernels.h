@@ -41,10 +41,12 @@ struct IsaKernels {
   bool (*dequantize)(GgmlType t, const void* src, float* dst, int64_t n);
 };
 
-// nullptr when the CPU lacks the ISA (or the build lacks the file).
+// The per-ISA kernel sets. Calling into one on a CPU without that ISA is illegal; go through
+// active_kernels().
 const IsaKernels* kernels_avx2();
 const IsaKernels* kernels_avx512();
-// The kernels for the current isa_level(); nullptr at the scalar level.
+// The kernels for the current isa_level(); nullptr at the scalar level. The AVX-512 set needs
+// VNNI; AVX-512 CPUs without it get the AVX2 set.
 const IsaKernels* active_kernels();
 
 }  // namespace qleap::kern
