@@ -37,9 +37,12 @@ ActFormat act_format(GgmlType t) {
 
 size_t act_row_bytes(ActFormat f, int64_t n) {
   switch (f) {
-    case ActFormat::kQ8A: return size_t(n / 32) * sizeof(BlockQ8A);
-    case ActFormat::kQ8K: return size_t(n / 256) * sizeof(BlockQ8_K);
-    case ActFormat::kF32: return size_t(n) * sizeof(float);
+    case ActFormat::kQ8A:
+      return size_t(n / 32) * sizeof(BlockQ8A);
+    case ActFormat::kQ8K:
+      return size_t(n / 256) * sizeof(BlockQ8_K);
+    case ActFormat::kF32:
+      return size_t(n) * sizeof(float);
   }
   return 0;
 }
@@ -69,7 +72,9 @@ Scratch& scratch() {
   return s;
 }
 
-const uint8_t* row_ptr(const WeightView& w, int64_t r) { return static_cast<const uint8_t*>(w.data) + size_t(r) * w.row_bytes; }
+const uint8_t* row_ptr(const WeightView& w, int64_t r) {
+  return static_cast<const uint8_t*>(w.data) + size_t(r) * w.row_bytes;
+}
 
 void check_view(const WeightView& w) {
   const auto& tr = type_traits(w.type);
@@ -77,7 +82,8 @@ void check_view(const WeightView& w) {
     throw Unsupported(fmt::format("matmul: unsupported weight type {}", type_name(w.type)));
   }
   if (w.cols % tr.block_size != 0) {
-    throw InvalidArgument(fmt::format("matmul: {} columns not a multiple of the {} block", w.cols, type_name(w.type)));
+    throw InvalidArgument(
+        fmt::format("matmul: {} columns not a multiple of the {} block", w.cols, type_name(w.type)));
   }
   if (w.row_bytes < row_size(w.type, w.cols)) throw InvalidArgument("matmul: row stride smaller than a row");
 }
@@ -146,8 +152,16 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
     size_t xa_stride;
     int64_t grain;
     std::atomic<int64_t> next{0};
-  } job{k, &w, x, m, y, kern::act_format(w.type), reinterpret_cast<const uint8_t*>(x), nullptr,
-        size_t(w.cols) * sizeof(float), row_grain(w.rows, pool.size())};
+  } job{k,
+        &w,
+        x,
+        m,
+        y,
+        kern::act_format(w.type),
+        reinterpret_cast<const uint8_t*>(x),
+        nullptr,
+        size_t(w.cols) * sizeof(float),
+        row_grain(w.rows, pool.size())};
 
   // Quantize the activations once; every weight row reuses them.
   if (job.af != kern::ActFormat::kF32) {
@@ -169,7 +183,9 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
     };
     if (m >= 8 && pool.size() > 1) {
       Job* jp = &job;
-      pool.run([jp, quant_rows](int ith, int nth) { quant_rows(*jp, jp->m * ith / nth, jp->m * (ith + 1) / nth); });
+      pool.run([jp, quant_rows](int ith, int nth) {
+        quant_rows(*jp, jp->m * ith / nth, jp->m * (ith + 1) / nth);
+      });
     } else {
       quant_rows(job, 0, m);
     }
@@ -183,14 +199,15 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
       const int64_t r0 = j.next.fetch_add(j.grain, std::memory_order_relaxed);
       if (r0 >= wv.rows) break;
       const int64_t r1 = std::min(wv.rows, r0 + j.grain);
-      j.k->gemm(wv.type, static_cast<const uint8_t*>(wv.data), wv.row_bytes, wv.cols, r0, r1, j.xa, j.xa_stride, 0,
-                j.m, j.y, wv.rows);
+      j.k->gemm(wv.type, static_cast<const uint8_t*>(wv.data), wv.row_bytes, wv.cols, r0, r1, j.xa,
+                j.xa_stride, 0, j.m, j.y, wv.rows);
     }
   });
 }
 
 void get_row(const WeightView& w, int64_t r, float* out) {
-  if (r < 0 || r >= w.rows) throw InvalidArgument(fmt::format("get_row: row {} out of range [0, {})", r, w.rows));
+  if (r < 0 || r >= w.rows)
+    throw InvalidArgument(fmt::format("get_row: row {} out of range [0, {})", r, w.rows));
   dequantize_row(w.type, row_ptr(w, r), out, w.cols);
 }
 

@@ -42,7 +42,9 @@ namespace {
 // are ~330 KB, which stays in L2 while every weight row tile streams past it.
 constexpr int64_t kActChunk = 64;
 
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+inline float h2f(uint16_t h) {
+  return _cvtsh_ss(h);
+}
 
 // Two adjacent fp16 values (d, m) -> floats in lanes 0 and 1.
 inline __m128 dm_of(const uint16_t* p) {
@@ -81,8 +83,12 @@ inline int hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(lo);
 }
 
-inline void store32(uint8_t* dst, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(dst), v); }
-inline __m256i load32u(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline void store32(uint8_t* dst, __m256i v) {
+  _mm256_store_si256(reinterpret_cast<__m256i*>(dst), v);
+}
+inline __m256i load32u(const uint8_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
 
 // 16 bytes of packed nibbles -> 32 bytes 0..15: low nibbles are elements 0..15, high 16..31.
 inline __m256i load_nibbles(const uint8_t* qs) {
@@ -164,7 +170,8 @@ struct TIq4Nl {
   static constexpr Kind kKind = kSignedQ;
   static constexpr float kOffset = 0.0f;
   static __m256i q(const B* b) {
-    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+    const __m256i table =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
     return _mm256_shuffle_epi8(table, load_nibbles(b->qs));
   }
   static float d(const B* b) { return h2f(b->d); }
@@ -226,7 +233,6 @@ void tile_q8a(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8A* x,
   }
 }
 
-
 // ---- K-quant decode (one activation row): unpack in registers, no staging buffer ----
 
 // Bytes (2k, 2k + 1) of every 16-bit lane: broadcasts int16 element k of each 128-bit lane.
@@ -267,13 +273,16 @@ float vec_dot_k45(const B* w, const BlockQ8_K* x, int64_t nb) {
       __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
       if constexpr (kFifthBit) {
         lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * j), one), 4));
-        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * j + 1), one), 4));
+        hi = _mm256_or_si256(hi,
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * j + 1), one), 4));
       }
       const __m256i p0 = _mm256_maddubs_epi16(lo, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 64 * j));
-      const __m256i p1 = _mm256_maddubs_epi16(hi, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 64 * j + 32));
-      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(scv, bcast16_mask(2 * j, 2 * j))));
-      isum = _mm256_add_epi32(isum,
-                              _mm256_madd_epi16(p1, _mm256_shuffle_epi8(scv, bcast16_mask(2 * j + 1, 2 * j + 1))));
+      const __m256i p1 =
+          _mm256_maddubs_epi16(hi, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 64 * j + 32));
+      isum =
+          _mm256_add_epi32(isum, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(scv, bcast16_mask(2 * j, 2 * j))));
+      isum = _mm256_add_epi32(
+          isum, _mm256_madd_epi16(p1, _mm256_shuffle_epi8(scv, bcast16_mask(2 * j + 1, 2 * j + 1))));
     }
     const __m128 dd = _mm_mul_ps(dm_of(&wb.d), _mm_set1_ps(xb.d));  // (d * dx, dmin * dx)
     acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(isum), acc);
@@ -303,8 +312,10 @@ inline float vec_dot_q6k(const BlockQ6_K* w, const BlockQ8_K* x, int64_t nb) {
       for (int k = 0; k < 4; ++k) {
         const __m256i q =
             _mm256_or_si256(lo[k], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hq, 2 * k), m2), 4));
-        const __m256i p = _mm256_maddubs_epi16(q, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 128 * h + 32 * k));
-        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sch[h], bcast16_mask(2 * k, 2 * k + 1))));
+        const __m256i p =
+            _mm256_maddubs_epi16(q, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 128 * h + 32 * k));
+        isum = _mm256_add_epi32(
+            isum, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sch[h], bcast16_mask(2 * k, 2 * k + 1))));
       }
     }
     // w = d * sc * (q - 32): subtract 32 * sum(sc * bsums) in the integer domain.
@@ -313,7 +324,6 @@ inline float vec_dot_q6k(const BlockQ6_K* w, const BlockQ8_K* x, int64_t nb) {
   }
   return hsum(acc);
 }
-
 
 // Q2_K / Q3_K: 16 scales per super-block; chunk k (32 values) covers groups 2k and 2k + 1.
 // sc16[h] holds groups 8h .. 8h + 7 as int16 in both 128-bit lanes.
@@ -399,8 +409,10 @@ struct KQ6;
 
 template <class T>
 float vec_dot_direct(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
-  if constexpr (std::is_same_v<T, KQ4>) return vec_dot_k45<false>(reinterpret_cast<const BlockQ4_K*>(w), x, nb);
-  if constexpr (std::is_same_v<T, KQ5>) return vec_dot_k45<true>(reinterpret_cast<const BlockQ5_K*>(w), x, nb);
+  if constexpr (std::is_same_v<T, KQ4>)
+    return vec_dot_k45<false>(reinterpret_cast<const BlockQ4_K*>(w), x, nb);
+  if constexpr (std::is_same_v<T, KQ5>)
+    return vec_dot_k45<true>(reinterpret_cast<const BlockQ5_K*>(w), x, nb);
   if constexpr (std::is_same_v<T, KQ6>) return vec_dot_q6k(reinterpret_cast<const BlockQ6_K*>(w), x, nb);
   if constexpr (std::is_same_v<T, KQ2>) return vec_dot_q2k(reinterpret_cast<const BlockQ2_K*>(w), x, nb);
   if constexpr (std::is_same_v<T, KQ3>) return vec_dot_q3k(reinterpret_cast<const BlockQ3_K*>(w), x, nb);
@@ -427,7 +439,6 @@ inline void set_chunk_scales(KPrep& p, int k, int s0, int s1) {
     p.sc[k][8 + i] = int16_t(s1);
   }
 }
-
 
 // Local copy of the 6-bit scale unpacking (not the shared inline one: see the file comment).
 inline void scale_min_k4(int j, const uint8_t* q, int* sc, int* m) {
@@ -510,7 +521,8 @@ struct KQ2 {
     const __m256i m2 = _mm256_set1_epi8(3);
     for (int h = 0; h < 2; ++h) {
       const __m256i v = load32u(b->qs + 32 * h);
-      for (int j = 0; j < 4; ++j) store32(p.q + 128 * h + 32 * j, _mm256_and_si256(_mm256_srli_epi16(v, 2 * j), m2));
+      for (int j = 0; j < 4; ++j)
+        store32(p.q + 128 * h + 32 * j, _mm256_and_si256(_mm256_srli_epi16(v, 2 * j), m2));
     }
     for (int k = 0; k < 8; ++k) set_chunk_scales(p, k, b->scales[2 * k] & 0xF, b->scales[2 * k + 1] & 0xF);
     for (int g = 0; g < 16; ++g) p.mn[g] = int16_t(b->scales[g] >> 4);
@@ -550,8 +562,8 @@ struct KQ3 {
 // and then multiplied against every activation row of the chunk; per-(row, activation) vector
 // accumulators live in a small L1-resident array.
 template <class T, int RR>
-void panel_q8k(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* x, int64_t xs, int nt, float* y,
-               int64_t ldy) {
+void panel_q8k(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* x, int64_t xs, int nt,
+               float* y, int64_t ldy) {
   using B = typename T::B;
   alignas(32) __m256 acc[RR][kActChunk];
   for (int r = 0; r < RR; ++r) {
@@ -569,10 +581,13 @@ void panel_q8k(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* 
         const KPrep& p = prep[r];
         __m256i isum = _mm256_setzero_si256();
         for (int k = 0; k < 8; ++k) {
-          const __m256i prod = _mm256_maddubs_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.q + 32 * k)), xv[k]);
-          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, _mm256_load_si256(reinterpret_cast<const __m256i*>(p.sc[k]))));
+          const __m256i prod =
+              _mm256_maddubs_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.q + 32 * k)), xv[k]);
+          isum = _mm256_add_epi32(
+              isum, _mm256_madd_epi16(prod, _mm256_load_si256(reinterpret_cast<const __m256i*>(p.sc[k]))));
         }
-        const __m256i msum = _mm256_madd_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.mn)), bsums);
+        const __m256i msum =
+            _mm256_madd_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.mn)), bsums);
         __m256 a = _mm256_fmadd_ps(_mm256_set1_ps(p.d * xb->d), _mm256_cvtepi32_ps(isum), acc[r][c]);
         acc[r][c] = _mm256_fnmadd_ps(_mm256_set1_ps(p.dmin * xb->d), _mm256_cvtepi32_ps(msum), a);
       }
@@ -586,12 +601,15 @@ void panel_q8k(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* 
 // ---- float weights against f32 activations ----
 
 struct TF32 {
-  static __m256 load(const uint8_t* w, int64_t i) { return _mm256_loadu_ps(reinterpret_cast<const float*>(w) + i); }
+  static __m256 load(const uint8_t* w, int64_t i) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(w) + i);
+  }
   static float get(const uint8_t* w, int64_t i) { return reinterpret_cast<const float*>(w)[i]; }
 };
 struct TF16 {
   static __m256 load(const uint8_t* w, int64_t i) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(w) + i)));
+    return _mm256_cvtph_ps(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(w) + i)));
   }
   static float get(const uint8_t* w, int64_t i) {
     uint16_t h;
@@ -601,7 +619,8 @@ struct TF16 {
 };
 struct TBF16 {
   static __m256 load(const uint8_t* w, int64_t i) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(w) + i));
+    const __m128i h =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(w) + i));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
   static float get(const uint8_t* w, int64_t i) {
@@ -615,7 +634,8 @@ struct TBF16 {
 };
 
 template <class T, int RR, int CC>
-void tile_f(const uint8_t* w, size_t row_bytes, int64_t cols, const float* x, int64_t xs, float* y, int64_t ldy) {
+void tile_f(const uint8_t* w, size_t row_bytes, int64_t cols, const float* x, int64_t xs, float* y,
+            int64_t ldy) {
   __m256 acc[RR][CC];
   for (int r = 0; r < RR; ++r) {
     for (int c = 0; c < CC; ++c) acc[r][c] = _mm256_setzero_ps();
@@ -644,14 +664,16 @@ using TileFn = void (*)(const uint8_t* w, size_t row_bytes, int64_t n, const voi
                         int64_t ldy);
 
 template <class T, int R, int C>
-void tile_q8a_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
+void tile_q8a_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y,
+                     int64_t ldy) {
   tile_q8a<T, R, C>(w, rb, n / 32, static_cast<const BlockQ8A*>(x), xs, y, ldy);
 }
 // Decode only (C == 1): K-quant prefill goes through panel_q8k.
 template <class T, int R, int C>
 void tile_q8k_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t, float* y, int64_t) {
   static_assert(C == 1);
-  for (int r = 0; r < R; ++r) y[r] = vec_dot_direct<T>(w + size_t(r) * rb, static_cast<const BlockQ8_K*>(x), n / 256);
+  for (int r = 0; r < R; ++r)
+    y[r] = vec_dot_direct<T>(w + size_t(r) * rb, static_cast<const BlockQ8_K*>(x), n / 256);
 }
 template <class T, int R, int C>
 void tile_f_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
@@ -694,13 +716,14 @@ struct FFn {
 constexpr int kDecodeRows = 4;
 
 template <int RR, int CC>
-void walk(const Tiles<RR, CC>& tiles, const Tiles<kDecodeRows, 1>& dec, const uint8_t* w, size_t rb, int64_t cols,
-          int64_t r0, int64_t r1, const uint8_t* xa, size_t xa_stride, int64_t xs_units, int64_t t0, int64_t t1,
-          float* y, int64_t ldy) {
+void walk(const Tiles<RR, CC>& tiles, const Tiles<kDecodeRows, 1>& dec, const uint8_t* w, size_t rb,
+          int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa, size_t xa_stride, int64_t xs_units,
+          int64_t t0, int64_t t1, float* y, int64_t ldy) {
   if (t1 - t0 == 1) {
     for (int64_t r = r0; r < r1; r += kDecodeRows) {
       const int rr = int(std::min<int64_t>(kDecodeRows, r1 - r));
-      dec.fn[rr - 1][0](w + size_t(r) * rb, rb, cols, xa + size_t(t0) * xa_stride, xs_units, y + t0 * ldy + r, ldy);
+      dec.fn[rr - 1][0](w + size_t(r) * rb, rb, cols, xa + size_t(t0) * xa_stride, xs_units, y + t0 * ldy + r,
+                        ldy);
     }
     return;
   }
@@ -723,11 +746,13 @@ constexpr int kFRR = 3, kFCC = 4;
 
 template <class T>
 struct Q8AKernel {
-  static constexpr auto kTiles = make_tiles<Q8AFn, T, kQ8aRR, kQ8aCC>(std::make_index_sequence<kQ8aRR * kQ8aCC>());
+  static constexpr auto kTiles =
+      make_tiles<Q8AFn, T, kQ8aRR, kQ8aCC>(std::make_index_sequence<kQ8aRR * kQ8aCC>());
   static constexpr auto kDec = make_tiles<Q8AFn, T, kDecodeRows, 1>(std::make_index_sequence<kDecodeRows>());
   static void run(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
                   size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
-    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(BlockQ8A)), t0, t1, y, ldy);
+    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(BlockQ8A)), t0, t1, y,
+         ldy);
   }
 };
 template <class T>
@@ -745,8 +770,10 @@ struct Q8KKernel {
       const int nt = int(std::min(t1, tc + kActChunk) - tc);
       const auto* xb = reinterpret_cast<const BlockQ8_K*>(xa + size_t(tc) * xa_stride);
       int64_t r = r0;
-      for (; r + kRR <= r1; r += kRR) panel_q8k<T, kRR>(w + size_t(r) * rb, rb, cols / 256, xb, xs, nt, y + tc * ldy + r, ldy);
-      for (; r < r1; ++r) panel_q8k<T, 1>(w + size_t(r) * rb, rb, cols / 256, xb, xs, nt, y + tc * ldy + r, ldy);
+      for (; r + kRR <= r1; r += kRR)
+        panel_q8k<T, kRR>(w + size_t(r) * rb, rb, cols / 256, xb, xs, nt, y + tc * ldy + r, ldy);
+      for (; r < r1; ++r)
+        panel_q8k<T, 1>(w + size_t(r) * rb, rb, cols / 256, xb, xs, nt, y + tc * ldy + r, ldy);
     }
   }
 };
@@ -756,34 +783,66 @@ struct FKernel {
   static constexpr auto kDec = make_tiles<FFn, T, kDecodeRows, 1>(std::make_index_sequence<kDecodeRows>());
   static void run(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
                   size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
-    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(float)), t0, t1, y, ldy);
+    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(float)), t0, t1, y,
+         ldy);
   }
 };
 
 bool gemm(GgmlType type, const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
           size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
   switch (type) {
-    case GgmlType::Q4_0: Q8AKernel<TQ4_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q4_1: Q8AKernel<TQ4_1>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q5_0: Q8AKernel<TQ5_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q5_1: Q8AKernel<TQ5_1>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q8_0: Q8AKernel<TQ8_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::IQ4_NL: Q8AKernel<TIq4Nl>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q2_K: Q8KKernel<KQ2>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q3_K: Q8KKernel<KQ3>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q4_K: Q8KKernel<KQ4>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q5_K: Q8KKernel<KQ5>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q6_K: Q8KKernel<KQ6>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::F32: FKernel<TF32>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::F16: FKernel<TF16>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::BF16: FKernel<TBF16>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    default: return false;
+    case GgmlType::Q4_0:
+      Q8AKernel<TQ4_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q4_1:
+      Q8AKernel<TQ4_1>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q5_0:
+      Q8AKernel<TQ5_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q5_1:
+      Q8AKernel<TQ5_1>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q8_0:
+      Q8AKernel<TQ8_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::IQ4_NL:
+      Q8AKernel<TIq4Nl>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q2_K:
+      Q8KKernel<KQ2>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q3_K:
+      Q8KKernel<KQ3>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q4_K:
+      Q8KKernel<KQ4>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q5_K:
+      Q8KKernel<KQ5>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q6_K:
+      Q8KKernel<KQ6>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::F32:
+      FKernel<TF32>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::F16:
+      FKernel<TF16>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::BF16:
+      FKernel<TBF16>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    default:
+      return false;
   }
 }
 
 // ---- activation quantizers ----
 
-inline __m256 abs_ps(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+inline __m256 abs_ps(__m256 v) {
+  return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+}
 
 inline float hmax(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -834,7 +893,8 @@ void quantize_q8k(const float* x, BlockQ8_K* y, int64_t n) {
     for (int k = 0; k < 8; ++k) quantize32(xb + 32 * k, id, y[b].qs + 32 * k);
     for (int g = 0; g < 16; ++g) {
       // 16 int8 -> int16 and a horizontal sum.
-      const __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y[b].qs + 16 * g)));
+      const __m256i v =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y[b].qs + 16 * g)));
       y[b].bsums[g] = int16_t(hsum_i32(_mm256_madd_epi16(v, _mm256_set1_epi16(1))));
     }
     y[b].d = amax / 127.0f;
@@ -865,12 +925,24 @@ void dequant_q8a_type(const void* src, float* dst, int64_t n) {
 
 bool dequantize(GgmlType t, const void* src, float* dst, int64_t n) {
   switch (t) {
-    case GgmlType::Q4_0: dequant_q8a_type<TQ4_0>(src, dst, n); return true;
-    case GgmlType::Q4_1: dequant_q8a_type<TQ4_1>(src, dst, n); return true;
-    case GgmlType::Q5_0: dequant_q8a_type<TQ5_0>(src, dst, n); return true;
-    case GgmlType::Q5_1: dequant_q8a_type<TQ5_1>(src, dst, n); return true;
-    case GgmlType::Q8_0: dequant_q8a_type<TQ8_0>(src, dst, n); return true;
-    case GgmlType::IQ4_NL: dequant_q8a_type<TIq4Nl>(src, dst, n); return true;
+    case GgmlType::Q4_0:
+      dequant_q8a_type<TQ4_0>(src, dst, n);
+      return true;
+    case GgmlType::Q4_1:
+      dequant_q8a_type<TQ4_1>(src, dst, n);
+      return true;
+    case GgmlType::Q5_0:
+      dequant_q8a_type<TQ5_0>(src, dst, n);
+      return true;
+    case GgmlType::Q5_1:
+      dequant_q8a_type<TQ5_1>(src, dst, n);
+      return true;
+    case GgmlType::Q8_0:
+      dequant_q8a_type<TQ8_0>(src, dst, n);
+      return true;
+    case GgmlType::IQ4_NL:
+      dequant_q8a_type<TIq4Nl>(src, dst, n);
+      return true;
     case GgmlType::F16: {
       const auto* s = static_cast<const uint8_t*>(src);
       int64_t i = 0;
