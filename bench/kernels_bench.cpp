@@ -36,7 +36,13 @@ std::vector<uint8_t> make_weights(GgmlType t, int64_t rows, int64_t cols) {
   std::vector<float> f(static_cast<size_t>(cols));
   const size_t rb = row_size(t, cols);
   std::vector<uint8_t> w(rb * size_t(rows));
+  // Encode at most 64 distinct rows (the K-quant encoders are slow) and repeat them.
+  constexpr int64_t kDistinct = 64;
   for (int64_t r = 0; r < rows; ++r) {
+    if (r >= kDistinct) {
+      std::memcpy(w.data() + size_t(r) * rb, w.data() + size_t(r % kDistinct) * rb, rb);
+      continue;
+    }
     for (auto& v : f) v = nd(rng);
     if (can_quantize(t)) {
       quantize_row_ref(t, f.data(), w.data() + size_t(r) * rb, cols);
@@ -73,10 +79,10 @@ void bm_matmul(benchmark::State& state, GgmlType t, int64_t rows, int64_t cols, 
     benchmark::DoNotOptimize(y.data());
     i = (i + 1) % copies;
   }
-  state.counters["wGB/s"] = benchmark::Counter(double(bytes) * double(state.iterations()) / 1e9,
-                                               benchmark::Counter::kIsRate);
-  state.counters["GFLOPS"] = benchmark::Counter(2.0 * double(rows * cols * m) * double(state.iterations()) / 1e9,
-                                                benchmark::Counter::kIsRate);
+  state.counters["wGB/s"] =
+      benchmark::Counter(double(bytes) * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GFLOPS"] = benchmark::Counter(
+      2.0 * double(rows * cols * m) * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
 }
 
 // Streaming read of a buffer much larger than the caches: the bandwidth ceiling for decode.
@@ -99,8 +105,8 @@ void bm_mem_read(benchmark::State& state, int threads) {
     });
     benchmark::DoNotOptimize(sums.data());
   }
-  state.counters["GB/s"] = benchmark::Counter(double(n * 8) * double(state.iterations()) / 1e9,
-                                              benchmark::Counter::kIsRate);
+  state.counters["GB/s"] =
+      benchmark::Counter(double(n * 8) * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
 }
 
 void register_all() {
@@ -110,14 +116,15 @@ void register_all() {
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }
-  const GgmlType types[] = {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q5_1,
+  const GgmlType types[] = {GgmlType::Q4_0,   GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q5_1,
                             GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K,
-                            GgmlType::Q6_K, GgmlType::F16, GgmlType::BF16, GgmlType::F32};
+                            GgmlType::Q6_K,   GgmlType::F16,  GgmlType::BF16, GgmlType::F32};
   // Cache-resident matvec (L2): isolates kernel compute from DRAM for A/B comparisons of kernels.
   for (GgmlType t : types) {
     const std::string name = std::string("MatvecHot/") + type_name(t) + "/256x2048/threads:1";
-    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { bm_matmul(s, t, 256, 2048, 1, 1, true); })
-        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) {
+      bm_matmul(s, t, 256, 2048, 1, 1, true);
+    })->Unit(benchmark::kMicrosecond);
   }
   const std::pair<int64_t, int64_t> shapes[] = {{768, 2048}, {2048, 768}, {4096, 4096}};  // rows x cols
   for (int64_t m : {1, 64, 512}) {
@@ -126,9 +133,10 @@ void register_all() {
         if (m == 512 && rows * cols > 2048 * 768) continue;  // keep the full run in minutes
         for (int th : {1, 2}) {
           const std::string name = std::string(m == 1 ? "Matvec/" : "Matmul/") + type_name(t) + "/" +
-                                   std::to_string(rows) + "x" + std::to_string(cols) + "/m:" + std::to_string(m) +
-                                   "/threads:" + std::to_string(th);
-          benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { bm_matmul(s, t, rows, cols, m, th); })
+                                   std::to_string(rows) + "x" + std::to_string(cols) +
+                                   "/m:" + std::to_string(m) + "/threads:" + std::to_string(th);
+          benchmark::RegisterBenchmark(name.c_str(),
+                                       [=](benchmark::State& s) { bm_matmul(s, t, rows, cols, m, th); })
               ->UseRealTime()
               ->Unit(benchmark::kMicrosecond);
         }

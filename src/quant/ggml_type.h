@@ -52,8 +52,10 @@ struct TypeTraits {
 
 // Traits for any id read from a file; unknown ids return traits with name == nullptr.
 const TypeTraits& type_traits(GgmlType t);
-inline const TypeTraits& type_traits(uint32_t id) { return type_traits(GgmlType(id)); }
-const char* type_name(GgmlType t);  // "Q4_K", or "type#N" style for unknown ids
+inline const TypeTraits& type_traits(uint32_t id) {
+  return type_traits(GgmlType(id));
+}
+const char* type_name(GgmlType t);                              // "Q4_K", or "type#N" style for unknown ids
 std::optional<GgmlType> type_from_name(std::string_view name);  // case-insensitive
 // Bytes of a row of n elements; n must be a multiple of the block size.
 size_t row_size(GgmlType t, int64_t n);

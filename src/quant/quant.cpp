@@ -2,8 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstring>
 
+#include "backend/cpu/matmul_kernels.h"
 #include "core/error.h"
 #include "core/fp16.h"
 #include "quant/block_iq4_nl.h"
@@ -32,7 +34,8 @@ void dequant_blocks(const void* src, float* dst, int64_t n) {
 void check_multiple(GgmlType t, int64_t n) {
   const auto& tr = type_traits(t);
   if (tr.block_size <= 0 || n % tr.block_size != 0) {
-    throw InvalidArgument(fmt::format("row of {} elements is not a whole number of {} blocks", n, type_name(t)));
+    throw InvalidArgument(
+        fmt::format("row of {} elements is not a whole number of {} blocks", n, type_name(t)));
   }
 }
 
@@ -58,24 +61,41 @@ void dequantize_row_ref(GgmlType t, const void* src, float* dst, int64_t n) {
   }
   check_multiple(t, n);
   switch (t) {
-    case GgmlType::Q8_0: return dequant_blocks<BlockQ8_0, kQK>(src, dst, n);
-    case GgmlType::Q4_0: return dequant_blocks<BlockQ4_0, kQK>(src, dst, n);
-    case GgmlType::Q4_1: return dequant_blocks<BlockQ4_1, kQK>(src, dst, n);
-    case GgmlType::Q5_0: return dequant_blocks<BlockQ5_0, kQK>(src, dst, n);
-    case GgmlType::Q5_1: return dequant_blocks<BlockQ5_1, kQK>(src, dst, n);
-    case GgmlType::IQ4_NL: return dequant_blocks<BlockIq4Nl, kQK>(src, dst, n);
-    case GgmlType::Q8_K: return dequant_blocks<BlockQ8_K, kQKK>(src, dst, n);
-    case GgmlType::Q2_K: return dequant_blocks<BlockQ2_K, kQKK>(src, dst, n);
-    case GgmlType::Q3_K: return dequant_blocks<BlockQ3_K, kQKK>(src, dst, n);
-    case GgmlType::Q4_K: return dequant_blocks<BlockQ4_K, kQKK>(src, dst, n);
-    case GgmlType::Q5_K: return dequant_blocks<BlockQ5_K, kQKK>(src, dst, n);
-    case GgmlType::Q6_K: return dequant_blocks<BlockQ6_K, kQKK>(src, dst, n);
+    case GgmlType::Q8_0:
+      return dequant_blocks<BlockQ8_0, kQK>(src, dst, n);
+    case GgmlType::Q4_0:
+      return dequant_blocks<BlockQ4_0, kQK>(src, dst, n);
+    case GgmlType::Q4_1:
+      return dequant_blocks<BlockQ4_1, kQK>(src, dst, n);
+    case GgmlType::Q5_0:
+      return dequant_blocks<BlockQ5_0, kQK>(src, dst, n);
+    case GgmlType::Q5_1:
+      return dequant_blocks<BlockQ5_1, kQK>(src, dst, n);
+    case GgmlType::IQ4_NL:
+      return dequant_blocks<BlockIq4Nl, kQK>(src, dst, n);
+    case GgmlType::Q8_K:
+      return dequant_blocks<BlockQ8_K, kQKK>(src, dst, n);
+    case GgmlType::Q2_K:
+      return dequant_blocks<BlockQ2_K, kQKK>(src, dst, n);
+    case GgmlType::Q3_K:
+      return dequant_blocks<BlockQ3_K, kQKK>(src, dst, n);
+    case GgmlType::Q4_K:
+      return dequant_blocks<BlockQ4_K, kQKK>(src, dst, n);
+    case GgmlType::Q5_K:
+      return dequant_blocks<BlockQ5_K, kQKK>(src, dst, n);
+    case GgmlType::Q6_K:
+      return dequant_blocks<BlockQ6_K, kQKK>(src, dst, n);
     default:
       throw Unsupported(fmt::format("no decoder for tensor type {}", type_name(t)));
   }
 }
 
-void dequantize_row(GgmlType t, const void* src, float* dst, int64_t n) { dequantize_row_ref(t, src, dst, n); }
+void dequantize_row(GgmlType t, const void* src, float* dst, int64_t n) {
+  const kern::IsaKernels* k = kern::active_kernels();
+  const auto& tr = type_traits(t);
+  if (k != nullptr && tr.block_size > 0 && n % tr.block_size == 0 && k->dequantize(t, src, dst, n)) return;
+  dequantize_row_ref(t, src, dst, n);
+}
 
 bool can_quantize(GgmlType t) {
   switch (t) {
@@ -118,6 +138,14 @@ void quantize_row_ref(GgmlType t, const float* src, void* dst, int64_t n) {
   }
   if (!can_quantize(t)) throw Unsupported(fmt::format("no encoder for tensor type {}", type_name(t)));
   check_multiple(t, n);
+  // Block scales are derived from the values; NaN or inf would poison whole blocks (and the
+  // float-to-int rounding would be undefined), so refuse them at this boundary.
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(src[i])) {
+      throw InvalidArgument(
+          fmt::format("cannot quantize non-finite value at element {} to {}", i, type_name(t)));
+    }
+  }
   const int64_t bs = type_traits(t).block_size;
   const size_t ts = type_traits(t).type_size;
   auto* out = static_cast<uint8_t*>(dst);
@@ -125,17 +153,38 @@ void quantize_row_ref(GgmlType t, const float* src, void* dst, int64_t n) {
     const float* x = src + i * bs;
     void* b = out + size_t(i) * ts;
     switch (t) {
-      case GgmlType::Q8_0: quantize_block_ref(x, static_cast<BlockQ8_0*>(b)); break;
-      case GgmlType::Q4_0: quantize_block_ref(x, static_cast<BlockQ4_0*>(b)); break;
-      case GgmlType::Q4_1: quantize_block_ref(x, static_cast<BlockQ4_1*>(b)); break;
-      case GgmlType::Q5_0: quantize_block_ref(x, static_cast<BlockQ5_0*>(b)); break;
-      case GgmlType::Q5_1: quantize_block_ref(x, static_cast<BlockQ5_1*>(b)); break;
-      case GgmlType::IQ4_NL: quantize_block_ref(x, static_cast<BlockIq4Nl*>(b)); break;
-      case GgmlType::Q8_K: quantize_block_ref(x, static_cast<BlockQ8_K*>(b)); break;
-      case GgmlType::Q4_K: quantize_block_ref(x, static_cast<BlockQ4_K*>(b)); break;
-      case GgmlType::Q5_K: quantize_block_ref(x, static_cast<BlockQ5_K*>(b)); break;
-      case GgmlType::Q6_K: quantize_block_ref(x, static_cast<BlockQ6_K*>(b)); break;
-      default: throw Unsupported(fmt::format("no encoder for tensor type {}", type_name(t)));
+      case GgmlType::Q8_0:
+        quantize_block_ref(x, static_cast<BlockQ8_0*>(b));
+        break;
+      case GgmlType::Q4_0:
+        quantize_block_ref(x, static_cast<BlockQ4_0*>(b));
+        break;
+      case GgmlType::Q4_1:
+        quantize_block_ref(x, static_cast<BlockQ4_1*>(b));
+        break;
+      case GgmlType::Q5_0:
+        quantize_block_ref(x, static_cast<BlockQ5_0*>(b));
+        break;
+      case GgmlType::Q5_1:
+        quantize_block_ref(x, static_cast<BlockQ5_1*>(b));
+        break;
+      case GgmlType::IQ4_NL:
+        quantize_block_ref(x, static_cast<BlockIq4Nl*>(b));
+        break;
+      case GgmlType::Q8_K:
+        quantize_block_ref(x, static_cast<BlockQ8_K*>(b));
+        break;
+      case GgmlType::Q4_K:
+        quantize_block_ref(x, static_cast<BlockQ4_K*>(b));
+        break;
+      case GgmlType::Q5_K:
+        quantize_block_ref(x, static_cast<BlockQ5_K*>(b));
+        break;
+      case GgmlType::Q6_K:
+        quantize_block_ref(x, static_cast<BlockQ6_K*>(b));
+        break;
+      default:
+        throw Unsupported(fmt::format("no encoder for tensor type {}", type_name(t)));
     }
   }
 }

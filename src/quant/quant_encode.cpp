@@ -53,7 +53,9 @@ void quant_affine(const float* x, int nmax, uint16_t* d_out, uint16_t* m_out, in
   *m_out = fp32_to_fp16_ref(mn);
 }
 
-int nearest(float v) { return int(std::lround(v)); }
+int nearest(float v) {
+  return int(std::lround(v));
+}
 
 // Fits x ~ scale * l + offset (offset <= 0, l in [0, nmax]) over n values by trying a range of
 // inverse scales around the min-max one and refitting (scale, offset) by least squares for each

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -47,7 +48,8 @@ TEST_P(DecodeVsGgufPy, BitExact) {
   std::vector<float> got(ref.size());
   dequantize_row_ref(t, blocks.data(), got.data(), int64_t(got.size()));
   for (size_t i = 0; i < ref.size(); ++i) {
-    ASSERT_EQ(f32_to_bits(got[i]), f32_to_bits(ref[i])) << GetParam() << " element " << i << ": " << got[i] << " vs " << ref[i];
+    ASSERT_EQ(f32_to_bits(got[i]), f32_to_bits(ref[i]))
+        << GetParam() << " element " << i << ": " << got[i] << " vs " << ref[i];
   }
   std::vector<float> fast(ref.size());
   dequantize_row(t, blocks.data(), fast.data(), int64_t(fast.size()));
@@ -55,8 +57,8 @@ TEST_P(DecodeVsGgufPy, BitExact) {
 }
 
 INSTANTIATE_TEST_SUITE_P(QuantFormats, DecodeVsGgufPy,
-                         ::testing::Values("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K",
-                                           "Q3_K", "Q4_K", "Q5_K", "Q6_K"));
+                         ::testing::Values("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL",
+                                           "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"));
 
 class EncodeVsGgufPy : public ::testing::TestWithParam<const char*> {};
 
@@ -91,7 +93,8 @@ TEST_P(EncodeRoundTrip, RelativeRmseWithinBound) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
   std::vector<float> x(static_cast<size_t>(n));
   // Rows with varying magnitude and a few outliers, like real weights.
-  for (int64_t i = 0; i < n; ++i) x[size_t(i)] = nd(rng) * (0.02f + 0.01f * float((i / 256) % 7)) + (i % 97 == 0 ? 0.2f : 0.0f);
+  for (int64_t i = 0; i < n; ++i)
+    x[size_t(i)] = nd(rng) * (0.02f + 0.01f * float((i / 256) % 7)) + (i % 97 == 0 ? 0.2f : 0.0f);
   std::vector<uint8_t> q(row_size(t, n));
   quantize_row_ref(t, x.data(), q.data(), n);
   std::vector<float> y(static_cast<size_t>(n));
@@ -111,11 +114,11 @@ TEST_P(EncodeRoundTrip, RelativeRmseWithinBound) {
 // Bounds sit a little above what each format's bit budget gives on this data (4-bit ~0.1,
 // 5-bit ~0.05, 6-bit ~0.025, 8-bit ~0.006 per 32, ~0.01 per 256).
 INSTANTIATE_TEST_SUITE_P(QuantFormats, EncodeRoundTrip,
-                         ::testing::Values(RmseCase{"Q8_0", 0.008}, RmseCase{"Q8_K", 0.013}, RmseCase{"Q4_0", 0.13},
-                                           RmseCase{"Q4_1", 0.11}, RmseCase{"Q5_0", 0.065},
-                                           RmseCase{"Q5_1", 0.055}, RmseCase{"IQ4_NL", 0.11},
-                                           RmseCase{"Q4_K", 0.11}, RmseCase{"Q5_K", 0.055},
-                                           RmseCase{"Q6_K", 0.03}),
+                         ::testing::Values(RmseCase{"Q8_0", 0.008}, RmseCase{"Q8_K", 0.013},
+                                           RmseCase{"Q4_0", 0.13}, RmseCase{"Q4_1", 0.11},
+                                           RmseCase{"Q5_0", 0.065}, RmseCase{"Q5_1", 0.055},
+                                           RmseCase{"IQ4_NL", 0.11}, RmseCase{"Q4_K", 0.11},
+                                           RmseCase{"Q5_K", 0.055}, RmseCase{"Q6_K", 0.03}),
                          [](const auto& info) { return std::string(info.param.type); });
 
 TEST(QuantApi, RejectsPartialBlocksAndUnknownTypes) {
@@ -125,6 +128,12 @@ TEST(QuantApi, RejectsPartialBlocksAndUnknownTypes) {
   EXPECT_THROW(dequantize_row_ref(GgmlType::Q4_0, q.data(), x.data(), 48), InvalidArgument);
   EXPECT_THROW(quantize_row_ref(GgmlType::Q2_K, x.data(), q.data(), 256), Unsupported);
   EXPECT_THROW(dequantize_row_ref(GgmlType::IQ2_XXS, q.data(), x.data(), 256), Unsupported);
+  std::vector<float> bad(256, 0.5f);
+  bad[77] = std::numeric_limits<float>::infinity();
+  std::vector<uint8_t> qk(512);
+  EXPECT_THROW(quantize_row_ref(GgmlType::Q4_K, bad.data(), qk.data(), 256), InvalidArgument);
+  bad[77] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THROW(quantize_row_ref(GgmlType::Q8_0, bad.data(), qk.data(), 256), InvalidArgument);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
@@ -36,9 +37,12 @@ ActFormat act_format(GgmlType t) {
 
 size_t act_row_bytes(ActFormat f, int64_t n) {
   switch (f) {
-    case ActFormat::kQ8A: return size_t(n / 32) * sizeof(BlockQ8A);
-    case ActFormat::kQ8K: return size_t(n / 256) * sizeof(BlockQ8_K);
-    case ActFormat::kF32: return size_t(n) * sizeof(float);
+    case ActFormat::kQ8A:
+      return size_t(n / 32) * sizeof(BlockQ8A);
+    case ActFormat::kQ8K:
+      return size_t(n / 256) * sizeof(BlockQ8_K);
+    case ActFormat::kF32:
+      return size_t(n) * sizeof(float);
   }
   return 0;
 }
@@ -68,7 +72,9 @@ Scratch& scratch() {
   return s;
 }
 
-const uint8_t* row_ptr(const WeightView& w, int64_t r) { return static_cast<const uint8_t*>(w.data) + size_t(r) * w.row_bytes; }
+const uint8_t* row_ptr(const WeightView& w, int64_t r) {
+  return static_cast<const uint8_t*>(w.data) + size_t(r) * w.row_bytes;
+}
 
 void check_view(const WeightView& w) {
   const auto& tr = type_traits(w.type);
@@ -76,7 +82,8 @@ void check_view(const WeightView& w) {
     throw Unsupported(fmt::format("matmul: unsupported weight type {}", type_name(w.type)));
   }
   if (w.cols % tr.block_size != 0) {
-    throw InvalidArgument(fmt::format("matmul: {} columns not a multiple of the {} block", w.cols, type_name(w.type)));
+    throw InvalidArgument(
+        fmt::format("matmul: {} columns not a multiple of the {} block", w.cols, type_name(w.type)));
   }
   if (w.row_bytes < row_size(w.type, w.cols)) throw InvalidArgument("matmul: row stride smaller than a row");
 }
@@ -126,45 +133,81 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
   if (m <= 0 || w.rows <= 0) return;
   const kern::IsaKernels* k = kern::active_kernels();
   if (k == nullptr) return matmul_fallback(w, x, m, y, pool);
+  const auto* wd = static_cast<const uint8_t*>(w.data);
+  if (!k->gemm(w.type, wd, w.row_bytes, w.cols, 0, 0, nullptr, 0, 0, 0, y, w.rows)) {
+    return matmul_fallback(w, x, m, y, pool);
+  }
+
+  // Everything the workers need, reached through one pointer: the lambdas below then fit in
+  // std::function's inline storage, so a call allocates nothing once the scratch has grown.
+  struct Job {
+    const kern::IsaKernels* k;
+    const WeightView* w;
+    const float* x;
+    int64_t m;
+    float* y;
+    kern::ActFormat af;
+    const uint8_t* xa;
+    uint8_t* act;
+    size_t xa_stride;
+    int64_t grain;
+    std::atomic<int64_t> next{0};
+  } job{k,
+        &w,
+        x,
+        m,
+        y,
+        kern::act_format(w.type),
+        reinterpret_cast<const uint8_t*>(x),
+        nullptr,
+        size_t(w.cols) * sizeof(float),
+        row_grain(w.rows, pool.size())};
 
   // Quantize the activations once; every weight row reuses them.
-  const kern::ActFormat af = kern::act_format(w.type);
-  const uint8_t* xa = reinterpret_cast<const uint8_t*>(x);
-  size_t xa_stride = size_t(w.cols) * sizeof(float);
-  if (af != kern::ActFormat::kF32) {
-    xa_stride = kern::act_row_bytes(af, w.cols);
+  if (job.af != kern::ActFormat::kF32) {
+    job.xa_stride = kern::act_row_bytes(job.af, w.cols);
     auto& buf = scratch().act;
-    if (buf.size() < xa_stride * size_t(m)) buf.resize(xa_stride * size_t(m));
-    uint8_t* dst = buf.data();
-    auto quant_rows = [&](int64_t t0, int64_t t1, int) {
+    if (buf.size() < job.xa_stride * size_t(m)) buf.resize(job.xa_stride * size_t(m));
+    job.act = buf.data();
+    job.xa = job.act;
+    const auto quant_rows = [](Job& j, int64_t t0, int64_t t1) {
+      const int64_t n = j.w->cols;
       for (int64_t t = t0; t < t1; ++t) {
-        if (af == kern::ActFormat::kQ8A) {
-          k->quantize_q8a(x + t * w.cols, reinterpret_cast<kern::BlockQ8A*>(dst + size_t(t) * xa_stride), w.cols);
+        uint8_t* dst = j.act + size_t(t) * j.xa_stride;
+        if (j.af == kern::ActFormat::kQ8A) {
+          j.k->quantize_q8a(j.x + t * n, reinterpret_cast<kern::BlockQ8A*>(dst), n);
         } else {
-          k->quantize_q8k(x + t * w.cols, reinterpret_cast<BlockQ8_K*>(dst + size_t(t) * xa_stride), w.cols);
+          j.k->quantize_q8k(j.x + t * n, reinterpret_cast<BlockQ8_K*>(dst), n);
         }
       }
     };
     if (m >= 8 && pool.size() > 1) {
-      pool.parallel_for(m, std::max<int64_t>(1, m / (4 * pool.size())), quant_rows);
+      Job* jp = &job;
+      pool.run([jp, quant_rows](int ith, int nth) {
+        quant_rows(*jp, jp->m * ith / nth, jp->m * (ith + 1) / nth);
+      });
     } else {
-      quant_rows(0, m, 0);
+      quant_rows(job, 0, m);
     }
-    xa = dst;
   }
 
-  const auto* wd = static_cast<const uint8_t*>(w.data);
-  const bool ok = k->gemm(w.type, wd, w.row_bytes, w.cols, 0, 0, xa, xa_stride, 0, 0, y, w.rows);
-  if (!ok) return matmul_fallback(w, x, m, y, pool);
-  pool.parallel_for(w.rows, row_grain(w.rows, pool.size()), [&](int64_t r0, int64_t r1, int) {
-    k->gemm(w.type, wd, w.row_bytes, w.cols, r0, r1, xa, xa_stride, 0, m, y, w.rows);
+  Job* jp = &job;
+  pool.run([jp](int, int) {
+    Job& j = *jp;
+    const WeightView& wv = *j.w;
+    for (;;) {
+      const int64_t r0 = j.next.fetch_add(j.grain, std::memory_order_relaxed);
+      if (r0 >= wv.rows) break;
+      const int64_t r1 = std::min(wv.rows, r0 + j.grain);
+      j.k->gemm(wv.type, static_cast<const uint8_t*>(wv.data), wv.row_bytes, wv.cols, r0, r1, j.xa,
+                j.xa_stride, 0, j.m, j.y, wv.rows);
+    }
   });
 }
 
 void get_row(const WeightView& w, int64_t r, float* out) {
-  if (r < 0 || r >= w.rows) throw InvalidArgument(fmt::format("get_row: row {} out of range [0, {})", r, w.rows));
-  const kern::IsaKernels* k = kern::active_kernels();
-  if (k != nullptr && k->dequantize(w.type, row_ptr(w, r), out, w.cols)) return;
+  if (r < 0 || r >= w.rows)
+    throw InvalidArgument(fmt::format("get_row: row {} out of range [0, {})", r, w.rows));
   dequantize_row(w.type, row_ptr(w, r), out, w.cols);
 }
 

@@ -6,6 +6,8 @@
 
 namespace qleap::kern {
 
-const IsaKernels* kernels_avx2() { return avx2::kernels(); }
+const IsaKernels* kernels_avx2() {
+  return avx2::kernels();
+}
 
 }  // namespace qleap::kern

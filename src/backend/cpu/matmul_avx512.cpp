@@ -7,6 +7,8 @@
 
 namespace qleap::kern {
 
-const IsaKernels* kernels_avx512() { return avx512::kernels(); }
+const IsaKernels* kernels_avx512() {
+  return avx512::kernels();
+}
 
 }  // namespace qleap::kern

@@ -33,17 +33,20 @@ struct IsaKernels {
   void (*quantize_q8k)(const float* x, BlockQ8_K* y, int64_t n);
   // y[t * ldy + r] = dot(weight row r, activation row t) for r in [r0, r1), t in [t0, t1).
   // Weight row r starts at w + r * row_bytes; activation row t at xa + t * xa_stride, in
-  // act_format(type). Returns false when this ISA has no kernel for the type.
+  // act_format(type). Returns false when this ISA has no kernel for the type (an empty range,
+  // r0 == r1, only asks that).
   bool (*gemm)(GgmlType type, const uint8_t* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
                const uint8_t* xa, size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy);
   // Decodes n elements of type t (false when not handled here).
   bool (*dequantize)(GgmlType t, const void* src, float* dst, int64_t n);
 };
 
-// nullptr when the CPU lacks the ISA (or the build lacks the file).
+// The per-ISA kernel sets. Calling into one on a CPU without that ISA is illegal; go through
+// active_kernels().
 const IsaKernels* kernels_avx2();
 const IsaKernels* kernels_avx512();
-// The kernels for the current isa_level(); nullptr at the scalar level.
+// The kernels for the current isa_level(); nullptr at the scalar level. The AVX-512 set needs
+// VNNI; AVX-512 CPUs without it get the AVX2 set.
 const IsaKernels* active_kernels();
 
 }  // namespace qleap::kern

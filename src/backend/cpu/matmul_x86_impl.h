@@ -3,11 +3,14 @@
 // Everything here has internal linkage so no function compiled with AVX-512 flags can be picked by
 // the linker for a caller on a lesser CPU; only kernels() is exported.
 //
-// Scheme: the weight block is unpacked to 32 bytes per 32 weights, activations are int8 (BlockQ8A
-// or Q8_K). For signed weights the product uses |w| * sign(x, w) (unsigned x signed bytes); for
-// weights with a minimum the bytes stay unsigned and the minimum is applied with the activation
-// block sum. A register tile of RR weight rows x CC activation rows reuses every unpacked weight
-// block CC times and every activation block RR times.
+// Scheme: activations are quantized once per call to int8 (BlockQ8A for the 32-element formats,
+// Q8_K for the K-quants); weight blocks are unpacked to bytes in registers and multiplied with
+// u8 x s8 multiply-adds (maddubs, or VPDPBUSD with VNNI). Signed weights (Q8_0, IQ4_NL) use
+// |w| * sign(x, w); Q4_0/Q5_0 stay unsigned with their -8/-16 offset, and Q4_1/Q5_1 with their
+// minimum, applied through the activation block sums. Prefill tiles RR weight rows x CC
+// activation rows in registers (each unpacked weight block is reused CC times, each activation
+// block RR times); K-quant prefill unpacks a super-block once per 64-row activation chunk; decode
+// (one activation row) has dedicated register-only kernels.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -39,7 +42,9 @@ namespace {
 // are ~330 KB, which stays in L2 while every weight row tile streams past it.
 constexpr int64_t kActChunk = 64;
 
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+inline float h2f(uint16_t h) {
+  return _cvtsh_ss(h);
+}
 
 // Two adjacent fp16 values (d, m) -> floats in lanes 0 and 1.
 inline __m128 dm_of(const uint16_t* p) {
@@ -78,8 +83,12 @@ inline int hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(lo);
 }
 
-inline void store32(uint8_t* dst, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(dst), v); }
-inline __m256i load32u(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline void store32(uint8_t* dst, __m256i v) {
+  _mm256_store_si256(reinterpret_cast<__m256i*>(dst), v);
+}
+inline __m256i load32u(const uint8_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
 
 // 16 bytes of packed nibbles -> 32 bytes 0..15: low nibbles are elements 0..15, high 16..31.
 inline __m256i load_nibbles(const uint8_t* qs) {
@@ -161,7 +170,8 @@ struct TIq4Nl {
   static constexpr Kind kKind = kSignedQ;
   static constexpr float kOffset = 0.0f;
   static __m256i q(const B* b) {
-    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+    const __m256i table =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
     return _mm256_shuffle_epi8(table, load_nibbles(b->qs));
   }
   static float d(const B* b) { return h2f(b->d); }
@@ -223,7 +233,6 @@ void tile_q8a(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8A* x,
   }
 }
 
-
 // ---- K-quant decode (one activation row): unpack in registers, no staging buffer ----
 
 // Bytes (2k, 2k + 1) of every 16-bit lane: broadcasts int16 element k of each 128-bit lane.
@@ -264,13 +273,16 @@ float vec_dot_k45(const B* w, const BlockQ8_K* x, int64_t nb) {
       __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
       if constexpr (kFifthBit) {
         lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * j), one), 4));
-        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * j + 1), one), 4));
+        hi = _mm256_or_si256(hi,
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * j + 1), one), 4));
       }
       const __m256i p0 = _mm256_maddubs_epi16(lo, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 64 * j));
-      const __m256i p1 = _mm256_maddubs_epi16(hi, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 64 * j + 32));
-      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(scv, bcast16_mask(2 * j, 2 * j))));
-      isum = _mm256_add_epi32(isum,
-                              _mm256_madd_epi16(p1, _mm256_shuffle_epi8(scv, bcast16_mask(2 * j + 1, 2 * j + 1))));
+      const __m256i p1 =
+          _mm256_maddubs_epi16(hi, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 64 * j + 32));
+      isum =
+          _mm256_add_epi32(isum, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(scv, bcast16_mask(2 * j, 2 * j))));
+      isum = _mm256_add_epi32(
+          isum, _mm256_madd_epi16(p1, _mm256_shuffle_epi8(scv, bcast16_mask(2 * j + 1, 2 * j + 1))));
     }
     const __m128 dd = _mm_mul_ps(dm_of(&wb.d), _mm_set1_ps(xb.d));  // (d * dx, dmin * dx)
     acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(isum), acc);
@@ -300,8 +312,10 @@ inline float vec_dot_q6k(const BlockQ6_K* w, const BlockQ8_K* x, int64_t nb) {
       for (int k = 0; k < 4; ++k) {
         const __m256i q =
             _mm256_or_si256(lo[k], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hq, 2 * k), m2), 4));
-        const __m256i p = _mm256_maddubs_epi16(q, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 128 * h + 32 * k));
-        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sch[h], bcast16_mask(2 * k, 2 * k + 1))));
+        const __m256i p =
+            _mm256_maddubs_epi16(q, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 128 * h + 32 * k));
+        isum = _mm256_add_epi32(
+            isum, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sch[h], bcast16_mask(2 * k, 2 * k + 1))));
       }
     }
     // w = d * sc * (q - 32): subtract 32 * sum(sc * bsums) in the integer domain.
@@ -311,19 +325,102 @@ inline float vec_dot_q6k(const BlockQ6_K* w, const BlockQ8_K* x, int64_t nb) {
   return hsum(acc);
 }
 
+// Q2_K / Q3_K: 16 scales per super-block; chunk k (32 values) covers groups 2k and 2k + 1.
+// sc16[h] holds groups 8h .. 8h + 7 as int16 in both 128-bit lanes.
+inline __m256i k16_chunk_scale(const __m256i* sc16, int k) {
+  return _mm256_shuffle_epi8(sc16[k / 4], bcast16_mask(2 * (k % 4), 2 * (k % 4) + 1));
+}
+
+inline float vec_dot_q2k(const BlockQ2_K* w, const BlockQ8_K* x, int64_t nb) {
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  const __m256i m2 = _mm256_set1_epi8(3);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const BlockQ2_K& wb = w[i];
+    const BlockQ8_K& xb = x[i];
+    const __m128i sb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.scales));
+    const __m128i sc = _mm_and_si128(sb, m4);
+    const __m128i mn = _mm_and_si128(_mm_srli_epi16(sb, 4), m4);
+    const __m256i msum = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mn),
+                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums)));
+    const __m256i sc16[2] = {_mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sc)),
+                             _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_srli_si128(sc, 8)))};
+    __m256i isum = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = load32u(wb.qs + 32 * h);
+      for (int j = 0; j < 4; ++j) {
+        const int k = 4 * h + j;
+        const __m256i q = _mm256_and_si256(_mm256_srli_epi16(v, 2 * j), m2);
+        const __m256i p = _mm256_maddubs_epi16(q, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 32 * k));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, k16_chunk_scale(sc16, k)));
+      }
+    }
+    const __m128 dd = _mm_mul_ps(dm_of(&wb.d), _mm_set1_ps(xb.d));  // (d * dx, dmin * dx)
+    acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(isum), acc);
+    acc = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(msum), acc);
+  }
+  return hsum(acc);
+}
+
+inline float vec_dot_q3k(const BlockQ3_K* w, const BlockQ8_K* x, int64_t nb) {
+  const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const BlockQ3_K& wb = w[i];
+    const BlockQ8_K& xb = x[i];
+    // 16 signed 6-bit scales: low nibbles from bytes 0..7, top two bits from bytes 8..11.
+    uint32_t a, b, c;
+    std::memcpy(&a, wb.scales, 4);
+    std::memcpy(&b, wb.scales + 4, 4);
+    std::memcpy(&c, wb.scales + 8, 4);
+    const uint32_t s0 = (a & 0x0f0f0f0fu) | ((c & 0x03030303u) << 4);
+    const uint32_t s1 = (b & 0x0f0f0f0fu) | (((c >> 2) & 0x03030303u) << 4);
+    const uint32_t s2 = ((a >> 4) & 0x0f0f0f0fu) | (((c >> 4) & 0x03030303u) << 4);
+    const uint32_t s3 = ((b >> 4) & 0x0f0f0f0fu) | (((c >> 6) & 0x03030303u) << 4);
+    const __m128i sc = _mm_sub_epi8(_mm_setr_epi32(int(s0), int(s1), int(s2), int(s3)), _mm_set1_epi8(32));
+    const __m256i msum = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc),
+                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums)));
+    const __m256i sc16[2] = {_mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc)),
+                             _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_srli_si128(sc, 8)))};
+    const __m256i hm = load32u(wb.hmask);
+    __m256i isum = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = load32u(wb.qs + 32 * h);
+      for (int j = 0; j < 4; ++j) {
+        const int k = 4 * h + j;
+        // q' = low bits + 4 * high bit (0..7); the stored value is q' - 4.
+        const __m256i hb = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, k), one), 2);
+        const __m256i q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 2 * j), m2), hb);
+        const __m256i p = _mm256_maddubs_epi16(q, load32u(reinterpret_cast<const uint8_t*>(xb.qs) + 32 * k));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, k16_chunk_scale(sc16, k)));
+      }
+    }
+    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(msum, 2));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(wb.d) * xb.d), _mm256_cvtepi32_ps(isum), acc);
+  }
+  return hsum(acc);
+}
+
+struct KQ2;
+struct KQ3;
 struct KQ4;
 struct KQ5;
 struct KQ6;
 
 template <class T>
 float vec_dot_direct(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
-  if constexpr (std::is_same_v<T, KQ4>) return vec_dot_k45<false>(reinterpret_cast<const BlockQ4_K*>(w), x, nb);
-  if constexpr (std::is_same_v<T, KQ5>) return vec_dot_k45<true>(reinterpret_cast<const BlockQ5_K*>(w), x, nb);
+  if constexpr (std::is_same_v<T, KQ4>)
+    return vec_dot_k45<false>(reinterpret_cast<const BlockQ4_K*>(w), x, nb);
+  if constexpr (std::is_same_v<T, KQ5>)
+    return vec_dot_k45<true>(reinterpret_cast<const BlockQ5_K*>(w), x, nb);
   if constexpr (std::is_same_v<T, KQ6>) return vec_dot_q6k(reinterpret_cast<const BlockQ6_K*>(w), x, nb);
+  if constexpr (std::is_same_v<T, KQ2>) return vec_dot_q2k(reinterpret_cast<const BlockQ2_K*>(w), x, nb);
+  if constexpr (std::is_same_v<T, KQ3>) return vec_dot_q3k(reinterpret_cast<const BlockQ3_K*>(w), x, nb);
   return 0.0f;
 }
 template <class T>
-constexpr bool kHasDirect = std::is_same_v<T, KQ4> || std::is_same_v<T, KQ5> || std::is_same_v<T, KQ6>;
+constexpr bool kHasDirect = std::is_same_v<T, KQ4> || std::is_same_v<T, KQ5> || std::is_same_v<T, KQ6> ||
+                            std::is_same_v<T, KQ2> || std::is_same_v<T, KQ3>;
 
 // ---- K-quants against Q8_K (prefill tiles) ----
 // Each weight super-block is first unpacked into a uniform form: 256 unsigned bytes q, a scale per
@@ -342,7 +439,6 @@ inline void set_chunk_scales(KPrep& p, int k, int s0, int s1) {
     p.sc[k][8 + i] = int16_t(s1);
   }
 }
-
 
 // Local copy of the 6-bit scale unpacking (not the shared inline one: see the file comment).
 inline void scale_min_k4(int j, const uint8_t* q, int* sc, int* m) {
@@ -425,7 +521,8 @@ struct KQ2 {
     const __m256i m2 = _mm256_set1_epi8(3);
     for (int h = 0; h < 2; ++h) {
       const __m256i v = load32u(b->qs + 32 * h);
-      for (int j = 0; j < 4; ++j) store32(p.q + 128 * h + 32 * j, _mm256_and_si256(_mm256_srli_epi16(v, 2 * j), m2));
+      for (int j = 0; j < 4; ++j)
+        store32(p.q + 128 * h + 32 * j, _mm256_and_si256(_mm256_srli_epi16(v, 2 * j), m2));
     }
     for (int k = 0; k < 8; ++k) set_chunk_scales(p, k, b->scales[2 * k] & 0xF, b->scales[2 * k + 1] & 0xF);
     for (int g = 0; g < 16; ++g) p.mn[g] = int16_t(b->scales[g] >> 4);
@@ -461,48 +558,58 @@ struct KQ3 {
   }
 };
 
-template <class T, int RR, int CC>
-void tile_q8k(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* x, int64_t xs, float* y,
-              int64_t ldy) {
+// Prefill for the K-quants: each weight super-block is unpacked (prep) once per activation chunk
+// and then multiplied against every activation row of the chunk; per-(row, activation) vector
+// accumulators live in a small L1-resident array.
+template <class T, int RR>
+void panel_q8k(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* x, int64_t xs, int nt,
+               float* y, int64_t ldy) {
   using B = typename T::B;
-  __m256 acc[RR][CC];
+  alignas(32) __m256 acc[RR][kActChunk];
   for (int r = 0; r < RR; ++r) {
-    for (int c = 0; c < CC; ++c) acc[r][c] = _mm256_setzero_ps();
+    for (int c = 0; c < nt; ++c) acc[r][c] = _mm256_setzero_ps();
   }
   KPrep prep[RR];
   for (int64_t b = 0; b < nb; ++b) {
     for (int r = 0; r < RR; ++r) T::prep(reinterpret_cast<const B*>(w + size_t(r) * row_bytes) + b, prep[r]);
-    for (int c = 0; c < CC; ++c) {
+    for (int c = 0; c < nt; ++c) {
       const BlockQ8_K* xb = x + c * xs + b;
       const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb->bsums));
+      __m256i xv[8];
+      for (int k = 0; k < 8; ++k) xv[k] = load32u(reinterpret_cast<const uint8_t*>(xb->qs) + 32 * k);
       for (int r = 0; r < RR; ++r) {
         const KPrep& p = prep[r];
         __m256i isum = _mm256_setzero_si256();
         for (int k = 0; k < 8; ++k) {
-          const __m256i prod = _mm256_maddubs_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.q + 32 * k)),
-                                                    load32u(reinterpret_cast<const uint8_t*>(xb->qs) + 32 * k));
-          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, _mm256_load_si256(reinterpret_cast<const __m256i*>(p.sc[k]))));
+          const __m256i prod =
+              _mm256_maddubs_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.q + 32 * k)), xv[k]);
+          isum = _mm256_add_epi32(
+              isum, _mm256_madd_epi16(prod, _mm256_load_si256(reinterpret_cast<const __m256i*>(p.sc[k]))));
         }
-        const __m256i msum = _mm256_madd_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.mn)), bsums);
-        acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(p.d * xb->d), _mm256_cvtepi32_ps(isum), acc[r][c]);
-        acc[r][c] = _mm256_fnmadd_ps(_mm256_set1_ps(p.dmin * xb->d), _mm256_cvtepi32_ps(msum), acc[r][c]);
+        const __m256i msum =
+            _mm256_madd_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.mn)), bsums);
+        __m256 a = _mm256_fmadd_ps(_mm256_set1_ps(p.d * xb->d), _mm256_cvtepi32_ps(isum), acc[r][c]);
+        acc[r][c] = _mm256_fnmadd_ps(_mm256_set1_ps(p.dmin * xb->d), _mm256_cvtepi32_ps(msum), a);
       }
     }
   }
   for (int r = 0; r < RR; ++r) {
-    for (int c = 0; c < CC; ++c) y[c * ldy + r] = hsum(acc[r][c]);
+    for (int c = 0; c < nt; ++c) y[c * ldy + r] = hsum(acc[r][c]);
   }
 }
 
 // ---- float weights against f32 activations ----
 
 struct TF32 {
-  static __m256 load(const uint8_t* w, int64_t i) { return _mm256_loadu_ps(reinterpret_cast<const float*>(w) + i); }
+  static __m256 load(const uint8_t* w, int64_t i) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(w) + i);
+  }
   static float get(const uint8_t* w, int64_t i) { return reinterpret_cast<const float*>(w)[i]; }
 };
 struct TF16 {
   static __m256 load(const uint8_t* w, int64_t i) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(w) + i)));
+    return _mm256_cvtph_ps(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(w) + i)));
   }
   static float get(const uint8_t* w, int64_t i) {
     uint16_t h;
@@ -512,7 +619,8 @@ struct TF16 {
 };
 struct TBF16 {
   static __m256 load(const uint8_t* w, int64_t i) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(w) + i));
+    const __m128i h =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(w) + i));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
   static float get(const uint8_t* w, int64_t i) {
@@ -526,7 +634,8 @@ struct TBF16 {
 };
 
 template <class T, int RR, int CC>
-void tile_f(const uint8_t* w, size_t row_bytes, int64_t cols, const float* x, int64_t xs, float* y, int64_t ldy) {
+void tile_f(const uint8_t* w, size_t row_bytes, int64_t cols, const float* x, int64_t xs, float* y,
+            int64_t ldy) {
   __m256 acc[RR][CC];
   for (int r = 0; r < RR; ++r) {
     for (int c = 0; c < CC; ++c) acc[r][c] = _mm256_setzero_ps();
@@ -555,16 +664,16 @@ using TileFn = void (*)(const uint8_t* w, size_t row_bytes, int64_t n, const voi
                         int64_t ldy);
 
 template <class T, int R, int C>
-void tile_q8a_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
+void tile_q8a_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y,
+                     int64_t ldy) {
   tile_q8a<T, R, C>(w, rb, n / 32, static_cast<const BlockQ8A*>(x), xs, y, ldy);
 }
+// Decode only (C == 1): K-quant prefill goes through panel_q8k.
 template <class T, int R, int C>
-void tile_q8k_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
-  if constexpr (C == 1 && kHasDirect<T>) {
-    for (int r = 0; r < R; ++r) y[r] = vec_dot_direct<T>(w + size_t(r) * rb, static_cast<const BlockQ8_K*>(x), n / 256);
-  } else {
-    tile_q8k<T, R, C>(w, rb, n / 256, static_cast<const BlockQ8_K*>(x), xs, y, ldy);
-  }
+void tile_q8k_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t, float* y, int64_t) {
+  static_assert(C == 1);
+  for (int r = 0; r < R; ++r)
+    y[r] = vec_dot_direct<T>(w + size_t(r) * rb, static_cast<const BlockQ8_K*>(x), n / 256);
 }
 template <class T, int R, int C>
 void tile_f_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_t xs, float* y, int64_t ldy) {
@@ -575,7 +684,6 @@ void tile_f_erased(const uint8_t* w, size_t rb, int64_t n, const void* x, int64_
 template <int RR, int CC>
 struct Tiles {
   TileFn fn[RR][CC];
-  int64_t act_elem_bytes_num, act_elem_bytes_den;  // activation row stride in units of xs
 };
 
 template <template <class, int, int> class F, class T, int RR, int CC, size_t... I>
@@ -608,14 +716,14 @@ struct FFn {
 constexpr int kDecodeRows = 4;
 
 template <int RR, int CC>
-void walk(const Tiles<RR, CC>& tiles, const Tiles<kDecodeRows, 1>& dec, const uint8_t* w, size_t rb, int64_t cols,
-          int64_t r0, int64_t r1, const uint8_t* xa, size_t xa_stride, int64_t xs_units, size_t unit_bytes,
+void walk(const Tiles<RR, CC>& tiles, const Tiles<kDecodeRows, 1>& dec, const uint8_t* w, size_t rb,
+          int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa, size_t xa_stride, int64_t xs_units,
           int64_t t0, int64_t t1, float* y, int64_t ldy) {
-  (void)unit_bytes;
   if (t1 - t0 == 1) {
     for (int64_t r = r0; r < r1; r += kDecodeRows) {
       const int rr = int(std::min<int64_t>(kDecodeRows, r1 - r));
-      dec.fn[rr - 1][0](w + size_t(r) * rb, rb, cols, xa + size_t(t0) * xa_stride, xs_units, y + t0 * ldy + r, ldy);
+      dec.fn[rr - 1][0](w + size_t(r) * rb, rb, cols, xa + size_t(t0) * xa_stride, xs_units, y + t0 * ldy + r,
+                        ldy);
     }
     return;
   }
@@ -633,26 +741,40 @@ void walk(const Tiles<RR, CC>& tiles, const Tiles<kDecodeRows, 1>& dec, const ui
 }
 
 // Prefill tile shapes (weight rows x activation rows), picked by measurement on AVX2.
-constexpr int kQ8aRR = 4, kQ8aCC = 2;
-constexpr int kQ8kRR = 2, kQ8kCC = 4;
-constexpr int kFRR = 4, kFCC = 3;
+constexpr int kQ8aRR = 2, kQ8aCC = 4;
+constexpr int kFRR = 3, kFCC = 4;
 
 template <class T>
 struct Q8AKernel {
-  static constexpr auto kTiles = make_tiles<Q8AFn, T, kQ8aRR, kQ8aCC>(std::make_index_sequence<kQ8aRR * kQ8aCC>());
+  static constexpr auto kTiles =
+      make_tiles<Q8AFn, T, kQ8aRR, kQ8aCC>(std::make_index_sequence<kQ8aRR * kQ8aCC>());
   static constexpr auto kDec = make_tiles<Q8AFn, T, kDecodeRows, 1>(std::make_index_sequence<kDecodeRows>());
   static void run(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
                   size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
-    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(BlockQ8A)), 0, t0, t1, y, ldy);
+    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(BlockQ8A)), t0, t1, y,
+         ldy);
   }
 };
 template <class T>
 struct Q8KKernel {
-  static constexpr auto kTiles = make_tiles<Q8KFn, T, kQ8kRR, kQ8kCC>(std::make_index_sequence<kQ8kRR * kQ8kCC>());
   static constexpr auto kDec = make_tiles<Q8KFn, T, kDecodeRows, 1>(std::make_index_sequence<kDecodeRows>());
   static void run(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
                   size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
-    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(BlockQ8_K)), 0, t0, t1, y, ldy);
+    const int64_t xs = int64_t(xa_stride / sizeof(BlockQ8_K));
+    if (t1 - t0 <= 1) {
+      walk(kDec, kDec, w, rb, cols, r0, r1, xa, xa_stride, xs, t0, t1, y, ldy);
+      return;
+    }
+    constexpr int kRR = 4;
+    for (int64_t tc = t0; tc < t1; tc += kActChunk) {
+      const int nt = int(std::min(t1, tc + kActChunk) - tc);
+      const auto* xb = reinterpret_cast<const BlockQ8_K*>(xa + size_t(tc) * xa_stride);
+      int64_t r = r0;
+      for (; r + kRR <= r1; r += kRR)
+        panel_q8k<T, kRR>(w + size_t(r) * rb, rb, cols / 256, xb, xs, nt, y + tc * ldy + r, ldy);
+      for (; r < r1; ++r)
+        panel_q8k<T, 1>(w + size_t(r) * rb, rb, cols / 256, xb, xs, nt, y + tc * ldy + r, ldy);
+    }
   }
 };
 template <class T>
@@ -661,34 +783,66 @@ struct FKernel {
   static constexpr auto kDec = make_tiles<FFn, T, kDecodeRows, 1>(std::make_index_sequence<kDecodeRows>());
   static void run(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
                   size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
-    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(float)), 0, t0, t1, y, ldy);
+    walk(kTiles, kDec, w, rb, cols, r0, r1, xa, xa_stride, int64_t(xa_stride / sizeof(float)), t0, t1, y,
+         ldy);
   }
 };
 
 bool gemm(GgmlType type, const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
           size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
   switch (type) {
-    case GgmlType::Q4_0: Q8AKernel<TQ4_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q4_1: Q8AKernel<TQ4_1>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q5_0: Q8AKernel<TQ5_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q5_1: Q8AKernel<TQ5_1>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q8_0: Q8AKernel<TQ8_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::IQ4_NL: Q8AKernel<TIq4Nl>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q2_K: Q8KKernel<KQ2>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q3_K: Q8KKernel<KQ3>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q4_K: Q8KKernel<KQ4>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q5_K: Q8KKernel<KQ5>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::Q6_K: Q8KKernel<KQ6>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::F32: FKernel<TF32>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::F16: FKernel<TF16>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    case GgmlType::BF16: FKernel<TBF16>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy); return true;
-    default: return false;
+    case GgmlType::Q4_0:
+      Q8AKernel<TQ4_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q4_1:
+      Q8AKernel<TQ4_1>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q5_0:
+      Q8AKernel<TQ5_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q5_1:
+      Q8AKernel<TQ5_1>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q8_0:
+      Q8AKernel<TQ8_0>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::IQ4_NL:
+      Q8AKernel<TIq4Nl>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q2_K:
+      Q8KKernel<KQ2>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q3_K:
+      Q8KKernel<KQ3>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q4_K:
+      Q8KKernel<KQ4>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q5_K:
+      Q8KKernel<KQ5>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::Q6_K:
+      Q8KKernel<KQ6>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::F32:
+      FKernel<TF32>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::F16:
+      FKernel<TF16>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::BF16:
+      FKernel<TBF16>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    default:
+      return false;
   }
 }
 
 // ---- activation quantizers ----
 
-inline __m256 abs_ps(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+inline __m256 abs_ps(__m256 v) {
+  return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+}
 
 inline float hmax(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -739,7 +893,8 @@ void quantize_q8k(const float* x, BlockQ8_K* y, int64_t n) {
     for (int k = 0; k < 8; ++k) quantize32(xb + 32 * k, id, y[b].qs + 32 * k);
     for (int g = 0; g < 16; ++g) {
       // 16 int8 -> int16 and a horizontal sum.
-      const __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y[b].qs + 16 * g)));
+      const __m256i v =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y[b].qs + 16 * g)));
       y[b].bsums[g] = int16_t(hsum_i32(_mm256_madd_epi16(v, _mm256_set1_epi16(1))));
     }
     y[b].d = amax / 127.0f;
@@ -770,12 +925,24 @@ void dequant_q8a_type(const void* src, float* dst, int64_t n) {
 
 bool dequantize(GgmlType t, const void* src, float* dst, int64_t n) {
   switch (t) {
-    case GgmlType::Q4_0: dequant_q8a_type<TQ4_0>(src, dst, n); return true;
-    case GgmlType::Q4_1: dequant_q8a_type<TQ4_1>(src, dst, n); return true;
-    case GgmlType::Q5_0: dequant_q8a_type<TQ5_0>(src, dst, n); return true;
-    case GgmlType::Q5_1: dequant_q8a_type<TQ5_1>(src, dst, n); return true;
-    case GgmlType::Q8_0: dequant_q8a_type<TQ8_0>(src, dst, n); return true;
-    case GgmlType::IQ4_NL: dequant_q8a_type<TIq4Nl>(src, dst, n); return true;
+    case GgmlType::Q4_0:
+      dequant_q8a_type<TQ4_0>(src, dst, n);
+      return true;
+    case GgmlType::Q4_1:
+      dequant_q8a_type<TQ4_1>(src, dst, n);
+      return true;
+    case GgmlType::Q5_0:
+      dequant_q8a_type<TQ5_0>(src, dst, n);
+      return true;
+    case GgmlType::Q5_1:
+      dequant_q8a_type<TQ5_1>(src, dst, n);
+      return true;
+    case GgmlType::Q8_0:
+      dequant_q8a_type<TQ8_0>(src, dst, n);
+      return true;
+    case GgmlType::IQ4_NL:
+      dequant_q8a_type<TIq4Nl>(src, dst, n);
+      return true;
     case GgmlType::F16: {
       const auto* s = static_cast<const uint8_t*>(src);
       int64_t i = 0;
