@@ -134,7 +134,8 @@ class KvCacheImpl final : public KvCache {
     }
   }
 
-  void attend(int layer, int pos0, int n_q, const float* q, float* out, float scale, ThreadPool& pool) override {
+  void attend(int layer, int pos0, int n_q, const float* q, float* out, float scale,
+              ThreadPool& pool) override {
     check(layer, pos0, n_q);
     const KvShape& sh = shape_;
     Job job{this, layer, pos0, q, out, scale};
@@ -197,7 +198,8 @@ class KvCacheImpl final : public KvCache {
       const int nh = std::min(sub_heads, group - sub * sub_heads);
       const int off = g * hd;
       const int n_keys = pos0 + t + 1;
-      const int jb = int(int64_t(n_keys) * split / n_split), je = int(int64_t(n_keys) * (split + 1) / n_split);
+      const int jb = int(int64_t(n_keys) * split / n_split),
+                je = int(int64_t(n_keys) * (split + 1) / n_split);
 
       const float* qh[kMaxGroup];
       float m[kMaxGroup], l[kMaxGroup];
@@ -292,8 +294,8 @@ class KvCacheImpl final : public KvCache {
   }
   void check(int layer, int pos, int n) const {
     if (layer < 0 || layer >= shape_.n_layers || pos < 0 || n < 0 || pos + n > shape_.n_ctx) {
-      throw InvalidArgument(fmt::format("kv cache: layer {} positions [{}, {}) out of range (n_ctx {})", layer,
-                                        pos, pos + n, shape_.n_ctx));
+      throw InvalidArgument(fmt::format("kv cache: layer {} positions [{}, {}) out of range (n_ctx {})",
+                                        layer, pos, pos + n, shape_.n_ctx));
     }
   }
 

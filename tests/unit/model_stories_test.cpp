@@ -24,8 +24,8 @@ std::shared_ptr<const Model> stories() {
   return m;
 }
 
-#define REQUIRE_STORIES()                                                               \
-  auto model = stories();                                                               \
+#define REQUIRE_STORIES() \
+  auto model = stories(); \
   if (!model) GTEST_SKIP() << "stories260K.gguf not found at " << testing::stories_path()
 
 int argmax(const float* x, int n) {
@@ -77,7 +77,8 @@ void expect_reference_text(const Model& model, const std::vector<int>& toks, boo
     prev = toks[i];
   }
   if (!prefix_only) {
-    EXPECT_EQ(text, expected) << "generated text is a strict prefix of the reference (" << toks.size() << " tokens)";
+    EXPECT_EQ(text, expected) << "generated text is a strict prefix of the reference (" << toks.size()
+                              << " tokens)";
   }
 }
 
@@ -190,7 +191,8 @@ TEST(ModelStories, ThreadedEqualsSingleThreaded) {
     const std::vector<float> b_next = three.eval({77});  // decode at 300 keys: split-key path
     float max_diff = 0;
     for (size_t j = 0; j < a.size(); ++j) max_diff = std::max(max_diff, std::fabs(a[j] - b[j]));
-    for (size_t j = 0; j < a_next.size(); ++j) max_diff = std::max(max_diff, std::fabs(a_next[j] - b_next[j]));
+    for (size_t j = 0; j < a_next.size(); ++j)
+      max_diff = std::max(max_diff, std::fabs(a_next[j] - b_next[j]));
     EXPECT_LT(max_diff, 1e-4f) << kv;
   }
 }

@@ -11,7 +11,9 @@
 namespace qleap {
 namespace {
 
-bool use_avx2() { return isa_level() >= IsaLevel::kAvx2; }
+bool use_avx2() {
+  return isa_level() >= IsaLevel::kAvx2;
+}
 
 }  // namespace
 

@@ -115,6 +115,8 @@ void fp16_to_fp32_row_avx2(const uint16_t* x, float* y, int64_t n);
 void dequantize_q8_0_avx2(const BlockQ8_0* x, float* y, int64_t n);
 }  // namespace ops_detail
 
-inline float silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
+inline float silu(float x) {
+  return x / (1.0f + __builtin_expf(-x));
+}
 
 }  // namespace qleap

@@ -193,7 +193,8 @@ void fp16_to_fp32_row_avx2(const uint16_t* x, float* y, int64_t n) {
 void dequantize_q8_0_avx2(const BlockQ8_0* x, float* y, int64_t n) {
   for (int64_t blk = 0; blk < n / 32; ++blk) {
     const __m256 d = _mm256_set1_ps(_cvtsh_ss(x[blk].d));
-    for (int j = 0; j < 32; j += 8) _mm256_storeu_ps(y + blk * 32 + j, _mm256_mul_ps(d, load_i8(x[blk].qs + j)));
+    for (int j = 0; j < 32; j += 8)
+      _mm256_storeu_ps(y + blk * 32 + j, _mm256_mul_ps(d, load_i8(x[blk].qs + j)));
   }
 }
 
