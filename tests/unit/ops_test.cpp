@@ -293,6 +293,51 @@ TEST_P(OpsIsa, ExpSubSumAndFp16Row) {
   for (size_t i = 0; i < x.size(); ++i) EXPECT_EQ(h[i], fp32_to_fp16_ref(x[i]));
 }
 
+TEST_P(OpsIsa, MultiHeadRowKernels) {
+  std::mt19937 rng(13);
+  std::normal_distribution<float> nd;
+  for (const int n : {64, 12}) {  // 12: not a multiple of 8 (fallback)
+    std::vector<float> x(static_cast<size_t>(n));
+    for (auto& v : x) v = nd(rng);
+    std::vector<uint16_t> xh(x.size());
+    fp32_to_fp16_row(x.data(), xh.data(), n);
+    for (int nq = 1; nq <= 8; ++nq) {
+      std::vector<std::vector<float>> q(static_cast<size_t>(nq), std::vector<float>(static_cast<size_t>(n)));
+      std::vector<const float*> qp;
+      for (auto& v : q) {
+        for (auto& e : v) e = nd(rng);
+        qp.push_back(v.data());
+      }
+      float o32[8], o16[8];
+      dot_f32_multi(x.data(), qp.data(), nq, n, o32);
+      dot_f16_multi(xh.data(), qp.data(), nq, n, o16);
+      std::vector<std::vector<float>> a32(static_cast<size_t>(nq),
+                                          std::vector<float>(static_cast<size_t>(n), 1.0f));
+      std::vector<std::vector<float>> a16 = a32;
+      std::vector<float*> p32, p16;
+      float p[8];
+      for (int k = 0; k < nq; ++k) {
+        p32.push_back(a32[size_t(k)].data());
+        p16.push_back(a16[size_t(k)].data());
+        p[k] = 0.25f * float(k + 1);
+      }
+      axpy_f32_multi(p, x.data(), p32.data(), nq, n);
+      axpy_f16_multi(p, xh.data(), p16.data(), nq, n);
+      for (int k = 0; k < nq; ++k) {
+        double r32 = 0, r16 = 0;
+        for (int i = 0; i < n; ++i) {
+          r32 += double(x[size_t(i)]) * q[size_t(k)][size_t(i)];
+          r16 += double(fp16_to_fp32_ref(xh[size_t(i)])) * q[size_t(k)][size_t(i)];
+          EXPECT_NEAR(a32[size_t(k)][size_t(i)], 1.0f + p[k] * x[size_t(i)], 1e-6f);
+          EXPECT_NEAR(a16[size_t(k)][size_t(i)], 1.0f + p[k] * fp16_to_fp32_ref(xh[size_t(i)]), 1e-6f);
+        }
+        EXPECT_NEAR(o32[k], r32, 1e-4) << n << " " << nq << " " << k;
+        EXPECT_NEAR(o16[k], r16, 1e-4) << n << " " << nq << " " << k;
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Levels, OpsIsa, ::testing::Values(IsaLevel::kScalar, IsaLevel::kAvx2),
                          [](const auto& info) { return std::string(isa_name(info.param)); });
 
