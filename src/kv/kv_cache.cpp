@@ -33,14 +33,16 @@ struct F32Format {
   static constexpr const char* kName = "f32";
   static size_t row_bytes(int kv_dim) { return size_t(kv_dim) * 4; }
   static void encode(const float* x, uint8_t* row, int kv_dim) { std::memcpy(row, x, size_t(kv_dim) * 4); }
-  static float dot(const uint8_t* row, int off, const float* q, int n) {
-    return dot_f32(reinterpret_cast<const float*>(row) + off, q, n);
-  }
-  static void axpy(float p, const uint8_t* row, int off, float* acc, int n) {
-    axpy_f32(p, reinterpret_cast<const float*>(row) + off, acc, n);
-  }
   static const float* view(const uint8_t* row, int off, int, float*) {
     return reinterpret_cast<const float*>(row) + off;
+  }
+  static void dot_multi(const uint8_t* row, int off, const float* const* q, int nq, int n, float* out,
+                        float*) {
+    dot_f32_multi(reinterpret_cast<const float*>(row) + off, q, nq, n, out);
+  }
+  static void axpy_multi(const float* p, const uint8_t* row, int off, float* const* acc, int nq, int n,
+                         float*) {
+    axpy_f32_multi(p, reinterpret_cast<const float*>(row) + off, acc, nq, n);
   }
 };
 
@@ -50,15 +52,17 @@ struct F16Format {
   static void encode(const float* x, uint8_t* row, int kv_dim) {
     fp32_to_fp16_row(x, reinterpret_cast<uint16_t*>(row), kv_dim);
   }
-  static float dot(const uint8_t* row, int off, const float* q, int n) {
-    return dot_f16(reinterpret_cast<const uint16_t*>(row) + off, q, n);
-  }
-  static void axpy(float p, const uint8_t* row, int off, float* acc, int n) {
-    axpy_f16(p, reinterpret_cast<const uint16_t*>(row) + off, acc, n);
-  }
   static const float* view(const uint8_t* row, int off, int n, float* buf) {
     fp16_to_fp32_row(reinterpret_cast<const uint16_t*>(row) + off, buf, n);
     return buf;
+  }
+  static void dot_multi(const uint8_t* row, int off, const float* const* q, int nq, int n, float* out,
+                        float*) {
+    dot_f16_multi(reinterpret_cast<const uint16_t*>(row) + off, q, nq, n, out);
+  }
+  static void axpy_multi(const float* p, const uint8_t* row, int off, float* const* acc, int nq, int n,
+                         float*) {
+    axpy_f16_multi(p, reinterpret_cast<const uint16_t*>(row) + off, acc, nq, n);
   }
 };
 
@@ -78,24 +82,6 @@ struct Q8Format {
       quantize_q8_0(tail, b + full / 32, 32);
     }
   }
-  static float dot(const uint8_t* row, int off, const float* q, int n) {
-    const auto* b = reinterpret_cast<const BlockQ8_0*>(row);
-    if (off % 32 == 0 && n % 32 == 0) return dot_q8_0(b + off / 32, q, n);
-    float s = 0;
-    for (int i = 0; i < n; ++i) {
-      const BlockQ8_0& blk = b[(off + i) / 32];
-      s += fp16_to_fp32(blk.d) * float(blk.qs[(off + i) % 32]) * q[i];
-    }
-    return s;
-  }
-  static void axpy(float p, const uint8_t* row, int off, float* acc, int n) {
-    const auto* b = reinterpret_cast<const BlockQ8_0*>(row);
-    if (off % 32 == 0 && n % 32 == 0) return axpy_q8_0(p, b + off / 32, acc, n);
-    for (int i = 0; i < n; ++i) {
-      const BlockQ8_0& blk = b[(off + i) / 32];
-      acc[i] += p * fp16_to_fp32(blk.d) * float(blk.qs[(off + i) % 32]);
-    }
-  }
   static const float* view(const uint8_t* row, int off, int n, float* buf) {
     const auto* b = reinterpret_cast<const BlockQ8_0*>(row);
     if (off % 32 == 0 && n % 32 == 0) {
@@ -107,6 +93,14 @@ struct Q8Format {
       }
     }
     return buf;
+  }
+  static void dot_multi(const uint8_t* row, int off, const float* const* q, int nq, int n, float* out,
+                        float* buf) {
+    dot_f32_multi(view(row, off, n, buf), q, nq, n, out);
+  }
+  static void axpy_multi(const float* p, const uint8_t* row, int off, float* const* acc, int nq, int n,
+                         float* buf) {
+    axpy_f32_multi(p, view(row, off, n, buf), acc, nq, n);
   }
 };
 
@@ -134,7 +128,8 @@ class KvCacheImpl final : public KvCache {
     }
   }
 
-  void attend(int layer, int pos0, int n_q, const float* q, float* out, float scale, ThreadPool& pool) override {
+  void attend(int layer, int pos0, int n_q, const float* q, float* out, float scale,
+              ThreadPool& pool) override {
     check(layer, pos0, n_q);
     const KvShape& sh = shape_;
     Job job{this, layer, pos0, q, out, scale};
@@ -197,15 +192,18 @@ class KvCacheImpl final : public KvCache {
       const int nh = std::min(sub_heads, group - sub * sub_heads);
       const int off = g * hd;
       const int n_keys = pos0 + t + 1;
-      const int jb = int(int64_t(n_keys) * split / n_split), je = int(int64_t(n_keys) * (split + 1) / n_split);
+      const int jb = int(int64_t(n_keys) * split / n_split),
+                je = int(int64_t(n_keys) * (split + 1) / n_split);
 
       const float* qh[kMaxGroup];
+      float* accp[kMaxGroup];
       float m[kMaxGroup], l[kMaxGroup];
       alignas(32) float acc[kMaxGroup][kMaxHeadDim];
       alignas(32) float sc[kMaxGroup][kTile];
       alignas(32) float buf[kMaxHeadDim];
       for (int k = 0; k < nh; ++k) {
         qh[k] = q + (size_t(t) * s.n_heads + h0 + k) * hd;
+        accp[k] = acc[k];
         m[k] = -std::numeric_limits<float>::infinity();
         l[k] = 0;
         std::fill(acc[k], acc[k] + hd, 0.0f);
@@ -214,12 +212,9 @@ class KvCacheImpl final : public KvCache {
         const int nt = std::min(kTile, je - j0);
         for (int j = 0; j < nt; ++j) {
           const uint8_t* kr = self->row(layer, 0, j0 + j);
-          if (nh == 1) {
-            sc[0][j] = Format::dot(kr, off, qh[0], hd) * scale;
-          } else {
-            const float* kv = Format::view(kr, off, hd, buf);
-            for (int k = 0; k < nh; ++k) sc[k][j] = dot_f32(kv, qh[k], hd) * scale;
-          }
+          float d[kMaxGroup];
+          Format::dot_multi(kr, off, qh, nh, hd, d, buf);
+          for (int k = 0; k < nh; ++k) sc[k][j] = d[k] * scale;
         }
         for (int k = 0; k < nh; ++k) {
           float tmax = sc[k][0];
@@ -236,12 +231,9 @@ class KvCacheImpl final : public KvCache {
         }
         for (int j = 0; j < nt; ++j) {
           const uint8_t* vr = self->row(layer, 1, j0 + j);
-          if (nh == 1) {
-            Format::axpy(sc[0][j], vr, off, acc[0], hd);
-          } else {
-            const float* vv = Format::view(vr, off, hd, buf);
-            for (int k = 0; k < nh; ++k) axpy_f32(sc[k][j], vv, acc[k], hd);
-          }
+          float p[kMaxGroup];
+          for (int k = 0; k < nh; ++k) p[k] = sc[k][j];
+          Format::axpy_multi(p, vr, off, accp, nh, hd, buf);
         }
       }
       for (int k = 0; k < nh; ++k) {
@@ -292,8 +284,8 @@ class KvCacheImpl final : public KvCache {
   }
   void check(int layer, int pos, int n) const {
     if (layer < 0 || layer >= shape_.n_layers || pos < 0 || n < 0 || pos + n > shape_.n_ctx) {
-      throw InvalidArgument(fmt::format("kv cache: layer {} positions [{}, {}) out of range (n_ctx {})", layer,
-                                        pos, pos + n, shape_.n_ctx));
+      throw InvalidArgument(fmt::format("kv cache: layer {} positions [{}, {}) out of range (n_ctx {})",
+                                        layer, pos, pos + n, shape_.n_ctx));
     }
   }
 

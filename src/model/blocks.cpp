@@ -56,7 +56,9 @@ void ForwardScratch::allocate(const HParams& hp, int nb) {
   up.assign(n * hp.n_ff, 0.0f);
 }
 
-std::string blk_name(int il, std::string_view what) { return fmt::format("blk.{}.{}", il, what); }
+std::string blk_name(int il, std::string_view what) {
+  return fmt::format("blk.{}.{}", il, what);
+}
 
 std::vector<float> load_vector(const GgufFile& f, const std::string& name, int64_t n, bool required) {
   const GgufTensor* t = f.find_tensor(name);
@@ -79,11 +81,13 @@ std::vector<float> load_vector(const GgufFile& f, const std::string& name, int64
 WeightView load_matrix(const GgufFile& f, const std::string& name, int64_t cols, int64_t rows) {
   const GgufTensor& t = f.tensor(name);  // FormatError naming it when missing
   if (t.shape.size() > 2 || t.ne(0) != cols || t.ne(1) != rows) {
-    throw FormatError(fmt::format("tensor '{}' has shape {}, expected [{}, {}]", name, shape_str(t), cols, rows));
+    throw FormatError(
+        fmt::format("tensor '{}' has shape {}, expected [{}, {}]", name, shape_str(t), cols, rows));
   }
   const TypeTraits& tr = computable_traits(t);
   if (cols % tr.block_size != 0) {
-    throw FormatError(fmt::format("tensor '{}': row of {} elements is not whole {} blocks", name, cols, tr.name));
+    throw FormatError(
+        fmt::format("tensor '{}': row of {} elements is not whole {} blocks", name, cols, tr.name));
   }
   WeightView w;
   w.type = t.type;
@@ -92,7 +96,8 @@ WeightView load_matrix(const GgufFile& f, const std::string& name, int64_t cols,
   w.rows = rows;
   w.row_bytes = row_size(t.type, cols);
   if (t.nbytes < w.row_bytes * size_t(rows)) {
-    throw FormatError(fmt::format("tensor '{}' holds {} bytes, expected {}", name, t.nbytes, w.row_bytes * rows));
+    throw FormatError(
+        fmt::format("tensor '{}' holds {} bytes, expected {}", name, t.nbytes, w.row_bytes * rows));
   }
   return w;
 }
@@ -148,7 +153,8 @@ void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const f
       for (int h = 0; h < hp.n_heads; ++h) rms_norm(q + h * hd, w.q_norm.data(), q + h * hd, hd, hp.rms_eps);
     }
     if (!w.k_norm.empty()) {
-      for (int h = 0; h < hp.n_kv_heads; ++h) rms_norm(k + h * hd, w.k_norm.data(), k + h * hd, hd, hp.rms_eps);
+      for (int h = 0; h < hp.n_kv_heads; ++h)
+        rms_norm(k + h * hd, w.k_norm.data(), k + h * hd, hd, hp.rms_eps);
     }
     const float* cs = rope.at(ctx.pos0 + t);
     rope_apply(cs, rope.n_rot(), rope.style(), q, hp.n_heads, hd);

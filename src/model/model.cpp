@@ -126,7 +126,8 @@ std::shared_ptr<const Model> load_model(std::shared_ptr<GgufFile> file) {
   ModelWeights w;
   const GgufTensor& emb = f.tensor("token_embd.weight");
   if (hp.n_vocab <= 0 || emb.ne(1) != hp.n_vocab) {
-    throw FormatError(fmt::format("tensor 'token_embd.weight' has {} rows, vocab_size is {}", emb.ne(1), hp.n_vocab));
+    throw FormatError(
+        fmt::format("tensor 'token_embd.weight' has {} rows, vocab_size is {}", emb.ne(1), hp.n_vocab));
   }
   w.token_embd = load_matrix(f, "token_embd.weight", hp.n_embd, hp.n_vocab);
   w.output_norm = load_vector(f, "output_norm.weight", hp.n_embd, true);
@@ -141,6 +142,8 @@ std::shared_ptr<const Model> load_model(std::shared_ptr<GgufFile> file) {
   return std::make_shared<const Model>(std::move(file), *arch, std::move(hp), std::move(w));
 }
 
-std::shared_ptr<const Model> load_model(const std::string& path) { return load_model(GgufFile::open(path)); }
+std::shared_ptr<const Model> load_model(const std::string& path) {
+  return load_model(GgufFile::open(path));
+}
 
 }  // namespace qleap

@@ -59,7 +59,8 @@ const std::vector<float>& Session::eval(const std::vector<int32_t>& tokens, bool
   const int n_vocab = model_->n_vocab();
   for (int i = 0; i < n; ++i) {
     if (tokens[size_t(i)] < 0 || tokens[size_t(i)] >= n_vocab) {
-      throw InvalidArgument(fmt::format("token id {} at index {} out of range [0, {})", tokens[size_t(i)], i, n_vocab));
+      throw InvalidArgument(
+          fmt::format("token id {} at index {} out of range [0, {})", tokens[size_t(i)], i, n_vocab));
     }
   }
   logits_.resize(all_logits ? size_t(n) * n_vocab : size_t(n_vocab));

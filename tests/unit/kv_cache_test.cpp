@@ -1,4 +1,6 @@
 // KV cache implementations against a straightforward double-precision causal attention.
+#include "kv/kv_cache.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -6,14 +8,14 @@
 
 #include "core/error.h"
 #include "core/fp16.h"
-#include "kv/kv_cache.h"
 
 namespace qleap {
 namespace {
 
 // out[t, h, :] = softmax_j(q[t,h] . k[j, h/g] * scale) v[j, h/g], j in [0, pos0 + t].
-std::vector<float> reference_attention(const KvShape& s, const std::vector<float>& k, const std::vector<float>& v,
-                                       int pos0, int n_q, const std::vector<float>& q, float scale) {
+std::vector<float> reference_attention(const KvShape& s, const std::vector<float>& k,
+                                       const std::vector<float>& v, int pos0, int n_q,
+                                       const std::vector<float>& q, float scale) {
   const int hd = s.head_dim, kvd = s.kv_dim(), g = s.n_heads / s.n_kv_heads;
   std::vector<float> out(size_t(n_q) * s.n_heads * hd);
   for (int t = 0; t < n_q; ++t) {
@@ -77,23 +79,24 @@ TEST_P(KvAttention, MatchesReference) {
 
   // Pools of 2 and 4 threads with a long single query exercise the split-key path and its merge.
   for (const int threads : {1, 2, 4})
-  for (const auto& [pos0, n_q] : {std::pair{0, 1}, std::pair{0, 40}, std::pair{150, 1}, std::pair{259, 1},
-                                  std::pair{200, 60}}) {
-    ThreadPool pool(threads);
-    std::vector<float> qq(q.begin() + size_t(pos0) * s.n_heads * s.head_dim,
-                          q.begin() + size_t(pos0 + n_q) * s.n_heads * s.head_dim);
-    std::vector<float> out(qq.size());
-    kv->attend(1, pos0, n_q, qq.data(), out.data(), scale, pool);
-    const auto ref = reference_attention(s, k, v, pos0, n_q, qq, scale);
-    float max_err = 0;
-    for (size_t i = 0; i < out.size(); ++i) max_err = std::max(max_err, std::fabs(out[i] - ref[i]));
-    EXPECT_LT(max_err, c.tol) << "pos0 " << pos0 << " n_q " << n_q << " threads " << threads;
-  }
+    for (const auto& [pos0, n_q] :
+         {std::pair{0, 1}, std::pair{0, 40}, std::pair{150, 1}, std::pair{259, 1}, std::pair{200, 60}}) {
+      ThreadPool pool(threads);
+      std::vector<float> qq(q.begin() + size_t(pos0) * s.n_heads * s.head_dim,
+                            q.begin() + size_t(pos0 + n_q) * s.n_heads * s.head_dim);
+      std::vector<float> out(qq.size());
+      kv->attend(1, pos0, n_q, qq.data(), out.data(), scale, pool);
+      const auto ref = reference_attention(s, k, v, pos0, n_q, qq, scale);
+      float max_err = 0;
+      for (size_t i = 0; i < out.size(); ++i) max_err = std::max(max_err, std::fabs(out[i] - ref[i]));
+      EXPECT_LT(max_err, c.tol) << "pos0 " << pos0 << " n_q " << n_q << " threads " << threads;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, KvAttention,
-                         ::testing::Values(Case{"f32", 64, 1e-5f}, Case{"f32", 8, 1e-5f}, Case{"f16", 64, 3e-3f},
-                                           Case{"f16", 8, 3e-3f}, Case{"q8_0", 64, 3e-2f}, Case{"q8_0", 8, 3e-2f},
+                         ::testing::Values(Case{"f32", 64, 1e-5f}, Case{"f32", 8, 1e-5f},
+                                           Case{"f16", 64, 3e-3f}, Case{"f16", 8, 3e-3f},
+                                           Case{"q8_0", 64, 3e-2f}, Case{"q8_0", 8, 3e-2f},
                                            Case{"q8_0", 40, 3e-2f}, Case{"f32", 16, 1e-5f, 20, 2},
                                            Case{"f16", 32, 3e-3f, 3, 3}, Case{"q8_0", 32, 3e-2f, 4, 1}),
                          [](const auto& info) {

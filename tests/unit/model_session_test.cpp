@@ -2,10 +2,10 @@
 // architecture (llama, qwen2 with q/k/v bias, qwen3 with per-head q/k norm and head_dim != embd/heads)
 // against a straightforward double-precision reference written from the model definitions.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
-#include <unistd.h>
 
 #include "core/error.h"
 #include "model_test_util.h"
@@ -52,7 +52,9 @@ struct RefModel {
   bool neox;
   std::vector<std::vector<double>> kcache, vcache;  // per layer: pos-major rows of kv_dim
 
-  const float* t(const std::string& name) const { return reinterpret_cast<const float*>(f.tensor(name).data); }
+  const float* t(const std::string& name) const {
+    return reinterpret_cast<const float*>(f.tensor(name).data);
+  }
   const float* maybe(const std::string& name) const {
     const GgufTensor* x = f.find_tensor(name);
     return x ? reinterpret_cast<const float*>(x->data) : nullptr;
@@ -93,7 +95,8 @@ struct RefModel {
     const double eps = 1e-6;
     kcache.resize(size_t(c.n_layers));
     vcache.resize(size_t(c.n_layers));
-    std::vector<double> x(t("token_embd.weight") + size_t(token) * E, t("token_embd.weight") + size_t(token + 1) * E);
+    std::vector<double> x(t("token_embd.weight") + size_t(token) * E,
+                          t("token_embd.weight") + size_t(token + 1) * E);
     for (int il = 0; il < c.n_layers; ++il) {
       const std::string p = "blk." + std::to_string(il) + ".";
       std::vector<double> xn = x;
@@ -107,7 +110,8 @@ struct RefModel {
       }
       if (const float* qn = maybe(p + "attn_q_norm.weight")) {
         for (int h = 0; h < c.n_heads; ++h) rmsnorm(q.data() + h * hd, qn, hd, eps);
-        for (int h = 0; h < c.n_kv_heads; ++h) rmsnorm(k.data() + h * hd, t(p + "attn_k_norm.weight"), hd, eps);
+        for (int h = 0; h < c.n_kv_heads; ++h)
+          rmsnorm(k.data() + h * hd, t(p + "attn_k_norm.weight"), hd, eps);
       }
       rope(q.data(), c.n_heads, pos);
       rope(k.data(), c.n_kv_heads, pos);
@@ -120,7 +124,8 @@ struct RefModel {
         double mx = -1e300, sum = 0;
         for (int j = 0; j <= pos; ++j) {
           double d = 0;
-          for (int i = 0; i < hd; ++i) d += q[size_t(h * hd + i)] * kcache[size_t(il)][size_t(j * KV + g * hd + i)];
+          for (int i = 0; i < hd; ++i)
+            d += q[size_t(h * hd + i)] * kcache[size_t(il)][size_t(j * KV + g * hd + i)];
           sc[size_t(j)] = d / std::sqrt(double(hd));
           mx = std::max(mx, sc[size_t(j)]);
         }
@@ -137,7 +142,8 @@ struct RefModel {
       rmsnorm(xn.data(), t(p + "ffn_norm.weight"), E, eps);
       auto g = mv(t(p + "ffn_gate.weight"), xn, c.n_ff);
       const auto u = mv(t(p + "ffn_up.weight"), xn, c.n_ff);
-      for (int i = 0; i < c.n_ff; ++i) g[size_t(i)] = g[size_t(i)] / (1 + std::exp(-g[size_t(i)])) * u[size_t(i)];
+      for (int i = 0; i < c.n_ff; ++i)
+        g[size_t(i)] = g[size_t(i)] / (1 + std::exp(-g[size_t(i)])) * u[size_t(i)];
       const auto d = mv(t(p + "ffn_down.weight"), g, E);
       for (int i = 0; i < E; ++i) x[size_t(i)] += d[size_t(i)];
     }
@@ -153,7 +159,9 @@ struct ArchCase {
   bool neox;
 };
 
-void PrintTo(const ArchCase& c, std::ostream* os) { *os << c.name; }
+void PrintTo(const ArchCase& c, std::ostream* os) {
+  *os << c.name;
+}
 
 std::vector<ArchCase> arch_cases() {
   std::vector<ArchCase> v;
@@ -213,7 +221,8 @@ TEST_P(ModelArch, MatchesReferenceForward) {
       s.truncate(5);
       for (size_t t = 5; t < toks.size(); ++t) {
         const auto& l = s.eval({toks[t]});
-        for (int j = 0; j < nv; ++j) ASSERT_NEAR(l[size_t(j)], want[t][size_t(j)], 2e-4 * (1 + std::fabs(want[t][size_t(j)])));
+        for (int j = 0; j < nv; ++j)
+          ASSERT_NEAR(l[size_t(j)], want[t][size_t(j)], 2e-4 * (1 + std::fabs(want[t][size_t(j)])));
       }
     }
   }

@@ -18,11 +18,11 @@ std::shared_ptr<const Model> smollm() {
   return p.empty() ? nullptr : load_model(p);
 }
 
-#define REQUIRE_SMOLLM()                                                                                   \
-  auto model = smollm();                                                                                   \
-  if (!model) {                                                                                            \
-    GTEST_SKIP() << "default model not found ($QLEAP_DEFAULT_MODEL, ~/.qleap/models/ or /work/models/"    \
-                    "SmolLM2-135M-Instruct.Q4_1.gguf); run scripts/fetch_default_model.sh";               \
+#define REQUIRE_SMOLLM()                                                                               \
+  auto model = smollm();                                                                               \
+  if (!model) {                                                                                        \
+    GTEST_SKIP() << "default model not found ($QLEAP_DEFAULT_MODEL, ~/.qleap/models/ or /work/models/" \
+                    "SmolLM2-135M-Instruct.Q4_1.gguf); run scripts/fetch_default_model.sh";            \
   }
 
 // Until every weight format has a kernel in this build, the first eval may raise Unsupported.
@@ -95,8 +95,8 @@ TEST(ModelSmolLM, BatchEqualsIncrementalAndDecodeSpeed) {
     tok = int(std::max_element(l.begin(), l.end()) - l.begin());
   }
   const double tps = n_decode / sw.elapsed();
-  std::printf("[ SmolLM2 ] decode %.2f tok/s (2 threads, %d tokens after a %zu-token prompt)\n", tps, n_decode,
-              seq.size());
+  std::printf("[ SmolLM2 ] decode %.2f tok/s (2 threads, %d tokens after a %zu-token prompt)\n", tps,
+              n_decode, seq.size());
   RecordProperty("decode_tok_per_s", std::to_string(tps));
 }
 

@@ -18,14 +18,19 @@ inline std::string source_dir() {
   if (const char* e = std::getenv("QLEAP_SOURCE_DIR"); e && *e) return e;
   return QLEAP_SOURCE_DIR;
 }
-inline std::string stories_path() { return source_dir() + "/../shared/models/stories260K.gguf"; }
-inline std::string stories_expected_path() { return source_dir() + "/../shared/models/stories260K.expected.txt"; }
+inline std::string stories_path() {
+  return source_dir() + "/../shared/models/stories260K.gguf";
+}
+inline std::string stories_expected_path() {
+  return source_dir() + "/../shared/models/stories260K.expected.txt";
+}
 
 // $QLEAP_DEFAULT_MODEL, ~/.qleap/models/..., /work/models/...: first that exists, else "".
 inline std::string default_model_path() {
   std::vector<std::string> c;
   if (const char* e = std::getenv("QLEAP_DEFAULT_MODEL"); e && *e) c.push_back(e);
-  if (const char* h = std::getenv("HOME"); h && *h) c.push_back(std::string(h) + "/.qleap/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+  if (const char* h = std::getenv("HOME"); h && *h)
+    c.push_back(std::string(h) + "/.qleap/models/SmolLM2-135M-Instruct.Q4_1.gguf");
   c.push_back("/work/models/SmolLM2-135M-Instruct.Q4_1.gguf");
   for (const auto& p : c) {
     if (std::filesystem::exists(p)) return p;

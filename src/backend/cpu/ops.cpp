@@ -11,7 +11,9 @@
 namespace qleap {
 namespace {
 
-bool use_avx2() { return isa_level() >= IsaLevel::kAvx2; }
+bool use_avx2() {
+  return isa_level() >= IsaLevel::kAvx2;
+}
 
 }  // namespace
 
@@ -111,6 +113,26 @@ void axpy_f32(float a, const float* x, float* y, int64_t n) {
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
   if (use_avx2()) return ops_detail::axpy_f16_avx2(a, x, y, n);
   for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_fp32(x[i]);
+}
+
+void dot_f32_multi(const float* x, const float* const* q, int nq, int64_t n, float* out) {
+  if (use_avx2() && n % 8 == 0) return ops_detail::dot_f32_multi_avx2(x, q, nq, n, out);
+  for (int k = 0; k < nq; ++k) out[k] = dot_f32(x, q[k], n);
+}
+
+void dot_f16_multi(const uint16_t* x, const float* const* q, int nq, int64_t n, float* out) {
+  if (use_avx2() && n % 8 == 0) return ops_detail::dot_f16_multi_avx2(x, q, nq, n, out);
+  for (int k = 0; k < nq; ++k) out[k] = dot_f16(x, q[k], n);
+}
+
+void axpy_f32_multi(const float* p, const float* x, float* const* acc, int nq, int64_t n) {
+  if (use_avx2() && n % 8 == 0) return ops_detail::axpy_f32_multi_avx2(p, x, acc, nq, n);
+  for (int k = 0; k < nq; ++k) axpy_f32(p[k], x, acc[k], n);
+}
+
+void axpy_f16_multi(const float* p, const uint16_t* x, float* const* acc, int nq, int64_t n) {
+  if (use_avx2() && n % 8 == 0) return ops_detail::axpy_f16_multi_avx2(p, x, acc, nq, n);
+  for (int k = 0; k < nq; ++k) axpy_f16(p[k], x, acc[k], n);
 }
 
 void quantize_q8_0(const float* x, BlockQ8_0* out, int64_t n) {

@@ -27,6 +27,12 @@ float dot_f16(const uint16_t* a, const float* b, int64_t n);
 void axpy_f32(float a, const float* x, float* y, int64_t n);
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
 void scale_inplace(float* y, float a, int64_t n);
+// One key/value row against several query heads (nq <= 8) that share it, so the row is loaded and
+// converted once: out[k] = x . q[k];  acc[k] += p[k] * x.
+void dot_f32_multi(const float* x, const float* const* q, int nq, int64_t n, float* out);
+void dot_f16_multi(const uint16_t* x, const float* const* q, int nq, int64_t n, float* out);
+void axpy_f32_multi(const float* p, const float* x, float* const* acc, int nq, int64_t n);
+void axpy_f16_multi(const float* p, const uint16_t* x, float* const* acc, int nq, int64_t n);
 // x[i] = exp(x[i] - m); returns the sum (the inner step of an online softmax).
 float exp_sub_sum(float* x, int64_t n, float m);
 // Converts a row of floats to fp16 (round to nearest even).
@@ -113,8 +119,14 @@ float exp_sub_sum_avx2(float* x, int64_t n, float m);
 void fp32_to_fp16_row_avx2(const float* x, uint16_t* y, int64_t n);
 void fp16_to_fp32_row_avx2(const uint16_t* x, float* y, int64_t n);
 void dequantize_q8_0_avx2(const BlockQ8_0* x, float* y, int64_t n);
+void dot_f32_multi_avx2(const float* x, const float* const* q, int nq, int64_t n, float* out);
+void dot_f16_multi_avx2(const uint16_t* x, const float* const* q, int nq, int64_t n, float* out);
+void axpy_f32_multi_avx2(const float* p, const float* x, float* const* acc, int nq, int64_t n);
+void axpy_f16_multi_avx2(const float* p, const uint16_t* x, float* const* acc, int nq, int64_t n);
 }  // namespace ops_detail
 
-inline float silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
+inline float silu(float x) {
+  return x / (1.0f + __builtin_expf(-x));
+}
 
 }  // namespace qleap

@@ -193,8 +193,53 @@ void fp16_to_fp32_row_avx2(const uint16_t* x, float* y, int64_t n) {
 void dequantize_q8_0_avx2(const BlockQ8_0* x, float* y, int64_t n) {
   for (int64_t blk = 0; blk < n / 32; ++blk) {
     const __m256 d = _mm256_set1_ps(_cvtsh_ss(x[blk].d));
-    for (int j = 0; j < 32; j += 8) _mm256_storeu_ps(y + blk * 32 + j, _mm256_mul_ps(d, load_i8(x[blk].qs + j)));
+    for (int j = 0; j < 32; j += 8)
+      _mm256_storeu_ps(y + blk * 32 + j, _mm256_mul_ps(d, load_i8(x[blk].qs + j)));
   }
+}
+
+namespace {
+
+// Row x (8 floats per step, produced by load) against nq <= 8 query vectors.
+template <class Load>
+inline void dot_multi(const Load& load, const float* const* q, int nq, int64_t n, float* out) {
+  __m256 acc[8];
+  for (int k = 0; k < nq; ++k) acc[k] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 xv = load(i);
+    for (int k = 0; k < nq; ++k) acc[k] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(q[k] + i), acc[k]);
+  }
+  for (int k = 0; k < nq; ++k) out[k] = hsum(acc[k]);
+}
+
+template <class Load>
+inline void axpy_multi(const Load& load, const float* p, float* const* acc, int nq, int64_t n) {
+  __m256 pv[8];
+  for (int k = 0; k < nq; ++k) pv[k] = _mm256_set1_ps(p[k]);
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 xv = load(i);
+    for (int k = 0; k < nq; ++k) {
+      _mm256_storeu_ps(acc[k] + i, _mm256_fmadd_ps(pv[k], xv, _mm256_loadu_ps(acc[k] + i)));
+    }
+  }
+}
+
+}  // namespace
+
+void dot_f32_multi_avx2(const float* x, const float* const* q, int nq, int64_t n, float* out) {
+  dot_multi([x](int64_t i) { return _mm256_loadu_ps(x + i); }, q, nq, n, out);
+}
+
+void dot_f16_multi_avx2(const uint16_t* x, const float* const* q, int nq, int64_t n, float* out) {
+  dot_multi([x](int64_t i) { return load_f16(x + i); }, q, nq, n, out);
+}
+
+void axpy_f32_multi_avx2(const float* p, const float* x, float* const* acc, int nq, int64_t n) {
+  axpy_multi([x](int64_t i) { return _mm256_loadu_ps(x + i); }, p, acc, nq, n);
+}
+
+void axpy_f16_multi_avx2(const float* p, const uint16_t* x, float* const* acc, int nq, int64_t n) {
+  axpy_multi([x](int64_t i) { return load_f16(x + i); }, p, acc, nq, n);
 }
 
 }  // namespace qleap::ops_detail
