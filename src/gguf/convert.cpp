@@ -236,6 +236,9 @@ void write_tokenizer(GgufWriter& w, const fs::path& dir, const HParams& h, const
     if (c.contains("chat_template") && c["chat_template"].is_string()) {
       w.set_string("tokenizer.chat_template", c["chat_template"].get<std::string>());
     }
+    for (const char* k : {"add_bos_token", "add_eos_token"}) {
+      if (c.contains(k) && c[k].is_boolean()) w.set_bool(std::string("tokenizer.ggml.") + k, c[k].get<bool>());
+    }
   }
 }
 

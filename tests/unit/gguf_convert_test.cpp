@@ -205,7 +205,7 @@ TEST(GgufConvert, WritesByteLevelBpeTokenizer) {
        {{{"id", 4}, {"content", "<|endoftext|>"}, {"special", true}},
         {{"id", 6}, {"content", "<extra>"}, {"special", false}}}}};
   std::ofstream(dir / "tokenizer.json") << tok.dump();
-  std::ofstream(dir / "tokenizer_config.json") << nlohmann::json{{"chat_template", "{{ messages }}"}}.dump();
+  std::ofstream(dir / "tokenizer_config.json") << nlohmann::json{{"chat_template", "{{ messages }}"}, {"add_bos_token", false}}.dump();
   std::vector<std::string> log;
   ConvertOptions opt;
   opt.progress = [&](const std::string& m, double) { log.push_back(m); };
@@ -231,6 +231,10 @@ TEST(GgufConvert, WritesByteLevelBpeTokenizer) {
   EXPECT_EQ(f->get_int("tokenizer.ggml.bos_token_id", -1), 1);
   EXPECT_EQ(f->get_int("tokenizer.ggml.eos_token_id", -1), 2);
   EXPECT_EQ(f->get_string("tokenizer.chat_template"), "{{ messages }}");
+  ASSERT_NE(f->find("tokenizer.ggml.add_bos_token"), nullptr);
+  EXPECT_EQ(f->find("tokenizer.ggml.add_bos_token")->type, GgufType::BOOL);
+  EXPECT_FALSE(f->get_bool("tokenizer.ggml.add_bos_token", true));
+  EXPECT_FALSE(f->has("tokenizer.ggml.add_eos_token"));
 }
 
 // Splits a checkpoint into two shards (with BF16 for one of them) and checks the conversion reads
