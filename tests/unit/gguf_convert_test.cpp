@@ -335,6 +335,31 @@ TEST(GgufConvert, RequantizeRoundTrip) {
   EXPECT_EQ(back->tensor("blk.1.ffn_up.weight").type, GgmlType::F32);
 }
 
+TEST(GgufConvert, RequantizesRealModel) {
+  const std::string src = testing::stories_model();
+  if (src.empty()) GTEST_SKIP() << "stories260K.gguf not found";
+  TempDir tmp("conv_real");
+  requantize_gguf(src, tmp.file("s16.gguf"), GgmlType::F16);
+  auto a = GgufFile::open(src);
+  auto b = GgufFile::open(tmp.file("s16.gguf"));
+  EXPECT_EQ(b->architecture(), "llama");
+  EXPECT_EQ(b->get_int("general.file_type", -1), 1);
+  EXPECT_EQ(b->find("tokenizer.ggml.tokens")->arr_s, a->find("tokenizer.ggml.tokens")->arr_s);
+  ASSERT_EQ(b->tensors().size(), a->tensors().size());
+  int n_f16 = 0;
+  for (const auto& t : a->tensors()) {
+    const GgufTensor& u = b->tensor(t.name);
+    EXPECT_EQ(u.shape, t.shape);
+    n_f16 += u.type == GgmlType::F16;
+    EXPECT_EQ(u.type, t.shape.size() == 2 ? GgmlType::F16 : t.type) << t.name;
+    const auto x = decode(t), y = decode(u);
+    for (size_t i = 0; i < x.size(); ++i) {
+      ASSERT_EQ(y[i], t.shape.size() == 2 ? fp16_to_fp32_ref(fp32_to_fp16_ref(x[i])) : x[i]) << t.name;
+    }
+  }
+  EXPECT_GT(n_f16, 10);
+}
+
 // Block formats: exercised once an encoder for them is linked in (quant branch).
 TEST(GgufConvert, BlockTypesAndF16Fallback) {
   TempDir tmp("conv_blocks");
