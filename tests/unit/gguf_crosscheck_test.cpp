@@ -277,3 +277,25 @@ TEST(GgufCrosscheck, WritesCrosscheckFiles) {
 
 }  // namespace
 }  // namespace qleap
+
+namespace qleap {
+namespace {
+
+// Converts QLEAP_CONVERT_IN (an HF directory) to QLEAP_CONVERT_OUT with QLEAP_CONVERT_TYPE
+// (default F32), for Python tests that need our converter on their own inputs.
+TEST(GgufCrosscheck, ConvertDirFromEnv) {
+  const char* in = std::getenv("QLEAP_CONVERT_IN");
+  const char* out = std::getenv("QLEAP_CONVERT_OUT");
+  if (!in || !out) GTEST_SKIP() << "set QLEAP_CONVERT_IN and QLEAP_CONVERT_OUT";
+  ConvertOptions opt;
+  opt.out_type = GgmlType::F32;
+  if (const char* t = std::getenv("QLEAP_CONVERT_TYPE")) {
+    const auto type = type_from_name(t);
+    ASSERT_TRUE(type.has_value()) << t;
+    opt.out_type = *type;
+  }
+  convert_hf_to_gguf(in, out, opt);
+}
+
+}  // namespace
+}  // namespace qleap
