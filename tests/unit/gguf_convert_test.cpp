@@ -82,8 +82,10 @@ TEST(GgufConvert, LlamaMetadataAndTensors) {
     for (int64_t i = 0; i < d / 2; ++i) {
       for (int64_t j = 0; j < 2; ++j) {
         for (int64_t c = 0; c < cols; ++c) {
-          const float want = fp16_to_fp32_ref(fp32_to_fp16_ref(hk[size_t(((h * d) + j * d / 2 + i) * cols + c)]));
-          ASSERT_EQ(gk[size_t((h * d + 2 * i + j) * cols + c)], want) << h << " " << i << " " << j << " " << c;
+          const float want =
+              fp16_to_fp32_ref(fp32_to_fp16_ref(hk[size_t(((h * d) + j * d / 2 + i) * cols + c)]));
+          ASSERT_EQ(gk[size_t((h * d + 2 * i + j) * cols + c)], want)
+              << h << " " << i << " " << j << " " << c;
         }
       }
     }
@@ -199,13 +201,20 @@ TEST(GgufConvert, WritesByteLevelBpeTokenizer) {
   nlohmann::json tok = {
       {"model",
        {{"type", "BPE"},
-        {"vocab", {{"a", 0}, {"b", 1}, {"ab", 2}, {"\xc4\xa0" "a", 3}}},
+        {"vocab",
+         {{"a", 0},
+          {"b", 1},
+          {"ab", 2},
+          {"\xc4\xa0"
+           "a",
+           3}}},
         {"merges", nlohmann::json::array({"a b", nlohmann::json::array({"\xc4\xa0", "a"})})}}},
       {"added_tokens",
        {{{"id", 4}, {"content", "<|endoftext|>"}, {"special", true}},
         {{"id", 6}, {"content", "<extra>"}, {"special", false}}}}};
   std::ofstream(dir / "tokenizer.json") << tok.dump();
-  std::ofstream(dir / "tokenizer_config.json") << nlohmann::json{{"chat_template", "{{ messages }}"}, {"add_bos_token", false}}.dump();
+  std::ofstream(dir / "tokenizer_config.json")
+      << nlohmann::json{{"chat_template", "{{ messages }}"}, {"add_bos_token", false}}.dump();
   std::vector<std::string> log;
   ConvertOptions opt;
   opt.progress = [&](const std::string& m, double) { log.push_back(m); };
@@ -217,7 +226,9 @@ TEST(GgufConvert, WritesByteLevelBpeTokenizer) {
   const auto& toks = f->find("tokenizer.ggml.tokens")->arr_s;
   ASSERT_EQ(toks.size(), 256u);  // padded to the model's vocab_size
   EXPECT_EQ(toks[2], "ab");
-  EXPECT_EQ(toks[3], "\xc4\xa0" "a");
+  EXPECT_EQ(toks[3],
+            "\xc4\xa0"
+            "a");
   EXPECT_EQ(toks[4], "<|endoftext|>");
   EXPECT_EQ(toks[5], "[PAD5]");
   EXPECT_EQ(toks[6], "<extra>");
@@ -226,8 +237,7 @@ TEST(GgufConvert, WritesByteLevelBpeTokenizer) {
   EXPECT_EQ(types[4], 3);
   EXPECT_EQ(types[5], 5);
   EXPECT_EQ(types[6], 4);
-  EXPECT_EQ(f->find("tokenizer.ggml.merges")->arr_s,
-            (std::vector<std::string>{"a b", "\xc4\xa0 a"}));
+  EXPECT_EQ(f->find("tokenizer.ggml.merges")->arr_s, (std::vector<std::string>{"a b", "\xc4\xa0 a"}));
   EXPECT_EQ(f->get_int("tokenizer.ggml.bos_token_id", -1), 1);
   EXPECT_EQ(f->get_int("tokenizer.ggml.eos_token_id", -1), 2);
   EXPECT_EQ(f->get_string("tokenizer.chat_template"), "{{ messages }}");
@@ -258,13 +268,15 @@ TEST(GgufConvert, ShardedBf16Checkpoint) {
       if (shard == 1) {
         for (float x : f) {
           const uint16_t b = fp32_to_bf16(x);
-          data.insert(data.end(), reinterpret_cast<const uint8_t*>(&b), reinterpret_cast<const uint8_t*>(&b) + 2);
+          data.insert(data.end(), reinterpret_cast<const uint8_t*>(&b),
+                      reinterpret_cast<const uint8_t*>(&b) + 2);
         }
       } else {
         data.insert(data.end(), reinterpret_cast<const uint8_t*>(f.data()),
                     reinterpret_cast<const uint8_t*>(f.data() + f.size()));
       }
-      h[names[k]] = {{"dtype", shard == 1 ? "BF16" : "F32"}, {"shape", t.shape}, {"data_offsets", {off, data.size()}}};
+      h[names[k]] = {
+          {"dtype", shard == 1 ? "BF16" : "F32"}, {"shape", t.shape}, {"data_offsets", {off, data.size()}}};
       wm[names[k]] = fmt::format("model-{}.safetensors", shard);
     }
     const std::string js = h.dump();
