@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Writes a random-weight Llama checkpoint in Hugging Face layout (config.json + model.safetensors)
-for benchmarks, with numpy only (no torch). Defaults: hidden 768, 12 layers, 12 heads / 4 kv heads,
+"""Writes a random-weight Llama checkpoint in Hugging Face layout (config.json + model.safetensors +
+a synthetic byte-level BPE tokenizer.json) for benchmarks, with numpy only (no torch). Defaults: hidden 768, 12 layers, 12 heads / 4 kv heads,
 ffn 2048, vocab 32000, context 2048 (~120M parameters), weights ~ N(0, 0.02), norms 1.
 
     python3 tools/make_random_model.py /tmp/rand-llama [--dtype BF16|F16|F32]
     qleap convert /tmp/rand-llama out.gguf --type Q4_0
 
 Tensors are generated and written one at a time, so memory stays at the size of the largest one.
+The tokenizer (256 byte tokens, random merges up to the vocab size, <|endoftext|> = bos = eos) is
+there so that other engines (llama.cpp) load the converted model too; its merges mean nothing.
 """
 import argparse
 import json
@@ -26,6 +28,47 @@ def to_dtype(a, dtype):
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
 
 
+def byte_chars():
+    """GPT-2's byte -> printable character table (bytes that print as themselves keep their code)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def synthetic_tokenizer(vocab_size, rng):
+    tokens = byte_chars()
+    seen = set(tokens)
+    merges = []
+    n_regular = vocab_size - 1  # the last id is the special token
+    while len(tokens) < n_regular:
+        a = tokens[int(rng.integers(0, len(tokens)))]
+        b = tokens[int(rng.integers(0, min(len(tokens), 512)))]
+        if a + b in seen or len(a + b) > 16:
+            continue
+        seen.add(a + b)
+        tokens.append(a + b)
+        merges.append([a, b])
+    eot = len(tokens)
+    return {
+        "version": "1.0",
+        "added_tokens": [{"id": eot, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True}],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges},
+    }, eot
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir")
@@ -38,6 +81,7 @@ def main():
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--dtype", choices=["F32", "F16", "BF16"], default="BF16")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-tokenizer", action="store_true", help="skip tokenizer.json")
     args = ap.parse_args()
 
     h, hd = args.hidden, args.hidden // args.heads
@@ -78,6 +122,11 @@ def main():
             else:
                 a = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
             f.write(to_dtype(a, args.dtype).tobytes())
+    eot = None
+    if not args.no_tokenizer:
+        tok, eot = synthetic_tokenizer(args.vocab, np.random.default_rng(args.seed + 1))
+        with open(os.path.join(args.out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump(tok, f, ensure_ascii=False)
     config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -91,8 +140,8 @@ def main():
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
         "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
+        "bos_token_id": eot if eot is not None else 1,
+        "eos_token_id": eot if eot is not None else 2,
         "hidden_act": "silu",
         "torch_dtype": {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[args.dtype],
     }

@@ -65,8 +65,8 @@ HParams read_hparams(const fs::path& dir) {
   } else if (h.model_type == "qwen2" || h.model_type == "qwen3") {
     h.arch = h.model_type;
   } else {
-    throw Unsupported(fmt::format("model_type '{}' is not supported (supported: llama, mistral, qwen2, qwen3)",
-                                  h.model_type));
+    throw Unsupported(fmt::format(
+        "model_type '{}' is not supported (supported: llama, mistral, qwen2, qwen3)", h.model_type));
   }
   h.n_embd = req_int(c, "hidden_size");
   h.n_layer = req_int(c, "num_hidden_layers");
@@ -80,7 +80,8 @@ HParams read_hparams(const fs::path& dir) {
     throw FormatError("config.json has inconsistent sizes (heads, kv heads, hidden size)");
   }
   h.head_dim = int64_t(num(c, "head_dim").value_or(double(h.n_embd / h.n_head)));
-  if (h.head_dim <= 0 || h.head_dim % 2 != 0) throw FormatError("config.json: head_dim must be positive and even");
+  if (h.head_dim <= 0 || h.head_dim % 2 != 0)
+    throw FormatError("config.json: head_dim must be positive and even");
   h.rms_eps = num(c, "rms_norm_eps").value_or(1e-6);
   h.tied = c.value("tie_word_embeddings", false);
   // transformers 5 folds rope_theta and the scaling dict into rope_parameters; older configs have
@@ -236,6 +237,10 @@ void write_tokenizer(GgufWriter& w, const fs::path& dir, const HParams& h, const
     if (c.contains("chat_template") && c["chat_template"].is_string()) {
       w.set_string("tokenizer.chat_template", c["chat_template"].get<std::string>());
     }
+    for (const char* k : {"add_bos_token", "add_eos_token"}) {
+      if (c.contains(k) && c[k].is_boolean())
+        w.set_bool(std::string("tokenizer.ggml.") + k, c[k].get<bool>());
+    }
   }
 }
 
@@ -247,11 +252,11 @@ std::string gguf_name(const std::string& hf) {
       {"lm_head.weight", "output.weight"},
   };
   static const std::map<std::string, std::string> kBlock = {
-      {"self_attn.q_proj", "attn_q"},          {"self_attn.k_proj", "attn_k"},
-      {"self_attn.v_proj", "attn_v"},          {"self_attn.o_proj", "attn_output"},
-      {"self_attn.q_norm", "attn_q_norm"},     {"self_attn.k_norm", "attn_k_norm"},
-      {"input_layernorm", "attn_norm"},        {"post_attention_layernorm", "ffn_norm"},
-      {"mlp.gate_proj", "ffn_gate"},           {"mlp.up_proj", "ffn_up"},
+      {"self_attn.q_proj", "attn_q"},      {"self_attn.k_proj", "attn_k"},
+      {"self_attn.v_proj", "attn_v"},      {"self_attn.o_proj", "attn_output"},
+      {"self_attn.q_norm", "attn_q_norm"}, {"self_attn.k_norm", "attn_k_norm"},
+      {"input_layernorm", "attn_norm"},    {"post_attention_layernorm", "ffn_norm"},
+      {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
       {"mlp.down_proj", "ffn_down"},
   };
   if (auto it = kTop.find(hf); it != kTop.end()) return it->second;
@@ -300,9 +305,10 @@ std::vector<float> permute_rows(const std::vector<float>& w, int64_t rows, int64
 // Encodes rows of f32 data into type t on the pool.
 void quantize_rows(ThreadPool& pool, GgmlType t, const float* src, uint8_t* dst, int64_t rows, int64_t cols) {
   const size_t rs = row_size(t, cols);
-  pool.parallel_for(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, cols / 256)),
+  pool.parallel_for(rows, std::max<int64_t>(1, rows / (int64_t(pool.size()) * 8)),
                     [&](int64_t b, int64_t e, int) {
-                      for (int64_t r = b; r < e; ++r) quantize_row_ref(t, src + r * cols, dst + size_t(r) * rs, cols);
+                      for (int64_t r = b; r < e; ++r)
+                        quantize_row_ref(t, src + r * cols, dst + size_t(r) * rs, cols);
                     });
 }
 
@@ -318,7 +324,8 @@ GgmlType weight_type(GgmlType want, int64_t row_len, const std::string& name, co
 }
 
 void check_encoder(GgmlType t) {
-  if (!can_quantize(t)) throw Unsupported(fmt::format("this build cannot encode tensors as {}", type_name(t)));
+  if (!can_quantize(t))
+    throw Unsupported(fmt::format("this build cannot encode tensors as {}", type_name(t)));
 }
 
 }  // namespace
@@ -389,7 +396,8 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
             [](const Item& a, const Item& b) { return order_key(a.gname) < order_key(b.gname); });
 
   std::vector<float> rope_factors;
-  if (h.rope_scaling.is_object() && h.rope_scaling.value("rope_type", h.rope_scaling.value("type", "")) == "llama3") {
+  if (h.rope_scaling.is_object() &&
+      h.rope_scaling.value("rope_type", h.rope_scaling.value("type", "")) == "llama3") {
     rope_factors = llama3_rope_factors(h);
     w.add_tensor("rope_freqs.weight", GgmlType::F32, {int64_t(rope_factors.size())}, rope_factors.data());
   }
@@ -400,7 +408,8 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
     const SafeTensor& src = *it.src;
     src.ggml_type();  // rejects unsupported dtypes before anything is written
     if (src.shape.empty() || src.shape.size() > 2) {
-      throw Unsupported(fmt::format("tensor '{}' has {} dimensions (1 or 2 expected)", src.name, src.shape.size()));
+      throw Unsupported(
+          fmt::format("tensor '{}' has {} dimensions (1 or 2 expected)", src.name, src.shape.size()));
     }
     const bool matrix = src.shape.size() == 2;
     const int64_t rows = matrix ? src.shape[0] : 1;
@@ -415,17 +424,19 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
     std::vector<int64_t> shape = matrix ? std::vector<int64_t>{cols, rows} : std::vector<int64_t>{cols};
     const std::string gname = it.gname;
     w.add_tensor(gname, type, std::move(shape),
-                 [&pool, &progress, n_items, k, type, rows, cols, matrix, permute_heads, gname, s = it.src](uint8_t* dst,
-                                                                                                      size_t) {
-      if (progress) progress(fmt::format("[{}/{}] {} -> {}", k + 1, n_items, gname, type_name(type)),
-                             double(k) / double(n_items));
-      std::vector<float> f = s->to_f32();
-      if (permute_heads > 0) {
-        // A bias is a single column of `rows` values.
-        f = matrix ? permute_rows(f, rows, cols, permute_heads) : permute_rows(f, cols, 1, permute_heads);
-      }
-      quantize_rows(pool, type, f.data(), dst, rows, cols);
-    });
+                 [&pool, &progress, n_items, k, type, rows, cols, matrix, permute_heads, gname, s = it.src](
+                     uint8_t* dst, size_t) {
+                   if (progress)
+                     progress(fmt::format("[{}/{}] {} -> {}", k + 1, n_items, gname, type_name(type)),
+                              double(k) / double(n_items));
+                   std::vector<float> f = s->to_f32();
+                   if (permute_heads > 0) {
+                     // A bias is a single column of `rows` values.
+                     f = matrix ? permute_rows(f, rows, cols, permute_heads)
+                                : permute_rows(f, cols, 1, permute_heads);
+                   }
+                   quantize_rows(pool, type, f.data(), dst, rows, cols);
+                 });
   }
   w.write(out_path);
   if (progress) progress(fmt::format("wrote {} tensors to {}", w.n_tensors(), out_path), 1.0);
@@ -463,18 +474,20 @@ void requantize_gguf(const std::string& in, const std::string& out, GgmlType typ
     }
     w.add_tensor(t.name, dst_type, t.shape, [&, k, dst_type](uint8_t* dst, size_t) {
       if (progress) {
-        progress(fmt::format("[{}/{}] {} {} -> {}", k + 1, ts.size(), t.name, type_name(t.type), type_name(dst_type)),
+        progress(fmt::format("[{}/{}] {} {} -> {}", k + 1, ts.size(), t.name, type_name(t.type),
+                             type_name(dst_type)),
                  double(k) / double(ts.size()));
       }
       const int64_t cols = t.shape[0], rows = t.shape[1];
       const size_t src_rs = row_size(t.type, cols), dst_rs = row_size(dst_type, cols);
-      pool.parallel_for(rows, 16, [&](int64_t b, int64_t e, int) {
-        std::vector<float> row(static_cast<size_t>(cols));
-        for (int64_t r = b; r < e; ++r) {
-          dequantize_row(t.type, t.data + size_t(r) * src_rs, row.data(), cols);
-          quantize_row_ref(dst_type, row.data(), dst + size_t(r) * dst_rs, cols);
-        }
-      });
+      pool.parallel_for(rows, std::max<int64_t>(1, rows / (int64_t(pool.size()) * 8)),
+                        [&](int64_t b, int64_t e, int) {
+                          std::vector<float> row(static_cast<size_t>(cols));
+                          for (int64_t r = b; r < e; ++r) {
+                            dequantize_row(t.type, t.data + size_t(r) * src_rs, row.data(), cols);
+                            quantize_row_ref(dst_type, row.data(), dst + size_t(r) * dst_rs, cols);
+                          }
+                        });
     });
   }
   w.write(out);

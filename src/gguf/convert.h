@@ -25,8 +25,8 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
 
 // Re-encodes every 2-D weight of `in` as `type` (decoding any source type dequantize_row knows),
 // copies all other tensors and metadata, and updates general.file_type.
-void requantize_gguf(const std::string& in, const std::string& out, GgmlType type, const ProgressFn& progress = {},
-                     int n_threads = 0);
+void requantize_gguf(const std::string& in, const std::string& out, GgmlType type,
+                     const ProgressFn& progress = {}, int n_threads = 0);
 
 // llama.cpp's general.file_type value for a model whose weights are mostly `t`.
 uint32_t file_type_for(GgmlType t);

@@ -216,6 +216,10 @@ int64_t GgufValue::as_int() const {
       return i;
     case GgufType::FLOAT32:
     case GgufType::FLOAT64:
+      // Converting NaN or an out-of-range double to an integer is undefined behaviour.
+      if (!(f >= -9.2e18 && f <= 9.2e18)) {
+        throw FormatError(fmt::format("GGUF value {} is not representable as an integer", f));
+      }
       return int64_t(f);
     default:
       if (is_integer()) return int64_t(u);

@@ -61,7 +61,8 @@ class Out {
   void close() {
     std::FILE* f = f_;
     f_ = nullptr;
-    if (std::fclose(f) != 0) throw IoError(fmt::format("closing '{}' failed: {}", path_, std::strerror(errno)));
+    if (std::fclose(f) != 0)
+      throw IoError(fmt::format("closing '{}' failed: {}", path_, std::strerror(errno)));
   }
   uint64_t pos() const { return pos_; }
 
@@ -157,7 +158,8 @@ void validate(const std::string& key, const GgufValue& v, int depth) {
                                       gguf_type_name(v.elem_type)));
   }
   for (const auto& e : v.arr_v) {
-    if (!e.is_array()) throw InvalidArgument(fmt::format("GGUF writer: nested element of '{}' is not an array", key));
+    if (!e.is_array())
+      throw InvalidArgument(fmt::format("GGUF writer: nested element of '{}' is not an array", key));
     validate(key, e, depth + 1);
   }
 }
@@ -198,11 +200,11 @@ void GgufWriter::set(const std::string& key, GgufValue v) {
   kv_.emplace_back(key, std::move(v));
 }
 
-#define QLEAP_SETTER(fn, T, gt, field)   \
+#define QLEAP_SETTER(fn, T, gt, field)               \
   void GgufWriter::fn(const std::string& key, T x) { \
-    GgufValue v = scalar(GgufType::gt);   \
-    v.field = x;                          \
-    set(key, std::move(v));               \
+    GgufValue v = scalar(GgufType::gt);              \
+    v.field = x;                                     \
+    set(key, std::move(v));                          \
   }
 QLEAP_SETTER(set_u8, uint8_t, UINT8, u)
 QLEAP_SETTER(set_i8, int8_t, INT8, i)
@@ -269,9 +271,11 @@ void GgufWriter::set_alignment(uint32_t alignment) {
   }
 }
 
-GgufWriter::Tensor& GgufWriter::new_tensor(const std::string& name, GgmlType type, std::vector<int64_t> shape) {
+GgufWriter::Tensor& GgufWriter::new_tensor(const std::string& name, GgmlType type,
+                                           std::vector<int64_t> shape) {
   const TypeTraits& tr = type_traits(type);
-  if (tr.name == nullptr) throw InvalidArgument(fmt::format("tensor '{}': unknown type id {}", name, uint32_t(type)));
+  if (tr.name == nullptr)
+    throw InvalidArgument(fmt::format("tensor '{}': unknown type id {}", name, uint32_t(type)));
   if (shape.empty() || shape.size() > 4) {
     throw InvalidArgument(fmt::format("tensor '{}' has {} dimensions (1..4 allowed)", name, shape.size()));
   }
@@ -281,8 +285,8 @@ GgufWriter::Tensor& GgufWriter::new_tensor(const std::string& name, GgmlType typ
     n *= uint64_t(d);
   }
   if (shape[0] % tr.block_size != 0) {
-    throw InvalidArgument(fmt::format("tensor '{}': row length {} is not a multiple of the {} block size {}", name,
-                                      shape[0], tr.name, tr.block_size));
+    throw InvalidArgument(fmt::format("tensor '{}': row length {} is not a multiple of the {} block size {}",
+                                      name, shape[0], tr.name, tr.block_size));
   }
   for (const auto& t : tensors_) {
     if (t.name == name) throw InvalidArgument(fmt::format("tensor '{}' added twice", name));
@@ -296,7 +300,8 @@ GgufWriter::Tensor& GgufWriter::new_tensor(const std::string& name, GgmlType typ
   return tensors_.back();
 }
 
-void GgufWriter::add_tensor(const std::string& name, GgmlType type, std::vector<int64_t> shape, const void* data) {
+void GgufWriter::add_tensor(const std::string& name, GgmlType type, std::vector<int64_t> shape,
+                            const void* data) {
   new_tensor(name, type, std::move(shape)).data = data;
 }
 
@@ -304,7 +309,8 @@ void GgufWriter::add_tensor(const std::string& name, GgmlType type, std::vector<
                             std::vector<uint8_t> owned) {
   Tensor& t = new_tensor(name, type, std::move(shape));
   if (owned.size() != t.nbytes) {
-    const std::string msg = fmt::format("tensor '{}': {} bytes given, {} expected", name, owned.size(), t.nbytes);
+    const std::string msg =
+        fmt::format("tensor '{}': {} bytes given, {} expected", name, owned.size(), t.nbytes);
     tensors_.pop_back();
     throw InvalidArgument(msg);
   }
@@ -312,7 +318,8 @@ void GgufWriter::add_tensor(const std::string& name, GgmlType type, std::vector<
   t.data = t.owned.data();
 }
 
-void GgufWriter::add_tensor(const std::string& name, GgmlType type, std::vector<int64_t> shape, Producer producer) {
+void GgufWriter::add_tensor(const std::string& name, GgmlType type, std::vector<int64_t> shape,
+                            Producer producer) {
   new_tensor(name, type, std::move(shape)).producer = std::move(producer);
 }
 

@@ -46,7 +46,8 @@ class GgufWriter {
 
   // shape is in ggml order (ne[0] = contiguous row length). `data` must stay valid until write().
   void add_tensor(const std::string& name, GgmlType type, std::vector<int64_t> shape, const void* data);
-  void add_tensor(const std::string& name, GgmlType type, std::vector<int64_t> shape, std::vector<uint8_t> owned);
+  void add_tensor(const std::string& name, GgmlType type, std::vector<int64_t> shape,
+                  std::vector<uint8_t> owned);
   // The bytes are produced lazily during write(); only one produced tensor is in memory at a time.
   void add_tensor(const std::string& name, GgmlType type, std::vector<int64_t> shape, Producer producer);
   size_t n_tensors() const { return tensors_.size(); }

@@ -43,7 +43,8 @@ GgmlType SafeTensor::ggml_type() const {
 void SafeTensor::to_f32(float* dst, int64_t first, int64_t n) const {
   const GgmlType t = ggml_type();
   if (first < 0 || n < 0 || first + n > n_elements()) {
-    throw InvalidArgument(fmt::format("tensor '{}': element range [{}, {}) out of bounds", name, first, first + n));
+    throw InvalidArgument(
+        fmt::format("tensor '{}': element range [{}, {}) out of bounds", name, first, first + n));
   }
   const uint8_t* p = data + size_t(first) * (t == GgmlType::F32 ? 4 : 2);
   // The data need not be aligned (headers have arbitrary length), so every element goes via memcpy.
@@ -73,7 +74,8 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   return f;
 }
 
-std::shared_ptr<SafetensorsFile> SafetensorsFile::parse(const uint8_t* data, size_t size, const std::string& label) {
+std::shared_ptr<SafetensorsFile> SafetensorsFile::parse(const uint8_t* data, size_t size,
+                                                        const std::string& label) {
   std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->base_ = data;
   f->size_ = size;
@@ -82,7 +84,9 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::parse(const uint8_t* data, siz
 }
 
 void SafetensorsFile::parse_all(const std::string& label) {
-  auto fail = [&](const std::string& msg) { return FormatError(fmt::format("safetensors '{}': {}", label, msg)); };
+  auto fail = [&](const std::string& msg) {
+    return FormatError(fmt::format("safetensors '{}': {}", label, msg));
+  };
   if (size_ < 8) throw fail("file smaller than the 8-byte header length");
   uint64_t hlen;
   std::memcpy(&hlen, base_, 8);
@@ -91,7 +95,8 @@ void SafetensorsFile::parse_all(const std::string& label) {
   }
   nlohmann::json h;
   try {
-    h = nlohmann::json::parse(reinterpret_cast<const char*>(base_) + 8, reinterpret_cast<const char*>(base_) + 8 + hlen);
+    h = nlohmann::json::parse(reinterpret_cast<const char*>(base_) + 8,
+                              reinterpret_cast<const char*>(base_) + 8 + hlen);
   } catch (const nlohmann::json::exception& e) {
     throw fail(std::string("header is not valid JSON: ") + e.what());
   }
@@ -125,15 +130,17 @@ void SafetensorsFile::parse_all(const std::string& label) {
         t.shape.push_back(v);
       }
       const auto& offs = e.at("data_offsets");
-      if (!offs.is_array() || offs.size() != 2) throw fail(fmt::format("tensor '{}': bad data_offsets", t.name));
+      if (!offs.is_array() || offs.size() != 2)
+        throw fail(fmt::format("tensor '{}': bad data_offsets", t.name));
       const uint64_t b = offs[0].get<uint64_t>();
       const uint64_t en = offs[1].get<uint64_t>();
       if (b > en || en > data_size) {
-        throw fail(fmt::format("tensor '{}': data [{}, {}) lies outside the {}-byte data section", t.name, b, en,
-                               data_size));
+        throw fail(fmt::format("tensor '{}': data [{}, {}) lies outside the {}-byte data section", t.name, b,
+                               en, data_size));
       }
       if (en - b != n * es) {
-        throw fail(fmt::format("tensor '{}': {} bytes of data for {} elements of {}", t.name, en - b, n, t.dtype));
+        throw fail(
+            fmt::format("tensor '{}': {} bytes of data for {} elements of {}", t.name, en - b, n, t.dtype));
       }
       t.data = data + b;
       t.nbytes = size_t(en - b);

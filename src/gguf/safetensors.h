@@ -33,7 +33,8 @@ class SafetensorsFile {
   // Throws IoError / FormatError.
   static std::shared_ptr<SafetensorsFile> open(const std::string& path);
   // Parses a buffer the caller keeps alive. Throws FormatError.
-  static std::shared_ptr<SafetensorsFile> parse(const uint8_t* data, size_t size, const std::string& label = "");
+  static std::shared_ptr<SafetensorsFile> parse(const uint8_t* data, size_t size,
+                                                const std::string& label = "");
 
   const std::vector<SafeTensor>& tensors() const { return tensors_; }
   const SafeTensor* find(const std::string& name) const;

@@ -29,7 +29,7 @@ for t in $targets; do
   if [ "$jobs" -gt 1 ]; then par=(-jobs="$jobs" -workers="$jobs"); fi
   if ! UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
     ./build-fuzz/"$t" -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
-    "${par[@]}" -print_final_stats=1 -artifact_prefix="build-fuzz/$t-" "$work" "$seeds" \
+    "${par[@]}" -print_final_stats=1 -artifact_prefix="build-fuzz/$t-" "$work" "$seeds" tests/fuzz/regressions \
     2>&1 | tail -n 25; then
     echo "[fuzz] $t FAILED: see build-fuzz/$t-* for the crashing input" >&2
     status=1

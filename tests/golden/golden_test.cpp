@@ -37,7 +37,8 @@ Golden load_golden(const std::filesystem::path& dir) {
 std::vector<std::string> fixture_names() {
   std::vector<std::string> out;
   for (const auto& e : std::filesystem::directory_iterator(testing::fixtures_dir())) {
-    if (e.is_directory() && std::filesystem::exists(e.path() / "golden.json")) out.push_back(e.path().filename());
+    if (e.is_directory() && std::filesystem::exists(e.path() / "golden.json"))
+      out.push_back(e.path().filename());
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -45,7 +46,7 @@ std::vector<std::string> fixture_names() {
 
 struct Result {
   double max_abs_err = 0;
-  double max_abs_ref = 0;  // largest reference logit magnitude (the scale errors are judged against)
+  double max_abs_ref = 0;         // largest reference logit magnitude (the scale errors are judged against)
   int argmax_mismatch = 0;        // positions where the argmax differs
   int argmax_mismatch_clear = 0;  // ... although the reference's top-2 gap exceeds `clear_gap`
   int positions = 0;
@@ -118,9 +119,10 @@ TEST_P(GoldenLogits, F32MatchesTransformers) {
 TEST_P(GoldenLogits, F16CloseToTransformers) {
   constexpr double kRelTol = 5e-3;
   const Result r = run_fixture(GetParam(), GgmlType::F16, SessionOptions{}.kv_type, 2 * kRelTol);
-  std::printf("[golden] %s F16: max abs err %.3g (%.2g of max |logit| %.3g), argmax differs at %d/%d positions\n",
-              GetParam().c_str(), r.max_abs_err, r.max_abs_err / r.max_abs_ref, r.max_abs_ref, r.argmax_mismatch,
-              r.positions);
+  std::printf(
+      "[golden] %s F16: max abs err %.3g (%.2g of max |logit| %.3g), argmax differs at %d/%d positions\n",
+      GetParam().c_str(), r.max_abs_err, r.max_abs_err / r.max_abs_ref, r.max_abs_ref, r.argmax_mismatch,
+      r.positions);
   EXPECT_GT(r.positions, 0);
   EXPECT_LT(r.max_abs_err, kRelTol * r.max_abs_ref);
   EXPECT_EQ(r.argmax_mismatch_clear, 0);

@@ -177,3 +177,34 @@ def test_f16_conversion(out_dir):
     np.testing.assert_array_equal(np.asarray(t.data).ravel(),
                                   weights["model.layers.0.mlp.down_proj.weight"].astype(np.float16).ravel())
     assert tensors["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+
+
+def test_requantized_real_model(out_dir):
+    path = out_dir / "stories260K_f16.gguf"
+    if not path.exists():
+        pytest.skip("stories260K.gguf not available")
+    src = (out_dir / "stories260K_source.txt").read_text()
+    a, b = dump(src), dump(str(path))
+    ma = {m["key"]: m for m in a["metadata"]}
+    mb = {m["key"]: m for m in b["metadata"]}
+    # requantize records file_type and the quantization format version; everything else is copied.
+    added = {"general.file_type", "general.quantization_version"}
+    assert sorted(k for k in ma if k not in added) == sorted(k for k in mb if k not in added)
+    assert mb["general.file_type"]["value"] == 1
+    for k in ma:
+        if k == "general.file_type":
+            assert mb[k]["value"] == 1
+            continue
+        assert ma[k]["type"] == mb[k]["type"], k
+        assert ma[k]["value"] == mb[k]["value"], k
+    ra, rb = gguf.GGUFReader(src), gguf.GGUFReader(str(path))
+    tb = {t.name: t for t in rb.tensors}
+    for t in ra.tensors:
+        u = tb[t.name]
+        assert list(u.shape) == list(t.shape)
+        x = np.asarray(t.data, dtype=np.float32).ravel()
+        if len(t.shape) == 2:
+            assert u.tensor_type == gguf.GGMLQuantizationType.F16, t.name
+            np.testing.assert_array_equal(np.asarray(u.data).ravel(), x.astype(np.float16), err_msg=t.name)
+        else:
+            np.testing.assert_array_equal(np.asarray(u.data).ravel(), x, err_msg=t.name)

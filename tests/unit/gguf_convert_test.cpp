@@ -82,8 +82,10 @@ TEST(GgufConvert, LlamaMetadataAndTensors) {
     for (int64_t i = 0; i < d / 2; ++i) {
       for (int64_t j = 0; j < 2; ++j) {
         for (int64_t c = 0; c < cols; ++c) {
-          const float want = fp16_to_fp32_ref(fp32_to_fp16_ref(hk[size_t(((h * d) + j * d / 2 + i) * cols + c)]));
-          ASSERT_EQ(gk[size_t((h * d + 2 * i + j) * cols + c)], want) << h << " " << i << " " << j << " " << c;
+          const float want =
+              fp16_to_fp32_ref(fp32_to_fp16_ref(hk[size_t(((h * d) + j * d / 2 + i) * cols + c)]));
+          ASSERT_EQ(gk[size_t((h * d + 2 * i + j) * cols + c)], want)
+              << h << " " << i << " " << j << " " << c;
         }
       }
     }
@@ -199,13 +201,20 @@ TEST(GgufConvert, WritesByteLevelBpeTokenizer) {
   nlohmann::json tok = {
       {"model",
        {{"type", "BPE"},
-        {"vocab", {{"a", 0}, {"b", 1}, {"ab", 2}, {"\xc4\xa0" "a", 3}}},
+        {"vocab",
+         {{"a", 0},
+          {"b", 1},
+          {"ab", 2},
+          {"\xc4\xa0"
+           "a",
+           3}}},
         {"merges", nlohmann::json::array({"a b", nlohmann::json::array({"\xc4\xa0", "a"})})}}},
       {"added_tokens",
        {{{"id", 4}, {"content", "<|endoftext|>"}, {"special", true}},
         {{"id", 6}, {"content", "<extra>"}, {"special", false}}}}};
   std::ofstream(dir / "tokenizer.json") << tok.dump();
-  std::ofstream(dir / "tokenizer_config.json") << nlohmann::json{{"chat_template", "{{ messages }}"}}.dump();
+  std::ofstream(dir / "tokenizer_config.json")
+      << nlohmann::json{{"chat_template", "{{ messages }}"}, {"add_bos_token", false}}.dump();
   std::vector<std::string> log;
   ConvertOptions opt;
   opt.progress = [&](const std::string& m, double) { log.push_back(m); };
@@ -217,7 +226,9 @@ TEST(GgufConvert, WritesByteLevelBpeTokenizer) {
   const auto& toks = f->find("tokenizer.ggml.tokens")->arr_s;
   ASSERT_EQ(toks.size(), 256u);  // padded to the model's vocab_size
   EXPECT_EQ(toks[2], "ab");
-  EXPECT_EQ(toks[3], "\xc4\xa0" "a");
+  EXPECT_EQ(toks[3],
+            "\xc4\xa0"
+            "a");
   EXPECT_EQ(toks[4], "<|endoftext|>");
   EXPECT_EQ(toks[5], "[PAD5]");
   EXPECT_EQ(toks[6], "<extra>");
@@ -226,11 +237,14 @@ TEST(GgufConvert, WritesByteLevelBpeTokenizer) {
   EXPECT_EQ(types[4], 3);
   EXPECT_EQ(types[5], 5);
   EXPECT_EQ(types[6], 4);
-  EXPECT_EQ(f->find("tokenizer.ggml.merges")->arr_s,
-            (std::vector<std::string>{"a b", "\xc4\xa0 a"}));
+  EXPECT_EQ(f->find("tokenizer.ggml.merges")->arr_s, (std::vector<std::string>{"a b", "\xc4\xa0 a"}));
   EXPECT_EQ(f->get_int("tokenizer.ggml.bos_token_id", -1), 1);
   EXPECT_EQ(f->get_int("tokenizer.ggml.eos_token_id", -1), 2);
   EXPECT_EQ(f->get_string("tokenizer.chat_template"), "{{ messages }}");
+  ASSERT_NE(f->find("tokenizer.ggml.add_bos_token"), nullptr);
+  EXPECT_EQ(f->find("tokenizer.ggml.add_bos_token")->type, GgufType::BOOL);
+  EXPECT_FALSE(f->get_bool("tokenizer.ggml.add_bos_token", true));
+  EXPECT_FALSE(f->has("tokenizer.ggml.add_eos_token"));
 }
 
 // Splits a checkpoint into two shards (with BF16 for one of them) and checks the conversion reads
@@ -254,13 +268,15 @@ TEST(GgufConvert, ShardedBf16Checkpoint) {
       if (shard == 1) {
         for (float x : f) {
           const uint16_t b = fp32_to_bf16(x);
-          data.insert(data.end(), reinterpret_cast<const uint8_t*>(&b), reinterpret_cast<const uint8_t*>(&b) + 2);
+          data.insert(data.end(), reinterpret_cast<const uint8_t*>(&b),
+                      reinterpret_cast<const uint8_t*>(&b) + 2);
         }
       } else {
         data.insert(data.end(), reinterpret_cast<const uint8_t*>(f.data()),
                     reinterpret_cast<const uint8_t*>(f.data() + f.size()));
       }
-      h[names[k]] = {{"dtype", shard == 1 ? "BF16" : "F32"}, {"shape", t.shape}, {"data_offsets", {off, data.size()}}};
+      h[names[k]] = {
+          {"dtype", shard == 1 ? "BF16" : "F32"}, {"shape", t.shape}, {"data_offsets", {off, data.size()}}};
       wm[names[k]] = fmt::format("model-{}.safetensors", shard);
     }
     const std::string js = h.dump();
@@ -329,6 +345,31 @@ TEST(GgufConvert, RequantizeRoundTrip) {
   const auto b = decode(back->tensor("blk.1.ffn_up.weight"));
   EXPECT_EQ(a, b);
   EXPECT_EQ(back->tensor("blk.1.ffn_up.weight").type, GgmlType::F32);
+}
+
+TEST(GgufConvert, RequantizesRealModel) {
+  const std::string src = testing::stories_model();
+  if (src.empty()) GTEST_SKIP() << "stories260K.gguf not found";
+  TempDir tmp("conv_real");
+  requantize_gguf(src, tmp.file("s16.gguf"), GgmlType::F16);
+  auto a = GgufFile::open(src);
+  auto b = GgufFile::open(tmp.file("s16.gguf"));
+  EXPECT_EQ(b->architecture(), "llama");
+  EXPECT_EQ(b->get_int("general.file_type", -1), 1);
+  EXPECT_EQ(b->find("tokenizer.ggml.tokens")->arr_s, a->find("tokenizer.ggml.tokens")->arr_s);
+  ASSERT_EQ(b->tensors().size(), a->tensors().size());
+  int n_f16 = 0;
+  for (const auto& t : a->tensors()) {
+    const GgufTensor& u = b->tensor(t.name);
+    EXPECT_EQ(u.shape, t.shape);
+    n_f16 += u.type == GgmlType::F16;
+    EXPECT_EQ(u.type, t.shape.size() == 2 ? GgmlType::F16 : t.type) << t.name;
+    const auto x = decode(t), y = decode(u);
+    for (size_t i = 0; i < x.size(); ++i) {
+      ASSERT_EQ(y[i], t.shape.size() == 2 ? fp16_to_fp32_ref(fp32_to_fp16_ref(x[i])) : x[i]) << t.name;
+    }
+  }
+  EXPECT_GT(n_f16, 10);
 }
 
 // Block formats: exercised once an encoder for them is linked in (quant branch).

@@ -3,14 +3,13 @@
 //    read exactly as gguf-py's GGUFReader reads it (the committed reference.json).
 //  - WritesCrosscheckFiles: with QLEAP_CROSSCHECK_OUT=<dir> set, writes files for gguf-py to read
 //    (tests/py/test_gguf_crosscheck.py runs this test, then compares).
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <fmt/format.h>
-
 #include <nlohmann/json.hpp>
 
 #include "gguf/convert.h"
@@ -100,7 +99,8 @@ TEST(GgufCrosscheck, ReadsGgufPyFile) {
     EXPECT_EQ(t.n_elements(), ts[k].at("n_elements").get<int64_t>());
     EXPECT_EQ(t.nbytes, ts[k].at("n_bytes").get<uint64_t>());
     EXPECT_EQ(f->data_offset() + t.offset, ts[k].at("data_offset").get<uint64_t>());
-    EXPECT_EQ(fmt::format("{:016x}", testing::fnv1a64(t.data, t.nbytes)), ts[k].at("fnv1a64").get<std::string>());
+    EXPECT_EQ(fmt::format("{:016x}", testing::fnv1a64(t.data, t.nbytes)),
+              ts[k].at("fnv1a64").get<std::string>());
   }
 }
 
@@ -151,7 +151,8 @@ GgufValue arr(GgufType et) {
 
 TEST(GgufCrosscheck, WritesCrosscheckFiles) {
   const char* out_env = std::getenv("QLEAP_CROSSCHECK_OUT");
-  if (!out_env || !*out_env) GTEST_SKIP() << "set QLEAP_CROSSCHECK_OUT=<dir> (tests/py/test_gguf_crosscheck.py does)";
+  if (!out_env || !*out_env)
+    GTEST_SKIP() << "set QLEAP_CROSSCHECK_OUT=<dir> (tests/py/test_gguf_crosscheck.py does)";
   const std::filesystem::path out(out_env);
   std::filesystem::create_directories(out);
 
@@ -171,7 +172,9 @@ TEST(GgufCrosscheck, WritesCrosscheckFiles) {
   w.set_bool("t.bool", true);
   w.set_bool("t.bool_false", false);
   w.set_string("t.str", "hello GGUF \xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80");
-  w.set_array_string("t.arr_str", {"a", "", "\xc3\xbc" "ber"});
+  w.set_array_string("t.arr_str", {"a", "",
+                                   "\xc3\xbc"
+                                   "ber"});
   w.set_array_i32("t.arr_i32", {1, -2, 3});
   w.set_array_u32("t.arr_u32", {0, 4000000000u});
   w.set_array_f32("t.arr_f32", {0.5f, -1.25f, 1e-7f});
@@ -252,7 +255,7 @@ TEST(GgufCrosscheck, WritesCrosscheckFiles) {
                       {"shape", s.shape},
                       {"n_bytes", s.nbytes},
                       {"fnv1a64", fmt::format("{:016x}", testing::fnv1a64(static_cast<const uint8_t*>(s.data),
-                                                                         s.nbytes))}});
+                                                                          s.nbytes))}});
   }
   expected["tensors"] = ts;
   std::ofstream((out / "writer_expected.json").string()) << expected.dump(1);
@@ -267,7 +270,35 @@ TEST(GgufCrosscheck, WritesCrosscheckFiles) {
   }
   ConvertOptions half;
   half.out_type = GgmlType::F16;
-  convert_hf_to_gguf(testing::fixtures_dir() + "/llama_gqa", (out / "converted_llama_gqa_f16.gguf").string(), half);
+  convert_hf_to_gguf(testing::fixtures_dir() + "/llama_gqa", (out / "converted_llama_gqa_f16.gguf").string(),
+                     half);
+  // A real model re-encoded, for gguf-py to compare with the original.
+  if (const std::string stories = testing::stories_model(); !stories.empty()) {
+    requantize_gguf(stories, (out / "stories260K_f16.gguf").string(), GgmlType::F16);
+    std::ofstream((out / "stories260K_source.txt").string()) << stories;
+  }
+}
+
+}  // namespace
+}  // namespace qleap
+
+namespace qleap {
+namespace {
+
+// Converts QLEAP_CONVERT_IN (an HF directory) to QLEAP_CONVERT_OUT with QLEAP_CONVERT_TYPE
+// (default F32), for Python tests that need our converter on their own inputs.
+TEST(GgufCrosscheck, ConvertDirFromEnv) {
+  const char* in = std::getenv("QLEAP_CONVERT_IN");
+  const char* out = std::getenv("QLEAP_CONVERT_OUT");
+  if (!in || !out) GTEST_SKIP() << "set QLEAP_CONVERT_IN and QLEAP_CONVERT_OUT";
+  ConvertOptions opt;
+  opt.out_type = GgmlType::F32;
+  if (const char* t = std::getenv("QLEAP_CONVERT_TYPE")) {
+    const auto type = type_from_name(t);
+    ASSERT_TRUE(type.has_value()) << t;
+    opt.out_type = *type;
+  }
+  convert_hf_to_gguf(in, out, opt);
 }
 
 }  // namespace

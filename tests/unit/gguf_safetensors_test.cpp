@@ -46,7 +46,8 @@ std::vector<uint8_t> bytes_of(const std::vector<T>& v) {
 }
 
 void save(const std::string& path, const std::vector<uint8_t>& b) {
-  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), std::streamsize(b.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(b.data()), std::streamsize(b.size()));
 }
 
 TEST(GgufSafetensors, DecodesF32F16Bf16) {

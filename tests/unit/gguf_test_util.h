@@ -1,9 +1,10 @@
 // Helpers shared by the GGUF / convert tests.
 #pragma once
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <string>
-#include <unistd.h>
 
 namespace qleap::testing {
 
@@ -12,7 +13,18 @@ inline std::string source_dir() {
   return e && *e ? e : QLEAP_SOURCE_DIR;
 }
 
-inline std::string fixtures_dir() { return source_dir() + "/tests/golden/fixtures"; }
+// The small real model shared by the tests (empty when absent).
+inline std::string stories_model() {
+  for (const std::string& p : {source_dir() + "/../shared/models/stories260K.gguf",
+                               std::string("/work/shared/models/stories260K.gguf")}) {
+    if (std::filesystem::exists(p)) return p;
+  }
+  return "";
+}
+
+inline std::string fixtures_dir() {
+  return source_dir() + "/tests/golden/fixtures";
+}
 
 // A fresh directory under the system temp dir, removed when the object dies.
 class TempDir {

@@ -1,3 +1,5 @@
+#include "gguf/gguf_writer.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -6,7 +8,6 @@
 
 #include "core/error.h"
 #include "gguf/gguf.h"
-#include "gguf/gguf_writer.h"
 #include "gguf_test_util.h"
 
 namespace qleap {
