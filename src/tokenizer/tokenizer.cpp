@@ -75,6 +75,8 @@ bool resolve_pre(const std::string& pre, PreTokenizer& kind, bool& ignore_merges
     kind = PreTokenizer::kQwen2;
   } else if (pre == "smollm" || pre == "starcoder" || pre == "refact") {
     kind = PreTokenizer::kDigitsGpt2;
+  } else if (pre == "deepseek-llm") {
+    kind = PreTokenizer::kDeepseekLlm;
   } else {
     kind = PreTokenizer::kGpt2;
     return false;

@@ -34,7 +34,8 @@ TEST(TokenizerPretokenize, MatchesHfPreTokenizers) {
   const std::pair<const char*, PreTokenizer> kinds[] = {{"gpt2", PreTokenizer::kGpt2},
                                                         {"smollm", PreTokenizer::kDigitsGpt2},
                                                         {"llama-bpe", PreTokenizer::kLlama3},
-                                                        {"qwen2", PreTokenizer::kQwen2}};
+                                                        {"qwen2", PreTokenizer::kQwen2},
+                                                        {"deepseek-llm", PreTokenizer::kDeepseekLlm}};
   for (const auto& [name, kind] : kinds) {
     const auto& rows = j.at(name);
     ASSERT_GT(rows.size(), 400u);
@@ -62,7 +63,9 @@ TEST(TokenizerPretokenize, KnownSplits) {
   EXPECT_EQ(split(PreTokenizer::kQwen2, "x 123"), (V{"x", " ", "1", "2", "3"}));
   EXPECT_EQ(split(PreTokenizer::kLlama3, "a\n\n\nb"), (V{"a", "\n\n\n", "b"}));
   EXPECT_EQ(split(PreTokenizer::kDigitsGpt2, "a  12"), (V{"a", "  ", "1", "2"}));
+  EXPECT_EQ(split(PreTokenizer::kDeepseekLlm, "Hi 日本 42!\n  "), (V{"Hi", " ", "日本", " ", "42", "!", "\n", "  "}));
   EXPECT_TRUE(split(PreTokenizer::kGpt2, "").empty());
+  EXPECT_TRUE(split(PreTokenizer::kDeepseekLlm, "").empty());
 }
 
 }  // namespace

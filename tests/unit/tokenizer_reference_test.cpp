@@ -74,7 +74,8 @@ TEST_P(TokenizerReference, MatchesReferenceIds) {
 }
 
 INSTANTIATE_TEST_SUITE_P(TokenizerFixtures, TokenizerReference,
-                         ::testing::Values("spm_stories260k", "bpe_smollm", "bpe_gpt2", "bpe_llama3", "bpe_qwen2"));
+                         ::testing::Values("spm_stories260k", "bpe_smollm", "bpe_gpt2", "bpe_llama3", "bpe_qwen2",
+                                           "bpe_deepseek_llm"));
 
 // The real stories260K model file (its metadata carries -1 ids written as 0xFFFFFFFF) tokenizes like
 // the vocab-only fixture made from it.
