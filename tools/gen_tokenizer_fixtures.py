@@ -185,9 +185,20 @@ def hf_bpe(v, pre_tokenizer, ignore_merges=False):
     return tk
 
 
+def random_texts(n, seed):
+    """Word-like random strings: frequent merges, specials, digits, whitespace runs and multi-byte
+    characters next to each other, to exercise merge order and byte fallback."""
+    import random
+    rng = random.Random(seed)
+    frags = ["the", "The", " the", "and", " and", "ing", "ed", "Lily", " was", "a", "e", "t", "h", " ", " ", "  ",
+             "\n", "\n\n", "\t", "1", "23", "456", ".", ",", "!", "'s", "'", "don", "é", "日本", "😀", "ü", "ß",
+             "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|tool|>", "\u2581", "x", "qu", "zz", "ab", "-", "()"]
+    return ["".join(rng.choice(frags) for _ in range(rng.randint(1, 14))) for _ in range(n)]
+
+
 def cases_for(tk):
     out = []
-    for text in TEXTS:
+    for text in TEXTS + random_texts(150, 99):
         tk.encode_special_tokens = False
         ids = tk.encode(text, add_special_tokens=True).ids
         nobos = tk.encode(text, add_special_tokens=False).ids
@@ -200,11 +211,12 @@ def cases_for(tk):
 
 
 def save(name, model, pre, cases):
+    gguf_name = None if name.endswith("_full") else name + ".gguf"
+    head = json.dumps({"gguf": gguf_name, "model": model, "pre": pre}, ensure_ascii=False)[:-1]
     with open(os.path.join(OUT, name + ".json"), "w", encoding="utf-8") as fp:
-        gguf_name = None if name.endswith("_full") else name + ".gguf"
-        json.dump({"gguf": gguf_name, "model": model, "pre": pre, "cases": cases}, fp, ensure_ascii=False,
-                  indent=1)
-        fp.write("\n")
+        fp.write(head + ', "cases": [\n')  # one case per line keeps diffs readable
+        fp.write(",\n".join(json.dumps(c, ensure_ascii=False) for c in cases))
+        fp.write("\n]}\n")
 
 
 def gen_spm(stories):
