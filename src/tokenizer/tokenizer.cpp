@@ -178,8 +178,8 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
       const std::string_view a(m.data(), sp), b(m.data() + sp + 1, m.size() - sp - 1);
       joined.assign(a);
       joined.append(b);
-      const auto ia = t.token_index_.find(std::string(a));
-      const auto ib = t.token_index_.find(std::string(b));
+      const auto ia = t.token_index_.find(a);
+      const auto ib = t.token_index_.find(b);
       const auto ij = t.token_index_.find(joined);
       if (ia == t.token_index_.end() || ib == t.token_index_.end() || ij == t.token_index_.end()) {
         throw FormatError(fmt::format("merge {} '{}' refers to a token that is not in the vocabulary", r, m));
@@ -218,7 +218,7 @@ TokenType Tokenizer::token_type(int32_t id) const {
 bool Tokenizer::is_eog(int32_t id) const { return id >= 0 && size_t(id) < eog_.size() && eog_[size_t(id)]; }
 
 std::optional<int32_t> Tokenizer::token_id(std::string_view piece) const {
-  const auto it = token_index_.find(std::string(piece));
+  const auto it = token_index_.find(piece);
   if (it == token_index_.end()) return std::nullopt;
   return it->second;
 }
@@ -321,7 +321,7 @@ void Tokenizer::encode_spm(std::string_view text, bool at_start, std::vector<int
     if (l < 0 || sym[size_t(l)].next < 0) return;
     const Symbol& a = sym[size_t(l)];
     const Symbol& b = sym[size_t(a.next)];
-    const auto it = token_index_.find(std::string(s.data() + a.pos, a.len + b.len));
+    const auto it = token_index_.find(std::string_view(s.data() + a.pos, a.len + b.len));
     if (it == token_index_.end()) return;
     pq.push({scores_[size_t(it->second)], l, a.len + b.len});
   };
@@ -342,7 +342,7 @@ void Tokenizer::encode_spm(std::string_view text, bool at_start, std::vector<int
   }
   for (int32_t i = 0; i >= 0; i = sym[size_t(i)].next) {
     const Symbol& a = sym[size_t(i)];
-    const auto it = token_index_.find(std::string(s.data() + a.pos, a.len));
+    const auto it = token_index_.find(std::string_view(s.data() + a.pos, a.len));
     if (it != token_index_.end()) {
       out.push_back(it->second);
       continue;

@@ -49,6 +49,11 @@ class Tokenizer {
   const std::string& warning() const { return warning_; }
 
  private:
+  // Transparent hashing so lookups by string_view do not allocate.
+  struct StrHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
   struct PairHash {
     size_t operator()(uint64_t k) const { return size_t(k * 0x9E3779B97F4A7C15ull >> 17) ^ size_t(k); }
   };
@@ -69,7 +74,7 @@ class Tokenizer {
   std::vector<std::string> tokens_;
   std::vector<float> scores_;
   std::vector<TokenType> types_;
-  std::unordered_map<std::string, int32_t> token_index_;
+  std::unordered_map<std::string, int32_t, StrHash, std::equal_to<>> token_index_;
   std::unordered_map<uint64_t, Merge, PairHash> merges_;  // key: (left id << 32) | right id
   std::vector<std::pair<std::string, int32_t>> specials_;  // matchable token strings, longest first
   std::vector<bool> eog_;

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <iostream>
 
 #include "core/error.h"
@@ -308,13 +309,24 @@ TEST(TokenizerUnit, EncodeSpeed) {
       "and she counted 1234 flowers! def f(x):\n    return x ** 2  # café 日本 😀\n";
   while (text.size() < 100 * 1024) text += para;
   for (const Tokenizer* tok : {&smol, &spm}) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const auto ids = tok->encode(text, false, true);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::cout << "[ perf ] " << tok->model() << ": " << text.size() / 1024 << " KB -> " << ids.size() << " tokens in "
-              << s * 1e3 << " ms (" << ids.size() / s / 1e6 << " M tokens/s)\n";
+    // Best of 3, wall and thread CPU time (the latter is what matters on a shared, loaded machine).
+    double best_wall = 1e9, best_cpu = 1e9;
+    std::vector<int32_t> ids;
+    for (int rep = 0; rep < 3; ++rep) {
+      timespec c0{}, c1{};
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+      const auto t0 = std::chrono::steady_clock::now();
+      ids = tok->encode(text, false, true);
+      const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+      best_wall = std::min(best_wall, wall);
+      best_cpu = std::min(best_cpu, double(c1.tv_sec - c0.tv_sec) + 1e-9 * double(c1.tv_nsec - c0.tv_nsec));
+    }
+    std::cout << "[ perf ] " << tok->model() << ": " << text.size() / 1024 << " KB -> " << ids.size() << " tokens, "
+              << best_wall * 1e3 << " ms wall, " << best_cpu * 1e3 << " ms cpu (" << ids.size() / best_cpu / 1e6
+              << " M tokens/s)\n";
     EXPECT_EQ(tok->decode(ids), text);
-    EXPECT_LT(s, 2.0);  // generous: catches quadratic blow-ups, not noise
+    EXPECT_LT(best_wall, 2.0);  // generous: catches quadratic blow-ups, not noise
   }
 }
 
