@@ -194,11 +194,13 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     const TokenType ty = t.types_[i];
     if ((ty == TokenType::kControl || ty == TokenType::kUserDefined || ty == TokenType::kUnknown) &&
         !t.tokens_[i].empty()) {
-      t.specials_.emplace_back(t.tokens_[i], int32_t(i));
+      t.specials_by_byte_[uint8_t(t.tokens_[i][0])].emplace_back(t.tokens_[i], int32_t(i));
     }
   }
-  std::stable_sort(t.specials_.begin(), t.specials_.end(),
-                   [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
+  for (auto& bucket : t.specials_by_byte_) {
+    std::stable_sort(bucket.begin(), bucket.end(),
+                     [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
+  }
 
   t.eog_.assign(n, false);
   for (int32_t id : {t.eos_, eot, eom}) {
@@ -229,23 +231,17 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool
   if (add_bos && wants_bos()) out.push_back(bos_);
 
   // Split out special-token strings (leftmost, then longest), encode the text between them.
-  bool first_byte[256] = {};
-  for (const auto& [s, id] : specials_) {
-    if (parse_special || types_[size_t(id)] == TokenType::kUserDefined) first_byte[uint8_t(s[0])] = true;
-  }
   size_t start = 0;  // start of the pending plain-text fragment
   size_t i = 0;
   while (i < text.size()) {
     int32_t hit = -1;
     size_t hit_len = 0;
-    if (first_byte[uint8_t(text[i])]) {
-      for (const auto& [s, id] : specials_) {
-        if (!parse_special && types_[size_t(id)] != TokenType::kUserDefined) continue;
-        if (text.compare(i, s.size(), s) == 0) {
-          hit = id;
-          hit_len = s.size();
-          break;  // longest first
-        }
+    for (const auto& [s, id] : specials_by_byte_[uint8_t(text[i])]) {
+      if (!parse_special && types_[size_t(id)] != TokenType::kUserDefined) continue;
+      if (text.compare(i, s.size(), s) == 0) {
+        hit = id;
+        hit_len = s.size();
+        break;  // longest first
       }
     }
     if (hit < 0) {

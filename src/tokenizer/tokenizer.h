@@ -76,7 +76,8 @@ class Tokenizer {
   std::vector<TokenType> types_;
   std::unordered_map<std::string, int32_t, StrHash, std::equal_to<>> token_index_;
   std::unordered_map<uint64_t, Merge, PairHash> merges_;  // key: (left id << 32) | right id
-  std::vector<std::pair<std::string, int32_t>> specials_;  // matchable token strings, longest first
+  // Matchable token strings bucketed by first byte, longest first within a bucket.
+  std::vector<std::pair<std::string, int32_t>> specials_by_byte_[256];
   std::vector<bool> eog_;
   int32_t byte_tokens_[256];                // SPM <0xXX> ids, -1 when absent
   int32_t byte_char_tokens_[256];           // byte-level BPE: id of each byte's mapped character

@@ -47,6 +47,12 @@ class GgufBuilder {
     s_(v);
     ++n_;
   }
+  void boolean(const std::string& key, bool v) {
+    key_(key, 7);
+    const uint8_t b = v ? 1 : 0;
+    raw(&b, 1);
+    ++n_;
+  }
   void u32(const std::string& key, uint32_t v) {
     key_(key, 4);
     raw(&v, 4);
@@ -231,6 +237,34 @@ TEST(TokenizerUnit, UnknownPreFallsBackVisibly) {
   const Tokenizer tok = from_builder(b, keep);
   EXPECT_NE(tok.warning().find("some-future-model"), std::string::npos);
   EXPECT_EQ(tok.encode("ab", false, false), (std::vector<int32_t>{256}));
+}
+
+// SPM details the HF reference cannot show (transformers' GGUF loader ignores add_space_prefix).
+TEST(TokenizerUnit, SpmSpacePrefixAndScores) {
+  const std::string sp = "\xE2\x96\x81";
+  auto make = [&](bool prefix, float hi_score, std::vector<uint8_t>& keep) {
+    GgufBuilder b;
+    b.str("tokenizer.ggml.model", "llama");
+    b.strs("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", sp, "h", "i", sp + "h", "hi", "ih", "<0x21>"});
+    b.f32s("tokenizer.ggml.scores", {0, 0, 0, -1, -2, -3, -5, hi_score, -4, 0});
+    b.i32s("tokenizer.ggml.token_type", {2, 3, 3, 1, 1, 1, 1, 1, 1, 6});
+    b.u32("tokenizer.ggml.bos_token_id", 1);
+    b.u32("tokenizer.ggml.eos_token_id", 2);
+    b.boolean("tokenizer.ggml.add_space_prefix", prefix);
+    return from_builder(b, keep);
+  };
+  std::vector<uint8_t> k1, k2, k3;
+  const Tokenizer with = make(true, -6, k1);
+  EXPECT_EQ(with.encode("hi", true, true), (std::vector<int32_t>{1, 6, 5}));  // "▁h" outscores "hi"
+  EXPECT_EQ(with.decode({1, 6, 5}), "hi");
+  const Tokenizer hi_first = make(true, -1, k2);
+  EXPECT_EQ(hi_first.encode("hi", false, true), (std::vector<int32_t>{3, 7}));
+  EXPECT_EQ(hi_first.encode("hi!?", false, true), (std::vector<int32_t>{3, 7, 9, 0}));  // byte fallback, else unk
+  const Tokenizer without = make(false, -6, k3);
+  EXPECT_FALSE(without.add_space_prefix());
+  EXPECT_EQ(without.encode("hi", false, true), (std::vector<int32_t>{7}));
+  EXPECT_EQ(without.encode(" hi", false, true), (std::vector<int32_t>{6, 5}));
+  EXPECT_EQ(without.decode({6, 5}), " hi");  // nothing stripped without the prefix
 }
 
 TEST(TokenizerUnit, SpecialIdsAndEog) {
