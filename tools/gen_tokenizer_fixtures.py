@@ -103,6 +103,7 @@ TEXTS = [
     "nbsp\u00a0here and ideographic\u3000space",
     "URL: https://example.com/path?q=1&r=2#frag",
     "a\u2581b literal lower-one-eighth block",
+    "control\x04char and plane-4 \U00040000 character",
     "The quick brown fox jumps over the lazy dog. THE QUICK BROWN FOX!",
     "Once upon a time, there was a little girl named Lily. She loved to play outside.",
 ]
@@ -331,6 +332,13 @@ def gen_pretokenize():
             assert "".join(pieces) == t, (kind, t, pieces)
             rows.append([t, pieces])
         out[kind] = rows
+    # Lossy UTF-8 decoding reference (Python's errors="replace" uses the maximal-subpart rule), as hex.
+    lossy = []
+    for _ in range(300):
+        raw = bytes(rng.choice([rng.randrange(256), rng.randrange(0x80, 0xC0), rng.choice([0xE0, 0xED, 0xF0, 0xF4]),
+                                ord("a")]) for _ in range(rng.randint(1, 12)))
+        lossy.append([raw.hex(), raw.decode("utf-8", errors="replace").encode("utf-8").hex()])
+    out["utf8_lossy"] = lossy
     with open(os.path.join(OUT, "pretokenize.json"), "w", encoding="utf-8") as fp:
         json.dump(out, fp, ensure_ascii=False)
         fp.write("\n")

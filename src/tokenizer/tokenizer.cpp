@@ -202,6 +202,9 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
                      [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
   }
 
+  t.pieces_.resize(n);
+  for (size_t i = 0; i < n; ++i) t.pieces_[i] = t.compute_piece(i);
+
   t.eog_.assign(n, false);
   for (int32_t id : {t.eos_, eot, eom}) {
     if (id >= 0) t.eog_[size_t(id)] = true;
@@ -296,8 +299,8 @@ void Tokenizer::encode_spm(std::string_view text, bool at_start, std::vector<int
 
   std::vector<Symbol> sym;
   for (size_t i = 0; i < s.size();) {
-    size_t len = utf8_seq_len(uint8_t(s[i]));
-    if (len == 0 || i + len > s.size()) len = 1;  // invalid byte: its own symbol (byte fallback)
+    size_t len = 1;
+    utf8_decode(s.data() + i, s.size() - i, len);  // an invalid byte is its own symbol (byte fallback)
     sym.push_back({int32_t(sym.size()) - 1, int32_t(sym.size()) + 1, uint32_t(i), uint32_t(len), -1});
     i += len;
   }
@@ -410,26 +413,23 @@ void Tokenizer::encode_bpe_word(std::string_view word, std::vector<int32_t>& out
   }
   for (int32_t i = 0; i >= 0; i = sym[size_t(i)].next) {
     const int32_t id = sym[size_t(i)].id;
-    if (id >= 0) {
-      out.push_back(id);
-    } else if (unk_ >= 0) {
-      out.push_back(unk_);  // a byte whose character is missing from the vocabulary
-    }
+    // A byte whose character is missing from the vocabulary (SmolLM2 lacks a few control and
+    // never-valid UTF-8 bytes) is dropped, as HF's BPE does without an unk token; emitting unk
+    // would put <|endoftext|> into the prompt for such models.
+    if (id >= 0) out.push_back(id);
   }
 }
 
-void Tokenizer::append_piece(int32_t id, std::string& out) const {
-  if (id < 0 || size_t(id) >= tokens_.size()) return;
-  const std::string& text = tokens_[size_t(id)];
-  const TokenType ty = types_[size_t(id)];
-  if (ty == TokenType::kControl || ty == TokenType::kUnknown) {
-    out += text;
-    return;
-  }
+std::string Tokenizer::compute_piece(size_t id) const {
+  const std::string& text = tokens_[id];
+  const TokenType ty = types_[id];
+  if (ty == TokenType::kControl || ty == TokenType::kUnknown) return text;
+  std::string out;
   if (spm_) {
-    if (ty == TokenType::kByte && text.size() == 6 && text.starts_with("<0x") && text[5] == '>') {
-      out += char(std::stoi(text.substr(3, 2), nullptr, 16));
-      return;
+    if (ty == TokenType::kByte) {
+      for (int b = 0; b < 256; ++b) {
+        if (byte_tokens_[b] == int32_t(id)) return std::string(1, char(b));
+      }
     }
     for (size_t i = 0; i < text.size();) {
       if (text.compare(i, kSpmSpace.size(), kSpmSpace) == 0) {
@@ -439,12 +439,9 @@ void Tokenizer::append_piece(int32_t id, std::string& out) const {
         out += text[i++];
       }
     }
-    return;
+    return out;
   }
-  if (ty == TokenType::kUserDefined) {
-    out += text;
-    return;
-  }
+  if (ty == TokenType::kUserDefined) return text;
   const auto& map = byte_unicode().cp_to_byte;
   for (size_t i = 0; i < text.size();) {
     size_t len = 1;
@@ -457,12 +454,11 @@ void Tokenizer::append_piece(int32_t id, std::string& out) const {
     }
     i += len;
   }
+  return out;
 }
 
 std::string Tokenizer::token_to_piece(int32_t id) const {
-  std::string s;
-  append_piece(id, s);
-  return s;
+  return (id >= 0 && size_t(id) < pieces_.size()) ? pieces_[size_t(id)] : std::string();
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {
@@ -470,10 +466,10 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
   for (int32_t id : ids) {
     const TokenType ty = token_type(id);
     if (skip_special && (ty == TokenType::kControl || ty == TokenType::kUnknown)) continue;
-    append_piece(id, out);
+    if (id >= 0 && size_t(id) < pieces_.size()) out += pieces_[size_t(id)];
   }
   if (add_space_prefix_ && !out.empty() && out[0] == ' ') out.erase(0, 1);  // the prefix encode added
-  return out;
+  return utf8_sanitize(out);
 }
 
 std::string StreamDecoder::push(int32_t id) {
@@ -485,26 +481,23 @@ std::string StreamDecoder::push(int32_t id) {
     if (tok_.add_space_prefix() && piece[0] == ' ') piece.erase(0, 1);
   }
   pending_ += piece;
-  // Emit everything except an incomplete (but so far valid) sequence at the very end.
+  // Emit everything except an incomplete (but so far valid) sequence at the very end; invalid
+  // bytes become U+FFFD exactly as decode() does.
   std::string out;
   size_t i = 0;
   while (i < pending_.size()) {
-    const auto c = uint8_t(pending_[i]);
-    const size_t need = utf8_seq_len(c);
-    if (need > 1 && i + need > pending_.size()) {
-      bool prefix_ok = true;
-      for (size_t k = i + 1; k < pending_.size(); ++k) prefix_ok &= (uint8_t(pending_[k]) & 0xC0) == 0x80;
-      if (prefix_ok) break;
-    }
-    size_t len = 1;
-    const uint32_t cp = utf8_decode(pending_.data() + i, pending_.size() - i, len);
-    if (len == 1 && c >= 0x80) {
-      utf8_append(0xFFFD, out);
-    } else {
+    size_t bad = 1;
+    bool truncated = false;
+    const size_t len = utf8_check(pending_.data() + i, pending_.size() - i, bad, truncated);
+    if (len) {
       out.append(pending_, i, len);
+      i += len;
+    } else if (truncated) {
+      break;
+    } else {
+      out += "\xEF\xBF\xBD";
+      i += bad;
     }
-    (void)cp;
-    i += len;
   }
   pending_.erase(0, i);
   return out;

@@ -26,7 +26,9 @@ class Tokenizer {
   // token strings in the text become their ids (longest match first); user-defined tokens are
   // always matched, as HF does for non-special added tokens.
   std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special) const;
-  // skip_special drops control and unknown tokens.
+  // skip_special drops control and unknown tokens. The result is valid UTF-8: byte sequences that
+  // are not (a token split inside a character, invalid bytes) become U+FFFD, as in HF's decode;
+  // token_to_piece() gives the raw bytes.
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = true) const;
   // Raw bytes of one token (may be a partial UTF-8 sequence); empty for an out-of-range id.
   std::string token_to_piece(int32_t id) const;
@@ -65,7 +67,7 @@ class Tokenizer {
   void encode_text(std::string_view text, bool at_start, std::vector<int32_t>& out) const;
   void encode_spm(std::string_view text, bool at_start, std::vector<int32_t>& out) const;
   void encode_bpe_word(std::string_view word, std::vector<int32_t>& out) const;
-  void append_piece(int32_t id, std::string& out) const;
+  std::string compute_piece(size_t id) const;
 
   std::string model_, pre_, warning_;
   bool spm_ = false;
@@ -74,6 +76,7 @@ class Tokenizer {
   std::vector<std::string> tokens_;
   std::vector<float> scores_;
   std::vector<TokenType> types_;
+  std::vector<std::string> pieces_;  // decoded bytes of each token
   std::unordered_map<std::string, int32_t, StrHash, std::equal_to<>> token_index_;
   std::unordered_map<uint64_t, Merge, PairHash> merges_;  // key: (left id << 32) | right id
   // Matchable token strings bucketed by first byte, longest first within a bucket.

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tokenizer/pretokenize.h"
+#include "tokenizer/unicode.h"
 
 namespace qleap {
 namespace {
@@ -52,6 +53,23 @@ TEST(TokenizerPretokenize, MatchesHfPreTokenizers) {
       }
     }
     EXPECT_EQ(failures, 0) << name;
+  }
+}
+
+std::string unhex(const std::string& h) {
+  std::string out;
+  for (size_t i = 0; i + 1 < h.size(); i += 2) out += char(std::stoi(h.substr(i, 2), nullptr, 16));
+  return out;
+}
+
+TEST(TokenizerPretokenize, LossyUtf8MatchesPython) {
+  std::ifstream in(fixture("pretokenize.json"));
+  ASSERT_TRUE(in);
+  const auto j = nlohmann::json::parse(in);
+  const auto& rows = j.at("utf8_lossy");
+  ASSERT_GE(rows.size(), 300u);
+  for (const auto& row : rows) {
+    EXPECT_EQ(utf8_sanitize(unhex(row[0])), unhex(row[1])) << row[0];
   }
 }
 

@@ -113,6 +113,21 @@ class GgufBuilder {
   uint64_t n_ = 0;
 };
 
+// GPT-2's byte -> character mapping, written out independently of the tokenizer.
+std::string byte_char(uint8_t byte) {
+  uint32_t next = 256;
+  for (uint32_t b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
+    const uint32_t cp = printable ? b : next++;
+    if (b == byte) {
+      std::string s;
+      utf8_append(cp, s);
+      return s;
+    }
+  }
+  return {};
+}
+
 // A tiny valid byte-level vocabulary: the 256 byte characters plus "ab" from the merge "a b".
 struct TinyBpe {
   std::vector<std::string> tokens;
@@ -362,6 +377,51 @@ TEST(TokenizerUnit, EncodeSpeed) {
     EXPECT_EQ(tok->decode(ids), text);
     EXPECT_LT(best_wall, 2.0);  // generous: catches quadratic blow-ups, not noise
   }
+}
+
+// Arbitrary bytes (invalid UTF-8 included) never crash; byte-level BPE and SPM with byte fallback
+// reproduce them exactly.
+TEST(TokenizerUnit, ArbitraryBytesRoundTrip) {
+  const Tokenizer smol = load("bpe_smollm.gguf");
+  const Tokenizer spm = load("spm_stories260k.gguf");
+  uint64_t state = 12345;
+  auto next = [&] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return uint32_t(state >> 33);
+  };
+  for (int rep = 0; rep < 300; ++rep) {
+    std::string s(1 + next() % 40, '\0');
+    for (char& c : s) c = char(next() % 4 == 0 ? 'a' + next() % 26 : next() % 256);
+    if (s[0] == ' ') s[0] = 'x';  // a leading space is dropped by the SPM prefix rule (as in HF)
+    const auto spm_ids = spm.encode(s, false, true);
+    for (int32_t id : spm_ids) ASSERT_TRUE(id >= 0 && id < spm.n_vocab());
+    EXPECT_EQ(spm.decode(spm_ids), utf8_sanitize(s));
+    std::string raw;
+    for (int32_t id : spm_ids) raw += spm.token_to_piece(id);
+    EXPECT_EQ(raw, (s[0] == ' ' ? "" : " ") + s);  // pieces are lossless; the prefix space is still there
+    // Byte-level BPE drops bytes whose mapped character is not in the vocabulary.
+    std::string kept;
+    for (char c : s) {
+      if (smol.token_id(byte_char(uint8_t(c)))) kept += c;
+    }
+    const auto bpe_ids = smol.encode(s, false, true);
+    for (int32_t id : bpe_ids) ASSERT_TRUE(id >= 0 && id < smol.n_vocab());
+    EXPECT_EQ(smol.decode(bpe_ids), utf8_sanitize(kept));
+    std::string raw_bpe;
+    for (int32_t id : bpe_ids) raw_bpe += smol.token_to_piece(id);
+    EXPECT_EQ(raw_bpe, kept);
+  }
+}
+
+TEST(TokenizerUnit, Utf8SanitizeReplacesMaximalSubparts) {
+  EXPECT_EQ(utf8_sanitize("ok \xC3\xA9"), "ok \xC3\xA9");
+  EXPECT_EQ(utf8_sanitize("\xF0\x9F\x98x"), "\xEF\xBF\xBDx");                       // truncated 4-byte
+  EXPECT_EQ(utf8_sanitize("\x80\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD");                  // lone continuations
+  EXPECT_EQ(utf8_sanitize("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
+  EXPECT_EQ(utf8_sanitize("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");                  // overlong
+  const std::string r = "\xEF\xBF\xBD";
+  EXPECT_EQ(utf8_sanitize("\xF4\x90\x80\x80"), r + r + r + r);  // above U+10FFFF
+  EXPECT_EQ(utf8_sanitize("a\xE2\x96"), "a\xEF\xBF\xBD");
 }
 
 TEST(TokenizerUnit, LongWordsStayFast) {
