@@ -211,8 +211,9 @@ def cases_for(tk):
     return out
 
 
-def save(name, model, pre, cases):
-    gguf_name = None if name.endswith("_full") else name + ".gguf"
+def save(name, model, pre, cases, gguf_name=""):
+    if gguf_name == "":
+        gguf_name = None if name.endswith("_full") else name + ".gguf"
     head = json.dumps({"gguf": gguf_name, "model": model, "pre": pre}, ensure_ascii=False)[:-1]
     with open(os.path.join(OUT, name + ".json"), "w", encoding="utf-8") as fp:
         fp.write(head + ', "cases": [\n')  # one case per line keeps diffs readable
@@ -227,13 +228,23 @@ def gen_spm(stories):
     write_gguf(path, "llama", v)
     # transformers' GGUF loader builds the reference tokenizer from the file we just wrote.
     from transformers import AutoTokenizer
+    from tokenizers import normalizers
     tmp = tempfile.mkdtemp()
     try:
         shutil.copy(path, os.path.join(tmp, "t.gguf"))
         tok = AutoTokenizer.from_pretrained(tmp, gguf_file="t.gguf")
     finally:
         shutil.rmtree(tmp)
-    save(name, "llama", "", cases_for(tok.backend_tokenizer))
+    bt = tok.backend_tokenizer
+    # As loaded: Metaspace(prepend_scheme="first") -> qleap SpmPrefixMode::kFirstOnly.
+    cases = cases_for(bt)
+    save(name + "_first", "llama", "", cases, gguf_name=name + ".gguf")
+    # The official Llama 2 tokenizer.json layout (SentencePiece/llama.cpp behaviour): a Prepend("▁")
+    # + Replace(" ", "▁") normalizer on every text fragment and no pre-tokenizer, same BPE model and
+    # decoder -> qleap's default SpmPrefixMode::kEveryFragment.
+    bt.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    bt.pre_tokenizer = None
+    save(name, "llama", "", cases_for(bt))
 
 
 def gen_bpe(smollm):

@@ -282,13 +282,14 @@ struct Symbol {
 }  // namespace
 
 void Tokenizer::encode_spm(std::string_view text, bool at_start, std::vector<int32_t>& out) const {
-  // Metaspace with prepend_scheme "first": spaces become U+2581, and the fragment at the very start
-  // of the input gets one more in front unless it already starts with one.
+  // Spaces become U+2581 and the fragment gets one more in front (see SpmPrefixMode for where).
   std::string s;
   s.reserve(text.size() + 8);
-  if (add_space_prefix_ && at_start && !text.empty() && text[0] != ' ' && !text.starts_with(kSpmSpace)) {
-    s.append(kSpmSpace);
+  bool prefix = add_space_prefix_ && !text.empty();
+  if (spm_prefix_mode_ == SpmPrefixMode::kFirstOnly) {
+    prefix = prefix && at_start && text[0] != ' ' && !text.starts_with(kSpmSpace);
   }
+  if (prefix) s.append(kSpmSpace);
   for (char c : text) {
     if (c == ' ') {
       s.append(kSpmSpace);

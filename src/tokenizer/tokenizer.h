@@ -15,6 +15,17 @@
 
 namespace qleap {
 
+// Where SPM adds the space prefix (tokenizer.ggml.add_space_prefix) to the text.
+enum class SpmPrefixMode {
+  // Before every plain-text fragment (the whole text, and the text after each special token),
+  // even one that already starts with a space: SentencePiece, llama.cpp, llama2.c and the
+  // official Llama 2 / Mistral tokenizer.json (Prepend normalizer). The default.
+  kEveryFragment,
+  // Only before the text at the very start of the input, and only when it does not already start
+  // with a space: HF Metaspace prepend_scheme "first", which transformers' GGUF loader builds.
+  kFirstOnly,
+};
+
 enum class TokenType : int32_t { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
 
 class Tokenizer {
@@ -47,6 +58,8 @@ class Tokenizer {
   const std::string& token_text(int32_t id) const { return tokens_.at(size_t(id)); }
   bool is_spm() const { return spm_; }
   bool add_space_prefix() const { return add_space_prefix_; }
+  SpmPrefixMode spm_prefix_mode() const { return spm_prefix_mode_; }
+  void set_spm_prefix_mode(SpmPrefixMode m) { spm_prefix_mode_ = m; }
   // Non-empty when tokenizer.ggml.pre was not recognised and the GPT-2 regex is used instead.
   const std::string& warning() const { return warning_; }
 
@@ -87,6 +100,7 @@ class Tokenizer {
   int32_t bos_ = -1, eos_ = -1, unk_ = -1;
   bool add_bos_ = false;
   bool add_space_prefix_ = false;
+  SpmPrefixMode spm_prefix_mode_ = SpmPrefixMode::kEveryFragment;
 };
 
 // Streaming detokenizer: feeds pieces and returns only complete UTF-8 text, holding back an
