@@ -40,7 +40,9 @@ void decode(std::string_view text, Decoded& d) {
   d.off.push_back(uint32_t(text.size()));
 }
 
-bool is_nl(uint32_t c) { return c == '\r' || c == '\n'; }
+bool is_nl(uint32_t c) {
+  return c == '\r' || c == '\n';
+}
 
 // Matches 's 't 're 've 'm 'll 'd at i; returns the length in code points or 0.
 size_t contraction(const Decoded& d, size_t i, size_t n, bool ignore_case) {
@@ -104,8 +106,8 @@ size_t match_llama3(const Decoded& d, size_t i, size_t n, size_t max_digits) {
 }
 
 template <typename Match>
-void split_range(const Decoded& d, size_t b, size_t e, std::string_view text, std::vector<std::string_view>& out,
-                 Match match) {
+void split_range(const Decoded& d, size_t b, size_t e, std::string_view text,
+                 std::vector<std::string_view>& out, Match match) {
   size_t i = b;
   while (i < e) {
     const size_t len = match(d, i, e);
@@ -188,8 +190,10 @@ uint32_t ws_opt_run(const Decoded& d, uint32_t p, uint32_t e, const CpRange (&se
 
 void split_deepseek_llm(const Decoded& d, std::vector<Range>& pieces) {
   isolate(d, pieces, [](const Decoded& dd, uint32_t p, uint32_t) { return is_nl(dd.cp[p]) ? p + 1 : p; });
-  isolate(d, pieces, [](const Decoded& dd, uint32_t p, uint32_t e) { return ws_opt_run(dd, p, e, kDsLetters); });
-  isolate(d, pieces, [](const Decoded& dd, uint32_t p, uint32_t e) { return ws_opt_run(dd, p, e, kDsPunct); });
+  isolate(d, pieces,
+          [](const Decoded& dd, uint32_t p, uint32_t e) { return ws_opt_run(dd, p, e, kDsLetters); });
+  isolate(d, pieces,
+          [](const Decoded& dd, uint32_t p, uint32_t e) { return ws_opt_run(dd, p, e, kDsPunct); });
   // \s+$ : only the whitespace run that ends a piece can match.
   std::vector<Range> out;
   out.reserve(pieces.size() + 8);

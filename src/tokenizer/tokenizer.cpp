@@ -44,9 +44,10 @@ int64_t array_int(const GgufValue& v, size_t i) {
 const GgufValue* find_array(const GgufFile& f, std::string_view key, GgufType elem, bool numeric) {
   const GgufValue* v = f.find(key);
   if (!v) return nullptr;
-  const bool ok = v->is_array() && (numeric ? (v->elem_type != GgufType::STRING && v->elem_type != GgufType::ARRAY &&
-                                               v->elem_type != GgufType::BOOL)
-                                            : v->elem_type == elem);
+  const bool ok =
+      v->is_array() && (numeric ? (v->elem_type != GgufType::STRING && v->elem_type != GgufType::ARRAY &&
+                                   v->elem_type != GgufType::BOOL)
+                                : v->elem_type == elem);
   if (!ok) throw FormatError(fmt::format("{} has the wrong type", key));
   return v;
 }
@@ -85,9 +86,9 @@ bool resolve_pre(const std::string& pre, PreTokenizer& kind, bool& ignore_merges
 }
 
 bool is_eog_text(std::string_view s) {
-  static const char* const kNames[] = {"<|im_end|>",     "<|eot_id|>",     "<end_of_turn>", "<|endoftext|>",
-                                       "<|end|>",        "<|eom_id|>",     "<|end_of_text|>",
-                                       "<|return|>",     "<|call|>",       "<｜end▁of▁sentence｜>"};
+  static const char* const kNames[] = {
+      "<|im_end|>", "<|eot_id|>",      "<end_of_turn>", "<|endoftext|>", "<|end|>",
+      "<|eom_id|>", "<|end_of_text|>", "<|return|>",    "<|call|>",      "<｜end▁of▁sentence｜>"};
   for (const char* n : kNames) {
     if (s == n) return true;
   }
@@ -103,7 +104,8 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   if (t.model_ == "llama") {
     t.spm_ = true;
   } else if (t.model_ != "gpt2") {
-    throw Unsupported(fmt::format("tokenizer model '{}' is not supported (only 'llama' and 'gpt2')", t.model_));
+    throw Unsupported(
+        fmt::format("tokenizer model '{}' is not supported (only 'llama' and 'gpt2')", t.model_));
   }
 
   const GgufValue* tokens = find_array(f, "tokenizer.ggml.tokens", GgufType::STRING, false);
@@ -115,14 +117,17 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   t.scores_.assign(n, 0.0f);
   if (const GgufValue* s = find_array(f, "tokenizer.ggml.scores", GgufType::FLOAT32, true)) {
     if (s->array_size() != n) {
-      throw FormatError(fmt::format("tokenizer.ggml.scores has {} entries for {} tokens", s->array_size(), n));
+      throw FormatError(
+          fmt::format("tokenizer.ggml.scores has {} entries for {} tokens", s->array_size(), n));
     }
-    for (size_t i = 0; i < n; ++i) t.scores_[i] = s->arr_f.empty() ? float(array_int(*s, i)) : float(s->arr_f[i]);
+    for (size_t i = 0; i < n; ++i)
+      t.scores_[i] = s->arr_f.empty() ? float(array_int(*s, i)) : float(s->arr_f[i]);
   }
   t.types_.assign(n, TokenType::kNormal);
   if (const GgufValue* ty = find_array(f, "tokenizer.ggml.token_type", GgufType::INT32, true)) {
     if (ty->array_size() != n) {
-      throw FormatError(fmt::format("tokenizer.ggml.token_type has {} entries for {} tokens", ty->array_size(), n));
+      throw FormatError(
+          fmt::format("tokenizer.ggml.token_type has {} entries for {} tokens", ty->array_size(), n));
     }
     for (size_t i = 0; i < n; ++i) {
       const int64_t v = array_int(*ty, i);
@@ -156,9 +161,10 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     }
   } else {
     if (!resolve_pre(t.pre_, t.pre_kind_, t.ignore_merges_)) {
-      t.warning_ = fmt::format("unknown tokenizer.ggml.pre '{}': using the GPT-2 pre-tokenizer, which may split "
-                               "text differently from the model's own tokenizer",
-                               t.pre_);
+      t.warning_ = fmt::format(
+          "unknown tokenizer.ggml.pre '{}': using the GPT-2 pre-tokenizer, which may split "
+          "text differently from the model's own tokenizer",
+          t.pre_);
       std::fprintf(stderr, "qleap: warning: %s\n", t.warning_.c_str());
     }
     const ByteUnicode& bu = byte_unicode();
@@ -211,7 +217,8 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   }
   for (size_t i = 0; i < n; ++i) {
     const TokenType ty = t.types_[i];
-    if ((ty == TokenType::kControl || ty == TokenType::kUserDefined) && is_eog_text(t.tokens_[i])) t.eog_[i] = true;
+    if ((ty == TokenType::kControl || ty == TokenType::kUserDefined) && is_eog_text(t.tokens_[i]))
+      t.eog_[i] = true;
   }
   return t;
 }
@@ -220,7 +227,9 @@ TokenType Tokenizer::token_type(int32_t id) const {
   return (id >= 0 && size_t(id) < types_.size()) ? types_[size_t(id)] : TokenType::kUnused;
 }
 
-bool Tokenizer::is_eog(int32_t id) const { return id >= 0 && size_t(id) < eog_.size() && eog_[size_t(id)]; }
+bool Tokenizer::is_eog(int32_t id) const {
+  return id >= 0 && size_t(id) < eog_.size() && eog_[size_t(id)];
+}
 
 std::optional<int32_t> Tokenizer::token_id(std::string_view piece) const {
   const auto it = token_index_.find(piece);

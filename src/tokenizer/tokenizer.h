@@ -26,7 +26,14 @@ enum class SpmPrefixMode {
   kFirstOnly,
 };
 
-enum class TokenType : int32_t { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
+enum class TokenType : int32_t {
+  kNormal = 1,
+  kUnknown = 2,
+  kControl = 3,
+  kUserDefined = 4,
+  kUnused = 5,
+  kByte = 6
+};
 
 class Tokenizer {
  public:
@@ -95,8 +102,8 @@ class Tokenizer {
   // Matchable token strings bucketed by first byte, longest first within a bucket.
   std::vector<std::pair<std::string, int32_t>> specials_by_byte_[256];
   std::vector<bool> eog_;
-  int32_t byte_tokens_[256];                // SPM <0xXX> ids, -1 when absent
-  int32_t byte_char_tokens_[256];           // byte-level BPE: id of each byte's mapped character
+  int32_t byte_tokens_[256];       // SPM <0xXX> ids, -1 when absent
+  int32_t byte_char_tokens_[256];  // byte-level BPE: id of each byte's mapped character
   int32_t bos_ = -1, eos_ = -1, unk_ = -1;
   bool add_bos_ = false;
   bool add_space_prefix_ = false;

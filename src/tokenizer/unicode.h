@@ -36,8 +36,12 @@ inline UCat ucat(uint32_t cp) {
 inline bool is_whitespace(uint32_t cp) {
   return cp <= kMaxCodePoint && (unicode_detail::flag_table()[cp] & 8) != 0;
 }
-inline bool is_letter(uint32_t cp) { return ucat(cp) == UCat::kLetter; }
-inline bool is_number(uint32_t cp) { return ucat(cp) == UCat::kNumber; }
+inline bool is_letter(uint32_t cp) {
+  return ucat(cp) == UCat::kLetter;
+}
+inline bool is_number(uint32_t cp) {
+  return ucat(cp) == UCat::kNumber;
+}
 
 // Decodes one code point at s[0..n). Returns the code point and sets `len` to the bytes used; an
 // invalid or truncated sequence yields U+FFFD with len 1 so callers always make progress.

@@ -81,7 +81,8 @@ TEST(TokenizerPretokenize, KnownSplits) {
   EXPECT_EQ(split(PreTokenizer::kQwen2, "x 123"), (V{"x", " ", "1", "2", "3"}));
   EXPECT_EQ(split(PreTokenizer::kLlama3, "a\n\n\nb"), (V{"a", "\n\n\n", "b"}));
   EXPECT_EQ(split(PreTokenizer::kDigitsGpt2, "a  12"), (V{"a", "  ", "1", "2"}));
-  EXPECT_EQ(split(PreTokenizer::kDeepseekLlm, "Hi 日本 42!\n  "), (V{"Hi", " ", "日本", " ", "42", "!", "\n", "  "}));
+  EXPECT_EQ(split(PreTokenizer::kDeepseekLlm, "Hi 日本 42!\n  "),
+            (V{"Hi", " ", "日本", " ", "42", "!", "\n", "  "}));
   EXPECT_TRUE(split(PreTokenizer::kGpt2, "").empty());
   EXPECT_TRUE(split(PreTokenizer::kDeepseekLlm, "").empty());
 }

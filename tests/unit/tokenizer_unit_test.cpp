@@ -26,7 +26,9 @@ std::string fixture(const std::string& name) {
   return root + "/tests/fixtures/tokenizer/" + name;
 }
 
-Tokenizer load(const std::string& name) { return Tokenizer::from_gguf(*GgufFile::open(fixture(name))); }
+Tokenizer load(const std::string& name) {
+  return Tokenizer::from_gguf(*GgufFile::open(fixture(name)));
+}
 
 bool valid_utf8(const std::string& s) {
   for (size_t i = 0; i < s.size();) {
@@ -274,7 +276,8 @@ TEST(TokenizerUnit, SpmSpacePrefixAndScores) {
   EXPECT_EQ(with.decode({1, 6, 5}), "hi");
   const Tokenizer hi_first = make(true, -1, k2);
   EXPECT_EQ(hi_first.encode("hi", false, true), (std::vector<int32_t>{3, 7}));
-  EXPECT_EQ(hi_first.encode("hi!?", false, true), (std::vector<int32_t>{3, 7, 9, 0}));  // byte fallback, else unk
+  EXPECT_EQ(hi_first.encode("hi!?", false, true),
+            (std::vector<int32_t>{3, 7, 9, 0}));  // byte fallback, else unk
   const Tokenizer without = make(false, -6, k3);
   EXPECT_FALSE(without.add_space_prefix());
   EXPECT_EQ(without.encode("hi", false, true), (std::vector<int32_t>{7}));
@@ -371,9 +374,9 @@ TEST(TokenizerUnit, EncodeSpeed) {
       best_wall = std::min(best_wall, wall);
       best_cpu = std::min(best_cpu, double(c1.tv_sec - c0.tv_sec) + 1e-9 * double(c1.tv_nsec - c0.tv_nsec));
     }
-    std::cout << "[ perf ] " << tok->model() << ": " << text.size() / 1024 << " KB -> " << ids.size() << " tokens, "
-              << best_wall * 1e3 << " ms wall, " << best_cpu * 1e3 << " ms cpu (" << ids.size() / best_cpu / 1e6
-              << " M tokens/s)\n";
+    std::cout << "[ perf ] " << tok->model() << ": " << text.size() / 1024 << " KB -> " << ids.size()
+              << " tokens, " << best_wall * 1e3 << " ms wall, " << best_cpu * 1e3 << " ms cpu ("
+              << ids.size() / best_cpu / 1e6 << " M tokens/s)\n";
     EXPECT_EQ(tok->decode(ids), text);
     EXPECT_LT(best_wall, 2.0);  // generous: catches quadratic blow-ups, not noise
   }
@@ -414,7 +417,7 @@ TEST(TokenizerUnit, ArbitraryBytesRoundTrip) {
 
 TEST(TokenizerUnit, Utf8SanitizeReplacesMaximalSubparts) {
   EXPECT_EQ(utf8_sanitize("ok \xC3\xA9"), "ok \xC3\xA9");
-  EXPECT_EQ(utf8_sanitize("\xF0\x9F\x98x"), "\xEF\xBF\xBDx");                       // truncated 4-byte
+  EXPECT_EQ(utf8_sanitize("\xF0\x9F\x98x"), "\xEF\xBF\xBDx");                        // truncated 4-byte
   EXPECT_EQ(utf8_sanitize("\x80\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD");                  // lone continuations
   EXPECT_EQ(utf8_sanitize("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
   EXPECT_EQ(utf8_sanitize("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");                  // overlong
