@@ -65,14 +65,17 @@ int32_t optional_id(const GgufFile& f, std::string_view key, size_t n_vocab) {
   return int32_t(id);
 }
 
+// Maps tokenizer.ggml.pre to a pre-tokenizer; false when the name is unknown (GPT-2 is used).
 bool resolve_pre(const std::string& pre, PreTokenizer& kind, bool& ignore_merges) {
   ignore_merges = false;
-  if (pre.empty() || pre == "default" || pre == "gpt2" || pre == "gpt-2") {
+  if (pre == "default" || pre == "gpt2" || pre == "gpt-2" || pre == "olmo") {
     kind = PreTokenizer::kGpt2;
-  } else if (pre == "llama-bpe" || pre == "llama3" || pre == "llama-v3" || pre == "smaug-bpe") {
+  } else if (pre == "llama-bpe" || pre == "llama3" || pre == "llama-v3" || pre == "falcon3") {
     kind = PreTokenizer::kLlama3;
     ignore_merges = true;  // Llama 3's tokenizer.json sets ignore_merges
-  } else if (pre == "qwen2" || pre == "deepseek-r1-qwen") {
+  } else if (pre == "smaug-bpe" || pre == "dbrx") {
+    kind = PreTokenizer::kLlama3;
+  } else if (pre == "qwen2" || pre == "deepseek-r1-qwen" || pre == "stablelm2") {
     kind = PreTokenizer::kQwen2;
   } else if (pre == "smollm" || pre == "starcoder" || pre == "refact") {
     kind = PreTokenizer::kDigitsGpt2;
@@ -161,10 +164,11 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     }
   } else {
     if (!resolve_pre(t.pre_, t.pre_kind_, t.ignore_merges_)) {
-      t.warning_ = fmt::format(
-          "unknown tokenizer.ggml.pre '{}': using the GPT-2 pre-tokenizer, which may split "
-          "text differently from the model's own tokenizer",
-          t.pre_);
+      t.warning_ = t.pre_.empty() ? std::string("tokenizer.ggml.pre is missing")
+                                  : fmt::format("unknown tokenizer.ggml.pre '{}'", t.pre_);
+      t.warning_ +=
+          ": using the GPT-2 pre-tokenizer, which may split text differently from the model's own "
+          "tokenizer";
       std::fprintf(stderr, "qleap: warning: %s\n", t.warning_.c_str());
     }
     const ByteUnicode& bu = byte_unicode();

@@ -67,7 +67,8 @@ class Tokenizer {
   bool add_space_prefix() const { return add_space_prefix_; }
   SpmPrefixMode spm_prefix_mode() const { return spm_prefix_mode_; }
   void set_spm_prefix_mode(SpmPrefixMode m) { spm_prefix_mode_ = m; }
-  // Non-empty when tokenizer.ggml.pre was not recognised and the GPT-2 regex is used instead.
+  // Non-empty when tokenizer.ggml.pre is missing or not recognised and the GPT-2 regex is used
+  // instead (also printed to stderr at load).
   const std::string& warning() const { return warning_; }
 
  private:
