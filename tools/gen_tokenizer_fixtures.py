@@ -35,6 +35,39 @@ QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s
 LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
+# DeepSeek LLM's Split regexes (tokenizer.json), with the character classes as explicit code point
+# ranges: some endpoints (U+1F7D, U+1FBE, U+1FD3, U+1FDB, U+2126, U+212A) are not NFC and would be
+# silently changed by tools that normalize text.
+DS_LETTERS = [(0x41, 0x5A), (0x61, 0x7A), (0xB5, 0xB5), (0xC0, 0xD6), (0xD8, 0xF6), (0xF8, 0x1BA), (0x1BC, 0x1BF),
+              (0x1C4, 0x293), (0x295, 0x2AF), (0x370, 0x373), (0x376, 0x377), (0x37B, 0x37D), (0x37F, 0x37F),
+              (0x386, 0x386), (0x388, 0x38A), (0x38C, 0x38C), (0x38E, 0x3A1), (0x3A3, 0x3F5), (0x3F7, 0x481),
+              (0x48A, 0x52F), (0x531, 0x556), (0x10A0, 0x10C5), (0x13A0, 0x13F5), (0x13F8, 0x13FD),
+              (0x1C90, 0x1CBA), (0x1CBD, 0x1CBF), (0x1D00, 0x1D2B), (0x1D6B, 0x1D77), (0x1D79, 0x1D9A),
+              (0x1E00, 0x1F15), (0x1F18, 0x1F1D), (0x1F20, 0x1F45), (0x1F48, 0x1F4D), (0x1F50, 0x1F57),
+              (0x1F59, 0x1F59), (0x1F5B, 0x1F5B), (0x1F5D, 0x1F5D), (0x1F5F, 0x1F7D), (0x1F80, 0x1FB4),
+              (0x1FB6, 0x1FBC), (0x1FBE, 0x1FBE), (0x1FC2, 0x1FC4), (0x1FC6, 0x1FCC), (0x1FD0, 0x1FD3),
+              (0x1FD6, 0x1FDB), (0x1FE0, 0x1FEC), (0x1FF2, 0x1FF4), (0x1FF6, 0x1FFC), (0x2102, 0x2102),
+              (0x2107, 0x2107), (0x210A, 0x2113), (0x2115, 0x2115), (0x2119, 0x211D), (0x2124, 0x2124),
+              (0x2126, 0x2126), (0x2128, 0x2128), (0x212A, 0x212D), (0x212F, 0x2134), (0x2139, 0x2139),
+              (0x213C, 0x213F), (0x2145, 0x2149), (0x214E, 0x214E), (0x2183, 0x2184), (0x2C00, 0x2C7B),
+              (0x2C7E, 0x2CE4), (0x2CEB, 0x2CEE), (0x2CF2, 0x2CF3), (0xA640, 0xA66D), (0xA680, 0xA69B),
+              (0xA722, 0xA76F), (0xA771, 0xA787), (0xA78B, 0xA78E), (0xAB70, 0xABBF), (0xFB00, 0xFB06),
+              (0xFB13, 0xFB17), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A), (0x10400, 0x1044F), (0x104B0, 0x104D3),
+              (0x104D8, 0x104FB), (0x10C80, 0x10CB2), (0x10CC0, 0x10CF2), (0x118A0, 0x118DF), (0x1E900, 0x1E943)]
+DS_PUNCT = [(0x21, 0x2F), (0x3A, 0x7E), (0xFF01, 0xFF0F), (0xFF1A, 0xFF5E), (0x2018, 0x201F), (0x3000, 0x3002)]
+DS_CJK = [(0x4E00, 0x9FA5), (0x800, 0x4E00), (0xAC00, 0xD7FF)]
+
+
+def char_class(ranges):
+    return "[" + "".join("\\x{%X}-\\x{%X}" % r for r in ranges) + "]"
+
+
+def deepseek_splits():
+    regexes = [r"[\r\n]", r"\s?" + char_class(DS_LETTERS) + "+", r"\s?" + char_class(DS_PUNCT) + "+", r"\s+$",
+               char_class(DS_CJK) + "+", r"\p{N}+"]
+    return [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in regexes]
+
+
 TEXTS = [
     "",
     " ",
@@ -70,6 +103,7 @@ TEXTS = [
     "nbsp\u00a0here and ideographic\u3000space",
     "URL: https://example.com/path?q=1&r=2#frag",
     "a\u2581b literal lower-one-eighth block",
+    "control\x04char and plane-4 \U00040000 character",
     "The quick brown fox jumps over the lazy dog. THE QUICK BROWN FOX!",
     "Once upon a time, there was a little girl named Lily. She loved to play outside.",
 ]
@@ -152,9 +186,20 @@ def hf_bpe(v, pre_tokenizer, ignore_merges=False):
     return tk
 
 
+def random_texts(n, seed):
+    """Word-like random strings: frequent merges, specials, digits, whitespace runs and multi-byte
+    characters next to each other, to exercise merge order and byte fallback."""
+    import random
+    rng = random.Random(seed)
+    frags = ["the", "The", " the", "and", " and", "ing", "ed", "Lily", " was", "a", "e", "t", "h", " ", " ", "  ",
+             "\n", "\n\n", "\t", "1", "23", "456", ".", ",", "!", "'s", "'", "don", "é", "日本", "😀", "ü", "ß",
+             "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|tool|>", "\u2581", "x", "qu", "zz", "ab", "-", "()"]
+    return ["".join(rng.choice(frags) for _ in range(rng.randint(1, 14))) for _ in range(n)]
+
+
 def cases_for(tk):
     out = []
-    for text in TEXTS:
+    for text in TEXTS + random_texts(150, 99):
         tk.encode_special_tokens = False
         ids = tk.encode(text, add_special_tokens=True).ids
         nobos = tk.encode(text, add_special_tokens=False).ids
@@ -166,12 +211,14 @@ def cases_for(tk):
     return out
 
 
-def save(name, model, pre, cases):
-    with open(os.path.join(OUT, name + ".json"), "w", encoding="utf-8") as fp:
+def save(name, model, pre, cases, gguf_name=""):
+    if gguf_name == "":
         gguf_name = None if name.endswith("_full") else name + ".gguf"
-        json.dump({"gguf": gguf_name, "model": model, "pre": pre, "cases": cases}, fp, ensure_ascii=False,
-                  indent=1)
-        fp.write("\n")
+    head = json.dumps({"gguf": gguf_name, "model": model, "pre": pre}, ensure_ascii=False)[:-1]
+    with open(os.path.join(OUT, name + ".json"), "w", encoding="utf-8") as fp:
+        fp.write(head + ', "cases": [\n')  # one case per line keeps diffs readable
+        fp.write(",\n".join(json.dumps(c, ensure_ascii=False) for c in cases))
+        fp.write("\n]}\n")
 
 
 def gen_spm(stories):
@@ -181,13 +228,23 @@ def gen_spm(stories):
     write_gguf(path, "llama", v)
     # transformers' GGUF loader builds the reference tokenizer from the file we just wrote.
     from transformers import AutoTokenizer
+    from tokenizers import normalizers
     tmp = tempfile.mkdtemp()
     try:
         shutil.copy(path, os.path.join(tmp, "t.gguf"))
         tok = AutoTokenizer.from_pretrained(tmp, gguf_file="t.gguf")
     finally:
         shutil.rmtree(tmp)
-    save(name, "llama", "", cases_for(tok.backend_tokenizer))
+    bt = tok.backend_tokenizer
+    # As loaded: Metaspace(prepend_scheme="first") -> qleap SpmPrefixMode::kFirstOnly.
+    cases = cases_for(bt)
+    save(name + "_first", "llama", "", cases, gguf_name=name + ".gguf")
+    # The official Llama 2 tokenizer.json layout (SentencePiece/llama.cpp behaviour): a Prepend("▁")
+    # + Replace(" ", "▁") normalizer on every text fragment and no pre-tokenizer, same BPE model and
+    # decoder -> qleap's default SpmPrefixMode::kEveryFragment.
+    bt.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    bt.pre_tokenizer = None
+    save(name, "llama", "", cases_for(bt))
 
 
 def gen_bpe(smollm):
@@ -212,6 +269,9 @@ def gen_bpe(smollm):
         ("bpe_qwen2", "qwen2",
          pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_RE), behavior="isolated", invert=False),
                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]), False),
+        ("bpe_deepseek_llm", "deepseek-llm",
+         pre_tokenizers.Sequence(deepseek_splits() + [pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                                use_regex=False)]), False),
     ]
     for name, pre, pt, ignore_merges in variants:
         vv = small
@@ -260,7 +320,8 @@ def gen_pretokenize():
     rng = random.Random(1234)
     alphabet = [" ", " ", " ", "\n", "\r", "\t", "a", "b", "Z", "s", "M", "L", "1", "2", "3", "'", ".", "-", "_",
                 "\u00e9", "\u65e5", "\U0001F600", "\u00a0", "\u3000", "\u0301", "\u2581", "\u0661", "\u00bd",
-                "\u017f", "!", "\u200b"]
+                "\u017f", "!", "\u200b", "\u2126", "\u1f7d", "\u041a", "\u3002", "\uff01", "\uac00",
+                "\u30fc"]
     texts = list(TEXTS)
     for _ in range(400):
         texts.append("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))))
@@ -270,6 +331,7 @@ def gen_pretokenize():
                                            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]),
         "llama-bpe": pre_tokenizers.Split(Regex(LLAMA3_RE), behavior="isolated", invert=False),
         "qwen2": pre_tokenizers.Split(Regex(QWEN2_RE), behavior="isolated", invert=False),
+        "deepseek-llm": pre_tokenizers.Sequence(deepseek_splits()),
     }
     out = {}
     for kind, pt in kinds.items():
@@ -281,6 +343,13 @@ def gen_pretokenize():
             assert "".join(pieces) == t, (kind, t, pieces)
             rows.append([t, pieces])
         out[kind] = rows
+    # Lossy UTF-8 decoding reference (Python's errors="replace" uses the maximal-subpart rule), as hex.
+    lossy = []
+    for _ in range(300):
+        raw = bytes(rng.choice([rng.randrange(256), rng.randrange(0x80, 0xC0), rng.choice([0xE0, 0xED, 0xF0, 0xF4]),
+                                ord("a")]) for _ in range(rng.randint(1, 12)))
+        lossy.append([raw.hex(), raw.decode("utf-8", errors="replace").encode("utf-8").hex()])
+    out["utf8_lossy"] = lossy
     with open(os.path.join(OUT, "pretokenize.json"), "w", encoding="utf-8") as fp:
         json.dump(out, fp, ensure_ascii=False)
         fp.write("\n")

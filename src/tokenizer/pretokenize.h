@@ -16,6 +16,9 @@ enum class PreTokenizer {
   kQwen2,
   // SmolLM / StarCoder: every \p{N} isolated first, then the GPT-2 regex on the stretches between.
   kDigitsGpt2,
+  // DeepSeek LLM: a sequence of isolating splits, each applied to the pieces of the previous one:
+  // [\r\n], \s?[cased letters]+, \s?[ASCII/full-width punctuation]+, \s+$, [CJK/Hangul]+, \p{N}+
+  kDeepseekLlm,
 };
 
 // Appends the pieces of `text` (views into it, in order, covering it exactly) to `out`.

@@ -44,9 +44,10 @@ int64_t array_int(const GgufValue& v, size_t i) {
 const GgufValue* find_array(const GgufFile& f, std::string_view key, GgufType elem, bool numeric) {
   const GgufValue* v = f.find(key);
   if (!v) return nullptr;
-  const bool ok = v->is_array() && (numeric ? (v->elem_type != GgufType::STRING && v->elem_type != GgufType::ARRAY &&
-                                               v->elem_type != GgufType::BOOL)
-                                            : v->elem_type == elem);
+  const bool ok =
+      v->is_array() && (numeric ? (v->elem_type != GgufType::STRING && v->elem_type != GgufType::ARRAY &&
+                                   v->elem_type != GgufType::BOOL)
+                                : v->elem_type == elem);
   if (!ok) throw FormatError(fmt::format("{} has the wrong type", key));
   return v;
 }
@@ -64,17 +65,22 @@ int32_t optional_id(const GgufFile& f, std::string_view key, size_t n_vocab) {
   return int32_t(id);
 }
 
+// Maps tokenizer.ggml.pre to a pre-tokenizer; false when the name is unknown (GPT-2 is used).
 bool resolve_pre(const std::string& pre, PreTokenizer& kind, bool& ignore_merges) {
   ignore_merges = false;
-  if (pre.empty() || pre == "default" || pre == "gpt2" || pre == "gpt-2") {
+  if (pre == "default" || pre == "gpt2" || pre == "gpt-2" || pre == "olmo") {
     kind = PreTokenizer::kGpt2;
-  } else if (pre == "llama-bpe" || pre == "llama3" || pre == "llama-v3" || pre == "smaug-bpe") {
+  } else if (pre == "llama-bpe" || pre == "llama3" || pre == "llama-v3" || pre == "falcon3") {
     kind = PreTokenizer::kLlama3;
     ignore_merges = true;  // Llama 3's tokenizer.json sets ignore_merges
-  } else if (pre == "qwen2" || pre == "deepseek-r1-qwen") {
+  } else if (pre == "smaug-bpe" || pre == "dbrx") {
+    kind = PreTokenizer::kLlama3;
+  } else if (pre == "qwen2" || pre == "deepseek-r1-qwen" || pre == "stablelm2") {
     kind = PreTokenizer::kQwen2;
   } else if (pre == "smollm" || pre == "starcoder" || pre == "refact") {
     kind = PreTokenizer::kDigitsGpt2;
+  } else if (pre == "deepseek-llm") {
+    kind = PreTokenizer::kDeepseekLlm;
   } else {
     kind = PreTokenizer::kGpt2;
     return false;
@@ -83,9 +89,9 @@ bool resolve_pre(const std::string& pre, PreTokenizer& kind, bool& ignore_merges
 }
 
 bool is_eog_text(std::string_view s) {
-  static const char* const kNames[] = {"<|im_end|>",     "<|eot_id|>",     "<end_of_turn>", "<|endoftext|>",
-                                       "<|end|>",        "<|eom_id|>",     "<|end_of_text|>",
-                                       "<|return|>",     "<|call|>",       "<｜end▁of▁sentence｜>"};
+  static const char* const kNames[] = {
+      "<|im_end|>", "<|eot_id|>",      "<end_of_turn>", "<|endoftext|>", "<|end|>",
+      "<|eom_id|>", "<|end_of_text|>", "<|return|>",    "<|call|>",      "<｜end▁of▁sentence｜>"};
   for (const char* n : kNames) {
     if (s == n) return true;
   }
@@ -101,7 +107,8 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   if (t.model_ == "llama") {
     t.spm_ = true;
   } else if (t.model_ != "gpt2") {
-    throw Unsupported(fmt::format("tokenizer model '{}' is not supported (only 'llama' and 'gpt2')", t.model_));
+    throw Unsupported(
+        fmt::format("tokenizer model '{}' is not supported (only 'llama' and 'gpt2')", t.model_));
   }
 
   const GgufValue* tokens = find_array(f, "tokenizer.ggml.tokens", GgufType::STRING, false);
@@ -113,14 +120,17 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   t.scores_.assign(n, 0.0f);
   if (const GgufValue* s = find_array(f, "tokenizer.ggml.scores", GgufType::FLOAT32, true)) {
     if (s->array_size() != n) {
-      throw FormatError(fmt::format("tokenizer.ggml.scores has {} entries for {} tokens", s->array_size(), n));
+      throw FormatError(
+          fmt::format("tokenizer.ggml.scores has {} entries for {} tokens", s->array_size(), n));
     }
-    for (size_t i = 0; i < n; ++i) t.scores_[i] = s->arr_f.empty() ? float(array_int(*s, i)) : float(s->arr_f[i]);
+    for (size_t i = 0; i < n; ++i)
+      t.scores_[i] = s->arr_f.empty() ? float(array_int(*s, i)) : float(s->arr_f[i]);
   }
   t.types_.assign(n, TokenType::kNormal);
   if (const GgufValue* ty = find_array(f, "tokenizer.ggml.token_type", GgufType::INT32, true)) {
     if (ty->array_size() != n) {
-      throw FormatError(fmt::format("tokenizer.ggml.token_type has {} entries for {} tokens", ty->array_size(), n));
+      throw FormatError(
+          fmt::format("tokenizer.ggml.token_type has {} entries for {} tokens", ty->array_size(), n));
     }
     for (size_t i = 0; i < n; ++i) {
       const int64_t v = array_int(*ty, i);
@@ -154,9 +164,11 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     }
   } else {
     if (!resolve_pre(t.pre_, t.pre_kind_, t.ignore_merges_)) {
-      t.warning_ = fmt::format("unknown tokenizer.ggml.pre '{}': using the GPT-2 pre-tokenizer, which may split "
-                               "text differently from the model's own tokenizer",
-                               t.pre_);
+      t.warning_ = t.pre_.empty() ? std::string("tokenizer.ggml.pre is missing")
+                                  : fmt::format("unknown tokenizer.ggml.pre '{}'", t.pre_);
+      t.warning_ +=
+          ": using the GPT-2 pre-tokenizer, which may split text differently from the model's own "
+          "tokenizer";
       std::fprintf(stderr, "qleap: warning: %s\n", t.warning_.c_str());
     }
     const ByteUnicode& bu = byte_unicode();
@@ -176,8 +188,8 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
       const std::string_view a(m.data(), sp), b(m.data() + sp + 1, m.size() - sp - 1);
       joined.assign(a);
       joined.append(b);
-      const auto ia = t.token_index_.find(std::string(a));
-      const auto ib = t.token_index_.find(std::string(b));
+      const auto ia = t.token_index_.find(a);
+      const auto ib = t.token_index_.find(b);
       const auto ij = t.token_index_.find(joined);
       if (ia == t.token_index_.end() || ib == t.token_index_.end() || ij == t.token_index_.end()) {
         throw FormatError(fmt::format("merge {} '{}' refers to a token that is not in the vocabulary", r, m));
@@ -192,11 +204,16 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     const TokenType ty = t.types_[i];
     if ((ty == TokenType::kControl || ty == TokenType::kUserDefined || ty == TokenType::kUnknown) &&
         !t.tokens_[i].empty()) {
-      t.specials_.emplace_back(t.tokens_[i], int32_t(i));
+      t.specials_by_byte_[uint8_t(t.tokens_[i][0])].emplace_back(t.tokens_[i], int32_t(i));
     }
   }
-  std::stable_sort(t.specials_.begin(), t.specials_.end(),
-                   [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
+  for (auto& bucket : t.specials_by_byte_) {
+    std::stable_sort(bucket.begin(), bucket.end(),
+                     [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
+  }
+
+  t.pieces_.resize(n);
+  for (size_t i = 0; i < n; ++i) t.pieces_[i] = t.compute_piece(i);
 
   t.eog_.assign(n, false);
   for (int32_t id : {t.eos_, eot, eom}) {
@@ -204,7 +221,8 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   }
   for (size_t i = 0; i < n; ++i) {
     const TokenType ty = t.types_[i];
-    if ((ty == TokenType::kControl || ty == TokenType::kUserDefined) && is_eog_text(t.tokens_[i])) t.eog_[i] = true;
+    if ((ty == TokenType::kControl || ty == TokenType::kUserDefined) && is_eog_text(t.tokens_[i]))
+      t.eog_[i] = true;
   }
   return t;
 }
@@ -213,10 +231,12 @@ TokenType Tokenizer::token_type(int32_t id) const {
   return (id >= 0 && size_t(id) < types_.size()) ? types_[size_t(id)] : TokenType::kUnused;
 }
 
-bool Tokenizer::is_eog(int32_t id) const { return id >= 0 && size_t(id) < eog_.size() && eog_[size_t(id)]; }
+bool Tokenizer::is_eog(int32_t id) const {
+  return id >= 0 && size_t(id) < eog_.size() && eog_[size_t(id)];
+}
 
 std::optional<int32_t> Tokenizer::token_id(std::string_view piece) const {
-  const auto it = token_index_.find(std::string(piece));
+  const auto it = token_index_.find(piece);
   if (it == token_index_.end()) return std::nullopt;
   return it->second;
 }
@@ -227,23 +247,17 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool
   if (add_bos && wants_bos()) out.push_back(bos_);
 
   // Split out special-token strings (leftmost, then longest), encode the text between them.
-  bool first_byte[256] = {};
-  for (const auto& [s, id] : specials_) {
-    if (parse_special || types_[size_t(id)] == TokenType::kUserDefined) first_byte[uint8_t(s[0])] = true;
-  }
   size_t start = 0;  // start of the pending plain-text fragment
   size_t i = 0;
   while (i < text.size()) {
     int32_t hit = -1;
     size_t hit_len = 0;
-    if (first_byte[uint8_t(text[i])]) {
-      for (const auto& [s, id] : specials_) {
-        if (!parse_special && types_[size_t(id)] != TokenType::kUserDefined) continue;
-        if (text.compare(i, s.size(), s) == 0) {
-          hit = id;
-          hit_len = s.size();
-          break;  // longest first
-        }
+    for (const auto& [s, id] : specials_by_byte_[uint8_t(text[i])]) {
+      if (!parse_special && types_[size_t(id)] != TokenType::kUserDefined) continue;
+      if (text.compare(i, s.size(), s) == 0) {
+        hit = id;
+        hit_len = s.size();
+        break;  // longest first
       }
     }
     if (hit < 0) {
@@ -281,13 +295,14 @@ struct Symbol {
 }  // namespace
 
 void Tokenizer::encode_spm(std::string_view text, bool at_start, std::vector<int32_t>& out) const {
-  // Metaspace with prepend_scheme "first": spaces become U+2581, and the fragment at the very start
-  // of the input gets one more in front unless it already starts with one.
+  // Spaces become U+2581 and the fragment gets one more in front (see SpmPrefixMode for where).
   std::string s;
   s.reserve(text.size() + 8);
-  if (add_space_prefix_ && at_start && !text.empty() && text[0] != ' ' && !text.starts_with(kSpmSpace)) {
-    s.append(kSpmSpace);
+  bool prefix = add_space_prefix_ && !text.empty();
+  if (spm_prefix_mode_ == SpmPrefixMode::kFirstOnly) {
+    prefix = prefix && at_start && text[0] != ' ' && !text.starts_with(kSpmSpace);
   }
+  if (prefix) s.append(kSpmSpace);
   for (char c : text) {
     if (c == ' ') {
       s.append(kSpmSpace);
@@ -298,8 +313,8 @@ void Tokenizer::encode_spm(std::string_view text, bool at_start, std::vector<int
 
   std::vector<Symbol> sym;
   for (size_t i = 0; i < s.size();) {
-    size_t len = utf8_seq_len(uint8_t(s[i]));
-    if (len == 0 || i + len > s.size()) len = 1;  // invalid byte: its own symbol (byte fallback)
+    size_t len = 1;
+    utf8_decode(s.data() + i, s.size() - i, len);  // an invalid byte is its own symbol (byte fallback)
     sym.push_back({int32_t(sym.size()) - 1, int32_t(sym.size()) + 1, uint32_t(i), uint32_t(len), -1});
     i += len;
   }
@@ -319,7 +334,7 @@ void Tokenizer::encode_spm(std::string_view text, bool at_start, std::vector<int
     if (l < 0 || sym[size_t(l)].next < 0) return;
     const Symbol& a = sym[size_t(l)];
     const Symbol& b = sym[size_t(a.next)];
-    const auto it = token_index_.find(std::string(s.data() + a.pos, a.len + b.len));
+    const auto it = token_index_.find(std::string_view(s.data() + a.pos, a.len + b.len));
     if (it == token_index_.end()) return;
     pq.push({scores_[size_t(it->second)], l, a.len + b.len});
   };
@@ -340,7 +355,7 @@ void Tokenizer::encode_spm(std::string_view text, bool at_start, std::vector<int
   }
   for (int32_t i = 0; i >= 0; i = sym[size_t(i)].next) {
     const Symbol& a = sym[size_t(i)];
-    const auto it = token_index_.find(std::string(s.data() + a.pos, a.len));
+    const auto it = token_index_.find(std::string_view(s.data() + a.pos, a.len));
     if (it != token_index_.end()) {
       out.push_back(it->second);
       continue;
@@ -412,26 +427,23 @@ void Tokenizer::encode_bpe_word(std::string_view word, std::vector<int32_t>& out
   }
   for (int32_t i = 0; i >= 0; i = sym[size_t(i)].next) {
     const int32_t id = sym[size_t(i)].id;
-    if (id >= 0) {
-      out.push_back(id);
-    } else if (unk_ >= 0) {
-      out.push_back(unk_);  // a byte whose character is missing from the vocabulary
-    }
+    // A byte whose character is missing from the vocabulary (SmolLM2 lacks a few control and
+    // never-valid UTF-8 bytes) is dropped, as HF's BPE does without an unk token; emitting unk
+    // would put <|endoftext|> into the prompt for such models.
+    if (id >= 0) out.push_back(id);
   }
 }
 
-void Tokenizer::append_piece(int32_t id, std::string& out) const {
-  if (id < 0 || size_t(id) >= tokens_.size()) return;
-  const std::string& text = tokens_[size_t(id)];
-  const TokenType ty = types_[size_t(id)];
-  if (ty == TokenType::kControl || ty == TokenType::kUnknown) {
-    out += text;
-    return;
-  }
+std::string Tokenizer::compute_piece(size_t id) const {
+  const std::string& text = tokens_[id];
+  const TokenType ty = types_[id];
+  if (ty == TokenType::kControl || ty == TokenType::kUnknown) return text;
+  std::string out;
   if (spm_) {
-    if (ty == TokenType::kByte && text.size() == 6 && text.starts_with("<0x") && text[5] == '>') {
-      out += char(std::stoi(text.substr(3, 2), nullptr, 16));
-      return;
+    if (ty == TokenType::kByte) {
+      for (int b = 0; b < 256; ++b) {
+        if (byte_tokens_[b] == int32_t(id)) return std::string(1, char(b));
+      }
     }
     for (size_t i = 0; i < text.size();) {
       if (text.compare(i, kSpmSpace.size(), kSpmSpace) == 0) {
@@ -441,12 +453,9 @@ void Tokenizer::append_piece(int32_t id, std::string& out) const {
         out += text[i++];
       }
     }
-    return;
+    return out;
   }
-  if (ty == TokenType::kUserDefined) {
-    out += text;
-    return;
-  }
+  if (ty == TokenType::kUserDefined) return text;
   const auto& map = byte_unicode().cp_to_byte;
   for (size_t i = 0; i < text.size();) {
     size_t len = 1;
@@ -459,12 +468,11 @@ void Tokenizer::append_piece(int32_t id, std::string& out) const {
     }
     i += len;
   }
+  return out;
 }
 
 std::string Tokenizer::token_to_piece(int32_t id) const {
-  std::string s;
-  append_piece(id, s);
-  return s;
+  return (id >= 0 && size_t(id) < pieces_.size()) ? pieces_[size_t(id)] : std::string();
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {
@@ -472,10 +480,10 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
   for (int32_t id : ids) {
     const TokenType ty = token_type(id);
     if (skip_special && (ty == TokenType::kControl || ty == TokenType::kUnknown)) continue;
-    append_piece(id, out);
+    if (id >= 0 && size_t(id) < pieces_.size()) out += pieces_[size_t(id)];
   }
   if (add_space_prefix_ && !out.empty() && out[0] == ' ') out.erase(0, 1);  // the prefix encode added
-  return out;
+  return utf8_sanitize(out);
 }
 
 std::string StreamDecoder::push(int32_t id) {
@@ -487,26 +495,23 @@ std::string StreamDecoder::push(int32_t id) {
     if (tok_.add_space_prefix() && piece[0] == ' ') piece.erase(0, 1);
   }
   pending_ += piece;
-  // Emit everything except an incomplete (but so far valid) sequence at the very end.
+  // Emit everything except an incomplete (but so far valid) sequence at the very end; invalid
+  // bytes become U+FFFD exactly as decode() does.
   std::string out;
   size_t i = 0;
   while (i < pending_.size()) {
-    const auto c = uint8_t(pending_[i]);
-    const size_t need = utf8_seq_len(c);
-    if (need > 1 && i + need > pending_.size()) {
-      bool prefix_ok = true;
-      for (size_t k = i + 1; k < pending_.size(); ++k) prefix_ok &= (uint8_t(pending_[k]) & 0xC0) == 0x80;
-      if (prefix_ok) break;
-    }
-    size_t len = 1;
-    const uint32_t cp = utf8_decode(pending_.data() + i, pending_.size() - i, len);
-    if (len == 1 && c >= 0x80) {
-      utf8_append(0xFFFD, out);
-    } else {
+    size_t bad = 1;
+    bool truncated = false;
+    const size_t len = utf8_check(pending_.data() + i, pending_.size() - i, bad, truncated);
+    if (len) {
       out.append(pending_, i, len);
+      i += len;
+    } else if (truncated) {
+      break;
+    } else {
+      out += "\xEF\xBF\xBD";
+      i += bad;
     }
-    (void)cp;
-    i += len;
   }
   pending_.erase(0, i);
   return out;

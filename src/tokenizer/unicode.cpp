@@ -73,4 +73,60 @@ size_t utf8_incomplete_tail(std::string_view s) {
   return 0;
 }
 
+size_t utf8_check(const char* s, size_t n, size_t& bad_len, bool& truncated) {
+  const auto* u = reinterpret_cast<const uint8_t*>(s);
+  bad_len = 1;
+  truncated = false;
+  if (n == 0) return 0;
+  const uint8_t b0 = u[0];
+  if (b0 < 0x80) return 1;
+  size_t need = 0;
+  uint8_t lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+  if (b0 >= 0xC2 && b0 <= 0xDF) {
+    need = 2;
+  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+    need = 3;
+    if (b0 == 0xE0) lo = 0xA0;  // no overlong forms
+    if (b0 == 0xED) hi = 0x9F;  // no surrogates
+  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+    need = 4;
+    if (b0 == 0xF0) lo = 0x90;
+    if (b0 == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
+  } else {
+    return 0;
+  }
+  for (size_t k = 1; k < need; ++k) {
+    if (k >= n) {
+      bad_len = k;
+      truncated = true;
+      return 0;
+    }
+    const uint8_t lo_k = k == 1 ? lo : 0x80, hi_k = k == 1 ? hi : 0xBF;
+    if (u[k] < lo_k || u[k] > hi_k) {
+      bad_len = k;
+      return 0;
+    }
+  }
+  return need;
+}
+
+std::string utf8_sanitize(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t bad = 1;
+    bool truncated = false;
+    const size_t len = utf8_check(s.data() + i, s.size() - i, bad, truncated);
+    if (len) {
+      out.append(s, i, len);
+      i += len;
+    } else {
+      out += "\xEF\xBF\xBD";
+      i += bad;
+    }
+  }
+  return out;
+}
+
 }  // namespace qleap

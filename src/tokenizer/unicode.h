@@ -36,8 +36,12 @@ inline UCat ucat(uint32_t cp) {
 inline bool is_whitespace(uint32_t cp) {
   return cp <= kMaxCodePoint && (unicode_detail::flag_table()[cp] & 8) != 0;
 }
-inline bool is_letter(uint32_t cp) { return ucat(cp) == UCat::kLetter; }
-inline bool is_number(uint32_t cp) { return ucat(cp) == UCat::kNumber; }
+inline bool is_letter(uint32_t cp) {
+  return ucat(cp) == UCat::kLetter;
+}
+inline bool is_number(uint32_t cp) {
+  return ucat(cp) == UCat::kNumber;
+}
 
 // Decodes one code point at s[0..n). Returns the code point and sets `len` to the bytes used; an
 // invalid or truncated sequence yields U+FFFD with len 1 so callers always make progress.
@@ -54,5 +58,13 @@ inline size_t utf8_seq_len(uint8_t lead) {
 }
 // Number of bytes at the end of `s` that form an incomplete (but so far valid) UTF-8 sequence.
 size_t utf8_incomplete_tail(std::string_view s);
+
+// Checks the sequence at s[0..n): returns its length when it is one well-formed code point, else 0
+// with `bad_len` set to the maximal subpart of a valid sequence (at least 1 byte) and `truncated`
+// telling whether that subpart runs into the end of the input (more bytes could complete it).
+size_t utf8_check(const char* s, size_t n, size_t& bad_len, bool& truncated);
+// Lossy conversion to valid UTF-8: each maximal invalid subpart becomes one U+FFFD (the same
+// replacement as Rust's String::from_utf8_lossy and Python's errors="replace").
+std::string utf8_sanitize(std::string_view s);
 
 }  // namespace qleap

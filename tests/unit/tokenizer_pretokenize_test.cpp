@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tokenizer/pretokenize.h"
+#include "tokenizer/unicode.h"
 
 namespace qleap {
 namespace {
@@ -34,7 +35,8 @@ TEST(TokenizerPretokenize, MatchesHfPreTokenizers) {
   const std::pair<const char*, PreTokenizer> kinds[] = {{"gpt2", PreTokenizer::kGpt2},
                                                         {"smollm", PreTokenizer::kDigitsGpt2},
                                                         {"llama-bpe", PreTokenizer::kLlama3},
-                                                        {"qwen2", PreTokenizer::kQwen2}};
+                                                        {"qwen2", PreTokenizer::kQwen2},
+                                                        {"deepseek-llm", PreTokenizer::kDeepseekLlm}};
   for (const auto& [name, kind] : kinds) {
     const auto& rows = j.at(name);
     ASSERT_GT(rows.size(), 400u);
@@ -54,6 +56,23 @@ TEST(TokenizerPretokenize, MatchesHfPreTokenizers) {
   }
 }
 
+std::string unhex(const std::string& h) {
+  std::string out;
+  for (size_t i = 0; i + 1 < h.size(); i += 2) out += char(std::stoi(h.substr(i, 2), nullptr, 16));
+  return out;
+}
+
+TEST(TokenizerPretokenize, LossyUtf8MatchesPython) {
+  std::ifstream in(fixture("pretokenize.json"));
+  ASSERT_TRUE(in);
+  const auto j = nlohmann::json::parse(in);
+  const auto& rows = j.at("utf8_lossy");
+  ASSERT_GE(rows.size(), 300u);
+  for (const auto& row : rows) {
+    EXPECT_EQ(utf8_sanitize(unhex(row[0])), unhex(row[1])) << row[0];
+  }
+}
+
 TEST(TokenizerPretokenize, KnownSplits) {
   using V = std::vector<std::string>;
   EXPECT_EQ(split(PreTokenizer::kGpt2, "  hello world  "), (V{" ", " hello", " world", "  "}));
@@ -62,7 +81,10 @@ TEST(TokenizerPretokenize, KnownSplits) {
   EXPECT_EQ(split(PreTokenizer::kQwen2, "x 123"), (V{"x", " ", "1", "2", "3"}));
   EXPECT_EQ(split(PreTokenizer::kLlama3, "a\n\n\nb"), (V{"a", "\n\n\n", "b"}));
   EXPECT_EQ(split(PreTokenizer::kDigitsGpt2, "a  12"), (V{"a", "  ", "1", "2"}));
+  EXPECT_EQ(split(PreTokenizer::kDeepseekLlm, "Hi 日本 42!\n  "),
+            (V{"Hi", " ", "日本", " ", "42", "!", "\n", "  "}));
   EXPECT_TRUE(split(PreTokenizer::kGpt2, "").empty());
+  EXPECT_TRUE(split(PreTokenizer::kDeepseekLlm, "").empty());
 }
 
 }  // namespace

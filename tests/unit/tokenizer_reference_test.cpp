@@ -22,7 +22,9 @@ std::string source_dir() {
 #endif
 }
 
-std::string fixture_dir() { return source_dir() + "/tests/fixtures/tokenizer/"; }
+std::string fixture_dir() {
+  return source_dir() + "/tests/fixtures/tokenizer/";
+}
 
 nlohmann::json load_json(const std::string& path) {
   std::ifstream in(path);
@@ -51,7 +53,8 @@ void check_cases(const Tokenizer& tok, const nlohmann::json& j) {
     const auto got = tok.encode(text, true, true);
     EXPECT_EQ(got, ids) << "text: '" << text << "' got " << show(got) << " want " << show(ids);
     const auto got_plain = tok.encode(text, true, false);
-    EXPECT_EQ(got_plain, plain) << "(plain) text: '" << text << "' got " << show(got_plain) << " want " << show(plain);
+    EXPECT_EQ(got_plain, plain) << "(plain) text: '" << text << "' got " << show(got_plain) << " want "
+                                << show(plain);
     const auto got_nobos = tok.encode(text, false, true);
     EXPECT_EQ(got_nobos, nobos) << "(no bos) text: '" << text << "'";
     EXPECT_EQ(tok.decode(ids), decoded) << "decode of the reference ids for '" << text << "'";
@@ -66,7 +69,9 @@ class TokenizerReference : public ::testing::TestWithParam<std::string> {};
 TEST_P(TokenizerReference, MatchesReferenceIds) {
   const nlohmann::json j = load_json(fixture_dir() + GetParam() + ".json");
   const auto f = GgufFile::open(fixture_dir() + j["gguf"].get<std::string>());
-  const Tokenizer tok = Tokenizer::from_gguf(*f);
+  Tokenizer tok = Tokenizer::from_gguf(*f);
+  // *_first.json: references from transformers' GGUF loader (Metaspace prepend_scheme "first").
+  if (GetParam().ends_with("_first")) tok.set_spm_prefix_mode(SpmPrefixMode::kFirstOnly);
   EXPECT_EQ(tok.model(), j["model"].get<std::string>());
   EXPECT_EQ(tok.pre(), j["pre"].get<std::string>());
   EXPECT_TRUE(tok.warning().empty()) << tok.warning();
@@ -74,7 +79,8 @@ TEST_P(TokenizerReference, MatchesReferenceIds) {
 }
 
 INSTANTIATE_TEST_SUITE_P(TokenizerFixtures, TokenizerReference,
-                         ::testing::Values("spm_stories260k", "bpe_smollm", "bpe_gpt2", "bpe_llama3", "bpe_qwen2"));
+                         ::testing::Values("spm_stories260k", "spm_stories260k_first", "bpe_smollm",
+                                           "bpe_gpt2", "bpe_llama3", "bpe_qwen2", "bpe_deepseek_llm"));
 
 // The real stories260K model file (its metadata carries -1 ids written as 0xFFFFFFFF) tokenizes like
 // the vocab-only fixture made from it.
