@@ -83,17 +83,66 @@ TOOL_CONVERSATION = [
     {"role": "assistant", "content": "It is 22 °C and clear in Paris."},
 ]
 
+PARALLEL_TOOLS = [
+    {"role": "user", "content": "Weather in Paris and Rome?"},
+    {
+        "role": "assistant",
+        "content": "Let me check both.",
+        "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"location": "Paris"}}},
+            {"type": "function", "function": {"name": "get_weather", "arguments": "{\"location\": \"Rome\"}"}},
+        ],
+    },
+    {"role": "tool", "content": "sunny"},
+    {"role": "tool", "content": "rainy"},
+]
+
+THINKING = [
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "<think>\nsimple sum\n</think>\n\n4"},
+    {"role": "user", "content": "times 3?"},
+    {"role": "assistant", "content": "12", "reasoning_content": "4*3"},
+]
+
+BUILTIN_TOOL_CALL = [
+    {"role": "user", "content": "Search the news"},
+    {
+        "role": "assistant",
+        "tool_calls": [{"type": "function", "function": {"name": "brave_search", "arguments": {"query": "news today"}}}],
+    },
+    {"role": "ipython", "content": {"results": ["a", "b"]}},
+]
+
+# (template, conversation name, messages, extra variables, tools)
+SPECIAL_CASES = [
+    ("qwen2.5-instruct", "parallel_tools", PARALLEL_TOOLS, {}, TOOLS),
+    ("qwen3", "parallel_tools", PARALLEL_TOOLS, {}, TOOLS),
+    ("qwen3", "thinking", THINKING, {}, None),
+    ("qwen3", "thinking_disabled", CONVERSATIONS["single_user"], {"enable_thinking": False}, None),
+    ("llama3.1-instruct", "builtin_tools", BUILTIN_TOOL_CALL, {"builtin_tools": ["brave_search", "wolfram_alpha", "code_interpreter"]}, None),
+    ("llama3.1-instruct", "tools_in_system", TOOL_CONVERSATION, {"tools_in_user_message": False}, TOOLS),
+    ("llama3.2-instruct", "parallel_tools_rejected", PARALLEL_TOOLS, {"date_string": "01 Jan 2025"}, TOOLS),
+]
+
 # name -> (bos, eos, tool capable)
 TEMPLATES = {
     "chatml": ("", "<|im_end|>", False),
     "smollm2-instruct": ("<|im_start|>", "<|im_end|>", False),
     "qwen2.5-instruct": ("", "<|im_end|>", True),
+    "qwen3": ("", "<|im_end|>", True),
+    "llama3.1-instruct": ("<|begin_of_text|>", "<|eot_id|>", True),
     "llama3-instruct": ("<|begin_of_text|>", "<|eot_id|>", False),
     "llama3.2-instruct": ("<|begin_of_text|>", "<|eot_id|>", True),
     "llama2-chat": ("<s>", "</s>", False),
     "mistral-instruct-v0.1": ("<s>", "</s>", False),
     "gemma-it": ("<bos>", "<eos>", False),
     "gemma3-it": ("<bos>", "<eos>", False),
+    "community-phi-3": ("<s>", "<|endoftext|>", False),
+    "community-granite-3.0-instruct": ("", "<|end_of_text|>", True),
+    "community-zephyr": ("<s>", "</s>", False),
+    "community-falcon-instruct": ("", "<|endoftext|>", False),
+    "community-vicuna": ("<s>", "</s>", False),
+    "community-mistral-instruct": ("<s>", "</s>", False),
 }
 
 # Small templates, one feature each. (name, template, variables)
@@ -210,6 +259,18 @@ def main():
                     }
                     case.update(render_chat(template, messages, agp, bos, eos, tools, extra))
                     chat_cases.append(case)
+
+    for name, conv_name, messages, extra, tools in SPECIAL_CASES:
+        bos, eos, _ = TEMPLATES[name]
+        template = (FIX / "templates" / f"{name}.jinja").read_text(encoding="utf-8")
+        for agp in (False, True):
+            vars_ = {"bos_token": bos, "eos_token": eos, **extra}
+            if tools is not None:
+                vars_["tools"] = tools
+            case = {"template": name, "conversation": conv_name, "add_generation_prompt": agp,
+                    "messages": messages, "variables": vars_}
+            case.update(render_chat(template, messages, agp, bos, eos, tools, extra))
+            chat_cases.append(case)
 
     jinja_cases = []
     for name, template, variables in JINJA_CASES:

@@ -176,13 +176,22 @@ void Interpreter::exec_for(const Stmt& s, const FramePtr& frame, std::string& ou
     return;
   }
   const int64_t n = static_cast<int64_t>(items.size());
+  // One loop object per loop, updated in place each iteration (Jinja's LoopContext is one object too).
+  Value loop = Value::make_dict();
+  Dict& d = *loop.dict;
+  std::weak_ptr<Dict> weak = loop.dict;
+  d.set("cycle", Value::callable("cycle", [weak](Interpreter&, const CallArgs& a) {
+          if (a.pos.empty()) throw ChatTemplateError("loop.cycle() needs at least one argument");
+          auto dict = weak.lock();
+          const Value* i0 = dict ? dict->find("index0") : nullptr;
+          const int64_t k = i0 ? i0->as_int() : 0;
+          return a.pos[static_cast<size_t>(k) % a.pos.size()];
+        }));
   for (int64_t k = 0; k < n; ++k) {
     step();
     auto iter = std::make_shared<Frame>();
     iter->parent = frame;
     bind(*iter, items[k]);
-    Value loop = Value::make_dict();
-    Dict& d = *loop.dict;
     d.set("index", Value::integer(k + 1));
     d.set("index0", Value::integer(k));
     d.set("revindex", Value::integer(n - k));
@@ -194,10 +203,6 @@ void Interpreter::exec_for(const Stmt& s, const FramePtr& frame, std::string& ou
     d.set("depth0", Value::integer(0));
     d.set("previtem", k > 0 ? items[k - 1] : Value::undefined("previtem"));
     d.set("nextitem", k + 1 < n ? items[k + 1] : Value::undefined("nextitem"));
-    d.set("cycle", Value::callable("cycle", [k](Interpreter&, const CallArgs& a) {
-            if (a.pos.empty()) throw ChatTemplateError("loop.cycle() needs at least one argument");
-            return a.pos[static_cast<size_t>(k) % a.pos.size()];
-          }));
     iter->vars["loop"] = loop;
     Flow f = exec_body(s.body, iter, out);
     if (f == Flow::kBreak) break;

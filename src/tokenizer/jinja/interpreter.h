@@ -15,7 +15,7 @@ namespace qleap::jinja {
 struct RenderLimits {
   int max_depth = 256;                     // expression / statement / macro recursion
   size_t max_output = size_t{64} << 20;    // bytes of rendered text
-  int64_t max_steps = 20'000'000;          // statements executed + loop iterations
+  int64_t max_steps = 2'000'000;           // statements executed + loop iterations
   size_t max_collection = size_t{1} << 20;  // elements produced by range(), "*" and friends
 };
 
