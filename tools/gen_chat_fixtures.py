@@ -213,6 +213,14 @@ JINJA_CASES = [
     ("whitespace-controlled chat loop", "{%- for m in messages -%}\n  {{- m.role }}: {{ m.content | trim }}\n{% endfor -%}\n{{- 'END' -}}", {"messages": [{"role": "user", "content": " hi "}, {"role": "assistant", "content": "yo"}]}),
     ("raise_exception", "{% if true %}{{ raise_exception('Bad role: ' ~ 'x') }}{% endif %}", {}),
     ("indent filter", "{{ 'a\\nb\\n\\nc' | indent(2) }}|{{ 'a\\nb' | indent(2, true) }}", {}),
+    ("lstrip at template start", "  {% if true %}x{% endif %}", {}),
+    ("no lstrip after output on same line", "{{ 'a' }}  {% if true %}x{% endif %}\n  {% if true %}y{% endif %}", {}),
+    ("lstrip after trimmed block", "{% if true %}\n  {% if true %}z{% endif %}\n{% endif %}", {}),
+    ("minus then lstrip", "a  \n  {%- if true %}\n b{% endif %}", {}),
+    ("generation block", "a{% generation %}b{{ 1 }}{% endgeneration %}c", {}),
+    ("nested namespace and macro", "{% set ns = namespace(out=[]) %}{% macro item(x) %}<{{ x }}>{% endmacro %}{% for x in xs %}{% set ns.out = ns.out + [item(x)] %}{% endfor %}{{ ns.out | join(',') }}", {"xs": ["a", "b"]}),
+    ("string comparison and sort by attribute", "{{ users | sort(attribute='age') | map(attribute='name') | join }}{{ 'abc' < 'abd' }}", {"users": [{"name": "x", "age": 30}, {"name": "y", "age": 20}]}),
+    ("ints and floats mixing", "{{ 1 + true }}{{ 10 / 4 }}{{ 10 // 4 }}{{ 2 ** -1 }}{{ 1e3 | int }}{{ (3 / 3) | string }}", {}),
     ("wordcount", "{{ 'hello big  world' | wordcount }}", {}),
 ]
 

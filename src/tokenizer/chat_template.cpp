@@ -5,13 +5,32 @@
 
 namespace qleap {
 
+namespace {
+
+// Everything that escapes the interpreter is a ChatTemplateError, so callers can map it to a
+// client error; anything else reaching here would be an interpreter bug, reported the same way.
+template <typename F>
+auto guarded(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const ChatTemplateError&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw ChatTemplateError("chat template error: out of memory");
+  } catch (const std::exception& e) {
+    throw ChatTemplateError(std::string("chat template internal error: ") + e.what());
+  }
+}
+
+}  // namespace
+
 struct ChatTemplate::Parsed {
   jinja::Body body;
 };
 
 ChatTemplate::ChatTemplate(std::string source) : source_(std::move(source)) {
   parsed_ = std::make_unique<Parsed>();
-  parsed_->body = jinja::parse_template(source_);
+  parsed_->body = guarded([&] { return jinja::parse_template(source_); });
 }
 
 ChatTemplate::~ChatTemplate() = default;
@@ -63,7 +82,7 @@ std::string ChatTemplate::apply(const nlohmann::ordered_json& messages, bool add
     }
   }
   jinja::Interpreter interp;
-  return interp.render(parsed_->body, vars, now_unix);
+  return guarded([&] { return interp.render(parsed_->body, vars, now_unix); });
 }
 
 std::string apply_chat_template(const std::string& tmpl, const nlohmann::ordered_json& messages,
@@ -80,10 +99,12 @@ std::string apply_chat_template(const std::string& tmpl, const nlohmann::json& m
 std::string render_template(const std::string& tmpl, const nlohmann::ordered_json& variables,
                             std::optional<int64_t> now_unix) {
   if (!variables.is_null() && !variables.is_object()) throw ChatTemplateError("template variables must be an object");
-  jinja::Body body = jinja::parse_template(tmpl);
-  jinja::Value vars = variables.is_object() ? jinja::Value::from_json(variables) : jinja::Value::make_dict();
-  jinja::Interpreter interp;
-  return interp.render(body, vars, now_unix);
+  return guarded([&] {
+    jinja::Body body = jinja::parse_template(tmpl);
+    jinja::Value vars = variables.is_object() ? jinja::Value::from_json(variables) : jinja::Value::make_dict();
+    jinja::Interpreter interp;
+    return interp.render(body, vars, now_unix);
+  });
 }
 
 const std::string& default_chat_template() {

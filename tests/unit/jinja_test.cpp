@@ -153,3 +153,63 @@ TEST(Jinja, WhitespaceControlDetails) {
 
 }  // namespace
 }  // namespace qleap
+
+namespace qleap {
+namespace {
+
+// Deterministic mutation fuzzing over the real fixture templates: every mutated template must
+// either render or throw ChatTemplateError - never crash, hang or leak another exception type.
+TEST(Jinja, MutatedTemplatesNeverCrash) {
+  const std::string dir = source_dir() + "/tests/fixtures/chat/templates/";
+  const char* names[] = {"qwen2.5-instruct", "qwen3", "llama3.1-instruct", "gemma3-it", "mistral-instruct-v0.1",
+                         "community-granite-3.0-instruct"};
+  const auto msgs = nlohmann::ordered_json::parse(
+      R"([{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+          {"role": "assistant", "content": "a", "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]},
+          {"role": "tool", "content": "r"}, {"role": "user", "content": "u2"}])");
+  const auto extra = nlohmann::ordered_json::parse(R"({"bos_token": "<s>", "tools": [{"name": "f"}]})");
+  const char kAlphabet[] = "{}%#-+()[]'\"|.,:=~ \nifendforsetx0123456789";
+  uint64_t state = 12345;
+  auto rnd = [&state](uint64_t n) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return (state >> 33) % n;
+  };
+  int rendered = 0, rejected = 0;
+  for (const char* name : names) {
+    std::ifstream f(dir + std::string(name) + ".jinja", std::ios::binary);
+    ASSERT_TRUE(f) << name;
+    std::stringstream ss;
+    ss << f.rdbuf();
+    const std::string base = ss.str();
+    for (int iter = 0; iter < 300; ++iter) {
+      std::string t = base;
+      const int edits = 1 + static_cast<int>(rnd(4));
+      for (int e = 0; e < edits && !t.empty(); ++e) {
+        const size_t pos = rnd(t.size());
+        switch (rnd(3)) {
+          case 0:
+            t.erase(pos, 1 + rnd(8));
+            break;
+          case 1:
+            t.insert(pos, 1, kAlphabet[rnd(sizeof(kAlphabet) - 1)]);
+            break;
+          default:
+            t[pos] = kAlphabet[rnd(sizeof(kAlphabet) - 1)];
+        }
+      }
+      try {
+        ChatTemplate(t).apply(msgs, true, extra);
+        ++rendered;
+      } catch (const ChatTemplateError&) {
+        ++rejected;
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << name << " iter " << iter << ": non-ChatTemplateError exception: " << e.what() << "\n" << t;
+      }
+    }
+  }
+  EXPECT_GT(rendered, 0);
+  EXPECT_GT(rejected, 0);
+}
+
+}  // namespace
+}  // namespace qleap

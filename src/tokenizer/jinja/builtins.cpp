@@ -1,5 +1,7 @@
 // Filters, tests, globals and the Python methods/operators templates use.
 #include <algorithm>
+#include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -224,8 +226,9 @@ std::string py_format(const std::string& fmt, const CallArgs& a) {
         v = auto_idx < a.pos.size() ? &a.pos[auto_idx] : nullptr;
         ++auto_idx;
       } else if (std::all_of(field.begin(), field.end(), [](char d) { return d >= '0' && d <= '9'; })) {
-        const size_t idx = std::stoul(field);
-        v = idx < a.pos.size() ? &a.pos[idx] : nullptr;
+        size_t idx = 0;
+        auto r = std::from_chars(field.data(), field.data() + field.size(), idx);
+        v = (r.ec == std::errc() && idx < a.pos.size()) ? &a.pos[idx] : nullptr;
       } else {
         for (const auto& kv : a.kw) {
           if (kv.first == field) v = &kv.second;
@@ -250,7 +253,10 @@ Value attribute_of(const Value& v, const std::string& path) {
     const size_t dot = path.find('.', start);
     const std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
     const bool numeric = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
-    cur = numeric ? get_item(cur, Value::integer(std::stoll(part))) : get_attr(cur, part);
+    int64_t index = 0;
+    const bool parsed =
+        numeric && std::from_chars(part.data(), part.data() + part.size(), index).ec == std::errc();
+    cur = parsed ? get_item(cur, Value::integer(index)) : get_attr(cur, part);
     if (dot == std::string::npos) return cur;
     start = dot + 1;
   }
