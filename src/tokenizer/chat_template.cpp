@@ -81,7 +81,7 @@ std::string ChatTemplate::apply(const nlohmann::ordered_json& messages, bool add
       vars.dict->set(it.key(), jinja::Value::from_json(it.value()));
     }
   }
-  jinja::Interpreter interp;
+  jinja::Interpreter interp(limits_);
   return guarded([&] { return interp.render(parsed_->body, vars, now_unix); });
 }
 
@@ -97,12 +97,12 @@ std::string apply_chat_template(const std::string& tmpl, const nlohmann::json& m
 }
 
 std::string render_template(const std::string& tmpl, const nlohmann::ordered_json& variables,
-                            std::optional<int64_t> now_unix) {
+                            std::optional<int64_t> now_unix, const jinja::RenderLimits& limits) {
   if (!variables.is_null() && !variables.is_object()) throw ChatTemplateError("template variables must be an object");
   return guarded([&] {
     jinja::Body body = jinja::parse_template(tmpl);
     jinja::Value vars = variables.is_object() ? jinja::Value::from_json(variables) : jinja::Value::make_dict();
-    jinja::Interpreter interp;
+    jinja::Interpreter interp(limits);
     return interp.render(body, vars, now_unix);
   });
 }

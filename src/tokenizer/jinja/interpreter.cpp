@@ -52,6 +52,16 @@ std::string Interpreter::render(const Body& tmpl, const Value& vars, std::option
     for (const auto& kv : vars.dict->items) root->vars[kv.first] = kv.second;
   }
   std::string out;
+  struct CycleBreaker {
+    Interpreter& in;
+    FramePtr root;
+    ~CycleBreaker() {
+      for (auto& f : in.macro_frames_) f->vars.clear();
+      in.macro_frames_.clear();
+      root->vars.clear();
+      in.globals_.reset();
+    }
+  } breaker{*this, root};
   // break/continue outside a loop are ignored at the top level, as nothing encloses them.
   exec_body(tmpl, root, out);
   return out;
@@ -229,6 +239,7 @@ void Interpreter::exec_set(const Stmt& s, const FramePtr& frame) {
 }
 
 Value Interpreter::make_macro(const Stmt& s, const FramePtr& frame) {
+  macro_frames_.push_back(frame);
   const Stmt* def = &s;
   FramePtr captured = frame;
   const std::string name = s.type == Stmt::kMacro ? s.text : "caller";

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "tokenizer/jinja/ast.h"
 #include "tokenizer/jinja/value.h"
@@ -72,6 +73,9 @@ class Interpreter {
   int64_t steps_ = 0;
   std::optional<int64_t> now_unix_;
   FramePtr globals_;
+  // Frames holding macros: a macro captures its defining frame, so frame -> macro -> frame is a
+  // reference cycle; render() clears these frames when it ends to free them.
+  std::vector<FramePtr> macro_frames_;
 };
 
 // Builtins (builtins.cpp).
