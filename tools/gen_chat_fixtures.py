@@ -41,6 +41,28 @@ TOOLS = [
     }
 ]
 
+# Exercises nested schemas: arrays, union types, additionalProperties, return types.
+RICH_TOOLS = TOOLS + [
+    {
+        "type": "function",
+        "function": {
+            "name": "search_docs",
+            "description": "  Search the documentation. ",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "terms": {"type": "array", "items": {"type": "string"}, "description": "Search terms"},
+                    "limit": {"type": ["integer", "number"], "description": "Max hits"},
+                    "filters": {"type": "object", "additionalProperties": {"type": "number"}, "description": "Weights"},
+                    "exact": {"type": "boolean", "description": "Exact match"},
+                },
+                "required": ["terms"],
+            },
+            "return": {"type": "array", "description": "Matching document ids"},
+        },
+    },
+]
+
 CONVERSATIONS = {
     "single_user": [{"role": "user", "content": "Hello!"}],
     "system_multi_turn": [
@@ -122,6 +144,16 @@ SPECIAL_CASES = [
     ("llama3.1-instruct", "builtin_tools", BUILTIN_TOOL_CALL, {"builtin_tools": ["brave_search", "wolfram_alpha", "code_interpreter"]}, None),
     ("llama3.1-instruct", "tools_in_system", TOOL_CONVERSATION, {"tools_in_user_message": False}, TOOLS),
     ("llama3.2-instruct", "parallel_tools_rejected", PARALLEL_TOOLS, {"date_string": "01 Jan 2025"}, TOOLS),
+    ("hermes-3-tool-use", "tools", TOOL_CONVERSATION, {}, RICH_TOOLS),
+    ("hermes-3-tool-use", "parallel_tools", PARALLEL_TOOLS, {}, RICH_TOOLS),
+    ("hermes-3-tool-use", "multi_turn_no_system", CONVERSATIONS["multi_turn_no_system"], {}, RICH_TOOLS),
+    ("hermes-3-tool-use", "no_tools_is_an_error", CONVERSATIONS["single_user"], {}, None),
+    # A "null" member of a union type recurses forever in this template ("null" is iterable).
+    ("hermes-3-tool-use", "recursive_schema_bug", CONVERSATIONS["single_user"], {},
+     [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {
+         "type": "object", "properties": {"x": {"type": ["null"], "description": "x"}}}}}]),
+    ("qwen3", "rich_tools", TOOL_CONVERSATION, {}, RICH_TOOLS),
+    ("llama3.1-instruct", "rich_tools", TOOL_CONVERSATION, {}, RICH_TOOLS),
 ]
 
 # name -> (bos, eos, tool capable)
@@ -137,6 +169,7 @@ TEMPLATES = {
     "mistral-instruct-v0.1": ("<s>", "</s>", False),
     "gemma-it": ("<bos>", "<eos>", False),
     "gemma3-it": ("<bos>", "<eos>", False),
+    "hermes-3-tool-use": ("<|begin_of_text|>", "<|im_end|>", None),  # only in SPECIAL_CASES
     "community-phi-3": ("<s>", "<|endoftext|>", False),
     "community-granite-3.0-instruct": ("", "<|end_of_text|>", True),
     "community-zephyr": ("<s>", "</s>", False),
@@ -237,13 +270,17 @@ def render_chat(template, messages, add_generation_prompt, bos, eos, tools=None,
             **kwargs,
         )
         return {"output": out[0]}
-    except jinja2.exceptions.TemplateError as e:
-        return {"error": str(e)}
+    except Exception as e:  # noqa: BLE001 - any failure is an expected error case
+        # raise_exception() raises exactly TemplateError: its text must match. Other failures
+        # (TypeError, UndefinedError) only need to be rejected.
+        return {"error": str(e), "error_exact": type(e) is jinja2.exceptions.TemplateError}
 
 
 def main():
     chat_cases = []
     for name, (bos, eos, tool_capable) in TEMPLATES.items():
+        if tool_capable is None:
+            continue
         template = (FIX / "templates" / f"{name}.jinja").read_text(encoding="utf-8")
         extra = {"date_string": "26 Jul 2024"} if "llama3.2" in name else {}
         convs = dict(CONVERSATIONS)

@@ -56,7 +56,11 @@ TEST(ChatTemplate, MatchesTransformersOnRealTemplates) {
         tmpl.apply(c["messages"], c["add_generation_prompt"].get<bool>(), c["variables"]);
         ADD_FAILURE() << label << ": expected error " << c["error"];
       } catch (const ChatTemplateError& e) {
-        EXPECT_EQ(std::string(e.what()), c["error"].get<std::string>()) << label;
+        // raise_exception() text must match; other failures (Python TypeError, recursion) only
+        // need to be rejected.
+        if (c.value("error_exact", true)) {
+          EXPECT_EQ(std::string(e.what()), c["error"].get<std::string>()) << label;
+        }
       }
     }
     ++checked;
