@@ -20,6 +20,34 @@ uint64_t splitmix64(uint64_t& x) {
 
 inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
+// exp() from IEEE +,*,ldexp only, so sampling weights (and therefore the drawn tokens) are the same
+// bit for bit on every libm. Range reduction by ln2 and a degree-13 Taylor polynomial on
+// |r| <= ln2/2: relative error ~1e-16. Separate statements keep compilers from fusing into FMA.
+}  // namespace
+
+double deterministic_exp(double x) {
+  if (x != x) return x;
+  if (x < -745.2) return 0.0;
+  if (x > 709.7) return std::numeric_limits<double>::infinity();
+  const double n = std::nearbyint(x * 1.4426950408889634);
+  double r = x - n * 0.6931471803691238;  // ln2 high part (exact product for |n| < 2^11)
+  r = r - n * 1.9082149292705877e-10;     // ln2 low part
+  static const double kInvFact[] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+                                    1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,       1.0 / 720.0,
+                                    1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,          0.5,
+                                    1.0,                1.0};
+  double p = kInvFact[0];
+  for (size_t i = 1; i < sizeof(kInvFact) / sizeof(kInvFact[0]); ++i) {
+    p = p * r;
+    p = p + kInvFact[i];
+  }
+  return std::ldexp(p, static_cast<int>(n));
+}
+
+namespace {
+
+inline double det_exp(double x) { return deterministic_exp(x); }
+
 bool by_logit_desc(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
   // Ties keep the lower id first so results do not depend on the sort implementation.
   return a.first > b.first || (a.first == b.first && a.second < b.second);
@@ -141,7 +169,7 @@ size_t Sampler::top_p_sorted(size_t n) {
   const double max_l = cand_[0].first;
   probs_.resize(n);
   double sum = 0.0;
-  for (size_t i = 0; i < n; ++i) sum += probs_[i] = std::exp(static_cast<double>(cand_[i].first) - max_l);
+  for (size_t i = 0; i < n; ++i) sum += probs_[i] = det_exp(static_cast<double>(cand_[i].first) - max_l);
   const double target = static_cast<double>(params_.top_p) * sum;
   double cum = 0.0;
   for (size_t i = 0; i < n; ++i) {
@@ -174,7 +202,7 @@ size_t Sampler::top_p_bucketed(size_t n) {
   bucket_mass_.assign(kBuckets, 0.0);
   double sum = 0.0;
   for (size_t i = 0; i < n; ++i) {
-    const double w = std::exp(cand_[i].first - max_l);  // float exp: plenty for sampling weights
+    const double w = det_exp(static_cast<double>(cand_[i].first) - max_l);
     bucket_mass_[bucket_of(cand_[i].first)] += w;
     sum += w;
   }
@@ -194,7 +222,7 @@ size_t Sampler::top_p_bucketed(size_t n) {
   std::sort(mid, end, by_logit_desc);
   size_t keep = static_cast<size_t>(mid - cand_.begin());
   for (auto it = mid; it != end; ++it) {
-    cum += std::exp(it->first - max_l);
+    cum += det_exp(static_cast<double>(it->first) - max_l);
     ++keep;
     if (cum >= target) break;
   }
@@ -267,15 +295,15 @@ int32_t Sampler::sample(const float* logits, int n_vocab) {
     }
   }
   if (min_p_on && n > 1) {
-    // p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p) (same softmax denominator).
+    // p_i >= min_p * p_max  <=>  exp(logit_i - logit_max) >= min_p (same softmax denominator).
     float max_l = cand_[0].first;
     if (!sorted) {
       for (size_t i = 1; i < n; ++i) max_l = std::max(max_l, cand_[i].first);
     }
-    const double thr = static_cast<double>(max_l) + std::log(static_cast<double>(params_.min_p));
+    const double min_p = params_.min_p;
     size_t kept = 0;  // stable in-place compaction (std::stable_partition may allocate)
     for (size_t i = 0; i < n; ++i) {
-      if (static_cast<double>(cand_[i].first) >= thr) cand_[kept++] = cand_[i];
+      if (det_exp(static_cast<double>(cand_[i].first) - max_l) >= min_p) cand_[kept++] = cand_[i];
     }
     n = std::max<size_t>(1, kept);
   }
@@ -287,7 +315,7 @@ int32_t Sampler::sample(const float* logits, int n_vocab) {
   probs_.resize(n);
   double sum = 0.0;
   for (size_t i = 0; i < n; ++i) {
-    sum += probs_[i] = std::exp(static_cast<float>((static_cast<double>(cand_[i].first) - max_l) * inv_t));
+    sum += probs_[i] = det_exp((static_cast<double>(cand_[i].first) - max_l) * inv_t);
   }
   const double r = rng_.uniform() * sum;
   double cum = 0.0;

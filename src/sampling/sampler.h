@@ -46,6 +46,9 @@ class Rng {
   uint64_t s_[4];
 };
 
+// exp() built from IEEE basic operations only: identical results on every platform and libm.
+double deterministic_exp(double x);
+
 class Sampler {
  public:
   explicit Sampler(const SamplerParams& params);

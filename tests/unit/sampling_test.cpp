@@ -57,6 +57,18 @@ TEST(Sampling, RngIsDeterministicAndUniformInRange) {
   EXPECT_NEAR(mean / 100000, 0.5, 0.01);
 }
 
+TEST(Sampling, DeterministicExpMatchesLibm) {
+  double worst = 0;
+  for (double x = -700.0; x <= 700.0; x += 0.0137) {
+    const double ref = std::exp(x);
+    worst = std::max(worst, std::fabs(deterministic_exp(x) - ref) / ref);
+  }
+  EXPECT_LT(worst, 4e-16);
+  EXPECT_EQ(deterministic_exp(0.0), 1.0);
+  EXPECT_EQ(deterministic_exp(-800.0), 0.0);
+  EXPECT_TRUE(std::isinf(deterministic_exp(800.0)));
+}
+
 TEST(Sampling, GreedyIsArgmaxLowestIdOnTies) {
   Sampler s(plain(0.0f));
   const std::vector<float> l = {1.0f, 3.0f, -2.0f, 3.0f, 0.5f};
