@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 
@@ -20,28 +21,53 @@ uint64_t splitmix64(uint64_t& x) {
 
 inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-// exp() from IEEE +,*,ldexp only, so sampling weights (and therefore the drawn tokens) are the same
-// bit for bit on every libm. Range reduction by ln2 and a degree-13 Taylor polynomial on
-// |r| <= ln2/2: relative error ~1e-16. Separate statements keep compilers from fusing into FMA.
+// 2^(j/32), correctly rounded (generated with Python's decimal module at 60 digits).
+constexpr double kExp2Table[32] = {
+    0x1.0000000000000p+0, 0x1.059b0d3158574p+0, 0x1.0b5586cf9890fp+0, 0x1.11301d0125b51p+0,
+    0x1.172b83c7d517bp+0, 0x1.1d4873168b9aap+0, 0x1.2387a6e756238p+0, 0x1.29e9df51fdee1p+0,
+    0x1.306fe0a31b715p+0, 0x1.371a7373aa9cbp+0, 0x1.3dea64c123422p+0, 0x1.44e086061892dp+0,
+    0x1.4bfdad5362a27p+0, 0x1.5342b569d4f82p+0, 0x1.5ab07dd485429p+0, 0x1.6247eb03a5585p+0,
+    0x1.6a09e667f3bcdp+0, 0x1.71f75e8ec5f74p+0, 0x1.7a11473eb0187p+0, 0x1.82589994cce13p+0,
+    0x1.8ace5422aa0dbp+0, 0x1.93737b0cdc5e5p+0, 0x1.9c49182a3f090p+0, 0x1.a5503b23e255dp+0,
+    0x1.ae89f995ad3adp+0, 0x1.b7f76f2fb5e47p+0, 0x1.c199bdd85529cp+0, 0x1.cb720dcef9069p+0,
+    0x1.d5818dcfba487p+0, 0x1.dfc97337b9b5fp+0, 0x1.ea4afa2a490dap+0, 0x1.f50765b6e4540p+0,
+};
+
 }  // namespace
 
+// exp() from IEEE +, * and exact scaling only, so sampling weights (and therefore the drawn
+// tokens) are bit-identical on every libm. x = (32m + j) ln2/32 + r with |r| <= ln2/64;
+// exp(x) = 2^m * 2^(j/32) * e^r, e^r by a degree-6 polynomial (error ~2e-17). Separate
+// statements keep compilers from contracting into FMA, which would change the rounding.
 double deterministic_exp(double x) {
   if (x != x) return x;
-  if (x < -745.2) return 0.0;
   if (x > 709.7) return std::numeric_limits<double>::infinity();
-  const double n = std::nearbyint(x * 1.4426950408889634);
-  double r = x - n * 0.6931471803691238;  // ln2 high part (exact product for |n| < 2^11)
-  r = r - n * 1.9082149292705877e-10;     // ln2 low part
-  static const double kInvFact[] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
-                                    1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,       1.0 / 720.0,
-                                    1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,          0.5,
-                                    1.0,                1.0};
-  double p = kInvFact[0];
-  for (size_t i = 1; i < sizeof(kInvFact) / sizeof(kInvFact[0]); ++i) {
-    p = p * r;
-    p = p + kInvFact[i];
-  }
-  return std::ldexp(p, static_cast<int>(n));
+  if (x < -745.2) return 0.0;
+  const double t = x * 46.166241308446828;  // 32 / ln2
+  const int64_t n = static_cast<int64_t>(t + (t >= 0.0 ? 0.5 : -0.5));  // round half away from zero
+  const double dn = static_cast<double>(n);
+  double r = x - dn * 0.02166084938653512;  // ln2/32 high part: exact product for |n| < 2^21
+  r = r - dn * 5.9631716539705866e-12;    // ln2/32 low part
+  double p = 1.0 / 720.0;
+  p = p * r;
+  p = p + 1.0 / 120.0;
+  p = p * r;
+  p = p + 1.0 / 24.0;
+  p = p * r;
+  p = p + 1.0 / 6.0;
+  p = p * r;
+  p = p + 0.5;
+  p = p * r;
+  p = p + 1.0;
+  p = p * r;
+  p = p + 1.0;
+  p = p * kExp2Table[n & 31];
+  const int64_t m = n >> 5;  // arithmetic shift: floor division by 32
+  if (m < -1021 || m > 1023) return std::ldexp(p, static_cast<int>(m));
+  const uint64_t bits = static_cast<uint64_t>(m + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
 }
 
 namespace {
