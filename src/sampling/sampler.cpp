@@ -19,7 +19,9 @@ uint64_t splitmix64(uint64_t& x) {
   return z ^ (z >> 31);
 }
 
-inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+inline uint64_t rotl(uint64_t x, int k) {
+  return (x << k) | (x >> (64 - k));
+}
 
 // 2^(j/32), correctly rounded (generated with Python's decimal module at 60 digits).
 constexpr double kExp2Table[32] = {
@@ -43,11 +45,11 @@ double deterministic_exp(double x) {
   if (x != x) return x;
   if (x > 709.7) return std::numeric_limits<double>::infinity();
   if (x < -745.2) return 0.0;
-  const double t = x * 46.166241308446828;  // 32 / ln2
+  const double t = x * 46.166241308446828;                              // 32 / ln2
   const int64_t n = static_cast<int64_t>(t + (t >= 0.0 ? 0.5 : -0.5));  // round half away from zero
   const double dn = static_cast<double>(n);
   double r = x - dn * 0.02166084938653512;  // ln2/32 high part: exact product for |n| < 2^21
-  r = r - dn * 5.9631716539705866e-12;    // ln2/32 low part
+  r = r - dn * 5.9631716539705866e-12;      // ln2/32 low part
   double p = 1.0 / 720.0;
   p = p * r;
   p = p + 1.0 / 120.0;
@@ -72,7 +74,9 @@ double deterministic_exp(double x) {
 
 namespace {
 
-inline double det_exp(double x) { return deterministic_exp(x); }
+inline double det_exp(double x) {
+  return deterministic_exp(x);
+}
 
 bool by_logit_desc(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
   // Ties keep the lower id first so results do not depend on the sort implementation.
@@ -243,8 +247,10 @@ size_t Sampler::top_p_bucketed(size_t n) {
     cum += bucket_mass_[b];
   }
   // Move buckets < edge to the front, then the edge bucket; drop the rest.
-  auto mid = std::partition(cand_.begin(), cand_.begin() + n, [&](const auto& c) { return bucket_of(c.first) < edge; });
-  auto end = std::partition(mid, cand_.begin() + n, [&](const auto& c) { return bucket_of(c.first) == edge; });
+  auto mid = std::partition(cand_.begin(), cand_.begin() + n,
+                            [&](const auto& c) { return bucket_of(c.first) < edge; });
+  auto end =
+      std::partition(mid, cand_.begin() + n, [&](const auto& c) { return bucket_of(c.first) == edge; });
   std::sort(mid, end, by_logit_desc);
   size_t keep = static_cast<size_t>(mid - cand_.begin());
   for (auto it = mid; it != end; ++it) {

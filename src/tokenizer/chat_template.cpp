@@ -68,7 +68,8 @@ std::string ChatTemplate::apply(const nlohmann::ordered_json& messages, bool add
     if (!m.is_object()) throw ChatTemplateError("chat messages must be JSON objects, got: " + m.dump());
     msgs.push_back(alias_reasoning(m));
   }
-  if (!extra.is_null() && !extra.is_object()) throw ChatTemplateError("chat template variables must be an object");
+  if (!extra.is_null() && !extra.is_object())
+    throw ChatTemplateError("chat template variables must be an object");
 
   jinja::Value vars = jinja::Value::make_dict();
   vars.dict->set("messages", jinja::Value::from_json(msgs));
@@ -90,18 +91,20 @@ std::string apply_chat_template(const std::string& tmpl, const nlohmann::ordered
   return ChatTemplate(tmpl).apply(messages, add_generation_prompt, extra);
 }
 
-std::string apply_chat_template(const std::string& tmpl, const nlohmann::json& messages, bool add_generation_prompt,
-                                const nlohmann::json& extra) {
+std::string apply_chat_template(const std::string& tmpl, const nlohmann::json& messages,
+                                bool add_generation_prompt, const nlohmann::json& extra) {
   return ChatTemplate(tmpl).apply(nlohmann::ordered_json(messages), add_generation_prompt,
                                   nlohmann::ordered_json(extra));
 }
 
 std::string render_template(const std::string& tmpl, const nlohmann::ordered_json& variables,
                             std::optional<int64_t> now_unix, const jinja::RenderLimits& limits) {
-  if (!variables.is_null() && !variables.is_object()) throw ChatTemplateError("template variables must be an object");
+  if (!variables.is_null() && !variables.is_object())
+    throw ChatTemplateError("template variables must be an object");
   return guarded([&] {
     jinja::Body body = jinja::parse_template(tmpl);
-    jinja::Value vars = variables.is_object() ? jinja::Value::from_json(variables) : jinja::Value::make_dict();
+    jinja::Value vars =
+        variables.is_object() ? jinja::Value::from_json(variables) : jinja::Value::make_dict();
     jinja::Interpreter interp(limits);
     return interp.render(body, vars, now_unix);
   });
@@ -110,7 +113,8 @@ std::string render_template(const std::string& tmpl, const nlohmann::ordered_jso
 const std::string& default_chat_template() {
   static const std::string kChatml =
       "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-      "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+      "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% "
+      "endif %}";
   return kChatml;
 }
 

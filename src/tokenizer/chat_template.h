@@ -14,10 +14,9 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "tokenizer/jinja/interpreter.h"  // RenderLimits
 #include "tokenizer/jinja/value.h"        // ChatTemplateError
@@ -53,7 +52,8 @@ class ChatTemplate {
 
 // messages: JSON array of {role, content, [tool_calls], [name], ...}; extra: bos_token, eos_token,
 // tools, date_string, any other variables. Throws ChatTemplateError.
-std::string apply_chat_template(const std::string& tmpl, const nlohmann::json& messages, bool add_generation_prompt,
+std::string apply_chat_template(const std::string& tmpl, const nlohmann::json& messages,
+                                bool add_generation_prompt,
                                 const nlohmann::json& extra = nlohmann::json::object());
 std::string apply_chat_template(const std::string& tmpl, const nlohmann::ordered_json& messages,
                                 bool add_generation_prompt,
@@ -62,7 +62,8 @@ std::string apply_chat_template(const std::string& tmpl, const nlohmann::ordered
 // Renders any template with the chat environment and exactly these top-level variables (no
 // messages/tools defaults). For tools and tests.
 std::string render_template(const std::string& tmpl, const nlohmann::ordered_json& variables,
-                            std::optional<int64_t> now_unix = std::nullopt, const jinja::RenderLimits& limits = {});
+                            std::optional<int64_t> now_unix = std::nullopt,
+                            const jinja::RenderLimits& limits = {});
 
 // A fallback for models without tokenizer.chat_template: chatml.
 const std::string& default_chat_template();

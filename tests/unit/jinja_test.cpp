@@ -18,11 +18,13 @@ std::string source_dir() {
   return env ? env : QLEAP_SOURCE_DIR;
 }
 
-std::string render(const std::string& tmpl, const nlohmann::ordered_json& vars = nlohmann::ordered_json::object()) {
+std::string render(const std::string& tmpl,
+                   const nlohmann::ordered_json& vars = nlohmann::ordered_json::object()) {
   return render_template(tmpl, vars);
 }
 
-std::string error_of(const std::string& tmpl, const nlohmann::ordered_json& vars = nlohmann::ordered_json::object()) {
+std::string error_of(const std::string& tmpl,
+                     const nlohmann::ordered_json& vars = nlohmann::ordered_json::object()) {
   try {
     render(tmpl, vars);
   } catch (const ChatTemplateError& e) {
@@ -63,8 +65,9 @@ TEST(Jinja, UndefinedIsLenient) {
 }
 
 TEST(Jinja, RaiseExceptionTextIsExact) {
-  EXPECT_EQ(error_of("line1\n{% if x %}{{ raise_exception('Only ' + x + ' roles') }}{% endif %}", {{"x", "user"}}),
-            "Only user roles");
+  EXPECT_EQ(
+      error_of("line1\n{% if x %}{{ raise_exception('Only ' + x + ' roles') }}{% endif %}", {{"x", "user"}}),
+      "Only user roles");
 }
 
 TEST(Jinja, SyntaxErrorsReportLineAndColumn) {
@@ -96,11 +99,31 @@ TEST(Jinja, RuntimeErrorsReportLine) {
 
 TEST(Jinja, MalformedTemplatesFailCleanly) {
   const char* bad[] = {
-      "{{",           "{{ x",        "{%",          "{% if x %}",   "{% for %}",   "{# open",
-      "{{ 'abc }}",   "{{ (1 }}",    "{{ [1, 2 }}", "{{ {'a' }}",   "{% set %}",   "{% macro %}",
-      "{% endfor %}", "{% else %}",  "{{ x. }}",    "{{ x[ }}",     "{{ x | }}",   "{{ 1 if }}",
-      "{% raw %}x",   "{{ @ }}",     "{{ x is }}",  "{% if x %}{% elif %}{% endif %}",
-      "{% for x in y %}{% endif %}", "{% call %}{% endcall %}",     "{{ '\\u12' }}",
+      "{{",
+      "{{ x",
+      "{%",
+      "{% if x %}",
+      "{% for %}",
+      "{# open",
+      "{{ 'abc }}",
+      "{{ (1 }}",
+      "{{ [1, 2 }}",
+      "{{ {'a' }}",
+      "{% set %}",
+      "{% macro %}",
+      "{% endfor %}",
+      "{% else %}",
+      "{{ x. }}",
+      "{{ x[ }}",
+      "{{ x | }}",
+      "{{ 1 if }}",
+      "{% raw %}x",
+      "{{ @ }}",
+      "{{ x is }}",
+      "{% if x %}{% elif %}{% endif %}",
+      "{% for x in y %}{% endif %}",
+      "{% call %}{% endcall %}",
+      "{{ '\\u12' }}",
   };
   for (const char* t : bad) {
     EXPECT_THROW(render(t), ChatTemplateError) << t;
@@ -176,8 +199,9 @@ namespace {
 // either render or throw ChatTemplateError - never crash, hang or leak another exception type.
 TEST(Jinja, MutatedTemplatesNeverCrash) {
   const std::string dir = source_dir() + "/tests/fixtures/chat/templates/";
-  const char* names[] = {"qwen2.5-instruct", "qwen3", "llama3.1-instruct", "gemma3-it", "mistral-instruct-v0.1",
-                         "community-granite-3.0-instruct"};
+  const char* names[] = {"qwen2.5-instruct",      "qwen3",
+                         "llama3.1-instruct",     "gemma3-it",
+                         "mistral-instruct-v0.1", "community-granite-3.0-instruct"};
   const auto msgs = nlohmann::ordered_json::parse(
       R"([{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
           {"role": "assistant", "content": "a", "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]},
@@ -218,7 +242,8 @@ TEST(Jinja, MutatedTemplatesNeverCrash) {
       } catch (const ChatTemplateError&) {
         ++rejected;
       } catch (const std::exception& e) {
-        ADD_FAILURE() << name << " iter " << iter << ": non-ChatTemplateError exception: " << e.what() << "\n" << t;
+        ADD_FAILURE() << name << " iter " << iter << ": non-ChatTemplateError exception: " << e.what() << "\n"
+                      << t;
       }
     }
   }

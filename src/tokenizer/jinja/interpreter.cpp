@@ -30,12 +30,14 @@ void Interpreter::check_collection(size_t n) const {
 }
 
 void Interpreter::step() {
-  if (++steps_ > limits_.max_steps) throw ChatTemplateError("chat template error: too many steps (runaway loop?)");
+  if (++steps_ > limits_.max_steps)
+    throw ChatTemplateError("chat template error: too many steps (runaway loop?)");
 }
 
 void Interpreter::emit(std::string& out, const std::string& text) {
   if (out.size() + text.size() > limits_.max_output) {
-    throw ChatTemplateError("chat template error: output exceeds " + std::to_string(limits_.max_output) + " bytes");
+    throw ChatTemplateError("chat template error: output exceeds " + std::to_string(limits_.max_output) +
+                            " bytes");
   }
   out += text;
 }
@@ -163,7 +165,9 @@ void Interpreter::exec_for(const Stmt& s, const FramePtr& frame, std::string& ou
       f.vars[s.targets[0]] = item;
       return;
     }
-    std::vector<Value> parts = item.is_list() ? *item.list : item.is_string() ? iterate(item) : std::vector<Value>{};
+    std::vector<Value> parts = item.is_list()     ? *item.list
+                               : item.is_string() ? iterate(item)
+                                                  : std::vector<Value>{};
     if (parts.size() != s.targets.size()) {
       fail_at(s.line, "cannot unpack " + std::to_string(parts.size()) + " values into " +
                           std::to_string(s.targets.size()) + " loop variables");
@@ -250,7 +254,8 @@ Value Interpreter::make_macro(const Stmt& s, const FramePtr& frame) {
     const auto& params = def->targets;
     if (args.pos.size() > params.size()) {
       // Extra positional arguments go to `varargs`, as in Jinja.
-      f->vars["varargs"] = Value::make_list(std::vector<Value>(args.pos.begin() + params.size(), args.pos.end()));
+      f->vars["varargs"] =
+          Value::make_list(std::vector<Value>(args.pos.begin() + params.size(), args.pos.end()));
     } else {
       f->vars["varargs"] = Value::make_list();
     }
@@ -303,7 +308,8 @@ Value Interpreter::eval_call(const Expr& e, const FramePtr& frame) {
     if (call_method(*this, obj, callee.name, args, out)) return out;
     Value fn = get_attr(obj, callee.name);
     if (fn.is_undefined()) {
-      throw ChatTemplateError(std::string("'") + type_name(obj) + "' object has no attribute '" + callee.name + "'");
+      throw ChatTemplateError(std::string("'") + type_name(obj) + "' object has no attribute '" +
+                              callee.name + "'");
     }
     return call(fn, args);
   }
@@ -347,7 +353,8 @@ Value Interpreter::eval(const Expr& e, const FramePtr& frame) {
       if (e.name == "not") return Value::boolean(!v.truthy());
       if (v.kind == Kind::kFloat) return Value::number(e.name == "-" ? -v.f : v.f);
       if (v.is_integer()) return Value::integer(e.name == "-" ? -v.as_int() : v.as_int());
-      throw ChatTemplateError(std::string("bad operand type for unary ") + e.name + ": '" + type_name(v) + "'");
+      throw ChatTemplateError(std::string("bad operand type for unary ") + e.name + ": '" + type_name(v) +
+                              "'");
     }
     case Expr::kBinary:
       return eval_binary(e, frame);
