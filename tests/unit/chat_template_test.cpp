@@ -97,6 +97,13 @@ TEST(ChatTemplate, ToolsDefaultToNoneAndExtrasAreVisible) {
   EXPECT_EQ(apply_chat_template("{{ tools[0].name }}", nlohmann::json::array(), false, extra), "f");
 }
 
+TEST(ChatTemplate, OverloadsAcceptBracedExtras) {
+  const nlohmann::json msgs = nlohmann::json::array({{{"role", "user"}, {"content", "x"}}});
+  EXPECT_EQ(apply_chat_template("{{ bos_token }}{{ messages[0].content }}", msgs, false, {}), "x");
+  EXPECT_EQ(apply_chat_template("{{ bos_token }}{{ messages[0].content }}", msgs, false, {{"bos_token", "<s>"}}),
+            "<s>x");
+}
+
 TEST(ChatTemplate, ReasoningFieldsAreAliased) {
   nlohmann::ordered_json msgs =
       nlohmann::ordered_json::parse(R"([{"role": "assistant", "content": "x", "reasoning": "because"}])");
