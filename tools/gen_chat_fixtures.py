@@ -41,6 +41,28 @@ TOOLS = [
     }
 ]
 
+# Exercises nested schemas: arrays, union types, additionalProperties, return types.
+RICH_TOOLS = TOOLS + [
+    {
+        "type": "function",
+        "function": {
+            "name": "search_docs",
+            "description": "  Search the documentation. ",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "terms": {"type": "array", "items": {"type": "string"}, "description": "Search terms"},
+                    "limit": {"type": ["integer", "number"], "description": "Max hits"},
+                    "filters": {"type": "object", "additionalProperties": {"type": "number"}, "description": "Weights"},
+                    "exact": {"type": "boolean", "description": "Exact match"},
+                },
+                "required": ["terms"],
+            },
+            "return": {"type": "array", "description": "Matching document ids"},
+        },
+    },
+]
+
 CONVERSATIONS = {
     "single_user": [{"role": "user", "content": "Hello!"}],
     "system_multi_turn": [
@@ -83,17 +105,77 @@ TOOL_CONVERSATION = [
     {"role": "assistant", "content": "It is 22 °C and clear in Paris."},
 ]
 
+PARALLEL_TOOLS = [
+    {"role": "user", "content": "Weather in Paris and Rome?"},
+    {
+        "role": "assistant",
+        "content": "Let me check both.",
+        "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"location": "Paris"}}},
+            {"type": "function", "function": {"name": "get_weather", "arguments": "{\"location\": \"Rome\"}"}},
+        ],
+    },
+    {"role": "tool", "content": "sunny"},
+    {"role": "tool", "content": "rainy"},
+]
+
+THINKING = [
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "<think>\nsimple sum\n</think>\n\n4"},
+    {"role": "user", "content": "times 3?"},
+    {"role": "assistant", "content": "12", "reasoning_content": "4*3"},
+]
+
+BUILTIN_TOOL_CALL = [
+    {"role": "user", "content": "Search the news"},
+    {
+        "role": "assistant",
+        "tool_calls": [{"type": "function", "function": {"name": "brave_search", "arguments": {"query": "news today"}}}],
+    },
+    {"role": "ipython", "content": {"results": ["a", "b"]}},
+]
+
+# (template, conversation name, messages, extra variables, tools)
+SPECIAL_CASES = [
+    ("qwen2.5-instruct", "parallel_tools", PARALLEL_TOOLS, {}, TOOLS),
+    ("qwen3", "parallel_tools", PARALLEL_TOOLS, {}, TOOLS),
+    ("qwen3", "thinking", THINKING, {}, None),
+    ("qwen3", "thinking_disabled", CONVERSATIONS["single_user"], {"enable_thinking": False}, None),
+    ("llama3.1-instruct", "builtin_tools", BUILTIN_TOOL_CALL, {"builtin_tools": ["brave_search", "wolfram_alpha", "code_interpreter"]}, None),
+    ("llama3.1-instruct", "tools_in_system", TOOL_CONVERSATION, {"tools_in_user_message": False}, TOOLS),
+    ("llama3.2-instruct", "parallel_tools_rejected", PARALLEL_TOOLS, {"date_string": "01 Jan 2025"}, TOOLS),
+    ("hermes-3-tool-use", "tools", TOOL_CONVERSATION, {}, RICH_TOOLS),
+    ("hermes-3-tool-use", "parallel_tools", PARALLEL_TOOLS, {}, RICH_TOOLS),
+    ("hermes-3-tool-use", "multi_turn_no_system", CONVERSATIONS["multi_turn_no_system"], {}, RICH_TOOLS),
+    ("hermes-3-tool-use", "no_tools_is_an_error", CONVERSATIONS["single_user"], {}, None),
+    # A "null" member of a union type recurses forever in this template ("null" is iterable).
+    ("hermes-3-tool-use", "recursive_schema_bug", CONVERSATIONS["single_user"], {},
+     [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {
+         "type": "object", "properties": {"x": {"type": ["null"], "description": "x"}}}}}]),
+    ("qwen3", "rich_tools", TOOL_CONVERSATION, {}, RICH_TOOLS),
+    ("llama3.1-instruct", "rich_tools", TOOL_CONVERSATION, {}, RICH_TOOLS),
+]
+
 # name -> (bos, eos, tool capable)
 TEMPLATES = {
     "chatml": ("", "<|im_end|>", False),
     "smollm2-instruct": ("<|im_start|>", "<|im_end|>", False),
     "qwen2.5-instruct": ("", "<|im_end|>", True),
+    "qwen3": ("", "<|im_end|>", True),
+    "llama3.1-instruct": ("<|begin_of_text|>", "<|eot_id|>", True),
     "llama3-instruct": ("<|begin_of_text|>", "<|eot_id|>", False),
     "llama3.2-instruct": ("<|begin_of_text|>", "<|eot_id|>", True),
     "llama2-chat": ("<s>", "</s>", False),
     "mistral-instruct-v0.1": ("<s>", "</s>", False),
     "gemma-it": ("<bos>", "<eos>", False),
     "gemma3-it": ("<bos>", "<eos>", False),
+    "hermes-3-tool-use": ("<|begin_of_text|>", "<|im_end|>", None),  # only in SPECIAL_CASES
+    "community-phi-3": ("<s>", "<|endoftext|>", False),
+    "community-granite-3.0-instruct": ("", "<|end_of_text|>", True),
+    "community-zephyr": ("<s>", "</s>", False),
+    "community-falcon-instruct": ("", "<|endoftext|>", False),
+    "community-vicuna": ("<s>", "</s>", False),
+    "community-mistral-instruct": ("<s>", "</s>", False),
 }
 
 # Small templates, one feature each. (name, template, variables)
@@ -164,6 +246,14 @@ JINJA_CASES = [
     ("whitespace-controlled chat loop", "{%- for m in messages -%}\n  {{- m.role }}: {{ m.content | trim }}\n{% endfor -%}\n{{- 'END' -}}", {"messages": [{"role": "user", "content": " hi "}, {"role": "assistant", "content": "yo"}]}),
     ("raise_exception", "{% if true %}{{ raise_exception('Bad role: ' ~ 'x') }}{% endif %}", {}),
     ("indent filter", "{{ 'a\\nb\\n\\nc' | indent(2) }}|{{ 'a\\nb' | indent(2, true) }}", {}),
+    ("lstrip at template start", "  {% if true %}x{% endif %}", {}),
+    ("no lstrip after output on same line", "{{ 'a' }}  {% if true %}x{% endif %}\n  {% if true %}y{% endif %}", {}),
+    ("lstrip after trimmed block", "{% if true %}\n  {% if true %}z{% endif %}\n{% endif %}", {}),
+    ("minus then lstrip", "a  \n  {%- if true %}\n b{% endif %}", {}),
+    ("generation block", "a{% generation %}b{{ 1 }}{% endgeneration %}c", {}),
+    ("nested namespace and macro", "{% set ns = namespace(out=[]) %}{% macro item(x) %}<{{ x }}>{% endmacro %}{% for x in xs %}{% set ns.out = ns.out + [item(x)] %}{% endfor %}{{ ns.out | join(',') }}", {"xs": ["a", "b"]}),
+    ("string comparison and sort by attribute", "{{ users | sort(attribute='age') | map(attribute='name') | join }}{{ 'abc' < 'abd' }}", {"users": [{"name": "x", "age": 30}, {"name": "y", "age": 20}]}),
+    ("ints and floats mixing", "{{ 1 + true }}{{ 10 / 4 }}{{ 10 // 4 }}{{ 2 ** -1 }}{{ 1e3 | int }}{{ (3 / 3) | string }}", {}),
     ("wordcount", "{{ 'hello big  world' | wordcount }}", {}),
 ]
 
@@ -180,13 +270,17 @@ def render_chat(template, messages, add_generation_prompt, bos, eos, tools=None,
             **kwargs,
         )
         return {"output": out[0]}
-    except jinja2.exceptions.TemplateError as e:
-        return {"error": str(e)}
+    except Exception as e:  # noqa: BLE001 - any failure is an expected error case
+        # raise_exception() raises exactly TemplateError: its text must match. Other failures
+        # (TypeError, UndefinedError) only need to be rejected.
+        return {"error": str(e), "error_exact": type(e) is jinja2.exceptions.TemplateError}
 
 
 def main():
     chat_cases = []
     for name, (bos, eos, tool_capable) in TEMPLATES.items():
+        if tool_capable is None:
+            continue
         template = (FIX / "templates" / f"{name}.jinja").read_text(encoding="utf-8")
         extra = {"date_string": "26 Jul 2024"} if "llama3.2" in name else {}
         convs = dict(CONVERSATIONS)
@@ -210,6 +304,18 @@ def main():
                     }
                     case.update(render_chat(template, messages, agp, bos, eos, tools, extra))
                     chat_cases.append(case)
+
+    for name, conv_name, messages, extra, tools in SPECIAL_CASES:
+        bos, eos, _ = TEMPLATES[name]
+        template = (FIX / "templates" / f"{name}.jinja").read_text(encoding="utf-8")
+        for agp in (False, True):
+            vars_ = {"bos_token": bos, "eos_token": eos, **extra}
+            if tools is not None:
+                vars_["tools"] = tools
+            case = {"template": name, "conversation": conv_name, "add_generation_prompt": agp,
+                    "messages": messages, "variables": vars_}
+            case.update(render_chat(template, messages, agp, bos, eos, tools, extra))
+            chat_cases.append(case)
 
     jinja_cases = []
     for name, template, variables in JINJA_CASES:

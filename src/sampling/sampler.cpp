@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 
@@ -18,7 +19,64 @@ uint64_t splitmix64(uint64_t& x) {
   return z ^ (z >> 31);
 }
 
-inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+inline uint64_t rotl(uint64_t x, int k) {
+  return (x << k) | (x >> (64 - k));
+}
+
+// 2^(j/32), correctly rounded (generated with Python's decimal module at 60 digits).
+constexpr double kExp2Table[32] = {
+    0x1.0000000000000p+0, 0x1.059b0d3158574p+0, 0x1.0b5586cf9890fp+0, 0x1.11301d0125b51p+0,
+    0x1.172b83c7d517bp+0, 0x1.1d4873168b9aap+0, 0x1.2387a6e756238p+0, 0x1.29e9df51fdee1p+0,
+    0x1.306fe0a31b715p+0, 0x1.371a7373aa9cbp+0, 0x1.3dea64c123422p+0, 0x1.44e086061892dp+0,
+    0x1.4bfdad5362a27p+0, 0x1.5342b569d4f82p+0, 0x1.5ab07dd485429p+0, 0x1.6247eb03a5585p+0,
+    0x1.6a09e667f3bcdp+0, 0x1.71f75e8ec5f74p+0, 0x1.7a11473eb0187p+0, 0x1.82589994cce13p+0,
+    0x1.8ace5422aa0dbp+0, 0x1.93737b0cdc5e5p+0, 0x1.9c49182a3f090p+0, 0x1.a5503b23e255dp+0,
+    0x1.ae89f995ad3adp+0, 0x1.b7f76f2fb5e47p+0, 0x1.c199bdd85529cp+0, 0x1.cb720dcef9069p+0,
+    0x1.d5818dcfba487p+0, 0x1.dfc97337b9b5fp+0, 0x1.ea4afa2a490dap+0, 0x1.f50765b6e4540p+0,
+};
+
+}  // namespace
+
+// exp() from IEEE +, * and exact scaling only, so sampling weights (and therefore the drawn
+// tokens) are bit-identical on every libm. x = (32m + j) ln2/32 + r with |r| <= ln2/64;
+// exp(x) = 2^m * 2^(j/32) * e^r, e^r by a degree-6 polynomial (error ~2e-17). Separate
+// statements keep compilers from contracting into FMA, which would change the rounding.
+double deterministic_exp(double x) {
+  if (x != x) return x;
+  if (x > 709.7) return std::numeric_limits<double>::infinity();
+  if (x < -745.2) return 0.0;
+  const double t = x * 46.166241308446828;                              // 32 / ln2
+  const int64_t n = static_cast<int64_t>(t + (t >= 0.0 ? 0.5 : -0.5));  // round half away from zero
+  const double dn = static_cast<double>(n);
+  double r = x - dn * 0.02166084938653512;  // ln2/32 high part: exact product for |n| < 2^21
+  r = r - dn * 5.9631716539705866e-12;      // ln2/32 low part
+  double p = 1.0 / 720.0;
+  p = p * r;
+  p = p + 1.0 / 120.0;
+  p = p * r;
+  p = p + 1.0 / 24.0;
+  p = p * r;
+  p = p + 1.0 / 6.0;
+  p = p * r;
+  p = p + 0.5;
+  p = p * r;
+  p = p + 1.0;
+  p = p * r;
+  p = p + 1.0;
+  p = p * kExp2Table[n & 31];
+  const int64_t m = n >> 5;  // arithmetic shift: floor division by 32
+  if (m < -1021 || m > 1023) return std::ldexp(p, static_cast<int>(m));
+  const uint64_t bits = static_cast<uint64_t>(m + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+namespace {
+
+inline double det_exp(double x) {
+  return deterministic_exp(x);
+}
 
 bool by_logit_desc(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
   // Ties keep the lower id first so results do not depend on the sort implementation.
@@ -137,63 +195,149 @@ int32_t Sampler::greedy(const float* logits, int n_vocab) {
   return best;
 }
 
+size_t Sampler::top_p_sorted(size_t n) {
+  const double max_l = cand_[0].first;
+  probs_.resize(n);
+  double sum = 0.0;
+  for (size_t i = 0; i < n; ++i) sum += probs_[i] = det_exp(static_cast<double>(cand_[i].first) - max_l);
+  const double target = static_cast<double>(params_.top_p) * sum;
+  double cum = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    cum += probs_[i];
+    if (cum >= target) return i + 1;
+  }
+  return n;
+}
+
+// Top-p on a large unsorted set without sorting it: bucket the logits, find the bucket where the
+// cumulative mass crosses top_p, and sort only that bucket. Everything in higher buckets is kept.
+// The kept set equals the sorted algorithm's (ties broken by lower id); it is left unsorted.
+size_t Sampler::top_p_bucketed(size_t n) {
+  constexpr int kBuckets = 4096;
+  float max_l = cand_[0].first, min_l = cand_[0].first;
+  for (size_t i = 1; i < n; ++i) {
+    max_l = std::max(max_l, cand_[i].first);
+    min_l = std::min(min_l, cand_[i].first);
+  }
+  const double range = static_cast<double>(max_l) - static_cast<double>(min_l);
+  if (!(range > 0.0) || !std::isfinite(range)) {  // all equal (or inf): sort the lot
+    std::sort(cand_.begin(), cand_.begin() + n, by_logit_desc);
+    return top_p_sorted(n);
+  }
+  const double scale = (kBuckets - 1) / range;
+  auto bucket_of = [&](float l) {
+    const int b = static_cast<int>((static_cast<double>(max_l) - l) * scale);
+    return std::clamp(b, 0, kBuckets - 1);
+  };
+  bucket_mass_.assign(kBuckets, 0.0);
+  double sum = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    const double w = det_exp(static_cast<double>(cand_[i].first) - max_l);
+    bucket_mass_[bucket_of(cand_[i].first)] += w;
+    sum += w;
+  }
+  const double target = static_cast<double>(params_.top_p) * sum;
+  double cum = 0.0;
+  int edge = kBuckets - 1;
+  for (int b = 0; b < kBuckets; ++b) {
+    if (cum + bucket_mass_[b] >= target) {
+      edge = b;
+      break;
+    }
+    cum += bucket_mass_[b];
+  }
+  // Move buckets < edge to the front, then the edge bucket; drop the rest.
+  auto mid = std::partition(cand_.begin(), cand_.begin() + n,
+                            [&](const auto& c) { return bucket_of(c.first) < edge; });
+  auto end =
+      std::partition(mid, cand_.begin() + n, [&](const auto& c) { return bucket_of(c.first) == edge; });
+  std::sort(mid, end, by_logit_desc);
+  size_t keep = static_cast<size_t>(mid - cand_.begin());
+  for (auto it = mid; it != end; ++it) {
+    cum += det_exp(static_cast<double>(it->first) - max_l);
+    ++keep;
+    if (cum >= target) break;
+  }
+  return std::max<size_t>(keep, 1);
+}
+
 int32_t Sampler::sample(const float* logits, int n_vocab) {
   if (n_vocab <= 0 || logits == nullptr) throw InvalidArgument("sample: empty logits");
   if (params_.temperature <= 0.0f) return greedy(logits, n_vocab);
 
-  cand_.resize(static_cast<size_t>(n_vocab));
-  for (int i = 0; i < n_vocab; ++i) cand_[i] = {logits[i], i};
-  if (penalties_active()) {
-    count_window();
-    for (const auto& [tok, cnt] : counts_) {
-      if (tok >= 0 && tok < n_vocab) cand_[tok].first = penalized(cand_[tok].first, cnt);
-    }
-  }
-
-  size_t n = cand_.size();
+  const bool penal = penalties_active();
+  if (penal) count_window();
+  size_t n;
   bool sorted = false;
-  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < n) {
-    // Partial selection: O(V) to find the k best, then sort only those k.
+  const bool top_k_on = params_.top_k > 0 && params_.top_k < n_vocab;
+  if (top_k_on && static_cast<int64_t>(params_.top_k) * 16 <= n_vocab) {
+    // Small k: heap selection in one pass. Most logits lose a single compare against the heap's
+    // worst entry, which beats filling and partitioning a full candidate array.
     const size_t k = static_cast<size_t>(params_.top_k);
-    std::nth_element(cand_.begin(), cand_.begin() + (k - 1), cand_.end(), by_logit_desc);
-    n = k;
-    std::sort(cand_.begin(), cand_.begin() + n, by_logit_desc);
+    cand_.clear();
+    auto worse_first = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+      return by_logit_desc(a, b);  // heap top = worst kept candidate
+    };
+    size_t ci = 0;
+    for (int i = 0; i < n_vocab; ++i) {
+      float v = logits[i];
+      if (penal) {
+        while (ci < counts_.size() && counts_[ci].first < i) ++ci;
+        if (ci < counts_.size() && counts_[ci].first == i) v = penalized(v, counts_[ci].second);
+      }
+      if (cand_.size() < k) {
+        cand_.emplace_back(v, i);
+        std::push_heap(cand_.begin(), cand_.end(), worse_first);
+      } else if (v > cand_.front().first) {  // equal logits keep the earlier (lower) id
+        std::pop_heap(cand_.begin(), cand_.end(), worse_first);
+        cand_.back() = {v, i};
+        std::push_heap(cand_.begin(), cand_.end(), worse_first);
+      }
+    }
+    std::sort_heap(cand_.begin(), cand_.end(), worse_first);
+    n = cand_.size();
     sorted = true;
+  } else {
+    cand_.resize(static_cast<size_t>(n_vocab));
+    for (int i = 0; i < n_vocab; ++i) cand_[i] = {logits[i], i};
+    if (penal) {
+      for (const auto& [tok, cnt] : counts_) {
+        if (tok >= 0 && tok < n_vocab) cand_[tok].first = penalized(cand_[tok].first, cnt);
+      }
+    }
+    n = cand_.size();
+    if (top_k_on) {  // large k: partition, then sort only the k survivors
+      const size_t k = static_cast<size_t>(params_.top_k);
+      std::nth_element(cand_.begin(), cand_.begin() + (k - 1), cand_.end(), by_logit_desc);
+      n = k;
+      std::sort(cand_.begin(), cand_.begin() + n, by_logit_desc);
+      sorted = true;
+    }
   }
 
   const bool top_p_on = params_.top_p < 1.0f;
   const bool min_p_on = params_.min_p > 0.0f;
   if (top_p_on && n > 1) {
-    if (!sorted) {
-      std::sort(cand_.begin(), cand_.begin() + n, by_logit_desc);
+    if (sorted || n <= kSmallSet) {
+      if (!sorted) std::sort(cand_.begin(), cand_.begin() + n, by_logit_desc);
       sorted = true;
+      n = top_p_sorted(n);
+    } else {
+      n = top_p_bucketed(n);
     }
-    const double max_l = cand_[0].first;
-    double sum = 0.0;
-    probs_.resize(n);
-    for (size_t i = 0; i < n; ++i) sum += probs_[i] = std::exp(static_cast<double>(cand_[i].first) - max_l);
-    double cum = 0.0;
-    size_t keep = n;
-    for (size_t i = 0; i < n; ++i) {
-      cum += probs_[i] / sum;
-      if (cum >= static_cast<double>(params_.top_p)) {
-        keep = i + 1;
-        break;
-      }
-    }
-    n = keep;
   }
   if (min_p_on && n > 1) {
-    // p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p) (same softmax denominator).
+    // p_i >= min_p * p_max  <=>  exp(logit_i - logit_max) >= min_p (same softmax denominator).
     float max_l = cand_[0].first;
     if (!sorted) {
       for (size_t i = 1; i < n; ++i) max_l = std::max(max_l, cand_[i].first);
     }
-    const double thr = static_cast<double>(max_l) + std::log(static_cast<double>(params_.min_p));
-    auto end = std::stable_partition(cand_.begin(), cand_.begin() + n, [thr](const auto& c) {
-      return static_cast<double>(c.first) >= thr;
-    });
-    n = std::max<size_t>(1, static_cast<size_t>(end - cand_.begin()));
+    const double min_p = params_.min_p;
+    size_t kept = 0;  // stable in-place compaction (std::stable_partition may allocate)
+    for (size_t i = 0; i < n; ++i) {
+      if (det_exp(static_cast<double>(cand_[i].first) - max_l) >= min_p) cand_[kept++] = cand_[i];
+    }
+    n = std::max<size_t>(1, kept);
   }
 
   // Temperature, softmax and the draw.
@@ -203,7 +347,7 @@ int32_t Sampler::sample(const float* logits, int n_vocab) {
   probs_.resize(n);
   double sum = 0.0;
   for (size_t i = 0; i < n; ++i) {
-    sum += probs_[i] = std::exp((static_cast<double>(cand_[i].first) - max_l) * inv_t);
+    sum += probs_[i] = det_exp((static_cast<double>(cand_[i].first) - max_l) * inv_t);
   }
   const double r = rng_.uniform() * sum;
   double cum = 0.0;

@@ -46,6 +46,9 @@ class Rng {
   uint64_t s_[4];
 };
 
+// exp() built from IEEE basic operations only: identical results on every platform and libm.
+double deterministic_exp(double x);
+
 class Sampler {
  public:
   explicit Sampler(const SamplerParams& params);
@@ -68,6 +71,9 @@ class Sampler {
   void count_window();
   float penalized(float logit, int count) const;
   int32_t greedy(const float* logits, int n_vocab);
+  size_t top_p_sorted(size_t n);    // cand_[0, n) sorted: returns the nucleus size
+  size_t top_p_bucketed(size_t n);  // cand_[0, n) unsorted: moves the nucleus to the front
+  static constexpr size_t kSmallSet = 2048;
 
   SamplerParams params_;
   uint64_t seed_;
@@ -78,6 +84,7 @@ class Sampler {
   std::vector<std::pair<int32_t, int>> counts_;
   std::vector<std::pair<float, int32_t>> cand_;  // (logit, token)
   std::vector<double> probs_;
+  std::vector<double> bucket_mass_;
 };
 
 }  // namespace qleap

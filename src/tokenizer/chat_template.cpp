@@ -5,13 +5,32 @@
 
 namespace qleap {
 
+namespace {
+
+// Everything that escapes the interpreter is a ChatTemplateError, so callers can map it to a
+// client error; anything else reaching here would be an interpreter bug, reported the same way.
+template <typename F>
+auto guarded(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const ChatTemplateError&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw ChatTemplateError("chat template error: out of memory");
+  } catch (const std::exception& e) {
+    throw ChatTemplateError(std::string("chat template internal error: ") + e.what());
+  }
+}
+
+}  // namespace
+
 struct ChatTemplate::Parsed {
   jinja::Body body;
 };
 
 ChatTemplate::ChatTemplate(std::string source) : source_(std::move(source)) {
   parsed_ = std::make_unique<Parsed>();
-  parsed_->body = jinja::parse_template(source_);
+  parsed_->body = guarded([&] { return jinja::parse_template(source_); });
 }
 
 ChatTemplate::~ChatTemplate() = default;
@@ -49,7 +68,8 @@ std::string ChatTemplate::apply(const nlohmann::ordered_json& messages, bool add
     if (!m.is_object()) throw ChatTemplateError("chat messages must be JSON objects, got: " + m.dump());
     msgs.push_back(alias_reasoning(m));
   }
-  if (!extra.is_null() && !extra.is_object()) throw ChatTemplateError("chat template variables must be an object");
+  if (!extra.is_null() && !extra.is_object())
+    throw ChatTemplateError("chat template variables must be an object");
 
   jinja::Value vars = jinja::Value::make_dict();
   vars.dict->set("messages", jinja::Value::from_json(msgs));
@@ -62,8 +82,8 @@ std::string ChatTemplate::apply(const nlohmann::ordered_json& messages, bool add
       vars.dict->set(it.key(), jinja::Value::from_json(it.value()));
     }
   }
-  jinja::Interpreter interp;
-  return interp.render(parsed_->body, vars, now_unix);
+  jinja::Interpreter interp(limits_);
+  return guarded([&] { return interp.render(parsed_->body, vars, now_unix); });
 }
 
 std::string apply_chat_template(const std::string& tmpl, const nlohmann::ordered_json& messages,
@@ -71,25 +91,30 @@ std::string apply_chat_template(const std::string& tmpl, const nlohmann::ordered
   return ChatTemplate(tmpl).apply(messages, add_generation_prompt, extra);
 }
 
-std::string apply_chat_template(const std::string& tmpl, const nlohmann::json& messages, bool add_generation_prompt,
-                                const nlohmann::json& extra) {
+std::string apply_chat_template(const std::string& tmpl, const nlohmann::json& messages,
+                                bool add_generation_prompt, const nlohmann::json& extra) {
   return ChatTemplate(tmpl).apply(nlohmann::ordered_json(messages), add_generation_prompt,
                                   nlohmann::ordered_json(extra));
 }
 
 std::string render_template(const std::string& tmpl, const nlohmann::ordered_json& variables,
-                            std::optional<int64_t> now_unix) {
-  if (!variables.is_null() && !variables.is_object()) throw ChatTemplateError("template variables must be an object");
-  jinja::Body body = jinja::parse_template(tmpl);
-  jinja::Value vars = variables.is_object() ? jinja::Value::from_json(variables) : jinja::Value::make_dict();
-  jinja::Interpreter interp;
-  return interp.render(body, vars, now_unix);
+                            std::optional<int64_t> now_unix, const jinja::RenderLimits& limits) {
+  if (!variables.is_null() && !variables.is_object())
+    throw ChatTemplateError("template variables must be an object");
+  return guarded([&] {
+    jinja::Body body = jinja::parse_template(tmpl);
+    jinja::Value vars =
+        variables.is_object() ? jinja::Value::from_json(variables) : jinja::Value::make_dict();
+    jinja::Interpreter interp(limits);
+    return interp.render(body, vars, now_unix);
+  });
 }
 
 const std::string& default_chat_template() {
   static const std::string kChatml =
       "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-      "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+      "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% "
+      "endif %}";
   return kChatml;
 }
 

@@ -14,12 +14,12 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
-#include <nlohmann/json.hpp>
-
-#include "tokenizer/jinja/value.h"  // ChatTemplateError
+#include "tokenizer/jinja/interpreter.h"  // RenderLimits
+#include "tokenizer/jinja/value.h"        // ChatTemplateError
 
 namespace qleap {
 
@@ -40,16 +40,20 @@ class ChatTemplate {
                     const nlohmann::ordered_json& extra = nlohmann::ordered_json::object(),
                     std::optional<int64_t> now_unix = std::nullopt) const;
   const std::string& source() const { return source_; }
+  // Bounds on recursion, output size and work per render (defaults suit any real template).
+  void set_limits(const jinja::RenderLimits& limits) { limits_ = limits; }
 
  private:
   std::string source_;
+  jinja::RenderLimits limits_;
   struct Parsed;
   std::unique_ptr<Parsed> parsed_;
 };
 
 // messages: JSON array of {role, content, [tool_calls], [name], ...}; extra: bos_token, eos_token,
 // tools, date_string, any other variables. Throws ChatTemplateError.
-std::string apply_chat_template(const std::string& tmpl, const nlohmann::json& messages, bool add_generation_prompt,
+std::string apply_chat_template(const std::string& tmpl, const nlohmann::json& messages,
+                                bool add_generation_prompt,
                                 const nlohmann::json& extra = nlohmann::json::object());
 std::string apply_chat_template(const std::string& tmpl, const nlohmann::ordered_json& messages,
                                 bool add_generation_prompt,
@@ -58,7 +62,8 @@ std::string apply_chat_template(const std::string& tmpl, const nlohmann::ordered
 // Renders any template with the chat environment and exactly these top-level variables (no
 // messages/tools defaults). For tools and tests.
 std::string render_template(const std::string& tmpl, const nlohmann::ordered_json& variables,
-                            std::optional<int64_t> now_unix = std::nullopt);
+                            std::optional<int64_t> now_unix = std::nullopt,
+                            const jinja::RenderLimits& limits = {});
 
 // A fallback for models without tokenizer.chat_template: chatml.
 const std::string& default_chat_template();

@@ -18,11 +18,13 @@ std::string source_dir() {
   return env ? env : QLEAP_SOURCE_DIR;
 }
 
-std::string render(const std::string& tmpl, const nlohmann::ordered_json& vars = nlohmann::ordered_json::object()) {
+std::string render(const std::string& tmpl,
+                   const nlohmann::ordered_json& vars = nlohmann::ordered_json::object()) {
   return render_template(tmpl, vars);
 }
 
-std::string error_of(const std::string& tmpl, const nlohmann::ordered_json& vars = nlohmann::ordered_json::object()) {
+std::string error_of(const std::string& tmpl,
+                     const nlohmann::ordered_json& vars = nlohmann::ordered_json::object()) {
   try {
     render(tmpl, vars);
   } catch (const ChatTemplateError& e) {
@@ -63,8 +65,9 @@ TEST(Jinja, UndefinedIsLenient) {
 }
 
 TEST(Jinja, RaiseExceptionTextIsExact) {
-  EXPECT_EQ(error_of("line1\n{% if x %}{{ raise_exception('Only ' + x + ' roles') }}{% endif %}", {{"x", "user"}}),
-            "Only user roles");
+  EXPECT_EQ(
+      error_of("line1\n{% if x %}{{ raise_exception('Only ' + x + ' roles') }}{% endif %}", {{"x", "user"}}),
+      "Only user roles");
 }
 
 TEST(Jinja, SyntaxErrorsReportLineAndColumn) {
@@ -96,11 +99,31 @@ TEST(Jinja, RuntimeErrorsReportLine) {
 
 TEST(Jinja, MalformedTemplatesFailCleanly) {
   const char* bad[] = {
-      "{{",           "{{ x",        "{%",          "{% if x %}",   "{% for %}",   "{# open",
-      "{{ 'abc }}",   "{{ (1 }}",    "{{ [1, 2 }}", "{{ {'a' }}",   "{% set %}",   "{% macro %}",
-      "{% endfor %}", "{% else %}",  "{{ x. }}",    "{{ x[ }}",     "{{ x | }}",   "{{ 1 if }}",
-      "{% raw %}x",   "{{ @ }}",     "{{ x is }}",  "{% if x %}{% elif %}{% endif %}",
-      "{% for x in y %}{% endif %}", "{% call %}{% endcall %}",     "{{ '\\u12' }}",
+      "{{",
+      "{{ x",
+      "{%",
+      "{% if x %}",
+      "{% for %}",
+      "{# open",
+      "{{ 'abc }}",
+      "{{ (1 }}",
+      "{{ [1, 2 }}",
+      "{{ {'a' }}",
+      "{% set %}",
+      "{% macro %}",
+      "{% endfor %}",
+      "{% else %}",
+      "{{ x. }}",
+      "{{ x[ }}",
+      "{{ x | }}",
+      "{{ 1 if }}",
+      "{% raw %}x",
+      "{{ @ }}",
+      "{{ x is }}",
+      "{% if x %}{% elif %}{% endif %}",
+      "{% for x in y %}{% endif %}",
+      "{% call %}{% endcall %}",
+      "{{ '\\u12' }}",
   };
   for (const char* t : bad) {
     EXPECT_THROW(render(t), ChatTemplateError) << t;
@@ -125,8 +148,23 @@ TEST(Jinja, RecursionAndRunawayLoopsAreBounded) {
   EXPECT_NE(e.find("recursion too deep"), std::string::npos) << e;
   EXPECT_THROW(render("{% for i in range(100000000) %}{% endfor %}"), ChatTemplateError);
   EXPECT_THROW(render("{{ 'x' * 1000000000 }}"), ChatTemplateError);
-  EXPECT_THROW(render("{% for i in range(1000) %}{% for j in range(1000) %}{% for k in range(1000) %}"
-                      "{% endfor %}{% endfor %}{% endfor %}"),
+  jinja::RenderLimits small;
+  small.max_steps = 20000;  // the default (2M) takes too long under sanitizers
+  const std::string nested =
+      "{% for i in range(1000) %}{% for j in range(1000) %}{% for k in range(1000) %}"
+      "{% endfor %}{% endfor %}{% endfor %}";
+  const std::string e2 = [&] {
+    try {
+      render_template(nested, nlohmann::ordered_json::object(), std::nullopt, small);
+    } catch (const ChatTemplateError& err) {
+      return std::string(err.what());
+    }
+    return std::string("<no error>");
+  }();
+  EXPECT_NE(e2.find("too many steps"), std::string::npos) << e2;
+  small.max_output = 1000;
+  EXPECT_THROW(render_template("{% for i in range(100) %}0123456789ABCDEF{% endfor %}",
+                               nlohmann::ordered_json::object(), std::nullopt, small),
                ChatTemplateError);
   EXPECT_THROW(render("{{ 2 ** 100 }}"), ChatTemplateError);  // int64 overflow is an error, not UB
 }
@@ -149,6 +187,68 @@ TEST(Jinja, WhitespaceControlDetails) {
   EXPECT_EQ(render("a\n  {% if true %}\n  b\n  {% endif %}\n"), "a\n  b\n");
   EXPECT_EQ(render("{{ 'a' -}}\n\n{{- 'b' }}"), "ab");
   EXPECT_EQ(render("{# c -#}  x"), "x");
+}
+
+}  // namespace
+}  // namespace qleap
+
+namespace qleap {
+namespace {
+
+// Deterministic mutation fuzzing over the real fixture templates: every mutated template must
+// either render or throw ChatTemplateError - never crash, hang or leak another exception type.
+TEST(Jinja, MutatedTemplatesNeverCrash) {
+  const std::string dir = source_dir() + "/tests/fixtures/chat/templates/";
+  const char* names[] = {"qwen2.5-instruct",      "qwen3",
+                         "llama3.1-instruct",     "gemma3-it",
+                         "mistral-instruct-v0.1", "community-granite-3.0-instruct"};
+  const auto msgs = nlohmann::ordered_json::parse(
+      R"([{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+          {"role": "assistant", "content": "a", "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]},
+          {"role": "tool", "content": "r"}, {"role": "user", "content": "u2"}])");
+  const auto extra = nlohmann::ordered_json::parse(R"({"bos_token": "<s>", "tools": [{"name": "f"}]})");
+  const char kAlphabet[] = "{}%#-+()[]'\"|.,:=~ \nifendforsetx0123456789";
+  uint64_t state = 12345;
+  auto rnd = [&state](uint64_t n) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return (state >> 33) % n;
+  };
+  int rendered = 0, rejected = 0;
+  for (const char* name : names) {
+    std::ifstream f(dir + std::string(name) + ".jinja", std::ios::binary);
+    ASSERT_TRUE(f) << name;
+    std::stringstream ss;
+    ss << f.rdbuf();
+    const std::string base = ss.str();
+    for (int iter = 0; iter < 150; ++iter) {
+      std::string t = base;
+      const int edits = 1 + static_cast<int>(rnd(4));
+      for (int e = 0; e < edits && !t.empty(); ++e) {
+        const size_t pos = rnd(t.size());
+        switch (rnd(3)) {
+          case 0:
+            t.erase(pos, 1 + rnd(8));
+            break;
+          case 1:
+            t.insert(pos, 1, kAlphabet[rnd(sizeof(kAlphabet) - 1)]);
+            break;
+          default:
+            t[pos] = kAlphabet[rnd(sizeof(kAlphabet) - 1)];
+        }
+      }
+      try {
+        ChatTemplate(t).apply(msgs, true, extra);
+        ++rendered;
+      } catch (const ChatTemplateError&) {
+        ++rejected;
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << name << " iter " << iter << ": non-ChatTemplateError exception: " << e.what() << "\n"
+                      << t;
+      }
+    }
+  }
+  EXPECT_GT(rendered, 0);
+  EXPECT_GT(rejected, 0);
 }
 
 }  // namespace

@@ -57,6 +57,18 @@ TEST(Sampling, RngIsDeterministicAndUniformInRange) {
   EXPECT_NEAR(mean / 100000, 0.5, 0.01);
 }
 
+TEST(Sampling, DeterministicExpMatchesLibm) {
+  double worst = 0;
+  for (double x = -700.0; x <= 700.0; x += 0.0137) {
+    const double ref = std::exp(x);
+    worst = std::max(worst, std::fabs(deterministic_exp(x) - ref) / ref);
+  }
+  EXPECT_LT(worst, 4e-16);
+  EXPECT_EQ(deterministic_exp(0.0), 1.0);
+  EXPECT_EQ(deterministic_exp(-800.0), 0.0);
+  EXPECT_TRUE(std::isinf(deterministic_exp(800.0)));
+}
+
 TEST(Sampling, GreedyIsArgmaxLowestIdOnTies) {
   Sampler s(plain(0.0f));
   const std::vector<float> l = {1.0f, 3.0f, -2.0f, 3.0f, 0.5f};
@@ -165,6 +177,28 @@ TEST(Sampling, TopPKeepsSmallestSetReachingMass) {
   EXPECT_EQ(support(p, logits), (std::set<int>{1}));
   p.top_p = 1.0f;  // off
   EXPECT_EQ(support(p, logits, 20000), (std::set<int>{0, 1, 2, 3, 4}));
+}
+
+// Large unsorted sets take the bucketed top-p path; it must keep exactly the same nucleus.
+TEST(Sampling, TopPOnLargeVocabKeepsExactNucleus) {
+  const int n = 6000;  // > the sorted-path cutoff
+  std::vector<float> logits(n, std::log(1e-10f));
+  const float w[] = {0.2f, 0.15f, 0.15f, 0.1f, 0.1f, 0.1f, 0.1f, 0.05f, 0.03f, 0.02f};
+  const int ids[] = {4000, 7, 123, 5999, 5, 777, 3100, 2, 9, 1000};
+  for (int k = 0; k < 10; ++k) logits[ids[k]] = std::log(w[k]);
+  SamplerParams p = plain(1.0f, 77);
+  p.top_p = 0.85f;  // cumulative .2 .35 .5 .6 .7 .8 .9 -> seven tokens
+  EXPECT_EQ(support(p, logits, 300), (std::set<int>{4000, 7, 123, 5999, 5, 777, 3100}));
+  // Equal logits at the cut: the lower id wins, as with a full sort.
+  std::vector<float> tie(n, std::log(1e-10f));
+  tie[2000] = std::log(0.5f);
+  tie[5000] = std::log(0.25f);
+  tie[3000] = std::log(0.25f);
+  p.top_p = 0.6f;
+  EXPECT_EQ(support(p, tie, 150), (std::set<int>{2000, 3000}));
+  // Same result through the sorted path (top_k keeps everything but forces a sort).
+  p.top_k = n - 1;
+  EXPECT_EQ(support(p, tie, 150), (std::set<int>{2000, 3000}));
 }
 
 TEST(Sampling, MinPKeepsTokensAboveFractionOfMax) {

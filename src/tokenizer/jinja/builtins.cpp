@@ -1,5 +1,7 @@
 // Filters, tests, globals and the Python methods/operators templates use.
 #include <algorithm>
+#include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -12,7 +14,9 @@ namespace qleap::jinja {
 
 namespace {
 
-[[noreturn]] void type_error(const std::string& msg) { throw ChatTemplateError(msg); }
+[[noreturn]] void type_error(const std::string& msg) {
+  throw ChatTemplateError(msg);
+}
 
 uint32_t next_cp(const std::string& s, size_t& i) {
   const unsigned char c = static_cast<unsigned char>(s[i]);
@@ -41,7 +45,8 @@ uint32_t prev_cp(const std::string& s, size_t& i) {
 // Python str.isspace() code points.
 bool py_space(uint32_t c) {
   return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+         (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f ||
+         c == 0x3000;
 }
 
 std::string strip(const std::string& s, const Value* chars, bool left, bool right) {
@@ -86,7 +91,9 @@ std::string ascii_lower(std::string s) {
   }
   return s;
 }
-bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+bool is_alpha(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
 
 // Python str.title() (ASCII letters are cased; other bytes count as uncased).
 std::string py_title(const std::string& s) {
@@ -218,14 +225,16 @@ std::string py_format(const std::string& fmt, const CallArgs& a) {
       const size_t end = fmt.find('}', i);
       if (end == std::string::npos) type_error("format: unmatched '{'");
       std::string field = fmt.substr(i + 1, end - i - 1);
-      if (field.find_first_of(":!") != std::string::npos) type_error("format: format specs are not supported");
+      if (field.find_first_of(":!") != std::string::npos)
+        type_error("format: format specs are not supported");
       const Value* v = nullptr;
       if (field.empty()) {
         v = auto_idx < a.pos.size() ? &a.pos[auto_idx] : nullptr;
         ++auto_idx;
       } else if (std::all_of(field.begin(), field.end(), [](char d) { return d >= '0' && d <= '9'; })) {
-        const size_t idx = std::stoul(field);
-        v = idx < a.pos.size() ? &a.pos[idx] : nullptr;
+        size_t idx = 0;
+        auto r = std::from_chars(field.data(), field.data() + field.size(), idx);
+        v = (r.ec == std::errc() && idx < a.pos.size()) ? &a.pos[idx] : nullptr;
       } else {
         for (const auto& kv : a.kw) {
           if (kv.first == field) v = &kv.second;
@@ -249,8 +258,12 @@ Value attribute_of(const Value& v, const std::string& path) {
   while (true) {
     const size_t dot = path.find('.', start);
     const std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-    const bool numeric = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
-    cur = numeric ? get_item(cur, Value::integer(std::stoll(part))) : get_attr(cur, part);
+    const bool numeric =
+        !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+    int64_t index = 0;
+    const bool parsed =
+        numeric && std::from_chars(part.data(), part.data() + part.size(), index).ec == std::errc();
+    cur = parsed ? get_item(cur, Value::integer(index)) : get_attr(cur, part);
     if (dot == std::string::npos) return cur;
     start = dot + 1;
   }
@@ -314,7 +327,8 @@ Value to_int(const Value& v, int64_t dflt) {
       long long r = std::strtoll(digits.c_str(), &end, 10);
       if (!digits.empty() && end && *end == '\0' && errno == 0) return Value::integer(r);
       double d = std::strtod(digits.c_str(), &end);
-      if (!digits.empty() && end && *end == '\0' && std::isfinite(d)) return Value::integer(static_cast<int64_t>(d));
+      if (!digits.empty() && end && *end == '\0' && std::isfinite(d))
+        return Value::integer(static_cast<int64_t>(d));
       return Value::integer(dflt);
     }
     default:
@@ -541,7 +555,8 @@ Value binary_op(const std::string& op, const Value& a, const Value& b, const Int
   const bool nums = a.is_number() && b.is_number();
   const bool any_float = a.kind == Kind::kFloat || b.kind == Kind::kFloat;
   auto unsupported = [&]() -> Value {
-    type_error("unsupported operand type(s) for " + op + ": '" + type_name(a) + "' and '" + type_name(b) + "'");
+    type_error("unsupported operand type(s) for " + op + ": '" + type_name(a) + "' and '" + type_name(b) +
+               "'");
   };
   if (op == "+") {
     if (nums) {
@@ -560,7 +575,8 @@ Value binary_op(const std::string& op, const Value& a, const Value& b, const Int
       in.check_collection(items.size());
       return Value::make_list(std::move(items));
     }
-    if (a.is_string()) type_error(std::string("can only concatenate str (not \"") + type_name(b) + "\") to str");
+    if (a.is_string())
+      type_error(std::string("can only concatenate str (not \"") + type_name(b) + "\") to str");
     return unsupported();
   }
   if (op == "*") {
@@ -575,7 +591,8 @@ Value binary_op(const std::string& op, const Value& a, const Value& b, const Int
     if (seq && cnt->is_integer()) {
       const int64_t n = std::max<int64_t>(0, cnt->as_int());
       if (seq->is_string()) {
-        if (static_cast<double>(seq->s.size()) * static_cast<double>(n) > static_cast<double>(in.limits().max_output)) {
+        if (static_cast<double>(seq->s.size()) * static_cast<double>(n) >
+            static_cast<double>(in.limits().max_output)) {
           type_error("string too large");
         }
         std::string out;
@@ -601,7 +618,8 @@ Value binary_op(const std::string& op, const Value& a, const Value& b, const Int
     return Value::number(a.as_double() / b.as_double());
   }
   if (op == "//" || op == "%") {
-    if (b.as_double() == 0.0) type_error(op == "//" ? "integer division or modulo by zero" : "modulo by zero");
+    if (b.as_double() == 0.0)
+      type_error(op == "//" ? "integer division or modulo by zero" : "modulo by zero");
     if (any_float) {
       const double x = a.as_double(), y = b.as_double();
       double m = std::fmod(x, y);
@@ -681,8 +699,8 @@ bool call_method(Interpreter& in, const Value& obj, const std::string& name, con
     } else if (name == "capitalize") {
       out = Value::string(capitalize(s));
     } else if (name == "replace") {
-      out = Value::string(replace(s, require_str(a.get("old", 0), "replace"), require_str(a.get("new", 1), "replace"),
-                                  arg_int(a, "count", 2, -1)));
+      out = Value::string(replace(s, require_str(a.get("old", 0), "replace"),
+                                  require_str(a.get("new", 1), "replace"), arg_int(a, "count", 2, -1)));
     } else if (name == "format") {
       out = Value::string(py_format(s, a));
     } else if (name == "count") {
@@ -753,7 +771,8 @@ bool call_method(Interpreter& in, const Value& obj, const std::string& name, con
       out = keys_of(obj);
     } else if (name == "values") {
       out = values_of(obj);
-    } else if (name == "pop" || name == "update" || name == "setdefault" || name == "clear" || name == "popitem") {
+    } else if (name == "pop" || name == "update" || name == "setdefault" || name == "clear" ||
+               name == "popitem") {
       type_error("unsafe: dict." + name + "() is not allowed in an immutable sandbox");
     } else {
       return false;
@@ -798,8 +817,8 @@ Value apply_filter(Interpreter& in, const std::string& name, const Value& v, con
     std::string out;
     bool start = true;
     for (char c : s) {
-      const bool sep = c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == '-' ||
-                       c == '(' || c == '{' || c == '[' || c == '<';
+      const bool sep = c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' ||
+                       c == '-' || c == '(' || c == '{' || c == '[' || c == '<';
       if (sep) {
         out += c;
         start = true;
@@ -856,8 +875,8 @@ Value apply_filter(Interpreter& in, const std::string& name, const Value& v, con
     return name == "first" ? items.front() : items.back();
   }
   if (name == "replace") {
-    return Value::string(replace(to_str(v), to_str(*a.get("old", 0)), to_str(*a.get("new", 1)),
-                                 arg_int(a, "count", 2, -1)));
+    return Value::string(
+        replace(to_str(v), to_str(*a.get("old", 0)), to_str(*a.get("new", 1)), arg_int(a, "count", 2, -1)));
   }
   if (name == "items") return items_of(v);
   if (name == "list") return Value::make_list(iterate(v));
@@ -969,7 +988,8 @@ Value apply_filter(Interpreter& in, const std::string& name, const Value& v, con
   }
   if (name == "indent") {
     const Value* w = a.get("width", 0);
-    const std::string pad = w && w->is_string() ? w->s : std::string(static_cast<size_t>(w ? w->as_int() : 4), ' ');
+    const std::string pad =
+        w && w->is_string() ? w->s : std::string(static_cast<size_t>(w ? w->as_int() : 4), ' ');
     const bool first = arg_bool(a, "first", 1, false);
     const bool blank = arg_bool(a, "blank", 2, false);
     const std::string s = to_str(v);
@@ -1053,10 +1073,11 @@ bool apply_test(Interpreter& in, const std::string& name, const Value& v, const 
 }
 
 void install_globals(Frame& frame) {
-  frame.vars["raise_exception"] = Value::callable("raise_exception", [](Interpreter&, const CallArgs& a) -> Value {
-    const Value* m = a.get("message", 0);
-    throw RaisedError(m ? to_str(*m) : std::string("raise_exception() called"));
-  });
+  frame.vars["raise_exception"] =
+      Value::callable("raise_exception", [](Interpreter&, const CallArgs& a) -> Value {
+        const Value* m = a.get("message", 0);
+        throw RaisedError(m ? to_str(*m) : std::string("raise_exception() called"));
+      });
   frame.vars["range"] = Value::callable("range", [](Interpreter& in, const CallArgs& a) {
     int64_t start = 0, stop = 0, step = 1;
     if (a.pos.size() == 1) {
@@ -1069,7 +1090,8 @@ void install_globals(Frame& frame) {
       type_error("range expected at least 1 argument");
     }
     if (step == 0) type_error("range() arg 3 must not be zero");
-    const double count = std::ceil((static_cast<double>(stop) - static_cast<double>(start)) / static_cast<double>(step));
+    const double count =
+        std::ceil((static_cast<double>(stop) - static_cast<double>(start)) / static_cast<double>(step));
     in.check_collection(count > 0 ? static_cast<size_t>(count) : 0);
     std::vector<Value> out;
     for (int64_t k = start; step > 0 ? k < stop : k > stop; k += step) out.push_back(Value::integer(k));

@@ -30,12 +30,14 @@ void Interpreter::check_collection(size_t n) const {
 }
 
 void Interpreter::step() {
-  if (++steps_ > limits_.max_steps) throw ChatTemplateError("chat template error: too many steps (runaway loop?)");
+  if (++steps_ > limits_.max_steps)
+    throw ChatTemplateError("chat template error: too many steps (runaway loop?)");
 }
 
 void Interpreter::emit(std::string& out, const std::string& text) {
   if (out.size() + text.size() > limits_.max_output) {
-    throw ChatTemplateError("chat template error: output exceeds " + std::to_string(limits_.max_output) + " bytes");
+    throw ChatTemplateError("chat template error: output exceeds " + std::to_string(limits_.max_output) +
+                            " bytes");
   }
   out += text;
 }
@@ -52,6 +54,16 @@ std::string Interpreter::render(const Body& tmpl, const Value& vars, std::option
     for (const auto& kv : vars.dict->items) root->vars[kv.first] = kv.second;
   }
   std::string out;
+  struct CycleBreaker {
+    Interpreter& in;
+    FramePtr root;
+    ~CycleBreaker() {
+      for (auto& f : in.macro_frames_) f->vars.clear();
+      in.macro_frames_.clear();
+      root->vars.clear();
+      in.globals_.reset();
+    }
+  } breaker{*this, root};
   // break/continue outside a loop are ignored at the top level, as nothing encloses them.
   exec_body(tmpl, root, out);
   return out;
@@ -153,7 +165,9 @@ void Interpreter::exec_for(const Stmt& s, const FramePtr& frame, std::string& ou
       f.vars[s.targets[0]] = item;
       return;
     }
-    std::vector<Value> parts = item.is_list() ? *item.list : item.is_string() ? iterate(item) : std::vector<Value>{};
+    std::vector<Value> parts = item.is_list()     ? *item.list
+                               : item.is_string() ? iterate(item)
+                                                  : std::vector<Value>{};
     if (parts.size() != s.targets.size()) {
       fail_at(s.line, "cannot unpack " + std::to_string(parts.size()) + " values into " +
                           std::to_string(s.targets.size()) + " loop variables");
@@ -176,13 +190,22 @@ void Interpreter::exec_for(const Stmt& s, const FramePtr& frame, std::string& ou
     return;
   }
   const int64_t n = static_cast<int64_t>(items.size());
+  // One loop object per loop, updated in place each iteration (Jinja's LoopContext is one object too).
+  Value loop = Value::make_dict();
+  Dict& d = *loop.dict;
+  std::weak_ptr<Dict> weak = loop.dict;
+  d.set("cycle", Value::callable("cycle", [weak](Interpreter&, const CallArgs& a) {
+          if (a.pos.empty()) throw ChatTemplateError("loop.cycle() needs at least one argument");
+          auto dict = weak.lock();
+          const Value* i0 = dict ? dict->find("index0") : nullptr;
+          const int64_t k = i0 ? i0->as_int() : 0;
+          return a.pos[static_cast<size_t>(k) % a.pos.size()];
+        }));
   for (int64_t k = 0; k < n; ++k) {
     step();
     auto iter = std::make_shared<Frame>();
     iter->parent = frame;
     bind(*iter, items[k]);
-    Value loop = Value::make_dict();
-    Dict& d = *loop.dict;
     d.set("index", Value::integer(k + 1));
     d.set("index0", Value::integer(k));
     d.set("revindex", Value::integer(n - k));
@@ -194,10 +217,6 @@ void Interpreter::exec_for(const Stmt& s, const FramePtr& frame, std::string& ou
     d.set("depth0", Value::integer(0));
     d.set("previtem", k > 0 ? items[k - 1] : Value::undefined("previtem"));
     d.set("nextitem", k + 1 < n ? items[k + 1] : Value::undefined("nextitem"));
-    d.set("cycle", Value::callable("cycle", [k](Interpreter&, const CallArgs& a) {
-            if (a.pos.empty()) throw ChatTemplateError("loop.cycle() needs at least one argument");
-            return a.pos[static_cast<size_t>(k) % a.pos.size()];
-          }));
     iter->vars["loop"] = loop;
     Flow f = exec_body(s.body, iter, out);
     if (f == Flow::kBreak) break;
@@ -224,6 +243,7 @@ void Interpreter::exec_set(const Stmt& s, const FramePtr& frame) {
 }
 
 Value Interpreter::make_macro(const Stmt& s, const FramePtr& frame) {
+  macro_frames_.push_back(frame);
   const Stmt* def = &s;
   FramePtr captured = frame;
   const std::string name = s.type == Stmt::kMacro ? s.text : "caller";
@@ -234,7 +254,8 @@ Value Interpreter::make_macro(const Stmt& s, const FramePtr& frame) {
     const auto& params = def->targets;
     if (args.pos.size() > params.size()) {
       // Extra positional arguments go to `varargs`, as in Jinja.
-      f->vars["varargs"] = Value::make_list(std::vector<Value>(args.pos.begin() + params.size(), args.pos.end()));
+      f->vars["varargs"] =
+          Value::make_list(std::vector<Value>(args.pos.begin() + params.size(), args.pos.end()));
     } else {
       f->vars["varargs"] = Value::make_list();
     }
@@ -287,7 +308,8 @@ Value Interpreter::eval_call(const Expr& e, const FramePtr& frame) {
     if (call_method(*this, obj, callee.name, args, out)) return out;
     Value fn = get_attr(obj, callee.name);
     if (fn.is_undefined()) {
-      throw ChatTemplateError(std::string("'") + type_name(obj) + "' object has no attribute '" + callee.name + "'");
+      throw ChatTemplateError(std::string("'") + type_name(obj) + "' object has no attribute '" +
+                              callee.name + "'");
     }
     return call(fn, args);
   }
@@ -331,7 +353,8 @@ Value Interpreter::eval(const Expr& e, const FramePtr& frame) {
       if (e.name == "not") return Value::boolean(!v.truthy());
       if (v.kind == Kind::kFloat) return Value::number(e.name == "-" ? -v.f : v.f);
       if (v.is_integer()) return Value::integer(e.name == "-" ? -v.as_int() : v.as_int());
-      throw ChatTemplateError(std::string("bad operand type for unary ") + e.name + ": '" + type_name(v) + "'");
+      throw ChatTemplateError(std::string("bad operand type for unary ") + e.name + ": '" + type_name(v) +
+                              "'");
     }
     case Expr::kBinary:
       return eval_binary(e, frame);

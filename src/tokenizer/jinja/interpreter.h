@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "tokenizer/jinja/ast.h"
 #include "tokenizer/jinja/value.h"
@@ -13,9 +14,9 @@
 namespace qleap::jinja {
 
 struct RenderLimits {
-  int max_depth = 256;                     // expression / statement / macro recursion
-  size_t max_output = size_t{64} << 20;    // bytes of rendered text
-  int64_t max_steps = 20'000'000;          // statements executed + loop iterations
+  int max_depth = 256;                      // expression / statement / macro recursion
+  size_t max_output = size_t{64} << 20;     // bytes of rendered text
+  int64_t max_steps = 2'000'000;            // statements executed + loop iterations
   size_t max_collection = size_t{1} << 20;  // elements produced by range(), "*" and friends
 };
 
@@ -72,13 +73,17 @@ class Interpreter {
   int64_t steps_ = 0;
   std::optional<int64_t> now_unix_;
   FramePtr globals_;
+  // Frames holding macros: a macro captures its defining frame, so frame -> macro -> frame is a
+  // reference cycle; render() clears these frames when it ends to free them.
+  std::vector<FramePtr> macro_frames_;
 };
 
 // Builtins (builtins.cpp).
 Value apply_filter(Interpreter& in, const std::string& name, const Value& v, const CallArgs& args);
 bool apply_test(Interpreter& in, const std::string& name, const Value& v, const CallArgs& args);
 // Python methods of str / dict / list; returns false when `name` is not one.
-bool call_method(Interpreter& in, const Value& obj, const std::string& name, const CallArgs& args, Value& out);
+bool call_method(Interpreter& in, const Value& obj, const std::string& name, const CallArgs& args,
+                 Value& out);
 void install_globals(Frame& frame);
 // Python operators on Values (throw ChatTemplateError on type errors).
 Value binary_op(const std::string& op, const Value& a, const Value& b, const Interpreter& in);

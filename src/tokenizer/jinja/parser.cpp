@@ -709,6 +709,8 @@ class Parser {
 
 }  // namespace
 
-Body parse_template(const std::string& source) { return Parser(tokenize(source)).parse_all(); }
+Body parse_template(const std::string& source) {
+  return Parser(tokenize(source)).parse_all();
+}
 
 }  // namespace qleap::jinja

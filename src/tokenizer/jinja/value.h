@@ -4,11 +4,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 
@@ -94,7 +93,7 @@ std::string format_float(double d);
 // json.dumps(v, ensure_ascii, indent, separators, sort_keys) as transformers' tojson filter calls it.
 struct JsonOptions {
   bool ensure_ascii = false;
-  int indent = -1;  // < 0: single line
+  int indent = -1;       // < 0: single line
   std::string item_sep;  // empty: Python's default for the indent mode
   std::string key_sep;
   bool sort_keys = false;
