@@ -69,27 +69,38 @@ void accum_scalar(const KernelArgs& a, const float* w, size_t w_stride, int n_q,
 
 }  // namespace tq_detail
 
-using namespace tq_detail;
+namespace tq_detail {
 
 namespace {
 
-bool simd_ok(const TqLayout& l) {
-  return l.split % 8 == 0 && (l.dim - l.split) % 8 == 0 && l.bits_hi <= 4 && l.bits_lo <= 4;
-}
-
-ScoresFn pick_scores(const TqLayout& l) {
-  if (simd_ok(l) && isa_level() >= IsaLevel::kAvx2) return scores_avx2;
-  return scores_scalar;
-}
-AccumFn pick_accum(const TqLayout& l) {
-  if (simd_ok(l) && isa_level() >= IsaLevel::kAvx2) return accum_avx2;
-  return accum_scalar;
+// SIMD kernels step over whole groups of 8 (AVX2) or 16 (AVX-512) coordinates of a bit segment.
+bool segments_multiple_of(const TqLayout& l, int m) {
+  return l.split % m == 0 && (l.dim - l.split) % m == 0 && l.bits_hi <= 4 && l.bits_lo <= 4;
 }
 
 }  // namespace
 
+ScoresFn pick_scores(const TqLayout& l) {
+  const IsaLevel isa = isa_level();
+  if (isa >= IsaLevel::kAvx512 && segments_multiple_of(l, 16)) return scores_avx512;
+  if (isa >= IsaLevel::kAvx2 && segments_multiple_of(l, 8)) return scores_avx2;
+  return scores_scalar;
+}
+
+AccumFn pick_accum(const TqLayout& l) {
+  const IsaLevel isa = isa_level();
+  if (isa >= IsaLevel::kAvx512 && segments_multiple_of(l, 16)) return accum_avx512;
+  if (isa >= IsaLevel::kAvx2 && segments_multiple_of(l, 8)) return accum_avx2;
+  return accum_scalar;
+}
+
+}  // namespace tq_detail
+
+using namespace tq_detail;
+
 const char* tq_kernel_name(const TqLayout& l) {
-  return pick_scores(l) == scores_scalar ? "scalar" : "avx2";
+  const ScoresFn f = pick_scores(l);
+  return f == scores_avx512 ? "avx512" : f == scores_avx2 ? "avx2" : "scalar";
 }
 
 void tq_rotate_query(const TqState& st, const float* q, float* q_rot) { rotate_forward(st.rotation, q, q_rot); }

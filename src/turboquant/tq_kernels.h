@@ -35,4 +35,13 @@ void scores_avx2(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t
 void accum_avx2(const KernelArgs& a, const float* w, size_t w_stride, int n_q, const uint8_t* values,
                 size_t value_stride, int64_t n, float* acc_rot);
 
+void scores_avx512(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
+                   int64_t n, float* scores, size_t score_stride);
+void accum_avx512(const KernelArgs& a, const float* w, size_t w_stride, int n_q, const uint8_t* values,
+                  size_t value_stride, int64_t n, float* acc_rot);
+
+// The kernels the dispatcher would pick for this layout at the current isa_level().
+ScoresFn pick_scores(const TqLayout& l);
+AccumFn pick_accum(const TqLayout& l);
+
 }  // namespace qleap::tq_detail

@@ -48,29 +48,27 @@ TEST_P(TurboQuantAttention, ScoresMatchDequantizedDotProducts) {
   const auto q = gaussian(rng, size_t(n_q) * d);
   std::vector<float> q_rot(size_t(n_q) * d), kh(d);
   for (int qi = 0; qi < n_q; ++qi) tq_rotate_query(st, &q[size_t(qi) * d], &q_rot[size_t(qi) * d]);
-  const auto args = tq_detail::kernel_args(st);
-  std::vector<float> s_scalar(size_t(n_q) * n), s_simd(size_t(n_q) * n, -1.0f), s_api(size_t(n_q) * n);
-  tq_detail::scores_scalar(args, q_rot.data(), n_q, p.k.data(), p.stride_k, n, s_scalar.data(), n);
-  tq_scores(st, q_rot.data(), n_q, p.k.data(), p.stride_k, n, s_api.data(), n);
-  const bool have_avx2 = cpu_features().avx2 && cpu_features().fma && d % 16 == 0;
-  if (have_avx2) tq_detail::scores_avx2(args, q_rot.data(), n_q, p.k.data(), p.stride_k, n, s_simd.data(), n);
+  // Reference: dot products with the dequantized keys, in double.
+  std::vector<double> ref(size_t(n_q) * n), mag(size_t(n_q) * n);
   for (int64_t j = 0; j < n; ++j) {
     tq_dequantize(st, &p.k[size_t(j) * p.stride_k], kh.data());
     for (int qi = 0; qi < n_q; ++qi) {
-      double ref = 0, mag = 0;
       for (int i = 0; i < d; ++i) {
-        ref += double(q[size_t(qi) * d + i]) * kh[i];
-        mag += std::fabs(double(q[size_t(qi) * d + i]) * kh[i]);
-      }
-      const double tol = 1e-5 * mag + 1e-6;
-      const size_t o = size_t(qi) * n + j;
-      EXPECT_NEAR(s_scalar[o], ref, tol) << j << " " << qi;
-      EXPECT_NEAR(s_api[o], ref, tol) << j << " " << qi;
-      if (have_avx2) {
-        EXPECT_NEAR(s_simd[o], s_scalar[o], tol) << j << " " << qi;
+        ref[size_t(qi) * n + j] += double(q[size_t(qi) * d + i]) * kh[i];
+        mag[size_t(qi) * n + j] += std::fabs(double(q[size_t(qi) * d + i]) * kh[i]);
       }
     }
   }
+  const IsaLevel saved = isa_level();
+  for (IsaLevel lvl : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+    set_isa_level(lvl);
+    if (isa_level() != lvl) continue;  // not on this CPU
+    std::vector<float> s(size_t(n_q) * n, -1.0f);
+    tq_scores(st, q_rot.data(), n_q, p.k.data(), p.stride_k, n, s.data(), n);
+    for (size_t o = 0; o < s.size(); ++o)
+      EXPECT_NEAR(s[o], ref[o], 1e-5 * mag[o] + 1e-6) << o << " kernel " << tq_kernel_name(st.layout);
+  }
+  set_isa_level(saved);
 }
 
 TEST_P(TurboQuantAttention, ValueAccumulationMatchesScalar) {
@@ -78,17 +76,25 @@ TEST_P(TurboQuantAttention, ValueAccumulationMatchesScalar) {
   const TqState st = tq_make_state({d, bits}, 0, 2);
   TqRng rng(8);
   const int64_t n = 29;
-  const int n_q = 6;
   const auto vals = gaussian(rng, size_t(n) * d);
   const Packed p = pack(st, st, vals, vals, n);
-  auto w = gaussian(rng, size_t(n_q) * n);
-  w[3] = 0.0f;
   const auto args = tq_detail::kernel_args(st);
-  std::vector<float> a_scalar(size_t(n_q) * d, 0.5f), a_simd(size_t(n_q) * d, 0.5f);
-  tq_detail::accum_scalar(args, w.data(), n, n_q, p.v.data(), p.stride_v, n, a_scalar.data());
-  if (!(cpu_features().avx2 && cpu_features().fma && d % 16 == 0)) GTEST_SKIP() << "no AVX2 path here";
-  tq_detail::accum_avx2(args, w.data(), n, n_q, p.v.data(), p.stride_v, n, a_simd.data());
-  for (size_t i = 0; i < a_scalar.size(); ++i) EXPECT_NEAR(a_simd[i], a_scalar[i], 1e-4) << i;
+  const IsaLevel saved = isa_level();
+  for (int n_q : {1, 2, 3, 6}) {  // every register-blocking variant, and more than one block of 4
+    auto w = gaussian(rng, size_t(n_q) * n);
+    w[3] = 0.0f;
+    std::vector<float> a_scalar(size_t(n_q) * d, 0.5f);
+    tq_detail::accum_scalar(args, w.data(), n, n_q, p.v.data(), p.stride_v, n, a_scalar.data());
+    for (IsaLevel lvl : {IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+      set_isa_level(lvl);
+      if (isa_level() != lvl) continue;
+      std::vector<float> a(size_t(n_q) * d, 0.5f);
+      tq_accumulate_values(st, w.data(), n, n_q, p.v.data(), p.stride_v, n, a.data());
+      for (size_t i = 0; i < a.size(); ++i)
+        EXPECT_NEAR(a[i], a_scalar[i], 1e-4) << i << " n_q " << n_q << " kernel " << tq_kernel_name(st.layout);
+    }
+  }
+  set_isa_level(saved);
 }
 
 TEST_P(TurboQuantAttention, AttendMatchesDequantizeThenAttend) {
@@ -108,6 +114,7 @@ TEST_P(TurboQuantAttention, AttendMatchesDequantizeThenAttend) {
   const IsaLevel saved = isa_level();
   for (IsaLevel lvl : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
     set_isa_level(lvl);
+    if (isa_level() != lvl) continue;
     std::vector<float> out(size_t(n_q) * d, 7.0f), ref(size_t(n_q) * d);
     tq_attend(ks, vs, q.data(), n_q, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale, out.data(), d);
     tq_attend_ref(ks, vs, q.data(), n_q, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale,
