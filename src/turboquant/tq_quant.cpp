@@ -60,6 +60,15 @@ TqState tq_make_state(const TqConfig& cfg, int layer, int kv_head) {
   return st;
 }
 
+std::vector<TqState> tq_make_states(const TqConfig& cfg, int n_layers, int n_kv_heads) {
+  if (n_layers < 0 || n_kv_heads < 0) throw InvalidArgument("turboquant: negative layer or head count");
+  std::vector<TqState> v;
+  v.reserve(size_t(n_layers) * n_kv_heads);
+  for (int l = 0; l < n_layers; ++l)
+    for (int h = 0; h < n_kv_heads; ++h) v.push_back(tq_make_state(cfg, l, h));
+  return v;
+}
+
 void tq_pack_indices(const uint8_t* idx, int n, int bits, uint8_t* out) {
   std::memset(out, 0, (size_t(n) * bits + 7) / 8);
   size_t bit = 0;
@@ -93,8 +102,11 @@ void tq_quantize(const TqState& st, const float* x, uint8_t* out) {
   double nrm2 = 0;
   for (int i = 0; i < d; ++i) nrm2 += double(x[i]) * x[i];
   const double nrm = std::sqrt(nrm2);
-  std::vector<float> y(d);
-  std::vector<uint8_t> idx(d, 0);
+  // Per-thread scratch: quantize runs once per token, layer and head on the hot append path.
+  thread_local std::vector<float> y;
+  thread_local std::vector<uint8_t> idx;
+  y.assign(d, 0.0f);
+  idx.assign(d, 0);
   uint16_t norm_h = 0;
   const bool ok = nrm > 0 && std::isfinite(nrm);
   if (ok) {

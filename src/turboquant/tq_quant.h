@@ -69,6 +69,10 @@ struct TqState {
 // tq_head_seed(cfg.seed, layer, kv_head).
 TqState tq_make_state(const TqConfig& cfg, int layer, int kv_head);
 
+// States for a whole model, indexed [layer * n_kv_heads + kv_head]. Codebooks are shared (cached);
+// each head holds only its rotation (dim signs for Hadamard, dim^2 floats for dense).
+std::vector<TqState> tq_make_states(const TqConfig& cfg, int n_layers, int n_kv_heads);
+
 // Packs x (dim floats) into out (layout.bytes bytes). A zero (or non-finite-norm) vector stores
 // norm 0 and dequantizes to zeros.
 void tq_quantize(const TqState& st, const float* x, uint8_t* out);

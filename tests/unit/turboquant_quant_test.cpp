@@ -49,6 +49,18 @@ TEST(TurboQuantQuant, LayoutSizes) {
   EXPECT_THROW(tq_layout({96, 3.0f, TqRotationKind::kHadamard}), InvalidArgument);
 }
 
+TEST(TurboQuantQuant, ModelStatesHaveIndependentRotationsAndSharedCodebooks) {
+  const auto states = tq_make_states({64, 2.5f}, 3, 2);
+  ASSERT_EQ(states.size(), 6u);
+  for (size_t i = 0; i < states.size(); ++i) {
+    EXPECT_EQ(states[i].cb_hi, states[0].cb_hi);
+    EXPECT_EQ(states[i].cb_lo, states[0].cb_lo);
+    for (size_t j = 0; j < i; ++j) EXPECT_NE(states[i].rotation.signs, states[j].rotation.signs) << i << " " << j;
+  }
+  // Same (layer, head) -> same state, so a cache rebuilt later decodes old records.
+  EXPECT_EQ(tq_make_state({64, 2.5f}, 2, 1).rotation.signs, states[2 * 2 + 1].rotation.signs);
+}
+
 TEST(TurboQuantQuant, PackUnpackRoundTrip) {
   TqRng rng(3);
   for (int bits = 1; bits <= 8; ++bits) {
