@@ -26,7 +26,9 @@ uint64_t tq_head_seed(uint64_t base_seed, int layer, int kv_head) {
   return h;
 }
 
-bool tq_is_pow2(int d) { return d > 0 && (d & (d - 1)) == 0; }
+bool tq_is_pow2(int d) {
+  return d > 0 && (d & (d - 1)) == 0;
+}
 
 void fwht(float* x, int n) {
   for (int h = 1; h < n; h <<= 1) {
@@ -69,14 +71,16 @@ static std::vector<float> haar_orthogonal(int d, TqRng& rng) {
 
 TqRotation make_rotation(int dim, TqRotationKind kind, uint64_t seed) {
   if (dim < 1 || dim > 65536) throw InvalidArgument("turboquant: bad rotation dim " + std::to_string(dim));
-  if (kind == TqRotationKind::kAuto) kind = tq_is_pow2(dim) ? TqRotationKind::kHadamard : TqRotationKind::kDense;
+  if (kind == TqRotationKind::kAuto)
+    kind = tq_is_pow2(dim) ? TqRotationKind::kHadamard : TqRotationKind::kDense;
   TqRotation r;
   r.dim = dim;
   r.kind = kind;
   TqRng rng(seed);
   if (kind == TqRotationKind::kHadamard) {
     if (!tq_is_pow2(dim))
-      throw InvalidArgument("turboquant: Hadamard rotation needs a power-of-two dim, got " + std::to_string(dim));
+      throw InvalidArgument("turboquant: Hadamard rotation needs a power-of-two dim, got " +
+                            std::to_string(dim));
     r.signs.resize(dim);
     for (auto& s : r.signs) s = (rng.next_u64() >> 63) ? -1.0f : 1.0f;
   } else if (kind == TqRotationKind::kDense) {

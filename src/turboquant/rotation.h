@@ -17,7 +17,7 @@
 namespace qleap {
 
 enum class TqRotationKind : uint8_t {
-  kAuto = 0,      // Hadamard when dim is a power of two, else dense
+  kAuto = 0,  // Hadamard when dim is a power of two, else dense
   kHadamard = 1,
   kDense = 2,
 };
@@ -25,8 +25,8 @@ enum class TqRotationKind : uint8_t {
 struct TqRotation {
   int dim = 0;
   TqRotationKind kind = TqRotationKind::kDense;  // resolved: never kAuto
-  std::vector<float> signs;   // Hadamard: the diagonal of D (+-1), dim entries
-  std::vector<float> matrix;  // Dense: Q, row-major dim x dim, x' = Q x
+  std::vector<float> signs;                      // Hadamard: the diagonal of D (+-1), dim entries
+  std::vector<float> matrix;                     // Dense: Q, row-major dim x dim, x' = Q x
 };
 
 // Deterministic splitmix64 stream; also used for the QJL projection and the tests.

@@ -103,9 +103,13 @@ const char* tq_kernel_name(const TqLayout& l) {
   return f == scores_avx512 ? "avx512" : f == scores_avx2 ? "avx2" : "scalar";
 }
 
-void tq_rotate_query(const TqState& st, const float* q, float* q_rot) { rotate_forward(st.rotation, q, q_rot); }
+void tq_rotate_query(const TqState& st, const float* q, float* q_rot) {
+  rotate_forward(st.rotation, q, q_rot);
+}
 
-void tq_unrotate(const TqState& st, const float* acc_rot, float* out) { rotate_inverse(st.rotation, acc_rot, out); }
+void tq_unrotate(const TqState& st, const float* acc_rot, float* out) {
+  rotate_inverse(st.rotation, acc_rot, out);
+}
 
 void tq_scores(const TqState& st, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
                int64_t n, float* scores, size_t score_stride) {
@@ -113,8 +117,8 @@ void tq_scores(const TqState& st, const float* q_rot, int n_q, const uint8_t* ke
   pick_scores(st.layout)(kernel_args(st), q_rot, n_q, keys, key_stride, n, scores, score_stride);
 }
 
-void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, int n_q,
-                          const uint8_t* values, size_t value_stride, int64_t n, float* acc_rot) {
+void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, int n_q, const uint8_t* values,
+                          size_t value_stride, int64_t n, float* acc_rot) {
   if (n <= 0 || n_q <= 0) return;
   pick_accum(st.layout)(kernel_args(st), w, w_stride, n_q, values, value_stride, n, acc_rot);
 }

@@ -25,8 +25,8 @@ void tq_scores(const TqState& st, const float* q_rot, int n_q, const uint8_t* ke
                int64_t n, float* scores, size_t score_stride);
 
 // acc_rot[qi * dim + i] += sum_j w[qi * w_stride + j] * norm_j * c[idx_ji] (rotated space).
-void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, int n_q,
-                          const uint8_t* values, size_t value_stride, int64_t n, float* acc_rot);
+void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, int n_q, const uint8_t* values,
+                          size_t value_stride, int64_t n, float* acc_rot);
 
 // out = R^T acc_rot (dim floats), once per query head.
 void tq_unrotate(const TqState& st, const float* acc_rot, float* out);

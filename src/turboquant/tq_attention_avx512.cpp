@@ -39,7 +39,9 @@ inline __m512i unpack16(const uint8_t* p) {
   return _mm512_and_si512(idx, _mm512_set1_epi32((1 << B) - 1));
 }
 
-inline __m512 lookup(__m512 cents, __m512i idx) { return _mm512_maskz_permutexvar_ps(0xffff, idx, cents); }
+inline __m512 lookup(__m512 cents, __m512i idx) {
+  return _mm512_maskz_permutexvar_ps(0xffff, idx, cents);
+}
 
 // Horizontal sum (not _mm512_reduce_add_ps: same GCC 12 warning as above).
 inline float hsum(__m512 v) {
@@ -96,8 +98,8 @@ void scores_block(const KernelArgs& a, const float* q_rot, const uint8_t* keys, 
 // Groups [g0, g0 + cnt) of one segment for all n values, partial sums in registers (see the AVX2
 // version; with 32 zmm registers one pass covers d = 128 for a single query).
 template <int B, int NQ, int CH>
-void accum_chunk(const float* w, size_t w_stride, const uint8_t* values, size_t stride, size_t norm_off, int64_t n,
-                 __m512 c, size_t seg_off, int g0, int cnt, float* acc, int dim) {
+void accum_chunk(const float* w, size_t w_stride, const uint8_t* values, size_t stride, size_t norm_off,
+                 int64_t n, __m512 c, size_t seg_off, int g0, int cnt, float* acc, int dim) {
   __m512 s[NQ][CH];
   for (int qi = 0; qi < NQ; ++qi)
     for (int g = 0; g < CH; ++g)
@@ -126,8 +128,8 @@ void accum_chunk(const float* w, size_t w_stride, const uint8_t* values, size_t 
 }
 
 template <int BH, int BL, int NQ>
-void accum_block(const KernelArgs& a, const float* w, size_t w_stride, const uint8_t* values, size_t value_stride,
-                 int64_t n, float* acc_rot) {
+void accum_block(const KernelArgs& a, const float* w, size_t w_stride, const uint8_t* values,
+                 size_t value_stride, int64_t n, float* acc_rot) {
   constexpr int kCh = NQ <= 2 ? 8 : 4;  // NQ * kCh <= 16 of the 32 zmm registers
   const __m512 ch = _mm512_loadu_ps(a.cb_hi), cl = _mm512_loadu_ps(a.cb_lo);
   const int n16_hi = a.split / 16, n16_lo = (a.dim - a.split) / 16;
@@ -146,10 +148,18 @@ void scores_bits(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t
     const float* q = q_rot + size_t(q0) * a.dim;
     float* s = scores + size_t(q0) * score_stride;
     switch (std::min(4, n_q - q0)) {
-      case 1: scores_block<BH, BL, 1>(a, q, keys, key_stride, n, s, score_stride); break;
-      case 2: scores_block<BH, BL, 2>(a, q, keys, key_stride, n, s, score_stride); break;
-      case 3: scores_block<BH, BL, 3>(a, q, keys, key_stride, n, s, score_stride); break;
-      default: scores_block<BH, BL, 4>(a, q, keys, key_stride, n, s, score_stride); break;
+      case 1:
+        scores_block<BH, BL, 1>(a, q, keys, key_stride, n, s, score_stride);
+        break;
+      case 2:
+        scores_block<BH, BL, 2>(a, q, keys, key_stride, n, s, score_stride);
+        break;
+      case 3:
+        scores_block<BH, BL, 3>(a, q, keys, key_stride, n, s, score_stride);
+        break;
+      default:
+        scores_block<BH, BL, 4>(a, q, keys, key_stride, n, s, score_stride);
+        break;
     }
   }
 }
@@ -161,10 +171,18 @@ void accum_bits(const KernelArgs& a, const float* w, size_t w_stride, int n_q, c
     const float* ww = w + size_t(q0) * w_stride;
     float* acc = acc_rot + size_t(q0) * a.dim;
     switch (std::min(4, n_q - q0)) {
-      case 1: accum_block<BH, BL, 1>(a, ww, w_stride, values, value_stride, n, acc); break;
-      case 2: accum_block<BH, BL, 2>(a, ww, w_stride, values, value_stride, n, acc); break;
-      case 3: accum_block<BH, BL, 3>(a, ww, w_stride, values, value_stride, n, acc); break;
-      default: accum_block<BH, BL, 4>(a, ww, w_stride, values, value_stride, n, acc); break;
+      case 1:
+        accum_block<BH, BL, 1>(a, ww, w_stride, values, value_stride, n, acc);
+        break;
+      case 2:
+        accum_block<BH, BL, 2>(a, ww, w_stride, values, value_stride, n, acc);
+        break;
+      case 3:
+        accum_block<BH, BL, 3>(a, ww, w_stride, values, value_stride, n, acc);
+        break;
+      default:
+        accum_block<BH, BL, 4>(a, ww, w_stride, values, value_stride, n, acc);
+        break;
     }
   }
 }
@@ -179,16 +197,17 @@ Fn select(int bh, int bl, Fn f11, Fn f22, Fn f33, Fn f44, Fn f21, Fn f32, Fn f43
 
 void scores_avx512(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
                    int64_t n, float* scores, size_t score_stride) {
-  const ScoresFn f = select<ScoresFn>(a.bits_hi, a.bits_lo, scores_bits<1, 1>, scores_bits<2, 2>,
-                                      scores_bits<3, 3>, scores_bits<4, 4>, scores_bits<2, 1>,
-                                      scores_bits<3, 2>, scores_bits<4, 3>);
+  const ScoresFn f =
+      select<ScoresFn>(a.bits_hi, a.bits_lo, scores_bits<1, 1>, scores_bits<2, 2>, scores_bits<3, 3>,
+                       scores_bits<4, 4>, scores_bits<2, 1>, scores_bits<3, 2>, scores_bits<4, 3>);
   f(a, q_rot, n_q, keys, key_stride, n, scores, score_stride);
 }
 
 void accum_avx512(const KernelArgs& a, const float* w, size_t w_stride, int n_q, const uint8_t* values,
                   size_t value_stride, int64_t n, float* acc_rot) {
-  const AccumFn f = select<AccumFn>(a.bits_hi, a.bits_lo, accum_bits<1, 1>, accum_bits<2, 2>, accum_bits<3, 3>,
-                                    accum_bits<4, 4>, accum_bits<2, 1>, accum_bits<3, 2>, accum_bits<4, 3>);
+  const AccumFn f =
+      select<AccumFn>(a.bits_hi, a.bits_lo, accum_bits<1, 1>, accum_bits<2, 2>, accum_bits<3, 3>,
+                      accum_bits<4, 4>, accum_bits<2, 1>, accum_bits<3, 2>, accum_bits<4, 3>);
   f(a, w, w_stride, n_q, values, value_stride, n, acc_rot);
 }
 

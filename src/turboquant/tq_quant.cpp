@@ -18,7 +18,8 @@ TqLayout tq_layout(const TqConfig& cfg) {
     throw InvalidArgument("turboquant: bits must be one of 1, 1.5, 2, 2.5, 3, 3.5, 4, got " +
                           std::to_string(cfg.bits));
   if (cfg.rotation == TqRotationKind::kHadamard && !tq_is_pow2(cfg.dim))
-    throw InvalidArgument("turboquant: Hadamard rotation needs a power-of-two dim, got " + std::to_string(cfg.dim));
+    throw InvalidArgument("turboquant: Hadamard rotation needs a power-of-two dim, got " +
+                          std::to_string(cfg.dim));
   TqLayout l;
   l.dim = cfg.dim;
   const int t = int(twice);

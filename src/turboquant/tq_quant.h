@@ -38,7 +38,7 @@ struct TqConfig {
 
 struct TqLayout {
   int dim = 0;
-  int split = 0;    // coordinates [0, split) use bits_hi, [split, dim) use bits_lo
+  int split = 0;  // coordinates [0, split) use bits_hi, [split, dim) use bits_lo
   int bits_hi = 0;
   int bits_lo = 0;  // == bits_hi for a uniform rate
   size_t hi_bytes = 0, lo_bytes = 0;
@@ -52,7 +52,9 @@ struct TqLayout {
 
 // Validates cfg (InvalidArgument on a bad dim or rate) and computes the record layout.
 TqLayout tq_layout(const TqConfig& cfg);
-inline size_t tq_bytes_per_vector(const TqConfig& cfg) { return tq_layout(cfg).bytes; }
+inline size_t tq_bytes_per_vector(const TqConfig& cfg) {
+  return tq_layout(cfg).bytes;
+}
 
 // Everything needed to quantize and attend for one (layer, kv_head): immutable after creation, so
 // one state may be shared by any number of threads.

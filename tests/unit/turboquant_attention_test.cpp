@@ -91,7 +91,8 @@ TEST_P(TurboQuantAttention, ValueAccumulationMatchesScalar) {
       std::vector<float> a(size_t(n_q) * d, 0.5f);
       tq_accumulate_values(st, w.data(), n, n_q, p.v.data(), p.stride_v, n, a.data());
       for (size_t i = 0; i < a.size(); ++i)
-        EXPECT_NEAR(a[i], a_scalar[i], 1e-4) << i << " n_q " << n_q << " kernel " << tq_kernel_name(st.layout);
+        EXPECT_NEAR(a[i], a_scalar[i], 1e-4)
+            << i << " n_q " << n_q << " kernel " << tq_kernel_name(st.layout);
     }
   }
   set_isa_level(saved);
@@ -116,7 +117,8 @@ TEST_P(TurboQuantAttention, AttendMatchesDequantizeThenAttend) {
     set_isa_level(lvl);
     if (isa_level() != lvl) continue;
     std::vector<float> out(size_t(n_q) * d, 7.0f), ref(size_t(n_q) * d);
-    tq_attend(ks, vs, q.data(), n_q, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale, out.data(), d);
+    tq_attend(ks, vs, q.data(), n_q, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale,
+              out.data(), d);
     tq_attend_ref(ks, vs, q.data(), n_q, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale,
                   ref.data(), d);
     for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], ref[i], 2e-5) << i << " isa " << int(lvl);
@@ -161,7 +163,8 @@ TEST(TurboQuantAttentionMisc, AttentionErrorShrinksWithBits) {
     const TqState st = tq_make_state({d, bits}, 0, 0);
     const Packed p = pack(st, st, keys, vals, n);
     std::vector<float> out(d);
-    tq_attend(st, st, q.data(), 1, d, &n, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale, out.data(), d);
+    tq_attend(st, st, q.data(), 1, d, &n, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale, out.data(),
+              d);
     double e = 0, nn = 0;
     for (int i = 0; i < d; ++i) {
       e += (out[i] - exact[i]) * (out[i] - exact[i]);
