@@ -130,6 +130,23 @@ INSTANTIATE_TEST_SUITE_P(DimsBits, TurboQuantAttention,
                          ::testing::Combine(::testing::Values(16, 64, 128, 80),
                                             ::testing::Values(1.0f, 2.0f, 2.5f, 3.0f, 3.5f, 4.0f)));
 
+TEST(TurboQuantAttentionMisc, QjlRecordsWorkInTheMsePath) {
+  // The QJL tail only lengthens the record; the attention kernels must skip it.
+  TqConfig cfg{64, 3.0f};
+  cfg.qjl = true;
+  const TqState st = tq_make_state(cfg, 0, 0);
+  TqRng rng(4);
+  const int64_t n = 19;
+  const auto k = gaussian(rng, size_t(n) * 64), v = gaussian(rng, size_t(n) * 64), q = gaussian(rng, 2 * 64);
+  const Packed p = pack(st, st, k, v, n);
+  const int64_t n_kv[2] = {19, 7};
+  std::vector<float> out(2 * 64), ref(2 * 64);
+  tq_attend(st, st, q.data(), 2, 64, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, 0.125f, out.data(), 64);
+  tq_attend_ref(st, st, q.data(), 2, 64, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, 0.125f, ref.data(),
+                64);
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], ref[i], 2e-5) << i;
+}
+
 TEST(TurboQuantAttentionMisc, EmptyContextGivesZeros) {
   const TqState st = tq_make_state({32, 3.0f}, 0, 0);
   std::vector<float> q(32, 1.0f), out(32, 5.0f);

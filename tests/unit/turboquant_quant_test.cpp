@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -90,6 +91,21 @@ TEST(TurboQuantQuant, ZeroVectorDequantizesToZero) {
   tq_quantize(st, x.data(), rec.data());
   tq_dequantize(st, rec.data(), y.data());
   for (float v : y) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(TurboQuantQuant, NonFiniteAndHugeInputs) {
+  const TqState st = tq_make_state({32, 2.0f}, 0, 0);
+  std::vector<uint8_t> rec(st.layout.bytes);
+  std::vector<float> x(32, 1.0f), y(32);
+  x[5] = std::nanf("");
+  tq_quantize(st, x.data(), rec.data());  // no crash; stored as a zero vector
+  tq_dequantize(st, rec.data(), y.data());
+  for (float v : y) EXPECT_EQ(v, 0.0f);
+  std::fill(x.begin(), x.end(), 1e5f);  // norm 5.7e5 > fp16 max: saturates instead of inf
+  tq_quantize(st, x.data(), rec.data());
+  EXPECT_EQ(tq_record_norm(st.layout, rec.data()), 65504.0f);
+  tq_dequantize(st, rec.data(), y.data());
+  for (float v : y) EXPECT_TRUE(std::isfinite(v));
 }
 
 TEST(TurboQuantQuant, QuantizeIsNearestCentroid) {
