@@ -139,9 +139,17 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
   w.resize(size_t(n_q) * std::max<int64_t>(n_max, 1));
   acc.assign(size_t(n_q) * dv, 0.0f);
   for (int qi = 0; qi < n_q; ++qi) tq_rotate_query(ks, q + size_t(qi) * q_stride, &q_rot[size_t(qi) * dk]);
-  if (n_max > 0) {
-    tq_scores(ks, q_rot.data(), n_q, keys, key_stride, n_max, w.data(), size_t(n_max));
-    for (int qi = 0; qi < n_q; ++qi) {
+  // Blocks of 4 queries (what the kernels share one key unpacking across) only go as far as their
+  // longest context, so a causal prefill passed token-major (the heads of one token adjacent) does
+  // not score the masked future positions.
+  for (int q0 = 0; q0 < n_q; q0 += 4) {
+    const int nb = std::min(4, n_q - q0);
+    int64_t n_blk = 0;
+    for (int qi = q0; qi < q0 + nb; ++qi) n_blk = std::max(n_blk, n_kv[qi]);
+    if (n_blk == 0) continue;
+    float* wb = &w[size_t(q0) * n_max];
+    tq_scores(ks, &q_rot[size_t(q0) * dk], nb, keys, key_stride, n_blk, wb, size_t(n_max));
+    for (int qi = q0; qi < q0 + nb; ++qi) {
       float* row = &w[size_t(qi) * n_max];
       const int64_t m = n_kv[qi];
       float mx = -std::numeric_limits<float>::infinity();
@@ -153,9 +161,9 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
       }
       const float inv = m > 0 ? float(1.0 / sum) : 0.0f;
       for (int64_t j = 0; j < m; ++j) row[j] *= inv;
-      for (int64_t j = m; j < n_max; ++j) row[j] = 0.0f;  // causal mask: later positions get no weight
+      for (int64_t j = m; j < n_blk; ++j) row[j] = 0.0f;  // causal mask: later positions get no weight
     }
-    tq_accumulate_values(vs, w.data(), size_t(n_max), n_q, values, value_stride, n_max, acc.data());
+    tq_accumulate_values(vs, wb, size_t(n_max), nb, values, value_stride, n_blk, &acc[size_t(q0) * dv]);
   }
   for (int qi = 0; qi < n_q; ++qi) tq_unrotate(vs, &acc[size_t(qi) * dv], out + size_t(qi) * out_stride);
 }

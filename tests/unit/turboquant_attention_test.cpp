@@ -141,9 +141,27 @@ TEST(TurboQuantAttentionMisc, QjlRecordsWorkInTheMsePath) {
   const Packed p = pack(st, st, k, v, n);
   const int64_t n_kv[2] = {19, 7};
   std::vector<float> out(2 * 64), ref(2 * 64);
-  tq_attend(st, st, q.data(), 2, 64, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, 0.125f, out.data(), 64);
-  tq_attend_ref(st, st, q.data(), 2, 64, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, 0.125f, ref.data(),
-                64);
+  tq_attend(st, st, q.data(), 2, 64, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, 0.125f, out.data(),
+            64);
+  tq_attend_ref(st, st, q.data(), 2, 64, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, 0.125f,
+                ref.data(), 64);
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], ref[i], 2e-5) << i;
+}
+
+TEST(TurboQuantAttentionMisc, CausalPrefillBlocksMatchReference) {
+  // 9 queries in blocks of 4 with different context lengths, including an all-empty block.
+  const int d = 32;
+  const TqState ks = tq_make_state({d, 3.5f}, 1, 1), vs = tq_make_state({d, 2.5f}, 1, 1);
+  TqRng rng(12);
+  const int64_t n = 8;
+  const auto k = gaussian(rng, size_t(n) * d), v = gaussian(rng, size_t(n) * d), q = gaussian(rng, 9 * d);
+  const Packed p = pack(ks, vs, k, v, n);
+  const int64_t n_kv[9] = {0, 0, 0, 0, 5, 5, 6, 6, 8};
+  std::vector<float> out(9 * d, 3.0f), ref(9 * d);
+  tq_attend(ks, vs, q.data(), 9, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, 0.3f, out.data(),
+            d);
+  tq_attend_ref(ks, vs, q.data(), 9, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, 0.3f,
+                ref.data(), d);
   for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], ref[i], 2e-5) << i;
 }
 
