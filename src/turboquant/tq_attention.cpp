@@ -168,6 +168,21 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
   for (int qi = 0; qi < n_q; ++qi) tq_unrotate(vs, &acc[size_t(qi) * dv], out + size_t(qi) * out_stride);
 }
 
+void tq_attend_gqa(const TqState& ks, const TqState& vs, int pos0, int n_tokens, int group, const float* q,
+                   size_t q_row_stride, const uint8_t* keys, size_t key_stride, const uint8_t* values,
+                   size_t value_stride, float scale, float* out, size_t out_row_stride) {
+  if (pos0 < 0 || n_tokens < 0 || group < 1 || group > 256)
+    throw InvalidArgument("turboquant: bad GQA attention arguments");
+  const int dk = ks.layout.dim, dv = vs.layout.dim;
+  int64_t n_kv[256];
+  for (int t = 0; t < n_tokens; ++t) {
+    // One call per token: its `group` heads share the key unpacking and have the same context.
+    for (int g = 0; g < group; ++g) n_kv[g] = int64_t(pos0) + t + 1;
+    tq_attend(ks, vs, q + size_t(t) * q_row_stride, group, size_t(dk), n_kv, keys, key_stride, values,
+              value_stride, scale, out + size_t(t) * out_row_stride, size_t(dv));
+  }
+}
+
 void tq_attend_ref(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                    const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                    size_t value_stride, float scale, float* out, size_t out_stride) {

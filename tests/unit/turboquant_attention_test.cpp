@@ -165,6 +165,36 @@ TEST(TurboQuantAttentionMisc, CausalPrefillBlocksMatchReference) {
   for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], ref[i], 2e-5) << i;
 }
 
+TEST(TurboQuantAttentionMisc, GqaLayoutMatchesPerQueryReference) {
+  // KvCache layout: 2 tokens x 6 query heads (3 per KV head); attend for KV head 1 (heads 3..5).
+  const int d = 64, n_heads = 6, group = 3, kv_head = 1, pos0 = 4, n_tok = 2;
+  const TqState ks = tq_make_state({d, 3.0f}, 2, kv_head),
+                vs = tq_make_state({d, 3.0f, TqRotationKind::kDense}, 2, 9);
+  TqRng rng(17);
+  const int64_t n = pos0 + n_tok;
+  const auto k = gaussian(rng, size_t(n) * d), v = gaussian(rng, size_t(n) * d);
+  const auto q = gaussian(rng, size_t(n_tok) * n_heads * d);
+  const Packed p = pack(ks, vs, k, v, n);
+  std::vector<float> out(size_t(n_tok) * n_heads * d, 9.0f);
+  const size_t row = size_t(n_heads) * d;
+  tq_attend_gqa(ks, vs, pos0, n_tok, group, q.data() + kv_head * group * d, row, p.k.data(), p.stride_k,
+                p.v.data(), p.stride_v, 0.125f, out.data() + kv_head * group * d, row);
+  for (int t = 0; t < n_tok; ++t) {
+    for (int h = 0; h < n_heads; ++h) {
+      const float* o = &out[t * row + h * d];
+      if (h / group != kv_head) {
+        for (int i = 0; i < d; ++i) EXPECT_EQ(o[i], 9.0f);  // other KV head's slots untouched
+        continue;
+      }
+      const int64_t m = pos0 + t + 1;
+      std::vector<float> ref(d);
+      tq_attend_ref(ks, vs, &q[t * row + h * d], 1, d, &m, p.k.data(), p.stride_k, p.v.data(), p.stride_v,
+                    0.125f, ref.data(), d);
+      for (int i = 0; i < d; ++i) EXPECT_NEAR(o[i], ref[i], 2e-5) << t << " " << h << " " << i;
+    }
+  }
+}
+
 TEST(TurboQuantAttentionMisc, EmptyContextGivesZeros) {
   const TqState st = tq_make_state({32, 3.0f}, 0, 0);
   std::vector<float> q(32, 1.0f), out(32, 5.0f);
