@@ -224,6 +224,21 @@ void BM_TqScoresGatherLut4(benchmark::State& state) {
   set_counters(state, n, 1, f.st.layout.bytes);
 }
 
+// The append path: quantizing one K or V vector (per token, layer and KV head). args: bits x 2, dense?
+void BM_TqQuantize(benchmark::State& state) {
+  const float bits = float(state.range(0)) / 2;
+  const TqConfig cfg{kDim, bits, state.range(1) ? TqRotationKind::kDense : TqRotationKind::kHadamard};
+  const TqState st = tq_make_state(cfg, 0, 0);
+  const auto x = gaussian(size_t(256) * kDim, 5);
+  std::vector<uint8_t> rec(st.layout.bytes);
+  int64_t i = 0;
+  for (auto _ : state) {
+    tq_quantize(st, &x[size_t(i++ & 255) * kDim], rec.data());
+    benchmark::DoNotOptimize(rec.data());
+  }
+}
+BENCHMARK(BM_TqQuantize)->Args({6, 0})->Args({7, 0})->Args({8, 0})->Args({6, 1});
+
 void tq_args(benchmark::internal::Benchmark* b) {
   for (int64_t n : {4096, 65536})
     for (int twice : {4, 5, 6, 7, 8})
