@@ -8,9 +8,17 @@
 namespace qleap {
 
 double TqRng::next_gaussian() {
+  if (has_spare_) {
+    has_spare_ = false;
+    return spare_;
+  }
   const double u1 = next_uniform();
   const double u2 = next_uniform();
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586476925 * u2);
+  const double r = std::sqrt(-2.0 * std::log(u1));
+  const double t = 6.283185307179586476925 * u2;
+  spare_ = r * std::sin(t);
+  has_spare_ = true;
+  return r * std::cos(t);
 }
 
 static uint64_t mix64(uint64_t z) {
