@@ -22,7 +22,9 @@ namespace {
 
 constexpr int kDim = 128;
 
-bool have_avx2() { return cpu_features().avx2 && cpu_features().fma && cpu_features().f16c; }
+bool have_avx2() {
+  return cpu_features().avx2 && cpu_features().fma && cpu_features().f16c;
+}
 
 std::vector<float> gaussian(size_t n, uint64_t seed) {
   TqRng rng(seed);
@@ -46,8 +48,9 @@ struct TqFixture {
 };
 
 void set_counters(benchmark::State& state, int64_t n, int n_q, size_t bytes_per_key) {
-  state.counters["ns_per_key"] = benchmark::Counter(double(n) * n_q * double(state.iterations()),
-                                                    benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["ns_per_key"] =
+      benchmark::Counter(double(n) * n_q * double(state.iterations()),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
   state.counters["bytes_per_key"] = double(bytes_per_key);
   state.SetBytesProcessed(int64_t(state.iterations()) * n * int64_t(bytes_per_key));
 }
@@ -74,7 +77,8 @@ void BM_TqScoresScalar(benchmark::State& state) {
   std::vector<float> scores(n);
   const auto args = tq_detail::kernel_args(f.st);
   for (auto _ : state) {
-    tq_detail::scores_scalar(args, f.q_rot.data(), 1, f.recs.data(), f.st.layout.bytes, n, scores.data(), size_t(n));
+    tq_detail::scores_scalar(args, f.q_rot.data(), 1, f.recs.data(), f.st.layout.bytes, n, scores.data(),
+                             size_t(n));
     benchmark::DoNotOptimize(scores.data());
   }
   set_counters(state, n, 1, f.st.layout.bytes);
@@ -97,8 +101,8 @@ void BM_TqAccumValues(benchmark::State& state) {
 
 // ---- baselines: fp16 keys / values, AVX2 + F16C ----
 
-__attribute__((target("avx2,fma,f16c"))) void f16_scores(const uint16_t* k, const float* q, int n_q, int64_t n,
-                                                          float* out) {
+__attribute__((target("avx2,fma,f16c"))) void f16_scores(const uint16_t* k, const float* q, int n_q,
+                                                         int64_t n, float* out) {
   for (int64_t j = 0; j < n; ++j) {
     const uint16_t* kj = k + size_t(j) * kDim;
     for (int qi = 0; qi < n_q; ++qi) {
@@ -119,7 +123,8 @@ __attribute__((target("avx2,fma,f16c"))) void f16_scores(const uint16_t* k, cons
   }
 }
 
-__attribute__((target("avx2,fma,f16c"))) void f16_accum(const uint16_t* v, const float* w, int64_t n, float* acc) {
+__attribute__((target("avx2,fma,f16c"))) void f16_accum(const uint16_t* v, const float* w, int64_t n,
+                                                        float* acc) {
   for (int64_t j = 0; j < n; ++j) {
     const __m256 c = _mm256_set1_ps(w[j]);
     const uint16_t* vj = v + size_t(j) * kDim;
@@ -184,8 +189,10 @@ __attribute__((target("avx2,fma"))) void lut_scores4(const float* table, const u
       uint32_t v0, v1;
       std::memcpy(&v0, rec + g * 4, 4);
       std::memcpy(&v1, rec + g * 4 + 4, 4);
-      const __m256i i0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(v0)), shifts), _mm256_set1_epi32(15));
-      const __m256i i1 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(v1)), shifts), _mm256_set1_epi32(15));
+      const __m256i i0 =
+          _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(v0)), shifts), _mm256_set1_epi32(15));
+      const __m256i i1 =
+          _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(v1)), shifts), _mm256_set1_epi32(15));
       a0 = _mm256_add_ps(a0, _mm256_i32gather_ps(table + g * 128, _mm256_add_epi32(i0, lane_base), 4));
       a1 = _mm256_add_ps(a1, _mm256_i32gather_ps(table + g * 128 + 128, _mm256_add_epi32(i1, lane_base), 4));
     }
@@ -216,6 +223,21 @@ void BM_TqScoresGatherLut4(benchmark::State& state) {
   }
   set_counters(state, n, 1, f.st.layout.bytes);
 }
+
+// The append path: quantizing one K or V vector (per token, layer and KV head). args: bits x 2, dense?
+void BM_TqQuantize(benchmark::State& state) {
+  const float bits = float(state.range(0)) / 2;
+  const TqConfig cfg{kDim, bits, state.range(1) ? TqRotationKind::kDense : TqRotationKind::kHadamard};
+  const TqState st = tq_make_state(cfg, 0, 0);
+  const auto x = gaussian(size_t(256) * kDim, 5);
+  std::vector<uint8_t> rec(st.layout.bytes);
+  int64_t i = 0;
+  for (auto _ : state) {
+    tq_quantize(st, &x[size_t(i++ & 255) * kDim], rec.data());
+    benchmark::DoNotOptimize(rec.data());
+  }
+}
+BENCHMARK(BM_TqQuantize)->Args({6, 0})->Args({7, 0})->Args({8, 0})->Args({6, 1});
 
 void tq_args(benchmark::internal::Benchmark* b) {
   for (int64_t n : {4096, 65536})

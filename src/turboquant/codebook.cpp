@@ -66,8 +66,10 @@ double tq_coord_density(double x, int dim) {
 }
 
 TqCodebook compute_lloyd_max(int bits, int dim) {
-  if (bits < 1 || bits > 8) throw InvalidArgument("turboquant: codebook bits must be 1..8, got " + std::to_string(bits));
-  if (dim < 2 || dim > 65536) throw InvalidArgument("turboquant: codebook dim must be 2..65536, got " + std::to_string(dim));
+  if (bits < 1 || bits > 8)
+    throw InvalidArgument("turboquant: codebook bits must be 1..8, got " + std::to_string(bits));
+  if (dim < 2 || dim > 65536)
+    throw InvalidArgument("turboquant: codebook dim must be 2..65536, got " + std::to_string(dim));
   const int k_levels = 1 << bits;
   const double z = norm_const(dim);
   TqCodebook cb;

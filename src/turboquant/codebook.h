@@ -40,11 +40,4 @@ double tq_coord_density(double x, int dim);
 // Mass, first and second moment of f over [a, b], -1 <= a <= b <= 1.
 void tq_cell_moments(double a, double b, int dim, double* m0, double* m1, double* m2);
 
-// Index of the cell of x: the number of thresholds <= x.
-inline int tq_nearest_index(const float* thresholds, int n_thresholds, float x) {
-  int idx = 0;
-  for (int k = 0; k < n_thresholds; ++k) idx += x >= thresholds[k] ? 1 : 0;
-  return idx;
-}
-
 }  // namespace qleap

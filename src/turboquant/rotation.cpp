@@ -8,9 +8,17 @@
 namespace qleap {
 
 double TqRng::next_gaussian() {
+  if (has_spare_) {
+    has_spare_ = false;
+    return spare_;
+  }
   const double u1 = next_uniform();
   const double u2 = next_uniform();
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586476925 * u2);
+  const double r = std::sqrt(-2.0 * std::log(u1));
+  const double t = 6.283185307179586476925 * u2;
+  spare_ = r * std::sin(t);
+  has_spare_ = true;
+  return r * std::cos(t);
 }
 
 static uint64_t mix64(uint64_t z) {
@@ -26,7 +34,9 @@ uint64_t tq_head_seed(uint64_t base_seed, int layer, int kv_head) {
   return h;
 }
 
-bool tq_is_pow2(int d) { return d > 0 && (d & (d - 1)) == 0; }
+bool tq_is_pow2(int d) {
+  return d > 0 && (d & (d - 1)) == 0;
+}
 
 void fwht(float* x, int n) {
   for (int h = 1; h < n; h <<= 1) {
@@ -69,14 +79,16 @@ static std::vector<float> haar_orthogonal(int d, TqRng& rng) {
 
 TqRotation make_rotation(int dim, TqRotationKind kind, uint64_t seed) {
   if (dim < 1 || dim > 65536) throw InvalidArgument("turboquant: bad rotation dim " + std::to_string(dim));
-  if (kind == TqRotationKind::kAuto) kind = tq_is_pow2(dim) ? TqRotationKind::kHadamard : TqRotationKind::kDense;
+  if (kind == TqRotationKind::kAuto)
+    kind = tq_is_pow2(dim) ? TqRotationKind::kHadamard : TqRotationKind::kDense;
   TqRotation r;
   r.dim = dim;
   r.kind = kind;
   TqRng rng(seed);
   if (kind == TqRotationKind::kHadamard) {
     if (!tq_is_pow2(dim))
-      throw InvalidArgument("turboquant: Hadamard rotation needs a power-of-two dim, got " + std::to_string(dim));
+      throw InvalidArgument("turboquant: Hadamard rotation needs a power-of-two dim, got " +
+                            std::to_string(dim));
     r.signs.resize(dim);
     for (auto& s : r.signs) s = (rng.next_u64() >> 63) ? -1.0f : 1.0f;
   } else if (kind == TqRotationKind::kDense) {
@@ -95,12 +107,18 @@ void rotate_forward(const TqRotation& r, const float* x, float* y) {
     fwht(y, d);
     return;
   }
-  std::vector<float> tmp(x, x + d);  // allows x == y
+  // Dense: row dot products in float with 8 partial sums (vectorizable without reassociation).
+  thread_local std::vector<float> tmp;
+  tmp.assign(x, x + d);  // allows x == y
   for (int i = 0; i < d; ++i) {
     const float* row = &r.matrix[size_t(i) * d];
-    double acc = 0;
-    for (int k = 0; k < d; ++k) acc += double(row[k]) * tmp[k];
-    y[i] = float(acc);
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int k = 0;
+    for (; k + 8 <= d; k += 8)
+      for (int j = 0; j < 8; ++j) acc[j] += row[k + j] * tmp[k + j];
+    float s = 0;
+    for (; k < d; ++k) s += row[k] * tmp[k];
+    y[i] = s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
   }
 }
 
@@ -115,13 +133,15 @@ void rotate_inverse(const TqRotation& r, const float* y, float* x) {
     for (int i = 0; i < d; ++i) x[i] *= r.signs[i] * s;
     return;
   }
-  std::vector<double> acc(d, 0.0);
+  // Dense: x = Q^T y as a sum of rows of Q scaled by y_k (contiguous, vectorizable).
+  thread_local std::vector<float> acc;
+  acc.assign(d, 0.0f);
   for (int k = 0; k < d; ++k) {
     const float* row = &r.matrix[size_t(k) * d];
-    const double yk = y[k];
-    for (int i = 0; i < d; ++i) acc[i] += double(row[i]) * yk;
+    const float yk = y[k];
+    for (int i = 0; i < d; ++i) acc[i] += row[i] * yk;
   }
-  for (int i = 0; i < d; ++i) x[i] = float(acc[i]);
+  for (int i = 0; i < d; ++i) x[i] = acc[i];
 }
 
 }  // namespace qleap

@@ -17,7 +17,7 @@
 namespace qleap {
 
 enum class TqRotationKind : uint8_t {
-  kAuto = 0,      // Hadamard when dim is a power of two, else dense
+  kAuto = 0,  // Hadamard when dim is a power of two, else dense
   kHadamard = 1,
   kDense = 2,
 };
@@ -25,13 +25,13 @@ enum class TqRotationKind : uint8_t {
 struct TqRotation {
   int dim = 0;
   TqRotationKind kind = TqRotationKind::kDense;  // resolved: never kAuto
-  std::vector<float> signs;   // Hadamard: the diagonal of D (+-1), dim entries
-  std::vector<float> matrix;  // Dense: Q, row-major dim x dim, x' = Q x
+  std::vector<float> signs;                      // Hadamard: the diagonal of D (+-1), dim entries
+  std::vector<float> matrix;                     // Dense: Q, row-major dim x dim, x' = Q x
 };
 
 // Deterministic splitmix64 stream; also used for the QJL projection and the tests.
 struct TqRng {
-  uint64_t state;
+  uint64_t state;  // splitmix64 counter
   explicit TqRng(uint64_t seed) : state(seed) {}
   uint64_t next_u64() {
     uint64_t z = (state += 0x9e3779b97f4a7c15ull);
@@ -41,7 +41,11 @@ struct TqRng {
   }
   // Uniform in (0, 1): 53 random bits, never exactly 0.
   double next_uniform() { return (double(next_u64() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
-  double next_gaussian();  // Box-Muller, one sample per call (the second is discarded)
+  double next_gaussian();  // Box-Muller; the pair's second sample is kept for the next call
+
+ private:
+  double spare_ = 0;
+  bool has_spare_ = false;
 };
 
 // Default base seed of the KV cache quantizer ("TurboQnt" in ASCII).

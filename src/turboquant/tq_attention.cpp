@@ -69,32 +69,47 @@ void accum_scalar(const KernelArgs& a, const float* w, size_t w_stride, int n_q,
 
 }  // namespace tq_detail
 
-using namespace tq_detail;
+namespace tq_detail {
 
 namespace {
 
-bool simd_ok(const TqLayout& l) {
-  return l.split % 8 == 0 && (l.dim - l.split) % 8 == 0 && l.bits_hi <= 4 && l.bits_lo <= 4;
-}
-
-ScoresFn pick_scores(const TqLayout& l) {
-  if (simd_ok(l) && isa_level() >= IsaLevel::kAvx2) return scores_avx2;
-  return scores_scalar;
-}
-AccumFn pick_accum(const TqLayout& l) {
-  if (simd_ok(l) && isa_level() >= IsaLevel::kAvx2) return accum_avx2;
-  return accum_scalar;
+// SIMD kernels step over whole groups of 8 (AVX2) or 16 (AVX-512) coordinates of a bit segment.
+bool segments_multiple_of(const TqLayout& l, int m) {
+  return l.split % m == 0 && (l.dim - l.split) % m == 0 && l.bits_hi <= 4 && l.bits_lo <= 4;
 }
 
 }  // namespace
 
-const char* tq_kernel_name(const TqLayout& l) {
-  return pick_scores(l) == scores_scalar ? "scalar" : "avx2";
+ScoresFn pick_scores(const TqLayout& l) {
+  const IsaLevel isa = isa_level();
+  if (isa >= IsaLevel::kAvx512 && segments_multiple_of(l, 16)) return scores_avx512;
+  if (isa >= IsaLevel::kAvx2 && segments_multiple_of(l, 8)) return scores_avx2;
+  return scores_scalar;
 }
 
-void tq_rotate_query(const TqState& st, const float* q, float* q_rot) { rotate_forward(st.rotation, q, q_rot); }
+AccumFn pick_accum(const TqLayout& l) {
+  const IsaLevel isa = isa_level();
+  if (isa >= IsaLevel::kAvx512 && segments_multiple_of(l, 16)) return accum_avx512;
+  if (isa >= IsaLevel::kAvx2 && segments_multiple_of(l, 8)) return accum_avx2;
+  return accum_scalar;
+}
 
-void tq_unrotate(const TqState& st, const float* acc_rot, float* out) { rotate_inverse(st.rotation, acc_rot, out); }
+}  // namespace tq_detail
+
+using namespace tq_detail;
+
+const char* tq_kernel_name(const TqLayout& l) {
+  const ScoresFn f = pick_scores(l);
+  return f == scores_avx512 ? "avx512" : f == scores_avx2 ? "avx2" : "scalar";
+}
+
+void tq_rotate_query(const TqState& st, const float* q, float* q_rot) {
+  rotate_forward(st.rotation, q, q_rot);
+}
+
+void tq_unrotate(const TqState& st, const float* acc_rot, float* out) {
+  rotate_inverse(st.rotation, acc_rot, out);
+}
 
 void tq_scores(const TqState& st, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
                int64_t n, float* scores, size_t score_stride) {
@@ -102,8 +117,8 @@ void tq_scores(const TqState& st, const float* q_rot, int n_q, const uint8_t* ke
   pick_scores(st.layout)(kernel_args(st), q_rot, n_q, keys, key_stride, n, scores, score_stride);
 }
 
-void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, int n_q,
-                          const uint8_t* values, size_t value_stride, int64_t n, float* acc_rot) {
+void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, int n_q, const uint8_t* values,
+                          size_t value_stride, int64_t n, float* acc_rot) {
   if (n <= 0 || n_q <= 0) return;
   pick_accum(st.layout)(kernel_args(st), w, w_stride, n_q, values, value_stride, n, acc_rot);
 }
@@ -124,9 +139,17 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
   w.resize(size_t(n_q) * std::max<int64_t>(n_max, 1));
   acc.assign(size_t(n_q) * dv, 0.0f);
   for (int qi = 0; qi < n_q; ++qi) tq_rotate_query(ks, q + size_t(qi) * q_stride, &q_rot[size_t(qi) * dk]);
-  if (n_max > 0) {
-    tq_scores(ks, q_rot.data(), n_q, keys, key_stride, n_max, w.data(), size_t(n_max));
-    for (int qi = 0; qi < n_q; ++qi) {
+  // Blocks of 4 queries (what the kernels share one key unpacking across) only go as far as their
+  // longest context, so a causal prefill passed token-major (the heads of one token adjacent) does
+  // not score the masked future positions.
+  for (int q0 = 0; q0 < n_q; q0 += 4) {
+    const int nb = std::min(4, n_q - q0);
+    int64_t n_blk = 0;
+    for (int qi = q0; qi < q0 + nb; ++qi) n_blk = std::max(n_blk, n_kv[qi]);
+    if (n_blk == 0) continue;
+    float* wb = &w[size_t(q0) * n_max];
+    tq_scores(ks, &q_rot[size_t(q0) * dk], nb, keys, key_stride, n_blk, wb, size_t(n_max));
+    for (int qi = q0; qi < q0 + nb; ++qi) {
       float* row = &w[size_t(qi) * n_max];
       const int64_t m = n_kv[qi];
       float mx = -std::numeric_limits<float>::infinity();
@@ -138,11 +161,26 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
       }
       const float inv = m > 0 ? float(1.0 / sum) : 0.0f;
       for (int64_t j = 0; j < m; ++j) row[j] *= inv;
-      for (int64_t j = m; j < n_max; ++j) row[j] = 0.0f;  // causal mask: later positions get no weight
+      for (int64_t j = m; j < n_blk; ++j) row[j] = 0.0f;  // causal mask: later positions get no weight
     }
-    tq_accumulate_values(vs, w.data(), size_t(n_max), n_q, values, value_stride, n_max, acc.data());
+    tq_accumulate_values(vs, wb, size_t(n_max), nb, values, value_stride, n_blk, &acc[size_t(q0) * dv]);
   }
   for (int qi = 0; qi < n_q; ++qi) tq_unrotate(vs, &acc[size_t(qi) * dv], out + size_t(qi) * out_stride);
+}
+
+void tq_attend_gqa(const TqState& ks, const TqState& vs, int pos0, int n_tokens, int group, const float* q,
+                   size_t q_row_stride, const uint8_t* keys, size_t key_stride, const uint8_t* values,
+                   size_t value_stride, float scale, float* out, size_t out_row_stride) {
+  if (pos0 < 0 || n_tokens < 0 || group < 1 || group > 256)
+    throw InvalidArgument("turboquant: bad GQA attention arguments");
+  const int dk = ks.layout.dim, dv = vs.layout.dim;
+  int64_t n_kv[256];
+  for (int t = 0; t < n_tokens; ++t) {
+    // One call per token: its `group` heads share the key unpacking and have the same context.
+    for (int g = 0; g < group; ++g) n_kv[g] = int64_t(pos0) + t + 1;
+    tq_attend(ks, vs, q + size_t(t) * q_row_stride, group, size_t(dk), n_kv, keys, key_stride, values,
+              value_stride, scale, out + size_t(t) * out_row_stride, size_t(dv));
+  }
 }
 
 void tq_attend_ref(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,

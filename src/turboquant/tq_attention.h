@@ -25,8 +25,8 @@ void tq_scores(const TqState& st, const float* q_rot, int n_q, const uint8_t* ke
                int64_t n, float* scores, size_t score_stride);
 
 // acc_rot[qi * dim + i] += sum_j w[qi * w_stride + j] * norm_j * c[idx_ji] (rotated space).
-void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, int n_q,
-                          const uint8_t* values, size_t value_stride, int64_t n, float* acc_rot);
+void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, int n_q, const uint8_t* values,
+                          size_t value_stride, int64_t n, float* acc_rot);
 
 // out = R^T acc_rot (dim floats), once per query head.
 void tq_unrotate(const TqState& st, const float* acc_rot, float* out);
@@ -38,6 +38,15 @@ void tq_unrotate(const TqState& st, const float* acc_rot, float* out);
 void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                size_t value_stride, float scale, float* out, size_t out_stride);
+
+// Causal GQA attention for one layer and KV head in the layout of KvCache::attend: n_tokens query
+// tokens at positions pos0 .. pos0 + n_tokens - 1, token t attending to [0, pos0 + t]; the `group`
+// query heads of this KV head are adjacent (head_dim floats apart) in each token's row of q and out,
+// rows q_row_stride / out_row_stride floats apart. Keys and values of position p are the records at
+// keys + p * key_stride and values + p * value_stride.
+void tq_attend_gqa(const TqState& ks, const TqState& vs, int pos0, int n_tokens, int group, const float* q,
+                   size_t q_row_stride, const uint8_t* keys, size_t key_stride, const uint8_t* values,
+                   size_t value_stride, float scale, float* out, size_t out_row_stride);
 
 // Reference: dequantizes every key and value with tq_dequantize and attends in double.
 void tq_attend_ref(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,

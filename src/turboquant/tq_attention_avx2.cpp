@@ -104,11 +104,12 @@ void scores_block(const KernelArgs& a, const float* q_rot, const uint8_t* keys, 
 // with the NQ x CH partial sums held in registers: the keys are re-read once per chunk of groups,
 // which is cheaper than a load + store of the accumulators per group and key.
 template <int B, int NQ, int CH>
-void accum_chunk(const float* w, size_t w_stride, const uint8_t* values, size_t stride, size_t norm_off, int64_t n,
-                 const Cents& c, size_t seg_off, int g0, int cnt, float* acc, int dim) {
+void accum_chunk(const float* w, size_t w_stride, const uint8_t* values, size_t stride, size_t norm_off,
+                 int64_t n, const Cents& c, size_t seg_off, int g0, int cnt, float* acc, int dim) {
   __m256 s[NQ][CH];
   for (int qi = 0; qi < NQ; ++qi)
-    for (int g = 0; g < CH; ++g) s[qi][g] = g < cnt ? _mm256_loadu_ps(acc + qi * dim + (g0 + g) * 8) : _mm256_setzero_ps();
+    for (int g = 0; g < CH; ++g)
+      s[qi][g] = g < cnt ? _mm256_loadu_ps(acc + qi * dim + (g0 + g) * 8) : _mm256_setzero_ps();
   for (int64_t j = 0; j < n; ++j) {
     const uint8_t* rec = values + size_t(j) * stride;
     const float nrm = load_norm(rec, norm_off);
@@ -133,8 +134,8 @@ void accum_chunk(const float* w, size_t w_stride, const uint8_t* values, size_t 
 }
 
 template <int BH, int BL, int NQ>
-void accum_block(const KernelArgs& a, const float* w, size_t w_stride, const uint8_t* values, size_t value_stride,
-                 int64_t n, float* acc_rot) {
+void accum_block(const KernelArgs& a, const float* w, size_t w_stride, const uint8_t* values,
+                 size_t value_stride, int64_t n, float* acc_rot) {
   // NQ * kCh accumulators; 4-bit lookups need two more centroid registers, so fewer accumulators.
   constexpr int kCh = (NQ == 1 ? 8 : NQ == 2 ? 4 : 2) / (BH == 4 ? 2 : 1);
   const Cents ch{_mm256_loadu_ps(a.cb_hi), _mm256_loadu_ps(a.cb_hi + 8)};
@@ -156,10 +157,18 @@ void scores_bits(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t
     const float* q = q_rot + size_t(q0) * a.dim;
     float* s = scores + size_t(q0) * score_stride;
     switch (std::min(4, n_q - q0)) {
-      case 1: scores_block<BH, BL, 1>(a, q, keys, key_stride, n, s, score_stride); break;
-      case 2: scores_block<BH, BL, 2>(a, q, keys, key_stride, n, s, score_stride); break;
-      case 3: scores_block<BH, BL, 3>(a, q, keys, key_stride, n, s, score_stride); break;
-      default: scores_block<BH, BL, 4>(a, q, keys, key_stride, n, s, score_stride); break;
+      case 1:
+        scores_block<BH, BL, 1>(a, q, keys, key_stride, n, s, score_stride);
+        break;
+      case 2:
+        scores_block<BH, BL, 2>(a, q, keys, key_stride, n, s, score_stride);
+        break;
+      case 3:
+        scores_block<BH, BL, 3>(a, q, keys, key_stride, n, s, score_stride);
+        break;
+      default:
+        scores_block<BH, BL, 4>(a, q, keys, key_stride, n, s, score_stride);
+        break;
     }
   }
 }
@@ -171,10 +180,18 @@ void accum_bits(const KernelArgs& a, const float* w, size_t w_stride, int n_q, c
     const float* ww = w + size_t(q0) * w_stride;
     float* acc = acc_rot + size_t(q0) * a.dim;
     switch (std::min(4, n_q - q0)) {
-      case 1: accum_block<BH, BL, 1>(a, ww, w_stride, values, value_stride, n, acc); break;
-      case 2: accum_block<BH, BL, 2>(a, ww, w_stride, values, value_stride, n, acc); break;
-      case 3: accum_block<BH, BL, 3>(a, ww, w_stride, values, value_stride, n, acc); break;
-      default: accum_block<BH, BL, 4>(a, ww, w_stride, values, value_stride, n, acc); break;
+      case 1:
+        accum_block<BH, BL, 1>(a, ww, w_stride, values, value_stride, n, acc);
+        break;
+      case 2:
+        accum_block<BH, BL, 2>(a, ww, w_stride, values, value_stride, n, acc);
+        break;
+      case 3:
+        accum_block<BH, BL, 3>(a, ww, w_stride, values, value_stride, n, acc);
+        break;
+      default:
+        accum_block<BH, BL, 4>(a, ww, w_stride, values, value_stride, n, acc);
+        break;
     }
   }
 }
@@ -190,16 +207,17 @@ Fn select(int bh, int bl, Fn f11, Fn f22, Fn f33, Fn f44, Fn f21, Fn f32, Fn f43
 
 void scores_avx2(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
                  int64_t n, float* scores, size_t score_stride) {
-  const ScoresFn f = select<ScoresFn>(a.bits_hi, a.bits_lo, scores_bits<1, 1>, scores_bits<2, 2>,
-                                      scores_bits<3, 3>, scores_bits<4, 4>, scores_bits<2, 1>,
-                                      scores_bits<3, 2>, scores_bits<4, 3>);
+  const ScoresFn f =
+      select<ScoresFn>(a.bits_hi, a.bits_lo, scores_bits<1, 1>, scores_bits<2, 2>, scores_bits<3, 3>,
+                       scores_bits<4, 4>, scores_bits<2, 1>, scores_bits<3, 2>, scores_bits<4, 3>);
   f(a, q_rot, n_q, keys, key_stride, n, scores, score_stride);
 }
 
 void accum_avx2(const KernelArgs& a, const float* w, size_t w_stride, int n_q, const uint8_t* values,
                 size_t value_stride, int64_t n, float* acc_rot) {
-  const AccumFn f = select<AccumFn>(a.bits_hi, a.bits_lo, accum_bits<1, 1>, accum_bits<2, 2>, accum_bits<3, 3>,
-                                    accum_bits<4, 4>, accum_bits<2, 1>, accum_bits<3, 2>, accum_bits<4, 3>);
+  const AccumFn f =
+      select<AccumFn>(a.bits_hi, a.bits_lo, accum_bits<1, 1>, accum_bits<2, 2>, accum_bits<3, 3>,
+                      accum_bits<4, 4>, accum_bits<2, 1>, accum_bits<3, 2>, accum_bits<4, 3>);
   f(a, w, w_stride, n_q, values, value_stride, n, acc_rot);
 }
 

@@ -17,14 +17,20 @@ struct KernelArgs {
 
 inline KernelArgs kernel_args(const TqState& st) {
   const TqLayout& l = st.layout;
-  return KernelArgs{l.dim, l.split, l.bits_hi, l.bits_lo, l.hi_bytes, l.norm_offset,
-                    st.cb_hi->centroids_f.data(), st.cb_lo->centroids_f.data()};
+  return KernelArgs{l.dim,
+                    l.split,
+                    l.bits_hi,
+                    l.bits_lo,
+                    l.hi_bytes,
+                    l.norm_offset,
+                    st.cb_hi->centroids_f.data(),
+                    st.cb_lo->centroids_f.data()};
 }
 
 using ScoresFn = void (*)(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t* keys,
                           size_t key_stride, int64_t n, float* scores, size_t score_stride);
-using AccumFn = void (*)(const KernelArgs& a, const float* w, size_t w_stride, int n_q,
-                         const uint8_t* values, size_t value_stride, int64_t n, float* acc_rot);
+using AccumFn = void (*)(const KernelArgs& a, const float* w, size_t w_stride, int n_q, const uint8_t* values,
+                         size_t value_stride, int64_t n, float* acc_rot);
 
 void scores_scalar(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
                    int64_t n, float* scores, size_t score_stride);
@@ -34,5 +40,14 @@ void scores_avx2(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t
                  int64_t n, float* scores, size_t score_stride);
 void accum_avx2(const KernelArgs& a, const float* w, size_t w_stride, int n_q, const uint8_t* values,
                 size_t value_stride, int64_t n, float* acc_rot);
+
+void scores_avx512(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
+                   int64_t n, float* scores, size_t score_stride);
+void accum_avx512(const KernelArgs& a, const float* w, size_t w_stride, int n_q, const uint8_t* values,
+                  size_t value_stride, int64_t n, float* acc_rot);
+
+// The kernels the dispatcher would pick for this layout at the current isa_level().
+ScoresFn pick_scores(const TqLayout& l);
+AccumFn pick_accum(const TqLayout& l);
 
 }  // namespace qleap::tq_detail

@@ -10,6 +10,18 @@
 
 namespace qleap {
 
+namespace {
+
+// The number of (sorted) thresholds <= x, by a branch-free binary search: bits steps instead of
+// 2^bits - 1 comparisons.
+inline uint8_t cell_index(const float* thresholds, int bits, float x) {
+  int idx = 0;
+  for (int step = 1 << (bits - 1); step >= 1; step >>= 1) idx += x >= thresholds[idx + step - 1] ? step : 0;
+  return uint8_t(idx);
+}
+
+}  // namespace
+
 TqLayout tq_layout(const TqConfig& cfg) {
   if (cfg.dim < 2 || cfg.dim > 65536)
     throw InvalidArgument("turboquant: dim must be 2..65536, got " + std::to_string(cfg.dim));
@@ -18,7 +30,8 @@ TqLayout tq_layout(const TqConfig& cfg) {
     throw InvalidArgument("turboquant: bits must be one of 1, 1.5, 2, 2.5, 3, 3.5, 4, got " +
                           std::to_string(cfg.bits));
   if (cfg.rotation == TqRotationKind::kHadamard && !tq_is_pow2(cfg.dim))
-    throw InvalidArgument("turboquant: Hadamard rotation needs a power-of-two dim, got " + std::to_string(cfg.dim));
+    throw InvalidArgument("turboquant: Hadamard rotation needs a power-of-two dim, got " +
+                          std::to_string(cfg.dim));
   TqLayout l;
   l.dim = cfg.dim;
   const int t = int(twice);
@@ -60,6 +73,15 @@ TqState tq_make_state(const TqConfig& cfg, int layer, int kv_head) {
   return st;
 }
 
+std::vector<TqState> tq_make_states(const TqConfig& cfg, int n_layers, int n_kv_heads) {
+  if (n_layers < 0 || n_kv_heads < 0) throw InvalidArgument("turboquant: negative layer or head count");
+  std::vector<TqState> v;
+  v.reserve(size_t(n_layers) * n_kv_heads);
+  for (int l = 0; l < n_layers; ++l)
+    for (int h = 0; h < n_kv_heads; ++h) v.push_back(tq_make_state(cfg, l, h));
+  return v;
+}
+
 void tq_pack_indices(const uint8_t* idx, int n, int bits, uint8_t* out) {
   std::memset(out, 0, (size_t(n) * bits + 7) / 8);
   size_t bit = 0;
@@ -93,8 +115,11 @@ void tq_quantize(const TqState& st, const float* x, uint8_t* out) {
   double nrm2 = 0;
   for (int i = 0; i < d; ++i) nrm2 += double(x[i]) * x[i];
   const double nrm = std::sqrt(nrm2);
-  std::vector<float> y(d);
-  std::vector<uint8_t> idx(d, 0);
+  // Per-thread scratch: quantize runs once per token, layer and head on the hot append path.
+  thread_local std::vector<float> y;
+  thread_local std::vector<uint8_t> idx;
+  y.assign(d, 0.0f);
+  idx.assign(d, 0);
   uint16_t norm_h = 0;
   const bool ok = nrm > 0 && std::isfinite(nrm);
   if (ok) {
@@ -103,10 +128,8 @@ void tq_quantize(const TqState& st, const float* x, uint8_t* out) {
     rotate_forward(st.rotation, y.data(), y.data());
     const TqCodebook& hi = *st.cb_hi;
     const TqCodebook& lo = *st.cb_lo;
-    for (int i = 0; i < l.split; ++i)
-      idx[i] = uint8_t(tq_nearest_index(hi.thresholds_f.data(), int(hi.thresholds_f.size()), y[i]));
-    for (int i = l.split; i < d; ++i)
-      idx[i] = uint8_t(tq_nearest_index(lo.thresholds_f.data(), int(lo.thresholds_f.size()), y[i]));
+    for (int i = 0; i < l.split; ++i) idx[i] = cell_index(hi.thresholds_f.data(), l.bits_hi, y[i]);
+    for (int i = l.split; i < d; ++i) idx[i] = cell_index(lo.thresholds_f.data(), l.bits_lo, y[i]);
     norm_h = fp32_to_fp16(float(std::min(nrm, 65504.0)));  // saturate instead of inf
   }
   tq_pack_indices(idx.data(), l.split, l.bits_hi, out);

@@ -38,7 +38,7 @@ struct TqConfig {
 
 struct TqLayout {
   int dim = 0;
-  int split = 0;    // coordinates [0, split) use bits_hi, [split, dim) use bits_lo
+  int split = 0;  // coordinates [0, split) use bits_hi, [split, dim) use bits_lo
   int bits_hi = 0;
   int bits_lo = 0;  // == bits_hi for a uniform rate
   size_t hi_bytes = 0, lo_bytes = 0;
@@ -52,7 +52,9 @@ struct TqLayout {
 
 // Validates cfg (InvalidArgument on a bad dim or rate) and computes the record layout.
 TqLayout tq_layout(const TqConfig& cfg);
-inline size_t tq_bytes_per_vector(const TqConfig& cfg) { return tq_layout(cfg).bytes; }
+inline size_t tq_bytes_per_vector(const TqConfig& cfg) {
+  return tq_layout(cfg).bytes;
+}
 
 // Everything needed to quantize and attend for one (layer, kv_head): immutable after creation, so
 // one state may be shared by any number of threads.
@@ -68,6 +70,10 @@ struct TqState {
 // The state for one (layer, kv_head); the rotation (and QJL matrix) seed is
 // tq_head_seed(cfg.seed, layer, kv_head).
 TqState tq_make_state(const TqConfig& cfg, int layer, int kv_head);
+
+// States for a whole model, indexed [layer * n_kv_heads + kv_head]. Codebooks are shared (cached);
+// each head holds only its rotation (dim signs for Hadamard, dim^2 floats for dense).
+std::vector<TqState> tq_make_states(const TqConfig& cfg, int n_layers, int n_kv_heads);
 
 // Packs x (dim floats) into out (layout.bytes bytes). A zero (or non-finite-norm) vector stores
 // norm 0 and dequantizes to zeros.

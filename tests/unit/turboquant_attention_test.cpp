@@ -48,29 +48,27 @@ TEST_P(TurboQuantAttention, ScoresMatchDequantizedDotProducts) {
   const auto q = gaussian(rng, size_t(n_q) * d);
   std::vector<float> q_rot(size_t(n_q) * d), kh(d);
   for (int qi = 0; qi < n_q; ++qi) tq_rotate_query(st, &q[size_t(qi) * d], &q_rot[size_t(qi) * d]);
-  const auto args = tq_detail::kernel_args(st);
-  std::vector<float> s_scalar(size_t(n_q) * n), s_simd(size_t(n_q) * n, -1.0f), s_api(size_t(n_q) * n);
-  tq_detail::scores_scalar(args, q_rot.data(), n_q, p.k.data(), p.stride_k, n, s_scalar.data(), n);
-  tq_scores(st, q_rot.data(), n_q, p.k.data(), p.stride_k, n, s_api.data(), n);
-  const bool have_avx2 = cpu_features().avx2 && cpu_features().fma && d % 16 == 0;
-  if (have_avx2) tq_detail::scores_avx2(args, q_rot.data(), n_q, p.k.data(), p.stride_k, n, s_simd.data(), n);
+  // Reference: dot products with the dequantized keys, in double.
+  std::vector<double> ref(size_t(n_q) * n), mag(size_t(n_q) * n);
   for (int64_t j = 0; j < n; ++j) {
     tq_dequantize(st, &p.k[size_t(j) * p.stride_k], kh.data());
     for (int qi = 0; qi < n_q; ++qi) {
-      double ref = 0, mag = 0;
       for (int i = 0; i < d; ++i) {
-        ref += double(q[size_t(qi) * d + i]) * kh[i];
-        mag += std::fabs(double(q[size_t(qi) * d + i]) * kh[i]);
-      }
-      const double tol = 1e-5 * mag + 1e-6;
-      const size_t o = size_t(qi) * n + j;
-      EXPECT_NEAR(s_scalar[o], ref, tol) << j << " " << qi;
-      EXPECT_NEAR(s_api[o], ref, tol) << j << " " << qi;
-      if (have_avx2) {
-        EXPECT_NEAR(s_simd[o], s_scalar[o], tol) << j << " " << qi;
+        ref[size_t(qi) * n + j] += double(q[size_t(qi) * d + i]) * kh[i];
+        mag[size_t(qi) * n + j] += std::fabs(double(q[size_t(qi) * d + i]) * kh[i]);
       }
     }
   }
+  const IsaLevel saved = isa_level();
+  for (IsaLevel lvl : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+    set_isa_level(lvl);
+    if (isa_level() != lvl) continue;  // not on this CPU
+    std::vector<float> s(size_t(n_q) * n, -1.0f);
+    tq_scores(st, q_rot.data(), n_q, p.k.data(), p.stride_k, n, s.data(), n);
+    for (size_t o = 0; o < s.size(); ++o)
+      EXPECT_NEAR(s[o], ref[o], 1e-5 * mag[o] + 1e-6) << o << " kernel " << tq_kernel_name(st.layout);
+  }
+  set_isa_level(saved);
 }
 
 TEST_P(TurboQuantAttention, ValueAccumulationMatchesScalar) {
@@ -78,17 +76,26 @@ TEST_P(TurboQuantAttention, ValueAccumulationMatchesScalar) {
   const TqState st = tq_make_state({d, bits}, 0, 2);
   TqRng rng(8);
   const int64_t n = 29;
-  const int n_q = 6;
   const auto vals = gaussian(rng, size_t(n) * d);
   const Packed p = pack(st, st, vals, vals, n);
-  auto w = gaussian(rng, size_t(n_q) * n);
-  w[3] = 0.0f;
   const auto args = tq_detail::kernel_args(st);
-  std::vector<float> a_scalar(size_t(n_q) * d, 0.5f), a_simd(size_t(n_q) * d, 0.5f);
-  tq_detail::accum_scalar(args, w.data(), n, n_q, p.v.data(), p.stride_v, n, a_scalar.data());
-  if (!(cpu_features().avx2 && cpu_features().fma && d % 16 == 0)) GTEST_SKIP() << "no AVX2 path here";
-  tq_detail::accum_avx2(args, w.data(), n, n_q, p.v.data(), p.stride_v, n, a_simd.data());
-  for (size_t i = 0; i < a_scalar.size(); ++i) EXPECT_NEAR(a_simd[i], a_scalar[i], 1e-4) << i;
+  const IsaLevel saved = isa_level();
+  for (int n_q : {1, 2, 3, 6}) {  // every register-blocking variant, and more than one block of 4
+    auto w = gaussian(rng, size_t(n_q) * n);
+    w[3] = 0.0f;
+    std::vector<float> a_scalar(size_t(n_q) * d, 0.5f);
+    tq_detail::accum_scalar(args, w.data(), n, n_q, p.v.data(), p.stride_v, n, a_scalar.data());
+    for (IsaLevel lvl : {IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+      set_isa_level(lvl);
+      if (isa_level() != lvl) continue;
+      std::vector<float> a(size_t(n_q) * d, 0.5f);
+      tq_accumulate_values(st, w.data(), n, n_q, p.v.data(), p.stride_v, n, a.data());
+      for (size_t i = 0; i < a.size(); ++i)
+        EXPECT_NEAR(a[i], a_scalar[i], 1e-4)
+            << i << " n_q " << n_q << " kernel " << tq_kernel_name(st.layout);
+    }
+  }
+  set_isa_level(saved);
 }
 
 TEST_P(TurboQuantAttention, AttendMatchesDequantizeThenAttend) {
@@ -108,8 +115,10 @@ TEST_P(TurboQuantAttention, AttendMatchesDequantizeThenAttend) {
   const IsaLevel saved = isa_level();
   for (IsaLevel lvl : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
     set_isa_level(lvl);
+    if (isa_level() != lvl) continue;
     std::vector<float> out(size_t(n_q) * d, 7.0f), ref(size_t(n_q) * d);
-    tq_attend(ks, vs, q.data(), n_q, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale, out.data(), d);
+    tq_attend(ks, vs, q.data(), n_q, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale,
+              out.data(), d);
     tq_attend_ref(ks, vs, q.data(), n_q, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale,
                   ref.data(), d);
     for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], ref[i], 2e-5) << i << " isa " << int(lvl);
@@ -120,6 +129,71 @@ TEST_P(TurboQuantAttention, AttendMatchesDequantizeThenAttend) {
 INSTANTIATE_TEST_SUITE_P(DimsBits, TurboQuantAttention,
                          ::testing::Combine(::testing::Values(16, 64, 128, 80),
                                             ::testing::Values(1.0f, 2.0f, 2.5f, 3.0f, 3.5f, 4.0f)));
+
+TEST(TurboQuantAttentionMisc, QjlRecordsWorkInTheMsePath) {
+  // The QJL tail only lengthens the record; the attention kernels must skip it.
+  TqConfig cfg{64, 3.0f};
+  cfg.qjl = true;
+  const TqState st = tq_make_state(cfg, 0, 0);
+  TqRng rng(4);
+  const int64_t n = 19;
+  const auto k = gaussian(rng, size_t(n) * 64), v = gaussian(rng, size_t(n) * 64), q = gaussian(rng, 2 * 64);
+  const Packed p = pack(st, st, k, v, n);
+  const int64_t n_kv[2] = {19, 7};
+  std::vector<float> out(2 * 64), ref(2 * 64);
+  tq_attend(st, st, q.data(), 2, 64, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, 0.125f, out.data(),
+            64);
+  tq_attend_ref(st, st, q.data(), 2, 64, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, 0.125f,
+                ref.data(), 64);
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], ref[i], 2e-5) << i;
+}
+
+TEST(TurboQuantAttentionMisc, CausalPrefillBlocksMatchReference) {
+  // 9 queries in blocks of 4 with different context lengths, including an all-empty block.
+  const int d = 32;
+  const TqState ks = tq_make_state({d, 3.5f}, 1, 1), vs = tq_make_state({d, 2.5f}, 1, 1);
+  TqRng rng(12);
+  const int64_t n = 8;
+  const auto k = gaussian(rng, size_t(n) * d), v = gaussian(rng, size_t(n) * d), q = gaussian(rng, 9 * d);
+  const Packed p = pack(ks, vs, k, v, n);
+  const int64_t n_kv[9] = {0, 0, 0, 0, 5, 5, 6, 6, 8};
+  std::vector<float> out(9 * d, 3.0f), ref(9 * d);
+  tq_attend(ks, vs, q.data(), 9, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, 0.3f, out.data(),
+            d);
+  tq_attend_ref(ks, vs, q.data(), 9, d, n_kv, p.k.data(), p.stride_k, p.v.data(), p.stride_v, 0.3f,
+                ref.data(), d);
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], ref[i], 2e-5) << i;
+}
+
+TEST(TurboQuantAttentionMisc, GqaLayoutMatchesPerQueryReference) {
+  // KvCache layout: 2 tokens x 6 query heads (3 per KV head); attend for KV head 1 (heads 3..5).
+  const int d = 64, n_heads = 6, group = 3, kv_head = 1, pos0 = 4, n_tok = 2;
+  const TqState ks = tq_make_state({d, 3.0f}, 2, kv_head),
+                vs = tq_make_state({d, 3.0f, TqRotationKind::kDense}, 2, 9);
+  TqRng rng(17);
+  const int64_t n = pos0 + n_tok;
+  const auto k = gaussian(rng, size_t(n) * d), v = gaussian(rng, size_t(n) * d);
+  const auto q = gaussian(rng, size_t(n_tok) * n_heads * d);
+  const Packed p = pack(ks, vs, k, v, n);
+  std::vector<float> out(size_t(n_tok) * n_heads * d, 9.0f);
+  const size_t row = size_t(n_heads) * d;
+  tq_attend_gqa(ks, vs, pos0, n_tok, group, q.data() + kv_head * group * d, row, p.k.data(), p.stride_k,
+                p.v.data(), p.stride_v, 0.125f, out.data() + kv_head * group * d, row);
+  for (int t = 0; t < n_tok; ++t) {
+    for (int h = 0; h < n_heads; ++h) {
+      const float* o = &out[t * row + h * d];
+      if (h / group != kv_head) {
+        for (int i = 0; i < d; ++i) EXPECT_EQ(o[i], 9.0f);  // other KV head's slots untouched
+        continue;
+      }
+      const int64_t m = pos0 + t + 1;
+      std::vector<float> ref(d);
+      tq_attend_ref(ks, vs, &q[t * row + h * d], 1, d, &m, p.k.data(), p.stride_k, p.v.data(), p.stride_v,
+                    0.125f, ref.data(), d);
+      for (int i = 0; i < d; ++i) EXPECT_NEAR(o[i], ref[i], 2e-5) << t << " " << h << " " << i;
+    }
+  }
+}
 
 TEST(TurboQuantAttentionMisc, EmptyContextGivesZeros) {
   const TqState st = tq_make_state({32, 3.0f}, 0, 0);
@@ -154,7 +228,8 @@ TEST(TurboQuantAttentionMisc, AttentionErrorShrinksWithBits) {
     const TqState st = tq_make_state({d, bits}, 0, 0);
     const Packed p = pack(st, st, keys, vals, n);
     std::vector<float> out(d);
-    tq_attend(st, st, q.data(), 1, d, &n, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale, out.data(), d);
+    tq_attend(st, st, q.data(), 1, d, &n, p.k.data(), p.stride_k, p.v.data(), p.stride_v, scale, out.data(),
+              d);
     double e = 0, nn = 0;
     for (int i = 0; i < d; ++i) {
       e += (out[i] - exact[i]) * (out[i] - exact[i]);

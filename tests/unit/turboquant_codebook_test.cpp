@@ -65,7 +65,8 @@ TEST_P(TurboQuantCodebookBits, SortedSymmetricAndAtTheLloydFixedPoint) {
 }
 
 INSTANTIATE_TEST_SUITE_P(BitsDims, TurboQuantCodebookBits,
-                         ::testing::Combine(::testing::Values(1, 2, 3, 4), ::testing::Values(3, 8, 16, 64, 128)));
+                         ::testing::Combine(::testing::Values(1, 2, 3, 4),
+                                            ::testing::Values(3, 8, 16, 64, 128)));
 
 TEST(TurboQuantCodebook, DistortionMatchesThePaperForLargeD) {
   // TurboQuant (Zandieh et al. 2025), Theorem 1: D_mse ~ 0.36, 0.117, 0.03, 0.009 for b = 1..4
@@ -81,7 +82,8 @@ TEST(TurboQuantCodebook, DistortionMatchesThePaperForLargeD) {
   // The paper's upper bound sqrt(3) pi / 2 * 4^-b holds for every b and d.
   for (int d : {8, 64, 128})
     for (int b = 1; b <= 4; ++b)
-      EXPECT_LT(tq_codebook(b, d).vector_mse(), std::sqrt(3.0) * 3.14159265358979323846 / 2 * std::pow(4.0, -b));
+      EXPECT_LT(tq_codebook(b, d).vector_mse(),
+                std::sqrt(3.0) * 3.14159265358979323846 / 2 * std::pow(4.0, -b));
 }
 
 TEST(TurboQuantCodebook, UniformDensityAtD3GivesTheUniformQuantizer) {

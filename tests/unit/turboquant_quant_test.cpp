@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -23,7 +24,9 @@ std::vector<float> with_outliers(TqRng& rng, int d) {
   return v;
 }
 
-double sq(double x) { return x * x; }
+double sq(double x) {
+  return x * x;
+}
 
 TEST(TurboQuantQuant, LayoutSizes) {
   EXPECT_EQ(tq_bytes_per_vector({128, 4.0f}), 64u + 2);
@@ -47,6 +50,19 @@ TEST(TurboQuantQuant, LayoutSizes) {
   EXPECT_THROW(tq_layout({128, 5.0f}), InvalidArgument);
   EXPECT_THROW(tq_layout({1, 3.0f}), InvalidArgument);
   EXPECT_THROW(tq_layout({96, 3.0f, TqRotationKind::kHadamard}), InvalidArgument);
+}
+
+TEST(TurboQuantQuant, ModelStatesHaveIndependentRotationsAndSharedCodebooks) {
+  const auto states = tq_make_states({64, 2.5f}, 3, 2);
+  ASSERT_EQ(states.size(), 6u);
+  for (size_t i = 0; i < states.size(); ++i) {
+    EXPECT_EQ(states[i].cb_hi, states[0].cb_hi);
+    EXPECT_EQ(states[i].cb_lo, states[0].cb_lo);
+    for (size_t j = 0; j < i; ++j)
+      EXPECT_NE(states[i].rotation.signs, states[j].rotation.signs) << i << " " << j;
+  }
+  // Same (layer, head) -> same state, so a cache rebuilt later decodes old records.
+  EXPECT_EQ(tq_make_state({64, 2.5f}, 2, 1).rotation.signs, states[2 * 2 + 1].rotation.signs);
 }
 
 TEST(TurboQuantQuant, PackUnpackRoundTrip) {
@@ -75,6 +91,21 @@ TEST(TurboQuantQuant, ZeroVectorDequantizesToZero) {
   tq_quantize(st, x.data(), rec.data());
   tq_dequantize(st, rec.data(), y.data());
   for (float v : y) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(TurboQuantQuant, NonFiniteAndHugeInputs) {
+  const TqState st = tq_make_state({32, 2.0f}, 0, 0);
+  std::vector<uint8_t> rec(st.layout.bytes);
+  std::vector<float> x(32, 1.0f), y(32);
+  x[5] = std::nanf("");
+  tq_quantize(st, x.data(), rec.data());  // no crash; stored as a zero vector
+  tq_dequantize(st, rec.data(), y.data());
+  for (float v : y) EXPECT_EQ(v, 0.0f);
+  std::fill(x.begin(), x.end(), 1e5f);  // norm 5.7e5 > fp16 max: saturates instead of inf
+  tq_quantize(st, x.data(), rec.data());
+  EXPECT_EQ(tq_record_norm(st.layout, rec.data()), 65504.0f);
+  tq_dequantize(st, rec.data(), y.data());
+  for (float v : y) EXPECT_TRUE(std::isfinite(v));
 }
 
 TEST(TurboQuantQuant, QuantizeIsNearestCentroid) {
@@ -149,9 +180,10 @@ TEST(TurboQuantQuant, MeasuredDistortionMatchesTheCodebook) {
                              (d - l.split) * tq_codebook(l.bits_lo, d).coord_mse);
       const Distortion g = measure(cfg, false, 2000), o = measure(cfg, true, 2000);
       const Distortion od = measure(dense, true, 1000);
-      std::printf("  d=%3d bits=%.1f bytes=%3zu  analytic D=%.5f | hadamard: gaussian mse=%.5f ip_rms=%.5f  "
-                  "outlier mse=%.5f ip_rms=%.5f | dense: outlier mse=%.5f ip_rms=%.5f\n",
-                  d, bits, l.bytes, expect, g.mse, g.ip_rel, o.mse, o.ip_rel, od.mse, od.ip_rel);
+      std::printf(
+          "  d=%3d bits=%.1f bytes=%3zu  analytic D=%.5f | hadamard: gaussian mse=%.5f ip_rms=%.5f  "
+          "outlier mse=%.5f ip_rms=%.5f | dense: outlier mse=%.5f ip_rms=%.5f\n",
+          d, bits, l.bytes, expect, g.mse, g.ip_rel, o.mse, o.ip_rel, od.mse, od.ip_rel);
       // fp16 norm and float rounding add ~1e-6; sampling noise of 1000-2000 vectors is a few percent.
       EXPECT_NEAR(g.mse, expect, 0.06 * expect + 1e-5);
       EXPECT_NEAR(od.mse, expect, 0.08 * expect + 1e-5);
@@ -206,9 +238,10 @@ TEST(TurboQuantQuant, QjlInnerProductIsUnbiased) {
     const double var_qjl = ss_qjl / trials - m_qjl * m_qjl, var_mse = ss_mse / trials - m_mse * m_mse;
     const double se = std::sqrt(var_qjl / trials);
     const double dmse = tq_codebook(int(bits), d).vector_mse();
-    std::printf("  bits=%.0f+qjl: mse-only bias=%+.5f (expected about -D=%.5f, var %.2e)  qjl bias=%+.6f "
-                "(se %.6f) var=%.2e\n",
-                bits, m_mse, -dmse, var_mse, m_qjl, se, var_qjl);
+    std::printf(
+        "  bits=%.0f+qjl: mse-only bias=%+.5f (expected about -D=%.5f, var %.2e)  qjl bias=%+.6f "
+        "(se %.6f) var=%.2e\n",
+        bits, m_mse, -dmse, var_mse, m_qjl, se, var_qjl);
     EXPECT_LT(std::fabs(m_qjl), 4 * se);
     EXPECT_LT(m_mse, -0.5 * dmse);  // the biased estimator is measurably biased
   }

@@ -64,17 +64,18 @@ TEST_P(TurboQuantRotation, RowsAreOrthonormal) {
     for (int b = a; b < d; ++b) EXPECT_NEAR(dot(cols[a], cols[b]), a == b ? 1.0 : 0.0, 1e-6) << a << "," << b;
 }
 
-INSTANTIATE_TEST_SUITE_P(Kinds, TurboQuantRotation,
-                         ::testing::Values(RotCase{8, TqRotationKind::kHadamard},
-                                           RotCase{64, TqRotationKind::kHadamard},
-                                           RotCase{128, TqRotationKind::kAuto}, RotCase{16, TqRotationKind::kDense},
-                                           RotCase{80, TqRotationKind::kAuto}, RotCase{96, TqRotationKind::kDense}));
+INSTANTIATE_TEST_SUITE_P(
+    Kinds, TurboQuantRotation,
+    ::testing::Values(RotCase{8, TqRotationKind::kHadamard}, RotCase{64, TqRotationKind::kHadamard},
+                      RotCase{128, TqRotationKind::kAuto}, RotCase{16, TqRotationKind::kDense},
+                      RotCase{80, TqRotationKind::kAuto}, RotCase{96, TqRotationKind::kDense}));
 
 TEST(TurboQuantRotationMisc, SeedsAreDeterministicAndDistinct) {
   EXPECT_EQ(tq_head_seed(1, 2, 3), tq_head_seed(1, 2, 3));
   EXPECT_NE(tq_head_seed(1, 2, 3), tq_head_seed(1, 3, 2));
   EXPECT_NE(tq_head_seed(1, 0, 0), tq_head_seed(2, 0, 0));
-  const auto a = make_rotation(32, TqRotationKind::kDense, 5), b = make_rotation(32, TqRotationKind::kDense, 5);
+  const auto a = make_rotation(32, TqRotationKind::kDense, 5),
+             b = make_rotation(32, TqRotationKind::kDense, 5);
   EXPECT_EQ(a.matrix, b.matrix);
   const auto c = make_rotation(32, TqRotationKind::kDense, 6);
   EXPECT_NE(a.matrix, c.matrix);
