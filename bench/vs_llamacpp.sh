@@ -17,16 +17,14 @@ REPS="${REPS:-3}"
 TYPES="${TYPES:-Q4_0 Q8_0}"
 WORK="${WORK:-/tmp/qleap-bench}"
 QLEAP=./build/qleap
-DONOR="${DONOR:-${QLEAP_MODELS:-$HOME/.qleap/models}/SmolLM2-135M-Instruct.Q4_1.gguf}"
 mkdir -p "$WORK"
 
 if [ ! -f "$WORK/model-F16.gguf" ]; then
-  echo "[bench] generating random-weight ~150M llama in $WORK/hf"
-  python3 tools/make_random_model.py "$WORK/hf" --vocab 49152
-  $QLEAP convert "$WORK/hf" "$WORK/model-F16-novocab.gguf" --type F16
-  # llama.cpp refuses a model without a tokenizer: borrow the default model's (same vocab size).
-  python3 tools/gguf_copy_vocab.py "$WORK/model-F16-novocab.gguf" "$DONOR" "$WORK/model-F16.gguf"
-  rm -f "$WORK/model-F16-novocab.gguf"
+  echo "[bench] generating random-weight ~153M-parameter llama in $WORK/hf"
+  # hidden 768, 12 layers, 12 heads / 4 KV heads, ffn 3072, vocab 32000; the synthetic tokenizer
+  # it writes lets llama.cpp load the same file.
+  python3 tools/make_random_model.py "$WORK/hf" --ffn 3072 --dtype F16
+  $QLEAP convert "$WORK/hf" "$WORK/model-F16.gguf" --type F16
 fi
 for t in $TYPES; do
   [ -f "$WORK/model-$t.gguf" ] || $QLEAP convert "$WORK/model-F16.gguf" "$WORK/model-$t.gguf" --type "$t"

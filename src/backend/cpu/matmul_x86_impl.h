@@ -179,26 +179,36 @@ struct TIq4Nl {
   static __m128 dm(const B* b) { return dd_of(&b->d); }
 };
 
+// Decode streams weights once; a software prefetch this far ahead measured faster than leaving it
+// to the hardware prefetcher alone on short rows.
+constexpr int kPrefetchBytes = 1024;
+
 template <class T, int RR, int CC>
 void tile_q8a(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8A* x, int64_t xs, float* y,
               int64_t ldy) {
   using B = typename T::B;
   constexpr bool kMin = T::kKind != kSignedQ;
-  __m256 acc[RR][CC];
+  // Small tiles (the decode path) alternate two accumulator sets between even and odd blocks: with a
+  // single chain the FMA latency, not memory, would bound a one-row dot product.
+  constexpr int kSets = RR * CC <= 2 ? 2 : 1;
+  __m256 acc[kSets][RR][CC];
   // Lane 1: sum over blocks of (weight min, or weight d) * activation block sum; lane 0 unused.
-  __m128 macc[RR][CC];
+  __m128 macc[kSets][RR][CC];
   const B* wr[RR];
-  for (int r = 0; r < RR; ++r) {
-    wr[r] = reinterpret_cast<const B*>(w + size_t(r) * row_bytes);
-    for (int c = 0; c < CC; ++c) {
-      acc[r][c] = _mm256_setzero_ps();
-      macc[r][c] = _mm_setzero_ps();
+  for (int r = 0; r < RR; ++r) wr[r] = reinterpret_cast<const B*>(w + size_t(r) * row_bytes);
+  for (int k = 0; k < kSets; ++k) {
+    for (int r = 0; r < RR; ++r) {
+      for (int c = 0; c < CC; ++c) {
+        acc[k][r][c] = _mm256_setzero_ps();
+        macc[k][r][c] = _mm_setzero_ps();
+      }
     }
   }
-  for (int64_t b = 0; b < nb; ++b) {
+  auto step = [&](int64_t b, int k) {
     __m256i q[RR], aq[RR];
     __m128 dm[RR];
     for (int r = 0; r < RR; ++r) {
+      if constexpr (CC == 1) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + b) + kPrefetchBytes, _MM_HINT_T0);
       q[r] = T::q(wr[r] + b);
       dm[r] = T::dm(wr[r] + b);
       if constexpr (T::kKind == kSignedQ) aq[r] = _mm256_sign_epi8(q[r], q[r]);
@@ -216,19 +226,33 @@ void tile_q8a(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8A* x,
           p = dot_u8i8(q[r], xv);
         }
         const __m128 prod = _mm_mul_ps(dm[r], xds);  // (d_w * d_x, m_w * s_x)
-        if constexpr (kMin) macc[r][c] = _mm_add_ps(macc[r][c], prod);
-        acc[r][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), acc[r][c]);
+        if constexpr (kMin) macc[k][r][c] = _mm_add_ps(macc[k][r][c], prod);
+        acc[k][r][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), acc[k][r][c]);
       }
     }
+  };
+  int64_t b = 0;
+  if constexpr (kSets == 2) {
+    for (; b + 2 <= nb; b += 2) {
+      step(b, 0);
+      step(b + 1, 1);
+    }
   }
+  for (; b < nb; ++b) step(b, 0);
   for (int r = 0; r < RR; ++r) {
     for (int c = 0; c < CC; ++c) {
+      __m256 a = acc[0][r][c];
+      __m128 ma = macc[0][r][c];
+      if constexpr (kSets == 2) {
+        a = _mm256_add_ps(a, acc[1][r][c]);
+        ma = _mm_add_ps(ma, macc[1][r][c]);
+      }
       float corr = 0.0f;
       if constexpr (kMin) {
-        corr = _mm_cvtss_f32(_mm_movehdup_ps(macc[r][c]));
+        corr = _mm_cvtss_f32(_mm_movehdup_ps(ma));
         if constexpr (T::kKind == kOffsetQ) corr *= T::kOffset;
       }
-      y[c * ldy + r] = hsum(acc[r][c]) + corr;
+      y[c * ldy + r] = hsum(a) + corr;
     }
   }
 }
@@ -712,8 +736,10 @@ struct FFn {
   }
 };
 
-// Decode (one activation row) uses tall tiles: 4 weight rows in flight hide load latency.
-constexpr int kDecodeRows = 4;
+// Decode (one activation row) walks one weight row at a time: measured on Zen 3 with a 150M model,
+// one sequential stream per thread reads memory faster than 2 or 4 interleaved rows (Q8_0 decode
+// 182 vs 127 tok/s with 2 threads).
+constexpr int kDecodeRows = 1;
 
 template <int RR, int CC>
 void walk(const Tiles<RR, CC>& tiles, const Tiles<kDecodeRows, 1>& dec, const uint8_t* w, size_t rb,
