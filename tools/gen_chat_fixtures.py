@@ -135,6 +135,23 @@ BUILTIN_TOOL_CALL = [
     {"role": "ipython", "content": {"results": ["a", "b"]}},
 ]
 
+MISTRAL_TOOL_CONVERSATION = [
+    {"role": "system", "content": "You can call tools."},
+    {"role": "user", "content": "What's the weather in Paris?"},
+    {
+        "role": "assistant",
+        "tool_calls": [
+            {"id": "call12345", "type": "function",
+             "function": {"name": "get_weather", "arguments": {"location": "Paris", "unit": "celsius"}}},
+            {"id": "call67890", "type": "function", "function": {"name": "get_weather", "arguments": {"location": "Nice"}}},
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call12345", "content": "{\"temperature\": 22}"},
+    {"role": "tool", "tool_call_id": "call67890", "content": {"content": "sunny, 25 °C"}},
+    {"role": "assistant", "content": " It is 22 °C in Paris. "},
+    {"role": "user", "content": "Thanks!"},
+]
+
 # (template, conversation name, messages, extra variables, tools)
 SPECIAL_CASES = [
     ("qwen2.5-instruct", "parallel_tools", PARALLEL_TOOLS, {}, TOOLS),
@@ -153,6 +170,8 @@ SPECIAL_CASES = [
      [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {
          "type": "object", "properties": {"x": {"type": ["null"], "description": "x"}}}}}]),
     ("qwen3", "rich_tools", TOOL_CONVERSATION, {}, RICH_TOOLS),
+    ("mistral-instruct-v0.3", "tools_with_ids", MISTRAL_TOOL_CONVERSATION, {}, RICH_TOOLS),
+    ("mistral-instruct-v0.3", "tools_with_ids_no_tool_list", MISTRAL_TOOL_CONVERSATION, {}, None),
     ("llama3.1-instruct", "rich_tools", TOOL_CONVERSATION, {}, RICH_TOOLS),
 ]
 
@@ -167,6 +186,7 @@ TEMPLATES = {
     "llama3.2-instruct": ("<|begin_of_text|>", "<|eot_id|>", True),
     "llama2-chat": ("<s>", "</s>", False),
     "mistral-instruct-v0.1": ("<s>", "</s>", False),
+    "mistral-instruct-v0.3": ("<s>", "</s>", True),
     "gemma-it": ("<bos>", "<eos>", False),
     "gemma3-it": ("<bos>", "<eos>", False),
     "hermes-3-tool-use": ("<|begin_of_text|>", "<|im_end|>", None),  # only in SPECIAL_CASES
