@@ -126,7 +126,8 @@ void bench_command(BenchOptions& o) {
     std::cout << out.dump(2) << "\n";
     return;
   }
-  fmt::print("peak RSS: {}   KV: {} per token\n", human_bytes(double(peak_rss_bytes())),
+  // Peak RSS as recorded before the bandwidth probe, whose buffer is not the model's.
+  fmt::print("peak RSS: {}   KV: {} per token\n", human_bytes(double(out["peak_rss_bytes"].get<size_t>())),
              human_bytes(double(session.kv().bytes_per_token())));
   if (out.contains("tg")) {
     fmt::print("decode reads {} of weights per token: {:.2f} GB/s", human_bytes(out["tg"]["weight_bytes_per_token"]),
