@@ -12,6 +12,7 @@
 #include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/fp16.h"
+#include "kv/kv_turboquant.h"
 
 namespace qleap {
 
@@ -310,7 +311,9 @@ std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& s
   if (type == "f32") return std::make_unique<KvCacheImpl<F32Format>>(s);
   if (type == "f16") return std::make_unique<KvCacheImpl<F16Format>>(s);
   if (type == "q8_0") return std::make_unique<KvCacheImpl<Q8Format>>(s);
-  throw InvalidArgument(fmt::format("unknown kv cache type '{}' (supported: f32, f16, q8_0)", type));
+  if (const auto tq = parse_tq_kv_type(type)) return make_turboquant_kv_cache(type, *tq, s);
+  throw InvalidArgument(
+      fmt::format("unknown kv cache type '{}' (supported: f32, f16, q8_0, {})", type, tq_kv_type_help()));
 }
 
 }  // namespace qleap

@@ -40,7 +40,8 @@ class KvCache {
   KvShape shape_;
 };
 
-// type: "f32" (reference), "f16", "q8_0". Throws InvalidArgument on an unknown type or bad shape.
+// type: "f32" (reference), "f16", "q8_0", or TurboQuant "tq2".."tq4" / "kXvY" (kv_turboquant.h).
+// Throws InvalidArgument on an unknown type or bad shape.
 std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& shape);
 
 }  // namespace qleap

@@ -1,0 +1,258 @@
+// TurboQuant KV cache (kv/kv_turboquant.h): attention through the cache against the dequantizing
+// reference tq_attend_ref on records quantized independently here, memory accounting, name parsing,
+// and end-to-end agreement with the f16 cache on stories260K.
+#include "kv/kv_turboquant.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "core/error.h"
+#include "model_test_util.h"
+#include "runtime/session.h"
+#include "turboquant/tq_attention.h"
+
+namespace qleap {
+namespace {
+
+struct TqCase {
+  const char* type;
+  int head_dim, n_heads, n_kv_heads;
+};
+
+class TqKvAttention : public ::testing::TestWithParam<TqCase> {};
+
+TEST_P(TqKvAttention, MatchesDequantizingReference) {
+  const TqCase c = GetParam();
+  KvShape s;
+  s.n_layers = 2;
+  s.n_ctx = 200;
+  s.n_heads = c.n_heads;
+  s.n_kv_heads = c.n_kv_heads;
+  s.head_dim = c.head_dim;
+  auto kv = make_kv_cache(c.type, s);
+  EXPECT_STREQ(kv->type_name(), c.type);
+  const auto spec = parse_tq_kv_type(c.type);
+  ASSERT_TRUE(spec.has_value());
+  const TqConfig kc = tq_kv_config(*spec, s.head_dim, false), vc = tq_kv_config(*spec, s.head_dim, true);
+
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  const int n = 180, kvd = s.kv_dim(), hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+  std::vector<float> k(size_t(n) * kvd), v(size_t(n) * kvd), q(size_t(n) * s.n_heads * hd);
+  for (auto& x : k) x = nd(rng);
+  for (size_t i = 0; i < k.size(); i += size_t(hd)) k[i] += 4.0f;  // an outlier channel, like real keys
+  for (auto& x : v) x = nd(rng);
+  for (auto& x : q) x = nd(rng);
+  const float scale = 1.0f / std::sqrt(float(hd));
+  std::vector<float> junk(size_t(n) * kvd, 50.0f);
+  kv->store(0, 0, n, junk.data(), junk.data());  // must not leak into layer 1
+  kv->store(1, 0, 70, k.data(), v.data());
+  kv->store(1, 70, 1, k.data() + 70 * kvd, v.data() + 70 * kvd);
+  kv->store(1, 71, n - 71, k.data() + 71 * kvd, v.data() + 71 * kvd);
+
+  // Independent records for the reference: the configs the cache reports, states for layer 1.
+  const int layer = 1;
+  std::vector<TqState> ks, vs;
+  std::vector<std::vector<uint8_t>> krec(s.n_kv_heads), vrec(s.n_kv_heads);
+  const size_t kb = tq_bytes_per_vector(kc), vb = tq_bytes_per_vector(vc);
+  for (int g = 0; g < s.n_kv_heads; ++g) {
+    ks.push_back(tq_make_state(kc, layer, g));
+    vs.push_back(tq_make_state(vc, layer, g));
+    krec[g].resize(size_t(n) * kb);
+    vrec[g].resize(size_t(n) * vb);
+    tq_quantize_rows(ks[g], n, k.data() + size_t(g) * hd, size_t(kvd), krec[g].data(), kb);
+    tq_quantize_rows(vs[g], n, v.data() + size_t(g) * hd, size_t(kvd), vrec[g].data(), vb);
+  }
+
+  for (const int threads : {1, 3}) {
+    ThreadPool pool(threads);
+    for (const auto& [pos0, n_q] :
+         {std::pair{0, 1}, std::pair{0, 37}, std::pair{90, 1}, std::pair{179, 1}, std::pair{120, 60}}) {
+      const size_t row = size_t(s.n_heads) * hd;
+      std::vector<float> qq(q.begin() + size_t(pos0) * row, q.begin() + size_t(pos0 + n_q) * row);
+      std::vector<float> out(qq.size(), -7.0f);
+      kv->attend(layer, pos0, n_q, qq.data(), out.data(), scale, pool);
+      float max_err = 0;
+      for (int t = 0; t < n_q; ++t) {
+        for (int h = 0; h < s.n_heads; ++h) {
+          const int g = h / group;
+          const int64_t n_kv = pos0 + t + 1;
+          std::vector<float> ref(hd);
+          tq_attend_ref(ks[g], vs[g], &qq[t * row + size_t(h) * hd], 1, size_t(hd), &n_kv, krec[g].data(), kb,
+                        vrec[g].data(), vb, scale, ref.data(), size_t(hd));
+          for (int i = 0; i < hd; ++i)
+            max_err = std::max(max_err, std::fabs(out[t * row + size_t(h) * hd + i] - ref[i]));
+        }
+      }
+      EXPECT_LT(max_err, 2e-4f) << c.type << " pos0 " << pos0 << " n_q " << n_q << " threads " << threads;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, TqKvAttention,
+                         ::testing::Values(TqCase{"tq4", 64, 9, 3}, TqCase{"tq3", 64, 9, 3},
+                                           TqCase{"k4v3", 64, 9, 3}, TqCase{"tq2", 128, 8, 2},
+                                           TqCase{"tq4", 8, 8, 4},     // stories260K shape
+                                           TqCase{"tq2.5", 8, 8, 4},   // 4-coordinate segments: scalar
+                                           TqCase{"k3.5v2", 32, 6, 1},  // group of 6
+                                           TqCase{"tq3", 48, 4, 4},     // not a power of two: Haar
+                                           TqCase{"k3v2", 16, 2, 2}),
+                         [](const auto& info) {
+                           std::string t = info.param.type;
+                           std::replace(t.begin(), t.end(), '.', '_');
+                           return t + "_hd" + std::to_string(info.param.head_dim) + "_h" +
+                                  std::to_string(info.param.n_heads) + "_kv" +
+                                  std::to_string(info.param.n_kv_heads);
+                         });
+
+TEST(TqKvCache, BytesPerTokenIsTheAllocation) {
+  KvShape s;
+  s.n_layers = 3;
+  s.n_ctx = 17;
+  s.n_heads = 6;
+  s.n_kv_heads = 2;
+  s.head_dim = 64;
+  // Record = packed indices + fp16 norm: 64 coordinates at b bits = 8b bytes, + 2.
+  const std::pair<const char*, size_t> cases[] = {{"tq4", 34 + 34}, {"tq3", 26 + 26}, {"tq2", 18 + 18},
+                                                  {"tq2.5", 22 + 22}, {"tq3.5", 30 + 30}, {"k4v3", 34 + 26},
+                                                  {"k4v2", 34 + 18}, {"k3v2", 26 + 18}};
+  for (const auto& [type, per_head] : cases) {
+    auto kv = make_kv_cache(type, s);
+    EXPECT_EQ(kv->bytes_per_token(), 3u * 2u * per_head) << type;
+    EXPECT_EQ(kv->allocated_bytes(), kv->bytes_per_token() * size_t(s.n_ctx)) << type;
+  }
+  s.head_dim = 8;  // stories260K: 8 coordinates at 4 bits = 4 bytes + 2
+  auto kv = make_kv_cache("tq4", s);
+  EXPECT_EQ(kv->bytes_per_token(), 3u * 2u * 2u * 6u);
+  EXPECT_EQ(kv->allocated_bytes(), kv->bytes_per_token() * size_t(s.n_ctx));
+  // Far smaller than f16 (2 bytes per coordinate): 64-dim tq4 is 34 vs 128 bytes per vector.
+  s.head_dim = 64;
+  EXPECT_LT(make_kv_cache("tq4", s)->bytes_per_token() * 3, make_kv_cache("f16", s)->bytes_per_token());
+}
+
+TEST(TqKvCache, RejectsBadNamesAndRanges) {
+  KvShape s;
+  s.n_layers = 1;
+  s.n_ctx = 8;
+  s.n_heads = 2;
+  s.n_kv_heads = 1;
+  s.head_dim = 16;
+  for (const char* bad : {"tq", "tq5", "tq1", "tq4.0", "TQ4", "tq 4", "k4", "k4v", "kv3", "k4v5", "k4v3x",
+                          "v3k4", "q4_0", "", "tq3.25"}) {
+    try {
+      make_kv_cache(bad, s);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const InvalidArgument& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("q8_0"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("tq4"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("k4v3"), std::string::npos) << msg;
+    }
+  }
+  EXPECT_FALSE(parse_tq_kv_type("f16").has_value());
+  const auto mixed = parse_tq_kv_type("k3.5v2.5");
+  ASSERT_TRUE(mixed.has_value());
+  EXPECT_EQ(mixed->k_bits, 3.5f);
+  EXPECT_EQ(mixed->v_bits, 2.5f);
+  auto kv = make_kv_cache("k4v2", s);
+  std::vector<float> x(16 * 9, 1.0f), out(32);
+  ThreadPool pool(1);
+  EXPECT_THROW(kv->store(0, 4, 5, x.data(), x.data()), InvalidArgument);
+  EXPECT_THROW(kv->store(1, 0, 1, x.data(), x.data()), InvalidArgument);
+  EXPECT_THROW(kv->attend(0, 8, 1, x.data(), out.data(), 1.0f, pool), InvalidArgument);
+}
+
+// ---- stories260K end to end ----
+
+std::shared_ptr<const Model> stories() {
+  static std::shared_ptr<const Model> m = [] {
+    const std::string p = testing::stories_path();
+    return std::filesystem::exists(p) ? load_model(p) : nullptr;
+  }();
+  return m;
+}
+
+int argmax(const float* x, int n) {
+  return int(std::max_element(x, x + n) - x);
+}
+
+std::vector<int> greedy(const std::shared_ptr<const Model>& model, const std::string& kv, int steps) {
+  SessionOptions opt;
+  opt.n_threads = 1;
+  opt.n_ctx = 256;
+  opt.kv_type = kv;
+  Session s(model, opt);
+  std::vector<int> out;
+  int tok = 1;
+  for (int pos = 0; pos < steps; ++pos) {
+    const auto& logits = s.eval({tok});
+    tok = argmax(logits.data(), s.n_vocab());
+    out.push_back(tok);
+  }
+  return out;
+}
+
+TEST(TqKvStories, GreedyTextFollowsF16) {
+  auto model = stories();
+  if (!model) GTEST_SKIP() << "stories260K.gguf not found at " << testing::stories_path();
+  const std::vector<int> ref = greedy(model, "f16", 200);
+  // head_dim 8 is the hardest case for TurboQuant (4 bits: ~8 % relative L2 error per key, vs ~0.5 %
+  // for q8_0) and this tiny model's logits are sensitive, so greedy text diverges after a dozen tokens.
+  // Measured (AVX2): q8_0 / tq4 / k4v3 / tq3 identical for the first 114 / 12 / 12 / 12 tokens (q8_0 is
+  // printed for scale only). The bounds leave room for a near-tie flipping with another summation order.
+  for (const auto& [kv, min_prefix] :
+       {std::pair{"q8_0", 0}, std::pair{"tq4", 8}, std::pair{"k4v3", 8}, std::pair{"tq3", 6}}) {
+    const std::vector<int> got = greedy(model, kv, 200);
+    int prefix = 0;
+    while (prefix < 200 && got[prefix] == ref[prefix]) ++prefix;
+    int same = 0;
+    for (int i = 0; i < 200; ++i) same += got[i] == ref[i];
+    std::printf("[ stories ] %s: first %d of 200 greedy tokens identical to f16, %d/200 equal by position\n",
+                kv, prefix, same);
+    EXPECT_GE(prefix, min_prefix) << kv;
+  }
+}
+
+TEST(TqKvStories, TopOneAgreementWithF16) {
+  auto model = stories();
+  if (!model) GTEST_SKIP() << "stories260K.gguf not found at " << testing::stories_path();
+  // A fixed text: the model's own greedy f16 continuation (natural statistics), scored in one batch.
+  std::vector<int32_t> seq = {1};
+  for (int t : greedy(model, "f16", 255)) seq.push_back(t);
+  SessionOptions opt;
+  opt.n_threads = 2;
+  opt.n_ctx = 256;
+  opt.kv_type = "f16";
+  Session ref(model, opt);
+  const std::vector<float> r = ref.eval(seq, true);
+  const int nv = ref.n_vocab(), n = int(seq.size());
+  // Measured (AVX2, 256 positions): tq4 176, k4v3 179, tq3 115, tq2 58 agreeing positions.
+  std::vector<int> agreements;
+  for (const auto& [kv, min_agree] : {std::pair{"tq4", 0.6}, std::pair{"k4v3", 0.6}, std::pair{"tq3", 0.35},
+                                       std::pair{"tq2", 0.15}}) {
+    opt.kv_type = kv;
+    Session s(model, opt);
+    const auto& l = s.eval(seq, true);
+    int agree = 0;
+    float max_diff = 0;
+    for (int t = 0; t < n; ++t) {
+      agree += argmax(&l[size_t(t) * nv], nv) == argmax(&r[size_t(t) * nv], nv);
+      for (int j = 0; j < nv; ++j)
+        max_diff = std::max(max_diff, std::fabs(l[size_t(t) * nv + j] - r[size_t(t) * nv + j]));
+    }
+    std::printf("[ stories ] %s: top-1 agrees with f16 at %d/%d positions, max |dlogit| %.3f\n", kv, agree, n,
+                max_diff);
+    EXPECT_GE(double(agree) / n, min_agree) << kv;
+    EXPECT_GT(max_diff, 0.0f) << kv << " should not be lossless";
+    agreements.push_back(agree);
+  }
+  EXPECT_GT(agreements[0], agreements[2]) << "4 bits should beat 3";
+  EXPECT_GT(agreements[2], agreements[3]) << "3 bits should beat 2";
+}
+
+}  // namespace
+}  // namespace qleap
