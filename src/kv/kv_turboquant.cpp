@@ -17,8 +17,8 @@ namespace {
 
 // Rates accepted in names, spelled exactly like this (so each name has one spelling).
 std::optional<float> parse_rate(const std::string& s) {
-  static const std::pair<const char*, float> kRates[] = {{"2", 2.0f}, {"2.5", 2.5f}, {"3", 3.0f},
-                                                         {"3.5", 3.5f}, {"4", 4.0f}};
+  static const std::pair<const char*, float> kRates[] = {
+      {"2", 2.0f}, {"2.5", 2.5f}, {"3", 3.0f}, {"3.5", 3.5f}, {"4", 4.0f}};
   for (const auto& [text, bits] : kRates) {
     if (s == text) return bits;
   }
@@ -52,7 +52,8 @@ class TurboQuantKvCache final : public KvCache {
     const size_t row = size_t(s.kv_dim());
     for (int g = 0; g < s.n_kv_heads; ++g) {
       const size_t off = size_t(g) * s.head_dim;
-      tq_quantize_rows(kstate(layer, g), n_tokens, k + off, row, keys(layer, g) + size_t(pos) * k_rec_, k_rec_);
+      tq_quantize_rows(kstate(layer, g), n_tokens, k + off, row, keys(layer, g) + size_t(pos) * k_rec_,
+                       k_rec_);
       tq_quantize_rows(vstate(layer, g), n_tokens, v + off, row, values(layer, g) + size_t(pos) * v_rec_,
                        v_rec_);
     }

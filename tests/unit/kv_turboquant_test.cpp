@@ -96,8 +96,8 @@ TEST_P(TqKvAttention, MatchesDequantizingReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, TqKvAttention,
                          ::testing::Values(TqCase{"tq4", 64, 9, 3}, TqCase{"tq3", 64, 9, 3},
                                            TqCase{"k4v3", 64, 9, 3}, TqCase{"tq2", 128, 8, 2},
-                                           TqCase{"tq4", 8, 8, 4},     // stories260K shape
-                                           TqCase{"tq2.5", 8, 8, 4},   // 4-coordinate segments: scalar
+                                           TqCase{"tq4", 8, 8, 4},      // stories260K shape
+                                           TqCase{"tq2.5", 8, 8, 4},    // 4-coordinate segments: scalar
                                            TqCase{"k3.5v2", 32, 6, 1},  // group of 6
                                            TqCase{"tq3", 48, 4, 4},     // not a power of two: Haar
                                            TqCase{"k3v2", 16, 2, 2}),
@@ -117,9 +117,9 @@ TEST(TqKvCache, BytesPerTokenIsTheAllocation) {
   s.n_kv_heads = 2;
   s.head_dim = 64;
   // Record = packed indices + fp16 norm: 64 coordinates at b bits = 8b bytes, + 2.
-  const std::pair<const char*, size_t> cases[] = {{"tq4", 34 + 34}, {"tq3", 26 + 26}, {"tq2", 18 + 18},
+  const std::pair<const char*, size_t> cases[] = {{"tq4", 34 + 34},   {"tq3", 26 + 26},   {"tq2", 18 + 18},
                                                   {"tq2.5", 22 + 22}, {"tq3.5", 30 + 30}, {"k4v3", 34 + 26},
-                                                  {"k4v2", 34 + 18}, {"k3v2", 26 + 18}};
+                                                  {"k4v2", 34 + 18},  {"k3v2", 26 + 18}};
   for (const auto& [type, per_head] : cases) {
     auto kv = make_kv_cache(type, s);
     EXPECT_EQ(kv->bytes_per_token(), 3u * 2u * per_head) << type;
@@ -220,9 +220,10 @@ TEST(TqKvStories, GreedyTextFollowsF16) {
     while (prefix < 200 && got[prefix] == ref[prefix]) ++prefix;
     int same = 0;
     for (int i = 0; i < 200; ++i) same += got[i] == ref[i];
-    std::printf("[ stories ] %s: first %d of 200 greedy tokens identical to f16, %d/200 equal by position "
-                "(f16 top-1 margin there: %.3f)\n",
-                kv, prefix, same, prefix < 200 ? margins[size_t(prefix)] : 0.0f);
+    std::printf(
+        "[ stories ] %s: first %d of 200 greedy tokens identical to f16, %d/200 equal by position "
+        "(f16 top-1 margin there: %.3f)\n",
+        kv, prefix, same, prefix < 200 ? margins[size_t(prefix)] : 0.0f);
     EXPECT_GE(prefix, min_prefix) << kv;
   }
 }
@@ -242,8 +243,8 @@ TEST(TqKvStories, TopOneAgreementWithF16) {
   const int nv = ref.n_vocab(), n = int(seq.size());
   // Measured (AVX2, 256 positions): tq4 176, k4v3 179, tq3 115, tq2 58 agreeing positions.
   std::vector<int> agreements;
-  for (const auto& [kv, min_agree] : {std::pair{"tq4", 0.6}, std::pair{"k4v3", 0.6}, std::pair{"tq3", 0.35},
-                                       std::pair{"tq2", 0.15}}) {
+  for (const auto& [kv, min_agree] :
+       {std::pair{"tq4", 0.6}, std::pair{"k4v3", 0.6}, std::pair{"tq3", 0.35}, std::pair{"tq2", 0.15}}) {
     opt.kv_type = kv;
     Session s(model, opt);
     const auto& l = s.eval(seq, true);
