@@ -66,7 +66,9 @@ class Generator {
     std::vector<int32_t> fresh(tokens.begin() + long(common), tokens.end());
 
     Stopwatch sw;
-    std::vector<float> logits = session_.eval(fresh);
+    // eval() returns a reference into the session that stays valid until the next eval(): no copy
+    // of the vocabulary-sized logits per token.
+    const std::vector<float>* logits = &session_.eval(fresh);
     st.prompt_tokens = int(fresh.size());
     st.prompt_s = sw.elapsed();
     history_.insert(history_.end(), fresh.begin(), fresh.end());
@@ -75,7 +77,7 @@ class Generator {
     StreamDecoder dec(tok_);
     sw.reset();
     for (int i = 0; opt_.n_predict < 0 || i < opt_.n_predict; ++i) {
-      const int32_t t = sampler_.sample(logits.data(), session_.n_vocab());
+      const int32_t t = sampler_.sample(logits->data(), session_.n_vocab());
       sampler_.accept(t);
       if (tok_.is_eog(t)) break;
       out << dec.push(t) << std::flush;
@@ -86,7 +88,7 @@ class Generator {
         history_.push_back(t);
         break;
       }
-      logits = session_.eval({t});
+      logits = &session_.eval({t});
       history_.push_back(t);
     }
     out << dec.flush() << std::flush;
