@@ -39,5 +39,6 @@ void register_convert(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_perplexity(CLI::App& app);
 void register_serve(CLI::App& app);
+void register_models(CLI::App& app);  // list, pull, rm, ps
 
 }  // namespace qleap::cli

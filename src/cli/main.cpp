@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   qleap::cli::register_bench(app);
   qleap::cli::register_perplexity(app);
   qleap::cli::register_serve(app);
+  qleap::cli::register_models(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

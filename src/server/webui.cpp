@@ -3,6 +3,8 @@
 
 namespace qleap::webui {
 
-const Asset* find_asset(std::string_view) { return nullptr; }
+const Asset* find_asset(std::string_view) {
+  return nullptr;
+}
 
 }  // namespace qleap::webui
