@@ -69,6 +69,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (char c : text) m.feed(c);
     (void)m.complete();
   });
-  (void)parse_tool_calls(get_string(j, "prompt", ""));
+  expect_typed([&] { (void)parse_tool_calls(get_string(j, "prompt", "")); });
   return 0;
 }
