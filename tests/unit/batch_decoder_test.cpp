@@ -8,9 +8,11 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <random>
 
 #include "core/error.h"
 #include "model_test_util.h"
+#include "quant/quant.h"
 #include "runtime/session.h"
 
 namespace qleap {
@@ -81,6 +83,40 @@ TEST(BatchDecoder, RowsIndependentOfBatchSmolLM) {
   const std::string p = testing::default_model_path();
   if (p.empty()) GTEST_SKIP() << "default model (SmolLM2-135M-Instruct.Q4_1.gguf) not found";
   check_model(p, 2);
+}
+
+}  // namespace
+}  // namespace qleap
+
+namespace qleap {
+namespace {
+
+// RowExactMatmul: with the guard, a multi-row matmul gives every row bit for bit what a call with
+// that row alone gives, for every weight format with a SIMD kernel.
+TEST(BatchDecoder, RowExactMatmulMatchesSingleRows) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  ThreadPool pool(2);
+  const int64_t rows = 300, cols = 512;
+  const int m = 7;
+  std::vector<float> x(size_t(m * cols));
+  for (auto& v : x) v = u(rng);
+  for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1,
+                     GgmlType::Q5_1, GgmlType::Q4_K, GgmlType::Q6_K}) {
+    std::vector<float> f(size_t(rows * cols));
+    for (auto& v : f) v = u(rng);
+    std::vector<uint8_t> w(row_size(t, cols) * size_t(rows));
+    quantize_row_ref(t, f.data(), w.data(), rows * cols);
+    WeightView wv{t, w.data(), cols, rows, row_size(t, cols)};
+    std::vector<float> alone(size_t(m * rows)), batched(size_t(m * rows));
+    for (int i = 0; i < m; ++i)
+      matmul(wv, x.data() + size_t(i) * cols, 1, alone.data() + size_t(i) * rows, pool);
+    {
+      const RowExactMatmul exact;
+      matmul(wv, x.data(), m, batched.data(), pool);
+    }
+    EXPECT_EQ(0, std::memcmp(alone.data(), batched.data(), alone.size() * sizeof(float))) << type_name(t);
+  }
 }
 
 }  // namespace

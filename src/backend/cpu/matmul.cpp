@@ -209,10 +209,16 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
       if (r0 >= wv.rows) break;
       const int64_t r1 = std::min(wv.rows, r0 + j.grain);
       if (j.row_exact) {
-        // One activation row at a time: the decode kernels; the weight rows [r0, r1) stay in cache.
-        for (int64_t t = 0; t < j.m; ++t) {
-          j.k->gemm(wv.type, static_cast<const uint8_t*>(wv.data), wv.row_bytes, wv.cols, r0, r1, j.xa,
-                    j.xa_stride, t, t + 1, j.y, wv.rows);
+        // One activation row at a time through the decode kernels, over blocks of weight rows small
+        // enough (~16 KiB) to stay in L1 while every activation row passes: the weights are still
+        // read from memory once.
+        const int64_t block = std::max<int64_t>(1, int64_t(16384 / std::max<size_t>(1, wv.row_bytes)));
+        for (int64_t rb = r0; rb < r1; rb += block) {
+          const int64_t re = std::min(r1, rb + block);
+          for (int64_t t = 0; t < j.m; ++t) {
+            j.k->gemm(wv.type, static_cast<const uint8_t*>(wv.data), wv.row_bytes, wv.cols, rb, re, j.xa,
+                      j.xa_stride, t, t + 1, j.y, wv.rows);
+          }
         }
         continue;
       }
