@@ -107,7 +107,12 @@ void stream_job(httplib::Response& res, const char* content_type, std::shared_pt
       },
       [st](bool success) {
         if (!success || !st->finished) {
-          if (!st->job->done) ++st->metrics->requests_cancelled_total;
+          bool done;
+          {
+            std::lock_guard<std::mutex> lk(st->job->mu);
+            done = st->job->done;
+          }
+          if (!done) ++st->metrics->requests_cancelled_total;
           st->job->cancelled = true;
         }
         st->lease.reset();
