@@ -25,7 +25,9 @@ constexpr uint64_t kCpuRuntimeBytes = 64 * kMiB;
 
 std::string gib(uint64_t b) {
   if (b >= kGiB) return fmt::format("{:.2f} GiB", double(b) / double(kGiB));
-  return fmt::format("{:.1f} MiB", double(b) / double(kMiB));
+  if (b >= kMiB) return fmt::format("{:.1f} MiB", double(b) / double(kMiB));
+  if (b >= 1024) return fmt::format("{:.1f} KiB", double(b) / 1024.0);
+  return fmt::format("{} B", b);
 }
 
 // "blk.12.attn_q.weight" -> 12, else -1.

@@ -41,11 +41,11 @@ struct Stats {
 // previous turn), then samples until an end-of-generation token, n_predict or a full context.
 class Generator {
  public:
-  Generator(std::shared_ptr<const Model> model, const RunOptions& o)
+  Generator(std::shared_ptr<const Model> model, const RunOptions& o, const SessionOptions& so)
       : opt_(o),
         model_(std::move(model)),
         tok_(Tokenizer::from_gguf(model_->file())),
-        session_(model_, SessionOptions{o.common.ctx, o.common.threads, o.common.kv, o.common.batch}),
+        session_(model_, so),
         sampler_(o.sampling) {}
 
   const Tokenizer& tokenizer() const { return tok_; }
@@ -55,8 +55,8 @@ class Generator {
     Stats st;
     if (tokens.empty()) throw InvalidArgument("empty prompt: nothing to condition on");
     if (int(tokens.size()) >= session_.n_ctx()) {
-      throw InvalidArgument(fmt::format("prompt is {} tokens but the context holds {} (raise --ctx)", tokens.size(),
-                                        session_.n_ctx()));
+      throw InvalidArgument(fmt::format("prompt is {} tokens but the context holds {} (raise --ctx)",
+                                        tokens.size(), session_.n_ctx()));
     }
     size_t common = 0;
     while (common < history_.size() && common < tokens.size() && history_[common] == tokens[common]) ++common;
@@ -121,19 +121,23 @@ class Generator {
 };
 
 void print_stats(const Stats& s) {
-  std::cerr << fmt::format("\n[prompt: {} tokens in {:.2f} s, {:.1f} tok/s | generation: {} tokens in {:.2f} s, {:.1f} tok/s]\n",
-                           s.prompt_tokens, s.prompt_s, s.prompt_s > 0 ? s.prompt_tokens / s.prompt_s : 0.0,
-                           s.gen_tokens, s.gen_s, s.gen_s > 0 ? s.gen_tokens / s.gen_s : 0.0);
+  std::cerr << fmt::format(
+      "\n[prompt: {} tokens in {:.2f} s, {:.1f} tok/s | generation: {} tokens in {:.2f} s, {:.1f} tok/s]\n",
+      s.prompt_tokens, s.prompt_s, s.prompt_s > 0 ? s.prompt_tokens / s.prompt_s : 0.0, s.gen_tokens, s.gen_s,
+      s.gen_s > 0 ? s.gen_tokens / s.gen_s : 0.0);
 }
 
 void run_command(RunOptions& o) {
   const std::string path = resolve_model(o.common.model);
   Stopwatch load;
+  // Flags the user gave win; the planner (or a stored `qleap tune` result) fills the rest.
+  const SessionOptions so = auto_session_options(o.common, path, o.quiet);
   auto model = load_model(path);
-  Generator gen(model, o);
+  Generator gen(model, o, so);
   if (!o.quiet) {
     std::cerr << fmt::format("[loaded {} in {:.2f} s; ctx {}, {} threads, KV {}]\n", path, load.elapsed(),
-                             gen.session().n_ctx(), gen.session().pool().size(), o.common.kv);
+                             gen.session().n_ctx(), gen.session().pool().size(),
+                             gen.session().kv().type_name());
   }
   const bool chat = !o.raw && gen.has_chat_template();
   const bool interactive = o.interactive || (o.prompt.empty() && isatty(STDIN_FILENO) && chat);
@@ -199,14 +203,18 @@ void run_command(RunOptions& o) {
 void register_run(CLI::App& app) {
   auto opt = std::make_shared<RunOptions>();
   opt->sampling.temperature = 0.7f;
-  auto* cmd = app.add_subcommand("run", "Generate text from a model (one-shot with PROMPT, else interactive chat)");
+  auto* cmd =
+      app.add_subcommand("run", "Generate text from a model (one-shot with PROMPT, else interactive chat)");
   add_common_options(*cmd, opt->common);
-  cmd->add_option("prompt", opt->prompt, "prompt; chat models get it as a user message through their template");
-  cmd->add_option("-n,--n-predict", opt->n_predict, "maximum tokens to generate (-1: until end or full context)")
+  cmd->add_option("prompt", opt->prompt,
+                  "prompt; chat models get it as a user message through their template");
+  cmd->add_option("-n,--n-predict", opt->n_predict,
+                  "maximum tokens to generate (-1: until end or full context)")
       ->capture_default_str();
   cmd->add_option("-s,--system", opt->system, "system message for chat models");
   cmd->add_flag("--raw", opt->raw, "plain text completion: no chat template");
-  cmd->add_flag("-i,--interactive", opt->interactive, "chat interactively (default when no prompt and stdin is a terminal)");
+  cmd->add_flag("-i,--interactive", opt->interactive,
+                "chat interactively (default when no prompt and stdin is a terminal)");
   cmd->add_flag("-q,--quiet", opt->quiet, "no load/speed report on stderr");
   add_sampling_options(*cmd, opt->sampling);
   cmd->callback([opt] { run_command(*opt); });
