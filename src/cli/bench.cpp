@@ -98,8 +98,7 @@ void bench_command(BenchOptions& o) {
     }
     const Sample s = summarize(rates);
     out["pp"] = {{"n", o.n_prompt}, {"tps", s.mean}, {"sd", s.sd}};
-    if (!o.json)
-      fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |\n", fmt::format("pp{}", o.n_prompt), s.mean, s.sd);
+    if (!o.json) fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |\n", fmt::format("pp{}", o.n_prompt), s.mean, s.sd);
   }
   if (o.n_gen > 0) {
     std::vector<double> rates;
@@ -113,10 +112,7 @@ void bench_command(BenchOptions& o) {
     }
     const Sample s = summarize(rates);
     const double bpt = double(decode_bytes_per_token(file));
-    out["tg"] = {{"n", o.n_gen},
-                 {"tps", s.mean},
-                 {"sd", s.sd},
-                 {"weight_bytes_per_token", bpt},
+    out["tg"] = {{"n", o.n_gen}, {"tps", s.mean}, {"sd", s.sd}, {"weight_bytes_per_token", bpt},
                  {"weight_gbps", bpt * s.mean / 1e9}};
     if (!o.json) fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |\n", fmt::format("tg{}", o.n_gen), s.mean, s.sd);
   }
@@ -134,12 +130,11 @@ void bench_command(BenchOptions& o) {
   fmt::print("peak RSS: {}   KV: {} per token\n", human_bytes(double(out["peak_rss_bytes"].get<size_t>())),
              human_bytes(double(session.kv().bytes_per_token())));
   if (out.contains("tg")) {
-    fmt::print("decode reads {} of weights per token: {:.2f} GB/s",
-               human_bytes(out["tg"]["weight_bytes_per_token"]), double(out["tg"]["weight_gbps"]));
+    fmt::print("decode reads {} of weights per token: {:.2f} GB/s", human_bytes(out["tg"]["weight_bytes_per_token"]),
+               double(out["tg"]["weight_gbps"]));
     if (out.contains("machine_read_gbps")) {
       const double m = out["machine_read_gbps"];
-      fmt::print(" vs machine {:.2f} GB/s measured ({:.0f}%)", m,
-                 100.0 * double(out["tg"]["weight_gbps"]) / m);
+      fmt::print(" vs machine {:.2f} GB/s measured ({:.0f}%)", m, 100.0 * double(out["tg"]["weight_gbps"]) / m);
     }
     fmt::print("\n");
   }
@@ -149,16 +144,11 @@ void bench_command(BenchOptions& o) {
 
 void register_bench(CLI::App& app) {
   auto opt = std::make_shared<BenchOptions>();
-  auto* cmd =
-      app.add_subcommand("bench", "Measure prompt (pp) and generation (tg) speed, peak memory and bandwidth");
+  auto* cmd = app.add_subcommand("bench", "Measure prompt (pp) and generation (tg) speed, peak memory and bandwidth");
   add_common_options(*cmd, opt->common);
-  cmd->add_option("-p,--n-prompt", opt->n_prompt, "prompt tokens for the pp test (0: skip)")
-      ->capture_default_str();
-  cmd->add_option("-n,--n-gen", opt->n_gen, "generated tokens for the tg test (0: skip)")
-      ->capture_default_str();
-  cmd->add_option("-r,--reps", opt->reps, "repetitions of each test")
-      ->check(CLI::Range(1, 1000))
-      ->capture_default_str();
+  cmd->add_option("-p,--n-prompt", opt->n_prompt, "prompt tokens for the pp test (0: skip)")->capture_default_str();
+  cmd->add_option("-n,--n-gen", opt->n_gen, "generated tokens for the tg test (0: skip)")->capture_default_str();
+  cmd->add_option("-r,--reps", opt->reps, "repetitions of each test")->check(CLI::Range(1, 1000))->capture_default_str();
   cmd->add_flag("--json", opt->json, "machine-readable output");
   cmd->add_flag("--no-membw", opt->no_membw, "skip the memory bandwidth measurement");
   cmd->callback([opt] { bench_command(*opt); });

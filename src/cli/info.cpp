@@ -95,8 +95,7 @@ void info_command(const InfoOptions& o) {
     j["kv_bytes_per_token"] = kv_per_token;
     if (o.tensors) {
       for (const auto& t : file->tensors()) {
-        j["tensors"].push_back(
-            {{"name", t.name}, {"type", type_name(t.type)}, {"shape", t.shape}, {"bytes", t.nbytes}});
+        j["tensors"].push_back({{"name", t.name}, {"type", type_name(t.type)}, {"shape", t.shape}, {"bytes", t.nbytes}});
       }
     }
     std::cout << j.dump(2) << "\n";
@@ -104,15 +103,14 @@ void info_command(const InfoOptions& o) {
   }
 
   fmt::print("file:        {}\n", path);
-  fmt::print("GGUF:        v{}, {} metadata keys, {} tensors, alignment {}\n", file->version(),
-             file->metadata().size(), file->tensors().size(), file->alignment());
+  fmt::print("GGUF:        v{}, {} metadata keys, {} tensors, alignment {}\n", file->version(), file->metadata().size(),
+             file->tensors().size(), file->alignment());
   fmt::print("arch:        {}   name: {}\n", file->architecture(), file->get_string("general.name", "?"));
   fmt::print("parameters:  {:.1f} M\n", double(n_params) / 1e6);
   fmt::print("weights:     {} ({:.2f} bits/weight)\n", human_bytes(double(file->tensor_bytes())),
              8.0 * double(file->tensor_bytes()) / double(std::max<int64_t>(1, n_params)));
   fmt::print("tensor types:\n");
-  for (const auto& [k, v] : by_type)
-    fmt::print("  {:<6} {:>4} tensors  {}\n", k, v.first, human_bytes(double(v.second)));
+  for (const auto& [k, v] : by_type) fmt::print("  {:<6} {:>4} tensors  {}\n", k, v.first, human_bytes(double(v.second)));
   if (kv_per_token) {
     fmt::print("KV cache ({}): {} per token; {} at ctx {}\n", o.kv, human_bytes(double(kv_per_token)),
                human_bytes(double(kv_per_token) * o.ctx), o.ctx);
@@ -137,8 +135,7 @@ void info_command(const InfoOptions& o) {
 
 void register_info(CLI::App& app) {
   auto opt = std::make_shared<InfoOptions>();
-  auto* cmd = app.add_subcommand(
-      "info", "Show a model's metadata, tensor types and memory needs (no model: this machine)");
+  auto* cmd = app.add_subcommand("info", "Show a model's metadata, tensor types and memory needs (no model: this machine)");
   cmd->add_option("model", opt->model, "GGUF file or model name");
   cmd->add_flag("--tensors", opt->tensors, "list every tensor");
   cmd->add_flag("--json", opt->json, "machine-readable output");

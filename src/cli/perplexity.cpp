@@ -39,8 +39,7 @@ void perplexity_command(PplOptions& o) {
   int n_chunks = int(ids.size()) / n_ctx;
   if (o.chunks > 0) n_chunks = std::min(n_chunks, o.chunks);
   if (n_chunks == 0) {
-    throw InvalidArgument(
-        fmt::format("'{}' has {} tokens, fewer than one context of {}", o.text_file, ids.size(), n_ctx));
+    throw InvalidArgument(fmt::format("'{}' has {} tokens, fewer than one context of {}", o.text_file, ids.size(), n_ctx));
   }
   std::cerr << fmt::format("[{} tokens, {} chunks of {}, KV {}]\n", ids.size(), n_chunks, n_ctx, o.common.kv);
   double sum = 0, sum2 = 0;
@@ -64,8 +63,7 @@ void perplexity_command(PplOptions& o) {
       ++count;
     }
     const double mean = sum / double(count);
-    std::cerr << fmt::format("[{}/{}] ppl {:.4f}  ({:.1f} s)\n", c + 1, n_chunks, std::exp(mean),
-                             sw.elapsed());
+    std::cerr << fmt::format("[{}/{}] ppl {:.4f}  ({:.1f} s)\n", c + 1, n_chunks, std::exp(mean), sw.elapsed());
   }
   const double mean = sum / double(count);
   const double var = std::max(0.0, sum2 / double(count) - mean * mean);
