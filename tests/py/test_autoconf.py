@@ -1,5 +1,6 @@
 """Hardware detection, planner and tuner through the qleap command line."""
 import json
+import pathlib
 import subprocess
 
 
@@ -90,3 +91,47 @@ def test_run_reports_its_plan(qleap_bin, shared_models):
     r = run(qleap_bin, "run", shared_models / "stories260K.gguf", "--raw", "--temp", "0", "-n", "4", "Once")
     assert r.returncode == 0, r.stderr
     assert "[plan: ctx" in r.stderr
+
+
+def fake_cuda_env(tmp_path):
+    import os
+    import shutil
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        import pytest
+        pytest.skip("no C compiler to build the fake libcuda.so.1")
+    src = pathlib.Path(__file__).parent / "fixtures" / "fake_libcuda.c"
+    lib = tmp_path / "libcuda.so.1"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    return dict(os.environ, LD_LIBRARY_PATH=f"{tmp_path}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+
+
+def test_nvidia_detection_through_the_driver_api(qleap_bin, tmp_path):
+    env = fake_cuda_env(tmp_path)
+    r = run(qleap_bin, "info", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    gpus = [g for g in json.loads(r.stdout)["gpus"] if g["vendor"] == "nvidia"]
+    assert len(gpus) == 1, r.stdout
+    g = gpus[0]
+    assert g["name"] == "Fake H100 80GB"
+    assert g["compute_capability"] == "9.0"
+    assert g["vram_total_bytes"] == 80 << 30
+    assert g["vram_free_bytes"] == 70 << 30  # no NVML for the fake bus id: cuMemGetInfo fallback
+    assert g["supported"]
+    r = run(qleap_bin, "info", env=env)
+    assert "GPU nvidia 0:  Fake H100 80GB, VRAM 80.00 GiB total / 70.00 GiB free, compute capability 9.0" in r.stdout
+
+
+def test_run_says_when_the_planned_offload_is_unavailable(qleap_bin, shared_models, tmp_path):
+    env = fake_cuda_env(tmp_path)
+    model = shared_models / "stories260K.gguf"
+    if json.loads(run(qleap_bin, "plan", model, "--json", env=env).stdout)["gpu_offload_in_build"]:
+        import pytest
+        pytest.skip("this build offloads to the GPU; the fake driver cannot run kernels")
+    r = run(qleap_bin, "plan", model, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "GPU layers 5 on GPU 0 (Fake H100 80GB)" in r.stdout
+    r = run(qleap_bin, "run", model, "--raw", "--temp", "0", "-n", "4", "Once", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "GPU offload is unavailable in this build" in r.stderr
+    assert "CPU only" in r.stderr
