@@ -249,7 +249,7 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
       if (bpt == 0)
         throw InvalidArgument(fmt::format("planner: KV cache type '{}' is not available", kvs[ki]));
       for (int b : batches) {
-        Sizer sz(m, ctx, bpt, b);
+        Sizer sz(m, ctx, bpt * uint64_t(std::max(1, req.parallel)), b);
         Candidate c;
         c.n_ctx = ctx;
         c.kv = kvs[ki];
@@ -307,7 +307,7 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
   p.experts_on_gpu = chosen.lay.experts_on_gpu;
   p.ram_bytes = chosen.lay.ram;
   p.vram_bytes = chosen.lay.gpu_layers > 0 ? chosen.lay.vram : 0;
-  p.kv_bytes = m.kv_bytes(p.kv_type) * uint64_t(p.n_ctx);
+  p.kv_bytes = m.kv_bytes(p.kv_type) * uint64_t(p.n_ctx) * uint64_t(std::max(1, req.parallel));
   p.cpu_bytes_per_token = chosen.lay.cpu_bpt;
   p.fits = found;
   p.threads = req.threads > 0 ? req.threads : std::max(1, hw.physical_cores);
@@ -370,8 +370,10 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
     }
   }
   {
-    std::string kv_line = fmt::format("KV cache {}: {} per token x {} tokens = {}", p.kv_type,
-                                      gib(m.kv_bytes(p.kv_type)).c_str(), p.n_ctx, gib(p.kv_bytes));
+    std::string kv_line = fmt::format("KV cache {}: {} per token x {} tokens{} = {}", p.kv_type,
+                                      gib(m.kv_bytes(p.kv_type)), p.n_ctx,
+                                      req.parallel > 1 ? fmt::format(" x {} slots", req.parallel) : "",
+                                      gib(p.kv_bytes));
     if (!req.kv_type.empty()) {
       kv_line += " (requested)";
     } else if (p.kv_type == kvs.front()) {

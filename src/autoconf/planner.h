@@ -64,6 +64,7 @@ struct PlanRequest {
   int gpu_layers = kGpuLayersAuto;  // kGpuLayersAuto, kGpuLayersAll or a count
   int threads = 0;                  // 0: chosen
   int batch = 0;                    // 0: chosen
+  int parallel = 1;                 // sequences served at once (server slots), each with its own KV cache
 };
 
 struct Plan {

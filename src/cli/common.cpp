@@ -114,7 +114,7 @@ int parse_gpu_layers(const std::string& s) {
 }
 
 SessionOptions auto_session_options(const CommonOptions& o, const std::string& model_path, bool quiet,
-                                    int* gpu_layers) {
+                                    int* gpu_layers, int parallel) {
   const bool kv_given = o.kv_opt && o.kv_opt->count() > 0;
   const bool batch_given = o.batch_opt && o.batch_opt->count() > 0;
   PlanRequest req;
@@ -123,6 +123,7 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
   req.kv_type = kv_given ? o.kv : "";
   req.batch = batch_given ? o.batch : 0;
   req.gpu_layers = parse_gpu_layers(o.gpu_layers);
+  req.parallel = parallel;
 
   DetectOptions det;
   det.measure_bandwidth = false;  // only the planner's speed estimate uses it

@@ -39,7 +39,7 @@ int parse_gpu_layers(const std::string& s);
 // stored `qleap tune` result for this model and machine). Prints a one-line summary on stderr
 // unless quiet. gpu_layers receives the planned layer count (0 when this build cannot offload).
 SessionOptions auto_session_options(const CommonOptions& o, const std::string& model_path, bool quiet,
-                                    int* gpu_layers = nullptr);
+                                    int* gpu_layers = nullptr, int parallel = 1);
 
 void add_sampling_options(CLI::App& cmd, SamplerParams& p);
 
@@ -53,6 +53,7 @@ void register_info(CLI::App& app);
 void register_convert(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_perplexity(CLI::App& app);
+void register_serve(CLI::App& app);
 void register_plan(CLI::App& app);
 void register_tune(CLI::App& app);
 

@@ -156,13 +156,23 @@ void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const f
       for (int h = 0; h < hp.n_kv_heads; ++h)
         rms_norm(k + h * hd, w.k_norm.data(), k + h * hd, hd, hp.rms_eps);
     }
-    const float* cs = rope.at(ctx.pos0 + t);
+    const float* cs = rope.at(ctx.rows ? ctx.rows[t].pos : ctx.pos0 + t);
     rope_apply(cs, rope.n_rot(), rope.style(), q, hp.n_heads, hd);
     rope_apply(cs, rope.n_rot(), rope.style(), k, hp.n_kv_heads, hd);
   });
 
-  ctx.kv.store(il, ctx.pos0, m, s.k.data(), s.v.data());
-  ctx.kv.attend(il, ctx.pos0, m, s.q.data(), s.attn.data(), 1.0f / std::sqrt(float(hd)), ctx.pool);
+  const float scale = 1.0f / std::sqrt(float(hd));
+  if (ctx.rows == nullptr) {
+    ctx.kv.store(il, ctx.pos0, m, s.k.data(), s.v.data());
+    ctx.kv.attend(il, ctx.pos0, m, s.q.data(), s.attn.data(), scale, ctx.pool);
+  } else {
+    for (int t = 0; t < m; ++t) {
+      const RowSeq& r = ctx.rows[t];
+      r.kv->store(il, r.pos, 1, s.k.data() + size_t(t) * kv_dim, s.v.data() + size_t(t) * kv_dim);
+      r.kv->attend(il, r.pos, 1, s.q.data() + size_t(t) * q_dim, s.attn.data() + size_t(t) * q_dim, scale,
+                   ctx.pool);
+    }
+  }
   matmul(w.wo, s.attn.data(), m, out, ctx.pool);
 }
 

@@ -19,8 +19,16 @@ struct ForwardScratch {
   void allocate(const HParams& hp, int n_batch);
 };
 
+// One row of a multi-sequence batch (continuous batching): the row's own KV cache and position.
+struct RowSeq {
+  KvCache* kv;
+  int pos;
+};
+
 // What a layer's forward pass needs besides its weights. Rows of scratch.x are the m tokens at
-// positions pos0 .. pos0 + m - 1.
+// positions pos0 .. pos0 + m - 1 of kv, or, when rows is non-null, row t is one token of its own
+// sequence rows[t] (kv and pos0 unused): decode steps of several sequences then share one pass
+// through the weights.
 struct LayerCtx {
   const HParams& hp;
   const RopeTable& rope;
@@ -29,6 +37,7 @@ struct LayerCtx {
   ForwardScratch& s;
   int pos0;
   int m;
+  const RowSeq* rows = nullptr;
 };
 
 struct ArchDef {

@@ -1,0 +1,157 @@
+// One loaded model in the server: tokenizer, chat template, a BatchDecoder with N slots, a bounded
+// queue of jobs and one inference thread. The thread admits queued jobs into free slots (prefill of
+// each new job runs as its own chunk, reusing the longest cached prefix among free slots), then
+// runs one decode step for all active slots together (continuous batching). Each job streams its
+// text through a mutex/condvar channel that the HTTP thread drains.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "model/model.h"
+#include "runtime/batch_decoder.h"
+#include "server/metrics.h"
+#include "server/model_store.h"
+#include "server/request.h"
+#include "tokenizer/tokenizer.h"
+
+namespace qleap::server {
+
+// Restricts which tokens may come next (JSON grammar). apply() sets forbidden logits to -inf.
+class TokenFilter {
+ public:
+  virtual ~TokenFilter() = default;
+  virtual void apply(float* logits, int n_vocab) = 0;
+  virtual void accept(int32_t token) = 0;
+  // The constrained text is complete: generation ends.
+  virtual bool complete() const = 0;
+};
+
+struct Job {
+  enum Kind { kGenerate, kEmbed } kind = kGenerate;
+  // Input (set before submit).
+  std::vector<int32_t> prompt;
+  GenOptions opt;
+  std::unique_ptr<TokenFilter> filter;
+  std::vector<std::vector<int32_t>> inputs;  // kEmbed
+
+  // Output channel, guarded by mu.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::string> pieces;  // generated text not yet taken, one entry per token
+  bool done = false;
+  std::string done_reason;  // "stop", "length", "cancel"
+  std::string error;        // non-empty: the job failed
+  int prompt_tokens = 0;    // evaluated (after truncation)
+  int cached_tokens = 0;    // reused from the slot's cache
+  int truncated_tokens = 0;
+  int gen_tokens = 0;
+  double prompt_s = 0, gen_s = 0;
+  std::vector<int32_t> output;  // generated token ids
+  std::vector<std::vector<float>> embeddings;
+
+  std::atomic<bool> cancelled{false};
+  std::chrono::steady_clock::time_point created = std::chrono::steady_clock::now();
+
+  // Waits up to `timeout` for text or the end; moves pending pieces into out. Returns true once the
+  // job is done and all its text has been taken.
+  bool wait_take(std::vector<std::string>& out, std::chrono::milliseconds timeout);
+  // Blocks until done; returns all remaining text.
+  std::string wait_all();
+};
+
+struct RunnerOptions {
+  int n_ctx = 0;
+  int n_threads = 0;
+  std::string kv_type = "f16";
+  int n_batch = 512;
+  int parallel = 4;
+  int max_queue = 512;
+  // Called with the model path before loading, to fill in what was left to the planner (serve).
+  std::function<void(const std::string& path, RunnerOptions& opt)> configure;
+};
+
+struct RunnerStatus {
+  std::string name;
+  int parallel = 0;
+  int active_slots = 0;
+  int queue_depth = 0;
+  int n_ctx = 0;
+  std::string kv_type;
+  size_t kv_bytes_used = 0;
+  size_t kv_bytes_allocated = 0;
+  size_t kv_bytes_per_token = 0;
+  double kv_compression_vs_f16 = 1.0;
+};
+
+class ModelRunner {
+ public:
+  // Loads the model and starts the inference thread. Throws on load failure.
+  ModelRunner(const ModelInfo& info, const RunnerOptions& opt, Metrics& metrics);
+  ~ModelRunner();
+  ModelRunner(const ModelRunner&) = delete;
+  ModelRunner& operator=(const ModelRunner&) = delete;
+
+  const ModelInfo& info() const { return info_; }
+  const Tokenizer& tokenizer() const { return tok_; }
+  const Model& model() const { return *model_; }
+  int n_ctx() const { return n_ctx_; }
+  double load_seconds() const { return load_s_; }
+  bool has_chat_template() const { return !info_.chat_template.empty(); }
+
+  // Prompt text to tokens (BOS when the tokenizer wants one; special tokens parsed when special).
+  std::vector<int32_t> tokenize(const std::string& text, bool special) const;
+  // Chat messages (+ tools, may be null) through the model's template; RequestError(400) on a
+  // template error.
+  std::vector<int32_t> render_chat(const nlohmann::json& messages, const nlohmann::json& tools) const;
+  std::string render_chat_text(const nlohmann::json& messages, const nlohmann::json& tools) const;
+
+  // Queues a job; false when the queue is full (the caller answers 503).
+  bool submit(const std::shared_ptr<Job>& job);
+  RunnerStatus status() const;
+  // Jobs queued or running.
+  int busy() const;
+
+  // Scheduler bookkeeping (guarded by the scheduler's mutex).
+  int leases = 0;
+  std::chrono::steady_clock::time_point last_used = std::chrono::steady_clock::now();
+  std::chrono::system_clock::time_point expires_at = std::chrono::system_clock::time_point::max();
+  bool unload_when_idle = false;
+
+ private:
+  struct Slot;
+  void loop();
+  void start(Slot& s);
+  void step(Slot& s, const float* logits);
+  void emit(Slot& s, const std::string& text);
+  void finish(Slot& s, const std::string& reason, const std::string& error = "");
+
+  ModelInfo info_;
+  RunnerOptions opt_;
+  Metrics& metrics_;
+  double load_s_ = 0;
+  std::shared_ptr<const Model> model_;
+  Tokenizer tok_;
+  std::unique_ptr<BatchDecoder> dec_;
+  int n_ctx_ = 0;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::vector<float> masked_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  std::atomic<int> active_{0};
+  std::atomic<size_t> kv_used_{0};
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace qleap::server
