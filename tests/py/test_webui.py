@@ -174,3 +174,29 @@ def test_unload_and_load_from_models_tab(server, browser):
     wait.until(lambda d: "loaded" in d.find_element(By.CSS_SELECTOR, sel).text.split())
     with urllib.request.urlopen(server.url + "/api/ps") as r:
         assert [m["name"] for m in json.loads(r.read())["models"]] == [MODEL]
+
+
+def test_pull_with_progress_then_delete(server, browser, shared_models, tmp_path):
+    b = browser
+    src = tmp_path / "webui-pulled.gguf"
+    shutil.copy(shared_models / "stories260K.gguf", src)
+    b.find_element(By.ID, "tab-models").click()
+    wait = WebDriverWait(b, 30)
+    b.find_element(By.ID, "pull-name").send_keys(str(src))
+    b.find_element(By.ID, "pull").click()
+    # A local path is imported into the store, reporting progress like a download.
+    wait.until(lambda d: d.find_element(By.ID, "pull-text").text.startswith("success"))
+    assert b.find_element(By.ID, "pull-bar").get_attribute("style").find("100%") >= 0
+    sel = '#model-table tr[data-model="webui-pulled:latest"]'
+    row = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, sel)))
+    # Let the bar's width transition finish before the screenshot.
+    wait.until(lambda d: d.execute_script(
+        "const b = document.getElementById('pull-bar'); return b.offsetWidth >= b.parentElement.clientWidth - 1"))
+    b.save_screenshot(str(artifacts_dir() / "webui-pull.png"))
+    row.find_element(By.XPATH, ".//button[text()='Delete']").click()
+    wait.until(EC.alert_is_present())
+    b.switch_to.alert.accept()
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, sel))
+    with urllib.request.urlopen(server.url + "/api/tags") as r:
+        names = [m["name"] for m in json.loads(r.read())["models"]]
+    assert "webui-pulled:latest" not in names and MODEL in names
