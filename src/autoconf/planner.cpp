@@ -336,7 +336,7 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
     r.push_back(fmt::format("GPU {} present but --gpu-layers 0 was requested: CPU only", gpu->name));
   } else {
     r.push_back(fmt::format(
-        "GPU {}: {} free - headroom = {} budget ({} reserved for the CUDA context and workspace)", gpu->name,
+        "GPU {}: {} free - headroom = {} budget (VRAM needed includes {} for the CUDA context)", gpu->name,
         gib(gpu->vram_free ? gpu->vram_free : gpu->vram_total), gib(p.vram_budget), gib(kGpuRuntimeBytes)));
     if (p.gpu_layers == n) {
       r.push_back(

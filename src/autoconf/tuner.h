@@ -54,10 +54,11 @@ std::optional<TunedEntry> load_tuned(const std::string& store, const TuneKey& ke
 void save_tuned(const std::string& store, const TuneKey& key, const TunedEntry& e);
 
 struct TuneOptions {
-  int n_prompt = 256;
-  int n_gen = 48;
+  int n_prompt = 128;
+  int n_gen = 32;
   int reps = 2;              // best of at least this many runs...
   double min_seconds = 0.3;  // ...and at least this long per candidate
+  int confirm_rounds = 2;    // alternate default and winner this many times at the end
   std::vector<std::string> kv_types = {"f16", "q8_0"};
   std::vector<int> batches = {64, 128, 256, 512};
   int max_threads = 0;  // 0: physical cores
@@ -76,6 +77,9 @@ struct TuneResult {
   TuneMeasurement baseline;
   TuneMeasurement best;
   std::vector<TuneMeasurement> all;
+  // The winner beat the default again when measured alternately with it (false: no better
+  // candidate was found, or the confirmation did not hold and best is the default).
+  bool confirmed = false;
 };
 TuneResult tune(const std::shared_ptr<const Model>& model, const HardwareInfo& hw, const TuneSettings& start,
                 const TuneOptions& o, const std::function<void(const TuneMeasurement&)>& progress = {});

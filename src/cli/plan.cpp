@@ -19,6 +19,7 @@ namespace {
 struct PlanOptions {
   CommonOptions common;
   std::string hardware;
+  int parallel = 1;
   bool json = false;
 };
 
@@ -50,6 +51,7 @@ void plan_command(const PlanOptions& o) {
   req.kv_type = kv_given ? o.common.kv : "";
   req.batch = o.common.batch_opt && o.common.batch_opt->count() > 0 ? o.common.batch : 0;
   req.gpu_layers = parse_gpu_layers(o.common.gpu_layers);
+  req.parallel = o.parallel;
   const Plan p = make_plan(hw, info, req);
   const bool offload_note = p.gpu_layers > 0 && !build_has_gpu_offload();
   if (o.json) {
@@ -78,6 +80,9 @@ void register_plan(CLI::App& app) {
   add_common_options(*cmd, opt->common);
   cmd->add_option("--hardware", opt->hardware,
                   "plan for the machine described in this `qleap info --json` file");
+  cmd->add_option("--parallel", opt->parallel, "sequences served at once (`serve --parallel`), each with a KV cache")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
   cmd->add_flag("--json", opt->json, "machine-readable output");
   cmd->callback([opt] { plan_command(*opt); });
 }

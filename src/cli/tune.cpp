@@ -22,8 +22,8 @@ namespace {
 
 struct TuneCliOptions {
   std::string model;
-  int n_prompt = 256;
-  int n_gen = 48;
+  int n_prompt = 128;
+  int n_gen = 32;
   int reps = 2;
   std::vector<std::string> kv_types = {"f16", "q8_0"};
   bool json = false;
@@ -94,6 +94,7 @@ void tune_command(const TuneCliOptions& o) {
     };
     j["default"] = mj(r.baseline);
     j["chosen"] = mj(r.best);
+    j["confirmed"] = r.confirmed;
     for (const auto& m : r.all) j["measured"].push_back(mj(m));
     j["tune_seconds"] = total.elapsed();
     std::cout << j.dump(2) << "\n";
@@ -107,6 +108,11 @@ void tune_command(const TuneCliOptions& o) {
       label(r.best.settings), r.best.pp_tok_s, r.best.tg_tok_s,
       100.0 * (r.best.pp_tok_s / r.baseline.pp_tok_s - 1),
       100.0 * (r.best.tg_tok_s / r.baseline.tg_tok_s - 1), r.baseline.seconds / r.best.seconds);
+  if (r.confirmed) {
+    fmt::print("(default and chosen re-measured alternately at the end; the figures above are those)\n");
+  } else if (r.all.size() > 1) {
+    fmt::print("(no candidate beat the default by 3% when re-measured alternately with it: keeping the default)\n");
+  }
   if (o.dry_run) {
     fmt::print("not stored (--dry-run); tuning took {:.1f} s\n", total.elapsed());
   } else {
