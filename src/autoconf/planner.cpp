@@ -370,10 +370,9 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
     }
   }
   {
-    std::string kv_line = fmt::format("KV cache {}: {} per token x {} tokens{} = {}", p.kv_type,
-                                      gib(m.kv_bytes(p.kv_type)), p.n_ctx,
-                                      req.parallel > 1 ? fmt::format(" x {} slots", req.parallel) : "",
-                                      gib(p.kv_bytes));
+    std::string kv_line = fmt::format(
+        "KV cache {}: {} per token x {} tokens{} = {}", p.kv_type, gib(m.kv_bytes(p.kv_type)), p.n_ctx,
+        req.parallel > 1 ? fmt::format(" x {} slots", req.parallel) : "", gib(p.kv_bytes));
     if (!req.kv_type.empty()) {
       kv_line += " (requested)";
     } else if (p.kv_type == kvs.front()) {

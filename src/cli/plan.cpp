@@ -80,7 +80,8 @@ void register_plan(CLI::App& app) {
   add_common_options(*cmd, opt->common);
   cmd->add_option("--hardware", opt->hardware,
                   "plan for the machine described in this `qleap info --json` file");
-  cmd->add_option("--parallel", opt->parallel, "sequences served at once (`serve --parallel`), each with a KV cache")
+  cmd->add_option("--parallel", opt->parallel,
+                  "sequences served at once (`serve --parallel`), each with a KV cache")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
   cmd->add_flag("--json", opt->json, "machine-readable output");

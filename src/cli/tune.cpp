@@ -111,7 +111,8 @@ void tune_command(const TuneCliOptions& o) {
   if (r.confirmed) {
     fmt::print("(default and chosen re-measured alternately at the end; the figures above are those)\n");
   } else if (r.all.size() > 1) {
-    fmt::print("(no candidate beat the default by 3% when re-measured alternately with it: keeping the default)\n");
+    fmt::print(
+        "(no candidate beat the default by 3% when re-measured alternately with it: keeping the default)\n");
   }
   if (o.dry_run) {
     fmt::print("not stored (--dry-run); tuning took {:.1f} s\n", total.elapsed());
