@@ -12,7 +12,7 @@ trap 'rm -rf "$logs"' EXIT
 (cd build && ctest --output-on-failure -j"$(nproc)") | tee "$logs/ctest.txt"
 QLEAP_BIN="$PWD/build/qleap" python3 -m pytest -q tests/py | tee "$logs/pytest.txt"
 fuzz_passed=0
-for t in ${FUZZ_TARGETS:-gguf_fuzz safetensors_fuzz}; do
+for t in ${FUZZ_TARGETS:-gguf_fuzz safetensors_fuzz server_request_fuzz}; do
   FUZZ_TARGETS="$t" bash tests/fuzz/run_fuzz.sh
   fuzz_passed=$((fuzz_passed + 1))
 done

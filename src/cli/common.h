@@ -54,6 +54,7 @@ void register_convert(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_perplexity(CLI::App& app);
 void register_serve(CLI::App& app);
+void register_models(CLI::App& app);  // list, pull, rm, ps
 void register_plan(CLI::App& app);
 void register_tune(CLI::App& app);
 

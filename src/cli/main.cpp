@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   qleap::cli::register_bench(app);
   qleap::cli::register_perplexity(app);
   qleap::cli::register_serve(app);
+  qleap::cli::register_models(app);
   qleap::cli::register_plan(app);
   qleap::cli::register_tune(app);
   // llama.cpp spells the GPU layer count "-ngl"; CLI11 allows only one-letter short options.

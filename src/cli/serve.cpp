@@ -38,7 +38,8 @@ void parse_host(std::string s, std::string& host, int& port) {
     const std::string ps = s.substr(c + 1);
     char* end = nullptr;
     const long v = std::strtol(ps.c_str(), &end, 10);
-    if (ps.empty() || *end || v < 0 || v > 65535) throw InvalidArgument(fmt::format("invalid port in '{}'", s));
+    if (ps.empty() || *end || v < 0 || v > 65535)
+      throw InvalidArgument(fmt::format("invalid port in '{}'", s));
     port = int(v);
     s.resize(c);
   }
@@ -92,8 +93,8 @@ void serve_command(const ServeOptions& o) {
   });
   sig.detach();
   srv.run([&](int port) {
-    fmt::print(stderr, "[qleap serve] listening on http://{}:{} (models: {}; {} slots per model, KV {})\n", so.host,
-               port, so.models_dir, o.parallel, o.common.kv_opt->count() ? o.common.kv : "planned per model");
+    fmt::print(stderr, "[qleap serve] listening on http://{}:{} (models: {}; {} slots per model, KV {})\n",
+               so.host, port, so.models_dir, o.parallel, o.common.kv_opt->count() ? o.common.kv : "planned per model");
     fmt::print("listening on {}:{}\n", so.host, port);
     std::fflush(stdout);
   });
@@ -106,9 +107,12 @@ void register_serve(CLI::App& app) {
   auto opt = std::make_shared<ServeOptions>();
   auto* cmd = app.add_subcommand("serve", "Ollama- and OpenAI-compatible HTTP server (see docs/api.md)");
   add_common_options(*cmd, opt->common, false);
-  cmd->add_option("--host", opt->host, "address[:port] to listen on (default 127.0.0.1:11435; env QLEAP_HOST)");
-  cmd->add_option("-p,--port", opt->port, "port (0: any free port, printed on stdout)")->check(CLI::Range(0, 65535));
-  cmd->add_option("--models", opt->models, "model store directory (default $QLEAP_MODELS or ~/.qleap/models)");
+  cmd->add_option("--host", opt->host,
+                  "address[:port] to listen on (default 127.0.0.1:11435; env QLEAP_HOST)");
+  cmd->add_option("-p,--port", opt->port, "port (0: any free port, printed on stdout)")
+      ->check(CLI::Range(0, 65535));
+  cmd->add_option("--models", opt->models,
+                  "model store directory (default $QLEAP_MODELS or ~/.qleap/models)");
   cmd->add_option("--parallel", opt->parallel, "parallel slots per model (continuous batching)")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
@@ -118,10 +122,12 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--max-loaded", opt->max_loaded, "models kept loaded at once (LRU unload)")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
-  cmd->add_option("--mem-budget", opt->mem_budget_gib, "GiB for loaded models (weights + KV; default 3/4 of RAM)");
+  cmd->add_option("--mem-budget", opt->mem_budget_gib,
+                  "GiB for loaded models (weights + KV; default 3/4 of RAM)");
   cmd->add_option("--keep-alive", opt->keep_alive, "default keep_alive after the last request (-1: forever)")
       ->capture_default_str();
-  cmd->add_option("--max-body", opt->max_body_mib, "largest request body in MiB (larger: 413)")->capture_default_str();
+  cmd->add_option("--max-body", opt->max_body_mib, "largest request body in MiB (larger: 413)")
+      ->capture_default_str();
   cmd->add_flag("-v,--verbose", opt->verbose, "log every request on stderr");
   cmd->callback([opt] { serve_command(*opt); });
 }

@@ -10,7 +10,9 @@
 namespace qleap {
 
 BatchDecoder::BatchDecoder(std::shared_ptr<const Model> model, const BatchOptions& opt)
-    : model_(std::move(model)), kv_type_(opt.kv_type), pool_(opt.n_threads > 0 ? opt.n_threads : default_thread_count()) {
+    : model_(std::move(model)),
+      kv_type_(opt.kv_type),
+      pool_(opt.n_threads > 0 ? opt.n_threads : default_thread_count()) {
   const HParams& hp = model_->hparams();
   if (opt.n_ctx < 0) throw InvalidArgument(fmt::format("n_ctx must be >= 0 (got {})", opt.n_ctx));
   if (opt.n_threads < 0) throw InvalidArgument(fmt::format("n_threads must be >= 0 (got {})", opt.n_threads));
@@ -55,7 +57,8 @@ void BatchDecoder::check_tokens(const int32_t* tokens, int n) const {
   const int n_vocab = model_->n_vocab();
   for (int i = 0; i < n; ++i) {
     if (tokens[i] < 0 || tokens[i] >= n_vocab) {
-      throw InvalidArgument(fmt::format("token id {} at index {} out of range [0, {})", tokens[i], i, n_vocab));
+      throw InvalidArgument(
+          fmt::format("token id {} at index {} out of range [0, {})", tokens[i], i, n_vocab));
     }
   }
 }
@@ -72,7 +75,8 @@ const float* BatchDecoder::prefill(int slot, const int32_t* tokens, int n) {
   Slot& s = slots_.at(size_t(slot));
   if (n <= 0) throw InvalidArgument("prefill: no tokens");
   if (size_t(s.n_past) + size_t(n) > size_t(n_ctx_)) {
-    throw InvalidArgument(fmt::format("context overflow: {} tokens after {} exceed n_ctx {}", n, s.n_past, n_ctx_));
+    throw InvalidArgument(
+        fmt::format("context overflow: {} tokens after {} exceed n_ctx {}", n, s.n_past, n_ctx_));
   }
   check_tokens(tokens, n);
   const HParams& hp = model_->hparams();
@@ -93,7 +97,8 @@ const float* BatchDecoder::prefill(int slot, const int32_t* tokens, int n) {
 }
 
 const float* BatchDecoder::decode(const int* slots, const int32_t* tokens, int m) {
-  if (m <= 0 || m > n_slots()) throw InvalidArgument(fmt::format("decode: {} rows for {} slots", m, n_slots()));
+  if (m <= 0 || m > n_slots())
+    throw InvalidArgument(fmt::format("decode: {} rows for {} slots", m, n_slots()));
   check_tokens(tokens, m);
   for (int i = 0; i < m; ++i) {
     Slot& s = slots_.at(size_t(slots[i]));
@@ -105,6 +110,8 @@ const float* BatchDecoder::decode(const int* slots, const int32_t* tokens, int m
   }
   const HParams& hp = model_->hparams();
   const ModelWeights& w = model_->weights();
+  // Each row exactly as if it ran alone (see RowExactMatmul).
+  const RowExactMatmul exact;
   const LayerCtx ctx{hp, rope_, *slots_[size_t(slots[0])].kv, pool_, scratch_, 0, m, rows_.data()};
   run_layers(tokens, m, ctx);
   for (int i = 0; i < m; ++i) slots_[size_t(slots[i])].n_past += 1;
@@ -118,7 +125,8 @@ std::vector<float> BatchDecoder::embed(int slot, const std::vector<int32_t>& tok
   Slot& s = slots_.at(size_t(slot));
   const int n = int(tokens.size());
   if (n <= 0) throw InvalidArgument("embed: no tokens");
-  if (n > n_ctx_) throw InvalidArgument(fmt::format("input of {} tokens exceeds the context of {}", n, n_ctx_));
+  if (n > n_ctx_)
+    throw InvalidArgument(fmt::format("input of {} tokens exceeds the context of {}", n, n_ctx_));
   check_tokens(tokens.data(), n);
   const HParams& hp = model_->hparams();
   const ModelWeights& w = model_->weights();

@@ -33,6 +33,7 @@ class BatchDecoder {
 
   int n_slots() const { return int(slots_.size()); }
   int n_ctx() const { return n_ctx_; }
+  int n_batch() const { return n_batch_; }
   int n_vocab() const { return model_->n_vocab(); }
   int n_past(int slot) const { return slots_.at(size_t(slot)).n_past; }
   // Keeps the first n tokens of a slot (0 <= n <= n_past).

@@ -11,6 +11,10 @@ using nlohmann::json;
 json normalize_messages(const json& messages) {
   if (!messages.is_array()) throw RequestError(400, "'messages' must be an array");
   json out = json::array();
+  auto type_of = [](const json& part) {
+    auto t = part.find("type");
+    return t != part.end() && t->is_string() ? t->get<std::string>() : std::string();
+  };
   for (const auto& m : messages) {
     if (!m.is_object()) throw RequestError(400, "each message must be an object");
     auto role = m.find("role");
@@ -26,11 +30,12 @@ json normalize_messages(const json& messages) {
     } else if (c->is_array()) {
       std::string text;
       for (const auto& part : *c) {
-        if (part.is_object() && part.value("type", "") == "text" && part.contains("text") && part["text"].is_string()) {
+        if (part.is_object() && type_of(part) == "text" && part.contains("text") &&
+            part["text"].is_string()) {
           text += part["text"].get<std::string>();
         } else if (part.is_string()) {
           text += part.get<std::string>();
-        } else if (part.is_object() && part.value("type", "") == "image_url") {
+        } else if (part.is_object() && type_of(part) == "image_url") {
           throw RequestError(400, "image inputs are not supported by this server");
         } else {
           throw RequestError(400, "message content parts must be {\"type\":\"text\",\"text\":...}");
@@ -60,7 +65,9 @@ json parse_tool_calls(const std::string& text) {
   json calls = json::array();
   auto add = [&calls](const json& j) {
     if (!j.is_object() || !j.contains("name") || !j["name"].is_string()) return false;
-    json args = j.contains("arguments") ? j["arguments"] : j.contains("parameters") ? j["parameters"] : json::object();
+    json args = j.contains("arguments")    ? j["arguments"]
+                : j.contains("parameters") ? j["parameters"]
+                                           : json::object();
     if (args.is_string()) {
       json p = json::parse(args.get<std::string>(), nullptr, false);
       if (!p.is_discarded()) args = p;

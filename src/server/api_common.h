@@ -35,7 +35,9 @@ Acquired acquire_model(ApiContext& ctx, const std::string& name);
 // Submits a job; RequestError(503) when the model's queue is full.
 void submit_or_503(ModelRunner& r, const std::shared_ptr<Job>& job);
 
-inline int64_t to_ns(double s) { return int64_t(s * 1e9); }
+inline int64_t to_ns(double s) {
+  return int64_t(s * 1e9);
+}
 inline double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }

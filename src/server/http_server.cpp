@@ -21,8 +21,8 @@ std::string rfc3339(std::chrono::system_clock::time_point t) {
   const std::time_t tt = std::chrono::system_clock::to_time_t(secs);
   std::tm tm{};
   gmtime_r(&tt, &tm);
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                     tm.tm_hour, tm.tm_min, tm.tm_sec, ns);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ns);
 }
 
 void send_json(httplib::Response& res, int status, const json& j) {
@@ -55,6 +55,8 @@ void guarded(httplib::Response& res, bool openai, Metrics& m, const std::functio
     status = 404, msg = e.what();
   } catch (const InvalidArgument& e) {
     status = 400, msg = e.what();
+  } catch (const nlohmann::json::exception& e) {
+    status = 400, msg = fmt::format("invalid request: {}", e.what());
   } catch (const std::exception& e) {
     status = 500, msg = e.what();
   }
@@ -117,9 +119,10 @@ HttpServer::HttpServer(const ServerOptions& opt)
   sched_ = std::make_unique<Scheduler>(store_, opt_.sched, metrics_);
   http_ = std::make_unique<httplib::Server>();
   ctx_ = std::make_unique<ApiContext>(ApiContext{store_, *sched_, metrics_, opt_});
-  const int n_threads = opt_.http_threads > 0
-                            ? opt_.http_threads
-                            : std::max(64, opt_.sched.runner.parallel * std::max(1, opt_.sched.max_loaded) * 2 + 32);
+  const int n_threads =
+      opt_.http_threads > 0
+          ? opt_.http_threads
+          : std::max(64, opt_.sched.runner.parallel * std::max(1, opt_.sched.max_loaded) * 2 + 32);
   http_->new_task_queue = [n_threads] { return new httplib::ThreadPool(size_t(n_threads)); };
   http_->set_payload_max_length(opt_.max_body);
   http_->set_read_timeout(60);
@@ -256,9 +259,11 @@ void register_monitor_routes(httplib::Server& srv, ApiContext& ctx) {
            one("qleap_tokens_prompt_total", double(m.tokens_prompt_total.load())));
     metric("qleap_generation_tokens_per_second", "gauge", "Tokens generated over the last 10 s, per second.",
            one("qleap_generation_tokens_per_second", m.gen_rate.rate()));
-    metric("qleap_prompt_tokens_per_second", "gauge", "Prompt tokens evaluated over the last 10 s, per second.",
+    metric("qleap_prompt_tokens_per_second", "gauge",
+           "Prompt tokens evaluated over the last 10 s, per second.",
            one("qleap_prompt_tokens_per_second", m.prompt_rate.rate()));
-    metric("qleap_model_loads_total", "counter", "Model loads.", one("qleap_model_loads_total", double(m.model_loads_total.load())));
+    metric("qleap_model_loads_total", "counter", "Model loads.",
+           one("qleap_model_loads_total", double(m.model_loads_total.load())));
     metric("qleap_model_unloads_total", "counter", "Model unloads.",
            one("qleap_model_unloads_total", double(m.model_unloads_total.load())));
     std::string queue, active, slots, kv_used, kv_alloc, mem;

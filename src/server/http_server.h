@@ -25,9 +25,9 @@ namespace qleap::server {
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 11435;
-  std::string models_dir;       // "" -> default_models_dir()
-  size_t max_body = 8u << 20;   // bytes; larger bodies get 413
-  int http_threads = 0;         // 0: enough for parallel * loaded models + queue headroom
+  std::string models_dir;      // "" -> default_models_dir()
+  size_t max_body = 8u << 20;  // bytes; larger bodies get 413
+  int http_threads = 0;        // 0: enough for parallel * loaded models + queue headroom
   SchedulerOptions sched;
   bool verbose = false;
 };

@@ -26,7 +26,7 @@ class RateWindow {
 struct Metrics {
   std::atomic<uint64_t> requests_total{0};
   std::atomic<uint64_t> requests_failed_total{0};
-  std::atomic<uint64_t> requests_rejected_total{0};  // 503: queue full
+  std::atomic<uint64_t> requests_rejected_total{0};   // 503: queue full
   std::atomic<uint64_t> requests_cancelled_total{0};  // client went away
   std::atomic<uint64_t> tokens_generated_total{0};
   std::atomic<uint64_t> tokens_prompt_total{0};

@@ -20,7 +20,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+bool starts_with(std::string_view s, std::string_view p) {
+  return s.substr(0, p.size()) == p;
+}
 
 std::string lower(std::string s) {
   for (char& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
@@ -32,14 +34,16 @@ constexpr const char* kHfHost = "https://huggingface.co";
 
 httplib::Headers auth_headers() {
   httplib::Headers h = {{"User-Agent", "qleap/0.1"}};
-  if (const char* t = std::getenv("HF_TOKEN"); t && *t) h.emplace("Authorization", std::string("Bearer ") + t);
+  if (const char* t = std::getenv("HF_TOKEN"); t && *t)
+    h.emplace("Authorization", std::string("Bearer ") + t);
   return h;
 }
 
 [[noreturn]] void network_error(const std::string& what, httplib::Error e) {
-  throw IoError(fmt::format("pull failed: cannot reach huggingface.co ({}: {}); check the network connection, "
-                            "or pull a local .gguf file by path",
-                            what, httplib::to_string(e)));
+  throw IoError(
+      fmt::format("pull failed: cannot reach huggingface.co ({}: {}); check the network connection, "
+                  "or pull a local .gguf file by path",
+                  what, httplib::to_string(e)));
 }
 
 std::string pick_repo_file(const std::string& repo, const std::string& quant) {
@@ -50,7 +54,8 @@ std::string pick_repo_file(const std::string& repo, const std::string& quant) {
   auto res = cli.Get(("/api/models/" + repo).c_str(), auth_headers());
   if (!res) network_error("listing " + repo, res.error());
   if (res->status == 401 || res->status == 404) {
-    throw ModelNotFound(fmt::format("pull failed: Hugging Face repository '{}' not found (HTTP {})", repo, res->status));
+    throw ModelNotFound(
+        fmt::format("pull failed: Hugging Face repository '{}' not found (HTTP {})", repo, res->status));
   }
   if (res->status != 200) throw IoError(fmt::format("pull failed: HTTP {} listing '{}'", res->status, repo));
   std::vector<std::string> ggufs;
@@ -71,7 +76,8 @@ std::string pick_repo_file(const std::string& repo, const std::string& quant) {
   throw ModelNotFound(fmt::format("pull failed: no .gguf file in '{}' matches '{}'", repo, quant));
 }
 
-void download(const std::string& repo, const std::string& file, const std::string& to, const ProgressFn& progress) {
+void download(const std::string& repo, const std::string& file, const std::string& to,
+              const ProgressFn& progress) {
   httplib::Client cli(kHfHost);
   cli.set_connection_timeout(10);
   cli.set_read_timeout(60);
@@ -82,22 +88,22 @@ void download(const std::string& repo, const std::string& file, const std::strin
   uint64_t total = 0, done = 0;
   bool cancelled = false;
   const std::string status = "pulling " + file;
-  auto res = cli.Get(
-      ("/" + repo + "/resolve/main/" + file).c_str(), auth_headers(),
-      [&](const httplib::Response& r) {
-        if (r.has_header("Content-Length")) total = std::strtoull(r.get_header_value("Content-Length").c_str(), nullptr, 10);
-        return r.status == 200 || (r.status >= 300 && r.status < 400);
-      },
-      [&](const char* data, size_t n) {
-        out.write(data, std::streamsize(n));
-        const uint64_t before = done >> 24;
-        done += n;
-        if (progress && (done >> 24) != before && !progress({status, "", total, done})) {
-          cancelled = true;
-          return false;
-        }
-        return bool(out);
-      });
+  auto res = cli.Get(("/" + repo + "/resolve/main/" + file).c_str(), auth_headers(),
+                     [&](const httplib::Response& r) {
+                       if (r.has_header("Content-Length"))
+                         total = std::strtoull(r.get_header_value("Content-Length").c_str(), nullptr, 10);
+                       return r.status == 200 || (r.status >= 300 && r.status < 400);
+                     },
+                     [&](const char* data, size_t n) {
+                       out.write(data, std::streamsize(n));
+                       const uint64_t before = done >> 24;
+                       done += n;
+                       if (progress && (done >> 24) != before && !progress({status, "", total, done})) {
+                         cancelled = true;
+                         return false;
+                       }
+                       return bool(out);
+                     });
   out.close();
   std::error_code ec;
   if (cancelled) {
@@ -169,7 +175,8 @@ PullRef parse_pull_ref(const std::string& s) {
     return r;
   }
   throw InvalidArgument(fmt::format(
-      "pull: '{}' is not a local .gguf path, hf.co/<owner>/<repo>[:<quant>] or <owner>/<repo>/<file>.gguf", s));
+      "pull: '{}' is not a local .gguf path, hf.co/<owner>/<repo>[:<quant>] or <owner>/<repo>/<file>.gguf",
+      s));
 }
 
 ModelInfo ModelStore::pull(const std::string& ref, const ProgressFn& progress) {

@@ -21,7 +21,9 @@ bool valid_name_char(char c) {
          c == '-' || c == '/';
 }
 
-bool valid_tag_char(char c) { return valid_name_char(c) && c != '/'; }
+bool valid_tag_char(char c) {
+  return valid_name_char(c) && c != '/';
+}
 
 std::string replace_all(const std::string& s, std::string_view from, std::string_view to) {
   std::string out;
@@ -94,11 +96,11 @@ std::string format_parameter_size(int64_t n) {
 
 std::string file_type_name(int64_t t) {
   static const std::map<int64_t, const char*> kNames = {
-      {0, "F32"},     {1, "F16"},     {2, "Q4_0"},    {3, "Q4_1"},    {7, "Q8_0"},    {8, "Q5_0"},
-      {9, "Q5_1"},    {10, "Q2_K"},   {11, "Q3_K_S"}, {12, "Q3_K_M"}, {13, "Q3_K_L"}, {14, "Q4_K_S"},
-      {15, "Q4_K_M"}, {16, "Q5_K_S"}, {17, "Q5_K_M"}, {18, "Q6_K"},   {19, "IQ2_XXS"}, {20, "IQ2_XS"},
-      {21, "Q2_K_S"}, {22, "IQ3_XS"}, {23, "IQ3_XXS"}, {24, "IQ1_S"}, {25, "IQ4_NL"}, {26, "IQ3_S"},
-      {27, "IQ3_M"},  {28, "IQ2_S"},  {29, "IQ2_M"},  {30, "IQ4_XS"}, {31, "IQ1_M"},  {32, "BF16"}};
+      {0, "F32"},     {1, "F16"},     {2, "Q4_0"},     {3, "Q4_1"},    {7, "Q8_0"},     {8, "Q5_0"},
+      {9, "Q5_1"},    {10, "Q2_K"},   {11, "Q3_K_S"},  {12, "Q3_K_M"}, {13, "Q3_K_L"},  {14, "Q4_K_S"},
+      {15, "Q4_K_M"}, {16, "Q5_K_S"}, {17, "Q5_K_M"},  {18, "Q6_K"},   {19, "IQ2_XXS"}, {20, "IQ2_XS"},
+      {21, "Q2_K_S"}, {22, "IQ3_XS"}, {23, "IQ3_XXS"}, {24, "IQ1_S"},  {25, "IQ4_NL"},  {26, "IQ3_S"},
+      {27, "IQ3_M"},  {28, "IQ2_S"},  {29, "IQ2_M"},   {30, "IQ4_XS"}, {31, "IQ1_M"},   {32, "BF16"}};
   auto it = kNames.find(t);
   return it == kNames.end() ? "" : it->second;
 }
@@ -128,8 +130,10 @@ ModelInfo read_model_info(const std::string& path, const std::string& name) {
       if (v > best) best = v, m.quantization_level = k;
     }
   }
-  if (const GgufValue* v = f->find_arch(".context_length"); v && v->is_integer()) m.context_length = v->as_int();
-  if (const GgufValue* v = f->find_arch(".embedding_length"); v && v->is_integer()) m.embedding_length = v->as_int();
+  if (const GgufValue* v = f->find_arch(".context_length"); v && v->is_integer())
+    m.context_length = v->as_int();
+  if (const GgufValue* v = f->find_arch(".embedding_length"); v && v->is_integer())
+    m.embedding_length = v->as_int();
   m.chat_template = f->get_string("tokenizer.chat_template", "");
   m.license = f->get_string("general.license", "");
   return m;
@@ -143,7 +147,26 @@ std::string default_models_dir() {
 
 ModelStore::ModelStore(std::string dir) : dir_(std::move(dir)) {}
 
-std::string ModelStore::path_for(const ModelName& n) const { return (fs::path(dir_) / file_name_for(n)).string(); }
+std::string ModelStore::path_for(const ModelName& n) const {
+  return (fs::path(dir_) / file_name_for(n)).string();
+}
+
+ModelInfo ModelStore::info_for(const std::string& path, const std::string& name) const {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw IoError(fmt::format("cannot stat '{}'", path));
+  const std::string key =
+      fmt::format("{}|{}|{}.{}|{}|{}", path, uint64_t(st.st_size), int64_t(st.st_mtim.tv_sec),
+                  int64_t(st.st_mtim.tv_nsec), uint64_t(st.st_ino), name);
+  {
+    std::lock_guard<std::mutex> lk(cache_mu_);
+    if (auto it = cache_.find(key); it != cache_.end()) return it->second;
+  }
+  ModelInfo m = read_model_info(path, name);
+  std::lock_guard<std::mutex> lk(cache_mu_);
+  if (cache_.size() > 1024) cache_.clear();
+  cache_[key] = m;
+  return m;
+}
 
 std::vector<ModelInfo> ModelStore::list() const {
   std::vector<ModelInfo> out;
@@ -153,7 +176,7 @@ std::vector<ModelInfo> ModelStore::list() const {
     const auto n = name_from_file(e.path().filename().string());
     if (!n || !e.is_regular_file(ec)) continue;
     try {
-      out.push_back(read_model_info(e.path().string(), n->full()));
+      out.push_back(info_for(e.path().string(), n->full()));
     } catch (const Error&) {
       // A partial download or a corrupt file is not a model.
     }
@@ -177,7 +200,7 @@ std::optional<ModelInfo> ModelStore::find(std::string_view name) const {
   std::error_code ec;
   if (!fs::is_regular_file(p, ec)) return std::nullopt;
   try {
-    return read_model_info(p, n.full());
+    return info_for(p, n.full());
   } catch (const Error&) {
     return std::nullopt;
   }
@@ -207,7 +230,8 @@ void ModelStore::copy(std::string_view source, std::string_view destination) {
 void ModelStore::remove(std::string_view name) {
   const ModelInfo m = get(name);
   std::error_code ec;
-  if (!fs::remove(m.path, ec) || ec) throw IoError(fmt::format("cannot delete '{}': {}", m.path, ec.message()));
+  if (!fs::remove(m.path, ec) || ec)
+    throw IoError(fmt::format("cannot delete '{}': {}", m.path, ec.message()));
 }
 
 ModelInfo ModelStore::import_file(const std::string& path, const ModelName& as, const ProgressFn& progress) {

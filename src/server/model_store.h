@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -37,8 +39,8 @@ struct ModelInfo {
   std::string path;
   uint64_t size = 0;
   int64_t modified_unix = 0;
-  std::string digest;  // hex; derived from path, size and mtime (not a content hash)
-  std::string family;  // general.architecture
+  std::string digest;              // hex; derived from path, size and mtime (not a content hash)
+  std::string family;              // general.architecture
   std::string parameter_size;      // "135M", "7.2B"
   std::string quantization_level;  // "Q4_1", "Q4_K_M", "F16"
   int64_t n_params = 0;
@@ -58,10 +60,10 @@ std::string file_type_name(int64_t file_type);
 // local file path. Exposed for tests.
 struct PullRef {
   enum Kind { kLocalFile, kHfRepo, kHfFile } kind = kLocalFile;
-  std::string path;     // kLocalFile
-  std::string repo;     // owner/repo
-  std::string file;     // kHfFile: file in the repo
-  std::string quant;    // kHfRepo: wanted quantization ("" = pick Q4_K_M, else the first GGUF)
+  std::string path;      // kLocalFile
+  std::string repo;      // owner/repo
+  std::string file;      // kHfFile: file in the repo
+  std::string quant;     // kHfRepo: wanted quantization ("" = pick Q4_K_M, else the first GGUF)
   ModelName store_name;  // name it gets in the store
 };
 // Throws InvalidArgument when s is none of the three forms.
@@ -97,7 +99,11 @@ class ModelStore {
 
  private:
   std::string path_for(const ModelName& n) const;
+  // read_model_info with a cache keyed by path, size and mtime (every request looks its model up).
+  ModelInfo info_for(const std::string& path, const std::string& name) const;
   std::string dir_;
+  mutable std::mutex cache_mu_;
+  mutable std::map<std::string, ModelInfo> cache_;
 };
 
 // $QLEAP_MODELS or ~/.qleap/models.

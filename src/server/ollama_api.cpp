@@ -49,7 +49,9 @@ json gguf_value_json(const GgufValue& v) {
   }
 }
 
-std::string now_str() { return rfc3339(std::chrono::system_clock::now()); }
+std::string now_str() {
+  return rfc3339(std::chrono::system_clock::now());
+}
 
 // Final statistics shared by generate and chat.
 void add_stats(json& j, const Job& job, double load_s, Clock::time_point t0) {
@@ -63,7 +65,8 @@ void add_stats(json& j, const Job& job, double load_s, Clock::time_point t0) {
 }
 
 // Empty prompt / messages: Ollama loads (or, with keep_alive 0, unloads) the model and answers at once.
-void load_only(ApiContext& ctx, const std::string& name, const json& body, bool chat, httplib::Response& res) {
+void load_only(ApiContext& ctx, const std::string& name, const json& body, bool chat,
+               httplib::Response& res) {
   const auto keep_alive = parse_keep_alive(body.value("keep_alive", json()));
   std::string reason = "load";
   std::string full = name;
@@ -144,7 +147,8 @@ void generate(ApiContext& ctx, const httplib::Request& req, httplib::Response& r
   ++ctx.metrics.requests_total;
   const std::string prompt = get_string(body, "prompt");
   const json context = body.value("context", json());
-  if (!context.is_null() && !context.is_array()) throw RequestError(400, "'context' must be an array of integers");
+  if (!context.is_null() && !context.is_array())
+    throw RequestError(400, "'context' must be an array of integers");
   if (prompt.empty() && (context.is_null() || context.empty())) return load_only(ctx, name, body, false, res);
   GenOptions opt = ollama_defaults();
   apply_ollama_options(body.value("options", json()), opt);
@@ -242,7 +246,8 @@ void embed(ApiContext& ctx, const httplib::Request& req, httplib::Response& res,
     }
   }
   if (legacy) {
-    send_json(res, 200, json{{"embedding", job->embeddings.empty() ? std::vector<float>() : job->embeddings[0]}});
+    send_json(res, 200,
+              json{{"embedding", job->embeddings.empty() ? std::vector<float>() : job->embeddings[0]}});
     return;
   }
   send_json(res, 200,
@@ -355,26 +360,29 @@ void register_ollama_routes(httplib::Server& srv, ApiContext& ctx) {
   });
   srv.Post("/api/generate", route(generate));
   srv.Post("/api/chat", route(chat));
-  srv.Post("/api/embed", route([](ApiContext& c, const httplib::Request& q, httplib::Response& s) { embed(c, q, s, false); }));
-  srv.Post("/api/embeddings",
-           route([](ApiContext& c, const httplib::Request& q, httplib::Response& s) { embed(c, q, s, true); }));
+  srv.Post("/api/embed", route([](ApiContext& c, const httplib::Request& q, httplib::Response& s) {
+             embed(c, q, s, false);
+           }));
+  srv.Post("/api/embeddings", route([](ApiContext& c, const httplib::Request& q, httplib::Response& s) {
+             embed(c, q, s, true);
+           }));
   srv.Post("/api/show", route(show));
   srv.Post("/api/pull", route(pull));
   srv.Post("/api/copy", route([](ApiContext& c, const httplib::Request& q, httplib::Response& s) {
-    const json body = parse_body(q.body);
-    const std::string src = get_string(body, "source"), dst = get_string(body, "destination");
-    if (src.empty() || dst.empty()) throw RequestError(400, "source and destination are required");
-    c.store.copy(src, dst);
-    s.status = 200;
-  }));
+             const json body = parse_body(q.body);
+             const std::string src = get_string(body, "source"), dst = get_string(body, "destination");
+             if (src.empty() || dst.empty()) throw RequestError(400, "source and destination are required");
+             c.store.copy(src, dst);
+             s.status = 200;
+           }));
   srv.Delete("/api/delete", route([](ApiContext& c, const httplib::Request& q, httplib::Response& s) {
-    const json body = parse_body(q.body);
-    const std::string name = model_field(body);
-    c.store.get(name);  // 404 first
-    c.sched.unload(name);
-    c.store.remove(name);
-    s.status = 200;
-  }));
+               const json body = parse_body(q.body);
+               const std::string name = model_field(body);
+               c.store.get(name);  // 404 first
+               c.sched.unload(name);
+               c.store.remove(name);
+               s.status = 200;
+             }));
 }
 
 }  // namespace qleap::server

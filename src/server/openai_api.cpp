@@ -17,7 +17,8 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 int64_t unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 std::string new_id(const char* prefix) {
@@ -32,7 +33,8 @@ std::string base64(const void* data, size_t n) {
   std::string out;
   out.reserve((n + 2) / 3 * 4);
   for (size_t i = 0; i < n; i += 3) {
-    const uint32_t v = uint32_t(p[i]) << 16 | (i + 1 < n ? uint32_t(p[i + 1]) << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
+    const uint32_t v =
+        uint32_t(p[i]) << 16 | (i + 1 < n ? uint32_t(p[i + 1]) << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
     out += kAlpha[(v >> 18) & 63];
     out += kAlpha[(v >> 12) & 63];
     out += i + 1 < n ? kAlpha[(v >> 6) & 63] : '=';
@@ -115,7 +117,10 @@ void completions(ApiContext& ctx, const httplib::Request& req, httplib::Response
   auto all_text = std::make_shared<std::string>();
   auto first = std::make_shared<bool>(true);
   auto base = [=]() {
-    json j = {{"id", id}, {"object", object}, {"created", created}, {"model", model},
+    json j = {{"id", id},
+              {"object", object},
+              {"created", created},
+              {"model", model},
               {"system_fingerprint", "fp_qleap"}};
     if (stream && include_usage) j["usage"] = nullptr;
     return j;
@@ -143,16 +148,18 @@ void completions(ApiContext& ctx, const httplib::Request& req, httplib::Response
   };
   cb.final_chunk = [=]() -> std::string {
     if (!job->error.empty()) {
-      json e = {{"error", {{"message", job->error}, {"type", "api_error"}, {"param", nullptr}, {"code", nullptr}}}};
+      json e = {
+          {"error", {{"message", job->error}, {"type", "api_error"}, {"param", nullptr}, {"code", nullptr}}}};
       return stream ? sse(e) + "data: [DONE]\n\n" : e.dump();
     }
     json calls = has_tools ? parse_tool_calls(*all_text) : json::array();
     json tool_calls = json::array();
     for (size_t i = 0; i < calls.size(); ++i) {
-      tool_calls.push_back({{"index", i},
-                            {"id", fmt::format("call_{}_{}", id.substr(id.size() - 6), i)},
-                            {"type", "function"},
-                            {"function", {{"name", calls[i]["name"]}, {"arguments", calls[i]["arguments"].dump()}}}});
+      tool_calls.push_back(
+          {{"index", i},
+           {"id", fmt::format("call_{}_{}", id.substr(id.size() - 6), i)},
+           {"type", "function"},
+           {"function", {{"name", calls[i]["name"]}, {"arguments", calls[i]["arguments"].dump()}}}});
     }
     const std::string reason = finish_reason(*job, !calls.empty());
     if (!stream) {
@@ -203,7 +210,8 @@ void embeddings(ApiContext& ctx, const httplib::Request& req, httplib::Response&
   if (name.empty()) throw RequestError(400, "you must provide a model parameter");
   ++ctx.metrics.requests_total;
   const std::string encoding = get_string(body, "encoding_format", "float");
-  if (encoding != "float" && encoding != "base64") throw RequestError(400, "encoding_format must be float or base64");
+  if (encoding != "float" && encoding != "base64")
+    throw RequestError(400, "encoding_format must be float or base64");
   const int dims = get_int(body, "dimensions", 0);
   Acquired a = acquire_model(ctx, name);
   ModelRunner& r = **a.lease;
@@ -288,7 +296,8 @@ void register_openai_routes(httplib::Server& srv, ApiContext& ctx) {
     });
   });
   srv.Get(R"(/v1/models/(.+))", [&ctx](const httplib::Request& req, httplib::Response& res) {
-    guarded(res, true, ctx.metrics, [&] { send_json(res, 200, model_object(ctx.store.get(req.matches[1].str()))); });
+    guarded(res, true, ctx.metrics,
+            [&] { send_json(res, 200, model_object(ctx.store.get(req.matches[1].str()))); });
   });
 }
 

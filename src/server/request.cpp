@@ -19,7 +19,8 @@ const json* field(const json& obj, const char* key) {
 }
 
 [[noreturn]] void type_error(const char* key, const char* want, const json& got) {
-  throw RequestError(400, fmt::format("invalid value for '{}': expected {}, got {}", key, want, got.type_name()));
+  throw RequestError(400,
+                     fmt::format("invalid value for '{}': expected {}, got {}", key, want, got.type_name()));
 }
 
 float get_float(const json& obj, const char* key, float def) {
@@ -244,7 +245,7 @@ std::string StopMatcher::flush() {
 
 int truncate_prompt(std::vector<int32_t>& tokens, int n_ctx, int num_keep) {
   if (n_ctx < 2 || int(tokens.size()) < n_ctx) return 0;
-  const int target = std::max(1, n_ctx * 3 / 4);
+  const int target = std::max(1, n_ctx / 2);
   const int keep = std::clamp(num_keep, 0, target - 1);
   const int drop = int(tokens.size()) - target;
   tokens.erase(tokens.begin() + keep, tokens.begin() + keep + drop);

@@ -69,7 +69,8 @@ class StopMatcher {
 };
 
 // Drops tokens from the front of a prompt (after the first num_keep) so that it leaves room to
-// generate: prompts of n_ctx tokens or more are cut to 3/4 of n_ctx. Returns the number dropped.
+// generate: as Ollama does, prompts of n_ctx tokens or more are cut to half the context (the
+// first num_keep tokens and the end). Returns the number dropped.
 int truncate_prompt(std::vector<int32_t>& tokens, int n_ctx, int num_keep);
 
 }  // namespace qleap::server

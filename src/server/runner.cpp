@@ -35,6 +35,7 @@ struct ModelRunner::Slot {
   int id = 0;
   std::shared_ptr<Job> job;
   std::vector<int32_t> cached;  // tokens in this slot's KV cache
+  int prefilled = 0;            // leading cached tokens computed by prompt prefill (not decode)
   std::optional<Sampler> sampler;
   std::optional<StreamDecoder> detok;
   std::optional<StopMatcher> stops;
@@ -103,7 +104,9 @@ std::vector<int32_t> ModelRunner::render_chat(const json& messages, const json& 
 bool ModelRunner::submit(const std::shared_ptr<Job>& job) {
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (stop_ || int(queue_.size()) >= opt_.max_queue) return false;
+    // max_queue counts requests waiting for a slot: free slots take requests on top of it.
+    const int free_slots = std::max(0, dec_->n_slots() - active_.load());
+    if (stop_ || int(queue_.size()) >= opt_.max_queue + free_slots) return false;
     queue_.push_back(job);
   }
   cv_.notify_all();
@@ -177,7 +180,8 @@ void ModelRunner::start(Slot& s) {
       for (auto& in : j.inputs) {
         if (int(in.size()) > n_ctx_) {
           if (!j.opt.truncate) {
-            throw RequestError(400, fmt::format("input length {} exceeds the context length {}", in.size(), n_ctx_));
+            throw RequestError(
+                400, fmt::format("input length {} exceeds the context length {}", in.size(), n_ctx_));
           }
           in.resize(size_t(n_ctx_));
         }
@@ -186,6 +190,7 @@ void ModelRunner::start(Slot& s) {
         total += int(in.size());
       }
       s.cached.clear();
+      s.prefilled = 0;
       j.prompt_tokens = total;
       j.prompt_s = sw.elapsed();
       metrics_.prompted(uint64_t(total));
@@ -197,14 +202,19 @@ void ModelRunner::start(Slot& s) {
     if (p.empty()) throw RequestError(400, "empty prompt");
     const int keep = j.opt.num_keep >= 0 ? j.opt.num_keep : (tok_.wants_bos() ? 1 : 0);
     j.truncated_tokens = truncate_prompt(p, s.n_ctx, keep);
+    // Reuse the cached prefix only in whole prefill chunks computed by an earlier prefill: the
+    // chunks then match a prefill from scratch row for row, so the output does not depend on
+    // which slot (with which history) a request lands in.
     size_t common = 0;
     while (common < s.cached.size() && common < p.size() && s.cached[common] == p[common]) ++common;
-    if (common == p.size()) --common;  // evaluate at least one token to get logits
+    common = std::min({common, size_t(s.prefilled), p.size() - 1});
+    common -= common % size_t(dec_->n_batch());
     dec_->truncate(s.id, int(common));
     s.cached.resize(common);
     Stopwatch sw;
     const float* logits = dec_->prefill(s.id, p.data() + common, int(p.size() - common));
     s.cached.insert(s.cached.end(), p.begin() + long(common), p.end());
+    s.prefilled = int(p.size());
     j.prompt_s = sw.elapsed();
     j.prompt_tokens = int(p.size() - common);
     j.cached_tokens = int(common);
@@ -219,6 +229,7 @@ void ModelRunner::start(Slot& s) {
     step(s, logits);
   } catch (const std::exception& e) {
     s.cached.clear();
+    s.prefilled = 0;
     dec_->truncate(s.id, 0);
     finish(s, "error", e.what());
   }
@@ -307,6 +318,7 @@ void ModelRunner::loop() {
       for (int id : rows) {
         Slot& s = *slots_[size_t(id)];
         s.cached.clear();
+        s.prefilled = 0;
         dec_->truncate(s.id, 0);
         finish(s, "error", e.what());
       }

@@ -113,8 +113,9 @@ void Scheduler::release(ModelRunner& r, std::optional<double> keep_alive) {
   if (ka < 0) {
     r.expires_at = std::chrono::system_clock::time_point::max();
   } else {
-    r.expires_at = std::chrono::system_clock::now() +
-                   std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(ka));
+    r.expires_at =
+        std::chrono::system_clock::now() +
+        std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(ka));
   }
   r.unload_when_idle = ka == 0;
   cv_.notify_all();

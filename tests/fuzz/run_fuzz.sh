@@ -3,12 +3,12 @@
 # over its seed corpus. Exits non-zero when a target finds a crash, leak or sanitizer error.
 #   FUZZ_SECONDS  run time per target (default 60)
 #   FUZZ_JOBS     parallel fuzzing processes per target (default 1)
-#   FUZZ_TARGETS  targets to run (default: gguf_fuzz safetensors_fuzz)
+#   FUZZ_TARGETS  targets to run (default: gguf_fuzz safetensors_fuzz server_request_fuzz)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs="${FUZZ_SECONDS:-60}"
 jobs="${FUZZ_JOBS:-1}"
-targets="${FUZZ_TARGETS:-gguf_fuzz safetensors_fuzz}"
+targets="${FUZZ_TARGETS:-gguf_fuzz safetensors_fuzz server_request_fuzz}"
 if ! command -v clang++ >/dev/null; then
   echo "[fuzz] clang++ not found; skipping fuzzing" >&2
   exit 0

@@ -114,6 +114,13 @@ void matmul_fallback(const WeightView& w, const float* x, int64_t m, float* y, T
 
 }  // namespace
 
+namespace {
+thread_local bool tls_row_exact = false;
+}  // namespace
+
+RowExactMatmul::RowExactMatmul() : prev_(tls_row_exact) { tls_row_exact = true; }
+RowExactMatmul::~RowExactMatmul() { tls_row_exact = prev_; }
+
 void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y) {
   check_view(w);
   std::vector<float> row(size_t(w.cols));
@@ -151,6 +158,7 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
     uint8_t* act;
     size_t xa_stride;
     int64_t grain;
+    bool row_exact;
     std::atomic<int64_t> next{0};
   } job{k,
         &w,
@@ -161,7 +169,8 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
         reinterpret_cast<const uint8_t*>(x),
         nullptr,
         size_t(w.cols) * sizeof(float),
-        row_grain(w.rows, pool.size())};
+        row_grain(w.rows, pool.size()),
+        tls_row_exact && m > 1};
 
   // Quantize the activations once; every weight row reuses them.
   if (job.af != kern::ActFormat::kF32) {
@@ -199,6 +208,14 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
       const int64_t r0 = j.next.fetch_add(j.grain, std::memory_order_relaxed);
       if (r0 >= wv.rows) break;
       const int64_t r1 = std::min(wv.rows, r0 + j.grain);
+      if (j.row_exact) {
+        // One activation row at a time: the decode kernels; the weight rows [r0, r1) stay in cache.
+        for (int64_t t = 0; t < j.m; ++t) {
+          j.k->gemm(wv.type, static_cast<const uint8_t*>(wv.data), wv.row_bytes, wv.cols, r0, r1, j.xa,
+                    j.xa_stride, t, t + 1, j.y, wv.rows);
+        }
+        continue;
+      }
       j.k->gemm(wv.type, static_cast<const uint8_t*>(wv.data), wv.row_bytes, wv.cols, r0, r1, j.xa,
                 j.xa_stride, 0, j.m, j.y, wv.rows);
     }

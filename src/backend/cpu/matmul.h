@@ -22,6 +22,22 @@ struct WeightView {
 // cols in, m output rows of length rows out. Threads split the work.
 void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool);
 
+// While an instance lives on a thread, matmul() calls made from that thread compute every
+// activation row with the single-row (decode) kernels: a row's result is then bit-identical to a
+// call with that row alone, whatever other rows share the call (the multi-row tiles accumulate in
+// another order). Used by the server's batched decode steps so that concurrent requests produce
+// the same tokens as sequential ones; the weights are still read once per call.
+class RowExactMatmul {
+ public:
+  RowExactMatmul();
+  ~RowExactMatmul();
+  RowExactMatmul(const RowExactMatmul&) = delete;
+  RowExactMatmul& operator=(const RowExactMatmul&) = delete;
+
+ private:
+  bool prev_;
+};
+
 // Reference: dequantize each weight row with the scalar decoder and accumulate in double.
 void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y);
 
