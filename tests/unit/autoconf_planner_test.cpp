@@ -6,6 +6,7 @@
 #include "autoconf/planner.h"
 #include "core/error.h"
 #include "gguf/gguf.h"
+#include "model_test_util.h"
 
 namespace qleap {
 namespace {
@@ -201,9 +202,7 @@ TEST(AutoconfPlanner, RequestsAreHonoured) {
 }
 
 TEST(AutoconfPlanner, RealModelInfoUsesTheCacheImplementations) {
-  const char* src = std::getenv("QLEAP_SOURCE_DIR");
-  const std::filesystem::path path =
-      std::filesystem::path(src ? src : ".") / "../shared/models/stories260K.gguf";
+  const std::filesystem::path path = testing::stories_path();
   if (!std::filesystem::exists(path)) GTEST_SKIP() << "stories260K.gguf not found at " << path;
   auto f = GgufFile::open(path.string());
   const ModelInfo m = model_info_from_gguf(*f);

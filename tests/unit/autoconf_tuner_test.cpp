@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "autoconf/tuner.h"
+#include "model_test_util.h"
 
 namespace qleap {
 namespace {
@@ -97,8 +98,7 @@ TEST(AutoconfTuner, ThreadCandidates) {
 }
 
 TEST(AutoconfTuner, TuneOnStoriesMeasuresAndKeepsTheBaselineWhenNothingIsBetter) {
-  const char* src = std::getenv("QLEAP_SOURCE_DIR");
-  const fs::path path = fs::path(src ? src : ".") / "../shared/models/stories260K.gguf";
+  const fs::path path = testing::stories_path();
   if (!fs::exists(path)) GTEST_SKIP() << "stories260K.gguf not found at " << path;
   auto model = load_model(path.string());
   HardwareInfo hw;
