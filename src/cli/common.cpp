@@ -6,9 +6,14 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <iostream>
 #include <vector>
 
+#include "autoconf/hardware.h"
+#include "autoconf/planner.h"
+#include "autoconf/tuner.h"
 #include "core/error.h"
+#include "gguf/gguf.h"
 
 namespace qleap::cli {
 
@@ -58,9 +63,11 @@ void add_common_options(CLI::App& cmd, CommonOptions& o, bool model_positional) 
   }
   cmd.add_option("-t,--threads", o.threads, "CPU threads (default: one per physical core)")->check(CLI::Range(0, 1024));
   cmd.add_option("-c,--ctx", o.ctx, "context length in tokens (default: min(model's, 4096))")->check(CLI::Range(0, 1 << 20));
-  cmd.add_option("--kv", o.kv, "KV cache type: f32, f16, q8_0; TurboQuant tq2, tq2.5, tq3, tq3.5, tq4 (bits per coordinate "
+  o.kv_opt = cmd.add_option("--kv", o.kv, "KV cache type: f32, f16, q8_0; TurboQuant tq2, tq2.5, tq3, tq3.5, tq4 (bits per coordinate "
                  "for K and V), or kXvY for X-bit keys and Y-bit values (e.g. k4v3, k4v2, k3v2)")->capture_default_str();
-  cmd.add_option("-b,--batch", o.batch, "prompt tokens per forward pass")->check(CLI::Range(1, 8192))->capture_default_str();
+  o.batch_opt = cmd.add_option("-b,--batch", o.batch, "prompt tokens per forward pass")->check(CLI::Range(1, 8192))->capture_default_str();
+  cmd.add_option("--gpu-layers,--ngl", o.gpu_layers, "decoder layers to run on the GPU: auto (planner), all, or a count (0: CPU only)")
+      ->capture_default_str();
 }
 
 void add_sampling_options(CLI::App& cmd, SamplerParams& p) {
@@ -89,6 +96,76 @@ size_t peak_rss_bytes() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   return size_t(ru.ru_maxrss) * 1024;
+}
+
+int parse_gpu_layers(const std::string& s) {
+  if (s == "auto" || s.empty()) return kGpuLayersAuto;
+  if (s == "all") return kGpuLayersAll;
+  int n = 0;
+  size_t used = 0;
+  try {
+    n = std::stoi(s, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != s.size())
+    throw InvalidArgument(fmt::format("--gpu-layers: expected auto, all or a number, got '{}'", s));
+  return n < 0 ? kGpuLayersAll : n;
+}
+
+SessionOptions auto_session_options(const CommonOptions& o, const std::string& model_path, bool quiet,
+                                    int* gpu_layers, int parallel) {
+  const bool kv_given = o.kv_opt && o.kv_opt->count() > 0;
+  const bool batch_given = o.batch_opt && o.batch_opt->count() > 0;
+  PlanRequest req;
+  req.n_ctx = o.ctx;
+  req.threads = o.threads;
+  req.kv_type = kv_given ? o.kv : "";
+  req.batch = batch_given ? o.batch : 0;
+  req.gpu_layers = parse_gpu_layers(o.gpu_layers);
+  req.parallel = parallel;
+
+  DetectOptions det;
+  det.measure_bandwidth = false;  // only the planner's speed estimate uses it
+  HardwareInfo hw = detect_hardware(det);
+  auto file = GgufFile::open(model_path);
+  std::vector<std::string> kv_types = planner_kv_types();
+  if (kv_given && std::find(kv_types.begin(), kv_types.end(), o.kv) == kv_types.end())
+    kv_types.push_back(o.kv);
+  const ModelInfo info = model_info_from_gguf(*file, kv_types);
+
+  // A stored `qleap tune` result for this model on this machine fills what the user left open.
+  std::string tuned_note;
+  if (auto t = load_tuned(tune_store_path(), TuneKey{model_identity(model_path), machine_identity(hw)})) {
+    if (req.threads == 0) req.threads = t->settings.threads;
+    if (req.batch == 0) req.batch = t->settings.batch;
+    if (!kv_given && info.kv_bytes(t->settings.kv_type) > 0) req.kv_type = t->settings.kv_type;
+    tuned_note = fmt::format("using tuned plan from {} (measured {:.1f} tok/s decode)", tune_store_path(),
+                             t->tg_tok_s);
+  }
+
+  Plan plan = make_plan(hw, info, req);
+  int ngl = plan.gpu_layers;
+  if (ngl > 0 && !build_has_gpu_offload()) {
+    if (!quiet) {
+      std::cerr << fmt::format(
+          "[plan wanted {} GPU layers on {}, but GPU offload is unavailable in this build: "
+          "planning for the CPU]\n",
+          ngl, plan.gpu_name);
+    }
+    hw.gpus.clear();
+    plan = make_plan(hw, info, req);
+    ngl = 0;
+  }
+  if (gpu_layers) *gpu_layers = ngl;
+  if (!quiet) {
+    if (!tuned_note.empty()) std::cerr << "[" << tuned_note << "]\n";
+    std::cerr << fmt::format("[plan: ctx {}, KV {}, {} threads, batch {}, {}{}]\n", plan.n_ctx, plan.kv_type,
+                             plan.threads, plan.batch,
+                             ngl > 0 ? fmt::format("{} GPU layers", ngl) : std::string("CPU only"),
+                             plan.fits ? "" : "; does NOT fit in memory, see `qleap plan`");
+  }
+  return to_session_options(plan);
 }
 
 }  // namespace qleap::cli

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "runtime/session.h"
 #include "sampling/sampler.h"
 
 namespace qleap::cli {
@@ -23,8 +24,22 @@ struct CommonOptions {
   int ctx = 0;      // 0: min(model context, 4096)
   std::string kv = "f16";
   int batch = 512;
+  std::string gpu_layers = "auto";  // "auto", "all", or a count (-ngl)
+  // Set by add_common_options; count() tells whether the user gave the flag (the planner fills the rest).
+  CLI::Option* kv_opt = nullptr;
+  CLI::Option* batch_opt = nullptr;
 };
 void add_common_options(CLI::App& cmd, CommonOptions& o, bool model_positional = true);
+
+// Parses --gpu-layers: "auto" -> kGpuLayersAuto, "all" or negative -> kGpuLayersAll, else the count.
+// Throws InvalidArgument.
+int parse_gpu_layers(const std::string& s);
+
+// Session options for `run`/`serve`: the flags the user gave, the rest from the planner (or from a
+// stored `qleap tune` result for this model and machine). Prints a one-line summary on stderr
+// unless quiet. gpu_layers receives the planned layer count (0 when this build cannot offload).
+SessionOptions auto_session_options(const CommonOptions& o, const std::string& model_path, bool quiet,
+                                    int* gpu_layers = nullptr, int parallel = 1);
 
 void add_sampling_options(CLI::App& cmd, SamplerParams& p);
 
@@ -40,5 +55,7 @@ void register_bench(CLI::App& app);
 void register_perplexity(CLI::App& app);
 void register_serve(CLI::App& app);
 void register_models(CLI::App& app);  // list, pull, rm, ps
+void register_plan(CLI::App& app);
+void register_tune(CLI::App& app);
 
 }  // namespace qleap::cli

@@ -1,15 +1,14 @@
 // `qleap info`: what a GGUF file holds (metadata, tensor types, memory needed), or the machine
-// when no model is given.
+// when no model is given (CPU, RAM, measured bandwidth, GPUs).
 #include <fmt/format.h>
 
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "autoconf/memory_bandwidth.h"
+#include "autoconf/hardware.h"
 #include "cli/common.h"
 #include "core/cpu_features.h"
-#include "core/thread_pool.h"
 #include "gguf/gguf.h"
 #include "model/model.h"
 #include "runtime/session.h"
@@ -25,20 +24,39 @@ struct InfoOptions {
   std::string kv = "f16";
 };
 
-void print_machine() {
+void print_machine(bool json) {
+  const HardwareInfo hw = detect_hardware();
+  if (json) {
+    std::cout << to_json(hw).dump(2) << "\n";
+    return;
+  }
   const auto& f = cpu_features();
-  ThreadPool pool(default_thread_count());
-  const auto bw = measure_read_bandwidth(pool, size_t(128) << 20, 3);
-  fmt::print("CPU:        {}\n", cpu_model_name());
-  fmt::print("threads:    {} (default, one per physical core)\n", default_thread_count());
-  fmt::print("SIMD:       {} (avx2={} fma={} f16c={} avx512f={} avx512bw={} avx512vnni={})\n", isa_name(isa_level()),
-             f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vnni);
-  fmt::print("memory bw:  {:.1f} GB/s read (measured, {} threads)\n", bw.read_gbps, bw.threads);
+  fmt::print("CPU:        {}\n", hw.cpu_model);
+  fmt::print("cores:      {} physical, {} logical (default threads: {})\n", hw.physical_cores,
+             hw.logical_cpus, hw.physical_cores);
+  fmt::print("SIMD:       {} (avx2={} fma={} f16c={} avx512f={} avx512bw={} avx512vnni={})\n", hw.isa, f.avx2,
+             f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vnni);
+  fmt::print("RAM:        {} total, {} available\n", human_bytes(double(hw.ram_total)),
+             human_bytes(double(hw.ram_available)));
+  fmt::print("memory bw:  {:.1f} GB/s read (measured, {} threads)\n", hw.mem_bw_gbps, hw.physical_cores);
+  if (hw.gpus.empty()) fmt::print("GPUs:       none detected (NVIDIA via libcuda.so.1, AMD via sysfs)\n");
+  for (const auto& g : hw.gpus) {
+    std::string line = fmt::format("GPU {} {}:  {}", g.vendor, g.index, g.name);
+    if (g.vram_total) {
+      line += fmt::format(", VRAM {} total", human_bytes(double(g.vram_total)));
+      if (g.vram_free) line += fmt::format(" / {} free", human_bytes(double(g.vram_free)));
+    }
+    if (g.vendor == "nvidia") line += fmt::format(", compute capability {}.{}", g.cc_major, g.cc_minor);
+    line += g.supported ? ", supported" : ", unsupported";
+    if (!g.note.empty()) line += " (" + g.note + ")";
+    fmt::print("{}\n", line);
+  }
+  for (const auto& n : hw.notes) fmt::print("note:       {}\n", n);
 }
 
 void info_command(const InfoOptions& o) {
   if (o.model.empty()) {
-    print_machine();
+    print_machine(o.json);
     return;
   }
   const std::string path = resolve_model(o.model);

@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 
 #include "cli/common.h"
@@ -18,6 +19,12 @@ int main(int argc, char** argv) {
   qleap::cli::register_perplexity(app);
   qleap::cli::register_serve(app);
   qleap::cli::register_models(app);
+  qleap::cli::register_plan(app);
+  qleap::cli::register_tune(app);
+  // llama.cpp spells the GPU layer count "-ngl"; CLI11 allows only one-letter short options.
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "-ngl") == 0) argv[i] = const_cast<char*>("--ngl");
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

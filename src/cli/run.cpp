@@ -41,11 +41,11 @@ struct Stats {
 // previous turn), then samples until an end-of-generation token, n_predict or a full context.
 class Generator {
  public:
-  Generator(std::shared_ptr<const Model> model, const RunOptions& o)
+  Generator(std::shared_ptr<const Model> model, const RunOptions& o, const SessionOptions& so)
       : opt_(o),
         model_(std::move(model)),
         tok_(Tokenizer::from_gguf(model_->file())),
-        session_(model_, SessionOptions{o.common.ctx, o.common.threads, o.common.kv, o.common.batch}),
+        session_(model_, so),
         sampler_(o.sampling) {}
 
   const Tokenizer& tokenizer() const { return tok_; }
@@ -129,11 +129,13 @@ void print_stats(const Stats& s) {
 void run_command(RunOptions& o) {
   const std::string path = resolve_model(o.common.model);
   Stopwatch load;
+  // Flags the user gave win; the planner (or a stored `qleap tune` result) fills the rest.
+  const SessionOptions so = auto_session_options(o.common, path, o.quiet);
   auto model = load_model(path);
-  Generator gen(model, o);
+  Generator gen(model, o, so);
   if (!o.quiet) {
     std::cerr << fmt::format("[loaded {} in {:.2f} s; ctx {}, {} threads, KV {}]\n", path, load.elapsed(),
-                             gen.session().n_ctx(), gen.session().pool().size(), o.common.kv);
+                             gen.session().n_ctx(), gen.session().pool().size(), gen.session().kv().type_name());
   }
   const bool chat = !o.raw && gen.has_chat_template();
   const bool interactive = o.interactive || (o.prompt.empty() && isatty(STDIN_FILENO) && chat);

@@ -66,6 +66,16 @@ void serve_command(const ServeOptions& o) {
   so.sched.runner.n_batch = o.common.batch;
   so.sched.runner.parallel = o.parallel;
   so.sched.runner.max_queue = o.max_queue;
+  // Per model at load time: flags the user gave win, the planner (or a `qleap tune` result) fills the
+  // rest, with the KV cache sized for all parallel slots.
+  so.sched.runner.configure = [common = o.common, quiet = !o.verbose](const std::string& path,
+                                                                     server::RunnerOptions& ro) {
+    const SessionOptions s = auto_session_options(common, path, quiet, nullptr, ro.parallel);
+    ro.n_ctx = s.n_ctx;
+    ro.n_threads = s.n_threads;
+    ro.kv_type = s.kv_type;
+    ro.n_batch = s.n_batch;
+  };
 
   // SIGINT / SIGTERM stop the server from a dedicated thread (no work in a signal handler).
   sigset_t set;
@@ -84,7 +94,7 @@ void serve_command(const ServeOptions& o) {
   sig.detach();
   srv.run([&](int port) {
     fmt::print(stderr, "[qleap serve] listening on http://{}:{} (models: {}; {} slots per model, KV {})\n",
-               so.host, port, so.models_dir, o.parallel, o.common.kv);
+               so.host, port, so.models_dir, o.parallel, o.common.kv_opt->count() ? o.common.kv : "planned per model");
     fmt::print("listening on {}:{}\n", so.host, port);
     std::fflush(stdout);
   });

@@ -47,14 +47,15 @@ struct ModelRunner::Slot {
 ModelRunner::ModelRunner(const ModelInfo& info, const RunnerOptions& opt, Metrics& metrics)
     : info_(info), opt_(opt), metrics_(metrics) {
   Stopwatch sw;
+  if (opt_.configure) opt_.configure(info.path, opt_);
   model_ = load_model(info.path);
   tok_ = Tokenizer::from_gguf(model_->file());
   BatchOptions bo;
-  bo.n_ctx = opt.n_ctx;
-  bo.n_threads = opt.n_threads;
-  bo.kv_type = opt.kv_type;
-  bo.n_batch = opt.n_batch;
-  bo.n_slots = std::max(1, opt.parallel);
+  bo.n_ctx = opt_.n_ctx;
+  bo.n_threads = opt_.n_threads;
+  bo.kv_type = opt_.kv_type;
+  bo.n_batch = opt_.n_batch;
+  bo.n_slots = std::max(1, opt_.parallel);
   dec_ = std::make_unique<BatchDecoder>(model_, bo);
   n_ctx_ = dec_->n_ctx();
   for (int i = 0; i < dec_->n_slots(); ++i) {

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -74,6 +75,8 @@ struct RunnerOptions {
   int n_batch = 512;
   int parallel = 4;
   int max_queue = 512;
+  // Called with the model path before loading, to fill in what was left to the planner (serve).
+  std::function<void(const std::string& path, RunnerOptions& opt)> configure;
 };
 
 struct RunnerStatus {

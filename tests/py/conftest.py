@@ -20,3 +20,10 @@ def shared_models() -> pathlib.Path:
     if not (p / "stories260K.gguf").exists():
         pytest.fail(f"test model stories260K.gguf not found in {p}")
     return p
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_tune_store(tmp_path_factory):
+    # `qleap run` reads tuned settings from ~/.qleap/tune.json; tests must not depend on what a
+    # developer tuned on this machine.
+    os.environ["QLEAP_TUNE_FILE"] = str(tmp_path_factory.mktemp("tune") / "tune.json")

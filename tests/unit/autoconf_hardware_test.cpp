@@ -1,0 +1,155 @@
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "autoconf/hardware.h"
+
+namespace qleap {
+namespace {
+
+// Two sockets, two cores each, SMT: 8 logical CPUs on 4 physical cores.
+constexpr const char* kCpuinfoSmt = R"(processor	: 0
+vendor_id	: GenuineIntel
+model name	: Intel(R) Xeon(R) Test CPU @ 2.00GHz
+physical id	: 0
+core id		: 0
+cpu cores	: 2
+
+processor	: 1
+model name	: Intel(R) Xeon(R) Test CPU @ 2.00GHz
+physical id	: 0
+core id		: 1
+
+processor	: 2
+model name	: Intel(R) Xeon(R) Test CPU @ 2.00GHz
+physical id	: 0
+core id		: 0
+
+processor	: 3
+model name	: Intel(R) Xeon(R) Test CPU @ 2.00GHz
+physical id	: 0
+core id		: 1
+
+processor	: 4
+model name	: Intel(R) Xeon(R) Test CPU @ 2.00GHz
+physical id	: 1
+core id		: 0
+
+processor	: 5
+model name	: Intel(R) Xeon(R) Test CPU @ 2.00GHz
+physical id	: 1
+core id		: 1
+
+processor	: 6
+model name	: Intel(R) Xeon(R) Test CPU @ 2.00GHz
+physical id	: 1
+core id		: 0
+
+processor	: 7
+model name	: Intel(R) Xeon(R) Test CPU @ 2.00GHz
+physical id	: 1
+core id		: 1
+)";
+
+TEST(AutoconfHardware, CpuinfoCountsPhysicalCoresAcrossSockets) {
+  const CpuInfoText c = parse_proc_cpuinfo(kCpuinfoSmt);
+  EXPECT_EQ(c.model_name, "Intel(R) Xeon(R) Test CPU @ 2.00GHz");
+  EXPECT_EQ(c.logical, 8);
+  EXPECT_EQ(c.physical_cores, 4);
+}
+
+TEST(AutoconfHardware, CpuinfoWithoutTopologyReportsZeroPhysical) {
+  // Some VMs and non-x86 kernels give no physical id / core id lines.
+  const CpuInfoText c =
+      parse_proc_cpuinfo("processor : 0\nmodel name : Foo\n\nprocessor : 1\nmodel name : Foo\n");
+  EXPECT_EQ(c.logical, 2);
+  EXPECT_EQ(c.physical_cores, 0);
+  EXPECT_EQ(c.model_name, "Foo");
+}
+
+TEST(AutoconfHardware, CpuinfoToleratesGarbage) {
+  const CpuInfoText c = parse_proc_cpuinfo("no colon here\ncore id : x\n:\n\n");
+  EXPECT_EQ(c.logical, 0);
+  EXPECT_EQ(c.physical_cores, 0);
+  EXPECT_TRUE(c.model_name.empty());
+}
+
+TEST(AutoconfHardware, MeminfoKiloBytesAreKibibytes) {
+  const MemInfoText m = parse_proc_meminfo(
+      "MemTotal:       16329928 kB\nMemFree:         1000000 kB\nMemAvailable:   12000000 kB\nBuffers: 1 "
+      "kB\n");
+  EXPECT_EQ(m.total, uint64_t(16329928) * 1024);
+  EXPECT_EQ(m.available, uint64_t(12000000) * 1024);
+}
+
+TEST(AutoconfHardware, MeminfoMissingFieldsAreZero) {
+  const MemInfoText m = parse_proc_meminfo("MemTotal: 2048 kB\n");
+  EXPECT_EQ(m.total, 2048u * 1024);
+  EXPECT_EQ(m.available, 0u);
+  EXPECT_EQ(parse_proc_meminfo("").total, 0u);
+}
+
+TEST(AutoconfHardware, CgroupMemoryMax) {
+  EXPECT_EQ(parse_cgroup_memory_max("max\n"), 0u);
+  EXPECT_EQ(parse_cgroup_memory_max("8589934592\n"), uint64_t(8) << 30);
+  EXPECT_EQ(parse_cgroup_memory_max(""), 0u);
+}
+
+TEST(AutoconfHardware, PciVendor) {
+  EXPECT_EQ(parse_pci_vendor("0x1002\n"), 0x1002u);
+  EXPECT_EQ(parse_pci_vendor("0x10de"), 0x10deu);
+  EXPECT_EQ(parse_pci_vendor("junk"), 0u);
+}
+
+TEST(AutoconfHardware, AmdGpuFromFakeSysfs) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::temp_directory_path() / ("qleap_sysfs_" + std::to_string(::getpid()));
+  fs::create_directories(root / "sys/class/drm/card0/device");
+  fs::create_directories(root / "sys/class/drm/card1/device");
+  fs::create_directories(root / "sys/class/drm/card1-DP-1");
+  fs::create_directories(root / "dev");
+  std::ofstream(root / "sys/class/drm/card0/device/vendor") << "0x8086\n";  // Intel iGPU: ignored
+  std::ofstream(root / "sys/class/drm/card1/device/vendor") << "0x1002\n";
+  std::ofstream(root / "sys/class/drm/card1/device/product_name") << "Radeon Test\n";
+  std::ofstream(root / "sys/class/drm/card1/device/mem_info_vram_total") << "17163091968\n";
+  std::ofstream(root / "sys/class/drm/card1/device/mem_info_vram_used") << "163091968\n";
+  std::ofstream(root / "dev/kfd") << "";
+  const auto gpus = detect_amd_gpus(root.string());
+  fs::remove_all(root);
+  ASSERT_EQ(gpus.size(), 1u);
+  EXPECT_EQ(gpus[0].vendor, "amd");
+  EXPECT_EQ(gpus[0].name, "Radeon Test");
+  EXPECT_EQ(gpus[0].vram_total, 17163091968u);
+  EXPECT_EQ(gpus[0].vram_free, 17000000000u);
+  EXPECT_FALSE(gpus[0].supported);
+  EXPECT_NE(gpus[0].note.find("no ROCm backend"), std::string::npos);
+  EXPECT_NE(gpus[0].note.find("/dev/kfd"), std::string::npos);
+}
+
+TEST(AutoconfHardware, DetectionOnThisMachineIsSane) {
+  DetectOptions opt;
+  opt.measure_bandwidth = false;
+  const HardwareInfo hw = detect_hardware(opt);
+  EXPECT_GE(hw.physical_cores, 1);
+  EXPECT_GE(hw.logical_cpus, hw.physical_cores);
+  EXPECT_GT(hw.ram_total, uint64_t(64) << 20);
+  EXPECT_LE(hw.ram_available, hw.ram_total);
+  // Without a driver this is empty; with one, every NVIDIA entry has a name and memory.
+  for (const auto& g : hw.gpus) {
+    EXPECT_FALSE(g.name.empty());
+    if (g.vendor == "nvidia") {
+      EXPECT_GT(g.vram_total, 0u);
+    }
+  }
+  // JSON round trip keeps what the planner reads.
+  const HardwareInfo back = hardware_from_json(to_json(hw));
+  EXPECT_EQ(back.cpu_model, hw.cpu_model);
+  EXPECT_EQ(back.physical_cores, hw.physical_cores);
+  EXPECT_EQ(back.ram_total, hw.ram_total);
+  EXPECT_EQ(back.gpus.size(), hw.gpus.size());
+}
+
+}  // namespace
+}  // namespace qleap
