@@ -1,0 +1,299 @@
+// GpuLayers: the offloaded decoder layers (and optionally the output head) of a dense
+// llama / qwen2 / qwen3 model, with their weights and an f16 KV cache in device memory.
+// A decode step (one token) is captured once as a CUDA graph and replayed: every kernel reads the
+// position from device memory, and the attention grid is sized for the whole context (splits past
+// the current position exit at once), so the same graph serves every step.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/cuda_api.h"
+#include "backend/cuda/cuda_common.cuh"
+#include "core/error.h"
+#include "model/blocks.h"
+#include "model/model.h"
+#include "placement/placement.h"
+
+namespace qleap::cuda {
+namespace {
+
+constexpr int kDecodeSplit = 256;                        // keys per attention split at decode
+constexpr size_t kPartialBudget = size_t(64) << 20;      // bytes for prefill attention partials
+constexpr size_t kWeightSliceBytes = size_t(128) << 20;  // f16 dequantized weight slice for GEMMs
+
+DevBuf<float> vec_to_dev(const std::vector<float>& v) {
+  DevBuf<float> d(v.size());
+  if (!v.empty()) d.upload(v.data(), v.size());
+  return d;
+}
+
+struct DevLayer {
+  DevBuf<float> attn_norm, ffn_norm, q_norm, k_norm, bq, bk, bv;
+  DevWeight wq, wk, wv, wo, w_gate, w_up, w_down;
+  DevBuf<__half> k_cache, v_cache;
+};
+
+class CudaLayers final : public GpuLayers {
+ public:
+  CudaLayers(const Model& model, const Placement& pl, const RopeTable& rope, int n_ctx, int n_batch)
+      : hp_(model.hparams()), first_(pl.first_gpu_layer()), head_(pl.output_on_gpu), n_ctx_(n_ctx),
+        n_batch_(n_batch) {
+    const std::string& arch = model.arch();
+    if (arch != "llama" && arch != "qwen2" && arch != "qwen3") {
+      throw Unsupported("--gpu-layers: architecture '" + arch + "' has no CUDA path");
+    }
+    if (device_count() == 0) throw Unsupported("--gpu-layers: no CUDA device");
+    if (hp_.head_dim > 256) throw Unsupported("--gpu-layers: head_dim > 256");
+    if (rope.n_pos() < n_ctx) throw InvalidArgument("RoPE table shorter than the context");
+    const char* g = std::getenv("QLEAP_CUDA_GRAPHS");
+    use_graphs_ = !(g && std::string(g) == "0");
+    QL_CUDA(cudaStreamCreateWithFlags(&st_, cudaStreamNonBlocking));
+    QL_CUBLAS(cublasCreate(&blas_));
+    QL_CUBLAS(cublasSetStream(blas_, st_));
+
+    const ModelWeights& w = model.weights();
+    const size_t kv_elems = size_t(n_ctx) * hp_.kv_dim();
+    size_t max_cols = 0;
+    for (int il = first_; il < hp_.n_layers; ++il) {
+      const LayerWeights& s = w.layers[size_t(il)];
+      DevLayer d;
+      d.attn_norm = vec_to_dev(s.attn_norm);
+      d.ffn_norm = vec_to_dev(s.ffn_norm);
+      d.q_norm = vec_to_dev(s.q_norm);
+      d.k_norm = vec_to_dev(s.k_norm);
+      d.bq = vec_to_dev(s.bq);
+      d.bk = vec_to_dev(s.bk);
+      d.bv = vec_to_dev(s.bv);
+      for (auto [dst, src] : {std::pair{&d.wq, &s.wq}, {&d.wk, &s.wk}, {&d.wv, &s.wv}, {&d.wo, &s.wo},
+                              {&d.w_gate, &s.w_gate}, {&d.w_up, &s.w_up}, {&d.w_down, &s.w_down}}) {
+        *dst = upload_weight(*src);
+        weight_bytes_ += dst->bytes();
+        max_cols = std::max<size_t>(max_cols, size_t(src->cols));
+      }
+      d.k_cache.alloc(kv_elems);
+      d.v_cache.alloc(kv_elems);
+      layers_.push_back(std::move(d));
+    }
+    if (head_) {
+      out_norm_ = vec_to_dev(w.output_norm);
+      output_ = upload_weight(w.output);
+      weight_bytes_ += output_.bytes();
+      max_cols = std::max<size_t>(max_cols, size_t(w.output.cols));
+    }
+    rope_.alloc(size_t(n_ctx) * rope.n_rot());
+    rope_.upload(rope.at(0), rope_.size());
+    n_rot_ = rope.n_rot();
+    neox_ = rope.style() == RopeStyle::kNeox;
+
+    const size_t nb = size_t(n_batch);
+    x_.alloc(nb * hp_.n_embd);
+    xn_.alloc(nb * hp_.n_embd);
+    q_.alloc(nb * hp_.q_dim());
+    attn_.alloc(nb * hp_.q_dim());
+    k_.alloc(nb * hp_.kv_dim());
+    v_.alloc(nb * hp_.kv_dim());
+    gate_.alloc(nb * hp_.n_ff);
+    up_.alloc(nb * hp_.n_ff);
+    pos_.alloc(1);
+    decode_splits_ = (n_ctx + kDecodeSplit - 1) / kDecodeSplit;
+    const size_t decode_partial = size_t(hp_.n_heads) * decode_splits_ * (hp_.head_dim + 2);
+    partial_.alloc(std::max(decode_partial, kPartialBudget / sizeof(float)));
+    if (n_batch > 1) {
+      const size_t wslice = std::max(max_cols, kWeightSliceBytes / 2);
+      gemm_.reserve(nb * max_cols, wslice);
+    }
+    QL_CUDA(cudaMallocHost(&h_pos_, sizeof(int)));
+    QL_CUDA(cudaMallocHost(&h_x_, nb * hp_.n_embd * sizeof(float)));
+  }
+
+  ~CudaLayers() override {
+    if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+    if (h_pos_) cudaFreeHost(h_pos_);
+    if (h_x_) cudaFreeHost(h_x_);
+    if (h_logits_) cudaFreeHost(h_logits_);
+    if (blas_) cublasDestroy(blas_);
+    if (st_) cudaStreamDestroy(st_);
+  }
+
+  size_t device_bytes() const override {
+    size_t b = weight_bytes_ + rope_.bytes() + partial_.bytes() + gemm_.xh.bytes() + gemm_.wtmp.bytes() +
+               logits_.bytes();
+    for (const DevLayer& d : layers_) b += d.k_cache.bytes() + d.v_cache.bytes();
+    for (const DevBuf<float>* p : {&x_, &xn_, &q_, &attn_, &k_, &v_, &gate_, &up_}) b += p->bytes();
+    return b;
+  }
+
+  bool forward(float* x, int m, int pos0, float* logits, bool all) override {
+    if (m <= 0 || m > n_batch_) throw InvalidArgument("GpuLayers::forward: m = " + std::to_string(m));
+    if (pos0 < 0 || pos0 + m > n_ctx_) throw InvalidArgument("GpuLayers::forward: positions outside the context");
+    const int n = hp_.n_embd;
+    const bool head = head_ && logits != nullptr;
+    const int head_rows = head ? (all ? m : 1) : 0;
+    if (head) ensure_logits(head_rows);
+    *h_pos_ = pos0;
+    std::memcpy(h_x_, x, size_t(m) * n * sizeof(float));
+    QL_CUDA(cudaMemcpyAsync(pos_.get(), h_pos_, sizeof(int), cudaMemcpyHostToDevice, st_));
+    QL_CUDA(cudaMemcpyAsync(x_.get(), h_x_, size_t(m) * n * sizeof(float), cudaMemcpyHostToDevice, st_));
+    if (m == 1 && use_graphs_) {
+      launch_decode_graph(head);
+    } else {
+      run(m, head_rows);
+    }
+    if (head) {
+      const size_t cnt = size_t(head_rows) * hp_.n_vocab;
+      QL_CUDA(cudaMemcpyAsync(h_logits_, logits_.get(), cnt * sizeof(float), cudaMemcpyDeviceToHost, st_));
+      QL_CUDA(cudaStreamSynchronize(st_));
+      std::memcpy(logits, h_logits_, cnt * sizeof(float));
+      return true;
+    }
+    QL_CUDA(cudaMemcpyAsync(h_x_, x_.get(), size_t(m) * n * sizeof(float), cudaMemcpyDeviceToHost, st_));
+    QL_CUDA(cudaStreamSynchronize(st_));
+    std::memcpy(x, h_x_, size_t(m) * n * sizeof(float));
+    return false;
+  }
+
+ private:
+  void ensure_logits(int rows) {
+    const size_t need = size_t(rows) * hp_.n_vocab;
+    if (logits_.size() >= need) return;
+    if (graph_exec_) {  // the graph holds the old logits pointer
+      cudaGraphExecDestroy(graph_exec_);
+      graph_exec_ = nullptr;
+    }
+    logits_.alloc(need);
+    if (h_logits_) cudaFreeHost(h_logits_);
+    QL_CUDA(cudaMallocHost(&h_logits_, need * sizeof(float)));
+  }
+
+  void launch_decode_graph(bool head) {
+    if (graph_exec_ && graph_head_ != head) {
+      cudaGraphExecDestroy(graph_exec_);
+      graph_exec_ = nullptr;
+    }
+    if (!graph_exec_) {
+      cudaGraph_t g;
+      QL_CUDA(cudaStreamBeginCapture(st_, cudaStreamCaptureModeThreadLocal));
+      try {
+        run(1, head ? 1 : 0);
+      } catch (...) {
+        cudaStreamEndCapture(st_, &g);
+        throw;
+      }
+      QL_CUDA(cudaStreamEndCapture(st_, &g));
+      QL_CUDA(cudaGraphInstantiate(&graph_exec_, g, 0));
+      cudaGraphDestroy(g);
+      graph_head_ = head;
+    }
+    QL_CUDA(cudaGraphLaunch(graph_exec_, st_));
+  }
+
+  // All offloaded layers for m tokens in x_, then (head_rows > 0) the norm and output head of the
+  // last head_rows rows into logits_.
+  void run(int m, int head_rows) {
+    const int n = hp_.n_embd;
+    for (size_t i = 0; i < layers_.size(); ++i) layer(layers_[i], m);
+    if (head_rows > 0) {
+      const float* xs = x_.get() + size_t(m - head_rows) * n;
+      rms_norm(xs, out_norm_.get(), xn_.get(), head_rows, n, hp_.rms_eps, st_);
+      matmul(output_, xn_.get(), head_rows, logits_.get(), false, st_, blas_, gemm_);
+    }
+  }
+
+  void layer(DevLayer& d, int m) {
+    const int n = hp_.n_embd;
+    rms_norm(x_.get(), d.attn_norm.get(), xn_.get(), m, n, hp_.rms_eps, st_);
+    matmul(d.wq, xn_.get(), m, q_.get(), false, st_, blas_, gemm_);
+    matmul(d.wk, xn_.get(), m, k_.get(), false, st_, blas_, gemm_);
+    matmul(d.wv, xn_.get(), m, v_.get(), false, st_, blas_, gemm_);
+    QkvPostArgs qa{};
+    qa.q = q_.get();
+    qa.k = k_.get();
+    qa.v = v_.get();
+    qa.bq = d.bq.size() ? d.bq.get() : nullptr;
+    qa.bk = d.bk.size() ? d.bk.get() : nullptr;
+    qa.bv = d.bv.size() ? d.bv.get() : nullptr;
+    qa.q_norm = d.q_norm.size() ? d.q_norm.get() : nullptr;
+    qa.k_norm = d.k_norm.size() ? d.k_norm.get() : nullptr;
+    qa.rope = rope_.get();
+    qa.n_rot = n_rot_;
+    qa.neox = neox_ ? 1 : 0;
+    qa.k_cache = d.k_cache.get();
+    qa.v_cache = d.v_cache.get();
+    qa.n_heads = hp_.n_heads;
+    qa.n_kv_heads = hp_.n_kv_heads;
+    qa.hd = hp_.head_dim;
+    qa.eps = hp_.rms_eps;
+    qkv_post(qa, m, pos_.get(), st_);
+
+    AttnArgs aa{};
+    aa.q = q_.get();
+    aa.k_cache = d.k_cache.get();
+    aa.v_cache = d.v_cache.get();
+    aa.out = attn_.get();
+    aa.partial = partial_.get();
+    aa.n_heads = hp_.n_heads;
+    aa.n_kv_heads = hp_.n_kv_heads;
+    aa.hd = hp_.head_dim;
+    aa.scale = 1.0f / std::sqrt(float(hp_.head_dim));
+    if (m == 1) {
+      aa.split_len = kDecodeSplit;
+      aa.n_splits = decode_splits_;
+    } else {
+      // Prefill: the queries already fill the GPU, so use as few splits as the partial buffer and
+      // the longest key range allow.
+      const int maxlen = n_past_bound(m);
+      const size_t per_split = size_t(m) * hp_.n_heads * (hp_.head_dim + 2);
+      const int cap = int(std::max<size_t>(1, partial_.size() / per_split));
+      aa.n_splits = std::max(1, std::min(cap, (maxlen + kDecodeSplit - 1) / kDecodeSplit));
+      aa.split_len = (maxlen + aa.n_splits - 1) / aa.n_splits;
+    }
+    attention(aa, m, pos_.get(), st_);
+    matmul(d.wo, attn_.get(), m, x_.get(), true, st_, blas_, gemm_);
+
+    rms_norm(x_.get(), d.ffn_norm.get(), xn_.get(), m, n, hp_.rms_eps, st_);
+    matmul(d.w_gate, xn_.get(), m, gate_.get(), false, st_, blas_, gemm_);
+    matmul(d.w_up, xn_.get(), m, up_.get(), false, st_, blas_, gemm_);
+    silu_mul(gate_.get(), up_.get(), int64_t(m) * hp_.n_ff, st_);
+    matmul(d.w_down, gate_.get(), m, x_.get(), true, st_, blas_, gemm_);
+  }
+
+  // Keys the last of m tokens sees; *h_pos_ holds pos0 (set before run()).
+  int n_past_bound(int m) const { return *h_pos_ + m; }
+
+  HParams hp_;
+  int first_ = 0;
+  bool head_ = false;
+  int n_ctx_ = 0, n_batch_ = 0;
+  bool use_graphs_ = true;
+  cudaStream_t st_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  std::vector<DevLayer> layers_;
+  DevBuf<float> out_norm_;
+  DevWeight output_;
+  DevBuf<float> rope_;
+  int n_rot_ = 0;
+  bool neox_ = false;
+  DevBuf<float> x_, xn_, q_, attn_, k_, v_, gate_, up_, partial_, logits_;
+  DevBuf<int> pos_;
+  GemmScratch gemm_;
+  int decode_splits_ = 1;
+  size_t weight_bytes_ = 0;
+  int* h_pos_ = nullptr;
+  float* h_x_ = nullptr;
+  float* h_logits_ = nullptr;
+  cudaGraphExec_t graph_exec_ = nullptr;
+  bool graph_head_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<GpuLayers> make_gpu_layers(const Model& model, const Placement& placement, const RopeTable& rope,
+                                           int n_ctx, int n_batch) {
+  if (!placement.any_gpu()) throw InvalidArgument("make_gpu_layers: placement has no GPU layers");
+  return std::make_unique<CudaLayers>(model, placement, rope, n_ctx, n_batch);
+}
+
+}  // namespace qleap::cuda
