@@ -23,6 +23,7 @@ struct CommonOptions {
   int ctx = 0;      // 0: min(model context, 4096)
   std::string kv = "f16";
   int batch = 512;
+  int gpu_layers = 0;  // layers on the CUDA device (-ngl); < 0: all
 };
 void add_common_options(CLI::App& cmd, CommonOptions& o, bool model_positional = true);
 

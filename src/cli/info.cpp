@@ -12,6 +12,7 @@
 #include "core/thread_pool.h"
 #include "gguf/gguf.h"
 #include "model/model.h"
+#include "backend/cuda/cuda_api.h"
 #include "runtime/session.h"
 
 namespace qleap::cli {
@@ -34,6 +35,14 @@ void print_machine() {
   fmt::print("SIMD:       {} (avx2={} fma={} f16c={} avx512f={} avx512bw={} avx512vnni={})\n", isa_name(isa_level()),
              f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vnni);
   fmt::print("memory bw:  {:.1f} GB/s read (measured, {} threads)\n", bw.read_gbps, bw.threads);
+  const auto gpus = cuda::devices();
+  if (gpus.empty()) {
+    fmt::print("CUDA:       {}\n", cuda::compiled() ? "backend built, no device found" : "backend not built");
+  }
+  for (const auto& g : gpus) {
+    fmt::print("CUDA {}:     {} (compute {}.{}, {} SMs), {} free of {}\n", g.index, g.name, g.cc_major, g.cc_minor,
+               g.sm_count, human_bytes(double(g.free_bytes)), human_bytes(double(g.total_bytes)));
+  }
 }
 
 void info_command(const InfoOptions& o) {

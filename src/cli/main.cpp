@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 
 #include "cli/common.h"
@@ -16,6 +17,10 @@ int main(int argc, char** argv) {
   qleap::cli::register_convert(app);
   qleap::cli::register_bench(app);
   qleap::cli::register_perplexity(app);
+  // llama.cpp users type -ngl N; CLI11 only takes one-letter single-dash names.
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "-ngl") == 0) argv[i] = const_cast<char*>("--ngl");
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

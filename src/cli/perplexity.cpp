@@ -32,7 +32,8 @@ void perplexity_command(PplOptions& o) {
   const std::string path = resolve_model(o.common.model);
   auto model = load_model(path);
   const Tokenizer tok = Tokenizer::from_gguf(model->file());
-  SessionOptions so{o.common.ctx == 0 ? 512 : o.common.ctx, o.common.threads, o.common.kv, o.common.batch};
+  SessionOptions so{o.common.ctx == 0 ? 512 : o.common.ctx, o.common.threads, o.common.kv, o.common.batch,
+                    o.common.gpu_layers};
   Session session(model, so);
   const int n_ctx = session.n_ctx();
   const std::vector<int32_t> ids = tok.encode(ss.str(), false, false);

@@ -51,6 +51,10 @@ class GpuLayers {
 std::unique_ptr<GpuLayers> make_gpu_layers(const Model& model, const Placement& placement,
                                            const RopeTable& rope, int n_ctx, int n_batch);
 
+// Re-lays out w the way upload does and decodes every row with the kernels' own decoders, run on
+// the CPU (no device needed): checks the GPU layouts against the scalar reference decoders.
+void decode_gpu_layout_host(const WeightView& w, float* out);
+
 // ---- single kernels on host data, for tests and benchmarks (each call copies in and out) ----
 // y = W x for m rows, the same contract as the CPU matmul. m == 1 takes the mat-vec kernel,
 // m > 1 the dequantize + cuBLAS path (or force_gemm for m == 1).
@@ -63,6 +67,19 @@ void rope_host(const RopeTable& rope, float* x, int m, int n_heads, int head_dim
 // (converted to f16 on the device), q/out are m x n_heads*head_dim, query t at position pos0 + t.
 void attention_host(const float* q, const float* k, const float* v, float* out, int m, int pos0, int n_kv,
                     int n_heads, int n_kv_heads, int head_dim, float scale);
+
+// ---- measurements for benchmarks (cuda_bench_support.cu) ----
+// Device-to-device copy of `bytes`: GB/s counting bytes read + bytes written (median of reps).
+double measure_copy_gbs(size_t bytes, int reps);
+// Mat-vec of w (uploaded once, `copies` distinct copies rotated so the L2 cache does not serve
+// repeats): median microseconds per call and the weight bytes one call reads.
+struct MatvecTiming {
+  double us = 0;
+  size_t bytes = 0;
+};
+MatvecTiming time_matvec(const WeightView& w, int reps, int copies);
+// cublasGemmEx with f16 operands, fp32 accumulate: (m x k) x (k x n), median microseconds.
+double time_gemm_f16(int m, int n, int k, int reps);
 
 }  // namespace cuda
 }  // namespace qleap

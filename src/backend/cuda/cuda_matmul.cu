@@ -19,6 +19,7 @@
 
 #include "backend/cuda/cuda_common.cuh"
 #include "core/error.h"
+#include "core/fp16.h"
 #include "quant/block_q4_0.h"
 #include "quant/block_q4_1.h"
 #include "quant/block_q6_k.h"
@@ -29,19 +30,33 @@ namespace {
 
 size_t round16(size_t n) { return (n + 15) & ~size_t(15); }
 
-__device__ __forceinline__ float ldh(const uint8_t* p) {
-  return __half2float(*reinterpret_cast<const __half*>(p));
+// The decoders below are __host__ __device__: the CPU runs the very same code in
+// decode_gpu_layout_host() so that layouts and bit fiddling are tested without a GPU.
+__host__ __device__ __forceinline__ float h2f(uint16_t b) {
+#ifdef __CUDA_ARCH__
+  return __half2float(__ushort_as_half(b));
+#else
+  return fp16_to_fp32_ref(b);
+#endif
 }
-__device__ __forceinline__ uint32_t byte_of(const uint4& v, int i) {  // i: compile-time after unrolling
+__host__ __device__ __forceinline__ float u2f(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  return bits_to_f32(u);
+#endif
+}
+__host__ __device__ __forceinline__ float ldh(const uint8_t* p) { return h2f(*reinterpret_cast<const uint16_t*>(p)); }
+__host__ __device__ __forceinline__ uint32_t byte_of(const uint4& v, int i) {  // i: compile-time after unrolling
   const uint32_t w = i < 4 ? v.x : i < 8 ? v.y : i < 12 ? v.z : v.w;
   return (w >> (8 * (i & 3))) & 0xFFu;
 }
-__device__ __forceinline__ uint32_t byte_rt(uint32_t w0, uint32_t w1, uint32_t w2, int k) {  // run-time k
+__host__ __device__ __forceinline__ uint32_t byte_rt(uint32_t w0, uint32_t w1, uint32_t w2, int k) {  // run-time k
   const uint32_t w = k < 4 ? w0 : k < 8 ? w1 : w2;
   return (w >> (8 * (k & 3))) & 0xFFu;
 }
 // The 6-bit scale and min of sub-block j from the 12 packed bytes (words y, z, w of the header).
-__device__ __forceinline__ void scale_min_k4(int j, uint32_t y, uint32_t z, uint32_t w, float* sc, float* m) {
+__host__ __device__ __forceinline__ void scale_min_k4(int j, uint32_t y, uint32_t z, uint32_t w, float* sc, float* m) {
   if (j < 4) {
     *sc = float(byte_rt(y, z, w, j) & 63);
     *m = float(byte_rt(y, z, w, j + 4) & 63);
@@ -61,7 +76,7 @@ struct Fmt<GgmlType::F32> {
   static constexpr int kVals = 4, kRun = 4, kRuns = 1;
   static constexpr bool kPad = true;
   __host__ __device__ static int chunks(int cols) { return (cols + 3) / 4; }
-  __device__ static void decode(const uint8_t* r, int, int c, float* v, int* col0) {
+  __host__ __device__ static void decode(const uint8_t* r, int, int c, float* v, int* col0) {
     const float4 a = *reinterpret_cast<const float4*>(r + 16 * size_t(c));
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
     col0[0] = 4 * c;
@@ -72,13 +87,13 @@ struct Fmt<GgmlType::F16> {
   static constexpr int kVals = 8, kRun = 8, kRuns = 1;
   static constexpr bool kPad = true;
   __host__ __device__ static int chunks(int cols) { return (cols + 7) / 8; }
-  __device__ static void decode(const uint8_t* r, int, int c, float* v, int* col0) {
+  __host__ __device__ static void decode(const uint8_t* r, int, int c, float* v, int* col0) {
     const uint4 a = *reinterpret_cast<const uint4*>(r + 16 * size_t(c));
-    const __half2* h = reinterpret_cast<const __half2*>(&a);
+    const uint32_t w[4] = {a.x, a.y, a.z, a.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float2 f = __half22float2(h[i]);
-      v[2 * i] = f.x, v[2 * i + 1] = f.y;
+      v[2 * i] = h2f(uint16_t(w[i] & 0xFFFF));
+      v[2 * i + 1] = h2f(uint16_t(w[i] >> 16));
     }
     col0[0] = 8 * c;
   }
@@ -88,13 +103,13 @@ struct Fmt<GgmlType::BF16> {
   static constexpr int kVals = 8, kRun = 8, kRuns = 1;
   static constexpr bool kPad = true;
   __host__ __device__ static int chunks(int cols) { return (cols + 7) / 8; }
-  __device__ static void decode(const uint8_t* r, int, int c, float* v, int* col0) {
+  __host__ __device__ static void decode(const uint8_t* r, int, int c, float* v, int* col0) {
     const uint4 a = *reinterpret_cast<const uint4*>(r + 16 * size_t(c));
     const uint32_t w[4] = {a.x, a.y, a.z, a.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      v[2 * i] = __uint_as_float(w[i] << 16);
-      v[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+      v[2 * i] = u2f(w[i] << 16);
+      v[2 * i + 1] = u2f(w[i] & 0xFFFF0000u);
     }
     col0[0] = 8 * c;
   }
@@ -104,7 +119,7 @@ struct Fmt<GgmlType::Q8_0> {
   static constexpr int kVals = 32, kRun = 32, kRuns = 1;
   static constexpr bool kPad = false;
   __host__ __device__ static int chunks(int cols) { return cols / 32; }
-  __device__ static void decode(const uint8_t* r, int cols, int c, float* v, int* col0) {
+  __host__ __device__ static void decode(const uint8_t* r, int cols, int c, float* v, int* col0) {
     const uint4 a = *reinterpret_cast<const uint4*>(r + 32 * size_t(c));
     const uint4 b = *reinterpret_cast<const uint4*>(r + 32 * size_t(c) + 16);
     const float d = ldh(r + cols + 2 * size_t(c));
@@ -121,7 +136,7 @@ struct Fmt<GgmlType::Q4_0> {
   static constexpr int kVals = 32, kRun = 16, kRuns = 2;
   static constexpr bool kPad = false;
   __host__ __device__ static int chunks(int cols) { return cols / 32; }
-  __device__ static void decode(const uint8_t* r, int cols, int c, float* v, int* col0) {
+  __host__ __device__ static void decode(const uint8_t* r, int cols, int c, float* v, int* col0) {
     const uint4 a = *reinterpret_cast<const uint4*>(r + 16 * size_t(c));
     const float d = ldh(r + cols / 2 + 2 * size_t(c));
 #pragma unroll
@@ -138,7 +153,7 @@ struct Fmt<GgmlType::Q4_1> {
   static constexpr int kVals = 32, kRun = 16, kRuns = 2;
   static constexpr bool kPad = false;
   __host__ __device__ static int chunks(int cols) { return cols / 32; }
-  __device__ static void decode(const uint8_t* r, int cols, int c, float* v, int* col0) {
+  __host__ __device__ static void decode(const uint8_t* r, int cols, int c, float* v, int* col0) {
     const uint4 a = *reinterpret_cast<const uint4*>(r + 16 * size_t(c));
     const float d = ldh(r + cols / 2 + 2 * size_t(c));
     const float m = ldh(r + cols / 2 + cols / 16 + 2 * size_t(c));
@@ -156,13 +171,13 @@ struct Fmt<GgmlType::Q4_K> {
   static constexpr int kVals = 32, kRun = 16, kRuns = 2;
   static constexpr bool kPad = false;
   __host__ __device__ static int chunks(int cols) { return cols / 32; }
-  __device__ static void decode(const uint8_t* r, int, int c, float* v, int* col0) {
+  __host__ __device__ static void decode(const uint8_t* r, int, int c, float* v, int* col0) {
     const int sb = c >> 3, g = (c & 7) >> 1, h = c & 1;
     const uint8_t* b = r + 144 * size_t(sb);
     const uint4 hdr = *reinterpret_cast<const uint4*>(b);
     const uint4 q = *reinterpret_cast<const uint4*>(b + 16 + 32 * g + 16 * h);
-    const float d = __half2float(__ushort_as_half(uint16_t(hdr.x & 0xFFFF)));
-    const float dmin = __half2float(__ushort_as_half(uint16_t(hdr.x >> 16)));
+    const float d = h2f(uint16_t(hdr.x & 0xFFFF));
+    const float dmin = h2f(uint16_t(hdr.x >> 16));
     float s0, m0, s1, m1;
     scale_min_k4(2 * g, hdr.y, hdr.z, hdr.w, &s0, &m0);
     scale_min_k4(2 * g + 1, hdr.y, hdr.z, hdr.w, &s1, &m1);
@@ -181,14 +196,14 @@ struct Fmt<GgmlType::Q5_K> {
   static constexpr int kVals = 32, kRun = 16, kRuns = 2;
   static constexpr bool kPad = false;
   __host__ __device__ static int chunks(int cols) { return cols / 32; }
-  __device__ static void decode(const uint8_t* r, int, int c, float* v, int* col0) {
+  __host__ __device__ static void decode(const uint8_t* r, int, int c, float* v, int* col0) {
     const int sb = c >> 3, g = (c & 7) >> 1, h = c & 1;
     const uint8_t* b = r + 176 * size_t(sb);
     const uint4 hdr = *reinterpret_cast<const uint4*>(b);
     const uint4 qh = *reinterpret_cast<const uint4*>(b + 16 + 16 * h);
     const uint4 q = *reinterpret_cast<const uint4*>(b + 48 + 32 * g + 16 * h);
-    const float d = __half2float(__ushort_as_half(uint16_t(hdr.x & 0xFFFF)));
-    const float dmin = __half2float(__ushort_as_half(uint16_t(hdr.x >> 16)));
+    const float d = h2f(uint16_t(hdr.x & 0xFFFF));
+    const float dmin = h2f(uint16_t(hdr.x >> 16));
     float s0, m0, s1, m1;
     scale_min_k4(2 * g, hdr.y, hdr.z, hdr.w, &s0, &m0);
     scale_min_k4(2 * g + 1, hdr.y, hdr.z, hdr.w, &s1, &m1);
@@ -207,7 +222,7 @@ struct Fmt<GgmlType::Q6_K> {
   static constexpr int kVals = 64, kRun = 16, kRuns = 4;
   static constexpr bool kPad = false;
   __host__ __device__ static int chunks(int cols) { return cols / 64; }
-  __device__ static void decode(const uint8_t* r, int cols, int c, float* v, int* col0) {
+  __host__ __device__ static void decode(const uint8_t* r, int cols, int c, float* v, int* col0) {
     const int sb = c >> 2, h = (c & 3) >> 1, half = c & 1, l0 = 16 * half;
     const uint8_t* b = r + 208 * size_t(sb);
     const uint4 ql0 = *reinterpret_cast<const uint4*>(b + 64 * h + l0);
@@ -392,7 +407,34 @@ size_t gpu_row_bytes(GgmlType t, int64_t cols) {
   }
 }
 
+template <GgmlType T>
+void decode_rows_host(const uint8_t* dev_layout, size_t rb, int64_t rows, int64_t cols, float* out) {
+  using F = Fmt<T>;
+  float v[F::kVals];
+  int col0[F::kRuns];
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int c = 0; c < F::chunks(int(cols)); ++c) {
+      F::decode(dev_layout + size_t(r) * rb, int(cols), c, v, col0);
+      for (int j = 0; j < F::kRuns; ++j) {
+        for (int i = 0; i < F::kRun; ++i) {
+          if (col0[j] + i < cols) out[size_t(r) * cols + size_t(col0[j] + i)] = v[j * F::kRun + i];
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void decode_gpu_layout_host(const WeightView& w, float* out) {
+  const size_t rb = gpu_row_bytes(w.type, w.cols);
+  std::vector<uint8_t> buf(rb * size_t(w.rows), 0);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    repack_row(w.type, static_cast<const uint8_t*>(w.data) + size_t(r) * w.row_bytes, w.cols,
+               buf.data() + size_t(r) * rb);
+  }
+  QL_DISPATCH(w.type, decode_rows_host, buf.data(), rb, w.rows, w.cols, out);
+}
 
 bool gpu_supports(GgmlType t) {
   switch (t) {
