@@ -42,7 +42,12 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions& opt)
   scratch_.allocate(hp, n_batch_);
   logits_.reserve(size_t(hp.n_vocab));
   placement_ = plan_placement(hp.n_layers, opt.gpu_layers, opt.gpu_layers != 0 ? cuda::device_count() : 0);
-  if (placement_.any_gpu()) gpu_ = cuda::make_gpu_layers(*model_, placement_, rope_, n_ctx_, n_batch_);
+  if (placement_.any_gpu()) {
+    gpu_ = cuda::make_gpu_layers(*model_, placement_, rope_, n_ctx_, n_batch_);
+    if (opt.kv_type != "f16") {
+      placement_.note = fmt::format("GPU layers keep their KV cache in f16 (--kv {} applies to CPU layers)", opt.kv_type);
+    }
+  }
 }
 
 Session::~Session() = default;

@@ -142,6 +142,10 @@ class CudaLayers final : public GpuLayers {
     } else {
       run(m, head_rows);
     }
+    if (head_ && logits == nullptr) {  // nothing reads the hidden states after the last layer
+      QL_CUDA(cudaStreamSynchronize(st_));
+      return false;
+    }
     if (head) {
       const size_t cnt = size_t(head_rows) * hp_.n_vocab;
       QL_CUDA(cudaMemcpyAsync(h_logits_, logits_.get(), cnt * sizeof(float), cudaMemcpyDeviceToHost, st_));
