@@ -48,12 +48,17 @@ struct Args {
 std::vector<std::pair<int, float>> scale_fields(GgmlType t) {
   switch (t) {
     case GgmlType::Q4_0:
-    case GgmlType::Q8_0: return {{0, 0.002f}};
-    case GgmlType::Q4_1: return {{0, 0.002f}, {2, -0.01f}};
+    case GgmlType::Q8_0:
+      return {{0, 0.002f}};
+    case GgmlType::Q4_1:
+      return {{0, 0.002f}, {2, -0.01f}};
     case GgmlType::Q4_K:
-    case GgmlType::Q5_K: return {{0, 0.0005f}, {2, 0.0002f}};
-    case GgmlType::Q6_K: return {{208, 0.0005f}};
-    default: return {};
+    case GgmlType::Q5_K:
+      return {{0, 0.0005f}, {2, 0.0002f}};
+    case GgmlType::Q6_K:
+      return {{208, 0.0005f}};
+    default:
+      return {};
   }
 }
 
@@ -219,39 +224,49 @@ int run(int argc, char** argv) {
       if (i + 1 >= argc) throw InvalidArgument(k + " needs a value");
       return argv[++i];
     };
-    if (k == "--shape") a.shape = next();
-    else if (k == "--type") a.type = next();
-    else if (k == "--ctx") a.ctx = std::stoi(next());
-    else if (k == "--prompt") a.prompt = std::stoi(next());
-    else if (k == "--depth") a.depth = std::stoi(next());
-    else if (k == "--gen") a.gen = std::stoi(next());
-    else if (k == "--peak-gbs") a.peak_gbs = std::stod(next());
-    else if (k == "--no-kernels") a.kernels = false;
-    else if (k == "--no-graph-compare") a.graph_compare = false;
-    else throw InvalidArgument("unknown option " + k);
+    if (k == "--shape")
+      a.shape = next();
+    else if (k == "--type")
+      a.type = next();
+    else if (k == "--ctx")
+      a.ctx = std::stoi(next());
+    else if (k == "--prompt")
+      a.prompt = std::stoi(next());
+    else if (k == "--depth")
+      a.depth = std::stoi(next());
+    else if (k == "--gen")
+      a.gen = std::stoi(next());
+    else if (k == "--peak-gbs")
+      a.peak_gbs = std::stod(next());
+    else if (k == "--no-kernels")
+      a.kernels = false;
+    else if (k == "--no-graph-compare")
+      a.graph_compare = false;
+    else
+      throw InvalidArgument("unknown option " + k);
   }
   const auto devs = cuda::devices();
   if (devs.empty()) {
     fmt::print(stderr, "qleap_cuda_bench: no CUDA device\n");
     return 2;
   }
-  fmt::print("device: {} (compute {}.{}, {} SMs, {:.1f} GiB)\n", devs[0].name, devs[0].cc_major, devs[0].cc_minor,
-             devs[0].sm_count, double(devs[0].total_bytes) / double(1 << 30));
+  fmt::print("device: {} (compute {}.{}, {} SMs, {:.1f} GiB)\n", devs[0].name, devs[0].cc_major,
+             devs[0].cc_minor, devs[0].sm_count, double(devs[0].total_bytes) / double(1 << 30));
   const double copy_gbs = cuda::measure_copy_gbs(size_t(1) << 30, 10);
   fmt::print("device copy (1 GiB, read + write): {:.0f} GB/s; datasheet peak used: {:.0f} GB/s\n", copy_gbs,
              a.peak_gbs);
   const Synthetic s = make_model(a);
   const HParams& hp = s.model->hparams();
-  fmt::print("model: {} {} synthetic, {} layers, weights {:.2f} GiB (layers) + {:.2f} GiB (output)\n", a.shape,
-             a.type, hp.n_layers, double(s.layer_weight_bytes) * hp.n_layers / double(1 << 30),
+  fmt::print("model: {} {} synthetic, {} layers, weights {:.2f} GiB (layers) + {:.2f} GiB (output)\n",
+             a.shape, a.type, hp.n_layers, double(s.layer_weight_bytes) * hp.n_layers / double(1 << 30),
              double(s.output_bytes) / double(1 << 30));
 
   if (a.kernels) {
     fmt::print("\n| matrix | rows x cols | bytes | us | GB/s | % of copy |\n|---|---|---|---|---|---|\n");
     const LayerWeights& l = s.model->weights().layers[0];
     const std::pair<const char*, const WeightView*> mats[] = {
-        {"attn_q", &l.wq}, {"attn_k", &l.wk}, {"attn_output", &l.wo}, {"ffn_gate", &l.w_gate},
-        {"ffn_down", &l.w_down}, {"output", &s.model->weights().output}};
+        {"attn_q", &l.wq},       {"attn_k", &l.wk},       {"attn_output", &l.wo},
+        {"ffn_gate", &l.w_gate}, {"ffn_down", &l.w_down}, {"output", &s.model->weights().output}};
     for (auto [name, v] : mats) {
       const size_t bytes = v->row_bytes * size_t(v->rows);
       const int copies = int(std::min<size_t>(16, std::max<size_t>(2, (size_t(256) << 20) / bytes + 1)));
@@ -267,14 +282,15 @@ int run(int argc, char** argv) {
   const double kv_bytes = 2.0 * hp.kv_dim() * 2.0 * (depth + a.gen / 2.0) * hp.n_layers;
   const double step_bytes = double(s.layer_weight_bytes) * hp.n_layers + double(s.output_bytes) + kv_bytes;
 
-  fmt::print("\n| CUDA graph | pp{} t/s | tg{} @ depth {} t/s | GB/s at decode | % of copy | % of peak |\n"
-             "|---|---|---|---|---|---|\n",
-             a.prompt, a.gen, depth);
+  fmt::print(
+      "\n| CUDA graph | pp{} t/s | tg{} @ depth {} t/s | GB/s at decode | % of copy | % of peak |\n"
+      "|---|---|---|---|---|---|\n",
+      a.prompt, a.gen, depth);
   for (bool graphs : a.graph_compare ? std::vector<bool>{true, false} : std::vector<bool>{true}) {
     const DecodeResult r = run_session(s, a, graphs);
     const double gbs = step_bytes * r.tg_tps / 1e9;
-    fmt::print("| {} | {:.0f} | {:.1f} | {:.0f} | {:.0f}% | {:.0f}% |\n", graphs ? "on" : "off", r.pp_tps, r.tg_tps,
-               gbs, 100.0 * gbs / copy_gbs, 100.0 * gbs / a.peak_gbs);
+    fmt::print("| {} | {:.0f} | {:.1f} | {:.0f} | {:.0f}% | {:.0f}% |\n", graphs ? "on" : "off", r.pp_tps,
+               r.tg_tps, gbs, 100.0 * gbs / copy_gbs, 100.0 * gbs / a.peak_gbs);
   }
   fmt::print("(decode bytes per token: {:.2f} GB = weights {:.2f} + KV {:.3f})\n", step_bytes / 1e9,
              (step_bytes - kv_bytes) / 1e9, kv_bytes / 1e9);
@@ -282,8 +298,12 @@ int run(int argc, char** argv) {
   // Prefill ceiling: the layer GEMMs alone in cuBLAS f16 at m = prompt tokens.
   double gemm_us = 0;
   const int m = std::min(a.prompt, 512);
-  for (auto [rows, cols] : {std::pair{hp.q_dim(), hp.n_embd}, {hp.kv_dim(), hp.n_embd}, {hp.kv_dim(), hp.n_embd},
-                            {hp.n_embd, hp.q_dim()}, {hp.n_ff, hp.n_embd}, {hp.n_ff, hp.n_embd},
+  for (auto [rows, cols] : {std::pair{hp.q_dim(), hp.n_embd},
+                            {hp.kv_dim(), hp.n_embd},
+                            {hp.kv_dim(), hp.n_embd},
+                            {hp.n_embd, hp.q_dim()},
+                            {hp.n_ff, hp.n_embd},
+                            {hp.n_ff, hp.n_embd},
                             {hp.n_embd, hp.n_ff}}) {
     gemm_us += cuda::time_gemm_f16(m, rows, cols, 10);
   }

@@ -18,13 +18,14 @@ Placement plan_placement(int n_layers, int requested, int n_devices) {
   p.n_layers = n_layers;
   if (requested == 0 || n_layers <= 0) return p;
   if (n_devices <= 0) {
-    p.note = fmt::format("--gpu-layers {} ignored: no CUDA device (this build {} the CUDA backend)", requested,
+    p.note =
+        fmt::format("--gpu-layers {} ignored: no CUDA device (this build {} the CUDA backend)", requested,
 #ifdef QLEAP_HAVE_CUDA
-                         "has"
+                    "has"
 #else
-                         "lacks"
+                    "lacks"
 #endif
-    );
+        );
     return p;
   }
   p.n_gpu_layers = (requested < 0 || requested >= n_layers) ? n_layers : requested;

@@ -37,12 +37,16 @@ double rel_err(const std::vector<float>& got, const std::vector<double>& ref) {
 std::vector<int> fp16_fields(GgmlType t) {
   switch (t) {
     case GgmlType::Q4_0:
-    case GgmlType::Q8_0: return {0};
+    case GgmlType::Q8_0:
+      return {0};
     case GgmlType::Q4_1:
     case GgmlType::Q4_K:
-    case GgmlType::Q5_K: return {0, 2};
-    case GgmlType::Q6_K: return {208};
-    default: return {};
+    case GgmlType::Q5_K:
+      return {0, 2};
+    case GgmlType::Q6_K:
+      return {208};
+    default:
+      return {};
   }
 }
 
@@ -88,8 +92,8 @@ std::vector<double> ref_matmul(const WeightView& w, const std::vector<float>& x,
 TEST(CudaLayout, KernelDecodersMatchScalarReferenceOnHost) {
   if (!cuda::compiled()) GTEST_SKIP() << "built without the CUDA backend";
   std::mt19937 rng(99);
-  for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1,
-                     GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
+  for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
+                     GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
     const bool is_float = t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16;
     const int64_t rows = 7, cols = is_float ? 172 : 768;
     const auto bytes = random_weights(t, rows, cols, rng);
@@ -195,8 +199,8 @@ TEST(CudaOps, RopeMatchesCpuBothStylesScaledAndPartial) {
     for (auto& v : x) v = nd(rng);
     std::vector<float> cpu(x), gpu(x);
     for (int t = 0; t < m; ++t) {
-      rope_apply(tab.at(pos0 + t), tab.n_rot(), tab.style(), cpu.data() + size_t(t) * heads * c.head_dim, heads,
-                 c.head_dim);
+      rope_apply(tab.at(pos0 + t), tab.n_rot(), tab.style(), cpu.data() + size_t(t) * heads * c.head_dim,
+                 heads, c.head_dim);
     }
     cuda::rope_host(tab, gpu.data(), m, heads, c.head_dim, pos0);
     std::vector<double> ref(cpu.begin(), cpu.end());
@@ -254,7 +258,8 @@ TEST(CudaAttention, SplitAttentionMatchesReference) {
     for (auto& x : k) x = nd(rng);
     for (auto& x : v) x = nd(rng);
     const float scale = 1.0f / std::sqrt(float(c.hd));
-    cuda::attention_host(q.data(), k.data(), v.data(), out.data(), c.m, c.pos0, n_kv, c.nh, c.nkv, c.hd, scale);
+    cuda::attention_host(q.data(), k.data(), v.data(), out.data(), c.m, c.pos0, n_kv, c.nh, c.nkv, c.hd,
+                         scale);
     const auto ref = ref_attention(q, k, v, c.m, c.pos0, c.nh, c.nkv, c.hd, scale);
     EXPECT_LT(rel_err(out, ref), 1e-4) << "heads " << c.nh << "/" << c.nkv << " hd " << c.hd << " m " << c.m;
   }

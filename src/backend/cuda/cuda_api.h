@@ -41,8 +41,8 @@ class GpuLayers {
   // x: m x n_embd hidden states of tokens at positions pos0 .. pos0 + m - 1 after the CPU layers.
   // If the head is on the GPU and logits is non-null, writes the logits of every row (all) or of
   // the last row to logits and returns true. Otherwise copies the updated hidden states back to
-  // x and returns false (the caller runs the head); with the head on the GPU and no logits wanted,
-  // x is left as it was (nothing reads it).
+  // x and returns false (the caller runs the head). With logits null (a prefill chunk whose
+  // logits nobody wants) x is left as it was: nothing reads it.
   virtual bool forward(float* x, int m, int pos0, float* logits, bool all) = 0;
   virtual size_t device_bytes() const = 0;  // weights + cache + scratch held on the device
 };

@@ -108,7 +108,8 @@ double time_gemm_f16(int m, int n, int k, int reps) {
   for (int r = 0; r < reps + 2; ++r) {
     ev.start(nullptr);
     QL_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, a.get(), CUDA_R_16F, k, b.get(),
-                           CUDA_R_16F, k, &beta, c.get(), CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                           CUDA_R_16F, k, &beta, c.get(), CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
+                           CUBLAS_GEMM_DEFAULT));
     const double ms = ev.stop_ms(nullptr);
     if (r >= 2) t.push_back(ms);
   }

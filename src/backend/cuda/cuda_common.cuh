@@ -17,14 +17,14 @@ namespace qleap::cuda {
 [[noreturn]] void throw_cuda(cudaError_t e, const char* what, const char* file, int line);
 [[noreturn]] void throw_cublas(cublasStatus_t s, const char* what, const char* file, int line);
 
-#define QL_CUDA(x)                                                   \
-  do {                                                               \
-    cudaError_t e_ = (x);                                            \
+#define QL_CUDA(x)                                                                \
+  do {                                                                            \
+    cudaError_t e_ = (x);                                                         \
     if (e_ != cudaSuccess) ::qleap::cuda::throw_cuda(e_, #x, __FILE__, __LINE__); \
   } while (0)
-#define QL_CUBLAS(x)                                                  \
-  do {                                                                \
-    cublasStatus_t s_ = (x);                                          \
+#define QL_CUBLAS(x)                                                                          \
+  do {                                                                                        \
+    cublasStatus_t s_ = (x);                                                                  \
     if (s_ != CUBLAS_STATUS_SUCCESS) ::qleap::cuda::throw_cublas(s_, #x, __FILE__, __LINE__); \
   } while (0)
 #define QL_CHECK_LAUNCH() QL_CUDA(cudaGetLastError())
@@ -84,8 +84,8 @@ void decode_gpu_layout_host(const WeightView& w, float* out);  // declared for t
 
 // Scratch for the GEMM path: f16 activations and a dequantized slice of the weight.
 struct GemmScratch {
-  DevBuf<__half> xh;     // m x cols
-  DevBuf<__half> wtmp;   // rows_per_pass x cols
+  DevBuf<__half> xh;    // m x cols
+  DevBuf<__half> wtmp;  // rows_per_pass x cols
   size_t wtmp_elems = 0;
   void reserve(size_t x_elems, size_t w_elems);
 };
@@ -100,14 +100,14 @@ void rms_norm(const float* x, const float* w, float* y, int m, int n, float eps,
 void silu_mul(float* g, const float* u, int64_t n, cudaStream_t st);
 
 struct QkvPostArgs {
-  float* q;         // m x n_heads*hd, rotated in place (and normed)
-  const float* k;   // m x kv_dim
+  float* q;        // m x n_heads*hd, rotated in place (and normed)
+  const float* k;  // m x kv_dim
   const float* v;
-  const float *bq, *bk, *bv;          // may be null
-  const float *q_norm, *k_norm;       // may be null (per head, hd)
-  const float* rope;                  // n_ctx x n_rot: cos, sin pairs
+  const float *bq, *bk, *bv;     // may be null
+  const float *q_norm, *k_norm;  // may be null (per head, hd)
+  const float* rope;             // n_ctx x n_rot: cos, sin pairs
   int n_rot, neox;
-  __half *k_cache, *v_cache;          // n_ctx x kv_dim of this layer
+  __half *k_cache, *v_cache;  // n_ctx x kv_dim of this layer
   int n_heads, n_kv_heads, hd;
   float eps;
 };

@@ -10,14 +10,17 @@
 namespace qleap::cuda {
 
 void throw_cuda(cudaError_t e, const char* what, const char* file, int line) {
-  throw Error(std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ") in " + what +
-              " at " + file + ":" + std::to_string(line));
+  throw Error(std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ") in " +
+              what + " at " + file + ":" + std::to_string(line));
 }
 void throw_cublas(cublasStatus_t s, const char* what, const char* file, int line) {
-  throw Error("cuBLAS error " + std::to_string(int(s)) + " in " + what + " at " + file + ":" + std::to_string(line));
+  throw Error("cuBLAS error " + std::to_string(int(s)) + " in " + what + " at " + file + ":" +
+              std::to_string(line));
 }
 
-bool compiled() { return true; }
+bool compiled() {
+  return true;
+}
 
 int device_count() {
   int n = 0;
@@ -80,7 +83,8 @@ void matmul_host(const WeightView& w, const float* x, int64_t m, float* y, bool 
   QL_CUBLAS(cublasCreate(&blas));
   GemmScratch gs;
   // A small weight slice forces several dequantize + GEMM passes, which the tests want covered.
-  gs.reserve(size_t(m * w.cols), size_t(w.cols) * size_t(std::max<int64_t>(1, std::min<int64_t>(w.rows, 96))));
+  gs.reserve(size_t(m * w.cols),
+             size_t(w.cols) * size_t(std::max<int64_t>(1, std::min<int64_t>(w.rows, 96))));
   try {
     matmul(dw, dx.get(), int(m), dy.get(), false, nullptr, blas, gs, force_gemm);
     QL_CUDA(cudaDeviceSynchronize());

@@ -28,7 +28,9 @@
 namespace qleap::cuda {
 namespace {
 
-size_t round16(size_t n) { return (n + 15) & ~size_t(15); }
+size_t round16(size_t n) {
+  return (n + 15) & ~size_t(15);
+}
 
 // The decoders below are __host__ __device__: the CPU runs the very same code in
 // decode_gpu_layout_host() so that layouts and bit fiddling are tested without a GPU.
@@ -46,17 +48,22 @@ __host__ __device__ __forceinline__ float u2f(uint32_t u) {
   return bits_to_f32(u);
 #endif
 }
-__host__ __device__ __forceinline__ float ldh(const uint8_t* p) { return h2f(*reinterpret_cast<const uint16_t*>(p)); }
-__host__ __device__ __forceinline__ uint32_t byte_of(const uint4& v, int i) {  // i: compile-time after unrolling
+__host__ __device__ __forceinline__ float ldh(const uint8_t* p) {
+  return h2f(*reinterpret_cast<const uint16_t*>(p));
+}
+__host__ __device__ __forceinline__ uint32_t byte_of(const uint4& v,
+                                                     int i) {  // i: compile-time after unrolling
   const uint32_t w = i < 4 ? v.x : i < 8 ? v.y : i < 12 ? v.z : v.w;
   return (w >> (8 * (i & 3))) & 0xFFu;
 }
-__host__ __device__ __forceinline__ uint32_t byte_rt(uint32_t w0, uint32_t w1, uint32_t w2, int k) {  // run-time k
+__host__ __device__ __forceinline__ uint32_t byte_rt(uint32_t w0, uint32_t w1, uint32_t w2,
+                                                     int k) {  // run-time k
   const uint32_t w = k < 4 ? w0 : k < 8 ? w1 : w2;
   return (w >> (8 * (k & 3))) & 0xFFu;
 }
 // The 6-bit scale and min of sub-block j from the 12 packed bytes (words y, z, w of the header).
-__host__ __device__ __forceinline__ void scale_min_k4(int j, uint32_t y, uint32_t z, uint32_t w, float* sc, float* m) {
+__host__ __device__ __forceinline__ void scale_min_k4(int j, uint32_t y, uint32_t z, uint32_t w, float* sc,
+                                                      float* m) {
   if (j < 4) {
     *sc = float(byte_rt(y, z, w, j) & 63);
     *m = float(byte_rt(y, z, w, j + 4) & 63);
@@ -315,8 +322,8 @@ __global__ void f32_to_f16_kernel(const float* __restrict__ x, __half* __restric
 template <GgmlType T>
 void launch_matvec(const DevWeight& w, const float* x, float* y, bool acc, cudaStream_t st) {
   const int blocks = int((w.rows + kMvWarps - 1) / kMvWarps);
-  matvec_kernel<T><<<blocks, kMvWarps * 32, 0, st>>>(w.data.get(), w.row_bytes, int(w.rows), int(w.cols), x, y,
-                                                     acc ? 1 : 0);
+  matvec_kernel<T><<<blocks, kMvWarps * 32, 0, st>>>(w.data.get(), w.row_bytes, int(w.rows), int(w.cols), x,
+                                                     y, acc ? 1 : 0);
   QL_CHECK_LAUNCH();
 }
 
@@ -329,29 +336,56 @@ void launch_dequant(const DevWeight& w, int64_t r0, int64_t n, __half* out, cuda
   QL_CHECK_LAUNCH();
 }
 
-#define QL_DISPATCH(type, FN, ...)                                   \
-  switch (type) {                                                    \
-    case GgmlType::F32: FN<GgmlType::F32>(__VA_ARGS__); break;       \
-    case GgmlType::F16: FN<GgmlType::F16>(__VA_ARGS__); break;       \
-    case GgmlType::BF16: FN<GgmlType::BF16>(__VA_ARGS__); break;     \
-    case GgmlType::Q8_0: FN<GgmlType::Q8_0>(__VA_ARGS__); break;     \
-    case GgmlType::Q4_0: FN<GgmlType::Q4_0>(__VA_ARGS__); break;     \
-    case GgmlType::Q4_1: FN<GgmlType::Q4_1>(__VA_ARGS__); break;     \
-    case GgmlType::Q4_K: FN<GgmlType::Q4_K>(__VA_ARGS__); break;     \
-    case GgmlType::Q5_K: FN<GgmlType::Q5_K>(__VA_ARGS__); break;     \
-    case GgmlType::Q6_K: FN<GgmlType::Q6_K>(__VA_ARGS__); break;     \
-    default: throw Unsupported(std::string("no CUDA kernel for ") + type_name(type)); \
+#define QL_DISPATCH(type, FN, ...)                                             \
+  switch (type) {                                                              \
+    case GgmlType::F32:                                                        \
+      FN<GgmlType::F32>(__VA_ARGS__);                                          \
+      break;                                                                   \
+    case GgmlType::F16:                                                        \
+      FN<GgmlType::F16>(__VA_ARGS__);                                          \
+      break;                                                                   \
+    case GgmlType::BF16:                                                       \
+      FN<GgmlType::BF16>(__VA_ARGS__);                                         \
+      break;                                                                   \
+    case GgmlType::Q8_0:                                                       \
+      FN<GgmlType::Q8_0>(__VA_ARGS__);                                         \
+      break;                                                                   \
+    case GgmlType::Q4_0:                                                       \
+      FN<GgmlType::Q4_0>(__VA_ARGS__);                                         \
+      break;                                                                   \
+    case GgmlType::Q4_1:                                                       \
+      FN<GgmlType::Q4_1>(__VA_ARGS__);                                         \
+      break;                                                                   \
+    case GgmlType::Q4_K:                                                       \
+      FN<GgmlType::Q4_K>(__VA_ARGS__);                                         \
+      break;                                                                   \
+    case GgmlType::Q5_K:                                                       \
+      FN<GgmlType::Q5_K>(__VA_ARGS__);                                         \
+      break;                                                                   \
+    case GgmlType::Q6_K:                                                       \
+      FN<GgmlType::Q6_K>(__VA_ARGS__);                                         \
+      break;                                                                   \
+    default:                                                                   \
+      throw Unsupported(std::string("no CUDA kernel for ") + type_name(type)); \
   }
 
 // Host-side re-layout of one row (see the file comment).
 void repack_row(GgmlType t, const uint8_t* src, int64_t cols, uint8_t* dst) {
   const int64_t nb = cols / 32;
   switch (t) {
-    case GgmlType::F32: std::memcpy(dst, src, size_t(cols) * 4); break;
+    case GgmlType::F32:
+      std::memcpy(dst, src, size_t(cols) * 4);
+      break;
     case GgmlType::F16:
-    case GgmlType::BF16: std::memcpy(dst, src, size_t(cols) * 2); break;
-    case GgmlType::Q4_K: std::memcpy(dst, src, size_t(cols / 256) * 144); break;
-    case GgmlType::Q5_K: std::memcpy(dst, src, size_t(cols / 256) * 176); break;
+    case GgmlType::BF16:
+      std::memcpy(dst, src, size_t(cols) * 2);
+      break;
+    case GgmlType::Q4_K:
+      std::memcpy(dst, src, size_t(cols / 256) * 144);
+      break;
+    case GgmlType::Q5_K:
+      std::memcpy(dst, src, size_t(cols / 256) * 176);
+      break;
     case GgmlType::Q8_0: {
       const auto* b = reinterpret_cast<const BlockQ8_0*>(src);
       for (int64_t i = 0; i < nb; ++i) {
@@ -388,22 +422,32 @@ void repack_row(GgmlType t, const uint8_t* src, int64_t cols, uint8_t* dst) {
       }
       break;
     }
-    default: throw Unsupported(std::string("no CUDA kernel for ") + type_name(t));
+    default:
+      throw Unsupported(std::string("no CUDA kernel for ") + type_name(t));
   }
 }
 
 size_t gpu_row_bytes(GgmlType t, int64_t cols) {
   switch (t) {
-    case GgmlType::F32: return round16(size_t(cols) * 4);
+    case GgmlType::F32:
+      return round16(size_t(cols) * 4);
     case GgmlType::F16:
-    case GgmlType::BF16: return round16(size_t(cols) * 2);
-    case GgmlType::Q8_0: return round16(size_t(cols) + size_t(cols / 32) * 2);
-    case GgmlType::Q4_0: return round16(size_t(cols / 2) + size_t(cols / 32) * 2);
-    case GgmlType::Q4_1: return round16(size_t(cols / 2) + size_t(cols / 32) * 4);
-    case GgmlType::Q4_K: return size_t(cols / 256) * 144;
-    case GgmlType::Q5_K: return size_t(cols / 256) * 176;
-    case GgmlType::Q6_K: return round16(size_t(cols / 256) * 210);
-    default: throw Unsupported(std::string("no CUDA kernel for ") + type_name(t));
+    case GgmlType::BF16:
+      return round16(size_t(cols) * 2);
+    case GgmlType::Q8_0:
+      return round16(size_t(cols) + size_t(cols / 32) * 2);
+    case GgmlType::Q4_0:
+      return round16(size_t(cols / 2) + size_t(cols / 32) * 2);
+    case GgmlType::Q4_1:
+      return round16(size_t(cols / 2) + size_t(cols / 32) * 4);
+    case GgmlType::Q4_K:
+      return size_t(cols / 256) * 144;
+    case GgmlType::Q5_K:
+      return size_t(cols / 256) * 176;
+    case GgmlType::Q6_K:
+      return round16(size_t(cols / 256) * 210);
+    default:
+      throw Unsupported(std::string("no CUDA kernel for ") + type_name(t));
   }
 }
 
@@ -446,8 +490,10 @@ bool gpu_supports(GgmlType t) {
     case GgmlType::Q4_1:
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
-    case GgmlType::Q6_K: return true;
-    default: return false;
+    case GgmlType::Q6_K:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -493,11 +539,12 @@ void matmul(const DevWeight& w, const float* x, int m, float* y, bool accumulate
   if (w.type == GgmlType::F32) {
     // Rows are padded to 16 bytes: the leading dimension is the padded row length.
     QL_CUBLAS(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, m, cols, &alpha,
-                          reinterpret_cast<const float*>(w.data.get()), int(w.row_bytes / 4), x, cols, &beta, y,
-                          rows));
+                          reinterpret_cast<const float*>(w.data.get()), int(w.row_bytes / 4), x, cols, &beta,
+                          y, rows));
     return;
   }
-  if (gs.xh.size() < size_t(m) * cols) throw InvalidArgument("CUDA GEMM scratch too small for the activations");
+  if (gs.xh.size() < size_t(m) * cols)
+    throw InvalidArgument("CUDA GEMM scratch too small for the activations");
   const int64_t nx = int64_t(m) * cols;
   f32_to_f16_kernel<<<unsigned((nx + 255) / 256), 256, 0, st>>>(x, gs.xh.get(), nx);
   QL_CHECK_LAUNCH();

@@ -31,8 +31,8 @@ __device__ float block_sum(float v) {
   return total;
 }
 
-__global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
-                                int n, float eps) {
+__global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                float* __restrict__ y, int n, float eps) {
   const float* xr = x + size_t(blockIdx.x) * n;
   float* yr = y + size_t(blockIdx.x) * n;
   float ss = 0.0f;
@@ -99,7 +99,8 @@ constexpr int kMaxG = 8;  // query heads per block (larger GQA groups use severa
 // the split with an online softmax for up to 8 query heads sharing the key; lanes split head_dim
 // (E elements each). The warps' states merge in shared memory into one partial per split.
 template <int E>
-__global__ void __launch_bounds__(kAttnWarps * 32) attn_split_kernel(AttnArgs a, const int* __restrict__ pos0) {
+__global__ void __launch_bounds__(kAttnWarps * 32)
+    attn_split_kernel(AttnArgs a, const int* __restrict__ pos0) {
   const int G = a.n_heads / a.n_kv_heads, ngc = (G + kMaxG - 1) / kMaxG;
   const int kvh = blockIdx.x / ngc, g0 = (blockIdx.x % ngc) * kMaxG, ng = min(kMaxG, G - g0);
   const int split = blockIdx.y, t = blockIdx.z;
@@ -115,7 +116,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attn_split_kernel(AttnArgs a,
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const int d = lane * E + e;
-      q[g][e] = (g < ng && d < hd) ? a.q[size_t(t) * qdim + size_t(kvh * G + g0 + g) * hd + d] * a.scale : 0.0f;
+      q[g][e] =
+          (g < ng && d < hd) ? a.q[size_t(t) * qdim + size_t(kvh * G + g0 + g) * hd + d] * a.scale : 0.0f;
       acc[g][e] = 0.0f;
     }
   }

@@ -39,7 +39,10 @@ struct DevLayer {
 class CudaLayers final : public GpuLayers {
  public:
   CudaLayers(const Model& model, const Placement& pl, const RopeTable& rope, int n_ctx, int n_batch)
-      : hp_(model.hparams()), first_(pl.first_gpu_layer()), head_(pl.output_on_gpu), n_ctx_(n_ctx),
+      : hp_(model.hparams()),
+        first_(pl.first_gpu_layer()),
+        head_(pl.output_on_gpu),
+        n_ctx_(n_ctx),
         n_batch_(n_batch) {
     const std::string& arch = model.arch();
     if (arch != "llama" && arch != "qwen2" && arch != "qwen3") {
@@ -67,8 +70,13 @@ class CudaLayers final : public GpuLayers {
       d.bq = vec_to_dev(s.bq);
       d.bk = vec_to_dev(s.bk);
       d.bv = vec_to_dev(s.bv);
-      for (auto [dst, src] : {std::pair{&d.wq, &s.wq}, {&d.wk, &s.wk}, {&d.wv, &s.wv}, {&d.wo, &s.wo},
-                              {&d.w_gate, &s.w_gate}, {&d.w_up, &s.w_up}, {&d.w_down, &s.w_down}}) {
+      for (auto [dst, src] : {std::pair{&d.wq, &s.wq},
+                              {&d.wk, &s.wk},
+                              {&d.wv, &s.wv},
+                              {&d.wo, &s.wo},
+                              {&d.w_gate, &s.w_gate},
+                              {&d.w_up, &s.w_up},
+                              {&d.w_down, &s.w_down}}) {
         *dst = upload_weight(*src);
         weight_bytes_ += dst->bytes();
         max_cols = std::max<size_t>(max_cols, size_t(src->cols));
@@ -128,7 +136,8 @@ class CudaLayers final : public GpuLayers {
 
   bool forward(float* x, int m, int pos0, float* logits, bool all) override {
     if (m <= 0 || m > n_batch_) throw InvalidArgument("GpuLayers::forward: m = " + std::to_string(m));
-    if (pos0 < 0 || pos0 + m > n_ctx_) throw InvalidArgument("GpuLayers::forward: positions outside the context");
+    if (pos0 < 0 || pos0 + m > n_ctx_)
+      throw InvalidArgument("GpuLayers::forward: positions outside the context");
     const int n = hp_.n_embd;
     const bool head = head_ && logits != nullptr;
     const int head_rows = head ? (all ? m : 1) : 0;
@@ -142,7 +151,7 @@ class CudaLayers final : public GpuLayers {
     } else {
       run(m, head_rows);
     }
-    if (head_ && logits == nullptr) {  // nothing reads the hidden states after the last layer
+    if (logits == nullptr) {  // a prefill chunk whose logits nobody wants: nothing reads x after it
       QL_CUDA(cudaStreamSynchronize(st_));
       return false;
     }
@@ -294,8 +303,8 @@ class CudaLayers final : public GpuLayers {
 
 }  // namespace
 
-std::unique_ptr<GpuLayers> make_gpu_layers(const Model& model, const Placement& placement, const RopeTable& rope,
-                                           int n_ctx, int n_batch) {
+std::unique_ptr<GpuLayers> make_gpu_layers(const Model& model, const Placement& placement,
+                                           const RopeTable& rope, int n_ctx, int n_batch) {
   if (!placement.any_gpu()) throw InvalidArgument("make_gpu_layers: placement has no GPU layers");
   return std::make_unique<CudaLayers>(model, placement, rope, n_ctx, n_batch);
 }
