@@ -1,5 +1,6 @@
 // GpuLayers: the offloaded decoder layers (and optionally the output head) of a dense
-// llama / qwen2 / qwen3 model, with their weights and an f16 KV cache in device memory.
+// llama / qwen2 / qwen3 model, with their weights (shared between sessions) and a per-session f16
+// KV cache in device memory.
 // A decode step (one token) is captured once as a CUDA graph and replayed: every kernel reads the
 // position from device memory, and the attention grid is sized for the whole context (splits past
 // the current position exit at once), so the same graph serves every step.
@@ -7,7 +8,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/cuda/cuda_api.h"
@@ -33,8 +38,70 @@ DevBuf<float> vec_to_dev(const std::vector<float>& v) {
 struct DevLayer {
   DevBuf<float> attn_norm, ffn_norm, q_norm, k_norm, bq, bk, bv;
   DevWeight wq, wk, wv, wo, w_gate, w_up, w_down;
-  DevBuf<__half> k_cache, v_cache;
 };
+
+// The device copy of the offloaded weights, shared by every session of a model with the same
+// placement (a server's sessions then hold one copy of the weights and each its own cache).
+struct DevModel {
+  std::vector<DevLayer> layers;  // layers [first, n_layers)
+  DevBuf<float> out_norm;
+  DevWeight output;  // only when the head is on the GPU
+  size_t weight_bytes = 0;
+  size_t max_cols = 0;
+};
+
+std::shared_ptr<const DevModel> upload_model(const Model& model, int first, bool head) {
+  auto dm = std::make_shared<DevModel>();
+  const ModelWeights& w = model.weights();
+  for (int il = first; il < model.hparams().n_layers; ++il) {
+    const LayerWeights& s = w.layers[size_t(il)];
+    DevLayer d;
+    d.attn_norm = vec_to_dev(s.attn_norm);
+    d.ffn_norm = vec_to_dev(s.ffn_norm);
+    d.q_norm = vec_to_dev(s.q_norm);
+    d.k_norm = vec_to_dev(s.k_norm);
+    d.bq = vec_to_dev(s.bq);
+    d.bk = vec_to_dev(s.bk);
+    d.bv = vec_to_dev(s.bv);
+    for (auto [dst, src] : {std::pair{&d.wq, &s.wq},
+                            {&d.wk, &s.wk},
+                            {&d.wv, &s.wv},
+                            {&d.wo, &s.wo},
+                            {&d.w_gate, &s.w_gate},
+                            {&d.w_up, &s.w_up},
+                            {&d.w_down, &s.w_down}}) {
+      *dst = upload_weight(*src);
+      dm->weight_bytes += dst->bytes();
+      dm->max_cols = std::max<size_t>(dm->max_cols, size_t(src->cols));
+    }
+    dm->layers.push_back(std::move(d));
+  }
+  if (head) {
+    dm->out_norm = vec_to_dev(w.output_norm);
+    dm->output = upload_weight(w.output);
+    dm->weight_bytes += dm->output.bytes();
+    dm->max_cols = std::max<size_t>(dm->max_cols, size_t(w.output.cols));
+  }
+  return dm;
+}
+
+// A live session keeps its Model alive, so a registered address cannot be reused by another model
+// while its entry can still be locked.
+std::shared_ptr<const DevModel> shared_model(const Model& model, int first, bool head) {
+  static std::mutex mu;
+  static std::map<std::tuple<const Model*, int, bool>, std::weak_ptr<const DevModel>> registry;
+  std::lock_guard<std::mutex> lock(mu);
+  for (auto it = registry.begin(); it != registry.end();) {
+    it = it->second.expired() ? registry.erase(it) : std::next(it);
+  }
+  const auto key = std::make_tuple(&model, first, head);
+  if (auto it = registry.find(key); it != registry.end()) {
+    if (auto p = it->second.lock()) return p;
+  }
+  auto p = upload_model(model, first, head);
+  registry[key] = p;
+  return p;
+}
 
 class CudaLayers final : public GpuLayers {
  public:
@@ -57,40 +124,15 @@ class CudaLayers final : public GpuLayers {
     QL_CUBLAS(cublasCreate(&blas_));
     QL_CUBLAS(cublasSetStream(blas_, st_));
 
-    const ModelWeights& w = model.weights();
+    dm_ = shared_model(model, first_, head_);
     const size_t kv_elems = size_t(n_ctx) * hp_.kv_dim();
-    size_t max_cols = 0;
-    for (int il = first_; il < hp_.n_layers; ++il) {
-      const LayerWeights& s = w.layers[size_t(il)];
-      DevLayer d;
-      d.attn_norm = vec_to_dev(s.attn_norm);
-      d.ffn_norm = vec_to_dev(s.ffn_norm);
-      d.q_norm = vec_to_dev(s.q_norm);
-      d.k_norm = vec_to_dev(s.k_norm);
-      d.bq = vec_to_dev(s.bq);
-      d.bk = vec_to_dev(s.bk);
-      d.bv = vec_to_dev(s.bv);
-      for (auto [dst, src] : {std::pair{&d.wq, &s.wq},
-                              {&d.wk, &s.wk},
-                              {&d.wv, &s.wv},
-                              {&d.wo, &s.wo},
-                              {&d.w_gate, &s.w_gate},
-                              {&d.w_up, &s.w_up},
-                              {&d.w_down, &s.w_down}}) {
-        *dst = upload_weight(*src);
-        weight_bytes_ += dst->bytes();
-        max_cols = std::max<size_t>(max_cols, size_t(src->cols));
-      }
-      d.k_cache.alloc(kv_elems);
-      d.v_cache.alloc(kv_elems);
-      layers_.push_back(std::move(d));
+    k_cache_.resize(dm_->layers.size());
+    v_cache_.resize(dm_->layers.size());
+    for (size_t i = 0; i < dm_->layers.size(); ++i) {
+      k_cache_[i].alloc(kv_elems);
+      v_cache_[i].alloc(kv_elems);
     }
-    if (head_) {
-      out_norm_ = vec_to_dev(w.output_norm);
-      output_ = upload_weight(w.output);
-      weight_bytes_ += output_.bytes();
-      max_cols = std::max<size_t>(max_cols, size_t(w.output.cols));
-    }
+    const size_t max_cols = dm_->max_cols;
     rope_.alloc(size_t(n_ctx) * rope.n_rot());
     rope_.upload(rope.at(0), rope_.size());
     n_rot_ = rope.n_rot();
@@ -127,9 +169,9 @@ class CudaLayers final : public GpuLayers {
   }
 
   size_t device_bytes() const override {
-    size_t b = weight_bytes_ + rope_.bytes() + partial_.bytes() + gemm_.xh.bytes() + gemm_.wtmp.bytes() +
+    size_t b = dm_->weight_bytes + rope_.bytes() + partial_.bytes() + gemm_.xh.bytes() + gemm_.wtmp.bytes() +
                logits_.bytes();
-    for (const DevLayer& d : layers_) b += d.k_cache.bytes() + d.v_cache.bytes();
+    for (size_t i = 0; i < k_cache_.size(); ++i) b += k_cache_[i].bytes() + v_cache_[i].bytes();
     for (const DevBuf<float>* p : {&x_, &xn_, &q_, &attn_, &k_, &v_, &gate_, &up_}) b += p->bytes();
     return b;
   }
@@ -207,15 +249,15 @@ class CudaLayers final : public GpuLayers {
   // last head_rows rows into logits_.
   void run(int m, int head_rows) {
     const int n = hp_.n_embd;
-    for (size_t i = 0; i < layers_.size(); ++i) layer(layers_[i], m);
+    for (size_t i = 0; i < dm_->layers.size(); ++i) layer(dm_->layers[i], k_cache_[i], v_cache_[i], m);
     if (head_rows > 0) {
       const float* xs = x_.get() + size_t(m - head_rows) * n;
-      rms_norm(xs, out_norm_.get(), xn_.get(), head_rows, n, hp_.rms_eps, st_);
-      matmul(output_, xn_.get(), head_rows, logits_.get(), false, st_, blas_, gemm_);
+      rms_norm(xs, dm_->out_norm.get(), xn_.get(), head_rows, n, hp_.rms_eps, st_);
+      matmul(dm_->output, xn_.get(), head_rows, logits_.get(), false, st_, blas_, gemm_);
     }
   }
 
-  void layer(DevLayer& d, int m) {
+  void layer(const DevLayer& d, DevBuf<__half>& kc, DevBuf<__half>& vc, int m) {
     const int n = hp_.n_embd;
     rms_norm(x_.get(), d.attn_norm.get(), xn_.get(), m, n, hp_.rms_eps, st_);
     matmul(d.wq, xn_.get(), m, q_.get(), false, st_, blas_, gemm_);
@@ -233,8 +275,8 @@ class CudaLayers final : public GpuLayers {
     qa.rope = rope_.get();
     qa.n_rot = n_rot_;
     qa.neox = neox_ ? 1 : 0;
-    qa.k_cache = d.k_cache.get();
-    qa.v_cache = d.v_cache.get();
+    qa.k_cache = kc.get();
+    qa.v_cache = vc.get();
     qa.n_heads = hp_.n_heads;
     qa.n_kv_heads = hp_.n_kv_heads;
     qa.hd = hp_.head_dim;
@@ -243,8 +285,8 @@ class CudaLayers final : public GpuLayers {
 
     AttnArgs aa{};
     aa.q = q_.get();
-    aa.k_cache = d.k_cache.get();
-    aa.v_cache = d.v_cache.get();
+    aa.k_cache = kc.get();
+    aa.v_cache = vc.get();
     aa.out = attn_.get();
     aa.partial = partial_.get();
     aa.n_heads = hp_.n_heads;
@@ -283,9 +325,8 @@ class CudaLayers final : public GpuLayers {
   bool use_graphs_ = true;
   cudaStream_t st_ = nullptr;
   cublasHandle_t blas_ = nullptr;
-  std::vector<DevLayer> layers_;
-  DevBuf<float> out_norm_;
-  DevWeight output_;
+  std::shared_ptr<const DevModel> dm_;
+  std::vector<DevBuf<__half>> k_cache_, v_cache_;  // per offloaded layer: n_ctx x kv_dim
   DevBuf<float> rope_;
   int n_rot_ = 0;
   bool neox_ = false;
@@ -293,7 +334,6 @@ class CudaLayers final : public GpuLayers {
   DevBuf<int> pos_;
   GemmScratch gemm_;
   int decode_splits_ = 1;
-  size_t weight_bytes_ = 0;
   int* h_pos_ = nullptr;
   float* h_x_ = nullptr;
   float* h_logits_ = nullptr;
