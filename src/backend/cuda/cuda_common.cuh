@@ -80,6 +80,7 @@ struct DevWeight {
 // Throws Unsupported for formats without a GPU kernel.
 bool gpu_supports(GgmlType t);
 DevWeight upload_weight(const WeightView& w);
+size_t device_weight_bytes(const WeightView& w);  // what upload_weight allocates (0: unsupported)
 void decode_gpu_layout_host(const WeightView& w, float* out);  // declared for tests in cuda_api.h
 
 // Scratch for the GEMM path: f16 activations and a dequantized slice of the weight.

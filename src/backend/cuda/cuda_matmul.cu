@@ -497,6 +497,10 @@ bool gpu_supports(GgmlType t) {
   }
 }
 
+size_t device_weight_bytes(const WeightView& w) {
+  return gpu_supports(w.type) ? gpu_row_bytes(w.type, w.cols) * size_t(w.rows) : 0;
+}
+
 DevWeight upload_weight(const WeightView& w) {
   if (!gpu_supports(w.type)) throw Unsupported(std::string("no CUDA kernel for ") + type_name(w.type));
   DevWeight d;

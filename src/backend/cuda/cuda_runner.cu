@@ -6,6 +6,7 @@
 // the current position exit at once), so the same graph serves every step.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -87,7 +88,34 @@ std::shared_ptr<const DevModel> upload_model(const Model& model, int first, bool
 
 // A live session keeps its Model alive, so a registered address cannot be reused by another model
 // while its entry can still be locked.
-std::shared_ptr<const DevModel> shared_model(const Model& model, int first, bool head) {
+size_t weights_bytes(const Model& model, int first, bool head) {
+  const ModelWeights& w = model.weights();
+  size_t b = head ? device_weight_bytes(w.output) : 0;
+  for (int il = first; il < model.hparams().n_layers; ++il) {
+    const LayerWeights& s = w.layers[size_t(il)];
+    for (const WeightView* v : {&s.wq, &s.wk, &s.wv, &s.wo, &s.w_gate, &s.w_up, &s.w_down}) {
+      b += device_weight_bytes(*v);
+    }
+  }
+  return b;
+}
+
+// Fails early, with advice, instead of part way through the upload.
+void check_fits(size_t need, int n_gpu_layers) {
+  size_t free_b = 0, total_b = 0;
+  QL_CUDA(cudaMemGetInfo(&free_b, &total_b));
+  if (need > free_b) {
+    char msg[256];
+    std::snprintf(
+        msg, sizeof msg,
+        "--gpu-layers %d needs %.2f GiB of GPU memory but %.2f GiB are free: offload fewer layers or "
+        "use a smaller --ctx",
+        n_gpu_layers, double(need) / double(1 << 30), double(free_b) / double(1 << 30));
+    throw InvalidArgument(msg);
+  }
+}
+
+std::shared_ptr<const DevModel> shared_model(const Model& model, int first, bool head, size_t extra_bytes) {
   static std::mutex mu;
   static std::map<std::tuple<const Model*, int, bool>, std::weak_ptr<const DevModel>> registry;
   std::lock_guard<std::mutex> lock(mu);
@@ -98,6 +126,7 @@ std::shared_ptr<const DevModel> shared_model(const Model& model, int first, bool
   if (auto it = registry.find(key); it != registry.end()) {
     if (auto p = it->second.lock()) return p;
   }
+  check_fits(weights_bytes(model, first, head) + extra_bytes, model.hparams().n_layers - first);
   auto p = upload_model(model, first, head);
   registry[key] = p;
   return p;
@@ -124,8 +153,15 @@ class CudaLayers final : public GpuLayers {
     QL_CUBLAS(cublasCreate(&blas_));
     QL_CUBLAS(cublasSetStream(blas_, st_));
 
-    dm_ = shared_model(model, first_, head_);
     const size_t kv_elems = size_t(n_ctx) * hp_.kv_dim();
+    const int n_gpu = hp_.n_layers - first_;
+    // KV cache, activations, attention partials and the GEMM slice (estimate; small items omitted).
+    const size_t extra =
+        2 * kv_elems * sizeof(__half) * size_t(n_gpu) +
+        size_t(n_batch) * (2 * hp_.n_embd + 2 * hp_.q_dim() + 2 * hp_.kv_dim() + 2 * hp_.n_ff) * 4 +
+        kPartialBudget + (n_batch > 1 ? kWeightSliceBytes : 0);
+    dm_ = shared_model(model, first_, head_, extra);
+    check_fits(extra, n_gpu);
     k_cache_.resize(dm_->layers.size());
     v_cache_.resize(dm_->layers.size());
     for (size_t i = 0; i < dm_->layers.size(); ++i) {
