@@ -132,6 +132,40 @@ std::shared_ptr<const DevModel> shared_model(const Model& model, int first, bool
   return p;
 }
 
+// Owners of the runner's CUDA handles, so that a constructor failing half way releases them.
+struct StreamHolder {
+  cudaStream_t s = nullptr;
+  ~StreamHolder() {
+    if (s) cudaStreamDestroy(s);
+  }
+};
+struct BlasHolder {
+  cublasHandle_t h = nullptr;
+  ~BlasHolder() {
+    if (h) cublasDestroy(h);
+  }
+};
+template <class T>
+struct PinnedHolder {
+  T* p = nullptr;
+  ~PinnedHolder() {
+    if (p) cudaFreeHost(p);
+  }
+  void alloc(size_t n) {
+    if (p) cudaFreeHost(p);
+    p = nullptr;
+    QL_CUDA(cudaMallocHost(&p, n * sizeof(T)));
+  }
+};
+struct GraphHolder {
+  cudaGraphExec_t g = nullptr;
+  ~GraphHolder() { reset(); }
+  void reset() {
+    if (g) cudaGraphExecDestroy(g);
+    g = nullptr;
+  }
+};
+
 class CudaLayers final : public GpuLayers {
  public:
   CudaLayers(const Model& model, const Placement& pl, const RopeTable& rope, int n_ctx, int n_batch)
@@ -149,8 +183,10 @@ class CudaLayers final : public GpuLayers {
     if (rope.n_pos() < n_ctx) throw InvalidArgument("RoPE table shorter than the context");
     const char* g = std::getenv("QLEAP_CUDA_GRAPHS");
     use_graphs_ = !(g && std::string(g) == "0");
-    QL_CUDA(cudaStreamCreateWithFlags(&st_, cudaStreamNonBlocking));
-    QL_CUBLAS(cublasCreate(&blas_));
+    QL_CUDA(cudaStreamCreateWithFlags(&stream_.s, cudaStreamNonBlocking));
+    st_ = stream_.s;
+    QL_CUBLAS(cublasCreate(&blas_holder_.h));
+    blas_ = blas_holder_.h;
     QL_CUBLAS(cublasSetStream(blas_, st_));
 
     const size_t kv_elems = size_t(n_ctx) * hp_.kv_dim();
@@ -191,17 +227,10 @@ class CudaLayers final : public GpuLayers {
       const size_t wslice = std::max(max_cols, kWeightSliceBytes / 2);
       gemm_.reserve(nb * max_cols, wslice);
     }
-    QL_CUDA(cudaMallocHost(&h_pos_, sizeof(int)));
-    QL_CUDA(cudaMallocHost(&h_x_, nb * hp_.n_embd * sizeof(float)));
-  }
-
-  ~CudaLayers() override {
-    if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
-    if (h_pos_) cudaFreeHost(h_pos_);
-    if (h_x_) cudaFreeHost(h_x_);
-    if (h_logits_) cudaFreeHost(h_logits_);
-    if (blas_) cublasDestroy(blas_);
-    if (st_) cudaStreamDestroy(st_);
+    h_pos_holder_.alloc(1);
+    h_pos_ = h_pos_holder_.p;
+    h_x_holder_.alloc(nb * hp_.n_embd);
+    h_x_ = h_x_holder_.p;
   }
 
   size_t device_bytes() const override {
@@ -250,35 +279,31 @@ class CudaLayers final : public GpuLayers {
   void ensure_logits(int rows) {
     const size_t need = size_t(rows) * hp_.n_vocab;
     if (logits_.size() >= need) return;
-    if (graph_exec_) {  // the graph holds the old logits pointer
-      cudaGraphExecDestroy(graph_exec_);
-      graph_exec_ = nullptr;
-    }
+    graph_.reset();  // the graph holds the old logits pointer
     logits_.alloc(need);
-    if (h_logits_) cudaFreeHost(h_logits_);
-    QL_CUDA(cudaMallocHost(&h_logits_, need * sizeof(float)));
+    h_logits_holder_.alloc(need);
+    h_logits_ = h_logits_holder_.p;
   }
 
   void launch_decode_graph(bool head) {
-    if (graph_exec_ && graph_head_ != head) {
-      cudaGraphExecDestroy(graph_exec_);
-      graph_exec_ = nullptr;
-    }
-    if (!graph_exec_) {
-      cudaGraph_t g;
+    if (graph_.g && graph_head_ != head) graph_.reset();
+    if (!graph_.g) {
+      cudaGraph_t g = nullptr;
       QL_CUDA(cudaStreamBeginCapture(st_, cudaStreamCaptureModeThreadLocal));
       try {
         run(1, head ? 1 : 0);
       } catch (...) {
-        cudaStreamEndCapture(st_, &g);
+        if (cudaStreamEndCapture(st_, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+        cudaGetLastError();
         throw;
       }
       QL_CUDA(cudaStreamEndCapture(st_, &g));
-      QL_CUDA(cudaGraphInstantiate(&graph_exec_, g, 0));
+      const cudaError_t e = cudaGraphInstantiate(&graph_.g, g, 0);
       cudaGraphDestroy(g);
+      QL_CUDA(e);
       graph_head_ = head;
     }
-    QL_CUDA(cudaGraphLaunch(graph_exec_, st_));
+    QL_CUDA(cudaGraphLaunch(graph_.g, st_));
   }
 
   // All offloaded layers for m tokens in x_, then (head_rows > 0) the norm and output head of the
@@ -359,8 +384,10 @@ class CudaLayers final : public GpuLayers {
   bool head_ = false;
   int n_ctx_ = 0, n_batch_ = 0;
   bool use_graphs_ = true;
-  cudaStream_t st_ = nullptr;
-  cublasHandle_t blas_ = nullptr;
+  StreamHolder stream_;
+  BlasHolder blas_holder_;
+  cudaStream_t st_ = nullptr;      // stream_.s
+  cublasHandle_t blas_ = nullptr;  // blas_holder_.h
   std::shared_ptr<const DevModel> dm_;
   std::vector<DevBuf<__half>> k_cache_, v_cache_;  // per offloaded layer: n_ctx x kv_dim
   DevBuf<float> rope_;
@@ -370,10 +397,12 @@ class CudaLayers final : public GpuLayers {
   DevBuf<int> pos_;
   GemmScratch gemm_;
   int decode_splits_ = 1;
+  PinnedHolder<int> h_pos_holder_;
+  PinnedHolder<float> h_x_holder_, h_logits_holder_;
   int* h_pos_ = nullptr;
   float* h_x_ = nullptr;
   float* h_logits_ = nullptr;
-  cudaGraphExec_t graph_exec_ = nullptr;
+  GraphHolder graph_;
   bool graph_head_ = false;
 };
 
