@@ -62,8 +62,8 @@ void add_common_options(CLI::App& cmd, CommonOptions& o, bool model_positional) 
                  "for K and V), or kXvY for X-bit keys and Y-bit values (e.g. k4v3, k4v2, k3v2)")->capture_default_str();
   cmd.add_option("-b,--batch", o.batch, "prompt tokens per forward pass")->check(CLI::Range(1, 8192))->capture_default_str();
   cmd.add_option("--gpu-layers,--ngl", o.gpu_layers,
-                 "decoder layers to run on the CUDA GPU (the last N; -1 or >= the layer count: all, plus the output "
-                 "head); 0 = CPU only")
+                 "decoder layers to run on the CUDA GPU (the last N; -1 or >= the layer count: all, plus "
+                 "the output head); 0 = CPU only")
       ->check(CLI::Range(-1, 100000))
       ->capture_default_str();
 }

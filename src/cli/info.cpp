@@ -40,8 +40,8 @@ void print_machine() {
     fmt::print("CUDA:       {}\n", cuda::compiled() ? "backend built, no device found" : "backend not built");
   }
   for (const auto& g : gpus) {
-    fmt::print("CUDA {}:     {} (compute {}.{}, {} SMs), {} free of {}\n", g.index, g.name, g.cc_major, g.cc_minor,
-               g.sm_count, human_bytes(double(g.free_bytes)), human_bytes(double(g.total_bytes)));
+    fmt::print("CUDA {}:     {} (compute {}.{}, {} SMs), {} free of {}\n", g.index, g.name, g.cc_major,
+               g.cc_minor, g.sm_count, human_bytes(double(g.free_bytes)), human_bytes(double(g.total_bytes)));
   }
 }
 

@@ -45,7 +45,8 @@ class Generator {
       : opt_(o),
         model_(std::move(model)),
         tok_(Tokenizer::from_gguf(model_->file())),
-        session_(model_, SessionOptions{o.common.ctx, o.common.threads, o.common.kv, o.common.batch, o.common.gpu_layers}),
+        session_(model_,
+                 SessionOptions{o.common.ctx, o.common.threads, o.common.kv, o.common.batch, o.common.gpu_layers}),
         sampler_(o.sampling) {}
 
   const Tokenizer& tokenizer() const { return tok_; }
@@ -131,7 +132,8 @@ void run_command(RunOptions& o) {
   Stopwatch load;
   auto model = load_model(path);
   Generator gen(model, o);
-  if (!gen.session().placement().note.empty()) fmt::print(stderr, "note: {}\n", gen.session().placement().note);
+  const std::string& note = gen.session().placement().note;
+  if (!note.empty()) fmt::print(stderr, "note: {}\n", note);
   if (!o.quiet) {
     std::cerr << fmt::format("[loaded {} in {:.2f} s; ctx {}, {} threads, KV {}]\n", path, load.elapsed(),
                              gen.session().n_ctx(), gen.session().pool().size(), o.common.kv);

@@ -45,7 +45,8 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions& opt)
   if (placement_.any_gpu()) {
     gpu_ = cuda::make_gpu_layers(*model_, placement_, rope_, n_ctx_, n_batch_);
     if (opt.kv_type != "f16") {
-      placement_.note = fmt::format("GPU layers keep their KV cache in f16 (--kv {} applies to CPU layers)", opt.kv_type);
+      placement_.note =
+          fmt::format("GPU layers keep their KV cache in f16 (--kv {} applies to CPU layers)", opt.kv_type);
     }
   }
 }
