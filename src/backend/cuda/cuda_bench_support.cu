@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_api.h"
+#include "backend/cuda/cuda_blas.cuh"
 #include "backend/cuda/cuda_common.cuh"
 #include "core/error.h"
 
@@ -71,7 +72,7 @@ MatvecTiming time_matvec(const WeightView& w, int reps, int copies) {
   std::vector<float> hx(size_t(w.cols), 0.01f);
   x.upload(hx.data(), hx.size());
   cublasHandle_t blas;
-  QL_CUBLAS(cublasCreate(&blas));
+  QL_CUBLAS(blas::create(&blas));
   GemmScratch gs;
   Events ev;
   std::vector<double> t;
@@ -84,10 +85,10 @@ MatvecTiming time_matvec(const WeightView& w, int reps, int copies) {
       if (r >= copies) t.push_back(ms);
     }
   } catch (...) {
-    cublasDestroy(blas);
+    blas::destroy(blas);
     throw;
   }
-  cublasDestroy(blas);
+  blas::destroy(blas);
   MatvecTiming out;
   out.us = median(t) * 1e3;
   out.bytes = ws[0].bytes();
@@ -101,19 +102,19 @@ double time_gemm_f16(int m, int n, int k, int reps) {
   fill_kernel<<<unsigned((b.size() + 255) / 256), 256>>>(b.get(), b.size(), 2);
   QL_CHECK_LAUNCH();
   cublasHandle_t blas;
-  QL_CUBLAS(cublasCreate(&blas));
+  QL_CUBLAS(blas::create(&blas));
   const float alpha = 1.0f, beta = 0.0f;
   Events ev;
   std::vector<double> t;
   for (int r = 0; r < reps + 2; ++r) {
     ev.start(nullptr);
-    QL_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, a.get(), CUDA_R_16F, k, b.get(),
-                           CUDA_R_16F, k, &beta, c.get(), CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
-                           CUBLAS_GEMM_DEFAULT));
+    QL_CUBLAS(blas::gemm_ex(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, a.get(), CUDA_R_16F, k, b.get(),
+                            CUDA_R_16F, k, &beta, c.get(), CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT));
     const double ms = ev.stop_ms(nullptr);
     if (r >= 2) t.push_back(ms);
   }
-  cublasDestroy(blas);
+  blas::destroy(blas);
   return median(t) * 1e3;
 }
 

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_api.h"
+#include "backend/cuda/cuda_blas.cuh"
 #include "backend/cuda/cuda_common.cuh"
 #include "core/error.h"
 #include "core/fp16.h"
@@ -80,7 +81,7 @@ void matmul_host(const WeightView& w, const float* x, int64_t m, float* y, bool 
   auto dx = to_dev(x, size_t(m * w.cols));
   DevBuf<float> dy(size_t(m * w.rows));
   cublasHandle_t blas;
-  QL_CUBLAS(cublasCreate(&blas));
+  QL_CUBLAS(blas::create(&blas));
   GemmScratch gs;
   // A small weight slice forces several dequantize + GEMM passes, which the tests want covered.
   gs.reserve(size_t(m * w.cols),
@@ -89,10 +90,10 @@ void matmul_host(const WeightView& w, const float* x, int64_t m, float* y, bool 
     matmul(dw, dx.get(), int(m), dy.get(), false, nullptr, blas, gs, force_gemm);
     QL_CUDA(cudaDeviceSynchronize());
   } catch (...) {
-    cublasDestroy(blas);
+    blas::destroy(blas);
     throw;
   }
-  cublasDestroy(blas);
+  blas::destroy(blas);
   dy.download(y, dy.size());
 }
 

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <vector>
 
+#include "backend/cuda/cuda_blas.cuh"
 #include "backend/cuda/cuda_common.cuh"
 #include "core/error.h"
 #include "core/fp16.h"
@@ -542,7 +543,7 @@ void matmul(const DevWeight& w, const float* x, int m, float* y, bool accumulate
   const int rows = int(w.rows), cols = int(w.cols);
   if (w.type == GgmlType::F32) {
     // Rows are padded to 16 bytes: the leading dimension is the padded row length.
-    QL_CUBLAS(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, m, cols, &alpha,
+    QL_CUBLAS(blas::sgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, m, cols, &alpha,
                           reinterpret_cast<const float*>(w.data.get()), int(w.row_bytes / 4), x, cols, &beta,
                           y, rows));
     return;
@@ -557,9 +558,9 @@ void matmul(const DevWeight& w, const float* x, int m, float* y, bool accumulate
   for (int64_t r0 = 0; r0 < rows; r0 += per) {
     const int64_t n = std::min<int64_t>(per, rows - r0);
     QL_DISPATCH(w.type, launch_dequant, w, r0, n, gs.wtmp.get(), st);
-    QL_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(n), m, cols, &alpha, gs.wtmp.get(), CUDA_R_16F,
-                           cols, gs.xh.get(), CUDA_R_16F, cols, &beta, y + r0, CUDA_R_32F, rows,
-                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    QL_CUBLAS(blas::gemm_ex(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(n), m, cols, &alpha, gs.wtmp.get(),
+                            CUDA_R_16F, cols, gs.xh.get(), CUDA_R_16F, cols, &beta, y + r0, CUDA_R_32F, rows,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_api.h"
+#include "backend/cuda/cuda_blas.cuh"
 #include "backend/cuda/cuda_common.cuh"
 #include "core/error.h"
 #include "model/blocks.h"
@@ -142,7 +143,7 @@ struct StreamHolder {
 struct BlasHolder {
   cublasHandle_t h = nullptr;
   ~BlasHolder() {
-    if (h) cublasDestroy(h);
+    if (h) blas::destroy(h);
   }
 };
 template <class T>
@@ -185,9 +186,9 @@ class CudaLayers final : public GpuLayers {
     use_graphs_ = !(g && std::string(g) == "0");
     QL_CUDA(cudaStreamCreateWithFlags(&stream_.s, cudaStreamNonBlocking));
     st_ = stream_.s;
-    QL_CUBLAS(cublasCreate(&blas_holder_.h));
+    QL_CUBLAS(blas::create(&blas_holder_.h));
     blas_ = blas_holder_.h;
-    QL_CUBLAS(cublasSetStream(blas_, st_));
+    QL_CUBLAS(blas::set_stream(blas_, st_));
 
     const size_t kv_elems = size_t(n_ctx) * hp_.kv_dim();
     const int n_gpu = hp_.n_layers - first_;
