@@ -7,6 +7,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "backend/cuda/cuda_api.h"
 #include "core/error.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
@@ -467,8 +468,6 @@ SessionOptions to_session_options(const Plan& p) {
   return o;
 }
 
-bool build_has_gpu_offload() {
-  return false;
-}
+bool build_has_gpu_offload() { return cuda::compiled(); }
 
 }  // namespace qleap

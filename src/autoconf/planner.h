@@ -97,8 +97,8 @@ nlohmann::json to_json(const Plan& p);
 // Session options of a plan (GPU layers are separate: see build_has_gpu_offload()).
 SessionOptions to_session_options(const Plan& p);
 
-// Whether Session in this build can run layers on a GPU. False until the CUDA backend's Session
-// support is merged; run/serve then print that the planned offload is unavailable.
+// Whether Session in this build can run layers on a GPU (built with the CUDA backend); when not,
+// run/serve print that the planned offload is unavailable.
 bool build_has_gpu_offload();
 
 }  // namespace qleap

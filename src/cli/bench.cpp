@@ -63,6 +63,7 @@ void bench_command(BenchOptions& o) {
   auto model = load_model(path);
   const GgufFile& file = model->file();
   SessionOptions so{o.common.ctx, o.common.threads, o.common.kv, o.common.batch};
+  auto_session_options(o.common, path, /*quiet=*/true, &so.gpu_layers);  // only the GPU layer count
   if (so.n_ctx == 0) so.n_ctx = o.n_prompt + o.n_gen + 16;
   if (o.n_prompt > so.n_batch) so.n_batch = o.n_prompt;
   Session session(model, so);
@@ -75,11 +76,14 @@ void bench_command(BenchOptions& o) {
   out["threads"] = session.pool().size();
   out["isa"] = isa_name(isa_level());
   out["kv"] = o.common.kv;
+  out["placement"] = session.placement().describe();
+  if (!session.placement().note.empty()) fmt::print(stderr, "note: {}\n", session.placement().note);
   out["weights_bytes"] = file.tensor_bytes();
 
   if (!o.json) {
     fmt::print("model: {} ({}, {} threads, {}, KV {})\n", path, human_bytes(double(file.tensor_bytes())),
                session.pool().size(), isa_name(isa_level()), o.common.kv);
+    fmt::print("placement: {}\n", session.placement().describe());
     fmt::print("| {:>8} | {:>16} |\n", "test", "t/s");
     fmt::print("| {:->8} | {:->16} |\n", "", "");
   }

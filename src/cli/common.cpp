@@ -66,7 +66,9 @@ void add_common_options(CLI::App& cmd, CommonOptions& o, bool model_positional) 
   o.kv_opt = cmd.add_option("--kv", o.kv, "KV cache type: f32, f16, q8_0; TurboQuant tq2, tq2.5, tq3, tq3.5, tq4 (bits per coordinate "
                  "for K and V), or kXvY for X-bit keys and Y-bit values (e.g. k4v3, k4v2, k3v2)")->capture_default_str();
   o.batch_opt = cmd.add_option("-b,--batch", o.batch, "prompt tokens per forward pass")->check(CLI::Range(1, 8192))->capture_default_str();
-  cmd.add_option("--gpu-layers,--ngl", o.gpu_layers, "decoder layers to run on the GPU: auto (planner), all, or a count (0: CPU only)")
+  cmd.add_option("--gpu-layers,--ngl", o.gpu_layers,
+                 "decoder layers to run on the CUDA GPU: auto (planner), all (plus the output head), or a count "
+                 "(the last N layers; 0 = CPU only)")
       ->capture_default_str();
 }
 
@@ -165,7 +167,9 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
                              ngl > 0 ? fmt::format("{} GPU layers", ngl) : std::string("CPU only"),
                              plan.fits ? "" : "; does NOT fit in memory, see `qleap plan`");
   }
-  return to_session_options(plan);
+  SessionOptions so = to_session_options(plan);
+  so.gpu_layers = ngl;
+  return so;
 }
 
 }  // namespace qleap::cli

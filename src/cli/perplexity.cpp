@@ -33,6 +33,7 @@ void perplexity_command(PplOptions& o) {
   auto model = load_model(path);
   const Tokenizer tok = Tokenizer::from_gguf(model->file());
   SessionOptions so{o.common.ctx == 0 ? 512 : o.common.ctx, o.common.threads, o.common.kv, o.common.batch};
+  auto_session_options(o.common, path, /*quiet=*/true, &so.gpu_layers);  // only the GPU layer count
   Session session(model, so);
   const int n_ctx = session.n_ctx();
   const std::vector<int32_t> ids = tok.encode(ss.str(), false, false);

@@ -133,6 +133,7 @@ void run_command(RunOptions& o) {
   const SessionOptions so = auto_session_options(o.common, path, o.quiet);
   auto model = load_model(path);
   Generator gen(model, o, so);
+  if (!gen.session().placement().note.empty()) fmt::print(stderr, "note: {}\n", gen.session().placement().note);
   if (!o.quiet) {
     std::cerr << fmt::format("[loaded {} in {:.2f} s; ctx {}, {} threads, KV {}]\n", path, load.elapsed(),
                              gen.session().n_ctx(), gen.session().pool().size(), gen.session().kv().type_name());

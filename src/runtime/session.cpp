@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "backend/cuda/cuda_api.h"
 #include "core/error.h"
 
 namespace qleap {
@@ -40,7 +41,17 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions& opt)
   rope_ = RopeTable(hp.rope, n_ctx_);
   scratch_.allocate(hp, n_batch_);
   logits_.reserve(size_t(hp.n_vocab));
+  placement_ = plan_placement(hp.n_layers, opt.gpu_layers, opt.gpu_layers != 0 ? cuda::device_count() : 0);
+  if (placement_.any_gpu()) {
+    gpu_ = cuda::make_gpu_layers(*model_, placement_, rope_, n_ctx_, n_batch_);
+    if (opt.kv_type != "f16") {
+      placement_.note =
+          fmt::format("GPU layers keep their KV cache in f16 (--kv {} applies to CPU layers)", opt.kv_type);
+    }
+  }
 }
+
+Session::~Session() = default;
 
 void Session::truncate(int n_past) {
   if (n_past < 0 || n_past > n_past_) {
@@ -82,7 +93,10 @@ void Session::forward_chunk(const int32_t* tokens, int m, int pos0, float* out, 
 
   const LayerCtx ctx{hp, rope_, *kv_, pool_, scratch_, pos0, m};
   const ArchDef& arch = model_->arch_def();
-  for (int il = 0; il < hp.n_layers; ++il) arch.forward_layer(w.layers[size_t(il)], il, ctx);
+  const int n_cpu_layers = placement_.first_gpu_layer();
+  for (int il = 0; il < n_cpu_layers; ++il) arch.forward_layer(w.layers[size_t(il)], il, ctx);
+  // The GPU runs the remaining layers and, when it holds the head, writes the logits itself.
+  if (gpu_ && gpu_->forward(scratch_.x.data(), m, pos0, out, all)) return;
 
   if (out == nullptr) return;
   // Only the rows whose logits are wanted go through the final norm and the vocabulary projection.

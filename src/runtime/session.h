@@ -11,20 +11,26 @@
 #include "kv/kv_cache.h"
 #include "model/blocks.h"
 #include "model/model.h"
+#include "placement/placement.h"
 
 namespace qleap {
+namespace cuda {
+class GpuLayers;
+}
 
 struct SessionOptions {
   int n_ctx = 0;      // 0: min(model context_length, 4096)
   int n_threads = 0;  // 0: default_thread_count()
   std::string kv_type = "f16";
   int n_batch = 512;  // prefill chunk (tokens per matmul)
+  int gpu_layers = 0;  // layers run on the CUDA device (like llama.cpp -ngl); < 0: all
 };
 
 class Session {
  public:
   // Throws InvalidArgument on bad options (unknown kv type, non-positive sizes).
   Session(std::shared_ptr<const Model> model, const SessionOptions& opt);
+  ~Session();
 
   // Evaluates tokens at positions n_past() .. n_past() + n - 1 (prefill in chunks of n_batch) and
   // returns the logits of the last token (n_vocab floats), or of every token (n x n_vocab) when
@@ -44,6 +50,7 @@ class Session {
   const KvCache& kv() const { return *kv_; }
   ThreadPool& pool() { return pool_; }
   const Model& model() const { return *model_; }
+  const Placement& placement() const { return placement_; }
 
  private:
   // m tokens at positions pos0..; writes logits of every row (all) or only the last row to out
@@ -59,6 +66,8 @@ class Session {
   RopeTable rope_;
   ForwardScratch scratch_;
   std::vector<float> logits_;
+  Placement placement_;
+  std::unique_ptr<cuda::GpuLayers> gpu_;  // layers [placement_.first_gpu_layer(), n_layers) when any
 };
 
 }  // namespace qleap
