@@ -16,11 +16,17 @@ namespace qleap {
 struct ForwardScratch {
   int n_batch = 0;
   std::vector<float> x, xn, q, k, v, attn, tmp, gate, up;
+  // MoE layers only (model/moe_block.cpp): router logits, routing, per-expert gathered activations.
+  std::vector<float> moe_logits, moe_w, moe_xg, moe_g, moe_u, moe_y;
+  std::vector<int32_t> moe_ids, moe_rows;
+  std::vector<int> moe_start, moe_fill;
   void allocate(const HParams& hp, int n_batch);
 };
 
 // What a layer's forward pass needs besides its weights. Rows of scratch.x are the m tokens at
 // positions pos0 .. pos0 + m - 1.
+class MoeObserver;
+
 struct LayerCtx {
   const HParams& hp;
   const RopeTable& rope;
@@ -29,6 +35,7 @@ struct LayerCtx {
   ForwardScratch& s;
   int pos0;
   int m;
+  MoeObserver* moe_observer = nullptr;  // sees MoE routing decisions (model/moe_block.h)
 };
 
 struct ArchDef {
@@ -67,7 +74,8 @@ void rms_norm_rows(const float* x, const float* w, float* y, int m, int n, float
 void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out);
 // SwiGLU feed-forward: out = W_down (silu(W_gate xn) * (W_up xn)).
 void swiglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* xn, float* out);
-// The pre-norm residual block: x += attn(norm(x)); x += ffn(norm(x)).
+// The pre-norm residual block: x += attn(norm(x)); x += ffn(norm(x)) (the MoE block when the layer
+// has experts).
 void pre_norm_layer(const LayerWeights& w, int il, const LayerCtx& ctx);
 
 }  // namespace qleap
