@@ -131,8 +131,9 @@ def main():
     hjson += b" " * ((8 - len(hjson) % 8) % 8)
 
     # Embedding dim 0 = bias_c for every token: after RMSNorm it is about bias_x (other dims ~ N(0, 1)).
-    bias_c = 0.1
-    bias_x = bias_c / np.sqrt((bias_c**2 + (h - 1) * 0.02**2) / h)
+    emb_std = 0.1
+    bias_c = 5 * emb_std
+    bias_x = bias_c / np.sqrt((bias_c**2 + (h - 1) * emb_std**2) / h)
     os.makedirs(args.out_dir, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     with open(os.path.join(args.out_dir, "model.safetensors"), "wb") as f:
@@ -142,12 +143,18 @@ def main():
             if name.endswith("norm.weight"):
                 a = np.ones(shape, dtype=np.float32)
             elif moe and name == "model.embed_tokens.weight":
-                # A shared constant in dim 0 (rms-normalized to about bias_x) carries the router bias.
-                a = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+                # A shared constant in dim 0 (rms-normalized to about bias_x) carries the router bias. The
+                # token part is larger than the dense default so that the near-constant output of the
+                # random attention layers does not dominate the routing.
+                a = rng.standard_normal(shape, dtype=np.float32) * np.float32(emb_std)
                 a[:, 0] = bias_c
             elif name.endswith("mlp.gate.weight"):
                 a = rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(h))
                 a[:, 0] = rng.standard_normal(shape[0]).astype(np.float32) * np.float32(args.router_skew / bias_x)
+            elif moe and name.endswith("o_proj.weight"):
+                # Random attention averages its values into an output nearly the same for every
+                # token; kept small so that deeper layers still route by token, not by that.
+                a = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.002)
             else:
                 a = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
             f.write(to_dtype(a, args.dtype).tobytes())

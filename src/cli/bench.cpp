@@ -30,6 +30,7 @@ struct BenchOptions {
   bool json = false;
   bool no_membw = false;
   bool moe = false;
+  bool compress = false;
   MoeBenchOptions moe_opt;
 };
 
@@ -62,6 +63,10 @@ uint64_t decode_bytes_per_token(const GgufFile& f) {
 }
 
 void bench_command(BenchOptions& o) {
+  if (o.compress) {
+    bench_compress_command(o.common, o.json);
+    return;
+  }
   if (o.moe) {
     bench_moe_command(o.common, o.n_prompt, o.n_gen, o.reps, o.json, o.moe_opt);
     return;
@@ -159,6 +164,7 @@ void register_bench(CLI::App& app) {
   cmd->add_flag("--json", opt->json, "machine-readable output");
   cmd->add_flag("--no-membw", opt->no_membw, "skip the memory bandwidth measurement");
   cmd->add_flag("--moe", opt->moe, "MoE: measured CPU speed + simulated expert-cache policies on the same run");
+  cmd->add_flag("--compress", opt->compress, "zstd / lz4 ratio and decompression speed on the FFN (expert) weights");
   cmd->add_option("--moe-budget", opt->moe_opt.budget_frac, "--moe: expert cache budget, fraction of all expert bytes")
       ->capture_default_str();
   cmd->add_option("--expert-profile", opt->moe_opt.profile, "--moe: profile (qleap profile) seeding the static policy");

@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -15,6 +16,8 @@
 #include "moe/expert_cache.h"
 #include "moe/expert_profile.h"
 #include "moe/routing_trace.h"
+#include "moe/transfer_compression.h"
+#include "quant/ggml_type.h"
 #include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
 
@@ -173,6 +176,59 @@ void bench_moe_command(const CommonOptions& common, int n_prompt, int n_gen, int
   }
   fmt::print("\nnext-layer prediction recall: {:.1f}%   token-to-token expert reuse: {:.1f}%\n",
              100 * counted.prediction_recall, 100 * reuse);
+}
+
+}  // namespace qleap::cli
+
+namespace qleap::cli {
+
+void bench_compress_command(const CommonOptions& common, bool json) {
+  const std::string path = resolve_model(common.model);
+  const auto f = GgufFile::open(path);
+  if (available_codecs().empty()) throw Unsupported("this build has neither zstd nor lz4");
+  // FFN weights: the experts (3-D, compressed one expert slice at a time) or, in a dense model, the
+  // FFN matrices (one tensor at a time) as a proxy with the same block formats.
+  std::vector<uint8_t> all;
+  size_t chunk = 0, n_tensors = 0;
+  std::map<std::string, int> types;
+  for (const GgufTensor& t : f->tensors()) {
+    const bool ffn = t.name.find(".ffn_") != std::string::npos && t.name.find("norm") == std::string::npos &&
+                     t.name.find("gate_inp") == std::string::npos && t.shape.size() >= 2;
+    if (!ffn) continue;
+    const size_t c = t.shape.size() == 3 ? size_t(t.nbytes / uint64_t(t.ne(2))) : size_t(t.nbytes);
+    chunk = chunk == 0 ? c : std::min(chunk, c);
+    all.insert(all.end(), t.data, t.data + t.nbytes);
+    ++types[type_name(t.type)];
+    ++n_tensors;
+  }
+  if (all.empty()) throw InvalidArgument(fmt::format("'{}' has no FFN weight tensors", path));
+  const auto res = measure_compression(all.data(), all.size(), chunk);
+  nlohmann::json out;
+  out["model"] = path;
+  out["tensors"] = n_tensors;
+  out["types"] = types;
+  out["bytes"] = all.size();
+  out["chunk_bytes"] = chunk;
+  for (const auto& r : res) {
+    out["codecs"].push_back({{"codec", r.codec},
+                             {"ratio", r.ratio()},
+                             {"compress_mbps", r.compress_mbps},
+                             {"decompress_gbps_1thread", r.decompress_gbps}});
+  }
+  if (json) {
+    std::cout << out.dump(2) << "\n";
+    return;
+  }
+  std::string ty;
+  for (const auto& [k, v] : types) ty += fmt::format("{}{} x{}", ty.empty() ? "" : ", ", k, v);
+  fmt::print("model: {}\nFFN weights: {} tensors ({}), {}, compressed in chunks of {}\n", path, n_tensors, ty,
+             human_bytes(double(all.size())), human_bytes(double(chunk)));
+  fmt::print("{:<10} {:>7} {:>10} {:>22}  {}\n", "codec", "ratio", "saved", "decompress (1 thread)",
+             "compress");
+  for (const auto& r : res) {
+    fmt::print("{:<10} {:>7.3f} {:>9.1f}% {:>17.2f} GB/s  {:.0f} MB/s\n", r.codec, r.ratio(),
+               100 * (1 - 1 / r.ratio()), r.decompress_gbps, r.compress_mbps);
+  }
 }
 
 }  // namespace qleap::cli

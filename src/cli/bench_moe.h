@@ -18,4 +18,7 @@ struct MoeBenchOptions {
 void bench_moe_command(const CommonOptions& common, int n_prompt, int n_gen, int reps, bool json,
                        const MoeBenchOptions& mo);
 
+// Compression ratio and decompression speed of zstd / lz4 on the model's FFN (expert) weights.
+void bench_compress_command(const CommonOptions& common, bool json);
+
 }  // namespace qleap::cli

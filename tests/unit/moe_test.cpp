@@ -16,6 +16,7 @@
 #include "moe/expert_cache.h"
 #include "moe/expert_profile.h"
 #include "moe/routing_trace.h"
+#include "moe/transfer_compression.h"
 #include "runtime/session.h"
 
 namespace qleap {
@@ -263,6 +264,27 @@ TEST(MoeModel, DecodeMatchesPrefillAndRecorderSeesEveryToken) {
     EXPECT_GE(recall, 0.0);
     EXPECT_LE(recall, 1.0);
   }
+}
+
+}  // namespace
+}  // namespace qleap
+
+namespace qleap {
+namespace {
+
+TEST(TransferCompression, RoundTripsAndMeasuresRatio) {
+  if (available_codecs().empty()) GTEST_SKIP() << "built without zstd and lz4";
+  // Highly repetitive bytes compress; the ratio must show it. The round trip is checked inside.
+  std::vector<uint8_t> data(200000);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = uint8_t((i / 7) % 5);
+  const auto res = measure_compression(data.data(), data.size(), 65536);
+  ASSERT_EQ(res.size(), available_codecs().size());
+  for (const auto& r : res) {
+    EXPECT_EQ(r.in_bytes, data.size());
+    EXPECT_GT(r.ratio(), 5.0) << r.codec;
+    EXPECT_GT(r.decompress_gbps, 0.0);
+  }
+  EXPECT_THROW(measure_compression(data.data(), 0, 10), InvalidArgument);
 }
 
 }  // namespace
