@@ -62,10 +62,12 @@ void ForwardScratch::allocate(const HParams& hp, int nb) {
     moe_w.assign(n * k, 0.0f);
     moe_ids.assign(n * k, 0);
     moe_rows.assign(n * k, 0);
+    // The decode path keeps one row per (token, expert) pair (moe_block.cpp).
+    const size_t pairs = std::max(n, k * size_t(std::min(nb, kMoeDecodeTokens)));
     moe_xg.assign(n * hp.n_embd, 0.0f);
-    moe_y.assign(n * hp.n_embd, 0.0f);
-    moe_g.assign(n * nf, 0.0f);
-    moe_u.assign(n * nf, 0.0f);
+    moe_y.assign(pairs * hp.n_embd, 0.0f);
+    moe_g.assign(pairs * nf, 0.0f);
+    moe_u.assign(pairs * nf, 0.0f);
   }
 }
 

@@ -111,38 +111,56 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
   if (ctx.moe_observer != nullptr) ctx.moe_observer->on_routing(il, ctx.pos0, m, k, ids, wts, s.x.data(), xn);
 
   std::fill(out, out + size_t(m) * n, 0.0f);
-  // Tokens grouped by expert, so in a prefill chunk each selected expert's weights stream once.
-  int32_t* rows = s.moe_rows.data();  // (token, slot) pairs as t * k + j, bucketed by expert
-  std::vector<int>& start = s.moe_start;
-  start.assign(size_t(ne) + 1, 0);
-  for (int i = 0; i < m * k; ++i) ++start[size_t(ids[i]) + 1];
-  for (int e = 0; e < ne; ++e) start[size_t(e) + 1] += start[size_t(e)];
-  std::vector<int>& fill = s.moe_fill;
-  fill.assign(start.begin(), start.end() - 1);
-  for (int i = 0; i < m * k; ++i) rows[fill[size_t(ids[i])]++] = i;
-
-  float* xg = s.moe_xg.data();
   float* g = s.moe_g.data();
   float* u = s.moe_u.data();
   float* y = s.moe_y.data();
-  for (int e = 0; e < ne; ++e) {
-    const int b = start[size_t(e)], cnt = start[size_t(e) + 1] - b;
-    if (cnt == 0) continue;
-    const float* xin = xn;
-    if (m > 1) {
-      for (int i = 0; i < cnt; ++i) {
-        const int t = rows[b + i] / k;
-        std::copy(xn + size_t(t) * n, xn + size_t(t + 1) * n, xg + size_t(i) * n);
+  if (m <= kMoeDecodeTokens && m * k >= ctx.pool.size() && ctx.pool.size() > 1) {
+    // Decode: one task per (token, expert) pair, each computed whole by one thread. Threading each
+    // small expert matmul instead would cost 3 * k pool dispatches per layer.
+    const auto pair = [&](int64_t b, int64_t e, int) {
+      thread_local ThreadPool solo(1);
+      for (int64_t i = b; i < e; ++i) {
+        const int t = int(i) / k, ex = ids[i];
+        float* gi = g + size_t(i) * nf;
+        float* ui = u + size_t(i) * nf;
+        matmul(mw.gate[size_t(ex)], xn + size_t(t) * n, 1, gi, solo);
+        matmul(mw.up[size_t(ex)], xn + size_t(t) * n, 1, ui, solo);
+        silu_mul(gi, ui, nf);
+        matmul(mw.down[size_t(ex)], gi, 1, y + size_t(i) * n, solo);
       }
-      xin = xg;
-    }
-    matmul(mw.gate[size_t(e)], xin, cnt, g, ctx.pool);
-    matmul(mw.up[size_t(e)], xin, cnt, u, ctx.pool);
-    for (int i = 0; i < cnt; ++i) silu_mul(g + size_t(i) * nf, u + size_t(i) * nf, nf);
-    matmul(mw.down[size_t(e)], g, cnt, y, ctx.pool);
-    for (int i = 0; i < cnt; ++i) {
-      const int r = rows[b + i];
-      axpy_f32(wts[r], y + size_t(i) * n, out + size_t(r / k) * n, n);
+    };
+    ctx.pool.parallel_for(m * k, 1, pair);
+    for (int i = 0; i < m * k; ++i) axpy_f32(wts[i], y + size_t(i) * n, out + size_t(i / k) * n, n);
+  } else {
+    // Prefill: tokens grouped by expert, so each selected expert's weights stream once per chunk.
+    int32_t* rows = s.moe_rows.data();  // (token, slot) pairs as t * k + j, bucketed by expert
+    std::vector<int>& start = s.moe_start;
+    start.assign(size_t(ne) + 1, 0);
+    for (int i = 0; i < m * k; ++i) ++start[size_t(ids[i]) + 1];
+    for (int e = 0; e < ne; ++e) start[size_t(e) + 1] += start[size_t(e)];
+    std::vector<int>& fill = s.moe_fill;
+    fill.assign(start.begin(), start.end() - 1);
+    for (int i = 0; i < m * k; ++i) rows[fill[size_t(ids[i])]++] = i;
+    float* xg = s.moe_xg.data();
+    for (int e = 0; e < ne; ++e) {
+      const int b = start[size_t(e)], cnt = start[size_t(e) + 1] - b;
+      if (cnt == 0) continue;
+      const float* xin = xn;
+      if (m > 1) {
+        for (int i = 0; i < cnt; ++i) {
+          const int t = rows[b + i] / k;
+          std::copy(xn + size_t(t) * n, xn + size_t(t + 1) * n, xg + size_t(i) * n);
+        }
+        xin = xg;
+      }
+      matmul(mw.gate[size_t(e)], xin, cnt, g, ctx.pool);
+      matmul(mw.up[size_t(e)], xin, cnt, u, ctx.pool);
+      for (int i = 0; i < cnt; ++i) silu_mul(g + size_t(i) * nf, u + size_t(i) * nf, nf);
+      matmul(mw.down[size_t(e)], g, cnt, y, ctx.pool);
+      for (int i = 0; i < cnt; ++i) {
+        const int r = rows[b + i];
+        axpy_f32(wts[r], y + size_t(i) * n, out + size_t(r / k) * n, n);
+      }
     }
   }
 

@@ -23,6 +23,9 @@ class MoeObserver {
                           const float* x, const float* xn) = 0;
 };
 
+// Up to this many tokens per forward, experts run one (token, expert) pair per thread.
+constexpr int kMoeDecodeTokens = 2;
+
 // A 3-D tensor with ne0 = cols, ne1 = rows, ne2 = n (experts), as n 2-D views.
 std::vector<WeightView> load_expert_matrices(const GgufFile& f, const std::string& name, int64_t cols,
                                              int64_t rows, int64_t n);
