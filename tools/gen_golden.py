@@ -61,7 +61,9 @@ FIXTURES = {
                                     rope_parameters=rope(1000000.0), tie_word_embeddings=False)),
     "mixtral": ("mixtral", dict(num_local_experts=8, num_experts_per_tok=2, intermediate_size=48,
                                 rope_parameters=rope(1000000.0), sliding_window=None)),
+    # OLMoE has no GQA (and llama.cpp assumes k_norm spans n_embd), so kv heads = heads here.
     "olmoe": ("olmoe", dict(num_experts=8, num_experts_per_tok=2, intermediate_size=48, norm_topk_prob=False,
+                            num_key_value_heads=4,
                             rope_parameters=rope(10000.0), eos_token_id=None, pad_token_id=None)),
 }
 
