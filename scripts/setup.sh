@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(build-essential cmake pkg-config git unzip python3-pip
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
-  libbenchmark-dev libzstd-dev libhwloc-dev clang libclang-rt-14-dev
+  libbenchmark-dev libzstd-dev liblz4-dev libhwloc-dev clang libclang-rt-14-dev
   chromium chromium-driver)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -52,6 +52,19 @@ FIXTURES = {
     "mistral": ("mistral", dict(rope_parameters=rope(10000.0), sliding_window=None)),
     "qwen2": ("qwen2", dict(rope_parameters=rope(1000000.0), tie_word_embeddings=False)),
     "qwen3": ("qwen3", dict(head_dim=32, rope_parameters=rope(1000000.0), tie_word_embeddings=False)),
+    # Mixture of experts: 8 experts, top-2, small expert FFNs (fixtures stay well under 1 MB).
+    "qwen3_moe": ("qwen3_moe", dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                                    norm_topk_prob=True, rope_parameters=rope(1000000.0),
+                                    tie_word_embeddings=False)),
+    "qwen2_moe": ("qwen2_moe", dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                                    shared_expert_intermediate_size=48, norm_topk_prob=False,
+                                    rope_parameters=rope(1000000.0), tie_word_embeddings=False)),
+    "mixtral": ("mixtral", dict(num_local_experts=8, num_experts_per_tok=2, intermediate_size=48,
+                                rope_parameters=rope(1000000.0), sliding_window=None)),
+    # OLMoE has no GQA (and llama.cpp assumes k_norm spans n_embd), so kv heads = heads here.
+    "olmoe": ("olmoe", dict(num_experts=8, num_experts_per_tok=2, intermediate_size=48, norm_topk_prob=False,
+                            num_key_value_heads=4,
+                            rope_parameters=rope(10000.0), eos_token_id=None, pad_token_id=None)),
 }
 
 CONFIG_CLASSES = {
@@ -59,6 +72,10 @@ CONFIG_CLASSES = {
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+    "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM),
+    "qwen2_moe": (transformers.Qwen2MoeConfig, transformers.Qwen2MoeForCausalLM),
+    "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM),
+    "olmoe": (transformers.OlmoeConfig, transformers.OlmoeForCausalLM),
 }
 
 
@@ -74,7 +91,7 @@ def randomize(model, gen):
             elif "embed_tokens" in name:
                 p.copy_(torch.randn(p.shape, generator=gen))
             else:
-                fan_in = p.shape[1]
+                fan_in = p.shape[-1]  # also fused 3-D expert weights (experts, out, in)
                 p.copy_(torch.randn(p.shape, generator=gen) * (1.5 / fan_in**0.5))
 
 

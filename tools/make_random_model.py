@@ -82,7 +82,16 @@ def main():
     ap.add_argument("--dtype", choices=["F32", "F16", "BF16"], default="BF16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-tokenizer", action="store_true", help="skip tokenizer.json")
+    ap.add_argument("--experts", type=int, default=0,
+                    help="mixture of experts: experts per layer (writes a qwen3_moe checkpoint)")
+    ap.add_argument("--experts-used", type=int, default=8, help="experts per token")
+    ap.add_argument("--expert-ffn", type=int, default=768, help="one expert's intermediate size")
+    ap.add_argument("--router-skew", type=float, default=1.0,
+                    help="std of a per-expert router logit bias (random routers alone route near-uniformly): "
+                         "embedding dim 0 is a constant every token shares, and each expert's router "
+                         "weight on it is drawn so its logit bias has this std")
     args = ap.parse_args()
+    moe = args.experts > 0
 
     h, hd = args.hidden, args.hidden // args.heads
     shapes = {"model.embed_tokens.weight": (args.vocab, h)}
@@ -95,10 +104,20 @@ def main():
             p + "self_attn.v_proj.weight": (args.kv_heads * hd, h),
             p + "self_attn.o_proj.weight": (h, args.heads * hd),
             p + "post_attention_layernorm.weight": (h,),
-            p + "mlp.gate_proj.weight": (args.ffn, h),
-            p + "mlp.up_proj.weight": (args.ffn, h),
-            p + "mlp.down_proj.weight": (h, args.ffn),
         })
+        if not moe:
+            shapes.update({
+                p + "mlp.gate_proj.weight": (args.ffn, h),
+                p + "mlp.up_proj.weight": (args.ffn, h),
+                p + "mlp.down_proj.weight": (h, args.ffn),
+            })
+            continue
+        shapes.update({p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,),
+                       p + "mlp.gate.weight": (args.experts, h)})
+        for e in range(args.experts):
+            q = f"{p}mlp.experts.{e}."
+            shapes.update({q + "gate_proj.weight": (args.expert_ffn, h), q + "up_proj.weight": (args.expert_ffn, h),
+                           q + "down_proj.weight": (h, args.expert_ffn)})
     shapes["model.norm.weight"] = (h,)
     shapes["lm_head.weight"] = (args.vocab, h)
 
@@ -111,6 +130,10 @@ def main():
     hjson = json.dumps(header, separators=(",", ":")).encode()
     hjson += b" " * ((8 - len(hjson) % 8) % 8)
 
+    # Embedding dim 0 = bias_c for every token: after RMSNorm it is about bias_x (other dims ~ N(0, 1)).
+    emb_std = 0.1
+    bias_c = 5 * emb_std
+    bias_x = bias_c / np.sqrt((bias_c**2 + (h - 1) * emb_std**2) / h)
     os.makedirs(args.out_dir, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     with open(os.path.join(args.out_dir, "model.safetensors"), "wb") as f:
@@ -119,6 +142,19 @@ def main():
         for name, shape in shapes.items():
             if name.endswith("norm.weight"):
                 a = np.ones(shape, dtype=np.float32)
+            elif moe and name == "model.embed_tokens.weight":
+                # A shared constant in dim 0 (rms-normalized to about bias_x) carries the router bias. The
+                # token part is larger than the dense default so that the near-constant output of the
+                # random attention layers does not dominate the routing.
+                a = rng.standard_normal(shape, dtype=np.float32) * np.float32(emb_std)
+                a[:, 0] = bias_c
+            elif name.endswith("mlp.gate.weight"):
+                a = rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(h))
+                a[:, 0] = rng.standard_normal(shape[0]).astype(np.float32) * np.float32(args.router_skew / bias_x)
+            elif moe and name.endswith("o_proj.weight"):
+                # Random attention averages its values into an output nearly the same for every
+                # token; kept small so that deeper layers still route by token, not by that.
+                a = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.002)
             else:
                 a = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
             f.write(to_dtype(a, args.dtype).tobytes())
@@ -145,6 +181,10 @@ def main():
         "hidden_act": "silu",
         "torch_dtype": {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[args.dtype],
     }
+    if moe:
+        config.update({"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "head_dim": hd,
+                       "num_experts": args.experts, "num_experts_per_tok": args.experts_used,
+                       "moe_intermediate_size": args.expert_ffn, "norm_topk_prob": True})
     with open(os.path.join(args.out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     n_params = sum(int(np.prod(s)) for s in shapes.values())

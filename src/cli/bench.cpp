@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "autoconf/memory_bandwidth.h"
+#include "cli/bench_moe.h"
 #include "cli/common.h"
 #include "core/cpu_features.h"
 #include "core/timer.h"
@@ -28,6 +29,9 @@ struct BenchOptions {
   int reps = 3;
   bool json = false;
   bool no_membw = false;
+  bool moe = false;
+  bool compress = false;
+  MoeBenchOptions moe_opt;
 };
 
 struct Sample {
@@ -59,6 +63,14 @@ uint64_t decode_bytes_per_token(const GgufFile& f) {
 }
 
 void bench_command(BenchOptions& o) {
+  if (o.compress) {
+    bench_compress_command(o.common, o.json);
+    return;
+  }
+  if (o.moe) {
+    bench_moe_command(o.common, o.n_prompt, o.n_gen, o.reps, o.json, o.moe_opt);
+    return;
+  }
   const std::string path = resolve_model(o.common.model);
   auto model = load_model(path);
   const GgufFile& file = model->file();
@@ -155,6 +167,15 @@ void register_bench(CLI::App& app) {
   cmd->add_option("-r,--reps", opt->reps, "repetitions of each test")->check(CLI::Range(1, 1000))->capture_default_str();
   cmd->add_flag("--json", opt->json, "machine-readable output");
   cmd->add_flag("--no-membw", opt->no_membw, "skip the memory bandwidth measurement");
+  cmd->add_flag("--moe", opt->moe, "MoE: measured CPU speed + simulated expert-cache policies on the same run");
+  cmd->add_flag("--compress", opt->compress, "zstd / lz4 ratio and decompression speed on the FFN (expert) weights");
+  cmd->add_option("--moe-budget", opt->moe_opt.budget_frac, "--moe: expert cache budget, fraction of all expert bytes")
+      ->capture_default_str();
+  cmd->add_option("--expert-profile", opt->moe_opt.profile, "--moe: profile (qleap profile) seeding the static policy");
+  cmd->add_option("--moe-text", opt->moe_opt.text, "--moe: take the tokens from this text file (default: random ids)");
+  cmd->add_option("--admit-hits", opt->moe_opt.admit_hits, "--moe: hits within the window before promotion")
+      ->capture_default_str();
+  cmd->add_option("--window", opt->moe_opt.window, "--moe: hysteresis window in tokens")->capture_default_str();
   cmd->callback([opt] { bench_command(*opt); });
 }
 

@@ -57,5 +57,6 @@ void register_serve(CLI::App& app);
 void register_models(CLI::App& app);  // list, pull, rm, ps
 void register_plan(CLI::App& app);
 void register_tune(CLI::App& app);
+void register_profile(CLI::App& app);
 
 }  // namespace qleap::cli

@@ -107,6 +107,17 @@ void info_command(const InfoOptions& o) {
              file->tensors().size(), file->alignment());
   fmt::print("arch:        {}   name: {}\n", file->architecture(), file->get_string("general.name", "?"));
   fmt::print("parameters:  {:.1f} M\n", double(n_params) / 1e6);
+  if (const GgufValue* ne = file->find_arch("expert_count"); ne != nullptr && ne->as_int() > 0) {
+    // Only k of the n experts run per token: the parameters a token touches.
+    const GgufValue* nu = file->find_arch("expert_used_count");
+    const double n = double(ne->as_int()), k = nu ? double(nu->as_int()) : 0.0;
+    double expert_params = 0;
+    for (const auto& t : file->tensors()) {
+      if (t.name.find("_exps.") != std::string::npos) expert_params += double(t.n_elements());
+    }
+    fmt::print("experts:     {:.0f} per layer, {:.0f} per token; {:.1f} M parameters active per token\n", n, k,
+               (double(n_params) - expert_params * (1.0 - k / n)) / 1e6);
+  }
   fmt::print("weights:     {} ({:.2f} bits/weight)\n", human_bytes(double(file->tensor_bytes())),
              8.0 * double(file->tensor_bytes()) / double(std::max<int64_t>(1, n_params)));
   fmt::print("tensor types:\n");

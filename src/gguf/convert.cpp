@@ -54,19 +54,26 @@ struct HParams {
   bool tied = false;
   json rope_scaling;  // object or null
   std::optional<int64_t> bos, eos;
+  // Mixture of experts (n_expert 0: dense).
+  int64_t n_expert = 0, n_expert_used = 0, n_ff_exp = 0, n_ff_shexp = 0;
+  bool norm_topk = false;
 };
 
 HParams read_hparams(const fs::path& dir) {
   const json c = read_json(dir / "config.json");
   HParams h;
   h.model_type = c.value("model_type", "");
-  if (h.model_type == "llama" || h.model_type == "mistral") {
+  if (h.model_type == "llama" || h.model_type == "mistral" || h.model_type == "mixtral") {
     h.arch = "llama";
-  } else if (h.model_type == "qwen2" || h.model_type == "qwen3") {
+  } else if (h.model_type == "qwen2" || h.model_type == "qwen3" || h.model_type == "olmoe") {
     h.arch = h.model_type;
+  } else if (h.model_type == "qwen2_moe" || h.model_type == "qwen3_moe") {
+    h.arch = h.model_type == "qwen2_moe" ? "qwen2moe" : "qwen3moe";
   } else {
     throw Unsupported(fmt::format(
-        "model_type '{}' is not supported (supported: llama, mistral, qwen2, qwen3)", h.model_type));
+        "model_type '{}' is not supported (supported: llama, mistral, mixtral, qwen2, qwen3, qwen2_moe, "
+        "qwen3_moe, olmoe)",
+        h.model_type));
   }
   h.n_embd = req_int(c, "hidden_size");
   h.n_layer = req_int(c, "num_hidden_layers");
@@ -78,6 +85,19 @@ HParams read_hparams(const fs::path& dir) {
   if (h.n_embd <= 0 || h.n_layer <= 0 || h.n_ff <= 0 || h.n_head <= 0 || h.n_head_kv <= 0 || h.n_vocab <= 0 ||
       h.n_head % h.n_head_kv != 0) {
     throw FormatError("config.json has inconsistent sizes (heads, kv heads, hidden size)");
+  }
+  h.n_expert = int64_t(num(c, "num_experts").value_or(num(c, "num_local_experts").value_or(0)));
+  if (h.n_expert > 0) {
+    h.n_expert_used = req_int(c, "num_experts_per_tok");
+    h.n_ff_exp = int64_t(num(c, "moe_intermediate_size").value_or(double(h.n_ff)));
+    h.n_ff_shexp = int64_t(num(c, "shared_expert_intermediate_size").value_or(0));
+    // Mixtral always renormalizes the top-k weights; the others follow norm_topk_prob.
+    h.norm_topk = h.model_type == "mixtral" || c.value("norm_topk_prob", false);
+    if (h.n_expert_used <= 0 || h.n_expert_used > h.n_expert || h.n_ff_exp <= 0 || h.n_ff_shexp < 0)
+      throw FormatError("config.json has inconsistent expert sizes");
+    if (auto clip = num(c, "clip_qkv")) throw Unsupported(fmt::format("clip_qkv = {} is not supported", *clip));
+    if (num(c, "router_jitter_noise").value_or(0) != 0 && h.model_type != "mixtral")
+      throw Unsupported("router_jitter_noise");
   }
   h.head_dim = int64_t(num(c, "head_dim").value_or(double(h.n_embd / h.n_head)));
   if (h.head_dim <= 0 || h.head_dim % 2 != 0)
@@ -153,6 +173,13 @@ void write_hparams(GgufWriter& w, const HParams& h, const std::string& name, Ggm
   if (h.head_dim != h.n_embd / h.n_head) {
     w.set_u32(a + "attention.key_length", uint32_t(h.head_dim));
     w.set_u32(a + "attention.value_length", uint32_t(h.head_dim));
+  }
+  if (h.n_expert > 0) {
+    w.set_u32(a + "expert_count", uint32_t(h.n_expert));
+    w.set_u32(a + "expert_used_count", uint32_t(h.n_expert_used));
+    w.set_u32(a + "expert_feed_forward_length", uint32_t(h.n_ff_exp));
+    if (h.n_ff_shexp > 0) w.set_u32(a + "expert_shared_feed_forward_length", uint32_t(h.n_ff_shexp));
+    w.set_bool(a + "expert_weights_norm", h.norm_topk);
   }
   w.set_f32(a + "rope.freq_base", float(h.rope_theta));
   w.set_u32(a + "rope.dimension_count", uint32_t(h.head_dim));
@@ -258,6 +285,12 @@ std::string gguf_name(const std::string& hf) {
       {"input_layernorm", "attn_norm"},    {"post_attention_layernorm", "ffn_norm"},
       {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
       {"mlp.down_proj", "ffn_down"},
+      // mixture of experts: routers (qwen*_moe / olmoe, mixtral) and qwen2moe's shared expert
+      {"mlp.gate", "ffn_gate_inp"},        {"block_sparse_moe.gate", "ffn_gate_inp"},
+      {"mlp.shared_expert.gate_proj", "ffn_gate_shexp"},
+      {"mlp.shared_expert.up_proj", "ffn_up_shexp"},
+      {"mlp.shared_expert.down_proj", "ffn_down_shexp"},
+      {"mlp.shared_expert_gate", "ffn_gate_inp_shexp"},
   };
   if (auto it = kTop.find(hf); it != kTop.end()) return it->second;
   if (hf.find("rotary_emb.inv_freq") != std::string::npos) return "";
@@ -269,6 +302,18 @@ std::string gguf_name(const std::string& hf) {
     }
   }
   throw Unsupported(fmt::format("checkpoint tensor '{}' has no GGUF mapping", hf));
+}
+
+// Per-expert HF tensors ("model.layers.L.mlp.experts.E.gate_proj.weight", Mixtral's
+// "block_sparse_moe.experts.E.w1.weight") -> the stacked GGUF tensor's name and E; nullopt otherwise.
+std::optional<std::pair<std::string, int64_t>> expert_name(const std::string& hf) {
+  static const std::regex re(
+      R"(model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w2|w3)\.weight)");
+  std::smatch m;
+  if (!std::regex_match(hf, m, re)) return std::nullopt;
+  const std::string p = m[3].str();
+  const char* what = (p == "gate_proj" || p == "w1") ? "ffn_gate_exps" : (p == "up_proj" || p == "w3") ? "ffn_up_exps" : "ffn_down_exps";
+  return std::make_pair(fmt::format("blk.{}.{}.weight", m[1].str(), what), std::stoll(m[2].str()));
 }
 
 // llama.cpp's order: embeddings, rope factors, blocks in layer order, final norm, output head.
@@ -384,13 +429,31 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
   struct Item {
     std::string gname;
     const SafeTensor* src = nullptr;
+    std::vector<const SafeTensor*> experts;  // stacked into one 3-D tensor (src = experts[0])
   };
   std::vector<Item> items;
+  std::map<std::string, std::vector<const SafeTensor*>> expert_groups;
   const bool tied = h.tied || st.find("lm_head.weight") == nullptr;
   for (const auto& hf : st.names()) {
+    if (auto ex = expert_name(hf)) {
+      auto& v = expert_groups[ex->first];
+      if (ex->second < 0 || ex->second >= std::max<int64_t>(h.n_expert, 1))
+        throw FormatError(fmt::format("tensor '{}': expert index outside num_experts {}", hf, h.n_expert));
+      v.resize(size_t(h.n_expert), nullptr);
+      v[size_t(ex->second)] = &st.get(hf);
+      continue;
+    }
     std::string g = gguf_name(hf);
     if (g.empty() || (g == "output.weight" && tied)) continue;
-    items.push_back({std::move(g), &st.get(hf)});
+    items.push_back({std::move(g), &st.get(hf), {}});
+  }
+  for (auto& [g, srcs] : expert_groups) {
+    for (size_t e = 0; e < srcs.size(); ++e) {
+      if (srcs[e] == nullptr) throw FormatError(fmt::format("{}: expert {} is missing", g, e));
+      if (srcs[e]->shape != srcs[0]->shape)
+        throw FormatError(fmt::format("{}: experts 0 and {} differ in shape", g, e));
+    }
+    items.push_back({g, srcs[0], srcs});
   }
   std::sort(items.begin(), items.end(),
             [](const Item& a, const Item& b) { return order_key(a.gname) < order_key(b.gname); });
@@ -411,10 +474,17 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
       throw Unsupported(
           fmt::format("tensor '{}' has {} dimensions (1 or 2 expected)", src.name, src.shape.size()));
     }
-    const bool matrix = src.shape.size() == 2;
+    // qwen2moe's shared-expert gate is a 1 x n_embd matrix that GGUF stores as a vector.
+    const bool squeeze = it.gname.find("ffn_gate_inp_shexp") != std::string::npos && src.shape.size() == 2 &&
+                         src.shape[0] == 1;
+    const bool matrix = src.shape.size() == 2 && !squeeze;
+    const int64_t n_stack = it.experts.empty() ? 1 : int64_t(it.experts.size());
     const int64_t rows = matrix ? src.shape[0] : 1;
-    const int64_t cols = matrix ? src.shape[1] : src.shape[0];
-    const GgmlType type = matrix ? weight_type(opt.out_type, cols, it.gname, progress) : GgmlType::F32;
+    const int64_t cols = matrix ? src.shape[1] : src.shape.back();
+    // Routers stay F32, as llama.cpp keeps them: routing flips on small errors.
+    const bool router = it.gname.find(".ffn_gate_inp.") != std::string::npos;
+    const GgmlType type =
+        matrix && !router ? weight_type(opt.out_type, cols, it.gname, progress) : GgmlType::F32;
     // Llama's q/k (weights and any biases) are re-ordered for interleaved rope.
     int64_t permute_heads = 0;
     if (h.arch == "llama") {
@@ -422,13 +492,22 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
       if (it.gname.find(".attn_k.") != std::string::npos) permute_heads = h.n_head_kv;
     }
     std::vector<int64_t> shape = matrix ? std::vector<int64_t>{cols, rows} : std::vector<int64_t>{cols};
+    if (!it.experts.empty()) shape.push_back(n_stack);
     const std::string gname = it.gname;
     w.add_tensor(gname, type, std::move(shape),
-                 [&pool, &progress, n_items, k, type, rows, cols, matrix, permute_heads, gname, s = it.src](
-                     uint8_t* dst, size_t) {
+                 [&pool, &progress, n_items, k, type, rows, cols, matrix, permute_heads, gname, s = it.src,
+                  experts = it.experts](uint8_t* dst, size_t) {
                    if (progress)
                      progress(fmt::format("[{}/{}] {} -> {}", k + 1, n_items, gname, type_name(type)),
                               double(k) / double(n_items));
+                   if (!experts.empty()) {
+                     const size_t slice = row_size(type, cols) * size_t(rows);
+                     for (size_t e = 0; e < experts.size(); ++e) {
+                       const std::vector<float> f = experts[e]->to_f32();
+                       quantize_rows(pool, type, f.data(), dst + slice * e, rows, cols);
+                     }
+                     return;
+                   }
                    std::vector<float> f = s->to_f32();
                    if (permute_heads > 0) {
                      // A bias is a single column of `rows` values.

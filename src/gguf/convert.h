@@ -18,7 +18,9 @@ struct ConvertOptions {
   int n_threads = 0;  // 0: default_thread_count()
 };
 
-// Supported config.json model_type values: llama, mistral (-> arch llama), qwen2, qwen3.
+// Supported config.json model_type values: llama, mistral, mixtral (-> arch llama), qwen2, qwen3,
+// qwen2_moe (-> qwen2moe), qwen3_moe (-> qwen3moe), olmoe. Per-expert HF tensors are stacked into
+// 3-D ffn_*_exps tensors; MoE routers stay F32.
 // Throws IoError / FormatError / Unsupported (unknown model_type, dtype or tensor; no encoder for
 // out_type).
 void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, const ConvertOptions& opt);

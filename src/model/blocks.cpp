@@ -2,9 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
+#include "model/moe_block.h"
 #include "quant/quant.h"
 
 namespace qleap {
@@ -54,6 +56,19 @@ void ForwardScratch::allocate(const HParams& hp, int nb) {
   v.assign(n * hp.kv_dim(), 0.0f);
   gate.assign(n * hp.n_ff, 0.0f);
   up.assign(n * hp.n_ff, 0.0f);
+  if (hp.n_expert > 0) {
+    const size_t nf = size_t(std::max(hp.n_ff_exp, hp.n_ff_shexp)), k = size_t(hp.n_expert_used);
+    moe_logits.assign(n * hp.n_expert, 0.0f);
+    moe_w.assign(n * k, 0.0f);
+    moe_ids.assign(n * k, 0);
+    moe_rows.assign(n * k, 0);
+    // The decode path keeps one row per (token, expert) pair (moe_block.cpp).
+    const size_t pairs = std::max(n, k * size_t(std::min(nb, kMoeDecodeTokens)));
+    moe_xg.assign(n * hp.n_embd, 0.0f);
+    moe_y.assign(pairs * hp.n_embd, 0.0f);
+    moe_g.assign(pairs * nf, 0.0f);
+    moe_u.assign(pairs * nf, 0.0f);
+  }
 }
 
 std::string blk_name(int il, std::string_view what) {
@@ -149,10 +164,13 @@ void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const f
     if (!w.bq.empty()) add_inplace(q, w.bq.data(), q_dim);
     if (!w.bk.empty()) add_inplace(k, w.bk.data(), kv_dim);
     if (!w.bv.empty()) add_inplace(v, w.bv.data(), kv_dim);
-    if (!w.q_norm.empty()) {
+    if (w.qk_norm_full) {
+      rms_norm(q, w.q_norm.data(), q, q_dim, hp.rms_eps);
+      rms_norm(k, w.k_norm.data(), k, kv_dim, hp.rms_eps);
+    } else if (!w.q_norm.empty()) {
       for (int h = 0; h < hp.n_heads; ++h) rms_norm(q + h * hd, w.q_norm.data(), q + h * hd, hd, hp.rms_eps);
     }
-    if (!w.k_norm.empty()) {
+    if (!w.qk_norm_full && !w.k_norm.empty()) {
       for (int h = 0; h < hp.n_kv_heads; ++h)
         rms_norm(k + h * hd, w.k_norm.data(), k + h * hd, hd, hp.rms_eps);
     }
@@ -195,7 +213,11 @@ void pre_norm_layer(const LayerWeights& w, int il, const LayerCtx& ctx) {
   attention_block(w, il, ctx, s.xn.data(), s.tmp.data());
   add_inplace(s.x.data(), s.tmp.data(), int64_t(m) * n);
   rms_norm_rows(s.x.data(), w.ffn_norm.data(), s.xn.data(), m, n, eps, ctx.pool);
-  swiglu_ffn_block(w, ctx, s.xn.data(), s.tmp.data());
+  if (w.is_moe()) {
+    moe_ffn_block(w, il, ctx, s.xn.data(), s.tmp.data());
+  } else {
+    swiglu_ffn_block(w, ctx, s.xn.data(), s.tmp.data());
+  }
   add_inplace(s.x.data(), s.tmp.data(), int64_t(m) * n);
 }
 

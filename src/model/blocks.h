@@ -16,8 +16,14 @@ namespace qleap {
 struct ForwardScratch {
   int n_batch = 0;
   std::vector<float> x, xn, q, k, v, attn, tmp, gate, up;
+  // MoE layers only (model/moe_block.cpp): router logits, routing, per-expert gathered activations.
+  std::vector<float> moe_logits, moe_w, moe_xg, moe_g, moe_u, moe_y;
+  std::vector<int32_t> moe_ids, moe_rows;
+  std::vector<int> moe_start, moe_fill;
   void allocate(const HParams& hp, int n_batch);
 };
+
+class MoeObserver;
 
 // One row of a multi-sequence batch (continuous batching): the row's own KV cache and position.
 struct RowSeq {
@@ -38,6 +44,7 @@ struct LayerCtx {
   int pos0;
   int m;
   const RowSeq* rows = nullptr;
+  MoeObserver* moe_observer = nullptr;  // sees MoE routing decisions (model/moe_block.h)
 };
 
 struct ArchDef {
@@ -76,7 +83,8 @@ void rms_norm_rows(const float* x, const float* w, float* y, int m, int n, float
 void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out);
 // SwiGLU feed-forward: out = W_down (silu(W_gate xn) * (W_up xn)).
 void swiglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* xn, float* out);
-// The pre-norm residual block: x += attn(norm(x)); x += ffn(norm(x)).
+// The pre-norm residual block: x += attn(norm(x)); x += ffn(norm(x)) (the MoE block when the layer
+// has experts).
 void pre_norm_layer(const LayerWeights& w, int il, const LayerCtx& ctx);
 
 }  // namespace qleap

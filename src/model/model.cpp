@@ -10,12 +10,15 @@ namespace qleap {
 extern const ArchDef kArchLlama;
 extern const ArchDef kArchQwen2;
 extern const ArchDef kArchQwen3;
+extern const ArchDef kArchQwen2Moe;
+extern const ArchDef kArchQwen3Moe;
+extern const ArchDef kArchOlmoe;
 
 namespace {
 
 // An explicit table rather than self-registration: static constructors in a static library are
 // dropped by the linker when nothing references their object file.
-const ArchDef* const kArchs[] = {&kArchLlama, &kArchQwen2, &kArchQwen3};
+const ArchDef* const kArchs[] = {&kArchLlama, &kArchQwen2, &kArchQwen3, &kArchQwen2Moe, &kArchQwen3Moe, &kArchOlmoe};
 
 int64_t arch_int(const GgufFile& f, std::string_view suffix, int64_t def, bool required) {
   const GgufValue* v = f.find_arch(suffix);
@@ -72,6 +75,20 @@ HParams read_hparams(const GgufFile& f) {
   if (hp.n_vocab == 0) {
     if (const GgufTensor* t = f.find_tensor("token_embd.weight")) hp.n_vocab = int(t->ne(1));
   }
+
+  hp.n_expert = int(arch_int(f, "expert_count", 0, false));
+  hp.n_expert_used = int(arch_int(f, "expert_used_count", 0, false));
+  if (hp.n_expert < 0 || hp.n_expert_used < 0 || hp.n_expert_used > hp.n_expert ||
+      (hp.n_expert > 0 && hp.n_expert_used == 0)) {
+    throw FormatError(fmt::format("bad expert_count {} / expert_used_count {}", hp.n_expert, hp.n_expert_used));
+  }
+  hp.n_ff_exp = int(arch_int(f, "expert_feed_forward_length", hp.n_ff, false));
+  hp.n_ff_shexp = int(arch_int(f, "expert_shared_feed_forward_length", 0, false));
+  if (hp.n_ff_exp <= 0 || hp.n_ff_shexp < 0) throw FormatError("bad expert_feed_forward_length");
+  // Transformers' defaults: Mixtral and Qwen3-MoE checkpoints renormalize the top-k weights,
+  // qwen2moe and olmoe configs default to norm_topk_prob = false.
+  hp.expert_weights_norm = arch == "llama" || arch == "qwen3moe";
+  if (const GgufValue* v = f.find_arch("expert_weights_norm")) hp.expert_weights_norm = v->as_bool();
 
   RopeParams& r = hp.rope;
   r.n_rot = int(arch_int(f, "rope.dimension_count", hp.head_dim, false));

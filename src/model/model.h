@@ -22,8 +22,26 @@ struct HParams {
   int n_vocab = 0;
   float rms_eps = 1e-5f;
   RopeParams rope;
+  // Mixture of experts (0 / false for dense models). n_ff_exp: rows of one expert's gate/up
+  // (expert_feed_forward_length, default n_ff); n_ff_shexp: the shared expert's (qwen2moe).
+  int n_expert = 0;
+  int n_expert_used = 0;
+  int n_ff_exp = 0;
+  int n_ff_shexp = 0;
+  bool expert_weights_norm = false;  // renormalize the top-k softmax weights to sum to 1
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
+};
+
+// Expert weights of one MoE block: views into the 3-D ffn_{gate,up,down}_exps tensors (ne2 = expert),
+// one per expert, and the optional shared expert with its sigmoid gate.
+struct MoeWeights {
+  WeightView router;  // ffn_gate_inp: n_embd -> n_expert logits
+  std::vector<WeightView> gate, up, down;
+  WeightView gate_shexp, up_shexp, down_shexp;
+  std::vector<float> shexp_gate;  // ffn_gate_inp_shexp (n_embd); empty: shared expert ungated
+  int n_expert() const { return int(gate.size()); }
+  bool has_shared() const { return gate_shexp.data != nullptr; }
 };
 
 // Weights of one block. Optional tensors are empty (vectors) / null (views) when absent.
@@ -33,6 +51,9 @@ struct LayerWeights {
   std::vector<float> bq, bk, bv;      // projection biases, qwen2
   WeightView wq, wk, wv, wo;
   WeightView w_gate, w_up, w_down;
+  bool qk_norm_full = false;  // q_norm / k_norm span the whole projection (olmoe), not one head
+  MoeWeights moe;             // MoE blocks: router non-null and w_gate/w_up/w_down null
+  bool is_moe() const { return moe.router.data != nullptr; }
 };
 
 struct ModelWeights {

@@ -47,6 +47,10 @@ class Session {
   // Keeps the first n_past tokens (0 <= n_past <= n_past()); throws InvalidArgument otherwise.
   void truncate(int n_past);
 
+  // Routing decisions of MoE layers go to `o` (nullptr: none) during later eval() calls; the
+  // observer must outlive them.
+  void set_moe_observer(MoeObserver* o) { moe_observer_ = o; }
+
   const KvCache& kv() const { return *kv_; }
   ThreadPool& pool() { return pool_; }
   const Model& model() const { return *model_; }
@@ -68,6 +72,7 @@ class Session {
   std::vector<float> logits_;
   Placement placement_;
   std::unique_ptr<cuda::GpuLayers> gpu_;  // layers [placement_.first_gpu_layer(), n_layers) when any
+  MoeObserver* moe_observer_ = nullptr;
 };
 
 }  // namespace qleap

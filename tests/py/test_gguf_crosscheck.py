@@ -11,6 +11,7 @@ Runs `qleap_tests --gtest_filter=GgufCrosscheck.WritesCrosscheckFiles` with QLEA
 import json
 import math
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -73,10 +74,17 @@ def hf_to_gguf_name(hf):
     parts = hf.split(".")
     assert parts[0] == "model" and parts[1] == "layers", hf
     blk, rest = parts[2], ".".join(parts[3:-1])
+    ex = re.fullmatch(r"(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w2|w3)", rest)
+    if ex:  # one expert of the stacked 3-D tensor: (name, expert index)
+        what = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
+        return f"blk.{blk}.ffn_{what[ex.group(2)]}_exps.weight", int(ex.group(1))
     m = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
          "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
          "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
-         "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+         "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down", "mlp.gate": "ffn_gate_inp",
+         "block_sparse_moe.gate": "ffn_gate_inp", "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
+         "mlp.shared_expert.up_proj": "ffn_up_shexp", "mlp.shared_expert.down_proj": "ffn_down_shexp",
+         "mlp.shared_expert_gate": "ffn_gate_inp_shexp"}
     return f"blk.{blk}.{m[rest]}.{parts[-1]}"
 
 
@@ -96,7 +104,8 @@ def test_converted_fixture_matches_checkpoint(out_dir, name):
         cfg = json.load(f)
     r = gguf.GGUFReader(str(out_dir / f"converted_{name}.gguf"))
     fields = kv(r)
-    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[cfg["model_type"]]
+    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mixtral": "llama",
+            "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe"}[cfg["model_type"]]
 
     def val(key):
         return fields[key].contents()
@@ -131,11 +140,23 @@ def test_converted_fixture_matches_checkpoint(out_dir, name):
     if rtype == "yarn":
         assert val(f"{arch}.rope.scaling.original_context_length") == rp["original_max_position_embeddings"]
 
+    n_expert = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+    if n_expert:
+        assert val(f"{arch}.expert_count") == n_expert
+        assert val(f"{arch}.expert_used_count") == cfg["num_experts_per_tok"]
+        assert val(f"{arch}.expert_feed_forward_length") == cfg.get("moe_intermediate_size", cfg["intermediate_size"])
+        assert bool(val(f"{arch}.expert_weights_norm")) == (cfg["model_type"] == "mixtral" or cfg["norm_topk_prob"])
     weights = load_file(os.path.join(FIXTURES, name, "model.safetensors"))
     tensors = {t.name: t for t in r.tensors}
     expected = {}
+    experts = {}
     for hf, w in weights.items():
         g = hf_to_gguf_name(hf)
+        if isinstance(g, tuple):
+            experts.setdefault(g[0], {})[g[1]] = w
+            continue
+        if g.endswith("ffn_gate_inp_shexp.weight"):
+            w = w.reshape(-1)  # a 1 x n_embd matrix, stored as a vector
         if g == "output.weight" and cfg.get("tie_word_embeddings"):
             continue
         if arch == "llama" and ".attn_q." in g:
@@ -143,6 +164,9 @@ def test_converted_fixture_matches_checkpoint(out_dir, name):
         if arch == "llama" and ".attn_k." in g:
             w = rotary_permute(w, n_kv)
         expected[g] = w
+    for g, by_index in experts.items():
+        assert sorted(by_index) == list(range(n_expert)), g
+        expected[g] = np.stack([by_index[e] for e in range(n_expert)])  # GGUF ne = [cols, rows, expert]
     if rtype == "llama3":
         # HF's llama3 inv_freq divided into the default inv_freq gives the per-pair factors.
         import torch

@@ -179,7 +179,7 @@ TEST(GgufConvert, RejectsUnsupportedInput) {
     convert_hf_to_gguf((tmp.path() / "gemma").string(), tmp.file("x.gguf"), {});
     FAIL() << "expected Unsupported";
   } catch (const Unsupported& e) {
-    EXPECT_NE(std::string(e.what()).find("llama, mistral, qwen2, qwen3"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("llama, mistral, mixtral, qwen2, qwen3"), std::string::npos) << e.what();
   }
   copy_fixture("llama_gqa", tmp.path() / "rope", {{"rope_parameters", {{"rope_type", "longrope"}}}});
   EXPECT_THROW(convert_hf_to_gguf((tmp.path() / "rope").string(), tmp.file("x.gguf"), {}), Unsupported);

@@ -1,0 +1,183 @@
+#include "model/moe_block.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "quant/quant.h"
+
+namespace qleap {
+
+std::vector<WeightView> load_expert_matrices(const GgufFile& f, const std::string& name, int64_t cols,
+                                             int64_t rows, int64_t n) {
+  const GgufTensor& t = f.tensor(name);
+  if (t.shape.size() != 3 || t.ne(0) != cols || t.ne(1) != rows || t.ne(2) != n) {
+    std::string shape;
+    for (int64_t d : t.shape) shape += (shape.empty() ? "" : ", ") + std::to_string(d);
+    throw FormatError(
+        fmt::format("tensor '{}' has shape [{}], expected [{}, {}, {}]", name, shape, cols, rows, n));
+  }
+  const TypeTraits& tr = type_traits(t.type);
+  if (tr.name == nullptr || !tr.can_compute || tr.block_size <= 0) {
+    throw Unsupported(fmt::format("tensor '{}' has type {}, which this build cannot compute with", name,
+                                  type_name(t.type)));
+  }
+  if (cols % tr.block_size != 0) {
+    throw FormatError(
+        fmt::format("tensor '{}': row of {} elements is not whole {} blocks", name, cols, tr.name));
+  }
+  const size_t rb = row_size(t.type, cols);
+  const size_t slice = rb * size_t(rows);
+  if (t.nbytes < slice * size_t(n)) {
+    throw FormatError(
+        fmt::format("tensor '{}' holds {} bytes, expected {}", name, t.nbytes, slice * size_t(n)));
+  }
+  std::vector<WeightView> out(static_cast<size_t>(n));
+  for (int64_t e = 0; e < n; ++e) {
+    WeightView& v = out[size_t(e)];
+    v.type = t.type;
+    v.data = t.data + slice * size_t(e);
+    v.cols = cols;
+    v.rows = rows;
+    v.row_bytes = rb;
+  }
+  return out;
+}
+
+void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights& w) {
+  if (f.find_tensor(blk_name(il, "ffn_gate_inp.weight")) == nullptr) {
+    load_swiglu_ffn(f, hp, il, w);
+    return;
+  }
+  if (hp.n_expert <= 0) {
+    throw FormatError(
+        fmt::format("tensor '{}' present but expert_count is missing", blk_name(il, "ffn_gate_inp.weight")));
+  }
+  const int64_t n = hp.n_embd, ne = hp.n_expert, nf = hp.n_ff_exp;
+  w.ffn_norm = load_vector(f, blk_name(il, "ffn_norm.weight"), n, true);
+  MoeWeights& m = w.moe;
+  m.router = load_matrix(f, blk_name(il, "ffn_gate_inp.weight"), n, ne);
+  m.gate = load_expert_matrices(f, blk_name(il, "ffn_gate_exps.weight"), n, nf, ne);
+  m.up = load_expert_matrices(f, blk_name(il, "ffn_up_exps.weight"), n, nf, ne);
+  m.down = load_expert_matrices(f, blk_name(il, "ffn_down_exps.weight"), nf, n, ne);
+  if (f.find_tensor(blk_name(il, "ffn_gate_shexp.weight")) != nullptr) {
+    if (hp.n_ff_shexp <= 0)
+      throw FormatError("shared expert present but expert_shared_feed_forward_length missing");
+    m.gate_shexp = load_matrix(f, blk_name(il, "ffn_gate_shexp.weight"), n, hp.n_ff_shexp);
+    m.up_shexp = load_matrix(f, blk_name(il, "ffn_up_shexp.weight"), n, hp.n_ff_shexp);
+    m.down_shexp = load_matrix(f, blk_name(il, "ffn_down_shexp.weight"), hp.n_ff_shexp, n);
+    m.shexp_gate = load_vector(f, blk_name(il, "ffn_gate_inp_shexp.weight"), n, false);
+  }
+}
+
+void moe_route(float* logits, int n, int k, bool norm, int32_t* ids, float* weights) {
+  softmax(logits, n);
+  // Partial selection sort: k is small (2..8) next to n (8..128).
+  for (int j = 0; j < k; ++j) {
+    int best = -1;
+    for (int e = 0; e < n; ++e) {
+      bool taken = false;
+      for (int i = 0; i < j; ++i) taken |= ids[i] == e;
+      if (!taken && (best < 0 || logits[e] > logits[best])) best = e;
+    }
+    ids[j] = best;
+    weights[j] = logits[best];
+  }
+  if (norm) {
+    float sum = 0;
+    for (int j = 0; j < k; ++j) sum += weights[j];
+    if (sum > 0) {
+      for (int j = 0; j < k; ++j) weights[j] /= sum;
+    }
+  }
+}
+
+void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out) {
+  const HParams& hp = ctx.hp;
+  const MoeWeights& mw = w.moe;
+  ForwardScratch& s = ctx.s;
+  const int m = ctx.m, n = hp.n_embd, ne = mw.n_expert(), k = hp.n_expert_used, nf = hp.n_ff_exp;
+  float* logits = s.moe_logits.data();
+  int32_t* ids = s.moe_ids.data();
+  float* wts = s.moe_w.data();
+  matmul(mw.router, xn, m, logits, ctx.pool);
+  for (int t = 0; t < m; ++t) {
+    moe_route(logits + size_t(t) * ne, ne, k, hp.expert_weights_norm, ids + size_t(t) * k,
+              wts + size_t(t) * k);
+  }
+  if (ctx.moe_observer != nullptr) ctx.moe_observer->on_routing(il, ctx.pos0, m, k, ids, wts, s.x.data(), xn);
+
+  std::fill(out, out + size_t(m) * n, 0.0f);
+  float* g = s.moe_g.data();
+  float* u = s.moe_u.data();
+  float* y = s.moe_y.data();
+  if (m <= kMoeDecodeTokens && m * k >= ctx.pool.size() && ctx.pool.size() > 1) {
+    // Decode: one task per (token, expert) pair, each computed whole by one thread. Threading each
+    // small expert matmul instead would cost 3 * k pool dispatches per layer.
+    const auto pair = [&](int64_t b, int64_t e, int) {
+      thread_local ThreadPool solo(1);
+      for (int64_t i = b; i < e; ++i) {
+        const int t = int(i) / k, ex = ids[i];
+        float* gi = g + size_t(i) * nf;
+        float* ui = u + size_t(i) * nf;
+        matmul(mw.gate[size_t(ex)], xn + size_t(t) * n, 1, gi, solo);
+        matmul(mw.up[size_t(ex)], xn + size_t(t) * n, 1, ui, solo);
+        silu_mul(gi, ui, nf);
+        matmul(mw.down[size_t(ex)], gi, 1, y + size_t(i) * n, solo);
+      }
+    };
+    ctx.pool.parallel_for(m * k, 1, pair);
+    for (int i = 0; i < m * k; ++i) axpy_f32(wts[i], y + size_t(i) * n, out + size_t(i / k) * n, n);
+  } else {
+    // Prefill: tokens grouped by expert, so each selected expert's weights stream once per chunk.
+    int32_t* rows = s.moe_rows.data();  // (token, slot) pairs as t * k + j, bucketed by expert
+    std::vector<int>& start = s.moe_start;
+    start.assign(size_t(ne) + 1, 0);
+    for (int i = 0; i < m * k; ++i) ++start[size_t(ids[i]) + 1];
+    for (int e = 0; e < ne; ++e) start[size_t(e) + 1] += start[size_t(e)];
+    std::vector<int>& fill = s.moe_fill;
+    fill.assign(start.begin(), start.end() - 1);
+    for (int i = 0; i < m * k; ++i) rows[fill[size_t(ids[i])]++] = i;
+    float* xg = s.moe_xg.data();
+    for (int e = 0; e < ne; ++e) {
+      const int b = start[size_t(e)], cnt = start[size_t(e) + 1] - b;
+      if (cnt == 0) continue;
+      const float* xin = xn;
+      if (m > 1) {
+        for (int i = 0; i < cnt; ++i) {
+          const int t = rows[b + i] / k;
+          std::copy(xn + size_t(t) * n, xn + size_t(t + 1) * n, xg + size_t(i) * n);
+        }
+        xin = xg;
+      }
+      matmul(mw.gate[size_t(e)], xin, cnt, g, ctx.pool);
+      matmul(mw.up[size_t(e)], xin, cnt, u, ctx.pool);
+      for (int i = 0; i < cnt; ++i) silu_mul(g + size_t(i) * nf, u + size_t(i) * nf, nf);
+      matmul(mw.down[size_t(e)], g, cnt, y, ctx.pool);
+      for (int i = 0; i < cnt; ++i) {
+        const int r = rows[b + i];
+        axpy_f32(wts[r], y + size_t(i) * n, out + size_t(r / k) * n, n);
+      }
+    }
+  }
+
+  if (mw.has_shared()) {
+    const int nfs = hp.n_ff_shexp;
+    matmul(mw.gate_shexp, xn, m, g, ctx.pool);
+    matmul(mw.up_shexp, xn, m, u, ctx.pool);
+    for (int t = 0; t < m; ++t) silu_mul(g + size_t(t) * nfs, u + size_t(t) * nfs, nfs);
+    matmul(mw.down_shexp, g, m, y, ctx.pool);
+    for (int t = 0; t < m; ++t) {
+      float scale = 1.0f;
+      if (!mw.shexp_gate.empty()) {
+        scale = 1.0f / (1.0f + std::exp(-dot_f32(mw.shexp_gate.data(), xn + size_t(t) * n, n)));
+      }
+      axpy_f32(scale, y + size_t(t) * n, out + size_t(t) * n, n);
+    }
+  }
+}
+
+}  // namespace qleap

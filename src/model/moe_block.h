@@ -1,0 +1,43 @@
+// Mixture-of-experts feed-forward block shared by the MoE architectures (qwen3moe, qwen2moe, olmoe,
+// Mixtral as "llama" with expert tensors): router matmul, softmax, top-k (optionally renormalized),
+// each selected expert's SwiGLU FFN over the tokens routed to it, weighted sum, plus an optional
+// (sigmoid-gated) shared expert.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/blocks.h"
+
+namespace qleap {
+
+// Sees every routing decision of a forward pass (profiler, routing trace, expert-cache simulation).
+// Called on the forward thread once per MoE layer per chunk; it must not keep the pointers.
+class MoeObserver {
+ public:
+  virtual ~MoeObserver() = default;
+  // m tokens at positions pos0.. of layer il; ids / weights are m x k (weights as applied, after
+  // any renormalization), x is the residual stream entering the FFN (m x n_embd) and xn the FFN's
+  // normalized input.
+  virtual void on_routing(int il, int pos0, int m, int k, const int32_t* ids, const float* weights,
+                          const float* x, const float* xn) = 0;
+};
+
+// Up to this many tokens per forward, experts run one (token, expert) pair per thread.
+constexpr int kMoeDecodeTokens = 2;
+
+// A 3-D tensor with ne0 = cols, ne1 = rows, ne2 = n (experts), as n 2-D views.
+std::vector<WeightView> load_expert_matrices(const GgufFile& f, const std::string& name, int64_t cols,
+                                             int64_t rows, int64_t n);
+// Loads blk.il's FFN norm and either the dense SwiGLU FFN or, when blk.il.ffn_gate_inp exists, the
+// router, the experts and any shared expert.
+void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights& w);
+
+// Selects the top k of n router logits: probabilities by softmax over all n, the k largest (lower
+// index first on ties), renormalized to sum 1 when `norm`. logits is overwritten.
+void moe_route(float* logits, int n, int k, bool norm, int32_t* ids, float* weights);
+
+// out (m x n_embd) = sum over each token's k experts of weight * expert(xn) [+ shared expert].
+void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out);
+
+}  // namespace qleap
