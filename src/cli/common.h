@@ -38,5 +38,6 @@ void register_info(CLI::App& app);
 void register_convert(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_perplexity(CLI::App& app);
+void register_compare(CLI::App& app);
 
 }  // namespace qleap::cli

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   qleap::cli::register_convert(app);
   qleap::cli::register_bench(app);
   qleap::cli::register_perplexity(app);
+  qleap::cli::register_compare(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -37,6 +37,7 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions& opt)
   shape.n_kv_heads = hp.n_kv_heads;
   shape.head_dim = hp.head_dim;
   kv_ = make_kv_cache(opt.kv_type, shape);
+  kv_->set_pool(&pool_);
   rope_ = RopeTable(hp.rope, n_ctx_);
   scratch_.allocate(hp, n_batch_);
   logits_.reserve(size_t(hp.n_vocab));

@@ -37,7 +37,8 @@ TEST_P(TqKvAttention, MatchesDequantizingReference) {
   EXPECT_STREQ(kv->type_name(), c.type);
   const auto spec = parse_tq_kv_type(c.type);
   ASSERT_TRUE(spec.has_value());
-  const TqConfig kc = tq_kv_config(*spec, s.head_dim, false), vc = tq_kv_config(*spec, s.head_dim, true);
+  const TqConfig kc = tq_kv_config(*spec, s.head_dim, false, spec->k_bits_at(1, s.n_layers)),
+                 vc = tq_kv_config(*spec, s.head_dim, true, spec->v_bits_at(1, s.n_layers));
 
   std::mt19937 rng(11);
   std::normal_distribution<float> nd;
@@ -94,16 +95,19 @@ TEST_P(TqKvAttention, MatchesDequantizingReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, TqKvAttention,
-                         ::testing::Values(TqCase{"tq4", 64, 9, 3}, TqCase{"tq3", 64, 9, 3},
-                                           TqCase{"k4v3", 64, 9, 3}, TqCase{"tq2", 128, 8, 2},
-                                           TqCase{"tq4", 8, 8, 4},      // stories260K shape
-                                           TqCase{"tq2.5", 8, 8, 4},    // 4-coordinate segments: scalar
-                                           TqCase{"k3.5v2", 32, 6, 1},  // group of 6
-                                           TqCase{"tq3", 48, 4, 4},     // not a power of two: Haar
-                                           TqCase{"k3v2", 16, 2, 2}),
+                         // ':plain' / ':nocenter': records are then exactly tq_quantize of the input,
+                         // which the reference recomputes (centering is tested separately below).
+                         ::testing::Values(TqCase{"tq4:plain", 64, 9, 3}, TqCase{"tq3:nocenter", 64, 9, 3},
+                                           TqCase{"k4v3:plain", 64, 9, 3}, TqCase{"tq2:nocenter", 128, 8, 2},
+                                           TqCase{"tq4:plain", 8, 8, 4},      // stories260K shape
+                                           TqCase{"tq2.5:plain", 8, 8, 4},    // 4-coordinate segments: scalar
+                                           TqCase{"k3.5v2:plain", 32, 6, 1},  // group of 6
+                                           TqCase{"tq3:nocenter", 48, 4, 4},  // not a power of two: Haar
+                                           TqCase{"k3v2:plain", 16, 2, 2}, TqCase{"tq3:e1:plain", 64, 9, 3}),
                          [](const auto& info) {
                            std::string t = info.param.type;
                            std::replace(t.begin(), t.end(), '.', '_');
+                           std::replace(t.begin(), t.end(), ':', '_');
                            return t + "_hd" + std::to_string(info.param.head_dim) + "_h" +
                                   std::to_string(info.param.n_heads) + "_kv" +
                                   std::to_string(info.param.n_kv_heads);
@@ -142,7 +146,7 @@ TEST(TqKvCache, RejectsBadNamesAndRanges) {
   s.n_kv_heads = 1;
   s.head_dim = 16;
   for (const char* bad : {"tq", "tq5", "tq1", "tq4.0", "TQ4", "tq 4", "k4", "k4v", "kv3", "k4v5", "k4v3x",
-                          "v3k4", "q4_0", "", "tq3.25"}) {
+                          "v3k4", "q3_0", "", "tq3.25", "tq3:", "tq3:x", "tq3:e", "tq3:e1234", "tq3:plainx"}) {
     try {
       make_kv_cache(bad, s);
       ADD_FAILURE() << "accepted '" << bad << "'";
@@ -158,12 +162,89 @@ TEST(TqKvCache, RejectsBadNamesAndRanges) {
   ASSERT_TRUE(mixed.has_value());
   EXPECT_EQ(mixed->k_bits, 3.5f);
   EXPECT_EQ(mixed->v_bits, 2.5f);
+  const auto policy = parse_tq_kv_type("k4v2:e2:noscale");
+  ASSERT_TRUE(policy.has_value());
+  EXPECT_EQ(policy->edge_layers, 2);
+  EXPECT_TRUE(policy->center);
+  EXPECT_FALSE(policy->qscale);
+  EXPECT_EQ(policy->k_bits_at(1, 10), 4.0f);
+  EXPECT_EQ(policy->v_bits_at(5, 10), 2.0f);
+  EXPECT_EQ(policy->v_bits_at(8, 10), 4.0f);
+  EXPECT_FALSE(parse_tq_kv_type("tq3:plain")->center);
+  EXPECT_FALSE(parse_tq_kv_type("tq3:plain")->ls_norm);
   auto kv = make_kv_cache("k4v2", s);
   std::vector<float> x(16 * 9, 1.0f), out(32);
   ThreadPool pool(1);
   EXPECT_THROW(kv->store(0, 4, 5, x.data(), x.data()), InvalidArgument);
   EXPECT_THROW(kv->store(1, 0, 1, x.data(), x.data()), InvalidArgument);
   EXPECT_THROW(kv->attend(0, 8, 1, x.data(), out.data(), 1.0f, pool), InvalidArgument);
+}
+
+// Real keys share a large offset (and values a smaller one). Centering subtracts a calibrated mean, which
+// moves every score of a query by the same amount (softmax-invariant) and the output by the value mean,
+// so an offset must cost nothing: the output for (K + c, V + d) is the output for (K, V) plus d, and
+// the error against exact attention is far below the plain quantizer's, which spends its bits on c.
+TEST(TqKvCache, CenteringMakesOffsetsFree) {
+  KvShape s;
+  s.n_layers = 1;
+  s.n_ctx = 256;
+  s.n_heads = 4;
+  s.n_kv_heads = 2;
+  s.head_dim = 64;
+  const int n = 200, kvd = s.kv_dim(), hd = s.head_dim;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  std::vector<float> k(size_t(n) * kvd), v(size_t(n) * kvd), q(size_t(n) * s.n_heads * hd), c(kvd + 0ul),
+      d(kvd + 0ul);
+  for (auto& x : k) x = nd(rng);
+  for (auto& x : v) x = nd(rng);
+  for (auto& x : q) x = nd(rng);
+  for (int i = 0; i < kvd; ++i) {
+    c[size_t(i)] = (i % 7 == 0 ? 12.0f : 2.0f) * nd(rng);
+    d[size_t(i)] = 3.0f * nd(rng);
+  }
+  std::vector<float> ks = k, vs = v;
+  for (size_t i = 0; i < ks.size(); ++i) {
+    ks[i] += c[i % size_t(kvd)];
+    vs[i] += d[i % size_t(kvd)];
+  }
+  const float scale = 1.0f / std::sqrt(float(hd));
+  ThreadPool pool(2);
+  // Prefill-shaped: one store of the whole sequence, then all queries (what calibrates the cache).
+  auto run = [&](const std::string& type, const std::vector<float>& kk, const std::vector<float>& vv) {
+    auto kv = make_kv_cache(type, s);
+    kv->set_pool(&pool);
+    kv->store(0, 0, n, kk.data(), vv.data());
+    std::vector<float> out(q.size());
+    kv->attend(0, 0, n, q.data(), out.data(), scale, pool);
+    return out;
+  };
+  const auto exact = run("f32", ks, vs);
+  const auto plain = run("tq3:plain", ks, vs);
+  const auto centered = run("tq3", ks, vs);
+  const auto unshifted = run("tq3", k, v);
+  double e_plain = 0, e_centered = 0, max_shift_diff = 0;
+  for (size_t i = 0; i < exact.size(); ++i) {
+    e_plain += (plain[i] - exact[i]) * (plain[i] - exact[i]);
+    e_centered += (centered[i] - exact[i]) * (centered[i] - exact[i]);
+    const size_t ch = (i / size_t(hd) % size_t(s.n_heads)) / 2 * size_t(hd) + i % size_t(hd);
+    max_shift_diff = std::max(max_shift_diff, double(std::fabs(centered[i] - (unshifted[i] + d[ch]))));
+  }
+  std::printf("[ centering ] output rms error vs exact: plain %.4f, centered %.4f; max |shifted - unshifted - d| %.2e\n",
+              std::sqrt(e_plain / double(exact.size())), std::sqrt(e_centered / double(exact.size())), max_shift_diff);
+  EXPECT_LT(e_centered, 0.25 * e_plain);
+  // The calibrated means differ only by float rounding; an occasional index flips one cell.
+  EXPECT_LT(max_shift_diff, 0.05);
+
+  // Two stores before the first attend: calibration finishes without queries (scales 1), still centered.
+  auto kv = make_kv_cache("tq3", s);
+  kv->store(0, 0, 120, ks.data(), vs.data());
+  kv->store(0, 120, n - 120, ks.data() + size_t(120) * kvd, vs.data() + size_t(120) * kvd);
+  std::vector<float> out(q.size());
+  kv->attend(0, 0, n, q.data(), out.data(), scale, pool);
+  double e2 = 0;
+  for (size_t i = 0; i < exact.size(); ++i) e2 += (out[i] - exact[i]) * (out[i] - exact[i]);
+  EXPECT_LT(e2, 0.25 * e_plain);
 }
 
 // ---- stories260K end to end ----
