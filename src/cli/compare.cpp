@@ -99,7 +99,8 @@ void print_side_by_side(const std::string& a_name, const std::string& a, const s
   for (size_t i = 0; i < std::max(la.size(), lb.size()); ++i) {
     const std::string& x = i < la.size() ? la[i] : std::string();
     const std::string& y = i < lb.size() ? lb[i] : std::string();
-    fmt::print("  {}{} | {}\n", x, std::string(size_t(width) - std::min<size_t>(width, display_width(x)), ' '), y);
+    fmt::print("  {}{} | {}\n", x,
+               std::string(size_t(width) - std::min<size_t>(width, display_width(x)), ' '), y);
   }
 }
 
@@ -130,11 +131,11 @@ void print_summary(const CompareStats& st, const std::string& base, const std::s
   if (with_ppl) {
     fmt::print("PPL {:<6} = {:.4f} +/- {:.4f}\n", base, st.ppl_base(), st.se_ppl_base());
     fmt::print("PPL {:<6} = {:.4f} +/- {:.4f}\n", test, st.ppl_test(), st.se_ppl_test());
-    fmt::print("PPL ratio  = {:+.3f}% +/- {:.3f}%  (paired over the same tokens)\n", 100 * st.ppl_ratio_minus_1(),
-               100 * st.se_ppl_ratio());
+    fmt::print("PPL ratio  = {:+.3f}% +/- {:.3f}%  (paired over the same tokens)\n",
+               100 * st.ppl_ratio_minus_1(), 100 * st.se_ppl_ratio());
   }
-  fmt::print("mean KLD   = {:.6f} +/- {:.6f}  (p99 {:.5f}, max {:.5f}) over {} tokens\n", st.mean_kld(), st.se_kld(),
-             st.kld_quantile(0.99), st.max_kld(), st.count());
+  fmt::print("mean KLD   = {:.6f} +/- {:.6f}  (p99 {:.5f}, max {:.5f}) over {} tokens\n", st.mean_kld(),
+             st.se_kld(), st.kld_quantile(0.99), st.max_kld(), st.count());
   fmt::print("top-1 agreement = {:.2f}%\n", 100 * st.top1_agreement());
 }
 
@@ -200,8 +201,8 @@ void compare_command(CompareOptions& o) {
       const std::vector<int32_t> ids = tok.encode(p, tok.wants_bos(), false);
       if (ids.empty()) throw InvalidArgument("compare: empty prompt");
       if (int(ids.size()) + o.n_gen > base.n_ctx())
-        throw InvalidArgument(fmt::format("compare: prompt of {} tokens + {} does not fit n_ctx {}", ids.size(),
-                                          o.n_gen, base.n_ctx()));
+        throw InvalidArgument(fmt::format("compare: prompt of {} tokens + {} does not fit n_ctx {}",
+                                          ids.size(), o.n_gen, base.n_ctx()));
       const std::vector<int32_t> ga = greedy(base, tok, ids, o.n_gen);
       const std::vector<int32_t> gb = greedy(test, tok, ids, o.n_gen);
       // Teacher forcing on the baseline's continuation: both caches see exactly the same tokens.
@@ -236,10 +237,11 @@ void compare_command(CompareOptions& o) {
         const auto& r = rows[i];
         const std::string a = printable(tok.token_to_piece(seq[ids.size() + i]));
         const std::string b = printable(tok.token_to_piece(r.top1_test));
-        fmt::print("  {:>4}  {:<20} {:<20} {:>10.6f}{}\n", i, fmt::format("'{}'", a), fmt::format("'{}'", b), r.kld,
-                   r.top1_test == r.top1_base ? "" : "  *");
+        fmt::print("  {:>4}  {:<20} {:<20} {:>10.6f}{}\n", i, fmt::format("'{}'", a), fmt::format("'{}'", b),
+                   r.kld, r.top1_test == r.top1_base ? "" : "  *");
       }
-      print_side_by_side(o.base + " greedy", tok.decode(ga), o.common.kv + " greedy", tok.decode(gb), o.width);
+      print_side_by_side(o.base + " greedy", tok.decode(ga), o.common.kv + " greedy", tok.decode(gb),
+                         o.width);
       fmt::print("  identical for the first {} of {} generated tokens\n", diverge, ga.size());
       print_summary(st, o.base, o.common.kv, false);
       fmt::print("\n");
@@ -261,8 +263,9 @@ void compare_command(CompareOptions& o) {
 void register_compare(CLI::App& app) {
   auto opt = std::make_shared<CompareOptions>();
   auto* cmd = app.add_subcommand(
-      "compare", "Compare a KV cache type (--kv) against a baseline on the same tokens: KL divergence, top-1 agreement, "
-                 "perplexity, greedy continuations side by side");
+      "compare",
+      "Compare a KV cache type (--kv) against a baseline on the same tokens: KL divergence, top-1 agreement, "
+      "perplexity, greedy continuations side by side");
   add_common_options(*cmd, opt->common);
   cmd->add_option("prompt", opt->prompt, "prompt to continue (or --prompts / --text)");
   cmd->add_option("--base", opt->base, "baseline KV cache type")->capture_default_str();

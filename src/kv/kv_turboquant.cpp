@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <limits>
 #include <new>
 #include <vector>
@@ -42,7 +41,8 @@ class TurboQuantKvCache final : public KvCache {
   TurboQuantKvCache(const std::string& name, const TqKvSpec& spec, const KvShape& s)
       : KvCache(s), name_(name), spec_(spec) {
     const int L = s.n_layers;
-    if (s.n_heads / s.n_kv_heads > 256) throw Unsupported("turboquant kv cache: more than 256 query heads per kv head");
+    if (s.n_heads / s.n_kv_heads > 256)
+      throw Unsupported("turboquant kv cache: more than 256 query heads per kv head");
     k_rec_.resize(size_t(L));
     v_rec_.resize(size_t(L));
     layer_off_.resize(size_t(L) + 1);
@@ -56,8 +56,9 @@ class TurboQuantKvCache final : public KvCache {
       k_rec_[size_t(l)] = k_states_.back().layout.bytes;
       v_rec_[size_t(l)] = v_states_.back().layout.bytes;
       // Per (layer, kv head): n_ctx key records, then n_ctx value records.
-      layer_off_[size_t(l) + 1] =
-          layer_off_[size_t(l)] + size_t(s.n_ctx) * (k_rec_[size_t(l)] + v_rec_[size_t(l)]) * size_t(s.n_kv_heads);
+      layer_off_[size_t(l) + 1] = layer_off_[size_t(l)] + size_t(s.n_ctx) *
+                                                              (k_rec_[size_t(l)] + v_rec_[size_t(l)]) *
+                                                              size_t(s.n_kv_heads);
     }
     total_ = layer_off_.back();
     mu_k_.assign(size_t(L) * s.kv_dim(), 0.0f);
@@ -99,7 +100,6 @@ class TurboQuantKvCache final : public KvCache {
     const float* muv = c ? &mu_v_[size_t(layer) * kvd] : nullptr;
     const float* isk = scaled_[size_t(layer)] ? &inv_s_k_[size_t(layer) * kvd] : nullptr;
     const size_t kr = k_rec_[size_t(layer)], vr = v_rec_[size_t(layer)];
-    if (diag_) diagnose(layer, n_tokens, k, v);
     // Items: (kv head, chunk of tokens); ~2 us per vector, so prefill is worth threading.
     const int P = pool_ ? pool_->size() : 1;
     const int n_chunks = std::max(1, std::min(n_tokens / 16, (4 * P + s.n_kv_heads - 1) / s.n_kv_heads));
@@ -129,7 +129,8 @@ class TurboQuantKvCache final : public KvCache {
     }
   }
 
-  void attend(int layer, int pos0, int n_q, const float* q, float* out, float scale, ThreadPool& pool) override {
+  void attend(int layer, int pos0, int n_q, const float* q, float* out, float scale,
+              ThreadPool& pool) override {
     check(layer, pos0, n_q);
     if (n_q == 0) return;
     const KvShape& s = shape_;
@@ -209,60 +210,12 @@ class TurboQuantKvCache final : public KvCache {
     calibrated_[size_t(layer)] = 1;
   }
 
-  // TEMPORARY diagnostics (QLEAP_TQ_DIAG=1): per layer, quantization error energy of raw and centered
-  // keys/values relative to the centered energy (what the softmax / output actually sees).
-  struct Diag {
-    double ek = 0, ekc = 0, errk_raw = 0, errk_c = 0, ev = 0, evc = 0, errv_raw = 0, errv_c = 0;
-  };
-  std::vector<Diag> diag_acc_;
-  bool diag_ = std::getenv("QLEAP_TQ_DIAG") != nullptr;
-  void diagnose(int layer, int n, const float* k, const float* v) {
-    if (!calibrated_[size_t(layer)]) return;
-    diag_acc_.resize(size_t(shape_.n_layers));
-    Diag& d = diag_acc_[size_t(layer)];
-    const int kvd = shape_.kv_dim(), hd = shape_.head_dim;
-    std::vector<float> x(static_cast<size_t>(hd)), xh(static_cast<size_t>(hd));
-    std::vector<uint8_t> rec(256 + 8 * size_t(hd));
-    for (int t = 1; t < n; ++t)
-      for (int g = 0; g < shape_.n_kv_heads; ++g)
-        for (int kvsel = 0; kvsel < 2; ++kvsel) {
-          const float* src = (kvsel ? v : k) + size_t(t) * kvd + size_t(g) * hd;
-          const float* mu = &(kvsel ? mu_v_ : mu_k_)[size_t(layer) * kvd + size_t(g) * hd];
-          const TqState& st = kvsel ? vstate(layer, g) : kstate(layer, g);
-          double e = 0, ec = 0, er = 0, erc = 0;
-          tq_quantize(st, src, rec.data());
-          tq_dequantize(st, rec.data(), xh.data());
-          for (int i = 0; i < hd; ++i) {
-            e += double(src[i]) * src[i];
-            ec += double(src[i] - mu[i]) * (src[i] - mu[i]);
-            er += double(src[i] - xh[i]) * (src[i] - xh[i]);
-            x[size_t(i)] = src[i] - mu[i];
-          }
-          tq_quantize(st, x.data(), rec.data());
-          tq_dequantize(st, rec.data(), xh.data());
-          for (int i = 0; i < hd; ++i) erc += double(x[size_t(i)] - xh[size_t(i)]) * (x[size_t(i)] - xh[size_t(i)]);
-          if (kvsel) {
-            d.ev += e; d.evc += ec; d.errv_raw += er; d.errv_c += erc;
-          } else {
-            d.ek += e; d.ekc += ec; d.errk_raw += er; d.errk_c += erc;
-          }
-        }
-  }
- public:
-  ~TurboQuantKvCache() override {
-    if (!diag_) return;
-    for (size_t l = 0; l < diag_acc_.size(); ++l) {
-      const Diag& d = diag_acc_[l];
-      fmt::print(stderr, "L{:2} K: |mu|^2/E {:.3f} err/Ec raw {:.4f} centered {:.4f} | V: |mu|^2/E {:.3f} err/Ec raw {:.4f} centered {:.4f}\n",
-                 l, 1 - d.ekc / d.ek, d.errk_raw / d.ekc, d.errk_c / d.ekc, 1 - d.evc / d.ev, d.errv_raw / d.evc, d.errv_c / d.evc);
-    }
-  }
- private:
   // Records (x - mu) * inv_s (either may be null).
   static void quantize_one(const TqState& st, const float* x, const float* mu, const float* inv_s, float* tmp,
                            uint8_t* rec) {
     if (mu || inv_s) {
-      for (int i = 0; i < st.layout.dim; ++i) tmp[i] = (x[i] - (mu ? mu[i] : 0.0f)) * (inv_s ? inv_s[i] : 1.0f);
+      for (int i = 0; i < st.layout.dim; ++i)
+        tmp[i] = (x[i] - (mu ? mu[i] : 0.0f)) * (inv_s ? inv_s[i] : 1.0f);
       x = tmp;
     }
     tq_quantize(st, x, rec);
@@ -293,7 +246,8 @@ class TurboQuantKvCache final : public KvCache {
           }
         for (int t = 1; t < n; ++t)
           for (int i = 0; i < hd; ++i) {
-            const double d = double(stash_k_[L][size_t(t) * kvd + size_t(g) * hd + i]) - mu[size_t(g) * hd + i];
+            const double d =
+                double(stash_k_[L][size_t(t) * kvd + size_t(g) * hd + i]) - mu[size_t(g) * hd + i];
             b[size_t(i)] += d * d;
           }
         double ma = 0, mb = 0;
@@ -309,7 +263,8 @@ class TurboQuantKvCache final : public KvCache {
           log_mean += std::log(s[size_t(i)]) / hd;
         }
         for (int i = 0; i < hd; ++i) {
-          const double si = std::isfinite(log_mean) ? std::clamp(s[size_t(i)] / std::exp(log_mean), 1e-2, 1e2) : 1.0;
+          const double si =
+              std::isfinite(log_mean) ? std::clamp(s[size_t(i)] / std::exp(log_mean), 1e-2, 1e2) : 1.0;
           sk[size_t(g) * hd + i] = float(si);
           isk[size_t(g) * hd + i] = float(1.0 / si);
         }
@@ -324,7 +279,8 @@ class TurboQuantKvCache final : public KvCache {
 
   // Prefill: work items (kv head, chunk of query tokens); the dynamic scheduler balances the causal
   // triangle.
-  void attend_chunks(int layer, int pos0, int n_q, const float* q, float* out, float scale, ThreadPool& pool) {
+  void attend_chunks(int layer, int pos0, int n_q, const float* q, float* out, float scale,
+                     ThreadPool& pool) {
     const KvShape& s = shape_;
     const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
     const size_t row = size_t(s.n_heads) * hd;
@@ -340,8 +296,9 @@ class TurboQuantKvCache final : public KvCache {
       const int t0 = int(int64_t(n_q) * c / n_chunks), t1 = int(int64_t(n_q) * (c + 1) / n_chunks);
       if (t1 <= t0) return;
       const size_t head_off = size_t(g) * group * hd;
-      tq_attend_gqa(kstate(layer, g), vstate(layer, g), pos0 + t0, t1 - t0, group, q + size_t(t0) * row + head_off,
-                    row, keys(layer, g), kr, values(layer, g), vr, scale, out + size_t(t0) * row + head_off, row);
+      tq_attend_gqa(kstate(layer, g), vstate(layer, g), pos0 + t0, t1 - t0, group,
+                    q + size_t(t0) * row + head_off, row, keys(layer, g), kr, values(layer, g), vr, scale,
+                    out + size_t(t0) * row + head_off, row);
     };
     // Multiply-adds; below a few tens of thousands the dispatch costs more than it saves.
     const double work = double(n_q) * s.n_heads * (pos0 + 0.5 * n_q + 1) * hd * 2;
@@ -404,7 +361,8 @@ class TurboQuantKvCache final : public KvCache {
           for (int64_t j = 0; j < nt; ++j) sum += (w[j] = std::exp(w[j] * scale - mx));
           l[h] += sum;
         }
-        tq_accumulate_values(vs, sc.data(), kTileKeys, group, values(layer, g) + size_t(j0) * vr, vr, nt, acc.data());
+        tq_accumulate_values(vs, sc.data(), kTileKeys, group, values(layer, g) + size_t(j0) * vr, vr, nt,
+                             acc.data());
       }
       for (int h = 0; h < group; ++h) {
         float* p = partial + (size_t(item) * group + h) * per_head;
@@ -451,11 +409,13 @@ class TurboQuantKvCache final : public KvCache {
     return data_.get() + layer_off_[size_t(layer)] +
            size_t(g) * size_t(shape_.n_ctx) * (k_rec_[size_t(layer)] + v_rec_[size_t(layer)]);
   }
-  uint8_t* values(int layer, int g) const { return keys(layer, g) + size_t(shape_.n_ctx) * k_rec_[size_t(layer)]; }
+  uint8_t* values(int layer, int g) const {
+    return keys(layer, g) + size_t(shape_.n_ctx) * k_rec_[size_t(layer)];
+  }
   void check(int layer, int pos, int n) const {
     if (layer < 0 || layer >= shape_.n_layers || pos < 0 || n < 0 || pos + n > shape_.n_ctx) {
-      throw InvalidArgument(fmt::format("kv cache: layer {} positions [{}, {}) out of range (n_ctx {})", layer, pos,
-                                        pos + n, shape_.n_ctx));
+      throw InvalidArgument(fmt::format("kv cache: layer {} positions [{}, {}) out of range (n_ctx {})",
+                                        layer, pos, pos + n, shape_.n_ctx));
     }
   }
 
@@ -465,7 +425,7 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<size_t> k_rec_, v_rec_, layer_off_;
   std::vector<float> mu_k_, mu_v_;
   std::vector<uint8_t> calibrated_, scaled_;
-  std::vector<float> s_k_, inv_s_k_;              // per layer and key channel: s and 1 / s
+  std::vector<float> s_k_, inv_s_k_;                   // per layer and key channel: s and 1 / s
   std::vector<std::vector<float>> stash_k_, stash_v_;  // per layer: calibration chunk awaiting its queries
   std::vector<float> qbuf_;
   std::vector<float> partial_;
@@ -504,7 +464,8 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
   size_t at = colon;
   while (at != std::string::npos) {
     const size_t next = type.find(':', at + 1);
-    const std::string opt = type.substr(at + 1, next == std::string::npos ? std::string::npos : next - at - 1);
+    const std::string opt =
+        type.substr(at + 1, next == std::string::npos ? std::string::npos : next - at - 1);
     if (opt == "plain") {
       spec.center = false;
       spec.ls_norm = false;

@@ -65,9 +65,15 @@ void CompareStats::add(const TokenCompare& t) {
   agree_ += t.top1_base == t.top1_test ? 1 : 0;
 }
 
-double CompareStats::mean_kld() const { return mean(kld_); }
-double CompareStats::se_kld() const { return se_of_mean(kld_); }
-double CompareStats::max_kld() const { return kld_.empty() ? 0 : *std::max_element(kld_.begin(), kld_.end()); }
+double CompareStats::mean_kld() const {
+  return mean(kld_);
+}
+double CompareStats::se_kld() const {
+  return se_of_mean(kld_);
+}
+double CompareStats::max_kld() const {
+  return kld_.empty() ? 0 : *std::max_element(kld_.begin(), kld_.end());
+}
 
 double CompareStats::kld_quantile(double p) const {
   if (kld_.empty()) return 0;
@@ -77,13 +83,25 @@ double CompareStats::kld_quantile(double p) const {
   return s[size_t(std::lround(r))];
 }
 
-double CompareStats::top1_agreement() const { return kld_.empty() ? 0 : double(agree_) / double(kld_.size()); }
-double CompareStats::ppl_base() const { return std::exp(mean(nll_b_)); }
-double CompareStats::ppl_test() const { return std::exp(mean(nll_t_)); }
-double CompareStats::se_ppl_base() const { return ppl_base() * se_of_mean(nll_b_); }
-double CompareStats::se_ppl_test() const { return ppl_test() * se_of_mean(nll_t_); }
+double CompareStats::top1_agreement() const {
+  return kld_.empty() ? 0 : double(agree_) / double(kld_.size());
+}
+double CompareStats::ppl_base() const {
+  return std::exp(mean(nll_b_));
+}
+double CompareStats::ppl_test() const {
+  return std::exp(mean(nll_t_));
+}
+double CompareStats::se_ppl_base() const {
+  return ppl_base() * se_of_mean(nll_b_);
+}
+double CompareStats::se_ppl_test() const {
+  return ppl_test() * se_of_mean(nll_t_);
+}
 
-double CompareStats::ppl_ratio_minus_1() const { return std::exp(mean(nll_t_) - mean(nll_b_)) - 1.0; }
+double CompareStats::ppl_ratio_minus_1() const {
+  return std::exp(mean(nll_t_) - mean(nll_b_)) - 1.0;
+}
 
 double CompareStats::se_ppl_ratio() const {
   std::vector<double> d(nll_t_.size());

@@ -145,8 +145,9 @@ TEST(TqKvCache, RejectsBadNamesAndRanges) {
   s.n_heads = 2;
   s.n_kv_heads = 1;
   s.head_dim = 16;
-  for (const char* bad : {"tq", "tq5", "tq1", "tq4.0", "TQ4", "tq 4", "k4", "k4v", "kv3", "k4v5", "k4v3x",
-                          "v3k4", "q3_0", "", "tq3.25", "tq3:", "tq3:x", "tq3:e", "tq3:e1234", "tq3:plainx"}) {
+  for (const char* bad :
+       {"tq",    "tq5",  "tq1",  "tq4.0", "TQ4",    "tq 4", "k4",    "k4v",   "kv3",       "k4v5",
+        "k4v3x", "v3k4", "q3_0", "",      "tq3.25", "tq3:", "tq3:x", "tq3:e", "tq3:e1234", "tq3:plainx"}) {
     try {
       make_kv_cache(bad, s);
       ADD_FAILURE() << "accepted '" << bad << "'";
@@ -230,8 +231,11 @@ TEST(TqKvCache, CenteringMakesOffsetsFree) {
     const size_t ch = (i / size_t(hd) % size_t(s.n_heads)) / 2 * size_t(hd) + i % size_t(hd);
     max_shift_diff = std::max(max_shift_diff, double(std::fabs(centered[i] - (unshifted[i] + d[ch]))));
   }
-  std::printf("[ centering ] output rms error vs exact: plain %.4f, centered %.4f; max |shifted - unshifted - d| %.2e\n",
-              std::sqrt(e_plain / double(exact.size())), std::sqrt(e_centered / double(exact.size())), max_shift_diff);
+  std::printf(
+      "[ centering ] output rms error vs exact: plain %.4f, centered %.4f; max |shifted - unshifted - d| "
+      "%.2e\n",
+      std::sqrt(e_plain / double(exact.size())), std::sqrt(e_centered / double(exact.size())),
+      max_shift_diff);
   EXPECT_LT(e_centered, 0.25 * e_plain);
   // The calibrated means differ only by float rounding; an occasional index flips one cell.
   EXPECT_LT(max_shift_diff, 0.05);
