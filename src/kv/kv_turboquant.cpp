@@ -31,6 +31,28 @@ struct AlignedFree {
   void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t(64)); }
 };
 
+// s_i = (b_i / a_i)^(1/4) (a null: a_i = 1), normalized to a geometric mean of 1 and clamped to
+// [1e-2, 1e2]; floors keep empty channels finite.
+void channel_scales(const double* a, const double* b, int n, float* s_out, float* inv_out) {
+  double ma = 0, mb = 0;
+  for (int i = 0; i < n; ++i) {
+    ma += (a ? a[i] : 1.0) / n;
+    mb += b[i] / n;
+  }
+  std::vector<double> s(static_cast<size_t>(n));
+  double log_mean = 0;
+  for (int i = 0; i < n; ++i) {
+    const double ai = (a ? a[i] : 1.0) + 1e-4 * ma + 1e-30, bi = b[i] + 1e-4 * mb + 1e-30;
+    s[size_t(i)] = std::pow(bi / ai, 0.25);
+    log_mean += std::log(s[size_t(i)]) / n;
+  }
+  for (int i = 0; i < n; ++i) {
+    const double si = std::isfinite(log_mean) ? std::clamp(s[size_t(i)] / std::exp(log_mean), 1e-2, 1e2) : 1.0;
+    s_out[i] = float(si);
+    inv_out[i] = float(1.0 / si);
+  }
+}
+
 // Keys per online-softmax step of the key-split decode path.
 constexpr int kTileKeys = 256;
 // Fewest keys per slice when one query's keys are split across threads.
@@ -65,6 +87,9 @@ class TurboQuantKvCache final : public KvCache {
     mu_v_.assign(size_t(L) * s.kv_dim(), 0.0f);
     calibrated_.assign(size_t(L), 0);
     scaled_.assign(size_t(L), 0);
+    vscaled_.assign(size_t(L), 0);
+    s_v_.assign(size_t(L) * s.kv_dim(), 1.0f);
+    inv_s_v_.assign(size_t(L) * s.kv_dim(), 1.0f);
     s_k_.assign(size_t(L) * s.kv_dim(), 1.0f);
     inv_s_k_.assign(size_t(L) * s.kv_dim(), 1.0f);
     stash_k_.resize(size_t(L));
@@ -82,7 +107,7 @@ class TurboQuantKvCache final : public KvCache {
     if (!stash_k_[L].empty()) finalize(layer, nullptr, 0);
     if (spec_.center && pos == 0 && !calibrated_[L] && n_tokens >= kTqCalibTokens) {
       calibrate(layer, n_tokens, k, v);
-      if (spec_.qscale) {
+      if (spec_.qscale || spec_.vscale) {
         // The channel scales need this chunk's queries: the attend() that follows quantizes it.
         stash_k_[L].assign(k, k + size_t(n_tokens) * kvd);
         stash_v_[L].assign(v, v + size_t(n_tokens) * kvd);
@@ -99,6 +124,7 @@ class TurboQuantKvCache final : public KvCache {
     const float* muk = c ? &mu_k_[size_t(layer) * kvd] : nullptr;
     const float* muv = c ? &mu_v_[size_t(layer) * kvd] : nullptr;
     const float* isk = scaled_[size_t(layer)] ? &inv_s_k_[size_t(layer) * kvd] : nullptr;
+    const float* isv = vscaled_[size_t(layer)] ? &inv_s_v_[size_t(layer) * kvd] : nullptr;
     const size_t kr = k_rec_[size_t(layer)], vr = v_rec_[size_t(layer)];
     // Items: (kv head, chunk of tokens); ~2 us per vector, so prefill is worth threading.
     const int P = pool_ ? pool_->size() : 1;
@@ -116,8 +142,8 @@ class TurboQuantKvCache final : public KvCache {
       for (int t = t0; t < t1; ++t) {
         quantize_one(ks, k + size_t(t) * kvd + size_t(g) * hd, muk ? muk + size_t(g) * hd : nullptr,
                      isk ? isk + size_t(g) * hd : nullptr, tmp.data(), kb + size_t(t) * kr);
-        quantize_one(vs, v + size_t(t) * kvd + size_t(g) * hd, muv ? muv + size_t(g) * hd : nullptr, nullptr,
-                     tmp.data(), vb + size_t(t) * vr);
+        quantize_one(vs, v + size_t(t) * kvd + size_t(g) * hd, muv ? muv + size_t(g) * hd : nullptr,
+                     isv ? isv + size_t(g) * hd : nullptr, tmp.data(), vb + size_t(t) * vr);
       }
     };
     if (P == 1 || n_items == 1) {
@@ -137,7 +163,7 @@ class TurboQuantKvCache final : public KvCache {
     const size_t L = size_t(layer);
     if (!stash_k_[L].empty()) {
       const bool same_chunk = pos0 == 0 && size_t(n_q) * s.kv_dim() == stash_k_[L].size();
-      finalize(layer, same_chunk ? q : nullptr, n_q);
+      finalize(layer, same_chunk && spec_.qscale ? q : nullptr, n_q);
     }
     if (scaled_[L]) {
       // Scores on keys stored divided by s need queries multiplied by s.
@@ -167,15 +193,22 @@ class TurboQuantKvCache final : public KvCache {
     } else {
       attend_chunks(layer, pos0, n_q, q, out, scale, pool);
     }
-    if (spec_.center && calibrated_[size_t(layer)]) {
-      // sum_j w_j (v_j - mu) + mu: the weights sum to one.
+    if (spec_.center && calibrated_[L]) {
+      // Values were stored as (v - mu) / s: out = s * sum_j w_j (v_j - mu) / s + mu (weights sum to one).
       const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
-      const float* mu = &mu_v_[size_t(layer) * s.kv_dim()];
+      const float* mu = &mu_v_[L * s.kv_dim()];
+      const float* sv = &s_v_[L * s.kv_dim()];
+      const bool scaled = vscaled_[L] != 0;
       for (int t = 0; t < n_q; ++t)
         for (int h = 0; h < s.n_heads; ++h) {
           float* o = out + (size_t(t) * s.n_heads + h) * hd;
           const float* m = mu + size_t(h / group) * hd;
-          for (int i = 0; i < hd; ++i) o[i] += m[i];
+          const float* c = sv + size_t(h / group) * hd;
+          if (scaled) {
+            for (int i = 0; i < hd; ++i) o[i] = o[i] * c[i] + m[i];
+          } else {
+            for (int i = 0; i < hd; ++i) o[i] += m[i];
+          }
         }
     }
   }
@@ -233,43 +266,36 @@ class TurboQuantKvCache final : public KvCache {
     const KvShape& sh = shape_;
     const int kvd = sh.kv_dim(), hd = sh.head_dim, group = sh.n_heads / sh.n_kv_heads;
     const int n = int(stash_k_[L].size() / size_t(kvd));
-    float* sk = &s_k_[L * kvd];
-    float* isk = &inv_s_k_[L * kvd];
+    std::vector<double> a(static_cast<size_t>(hd)), b(static_cast<size_t>(hd));
+    // Sum of squares of channel i of kv head g over tokens 1.. of the stash, centered.
+    auto centered_energy = [&](const std::vector<float>& x, const float* mu, int g) {
+      std::fill(b.begin(), b.end(), 0.0);
+      for (int t = 1; t < n; ++t)
+        for (int i = 0; i < hd; ++i) {
+          const double d = double(x[size_t(t) * kvd + size_t(g) * hd + i]) - mu[size_t(g) * hd + i];
+          b[size_t(i)] += d * d;
+        }
+    };
     if (q) {
-      const float* mu = &mu_k_[L * kvd];
       for (int g = 0; g < sh.n_kv_heads; ++g) {
-        std::vector<double> a(static_cast<size_t>(hd), 0.0), b(static_cast<size_t>(hd), 0.0);
+        std::fill(a.begin(), a.end(), 0.0);
         for (int t = 0; t < n_q; ++t)
           for (int h = 0; h < group; ++h) {
             const float* qh = q + (size_t(t) * sh.n_heads + size_t(g) * group + h) * hd;
             for (int i = 0; i < hd; ++i) a[size_t(i)] += double(qh[i]) * qh[i];
           }
-        for (int t = 1; t < n; ++t)
-          for (int i = 0; i < hd; ++i) {
-            const double d =
-                double(stash_k_[L][size_t(t) * kvd + size_t(g) * hd + i]) - mu[size_t(g) * hd + i];
-            b[size_t(i)] += d * d;
-          }
-        double ma = 0, mb = 0;
-        for (int i = 0; i < hd; ++i) {
-          ma += a[size_t(i)] / hd;
-          mb += b[size_t(i)] / hd;
-        }
-        double log_mean = 0;
-        std::vector<double> s(static_cast<size_t>(hd));
-        for (int i = 0; i < hd; ++i) {
-          const double ai = a[size_t(i)] + 1e-4 * ma + 1e-30, bi = b[size_t(i)] + 1e-4 * mb + 1e-30;
-          s[size_t(i)] = std::pow(bi / ai, 0.25);
-          log_mean += std::log(s[size_t(i)]) / hd;
-        }
-        for (int i = 0; i < hd; ++i) {
-          const double si =
-              std::isfinite(log_mean) ? std::clamp(s[size_t(i)] / std::exp(log_mean), 1e-2, 1e2) : 1.0;
-          sk[size_t(g) * hd + i] = float(si);
-          isk[size_t(g) * hd + i] = float(1.0 / si);
-        }
+        centered_energy(stash_k_[L], &mu_k_[L * kvd], g);
+        channel_scales(a.data(), b.data(), hd, &s_k_[L * kvd + size_t(g) * hd], &inv_s_k_[L * kvd + size_t(g) * hd]);
       }
       scaled_[L] = 1;
+    }
+    if (spec_.vscale) {
+      // Values: the output error is ||s e||^2 with e isotropic, minimized by s_i = b_i^(1/4) (a_i = 1).
+      for (int g = 0; g < sh.n_kv_heads; ++g) {
+        centered_energy(stash_v_[L], &mu_v_[L * kvd], g);
+        channel_scales(nullptr, b.data(), hd, &s_v_[L * kvd + size_t(g) * hd], &inv_s_v_[L * kvd + size_t(g) * hd]);
+      }
+      vscaled_[L] = 1;
     }
     std::vector<float> kk = std::move(stash_k_[L]), vv = std::move(stash_v_[L]);
     stash_k_[L].clear();
@@ -424,7 +450,8 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<TqState> k_states_, v_states_;
   std::vector<size_t> k_rec_, v_rec_, layer_off_;
   std::vector<float> mu_k_, mu_v_;
-  std::vector<uint8_t> calibrated_, scaled_;
+  std::vector<uint8_t> calibrated_, scaled_, vscaled_;
+  std::vector<float> s_v_, inv_s_v_;  // per layer and value channel
   std::vector<float> s_k_, inv_s_k_;                   // per layer and key channel: s and 1 / s
   std::vector<std::vector<float>> stash_k_, stash_v_;  // per layer: calibration chunk awaiting its queries
   std::vector<float> qbuf_;
@@ -473,6 +500,8 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
       spec.center = false;
     } else if (opt == "noscale") {
       spec.qscale = false;
+    } else if (opt == "vscale") {
+      spec.vscale = true;
     } else if (opt.size() >= 2 && opt.size() <= 3 && opt[0] == 'e' &&
                std::all_of(opt.begin() + 1, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       spec.edge_layers = std::stoi(opt.substr(1));

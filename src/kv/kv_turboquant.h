@@ -30,6 +30,9 @@ struct TqKvSpec {
   bool center = true;   // subtract the calibrated mean key / value (see above)
   bool ls_norm = true;  // least-squares norm per record
   bool qscale = true;   // query-aware key channel scales, calibrated with the centering (needs center)
+  // Value channel scales b_i^(1/4) (b_i: centered energy of channel i), calibrated with the centering.
+  // Off by default: measured no gain on SmolLM2 / stories260K (docs/turboquant.md).
+  bool vscale = false;
   // Per-layer policy: the first and last edge_layers layers use edge_k_bits / edge_v_bits.
   int edge_layers = 0;
   float edge_k_bits = 4;
@@ -43,6 +46,7 @@ struct TqKvSpec {
 //   plain     the paper's quantizer: no centering, plain norms
 //   nocenter  no centering and no channel scales (least-squares norms kept)
 //   noscale   centering without the query-aware key channel scales
+//   vscale    also scale value channels (measured: no gain)
 //   eN        the first and last N layers at 4-bit K and V (e.g. tq3:e2)
 // Returns nullopt for any other string.
 std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type);

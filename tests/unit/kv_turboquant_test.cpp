@@ -237,6 +237,10 @@ TEST(TqKvCache, CenteringMakesOffsetsFree) {
       std::sqrt(e_plain / double(exact.size())), std::sqrt(e_centered / double(exact.size())),
       max_shift_diff);
   EXPECT_LT(e_centered, 0.25 * e_plain);
+  const auto vscaled = run("tq3:vscale", ks, vs);
+  double e_vscaled = 0;
+  for (size_t i = 0; i < exact.size(); ++i) e_vscaled += (vscaled[i] - exact[i]) * (vscaled[i] - exact[i]);
+  EXPECT_LT(e_vscaled, 0.25 * e_plain);
   // The calibrated means differ only by float rounding; an occasional index flips one cell.
   EXPECT_LT(max_shift_diff, 0.05);
 
