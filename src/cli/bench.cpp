@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <ctime>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -21,6 +22,14 @@
 
 namespace qleap::cli {
 namespace {
+
+// CPU seconds used by this process (all threads). On a machine shared with other jobs, decode
+// tokens per CPU-second (with one thread) is far more stable than wall-clock tok/s.
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
 
 struct BenchOptions {
   CommonOptions common;
@@ -130,18 +139,25 @@ void bench_command(BenchOptions& o) {
         std::cerr << fmt::format("[context of {} tokens filled ({}) in {:.1f} s]\n", o.depth, o.fill, sw.elapsed());
     }
     session.eval({pick(rng)});  // warm-up
+    std::vector<double> cpu_rates;
     for (int r = 0; r < o.reps; ++r) {
       session.truncate(o.depth);
+      const double c0 = process_cpu_seconds();
       Stopwatch sw;
       for (int i = 0; i < o.n_gen; ++i) session.eval({pick(rng)});
       rates.push_back(o.n_gen / sw.elapsed());
+      cpu_rates.push_back(o.n_gen / std::max(1e-9, process_cpu_seconds() - c0));
     }
     const Sample s = summarize(rates);
+    const Sample cs = summarize(cpu_rates);
     const double bpt = double(decode_bytes_per_token(file));
-    out["tg"] = {{"n", o.n_gen}, {"depth", o.depth}, {"tps", s.mean}, {"sd", s.sd}, {"weight_bytes_per_token", bpt},
+    out["tg"] = {{"n", o.n_gen},     {"depth", o.depth}, {"tps", s.mean}, {"sd", s.sd},
+                 {"tokens_per_cpu_second", cs.mean}, {"tokens_per_cpu_second_sd", cs.sd}, {"weight_bytes_per_token", bpt},
                  {"weight_gbps", bpt * s.mean / 1e9}};
     const std::string name = o.depth > 0 ? fmt::format("tg{}@d{}", o.n_gen, o.depth) : fmt::format("tg{}", o.n_gen);
-    if (!o.json) fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |\n", name, s.mean, s.sd);
+    if (!o.json)
+      fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |   ({:.2f} ± {:.2f} tokens per CPU-second)\n", name, s.mean, s.sd,
+                 cs.mean, cs.sd);
   }
   out["peak_rss_bytes"] = peak_rss_bytes();
   out["kv_bytes_per_token"] = session.kv().bytes_per_token();
