@@ -47,7 +47,8 @@ void channel_scales(const double* a, const double* b, int n, float* s_out, float
     log_mean += std::log(s[size_t(i)]) / n;
   }
   for (int i = 0; i < n; ++i) {
-    const double si = std::isfinite(log_mean) ? std::clamp(s[size_t(i)] / std::exp(log_mean), 1e-2, 1e2) : 1.0;
+    const double si =
+        std::isfinite(log_mean) ? std::clamp(s[size_t(i)] / std::exp(log_mean), 1e-2, 1e2) : 1.0;
     s_out[i] = float(si);
     inv_out[i] = float(1.0 / si);
   }
@@ -285,7 +286,8 @@ class TurboQuantKvCache final : public KvCache {
             for (int i = 0; i < hd; ++i) a[size_t(i)] += double(qh[i]) * qh[i];
           }
         centered_energy(stash_k_[L], &mu_k_[L * kvd], g);
-        channel_scales(a.data(), b.data(), hd, &s_k_[L * kvd + size_t(g) * hd], &inv_s_k_[L * kvd + size_t(g) * hd]);
+        channel_scales(a.data(), b.data(), hd, &s_k_[L * kvd + size_t(g) * hd],
+                       &inv_s_k_[L * kvd + size_t(g) * hd]);
       }
       scaled_[L] = 1;
     }
@@ -293,7 +295,8 @@ class TurboQuantKvCache final : public KvCache {
       // Values: the output error is ||s e||^2 with e isotropic, minimized by s_i = b_i^(1/4) (a_i = 1).
       for (int g = 0; g < sh.n_kv_heads; ++g) {
         centered_energy(stash_v_[L], &mu_v_[L * kvd], g);
-        channel_scales(nullptr, b.data(), hd, &s_v_[L * kvd + size_t(g) * hd], &inv_s_v_[L * kvd + size_t(g) * hd]);
+        channel_scales(nullptr, b.data(), hd, &s_v_[L * kvd + size_t(g) * hd],
+                       &inv_s_v_[L * kvd + size_t(g) * hd]);
       }
       vscaled_[L] = 1;
     }
@@ -451,7 +454,7 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<size_t> k_rec_, v_rec_, layer_off_;
   std::vector<float> mu_k_, mu_v_;
   std::vector<uint8_t> calibrated_, scaled_, vscaled_;
-  std::vector<float> s_v_, inv_s_v_;  // per layer and value channel
+  std::vector<float> s_v_, inv_s_v_;                   // per layer and value channel
   std::vector<float> s_k_, inv_s_k_;                   // per layer and key channel: s and 1 / s
   std::vector<std::vector<float>> stash_k_, stash_v_;  // per layer: calibration chunk awaiting its queries
   std::vector<float> qbuf_;

@@ -244,6 +244,21 @@ TEST(TqKvCache, CenteringMakesOffsetsFree) {
   // The calibrated means differ only by float rounding; an occasional index flips one cell.
   EXPECT_LT(max_shift_diff, 0.05);
 
+  // The decode path (one query, keys split across threads and merged) gives the prefill's answer for
+  // the last token, from the same records.
+  {
+    auto kv = make_kv_cache("tq3", s);
+    kv->set_pool(&pool);
+    kv->store(0, 0, n, ks.data(), vs.data());
+    std::vector<float> pre(q.size()), dec(size_t(s.n_heads) * hd);
+    kv->attend(0, 0, n, q.data(), pre.data(), scale, pool);
+    kv->attend(0, n - 1, 1, q.data() + size_t(n - 1) * s.n_heads * hd, dec.data(), scale, pool);
+    float diff = 0;
+    for (size_t i = 0; i < dec.size(); ++i)
+      diff = std::max(diff, std::fabs(dec[i] - pre[size_t(n - 1) * s.n_heads * hd + i]));
+    EXPECT_LT(diff, 1e-4f);
+  }
+
   // Two stores before the first attend: calibration finishes without queries (scales 1), still centered.
   auto kv = make_kv_cache("tq3", s);
   kv->store(0, 0, 120, ks.data(), vs.data());
