@@ -5,11 +5,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <new>
 #include <vector>
 
 #include "core/error.h"
+#include "core/fp16.h"
 #include "turboquant/tq_attention.h"
 #include "turboquant/tq_quant.h"
 
@@ -189,7 +191,8 @@ class TurboQuantKvCache final : public KvCache {
       const int64_t want = (4 * P + base_items - 1) / base_items;
       n_split = int(std::min<int64_t>(want, n_keys_max / kMinSplitKeys));
     }
-    if (n_split > 1) {
+    // QJL keys need the residual term, which only the split path's loop adds.
+    if (n_split > 1 || spec_.qjl_keys) {
       attend_split(layer, pos0, n_q, q, out, scale, pool, n_split);
     } else {
       attend_chunks(layer, pos0, n_q, q, out, scale, pool);
@@ -367,6 +370,19 @@ class TurboQuantKvCache final : public KvCache {
       acc.assign(size_t(group) * hd, 0.0f);
       const float* qg = q + size_t(t) * row + size_t(g) * group * hd;
       for (int h = 0; h < group; ++h) tq_rotate_query(ks, qg + size_t(h) * hd, &qr[size_t(h) * hd]);
+      // QJL keys: S q' per head, for the residual term of every score (scalar: measured for quality).
+      thread_local std::vector<float> sq;
+      const TqLayout& kl = ks.layout;
+      if (kl.qjl) {
+        sq.resize(size_t(group) * hd);
+        for (int h = 0; h < group; ++h)
+          for (int r = 0; r < hd; ++r) {
+            const float* srow = &ks.qjl_matrix[size_t(r) * hd];
+            double acc_s = 0;
+            for (int i = 0; i < hd; ++i) acc_s += double(srow[i]) * qr[size_t(h) * hd + i];
+            sq[size_t(h) * hd + r] = float(acc_s);
+          }
+      }
       float m[256], l[256];
       for (int h = 0; h < group; ++h) {
         m[h] = -std::numeric_limits<float>::infinity();
@@ -375,6 +391,23 @@ class TurboQuantKvCache final : public KvCache {
       for (int64_t j0 = jb; j0 < je; j0 += kTileKeys) {
         const int64_t nt = std::min<int64_t>(kTileKeys, je - j0);
         tq_scores(ks, qr.data(), group, keys(layer, g) + size_t(j0) * kr, kr, nt, sc.data(), kTileKeys);
+        if (kl.qjl) {
+          // + norm * sqrt(pi/2)/d * gamma * <S q', sign(S r)> (tq_qjl_inner_product, unbiased).
+          const float cst = float(std::sqrt(3.14159265358979323846 / 2.0) / hd);
+          for (int64_t j = 0; j < nt; ++j) {
+            const uint8_t* rec = keys(layer, g) + size_t(j0 + j) * kr;
+            uint16_t gh;
+            std::memcpy(&gh, rec + kl.gamma_offset, 2);
+            const float coef = cst * fp16_to_fp32(gh) * tq_record_norm(kl, rec);
+            const uint8_t* bits = rec + kl.qjl_offset;
+            for (int h = 0; h < group; ++h) {
+              const float* v = &sq[size_t(h) * hd];
+              float dsum = 0;
+              for (int r = 0; r < hd; ++r) dsum += (bits[r >> 3] >> (r & 7)) & 1 ? v[r] : -v[r];
+              sc[size_t(h) * kTileKeys + size_t(j)] += coef * dsum;
+            }
+          }
+        }
         for (int h = 0; h < group; ++h) {
           float* w = &sc[size_t(h) * kTileKeys];
           float mx = m[h];
@@ -503,6 +536,8 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
       spec.center = false;
     } else if (opt == "noscale") {
       spec.qscale = false;
+    } else if (opt == "qjl") {
+      spec.qjl_keys = true;
     } else if (opt == "vscale") {
       spec.vscale = true;
     } else if (opt.size() >= 2 && opt.size() <= 3 && opt[0] == 'e' &&
@@ -521,6 +556,11 @@ TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value, float bits
   c.dim = head_dim;
   c.bits = bits;
   c.ls_norm = spec.ls_norm;
+  if (!value && spec.qjl_keys) {
+    // TurboQuant_prod: (b - 1)-bit MSE codes + the 1-bit QJL sketch of the residual.
+    c.bits = bits - 1;
+    c.qjl = true;
+  }
   // rotation kAuto: Hadamard for power-of-two head dims, Haar (dense) otherwise.
   // Values get another base seed ("VALUES" in the high bytes) so that tq_head_seed gives every
   // (layer, head) a value rotation independent of its key rotation.

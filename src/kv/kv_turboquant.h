@@ -33,6 +33,9 @@ struct TqKvSpec {
   // Value channel scales b_i^(1/4) (b_i: centered energy of channel i), calibrated with the centering.
   // Off by default: measured no gain on SmolLM2 / stories260K (docs/turboquant.md).
   bool vscale = false;
+  // Keys as TurboQuant_prod: (k_bits - 1)-bit MSE codes + 1-bit QJL residual sketch and its fp16 norm
+  // (unbiased scores); the residual term is scalar code (quality experiment, slow).
+  bool qjl_keys = false;
   // Per-layer policy: the first and last edge_layers layers use edge_k_bits / edge_v_bits.
   int edge_layers = 0;
   float edge_k_bits = 4;
@@ -47,6 +50,7 @@ struct TqKvSpec {
 //   nocenter  no centering and no channel scales (least-squares norms kept)
 //   noscale   centering without the query-aware key channel scales
 //   vscale    also scale value channels (measured: no gain)
+//   qjl       keys as (bits - 1)-bit MSE + 1-bit QJL residual (paper's TurboQuant_prod; slow, measured)
 //   eN        the first and last N layers at 4-bit K and V (e.g. tq3:e2)
 // Returns nullopt for any other string.
 std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type);

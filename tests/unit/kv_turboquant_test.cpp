@@ -83,8 +83,28 @@ TEST_P(TqKvAttention, MatchesDequantizingReference) {
           const int g = h / group;
           const int64_t n_kv = pos0 + t + 1;
           std::vector<float> ref(hd);
-          tq_attend_ref(ks[g], vs[g], &qq[t * row + size_t(h) * hd], 1, size_t(hd), &n_kv, krec[g].data(), kb,
-                        vrec[g].data(), vb, scale, ref.data(), size_t(hd));
+          if (kc.qjl) {
+            // Scores from the scalar QJL estimator, values dequantized, softmax in double.
+            std::vector<double> sc(static_cast<size_t>(n_kv));
+            double mx = -1e300, sum = 0;
+            for (int64_t j = 0; j < n_kv; ++j) {
+              sc[size_t(j)] = double(tq_qjl_inner_product(ks[g], &qq[t * row + size_t(h) * hd],
+                                                          krec[g].data() + size_t(j) * kb)) *
+                              scale;
+              mx = std::max(mx, sc[size_t(j)]);
+            }
+            std::vector<double> o(size_t(hd), 0.0);
+            std::vector<float> vj(static_cast<size_t>(hd));
+            for (int64_t j = 0; j < n_kv; ++j) sum += (sc[size_t(j)] = std::exp(sc[size_t(j)] - mx));
+            for (int64_t j = 0; j < n_kv; ++j) {
+              tq_dequantize(vs[g], vrec[g].data() + size_t(j) * vb, vj.data());
+              for (int i = 0; i < hd; ++i) o[size_t(i)] += sc[size_t(j)] / sum * vj[size_t(i)];
+            }
+            for (int i = 0; i < hd; ++i) ref[size_t(i)] = float(o[size_t(i)]);
+          } else {
+            tq_attend_ref(ks[g], vs[g], &qq[t * row + size_t(h) * hd], 1, size_t(hd), &n_kv, krec[g].data(),
+                          kb, vrec[g].data(), vb, scale, ref.data(), size_t(hd));
+          }
           for (int i = 0; i < hd; ++i)
             max_err = std::max(max_err, std::fabs(out[t * row + size_t(h) * hd + i] - ref[i]));
         }
@@ -103,7 +123,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TqKvAttention,
                                            TqCase{"tq2.5:plain", 8, 8, 4},    // 4-coordinate segments: scalar
                                            TqCase{"k3.5v2:plain", 32, 6, 1},  // group of 6
                                            TqCase{"tq3:nocenter", 48, 4, 4},  // not a power of two: Haar
-                                           TqCase{"k3v2:plain", 16, 2, 2}, TqCase{"tq3:e1:plain", 64, 9, 3}),
+                                           TqCase{"k3v2:plain", 16, 2, 2}, TqCase{"tq3:e1:plain", 64, 9, 3},
+                                           TqCase{"tq3:qjl:plain", 64, 9, 3},
+                                           TqCase{"k4v2:qjl:nocenter", 32, 4, 2}),
                          [](const auto& info) {
                            std::string t = info.param.type;
                            std::replace(t.begin(), t.end(), '.', '_');
