@@ -571,7 +571,9 @@ TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value, float bits
 const char* tq_kv_type_help() {
   return "tq2, tq2.5, tq3, tq3.5, tq4 (TurboQuant, K and V at that many bits), kXvY with X, Y in "
          "{2, 2.5, 3, 3.5, 4} (e.g. k4v3, k4v2, k3v2: K at X bits, V at Y bits); options appended with ':' "
-         "- plain (no centering, plain norms), nocenter, eN (first and last N layers at 4 bits), e.g. tq3:e2";
+         "- plain (no centering, plain norms), nocenter, noscale, vscale, qjl, eN (first and last N layers "
+         "at 4 bits), "
+         "e.g. tq3:e2";
 }
 
 std::unique_ptr<KvCache> make_turboquant_kv_cache(const std::string& name, const TqKvSpec& spec,

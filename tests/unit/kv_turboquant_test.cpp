@@ -367,10 +367,11 @@ TEST(TqKvStories, TopOneAgreementWithF16) {
   Session ref(model, opt);
   const std::vector<float> r = ref.eval(seq, true);
   const int nv = ref.n_vocab(), n = int(seq.size());
-  // Measured (AVX2, 256 positions): tq4 176, k4v3 179, tq3 115, tq2 58 agreeing positions.
+  // Measured (AVX2, 256 positions; the one-batch eval calibrates centering and key scales): tq4 241,
+  // k4v3 238, tq3 225, tq2 163 agreeing positions (plain quantizer before them: 176, 179, 115, 58).
   std::vector<int> agreements;
   for (const auto& [kv, min_agree] :
-       {std::pair{"tq4", 0.6}, std::pair{"k4v3", 0.6}, std::pair{"tq3", 0.35}, std::pair{"tq2", 0.15}}) {
+       {std::pair{"tq4", 0.85}, std::pair{"k4v3", 0.85}, std::pair{"tq3", 0.75}, std::pair{"tq2", 0.5}}) {
     opt.kv_type = kv;
     Session s(model, opt);
     const auto& l = s.eval(seq, true);
