@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <ctime>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -14,6 +15,7 @@
 #include "cli/bench_moe.h"
 #include "cli/common.h"
 #include "core/cpu_features.h"
+#include "core/error.h"
 #include "core/timer.h"
 #include "gguf/gguf.h"
 #include "model/model.h"
@@ -22,11 +24,21 @@
 namespace qleap::cli {
 namespace {
 
+// CPU seconds used by this process (all threads). On a machine shared with other jobs, decode
+// tokens per CPU-second (with one thread) is far more stable than wall-clock tok/s.
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
 struct BenchOptions {
   CommonOptions common;
   int n_prompt = 512;
   int n_gen = 128;
   int reps = 3;
+  int depth = 0;  // tg after a context of this many tokens (long-context decode)
+  std::string fill = "prefill";
   bool json = false;
   bool no_membw = false;
   bool moe = false;
@@ -76,7 +88,15 @@ void bench_command(BenchOptions& o) {
   const GgufFile& file = model->file();
   SessionOptions so{o.common.ctx, o.common.threads, o.common.kv, o.common.batch};
   auto_session_options(o.common, path, /*quiet=*/true, &so.gpu_layers);  // only the GPU layer count
-  if (so.n_ctx == 0) so.n_ctx = o.n_prompt + o.n_gen + 16;
+  if (so.n_ctx == 0) so.n_ctx = std::max(o.n_prompt, o.depth) + o.n_gen + 16;
+  if (o.depth + o.n_gen > so.n_ctx)
+    throw InvalidArgument(fmt::format("--depth {} + -n {} exceed the context {}", o.depth, o.n_gen, so.n_ctx));
+  const int n_train = model->hparams().n_ctx_train;
+  if (n_train > 0 && so.n_ctx > n_train) {
+    std::cerr << fmt::format("warning: context {} exceeds the model's training context {} (speed is still "
+                             "meaningful, quality is not)\n",
+                             so.n_ctx, n_train);
+  }
   if (o.n_prompt > so.n_batch) so.n_batch = o.n_prompt;
   Session session(model, so);
   const int n_vocab = session.n_vocab();
@@ -119,21 +139,47 @@ void bench_command(BenchOptions& o) {
   if (o.n_gen > 0) {
     std::vector<double> rates;
     session.reset();
+    if (o.depth > 0) {
+      // The context is filled once (prefill of random tokens, not timed); each repetition then
+      // truncates back to it and decodes n_gen tokens on top.
+      std::vector<int32_t> ctx(size_t(o.depth));
+      for (auto& t : ctx) t = pick(rng);
+      Stopwatch sw;
+      if (o.fill == "random") {
+        session.fill_random_context(o.depth, 1234);
+      } else {
+        session.eval(ctx);
+      }
+      out["depth"] = {{"n", o.depth}, {"fill", o.fill}, {"fill_seconds", sw.elapsed()}};
+      if (!o.json)
+        std::cerr << fmt::format("[context of {} tokens filled ({}) in {:.1f} s]\n", o.depth, o.fill, sw.elapsed());
+    }
     session.eval({pick(rng)});  // warm-up
+    std::vector<double> cpu_rates;
     for (int r = 0; r < o.reps; ++r) {
-      session.reset();
+      session.truncate(o.depth);
+      const double c0 = process_cpu_seconds();
       Stopwatch sw;
       for (int i = 0; i < o.n_gen; ++i) session.eval({pick(rng)});
       rates.push_back(o.n_gen / sw.elapsed());
+      cpu_rates.push_back(o.n_gen / std::max(1e-9, process_cpu_seconds() - c0));
     }
     const Sample s = summarize(rates);
+    const Sample cs = summarize(cpu_rates);
     const double bpt = double(decode_bytes_per_token(file));
-    out["tg"] = {{"n", o.n_gen}, {"tps", s.mean}, {"sd", s.sd}, {"weight_bytes_per_token", bpt},
+    out["tg"] = {{"n", o.n_gen},     {"depth", o.depth}, {"tps", s.mean}, {"sd", s.sd},
+                 {"tokens_per_cpu_second", cs.mean}, {"tokens_per_cpu_second_sd", cs.sd}, {"weight_bytes_per_token", bpt},
                  {"weight_gbps", bpt * s.mean / 1e9}};
-    if (!o.json) fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |\n", fmt::format("tg{}", o.n_gen), s.mean, s.sd);
+    const std::string name = o.depth > 0 ? fmt::format("tg{}@d{}", o.n_gen, o.depth) : fmt::format("tg{}", o.n_gen);
+    if (!o.json)
+      fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |   ({:.2f} ± {:.2f} tokens per CPU-second)\n", name, s.mean, s.sd,
+                 cs.mean, cs.sd);
   }
   out["peak_rss_bytes"] = peak_rss_bytes();
   out["kv_bytes_per_token"] = session.kv().bytes_per_token();
+  const HParams& hp = model->hparams();
+  const double f16_bpt = 2.0 * 2.0 * hp.n_layers * hp.n_kv_heads * hp.head_dim;
+  out["kv_compression_vs_f16"] = f16_bpt / double(session.kv().bytes_per_token());
   if (!o.no_membw) {
     const auto bw = measure_read_bandwidth(session.pool());
     out["machine_read_gbps"] = bw.read_gbps;
@@ -143,8 +189,9 @@ void bench_command(BenchOptions& o) {
     return;
   }
   // Peak RSS as recorded before the bandwidth probe, whose buffer is not the model's.
-  fmt::print("peak RSS: {}   KV: {} per token\n", human_bytes(double(out["peak_rss_bytes"].get<size_t>())),
-             human_bytes(double(session.kv().bytes_per_token())));
+  fmt::print("peak RSS: {}   KV: {} per token ({} B, {:.2f}x smaller than f16)\n",
+             human_bytes(double(out["peak_rss_bytes"].get<size_t>())), human_bytes(double(session.kv().bytes_per_token())),
+             session.kv().bytes_per_token(), double(out["kv_compression_vs_f16"]));
   if (out.contains("tg")) {
     fmt::print("decode reads {} of weights per token: {:.2f} GB/s", human_bytes(out["tg"]["weight_bytes_per_token"]),
                double(out["tg"]["weight_gbps"]));
@@ -165,6 +212,14 @@ void register_bench(CLI::App& app) {
   cmd->add_option("-p,--n-prompt", opt->n_prompt, "prompt tokens for the pp test (0: skip)")->capture_default_str();
   cmd->add_option("-n,--n-gen", opt->n_gen, "generated tokens for the tg test (0: skip)")->capture_default_str();
   cmd->add_option("-r,--reps", opt->reps, "repetitions of each test")->check(CLI::Range(1, 1000))->capture_default_str();
+  cmd->add_option("-d,--depth", opt->depth, "tg after a context of this many tokens (filled by an untimed prefill)")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--fill", opt->fill,
+                  "how --depth fills the context: prefill (evaluate random tokens) or random (store random K/V "
+                  "directly; decode cost does not depend on the values, and long contexts fill in seconds)")
+      ->check(CLI::IsMember({"prefill", "random"}))
+      ->capture_default_str();
   cmd->add_flag("--json", opt->json, "machine-readable output");
   cmd->add_flag("--no-membw", opt->no_membw, "skip the memory bandwidth measurement");
   cmd->add_flag("--moe", opt->moe, "MoE: measured CPU speed + simulated expert-cache policies on the same run");

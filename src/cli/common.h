@@ -58,5 +58,6 @@ void register_models(CLI::App& app);  // list, pull, rm, ps
 void register_plan(CLI::App& app);
 void register_tune(CLI::App& app);
 void register_profile(CLI::App& app);
+void register_compare(CLI::App& app);
 
 }  // namespace qleap::cli

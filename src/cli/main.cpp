@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   qleap::cli::register_plan(app);
   qleap::cli::register_tune(app);
   qleap::cli::register_profile(app);
+  qleap::cli::register_compare(app);
   // llama.cpp spells the GPU layer count "-ngl"; CLI11 allows only one-letter short options.
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "-ngl") == 0) argv[i] = const_cast<char*>("--ngl");

@@ -13,8 +13,13 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "kv/kv_turboquant.h"
+#include "quant/block_q4_0.h"
 
 namespace qleap {
+
+// From quant/quant_encode.h, which cannot be included next to backend/cpu/ops.h (both define
+// BlockQ8_0): the GGUF reference Q4_0 rounding.
+void quantize_block_ref(const float* x, BlockQ4_0* b);
 
 KvCache::~KvCache() = default;
 
@@ -91,6 +96,51 @@ struct Q8Format {
       for (int i = 0; i < n; ++i) {
         const BlockQ8_0& blk = b[(off + i) / 32];
         buf[i] = fp16_to_fp32(blk.d) * float(blk.qs[(off + i) % 32]);
+      }
+    }
+    return buf;
+  }
+  static void dot_multi(const uint8_t* row, int off, const float* const* q, int nq, int n, float* out,
+                        float* buf) {
+    dot_f32_multi(view(row, off, n, buf), q, nq, n, out);
+  }
+  static void axpy_multi(const float* p, const uint8_t* row, int off, float* const* acc, int nq, int n,
+                         float* buf) {
+    axpy_f32_multi(p, view(row, off, n, buf), acc, nq, n);
+  }
+};
+
+// llama.cpp-style 4-bit blocks (4.5 bits per value with the fp16 scale): the baseline that
+// TurboQuant types are measured against. Same row layout as Q8Format.
+struct Q4Format {
+  static constexpr const char* kName = "q4_0";
+  static size_t row_bytes(int kv_dim) { return size_t((kv_dim + 31) / 32) * sizeof(BlockQ4_0); }
+  static void encode(const float* x, uint8_t* row, int kv_dim) {
+    auto* b = reinterpret_cast<BlockQ4_0*>(row);
+    for (int i = 0; i < kv_dim; i += 32) {
+      if (i + 32 <= kv_dim) {
+        quantize_block_ref(x + i, b + i / 32);
+      } else {
+        float tail[32] = {};
+        std::memcpy(tail, x + i, size_t(kv_dim - i) * 4);
+        quantize_block_ref(tail, b + i / 32);
+      }
+    }
+  }
+  static const float* view(const uint8_t* row, int off, int n, float* buf) {
+    const auto* b = reinterpret_cast<const BlockQ4_0*>(row);
+    if (off % 32 == 0 && n % 32 == 0) {
+      for (int i = 0; i < n; i += 32) dequantize_block_ref(b[(off + i) / 32], buf + i);
+    } else {
+      float tmp[32];
+      int cur = -1;
+      for (int i = 0; i < n; ++i) {
+        const int blk = (off + i) / 32;
+        if (blk != cur) {
+          dequantize_block_ref(b[blk], tmp);
+          cur = blk;
+        }
+        buf[i] = tmp[(off + i) % 32];
       }
     }
     return buf;
@@ -311,9 +361,10 @@ std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& s
   if (type == "f32") return std::make_unique<KvCacheImpl<F32Format>>(s);
   if (type == "f16") return std::make_unique<KvCacheImpl<F16Format>>(s);
   if (type == "q8_0") return std::make_unique<KvCacheImpl<Q8Format>>(s);
+  if (type == "q4_0") return std::make_unique<KvCacheImpl<Q4Format>>(s);
   if (const auto tq = parse_tq_kv_type(type)) return make_turboquant_kv_cache(type, *tq, s);
   throw InvalidArgument(
-      fmt::format("unknown kv cache type '{}' (supported: f32, f16, q8_0, {})", type, tq_kv_type_help()));
+      fmt::format("unknown kv cache type '{}' (supported: f32, f16, q8_0, q4_0, {})", type, tq_kv_type_help()));
 }
 
 }  // namespace qleap

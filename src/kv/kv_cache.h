@@ -34,13 +34,17 @@ class KvCache {
   virtual size_t allocated_bytes() const = 0;
   virtual const char* type_name() const = 0;
   const KvShape& shape() const { return shape_; }
+  // Pool that store() may use for work worth threading (quantizing a prefill chunk); null: none.
+  // The owner calls store() from outside the pool's jobs.
+  void set_pool(ThreadPool* pool) { pool_ = pool; }
 
  protected:
   explicit KvCache(const KvShape& shape) : shape_(shape) {}
   KvShape shape_;
+  ThreadPool* pool_ = nullptr;
 };
 
-// type: "f32" (reference), "f16", "q8_0", or TurboQuant "tq2".."tq4" / "kXvY" (kv_turboquant.h).
+// type: "f32" (reference), "f16", "q8_0", "q4_0" (llama.cpp-style baselines), or TurboQuant "tq2".."tq4" / "kXvY" (kv_turboquant.h).
 // Throws InvalidArgument on an unknown type or bad shape.
 std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& shape);
 

@@ -3,11 +3,15 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <new>
 #include <vector>
 
 #include "core/error.h"
+#include "core/fp16.h"
 #include "turboquant/tq_attention.h"
 #include "turboquant/tq_quant.h"
 
@@ -29,33 +33,128 @@ struct AlignedFree {
   void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t(64)); }
 };
 
+// s_i = (b_i / a_i)^(1/4) (a null: a_i = 1), normalized to a geometric mean of 1 and clamped to
+// [1e-2, 1e2]; floors keep empty channels finite.
+void channel_scales(const double* a, const double* b, int n, float* s_out, float* inv_out) {
+  double ma = 0, mb = 0;
+  for (int i = 0; i < n; ++i) {
+    ma += (a ? a[i] : 1.0) / n;
+    mb += b[i] / n;
+  }
+  std::vector<double> s(static_cast<size_t>(n));
+  double log_mean = 0;
+  for (int i = 0; i < n; ++i) {
+    const double ai = (a ? a[i] : 1.0) + 1e-4 * ma + 1e-30, bi = b[i] + 1e-4 * mb + 1e-30;
+    s[size_t(i)] = std::pow(bi / ai, 0.25);
+    log_mean += std::log(s[size_t(i)]) / n;
+  }
+  for (int i = 0; i < n; ++i) {
+    const double si =
+        std::isfinite(log_mean) ? std::clamp(s[size_t(i)] / std::exp(log_mean), 1e-2, 1e2) : 1.0;
+    s_out[i] = float(si);
+    inv_out[i] = float(1.0 / si);
+  }
+}
+
+// Keys per online-softmax step of the key-split decode path.
+constexpr int kTileKeys = 256;
+// Fewest keys per slice when one query's keys are split across threads.
+constexpr int kMinSplitKeys = 64;
+
 class TurboQuantKvCache final : public KvCache {
  public:
   TurboQuantKvCache(const std::string& name, const TqKvSpec& spec, const KvShape& s)
-      : KvCache(s), name_(name) {
-    const TqConfig kc = tq_kv_config(spec, s.head_dim, false);
-    const TqConfig vc = tq_kv_config(spec, s.head_dim, true);
-    k_states_ = tq_make_states(kc, s.n_layers, s.n_kv_heads);
-    v_states_ = tq_make_states(vc, s.n_layers, s.n_kv_heads);
-    k_rec_ = k_states_.front().layout.bytes;
-    v_rec_ = v_states_.front().layout.bytes;
-    // Per (layer, kv head): n_ctx key records, then n_ctx value records.
-    head_bytes_ = size_t(s.n_ctx) * (k_rec_ + v_rec_);
-    total_ = head_bytes_ * size_t(s.n_layers) * size_t(s.n_kv_heads);
+      : KvCache(s), name_(name), spec_(spec) {
+    const int L = s.n_layers;
+    if (s.n_heads / s.n_kv_heads > 256)
+      throw Unsupported("turboquant kv cache: more than 256 query heads per kv head");
+    k_rec_.resize(size_t(L));
+    v_rec_.resize(size_t(L));
+    layer_off_.resize(size_t(L) + 1);
+    for (int l = 0; l < L; ++l) {
+      const TqConfig kc = tq_kv_config(spec, s.head_dim, false, spec.k_bits_at(l, L));
+      const TqConfig vc = tq_kv_config(spec, s.head_dim, true, spec.v_bits_at(l, L));
+      for (int g = 0; g < s.n_kv_heads; ++g) {
+        k_states_.push_back(tq_make_state(kc, l, g));
+        v_states_.push_back(tq_make_state(vc, l, g));
+      }
+      k_rec_[size_t(l)] = k_states_.back().layout.bytes;
+      v_rec_[size_t(l)] = v_states_.back().layout.bytes;
+      // Per (layer, kv head): n_ctx key records, then n_ctx value records.
+      layer_off_[size_t(l) + 1] = layer_off_[size_t(l)] + size_t(s.n_ctx) *
+                                                              (k_rec_[size_t(l)] + v_rec_[size_t(l)]) *
+                                                              size_t(s.n_kv_heads);
+    }
+    total_ = layer_off_.back();
+    mu_k_.assign(size_t(L) * s.kv_dim(), 0.0f);
+    mu_v_.assign(size_t(L) * s.kv_dim(), 0.0f);
+    calibrated_.assign(size_t(L), 0);
+    scaled_.assign(size_t(L), 0);
+    vscaled_.assign(size_t(L), 0);
+    s_v_.assign(size_t(L) * s.kv_dim(), 1.0f);
+    inv_s_v_.assign(size_t(L) * s.kv_dim(), 1.0f);
+    s_k_.assign(size_t(L) * s.kv_dim(), 1.0f);
+    inv_s_k_.assign(size_t(L) * s.kv_dim(), 1.0f);
+    stash_k_.resize(size_t(L));
+    stash_v_.resize(size_t(L));
     // Not zero-filled, like the other caches: store() writes every position before attend() reads it.
     data_.reset(static_cast<uint8_t*>(::operator new[](total_, std::align_val_t(64))));
   }
 
   void store(int layer, int pos, int n_tokens, const float* k, const float* v) override {
     check(layer, pos, n_tokens);
+    if (n_tokens == 0) return;
+    const size_t L = size_t(layer);
+    const int kvd = shape_.kv_dim();
+    // No attend() came after the calibration chunk: calibrate the scales without queries.
+    if (!stash_k_[L].empty()) finalize(layer, nullptr, 0);
+    if (spec_.center && pos == 0 && !calibrated_[L] && n_tokens >= kTqCalibTokens) {
+      calibrate(layer, n_tokens, k, v);
+      if (spec_.qscale || spec_.vscale) {
+        // The channel scales need this chunk's queries: the attend() that follows quantizes it.
+        stash_k_[L].assign(k, k + size_t(n_tokens) * kvd);
+        stash_v_[L].assign(v, v + size_t(n_tokens) * kvd);
+        return;
+      }
+    }
+    quantize_range(layer, pos, n_tokens, k, v);
+  }
+
+  void quantize_range(int layer, int pos, int n_tokens, const float* k, const float* v) {
     const KvShape& s = shape_;
-    const size_t row = size_t(s.kv_dim());
-    for (int g = 0; g < s.n_kv_heads; ++g) {
-      const size_t off = size_t(g) * s.head_dim;
-      tq_quantize_rows(kstate(layer, g), n_tokens, k + off, row, keys(layer, g) + size_t(pos) * k_rec_,
-                       k_rec_);
-      tq_quantize_rows(vstate(layer, g), n_tokens, v + off, row, values(layer, g) + size_t(pos) * v_rec_,
-                       v_rec_);
+    const int kvd = s.kv_dim(), hd = s.head_dim;
+    const bool c = spec_.center && calibrated_[size_t(layer)];
+    const float* muk = c ? &mu_k_[size_t(layer) * kvd] : nullptr;
+    const float* muv = c ? &mu_v_[size_t(layer) * kvd] : nullptr;
+    const float* isk = scaled_[size_t(layer)] ? &inv_s_k_[size_t(layer) * kvd] : nullptr;
+    const float* isv = vscaled_[size_t(layer)] ? &inv_s_v_[size_t(layer) * kvd] : nullptr;
+    const size_t kr = k_rec_[size_t(layer)], vr = v_rec_[size_t(layer)];
+    // Items: (kv head, chunk of tokens); ~2 us per vector, so prefill is worth threading.
+    const int P = pool_ ? pool_->size() : 1;
+    const int n_chunks = std::max(1, std::min(n_tokens / 16, (4 * P + s.n_kv_heads - 1) / s.n_kv_heads));
+    const int64_t n_items = int64_t(n_chunks) * s.n_kv_heads;
+    auto run = [&](int64_t item) {
+      const int g = int(item % s.n_kv_heads), c = int(item / s.n_kv_heads);
+      const int t0 = int(int64_t(n_tokens) * c / n_chunks), t1 = int(int64_t(n_tokens) * (c + 1) / n_chunks);
+      const TqState& ks = kstate(layer, g);
+      const TqState& vs = vstate(layer, g);
+      uint8_t* kb = keys(layer, g) + size_t(pos) * kr;
+      uint8_t* vb = values(layer, g) + size_t(pos) * vr;
+      thread_local std::vector<float> tmp;
+      tmp.resize(size_t(hd));
+      for (int t = t0; t < t1; ++t) {
+        quantize_one(ks, k + size_t(t) * kvd + size_t(g) * hd, muk ? muk + size_t(g) * hd : nullptr,
+                     isk ? isk + size_t(g) * hd : nullptr, tmp.data(), kb + size_t(t) * kr);
+        quantize_one(vs, v + size_t(t) * kvd + size_t(g) * hd, muv ? muv + size_t(g) * hd : nullptr,
+                     isv ? isv + size_t(g) * hd : nullptr, tmp.data(), vb + size_t(t) * vr);
+      }
+    };
+    if (P == 1 || n_items == 1) {
+      for (int64_t i = 0; i < n_items; ++i) run(i);
+    } else {
+      pool_->parallel_for(n_items, 1, [&run](int64_t b, int64_t e, int) {
+        for (int64_t i = b; i < e; ++i) run(i);
+      });
     }
   }
 
@@ -64,10 +163,160 @@ class TurboQuantKvCache final : public KvCache {
     check(layer, pos0, n_q);
     if (n_q == 0) return;
     const KvShape& s = shape_;
+    const size_t L = size_t(layer);
+    if (!stash_k_[L].empty()) {
+      const bool same_chunk = pos0 == 0 && size_t(n_q) * s.kv_dim() == stash_k_[L].size();
+      finalize(layer, same_chunk && spec_.qscale ? q : nullptr, n_q);
+    }
+    if (scaled_[L]) {
+      // Scores on keys stored divided by s need queries multiplied by s.
+      const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+      qbuf_.resize(size_t(n_q) * s.n_heads * hd);
+      const float* sk = &s_k_[L * s.kv_dim()];
+      for (int t = 0; t < n_q; ++t)
+        for (int h = 0; h < s.n_heads; ++h) {
+          const size_t o = (size_t(t) * s.n_heads + h) * hd;
+          const float* sc = sk + size_t(h / group) * hd;
+          for (int i = 0; i < hd; ++i) qbuf_[o + i] = q[o + i] * sc[i];
+        }
+      q = qbuf_.data();
+    }
+    const int P = pool.size();
+    const int64_t base_items = int64_t(n_q) * s.n_kv_heads;
+    const int n_keys_max = pos0 + n_q;
+    // Decode has few (query, kv head) items: split long key ranges across threads too and merge the
+    // partial softmax states (flash-decoding).
+    int n_split = 1;
+    if (P > 1 && base_items < 2 * P && n_keys_max >= 2 * kMinSplitKeys) {
+      const int64_t want = (4 * P + base_items - 1) / base_items;
+      n_split = int(std::min<int64_t>(want, n_keys_max / kMinSplitKeys));
+    }
+    // QJL keys need the residual term, which only the split path's loop adds.
+    if (n_split > 1 || spec_.qjl_keys) {
+      attend_split(layer, pos0, n_q, q, out, scale, pool, n_split);
+    } else {
+      attend_chunks(layer, pos0, n_q, q, out, scale, pool);
+    }
+    if (spec_.center && calibrated_[L]) {
+      // Values were stored as (v - mu) / s: out = s * sum_j w_j (v_j - mu) / s + mu (weights sum to one).
+      const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+      const float* mu = &mu_v_[L * s.kv_dim()];
+      const float* sv = &s_v_[L * s.kv_dim()];
+      const bool scaled = vscaled_[L] != 0;
+      for (int t = 0; t < n_q; ++t)
+        for (int h = 0; h < s.n_heads; ++h) {
+          float* o = out + (size_t(t) * s.n_heads + h) * hd;
+          const float* m = mu + size_t(h / group) * hd;
+          const float* c = sv + size_t(h / group) * hd;
+          if (scaled) {
+            for (int i = 0; i < hd; ++i) o[i] = o[i] * c[i] + m[i];
+          } else {
+            for (int i = 0; i < hd; ++i) o[i] += m[i];
+          }
+        }
+    }
+  }
+
+  size_t bytes_per_token() const override {
+    size_t n = 0;
+    for (size_t l = 0; l < k_rec_.size(); ++l) n += (k_rec_[l] + v_rec_[l]) * size_t(shape_.n_kv_heads);
+    return n;
+  }
+  size_t allocated_bytes() const override { return total_; }
+  const char* type_name() const override { return name_.c_str(); }
+
+ private:
+  // Per (layer, kv head): mean of the keys and values of tokens 1 .. n-1 (token 0 is BOS or an
+  // attention sink, whose key is atypical).
+  void calibrate(int layer, int n, const float* k, const float* v) {
+    const int kvd = shape_.kv_dim();
+    float* mk = &mu_k_[size_t(layer) * kvd];
+    float* mv = &mu_v_[size_t(layer) * kvd];
+    std::vector<double> sk(size_t(kvd), 0.0), sv(size_t(kvd), 0.0);
+    for (int t = 1; t < n; ++t)
+      for (int i = 0; i < kvd; ++i) {
+        sk[size_t(i)] += k[size_t(t) * kvd + i];
+        sv[size_t(i)] += v[size_t(t) * kvd + i];
+      }
+    for (int i = 0; i < kvd; ++i) {
+      mk[i] = float(sk[size_t(i)] / (n - 1));
+      mv[i] = float(sv[size_t(i)] / (n - 1));
+      if (!std::isfinite(mk[i])) mk[i] = 0;
+      if (!std::isfinite(mv[i])) mv[i] = 0;
+    }
+    calibrated_[size_t(layer)] = 1;
+  }
+
+  // Records (x - mu) * inv_s (either may be null).
+  static void quantize_one(const TqState& st, const float* x, const float* mu, const float* inv_s, float* tmp,
+                           uint8_t* rec) {
+    if (mu || inv_s) {
+      for (int i = 0; i < st.layout.dim; ++i)
+        tmp[i] = (x[i] - (mu ? mu[i] : 0.0f)) * (inv_s ? inv_s[i] : 1.0f);
+      x = tmp;
+    }
+    tq_quantize(st, x, rec);
+  }
+
+  // Ends the calibration of a layer whose first chunk is stashed: per kv head and channel i, with
+  // a_i = sum of the group's squared query channel i over the chunk and b_i = sum of the squared
+  // centered key channel i, scale s_i = (b_i / a_i)^(1/4). Keys are stored as (k - mu) / s and queries
+  // multiplied by s, so scores are unchanged; the rotated quantization error e is isotropic in the
+  // scaled space, and the score error q.(s e) has variance ~ sum a_i s_i^2 * sum b_i / s_i^2, which
+  // this s minimizes (Cauchy-Schwarz). It matters when queries and keys put their energy in
+  // different channels, as real models do. Without queries (q null) s = 1.
+  void finalize(int layer, const float* q, int n_q) {
+    const size_t L = size_t(layer);
+    const KvShape& sh = shape_;
+    const int kvd = sh.kv_dim(), hd = sh.head_dim, group = sh.n_heads / sh.n_kv_heads;
+    const int n = int(stash_k_[L].size() / size_t(kvd));
+    std::vector<double> a(static_cast<size_t>(hd)), b(static_cast<size_t>(hd));
+    // Sum of squares of channel i of kv head g over tokens 1.. of the stash, centered.
+    auto centered_energy = [&](const std::vector<float>& x, const float* mu, int g) {
+      std::fill(b.begin(), b.end(), 0.0);
+      for (int t = 1; t < n; ++t)
+        for (int i = 0; i < hd; ++i) {
+          const double d = double(x[size_t(t) * kvd + size_t(g) * hd + i]) - mu[size_t(g) * hd + i];
+          b[size_t(i)] += d * d;
+        }
+    };
+    if (q) {
+      for (int g = 0; g < sh.n_kv_heads; ++g) {
+        std::fill(a.begin(), a.end(), 0.0);
+        for (int t = 0; t < n_q; ++t)
+          for (int h = 0; h < group; ++h) {
+            const float* qh = q + (size_t(t) * sh.n_heads + size_t(g) * group + h) * hd;
+            for (int i = 0; i < hd; ++i) a[size_t(i)] += double(qh[i]) * qh[i];
+          }
+        centered_energy(stash_k_[L], &mu_k_[L * kvd], g);
+        channel_scales(a.data(), b.data(), hd, &s_k_[L * kvd + size_t(g) * hd],
+                       &inv_s_k_[L * kvd + size_t(g) * hd]);
+      }
+      scaled_[L] = 1;
+    }
+    if (spec_.vscale) {
+      // Values: the output error is ||s e||^2 with e isotropic, minimized by s_i = b_i^(1/4) (a_i = 1).
+      for (int g = 0; g < sh.n_kv_heads; ++g) {
+        centered_energy(stash_v_[L], &mu_v_[L * kvd], g);
+        channel_scales(nullptr, b.data(), hd, &s_v_[L * kvd + size_t(g) * hd],
+                       &inv_s_v_[L * kvd + size_t(g) * hd]);
+      }
+      vscaled_[L] = 1;
+    }
+    std::vector<float> kk = std::move(stash_k_[L]), vv = std::move(stash_v_[L]);
+    stash_k_[L].clear();
+    stash_v_[L].clear();
+    quantize_range(layer, 0, n, kk.data(), vv.data());
+  }
+
+  // Prefill: work items (kv head, chunk of query tokens); the dynamic scheduler balances the causal
+  // triangle.
+  void attend_chunks(int layer, int pos0, int n_q, const float* q, float* out, float scale,
+                     ThreadPool& pool) {
+    const KvShape& s = shape_;
     const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
     const size_t row = size_t(s.n_heads) * hd;
-    // Work items: (kv head, chunk of query tokens). Prefill gets enough chunks for the dynamic
-    // scheduler to balance the causal triangle; decode has one item per kv head.
+    const size_t kr = k_rec_[size_t(layer)], vr = v_rec_[size_t(layer)];
     const int P = pool.size();
     const int want_chunks = std::max(1, (8 * P + s.n_kv_heads - 1) / s.n_kv_heads);
     const int n_chunks = std::min(n_q, want_chunks);
@@ -80,8 +329,8 @@ class TurboQuantKvCache final : public KvCache {
       if (t1 <= t0) return;
       const size_t head_off = size_t(g) * group * hd;
       tq_attend_gqa(kstate(layer, g), vstate(layer, g), pos0 + t0, t1 - t0, group,
-                    q + size_t(t0) * row + head_off, row, keys(layer, g), k_rec_, values(layer, g), v_rec_,
-                    scale, out + size_t(t0) * row + head_off, row);
+                    q + size_t(t0) * row + head_off, row, keys(layer, g), kr, values(layer, g), vr, scale,
+                    out + size_t(t0) * row + head_off, row);
     };
     // Multiply-adds; below a few tens of thousands the dispatch costs more than it saves.
     const double work = double(n_q) * s.n_heads * (pos0 + 0.5 * n_q + 1) * hd * 2;
@@ -94,19 +343,137 @@ class TurboQuantKvCache final : public KvCache {
     }
   }
 
-  size_t bytes_per_token() const override {
-    return (k_rec_ + v_rec_) * size_t(shape_.n_kv_heads) * size_t(shape_.n_layers);
+  // Decode: items (query token, kv head, key slice); each leaves {m, l, acc_rot} per query head of
+  // the group, merged afterwards in the rotated value space (one inverse rotation per head).
+  void attend_split(int layer, int pos0, int n_q, const float* q, float* out, float scale, ThreadPool& pool,
+                    int n_split) {
+    const KvShape& s = shape_;
+    const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+    const size_t row = size_t(s.n_heads) * hd;
+    const size_t kr = k_rec_[size_t(layer)], vr = v_rec_[size_t(layer)];
+    const int64_t n_items = int64_t(n_q) * s.n_kv_heads * n_split;
+    const size_t per_head = size_t(hd) + 2;
+    const size_t need = size_t(n_items) * group * per_head;
+    if (partial_.size() < need) partial_.resize(need);  // grows once, then reused every token
+    float* partial = partial_.data();
+    auto run = [&](int64_t item) {
+      const int split = int(item % n_split);
+      const int g = int((item / n_split) % s.n_kv_heads);
+      const int t = int(item / n_split / s.n_kv_heads);
+      const int64_t n_keys = int64_t(pos0) + t + 1;
+      const int64_t jb = n_keys * split / n_split, je = n_keys * (split + 1) / n_split;
+      const TqState& ks = kstate(layer, g);
+      const TqState& vs = vstate(layer, g);
+      thread_local std::vector<float> qr, sc, acc;
+      qr.resize(size_t(group) * hd);
+      sc.resize(size_t(group) * kTileKeys);
+      acc.assign(size_t(group) * hd, 0.0f);
+      const float* qg = q + size_t(t) * row + size_t(g) * group * hd;
+      for (int h = 0; h < group; ++h) tq_rotate_query(ks, qg + size_t(h) * hd, &qr[size_t(h) * hd]);
+      // QJL keys: S q' per head, for the residual term of every score (scalar: measured for quality).
+      thread_local std::vector<float> sq;
+      const TqLayout& kl = ks.layout;
+      if (kl.qjl) {
+        sq.resize(size_t(group) * hd);
+        for (int h = 0; h < group; ++h)
+          for (int r = 0; r < hd; ++r) {
+            const float* srow = &ks.qjl_matrix[size_t(r) * hd];
+            double acc_s = 0;
+            for (int i = 0; i < hd; ++i) acc_s += double(srow[i]) * qr[size_t(h) * hd + i];
+            sq[size_t(h) * hd + r] = float(acc_s);
+          }
+      }
+      float m[256], l[256];
+      for (int h = 0; h < group; ++h) {
+        m[h] = -std::numeric_limits<float>::infinity();
+        l[h] = 0;
+      }
+      for (int64_t j0 = jb; j0 < je; j0 += kTileKeys) {
+        const int64_t nt = std::min<int64_t>(kTileKeys, je - j0);
+        tq_scores(ks, qr.data(), group, keys(layer, g) + size_t(j0) * kr, kr, nt, sc.data(), kTileKeys);
+        if (kl.qjl) {
+          // + norm * sqrt(pi/2)/d * gamma * <S q', sign(S r)> (tq_qjl_inner_product, unbiased).
+          const float cst = float(std::sqrt(3.14159265358979323846 / 2.0) / hd);
+          for (int64_t j = 0; j < nt; ++j) {
+            const uint8_t* rec = keys(layer, g) + size_t(j0 + j) * kr;
+            uint16_t gh;
+            std::memcpy(&gh, rec + kl.gamma_offset, 2);
+            const float coef = cst * fp16_to_fp32(gh) * tq_record_norm(kl, rec);
+            const uint8_t* bits = rec + kl.qjl_offset;
+            for (int h = 0; h < group; ++h) {
+              const float* v = &sq[size_t(h) * hd];
+              float dsum = 0;
+              for (int r = 0; r < hd; ++r) dsum += (bits[r >> 3] >> (r & 7)) & 1 ? v[r] : -v[r];
+              sc[size_t(h) * kTileKeys + size_t(j)] += coef * dsum;
+            }
+          }
+        }
+        for (int h = 0; h < group; ++h) {
+          float* w = &sc[size_t(h) * kTileKeys];
+          float mx = m[h];
+          for (int64_t j = 0; j < nt; ++j) mx = std::max(mx, w[j] * scale);
+          if (mx > m[h] && l[h] > 0) {
+            const float c = std::exp(m[h] - mx);
+            l[h] *= c;
+            float* a = &acc[size_t(h) * hd];
+            for (int i = 0; i < hd; ++i) a[i] *= c;
+          }
+          m[h] = mx;
+          float sum = 0;
+          for (int64_t j = 0; j < nt; ++j) sum += (w[j] = std::exp(w[j] * scale - mx));
+          l[h] += sum;
+        }
+        tq_accumulate_values(vs, sc.data(), kTileKeys, group, values(layer, g) + size_t(j0) * vr, vr, nt,
+                             acc.data());
+      }
+      for (int h = 0; h < group; ++h) {
+        float* p = partial + (size_t(item) * group + h) * per_head;
+        p[0] = m[h];
+        p[1] = l[h];
+        std::copy(&acc[size_t(h) * hd], &acc[size_t(h) * hd] + hd, p + 2);
+      }
+    };
+    if (pool.size() == 1) {
+      for (int64_t i = 0; i < n_items; ++i) run(i);
+    } else {
+      pool.parallel_for(n_items, 1, [&run](int64_t b, int64_t e, int) {
+        for (int64_t i = b; i < e; ++i) run(i);
+      });
+    }
+    std::vector<float> a(static_cast<size_t>(hd));
+    for (int t = 0; t < n_q; ++t)
+      for (int g = 0; g < s.n_kv_heads; ++g)
+        for (int h = 0; h < group; ++h) {
+          const int64_t base = (int64_t(t) * s.n_kv_heads + g) * n_split;
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int sp = 0; sp < n_split; ++sp) {
+            const float* p = partial + (size_t(base + sp) * group + h) * per_head;
+            if (p[1] > 0) mx = std::max(mx, p[0]);
+          }
+          std::fill(a.begin(), a.end(), 0.0f);
+          double lsum = 0;
+          for (int sp = 0; sp < n_split; ++sp) {
+            const float* p = partial + (size_t(base + sp) * group + h) * per_head;
+            if (p[1] <= 0) continue;
+            const float c = std::exp(p[0] - mx);
+            lsum += double(p[1]) * c;
+            for (int i = 0; i < hd; ++i) a[size_t(i)] += c * p[2 + i];
+          }
+          const float inv = lsum > 0 ? float(1.0 / lsum) : 0.0f;
+          for (float& x : a) x *= inv;
+          tq_unrotate(vstate(layer, g), a.data(), out + size_t(t) * row + (size_t(g) * group + h) * hd);
+        }
   }
-  size_t allocated_bytes() const override { return total_; }
-  const char* type_name() const override { return name_.c_str(); }
 
- private:
   const TqState& kstate(int layer, int g) const { return k_states_[size_t(layer) * shape_.n_kv_heads + g]; }
   const TqState& vstate(int layer, int g) const { return v_states_[size_t(layer) * shape_.n_kv_heads + g]; }
   uint8_t* keys(int layer, int g) const {
-    return data_.get() + (size_t(layer) * shape_.n_kv_heads + g) * head_bytes_;
+    return data_.get() + layer_off_[size_t(layer)] +
+           size_t(g) * size_t(shape_.n_ctx) * (k_rec_[size_t(layer)] + v_rec_[size_t(layer)]);
   }
-  uint8_t* values(int layer, int g) const { return keys(layer, g) + size_t(shape_.n_ctx) * k_rec_; }
+  uint8_t* values(int layer, int g) const {
+    return keys(layer, g) + size_t(shape_.n_ctx) * k_rec_[size_t(layer)];
+  }
   void check(int layer, int pos, int n) const {
     if (layer < 0 || layer >= shape_.n_layers || pos < 0 || n < 0 || pos + n > shape_.n_ctx) {
       throw InvalidArgument(fmt::format("kv cache: layer {} positions [{}, {}) out of range (n_ctx {})",
@@ -115,36 +482,85 @@ class TurboQuantKvCache final : public KvCache {
   }
 
   std::string name_;
+  TqKvSpec spec_;
   std::vector<TqState> k_states_, v_states_;
-  size_t k_rec_ = 0, v_rec_ = 0;
-  size_t head_bytes_ = 0;
+  std::vector<size_t> k_rec_, v_rec_, layer_off_;
+  std::vector<float> mu_k_, mu_v_;
+  std::vector<uint8_t> calibrated_, scaled_, vscaled_;
+  std::vector<float> s_v_, inv_s_v_;                   // per layer and value channel
+  std::vector<float> s_k_, inv_s_k_;                   // per layer and key channel: s and 1 / s
+  std::vector<std::vector<float>> stash_k_, stash_v_;  // per layer: calibration chunk awaiting its queries
+  std::vector<float> qbuf_;
+  std::vector<float> partial_;
   size_t total_ = 0;
   std::unique_ptr<uint8_t[], AlignedFree> data_;
 };
 
 }  // namespace
 
-std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
-  if (type.size() > 2 && type.compare(0, 2, "tq") == 0) {
-    const auto b = parse_rate(type.substr(2));
-    if (!b) return std::nullopt;
-    return TqKvSpec{*b, *b};
-  }
-  if (type.size() > 3 && type[0] == 'k') {
-    const size_t vpos = type.find('v');
-    if (vpos == std::string::npos) return std::nullopt;
-    const auto kb = parse_rate(type.substr(1, vpos - 1));
-    const auto vb = parse_rate(type.substr(vpos + 1));
-    if (!kb || !vb) return std::nullopt;
-    return TqKvSpec{*kb, *vb};
-  }
-  return std::nullopt;
+float TqKvSpec::k_bits_at(int layer, int n_layers) const {
+  return layer < edge_layers || layer >= n_layers - edge_layers ? edge_k_bits : k_bits;
+}
+float TqKvSpec::v_bits_at(int layer, int n_layers) const {
+  return layer < edge_layers || layer >= n_layers - edge_layers ? edge_v_bits : v_bits;
 }
 
-TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value) {
+std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
+  const size_t colon = type.find(':');
+  const std::string base = type.substr(0, colon);
+  TqKvSpec spec;
+  if (base.size() > 2 && base.compare(0, 2, "tq") == 0) {
+    const auto b = parse_rate(base.substr(2));
+    if (!b) return std::nullopt;
+    spec.k_bits = spec.v_bits = *b;
+  } else if (base.size() > 3 && base[0] == 'k') {
+    const size_t vpos = base.find('v');
+    if (vpos == std::string::npos) return std::nullopt;
+    const auto kb = parse_rate(base.substr(1, vpos - 1));
+    const auto vb = parse_rate(base.substr(vpos + 1));
+    if (!kb || !vb) return std::nullopt;
+    spec.k_bits = *kb;
+    spec.v_bits = *vb;
+  } else {
+    return std::nullopt;
+  }
+  size_t at = colon;
+  while (at != std::string::npos) {
+    const size_t next = type.find(':', at + 1);
+    const std::string opt =
+        type.substr(at + 1, next == std::string::npos ? std::string::npos : next - at - 1);
+    if (opt == "plain") {
+      spec.center = false;
+      spec.ls_norm = false;
+    } else if (opt == "nocenter") {
+      spec.center = false;
+    } else if (opt == "noscale") {
+      spec.qscale = false;
+    } else if (opt == "qjl") {
+      spec.qjl_keys = true;
+    } else if (opt == "vscale") {
+      spec.vscale = true;
+    } else if (opt.size() >= 2 && opt.size() <= 3 && opt[0] == 'e' &&
+               std::all_of(opt.begin() + 1, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      spec.edge_layers = std::stoi(opt.substr(1));
+    } else {
+      return std::nullopt;
+    }
+    at = next;
+  }
+  return spec;
+}
+
+TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value, float bits) {
   TqConfig c;
   c.dim = head_dim;
-  c.bits = value ? spec.v_bits : spec.k_bits;
+  c.bits = bits;
+  c.ls_norm = spec.ls_norm;
+  if (!value && spec.qjl_keys) {
+    // TurboQuant_prod: (b - 1)-bit MSE codes + the 1-bit QJL sketch of the residual.
+    c.bits = bits - 1;
+    c.qjl = true;
+  }
   // rotation kAuto: Hadamard for power-of-two head dims, Haar (dense) otherwise.
   // Values get another base seed ("VALUES" in the high bytes) so that tq_head_seed gives every
   // (layer, head) a value rotation independent of its key rotation.
@@ -154,7 +570,10 @@ TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value) {
 
 const char* tq_kv_type_help() {
   return "tq2, tq2.5, tq3, tq3.5, tq4 (TurboQuant, K and V at that many bits), kXvY with X, Y in "
-         "{2, 2.5, 3, 3.5, 4} (e.g. k4v3, k4v2, k3v2: K at X bits, V at Y bits)";
+         "{2, 2.5, 3, 3.5, 4} (e.g. k4v3, k4v2, k3v2: K at X bits, V at Y bits); options appended with ':' "
+         "- plain (no centering, plain norms), nocenter, noscale, vscale, qjl, eN (first and last N layers "
+         "at 4 bits), "
+         "e.g. tq3:e2";
 }
 
 std::unique_ptr<KvCache> make_turboquant_kv_cache(const std::string& name, const TqKvSpec& spec,

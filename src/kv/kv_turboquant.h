@@ -1,29 +1,67 @@
 // TurboQuant KV cache: every (layer, kv head, position) holds one packed TurboQuant record for the key
 // and one for the value (turboquant/tq_quant.h); attention runs on the records directly
-// (tq_attend_gqa), nothing is ever dequantized to a buffer.
+// (tq_attend_gqa, or a key-split partial softmax for decode), nothing is ever dequantized to a buffer.
+//
+// On top of the paper's quantizer (both measured in docs/turboquant.md, both on by default):
+//  - centering: keys and values are stored minus a per-(layer, kv head) mean vector mu, estimated
+//    from the first prefill that starts a sequence (>= kTqCalibTokens tokens at position 0, the
+//    first token excluded) and then frozen for the cache's lifetime. For keys this is exact: every
+//    score of a query moves by the same q.mu, which the softmax ignores. For values the output is
+//    mu_v + sum_j w_j (v_j - mu_v) because the weights sum to 1. Centering removes the large shared
+//    offset of real keys, so the quantization error scales with the keys' spread, not their norm.
+//  - least-squares norms (TqConfig::ls_norm).
 #pragma once
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "kv/kv_cache.h"
 #include "turboquant/tq_quant.h"
 
 namespace qleap {
 
+// Tokens the first prefill of a sequence must hold for the centering means to be estimated from it.
+inline constexpr int kTqCalibTokens = 8;
+
 struct TqKvSpec {
   float k_bits = 4;
   float v_bits = 4;
+  bool center = true;   // subtract the calibrated mean key / value (see above)
+  bool ls_norm = true;  // least-squares norm per record
+  bool qscale = true;   // query-aware key channel scales, calibrated with the centering (needs center)
+  // Value channel scales b_i^(1/4) (b_i: centered energy of channel i), calibrated with the centering.
+  // Off by default: measured no gain on SmolLM2 / stories260K (docs/turboquant.md).
+  bool vscale = false;
+  // Keys as TurboQuant_prod: (k_bits - 1)-bit MSE codes + 1-bit QJL residual sketch and its fp16 norm
+  // (unbiased scores); the residual term is scalar code (quality experiment, slow).
+  bool qjl_keys = false;
+  // Per-layer policy: the first and last edge_layers layers use edge_k_bits / edge_v_bits.
+  int edge_layers = 0;
+  float edge_k_bits = 4;
+  float edge_v_bits = 4;
+  float k_bits_at(int layer, int n_layers) const;
+  float v_bits_at(int layer, int n_layers) const;
 };
 
 // Parses a TurboQuant KV type name: "tqB" (K and V at B bits) or "kXvY" (K at X, V at Y bits), with
-// B, X, Y in {2, 2.5, 3, 3.5, 4}. Returns nullopt for any other string.
+// B, X, Y in {2, 2.5, 3, 3.5, 4}, followed by any of these options, each after a ':':
+//   plain     the paper's quantizer: no centering, plain norms
+//   nocenter  no centering and no channel scales (least-squares norms kept)
+//   noscale   centering without the query-aware key channel scales
+//   vscale    also scale value channels (measured: no gain)
+//   qjl       keys as (bits - 1)-bit MSE + 1-bit QJL residual (paper's TurboQuant_prod; slow, measured)
+//   eN        the first and last N layers at 4-bit K and V (e.g. tq3:e2)
+// Returns nullopt for any other string.
 std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type);
 
-// The quantizer config of the keys (value = false) or values (value = true) of a cache with this spec;
-// head (layer, g) uses tq_make_state(config, layer, g). Keys and values have different base seeds so
-// that their rotations are independent.
-TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value);
+// The quantizer config of the keys (value = false) or values (value = true) of a cache with this spec
+// at `bits`; head (layer, g) uses tq_make_state(config, layer, g). Keys and values have different
+// base seeds so that their rotations are independent.
+TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value, float bits);
+inline TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value) {
+  return tq_kv_config(spec, head_dim, value, value ? spec.v_bits : spec.k_bits);
+}
 
 // The TurboQuant names listed in make_kv_cache's error message.
 const char* tq_kv_type_help();

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <random>
 
 #include "backend/cuda/cuda_api.h"
 #include "core/error.h"
@@ -38,6 +39,7 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions& opt)
   shape.n_kv_heads = hp.n_kv_heads;
   shape.head_dim = hp.head_dim;
   kv_ = make_kv_cache(opt.kv_type, shape);
+  kv_->set_pool(&pool_);
   rope_ = RopeTable(hp.rope, n_ctx_);
   scratch_.allocate(hp, n_batch_);
   logits_.reserve(size_t(hp.n_vocab));
@@ -52,6 +54,30 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions& opt)
 }
 
 Session::~Session() = default;
+
+void Session::fill_random_context(int n, uint64_t seed) {
+  if (n < 0 || n >= n_ctx_)
+    throw InvalidArgument(fmt::format("fill_random_context({}) outside [0, {})", n, n_ctx_));
+  const KvShape& s = kv_->shape();
+  const int kvd = s.kv_dim();
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd;
+  std::vector<float> offset(static_cast<size_t>(kvd));
+  for (auto& x : offset) x = 2.0f * nd(rng);
+  const int chunk = std::max(1, n_batch_);
+  std::vector<float> k(size_t(chunk) * kvd), v(size_t(chunk) * kvd);
+  for (int layer = 0; layer < s.n_layers; ++layer) {
+    for (int p0 = 0; p0 < n; p0 += chunk) {
+      const int m = std::min(chunk, n - p0);
+      for (size_t i = 0; i < size_t(m) * kvd; ++i) {
+        k[i] = nd(rng) + offset[i % size_t(kvd)];
+        v[i] = nd(rng);
+      }
+      kv_->store(layer, p0, m, k.data(), v.data());
+    }
+  }
+  n_past_ = n;
+}
 
 void Session::truncate(int n_past) {
   if (n_past < 0 || n_past > n_past_) {

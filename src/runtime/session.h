@@ -46,6 +46,11 @@ class Session {
   void reset() { n_past_ = 0; }
   // Keeps the first n_past tokens (0 <= n_past <= n_past()); throws InvalidArgument otherwise.
   void truncate(int n_past);
+  // Benchmarks only: makes the first n positions hold random keys and values (N(0, 1) plus a fixed
+  // per-channel offset, like real keys) in every layer, as if n tokens had been evaluated, without
+  // computing them. Decode cost over the cache does not depend on the values. Throws
+  // InvalidArgument when n is outside [0, n_ctx).
+  void fill_random_context(int n, uint64_t seed);
 
   // Routing decisions of MoE layers go to `o` (nullptr: none) during later eval() calls; the
   // observer must outlive them.

@@ -130,7 +130,17 @@ void tq_quantize(const TqState& st, const float* x, uint8_t* out) {
     const TqCodebook& lo = *st.cb_lo;
     for (int i = 0; i < l.split; ++i) idx[i] = cell_index(hi.thresholds_f.data(), l.bits_hi, y[i]);
     for (int i = l.split; i < d; ++i) idx[i] = cell_index(lo.thresholds_f.data(), l.bits_lo, y[i]);
-    norm_h = fp32_to_fp16(float(std::min(nrm, 65504.0)));  // saturate instead of inf
+    double stored = nrm;
+    if (st.cfg.ls_norm && !l.qjl) {
+      double yc = 0, cc = 0;
+      for (int i = 0; i < d; ++i) {
+        const float c = i < l.split ? hi.centroids_f[idx[i]] : lo.centroids_f[idx[i]];
+        yc += double(y[i]) * c;
+        cc += double(c) * c;
+      }
+      if (cc > 0 && yc > 0) stored = nrm * yc / cc;
+    }
+    norm_h = fp32_to_fp16(float(std::min(stored, 65504.0)));  // saturate instead of inf
   }
   tq_pack_indices(idx.data(), l.split, l.bits_hi, out);
   if (d > l.split) tq_pack_indices(idx.data() + l.split, d - l.split, l.bits_lo, out + l.hi_bytes);

@@ -34,6 +34,11 @@ struct TqConfig {
   TqRotationKind rotation = TqRotationKind::kAuto;
   uint64_t seed = kTqDefaultSeed;  // base seed; each (layer, kv_head) derives its own (tq_head_seed)
   bool qjl = false;                // append the 1-bit QJL residual sketch (+dim bits, +2 bytes)
+  // Store the least-squares scale norm * <y, c> / <c, c> instead of norm (y = R u, c = c[idx]): the
+  // reconstruction norm * c is then the closest multiple of c to x, at no extra bits (MSE-optimal
+  // per vector; the codebook alone shrinks vectors by ~D(b)). Not with qjl, whose residual
+  // estimator assumes the plain norm.
+  bool ls_norm = false;
 };
 
 struct TqLayout {

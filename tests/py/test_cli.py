@@ -1,4 +1,5 @@
 """End-to-end checks of the qleap command line on the real stories260K model."""
+import json
 import subprocess
 
 
@@ -41,3 +42,62 @@ def test_bad_flag_value_is_rejected(qleap_bin, shared_models):
     r = run(qleap_bin, "run", shared_models / "stories260K.gguf", "--kv", "bogus", "x", "-n", "1")
     assert r.returncode != 0
     assert "bogus" in r.stderr
+
+
+# ---- KV cache types: qleap compare, q4_0, long-context bench ----
+
+STORY = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
+    "dog. One day, Lily saw a big red ball under a tree. She ran to get it, but the ball rolled away. "
+    "Lily was sad, so her mom came to help her. Together they found the ball next to the pond. "
+)
+
+
+def test_compare_prompt_mode_prints_kld_and_both_continuations(qleap_bin, shared_models):
+    r = run(qleap_bin, "compare", shared_models / "stories260K.gguf", "--kv", "tq3", "Once upon a time", "-n", "16",
+            "-t", "1")
+    assert r.returncode == 0, r.stderr
+    assert "f16 greedy" in r.stdout and "tq3 greedy" in r.stdout
+    assert "mean KLD" in r.stdout and "top-1 agreement" in r.stdout
+    assert "identical for the first" in r.stdout
+
+
+def test_compare_against_itself_is_lossless(qleap_bin, shared_models):
+    r = run(qleap_bin, "compare", shared_models / "stories260K.gguf", "--kv", "f16", "Once upon a time", "-n", "8",
+            "-t", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)["summary"]
+    assert s["mean_kld"] < 1e-9
+    assert s["top1_agreement"] == 1.0
+
+
+def test_compare_text_mode_orders_cache_types(qleap_bin, shared_models, tmp_path):
+    text = tmp_path / "story.txt"
+    text.write_text(STORY * 12)
+    res = {}
+    for kv in ("q8_0", "tq4", "tq2"):
+        r = run(qleap_bin, "compare", shared_models / "stories260K.gguf", "--kv", kv, "--text", text, "-c", "128",
+                "-t", "1", "--json")
+        assert r.returncode == 0, r.stderr
+        j = json.loads(r.stdout)
+        assert j["summary"]["tokens"] > 100
+        assert j["summary"]["ppl_base"] > 1.0
+        res[kv] = j["summary"]["mean_kld"]
+    # More bits, less divergence from f16 (measured: q8_0 ~0.002, tq4 ~0.03, tq2 ~0.9 on stories text).
+    assert 0 < res["q8_0"] < res["tq4"] < res["tq2"]
+
+
+def test_q4_0_kv_cache_and_its_size(qleap_bin, shared_models):
+    r = run(qleap_bin, "info", shared_models / "stories260K.gguf", "--kv", "q4_0")
+    assert r.returncode == 0, r.stderr
+    # 5 layers x 2 (K,V) x one 18-byte block (kv_dim 32) = 180 bytes per token
+    assert "180 B per token" in r.stdout
+
+
+def test_bench_decode_after_a_filled_context(qleap_bin, shared_models):
+    r = run(qleap_bin, "bench", shared_models / "stories260K.gguf", "-p", "0", "-n", "4", "-r", "1", "--depth", "200",
+            "--fill", "random", "--kv", "tq3", "--no-membw", "--json")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["tg"]["depth"] == 200 and j["tg"]["tps"] > 0
+    assert j["kv_bytes_per_token"] == 200 and abs(j["kv_compression_vs_f16"] - 3.2) < 1e-9

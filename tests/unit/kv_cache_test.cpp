@@ -98,7 +98,9 @@ INSTANTIATE_TEST_SUITE_P(Types, KvAttention,
                                            Case{"f16", 64, 3e-3f}, Case{"f16", 8, 3e-3f},
                                            Case{"q8_0", 64, 3e-2f}, Case{"q8_0", 8, 3e-2f},
                                            Case{"q8_0", 40, 3e-2f}, Case{"f32", 16, 1e-5f, 20, 2},
-                                           Case{"f16", 32, 3e-3f, 3, 3}, Case{"q8_0", 32, 3e-2f, 4, 1}),
+                                           Case{"f16", 32, 3e-3f, 3, 3}, Case{"q8_0", 32, 3e-2f, 4, 1},
+                                           Case{"q4_0", 64, 0.5f}, Case{"q4_0", 8, 0.5f},
+                                           Case{"q4_0", 40, 0.5f}),
                          [](const auto& info) {
                            const Case& c = info.param;
                            return std::string(c.type) + "_hd" + std::to_string(c.head_dim) + "_h" +
@@ -115,9 +117,11 @@ TEST(KvCache, BytesPerTokenMatchesAllocation) {
   EXPECT_EQ(make_kv_cache("f32", s)->bytes_per_token(), 3u * 2 * 128 * 4);
   EXPECT_EQ(make_kv_cache("f16", s)->bytes_per_token(), 3u * 2 * 128 * 2);
   EXPECT_EQ(make_kv_cache("q8_0", s)->bytes_per_token(), 3u * 2 * 4 * 34);
+  EXPECT_EQ(make_kv_cache("q4_0", s)->bytes_per_token(), 3u * 2 * 4 * 18);
   s.head_dim = 8;  // kv_dim 16: one zero-padded block per row
   EXPECT_EQ(make_kv_cache("q8_0", s)->bytes_per_token(), 3u * 2 * 34);
-  for (const char* t : {"f32", "f16", "q8_0"}) {
+  EXPECT_EQ(make_kv_cache("q4_0", s)->bytes_per_token(), 3u * 2 * 18);
+  for (const char* t : {"f32", "f16", "q8_0", "q4_0"}) {
     auto kv = make_kv_cache(t, s);
     EXPECT_EQ(kv->allocated_bytes(), kv->bytes_per_token() * 17) << t;
   }
@@ -130,7 +134,7 @@ TEST(KvCache, RejectsBadTypeShapeAndRange) {
   s.n_heads = 4;
   s.n_kv_heads = 2;
   s.head_dim = 8;
-  EXPECT_THROW(make_kv_cache("q4_0", s), InvalidArgument);
+  EXPECT_THROW(make_kv_cache("q3_0", s), InvalidArgument);
   KvShape bad = s;
   bad.n_kv_heads = 3;
   EXPECT_THROW(make_kv_cache("f16", bad), InvalidArgument);
