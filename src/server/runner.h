@@ -73,7 +73,7 @@ struct RunnerOptions {
   std::string kv_type = "f16";
   int n_batch = 512;
   int parallel = 4;
-  int max_queue = 512;
+  int max_queue = 128;
 };
 
 struct RunnerStatus {
