@@ -19,7 +19,7 @@ struct ServeOptions {
   int port = -1;
   std::string models;
   int parallel = 4;
-  int max_queue = 512;
+  int max_queue = 128;
   int max_loaded = 3;
   double mem_budget_gib = 0;
   std::string keep_alive = "5m";

@@ -124,10 +124,13 @@ HttpServer::HttpServer(const ServerOptions& opt)
   sched_ = std::make_unique<Scheduler>(store_, opt_.sched, metrics_);
   http_ = std::make_unique<httplib::Server>();
   ctx_ = std::make_unique<ApiContext>(ApiContext{store_, *sched_, metrics_, opt_});
+  // A streaming response holds its connection thread, so every slot and every queue place needs
+  // one: beyond them requests would wait inside the HTTP library, unbounded and unseen.
+  const SchedulerOptions& so = opt_.sched;
   const int n_threads =
       opt_.http_threads > 0
           ? opt_.http_threads
-          : std::max(64, opt_.sched.runner.parallel * std::max(1, opt_.sched.max_loaded) * 2 + 32);
+          : std::min(2048, so.runner.parallel * std::max(1, so.max_loaded) + so.runner.max_queue + 16);
   http_->new_task_queue = [n_threads] { return new httplib::ThreadPool(size_t(n_threads)); };
   http_->set_payload_max_length(opt_.max_body);
   http_->set_read_timeout(60);

@@ -74,7 +74,7 @@ struct RunnerOptions {
   std::string kv_type = "f16";
   int n_batch = 512;
   int parallel = 4;
-  int max_queue = 512;
+  int max_queue = 128;
   // Called with the model path before loading, to fill in what was left to the planner (serve).
   std::function<void(const std::string& path, RunnerOptions& opt)> configure;
 };
