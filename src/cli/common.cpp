@@ -110,8 +110,8 @@ int parse_gpu_layers(const std::string& s) {
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used != s.size())
-    throw InvalidArgument(fmt::format("--gpu-layers: expected auto, all or a number, got '{}'", s));
+  if (used != s.size() || n < -1)
+    throw InvalidArgument(fmt::format("--gpu-layers: expected auto, all, -1 (all) or a count >= 0, got '{}'", s));
   return n < 0 ? kGpuLayersAll : n;
 }
 
@@ -159,7 +159,11 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
     plan = make_plan(hw, info, req);
     ngl = 0;
   }
-  if (gpu_layers) *gpu_layers = ngl;
+  // An explicit count goes to the session as given: it places the layers, or says why it cannot
+  // (no CUDA device) instead of the request vanishing in the plan.
+  const int session_gpu_layers =
+      req.gpu_layers == kGpuLayersAuto ? ngl : (req.gpu_layers == kGpuLayersAll ? -1 : req.gpu_layers);
+  if (gpu_layers) *gpu_layers = session_gpu_layers;
   if (!quiet) {
     if (!tuned_note.empty()) std::cerr << "[" << tuned_note << "]\n";
     std::cerr << fmt::format("[plan: ctx {}, KV {}, {} threads, batch {}, {}{}]\n", plan.n_ctx, plan.kv_type,
@@ -168,7 +172,7 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
                              plan.fits ? "" : "; does NOT fit in memory, see `qleap plan`");
   }
   SessionOptions so = to_session_options(plan);
-  so.gpu_layers = ngl;
+  so.gpu_layers = session_gpu_layers;
   return so;
 }
 

@@ -21,11 +21,25 @@ try:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import Select, WebDriverWait
 except ImportError:  # the browser tests skip; the HTTP-level test below still runs
     webdriver = None
 
 MODEL = "stories260K:latest"
+
+
+def settle(b, timeout=20):
+    """A wait that finds elements again when the page redrew them (the UI re-renders its tables
+    while it polls, so an element found a moment ago can go stale)."""
+    return WebDriverWait(b, timeout, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException))
+
+
+def click_row_button(b, sel, label):
+    def click(d):
+        d.find_element(By.CSS_SELECTOR, sel).find_element(By.XPATH, f".//button[text()='{label}']").click()
+        return True
+    settle(b).until(click)
 N_PREDICT = 300
 
 
@@ -93,7 +107,7 @@ def test_page_is_self_contained(server):
 def test_chat_streams_and_matches_api(server, browser):
     b = browser
     b.get(server.url + "/")
-    wait = WebDriverWait(b, 30)
+    wait = settle(b, 30)
     wait.until(lambda d: any(o.get_attribute("value") == MODEL
                              for o in d.find_elements(By.CSS_SELECTOR, "#model-select option")))
     Select(b.find_element(By.ID, "model-select")).select_by_value(MODEL)
@@ -135,10 +149,11 @@ def test_chat_streams_and_matches_api(server, browser):
 def test_models_tab_lists_and_shows_metadata(server, browser):
     b = browser
     b.find_element(By.ID, "tab-models").click()
-    wait = WebDriverWait(b, 20)
-    row = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, f'#model-table tr[data-model="{MODEL}"]')))
-    assert "F32" in row.text and "llama" in row.text
-    row.find_element(By.XPATH, ".//button[text()='Show']").click()
+    wait = settle(b, 20)
+    sel = f'#model-table tr[data-model="{MODEL}"]'
+    text = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, sel).text)
+    assert "F32" in text and "llama" in text
+    click_row_button(b, sel, "Show")
     wait.until(lambda d: "llama.block_count = 5" in d.find_element(By.ID, "details-body").text)
     b.save_screenshot(str(artifacts_dir() / "webui-models.png"))
     b.find_element(By.ID, "details-close").click()
@@ -147,9 +162,9 @@ def test_models_tab_lists_and_shows_metadata(server, browser):
 def test_monitor_tab_shows_live_status(server, browser):
     b = browser
     b.find_element(By.ID, "tab-monitor").click()
-    wait = WebDriverWait(b, 20)
-    row = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, f'#loaded-table tr[data-model="{MODEL}"]')))
-    assert "f16" in row.text or "q8_0" in row.text
+    wait = settle(b, 20)
+    text = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'#loaded-table tr[data-model="{MODEL}"]').text)
+    assert "f16" in text or "q8_0" in text
     wait.until(lambda d: d.find_element(By.ID, "m-requests").text not in ("", "–", "0"))
     assert int(b.find_element(By.ID, "m-requests").text) >= 2
     gen, _prompt = b.find_element(By.ID, "m-tokens").text.split(" / ")
@@ -163,14 +178,14 @@ def test_monitor_tab_shows_live_status(server, browser):
 def test_unload_and_load_from_models_tab(server, browser):
     b = browser
     b.find_element(By.ID, "tab-models").click()
-    wait = WebDriverWait(b, 20)
+    wait = settle(b, 20)
     sel = f'#model-table tr[data-model="{MODEL}"]'
     wait.until(lambda d: "loaded" in d.find_element(By.CSS_SELECTOR, sel).text)
-    b.find_element(By.CSS_SELECTOR, sel).find_element(By.XPATH, ".//button[text()='Unload']").click()
+    click_row_button(b, sel, "Unload")
     wait.until(lambda d: "on disk" in d.find_element(By.CSS_SELECTOR, sel).text)
     with urllib.request.urlopen(server.url + "/api/ps") as r:
         assert json.loads(r.read())["models"] == []
-    b.find_element(By.CSS_SELECTOR, sel).find_element(By.XPATH, ".//button[text()='Load']").click()
+    click_row_button(b, sel, "Load")
     wait.until(lambda d: "loaded" in d.find_element(By.CSS_SELECTOR, sel).text.split())
     with urllib.request.urlopen(server.url + "/api/ps") as r:
         assert [m["name"] for m in json.loads(r.read())["models"]] == [MODEL]
@@ -181,19 +196,19 @@ def test_pull_with_progress_then_delete(server, browser, shared_models, tmp_path
     src = tmp_path / "webui-pulled.gguf"
     shutil.copy(shared_models / "stories260K.gguf", src)
     b.find_element(By.ID, "tab-models").click()
-    wait = WebDriverWait(b, 30)
+    wait = settle(b, 30)
     b.find_element(By.ID, "pull-name").send_keys(str(src))
     b.find_element(By.ID, "pull").click()
     # A local path is imported into the store, reporting progress like a download.
     wait.until(lambda d: d.find_element(By.ID, "pull-text").text.startswith("success"))
     assert b.find_element(By.ID, "pull-bar").get_attribute("style").find("100%") >= 0
     sel = '#model-table tr[data-model="webui-pulled:latest"]'
-    row = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, sel)))
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, sel)))
     # Let the bar's width transition finish before the screenshot.
     wait.until(lambda d: d.execute_script(
         "const b = document.getElementById('pull-bar'); return b.offsetWidth >= b.parentElement.clientWidth - 1"))
     b.save_screenshot(str(artifacts_dir() / "webui-pull.png"))
-    row.find_element(By.XPATH, ".//button[text()='Delete']").click()
+    click_row_button(b, sel, "Delete")
     wait.until(EC.alert_is_present())
     b.switch_to.alert.accept()
     wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, sel))
