@@ -16,9 +16,11 @@
 #include "core/fp16.h"
 #include "placement/placement.h"
 #include "quant/quant.h"
+#include "random_weights.h"
 
 namespace qleap {
 namespace {
+using testing_util::random_weights;
 
 #define REQUIRE_GPU() \
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device (GPU kernel tests run on a GPU machine)"
@@ -31,45 +33,6 @@ double rel_err(const std::vector<float>& got, const std::vector<double>& ref) {
     den += ref[i] * ref[i];
   }
   return std::sqrt(num / std::max(den, 1e-30));
-}
-
-// Offsets of the fp16 scale fields per block, which random bytes could turn into NaN / inf.
-std::vector<int> fp16_fields(GgmlType t) {
-  switch (t) {
-    case GgmlType::Q4_0:
-    case GgmlType::Q8_0:
-      return {0};
-    case GgmlType::Q4_1:
-    case GgmlType::Q4_K:
-    case GgmlType::Q5_K:
-      return {0, 2};
-    case GgmlType::Q6_K:
-      return {208};
-    default:
-      return {};
-  }
-}
-
-// Arbitrary quant bytes (every bit pattern) with sane scales; float formats from uniform values.
-std::vector<uint8_t> random_weights(GgmlType t, int64_t rows, int64_t cols, std::mt19937& rng) {
-  const size_t rb = row_size(t, cols);
-  std::vector<uint8_t> w(rb * size_t(rows));
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  if (t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16) {
-    std::vector<float> f(size_t(rows * cols));
-    for (auto& v : f) v = u(rng);
-    quantize_row_ref(t, f.data(), w.data(), rows * cols);
-    return w;
-  }
-  for (auto& b : w) b = uint8_t(rng() & 0xFF);
-  const size_t ts = type_traits(t).type_size;
-  for (size_t off = 0; off < w.size(); off += ts) {
-    for (int f : fp16_fields(t)) {
-      const uint16_t h = fp32_to_fp16_ref(u(rng) * 0.05f);
-      std::memcpy(&w[off + size_t(f)], &h, 2);
-    }
-  }
-  return w;
 }
 
 // Double-precision reference of y = W x from the scalar decoders.
