@@ -7,8 +7,10 @@
 #include <cmath>
 #include <ctime>
 #include <iostream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "autoconf/memory_bandwidth.h"
@@ -74,6 +76,112 @@ uint64_t decode_bytes_per_token(const GgufFile& f) {
   return n;
 }
 
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  while (b <= s.size()) {
+    const size_t e = std::min(s.find(',', b), s.size());
+    if (e > b) out.push_back(s.substr(b, e - b));
+    b = e + 1;
+  }
+  return out;
+}
+
+// `--kv A,B,...`: decode speed of several KV cache types in one process. Each type gets its own
+// session on the same weights and the same context (same random K/V or the same prefill tokens);
+// the rounds are interleaved (A B C, A B C, ...) so that a drift in the machine's speed hits every
+// type alike, and each type's rate is reported as the mean of its per-round ratios to the first type.
+void bench_kv_compare(BenchOptions& o, const std::vector<std::string>& types) {
+  if (o.n_gen <= 0) throw InvalidArgument("--kv with several types compares decode speed: give -n > 0");
+  const std::string path = resolve_model(o.common.model);
+  auto model = load_model(path);
+  SessionOptions base{o.common.ctx, o.common.threads, types[0], o.common.batch};
+  CommonOptions first = o.common;  // the planner sees one type
+  first.kv = types[0];
+  auto_session_options(first, path, /*quiet=*/true, &base.gpu_layers);
+  if (base.n_ctx == 0) base.n_ctx = o.depth + o.n_gen + 16;
+  if (o.depth + o.n_gen > base.n_ctx)
+    throw InvalidArgument(
+        fmt::format("--depth {} + -n {} exceed the context {}", o.depth, o.n_gen, base.n_ctx));
+  const HParams& hp = model->hparams();
+  const double f16_bpt = 2.0 * 2.0 * hp.n_layers * hp.n_kv_heads * hp.head_dim;
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> pick(0, model->n_vocab() - 1);
+  std::vector<int32_t> ctx(size_t(o.depth));
+  for (auto& t : ctx) t = pick(rng);
+  std::vector<int32_t> gen(size_t(o.n_gen) + 1);
+  for (auto& t : gen) t = pick(rng);
+
+  std::vector<std::unique_ptr<Session>> sessions;
+  for (const auto& type : types) {
+    SessionOptions so = base;
+    so.kv_type = type;
+    sessions.push_back(std::make_unique<Session>(model, so));
+    Session& s = *sessions.back();
+    Stopwatch sw;
+    if (o.depth > 0) {
+      if (o.fill == "random") {
+        s.fill_random_context(o.depth, 1234);
+      } else {
+        s.eval(ctx);
+      }
+    }
+    s.eval({gen[0]});  // warm-up
+    if (!o.json)
+      std::cerr << fmt::format("[{}: context of {} tokens filled ({}) in {:.1f} s]\n", type, o.depth, o.fill,
+                               sw.elapsed());
+  }
+  const size_t nt = types.size();
+  std::vector<std::vector<double>> wall(nt), cpu(nt), ratio(nt);
+  for (int r = 0; r < o.reps; ++r) {
+    for (size_t i = 0; i < nt; ++i) {
+      Session& s = *sessions[i];
+      s.truncate(o.depth);
+      const double c0 = process_cpu_seconds();
+      Stopwatch sw;
+      for (int g = 1; g <= o.n_gen; ++g) s.eval({gen[size_t(g)]});
+      wall[i].push_back(o.n_gen / sw.elapsed());
+      cpu[i].push_back(o.n_gen / std::max(1e-9, process_cpu_seconds() - c0));
+    }
+    for (size_t i = 0; i < nt; ++i) ratio[i].push_back(wall[i].back() / wall[0].back());
+  }
+  nlohmann::json out;
+  out["model"] = path;
+  out["threads"] = sessions[0]->pool().size();
+  out["isa"] = isa_name(isa_level());
+  out["depth"] = o.depth;
+  out["fill"] = o.fill;
+  out["n_gen"] = o.n_gen;
+  out["reps"] = o.reps;
+  out["baseline"] = types[0];
+  if (!o.json) {
+    fmt::print("model: {} ({} threads, {}), tg{} at depth {} ({} fill), {} interleaved rounds\n", path,
+               sessions[0]->pool().size(), isa_name(isa_level()), o.n_gen, o.depth, o.fill, o.reps);
+    fmt::print("| {:>10} | {:>10} | {:>7} | {:>16} | {:>16} | {:>15} |\n", "kv", "B/token", "vs f16", "tok/s",
+               "tok/CPU-s", fmt::format("vs {}", types[0]));
+    fmt::print("| {:->10} | {:->10} | {:->7} | {:->16} | {:->16} | {:->15} |\n", "", "", "", "", "", "");
+  }
+  for (size_t i = 0; i < nt; ++i) {
+    const Sample w = summarize(wall[i]), c = summarize(cpu[i]), q = summarize(ratio[i]);
+    const size_t bpt = sessions[i]->kv().bytes_per_token();
+    out["types"].push_back({{"kv", types[i]},
+                            {"kv_bytes_per_token", bpt},
+                            {"kv_compression_vs_f16", f16_bpt / double(bpt)},
+                            {"tps", w.mean},
+                            {"sd", w.sd},
+                            {"tokens_per_cpu_second", c.mean},
+                            {"tokens_per_cpu_second_sd", c.sd},
+                            {"ratio", q.mean},
+                            {"ratio_sd", q.sd}});
+    if (!o.json)
+      fmt::print(
+          "| {:>10} | {:>10} | {:>6.2f}x | {:>8.2f} ± {:<5.2f} | {:>8.2f} ± {:<5.2f} | {:>7.3f} ± {:<5.3f} "
+          "|\n",
+          types[i], bpt, f16_bpt / double(bpt), w.mean, w.sd, c.mean, c.sd, q.mean, q.sd);
+  }
+  if (o.json) std::cout << out.dump(2) << "\n";
+}
+
 void bench_command(BenchOptions& o) {
   if (o.compress) {
     bench_compress_command(o.common, o.json);
@@ -83,6 +191,10 @@ void bench_command(BenchOptions& o) {
     bench_moe_command(o.common, o.n_prompt, o.n_gen, o.reps, o.json, o.moe_opt);
     return;
   }
+  if (const auto types = split_commas(o.common.kv); types.size() > 1) {
+    bench_kv_compare(o, types);
+    return;
+  }
   const std::string path = resolve_model(o.common.model);
   auto model = load_model(path);
   const GgufFile& file = model->file();
@@ -90,12 +202,14 @@ void bench_command(BenchOptions& o) {
   auto_session_options(o.common, path, /*quiet=*/true, &so.gpu_layers);  // only the GPU layer count
   if (so.n_ctx == 0) so.n_ctx = std::max(o.n_prompt, o.depth) + o.n_gen + 16;
   if (o.depth + o.n_gen > so.n_ctx)
-    throw InvalidArgument(fmt::format("--depth {} + -n {} exceed the context {}", o.depth, o.n_gen, so.n_ctx));
+    throw InvalidArgument(
+        fmt::format("--depth {} + -n {} exceed the context {}", o.depth, o.n_gen, so.n_ctx));
   const int n_train = model->hparams().n_ctx_train;
   if (n_train > 0 && so.n_ctx > n_train) {
-    std::cerr << fmt::format("warning: context {} exceeds the model's training context {} (speed is still "
-                             "meaningful, quality is not)\n",
-                             so.n_ctx, n_train);
+    std::cerr << fmt::format(
+        "warning: context {} exceeds the model's training context {} (speed is still "
+        "meaningful, quality is not)\n",
+        so.n_ctx, n_train);
   }
   if (o.n_prompt > so.n_batch) so.n_batch = o.n_prompt;
   Session session(model, so);
@@ -134,7 +248,8 @@ void bench_command(BenchOptions& o) {
     }
     const Sample s = summarize(rates);
     out["pp"] = {{"n", o.n_prompt}, {"tps", s.mean}, {"sd", s.sd}};
-    if (!o.json) fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |\n", fmt::format("pp{}", o.n_prompt), s.mean, s.sd);
+    if (!o.json)
+      fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |\n", fmt::format("pp{}", o.n_prompt), s.mean, s.sd);
   }
   if (o.n_gen > 0) {
     std::vector<double> rates;
@@ -152,7 +267,8 @@ void bench_command(BenchOptions& o) {
       }
       out["depth"] = {{"n", o.depth}, {"fill", o.fill}, {"fill_seconds", sw.elapsed()}};
       if (!o.json)
-        std::cerr << fmt::format("[context of {} tokens filled ({}) in {:.1f} s]\n", o.depth, o.fill, sw.elapsed());
+        std::cerr << fmt::format("[context of {} tokens filled ({}) in {:.1f} s]\n", o.depth, o.fill,
+                                 sw.elapsed());
     }
     session.eval({pick(rng)});  // warm-up
     std::vector<double> cpu_rates;
@@ -167,13 +283,19 @@ void bench_command(BenchOptions& o) {
     const Sample s = summarize(rates);
     const Sample cs = summarize(cpu_rates);
     const double bpt = double(decode_bytes_per_token(file));
-    out["tg"] = {{"n", o.n_gen},     {"depth", o.depth}, {"tps", s.mean}, {"sd", s.sd},
-                 {"tokens_per_cpu_second", cs.mean}, {"tokens_per_cpu_second_sd", cs.sd}, {"weight_bytes_per_token", bpt},
+    out["tg"] = {{"n", o.n_gen},
+                 {"depth", o.depth},
+                 {"tps", s.mean},
+                 {"sd", s.sd},
+                 {"tokens_per_cpu_second", cs.mean},
+                 {"tokens_per_cpu_second_sd", cs.sd},
+                 {"weight_bytes_per_token", bpt},
                  {"weight_gbps", bpt * s.mean / 1e9}};
-    const std::string name = o.depth > 0 ? fmt::format("tg{}@d{}", o.n_gen, o.depth) : fmt::format("tg{}", o.n_gen);
+    const std::string name =
+        o.depth > 0 ? fmt::format("tg{}@d{}", o.n_gen, o.depth) : fmt::format("tg{}", o.n_gen);
     if (!o.json)
-      fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |   ({:.2f} ± {:.2f} tokens per CPU-second)\n", name, s.mean, s.sd,
-                 cs.mean, cs.sd);
+      fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |   ({:.2f} ± {:.2f} tokens per CPU-second)\n", name, s.mean,
+                 s.sd, cs.mean, cs.sd);
   }
   out["peak_rss_bytes"] = peak_rss_bytes();
   out["kv_bytes_per_token"] = session.kv().bytes_per_token();
@@ -190,14 +312,16 @@ void bench_command(BenchOptions& o) {
   }
   // Peak RSS as recorded before the bandwidth probe, whose buffer is not the model's.
   fmt::print("peak RSS: {}   KV: {} per token ({} B, {:.2f}x smaller than f16)\n",
-             human_bytes(double(out["peak_rss_bytes"].get<size_t>())), human_bytes(double(session.kv().bytes_per_token())),
-             session.kv().bytes_per_token(), double(out["kv_compression_vs_f16"]));
+             human_bytes(double(out["peak_rss_bytes"].get<size_t>())),
+             human_bytes(double(session.kv().bytes_per_token())), session.kv().bytes_per_token(),
+             double(out["kv_compression_vs_f16"]));
   if (out.contains("tg")) {
-    fmt::print("decode reads {} of weights per token: {:.2f} GB/s", human_bytes(out["tg"]["weight_bytes_per_token"]),
-               double(out["tg"]["weight_gbps"]));
+    fmt::print("decode reads {} of weights per token: {:.2f} GB/s",
+               human_bytes(out["tg"]["weight_bytes_per_token"]), double(out["tg"]["weight_gbps"]));
     if (out.contains("machine_read_gbps")) {
       const double m = out["machine_read_gbps"];
-      fmt::print(" vs machine {:.2f} GB/s measured ({:.0f}%)", m, 100.0 * double(out["tg"]["weight_gbps"]) / m);
+      fmt::print(" vs machine {:.2f} GB/s measured ({:.0f}%)", m,
+                 100.0 * double(out["tg"]["weight_gbps"]) / m);
     }
     fmt::print("\n");
   }
@@ -207,30 +331,47 @@ void bench_command(BenchOptions& o) {
 
 void register_bench(CLI::App& app) {
   auto opt = std::make_shared<BenchOptions>();
-  auto* cmd = app.add_subcommand("bench", "Measure prompt (pp) and generation (tg) speed, peak memory and bandwidth");
+  auto* cmd =
+      app.add_subcommand("bench", "Measure prompt (pp) and generation (tg) speed, peak memory and bandwidth");
   add_common_options(*cmd, opt->common);
-  cmd->add_option("-p,--n-prompt", opt->n_prompt, "prompt tokens for the pp test (0: skip)")->capture_default_str();
-  cmd->add_option("-n,--n-gen", opt->n_gen, "generated tokens for the tg test (0: skip)")->capture_default_str();
-  cmd->add_option("-r,--reps", opt->reps, "repetitions of each test")->check(CLI::Range(1, 1000))->capture_default_str();
-  cmd->add_option("-d,--depth", opt->depth, "tg after a context of this many tokens (filled by an untimed prefill)")
+  cmd->add_option("-p,--n-prompt", opt->n_prompt, "prompt tokens for the pp test (0: skip)")
+      ->capture_default_str();
+  cmd->add_option("-n,--n-gen", opt->n_gen, "generated tokens for the tg test (0: skip)")
+      ->capture_default_str();
+  cmd->add_option("-r,--reps", opt->reps, "repetitions of each test")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  cmd->add_option("-d,--depth", opt->depth,
+                  "tg after a context of this many tokens (filled by an untimed prefill)")
       ->check(CLI::Range(0, 1 << 20))
       ->capture_default_str();
-  cmd->add_option("--fill", opt->fill,
-                  "how --depth fills the context: prefill (evaluate random tokens) or random (store random K/V "
-                  "directly; decode cost does not depend on the values, and long contexts fill in seconds)")
+  cmd->add_option(
+         "--fill", opt->fill,
+         "how --depth fills the context: prefill (evaluate random tokens) or random (store random K/V "
+         "directly; decode cost does not depend on the values, and long contexts fill in seconds)")
       ->check(CLI::IsMember({"prefill", "random"}))
       ->capture_default_str();
   cmd->add_flag("--json", opt->json, "machine-readable output");
   cmd->add_flag("--no-membw", opt->no_membw, "skip the memory bandwidth measurement");
-  cmd->add_flag("--moe", opt->moe, "MoE: measured CPU speed + simulated expert-cache policies on the same run");
-  cmd->add_flag("--compress", opt->compress, "zstd / lz4 ratio and decompression speed on the FFN (expert) weights");
-  cmd->add_option("--moe-budget", opt->moe_opt.budget_frac, "--moe: expert cache budget, fraction of all expert bytes")
+  cmd->add_flag("--moe", opt->moe,
+                "MoE: measured CPU speed + simulated expert-cache policies on the same run");
+  cmd->add_flag("--compress", opt->compress,
+                "zstd / lz4 ratio and decompression speed on the FFN (expert) weights");
+  cmd->add_option("--moe-budget", opt->moe_opt.budget_frac,
+                  "--moe: expert cache budget, fraction of all expert bytes")
       ->capture_default_str();
-  cmd->add_option("--expert-profile", opt->moe_opt.profile, "--moe: profile (qleap profile) seeding the static policy");
-  cmd->add_option("--moe-text", opt->moe_opt.text, "--moe: take the tokens from this text file (default: random ids)");
+  cmd->add_option("--expert-profile", opt->moe_opt.profile,
+                  "--moe: profile (qleap profile) seeding the static policy");
+  cmd->add_option("--moe-text", opt->moe_opt.text,
+                  "--moe: take the tokens from this text file (default: random ids)");
   cmd->add_option("--admit-hits", opt->moe_opt.admit_hits, "--moe: hits within the window before promotion")
       ->capture_default_str();
-  cmd->add_option("--window", opt->moe_opt.window, "--moe: hysteresis window in tokens")->capture_default_str();
+  cmd->add_option("--window", opt->moe_opt.window, "--moe: hysteresis window in tokens")
+      ->capture_default_str();
+  if (auto* kv = cmd->get_option_no_throw("--kv"))
+    kv->description(kv->get_description() +
+                    ". bench: a comma list (e.g. f16,q8_0,tq3) times decode with each type in one process, "
+                    "rounds interleaved, and reports each relative to the first");
   cmd->callback([opt] { bench_command(*opt); });
 }
 

@@ -9,6 +9,10 @@
 #include <new>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/fp16.h"
@@ -33,10 +37,11 @@ constexpr int kMaxGroup = 8;
 // Fewest keys per slice when one query's keys are split across threads.
 constexpr int kMinSplitKeys = 128;
 
-// Storage formats. A row holds the n_kv_heads * head_dim values of one position; `off`/`n` select one
-// head's slice of it.
+// Storage formats. encode() writes one segment (a head's vector, or a whole position row for block
+// formats whose blocks span heads); `off`/`n` select one head's slice of a segment.
 struct F32Format {
   static constexpr const char* kName = "f32";
+  static constexpr int kBlock = 1;
   static size_t row_bytes(int kv_dim) { return size_t(kv_dim) * 4; }
   static void encode(const float* x, uint8_t* row, int kv_dim) { std::memcpy(row, x, size_t(kv_dim) * 4); }
   static const float* view(const uint8_t* row, int off, int, float*) {
@@ -54,6 +59,7 @@ struct F32Format {
 
 struct F16Format {
   static constexpr const char* kName = "f16";
+  static constexpr int kBlock = 1;
   static size_t row_bytes(int kv_dim) { return size_t(kv_dim) * 2; }
   static void encode(const float* x, uint8_t* row, int kv_dim) {
     fp32_to_fp16_row(x, reinterpret_cast<uint16_t*>(row), kv_dim);
@@ -72,11 +78,12 @@ struct F16Format {
   }
 };
 
-// Blocks of 32 run along the whole row (zero-padded at its end), so heads narrower than a block
-// share scales with their neighbours; when head_dim is a multiple of 32 each head owns whole blocks
-// and the vector kernels apply.
+// Blocks of 32 along a segment (zero-padded at its end). When head_dim is a multiple of 32 each head
+// is its own segment and the vector kernels apply; otherwise the segment is the whole position row and
+// heads narrower than a block share scales with their neighbours.
 struct Q8Format {
   static constexpr const char* kName = "q8_0";
+  static constexpr int kBlock = 32;
   static size_t row_bytes(int kv_dim) { return size_t((kv_dim + 31) / 32) * sizeof(BlockQ8_0); }
   static void encode(const float* x, uint8_t* row, int kv_dim) {
     auto* b = reinterpret_cast<BlockQ8_0*>(row);
@@ -114,6 +121,7 @@ struct Q8Format {
 // TurboQuant types are measured against. Same row layout as Q8Format.
 struct Q4Format {
   static constexpr const char* kName = "q4_0";
+  static constexpr int kBlock = 32;
   static size_t row_bytes(int kv_dim) { return size_t((kv_dim + 31) / 32) * sizeof(BlockQ4_0); }
   static void encode(const float* x, uint8_t* row, int kv_dim) {
     auto* b = reinterpret_cast<BlockQ4_0*>(row);
@@ -155,27 +163,55 @@ struct Q4Format {
   }
 };
 
+constexpr size_t kHugePage = size_t(2) << 20;
+
 struct AlignedFree {
-  void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t(64)); }
+  size_t align = 64;
+  void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t(align)); }
 };
+
+// Attention streams the whole cache every token; 2 MiB pages keep that from being a walk of 4 KiB
+// page-table entries. Advisory: where transparent huge pages are off this does nothing.
+void advise_huge_pages(void* p, size_t n) {
+#ifdef MADV_HUGEPAGE
+  if (n >= kHugePage) madvise(p, n, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)n;
+#endif
+}
 
 template <class Format>
 class KvCacheImpl final : public KvCache {
  public:
-  explicit KvCacheImpl(const KvShape& s) : KvCache(s), row_bytes_(Format::row_bytes(s.kv_dim())) {
-    layer_bytes_ = size_t(s.n_ctx) * row_bytes_;
-    total_ = layer_bytes_ * 2 * size_t(s.n_layers);
+  explicit KvCacheImpl(const KvShape& s) : KvCache(s) {
+    // Head-major storage (per layer and K/V, each kv head's positions contiguous) so that one work
+    // item streams one contiguous range: with position-major rows a head's keys sit kv_dim apart and
+    // a long context costs a TLB miss every few keys. Block formats fall back to position-major rows
+    // when a head is not a whole number of blocks (blocks then span neighbouring heads).
+    head_major_ = Format::kBlock == 1 || s.head_dim % Format::kBlock == 0;
+    n_segs_ = head_major_ ? s.n_kv_heads : 1;
+    seg_width_ = head_major_ ? s.head_dim : s.kv_dim();
+    seg_bytes_ = Format::row_bytes(seg_width_);
+    plane_bytes_ = size_t(s.n_ctx) * seg_bytes_;
+    total_ = plane_bytes_ * size_t(n_segs_) * 2 * size_t(s.n_layers);
     // Not zero-filled: positions are always written by store() before attend() reads them, and
     // leaving the pages untouched keeps a large n_ctx cheap until it is used.
-    data_.reset(static_cast<uint8_t*>(::operator new[](total_, std::align_val_t(64))));
+    const size_t align = total_ >= kHugePage ? kHugePage : 64;
+    data_ = std::unique_ptr<uint8_t[], AlignedFree>(
+        static_cast<uint8_t*>(::operator new[](total_, std::align_val_t(align))), AlignedFree{align});
+    advise_huge_pages(data_.get(), total_);
   }
 
   void store(int layer, int pos, int n_tokens, const float* k, const float* v) override {
     check(layer, pos, n_tokens);
     const int kv_dim = shape_.kv_dim();
     for (int t = 0; t < n_tokens; ++t) {
-      Format::encode(k + size_t(t) * kv_dim, row(layer, 0, pos + t), kv_dim);
-      Format::encode(v + size_t(t) * kv_dim, row(layer, 1, pos + t), kv_dim);
+      for (int sg = 0; sg < n_segs_; ++sg) {
+        const size_t src = size_t(t) * kv_dim + size_t(sg) * seg_width_;
+        Format::encode(k + src, seg(layer, 0, sg, pos + t), seg_width_);
+        Format::encode(v + src, seg(layer, 1, sg, pos + t), seg_width_);
+      }
     }
   }
 
@@ -214,7 +250,9 @@ class KvCacheImpl final : public KvCache {
     if (job.n_split > 1) job.merge(n_q);
   }
 
-  size_t bytes_per_token() const override { return 2 * row_bytes_ * size_t(shape_.n_layers); }
+  size_t bytes_per_token() const override {
+    return 2 * seg_bytes_ * size_t(n_segs_) * size_t(shape_.n_layers);
+  }
   size_t allocated_bytes() const override { return total_; }
   const char* type_name() const override { return Format::kName; }
 
@@ -241,7 +279,9 @@ class KvCacheImpl final : public KvCache {
       const int t = int(rest / s.n_kv_heads);
       const int h0 = g * group + sub * sub_heads;
       const int nh = std::min(sub_heads, group - sub * sub_heads);
-      const int off = g * hd;
+      // Head-major: the head's own segment, from its start; otherwise its slice of the position row.
+      const int sg = self->head_major_ ? g : 0;
+      const int off = self->head_major_ ? 0 : g * hd;
       const int n_keys = pos0 + t + 1;
       const int jb = int(int64_t(n_keys) * split / n_split),
                 je = int(int64_t(n_keys) * (split + 1) / n_split);
@@ -262,7 +302,7 @@ class KvCacheImpl final : public KvCache {
       for (int j0 = jb; j0 < je; j0 += kTile) {
         const int nt = std::min(kTile, je - j0);
         for (int j = 0; j < nt; ++j) {
-          const uint8_t* kr = self->row(layer, 0, j0 + j);
+          const uint8_t* kr = self->seg(layer, 0, sg, j0 + j);
           float d[kMaxGroup];
           Format::dot_multi(kr, off, qh, nh, hd, d, buf);
           for (int k = 0; k < nh; ++k) sc[k][j] = d[k] * scale;
@@ -281,7 +321,7 @@ class KvCacheImpl final : public KvCache {
           l[k] += exp_sub_sum(sc[k], nt, m[k]);
         }
         for (int j = 0; j < nt; ++j) {
-          const uint8_t* vr = self->row(layer, 1, j0 + j);
+          const uint8_t* vr = self->seg(layer, 1, sg, j0 + j);
           float p[kMaxGroup];
           for (int k = 0; k < nh; ++k) p[k] = sc[k][j];
           Format::axpy_multi(p, vr, off, accp, nh, hd, buf);
@@ -330,8 +370,9 @@ class KvCacheImpl final : public KvCache {
     }
   };
 
-  uint8_t* row(int layer, int kv, int pos) const {
-    return data_.get() + (size_t(layer) * 2 + size_t(kv)) * layer_bytes_ + size_t(pos) * row_bytes_;
+  uint8_t* seg(int layer, int kv, int sg, int pos) const {
+    return data_.get() + ((size_t(layer) * 2 + size_t(kv)) * size_t(n_segs_) + size_t(sg)) * plane_bytes_ +
+           size_t(pos) * seg_bytes_;
   }
   void check(int layer, int pos, int n) const {
     if (layer < 0 || layer >= shape_.n_layers || pos < 0 || n < 0 || pos + n > shape_.n_ctx) {
@@ -340,9 +381,10 @@ class KvCacheImpl final : public KvCache {
     }
   }
 
-  size_t row_bytes_;
+  bool head_major_ = true;
+  int n_segs_ = 1, seg_width_ = 0;
+  size_t seg_bytes_ = 0, plane_bytes_ = 0;
   std::vector<float> partial_;
-  size_t layer_bytes_ = 0;
   size_t total_ = 0;
   std::unique_ptr<uint8_t[], AlignedFree> data_;
 };
@@ -363,8 +405,8 @@ std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& s
   if (type == "q8_0") return std::make_unique<KvCacheImpl<Q8Format>>(s);
   if (type == "q4_0") return std::make_unique<KvCacheImpl<Q4Format>>(s);
   if (const auto tq = parse_tq_kv_type(type)) return make_turboquant_kv_cache(type, *tq, s);
-  throw InvalidArgument(
-      fmt::format("unknown kv cache type '{}' (supported: f32, f16, q8_0, q4_0, {})", type, tq_kv_type_help()));
+  throw InvalidArgument(fmt::format("unknown kv cache type '{}' (supported: f32, f16, q8_0, q4_0, {})", type,
+                                    tq_kv_type_help()));
 }
 
 }  // namespace qleap

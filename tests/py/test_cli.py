@@ -101,3 +101,21 @@ def test_bench_decode_after_a_filled_context(qleap_bin, shared_models):
     j = json.loads(r.stdout)
     assert j["tg"]["depth"] == 200 and j["tg"]["tps"] > 0
     assert j["kv_bytes_per_token"] == 200 and abs(j["kv_compression_vs_f16"] - 3.2) < 1e-9
+
+
+def test_bench_compares_kv_types_in_one_process(qleap_bin, shared_models):
+    r = run(qleap_bin, "bench", shared_models / "stories260K.gguf", "-p", "0", "-n", "4", "-r", "2", "--depth", "100",
+            "--fill", "random", "--kv", "f16,q8_0,tq3", "-t", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["baseline"] == "f16" and j["depth"] == 100 and j["reps"] == 2
+    rows = {t["kv"]: t for t in j["types"]}
+    assert list(rows) == ["f16", "q8_0", "tq3"]
+    # The baseline's per-round ratio to itself is exactly 1; the others are positive rates.
+    assert rows["f16"]["ratio"] == 1.0 and rows["f16"]["ratio_sd"] == 0.0
+    assert all(t["tps"] > 0 and t["ratio"] > 0 for t in j["types"])
+    # Sizes are each cache's real allocation per token (stories260K: 5 layers, 4 kv heads x 8).
+    assert rows["f16"]["kv_bytes_per_token"] == 5 * 2 * 32 * 2
+    assert rows["tq3"]["kv_bytes_per_token"] == 200
+    bad = run(qleap_bin, "bench", shared_models / "stories260K.gguf", "-n", "0", "--kv", "f16,tq3")
+    assert bad.returncode != 0 and "-n > 0" in bad.stderr
