@@ -95,6 +95,9 @@ class TurboQuantKvCache final : public KvCache {
     inv_s_v_.assign(size_t(L) * s.kv_dim(), 1.0f);
     s_k_.assign(size_t(L) * s.kv_dim(), 1.0f);
     inv_s_k_.assign(size_t(L) * s.kv_dim(), 1.0f);
+    sink_ = std::min(spec.sink, s.n_ctx);
+    sink_k_.assign(size_t(L) * s.n_kv_heads * sink_ * s.head_dim, 0.0f);
+    sink_v_.assign(sink_k_.size(), 0.0f);
     stash_k_.resize(size_t(L));
     stash_v_.resize(size_t(L));
     // Not zero-filled, like the other caches: store() writes every position before attend() reads it.
@@ -143,10 +146,19 @@ class TurboQuantKvCache final : public KvCache {
       thread_local std::vector<float> tmp;
       tmp.resize(size_t(hd));
       for (int t = t0; t < t1; ++t) {
-        quantize_one(ks, k + size_t(t) * kvd + size_t(g) * hd, muk ? muk + size_t(g) * hd : nullptr,
-                     isk ? isk + size_t(g) * hd : nullptr, tmp.data(), kb + size_t(t) * kr);
-        quantize_one(vs, v + size_t(t) * kvd + size_t(g) * hd, muv ? muv + size_t(g) * hd : nullptr,
-                     isv ? isv + size_t(g) * hd : nullptr, tmp.data(), vb + size_t(t) * vr);
+        const float* kx = k + size_t(t) * kvd + size_t(g) * hd;
+        const float* vx = v + size_t(t) * kvd + size_t(g) * hd;
+        const float* mk = muk ? muk + size_t(g) * hd : nullptr;
+        const float* mv = muv ? muv + size_t(g) * hd : nullptr;
+        const float* sk = isk ? isk + size_t(g) * hd : nullptr;
+        const float* sv = isv ? isv + size_t(g) * hd : nullptr;
+        quantize_one(ks, kx, mk, sk, tmp.data(), kb + size_t(t) * kr);
+        quantize_one(vs, vx, mv, sv, tmp.data(), vb + size_t(t) * vr);
+        if (pos + t < sink_) {
+          // The record is written too (it gets zero weight): every position has one.
+          exact_one(ks, kx, mk, sk, tmp.data(), sink_row(sink_k_, layer, g, pos + t));
+          exact_one(vs, vx, mv, sv, tmp.data(), sink_row(sink_v_, layer, g, pos + t));
+        }
       }
     };
     if (P == 1 || n_items == 1) {
@@ -222,7 +234,10 @@ class TurboQuantKvCache final : public KvCache {
     for (size_t l = 0; l < k_rec_.size(); ++l) n += (k_rec_[l] + v_rec_[l]) * size_t(shape_.n_kv_heads);
     return n;
   }
-  size_t allocated_bytes() const override { return total_; }
+  // The records plus the exact prefix (a constant: sink_ positions per layer and kv head).
+  size_t allocated_bytes() const override {
+    return total_ + (sink_k_.size() + sink_v_.size()) * sizeof(float);
+  }
   const char* type_name() const override { return name_.c_str(); }
 
  private:
@@ -256,6 +271,21 @@ class TurboQuantKvCache final : public KvCache {
       x = tmp;
     }
     tq_quantize(st, x, rec);
+  }
+
+  // The rotated exact vector R ((x - mu) * inv_s) of a sink position, in the space the records live in.
+  static void exact_one(const TqState& st, const float* x, const float* mu, const float* inv_s, float* tmp,
+                        float* out) {
+    for (int i = 0; i < st.layout.dim; ++i) tmp[i] = (x[i] - (mu ? mu[i] : 0.0f)) * (inv_s ? inv_s[i] : 1.0f);
+    tq_rotate_query(st, tmp, out);
+  }
+
+  float* sink_row(std::vector<float>& buf, int layer, int g, int pos) {
+    return &buf[((size_t(layer) * shape_.n_kv_heads + size_t(g)) * sink_ + size_t(pos)) * shape_.head_dim];
+  }
+  TqExactPrefix prefix(int layer, int g) const {
+    const size_t off = (size_t(layer) * shape_.n_kv_heads + size_t(g)) * sink_ * shape_.head_dim;
+    return TqExactPrefix{sink_, sink_k_.data() + off, sink_v_.data() + off};
   }
 
   // Ends the calibration of a layer whose first chunk is stashed: per kv head and channel i, with
@@ -328,9 +358,10 @@ class TurboQuantKvCache final : public KvCache {
       const int t0 = int(int64_t(n_q) * c / n_chunks), t1 = int(int64_t(n_q) * (c + 1) / n_chunks);
       if (t1 <= t0) return;
       const size_t head_off = size_t(g) * group * hd;
+      const TqExactPrefix pfx = prefix(layer, g);
       tq_attend_gqa(kstate(layer, g), vstate(layer, g), pos0 + t0, t1 - t0, group,
                     q + size_t(t0) * row + head_off, row, keys(layer, g), kr, values(layer, g), vr, scale,
-                    out + size_t(t0) * row + head_off, row);
+                    out + size_t(t0) * row + head_off, row, sink_ > 0 ? &pfx : nullptr);
     };
     // Multiply-adds; below a few tens of thousands the dispatch costs more than it saves.
     const double work = double(n_q) * s.n_heads * (pos0 + 0.5 * n_q + 1) * hd * 2;
@@ -364,6 +395,7 @@ class TurboQuantKvCache final : public KvCache {
       const int64_t jb = n_keys * split / n_split, je = n_keys * (split + 1) / n_split;
       const TqState& ks = kstate(layer, g);
       const TqState& vs = vstate(layer, g);
+      const TqExactPrefix pfx = prefix(layer, g);
       thread_local std::vector<float> qr, sc, acc;
       qr.resize(size_t(group) * hd);
       sc.resize(size_t(group) * kTileKeys);
@@ -408,6 +440,7 @@ class TurboQuantKvCache final : public KvCache {
             }
           }
         }
+        if (j0 < sink_) tq_prefix_scores(pfx, qr.data(), group, hd, j0, nt, sc.data(), kTileKeys);
         for (int h = 0; h < group; ++h) {
           float* w = &sc[size_t(h) * kTileKeys];
           float mx = m[h];
@@ -423,6 +456,7 @@ class TurboQuantKvCache final : public KvCache {
           for (int64_t j = 0; j < nt; ++j) sum += (w[j] = std::exp(w[j] * scale - mx));
           l[h] += sum;
         }
+        if (j0 < sink_) tq_prefix_accumulate(pfx, sc.data(), kTileKeys, group, hd, j0, nt, acc.data());
         tq_accumulate_values(vs, sc.data(), kTileKeys, group, values(layer, g) + size_t(j0) * vr, vr, nt,
                              acc.data());
       }
@@ -486,6 +520,8 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<TqState> k_states_, v_states_;
   std::vector<size_t> k_rec_, v_rec_, layer_off_;
   std::vector<float> mu_k_, mu_v_;
+  int sink_ = 0;
+  std::vector<float> sink_k_, sink_v_;  // [layer][kv head][sink position][head_dim], rotated space
   std::vector<uint8_t> calibrated_, scaled_, vscaled_;
   std::vector<float> s_v_, inv_s_v_;                   // per layer and value channel
   std::vector<float> s_k_, inv_s_k_;                   // per layer and key channel: s and 1 / s
@@ -532,6 +568,10 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
     if (opt == "plain") {
       spec.center = false;
       spec.ls_norm = false;
+      spec.sink = 0;
+    } else if (opt.size() > 4 && opt.size() <= 8 && opt.compare(0, 4, "sink") == 0 &&
+               std::all_of(opt.begin() + 4, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      spec.sink = std::stoi(opt.substr(4));
     } else if (opt == "nocenter") {
       spec.center = false;
     } else if (opt == "noscale") {
@@ -571,7 +611,8 @@ TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value, float bits
 const char* tq_kv_type_help() {
   return "tq2, tq2.5, tq3, tq3.5, tq4 (TurboQuant, K and V at that many bits), kXvY with X, Y in "
          "{2, 2.5, 3, 3.5, 4} (e.g. k4v3, k4v2, k3v2: K at X bits, V at Y bits); options appended with ':' "
-         "- plain (no centering, plain norms), nocenter, noscale, vscale, qjl, eN (first and last N layers "
+         "- plain (no centering, plain norms, no exact sink), sinkN (first N positions exact, default 1), "
+         "nocenter, noscale, vscale, qjl, eN (first and last N layers "
          "at 4 bits), "
          "e.g. tq3:e2";
 }

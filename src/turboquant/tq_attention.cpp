@@ -123,9 +123,37 @@ void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, in
   pick_accum(st.layout)(kernel_args(st), w, w_stride, n_q, values, value_stride, n, acc_rot);
 }
 
+void tq_prefix_scores(const TqExactPrefix& p, const float* q_rot, int n_q, int dim, int64_t j0, int64_t n,
+                      float* scores, size_t score_stride) {
+  const int64_t je = std::min<int64_t>(j0 + n, p.n);
+  for (int64_t j = j0; j < je; ++j) {
+    const float* k = p.k_rot + size_t(j) * dim;
+    for (int qi = 0; qi < n_q; ++qi) {
+      const float* qq = q_rot + size_t(qi) * dim;
+      float s = 0;
+      for (int i = 0; i < dim; ++i) s += qq[i] * k[i];
+      scores[size_t(qi) * score_stride + size_t(j - j0)] = s;
+    }
+  }
+}
+
+void tq_prefix_accumulate(const TqExactPrefix& p, float* w, size_t w_stride, int n_q, int dim, int64_t j0,
+                          int64_t n, float* acc_rot) {
+  const int64_t je = std::min<int64_t>(j0 + n, p.n);
+  for (int64_t j = j0; j < je; ++j) {
+    const float* v = p.v_rot + size_t(j) * dim;
+    for (int qi = 0; qi < n_q; ++qi) {
+      float& wj = w[size_t(qi) * w_stride + size_t(j - j0)];
+      float* acc = acc_rot + size_t(qi) * dim;
+      for (int i = 0; i < dim; ++i) acc[i] += wj * v[i];
+      wj = 0.0f;
+    }
+  }
+}
+
 void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
-               size_t value_stride, float scale, float* out, size_t out_stride) {
+               size_t value_stride, float scale, float* out, size_t out_stride, const TqExactPrefix* prefix) {
   if (n_q <= 0) return;
   const int dk = ks.layout.dim, dv = vs.layout.dim;
   int64_t n_max = 0;
@@ -149,6 +177,7 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
     if (n_blk == 0) continue;
     float* wb = &w[size_t(q0) * n_max];
     tq_scores(ks, &q_rot[size_t(q0) * dk], nb, keys, key_stride, n_blk, wb, size_t(n_max));
+    if (prefix) tq_prefix_scores(*prefix, &q_rot[size_t(q0) * dk], nb, dk, 0, n_blk, wb, size_t(n_max));
     for (int qi = q0; qi < q0 + nb; ++qi) {
       float* row = &w[size_t(qi) * n_max];
       const int64_t m = n_kv[qi];
@@ -163,6 +192,7 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
       for (int64_t j = 0; j < m; ++j) row[j] *= inv;
       for (int64_t j = m; j < n_blk; ++j) row[j] = 0.0f;  // causal mask: later positions get no weight
     }
+    if (prefix) tq_prefix_accumulate(*prefix, wb, size_t(n_max), nb, dv, 0, n_blk, &acc[size_t(q0) * dv]);
     tq_accumulate_values(vs, wb, size_t(n_max), nb, values, value_stride, n_blk, &acc[size_t(q0) * dv]);
   }
   for (int qi = 0; qi < n_q; ++qi) tq_unrotate(vs, &acc[size_t(qi) * dv], out + size_t(qi) * out_stride);
@@ -170,7 +200,8 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
 
 void tq_attend_gqa(const TqState& ks, const TqState& vs, int pos0, int n_tokens, int group, const float* q,
                    size_t q_row_stride, const uint8_t* keys, size_t key_stride, const uint8_t* values,
-                   size_t value_stride, float scale, float* out, size_t out_row_stride) {
+                   size_t value_stride, float scale, float* out, size_t out_row_stride,
+                   const TqExactPrefix* prefix) {
   if (pos0 < 0 || n_tokens < 0 || group < 1 || group > 256)
     throw InvalidArgument("turboquant: bad GQA attention arguments");
   const int dk = ks.layout.dim, dv = vs.layout.dim;
@@ -179,22 +210,28 @@ void tq_attend_gqa(const TqState& ks, const TqState& vs, int pos0, int n_tokens,
     // One call per token: its `group` heads share the key unpacking and have the same context.
     for (int g = 0; g < group; ++g) n_kv[g] = int64_t(pos0) + t + 1;
     tq_attend(ks, vs, q + size_t(t) * q_row_stride, group, size_t(dk), n_kv, keys, key_stride, values,
-              value_stride, scale, out + size_t(t) * out_row_stride, size_t(dv));
+              value_stride, scale, out + size_t(t) * out_row_stride, size_t(dv), prefix);
   }
 }
 
 void tq_attend_ref(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                    const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
-                   size_t value_stride, float scale, float* out, size_t out_stride) {
+                   size_t value_stride, float scale, float* out, size_t out_stride,
+                   const TqExactPrefix* prefix) {
   const int dk = ks.layout.dim, dv = vs.layout.dim;
   std::vector<float> k(dk), v(dv);
+  const int n_exact = prefix ? prefix->n : 0;
   for (int qi = 0; qi < n_q; ++qi) {
     const float* qq = q + size_t(qi) * q_stride;
     const int64_t m = n_kv[qi];
     std::vector<double> s(size_t(std::max<int64_t>(m, 0)));
     double mx = -std::numeric_limits<double>::infinity();
     for (int64_t j = 0; j < m; ++j) {
-      tq_dequantize(ks, keys + size_t(j) * key_stride, k.data());
+      if (j < n_exact) {
+        tq_unrotate(ks, prefix->k_rot + size_t(j) * dk, k.data());
+      } else {
+        tq_dequantize(ks, keys + size_t(j) * key_stride, k.data());
+      }
       double d = 0;
       for (int i = 0; i < dk; ++i) d += double(qq[i]) * k[i];
       s[j] = d * scale;
@@ -204,7 +241,11 @@ void tq_attend_ref(const TqState& ks, const TqState& vs, const float* q, int n_q
     for (int64_t j = 0; j < m; ++j) sum += (s[j] = std::exp(s[j] - mx));
     std::vector<double> o(dv, 0.0);
     for (int64_t j = 0; j < m; ++j) {
-      tq_dequantize(vs, values + size_t(j) * value_stride, v.data());
+      if (j < n_exact) {
+        tq_unrotate(vs, prefix->v_rot + size_t(j) * dv, v.data());
+      } else {
+        tq_dequantize(vs, values + size_t(j) * value_stride, v.data());
+      }
       for (int i = 0; i < dv; ++i) o[i] += s[j] / sum * v[i];
     }
     for (int i = 0; i < dv; ++i) out[size_t(qi) * out_stride + i] = float(o[i]);

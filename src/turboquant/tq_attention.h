@@ -16,6 +16,25 @@
 
 namespace qleap {
 
+// Leading positions of a sequence kept exactly, as floats in the rotated space of their key / value
+// states (R k and R v after whatever centering or scaling the records get). The first token is an
+// attention sink in most models: it draws a large share of the weights while its key and value are
+// unlike the others, so its quantization error dominates the attention error (docs/turboquant.md).
+struct TqExactPrefix {
+  int n = 0;
+  const float* k_rot = nullptr;  // n rows of key-dim floats
+  const float* v_rot = nullptr;  // n rows of value-dim floats
+};
+
+// Overwrites the scores of prefix positions among keys [j0, j0 + n) with exact <q_rot, k_rot>
+// (scores laid out as in tq_scores, column j for key j0 + j).
+void tq_prefix_scores(const TqExactPrefix& p, const float* q_rot, int n_q, int dim, int64_t j0, int64_t n,
+                      float* scores, size_t score_stride);
+// For prefix positions among [j0, j0 + n): adds w * v_rot to acc_rot and zeroes the weight, so that
+// the tq_accumulate_values call that follows adds nothing for them.
+void tq_prefix_accumulate(const TqExactPrefix& p, float* w, size_t w_stride, int n_q, int dim, int64_t j0,
+                          int64_t n, float* acc_rot);
+
 // q_rot = R q (dim floats), once per query head.
 void tq_rotate_query(const TqState& st, const float* q, float* q_rot);
 
@@ -35,9 +54,11 @@ void tq_unrotate(const TqState& st, const float* acc_rot, float* out);
 // positions [0, n_kv[qi]) (causal prefill: pos0 + t + 1; decode: all equal). out rows (out_stride
 // floats apart, dim = value dim) get sum_j softmax(scale * <q, k_hat_j>)_j v_hat_j. A query with
 // n_kv == 0 gets zeros. ks and vs may be different states (keys and values rotate independently).
+// Positions below prefix->n (if given) use the exact prefix instead of their records.
 void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
-               size_t value_stride, float scale, float* out, size_t out_stride);
+               size_t value_stride, float scale, float* out, size_t out_stride,
+               const TqExactPrefix* prefix = nullptr);
 
 // Causal GQA attention for one layer and KV head in the layout of KvCache::attend: n_tokens query
 // tokens at positions pos0 .. pos0 + n_tokens - 1, token t attending to [0, pos0 + t]; the `group`
@@ -46,12 +67,15 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
 // keys + p * key_stride and values + p * value_stride.
 void tq_attend_gqa(const TqState& ks, const TqState& vs, int pos0, int n_tokens, int group, const float* q,
                    size_t q_row_stride, const uint8_t* keys, size_t key_stride, const uint8_t* values,
-                   size_t value_stride, float scale, float* out, size_t out_row_stride);
+                   size_t value_stride, float scale, float* out, size_t out_row_stride,
+                   const TqExactPrefix* prefix = nullptr);
 
-// Reference: dequantizes every key and value with tq_dequantize and attends in double.
+// Reference: dequantizes every key and value with tq_dequantize (prefix positions: the inverse
+// rotation of their exact vectors) and attends in double.
 void tq_attend_ref(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                    const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
-                   size_t value_stride, float scale, float* out, size_t out_stride);
+                   size_t value_stride, float scale, float* out, size_t out_stride,
+                   const TqExactPrefix* prefix = nullptr);
 
 // Which kernel tq_scores / tq_accumulate_values use for this layout at the current isa_level():
 // "scalar", "avx2" or "avx512". SIMD needs each bit segment to be a multiple of 8 coordinates.

@@ -68,6 +68,19 @@ TEST_P(TqKvAttention, MatchesDequantizingReference) {
     tq_quantize_rows(ks[g], n, k.data() + size_t(g) * hd, size_t(kvd), krec[g].data(), kb);
     tq_quantize_rows(vs[g], n, v.data() + size_t(g) * hd, size_t(kvd), vrec[g].data(), vb);
   }
+  // The exact prefix (sink positions) as the cache keeps it: R x (no centering in these types).
+  const int n_sink = spec->sink;
+  std::vector<std::vector<float>> sink_k(s.n_kv_heads), sink_v(s.n_kv_heads);
+  std::vector<TqExactPrefix> prefix(s.n_kv_heads);
+  for (int g = 0; g < s.n_kv_heads; ++g) {
+    sink_k[g].resize(size_t(n_sink) * hd);
+    sink_v[g].resize(size_t(n_sink) * hd);
+    for (int j = 0; j < n_sink; ++j) {
+      tq_rotate_query(ks[g], k.data() + size_t(j) * kvd + size_t(g) * hd, &sink_k[g][size_t(j) * hd]);
+      tq_rotate_query(vs[g], v.data() + size_t(j) * kvd + size_t(g) * hd, &sink_v[g][size_t(j) * hd]);
+    }
+    prefix[g] = TqExactPrefix{n_sink, sink_k[g].data(), sink_v[g].data()};
+  }
 
   for (const int threads : {1, 3}) {
     ThreadPool pool(threads);
@@ -88,22 +101,35 @@ TEST_P(TqKvAttention, MatchesDequantizingReference) {
             std::vector<double> sc(static_cast<size_t>(n_kv));
             double mx = -1e300, sum = 0;
             for (int64_t j = 0; j < n_kv; ++j) {
-              sc[size_t(j)] = double(tq_qjl_inner_product(ks[g], &qq[t * row + size_t(h) * hd],
-                                                          krec[g].data() + size_t(j) * kb)) *
-                              scale;
+              const float* qh = &qq[t * row + size_t(h) * hd];
+              if (j < n_sink) {
+                std::vector<float> qr(static_cast<size_t>(hd));
+                tq_rotate_query(ks[g], qh, qr.data());
+                double d = 0;
+                for (int i = 0; i < hd; ++i) d += double(qr[size_t(i)]) * sink_k[g][size_t(j) * hd + i];
+                sc[size_t(j)] = d * scale;
+              } else {
+                sc[size_t(j)] =
+                    double(tq_qjl_inner_product(ks[g], qh, krec[g].data() + size_t(j) * kb)) * scale;
+              }
               mx = std::max(mx, sc[size_t(j)]);
             }
             std::vector<double> o(size_t(hd), 0.0);
             std::vector<float> vj(static_cast<size_t>(hd));
             for (int64_t j = 0; j < n_kv; ++j) sum += (sc[size_t(j)] = std::exp(sc[size_t(j)] - mx));
             for (int64_t j = 0; j < n_kv; ++j) {
-              tq_dequantize(vs[g], vrec[g].data() + size_t(j) * vb, vj.data());
+              if (j < n_sink) {
+                tq_unrotate(vs[g], &sink_v[g][size_t(j) * hd], vj.data());
+              } else {
+                tq_dequantize(vs[g], vrec[g].data() + size_t(j) * vb, vj.data());
+              }
               for (int i = 0; i < hd; ++i) o[size_t(i)] += sc[size_t(j)] / sum * vj[size_t(i)];
             }
             for (int i = 0; i < hd; ++i) ref[size_t(i)] = float(o[size_t(i)]);
           } else {
             tq_attend_ref(ks[g], vs[g], &qq[t * row + size_t(h) * hd], 1, size_t(hd), &n_kv, krec[g].data(),
-                          kb, vrec[g].data(), vb, scale, ref.data(), size_t(hd));
+                          kb, vrec[g].data(), vb, scale, ref.data(), size_t(hd),
+                          n_sink > 0 ? &prefix[g] : nullptr);
           }
           for (int i = 0; i < hd; ++i)
             max_err = std::max(max_err, std::fabs(out[t * row + size_t(h) * hd + i] - ref[i]));
@@ -125,7 +151,12 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TqKvAttention,
                                            TqCase{"tq3:nocenter", 48, 4, 4},  // not a power of two: Haar
                                            TqCase{"k3v2:plain", 16, 2, 2}, TqCase{"tq3:e1:plain", 64, 9, 3},
                                            TqCase{"tq3:qjl:plain", 64, 9, 3},
-                                           TqCase{"k4v2:qjl:nocenter", 32, 4, 2}),
+                                           TqCase{"k4v2:qjl:nocenter", 32, 4, 2},
+                                           // exact prefixes: the default one sink, and one reaching
+                                           // into the key-split decode path and past a query chunk
+                                           TqCase{"tq2:nocenter:sink1", 64, 9, 3},
+                                           TqCase{"tq3:nocenter:sink100", 64, 8, 2},
+                                           TqCase{"tq2.5:nocenter:sink3", 8, 8, 4}),
                          [](const auto& info) {
                            std::string t = info.param.type;
                            std::replace(t.begin(), t.end(), '.', '_');
@@ -146,15 +177,21 @@ TEST(TqKvCache, BytesPerTokenIsTheAllocation) {
   const std::pair<const char*, size_t> cases[] = {{"tq4", 34 + 34},   {"tq3", 26 + 26},   {"tq2", 18 + 18},
                                                   {"tq2.5", 22 + 22}, {"tq3.5", 30 + 30}, {"k4v3", 34 + 26},
                                                   {"k4v2", 34 + 18},  {"k3v2", 26 + 18}};
+  // Allocation = records for every position + the exact sink (default: 1 position) as floats, K and V,
+  // per layer and kv head: a constant, not a per-token cost.
+  const auto sink_bytes = [&](int n_sink) { return size_t(3 * 2 * n_sink * s.head_dim * 2 * 4); };
   for (const auto& [type, per_head] : cases) {
     auto kv = make_kv_cache(type, s);
     EXPECT_EQ(kv->bytes_per_token(), 3u * 2u * per_head) << type;
-    EXPECT_EQ(kv->allocated_bytes(), kv->bytes_per_token() * size_t(s.n_ctx)) << type;
+    EXPECT_EQ(kv->allocated_bytes(), kv->bytes_per_token() * size_t(s.n_ctx) + sink_bytes(1)) << type;
   }
+  EXPECT_EQ(make_kv_cache("tq3:sink0", s)->allocated_bytes(), 3u * 2u * 52u * size_t(s.n_ctx));
+  EXPECT_EQ(make_kv_cache("tq3:sink4", s)->allocated_bytes(),
+            3u * 2u * 52u * size_t(s.n_ctx) + sink_bytes(4));
   s.head_dim = 8;  // stories260K: 8 coordinates at 4 bits = 4 bytes + 2
   auto kv = make_kv_cache("tq4", s);
   EXPECT_EQ(kv->bytes_per_token(), 3u * 2u * 2u * 6u);
-  EXPECT_EQ(kv->allocated_bytes(), kv->bytes_per_token() * size_t(s.n_ctx));
+  EXPECT_EQ(kv->allocated_bytes(), kv->bytes_per_token() * size_t(s.n_ctx) + sink_bytes(1));
   // Far smaller than f16 (2 bytes per coordinate): 64-dim tq4 is 34 vs 128 bytes per vector.
   s.head_dim = 64;
   EXPECT_LT(make_kv_cache("tq4", s)->bytes_per_token() * 3, make_kv_cache("f16", s)->bytes_per_token());
@@ -167,9 +204,10 @@ TEST(TqKvCache, RejectsBadNamesAndRanges) {
   s.n_heads = 2;
   s.n_kv_heads = 1;
   s.head_dim = 16;
-  for (const char* bad :
-       {"tq",    "tq5",  "tq1",  "tq4.0", "TQ4",    "tq 4", "k4",    "k4v",   "kv3",       "k4v5",
-        "k4v3x", "v3k4", "q3_0", "",      "tq3.25", "tq3:", "tq3:x", "tq3:e", "tq3:e1234", "tq3:plainx"}) {
+  for (const char* bad : {"tq",        "tq5",        "tq1",      "tq4.0",     "TQ4",          "tq 4",
+                          "k4",        "k4v",        "kv3",      "k4v5",      "k4v3x",        "v3k4",
+                          "q3_0",      "",           "tq3.25",   "tq3:",      "tq3:x",        "tq3:e",
+                          "tq3:e1234", "tq3:plainx", "tq3:sink", "tq3:sinkx", "tq3:sink12345"}) {
     try {
       make_kv_cache(bad, s);
       ADD_FAILURE() << "accepted '" << bad << "'";
@@ -195,12 +233,89 @@ TEST(TqKvCache, RejectsBadNamesAndRanges) {
   EXPECT_EQ(policy->v_bits_at(8, 10), 4.0f);
   EXPECT_FALSE(parse_tq_kv_type("tq3:plain")->center);
   EXPECT_FALSE(parse_tq_kv_type("tq3:plain")->ls_norm);
+  EXPECT_EQ(parse_tq_kv_type("tq3:plain")->sink, 0);
+  EXPECT_EQ(parse_tq_kv_type("tq3")->sink, 1);
+  EXPECT_EQ(parse_tq_kv_type("tq3:sink4")->sink, 4);
   auto kv = make_kv_cache("k4v2", s);
   std::vector<float> x(16 * 9, 1.0f), out(32);
   ThreadPool pool(1);
   EXPECT_THROW(kv->store(0, 4, 5, x.data(), x.data()), InvalidArgument);
   EXPECT_THROW(kv->store(1, 0, 1, x.data(), x.data()), InvalidArgument);
   EXPECT_THROW(kv->attend(0, 8, 1, x.data(), out.data(), 1.0f, pool), InvalidArgument);
+}
+
+// An attention sink: position 0 has a key that most queries align with and a distinct value, so it
+// draws a large share of every softmax, and a quantization error of its key or value reaches every
+// output. Kept exactly (the default sink1), the attention error against float attention must drop
+// well below the quantized sink's, in both the prefill (chunked) and the key-split decode paths.
+TEST(TqKvCache, ExactSinkRemovesTheSinkError) {
+  KvShape s;
+  s.n_layers = 1;
+  s.n_ctx = 300;
+  s.n_heads = 4;
+  s.n_kv_heads = 1;
+  s.head_dim = 64;
+  const int n = 300, hd = s.head_dim;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  std::vector<float> k(size_t(n) * hd), v(size_t(n) * hd), q(size_t(n) * s.n_heads * hd);
+  for (auto& x : k) x = nd(rng);
+  for (auto& x : v) x = nd(rng);
+  for (int i = 0; i < hd; ++i) {
+    k[size_t(i)] = i < 8 ? 6.0f : 0.0f;  // the sink's key: large, along the direction queries share
+    v[size_t(i)] = i % 2 ? 3.0f : -3.0f;
+  }
+  for (size_t t = 0; t < size_t(n) * s.n_heads; ++t)
+    for (int i = 0; i < hd; ++i) q[t * hd + size_t(i)] = nd(rng) + (i < 8 ? 1.5f : 0.0f);
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const size_t row = size_t(s.n_heads) * hd;
+  // Float attention for queries at positions [pos0, pos0 + n_q).
+  auto exact = [&](int pos0, int n_q) {
+    std::vector<float> out(size_t(n_q) * row);
+    for (int t = 0; t < n_q; ++t)
+      for (int h = 0; h < s.n_heads; ++h) {
+        const float* qh = &q[size_t(pos0 + t) * row + size_t(h) * hd];
+        const int m = pos0 + t + 1;
+        std::vector<double> w(static_cast<size_t>(m));
+        double mx = -1e300, sum = 0;
+        for (int j = 0; j < m; ++j) {
+          double d = 0;
+          for (int i = 0; i < hd; ++i) d += double(qh[i]) * k[size_t(j) * hd + i];
+          w[size_t(j)] = d * scale;
+          mx = std::max(mx, w[size_t(j)]);
+        }
+        for (auto& x : w) sum += (x = std::exp(x - mx));
+        for (int i = 0; i < hd; ++i) {
+          double o = 0;
+          for (int j = 0; j < m; ++j) o += w[size_t(j)] / sum * v[size_t(j) * hd + i];
+          out[size_t(t) * row + size_t(h) * hd + i] = float(o);
+        }
+      }
+    return out;
+  };
+  auto rel_err = [&](const char* type, int threads, int pos0, int n_q) {
+    auto kv = make_kv_cache(type, s);
+    kv->store(0, 0, n, k.data(), v.data());
+    ThreadPool pool(threads);
+    std::vector<float> qq(q.begin() + size_t(pos0) * row, q.begin() + size_t(pos0 + n_q) * row);
+    std::vector<float> out(qq.size());
+    kv->attend(0, pos0, n_q, qq.data(), out.data(), scale, pool);
+    const auto ref = exact(pos0, n_q);
+    double e = 0, r = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      e += double(out[i] - ref[i]) * (out[i] - ref[i]);
+      r += double(ref[i]) * ref[i];
+    }
+    return std::sqrt(e / r);
+  };
+  for (const int threads : {1, 4}) {
+    for (const auto& [pos0, n_q] : {std::pair{0, 64}, std::pair{299, 1}}) {
+      const double with = rel_err("tq3:nocenter", threads, pos0, n_q);
+      const double without = rel_err("tq3:nocenter:sink0", threads, pos0, n_q);
+      EXPECT_LT(with, 0.5 * without) << "threads " << threads << " pos0 " << pos0 << ": " << with << " vs "
+                                     << without;
+    }
+  }
 }
 
 // Real keys share a large offset (and values a smaller one). Centering subtracts a calibrated mean, which
