@@ -50,8 +50,18 @@ void ThreadPool::worker_main(int ith) {
     }
     seen = g;
     if (stop_.load()) return;
-    (*job_)(ith, n_threads_);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    if (g & 1u) {
+      // run_shared(): join only while the caller is still inside the job. Entering (active_) before
+      // checking the open generation pairs with the caller's close-then-wait (both seq_cst), so the
+      // caller either waits for this worker or this worker sees the job closed and leaves the job
+      // pointer, which may already belong to a later job, untouched.
+      active_.fetch_add(1, std::memory_order_seq_cst);
+      if (open_generation_.load(std::memory_order_seq_cst) == g) (*shared_job_)(ith);
+      active_.fetch_sub(1, std::memory_order_release);
+    } else {
+      (*job_)(ith, n_threads_);
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
   }
 }
 
@@ -62,8 +72,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   }
   job_ = &fn;
   pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_release);
-  generation_.notify_all();
+  publish(false);
   fn(0, n_threads_);
   // Spin briefly (workers usually finish within microseconds of each other), then yield: when the
   // machine is oversubscribed a descheduled worker needs this core to finish its share.
@@ -77,6 +86,37 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   job_ = nullptr;
 }
 
+uint32_t ThreadPool::publish(bool shared) {
+  // Generations alternate parity by kind (odd: run_shared), so a worker knows which job pointer a
+  // generation belongs to without reading anything the caller may be rewriting.
+  uint32_t g = generation_.load(std::memory_order_relaxed) + 1;
+  if (bool(g & 1u) != shared) ++g;
+  if (shared) open_generation_.store(g, std::memory_order_seq_cst);
+  generation_.store(g, std::memory_order_release);
+  generation_.notify_all();
+  return g;
+}
+
+void ThreadPool::run_shared(const std::function<void(int)>& fn) {
+  if (n_threads_ == 1) {
+    fn(0);
+    return;
+  }
+  shared_job_ = &fn;
+  publish(true);
+  fn(0);
+  // Close the job to late joiners, then wait for those inside (they are running: they hold work).
+  open_generation_.store(0, std::memory_order_seq_cst);
+  for (int spin = 0; active_.load(std::memory_order_seq_cst) != 0; ++spin) {
+    if (spin < kCallerSpins) {
+      cpu_relax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+  shared_job_ = nullptr;
+}
+
 void ThreadPool::parallel_for(int64_t n, int64_t grain,
                               const std::function<void(int64_t, int64_t, int)>& fn) {
   if (n <= 0) return;
@@ -86,7 +126,7 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
     return;
   }
   std::atomic<int64_t> next{0};
-  run([&](int ith, int) {
+  run_shared([&](int ith) {
     for (;;) {
       const int64_t b = next.fetch_add(grain, std::memory_order_relaxed);
       if (b >= n) break;

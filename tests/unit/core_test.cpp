@@ -1,6 +1,10 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <thread>
+#include <vector>
 
 #include "core/fp16.h"
 #include "core/thread_pool.h"
@@ -41,6 +45,35 @@ TEST(ThreadPool, ParallelForCoversRangeOnce) {
     });
   }
   for (auto& h : hits) EXPECT_EQ(h.load(), 50);
+}
+
+// run() jobs (every thread must run once, with its own ith) interleaved with run_shared() jobs
+// (whoever joins shares the work; late workers skip) and parallel_for, many times over: a worker
+// that wakes late for a shared job must neither run a later job's function under the old
+// generation nor miss a run() job. More threads than cores makes late wake-ups common.
+TEST(ThreadPool, SharedAndFullJobsInterleave) {
+  const int n_threads = 2 * int(std::max(2u, std::thread::hardware_concurrency()));
+  ThreadPool pool(n_threads);
+  std::vector<std::atomic<int>> hits(257);
+  for (int rep = 0; rep < 500; ++rep) {
+    std::vector<std::atomic<int>> per_thread(static_cast<size_t>(n_threads));
+    pool.run([&](int ith, int nth) {
+      EXPECT_EQ(nth, n_threads);
+      per_thread[size_t(ith)].fetch_add(1);
+    });
+    for (auto& c : per_thread) ASSERT_EQ(c.load(), 1) << "rep " << rep;
+    std::atomic<int64_t> next{0};
+    std::atomic<int> callers{0};
+    pool.run_shared([&](int ith) {
+      if (ith == 0) callers.fetch_add(1);
+      for (int64_t i; (i = next.fetch_add(1)) < 257;) hits[size_t(i)].fetch_add(1);
+    });
+    ASSERT_EQ(callers.load(), 1);
+    pool.parallel_for(257, 5, [&](int64_t b, int64_t e, int) {
+      for (int64_t i = b; i < e; ++i) hits[size_t(i)].fetch_add(1);
+    });
+  }
+  for (auto& h : hits) EXPECT_EQ(h.load(), 1000);
 }
 
 }  // namespace qleap

@@ -118,8 +118,12 @@ namespace {
 thread_local bool tls_row_exact = false;
 }  // namespace
 
-RowExactMatmul::RowExactMatmul() : prev_(tls_row_exact) { tls_row_exact = true; }
-RowExactMatmul::~RowExactMatmul() { tls_row_exact = prev_; }
+RowExactMatmul::RowExactMatmul() : prev_(tls_row_exact) {
+  tls_row_exact = true;
+}
+RowExactMatmul::~RowExactMatmul() {
+  tls_row_exact = prev_;
+}
 
 void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y) {
   check_view(w);
@@ -192,16 +196,15 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
     };
     if (m >= 8 && pool.size() > 1) {
       Job* jp = &job;
-      pool.run([jp, quant_rows](int ith, int nth) {
-        quant_rows(*jp, jp->m * ith / nth, jp->m * (ith + 1) / nth);
-      });
+      pool.parallel_for(m, std::max<int64_t>(1, m / (4 * pool.size())),
+                        [jp, quant_rows](int64_t t0, int64_t t1, int) { quant_rows(*jp, t0, t1); });
     } else {
       quant_rows(job, 0, m);
     }
   }
 
   Job* jp = &job;
-  pool.run([jp](int, int) {
+  pool.run_shared([jp](int) {
     Job& j = *jp;
     const WeightView& wv = *j.w;
     for (;;) {
