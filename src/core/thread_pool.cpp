@@ -22,6 +22,18 @@ inline void cpu_relax() {
 constexpr int kSpinIterations = 1 << 15;
 constexpr int kCallerSpins = 1 << 12;
 
+// Spin briefly (workers usually finish within microseconds of each other), then yield: when the
+// machine is oversubscribed a descheduled worker needs this core to finish its share.
+void wait_for_zero(const std::atomic<int>& n) {
+  for (int spin = 0; n.load(std::memory_order_seq_cst) != 0; ++spin) {
+    if (spin < kCallerSpins) {
+      cpu_relax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
@@ -74,15 +86,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   pending_.store(n_threads_ - 1, std::memory_order_relaxed);
   publish(false);
   fn(0, n_threads_);
-  // Spin briefly (workers usually finish within microseconds of each other), then yield: when the
-  // machine is oversubscribed a descheduled worker needs this core to finish its share.
-  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
-    if (spin < kCallerSpins) {
-      cpu_relax();
-    } else {
-      std::this_thread::yield();
-    }
-  }
+  wait_for_zero(pending_);
   job_ = nullptr;
 }
 
@@ -107,13 +111,7 @@ void ThreadPool::run_shared(const std::function<void(int)>& fn) {
   fn(0);
   // Close the job to late joiners, then wait for those inside (they are running: they hold work).
   open_generation_.store(0, std::memory_order_seq_cst);
-  for (int spin = 0; active_.load(std::memory_order_seq_cst) != 0; ++spin) {
-    if (spin < kCallerSpins) {
-      cpu_relax();
-    } else {
-      std::this_thread::yield();
-    }
-  }
+  wait_for_zero(active_);
   shared_job_ = nullptr;
 }
 

@@ -249,12 +249,7 @@ TEST(TqKvCache, RejectsBadNamesAndRanges) {
 // output. Kept exactly (the default sink1), the attention error against float attention must drop
 // well below the quantized sink's, in both the prefill (chunked) and the key-split decode paths.
 TEST(TqKvCache, ExactSinkRemovesTheSinkError) {
-  KvShape s;
-  s.n_layers = 1;
-  s.n_ctx = 300;
-  s.n_heads = 4;
-  s.n_kv_heads = 1;
-  s.head_dim = 64;
+  const KvShape s{.n_layers = 1, .n_ctx = 300, .n_heads = 4, .n_kv_heads = 1, .head_dim = 64};
   const int n = 300, hd = s.head_dim;
   std::mt19937 rng(5);
   std::normal_distribution<float> nd;
