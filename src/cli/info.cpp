@@ -72,12 +72,13 @@ void info_command(const InfoOptions& o) {
   for (const auto& t : file->tensors()) n_params += t.n_elements();
 
   // KV bytes come from the cache implementation itself, so the figure is what a session allocates.
-  size_t kv_per_token = 0;
+  size_t kv_per_token = 0, kv_fixed = 0;  // fixed: independent of the context (TurboQuant's exact sink)
   std::string kv_note;
   try {
     auto model = load_model(path);
     Session probe(model, SessionOptions{16, 1, o.kv, 16});
     kv_per_token = probe.kv().bytes_per_token();
+    kv_fixed = probe.kv().allocated_bytes() - kv_per_token * size_t(probe.kv().shape().n_ctx);
   } catch (const std::exception& e) {
     kv_note = e.what();
   }
@@ -93,6 +94,7 @@ void info_command(const InfoOptions& o) {
     for (const auto& [k, v] : file->metadata()) j["metadata"][k] = v.to_display(16);
     for (const auto& [k, v] : by_type) j["types"][k] = {{"count", v.first}, {"bytes", v.second}};
     j["kv_bytes_per_token"] = kv_per_token;
+    j["kv_fixed_bytes"] = kv_fixed;
     if (o.tensors) {
       for (const auto& t : file->tensors()) {
         j["tensors"].push_back({{"name", t.name}, {"type", type_name(t.type)}, {"shape", t.shape}, {"bytes", t.nbytes}});
@@ -123,10 +125,12 @@ void info_command(const InfoOptions& o) {
   fmt::print("tensor types:\n");
   for (const auto& [k, v] : by_type) fmt::print("  {:<6} {:>4} tensors  {}\n", k, v.first, human_bytes(double(v.second)));
   if (kv_per_token) {
-    fmt::print("KV cache ({}): {} per token; {} at ctx {}\n", o.kv, human_bytes(double(kv_per_token)),
-               human_bytes(double(kv_per_token) * o.ctx), o.ctx);
+    const double kv_total = double(kv_per_token) * o.ctx + double(kv_fixed);
+    fmt::print("KV cache ({}): {} per token{}; {} at ctx {}\n", o.kv, human_bytes(double(kv_per_token)),
+               kv_fixed ? fmt::format(" + {} fixed", human_bytes(double(kv_fixed))) : "", human_bytes(kv_total),
+               o.ctx);
     fmt::print("memory estimate at ctx {}: {} (weights, mmapped) + {} (KV)\n", o.ctx,
-               human_bytes(double(file->tensor_bytes())), human_bytes(double(kv_per_token) * o.ctx));
+               human_bytes(double(file->tensor_bytes())), human_bytes(kv_total));
   } else {
     fmt::print("KV cache: cannot size ({})\n", kv_note);
   }

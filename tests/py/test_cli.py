@@ -119,3 +119,15 @@ def test_bench_compares_kv_types_in_one_process(qleap_bin, shared_models):
     assert rows["tq3"]["kv_bytes_per_token"] == 200
     bad = run(qleap_bin, "bench", shared_models / "stories260K.gguf", "-n", "0", "--kv", "f16,tq3")
     assert bad.returncode != 0 and "-n > 0" in bad.stderr
+
+
+def test_info_reports_the_turboquant_sink_as_fixed_bytes(qleap_bin, shared_models):
+    r = run(qleap_bin, "info", shared_models / "stories260K.gguf", "--kv", "tq3", "--json")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    # Records per token (5 layers x 4 kv heads x (K + V) x 10 bytes), plus the exact sink: one position
+    # of K and V per layer and kv head as floats (5 x 4 x 2 x 8 x 4 bytes), whatever the context.
+    assert j["kv_bytes_per_token"] == 200
+    assert j["kv_fixed_bytes"] == 5 * 4 * 2 * 8 * 4
+    r = run(qleap_bin, "info", shared_models / "stories260K.gguf", "--kv", "tq3:sink0", "--json")
+    assert json.loads(r.stdout)["kv_fixed_bytes"] == 0
