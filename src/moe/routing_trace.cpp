@@ -90,8 +90,8 @@ void RoutingRecorder::on_routing(int il, int /*pos0*/, int m, int k, const int32
   }
 }
 
-void predict_experts(const LayerWeights& next, const HParams& hp, const float* x, int m, int k, ThreadPool& pool,
-                     std::vector<float>& xn, std::vector<float>& logits, int32_t* pred) {
+void predict_experts(const LayerWeights& next, const HParams& hp, const float* x, int m, int k,
+                     ThreadPool& pool, std::vector<float>& xn, std::vector<float>& logits, int32_t* pred) {
   const int n = hp.n_embd, ne = next.moe.n_expert();
   xn.resize(size_t(m) * n);
   logits.resize(size_t(m) * ne + size_t(k));
@@ -99,7 +99,8 @@ void predict_experts(const LayerWeights& next, const HParams& hp, const float* x
     rms_norm(x + size_t(t) * n, next.ffn_norm.data(), xn.data() + size_t(t) * n, n, hp.rms_eps);
   matmul(next.moe.router, xn.data(), m, logits.data(), pool);
   float* w = logits.data() + size_t(m) * ne;  // the weights are not needed
-  for (int t = 0; t < m; ++t) moe_route(logits.data() + size_t(t) * ne, ne, k, false, pred + size_t(t) * k, w);
+  for (int t = 0; t < m; ++t)
+    moe_route(logits.data() + size_t(t) * ne, ne, k, false, pred + size_t(t) * k, w);
 }
 
 }  // namespace qleap

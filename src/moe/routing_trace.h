@@ -43,8 +43,8 @@ double prediction_recall(const RoutingTrace& t);
 // The next-layer predictor: applies MoE layer `next`'s FFN norm and router to x (m rows of the
 // residual stream entering the previous MoE layer's FFN) and writes each row's top k experts to
 // pred (m x k, not renormalized). xn / logits are grow-only scratch.
-void predict_experts(const LayerWeights& next, const HParams& hp, const float* x, int m, int k, ThreadPool& pool,
-                     std::vector<float>& xn, std::vector<float>& logits, int32_t* pred);
+void predict_experts(const LayerWeights& next, const HParams& hp, const float* x, int m, int k,
+                     ThreadPool& pool, std::vector<float>& xn, std::vector<float>& logits, int32_t* pred);
 
 // Records routing from a Session (Session::set_moe_observer). With predict, at each MoE layer l it
 // also applies the next MoE layer's FFN norm and router to layer l's residual stream (x entering
