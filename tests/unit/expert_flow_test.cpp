@@ -4,6 +4,7 @@
 // promoted expert whose copy has not landed is computed on the CPU, results unchanged); the
 // policy statistics and the bytes actually uploaded equal simulate_cache() on the routing trace
 // of the same run. The CUDA tier's test needs a device and skips without one.
+#include "moe/expert_cache.h"
 #include "moe/expert_flow.h"
 
 #include <gtest/gtest.h>
@@ -95,6 +96,37 @@ ExpertProfile profile_of(const std::shared_ptr<const Model>& model) {
   RoutingRecorder rec(*model, false);
   run_logits(model, 1, nullptr, &rec);
   return build_profile(rec.trace());
+}
+
+// The policy rules the runtime relies on: a promotion never evicts an expert the same step uses
+// (it was just computed from its slot), so each admission is exactly one upload.
+TEST(ExpertCachePolicy, NoEvictionOfAnExpertInUseThisStep) {
+  ExpertCacheConfig c;
+  c.expert_bytes = 100;
+  c.n_layers = 1;
+  c.n_expert = 8;
+  c.budget_bytes = 200;  // 2 slots
+  c.admit_hits = 1;
+  c.window = 8;
+  ExpertCache cache(c);
+  cache.seed(0, {0, 1});
+  EXPECT_TRUE(cache.access(0, 0, 0));  // 0 recent, 1 the LRU resident
+  const int32_t tok[2] = {5, 1};       // 5 misses first; its promotion must not take 1's slot
+  EXPECT_EQ(cache.access_token(0, tok, 2, 1), 1);
+  EXPECT_EQ(cache.residents(0), (std::vector<int>{1, 5}));
+  EXPECT_EQ(cache.stats().evictions, 1);
+
+  c.budget_bytes = 100;  // 1 slot, a token with two new experts: the second cannot evict the first
+  ExpertCache one(c);
+  const int32_t two[2] = {5, 6};
+  EXPECT_EQ(one.access_token(0, two, 2, 0), 0);
+  EXPECT_EQ(one.residents(0), (std::vector<int>{5}));
+  EXPECT_EQ(one.stats().promotions, 1);
+  EXPECT_EQ(one.stats().bytes_moved, 100u);
+  EXPECT_TRUE(one.prefetch(0, 3, 1));   // 5 is not in use at step 1: evicted
+  EXPECT_FALSE(one.prefetch(0, 4, 1));  // 3 is this step's prefetch: kept
+  EXPECT_EQ(one.residents(0), (std::vector<int>{3}));
+  EXPECT_EQ(one.stats().prefetches, 1);
 }
 
 TEST(ExpertFlow, LogitsEqualTheCpuPathForEveryModeAndBudget) {

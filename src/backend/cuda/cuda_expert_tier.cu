@@ -120,7 +120,13 @@ class CudaExpertTier final : public ExpertTier {
   bool ready(int layer, int s) const override {
     const Slot& sl = slot(layer, s);
     if (sl.requested == 0 || sl.issued.load(std::memory_order_acquire) != sl.requested) return false;
-    return cudaEventQuery(sl.landed) == cudaSuccess;
+    const cudaError_t e = cudaEventQuery(sl.landed);
+    if (e == cudaSuccess) return true;
+    if (e != cudaErrorNotReady) throw_cuda(e, "cudaEventQuery", __FILE__, __LINE__);
+    // Some runtimes record "not ready" as the thread's last error; clear it, or the next kernel
+    // launch check (cudaGetLastError) would report it.
+    (void)cudaGetLastError();
+    return false;
   }
 
   void wait_uploads() override {
