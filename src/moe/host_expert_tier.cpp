@@ -25,8 +25,8 @@ HostExpertTier::HostExpertTier(const ExpertSet& set, int slots_per_layer)
 
 HostExpertTier::~HostExpertTier() {
   {
-    std::lock_guard<std::mutex> a(cm_);
-    std::lock_guard<std::mutex> b(km_);
+    std::lock_guard<std::mutex> a(km_);  // the order upload() takes them in
+    std::lock_guard<std::mutex> b(cm_);
     stop_ = true;
     hold_ = false;
   }
