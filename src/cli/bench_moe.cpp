@@ -66,8 +66,8 @@ struct TierRun {
 
 // Runs the bench tokens with an ExpertFlow attached: prefill (not counted, it warms the cache),
 // then the decode tokens, timed and counted.
-TierRun run_with_flow(Session& s, const Model& model, const ExpertFlowConfig& fc, const std::vector<int32_t>& ids,
-                      int n_prompt, const std::string& name) {
+TierRun run_with_flow(Session& s, const Model& model, const ExpertFlowConfig& fc,
+                      const std::vector<int32_t>& ids, int n_prompt, const std::string& name) {
   ExpertFlow flow(model, fc);
   s.set_moe_executor(&flow);
   s.reset();
@@ -151,7 +151,8 @@ void bench_moe_command(const CommonOptions& common, int n_prompt, int n_gen, int
   std::string tier_note;
   if (measure_tier) {
     if (mo.experts.tier == "cuda" && cuda::device_count() == 0) {
-      tier_note = "no CUDA device: the cuda tier was not measured (--expert-tier host runs the runtime on the CPU)";
+      tier_note =
+          "no CUDA device: the cuda tier was not measured (--expert-tier host runs the runtime on the CPU)";
     } else {
       ExpertFlowConfig fc;
       fc.budget_bytes = cfg.budget_bytes;
@@ -167,11 +168,12 @@ void bench_moe_command(const CommonOptions& common, int n_prompt, int n_gen, int
       tier_runs.push_back(run_with_flow(session, *model, fc, ids, n_prompt, "(c) dynamic, hysteresis, LRU"));
       fc.seed = &prof;
       fc.prefetch = true;
-      tier_runs.push_back(run_with_flow(session, *model, fc, ids, n_prompt, "(d) seeded + dynamic LRU + prefetch"));
+      tier_runs.push_back(
+          run_with_flow(session, *model, fc, ids, n_prompt, "(d) seeded + dynamic LRU + prefetch"));
       if (mo.experts.tier == "host") {
         tier_note =
-            "host tier: the cached experts are copies in RAM computed on the same CPU; this checks the runtime "
-            "(hits, uploads, overlap), its tok/s is not a GPU speedup";
+            "host tier: the cached experts are copies in RAM computed on the same CPU; this checks the "
+            "runtime (hits, uploads, overlap), its tok/s is not a GPU speedup";
       }
     }
   }
@@ -258,16 +260,18 @@ void bench_moe_command(const CommonOptions& common, int n_prompt, int n_gen, int
   fmt::print("\nnext-layer prediction recall: {:.1f}%   token-to-token expert reuse: {:.1f}%\n",
              100 * counted.prediction_recall, 100 * reuse);
   if (measure_tier) {
-    fmt::print("\nMEASURED with the ExpertFlow runtime, tier '{}' (same budget; prefill warms the cache, the {} decode "
-               "tokens are counted):\n",
-               mo.experts.tier, n_gen);
+    fmt::print(
+        "\nMEASURED with the ExpertFlow runtime, tier '{}' (same budget; prefill warms the cache, the {} "
+        "decode tokens are counted):\n",
+        mo.experts.tier, n_gen);
     if (!tier_note.empty()) fmt::print("note: {}\n", tier_note);
     if (!tier_runs.empty()) {
       fmt::print("{:<38} {:>8} {:>10} {:>8} {:>16} {:>10}\n", "policy", "hit rate", "in flight", "recall",
                  "uploaded B/token", "tg tok/s");
     }
     for (const TierRun& r : tier_runs) {
-      fmt::print("{:<38} {:>7.1f}% {:>10} {:>8} {:>16} {:>10.2f}\n", r.policy, 100 * r.st.hit_rate(), r.st.in_flight,
+      fmt::print("{:<38} {:>7.1f}% {:>10} {:>8} {:>16} {:>10.2f}\n", r.policy, 100 * r.st.hit_rate(),
+                 r.st.in_flight,
                  r.st.recall() < 0 ? std::string("-") : fmt::format("{:.1f}%", 100 * r.st.recall()),
                  human_bytes(double(r.st.upload_bytes) / double(n_gen)), r.tg);
     }

@@ -164,9 +164,9 @@ void run_command(RunOptions& o) {
     if (!o.quiet) print_stats(st);
     if (flow && !o.quiet) {
       const ExpertFlowStats fs = flow->stats();
-      std::cerr << fmt::format("[expert cache: {:.1f}% of expert selections on the {} tier, {} in flight, {} uploaded]\n",
-                               100 * fs.hit_rate(), flow->tier().name(), fs.in_flight,
-                               human_bytes(double(fs.upload_bytes)));
+      std::cerr << fmt::format(
+          "[expert cache: {:.1f}% of expert selections on the {} tier, {} in flight, {} uploaded]\n",
+          100 * fs.hit_rate(), flow->tier().name(), fs.in_flight, human_bytes(double(fs.upload_bytes)));
     }
     return;
   }

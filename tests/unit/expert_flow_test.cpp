@@ -4,7 +4,6 @@
 // promoted expert whose copy has not landed is computed on the CPU, results unchanged); the
 // policy statistics and the bytes actually uploaded equal simulate_cache() on the routing trace
 // of the same run. The CUDA tier's test needs a device and skips without one.
-#include "moe/expert_cache.h"
 #include "moe/expert_flow.h"
 
 #include <gtest/gtest.h>
@@ -19,6 +18,7 @@
 #include "gguf/convert.h"
 #include "gguf_test_util.h"
 #include "model/model.h"
+#include "moe/expert_cache.h"
 #include "moe/expert_profile.h"
 #include "moe/host_expert_tier.h"
 #include "moe/routing_trace.h"
