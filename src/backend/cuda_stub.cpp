@@ -3,6 +3,7 @@
 #ifndef QLEAP_HAVE_CUDA
 #include "backend/cuda/cuda_api.h"
 #include "core/error.h"
+#include "moe/expert_tier.h"
 
 namespace qleap::cuda {
 namespace {
@@ -22,6 +23,9 @@ std::vector<DeviceInfo> devices() {
 }
 GpuLayers::~GpuLayers() = default;
 std::unique_ptr<GpuLayers> make_gpu_layers(const Model&, const Placement&, const RopeTable&, int, int) {
+  no_backend();
+}
+std::unique_ptr<ExpertTier> make_expert_tier(const ExpertSet&, int, int) {
   no_backend();
 }
 void decode_gpu_layout_host(const WeightView&, float*) {

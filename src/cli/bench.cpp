@@ -368,6 +368,7 @@ void register_bench(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--window", opt->moe_opt.window, "--moe: hysteresis window in tokens")
       ->capture_default_str();
+  add_expert_flow_options(*cmd, opt->moe_opt.experts, false);  // --moe: measured with the ExpertFlow runtime
   if (auto* kv = cmd->get_option_no_throw("--kv"))
     kv->description(kv->get_description() +
                     ". bench: a comma list (e.g. f16,q8_0,tq3) times decode with each type in one process, "

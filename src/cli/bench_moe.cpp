@@ -9,11 +9,13 @@
 #include <random>
 #include <sstream>
 
+#include "backend/cuda/cuda_api.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/timer.h"
 #include "model/model.h"
 #include "moe/expert_cache.h"
+#include "moe/expert_flow.h"
 #include "moe/expert_profile.h"
 #include "moe/routing_trace.h"
 #include "moe/transfer_compression.h"
@@ -56,10 +58,38 @@ std::pair<double, double> run_once(Session& s, const std::vector<int32_t>& ids, 
   return {pp, tg};
 }
 
+struct TierRun {
+  std::string policy;
+  ExpertFlowStats st;
+  double tg = 0;
+};
+
+// Runs the bench tokens with an ExpertFlow attached: prefill (not counted, it warms the cache),
+// then the decode tokens, timed and counted.
+TierRun run_with_flow(Session& s, const Model& model, const ExpertFlowConfig& fc,
+                      const std::vector<int32_t>& ids, int n_prompt, const std::string& name) {
+  ExpertFlow flow(model, fc);
+  s.set_moe_executor(&flow);
+  s.reset();
+  s.eval(std::vector<int32_t>(ids.begin(), ids.begin() + n_prompt));
+  flow.tier().wait_uploads();
+  flow.reset_stats();
+  Stopwatch sw;
+  for (size_t i = size_t(n_prompt); i < ids.size(); ++i) s.eval({ids[i]});
+  TierRun r;
+  r.tg = double(ids.size() - size_t(n_prompt)) / sw.elapsed();
+  flow.tier().wait_uploads();
+  s.set_moe_executor(nullptr);
+  r.policy = name;
+  r.st = flow.stats();
+  return r;
+}
+
 }  // namespace
 
 void bench_moe_command(const CommonOptions& common, int n_prompt, int n_gen, int reps, bool json,
                        const MoeBenchOptions& mo) {
+  if (!mo.experts.cache.empty() && mo.experts.cache != "auto") parse_byte_size(mo.experts.cache);
   const std::string path = resolve_model(common.model);
   auto model = load_model(path);
   const HParams& hp = model->hparams();
@@ -90,6 +120,9 @@ void bench_moe_command(const CommonOptions& common, int n_prompt, int n_gen, int
   const uint64_t all_expert_bytes = uint64_t(t.expert_bytes) * uint64_t(t.n_expert) * uint64_t(t.n_moe());
   ExpertCacheConfig cfg;
   cfg.budget_bytes = size_t(double(all_expert_bytes) * mo.budget_frac);
+  const bool measure_tier = !mo.experts.cache.empty() || mo.experts.tier_given;
+  if (!mo.experts.cache.empty())
+    cfg.budget_bytes = resolve_expert_budget(mo.experts.cache, mo.experts.tier, expert_set_of(*model));
   cfg.expert_bytes = t.expert_bytes;
   cfg.n_layers = t.n_moe();
   cfg.n_expert = t.n_expert;
@@ -112,6 +145,38 @@ void bench_moe_command(const CommonOptions& common, int n_prompt, int n_gen, int
   res.push_back(simulate_cache(t, c, nullptr, false, warm, "(c) dynamic, hysteresis, LFU"));
   c.eviction = Eviction::kLru;
   res.push_back(simulate_cache(t, c, &prof, true, warm, "(d) seeded + dynamic LRU + prefetch"));
+
+  // (b)-(d) for real with the ExpertFlow runtime on the chosen tier.
+  std::vector<TierRun> tier_runs;
+  std::string tier_note;
+  if (measure_tier) {
+    if (mo.experts.tier == "cuda" && cuda::device_count() == 0) {
+      tier_note =
+          "no CUDA device: the cuda tier was not measured (--expert-tier host runs the runtime on the CPU)";
+    } else {
+      ExpertFlowConfig fc;
+      fc.budget_bytes = cfg.budget_bytes;
+      fc.tier = mo.experts.tier;
+      fc.admit_hits = mo.admit_hits;
+      fc.window = mo.window;
+      fc.max_rows = session.n_batch() * std::max(1, t.k);
+      fc.dynamic = false;
+      fc.seed = &prof;
+      tier_runs.push_back(run_with_flow(session, *model, fc, ids, n_prompt, "(b) static: profile's hottest"));
+      fc.dynamic = true;
+      fc.seed = nullptr;
+      tier_runs.push_back(run_with_flow(session, *model, fc, ids, n_prompt, "(c) dynamic, hysteresis, LRU"));
+      fc.seed = &prof;
+      fc.prefetch = true;
+      tier_runs.push_back(
+          run_with_flow(session, *model, fc, ids, n_prompt, "(d) seeded + dynamic LRU + prefetch"));
+      if (mo.experts.tier == "host") {
+        tier_note =
+            "host tier: the cached experts are copies in RAM computed on the same CPU; this checks the "
+            "runtime (hits, uploads, overlap), its tok/s is not a GPU speedup";
+      }
+    }
+  }
 
   nlohmann::json out;
   out["model"] = path;
@@ -141,6 +206,24 @@ void bench_moe_command(const CommonOptions& common, int n_prompt, int n_gen, int
          {"promotions", r.stats.promotions},
          {"prefetches", r.stats.prefetches},
          {"prefetch_used", r.stats.prefetch_used}});
+  }
+  if (measure_tier) {
+    nlohmann::json mt;
+    mt["tier"] = mo.experts.tier;
+    mt["note"] = tier_note;
+    mt["counted_tokens"] = n_gen;
+    mt["budget_bytes"] = cfg.budget_bytes;
+    for (const TierRun& r : tier_runs) {
+      mt["policies"].push_back({{"policy", r.policy},
+                                {"hit_rate", r.st.hit_rate()},
+                                {"in_flight", r.st.in_flight},
+                                {"prediction_recall", r.st.recall()},
+                                {"upload_bytes_per_token", double(r.st.upload_bytes) / double(n_gen)},
+                                {"uploads", r.st.uploads},
+                                {"seed_bytes", r.st.seed_bytes},
+                                {"tg_tps", r.tg}});
+    }
+    out["measured_tier"] = mt;
   }
   if (json) {
     std::cout << out.dump(2) << "\n";
@@ -176,6 +259,23 @@ void bench_moe_command(const CommonOptions& common, int n_prompt, int n_gen, int
   }
   fmt::print("\nnext-layer prediction recall: {:.1f}%   token-to-token expert reuse: {:.1f}%\n",
              100 * counted.prediction_recall, 100 * reuse);
+  if (measure_tier) {
+    fmt::print(
+        "\nMEASURED with the ExpertFlow runtime, tier '{}' (same budget; prefill warms the cache, the {} "
+        "decode tokens are counted):\n",
+        mo.experts.tier, n_gen);
+    if (!tier_note.empty()) fmt::print("note: {}\n", tier_note);
+    if (!tier_runs.empty()) {
+      fmt::print("{:<38} {:>8} {:>10} {:>8} {:>16} {:>10}\n", "policy", "hit rate", "in flight", "recall",
+                 "uploaded B/token", "tg tok/s");
+    }
+    for (const TierRun& r : tier_runs) {
+      fmt::print("{:<38} {:>7.1f}% {:>10} {:>8} {:>16} {:>10.2f}\n", r.policy, 100 * r.st.hit_rate(),
+                 r.st.in_flight,
+                 r.st.recall() < 0 ? std::string("-") : fmt::format("{:.1f}%", 100 * r.st.recall()),
+                 human_bytes(double(r.st.upload_bytes) / double(n_gen)), r.tg);
+    }
+  }
 }
 
 }  // namespace qleap::cli

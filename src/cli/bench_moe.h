@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cli/common.h"
+#include "cli/expert_options.h"
 
 namespace qleap::cli {
 
@@ -13,6 +14,9 @@ struct MoeBenchOptions {
   std::string text;          // --moe-text: tokens from this file instead of random ids
   int admit_hits = 2;
   int window = 32;
+  // --expert-cache / --expert-tier: measure the policies with the ExpertFlow runtime on that tier
+  // (--expert-profile is `profile` above).
+  ExpertFlowCliOptions experts;
 };
 
 void bench_moe_command(const CommonOptions& common, int n_prompt, int n_gen, int reps, bool json,

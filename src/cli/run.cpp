@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cli/common.h"
+#include "cli/expert_options.h"
 #include "core/error.h"
 #include "core/timer.h"
 #include "model/model.h"
@@ -28,6 +29,7 @@ struct RunOptions {
   bool raw = false;
   bool interactive = false;
   bool quiet = false;
+  ExpertFlowCliOptions experts;
 };
 
 struct Stats {
@@ -127,12 +129,16 @@ void print_stats(const Stats& s) {
 }
 
 void run_command(RunOptions& o) {
+  check_expert_flow_options(o.experts);
   const std::string path = resolve_model(o.common.model);
   Stopwatch load;
   // Flags the user gave win; the planner (or a stored `qleap tune` result) fills the rest.
   const SessionOptions so = auto_session_options(o.common, path, o.quiet);
   auto model = load_model(path);
   Generator gen(model, o, so);
+  std::unique_ptr<ExpertProfile> expert_profile;
+  const auto flow = make_cli_expert_flow(o.experts, *model, gen.session().n_batch(), o.quiet, expert_profile);
+  gen.session().set_moe_executor(flow.get());
   if (!gen.session().placement().note.empty()) fmt::print(stderr, "note: {}\n", gen.session().placement().note);
   if (!o.quiet) {
     std::cerr << fmt::format("[loaded {} in {:.2f} s; ctx {}, {} threads, KV {}]\n", path, load.elapsed(),
@@ -156,6 +162,12 @@ void run_command(RunOptions& o) {
     Stats st = gen.generate(ids, std::cout);
     std::cout << "\n";
     if (!o.quiet) print_stats(st);
+    if (flow && !o.quiet) {
+      const ExpertFlowStats fs = flow->stats();
+      std::cerr << fmt::format(
+          "[expert cache: {:.1f}% of expert selections on the {} tier, {} in flight, {} uploaded]\n",
+          100 * fs.hit_rate(), flow->tier().name(), fs.in_flight, human_bytes(double(fs.upload_bytes)));
+    }
     return;
   }
 
@@ -212,6 +224,7 @@ void register_run(CLI::App& app) {
   cmd->add_flag("-i,--interactive", opt->interactive, "chat interactively (default when no prompt and stdin is a terminal)");
   cmd->add_flag("-q,--quiet", opt->quiet, "no load/speed report on stderr");
   add_sampling_options(*cmd, opt->sampling);
+  add_expert_flow_options(*cmd, opt->experts);
   cmd->callback([opt] { run_command(*opt); });
 }
 

@@ -24,6 +24,7 @@ struct ForwardScratch {
 };
 
 class MoeObserver;
+class MoeExecutor;
 
 // One row of a multi-sequence batch (continuous batching): the row's own KV cache and position.
 struct RowSeq {
@@ -45,6 +46,7 @@ struct LayerCtx {
   int m;
   const RowSeq* rows = nullptr;
   MoeObserver* moe_observer = nullptr;  // sees MoE routing decisions (model/moe_block.h)
+  MoeExecutor* moe_executor = nullptr;  // runs the routed experts instead of the CPU loop
 };
 
 struct ArchDef {

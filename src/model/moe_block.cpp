@@ -110,11 +110,13 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
   }
   if (ctx.moe_observer != nullptr) ctx.moe_observer->on_routing(il, ctx.pos0, m, k, ids, wts, s.x.data(), xn);
 
-  std::fill(out, out + size_t(m) * n, 0.0f);
   float* g = s.moe_g.data();
   float* u = s.moe_u.data();
   float* y = s.moe_y.data();
-  if (m <= kMoeDecodeTokens && m * k >= ctx.pool.size() && ctx.pool.size() > 1) {
+  if (ctx.moe_executor != nullptr) {
+    ctx.moe_executor->run_experts(mw, il, ctx, xn, ids, wts, out);
+  } else if (moe_pairwise(m, k, ctx.pool.size())) {
+    std::fill(out, out + size_t(m) * n, 0.0f);
     // Decode: one task per (token, expert) pair, each computed whole by one thread. Threading each
     // small expert matmul instead would cost 3 * k pool dispatches per layer.
     const auto pair = [&](int64_t b, int64_t e, int) {
@@ -132,6 +134,7 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
     ctx.pool.parallel_for(m * k, 1, pair);
     for (int i = 0; i < m * k; ++i) axpy_f32(wts[i], y + size_t(i) * n, out + size_t(i / k) * n, n);
   } else {
+    std::fill(out, out + size_t(m) * n, 0.0f);
     // Prefill: tokens grouped by expert, so each selected expert's weights stream once per chunk.
     int32_t* rows = s.moe_rows.data();  // (token, slot) pairs as t * k + j, bucketed by expert
     std::vector<int>& start = s.moe_start;

@@ -23,8 +23,26 @@ class MoeObserver {
                           const float* x, const float* xn) = 0;
 };
 
+// Runs the routed experts of a MoE layer somewhere else than the plain CPU loop (ExpertFlow,
+// moe/expert_flow.h: a cache of experts in fast memory). Set through LayerCtx::moe_executor; without
+// one moe_ffn_block computes every expert on the CPU.
+class MoeExecutor {
+ public:
+  virtual ~MoeExecutor() = default;
+  // out (m x n_embd, overwritten) = sum over each token's k experts of weight * expert(xn) for
+  // layer il; ids / wts are m x k. The shared expert is not included (moe_ffn_block adds it).
+  virtual void run_experts(const MoeWeights& w, int il, const LayerCtx& ctx, const float* xn,
+                           const int32_t* ids, const float* wts, float* out) = 0;
+};
+
 // Up to this many tokens per forward, experts run one (token, expert) pair per thread.
 constexpr int kMoeDecodeTokens = 2;
+// Whether moe_ffn_block computes m tokens' experts pair by pair (each (token, expert) pair alone,
+// summed in pair order) rather than grouped by expert (summed in ascending expert order). An
+// executor that wants the CPU path's exact floats uses the same grouping and order.
+inline bool moe_pairwise(int m, int k, int n_threads) {
+  return m <= kMoeDecodeTokens && m * k >= n_threads && n_threads > 1;
+}
 
 // A 3-D tensor with ne0 = cols, ne1 = rows, ne2 = n (experts), as n 2-D views.
 std::vector<WeightView> load_expert_matrices(const GgufFile& f, const std::string& name, int64_t cols,

@@ -64,8 +64,9 @@ void ExpertCache::seed(int il, const std::vector<int>& experts) {
   }
 }
 
-// Evicts when full (never an expert already used at step `now`, if another choice exists), then
-// marks `expert` resident.
+// Evicts when full, then marks `expert` resident. An expert used at step `now` is never evicted:
+// it was just computed from its slot (or is this step's prefetch), so when every resident is in
+// use the promotion waits for a later step. A runtime then uploads exactly what the policy admits.
 void ExpertCache::admit(Layer& l, int expert, int64_t now) {
   if (slots_ == 0) return;
   if (l.n_resident >= slots_) {
@@ -80,6 +81,7 @@ void ExpertCache::admit(Layer& l, int expert, int64_t now) {
     for (int e = 0; e < cfg_.n_expert; ++e) {
       if (l.resident[size_t(e)] && (victim < 0 || worse(e, victim))) victim = e;
     }
+    if (l.last_use[size_t(victim)] == now) return;
     l.resident[size_t(victim)] = 0;
     l.prefetched[size_t(victim)] = 0;
     --l.n_resident;
@@ -117,12 +119,24 @@ bool ExpertCache::access(int il, int e, int64_t now) {
   return hit;
 }
 
+int ExpertCache::access_token(int il, const int32_t* experts, int k, int64_t now) {
+  Layer& l = layer(il);
+  for (int j = 0; j < k; ++j) {
+    const int e = experts[j];
+    if (e >= 0 && e < cfg_.n_expert && l.resident[size_t(e)]) l.last_use[size_t(e)] = now;
+  }
+  int hits = 0;
+  for (int j = 0; j < k; ++j) hits += access(il, experts[j], now);
+  return hits;
+}
+
 bool ExpertCache::prefetch(int il, int e, int64_t now) {
   Layer& l = layer(il);
   if (e < 0 || e >= cfg_.n_expert)
     throw InvalidArgument(fmt::format("expert cache: expert {} out of range", e));
   if (l.resident[size_t(e)] || slots_ == 0) return false;
   admit(l, e, now);
+  if (!l.resident[size_t(e)]) return false;
   // A prefetched expert counts as used now so that the next prefetches of this step keep it.
   l.last_use[size_t(e)] = now;
   l.prefetched[size_t(e)] = 1;
@@ -158,8 +172,7 @@ CacheSimResult simulate_cache(const RoutingTrace& t, const ExpertCacheConfig& cf
         const int32_t* p = t.predicted_at(tok, li);
         for (int j = 0; j < t.k && p[0] >= 0; ++j) cache.prefetch(li, p[j], tok);
       }
-      const int32_t* a = t.at(tok, li);
-      for (int j = 0; j < t.k; ++j) cache.access(li, a[j], tok);
+      cache.access_token(li, t.at(tok, li), t.k, tok);
     }
   }
   CacheSimResult r;

@@ -51,6 +51,10 @@ class ExpertCache {
   // resident. A miss of a dynamic cache promotes the expert once it has admit_hits accesses within
   // the window.
   bool access(int layer, int expert, int64_t now);
+  // One token's k selections at a layer: the resident ones are marked used at `now` first, so that
+  // a promotion among them never evicts an expert the same token selected (a runtime computes the
+  // token's hits before it promotes anything). Returns the number of hits.
+  int access_token(int layer, const int32_t* experts, int k, int64_t now);
   // Makes the expert resident ahead of use (bypassing hysteresis); returns whether it was copied.
   bool prefetch(int layer, int expert, int64_t now);
   bool resident(int layer, int expert) const;

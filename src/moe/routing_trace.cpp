@@ -81,19 +81,26 @@ void RoutingRecorder::on_routing(int il, int /*pos0*/, int m, int k, const int32
     std::copy(weights + size_t(t) * k, weights + size_t(t + 1) * k, t_.weights.begin() + std::ptrdiff_t(o));
   }
   if (!predict_ || li + 1 >= t_.n_moe()) return;
-  const HParams& hp = model_.hparams();
   const LayerWeights& next = model_.weights().layers[size_t(t_.moe_layers[size_t(li + 1)])];
-  const int n = hp.n_embd, ne = t_.n_expert;
-  xn_.resize(size_t(m) * n);
-  logits_.resize(size_t(m) * ne);
-  w_.resize(size_t(k));
-  for (int t = 0; t < m; ++t)
-    rms_norm(x + size_t(t) * n, next.ffn_norm.data(), xn_.data() + size_t(t) * n, n, hp.rms_eps);
-  matmul(next.moe.router, xn_.data(), m, logits_.data(), pool_);
+  pred_.resize(size_t(m) * k);
+  predict_experts(next, model_.hparams(), x, m, k, pool_, xn_, logits_, pred_.data());
   for (int t = 0; t < m; ++t) {
-    int32_t* p = t_.predicted.data() + t_.index(chunk_base_ + t, li + 1);
-    moe_route(logits_.data() + size_t(t) * ne, ne, k, false, p, w_.data());
+    std::copy(pred_.begin() + std::ptrdiff_t(t) * k, pred_.begin() + std::ptrdiff_t(t + 1) * k,
+              t_.predicted.begin() + std::ptrdiff_t(t_.index(chunk_base_ + t, li + 1)));
   }
+}
+
+void predict_experts(const LayerWeights& next, const HParams& hp, const float* x, int m, int k,
+                     ThreadPool& pool, std::vector<float>& xn, std::vector<float>& logits, int32_t* pred) {
+  const int n = hp.n_embd, ne = next.moe.n_expert();
+  xn.resize(size_t(m) * n);
+  logits.resize(size_t(m) * ne + size_t(k));
+  for (int t = 0; t < m; ++t)
+    rms_norm(x + size_t(t) * n, next.ffn_norm.data(), xn.data() + size_t(t) * n, n, hp.rms_eps);
+  matmul(next.moe.router, xn.data(), m, logits.data(), pool);
+  float* w = logits.data() + size_t(m) * ne;  // the weights are not needed
+  for (int t = 0; t < m; ++t)
+    moe_route(logits.data() + size_t(t) * ne, ne, k, false, pred + size_t(t) * k, w);
 }
 
 }  // namespace qleap

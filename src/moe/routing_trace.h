@@ -40,6 +40,12 @@ RoutingTrace make_trace_for(const Model& model);
 // (token, layer) pairs that have a prediction; -1 when none has.
 double prediction_recall(const RoutingTrace& t);
 
+// The next-layer predictor: applies MoE layer `next`'s FFN norm and router to x (m rows of the
+// residual stream entering the previous MoE layer's FFN) and writes each row's top k experts to
+// pred (m x k, not renormalized). xn / logits are grow-only scratch.
+void predict_experts(const LayerWeights& next, const HParams& hp, const float* x, int m, int k,
+                     ThreadPool& pool, std::vector<float>& xn, std::vector<float>& logits, int32_t* pred);
+
 // Records routing from a Session (Session::set_moe_observer). With predict, at each MoE layer l it
 // also applies the next MoE layer's FFN norm and router to layer l's residual stream (x entering
 // l's FFN) and stores that top-k as the next layer's prediction: one router matmul per layer.
@@ -57,7 +63,8 @@ class RoutingRecorder : public MoeObserver {
   std::vector<int> li_of_layer_;  // model layer -> MoE layer index, -1 for dense layers
   int64_t chunk_base_ = 0;        // first trace token of the chunk being recorded
   ThreadPool pool_{1};
-  std::vector<float> xn_, logits_, w_;
+  std::vector<float> xn_, logits_;
+  std::vector<int32_t> pred_;
 };
 
 }  // namespace qleap

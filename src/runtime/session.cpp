@@ -117,7 +117,7 @@ void Session::forward_chunk(const int32_t* tokens, int m, int pos0, float* out, 
   const int n = hp.n_embd;
   for (int t = 0; t < m; ++t) get_row(w.token_embd, tokens[t], scratch_.x.data() + size_t(t) * n);
 
-  const LayerCtx ctx{hp, rope_, *kv_, pool_, scratch_, pos0, m, nullptr, moe_observer_};
+  const LayerCtx ctx{hp, rope_, *kv_, pool_, scratch_, pos0, m, nullptr, moe_observer_, moe_executor_};
   const ArchDef& arch = model_->arch_def();
   const int n_cpu_layers = placement_.first_gpu_layer();
   for (int il = 0; il < n_cpu_layers; ++il) arch.forward_layer(w.layers[size_t(il)], il, ctx);

@@ -55,6 +55,9 @@ class Session {
   // Routing decisions of MoE layers go to `o` (nullptr: none) during later eval() calls; the
   // observer must outlive them.
   void set_moe_observer(MoeObserver* o) { moe_observer_ = o; }
+  // Routed experts of the CPU layers run through `e` (ExpertFlow; nullptr: the plain CPU loop)
+  // during later eval() calls; it must outlive them.
+  void set_moe_executor(MoeExecutor* e) { moe_executor_ = e; }
 
   const KvCache& kv() const { return *kv_; }
   ThreadPool& pool() { return pool_; }
@@ -78,6 +81,7 @@ class Session {
   Placement placement_;
   std::unique_ptr<cuda::GpuLayers> gpu_;  // layers [placement_.first_gpu_layer(), n_layers) when any
   MoeObserver* moe_observer_ = nullptr;
+  MoeExecutor* moe_executor_ = nullptr;
 };
 
 }  // namespace qleap

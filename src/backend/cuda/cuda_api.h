@@ -15,6 +15,8 @@ namespace qleap {
 
 class Model;
 struct Placement;
+class ExpertTier;
+struct ExpertSet;
 
 namespace cuda {
 
@@ -51,6 +53,12 @@ class GpuLayers {
 // not implemented on the GPU. rope must outlive nothing: its table is copied.
 std::unique_ptr<GpuLayers> make_gpu_layers(const Model& model, const Placement& placement,
                                            const RopeTable& rope, int n_ctx, int n_batch);
+
+// ExpertFlow's fast tier on the device (moe/expert_tier.h): slots_per_layer expert slots per MoE
+// layer in device memory, uploads on a copy stream, expert FFNs on a compute stream. max_rows
+// bounds the rows computed between two syncs. Throws Unsupported without a device or for expert
+// formats without a CUDA kernel.
+std::unique_ptr<ExpertTier> make_expert_tier(const ExpertSet& set, int slots_per_layer, int max_rows);
 
 // Re-lays out w the way upload does and decodes every row with the kernels' own decoders, run on
 // the CPU (no device needed): checks the GPU layouts against the scalar reference decoders.

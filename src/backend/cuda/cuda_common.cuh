@@ -79,6 +79,9 @@ struct DevWeight {
 
 // Throws Unsupported for formats without a GPU kernel.
 bool gpu_supports(GgmlType t);
+// Bytes of one row in the device layout, and the host-side re-layout of one row into it.
+size_t gpu_row_bytes(GgmlType t, int64_t cols);
+void repack_row(GgmlType t, const uint8_t* src, int64_t cols, uint8_t* dst);
 DevWeight upload_weight(const WeightView& w);
 size_t device_weight_bytes(const WeightView& w);  // what upload_weight allocates (0: unsupported)
 void decode_gpu_layout_host(const WeightView& w, float* out);  // declared for tests in cuda_api.h

@@ -370,6 +370,8 @@ void launch_dequant(const DevWeight& w, int64_t r0, int64_t n, __half* out, cuda
       throw Unsupported(std::string("no CUDA kernel for ") + type_name(type)); \
   }
 
+}  // namespace
+
 // Host-side re-layout of one row (see the file comment).
 void repack_row(GgmlType t, const uint8_t* src, int64_t cols, uint8_t* dst) {
   const int64_t nb = cols / 32;
@@ -451,6 +453,8 @@ size_t gpu_row_bytes(GgmlType t, int64_t cols) {
       throw Unsupported(std::string("no CUDA kernel for ") + type_name(t));
   }
 }
+
+namespace {
 
 template <GgmlType T>
 void decode_rows_host(const uint8_t* dev_layout, size_t rb, int64_t rows, int64_t cols, float* out) {
