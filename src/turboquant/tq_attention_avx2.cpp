@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "core/fp16.h"
 #include "turboquant/tq_kernels.h"
@@ -100,32 +101,25 @@ void scores_block(const KernelArgs& a, const float* q_rot, const uint8_t* keys, 
   }
 }
 
-// Accumulates the coordinate groups [g0, g0 + cnt) (cnt <= CH) of one bit segment over all n values
-// with the NQ x CH partial sums held in registers: the keys are re-read once per chunk of groups,
-// which is cheaper than a load + store of the accumulators per group and key.
+// Accumulates the coordinate groups [g0, g0 + cnt) (cnt <= CH) of one bit segment over n values with
+// the NQ x CH partial sums held in registers: the records are re-read once per chunk of groups, which
+// is cheaper than a load + store of the accumulators per group and record. coef[j * NQ + qi] is the
+// record's weight times its norm, computed once for all chunks.
 template <int B, int NQ, int CH>
-void accum_chunk(const float* w, size_t w_stride, const uint8_t* values, size_t stride, size_t norm_off,
-                 int64_t n, const Cents& c, size_t seg_off, int g0, int cnt, float* acc, int dim) {
+void accum_chunk(const float* coef, const uint8_t* values, size_t stride, int64_t n, const Cents& c,
+                 size_t seg_off, int g0, int cnt, float* acc, int dim) {
   __m256 s[NQ][CH];
   for (int qi = 0; qi < NQ; ++qi)
     for (int g = 0; g < CH; ++g)
       s[qi][g] = g < cnt ? _mm256_loadu_ps(acc + qi * dim + (g0 + g) * 8) : _mm256_setzero_ps();
-  for (int64_t j = 0; j < n; ++j) {
-    const uint8_t* rec = values + size_t(j) * stride;
-    const float nrm = load_norm(rec, norm_off);
-    __m256 coef[NQ];
-    bool any = false;
-    for (int qi = 0; qi < NQ; ++qi) {
-      const float cf = w[size_t(qi) * w_stride + j] * nrm;
-      any |= cf != 0.0f;
-      coef[qi] = _mm256_set1_ps(cf);
-    }
-    if (!any) continue;  // masked (causal) or zero-norm
-    const uint8_t* p = rec + seg_off + g0 * B;
+  const uint8_t* p = values + seg_off + size_t(g0) * B;
+  for (int64_t j = 0; j < n; ++j, p += stride) {
+    __m256 cf[NQ];
+    for (int qi = 0; qi < NQ; ++qi) cf[qi] = _mm256_broadcast_ss(coef + j * NQ + qi);
     for (int g = 0; g < CH; ++g) {
       if (g < cnt) {
         const __m256 cv = lookup<B>(c, unpack8<B>(p + g * B));
-        for (int qi = 0; qi < NQ; ++qi) s[qi][g] = _mm256_fmadd_ps(coef[qi], cv, s[qi][g]);
+        for (int qi = 0; qi < NQ; ++qi) s[qi][g] = _mm256_fmadd_ps(cf[qi], cv, s[qi][g]);
       }
     }
   }
@@ -136,16 +130,32 @@ void accum_chunk(const float* w, size_t w_stride, const uint8_t* values, size_t 
 template <int BH, int BL, int NQ>
 void accum_block(const KernelArgs& a, const float* w, size_t w_stride, const uint8_t* values,
                  size_t value_stride, int64_t n, float* acc_rot) {
-  // NQ * kCh accumulators; 4-bit lookups need two more centroid registers, so fewer accumulators.
-  constexpr int kCh = (NQ == 1 ? 8 : NQ == 2 ? 4 : 2) / (BH == 4 ? 2 : 1);
+  // Weight x norm per record and query, once; records past the last non-zero weight (the causal
+  // tail of a prefill block) are not read at all.
+  thread_local std::vector<float> coef_buf;
+  if (coef_buf.size() < size_t(n) * NQ) coef_buf.resize(size_t(n) * NQ);
+  float* coef = coef_buf.data();
+  int64_t n_used = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const float nrm = load_norm(values + size_t(j) * value_stride, a.norm_offset);
+    bool any = false;
+    for (int qi = 0; qi < NQ; ++qi) {
+      const float cf = w[size_t(qi) * w_stride + size_t(j)] * nrm;
+      coef[j * NQ + qi] = cf;
+      any |= cf != 0.0f;
+    }
+    if (any) n_used = j + 1;
+  }
+  // NQ * kCh accumulators + NQ weights + the centroids in 16 registers (4-bit lookups need two).
+  constexpr int kCh = BH == 4 ? (NQ == 1 ? 4 : 2) : (NQ == 1 ? 8 : NQ == 2 ? 4 : 2);
   const Cents ch{_mm256_loadu_ps(a.cb_hi), _mm256_loadu_ps(a.cb_hi + 8)};
   const Cents cl{_mm256_loadu_ps(a.cb_lo), _mm256_loadu_ps(a.cb_lo + 8)};
   const int n8_hi = a.split / 8, n8_lo = (a.dim - a.split) / 8;
   for (int g0 = 0; g0 < n8_hi; g0 += kCh)
-    accum_chunk<BH, NQ, kCh>(w, w_stride, values, value_stride, a.norm_offset, n, ch, 0, g0,
-                             std::min(kCh, n8_hi - g0), acc_rot, a.dim);
+    accum_chunk<BH, NQ, kCh>(coef, values, value_stride, n_used, ch, 0, g0, std::min(kCh, n8_hi - g0),
+                             acc_rot, a.dim);
   for (int g0 = 0; g0 < n8_lo; g0 += kCh)
-    accum_chunk<BL, NQ, kCh>(w, w_stride, values, value_stride, a.norm_offset, n, cl, a.hi_bytes, g0,
+    accum_chunk<BL, NQ, kCh>(coef, values, value_stride, n_used, cl, a.hi_bytes, g0,
                              std::min(kCh, n8_lo - g0), acc_rot + a.split, a.dim);
 }
 
