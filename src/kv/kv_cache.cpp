@@ -81,7 +81,20 @@ struct F16Format {
 // Blocks of 32 along a segment (zero-padded at its end). When head_dim is a multiple of 32 each head
 // is its own segment and the vector kernels apply; otherwise the segment is the whole position row and
 // heads narrower than a block share scales with their neighbours.
-struct Q8Format {
+// Block formats dequantize a head's slice to a float buffer (Format::view) and use the f32 kernels.
+template <class Format>
+struct DequantizedRows {
+  static void dot_multi(const uint8_t* row, int off, const float* const* q, int nq, int n, float* out,
+                        float* buf) {
+    dot_f32_multi(Format::view(row, off, n, buf), q, nq, n, out);
+  }
+  static void axpy_multi(const float* p, const uint8_t* row, int off, float* const* acc, int nq, int n,
+                         float* buf) {
+    axpy_f32_multi(p, Format::view(row, off, n, buf), acc, nq, n);
+  }
+};
+
+struct Q8Format : DequantizedRows<Q8Format> {
   static constexpr const char* kName = "q8_0";
   static constexpr int kBlock = 32;
   static size_t row_bytes(int kv_dim) { return size_t((kv_dim + 31) / 32) * sizeof(BlockQ8_0); }
@@ -107,19 +120,11 @@ struct Q8Format {
     }
     return buf;
   }
-  static void dot_multi(const uint8_t* row, int off, const float* const* q, int nq, int n, float* out,
-                        float* buf) {
-    dot_f32_multi(view(row, off, n, buf), q, nq, n, out);
-  }
-  static void axpy_multi(const float* p, const uint8_t* row, int off, float* const* acc, int nq, int n,
-                         float* buf) {
-    axpy_f32_multi(p, view(row, off, n, buf), acc, nq, n);
-  }
 };
 
 // llama.cpp-style 4-bit blocks (4.5 bits per value with the fp16 scale): the baseline that
 // TurboQuant types are measured against. Same row layout as Q8Format.
-struct Q4Format {
+struct Q4Format : DequantizedRows<Q4Format> {
   static constexpr const char* kName = "q4_0";
   static constexpr int kBlock = 32;
   static size_t row_bytes(int kv_dim) { return size_t((kv_dim + 31) / 32) * sizeof(BlockQ4_0); }
@@ -152,14 +157,6 @@ struct Q4Format {
       }
     }
     return buf;
-  }
-  static void dot_multi(const uint8_t* row, int off, const float* const* q, int nq, int n, float* out,
-                        float* buf) {
-    dot_f32_multi(view(row, off, n, buf), q, nq, n, out);
-  }
-  static void axpy_multi(const float* p, const uint8_t* row, int off, float* const* acc, int nq, int n,
-                         float* buf) {
-    axpy_f32_multi(p, view(row, off, n, buf), acc, nq, n);
   }
 };
 

@@ -54,12 +54,8 @@ class KvAttention : public ::testing::TestWithParam<Case> {};
 
 TEST_P(KvAttention, MatchesReference) {
   const Case c = GetParam();
-  KvShape s;
-  s.n_layers = 2;
-  s.n_ctx = 300;
-  s.n_heads = c.n_heads;
-  s.n_kv_heads = c.n_kv_heads;
-  s.head_dim = c.head_dim;
+  KvShape s{
+      .n_layers = 2, .n_ctx = 300, .n_heads = c.n_heads, .n_kv_heads = c.n_kv_heads, .head_dim = c.head_dim};
   auto kv = make_kv_cache(c.type, s);
   EXPECT_STREQ(kv->type_name(), c.type);
   std::mt19937 rng(7);
@@ -108,12 +104,7 @@ INSTANTIATE_TEST_SUITE_P(Types, KvAttention,
                          });
 
 TEST(KvCache, BytesPerTokenMatchesAllocation) {
-  KvShape s;
-  s.n_layers = 3;
-  s.n_ctx = 17;
-  s.n_heads = 4;
-  s.n_kv_heads = 2;
-  s.head_dim = 64;
+  KvShape s{.n_layers = 3, .n_ctx = 17, .n_heads = 4, .n_kv_heads = 2, .head_dim = 64};
   EXPECT_EQ(make_kv_cache("f32", s)->bytes_per_token(), 3u * 2 * 128 * 4);
   EXPECT_EQ(make_kv_cache("f16", s)->bytes_per_token(), 3u * 2 * 128 * 2);
   EXPECT_EQ(make_kv_cache("q8_0", s)->bytes_per_token(), 3u * 2 * 4 * 34);
@@ -128,12 +119,7 @@ TEST(KvCache, BytesPerTokenMatchesAllocation) {
 }
 
 TEST(KvCache, RejectsBadTypeShapeAndRange) {
-  KvShape s;
-  s.n_layers = 1;
-  s.n_ctx = 8;
-  s.n_heads = 4;
-  s.n_kv_heads = 2;
-  s.head_dim = 8;
+  KvShape s{.n_layers = 1, .n_ctx = 8, .n_heads = 4, .n_kv_heads = 2, .head_dim = 8};
   EXPECT_THROW(make_kv_cache("q3_0", s), InvalidArgument);
   KvShape bad = s;
   bad.n_kv_heads = 3;

@@ -27,12 +27,8 @@ class TqKvAttention : public ::testing::TestWithParam<TqCase> {};
 
 TEST_P(TqKvAttention, MatchesDequantizingReference) {
   const TqCase c = GetParam();
-  KvShape s;
-  s.n_layers = 2;
-  s.n_ctx = 200;
-  s.n_heads = c.n_heads;
-  s.n_kv_heads = c.n_kv_heads;
-  s.head_dim = c.head_dim;
+  KvShape s{
+      .n_layers = 2, .n_ctx = 200, .n_heads = c.n_heads, .n_kv_heads = c.n_kv_heads, .head_dim = c.head_dim};
   auto kv = make_kv_cache(c.type, s);
   EXPECT_STREQ(kv->type_name(), c.type);
   const auto spec = parse_tq_kv_type(c.type);
@@ -167,12 +163,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TqKvAttention,
                          });
 
 TEST(TqKvCache, BytesPerTokenIsTheAllocation) {
-  KvShape s;
-  s.n_layers = 3;
-  s.n_ctx = 17;
-  s.n_heads = 6;
-  s.n_kv_heads = 2;
-  s.head_dim = 64;
+  KvShape s{.n_layers = 3, .n_ctx = 17, .n_heads = 6, .n_kv_heads = 2, .head_dim = 64};
   // Record = packed indices + fp16 norm: 64 coordinates at b bits = 8b bytes, + 2.
   const std::pair<const char*, size_t> cases[] = {{"tq4", 34 + 34},   {"tq3", 26 + 26},   {"tq2", 18 + 18},
                                                   {"tq2.5", 22 + 22}, {"tq3.5", 30 + 30}, {"k4v3", 34 + 26},
@@ -198,12 +189,7 @@ TEST(TqKvCache, BytesPerTokenIsTheAllocation) {
 }
 
 TEST(TqKvCache, RejectsBadNamesAndRanges) {
-  KvShape s;
-  s.n_layers = 1;
-  s.n_ctx = 8;
-  s.n_heads = 2;
-  s.n_kv_heads = 1;
-  s.head_dim = 16;
+  KvShape s{.n_layers = 1, .n_ctx = 8, .n_heads = 2, .n_kv_heads = 1, .head_dim = 16};
   for (const char* bad : {"tq",        "tq5",        "tq1",      "tq4.0",     "TQ4",          "tq 4",
                           "k4",        "k4v",        "kv3",      "k4v5",      "k4v3x",        "v3k4",
                           "q3_0",      "",           "tq3.25",   "tq3:",      "tq3:x",        "tq3:e",
@@ -318,12 +304,7 @@ TEST(TqKvCache, ExactSinkRemovesTheSinkError) {
 // so an offset must cost nothing: the output for (K + c, V + d) is the output for (K, V) plus d, and
 // the error against exact attention is far below the plain quantizer's, which spends its bits on c.
 TEST(TqKvCache, CenteringMakesOffsetsFree) {
-  KvShape s;
-  s.n_layers = 1;
-  s.n_ctx = 256;
-  s.n_heads = 4;
-  s.n_kv_heads = 2;
-  s.head_dim = 64;
+  KvShape s{.n_layers = 1, .n_ctx = 256, .n_heads = 4, .n_kv_heads = 2, .head_dim = 64};
   const int n = 200, kvd = s.kv_dim(), hd = s.head_dim;
   std::mt19937 rng(5);
   std::normal_distribution<float> nd;
