@@ -262,22 +262,23 @@ class TurboQuantKvCache final : public KvCache {
     calibrated_[size_t(layer)] = 1;
   }
 
-  // Records (x - mu) * inv_s (either may be null).
+  // (x - mu) * inv_s (either may be null: x itself), in tmp when it has to be computed.
+  static const float* centered(int dim, const float* x, const float* mu, const float* inv_s, float* tmp) {
+    if (!mu && !inv_s) return x;
+    for (int i = 0; i < dim; ++i) tmp[i] = (x[i] - (mu ? mu[i] : 0.0f)) * (inv_s ? inv_s[i] : 1.0f);
+    return tmp;
+  }
+
+  // Records (x - mu) * inv_s.
   static void quantize_one(const TqState& st, const float* x, const float* mu, const float* inv_s, float* tmp,
                            uint8_t* rec) {
-    if (mu || inv_s) {
-      for (int i = 0; i < st.layout.dim; ++i)
-        tmp[i] = (x[i] - (mu ? mu[i] : 0.0f)) * (inv_s ? inv_s[i] : 1.0f);
-      x = tmp;
-    }
-    tq_quantize(st, x, rec);
+    tq_quantize(st, centered(st.layout.dim, x, mu, inv_s, tmp), rec);
   }
 
   // The rotated exact vector R ((x - mu) * inv_s) of a sink position, in the space the records live in.
   static void exact_one(const TqState& st, const float* x, const float* mu, const float* inv_s, float* tmp,
                         float* out) {
-    for (int i = 0; i < st.layout.dim; ++i) tmp[i] = (x[i] - (mu ? mu[i] : 0.0f)) * (inv_s ? inv_s[i] : 1.0f);
-    tq_rotate_query(st, tmp, out);
+    tq_rotate_query(st, centered(st.layout.dim, x, mu, inv_s, tmp), out);
   }
 
   float* sink_row(std::vector<float>& buf, int layer, int g, int pos) {
