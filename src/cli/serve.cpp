@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "cli/common.h"
+#include "cli/expert_options.h"
 #include "core/error.h"
 #include "server/http_server.h"
 
@@ -25,6 +26,7 @@ struct ServeOptions {
   std::string keep_alive = "5m";
   size_t max_body_mib = 8;
   bool verbose = false;
+  ExpertFlowCliOptions flow;
 };
 
 // QLEAP_HOST / --host: "host", "host:port", "http://host:port", ":port".
@@ -69,13 +71,27 @@ void serve_command(const ServeOptions& o) {
   // Per model at load time: flags the user gave win, the planner (or a `qleap tune` result) fills the
   // rest, with the KV cache sized for all parallel slots.
   so.sched.runner.configure = [common = o.common, quiet = !o.verbose](const std::string& path,
-                                                                     server::RunnerOptions& ro) {
+                                                                      server::RunnerOptions& ro) {
     const SessionOptions s = auto_session_options(common, path, quiet, nullptr, ro.parallel);
     ro.n_ctx = s.n_ctx;
     ro.n_threads = s.n_threads;
     ro.kv_type = s.kv_type;
     ro.n_batch = s.n_batch;
   };
+
+  // ExpertFlow for MoE models (dense models ignore the flags: one server serves both). The profile,
+  // if any, lives as long as the flow.
+  check_expert_flow_options(o.flow);
+  if (!o.flow.cache.empty()) {
+    so.sched.runner.expert_flow = [flow = o.flow, quiet = !o.verbose](
+                                      const Model& model, int max_rows) -> std::shared_ptr<ExpertFlow> {
+      if (model.hparams().n_expert == 0) return nullptr;
+      auto profile = std::make_shared<std::unique_ptr<ExpertProfile>>();
+      std::unique_ptr<ExpertFlow> f = make_cli_expert_flow(flow, model, max_rows, quiet, *profile);
+      if (!f) return nullptr;
+      return std::shared_ptr<ExpertFlow>(f.release(), [profile](ExpertFlow* p) { delete p; });
+    };
+  }
 
   // SIGINT / SIGTERM stop the server from a dedicated thread (no work in a signal handler).
   sigset_t set;
@@ -94,7 +110,8 @@ void serve_command(const ServeOptions& o) {
   sig.detach();
   srv.run([&](int port) {
     fmt::print(stderr, "[qleap serve] listening on http://{}:{} (models: {}; {} slots per model, KV {})\n",
-               so.host, port, so.models_dir, o.parallel, o.common.kv_opt->count() ? o.common.kv : "planned per model");
+               so.host, port, so.models_dir, o.parallel,
+               o.common.kv_opt->count() ? o.common.kv : "planned per model");
     fmt::print("listening on {}:{}\n", so.host, port);
     std::fflush(stdout);
   });
@@ -107,6 +124,7 @@ void register_serve(CLI::App& app) {
   auto opt = std::make_shared<ServeOptions>();
   auto* cmd = app.add_subcommand("serve", "Ollama- and OpenAI-compatible HTTP server (see docs/api.md)");
   add_common_options(*cmd, opt->common, false);
+  add_expert_flow_options(*cmd, opt->flow);
   cmd->add_option("--host", opt->host,
                   "address[:port] to listen on (default 127.0.0.1:11435; env QLEAP_HOST)");
   cmd->add_option("-p,--port", opt->port, "port (0: any free port, printed on stdout)")

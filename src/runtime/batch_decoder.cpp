@@ -84,7 +84,7 @@ const float* BatchDecoder::prefill(int slot, const int32_t* tokens, int n) {
   logits_.resize(size_t(hp.n_vocab));
   for (int i = 0; i < n; i += n_batch_) {
     const int m = std::min(n_batch_, n - i);
-    const LayerCtx ctx{hp, rope_, *s.kv, pool_, scratch_, s.n_past, m};
+    const LayerCtx ctx{hp, rope_, *s.kv, pool_, scratch_, s.n_past, m, nullptr, nullptr, moe_executor_};
     run_layers(tokens + i, m, ctx);
     s.n_past += m;
     if (i + m == n) {
@@ -112,7 +112,8 @@ const float* BatchDecoder::decode(const int* slots, const int32_t* tokens, int m
   const ModelWeights& w = model_->weights();
   // Each row exactly as if it ran alone (see RowExactMatmul).
   const RowExactMatmul exact;
-  const LayerCtx ctx{hp, rope_, *slots_[size_t(slots[0])].kv, pool_, scratch_, 0, m, rows_.data()};
+  const LayerCtx ctx{hp,      rope_,        *slots_[size_t(slots[0])].kv, pool_, scratch_, 0, m, rows_.data(),
+                     nullptr, moe_executor_};
   run_layers(tokens, m, ctx);
   for (int i = 0; i < m; ++i) slots_[size_t(slots[i])].n_past += 1;
   logits_.resize(size_t(m) * hp.n_vocab);
@@ -135,7 +136,7 @@ std::vector<float> BatchDecoder::embed(int slot, const std::vector<int32_t>& tok
   s.n_past = 0;
   for (int i = 0; i < n; i += n_batch_) {
     const int m = std::min(n_batch_, n - i);
-    const LayerCtx ctx{hp, rope_, *s.kv, pool_, scratch_, s.n_past, m};
+    const LayerCtx ctx{hp, rope_, *s.kv, pool_, scratch_, s.n_past, m, nullptr, nullptr, moe_executor_};
     run_layers(tokens.data() + i, m, ctx);
     s.n_past += m;
     rms_norm_rows(scratch_.x.data(), w.output_norm.data(), scratch_.xn.data(), m, d, hp.rms_eps, pool_);

@@ -56,6 +56,8 @@ class BatchDecoder {
   const std::string& kv_type() const { return kv_type_; }
   const Model& model() const { return *model_; }
   ThreadPool& pool() { return pool_; }
+  // Runs the routed experts of MoE layers (moe/expert_flow.h) instead of the CPU loop; null: CPU.
+  void set_moe_executor(MoeExecutor* e) { moe_executor_ = e; }
 
  private:
   struct Slot {
@@ -71,6 +73,7 @@ class BatchDecoder {
   int n_batch_ = 0;
   std::string kv_type_;
   ThreadPool pool_;
+  MoeExecutor* moe_executor_ = nullptr;
   std::vector<Slot> slots_;
   RopeTable rope_;
   ForwardScratch scratch_;

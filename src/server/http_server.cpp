@@ -32,6 +32,17 @@ void send_json(httplib::Response& res, int status, const json& j) {
 
 namespace {
 
+// Mean expert-tier hit rate over the loaded models that run ExpertFlow; -1 when none does.
+double expert_hit_rate(const Scheduler& sched) {
+  double sum = 0;
+  int n = 0;
+  for (const auto& r : sched.loaded()) {
+    const double h = r->status().expert_hit_rate;
+    if (h >= 0) sum += h, ++n;
+  }
+  return n > 0 ? sum / n : -1.0;
+}
+
 json error_body(bool openai, int status, const std::string& msg) {
   if (!openai) return {{"error", msg}};
   const char* type = status == 404   ? "not_found_error"
@@ -233,6 +244,7 @@ void register_monitor_routes(httplib::Server& srv, ApiContext& ctx) {
                         {"expires_at", rfc3339(r->expires_at)}});
     }
     Metrics& m = ctx.metrics;
+    const double hit = expert_hit_rate(ctx.sched);
     send_json(res, 200,
               json{{"models", models},
                    {"queue_depth", queue},
@@ -244,7 +256,7 @@ void register_monitor_routes(httplib::Server& srv, ApiContext& ctx) {
                    {"ram_used_bytes", process_rss_bytes()},
                    {"ram_total_bytes", physical_memory_bytes()},
                    {"vram_used_bytes", 0},
-                   {"expert_cache_hit_rate", nullptr}});
+                   {"expert_cache_hit_rate", hit < 0 ? json(nullptr) : json(hit)}});
   });
   srv.Get("/metrics", [&ctx](const httplib::Request&, httplib::Response& res) {
     Metrics& m = ctx.metrics;
@@ -274,10 +286,12 @@ void register_monitor_routes(httplib::Server& srv, ApiContext& ctx) {
            one("qleap_model_loads_total", double(m.model_loads_total.load())));
     metric("qleap_model_unloads_total", "counter", "Model unloads.",
            one("qleap_model_unloads_total", double(m.model_unloads_total.load())));
-    std::string queue, active, slots, kv_used, kv_alloc, mem;
+    std::string queue, active, slots, kv_used, kv_alloc, mem, experts;
     for (const auto& r : ctx.sched.loaded()) {
       const RunnerStatus s = r->status();
       const std::string l = fmt::format("{{model=\"{}\"}}", s.name);
+      if (s.expert_hit_rate >= 0)
+        experts += fmt::format("qleap_expert_cache_hit_rate{} {}\n", l, s.expert_hit_rate);
       queue += fmt::format("qleap_queue_depth{} {}\n", l, s.queue_depth);
       active += fmt::format("qleap_active_slots{} {}\n", l, s.active_slots);
       slots += fmt::format("qleap_parallel_slots{} {}\n", l, s.parallel);
@@ -293,7 +307,9 @@ void register_monitor_routes(httplib::Server& srv, ApiContext& ctx) {
     metric("qleap_model_memory_bytes", "gauge", "Weights (mapped file) plus KV cache per loaded model.", mem);
     metric("qleap_process_resident_bytes", "gauge", "Resident memory of the server process.",
            one("qleap_process_resident_bytes", double(process_rss_bytes())));
-    // No MoE models in this build: the expert-cache hit rate metric appears once they exist.
+    if (!experts.empty())
+      metric("qleap_expert_cache_hit_rate", "gauge",
+             "Share of routed experts computed on the expert tier (serve --expert-cache).", experts);
     res.set_content(out, "text/plain; version=0.0.4; charset=utf-8");
   });
 }

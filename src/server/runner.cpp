@@ -57,6 +57,10 @@ ModelRunner::ModelRunner(const ModelInfo& info, const RunnerOptions& opt, Metric
   bo.n_batch = opt_.n_batch;
   bo.n_slots = std::max(1, opt_.parallel);
   dec_ = std::make_unique<BatchDecoder>(model_, bo);
+  if (opt_.expert_flow) {
+    flow_ = opt_.expert_flow(*model_, std::max(opt_.n_batch, dec_->n_slots()));
+    dec_->set_moe_executor(flow_.get());
+  }
   n_ctx_ = dec_->n_ctx();
   for (int i = 0; i < dec_->n_slots(); ++i) {
     slots_.push_back(std::make_unique<Slot>());
@@ -135,6 +139,7 @@ RunnerStatus ModelRunner::status() const {
   const HParams& hp = model_->hparams();
   const double f16 = 2.0 * 2.0 * hp.n_layers * hp.kv_dim();
   s.kv_compression_vs_f16 = s.kv_bytes_per_token ? f16 / double(s.kv_bytes_per_token) : 1.0;
+  s.expert_hit_rate = expert_hit_rate_.load();
   return s;
 }
 
@@ -325,6 +330,7 @@ void ModelRunner::loop() {
       continue;
     }
     kv_used_ = dec_->kv_bytes_used();
+    if (flow_) expert_hit_rate_ = flow_->stats().hit_rate();
     for (size_t i = 0; i < rows.size(); ++i) {
       Slot& s = *slots_[size_t(rows[i])];
       s.cached.push_back(toks[i]);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "moe/expert_flow.h"
 #include "runtime/batch_decoder.h"
 #include "server/metrics.h"
 #include "server/model_store.h"
@@ -77,6 +78,9 @@ struct RunnerOptions {
   int max_queue = 128;
   // Called with the model path before loading, to fill in what was left to the planner (serve).
   std::function<void(const std::string& path, RunnerOptions& opt)> configure;
+  // Called once the model is loaded: the ExpertFlow runtime for its MoE layers (serve
+  // --expert-cache), or null (dense model, or experts stay on the CPU). max_rows: rows per forward.
+  std::function<std::shared_ptr<ExpertFlow>(const Model& model, int max_rows)> expert_flow;
 };
 
 struct RunnerStatus {
@@ -90,6 +94,7 @@ struct RunnerStatus {
   size_t kv_bytes_allocated = 0;
   size_t kv_bytes_per_token = 0;
   double kv_compression_vs_f16 = 1.0;
+  double expert_hit_rate = -1;  // share of routed experts computed on the expert tier; < 0: no ExpertFlow
 };
 
 class ModelRunner {
@@ -141,6 +146,8 @@ class ModelRunner {
   std::shared_ptr<const Model> model_;
   Tokenizer tok_;
   std::unique_ptr<BatchDecoder> dec_;
+  std::shared_ptr<ExpertFlow> flow_;           // used by the loop thread only, which ~ModelRunner joins first
+  std::atomic<double> expert_hit_rate_{-1.0};  // flow_'s, copied by the loop thread after each step
   int n_ctx_ = 0;
   std::vector<std::unique_ptr<Slot>> slots_;
   std::vector<float> masked_;

@@ -113,3 +113,47 @@ def test_bench_moe_measures_policies_with_the_host_tier(qleap_bin, moe_model):
     assert all(p["hit_rate"] == 0 for p in j["measured_tier"]["policies"])
     r = run(qleap_bin, "bench", "--moe", moe_model, "-p", "8", "-n", "8", "--expert-cache", "lots")
     assert r.returncode == 1 and b"--expert-cache: expected a byte count" in r.stderr
+
+
+def test_serve_runs_moe_models_through_the_expert_flow(qleap_bin, shared_models, moe_model):
+    """`qleap serve --expert-cache ... --expert-tier host`: a MoE model's greedy reply equals `qleap run`
+    without ExpertFlow, /api/qleap/status and /metrics report the expert-tier hit rate, and a dense model
+    in the same store is served as before (the flags apply to MoE models only)."""
+    import shutil
+    import urllib.request
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    from server_util import Server
+
+    s = Server(qleap_bin, shared_models, ["--expert-cache", "1M", "--expert-tier", "host"])
+    try:
+        shutil.copy(moe_model, s.models / "moe.gguf")
+
+        def post(path, body):
+            req = urllib.request.Request(s.url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return json.loads(r.read())
+
+        opts = {"temperature": 0, "num_predict": 12, "repeat_penalty": 1.0}
+        reply = post("/api/generate", {"model": "moe", "prompt": "hello world", "raw": True, "stream": False,
+                                       "options": opts})
+        plain = gen(qleap_bin, moe_model).stdout.decode()
+        assert plain.rstrip("\n") == "hello world" + reply["response"]
+        with urllib.request.urlopen(s.url + "/api/qleap/status", timeout=10) as r:
+            status = json.loads(r.read())
+        assert status["expert_cache_hit_rate"] is not None and 0.0 <= status["expert_cache_hit_rate"] <= 1.0
+        with urllib.request.urlopen(s.url + "/metrics", timeout=10) as r:
+            assert 'qleap_expert_cache_hit_rate{model="moe:latest"}' in r.read().decode()
+        dense = post("/api/generate", {"model": "stories260K", "prompt": "Once", "raw": True, "stream": False,
+                                       "options": opts})
+        assert dense["done"] and dense["eval_count"] == 12
+    finally:
+        assert s.stop() == 0, "server exited with an error"
+
+
+def test_serve_rejects_bad_expert_flags(qleap_bin, tmp_path):
+    r = run(qleap_bin, "serve", "--port", "0", "--models", tmp_path, "--expert-cache", "12Q")
+    assert r.returncode != 0 and b"--expert-cache: expected a byte count" in r.stderr
+    r = run(qleap_bin, "serve", "--port", "0", "--models", tmp_path, "--expert-tier", "host")
+    assert r.returncode != 0 and b"--expert-cache" in r.stderr
