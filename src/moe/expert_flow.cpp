@@ -10,9 +10,8 @@
 #include "moe/routing_trace.h"
 
 namespace qleap {
-namespace {
 
-ExpertCacheConfig cache_config(const ExpertFlowConfig& c, const ExpertSet& s) {
+ExpertCacheConfig expert_cache_config(const ExpertFlowConfig& c, const ExpertSet& s) {
   ExpertCacheConfig cc;
   cc.budget_bytes = c.budget_bytes;
   cc.expert_bytes = s.expert_bytes;
@@ -25,10 +24,8 @@ ExpertCacheConfig cache_config(const ExpertFlowConfig& c, const ExpertSet& s) {
   return cc;
 }
 
-}  // namespace
-
 ExpertFlow::ExpertFlow(const Model& model, const ExpertFlowConfig& cfg)
-    : model_(model), cfg_(cfg), set_(expert_set_of(model)), cache_(cache_config(cfg, set_)) {
+    : model_(model), cfg_(cfg), set_(expert_set_of(model)), cache_(expert_cache_config(cfg, set_)) {
   slots_ = cache_.slots_per_layer();
   const int k = std::max(1, model.hparams().n_expert_used);
   const int max_rows = cfg.max_rows > 0 ? cfg.max_rows : 512 * k;

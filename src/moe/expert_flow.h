@@ -55,6 +55,9 @@ struct ExpertFlowStats {
   double recall() const { return predicted > 0 ? double(predicted_found) / double(predicted) : -1.0; }
 };
 
+// The cache-policy config a flow runs: the flow's policy fields with the experts' shape and size.
+ExpertCacheConfig expert_cache_config(const ExpertFlowConfig& c, const ExpertSet& s);
+
 class ExpertFlow : public MoeExecutor {
  public:
   // Builds the policy and the tier and uploads the seed placement (waiting for it: this is load

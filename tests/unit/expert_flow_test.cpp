@@ -227,15 +227,7 @@ TEST(ExpertFlow, StatisticsMatchTheCacheSimulationOfTheSameTrace) {
         EXPECT_TRUE(bit_equal(got, ref)) << name << " mode " << mode;
         flow.tier().wait_uploads();
 
-        ExpertCacheConfig cc;
-        cc.budget_bytes = budget;
-        cc.expert_bytes = set.expert_bytes;
-        cc.n_layers = set.n_moe();
-        cc.n_expert = set.n_expert;
-        cc.dynamic = cfg.dynamic;
-        cc.admit_hits = cfg.admit_hits;
-        cc.window = cfg.window;
-        cc.eviction = cfg.eviction;
+        const ExpertCacheConfig cc = expert_cache_config(cfg, set);
         const CacheSimResult sim = simulate_cache(rec.trace(), cc, cfg.seed, cfg.prefetch, 0, "sim");
         const ExpertCacheStats& a = flow.cache().stats();
         const ExpertFlowStats fs = flow.stats();
