@@ -2,16 +2,15 @@
 
 #include <fmt/format.h>
 
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 
 #include "backend/cuda/cuda_api.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/timer.h"
 #include "model/model.h"
 #include "moe/expert_cache.h"
@@ -29,11 +28,7 @@ namespace {
 std::vector<int32_t> bench_tokens(const Model& model, const MoeBenchOptions& mo, int n) {
   std::vector<int32_t> ids;
   if (!mo.text.empty()) {
-    std::ifstream in(mo.text, std::ios::binary);
-    if (!in) throw IoError(fmt::format("cannot read '{}'", mo.text));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    ids = Tokenizer::from_gguf(model.file()).encode(ss.str(), false, false);
+    ids = Tokenizer::from_gguf(model.file()).encode(read_file(mo.text), false, false);
     if (int(ids.size()) < n) {
       throw InvalidArgument(fmt::format("'{}' has {} tokens, the bench needs {}", mo.text, ids.size(), n));
     }

@@ -7,13 +7,13 @@
 //    with both caches: PPL of each, the paired PPL ratio, mean / p99 / max KLD and top-1 agreement.
 #include <fmt/format.h>
 
-#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/timer.h"
 #include "model/model.h"
 #include "runtime/logit_compare.h"
@@ -102,14 +102,6 @@ void print_side_by_side(const std::string& a_name, const std::string& a, const s
     fmt::print("  {}{} | {}\n", x,
                std::string(size_t(width) - std::min<size_t>(width, display_width(x)), ' '), y);
   }
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(fmt::format("cannot read '{}'", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 nlohmann::json summary_json(const CompareStats& st) {

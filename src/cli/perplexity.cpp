@@ -4,12 +4,11 @@
 #include <fmt/format.h>
 
 #include <cmath>
-#include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/timer.h"
 #include "model/model.h"
 #include "runtime/session.h"
@@ -25,10 +24,7 @@ struct PplOptions {
 };
 
 void perplexity_command(PplOptions& o) {
-  std::ifstream in(o.text_file, std::ios::binary);
-  if (!in) throw IoError(fmt::format("cannot read '{}'", o.text_file));
-  std::stringstream ss;
-  ss << in.rdbuf();
+  const std::string text = read_file(o.text_file);  // before loading the model: a bad path fails fast
   const std::string path = resolve_model(o.common.model);
   auto model = load_model(path);
   const Tokenizer tok = Tokenizer::from_gguf(model->file());
@@ -36,11 +32,12 @@ void perplexity_command(PplOptions& o) {
   auto_session_options(o.common, path, /*quiet=*/true, &so.gpu_layers);  // only the GPU layer count
   Session session(model, so);
   const int n_ctx = session.n_ctx();
-  const std::vector<int32_t> ids = tok.encode(ss.str(), false, false);
+  const std::vector<int32_t> ids = tok.encode(text, false, false);
   int n_chunks = int(ids.size()) / n_ctx;
   if (o.chunks > 0) n_chunks = std::min(n_chunks, o.chunks);
   if (n_chunks == 0) {
-    throw InvalidArgument(fmt::format("'{}' has {} tokens, fewer than one context of {}", o.text_file, ids.size(), n_ctx));
+    throw InvalidArgument(
+        fmt::format("'{}' has {} tokens, fewer than one context of {}", o.text_file, ids.size(), n_ctx));
   }
   std::cerr << fmt::format("[{} tokens, {} chunks of {}, KV {}]\n", ids.size(), n_chunks, n_ctx, o.common.kv);
   double sum = 0, sum2 = 0;
@@ -64,7 +61,8 @@ void perplexity_command(PplOptions& o) {
       ++count;
     }
     const double mean = sum / double(count);
-    std::cerr << fmt::format("[{}/{}] ppl {:.4f}  ({:.1f} s)\n", c + 1, n_chunks, std::exp(mean), sw.elapsed());
+    std::cerr << fmt::format("[{}/{}] ppl {:.4f}  ({:.1f} s)\n", c + 1, n_chunks, std::exp(mean),
+                             sw.elapsed());
   }
   const double mean = sum / double(count);
   const double var = std::max(0.0, sum2 / double(count) - mean * mean);

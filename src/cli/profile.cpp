@@ -5,12 +5,11 @@
 #include <fmt/format.h>
 
 #include <filesystem>
-#include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/timer.h"
 #include "model/model.h"
 #include "moe/expert_profile.h"
@@ -31,16 +30,13 @@ struct ProfileOptions {
 };
 
 void profile_command(ProfileOptions& o) {
-  std::ifstream in(o.text_file, std::ios::binary);
-  if (!in) throw IoError(fmt::format("cannot read '{}'", o.text_file));
-  std::stringstream ss;
-  ss << in.rdbuf();
+  const std::string text = read_file(o.text_file);  // before loading the model: a bad path fails fast
   const std::string path = resolve_model(o.common.model);
   auto model = load_model(path);
   if (model->hparams().n_expert == 0)
     throw InvalidArgument(fmt::format("'{}' is not a mixture-of-experts model", path));
   const Tokenizer tok = Tokenizer::from_gguf(model->file());
-  std::vector<int32_t> ids = tok.encode(ss.str(), false, false);
+  std::vector<int32_t> ids = tok.encode(text, false, false);
   if (o.max_tokens > 0 && int(ids.size()) > o.max_tokens) ids.resize(size_t(o.max_tokens));
   if (ids.empty()) throw InvalidArgument(fmt::format("'{}' has no tokens", o.text_file));
   SessionOptions so{o.common.ctx == 0 ? 512 : o.common.ctx, o.common.threads, o.common.kv, o.common.batch};

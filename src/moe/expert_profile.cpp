@@ -7,9 +7,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
-#include <sstream>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 namespace qleap {
 
@@ -133,11 +133,7 @@ ExpertProfile profile_from_json(const std::string& text) {
 }
 
 ExpertProfile load_profile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw IoError(fmt::format("cannot open '{}'", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return profile_from_json(ss.str());
+  return profile_from_json(read_file(path));
 }
 
 void save_profile(const ExpertProfile& p, const std::string& path) {
