@@ -76,6 +76,17 @@ uint64_t decode_bytes_per_token(const GgufFile& f) {
   return n;
 }
 
+// Fills the first `ctx.size()` positions for a decode-at-depth test: random K/V stored straight into
+// the cache (--fill random) or a prefill of the given tokens. Not timed by the callers' rates.
+void fill_depth(Session& s, const std::string& fill, const std::vector<int32_t>& ctx) {
+  if (ctx.empty()) return;
+  if (fill == "random") {
+    s.fill_random_context(int(ctx.size()), 1234);
+  } else {
+    s.eval(ctx);
+  }
+}
+
 std::vector<std::string> split_commas(const std::string& s) {
   std::vector<std::string> out;
   size_t b = 0;
@@ -119,13 +130,7 @@ void bench_kv_compare(BenchOptions& o, const std::vector<std::string>& types) {
     sessions.push_back(std::make_unique<Session>(model, so));
     Session& s = *sessions.back();
     Stopwatch sw;
-    if (o.depth > 0) {
-      if (o.fill == "random") {
-        s.fill_random_context(o.depth, 1234);
-      } else {
-        s.eval(ctx);
-      }
-    }
+    fill_depth(s, o.fill, ctx);
     s.eval({gen[0]});  // warm-up
     if (!o.json)
       std::cerr << fmt::format("[{}: context of {} tokens filled ({}) in {:.1f} s]\n", type, o.depth, o.fill,
@@ -260,11 +265,7 @@ void bench_command(BenchOptions& o) {
       std::vector<int32_t> ctx(size_t(o.depth));
       for (auto& t : ctx) t = pick(rng);
       Stopwatch sw;
-      if (o.fill == "random") {
-        session.fill_random_context(o.depth, 1234);
-      } else {
-        session.eval(ctx);
-      }
+      fill_depth(session, o.fill, ctx);
       out["depth"] = {{"n", o.depth}, {"fill", o.fill}, {"fill_seconds", sw.elapsed()}};
       if (!o.json)
         std::cerr << fmt::format("[context of {} tokens filled ({}) in {:.1f} s]\n", o.depth, o.fill,

@@ -281,11 +281,15 @@ class TurboQuantKvCache final : public KvCache {
     tq_rotate_query(st, centered(st.layout.dim, x, mu, inv_s, tmp), out);
   }
 
+  // Start of (layer, kv head)'s sink rows in sink_k_ / sink_v_.
+  size_t sink_offset(int layer, int g) const {
+    return (size_t(layer) * shape_.n_kv_heads + size_t(g)) * sink_ * shape_.head_dim;
+  }
   float* sink_row(std::vector<float>& buf, int layer, int g, int pos) {
-    return &buf[((size_t(layer) * shape_.n_kv_heads + size_t(g)) * sink_ + size_t(pos)) * shape_.head_dim];
+    return &buf[sink_offset(layer, g) + size_t(pos) * shape_.head_dim];
   }
   TqExactPrefix prefix(int layer, int g) const {
-    const size_t off = (size_t(layer) * shape_.n_kv_heads + size_t(g)) * sink_ * shape_.head_dim;
+    const size_t off = sink_offset(layer, g);
     return TqExactPrefix{sink_, sink_k_.data() + off, sink_v_.data() + off};
   }
 
