@@ -47,7 +47,9 @@ struct ModelInfo {
 };
 
 // KV types the planner considers by default, best quality first. tq4 is the last resort: it costs
-// a few percent of perplexity (docs/turboquant.md), so it is only chosen when nothing else fits.
+// about half a percent of perplexity (docs/turboquant.md), so it is only chosen when nothing else
+// fits. The planner counts per-token bytes only, not TurboQuant's fixed exact rows (~1.5 MiB for a 135M
+// model, 8 MiB for an 8B one with the default window).
 const std::vector<std::string>& planner_kv_types();
 
 // Reads sizes from the file and asks each cache type for its bytes per token. Throws FormatError

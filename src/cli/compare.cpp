@@ -148,6 +148,11 @@ void compare_command(CompareOptions& o) {
   out["base"] = o.base;
   out["kv"] = o.common.kv;
   out["kv_bytes_per_token"] = {{"base", base.kv().bytes_per_token()}, {"test", test.kv().bytes_per_token()}};
+  // What the cache holds besides its per-position bytes (TurboQuant's exact sink and window rows).
+  const auto fixed = [](const KvCache& kv) {
+    return kv.allocated_bytes() - kv.bytes_per_token() * size_t(kv.shape().n_ctx);
+  };
+  out["kv_fixed_bytes"] = {{"base", fixed(base.kv())}, {"test", fixed(test.kv())}};
 
   CompareStats total;
   if (text_mode) {

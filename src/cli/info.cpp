@@ -2,6 +2,7 @@
 // when no model is given (CPU, RAM, measured bandwidth, GPUs).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -72,11 +73,13 @@ void info_command(const InfoOptions& o) {
   for (const auto& t : file->tensors()) n_params += t.n_elements();
 
   // KV bytes come from the cache implementation itself, so the figure is what a session allocates.
-  size_t kv_per_token = 0, kv_fixed = 0;  // fixed: independent of the context (TurboQuant's exact sink)
+  size_t kv_per_token = 0, kv_fixed = 0;  // fixed: not per token (TurboQuant's exact sink and window)
   std::string kv_note;
   try {
     auto model = load_model(path);
-    Session probe(model, SessionOptions{16, 1, o.kv, 16});
+    // At the context of the estimate: exact rows (TurboQuant's recent window) are capped by it. The
+    // records are allocated but never touched, so this costs address space, not memory.
+    Session probe(model, SessionOptions{std::max(o.ctx, 16), 1, o.kv, 16});
     kv_per_token = probe.kv().bytes_per_token();
     kv_fixed = probe.kv().allocated_bytes() - kv_per_token * size_t(probe.kv().shape().n_ctx);
   } catch (const std::exception& e) {
@@ -97,7 +100,8 @@ void info_command(const InfoOptions& o) {
     j["kv_fixed_bytes"] = kv_fixed;
     if (o.tensors) {
       for (const auto& t : file->tensors()) {
-        j["tensors"].push_back({{"name", t.name}, {"type", type_name(t.type)}, {"shape", t.shape}, {"bytes", t.nbytes}});
+        j["tensors"].push_back(
+            {{"name", t.name}, {"type", type_name(t.type)}, {"shape", t.shape}, {"bytes", t.nbytes}});
       }
     }
     std::cout << j.dump(2) << "\n";
@@ -105,8 +109,8 @@ void info_command(const InfoOptions& o) {
   }
 
   fmt::print("file:        {}\n", path);
-  fmt::print("GGUF:        v{}, {} metadata keys, {} tensors, alignment {}\n", file->version(), file->metadata().size(),
-             file->tensors().size(), file->alignment());
+  fmt::print("GGUF:        v{}, {} metadata keys, {} tensors, alignment {}\n", file->version(),
+             file->metadata().size(), file->tensors().size(), file->alignment());
   fmt::print("arch:        {}   name: {}\n", file->architecture(), file->get_string("general.name", "?"));
   fmt::print("parameters:  {:.1f} M\n", double(n_params) / 1e6);
   if (const GgufValue* ne = file->find_arch("expert_count"); ne != nullptr && ne->as_int() > 0) {
@@ -117,18 +121,19 @@ void info_command(const InfoOptions& o) {
     for (const auto& t : file->tensors()) {
       if (t.name.find("_exps.") != std::string::npos) expert_params += double(t.n_elements());
     }
-    fmt::print("experts:     {:.0f} per layer, {:.0f} per token; {:.1f} M parameters active per token\n", n, k,
-               (double(n_params) - expert_params * (1.0 - k / n)) / 1e6);
+    fmt::print("experts:     {:.0f} per layer, {:.0f} per token; {:.1f} M parameters active per token\n", n,
+               k, (double(n_params) - expert_params * (1.0 - k / n)) / 1e6);
   }
   fmt::print("weights:     {} ({:.2f} bits/weight)\n", human_bytes(double(file->tensor_bytes())),
              8.0 * double(file->tensor_bytes()) / double(std::max<int64_t>(1, n_params)));
   fmt::print("tensor types:\n");
-  for (const auto& [k, v] : by_type) fmt::print("  {:<6} {:>4} tensors  {}\n", k, v.first, human_bytes(double(v.second)));
+  for (const auto& [k, v] : by_type)
+    fmt::print("  {:<6} {:>4} tensors  {}\n", k, v.first, human_bytes(double(v.second)));
   if (kv_per_token) {
     const double kv_total = double(kv_per_token) * o.ctx + double(kv_fixed);
     fmt::print("KV cache ({}): {} per token{}; {} at ctx {}\n", o.kv, human_bytes(double(kv_per_token)),
-               kv_fixed ? fmt::format(" + {} fixed", human_bytes(double(kv_fixed))) : "", human_bytes(kv_total),
-               o.ctx);
+               kv_fixed ? fmt::format(" + {} fixed", human_bytes(double(kv_fixed))) : "",
+               human_bytes(kv_total), o.ctx);
     fmt::print("memory estimate at ctx {}: {} (weights, mmapped) + {} (KV)\n", o.ctx,
                human_bytes(double(file->tensor_bytes())), human_bytes(kv_total));
   } else {
@@ -150,7 +155,8 @@ void info_command(const InfoOptions& o) {
 
 void register_info(CLI::App& app) {
   auto opt = std::make_shared<InfoOptions>();
-  auto* cmd = app.add_subcommand("info", "Show a model's metadata, tensor types and memory needs (no model: this machine)");
+  auto* cmd = app.add_subcommand(
+      "info", "Show a model's metadata, tensor types and memory needs (no model: this machine)");
   cmd->add_option("model", opt->model, "GGUF file or model name");
   cmd->add_flag("--tensors", opt->tensors, "list every tensor");
   cmd->add_flag("--json", opt->json, "machine-readable output");

@@ -10,6 +10,7 @@
 #include <new>
 #include <vector>
 
+#include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/fp16.h"
 #include "turboquant/tq_attention.h"
@@ -98,6 +99,8 @@ class TurboQuantKvCache final : public KvCache {
     sink_ = std::min(spec.sink, s.n_ctx);
     sink_k_.assign(size_t(L) * s.n_kv_heads * sink_ * s.head_dim, 0.0f);
     sink_v_.assign(sink_k_.size(), 0.0f);
+    window_ = std::max(0, std::min(spec.window, s.n_ctx));
+    tail_.resize(size_t(L));
     stash_k_.resize(size_t(L));
     stash_v_.resize(size_t(L));
     // Not zero-filled, like the other caches: store() writes every position before attend() reads it.
@@ -132,6 +135,7 @@ class TurboQuantKvCache final : public KvCache {
     const float* isk = scaled_[size_t(layer)] ? &inv_s_k_[size_t(layer) * kvd] : nullptr;
     const float* isv = vscaled_[size_t(layer)] ? &inv_s_v_[size_t(layer) * kvd] : nullptr;
     const size_t kr = k_rec_[size_t(layer)], vr = v_rec_[size_t(layer)];
+    prepare_window(layer, pos, n_tokens);
     // Items: (kv head, chunk of tokens); ~2 us per vector, so prefill is worth threading.
     const int P = pool_ ? pool_->size() : 1;
     const int n_chunks = std::max(1, std::min(n_tokens / 16, (4 * P + s.n_kv_heads - 1) / s.n_kv_heads));
@@ -143,8 +147,9 @@ class TurboQuantKvCache final : public KvCache {
       const TqState& vs = vstate(layer, g);
       uint8_t* kb = keys(layer, g) + size_t(pos) * kr;
       uint8_t* vb = values(layer, g) + size_t(pos) * vr;
-      thread_local std::vector<float> tmp;
+      thread_local std::vector<float> tmp, rot;
       tmp.resize(size_t(hd));
+      rot.resize(size_t(hd));
       for (int t = t0; t < t1; ++t) {
         const float* kx = k + size_t(t) * kvd + size_t(g) * hd;
         const float* vx = v + size_t(t) * kvd + size_t(g) * hd;
@@ -158,6 +163,12 @@ class TurboQuantKvCache final : public KvCache {
           // The record is written too (it gets zero weight): every position has one.
           exact_one(ks, kx, mk, sk, tmp.data(), sink_row(sink_k_, layer, g, pos + t));
           exact_one(vs, vx, mv, sv, tmp.data(), sink_row(sink_v_, layer, g, pos + t));
+        }
+        if (window_ > 0) {
+          exact_one(ks, kx, mk, sk, tmp.data(), rot.data());
+          fp32_to_fp16_row(rot.data(), window_row(tail_[size_t(layer)].k, layer, g, pos + t), hd);
+          exact_one(vs, vx, mv, sv, tmp.data(), rot.data());
+          fp32_to_fp16_row(rot.data(), window_row(tail_[size_t(layer)].v, layer, g, pos + t), hd);
         }
       }
     };
@@ -234,9 +245,12 @@ class TurboQuantKvCache final : public KvCache {
     for (size_t l = 0; l < k_rec_.size(); ++l) n += (k_rec_[l] + v_rec_[l]) * size_t(shape_.n_kv_heads);
     return n;
   }
-  // The records plus the exact prefix (a constant: sink_ positions per layer and kv head).
+  // The records plus the exact rows: sink_ (floats) and window_ (fp16) positions per layer and kv
+  // head, K and V (a constant). A prefill batch's own rows are held too while it is attended (window_row);
+  // like the activations they are computed from, they are not counted.
   size_t allocated_bytes() const override {
-    return total_ + (sink_k_.size() + sink_v_.size()) * sizeof(float);
+    const size_t window_values = size_t(window_) * shape_.n_layers * shape_.n_kv_heads * 2 * shape_.head_dim;
+    return total_ + (sink_k_.size() + sink_v_.size()) * sizeof(float) + window_values * sizeof(uint16_t);
   }
   const char* type_name() const override { return name_.c_str(); }
 
@@ -288,9 +302,66 @@ class TurboQuantKvCache final : public KvCache {
   float* sink_row(std::vector<float>& buf, int layer, int g, int pos) {
     return &buf[sink_offset(layer, g) + size_t(pos) * shape_.head_dim];
   }
-  TqExactPrefix prefix(int layer, int g) const {
+
+  // The window rows of a layer: a ring of `cap` slots per kv head ([kv head][slot][head_dim], position
+  // p in slot p % cap) holding positions [begin, end).
+  struct WindowRing {
+    std::vector<uint16_t> k, v;
+    int64_t cap = 0, begin = 0, end = 0;
+  };
+
+  uint16_t* window_row(std::vector<uint16_t>& buf, int layer, int g, int64_t pos) {
+    const WindowRing& w = tail_[size_t(layer)];
+    return &buf[(size_t(g) * size_t(w.cap) + size_t(pos % w.cap)) * shape_.head_dim];
+  }
+
+  // Before positions [pos, pos + n) of a layer are stored: keeps the held rows that queries of this
+  // batch can still need ([pos - window + 1, pos), if held: a sequence that restarted or jumped
+  // back keeps only what it wrote) and makes room for the batch. Decode needs window_ slots (the
+  // window_ - 1 previous positions and the new one); a prefill of n tokens needs window_ - 1 + n for
+  // as long as it is attended, then the ring shrinks back.
+  void prepare_window(int layer, int pos, int n) {
+    if (window_ <= 0) return;
+    WindowRing& w = tail_[size_t(layer)];
+    int64_t keep = pos;  // rows [keep, pos) are carried over
+    if (w.end >= pos && w.cap > 0)
+      keep = std::min<int64_t>(pos, std::max<int64_t>(pos - (window_ - 1), w.begin));
+    const int64_t need = pos + n - keep;
+    const int64_t cap = std::max<int64_t>(need, window_);
+    if (need > w.cap || w.cap > 4 * cap) {
+      const size_t hd = size_t(shape_.head_dim), H = size_t(shape_.n_kv_heads);
+      std::vector<uint16_t> nk(H * size_t(cap) * hd), nv(nk.size());
+      for (size_t g = 0; g < H; ++g)
+        for (int64_t p = keep; p < pos; ++p) {
+          const size_t from = (g * size_t(w.cap) + size_t(p % w.cap)) * hd,
+                       to = (g * size_t(cap) + size_t(p % cap)) * hd;
+          std::copy_n(&w.k[from], hd, &nk[to]);
+          std::copy_n(&w.v[from], hd, &nv[to]);
+        }
+      w.k.swap(nk);
+      w.v.swap(nv);
+      w.cap = cap;
+    }
+    w.begin = keep;
+    w.end = pos + n;
+  }
+
+  TqExactRows exact(int layer, int g) const {
+    TqExactRows x;
     const size_t off = sink_offset(layer, g);
-    return TqExactPrefix{sink_, sink_k_.data() + off, sink_v_.data() + off};
+    x.sink = sink_;
+    x.sink_k = sink_k_.data() + off;
+    x.sink_v = sink_v_.data() + off;
+    if (window_ > 0) {
+      const WindowRing& w = tail_[size_t(layer)];
+      x.window = window_;
+      x.begin = w.begin;
+      x.end = w.end;
+      x.ring = w.cap;
+      x.win_k = w.k.data() + size_t(g) * size_t(w.cap) * shape_.head_dim;
+      x.win_v = w.v.data() + size_t(g) * size_t(w.cap) * shape_.head_dim;
+    }
+    return x;
   }
 
   // Ends the calibration of a layer whose first chunk is stashed: per kv head and channel i, with
@@ -363,10 +434,10 @@ class TurboQuantKvCache final : public KvCache {
       const int t0 = int(int64_t(n_q) * c / n_chunks), t1 = int(int64_t(n_q) * (c + 1) / n_chunks);
       if (t1 <= t0) return;
       const size_t head_off = size_t(g) * group * hd;
-      const TqExactPrefix pfx = prefix(layer, g);
+      const TqExactRows x = exact(layer, g);
       tq_attend_gqa(kstate(layer, g), vstate(layer, g), pos0 + t0, t1 - t0, group,
                     q + size_t(t0) * row + head_off, row, keys(layer, g), kr, values(layer, g), vr, scale,
-                    out + size_t(t0) * row + head_off, row, sink_ > 0 ? &pfx : nullptr);
+                    out + size_t(t0) * row + head_off, row, x.empty() ? nullptr : &x);
     };
     // Multiply-adds; below a few tens of thousands the dispatch costs more than it saves.
     const double work = double(n_q) * s.n_heads * (pos0 + 0.5 * n_q + 1) * hd * 2;
@@ -400,7 +471,7 @@ class TurboQuantKvCache final : public KvCache {
       const int64_t jb = n_keys * split / n_split, je = n_keys * (split + 1) / n_split;
       const TqState& ks = kstate(layer, g);
       const TqState& vs = vstate(layer, g);
-      const TqExactPrefix pfx = prefix(layer, g);
+      const TqExactRows x = exact(layer, g);
       thread_local std::vector<float> qr, sc, acc;
       qr.resize(size_t(group) * hd);
       sc.resize(size_t(group) * kTileKeys);
@@ -445,7 +516,7 @@ class TurboQuantKvCache final : public KvCache {
             }
           }
         }
-        if (j0 < sink_) tq_prefix_scores(pfx, qr.data(), group, hd, j0, nt, sc.data(), kTileKeys);
+        tq_exact_scores(x, n_keys, qr.data(), group, hd, j0, nt, sc.data(), kTileKeys);
         for (int h = 0; h < group; ++h) {
           float* w = &sc[size_t(h) * kTileKeys];
           float mx = m[h];
@@ -461,7 +532,7 @@ class TurboQuantKvCache final : public KvCache {
           for (int64_t j = 0; j < nt; ++j) sum += (w[j] = std::exp(w[j] * scale - mx));
           l[h] += sum;
         }
-        if (j0 < sink_) tq_prefix_accumulate(pfx, sc.data(), kTileKeys, group, hd, j0, nt, acc.data());
+        tq_exact_accumulate(x, n_keys, sc.data(), kTileKeys, group, hd, j0, nt, acc.data());
         tq_accumulate_values(vs, sc.data(), kTileKeys, group, values(layer, g) + size_t(j0) * vr, vr, nt,
                              acc.data());
       }
@@ -525,7 +596,8 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<TqState> k_states_, v_states_;
   std::vector<size_t> k_rec_, v_rec_, layer_off_;
   std::vector<float> mu_k_, mu_v_;
-  int sink_ = 0;
+  int sink_ = 0, window_ = 0;
+  std::vector<WindowRing> tail_;        // per layer
   std::vector<float> sink_k_, sink_v_;  // [layer][kv head][sink position][head_dim], rotated space
   std::vector<uint8_t> calibrated_, scaled_, vscaled_;
   std::vector<float> s_v_, inv_s_v_;                   // per layer and value channel
@@ -574,6 +646,10 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
       spec.center = false;
       spec.ls_norm = false;
       spec.sink = 0;
+      spec.window = 0;
+    } else if (opt.size() > 1 && opt.size() <= 6 && opt[0] == 'w' &&
+               std::all_of(opt.begin() + 1, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      spec.window = std::stoi(opt.substr(1));
     } else if (opt.size() > 4 && opt.size() <= 8 && opt.compare(0, 4, "sink") == 0 &&
                std::all_of(opt.begin() + 4, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       spec.sink = std::stoi(opt.substr(4));
@@ -616,7 +692,8 @@ TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value, float bits
 const char* tq_kv_type_help() {
   return "tq2, tq2.5, tq3, tq3.5, tq4 (TurboQuant, K and V at that many bits), kXvY with X, Y in "
          "{2, 2.5, 3, 3.5, 4} (e.g. k4v3, k4v2, k3v2: K at X bits, V at Y bits); options appended with ':' "
-         "- plain (no centering, plain norms, no exact sink), sinkN (first N positions exact, default 1), "
+         "- plain (no centering, plain norms, no exact sink or window), sinkN (first N positions exact, "
+         "default 1), wN (each query's last N positions exact, default 64), "
          "nocenter, noscale, vscale, qjl, eN (first and last N layers "
          "at 4 bits), "
          "e.g. tq3:e2";

@@ -10,8 +10,10 @@
 //    mu_v + sum_j w_j (v_j - mu_v) because the weights sum to 1. Centering removes the large shared
 //    offset of real keys, so the quantization error scales with the keys' spread, not their norm.
 //  - least-squares norms (TqConfig::ls_norm).
-//  - an exact prefix: the first `sink` positions of a sequence (the attention sink, usually BOS) are
-//    also kept as floats and attention uses those instead of their records (TqExactPrefix).
+//  - exact rows (TqExactRows): the first `sink` positions of a sequence (the attention sink, usually
+//    BOS) and each query's last `window` positions are also kept as floats, and attention uses those
+//    instead of their records. Both are constants (a few positions per layer and kv head), not a
+//    per-token cost; allocated_bytes() counts them.
 #pragma once
 #include <memory>
 #include <optional>
@@ -34,6 +36,10 @@ struct TqKvSpec {
   bool qscale = true;   // query-aware key channel scales, calibrated with the centering (needs center)
   // Leading positions kept exactly (floats, per layer and kv head: a constant, not per token).
   int sink = 1;
+  // Recent positions kept exactly: a query at position p sees p - window + 1 .. p as fp16 rows (a ring
+  // of `window` positions per layer and kv head, plus the current batch while it is attended). 64: on
+  // SmolLM2 at 2048 context tq3 goes from +16.5% PPL without to +1.3% (docs/turboquant.md).
+  int window = 64;
   // Value channel scales b_i^(1/4) (b_i: centered energy of channel i), calibrated with the centering.
   // Off by default: measured no gain on SmolLM2 / stories260K (docs/turboquant.md).
   bool vscale = false;
@@ -50,8 +56,9 @@ struct TqKvSpec {
 
 // Parses a TurboQuant KV type name: "tqB" (K and V at B bits) or "kXvY" (K at X, V at Y bits), with
 // B, X, Y in {2, 2.5, 3, 3.5, 4}, followed by any of these options, each after a ':':
-//   plain     the paper's quantizer: no centering, plain norms, no exact sink
+//   plain     the paper's quantizer: no centering, plain norms, no exact sink or window
 //   sinkN     keep the first N positions exactly (default 1; sink0: none)
+//   wN        keep each query's last N positions exactly (default 64; w0: none)
 //   nocenter  no centering and no channel scales (least-squares norms kept)
 //   noscale   centering without the query-aware key channel scales
 //   vscale    also scale value channels (measured: no gain)

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "backend/cpu/ops.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/fp16.h"
@@ -123,37 +124,98 @@ void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, in
   pick_accum(st.layout)(kernel_args(st), w, w_stride, n_q, values, value_stride, n, acc_rot);
 }
 
-void tq_prefix_scores(const TqExactPrefix& p, const float* q_rot, int n_q, int dim, int64_t j0, int64_t n,
-                      float* scores, size_t score_stride) {
-  const int64_t je = std::min<int64_t>(j0 + n, p.n);
-  for (int64_t j = j0; j < je; ++j) {
-    const float* k = p.k_rot + size_t(j) * dim;
-    for (int qi = 0; qi < n_q; ++qi) {
-      const float* qq = q_rot + size_t(qi) * dim;
-      float s = 0;
-      for (int i = 0; i < dim; ++i) s += qq[i] * k[i];
-      scores[size_t(qi) * score_stride + size_t(j - j0)] = s;
+namespace {
+
+// The row of an exact position j < m, as floats (in `buf` when converted), or null if j is not exact.
+const float* exact_row(const TqExactRows& x, bool value, int64_t j, int64_t m, int dim, float* buf) {
+  if (j < 0 || j >= m) return nullptr;
+  if (j < x.sink) return (value ? x.sink_v : x.sink_k) + size_t(j) * dim;
+  if (x.window <= 0 || j < m - x.window || j < x.begin || j >= x.end) return nullptr;
+  const uint16_t* h = (value ? x.win_v : x.win_k) + size_t(j % x.ring) * dim;
+  for (int i = 0; i < dim; ++i) buf[i] = fp16_to_fp32(h[i]);
+  return buf;
+}
+
+// The exact positions among [j0, j0 + n) of a query that sees [0, m): sink [j0, sink_end) and window
+// [win_lo, win_hi) (disjoint).
+struct ExactRanges {
+  int64_t sink_end, win_lo, win_hi;
+};
+ExactRanges exact_ranges(const TqExactRows& x, int64_t m, int64_t j0, int64_t n) {
+  const int64_t je = std::min(j0 + n, m);
+  ExactRanges r{std::min<int64_t>(je, x.sink), 0, 0};
+  if (x.window > 0) {
+    r.win_lo = std::max({j0, m - x.window, x.begin, int64_t(x.sink)});
+    r.win_hi = std::min(je, x.end);
+  }
+  return r;
+}
+
+}  // namespace
+
+bool TqExactRows::key_row(int64_t j, int64_t m, int dim, float* out) const {
+  const float* r = exact_row(*this, false, j, m, dim, out);
+  if (r && r != out) std::copy_n(r, dim, out);
+  return r != nullptr;
+}
+
+bool TqExactRows::value_row(int64_t j, int64_t m, int dim, float* out) const {
+  const float* r = exact_row(*this, true, j, m, dim, out);
+  if (r && r != out) std::copy_n(r, dim, out);
+  return r != nullptr;
+}
+
+void tq_exact_scores(const TqExactRows& x, int64_t m, const float* q_rot, int n_q, int dim, int64_t j0,
+                     int64_t n, float* scores, size_t score_stride) {
+  const ExactRanges r = exact_ranges(x, m, j0, n);
+  for (int64_t j = j0; j < r.sink_end; ++j) {
+    const float* k = x.sink_k + size_t(j) * dim;
+    for (int qi = 0; qi < n_q; ++qi)
+      scores[size_t(qi) * score_stride + size_t(j - j0)] = dot_f32(k, q_rot + size_t(qi) * dim, dim);
+  }
+  // fp16 window rows: the dispatched multi-query dot converts each row once for up to 8 queries.
+  const float* qp[8];
+  float out[8];
+  for (int q0 = 0; q0 < n_q && r.win_lo < r.win_hi; q0 += 8) {
+    const int nq = std::min(8, n_q - q0);
+    for (int i = 0; i < nq; ++i) qp[i] = q_rot + size_t(q0 + i) * dim;
+    for (int64_t j = r.win_lo; j < r.win_hi; ++j) {
+      dot_f16_multi(x.win_k + size_t(j % x.ring) * dim, qp, nq, dim, out);
+      for (int i = 0; i < nq; ++i) scores[size_t(q0 + i) * score_stride + size_t(j - j0)] = out[i];
     }
   }
 }
 
-void tq_prefix_accumulate(const TqExactPrefix& p, float* w, size_t w_stride, int n_q, int dim, int64_t j0,
-                          int64_t n, float* acc_rot) {
-  const int64_t je = std::min<int64_t>(j0 + n, p.n);
-  for (int64_t j = j0; j < je; ++j) {
-    const float* v = p.v_rot + size_t(j) * dim;
+void tq_exact_accumulate(const TqExactRows& x, int64_t m, float* w, size_t w_stride, int n_q, int dim,
+                         int64_t j0, int64_t n, float* acc_rot) {
+  const ExactRanges r = exact_ranges(x, m, j0, n);
+  for (int64_t j = j0; j < r.sink_end; ++j) {
+    const float* v = x.sink_v + size_t(j) * dim;
     for (int qi = 0; qi < n_q; ++qi) {
       float& wj = w[size_t(qi) * w_stride + size_t(j - j0)];
-      float* acc = acc_rot + size_t(qi) * dim;
-      for (int i = 0; i < dim; ++i) acc[i] += wj * v[i];
+      axpy_f32(wj, v, acc_rot + size_t(qi) * dim, dim);
       wj = 0.0f;
+    }
+  }
+  float* ap[8];
+  float p[8];
+  for (int q0 = 0; q0 < n_q && r.win_lo < r.win_hi; q0 += 8) {
+    const int nq = std::min(8, n_q - q0);
+    for (int i = 0; i < nq; ++i) ap[i] = acc_rot + size_t(q0 + i) * dim;
+    for (int64_t j = r.win_lo; j < r.win_hi; ++j) {
+      for (int i = 0; i < nq; ++i) {
+        float& wj = w[size_t(q0 + i) * w_stride + size_t(j - j0)];
+        p[i] = wj;
+        wj = 0.0f;
+      }
+      axpy_f16_multi(p, x.win_v + size_t(j % x.ring) * dim, ap, nq, dim);
     }
   }
 }
 
 void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
-               size_t value_stride, float scale, float* out, size_t out_stride, const TqExactPrefix* prefix) {
+               size_t value_stride, float scale, float* out, size_t out_stride, const TqExactRows* exact) {
   if (n_q <= 0) return;
   const int dk = ks.layout.dim, dv = vs.layout.dim;
   int64_t n_max = 0;
@@ -177,7 +239,16 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
     if (n_blk == 0) continue;
     float* wb = &w[size_t(q0) * n_max];
     tq_scores(ks, &q_rot[size_t(q0) * dk], nb, keys, key_stride, n_blk, wb, size_t(n_max));
-    if (prefix) tq_prefix_scores(*prefix, &q_rot[size_t(q0) * dk], nb, dk, 0, n_blk, wb, size_t(n_max));
+    // The window depends on each query's context: the block shares the exact rows only when its
+    // queries have the same context (a GQA group of one token).
+    const bool same_ctx = std::all_of(n_kv + q0, n_kv + q0 + nb, [&](int64_t m) { return m == n_blk; });
+    if (exact && same_ctx) {
+      tq_exact_scores(*exact, n_blk, &q_rot[size_t(q0) * dk], nb, dk, 0, n_blk, wb, size_t(n_max));
+    } else if (exact) {
+      for (int qi = q0; qi < q0 + nb; ++qi)
+        tq_exact_scores(*exact, n_kv[qi], &q_rot[size_t(qi) * dk], 1, dk, 0, n_blk, &w[size_t(qi) * n_max],
+                        size_t(n_max));
+    }
     for (int qi = q0; qi < q0 + nb; ++qi) {
       float* row = &w[size_t(qi) * n_max];
       const int64_t m = n_kv[qi];
@@ -192,7 +263,13 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
       for (int64_t j = 0; j < m; ++j) row[j] *= inv;
       for (int64_t j = m; j < n_blk; ++j) row[j] = 0.0f;  // causal mask: later positions get no weight
     }
-    if (prefix) tq_prefix_accumulate(*prefix, wb, size_t(n_max), nb, dv, 0, n_blk, &acc[size_t(q0) * dv]);
+    if (exact && same_ctx) {
+      tq_exact_accumulate(*exact, n_blk, wb, size_t(n_max), nb, dv, 0, n_blk, &acc[size_t(q0) * dv]);
+    } else if (exact) {
+      for (int qi = q0; qi < q0 + nb; ++qi)
+        tq_exact_accumulate(*exact, n_kv[qi], &w[size_t(qi) * n_max], size_t(n_max), 1, dv, 0, n_blk,
+                            &acc[size_t(qi) * dv]);
+    }
     tq_accumulate_values(vs, wb, size_t(n_max), nb, values, value_stride, n_blk, &acc[size_t(q0) * dv]);
   }
   for (int qi = 0; qi < n_q; ++qi) tq_unrotate(vs, &acc[size_t(qi) * dv], out + size_t(qi) * out_stride);
@@ -201,7 +278,7 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
 void tq_attend_gqa(const TqState& ks, const TqState& vs, int pos0, int n_tokens, int group, const float* q,
                    size_t q_row_stride, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                    size_t value_stride, float scale, float* out, size_t out_row_stride,
-                   const TqExactPrefix* prefix) {
+                   const TqExactRows* exact) {
   if (pos0 < 0 || n_tokens < 0 || group < 1 || group > 256)
     throw InvalidArgument("turboquant: bad GQA attention arguments");
   const int dk = ks.layout.dim, dv = vs.layout.dim;
@@ -210,25 +287,24 @@ void tq_attend_gqa(const TqState& ks, const TqState& vs, int pos0, int n_tokens,
     // One call per token: its `group` heads share the key unpacking and have the same context.
     for (int g = 0; g < group; ++g) n_kv[g] = int64_t(pos0) + t + 1;
     tq_attend(ks, vs, q + size_t(t) * q_row_stride, group, size_t(dk), n_kv, keys, key_stride, values,
-              value_stride, scale, out + size_t(t) * out_row_stride, size_t(dv), prefix);
+              value_stride, scale, out + size_t(t) * out_row_stride, size_t(dv), exact);
   }
 }
 
 void tq_attend_ref(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                    const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                    size_t value_stride, float scale, float* out, size_t out_stride,
-                   const TqExactPrefix* prefix) {
+                   const TqExactRows* exact) {
   const int dk = ks.layout.dim, dv = vs.layout.dim;
-  std::vector<float> k(dk), v(dv);
-  const int n_exact = prefix ? prefix->n : 0;
+  std::vector<float> k(dk), v(dv), row(size_t(std::max(dk, dv)));
   for (int qi = 0; qi < n_q; ++qi) {
     const float* qq = q + size_t(qi) * q_stride;
     const int64_t m = n_kv[qi];
     std::vector<double> s(size_t(std::max<int64_t>(m, 0)));
     double mx = -std::numeric_limits<double>::infinity();
     for (int64_t j = 0; j < m; ++j) {
-      if (j < n_exact) {
-        tq_unrotate(ks, prefix->k_rot + size_t(j) * dk, k.data());
+      if (exact && exact->key_row(j, m, dk, row.data())) {
+        tq_unrotate(ks, row.data(), k.data());
       } else {
         tq_dequantize(ks, keys + size_t(j) * key_stride, k.data());
       }
@@ -241,8 +317,8 @@ void tq_attend_ref(const TqState& ks, const TqState& vs, const float* q, int n_q
     for (int64_t j = 0; j < m; ++j) sum += (s[j] = std::exp(s[j] - mx));
     std::vector<double> o(dv, 0.0);
     for (int64_t j = 0; j < m; ++j) {
-      if (j < n_exact) {
-        tq_unrotate(vs, prefix->v_rot + size_t(j) * dv, v.data());
+      if (exact && exact->value_row(j, m, dv, row.data())) {
+        tq_unrotate(vs, row.data(), v.data());
       } else {
         tq_dequantize(vs, values + size_t(j) * value_stride, v.data());
       }

@@ -16,24 +16,39 @@
 
 namespace qleap {
 
-// Leading positions of a sequence kept exactly, as floats in the rotated space of their key / value
-// states (R k and R v after whatever centering or scaling the records get). The first token is an
-// attention sink in most models: it draws a large share of the weights while its key and value are
-// unlike the others, so its quantization error dominates the attention error (docs/turboquant.md).
-struct TqExactPrefix {
-  int n = 0;
-  const float* k_rot = nullptr;  // n rows of key-dim floats
-  const float* v_rot = nullptr;  // n rows of value-dim floats
+// Positions whose keys and values are also kept exactly, as floats in the rotated space of their key /
+// value states (R k and R v after whatever centering or scaling the records get); attention uses these
+// instead of their records. Two sets (docs/turboquant.md measures both):
+//  - the sink: positions [0, sink). The first token is an attention sink in most models: it draws a
+//    large share of the weights while its key and value are unlike the others, so its quantization
+//    error dominates the attention error;
+//  - a recent window: a query that sees positions [0, m) sees [m - window, m) exactly, for those
+//    positions whose rows are held ([begin, end)). Attention is local: most of a query's weight is on
+//    its last few dozen positions. These rows are fp16 (the f16 cache's precision, half the memory).
+struct TqExactRows {
+  int sink = 0;
+  const float* sink_k = nullptr;  // sink rows of key-dim floats
+  const float* sink_v = nullptr;  // sink rows of value-dim floats
+  int window = 0;
+  int64_t begin = 0, end = 0;       // positions held as window rows
+  int64_t ring = 0;                 // the rows are a ring of this many slots: position p in slot p % ring
+  const uint16_t* win_k = nullptr;  // slots of key-dim fp16 values
+  const uint16_t* win_v = nullptr;  // slots of value-dim fp16 values
+  bool empty() const { return sink <= 0 && window <= 0; }
+  // Whether position j is exact for a query that sees [0, m); if so, its key / value row as floats
+  // goes to out (dim floats).
+  bool key_row(int64_t j, int64_t m, int dim, float* out) const;
+  bool value_row(int64_t j, int64_t m, int dim, float* out) const;
 };
 
-// Overwrites the scores of prefix positions among keys [j0, j0 + n) with exact <q_rot, k_rot>
-// (scores laid out as in tq_scores, column j for key j0 + j).
-void tq_prefix_scores(const TqExactPrefix& p, const float* q_rot, int n_q, int dim, int64_t j0, int64_t n,
-                      float* scores, size_t score_stride);
-// For prefix positions among [j0, j0 + n): adds w * v_rot to acc_rot and zeroes the weight, so that
-// the tq_accumulate_values call that follows adds nothing for them.
-void tq_prefix_accumulate(const TqExactPrefix& p, float* w, size_t w_stride, int n_q, int dim, int64_t j0,
-                          int64_t n, float* acc_rot);
+// For queries that see [0, m): overwrites the scores of exact positions among keys [j0, j0 + n) with
+// exact <q_rot, k_rot> (scores laid out as in tq_scores, column j for key j0 + j).
+void tq_exact_scores(const TqExactRows& x, int64_t m, const float* q_rot, int n_q, int dim, int64_t j0,
+                     int64_t n, float* scores, size_t score_stride);
+// For queries that see [0, m) and exact positions among [j0, j0 + n): adds w * v_rot to acc_rot and
+// zeroes the weight, so that the tq_accumulate_values call that follows adds nothing for them.
+void tq_exact_accumulate(const TqExactRows& x, int64_t m, float* w, size_t w_stride, int n_q, int dim,
+                         int64_t j0, int64_t n, float* acc_rot);
 
 // q_rot = R q (dim floats), once per query head.
 void tq_rotate_query(const TqState& st, const float* q, float* q_rot);
@@ -54,11 +69,11 @@ void tq_unrotate(const TqState& st, const float* acc_rot, float* out);
 // positions [0, n_kv[qi]) (causal prefill: pos0 + t + 1; decode: all equal). out rows (out_stride
 // floats apart, dim = value dim) get sum_j softmax(scale * <q, k_hat_j>)_j v_hat_j. A query with
 // n_kv == 0 gets zeros. ks and vs may be different states (keys and values rotate independently).
-// Positions below prefix->n (if given) use the exact prefix instead of their records.
+// Exact positions (if given) use their rows instead of their records.
 void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                size_t value_stride, float scale, float* out, size_t out_stride,
-               const TqExactPrefix* prefix = nullptr);
+               const TqExactRows* exact = nullptr);
 
 // Causal GQA attention for one layer and KV head in the layout of KvCache::attend: n_tokens query
 // tokens at positions pos0 .. pos0 + n_tokens - 1, token t attending to [0, pos0 + t]; the `group`
@@ -68,14 +83,14 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
 void tq_attend_gqa(const TqState& ks, const TqState& vs, int pos0, int n_tokens, int group, const float* q,
                    size_t q_row_stride, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                    size_t value_stride, float scale, float* out, size_t out_row_stride,
-                   const TqExactPrefix* prefix = nullptr);
+                   const TqExactRows* exact = nullptr);
 
-// Reference: dequantizes every key and value with tq_dequantize (prefix positions: the inverse
-// rotation of their exact vectors) and attends in double.
+// Reference: dequantizes every key and value with tq_dequantize (exact positions: the inverse
+// rotation of their rows) and attends in double.
 void tq_attend_ref(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                    const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                    size_t value_stride, float scale, float* out, size_t out_stride,
-                   const TqExactPrefix* prefix = nullptr);
+                   const TqExactRows* exact = nullptr);
 
 // Which kernel tq_scores / tq_accumulate_values use for this layout at the current isa_level():
 // "scalar", "avx2" or "avx512". SIMD needs each bit segment to be a multiple of 8 coordinates.
