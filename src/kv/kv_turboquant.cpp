@@ -653,6 +653,9 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
     } else if (opt.size() > 4 && opt.size() <= 8 && opt.compare(0, 4, "sink") == 0 &&
                std::all_of(opt.begin() + 4, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       spec.sink = std::stoi(opt.substr(4));
+    } else if (opt.size() > 4 && opt.size() <= 10 && opt.compare(0, 4, "draw") == 0 &&
+               std::all_of(opt.begin() + 4, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      spec.draw = uint32_t(std::stoul(opt.substr(4)));
     } else if (opt == "nocenter") {
       spec.center = false;
     } else if (opt == "noscale") {
@@ -686,6 +689,8 @@ TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value, float bits
   // Values get another base seed ("VALUES" in the high bytes) so that tq_head_seed gives every
   // (layer, head) a value rotation independent of its key rotation.
   if (value) c.seed = kTqDefaultSeed ^ 0x56414c5545530000ull;
+  // Another draw: a distinct base seed for every (draw, key/value); tq_head_seed mixes it per head.
+  if (spec.draw != 0) c.seed ^= (uint64_t(spec.draw) * 0x9E3779B97F4A7C15ull) | 1;
   return c;
 }
 
@@ -693,7 +698,8 @@ const char* tq_kv_type_help() {
   return "tq2, tq2.5, tq3, tq3.5, tq4 (TurboQuant, K and V at that many bits), kXvY with X, Y in "
          "{2, 2.5, 3, 3.5, 4} (e.g. k4v3, k4v2, k3v2: K at X bits, V at Y bits); options appended with ':' "
          "- plain (no centering, plain norms, no exact sink or window), sinkN (first N positions exact, "
-         "default 1), wN (each query's last N positions exact, default 64), "
+         "default 1), wN (each query's last N positions exact, default 64), drawN (another draw of the "
+         "random rotations), "
          "nocenter, noscale, vscale, qjl, eN (first and last N layers "
          "at 4 bits), "
          "e.g. tq3:e2";

@@ -40,6 +40,9 @@ struct TqKvSpec {
   // of `window` positions per layer and kv head, plus the current batch while it is attended). 64: on
   // SmolLM2 at 2048 context tq3 goes from +16.5% PPL without to +1.3% (docs/turboquant.md).
   int window = 64;
+  // Which draw of the random rotations (0: the default seeds). Every draw is an equally valid cache; other
+  // draws measure how much a quality figure owes to one draw's luck.
+  uint32_t draw = 0;
   // Value channel scales b_i^(1/4) (b_i: centered energy of channel i), calibrated with the centering.
   // Off by default: measured no gain on SmolLM2 / stories260K (docs/turboquant.md).
   bool vscale = false;
@@ -59,6 +62,7 @@ struct TqKvSpec {
 //   plain     the paper's quantizer: no centering, plain norms, no exact sink or window
 //   sinkN     keep the first N positions exactly (default 1; sink0: none)
 //   wN        keep each query's last N positions exactly (default 64; w0: none)
+//   drawN     the N-th draw of the random rotations (default 0)
 //   nocenter  no centering and no channel scales (least-squares norms kept)
 //   noscale   centering without the query-aware key channel scales
 //   vscale    also scale value channels (measured: no gain)

@@ -213,11 +213,11 @@ TEST(TqKvCache, BytesPerTokenIsTheAllocation) {
 
 TEST(TqKvCache, RejectsBadNamesAndRanges) {
   KvShape s{.n_layers = 1, .n_ctx = 8, .n_heads = 2, .n_kv_heads = 1, .head_dim = 16};
-  for (const char* bad :
-       {"tq",        "tq5",           "tq1",   "tq4.0",  "TQ4",       "tq 4",       "k4",
-        "k4v",       "kv3",           "k4v5",  "k4v3x",  "v3k4",      "q3_0",       "",
-        "tq3.25",    "tq3:",          "tq3:x", "tq3:e",  "tq3:e1234", "tq3:plainx", "tq3:sink",
-        "tq3:sinkx", "tq3:sink12345", "tq3:w", "tq3:wx", "tq3:w-1",   "tq3:w123456"}) {
+  for (const char* bad : {"tq",        "tq5",        "tq1",         "tq4.0",     "TQ4",           "tq 4",
+                          "k4",        "k4v",        "kv3",         "k4v5",      "k4v3x",         "v3k4",
+                          "q3_0",      "",           "tq3.25",      "tq3:",      "tq3:x",         "tq3:e",
+                          "tq3:e1234", "tq3:plainx", "tq3:sink",    "tq3:sinkx", "tq3:sink12345", "tq3:w",
+                          "tq3:wx",    "tq3:w-1",    "tq3:w123456", "tq3:draw",  "tq3:draw1x"}) {
     try {
       make_kv_cache(bad, s);
       ADD_FAILURE() << "accepted '" << bad << "'";
@@ -249,6 +249,15 @@ TEST(TqKvCache, RejectsBadNamesAndRanges) {
   EXPECT_EQ(parse_tq_kv_type("tq3")->window, 64);
   EXPECT_EQ(parse_tq_kv_type("tq3:w16")->window, 16);
   EXPECT_EQ(parse_tq_kv_type("tq3:plain")->window, 0);
+  // Another draw of the rotations: other seeds for keys and values, still distinct from each other.
+  const auto d0 = parse_tq_kv_type("tq3"), d1 = parse_tq_kv_type("tq3:draw1"),
+             d2 = parse_tq_kv_type("tq3:draw2");
+  EXPECT_EQ(d1->draw, 1u);
+  std::vector<uint64_t> seeds;
+  for (const auto& d : {d0, d1, d2})
+    for (const bool value : {false, true}) seeds.push_back(tq_kv_config(*d, 64, value).seed);
+  std::sort(seeds.begin(), seeds.end());
+  EXPECT_EQ(std::unique(seeds.begin(), seeds.end()), seeds.end());
   auto kv = make_kv_cache("k4v2", s);
   std::vector<float> x(16 * 9, 1.0f), out(32);
   ThreadPool pool(1);
