@@ -38,7 +38,7 @@ struct TqKvSpec {
   int sink = 1;
   // Recent positions kept exactly: a query at position p sees p - window + 1 .. p as fp16 rows (a ring
   // of `window` positions per layer and kv head, plus the current batch while it is attended). 64: on
-  // SmolLM2 at 2048 context tq3 goes from +16.5% PPL without to +1.3% (docs/turboquant.md).
+  // SmolLM2 at 2048 context tq3 goes from +16.5% PPL without to about +2% (docs/turboquant.md).
   int window = 64;
   // Which draw of the random rotations (0: the default seeds). Every draw is an equally valid cache; other
   // draws measure how much a quality figure owes to one draw's luck.
