@@ -12,6 +12,7 @@
 #include <regex>
 
 #include "core/error.h"
+#include "core/json_int.h"
 #include "core/thread_pool.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
@@ -95,7 +96,8 @@ HParams read_hparams(const fs::path& dir) {
     h.norm_topk = h.model_type == "mixtral" || c.value("norm_topk_prob", false);
     if (h.n_expert_used <= 0 || h.n_expert_used > h.n_expert || h.n_ff_exp <= 0 || h.n_ff_shexp < 0)
       throw FormatError("config.json has inconsistent expert sizes");
-    if (auto clip = num(c, "clip_qkv")) throw Unsupported(fmt::format("clip_qkv = {} is not supported", *clip));
+    if (auto clip = num(c, "clip_qkv"))
+      throw Unsupported(fmt::format("clip_qkv = {} is not supported", *clip));
     if (num(c, "router_jitter_noise").value_or(0) != 0 && h.model_type != "mixtral")
       throw Unsupported("router_jitter_noise");
   }
@@ -123,8 +125,9 @@ HParams read_hparams(const fs::path& dir) {
   auto first_id = [&](const char* key) -> std::optional<int64_t> {
     auto it = c.find(key);
     if (it == c.end() || it->is_null()) return std::nullopt;
-    if (it->is_array()) return it->empty() ? std::nullopt : std::optional<int64_t>((*it)[0].get<int64_t>());
-    return it->get<int64_t>();
+    if (it->is_array())
+      return it->empty() ? std::nullopt : std::optional<int64_t>(json_integer<int64_t>((*it)[0], key));
+    return json_integer<int64_t>(*it, key);
   };
   h.bos = first_id("bos_token_id");
   h.eos = first_id("eos_token_id");
@@ -220,11 +223,12 @@ void write_tokenizer(GgufWriter& w, const fs::path& dir, const HParams& h, const
     return;
   }
   std::map<int64_t, std::string> by_id;
-  for (const auto& [tok, id] : model.at("vocab").items()) by_id[id.get<int64_t>()] = tok;
+  for (const auto& [tok, id] : model.at("vocab").items())
+    by_id[json_integer<int64_t>(id, "tokenizer.json vocab id")] = tok;
   std::map<int64_t, int32_t> types;
   if (t.contains("added_tokens")) {
     for (const auto& at : t["added_tokens"]) {
-      const int64_t id = at.at("id").get<int64_t>();
+      const int64_t id = json_integer<int64_t>(at.at("id"), "tokenizer.json added_tokens id");
       by_id[id] = at.at("content").get<std::string>();
       types[id] = at.value("special", false) ? 3 /*CONTROL*/ : 4 /*USER_DEFINED*/;
     }
@@ -279,14 +283,20 @@ std::string gguf_name(const std::string& hf) {
       {"lm_head.weight", "output.weight"},
   };
   static const std::map<std::string, std::string> kBlock = {
-      {"self_attn.q_proj", "attn_q"},      {"self_attn.k_proj", "attn_k"},
-      {"self_attn.v_proj", "attn_v"},      {"self_attn.o_proj", "attn_output"},
-      {"self_attn.q_norm", "attn_q_norm"}, {"self_attn.k_norm", "attn_k_norm"},
-      {"input_layernorm", "attn_norm"},    {"post_attention_layernorm", "ffn_norm"},
-      {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
+      {"self_attn.q_proj", "attn_q"},
+      {"self_attn.k_proj", "attn_k"},
+      {"self_attn.v_proj", "attn_v"},
+      {"self_attn.o_proj", "attn_output"},
+      {"self_attn.q_norm", "attn_q_norm"},
+      {"self_attn.k_norm", "attn_k_norm"},
+      {"input_layernorm", "attn_norm"},
+      {"post_attention_layernorm", "ffn_norm"},
+      {"mlp.gate_proj", "ffn_gate"},
+      {"mlp.up_proj", "ffn_up"},
       {"mlp.down_proj", "ffn_down"},
       // mixture of experts: routers (qwen*_moe / olmoe, mixtral) and qwen2moe's shared expert
-      {"mlp.gate", "ffn_gate_inp"},        {"block_sparse_moe.gate", "ffn_gate_inp"},
+      {"mlp.gate", "ffn_gate_inp"},
+      {"block_sparse_moe.gate", "ffn_gate_inp"},
       {"mlp.shared_expert.gate_proj", "ffn_gate_shexp"},
       {"mlp.shared_expert.up_proj", "ffn_up_shexp"},
       {"mlp.shared_expert.down_proj", "ffn_down_shexp"},
@@ -312,7 +322,9 @@ std::optional<std::pair<std::string, int64_t>> expert_name(const std::string& hf
   std::smatch m;
   if (!std::regex_match(hf, m, re)) return std::nullopt;
   const std::string p = m[3].str();
-  const char* what = (p == "gate_proj" || p == "w1") ? "ffn_gate_exps" : (p == "up_proj" || p == "w3") ? "ffn_up_exps" : "ffn_down_exps";
+  const char* what = (p == "gate_proj" || p == "w1") ? "ffn_gate_exps"
+                     : (p == "up_proj" || p == "w3") ? "ffn_up_exps"
+                                                     : "ffn_down_exps";
   return std::make_pair(fmt::format("blk.{}.{}.weight", m[1].str(), what), std::stoll(m[2].str()));
 }
 

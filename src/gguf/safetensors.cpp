@@ -122,6 +122,10 @@ void SafetensorsFile::parse_all(const std::string& label) {
       if (es == 0) throw fail(fmt::format("tensor '{}' has unknown dtype '{}'", t.name, t.dtype));
       uint64_t n = 1;
       for (const auto& d : e.at("shape")) {
+        // Integers only: nlohmann stores a literal beyond 64 bits as a double, and get<int64_t> of an
+        // out-of-range double is undefined behaviour (found by safetensors_fuzz).
+        if (!d.is_number_integer())
+          throw fail(fmt::format("tensor '{}' has a non-integer dimension", t.name));
         const int64_t v = d.get<int64_t>();
         if (v < 0 || v > (int64_t(1) << 40) || (v > 0 && n > (uint64_t(1) << 48) / uint64_t(v))) {
           throw fail(fmt::format("tensor '{}' has an invalid dimension {}", t.name, v));
@@ -130,8 +134,9 @@ void SafetensorsFile::parse_all(const std::string& label) {
         t.shape.push_back(v);
       }
       const auto& offs = e.at("data_offsets");
-      if (!offs.is_array() || offs.size() != 2)
-        throw fail(fmt::format("tensor '{}': bad data_offsets", t.name));
+      if (!offs.is_array() || offs.size() != 2 || !offs[0].is_number_unsigned() ||
+          !offs[1].is_number_unsigned())
+        throw fail(fmt::format("tensor '{}': bad data_offsets (two non-negative integers expected)", t.name));
       const uint64_t b = offs[0].get<uint64_t>();
       const uint64_t en = offs[1].get<uint64_t>();
       if (b > en || en > data_size) {

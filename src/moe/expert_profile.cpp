@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/file_io.h"
+#include "core/json_int.h"
 
 namespace qleap {
 
@@ -108,19 +109,22 @@ ExpertProfile profile_from_json(const std::string& text) {
     if (j.value("format", "") != "qleap-expert-profile-1") throw FormatError("not a qleap expert profile");
     ExpertProfile p;
     p.model = j.value("model", "");
-    p.n_expert = j.at("n_expert").get<int>();
-    p.k = j.at("experts_per_token").get<int>();
-    p.n_tokens = j.at("n_tokens").get<int64_t>();
-    p.expert_bytes = j.value("expert_bytes", size_t(0));
+    p.n_expert = json_integer<int>(j.at("n_expert"), "expert profile: n_expert");
+    p.k = json_integer<int>(j.at("experts_per_token"), "expert profile: experts_per_token");
+    p.n_tokens = json_integer<int64_t>(j.at("n_tokens"), "expert profile: n_tokens");
+    p.expert_bytes = j.contains("expert_bytes")
+                         ? json_integer<size_t>(j["expert_bytes"], "expert profile: expert_bytes")
+                         : 0;
     p.prediction_recall = j.value("prediction_recall", -1.0);
     if (p.n_expert <= 0 || p.k <= 0 || p.k > p.n_expert)
       throw FormatError("expert profile: bad n_expert / k");
     for (const auto& l : j.at("layers")) {
       LayerProfile lp;
-      lp.layer = l.at("layer").get<int>();
-      lp.counts = l.at("counts").get<std::vector<int64_t>>();
+      lp.layer = json_integer<int>(l.at("layer"), "expert profile: layer");
+      lp.counts = json_integers<int64_t>(l.at("counts"), "expert profile: counts");
       lp.weight_sum = l.value("weight_sum", std::vector<double>(lp.counts.size(), 0.0));
-      lp.coactivation = l.value("coactivation", std::vector<int64_t>());
+      if (l.contains("coactivation"))
+        lp.coactivation = json_integers<int64_t>(l["coactivation"], "expert profile: coactivation");
       lp.entropy_bits = l.value("entropy_bits", 0.0);
       lp.reuse_rate = l.value("reuse_rate", 0.0);
       if (int(lp.counts.size()) != p.n_expert) throw FormatError("expert profile: counts size != n_expert");

@@ -109,6 +109,16 @@ TEST(GgufSafetensors, RejectsCorruptFiles) {
   expect_format_error(build({{"a", "F32", {4}, bytes_of(f)}}, 0, missing), "no offsets");
   nlohmann::json wrong_type = {{"b", {{"dtype", 3}, {"shape", {1}}, {"data_offsets", {0, 4}}}}};
   expect_format_error(build({{"a", "F32", {4}, bytes_of(f)}}, 0, wrong_type), "dtype not a string");
+  // Numbers that are not non-negative 64-bit integers: nlohmann keeps them as doubles (a literal past
+  // 2^64) or signed, and converting those is undefined or wraps (tests/fuzz/regressions).
+  for (const nlohmann::json& offs :
+       {nlohmann::json{0, 1.5}, nlohmann::json::parse("[0, 29999999999999999994]"), nlohmann::json{-4, 0},
+        nlohmann::json{0, "4"}}) {
+    nlohmann::json e = {{"b", {{"dtype", "F32"}, {"shape", {1}}, {"data_offsets", offs}}}};
+    expect_format_error(build({{"a", "F32", {4}, bytes_of(f)}}, 0, e), offs.dump().c_str());
+  }
+  nlohmann::json float_dim = {{"b", {{"dtype", "F32"}, {"shape", {1e30}}, {"data_offsets", {0, 4}}}}};
+  expect_format_error(build({{"a", "F32", {4}, bytes_of(f)}}, 0, float_dim), "float dimension");
 }
 
 TEST(GgufSafetensors, OpensShardedCheckpoints) {

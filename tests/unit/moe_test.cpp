@@ -177,6 +177,19 @@ TEST(ExpertProfile, CountsReuseEntropyAndJsonRoundTrip) {
   EXPECT_THROW(profile_from_json(R"({"format":"qleap-expert-profile-1","n_expert":4,"experts_per_token":2,
       "n_tokens":1,"layers":[{"layer":0,"counts":[1,2]}]})"),
                FormatError);
+  // Numbers that are not integers in range: a clear FormatError, not a cast of a double (undefined
+  // behaviour for 1e30 or a literal past 2^64).
+  for (const char* bad :
+       {R"("n_expert":1e30,"experts_per_token":2,"n_tokens":1,"layers":[])",
+        R"("n_expert":4,"experts_per_token":2.5,"n_tokens":1,"layers":[])",
+        R"("n_expert":4,"experts_per_token":2,"n_tokens":29999999999999999994,"layers":[])",
+        R"("n_expert":4,"experts_per_token":2,"n_tokens":1,"layers":[{"layer":0,"counts":[1,2,3,4e40]}])",
+        R"("n_expert":4,"experts_per_token":2,"n_tokens":1,"layers":[{"layer":-1e99,"counts":[1,2,3,4]}])",
+        R"("n_expert":4,"experts_per_token":2,"n_tokens":1,"expert_bytes":-5,"layers":[])"}) {
+    EXPECT_THROW(profile_from_json(std::string(R"({"format":"qleap-expert-profile-1",)") + bad + "}"),
+                 FormatError)
+        << bad;
+  }
   EXPECT_FALSE(profile_summary(p).empty());
 }
 
