@@ -126,16 +126,6 @@ void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, in
 
 namespace {
 
-// The row of an exact position j < m, as floats (in `buf` when converted), or null if j is not exact.
-const float* exact_row(const TqExactRows& x, bool value, int64_t j, int64_t m, int dim, float* buf) {
-  if (j < 0 || j >= m) return nullptr;
-  if (j < x.sink) return (value ? x.sink_v : x.sink_k) + size_t(j) * dim;
-  if (x.window <= 0 || j < m - x.window || j < x.begin || j >= x.end) return nullptr;
-  const uint16_t* h = (value ? x.win_v : x.win_k) + size_t(j % x.ring) * dim;
-  for (int i = 0; i < dim; ++i) buf[i] = fp16_to_fp32(h[i]);
-  return buf;
-}
-
 // The exact positions among [j0, j0 + n) of a query that sees [0, m): sink [j0, sink_end) and window
 // [win_lo, win_hi) (disjoint).
 struct ExactRanges {
@@ -151,18 +141,28 @@ ExactRanges exact_ranges(const TqExactRows& x, int64_t m, int64_t j0, int64_t n)
   return r;
 }
 
+// The row of position j for a query that sees [0, m), as floats in `out`, if j is exact. For the
+// reference (tq_attend_ref), so the condition is written out per position, independently of
+// exact_ranges: a wrong range in the kernels' path then shows up as a mismatch.
+bool exact_row(const TqExactRows& x, bool value, int64_t j, int64_t m, int dim, float* out) {
+  if (j < 0 || j >= m) return false;
+  if (j < x.sink) {
+    std::copy_n((value ? x.sink_v : x.sink_k) + size_t(j) * dim, dim, out);
+    return true;
+  }
+  if (x.window <= 0 || j < m - x.window || j < x.begin || j >= x.end) return false;
+  fp16_to_fp32_row((value ? x.win_v : x.win_k) + size_t(j % x.ring) * dim, out, dim);
+  return true;
+}
+
 }  // namespace
 
 bool TqExactRows::key_row(int64_t j, int64_t m, int dim, float* out) const {
-  const float* r = exact_row(*this, false, j, m, dim, out);
-  if (r && r != out) std::copy_n(r, dim, out);
-  return r != nullptr;
+  return exact_row(*this, false, j, m, dim, out);
 }
 
 bool TqExactRows::value_row(int64_t j, int64_t m, int dim, float* out) const {
-  const float* r = exact_row(*this, true, j, m, dim, out);
-  if (r && r != out) std::copy_n(r, dim, out);
-  return r != nullptr;
+  return exact_row(*this, true, j, m, dim, out);
 }
 
 void tq_exact_scores(const TqExactRows& x, int64_t m, const float* q_rot, int n_q, int dim, int64_t j0,
@@ -239,16 +239,22 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
     if (n_blk == 0) continue;
     float* wb = &w[size_t(q0) * n_max];
     tq_scores(ks, &q_rot[size_t(q0) * dk], nb, keys, key_stride, n_blk, wb, size_t(n_max));
-    // The window depends on each query's context: the block shares the exact rows only when its
-    // queries have the same context (a GQA group of one token).
+    // f(first query, count, context) over the runs of the block that share their exact rows: the
+    // window depends on each query's context, so the block is one run only when all contexts are
+    // equal (a GQA group of one token).
     const bool same_ctx = std::all_of(n_kv + q0, n_kv + q0 + nb, [&](int64_t m) { return m == n_blk; });
-    if (exact && same_ctx) {
-      tq_exact_scores(*exact, n_blk, &q_rot[size_t(q0) * dk], nb, dk, 0, n_blk, wb, size_t(n_max));
-    } else if (exact) {
-      for (int qi = q0; qi < q0 + nb; ++qi)
-        tq_exact_scores(*exact, n_kv[qi], &q_rot[size_t(qi) * dk], 1, dk, 0, n_blk, &w[size_t(qi) * n_max],
-                        size_t(n_max));
-    }
+    auto exact_runs = [&](auto&& f) {
+      if (!exact) return;
+      if (same_ctx) {
+        f(q0, nb, n_blk);
+      } else {
+        for (int qi = q0; qi < q0 + nb; ++qi) f(qi, 1, n_kv[qi]);
+      }
+    };
+    exact_runs([&](int first, int count, int64_t m) {
+      tq_exact_scores(*exact, m, &q_rot[size_t(first) * dk], count, dk, 0, n_blk, &w[size_t(first) * n_max],
+                      size_t(n_max));
+    });
     for (int qi = q0; qi < q0 + nb; ++qi) {
       float* row = &w[size_t(qi) * n_max];
       const int64_t m = n_kv[qi];
@@ -263,13 +269,10 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
       for (int64_t j = 0; j < m; ++j) row[j] *= inv;
       for (int64_t j = m; j < n_blk; ++j) row[j] = 0.0f;  // causal mask: later positions get no weight
     }
-    if (exact && same_ctx) {
-      tq_exact_accumulate(*exact, n_blk, wb, size_t(n_max), nb, dv, 0, n_blk, &acc[size_t(q0) * dv]);
-    } else if (exact) {
-      for (int qi = q0; qi < q0 + nb; ++qi)
-        tq_exact_accumulate(*exact, n_kv[qi], &w[size_t(qi) * n_max], size_t(n_max), 1, dv, 0, n_blk,
-                            &acc[size_t(qi) * dv]);
-    }
+    exact_runs([&](int first, int count, int64_t m) {
+      tq_exact_accumulate(*exact, m, &w[size_t(first) * n_max], size_t(n_max), count, dv, 0, n_blk,
+                          &acc[size_t(first) * dv]);
+    });
     tq_accumulate_values(vs, wb, size_t(n_max), nb, values, value_stride, n_blk, &acc[size_t(q0) * dv]);
   }
   for (int qi = 0; qi < n_q; ++qi) tq_unrotate(vs, &acc[size_t(qi) * dv], out + size_t(qi) * out_stride);
