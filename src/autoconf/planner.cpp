@@ -188,8 +188,9 @@ ModelInfo model_info_from_gguf(const GgufFile& f, const std::vector<std::string>
   for (const auto& type : kv_types) {
     try {
       m.kv_bytes_per_token.emplace_back(type, make_kv_cache(type, shape)->bytes_per_token());
-    } catch (const Error&) {
+    } catch (const Error& e) {
       // A type this model's shape cannot use (e.g. head_dim limits) is simply not a candidate.
+      m.kv_unavailable.emplace_back(type, e.what());
     }
   }
   return m;
@@ -247,8 +248,12 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
     }
     for (size_t ki = 0; ki < kvs.size(); ++ki) {
       const uint64_t bpt = m.kv_bytes(kvs[ki]);
-      if (bpt == 0)
-        throw InvalidArgument(fmt::format("planner: KV cache type '{}' is not available", kvs[ki]));
+      if (bpt == 0) {
+        std::string why;
+        for (const auto& [t, reason] : m.kv_unavailable)
+          if (t == kvs[ki]) why = ": " + reason;
+        throw InvalidArgument(fmt::format("planner: KV cache type '{}' is not available{}", kvs[ki], why));
+      }
       for (int b : batches) {
         Sizer sz(m, ctx, bpt * uint64_t(std::max(1, req.parallel)), b);
         Candidate c;

@@ -38,6 +38,8 @@ struct ModelInfo {
   bool tied_embeddings = false;
   // KV cache bytes per token (all layers, K and V) by cache type, from the cache implementations.
   std::vector<std::pair<std::string, uint64_t>> kv_bytes_per_token;
+  // Types that could not be sized for this model, with the reason (reported if one is asked for).
+  std::vector<std::pair<std::string, std::string>> kv_unavailable;
 
   uint64_t weight_bytes() const;
   uint64_t expert_bytes() const;

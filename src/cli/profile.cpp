@@ -2,20 +2,28 @@
 // token selects at each layer; writes a JSON profile (counts, co-activation, entropy,
 // token-to-token reuse, next-layer prediction recall) and prints a summary. The profile seeds the
 // expert cache (--expert-profile).
+// `qleap profile MODEL FILE --kv-sensitivity`: measures, per layer and kv head, how much TurboQuant
+// keys and values at 2, 3 and 4 bits change the attention output on chunks of the text, and writes
+// the sensitivity profile that `--kv tq3:alloc=FILE` spends its bits by (turboquant/tq_sensitivity.h).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
+#include <map>
+#include <optional>
 
 #include "cli/common.h"
 #include "core/error.h"
 #include "core/file_io.h"
 #include "core/timer.h"
+#include "kv/kv_turboquant.h"
 #include "model/model.h"
 #include "moe/expert_profile.h"
 #include "moe/routing_trace.h"
 #include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
+#include "turboquant/tq_sensitivity.h"
 
 namespace qleap::cli {
 namespace {
@@ -23,15 +31,104 @@ namespace {
 struct ProfileOptions {
   CommonOptions common;
   std::string text_file;
-  std::string out = "expert_profile.json";
+  std::string out;
   int max_tokens = 0;
+  bool kv_sensitivity = false;
+  int chunks = 4;
   bool no_predict = false;
   int top = 8;
 };
 
+// Each chunk of the text (one context, from BOS) runs through a fresh session whose TurboQuant cache
+// measures on its calibration chunk, i.e. the whole chunk: the batch is the chunk, so the measured
+// queries see up to a context of keys.
+void kv_sensitivity_command(ProfileOptions& o, const std::string& text, const std::string& path) {
+  auto model = load_model(path);
+  const Tokenizer tok = Tokenizer::from_gguf(model->file());
+  std::vector<int32_t> ids = tok.encode(text, false, false);
+  if (o.max_tokens > 0 && int(ids.size()) > o.max_tokens) ids.resize(size_t(o.max_tokens));
+  std::string kv = o.common.kv;
+  if (!parse_tq_kv_type(kv)) {
+    if (o.common.kv_opt && o.common.kv_opt->count() > 0)
+      throw InvalidArgument(fmt::format("--kv-sensitivity measures a TurboQuant cache; '{}' is not one", kv));
+    kv = "tq3";
+  }
+  if (!parse_tq_kv_type(kv + ":measure"))
+    throw InvalidArgument("--kv-sensitivity: the kv type cannot take ':measure'");
+  SessionOptions so{o.common.ctx == 0 ? 2048 : o.common.ctx, o.common.threads, kv + ":measure", 0};
+  so.n_batch = so.n_ctx;
+  const int need = std::max(kTqMeasureMinTokens, parse_tq_kv_type(kv)->window + 64);
+  if (so.n_ctx < need)
+    throw InvalidArgument(fmt::format("--kv-sensitivity needs a context of at least {} tokens (-c)", need));
+  const int n_chunks = std::min<int>(o.chunks, int(ids.size() / size_t(so.n_ctx)));
+  if (n_chunks < 1)
+    throw InvalidArgument(fmt::format("'{}' has {} tokens, fewer than one context of {} (-c)", o.text_file,
+                                      ids.size(), so.n_ctx));
+  std::optional<TqSensitivity> total;
+  Stopwatch sw;
+  for (int c = 0; c < n_chunks; ++c) {
+    std::vector<int32_t> chunk(ids.begin() + long(c) * so.n_ctx, ids.begin() + long(c + 1) * so.n_ctx);
+    if (tok.wants_bos()) chunk[0] = tok.bos();
+    Session session(model, so);
+    session.eval(chunk);
+    const TqSensitivity* s = tq_kv_sensitivity(session.kv());
+    if (!s) throw Error("the kv cache measured nothing (calibration chunk too short?)");
+    if (total) {
+      total->merge(*s);
+    } else {
+      total = *s;
+    }
+    std::cerr << fmt::format("\r[chunk {}/{}: {:.1f} s]", c + 1, n_chunks, sw.elapsed()) << std::flush;
+  }
+  std::cerr << "\n";
+  total->model = std::filesystem::path(path).filename().string();
+  const std::string out = o.out.empty() ? "kv_sensitivity.json" : o.out;
+  save_tq_sensitivity(*total, out);
+  std::cerr << fmt::format("[{} chunks of {} tokens in {:.1f} s; profile written to {}]\n", n_chunks,
+                           so.n_ctx, sw.elapsed(), out);
+  // Summary: the spread across heads and what a 3-bit allocation does with it.
+  const TqSensitivity& s = *total;
+  const int n = s.n_heads_total();
+  fmt::print(
+      "{} layers x {} kv heads, head_dim {}; relative attention-output error per head (window {}, sink {})\n",
+      s.n_layers, s.n_kv_heads, s.head_dim, s.window, s.sink);
+  for (size_t r = 0; r < s.rates.size(); ++r) {
+    std::vector<double> k, v;
+    for (int h = 0; h < n; ++h) {
+      k.push_back(s.k_err[size_t(h)][r]);
+      v.push_back(s.v_err[size_t(h)][r]);
+    }
+    std::sort(k.begin(), k.end());
+    std::sort(v.begin(), v.end());
+    fmt::print(
+        "  {} bits: keys min {:.2e} median {:.2e} max {:.2e} | values min {:.2e} median {:.2e} max {:.2e}\n",
+        s.rates[r], k.front(), k[k.size() / 2], k.back(), v.front(), v[v.size() / 2], v.back());
+  }
+  for (float avg : {2.5f, 3.0f, 3.5f}) {
+    if (avg <= float(s.rates.front()) || avg >= float(s.rates.back())) continue;
+    const TqBitAllocation a = tq_allocate_bits(s, avg, s.head_dim % 16 == 0 ? 0.5f : 1.0f);
+    double uni = 0, alloc = 0;
+    for (int h = 0; h < n; ++h) {
+      uni += s.error_at(s.k_err, h, avg) + s.error_at(s.v_err, h, avg);
+      alloc += s.error_at(s.k_err, h, a.k_bits[size_t(h)]) + s.error_at(s.v_err, h, a.v_bits[size_t(h)]);
+    }
+    // How many heads the allocation puts at each rate.
+    std::map<float, std::pair<int, int>> hist;
+    for (int h = 0; h < n; ++h) {
+      ++hist[a.k_bits[size_t(h)]].first;
+      ++hist[a.v_bits[size_t(h)]].second;
+    }
+    std::string rates;
+    for (const auto& [b, kv] : hist) rates += fmt::format(" {}:{}/{}", b, kv.first, kv.second);
+    fmt::print("  mean {} bits: summed error {:.4g} uniform, {:.4g} allocated ({:.2f}x); bits:K/V heads{}\n",
+               avg, uni, alloc, alloc > 0 ? uni / alloc : 0.0, rates);
+  }
+}
+
 void profile_command(ProfileOptions& o) {
   const std::string text = read_file(o.text_file);  // before loading the model: a bad path fails fast
   const std::string path = resolve_model(o.common.model);
+  if (o.kv_sensitivity) return kv_sensitivity_command(o, text, path);
   auto model = load_model(path);
   if (model->hparams().n_expert == 0)
     throw InvalidArgument(fmt::format("'{}' is not a mixture-of-experts model", path));
@@ -55,8 +152,9 @@ void profile_command(ProfileOptions& o) {
   }
   const double secs = sw.elapsed();
   const ExpertProfile p = build_profile(rec.trace(), std::filesystem::path(path).filename().string());
-  save_profile(p, o.out);
-  std::cerr << fmt::format("[{} tokens in {:.1f} s; profile written to {}]\n", ids.size(), secs, o.out);
+  const std::string out = o.out.empty() ? "expert_profile.json" : o.out;
+  save_profile(p, out);
+  std::cerr << fmt::format("[{} tokens in {:.1f} s; profile written to {}]\n", ids.size(), secs, out);
   fmt::print("{}", profile_summary(p, o.top));
 }
 
@@ -64,11 +162,20 @@ void profile_command(ProfileOptions& o) {
 
 void register_profile(CLI::App& app) {
   auto opt = std::make_shared<ProfileOptions>();
-  auto* cmd = app.add_subcommand("profile",
-                                 "Record expert activations of a MoE model over a text file (JSON profile)");
+  auto* cmd = app.add_subcommand(
+      "profile",
+      "Record expert activations of a MoE model over a text file (JSON profile), or with --kv-sensitivity "
+      "measure how much each attention head suffers from TurboQuant KV (for --kv tq3:alloc=FILE)");
   add_common_options(*cmd, opt->common);
   cmd->add_option("file", opt->text_file, "text file to run")->required();
-  cmd->add_option("-o,--out", opt->out, "JSON profile to write")->capture_default_str();
+  cmd->add_option("-o,--out", opt->out,
+                  "JSON profile to write (default expert_profile.json, or kv_sensitivity.json)");
+  cmd->add_flag("--kv-sensitivity", opt->kv_sensitivity,
+                "measure per-head TurboQuant KV sensitivity (any model) instead of expert activations: "
+                "chunks of -c tokens (default 2048), window/sink options from --kv (a tq type, default tq3)");
+  cmd->add_option("--chunks", opt->chunks, "--kv-sensitivity: chunks of the text to measure and average")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
   cmd->add_option("--max-tokens", opt->max_tokens, "use at most this many tokens of the file (0: all)");
   cmd->add_flag("--no-predict", opt->no_predict, "skip next-layer prediction (recall)");
   cmd->add_option("--top", opt->top, "experts listed per layer in the summary")->capture_default_str();

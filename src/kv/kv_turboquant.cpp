@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <set>
 #include <vector>
 
 #include "backend/cpu/ops.h"
@@ -15,6 +16,7 @@
 #include "core/fp16.h"
 #include "turboquant/tq_attention.h"
 #include "turboquant/tq_quant.h"
+#include "turboquant/tq_sensitivity.h"
 
 namespace qleap {
 
@@ -69,24 +71,40 @@ class TurboQuantKvCache final : public KvCache {
     const int L = s.n_layers;
     if (s.n_heads / s.n_kv_heads > 256)
       throw Unsupported("turboquant kv cache: more than 256 query heads per kv head");
-    k_rec_.resize(size_t(L));
-    v_rec_.resize(size_t(L));
-    layer_off_.resize(size_t(L) + 1);
+    const size_t H = size_t(s.n_kv_heads);
+    if (!spec.head_k_bits.empty() &&
+        (spec.head_k_bits.size() != size_t(L) * H || spec.head_v_bits.size() != size_t(L) * H))
+      throw InvalidArgument("turboquant kv cache: the per-head bit allocation does not match the model");
+    k_rec_.resize(size_t(L) * H);
+    v_rec_.resize(size_t(L) * H);
+    head_off_.resize(size_t(L) * H + 1);
     for (int l = 0; l < L; ++l) {
-      const TqConfig kc = tq_kv_config(spec, s.head_dim, false, spec.k_bits_at(l, L));
-      const TqConfig vc = tq_kv_config(spec, s.head_dim, true, spec.v_bits_at(l, L));
       for (int g = 0; g < s.n_kv_heads; ++g) {
+        const size_t i = size_t(l) * H + size_t(g);
+        const bool per_head = !spec.head_k_bits.empty();
+        const TqConfig kc =
+            tq_kv_config(spec, s.head_dim, false, per_head ? spec.head_k_bits[i] : spec.k_bits_at(l, L));
+        const TqConfig vc =
+            tq_kv_config(spec, s.head_dim, true, per_head ? spec.head_v_bits[i] : spec.v_bits_at(l, L));
         k_states_.push_back(tq_make_state(kc, l, g));
         v_states_.push_back(tq_make_state(vc, l, g));
+        k_rec_[i] = k_states_.back().layout.bytes;
+        v_rec_[i] = v_states_.back().layout.bytes;
+        // Per (layer, kv head): n_ctx key records, then n_ctx value records.
+        head_off_[i + 1] = head_off_[i] + size_t(s.n_ctx) * (k_rec_[i] + v_rec_[i]);
       }
-      k_rec_[size_t(l)] = k_states_.back().layout.bytes;
-      v_rec_[size_t(l)] = v_states_.back().layout.bytes;
-      // Per (layer, kv head): n_ctx key records, then n_ctx value records.
-      layer_off_[size_t(l) + 1] = layer_off_[size_t(l)] + size_t(s.n_ctx) *
-                                                              (k_rec_[size_t(l)] + v_rec_[size_t(l)]) *
-                                                              size_t(s.n_kv_heads);
     }
-    total_ = layer_off_.back();
+    if (spec.measure) {
+      sens_.n_layers = L;
+      sens_.n_kv_heads = s.n_kv_heads;
+      sens_.head_dim = s.head_dim;
+      sens_.window = std::max(0, std::min(spec.window, s.n_ctx));
+      sens_.sink = std::min(spec.sink, s.n_ctx);
+      sens_.rates = {2, 3, 4};
+      sens_.k_err.assign(size_t(L) * H, std::vector<double>(sens_.rates.size(), 0.0));
+      sens_.v_err = sens_.k_err;
+    }
+    total_ = head_off_.back();
     mu_k_.assign(size_t(L) * s.kv_dim(), 0.0f);
     mu_v_.assign(size_t(L) * s.kv_dim(), 0.0f);
     calibrated_.assign(size_t(L), 0);
@@ -113,10 +131,10 @@ class TurboQuantKvCache final : public KvCache {
     const size_t L = size_t(layer);
     const int kvd = shape_.kv_dim();
     // No attend() came after the calibration chunk: calibrate the scales without queries.
-    if (!stash_k_[L].empty()) finalize(layer, nullptr, 0);
+    if (!stash_k_[L].empty()) finalize(layer, nullptr, 0, 0.0f);
     if (spec_.center && pos == 0 && !calibrated_[L] && n_tokens >= kTqCalibTokens) {
       calibrate(layer, n_tokens, k, v);
-      if (spec_.qscale || spec_.vscale) {
+      if (spec_.qscale || spec_.vscale || spec_.measure) {
         // The channel scales need this chunk's queries: the attend() that follows quantizes it.
         stash_k_[L].assign(k, k + size_t(n_tokens) * kvd);
         stash_v_[L].assign(v, v + size_t(n_tokens) * kvd);
@@ -134,7 +152,6 @@ class TurboQuantKvCache final : public KvCache {
     const float* muv = c ? &mu_v_[size_t(layer) * kvd] : nullptr;
     const float* isk = scaled_[size_t(layer)] ? &inv_s_k_[size_t(layer) * kvd] : nullptr;
     const float* isv = vscaled_[size_t(layer)] ? &inv_s_v_[size_t(layer) * kvd] : nullptr;
-    const size_t kr = k_rec_[size_t(layer)], vr = v_rec_[size_t(layer)];
     prepare_window(layer, pos, n_tokens);
     // Items: (kv head, chunk of tokens); ~2 us per vector, so prefill is worth threading.
     const int P = pool_ ? pool_->size() : 1;
@@ -145,6 +162,7 @@ class TurboQuantKvCache final : public KvCache {
       const int t0 = int(int64_t(n_tokens) * c / n_chunks), t1 = int(int64_t(n_tokens) * (c + 1) / n_chunks);
       const TqState& ks = kstate(layer, g);
       const TqState& vs = vstate(layer, g);
+      const size_t kr = krec(layer, g), vr = vrec(layer, g);
       uint8_t* kb = keys(layer, g) + size_t(pos) * kr;
       uint8_t* vb = values(layer, g) + size_t(pos) * vr;
       thread_local std::vector<float> tmp, rot;
@@ -189,7 +207,7 @@ class TurboQuantKvCache final : public KvCache {
     const size_t L = size_t(layer);
     if (!stash_k_[L].empty()) {
       const bool same_chunk = pos0 == 0 && size_t(n_q) * s.kv_dim() == stash_k_[L].size();
-      finalize(layer, same_chunk && spec_.qscale ? q : nullptr, n_q);
+      finalize(layer, same_chunk ? q : nullptr, n_q, scale);
     }
     if (scaled_[L]) {
       // Scores on keys stored divided by s need queries multiplied by s.
@@ -242,7 +260,7 @@ class TurboQuantKvCache final : public KvCache {
 
   size_t bytes_per_token() const override {
     size_t n = 0;
-    for (size_t l = 0; l < k_rec_.size(); ++l) n += (k_rec_[l] + v_rec_[l]) * size_t(shape_.n_kv_heads);
+    for (size_t i = 0; i < k_rec_.size(); ++i) n += k_rec_[i] + v_rec_[i];
     return n;
   }
   // The records plus the exact rows: sink_ (floats) and window_ (fp16) positions per layer and kv
@@ -253,6 +271,7 @@ class TurboQuantKvCache final : public KvCache {
     return total_ + (sink_k_.size() + sink_v_.size()) * sizeof(float) + window_values * sizeof(uint16_t);
   }
   const char* type_name() const override { return name_.c_str(); }
+  const TqSensitivity* sensitivity() const { return sens_.chunks > 0 ? &sens_ : nullptr; }
 
  private:
   // Per (layer, kv head): mean of the keys and values of tokens 1 .. n-1 (token 0 is BOS or an
@@ -371,7 +390,7 @@ class TurboQuantKvCache final : public KvCache {
   // scaled space, and the score error q.(s e) has variance ~ sum a_i s_i^2 * sum b_i / s_i^2, which
   // this s minimizes (Cauchy-Schwarz). It matters when queries and keys put their energy in
   // different channels, as real models do. Without queries (q null) s = 1.
-  void finalize(int layer, const float* q, int n_q) {
+  void finalize(int layer, const float* q, int n_q, float scale) {
     const size_t L = size_t(layer);
     const KvShape& sh = shape_;
     const int kvd = sh.kv_dim(), hd = sh.head_dim, group = sh.n_heads / sh.n_kv_heads;
@@ -386,7 +405,7 @@ class TurboQuantKvCache final : public KvCache {
           b[size_t(i)] += d * d;
         }
     };
-    if (q) {
+    if (q && spec_.qscale) {
       for (int g = 0; g < sh.n_kv_heads; ++g) {
         std::fill(a.begin(), a.end(), 0.0);
         for (int t = 0; t < n_q; ++t)
@@ -409,10 +428,123 @@ class TurboQuantKvCache final : public KvCache {
       }
       vscaled_[L] = 1;
     }
+    if (spec_.measure && q && n >= std::max(kTqMeasureMinTokens, window_ + 64)) measure(layer, q, n, scale);
     std::vector<float> kk = std::move(stash_k_[L]), vv = std::move(stash_v_[L]);
     stash_k_[L].clear();
     stash_v_[L].clear();
     quantize_range(layer, 0, n, kk.data(), vv.data());
+  }
+
+  // Sensitivity of each kv head of a layer on its calibration chunk (n tokens, float K/V stashed, the
+  // chunk's queries q): for the last kMeasureQueries queries, attention as the cache computes it (sink
+  // and window exact, everything else from records at rate r, quantized exactly as store() would:
+  // same centering, scales and rotations) against float attention, once with quantized keys and exact
+  // values and once the other way round. Error = sum ||o - o_r||^2 / sum ||o||^2 over queries and the
+  // group's heads. Plain float loops: it runs once per cache.
+  void measure(int layer, const float* q, int n, float scale) {
+    constexpr int kMeasureQueries = 128;
+    const KvShape& sh = shape_;
+    const size_t L = size_t(layer);
+    const int kvd = sh.kv_dim(), hd = sh.head_dim, group = sh.n_heads / sh.n_kv_heads;
+    const int t_first = std::max(0, n - kMeasureQueries);
+    const std::vector<int>& rates = sens_.rates;
+    const size_t R = rates.size();
+    auto run = [&](int g) {
+      const float* muk = &mu_k_[L * kvd + size_t(g) * hd];
+      const float* muv = &mu_v_[L * kvd + size_t(g) * hd];
+      const float* sk = &s_k_[L * kvd + size_t(g) * hd];
+      const float* isk = &inv_s_k_[L * kvd + size_t(g) * hd];
+      const float* sv = &s_v_[L * kvd + size_t(g) * hd];
+      const float* isv = &inv_s_v_[L * kvd + size_t(g) * hd];
+      const bool ks_on = scaled_[L] != 0, vs_on = vscaled_[L] != 0;
+      // Reconstructions in the model's space: [rate][token][hd].
+      const size_t un = static_cast<size_t>(n), uhd = static_cast<size_t>(hd);
+      std::vector<float> kh(R * un * uhd), vh(kh.size()), tmp(uhd), x(uhd);
+      for (size_t r = 0; r < R; ++r) {
+        const TqState ks = tq_make_state(tq_kv_config(spec_, hd, false, float(rates[r])), layer, g);
+        const TqState vs = tq_make_state(tq_kv_config(spec_, hd, true, float(rates[r])), layer, g);
+        std::vector<uint8_t> rec(std::max(ks.layout.bytes, vs.layout.bytes));
+        for (int t = 0; t < n; ++t) {
+          const float* kx = &stash_k_[L][size_t(t) * kvd + size_t(g) * hd];
+          const float* vx = &stash_v_[L][size_t(t) * kvd + size_t(g) * hd];
+          float* ko = &kh[(r * n + size_t(t)) * hd];
+          float* vo = &vh[(r * n + size_t(t)) * hd];
+          quantize_one(ks, kx, muk, ks_on ? isk : nullptr, tmp.data(), rec.data());
+          tq_dequantize(ks, rec.data(), x.data());
+          for (int i = 0; i < hd; ++i) ko[i] = x[size_t(i)] * (ks_on ? sk[i] : 1.0f) + muk[i];
+          quantize_one(vs, vx, muv, vs_on ? isv : nullptr, tmp.data(), rec.data());
+          tq_dequantize(vs, rec.data(), x.data());
+          for (int i = 0; i < hd; ++i) vo[i] = x[size_t(i)] * (vs_on ? sv[i] : 1.0f) + muv[i];
+        }
+      }
+      std::vector<double> ek(R, 0.0), ev(R, 0.0);
+      double ref = 0;
+      std::vector<float> s0(un), p0(un), p1(un), o(uhd), o1(uhd);
+      auto softmax_into = [](const float* sc, int len, float* p) {
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int j = 0; j < len; ++j) mx = std::max(mx, sc[j]);
+        double sum = 0;
+        for (int j = 0; j < len; ++j) sum += (p[j] = std::exp(sc[j] - mx));
+        for (int j = 0; j < len; ++j) p[j] = float(p[j] / sum);
+      };
+      auto err = [&](const float* a, const float* b) {
+        double e = 0;
+        for (int i = 0; i < hd; ++i) e += double(a[i] - b[i]) * (a[i] - b[i]);
+        return e;
+      };
+      for (int t = t_first; t < n; ++t) {
+        const int len = t + 1;
+        auto is_exact = [&](int j) { return j < sink_ || t - j < window_; };
+        for (int h = 0; h < group; ++h) {
+          const float* qh = q + (size_t(t) * sh.n_heads + size_t(g) * group + h) * hd;
+          for (int j = 0; j < len; ++j)
+            s0[size_t(j)] = scale * dot_f32(qh, &stash_k_[L][size_t(j) * kvd + size_t(g) * hd], hd);
+          softmax_into(s0.data(), len, p0.data());
+          std::fill(o.begin(), o.end(), 0.0f);
+          for (int j = 0; j < len; ++j)
+            axpy_f32(p0[size_t(j)], &stash_v_[L][size_t(j) * kvd + size_t(g) * hd], o.data(), hd);
+          double on = 0;
+          for (float y : o) on += double(y) * y;
+          ref += on;
+          for (size_t r = 0; r < R; ++r) {
+            const float* kr = &kh[r * n * hd];
+            const float* vr = &vh[r * n * hd];
+            // Keys at rate r, values exact.
+            for (int j = 0; j < len; ++j)
+              p1[size_t(j)] = is_exact(j) ? s0[size_t(j)] : scale * dot_f32(qh, kr + size_t(j) * hd, hd);
+            softmax_into(p1.data(), len, p1.data());
+            std::fill(o1.begin(), o1.end(), 0.0f);
+            for (int j = 0; j < len; ++j)
+              axpy_f32(p1[size_t(j)], &stash_v_[L][size_t(j) * kvd + size_t(g) * hd], o1.data(), hd);
+            ek[r] += err(o.data(), o1.data());
+            // Keys exact, values at rate r.
+            std::fill(o1.begin(), o1.end(), 0.0f);
+            for (int j = 0; j < len; ++j)
+              axpy_f32(p0[size_t(j)],
+                       is_exact(j) ? &stash_v_[L][size_t(j) * kvd + size_t(g) * hd] : vr + size_t(j) * hd,
+                       o1.data(), hd);
+            ev[r] += err(o.data(), o1.data());
+          }
+        }
+      }
+      const size_t i = L * size_t(sh.n_kv_heads) + size_t(g);
+      for (size_t r = 0; r < R; ++r) {
+        sens_.k_err[i][r] = ref > 0 ? ek[r] / ref : 0.0;
+        sens_.v_err[i][r] = ref > 0 ? ev[r] / ref : 0.0;
+      }
+    };
+    if (pool_ && pool_->size() > 1 && sh.n_kv_heads > 1) {
+      pool_->parallel_for(sh.n_kv_heads, 1, [&run](int64_t b, int64_t e, int) {
+        for (int64_t g = b; g < e; ++g) run(int(g));
+      });
+    } else {
+      for (int g = 0; g < sh.n_kv_heads; ++g) run(g);
+    }
+    measured_.insert(layer);
+    if (int(measured_.size()) == sh.n_layers) {
+      sens_.tokens = n;
+      sens_.chunks = 1;
+    }
   }
 
   // Prefill: work items (kv head, chunk of query tokens); the dynamic scheduler balances the causal
@@ -422,7 +554,6 @@ class TurboQuantKvCache final : public KvCache {
     const KvShape& s = shape_;
     const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
     const size_t row = size_t(s.n_heads) * hd;
-    const size_t kr = k_rec_[size_t(layer)], vr = v_rec_[size_t(layer)];
     const int P = pool.size();
     const int want_chunks = std::max(1, (8 * P + s.n_kv_heads - 1) / s.n_kv_heads);
     const int n_chunks = std::min(n_q, want_chunks);
@@ -436,8 +567,8 @@ class TurboQuantKvCache final : public KvCache {
       const size_t head_off = size_t(g) * group * hd;
       const TqExactRows x = exact(layer, g);
       tq_attend_gqa(kstate(layer, g), vstate(layer, g), pos0 + t0, t1 - t0, group,
-                    q + size_t(t0) * row + head_off, row, keys(layer, g), kr, values(layer, g), vr, scale,
-                    out + size_t(t0) * row + head_off, row, x.empty() ? nullptr : &x);
+                    q + size_t(t0) * row + head_off, row, keys(layer, g), krec(layer, g), values(layer, g),
+                    vrec(layer, g), scale, out + size_t(t0) * row + head_off, row, x.empty() ? nullptr : &x);
     };
     // Multiply-adds; below a few tens of thousands the dispatch costs more than it saves.
     const double work = double(n_q) * s.n_heads * (pos0 + 0.5 * n_q + 1) * hd * 2;
@@ -457,7 +588,6 @@ class TurboQuantKvCache final : public KvCache {
     const KvShape& s = shape_;
     const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
     const size_t row = size_t(s.n_heads) * hd;
-    const size_t kr = k_rec_[size_t(layer)], vr = v_rec_[size_t(layer)];
     const int64_t n_items = int64_t(n_q) * s.n_kv_heads * n_split;
     const size_t per_head = size_t(hd) + 2;
     const size_t need = size_t(n_items) * group * per_head;
@@ -471,6 +601,7 @@ class TurboQuantKvCache final : public KvCache {
       const int64_t jb = n_keys * split / n_split, je = n_keys * (split + 1) / n_split;
       const TqState& ks = kstate(layer, g);
       const TqState& vs = vstate(layer, g);
+      const size_t kr = krec(layer, g), vr = vrec(layer, g);
       const TqExactRows x = exact(layer, g);
       thread_local std::vector<float> qr, sc, acc;
       qr.resize(size_t(group) * hd);
@@ -578,12 +709,11 @@ class TurboQuantKvCache final : public KvCache {
   const TqState& kstate(int layer, int g) const { return k_states_[size_t(layer) * shape_.n_kv_heads + g]; }
   const TqState& vstate(int layer, int g) const { return v_states_[size_t(layer) * shape_.n_kv_heads + g]; }
   uint8_t* keys(int layer, int g) const {
-    return data_.get() + layer_off_[size_t(layer)] +
-           size_t(g) * size_t(shape_.n_ctx) * (k_rec_[size_t(layer)] + v_rec_[size_t(layer)]);
+    return data_.get() + head_off_[size_t(layer) * shape_.n_kv_heads + g];
   }
-  uint8_t* values(int layer, int g) const {
-    return keys(layer, g) + size_t(shape_.n_ctx) * k_rec_[size_t(layer)];
-  }
+  uint8_t* values(int layer, int g) const { return keys(layer, g) + size_t(shape_.n_ctx) * krec(layer, g); }
+  size_t krec(int layer, int g) const { return k_rec_[size_t(layer) * shape_.n_kv_heads + g]; }
+  size_t vrec(int layer, int g) const { return v_rec_[size_t(layer) * shape_.n_kv_heads + g]; }
   void check(int layer, int pos, int n) const {
     if (layer < 0 || layer >= shape_.n_layers || pos < 0 || n < 0 || pos + n > shape_.n_ctx) {
       throw InvalidArgument(fmt::format("kv cache: layer {} positions [{}, {}) out of range (n_ctx {})",
@@ -594,7 +724,8 @@ class TurboQuantKvCache final : public KvCache {
   std::string name_;
   TqKvSpec spec_;
   std::vector<TqState> k_states_, v_states_;
-  std::vector<size_t> k_rec_, v_rec_, layer_off_;
+  std::vector<size_t> k_rec_, v_rec_;  // record bytes per (layer, kv head)
+  std::vector<size_t> head_off_;       // byte offset of each (layer, kv head)'s records
   std::vector<float> mu_k_, mu_v_;
   int sink_ = 0, window_ = 0;
   std::vector<WindowRing> tail_;        // per layer
@@ -607,6 +738,8 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<float> partial_;
   size_t total_ = 0;
   std::unique_ptr<uint8_t[], AlignedFree> data_;
+  TqSensitivity sens_;      // spec_.measure: filled layer by layer at calibration
+  std::set<int> measured_;  // layers measured so far
 };
 
 }  // namespace
@@ -656,6 +789,13 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
     } else if (opt.size() > 4 && opt.size() <= 10 && opt.compare(0, 4, "draw") == 0 &&
                std::all_of(opt.begin() + 4, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       spec.draw = uint32_t(std::stoul(opt.substr(4)));
+    } else if (opt == "measure") {
+      spec.measure = true;
+    } else if (opt.compare(0, 6, "alloc=") == 0) {
+      // The path may contain ':'; it is the rest of the name.
+      spec.alloc_path = type.substr(at + 1 + 6);
+      if (spec.alloc_path.empty()) return std::nullopt;
+      break;
     } else if (opt == "nocenter") {
       spec.center = false;
     } else if (opt == "noscale") {
@@ -701,13 +841,36 @@ const char* tq_kv_type_help() {
          "default 1), wN (each query's last N positions exact, default 64), drawN (another draw of the "
          "random rotations), "
          "nocenter, noscale, vscale, qjl, eN (first and last N layers "
-         "at 4 bits), "
-         "e.g. tq3:e2";
+         "at 4 bits), measure (per-head sensitivity, for qleap profile --kv-sensitivity), alloc=PROFILE "
+         "(per-head bits from a sensitivity profile, same mean; last option), "
+         "e.g. tq3:e2, tq3:alloc=smollm2.kvsens.json";
 }
 
-std::unique_ptr<KvCache> make_turboquant_kv_cache(const std::string& name, const TqKvSpec& spec,
+std::unique_ptr<KvCache> make_turboquant_kv_cache(const std::string& name, const TqKvSpec& spec_in,
                                                   const KvShape& shape) {
+  TqKvSpec spec = spec_in;
+  if (!spec.alloc_path.empty() && spec.head_k_bits.empty()) {
+    const TqSensitivity sens = load_tq_sensitivity(spec.alloc_path);
+    if (sens.n_layers != shape.n_layers || sens.n_kv_heads != shape.n_kv_heads ||
+        sens.head_dim != shape.head_dim)
+      throw InvalidArgument(fmt::format(
+          "kv sensitivity profile '{}' is for {} layers x {} kv heads x {} dims, the model has {} x {} x {}",
+          spec.alloc_path, sens.n_layers, sens.n_kv_heads, sens.head_dim, shape.n_layers, shape.n_kv_heads,
+          shape.head_dim));
+    if (spec.qjl_keys || spec.edge_layers > 0)
+      throw InvalidArgument("kv type: alloc= cannot be combined with qjl or eN");
+    // Half rates have whole-byte halves only when head_dim is a multiple of 16.
+    const TqBitAllocation a =
+        tq_allocate_bits(sens, 0.5f * (spec.k_bits + spec.v_bits), shape.head_dim % 16 == 0 ? 0.5f : 1.0f);
+    spec.head_k_bits = a.k_bits;
+    spec.head_v_bits = a.v_bits;
+  }
   return std::make_unique<TurboQuantKvCache>(name, spec, shape);
+}
+
+const TqSensitivity* tq_kv_sensitivity(const KvCache& cache) {
+  const auto* tq = dynamic_cast<const TurboQuantKvCache*>(&cache);
+  return tq ? tq->sensitivity() : nullptr;
 }
 
 }  // namespace qleap

@@ -14,6 +14,8 @@
 //    BOS) and each query's last `window` positions are also kept as floats, and attention uses those
 //    instead of their records. Both are constants (a few positions per layer and kv head), not a
 //    per-token cost; allocated_bytes() counts them.
+//  - per-head rates (alloc=, off by default): a sensitivity profile measured by the `measure` option
+//    (qleap profile --kv-sensitivity) moves bits between (layer, kv head) and K / V at the same total.
 #pragma once
 #include <memory>
 #include <optional>
@@ -53,6 +55,14 @@ struct TqKvSpec {
   int edge_layers = 0;
   float edge_k_bits = 4;
   float edge_v_bits = 4;
+  // Per-head rates [layer * n_kv_heads + kv_head] (empty: k_bits / v_bits and the edge policy): filled
+  // by make_turboquant_kv_cache from the sensitivity profile at alloc_path (turboquant/tq_sensitivity.h),
+  // spending the budget of k_bits / v_bits where the profile says it removes the most error.
+  std::string alloc_path;
+  std::vector<float> head_k_bits, head_v_bits;
+  // Measure the per-head sensitivity on the calibration chunk (tq_kv_sensitivity; qleap profile
+  // --kv-sensitivity). Costs a few seconds once per cache.
+  bool measure = false;
   float k_bits_at(int layer, int n_layers) const;
   float v_bits_at(int layer, int n_layers) const;
 };
@@ -68,6 +78,9 @@ struct TqKvSpec {
 //   vscale    also scale value channels (measured: no gain)
 //   qjl       keys as (bits - 1)-bit MSE + 1-bit QJL residual (paper's TurboQuant_prod; slow, measured)
 //   eN        the first and last N layers at 4-bit K and V (e.g. tq3:e2)
+//   measure   measure the per-head sensitivity on the calibration chunk (see tq_kv_sensitivity)
+//   alloc=P   per-head rates from the sensitivity profile at path P with the same mean bits (the rest
+//             of the name is the path, so this option comes last)
 // Returns nullopt for any other string.
 std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type);
 
@@ -78,6 +91,15 @@ TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value, float bits
 inline TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value) {
   return tq_kv_config(spec, head_dim, value, value ? spec.v_bits : spec.k_bits);
 }
+
+// The sensitivity measured by a cache created with the `measure` option, once its calibration chunk
+// has been attended (null: not a TurboQuant cache, not measuring, or nothing measured yet: the first
+// prefill was shorter than kTqMeasureMinTokens or had no queries).
+struct TqSensitivity;
+const TqSensitivity* tq_kv_sensitivity(const KvCache& cache);
+// A measurement needs positions beyond the window: calibration chunks shorter than this (or than
+// window + 64) are not measured.
+inline constexpr int kTqMeasureMinTokens = 128;
 
 // The TurboQuant names listed in make_kv_cache's error message.
 const char* tq_kv_type_help();

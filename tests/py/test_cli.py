@@ -139,3 +139,40 @@ def test_info_reports_the_turboquant_exact_rows_as_fixed_bytes(qleap_bin, shared
     assert fixed("tq3:w0")["kv_fixed_bytes"] == 5 * 4 * 2 * 8 * 4
     assert fixed("tq3:sink0:w16")["kv_fixed_bytes"] == 5 * 4 * 16 * 2 * 8 * 2
     assert fixed("tq3:sink0:w0")["kv_fixed_bytes"] == 0
+
+
+def test_kv_sensitivity_profile_feeds_the_per_head_allocation(qleap_bin, shared_models, tmp_path):
+    model = shared_models / "stories260K.gguf"
+    text = tmp_path / "text.txt"
+    text.write_text(((shared_models / "stories260K.expected.txt").read_text() + "\n") * 4)
+    out = tmp_path / "sens.json"
+    r = run(qleap_bin, "profile", model, text, "--kv-sensitivity", "-c", "256", "--chunks", "2", "-t", "1",
+            "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "mean 3 bits: summed error" in r.stdout
+    j = json.loads(out.read_text())
+    assert j["format"] == "qleap-kv-sensitivity" and j["chunks"] == 2 and j["tokens"] == 256
+    assert (j["n_layers"], j["n_kv_heads"], j["head_dim"], j["rates"]) == (5, 4, 8, [2, 3, 4])
+    assert sorted((h["layer"], h["kv_head"]) for h in j["heads"]) == [(l, g) for l in range(5) for g in range(4)]
+    for h in j["heads"]:
+        for err in (h["k"], h["v"]):
+            assert len(err) == 3 and all(e >= 0 for e in err) and err[0] > err[2]
+    # The allocation spends the bytes of tq3 (whole-bit steps at head_dim 8) and runs end to end.
+    info = run(qleap_bin, "info", model, "--kv", f"tq3:alloc={out}", "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["kv_bytes_per_token"] == 200
+    gen = run(qleap_bin, "run", model, "--kv", f"tq3:alloc={out}", "--raw", "--temp", "0", "-n", "16", "-q")
+    assert gen.returncode == 0 and gen.stdout.strip(), gen.stderr
+    # Clear errors: too short a context, a cache that is not TurboQuant, a profile of another shape.
+    short = run(qleap_bin, "profile", model, text, "--kv-sensitivity", "-c", "64", "-o", tmp_path / "x.json")
+    assert short.returncode != 0 and "at least 128" in short.stderr
+    f16 = run(qleap_bin, "profile", model, text, "--kv-sensitivity", "--kv", "f16", "-c", "256")
+    assert f16.returncode != 0 and "not one" in f16.stderr
+    j["n_layers"] = 6
+    j["heads"] += [{"layer": 5, "kv_head": g, "k": [1, 0.5, 0.1], "v": [1, 0.5, 0.1]} for g in range(4)]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(j))
+    bad = run(qleap_bin, "run", model, "--kv", f"tq3:alloc={other}", "-n", "4", "-q")
+    assert bad.returncode != 0 and "6 layers" in bad.stderr, bad.stderr
+    info = run(qleap_bin, "info", model, "--kv", f"tq3:alloc={other}")
+    assert "cannot size" in info.stdout and "6 layers" in info.stdout
