@@ -96,7 +96,9 @@ std::string tq_sensitivity_to_json(const TqSensitivity& s) {
   return j.dump(1);
 }
 
-TqSensitivity tq_sensitivity_from_json(const std::string& text, const std::string& what) {
+namespace {
+
+TqSensitivity parse_sensitivity(const std::string& text, const std::string& what) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
@@ -155,6 +157,17 @@ TqSensitivity tq_sensitivity_from_json(const std::string& text, const std::strin
     }
   }
   return s;
+}
+
+}  // namespace
+
+TqSensitivity tq_sensitivity_from_json(const std::string& text, const std::string& what) {
+  try {
+    return parse_sensitivity(text, what);
+  } catch (const nlohmann::json::exception& e) {
+    // A field of the wrong JSON type (e.g. "format": 5).
+    throw FormatError(fmt::format("{}: malformed KV sensitivity profile ({})", what, e.what()));
+  }
 }
 
 void save_tq_sensitivity(const TqSensitivity& s, const std::string& path) {

@@ -127,14 +127,16 @@ TEST(TqSensitivity, JsonRoundTripAndMalformedFiles) {
       "",
       "[1, 2]",
       "{\"format\": \"qleap-kv-sensitivity\"}",
+      "{\"format\": 5}",  // wrong JSON types are FormatErrors too, not nlohmann's exceptions
       replaced("\"qleap-kv-sensitivity\"", "\"expert-profile\""),
       replaced("\"n_layers\": 3", "\"n_layers\": 4"),     // head count mismatch
       replaced("\"n_layers\": 3", "\"n_layers\": 3.5"),   // not an integer
       replaced("\"n_layers\": 3", "\"n_layers\": 1e30"),  // out of range
       replaced("\"n_kv_heads\": 2", "\"n_kv_heads\": -2"),
       replaced("\"version\": 1", "\"version\": 2"),
-      replaced("\"layer\": 2", "\"layer\": 7"),  // index out of range
-      replaced("\"layer\": 2", "\"layer\": 1"),  // a head listed twice
+      replaced("\"layer\": 2", "\"layer\": 7"),     // index out of range
+      replaced("\"layer\": 2", "\"layer\": 1"),     // a head listed twice
+      replaced("\"heads\": [", "\"heads\": [7, "),  // one head too many, not an object
   };
   for (const std::string& t : bad) EXPECT_THROW(tq_sensitivity_from_json(t, "bad"), FormatError) << t;
   // Rates must be consecutive integers; errors finite and non-negative, one per rate.
