@@ -480,49 +480,43 @@ class TurboQuantKvCache final : public KvCache {
       std::vector<double> ek(R, 0.0), ev(R, 0.0);
       double ref = 0;
       std::vector<float> s0(un), p0(un), p1(un), o(uhd), o1(uhd);
-      auto softmax_into = [](const float* sc, int len, float* p) {
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int j = 0; j < len; ++j) mx = std::max(mx, sc[j]);
-        double sum = 0;
-        for (int j = 0; j < len; ++j) sum += (p[j] = std::exp(sc[j] - mx));
-        for (int j = 0; j < len; ++j) p[j] = float(p[j] / sum);
-      };
       auto err = [&](const float* a, const float* b) {
         double e = 0;
         for (int i = 0; i < hd; ++i) e += double(a[i] - b[i]) * (a[i] - b[i]);
         return e;
+      };
+      auto key = [&](int j) { return &stash_k_[L][size_t(j) * kvd + size_t(g) * hd]; };
+      auto value = [&](int j) { return &stash_v_[L][size_t(j) * kvd + size_t(g) * hd]; };
+      // out = sum_j w_j row(j) over the first len positions.
+      auto mix = [&](const float* w, int len, auto row, float* out) {
+        std::fill(out, out + hd, 0.0f);
+        for (int j = 0; j < len; ++j) axpy_f32(w[j], row(j), out, hd);
       };
       for (int t = t_first; t < n; ++t) {
         const int len = t + 1;
         auto is_exact = [&](int j) { return j < sink_ || t - j < window_; };
         for (int h = 0; h < group; ++h) {
           const float* qh = q + (size_t(t) * sh.n_heads + size_t(g) * group + h) * hd;
-          for (int j = 0; j < len; ++j)
-            s0[size_t(j)] = scale * dot_f32(qh, &stash_k_[L][size_t(j) * kvd + size_t(g) * hd], hd);
-          softmax_into(s0.data(), len, p0.data());
-          std::fill(o.begin(), o.end(), 0.0f);
-          for (int j = 0; j < len; ++j)
-            axpy_f32(p0[size_t(j)], &stash_v_[L][size_t(j) * kvd + size_t(g) * hd], o.data(), hd);
+          for (int j = 0; j < len; ++j) s0[size_t(j)] = scale * dot_f32(qh, key(j), hd);
+          std::copy_n(s0.data(), len, p0.data());
+          softmax(p0.data(), len);
+          mix(p0.data(), len, value, o.data());
           double on = 0;
           for (float y : o) on += double(y) * y;
           ref += on;
           for (size_t r = 0; r < R; ++r) {
-            const float* kr = &kh[r * n * hd];
-            const float* vr = &vh[r * n * hd];
+            const float* kr = &kh[r * un * uhd];
+            const float* vr = &vh[r * un * uhd];
             // Keys at rate r, values exact.
             for (int j = 0; j < len; ++j)
               p1[size_t(j)] = is_exact(j) ? s0[size_t(j)] : scale * dot_f32(qh, kr + size_t(j) * hd, hd);
-            softmax_into(p1.data(), len, p1.data());
-            std::fill(o1.begin(), o1.end(), 0.0f);
-            for (int j = 0; j < len; ++j)
-              axpy_f32(p1[size_t(j)], &stash_v_[L][size_t(j) * kvd + size_t(g) * hd], o1.data(), hd);
+            softmax(p1.data(), len);
+            mix(p1.data(), len, value, o1.data());
             ek[r] += err(o.data(), o1.data());
             // Keys exact, values at rate r.
-            std::fill(o1.begin(), o1.end(), 0.0f);
-            for (int j = 0; j < len; ++j)
-              axpy_f32(p0[size_t(j)],
-                       is_exact(j) ? &stash_v_[L][size_t(j) * kvd + size_t(g) * hd] : vr + size_t(j) * hd,
-                       o1.data(), hd);
+            mix(
+                p0.data(), len, [&](int j) { return is_exact(j) ? value(j) : vr + size_t(j) * hd; },
+                o1.data());
             ev[r] += err(o.data(), o1.data());
           }
         }
