@@ -48,16 +48,18 @@ void kv_sensitivity_command(ProfileOptions& o, const std::string& text, const st
   std::vector<int32_t> ids = tok.encode(text, false, false);
   if (o.max_tokens > 0 && int(ids.size()) > o.max_tokens) ids.resize(size_t(o.max_tokens));
   std::string kv = o.common.kv;
-  if (!parse_tq_kv_type(kv)) {
+  std::optional<TqKvSpec> spec = parse_tq_kv_type(kv);
+  if (!spec) {
     if (o.common.kv_opt && o.common.kv_opt->count() > 0)
       throw InvalidArgument(fmt::format("--kv-sensitivity measures a TurboQuant cache; '{}' is not one", kv));
     kv = "tq3";
+    spec = parse_tq_kv_type(kv);
   }
   if (!parse_tq_kv_type(kv + ":measure"))
     throw InvalidArgument("--kv-sensitivity: the kv type cannot take ':measure'");
   SessionOptions so{o.common.ctx == 0 ? 2048 : o.common.ctx, o.common.threads, kv + ":measure", 0};
   so.n_batch = so.n_ctx;
-  const int need = std::max(kTqMeasureMinTokens, parse_tq_kv_type(kv)->window + 64);
+  const int need = std::max(kTqMeasureMinTokens, spec->window + 64);
   if (so.n_ctx < need)
     throw InvalidArgument(fmt::format("--kv-sensitivity needs a context of at least {} tokens (-c)", need));
   const int n_chunks = std::min<int>(o.chunks, int(ids.size() / size_t(so.n_ctx)));
@@ -106,7 +108,7 @@ void kv_sensitivity_command(ProfileOptions& o, const std::string& text, const st
   }
   for (float avg : {2.5f, 3.0f, 3.5f}) {
     if (avg <= float(s.rates.front()) || avg >= float(s.rates.back())) continue;
-    const TqBitAllocation a = tq_allocate_bits(s, avg, s.head_dim % 16 == 0 ? 0.5f : 1.0f);
+    const TqBitAllocation a = tq_allocate_bits(s, avg, tq_allocation_step(s.head_dim));
     double uni = 0, alloc = 0;
     for (int h = 0; h < n; ++h) {
       uni += s.error_at(s.k_err, h, avg) + s.error_at(s.v_err, h, avg);

@@ -853,9 +853,8 @@ std::unique_ptr<KvCache> make_turboquant_kv_cache(const std::string& name, const
           shape.head_dim));
     if (spec.qjl_keys || spec.edge_layers > 0)
       throw InvalidArgument("kv type: alloc= cannot be combined with qjl or eN");
-    // Half rates have whole-byte halves only when head_dim is a multiple of 16.
     const TqBitAllocation a =
-        tq_allocate_bits(sens, 0.5f * (spec.k_bits + spec.v_bits), shape.head_dim % 16 == 0 ? 0.5f : 1.0f);
+        tq_allocate_bits(sens, 0.5f * (spec.k_bits + spec.v_bits), tq_allocation_step(shape.head_dim));
     spec.head_k_bits = a.k_bits;
     spec.head_v_bits = a.v_bits;
   }

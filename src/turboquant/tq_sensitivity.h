@@ -43,6 +43,10 @@ struct TqBitAllocation {
 // one; smaller heads need step 1. Ties go to the lower index, so the result is deterministic. Throws
 // InvalidArgument when avg_bits is outside the measured rates.
 TqBitAllocation tq_allocate_bits(const TqSensitivity& s, float avg_bits, float step = 0.5f);
+// The step that keeps the bytes exact for this head_dim: half a bit when the halves are whole bytes.
+inline float tq_allocation_step(int head_dim) {
+  return head_dim % 16 == 0 ? 0.5f : 1.0f;
+}
 
 // JSON file ("qleap-kv-sensitivity", version 1). load throws FormatError on malformed content.
 std::string tq_sensitivity_to_json(const TqSensitivity& s);
