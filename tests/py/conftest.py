@@ -15,8 +15,9 @@ def qleap_bin() -> str:
 
 
 @pytest.fixture(scope="session")
-def shared_models() -> pathlib.Path:
-    p = pathlib.Path(os.environ.get("QLEAP_SHARED_MODELS", ROOT.parent / "shared" / "models"))
+def test_models() -> pathlib.Path:
+    """The real test models the repository carries (tests/fixtures/models, see its README)."""
+    p = pathlib.Path(os.environ.get("QLEAP_TEST_MODELS", ROOT / "tests" / "fixtures" / "models"))
     if not (p / "stories260K.gguf").exists():
         pytest.fail(f"test model stories260K.gguf not found in {p}")
     return p

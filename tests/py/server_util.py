@@ -11,22 +11,20 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def smollm_path():
-    for p in (os.environ.get("QLEAP_DEFAULT_MODEL", ""),
-              os.path.expanduser("~/.qleap/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-              "/work/models/SmolLM2-135M-Instruct.Q4_1.gguf"):
-        if p and os.path.exists(p):
-            return p
-    return None
+    """SmolLM2-135M Q4_1, which scripts/setup.sh downloads: found only through $QLEAP_DEFAULT_MODEL
+    (scripts/test.sh sets it), so the tests read nothing outside the checkout on their own."""
+    p = os.environ.get("QLEAP_DEFAULT_MODEL", "")
+    return p if p and os.path.exists(p) else None
 
 
 class Server:
     """A running server; `url` is http://127.0.0.1:<port>."""
 
-    def __init__(self, qleap_bin, shared_models, extra_args=(), with_smollm=False):
+    def __init__(self, qleap_bin, test_models, extra_args=(), with_smollm=False):
         self.dir = tempfile.mkdtemp(prefix="qleap_serve_")
         self.models = pathlib.Path(self.dir) / "models"
         self.models.mkdir()
-        shutil.copy(shared_models / "stories260K.gguf", self.models / "stories260K.gguf")
+        shutil.copy(test_models / "stories260K.gguf", self.models / "stories260K.gguf")
         if with_smollm and smollm_path():
             os.symlink(smollm_path(), self.models / "smollm2.gguf")
         env = dict(os.environ)

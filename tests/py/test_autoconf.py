@@ -32,8 +32,8 @@ def synthetic_machine(tmp_path, vram_gib=None, ram_gib=16):
     return p
 
 
-def test_plan_cpu_machine(qleap_bin, shared_models, tmp_path):
-    r = run(qleap_bin, "plan", shared_models / "stories260K.gguf", "--ctx", "256", "--json",
+def test_plan_cpu_machine(qleap_bin, test_models, tmp_path):
+    r = run(qleap_bin, "plan", test_models / "stories260K.gguf", "--ctx", "256", "--json",
             "--hardware", synthetic_machine(tmp_path))
     assert r.returncode == 0, r.stderr
     p = json.loads(r.stdout)["plan"]
@@ -43,8 +43,8 @@ def test_plan_cpu_machine(qleap_bin, shared_models, tmp_path):
     assert p["kv_bytes"] == 640 * 256
 
 
-def test_plan_gpu_machine_offloads_everything_and_explains(qleap_bin, shared_models, tmp_path):
-    r = run(qleap_bin, "plan", shared_models / "stories260K.gguf", "--hardware",
+def test_plan_gpu_machine_offloads_everything_and_explains(qleap_bin, test_models, tmp_path):
+    r = run(qleap_bin, "plan", test_models / "stories260K.gguf", "--hardware",
             synthetic_machine(tmp_path, vram_gib=8))
     assert r.returncode == 0, r.stderr
     assert "GPU layers 5 on GPU 0 (Synthetic GPU)" in r.stdout
@@ -52,24 +52,24 @@ def test_plan_gpu_machine_offloads_everything_and_explains(qleap_bin, shared_mod
     assert "why:" in r.stdout
 
 
-def test_plan_honours_flags(qleap_bin, shared_models, tmp_path):
-    r = run(qleap_bin, "plan", shared_models / "stories260K.gguf", "--json", "--kv", "q8_0", "-t", "3", "-b", "32",
+def test_plan_honours_flags(qleap_bin, test_models, tmp_path):
+    r = run(qleap_bin, "plan", test_models / "stories260K.gguf", "--json", "--kv", "q8_0", "-t", "3", "-b", "32",
             "-ngl", "0", "--hardware", synthetic_machine(tmp_path, vram_gib=8))
     assert r.returncode == 0, r.stderr
     p = json.loads(r.stdout)["plan"]
     assert (p["kv_type"], p["threads"], p["batch"], p["gpu_layers"]) == ("q8_0", 3, 32, 0)
 
 
-def test_plan_bad_gpu_layers_is_an_error(qleap_bin, shared_models):
-    r = run(qleap_bin, "plan", shared_models / "stories260K.gguf", "--gpu-layers", "lots")
+def test_plan_bad_gpu_layers_is_an_error(qleap_bin, test_models):
+    r = run(qleap_bin, "plan", test_models / "stories260K.gguf", "--gpu-layers", "lots")
     assert r.returncode == 1
     assert "--gpu-layers" in r.stderr
 
 
-def test_tune_stores_and_run_reuses(qleap_bin, shared_models, tmp_path):
+def test_tune_stores_and_run_reuses(qleap_bin, test_models, tmp_path):
     import os
     env = dict(os.environ, QLEAP_TUNE_FILE=str(tmp_path / "tune.json"))
-    model = shared_models / "stories260K.gguf"
+    model = test_models / "stories260K.gguf"
     r = run(qleap_bin, "tune", model, "-p", "32", "-n", "8", "--json", env=env)
     assert r.returncode == 0, r.stderr
     t = json.loads(r.stdout)
@@ -87,8 +87,8 @@ def test_tune_stores_and_run_reuses(qleap_bin, shared_models, tmp_path):
     assert "batch 7" in r.stderr
 
 
-def test_run_reports_its_plan(qleap_bin, shared_models):
-    r = run(qleap_bin, "run", shared_models / "stories260K.gguf", "--raw", "--temp", "0", "-n", "4", "Once")
+def test_run_reports_its_plan(qleap_bin, test_models):
+    r = run(qleap_bin, "run", test_models / "stories260K.gguf", "--raw", "--temp", "0", "-n", "4", "Once")
     assert r.returncode == 0, r.stderr
     assert "[plan: ctx" in r.stderr
 
@@ -122,9 +122,9 @@ def test_nvidia_detection_through_the_driver_api(qleap_bin, tmp_path):
     assert "GPU nvidia 0:  Fake H100 80GB, VRAM 80.00 GiB total / 70.00 GiB free, compute capability 9.0" in r.stdout
 
 
-def test_run_says_when_the_planned_offload_is_unavailable(qleap_bin, shared_models, tmp_path):
+def test_run_says_when_the_planned_offload_is_unavailable(qleap_bin, test_models, tmp_path):
     env = fake_cuda_env(tmp_path)
-    model = shared_models / "stories260K.gguf"
+    model = test_models / "stories260K.gguf"
     if json.loads(run(qleap_bin, "plan", model, "--json", env=env).stdout)["gpu_offload_in_build"]:
         import pytest
         pytest.skip("this build offloads to the GPU; the fake driver cannot run kernels")

@@ -7,15 +7,15 @@ def run(qleap_bin, *args, timeout=120):
     return subprocess.run([qleap_bin, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
-def test_greedy_story_matches_reference(qleap_bin, shared_models):
-    expected = (shared_models / "stories260K.expected.txt").read_text()
-    r = run(qleap_bin, "run", shared_models / "stories260K.gguf", "--raw", "--temp", "0", "-n", "200", "-q")
+def test_greedy_story_matches_reference(qleap_bin, test_models):
+    expected = (test_models / "stories260K.expected.txt").read_text()
+    r = run(qleap_bin, "run", test_models / "stories260K.gguf", "--raw", "--temp", "0", "-n", "200", "-q")
     assert r.returncode == 0, r.stderr
     assert r.stdout.rstrip("\n") == expected.rstrip("\n")
 
 
-def test_info_reports_metadata_and_memory(qleap_bin, shared_models):
-    r = run(qleap_bin, "info", shared_models / "stories260K.gguf")
+def test_info_reports_metadata_and_memory(qleap_bin, test_models):
+    r = run(qleap_bin, "info", test_models / "stories260K.gguf")
     assert r.returncode == 0, r.stderr
     assert "arch:        llama" in r.stdout
     assert "F32" in r.stdout
@@ -29,8 +29,8 @@ def test_missing_model_is_a_clear_error(qleap_bin, tmp_path):
     assert "not found" in r.stderr
 
 
-def test_corrupt_gguf_is_a_clear_error(qleap_bin, shared_models, tmp_path):
-    data = (shared_models / "stories260K.gguf").read_bytes()
+def test_corrupt_gguf_is_a_clear_error(qleap_bin, test_models, tmp_path):
+    data = (test_models / "stories260K.gguf").read_bytes()
     bad = tmp_path / "truncated.gguf"
     bad.write_bytes(data[: len(data) // 2])
     r = run(qleap_bin, "info", bad)
@@ -38,8 +38,8 @@ def test_corrupt_gguf_is_a_clear_error(qleap_bin, shared_models, tmp_path):
     assert "truncated" in r.stderr or "past the end" in r.stderr
 
 
-def test_bad_flag_value_is_rejected(qleap_bin, shared_models):
-    r = run(qleap_bin, "run", shared_models / "stories260K.gguf", "--kv", "bogus", "x", "-n", "1")
+def test_bad_flag_value_is_rejected(qleap_bin, test_models):
+    r = run(qleap_bin, "run", test_models / "stories260K.gguf", "--kv", "bogus", "x", "-n", "1")
     assert r.returncode != 0
     assert "bogus" in r.stderr
 
@@ -53,8 +53,8 @@ STORY = (
 )
 
 
-def test_compare_prompt_mode_prints_kld_and_both_continuations(qleap_bin, shared_models):
-    r = run(qleap_bin, "compare", shared_models / "stories260K.gguf", "--kv", "tq3", "Once upon a time", "-n", "16",
+def test_compare_prompt_mode_prints_kld_and_both_continuations(qleap_bin, test_models):
+    r = run(qleap_bin, "compare", test_models / "stories260K.gguf", "--kv", "tq3", "Once upon a time", "-n", "16",
             "-t", "1")
     assert r.returncode == 0, r.stderr
     assert "f16 greedy" in r.stdout and "tq3 greedy" in r.stdout
@@ -62,8 +62,8 @@ def test_compare_prompt_mode_prints_kld_and_both_continuations(qleap_bin, shared
     assert "identical for the first" in r.stdout
 
 
-def test_compare_against_itself_is_lossless(qleap_bin, shared_models):
-    r = run(qleap_bin, "compare", shared_models / "stories260K.gguf", "--kv", "f16", "Once upon a time", "-n", "8",
+def test_compare_against_itself_is_lossless(qleap_bin, test_models):
+    r = run(qleap_bin, "compare", test_models / "stories260K.gguf", "--kv", "f16", "Once upon a time", "-n", "8",
             "-t", "1", "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)["summary"]
@@ -71,13 +71,13 @@ def test_compare_against_itself_is_lossless(qleap_bin, shared_models):
     assert s["top1_agreement"] == 1.0
 
 
-def test_compare_text_mode_orders_cache_types(qleap_bin, shared_models, tmp_path):
+def test_compare_text_mode_orders_cache_types(qleap_bin, test_models, tmp_path):
     text = tmp_path / "story.txt"
     text.write_text(STORY * 12)
     res = {}
     # ':w0': without the recent window, which covers half of this 128-token context, so that bits decide.
     for kv in ("q8_0", "tq4:w0", "tq2:w0", "tq2"):
-        r = run(qleap_bin, "compare", shared_models / "stories260K.gguf", "--kv", kv, "--text", text, "-c", "128",
+        r = run(qleap_bin, "compare", test_models / "stories260K.gguf", "--kv", kv, "--text", text, "-c", "128",
                 "-t", "1", "--json")
         assert r.returncode == 0, r.stderr
         j = json.loads(r.stdout)
@@ -90,15 +90,15 @@ def test_compare_text_mode_orders_cache_types(qleap_bin, shared_models, tmp_path
     assert res["tq2"] < 0.5 * res["tq2:w0"]
 
 
-def test_q4_0_kv_cache_and_its_size(qleap_bin, shared_models):
-    r = run(qleap_bin, "info", shared_models / "stories260K.gguf", "--kv", "q4_0")
+def test_q4_0_kv_cache_and_its_size(qleap_bin, test_models):
+    r = run(qleap_bin, "info", test_models / "stories260K.gguf", "--kv", "q4_0")
     assert r.returncode == 0, r.stderr
     # 5 layers x 2 (K,V) x one 18-byte block (kv_dim 32) = 180 bytes per token
     assert "180 B per token" in r.stdout
 
 
-def test_bench_decode_after_a_filled_context(qleap_bin, shared_models):
-    r = run(qleap_bin, "bench", shared_models / "stories260K.gguf", "-p", "0", "-n", "4", "-r", "1", "--depth", "200",
+def test_bench_decode_after_a_filled_context(qleap_bin, test_models):
+    r = run(qleap_bin, "bench", test_models / "stories260K.gguf", "-p", "0", "-n", "4", "-r", "1", "--depth", "200",
             "--fill", "random", "--kv", "tq3", "--no-membw", "--json")
     assert r.returncode == 0, r.stderr
     j = json.loads(r.stdout)
@@ -106,8 +106,8 @@ def test_bench_decode_after_a_filled_context(qleap_bin, shared_models):
     assert j["kv_bytes_per_token"] == 200 and abs(j["kv_compression_vs_f16"] - 3.2) < 1e-9
 
 
-def test_bench_compares_kv_types_in_one_process(qleap_bin, shared_models):
-    r = run(qleap_bin, "bench", shared_models / "stories260K.gguf", "-p", "0", "-n", "4", "-r", "2", "--depth", "100",
+def test_bench_compares_kv_types_in_one_process(qleap_bin, test_models):
+    r = run(qleap_bin, "bench", test_models / "stories260K.gguf", "-p", "0", "-n", "4", "-r", "2", "--depth", "100",
             "--fill", "random", "--kv", "f16,q8_0,tq3", "-t", "1", "--json")
     assert r.returncode == 0, r.stderr
     j = json.loads(r.stdout)
@@ -120,13 +120,13 @@ def test_bench_compares_kv_types_in_one_process(qleap_bin, shared_models):
     # Sizes are each cache's real allocation per token (stories260K: 5 layers, 4 kv heads x 8).
     assert rows["f16"]["kv_bytes_per_token"] == 5 * 2 * 32 * 2
     assert rows["tq3"]["kv_bytes_per_token"] == 200
-    bad = run(qleap_bin, "bench", shared_models / "stories260K.gguf", "-n", "0", "--kv", "f16,tq3")
+    bad = run(qleap_bin, "bench", test_models / "stories260K.gguf", "-n", "0", "--kv", "f16,tq3")
     assert bad.returncode != 0 and "-n > 0" in bad.stderr
 
 
-def test_info_reports_the_turboquant_exact_rows_as_fixed_bytes(qleap_bin, shared_models):
+def test_info_reports_the_turboquant_exact_rows_as_fixed_bytes(qleap_bin, test_models):
     def fixed(kv):
-        r = run(qleap_bin, "info", shared_models / "stories260K.gguf", "--kv", kv, "--json")
+        r = run(qleap_bin, "info", test_models / "stories260K.gguf", "--kv", kv, "--json")
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
@@ -141,10 +141,10 @@ def test_info_reports_the_turboquant_exact_rows_as_fixed_bytes(qleap_bin, shared
     assert fixed("tq3:sink0:w0")["kv_fixed_bytes"] == 0
 
 
-def test_kv_sensitivity_profile_feeds_the_per_head_allocation(qleap_bin, shared_models, tmp_path):
-    model = shared_models / "stories260K.gguf"
+def test_kv_sensitivity_profile_feeds_the_per_head_allocation(qleap_bin, test_models, tmp_path):
+    model = test_models / "stories260K.gguf"
     text = tmp_path / "text.txt"
-    text.write_text(((shared_models / "stories260K.expected.txt").read_text() + "\n") * 4)
+    text.write_text(((test_models / "stories260K.expected.txt").read_text() + "\n") * 4)
     out = tmp_path / "sens.json"
     r = run(qleap_bin, "profile", model, text, "--kv-sensitivity", "-c", "256", "--chunks", "2", "-t", "1",
             "-o", out)

@@ -13,9 +13,9 @@ def has_cuda_device(qleap_bin):
     return "CUDA 0:" in run(qleap_bin, "info").stdout
 
 
-def test_gpu_layers_keeps_greedy_text(qleap_bin, shared_models):
-    expected = (shared_models / "stories260K.expected.txt").read_text().rstrip("\n")
-    model = shared_models / "stories260K.gguf"
+def test_gpu_layers_keeps_greedy_text(qleap_bin, test_models):
+    expected = (test_models / "stories260K.expected.txt").read_text().rstrip("\n")
+    model = test_models / "stories260K.gguf"
     for flag in (["-ngl", "99"], ["--gpu-layers", "2"]):
         r = run(qleap_bin, "run", model, "--raw", "--temp", "0", "-n", "200", "-q", *flag)
         assert r.returncode == 0, r.stderr
@@ -24,8 +24,8 @@ def test_gpu_layers_keeps_greedy_text(qleap_bin, shared_models):
             assert "ignored: no CUDA device" in r.stderr
 
 
-def test_bench_reports_placement(qleap_bin, shared_models):
-    r = run(qleap_bin, "bench", shared_models / "stories260K.gguf", "-p", "8", "-n", "4", "-r", "1", "-ngl", "3")
+def test_bench_reports_placement(qleap_bin, test_models):
+    r = run(qleap_bin, "bench", test_models / "stories260K.gguf", "-p", "8", "-n", "4", "-r", "1", "-ngl", "3")
     assert r.returncode == 0, r.stderr
     if has_cuda_device(qleap_bin):
         assert "placement: CPU: layers 0-1, GPU: layers 2-4" in r.stdout
@@ -33,6 +33,6 @@ def test_bench_reports_placement(qleap_bin, shared_models):
         assert "placement: CPU: all 5 layers" in r.stdout
 
 
-def test_gpu_layers_rejects_garbage(qleap_bin, shared_models):
-    r = run(qleap_bin, "run", shared_models / "stories260K.gguf", "hi", "--gpu-layers", "-5")
+def test_gpu_layers_rejects_garbage(qleap_bin, test_models):
+    r = run(qleap_bin, "run", test_models / "stories260K.gguf", "hi", "--gpu-layers", "-5")
     assert r.returncode != 0

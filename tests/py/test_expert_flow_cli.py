@@ -57,8 +57,8 @@ def test_run_rejects_malformed_profile_and_unknown_tier(qleap_bin, moe_model, tm
     assert 0 < r.returncode < 128 and b"--expert-tier" in r.stderr
 
 
-def test_expert_cache_on_a_dense_model_is_an_error(qleap_bin, shared_models):
-    r = run(qleap_bin, "run", shared_models / "stories260K.gguf", "hi", "-n", "2", "--expert-cache", "1M",
+def test_expert_cache_on_a_dense_model_is_an_error(qleap_bin, test_models):
+    r = run(qleap_bin, "run", test_models / "stories260K.gguf", "hi", "-n", "2", "--expert-cache", "1M",
             "--expert-tier", "host")
     assert r.returncode == 1 and b"not a mixture-of-experts model" in r.stderr
 
@@ -115,7 +115,7 @@ def test_bench_moe_measures_policies_with_the_host_tier(qleap_bin, moe_model):
     assert r.returncode == 1 and b"--expert-cache: expected a byte count" in r.stderr
 
 
-def test_serve_runs_moe_models_through_the_expert_flow(qleap_bin, shared_models, moe_model):
+def test_serve_runs_moe_models_through_the_expert_flow(qleap_bin, test_models, moe_model):
     """`qleap serve --expert-cache ... --expert-tier host`: a MoE model's greedy reply equals `qleap run`
     without ExpertFlow, /api/qleap/status and /metrics report the expert-tier hit rate, and a dense model
     in the same store is served as before (the flags apply to MoE models only)."""
@@ -125,7 +125,7 @@ def test_serve_runs_moe_models_through_the_expert_flow(qleap_bin, shared_models,
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     from server_util import Server
 
-    s = Server(qleap_bin, shared_models, ["--expert-cache", "1M", "--expert-tier", "host"])
+    s = Server(qleap_bin, test_models, ["--expert-cache", "1M", "--expert-tier", "host"])
     try:
         shutil.copy(moe_model, s.models / "moe.gguf")
 

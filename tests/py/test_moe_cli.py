@@ -47,11 +47,11 @@ def test_bench_moe_budget_extremes(qleap_bin, moe_gguf):
     assert all(p["hit_rate"] == 0.0 and p["pcie_bytes_per_token"] == 0 for p in none["simulated"])
 
 
-def test_moe_commands_reject_dense_models(qleap_bin, shared_models):
-    r = run(qleap_bin, "bench", "--moe", shared_models / "stories260K.gguf", "-p", "4", "-n", "4")
+def test_moe_commands_reject_dense_models(qleap_bin, test_models):
+    r = run(qleap_bin, "bench", "--moe", test_models / "stories260K.gguf", "-p", "4", "-n", "4")
     assert r.returncode == 1 and "not a mixture-of-experts model" in r.stderr
-    text = shared_models / "stories260K.expected.txt"
-    r = run(qleap_bin, "profile", shared_models / "stories260K.gguf", text)
+    text = test_models / "stories260K.expected.txt"
+    r = run(qleap_bin, "profile", test_models / "stories260K.gguf", text)
     assert r.returncode == 1 and "not a mixture-of-experts model" in r.stderr
 
 

@@ -8,10 +8,10 @@ def run(qleap_bin, store, *args, check=True):
     return subprocess.run([qleap_bin, *args], capture_output=True, text=True, env=env, check=check)
 
 
-def test_pull_list_rm(qleap_bin, shared_models, tmp_path):
+def test_pull_list_rm(qleap_bin, test_models, tmp_path):
     store = tmp_path / "models"
     assert "stories260K" not in run(qleap_bin, store, "list").stdout
-    out = run(qleap_bin, store, "pull", str(shared_models / "stories260K.gguf")).stdout
+    out = run(qleap_bin, store, "pull", str(test_models / "stories260K.gguf")).stdout
     assert "pulled stories260K:latest" in out
     listing = run(qleap_bin, store, "list").stdout
     line = [l for l in listing.splitlines() if l.startswith("stories260K:latest")][0]

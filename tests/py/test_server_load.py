@@ -35,8 +35,8 @@ def wait_idle(url, timeout=10):
 
 
 @pytest.fixture(scope="module")
-def server(qleap_bin, shared_models):
-    s = Server(qleap_bin, shared_models, ["--parallel", "8", "--max-queue", "64"])
+def server(qleap_bin, test_models):
+    s = Server(qleap_bin, test_models, ["--parallel", "8", "--max-queue", "64"])
     yield s
     assert s.stop() == 0
 
@@ -95,9 +95,9 @@ def test_disconnect_cancels_and_frees_slot(server):
     assert r.done
 
 
-def test_queue_full_503(qleap_bin, shared_models):
+def test_queue_full_503(qleap_bin, test_models):
     # One slot, one queue place: of 8 simultaneous long requests some must be turned away.
-    s = Server(qleap_bin, shared_models, ["--parallel", "1", "--max-queue", "1", "--ctx", "4096"])
+    s = Server(qleap_bin, test_models, ["--parallel", "1", "--max-queue", "1", "--ctx", "4096"])
     try:
         body = {"model": "stories260K", "prompt": "Once upon a time", "stream": False,
                 "options": {"num_predict": 4000, "temperature": 0.8}}
@@ -117,8 +117,8 @@ def test_queue_full_503(qleap_bin, shared_models):
         assert s.stop() == 0
 
 
-def test_lru_hot_swap(qleap_bin, shared_models):
-    s = Server(qleap_bin, shared_models, ["--max-loaded", "1"])
+def test_lru_hot_swap(qleap_bin, test_models):
+    s = Server(qleap_bin, test_models, ["--max-loaded", "1"])
     try:
         c = ollama.Client(host=s.url)
         c.copy("stories260K", "other")
@@ -132,13 +132,13 @@ def test_lru_hot_swap(qleap_bin, shared_models):
         assert s.stop() == 0
 
 
-def test_concurrent_equals_sequential_quantized(qleap_bin, shared_models):
+def test_concurrent_equals_sequential_quantized(qleap_bin, test_models):
     """Same check on the quantized default model (Q4_1), whose multi-row matmul tiles round
     differently from the single-row kernels: batched decode steps must still match."""
     from server_util import smollm_path
     if smollm_path() is None:
         pytest.skip("SmolLM2-135M-Instruct.Q4_1.gguf not found")
-    s = Server(qleap_bin, shared_models, ["--parallel", "4", "--ctx", "512"], with_smollm=True)
+    s = Server(qleap_bin, test_models, ["--parallel", "4", "--ctx", "512"], with_smollm=True)
     try:
         c = ollama.Client(host=s.url)
         opts = {"temperature": 0, "num_predict": 16}

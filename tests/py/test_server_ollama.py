@@ -15,8 +15,8 @@ GREEDY = {"temperature": 0, "num_predict": 24, "repeat_penalty": 1.0}
 
 
 @pytest.fixture(scope="module")
-def server(qleap_bin, shared_models):
-    s = Server(qleap_bin, shared_models, ["--parallel", "4"], with_smollm=True)
+def server(qleap_bin, test_models):
+    s = Server(qleap_bin, test_models, ["--parallel", "4"], with_smollm=True)
     yield s
     rc = s.stop()
     assert rc == 0, "server exited with an error"
@@ -51,12 +51,12 @@ def test_list_and_show(client):
     assert "completion" in show.capabilities
 
 
-def test_generate_matches_cli(client, qleap_bin, shared_models):
+def test_generate_matches_cli(client, qleap_bin, test_models):
     """The server's output equals `qleap run` (the Session engine) for the same greedy request."""
     r = client.generate(model="stories260K", prompt="Once upon a time", raw=True, options=GREEDY)
     assert r.done and r.done_reason == "length" and r.eval_count == 24
     assert r.prompt_eval_count > 0 and r.total_duration > 0 and r.eval_duration > 0
-    cli = subprocess.run([qleap_bin, "run", str(shared_models / "stories260K.gguf"), "Once upon a time",
+    cli = subprocess.run([qleap_bin, "run", str(test_models / "stories260K.gguf"), "Once upon a time",
                           "--raw", "--temp", "0", "-n", "24", "-q", "-t", "1"],
                          capture_output=True, text=True, check=True).stdout
     assert cli.rstrip("\n") == "Once upon a time" + r.response
@@ -164,8 +164,8 @@ def test_copy_delete(client):
     assert e.value.status_code == 404
 
 
-def test_pull_local_and_offline_error(client, shared_models):
-    parts = list(client.pull(str(shared_models / "stories260K.gguf"), stream=True))
+def test_pull_local_and_offline_error(client, test_models):
+    parts = list(client.pull(str(test_models / "stories260K.gguf"), stream=True))
     assert parts[-1].status == "success"
     assert any(p.total for p in parts)
     # Pulling by path names the model after the file: here the one already in the store.

@@ -13,8 +13,8 @@ MSGS = [{"role": "user", "content": "Tell me a story about a cat."}]
 
 
 @pytest.fixture(scope="module")
-def server(qleap_bin, shared_models):
-    s = Server(qleap_bin, shared_models, ["--parallel", "4"])
+def server(qleap_bin, test_models):
+    s = Server(qleap_bin, test_models, ["--parallel", "4"])
     yield s
     assert s.stop() == 0
 

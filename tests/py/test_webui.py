@@ -59,8 +59,8 @@ def artifacts_dir():
 
 
 @pytest.fixture(scope="module")
-def server(qleap_bin, shared_models):
-    s = Server(qleap_bin, shared_models, ["--parallel", "2"])
+def server(qleap_bin, test_models):
+    s = Server(qleap_bin, test_models, ["--parallel", "2"])
     yield s
     s.stop()
 
@@ -191,10 +191,10 @@ def test_unload_and_load_from_models_tab(server, browser):
         assert [m["name"] for m in json.loads(r.read())["models"]] == [MODEL]
 
 
-def test_pull_with_progress_then_delete(server, browser, shared_models, tmp_path):
+def test_pull_with_progress_then_delete(server, browser, test_models, tmp_path):
     b = browser
     src = tmp_path / "webui-pulled.gguf"
-    shutil.copy(shared_models / "stories260K.gguf", src)
+    shutil.copy(test_models / "stories260K.gguf", src)
     b.find_element(By.ID, "tab-models").click()
     wait = settle(b, 30)
     b.find_element(By.ID, "pull-name").send_keys(str(src))

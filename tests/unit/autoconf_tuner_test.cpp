@@ -99,7 +99,7 @@ TEST(AutoconfTuner, ThreadCandidates) {
 
 TEST(AutoconfTuner, TuneOnStoriesMeasuresAndKeepsTheBaselineWhenNothingIsBetter) {
   const fs::path path = testing::stories_path();
-  if (!fs::exists(path)) GTEST_SKIP() << "stories260K.gguf not found at " << path;
+  ASSERT_TRUE(fs::exists(path)) << path;
   auto model = load_model(path.string());
   HardwareInfo hw;
   hw.physical_cores = 1;

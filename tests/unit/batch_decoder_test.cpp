@@ -74,14 +74,12 @@ void check_model(const std::string& path, int n_threads) {
 }
 
 TEST(BatchDecoder, RowsIndependentOfBatchStories) {
-  const std::string p = testing::stories_path();
-  if (!std::filesystem::exists(p)) GTEST_SKIP() << "stories260K.gguf not found";
-  check_model(p, 2);
+  check_model(testing::stories_path(), 2);
 }
 
 TEST(BatchDecoder, RowsIndependentOfBatchSmolLM) {
   const std::string p = testing::default_model_path();
-  if (p.empty()) GTEST_SKIP() << "default model (SmolLM2-135M-Instruct.Q4_1.gguf) not found";
+  if (p.empty()) GTEST_SKIP() << "$QLEAP_DEFAULT_MODEL (SmolLM2-135M-Instruct.Q4_1.gguf) not set";
   check_model(p, 2);
 }
 

@@ -78,7 +78,7 @@ int argmax(const std::vector<float>& x) {
 TEST(CudaModelStories, GreedyTextMatchesLlama2cWithFullAndPartialOffload) {
   REQUIRE_GPU();
   const std::string path = testing::stories_path();
-  if (!std::filesystem::exists(path)) GTEST_SKIP() << "stories260K.gguf not found at " << path;
+  ASSERT_TRUE(std::filesystem::exists(path)) << path;
   auto model = load_model(path);
   std::string expected = testing::read_text(testing::stories_expected_path());
   ASSERT_FALSE(expected.empty());
@@ -105,7 +105,7 @@ TEST(CudaModelStories, GreedyTextMatchesLlama2cWithFullAndPartialOffload) {
 TEST(CudaModelStories, PrefillAndDecodeLogitsMatchCpu) {
   REQUIRE_GPU();
   const std::string path = testing::stories_path();
-  if (!std::filesystem::exists(path)) GTEST_SKIP() << "stories260K.gguf not found at " << path;
+  ASSERT_TRUE(std::filesystem::exists(path)) << path;
   auto model = load_model(path);
   std::vector<int32_t> toks;
   for (int i = 0; i < 300; ++i) toks.push_back(int32_t(1 + (i * 37) % 500));

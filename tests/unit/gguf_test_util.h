@@ -13,13 +13,10 @@ inline std::string source_dir() {
   return e && *e ? e : QLEAP_SOURCE_DIR;
 }
 
-// The small real model shared by the tests (empty when absent).
+// The small real model the repository carries (tests/fixtures/models; $QLEAP_TEST_MODELS overrides).
 inline std::string stories_model() {
-  for (const std::string& p : {source_dir() + "/../shared/models/stories260K.gguf",
-                               std::string("/work/shared/models/stories260K.gguf")}) {
-    if (std::filesystem::exists(p)) return p;
-  }
-  return "";
+  const char* e = std::getenv("QLEAP_TEST_MODELS");
+  return (e && *e ? std::string(e) : source_dir() + "/tests/fixtures/models") + "/stories260K.gguf";
 }
 
 inline std::string fixtures_dir() {

@@ -491,8 +491,7 @@ TEST(TqKvCache, CenteringMakesOffsetsFree) {
 
 std::shared_ptr<const Model> stories() {
   static std::shared_ptr<const Model> m = [] {
-    const std::string p = testing::stories_path();
-    return std::filesystem::exists(p) ? load_model(p) : nullptr;
+    return load_model(testing::stories_path());
   }();
   return m;
 }
@@ -527,7 +526,7 @@ std::vector<int> greedy(const std::shared_ptr<const Model>& model, const std::st
 
 TEST(TqKvStories, GreedyTextFollowsF16) {
   auto model = stories();
-  if (!model) GTEST_SKIP() << "stories260K.gguf not found at " << testing::stories_path();
+  ASSERT_TRUE(model) << testing::stories_path();
   std::vector<float> margins;
   const std::vector<int> ref = greedy(model, "f16", 200, &margins);
   // head_dim 8 is the hardest case for TurboQuant (4 bits: ~8 % relative L2 error per key, vs ~0.5 %
@@ -551,7 +550,7 @@ TEST(TqKvStories, GreedyTextFollowsF16) {
 
 TEST(TqKvStories, TopOneAgreementWithF16) {
   auto model = stories();
-  if (!model) GTEST_SKIP() << "stories260K.gguf not found at " << testing::stories_path();
+  ASSERT_TRUE(model) << testing::stories_path();
   // A fixed text: the model's own greedy f16 continuation (natural statistics), scored in one batch.
   std::vector<int32_t> seq = {1};
   for (int t : greedy(model, "f16", 255)) seq.push_back(t);

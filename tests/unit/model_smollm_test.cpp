@@ -21,8 +21,8 @@ std::shared_ptr<const Model> smollm() {
 #define REQUIRE_SMOLLM()                                                                               \
   auto model = smollm();                                                                               \
   if (!model) {                                                                                        \
-    GTEST_SKIP() << "default model not found ($QLEAP_DEFAULT_MODEL, ~/.qleap/models/ or /work/models/" \
-                    "SmolLM2-135M-Instruct.Q4_1.gguf); run scripts/fetch_default_model.sh";            \
+    GTEST_SKIP() << "$QLEAP_DEFAULT_MODEL not set (SmolLM2-135M-Instruct.Q4_1.gguf; scripts/test.sh " \
+                    "sets it after scripts/fetch_default_model.sh)";                                  \
   }
 
 // Until every weight format has a kernel in this build, the first eval may raise Unsupported.

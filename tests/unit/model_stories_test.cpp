@@ -18,15 +18,14 @@ using testing::decode_piece;
 
 std::shared_ptr<const Model> stories() {
   static std::shared_ptr<const Model> m = [] {
-    const std::string p = testing::stories_path();
-    return std::filesystem::exists(p) ? load_model(p) : nullptr;
+    return load_model(testing::stories_path());
   }();
   return m;
 }
 
 #define REQUIRE_STORIES() \
   auto model = stories(); \
-  if (!model) GTEST_SKIP() << "stories260K.gguf not found at " << testing::stories_path()
+  ASSERT_TRUE(model) << testing::stories_path()
 
 int argmax(const float* x, int n) {
   // First maximum, like llama2.c's sample_argmax.

@@ -18,23 +18,23 @@ inline std::string source_dir() {
   if (const char* e = std::getenv("QLEAP_SOURCE_DIR"); e && *e) return e;
   return QLEAP_SOURCE_DIR;
 }
+// The real models the repository carries (tests/fixtures/models; $QLEAP_TEST_MODELS overrides).
+inline std::string test_models_dir() {
+  if (const char* e = std::getenv("QLEAP_TEST_MODELS"); e && *e) return e;
+  return source_dir() + "/tests/fixtures/models";
+}
 inline std::string stories_path() {
-  return source_dir() + "/../shared/models/stories260K.gguf";
+  return test_models_dir() + "/stories260K.gguf";
 }
 inline std::string stories_expected_path() {
-  return source_dir() + "/../shared/models/stories260K.expected.txt";
+  return test_models_dir() + "/stories260K.expected.txt";
 }
 
-// $QLEAP_DEFAULT_MODEL, ~/.qleap/models/..., /work/models/...: first that exists, else "".
+// SmolLM2-135M Q4_1 (downloaded by scripts/setup.sh, not committed): only through
+// $QLEAP_DEFAULT_MODEL, which scripts/test.sh sets; "" when unset or missing.
 inline std::string default_model_path() {
-  std::vector<std::string> c;
-  if (const char* e = std::getenv("QLEAP_DEFAULT_MODEL"); e && *e) c.push_back(e);
-  if (const char* h = std::getenv("HOME"); h && *h)
-    c.push_back(std::string(h) + "/.qleap/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-  c.push_back("/work/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-  for (const auto& p : c) {
-    if (std::filesystem::exists(p)) return p;
-  }
+  const char* e = std::getenv("QLEAP_DEFAULT_MODEL");
+  if (e && *e && std::filesystem::exists(e)) return e;
   return "";
 }
 

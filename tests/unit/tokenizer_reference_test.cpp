@@ -85,8 +85,8 @@ INSTANTIATE_TEST_SUITE_P(TokenizerFixtures, TokenizerReference,
 // The real stories260K model file (its metadata carries -1 ids written as 0xFFFFFFFF) tokenizes like
 // the vocab-only fixture made from it.
 TEST(TokenizerReferenceModels, Stories260KModelFile) {
-  const std::string path = source_dir() + "/../shared/models/stories260K.gguf";
-  if (!std::filesystem::exists(path)) GTEST_SKIP() << "stories260K.gguf not found at " << path;
+  const std::string path = source_dir() + "/tests/fixtures/models/stories260K.gguf";
+  ASSERT_TRUE(std::filesystem::exists(path)) << path;
   const auto f = GgufFile::open(path);
   const Tokenizer tok = Tokenizer::from_gguf(*f);
   EXPECT_EQ(tok.n_vocab(), 512);
