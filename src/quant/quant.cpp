@@ -169,6 +169,11 @@ bool can_quantize(GgmlType t) {
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
     case GgmlType::Q6_K:
+    case GgmlType::TQ1_0:
+    case GgmlType::TQ2_0:
+    case GgmlType::MXFP4:
+    case GgmlType::NVFP4:
+    case GgmlType::IQ4_XS:
       return true;
     default:
       return false;
@@ -239,6 +244,21 @@ void quantize_row_ref(GgmlType t, const float* src, void* dst, int64_t n) {
         break;
       case GgmlType::Q6_K:
         quantize_block_ref(x, static_cast<BlockQ6_K*>(b));
+        break;
+      case GgmlType::TQ1_0:
+        quantize_block_ref(x, static_cast<BlockTq1_0*>(b));
+        break;
+      case GgmlType::TQ2_0:
+        quantize_block_ref(x, static_cast<BlockTq2_0*>(b));
+        break;
+      case GgmlType::MXFP4:
+        quantize_block_ref(x, static_cast<BlockMxfp4*>(b));
+        break;
+      case GgmlType::NVFP4:
+        quantize_block_ref(x, static_cast<BlockNvfp4*>(b));
+        break;
+      case GgmlType::IQ4_XS:
+        quantize_block_ref(x, static_cast<BlockIq4Xs*>(b));
         break;
       default:
         throw Unsupported(fmt::format("no encoder for tensor type {}", type_name(t)));

@@ -78,7 +78,8 @@ TEST_P(EncodeVsGgufPy, BitExact) {
 }
 
 INSTANTIATE_TEST_SUITE_P(QuantFormats, EncodeVsGgufPy,
-                         ::testing::Values("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16"));
+                         ::testing::Values("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16", "TQ1_0", "TQ2_0",
+                                           "MXFP4"));
 
 struct RmseCase {
   const char* type;
@@ -114,14 +115,36 @@ TEST_P(EncodeRoundTrip, RelativeRmseWithinBound) {
 }
 
 // Bounds sit a little above what each format's bit budget gives on this data (4-bit ~0.1,
-// 5-bit ~0.05, 6-bit ~0.025, 8-bit ~0.006 per 32, ~0.01 per 256).
+// 5-bit ~0.05, 6-bit ~0.025, 8-bit ~0.006 per 32, ~0.01 per 256; MXFP4's power-of-two scale ~0.12).
 INSTANTIATE_TEST_SUITE_P(QuantFormats, EncodeRoundTrip,
                          ::testing::Values(RmseCase{"Q8_0", 0.008}, RmseCase{"Q8_K", 0.013},
                                            RmseCase{"Q4_0", 0.13}, RmseCase{"Q4_1", 0.11},
                                            RmseCase{"Q5_0", 0.065}, RmseCase{"Q5_1", 0.055},
                                            RmseCase{"IQ4_NL", 0.11}, RmseCase{"Q4_K", 0.11},
-                                           RmseCase{"Q5_K", 0.055}, RmseCase{"Q6_K", 0.03}),
+                                           RmseCase{"Q5_K", 0.055}, RmseCase{"Q6_K", 0.03},
+                                           RmseCase{"IQ4_XS", 0.1}, RmseCase{"MXFP4", 0.14},
+                                           RmseCase{"NVFP4", 0.1}),
                          [](const auto& info) { return std::string(info.param.type); });
+
+// Ternary formats store ternary weights exactly: blocks of {-s, 0, s} with s an fp16 value come back
+// bit for bit (Gaussian data is no test for them: they are meant for ternary-trained models).
+TEST(EncodeTernary, ExactOnTernaryWeights) {
+  std::mt19937 rng(3);
+  const int64_t n = 256 * 16;
+  std::vector<float> x(static_cast<size_t>(n));
+  for (int64_t b = 0; b < n / 256; ++b) {
+    const float s = fp16_to_fp32_ref(fp32_to_fp16_ref(0.001f * float(1 + b * 37)));
+    for (int64_t i = 0; i < 256; ++i) x[size_t(b * 256 + i)] = s * float(int(rng() % 3) - 1);
+    x[size_t(b * 256)] = s;  // every block holds its scale at least once
+  }
+  for (GgmlType t : {GgmlType::TQ1_0, GgmlType::TQ2_0}) {
+    std::vector<uint8_t> q(row_size(t, n));
+    quantize_row_ref(t, x.data(), q.data(), n);
+    std::vector<float> y(static_cast<size_t>(n));
+    dequantize_row_ref(t, q.data(), y.data(), n);
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(y[size_t(i)], x[size_t(i)]) << type_name(t) << " element " << i;
+  }
+}
 
 TEST(QuantApi, BitsPerWeight) {
   const std::pair<const char*, double> want[] = {
