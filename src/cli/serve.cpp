@@ -29,30 +29,9 @@ struct ServeOptions {
   ExpertFlowCliOptions flow;
 };
 
-// QLEAP_HOST / --host: "host", "host:port", "http://host:port", ":port".
-void parse_host(std::string s, std::string& host, int& port) {
-  for (const char* p : {"http://", "https://"}) {
-    if (s.rfind(p, 0) == 0) s = s.substr(std::string_view(p).size());
-  }
-  if (!s.empty() && s.back() == '/') s.pop_back();
-  const size_t c = s.rfind(':');
-  if (c != std::string::npos && s.find(']') == std::string::npos && s.find(':') == c) {
-    const std::string ps = s.substr(c + 1);
-    char* end = nullptr;
-    const long v = std::strtol(ps.c_str(), &end, 10);
-    if (ps.empty() || *end || v < 0 || v > 65535)
-      throw InvalidArgument(fmt::format("invalid port in '{}'", s));
-    port = int(v);
-    s.resize(c);
-  }
-  if (!s.empty()) host = s;
-}
-
 void serve_command(const ServeOptions& o) {
   server::ServerOptions so;
-  so.host = "127.0.0.1";
-  so.port = 11435;
-  if (const char* env = std::getenv("QLEAP_HOST"); env && *env) parse_host(env, so.host, so.port);
+  serve_address(so.host, so.port);
   if (!o.host.empty()) parse_host(o.host, so.host, so.port);
   if (o.port >= 0) so.port = o.port;
   so.models_dir = o.models.empty() ? models_dir() : o.models;
