@@ -14,6 +14,7 @@
 #include "autoconf/tuner.h"
 #include "core/error.h"
 #include "gguf/gguf.h"
+#include "runtime/kv_calibrate.h"
 
 namespace qleap::cli {
 
@@ -164,12 +165,15 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
 
   Plan plan = make_plan(hw, info, req);
   int ngl = plan.gpu_layers;
-  if (ngl > 0 && !build_has_gpu_offload()) {
+  // The planner also places MoE models (attention on the GPU, experts in RAM), which the engine
+  // cannot run yet: MoE layers have no device path (model/blocks.cpp prepare_layer).
+  const bool moe_on_gpu = ngl > 0 && info.is_moe() && req.gpu_layers == kGpuLayersAuto;
+  if (ngl > 0 && (!build_has_gpu_offload() || moe_on_gpu)) {
     if (!quiet) {
       std::cerr << fmt::format(
-          "[plan wanted {} GPU layers on {}, but GPU offload is unavailable in this build: "
-          "planning for the CPU]\n",
-          ngl, plan.gpu_name);
+          "[plan wanted {} GPU layers on {}, but {}: planning for the CPU]\n", ngl, plan.gpu_name,
+          moe_on_gpu ? "MoE layers run on the CPU only (experts can go to the GPU with --expert-tier cuda)"
+                     : "GPU offload is unavailable in this build");
     }
     hw.gpus.clear();
     plan = make_plan(hw, info, req);
@@ -189,6 +193,7 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
   }
   SessionOptions so = to_session_options(plan);
   so.gpu_layers = session_gpu_layers;
+  so.kv_calibration_dir = default_kv_calibration_dir();
   return so;
 }
 

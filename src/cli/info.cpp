@@ -106,9 +106,12 @@ void info_command(const InfoOptions& o) {
     auto model = load_model(path);
     // At the context of the estimate: exact rows (TurboQuant's recent window) are capped by it. The
     // records are allocated but never touched, so this costs address space, not memory.
-    Session probe(model, SessionOptions{std::max(o.ctx, 16), 1, o.kv, 16});
-    kv_per_token = probe.kv().bytes_per_token();
-    kv_fixed = probe.kv().allocated_bytes() - kv_per_token * size_t(probe.kv().shape().n_ctx);
+    SessionOptions po{std::max(o.ctx, 16), 1, o.kv, 16};
+    po.calibrate_kv = false;  // sizes only
+    Session probe(model, po);
+    const KvUsage u = probe.kv_usage();
+    kv_per_token = u.bytes_per_token;
+    kv_fixed = u.fixed_bytes;
   } catch (const std::exception& e) {
     kv_note = e.what();
   }

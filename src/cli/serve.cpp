@@ -56,6 +56,8 @@ void serve_command(const ServeOptions& o) {
     ro.n_threads = s.n_threads;
     ro.kv_type = s.kv_type;
     ro.n_batch = s.n_batch;
+    ro.gpu_layers = s.gpu_layers;  // the same placement `qleap run` makes
+    ro.kv_calibration_dir = s.kv_calibration_dir;
   };
 
   // ExpertFlow for MoE models (dense models ignore the flags: one server serves both). The profile,

@@ -207,42 +207,6 @@ std::optional<double> parse_keep_alive(const json& v) {
   return sign * total;
 }
 
-StopMatcher::StopMatcher(std::vector<std::string> stops) : stops_(std::move(stops)) {
-  std::erase_if(stops_, [](const std::string& s) { return s.empty(); });
-}
-
-std::string StopMatcher::push(const std::string& text) {
-  if (stopped_) return "";
-  held_ += text;
-  size_t first = std::string::npos;
-  for (const auto& s : stops_) first = std::min(first, held_.find(s));
-  if (first != std::string::npos) {
-    stopped_ = true;
-    std::string out = held_.substr(0, first);
-    held_.clear();
-    return out;
-  }
-  // Keep the longest suffix that is a proper prefix of some stop sequence.
-  size_t keep = 0;
-  for (const auto& s : stops_) {
-    for (size_t n = std::min(s.size() - 1, held_.size()); n > keep; --n) {
-      if (held_.compare(held_.size() - n, n, s, 0, n) == 0) {
-        keep = n;
-        break;
-      }
-    }
-  }
-  std::string out = held_.substr(0, held_.size() - keep);
-  held_.erase(0, held_.size() - keep);
-  return out;
-}
-
-std::string StopMatcher::flush() {
-  std::string out;
-  out.swap(held_);
-  return stopped_ ? "" : out;
-}
-
 int truncate_prompt(std::vector<int32_t>& tokens, int n_ctx, int num_keep) {
   if (n_ctx < 2 || int(tokens.size()) < n_ctx) return 0;
   const int target = std::max(1, n_ctx / 2);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "runtime/generation.h"
 #include "sampling/sampler.h"
 
 namespace qleap::server {
@@ -53,20 +54,7 @@ int get_int(const nlohmann::json& obj, const char* key, int def);
 nlohmann::json parse_body(const std::string& body);
 
 // Holds back generated text that could be the start of a stop sequence; stops at the first match.
-class StopMatcher {
- public:
-  explicit StopMatcher(std::vector<std::string> stops);
-  // Appends generated text; returns the text that is now safe to send.
-  std::string push(const std::string& text);
-  // The held-back text once generation ends without a stop.
-  std::string flush();
-  bool stopped() const { return stopped_; }
-
- private:
-  std::vector<std::string> stops_;
-  std::string held_;
-  bool stopped_ = false;
-};
+using qleap::StopMatcher;  // runtime/generation.h
 
 // Drops tokens from the front of a prompt (after the first num_keep) so that it leaves room to
 // generate: as Ollama does, prompts of n_ctx tokens or more are cut to half the context (the

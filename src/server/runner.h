@@ -1,4 +1,4 @@
-// One loaded model in the server: tokenizer, chat template, a BatchDecoder with N slots, a bounded
+// One loaded model in the server: tokenizer, chat template, an Engine with N slots, a bounded
 // queue of jobs and one inference thread. The thread admits queued jobs into free slots (prefill of
 // each new job runs as its own chunk, reusing the longest cached prefix among free slots), then
 // runs one decode step for all active slots together (continuous batching). Each job streams its
@@ -18,7 +18,8 @@
 
 #include "model/model.h"
 #include "moe/expert_flow.h"
-#include "runtime/batch_decoder.h"
+#include "runtime/engine.h"
+#include "runtime/generation.h"
 #include "server/metrics.h"
 #include "server/model_store.h"
 #include "server/request.h"
@@ -26,15 +27,7 @@
 
 namespace qleap::server {
 
-// Restricts which tokens may come next (JSON grammar). apply() sets forbidden logits to -inf.
-class TokenFilter {
- public:
-  virtual ~TokenFilter() = default;
-  virtual void apply(float* logits, int n_vocab) = 0;
-  virtual void accept(int32_t token) = 0;
-  // The constrained text is complete: generation ends.
-  virtual bool complete() const = 0;
-};
+using qleap::TokenFilter;  // runtime/generation.h
 
 struct Job {
   enum Kind { kGenerate, kEmbed } kind = kGenerate;
@@ -74,6 +67,8 @@ struct RunnerOptions {
   int n_threads = 0;
   std::string kv_type = "f16";
   int n_batch = 512;
+  int gpu_layers = 0;  // as `qleap run --gpu-layers` (filled in by configure from the planner)
+  std::string kv_calibration_dir;
   int parallel = 4;
   int max_queue = 128;
   // Called with the model path before loading, to fill in what was left to the planner (serve).
@@ -145,12 +140,11 @@ class ModelRunner {
   double load_s_ = 0;
   std::shared_ptr<const Model> model_;
   Tokenizer tok_;
-  std::unique_ptr<BatchDecoder> dec_;
+  std::unique_ptr<Engine> dec_;
   std::shared_ptr<ExpertFlow> flow_;           // used by the loop thread only, which ~ModelRunner joins first
   std::atomic<double> expert_hit_rate_{-1.0};  // flow_'s, copied by the loop thread after each step
   int n_ctx_ = 0;
   std::vector<std::unique_ptr<Slot>> slots_;
-  std::vector<float> masked_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

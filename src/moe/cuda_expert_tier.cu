@@ -1,4 +1,5 @@
-// ExpertFlow's fast tier on the GPU (moe/expert_tier.h). Every MoE layer has `slots` expert slots
+// ExpertFlow's fast tier on the GPU (moe/expert_tier.h), built from the CUDA backend's weight layouts
+// and kernels (backend/cuda/cuda_common.cuh). Every MoE layer has `slots` expert slots
 // in device memory, each holding one expert's gate, up and down matrices in the matmul kernels'
 // layout (cuda_matmul.cu). Uploads: a host thread re-lays out the expert into one of two pinned
 // staging buffers and queues the copy on the copy stream, so a promotion costs the forward thread
@@ -22,7 +23,8 @@
 #include "core/error.h"
 #include "moe/expert_tier.h"
 
-namespace qleap::cuda {
+namespace qleap {
+namespace cuda {
 namespace {
 
 class CudaExpertTier final : public ExpertTier {
@@ -284,9 +286,10 @@ class CudaExpertTier final : public ExpertTier {
 };
 
 }  // namespace
+}  // namespace cuda
 
-std::unique_ptr<ExpertTier> make_expert_tier(const ExpertSet& set, int slots_per_layer, int max_rows) {
-  return std::make_unique<CudaExpertTier>(set, slots_per_layer, max_rows);
+std::unique_ptr<ExpertTier> make_cuda_expert_tier(const ExpertSet& set, int slots_per_layer, int max_rows) {
+  return std::make_unique<cuda::CudaExpertTier>(set, slots_per_layer, max_rows);
 }
 
-}  // namespace qleap::cuda
+}  // namespace qleap

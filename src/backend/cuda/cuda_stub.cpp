@@ -1,9 +1,7 @@
-// The CUDA API of backend/cuda/cuda_api.h for builds without nvcc: no devices; everything that
-// would need one throws Unsupported.
-#ifndef QLEAP_HAVE_CUDA
+// The CUDA API of backend/cuda/cuda_api.h for builds without nvcc (only this file of the folder is
+// compiled then): no devices; everything that would need one throws Unsupported.
 #include "backend/cuda/cuda_api.h"
 #include "core/error.h"
-#include "moe/expert_tier.h"
 
 namespace qleap::cuda {
 namespace {
@@ -21,12 +19,14 @@ int device_count() {
 std::vector<DeviceInfo> devices() {
   return {};
 }
-GpuLayers::~GpuLayers() = default;
-std::unique_ptr<GpuLayers> make_gpu_layers(const Model&, const Placement&, const RopeTable&, int, int) {
+std::unique_ptr<Backend> make_backend(int) {
   no_backend();
 }
-std::unique_ptr<ExpertTier> make_expert_tier(const ExpertSet&, int, int) {
-  no_backend();
+std::unique_ptr<KvCache> make_kv_cache(const std::string&, const KvShape&, Backend&) {
+  return nullptr;
+}
+bool supports_format(GgmlType) {
+  return false;
 }
 void decode_gpu_layout_host(const WeightView&, float*) {
   no_backend();
@@ -58,4 +58,3 @@ double time_gemm_f16(int, int, int, int) {
 }
 
 }  // namespace qleap::cuda
-#endif
