@@ -257,6 +257,11 @@ void ModelRunner::step(Slot& s, const float* logits) {
   if (tok_.is_eog(t)) return finish(s, "stop");
   ++j.gen_tokens;
   j.output.push_back(t);
+  if (j.opt.logprobs) {
+    LogprobEntry e = token_logprobs(logits, nv, t, j.opt.top_logprobs);
+    std::lock_guard<std::mutex> lk(j.mu);
+    j.logprobs.push_back(std::move(e));
+  }
   metrics_.generated(1);
   emit(s, s.stops->push(s.detok->push(t)));
   if (s.stops->stopped()) return finish(s, "stop");
