@@ -27,8 +27,25 @@ JsonMatcher::JsonMatcher(const json* schema)
                                                                     : JsonSchema::any()) {}
 
 JsonMatcher::~JsonMatcher() = default;
-JsonMatcher::JsonMatcher(const JsonMatcher&) = default;
-JsonMatcher& JsonMatcher::operator=(const JsonMatcher&) = default;
+JsonMatcher::JsonMatcher(const JsonMatcher& o) : schema_(o.schema_), threads_(o.threads_) {}
+// The scratch state is not copied: probing copies matchers often.
+JsonMatcher& JsonMatcher::operator=(const JsonMatcher& o) {
+  if (schema_ != o.schema_) schema_ = o.schema_;
+  threads_ = o.threads_;
+  return *this;
+}
+
+bool JsonMatcher::free_string(FreeString& out) const {
+  if (threads_.size() != 1 || threads_[0].st.empty()) return false;
+  const Frame& f = threads_[0].st.back();
+  if (f.kind != Kind::kString || f.track || f.state != kStrNormal || f.utf8_left != 0) return false;
+  const Node* n = f.is_key ? nullptr : node_of(*schema_, f.node);
+  out.count = f.count;
+  out.min_len = n ? n->min_len : 0;
+  out.max_len = n ? n->max_len : -1;
+  out.remaining = min_remaining();
+  return true;
+}
 
 bool JsonMatcher::complete() const {
   for (const auto& t : threads_) {
@@ -41,13 +58,16 @@ bool JsonMatcher::complete() const {
 
 // ---- strings ----
 
-// The frame's text (plus an escape in progress) can still become `cand`.
+// The frame's text (plus an escape in progress) can still become `cand`. Property names and enum
+// values are compared decoded, but an escape is taken only where one is needed or for a non-ASCII
+// character: printable ASCII is written as itself, so that constrained keys read naturally (a
+// model that does not expect a key otherwise wanders into "c\u006f\u006c..." spellings).
 bool jg::candidate_ok(const JsonMatcher::Frame& f, const std::string& cand) {
   if (cand.size() < f.text.size() || cand.compare(0, f.text.size(), f.text) != 0) return false;
-  if (f.state == kStrNormal || f.state == kStrEscape)
-    return f.state == kStrNormal || f.text.size() < cand.size();
+  if (f.state == kStrNormal) return true;
   const int32_t cp = code_point_at(cand, f.text.size());
-  if (cp < 0) return false;
+  if (cp < 0 || (cp >= 0x20 && cp < 0x7F && cp != '"' && cp != '\\')) return false;
+  if (f.state == kStrEscape) return true;
   if (f.state == kStrNeedBackslash || f.state == kStrNeedU) {
     return cp >= 0x10000 && escape_unit(uint32_t(cp), false) == f.high;
   }

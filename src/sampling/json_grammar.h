@@ -56,6 +56,17 @@ class JsonMatcher {
   int min_remaining() const;
   static constexpr int kNever = 1 << 30;
 
+  // Inside a string whose content is free (not a property name or enum value) and between
+  // characters: then any run of plain characters (no quote, backslash or control byte; whole UTF-8
+  // sequences) continues it, and the sampler need not probe each such piece.
+  struct FreeString {
+    int count = 0;      // code points so far
+    int min_len = 0;    // of the string
+    int max_len = -1;   // -1: none
+    int remaining = 0;  // min_remaining() now
+  };
+  bool free_string(FreeString& out) const;
+
   // Runs of whitespace outside strings are capped so a model cannot pad forever.
   static constexpr int kMaxWhitespace = 4;
   // Nesting of arrays and objects in generated text.

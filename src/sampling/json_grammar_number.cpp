@@ -105,6 +105,7 @@ int number_remaining(const Node& n, std::string_view text) {
   auto consider = [&best](int cost) { best = std::min(best, cost); };
   const int used_int = int(p.int_digits.size());
   if (p.dot) {
+    if (!fracs) return kNever;
     // x = int.frac, more fraction digits only.
     const int nf = int(p.frac_digits.size());
     if (nf > 0 && number_in_bounds(n, text)) return 0;
