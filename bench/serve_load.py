@@ -12,7 +12,7 @@ throughput: N concurrent streaming chats at each concurrency level, aggregate to
 
   python3 bench/serve_load.py --mode throughput --model smollm2 --models-dir DIR --concurrency 1 4 8 -- -t 2
 
-Starts build/qleap serve on a free port (extra server flags after --).
+Starts build/qleap serve ($QLEAP_BIN overrides) on a free port (extra server flags after --).
 """
 import argparse
 import json
@@ -35,6 +35,13 @@ def rss_mib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def threads_of(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return -1
 
 
 def request(port, path, body):
@@ -195,7 +202,7 @@ def storm(a, port, pid):
         print(f"round {rnd}: {completed}/{len(full)} streams completed, {s503} x 503, resets {resets}, "
               f"garbage answered 4xx {garbage_ok}/{kinds.count('garbage')}, other errors {len(other)}; "
               f"TTFT p50 {pct(ttft, 50):.2f} s p99 {pct(ttft, 99):.2f} s; {tokens} tokens in {wall:.1f} s = "
-              f"{tokens / wall:.1f} tok/s aggregate; RSS {rss_mib(pid):.1f} MiB")
+              f"{tokens / wall:.1f} tok/s aggregate; {threads_of(pid)} server threads; RSS {rss_mib(pid):.1f} MiB")
         for r in other[:3]:
             print("   e.g.", r)
     print(f"server RSS after {a.rounds} rounds: {rss_mib(pid):.1f} MiB (before: {rss0:.1f} MiB)")
@@ -237,12 +244,14 @@ def main():
     ap.add_argument("--garbage", type=float, default=0.10, help="share of clients that send garbage")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--server-log", action="store_true", help="let the server write to stderr")
     ap.add_argument("server_args", nargs="*")
     a = ap.parse_args()
-    args = [str(ROOT / "build" / "qleap"), "serve", "--port", "0", "--models", a.models_dir, *a.server_args]
+    args = [os.environ.get("QLEAP_BIN", str(ROOT / "build" / "qleap")), "serve", "--port", "0", "--models", a.models_dir, *a.server_args]
     if a.mode == "throughput" and "--parallel" not in a.server_args:
         args += ["--parallel", str(max(a.concurrency))]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=None if a.server_log else subprocess.DEVNULL,
+                            text=True)
     try:
         port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
         # Load the model first so that the rounds measure serving.

@@ -162,9 +162,13 @@ class WorkerPool {
       std::lock_guard<std::mutex> lk(mu_);
       take_exited(finished);
       tasks_.push_back(std::move(f));
-      if (idle_ >= tasks_.size() || threads_.size() >= max_) {
+      if (idle_ > 0) {
+        // Reserve a waiting thread, so that a burst of requests does not count it twice and start
+        // more threads than it needs (every new thread's stack stays in RSS).
+        --idle_;
+        ++wakeups_;
         cv_.notify_one();
-      } else {
+      } else if (threads_.size() - exited_.size() < max_) {
         std::thread t([this] { run(); });
         const auto id = t.get_id();
         threads_.emplace(id, std::move(t));
@@ -205,9 +209,6 @@ class WorkerPool {
   void run() {
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
-      ++idle_;
-      const bool woke = cv_.wait_for(lk, std::chrono::seconds(30), [&] { return stop_ || !tasks_.empty(); });
-      --idle_;
       if (!tasks_.empty()) {
         std::function<void()> f = std::move(tasks_.front());
         tasks_.pop_front();
@@ -217,6 +218,14 @@ class WorkerPool {
         lk.lock();
         continue;
       }
+      if (stop_) return;
+      ++idle_;
+      const bool woke = cv_.wait_for(lk, std::chrono::seconds(30), [&] { return stop_ || wakeups_ > 0; });
+      if (wakeups_ > 0) {
+        --wakeups_;  // reserved by submit(), which took it off idle_
+        continue;
+      }
+      --idle_;
       if (stop_) return;
       if (!woke && threads_.size() - exited_.size() > kKeep) {
         exited_.push_back(std::this_thread::get_id());
@@ -231,7 +240,8 @@ class WorkerPool {
   std::deque<std::function<void()>> tasks_;
   std::unordered_map<std::thread::id, std::thread> threads_;
   std::vector<std::thread::id> exited_;
-  size_t idle_ = 0;
+  size_t idle_ = 0;     // threads waiting for work, not yet reserved
+  size_t wakeups_ = 0;  // reservations not yet picked up
   bool stop_ = false;
 };
 

@@ -282,3 +282,43 @@ def test_origins_env_and_api_key(qleap_bin, test_models, monkeypatch):
         assert ollama.Client(host=u, headers=auth).list().models
     finally:
         assert s.stop() == 0
+
+
+def test_connection_limit_evicts_idle_then_refuses(qleap_bin, test_models):
+    s = Server(qleap_bin, test_models, ["--max-connections", "16", "--parallel", "1", "--max-queue", "32",
+                                        "--ctx", "2048"])
+    try:
+        # Idle sockets beyond the limit: the oldest are closed to make room, /health still answers.
+        idle = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(40)]
+        time.sleep(0.2)
+        assert httpx.get(s.url + "/health", timeout=5).status_code == 200
+        m = httpx.get(s.url + "/metrics").text
+        evicted = [l for l in m.splitlines() if l.startswith("qleap_http_connections_evicted_total ")]
+        assert float(evicted[0].split()[1]) >= 24
+        for c in idle:
+            c.close()
+        # Every connection running a request: a new one is refused with 503 at once.
+        body = json.dumps({"model": "stories260K", "prompt": "Once upon a time", "stream": True,
+                           "options": {"num_predict": 100000}}).encode()
+        busy = []
+        for _ in range(16):
+            c = socket.create_connection(("127.0.0.1", s.port))
+            c.sendall(b"POST /api/generate HTTP/1.1\r\n" + HOST + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                      + body)
+            busy.append(c)
+        time.sleep(0.5)
+        dt, out, end = exchange(s.port, b"GET /health HTTP/1.1\r\n" + HOST + b"\r\n")
+        assert status_of(out) == 503 and end == "closed" and dt < 2, out[:200]
+        for c in busy:
+            c.close()
+        end = time.time() + 10
+        while time.time() < end:  # the slots free up once the clients are gone
+            try:
+                if httpx.get(s.url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert httpx.get(s.url + "/health", timeout=5).status_code == 200
+    finally:
+        assert s.stop() == 0
