@@ -238,6 +238,11 @@ void ModelRunner::step(Slot& s, const float* logits) {
   if (s.gen->n_generated() > j.gen_tokens) {  // not an end-of-generation token
     ++j.gen_tokens;
     j.output.push_back(st.token);
+    if (j.opt.logprobs) {
+      LogprobEntry e = token_logprobs(logits, dec_->n_vocab(), st.token, j.opt.top_logprobs);
+      std::lock_guard<std::mutex> lk(j.mu);
+      j.logprobs.push_back(std::move(e));
+    }
     metrics_.generated(1);
   }
   emit(s, st.text);

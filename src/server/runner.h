@@ -20,6 +20,7 @@
 #include "moe/expert_flow.h"
 #include "runtime/engine.h"
 #include "runtime/generation.h"
+#include "sampling/logprobs.h"
 #include "server/metrics.h"
 #include "server/model_store.h"
 #include "server/request.h"
@@ -49,7 +50,8 @@ struct Job {
   int truncated_tokens = 0;
   int gen_tokens = 0;
   double prompt_s = 0, gen_s = 0;
-  std::vector<int32_t> output;  // generated token ids
+  std::vector<int32_t> output;         // generated token ids
+  std::vector<LogprobEntry> logprobs;  // per generated token when opt.logprobs (appended before its text)
   std::vector<std::vector<float>> embeddings;
 
   std::atomic<bool> cancelled{false};

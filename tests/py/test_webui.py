@@ -60,7 +60,7 @@ def artifacts_dir():
 
 @pytest.fixture(scope="module")
 def server(qleap_bin, test_models):
-    s = Server(qleap_bin, test_models, ["--parallel", "2"])
+    s = Server(qleap_bin, test_models, ["--parallel", "2", "--allow-local-pull"])
     yield s
     s.stop()
 
