@@ -54,8 +54,9 @@ std::vector<GgufEntry> gguf_entries(const json& tree) {
   std::vector<GgufEntry> out;
   std::map<std::string, size_t> groups;  // split prefix -> index in out
   for (const auto& e : tree) {
-    if (!e.is_object() || e.value("type", "") != "file") continue;
-    const std::string path = e.value("path", "");
+    if (!e.is_object() || !e.contains("type") || e["type"] != "file") continue;
+    if (!e.contains("path") || !e["path"].is_string()) continue;
+    const std::string path = e["path"].get<std::string>();
     if (!ends_with_gguf(path)) continue;
     // Vision projectors are not language models to pull on their own.
     if (upper(path).find("MMPROJ") != std::string::npos) continue;
@@ -180,8 +181,10 @@ json file_json(const std::string& repo, const GgufEntry& e, const Header& h, con
 }
 
 json repo_json(const json& item, const HardwareInfo& hw, const PlanRequest& req) {
-  std::string repo = item.value("id", "");
-  if (repo.empty()) repo = item.value("modelId", "");
+  std::string repo;
+  for (const char* k : {"id", "modelId"}) {
+    if (repo.empty() && item.contains(k) && item[k].is_string()) repo = item[k].get<std::string>();
+  }
   json r = {{"repo", repo}};
   for (const char* k : {"downloads", "likes"}) {
     if (item.contains(k) && item[k].is_number()) r[k] = item[k];
@@ -238,7 +241,8 @@ json repo_json(const json& item, const HardwareInfo& hw, const PlanRequest& req)
       r["fit_error"] = fmt::format("cannot read the header of {}: {}", rep->name, h.error);
     }
     for (const auto& e : entries) r["files"].push_back(file_json(repo, e, h, rep->name, hw, req));
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
+    // Whatever the Hub answered for one repository, the others are still shown.
     r["error"] = e.what();
   }
   return r;

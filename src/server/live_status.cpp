@@ -15,6 +15,7 @@ nlohmann::json live_status_fields(const RunnerStatus& s) {
               {"slots", slots},
               {"prefill_tok_per_s", s.prefill_tok_s},
               {"decode_tok_per_s", s.decode_tok_s},
+              {"decode_idle_s", or_null(s.decode_idle_s)},
               {"expert_cache_hit_rate", or_null(s.expert_hit_rate)},
               {"expert_prefetch_recall", or_null(s.expert_prefetch_recall)}};
 }

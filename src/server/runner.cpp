@@ -150,6 +150,11 @@ RunnerStatus ModelRunner::status() const {
     double secs = 0;
     for (const auto& [t, n, sec] : decode_steps_) tokens += n, secs += sec;
     s.decode_tok_s = secs > 0 ? tokens / secs : 0.0;
+    if (!decode_steps_.empty()) {
+      s.decode_idle_s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - std::get<0>(decode_steps_.back()))
+              .count();
+    }
   }
   s.slot_tokens.resize(size_t(s.parallel), 0);
   size_t cached = 0;

@@ -100,6 +100,7 @@ struct RunnerStatus {
   std::vector<bool> slot_busy;   // the slot serves a request now
   double prefill_tok_s = 0;      // the last prompt's prefill (0: none yet)
   double decode_tok_s = 0;       // decode steps of the last few seconds of decoding (0: none yet)
+  double decode_idle_s = -1;     // seconds since the last decode step (< 0: none yet)
   double expert_hit_rate = -1;   // share of routed experts computed on the expert tier; < 0: no ExpertFlow
   double expert_prefetch_recall = -1;  // prefetched experts the routing then chose; < 0: none predicted
 };

@@ -39,7 +39,9 @@ class StandInHub:
         self.downloads = downloads or {}
         self.delay = delay
         self.requests = []  # (path with query, Range header or None)
-        self.mode = "ok"    # "ok", "error" (500 on search), "garbage" (search answers non-JSON)
+        # "ok"; "error": 500 on search; "garbage": search answers non-JSON; "weird": JSON of the
+        # wrong shapes (ids that are numbers, entries that are not objects, sizes that are strings).
+        self.mode = "ok"
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -80,6 +82,9 @@ class StandInHub:
                     return self.send(500, b'{"error":"Internal Error"}')
                 if hub.mode == "garbage":
                     return self.send(200, b"<html>captive portal</html>", "text/html")
+                if hub.mode == "weird":
+                    return self.send(200, json.dumps([{"id": 5}, "text", None, [], {"modelId": "odd/tree"},
+                                                      {"id": "odd/notalist"}, {"id": "../../etc"}]).encode())
                 needle = q.get("search", [""])[0].lower()
                 limit = int(q.get("limit", ["20"])[0])
                 ids = [r for r in hub.repos if needle in r.lower()]
@@ -91,6 +96,12 @@ class StandInHub:
                 self.send(200, json.dumps(out).encode())
 
             def tree(self, repo):
+                if hub.mode == "weird":
+                    if repo == "odd/tree":
+                        return self.send(200, json.dumps([5, None, {"type": "file", "path": 7}, {"type": ["file"]},
+                                                          {"type": "file", "path": "a.gguf", "size": "big"},
+                                                          {"type": "file", "path": "b.gguf", "lfs": {"size": -1}}]).encode())
+                    return self.send(200, b'{"error": "not a list"}')
                 if repo not in hub.repos:
                     return self.send(404, b'{"error":"Repository not found"}')
                 out, dirs = [], set()

@@ -164,6 +164,23 @@ def test_search_reports_a_hub_that_fails(server, hub):
         assert status == 502 and message in r["error"], r
 
 
+def test_search_survives_answers_of_the_wrong_shape(server, hub):
+    hub.mode = "weird"
+    try:
+        status, r = get(server.url + "/api/qleap/search?q=odd")
+    finally:
+        hub.mode = "ok"
+    assert status == 200, r
+    by_repo = {m["repo"]: m for m in r["models"]}
+    assert by_repo[""]["error"] == "the Hub listed a model without a valid id"
+    assert "not a list" in by_repo["odd/notalist"]["error"]
+    assert by_repo["../../etc"]["error"] == "the Hub listed a model without a valid id"
+    odd = by_repo["odd/tree"]
+    assert [f["name"] for f in odd["files"]] == ["a.gguf", "b.gguf"] and all(f["size"] == 0 for f in odd["files"])
+    assert all(f["fits"] is None for f in odd["files"])
+    assert get(server.url + "/api/tags")[0] == 200
+
+
 def test_search_offline_is_a_clear_502(qleap_bin, test_models):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
