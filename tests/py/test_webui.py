@@ -430,6 +430,7 @@ def test_export_then_import(server, browser, tmp_path):
     assert len(md.find_elements(By.CSS_SELECTOR, ".code-block")) == 2
     assert md.find_elements(By.CSS_SELECTOR, ".code-block .tok-k") and md.find_elements(By.CSS_SELECTOR, "math")
     b.execute_script("document.getElementById('toast').className = 'toast'; document.getElementById('messages').scrollTop = 0")
+    time.sleep(0.3)  # the toast fades out
     screenshot(b, "webui-chat", docs=True)
 
     b.find_element(By.ID, "export").click()

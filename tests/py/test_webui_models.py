@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -139,8 +140,14 @@ def test_search_hugging_face_and_pull_with_progress(server, browser, hub):
     cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
     assert cells[1] == "F32" and cells[2] == "1.13 MiB" and cells[3].startswith("fits")
     assert "2048 ctx" in cells[3] and "f16 KV" in cells[3]
-    giant = file_row(b, "qleap-test/Giant-7T-GGUF", "giant-F32.gguf").text
-    assert "too large" in giant and "TiB" in giant
+    giant = file_row(b, "qleap-test/Giant-7T-GGUF", "giant-F32.gguf")
+    assert "too large" in giant.text and "TiB" in giant.text
+    # Pulling what does not fit asks first; declining pulls nothing.
+    giant.find_element(By.CSS_SELECTOR, "button.pull-file").click()
+    settle(b).until(EC.alert_is_present())
+    assert "does not fit" in b.switch_to.alert.text
+    b.switch_to.alert.dismiss()
+    assert not [p for p, _ in hub.requests if "giant" in p and "resolve" in p and _ is None]
     split = file_row(b, "qleap-test/stories260K-split-GGUF", "stories260K-F32-00001-of-00002.gguf")
     assert "split into 2 parts" in split.text and split.find_element(By.CSS_SELECTOR, "button").get_attribute("disabled")
     assert "unknown" in file_row(b, "qleap-test/broken-GGUF", "broken-Q4_K_M.gguf").text
@@ -280,7 +287,10 @@ def test_monitor_shows_expert_cache_of_a_moe_model(moe_server, browser):
     finally:
         stop.set()
         t.join()
+    emulate(b, 1280, 780)
+    time.sleep(1.2)  # a poll at the new size
     screenshot(b, "webui-monitor", docs=True)
+    emulate(b)
     emulate(b, 360, 740)
     try:
         open_ui(b, moe_server.url, "/#monitor")

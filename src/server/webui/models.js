@@ -165,7 +165,11 @@ function renderResults(r) {
         el("td", {}, el("button", {
           type: "button", class: "pull-file", dataset: { pull: f.pull || "", storeName: f.store_name || "" },
           title: f.pull ? "qleap pull " + f.pull : f.note || "",
-          onclick: (ev) => pull(f.pull, ev.currentTarget),
+          onclick: (ev) => {
+            const b = ev.currentTarget;
+            if (f.fits === false && !confirm(`${f.name} (${bytes(f.size)}) does not fit this machine's memory by the planner: it would run very slowly, paging from disk. Pull it anyway?`)) return;
+            pull(f.pull, b);
+          },
         }, "Pull"))));
       card.append(el("div", { class: "table-wrap" }, el("table", { class: "hf-files" },
         el("thead", {}, el("tr", {}, el("th", {}, "File"), el("th", {}, "Quant"), el("th", {}, "Size"), el("th", {}, "This machine"), el("th", {}))),

@@ -6,6 +6,7 @@ import { drawChart, Ring } from "./charts.js";
 import { $, el, bytes, num, pct } from "./util.js";
 
 const kPollMs = 1000;
+const compact = (n) => (n >= 1e6 ? (n / 1e6).toFixed(1) + "M" : n >= 1e4 ? (n / 1e3).toFixed(1) + "k" : String(n));
 const rate = (x) => (!x ? "–" : x >= 100 ? Math.round(x).toLocaleString("en-US") : num(x));
 const server = { gen: new Ring() };
 const perModel = new Map();  // name -> {card, refs, decode, prefill, hit, recall}
@@ -139,7 +140,9 @@ export async function pollStatus() {
   $("#m-prompt").textContent = num(s.prompt_tok_per_s);
   $("#m-queue").textContent = s.queue_depth;
   $("#m-requests").textContent = s.requests_total;
-  $("#m-tokens").textContent = s.tokens_generated_total + " / " + s.tokens_prompt_total;
+  $("#m-tokens").textContent = compact(s.tokens_generated_total);
+  $("#m-tokens").title = s.tokens_generated_total + " generated";
+  $("#m-tokens-prompt").textContent = "generated · " + compact(s.tokens_prompt_total) + " prompt";
   $("#m-ram").textContent = bytes(s.ram_used_bytes);
   $("#m-ram-total").textContent = "of " + bytes(s.ram_total_bytes) + " (process)";
   $("#m-ram-bar").style.width = s.ram_total_bytes ? ((100 * s.ram_used_bytes) / s.ram_total_bytes).toFixed(1) + "%" : "0";
