@@ -88,11 +88,22 @@ function updateModel(m) {
   const rec = m.expert_prefetch_recall;
   r.recall.textContent = rec === null || rec === undefined ? "n/a" : pct(rec);
   r["recall-unit"].textContent = rec === null || rec === undefined ? (moe ? "no prefetch predictions yet" : "MoE with prefetch only") : "prefetched experts the router then chose";
+  // Slot rows are updated in place: nothing is rebuilt once a second.
   const ctx = m.context_length || 1;
-  r.slots.replaceChildren(...(m.slots || []).map((s) => el("div", { class: "slot" + (s.busy ? " busy" : ""), dataset: { slot: String(s.id) } },
-    el("span", { class: "slot-id" }, "slot " + s.id),
-    el("div", { class: "bar" }, el("div", { class: "fill", style: `width:${Math.min(100, (100 * s.tokens) / ctx).toFixed(1)}%` })),
-    el("span", { class: "slot-tokens" }, s.tokens + " / " + ctx + (s.busy ? " · busy" : "")))));
+  const slots = m.slots || [];
+  while (r.slots.children.length > slots.length) r.slots.lastChild.remove();
+  slots.forEach((s, i) => {
+    let row = r.slots.children[i];
+    if (!row) {
+      row = el("div", { class: "slot", dataset: { slot: String(s.id) } },
+        el("span", { class: "slot-id" }, "slot " + s.id), el("div", { class: "bar" }, el("div", { class: "fill" })),
+        el("span", { class: "slot-tokens" }));
+      r.slots.append(row);
+    }
+    row.classList.toggle("busy", !!s.busy);
+    row.querySelector(".fill").style.width = Math.min(100, (100 * s.tokens) / ctx).toFixed(1) + "%";
+    row.querySelector(".slot-tokens").textContent = s.tokens + " / " + ctx + (s.busy ? " · busy" : "");
+  });
   // A gap in the chart while the model does not decode.
   const decoding = m.decode_idle_s !== null && m.decode_idle_s !== undefined && m.decode_idle_s < 1.5;
   e.decode.push(decoding ? m.decode_tok_per_s : null);

@@ -70,7 +70,6 @@ export function highlight(code, lang, parent) {
     let done = false;
     for (const lc of spec.line) {
       if (code.startsWith(lc, i) && (!spec.hashAtWord || lc !== "#" || i === 0 || /\s/.test(code[i - 1]))) {
-        if (lc === "#" && spec.pre) break;
         let e = code.indexOf("\n", i);
         if (e < 0) e = n;
         tok("c", code.slice(i, e));
