@@ -153,6 +153,12 @@ def test_search_hugging_face_and_pull_with_progress(server, browser, hub):
     assert "unknown" in file_row(b, "qleap-test/broken-GGUF", "broken-Q4_K_M.gguf").text
     assert "no .gguf file" in repo_card(b, "qleap-test/no-gguf").text
     screenshot(b, "webui-search", docs=True)
+    emulate(b, 360, 740)
+    try:  # at phone width the file tables scroll inside their box; the page does not
+        time.sleep(0.2)
+        assert b.execute_script("return document.documentElement.scrollWidth - window.innerWidth") <= 0
+    finally:
+        emulate(b)
 
     # Pull: the bar moves through intermediate values, then the model is in the store.
     b.execute_script("""
