@@ -112,11 +112,10 @@ Header read_header(const std::string& repo, const std::string& file, uint64_t si
   uint64_t want = std::min(kFirstRead, size);
   for (;;) {
     buf += hf::get_range(path, buf.size(), want);
+    std::shared_ptr<GgufFile> f;
     try {
-      auto f = GgufFile::parse_header(reinterpret_cast<const uint8_t*>(buf.data()), buf.size(), size);
-      h.info = std::make_shared<const qleap::ModelInfo>(model_info_from_gguf(*f));
-      break;
-    } catch (const Error& e) {
+      f = GgufFile::parse_header(reinterpret_cast<const uint8_t*>(buf.data()), buf.size(), size);
+    } catch (const FormatError& e) {
       // Most likely the header goes on past what was read: read more, up to a limit.
       const uint64_t limit = std::min(kMaxHeader, size);
       if (buf.size() < want || want >= limit) {
@@ -124,7 +123,15 @@ Header read_header(const std::string& repo, const std::string& file, uint64_t si
         break;
       }
       want = std::min(want * 8, limit);
+      continue;
     }
+    // A complete header whose model qleap cannot size (missing hyper-parameters, say) is final.
+    try {
+      h.info = std::make_shared<const qleap::ModelInfo>(model_info_from_gguf(*f));
+    } catch (const Error& e) {
+      h.error = e.what();
+    }
+    break;
   }
   std::lock_guard<std::mutex> lk(g_cache_mu);
   if (g_cache.size() >= kMaxCached) g_cache.clear();

@@ -154,7 +154,7 @@ class StandInHub:
 
 
 def giant_gguf_header(path):
-    """The header (metadata + tensor table, no data) of a llama-shaped model of about 7.7 TB in
+    """The header (metadata + tensor table, no data) of a llama-shaped model of about 7 TiB in
     F32, written with the gguf package: far more than any test machine has. Returns (header bytes,
     full file size)."""
     import gguf
@@ -191,3 +191,18 @@ def giant_gguf_header(path):
     head = path.read_bytes()
     data_offset = (len(head) + 31) // 32 * 32
     return head, data_offset + total
+
+
+def shapeless_gguf_header(path):
+    """A valid GGUF header (one small tensor) of a "llama" without its hyper-parameters: the file
+    parses, but the planner cannot size the model. Returns the header bytes."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tensor_info("token_embd.weight", (4, 8), np.dtype(np.float32), 4 * 8 * 4)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    return path.read_bytes()

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from hf_standin import StandInHub, VirtualFile, giant_gguf_header
+from hf_standin import StandInHub, VirtualFile, giant_gguf_header, shapeless_gguf_header
 from server_util import Server
 
 MODEL = "stories260K:latest"
@@ -47,6 +47,7 @@ def make_hub(test_models, tmp_path, delay=0.0):
         "qleap-test/Giant-7T-GGUF": {"giant-F32.gguf": VirtualFile(head, size)},
         "qleap-test/broken-GGUF": {"broken-Q4_K_M.gguf": b"this is not a GGUF file" * 100},
         "qleap-test/no-gguf": {"README.md": b"nothing here", "model.safetensors": b"x"},
+        "qleap-test/shapeless-GGUF": {"shapeless-F32.gguf": VirtualFile(shapeless_gguf_header(tmp_path / "shapeless.gguf"), 50 << 20)},
     }
     downloads = {STORIES_REPO: 1000, "qleap-test/Giant-7T-GGUF": 500, "qleap-test/broken-GGUF": 10}
     return StandInHub(repos, downloads, delay=delay), stories, size
@@ -126,7 +127,12 @@ def test_search_lists_files_sizes_and_fit(server, hub, qleap_bin, test_models):
     assert files["broken-Q4_K_M.gguf"]["fits"] is None and "not a GGUF" in repo["fit_error"]
     assert files["broken-Q4_K_M.gguf"]["quant"] == "Q4_K_M"
 
-    # The header of the 7.7 TB file was read with ranged GETs, not downloaded.
+    # A complete header the planner cannot use is reported once, not read again in larger pieces.
+    repo, files = files_of(r, "qleap-test/shapeless-GGUF")
+    assert "missing metadata key 'llama.block_count'" in repo["fit_error"] and files["shapeless-F32.gguf"]["fits"] is None
+    assert len([p for p, _ in hub.requests if "shapeless-F32.gguf" in p]) == 1
+
+    # The header of the 7 TiB file was read with ranged GETs, not downloaded.
     giant_reads = [(p, rng) for p, rng in hub.requests if "giant-F32.gguf" in p]
     assert giant_reads and all(rng and rng.startswith("bytes=") for _, rng in giant_reads)
     assert sum(int(rng.split("-")[1]) - int(rng[6:].split("-")[0]) + 1 for _, rng in giant_reads) <= 1 << 20
