@@ -7,6 +7,8 @@
 #include <cctype>
 #include <ctime>
 
+#include "server/hf_search.h"
+#include "server/live_status.h"
 #include "server/runner.h"
 #include "server/webui.h"
 
@@ -191,6 +193,7 @@ HttpServer::HttpServer(const ServerOptions& opt)
   register_monitor_routes(router_, *ctx_);
   register_ollama_routes(router_, *ctx_);
   register_openai_routes(router_, *ctx_);
+  register_search_routes(router_, *ctx_);
 }
 
 HttpServer::~HttpServer() {
@@ -323,6 +326,7 @@ void register_monitor_routes(Router& srv, ApiContext& ctx) {
                         {"queue_depth", s.queue_depth},
                         {"context_length", s.n_ctx},
                         {"expires_at", rfc3339(r->expires_at)}});
+      models.back().update(live_status_fields(s));
     }
     Metrics& m = ctx.metrics;
     const double hit = expert_hit_rate(ctx.sched);
