@@ -35,6 +35,9 @@
 #   --out DIR          output folder (default $OUT, else ./gpu_check_out)
 #   --work DIR         scratch folder for logs, models, prefix (default: a new /tmp/qleap-gpu-check.*)
 #   --deps DIR         .deb folder (default .gpudeps)
+#   --prefix DIR       where the .deb files are extracted (default /tmp/qleap-gpudeps; with --dry-run:
+#                      WORK/prefix). The binaries' RPATH points there, so binaries built elsewhere
+#                      with the same prefix run too (--no-build --build-dir FOLDER_OF_BINARIES)
 #   --jobs N           build jobs and benchmark threads (default: nproc)
 #   --budget SECONDS   total time for all steps (default 570: a 600 s device call less margin)
 #   --only A,B         run only these steps (env, deps, configure and build are added unless
@@ -44,6 +47,7 @@
 #   --moe-size S       tiny | small | medium (default medium; tiny with --dry-run)
 #   --werror           keep the project's -Werror (default: warnings are counted, not fatal, since the
 #                      GPU machine's compiler may be newer than the one the project is tested with)
+#   --cap-scale N      multiply every step's time limit by N (a slow rehearsal machine; default 1)
 #   --isolate-deps     configure with CMAKE_FIND_ROOT_PATH=prefix (packages from the prefix only) and
 #                      pkg-config limited to it: a rehearsal, on a machine that has the packages
 #                      installed, that .gpudeps alone is enough
@@ -99,12 +103,12 @@ step_env() {
   git -C "$root" rev-parse --short=12 HEAD >/dev/null 2>&1 && commit=$(git -C "$root" rev-parse --short=12 HEAD)
   [ -f "$QC_DEPS/SOURCE_COMMIT" ] && deps_commit=$(head -1 "$QC_DEPS/SOURCE_COMMIT")
   py_pk=$("$py" - <<'PY' 2>/dev/null
-import importlib
+from importlib import metadata
 out = []
 for m in ("numpy", "torch", "transformers", "safetensors", "pytest"):
     try:
-        out.append(f"{m} {importlib.import_module(m).__version__}")
-    except Exception:
+        out.append(f"{m} {metadata.version(m)}")
+    except metadata.PackageNotFoundError:
         out.append(f"{m} -")
 print(", ".join(out))
 PY
@@ -136,11 +140,28 @@ step_deps() {
   if ! compgen -G "$QC_DEPS/*.deb" >/dev/null; then
     skip "no $QC_DEPS/*.deb: using the system's packages (run scripts/gpu_deps.sh first and carry .gpudeps)"
   fi
+  # Only a folder this script made (marked) is cleared before extracting again.
+  if [ -e "$QC_PREFIX" ] && [ ! -e "$QC_PREFIX/.qleap-gpudeps" ] && [ -n "$(ls -A "$QC_PREFIX")" ]; then
+    fail "--prefix $QC_PREFIX is not empty and was not made by this script: not touching it"
+  fi
   rm -rf "$QC_PREFIX"
   local n
   n=$(bash "$root/scripts/gpu_check_extract.sh" "$QC_DEPS" "$QC_PREFIX") || fail "extracting $QC_DEPS failed"
+  touch "$QC_PREFIX/.qleap-gpudeps"
   [ -f "$QC_DEPS/MANIFEST.tsv" ] && cat "$QC_DEPS/MANIFEST.tsv"
-  note "$n packages from $QC_DEPS into $QC_PREFIX"
+  local pc=""
+  if [ -x "$QC_PREFIX/usr/bin/pkgconf" ]; then
+    # A pkg-config for CMake, used when the machine has none (its library comes from the prefix).
+    mkdir -p "$QC_PREFIX/bin"
+    printf '#!/bin/sh
+LD_LIBRARY_PATH="%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "%s" "$@"
+' \
+      "$QC_PREFIX/usr/lib/x86_64-linux-gnu" "$QC_PREFIX/usr/bin/pkgconf" >"$QC_PREFIX/bin/pkg-config"
+    chmod +x "$QC_PREFIX/bin/pkg-config"
+    "$QC_PREFIX/bin/pkg-config" --version >/dev/null || fail "the prefix's pkgconf does not run"
+    command -v pkg-config >/dev/null || pc="; pkg-config from the prefix (the machine has none)"
+  fi
+  note "$n packages from $QC_DEPS into $QC_PREFIX$pc"
 }
 
 # CMake arguments shared by the real and the dry-run configure.
@@ -168,6 +189,9 @@ cmake_args() {
 }
 
 pkg_env() {
+  if ! command -v pkg-config >/dev/null && [ -x "$QC_PREFIX/bin/pkg-config" ]; then
+    export PATH="$QC_PREFIX/bin:$PATH"
+  fi
   if [ -d "$QC_PREFIX/usr" ]; then
     local pc="$QC_PREFIX/usr/lib/x86_64-linux-gnu/pkgconfig:$QC_PREFIX/usr/share/pkgconfig"
     if [ "$QC_ISOLATE" = 1 ]; then
@@ -412,7 +436,7 @@ usage() { sed -n '2,/^set -uo pipefail/p' "$self" | sed '$d; s/^# \{0,1\}//'; }
 die() { echo "gpu_check.sh: $*" >&2; exit 2; }
 
 dry=0 build_dir="" out="${OUT:-}" work="" deps="$root/.gpudeps" jobs=$(nproc) budget=570 only="" skip_list=""
-no_build=0 moe_size="" werror=0 isolate=0
+no_build=0 moe_size="" werror=0 isolate=0 cap_scale=1 prefix=""
 while (($#)); do
   case "$1" in
     --dry-run) dry=1 ;;
@@ -420,6 +444,7 @@ while (($#)); do
     --out) out="${2:?--out needs a value}"; shift ;;
     --work) work="${2:?--work needs a value}"; shift ;;
     --deps) deps="${2:?--deps needs a value}"; shift ;;
+    --prefix) prefix="${2:?--prefix needs a value}"; shift ;;
     --jobs) jobs="${2:?--jobs needs a value}"; shift ;;
     --budget) budget="${2:?--budget needs a value}"; shift ;;
     --only) only="${2:?--only needs a value}"; shift ;;
@@ -428,6 +453,7 @@ while (($#)); do
     --moe-size) moe_size="${2:?--moe-size needs a value}"; shift ;;
     --werror) werror=1 ;;
     --isolate-deps) isolate=1 ;;
+    --cap-scale) cap_scale="${2:?--cap-scale needs a value}"; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -435,6 +461,7 @@ while (($#)); do
 done
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || die "--jobs: a positive integer, got '$jobs'"
 [[ $budget =~ ^[1-9][0-9]*$ ]] || die "--budget: a positive number of seconds, got '$budget'"
+[[ $cap_scale =~ ^[1-9][0-9]*$ ]] || die "--cap-scale: a positive integer, got '$cap_scale'"
 [ -n "$moe_size" ] || moe_size=$([ $dry = 1 ] && echo tiny || echo medium)
 case "$moe_size" in tiny | small | medium) ;; *) die "--moe-size: tiny, small or medium, got '$moe_size'" ;; esac
 [ -n "$build_dir" ] || build_dir=$([ $dry = 1 ] && echo build || echo build-gpu)
@@ -462,10 +489,12 @@ fi
 mkdir -p "$work"/{logs,fig,reason} "$out" || die "cannot create $work or $out"
 work=$(cd "$work" && pwd)
 out=$(cd "$out" && pwd)
+[ -n "$prefix" ] || prefix=$([ $dry = 1 ] && echo "$work/prefix" || echo /tmp/qleap-gpudeps)
+[[ $prefix == /* ]] || prefix="$PWD/$prefix"
 : >"$work/steps.tsv"
 
 export QC_ROOT="$root" QC_WORK="$work" QC_OUT="$out" QC_BUILD="$build_dir" QC_DEPS="$deps" QC_DRY="$dry"
-export QC_PREFIX="$work/prefix" QC_JOBS="$jobs" QC_MOE_SIZE="$moe_size" QC_WERROR="$werror" QC_ISOLATE="$isolate"
+export QC_PREFIX="$prefix" QC_JOBS="$jobs" QC_MOE_SIZE="$moe_size" QC_WERROR="$werror" QC_ISOLATE="$isolate"
 export QC_BUDGET="$budget" QC_ARCH="${QLEAP_GPU_ARCH:-90}" QC_PEAK=0 QC_LIBPATH=""
 export PYTHONUNBUFFERED=1
 
@@ -477,7 +506,7 @@ start=$SECONDS
 echo "gpu_check: $([ $dry = 1 ] && echo 'DRY RUN, ')steps ${selected[*]}; budget ${budget}s; work $work; out $out"
 for s in "${selected[@]}"; do
   left=$((budget - (SECONDS - start) - 15))
-  t=${cap[$s]}
+  t=$((cap[$s] * cap_scale))
   ((t > left)) && t=$left
   if ((t < 20)); then
     printf '%s\tskipped\t0\t0\t%s\n' "$s" "out of time budget (${budget}s)" >>"$work/steps.tsv"

@@ -15,7 +15,8 @@
 #
 # The set is what CMakeLists.txt finds: fmt, nlohmann_json, CLI11, cpp-httplib (built with OpenSSL,
 # zlib and brotli, whose headers httplib.h includes), GoogleTest (+ GMock's config the GTest package
-# includes when present), Google Benchmark, zstd and lz4 (optional codecs).
+# includes when present), Google Benchmark, zstd and lz4 (optional codecs), and pkgconf (the
+# pkg-config program) in case the GPU machine lacks one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +46,7 @@ packages=(
   libbenchmark-dev libbenchmark1debian
   libzstd-dev libzstd1
   liblz4-dev liblz4-1
+  pkgconf-bin libpkgconf3  # FindPkgConfig needs a pkg-config program; the GPU image may have none
 )
 
 if ((download)); then
@@ -97,8 +99,12 @@ rootlib="$prefix/lib/x86_64-linux-gnu"  # zlib1g installs its library under /lib
 pc="$lib/pkgconfig:$prefix/usr/share/pkgconfig"
 # Only the prefix is searched for packages, libraries and headers (the compiler itself and libc stay
 # the system's); pkg-config sees the prefix's .pc files only.
+# The pkg-config program is the prefix's pkgconf too (as on a machine that has none).
+printf '#!/bin/sh\nLD_LIBRARY_PATH="%s" exec "%s" "$@"\n' "$lib" "$prefix/usr/bin/pkgconf" >"$tmp/pkg-config"
+chmod +x "$tmp/pkg-config"
 iso=(-DCMAKE_FIND_ROOT_PATH="$prefix" -DCMAKE_FIND_ROOT_PATH_MODE_PACKAGE=ONLY
-  -DCMAKE_FIND_ROOT_PATH_MODE_LIBRARY=ONLY -DCMAKE_FIND_ROOT_PATH_MODE_INCLUDE=ONLY)
+  -DCMAKE_FIND_ROOT_PATH_MODE_LIBRARY=ONLY -DCMAKE_FIND_ROOT_PATH_MODE_INCLUDE=ONLY
+  -DPKG_CONFIG_EXECUTABLE="$tmp/pkg-config")
 echo "verify: configure qleap against $prefix only"
 PKG_CONFIG_LIBDIR="$pc" cmake -S . -B "$tmp/qleap" -G Ninja -DQLEAP_CUDA=OFF "${iso[@]}" >"$tmp/qleap.log" 2>&1 || {
   cat "$tmp/qleap.log"; echo "verify: configure failed" >&2; exit 1; }
