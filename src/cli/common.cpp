@@ -14,6 +14,7 @@
 #include "autoconf/tuner.h"
 #include "core/error.h"
 #include "gguf/gguf.h"
+#include "runtime/kv_calibrate.h"
 
 namespace qleap::cli {
 
@@ -45,8 +46,9 @@ std::string resolve_model(const std::string& arg) {
     }
   }
   if (hits.size() == 1) return hits[0];
-  std::string msg = hits.empty() ? fmt::format("model '{}' not found: not a file, and not in {}", name, dir.string())
-                                 : fmt::format("model name '{}' is ambiguous in {}", name, dir.string());
+  std::string msg = hits.empty()
+                        ? fmt::format("model '{}' not found: not a file, and not in {}", name, dir.string())
+                        : fmt::format("model name '{}' is ambiguous in {}", name, dir.string());
   if (!all.empty()) {
     std::sort(all.begin(), all.end());
     msg += "\navailable models:";
@@ -59,28 +61,42 @@ std::string resolve_model(const std::string& arg) {
 
 void add_common_options(CLI::App& cmd, CommonOptions& o, bool model_positional) {
   if (model_positional) {
-    cmd.add_option("model", o.model, "GGUF file, or model name in the store (default: " + std::string(kDefaultModel) + ")");
+    cmd.add_option("model", o.model,
+                   "GGUF file, or model name in the store (default: " + std::string(kDefaultModel) + ")");
   }
-  cmd.add_option("-t,--threads", o.threads, "CPU threads (default: one per physical core)")->check(CLI::Range(0, 1024));
-  cmd.add_option("-c,--ctx", o.ctx, "context length in tokens (default: min(model's, 4096))")->check(CLI::Range(0, 1 << 20));
-  o.kv_opt = cmd.add_option("--kv", o.kv, "KV cache type: f32, f16, q8_0, q4_0; TurboQuant tq2, tq2.5, tq3, tq3.5, tq4 (bits per coordinate "
-                 "for K and V), or kXvY for X-bit keys and Y-bit values (e.g. k4v3, k4v2, k3v2)")->capture_default_str();
-  o.batch_opt = cmd.add_option("-b,--batch", o.batch, "prompt tokens per forward pass")->check(CLI::Range(1, 8192))->capture_default_str();
-  cmd.add_option("--gpu-layers,--ngl", o.gpu_layers,
-                 "decoder layers to run on the CUDA GPU: auto (planner), all (plus the output head), or a count "
-                 "(the last N layers; 0 = CPU only)")
+  cmd.add_option("-t,--threads", o.threads, "CPU threads (default: one per physical core)")
+      ->check(CLI::Range(0, 1024));
+  cmd.add_option("-c,--ctx", o.ctx, "context length in tokens (default: min(model's, 4096))")
+      ->check(CLI::Range(0, 1 << 20));
+  o.kv_opt = cmd.add_option("--kv", o.kv,
+                            "KV cache type: f32, f16, q8_0, q4_0; TurboQuant tq2, tq2.5, tq3, tq3.5, tq4 "
+                            "(bits per coordinate "
+                            "for K and V), or kXvY for X-bit keys and Y-bit values (e.g. k4v3, k4v2, k3v2)")
+                 ->capture_default_str();
+  o.batch_opt = cmd.add_option("-b,--batch", o.batch, "prompt tokens per forward pass")
+                    ->check(CLI::Range(1, 8192))
+                    ->capture_default_str();
+  cmd.add_option(
+         "--gpu-layers,--ngl", o.gpu_layers,
+         "decoder layers to run on the CUDA GPU: auto (planner), all (plus the output head), or a count "
+         "(the last N layers; 0 = CPU only)")
       ->capture_default_str();
 }
 
 void add_sampling_options(CLI::App& cmd, SamplerParams& p) {
-  cmd.add_option("--temp,--temperature", p.temperature, "sampling temperature; 0 = greedy")->capture_default_str();
+  cmd.add_option("--temp,--temperature", p.temperature, "sampling temperature; 0 = greedy")
+      ->capture_default_str();
   cmd.add_option("--top-k", p.top_k, "keep the k most likely tokens; 0 = off")->capture_default_str();
   cmd.add_option("--top-p", p.top_p, "nucleus sampling mass; 1 = off")->capture_default_str();
-  cmd.add_option("--min-p", p.min_p, "drop tokens below min-p x the top probability; 0 = off")->capture_default_str();
-  cmd.add_option("--repeat-penalty", p.repeat_penalty, "penalty for repeated tokens; 1 = off")->capture_default_str();
+  cmd.add_option("--min-p", p.min_p, "drop tokens below min-p x the top probability; 0 = off")
+      ->capture_default_str();
+  cmd.add_option("--repeat-penalty", p.repeat_penalty, "penalty for repeated tokens; 1 = off")
+      ->capture_default_str();
   cmd.add_option("--repeat-last-n", p.repeat_last_n, "window for the repeat penalty")->capture_default_str();
-  cmd.add_option("--presence-penalty", p.presence_penalty, "OpenAI-style presence penalty")->capture_default_str();
-  cmd.add_option("--frequency-penalty", p.frequency_penalty, "OpenAI-style frequency penalty")->capture_default_str();
+  cmd.add_option("--presence-penalty", p.presence_penalty, "OpenAI-style presence penalty")
+      ->capture_default_str();
+  cmd.add_option("--frequency-penalty", p.frequency_penalty, "OpenAI-style frequency penalty")
+      ->capture_default_str();
   cmd.add_option("--seed", p.seed, "RNG seed (default: random)");
 }
 
@@ -111,7 +127,8 @@ int parse_gpu_layers(const std::string& s) {
     used = 0;
   }
   if (used != s.size() || n < -1)
-    throw InvalidArgument(fmt::format("--gpu-layers: expected auto, all, -1 (all) or a count >= 0, got '{}'", s));
+    throw InvalidArgument(
+        fmt::format("--gpu-layers: expected auto, all, -1 (all) or a count >= 0, got '{}'", s));
   return n < 0 ? kGpuLayersAll : n;
 }
 
@@ -148,12 +165,15 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
 
   Plan plan = make_plan(hw, info, req);
   int ngl = plan.gpu_layers;
-  if (ngl > 0 && !build_has_gpu_offload()) {
+  // The planner also places MoE models (attention on the GPU, experts in RAM), which the engine
+  // cannot run yet: MoE layers have no device path (model/blocks.cpp prepare_layer).
+  const bool moe_on_gpu = ngl > 0 && info.is_moe() && req.gpu_layers == kGpuLayersAuto;
+  if (ngl > 0 && (!build_has_gpu_offload() || moe_on_gpu)) {
     if (!quiet) {
       std::cerr << fmt::format(
-          "[plan wanted {} GPU layers on {}, but GPU offload is unavailable in this build: "
-          "planning for the CPU]\n",
-          ngl, plan.gpu_name);
+          "[plan wanted {} GPU layers on {}, but {}: planning for the CPU]\n", ngl, plan.gpu_name,
+          moe_on_gpu ? "MoE layers run on the CPU only (experts can go to the GPU with --expert-tier cuda)"
+                     : "GPU offload is unavailable in this build");
     }
     hw.gpus.clear();
     plan = make_plan(hw, info, req);
@@ -173,7 +193,33 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
   }
   SessionOptions so = to_session_options(plan);
   so.gpu_layers = session_gpu_layers;
+  so.kv_calibration_dir = default_kv_calibration_dir();
   return so;
+}
+
+// QLEAP_HOST / --host: "host", "host:port", "http://host:port", ":port".
+void parse_host(std::string s, std::string& host, int& port) {
+  for (const char* p : {"http://", "https://"}) {
+    if (s.rfind(p, 0) == 0) s = s.substr(std::string_view(p).size());
+  }
+  if (!s.empty() && s.back() == '/') s.pop_back();
+  const size_t c = s.rfind(':');
+  if (c != std::string::npos && s.find(']') == std::string::npos && s.find(':') == c) {
+    const std::string ps = s.substr(c + 1);
+    char* end = nullptr;
+    const long v = std::strtol(ps.c_str(), &end, 10);
+    if (ps.empty() || *end || v < 0 || v > 65535)
+      throw InvalidArgument(fmt::format("invalid port in '{}'", s));
+    port = int(v);
+    s.resize(c);
+  }
+  if (!s.empty()) host = s;
+}
+
+void serve_address(std::string& host, int& port) {
+  host = "127.0.0.1";
+  port = 11435;
+  if (const char* env = std::getenv("QLEAP_HOST"); env && *env) parse_host(env, host, port);
 }
 
 }  // namespace qleap::cli

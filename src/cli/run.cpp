@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/timer.h"
 #include "model/model.h"
+#include "runtime/generation.h"
 #include "runtime/session.h"
 #include "sampling/sampler.h"
 #include "tokenizer/chat_template.h"
@@ -44,11 +45,7 @@ struct Stats {
 class Generator {
  public:
   Generator(std::shared_ptr<const Model> model, const RunOptions& o, const SessionOptions& so)
-      : opt_(o),
-        model_(std::move(model)),
-        tok_(Tokenizer::from_gguf(model_->file())),
-        session_(model_, so),
-        sampler_(o.sampling) {}
+      : opt_(o), model_(std::move(model)), tok_(Tokenizer::from_gguf(model_->file())), session_(model_, so) {}
 
   const Tokenizer& tokenizer() const { return tok_; }
   Session& session() { return session_; }
@@ -57,12 +54,11 @@ class Generator {
     Stats st;
     if (tokens.empty()) throw InvalidArgument("empty prompt: nothing to condition on");
     if (int(tokens.size()) >= session_.n_ctx()) {
-      throw InvalidArgument(fmt::format("prompt is {} tokens but the context holds {} (raise --ctx)", tokens.size(),
-                                        session_.n_ctx()));
+      throw InvalidArgument(fmt::format("prompt is {} tokens but the context holds {} (raise --ctx)",
+                                        tokens.size(), session_.n_ctx()));
     }
-    size_t common = 0;
-    while (common < history_.size() && common < tokens.size() && history_[common] == tokens[common]) ++common;
-    if (common == tokens.size()) --common;  // always evaluate at least one token to get logits
+    // The previous turn's cache holds the common prefix of this one.
+    const size_t common = reusable_prefix(history_, tokens);
     session_.truncate(int(common));
     history_.resize(common);
     std::vector<int32_t> fresh(tokens.begin() + long(common), tokens.end());
@@ -74,26 +70,29 @@ class Generator {
     st.prompt_tokens = int(fresh.size());
     st.prompt_s = sw.elapsed();
     history_.insert(history_.end(), fresh.begin(), fresh.end());
-    for (int32_t t : tokens) sampler_.accept(t);
+    Generation gen(tok_, opt_.sampling, {}, opt_.n_predict);
+    // Penalties see the whole conversation, as the sampler used across turns did.
+    gen.accept_prompt(tokens);
 
-    StreamDecoder dec(tok_);
     sw.reset();
-    for (int i = 0; opt_.n_predict < 0 || i < opt_.n_predict; ++i) {
-      const int32_t t = sampler_.sample(logits->data(), session_.n_vocab());
-      sampler_.accept(t);
-      if (tok_.is_eog(t)) break;
-      out << dec.push(t) << std::flush;
+    for (;;) {
+      const Generation::Step step = gen.next(logits->data(), session_.n_vocab());
+      out << step.text << std::flush;
+      if (step.done) break;
       ++st.gen_tokens;
       if (session_.n_past() + 1 >= session_.n_ctx()) {
-        out << dec.flush();
+        out << gen.finish();
         std::cerr << fmt::format("\n[context full at {} tokens]\n", session_.n_ctx());
-        history_.push_back(t);
-        break;
+        history_.push_back(step.token);
+        st.gen_s = sw.elapsed();
+        return st;
       }
-      logits = &session_.eval({t});
-      history_.push_back(t);
+      logits = &session_.eval({step.token});
+      history_.push_back(step.token);
     }
-    out << dec.flush() << std::flush;
+    // A stop at the length limit counted its token; an end-of-generation token is not text.
+    st.gen_tokens = gen.n_generated();
+    out << gen.finish() << std::flush;
     st.gen_s = sw.elapsed();
     return st;
   }
@@ -118,14 +117,14 @@ class Generator {
   std::shared_ptr<const Model> model_;
   Tokenizer tok_;
   Session session_;
-  Sampler sampler_;
   std::vector<int32_t> history_;
 };
 
 void print_stats(const Stats& s) {
-  std::cerr << fmt::format("\n[prompt: {} tokens in {:.2f} s, {:.1f} tok/s | generation: {} tokens in {:.2f} s, {:.1f} tok/s]\n",
-                           s.prompt_tokens, s.prompt_s, s.prompt_s > 0 ? s.prompt_tokens / s.prompt_s : 0.0,
-                           s.gen_tokens, s.gen_s, s.gen_s > 0 ? s.gen_tokens / s.gen_s : 0.0);
+  std::cerr << fmt::format(
+      "\n[prompt: {} tokens in {:.2f} s, {:.1f} tok/s | generation: {} tokens in {:.2f} s, {:.1f} tok/s]\n",
+      s.prompt_tokens, s.prompt_s, s.prompt_s > 0 ? s.prompt_tokens / s.prompt_s : 0.0, s.gen_tokens, s.gen_s,
+      s.gen_s > 0 ? s.gen_tokens / s.gen_s : 0.0);
 }
 
 void run_command(RunOptions& o) {
@@ -139,10 +138,12 @@ void run_command(RunOptions& o) {
   std::unique_ptr<ExpertProfile> expert_profile;
   const auto flow = make_cli_expert_flow(o.experts, *model, gen.session().n_batch(), o.quiet, expert_profile);
   gen.session().set_moe_executor(flow.get());
-  if (!gen.session().placement().note.empty()) fmt::print(stderr, "note: {}\n", gen.session().placement().note);
+  if (!gen.session().placement().note.empty())
+    fmt::print(stderr, "note: {}\n", gen.session().placement().note);
   if (!o.quiet) {
     std::cerr << fmt::format("[loaded {} in {:.2f} s; ctx {}, {} threads, KV {}]\n", path, load.elapsed(),
-                             gen.session().n_ctx(), gen.session().pool().size(), gen.session().kv().type_name());
+                             gen.session().n_ctx(), gen.session().pool().size(),
+                             gen.session().kv_usage().type);
   }
   const bool chat = !o.raw && gen.has_chat_template();
   const bool interactive = o.interactive || (o.prompt.empty() && isatty(STDIN_FILENO) && chat);
@@ -214,14 +215,18 @@ void run_command(RunOptions& o) {
 void register_run(CLI::App& app) {
   auto opt = std::make_shared<RunOptions>();
   opt->sampling.temperature = 0.7f;
-  auto* cmd = app.add_subcommand("run", "Generate text from a model (one-shot with PROMPT, else interactive chat)");
+  auto* cmd =
+      app.add_subcommand("run", "Generate text from a model (one-shot with PROMPT, else interactive chat)");
   add_common_options(*cmd, opt->common);
-  cmd->add_option("prompt", opt->prompt, "prompt; chat models get it as a user message through their template");
-  cmd->add_option("-n,--n-predict", opt->n_predict, "maximum tokens to generate (-1: until end or full context)")
+  cmd->add_option("prompt", opt->prompt,
+                  "prompt; chat models get it as a user message through their template");
+  cmd->add_option("-n,--n-predict", opt->n_predict,
+                  "maximum tokens to generate (-1: until end or full context)")
       ->capture_default_str();
   cmd->add_option("-s,--system", opt->system, "system message for chat models");
   cmd->add_flag("--raw", opt->raw, "plain text completion: no chat template");
-  cmd->add_flag("-i,--interactive", opt->interactive, "chat interactively (default when no prompt and stdin is a terminal)");
+  cmd->add_flag("-i,--interactive", opt->interactive,
+                "chat interactively (default when no prompt and stdin is a terminal)");
   cmd->add_flag("-q,--quiet", opt->quiet, "no load/speed report on stderr");
   add_sampling_options(*cmd, opt->sampling);
   add_expert_flow_options(*cmd, opt->experts);

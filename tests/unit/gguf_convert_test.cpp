@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu/matmul.h"
 #include "core/error.h"
 #include "core/fp16.h"
 #include "gguf/convert.h"
