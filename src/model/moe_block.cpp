@@ -49,9 +49,9 @@ std::vector<WeightView> load_expert_matrices(const GgufFile& f, const std::strin
   return out;
 }
 
-void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights& w) {
+void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights& w, std::string_view norm) {
   if (f.find_tensor(blk_name(il, "ffn_gate_inp.weight")) == nullptr) {
-    load_swiglu_ffn(f, hp, il, w);
+    load_swiglu_ffn(f, hp, il, w, norm);
     return;
   }
   if (hp.n_expert <= 0) {
@@ -59,7 +59,7 @@ void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights&
         fmt::format("tensor '{}' present but expert_count is missing", blk_name(il, "ffn_gate_inp.weight")));
   }
   const int64_t n = hp.n_embd, ne = hp.n_expert, nf = hp.n_ff_exp;
-  w.ffn_norm = load_vector(f, blk_name(il, "ffn_norm.weight"), n, true);
+  w.ffn_norm = load_vector(f, blk_name(il, norm), n, true);
   MoeWeights& m = w.moe;
   m.router = load_matrix(f, blk_name(il, "ffn_gate_inp.weight"), n, ne);
   m.gate = load_expert_matrices(f, blk_name(il, "ffn_gate_exps.weight"), n, nf, ne);

@@ -205,8 +205,9 @@ void ModelRunner::start(Slot& s) {
     j.truncated_tokens = truncate_prompt(p, s.n_ctx, keep);
     // Reuse the cached prefix only in whole prefill chunks computed by an earlier prefill (see
     // reusable_prefix); a slot that keeps nothing starts a new sequence.
-    const size_t common = reusable_prefix(s.cached, p, size_t(s.prefilled), dec_->n_batch());
-    dec_->trim(s.id, int(common));
+    // A hybrid model's DeltaNet state may return to an earlier checkpoint only: trim says what it kept.
+    const size_t common =
+        size_t(dec_->trim(s.id, int(reusable_prefix(s.cached, p, size_t(s.prefilled), dec_->n_batch()))));
     s.cached.resize(common);
     Stopwatch sw;
     const float* logits = dec_->prefill(s.id, p.data() + common, int(p.size() - common));
