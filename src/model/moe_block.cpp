@@ -141,17 +141,22 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
   } else {
     std::fill(out, out + size_t(m) * n, 0.0f);
     // Prefill: tokens grouped by expert, so each selected expert's weights stream once per chunk.
-    int32_t* rows = s.rows.data();  // (token, slot) pairs as t * k + j, bucketed by expert
+    // A decode step's rows belong to separate sequences and must each sum their experts in the order
+    // the single-row path above does (concurrent text equal to sequential text): there the groups are
+    // (choice j, expert), taken j-major.
+    const int groups = ctx.rows != nullptr ? k : 1;
+    const auto bucket = [&](int i) { return (groups > 1 ? (i % k) * ne : 0) + ids[i]; };
+    int32_t* rows = s.rows.data();  // (token, slot) pairs as t * k + j, bucketed by group
     std::vector<int>& start = s.start;
-    start.assign(size_t(ne) + 1, 0);
-    for (int i = 0; i < m * k; ++i) ++start[size_t(ids[i]) + 1];
-    for (int e = 0; e < ne; ++e) start[size_t(e) + 1] += start[size_t(e)];
+    start.assign(size_t(groups * ne) + 1, 0);
+    for (int i = 0; i < m * k; ++i) ++start[size_t(bucket(i)) + 1];
+    for (int e = 0; e < groups * ne; ++e) start[size_t(e) + 1] += start[size_t(e)];
     std::vector<int>& fill = s.fill;
     fill.assign(start.begin(), start.end() - 1);
-    for (int i = 0; i < m * k; ++i) rows[fill[size_t(ids[i])]++] = i;
+    for (int i = 0; i < m * k; ++i) rows[fill[size_t(bucket(i))]++] = i;
     float* xg = s.xg.data();
-    for (int e = 0; e < ne; ++e) {
-      const int b = start[size_t(e)], cnt = start[size_t(e) + 1] - b;
+    for (int ge = 0; ge < groups * ne; ++ge) {
+      const int e = ge % ne, b = start[size_t(ge)], cnt = start[size_t(ge) + 1] - b;
       if (cnt == 0) continue;
       const float* xin = xn;
       if (m > 1) {
