@@ -86,13 +86,14 @@ def test_concurrent_equals_sequential(qleap_bin, test_models, models, name, kv):
 
 
 def test_slot_reuse_with_shorter_prefix_equals_fresh(qleap_bin, test_models, models):
-    """One slot: A, then B sharing A's first 100 bytes (the slot keeps 96 = 3 chunks of 32, a checkpoint of
-    its DeltaNet state, and evaluates the rest), then C sharing nothing (the slot starts over), then B
-    again from scratch: both B answers are the same."""
+    """One slot: A (120 bytes: checkpoints of its DeltaNet state at 96, a whole chunk of 32, and 120, the
+    prompt's end; the two newest are kept), then B sharing A's first 100 bytes (the slot keeps 96 and
+    evaluates the rest), then C sharing nothing (the slot starts over), then B again from scratch: both
+    B answers are the same."""
     s = Server(qleap_bin, test_models, ["--parallel", "1", "--ctx", "512", "-b", "32"],
                extra_models=[models["qwen3_5"]])
     try:
-        a = "".join(PROMPTS) * 2
+        a = "".join(PROMPTS)[:120]
         b = a[:100] + "but then something else happened, far away from here: "
         c = "Z" * 70
         generate(s.url, "qwen3_5", a)
@@ -117,7 +118,7 @@ def test_expert_flow_host_tier_equals_cpu(qleap_bin, test_models, models):
             texts.append([generate(s.url, "qwen3_5_moe", p)["response"] for p in PROMPTS[:3]])
             if extra:
                 st = httpx.get(s.url + "/api/qleap/status").json()
-                assert any("expert" in json.dumps(m) for m in st["models"]), st
+                assert st.get("expert_cache_hit_rate", 0) > 0, st  # the expert cache ran
         finally:
             assert s.stop() == 0
     assert texts[0] == texts[1]
