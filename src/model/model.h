@@ -58,6 +58,7 @@ struct HParams {
     return n;
   }
   int recurrent_layers_before(int il) const { return il - kv_layers_before(il); }
+  int kv_layers() const { return kv_layers_before(n_layers); }  // the layers a KV cache holds
 };
 
 // Expert weights of one MoE block: views into the 3-D ffn_{gate,up,down}_exps tensors (ne2 = expert),

@@ -138,7 +138,7 @@ RunnerStatus ModelRunner::status() const {
   s.kv_bytes_allocated = u.allocated_bytes;
   s.kv_bytes_per_token = u.bytes_per_token;
   const HParams& hp = model_->hparams();
-  const double f16 = 2.0 * 2.0 * hp.n_layers * hp.kv_dim();
+  const double f16 = 2.0 * 2.0 * hp.kv_layers() * hp.kv_dim();
   s.kv_compression_vs_f16 = s.kv_bytes_per_token ? f16 / double(s.kv_bytes_per_token) : 1.0;
   s.expert_hit_rate = expert_hit_rate_.load();
   return s;

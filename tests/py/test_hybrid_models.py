@@ -122,3 +122,23 @@ def test_expert_flow_host_tier_equals_cpu(qleap_bin, test_models, models):
         finally:
             assert s.stop() == 0
     assert texts[0] == texts[1]
+
+
+def test_profile_cli(qleap_bin, models, tmp_path):
+    """`qleap profile`: expert activations of the MoE variant, and the per-head TurboQuant sensitivity of
+    the attention layers (2 of 4 hold a KV cache), which `--kv tq3:alloc=` then reads."""
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 60)
+    r = subprocess.run([qleap_bin, "profile", str(models["qwen3_5_moe"]), str(text), "-t", "1", "-o",
+                        str(tmp_path / "experts.json")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "4 MoE layers, 4 experts" in r.stdout
+    kvs = tmp_path / "kvs.json"
+    r = subprocess.run([qleap_bin, "profile", str(models["qwen3_5"]), str(text), "--kv-sensitivity", "-c", "256",
+                        "-t", "1", "-o", str(kvs)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(kvs.read_text())["n_layers"] == 2
+    r = subprocess.run([qleap_bin, "run", str(models["qwen3_5"]), "--kv", f"tq3:alloc={kvs}", "--raw", "-n", "8",
+                        "--temp", "0", "-t", "1", "-q", "Once upon a time"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
