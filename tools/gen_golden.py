@@ -36,6 +36,17 @@ def rope(theta, **scaling):
     return p
 
 
+# The hybrids' references are computed in float64: their float32 forward differs from float64 by about
+# 1e-4 at the logits (measured: 1.2e-4 on qwen3_5), the bound the engine is held to, so a float32
+# reference could not tell a correct float32 engine from a wrong one at that level.
+HYBRID = dict(ref_dtype=torch.float64, centered_norms=True, min_route_margin=0.05, num_hidden_layers=4, head_dim=32, full_attention_interval=2, linear_conv_kernel_dim=4,
+              linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+              tie_word_embeddings=False)
+
+# A vision tower as small as the config allows: only there to be left out by the converter.
+TINY_VISION = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, patch_size=2, spatial_merge_size=1,
+                   temporal_patch_size=1, out_hidden_size=64, num_position_embeddings=16)
+
 FIXTURES = {
     "llama_gqa": ("llama", dict(rope_parameters=rope(10000.0))),
     "llama_tied": ("llama", dict(tie_word_embeddings=True, rope_parameters=rope(10000.0))),
@@ -65,6 +76,23 @@ FIXTURES = {
     "olmoe": ("olmoe", dict(num_experts=8, num_experts_per_tok=2, intermediate_size=48, norm_topk_prob=False,
                             num_key_value_heads=4,
                             rope_parameters=rope(10000.0), eos_token_id=None, pad_token_id=None)),
+    # Hybrid Gated DeltaNet + gated attention stacks (layers: linear, full, linear, full). 2 key heads and
+    # 4 value heads in the linear layers, so the value-to-key head mapping matters; prompts of 136 and 67
+    # tokens cross the DeltaNet chunk boundaries (64, 128). qwen3_5 is the multimodal checkpoint layout
+    # (text_config, model.language_model.*, a tiny vision tower the converter must leave out).
+    "qwen3_5": ("qwen3_5", dict(HYBRID, intermediate_size=64, prompt_lens=(136, 67),
+                                rope_parameters=rope(1000000.0, partial_rotary_factor=0.25,
+                                                     mrope_section=[2, 1, 1], mrope_interleaved=True))),
+    "qwen3_5_moe": ("qwen3_5_moe_text", dict(HYBRID, intermediate_size=None, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                             shared_expert_intermediate_size=32, prompt_lens=(136, 67),
+                                             rope_parameters=rope(1000000.0, partial_rotary_factor=0.25,
+                                                                  mrope_section=[2, 1, 1], mrope_interleaved=True))),
+    # Value heads wider than key heads (24 vs 16), as the models allow.
+    "qwen3_next": ("qwen3_next", dict(HYBRID, linear_value_head_dim=24, intermediate_size=96, num_experts=4,
+                                      num_experts_per_tok=2, moe_intermediate_size=32,
+                                      shared_expert_intermediate_size=48, norm_topk_prob=True,
+                                      prompt_lens=(136, 67),
+                                      rope_parameters=rope(1000000.0, partial_rotary_factor=0.25))),
 }
 
 CONFIG_CLASSES = {
@@ -76,16 +104,22 @@ CONFIG_CLASSES = {
     "qwen2_moe": (transformers.Qwen2MoeConfig, transformers.Qwen2MoeForCausalLM),
     "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM),
     "olmoe": (transformers.OlmoeConfig, transformers.OlmoeForCausalLM),
+    "qwen3_5": (transformers.Qwen3_5Config, transformers.Qwen3_5ForConditionalGeneration),
+    "qwen3_5_moe_text": (transformers.Qwen3_5MoeTextConfig, transformers.Qwen3_5MoeForCausalLM),
+    "qwen3_next": (transformers.Qwen3NextConfig, transformers.Qwen3NextForCausalLM),
 }
 
 
-def randomize(model, gen):
+def randomize(model, gen, centered_norms=False):
     """HF's default init (std 0.02) gives near-uniform logits whose argmax is decided by noise; larger
-    weights give well-separated logits so argmax agreement is a meaningful check."""
+    weights give well-separated logits so argmax agreement is a meaningful check. centered_norms: the
+    model's RMSNorms scale by (1 + weight) (Qwen3-Next / Qwen3.5, Gemma), so their weights are drawn
+    around 0, except the DeltaNet's gated norm (linear_attn.norm), which scales by weight."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+                center = 0.0 if centered_norms and not name.endswith("linear_attn.norm.weight") else 1.0
+                p.copy_(center + 0.2 * torch.randn(p.shape, generator=gen))
             elif name.endswith(".bias"):
                 p.copy_(0.3 * torch.randn(p.shape, generator=gen))
             elif "embed_tokens" in name:
@@ -97,44 +131,84 @@ def randomize(model, gen):
 
 def make(name, out_dir, seed):
     model_type, extra = FIXTURES[name]
-    cfg_cls, model_cls = CONFIG_CLASSES[model_type]
     kw = dict(COMMON)
     kw.update(extra)
-    cfg = cfg_cls(**kw)
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = model_cls(cfg).to(torch.float32).eval()
-    gen = torch.Generator().manual_seed(seed)
-    randomize(model, gen)
-    if cfg.tie_word_embeddings:
-        model.tie_weights()
+    prompt_lens = kw.pop("prompt_lens", (16, 13))
+    ref_dtype = kw.pop("ref_dtype", torch.float32)
+    centered_norms = kw.pop("centered_norms", False)
+    # MoE: draw again (seed + 1000) until every routing decision of the reference run has its k-th and
+    # (k+1)-th router logits at least this far apart, so that quantized weights do not flip an expert
+    # choice on a near tie (a flip changes that token's output by whole units, not by rounding).
+    min_route_margin = kw.pop("min_route_margin", 0.0)
+    for attempt in range(50):
+        built = build(name, model_type, kw, seed + 1000 * attempt, ref_dtype, centered_norms, prompt_lens)
+        if built[-1] >= min_route_margin:
+            break
+    else:
+        raise SystemExit(f"{name}: no seed gave a routing margin of {min_route_margin}")
+    model, cfg, prompts, logits, min_gap, margin = built
+    seed += 1000 * attempt
 
     d = os.path.join(out_dir, name)
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
-    model.save_pretrained(d, safe_serialization=True)
+    model.to(torch.float32).save_pretrained(d, safe_serialization=True)
     for extra_file in ("generation_config.json",):
         p = os.path.join(d, extra_file)
         if os.path.exists(p):
             os.remove(p)
+    with open(os.path.join(d, "golden.json"), "w") as f:
+        json.dump({"model_type": model_type, "seed": seed, "prompts": prompts, "logits": logits,
+                   "dtype": str(ref_dtype).replace("torch.", ""), "transformers": transformers.__version__},
+                  f, separators=(",", ":"))
+    size = sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d))
+    extra = f", smallest routing margin {margin:.4f}" if margin != float("inf") else ""
+    print(f"{name}: {size / 1024:.0f} KiB, seed {seed}, smallest top1-top2 logit gap {min_gap:.4f}{extra}")
 
-    prompts = [
-        torch.randint(0, cfg.vocab_size, (16,), generator=gen).tolist(),
-        torch.randint(0, cfg.vocab_size, (13,), generator=gen).tolist(),
-    ]
+
+def build(name, model_type, kw, seed, ref_dtype, centered_norms, prompt_lens):
+    """The random model of this seed, its prompts, the reference logits and the margins."""
+    cfg_cls, model_cls = CONFIG_CLASSES[model_type]
+    kw = {k: v for k, v in kw.items() if v is not None}  # None: a field this config does not have
+    if model_type == "qwen3_5":  # multimodal: the language model's settings go in text_config
+        cfg = cfg_cls(text_config=kw, vision_config=TINY_VISION, tie_word_embeddings=False)
+        cfg.text_config._attn_implementation = "eager"
+    else:
+        cfg = cfg_cls(**kw)
+    cfg._attn_implementation = "eager"
+    if ref_dtype == torch.float64:  # the grouped-matmul experts have no float64 kernel
+        cfg._experts_implementation = "eager"
+        if model_type == "qwen3_5":
+            cfg.text_config._experts_implementation = "eager"
+    torch.manual_seed(seed)
+    model = model_cls(cfg).to(torch.float32).eval()
+    gen = torch.Generator().manual_seed(seed)
+    randomize(model, gen, centered_norms)
+    if getattr(cfg, "tie_word_embeddings", False):
+        model.tie_weights()
+
+    vocab = kw["vocab_size"]
+    prompts = [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in prompt_lens]
     logits = []
-    min_gap = float("inf")
+    min_gap, margin = float("inf"), float("inf")
+
+    def on_route(module, args, out):
+        nonlocal margin
+        top = out[0].double().topk(module.top_k + 1, dim=-1).values
+        margin = min(margin, float((top[:, -2] - top[:, -1]).min()))
+
+    hooks = [m.register_forward_hook(on_route) for m in model.modules()
+             if type(m).__name__.endswith("TopKRouter") and hasattr(m, "top_k")]
+    ref = model.to(ref_dtype)
     with torch.no_grad():
         for ids in prompts:
-            out = model(torch.tensor([ids])).logits[0].to(torch.float32)
+            out = ref(torch.tensor([ids])).logits[0].to(torch.float32)
             top2 = out.topk(2, dim=-1).values
             min_gap = min(min_gap, float((top2[:, 0] - top2[:, 1]).min()))
             logits.append([[round(float(x), 6) for x in row] for row in out])
-    with open(os.path.join(d, "golden.json"), "w") as f:
-        json.dump({"model_type": model_type, "seed": seed, "prompts": prompts, "logits": logits,
-                   "transformers": transformers.__version__}, f, separators=(",", ":"))
-    size = sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d))
-    print(f"{name}: {size / 1024:.0f} KiB, smallest top1-top2 logit gap {min_gap:.4f}")
+    for h in hooks:
+        h.remove()
+    return model, cfg, prompts, logits, min_gap, margin
 
 
 def main():

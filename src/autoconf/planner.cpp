@@ -184,7 +184,7 @@ ModelInfo model_info_from_gguf(const GgufFile& f, const std::vector<std::string>
     }
   }
   if (m.tied_embeddings) m.output_bytes += m.token_embd_bytes;
-  KvShape shape{hp.n_layers, 32, hp.n_heads, hp.n_kv_heads, hp.head_dim};
+  KvShape shape{hp.kv_layers(), 32, hp.n_heads, hp.n_kv_heads, hp.head_dim};
   for (const auto& type : kv_types) {
     try {
       m.kv_bytes_per_token.emplace_back(type, make_kv_cache(type, shape)->bytes_per_token());

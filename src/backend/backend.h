@@ -66,6 +66,49 @@ struct QkPrep {
   float eps = 1e-5f;
 };
 
+// The state one DeltaNet layer keeps for one sequence (backend memory): the last kernel - 1 inputs of
+// the causal conv ((kernel - 1) x conv_dim, oldest first) and the delta-rule matrix of every value head
+// (n_v_heads x head_k_dim x head_v_dim).
+struct DeltaStateRef {
+  float* conv = nullptr;
+  float* ssm = nullptr;
+};
+
+// One gated DeltaNet (Gated Delta Rule linear attention) mixing step over m rows, from the input
+// projections to the gated-normalized output that the output projection reads:
+//   x = silu(causal_conv1d(qkv)) (state carried), q, k l2-normalized per key head (q / sqrt(head_k_dim)),
+//   beta = sigmoid(b), g = a * softplus(alpha + dt_bias) (log decay, a < 0), per value head h the rule
+//   S = exp(g) S; S += k (beta (v - S^T k))^T; o = S^T q (key head: see v_tiled),
+//   out = rms_norm(o) * norm_w * silu(z) per value head.
+// rows == nullptr: the m rows are consecutive tokens of one sequence with state `state` (prefill, chunked
+// form); else row t is one token of its own sequence with state rows[t] (decode, recurrent form).
+struct DeltaNetArgs {
+  float* qkv = nullptr;      // m x conv_dim: q (n_k_heads x head_k_dim) | k (same) | v; overwritten
+  const float* z = nullptr;  // m x value_dim
+  // m x n_v_heads logits each (or the fused layout, see ba_grouped); a backend may overwrite them.
+  float* beta = nullptr;
+  float* alpha = nullptr;
+  // qwen3next's fused projection: beta holds m x 2 n_v_heads, per key head [r betas, r alphas] of its
+  // r = n_v_heads / n_k_heads value heads; alpha is unused.
+  bool ba_grouped = false;
+  float* out = nullptr;                         // m x value_dim
+  const std::vector<float>* conv_w = nullptr;   // conv_dim x kernel
+  const std::vector<float>* dt_bias = nullptr;  // n_v_heads
+  const std::vector<float>* a = nullptr;        // n_v_heads: -exp(A_log)
+  const std::vector<float>* norm_w = nullptr;   // head_v_dim
+  int n_k_heads = 0, n_v_heads = 0, head_k_dim = 0, head_v_dim = 0, kernel = 0;
+  // Which key head value head h reads: h % n_k_heads (tiled, llama.cpp's qwen35 files) or
+  // h / (n_v_heads / n_k_heads) (grouped, transformers and qwen3next files).
+  bool v_tiled = false;
+  float eps = 1e-6f;  // of the gated RMSNorm
+  DeltaStateRef state;
+  const DeltaStateRef* rows = nullptr;
+  int key_dim() const { return n_k_heads * head_k_dim; }
+  int value_dim() const { return n_v_heads * head_v_dim; }
+  int conv_dim() const { return 2 * key_dim() + value_dim(); }
+  int k_head_of(int h) const { return v_tiled ? h % n_k_heads : h / (n_v_heads / n_k_heads); }
+};
+
 class Backend {
  public:
   virtual ~Backend();
@@ -105,6 +148,12 @@ class Backend {
   // g = silu(g) * u over m rows of n.
   virtual void silu_mul(float* g, const float* u, int m, int n) = 0;
   virtual void qk_prep(const QkPrep& a, int m) = 0;
+  // Per row, per head of 2 * head_dim values: the first half to a, the second to b (a projection that
+  // computes two things per head, like the query and its output gate).
+  virtual void split_heads(const float* x, float* a, float* b, int m, int n_heads, int head_dim) = 0;
+  // y *= sigmoid(g) over m rows of n.
+  virtual void sigmoid_mul(float* y, const float* g, int m, int n) = 0;
+  virtual void delta_net(const DeltaNetArgs& a, int m) = 0;
 
   // ---- capture ----
   // Runs body, which queues ops only (no host reads of activations, no syncs). A device backend may

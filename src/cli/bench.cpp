@@ -115,7 +115,7 @@ void bench_kv_compare(BenchOptions& o, const std::vector<std::string>& types) {
     throw InvalidArgument(
         fmt::format("--depth {} + -n {} exceed the context {}", o.depth, o.n_gen, base.n_ctx));
   const HParams& hp = model->hparams();
-  const double f16_bpt = 2.0 * 2.0 * hp.n_layers * hp.n_kv_heads * hp.head_dim;
+  const double f16_bpt = 2.0 * 2.0 * hp.kv_layers() * hp.n_kv_heads * hp.head_dim;
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> pick(0, model->n_vocab() - 1);
   std::vector<int32_t> ctx(size_t(o.depth));
@@ -301,7 +301,7 @@ void bench_command(BenchOptions& o) {
   out["peak_rss_bytes"] = peak_rss_bytes();
   out["kv_bytes_per_token"] = session.kv_usage().bytes_per_token;
   const HParams& hp = model->hparams();
-  const double f16_bpt = 2.0 * 2.0 * hp.n_layers * hp.n_kv_heads * hp.head_dim;
+  const double f16_bpt = 2.0 * 2.0 * hp.kv_layers() * hp.n_kv_heads * hp.head_dim;
   out["kv_compression_vs_f16"] = f16_bpt / double(session.kv_usage().bytes_per_token);
   if (!o.no_membw) {
     const auto bw = measure_read_bandwidth(session.pool());

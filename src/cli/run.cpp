@@ -58,8 +58,8 @@ class Generator {
                                         tokens.size(), session_.n_ctx()));
     }
     // The previous turn's cache holds the common prefix of this one.
-    const size_t common = reusable_prefix(history_, tokens);
-    session_.truncate(int(common));
+    // (A hybrid model may keep less: its DeltaNet state returns only to a checkpoint.)
+    const size_t common = size_t(session_.truncate(int(reusable_prefix(history_, tokens))));
     history_.resize(common);
     std::vector<int32_t> fresh(tokens.begin() + long(common), tokens.end());
 

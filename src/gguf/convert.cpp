@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/json_int.h"
 #include "core/thread_pool.h"
+#include "gguf/convert_hybrid.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
 #include "gguf/safetensors.h"
@@ -59,27 +60,35 @@ struct HParams {
   // Mixture of experts (n_expert 0: dense).
   int64_t n_expert = 0, n_expert_used = 0, n_ff_exp = 0, n_ff_shexp = 0;
   bool norm_topk = false;
+  std::optional<HybridConfig> hybrid;  // Gated DeltaNet hybrids (gguf/convert_hybrid.h)
 };
 
 HParams read_hparams(const fs::path& dir) {
-  const json c = read_json(dir / "config.json");
+  const json top = read_json(dir / "config.json");
   HParams h;
-  h.model_type = c.value("model_type", "");
+  h.model_type = top.value("model_type", "");
+  // Multimodal checkpoints (Qwen3.5) keep the language model's settings in text_config.
+  const bool nested =
+      is_hybrid_model_type(h.model_type) && top.contains("text_config") && top["text_config"].is_object();
+  const json& c = nested ? top["text_config"] : top;
   if (h.model_type == "llama" || h.model_type == "mistral" || h.model_type == "mixtral") {
     h.arch = "llama";
   } else if (h.model_type == "qwen2" || h.model_type == "qwen3" || h.model_type == "olmoe") {
     h.arch = h.model_type;
   } else if (h.model_type == "qwen2_moe" || h.model_type == "qwen3_moe") {
     h.arch = h.model_type == "qwen2_moe" ? "qwen2moe" : "qwen3moe";
-  } else {
+  } else if (!is_hybrid_model_type(h.model_type)) {
     throw Unsupported(fmt::format(
         "model_type '{}' is not supported (supported: llama, mistral, mixtral, qwen2, qwen3, qwen2_moe, "
-        "qwen3_moe, olmoe)",
+        "qwen3_moe, olmoe, qwen3_5, qwen3_5_moe, qwen3_next)",
         h.model_type));
   }
   h.n_embd = req_int(c, "hidden_size");
   h.n_layer = req_int(c, "num_hidden_layers");
-  h.n_ff = req_int(c, "intermediate_size");
+  // MoE configs without a dense FFN size (qwen3_5_moe) give the experts'.
+  h.n_ff =
+      req_int(c, !num(c, "intermediate_size") && num(c, "moe_intermediate_size") ? "moe_intermediate_size"
+                                                                                 : "intermediate_size");
   h.n_head = req_int(c, "num_attention_heads");
   h.n_head_kv = int64_t(num(c, "num_key_value_heads").value_or(double(h.n_head)));
   h.n_ctx = req_int(c, "max_position_embeddings");
@@ -94,7 +103,8 @@ HParams read_hparams(const fs::path& dir) {
     h.n_ff_exp = int64_t(num(c, "moe_intermediate_size").value_or(double(h.n_ff)));
     h.n_ff_shexp = int64_t(num(c, "shared_expert_intermediate_size").value_or(0));
     // Mixtral always renormalizes the top-k weights; the others follow norm_topk_prob.
-    h.norm_topk = h.model_type == "mixtral" || c.value("norm_topk_prob", false);
+    h.norm_topk = h.model_type == "mixtral" || h.model_type == "qwen3_5_moe" ||
+                  h.model_type == "qwen3_5_moe_text" || c.value("norm_topk_prob", false);
     if (h.n_expert_used <= 0 || h.n_expert_used > h.n_expert || h.n_ff_exp <= 0 || h.n_ff_shexp < 0)
       throw FormatError("config.json has inconsistent expert sizes");
     if (auto clip = num(c, "clip_qkv"))
@@ -132,6 +142,11 @@ HParams read_hparams(const fs::path& dir) {
   };
   h.bos = first_id("bos_token_id");
   h.eos = first_id("eos_token_id");
+  if (is_hybrid_model_type(h.model_type)) {
+    h.hybrid = read_hybrid_config(c, h.model_type, h.head_dim, h.n_layer,
+                                  nested && top.contains("vision_config") && !top["vision_config"].is_null());
+    h.arch = h.hybrid->arch;
+  }
   return h;
 }
 
@@ -174,7 +189,7 @@ void write_hparams(GgufWriter& w, const HParams& h, const std::string& name, Ggm
   w.set_u32(a + "feed_forward_length", uint32_t(h.n_ff));
   w.set_u32(a + "attention.head_count", uint32_t(h.n_head));
   w.set_u32(a + "attention.head_count_kv", uint32_t(h.n_head_kv));
-  if (h.head_dim != h.n_embd / h.n_head) {
+  if (h.head_dim != h.n_embd / h.n_head || h.hybrid) {
     w.set_u32(a + "attention.key_length", uint32_t(h.head_dim));
     w.set_u32(a + "attention.value_length", uint32_t(h.head_dim));
   }
@@ -449,28 +464,41 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
   std::string name = fs::path(hf_dir).lexically_normal().filename().string();
   if (name.empty()) name = fs::absolute(dir).lexically_normal().parent_path().filename().string();
   write_hparams(w, h, name, opt.out_type);
+  if (h.hybrid) {
+    write_hybrid_hparams(w, *h.hybrid);
+    if (h.hybrid->vision && progress)
+      progress("the vision tower is not converted: qleap runs the text model only", 0.0);
+  }
   write_tokenizer(w, dir, h, progress);
 
   struct Item {
     std::string gname;
     const SafeTensor* src = nullptr;
     std::vector<const SafeTensor*> experts;  // stacked into one 3-D tensor (src = experts[0])
+    std::optional<HybridTensor> hybrid;      // its shape and transform (gguf/convert_hybrid.h)
   };
   std::vector<Item> items;
   std::map<std::string, std::vector<const SafeTensor*>> expert_groups;
   const bool tied = h.tied || st.find("lm_head.weight") == nullptr;
-  for (const auto& hf : st.names()) {
+  for (const auto& hf_name : st.names()) {
+    const std::string hf = h.hybrid ? hybrid_tensor_name(hf_name) : hf_name;
+    if (hf.empty()) continue;  // vision tower, MTP block
     if (auto ex = expert_name(hf)) {
       auto& v = expert_groups[ex->first];
       if (ex->second < 0 || ex->second >= std::max<int64_t>(h.n_expert, 1))
         throw FormatError(fmt::format("tensor '{}': expert index outside num_experts {}", hf, h.n_expert));
       v.resize(size_t(h.n_expert), nullptr);
-      v[size_t(ex->second)] = &st.get(hf);
+      v[size_t(ex->second)] = &st.get(hf_name);
       continue;
+    }
+    if (h.hybrid) {
+      std::vector<HybridTensor> ts = hybrid_tensors(*h.hybrid, hf, st.get(hf_name).shape);
+      for (HybridTensor& t : ts) items.push_back({t.gname, &st.get(hf_name), {}, std::move(t)});
+      if (!ts.empty()) continue;
     }
     std::string g = gguf_name(hf);
     if (g.empty() || (g == "output.weight" && tied)) continue;
-    items.push_back({std::move(g), &st.get(hf), {}});
+    items.push_back({std::move(g), &st.get(hf_name), {}, std::nullopt});
   }
   for (auto& [g, srcs] : expert_groups) {
     for (size_t e = 0; e < srcs.size(); ++e) {
@@ -478,7 +506,7 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
       if (srcs[e]->shape != srcs[0]->shape)
         throw FormatError(fmt::format("{}: experts 0 and {} differ in shape", g, e));
     }
-    items.push_back({g, srcs[0], srcs});
+    items.push_back({g, srcs[0], srcs, std::nullopt});
   }
   std::sort(items.begin(), items.end(),
             [](const Item& a, const Item& b) { return order_key(a.gname) < order_key(b.gname); });
@@ -495,21 +523,24 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
     const Item& it = items[k];
     const SafeTensor& src = *it.src;
     src.ggml_type();  // rejects unsupported dtypes before anything is written
-    if (src.shape.empty() || src.shape.size() > 2) {
+    if (src.shape.empty() || (src.shape.size() > 2 && !it.hybrid)) {
       throw Unsupported(
           fmt::format("tensor '{}' has {} dimensions (1 or 2 expected)", src.name, src.shape.size()));
     }
     // qwen2moe's shared-expert gate is a 1 x n_embd matrix that GGUF stores as a vector.
     const bool squeeze = it.gname.find("ffn_gate_inp_shexp") != std::string::npos && src.shape.size() == 2 &&
                          src.shape[0] == 1;
-    const bool matrix = src.shape.size() == 2 && !squeeze;
+    const bool matrix = it.hybrid ? it.hybrid->cols > 0 : src.shape.size() == 2 && !squeeze;
     const int64_t n_stack = it.experts.empty() ? 1 : int64_t(it.experts.size());
-    const int64_t rows = matrix ? src.shape[0] : 1;
-    const int64_t cols = matrix ? src.shape[1] : src.shape.back();
+    const int64_t rows = it.hybrid ? (matrix ? it.hybrid->rows : 1) : matrix ? src.shape[0] : 1;
+    const int64_t cols = it.hybrid ? (matrix ? it.hybrid->cols : it.hybrid->rows)
+                         : matrix  ? src.shape[1]
+                                   : src.shape.back();
     // Routers stay F32, as llama.cpp keeps them: routing flips on small errors.
     const bool router = it.gname.find(".ffn_gate_inp.") != std::string::npos;
+    const bool keep_f32 = router || (it.hybrid && it.hybrid->keep_f32);
     const GgmlType type =
-        matrix && !router ? weight_type(opt.out_type, cols, it.gname, progress) : GgmlType::F32;
+        matrix && !keep_f32 ? weight_type(opt.out_type, cols, it.gname, progress) : GgmlType::F32;
     // Llama's q/k (weights and any biases) are re-ordered for interleaved rope.
     int64_t permute_heads = 0;
     if (h.arch == "llama") {
@@ -519,9 +550,10 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
     std::vector<int64_t> shape = matrix ? std::vector<int64_t>{cols, rows} : std::vector<int64_t>{cols};
     if (!it.experts.empty()) shape.push_back(n_stack);
     const std::string gname = it.gname;
+    const auto transform = it.hybrid ? it.hybrid->transform : nullptr;
     w.add_tensor(gname, type, std::move(shape),
                  [&pool, &progress, n_items, k, type, rows, cols, matrix, permute_heads, gname, s = it.src,
-                  experts = it.experts](uint8_t* dst, size_t) {
+                  experts = it.experts, transform](uint8_t* dst, size_t) {
                    if (progress)
                      progress(fmt::format("[{}/{}] {} -> {}", k + 1, n_items, gname, type_name(type)),
                               double(k) / double(n_items));
@@ -534,6 +566,10 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
                      return;
                    }
                    std::vector<float> f = s->to_f32();
+                   if (transform) f = transform(f);
+                   if (f.size() != size_t(rows) * size_t(cols))
+                     throw FormatError(
+                         fmt::format("{}: {} values for a [{}, {}] tensor", gname, f.size(), cols, rows));
                    if (permute_heads > 0) {
                      // A bias is a single column of `rows` values.
                      f = matrix ? permute_rows(f, rows, cols, permute_heads)

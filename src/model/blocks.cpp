@@ -42,6 +42,14 @@ void Activations::allocate(Backend& be, const HParams& hp, int nb) {
   v = be.alloc_floats(n * hp.kv_dim());
   gate = be.alloc_floats(n * hp.n_ff);
   up = be.alloc_floats(n * hp.n_ff);
+  if (hp.delta.n_v_heads > 0) {
+    qg = be.alloc_floats(n * 2 * hp.q_dim());
+    qgate = be.alloc_floats(n * hp.q_dim());
+    dn_qkv = be.alloc_floats(n * hp.delta.conv_dim());
+    dn_z = be.alloc_floats(n * hp.delta.value_dim());
+    dn_ba = be.alloc_floats(n * 2 * hp.delta.n_v_heads);
+    dn_out = be.alloc_floats(n * hp.delta.value_dim());
+  }
 }
 
 void MoeScratch::allocate(const HParams& hp, int nb) {
@@ -125,8 +133,8 @@ void load_attention(const GgufFile& f, const HParams& hp, int il, const AttnOpti
   }
 }
 
-void load_swiglu_ffn(const GgufFile& f, const HParams& hp, int il, LayerWeights& w) {
-  w.ffn_norm = load_vector(f, blk_name(il, "ffn_norm.weight"), hp.n_embd, true);
+void load_swiglu_ffn(const GgufFile& f, const HParams& hp, int il, LayerWeights& w, std::string_view norm) {
+  w.ffn_norm = load_vector(f, blk_name(il, norm), hp.n_embd, true);
   w.w_gate = load_matrix(f, blk_name(il, "ffn_gate.weight"), hp.n_embd, hp.n_ff);
   w.w_up = load_matrix(f, blk_name(il, "ffn_up.weight"), hp.n_embd, hp.n_ff);
   w.w_down = load_matrix(f, blk_name(il, "ffn_down.weight"), hp.n_ff, hp.n_embd);
@@ -208,10 +216,14 @@ void prepare_layer(const LayerWeights& w, Backend& be) {
         "and move experts to the GPU with --expert-tier cuda",
         be.name()));
   }
-  for (const std::vector<float>* v : {&w.attn_norm, &w.ffn_norm, &w.q_norm, &w.k_norm, &w.bq, &w.bk, &w.bv}) {
+  for (const std::vector<float>* v : {&w.attn_norm, &w.ffn_norm, &w.q_norm, &w.k_norm, &w.bq, &w.bk, &w.bv,
+                                      &w.delta.conv, &w.delta.dt_bias, &w.delta.a, &w.delta.norm}) {
     if (!v->empty()) be.prepare(*v);
   }
-  for (const WeightView* v : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) be.prepare(*v);
+  for (const WeightView* v : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down, &w.delta.qkv,
+                              &w.delta.gate, &w.delta.beta, &w.delta.alpha, &w.delta.ba, &w.delta.out}) {
+    if (v->data != nullptr) be.prepare(*v);
+  }
 }
 
 }  // namespace qleap

@@ -9,6 +9,7 @@
 #include "backend/backend.h"
 #include "core/thread_pool.h"
 #include "kv/kv_cache.h"
+#include "kv/recurrent_state.h"
 #include "model/model.h"
 
 namespace qleap {
@@ -18,6 +19,9 @@ namespace qleap {
 struct Activations {
   int n_batch = 0;
   ActBuffer x, xn, q, k, v, attn, tmp, gate, up;
+  // Hybrid models (hp.delta.n_v_heads > 0): the gated attention's query + gate projection and gate, and
+  // the DeltaNet mixer's projections and output.
+  ActBuffer qg, qgate, dn_qkv, dn_z, dn_ba, dn_out;
   void allocate(Backend& be, const HParams& hp, int n_batch);
 };
 
@@ -37,6 +41,7 @@ class MoeExecutor;
 struct RowSeq {
   KvCache* kv;
   int pos;
+  RecurrentState* state = nullptr;  // hybrid models: the row's DeltaNet state
 };
 
 // What a layer's forward pass needs besides its weights. Rows of a.x are the m tokens at positions
@@ -57,6 +62,9 @@ struct LayerCtx {
   MoeScratch* moe = nullptr;            // host backends
   MoeObserver* moe_observer = nullptr;  // sees MoE routing decisions (model/moe_block.h)
   MoeExecutor* moe_executor = nullptr;  // runs the routed experts instead of the CPU loop
+  // Hybrid models: the DeltaNet state of the sequence (rows == nullptr; else each row's), holding the
+  // recurrent layers of the segment as kv holds its attention layers.
+  RecurrentState* state = nullptr;
 };
 
 struct ArchDef {
@@ -86,7 +94,9 @@ struct AttnOptions {
   Presence qk_norm = Presence::kAbsent;
 };
 void load_attention(const GgufFile& f, const HParams& hp, int il, const AttnOptions& opt, LayerWeights& w);
-void load_swiglu_ffn(const GgufFile& f, const HParams& hp, int il, LayerWeights& w);
+// norm: the FFN's input norm (qwen35 / qwen3next files call it post_attention_norm).
+void load_swiglu_ffn(const GgufFile& f, const HParams& hp, int il, LayerWeights& w,
+                     std::string_view norm = "ffn_norm.weight");
 
 // ---- forward (over the ops of ctx.be) ----
 // Self-attention of the m normalized rows xn; out (m x n_embd) += the output projection.

@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "model/blocks.h"
+#include "model/delta_net_block.h"
 
 namespace qleap {
 
@@ -13,12 +14,16 @@ extern const ArchDef kArchQwen3;
 extern const ArchDef kArchQwen2Moe;
 extern const ArchDef kArchQwen3Moe;
 extern const ArchDef kArchOlmoe;
+extern const ArchDef kArchQwen35;
+extern const ArchDef kArchQwen35Moe;
+extern const ArchDef kArchQwen3Next;
 
 namespace {
 
 // An explicit table rather than self-registration: static constructors in a static library are
 // dropped by the linker when nothing references their object file.
-const ArchDef* const kArchs[] = {&kArchLlama, &kArchQwen2, &kArchQwen3, &kArchQwen2Moe, &kArchQwen3Moe, &kArchOlmoe};
+const ArchDef* const kArchs[] = {&kArchLlama, &kArchQwen2,  &kArchQwen3,     &kArchQwen2Moe, &kArchQwen3Moe,
+                                 &kArchOlmoe, &kArchQwen35, &kArchQwen35Moe, &kArchQwen3Next};
 
 int64_t arch_int(const GgufFile& f, std::string_view suffix, int64_t def, bool required) {
   const GgufValue* v = f.find_arch(suffix);
@@ -55,7 +60,10 @@ HParams read_hparams(const GgufFile& f) {
   HParams hp;
   hp.n_layers = int(arch_int(f, "block_count", 0, true));
   hp.n_embd = int(arch_int(f, "embedding_length", 0, true));
-  hp.n_ff = int(arch_int(f, "feed_forward_length", 0, true));
+  // MoE files may give only the experts' FFN size (llama.cpp's qwen35moe).
+  const bool moe_file = f.find_arch("expert_count") != nullptr;
+  hp.n_ff = int(arch_int(f, "feed_forward_length", 0, !moe_file));
+  if (hp.n_ff == 0 && moe_file) hp.n_ff = int(arch_int(f, "expert_feed_forward_length", 0, true));
   hp.n_heads = int(arch_int(f, "attention.head_count", 0, true));
   hp.n_kv_heads = int(arch_int(f, "attention.head_count_kv", hp.n_heads, false));
   if (hp.n_layers <= 0 || hp.n_embd <= 0 || hp.n_ff <= 0 || hp.n_heads <= 0 || hp.n_kv_heads <= 0 ||
@@ -80,14 +88,15 @@ HParams read_hparams(const GgufFile& f) {
   hp.n_expert_used = int(arch_int(f, "expert_used_count", 0, false));
   if (hp.n_expert < 0 || hp.n_expert_used < 0 || hp.n_expert_used > hp.n_expert ||
       (hp.n_expert > 0 && hp.n_expert_used == 0)) {
-    throw FormatError(fmt::format("bad expert_count {} / expert_used_count {}", hp.n_expert, hp.n_expert_used));
+    throw FormatError(
+        fmt::format("bad expert_count {} / expert_used_count {}", hp.n_expert, hp.n_expert_used));
   }
   hp.n_ff_exp = int(arch_int(f, "expert_feed_forward_length", hp.n_ff, false));
   hp.n_ff_shexp = int(arch_int(f, "expert_shared_feed_forward_length", 0, false));
   if (hp.n_ff_exp <= 0 || hp.n_ff_shexp < 0) throw FormatError("bad expert_feed_forward_length");
   // Transformers' defaults: Mixtral and Qwen3-MoE checkpoints renormalize the top-k weights,
   // qwen2moe and olmoe configs default to norm_topk_prob = false.
-  hp.expert_weights_norm = arch == "llama" || arch == "qwen3moe";
+  hp.expert_weights_norm = arch == "llama" || arch == "qwen3moe" || is_hybrid_arch(arch);
   if (const GgufValue* v = f.find_arch("expert_weights_norm")) hp.expert_weights_norm = v->as_bool();
 
   RopeParams& r = hp.rope;
@@ -116,6 +125,7 @@ HParams read_hparams(const GgufFile& f) {
   r.ext_factor = float(arch_float(f, "rope.scaling.yarn_ext_factor", -1.0));
   r.beta_fast = float(arch_float(f, "rope.scaling.yarn_beta_fast", 32.0));
   r.beta_slow = float(arch_float(f, "rope.scaling.yarn_beta_slow", 1.0));
+  if (is_hybrid_arch(arch)) read_delta_net_params(f, hp);
   return hp;
 }
 

@@ -1,6 +1,7 @@
 // A loaded transformer: hyper-parameters read from GGUF metadata and views of the weight tensors,
 // which stay in the memory-mapped file (the Model keeps the GgufFile alive).
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,6 +11,20 @@
 #include "tensor/weight_view.h"
 
 namespace qleap {
+
+// The Gated DeltaNet (linear attention) layers of hybrid models (qwen35, qwen35moe, qwen3next), from the
+// ssm.* keys as llama.cpp writes them. n_v_heads is 0 for other models.
+struct DeltaNetParams {
+  int conv_kernel = 0;   // ssm.conv_kernel
+  int n_k_heads = 0;     // ssm.group_count
+  int n_v_heads = 0;     // ssm.time_step_rank
+  int head_k_dim = 0;    // ssm.state_size
+  int head_v_dim = 0;    // ssm.inner_size / n_v_heads
+  bool v_tiled = false;  // value head h reads key head h % n_k_heads (qwen35 files), else h / (n_v / n_k)
+  int key_dim() const { return n_k_heads * head_k_dim; }
+  int value_dim() const { return n_v_heads * head_v_dim; }
+  int conv_dim() const { return 2 * key_dim() + value_dim(); }
+};
 
 struct HParams {
   int n_layers = 0;
@@ -31,6 +46,19 @@ struct HParams {
   bool expert_weights_norm = false;  // renormalize the top-k softmax weights to sum to 1
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
+  // Hybrid models: which layers are DeltaNet layers, with a recurrent state instead of a KV cache.
+  DeltaNetParams delta;
+  std::vector<uint8_t> recurrent;  // per layer, 1: DeltaNet; empty: every layer attends
+  bool is_recurrent(int il) const { return !recurrent.empty() && recurrent[size_t(il)] != 0; }
+  // How many of the layers [0, il) have a KV cache (il when none is recurrent) / a recurrent state:
+  // a layer's index in the caches and states of a range of layers.
+  int kv_layers_before(int il) const {
+    int n = 0;
+    for (int i = 0; i < il; ++i) n += is_recurrent(i) ? 0 : 1;
+    return n;
+  }
+  int recurrent_layers_before(int il) const { return il - kv_layers_before(il); }
+  int kv_layers() const { return kv_layers_before(n_layers); }  // the layers a KV cache holds
 };
 
 // Expert weights of one MoE block: views into the 3-D ffn_{gate,up,down}_exps tensors (ne2 = expert),
@@ -44,6 +72,14 @@ struct MoeWeights {
   bool has_shared() const { return gate_shexp.data != nullptr; }
 };
 
+// A DeltaNet layer's mixer (DeltaNetArgs, backend/backend.h): input projections (q|k|v into the conv,
+// the output gate z, and the write strength and decay inputs, or qwen3next's fused ba), the conv kernel
+// (conv_dim x kernel), dt bias, a = -exp(A_log), the gated norm and the output projection.
+struct DeltaNetWeights {
+  WeightView qkv, gate, beta, alpha, ba, out;
+  std::vector<float> conv, dt_bias, a, norm;
+};
+
 // Weights of one block. Optional tensors are empty (vectors) / null (views) when absent.
 struct LayerWeights {
   std::vector<float> attn_norm, ffn_norm;
@@ -54,6 +90,8 @@ struct LayerWeights {
   bool qk_norm_full = false;  // q_norm / k_norm span the whole projection (olmoe), not one head
   MoeWeights moe;             // MoE blocks: router non-null and w_gate/w_up/w_down null
   bool is_moe() const { return moe.router.data != nullptr; }
+  DeltaNetWeights delta;  // DeltaNet layers (hybrid models): delta.out non-null and no attention weights
+  bool is_recurrent() const { return delta.out.data != nullptr; }
 };
 
 struct ModelWeights {

@@ -49,9 +49,9 @@ std::vector<WeightView> load_expert_matrices(const GgufFile& f, const std::strin
   return out;
 }
 
-void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights& w) {
+void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights& w, std::string_view norm) {
   if (f.find_tensor(blk_name(il, "ffn_gate_inp.weight")) == nullptr) {
-    load_swiglu_ffn(f, hp, il, w);
+    load_swiglu_ffn(f, hp, il, w, norm);
     return;
   }
   if (hp.n_expert <= 0) {
@@ -59,7 +59,7 @@ void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights&
         fmt::format("tensor '{}' present but expert_count is missing", blk_name(il, "ffn_gate_inp.weight")));
   }
   const int64_t n = hp.n_embd, ne = hp.n_expert, nf = hp.n_ff_exp;
-  w.ffn_norm = load_vector(f, blk_name(il, "ffn_norm.weight"), n, true);
+  w.ffn_norm = load_vector(f, blk_name(il, norm), n, true);
   MoeWeights& m = w.moe;
   m.router = load_matrix(f, blk_name(il, "ffn_gate_inp.weight"), n, ne);
   m.gate = load_expert_matrices(f, blk_name(il, "ffn_gate_exps.weight"), n, nf, ne);
@@ -141,17 +141,22 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
   } else {
     std::fill(out, out + size_t(m) * n, 0.0f);
     // Prefill: tokens grouped by expert, so each selected expert's weights stream once per chunk.
-    int32_t* rows = s.rows.data();  // (token, slot) pairs as t * k + j, bucketed by expert
+    // A decode step's rows belong to separate sequences and must each sum their experts in the order
+    // the single-row path above does (concurrent text equal to sequential text): there the groups are
+    // (choice j, expert), taken j-major.
+    const int groups = ctx.rows != nullptr ? k : 1;
+    const auto bucket = [&](int i) { return (groups > 1 ? (i % k) * ne : 0) + ids[i]; };
+    int32_t* rows = s.rows.data();  // (token, slot) pairs as t * k + j, bucketed by group
     std::vector<int>& start = s.start;
-    start.assign(size_t(ne) + 1, 0);
-    for (int i = 0; i < m * k; ++i) ++start[size_t(ids[i]) + 1];
-    for (int e = 0; e < ne; ++e) start[size_t(e) + 1] += start[size_t(e)];
+    start.assign(size_t(groups * ne) + 1, 0);
+    for (int i = 0; i < m * k; ++i) ++start[size_t(bucket(i)) + 1];
+    for (int e = 0; e < groups * ne; ++e) start[size_t(e) + 1] += start[size_t(e)];
     std::vector<int>& fill = s.fill;
     fill.assign(start.begin(), start.end() - 1);
-    for (int i = 0; i < m * k; ++i) rows[fill[size_t(ids[i])]++] = i;
+    for (int i = 0; i < m * k; ++i) rows[fill[size_t(bucket(i))]++] = i;
     float* xg = s.xg.data();
-    for (int e = 0; e < ne; ++e) {
-      const int b = start[size_t(e)], cnt = start[size_t(e) + 1] - b;
+    for (int ge = 0; ge < groups * ne; ++ge) {
+      const int e = ge % ne, b = start[size_t(ge)], cnt = start[size_t(ge) + 1] - b;
       if (cnt == 0) continue;
       const float* xin = xn;
       if (m > 1) {

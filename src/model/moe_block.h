@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "model/blocks.h"
@@ -49,7 +50,8 @@ std::vector<WeightView> load_expert_matrices(const GgufFile& f, const std::strin
                                              int64_t rows, int64_t n);
 // Loads blk.il's FFN norm and either the dense SwiGLU FFN or, when blk.il.ffn_gate_inp exists, the
 // router, the experts and any shared expert.
-void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights& w);
+void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights& w,
+                     std::string_view norm = "ffn_norm.weight");
 
 // Selects the top k of n router logits: probabilities by softmax over all n, the k largest (lower
 // index first on ties), renormalized to sum 1 when `norm`. logits is overwritten.

@@ -28,6 +28,9 @@ Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& opt)
     throw InvalidArgument(fmt::format("n_slots must be in [1, 1024] (got {})", opt.n_slots));
   n_ctx_ = opt.n_ctx > 0 ? opt.n_ctx : default_context(hp.n_ctx_train);
   n_batch_ = std::min(opt.n_batch, n_ctx_);
+  if (opt.state_checkpoints < 0)
+    throw InvalidArgument(fmt::format("state_checkpoints must be >= 0 (got {})", opt.state_checkpoints));
+  state_checkpoints_ = opt.state_checkpoints;
   const int rows_max = std::max(n_batch_, opt.n_slots);
   rope_ = RopeTable(hp.rope, n_ctx_);
 
@@ -72,11 +75,12 @@ Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& opt)
 
   slots_.resize(size_t(opt.n_slots));
   for (Slot& sl : slots_) {
-    for (const Segment& seg : segments_) {
+    for (Segment& seg : segments_) {
+      // The caches hold the attention layers only (hybrid models' DeltaNet layers keep a state instead).
       KvShape shape;
-      shape.n_layers = std::max(1, seg.end - seg.first);
-      shape.first_layer = seg.first;
-      shape.model_layers = hp.n_layers;
+      shape.n_layers = std::max(1, hp.kv_layers_before(seg.end) - hp.kv_layers_before(seg.first));
+      shape.first_layer = hp.kv_layers_before(seg.first);
+      shape.model_layers = hp.kv_layers_before(hp.n_layers);
       shape.n_ctx = n_ctx_;
       shape.n_heads = hp.n_heads;
       shape.n_kv_heads = hp.n_kv_heads;
@@ -89,6 +93,16 @@ Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& opt)
       }
       kv->set_pool(&pool_);
       sl.kv.push_back(std::move(kv));
+      const int n_rec = hp.recurrent_layers_before(seg.end) - hp.recurrent_layers_before(seg.first);
+      std::unique_ptr<RecurrentState> st;
+      if (n_rec > 0) {
+        const DeltaNetParams& d = hp.delta;
+        st = std::make_unique<RecurrentState>(
+            *seg.backend,
+            RecurrentShape{n_rec, d.conv_dim(), d.conv_kernel, d.n_v_heads, d.head_k_dim, d.head_v_dim},
+            state_checkpoints_);
+      }
+      sl.state.push_back(std::move(st));
     }
   }
   for (Segment& seg : segments_) {
@@ -103,8 +117,13 @@ Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& opt)
   if (wants && opt.calibrate_kv) {
     const std::shared_ptr<const KvCalibration> cal =
         model_kv_calibration(model_, pool_.size(), opt.kv_calibration_dir);
-    for (const Segment& seg : segments_)
-      seg_calibration_.push_back(slice_calibration(*cal, seg.first, seg.end));
+    const int total = hp.kv_layers_before(hp.n_layers);
+    for (const Segment& seg : segments_) {
+      // A segment without attention layers still has a (one-layer, unused) cache of the right shape.
+      const int first = std::min(hp.kv_layers_before(seg.first), total - 1);
+      seg_calibration_.push_back(
+          slice_calibration(*cal, first, std::max(first + 1, hp.kv_layers_before(seg.end))));
+    }
     for (int i = 0; i < n_slots(); ++i) reset(i);
   }
 }
@@ -136,14 +155,40 @@ void Engine::reset(int slot) {
     s.kv[i]->reset();
     if (!seg_calibration_.empty() && s.kv[i]->wants_calibration()) s.kv[i]->calibrate(seg_calibration_[i]);
   }
+  for (auto& st : s.state) {
+    if (st) st->reset();
+  }
 }
 
-void Engine::trim(int slot, int n) {
-  Slot& s = slot_at(slot);
+int Engine::restorable(int slot, int n) const {
+  const Slot& s = slot_at(slot);
   if (n < 0 || n > s.n_past) throw InvalidArgument(fmt::format("truncate({}) outside [0, {}]", n, s.n_past));
-  if (n == 0) return reset(slot);
-  s.n_past = n;
-  for (auto& kv : s.kv) kv->trim(n);
+  int kept = n;
+  for (const auto& st : s.state) {
+    if (st) kept = std::min(kept, st->restorable(n));
+  }
+  return kept;
+}
+
+int Engine::trim(int slot, int n) {
+  const int kept = restorable(slot, n);
+  Slot& s = slot_at(slot);
+  if (kept == 0) {
+    reset(slot);
+    return 0;
+  }
+  s.n_past = kept;
+  for (auto& kv : s.kv) kv->trim(kept);
+  for (auto& st : s.state) {
+    if (st) st->trim(kept);
+  }
+  return kept;
+}
+
+void Engine::advance_states(Slot& s, bool checkpoint) {
+  for (auto& st : s.state) {
+    if (st) st->advance(s.n_past, checkpoint);
+  }
 }
 
 void Engine::check_tokens(const int32_t* tokens, int n) const {
@@ -174,6 +219,10 @@ const float* Engine::prefill(int slot, const int32_t* tokens, int n, bool all_lo
     float* out = all_logits ? logits_.data() + size_t(i) * n_vocab : logits_.data();
     forward(tokens + i, m, slot, s.n_past, nullptr, head_first, out, nullptr);
     s.n_past += m;
+    // Checkpoints where a later prompt may branch off: whole chunks (the server reuses those) and the
+    // end of a prompt (a chat's next turn starts after it); not after each generated token that
+    // `qleap run` evaluates alone (a copy of the whole state per token).
+    advance_states(s, n > 1 && (last || s.n_past % n_batch_ == 0));
   }
   return logits_.data();
 }
@@ -195,7 +244,11 @@ const float* Engine::decode(const int* slots, const int32_t* tokens, int m) {
     const RowExactMatmul exact;
     forward(tokens, m, -1, 0, slots, 0, logits_.data(), nullptr);
   }
-  for (int i = 0; i < m; ++i) slots_[size_t(slots[i])].n_past += 1;
+  for (int i = 0; i < m; ++i) {
+    Slot& s = slots_[size_t(slots[i])];
+    s.n_past += 1;
+    advance_states(s, false);
+  }
   return logits_.data();
 }
 
@@ -213,6 +266,7 @@ std::vector<float> Engine::embed(int slot, const std::vector<int32_t>& tokens) {
     const int m = std::min(n_batch_, n - i);
     forward(tokens.data() + i, m, slot, s.n_past, nullptr, m, nullptr, host_xn_.data());
     s.n_past += m;
+    advance_states(s, false);
     for (int t = 0; t < m; ++t) {
       const float* row = host_xn_.data() + size_t(t) * d;
       for (int j = 0; j < d; ++j) sum[size_t(j)] += row[j];
@@ -262,9 +316,12 @@ void Engine::forward(const int32_t* tokens, int m, int chunk_slot, int pos0, con
     }
     be.set_positions(pos_.data(), m);
     KvCache* chunk_kv = chunk_slot >= 0 ? slots_[size_t(chunk_slot)].kv[si].get() : nullptr;
+    RecurrentState* chunk_state = chunk_slot >= 0 ? slots_[size_t(chunk_slot)].state[si].get() : nullptr;
     if (chunk_slot < 0) {
-      for (int t = 0; t < m; ++t)
-        rows_[size_t(t)] = RowSeq{slots_[size_t(row_slots[t])].kv[si].get(), pos_[size_t(t)]};
+      for (int t = 0; t < m; ++t) {
+        const Slot& rs = slots_[size_t(row_slots[t])];
+        rows_[size_t(t)] = RowSeq{rs.kv[si].get(), pos_[size_t(t)], rs.state[si].get()};
+      }
     }
     const LayerCtx ctx{hp,
                        be,
@@ -277,7 +334,8 @@ void Engine::forward(const int32_t* tokens, int m, int chunk_slot, int pos0, con
                        seg.first,
                        be.is_host() ? &moe_ : nullptr,
                        moe_observer_,
-                       moe_executor_};
+                       moe_executor_,
+                       chunk_state};
     const bool device_head = seg.head && !be.is_host() && head_first < m && logits_out != nullptr;
     auto body = [&] {
       for (int il = seg.first; il < seg.end; ++il) arch.forward_layer(w.layers[size_t(il)], il, ctx);
@@ -345,7 +403,7 @@ void Engine::fill_random_context(int slot, int n, uint64_t seed) {
       dk = seg.backend->alloc_floats(k.size());
       dv = seg.backend->alloc_floats(v.size());
     }
-    for (int layer = 0; layer < seg.end - seg.first; ++layer) {
+    for (int layer = 0; layer < kv.shape().n_layers; ++layer) {
       for (int p0 = 0; p0 < n; p0 += chunk) {
         const int m = std::min(chunk, n - p0);
         for (size_t i = 0; i < size_t(m) * kvd; ++i) {
@@ -367,6 +425,9 @@ void Engine::fill_random_context(int slot, int n, uint64_t seed) {
     }
   }
   s.n_past = n;
+  // (A DeltaNet state stays zero: its cost does not depend on the context.) A checkpoint, so that the
+  // benchmark's trim back to this depth keeps it.
+  advance_states(s, true);
 }
 
 KvUsage Engine::kv_usage() const {
@@ -383,6 +444,12 @@ KvUsage Engine::kv_usage() const {
         u.fixed_bytes += st.fixed_bytes;
         u.calibrated = u.calibrated || st.calibrated;
       }
+    }
+    // DeltaNet states and their checkpoints: fixed per slot, whatever the context.
+    for (const auto& rs : s.state) {
+      if (!rs) continue;
+      u.allocated_bytes += rs->max_bytes();
+      if (&s == &slots_.front()) u.fixed_bytes += rs->max_bytes();
     }
     u.used_bytes += size_t(s.n_past) * per_token;
   }

@@ -20,6 +20,7 @@
 #include "backend/backend.h"
 #include "core/thread_pool.h"
 #include "kv/kv_cache.h"
+#include "kv/recurrent_state.h"
 #include "model/blocks.h"
 #include "model/model.h"
 #include "placement/placement.h"
@@ -33,6 +34,9 @@ struct EngineOptions {
   int n_batch = 512;   // prefill chunk (tokens per matmul)
   int n_slots = 1;     // sequences held at once
   int gpu_layers = 0;  // the last N layers on the CUDA device (like llama.cpp -ngl); < 0: all
+  // Hybrid models: how many checkpoints of each slot's DeltaNet state to keep (the newest), taken at
+  // multiples of n_batch and at the end of each prefill: the prefixes trim() can return to.
+  int state_checkpoints = 2;
   // Makes the cache of a slot's CPU segment instead of kv_type (calibration recorders, tests).
   std::function<std::unique_ptr<KvCache>(const KvShape&)> make_host_kv = nullptr;
   // Caches that want a calibration (TurboQuant) get the model's (runtime/kv_calibrate.h), kept in this
@@ -69,9 +73,13 @@ class Engine {
   int n_past(int slot) const { return slot_at(slot).n_past; }
 
   // Lifecycle of a slot: reset() starts a new sequence (the caches forget it and are calibrated
-  // again); trim(n) keeps the first n tokens (0 <= n <= n_past).
+  // again); trim(n) keeps the first n tokens (0 <= n <= n_past), or fewer: a hybrid model's DeltaNet
+  // state can only go back to one of its checkpoints (or to 0). Returns the tokens kept; the caller
+  // evaluates the rest of its prompt from there.
   void reset(int slot);
-  void trim(int slot, int n);
+  int trim(int slot, int n);
+  // What trim(slot, n) would keep, without changing anything.
+  int restorable(int slot, int n) const;
 
   // Evaluates tokens at the slot's n_past.. (chunks of n_batch) and returns the logits of the last
   // token (n_vocab floats), or of every token (n x n_vocab) when all_logits. The pointer stays valid
@@ -114,13 +122,16 @@ class Engine {
     ActBuffer logits;         // device logits (head on a device)
   };
   struct Slot {
-    std::vector<std::unique_ptr<KvCache>> kv;  // per segment
+    std::vector<std::unique_ptr<KvCache>> kv;            // per segment
+    std::vector<std::unique_ptr<RecurrentState>> state;  // per segment; null without DeltaNet layers
     int n_past = 0;
   };
 
   const Slot& slot_at(int slot) const;
   Slot& slot_at(int slot);
   void check_tokens(const int32_t* tokens, int n) const;
+  // After a slot's sequence grew to n_past: the DeltaNet states follow (checkpoint: keep a copy).
+  void advance_states(Slot& s, bool checkpoint);
   std::unique_ptr<KvCache> make_cache(const Segment& seg, const KvShape& shape) const;
   // m tokens through every layer; the rows are the positions of one slot from pos0 (chunk_slot >= 0)
   // or one token of each of the slots in row_slots. Writes the logits of rows [head_first, m) to
@@ -133,6 +144,7 @@ class Engine {
   std::shared_ptr<const Model> model_;
   int n_ctx_ = 0;
   int n_batch_ = 0;
+  int state_checkpoints_ = 0;
   std::string kv_type_;
   ThreadPool pool_;
   Placement placement_;

@@ -87,7 +87,7 @@ std::shared_ptr<const KvCalibration> model_kv_calibration(const std::shared_ptr<
       try {
         auto c = std::make_shared<KvCalibration>(kv_calibration_from_json(ss.str()));
         const HParams& hp = model->hparams();
-        c->check(KvShape{hp.n_layers, 1, hp.n_heads, hp.n_kv_heads, hp.head_dim});
+        c->check(KvShape{hp.kv_layers_before(hp.n_layers), 1, hp.n_heads, hp.n_kv_heads, hp.head_dim});
         cal = std::move(c);
       } catch (const std::exception&) {
         cal.reset();  // a damaged or foreign file: made again below

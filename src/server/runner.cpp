@@ -139,7 +139,7 @@ RunnerStatus ModelRunner::status() const {
   s.kv_bytes_allocated = u.allocated_bytes;
   s.kv_bytes_per_token = u.bytes_per_token;
   const HParams& hp = model_->hparams();
-  const double f16 = 2.0 * 2.0 * hp.n_layers * hp.kv_dim();
+  const double f16 = 2.0 * 2.0 * hp.kv_layers() * hp.kv_dim();
   s.kv_compression_vs_f16 = s.kv_bytes_per_token ? f16 / double(s.kv_bytes_per_token) : 1.0;
   s.expert_hit_rate = expert_hit_rate_.load();
   s.expert_prefetch_recall = expert_recall_.load();
@@ -235,8 +235,9 @@ void ModelRunner::start(Slot& s) {
     j.truncated_tokens = truncate_prompt(p, s.n_ctx, keep);
     // Reuse the cached prefix only in whole prefill chunks computed by an earlier prefill (see
     // reusable_prefix); a slot that keeps nothing starts a new sequence.
-    const size_t common = reusable_prefix(s.cached, p, size_t(s.prefilled), dec_->n_batch());
-    dec_->trim(s.id, int(common));
+    // A hybrid model's DeltaNet state may return to an earlier checkpoint only: trim says what it kept.
+    const size_t common =
+        size_t(dec_->trim(s.id, int(reusable_prefix(s.cached, p, size_t(s.prefilled), dec_->n_batch()))));
     s.cached.resize(common);
     Stopwatch sw;
     const float* logits = dec_->prefill(s.id, p.data() + common, int(p.size() - common));

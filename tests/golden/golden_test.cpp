@@ -37,8 +37,11 @@ Golden load_golden(const std::filesystem::path& dir) {
 std::vector<std::string> fixture_names() {
   std::vector<std::string> out;
   for (const auto& e : std::filesystem::directory_iterator(testing::fixtures_dir())) {
-    if (e.is_directory() && std::filesystem::exists(e.path() / "golden.json"))
-      out.push_back(e.path().filename());
+    // The hybrid DeltaNet fixtures (qwen3_5*, qwen3_next) have their own tests and bounds
+    // (hybrid_golden_test.cpp): longer prompts, and MoE routing changes under F16 rounding.
+    const std::string name = e.path().filename();
+    if (name.rfind("qwen3_5", 0) == 0 || name == "qwen3_next") continue;
+    if (e.is_directory() && std::filesystem::exists(e.path() / "golden.json")) out.push_back(name);
   }
   std::sort(out.begin(), out.end());
   return out;

@@ -20,13 +20,15 @@ def smollm_path():
 class Server:
     """A running server; `url` is http://127.0.0.1:<port>."""
 
-    def __init__(self, qleap_bin, test_models, extra_args=(), with_smollm=False):
+    def __init__(self, qleap_bin, test_models, extra_args=(), with_smollm=False, extra_models=()):
         self.dir = tempfile.mkdtemp(prefix="qleap_serve_")
         self.models = pathlib.Path(self.dir) / "models"
         self.models.mkdir()
         shutil.copy(test_models / "stories260K.gguf", self.models / "stories260K.gguf")
         if with_smollm and smollm_path():
             os.symlink(smollm_path(), self.models / "smollm2.gguf")
+        for m in extra_models:  # served under their file name without .gguf
+            os.symlink(m, self.models / pathlib.Path(m).name)
         env = dict(os.environ)
         env.pop("QLEAP_HOST", None)
         self.log = open(pathlib.Path(self.dir) / "server.log", "w+")

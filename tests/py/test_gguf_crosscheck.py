@@ -89,7 +89,9 @@ def hf_to_gguf_name(hf):
 
 
 def fixture_names():
-    return sorted(n for n in os.listdir(FIXTURES) if os.path.isdir(os.path.join(FIXTURES, n)))
+    # The hybrid DeltaNet fixtures have their own crosscheck (test_hybrid_crosscheck.py).
+    return sorted(n for n in os.listdir(FIXTURES) if os.path.isdir(os.path.join(FIXTURES, n))
+                  and not n.startswith("qwen3_5") and n != "qwen3_next")
 
 
 def kv(reader):

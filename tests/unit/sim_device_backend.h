@@ -62,6 +62,17 @@ class SimDeviceBackend final : public Backend {
     }
     cpu_.qk_prep(a, m);
   }
+  void split_heads(const float* x, float* a, float* b, int m, int n_heads, int head_dim) override {
+    cpu_.split_heads(x, a, b, m, n_heads, head_dim);
+  }
+  void sigmoid_mul(float* y, const float* g, int m, int n) override { cpu_.sigmoid_mul(y, g, m, n); }
+  void delta_net(const DeltaNetArgs& a, int m) override {
+    for (const std::vector<float>* v : {a.conv_w, a.dt_bias, a.a, a.norm_w}) {
+      if (v != nullptr && !v->empty()) need(v->data());
+    }
+    ++delta_net_calls;
+    cpu_.delta_net(a, m);
+  }
   void run_captured(uint64_t key, const std::function<void()>& body) override {
     captured_keys.insert(key);
     ++captured_runs;
@@ -72,6 +83,7 @@ class SimDeviceBackend final : public Backend {
   std::set<uint64_t> captured_keys;
   int captured_runs = 0;
   int uploads = 0, downloads = 0;
+  int delta_net_calls = 0;
 
  private:
   void need(const void* p) const {

@@ -2,9 +2,12 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <new>
 
+#include "backend/cpu/delta_net.h"
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/ops.h"
 #include "core/error.h"
@@ -107,6 +110,28 @@ void CpuBackend::qk_prep(const QkPrep& a, int m) {
     rope_apply(cs, rope.n_rot(), rope.style(), q, a.n_heads, hd);
     rope_apply(cs, rope.n_rot(), rope.style(), k, a.n_kv_heads, hd);
   });
+}
+
+void CpuBackend::split_heads(const float* x, float* a, float* b, int m, int n_heads, int head_dim) {
+  const size_t hd = size_t(head_dim);
+  for (int t = 0; t < m; ++t) {
+    for (int h = 0; h < n_heads; ++h) {
+      const float* src = x + (size_t(t) * n_heads + h) * 2 * hd;
+      float* da = a + (size_t(t) * n_heads + h) * hd;
+      float* db = b + (size_t(t) * n_heads + h) * hd;
+      std::copy(src, src + hd, da);
+      std::copy(src + hd, src + 2 * hd, db);
+    }
+  }
+}
+
+void CpuBackend::sigmoid_mul(float* y, const float* g, int m, int n) {
+  const int64_t total = int64_t(m) * n;
+  for (int64_t i = 0; i < total; ++i) y[i] *= 1.0f / (1.0f + std::exp(-g[i]));
+}
+
+void CpuBackend::delta_net(const DeltaNetArgs& a, int m) {
+  delta_net_cpu(a, m, pool_);
 }
 
 }  // namespace qleap

@@ -15,6 +15,7 @@
 #include "backend/cuda/cuda_api.h"
 #include "backend/cuda/cuda_backend.cuh"
 #include "backend/cuda/cuda_blas.cuh"
+#include "backend/cuda/cuda_delta_net.cuh"
 #include "core/error.h"
 
 namespace qleap::cuda {
@@ -220,6 +221,24 @@ void CudaBackend::qk_prep(const QkPrep& a, int m) {
   p.hd = a.head_dim;
   p.eps = a.eps;
   qkv_post(p, m, pos_.get(), st_);
+}
+
+void CudaBackend::split_heads(const float* x, float* a, float* b, int m, int n_heads, int head_dim) {
+  cuda::split_heads(x, a, b, m, n_heads, head_dim, st_);
+}
+
+void CudaBackend::sigmoid_mul(float* y, const float* g, int m, int n) {
+  cuda::sigmoid_mul(y, g, int64_t(m) * n, st_);
+}
+
+void CudaBackend::delta_net(const DeltaNetArgs& a, int m) {
+  DeltaNetDev d;
+  d.args = &a;
+  d.conv_w = vec(*a.conv_w);
+  d.dt_bias = vec(*a.dt_bias);
+  d.a = vec(*a.a);
+  d.norm_w = vec(*a.norm_w);
+  cuda::delta_net(d, m, st_);
 }
 
 void CudaBackend::run_captured(uint64_t key, const std::function<void()>& body) {

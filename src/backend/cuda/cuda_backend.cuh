@@ -34,6 +34,9 @@ class CudaBackend final : public Backend {
   void add(float* y, const float* x, int64_t n) override;
   void silu_mul(float* g, const float* u, int m, int n) override;
   void qk_prep(const QkPrep& a, int m) override;
+  void split_heads(const float* x, float* a, float* b, int m, int n_heads, int head_dim) override;
+  void sigmoid_mul(float* y, const float* g, int m, int n) override;
+  void delta_net(const DeltaNetArgs& a, int m) override;
   void run_captured(uint64_t key, const std::function<void()>& body) override;
   void drop_captures() override;
 
