@@ -13,12 +13,16 @@ extern const ArchDef kArchQwen3;
 extern const ArchDef kArchQwen2Moe;
 extern const ArchDef kArchQwen3Moe;
 extern const ArchDef kArchOlmoe;
+extern const ArchDef kArchGemma2;
+extern const ArchDef kArchGemma3;
+extern const ArchDef kArchPhi3;
 
 namespace {
 
 // An explicit table rather than self-registration: static constructors in a static library are
 // dropped by the linker when nothing references their object file.
-const ArchDef* const kArchs[] = {&kArchLlama, &kArchQwen2, &kArchQwen3, &kArchQwen2Moe, &kArchQwen3Moe, &kArchOlmoe};
+const ArchDef* const kArchs[] = {&kArchLlama, &kArchQwen2,  &kArchQwen3,  &kArchQwen2Moe, &kArchQwen3Moe,
+                                 &kArchOlmoe, &kArchGemma2, &kArchGemma3, &kArchPhi3};
 
 int64_t arch_int(const GgufFile& f, std::string_view suffix, int64_t def, bool required) {
   const GgufValue* v = f.find_arch(suffix);
@@ -80,7 +84,8 @@ HParams read_hparams(const GgufFile& f) {
   hp.n_expert_used = int(arch_int(f, "expert_used_count", 0, false));
   if (hp.n_expert < 0 || hp.n_expert_used < 0 || hp.n_expert_used > hp.n_expert ||
       (hp.n_expert > 0 && hp.n_expert_used == 0)) {
-    throw FormatError(fmt::format("bad expert_count {} / expert_used_count {}", hp.n_expert, hp.n_expert_used));
+    throw FormatError(
+        fmt::format("bad expert_count {} / expert_used_count {}", hp.n_expert, hp.n_expert_used));
   }
   hp.n_ff_exp = int(arch_int(f, "expert_feed_forward_length", hp.n_ff, false));
   hp.n_ff_shexp = int(arch_int(f, "expert_shared_feed_forward_length", 0, false));
@@ -132,6 +137,7 @@ std::shared_ptr<const Model> load_model(std::shared_ptr<GgufFile> file) {
   }
   HParams hp = read_hparams(f);
   hp.rope.style = arch->rope_style;
+  if (arch->read_hparams != nullptr) arch->read_hparams(f, hp);
   if (const GgufTensor* t = f.find_tensor("rope_freqs.weight")) {
     hp.rope.freq_factors = load_vector(f, "rope_freqs.weight", t->ne(0), true);
     if (int(hp.rope.freq_factors.size()) < hp.rope.n_rot / 2) {

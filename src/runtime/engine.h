@@ -69,9 +69,10 @@ class Engine {
   int n_past(int slot) const { return slot_at(slot).n_past; }
 
   // Lifecycle of a slot: reset() starts a new sequence (the caches forget it and are calibrated
-  // again); trim(n) keeps the first n tokens (0 <= n <= n_past).
+  // again); trim(n) keeps the first n tokens (0 <= n <= n_past) and returns how many it kept: n, or 0
+  // (a reset) when a sliding-window layer's ring no longer holds what positions after n would read.
   void reset(int slot);
-  void trim(int slot, int n);
+  int trim(int slot, int n);
 
   // Evaluates tokens at the slot's n_past.. (chunks of n_batch) and returns the logits of the last
   // token (n_vocab floats), or of every token (n x n_vocab) when all_logits. The pointer stays valid
@@ -129,6 +130,7 @@ class Engine {
   void forward(const int32_t* tokens, int m, int chunk_slot, int pos0, const int* row_slots, int head_first,
                float* logits_out, float* final_hidden);
   void run_head(Segment& seg, const float* x, int rows, float* logits_out);
+  void softcap_logits(float* logits, size_t n) const;  // HParams::final_softcap
 
   std::shared_ptr<const Model> model_;
   int n_ctx_ = 0;
@@ -137,6 +139,7 @@ class Engine {
   ThreadPool pool_;
   Placement placement_;
   RopeTable rope_;
+  RopeTable rope_swa_;  // sliding-window layers' table (HParams::has_rope_swa)
   std::vector<Segment> segments_;
   std::vector<Slot> slots_;
   std::vector<KvCalibration> seg_calibration_;  // per segment; empty: no cache wants one

@@ -38,7 +38,9 @@ class Session {
   // Forgets all tokens (a new sequence).
   void reset() { engine_.reset(0); }
   // Keeps the first n_past tokens (0 <= n_past <= n_past()); throws InvalidArgument otherwise.
-  void truncate(int n_past) { engine_.trim(0, n_past); }
+  // Returns how many were kept: n_past, or 0 when a sliding-window cache could not keep them
+  // (Engine::trim).
+  int truncate(int n_past) { return engine_.trim(0, n_past); }
   // Benchmarks only: see Engine::fill_random_context.
   void fill_random_context(int n, uint64_t seed) { engine_.fill_random_context(0, n, seed); }
 

@@ -236,7 +236,9 @@ TEST(ModelLoad, UnknownArchitecture) {
   c.arch = "gpt2xl";
   TempGguf tmp(testing::tiny_model(c));
   const std::string msg = expect_throw_message<Unsupported>([&] { load_model(tmp.path); });
-  EXPECT_EQ(msg, "unknown architecture 'gpt2xl' (supported: llama, qwen2, qwen3, qwen2moe, qwen3moe, olmoe)");
+  EXPECT_EQ(msg,
+            "unknown architecture 'gpt2xl' (supported: llama, qwen2, qwen3, qwen2moe, qwen3moe, olmoe, "
+            "gemma2, gemma3, phi3)");
 }
 
 TEST(ModelLoad, MissingFileIsIoError) {
