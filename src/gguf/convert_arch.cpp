@@ -153,8 +153,10 @@ void write_phi3(GgufWriter& w, const json& c, const CommonSizes& s) {
   const int64_t orig = phi3_orig_ctx(c, s);
   if (orig <= 0) throw FormatError("phi3: bad original_max_position_embeddings");
   w.set_u32("phi3.rope.scaling.original_context_length", uint32_t(orig));
-  if (auto sw = num(c, "sliding_window"); sw && *sw > 0)
-    w.set_u32("phi3.attention.sliding_window", uint32_t(*sw));
+  // Written always (0: no window): llama.cpp refuses a phi3 file without the key.
+  const double sw = num(c, "sliding_window").value_or(0);
+  if (sw < 0) throw FormatError("config.json: negative sliding_window");
+  w.set_u32("phi3.attention.sliding_window", uint32_t(sw));
   if (!phi3_longrope(c)) return;
   // transformers' LongRoPE attention factor (cos/sin scale): given, or from the context ratio.
   const json& rp = phi3_rope(c);

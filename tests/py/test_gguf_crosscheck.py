@@ -171,8 +171,8 @@ def test_converted_fixture_matches_checkpoint(out_dir, name):
     if arch == "phi3":
         orig = cfg["original_max_position_embeddings"]
         assert val("phi3.rope.scaling.original_context_length") == orig
-        if cfg.get("sliding_window"):
-            assert val("phi3.attention.sliding_window") == cfg["sliding_window"]
+        # Written always (0: none), as llama.cpp requires the key.
+        assert val("phi3.attention.sliding_window") == (cfg.get("sliding_window") or 0)
         if rtype == "longrope":
             scale = cfg["max_position_embeddings"] / orig
             assert math.isclose(val("phi3.rope.scaling.attn_factor"),
