@@ -29,6 +29,10 @@ COMMON = dict(
 )
 
 
+# A field this config class does not have (None would be passed on: some fixtures set ids to None).
+UNSET = object()
+
+
 def rope(theta, **scaling):
     """transformers 5 keeps rope_theta and scaling together in rope_parameters."""
     p = {"rope_type": "default", "rope_theta": theta}
@@ -83,7 +87,7 @@ FIXTURES = {
     "qwen3_5": ("qwen3_5", dict(HYBRID, intermediate_size=64, prompt_lens=(136, 67),
                                 rope_parameters=rope(1000000.0, partial_rotary_factor=0.25,
                                                      mrope_section=[2, 1, 1], mrope_interleaved=True))),
-    "qwen3_5_moe": ("qwen3_5_moe_text", dict(HYBRID, intermediate_size=None, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+    "qwen3_5_moe": ("qwen3_5_moe_text", dict(HYBRID, intermediate_size=UNSET, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                              shared_expert_intermediate_size=32, prompt_lens=(136, 67),
                                              rope_parameters=rope(1000000.0, partial_rotary_factor=0.25,
                                                                   mrope_section=[2, 1, 1], mrope_interleaved=True))),
@@ -93,6 +97,40 @@ FIXTURES = {
                                       shared_expert_intermediate_size=48, norm_topk_prob=True,
                                       prompt_lens=(136, 67),
                                       rope_parameters=rope(1000000.0, partial_rotary_factor=0.25))),
+    # Gemma 3 text: sliding window 8 on layers 0 and 2 (layer_types given, so the converter writes the
+    # per-layer pattern), global layer 1 with linear rope scaling and its own base, head_dim 32 != 64 / 4,
+    # query_pre_attn_scalar 24 != head_dim. Prompts of 24 / 19 tokens cross the window. Gemma's norms
+    # scale by (1 + w). The seeds are the ones these fixtures were made with (their place in the table
+    # before the hybrids were added).
+    "gemma3": ("gemma3_text", dict(num_hidden_layers=3, intermediate_size=96, head_dim=32, sliding_window=8,
+                                   query_pre_attn_scalar=24, rms_norm_eps=1e-6,
+                                   layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                   rope_parameters={"full_attention": rope(1000000.0, rope_type="linear", factor=4.0),
+                                                    "sliding_attention": rope(10000.0)},
+                                   pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                                   prompt_lens=(24, 19), centered_norms=True, seed=1234 + 12)),
+    # Gemma 2: alternating window (layers 0 and 2 local, the default pattern), small soft-caps so that
+    # tanh bends the scores and logits.
+    "gemma2": ("gemma2", dict(num_hidden_layers=3, intermediate_size=96, head_dim=16, sliding_window=8,
+                              query_pre_attn_scalar=16, attn_logit_softcapping=5.0, final_logit_softcapping=10.0,
+                              rms_norm_eps=1e-6, rope_parameters=rope(10000.0),
+                              pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                              prompt_lens=(24, 19), centered_norms=True, seed=1234 + 13)),
+    # Phi-4-mini-like: LongRoPE (original context 16, so the 24 / 19 token prompts use the long
+    # factors; short prompts within 16 tokens use the short ones), partial rotary 0.75, fused qkv and
+    # gate_up. No sliding window.
+    "phi3_longrope": ("phi3", dict(intermediate_size=96, original_max_position_embeddings=16,
+                                   partial_rotary_factor=0.75,
+                                   rope_parameters=rope(10000.0, rope_type="longrope",
+                                                        short_factor=[1.0 + 0.15 * i for i in range(6)],
+                                                        long_factor=[1.0 + 1.7 * i for i in range(6)]),
+                                   pad_token_id=None, eos_token_id=None, bos_token_id=None,
+                                   tie_word_embeddings=True,
+                                   prompt_lens=(24, 19), short_prompt_lens=(16, 11), seed=1234 + 14)),
+    # Phi-3-mini-like: a sliding window on every layer (10 positions), no rope scaling.
+    "phi3_swa": ("phi3", dict(intermediate_size=96, sliding_window=10, rope_parameters=rope(10000.0),
+                              pad_token_id=None, eos_token_id=None, bos_token_id=None,
+                              prompt_lens=(24, 19), seed=1234 + 15)),
 }
 
 CONFIG_CLASSES = {
@@ -107,6 +145,9 @@ CONFIG_CLASSES = {
     "qwen3_5": (transformers.Qwen3_5Config, transformers.Qwen3_5ForConditionalGeneration),
     "qwen3_5_moe_text": (transformers.Qwen3_5MoeTextConfig, transformers.Qwen3_5MoeForCausalLM),
     "qwen3_next": (transformers.Qwen3NextConfig, transformers.Qwen3NextForCausalLM),
+    "gemma3_text": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
+    "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
+    "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
 }
 
 
@@ -134,6 +175,8 @@ def make(name, out_dir, seed):
     kw = dict(COMMON)
     kw.update(extra)
     prompt_lens = kw.pop("prompt_lens", (16, 13))
+    short_prompt_lens = kw.pop("short_prompt_lens", None)
+    seed = kw.pop("seed", seed)
     ref_dtype = kw.pop("ref_dtype", torch.float32)
     centered_norms = kw.pop("centered_norms", False)
     # MoE: draw again (seed + 1000) until every routing decision of the reference run has its k-th and
@@ -141,12 +184,13 @@ def make(name, out_dir, seed):
     # choice on a near tie (a flip changes that token's output by whole units, not by rounding).
     min_route_margin = kw.pop("min_route_margin", 0.0)
     for attempt in range(50):
-        built = build(name, model_type, kw, seed + 1000 * attempt, ref_dtype, centered_norms, prompt_lens)
+        built = build(name, model_type, kw, seed + 1000 * attempt, ref_dtype, centered_norms, prompt_lens,
+                      short_prompt_lens)
         if built[-1] >= min_route_margin:
             break
     else:
         raise SystemExit(f"{name}: no seed gave a routing margin of {min_route_margin}")
-    model, cfg, prompts, logits, min_gap, margin = built
+    model, cfg, prompts, logits, short, min_gap, margin = built
     seed += 1000 * attempt
 
     d = os.path.join(out_dir, name)
@@ -157,19 +201,22 @@ def make(name, out_dir, seed):
         p = os.path.join(d, extra_file)
         if os.path.exists(p):
             os.remove(p)
+    golden = {"model_type": model_type, "seed": seed, "prompts": prompts, "logits": logits,
+              "dtype": str(ref_dtype).replace("torch.", ""), "transformers": transformers.__version__}
+    if short is not None:
+        # Prompts within LongRoPE's original context: transformers uses the short factors for them.
+        golden["short_prompts"], golden["short_logits"] = short
     with open(os.path.join(d, "golden.json"), "w") as f:
-        json.dump({"model_type": model_type, "seed": seed, "prompts": prompts, "logits": logits,
-                   "dtype": str(ref_dtype).replace("torch.", ""), "transformers": transformers.__version__},
-                  f, separators=(",", ":"))
+        json.dump(golden, f, separators=(",", ":"))
     size = sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d))
     extra = f", smallest routing margin {margin:.4f}" if margin != float("inf") else ""
     print(f"{name}: {size / 1024:.0f} KiB, seed {seed}, smallest top1-top2 logit gap {min_gap:.4f}{extra}")
 
 
-def build(name, model_type, kw, seed, ref_dtype, centered_norms, prompt_lens):
+def build(name, model_type, kw, seed, ref_dtype, centered_norms, prompt_lens, short_prompt_lens=None):
     """The random model of this seed, its prompts, the reference logits and the margins."""
     cfg_cls, model_cls = CONFIG_CLASSES[model_type]
-    kw = {k: v for k, v in kw.items() if v is not None}  # None: a field this config does not have
+    kw = {k: v for k, v in kw.items() if v is not UNSET}
     if model_type == "qwen3_5":  # multimodal: the language model's settings go in text_config
         cfg = cfg_cls(text_config=kw, vision_config=TINY_VISION, tie_word_embeddings=False)
         cfg.text_config._attn_implementation = "eager"
@@ -188,8 +235,6 @@ def build(name, model_type, kw, seed, ref_dtype, centered_norms, prompt_lens):
         model.tie_weights()
 
     vocab = kw["vocab_size"]
-    prompts = [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in prompt_lens]
-    logits = []
     min_gap, margin = float("inf"), float("inf")
 
     def on_route(module, args, out):
@@ -200,15 +245,24 @@ def build(name, model_type, kw, seed, ref_dtype, centered_norms, prompt_lens):
     hooks = [m.register_forward_hook(on_route) for m in model.modules()
              if type(m).__name__.endswith("TopKRouter") and hasattr(m, "top_k")]
     ref = model.to(ref_dtype)
-    with torch.no_grad():
-        for ids in prompts:
-            out = ref(torch.tensor([ids])).logits[0].to(torch.float32)
-            top2 = out.topk(2, dim=-1).values
-            min_gap = min(min_gap, float((top2[:, 0] - top2[:, 1]).min()))
-            logits.append([[round(float(x), 6) for x in row] for row in out])
+
+    def run(lengths):
+        nonlocal min_gap
+        prompts = [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in lengths]
+        logits = []
+        with torch.no_grad():
+            for ids in prompts:
+                out = ref(torch.tensor([ids])).logits[0].to(torch.float32)
+                top2 = out.topk(2, dim=-1).values
+                min_gap = min(min_gap, float((top2[:, 0] - top2[:, 1]).min()))
+                logits.append([[round(float(x), 6) for x in row] for row in out])
+        return prompts, logits
+
+    prompts, logits = run(prompt_lens)
+    short = run(short_prompt_lens) if short_prompt_lens else None
     for h in hooks:
         h.remove()
-    return model, cfg, prompts, logits, min_gap, margin
+    return model, cfg, prompts, logits, short, min_gap, margin
 
 
 def main():

@@ -2,10 +2,11 @@
 """Writes tokenizer test fixtures under tests/fixtures/tokenizer/:
 
   <name>.gguf  vocab-only GGUF files (tokenizer.ggml.* metadata, no tensors), written with gguf-py
-  <name>.json  {"gguf" (null for smollm2_full.json: run against the real SmolLM2 model), "model", "pre", "cases": [{"text", "ids", "ids_plain", "ids_nobos", "decoded"}]}
+  <name>.json  {"gguf" (null for *_full.json: run against the real model, SmolLM2 or Gemma 3 270M), "model", "pre", "cases": [{"text", "ids", "ids_plain", "ids_nobos", "decoded"}]}
 
 Reference ids come from independent implementations, never from qleap:
-  - SPM (stories260K): Hugging Face transformers loading the GGUF (AutoTokenizer gguf_file=...).
+  - SPM (stories260K, Gemma 3's 262k vocabulary): Hugging Face transformers loading the GGUF
+    (AutoTokenizer gguf_file=...).
   - byte-level BPE: the `tokenizers` library with the vocab/merges from the GGUF and the model's
     official pre-tokenizer (SmolLM2: Digits(individual_digits) + ByteLevel; Qwen2 / Llama 3: their
     Split regex + ByteLevel(use_regex=False); GPT-2: ByteLevel(use_regex=True)).
@@ -14,7 +15,7 @@ ids: add_bos=True, parse_special=True; ids_plain: add_bos=True, parse_special=Fa
 text tokenized as plain text); ids_nobos: add_bos=False, parse_special=True; decoded: decode(ids)
 skipping special tokens.
 
-Usage: python3 tools/gen_tokenizer_fixtures.py [--stories PATH] [--smollm PATH]
+Usage: python3 tools/gen_tokenizer_fixtures.py [--stories PATH] [--smollm PATH] [--gemma PATH] [--only gemma]
 """
 import argparse
 import json
@@ -197,9 +198,11 @@ def random_texts(n, seed):
     return ["".join(rng.choice(frags) for _ in range(rng.randint(1, 14))) for _ in range(n)]
 
 
-def cases_for(tk):
+def cases_for(tk, extra=(), keep=lambda text: True):
     out = []
-    for text in TEXTS + random_texts(150, 99):
+    for text in TEXTS + list(extra) + random_texts(150, 99):
+        if not keep(text):
+            continue
         tk.encode_special_tokens = False
         ids = tk.encode(text, add_special_tokens=True).ids
         nobos = tk.encode(text, add_special_tokens=False).ids
@@ -245,6 +248,24 @@ def gen_spm(stories):
     bt.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
     bt.pre_tokenizer = None
     save(name, "llama", "", cases_for(bt))
+
+
+def gen_gemma(path):
+    """Gemma 3's SentencePiece-style vocabulary (tokenizer.ggml.model "llama", 262144 tokens, no space
+    prefix): ids only, checked against the real model file (too large to commit a vocab-only copy)."""
+    from transformers import AutoTokenizer
+    tmp = tempfile.mkdtemp()
+    try:
+        os.symlink(os.path.abspath(path), os.path.join(tmp, "g.gguf"))
+        tok = AutoTokenizer.from_pretrained(tmp, gguf_file="g.gguf")
+    finally:
+        shutil.rmtree(tmp)
+    extra = ["<start_of_turn>user\nWrite a haiku.<end_of_turn>\n<start_of_turn>model\n",
+             "<bos>twice <eos> and <pad> <mask> <start_of_image>", "\n\n\n\n    indented\n\t\ttabs"]
+    # Texts with a literal U+2581: SentencePiece (and this reference) matches Gemma's multi-space
+    # user-defined pieces on the normalized text, where U+2581 is a space; llama.cpp and qleap match
+    # them on the raw text ("  " as GGUF stores them). Known divergence (docs/models.md), not tested.
+    save("gemma3_full", "llama", "default", cases_for(tok.backend_tokenizer, extra, lambda t: "\u2581" not in t))
 
 
 def gen_bpe(smollm):
@@ -359,11 +380,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--stories", default=os.path.join(ROOT, "..", "shared", "models", "stories260K.gguf"))
     ap.add_argument("--smollm", default="/work/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--gemma", default="/work/models/gemma-3-270m-q4_k_m.gguf")
+    ap.add_argument("--only", default="", help="gemma: only the Gemma 3 cases")
     a = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
+    if a.only == "gemma":
+        gen_gemma(a.gemma)
+        return
     gen_pretokenize()
     gen_spm(a.stories)
     gen_bpe(a.smollm)
+    if os.path.exists(a.gemma):
+        gen_gemma(a.gemma)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ struct QkPrep {
   const std::vector<float>* q_norm = nullptr;  // head_dim floats (or q_dim when norm_full); may be empty
   const std::vector<float>* k_norm = nullptr;
   bool norm_full = false;  // q_norm / k_norm span the whole projection (olmoe)
+  bool swa_rope = false;   // rotate with the sliding-window layers' table (set_rope_swa), not set_rope's
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;
   float eps = 1e-5f;
 };
@@ -132,6 +133,9 @@ class Backend {
   virtual size_t prepared_bytes() const = 0;
   // The RoPE table of this context (copied by device backends).
   virtual void set_rope(const RopeTable& rope) = 0;
+  // The table of the sliding-window layers when they rotate differently (gemma3: another base, no
+  // scaling), used by qk_prep with QkPrep::swa_rope.
+  virtual void set_rope_swa(const RopeTable& rope) = 0;
   // Positions of the rows of the next ops (m tokens, pos[t] for row t): RoPE and the device KV
   // caches read them. The array is copied.
   virtual void set_positions(const int32_t* pos, int m) = 0;
@@ -147,6 +151,8 @@ class Backend {
   virtual void add(float* y, const float* x, int64_t n) = 0;
   // g = silu(g) * u over m rows of n.
   virtual void silu_mul(float* g, const float* u, int m, int n) = 0;
+  // g = gelu_tanh(g) * u over m rows of n (GeGLU, backend/cpu/ops.h gelu_tanh).
+  virtual void gelu_mul(float* g, const float* u, int m, int n) = 0;
   virtual void qk_prep(const QkPrep& a, int m) = 0;
   // Per row, per head of 2 * head_dim values: the first half to a, the second to b (a projection that
   // computes two things per head, like the query and its output gate).

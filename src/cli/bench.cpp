@@ -141,7 +141,8 @@ void bench_kv_compare(BenchOptions& o, const std::vector<std::string>& types) {
   for (int r = 0; r < o.reps; ++r) {
     for (size_t i = 0; i < nt; ++i) {
       Session& s = *sessions[i];
-      s.truncate(o.depth);
+      // A sliding-window model's rings cannot go back: fill the context again (not timed).
+      if (s.truncate(o.depth) != o.depth) fill_depth(s, o.fill, ctx);
       const double c0 = process_cpu_seconds();
       Stopwatch sw;
       for (int g = 1; g <= o.n_gen; ++g) s.eval({gen[size_t(g)]});
@@ -259,10 +260,11 @@ void bench_command(BenchOptions& o) {
   if (o.n_gen > 0) {
     std::vector<double> rates;
     session.reset();
+    std::vector<int32_t> ctx;
     if (o.depth > 0) {
       // The context is filled once (prefill of random tokens, not timed); each repetition then
       // truncates back to it and decodes n_gen tokens on top.
-      std::vector<int32_t> ctx(size_t(o.depth));
+      ctx.resize(size_t(o.depth));
       for (auto& t : ctx) t = pick(rng);
       Stopwatch sw;
       fill_depth(session, o.fill, ctx);
@@ -274,7 +276,7 @@ void bench_command(BenchOptions& o) {
     session.eval({pick(rng)});  // warm-up
     std::vector<double> cpu_rates;
     for (int r = 0; r < o.reps; ++r) {
-      session.truncate(o.depth);
+      if (session.truncate(o.depth) != o.depth) fill_depth(session, o.fill, ctx);
       const double c0 = process_cpu_seconds();
       Stopwatch sw;
       for (int i = 0; i < o.n_gen; ++i) session.eval({pick(rng)});

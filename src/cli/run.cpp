@@ -58,7 +58,8 @@ class Generator {
                                         tokens.size(), session_.n_ctx()));
     }
     // The previous turn's cache holds the common prefix of this one.
-    // (A hybrid model may keep less: its DeltaNet state returns only to a checkpoint.)
+    // (A hybrid model may keep less: its DeltaNet state returns only to a checkpoint; sliding-window
+    // caches may keep nothing: Engine::trim.)
     const size_t common = size_t(session_.truncate(int(reusable_prefix(history_, tokens))));
     history_.resize(common);
     std::vector<int32_t> fresh(tokens.begin() + long(common), tokens.end());
@@ -100,7 +101,7 @@ class Generator {
   // Text the model should continue for a chat turn, rendered through the model's template.
   std::vector<int32_t> render_chat(const nlohmann::json& messages) const {
     std::string tmpl = model_->file().get_string("tokenizer.chat_template", "");
-    if (tmpl.empty()) tmpl = default_chat_template();
+    if (tmpl.empty()) tmpl = default_chat_template(model_->arch());
     nlohmann::json extra = {{"bos_token", tok_.token_to_piece(tok_.bos())},
                             {"eos_token", tok_.token_to_piece(tok_.eos())}};
     const std::string text = apply_chat_template(tmpl, messages, true, extra);

@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/json_int.h"
 #include "core/thread_pool.h"
+#include "gguf/convert_arch.h"
 #include "gguf/convert_hybrid.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
@@ -61,6 +62,8 @@ struct HParams {
   int64_t n_expert = 0, n_expert_used = 0, n_ff_exp = 0, n_ff_shexp = 0;
   bool norm_topk = false;
   std::optional<HybridConfig> hybrid;  // Gated DeltaNet hybrids (gguf/convert_hybrid.h)
+  json config;                         // the whole config.json (architecture extras: gguf/convert_arch.h)
+  convert_detail::CommonSizes sizes() const { return {n_layer, n_embd, n_head, head_dim, n_ctx}; }
 };
 
 HParams read_hparams(const fs::path& dir) {
@@ -71,7 +74,10 @@ HParams read_hparams(const fs::path& dir) {
   const bool nested =
       is_hybrid_model_type(h.model_type) && top.contains("text_config") && top["text_config"].is_object();
   const json& c = nested ? top["text_config"] : top;
-  if (h.model_type == "llama" || h.model_type == "mistral" || h.model_type == "mixtral") {
+  h.config = c;
+  if (std::string extra = convert_detail::extra_arch(c); !extra.empty()) {
+    h.arch = extra;
+  } else if (h.model_type == "llama" || h.model_type == "mistral" || h.model_type == "mixtral") {
     h.arch = "llama";
   } else if (h.model_type == "qwen2" || h.model_type == "qwen3" || h.model_type == "olmoe") {
     h.arch = h.model_type;
@@ -80,7 +86,7 @@ HParams read_hparams(const fs::path& dir) {
   } else if (!is_hybrid_model_type(h.model_type)) {
     throw Unsupported(fmt::format(
         "model_type '{}' is not supported (supported: llama, mistral, mixtral, qwen2, qwen3, qwen2_moe, "
-        "qwen3_moe, olmoe, qwen3_5, qwen3_5_moe, qwen3_next)",
+        "qwen3_moe, olmoe, qwen3_5, qwen3_5_moe, qwen3_next, gemma2, gemma3_text, phi3)",
         h.model_type));
   }
   h.n_embd = req_int(c, "hidden_size");
@@ -219,10 +225,13 @@ void write_hparams(GgufWriter& w, const HParams& h, const std::string& name, Ggm
       if (auto v = num(s, "attention_factor")) w.set_f32(a + "rope.scaling.attn_factor", float(*v));
     } else if (type == "llama3") {
       // Expressed by the rope_freqs tensor alone, as llama.cpp does.
+    } else if (h.arch == "phi3" && (type == "longrope" || type == "su")) {
+      // Factor tensors and the attention factor: convert_arch.cpp.
     } else {
       throw Unsupported(fmt::format("rope scaling type '{}' is not supported (linear, yarn, llama3)", type));
     }
   }
+  convert_detail::write_extra_metadata(w, h.arch, h.config, h.sizes());
 }
 
 // Byte-level BPE tokenizer.json -> tokenizer.ggml.* (llama.cpp's "gpt2" model).
@@ -292,7 +301,7 @@ void write_tokenizer(GgufWriter& w, const fs::path& dir, const HParams& h, const
 }
 
 // HF name -> GGUF name; empty for tensors that are dropped (rotary caches). Throws Unsupported.
-std::string gguf_name(const std::string& hf) {
+std::string gguf_name(const std::string& hf, const std::string& arch) {
   static const std::map<std::string, std::string> kTop = {
       {"model.embed_tokens.weight", "token_embd.weight"},
       {"model.norm.weight", "output_norm.weight"},
@@ -323,6 +332,8 @@ std::string gguf_name(const std::string& hf) {
   static const std::regex re(R"(model\.layers\.(\d+)\.(.+)\.(weight|bias))");
   std::smatch m;
   if (std::regex_match(hf, m, re)) {
+    if (const std::string g = convert_detail::extra_block_name(arch, m[2].str()); !g.empty())
+      return fmt::format("blk.{}.{}.{}", m[1].str(), g, m[3].str());
     if (auto it = kBlock.find(m[2].str()); it != kBlock.end()) {
       return fmt::format("blk.{}.{}.{}", m[1].str(), it->second, m[3].str());
     }
@@ -496,7 +507,7 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
       for (HybridTensor& t : ts) items.push_back({t.gname, &st.get(hf_name), {}, std::move(t)});
       if (!ts.empty()) continue;
     }
-    std::string g = gguf_name(hf);
+    std::string g = gguf_name(hf, h.arch);
     if (g.empty() || (g == "output.weight" && tied)) continue;
     items.push_back({std::move(g), &st.get(hf_name), {}, std::nullopt});
   }
@@ -517,6 +528,9 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
     rope_factors = llama3_rope_factors(h);
     w.add_tensor("rope_freqs.weight", GgmlType::F32, {int64_t(rope_factors.size())}, rope_factors.data());
   }
+  const auto extra = convert_detail::extra_tensors(h.arch, h.config, h.sizes());
+  for (const auto& [name, data] : extra)
+    w.add_tensor(name, GgmlType::F32, {int64_t(data.size())}, data.data());
 
   const size_t n_items = items.size();
   for (size_t k = 0; k < n_items; ++k) {
@@ -547,13 +561,15 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
       if (it.gname.find(".attn_q.") != std::string::npos) permute_heads = h.n_head;
       if (it.gname.find(".attn_k.") != std::string::npos) permute_heads = h.n_head_kv;
     }
+    // gemma's norms are applied as (1 + w): GGUF holds the sum, as llama.cpp writes it.
+    const bool plus_one = convert_detail::norm_plus_one(h.arch, it.gname);
     std::vector<int64_t> shape = matrix ? std::vector<int64_t>{cols, rows} : std::vector<int64_t>{cols};
     if (!it.experts.empty()) shape.push_back(n_stack);
     const std::string gname = it.gname;
     const auto transform = it.hybrid ? it.hybrid->transform : nullptr;
     w.add_tensor(gname, type, std::move(shape),
-                 [&pool, &progress, n_items, k, type, rows, cols, matrix, permute_heads, gname, s = it.src,
-                  experts = it.experts, transform](uint8_t* dst, size_t) {
+                 [&pool, &progress, n_items, k, type, rows, cols, matrix, permute_heads, plus_one, gname,
+                  s = it.src, experts = it.experts, transform](uint8_t* dst, size_t) {
                    if (progress)
                      progress(fmt::format("[{}/{}] {} -> {}", k + 1, n_items, gname, type_name(type)),
                               double(k) / double(n_items));
@@ -570,6 +586,8 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
                    if (f.size() != size_t(rows) * size_t(cols))
                      throw FormatError(
                          fmt::format("{}: {} values for a [{}, {}] tensor", gname, f.size(), cols, rows));
+                   if (plus_one)
+                     for (float& x : f) x += 1.0f;
                    if (permute_heads > 0) {
                      // A bias is a single column of `rows` values.
                      f = matrix ? permute_rows(f, rows, cols, permute_heads)

@@ -19,7 +19,8 @@ struct ConvertOptions {
 };
 
 // Supported config.json model_type values: llama, mistral, mixtral (-> arch llama), qwen2, qwen3,
-// qwen2_moe (-> qwen2moe), qwen3_moe (-> qwen3moe), olmoe. Per-expert HF tensors are stacked into
+// qwen2_moe (-> qwen2moe), qwen3_moe (-> qwen3moe), olmoe, gemma2, gemma3_text (-> gemma3; multimodal
+// gemma3 checkpoints are refused), phi3 (gguf/convert_arch.h). Per-expert HF tensors are stacked into
 // 3-D ffn_*_exps tensors; MoE routers stay F32.
 // Throws IoError / FormatError / Unsupported (unknown model_type, dtype or tensor; no encoder for
 // out_type).

@@ -189,8 +189,16 @@ class KvCacheImpl final : public KvCache {
     n_segs_ = head_major_ ? s.n_kv_heads : 1;
     seg_width_ = head_major_ ? s.head_dim : s.kv_dim();
     seg_bytes_ = Format::row_bytes(seg_width_);
-    plane_bytes_ = size_t(s.n_ctx) * seg_bytes_;
-    total_ = plane_bytes_ * size_t(n_segs_) * 2 * size_t(s.n_layers);
+    // Sliding-window layers hold a ring of positions (KvShape::ring_size), the others n_ctx.
+    ring_.resize(size_t(s.n_layers));
+    layer_off_.resize(size_t(s.n_layers) + 1, 0);
+    for (int l = 0; l < s.n_layers; ++l) {
+      ring_[size_t(l)] = s.ring_size(l);
+      const size_t layer_bytes = size_t(ring_[size_t(l)]) * seg_bytes_ * size_t(n_segs_) * 2;
+      layer_off_[size_t(l) + 1] = layer_off_[size_t(l)] + layer_bytes;
+      if (ring_[size_t(l)] >= s.n_ctx) per_token_ += layer_bytes / size_t(s.n_ctx);
+    }
+    total_ = layer_off_.back();
     // Not zero-filled: positions are always written by store() before attend() reads them, and
     // leaving the pages untouched keeps a large n_ctx cheap until it is used.
     const size_t align = total_ >= kHugePage ? kHugePage : 64;
@@ -205,12 +213,12 @@ class KvCacheImpl final : public KvCache {
   void store(int layer, const KvSpan& sp, const float* k, const float* v) override {
     const int pos = sp.pos0, n_tokens = sp.n;
     check(layer, pos, n_tokens);
-    const int kv_dim = shape_.kv_dim();
+    const int kv_dim = shape_.kv_dim(), ring = ring_[size_t(layer)];
     for (int t = 0; t < n_tokens; ++t) {
       for (int sg = 0; sg < n_segs_; ++sg) {
         const size_t src = size_t(t) * kv_dim + size_t(sg) * seg_width_;
-        Format::encode(k + src, seg(layer, 0, sg, pos + t), seg_width_);
-        Format::encode(v + src, seg(layer, 1, sg, pos + t), seg_width_);
+        Format::encode(k + src, seg(layer, 0, sg, (pos + t) % ring), seg_width_);
+        Format::encode(v + src, seg(layer, 1, sg, (pos + t) % ring), seg_width_);
       }
     }
   }
@@ -227,7 +235,9 @@ class KvCacheImpl final : public KvCache {
     const int64_t base_items = int64_t(n_q) * sh.n_kv_heads * job.n_sub;
     // Decode has few (query, kv head) items: split long key ranges across threads as well and merge
     // the partial softmax states afterwards.
-    job.n_split = key_splits(pool.size(), base_items, pos0 + n_q, kMinSplitKeys);
+    const int window = sh.window(layer);
+    const int max_keys = window > 0 ? std::min(window, pos0 + n_q) : pos0 + n_q;
+    job.n_split = key_splits(pool.size(), base_items, max_keys, kMinSplitKeys);
     const int64_t n_items = base_items * job.n_split;
     if (job.n_split > 1) {
       partial_.reserve(n_items, job.sub_heads, sh.head_dim);
@@ -247,9 +257,8 @@ class KvCacheImpl final : public KvCache {
     }
   }
 
-  size_t bytes_per_token() const override {
-    return 2 * seg_bytes_ * size_t(n_segs_) * size_t(shape_.n_layers);
-  }
+  // Ring layers are a constant (KvStats::fixed_bytes), not a per-position cost.
+  size_t bytes_per_token() const override { return per_token_; }
   size_t allocated_bytes() const override { return total_; }
   const char* type_name() const override { return Format::kName; }
 
@@ -280,8 +289,11 @@ class KvCacheImpl final : public KvCache {
       const int sg = self->head_major_ ? g : 0;
       const int off = self->head_major_ ? 0 : g * hd;
       const int n_keys = pos0 + t + 1;
-      const int jb = int(int64_t(n_keys) * split / n_split),
-                je = int(int64_t(n_keys) * (split + 1) / n_split);
+      const int lo = s.first_key(layer, n_keys - 1), span = n_keys - lo;
+      const int jb = lo + int(int64_t(span) * split / n_split),
+                je = lo + int(int64_t(span) * (split + 1) / n_split);
+      const int ring = self->ring_[size_t(layer)];
+      const float cap = s.softcap;
 
       const float* qh[kMaxGroup];
       float* accp[kMaxGroup];
@@ -298,11 +310,12 @@ class KvCacheImpl final : public KvCache {
       }
       for (int j0 = jb; j0 < je; j0 += kTile) {
         const int nt = std::min(kTile, je - j0);
-        for (int j = 0; j < nt; ++j) {
-          const uint8_t* kr = self->seg(layer, 0, sg, j0 + j);
+        const int slot0 = j0 % ring;  // ring slots of positions j0.. (wrapping at most once)
+        for (int j = 0, slot = slot0; j < nt; ++j, slot = slot + 1 == ring ? 0 : slot + 1) {
+          const uint8_t* kr = self->seg(layer, 0, sg, slot);
           float d[kMaxGroup];
           Format::dot_multi(kr, off, qh, nh, hd, d, buf);
-          for (int k = 0; k < nh; ++k) sc[k][j] = d[k] * scale;
+          for (int k = 0; k < nh; ++k) sc[k][j] = softcap_score(d[k] * scale, cap);
         }
         for (int k = 0; k < nh; ++k) {
           float tmax = sc[k][0];
@@ -317,8 +330,8 @@ class KvCacheImpl final : public KvCache {
           }
           l[k] += exp_sub_sum(sc[k], nt, m[k]);
         }
-        for (int j = 0; j < nt; ++j) {
-          const uint8_t* vr = self->seg(layer, 1, sg, j0 + j);
+        for (int j = 0, slot = slot0; j < nt; ++j, slot = slot + 1 == ring ? 0 : slot + 1) {
+          const uint8_t* vr = self->seg(layer, 1, sg, slot);
           float p[kMaxGroup];
           for (int k = 0; k < nh; ++k) p[k] = sc[k][j];
           Format::axpy_multi(p, vr, off, accp, nh, hd, buf);
@@ -336,20 +349,20 @@ class KvCacheImpl final : public KvCache {
     }
   };
 
-  uint8_t* seg(int layer, int kv, int sg, int pos) const {
-    return data_.get() + ((size_t(layer) * 2 + size_t(kv)) * size_t(n_segs_) + size_t(sg)) * plane_bytes_ +
-           size_t(pos) * seg_bytes_;
+  // Ring slot `slot` of a layer's keys (kv 0) or values (kv 1), segment sg.
+  uint8_t* seg(int layer, int kv, int sg, int slot) const {
+    const size_t ring = size_t(ring_[size_t(layer)]);
+    return data_.get() + layer_off_[size_t(layer)] +
+           ((size_t(kv) * size_t(n_segs_) + size_t(sg)) * ring + size_t(slot)) * seg_bytes_;
   }
-  void check(int layer, int pos, int n) const {
-    if (layer < 0 || layer >= shape_.n_layers || pos < 0 || n < 0 || pos + n > shape_.n_ctx) {
-      throw InvalidArgument(fmt::format("kv cache: layer {} positions [{}, {}) out of range (n_ctx {})",
-                                        layer, pos, pos + n, shape_.n_ctx));
-    }
-  }
+  void check(int layer, int pos, int n) const { check_kv_span(shape_, layer, pos, n); }
 
   bool head_major_ = true;
   int n_segs_ = 1, seg_width_ = 0;
-  size_t seg_bytes_ = 0, plane_bytes_ = 0;
+  size_t seg_bytes_ = 0;
+  std::vector<int> ring_;          // positions held per layer
+  std::vector<size_t> layer_off_;  // byte offset of each layer's keys and values
+  size_t per_token_ = 0;
   SplitPartials partial_;
   size_t total_ = 0;
   std::unique_ptr<uint8_t[], AlignedFree> data_;
@@ -366,12 +379,48 @@ KvStats KvCache::stats() const {
   return st;
 }
 
+int KvShape::ring_size(int layer) const {
+  const int w = window(layer);
+  if (w <= 0) return n_ctx;
+  const int64_t r = int64_t(w) + (max_tokens > 0 ? max_tokens : n_ctx) - 1;
+  return r < n_ctx ? int(r) : n_ctx;
+}
+
+bool KvShape::can_trim(int n_keep, int n_past) const {
+  for (int l = 0; l < n_layers; ++l) {
+    const int ring = ring_size(l);
+    if (ring >= n_ctx) continue;
+    // Queries after the trim read positions from first_key(n_keep); the ring holds [n_past - ring, n_past).
+    if (first_key(l, n_keep) < std::max(0, n_past - ring)) return false;
+  }
+  return true;
+}
+
+void check_kv_span(const KvShape& s, int layer, int pos, int n) {
+  if (layer < 0 || layer >= s.n_layers || pos < 0 || n < 0 || pos + n > s.n_ctx) {
+    throw InvalidArgument(fmt::format("kv cache: layer {} positions [{}, {}) out of range (n_ctx {})", layer,
+                                      pos, pos + n, s.n_ctx));
+  }
+  const int ring = s.ring_size(layer);
+  if (ring < s.n_ctx && n > ring - s.window(layer) + 1) {
+    throw InvalidArgument(
+        fmt::format("kv cache: {} positions at once exceed what the ring of {} holds for a "
+                    "window of {}",
+                    n, ring, s.window(layer)));
+  }
+}
+
 void check_kv_shape(const KvShape& s) {
   if (s.n_layers <= 0 || s.n_ctx <= 0 || s.n_heads <= 0 || s.n_kv_heads <= 0 || s.head_dim <= 0 ||
       s.n_heads % s.n_kv_heads != 0) {
     throw InvalidArgument(fmt::format("kv cache: bad shape (layers {}, ctx {}, heads {}/{}, head_dim {})",
                                       s.n_layers, s.n_ctx, s.n_heads, s.n_kv_heads, s.head_dim));
   }
+  if (!s.windows.empty() && int(s.windows.size()) != s.n_layers)
+    throw InvalidArgument(fmt::format("kv cache: {} windows for {} layers", s.windows.size(), s.n_layers));
+  for (int w : s.windows)
+    if (w < 0) throw InvalidArgument("kv cache: negative sliding window");
+  if (s.max_tokens < 0 || !(s.softcap >= 0)) throw InvalidArgument("kv cache: bad max_tokens or softcap");
   if (s.head_dim > kMaxHeadDim) {
     throw Unsupported(fmt::format("kv cache: head_dim {} exceeds {}", s.head_dim, kMaxHeadDim));
   }

@@ -31,9 +31,29 @@ struct KvShape {
   // rates, edge layers) follow the model layer, so a segment's cache equals that slice of a whole one.
   int first_layer = 0;
   int model_layers = 0;
+  // Sliding-window attention (gemma2/3, phi3): a query at position p of layer l sees only the last
+  // window(l) positions, p - window(l) + 1 .. p, so the layer keeps a ring of ring_size(l) positions
+  // (position p in slot p % ring_size) instead of n_ctx. Empty: every layer attends to all positions.
+  std::vector<int> windows = {};  // per layer of this cache (0: full attention)
+  // The most positions one store / attend call covers (the engine's prefill chunk): a ring must also
+  // hold the chunk being attended. 0: n_ctx (rings then only help when the window is much smaller).
+  int max_tokens = 0;
+  // Attention logit soft-capping (gemma2): scores become softcap * tanh(score / softcap). 0: off.
+  float softcap = 0;
   int kv_dim() const { return n_kv_heads * head_dim; }
   int q_dim() const { return n_heads * head_dim; }
   int total_layers() const { return model_layers > 0 ? model_layers : n_layers; }
+  int window(int layer) const { return windows.empty() ? 0 : windows[size_t(layer)]; }
+  // Positions held for a layer: n_ctx, or window + max_tokens - 1 when that is smaller.
+  int ring_size(int layer) const;
+  // Whether every layer still holds what queries after a trim to n_keep read, when positions
+  // [0, n_past) were stored: a ring has overwritten positions older than n_past - ring_size.
+  bool can_trim(int n_keep, int n_past) const;
+  // The first position a query at pos sees on a layer.
+  int first_key(int layer, int pos) const {
+    const int w = window(layer);
+    return w > 0 && pos - w + 1 > 0 ? pos - w + 1 : 0;
+  }
 };
 
 // The positions a store or attend call covers: n tokens at pos0 .. pos0 + n - 1. Device caches read
@@ -95,7 +115,8 @@ class KvCache {
   }
 
   // Lifecycle (see the top of this file). The defaults suit formats that hold nothing beyond the
-  // positions themselves, which are overwritten as new tokens arrive.
+  // positions themselves, which are overwritten as new tokens arrive. Before trim(n_keep), the owner
+  // checks shape().can_trim (sliding-window layers cannot bring back overwritten positions).
   virtual void reset() {}
   virtual void trim(int n_keep) { (void)n_keep; }
   virtual bool wants_calibration() const { return false; }
@@ -124,5 +145,8 @@ class KvCache {
 std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& shape);
 // Throws InvalidArgument on a bad shape (what make_kv_cache checks first; device caches use it too).
 void check_kv_shape(const KvShape& s);
+// Throws InvalidArgument unless n positions from pos of a layer fit the context, and the layer's ring
+// (sliding window) can hold them while they are attended.
+void check_kv_span(const KvShape& s, int layer, int pos, int n);
 
 }  // namespace qleap

@@ -78,7 +78,16 @@ class TurboQuantKvCache final : public KvCache {
     k_rec_.resize(size_t(L) * H);
     v_rec_.resize(size_t(L) * H);
     head_off_.resize(size_t(L) * H + 1);
+    ring_.assign(size_t(L), 0);
+    slots_.assign(size_t(L), s.n_ctx);
     for (int l = 0; l < L; ++l) {
+      // Sliding-window layers: a ring of records, each slot written twice (TqWindow) so that every
+      // window is one contiguous run for the kernels.
+      const int r = s.ring_size(l);
+      if (r < s.n_ctx) {
+        ring_[size_t(l)] = r;
+        slots_[size_t(l)] = 2 * r;
+      }
       // Rotations, rates and edge layers follow the model layer (KvShape::first_layer).
       const int ml = l + s.first_layer;
       for (int g = 0; g < s.n_kv_heads; ++g) {
@@ -92,8 +101,8 @@ class TurboQuantKvCache final : public KvCache {
         v_states_.push_back(tq_make_state(vc, ml, g));
         k_rec_[i] = k_states_.back().layout.bytes;
         v_rec_[i] = v_states_.back().layout.bytes;
-        // Per (layer, kv head): n_ctx key records, then n_ctx value records.
-        head_off_[i + 1] = head_off_[i] + size_t(s.n_ctx) * (k_rec_[i] + v_rec_[i]);
+        // Per (layer, kv head): the layer's slots of key records, then as many value records.
+        head_off_[i + 1] = head_off_[i] + size_t(slots_[size_t(l)]) * (k_rec_[i] + v_rec_[i]);
       }
     }
     total_ = head_off_.back();
@@ -203,8 +212,7 @@ class TurboQuantKvCache final : public KvCache {
       const TqState& ks = kstate(layer, g);
       const TqState& vs = vstate(layer, g);
       const size_t kr = krec(layer, g), vr = vrec(layer, g);
-      uint8_t* kb = keys(layer, g) + size_t(pos) * kr;
-      uint8_t* vb = values(layer, g) + size_t(pos) * vr;
+      const int64_t ring = ring_[size_t(layer)];
       thread_local std::vector<float> tmp, rot;
       tmp.resize(size_t(hd));
       rot.resize(size_t(hd));
@@ -215,8 +223,15 @@ class TurboQuantKvCache final : public KvCache {
         const float* mv = muv ? muv + size_t(g) * hd : nullptr;
         const float* sk = isk ? isk + size_t(g) * hd : nullptr;
         const float* sv = isv ? isv + size_t(g) * hd : nullptr;
-        quantize_one(ks, kx, mk, sk, tmp.data(), kb + size_t(t) * kr);
-        quantize_one(vs, vx, mv, sv, tmp.data(), vb + size_t(t) * vr);
+        const int64_t slot = ring > 0 ? (pos + t) % ring : pos + t;
+        uint8_t* kd = keys(layer, g) + size_t(slot) * kr;
+        uint8_t* vd = values(layer, g) + size_t(slot) * vr;
+        quantize_one(ks, kx, mk, sk, tmp.data(), kd);
+        quantize_one(vs, vx, mv, sv, tmp.data(), vd);
+        if (ring > 0) {
+          std::memcpy(kd + size_t(ring) * kr, kd, kr);
+          std::memcpy(vd + size_t(ring) * vr, vd, vr);
+        }
         if (pos + t < sink_) {
           // The record is written too (it gets zero weight): every position has one.
           exact_one(ks, kx, mk, sk, tmp.data(), sink_row(sink_k_, layer, g, pos + t));
@@ -261,7 +276,9 @@ class TurboQuantKvCache final : public KvCache {
     }
     // Decode has few (query, kv head) items: split long key ranges across threads too and merge the
     // partial softmax states (flash-decoding, kv/split_attention.h).
-    const int n_split = key_splits(pool.size(), int64_t(n_q) * s.n_kv_heads, pos0 + n_q, kMinSplitKeys);
+    const int window = s.window(layer);
+    const int max_keys = window > 0 ? std::min(window, pos0 + n_q) : pos0 + n_q;
+    const int n_split = key_splits(pool.size(), int64_t(n_q) * s.n_kv_heads, max_keys, kMinSplitKeys);
     // QJL keys need the residual term, which only the split path's loop adds.
     if (n_split > 1 || spec_.qjl_keys) {
       attend_split(layer, pos0, n_q, q, out, scale, pool, n_split);
@@ -288,9 +305,11 @@ class TurboQuantKvCache final : public KvCache {
     }
   }
 
+  // Ring layers (sliding windows) are a constant, not a per-position cost.
   size_t bytes_per_token() const override {
     size_t n = 0;
-    for (size_t i = 0; i < k_rec_.size(); ++i) n += k_rec_[i] + v_rec_[i];
+    for (size_t i = 0; i < k_rec_.size(); ++i)
+      if (ring_[i / size_t(shape_.n_kv_heads)] == 0) n += k_rec_[i] + v_rec_[i];
     return n;
   }
   // The records plus the exact rows: sink_ (floats) and window_ (fp16) positions per layer and kv
@@ -514,9 +533,11 @@ class TurboQuantKvCache final : public KvCache {
       if (t1 <= t0) return;
       const size_t head_off = size_t(g) * group * hd;
       const TqExactRows x = exact(layer, g);
+      const TqWindow win{s.window(layer), ring_[size_t(layer)], s.softcap};
       tq_attend_gqa(kstate(layer, g), vstate(layer, g), pos0 + t0, t1 - t0, group,
                     q + size_t(t0) * row + head_off, row, keys(layer, g), krec(layer, g), values(layer, g),
-                    vrec(layer, g), scale, out + size_t(t0) * row + head_off, row, x.empty() ? nullptr : &x);
+                    vrec(layer, g), scale, out + size_t(t0) * row + head_off, row, x.empty() ? nullptr : &x,
+                    win);
     };
     run_items(pool, n_items, double(n_q) * s.n_heads * (pos0 + 0.5 * n_q + 1) * hd * 2, run);
   }
@@ -535,7 +556,13 @@ class TurboQuantKvCache final : public KvCache {
       const int g = int((item / n_split) % s.n_kv_heads);
       const int t = int(item / n_split / s.n_kv_heads);
       const int64_t n_keys = int64_t(pos0) + t + 1;
-      const int64_t jb = n_keys * split / n_split, je = n_keys * (split + 1) / n_split;
+      const int64_t lo = s.first_key(layer, int(n_keys - 1)), span = n_keys - lo;
+      const int64_t jb = lo + span * split / n_split, je = lo + span * (split + 1) / n_split;
+      // Records of positions [lo, n_keys) are one run of slots from slot(lo) (TqWindow).
+      const int64_t ring = ring_[size_t(layer)];
+      const int64_t slot_lo = ring > 0 ? lo % ring : lo;
+      auto slot = [&](int64_t j) { return size_t(slot_lo + (j - lo)); };
+      const float cap = s.softcap;
       const TqState& ks = kstate(layer, g);
       const TqState& vs = vstate(layer, g);
       const size_t kr = krec(layer, g), vr = vrec(layer, g);
@@ -566,12 +593,12 @@ class TurboQuantKvCache final : public KvCache {
       }
       for (int64_t j0 = jb; j0 < je; j0 += kTileKeys) {
         const int64_t nt = std::min<int64_t>(kTileKeys, je - j0);
-        tq_scores(ks, qr.data(), group, keys(layer, g) + size_t(j0) * kr, kr, nt, sc.data(), kTileKeys);
+        tq_scores(ks, qr.data(), group, keys(layer, g) + slot(j0) * kr, kr, nt, sc.data(), kTileKeys);
         if (kl.qjl) {
           // + norm * sqrt(pi/2)/d * gamma * <S q', sign(S r)> (tq_qjl_inner_product, unbiased).
           const float cst = float(std::sqrt(3.14159265358979323846 / 2.0) / hd);
           for (int64_t j = 0; j < nt; ++j) {
-            const uint8_t* rec = keys(layer, g) + size_t(j0 + j) * kr;
+            const uint8_t* rec = keys(layer, g) + slot(j0 + j) * kr;
             uint16_t gh;
             std::memcpy(&gh, rec + kl.gamma_offset, 2);
             const float coef = cst * fp16_to_fp32(gh) * tq_record_norm(kl, rec);
@@ -588,7 +615,10 @@ class TurboQuantKvCache final : public KvCache {
         for (int h = 0; h < group; ++h) {
           float* w = &sc[size_t(h) * kTileKeys];
           float mx = m[h];
-          for (int64_t j = 0; j < nt; ++j) mx = std::max(mx, w[j] * scale);
+          for (int64_t j = 0; j < nt; ++j) {
+            w[j] = softcap_score(w[j] * scale, cap);
+            mx = std::max(mx, w[j]);
+          }
           if (mx > m[h] && l[h] > 0) {
             const float c = std::exp(m[h] - mx);
             l[h] *= c;
@@ -597,11 +627,11 @@ class TurboQuantKvCache final : public KvCache {
           }
           m[h] = mx;
           float sum = 0;
-          for (int64_t j = 0; j < nt; ++j) sum += (w[j] = std::exp(w[j] * scale - mx));
+          for (int64_t j = 0; j < nt; ++j) sum += (w[j] = std::exp(w[j] - mx));
           l[h] += sum;
         }
         tq_exact_accumulate(x, n_keys, sc.data(), kTileKeys, group, hd, j0, nt, acc.data());
-        tq_accumulate_values(vs, sc.data(), kTileKeys, group, values(layer, g) + size_t(j0) * vr, vr, nt,
+        tq_accumulate_values(vs, sc.data(), kTileKeys, group, values(layer, g) + slot(j0) * vr, vr, nt,
                              acc.data());
       }
       for (int h = 0; h < group; ++h) partial_.put(item, h, m[h], l[h], &acc[size_t(h) * hd]);
@@ -623,21 +653,20 @@ class TurboQuantKvCache final : public KvCache {
   uint8_t* keys(int layer, int g) const {
     return data_.get() + head_off_[size_t(layer) * shape_.n_kv_heads + g];
   }
-  uint8_t* values(int layer, int g) const { return keys(layer, g) + size_t(shape_.n_ctx) * krec(layer, g); }
+  uint8_t* values(int layer, int g) const {
+    return keys(layer, g) + size_t(slots_[size_t(layer)]) * krec(layer, g);
+  }
   size_t krec(int layer, int g) const { return k_rec_[size_t(layer) * shape_.n_kv_heads + g]; }
   size_t vrec(int layer, int g) const { return v_rec_[size_t(layer) * shape_.n_kv_heads + g]; }
-  void check(int layer, int pos, int n) const {
-    if (layer < 0 || layer >= shape_.n_layers || pos < 0 || n < 0 || pos + n > shape_.n_ctx) {
-      throw InvalidArgument(fmt::format("kv cache: layer {} positions [{}, {}) out of range (n_ctx {})",
-                                        layer, pos, pos + n, shape_.n_ctx));
-    }
-  }
+  void check(int layer, int pos, int n) const { check_kv_span(shape_, layer, pos, n); }
 
   std::string name_;
   TqKvSpec spec_;
   std::vector<TqState> k_states_, v_states_;
   std::vector<size_t> k_rec_, v_rec_;  // record bytes per (layer, kv head)
   std::vector<size_t> head_off_;       // byte offset of each (layer, kv head)'s records
+  std::vector<int64_t> ring_;          // per layer: the ring of a sliding-window layer (0: none)
+  std::vector<int> slots_;             // per layer: record slots (n_ctx, or twice the ring)
   std::vector<float> mu_k_, mu_v_;
   int sink_ = 0, window_ = 0;
   std::vector<WindowRing> tail_;        // per layer

@@ -140,7 +140,8 @@ void load_swiglu_ffn(const GgufFile& f, const HParams& hp, int il, LayerWeights&
   w.w_down = load_matrix(f, blk_name(il, "ffn_down.weight"), hp.n_ff, hp.n_embd);
 }
 
-void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out) {
+void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out,
+                     bool accumulate) {
   const HParams& hp = ctx.hp;
   Backend& be = ctx.be;
   Activations& a = ctx.a;
@@ -158,13 +159,14 @@ void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const f
   qp.q_norm = &w.q_norm;
   qp.k_norm = &w.k_norm;
   qp.norm_full = w.qk_norm_full;
+  qp.swa_rope = hp.has_rope_swa && hp.window(il) > 0;
   qp.n_heads = hp.n_heads;
   qp.n_kv_heads = hp.n_kv_heads;
   qp.head_dim = hp.head_dim;
   qp.eps = hp.rms_eps;
   be.qk_prep(qp, m);
 
-  const float scale = 1.0f / std::sqrt(float(hp.head_dim));
+  const float scale = hp.attn_scale > 0 ? hp.attn_scale : 1.0f / std::sqrt(float(hp.head_dim));
   const int32_t* dev_pos = be.device_positions();
   const int layer = il - ctx.kv_first;
   if (ctx.rows == nullptr) {
@@ -180,7 +182,7 @@ void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const f
                    ctx.pool);
     }
   }
-  be.matmul(w.wo, a.attn.get(), m, out, /*accumulate=*/true);
+  be.matmul(w.wo, a.attn.get(), m, out, accumulate);
 }
 
 void swiglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* xn, float* out) {
@@ -191,6 +193,17 @@ void swiglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* x
   be.matmul(w.w_up, xn, m, a.up.get());
   be.silu_mul(a.gate.get(), a.up.get(), m, ctx.hp.n_ff);
   be.matmul(w.w_down, a.gate.get(), m, out, /*accumulate=*/true);
+}
+
+void geglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* xn, float* out,
+                     bool accumulate) {
+  Backend& be = ctx.be;
+  Activations& a = ctx.a;
+  const int m = ctx.m;
+  be.matmul(w.w_gate, xn, m, a.gate.get());
+  be.matmul(w.w_up, xn, m, a.up.get());
+  be.gelu_mul(a.gate.get(), a.up.get(), m, ctx.hp.n_ff);
+  be.matmul(w.w_down, a.gate.get(), m, out, accumulate);
 }
 
 void pre_norm_layer(const LayerWeights& w, int il, const LayerCtx& ctx) {
@@ -216,8 +229,9 @@ void prepare_layer(const LayerWeights& w, Backend& be) {
         "and move experts to the GPU with --expert-tier cuda",
         be.name()));
   }
-  for (const std::vector<float>* v : {&w.attn_norm, &w.ffn_norm, &w.q_norm, &w.k_norm, &w.bq, &w.bk, &w.bv,
-                                      &w.delta.conv, &w.delta.dt_bias, &w.delta.a, &w.delta.norm}) {
+  for (const std::vector<float>* v :
+       {&w.attn_norm, &w.ffn_norm, &w.q_norm, &w.k_norm, &w.bq, &w.bk, &w.bv, &w.attn_post_norm,
+        &w.ffn_post_norm, &w.delta.conv, &w.delta.dt_bias, &w.delta.a, &w.delta.norm}) {
     if (!v->empty()) be.prepare(*v);
   }
   for (const WeightView* v : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down, &w.delta.qkv,

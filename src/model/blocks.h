@@ -74,6 +74,9 @@ struct ArchDef {
   void (*load_layer)(const GgufFile& f, const HParams& hp, int il, LayerWeights& w);
   // Updates ctx.a.x (m x n_embd) in place, with the ops of ctx.be.
   void (*forward_layer)(const LayerWeights& w, int il, const LayerCtx& ctx);
+  // Reads what the architecture adds to the common hyper-parameters (HParams' architecture extras,
+  // model-level tensors such as rope factors), after read_hparams; null: nothing.
+  void (*read_hparams)(const GgufFile& f, HParams& hp) = nullptr;
 };
 
 // nullptr when the architecture is unknown.
@@ -99,10 +102,16 @@ void load_swiglu_ffn(const GgufFile& f, const HParams& hp, int il, LayerWeights&
                      std::string_view norm = "ffn_norm.weight");
 
 // ---- forward (over the ops of ctx.be) ----
-// Self-attention of the m normalized rows xn; out (m x n_embd) += the output projection.
-void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out);
+// Self-attention of the m normalized rows xn; out (m x n_embd) += the output projection (= when not
+// accumulate). Layers with a sliding window (HParams::window) attend to it; the score scale is
+// HParams::attn_scale when set.
+void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out,
+                     bool accumulate = true);
 // SwiGLU feed-forward: out += W_down (silu(W_gate xn) * (W_up xn)).
 void swiglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* xn, float* out);
+// GeGLU feed-forward (gemma): out (=, or += when accumulate) W_down (gelu_tanh(W_gate xn) * (W_up xn)).
+void geglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* xn, float* out,
+                     bool accumulate);
 // The pre-norm residual block: x += attn(norm(x)); x += ffn(norm(x)) (the MoE block when the layer
 // has experts).
 void pre_norm_layer(const LayerWeights& w, int il, const LayerCtx& ctx);

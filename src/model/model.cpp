@@ -17,13 +17,17 @@ extern const ArchDef kArchOlmoe;
 extern const ArchDef kArchQwen35;
 extern const ArchDef kArchQwen35Moe;
 extern const ArchDef kArchQwen3Next;
+extern const ArchDef kArchGemma2;
+extern const ArchDef kArchGemma3;
+extern const ArchDef kArchPhi3;
 
 namespace {
 
 // An explicit table rather than self-registration: static constructors in a static library are
 // dropped by the linker when nothing references their object file.
-const ArchDef* const kArchs[] = {&kArchLlama, &kArchQwen2,  &kArchQwen3,     &kArchQwen2Moe, &kArchQwen3Moe,
-                                 &kArchOlmoe, &kArchQwen35, &kArchQwen35Moe, &kArchQwen3Next};
+const ArchDef* const kArchs[] = {&kArchLlama,     &kArchQwen2,  &kArchQwen3,  &kArchQwen2Moe,
+                                 &kArchQwen3Moe,  &kArchOlmoe,  &kArchQwen35, &kArchQwen35Moe,
+                                 &kArchQwen3Next, &kArchGemma2, &kArchGemma3, &kArchPhi3};
 
 int64_t arch_int(const GgufFile& f, std::string_view suffix, int64_t def, bool required) {
   const GgufValue* v = f.find_arch(suffix);
@@ -142,6 +146,7 @@ std::shared_ptr<const Model> load_model(std::shared_ptr<GgufFile> file) {
   }
   HParams hp = read_hparams(f);
   hp.rope.style = arch->rope_style;
+  if (arch->read_hparams != nullptr) arch->read_hparams(f, hp);
   if (const GgufTensor* t = f.find_tensor("rope_freqs.weight")) {
     hp.rope.freq_factors = load_vector(f, "rope_freqs.weight", t->ne(0), true);
     if (int(hp.rope.freq_factors.size()) < hp.rope.n_rot / 2) {

@@ -44,6 +44,20 @@ struct HParams {
   int n_ff_exp = 0;
   int n_ff_shexp = 0;
   bool expert_weights_norm = false;  // renormalize the top-k softmax weights to sum to 1
+  // Architecture extras (gemma2/3, phi3), read by an ArchDef's read_hparams; the defaults change
+  // nothing for the other architectures.
+  float attn_scale = 0;          // attention score scale; 0: 1 / sqrt(head_dim)
+  float embd_scale = 0;          // token embeddings are multiplied by this (gemma: sqrt(n_embd)); 0: not
+  float attn_softcap = 0;        // attention logit soft-capping (gemma2); 0: none
+  float final_softcap = 0;       // output logit soft-capping (gemma2): cap * tanh(logit / cap); 0: none
+  int n_swa = 0;                 // sliding window in positions (0: none) of the layers marked in swa_layers
+  std::vector<bool> swa_layers;  // per layer (empty: none)
+  bool has_rope_swa = false;     // sliding-window layers rotate with rope_swa (gemma3), not rope
+  RopeParams rope_swa;
+  // The sliding window of layer il (0: full attention).
+  int window(int il) const {
+    return n_swa > 0 && size_t(il) < swa_layers.size() && swa_layers[size_t(il)] ? n_swa : 0;
+  }
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
   // Hybrid models: which layers are DeltaNet layers, with a recurrent state instead of a KV cache.
@@ -83,8 +97,9 @@ struct DeltaNetWeights {
 // Weights of one block. Optional tensors are empty (vectors) / null (views) when absent.
 struct LayerWeights {
   std::vector<float> attn_norm, ffn_norm;
-  std::vector<float> q_norm, k_norm;  // per-head RMSNorm weights (head_dim), qwen3
-  std::vector<float> bq, bk, bv;      // projection biases, qwen2
+  std::vector<float> attn_post_norm, ffn_post_norm;  // gemma2/3: norms of the attention / FFN outputs
+  std::vector<float> q_norm, k_norm;                 // per-head RMSNorm weights (head_dim), qwen3
+  std::vector<float> bq, bk, bv;                     // projection biases, qwen2
   WeightView wq, wk, wv, wo;
   WeightView w_gate, w_up, w_down;
   bool qk_norm_full = false;  // q_norm / k_norm span the whole projection (olmoe), not one head

@@ -8,6 +8,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/matmul.h"
+#include "backend/cpu/ops.h"
 #include "backend/cuda/cuda_api.h"
 #include "core/error.h"
 #include "runtime/device_host_kv.h"
@@ -33,6 +34,7 @@ Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& opt)
   state_checkpoints_ = opt.state_checkpoints;
   const int rows_max = std::max(n_batch_, opt.n_slots);
   rope_ = RopeTable(hp.rope, n_ctx_);
+  if (hp.has_rope_swa) rope_swa_ = RopeTable(hp.rope_swa, n_ctx_);
 
   // Segments: the CPU holds the first layers, a CUDA device the rest (and the head when it has them all).
   const int n_devices = opt.make_device_backend ? 1 : (opt.gpu_layers != 0 ? cuda::device_count() : 0);
@@ -58,6 +60,7 @@ Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& opt)
   for (Segment& s : segments_) {
     Backend& be = *s.backend;
     be.set_rope(rope_);
+    if (hp.has_rope_swa) be.set_rope_swa(rope_swa_);
     if (!be.is_host()) {
       for (int il = s.first; il < s.end; ++il) prepare_layer(w.layers[size_t(il)], be);
       if (s.head) {
@@ -85,6 +88,13 @@ Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& opt)
       shape.n_heads = hp.n_heads;
       shape.n_kv_heads = hp.n_kv_heads;
       shape.head_dim = hp.head_dim;
+      // Sliding-window layers keep a ring sized to their window and one prefill chunk.
+      if (hp.n_swa > 0) {
+        shape.windows.assign(size_t(shape.n_layers), 0);
+        for (int il = seg.first; il < seg.end; ++il) shape.windows[size_t(il - seg.first)] = hp.window(il);
+      }
+      shape.max_tokens = n_batch_;
+      shape.softcap = hp.attn_softcap;
       std::unique_ptr<KvCache> kv;
       if (seg.backend->is_host() && opt.make_host_kv) {
         kv = opt.make_host_kv(shape);
@@ -166,6 +176,11 @@ int Engine::restorable(int slot, int n) const {
   int kept = n;
   for (const auto& st : s.state) {
     if (st) kept = std::min(kept, st->restorable(n));
+  }
+  // A sliding-window ring holds the last window + n_batch - 1 positions: going back further than
+  // that would leave positions after the trim point reading overwritten rows.
+  for (const auto& kv : s.kv) {
+    if (kept > 0 && !kv->shape().can_trim(kept, s.n_past)) kept = 0;
   }
   return kept;
 }
@@ -294,6 +309,9 @@ void Engine::forward(const int32_t* tokens, int m, int chunk_slot, int pos0, con
   Segment& first = segments_.front();
   float* hx = first.backend->is_host() ? first.act.x.get() : host_x_.data();
   for (int t = 0; t < m; ++t) get_row(w.token_embd, tokens[t], hx + size_t(t) * n);
+  if (hp.embd_scale > 0) {
+    for (size_t i = 0; i < rows_bytes; ++i) hx[i] *= hp.embd_scale;
+  }
   if (!first.backend->is_host()) first.backend->upload(first.act.x.get(), hx, rows_bytes);
 
   const ArchDef& arch = model_->arch_def();
@@ -360,6 +378,7 @@ void Engine::forward(const int32_t* tokens, int m, int chunk_slot, int pos0, con
     if (device_head) {
       be.download(logits_out, seg.logits.get(), size_t(m - head_first) * hp.n_vocab);
       be.sync();
+      softcap_logits(logits_out, size_t(m - head_first) * hp.n_vocab);
       return;
     }
   }
@@ -379,7 +398,16 @@ void Engine::forward(const int32_t* tokens, int m, int chunk_slot, int pos0, con
   CpuBackend host(pool_);
   float* xn = final_hidden ? final_hidden : host_xn_.data();
   host.rms_norm(x, w.output_norm, xn, rows, n, hp.rms_eps);
-  if (want_logits) host.matmul(w.output, xn + size_t(head_first - r0) * n, m - head_first, logits_out, false);
+  if (want_logits) {
+    host.matmul(w.output, xn + size_t(head_first - r0) * n, m - head_first, logits_out, false);
+    softcap_logits(logits_out, size_t(m - head_first) * hp.n_vocab);
+  }
+}
+
+void Engine::softcap_logits(float* logits, size_t n) const {
+  const float cap = model_->hparams().final_softcap;
+  if (cap <= 0) return;
+  for (size_t i = 0; i < n; ++i) logits[i] = softcap_score(logits[i], cap);
 }
 
 void Engine::fill_random_context(int slot, int n, uint64_t seed) {

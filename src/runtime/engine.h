@@ -74,8 +74,9 @@ class Engine {
 
   // Lifecycle of a slot: reset() starts a new sequence (the caches forget it and are calibrated
   // again); trim(n) keeps the first n tokens (0 <= n <= n_past), or fewer: a hybrid model's DeltaNet
-  // state can only go back to one of its checkpoints (or to 0). Returns the tokens kept; the caller
-  // evaluates the rest of its prompt from there.
+  // state can only go back to one of its checkpoints (or to 0), and a sliding-window layer's ring may
+  // no longer hold what positions after n would read (then 0, a reset). Returns the tokens kept; the
+  // caller evaluates the rest of its prompt from there.
   void reset(int slot);
   int trim(int slot, int n);
   // What trim(slot, n) would keep, without changing anything.
@@ -140,6 +141,7 @@ class Engine {
   void forward(const int32_t* tokens, int m, int chunk_slot, int pos0, const int* row_slots, int head_first,
                float* logits_out, float* final_hidden);
   void run_head(Segment& seg, const float* x, int rows, float* logits_out);
+  void softcap_logits(float* logits, size_t n) const;  // HParams::final_softcap
 
   std::shared_ptr<const Model> model_;
   int n_ctx_ = 0;
@@ -149,6 +151,7 @@ class Engine {
   ThreadPool pool_;
   Placement placement_;
   RopeTable rope_;
+  RopeTable rope_swa_;  // sliding-window layers' table (HParams::has_rope_swa)
   std::vector<Segment> segments_;
   std::vector<Slot> slots_;
   std::vector<KvCalibration> seg_calibration_;  // per segment; empty: no cache wants one

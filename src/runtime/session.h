@@ -37,8 +37,9 @@ class Session {
   int n_batch() const { return engine_.n_batch(); }
   // Forgets all tokens (a new sequence).
   void reset() { engine_.reset(0); }
-  // Keeps the first n_past tokens (0 <= n_past <= n_past()), or fewer (Engine::trim); returns how many
-  // it kept. Throws InvalidArgument outside that range.
+  // Keeps the first n_past tokens (0 <= n_past <= n_past()), or fewer (Engine::trim: a DeltaNet
+  // checkpoint, or 0 when a sliding-window ring could not keep them); returns how many it kept.
+  // Throws InvalidArgument outside that range.
   int truncate(int n_past) { return engine_.trim(0, n_past); }
   // Benchmarks only: see Engine::fill_random_context.
   void fill_random_context(int n, uint64_t seed) { engine_.fill_random_context(0, n, seed); }

@@ -87,7 +87,8 @@ std::vector<int32_t> ModelRunner::tokenize(const std::string& text, bool special
 }
 
 std::string ModelRunner::render_chat_text(const json& messages, const json& tools) const {
-  const std::string& tmpl = info_.chat_template.empty() ? default_chat_template() : info_.chat_template;
+  const std::string& tmpl =
+      info_.chat_template.empty() ? default_chat_template(info_.family) : info_.chat_template;
   json extra = {{"bos_token", tok_.bos() >= 0 ? tok_.token_to_piece(tok_.bos()) : ""},
                 {"eos_token", tok_.eos() >= 0 ? tok_.token_to_piece(tok_.eos()) : ""}};
   if (tools.is_array() && !tools.empty()) extra["tools"] = tools;
@@ -235,7 +236,8 @@ void ModelRunner::start(Slot& s) {
     j.truncated_tokens = truncate_prompt(p, s.n_ctx, keep);
     // Reuse the cached prefix only in whole prefill chunks computed by an earlier prefill (see
     // reusable_prefix); a slot that keeps nothing starts a new sequence.
-    // A hybrid model's DeltaNet state may return to an earlier checkpoint only: trim says what it kept.
+    // A hybrid model's DeltaNet state may return to an earlier checkpoint only, and sliding-window caches
+    // may keep nothing: trim says what it kept.
     const size_t common =
         size_t(dec_->trim(s.id, int(reusable_prefix(s.cached, p, size_t(s.prefilled), dec_->n_batch()))));
     s.cached.resize(common);

@@ -52,7 +52,14 @@ RopeFreqs rope_freqs(const RopeParams& p) {
 }
 
 RopeTable::RopeTable(const RopeParams& p, int n_pos) : n_rot_(p.n_rot), n_pos_(n_pos), style_(p.style) {
-  const RopeFreqs f = rope_freqs(p);
+  RopeFreqs f;
+  if (!p.long_freq_factors.empty() && n_pos > p.orig_ctx) {
+    RopeParams lp = p;
+    lp.freq_factors = p.long_freq_factors;
+    f = rope_freqs(lp);
+  } else {
+    f = rope_freqs(p);
+  }
   const int half = p.n_rot / 2;
   table_.resize(size_t(n_pos) * size_t(n_rot_));
   for (int pos = 0; pos < n_pos; ++pos) {

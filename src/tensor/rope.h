@@ -24,6 +24,9 @@ struct RopeParams {
   float beta_fast = 32.0f;
   float beta_slow = 1.0f;
   std::vector<float> freq_factors;  // llama3-style per-pair divisors (rope_freqs.weight), may be empty
+  // LongRoPE (phi3): divisors for contexts longer than orig_ctx, used instead of freq_factors (the
+  // short factors) by a table of more than orig_ctx positions, as llama.cpp chooses them. May be empty.
+  std::vector<float> long_freq_factors;
 };
 
 // Per pair i in [0, n_rot/2): the angle is pos * inv_freq[i] and cos/sin are scaled by mscale.
@@ -35,7 +38,8 @@ struct RopeFreqs {
 };
 RopeFreqs rope_freqs(const RopeParams& p);
 
-// cos/sin for positions [0, n_pos): table[pos * n_rot + 2 * i + {0, 1}] = {cos, sin} * mscale.
+// cos/sin for positions [0, n_pos): table[pos * n_rot + 2 * i + {0, 1}] = {cos, sin} * mscale. With
+// long_freq_factors and n_pos > orig_ctx, the long factors replace freq_factors.
 class RopeTable {
  public:
   RopeTable() = default;

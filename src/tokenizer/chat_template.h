@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "tokenizer/jinja/interpreter.h"  // RenderLimits
 #include "tokenizer/jinja/value.h"        // ChatTemplateError
@@ -67,5 +68,8 @@ std::string render_template(const std::string& tmpl, const nlohmann::ordered_jso
 
 // A fallback for models without tokenizer.chat_template: chatml.
 const std::string& default_chat_template();
+// The fallback for a model of this architecture (general.architecture): Gemma's turn format for the
+// gemma architectures, chatml for the others.
+const std::string& default_chat_template(std::string_view arch);
 
 }  // namespace qleap

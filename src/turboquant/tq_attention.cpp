@@ -215,13 +215,17 @@ void tq_exact_accumulate(const TqExactRows& x, int64_t m, float* w, size_t w_str
 
 void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
-               size_t value_stride, float scale, float* out, size_t out_stride, const TqExactRows* exact) {
+               size_t value_stride, float scale, float* out, size_t out_stride, const TqExactRows* exact,
+               int64_t key0, float softcap) {
   if (n_q <= 0) return;
+  if (key0 < 0) throw InvalidArgument("turboquant: negative first key");
   const int dk = ks.layout.dim, dv = vs.layout.dim;
+  // Keys seen by query qi: [key0, n_kv[qi]), count(qi) of them, in columns j - key0.
+  auto count = [&](int qi) { return std::max<int64_t>(0, n_kv[qi] - key0); };
   int64_t n_max = 0;
   for (int qi = 0; qi < n_q; ++qi) {
     if (n_kv[qi] < 0) throw InvalidArgument("turboquant: negative n_kv");
-    n_max = std::max(n_max, n_kv[qi]);
+    n_max = std::max(n_max, count(qi));
   }
   // Scratch reused across calls on the same thread (the decode loop calls this per layer and head).
   thread_local std::vector<float> q_rot, w, acc;
@@ -235,42 +239,45 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
   for (int q0 = 0; q0 < n_q; q0 += 4) {
     const int nb = std::min(4, n_q - q0);
     int64_t n_blk = 0;
-    for (int qi = q0; qi < q0 + nb; ++qi) n_blk = std::max(n_blk, n_kv[qi]);
+    for (int qi = q0; qi < q0 + nb; ++qi) n_blk = std::max(n_blk, count(qi));
     if (n_blk == 0) continue;
     float* wb = &w[size_t(q0) * n_max];
     tq_scores(ks, &q_rot[size_t(q0) * dk], nb, keys, key_stride, n_blk, wb, size_t(n_max));
     // f(first query, count, context) over the runs of the block that share their exact rows: the
     // window depends on each query's context, so the block is one run only when all contexts are
     // equal (a GQA group of one token).
-    const bool same_ctx = std::all_of(n_kv + q0, n_kv + q0 + nb, [&](int64_t m) { return m == n_blk; });
+    const bool same_ctx = std::all_of(n_kv + q0, n_kv + q0 + nb, [&](int64_t m) { return m == n_kv[q0]; });
     auto exact_runs = [&](auto&& f) {
       if (!exact) return;
       if (same_ctx) {
-        f(q0, nb, n_blk);
+        f(q0, nb, n_kv[q0]);
       } else {
         for (int qi = q0; qi < q0 + nb; ++qi) f(qi, 1, n_kv[qi]);
       }
     };
-    exact_runs([&](int first, int count, int64_t m) {
-      tq_exact_scores(*exact, m, &q_rot[size_t(first) * dk], count, dk, 0, n_blk, &w[size_t(first) * n_max],
+    exact_runs([&](int first, int cnt, int64_t m) {
+      tq_exact_scores(*exact, m, &q_rot[size_t(first) * dk], cnt, dk, key0, n_blk, &w[size_t(first) * n_max],
                       size_t(n_max));
     });
     for (int qi = q0; qi < q0 + nb; ++qi) {
       float* row = &w[size_t(qi) * n_max];
-      const int64_t m = n_kv[qi];
+      const int64_t m = count(qi);
       float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < m; ++j) mx = std::max(mx, row[j] * scale);
+      for (int64_t j = 0; j < m; ++j) {
+        row[j] = softcap_score(row[j] * scale, softcap);
+        mx = std::max(mx, row[j]);
+      }
       double sum = 0;
       for (int64_t j = 0; j < m; ++j) {
-        row[j] = std::exp(row[j] * scale - mx);
+        row[j] = std::exp(row[j] - mx);
         sum += row[j];
       }
       const float inv = m > 0 ? float(1.0 / sum) : 0.0f;
       for (int64_t j = 0; j < m; ++j) row[j] *= inv;
       for (int64_t j = m; j < n_blk; ++j) row[j] = 0.0f;  // causal mask: later positions get no weight
     }
-    exact_runs([&](int first, int count, int64_t m) {
-      tq_exact_accumulate(*exact, m, &w[size_t(first) * n_max], size_t(n_max), count, dv, 0, n_blk,
+    exact_runs([&](int first, int cnt, int64_t m) {
+      tq_exact_accumulate(*exact, m, &w[size_t(first) * n_max], size_t(n_max), cnt, dv, key0, n_blk,
                           &acc[size_t(first) * dv]);
     });
     tq_accumulate_values(vs, wb, size_t(n_max), nb, values, value_stride, n_blk, &acc[size_t(q0) * dv]);
@@ -281,16 +288,22 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
 void tq_attend_gqa(const TqState& ks, const TqState& vs, int pos0, int n_tokens, int group, const float* q,
                    size_t q_row_stride, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                    size_t value_stride, float scale, float* out, size_t out_row_stride,
-                   const TqExactRows* exact) {
-  if (pos0 < 0 || n_tokens < 0 || group < 1 || group > 256)
+                   const TqExactRows* exact, const TqWindow& win) {
+  if (pos0 < 0 || n_tokens < 0 || group < 1 || group > 256 || win.window < 0 || win.ring < 0)
     throw InvalidArgument("turboquant: bad GQA attention arguments");
   const int dk = ks.layout.dim, dv = vs.layout.dim;
   int64_t n_kv[256];
   for (int t = 0; t < n_tokens; ++t) {
     // One call per token: its `group` heads share the key unpacking and have the same context.
-    for (int g = 0; g < group; ++g) n_kv[g] = int64_t(pos0) + t + 1;
-    tq_attend(ks, vs, q + size_t(t) * q_row_stride, group, size_t(dk), n_kv, keys, key_stride, values,
-              value_stride, scale, out + size_t(t) * out_row_stride, size_t(dv), exact);
+    const int64_t end = int64_t(pos0) + t + 1;
+    const int64_t first = win.window > 0 ? std::max<int64_t>(0, end - win.window) : 0;
+    if (win.ring > 0 && end - first > win.ring)
+      throw InvalidArgument("turboquant: window longer than its ring");
+    const int64_t slot = win.ring > 0 ? first % win.ring : first;
+    for (int g = 0; g < group; ++g) n_kv[g] = end;
+    tq_attend(ks, vs, q + size_t(t) * q_row_stride, group, size_t(dk), n_kv, keys + size_t(slot) * key_stride,
+              key_stride, values + size_t(slot) * value_stride, value_stride, scale,
+              out + size_t(t) * out_row_stride, size_t(dv), exact, first, win.softcap);
   }
 }
 

@@ -66,24 +66,36 @@ void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, in
 void tq_unrotate(const TqState& st, const float* acc_rot, float* out);
 
 // Softmax attention of n_q queries (q rows q_stride floats apart) for one KV head: query qi sees
-// positions [0, n_kv[qi]) (causal prefill: pos0 + t + 1; decode: all equal). out rows (out_stride
-// floats apart, dim = value dim) get sum_j softmax(scale * <q, k_hat_j>)_j v_hat_j. A query with
-// n_kv == 0 gets zeros. ks and vs may be different states (keys and values rotate independently).
-// Exact positions (if given) use their rows instead of their records.
+// positions [key0, n_kv[qi]) (causal prefill: pos0 + t + 1; decode: all equal), whose records start
+// at keys / values (position key0 first). out rows (out_stride floats apart, dim = value dim) get
+// sum_j softmax(cap(scale * <q, k_hat_j>))_j v_hat_j, cap the soft-capping of KvShape::softcap
+// (softcap 0: none). A query with n_kv <= key0 gets zeros. ks and vs may be different states (keys
+// and values rotate independently). Exact positions (if given) use their rows instead of their
+// records.
 void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                size_t value_stride, float scale, float* out, size_t out_stride,
-               const TqExactRows* exact = nullptr);
+               const TqExactRows* exact = nullptr, int64_t key0 = 0, float softcap = 0);
+
+// Where a cache keeps the records of a sliding-window layer (KvShape::windows): a query at position p
+// sees [p - window + 1, p] (window 0: [0, p]). With ring > 0 the records of position j sit in slot
+// j % ring and every slot s is also written at s + ring, so that any window is one contiguous run of
+// slots; ring 0: position j in slot j.
+struct TqWindow {
+  int window = 0;
+  int64_t ring = 0;
+  float softcap = 0;  // as in tq_attend
+};
 
 // Causal GQA attention for one layer and KV head in the layout of KvCache::attend: n_tokens query
-// tokens at positions pos0 .. pos0 + n_tokens - 1, token t attending to [0, pos0 + t]; the `group`
-// query heads of this KV head are adjacent (head_dim floats apart) in each token's row of q and out,
-// rows q_row_stride / out_row_stride floats apart. Keys and values of position p are the records at
-// keys + p * key_stride and values + p * value_stride.
+// tokens at positions pos0 .. pos0 + n_tokens - 1, token t attending to [0, pos0 + t] (or its window);
+// the `group` query heads of this KV head are adjacent (head_dim floats apart) in each token's row of
+// q and out, rows q_row_stride / out_row_stride floats apart. Keys and values of position p are the
+// records at keys + slot(p) * key_stride and values + slot(p) * value_stride.
 void tq_attend_gqa(const TqState& ks, const TqState& vs, int pos0, int n_tokens, int group, const float* q,
                    size_t q_row_stride, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                    size_t value_stride, float scale, float* out, size_t out_row_stride,
-                   const TqExactRows* exact = nullptr);
+                   const TqExactRows* exact = nullptr, const TqWindow& win = {});
 
 // Reference: dequantizes every key and value with tq_dequantize (exact positions: the inverse
 // rotation of their rows) and attends in double.

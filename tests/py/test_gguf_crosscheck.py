@@ -66,7 +66,17 @@ def rotary_permute(w, n_head):
     return np.swapaxes(x, 1, 2).reshape(w.shape)
 
 
-def hf_to_gguf_name(hf):
+# Block tensors whose GGUF names differ by architecture (llama.cpp's tables): gemma's four norms and
+# phi3's fused projections.
+ARCH_NAMES = {
+    "gemma2": {"input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
+               "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"},
+    "phi3": {"self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"},
+}
+ARCH_NAMES["gemma3"] = ARCH_NAMES["gemma2"]
+
+
+def hf_to_gguf_name(hf, arch=""):
     top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
            "lm_head.weight": "output.weight"}
     if hf in top:
@@ -85,6 +95,7 @@ def hf_to_gguf_name(hf):
          "block_sparse_moe.gate": "ffn_gate_inp", "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
          "mlp.shared_expert.up_proj": "ffn_up_shexp", "mlp.shared_expert.down_proj": "ffn_down_shexp",
          "mlp.shared_expert_gate": "ffn_gate_inp_shexp"}
+    m = {**m, **ARCH_NAMES.get(arch, {})}
     return f"blk.{blk}.{m[rest]}.{parts[-1]}"
 
 
@@ -107,7 +118,9 @@ def test_converted_fixture_matches_checkpoint(out_dir, name):
     r = gguf.GGUFReader(str(out_dir / f"converted_{name}.gguf"))
     fields = kv(r)
     arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mixtral": "llama",
-            "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe"}[cfg["model_type"]]
+            "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "gemma2": "gemma2",
+            "gemma3_text": "gemma3", "phi3": "phi3"}[cfg["model_type"]]
+    gemma = arch in ("gemma2", "gemma3")
 
     def val(key):
         return fields[key].contents()
@@ -122,13 +135,17 @@ def test_converted_fixture_matches_checkpoint(out_dir, name):
     assert val(f"{arch}.feed_forward_length") == cfg["intermediate_size"]
     assert val(f"{arch}.attention.head_count") == n_head
     assert val(f"{arch}.attention.head_count_kv") == n_kv
-    assert val(f"{arch}.rope.dimension_count") == head_dim
+    n_rot = int(head_dim * cfg.get("partial_rotary_factor", 1.0))
+    assert val(f"{arch}.rope.dimension_count") == n_rot
     assert val(f"{arch}.vocab_size") == cfg["vocab_size"]
     rp = cfg.get("rope_parameters") or {}
+    if arch == "gemma3":  # rope parameters by layer type: global layers, and the local layers' own base
+        assert math.isclose(val("gemma3.rope.freq_base_swa"), rp["sliding_attention"]["rope_theta"], rel_tol=1e-6)
+        rp = rp["full_attention"]
     assert math.isclose(val(f"{arch}.rope.freq_base"), rp.get("rope_theta", cfg.get("rope_theta", 10000.0)),
                         rel_tol=1e-6)
     assert math.isclose(val(f"{arch}.attention.layer_norm_rms_epsilon"), cfg["rms_norm_eps"], rel_tol=1e-6)
-    if head_dim != n_embd // n_head:
+    if head_dim != n_embd // n_head or gemma:
         assert val(f"{arch}.attention.key_length") == head_dim
         assert val(f"{arch}.attention.value_length") == head_dim
     else:
@@ -141,6 +158,27 @@ def test_converted_fixture_matches_checkpoint(out_dir, name):
         assert f"{arch}.rope.scaling.type" not in fields
     if rtype == "yarn":
         assert val(f"{arch}.rope.scaling.original_context_length") == rp["original_max_position_embeddings"]
+    if gemma:
+        assert val(f"{arch}.attention.sliding_window") == cfg["sliding_window"]
+        assert math.isclose(val(f"{arch}.attention.scale"), cfg["query_pre_attn_scalar"] ** -0.5, rel_tol=1e-6)
+        period = 2 if arch == "gemma2" else 6
+        pattern = [t == "sliding_attention" for t in cfg["layer_types"]]
+        if pattern == [i % period < period - 1 for i in range(len(pattern))]:
+            assert f"{arch}.attention.sliding_window_pattern" not in fields
+        else:
+            assert [bool(x) for x in val(f"{arch}.attention.sliding_window_pattern")] == pattern
+        if arch == "gemma2":
+            assert math.isclose(val("gemma2.attn_logit_softcapping"), cfg["attn_logit_softcapping"], rel_tol=1e-6)
+            assert math.isclose(val("gemma2.final_logit_softcapping"), cfg["final_logit_softcapping"], rel_tol=1e-6)
+    if arch == "phi3":
+        orig = cfg["original_max_position_embeddings"]
+        assert val("phi3.rope.scaling.original_context_length") == orig
+        # Written always (0: none), as llama.cpp requires the key.
+        assert val("phi3.attention.sliding_window") == (cfg.get("sliding_window") or 0)
+        if rtype == "longrope":
+            scale = cfg["max_position_embeddings"] / orig
+            assert math.isclose(val("phi3.rope.scaling.attn_factor"),
+                                math.sqrt(1 + math.log(scale) / math.log(orig)), rel_tol=1e-6)
 
     n_expert = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
     if n_expert:
@@ -153,7 +191,7 @@ def test_converted_fixture_matches_checkpoint(out_dir, name):
     expected = {}
     experts = {}
     for hf, w in weights.items():
-        g = hf_to_gguf_name(hf)
+        g = hf_to_gguf_name(hf, arch)
         if isinstance(g, tuple):
             experts.setdefault(g[0], {})[g[1]] = w
             continue
@@ -165,6 +203,8 @@ def test_converted_fixture_matches_checkpoint(out_dir, name):
             w = rotary_permute(w, n_head)
         if arch == "llama" and ".attn_k." in g:
             w = rotary_permute(w, n_kv)
+        if gemma and g.endswith("norm.weight"):
+            w = w + np.float32(1)  # gemma applies its norms as (1 + w); GGUF holds the sum
         expected[g] = w
     for g, by_index in experts.items():
         assert sorted(by_index) == list(range(n_expert)), g
@@ -174,6 +214,9 @@ def test_converted_fixture_matches_checkpoint(out_dir, name):
         # tools/gen_rope_freqs.py (torch + transformers are not needed at test time).
         with open(os.path.join(FIXTURES, name, "rope_freqs.json")) as f:
             expected["rope_freqs.weight"] = np.asarray(json.load(f)["rope_freqs"], dtype=np.float32)
+    if arch == "phi3" and rtype == "longrope":
+        expected["rope_factors_long.weight"] = np.asarray(rp["long_factor"], dtype=np.float32)
+        expected["rope_factors_short.weight"] = np.asarray(rp["short_factor"], dtype=np.float32)
     if cfg.get("tie_word_embeddings"):
         assert "output.weight" not in tensors
     assert sorted(tensors) == sorted(expected)

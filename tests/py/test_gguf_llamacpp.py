@@ -60,7 +60,9 @@ def test_llamacpp_matches_transformers(tmp_path, name):
         pytest.skip("qleap_tests not built")
     from make_random_model import byte_chars
 
-    d = tmp_path / name
+    # A neutral directory name: llama.cpp looks up Phi-3's chat tokens when general.name (which our
+    # converter takes from the directory) contains "phi3", and this byte vocabulary has none.
+    d = tmp_path / "hf"
     shutil.copytree(os.path.join(FIXTURES, name), d)
     # Byte tokens in byte order, no merges: text byte b is token id b in both engines.
     tok = {"version": "1.0", "added_tokens": [], "normalizer": None,
@@ -82,6 +84,10 @@ def test_llamacpp_matches_transformers(tmp_path, name):
                        text=True, timeout=120)
     if "unknown model architecture" in r.stderr:
         pytest.skip("this llama.cpp build does not know the architecture (qwen3 is newer than some builds)")
+    if "build_gemma2" in r.stdout + r.stderr and "fatal error" in r.stdout + r.stderr:
+        pytest.skip("this llama.cpp build has gemma2 graphs only for the 2B/9B/27B layer counts")
+    if "missing tensor 'output.weight'" in r.stderr and json.load(open(d / "config.json")).get("tie_word_embeddings"):
+        pytest.skip("this llama.cpp build predates tied output embeddings for this architecture (Phi-4-mini)")
     m = re.search(r"Final estimate: PPL = ([0-9.]+)", r.stdout + r.stderr)
     assert m, r.stdout[-2000:] + r.stderr[-2000:]
     ours = float(m.group(1))

@@ -88,6 +88,19 @@ TEST(ChatTemplate, DefaultIsChatml) {
             "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n");
 }
 
+// Gemma GGUFs without tokenizer.chat_template get Gemma's own template: the fixture that
+// MatchesTransformersOnRealTemplates renders against transformers, byte for byte.
+TEST(ChatTemplate, GemmaFallbackIsTheGemma3Template) {
+  const std::string fixture = read_file(source_dir() + "/tests/fixtures/chat/templates/gemma3-it.jinja");
+  EXPECT_EQ(default_chat_template("gemma3"), fixture);
+  EXPECT_EQ(default_chat_template("gemma2"), fixture);
+  EXPECT_EQ(default_chat_template("llama"), default_chat_template());
+  const nlohmann::json msgs = {{{"role", "system"}, {"content", "Be brief."}},
+                               {{"role", "user"}, {"content", "Hi"}}};
+  EXPECT_EQ(apply_chat_template(default_chat_template("gemma3"), msgs, true, {{"bos_token", "<bos>"}}),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n");
+}
+
 TEST(ChatTemplate, ToolsDefaultToNoneAndExtrasAreVisible) {
   const std::string t =
       "{{ tools is none }}|{{ documents is none }}|{{ bos_token }}|{{ add_generation_prompt }}|{{ custom }}";
@@ -100,8 +113,9 @@ TEST(ChatTemplate, ToolsDefaultToNoneAndExtrasAreVisible) {
 TEST(ChatTemplate, OverloadsAcceptBracedExtras) {
   const nlohmann::json msgs = nlohmann::json::array({{{"role", "user"}, {"content", "x"}}});
   EXPECT_EQ(apply_chat_template("{{ bos_token }}{{ messages[0].content }}", msgs, false, {}), "x");
-  EXPECT_EQ(apply_chat_template("{{ bos_token }}{{ messages[0].content }}", msgs, false, {{"bos_token", "<s>"}}),
-            "<s>x");
+  EXPECT_EQ(
+      apply_chat_template("{{ bos_token }}{{ messages[0].content }}", msgs, false, {{"bos_token", "<s>"}}),
+      "<s>x");
 }
 
 TEST(ChatTemplate, ReasoningFieldsAreAliased) {

@@ -39,6 +39,7 @@ class SimDeviceBackend final : public Backend {
   }
   size_t prepared_bytes() const override { return 0; }
   void set_rope(const RopeTable& rope) override { cpu_.set_rope(rope); }
+  void set_rope_swa(const RopeTable& rope) override { cpu_.set_rope_swa(rope); }
   void set_positions(const int32_t* pos, int m) override {
     cpu_.set_positions(pos, m);
     dev_pos_.assign(pos, pos + m);
@@ -56,10 +57,15 @@ class SimDeviceBackend final : public Backend {
   }
   void add(float* y, const float* x, int64_t n) override { cpu_.add(y, x, n); }
   void silu_mul(float* g, const float* u, int m, int n) override { cpu_.silu_mul(g, u, m, n); }
+  void gelu_mul(float* g, const float* u, int m, int n) override {
+    ++gelu_calls;
+    cpu_.gelu_mul(g, u, m, n);
+  }
   void qk_prep(const QkPrep& a, int m) override {
     for (const std::vector<float>* v : {a.bq, a.bk, a.bv, a.q_norm, a.k_norm}) {
       if (v != nullptr && !v->empty()) need(v->data());
     }
+    if (a.swa_rope) ++swa_rope_preps;
     cpu_.qk_prep(a, m);
   }
   void split_heads(const float* x, float* a, float* b, int m, int n_heads, int head_dim) override {
@@ -84,6 +90,7 @@ class SimDeviceBackend final : public Backend {
   int captured_runs = 0;
   int uploads = 0, downloads = 0;
   int delta_net_calls = 0;
+  int gelu_calls = 0, swa_rope_preps = 0;  // calls of the gemma ops
 
  private:
   void need(const void* p) const {

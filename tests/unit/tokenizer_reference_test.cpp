@@ -114,5 +114,25 @@ TEST(TokenizerReferenceModels, SmolLM2ModelFile) {
   check_cases(tok, load_json(fixture_dir() + "smollm2_full.json"));
 }
 
+// Gemma 3's 262144-token SentencePiece-style vocabulary (tokenizer.ggml.model "llama" with scores, no
+// space prefix, byte fallback, control and user-defined tokens) against transformers' GGUF loader
+// (tools/gen_tokenizer_fixtures.py). The 253 MB model is not in the repository: $QLEAP_GEMMA3_MODEL
+// points to it (skipped otherwise).
+TEST(TokenizerReferenceModels, Gemma3ModelFile) {
+  const char* e = std::getenv("QLEAP_GEMMA3_MODEL");
+  if (e == nullptr || !*e || !std::filesystem::exists(e)) {
+    GTEST_SKIP() << "Gemma 3 270M not found (set QLEAP_GEMMA3_MODEL to gemma-3-270m-q4_k_m.gguf)";
+  }
+  const auto f = GgufFile::open(e);
+  const Tokenizer tok = Tokenizer::from_gguf(*f);
+  EXPECT_EQ(tok.n_vocab(), 262144);
+  EXPECT_TRUE(tok.is_spm());
+  EXPECT_FALSE(tok.add_space_prefix());
+  EXPECT_TRUE(tok.wants_bos());
+  EXPECT_TRUE(tok.is_eog(1));    // <eos>
+  EXPECT_TRUE(tok.is_eog(106));  // <end_of_turn>
+  check_cases(tok, load_json(fixture_dir() + "gemma3_full.json"));
+}
+
 }  // namespace
 }  // namespace qleap

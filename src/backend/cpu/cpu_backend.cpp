@@ -80,12 +80,18 @@ void CpuBackend::silu_mul(float* g, const float* u, int m, int n) {
                 [&](int t) { qleap::silu_mul(g + size_t(t) * n, u + size_t(t) * n, n); });
 }
 
+void CpuBackend::gelu_mul(float* g, const float* u, int m, int n) {
+  parallel_rows(pool_, m, 16 * int64_t(n),
+                [&](int t) { qleap::gelu_mul(g + size_t(t) * n, u + size_t(t) * n, n); });
+}
+
 void CpuBackend::qk_prep(const QkPrep& a, int m) {
-  if (rope_ == nullptr) throw InvalidArgument("qk_prep: no RoPE table set");
+  const RopeTable* table = a.swa_rope ? rope_swa_ : rope_;
+  if (table == nullptr) throw InvalidArgument("qk_prep: no RoPE table set");
   if (int(pos_.size()) < m)
     throw InvalidArgument(fmt::format("qk_prep: {} positions for {} rows", pos_.size(), m));
   const int hd = a.head_dim, q_dim = a.n_heads * hd, kv_dim = a.n_kv_heads * hd;
-  const RopeTable& rope = *rope_;
+  const RopeTable& rope = *table;
   parallel_rows(pool_, m, 4 * (q_dim + 2 * kv_dim), [&](int t) {
     float* q = a.q + size_t(t) * q_dim;
     float* k = a.k + size_t(t) * kv_dim;

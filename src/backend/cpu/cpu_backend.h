@@ -21,6 +21,7 @@ class CpuBackend final : public Backend {
   void prepare(const std::vector<float>&) override {}
   size_t prepared_bytes() const override { return 0; }
   void set_rope(const RopeTable& rope) override { rope_ = &rope; }
+  void set_rope_swa(const RopeTable& rope) override { rope_swa_ = &rope; }
   void set_positions(const int32_t* pos, int m) override;
   const int32_t* device_positions() const override { return nullptr; }
 
@@ -28,6 +29,7 @@ class CpuBackend final : public Backend {
   void matmul(const WeightView& w, const float* x, int m, float* y, bool accumulate) override;
   void add(float* y, const float* x, int64_t n) override;
   void silu_mul(float* g, const float* u, int m, int n) override;
+  void gelu_mul(float* g, const float* u, int m, int n) override;
   void qk_prep(const QkPrep& a, int m) override;
   void split_heads(const float* x, float* a, float* b, int m, int n_heads, int head_dim) override;
   void sigmoid_mul(float* y, const float* g, int m, int n) override;
@@ -37,6 +39,7 @@ class CpuBackend final : public Backend {
  private:
   ThreadPool& pool_;
   const RopeTable* rope_ = nullptr;
+  const RopeTable* rope_swa_ = nullptr;
   std::vector<int32_t> pos_;
   std::vector<float> acc_;  // matmul(accumulate) result before it is added
 };

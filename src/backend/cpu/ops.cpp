@@ -55,6 +55,11 @@ void silu_mul(float* g, const float* u, int64_t n) {
   for (int64_t i = 0; i < n; ++i) g[i] = silu(g[i]) * u[i];
 }
 
+void gelu_mul(float* g, const float* u, int64_t n) {
+  if (use_avx2()) return ops_detail::gelu_mul_avx2(g, u, n);
+  for (int64_t i = 0; i < n; ++i) g[i] = gelu_tanh(g[i]) * u[i];
+}
+
 void add_inplace(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }

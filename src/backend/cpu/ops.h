@@ -2,6 +2,7 @@
 // activations, attention dot products). Each entry point dispatches at run time to AVX2 code when the
 // CPU has it (core/cpu_features.h); the scalar versions are the reference.
 #pragma once
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -20,6 +21,8 @@ void softmax(float* x, int64_t n);
 
 // g[i] = silu(g[i]) * u[i]  (the SwiGLU gate).
 void silu_mul(float* g, const float* u, int64_t n);
+// g[i] = gelu_tanh(g[i]) * u[i]  (GeGLU with the tanh approximation, gemma's gelu_pytorch_tanh).
+void gelu_mul(float* g, const float* u, int64_t n);
 
 // y[i] += x[i]
 void add_inplace(float* y, const float* x, int64_t n);
@@ -66,6 +69,7 @@ void axpy_q8_0_avx2(float a, const BlockQ8_0* x, float* y, int64_t n);
 float sum_squares_avx2(const float* x, int64_t n);
 void scale_mul_avx2(const float* x, const float* w, float s, float* y, int64_t n);
 void silu_mul_avx2(float* g, const float* u, int64_t n);
+void gelu_mul_avx2(float* g, const float* u, int64_t n);
 float exp_sub_sum_avx2(float* x, int64_t n, float m);
 void fp32_to_fp16_row_avx2(const float* x, uint16_t* y, int64_t n);
 void fp16_to_fp32_row_avx2(const uint16_t* x, float* y, int64_t n);
@@ -76,8 +80,21 @@ void axpy_f32_multi_avx2(const float* p, const float* x, float* const* acc, int 
 void axpy_f16_multi_avx2(const float* p, const uint16_t* x, float* const* acc, int nq, int64_t n);
 }  // namespace ops_detail
 
+// Soft-capped attention score or logit (gemma2's attn / final logit soft-capping): cap * tanh(s / cap);
+// cap 0: s.
+inline float softcap_score(float s, float cap) {
+  return cap > 0 ? cap * std::tanh(s / cap) : s;
+}
+
 inline float silu(float x) {
   return x / (1.0f + __builtin_expf(-x));
+}
+
+// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written as x / (1 + exp(-2 sqrt(2/pi) (...))) (the
+// same function: 0.5 (1 + tanh z) = 1 / (1 + exp(-2z))).
+inline float gelu_tanh(float x) {
+  constexpr float kTwoSqrt2OverPi = 1.5957691216057308f;  // 2 * sqrt(2 / pi)
+  return x / (1.0f + __builtin_expf(-kTwoSqrt2OverPi * (x + 0.044715f * x * x * x)));
 }
 
 }  // namespace qleap

@@ -158,6 +158,20 @@ void silu_mul_avx2(float* g, const float* u, int64_t n) {
   for (; i < n; ++i) g[i] = silu(g[i]) * u[i];
 }
 
+void gelu_mul_avx2(float* g, const float* u, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f), c = _mm256_set1_ps(-1.5957691216057308f),
+               c3 = _mm256_set1_ps(0.044715f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(g + i);
+    const __m256 inner = _mm256_fmadd_ps(_mm256_mul_ps(c3, x), _mm256_mul_ps(x, x), x);
+    const __m256 e = exp256(_mm256_mul_ps(c, inner));
+    const __m256 gx = _mm256_div_ps(x, _mm256_add_ps(one, e));
+    _mm256_storeu_ps(g + i, _mm256_mul_ps(gx, _mm256_loadu_ps(u + i)));
+  }
+  for (; i < n; ++i) g[i] = gelu_tanh(g[i]) * u[i];
+}
+
 float exp_sub_sum_avx2(float* x, int64_t n, float m) {
   const __m256 vm = _mm256_set1_ps(m);
   __m256 acc = _mm256_setzero_ps();

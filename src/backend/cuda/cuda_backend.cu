@@ -132,7 +132,7 @@ void CudaBackend::prepare(const std::vector<float>& v) {
 }
 
 size_t CudaBackend::prepared_bytes() const {
-  size_t b = rope_.bytes();
+  size_t b = rope_.bytes() + rope_swa_.bytes();
   for (const auto& [k, w] : weights_) b += w->bytes();
   for (const auto& [k, v] : vecs_) b += v->bytes();
   return b;
@@ -157,6 +157,14 @@ void CudaBackend::set_rope(const RopeTable& rope) {
   rope_.upload(rope.at(0), rope_.size());
   n_rot_ = rope.n_rot();
   neox_ = rope.style() == RopeStyle::kNeox;
+}
+
+void CudaBackend::set_rope_swa(const RopeTable& rope) {
+  drop_captures();
+  rope_swa_.alloc(size_t(rope.n_pos()) * rope.n_rot());
+  rope_swa_.upload(rope.at(0), rope_swa_.size());
+  n_rot_swa_ = rope.n_rot();
+  neox_swa_ = rope.style() == RopeStyle::kNeox;
 }
 
 void CudaBackend::set_positions(const int32_t* pos, int m) {
@@ -194,6 +202,10 @@ void CudaBackend::silu_mul(float* g, const float* u, int m, int n) {
   cuda::silu_mul(g, u, int64_t(m) * n, st_);
 }
 
+void CudaBackend::gelu_mul(float* g, const float* u, int m, int n) {
+  cuda::gelu_mul(g, u, int64_t(m) * n, st_);
+}
+
 void CudaBackend::qk_prep(const QkPrep& a, int m) {
   const auto has = [](const std::vector<float>* v) { return v != nullptr && !v->empty(); };
   QkvPostArgs p{};
@@ -211,9 +223,11 @@ void CudaBackend::qk_prep(const QkPrep& a, int m) {
     p.q_norm = has(a.q_norm) ? vec(*a.q_norm) : nullptr;
     p.k_norm = has(a.k_norm) ? vec(*a.k_norm) : nullptr;
   }
-  p.rope = rope_.get();
-  p.n_rot = n_rot_;
-  p.neox = neox_ ? 1 : 0;
+  if (a.swa_rope && rope_swa_.get() == nullptr)
+    throw InvalidArgument("CUDA qk_prep: no sliding-window RoPE table");
+  p.rope = a.swa_rope ? rope_swa_.get() : rope_.get();
+  p.n_rot = a.swa_rope ? n_rot_swa_ : n_rot_;
+  p.neox = (a.swa_rope ? neox_swa_ : neox_) ? 1 : 0;
   p.k_cache = nullptr;
   p.v_cache = nullptr;
   p.n_heads = a.n_heads;

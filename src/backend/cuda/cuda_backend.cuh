@@ -26,6 +26,7 @@ class CudaBackend final : public Backend {
   void prepare(const std::vector<float>& v) override;
   size_t prepared_bytes() const override;
   void set_rope(const RopeTable& rope) override;
+  void set_rope_swa(const RopeTable& rope) override;
   void set_positions(const int32_t* pos, int m) override;
   const int32_t* device_positions() const override { return pos_.get(); }
 
@@ -33,6 +34,7 @@ class CudaBackend final : public Backend {
   void matmul(const WeightView& w, const float* x, int m, float* y, bool accumulate) override;
   void add(float* y, const float* x, int64_t n) override;
   void silu_mul(float* g, const float* u, int m, int n) override;
+  void gelu_mul(float* g, const float* u, int m, int n) override;
   void qk_prep(const QkPrep& a, int m) override;
   void split_heads(const float* x, float* a, float* b, int m, int n_heads, int head_dim) override;
   void sigmoid_mul(float* y, const float* g, int m, int n) override;
@@ -52,9 +54,9 @@ class CudaBackend final : public Backend {
   cublasHandle_t blas_ = nullptr;
   GemmScratch gemm_;
   bool use_graphs_ = true;
-  DevBuf<float> rope_;
-  int n_rot_ = 0;
-  bool neox_ = false;
+  DevBuf<float> rope_, rope_swa_;
+  int n_rot_ = 0, n_rot_swa_ = 0;
+  bool neox_ = false, neox_swa_ = false;
   DevBuf<int32_t> pos_;
   int32_t* h_pos_ = nullptr;  // pinned staging of the positions
   size_t h_pos_cap_ = 0;

@@ -102,6 +102,7 @@ void matmul(const DevWeight& w, const float* x, int m, float* y, bool accumulate
 // ---- elementwise / attention kernels (cuda_ops.cu) ----
 void rms_norm(const float* x, const float* w, float* y, int m, int n, float eps, cudaStream_t st);
 void silu_mul(float* g, const float* u, int64_t n, cudaStream_t st);
+void gelu_mul(float* g, const float* u, int64_t n, cudaStream_t st);
 
 struct QkvPostArgs {
   float* q;                      // m x n_heads*hd, rotated in place (and normed)
@@ -120,9 +121,10 @@ struct QkvPostArgs {
 void qkv_post(const QkvPostArgs& a, int m, const int* pos0, cudaStream_t st);
 // y += x (n floats).
 void add(float* y, const float* x, int64_t n, cudaStream_t st);
-// Rows t of k and v (m x kv_dim) into positions *pos0 + t of an f16 cache (n_ctx x kv_dim).
+// Rows t of k and v (m x kv_dim) into positions *pos0 + t of an f16 cache of `ring` slots x kv_dim
+// (position p in slot p % ring; ring = n_ctx for full-attention layers).
 void kv_store_f16(const float* k, const float* v, __half* k_cache, __half* v_cache, int m, int kv_dim,
-                  const int* pos0, cudaStream_t st);
+                  const int* pos0, int ring, cudaStream_t st);
 
 struct AttnArgs {
   const float* q;  // m x n_heads*hd
@@ -132,9 +134,13 @@ struct AttnArgs {
   int n_heads, n_kv_heads, hd;
   float scale;
   int split_len, n_splits;
+  int window;     // sliding window: a query at pos sees [pos - window + 1, pos]; 0: [0, pos]
+  int ring;       // cache slots: position p in slot p % ring
+  float softcap;  // scores become softcap * tanh(score / softcap); 0: off
 };
-// Causal attention of m queries at *pos0.. over the cache positions [0, pos]. The key range is cut
-// into n_splits pieces of split_len (flash-decoding), merged by a second kernel.
+// Causal attention of m queries at *pos0.. over the cache positions [0, pos] (or the window). Each
+// query's key range is cut into n_splits pieces of split_len (flash-decoding), merged by a second
+// kernel.
 void attention(const AttnArgs& a, int m, const int* pos0, cudaStream_t st);
 
 }  // namespace qleap::cuda

@@ -162,6 +162,9 @@ void attention_host(const float* q, const float* k, const float* v, float* out, 
   a.scale = scale;
   a.split_len = 64;  // small splits so that the merge is exercised on short test sequences
   a.n_splits = (n_kv + a.split_len - 1) / a.split_len;
+  a.window = 0;
+  a.ring = n_kv;
+  a.softcap = 0.0f;
   DevBuf<float> part(size_t(m) * n_heads * a.n_splits * (head_dim + 2));
   a.partial = part.get();
   auto dpos = to_dev(&pos0, 1);

@@ -21,15 +21,28 @@ class CudaF16KvCache final : public KvCache {
  public:
   CudaF16KvCache(const KvShape& s, CudaBackend& be) : KvCache(s), be_(be) {
     if (s.head_dim > 256) throw Unsupported("CUDA KV cache: head_dim > 256");
-    const size_t elems = size_t(s.n_ctx) * size_t(s.kv_dim());
     k_.resize(size_t(s.n_layers));
     v_.resize(size_t(s.n_layers));
+    ring_.resize(size_t(s.n_layers));
+    decode_splits_.resize(size_t(s.n_layers));
+    int most_splits = 1;
     for (int l = 0; l < s.n_layers; ++l) {
+      // Sliding-window layers keep a ring of positions (KvShape::ring_size).
+      const int ring = s.ring_size(l);
+      ring_[size_t(l)] = ring;
+      const size_t elems = size_t(ring) * size_t(s.kv_dim());
       k_[size_t(l)].alloc(elems);
       v_[size_t(l)].alloc(elems);
+      if (ring < s.n_ctx)
+        fixed_bytes_ += 2 * 2 * elems;
+      else
+        per_token_ += 2 * 2 * size_t(s.kv_dim());
+      // The decode grid covers the longest key range (the window or the context) at any position.
+      const int keys = s.window(l) > 0 ? std::min(s.window(l), s.n_ctx) : s.n_ctx;
+      decode_splits_[size_t(l)] = (keys + kDecodeSplit - 1) / kDecodeSplit;
+      most_splits = std::max(most_splits, decode_splits_[size_t(l)]);
     }
-    decode_splits_ = (s.n_ctx + kDecodeSplit - 1) / kDecodeSplit;
-    const size_t decode_partial = size_t(s.n_heads) * decode_splits_ * (s.head_dim + 2);
+    const size_t decode_partial = size_t(s.n_heads) * most_splits * (s.head_dim + 2);
     partial_.alloc(std::max(decode_partial, kPartialBudget / sizeof(float)));
   }
   using KvCache::attend;
@@ -38,7 +51,7 @@ class CudaF16KvCache final : public KvCache {
   void store(int layer, const KvSpan& s, const float* k, const float* v) override {
     check(layer, s);
     kv_store_f16(k, v, k_[size_t(layer)].get(), v_[size_t(layer)].get(), s.n, shape_.kv_dim(), s.dev_pos0,
-                 be_.stream());
+                 ring_[size_t(layer)], be_.stream());
   }
 
   void attend(int layer, const KvSpan& s, const float* q, float* out, float scale, ThreadPool&) override {
@@ -53,13 +66,16 @@ class CudaF16KvCache final : public KvCache {
     a.n_kv_heads = shape_.n_kv_heads;
     a.hd = shape_.head_dim;
     a.scale = scale;
+    a.window = shape_.window(layer);
+    a.ring = ring_[size_t(layer)];
+    a.softcap = shape_.softcap;
     if (s.n == 1) {
       a.split_len = kDecodeSplit;
-      a.n_splits = decode_splits_;
+      a.n_splits = decode_splits_[size_t(layer)];
     } else {
       // Prefill: the queries already fill the GPU, so use as few splits as the partial buffer and the
       // longest key range (known on the host for a prefill, which is never replayed) allow.
-      const int maxlen = s.pos0 + s.n;
+      const int maxlen = a.window > 0 ? std::min(a.window, s.pos0 + s.n) : s.pos0 + s.n;
       const size_t per_split = size_t(s.n) * shape_.n_heads * (shape_.head_dim + 2);
       const int cap = int(std::max<size_t>(1, partial_.size() / per_split));
       a.n_splits = std::max(1, std::min(cap, (maxlen + kDecodeSplit - 1) / kDecodeSplit));
@@ -68,24 +84,25 @@ class CudaF16KvCache final : public KvCache {
     attention(a, s.n, s.dev_pos0, be_.stream());
   }
 
-  size_t bytes_per_token() const override {
-    return 2 * 2 * size_t(shape_.kv_dim()) * size_t(shape_.n_layers);
-  }
-  size_t allocated_bytes() const override { return bytes_per_token() * size_t(shape_.n_ctx); }
+  // Ring layers (sliding windows) are a constant, not a per-position cost.
+  size_t bytes_per_token() const override { return per_token_; }
+  size_t allocated_bytes() const override { return per_token_ * size_t(shape_.n_ctx) + fixed_bytes_; }
   const char* type_name() const override { return "f16"; }
   bool on_host() const override { return false; }
 
  private:
   void check(int layer, const KvSpan& s) const {
-    if (layer < 0 || layer >= shape_.n_layers || s.pos0 < 0 || s.n <= 0 || s.pos0 + s.n > shape_.n_ctx)
-      throw InvalidArgument("CUDA KV cache: positions out of range");
+    if (s.n <= 0) throw InvalidArgument("CUDA KV cache: no positions");
+    check_kv_span(shape_, layer, s.pos0, s.n);
     if (s.dev_pos0 == nullptr) throw InvalidArgument("CUDA KV cache: positions must be in device memory");
   }
 
   CudaBackend& be_;
-  std::vector<DevBuf<__half>> k_, v_;  // per layer: n_ctx x kv_dim
+  std::vector<DevBuf<__half>> k_, v_;  // per layer: ring x kv_dim
+  std::vector<int> ring_;              // per layer: slots (n_ctx unless a sliding window)
   DevBuf<float> partial_;
-  int decode_splits_ = 1;
+  std::vector<int> decode_splits_;  // per layer
+  size_t per_token_ = 0, fixed_bytes_ = 0;
 };
 
 }  // namespace

@@ -50,6 +50,15 @@ __global__ void silu_mul_kernel(float* __restrict__ g, const float* __restrict__
   }
 }
 
+// gelu_tanh(a) = a / (1 + exp(-2 sqrt(2/pi) (a + 0.044715 a^3))), as on the CPU (backend/cpu/ops.h).
+__global__ void gelu_mul_kernel(float* __restrict__ g, const float* __restrict__ u, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) {
+    const float a = g[i];
+    g[i] = a / (1.0f + __expf(-1.5957691216057308f * (a + 0.044715f * a * a * a))) * u[i];
+  }
+}
+
 // One block per (token, head); heads [0, n_heads) are queries, the rest keys (which also store the
 // matching value head). blockDim.x >= hd, a multiple of 32.
 __global__ void qkv_post_kernel(QkvPostArgs a, const int* __restrict__ pos0) {
@@ -104,9 +113,9 @@ __global__ void add_kernel(float* __restrict__ y, const float* __restrict__ x, i
 
 __global__ void kv_store_f16_kernel(const float* __restrict__ k, const float* __restrict__ v,
                                     __half* __restrict__ kc, __half* __restrict__ vc, int kvdim,
-                                    const int* __restrict__ pos0) {
+                                    const int* __restrict__ pos0, int ring) {
   const int t = blockIdx.x;
-  const size_t dst = size_t(*pos0 + t) * kvdim, src = size_t(t) * kvdim;
+  const size_t dst = size_t((*pos0 + t) % ring) * kvdim, src = size_t(t) * kvdim;
   for (int i = threadIdx.x; i < kvdim; i += blockDim.x) {
     kc[dst + i] = __float2half(k[src + i]);
     vc[dst + i] = __float2half(v[src + i]);
@@ -126,7 +135,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   const int kvh = blockIdx.x / ngc, g0 = (blockIdx.x % ngc) * kMaxG, ng = min(kMaxG, G - g0);
   const int split = blockIdx.y, t = blockIdx.z;
   const int pos = *pos0 + t, hd = a.hd;
-  const int kbeg = split * a.split_len, kend = min(kbeg + a.split_len, pos + 1);
+  const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
+  const int kbeg = lo + split * a.split_len, kend = min(kbeg + a.split_len, pos + 1);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int qdim = a.n_heads * hd, kvdim = a.n_kv_heads * hd;
 
@@ -144,8 +154,9 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   }
   const bool active = lane * E < hd;  // lanes past head_dim hold zeros
   for (int p = kbeg + warp; p < kend; p += kAttnWarps) {
-    const __half* kr = a.k_cache + size_t(p) * kvdim + size_t(kvh) * hd + lane * E;
-    const __half* vr = a.v_cache + size_t(p) * kvdim + size_t(kvh) * hd + lane * E;
+    const size_t slot = size_t(p < a.ring ? p : p % a.ring);
+    const __half* kr = a.k_cache + slot * kvdim + size_t(kvh) * hd + lane * E;
+    const __half* vr = a.v_cache + slot * kvdim + size_t(kvh) * hd + lane * E;
     float kf[E], vf[E];
     bool done = false;
     if constexpr (E == 4) {
@@ -175,6 +186,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
 #pragma unroll
         for (int e = 0; e < E; ++e) s += q[g][e] * kf[e];
         s = warp_sum(s);
+        if (a.softcap > 0.0f) s = a.softcap * tanhf(s / a.softcap);
         const float mn = fmaxf(mx[g], s);
         const float corr = __expf(mx[g] - mn), pe = __expf(s - mn);
         l[g] = l[g] * corr + pe;
@@ -223,7 +235,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
 __global__ void attn_combine_kernel(AttnArgs a, const int* __restrict__ pos0) {
   const int t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, hd = a.hd, stride = hd + 2;
   const int pos = *pos0 + t;
-  const int nvalid = min(a.n_splits, pos / a.split_len + 1);
+  const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
+  const int nvalid = min(a.n_splits, (pos - lo) / a.split_len + 1);
   const float* base = a.partial + (size_t(t) * a.n_heads + h) * a.n_splits * stride;
   float M = -FLT_MAX;
   for (int s = 0; s < nvalid; ++s) {
@@ -257,6 +270,11 @@ void silu_mul(float* g, const float* u, int64_t n, cudaStream_t st) {
   QL_CHECK_LAUNCH();
 }
 
+void gelu_mul(float* g, const float* u, int64_t n, cudaStream_t st) {
+  gelu_mul_kernel<<<unsigned((n + 255) / 256), 256, 0, st>>>(g, u, n);
+  QL_CHECK_LAUNCH();
+}
+
 void qkv_post(const QkvPostArgs& a, int m, const int* pos0, cudaStream_t st) {
   if (a.hd > 1024) throw Unsupported("CUDA: head_dim > 1024");
   const int threads = (a.hd + 31) / 32 * 32;
@@ -270,8 +288,8 @@ void add(float* y, const float* x, int64_t n, cudaStream_t st) {
 }
 
 void kv_store_f16(const float* k, const float* v, __half* k_cache, __half* v_cache, int m, int kv_dim,
-                  const int* pos0, cudaStream_t st) {
-  kv_store_f16_kernel<<<m, kv_dim >= 256 ? 256 : 64, 0, st>>>(k, v, k_cache, v_cache, kv_dim, pos0);
+                  const int* pos0, int ring, cudaStream_t st) {
+  kv_store_f16_kernel<<<m, kv_dim >= 256 ? 256 : 64, 0, st>>>(k, v, k_cache, v_cache, kv_dim, pos0, ring);
   QL_CHECK_LAUNCH();
 }
 
