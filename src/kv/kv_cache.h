@@ -119,8 +119,10 @@ class KvCache {
   ThreadPool* pool_ = nullptr;
 };
 
-// type: "f32" (reference), "f16", "q8_0", "q4_0" (llama.cpp-style baselines), or TurboQuant "tq2".."tq4" /
-// "kXvY" (kv_turboquant.h). Host memory. Throws InvalidArgument on an unknown type or bad shape.
+// type: "f32" (reference), "f16", "q8_0", "q4_0" (llama.cpp-style blocks), "q8_0r", "q4_0r" (the same
+// blocks after a random rotation of each head, like current llama.cpp: the honest baselines), or
+// TurboQuant "tq2".."tq4" / "kXvY" (kv_turboquant.h). Host memory. Throws InvalidArgument on an unknown type
+// or bad shape.
 std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& shape);
 // Throws InvalidArgument on a bad shape (what make_kv_cache checks first; device caches use it too).
 void check_kv_shape(const KvShape& s);
