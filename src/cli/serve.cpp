@@ -25,6 +25,8 @@ struct ServeOptions {
   double mem_budget_gib = 0;
   std::string keep_alive = "5m";
   size_t max_body_mib = 8;
+  int max_connections = 1024;
+  bool allow_local_pull = false;
   bool verbose = false;
   ExpertFlowCliOptions flow;
 };
@@ -36,6 +38,16 @@ void serve_command(const ServeOptions& o) {
   if (o.port >= 0) so.port = o.port;
   so.models_dir = o.models.empty() ? models_dir() : o.models;
   so.max_body = o.max_body_mib << 20;
+  so.max_connections = o.max_connections;
+  so.allow_local_pull = o.allow_local_pull;
+  so.access = server::make_access_policy(so.host, std::getenv("QLEAP_ORIGINS"),
+                                         std::getenv("QLEAP_ALLOWED_HOSTS"), std::getenv("QLEAP_API_KEY"));
+  if (!server::is_loopback_host(so.host) && so.access.api_key.empty()) {
+    fmt::print(stderr,
+               "[qleap serve] warning: listening on {} beyond this machine without an API key; anyone who "
+               "can reach it can use and change the model store (set QLEAP_API_KEY)\n",
+               so.host);
+  }
   so.verbose = o.verbose;
   so.sched.max_loaded = o.max_loaded;
   so.sched.mem_budget = uint64_t(o.mem_budget_gib * 1073741824.0);
@@ -127,6 +139,12 @@ void register_serve(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--max-body", opt->max_body_mib, "largest request body in MiB (larger: 413)")
       ->capture_default_str();
+  cmd->add_option("--max-connections", opt->max_connections,
+                  "open HTTP connections at most (idle ones are closed first, then 503)")
+      ->check(CLI::Range(16, 1 << 20))
+      ->capture_default_str();
+  cmd->add_flag("--allow-local-pull", opt->allow_local_pull,
+                "let /api/pull import a file path on this machine (off: only `qleap pull PATH` can)");
   cmd->add_flag("-v,--verbose", opt->verbose, "log every request on stderr");
   cmd->callback([opt] { serve_command(*opt); });
 }

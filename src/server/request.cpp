@@ -79,7 +79,43 @@ int get_int(const json& obj, const char* key, int def) {
   return int(d);
 }
 
+int json_nesting_depth(std::string_view text, int limit) {
+  int depth = 0, max_depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) {
+        max_depth = depth;
+        if (max_depth > limit) return limit + 1;
+      }
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return max_depth;
+}
+
+json parse_json_bounded(std::string_view text) {
+  if (json_nesting_depth(text) > kMaxJsonDepth) return json(json::value_t::discarded);
+  return json::parse(text.begin(), text.end(), nullptr, false);
+}
+
 json parse_body(const std::string& body) {
+  if (json_nesting_depth(body) > kMaxJsonDepth) {
+    throw RequestError(400, fmt::format("JSON nested too deeply (more than {} levels)", kMaxJsonDepth));
+  }
   json j = json::parse(body, nullptr, false);
   if (j.is_discarded()) throw RequestError(400, "invalid JSON in request body");
   if (!j.is_object()) throw RequestError(400, "request body must be a JSON object");
@@ -208,7 +244,8 @@ std::optional<double> parse_keep_alive(const json& v) {
 }
 
 int truncate_prompt(std::vector<int32_t>& tokens, int n_ctx, int num_keep) {
-  if (n_ctx < 2 || int(tokens.size()) < n_ctx) return 0;
+  // Even a one-token context keeps the last prompt token: it gives the logits of the first output.
+  if (n_ctx < 1 || int(tokens.size()) < n_ctx) return 0;
   const int target = std::max(1, n_ctx / 2);
   const int keep = std::clamp(num_keep, 0, target - 1);
   const int drop = int(tokens.size()) - target;

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/error.h"
@@ -25,8 +26,20 @@ struct GenOptions {
   int num_ctx = 0;       // 0: the loaded context; else the prompt + output are capped to it
   int num_keep = -1;     // tokens kept at the front when a prompt is truncated (-1: the BOS token)
   std::vector<std::string> stop;
-  bool truncate = true;  // embeddings: false -> error when the input exceeds the context
+  bool truncate = true;   // embeddings: false -> error when the input exceeds the context
+  bool logprobs = false;  // report the log-probability of each generated token
+  int top_logprobs = 0;   // ... and of this many most likely tokens at each position (0..20)
 };
+
+// JSON nesting (arrays and objects) deeper than this is refused with 400: parsing is iterative, but
+// copying, printing and walking a document recurse.
+constexpr int kMaxJsonDepth = 512;
+// The deepest nesting in JSON text, found in one pass without recursion; counting stops at
+// limit + 1. Brackets inside strings do not count.
+int json_nesting_depth(std::string_view text, int limit = kMaxJsonDepth);
+// Parses untrusted JSON text; a discarded value when it is invalid or nested deeper than
+// kMaxJsonDepth.
+nlohmann::json parse_json_bounded(std::string_view text);
 
 // Ollama defaults (temperature 0.8, top_k 40, top_p 0.9, min_p 0, repeat_penalty 1.1 over 64).
 GenOptions ollama_defaults();
@@ -50,7 +63,8 @@ std::string get_string(const nlohmann::json& obj, const char* key, const std::st
 bool get_bool(const nlohmann::json& obj, const char* key, bool def);
 double get_number(const nlohmann::json& obj, const char* key, double def);
 int get_int(const nlohmann::json& obj, const char* key, int def);
-// Parses a request body that must be a JSON object; RequestError(400) otherwise.
+// Parses a request body that must be a JSON object nested at most kMaxJsonDepth deep;
+// RequestError(400) otherwise.
 nlohmann::json parse_body(const std::string& body);
 
 // Holds back generated text that could be the start of a stop sequence; stops at the first match.

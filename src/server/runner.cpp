@@ -40,6 +40,7 @@ struct ModelRunner::Slot {
   int32_t next = -1;  // sampled, not yet evaluated
   int n_ctx = 0;      // effective context of the current job
   Stopwatch gen_clock;
+  std::atomic<bool> busy{false};  // job != null, readable by status()
 };
 
 ModelRunner::ModelRunner(const ModelInfo& info, const RunnerOptions& opt, Metrics& metrics)
@@ -141,7 +142,34 @@ RunnerStatus ModelRunner::status() const {
   const double f16 = 2.0 * 2.0 * hp.n_layers * hp.kv_dim();
   s.kv_compression_vs_f16 = s.kv_bytes_per_token ? f16 / double(s.kv_bytes_per_token) : 1.0;
   s.expert_hit_rate = expert_hit_rate_.load();
+  s.expert_prefetch_recall = expert_recall_.load();
+  {
+    std::lock_guard<std::mutex> lk(stats_mu_);
+    s.slot_tokens = slot_tokens_;
+    s.prefill_tok_s = prefill_tok_s_;
+    int tokens = 0;
+    double secs = 0;
+    for (const auto& [t, n, sec] : decode_steps_) tokens += n, secs += sec;
+    s.decode_tok_s = secs > 0 ? tokens / secs : 0.0;
+    if (!decode_steps_.empty()) {
+      s.decode_idle_s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - std::get<0>(decode_steps_.back()))
+              .count();
+    }
+  }
+  s.slot_tokens.resize(size_t(s.parallel), 0);
+  size_t cached = 0;
+  for (int n : s.slot_tokens) cached += size_t(n);
+  s.kv_bytes_used_f16 = size_t(f16) * cached;
+  for (const auto& sp : slots_) s.slot_busy.push_back(sp->busy.load());
   return s;
+}
+
+void ModelRunner::publish_kv() {
+  kv_used_ = dec_->kv_usage().used_bytes;
+  std::lock_guard<std::mutex> lk(stats_mu_);
+  slot_tokens_.resize(slots_.size());
+  for (size_t i = 0; i < slots_.size(); ++i) slot_tokens_[i] = dec_->n_past(int(i));
 }
 
 void ModelRunner::emit(Slot& s, const std::string& text) {
@@ -167,6 +195,7 @@ void ModelRunner::finish(Slot& s, const std::string& reason, const std::string& 
   }
   j.cv.notify_all();
   s.job.reset();
+  s.busy = false;
   s.next = -1;
   s.gen.reset();
   --active_;
@@ -192,6 +221,7 @@ void ModelRunner::start(Slot& s) {
       }
       s.cached.clear();
       s.prefilled = 0;
+      publish_kv();
       j.prompt_tokens = total;
       j.prompt_s = sw.elapsed();
       metrics_.prompted(uint64_t(total));
@@ -216,7 +246,15 @@ void ModelRunner::start(Slot& s) {
     j.prompt_tokens = int(p.size() - common);
     j.cached_tokens = int(common);
     metrics_.prompted(uint64_t(j.prompt_tokens));
-    kv_used_ = dec_->kv_usage().used_bytes;
+    if (j.prompt_s > 0) {
+      std::lock_guard<std::mutex> lk(stats_mu_);
+      prefill_tok_s_ = j.prompt_tokens / j.prompt_s;
+    }
+    publish_kv();
+    if (flow_) {
+      expert_hit_rate_ = flow_->stats().hit_rate();
+      expert_recall_ = flow_->stats().recall();
+    }
     s.gen.emplace(tok_, j.opt.sampling, j.opt.stop, j.opt.num_predict > 0 ? j.opt.num_predict : -1,
                   std::move(j.filter));
     s.gen->accept_prompt(p);
@@ -227,6 +265,7 @@ void ModelRunner::start(Slot& s) {
     s.cached.clear();
     s.prefilled = 0;
     dec_->reset(s.id);
+    publish_kv();
     finish(s, "error", e.what());
   }
 }
@@ -238,6 +277,11 @@ void ModelRunner::step(Slot& s, const float* logits) {
   if (s.gen->n_generated() > j.gen_tokens) {  // not an end-of-generation token
     ++j.gen_tokens;
     j.output.push_back(st.token);
+    if (j.opt.logprobs) {
+      LogprobEntry e = token_logprobs(logits, dec_->n_vocab(), st.token, j.opt.top_logprobs);
+      std::lock_guard<std::mutex> lk(j.mu);
+      j.logprobs.push_back(std::move(e));
+    }
     metrics_.generated(1);
   }
   emit(s, st.text);
@@ -269,6 +313,7 @@ void ModelRunner::loop() {
         }
         if (!best) break;
         best->job = queue_.front();
+        best->busy = true;
         queue_.pop_front();
         ++active_;
         fresh.push_back(best);
@@ -297,6 +342,7 @@ void ModelRunner::loop() {
     }
     if (rows.empty()) continue;
     const float* logits = nullptr;
+    Stopwatch step_clock;
     try {
       logits = dec_->decode(rows.data(), toks.data(), int(rows.size()));
     } catch (const std::exception& e) {
@@ -309,8 +355,11 @@ void ModelRunner::loop() {
       }
       continue;
     }
-    kv_used_ = dec_->kv_usage().used_bytes;
-    if (flow_) expert_hit_rate_ = flow_->stats().hit_rate();
+    publish_kv();
+    if (flow_) {
+      expert_hit_rate_ = flow_->stats().hit_rate();
+      expert_recall_ = flow_->stats().recall();
+    }
     for (size_t i = 0; i < rows.size(); ++i) {
       Slot& s = *slots_[size_t(rows[i])];
       s.cached.push_back(toks[i]);
@@ -320,6 +369,14 @@ void ModelRunner::loop() {
       } catch (const std::exception& e) {
         finish(s, "error", e.what());
       }
+    }
+    {
+      // Speed over the last few seconds of decoding (the step and the sampling after it): idle
+      // time between requests does not count.
+      const auto now = std::chrono::steady_clock::now();
+      std::lock_guard<std::mutex> lk(stats_mu_);
+      decode_steps_.emplace_back(now, int(rows.size()), step_clock.elapsed());
+      while (now - std::get<0>(decode_steps_.front()) > std::chrono::seconds(5)) decode_steps_.pop_front();
     }
   }
   // Unloading: fail whatever is left.
