@@ -314,8 +314,6 @@ TEST(TqKvAlloc, MeasurementMatchesWhatTheCacheLoses) {
       InvalidArgument);
 }
 
-}  // namespace
-}  // namespace qleap
 
 // Without alloc=, a TurboQuant cache spends its bits by the sensitivity the model's calibration
 // carries (measured on the calibration text, runtime/kv_calibrate), at the window nearest its own:
@@ -359,3 +357,6 @@ TEST(TqKvAlloc, CalibrationSensitivityAllocatesWithoutAProfile) {
   EXPECT_EQ(back.tq_sensitivity[0].v_err, w0.v_err);
   for (const std::string& f : {p64, p0}) std::filesystem::remove(f);
 }
+
+}  // namespace
+}  // namespace qleap
