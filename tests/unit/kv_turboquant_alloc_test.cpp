@@ -314,7 +314,6 @@ TEST(TqKvAlloc, MeasurementMatchesWhatTheCacheLoses) {
       InvalidArgument);
 }
 
-
 // Without alloc=, a TurboQuant cache spends its bits by the sensitivity the model's calibration
 // carries (measured on the calibration text, runtime/kv_calibrate), at the window nearest its own:
 // the same rates as passing that sensitivity as a profile, the bytes of the uniform type, and
@@ -337,8 +336,9 @@ TEST(TqKvAlloc, CalibrationSensitivityAllocatesWithoutAProfile) {
   auto out = [&](const std::string& type) {
     auto kv = make_kv_cache(type, s);
     kv->calibrate(cal);
-    kv->calibrate(cal);  // again, as every new sequence does: nothing changes
-    EXPECT_EQ(kv->bytes_per_token(), make_kv_cache("tq3", s)->bytes_per_token()) << type;
+    kv->calibrate(cal);                          // again, as every new sequence does: nothing changes
+    const std::string base = type.substr(0, 3);  // tq3 / tq4: the uniform type's bytes
+    EXPECT_EQ(kv->bytes_per_token(), make_kv_cache(base + ":uniform", s)->bytes_per_token()) << type;
     return run(d, *kv, 200);
   };
   const std::vector<float> uniform = out("tq3:uniform");
