@@ -258,7 +258,8 @@ json repo_json(const json& item, const HardwareInfo& hw, const PlanRequest& req)
 }  // namespace
 
 std::string quant_of_file(const std::string& file) {
-  static const std::regex quant_re(R"(I?Q[0-9]+(_[A-Z0-9]+)*|BF16|F16|F32|FP16|FP32|MXFP4(_MOE)?|TQ[12]_0)");
+  static const std::regex quant_re(
+      R"(I?Q[0-9]+(_[A-Z0-9]+)*|BF16|F16|F32|FP16|FP32|MXFP4(_MOE)?|NVFP4|TQ[12]_0)");
   std::string stem = file.substr(file.rfind('/') == std::string::npos ? 0 : file.rfind('/') + 1);
   if (ends_with_gguf(stem)) stem.resize(stem.size() - 5);
   stem = upper(stem);
@@ -367,7 +368,8 @@ void register_search_routes(Router& srv, ApiContext& ctx) {
       while (!q.empty() && std::isspace(static_cast<unsigned char>(q.back()))) q.pop_back();
       while (!q.empty() && std::isspace(static_cast<unsigned char>(q.front()))) q.erase(q.begin());
       if (q.empty()) throw SearchError(400, "search: the query parameter q is missing or empty");
-      if (q.size() > kMaxQuery) throw SearchError(400, fmt::format("search: q is longer than {} bytes", kMaxQuery));
+      if (q.size() > kMaxQuery)
+        throw SearchError(400, fmt::format("search: q is longer than {} bytes", kMaxQuery));
       int limit = kDefaultLimit;
       bool has_limit = false;
       const std::string l = query_param(req.query, "limit", &has_limit);

@@ -91,7 +91,7 @@ def test_cuda_bench_flags_are_checked_without_a_device(qleap_bin):
     ok = subprocess.run([b, "--check", "--shape", "llama3-8b", "--type", "Q4_K", "--ctx", "33280", "--depth", "32768",
                          "--gen", "32"], capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0 and "device memory needed" in ok.stdout, ok.stderr
-    for args, msg in [(["--type", "IQ2_XS"], "no device kernels"), (["--ctx", "4k"], "--ctx: expected an integer"),
+    for args, msg in [(["--type", "IQ2_XS"], "not one the benchmark synthesizes"), (["--ctx", "4k"], "--ctx: expected an integer"),
                       (["--depth", "4090", "--gen", "64"], "exceed --ctx"), (["--shape", "llama2"], "--shape"),
                       (["--bogus"], "unknown option")]:
         r = subprocess.run([b, "--check", *args], capture_output=True, text=True, timeout=30)

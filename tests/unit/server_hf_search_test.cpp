@@ -74,6 +74,8 @@ TEST(HfSearch, QuantizationFromFileName) {
   EXPECT_EQ(quant_of_file("SmolLM2-135M-Instruct-Q4_K_M.gguf"), "Q4_K_M");
   EXPECT_EQ(quant_of_file("smollm2-135m-instruct-q8_0.gguf"), "Q8_0");
   EXPECT_EQ(quant_of_file("model.IQ2_XS.gguf"), "IQ2_XS");
+  EXPECT_EQ(quant_of_file("gpt-oss-20b-MXFP4.gguf"), "MXFP4");
+  EXPECT_EQ(quant_of_file("Qwen3-8B-NVFP4.gguf"), "NVFP4");
   EXPECT_EQ(quant_of_file("sub/dir/Qwen2.5-Coder-1.5B-Instruct-BF16.gguf"), "BF16");
   EXPECT_EQ(quant_of_file("giant-F32-00001-of-00004.gguf"), "F32");
   EXPECT_EQ(quant_of_file("ggml-model.gguf"), "");

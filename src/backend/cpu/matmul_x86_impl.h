@@ -210,7 +210,8 @@ void tile_q8a(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8A* x,
     __m256i q[RR], aq[RR];
     __m128 dm[RR];
     for (int r = 0; r < RR; ++r) {
-      if constexpr (CC == 1) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + b) + kPrefetchBytes, _MM_HINT_T0);
+      if constexpr (CC == 1)
+        _mm_prefetch(reinterpret_cast<const char*>(wr[r] + b) + kPrefetchBytes, _MM_HINT_T0);
       q[r] = T::q(wr[r] + b);
       dm[r] = T::dm(wr[r] + b);
       if constexpr (T::kKind == kSignedQ) aq[r] = _mm256_sign_epi8(q[r], q[r]);
@@ -816,6 +817,11 @@ struct FKernel {
   }
 };
 
+// I-quant, ternary and FP4 kernels: matmul_iq_x86_impl.h, included after this file.
+bool gemm_iq(GgmlType type, const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1,
+             const uint8_t* xa, size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy);
+bool dequantize_iq(GgmlType t, const void* src, float* dst, int64_t n);
+
 bool gemm(GgmlType type, const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
           size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
   switch (type) {
@@ -862,7 +868,7 @@ bool gemm(GgmlType type, const uint8_t* w, size_t rb, int64_t cols, int64_t r0, 
       FKernel<TBF16>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
       return true;
     default:
-      return false;
+      return gemm_iq(type, w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
   }
 }
 
@@ -979,7 +985,7 @@ bool dequantize(GgmlType t, const void* src, float* dst, int64_t n) {
       return true;
     }
     default:
-      return false;
+      return dequantize_iq(t, src, dst, n);
   }
 }
 
