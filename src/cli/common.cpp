@@ -69,7 +69,8 @@ void add_common_options(CLI::App& cmd, CommonOptions& o, bool model_positional) 
   cmd.add_option("-c,--ctx", o.ctx, "context length in tokens (default: min(model's, 4096))")
       ->check(CLI::Range(0, 1 << 20));
   o.kv_opt = cmd.add_option("--kv", o.kv,
-                            "KV cache type: f32, f16, q8_0, q4_0; TurboQuant tq2, tq2.5, tq3, tq3.5, tq4 "
+                            "KV cache type: f32, f16, q8_0, q4_0, q8_0r, q4_0r (rotated); TurboQuant tq2, "
+                            "tq2.5, tq3, tq3.5, tq4 "
                             "(bits per coordinate "
                             "for K and V), or kXvY for X-bit keys and Y-bit values (e.g. k4v3, k4v2, k3v2)")
                  ->capture_default_str();

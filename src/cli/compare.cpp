@@ -5,6 +5,7 @@
 //    KL(P_base || P_test) and a top-1 agreement flag;
 //  - --text FILE: the perplexity protocol (chunks of n_ctx starting with BOS, second half scored) run
 //    with both caches: PPL of each, the paired PPL ratio, mean / p99 / max KLD and top-1 agreement.
+//    --kv may list several types (a,b,c): the baseline is then evaluated once for all of them.
 #include <fmt/format.h>
 
 #include <iostream>
@@ -16,6 +17,7 @@
 #include "core/file_io.h"
 #include "core/timer.h"
 #include "model/model.h"
+#include "runtime/kv_calibrate.h"
 #include "runtime/logit_compare.h"
 #include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
@@ -131,116 +133,187 @@ void print_summary(const CompareStats& st, const std::string& base, const std::s
   fmt::print("top-1 agreement = {:.2f}%\n", 100 * st.top1_agreement());
 }
 
+// Splits "a,b,c" (no empty items).
+std::vector<std::string> split_types(const std::string& list) {
+  std::vector<std::string> out;
+  std::stringstream ss(list);
+  for (std::string t; std::getline(ss, t, ',');) {
+    if (t.empty()) throw InvalidArgument(fmt::format("--kv '{}': empty type in the list", list));
+    out.push_back(t);
+  }
+  if (out.empty()) throw InvalidArgument("--kv: no type given");
+  return out;
+}
+
+nlohmann::json usage_json(const KvUsage& ub, const KvUsage& ut) {
+  return {{"base", ub.bytes_per_token}, {"test", ut.bytes_per_token}};
+}
+
+// --text: the perplexity protocol with the baseline and every test type on the same chunks. Each chunk
+// is fed to all sessions in pieces of n_batch tokens, and only the scored half's logits are requested
+// and compared piece by piece, so memory does not grow with the context (32K x a 150K vocabulary
+// would be 20 GB of logits) and the baseline runs once for all the types.
+std::vector<CompareStats> compare_text(const CompareOptions& o, const Tokenizer& tok, Session& base,
+                                       std::vector<std::unique_ptr<Session>>& tests,
+                                       const std::vector<std::string>& types) {
+  const std::vector<int32_t> ids = tok.encode(read_file(o.text_file), false, false);
+  const int ctx = base.n_ctx(), nv = base.n_vocab(), piece = base.n_batch();
+  int n_chunks = int(ids.size()) / ctx;
+  if (o.chunks > 0) n_chunks = std::min(n_chunks, o.chunks);
+  if (n_chunks == 0) {
+    throw InvalidArgument(
+        fmt::format("'{}' has {} tokens, fewer than one context of {}", o.text_file, ids.size(), ctx));
+  }
+  std::cerr << fmt::format("[{} tokens, {} chunks of {}, KV {} vs {}]\n", ids.size(), n_chunks, ctx, o.base,
+                           o.common.kv);
+  std::vector<CompareStats> stats(tests.size());
+  std::vector<float> lb;
+  Stopwatch sw;
+  for (int c = 0; c < n_chunks; ++c) {
+    std::vector<int32_t> chunk(ids.begin() + long(c) * ctx, ids.begin() + long(c + 1) * ctx);
+    if (tok.wants_bos()) chunk[0] = tok.bos();
+    base.reset();
+    for (auto& t : tests) t->reset();
+    for (int p0 = 0; p0 < ctx; p0 += piece) {
+      const int p1 = std::min(ctx, p0 + piece);
+      const std::vector<int32_t> toks(chunk.begin() + p0, chunk.begin() + p1);
+      // Positions [ctx / 2, ctx - 1) are scored: position i predicts token i + 1.
+      const bool scored = p1 > ctx / 2;
+      const std::vector<float>& b = base.eval(toks, scored);
+      if (scored) lb.assign(b.begin(), b.end());
+      for (size_t k = 0; k < tests.size(); ++k) {
+        const std::vector<float>& lt = tests[k]->eval(toks, scored);
+        if (!scored) continue;
+        for (int i = std::max(p0, ctx / 2); i < std::min(p1, ctx - 1); ++i)
+          stats[k].add(compare_logits(lb.data() + size_t(i - p0) * nv, lt.data() + size_t(i - p0) * nv, nv,
+                                      chunk[size_t(i) + 1]));
+      }
+    }
+    for (size_t k = 0; k < tests.size(); ++k)
+      std::cerr << fmt::format("[{}/{}] {}: mean KLD {:.6f}, PPL ratio {:+.3f}% ({:.1f} s)\n", c + 1,
+                               n_chunks, types[k], stats[k].mean_kld(), 100 * stats[k].ppl_ratio_minus_1(),
+                               sw.elapsed());
+  }
+  return stats;
+}
+
 void compare_command(CompareOptions& o) {
   const std::string path = resolve_model(o.common.model);
   auto model = load_model(path);
   const Tokenizer tok = Tokenizer::from_gguf(model->file());
   const bool text_mode = !o.text_file.empty();
+  const std::vector<std::string> types = split_types(o.common.kv);
+  if (types.size() > 1 && !text_mode)
+    throw InvalidArgument("compare: several --kv types need --text (prompt mode compares one type)");
   int n_ctx = o.common.ctx;
   if (n_ctx == 0 && text_mode) n_ctx = 512;
   SessionOptions sb{n_ctx, o.common.threads, o.base, o.common.batch};
-  SessionOptions stest = sb;
-  stest.kv_type = o.common.kv;
-  Session base(model, sb), test(model, stest);
+  // The model's KV calibration (and per-head allocation) is kept between runs, as for `run`.
+  sb.kv_calibration_dir = default_kv_calibration_dir();
+  Session base(model, sb);
+  std::vector<std::unique_ptr<Session>> tests;
+  for (const std::string& t : types) {
+    SessionOptions st = sb;
+    st.kv_type = t;
+    tests.push_back(std::make_unique<Session>(model, st));
+  }
   const int nv = base.n_vocab();
-  nlohmann::json out;
-  out["model"] = path;
-  out["base"] = o.base;
-  out["kv"] = o.common.kv;
-  const KvUsage ub = base.kv_usage(), ut = test.kv_usage();
-  out["kv_bytes_per_token"] = {{"base", ub.bytes_per_token}, {"test", ut.bytes_per_token}};
-  // What the cache holds besides its per-position bytes (TurboQuant's exact sink and window rows).
-  out["kv_fixed_bytes"] = {{"base", ub.fixed_bytes}, {"test", ut.fixed_bytes}};
+  const KvUsage ub = base.kv_usage();
+  auto header = [&](const std::string& type, const KvUsage& ut) {
+    nlohmann::json out;
+    out["model"] = path;
+    out["base"] = o.base;
+    out["kv"] = type;
+    out["kv_bytes_per_token"] = usage_json(ub, ut);
+    // What the cache holds besides its per-position bytes (TurboQuant's exact sink and window rows).
+    out["kv_fixed_bytes"] = {{"base", ub.fixed_bytes}, {"test", ut.fixed_bytes}};
+    return out;
+  };
 
-  CompareStats total;
   if (text_mode) {
-    const std::vector<int32_t> ids = tok.encode(read_file(o.text_file), false, false);
-    const int ctx = base.n_ctx();
-    int n_chunks = int(ids.size()) / ctx;
-    if (o.chunks > 0) n_chunks = std::min(n_chunks, o.chunks);
-    if (n_chunks == 0) {
-      throw InvalidArgument(
-          fmt::format("'{}' has {} tokens, fewer than one context of {}", o.text_file, ids.size(), ctx));
-    }
-    std::cerr << fmt::format("[{} tokens, {} chunks of {}, KV {} vs {}]\n", ids.size(), n_chunks, ctx, o.base,
-                             o.common.kv);
-    Stopwatch sw;
-    for (int c = 0; c < n_chunks; ++c) {
-      std::vector<int32_t> chunk(ids.begin() + long(c) * ctx, ids.begin() + long(c + 1) * ctx);
-      if (tok.wants_bos()) chunk[0] = tok.bos();
-      base.reset();
-      test.reset();
-      const std::vector<float>& lb = base.eval(chunk, true);
-      const std::vector<float>& lt = test.eval(chunk, true);
-      for (int i = ctx / 2; i < ctx - 1; ++i) {
-        total.add(compare_logits(lb.data() + size_t(i) * nv, lt.data() + size_t(i) * nv, nv, chunk[i + 1]));
-      }
-      std::cerr << fmt::format("[{}/{}] mean KLD {:.6f}, PPL ratio {:+.3f}% ({:.1f} s)\n", c + 1, n_chunks,
-                               total.mean_kld(), 100 * total.ppl_ratio_minus_1(), sw.elapsed());
-    }
-    out["text"] = o.text_file;
-    out["n_ctx"] = ctx;
-  } else {
-    std::vector<std::string> prompts;
-    if (!o.prompts_file.empty()) {
-      std::istringstream in(read_file(o.prompts_file));
-      for (std::string line; std::getline(in, line);) {
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (!line.empty()) prompts.push_back(line);
-      }
-    }
-    if (!o.prompt.empty()) prompts.push_back(o.prompt);
-    if (prompts.empty()) throw InvalidArgument("compare: give a prompt, --prompts FILE or --text FILE");
-    out["prompts"] = nlohmann::json::array();
-    for (const std::string& p : prompts) {
-      const std::vector<int32_t> ids = tok.encode(p, tok.wants_bos(), false);
-      if (ids.empty()) throw InvalidArgument("compare: empty prompt");
-      if (int(ids.size()) + o.n_gen > base.n_ctx())
-        throw InvalidArgument(fmt::format("compare: prompt of {} tokens + {} does not fit n_ctx {}",
-                                          ids.size(), o.n_gen, base.n_ctx()));
-      const std::vector<int32_t> ga = greedy(base, tok, ids, o.n_gen);
-      const std::vector<int32_t> gb = greedy(test, tok, ids, o.n_gen);
-      // Teacher forcing on the baseline's continuation: both caches see exactly the same tokens.
-      std::vector<int32_t> seq = ids;
-      seq.insert(seq.end(), ga.begin(), ga.end());
-      base.reset();
-      test.reset();
-      const std::vector<float>& lb = base.eval(seq, true);
-      const std::vector<float>& lt = test.eval(seq, true);
-      CompareStats st;
-      std::vector<TokenCompare> rows;
-      for (size_t i = ids.size() - 1; i + 1 < seq.size(); ++i) {
-        rows.push_back(compare_logits(lb.data() + i * nv, lt.data() + i * nv, nv, seq[i + 1]));
-        st.add(rows.back());
-        total.add(rows.back());
-      }
-      size_t diverge = 0;
-      while (diverge < ga.size() && diverge < gb.size() && ga[diverge] == gb[diverge]) ++diverge;
-      nlohmann::json pj = summary_json(st);
-      pj["prompt"] = p;
-      pj["continuation_base"] = tok.decode(ga);
-      pj["continuation_test"] = tok.decode(gb);
-      pj["identical_prefix_tokens"] = diverge;
-      pj["kld"] = nlohmann::json::array();
-      for (const auto& r : rows) pj["kld"].push_back(r.kld);
-      out["prompts"].push_back(pj);
+    const std::vector<CompareStats> stats = compare_text(o, tok, base, tests, types);
+    nlohmann::json all = nlohmann::json::array();
+    for (size_t k = 0; k < types.size(); ++k) {
+      const KvUsage ut = tests[k]->kv_usage();
+      nlohmann::json out = header(types[k], ut);
+      out["text"] = o.text_file;
+      out["n_ctx"] = base.n_ctx();
+      out["summary"] = summary_json(stats[k]);
+      all.push_back(out);
       if (o.json) continue;
-      fmt::print("prompt: {}\n", printable(p));
-      fmt::print("  {:>4}  {:<20} {:<20} {:>10}\n", "pos", fmt::format("{} (forced)", o.base),
-                 fmt::format("{} top-1", o.common.kv), "KLD");
-      for (size_t i = 0; i < rows.size(); ++i) {
-        const auto& r = rows[i];
-        const std::string a = printable(tok.token_to_piece(seq[ids.size() + i]));
-        const std::string b = printable(tok.token_to_piece(r.top1_test));
-        fmt::print("  {:>4}  {:<20} {:<20} {:>10.6f}{}\n", i, fmt::format("'{}'", a), fmt::format("'{}'", b),
-                   r.kld, r.top1_test == r.top1_base ? "" : "  *");
-      }
-      print_side_by_side(o.base + " greedy", tok.decode(ga), o.common.kv + " greedy", tok.decode(gb),
-                         o.width);
-      fmt::print("  identical for the first {} of {} generated tokens\n", diverge, ga.size());
-      print_summary(st, o.base, o.common.kv, false);
-      fmt::print("\n");
+      const double bb = double(ub.bytes_per_token), bt = double(ut.bytes_per_token);
+      fmt::print("KV {} vs {}: {} vs {} per token ({:.2f}x smaller)\n", types[k], o.base, human_bytes(bt),
+                 human_bytes(bb), bb / bt);
+      print_summary(stats[k], o.base, types[k], true);
+      if (k + 1 < types.size()) fmt::print("\n");
     }
+    // One type: one object (as before); several: a list of them.
+    if (o.json) std::cout << (types.size() == 1 ? all[0] : all).dump(2) << "\n";
+    return;
+  }
+
+  Session& test = *tests[0];
+  const KvUsage ut = test.kv_usage();
+  nlohmann::json out = header(types[0], ut);
+  CompareStats total;
+  std::vector<std::string> prompts;
+  if (!o.prompts_file.empty()) {
+    std::istringstream in(read_file(o.prompts_file));
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (!line.empty()) prompts.push_back(line);
+    }
+  }
+  if (!o.prompt.empty()) prompts.push_back(o.prompt);
+  if (prompts.empty()) throw InvalidArgument("compare: give a prompt, --prompts FILE or --text FILE");
+  out["prompts"] = nlohmann::json::array();
+  for (const std::string& p : prompts) {
+    const std::vector<int32_t> ids = tok.encode(p, tok.wants_bos(), false);
+    if (ids.empty()) throw InvalidArgument("compare: empty prompt");
+    if (int(ids.size()) + o.n_gen > base.n_ctx())
+      throw InvalidArgument(fmt::format("compare: prompt of {} tokens + {} does not fit n_ctx {}", ids.size(),
+                                        o.n_gen, base.n_ctx()));
+    const std::vector<int32_t> ga = greedy(base, tok, ids, o.n_gen);
+    const std::vector<int32_t> gb = greedy(test, tok, ids, o.n_gen);
+    // Teacher forcing on the baseline's continuation: both caches see exactly the same tokens.
+    std::vector<int32_t> seq = ids;
+    seq.insert(seq.end(), ga.begin(), ga.end());
+    base.reset();
+    test.reset();
+    const std::vector<float>& lb = base.eval(seq, true);
+    const std::vector<float>& lt = test.eval(seq, true);
+    CompareStats st;
+    std::vector<TokenCompare> rows;
+    for (size_t i = ids.size() - 1; i + 1 < seq.size(); ++i) {
+      rows.push_back(compare_logits(lb.data() + i * nv, lt.data() + i * nv, nv, seq[i + 1]));
+      st.add(rows.back());
+      total.add(rows.back());
+    }
+    size_t diverge = 0;
+    while (diverge < ga.size() && diverge < gb.size() && ga[diverge] == gb[diverge]) ++diverge;
+    nlohmann::json pj = summary_json(st);
+    pj["prompt"] = p;
+    pj["continuation_base"] = tok.decode(ga);
+    pj["continuation_test"] = tok.decode(gb);
+    pj["identical_prefix_tokens"] = diverge;
+    pj["kld"] = nlohmann::json::array();
+    for (const auto& r : rows) pj["kld"].push_back(r.kld);
+    out["prompts"].push_back(pj);
+    if (o.json) continue;
+    fmt::print("prompt: {}\n", printable(p));
+    fmt::print("  {:>4}  {:<20} {:<20} {:>10}\n", "pos", fmt::format("{} (forced)", o.base),
+               fmt::format("{} top-1", types[0]), "KLD");
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const auto& r = rows[i];
+      const std::string a = printable(tok.token_to_piece(seq[ids.size() + i]));
+      const std::string b = printable(tok.token_to_piece(r.top1_test));
+      fmt::print("  {:>4}  {:<20} {:<20} {:>10.6f}{}\n", i, fmt::format("'{}'", a), fmt::format("'{}'", b),
+                 r.kld, r.top1_test == r.top1_base ? "" : "  *");
+    }
+    print_side_by_side(o.base + " greedy", tok.decode(ga), types[0] + " greedy", tok.decode(gb), o.width);
+    fmt::print("  identical for the first {} of {} generated tokens\n", diverge, ga.size());
+    print_summary(st, o.base, types[0], false);
+    fmt::print("\n");
   }
   out["summary"] = summary_json(total);
   if (o.json) {
@@ -248,9 +321,9 @@ void compare_command(CompareOptions& o) {
     return;
   }
   const double bb = double(ub.bytes_per_token), bt = double(ut.bytes_per_token);
-  fmt::print("KV {} vs {}: {} vs {} per token ({:.2f}x smaller)\n", o.common.kv, o.base, human_bytes(bt),
+  fmt::print("KV {} vs {}: {} vs {} per token ({:.2f}x smaller)\n", types[0], o.base, human_bytes(bt),
              human_bytes(bb), bb / bt);
-  print_summary(total, o.base, o.common.kv, text_mode);
+  print_summary(total, o.base, types[0], false);
 }
 
 }  // namespace

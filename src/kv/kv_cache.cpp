@@ -20,6 +20,7 @@
 #include "kv/split_attention.h"
 #include "quant/block_q4_0.h"
 #include "quant/quant_encode.h"
+#include "turboquant/rotation.h"
 
 namespace qleap {
 
@@ -39,6 +40,7 @@ constexpr int kMinSplitKeys = 128;
 // formats whose blocks span heads); `off`/`n` select one head's slice of a segment.
 struct F32Format {
   static constexpr const char* kName = "f32";
+  static constexpr bool kRotate = false;
   static constexpr int kBlock = 1;
   static size_t row_bytes(int kv_dim) { return size_t(kv_dim) * 4; }
   static void encode(const float* x, uint8_t* row, int kv_dim) { std::memcpy(row, x, size_t(kv_dim) * 4); }
@@ -57,6 +59,7 @@ struct F32Format {
 
 struct F16Format {
   static constexpr const char* kName = "f16";
+  static constexpr bool kRotate = false;
   static constexpr int kBlock = 1;
   static size_t row_bytes(int kv_dim) { return size_t(kv_dim) * 2; }
   static void encode(const float* x, uint8_t* row, int kv_dim) {
@@ -94,6 +97,7 @@ struct DequantizedRows {
 
 struct Q8Format : DequantizedRows<Q8Format> {
   static constexpr const char* kName = "q8_0";
+  static constexpr bool kRotate = false;
   static constexpr int kBlock = 32;
   static size_t row_bytes(int kv_dim) { return size_t((kv_dim + 31) / 32) * sizeof(BlockQ8_0); }
   static void encode(const float* x, uint8_t* row, int kv_dim) {
@@ -124,6 +128,7 @@ struct Q8Format : DequantizedRows<Q8Format> {
 // TurboQuant types are measured against. Same row layout as Q8Format.
 struct Q4Format : DequantizedRows<Q4Format> {
   static constexpr const char* kName = "q4_0";
+  static constexpr bool kRotate = false;
   static constexpr int kBlock = 32;
   static size_t row_bytes(int kv_dim) { return size_t((kv_dim + 31) / 32) * sizeof(BlockQ4_0); }
   static void encode(const float* x, uint8_t* row, int kv_dim) {
@@ -157,6 +162,21 @@ struct Q4Format : DequantizedRows<Q4Format> {
     return buf;
   }
 };
+
+// The same blocks after a random rotation of every head's keys and values (like current llama.cpp's
+// quantized KV types): an outlier channel is spread over all coordinates of its head instead of
+// setting the scale of its block. Scores are unchanged by an orthogonal rotation (queries are rotated
+// the same way) and the weighted sum of rotated values is rotated back once per query head.
+struct Q8RotFormat : Q8Format {
+  static constexpr const char* kName = "q8_0r";
+  static constexpr bool kRotate = true;
+};
+struct Q4RotFormat : Q4Format {
+  static constexpr const char* kName = "q4_0r";
+  static constexpr bool kRotate = true;
+};
+// Base seed of the rotated block types' rotations ("KVROTATE"), one rotation per (model layer, kv head).
+constexpr uint64_t kKvRotationSeed = 0x4b56524f54415445ull;
 
 constexpr size_t kHugePage = size_t(2) << 20;
 
@@ -205,6 +225,13 @@ class KvCacheImpl final : public KvCache {
     data_ = std::unique_ptr<uint8_t[], AlignedFree>(
         static_cast<uint8_t*>(::operator new[](total_, std::align_val_t(align))), AlignedFree{align});
     advise_huge_pages(data_.get(), total_);
+    if constexpr (Format::kRotate) {
+      // Randomized Hadamard for power-of-two head dims, Haar-random otherwise (turboquant/rotation.h).
+      for (int l = 0; l < s.n_layers; ++l)
+        for (int g = 0; g < s.n_kv_heads; ++g)
+          rot_.push_back(make_rotation(s.head_dim, TqRotationKind::kAuto,
+                                       tq_head_seed(kKvRotationSeed, l + s.first_layer, g)));
+    }
   }
 
   using KvCache::attend;
@@ -214,6 +241,14 @@ class KvCacheImpl final : public KvCache {
     const int pos = sp.pos0, n_tokens = sp.n;
     check(layer, pos, n_tokens);
     const int kv_dim = shape_.kv_dim(), ring = ring_[size_t(layer)];
+    if constexpr (Format::kRotate) {
+      rot_k_.resize(size_t(n_tokens) * kv_dim);
+      rot_v_.resize(rot_k_.size());
+      rotate_heads(layer, k, rot_k_.data(), n_tokens, shape_.n_kv_heads, false);
+      rotate_heads(layer, v, rot_v_.data(), n_tokens, shape_.n_kv_heads, false);
+      k = rot_k_.data();
+      v = rot_v_.data();
+    }
     for (int t = 0; t < n_tokens; ++t) {
       for (int sg = 0; sg < n_segs_; ++sg) {
         const size_t src = size_t(t) * kv_dim + size_t(sg) * seg_width_;
@@ -228,6 +263,11 @@ class KvCacheImpl final : public KvCache {
     const int pos0 = sp.pos0, n_q = sp.n;
     check(layer, pos0, n_q);
     const KvShape& sh = shape_;
+    if constexpr (Format::kRotate) {
+      rot_q_.resize(size_t(n_q) * sh.q_dim());
+      rotate_heads(layer, q, rot_q_.data(), n_q, sh.n_heads, false);
+      q = rot_q_.data();
+    }
     Job job{this, layer, pos0, q, out, scale};
     job.group = sh.n_heads / sh.n_kv_heads;
     job.n_sub = (job.group + kMaxGroup - 1) / kMaxGroup;
@@ -255,6 +295,8 @@ class KvCacheImpl final : public KvCache {
           partial_.merge(base, job.n_split, k, out + (size_t(t) * sh.n_heads + h) * sh.head_dim);
         }
     }
+    // The output is a weighted sum of rotated values: rotate it back.
+    if constexpr (Format::kRotate) rotate_heads(layer, out, out, n_q, sh.n_heads, true);
   }
 
   // Ring layers are a constant (KvStats::fixed_bytes), not a per-position cost.
@@ -349,6 +391,22 @@ class KvCacheImpl final : public KvCache {
     }
   };
 
+  // Rotates (or with inverse, rotates back) the heads of n rows of n_row_heads heads each (kv heads, or
+  // query heads that read kv head h / group) with the rotation of their kv head; in place allowed.
+  void rotate_heads(int layer, const float* x, float* y, int n, int n_row_heads, bool inverse) const {
+    const int hd = shape_.head_dim, group = n_row_heads / shape_.n_kv_heads;
+    for (int t = 0; t < n; ++t)
+      for (int h = 0; h < n_row_heads; ++h) {
+        const size_t o = (size_t(t) * n_row_heads + size_t(h)) * hd;
+        const TqRotation& r = rot_[size_t(layer) * shape_.n_kv_heads + size_t(h / group)];
+        if (inverse) {
+          rotate_inverse(r, x + o, y + o);
+        } else {
+          rotate_forward(r, x + o, y + o);
+        }
+      }
+  }
+
   // Ring slot `slot` of a layer's keys (kv 0) or values (kv 1), segment sg.
   uint8_t* seg(int layer, int kv, int sg, int slot) const {
     const size_t ring = size_t(ring_[size_t(layer)]);
@@ -366,6 +424,8 @@ class KvCacheImpl final : public KvCache {
   SplitPartials partial_;
   size_t total_ = 0;
   std::unique_ptr<uint8_t[], AlignedFree> data_;
+  std::vector<TqRotation> rot_;               // [layer][kv head] (rotated formats)
+  std::vector<float> rot_k_, rot_v_, rot_q_;  // rotated inputs of one call
 };
 
 }  // namespace
@@ -432,9 +492,12 @@ std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& s
   if (type == "f16") return std::make_unique<KvCacheImpl<F16Format>>(s);
   if (type == "q8_0") return std::make_unique<KvCacheImpl<Q8Format>>(s);
   if (type == "q4_0") return std::make_unique<KvCacheImpl<Q4Format>>(s);
+  if (type == "q8_0r") return std::make_unique<KvCacheImpl<Q8RotFormat>>(s);
+  if (type == "q4_0r") return std::make_unique<KvCacheImpl<Q4RotFormat>>(s);
   if (const auto tq = parse_tq_kv_type(type)) return make_turboquant_kv_cache(type, *tq, s);
-  throw InvalidArgument(fmt::format("unknown kv cache type '{}' (supported: f32, f16, q8_0, q4_0, {})", type,
-                                    tq_kv_type_help()));
+  throw InvalidArgument(
+      fmt::format("unknown kv cache type '{}' (supported: f32, f16, q8_0, q4_0, q8_0r, q4_0r, {})", type,
+                  tq_kv_type_help()));
 }
 
 }  // namespace qleap

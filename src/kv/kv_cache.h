@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "turboquant/tq_sensitivity.h"
 
 namespace qleap {
 
@@ -74,6 +75,10 @@ struct KvCalibration {
   int64_t n_queries = 0;                             // tokens in the query sums
   std::vector<double> sum_k, sum_k2, sum_v, sum_v2;  // [layer][kv_dim]
   std::vector<double> sum_q2;  // [layer][kv_dim]: channel i of kv head g summed over the group's query heads
+  // Per-head TurboQuant sensitivity measured on the calibration text (tq_measure_sensitivity), one per
+  // exact-window length measured (e.g. 0 and 64): what TurboQuant caches spend their bits by when no
+  // per-head rates are given. Empty: none (uniform rates).
+  std::vector<TqSensitivity> tq_sensitivity;
   bool empty() const { return n_tokens == 0; }
   int kv_dim() const { return n_kv_heads * head_dim; }
   // Mean key / value of channel c (kv_dim index) of a layer.
@@ -140,8 +145,10 @@ class KvCache {
   ThreadPool* pool_ = nullptr;
 };
 
-// type: "f32" (reference), "f16", "q8_0", "q4_0" (llama.cpp-style baselines), or TurboQuant "tq2".."tq4" /
-// "kXvY" (kv_turboquant.h). Host memory. Throws InvalidArgument on an unknown type or bad shape.
+// type: "f32" (reference), "f16", "q8_0", "q4_0" (llama.cpp-style blocks), "q8_0r", "q4_0r" (the same
+// blocks after a random rotation of each head, like current llama.cpp: the honest baselines), or
+// TurboQuant "tq2".."tq4" / "kXvY" (kv_turboquant.h). Host memory. Throws InvalidArgument on an unknown type
+// or bad shape.
 std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& shape);
 // Throws InvalidArgument on a bad shape (what make_kv_cache checks first; device caches use it too).
 void check_kv_shape(const KvShape& s);

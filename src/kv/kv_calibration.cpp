@@ -141,6 +141,9 @@ std::string kv_calibration_to_json(const KvCalibration& c) {
   j["sum_v"] = c.sum_v;
   j["sum_v2"] = c.sum_v2;
   j["sum_q2"] = c.sum_q2;
+  j["tq_sensitivity"] = nlohmann::json::array();
+  for (const TqSensitivity& t : c.tq_sensitivity)
+    j["tq_sensitivity"].push_back(nlohmann::json::parse(tq_sensitivity_to_json(t)));
   return j.dump();
 }
 
@@ -180,6 +183,16 @@ KvCalibration kv_calibration_from_json(const std::string& text) {
       if (!std::isfinite(d))
         throw FormatError(fmt::format("kv calibration: '{}' holds a non-finite value", key));
       dst->push_back(d);
+    }
+  }
+  // Optional (files without it give uniform TurboQuant rates).
+  if (const auto it = j.find("tq_sensitivity"); it != j.end()) {
+    if (!it->is_array()) throw FormatError("kv calibration: 'tq_sensitivity' must be a list");
+    for (const auto& t : *it) {
+      TqSensitivity s = tq_sensitivity_from_json(t.dump(), "kv calibration");
+      if (s.n_layers != c.n_layers || s.n_kv_heads != c.n_kv_heads || s.head_dim != c.head_dim)
+        throw FormatError("kv calibration: a sensitivity of another shape");
+      c.tq_sensitivity.push_back(std::move(s));
     }
   }
   return c;

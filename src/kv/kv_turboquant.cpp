@@ -75,9 +75,6 @@ class TurboQuantKvCache final : public KvCache {
     if (!spec.head_k_bits.empty() &&
         (spec.head_k_bits.size() != size_t(ML) * H || spec.head_v_bits.size() != size_t(ML) * H))
       throw InvalidArgument("turboquant kv cache: the per-head bit allocation does not match the model");
-    k_rec_.resize(size_t(L) * H);
-    v_rec_.resize(size_t(L) * H);
-    head_off_.resize(size_t(L) * H + 1);
     ring_.assign(size_t(L), 0);
     slots_.assign(size_t(L), s.n_ctx);
     for (int l = 0; l < L; ++l) {
@@ -88,23 +85,19 @@ class TurboQuantKvCache final : public KvCache {
         ring_[size_t(l)] = r;
         slots_[size_t(l)] = 2 * r;
       }
-      // Rotations, rates and edge layers follow the model layer (KvShape::first_layer).
-      const int ml = l + s.first_layer;
+    }
+    // Rates per (layer, kv head) of this cache, from the spec (rates and edge layers follow the model
+    // layer, KvShape::first_layer); calibrate() may replace them with an allocation.
+    std::vector<float> kb(size_t(L) * H), vb(kb.size());
+    for (int l = 0; l < L; ++l)
       for (int g = 0; g < s.n_kv_heads; ++g) {
+        const int ml = l + s.first_layer;
         const size_t i = size_t(l) * H + size_t(g), mi = size_t(ml) * H + size_t(g);
         const bool per_head = !spec.head_k_bits.empty();
-        const TqConfig kc =
-            tq_kv_config(spec, s.head_dim, false, per_head ? spec.head_k_bits[mi] : spec.k_bits_at(ml, ML));
-        const TqConfig vc =
-            tq_kv_config(spec, s.head_dim, true, per_head ? spec.head_v_bits[mi] : spec.v_bits_at(ml, ML));
-        k_states_.push_back(tq_make_state(kc, ml, g));
-        v_states_.push_back(tq_make_state(vc, ml, g));
-        k_rec_[i] = k_states_.back().layout.bytes;
-        v_rec_[i] = v_states_.back().layout.bytes;
-        // Per (layer, kv head): the layer's slots of key records, then as many value records.
-        head_off_[i + 1] = head_off_[i] + size_t(slots_[size_t(l)]) * (k_rec_[i] + v_rec_[i]);
+        kb[i] = per_head ? spec.head_k_bits[mi] : spec.k_bits_at(ml, ML);
+        vb[i] = per_head ? spec.head_v_bits[mi] : spec.v_bits_at(ml, ML);
       }
-    }
+    set_rates(kb, vb);
     total_ = head_off_.back();
     mu_k_.assign(size_t(L) * s.kv_dim(), 0.0f);
     mu_v_.assign(size_t(L) * s.kv_dim(), 0.0f);
@@ -156,6 +149,7 @@ class TurboQuantKvCache final : public KvCache {
   void calibrate(const KvCalibration& c) override {
     c.check(shape_);
     if (!spec_.center || c.empty()) return;
+    allocate_from(c);
     const KvShape& sh = shape_;
     const int kvd = sh.kv_dim(), hd = sh.head_dim;
     std::vector<double> a(static_cast<size_t>(hd)), b(static_cast<size_t>(hd));
@@ -648,6 +642,59 @@ class TurboQuantKvCache final : public KvCache {
         }
   }
 
+  // Quantizer states, record sizes and offsets for these rates per (layer, kv head) of the cache.
+  void set_rates(const std::vector<float>& kb, const std::vector<float>& vb) {
+    const KvShape& s = shape_;
+    const size_t H = size_t(s.n_kv_heads), n = size_t(s.n_layers) * H;
+    k_states_.clear();
+    v_states_.clear();
+    k_rec_.assign(n, 0);
+    v_rec_.assign(n, 0);
+    head_off_.assign(n + 1, 0);
+    k_bits_ = kb;
+    v_bits_ = vb;
+    for (int l = 0; l < s.n_layers; ++l)
+      for (int g = 0; g < s.n_kv_heads; ++g) {
+        const int ml = l + s.first_layer;  // rotations follow the model layer
+        const size_t i = size_t(l) * H + size_t(g);
+        k_states_.push_back(tq_make_state(tq_kv_config(spec_, s.head_dim, false, kb[i]), ml, g));
+        v_states_.push_back(tq_make_state(tq_kv_config(spec_, s.head_dim, true, vb[i]), ml, g));
+        k_rec_[i] = k_states_.back().layout.bytes;
+        v_rec_[i] = v_states_.back().layout.bytes;
+        // Per (layer, kv head): the layer's slots of key records, then as many value records.
+        head_off_[i + 1] = head_off_[i] + size_t(slots_[size_t(l)]) * (k_rec_[i] + v_rec_[i]);
+      }
+  }
+
+  // Per-head rates from the calibration's sensitivity (the one measured at the window nearest to this
+  // cache's), at the mean rate of the spec, when the spec names no rates of its own. Applied only when
+  // the records then take exactly the bytes of the uniform rates (always for head_dim a multiple of 16),
+  // so the cache's size never depends on the calibration; once, before the cache holds anything.
+  void allocate_from(const KvCalibration& c) {
+    if (!spec_.auto_alloc || alloc_done_ || !spec_.head_k_bits.empty() || spec_.qjl_keys ||
+        spec_.edge_layers > 0 || c.tq_sensitivity.empty())
+      return;
+    alloc_done_ = true;
+    const TqSensitivity* best = nullptr;
+    for (const TqSensitivity& t : c.tq_sensitivity)
+      if (!best || std::abs(t.window - window_) < std::abs(best->window - window_) ||
+          (std::abs(t.window - window_) == std::abs(best->window - window_) && t.window > best->window))
+        best = &t;
+    if (best->n_layers != shape_.n_layers || best->n_kv_heads != shape_.n_kv_heads ||
+        best->head_dim != shape_.head_dim)
+      return;
+    const float avg = 0.5f * (spec_.k_bits + spec_.v_bits);
+    if (avg <= float(best->rates.front()) || avg >= float(best->rates.back())) return;  // nothing to move
+    const TqBitAllocation a = tq_allocate_bits(*best, avg, tq_allocation_step(shape_.head_dim));
+    const std::vector<float> kb = k_bits_, vb = v_bits_;
+    set_rates(a.k_bits, a.v_bits);
+    if (head_off_.back() != total_) {
+      set_rates(kb, vb);
+      return;
+    }
+    allocated_ = true;
+  }
+
   const TqState& kstate(int layer, int g) const { return k_states_[size_t(layer) * shape_.n_kv_heads + g]; }
   const TqState& vstate(int layer, int g) const { return v_states_[size_t(layer) * shape_.n_kv_heads + g]; }
   uint8_t* keys(int layer, int g) const {
@@ -677,6 +724,8 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<float> qbuf_;
   SplitPartials partial_;
   size_t total_ = 0;
+  std::vector<float> k_bits_, v_bits_;           // rates per (layer, kv head)
+  bool alloc_done_ = false, allocated_ = false;  // calibrate() tried / applied an allocation
   std::unique_ptr<uint8_t[], AlignedFree> data_;
   bool calibrated_any_ = false;
 };
@@ -733,6 +782,8 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
       spec.alloc_path = type.substr(at + 1 + 6);
       if (spec.alloc_path.empty()) return std::nullopt;
       break;
+    } else if (opt == "uniform") {
+      spec.auto_alloc = false;
     } else if (opt == "nocenter") {
       spec.center = false;
     } else if (opt == "noscale") {
@@ -777,7 +828,8 @@ const char* tq_kv_type_help() {
          "- plain (no centering, plain norms, no exact sink or window), sinkN (first N positions exact, "
          "default 1), wN (each query's last N positions exact, default 64), drawN (another draw of the "
          "random rotations), "
-         "nocenter, noscale, vscale, qjl, eN (first and last N layers "
+         "uniform (no per-head rates from the model's calibration), nocenter, noscale, vscale, qjl, eN "
+         "(first and last N layers "
          "at 4 bits), alloc=PROFILE "
          "(per-head bits from a sensitivity profile, same mean; last option), "
          "e.g. tq3:e2, tq3:alloc=smollm2.kvsens.json";
@@ -814,6 +866,7 @@ TqSensitivity tq_measure_sensitivity(const TqKvSpec& spec_in, const KvShape& sha
   spec.alloc_path.clear();
   spec.head_k_bits.clear();
   spec.head_v_bits.clear();
+  spec.auto_alloc = false;  // what each head loses at uniform rates
   const int window = std::max(0, std::min(spec.window, n));
   if (n < std::max(kTqMeasureMinTokens, window + 64))
     throw InvalidArgument(fmt::format("a sensitivity measurement needs at least {} tokens per chunk (got {})",

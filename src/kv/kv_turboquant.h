@@ -14,8 +14,10 @@
 //    BOS) and each query's last `window` positions are also kept as floats, and attention uses those
 //    instead of their records. Both are constants (a few positions per layer and kv head), not a
 //    per-token cost; allocated_bytes() counts them.
-//  - per-head rates (alloc=, off by default): a sensitivity profile measured by tq_measure_sensitivity
-//    (qleap profile --kv-sensitivity) moves bits between (layer, kv head) and K / V at the same total.
+//  - per-head rates: a sensitivity measured by tq_measure_sensitivity moves bits between (layer, kv
+//    head) and K / V at the same total bytes. By default the one the model's calibration pass measured
+//    on its calibration text (no file to pass; `uniform` turns it off); alloc=PROFILE uses a profile
+//    from `qleap profile --kv-sensitivity` instead.
 #pragma once
 #include <memory>
 #include <optional>
@@ -59,6 +61,9 @@ struct TqKvSpec {
   // spending the budget of k_bits / v_bits where the profile says it removes the most error.
   std::string alloc_path;
   std::vector<float> head_k_bits, head_v_bits;
+  // Without alloc=: per-head rates from the sensitivity that the model's calibration measured on its
+  // calibration text (KvCalibration::tq_sensitivity), same mean and bytes. `uniform`: off.
+  bool auto_alloc = true;
   float k_bits_at(int layer, int n_layers) const;
   float v_bits_at(int layer, int n_layers) const;
 };
@@ -74,6 +79,7 @@ struct TqKvSpec {
 //   vscale    also scale value channels (measured: no gain)
 //   qjl       keys as (bits - 1)-bit MSE + 1-bit QJL residual (paper's TurboQuant_prod; slow, measured)
 //   eN        the first and last N layers at 4-bit K and V (e.g. tq3:e2)
+//   uniform   the same rate for every head (no per-head rates from the model's calibration)
 //   alloc=P   per-head rates from the sensitivity profile at path P with the same mean bits (the rest
 //             of the name is the path, so this option comes last)
 // Returns nullopt for any other string.

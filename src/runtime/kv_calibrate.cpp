@@ -8,10 +8,12 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <sstream>
 
 #include "core/error.h"
 #include "kv/kv_calibration.h"
+#include "kv/kv_turboquant.h"
 #include "runtime/engine.h"
 #include "tokenizer/tokenizer.h"
 
@@ -19,7 +21,11 @@ namespace qleap {
 namespace {
 
 // Bump when the text, the statistics or how they are used change: older files are then ignored.
-constexpr const char* kCalibrationVersion = "kvcal-2";
+constexpr const char* kCalibrationVersion = "kvcal-3";
+
+// Exact-window lengths the per-head sensitivity is measured at (TurboQuant caches use the nearest):
+// none, and the default window.
+constexpr int kSensitivityWindows[] = {0, 64};
 
 uint64_t fnv1a64(const std::string& s) {
   uint64_t h = 0xcbf29ce484222325ull;
@@ -56,13 +62,23 @@ std::shared_ptr<const KvCalibration> run_pass(const std::shared_ptr<const Model>
   o.n_threads = n_threads;
   o.n_batch = n_ctx;  // one chunk: every query sees the keys before it
   o.make_host_kv = [&rec](const KvShape& s) {
-    auto r = std::make_unique<KvCalibrationRecorder>(s);
+    auto r = std::make_unique<KvCalibrationRecorder>(s, /*keep_rows=*/true);
     rec = r.get();
     return r;
   };
   Engine engine(model, o);
   engine.prefill(0, ids.data(), int(ids.size()));
-  return std::make_shared<const KvCalibration>(rec->result());
+  auto cal = std::make_shared<KvCalibration>(rec->result());
+  // The per-head sensitivity of TurboQuant caches on the same text, so that every tq type spends its
+  // bits where they matter on this model without a profile to pass (measured with 3-bit caches at
+  // 2, 3 and 4 bits per head; the allocation interpolates half rates).
+  const KvShape shape{hp.n_layers, n_ctx, hp.n_heads, hp.n_kv_heads, hp.head_dim};
+  for (int w : kSensitivityWindows) {
+    std::optional<TqKvSpec> spec = parse_tq_kv_type(fmt::format("tq3:w{}", w));
+    if (!spec || n_ctx < std::max(kTqMeasureMinTokens, w + 64)) continue;
+    cal->tq_sensitivity.push_back(tq_measure_sensitivity(*spec, shape, *cal, rec->rows(), &engine.pool()));
+  }
+  return cal;
 }
 
 }  // namespace
@@ -122,6 +138,13 @@ KvCalibration slice_calibration(const KvCalibration& c, int first, int end) {
                           {&s.sum_v2, &c.sum_v2},
                           {&s.sum_q2, &c.sum_q2}})
     dst->assign(src->begin() + long(b), src->begin() + long(e));
+  const size_t H = size_t(c.n_kv_heads);
+  for (TqSensitivity& t : s.tq_sensitivity) {
+    t.n_layers = end - first;
+    for (auto* err : {&t.k_err, &t.v_err})
+      *err = std::vector<std::vector<double>>(err->begin() + long(size_t(first) * H),
+                                              err->begin() + long(size_t(end) * H));
+  }
   return s;
 }
 

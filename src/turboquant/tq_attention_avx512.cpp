@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "turboquant/tq_kernels.h"
 
@@ -96,30 +97,23 @@ void scores_block(const KernelArgs& a, const float* q_rot, const uint8_t* keys, 
 }
 
 // Groups [g0, g0 + cnt) of one segment for all n values, partial sums in registers (see the AVX2
-// version; with 32 zmm registers one pass covers d = 128 for a single query).
+// version; with 32 zmm registers one pass covers d = 128 for a single query). coef[j * NQ + qi] is
+// the record's weight times its norm, computed once for all chunks.
 template <int B, int NQ, int CH>
-void accum_chunk(const float* w, size_t w_stride, const uint8_t* values, size_t stride, size_t norm_off,
-                 int64_t n, __m512 c, size_t seg_off, int g0, int cnt, float* acc, int dim) {
+void accum_chunk(const float* coef, const uint8_t* values, size_t stride, int64_t n, __m512 c, size_t seg_off,
+                 int g0, int cnt, float* acc, int dim) {
   __m512 s[NQ][CH];
   for (int qi = 0; qi < NQ; ++qi)
     for (int g = 0; g < CH; ++g)
       s[qi][g] = g < cnt ? _mm512_loadu_ps(acc + qi * dim + (g0 + g) * 16) : _mm512_setzero_ps();
-  for (int64_t j = 0; j < n; ++j) {
-    const uint8_t* rec = values + size_t(j) * stride;
-    const float nrm = load_norm(rec, norm_off);
-    __m512 coef[NQ];
-    bool any = false;
-    for (int qi = 0; qi < NQ; ++qi) {
-      const float cf = w[size_t(qi) * w_stride + j] * nrm;
-      any |= cf != 0.0f;
-      coef[qi] = _mm512_set1_ps(cf);
-    }
-    if (!any) continue;
-    const uint8_t* p = rec + seg_off + g0 * 2 * B;
+  const uint8_t* p = values + seg_off + size_t(g0) * 2 * B;
+  for (int64_t j = 0; j < n; ++j, p += stride) {
+    __m512 cf[NQ];
+    for (int qi = 0; qi < NQ; ++qi) cf[qi] = _mm512_set1_ps(coef[j * NQ + qi]);
     for (int g = 0; g < CH; ++g) {
       if (g < cnt) {
         const __m512 cv = lookup(c, unpack16<B>(p + g * 2 * B));
-        for (int qi = 0; qi < NQ; ++qi) s[qi][g] = _mm512_fmadd_ps(coef[qi], cv, s[qi][g]);
+        for (int qi = 0; qi < NQ; ++qi) s[qi][g] = _mm512_fmadd_ps(cf[qi], cv, s[qi][g]);
       }
     }
   }
@@ -130,14 +124,31 @@ void accum_chunk(const float* w, size_t w_stride, const uint8_t* values, size_t 
 template <int BH, int BL, int NQ>
 void accum_block(const KernelArgs& a, const float* w, size_t w_stride, const uint8_t* values,
                  size_t value_stride, int64_t n, float* acc_rot) {
+  // Weight x norm per record and query, once for all chunks of coordinates (the records' norms and
+  // the weights are read once, not once per chunk); records past the last non-zero weight (the
+  // causal tail of a prefill block) are not read at all.
+  thread_local std::vector<float> coef_buf;
+  if (coef_buf.size() < size_t(n) * NQ) coef_buf.resize(size_t(n) * NQ);
+  float* coef = coef_buf.data();
+  int64_t n_used = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const float nrm = load_norm(values + size_t(j) * value_stride, a.norm_offset);
+    bool any = false;
+    for (int qi = 0; qi < NQ; ++qi) {
+      const float cf = w[size_t(qi) * w_stride + size_t(j)] * nrm;
+      coef[j * NQ + qi] = cf;
+      any |= cf != 0.0f;
+    }
+    if (any) n_used = j + 1;
+  }
   constexpr int kCh = NQ <= 2 ? 8 : 4;  // NQ * kCh <= 16 of the 32 zmm registers
   const __m512 ch = _mm512_loadu_ps(a.cb_hi), cl = _mm512_loadu_ps(a.cb_lo);
   const int n16_hi = a.split / 16, n16_lo = (a.dim - a.split) / 16;
   for (int g0 = 0; g0 < n16_hi; g0 += kCh)
-    accum_chunk<BH, NQ, kCh>(w, w_stride, values, value_stride, a.norm_offset, n, ch, 0, g0,
-                             std::min(kCh, n16_hi - g0), acc_rot, a.dim);
+    accum_chunk<BH, NQ, kCh>(coef, values, value_stride, n_used, ch, 0, g0, std::min(kCh, n16_hi - g0),
+                             acc_rot, a.dim);
   for (int g0 = 0; g0 < n16_lo; g0 += kCh)
-    accum_chunk<BL, NQ, kCh>(w, w_stride, values, value_stride, a.norm_offset, n, cl, a.hi_bytes, g0,
+    accum_chunk<BL, NQ, kCh>(coef, values, value_stride, n_used, cl, a.hi_bytes, g0,
                              std::min(kCh, n16_lo - g0), acc_rot + a.split, a.dim);
 }
 

@@ -90,6 +90,25 @@ def test_compare_text_mode_orders_cache_types(qleap_bin, test_models, tmp_path):
     assert res["tq2"] < 0.5 * res["tq2:w0"]
 
 
+def test_compare_text_mode_several_types_in_one_run(qleap_bin, test_models, tmp_path):
+    text = tmp_path / "story.txt"
+    text.write_text(STORY * 12)
+    args = ["--text", text, "-c", "128", "-t", "1", "--json"]
+    r = run(qleap_bin, "compare", test_models / "stories260K.gguf", "--kv", "q4_0r,tq3:w0", *args)
+    assert r.returncode == 0, r.stderr
+    both = json.loads(r.stdout)
+    assert [j["kv"] for j in both] == ["q4_0r", "tq3:w0"]
+    # The same figures as one run per type: the baseline is shared, not approximated.
+    for j in both:
+        one = run(qleap_bin, "compare", test_models / "stories260K.gguf", "--kv", j["kv"], *args)
+        assert one.returncode == 0, one.stderr
+        assert json.loads(one.stdout)["summary"] == j["summary"]
+    r = run(qleap_bin, "compare", test_models / "stories260K.gguf", "--kv", "tq3,,tq4", *args)
+    assert r.returncode != 0 and "empty type" in r.stderr
+    r = run(qleap_bin, "compare", test_models / "stories260K.gguf", "--kv", "tq3,tq4", "Once upon a time", "-n", "4")
+    assert r.returncode != 0 and "need --text" in r.stderr
+
+
 def test_q4_0_kv_cache_and_its_size(qleap_bin, test_models):
     r = run(qleap_bin, "info", test_models / "stories260K.gguf", "--kv", "q4_0")
     assert r.returncode == 0, r.stderr

@@ -89,19 +89,20 @@ TEST_P(KvAttention, MatchesReference) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(Types, KvAttention,
-                         ::testing::Values(Case{"f32", 64, 1e-5f}, Case{"f32", 8, 1e-5f},
-                                           Case{"f16", 64, 3e-3f}, Case{"f16", 8, 3e-3f},
-                                           Case{"q8_0", 64, 3e-2f}, Case{"q8_0", 8, 3e-2f},
-                                           Case{"q8_0", 40, 3e-2f}, Case{"f32", 16, 1e-5f, 20, 2},
-                                           Case{"f16", 32, 3e-3f, 3, 3}, Case{"q8_0", 32, 3e-2f, 4, 1},
-                                           Case{"q4_0", 64, 0.5f}, Case{"q4_0", 8, 0.5f},
-                                           Case{"q4_0", 40, 0.5f}),
-                         [](const auto& info) {
-                           const Case& c = info.param;
-                           return std::string(c.type) + "_hd" + std::to_string(c.head_dim) + "_h" +
-                                  std::to_string(c.n_heads) + "_kv" + std::to_string(c.n_kv_heads);
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Types, KvAttention,
+    ::testing::Values(Case{"f32", 64, 1e-5f}, Case{"f32", 8, 1e-5f}, Case{"f16", 64, 3e-3f},
+                      Case{"f16", 8, 3e-3f}, Case{"q8_0", 64, 3e-2f}, Case{"q8_0", 8, 3e-2f},
+                      Case{"q8_0", 40, 3e-2f}, Case{"f32", 16, 1e-5f, 20, 2}, Case{"f16", 32, 3e-3f, 3, 3},
+                      Case{"q8_0", 32, 3e-2f, 4, 1}, Case{"q4_0", 64, 0.5f}, Case{"q4_0", 8, 0.5f},
+                      Case{"q4_0", 40, 0.5f}, Case{"q8_0r", 64, 3e-2f}, Case{"q8_0r", 8, 3e-2f},
+                      Case{"q8_0r", 40, 3e-2f}, Case{"q8_0r", 32, 3e-2f, 4, 1}, Case{"q4_0r", 64, 0.5f},
+                      Case{"q4_0r", 8, 0.5f}, Case{"q4_0r", 40, 0.5f}),
+    [](const auto& info) {
+      const Case& c = info.param;
+      return std::string(c.type) + "_hd" + std::to_string(c.head_dim) + "_h" + std::to_string(c.n_heads) +
+             "_kv" + std::to_string(c.n_kv_heads);
+    });
 
 TEST(KvCache, BytesPerTokenMatchesAllocation) {
   KvShape s{.n_layers = 3, .n_ctx = 17, .n_heads = 4, .n_kv_heads = 2, .head_dim = 64};
@@ -112,10 +113,50 @@ TEST(KvCache, BytesPerTokenMatchesAllocation) {
   s.head_dim = 8;  // kv_dim 16: one zero-padded block per row
   EXPECT_EQ(make_kv_cache("q8_0", s)->bytes_per_token(), 3u * 2 * 34);
   EXPECT_EQ(make_kv_cache("q4_0", s)->bytes_per_token(), 3u * 2 * 18);
-  for (const char* t : {"f32", "f16", "q8_0", "q4_0"}) {
+  for (const char* t : {"f32", "f16", "q8_0", "q4_0", "q8_0r", "q4_0r"}) {
     auto kv = make_kv_cache(t, s);
     EXPECT_EQ(kv->allocated_bytes(), kv->bytes_per_token() * 17) << t;
   }
+  // The rotation changes the values, not the format.
+  s.head_dim = 64;
+  EXPECT_EQ(make_kv_cache("q8_0r", s)->bytes_per_token(), make_kv_cache("q8_0", s)->bytes_per_token());
+  EXPECT_EQ(make_kv_cache("q4_0r", s)->bytes_per_token(), make_kv_cache("q4_0", s)->bytes_per_token());
+}
+
+// Keys with a large outlier channel (as in Qwen-family models): the block scale of plain q4_0 is set
+// by the outlier, so the other channels of its block lose their resolution; rotated, the outlier is
+// spread over the head and every block keeps a fair scale.
+TEST(KvCache, RotationRescuesOutlierChannels) {
+  KvShape s{.n_layers = 1, .n_ctx = 200, .n_heads = 4, .n_kv_heads = 2, .head_dim = 64};
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  const int n = 200, kvd = s.kv_dim();
+  std::vector<float> k(size_t(n) * kvd), v(k.size()), q(size_t(n) * s.q_dim());
+  for (auto& x : k) x = nd(rng);
+  for (auto& x : v) x = nd(rng);
+  for (auto& x : q) x = nd(rng);
+  for (int t = 0; t < n; ++t)
+    for (int g = 0; g < 2; ++g) k[size_t(t) * kvd + size_t(g) * 64 + 5] = 40.0f + nd(rng);
+  const float scale = 0.125f;
+  const int pos0 = 150, n_q = 50;
+  std::vector<float> qq(q.begin() + pos0 * s.q_dim(), q.end());
+  const auto ref = reference_attention(s, k, v, pos0, n_q, qq, scale);
+  auto rel_err = [&](const char* type) {
+    auto kv = make_kv_cache(type, s);
+    kv->store(0, 0, n, k.data(), v.data());
+    ThreadPool pool(1);
+    std::vector<float> out(qq.size());
+    kv->attend(0, pos0, n_q, qq.data(), out.data(), scale, pool);
+    double e = 0, r = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      e += double(out[i] - ref[i]) * (out[i] - ref[i]);
+      r += double(ref[i]) * ref[i];
+    }
+    return std::sqrt(e / r);
+  };
+  const double plain = rel_err("q4_0"), rotated = rel_err("q4_0r");
+  EXPECT_LT(rotated, 0.5 * plain) << "q4_0 " << plain << " q4_0r " << rotated;
+  EXPECT_LT(rel_err("q8_0r"), 0.05);
 }
 
 TEST(KvCache, RejectsBadTypeShapeAndRange) {

@@ -314,5 +314,49 @@ TEST(TqKvAlloc, MeasurementMatchesWhatTheCacheLoses) {
       InvalidArgument);
 }
 
+// Without alloc=, a TurboQuant cache spends its bits by the sensitivity the model's calibration
+// carries (measured on the calibration text, runtime/kv_calibrate), at the window nearest its own:
+// the same rates as passing that sensitivity as a profile, the bytes of the uniform type, and
+// `uniform` turns it off. The sensitivity survives the calibration's JSON file.
+TEST(TqKvAlloc, CalibrationSensitivityAllocatesWithoutAProfile) {
+  const KvShape s{.n_layers = 2, .n_ctx = 200, .n_heads = 6, .n_kv_heads = 3, .head_dim = 64};
+  const KvData d(s, 200, 5);
+  KvCalibration cal = record(d, 200).cal;
+  TqSensitivity w64 = random_profile(2, 3, 64, 11), w0 = w64;
+  for (auto* p : {&w64, &w0})
+    for (auto* err : {&p->k_err, &p->v_err})
+      for (auto& e : *err) e = {1.0, 0.25, 0.0625};
+  w64.window = 64;
+  w0.window = 0;
+  w64.k_err[1] = {100.0, 10.0, 1.0};  // layer 0, kv head 1: keys much more sensitive
+  w0.v_err[4] = {100.0, 10.0, 1.0};   // layer 1, kv head 1: values
+  cal.tq_sensitivity = {w0, w64};
+  const std::string p64 = write_profile(w64, "qleap_tq_auto64.kvsens.json");
+  const std::string p0 = write_profile(w0, "qleap_tq_auto0.kvsens.json");
+  auto out = [&](const std::string& type) {
+    auto kv = make_kv_cache(type, s);
+    kv->calibrate(cal);
+    kv->calibrate(cal);                          // again, as every new sequence does: nothing changes
+    const std::string base = type.substr(0, 3);  // tq3 / tq4: the uniform type's bytes
+    EXPECT_EQ(kv->bytes_per_token(), make_kv_cache(base + ":uniform", s)->bytes_per_token()) << type;
+    return run(d, *kv, 200);
+  };
+  const std::vector<float> uniform = out("tq3:uniform");
+  EXPECT_EQ(out("tq3"), out("tq3:alloc=" + p64));
+  EXPECT_NE(out("tq3"), uniform);
+  EXPECT_EQ(out("tq3:w0"), out("tq3:w0:alloc=" + p0));
+  EXPECT_EQ(out("tq3:w8"), out("tq3:w8:alloc=" + p0));  // nearer to 0 than to 64
+  EXPECT_NE(out("tq3:w0"), out("tq3:w0:alloc=" + p64));
+  // tq4 is already at the highest measured rate: nothing to move.
+  EXPECT_EQ(out("tq4"), out("tq4:uniform"));
+
+  const KvCalibration back = kv_calibration_from_json(kv_calibration_to_json(cal));
+  ASSERT_EQ(back.tq_sensitivity.size(), 2u);
+  EXPECT_EQ(back.tq_sensitivity[1].window, 64);
+  EXPECT_EQ(back.tq_sensitivity[1].k_err, w64.k_err);
+  EXPECT_EQ(back.tq_sensitivity[0].v_err, w0.v_err);
+  for (const std::string& f : {p64, p0}) std::filesystem::remove(f);
+}
+
 }  // namespace
 }  // namespace qleap
