@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #if defined(__linux__)
@@ -16,6 +17,7 @@
 #include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/fp16.h"
+#include "kv/flash_prefill.h"
 #include "kv/kv_turboquant.h"
 #include "quant/block_q4_0.h"
 
@@ -217,6 +219,18 @@ class KvCacheImpl final : public KvCache {
               ThreadPool& pool) override {
     check(layer, pos0, n_q);
     const KvShape& sh = shape_;
+    // Prompt blocks: the tiled kernel converts each key/value block once per block of queries.
+    if constexpr (std::is_same_v<Format, F16Format> || std::is_same_v<Format, F32Format>) {
+      const FlashShape fs{n_q, pos0, sh.n_heads, sh.n_kv_heads, sh.head_dim, scale};
+      if (flash_prefill_enabled() && flash_prefill_supported(fs)) {
+        using T = std::conditional_t<std::is_same_v<Format, F16Format>, uint16_t, float>;
+        const KvRowsView<T> kv{reinterpret_cast<const T*>(seg(layer, 0, 0, 0)),
+                               reinterpret_cast<const T*>(seg(layer, 1, 0, 0)), plane_bytes_ / sizeof(T),
+                               seg_bytes_ / sizeof(T)};
+        flash_prefill(fs, kv, q, out, pool);
+        return;
+      }
+    }
     Job job{this, layer, pos0, q, out, scale};
     job.group = sh.n_heads / sh.n_kv_heads;
     job.n_sub = (job.group + kMaxGroup - 1) / kMaxGroup;

@@ -37,6 +37,19 @@ double tolerance(const std::vector<float>& wrow, const float* x, int64_t cols, i
   return 6.0 * std::sqrt(var) + 2e-5 * mag + 1e-6;
 }
 
+// The AMX tile path rounds weights and activations to bf16 (8 significant bits, round to nearest:
+// relative error uniform in +-2^-8 each) and accumulates in fp32.
+double tolerance_bf16(const std::vector<float>& wrow, const float* x, int64_t cols) {
+  double var = 0, mag = 0;
+  const double e = std::ldexp(1.0, -8);
+  for (int64_t c = 0; c < cols; ++c) {
+    const double p = double(wrow[size_t(c)]) * x[c];
+    var += p * p * 2.0 * e * e / 3.0;
+    mag += std::fabs(p);
+  }
+  return 6.0 * std::sqrt(var) + 2e-5 * mag + 1e-6;
+}
+
 int act_block_of(GgmlType t) {
   switch (t) {
     case GgmlType::F32:
@@ -57,7 +70,7 @@ int act_block_of(GgmlType t) {
 std::vector<IsaLevel> supported_levels() {
   std::vector<IsaLevel> out;
   const IsaLevel saved = isa_level();
-  for (IsaLevel l : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+  for (IsaLevel l : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512, IsaLevel::kAmx}) {
     set_isa_level(l);
     if (isa_level() == l) out.push_back(l);
   }
@@ -82,7 +95,11 @@ TEST_P(MatmulKernel, MatchesReferenceAtEveryIsaLevel) {
     int64_t rows, cols;
   };
   const int64_t unit = std::max<int64_t>(bs, 32);
-  const Shape shapes[] = {{37, unit * 3}, {8, unit}, {13, unit * 2 + (bs == 1 ? 5 : 0)}};
+  // The last shape spans several AMX row panels and k chunks (512 columns each).
+  const Shape shapes[] = {{37, unit * 3},
+                          {8, unit},
+                          {13, unit * 2 + (bs == 1 ? 5 : 0)},
+                          {150, unit >= 256 ? unit * 3 : 640 + (bs == 1 ? 5 : 0)}};
   ThreadPool pool1(1), pool3(3);
   for (IsaLevel lvl : supported_levels()) {
     set_isa_level(lvl);
@@ -92,8 +109,10 @@ TEST_P(MatmulKernel, MatchesReferenceAtEveryIsaLevel) {
       std::vector<std::vector<float>> wrows(size_t(s.rows), std::vector<float>(size_t(s.cols)));
       for (int64_t r = 0; r < s.rows; ++r)
         dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), s.cols);
-      std::vector<int64_t> ms = {1, 2, 3, 4, 5, 9};
-      if (s.rows <= 8) ms.push_back(67);  // more activation rows than one prefill chunk (64)
+      // 33 and 67: the AMX tile path (32 rows and up) with partial token tiles; 67 is also more
+      // activation rows than one prefill chunk (64).
+      std::vector<int64_t> ms = {1, 2, 3, 4, 5, 9, 33};
+      if (s.rows <= 8 || lvl == IsaLevel::kAmx) ms.push_back(67);
       for (int64_t m : ms) {
         std::vector<float> x(size_t(m * s.cols));
         for (auto& v : x) v = nd(rng) * (1.0f + float(&v - x.data()) * 0.001f);
@@ -104,8 +123,10 @@ TEST_P(MatmulKernel, MatchesReferenceAtEveryIsaLevel) {
           matmul(wv, x.data(), m, got.data(), *pool);
           for (int64_t tt = 0; tt < m; ++tt) {
             for (int64_t r = 0; r < s.rows; ++r) {
-              const double tol = tolerance(wrows[size_t(r)], x.data() + tt * s.cols, s.cols,
-                                           lvl == IsaLevel::kScalar ? 1 : act_block_of(t));
+              const float* xt = x.data() + tt * s.cols;
+              double tol =
+                  tolerance(wrows[size_t(r)], xt, s.cols, lvl == IsaLevel::kScalar ? 1 : act_block_of(t));
+              if (lvl == IsaLevel::kAmx) tol = std::max(tol, tolerance_bf16(wrows[size_t(r)], xt, s.cols));
               const size_t i = size_t(tt * s.rows + r);
               ASSERT_NEAR(got[i], ref[i], tol)
                   << GetParam() << " isa=" << isa_name(lvl) << " rows=" << s.rows << " cols=" << s.cols

@@ -49,6 +49,7 @@ size_t act_row_bytes(ActFormat f, int64_t n) {
 
 const IsaKernels* active_kernels() {
   const IsaLevel lvl = isa_level();
+  if (lvl == IsaLevel::kAmx) return kernels_amx();
   if (lvl == IsaLevel::kAvx512) {
     // The AVX-512 build uses VNNI; without it the AVX2 build is the better choice.
     if (cpu_features().avx512vnni) return kernels_avx512();
@@ -116,6 +117,8 @@ void matmul_fallback(const WeightView& w, const float* x, int64_t m, float* y, T
 
 namespace {
 thread_local bool tls_row_exact = false;
+// Fewest activation rows worth the matrix units: below this the VNNI kernels win (measured).
+constexpr int64_t kTileMinRows = 32;
 }  // namespace
 
 RowExactMatmul::RowExactMatmul() : prev_(tls_row_exact) {
@@ -148,6 +151,8 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
   if (!k->gemm(w.type, wd, w.row_bytes, w.cols, 0, 0, nullptr, 0, 0, 0, y, w.rows)) {
     return matmul_fallback(w, x, m, y, pool);
   }
+  if (k->tile_matmul != nullptr && m >= kTileMinRows && !tls_row_exact && k->tile_matmul(w, x, m, y, pool))
+    return;
 
   // Everything the workers need, reached through one pointer: the lambdas below then fit in
   // std::function's inline storage, so a call allocates nothing once the scratch has grown.

@@ -986,7 +986,7 @@ bool dequantize(GgmlType t, const void* src, float* dst, int64_t n) {
 }  // namespace
 
 const IsaKernels* kernels() {
-  static const IsaKernels k{QLEAP_ISA_NAME, &quantize_q8a, &quantize_q8k, &gemm, &dequantize};
+  static const IsaKernels k{QLEAP_ISA_NAME, &quantize_q8a, &quantize_q8k, &gemm, &dequantize, nullptr};
   return &k;
 }
 
