@@ -119,6 +119,8 @@ namespace {
 thread_local bool tls_row_exact = false;
 // Fewest activation rows worth the matrix units: below this the VNNI kernels win (measured).
 constexpr int64_t kTileMinRows = 32;
+// Fewest activation rows for the interleaved-panel kernels (below: the row-dot tiles).
+constexpr int64_t kPanelMinRows = 4;
 }  // namespace
 
 RowExactMatmul::RowExactMatmul() : prev_(tls_row_exact) {
@@ -151,8 +153,10 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
   if (!k->gemm(w.type, wd, w.row_bytes, w.cols, 0, 0, nullptr, 0, 0, 0, y, w.rows)) {
     return matmul_fallback(w, x, m, y, pool);
   }
-  if (k->tile_matmul != nullptr && m >= kTileMinRows && !tls_row_exact && k->tile_matmul(w, x, m, y, pool))
-    return;
+  if (!tls_row_exact) {
+    if (k->tile_matmul != nullptr && m >= kTileMinRows && k->tile_matmul(w, x, m, y, pool)) return;
+    if (k->panel_matmul != nullptr && m >= kPanelMinRows && k->panel_matmul(w, x, m, y, pool)) return;
+  }
 
   // Everything the workers need, reached through one pointer: the lambdas below then fit in
   // std::function's inline storage, so a call allocates nothing once the scratch has grown.

@@ -43,6 +43,9 @@ struct IsaKernels {
   // The whole product for a batch of activation rows on matrix units (AMX), threads included;
   // nullptr where the ISA has none, false when it does not handle w's type.
   bool (*tile_matmul)(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool);
+  // Prefill through interleaved weight panels (matmul_panel_x86.h), threads included; false when
+  // it does not handle w's type.
+  bool (*panel_matmul)(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool);
 };
 
 // The per-ISA kernel sets. Calling into one on a CPU without that ISA is illegal; go through

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "backend/cpu/matmul_kernels.h"
 #include "quant/block_iq4_nl.h"
@@ -210,7 +211,8 @@ void tile_q8a(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8A* x,
     __m256i q[RR], aq[RR];
     __m128 dm[RR];
     for (int r = 0; r < RR; ++r) {
-      if constexpr (CC == 1) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + b) + kPrefetchBytes, _MM_HINT_T0);
+      if constexpr (CC == 1)
+        _mm_prefetch(reinterpret_cast<const char*>(wr[r] + b) + kPrefetchBytes, _MM_HINT_T0);
       q[r] = T::q(wr[r] + b);
       dm[r] = T::dm(wr[r] + b);
       if constexpr (T::kKind == kSignedQ) aq[r] = _mm256_sign_epi8(q[r], q[r]);
@@ -983,10 +985,13 @@ bool dequantize(GgmlType t, const void* src, float* dst, int64_t n) {
   }
 }
 
+#include "backend/cpu/matmul_panel_x86.h"
+
 }  // namespace
 
 const IsaKernels* kernels() {
-  static const IsaKernels k{QLEAP_ISA_NAME, &quantize_q8a, &quantize_q8k, &gemm, &dequantize, nullptr};
+  static const IsaKernels k{QLEAP_ISA_NAME, &quantize_q8a, &quantize_q8k,       &gemm,
+                            &dequantize,    nullptr,       &panel::panel_matmul};
   return &k;
 }
 
