@@ -473,6 +473,8 @@ SessionOptions to_session_options(const Plan& p) {
   return o;
 }
 
-bool build_has_gpu_offload() { return cuda::compiled(); }
+bool build_has_gpu_offload() {
+  return cuda::compiled();
+}
 
 }  // namespace qleap

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "autoconf/hardware.h"
+#include "backend/cpu/matmul.h"
 #include "cli/common.h"
 #include "core/cpu_features.h"
 #include "gguf/gguf.h"
@@ -35,11 +36,24 @@ void print_machine(bool json) {
   fmt::print("CPU:        {}\n", hw.cpu_model);
   fmt::print("cores:      {} physical, {} logical (default threads: {})\n", hw.physical_cores,
              hw.logical_cpus, hw.physical_cores);
-  fmt::print("SIMD:       {} (avx2={} fma={} f16c={} avx512f={} avx512bw={} avx512vnni={})\n", hw.isa, f.avx2,
-             f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vnni);
+  fmt::print(
+      "SIMD:       {} (avx2={} fma={} f16c={} avx512f={} avx512bw={} avx512vnni={} avx512bf16={} amx-int8={} "
+      "amx-bf16={})\n",
+      hw.isa, f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vnni, f.avx512bf16, f.amx_int8,
+      f.amx_bf16);
+  if (!amx_note().empty()) fmt::print("note:       {}\n", amx_note());
+  fmt::print("matmul:     {}\n", matmul_path_summary());
   fmt::print("RAM:        {} total, {} available\n", human_bytes(double(hw.ram_total)),
              human_bytes(double(hw.ram_available)));
-  fmt::print("memory bw:  {:.1f} GB/s read (measured, {} threads)\n", hw.mem_bw_gbps, hw.physical_cores);
+  if (hw.mem_bw_source == "remembered") {
+    fmt::print(
+        "memory bw:  {:.1f} GB/s read (remembered from `qleap tune`; probe now {:.1f} GB/s, {} threads)\n",
+        hw.mem_bw_gbps, hw.mem_bw_probe_gbps, hw.physical_cores);
+  } else {
+    fmt::print("memory bw:  {:.1f} GB/s read (best of 5 probes, {} threads{})\n", hw.mem_bw_gbps,
+               hw.physical_cores,
+               hw.mem_bw_busy ? "; machine looked busy, run `qleap tune` on a quiet machine" : "");
+  }
   if (hw.gpus.empty()) fmt::print("GPUs:       none detected (NVIDIA via libcuda.so.1, AMD via sysfs)\n");
   for (const auto& g : hw.gpus) {
     std::string line = fmt::format("GPU {} {}:  {}", g.vendor, g.index, g.name);

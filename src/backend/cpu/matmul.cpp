@@ -47,6 +47,10 @@ size_t act_row_bytes(ActFormat f, int64_t n) {
   return 0;
 }
 
+int panel_rows() {
+  return isa_level() >= IsaLevel::kAvx512 && cpu_features().avx512vnni ? 16 : 8;
+}
+
 const IsaKernels* active_kernels() {
   const IsaLevel lvl = isa_level();
   if (lvl == IsaLevel::kAmx) return kernels_amx();
@@ -238,6 +242,16 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
                 j.xa_stride, 0, j.m, j.y, wv.rows);
     }
   });
+}
+
+std::string matmul_path_summary() {
+  const kern::IsaKernels* k = kern::active_kernels();
+  if (k == nullptr) return "scalar reference kernels (fp32)";
+  std::string s = fmt::format("{} kernels: decode row-dot (int8 activations)", k->name);
+  if (k->panel_matmul != nullptr)
+    s += fmt::format(", prefill interleaved {}-row panels from {} rows", kern::panel_rows(), kPanelMinRows);
+  if (k->tile_matmul != nullptr) s += fmt::format(", AMX bf16 tiles from {} rows", kTileMinRows);
+  return s;
 }
 
 void get_row(const WeightView& w, int64_t r, float* out) {

@@ -54,6 +54,9 @@ const IsaKernels* kernels_avx2();
 const IsaKernels* kernels_avx512();
 // AVX-512 VNNI kernels plus the AMX tile_matmul; needs AMX permission from the OS (cpu_features).
 const IsaKernels* kernels_amx();
+// Weight rows per interleaved panel of the active kernels (16 AVX-512, 8 AVX2).
+int panel_rows();
+
 // The kernels for the current isa_level(); nullptr at the scalar level. The AVX-512 set needs
 // VNNI; AVX-512 CPUs without it get the AVX2 set.
 const IsaKernels* active_kernels();
