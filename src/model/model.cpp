@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "backend/cpu/packed_weights.h"
 #include "core/error.h"
 #include "model/blocks.h"
 
@@ -18,7 +19,8 @@ namespace {
 
 // An explicit table rather than self-registration: static constructors in a static library are
 // dropped by the linker when nothing references their object file.
-const ArchDef* const kArchs[] = {&kArchLlama, &kArchQwen2, &kArchQwen3, &kArchQwen2Moe, &kArchQwen3Moe, &kArchOlmoe};
+const ArchDef* const kArchs[] = {&kArchLlama,    &kArchQwen2,    &kArchQwen3,
+                                 &kArchQwen2Moe, &kArchQwen3Moe, &kArchOlmoe};
 
 int64_t arch_int(const GgufFile& f, std::string_view suffix, int64_t def, bool required) {
   const GgufValue* v = f.find_arch(suffix);
@@ -80,7 +82,8 @@ HParams read_hparams(const GgufFile& f) {
   hp.n_expert_used = int(arch_int(f, "expert_used_count", 0, false));
   if (hp.n_expert < 0 || hp.n_expert_used < 0 || hp.n_expert_used > hp.n_expert ||
       (hp.n_expert > 0 && hp.n_expert_used == 0)) {
-    throw FormatError(fmt::format("bad expert_count {} / expert_used_count {}", hp.n_expert, hp.n_expert_used));
+    throw FormatError(
+        fmt::format("bad expert_count {} / expert_used_count {}", hp.n_expert, hp.n_expert_used));
   }
   hp.n_ff_exp = int(arch_int(f, "expert_feed_forward_length", hp.n_ff, false));
   hp.n_ff_shexp = int(arch_int(f, "expert_shared_feed_forward_length", 0, false));
@@ -120,7 +123,17 @@ HParams read_hparams(const GgufFile& f) {
 }
 
 Model::Model(std::shared_ptr<GgufFile> file, const ArchDef& arch, HParams hp, ModelWeights w)
-    : file_(std::move(file)), arch_(&arch), arch_name_(arch.name), hp_(std::move(hp)), w_(std::move(w)) {}
+    : file_(std::move(file)), arch_(&arch), arch_name_(arch.name), hp_(std::move(hp)), w_(std::move(w)) {
+  // The dense matrices go to the CPU kernels' interleaved layout; the GGUF pages of a mapped file
+  // are then released (expert matrices stay in GGUF layout: the expert tiers copy them around).
+  std::vector<WeightView*> views{&w_.output};
+  for (LayerWeights& l : w_.layers) {
+    for (WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.moe.gate_shexp,
+                          &l.moe.up_shexp, &l.moe.down_shexp})
+      views.push_back(v);
+  }
+  prepared_ = PreparedWeights::prepare(views, /*release_source=*/!file_->path().empty());
+}
 
 std::shared_ptr<const Model> load_model(std::shared_ptr<GgufFile> file) {
   const GgufFile& f = *file;

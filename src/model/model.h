@@ -65,6 +65,7 @@ struct ModelWeights {
 };
 
 struct ArchDef;
+class PreparedWeights;
 
 class Model {
  public:
@@ -76,6 +77,8 @@ class Model {
   int n_vocab() const { return hp_.n_vocab; }
   const GgufFile& file() const { return *file_; }
   const ModelWeights& weights() const { return w_; }
+  // The matrices repacked for the CPU kernels at load (backend/cpu/packed_weights.h).
+  const PreparedWeights& prepared() const { return *prepared_; }
 
  private:
   std::shared_ptr<GgufFile> file_;
@@ -83,6 +86,7 @@ class Model {
   std::string arch_name_;
   HParams hp_;
   ModelWeights w_;
+  std::shared_ptr<const PreparedWeights> prepared_;
 };
 
 // Opens and maps a GGUF model. Throws IoError / FormatError / Unsupported.

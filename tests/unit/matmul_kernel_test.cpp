@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/cpu/matmul.h"
+#include "backend/cpu/packed_weights.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/fp16.h"
@@ -158,6 +159,100 @@ TEST(MatmulKernelApi, RejectsBadShapesAndTypes) {
   EXPECT_THROW(matmul(WeightView{GgmlType::Q4_0, w.data(), 48, 1, 18 * 2}, x, 1, y, pool), InvalidArgument);
   EXPECT_THROW(matmul(WeightView{GgmlType::IQ2_XXS, w.data(), 256, 1, 66}, x, 1, y, pool), Unsupported);
   EXPECT_THROW(get_row(WeightView{GgmlType::Q4_0, w.data(), 32, 1, 18}, 1, y), InvalidArgument);
+}
+
+// Weights repacked at load (packed_weights.h): decode, small batches and prefill read the interleaved
+// copy; every level and token count against the reference, rows not a multiple of 16.
+class PackedMatmul : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(PackedMatmul, MatchesReferenceAtEveryIsaLevel) {
+  const GgmlType t = *type_from_name(GetParam());
+  const int64_t sbv = type_traits(t).block_size == 256 ? 256 : 32;
+  IsaGuard guard;
+  std::mt19937 rng(99);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  struct Shape {
+    int64_t rows, cols;
+  };
+  const Shape shapes[] = {{37, sbv * 3}, {16, sbv}, {150, sbv == 256 ? 768 : 640}};
+  ThreadPool pool1(1), pool3(3);
+  for (const Shape& s : shapes) {
+    const auto w = random_weights(t, s.rows, s.cols, rng);
+    WeightView wv{t, w.data(), s.cols, s.rows, row_size(t, s.cols)};
+    WeightView* views[] = {&wv};
+    const auto prepared = PreparedWeights::prepare(views, false);
+    ASSERT_NE(wv.packed, nullptr) << GetParam();
+    ASSERT_EQ(prepared->matrices(), 1);
+    // Same bits as GGUF, within 3% (K-quant scales stored as bytes) plus the 16-row padding.
+    const double gguf = double(wv.row_bytes) * double((s.rows + 15) / 16 * 16);
+    EXPECT_LE(double(prepared->bytes()), gguf * 1.03 + 64 * double((s.rows + 15) / 16)) << GetParam();
+    std::vector<std::vector<float>> wrows(size_t(s.rows), std::vector<float>(size_t(s.cols)));
+    for (int64_t r = 0; r < s.rows; ++r)
+      dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), s.cols);
+    for (IsaLevel lvl : supported_levels()) {
+      if (lvl == IsaLevel::kScalar) continue;
+      set_isa_level(lvl);
+      for (int64_t m : {1, 2, 3, 5, 9, 33, 67}) {
+        std::vector<float> x(size_t(m * s.cols));
+        for (auto& v : x) v = nd(rng);
+        std::vector<float> ref(size_t(m * s.rows)), got(size_t(m * s.rows), NAN);
+        matmul_ref(wv, x.data(), m, ref.data());
+        for (ThreadPool* pool : {&pool1, &pool3}) {
+          std::fill(got.begin(), got.end(), NAN);
+          matmul(wv, x.data(), m, got.data(), *pool);
+          for (int64_t tt = 0; tt < m; ++tt) {
+            for (int64_t r = 0; r < s.rows; ++r) {
+              const float* xt = x.data() + tt * s.cols;
+              double tol = tolerance(wrows[size_t(r)], xt, s.cols, 32);
+              if (lvl == IsaLevel::kAmx) tol = std::max(tol, tolerance_bf16(wrows[size_t(r)], xt, s.cols));
+              const size_t i = size_t(tt * s.rows + r);
+              ASSERT_NEAR(got[i], ref[i], tol) << GetParam() << " isa=" << isa_name(lvl) << " rows=" << s.rows
+                                               << " m=" << m << " t=" << tt << " r=" << r;
+            }
+          }
+        }
+        // Row-exact mode: each activation row bit-identical to a call with that row alone.
+        if (m > 1 && m < 10) {
+          std::vector<float> one(size_t(s.rows));
+          {
+            RowExactMatmul exact;
+            matmul(wv, x.data(), m, got.data(), pool3);
+          }
+          for (int64_t tt = 0; tt < m; ++tt) {
+            matmul(wv, x.data() + tt * s.cols, 1, one.data(), pool1);
+            for (int64_t r = 0; r < s.rows; ++r)
+              ASSERT_EQ(got[size_t(tt * s.rows + r)], one[size_t(r)])
+                  << GetParam() << " isa=" << isa_name(lvl) << " m=" << m << " t=" << tt << " r=" << r;
+          }
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(PackableFormats, PackedMatmul,
+                         ::testing::Values("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"),
+                         [](const auto& info) { return std::string(info.param); });
+
+TEST(PackedMatmulApi, RepackCanBeTurnedOffAndSkipsOtherFormats) {
+  std::mt19937 rng(3);
+  const auto w4 = random_weights(GgmlType::Q4_0, 20, 64, rng);
+  const auto w5 = random_weights(GgmlType::Q5_0, 20, 64, rng);
+  WeightView a{GgmlType::Q4_0, w4.data(), 64, 20, row_size(GgmlType::Q4_0, 64)};
+  WeightView b{GgmlType::Q5_0, w5.data(), 64, 20, row_size(GgmlType::Q5_0, 64)};
+  WeightView c = a;  // shares a's bytes: one copy
+  WeightView* views[] = {&a, &b, &c};
+  set_repack_enabled(false);
+  EXPECT_EQ(PreparedWeights::prepare(views, false)->matrices(), 0);
+  EXPECT_EQ(a.packed, nullptr);
+  set_repack_enabled(true);
+  if (!repack_enabled()) GTEST_SKIP() << "no AVX2: repacking stays off";
+  const auto p = PreparedWeights::prepare(views, false);
+  EXPECT_EQ(p->matrices(), 1);
+  EXPECT_NE(a.packed, nullptr);
+  EXPECT_EQ(c.packed, a.packed);
+  EXPECT_EQ(b.packed, nullptr);
+  EXPECT_NE(p->describe().find("Q4_0: 1"), std::string::npos) << p->describe();
 }
 
 // The tolerance must be tight enough to catch a kernel bug: a single flipped weight nibble moves

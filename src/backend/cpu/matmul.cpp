@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend/cpu/matmul_kernels.h"
+#include "backend/cpu/packed_weights.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "quant/quant.h"
@@ -156,6 +157,13 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
   const auto* wd = static_cast<const uint8_t*>(w.data);
   if (!k->gemm(w.type, wd, w.row_bytes, w.cols, 0, 0, nullptr, 0, 0, 0, y, w.rows)) {
     return matmul_fallback(w, x, m, y, pool);
+  }
+  // Repacked weights (made from these very bytes): decode and prefill read the interleaved copy. AMX
+  // prefill still decodes the GGUF rows.
+  const bool amx_rows = k->tile_matmul != nullptr && m >= kTileMinRows && !tls_row_exact;
+  if (w.packed != nullptr && w.packed->source == w.data && k->packed_matmul != nullptr && !amx_rows &&
+      k->packed_matmul(*w.packed, x, m, y, pool, tls_row_exact && m > 1)) {
+    return;
   }
   if (!tls_row_exact) {
     if (k->tile_matmul != nullptr && m >= kTileMinRows && k->tile_matmul(w, x, m, y, pool)) return;

@@ -9,14 +9,18 @@
 
 namespace qleap {
 
+struct PackedMatrix;  // backend/cpu/packed_weights.h
+
 // A 2-D weight matrix in GGUF layout: `rows` rows of `cols` elements each (ne0 = cols), rows
-// `row_bytes` apart, in any supported format.
+// `row_bytes` apart, in any supported format. `packed`: the same matrix repacked for the x86
+// kernels (PreparedWeights, owned by the model), used when it was made from `data`.
 struct WeightView {
   GgmlType type = GgmlType::F32;
   const void* data = nullptr;
   int64_t cols = 0;
   int64_t rows = 0;
   size_t row_bytes = 0;
+  const PackedMatrix* packed = nullptr;
 };
 
 // y[t * rows + r] = sum_c W[r, c] * x[t * cols + c] for t in [0, m): m activation rows of length

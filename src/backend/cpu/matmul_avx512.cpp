@@ -3,6 +3,7 @@
 // GCC 12 reports the _mm512_undefined_*() inside the AVX-512 intrinsics as possibly uninitialized
 // (a false positive of the header's `__m512 __Y = __Y;` idiom).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #define QLEAP_ISA_NS avx512
 #define QLEAP_ISA_NAME "avx512"
 #define QLEAP_USE_VNNI 1

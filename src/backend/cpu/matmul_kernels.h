@@ -46,6 +46,10 @@ struct IsaKernels {
   // Prefill through interleaved weight panels (matmul_panel_x86.h), threads included; false when
   // it does not handle w's type.
   bool (*panel_matmul)(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool);
+  // The product over repacked weights (matmul_packed_x86.h), threads included; row_exact: every
+  // activation row computed as if alone. False when the format has no packed kernels here.
+  bool (*packed_matmul)(const PackedMatrix& w, const float* x, int64_t m, float* y, ThreadPool& pool,
+                        bool row_exact);
 };
 
 // The per-ISA kernel sets. Calling into one on a CPU without that ISA is illegal; go through
