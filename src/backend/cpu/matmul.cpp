@@ -158,15 +158,15 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
   if (!k->gemm(w.type, wd, w.row_bytes, w.cols, 0, 0, nullptr, 0, 0, 0, y, w.rows)) {
     return matmul_fallback(w, x, m, y, pool);
   }
-  // Repacked weights (made from these very bytes): decode and prefill read the interleaved copy. AMX
-  // prefill still decodes the GGUF rows.
-  const bool amx_rows = k->tile_matmul != nullptr && m >= kTileMinRows && !tls_row_exact;
-  if (w.packed != nullptr && w.packed->source == w.data && k->packed_matmul != nullptr && !amx_rows &&
+  // AMX tiles for prefill (from the repacked copy when there is one, else the GGUF rows).
+  if (!tls_row_exact && k->tile_matmul != nullptr && m >= kTileMinRows && k->tile_matmul(w, x, m, y, pool))
+    return;
+  // Repacked weights (made from these very bytes): decode and prefill read the interleaved copy.
+  if (w.packed != nullptr && w.packed->source == w.data && k->packed_matmul != nullptr &&
       k->packed_matmul(*w.packed, x, m, y, pool, tls_row_exact && m > 1)) {
     return;
   }
   if (!tls_row_exact) {
-    if (k->tile_matmul != nullptr && m >= kTileMinRows && k->tile_matmul(w, x, m, y, pool)) return;
     if (k->panel_matmul != nullptr && m >= kPanelMinRows && k->panel_matmul(w, x, m, y, pool)) return;
   }
 

@@ -10,9 +10,11 @@
 // operands to bf16 (relative error <= 2^-8 each) is a smaller error than the int8 activation
 // quantization the other levels use. F32 and F16 weights stay on the exact fp32 kernels.
 //
-// Layout: C[n][t] = sum_k W[n][k] * X[t][k]. A tiles are 16 weight rows x 32 bf16 (decoded per
-// call, tile-contiguous), B tiles 16 k-pairs x 16 tokens (the activations, converted once per call
-// into the VNNI pair layout), C tiles 16 rows x 16 tokens in fp32, 2x2 of them per step.
+// Layout: C[t][n] = sum_k X[t][k] * W[n][k]. A tiles are 16 tokens x 32 bf16 (the activations,
+// converted once per call), B tiles 16 k-pairs x 16 weight rows (VNNI pairs), made per call from
+// the repacked weights (packed_weights.h: their 16-row groups are already interleaved across rows)
+// or from GGUF rows (decoded, then transposed), C tiles 16 tokens x 16 rows in fp32, 2x2 per step.
+//
 // GCC 12 reports the _mm512_undefined_epi32() inside the AVX-512 unpack intrinsics as possibly
 // uninitialized (a false positive of the header's `__m512i __Y = __Y;` idiom).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -249,8 +251,89 @@ void decode_row(GgmlType type, const uint8_t* src, int64_t cols, int64_t s0, int
   }
 }
 
+// ---- B tiles (weights) ----
+
+// B tile row p of a step holds, in dword n, the bf16 pair (w[n][2p], w[n][2p + 1]).
+inline __m512i bf16_pairs(__m512 lo, __m512 hi) {
+  const __m512i l = _mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(lo)));
+  const __m512i h = _mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(hi)));
+  return _mm512_or_si512(l, _mm512_slli_epi32(h, 16));
+}
+
+// Repacked group g: the B tiles of steps [s0, s1) into bt (tile per step, 1 KiB each).
+template <class P>
+void btiles_packed(const PackedMatrix& pm, int64_t g, int64_t s0, int64_t s1, uint8_t* bt) {
+  const uint8_t* gs = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* gq = gs + pm.q_offset;
+  const int64_t sbs = pm.sb_values / kStep;  // steps per super-block
+  for (int64_t sb = s0 / sbs; sb * sbs < s1; ++sb) {
+    P::unpack(gs + size_t(sb) * pm.s_bytes, gq + size_t(sb) * pm.q_bytes, 0,
+              [&](int sub, const __m512i* u, int nu, __m512 a, __m512 b) {
+                const int64_t k0 = sb * pm.sb_values + int64_t(sub) * P::kSub;
+                const int64_t step = k0 / kStep;
+                if (step < s0 || step >= s1) return;
+                auto* row =
+                    reinterpret_cast<__m512i*>(bt + size_t(step - s0) * kTileBytes) + (k0 % kStep) / 2;
+                const __m512i ff = _mm512_set1_epi32(0xff);
+                for (int gi = 0; gi < nu; ++gi) {
+                  __m512 f[4];
+                  for (int i = 0; i < 4; ++i) {
+                    const __m512i v = _mm512_and_si512(_mm512_srli_epi32(u[gi], unsigned(8 * i)), ff);
+                    f[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), a, b);
+                  }
+                  _mm512_store_si512(row + 2 * gi, bf16_pairs(f[0], f[1]));
+                  _mm512_store_si512(row + 2 * gi + 1, bf16_pairs(f[2], f[3]));
+                }
+              });
+  }
+}
+
+using BTilesFn = void (*)(const PackedMatrix&, int64_t, int64_t, int64_t, uint8_t*);
+
+BTilesFn btiles_fn(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0:
+      return &btiles_packed<packed::PQ4_0>;
+    case GgmlType::Q4_1:
+      return &btiles_packed<packed::PQ4_1>;
+    case GgmlType::Q8_0:
+      return &btiles_packed<packed::PQ8_0>;
+    case GgmlType::Q4_K:
+      return &btiles_packed<packed::PQ45_K<false>>;
+    case GgmlType::Q5_K:
+      return &btiles_packed<packed::PQ45_K<true>>;
+    case GgmlType::Q6_K:
+      return &btiles_packed<packed::PQ6_K>;
+    default:
+      return nullptr;
+  }
+}
+
+// GGUF rows [r0, r0 + 16) (rows past `rows` are zero): decode each row's steps to bf16, then
+// transpose every 16 x 16 block of pairs.
+void btiles_rows(const WeightView& w, int64_t r0, int64_t s0, int64_t s1, uint8_t* bt, uint8_t* tmp) {
+  const int64_t ns = s1 - s0;
+  for (int n = 0; n < 16; ++n) {
+    uint8_t* rowbase = tmp + size_t(n) * 64;  // [step][16 rows][64 bytes]
+    if (r0 + n >= w.rows) {
+      for (int64_t s = 0; s < ns; ++s)
+        _mm512_store_si512(rowbase + size_t(s) * kTileBytes, _mm512_setzero_si512());
+      continue;
+    }
+    const uint8_t* src = static_cast<const uint8_t*>(w.data) + size_t(r0 + n) * w.row_bytes;
+    decode_row(w.type, src, w.cols, s0, s1,
+               [&](int64_t s, __m512i v) { _mm512_store_si512(rowbase + size_t(s - s0) * kTileBytes, v); });
+  }
+  for (int64_t s = 0; s < ns; ++s) {
+    __m512i r[16];
+    for (int n = 0; n < 16; ++n) r[n] = _mm512_load_si512(tmp + size_t(s) * kTileBytes + 64 * size_t(n));
+    transpose16x16(r);
+    for (int p = 0; p < 16; ++p) _mm512_store_si512(bt + size_t(s) * kTileBytes + 64 * size_t(p), r[p]);
+  }
+}
+
 struct Scratch {
-  AlignedBuf a, acc;
+  AlignedBuf b, acc, tmp;
 };
 Scratch& scratch() {
   thread_local Scratch s;
@@ -259,8 +342,10 @@ Scratch& scratch() {
 
 struct Job {
   const WeightView* w;
+  const PackedMatrix* pm;  // repacked source, or nullptr: GGUF rows
+  BTilesFn btiles;
   int64_t m, m_pad, n_steps, steps_per_chunk, panel_rows, n_panels;
-  const uint8_t* xb;  // activations, bf16 pairs: [token tile][step][16 pairs][16 tokens][2]
+  const uint8_t* xa;  // activations, bf16: [token tile][step][16 tokens][32]
   float* y;
 };
 
@@ -268,42 +353,38 @@ struct Job {
 void run_panel(const Job& j, int64_t r0) {
   const WeightView& w = *j.w;
   const int64_t rows = std::min(j.panel_rows, w.rows - r0);
-  const int64_t rtiles = (rows + kTileRows - 1) / kTileRows;
-  const int64_t rpairs = (rtiles + 1) / 2;
+  const int64_t ngroups = (rows + kTileRows - 1) / kTileRows;
   const int64_t ttiles = j.m_pad / kTileRows;
   const int64_t sb = j.steps_per_chunk;
+  const int64_t ld = ngroups * kTileRows;  // acc row length
   Scratch& sc = scratch();
-  // A chunk: [row tile][step within chunk][16 rows][64 bytes]; rows past the panel's end are zero.
-  uint8_t* a = sc.a.get(size_t(rpairs * 2) * size_t(sb) * kTileBytes);
-  // fp32 accumulators, [row][token], carried across k chunks.
-  auto* acc = reinterpret_cast<float*>(sc.acc.get(size_t(rpairs * 32) * size_t(j.m_pad) * sizeof(float)));
-  const size_t ldacc = size_t(j.m_pad) * sizeof(float);
+  uint8_t* bt = sc.b.get(size_t(ngroups) * size_t(sb) * kTileBytes);  // [group][step] tiles
+  auto* acc = reinterpret_cast<float*>(sc.acc.get(size_t(j.m_pad) * size_t(ld) * sizeof(float)));
+  uint8_t* tmp = j.pm == nullptr ? sc.tmp.get(size_t(sb) * kTileBytes) : nullptr;
+  const size_t ldacc = size_t(ld) * sizeof(float);
   ensure_tile_config();
 
   for (int64_t c0 = 0; c0 < j.n_steps; c0 += sb) {
     const int64_t c1 = std::min(j.n_steps, c0 + sb);
     const int64_t ns = c1 - c0;
-    // Decode the chunk of each row (zero rows fill the last pair).
-    for (int64_t r = 0; r < rpairs * 32; ++r) {
-      uint8_t* rowbase = a + size_t(r / kTileRows) * size_t(sb) * kTileBytes + size_t(r % kTileRows) * 64;
-      if (r >= rows) {
-        for (int64_t s = 0; s < ns; ++s)
-          _mm512_store_si512(rowbase + size_t(s) * kTileBytes, _mm512_setzero_si512());
-        continue;
+    for (int64_t g = 0; g < ngroups; ++g) {
+      uint8_t* dst = bt + size_t(g) * size_t(sb) * kTileBytes;
+      if (j.pm != nullptr) {
+        j.btiles(*j.pm, r0 / kTileRows + g, c0, c1, dst);
+      } else {
+        btiles_rows(w, r0 + g * kTileRows, c0, c1, dst, tmp);
       }
-      const uint8_t* src = static_cast<const uint8_t*>(w.data) + size_t(r0 + r) * w.row_bytes;
-      decode_row(w.type, src, w.cols, c0, c1,
-                 [&](int64_t s, __m512i v) { _mm512_store_si512(rowbase + size_t(s - c0) * kTileBytes, v); });
     }
-    for (int64_t tp = 0; tp < ttiles; tp += 2) {
-      const bool two_t = tp + 1 < ttiles;
-      const uint8_t* b0 = j.xb + (size_t(tp) * size_t(j.n_steps) + size_t(c0)) * kTileBytes;
-      const uint8_t* b1 = b0 + size_t(j.n_steps) * kTileBytes;
-      for (int64_t rp = 0; rp < rpairs; ++rp) {
-        const uint8_t* a0 = a + size_t(2 * rp) * size_t(sb) * kTileBytes;
-        const uint8_t* a1 = a0 + size_t(sb) * kTileBytes;
-        float* c00 = acc + size_t(rp * 32) * size_t(j.m_pad) + size_t(tp * kTileRows);
-        float* c10 = c00 + 16 * size_t(j.m_pad);
+    for (int64_t gp = 0; gp < ngroups; gp += 2) {
+      const bool two_g = gp + 1 < ngroups;
+      const uint8_t* b0 = bt + size_t(gp) * size_t(sb) * kTileBytes;
+      const uint8_t* b1 = b0 + size_t(sb) * kTileBytes;
+      for (int64_t tp = 0; tp < ttiles; tp += 2) {
+        const bool two_t = tp + 1 < ttiles;
+        const uint8_t* a0 = j.xa + (size_t(tp) * size_t(j.n_steps) + size_t(c0)) * kTileBytes;
+        const uint8_t* a1 = a0 + size_t(j.n_steps) * kTileBytes;
+        float* c00 = acc + size_t(tp * kTileRows) * size_t(ld) + size_t(gp * kTileRows);
+        float* c10 = c00 + 16 * size_t(ld);
         if (c0 == 0) {
           _tile_zero(0);
           _tile_zero(1);
@@ -311,13 +392,13 @@ void run_panel(const Job& j, int64_t r0) {
           _tile_zero(3);
         } else {
           _tile_loadd(0, c00, ldacc);
-          _tile_loadd(2, c10, ldacc);
+          if (two_g) _tile_loadd(1, c00 + 16, ldacc);
           if (two_t) {
-            _tile_loadd(1, c00 + 16, ldacc);
-            _tile_loadd(3, c10 + 16, ldacc);
+            _tile_loadd(2, c10, ldacc);
+            if (two_g) _tile_loadd(3, c10 + 16, ldacc);
           }
         }
-        if (two_t) {
+        if (two_t && two_g) {
           for (int64_t s = 0; s < ns; ++s) {
             _tile_loadd(4, a0 + size_t(s) * kTileBytes, 64);
             _tile_loadd(5, a1 + size_t(s) * kTileBytes, 64);
@@ -331,42 +412,35 @@ void run_panel(const Job& j, int64_t r0) {
         } else {
           for (int64_t s = 0; s < ns; ++s) {
             _tile_loadd(4, a0 + size_t(s) * kTileBytes, 64);
-            _tile_loadd(5, a1 + size_t(s) * kTileBytes, 64);
             _tile_loadd(6, b0 + size_t(s) * kTileBytes, 64);
             _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(2, 5, 6);
+            if (two_g) {
+              _tile_loadd(7, b1 + size_t(s) * kTileBytes, 64);
+              _tile_dpbf16ps(1, 4, 7);
+            }
+            if (two_t) {
+              _tile_loadd(5, a1 + size_t(s) * kTileBytes, 64);
+              _tile_dpbf16ps(2, 5, 6);
+            }
           }
         }
         _tile_stored(0, c00, ldacc);
-        _tile_stored(2, c10, ldacc);
+        if (two_g) _tile_stored(1, c00 + 16, ldacc);
         if (two_t) {
-          _tile_stored(1, c00 + 16, ldacc);
-          _tile_stored(3, c10 + 16, ldacc);
+          _tile_stored(2, c10, ldacc);
+          if (two_g) _tile_stored(3, c10 + 16, ldacc);
         }
       }
     }
   }
-  // acc[r][t] -> y[t][r0 + r], in 16 x 16 blocks (a scalar loop reading acc with its 2 KiB row
-  // stride took a third of the kernel's time).
-  for (int64_t rb = 0; rb < rows; rb += 16) {
-    const int nr = int(std::min<int64_t>(16, rows - rb));
-    const __mmask16 rmask = nr == 16 ? __mmask16(0xffff) : __mmask16((1u << nr) - 1);
-    for (int64_t tb = 0; tb < j.m; tb += 16) {
-      const int nt = int(std::min<int64_t>(16, j.m - tb));
-      __m512i v[16];
-      for (int i = 0; i < 16; ++i)
-        v[i] = _mm512_load_si512(acc + size_t(rb + i) * size_t(j.m_pad) + size_t(tb));
-      transpose16x16(v);
-      for (int i = 0; i < nt; ++i) {
-        float* yt = j.y + size_t(tb + i) * size_t(w.rows) + size_t(r0 + rb);
-        _mm512_mask_storeu_epi32(yt, rmask, v[i]);
-      }
-    }
-  }
+  // acc[t][n] -> y[t][r0 + n]
+  for (int64_t t = 0; t < j.m; ++t)
+    std::memcpy(j.y + size_t(t) * size_t(w.rows) + size_t(r0), acc + size_t(t) * size_t(ld),
+                size_t(rows) * 4);
 }
 
-// Converts activation rows [tt * 16, tt * 16 + 16) (rows past m are zero) to the B tile layout.
-void pack_activations(const float* x, int64_t m, int64_t cols, int64_t n_steps, int64_t tt, uint8_t* xb) {
+// Activation rows [tt * 16, tt * 16 + 16) (rows past m are zero) to bf16 A tiles.
+void pack_activations(const float* x, int64_t m, int64_t cols, int64_t n_steps, int64_t tt, uint8_t* xa) {
   for (int64_t s = 0; s < n_steps; ++s) {
     const int64_t c0 = s * kStep;
     const int64_t n = std::min<int64_t>(kStep, cols - c0);
@@ -374,19 +448,16 @@ void pack_activations(const float* x, int64_t m, int64_t cols, int64_t n_steps, 
     const __mmask16 m1 = n >= 32   ? __mmask16(0xffff)
                          : n <= 16 ? __mmask16(0)
                                    : __mmask16((1u << (n - 16)) - 1);
-    __m512i r[16];
+    uint8_t* dst = xa + (size_t(tt) * size_t(n_steps) + size_t(s)) * kTileBytes;
     for (int i = 0; i < 16; ++i) {
       const int64_t t = tt * 16 + i;
-      if (t >= m) {
-        r[i] = _mm512_setzero_si512();
-        continue;
+      __m512i v = _mm512_setzero_si512();
+      if (t < m) {
+        const float* p = x + size_t(t) * size_t(cols) + size_t(c0);
+        v = to_bf16(_mm512_maskz_loadu_ps(m0, p), _mm512_maskz_loadu_ps(m1, p + 16));
       }
-      const float* p = x + size_t(t) * size_t(cols) + size_t(c0);
-      r[i] = to_bf16(_mm512_maskz_loadu_ps(m0, p), _mm512_maskz_loadu_ps(m1, p + 16));
+      _mm512_store_si512(dst + 64 * i, v);
     }
-    transpose16x16(r);
-    uint8_t* dst = xb + (size_t(tt) * size_t(n_steps) + size_t(s)) * kTileBytes;
-    for (int i = 0; i < 16; ++i) _mm512_store_si512(dst + 64 * i, r[i]);
   }
 }
 
@@ -397,28 +468,34 @@ AlignedBuf& shared_act_buf() {
 }
 
 bool tile_matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool) {
-  if (!amx_supports(w.type)) return false;
   Job j{};
   j.w = &w;
+  if (w.packed != nullptr && w.packed->source == w.data &&
+      (j.btiles = btiles_fn(w.packed->type)) != nullptr) {
+    j.pm = w.packed;
+  } else if (!amx_supports(w.type)) {
+    return false;
+  }
   j.m = m;
   j.m_pad = (m + 31) / 32 * 32;
   j.n_steps = (w.cols + kStep - 1) / kStep;
   j.y = y;
-  // Chunks of whole blocks: K-quant super-blocks are decoded 8 steps at a time.
-  const int64_t bs_steps = std::max<int64_t>(1, type_traits(w.type).block_size / kStep);
+  // Chunks of whole super-blocks (K-quants: 8 steps).
+  const int64_t bs_steps =
+      std::max<int64_t>(1, (j.pm ? j.pm->sb_values : type_traits(w.type).block_size) / kStep);
   j.steps_per_chunk = std::max<int64_t>(bs_steps, kChunkK / kStep / bs_steps * bs_steps);
-  // Taller panels read the activations fewer times; keep enough panels to share among threads.
+  // Taller panels reuse each activation tile more; keep enough panels to share among threads.
   const int nth = pool.size();
   j.panel_rows = 128;
   while (j.panel_rows > 32 && (w.rows + j.panel_rows - 1) / j.panel_rows < 4 * nth) j.panel_rows /= 2;
   j.n_panels = (w.rows + j.panel_rows - 1) / j.panel_rows;
 
   const int64_t ttiles = j.m_pad / kTileRows;
-  uint8_t* xb = shared_act_buf().get(size_t(ttiles) * size_t(j.n_steps) * kTileBytes);
-  j.xb = xb;
+  uint8_t* xa = shared_act_buf().get(size_t(ttiles) * size_t(j.n_steps) * kTileBytes);
+  j.xa = xa;
   const int64_t cols = w.cols, n_steps = j.n_steps;
-  pool.parallel_for(ttiles, 1, [x, m, cols, n_steps, xb](int64_t b, int64_t e, int) {
-    for (int64_t tt = b; tt < e; ++tt) pack_activations(x, m, cols, n_steps, tt, xb);
+  pool.parallel_for(ttiles, 1, [x, m, cols, n_steps, xa](int64_t b, int64_t e, int) {
+    for (int64_t tt = b; tt < e; ++tt) pack_activations(x, m, cols, n_steps, tt, xa);
   });
   const Job* jp = &j;
   pool.parallel_for(j.n_panels, 1, [jp](int64_t b, int64_t e, int) {
