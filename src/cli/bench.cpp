@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "autoconf/memory_bandwidth.h"
+#include "backend/cpu/matmul.h"
+#include "backend/cpu/packed_weights.h"
 #include "cli/bench_moe.h"
 #include "cli/common.h"
 #include "core/cpu_features.h"
@@ -234,11 +236,14 @@ void bench_command(BenchOptions& o) {
   out["placement"] = session.placement().describe();
   if (!session.placement().note.empty()) fmt::print(stderr, "note: {}\n", session.placement().note);
   out["weights_bytes"] = file.tensor_bytes();
+  out["repacked_bytes"] = model->prepared().bytes();
+  out["cpu_kernels"] = matmul_path_summary();
 
   if (!o.json) {
     fmt::print("model: {} ({}, {} threads, {}, KV {})\n", path, human_bytes(double(file.tensor_bytes())),
                session.pool().size(), isa_name(isa_level()), o.common.kv);
     fmt::print("placement: {}\n", session.placement().describe());
+    fmt::print("CPU kernels: {}; repacked: {}\n", matmul_path_summary(), model->prepared().describe());
     fmt::print("| {:>8} | {:>16} |\n", "test", "t/s");
     fmt::print("| {:->8} | {:->16} |\n", "", "");
   }

@@ -12,6 +12,7 @@
 #include "autoconf/hardware.h"
 #include "autoconf/planner.h"
 #include "autoconf/tuner.h"
+#include "backend/cpu/packed_weights.h"
 #include "core/error.h"
 #include "gguf/gguf.h"
 
@@ -45,8 +46,9 @@ std::string resolve_model(const std::string& arg) {
     }
   }
   if (hits.size() == 1) return hits[0];
-  std::string msg = hits.empty() ? fmt::format("model '{}' not found: not a file, and not in {}", name, dir.string())
-                                 : fmt::format("model name '{}' is ambiguous in {}", name, dir.string());
+  std::string msg = hits.empty()
+                        ? fmt::format("model '{}' not found: not a file, and not in {}", name, dir.string())
+                        : fmt::format("model name '{}' is ambiguous in {}", name, dir.string());
   if (!all.empty()) {
     std::sort(all.begin(), all.end());
     msg += "\navailable models:";
@@ -59,28 +61,45 @@ std::string resolve_model(const std::string& arg) {
 
 void add_common_options(CLI::App& cmd, CommonOptions& o, bool model_positional) {
   if (model_positional) {
-    cmd.add_option("model", o.model, "GGUF file, or model name in the store (default: " + std::string(kDefaultModel) + ")");
+    cmd.add_option("model", o.model,
+                   "GGUF file, or model name in the store (default: " + std::string(kDefaultModel) + ")");
   }
-  cmd.add_option("-t,--threads", o.threads, "CPU threads (default: one per physical core)")->check(CLI::Range(0, 1024));
-  cmd.add_option("-c,--ctx", o.ctx, "context length in tokens (default: min(model's, 4096))")->check(CLI::Range(0, 1 << 20));
-  o.kv_opt = cmd.add_option("--kv", o.kv, "KV cache type: f32, f16, q8_0, q4_0; TurboQuant tq2, tq2.5, tq3, tq3.5, tq4 (bits per coordinate "
-                 "for K and V), or kXvY for X-bit keys and Y-bit values (e.g. k4v3, k4v2, k3v2)")->capture_default_str();
-  o.batch_opt = cmd.add_option("-b,--batch", o.batch, "prompt tokens per forward pass")->check(CLI::Range(1, 8192))->capture_default_str();
-  cmd.add_option("--gpu-layers,--ngl", o.gpu_layers,
-                 "decoder layers to run on the CUDA GPU: auto (planner), all (plus the output head), or a count "
-                 "(the last N layers; 0 = CPU only)")
+  cmd.add_option("-t,--threads", o.threads, "CPU threads (default: one per physical core)")
+      ->check(CLI::Range(0, 1024));
+  cmd.add_option("-c,--ctx", o.ctx, "context length in tokens (default: min(model's, 4096))")
+      ->check(CLI::Range(0, 1 << 20));
+  o.kv_opt = cmd.add_option("--kv", o.kv,
+                            "KV cache type: f32, f16, q8_0, q4_0; TurboQuant tq2, tq2.5, tq3, tq3.5, tq4 "
+                            "(bits per coordinate "
+                            "for K and V), or kXvY for X-bit keys and Y-bit values (e.g. k4v3, k4v2, k3v2)")
+                 ->capture_default_str();
+  o.batch_opt = cmd.add_option("-b,--batch", o.batch, "prompt tokens per forward pass")
+                    ->check(CLI::Range(1, 8192))
+                    ->capture_default_str();
+  cmd.add_option(
+         "--gpu-layers,--ngl", o.gpu_layers,
+         "decoder layers to run on the CUDA GPU: auto (planner), all (plus the output head), or a count "
+         "(the last N layers; 0 = CPU only)")
       ->capture_default_str();
+  cmd.add_flag_callback(
+      "--no-repack", [] { set_repack_enabled(false); },
+      "keep the weights in GGUF layout (no interleaved copy for the CPU kernels; same as QLEAP_REPACK=0)");
 }
 
 void add_sampling_options(CLI::App& cmd, SamplerParams& p) {
-  cmd.add_option("--temp,--temperature", p.temperature, "sampling temperature; 0 = greedy")->capture_default_str();
+  cmd.add_option("--temp,--temperature", p.temperature, "sampling temperature; 0 = greedy")
+      ->capture_default_str();
   cmd.add_option("--top-k", p.top_k, "keep the k most likely tokens; 0 = off")->capture_default_str();
   cmd.add_option("--top-p", p.top_p, "nucleus sampling mass; 1 = off")->capture_default_str();
-  cmd.add_option("--min-p", p.min_p, "drop tokens below min-p x the top probability; 0 = off")->capture_default_str();
-  cmd.add_option("--repeat-penalty", p.repeat_penalty, "penalty for repeated tokens; 1 = off")->capture_default_str();
+  cmd.add_option("--min-p", p.min_p, "drop tokens below min-p x the top probability; 0 = off")
+      ->capture_default_str();
+  cmd.add_option("--repeat-penalty", p.repeat_penalty, "penalty for repeated tokens; 1 = off")
+      ->capture_default_str();
   cmd.add_option("--repeat-last-n", p.repeat_last_n, "window for the repeat penalty")->capture_default_str();
-  cmd.add_option("--presence-penalty", p.presence_penalty, "OpenAI-style presence penalty")->capture_default_str();
-  cmd.add_option("--frequency-penalty", p.frequency_penalty, "OpenAI-style frequency penalty")->capture_default_str();
+  cmd.add_option("--presence-penalty", p.presence_penalty, "OpenAI-style presence penalty")
+      ->capture_default_str();
+  cmd.add_option("--frequency-penalty", p.frequency_penalty, "OpenAI-style frequency penalty")
+      ->capture_default_str();
   cmd.add_option("--seed", p.seed, "RNG seed (default: random)");
 }
 
@@ -111,7 +130,8 @@ int parse_gpu_layers(const std::string& s) {
     used = 0;
   }
   if (used != s.size() || n < -1)
-    throw InvalidArgument(fmt::format("--gpu-layers: expected auto, all, -1 (all) or a count >= 0, got '{}'", s));
+    throw InvalidArgument(
+        fmt::format("--gpu-layers: expected auto, all, -1 (all) or a count >= 0, got '{}'", s));
   return n < 0 ? kGpuLayersAll : n;
 }
 

@@ -1,4 +1,6 @@
 // `qleap convert`: Hugging Face safetensors directory -> GGUF, or GGUF -> GGUF in another type.
+#include "gguf/convert.h"
+
 #include <fmt/format.h>
 
 #include <filesystem>
@@ -7,7 +9,6 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "core/timer.h"
-#include "gguf/convert.h"
 
 namespace qleap::cli {
 namespace {
@@ -37,7 +38,8 @@ void convert_command(const ConvertCli& o) {
   } else if (fs::is_regular_file(o.input)) {
     requantize_gguf(o.input, o.output, *type, progress);
   } else {
-    throw InvalidArgument(fmt::format("'{}' is neither a Hugging Face model directory nor a GGUF file", o.input));
+    throw InvalidArgument(
+        fmt::format("'{}' is neither a Hugging Face model directory nor a GGUF file", o.input));
   }
   std::cerr << fmt::format("\nwrote {} ({}) in {:.1f} s\n", o.output,
                            human_bytes(double(fs::file_size(o.output))), sw.elapsed());
@@ -48,10 +50,12 @@ void convert_command(const ConvertCli& o) {
 void register_convert(CLI::App& app) {
   auto opt = std::make_shared<ConvertCli>();
   auto* cmd = app.add_subcommand(
-      "convert", "Convert a Hugging Face model directory (safetensors + config.json) to GGUF, or requantize a GGUF");
+      "convert",
+      "Convert a Hugging Face model directory (safetensors + config.json) to GGUF, or requantize a GGUF");
   cmd->add_option("input", opt->input, "HF model directory or .gguf file")->required();
   cmd->add_option("output", opt->output, "output .gguf path")->required();
-  cmd->add_option("--type", opt->type, "weight type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, ...")->capture_default_str();
+  cmd->add_option("--type", opt->type, "weight type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, ...")
+      ->capture_default_str();
   cmd->callback([opt] { convert_command(*opt); });
 }
 

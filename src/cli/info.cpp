@@ -9,6 +9,7 @@
 
 #include "autoconf/hardware.h"
 #include "backend/cpu/matmul.h"
+#include "backend/cpu/packed_weights.h"
 #include "cli/common.h"
 #include "core/cpu_features.h"
 #include "gguf/gguf.h"
@@ -89,8 +90,13 @@ void info_command(const InfoOptions& o) {
   // KV bytes come from the cache implementation itself, so the figure is what a session allocates.
   size_t kv_per_token = 0, kv_fixed = 0;  // fixed: not per token (TurboQuant's exact sink and window)
   std::string kv_note;
+  std::string repacked = "not loaded";
+  size_t repacked_bytes = 0, released_bytes = 0;
   try {
     auto model = load_model(path);
+    repacked = model->prepared().describe();
+    repacked_bytes = model->prepared().bytes();
+    released_bytes = model->prepared().released_bytes();
     // At the context of the estimate: exact rows (TurboQuant's recent window) are capped by it. The
     // records are allocated but never touched, so this costs address space, not memory.
     Session probe(model, SessionOptions{std::max(o.ctx, 16), 1, o.kv, 16});
@@ -112,6 +118,9 @@ void info_command(const InfoOptions& o) {
     for (const auto& [k, v] : by_type) j["types"][k] = {{"count", v.first}, {"bytes", v.second}};
     j["kv_bytes_per_token"] = kv_per_token;
     j["kv_fixed_bytes"] = kv_fixed;
+    j["repacked_bytes"] = repacked_bytes;
+    j["released_gguf_bytes"] = released_bytes;
+    j["cpu_kernels"] = matmul_path_summary();
     if (o.tensors) {
       for (const auto& t : file->tensors()) {
         j["tensors"].push_back(
@@ -153,6 +162,12 @@ void info_command(const InfoOptions& o) {
   } else {
     fmt::print("KV cache: cannot size ({})\n", kv_note);
   }
+  fmt::print("CPU kernels: {}\n", matmul_path_summary());
+  fmt::print("repacked:    {}{}\n", repacked,
+             repacked_bytes ? fmt::format(" for the CPU kernels; their GGUF pages ({}) are released after "
+                                          "repacking (--no-repack / QLEAP_REPACK=0: keep GGUF layout)",
+                                          human_bytes(double(released_bytes)))
+                            : "");
   fmt::print("metadata:\n");
   for (const auto& [k, v] : file->metadata()) fmt::print("  {:<44} {}\n", k, v.to_display());
   if (o.tensors) {
@@ -176,6 +191,8 @@ void register_info(CLI::App& app) {
   cmd->add_flag("--json", opt->json, "machine-readable output");
   cmd->add_option("-c,--ctx", opt->ctx, "context length for the memory estimate")->capture_default_str();
   cmd->add_option("--kv", opt->kv, "KV cache type for the estimate")->capture_default_str();
+  cmd->add_flag_callback(
+      "--no-repack", [] { set_repack_enabled(false); }, "report without the interleaved weight copy");
   cmd->callback([opt] { info_command(*opt); });
 }
 

@@ -57,8 +57,8 @@ class Generator {
     Stats st;
     if (tokens.empty()) throw InvalidArgument("empty prompt: nothing to condition on");
     if (int(tokens.size()) >= session_.n_ctx()) {
-      throw InvalidArgument(fmt::format("prompt is {} tokens but the context holds {} (raise --ctx)", tokens.size(),
-                                        session_.n_ctx()));
+      throw InvalidArgument(fmt::format("prompt is {} tokens but the context holds {} (raise --ctx)",
+                                        tokens.size(), session_.n_ctx()));
     }
     size_t common = 0;
     while (common < history_.size() && common < tokens.size() && history_[common] == tokens[common]) ++common;
@@ -123,9 +123,10 @@ class Generator {
 };
 
 void print_stats(const Stats& s) {
-  std::cerr << fmt::format("\n[prompt: {} tokens in {:.2f} s, {:.1f} tok/s | generation: {} tokens in {:.2f} s, {:.1f} tok/s]\n",
-                           s.prompt_tokens, s.prompt_s, s.prompt_s > 0 ? s.prompt_tokens / s.prompt_s : 0.0,
-                           s.gen_tokens, s.gen_s, s.gen_s > 0 ? s.gen_tokens / s.gen_s : 0.0);
+  std::cerr << fmt::format(
+      "\n[prompt: {} tokens in {:.2f} s, {:.1f} tok/s | generation: {} tokens in {:.2f} s, {:.1f} tok/s]\n",
+      s.prompt_tokens, s.prompt_s, s.prompt_s > 0 ? s.prompt_tokens / s.prompt_s : 0.0, s.gen_tokens, s.gen_s,
+      s.gen_s > 0 ? s.gen_tokens / s.gen_s : 0.0);
 }
 
 void run_command(RunOptions& o) {
@@ -139,10 +140,12 @@ void run_command(RunOptions& o) {
   std::unique_ptr<ExpertProfile> expert_profile;
   const auto flow = make_cli_expert_flow(o.experts, *model, gen.session().n_batch(), o.quiet, expert_profile);
   gen.session().set_moe_executor(flow.get());
-  if (!gen.session().placement().note.empty()) fmt::print(stderr, "note: {}\n", gen.session().placement().note);
+  if (!gen.session().placement().note.empty())
+    fmt::print(stderr, "note: {}\n", gen.session().placement().note);
   if (!o.quiet) {
     std::cerr << fmt::format("[loaded {} in {:.2f} s; ctx {}, {} threads, KV {}]\n", path, load.elapsed(),
-                             gen.session().n_ctx(), gen.session().pool().size(), gen.session().kv().type_name());
+                             gen.session().n_ctx(), gen.session().pool().size(),
+                             gen.session().kv().type_name());
   }
   const bool chat = !o.raw && gen.has_chat_template();
   const bool interactive = o.interactive || (o.prompt.empty() && isatty(STDIN_FILENO) && chat);
@@ -214,14 +217,18 @@ void run_command(RunOptions& o) {
 void register_run(CLI::App& app) {
   auto opt = std::make_shared<RunOptions>();
   opt->sampling.temperature = 0.7f;
-  auto* cmd = app.add_subcommand("run", "Generate text from a model (one-shot with PROMPT, else interactive chat)");
+  auto* cmd =
+      app.add_subcommand("run", "Generate text from a model (one-shot with PROMPT, else interactive chat)");
   add_common_options(*cmd, opt->common);
-  cmd->add_option("prompt", opt->prompt, "prompt; chat models get it as a user message through their template");
-  cmd->add_option("-n,--n-predict", opt->n_predict, "maximum tokens to generate (-1: until end or full context)")
+  cmd->add_option("prompt", opt->prompt,
+                  "prompt; chat models get it as a user message through their template");
+  cmd->add_option("-n,--n-predict", opt->n_predict,
+                  "maximum tokens to generate (-1: until end or full context)")
       ->capture_default_str();
   cmd->add_option("-s,--system", opt->system, "system message for chat models");
   cmd->add_flag("--raw", opt->raw, "plain text completion: no chat template");
-  cmd->add_flag("-i,--interactive", opt->interactive, "chat interactively (default when no prompt and stdin is a terminal)");
+  cmd->add_flag("-i,--interactive", opt->interactive,
+                "chat interactively (default when no prompt and stdin is a terminal)");
   cmd->add_flag("-q,--quiet", opt->quiet, "no load/speed report on stderr");
   add_sampling_options(*cmd, opt->sampling);
   add_expert_flow_options(*cmd, opt->experts);

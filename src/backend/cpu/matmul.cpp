@@ -255,9 +255,10 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
 std::string matmul_path_summary() {
   const kern::IsaKernels* k = kern::active_kernels();
   if (k == nullptr) return "scalar reference kernels (fp32)";
-  std::string s = fmt::format("{} kernels: decode row-dot (int8 activations)", k->name);
+  std::string s = fmt::format("{}: decode on repacked 16-row groups{} (row dot products otherwise)", k->name,
+                              repack_enabled() ? "" : " (off)");
   if (k->panel_matmul != nullptr)
-    s += fmt::format(", prefill interleaved {}-row panels from {} rows", kern::panel_rows(), kPanelMinRows);
+    s += fmt::format(", prefill on {}-row int8 panels from {} rows", kern::panel_rows(), kPanelMinRows);
   if (k->tile_matmul != nullptr) s += fmt::format(", AMX bf16 tiles from {} rows", kTileMinRows);
   return s;
 }
