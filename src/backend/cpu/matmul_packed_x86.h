@@ -224,6 +224,16 @@ struct PQ6_K {
 
 // ---- decode: a few activation rows, each computed exactly as if alone ----
 
+// AVX2: k-groups whose 16-bit products (PMADDUBSW pair sums, <= 2 * 127 * max byte) may be added
+// before widening: bytes up to 15 (Q4_0, Q4_1, Q4_K), 31 (Q5_K), 63 (Q6_K).
+template <class P>
+constexpr int widen_of() {
+  if constexpr (std::is_same_v<P, PQ6_K>) return 2;
+  if constexpr (std::is_same_v<P, PQ45_K<true>>) return 4;
+  return P::kSub / 4;
+}
+
+
 // y[t][0 .. nr) for tokens [t0, t0 + T) and the kPR rows of group g (AVX2: half h of it). Every
 // token runs the same operations in the same order whatever T is (batch invariance: RowExactMatmul).
 template <class P, int T>
@@ -252,24 +262,31 @@ void gemv_rows(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, i
       for (int t = 0; t < T; ++t) {
         const int8_t* xq = x.q + size_t(t0 + t) * size_t(pm.cols) + k0;
         VI i0 = panel::vzeroi(), i1 = panel::vzeroi();
+#if QLEAP_USE_VNNI
         for (int gi = 0; gi < nu; ++gi) {
-          const VI xb = panel::vbcast32(xq + 4 * gi);
           VI& acc = (gi & 1) ? i1 : i0;
-#if QLEAP_USE_VNNI
-          acc = _mm512_dpbusd_epi32(acc, u[gi], xb);
-#else
-          __m256i p;
-          if constexpr (P::kSigned) {
-            p = _mm256_maddubs_epi16(abs_u[gi], _mm256_sign_epi8(xb, u[gi]));
-          } else {
-            p = _mm256_maddubs_epi16(u[gi], xb);
-          }
-          acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-#endif
+          acc = _mm512_dpbusd_epi32(acc, u[gi], panel::vbcast32(xq + 4 * gi));
         }
-#if QLEAP_USE_VNNI
         const VI isum = _mm512_add_epi32(i0, i1);
 #else
+        const __m256i ones = _mm256_set1_epi16(1);
+        if constexpr (P::kSigned) {
+          for (int gi = 0; gi < nu; ++gi) {
+            VI& acc = (gi & 1) ? i1 : i0;
+            const __m256i p = _mm256_maddubs_epi16(abs_u[gi], _mm256_sign_epi8(panel::vbcast32(xq + 4 * gi), u[gi]));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+          }
+        } else {
+          // Narrow bytes: several 16-bit products add up before one widening (bounds: widen_of).
+          constexpr int kW = widen_of<P>();
+          for (int g0 = 0; g0 < nu; g0 += kW) {
+            __m256i p = _mm256_maddubs_epi16(u[g0], panel::vbcast32(xq + 4 * g0));
+            for (int gi = g0 + 1; gi < g0 + kW; ++gi)
+              p = _mm256_add_epi16(p, _mm256_maddubs_epi16(u[gi], panel::vbcast32(xq + 4 * gi)));
+            VI& acc = ((g0 / kW) & 1) ? i1 : i0;
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+          }
+        }
         const VI isum = _mm256_add_epi32(i0, i1);
 #endif
         const VF sc = panel::vmul(a, panel::vbcastf(x.d + size_t(t0 + t) * size_t(n32) + k0 / 32));
@@ -331,13 +348,6 @@ void fill_panel(const PackedMatrix& pm, int64_t g, int h, uint8_t* pq, float* pa
                 std::memcpy(pb + size_t(gsub) * kPR, &b, sizeof(VF));
               });
   }
-}
-
-template <class P>
-constexpr int widen_of() {
-  if constexpr (std::is_same_v<P, PQ6_K>) return 2;
-  if constexpr (std::is_same_v<P, PQ45_K<true>>) return 4;
-  return P::kSub / 4;
 }
 
 struct Ops {
