@@ -24,14 +24,22 @@ flash_detail::ItemFn pick_item(const FlashShape& s) {
   return nullptr;
 }
 
+// Fewest query tokens for the AMX kernel, which converts all keys and values of the call to tiles
+// first: below this, that conversion costs more than the products it speeds up.
+constexpr int kAmxMinQueries = 32;
+
 template <class T>
 void run(const FlashShape& s, const KvRowsView<T>& kv, const float* q, float* out, ThreadPool& pool) {
+  constexpr bool kF16 = sizeof(T) == 2;
+  if (isa_level() >= IsaLevel::kAmx && s.head_dim % 32 == 0 && s.n_q >= kAmxMinQueries) {
+    flash_detail::run_amx(s, &kv, kF16, q, out, pool);
+    return;
+  }
   const flash_detail::ItemFn fn = pick_item(s);
   const int group = s.n_heads / s.n_kv_heads;
   const int q_block = std::max(1, (kRowsPerItem + group - 1) / group);
   const int n_qb = (s.n_q + q_block - 1) / q_block;
   const int64_t items = int64_t(n_qb) * s.n_kv_heads;
-  constexpr bool kF16 = sizeof(T) == 2;
   const void* kvp = &kv;
   // The last query blocks see the most keys: hand them out first so the threads finish together.
   pool.parallel_for(items, 1, [&](int64_t b, int64_t e, int) {

@@ -53,6 +53,8 @@ using ItemFn = void (*)(const FlashShape& s, const void* kv, bool f16, int q_blo
                         const float* q, float* out);
 ItemFn item_avx2();
 ItemFn item_avx512();
+// AMX: the whole call (tile layouts of K and V shared by all work items); head_dim % 32 == 0.
+void run_amx(const FlashShape& s, const void* kv, bool f16, const float* q, float* out, ThreadPool& pool);
 }  // namespace flash_detail
 
 }  // namespace qleap

@@ -44,8 +44,8 @@ class KvCache {
   ThreadPool* pool_ = nullptr;
 };
 
-// type: "f32" (reference), "f16", "q8_0", "q4_0" (llama.cpp-style baselines), or TurboQuant "tq2".."tq4" / "kXvY" (kv_turboquant.h).
-// Throws InvalidArgument on an unknown type or bad shape.
+// type: "f32" (reference), "f16", "q8_0", "q4_0" (llama.cpp-style baselines), or TurboQuant "tq2".."tq4" /
+// "kXvY" (kv_turboquant.h). Throws InvalidArgument on an unknown type or bad shape.
 std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& shape);
 
 }  // namespace qleap

@@ -50,10 +50,17 @@ void check_case(const Case& c, int threads) {
   ASSERT_TRUE(flash_prefill_supported(s));
   ThreadPool pool(threads);
   flash_prefill(s, kv, q.data(), got.data(), pool);
+  // AMX (32 queries and up, head_dim a multiple of 32) multiplies in bf16: q, k, v and the
+  // probabilities keep 8 significant bits (relative error <= 2^-9 each); a one-key output is then
+  // v rounded to bf16; keys with large scores (the test has some) carry their score error into the
+  // softmax weights (observed up to 1e-2 here; perplexity of SmolLM2 and Qwen2.5-1.5B moved by
+  // < 0.05%, docs/performance.md).
+  const bool bf16 = isa_level() == IsaLevel::kAmx && c.n_q >= 32 && c.head_dim % 32 == 0;
   for (size_t i = 0; i < ref.size(); ++i) {
-    ASSERT_NEAR(got[i], ref[i], 2e-5 + 2e-5 * std::fabs(ref[i]))
-        << "isa=" << isa_name(isa_level()) << " hd=" << c.head_dim << " heads=" << c.n_heads << "/"
-        << c.n_kv_heads << " pos0=" << c.pos0 << " n_q=" << c.n_q << " i=" << i;
+    const double tol = bf16 ? 1.5e-2 + 1e-2 * std::fabs(ref[i]) : 2e-5 + 2e-5 * std::fabs(ref[i]);
+    ASSERT_NEAR(got[i], ref[i], tol) << "isa=" << isa_name(isa_level()) << " hd=" << c.head_dim
+                                     << " heads=" << c.n_heads << "/" << c.n_kv_heads << " pos0=" << c.pos0
+                                     << " n_q=" << c.n_q << " i=" << i;
   }
 }
 

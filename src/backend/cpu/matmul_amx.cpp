@@ -17,8 +17,10 @@
 //
 // GCC 12 reports the _mm512_undefined_epi32() inside the AVX-512 unpack intrinsics as possibly
 // uninitialized (a false positive of the header's `__m512i __Y = __Y;` idiom).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #define QLEAP_ISA_NS amx
 #define QLEAP_ISA_NAME "amx"
 #define QLEAP_USE_VNNI 1
