@@ -94,8 +94,12 @@ int64_t sb_values_of(GgmlType t) {
 }
 
 // Copies 4 bytes of each row into one interleaved vector.
-void put_vector(uint8_t* dst, const uint8_t* const* rows, size_t off) {
-  for (int n = 0; n < kR; ++n) std::memcpy(dst + 4 * n, rows[n] + off, 4);
+inline void put_vector(uint8_t* dst, const uint8_t* const* rows, size_t off) {
+  for (int n = 0; n < kR; ++n) {
+    uint32_t v;
+    __builtin_memcpy(&v, rows[n] + off, 4);
+    __builtin_memcpy(dst + 4 * n, &v, 4);
+  }
 }
 
 // src[n]: super-block sb of row n (zeros for padding rows); dst: its scales, qd: its quants.
