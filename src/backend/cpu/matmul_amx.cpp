@@ -58,6 +58,9 @@ void ensure_tile_config() {
     cfg.colsb[i] = 64;
     cfg.rows[i] = 16;
   }
+  // GCC 12 does not see LDTILECFG read the struct and may drop the stores above (observed in a
+  // test program: all-zero config, then SIGILL on the first tile instruction); the barrier keeps them.
+  __asm__ volatile("" : : "r"(&cfg) : "memory");
   _tile_loadconfig(&cfg);
   configured = true;
 }
