@@ -5,6 +5,10 @@
 //
 //   qleap_cuda_bench [--shape llama3-8b|qwen3-8b] [--type Q4_K|Q8_0|...] [--ctx N] [--prompt N]
 //                    [--depth N] [--gen N] [--peak-gbs X] [--no-kernels] [--no-graph-compare]
+//                    [--check] [--help]
+//
+// --check validates the flags and prints what a run would do and allocate, without a device (so a
+// script's invocation is tested before GPU time is spent on it).
 //
 // All layers share one host copy of each synthetic matrix, but every layer gets its own device
 // copy, so the decode step reads as many distinct bytes as a real model of that shape would.
@@ -42,7 +46,81 @@ struct Args {
   double peak_gbs = 3350.0;  // H100 SXM HBM3 datasheet figure
   bool kernels = true;
   bool graph_compare = true;
+  bool check = false;
 };
+
+constexpr const char* kUsage =
+    "usage: qleap_cuda_bench [options]\n"
+    "  --shape S           llama3-8b (default) or qwen3-8b: synthetic weights of that shape\n"
+    "  --type T            weight format: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q4_K (default) Q5_K Q6_K\n"
+    "  --ctx N             context length (default 4096)\n"
+    "  --prompt N          prefill tokens timed as ppN (default 512)\n"
+    "  --depth N           tokens in the cache before decode is timed (default: --prompt)\n"
+    "  --gen N             decode steps timed (default 64)\n"
+    "  --peak-gbs X        datasheet memory bandwidth to compare with (default 3350, H100 SXM)\n"
+    "  --no-kernels        skip the table of mat-vec kernels alone\n"
+    "  --no-graph-compare  time decode with CUDA graphs only (not also without)\n"
+    "  --check             validate the flags and print the plan; needs no device\n"
+    "  --help              this text\n";
+
+// The formats the device mat-vec and GEMM paths implement (docs/cuda.md).
+bool device_format(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32:
+    case GgmlType::F16:
+    case GgmlType::BF16:
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K:
+      return true;
+    default:
+      return false;
+  }
+}
+
+int parse_int(const std::string& flag, const std::string& v) {
+  size_t used = 0;
+  int x = 0;
+  try {
+    x = std::stoi(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != v.size()) throw InvalidArgument(flag + ": expected an integer, got '" + v + "'");
+  return x;
+}
+
+double parse_double(const std::string& flag, const std::string& v) {
+  size_t used = 0;
+  double x = 0;
+  try {
+    x = std::stod(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != v.size()) throw InvalidArgument(flag + ": expected a number, got '" + v + "'");
+  return x;
+}
+
+// Everything about the arguments that can be wrong without a device.
+void validate(const Args& a) {
+  if (a.shape != "llama3-8b" && a.shape != "qwen3-8b")
+    throw InvalidArgument("--shape: llama3-8b or qwen3-8b");
+  const auto t = type_from_name(a.type);
+  if (!t) throw InvalidArgument("--type: unknown format " + a.type);
+  if (!device_format(*t)) throw InvalidArgument("--type: " + a.type + " has no device kernels");
+  if (a.ctx <= 0) throw InvalidArgument("--ctx must be > 0");
+  if (a.prompt <= 0 || a.prompt > a.ctx) throw InvalidArgument("--prompt must be in 1..--ctx");
+  if (a.gen <= 0) throw InvalidArgument("--gen must be > 0");
+  const int depth = a.depth < 0 ? a.prompt : a.depth;
+  // The decode timing evaluates one untimed step and --gen timed steps after the fill.
+  if (depth + a.gen + 1 > a.ctx)
+    throw InvalidArgument(fmt::format("--depth {} + --gen {} + 1 exceed --ctx {}", depth, a.gen, a.ctx));
+  if (!(a.peak_gbs > 0)) throw InvalidArgument("--peak-gbs must be > 0");
+}
 
 // Offsets of fp16 scale fields in one block, set to small sane values after random filling.
 std::vector<std::pair<int, float>> scale_fields(GgmlType t) {
@@ -229,21 +307,46 @@ int run(int argc, char** argv) {
     else if (k == "--type")
       a.type = next();
     else if (k == "--ctx")
-      a.ctx = std::stoi(next());
+      a.ctx = parse_int(k, next());
     else if (k == "--prompt")
-      a.prompt = std::stoi(next());
+      a.prompt = parse_int(k, next());
     else if (k == "--depth")
-      a.depth = std::stoi(next());
+      a.depth = parse_int(k, next());
     else if (k == "--gen")
-      a.gen = std::stoi(next());
+      a.gen = parse_int(k, next());
     else if (k == "--peak-gbs")
-      a.peak_gbs = std::stod(next());
+      a.peak_gbs = parse_double(k, next());
     else if (k == "--no-kernels")
       a.kernels = false;
     else if (k == "--no-graph-compare")
       a.graph_compare = false;
-    else
-      throw InvalidArgument("unknown option " + k);
+    else if (k == "--check")
+      a.check = true;
+    else if (k == "--help" || k == "-h") {
+      fmt::print("{}", kUsage);
+      return 0;
+    } else
+      throw InvalidArgument("unknown option " + k + " (see --help)");
+  }
+  validate(a);
+  if (a.check) {
+    // The bytes the run will hold on the device: every layer's own copy of the weights, the output
+    // matrix, and the f16 KV cache of the whole context.
+    const bool qwen = a.shape == "qwen3-8b";
+    const int64_t layers = qwen ? 36 : 32, ff = qwen ? 12288 : 14336, vocab = qwen ? 151936 : 128256;
+    const int64_t embd = 4096, q_dim = 4096, kv_dim = 1024;
+    const GgmlType t = *type_from_name(a.type);
+    const double layer = double(row_size(t, embd)) * double(q_dim + 2 * kv_dim + 2 * ff) +
+                         double(row_size(t, q_dim)) * double(embd) + double(row_size(t, ff)) * double(embd);
+    const double out = double(row_size(t, embd)) * double(vocab);
+    const double kv = 2.0 * 2.0 * double(kv_dim) * double(a.ctx) * double(layers);
+    fmt::print(
+        "check: {} {}, ctx {}, pp{}, tg{} at depth {}, kernels {}, graph compare {}, peak {:.0f} GB/s\n"
+        "check: device memory needed ~{:.1f} GiB (weights {:.1f} + output {:.2f} + f16 KV {:.2f})\n",
+        a.shape, a.type, a.ctx, a.prompt, a.gen, a.depth < 0 ? a.prompt : a.depth, a.kernels ? "on" : "off",
+        a.graph_compare ? "on" : "off", a.peak_gbs, (layer * double(layers) + out + kv) / double(1 << 30),
+        layer * double(layers) / double(1 << 30), out / double(1 << 30), kv / double(1 << 30));
+    return 0;
   }
   const auto devs = cuda::devices();
   if (devs.empty()) {

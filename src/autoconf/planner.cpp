@@ -217,7 +217,7 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
 
   // Candidates, searched from the preferred context down.
   std::vector<int> ctxs;
-  const int default_ctx = m.n_ctx_train > 0 ? std::min(m.n_ctx_train, 4096) : 4096;
+  const int default_ctx = default_context(m.n_ctx_train);
   if (req.n_ctx > 0) {
     ctxs.push_back(req.n_ctx);
   } else {

@@ -319,10 +319,10 @@ void bench_command(BenchOptions& o) {
                  s.sd, cs.mean, cs.sd);
   }
   out["peak_rss_bytes"] = peak_rss_bytes();
-  out["kv_bytes_per_token"] = session.kv().bytes_per_token();
+  out["kv_bytes_per_token"] = session.kv_usage().bytes_per_token;
   const HParams& hp = model->hparams();
   const double f16_bpt = 2.0 * 2.0 * hp.n_layers * hp.n_kv_heads * hp.head_dim;
-  out["kv_compression_vs_f16"] = f16_bpt / double(session.kv().bytes_per_token());
+  out["kv_compression_vs_f16"] = f16_bpt / double(session.kv_usage().bytes_per_token);
   if (!o.no_membw) {
     const auto bw = measure_read_bandwidth(session.pool());
     out["machine_read_gbps"] = bw.read_gbps;
@@ -334,7 +334,7 @@ void bench_command(BenchOptions& o) {
   // Peak RSS as recorded before the bandwidth probe, whose buffer is not the model's.
   fmt::print("peak RSS: {}   KV: {} per token ({} B, {:.2f}x smaller than f16)\n",
              human_bytes(double(out["peak_rss_bytes"].get<size_t>())),
-             human_bytes(double(session.kv().bytes_per_token())), session.kv().bytes_per_token(),
+             human_bytes(double(session.kv_usage().bytes_per_token)), session.kv_usage().bytes_per_token,
              double(out["kv_compression_vs_f16"]));
   if (out.contains("tg")) {
     fmt::print("decode reads {} of weights per token: {:.2f} GB/s",

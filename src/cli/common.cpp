@@ -15,6 +15,7 @@
 #include "backend/cpu/packed_weights.h"
 #include "core/error.h"
 #include "gguf/gguf.h"
+#include "runtime/kv_calibrate.h"
 
 namespace qleap::cli {
 
@@ -168,12 +169,15 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
 
   Plan plan = make_plan(hw, info, req);
   int ngl = plan.gpu_layers;
-  if (ngl > 0 && !build_has_gpu_offload()) {
+  // The planner also places MoE models (attention on the GPU, experts in RAM), which the engine
+  // cannot run yet: MoE layers have no device path (model/blocks.cpp prepare_layer).
+  const bool moe_on_gpu = ngl > 0 && info.is_moe() && req.gpu_layers == kGpuLayersAuto;
+  if (ngl > 0 && (!build_has_gpu_offload() || moe_on_gpu)) {
     if (!quiet) {
       std::cerr << fmt::format(
-          "[plan wanted {} GPU layers on {}, but GPU offload is unavailable in this build: "
-          "planning for the CPU]\n",
-          ngl, plan.gpu_name);
+          "[plan wanted {} GPU layers on {}, but {}: planning for the CPU]\n", ngl, plan.gpu_name,
+          moe_on_gpu ? "MoE layers run on the CPU only (experts can go to the GPU with --expert-tier cuda)"
+                     : "GPU offload is unavailable in this build");
     }
     hw.gpus.clear();
     plan = make_plan(hw, info, req);
@@ -193,7 +197,33 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
   }
   SessionOptions so = to_session_options(plan);
   so.gpu_layers = session_gpu_layers;
+  so.kv_calibration_dir = default_kv_calibration_dir();
   return so;
+}
+
+// QLEAP_HOST / --host: "host", "host:port", "http://host:port", ":port".
+void parse_host(std::string s, std::string& host, int& port) {
+  for (const char* p : {"http://", "https://"}) {
+    if (s.rfind(p, 0) == 0) s = s.substr(std::string_view(p).size());
+  }
+  if (!s.empty() && s.back() == '/') s.pop_back();
+  const size_t c = s.rfind(':');
+  if (c != std::string::npos && s.find(']') == std::string::npos && s.find(':') == c) {
+    const std::string ps = s.substr(c + 1);
+    char* end = nullptr;
+    const long v = std::strtol(ps.c_str(), &end, 10);
+    if (ps.empty() || *end || v < 0 || v > 65535)
+      throw InvalidArgument(fmt::format("invalid port in '{}'", s));
+    port = int(v);
+    s.resize(c);
+  }
+  if (!s.empty()) host = s;
+}
+
+void serve_address(std::string& host, int& port) {
+  host = "127.0.0.1";
+  port = 11435;
+  if (const char* env = std::getenv("QLEAP_HOST"); env && *env) parse_host(env, host, port);
 }
 
 }  // namespace qleap::cli

@@ -43,6 +43,11 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
 
 void add_sampling_options(CLI::App& cmd, SamplerParams& p);
 
+// QLEAP_HOST / --host: "host", "host:port", "http://host:port", ":port" (InvalidArgument on a bad port).
+void parse_host(std::string s, std::string& host, int& port);
+// Where `qleap serve` listens by default: 127.0.0.1:11435, or $QLEAP_HOST.
+void serve_address(std::string& host, int& port);
+
 std::string human_bytes(double bytes);
 // Peak resident set size of this process, in bytes.
 size_t peak_rss_bytes();
@@ -59,5 +64,6 @@ void register_plan(CLI::App& app);
 void register_tune(CLI::App& app);
 void register_profile(CLI::App& app);
 void register_compare(CLI::App& app);
+void register_completion(CLI::App& app);  // needs every other subcommand registered first
 
 }  // namespace qleap::cli

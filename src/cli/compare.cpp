@@ -147,12 +147,10 @@ void compare_command(CompareOptions& o) {
   out["model"] = path;
   out["base"] = o.base;
   out["kv"] = o.common.kv;
-  out["kv_bytes_per_token"] = {{"base", base.kv().bytes_per_token()}, {"test", test.kv().bytes_per_token()}};
+  const KvUsage ub = base.kv_usage(), ut = test.kv_usage();
+  out["kv_bytes_per_token"] = {{"base", ub.bytes_per_token}, {"test", ut.bytes_per_token}};
   // What the cache holds besides its per-position bytes (TurboQuant's exact sink and window rows).
-  const auto fixed = [](const KvCache& kv) {
-    return kv.allocated_bytes() - kv.bytes_per_token() * size_t(kv.shape().n_ctx);
-  };
-  out["kv_fixed_bytes"] = {{"base", fixed(base.kv())}, {"test", fixed(test.kv())}};
+  out["kv_fixed_bytes"] = {{"base", ub.fixed_bytes}, {"test", ut.fixed_bytes}};
 
   CompareStats total;
   if (text_mode) {
@@ -249,7 +247,7 @@ void compare_command(CompareOptions& o) {
     std::cout << out.dump(2) << "\n";
     return;
   }
-  const double bb = double(base.kv().bytes_per_token()), bt = double(test.kv().bytes_per_token());
+  const double bb = double(ub.bytes_per_token), bt = double(ut.bytes_per_token);
   fmt::print("KV {} vs {}: {} vs {} per token ({:.2f}x smaller)\n", o.common.kv, o.base, human_bytes(bt),
              human_bytes(bb), bb / bt);
   print_summary(total, o.base, o.common.kv, text_mode);

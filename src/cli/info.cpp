@@ -3,11 +3,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
 
 #include "autoconf/hardware.h"
+#include "autoconf/readiness.h"
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/packed_weights.h"
 #include "cli/common.h"
@@ -27,10 +29,33 @@ struct InfoOptions {
   std::string kv = "f16";
 };
 
+// The default model's download size and its f16 KV cache at the default context (4096 positions x
+// 30 layers x 3 KV heads x 64 x K and V x 2 bytes), for the memory check when it is not in the store.
+constexpr uint64_t kDefaultModelBytes = 98362432;
+constexpr uint64_t kDefaultKvBytes = uint64_t(4096) * 30 * 3 * 64 * 2 * 2;
+
+std::vector<std::string> machine_warnings(const HardwareInfo& hw) {
+  ReadinessInput in;
+  in.hw = &hw;
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(models_dir() + "/" + kDefaultModel, ec);
+  in.default_model_bytes = ec ? kDefaultModelBytes : uint64_t(size);
+  in.default_kv_bytes = kDefaultKvBytes;
+  int port = 0;
+  std::string host;
+  serve_address(host, port);
+  in.serve_addr = fmt::format("{}:{}", host, port);
+  in.port_in_use = tcp_port_in_use(host, port);
+  return readiness_warnings(in);
+}
+
 void print_machine(bool json) {
   const HardwareInfo hw = detect_hardware();
+  const std::vector<std::string> warnings = machine_warnings(hw);
   if (json) {
-    std::cout << to_json(hw).dump(2) << "\n";
+    nlohmann::json j = to_json(hw);
+    j["warnings"] = warnings;
+    std::cout << j.dump(2) << "\n";
     return;
   }
   const auto& f = cpu_features();
@@ -68,6 +93,8 @@ void print_machine(bool json) {
     fmt::print("{}\n", line);
   }
   for (const auto& n : hw.notes) fmt::print("note:       {}\n", n);
+  for (const auto& w : warnings) fmt::print("warning:    {}\n", w);
+  if (warnings.empty()) fmt::print("ready:      nothing to fix before `qleap run` / `qleap serve`\n");
 }
 
 void info_command(const InfoOptions& o) {
@@ -99,9 +126,12 @@ void info_command(const InfoOptions& o) {
     released_bytes = model->prepared().released_bytes();
     // At the context of the estimate: exact rows (TurboQuant's recent window) are capped by it. The
     // records are allocated but never touched, so this costs address space, not memory.
-    Session probe(model, SessionOptions{std::max(o.ctx, 16), 1, o.kv, 16});
-    kv_per_token = probe.kv().bytes_per_token();
-    kv_fixed = probe.kv().allocated_bytes() - kv_per_token * size_t(probe.kv().shape().n_ctx);
+    SessionOptions po{std::max(o.ctx, 16), 1, o.kv, 16};
+    po.calibrate_kv = false;  // sizes only
+    Session probe(model, po);
+    const KvUsage u = probe.kv_usage();
+    kv_per_token = u.bytes_per_token;
+    kv_fixed = u.fixed_bytes;
   } catch (const std::exception& e) {
     kv_note = e.what();
   }

@@ -7,10 +7,12 @@
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "core/version.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"qleap - QuantumLeap local LLM inference engine"};
-  app.set_version_flag("--version", "qleap 0.1.0");
+  app.set_version_flag("--version",
+                       fmt::format("qleap {} (commit {})", qleap::version(), qleap::git_commit()));
   app.require_subcommand(1);
   qleap::cli::register_run(app);
   qleap::cli::register_info(app);
@@ -23,6 +25,7 @@ int main(int argc, char** argv) {
   qleap::cli::register_tune(app);
   qleap::cli::register_profile(app);
   qleap::cli::register_compare(app);
+  qleap::cli::register_completion(app);
   // llama.cpp spells the GPU layer count "-ngl"; CLI11 allows only one-letter short options.
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "-ngl") == 0) argv[i] = const_cast<char*>("--ngl");

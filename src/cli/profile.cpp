@@ -17,10 +17,12 @@
 #include "core/error.h"
 #include "core/file_io.h"
 #include "core/timer.h"
+#include "kv/kv_calibration.h"
 #include "kv/kv_turboquant.h"
 #include "model/model.h"
 #include "moe/expert_profile.h"
 #include "moe/routing_trace.h"
+#include "runtime/kv_calibrate.h"
 #include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
 #include "turboquant/tq_sensitivity.h"
@@ -39,9 +41,9 @@ struct ProfileOptions {
   int top = 8;
 };
 
-// Each chunk of the text (one context, from BOS) runs through a fresh session whose TurboQuant cache
-// measures on its calibration chunk, i.e. the whole chunk: the batch is the chunk, so the measured
-// queries see up to a context of keys.
+// Each chunk of the text (one context, from BOS) runs through the model once, as one prefill batch,
+// with float caches that keep its keys, values and queries; tq_measure_sensitivity then replays the
+// chunk through the TurboQuant quantizer calibrated as every cache of this model is.
 void kv_sensitivity_command(ProfileOptions& o, const std::string& text, const std::string& path) {
   auto model = load_model(path);
   const Tokenizer tok = Tokenizer::from_gguf(model->file());
@@ -55,30 +57,41 @@ void kv_sensitivity_command(ProfileOptions& o, const std::string& text, const st
     kv = "tq3";
     spec = parse_tq_kv_type(kv);
   }
-  if (!parse_tq_kv_type(kv + ":measure"))
-    throw InvalidArgument("--kv-sensitivity: the kv type cannot take ':measure'");
-  SessionOptions so{o.common.ctx == 0 ? 2048 : o.common.ctx, o.common.threads, kv + ":measure", 0};
-  so.n_batch = so.n_ctx;
+  const int n_ctx = o.common.ctx == 0 ? 2048 : o.common.ctx;
   const int need = std::max(kTqMeasureMinTokens, spec->window + 64);
-  if (so.n_ctx < need)
+  if (n_ctx < need)
     throw InvalidArgument(fmt::format("--kv-sensitivity needs a context of at least {} tokens (-c)", need));
-  const int n_chunks = std::min<int>(o.chunks, int(ids.size() / size_t(so.n_ctx)));
+  const int n_chunks = std::min<int>(o.chunks, int(ids.size() / size_t(n_ctx)));
   if (n_chunks < 1)
-    throw InvalidArgument(fmt::format("'{}' has {} tokens, fewer than one context of {} (-c)", o.text_file,
-                                      ids.size(), so.n_ctx));
+    throw InvalidArgument(
+        fmt::format("'{}' has {} tokens, fewer than one context of {} (-c)", o.text_file, ids.size(), n_ctx));
+  KvCalibrationRecorder* rec = nullptr;
+  EngineOptions eo;
+  eo.n_ctx = n_ctx;
+  eo.n_batch = n_ctx;
+  eo.n_threads = o.common.threads;
+  eo.make_host_kv = [&rec](const KvShape& s) {
+    auto r = std::make_unique<KvCalibrationRecorder>(s, /*keep_rows=*/true);
+    rec = r.get();
+    return r;
+  };
+  Engine engine(model, eo);
+  const auto cal = model_kv_calibration(model, engine.pool().size(), default_kv_calibration_dir());
+  const HParams& hp = model->hparams();
+  const KvShape shape{hp.n_layers, n_ctx, hp.n_heads, hp.n_kv_heads, hp.head_dim};
   std::optional<TqSensitivity> total;
   Stopwatch sw;
   for (int c = 0; c < n_chunks; ++c) {
-    std::vector<int32_t> chunk(ids.begin() + long(c) * so.n_ctx, ids.begin() + long(c + 1) * so.n_ctx);
+    std::vector<int32_t> chunk(ids.begin() + long(c) * n_ctx, ids.begin() + long(c + 1) * n_ctx);
     if (tok.wants_bos()) chunk[0] = tok.bos();
-    Session session(model, so);
-    session.eval(chunk);
-    const TqSensitivity* s = tq_kv_sensitivity(session.kv());
-    if (!s) throw Error("the kv cache measured nothing (calibration chunk too short?)");
+    engine.reset(0);
+    rec->reset();
+    engine.prefill(0, chunk.data(), int(chunk.size()));
+    const TqSensitivity s = tq_measure_sensitivity(*spec, shape, *cal, rec->rows(), &engine.pool());
     if (total) {
-      total->merge(*s);
+      total->merge(s);
     } else {
-      total = *s;
+      total = s;
     }
     std::cerr << fmt::format("\r[chunk {}/{}: {:.1f} s]", c + 1, n_chunks, sw.elapsed()) << std::flush;
   }
@@ -86,8 +99,8 @@ void kv_sensitivity_command(ProfileOptions& o, const std::string& text, const st
   total->model = std::filesystem::path(path).filename().string();
   const std::string out = o.out.empty() ? "kv_sensitivity.json" : o.out;
   save_tq_sensitivity(*total, out);
-  std::cerr << fmt::format("[{} chunks of {} tokens in {:.1f} s; profile written to {}]\n", n_chunks,
-                           so.n_ctx, sw.elapsed(), out);
+  std::cerr << fmt::format("[{} chunks of {} tokens in {:.1f} s; profile written to {}]\n", n_chunks, n_ctx,
+                           sw.elapsed(), out);
   // Summary: the spread across heads and what a 3-bit allocation does with it.
   const TqSensitivity& s = *total;
   const int n = s.n_heads_total();

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/timer.h"
 #include "model/model.h"
+#include "runtime/generation.h"
 #include "runtime/session.h"
 #include "sampling/sampler.h"
 #include "tokenizer/chat_template.h"
@@ -44,11 +45,7 @@ struct Stats {
 class Generator {
  public:
   Generator(std::shared_ptr<const Model> model, const RunOptions& o, const SessionOptions& so)
-      : opt_(o),
-        model_(std::move(model)),
-        tok_(Tokenizer::from_gguf(model_->file())),
-        session_(model_, so),
-        sampler_(o.sampling) {}
+      : opt_(o), model_(std::move(model)), tok_(Tokenizer::from_gguf(model_->file())), session_(model_, so) {}
 
   const Tokenizer& tokenizer() const { return tok_; }
   Session& session() { return session_; }
@@ -60,9 +57,8 @@ class Generator {
       throw InvalidArgument(fmt::format("prompt is {} tokens but the context holds {} (raise --ctx)",
                                         tokens.size(), session_.n_ctx()));
     }
-    size_t common = 0;
-    while (common < history_.size() && common < tokens.size() && history_[common] == tokens[common]) ++common;
-    if (common == tokens.size()) --common;  // always evaluate at least one token to get logits
+    // The previous turn's cache holds the common prefix of this one.
+    const size_t common = reusable_prefix(history_, tokens);
     session_.truncate(int(common));
     history_.resize(common);
     std::vector<int32_t> fresh(tokens.begin() + long(common), tokens.end());
@@ -74,26 +70,29 @@ class Generator {
     st.prompt_tokens = int(fresh.size());
     st.prompt_s = sw.elapsed();
     history_.insert(history_.end(), fresh.begin(), fresh.end());
-    for (int32_t t : tokens) sampler_.accept(t);
+    Generation gen(tok_, opt_.sampling, {}, opt_.n_predict);
+    // Penalties see the whole conversation, as the sampler used across turns did.
+    gen.accept_prompt(tokens);
 
-    StreamDecoder dec(tok_);
     sw.reset();
-    for (int i = 0; opt_.n_predict < 0 || i < opt_.n_predict; ++i) {
-      const int32_t t = sampler_.sample(logits->data(), session_.n_vocab());
-      sampler_.accept(t);
-      if (tok_.is_eog(t)) break;
-      out << dec.push(t) << std::flush;
+    for (;;) {
+      const Generation::Step step = gen.next(logits->data(), session_.n_vocab());
+      out << step.text << std::flush;
+      if (step.done) break;
       ++st.gen_tokens;
       if (session_.n_past() + 1 >= session_.n_ctx()) {
-        out << dec.flush();
+        out << gen.finish();
         std::cerr << fmt::format("\n[context full at {} tokens]\n", session_.n_ctx());
-        history_.push_back(t);
-        break;
+        history_.push_back(step.token);
+        st.gen_s = sw.elapsed();
+        return st;
       }
-      logits = &session_.eval({t});
-      history_.push_back(t);
+      logits = &session_.eval({step.token});
+      history_.push_back(step.token);
     }
-    out << dec.flush() << std::flush;
+    // A stop at the length limit counted its token; an end-of-generation token is not text.
+    st.gen_tokens = gen.n_generated();
+    out << gen.finish() << std::flush;
     st.gen_s = sw.elapsed();
     return st;
   }
@@ -118,7 +117,6 @@ class Generator {
   std::shared_ptr<const Model> model_;
   Tokenizer tok_;
   Session session_;
-  Sampler sampler_;
   std::vector<int32_t> history_;
 };
 
@@ -145,7 +143,7 @@ void run_command(RunOptions& o) {
   if (!o.quiet) {
     std::cerr << fmt::format("[loaded {} in {:.2f} s; ctx {}, {} threads, KV {}]\n", path, load.elapsed(),
                              gen.session().n_ctx(), gen.session().pool().size(),
-                             gen.session().kv().type_name());
+                             gen.session().kv_usage().type);
   }
   const bool chat = !o.raw && gen.has_chat_template();
   const bool interactive = o.interactive || (o.prompt.empty() && isatty(STDIN_FILENO) && chat);

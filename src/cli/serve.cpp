@@ -25,38 +25,29 @@ struct ServeOptions {
   double mem_budget_gib = 0;
   std::string keep_alive = "5m";
   size_t max_body_mib = 8;
+  int max_connections = 1024;
+  bool allow_local_pull = false;
   bool verbose = false;
   ExpertFlowCliOptions flow;
 };
 
-// QLEAP_HOST / --host: "host", "host:port", "http://host:port", ":port".
-void parse_host(std::string s, std::string& host, int& port) {
-  for (const char* p : {"http://", "https://"}) {
-    if (s.rfind(p, 0) == 0) s = s.substr(std::string_view(p).size());
-  }
-  if (!s.empty() && s.back() == '/') s.pop_back();
-  const size_t c = s.rfind(':');
-  if (c != std::string::npos && s.find(']') == std::string::npos && s.find(':') == c) {
-    const std::string ps = s.substr(c + 1);
-    char* end = nullptr;
-    const long v = std::strtol(ps.c_str(), &end, 10);
-    if (ps.empty() || *end || v < 0 || v > 65535)
-      throw InvalidArgument(fmt::format("invalid port in '{}'", s));
-    port = int(v);
-    s.resize(c);
-  }
-  if (!s.empty()) host = s;
-}
-
 void serve_command(const ServeOptions& o) {
   server::ServerOptions so;
-  so.host = "127.0.0.1";
-  so.port = 11435;
-  if (const char* env = std::getenv("QLEAP_HOST"); env && *env) parse_host(env, so.host, so.port);
+  serve_address(so.host, so.port);
   if (!o.host.empty()) parse_host(o.host, so.host, so.port);
   if (o.port >= 0) so.port = o.port;
   so.models_dir = o.models.empty() ? models_dir() : o.models;
   so.max_body = o.max_body_mib << 20;
+  so.max_connections = o.max_connections;
+  so.allow_local_pull = o.allow_local_pull;
+  so.access = server::make_access_policy(so.host, std::getenv("QLEAP_ORIGINS"),
+                                         std::getenv("QLEAP_ALLOWED_HOSTS"), std::getenv("QLEAP_API_KEY"));
+  if (!server::is_loopback_host(so.host) && so.access.api_key.empty()) {
+    fmt::print(stderr,
+               "[qleap serve] warning: listening on {} beyond this machine without an API key; anyone who "
+               "can reach it can use and change the model store (set QLEAP_API_KEY)\n",
+               so.host);
+  }
   so.verbose = o.verbose;
   so.sched.max_loaded = o.max_loaded;
   so.sched.mem_budget = uint64_t(o.mem_budget_gib * 1073741824.0);
@@ -77,6 +68,8 @@ void serve_command(const ServeOptions& o) {
     ro.n_threads = s.n_threads;
     ro.kv_type = s.kv_type;
     ro.n_batch = s.n_batch;
+    ro.gpu_layers = s.gpu_layers;  // the same placement `qleap run` makes
+    ro.kv_calibration_dir = s.kv_calibration_dir;
   };
 
   // ExpertFlow for MoE models (dense models ignore the flags: one server serves both). The profile,
@@ -146,6 +139,12 @@ void register_serve(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--max-body", opt->max_body_mib, "largest request body in MiB (larger: 413)")
       ->capture_default_str();
+  cmd->add_option("--max-connections", opt->max_connections,
+                  "open HTTP connections at most (idle ones are closed first, then 503)")
+      ->check(CLI::Range(16, 1 << 20))
+      ->capture_default_str();
+  cmd->add_flag("--allow-local-pull", opt->allow_local_pull,
+                "let /api/pull import a file path on this machine (off: only `qleap pull PATH` can)");
   cmd->add_flag("-v,--verbose", opt->verbose, "log every request on stderr");
   cmd->callback([opt] { serve_command(*opt); });
 }

@@ -11,6 +11,7 @@
 #include <optional>
 #include <regex>
 
+#include "backend/cpu/matmul.h"
 #include "core/error.h"
 #include "core/json_int.h"
 #include "core/thread_pool.h"

@@ -300,7 +300,7 @@ std::shared_ptr<GgufFile> GgufFile::open(const std::string& path) {
   f->base_ = f->map_.data();
   f->size_ = f->map_.size();
   try {
-    f->parse_all();
+    f->parse_all(f->size_, false);
   } catch (const FormatError& e) {
     throw FormatError("'" + path + "': " + e.what());
   }
@@ -311,11 +311,22 @@ std::shared_ptr<GgufFile> GgufFile::parse(const uint8_t* data, size_t size) {
   std::shared_ptr<GgufFile> f(new GgufFile());
   f->base_ = data;
   f->size_ = size;
-  f->parse_all();
+  f->parse_all(size, false);
   return f;
 }
 
-void GgufFile::parse_all() {
+std::shared_ptr<GgufFile> GgufFile::parse_header(const uint8_t* data, size_t size, uint64_t file_size) {
+  if (size > file_size) throw FormatError("GGUF header prefix is longer than the file");
+  std::shared_ptr<GgufFile> f(new GgufFile());
+  f->base_ = data;
+  f->size_ = size;
+  f->parse_all(file_size, true);
+  f->base_ = nullptr;  // the caller's buffer may go: nothing points into it any more
+  f->size_ = size_t(file_size);
+  return f;
+}
+
+void GgufFile::parse_all(uint64_t file_size, bool header_only) {
   Cursor c(base_, size_);
   if (size_ < 4) throw FormatError("not a GGUF file: smaller than the 4-byte magic");
   const uint32_t magic = c.read<uint32_t>("magic");
@@ -389,17 +400,18 @@ void GgufFile::parse_all() {
   }
 
   data_offset_ = (c.pos() + alignment_ - 1) / alignment_ * alignment_;
-  if (data_offset_ > size_ && !tensors_.empty()) {
-    throw FormatError(fmt::format("GGUF data section starts at {} beyond the end of the file ({})", data_offset_, size_));
+  if (data_offset_ > file_size && !tensors_.empty()) {
+    throw FormatError(
+        fmt::format("GGUF data section starts at {} beyond the end of the file ({})", data_offset_, file_size));
   }
   for (auto& t : tensors_) {
-    const uint64_t avail = size_ - std::min<uint64_t>(size_, data_offset_);
+    const uint64_t avail = file_size - std::min<uint64_t>(file_size, data_offset_);
     if (t.offset > avail || t.nbytes > avail - t.offset) {
       throw FormatError(fmt::format("tensor '{}' ({} bytes at data offset {}) extends past the end of the file "
                                     "(data section has {} bytes): file truncated?",
                                     t.name, t.nbytes, t.offset, avail));
     }
-    t.data = base_ + data_offset_ + t.offset;
+    t.data = header_only ? nullptr : base_ + data_offset_ + t.offset;
   }
 }
 

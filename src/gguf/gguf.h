@@ -82,6 +82,10 @@ class GgufFile {
   static std::shared_ptr<GgufFile> open(const std::string& path);
   // Parses a buffer the caller keeps alive (fuzzing, tests). Throws FormatError.
   static std::shared_ptr<GgufFile> parse(const uint8_t* data, size_t size);
+  // Parses metadata and tensor infos from the first `size` bytes of a file of `file_size` bytes
+  // (a ranged download): tensor extents are checked against file_size and tensors have no data.
+  // Throws FormatError, also when the prefix ends before the tensor infos do.
+  static std::shared_ptr<GgufFile> parse_header(const uint8_t* data, size_t size, uint64_t file_size);
 
   uint32_t version() const { return version_; }
   size_t alignment() const { return alignment_; }
@@ -110,7 +114,7 @@ class GgufFile {
 
  private:
   GgufFile() = default;
-  void parse_all();
+  void parse_all(uint64_t file_size, bool header_only);
 
   MappedFile map_;
   const uint8_t* base_ = nullptr;

@@ -31,7 +31,9 @@ constexpr int kAmxMinQueries = 32;
 template <class T>
 void run(const FlashShape& s, const KvRowsView<T>& kv, const float* q, float* out, ThreadPool& pool) {
   constexpr bool kF16 = sizeof(T) == 2;
-  if (isa_level() >= IsaLevel::kAmx && s.head_dim % 32 == 0 && s.n_q >= kAmxMinQueries) {
+  // AMX multiplies in bf16: only for the f16 cache, whose keys and values are already rounded; the
+  // f32 cache is the exact reference type and keeps fp32 products.
+  if (kF16 && isa_level() >= IsaLevel::kAmx && s.head_dim % 32 == 0 && s.n_q >= kAmxMinQueries) {
     flash_detail::run_amx(s, &kv, kF16, q, out, pool);
     return;
   }

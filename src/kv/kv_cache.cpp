@@ -19,13 +19,11 @@
 #include "core/fp16.h"
 #include "kv/flash_prefill.h"
 #include "kv/kv_turboquant.h"
+#include "kv/split_attention.h"
 #include "quant/block_q4_0.h"
+#include "quant/quant_encode.h"
 
 namespace qleap {
-
-// From quant/quant_encode.h, which cannot be included next to backend/cpu/ops.h (both define
-// BlockQ8_0): the GGUF reference Q4_0 rounding.
-void quantize_block_ref(const float* x, BlockQ4_0* b);
 
 KvCache::~KvCache() = default;
 
@@ -203,7 +201,11 @@ class KvCacheImpl final : public KvCache {
     advise_huge_pages(data_.get(), total_);
   }
 
-  void store(int layer, int pos, int n_tokens, const float* k, const float* v) override {
+  using KvCache::attend;
+  using KvCache::store;
+
+  void store(int layer, const KvSpan& sp, const float* k, const float* v) override {
+    const int pos = sp.pos0, n_tokens = sp.n;
     check(layer, pos, n_tokens);
     const int kv_dim = shape_.kv_dim();
     for (int t = 0; t < n_tokens; ++t) {
@@ -215,8 +217,9 @@ class KvCacheImpl final : public KvCache {
     }
   }
 
-  void attend(int layer, int pos0, int n_q, const float* q, float* out, float scale,
+  void attend(int layer, const KvSpan& sp, const float* q, float* out, float scale,
               ThreadPool& pool) override {
+    const int pos0 = sp.pos0, n_q = sp.n;
     check(layer, pos0, n_q);
     const KvShape& sh = shape_;
     // Prompt blocks: the tiled kernel converts each key/value block once per block of queries.
@@ -236,30 +239,26 @@ class KvCacheImpl final : public KvCache {
     job.n_sub = (job.group + kMaxGroup - 1) / kMaxGroup;
     job.sub_heads = (job.group + job.n_sub - 1) / job.n_sub;
     const int64_t base_items = int64_t(n_q) * sh.n_kv_heads * job.n_sub;
-    const int n_keys_max = pos0 + n_q;
     // Decode has few (query, kv head) items: split long key ranges across threads as well and merge
     // the partial softmax states afterwards.
-    if (pool.size() > 1 && base_items < 2 * pool.size() && n_keys_max >= 2 * kMinSplitKeys) {
-      const int64_t want = (4 * pool.size() + base_items - 1) / base_items;
-      job.n_split = int(std::min<int64_t>(want, n_keys_max / kMinSplitKeys));
-    }
+    job.n_split = key_splits(pool.size(), base_items, pos0 + n_q, kMinSplitKeys);
     const int64_t n_items = base_items * job.n_split;
     if (job.n_split > 1) {
-      const size_t need = size_t(n_items) * job.sub_heads * (sh.head_dim + 2);
-      if (partial_.size() < need) partial_.resize(need);  // grows once, then reused every token
-      job.partial = partial_.data();
+      partial_.reserve(n_items, job.sub_heads, sh.head_dim);
+      job.partial = &partial_;
     }
-    // Work in multiply-adds; below a few tens of thousands the dispatch costs more than it saves.
     const double work = double(n_q) * sh.n_heads * (pos0 + 0.5 * n_q + 1) * sh.head_dim * 2;
-    if (pool.size() == 1 || work < 32768) {
-      for (int64_t i = 0; i < n_items; ++i) job.run(i);
-    } else {
-      const Job* jp = &job;
-      pool.parallel_for(n_items, 1, [jp](int64_t b, int64_t e, int) {
-        for (int64_t i = b; i < e; ++i) jp->run(i);
-      });
+    const Job* jp = &job;
+    run_items(pool, n_items, work, [jp](int64_t i) { jp->run(i); });
+    if (job.n_split > 1) {
+      for (int t = 0; t < n_q; ++t)
+        for (int h = 0; h < sh.n_heads; ++h) {
+          const int g = h / job.group, sub = (h % job.group) / job.sub_heads,
+                    k = (h % job.group) % job.sub_heads;
+          const int64_t base = ((int64_t(t) * sh.n_kv_heads + g) * job.n_sub + sub) * job.n_split;
+          partial_.merge(base, job.n_split, k, out + (size_t(t) * sh.n_heads + h) * sh.head_dim);
+        }
     }
-    if (job.n_split > 1) job.merge(n_q);
   }
 
   size_t bytes_per_token() const override {
@@ -278,7 +277,7 @@ class KvCacheImpl final : public KvCache {
     float* out;
     float scale;
     int group = 1, n_sub = 1, sub_heads = 1, n_split = 1;
-    float* partial = nullptr;  // n_split > 1: per item and head {m, l, acc[head_dim]}
+    SplitPartials* partial = nullptr;  // n_split > 1
 
     void run(int64_t item) const {
       const KvShape& s = self->shape_;
@@ -345,38 +344,7 @@ class KvCacheImpl final : public KvCache {
           const float inv = 1.0f / l[k];
           for (int i = 0; i < hd; ++i) oh[i] = acc[k][i] * inv;
         } else {
-          float* p = partial + (size_t(item) * sub_heads + k) * (hd + 2);
-          p[0] = m[k];
-          p[1] = l[k];
-          std::copy(acc[k], acc[k] + hd, p + 2);
-        }
-      }
-    }
-
-    // Combines the key slices of each (query, head): rescale every slice to the common maximum.
-    void merge(int n_q) const {
-      const KvShape& s = self->shape_;
-      const int hd = s.head_dim;
-      for (int t = 0; t < n_q; ++t) {
-        for (int h = 0; h < s.n_heads; ++h) {
-          const int g = h / group, sub = (h % group) / sub_heads, k = (h % group) % sub_heads;
-          const int64_t base = ((int64_t(t) * s.n_kv_heads + g) * n_sub + sub) * n_split;
-          float mx = -std::numeric_limits<float>::infinity();
-          for (int sp = 0; sp < n_split; ++sp) {
-            const float* p = partial + (size_t(base + sp) * sub_heads + k) * (hd + 2);
-            if (p[1] > 0) mx = std::max(mx, p[0]);
-          }
-          float* oh = out + (size_t(t) * s.n_heads + h) * hd;
-          std::fill(oh, oh + hd, 0.0f);
-          float l = 0;
-          for (int sp = 0; sp < n_split; ++sp) {
-            const float* p = partial + (size_t(base + sp) * sub_heads + k) * (hd + 2);
-            if (p[1] <= 0) continue;
-            const float c = std::exp(p[0] - mx);
-            l += p[1] * c;
-            axpy_f32(c, p + 2, oh, hd);
-          }
-          scale_inplace(oh, 1.0f / l, hd);
+          partial->put(item, k, m[k], l[k], acc[k]);
         }
       }
     }
@@ -396,14 +364,23 @@ class KvCacheImpl final : public KvCache {
   bool head_major_ = true;
   int n_segs_ = 1, seg_width_ = 0;
   size_t seg_bytes_ = 0, plane_bytes_ = 0;
-  std::vector<float> partial_;
+  SplitPartials partial_;
   size_t total_ = 0;
   std::unique_ptr<uint8_t[], AlignedFree> data_;
 };
 
 }  // namespace
 
-std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& s) {
+KvStats KvCache::stats() const {
+  KvStats st;
+  st.type = type_name();
+  st.bytes_per_token = bytes_per_token();
+  st.allocated_bytes = allocated_bytes();
+  st.fixed_bytes = st.allocated_bytes - st.bytes_per_token * size_t(shape_.n_ctx);
+  return st;
+}
+
+void check_kv_shape(const KvShape& s) {
   if (s.n_layers <= 0 || s.n_ctx <= 0 || s.n_heads <= 0 || s.n_kv_heads <= 0 || s.head_dim <= 0 ||
       s.n_heads % s.n_kv_heads != 0) {
     throw InvalidArgument(fmt::format("kv cache: bad shape (layers {}, ctx {}, heads {}/{}, head_dim {})",
@@ -412,6 +389,10 @@ std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& s
   if (s.head_dim > kMaxHeadDim) {
     throw Unsupported(fmt::format("kv cache: head_dim {} exceeds {}", s.head_dim, kMaxHeadDim));
   }
+}
+
+std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& s) {
+  check_kv_shape(s);
   if (type == "f32") return std::make_unique<KvCacheImpl<F32Format>>(s);
   if (type == "f16") return std::make_unique<KvCacheImpl<F16Format>>(s);
   if (type == "q8_0") return std::make_unique<KvCacheImpl<Q8Format>>(s);

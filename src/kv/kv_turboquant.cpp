@@ -8,12 +8,12 @@
 #include <cstring>
 #include <limits>
 #include <new>
-#include <set>
 #include <vector>
 
 #include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/fp16.h"
+#include "kv/split_attention.h"
 #include "turboquant/tq_attention.h"
 #include "turboquant/tq_quant.h"
 #include "turboquant/tq_sensitivity.h"
@@ -68,41 +68,33 @@ class TurboQuantKvCache final : public KvCache {
  public:
   TurboQuantKvCache(const std::string& name, const TqKvSpec& spec, const KvShape& s)
       : KvCache(s), name_(name), spec_(spec) {
-    const int L = s.n_layers;
+    const int L = s.n_layers, ML = s.total_layers();
     if (s.n_heads / s.n_kv_heads > 256)
       throw Unsupported("turboquant kv cache: more than 256 query heads per kv head");
     const size_t H = size_t(s.n_kv_heads);
     if (!spec.head_k_bits.empty() &&
-        (spec.head_k_bits.size() != size_t(L) * H || spec.head_v_bits.size() != size_t(L) * H))
+        (spec.head_k_bits.size() != size_t(ML) * H || spec.head_v_bits.size() != size_t(ML) * H))
       throw InvalidArgument("turboquant kv cache: the per-head bit allocation does not match the model");
     k_rec_.resize(size_t(L) * H);
     v_rec_.resize(size_t(L) * H);
     head_off_.resize(size_t(L) * H + 1);
     for (int l = 0; l < L; ++l) {
+      // Rotations, rates and edge layers follow the model layer (KvShape::first_layer).
+      const int ml = l + s.first_layer;
       for (int g = 0; g < s.n_kv_heads; ++g) {
-        const size_t i = size_t(l) * H + size_t(g);
+        const size_t i = size_t(l) * H + size_t(g), mi = size_t(ml) * H + size_t(g);
         const bool per_head = !spec.head_k_bits.empty();
         const TqConfig kc =
-            tq_kv_config(spec, s.head_dim, false, per_head ? spec.head_k_bits[i] : spec.k_bits_at(l, L));
+            tq_kv_config(spec, s.head_dim, false, per_head ? spec.head_k_bits[mi] : spec.k_bits_at(ml, ML));
         const TqConfig vc =
-            tq_kv_config(spec, s.head_dim, true, per_head ? spec.head_v_bits[i] : spec.v_bits_at(l, L));
-        k_states_.push_back(tq_make_state(kc, l, g));
-        v_states_.push_back(tq_make_state(vc, l, g));
+            tq_kv_config(spec, s.head_dim, true, per_head ? spec.head_v_bits[mi] : spec.v_bits_at(ml, ML));
+        k_states_.push_back(tq_make_state(kc, ml, g));
+        v_states_.push_back(tq_make_state(vc, ml, g));
         k_rec_[i] = k_states_.back().layout.bytes;
         v_rec_[i] = v_states_.back().layout.bytes;
         // Per (layer, kv head): n_ctx key records, then n_ctx value records.
         head_off_[i + 1] = head_off_[i] + size_t(s.n_ctx) * (k_rec_[i] + v_rec_[i]);
       }
-    }
-    if (spec.measure) {
-      sens_.n_layers = L;
-      sens_.n_kv_heads = s.n_kv_heads;
-      sens_.head_dim = s.head_dim;
-      sens_.window = std::max(0, std::min(spec.window, s.n_ctx));
-      sens_.sink = std::min(spec.sink, s.n_ctx);
-      sens_.rates = {2, 3, 4};
-      sens_.k_err.assign(size_t(L) * H, std::vector<double>(sens_.rates.size(), 0.0));
-      sens_.v_err = sens_.k_err;
     }
     total_ = head_off_.back();
     mu_k_.assign(size_t(L) * s.kv_dim(), 0.0f);
@@ -119,29 +111,77 @@ class TurboQuantKvCache final : public KvCache {
     sink_v_.assign(sink_k_.size(), 0.0f);
     window_ = std::max(0, std::min(spec.window, s.n_ctx));
     tail_.resize(size_t(L));
-    stash_k_.resize(size_t(L));
-    stash_v_.resize(size_t(L));
     // Not zero-filled, like the other caches: store() writes every position before attend() reads it.
     data_.reset(static_cast<uint8_t*>(::operator new[](total_, std::align_val_t(64))));
   }
 
-  void store(int layer, int pos, int n_tokens, const float* k, const float* v) override {
-    check(layer, pos, n_tokens);
-    if (n_tokens == 0) return;
-    const size_t L = size_t(layer);
-    const int kvd = shape_.kv_dim();
-    // No attend() came after the calibration chunk: calibrate the scales without queries.
-    if (!stash_k_[L].empty()) finalize(layer, nullptr, 0, 0.0f);
-    if (spec_.center && pos == 0 && !calibrated_[L] && n_tokens >= kTqCalibTokens) {
-      calibrate(layer, n_tokens, k, v);
-      if (spec_.qscale || spec_.vscale || spec_.measure) {
-        // The channel scales need this chunk's queries: the attend() that follows quantizes it.
-        stash_k_[L].assign(k, k + size_t(n_tokens) * kvd);
-        stash_v_[L].assign(v, v + size_t(n_tokens) * kvd);
-        return;
+  using KvCache::attend;
+  using KvCache::store;
+
+  void store(int layer, const KvSpan& sp, const float* k, const float* v) override {
+    check(layer, sp.pos0, sp.n);
+    if (sp.n == 0) return;
+    quantize_range(layer, sp.pos0, sp.n, k, v);
+  }
+
+  // A new sequence: the exact window rows go (the records are simply overwritten).
+  void reset() override {
+    for (WindowRing& w : tail_) w.begin = w.end = 0;
+  }
+  // Positions from n_keep on are forgotten: their window rows too, so that a later query never reads
+  // a row of the old continuation.
+  void trim(int n_keep) override {
+    for (WindowRing& w : tail_) {
+      w.end = std::min<int64_t>(w.end, n_keep);
+      w.begin = std::min(w.begin, w.end);
+    }
+  }
+  bool wants_calibration() const override { return spec_.center; }
+
+  // Per layer and kv head: the mean key and value (centering), and from the centered key energy b_i
+  // and the energy a_i of the queries that read channel i, key channel scales s_i = (b_i / a_i)^(1/4):
+  // keys are stored as (k - mu) / s and queries multiplied by s, so scores are unchanged; the rotated
+  // quantization error e is isotropic in the scaled space, and the score error q.(s e) has variance
+  // ~ sum a_i s_i^2 * sum b_i / s_i^2, which this s minimizes (Cauchy-Schwarz). It matters when
+  // queries and keys put their energy in different channels, as real models do.
+  void calibrate(const KvCalibration& c) override {
+    c.check(shape_);
+    if (!spec_.center || c.empty()) return;
+    const KvShape& sh = shape_;
+    const int kvd = sh.kv_dim(), hd = sh.head_dim;
+    std::vector<double> a(static_cast<size_t>(hd)), b(static_cast<size_t>(hd));
+    for (int l = 0; l < sh.n_layers; ++l) {
+      const size_t L = size_t(l);
+      for (int i = 0; i < kvd; ++i) {
+        mu_k_[L * kvd + size_t(i)] = float(c.mean_k(l, i));
+        mu_v_[L * kvd + size_t(i)] = float(c.mean_v(l, i));
+      }
+      calibrated_[L] = 1;
+      for (int g = 0; g < sh.n_kv_heads; ++g) {
+        if (spec_.qscale && c.n_queries > 0) {
+          for (int i = 0; i < hd; ++i) {
+            a[size_t(i)] = c.sum_q2[L * kvd + size_t(g * hd + i)];
+            b[size_t(i)] = c.centered_energy_k(l, g * hd + i);
+          }
+          channel_scales(a.data(), b.data(), hd, &s_k_[L * kvd + size_t(g) * hd],
+                         &inv_s_k_[L * kvd + size_t(g) * hd]);
+          scaled_[L] = 1;
+        }
+        if (spec_.vscale) {
+          // Values: the output error is ||s e||^2 with e isotropic, minimized by s_i = b_i^(1/4) (a_i = 1).
+          for (int i = 0; i < hd; ++i) b[size_t(i)] = c.centered_energy_v(l, g * hd + i);
+          channel_scales(nullptr, b.data(), hd, &s_v_[L * kvd + size_t(g) * hd],
+                         &inv_s_v_[L * kvd + size_t(g) * hd]);
+          vscaled_[L] = 1;
+        }
       }
     }
-    quantize_range(layer, pos, n_tokens, k, v);
+    calibrated_any_ = true;
+  }
+  KvStats stats() const override {
+    KvStats st = KvCache::stats();
+    st.calibrated = calibrated_any_;
+    return st;
   }
 
   void quantize_range(int layer, int pos, int n_tokens, const float* k, const float* v) {
@@ -199,16 +239,13 @@ class TurboQuantKvCache final : public KvCache {
     }
   }
 
-  void attend(int layer, int pos0, int n_q, const float* q, float* out, float scale,
+  void attend(int layer, const KvSpan& sp, const float* q, float* out, float scale,
               ThreadPool& pool) override {
+    const int pos0 = sp.pos0, n_q = sp.n;
     check(layer, pos0, n_q);
     if (n_q == 0) return;
     const KvShape& s = shape_;
     const size_t L = size_t(layer);
-    if (!stash_k_[L].empty()) {
-      const bool same_chunk = pos0 == 0 && size_t(n_q) * s.kv_dim() == stash_k_[L].size();
-      finalize(layer, same_chunk ? q : nullptr, n_q, scale);
-    }
     if (scaled_[L]) {
       // Scores on keys stored divided by s need queries multiplied by s.
       const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
@@ -222,16 +259,9 @@ class TurboQuantKvCache final : public KvCache {
         }
       q = qbuf_.data();
     }
-    const int P = pool.size();
-    const int64_t base_items = int64_t(n_q) * s.n_kv_heads;
-    const int n_keys_max = pos0 + n_q;
     // Decode has few (query, kv head) items: split long key ranges across threads too and merge the
-    // partial softmax states (flash-decoding).
-    int n_split = 1;
-    if (P > 1 && base_items < 2 * P && n_keys_max >= 2 * kMinSplitKeys) {
-      const int64_t want = (4 * P + base_items - 1) / base_items;
-      n_split = int(std::min<int64_t>(want, n_keys_max / kMinSplitKeys));
-    }
+    // partial softmax states (flash-decoding, kv/split_attention.h).
+    const int n_split = key_splits(pool.size(), int64_t(n_q) * s.n_kv_heads, pos0 + n_q, kMinSplitKeys);
     // QJL keys need the residual term, which only the split path's loop adds.
     if (n_split > 1 || spec_.qjl_keys) {
       attend_split(layer, pos0, n_q, q, out, scale, pool, n_split);
@@ -271,30 +301,112 @@ class TurboQuantKvCache final : public KvCache {
     return total_ + (sink_k_.size() + sink_v_.size()) * sizeof(float) + window_values * sizeof(uint16_t);
   }
   const char* type_name() const override { return name_.c_str(); }
-  const TqSensitivity* sensitivity() const { return sens_.chunks > 0 ? &sens_ : nullptr; }
 
- private:
-  // Per (layer, kv head): mean of the keys and values of tokens 1 .. n-1 (token 0 is BOS or an
-  // attention sink, whose key is atypical).
-  void calibrate(int layer, int n, const float* k, const float* v) {
-    const int kvd = shape_.kv_dim();
-    float* mk = &mu_k_[size_t(layer) * kvd];
-    float* mv = &mu_v_[size_t(layer) * kvd];
-    std::vector<double> sk(size_t(kvd), 0.0), sv(size_t(kvd), 0.0);
-    for (int t = 1; t < n; ++t)
-      for (int i = 0; i < kvd; ++i) {
-        sk[size_t(i)] += k[size_t(t) * kvd + i];
-        sv[size_t(i)] += v[size_t(t) * kvd + i];
+  // Sensitivity of each kv head of a layer on one chunk of a sequence (n tokens of float keys k,
+  // values v and queries q, as the model computed them): for the last kMeasureQueries queries,
+  // attention as this cache computes it (sink and window exact, everything else from records at rate r,
+  // quantized exactly as store() would: same centering, scales and rotations) against float attention,
+  // once with quantized keys and exact values and once the other way round. Error = sum ||o - o_r||^2
+  // / sum ||o||^2 over queries and the group's heads, into out's rows of this layer. Plain float loops:
+  // it runs once per profile.
+  void measure(int layer, const float* k, const float* v, const float* q, int n, float scale,
+               TqSensitivity& out) const {
+    constexpr int kMeasureQueries = 128;
+    const KvShape& sh = shape_;
+    const size_t L = size_t(layer);
+    const int kvd = sh.kv_dim(), hd = sh.head_dim, group = sh.n_heads / sh.n_kv_heads;
+    const int t_first = std::max(0, n - kMeasureQueries);
+    const std::vector<int>& rates = out.rates;
+    const size_t R = rates.size();
+    auto run = [&](int g) {
+      const float* muk = &mu_k_[L * kvd + size_t(g) * hd];
+      const float* muv = &mu_v_[L * kvd + size_t(g) * hd];
+      const float* sk = &s_k_[L * kvd + size_t(g) * hd];
+      const float* isk = &inv_s_k_[L * kvd + size_t(g) * hd];
+      const float* sv = &s_v_[L * kvd + size_t(g) * hd];
+      const float* isv = &inv_s_v_[L * kvd + size_t(g) * hd];
+      const bool ks_on = scaled_[L] != 0, vs_on = vscaled_[L] != 0;
+      // Reconstructions in the model's space: [rate][token][hd].
+      const size_t un = static_cast<size_t>(n), uhd = static_cast<size_t>(hd);
+      std::vector<float> kh(R * un * uhd), vh(kh.size()), tmp(uhd), x(uhd);
+      for (size_t r = 0; r < R; ++r) {
+        const int ml = layer + sh.first_layer;
+        const TqState ks = tq_make_state(tq_kv_config(spec_, hd, false, float(rates[r])), ml, g);
+        const TqState vs = tq_make_state(tq_kv_config(spec_, hd, true, float(rates[r])), ml, g);
+        std::vector<uint8_t> rec(std::max(ks.layout.bytes, vs.layout.bytes));
+        for (int t = 0; t < n; ++t) {
+          const float* kx = &k[size_t(t) * kvd + size_t(g) * hd];
+          const float* vx = &v[size_t(t) * kvd + size_t(g) * hd];
+          float* ko = &kh[(r * n + size_t(t)) * hd];
+          float* vo = &vh[(r * n + size_t(t)) * hd];
+          quantize_one(ks, kx, muk, ks_on ? isk : nullptr, tmp.data(), rec.data());
+          tq_dequantize(ks, rec.data(), x.data());
+          for (int i = 0; i < hd; ++i) ko[i] = x[size_t(i)] * (ks_on ? sk[i] : 1.0f) + muk[i];
+          quantize_one(vs, vx, muv, vs_on ? isv : nullptr, tmp.data(), rec.data());
+          tq_dequantize(vs, rec.data(), x.data());
+          for (int i = 0; i < hd; ++i) vo[i] = x[size_t(i)] * (vs_on ? sv[i] : 1.0f) + muv[i];
+        }
       }
-    for (int i = 0; i < kvd; ++i) {
-      mk[i] = float(sk[size_t(i)] / (n - 1));
-      mv[i] = float(sv[size_t(i)] / (n - 1));
-      if (!std::isfinite(mk[i])) mk[i] = 0;
-      if (!std::isfinite(mv[i])) mv[i] = 0;
+      std::vector<double> ek(R, 0.0), ev(R, 0.0);
+      double ref = 0;
+      std::vector<float> s0(un), p0(un), p1(un), o(uhd), o1(uhd);
+      auto err = [&](const float* a, const float* b) {
+        double e = 0;
+        for (int i = 0; i < hd; ++i) e += double(a[i] - b[i]) * (a[i] - b[i]);
+        return e;
+      };
+      auto key = [&](int j) { return &k[size_t(j) * kvd + size_t(g) * hd]; };
+      auto value = [&](int j) { return &v[size_t(j) * kvd + size_t(g) * hd]; };
+      // out = sum_j w_j row(j) over the first len positions.
+      auto mix = [&](const float* w, int len, auto row, float* out) {
+        std::fill(out, out + hd, 0.0f);
+        for (int j = 0; j < len; ++j) axpy_f32(w[j], row(j), out, hd);
+      };
+      for (int t = t_first; t < n; ++t) {
+        const int len = t + 1;
+        auto is_exact = [&](int j) { return j < sink_ || t - j < window_; };
+        for (int h = 0; h < group; ++h) {
+          const float* qh = q + (size_t(t) * sh.n_heads + size_t(g) * group + h) * hd;
+          for (int j = 0; j < len; ++j) s0[size_t(j)] = scale * dot_f32(qh, key(j), hd);
+          std::copy_n(s0.data(), len, p0.data());
+          softmax(p0.data(), len);
+          mix(p0.data(), len, value, o.data());
+          double on = 0;
+          for (float y : o) on += double(y) * y;
+          ref += on;
+          for (size_t r = 0; r < R; ++r) {
+            const float* kr = &kh[r * un * uhd];
+            const float* vr = &vh[r * un * uhd];
+            // Keys at rate r, values exact.
+            for (int j = 0; j < len; ++j)
+              p1[size_t(j)] = is_exact(j) ? s0[size_t(j)] : scale * dot_f32(qh, kr + size_t(j) * hd, hd);
+            softmax(p1.data(), len);
+            mix(p1.data(), len, value, o1.data());
+            ek[r] += err(o.data(), o1.data());
+            // Keys exact, values at rate r.
+            mix(
+                p0.data(), len, [&](int j) { return is_exact(j) ? value(j) : vr + size_t(j) * hd; },
+                o1.data());
+            ev[r] += err(o.data(), o1.data());
+          }
+        }
+      }
+      const size_t i = L * size_t(sh.n_kv_heads) + size_t(g);
+      for (size_t r = 0; r < R; ++r) {
+        out.k_err[i][r] = ref > 0 ? ek[r] / ref : 0.0;
+        out.v_err[i][r] = ref > 0 ? ev[r] / ref : 0.0;
+      }
+    };
+    if (pool_ && pool_->size() > 1 && sh.n_kv_heads > 1) {
+      pool_->parallel_for(sh.n_kv_heads, 1, [&run](int64_t b, int64_t e, int) {
+        for (int64_t g = b; g < e; ++g) run(int(g));
+      });
+    } else {
+      for (int g = 0; g < sh.n_kv_heads; ++g) run(g);
     }
-    calibrated_[size_t(layer)] = 1;
   }
 
+ private:
   // (x - mu) * inv_s (either may be null: x itself), in tmp when it has to be computed.
   static const float* centered(int dim, const float* x, const float* mu, const float* inv_s, float* tmp) {
     if (!mu && !inv_s) return x;
@@ -383,164 +495,6 @@ class TurboQuantKvCache final : public KvCache {
     return x;
   }
 
-  // Ends the calibration of a layer whose first chunk is stashed: per kv head and channel i, with
-  // a_i = sum of the group's squared query channel i over the chunk and b_i = sum of the squared
-  // centered key channel i, scale s_i = (b_i / a_i)^(1/4). Keys are stored as (k - mu) / s and queries
-  // multiplied by s, so scores are unchanged; the rotated quantization error e is isotropic in the
-  // scaled space, and the score error q.(s e) has variance ~ sum a_i s_i^2 * sum b_i / s_i^2, which
-  // this s minimizes (Cauchy-Schwarz). It matters when queries and keys put their energy in
-  // different channels, as real models do. Without queries (q null) s = 1.
-  void finalize(int layer, const float* q, int n_q, float scale) {
-    const size_t L = size_t(layer);
-    const KvShape& sh = shape_;
-    const int kvd = sh.kv_dim(), hd = sh.head_dim, group = sh.n_heads / sh.n_kv_heads;
-    const int n = int(stash_k_[L].size() / size_t(kvd));
-    std::vector<double> a(static_cast<size_t>(hd)), b(static_cast<size_t>(hd));
-    // Sum of squares of channel i of kv head g over tokens 1.. of the stash, centered.
-    auto centered_energy = [&](const std::vector<float>& x, const float* mu, int g) {
-      std::fill(b.begin(), b.end(), 0.0);
-      for (int t = 1; t < n; ++t)
-        for (int i = 0; i < hd; ++i) {
-          const double d = double(x[size_t(t) * kvd + size_t(g) * hd + i]) - mu[size_t(g) * hd + i];
-          b[size_t(i)] += d * d;
-        }
-    };
-    if (q && spec_.qscale) {
-      for (int g = 0; g < sh.n_kv_heads; ++g) {
-        std::fill(a.begin(), a.end(), 0.0);
-        for (int t = 0; t < n_q; ++t)
-          for (int h = 0; h < group; ++h) {
-            const float* qh = q + (size_t(t) * sh.n_heads + size_t(g) * group + h) * hd;
-            for (int i = 0; i < hd; ++i) a[size_t(i)] += double(qh[i]) * qh[i];
-          }
-        centered_energy(stash_k_[L], &mu_k_[L * kvd], g);
-        channel_scales(a.data(), b.data(), hd, &s_k_[L * kvd + size_t(g) * hd],
-                       &inv_s_k_[L * kvd + size_t(g) * hd]);
-      }
-      scaled_[L] = 1;
-    }
-    if (spec_.vscale) {
-      // Values: the output error is ||s e||^2 with e isotropic, minimized by s_i = b_i^(1/4) (a_i = 1).
-      for (int g = 0; g < sh.n_kv_heads; ++g) {
-        centered_energy(stash_v_[L], &mu_v_[L * kvd], g);
-        channel_scales(nullptr, b.data(), hd, &s_v_[L * kvd + size_t(g) * hd],
-                       &inv_s_v_[L * kvd + size_t(g) * hd]);
-      }
-      vscaled_[L] = 1;
-    }
-    if (spec_.measure && q && n >= std::max(kTqMeasureMinTokens, window_ + 64)) measure(layer, q, n, scale);
-    std::vector<float> kk = std::move(stash_k_[L]), vv = std::move(stash_v_[L]);
-    stash_k_[L].clear();
-    stash_v_[L].clear();
-    quantize_range(layer, 0, n, kk.data(), vv.data());
-  }
-
-  // Sensitivity of each kv head of a layer on its calibration chunk (n tokens, float K/V stashed, the
-  // chunk's queries q): for the last kMeasureQueries queries, attention as the cache computes it (sink
-  // and window exact, everything else from records at rate r, quantized exactly as store() would:
-  // same centering, scales and rotations) against float attention, once with quantized keys and exact
-  // values and once the other way round. Error = sum ||o - o_r||^2 / sum ||o||^2 over queries and the
-  // group's heads. Plain float loops: it runs once per cache.
-  void measure(int layer, const float* q, int n, float scale) {
-    constexpr int kMeasureQueries = 128;
-    const KvShape& sh = shape_;
-    const size_t L = size_t(layer);
-    const int kvd = sh.kv_dim(), hd = sh.head_dim, group = sh.n_heads / sh.n_kv_heads;
-    const int t_first = std::max(0, n - kMeasureQueries);
-    const std::vector<int>& rates = sens_.rates;
-    const size_t R = rates.size();
-    auto run = [&](int g) {
-      const float* muk = &mu_k_[L * kvd + size_t(g) * hd];
-      const float* muv = &mu_v_[L * kvd + size_t(g) * hd];
-      const float* sk = &s_k_[L * kvd + size_t(g) * hd];
-      const float* isk = &inv_s_k_[L * kvd + size_t(g) * hd];
-      const float* sv = &s_v_[L * kvd + size_t(g) * hd];
-      const float* isv = &inv_s_v_[L * kvd + size_t(g) * hd];
-      const bool ks_on = scaled_[L] != 0, vs_on = vscaled_[L] != 0;
-      // Reconstructions in the model's space: [rate][token][hd].
-      const size_t un = static_cast<size_t>(n), uhd = static_cast<size_t>(hd);
-      std::vector<float> kh(R * un * uhd), vh(kh.size()), tmp(uhd), x(uhd);
-      for (size_t r = 0; r < R; ++r) {
-        const TqState ks = tq_make_state(tq_kv_config(spec_, hd, false, float(rates[r])), layer, g);
-        const TqState vs = tq_make_state(tq_kv_config(spec_, hd, true, float(rates[r])), layer, g);
-        std::vector<uint8_t> rec(std::max(ks.layout.bytes, vs.layout.bytes));
-        for (int t = 0; t < n; ++t) {
-          const float* kx = &stash_k_[L][size_t(t) * kvd + size_t(g) * hd];
-          const float* vx = &stash_v_[L][size_t(t) * kvd + size_t(g) * hd];
-          float* ko = &kh[(r * n + size_t(t)) * hd];
-          float* vo = &vh[(r * n + size_t(t)) * hd];
-          quantize_one(ks, kx, muk, ks_on ? isk : nullptr, tmp.data(), rec.data());
-          tq_dequantize(ks, rec.data(), x.data());
-          for (int i = 0; i < hd; ++i) ko[i] = x[size_t(i)] * (ks_on ? sk[i] : 1.0f) + muk[i];
-          quantize_one(vs, vx, muv, vs_on ? isv : nullptr, tmp.data(), rec.data());
-          tq_dequantize(vs, rec.data(), x.data());
-          for (int i = 0; i < hd; ++i) vo[i] = x[size_t(i)] * (vs_on ? sv[i] : 1.0f) + muv[i];
-        }
-      }
-      std::vector<double> ek(R, 0.0), ev(R, 0.0);
-      double ref = 0;
-      std::vector<float> s0(un), p0(un), p1(un), o(uhd), o1(uhd);
-      auto err = [&](const float* a, const float* b) {
-        double e = 0;
-        for (int i = 0; i < hd; ++i) e += double(a[i] - b[i]) * (a[i] - b[i]);
-        return e;
-      };
-      auto key = [&](int j) { return &stash_k_[L][size_t(j) * kvd + size_t(g) * hd]; };
-      auto value = [&](int j) { return &stash_v_[L][size_t(j) * kvd + size_t(g) * hd]; };
-      // out = sum_j w_j row(j) over the first len positions.
-      auto mix = [&](const float* w, int len, auto row, float* out) {
-        std::fill(out, out + hd, 0.0f);
-        for (int j = 0; j < len; ++j) axpy_f32(w[j], row(j), out, hd);
-      };
-      for (int t = t_first; t < n; ++t) {
-        const int len = t + 1;
-        auto is_exact = [&](int j) { return j < sink_ || t - j < window_; };
-        for (int h = 0; h < group; ++h) {
-          const float* qh = q + (size_t(t) * sh.n_heads + size_t(g) * group + h) * hd;
-          for (int j = 0; j < len; ++j) s0[size_t(j)] = scale * dot_f32(qh, key(j), hd);
-          std::copy_n(s0.data(), len, p0.data());
-          softmax(p0.data(), len);
-          mix(p0.data(), len, value, o.data());
-          double on = 0;
-          for (float y : o) on += double(y) * y;
-          ref += on;
-          for (size_t r = 0; r < R; ++r) {
-            const float* kr = &kh[r * un * uhd];
-            const float* vr = &vh[r * un * uhd];
-            // Keys at rate r, values exact.
-            for (int j = 0; j < len; ++j)
-              p1[size_t(j)] = is_exact(j) ? s0[size_t(j)] : scale * dot_f32(qh, kr + size_t(j) * hd, hd);
-            softmax(p1.data(), len);
-            mix(p1.data(), len, value, o1.data());
-            ek[r] += err(o.data(), o1.data());
-            // Keys exact, values at rate r.
-            mix(
-                p0.data(), len, [&](int j) { return is_exact(j) ? value(j) : vr + size_t(j) * hd; },
-                o1.data());
-            ev[r] += err(o.data(), o1.data());
-          }
-        }
-      }
-      const size_t i = L * size_t(sh.n_kv_heads) + size_t(g);
-      for (size_t r = 0; r < R; ++r) {
-        sens_.k_err[i][r] = ref > 0 ? ek[r] / ref : 0.0;
-        sens_.v_err[i][r] = ref > 0 ? ev[r] / ref : 0.0;
-      }
-    };
-    if (pool_ && pool_->size() > 1 && sh.n_kv_heads > 1) {
-      pool_->parallel_for(sh.n_kv_heads, 1, [&run](int64_t b, int64_t e, int) {
-        for (int64_t g = b; g < e; ++g) run(int(g));
-      });
-    } else {
-      for (int g = 0; g < sh.n_kv_heads; ++g) run(g);
-    }
-    measured_.insert(layer);
-    if (int(measured_.size()) == sh.n_layers) {
-      sens_.tokens = n;
-      sens_.chunks = 1;
-    }
-  }
-
   // Prefill: work items (kv head, chunk of query tokens); the dynamic scheduler balances the causal
   // triangle.
   void attend_chunks(int layer, int pos0, int n_q, const float* q, float* out, float scale,
@@ -564,15 +518,7 @@ class TurboQuantKvCache final : public KvCache {
                     q + size_t(t0) * row + head_off, row, keys(layer, g), krec(layer, g), values(layer, g),
                     vrec(layer, g), scale, out + size_t(t0) * row + head_off, row, x.empty() ? nullptr : &x);
     };
-    // Multiply-adds; below a few tens of thousands the dispatch costs more than it saves.
-    const double work = double(n_q) * s.n_heads * (pos0 + 0.5 * n_q + 1) * hd * 2;
-    if (P == 1 || n_items == 1 || work < 32768) {
-      for (int64_t i = 0; i < n_items; ++i) run(i);
-    } else {
-      pool.parallel_for(n_items, 1, [&run](int64_t b, int64_t e, int) {
-        for (int64_t i = b; i < e; ++i) run(i);
-      });
-    }
+    run_items(pool, n_items, double(n_q) * s.n_heads * (pos0 + 0.5 * n_q + 1) * hd * 2, run);
   }
 
   // Decode: items (query token, kv head, key slice); each leaves {m, l, acc_rot} per query head of
@@ -583,10 +529,7 @@ class TurboQuantKvCache final : public KvCache {
     const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
     const size_t row = size_t(s.n_heads) * hd;
     const int64_t n_items = int64_t(n_q) * s.n_kv_heads * n_split;
-    const size_t per_head = size_t(hd) + 2;
-    const size_t need = size_t(n_items) * group * per_head;
-    if (partial_.size() < need) partial_.resize(need);  // grows once, then reused every token
-    float* partial = partial_.data();
+    partial_.reserve(n_items, group, hd);
     auto run = [&](int64_t item) {
       const int split = int(item % n_split);
       const int g = int((item / n_split) % s.n_kv_heads);
@@ -661,41 +604,16 @@ class TurboQuantKvCache final : public KvCache {
         tq_accumulate_values(vs, sc.data(), kTileKeys, group, values(layer, g) + size_t(j0) * vr, vr, nt,
                              acc.data());
       }
-      for (int h = 0; h < group; ++h) {
-        float* p = partial + (size_t(item) * group + h) * per_head;
-        p[0] = m[h];
-        p[1] = l[h];
-        std::copy(&acc[size_t(h) * hd], &acc[size_t(h) * hd] + hd, p + 2);
-      }
+      for (int h = 0; h < group; ++h) partial_.put(item, h, m[h], l[h], &acc[size_t(h) * hd]);
     };
-    if (pool.size() == 1) {
-      for (int64_t i = 0; i < n_items; ++i) run(i);
-    } else {
-      pool.parallel_for(n_items, 1, [&run](int64_t b, int64_t e, int) {
-        for (int64_t i = b; i < e; ++i) run(i);
-      });
-    }
+    // Always threaded when the pool has threads: this path is taken for decode over long contexts.
+    run_items(pool, n_items, std::numeric_limits<double>::infinity(), run);
+    // Merged in the rotated value space, then one inverse rotation per head.
     std::vector<float> a(static_cast<size_t>(hd));
     for (int t = 0; t < n_q; ++t)
       for (int g = 0; g < s.n_kv_heads; ++g)
         for (int h = 0; h < group; ++h) {
-          const int64_t base = (int64_t(t) * s.n_kv_heads + g) * n_split;
-          float mx = -std::numeric_limits<float>::infinity();
-          for (int sp = 0; sp < n_split; ++sp) {
-            const float* p = partial + (size_t(base + sp) * group + h) * per_head;
-            if (p[1] > 0) mx = std::max(mx, p[0]);
-          }
-          std::fill(a.begin(), a.end(), 0.0f);
-          double lsum = 0;
-          for (int sp = 0; sp < n_split; ++sp) {
-            const float* p = partial + (size_t(base + sp) * group + h) * per_head;
-            if (p[1] <= 0) continue;
-            const float c = std::exp(p[0] - mx);
-            lsum += double(p[1]) * c;
-            for (int i = 0; i < hd; ++i) a[size_t(i)] += c * p[2 + i];
-          }
-          const float inv = lsum > 0 ? float(1.0 / lsum) : 0.0f;
-          for (float& x : a) x *= inv;
+          partial_.merge((int64_t(t) * s.n_kv_heads + g) * n_split, n_split, h, a.data());
           tq_unrotate(vstate(layer, g), a.data(), out + size_t(t) * row + (size_t(g) * group + h) * hd);
         }
   }
@@ -725,15 +643,13 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<WindowRing> tail_;        // per layer
   std::vector<float> sink_k_, sink_v_;  // [layer][kv head][sink position][head_dim], rotated space
   std::vector<uint8_t> calibrated_, scaled_, vscaled_;
-  std::vector<float> s_v_, inv_s_v_;                   // per layer and value channel
-  std::vector<float> s_k_, inv_s_k_;                   // per layer and key channel: s and 1 / s
-  std::vector<std::vector<float>> stash_k_, stash_v_;  // per layer: calibration chunk awaiting its queries
+  std::vector<float> s_v_, inv_s_v_;  // per layer and value channel
+  std::vector<float> s_k_, inv_s_k_;  // per layer and key channel: s and 1 / s
   std::vector<float> qbuf_;
-  std::vector<float> partial_;
+  SplitPartials partial_;
   size_t total_ = 0;
   std::unique_ptr<uint8_t[], AlignedFree> data_;
-  TqSensitivity sens_;      // spec_.measure: filled layer by layer at calibration
-  std::set<int> measured_;  // layers measured so far
+  bool calibrated_any_ = false;
 };
 
 }  // namespace
@@ -783,8 +699,6 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
     } else if (opt.size() > 4 && opt.size() <= 10 && opt.compare(0, 4, "draw") == 0 &&
                std::all_of(opt.begin() + 4, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       spec.draw = uint32_t(std::stoul(opt.substr(4)));
-    } else if (opt == "measure") {
-      spec.measure = true;
     } else if (opt.compare(0, 6, "alloc=") == 0) {
       // The path may contain ':'; it is the rest of the name.
       spec.alloc_path = type.substr(at + 1 + 6);
@@ -835,7 +749,7 @@ const char* tq_kv_type_help() {
          "default 1), wN (each query's last N positions exact, default 64), drawN (another draw of the "
          "random rotations), "
          "nocenter, noscale, vscale, qjl, eN (first and last N layers "
-         "at 4 bits), measure (per-head sensitivity, for qleap profile --kv-sensitivity), alloc=PROFILE "
+         "at 4 bits), alloc=PROFILE "
          "(per-head bits from a sensitivity profile, same mean; last option), "
          "e.g. tq3:e2, tq3:alloc=smollm2.kvsens.json";
 }
@@ -845,12 +759,12 @@ std::unique_ptr<KvCache> make_turboquant_kv_cache(const std::string& name, const
   TqKvSpec spec = spec_in;
   if (!spec.alloc_path.empty() && spec.head_k_bits.empty()) {
     const TqSensitivity sens = load_tq_sensitivity(spec.alloc_path);
-    if (sens.n_layers != shape.n_layers || sens.n_kv_heads != shape.n_kv_heads ||
+    if (sens.n_layers != shape.total_layers() || sens.n_kv_heads != shape.n_kv_heads ||
         sens.head_dim != shape.head_dim)
       throw InvalidArgument(fmt::format(
           "kv sensitivity profile '{}' is for {} layers x {} kv heads x {} dims, the model has {} x {} x {}",
-          spec.alloc_path, sens.n_layers, sens.n_kv_heads, sens.head_dim, shape.n_layers, shape.n_kv_heads,
-          shape.head_dim));
+          spec.alloc_path, sens.n_layers, sens.n_kv_heads, sens.head_dim, shape.total_layers(),
+          shape.n_kv_heads, shape.head_dim));
     if (spec.qjl_keys || spec.edge_layers > 0)
       throw InvalidArgument("kv type: alloc= cannot be combined with qjl or eN");
     const TqBitAllocation a =
@@ -861,9 +775,44 @@ std::unique_ptr<KvCache> make_turboquant_kv_cache(const std::string& name, const
   return std::make_unique<TurboQuantKvCache>(name, spec, shape);
 }
 
-const TqSensitivity* tq_kv_sensitivity(const KvCache& cache) {
-  const auto* tq = dynamic_cast<const TurboQuantKvCache*>(&cache);
-  return tq ? tq->sensitivity() : nullptr;
+TqSensitivity tq_measure_sensitivity(const TqKvSpec& spec_in, const KvShape& shape, const KvCalibration& cal,
+                                     const KvChunkRows& rows, ThreadPool* pool) {
+  if (rows.k.size() != size_t(shape.n_layers) || rows.v.size() != rows.k.size() ||
+      rows.q.size() != rows.k.size())
+    throw InvalidArgument("tq_measure_sensitivity: the chunk does not hold every layer");
+  const int n = rows.n;
+  TqKvSpec spec = spec_in;
+  spec.alloc_path.clear();
+  spec.head_k_bits.clear();
+  spec.head_v_bits.clear();
+  const int window = std::max(0, std::min(spec.window, n));
+  if (n < std::max(kTqMeasureMinTokens, window + 64))
+    throw InvalidArgument(fmt::format("a sensitivity measurement needs at least {} tokens per chunk (got {})",
+                                      std::max(kTqMeasureMinTokens, window + 64), n));
+  KvShape s = shape;
+  s.n_ctx = n;
+  TurboQuantKvCache cache("measure", spec, s);
+  cache.set_pool(pool);
+  cache.calibrate(cal);
+  TqSensitivity out;
+  out.n_layers = s.n_layers;
+  out.n_kv_heads = s.n_kv_heads;
+  out.head_dim = s.head_dim;
+  out.window = window;
+  out.sink = std::min(spec.sink, n);
+  out.rates = {2, 3, 4};
+  out.k_err.assign(size_t(s.n_layers) * size_t(s.n_kv_heads), std::vector<double>(out.rates.size(), 0.0));
+  out.v_err = out.k_err;
+  const size_t kv_rows = size_t(n) * size_t(s.kv_dim()), q_rows = size_t(n) * size_t(s.q_dim());
+  for (int l = 0; l < s.n_layers; ++l) {
+    const size_t L = size_t(l);
+    if (rows.k[L].size() != kv_rows || rows.v[L].size() != kv_rows || rows.q[L].size() != q_rows)
+      throw InvalidArgument(fmt::format("tq_measure_sensitivity: layer {} rows have the wrong size", l));
+    cache.measure(l, rows.k[L].data(), rows.v[L].data(), rows.q[L].data(), n, rows.scale, out);
+  }
+  out.tokens = n;
+  out.chunks = 1;
+  return out;
 }
 
 }  // namespace qleap

@@ -3,9 +3,9 @@
 // (tq_attend_gqa, or a key-split partial softmax for decode), nothing is ever dequantized to a buffer.
 //
 // On top of the paper's quantizer (both measured in docs/turboquant.md, both on by default):
-//  - centering: keys and values are stored minus a per-(layer, kv head) mean vector mu, estimated
-//    from the first prefill that starts a sequence (>= kTqCalibTokens tokens at position 0, the
-//    first token excluded) and then frozen for the cache's lifetime. For keys this is exact: every
+//  - centering: keys and values are stored minus a per-(layer, kv head) mean vector mu, taken from the
+//    model's calibration (KvCalibration, kv_cache.h: a forward pass over a fixed text, made once per
+//    model file by runtime/kv_calibrate.h), never from a request. For keys this is exact: every
 //    score of a query moves by the same q.mu, which the softmax ignores. For values the output is
 //    mu_v + sum_j w_j (v_j - mu_v) because the weights sum to 1. Centering removes the large shared
 //    offset of real keys, so the quantization error scales with the keys' spread, not their norm.
@@ -14,7 +14,7 @@
 //    BOS) and each query's last `window` positions are also kept as floats, and attention uses those
 //    instead of their records. Both are constants (a few positions per layer and kv head), not a
 //    per-token cost; allocated_bytes() counts them.
-//  - per-head rates (alloc=, off by default): a sensitivity profile measured by the `measure` option
+//  - per-head rates (alloc=, off by default): a sensitivity profile measured by tq_measure_sensitivity
 //    (qleap profile --kv-sensitivity) moves bits between (layer, kv head) and K / V at the same total.
 #pragma once
 #include <memory>
@@ -23,12 +23,11 @@
 #include <vector>
 
 #include "kv/kv_cache.h"
+#include "kv/kv_calibration.h"
 #include "turboquant/tq_quant.h"
+#include "turboquant/tq_sensitivity.h"
 
 namespace qleap {
-
-// Tokens the first prefill of a sequence must hold for the centering means to be estimated from it.
-inline constexpr int kTqCalibTokens = 8;
 
 struct TqKvSpec {
   float k_bits = 4;
@@ -60,9 +59,6 @@ struct TqKvSpec {
   // spending the budget of k_bits / v_bits where the profile says it removes the most error.
   std::string alloc_path;
   std::vector<float> head_k_bits, head_v_bits;
-  // Measure the per-head sensitivity on the calibration chunk (tq_kv_sensitivity; qleap profile
-  // --kv-sensitivity). Costs a few seconds once per cache.
-  bool measure = false;
   float k_bits_at(int layer, int n_layers) const;
   float v_bits_at(int layer, int n_layers) const;
 };
@@ -78,7 +74,6 @@ struct TqKvSpec {
 //   vscale    also scale value channels (measured: no gain)
 //   qjl       keys as (bits - 1)-bit MSE + 1-bit QJL residual (paper's TurboQuant_prod; slow, measured)
 //   eN        the first and last N layers at 4-bit K and V (e.g. tq3:e2)
-//   measure   measure the per-head sensitivity on the calibration chunk (see tq_kv_sensitivity)
 //   alloc=P   per-head rates from the sensitivity profile at path P with the same mean bits (the rest
 //             of the name is the path, so this option comes last)
 // Returns nullopt for any other string.
@@ -92,14 +87,16 @@ inline TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value) {
   return tq_kv_config(spec, head_dim, value, value ? spec.v_bits : spec.k_bits);
 }
 
-// The sensitivity measured by a cache created with the `measure` option, once its calibration chunk
-// has been attended (null: not a TurboQuant cache, not measuring, or nothing measured yet: the first
-// prefill was shorter than kTqMeasureMinTokens or had no queries).
-struct TqSensitivity;
-const TqSensitivity* tq_kv_sensitivity(const KvCache& cache);
-// A measurement needs positions beyond the window: calibration chunks shorter than this (or than
-// window + 64) are not measured.
+// A measurement needs positions beyond the window: chunks shorter than this (or than window + 64)
+// cannot be measured.
 inline constexpr int kTqMeasureMinTokens = 128;
+
+// The per-head sensitivity (turboquant/tq_sensitivity.h) of caches of this spec on one chunk of a
+// sequence from position 0: what a cache calibrated with `cal` would lose on the chunk's own keys,
+// values and queries (KvChunkRows, captured by kv/kv_calibration.h's recorder). Throws InvalidArgument
+// when the chunk is shorter than kTqMeasureMinTokens (or window + 64) or does not fit the shape.
+TqSensitivity tq_measure_sensitivity(const TqKvSpec& spec, const KvShape& shape, const KvCalibration& cal,
+                                     const KvChunkRows& rows, ThreadPool* pool);
 
 // The TurboQuant names listed in make_kv_cache's error message.
 const char* tq_kv_type_help();

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/cpu/matmul.h"
 #include "core/error.h"
 #include "model/moe_block.h"
 #include "quant/quant.h"
@@ -27,48 +28,36 @@ const TypeTraits& computable_traits(const GgufTensor& t) {
   return tr;
 }
 
-// Runs f(t) for t in [0, m), over the pool when the rows are numerous and costly enough to pay for
-// the dispatch. The lambda handed to the pool captures one pointer, so std::function does not
-// allocate.
-template <class F>
-void parallel_rows(ThreadPool& pool, int m, int64_t cost_per_row, const F& f) {
-  if (pool.size() == 1 || m < 2 || cost_per_row * m < 32768) {
-    for (int t = 0; t < m; ++t) f(t);
-    return;
-  }
-  const F* fp = &f;
-  pool.parallel_for(m, 1, [fp](int64_t b, int64_t e, int) {
-    for (int64_t t = b; t < e; ++t) (*fp)(int(t));
-  });
-}
-
 }  // namespace
 
-void ForwardScratch::allocate(const HParams& hp, int nb) {
+void Activations::allocate(Backend& be, const HParams& hp, int nb) {
   n_batch = nb;
   const size_t n = size_t(nb);
-  x.assign(n * hp.n_embd, 0.0f);
-  xn.assign(n * hp.n_embd, 0.0f);
-  tmp.assign(n * hp.n_embd, 0.0f);
-  q.assign(n * hp.q_dim(), 0.0f);
-  attn.assign(n * hp.q_dim(), 0.0f);
-  k.assign(n * hp.kv_dim(), 0.0f);
-  v.assign(n * hp.kv_dim(), 0.0f);
-  gate.assign(n * hp.n_ff, 0.0f);
-  up.assign(n * hp.n_ff, 0.0f);
-  if (hp.n_expert > 0) {
-    const size_t nf = size_t(std::max(hp.n_ff_exp, hp.n_ff_shexp)), k = size_t(hp.n_expert_used);
-    moe_logits.assign(n * hp.n_expert, 0.0f);
-    moe_w.assign(n * k, 0.0f);
-    moe_ids.assign(n * k, 0);
-    moe_rows.assign(n * k, 0);
-    // The decode path keeps one row per (token, expert) pair (moe_block.cpp).
-    const size_t pairs = std::max(n, k * size_t(std::min(nb, kMoeDecodeTokens)));
-    moe_xg.assign(n * hp.n_embd, 0.0f);
-    moe_y.assign(pairs * hp.n_embd, 0.0f);
-    moe_g.assign(pairs * nf, 0.0f);
-    moe_u.assign(pairs * nf, 0.0f);
-  }
+  x = be.alloc_floats(n * hp.n_embd);
+  xn = be.alloc_floats(n * hp.n_embd);
+  tmp = be.alloc_floats(n * hp.n_embd);
+  q = be.alloc_floats(n * hp.q_dim());
+  attn = be.alloc_floats(n * hp.q_dim());
+  k = be.alloc_floats(n * hp.kv_dim());
+  v = be.alloc_floats(n * hp.kv_dim());
+  gate = be.alloc_floats(n * hp.n_ff);
+  up = be.alloc_floats(n * hp.n_ff);
+}
+
+void MoeScratch::allocate(const HParams& hp, int nb) {
+  if (hp.n_expert <= 0) return;
+  const size_t n = size_t(nb);
+  const size_t nf = size_t(std::max(hp.n_ff_exp, hp.n_ff_shexp)), k = size_t(hp.n_expert_used);
+  logits.assign(n * hp.n_expert, 0.0f);
+  w.assign(n * k, 0.0f);
+  ids.assign(n * k, 0);
+  rows.assign(n * k, 0);
+  // The decode path keeps one row per (token, expert) pair (moe_block.cpp).
+  const size_t pairs = std::max(n, k * size_t(std::min(nb, kMoeDecodeTokens)));
+  xg.assign(n * hp.n_embd, 0.0f);
+  y.assign(pairs * hp.n_embd, 0.0f);
+  g.assign(pairs * nf, 0.0f);
+  u.assign(pairs * nf, 0.0f);
 }
 
 std::string blk_name(int il, std::string_view what) {
@@ -143,82 +132,86 @@ void load_swiglu_ffn(const GgufFile& f, const HParams& hp, int il, LayerWeights&
   w.w_down = load_matrix(f, blk_name(il, "ffn_down.weight"), hp.n_ff, hp.n_embd);
 }
 
-void rms_norm_rows(const float* x, const float* w, float* y, int m, int n, float eps, ThreadPool& pool) {
-  parallel_rows(pool, m, n, [&](int t) { rms_norm(x + size_t(t) * n, w, y + size_t(t) * n, n, eps); });
-}
-
 void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out) {
   const HParams& hp = ctx.hp;
-  ForwardScratch& s = ctx.s;
-  const int m = ctx.m, hd = hp.head_dim, q_dim = hp.q_dim(), kv_dim = hp.kv_dim();
-  matmul(w.wq, xn, m, s.q.data(), ctx.pool);
-  matmul(w.wk, xn, m, s.k.data(), ctx.pool);
-  matmul(w.wv, xn, m, s.v.data(), ctx.pool);
+  Backend& be = ctx.be;
+  Activations& a = ctx.a;
+  const int m = ctx.m, q_dim = hp.q_dim(), kv_dim = hp.kv_dim();
+  be.matmul(w.wq, xn, m, a.q.get());
+  be.matmul(w.wk, xn, m, a.k.get());
+  be.matmul(w.wv, xn, m, a.v.get());
+  QkPrep qp;
+  qp.q = a.q.get();
+  qp.k = a.k.get();
+  qp.v = a.v.get();
+  qp.bq = &w.bq;
+  qp.bk = &w.bk;
+  qp.bv = &w.bv;
+  qp.q_norm = &w.q_norm;
+  qp.k_norm = &w.k_norm;
+  qp.norm_full = w.qk_norm_full;
+  qp.n_heads = hp.n_heads;
+  qp.n_kv_heads = hp.n_kv_heads;
+  qp.head_dim = hp.head_dim;
+  qp.eps = hp.rms_eps;
+  be.qk_prep(qp, m);
 
-  // Bias, per-head q/k norm and rotation of each token's q and k rows.
-  const RopeTable& rope = ctx.rope;
-  parallel_rows(ctx.pool, m, 4 * (q_dim + 2 * kv_dim), [&](int t) {
-    float* q = s.q.data() + size_t(t) * q_dim;
-    float* k = s.k.data() + size_t(t) * kv_dim;
-    float* v = s.v.data() + size_t(t) * kv_dim;
-    if (!w.bq.empty()) add_inplace(q, w.bq.data(), q_dim);
-    if (!w.bk.empty()) add_inplace(k, w.bk.data(), kv_dim);
-    if (!w.bv.empty()) add_inplace(v, w.bv.data(), kv_dim);
-    if (w.qk_norm_full) {
-      rms_norm(q, w.q_norm.data(), q, q_dim, hp.rms_eps);
-      rms_norm(k, w.k_norm.data(), k, kv_dim, hp.rms_eps);
-    } else if (!w.q_norm.empty()) {
-      for (int h = 0; h < hp.n_heads; ++h) rms_norm(q + h * hd, w.q_norm.data(), q + h * hd, hd, hp.rms_eps);
-    }
-    if (!w.qk_norm_full && !w.k_norm.empty()) {
-      for (int h = 0; h < hp.n_kv_heads; ++h)
-        rms_norm(k + h * hd, w.k_norm.data(), k + h * hd, hd, hp.rms_eps);
-    }
-    const float* cs = rope.at(ctx.rows ? ctx.rows[t].pos : ctx.pos0 + t);
-    rope_apply(cs, rope.n_rot(), rope.style(), q, hp.n_heads, hd);
-    rope_apply(cs, rope.n_rot(), rope.style(), k, hp.n_kv_heads, hd);
-  });
-
-  const float scale = 1.0f / std::sqrt(float(hd));
+  const float scale = 1.0f / std::sqrt(float(hp.head_dim));
+  const int32_t* dev_pos = be.device_positions();
+  const int layer = il - ctx.kv_first;
   if (ctx.rows == nullptr) {
-    ctx.kv.store(il, ctx.pos0, m, s.k.data(), s.v.data());
-    ctx.kv.attend(il, ctx.pos0, m, s.q.data(), s.attn.data(), scale, ctx.pool);
+    const KvSpan span{ctx.pos0, m, dev_pos};
+    ctx.kv->store(layer, span, a.k.get(), a.v.get());
+    ctx.kv->attend(layer, span, a.q.get(), a.attn.get(), scale, ctx.pool);
   } else {
     for (int t = 0; t < m; ++t) {
       const RowSeq& r = ctx.rows[t];
-      r.kv->store(il, r.pos, 1, s.k.data() + size_t(t) * kv_dim, s.v.data() + size_t(t) * kv_dim);
-      r.kv->attend(il, r.pos, 1, s.q.data() + size_t(t) * q_dim, s.attn.data() + size_t(t) * q_dim, scale,
+      const KvSpan span{r.pos, 1, dev_pos ? dev_pos + t : nullptr};
+      r.kv->store(layer, span, a.k.get() + size_t(t) * kv_dim, a.v.get() + size_t(t) * kv_dim);
+      r.kv->attend(layer, span, a.q.get() + size_t(t) * q_dim, a.attn.get() + size_t(t) * q_dim, scale,
                    ctx.pool);
     }
   }
-  matmul(w.wo, s.attn.data(), m, out, ctx.pool);
+  be.matmul(w.wo, a.attn.get(), m, out, /*accumulate=*/true);
 }
 
 void swiglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* xn, float* out) {
-  ForwardScratch& s = ctx.s;
-  const int m = ctx.m, n_ff = ctx.hp.n_ff;
-  matmul(w.w_gate, xn, m, s.gate.data(), ctx.pool);
-  matmul(w.w_up, xn, m, s.up.data(), ctx.pool);
-  parallel_rows(ctx.pool, m, 8 * n_ff, [&](int t) {
-    silu_mul(s.gate.data() + size_t(t) * n_ff, s.up.data() + size_t(t) * n_ff, n_ff);
-  });
-  matmul(w.w_down, s.gate.data(), m, out, ctx.pool);
+  Backend& be = ctx.be;
+  Activations& a = ctx.a;
+  const int m = ctx.m;
+  be.matmul(w.w_gate, xn, m, a.gate.get());
+  be.matmul(w.w_up, xn, m, a.up.get());
+  be.silu_mul(a.gate.get(), a.up.get(), m, ctx.hp.n_ff);
+  be.matmul(w.w_down, a.gate.get(), m, out, /*accumulate=*/true);
 }
 
 void pre_norm_layer(const LayerWeights& w, int il, const LayerCtx& ctx) {
-  ForwardScratch& s = ctx.s;
+  Backend& be = ctx.be;
+  Activations& a = ctx.a;
   const int n = ctx.hp.n_embd, m = ctx.m;
   const float eps = ctx.hp.rms_eps;
-  rms_norm_rows(s.x.data(), w.attn_norm.data(), s.xn.data(), m, n, eps, ctx.pool);
-  attention_block(w, il, ctx, s.xn.data(), s.tmp.data());
-  add_inplace(s.x.data(), s.tmp.data(), int64_t(m) * n);
-  rms_norm_rows(s.x.data(), w.ffn_norm.data(), s.xn.data(), m, n, eps, ctx.pool);
+  be.rms_norm(a.x.get(), w.attn_norm, a.xn.get(), m, n, eps);
+  attention_block(w, il, ctx, a.xn.get(), a.x.get());
+  be.rms_norm(a.x.get(), w.ffn_norm, a.xn.get(), m, n, eps);
   if (w.is_moe()) {
-    moe_ffn_block(w, il, ctx, s.xn.data(), s.tmp.data());
+    moe_ffn_block(w, il, ctx, a.xn.get(), a.tmp.get());
+    be.add(a.x.get(), a.tmp.get(), int64_t(m) * n);
   } else {
-    swiglu_ffn_block(w, ctx, s.xn.data(), s.tmp.data());
+    swiglu_ffn_block(w, ctx, a.xn.get(), a.x.get());
   }
-  add_inplace(s.x.data(), s.tmp.data(), int64_t(m) * n);
+}
+
+void prepare_layer(const LayerWeights& w, Backend& be) {
+  if (w.is_moe()) {
+    throw Unsupported(fmt::format(
+        "MoE layers run on the CPU only ({} cannot hold them yet); keep them on the CPU (fewer --gpu-layers) "
+        "and move experts to the GPU with --expert-tier cuda",
+        be.name()));
+  }
+  for (const std::vector<float>* v : {&w.attn_norm, &w.ffn_norm, &w.q_norm, &w.k_norm, &w.bq, &w.bk, &w.bv}) {
+    if (!v->empty()) be.prepare(*v);
+  }
+  for (const WeightView* v : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) be.prepare(*v);
 }
 
 }  // namespace qleap

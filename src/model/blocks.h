@@ -6,20 +6,27 @@
 #include <string_view>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/thread_pool.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
 
 namespace qleap {
 
-// Activation buffers for up to n_batch tokens, allocated once per session (none per token).
-struct ForwardScratch {
+// Activation buffers of one backend for up to n_batch rows, allocated once where that backend
+// computes (none per token).
+struct Activations {
   int n_batch = 0;
-  std::vector<float> x, xn, q, k, v, attn, tmp, gate, up;
-  // MoE layers only (model/moe_block.cpp): router logits, routing, per-expert gathered activations.
-  std::vector<float> moe_logits, moe_w, moe_xg, moe_g, moe_u, moe_y;
-  std::vector<int32_t> moe_ids, moe_rows;
-  std::vector<int> moe_start, moe_fill;
+  ActBuffer x, xn, q, k, v, attn, tmp, gate, up;
+  void allocate(Backend& be, const HParams& hp, int n_batch);
+};
+
+// Host scratch of the MoE block (model/moe_block.cpp): router logits, routing, per-expert gathered
+// activations. Only host backends run MoE layers.
+struct MoeScratch {
+  std::vector<float> logits, w, xg, g, u, y;
+  std::vector<int32_t> ids, rows;
+  std::vector<int> start, fill;
   void allocate(const HParams& hp, int n_batch);
 };
 
@@ -32,19 +39,22 @@ struct RowSeq {
   int pos;
 };
 
-// What a layer's forward pass needs besides its weights. Rows of scratch.x are the m tokens at
-// positions pos0 .. pos0 + m - 1 of kv, or, when rows is non-null, row t is one token of its own
-// sequence rows[t] (kv and pos0 unused): decode steps of several sequences then share one pass
-// through the weights.
+// What a layer's forward pass needs besides its weights. Rows of a.x are the m tokens at positions
+// pos0 .. pos0 + m - 1 of kv, or, when rows is non-null, row t is one token of its own sequence
+// rows[t] (kv and pos0 unused): decode steps of several sequences then share one pass through the
+// weights. Layer il's keys and values are layer il - kv_first of its cache (a cache holds the layers
+// of one backend segment). be.set_positions() was called with the rows' positions.
 struct LayerCtx {
   const HParams& hp;
-  const RopeTable& rope;
-  KvCache& kv;
-  ThreadPool& pool;
-  ForwardScratch& s;
-  int pos0;
+  Backend& be;
+  Activations& a;
+  ThreadPool& pool;  // the host threads (host caches' attention, MoE)
   int m;
+  KvCache* kv = nullptr;
+  int pos0 = 0;
   const RowSeq* rows = nullptr;
+  int kv_first = 0;
+  MoeScratch* moe = nullptr;            // host backends
   MoeObserver* moe_observer = nullptr;  // sees MoE routing decisions (model/moe_block.h)
   MoeExecutor* moe_executor = nullptr;  // runs the routed experts instead of the CPU loop
 };
@@ -54,7 +64,7 @@ struct ArchDef {
   RopeStyle rope_style;
   // Loads and shape-checks the tensors of block il.
   void (*load_layer)(const GgufFile& f, const HParams& hp, int il, LayerWeights& w);
-  // Updates ctx.s.x (m x n_embd) in place.
+  // Updates ctx.a.x (m x n_embd) in place, with the ops of ctx.be.
   void (*forward_layer)(const LayerWeights& w, int il, const LayerCtx& ctx);
 };
 
@@ -78,15 +88,17 @@ struct AttnOptions {
 void load_attention(const GgufFile& f, const HParams& hp, int il, const AttnOptions& opt, LayerWeights& w);
 void load_swiglu_ffn(const GgufFile& f, const HParams& hp, int il, LayerWeights& w);
 
-// ---- forward ----
-// m rows of n: y = rms_norm(x) * w (threaded over rows when large).
-void rms_norm_rows(const float* x, const float* w, float* y, int m, int n, float eps, ThreadPool& pool);
-// Self-attention of the m normalized rows xn; writes the output projection (m x n_embd) to out.
+// ---- forward (over the ops of ctx.be) ----
+// Self-attention of the m normalized rows xn; out (m x n_embd) += the output projection.
 void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out);
-// SwiGLU feed-forward: out = W_down (silu(W_gate xn) * (W_up xn)).
+// SwiGLU feed-forward: out += W_down (silu(W_gate xn) * (W_up xn)).
 void swiglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* xn, float* out);
 // The pre-norm residual block: x += attn(norm(x)); x += ffn(norm(x)) (the MoE block when the layer
 // has experts).
 void pre_norm_layer(const LayerWeights& w, int il, const LayerCtx& ctx);
+
+// Every tensor of layer w that a forward on a device backend reads, for Backend::prepare. Throws
+// Unsupported for layers the device backends cannot run (MoE: experts go through ExpertFlow instead).
+void prepare_layer(const LayerWeights& w, Backend& be);
 
 }  // namespace qleap

@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
-#include "backend/cpu/matmul.h"
-#include "backend/cpu/ops.h"
 #include "gguf/gguf.h"
+#include "tensor/rope.h"
+#include "tensor/weight_view.h"
 
 namespace qleap {
 
@@ -88,6 +88,12 @@ class Model {
   ModelWeights w_;
   std::shared_ptr<const PreparedWeights> prepared_;
 };
+
+// The context a model gets when none is asked for: its training context (when the file gives one),
+// at most 4096, so a model trained on 128K does not allocate 128K positions by default.
+inline int default_context(int n_ctx_train) {
+  return n_ctx_train > 0 && n_ctx_train < 4096 ? n_ctx_train : 4096;
+}
 
 // Opens and maps a GGUF model. Throws IoError / FormatError / Unsupported.
 std::shared_ptr<const Model> load_model(const std::string& path);

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "backend/cpu/matmul.h"
+#include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "quant/quant.h"
 
@@ -98,21 +100,24 @@ void moe_route(float* logits, int n, int k, bool norm, int32_t* ids, float* weig
 void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out) {
   const HParams& hp = ctx.hp;
   const MoeWeights& mw = w.moe;
-  ForwardScratch& s = ctx.s;
+  if (!ctx.be.is_host() || ctx.moe == nullptr)
+    throw Unsupported(fmt::format("layer {}: MoE layers run on the CPU only", il));
+  MoeScratch& s = *ctx.moe;
   const int m = ctx.m, n = hp.n_embd, ne = mw.n_expert(), k = hp.n_expert_used, nf = hp.n_ff_exp;
-  float* logits = s.moe_logits.data();
-  int32_t* ids = s.moe_ids.data();
-  float* wts = s.moe_w.data();
+  float* logits = s.logits.data();
+  int32_t* ids = s.ids.data();
+  float* wts = s.w.data();
   matmul(mw.router, xn, m, logits, ctx.pool);
   for (int t = 0; t < m; ++t) {
     moe_route(logits + size_t(t) * ne, ne, k, hp.expert_weights_norm, ids + size_t(t) * k,
               wts + size_t(t) * k);
   }
-  if (ctx.moe_observer != nullptr) ctx.moe_observer->on_routing(il, ctx.pos0, m, k, ids, wts, s.x.data(), xn);
+  if (ctx.moe_observer != nullptr)
+    ctx.moe_observer->on_routing(il, ctx.pos0, m, k, ids, wts, ctx.a.x.get(), xn);
 
-  float* g = s.moe_g.data();
-  float* u = s.moe_u.data();
-  float* y = s.moe_y.data();
+  float* g = s.g.data();
+  float* u = s.u.data();
+  float* y = s.y.data();
   if (ctx.moe_executor != nullptr) {
     ctx.moe_executor->run_experts(mw, il, ctx, xn, ids, wts, out);
   } else if (moe_pairwise(m, k, ctx.pool.size())) {
@@ -136,15 +141,15 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
   } else {
     std::fill(out, out + size_t(m) * n, 0.0f);
     // Prefill: tokens grouped by expert, so each selected expert's weights stream once per chunk.
-    int32_t* rows = s.moe_rows.data();  // (token, slot) pairs as t * k + j, bucketed by expert
-    std::vector<int>& start = s.moe_start;
+    int32_t* rows = s.rows.data();  // (token, slot) pairs as t * k + j, bucketed by expert
+    std::vector<int>& start = s.start;
     start.assign(size_t(ne) + 1, 0);
     for (int i = 0; i < m * k; ++i) ++start[size_t(ids[i]) + 1];
     for (int e = 0; e < ne; ++e) start[size_t(e) + 1] += start[size_t(e)];
-    std::vector<int>& fill = s.moe_fill;
+    std::vector<int>& fill = s.fill;
     fill.assign(start.begin(), start.end() - 1);
     for (int i = 0; i < m * k; ++i) rows[fill[size_t(ids[i])]++] = i;
-    float* xg = s.moe_xg.data();
+    float* xg = s.xg.data();
     for (int e = 0; e < ne; ++e) {
       const int b = start[size_t(e)], cnt = start[size_t(e) + 1] - b;
       if (cnt == 0) continue;

@@ -195,7 +195,7 @@ void ExpertFlow::run_experts(const MoeWeights& w, int il, const LayerCtx& ctx, c
   if (cfg_.prefetch && li + 1 < set_.n_moe()) {
     const LayerWeights& next = model_.weights().layers[size_t(set_.moe_layers[size_t(li + 1)])];
     pred_.resize(size_t(mk));
-    predict_experts(next, hp, ctx.s.x.data(), m, k, ctx.pool, pxn_, plog_, pred_.data());
+    predict_experts(next, hp, ctx.a.x.get(), m, k, ctx.pool, pxn_, plog_, pred_.data());
     for (int t = 0; t < m; ++t) {
       for (int j = 0; j < k; ++j) {
         const int e = pred_[size_t(t * k + j)];

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 
-#include "backend/cuda/cuda_api.h"
 #include "core/error.h"
 #include "moe/host_expert_tier.h"
 
@@ -30,10 +29,17 @@ ExpertSet expert_set_of(const Model& model) {
   return s;
 }
 
+#ifndef QLEAP_HAVE_CUDA
+// Without nvcc moe/cuda_expert_tier.cu is not compiled.
+std::unique_ptr<ExpertTier> make_cuda_expert_tier(const ExpertSet&, int, int) {
+  throw Unsupported("--expert-tier cuda: this build has no CUDA backend (configure with nvcc installed)");
+}
+#endif
+
 std::unique_ptr<ExpertTier> make_expert_tier(const std::string& kind, const ExpertSet& set,
                                              int slots_per_layer, int max_rows) {
   if (kind == "host") return std::make_unique<HostExpertTier>(set, slots_per_layer);
-  if (kind == "cuda") return cuda::make_expert_tier(set, slots_per_layer, max_rows);
+  if (kind == "cuda") return make_cuda_expert_tier(set, slots_per_layer, max_rows);
   throw InvalidArgument(fmt::format("expert tier '{}' (expected host or cuda)", kind));
 }
 

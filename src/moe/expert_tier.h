@@ -7,8 +7,8 @@
 //   HostExpertTier (moe/host_expert_tier.h): slots in RAM, a copy thread and a compute thread. It
 //     exists to run and test the orchestration on machines without a GPU; it is never faster than
 //     the plain CPU path (it computes on the same CPU, and copying costs RAM bandwidth).
-//   The CUDA tier (backend/cuda/cuda_expert_tier.cu, cuda::make_expert_tier): slots in device
-//     memory, uploads on a copy stream, compute on a compute stream.
+//   The CUDA tier (moe/cuda_expert_tier.cu, make_cuda_expert_tier): slots in device memory, uploads
+//     on a copy stream, compute on a compute stream.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -62,5 +62,8 @@ class ExpertTier {
 // Throws InvalidArgument for an unknown kind, Unsupported when "cuda" has no backend or device.
 std::unique_ptr<ExpertTier> make_expert_tier(const std::string& kind, const ExpertSet& set,
                                              int slots_per_layer, int max_rows);
+// The CUDA tier (max_rows: rows computed between two syncs). Throws Unsupported without a device, a
+// CUDA build, or a kernel for the experts' format.
+std::unique_ptr<ExpertTier> make_cuda_expert_tier(const ExpertSet& set, int slots_per_layer, int max_rows);
 
 }  // namespace qleap

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "backend/cpu/matmul.h"
+#include "backend/cpu/ops.h"
 #include "core/error.h"
 
 namespace qleap {

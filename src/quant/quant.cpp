@@ -5,7 +5,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "backend/cpu/matmul_kernels.h"
 #include "core/error.h"
 #include "core/fp16.h"
 #include "quant/block_iq4_nl.h"
@@ -88,13 +87,6 @@ void dequantize_row_ref(GgmlType t, const void* src, float* dst, int64_t n) {
     default:
       throw Unsupported(fmt::format("no decoder for tensor type {}", type_name(t)));
   }
-}
-
-void dequantize_row(GgmlType t, const void* src, float* dst, int64_t n) {
-  const kern::IsaKernels* k = kern::active_kernels();
-  const auto& tr = type_traits(t);
-  if (k != nullptr && tr.block_size > 0 && n % tr.block_size == 0 && k->dequantize(t, src, dst, n)) return;
-  dequantize_row_ref(t, src, dst, n);
 }
 
 bool can_quantize(GgmlType t) {

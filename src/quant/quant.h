@@ -1,6 +1,5 @@
-// Row-level entry points over all tensor formats. The *_ref functions are the scalar reference
-// decoders/encoders (bit-exact with GGUF); the plain names dispatch to SIMD code where it exists and
-// are tested against the reference.
+// Row-level entry points over all tensor formats: the scalar reference decoders/encoders (bit-exact
+// with GGUF). The SIMD decoders tested against them are backend/cpu/matmul.h's dequantize_row.
 #pragma once
 #include <cstdint>
 
@@ -10,7 +9,6 @@ namespace qleap {
 
 // Decode n elements (a multiple of the block size) of type t into floats.
 void dequantize_row_ref(GgmlType t, const void* src, float* dst, int64_t n);
-void dequantize_row(GgmlType t, const void* src, float* dst, int64_t n);
 
 // Encode n floats into type t. Throws Unsupported for types without an encoder here.
 bool can_quantize(GgmlType t);

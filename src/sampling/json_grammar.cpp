@@ -1,453 +1,663 @@
 #include "sampling/json_grammar.h"
 
+#include <algorithm>
 #include <stdexcept>
+
+#include "sampling/json_grammar_schema.h"
+#include "sampling/json_grammar_state.h"
 
 namespace qleap {
 
 using nlohmann::json;
+using namespace jg;
 
-namespace {
+JsonMatcher::JsonMatcher() : JsonMatcher(JsonSchema::any()) {}
 
-// Object frame states.
-constexpr uint8_t kObjFirst = 0, kObjKey = 1, kObjColon = 2, kObjAfterValue = 3;
-// Array frame states.
-constexpr uint8_t kArrFirst = 0, kArrValue = 1, kArrAfterValue = 2;
-// String frame states.
-constexpr uint8_t kStrNormal = 0, kStrEscape = 1, kStrHex1 = 2, kStrHex4 = 5;
-// Number frame states.
-constexpr uint8_t kNumSign = 0, kNumZero = 1, kNumInt = 2, kNumDot = 3, kNumFrac = 4, kNumE = 5,
-                  kNumESign = 6, kNumExp = 7;
-
-bool is_ws(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-bool is_digit(char c) {
-  return c >= '0' && c <= '9';
-}
-bool is_hex(char c) {
-  return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+JsonMatcher::JsonMatcher(std::shared_ptr<const JsonSchema> schema) : schema_(std::move(schema)) {
+  if (!schema_) schema_ = JsonSchema::any();
+  Thread t;
+  Frame root;
+  root.node = schema_->root();
+  t.st.push_back(root);
+  threads_.push_back(std::move(t));
 }
 
-const json* schema_of(const json* s) {
-  return s && s->is_object() && !s->empty() ? s : nullptr;
+JsonMatcher::JsonMatcher(const json* schema)
+    : JsonMatcher(schema && schema->is_object() && !schema->empty() ? JsonSchema::compile(*schema)
+                                                                    : JsonSchema::any()) {}
+
+JsonMatcher::~JsonMatcher() = default;
+JsonMatcher::JsonMatcher(const JsonMatcher& o) : schema_(o.schema_), threads_(o.threads_) {}
+// The scratch state is not copied: probing copies matchers often.
+JsonMatcher& JsonMatcher::operator=(const JsonMatcher& o) {
+  if (schema_ != o.schema_) schema_ = o.schema_;
+  threads_ = o.threads_;
+  return *this;
 }
 
-const json* properties(const json* s) {
-  if (!s) return nullptr;
-  auto it = s->find("properties");
-  return it != s->end() && it->is_object() && !it->empty() ? &*it : nullptr;
+bool JsonMatcher::free_string(FreeString& out) const {
+  if (threads_.size() != 1 || threads_[0].st.empty()) return false;
+  const Frame& f = threads_[0].st.back();
+  if (f.kind != Kind::kString || f.track || f.state != kStrNormal || f.utf8_left != 0) return false;
+  const Node* n = f.is_key ? nullptr : node_of(*schema_, f.node);
+  out.count = f.count;
+  out.min_len = n ? n->min_len : 0;
+  out.max_len = n ? n->max_len : -1;
+  out.remaining = min_remaining();
+  return true;
 }
 
-}  // namespace
-
-void validate_json_schema(const json& schema) {
-  if (!schema.is_object()) throw std::invalid_argument("a JSON schema must be an object");
-  if (auto t = schema.find("type"); t != schema.end() && !t->is_string() && !t->is_array()) {
-    throw std::invalid_argument("schema 'type' must be a string or an array");
+bool JsonMatcher::complete() const {
+  for (const auto& t : threads_) {
+    if (t.st.empty()) return true;
   }
-  if (auto p = schema.find("properties"); p != schema.end()) {
-    if (!p->is_object()) throw std::invalid_argument("schema 'properties' must be an object");
-    if (p->size() > 32) throw std::invalid_argument("schema objects may have at most 32 properties");
-    for (const auto& [k, v] : p->items()) validate_json_schema(v);
-  }
-  if (auto i = schema.find("items"); i != schema.end() && i->is_object()) validate_json_schema(*i);
-  if (auto e = schema.find("enum"); e != schema.end() && (!e->is_array() || e->empty())) {
-    throw std::invalid_argument("schema 'enum' must be a non-empty array");
-  }
+  return false;
 }
 
-JsonMatcher::JsonMatcher(const json* schema) {
-  Frame root{Kind::kValue};
-  root.schema = schema_of(schema);
-  stack_.push_back(root);
+// ---- schema queries ----
+
+// ---- strings ----
+
+// The frame's text (plus an escape in progress) can still become `cand`. Property names and enum
+// values are compared decoded, but an escape is taken only where one is needed or for a non-ASCII
+// character: printable ASCII is written as itself, so that constrained keys read naturally (a
+// model that does not expect a key otherwise wanders into "c\u006f\u006c..." spellings).
+bool jg::candidate_ok(const JsonMatcher::Frame& f, const std::string& cand) {
+  if (cand.size() < f.text.size() || cand.compare(0, f.text.size(), f.text) != 0) return false;
+  if (f.state == kStrNormal) return true;
+  const int32_t cp = code_point_at(cand, f.text.size());
+  if (cp < 0 || (cp >= 0x20 && cp < 0x7F && cp != '"' && cp != '\\')) return false;
+  if (f.state == kStrEscape) return true;
+  if (f.state == kStrNeedBackslash || f.state == kStrNeedU) {
+    return cp >= 0x10000 && escape_unit(uint32_t(cp), false) == f.high;
+  }
+  // Hex digits: the ones read so far must start the code unit that writes cp.
+  const int d = f.state - kStrHex0;
+  const bool low = f.high != 0;
+  if (low && (cp < 0x10000 || escape_unit(uint32_t(cp), false) != f.high)) return false;
+  const uint32_t unit = escape_unit(uint32_t(cp), low);
+  return (unit >> (4 * (4 - d))) == f.acc;
 }
 
-bool JsonMatcher::allows_type(const json* s, const char* type) const {
-  if (!s) return true;
-  if (auto c = s->find("const"); c != s->end()) {
-    const std::string t = type;
-    return (c->is_string() && t == "string") || (c->is_number() && (t == "number" || t == "integer")) ||
-           (c->is_boolean() && t == "boolean") || (c->is_null() && t == "null") ||
-           (c->is_object() && t == "object") || (c->is_array() && t == "array");
+// Fewest bytes that finish the frame's string as `cand`, closing quote included.
+int jg::candidate_cost(const JsonMatcher::Frame& f, const std::string& cand) {
+  if (f.state == kStrNormal) return encoded_len(std::string_view(cand).substr(f.text.size())) + 1;
+  const int32_t cp = code_point_at(cand, f.text.size());
+  if (cp < 0) return kNever;
+  size_t after = f.text.size() + (cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4);
+  const int rest = encoded_len(std::string_view(cand).substr(std::min(after, cand.size()))) + 1;
+  int esc;
+  if (f.state == kStrEscape) {
+    esc = short_escape(uint32_t(cp)) ? 1 : (cp >= 0x10000 ? 11 : 5);
+  } else if (f.state == kStrNeedBackslash) {
+    esc = 6;
+  } else if (f.state == kStrNeedU) {
+    esc = 5;
+  } else {
+    esc = 4 - (f.state - kStrHex0) + (cp >= 0x10000 && f.high == 0 ? 6 : 0);
   }
-  if (auto e = s->find("enum"); e != s->end() && e->is_array()) {
-    for (const auto& v : *e) {
-      const std::string t = type;
-      if ((v.is_string() && t == "string") || (v.is_number() && (t == "number" || t == "integer")) ||
-          (v.is_boolean() && t == "boolean") || (v.is_null() && t == "null")) {
-        return true;
+  return esc + rest;
+}
+
+bool JsonMatcher::string_char(Stack& st, char ch) const {
+  Frame& f = st.back();
+  const auto c = static_cast<unsigned char>(ch);
+  const JsonSchema& S = *schema_;
+  const Node* n = f.is_key ? nullptr : node_of(S, f.node);
+  const int max_len = n ? n->max_len : -1;
+  auto room = [&] { return max_len < 0 || f.count < max_len; };
+  bool appended = false;
+  switch (f.state) {
+    case kStrNormal:
+      if (ch == '\\') {
+        if (f.utf8_left || !room()) return false;
+        f.state = kStrEscape;
+        break;
       }
+      if (c < 0x20 || ch == '"') return false;
+      if (f.utf8_left) {
+        if (c < f.utf8_lo || c > f.utf8_hi) return false;
+        --f.utf8_left;
+        f.utf8_lo = 0x80, f.utf8_hi = 0xBF;
+      } else if (c >= 0x80) {
+        if (!room()) return false;
+        if (c >= 0xC2 && c <= 0xDF) {
+          f.utf8_left = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+          f.utf8_left = 2;
+          if (c == 0xE0) f.utf8_lo = 0xA0;
+          if (c == 0xED) f.utf8_hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+          f.utf8_left = 3;
+          if (c == 0xF0) f.utf8_lo = 0x90;
+          if (c == 0xF4) f.utf8_hi = 0x8F;
+        } else {
+          return false;
+        }
+        ++f.count;
+      } else {
+        if (!room()) return false;
+        ++f.count;
+      }
+      if (f.track) f.text += ch, appended = true;
+      break;
+    case kStrEscape:
+      if (ch == 'u') {
+        f.state = kStrHex0;
+        f.acc = 0;
+        break;
+      }
+      {
+        uint32_t cp = 0;
+        switch (ch) {
+          case '"':
+            cp = '"';
+            break;
+          case '\\':
+            cp = '\\';
+            break;
+          case '/':
+            cp = '/';
+            break;
+          case 'b':
+            cp = '\b';
+            break;
+          case 'f':
+            cp = '\f';
+            break;
+          case 'n':
+            cp = '\n';
+            break;
+          case 'r':
+            cp = '\r';
+            break;
+          case 't':
+            cp = '\t';
+            break;
+          default:
+            return false;
+        }
+        f.state = kStrNormal;
+        ++f.count;
+        if (f.track) append_utf8(cp, f.text), appended = true;
+      }
+      break;
+    case kStrNeedBackslash:
+      if (ch != '\\') return false;
+      f.state = kStrNeedU;
+      break;
+    case kStrNeedU:
+      if (ch != 'u') return false;
+      f.state = kStrHex0;
+      f.acc = 0;
+      break;
+    default: {  // hex digits
+      const int v = hex_value(ch);
+      if (v < 0) return false;
+      const int d = f.state - kStrHex0;
+      const uint16_t acc = uint16_t((f.acc << 4) | v);
+      // Surrogates: a high half must be followed by a low half, a low half never stands alone.
+      if (d == 1 && (acc >> 4) == 0xD) {
+        const bool is_low = v >= 0xC;
+        if (is_low != (f.high != 0)) return false;
+      } else if (d == 1 && f.high != 0) {
+        return false;
+      } else if (d == 0 && f.high != 0 && v != 0xD) {
+        return false;
+      }
+      f.acc = acc;
+      if (d < 3) {
+        f.state = uint8_t(f.state + 1);
+        break;
+      }
+      if (acc >= 0xD800 && acc <= 0xDBFF) {
+        f.high = acc;
+        f.state = kStrNeedBackslash;
+        break;
+      }
+      uint32_t cp = acc;
+      if (f.high) cp = 0x10000 + ((uint32_t(f.high) - 0xD800) << 10) + (uint32_t(acc) - 0xDC00);
+      f.high = 0;
+      f.acc = 0;
+      f.state = kStrNormal;
+      ++f.count;
+      if (f.track) append_utf8(cp, f.text), appended = true;
+      break;
+    }
+  }
+  (void)appended;
+  if (!f.track) return true;
+  // The text (with any escape in progress) must still lead to an allowed value.
+  if (f.is_key) {
+    const Frame& obj = st[st.size() - 2];
+    const Node& on = S.node(obj.node);
+    for (size_t i = 0; i < on.props.size(); ++i) {
+      if ((obj.seen >> i & 1u) || !viable(S, on.props[i].node)) continue;
+      if (candidate_ok(f, on.props[i].name)) return true;
     }
     return false;
   }
-  auto t = s->find("type");
-  if (t == s->end()) return true;
-  auto match = [type](const json& v) {
-    if (!v.is_string()) return false;
-    const std::string& n = v.get_ref<const std::string&>();
-    return n == type || (n == "number" && std::string(type) == "integer");
-  };
-  if (t->is_string()) return match(*t);
-  if (t->is_array()) {
-    for (const auto& v : *t) {
-      if (match(v)) return true;
+  for (const auto& s : n->enum_strings) {
+    if (candidate_ok(f, s)) return true;
+  }
+  return false;
+}
+
+// ---- numbers ----
+
+bool jg::number_terminal(const JsonSchema& S, const JsonMatcher::Frame& f) {
+  const Node* n = node_of(S, f.node);
+  if (n && n->bounded()) return number_in_bounds(*n, f.text);
+  return f.state == kNumZero || f.state == kNumInt || f.state == kNumFrac || f.state == kNumExp;
+}
+
+bool JsonMatcher::number_char(Stack& st, char c) const {
+  Frame& f = st.back();
+  const Node* n = node_of(*schema_, f.node);
+  const bool fracs = !n || (n->types & kFrac);
+  if (n && n->bounded()) {
+    if (!(is_digit(c) || c == '.' || c == '-')) return false;
+    if (number_remaining(*n, f.text + c) >= kNever) return false;
+    f.text += c;
+    return true;
+  }
+  int int_digits = 0, frac_digits = 0, exp_digits = 0;
+  {
+    int part = 0;
+    for (char x : f.text) {
+      if (x == '.')
+        part = 1;
+      else if (x == 'e' || x == 'E')
+        part = 2;
+      else if (is_digit(x))
+        (part == 0 ? int_digits : part == 1 ? frac_digits : exp_digits)++;
     }
   }
-  return false;
-}
-
-// Enum / const strings: the text so far must be a prefix of (or, when whole, equal to) one of them.
-bool JsonMatcher::string_prefix_ok(const Frame& f, bool whole) const {
-  const json* s = f.schema;
-  if (!s) return true;
-  std::vector<const json*> opts;
-  if (auto c = s->find("const"); c != s->end()) opts.push_back(&*c);
-  if (auto e = s->find("enum"); e != s->end() && e->is_array()) {
-    for (const auto& v : *e) opts.push_back(&v);
-  }
-  if (opts.empty()) return true;
-  for (const json* v : opts) {
-    if (!v->is_string()) continue;
-    const std::string& o = v->get_ref<const std::string&>();
-    if (whole ? o == f.text : o.compare(0, f.text.size(), f.text) == 0) return true;
-  }
-  return false;
-}
-
-bool JsonMatcher::key_prefix_ok(const Frame& obj, const std::string& key, bool whole) const {
-  const json* props = properties(obj.schema);
-  if (!props) return true;
-  uint32_t i = 0;
-  for (const auto& [k, v] : props->items()) {
-    const bool unused = !(obj.seen >> i & 1u);
-    ++i;
-    if (!unused) continue;
-    if (whole ? k == key : k.compare(0, key.size(), key) == 0) return true;
-  }
-  return false;
-}
-
-bool JsonMatcher::object_can_close(const Frame& obj) const {
-  const json* props = properties(obj.schema);
-  if (!props || !obj.schema) return true;
-  auto req = obj.schema->find("required");
-  if (req == obj.schema->end() || !req->is_array()) return true;
-  for (const auto& r : *req) {
-    if (!r.is_string()) continue;
-    uint32_t i = 0;
-    bool found = false;
-    for (const auto& [k, v] : props->items()) {
-      if (k == r.get_ref<const std::string&>()) {
-        found = (obj.seen >> i & 1u) != 0;
-        break;
+  switch (f.state) {
+    case kNumSign:
+      if (c == '0')
+        f.state = kNumZero;
+      else if (is_digit(c))
+        f.state = kNumInt;
+      else
+        return false;
+      break;
+    case kNumZero:
+    case kNumInt:
+      if (is_digit(c) && f.state == kNumInt) {
+        if (int_digits >= kMaxIntDigits) return false;
+      } else if (c == '.' && fracs) {
+        f.state = kNumDot;
+      } else if ((c == 'e' || c == 'E') && fracs) {
+        f.state = kNumE;
+      } else {
+        return false;
       }
-      ++i;
-    }
-    if (!found) return false;
+      break;
+    case kNumDot:
+      if (!is_digit(c)) return false;
+      f.state = kNumFrac;
+      break;
+    case kNumFrac:
+      if (is_digit(c)) {
+        if (frac_digits >= kMaxFracDigits) return false;
+      } else if (c == 'e' || c == 'E') {
+        f.state = kNumE;
+      } else {
+        return false;
+      }
+      break;
+    case kNumE:
+      if (c == '+' || c == '-')
+        f.state = kNumESign;
+      else if (is_digit(c))
+        f.state = kNumExp;
+      else
+        return false;
+      break;
+    case kNumESign:
+      if (!is_digit(c)) return false;
+      f.state = kNumExp;
+      break;
+    case kNumExp:
+      if (!is_digit(c) || exp_digits >= kMaxExpDigits) return false;
+      break;
+    default:
+      return false;
+  }
+  f.text += c;
+  return true;
+}
+
+// ---- enum literals (non-string enum / const values, as their canonical text) ----
+
+bool jg::enum_extends(const Node& n, const std::string& t) {
+  for (const auto& s : n.enum_literals) {
+    if (s.size() > t.size() && s.compare(0, t.size(), t) == 0) return true;
+  }
+  return false;
+}
+bool jg::enum_exact(const Node& n, const std::string& t) {
+  return std::find(n.enum_literals.begin(), n.enum_literals.end(), t) != n.enum_literals.end();
+}
+
+// ---- values ----
+
+bool JsonMatcher::value_done(Stack& st) const {
+  st.pop_back();
+  if (st.empty()) return true;
+  Frame& p = st.back();
+  if (p.kind == Kind::kObject) {
+    p.state = kObjAfterValue;
+  } else {
+    p.state = kArrAfterValue;
+    ++p.count;
   }
   return true;
 }
 
-bool JsonMatcher::feed_value_start(char c) {
-  const json* schema = stack_.back().schema;
-  Frame f{Kind::kValue};
-  f.schema = schema;
-  switch (c) {
-    case '{':
-      if (!allows_type(schema, "object")) return false;
-      f.kind = Kind::kObject;
-      f.state = kObjFirst;
-      break;
-    case '[':
-      if (!allows_type(schema, "array")) return false;
-      f.kind = Kind::kArray;
-      f.state = kArrFirst;
-      break;
-    case '"':
-      if (!allows_type(schema, "string")) return false;
+bool JsonMatcher::value_start(Stack& st, char c) const {
+  const JsonSchema& S = *schema_;
+  Frame& f = st.back();
+  const int id = f.node;
+  const Node* n = node_of(S, id);
+  const uint8_t types = types_of(S, id);
+  if (types == 0) return false;
+  const bool nested = c == '{' || c == '[';
+  if (nested && int(st.size()) >= kMaxDepth) return false;
+  if (n && n->has_enum) {
+    if (c == '"') {
+      if (n->enum_strings.empty()) return false;
       f.kind = Kind::kString;
       f.state = kStrNormal;
-      if (!string_prefix_ok(f, false)) return false;
-      break;
+      f.track = true;
+      return true;
+    }
+    std::string t(1, c);
+    if (!enum_extends(*n, t) && !enum_exact(*n, t)) return false;
+    f.kind = Kind::kEnumLit;
+    f.text = t;
+    if (!enum_extends(*n, t)) value_done(st);
+    return true;
+  }
+  switch (c) {
+    case '{':
+      if (!(types & kObject)) return false;
+      f.kind = Kind::kObject;
+      f.state = kObjFirst;
+      return true;
+    case '[':
+      if (!(types & kArray)) return false;
+      f.kind = Kind::kArray;
+      f.state = kArrFirst;
+      return true;
+    case '"':
+      if (!(types & kString)) return false;
+      if (n && n->max_len >= 0 && n->max_len < n->min_len) return false;
+      f.kind = Kind::kString;
+      f.state = kStrNormal;
+      return true;
     case 't':
     case 'f':
-      if (!allows_type(schema, "boolean")) return false;
+      if (!(types & kBool)) return false;
       f.kind = Kind::kLiteral;
       f.text = c == 't' ? "true" : "false";
       f.state = 1;
-      break;
+      return true;
     case 'n':
-      if (!allows_type(schema, "null")) return false;
+      if (!(types & kNull)) return false;
       f.kind = Kind::kLiteral;
       f.text = "null";
       f.state = 1;
-      break;
-    default: {
+      return true;
+    default:
       if (c != '-' && !is_digit(c)) return false;
-      if (!allows_type(schema, "integer")) return false;
+      if (!(types & (kInt | kFrac))) return false;
+      if (n && n->bounded()) {
+        if (number_remaining(*n, std::string(1, c)) >= kNever) return false;
+        f.kind = Kind::kNumber;
+        f.text = std::string(1, c);
+        return true;
+      }
       f.kind = Kind::kNumber;
-      // "integer" (and not "number") in the schema: no fraction or exponent.
-      f.integer = schema != nullptr && !allows_type(schema, "number");
       f.state = c == '-' ? kNumSign : c == '0' ? kNumZero : kNumInt;
-      break;
-    }
-  }
-  stack_.back() = std::move(f);
-  return true;
-}
-
-// The top frame's value is complete: pop it and advance the parent.
-bool JsonMatcher::value_done() {
-  stack_.pop_back();
-  if (stack_.empty()) {
-    done_ = true;
-    return true;
-  }
-  Frame& p = stack_.back();
-  p.state = p.kind == Kind::kObject ? kObjAfterValue : kArrAfterValue;
-  return true;
-}
-
-bool JsonMatcher::string_char(Frame& f, char c) {
-  switch (f.state) {
-    case kStrNormal:
-      if (c == '\\') {
-        f.state = kStrEscape;
-        return true;
-      }
-      if (static_cast<unsigned char>(c) < 0x20) return false;
-      if (c == '"') return false;  // handled by the caller
-      f.text += c;
-      return true;
-    case kStrEscape:
-      if (c == 'u') {
-        f.state = kStrHex1;
-        return true;
-      }
-      if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't') {
-        static const char kMap[] = {'"', '"',  '\\', '\\', '/', '/',  'b', '\b',
-                                    'f', '\f', 'n',  '\n', 'r', '\r', 't', '\t'};
-        for (size_t i = 0; i < sizeof(kMap); i += 2) {
-          if (kMap[i] == c) f.text += kMap[i + 1];
-        }
-        f.state = kStrNormal;
-        return true;
-      }
-      return false;
-    default:  // \uXXXX digits (kept as "\uXXXX" text for prefix checks; rare in enums)
-      if (!is_hex(c)) return false;
-      f.state = f.state == kStrHex4 ? kStrNormal : uint8_t(f.state + 1);
+      f.text = std::string(1, c);
       return true;
   }
 }
 
-bool JsonMatcher::number_char(Frame& f, char c, bool& ends) {
-  ends = false;
-  switch (f.state) {
-    case kNumSign:
-      if (c == '0') return f.state = kNumZero, true;
-      if (is_digit(c)) return f.state = kNumInt, true;
-      return false;
-    case kNumZero:
-    case kNumInt:
-      if (is_digit(c) && f.state == kNumInt) return true;
-      if (c == '.' && !f.integer) return f.state = kNumDot, true;
-      if ((c == 'e' || c == 'E') && !f.integer) return f.state = kNumE, true;
-      ends = true;
-      return true;
-    case kNumDot:
-      if (is_digit(c)) return f.state = kNumFrac, true;
-      return false;
-    case kNumFrac:
-      if (is_digit(c)) return true;
-      if (c == 'e' || c == 'E') return f.state = kNumE, true;
-      ends = true;
-      return true;
-    case kNumE:
-      if (c == '+' || c == '-') return f.state = kNumESign, true;
-      if (is_digit(c)) return f.state = kNumExp, true;
-      return false;
-    case kNumESign:
-      if (is_digit(c)) return f.state = kNumExp, true;
-      return false;
-    case kNumExp:
-      if (is_digit(c)) return true;
-      ends = true;
-      return true;
+// Can another key start in this object frame?
+bool jg::key_possible(const JsonSchema& S, const JsonMatcher::Frame& obj) {
+  if (obj.node < 0) return true;
+  const Node& n = S.node(obj.node);
+  if (n.max_props >= 0 && obj.count >= n.max_props) return false;
+  if (n.props.empty()) return !n.no_keys && viable(S, n.additional);
+  for (size_t i = 0; i < n.props.size(); ++i) {
+    if (!(obj.seen >> i & 1u) && viable(S, n.props[i].node)) return true;
   }
   return false;
 }
 
-bool JsonMatcher::feed(std::string_view s) {
-  for (char c : s) {
-    if (!feed(c)) return false;
-  }
-  return true;
+bool jg::object_can_close(const JsonSchema& S, const JsonMatcher::Frame& obj) {
+  if (obj.node < 0) return true;
+  const Node& n = S.node(obj.node);
+  if (obj.count < n.min_props) return false;
+  return (n.required & ~obj.seen) == 0;
 }
 
-bool JsonMatcher::feed(char c) {
-  if (done_) {
-    if (!is_ws(c) || ws_run_ >= kMaxWhitespace) return false;
-    ++ws_run_;
-    return true;
+// Feeds one byte to one stack. kBranch: the value starting here has a union schema; the caller
+// splits the thread and feeds the byte to each branch.
+JsonMatcher::StepResult JsonMatcher::feed_stack(Thread& t, char c) const {
+  Stack& st = t.st;
+  if (st.empty()) {
+    if (!is_ws(c) || t.ws >= kMaxWhitespace) return StepResult::kFail;
+    ++t.ws;
+    return StepResult::kOk;
   }
-  // Whitespace between tokens (not inside strings, numbers or literals).
-  Frame& top = stack_.back();
-  const bool in_token =
-      top.kind == Kind::kString || top.kind == Kind::kLiteral || (top.kind == Kind::kNumber && !is_ws(c));
+  const JsonSchema& S = *schema_;
+  Frame& top = st.back();
+  const bool in_token = top.kind == Kind::kString || top.kind == Kind::kLiteral ||
+                        top.kind == Kind::kEnumLit || (top.kind == Kind::kNumber && !is_ws(c));
   if (is_ws(c) && !in_token) {
+    if (t.ws >= kMaxWhitespace) return StepResult::kFail;
     if (top.kind == Kind::kNumber) {
-      // Whitespace ends a number when it is in a terminal state.
-      bool ends = false;
-      Frame saved = top;
-      if (!number_char(top, c, ends) || !ends) {
-        top = saved;
-        return false;
-      }
-      top = saved;
-      if (ws_run_ >= kMaxWhitespace) return false;
-      value_done();
-      ++ws_run_;
-      return true;
+      if (!number_terminal(S, top)) return StepResult::kFail;
+      value_done(st);
     }
-    if (ws_run_ >= kMaxWhitespace) return false;
-    ++ws_run_;
-    return true;
+    ++t.ws;
+    return StepResult::kOk;
   }
-  const int ws_saved = ws_run_;
-  ws_run_ = 0;
+  t.ws = 0;
   switch (top.kind) {
     case Kind::kValue:
-      if (feed_value_start(c)) return true;
-      ws_run_ = ws_saved;
-      return false;
-    case Kind::kLiteral: {
+      if (top.node >= 0 && !S.node(top.node).any_of.empty()) return StepResult::kBranch;
+      return value_start(st, c) ? StepResult::kOk : StepResult::kFail;
+    case Kind::kLiteral:
       if (top.state < top.text.size() && top.text[top.state] == c) {
-        if (++top.state == top.text.size()) value_done();
-        return true;
+        if (++top.state == top.text.size()) value_done(st);
+        return StepResult::kOk;
       }
-      ws_run_ = ws_saved;
-      return false;
+      return StepResult::kFail;
+    case Kind::kEnumLit: {
+      const Node& n = S.node(top.node);
+      const std::string t2 = top.text + c;
+      if (enum_extends(n, t2) || enum_exact(n, t2)) {
+        top.text = t2;
+        if (!enum_extends(n, t2)) value_done(st);
+        return StepResult::kOk;
+      }
+      if (!enum_exact(n, top.text)) return StepResult::kFail;
+      value_done(st);
+      if (st.empty()) return StepResult::kFail;  // only whitespace may follow a top-level value
+      return feed_stack(t, c);
     }
     case Kind::kString: {
-      if (top.state == kStrNormal && c == '"') {
+      if (top.state == kStrNormal && c == '"' && top.utf8_left == 0) {
         if (top.is_key) {
-          Frame& obj = stack_[stack_.size() - 2];
-          if (!key_prefix_ok(obj, top.text, true)) return ws_run_ = ws_saved, false;
-          // Mark the property used and remember its schema for the value.
-          const json* vs = nullptr;
-          if (const json* props = properties(obj.schema)) {
-            uint32_t i = 0;
-            for (const auto& [k, v] : props->items()) {
-              if (k == top.text) {
-                obj.seen |= 1u << i;
-                vs = schema_of(&v);
+          Frame& obj = st[st.size() - 2];
+          int vs = -1;
+          if (obj.node >= 0) {
+            const Node& on = S.node(obj.node);
+            if (on.props.empty()) {
+              vs = on.additional;
+            } else {
+              bool found = false;
+              for (size_t i = 0; i < on.props.size(); ++i) {
+                if ((obj.seen >> i & 1u) || on.props[i].name != top.text) continue;
+                obj.seen |= uint64_t(1) << i;
+                vs = on.props[i].node;
+                found = true;
                 break;
               }
-              ++i;
+              if (!found) return StepResult::kFail;
             }
           }
-          stack_.pop_back();
-          stack_.back().state = kObjColon;
-          stack_.back().value_schema = vs;
-          return true;
+          st.pop_back();
+          Frame& o = st.back();
+          ++o.count;
+          o.state = kObjColon;
+          o.value_node = vs;
+          return StepResult::kOk;
         }
-        if (!string_prefix_ok(top, true)) return ws_run_ = ws_saved, false;
-        value_done();
-        return true;
+        const Node* n = node_of(S, top.node);
+        if (n && top.count < n->min_len) return StepResult::kFail;
+        if (n && n->has_enum &&
+            std::find(n->enum_strings.begin(), n->enum_strings.end(), top.text) == n->enum_strings.end())
+          return StepResult::kFail;
+        value_done(st);
+        return StepResult::kOk;
       }
-      Frame saved = top;
-      if (!string_char(top, c)) return top = saved, ws_run_ = ws_saved, false;
-      if (top.is_key) {
-        if (!key_prefix_ok(stack_[stack_.size() - 2], top.text, false))
-          return top = saved, ws_run_ = ws_saved, false;
-      } else if (!string_prefix_ok(top, false)) {
-        return top = saved, ws_run_ = ws_saved, false;
-      }
-      return true;
+      return string_char(st, c) ? StepResult::kOk : StepResult::kFail;
     }
     case Kind::kNumber: {
-      bool ends = false;
-      Frame saved = top;
-      if (!number_char(top, c, ends)) return top = saved, ws_run_ = ws_saved, false;
-      if (!ends) return true;
-      top = saved;
+      if (number_char(st, c)) return StepResult::kOk;
+      if (!number_terminal(S, top)) return StepResult::kFail;
       // The number ended; c belongs to the parent.
-      const std::vector<Frame> backup = stack_;
-      value_done();
-      if (done_) {
-        stack_ = backup;
-        done_ = false;
-        ws_run_ = ws_saved;
-        return false;  // only whitespace may follow a top-level number
-      }
-      if (feed(c)) return true;
-      stack_ = backup;
-      ws_run_ = ws_saved;
-      return false;
+      value_done(st);
+      if (st.empty()) return StepResult::kFail;  // only whitespace may follow a top-level number
+      return feed_stack(t, c);
     }
     case Kind::kObject:
       switch (top.state) {
         case kObjFirst:
         case kObjKey:
           if (c == '"') {
-            if (!key_prefix_ok(top, "", false)) return ws_run_ = ws_saved, false;
-            Frame k{Kind::kString};
+            if (!key_possible(S, top)) return StepResult::kFail;
+            Frame k;
+            k.kind = Kind::kString;
             k.is_key = true;
-            stack_.push_back(std::move(k));
-            return true;
+            k.track = top.node >= 0 && !S.node(top.node).props.empty();
+            st.push_back(std::move(k));
+            return StepResult::kOk;
           }
-          if (c == '}' && top.state == kObjFirst && object_can_close(top)) return value_done();
-          ws_run_ = ws_saved;
-          return false;
-        case kObjColon:
-          if (c == ':') {
-            Frame v{Kind::kValue};
-            v.schema = top.value_schema;
-            stack_.push_back(std::move(v));
-            return true;
+          if (c == '}' && top.state == kObjFirst && object_can_close(S, top)) {
+            value_done(st);
+            return StepResult::kOk;
           }
-          ws_run_ = ws_saved;
-          return false;
+          return StepResult::kFail;
+        case kObjColon: {
+          if (c != ':') return StepResult::kFail;
+          Frame v;
+          v.node = top.value_node;
+          st.push_back(std::move(v));
+          return StepResult::kOk;
+        }
         case kObjAfterValue:
           if (c == ',') {
-            // Another key only when one is still possible.
-            if (properties(top.schema) && !key_prefix_ok(top, "", false)) return ws_run_ = ws_saved, false;
+            if (!key_possible(S, top)) return StepResult::kFail;
             top.state = kObjKey;
-            return true;
+            return StepResult::kOk;
           }
-          if (c == '}' && object_can_close(top)) return value_done();
-          ws_run_ = ws_saved;
-          return false;
+          if (c == '}' && object_can_close(S, top)) {
+            value_done(st);
+            return StepResult::kOk;
+          }
+          return StepResult::kFail;
       }
-      return false;
-    case Kind::kArray:
+      return StepResult::kFail;
+    case Kind::kArray: {
+      const Node* n = node_of(S, top.node);
       if (top.state == kArrAfterValue) {
-        if (c == ',') return top.state = kArrValue, true;
-        if (c == ']') return value_done();
-        ws_run_ = ws_saved;
-        return false;
-      }
-      if (c == ']' && top.state == kArrFirst) return value_done();
-      {
-        const json* items = nullptr;
-        if (top.schema) {
-          auto it = top.schema->find("items");
-          if (it != top.schema->end() && it->is_object()) items = schema_of(&*it);
+        if (c == ',') {
+          if (n && n->max_items >= 0 && top.count >= n->max_items) return StepResult::kFail;
+          top.state = kArrValue;
+          return StepResult::kOk;
         }
-        const uint8_t saved_state = top.state;
-        top.state = kArrAfterValue;
-        Frame v{Kind::kValue};
-        v.schema = items;
-        stack_.push_back(std::move(v));
-        if (feed_value_start(c)) return true;
-        stack_.pop_back();
-        stack_.back().state = saved_state;
-        ws_run_ = ws_saved;
-        return false;
+        if (c == ']' && (!n || top.count >= n->min_items)) {
+          value_done(st);
+          return StepResult::kOk;
+        }
+        return StepResult::kFail;
       }
+      if (c == ']' && top.state == kArrFirst) {
+        if (n && n->min_items > 0) return StepResult::kFail;
+        value_done(st);
+        return StepResult::kOk;
+      }
+      if (top.state == kArrFirst && n && n->max_items == 0) return StepResult::kFail;
+      top.state = kArrAfterValue;
+      Frame v;
+      v.node = n ? n->items : -1;
+      st.push_back(std::move(v));
+      return feed_stack(t, c);
+    }
   }
-  return false;
+  return StepResult::kFail;
+}
+
+bool JsonMatcher::advance(std::vector<Thread>& cur, char c) const {
+  size_t w = 0;
+  int expansions = 0;
+  for (size_t i = 0; i < cur.size(); ++i) {
+    const StepResult r = feed_stack(cur[i], c);
+    if (r == StepResult::kOk) {
+      if (w != i) std::swap(cur[w], cur[i]);
+      ++w;
+    } else if (r == StepResult::kBranch && ++expansions <= kMaxExpansions) {
+      // One thread per branch of the union; each is fed c when the loop reaches it.
+      const std::vector<int> branches = schema_->node(cur[i].st.back().node).any_of;
+      for (int b : branches) {
+        if (!viable(*schema_, b) || int(cur.size()) >= kMaxThreads + int(i) + 1) continue;
+        Thread copy = cur[i];
+        copy.st.back().node = b;
+        cur.push_back(std::move(copy));
+      }
+    }
+  }
+  cur.resize(w);
+  if (cur.size() > 1) {
+    // Identical alternatives (branches that agree so far and from here on) count once.
+    std::vector<Thread> uniq;
+    for (auto& t : cur) {
+      if (std::find(uniq.begin(), uniq.end(), t) == uniq.end()) uniq.push_back(std::move(t));
+    }
+    if (uniq.size() > size_t(kMaxThreads)) uniq.resize(size_t(kMaxThreads));
+    cur.swap(uniq);
+  }
+  return !cur.empty();
+}
+
+bool JsonMatcher::feed(char c) {
+  tmp_ = threads_;
+  if (!advance(tmp_, c)) return false;
+  threads_.swap(tmp_);
+  return true;
+}
+
+bool JsonMatcher::feed(std::string_view s) {
+  for (char c : s) {
+    if (!advance(threads_, c)) return false;
+  }
+  return true;
+}
+
+bool JsonMatcher::probe(std::string_view s, int* remaining) const {
+  tmp_ = threads_;
+  for (char c : s) {
+    if (!advance(tmp_, c)) return false;
+  }
+  if (remaining) *remaining = min_remaining(tmp_);
+  return true;
 }
 
 }  // namespace qleap

@@ -2,13 +2,19 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "core/timer.h"
 
 namespace qleap::server {
 
 using nlohmann::json;
 
-json normalize_messages(const json& messages) {
+json normalize_messages(const json& messages, bool* has_images) {
+  auto saw_image = [has_images] {
+    if (!has_images) throw RequestError(400, "image inputs are not supported by this server");
+    *has_images = true;
+  };
   if (!messages.is_array()) throw RequestError(400, "'messages' must be an array");
   json out = json::array();
   auto type_of = [](const json& part) {
@@ -21,7 +27,12 @@ json normalize_messages(const json& messages) {
     if (role == m.end() || !role->is_string()) throw RequestError(400, "each message needs a string 'role'");
     json msg = json::object();
     for (auto it = m.begin(); it != m.end(); ++it) {
-      if (it.key() == "images") continue;  // no vision models in this build
+      if (it.key() == "images") {  // no vision models in this build
+        const json& im = it.value();
+        if (!im.is_null() && !im.is_array()) throw RequestError(400, "message 'images' must be an array");
+        if (im.is_array() && !im.empty()) saw_image();
+        continue;
+      }
       msg[it.key()] = it.value();
     }
     auto c = m.find("content");
@@ -35,8 +46,9 @@ json normalize_messages(const json& messages) {
           text += part["text"].get<std::string>();
         } else if (part.is_string()) {
           text += part.get<std::string>();
-        } else if (part.is_object() && type_of(part) == "image_url") {
-          throw RequestError(400, "image inputs are not supported by this server");
+        } else if (part.is_object() && (type_of(part) == "image_url" || type_of(part) == "input_image" ||
+                                        type_of(part) == "image")) {
+          saw_image();
         } else {
           throw RequestError(400, "message content parts must be {\"type\":\"text\",\"text\":...}");
         }
@@ -51,7 +63,7 @@ json normalize_messages(const json& messages) {
         if (!call.is_object() || !call.contains("function") || !call["function"].is_object()) continue;
         json& fn = call["function"];
         if (fn.contains("arguments") && fn["arguments"].is_string()) {
-          json parsed = json::parse(fn["arguments"].get<std::string>(), nullptr, false);
+          json parsed = parse_json_bounded(fn["arguments"].get<std::string>());
           if (!parsed.is_discarded()) fn["arguments"] = parsed;
         }
       }
@@ -69,7 +81,7 @@ json parse_tool_calls(const std::string& text) {
                 : j.contains("parameters") ? j["parameters"]
                                            : json::object();
     if (args.is_string()) {
-      json p = json::parse(args.get<std::string>(), nullptr, false);
+      json p = parse_json_bounded(args.get<std::string>());
       if (!p.is_discarded()) args = p;
     }
     calls.push_back({{"name", j["name"]}, {"arguments", args}});
@@ -79,17 +91,92 @@ json parse_tool_calls(const std::string& text) {
   for (size_t p = text.find(open); p != std::string::npos; p = text.find(open, p + 1)) {
     const size_t b = p + open.size();
     const size_t e = text.find(close, b);
-    json j = json::parse(text.substr(b, e == std::string::npos ? std::string::npos : e - b), nullptr, false);
+    json j = parse_json_bounded(text.substr(b, e == std::string::npos ? std::string::npos : e - b));
     if (!j.is_discarded()) add(j);
   }
   if (calls.empty()) {
     size_t b = text.find_first_not_of(" \t\r\n");
     if (b != std::string::npos && text[b] == '{') {
-      json j = json::parse(text.substr(b), nullptr, false);
+      json j = parse_json_bounded(text.substr(b));
       if (!j.is_discarded() && (j.contains("arguments") || j.contains("parameters"))) add(j);
     }
   }
   return calls;
+}
+
+void refuse_images(const std::string& model_name) {
+  throw RequestError(400, fmt::format("model '{}' does not support images: it is a text-only model "
+                                      "(this build runs no vision models)",
+                                      model_name));
+}
+
+int generation_budget(const GenOptions& opt, int n_ctx, size_t prompt_tokens) {
+  const int ctx = opt.num_ctx > 0 ? std::min(opt.num_ctx, n_ctx) : n_ctx;
+  // As truncate_prompt leaves it; the runner stops once the context is full.
+  int p = int(std::min<size_t>(prompt_tokens, size_t(INT32_MAX)));
+  if (ctx >= 1 && p >= ctx) p = std::max(1, ctx / 2);
+  int budget = std::max(1, ctx - p + 1);
+  if (opt.num_predict > 0) budget = std::min(budget, opt.num_predict);
+  return budget;
+}
+
+namespace {
+
+json token_json(int32_t id, float logprob, const Tokenizer& tok) {
+  const std::string piece = tok.token_to_piece(id);
+  json bytes = json::array();
+  for (unsigned char c : piece) bytes.push_back(int(c));
+  return {{"token", piece}, {"logprob", logprob}, {"bytes", bytes}};
+}
+
+}  // namespace
+
+json logprobs_json(const std::vector<LogprobEntry>& entries, size_t from, size_t to, bool with_top,
+                   const Tokenizer& tok) {
+  json out = json::array();
+  for (size_t i = from; i < to && i < entries.size(); ++i) {
+    const LogprobEntry& e = entries[i];
+    json j = token_json(e.token, e.logprob, tok);
+    json top = json::array();
+    if (with_top) {
+      for (const auto& t : e.top) top.push_back(token_json(t.token, t.logprob, tok));
+    }
+    j["top_logprobs"] = top;
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+std::vector<LogprobEntry> LogprobCursor::take(Job& job, const Tokenizer& tok, size_t emitted, bool all) {
+  std::vector<LogprobEntry> out;
+  std::lock_guard<std::mutex> lk(job.mu);
+  while (sent_ < job.logprobs.size()) {
+    const size_t n = tok.token_to_piece(job.logprobs[sent_].token).size();
+    // One byte of slack: SentencePiece models drop the first token's leading space.
+    if (!all && bytes_ + n > emitted + 1) break;
+    bytes_ += n;
+    out.push_back(job.logprobs[sent_++]);
+  }
+  return out;
+}
+
+json completion_logprobs_json(const std::vector<LogprobEntry>& entries, size_t from, size_t to, bool with_top,
+                              const Tokenizer& tok, size_t text_offset) {
+  json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
+  for (size_t i = from; i < to && i < entries.size(); ++i) {
+    const LogprobEntry& e = entries[i];
+    const std::string piece = tok.token_to_piece(e.token);
+    tokens.push_back(piece);
+    lps.push_back(e.logprob);
+    offsets.push_back(text_offset);
+    text_offset += piece.size();
+    json t = json::object();
+    if (with_top) {
+      for (const auto& a : e.top) t[tok.token_to_piece(a.token)] = a.logprob;
+    }
+    tops.push_back(std::move(t));
+  }
+  return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }
 
 Acquired acquire_model(ApiContext& ctx, const std::string& name) {

@@ -2,11 +2,13 @@
 
 #include <fmt/chrono.h>
 #include <fmt/format.h>
-#include <httplib.h>
 
 #include <algorithm>
+#include <cctype>
 #include <ctime>
 
+#include "server/hf_search.h"
+#include "server/live_status.h"
 #include "server/runner.h"
 #include "server/webui.h"
 
@@ -25,7 +27,7 @@ std::string rfc3339(std::chrono::system_clock::time_point t) {
                      tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ns);
 }
 
-void send_json(httplib::Response& res, int status, const json& j) {
+void send_json(HttpResponse& res, int status, const json& j) {
   res.status = status;
   res.set_content(j.dump(-1, ' ', false, json::error_handler_t::replace), "application/json; charset=utf-8");
 }
@@ -43,18 +45,27 @@ double expert_hit_rate(const Scheduler& sched) {
   return n > 0 ? sum / n : -1.0;
 }
 
+// The status a job's error gets when it fails before its first output.
+int job_error_status(const std::string& error) {
+  if (error.find("context") != std::string::npos || error.find("prompt") != std::string::npos) return 400;
+  if (error.find("unloaded") != std::string::npos) return 503;
+  return 500;
+}
+
+}  // namespace
+
 json error_body(bool openai, int status, const std::string& msg) {
   if (!openai) return {{"error", msg}};
   const char* type = status == 404   ? "not_found_error"
                      : status == 503 ? "server_overloaded"
+                     : status == 401 ? "authentication_error"
+                     : status == 403 ? "permission_error"
                      : status < 500  ? "invalid_request_error"
                                      : "api_error";
   return {{"error", {{"message", msg}, {"type", type}, {"param", nullptr}, {"code", nullptr}}}};
 }
 
-}  // namespace
-
-void guarded(httplib::Response& res, bool openai, Metrics& m, const std::function<void()>& f) {
+void guarded(HttpResponse& res, bool openai, Metrics& m, const std::function<void()>& f) {
   int status = 0;
   std::string msg;
   try {
@@ -79,8 +90,19 @@ void guarded(httplib::Response& res, bool openai, Metrics& m, const std::functio
   send_json(res, status, error_body(openai, status, msg));
 }
 
-void stream_job(httplib::Response& res, const char* content_type, std::shared_ptr<Job> job,
+void stream_job(HttpResponse& res, const char* content_type, std::shared_ptr<Job> job,
                 std::shared_ptr<Lease> lease, StreamCallbacks cb, Metrics& metrics) {
+  {
+    // Most refusals (a prompt that cannot fit, a failed prefill) happen when the job starts; the
+    // wait is bounded so that queued requests still get their headers and heartbeats.
+    std::unique_lock<std::mutex> lk(job->mu);
+    job->cv.wait_for(lk, std::chrono::seconds(2), [&] { return job->done || !job->pieces.empty(); });
+    if (job->done && !job->error.empty() && job->pieces.empty()) {
+      const std::string err = job->error;
+      lk.unlock();
+      throw RequestError(job_error_status(err), err);
+    }
+  }
   struct State {
     std::shared_ptr<Job> job;
     std::shared_ptr<Lease> lease;
@@ -94,7 +116,7 @@ void stream_job(httplib::Response& res, const char* content_type, std::shared_pt
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       content_type,
-      [st](size_t, httplib::DataSink& sink) {
+      [st](size_t, DataSink& sink) {
         if (st->finished) {
           sink.done();
           return true;
@@ -103,7 +125,11 @@ void stream_job(httplib::Response& res, const char* content_type, std::shared_pt
         const bool done = st->job->wait_take(pieces, std::chrono::milliseconds(100));
         std::string out;
         for (const auto& p : pieces) out += st->cb.chunk(p);
-        if (done) out += st->cb.final_chunk();
+        if (done) {
+          out += st->cb.final_chunk();
+          // The model is idle before the client sees the end, so its next request finds it so.
+          st->lease.reset();
+        }
         const auto now = std::chrono::steady_clock::now();
         if (out.empty() && now - st->last_write > std::chrono::seconds(1)) out = st->cb.heartbeat;
         if (!out.empty()) {
@@ -130,76 +156,131 @@ void stream_job(httplib::Response& res, const char* content_type, std::shared_pt
       });
 }
 
+void Router::add(std::string method, std::string path, RouteHandler h, bool prefix) {
+  routes_.push_back(Route{std::move(method), std::move(path), prefix, std::move(h)});
+}
+
+Router::Result Router::dispatch(HttpRequest& req, HttpResponse& res) const {
+  const std::string method = req.method == "HEAD" ? "GET" : req.method;
+  bool path_known = false;
+  for (const Route& r : routes_) {
+    const bool match =
+        r.prefix ? req.path.size() > r.path.size() && req.path.compare(0, r.path.size(), r.path) == 0
+                 : req.path == r.path;
+    if (!match) continue;
+    path_known = true;
+    if (r.method != method) continue;
+    req.matches = {req.path};
+    if (r.prefix) req.matches.push_back(req.path.substr(r.path.size()));
+    r.handler(req, res);
+    return Result::kHandled;
+  }
+  return path_known ? Result::kWrongMethod : Result::kNoPath;
+}
+
 HttpServer::HttpServer(const ServerOptions& opt)
     : opt_(opt), store_(opt.models_dir.empty() ? default_models_dir() : opt.models_dir) {
   sched_ = std::make_unique<Scheduler>(store_, opt_.sched, metrics_);
-  http_ = std::make_unique<httplib::Server>();
   ctx_ = std::make_unique<ApiContext>(ApiContext{store_, *sched_, metrics_, opt_});
-  // A streaming response holds its connection thread, so every slot and every queue place needs
-  // one: beyond them requests would wait inside the HTTP library, unbounded and unseen.
-  const SchedulerOptions& so = opt_.sched;
-  const int n_threads =
-      opt_.http_threads > 0
-          ? opt_.http_threads
-          : std::min(2048, so.runner.parallel * std::max(1, so.max_loaded) + so.runner.max_queue + 16);
-  http_->new_task_queue = [n_threads] { return new httplib::ThreadPool(size_t(n_threads)); };
-  http_->set_payload_max_length(opt_.max_body);
-  http_->set_read_timeout(60);
-  http_->set_write_timeout(60);
-  http_->set_keep_alive_max_count(1000);
-  http_->set_error_handler([](const httplib::Request&, httplib::Response& res) {
-    if (!res.body.empty()) return;
-    const std::string msg = res.status == 413   ? "request body too large"
-                            : res.status == 404 ? "404 page not found"
-                                                : fmt::format("HTTP error {}", res.status);
-    res.set_content(json{{"error", msg}}.dump(), "application/json; charset=utf-8");
-  });
-  http_->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-    std::string msg = "internal error";
-    try {
-      if (ep) std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      msg = e.what();
-    } catch (...) {
-    }
-    send_json(res, 500, json{{"error", msg}});
-  });
-  if (opt_.verbose) {
-    http_->set_logger([](const httplib::Request& req, const httplib::Response& res) {
-      fmt::print(stderr, "[http] {} {} -> {}\n", req.method, req.path, res.status);
-    });
-  }
-  register_monitor_routes(*http_, *ctx_);
-  register_ollama_routes(*http_, *ctx_);
-  register_openai_routes(*http_, *ctx_);
+  TransportOptions to;
+  to.host = opt_.host;
+  to.port = opt_.port;
+  to.max_body = opt_.max_body;
+  to.max_connections = opt_.max_connections;
+  transport_ =
+      std::make_unique<HttpTransport>(to, [this](HttpRequest& req, HttpResponse& res) { handle(req, res); });
+  ctx_->http = &transport_->stats();
+  register_monitor_routes(router_, *ctx_);
+  register_ollama_routes(router_, *ctx_);
+  register_openai_routes(router_, *ctx_);
+  register_search_routes(router_, *ctx_);
 }
 
 HttpServer::~HttpServer() {
   stop();
-  http_.reset();  // joins the connection threads before the scheduler goes
+  transport_.reset();  // joins the request threads before the scheduler goes
   sched_.reset();
 }
 
-void HttpServer::run(const std::function<void(int)>& on_listening) {
-  int port = opt_.port;
-  if (port == 0) {
-    port = http_->bind_to_any_port(opt_.host);
-    if (port <= 0) throw IoError(fmt::format("cannot bind {}: address in use or not available", opt_.host));
-  } else if (!http_->bind_to_port(opt_.host, port)) {
-    throw IoError(fmt::format("cannot bind {}:{}: address in use or not available", opt_.host, port));
+namespace {
+
+// Access-Control-Request-Headers echoed back: a list of header names, nothing else.
+std::string allowed_request_headers(const std::string& requested) {
+  std::string out;
+  for (char c : requested) {
+    if (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == ',' || c == ' ') out += c;
   }
+  return out.empty() ? "Authorization, Content-Type" : out;
+}
+
+}  // namespace
+
+void HttpServer::handle(HttpRequest& req, HttpResponse& res) {
+  const bool openai = req.path.rfind("/v1/", 0) == 0;
+  auto deny = [&](int status, const std::string& msg) {
+    send_json(res, status, error_body(openai, status, msg));
+  };
+  const AccessPolicy& pol = opt_.access;
+  const std::string host = req.get_header_value("Host");
+  const std::string origin = req.get_header_value("Origin");
+  if (!host_allowed(pol, host)) {
+    deny(403, fmt::format("host '{}' is not allowed (DNS rebinding protection): use an IP address or "
+                          "localhost, or add the name to QLEAP_ALLOWED_HOSTS",
+                          host));
+  } else if (!origin.empty() && !origin_allowed(pol, origin, host)) {
+    deny(403, fmt::format("origin '{}' is not allowed: add it to QLEAP_ORIGINS", origin));
+  } else {
+    if (!origin.empty()) {
+      res.set_header("Access-Control-Allow-Origin", origin);
+      res.set_header("Vary", "Origin");
+    }
+    if (req.method == "OPTIONS") {
+      res.status = 204;
+      res.set_header("Allow", "GET, HEAD, POST, DELETE, OPTIONS");
+      if (!origin.empty()) {
+        res.set_header("Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, DELETE, OPTIONS");
+        res.set_header("Access-Control-Allow-Headers",
+                       allowed_request_headers(req.get_header_value("Access-Control-Request-Headers")));
+        res.set_header("Access-Control-Max-Age", "86400");
+      }
+    } else if (!api_key_exempt(req.method, req.path) &&
+               !api_key_ok(pol, req.get_header_value("Authorization"))) {
+      res.set_header("WWW-Authenticate", "Bearer");
+      deny(401, "missing or wrong API key: send \"Authorization: Bearer <key>\" (QLEAP_API_KEY)");
+    } else {
+      switch (router_.dispatch(req, res)) {
+        case Router::Result::kHandled:
+          break;
+        case Router::Result::kNoPath:
+          deny(404, "404 page not found");
+          break;
+        case Router::Result::kWrongMethod:
+          deny(405, fmt::format("method {} not allowed on {}", req.method, req.path));
+          break;
+      }
+    }
+  }
+  if (res.status >= 400 && res.body.empty() && !res.provider) {
+    deny(res.status, res.status == 413 ? "request body too large" : fmt::format("HTTP error {}", res.status));
+  }
+  if (opt_.verbose)
+    fmt::print(stderr, "[http] {} {} {} -> {}\n", req.remote_addr, req.method, req.path, res.status);
+}
+
+void HttpServer::run(const std::function<void(int)>& on_listening) {
+  const int port = transport_->bind();
   if (on_listening) on_listening(port);
-  http_->listen_after_bind();
+  transport_->serve();
 }
 
 void HttpServer::stop() {
-  if (http_) http_->stop();
+  if (transport_) transport_->stop();
 }
 
 // ---- monitoring, root, web UI ----
 
-void register_monitor_routes(httplib::Server& srv, ApiContext& ctx) {
-  auto root = [](const httplib::Request& req, httplib::Response& res) {
+void register_monitor_routes(Router& srv, ApiContext& ctx) {
+  auto root = [](const HttpRequest& req, HttpResponse& res) {
     const bool browser = req.get_header_value("Accept").find("text/html") != std::string::npos;
     if (browser) {
       if (const webui::Asset* a = webui::find_asset("/")) {
@@ -209,21 +290,24 @@ void register_monitor_routes(httplib::Server& srv, ApiContext& ctx) {
     }
     res.set_content("qleap is running", "text/plain; charset=utf-8");
   };
-  srv.Get("/", root);
-  srv.Get(R"(/ui(/.*)?)", [](const httplib::Request& req, httplib::Response& res) {
+  srv.get("/", root);
+  auto ui = [](const HttpRequest& req, HttpResponse& res) {
     const webui::Asset* a = webui::find_asset(req.path);
     if (!a) {
       send_json(res, 404, json{{"error", "no web UI in this build"}});
       return;
     }
     res.set_content(std::string(a->body), std::string(a->content_type));
-  });
-  srv.Get("/health", [&ctx](const httplib::Request&, httplib::Response& res) {
+  };
+  srv.get("/ui", ui);
+  srv.get("/ui/", ui, true);
+  srv.get("/ui/", ui);
+  srv.get("/health", [&ctx](const HttpRequest&, HttpResponse& res) {
     json models = json::array();
     for (const auto& r : ctx.sched.loaded()) models.push_back(r->info().name);
     send_json(res, 200, json{{"status", "ok"}, {"loaded_models", models}});
   });
-  srv.Get("/api/qleap/status", [&ctx](const httplib::Request&, httplib::Response& res) {
+  srv.get("/api/qleap/status", [&ctx](const HttpRequest&, HttpResponse& res) {
     json models = json::array();
     int queue = 0;
     for (const auto& r : ctx.sched.loaded()) {
@@ -242,6 +326,7 @@ void register_monitor_routes(httplib::Server& srv, ApiContext& ctx) {
                         {"queue_depth", s.queue_depth},
                         {"context_length", s.n_ctx},
                         {"expires_at", rfc3339(r->expires_at)}});
+      models.back().update(live_status_fields(s));
     }
     Metrics& m = ctx.metrics;
     const double hit = expert_hit_rate(ctx.sched);
@@ -258,7 +343,7 @@ void register_monitor_routes(httplib::Server& srv, ApiContext& ctx) {
                    {"vram_used_bytes", 0},
                    {"expert_cache_hit_rate", hit < 0 ? json(nullptr) : json(hit)}});
   });
-  srv.Get("/metrics", [&ctx](const httplib::Request&, httplib::Response& res) {
+  srv.get("/metrics", [&ctx](const HttpRequest&, HttpResponse& res) {
     Metrics& m = ctx.metrics;
     std::string out;
     auto metric = [&out](const char* name, const char* type, const char* help, const std::string& samples) {
@@ -305,6 +390,21 @@ void register_monitor_routes(httplib::Server& srv, ApiContext& ctx) {
     metric("qleap_kv_cache_used_bytes", "gauge", "KV cache bytes holding tokens.", kv_used);
     metric("qleap_kv_cache_allocated_bytes", "gauge", "KV cache bytes allocated.", kv_alloc);
     metric("qleap_model_memory_bytes", "gauge", "Weights (mapped file) plus KV cache per loaded model.", mem);
+    if (const TransportStats* h = ctx.http) {
+      metric("qleap_http_connections_open", "gauge", "Open HTTP connections.",
+             one("qleap_http_connections_open", double(h->connections_open.load())));
+      metric("qleap_http_connections_total", "counter", "HTTP connections accepted.",
+             one("qleap_http_connections_total", double(h->connections_total.load())));
+      metric("qleap_http_connections_rejected_total", "counter",
+             "Connections answered 503 at the connection limit.",
+             one("qleap_http_connections_rejected_total", double(h->connections_rejected_total.load())));
+      metric("qleap_http_connections_evicted_total", "counter",
+             "Idle or slow connections closed to make room at the connection limit.",
+             one("qleap_http_connections_evicted_total", double(h->connections_evicted_total.load())));
+      metric("qleap_http_bad_requests_total", "counter",
+             "Requests refused by the transport (malformed framing, oversized, timed out).",
+             one("qleap_http_bad_requests_total", double(h->bad_requests_total.load())));
+    }
     metric("qleap_process_resident_bytes", "gauge", "Resident memory of the server process.",
            one("qleap_process_resident_bytes", double(process_rss_bytes())));
     if (!experts.empty())

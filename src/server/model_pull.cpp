@@ -2,12 +2,14 @@
 // (cpp-httplib + OpenSSL when the build has it). Writes to "<file>.partial" and renames when done.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "server/hf_hub.h"
 #include "server/model_store.h"
 
 #ifdef CPPHTTPLIB_OPENSSL_SUPPORT
@@ -30,8 +32,6 @@ std::string lower(std::string s) {
 }
 
 #ifdef CPPHTTPLIB_OPENSSL_SUPPORT
-constexpr const char* kHfHost = "https://huggingface.co";
-
 httplib::Headers auth_headers() {
   httplib::Headers h = {{"User-Agent", "qleap/0.1"}};
   if (const char* t = std::getenv("HF_TOKEN"); t && *t)
@@ -41,13 +41,13 @@ httplib::Headers auth_headers() {
 
 [[noreturn]] void network_error(const std::string& what, httplib::Error e) {
   throw IoError(
-      fmt::format("pull failed: cannot reach huggingface.co ({}: {}); check the network connection, "
-                  "or pull a local .gguf file by path",
-                  what, httplib::to_string(e)));
+      fmt::format("pull failed: cannot reach the Hugging Face Hub at {} ({}: {}); check the network "
+                  "connection (or QLEAP_HF_ENDPOINT), or pull a local .gguf file by path",
+                  hf::endpoint(), what, httplib::to_string(e)));
 }
 
 std::string pick_repo_file(const std::string& repo, const std::string& quant) {
-  httplib::Client cli(kHfHost);
+  httplib::Client cli(hf::endpoint());
   cli.set_connection_timeout(10);
   cli.set_read_timeout(30);
   cli.set_follow_location(true);
@@ -78,27 +78,32 @@ std::string pick_repo_file(const std::string& repo, const std::string& quant) {
 
 void download(const std::string& repo, const std::string& file, const std::string& to,
               const ProgressFn& progress) {
-  httplib::Client cli(kHfHost);
+  httplib::Client cli(hf::endpoint());
   cli.set_connection_timeout(10);
   cli.set_read_timeout(60);
   cli.set_follow_location(true);
   const std::string tmp = to + ".partial";
   std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
   if (!out) throw IoError(fmt::format("cannot write '{}'", tmp));
-  uint64_t total = 0, done = 0;
+  uint64_t total = 0, done = 0, reported = 0;
   bool cancelled = false;
+  int http_status = 0;
   const std::string status = "pulling " + file;
   auto res = cli.Get(("/" + repo + "/resolve/main/" + file).c_str(), auth_headers(),
                      [&](const httplib::Response& r) {
+                       http_status = r.status;
                        if (r.has_header("Content-Length"))
                          total = std::strtoull(r.get_header_value("Content-Length").c_str(), nullptr, 10);
                        return r.status == 200 || (r.status >= 300 && r.status < 400);
                      },
                      [&](const char* data, size_t n) {
                        out.write(data, std::streamsize(n));
-                       const uint64_t before = done >> 24;
                        done += n;
-                       if (progress && (done >> 24) != before && !progress({status, "", total, done})) {
+                       // About 200 updates per file (none under 256 KiB apart): a smooth bar for
+                       // any size without flooding the stream.
+                       if (progress && done - reported >= std::max<uint64_t>(256 << 10, total / 200)) {
+                         reported = done;
+                         if (progress({status, "", total, done})) return bool(out);
                          cancelled = true;
                          return false;
                        }
@@ -109,6 +114,12 @@ void download(const std::string& repo, const std::string& file, const std::strin
   if (cancelled) {
     fs::remove(tmp, ec);
     throw InvalidArgument("pull cancelled");
+  }
+  if (!res && http_status >= 400) {
+    fs::remove(tmp, ec);
+    const std::string msg = fmt::format("pull failed: HTTP {} downloading '{}/{}'", http_status, repo, file);
+    if (http_status == 401 || http_status == 404) throw ModelNotFound(msg);
+    throw IoError(msg);
   }
   if (!res) {
     fs::remove(tmp, ec);

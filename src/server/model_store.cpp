@@ -245,7 +245,12 @@ ModelInfo ModelStore::import_file(const std::string& path, const ModelName& as, 
   if (progress && !progress({"copying " + fs::path(path).filename().string(), "", total, 0})) {
     throw InvalidArgument("pull cancelled");
   }
-  if (fs::weakly_canonical(path, ec) != fs::weakly_canonical(to, ec)) {
+  // Already there (the same file, e.g. linked by an earlier pull): nothing to do. rename() of a
+  // link onto another link of the same file succeeds without removing the source, which used to
+  // leave "<name>.partial" behind on every repeated pull.
+  const bool same = fs::exists(to, ec) && fs::equivalent(path, to, ec) && !ec;
+  ec.clear();
+  if (!same && fs::weakly_canonical(path, ec) != fs::weakly_canonical(to, ec)) {
     const std::string tmp = to + ".partial";
     fs::remove(tmp, ec);
     ec.clear();
@@ -253,9 +258,14 @@ ModelInfo ModelStore::import_file(const std::string& path, const ModelName& as, 
     if (ec) {
       ec.clear();
       fs::copy_file(path, tmp, fs::copy_options::overwrite_existing, ec);
-      if (ec) throw IoError(fmt::format("cannot copy '{}' into the store: {}", path, ec.message()));
+      if (ec) {
+        fs::remove(tmp, ec);
+        throw IoError(fmt::format("cannot copy '{}' into the store: {}", path, ec.message()));
+      }
     }
     fs::rename(tmp, to, ec);
+    std::error_code ec2;
+    fs::remove(tmp, ec2);  // still there when `to` already was a link to the same file
     if (ec) throw IoError(fmt::format("cannot move '{}' into place: {}", to, ec.message()));
   }
   if (progress) progress({"copying " + fs::path(path).filename().string(), "", total, total});

@@ -1,11 +1,11 @@
 // Ollama API routes (/api/...): field names, defaults and error shapes as in Ollama's docs/api.md.
 #include <fmt/format.h>
-#include <httplib.h>
 
 #include <chrono>
 
 #include "gguf/gguf.h"
 #include "server/api_common.h"
+#include "server/api_params.h"
 
 namespace qleap::server {
 
@@ -65,22 +65,20 @@ void add_stats(json& j, const Job& job, double load_s, Clock::time_point t0) {
 }
 
 // Empty prompt / messages: Ollama loads (or, with keep_alive 0, unloads) the model and answers at once.
-void load_only(ApiContext& ctx, const std::string& name, const json& body, bool chat,
-               httplib::Response& res) {
-  const auto keep_alive = parse_keep_alive(body.value("keep_alive", json()));
+void load_only(ApiContext& ctx, const OllamaGenerateParams& p, HttpResponse& res) {
   std::string reason = "load";
-  std::string full = name;
-  if (keep_alive && *keep_alive == 0) {
-    full = ctx.store.get(name).name;
-    ctx.sched.unload(name);
+  std::string full = p.model;
+  if (p.keep_alive && *p.keep_alive == 0) {
+    full = ctx.store.get(p.model).name;
+    ctx.sched.unload(p.model);
     reason = "unload";
   } else {
-    Acquired a = acquire_model(ctx, name);
-    a.lease->keep_alive = keep_alive;
+    Acquired a = acquire_model(ctx, p.model);
+    a.lease->keep_alive = p.keep_alive;
     full = (*a.lease)->info().name;
   }
   json j = {{"model", full}, {"created_at", now_str()}, {"done", true}, {"done_reason", reason}};
-  if (chat) {
+  if (p.chat) {
     j["message"] = {{"role", "assistant"}, {"content", ""}};
   } else {
     j["response"] = "";
@@ -90,13 +88,20 @@ void load_only(ApiContext& ctx, const std::string& name, const json& body, bool 
 
 // Shared tail of generate and chat: run the job, stream NDJSON or answer one object.
 void run_generation(ApiContext& ctx, Acquired a, std::shared_ptr<Job> job, bool stream, bool chat, bool tools,
-                    Clock::time_point t0, httplib::Response& res) {
+                    Clock::time_point t0, HttpResponse& res) {
   ModelRunner& r = **a.lease;
   const std::string name = r.info().name;
   submit_or_503(r, job);
   const double load_s = a.load_s;
+  const Tokenizer* tok = &r.tokenizer();
   // With tools the reply is parsed for tool calls at the end, so it is sent as one piece.
   auto all_text = std::make_shared<std::string>();
+  auto lp = std::make_shared<LogprobCursor>();
+  // The log-probabilities of the tokens of the text sent so far (all of them at the end).
+  auto logprobs = [=](bool all) {
+    const std::vector<LogprobEntry> e = lp->take(*job, *tok, all_text->size(), all);
+    return logprobs_json(e, 0, e.size(), job->opt.top_logprobs > 0, *tok);
+  };
   auto frame = [name, chat](const std::string& text, bool done) {
     json j = {{"model", name}, {"created_at", now_str()}};
     if (chat) {
@@ -119,6 +124,7 @@ void run_generation(ApiContext& ctx, Acquired a, std::shared_ptr<Job> job, bool 
         j["message"]["content"] = "";
       }
     }
+    if (job->opt.logprobs) j["logprobs"] = logprobs(true);
     if (!chat) {
       std::vector<int32_t> context = job->prompt;
       context.insert(context.end(), job->output.begin(), job->output.end());
@@ -131,7 +137,9 @@ void run_generation(ApiContext& ctx, Acquired a, std::shared_ptr<Job> job, bool 
   cb.chunk = [=](const std::string& text) -> std::string {
     *all_text += text;
     if (!stream || tools) return "";
-    return frame(text, false).dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+    json j = frame(text, false);
+    if (job->opt.logprobs) j["logprobs"] = logprobs(false);
+    return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
   };
   cb.final_chunk = [=]() -> std::string {
     return finalize(stream).dump(-1, ' ', false, json::error_handler_t::replace) + (stream ? "\n" : "");
@@ -140,104 +148,76 @@ void run_generation(ApiContext& ctx, Acquired a, std::shared_ptr<Job> job, bool 
              ctx.metrics);
 }
 
-void generate(ApiContext& ctx, const httplib::Request& req, httplib::Response& res) {
+// The model, checked for existence (404) before images are refused naming it (400).
+std::string model_without_images(ApiContext& ctx, const std::string& model, bool has_images) {
+  if (has_images) refuse_images(ctx.store.get(model).name);
+  return model;
+}
+
+void generate(ApiContext& ctx, const HttpRequest& req, HttpResponse& res) {
   const auto t0 = Clock::now();
-  const json body = parse_body(req.body);
-  const std::string name = model_field(body);
+  const OllamaGenerateParams p = parse_ollama_generate(parse_body(req.body));
   ++ctx.metrics.requests_total;
-  const std::string prompt = get_string(body, "prompt");
-  const json context = body.value("context", json());
-  if (!context.is_null() && !context.is_array())
-    throw RequestError(400, "'context' must be an array of integers");
-  if (prompt.empty() && (context.is_null() || context.empty())) return load_only(ctx, name, body, false, res);
-  GenOptions opt = ollama_defaults();
-  apply_ollama_options(body.value("options", json()), opt);
-  const bool stream = get_bool(body, "stream", true);
-  const bool raw = get_bool(body, "raw", false);
-  const std::string system = get_string(body, "system");
-  get_string(body, "suffix");  // type check only; fill-in-the-middle is not supported
-  Acquired a = acquire_model(ctx, name);
-  a.lease->keep_alive = parse_keep_alive(body.value("keep_alive", json()));
+  model_without_images(ctx, p.model, p.has_images);
+  if (p.load_only) return load_only(ctx, p, res);
+  Acquired a = acquire_model(ctx, p.model);
+  a.lease->keep_alive = p.keep_alive;
   ModelRunner& r = **a.lease;
   auto job = std::make_shared<Job>();
-  job->opt = opt;
-  job->filter = make_format_filter(body.value("format", json()), r.tokenizer());
+  job->opt = p.opt;
   std::vector<int32_t> ids;
-  if (!context.is_null()) {
-    for (const auto& t : context) {
-      if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= r.tokenizer().n_vocab()) {
-        throw RequestError(400, "'context' holds an invalid token id");
-      }
-      ids.push_back(int32_t(t.get<int64_t>()));
-    }
+  for (int64_t t : p.context) {
+    if (t >= r.tokenizer().n_vocab()) throw RequestError(400, "'context' holds an invalid token id");
+    ids.push_back(int32_t(t));
   }
-  if (raw || !r.has_chat_template()) {
-    std::string text = raw || system.empty() ? prompt : system + "\n\n" + prompt;
-    std::vector<int32_t> p = r.tokenizer().encode(text, ids.empty() && r.tokenizer().wants_bos(), raw);
-    ids.insert(ids.end(), p.begin(), p.end());
+  if (p.raw || !r.has_chat_template()) {
+    std::string text = p.raw || p.system.empty() ? p.prompt : p.system + "\n\n" + p.prompt;
+    std::vector<int32_t> t = r.tokenizer().encode(text, ids.empty() && r.tokenizer().wants_bos(), p.raw);
+    ids.insert(ids.end(), t.begin(), t.end());
   } else {
     json msgs = json::array();
-    if (!system.empty()) msgs.push_back({{"role", "system"}, {"content", system}});
-    msgs.push_back({{"role", "user"}, {"content", prompt}});
-    std::vector<int32_t> p = r.render_chat(msgs, json());
-    if (!ids.empty() && !p.empty() && p[0] == r.tokenizer().bos()) p.erase(p.begin());
-    ids.insert(ids.end(), p.begin(), p.end());
+    if (!p.system.empty()) msgs.push_back({{"role", "system"}, {"content", p.system}});
+    msgs.push_back({{"role", "user"}, {"content", p.prompt}});
+    std::vector<int32_t> t = r.render_chat(msgs, json());
+    if (!ids.empty() && !t.empty() && t[0] == r.tokenizer().bos()) t.erase(t.begin());
+    ids.insert(ids.end(), t.begin(), t.end());
   }
   if (ids.empty()) ids = r.tokenize("", false);
   job->prompt = std::move(ids);
-  run_generation(ctx, std::move(a), job, stream, false, false, t0, res);
+  job->filter =
+      make_format_filter(p.format, r.tokenizer(), generation_budget(p.opt, r.n_ctx(), job->prompt.size()));
+  run_generation(ctx, std::move(a), job, p.stream, false, false, t0, res);
 }
 
-void chat(ApiContext& ctx, const httplib::Request& req, httplib::Response& res) {
+void chat(ApiContext& ctx, const HttpRequest& req, HttpResponse& res) {
   const auto t0 = Clock::now();
-  const json body = parse_body(req.body);
-  const std::string name = model_field(body);
+  const OllamaGenerateParams p = parse_ollama_chat(parse_body(req.body));
   ++ctx.metrics.requests_total;
-  const json messages = normalize_messages(body.value("messages", json::array()));
-  if (messages.empty()) return load_only(ctx, name, body, true, res);
-  GenOptions opt = ollama_defaults();
-  apply_ollama_options(body.value("options", json()), opt);
-  const bool stream = get_bool(body, "stream", true);
-  const json tools = body.value("tools", json());
-  if (!tools.is_null() && !tools.is_array()) throw RequestError(400, "'tools' must be an array");
-  Acquired a = acquire_model(ctx, name);
-  a.lease->keep_alive = parse_keep_alive(body.value("keep_alive", json()));
+  model_without_images(ctx, p.model, p.has_images);
+  if (p.load_only) return load_only(ctx, p, res);
+  Acquired a = acquire_model(ctx, p.model);
+  a.lease->keep_alive = p.keep_alive;
   ModelRunner& r = **a.lease;
   auto job = std::make_shared<Job>();
-  job->opt = opt;
-  job->filter = make_format_filter(body.value("format", json()), r.tokenizer());
-  job->prompt = r.render_chat(messages, tools);
-  run_generation(ctx, std::move(a), job, stream, true, tools.is_array() && !tools.empty(), t0, res);
+  job->opt = p.opt;
+  job->prompt = r.render_chat(p.messages, p.tools);
+  job->filter =
+      make_format_filter(p.format, r.tokenizer(), generation_budget(p.opt, r.n_ctx(), job->prompt.size()));
+  run_generation(ctx, std::move(a), job, p.stream, true, p.tools.is_array(), t0, res);
 }
 
-void embed(ApiContext& ctx, const httplib::Request& req, httplib::Response& res, bool legacy) {
+void embed(ApiContext& ctx, const HttpRequest& req, HttpResponse& res, bool legacy) {
   const auto t0 = Clock::now();
-  const json body = parse_body(req.body);
-  const std::string name = model_field(body);
+  const EmbedParams p = parse_ollama_embed(parse_body(req.body), legacy);
   ++ctx.metrics.requests_total;
-  std::vector<std::string> inputs;
-  const json in = legacy ? body.value("prompt", json("")) : body.value("input", json());
-  if (in.is_string()) {
-    inputs.push_back(in.get<std::string>());
-  } else if (in.is_array()) {
-    for (const auto& s : in) {
-      if (!s.is_string()) throw RequestError(400, "'input' must be a string or an array of strings");
-      inputs.push_back(s.get<std::string>());
-    }
-  } else if (!in.is_null()) {
-    throw RequestError(400, "'input' must be a string or an array of strings");
-  }
-  if (inputs.size() > 4096) throw RequestError(400, "too many inputs (at most 4096)");
-  GenOptions opt = ollama_defaults();
-  apply_ollama_options(body.value("options", json()), opt);
-  opt.truncate = get_bool(body, "truncate", true);
-  Acquired a = acquire_model(ctx, name);
-  a.lease->keep_alive = parse_keep_alive(body.value("keep_alive", json()));
+  Acquired a = acquire_model(ctx, p.model);
+  a.lease->keep_alive = p.keep_alive;
   ModelRunner& r = **a.lease;
   auto job = std::make_shared<Job>();
   job->kind = Job::kEmbed;
-  job->opt = opt;
-  for (const auto& s : inputs) job->inputs.push_back(r.tokenize(s, false));
+  job->opt = p.opt;
+  job->opt.truncate = p.truncate;
+  for (const auto& s : p.texts) job->inputs.push_back(r.tokenize(s, false));
   if (!job->inputs.empty()) {
     submit_or_503(r, job);
     job->wait_all();
@@ -258,7 +238,7 @@ void embed(ApiContext& ctx, const httplib::Request& req, httplib::Response& res,
                  {"prompt_eval_count", job->prompt_tokens}});
 }
 
-void show(ApiContext& ctx, const httplib::Request& req, httplib::Response& res) {
+void show(ApiContext& ctx, const HttpRequest& req, HttpResponse& res) {
   const json body = parse_body(req.body);
   const ModelInfo m = ctx.store.get(model_field(body));
   auto f = GgufFile::open(m.path);
@@ -282,17 +262,24 @@ void show(ApiContext& ctx, const httplib::Request& req, httplib::Response& res) 
                  {"modified_at", rfc3339(std::chrono::system_clock::from_time_t(m.modified_unix))}});
 }
 
-void pull(ApiContext& ctx, const httplib::Request& req, httplib::Response& res) {
+void pull(ApiContext& ctx, const HttpRequest& req, HttpResponse& res) {
   const json body = parse_body(req.body);
   const std::string ref = model_field(body);
   const bool stream = get_bool(body, "stream", true);
+  // A path on the server's disk: whoever can reach the API could import (and so read back through
+  // the API) any file the server can read. Only `qleap pull` or an explicit flag allow it.
+  if (parse_pull_ref(ref).kind == PullRef::kLocalFile && !ctx.opt.allow_local_pull) {
+    throw RequestError(403,
+                       "pulling a local file path over the API is disabled: use `qleap pull PATH`, "
+                       "or start the server with --allow-local-pull");
+  }
   if (!stream) {
     ctx.store.pull(ref, nullptr);
     send_json(res, 200, json{{"status", "success"}});
     return;
   }
   auto store = &ctx.store;
-  res.set_chunked_content_provider("application/x-ndjson", [store, ref](size_t, httplib::DataSink& sink) {
+  res.set_chunked_content_provider("application/x-ndjson", [store, ref](size_t, DataSink& sink) {
     auto line = [&sink](const json& j) {
       const std::string s = j.dump() + "\n";
       return sink.write(s.data(), s.size());
@@ -315,16 +302,16 @@ void pull(ApiContext& ctx, const httplib::Request& req, httplib::Response& res) 
 
 }  // namespace
 
-void register_ollama_routes(httplib::Server& srv, ApiContext& ctx) {
-  auto route = [&ctx](void (*fn)(ApiContext&, const httplib::Request&, httplib::Response&)) {
-    return [&ctx, fn](const httplib::Request& req, httplib::Response& res) {
+void register_ollama_routes(Router& srv, ApiContext& ctx) {
+  auto route = [&ctx](void (*fn)(ApiContext&, const HttpRequest&, HttpResponse&)) {
+    return [&ctx, fn](const HttpRequest& req, HttpResponse& res) {
       guarded(res, false, ctx.metrics, [&] { fn(ctx, req, res); });
     };
   };
-  srv.Get("/api/version", [](const httplib::Request&, httplib::Response& res) {
+  srv.get("/api/version", [](const HttpRequest&, HttpResponse& res) {
     send_json(res, 200, json{{"version", kOllamaApiVersion}});
   });
-  srv.Get("/api/tags", [&ctx](const httplib::Request&, httplib::Response& res) {
+  srv.get("/api/tags", [&ctx](const HttpRequest&, HttpResponse& res) {
     guarded(res, false, ctx.metrics, [&] {
       json models = json::array();
       for (const auto& m : ctx.store.list()) {
@@ -338,7 +325,7 @@ void register_ollama_routes(httplib::Server& srv, ApiContext& ctx) {
       send_json(res, 200, json{{"models", models}});
     });
   });
-  srv.Get("/api/ps", [&ctx](const httplib::Request&, httplib::Response& res) {
+  srv.get("/api/ps", [&ctx](const HttpRequest&, HttpResponse& res) {
     guarded(res, false, ctx.metrics, [&] {
       json models = json::array();
       for (const auto& r : ctx.sched.loaded()) {
@@ -358,31 +345,29 @@ void register_ollama_routes(httplib::Server& srv, ApiContext& ctx) {
       send_json(res, 200, json{{"models", models}});
     });
   });
-  srv.Post("/api/generate", route(generate));
-  srv.Post("/api/chat", route(chat));
-  srv.Post("/api/embed", route([](ApiContext& c, const httplib::Request& q, httplib::Response& s) {
-             embed(c, q, s, false);
-           }));
-  srv.Post("/api/embeddings", route([](ApiContext& c, const httplib::Request& q, httplib::Response& s) {
-             embed(c, q, s, true);
-           }));
-  srv.Post("/api/show", route(show));
-  srv.Post("/api/pull", route(pull));
-  srv.Post("/api/copy", route([](ApiContext& c, const httplib::Request& q, httplib::Response& s) {
+  srv.post("/api/generate", route(generate));
+  srv.post("/api/chat", route(chat));
+  srv.post("/api/embed",
+           route([](ApiContext& c, const HttpRequest& q, HttpResponse& s) { embed(c, q, s, false); }));
+  srv.post("/api/embeddings",
+           route([](ApiContext& c, const HttpRequest& q, HttpResponse& s) { embed(c, q, s, true); }));
+  srv.post("/api/show", route(show));
+  srv.post("/api/pull", route(pull));
+  srv.post("/api/copy", route([](ApiContext& c, const HttpRequest& q, HttpResponse& s) {
              const json body = parse_body(q.body);
              const std::string src = get_string(body, "source"), dst = get_string(body, "destination");
              if (src.empty() || dst.empty()) throw RequestError(400, "source and destination are required");
              c.store.copy(src, dst);
              s.status = 200;
            }));
-  srv.Delete("/api/delete", route([](ApiContext& c, const httplib::Request& q, httplib::Response& s) {
-               const json body = parse_body(q.body);
-               const std::string name = model_field(body);
-               c.store.get(name);  // 404 first
-               c.sched.unload(name);
-               c.store.remove(name);
-               s.status = 200;
-             }));
+  srv.del("/api/delete", route([](ApiContext& c, const HttpRequest& q, HttpResponse& s) {
+            const json body = parse_body(q.body);
+            const std::string name = model_field(body);
+            c.store.get(name);  // 404 first
+            c.sched.unload(name);
+            c.store.remove(name);
+            s.status = 200;
+          }));
 }
 
 }  // namespace qleap::server

@@ -1,13 +1,14 @@
 // OpenAI-compatible routes (/v1/...): chat/completions, completions, models, embeddings, with SSE
 // streaming ("data: {...}\n\n" ... "data: [DONE]\n\n") and OpenAI error objects.
 #include <fmt/format.h>
-#include <httplib.h>
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 
 #include "server/api_common.h"
+#include "server/api_params.h"
 
 namespace qleap::server {
 
@@ -57,65 +58,34 @@ json usage(const Job& job) {
   return {{"prompt_tokens", p}, {"completion_tokens", job.gen_tokens}, {"total_tokens", p + job.gen_tokens}};
 }
 
-json format_from_response_format(const json& rf) {
-  if (rf.is_null()) return nullptr;
-  if (!rf.is_object()) throw RequestError(400, "'response_format' must be an object");
-  const std::string type = get_string(rf, "type", "text");
-  if (type == "text") return nullptr;
-  if (type == "json_object") return "json";
-  if (type == "json_schema") {
-    const json js = rf.value("json_schema", json::object());
-    if (!js.is_object()) throw RequestError(400, "'response_format.json_schema' must be an object");
-    return js.value("schema", json::object());
-  }
-  throw RequestError(400, fmt::format("unsupported response_format type '{}'", type));
-}
-
-void completions(ApiContext& ctx, const httplib::Request& req, httplib::Response& res, bool chat) {
-  const json body = parse_body(req.body);
-  const std::string name = get_string(body, "model");
-  if (name.empty()) throw RequestError(400, "you must provide a model parameter");
+void completions(ApiContext& ctx, const HttpRequest& req, HttpResponse& res, bool chat) {
+  const OpenAiParams p = parse_openai_completion(parse_body(req.body), chat);
   ++ctx.metrics.requests_total;
-  if (get_int(body, "n", 1) != 1) throw RequestError(400, "only n = 1 is supported");
-  GenOptions opt = openai_defaults();
-  apply_openai_params(body, opt);
-  const bool stream = get_bool(body, "stream", false);
-  const json so = body.value("stream_options", json());
-  const bool include_usage = so.is_object() && get_bool(so, "include_usage", false);
-  json messages, tools;
-  std::string prompt;
-  if (chat) {
-    messages = normalize_messages(body.value("messages", json()));
-    if (messages.empty()) throw RequestError(400, "'messages' must not be empty");
-    tools = body.value("tools", json());
-    if (!tools.is_null() && !tools.is_array()) throw RequestError(400, "'tools' must be an array");
-    if (get_string(body, "tool_choice", "auto") == "none") tools = json();
-  } else {
-    const json p = body.value("prompt", json(""));
-    if (p.is_string()) {
-      prompt = p.get<std::string>();
-    } else if (p.is_array() && p.size() == 1 && p[0].is_string()) {
-      prompt = p[0].get<std::string>();
-    } else {
-      throw RequestError(400, "'prompt' must be a string (or an array holding one string)");
-    }
-  }
-  const json format = format_from_response_format(body.value("response_format", json()));
-  Acquired a = acquire_model(ctx, name);
+  if (p.has_images) refuse_images(ctx.store.get(p.model).name);
+  // A forced tool call (tool_choice "required" or a named function) is generated under the schema
+  // of the call itself, so the reply is always a well-formed call.
+  const json call_schema = chat ? tool_call_schema(p.tools, p.tool_choice) : json();
+  Acquired a = acquire_model(ctx, p.model);
   ModelRunner& r = **a.lease;
   auto job = std::make_shared<Job>();
-  job->opt = opt;
-  job->filter = make_format_filter(format, r.tokenizer());
-  job->prompt = chat ? r.render_chat(messages, tools) : r.tokenize(prompt, false);
-  const bool has_tools = chat && tools.is_array() && !tools.empty();
+  job->opt = p.opt;
+  job->prompt = chat ? r.render_chat(p.messages, p.tools) : r.tokenize(p.prompt, false);
+  job->filter = make_format_filter(call_schema.is_null() ? p.format : call_schema, r.tokenizer(),
+                                   generation_budget(p.opt, r.n_ctx(), job->prompt.size()));
+  const bool has_tools = chat && p.tools.is_array();
+  const bool stream = p.stream, include_usage = p.include_usage, parallel = p.parallel_tool_calls;
+  const bool want_lp = p.opt.logprobs, top_lp = p.opt.top_logprobs > 0;
   submit_or_503(r, job);
 
   const std::string id = new_id(chat ? "chatcmpl" : "cmpl");
   const int64_t created = unix_now();
   const std::string model = r.info().name;
+  const Tokenizer* tok = &r.tokenizer();
   const char* object = chat ? (stream ? "chat.completion.chunk" : "chat.completion") : "text_completion";
   auto all_text = std::make_shared<std::string>();
   auto first = std::make_shared<bool>(true);
+  auto lp = std::make_shared<LogprobCursor>();
+  auto lp_offset = std::make_shared<size_t>(0);  // completions: text offset of the next token
   auto base = [=]() {
     json j = {{"id", id},
               {"object", object},
@@ -125,8 +95,17 @@ void completions(ApiContext& ctx, const httplib::Request& req, httplib::Response
     if (stream && include_usage) j["usage"] = nullptr;
     return j;
   };
-  auto choice_text = [=](const std::string& text, const json& reason) {
-    json c = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", reason}};
+  // The logprobs field of a choice for the entries not sent yet (null when not asked for).
+  auto logprobs = [=](bool all) -> json {
+    if (!want_lp) return nullptr;
+    const std::vector<LogprobEntry> e = lp->take(*job, *tok, all_text->size(), all);
+    if (chat) return {{"content", logprobs_json(e, 0, e.size(), top_lp, *tok)}, {"refusal", nullptr}};
+    json j = completion_logprobs_json(e, 0, e.size(), top_lp, *tok, *lp_offset);
+    for (const auto& t : j["tokens"]) *lp_offset += t.get_ref<const std::string&>().size();
+    return j;
+  };
+  auto choice_text = [=](const std::string& text, const json& reason, bool all) {
+    json c = {{"index", 0}, {"logprobs", logprobs(all)}, {"finish_reason", reason}};
     if (chat) {
       json delta = {{"content", text}};
       if (*first) delta["role"] = "assistant";
@@ -143,7 +122,7 @@ void completions(ApiContext& ctx, const httplib::Request& req, httplib::Response
     *all_text += text;
     if (!stream || has_tools) return "";
     json j = base();
-    j["choices"] = json::array({choice_text(text, nullptr)});
+    j["choices"] = json::array({choice_text(text, nullptr, false)});
     return sse(j);
   };
   cb.final_chunk = [=]() -> std::string {
@@ -153,6 +132,7 @@ void completions(ApiContext& ctx, const httplib::Request& req, httplib::Response
       return stream ? sse(e) + "data: [DONE]\n\n" : e.dump();
     }
     json calls = has_tools ? parse_tool_calls(*all_text) : json::array();
+    if (!parallel && calls.size() > 1) calls.erase(calls.begin() + 1, calls.end());
     json tool_calls = json::array();
     for (size_t i = 0; i < calls.size(); ++i) {
       tool_calls.push_back(
@@ -164,7 +144,7 @@ void completions(ApiContext& ctx, const httplib::Request& req, httplib::Response
     const std::string reason = finish_reason(*job, !calls.empty());
     if (!stream) {
       json j = base();
-      json c = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", reason}};
+      json c = {{"index", 0}, {"logprobs", logprobs(true)}, {"finish_reason", reason}};
       if (chat) {
         json msg = {{"role", "assistant"}, {"content", calls.empty() ? json(*all_text) : json(nullptr)}};
         if (!calls.empty()) msg["tool_calls"] = tool_calls;
@@ -179,13 +159,13 @@ void completions(ApiContext& ctx, const httplib::Request& req, httplib::Response
     std::string out;
     if (has_tools) {  // the held-back reply, as content or as tool calls
       json j = base();
-      json c = choice_text(calls.empty() ? *all_text : "", nullptr);
+      json c = choice_text(calls.empty() ? *all_text : "", nullptr, true);
       if (!calls.empty()) c["delta"]["tool_calls"] = tool_calls, c["delta"]["content"] = nullptr;
       j["choices"] = json::array({c});
       out += sse(j);
     }
     json j = base();
-    json c = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", reason}};
+    json c = {{"index", 0}, {"logprobs", logprobs(true)}, {"finish_reason", reason}};
     if (chat) {
       c["delta"] = json::object();
     } else {
@@ -204,50 +184,24 @@ void completions(ApiContext& ctx, const httplib::Request& req, httplib::Response
   stream_job(res, stream ? "text/event-stream" : "application/json", job, a.lease, cb, ctx.metrics);
 }
 
-void embeddings(ApiContext& ctx, const httplib::Request& req, httplib::Response& res) {
-  const json body = parse_body(req.body);
-  const std::string name = get_string(body, "model");
-  if (name.empty()) throw RequestError(400, "you must provide a model parameter");
+void embeddings(ApiContext& ctx, const HttpRequest& req, HttpResponse& res) {
+  const EmbedParams p = parse_openai_embeddings(parse_body(req.body));
   ++ctx.metrics.requests_total;
-  const std::string encoding = get_string(body, "encoding_format", "float");
-  if (encoding != "float" && encoding != "base64")
-    throw RequestError(400, "encoding_format must be float or base64");
-  const int dims = get_int(body, "dimensions", 0);
-  Acquired a = acquire_model(ctx, name);
+  Acquired a = acquire_model(ctx, p.model);
   ModelRunner& r = **a.lease;
   auto job = std::make_shared<Job>();
   job->kind = Job::kEmbed;
-  const json in = body.value("input", json());
-  auto add_tokens = [&](const json& arr) {
+  for (size_t i = 0; i < p.texts.size(); ++i) {
+    if (!p.is_tokens[i]) {
+      job->inputs.push_back(r.tokenize(p.texts[i], false));
+      continue;
+    }
     std::vector<int32_t> ids;
-    for (const auto& t : arr) {
-      if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= r.tokenizer().n_vocab()) {
-        throw RequestError(400, "'input' holds an invalid token id");
-      }
-      ids.push_back(int32_t(t.get<int64_t>()));
+    for (int64_t t : p.token_inputs[i]) {
+      if (t >= r.tokenizer().n_vocab()) throw RequestError(400, "'input' holds an invalid token id");
+      ids.push_back(int32_t(t));
     }
-    job->inputs.push_back(ids);
-  };
-  if (in.is_string()) {
-    job->inputs.push_back(r.tokenize(in.get<std::string>(), false));
-  } else if (in.is_array() && !in.empty() && in[0].is_number()) {
-    add_tokens(in);
-  } else if (in.is_array() && !in.empty()) {
-    for (const auto& s : in) {
-      if (s.is_string()) {
-        job->inputs.push_back(r.tokenize(s.get<std::string>(), false));
-      } else if (s.is_array()) {
-        add_tokens(s);
-      } else {
-        throw RequestError(400, "'input' must be a string, an array of strings or of token arrays");
-      }
-    }
-  } else {
-    throw RequestError(400, "'input' must be a non-empty string or array");
-  }
-  if (job->inputs.size() > 4096) throw RequestError(400, "too many inputs (at most 4096)");
-  for (const auto& i : job->inputs) {
-    if (i.empty()) throw RequestError(400, "'input' must not contain empty strings");
+    job->inputs.push_back(std::move(ids));
   }
   submit_or_503(r, job);
   job->wait_all();
@@ -255,14 +209,14 @@ void embeddings(ApiContext& ctx, const httplib::Request& req, httplib::Response&
   json data = json::array();
   for (size_t i = 0; i < job->embeddings.size(); ++i) {
     std::vector<float> e = job->embeddings[i];
-    if (dims > 0 && size_t(dims) < e.size()) {  // truncate and renormalise (Matryoshka-style)
-      e.resize(size_t(dims));
+    if (p.dimensions > 0 && size_t(p.dimensions) < e.size()) {  // truncate and renormalise (Matryoshka-style)
+      e.resize(size_t(p.dimensions));
       double n = 0;
       for (float v : e) n += double(v) * v;
       n = std::sqrt(n);
       for (float& v : e) v = n > 0 ? float(v / n) : 0.0f;
     }
-    json emb = encoding == "base64" ? json(base64(e.data(), e.size() * sizeof(float))) : json(e);
+    json emb = p.encoding == "base64" ? json(base64(e.data(), e.size() * sizeof(float))) : json(e);
     data.push_back({{"object", "embedding"}, {"embedding", emb}, {"index", i}});
   }
   send_json(res, 200,
@@ -278,27 +232,30 @@ json model_object(const ModelInfo& m) {
 
 }  // namespace
 
-void register_openai_routes(httplib::Server& srv, ApiContext& ctx) {
-  srv.Post("/v1/chat/completions", [&ctx](const httplib::Request& req, httplib::Response& res) {
+void register_openai_routes(Router& srv, ApiContext& ctx) {
+  srv.post("/v1/chat/completions", [&ctx](const HttpRequest& req, HttpResponse& res) {
     guarded(res, true, ctx.metrics, [&] { completions(ctx, req, res, true); });
   });
-  srv.Post("/v1/completions", [&ctx](const httplib::Request& req, httplib::Response& res) {
+  srv.post("/v1/completions", [&ctx](const HttpRequest& req, HttpResponse& res) {
     guarded(res, true, ctx.metrics, [&] { completions(ctx, req, res, false); });
   });
-  srv.Post("/v1/embeddings", [&ctx](const httplib::Request& req, httplib::Response& res) {
+  srv.post("/v1/embeddings", [&ctx](const HttpRequest& req, HttpResponse& res) {
     guarded(res, true, ctx.metrics, [&] { embeddings(ctx, req, res); });
   });
-  srv.Get("/v1/models", [&ctx](const httplib::Request&, httplib::Response& res) {
+  srv.get("/v1/models", [&ctx](const HttpRequest&, HttpResponse& res) {
     guarded(res, true, ctx.metrics, [&] {
       json data = json::array();
       for (const auto& m : ctx.store.list()) data.push_back(model_object(m));
       send_json(res, 200, json{{"object", "list"}, {"data", data}});
     });
   });
-  srv.Get(R"(/v1/models/(.+))", [&ctx](const httplib::Request& req, httplib::Response& res) {
-    guarded(res, true, ctx.metrics,
-            [&] { send_json(res, 200, model_object(ctx.store.get(req.matches[1].str()))); });
-  });
+  srv.get(
+      "/v1/models/",
+      [&ctx](const HttpRequest& req, HttpResponse& res) {
+        guarded(res, true, ctx.metrics,
+                [&] { send_json(res, 200, model_object(ctx.store.get(req.matches[1]))); });
+      },
+      true);
 }
 
 }  // namespace qleap::server

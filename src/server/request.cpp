@@ -79,7 +79,43 @@ int get_int(const json& obj, const char* key, int def) {
   return int(d);
 }
 
+int json_nesting_depth(std::string_view text, int limit) {
+  int depth = 0, max_depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) {
+        max_depth = depth;
+        if (max_depth > limit) return limit + 1;
+      }
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return max_depth;
+}
+
+json parse_json_bounded(std::string_view text) {
+  if (json_nesting_depth(text) > kMaxJsonDepth) return json(json::value_t::discarded);
+  return json::parse(text.begin(), text.end(), nullptr, false);
+}
+
 json parse_body(const std::string& body) {
+  if (json_nesting_depth(body) > kMaxJsonDepth) {
+    throw RequestError(400, fmt::format("JSON nested too deeply (more than {} levels)", kMaxJsonDepth));
+  }
   json j = json::parse(body, nullptr, false);
   if (j.is_discarded()) throw RequestError(400, "invalid JSON in request body");
   if (!j.is_object()) throw RequestError(400, "request body must be a JSON object");
@@ -207,44 +243,9 @@ std::optional<double> parse_keep_alive(const json& v) {
   return sign * total;
 }
 
-StopMatcher::StopMatcher(std::vector<std::string> stops) : stops_(std::move(stops)) {
-  std::erase_if(stops_, [](const std::string& s) { return s.empty(); });
-}
-
-std::string StopMatcher::push(const std::string& text) {
-  if (stopped_) return "";
-  held_ += text;
-  size_t first = std::string::npos;
-  for (const auto& s : stops_) first = std::min(first, held_.find(s));
-  if (first != std::string::npos) {
-    stopped_ = true;
-    std::string out = held_.substr(0, first);
-    held_.clear();
-    return out;
-  }
-  // Keep the longest suffix that is a proper prefix of some stop sequence.
-  size_t keep = 0;
-  for (const auto& s : stops_) {
-    for (size_t n = std::min(s.size() - 1, held_.size()); n > keep; --n) {
-      if (held_.compare(held_.size() - n, n, s, 0, n) == 0) {
-        keep = n;
-        break;
-      }
-    }
-  }
-  std::string out = held_.substr(0, held_.size() - keep);
-  held_.erase(0, held_.size() - keep);
-  return out;
-}
-
-std::string StopMatcher::flush() {
-  std::string out;
-  out.swap(held_);
-  return stopped_ ? "" : out;
-}
-
 int truncate_prompt(std::vector<int32_t>& tokens, int n_ctx, int num_keep) {
-  if (n_ctx < 2 || int(tokens.size()) < n_ctx) return 0;
+  // Even a one-token context keeps the last prompt token: it gives the logits of the first output.
+  if (n_ctx < 1 || int(tokens.size()) < n_ctx) return 0;
   const int target = std::max(1, n_ctx / 2);
   const int keep = std::clamp(num_keep, 0, target - 1);
   const int drop = int(tokens.size()) - target;

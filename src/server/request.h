@@ -5,9 +5,11 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/error.h"
+#include "runtime/generation.h"
 #include "sampling/sampler.h"
 
 namespace qleap::server {
@@ -24,8 +26,20 @@ struct GenOptions {
   int num_ctx = 0;       // 0: the loaded context; else the prompt + output are capped to it
   int num_keep = -1;     // tokens kept at the front when a prompt is truncated (-1: the BOS token)
   std::vector<std::string> stop;
-  bool truncate = true;  // embeddings: false -> error when the input exceeds the context
+  bool truncate = true;   // embeddings: false -> error when the input exceeds the context
+  bool logprobs = false;  // report the log-probability of each generated token
+  int top_logprobs = 0;   // ... and of this many most likely tokens at each position (0..20)
 };
+
+// JSON nesting (arrays and objects) deeper than this is refused with 400: parsing is iterative, but
+// copying, printing and walking a document recurse.
+constexpr int kMaxJsonDepth = 512;
+// The deepest nesting in JSON text, found in one pass without recursion; counting stops at
+// limit + 1. Brackets inside strings do not count.
+int json_nesting_depth(std::string_view text, int limit = kMaxJsonDepth);
+// Parses untrusted JSON text; a discarded value when it is invalid or nested deeper than
+// kMaxJsonDepth.
+nlohmann::json parse_json_bounded(std::string_view text);
 
 // Ollama defaults (temperature 0.8, top_k 40, top_p 0.9, min_p 0, repeat_penalty 1.1 over 64).
 GenOptions ollama_defaults();
@@ -49,24 +63,12 @@ std::string get_string(const nlohmann::json& obj, const char* key, const std::st
 bool get_bool(const nlohmann::json& obj, const char* key, bool def);
 double get_number(const nlohmann::json& obj, const char* key, double def);
 int get_int(const nlohmann::json& obj, const char* key, int def);
-// Parses a request body that must be a JSON object; RequestError(400) otherwise.
+// Parses a request body that must be a JSON object nested at most kMaxJsonDepth deep;
+// RequestError(400) otherwise.
 nlohmann::json parse_body(const std::string& body);
 
 // Holds back generated text that could be the start of a stop sequence; stops at the first match.
-class StopMatcher {
- public:
-  explicit StopMatcher(std::vector<std::string> stops);
-  // Appends generated text; returns the text that is now safe to send.
-  std::string push(const std::string& text);
-  // The held-back text once generation ends without a stop.
-  std::string flush();
-  bool stopped() const { return stopped_; }
-
- private:
-  std::vector<std::string> stops_;
-  std::string held_;
-  bool stopped_ = false;
-};
+using qleap::StopMatcher;  // runtime/generation.h
 
 // Drops tokens from the front of a prompt (after the first num_keep) so that it leaves room to
 // generate: as Ollama does, prompts of n_ctx tokens or more are cut to half the context (the

@@ -36,12 +36,11 @@ struct ModelRunner::Slot {
   std::shared_ptr<Job> job;
   std::vector<int32_t> cached;  // tokens in this slot's KV cache
   int prefilled = 0;            // leading cached tokens computed by prompt prefill (not decode)
-  std::optional<Sampler> sampler;
-  std::optional<StreamDecoder> detok;
-  std::optional<StopMatcher> stops;
+  std::optional<Generation> gen;
   int32_t next = -1;  // sampled, not yet evaluated
   int n_ctx = 0;      // effective context of the current job
   Stopwatch gen_clock;
+  std::atomic<bool> busy{false};  // job != null, readable by status()
 };
 
 ModelRunner::ModelRunner(const ModelInfo& info, const RunnerOptions& opt, Metrics& metrics)
@@ -50,13 +49,15 @@ ModelRunner::ModelRunner(const ModelInfo& info, const RunnerOptions& opt, Metric
   if (opt_.configure) opt_.configure(info.path, opt_);
   model_ = load_model(info.path);
   tok_ = Tokenizer::from_gguf(model_->file());
-  BatchOptions bo;
-  bo.n_ctx = opt_.n_ctx;
-  bo.n_threads = opt_.n_threads;
-  bo.kv_type = opt_.kv_type;
-  bo.n_batch = opt_.n_batch;
-  bo.n_slots = std::max(1, opt_.parallel);
-  dec_ = std::make_unique<BatchDecoder>(model_, bo);
+  EngineOptions eo;
+  eo.n_ctx = opt_.n_ctx;
+  eo.n_threads = opt_.n_threads;
+  eo.kv_type = opt_.kv_type;
+  eo.n_batch = opt_.n_batch;
+  eo.n_slots = std::max(1, opt_.parallel);
+  eo.gpu_layers = opt_.gpu_layers;
+  eo.kv_calibration_dir = opt_.kv_calibration_dir;
+  dec_ = std::make_unique<Engine>(model_, eo);
   if (opt_.expert_flow) {
     flow_ = opt_.expert_flow(*model_, std::max(opt_.n_batch, dec_->n_slots()));
     dec_->set_moe_executor(flow_.get());
@@ -132,15 +133,43 @@ RunnerStatus ModelRunner::status() const {
     s.queue_depth = int(queue_.size());
   }
   s.n_ctx = n_ctx_;
-  s.kv_type = dec_->kv_type();
+  const KvUsage u = dec_->kv_usage();
+  s.kv_type = u.type;
   s.kv_bytes_used = kv_used_.load();
-  s.kv_bytes_allocated = dec_->kv_bytes_allocated();
-  s.kv_bytes_per_token = dec_->kv_bytes_per_token();
+  s.kv_bytes_allocated = u.allocated_bytes;
+  s.kv_bytes_per_token = u.bytes_per_token;
   const HParams& hp = model_->hparams();
   const double f16 = 2.0 * 2.0 * hp.n_layers * hp.kv_dim();
   s.kv_compression_vs_f16 = s.kv_bytes_per_token ? f16 / double(s.kv_bytes_per_token) : 1.0;
   s.expert_hit_rate = expert_hit_rate_.load();
+  s.expert_prefetch_recall = expert_recall_.load();
+  {
+    std::lock_guard<std::mutex> lk(stats_mu_);
+    s.slot_tokens = slot_tokens_;
+    s.prefill_tok_s = prefill_tok_s_;
+    int tokens = 0;
+    double secs = 0;
+    for (const auto& [t, n, sec] : decode_steps_) tokens += n, secs += sec;
+    s.decode_tok_s = secs > 0 ? tokens / secs : 0.0;
+    if (!decode_steps_.empty()) {
+      s.decode_idle_s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - std::get<0>(decode_steps_.back()))
+              .count();
+    }
+  }
+  s.slot_tokens.resize(size_t(s.parallel), 0);
+  size_t cached = 0;
+  for (int n : s.slot_tokens) cached += size_t(n);
+  s.kv_bytes_used_f16 = size_t(f16) * cached;
+  for (const auto& sp : slots_) s.slot_busy.push_back(sp->busy.load());
   return s;
+}
+
+void ModelRunner::publish_kv() {
+  kv_used_ = dec_->kv_usage().used_bytes;
+  std::lock_guard<std::mutex> lk(stats_mu_);
+  slot_tokens_.resize(slots_.size());
+  for (size_t i = 0; i < slots_.size(); ++i) slot_tokens_[i] = dec_->n_past(int(i));
 }
 
 void ModelRunner::emit(Slot& s, const std::string& text) {
@@ -155,10 +184,7 @@ void ModelRunner::emit(Slot& s, const std::string& text) {
 void ModelRunner::finish(Slot& s, const std::string& reason, const std::string& error) {
   Job& j = *s.job;
   std::string tail;
-  if (error.empty() && s.detok) {
-    tail = s.detok->flush();
-    tail = s.stops ? s.stops->push(tail) + s.stops->flush() : tail;
-  }
+  if (error.empty() && s.gen) tail = s.gen->finish();
   {
     std::lock_guard<std::mutex> lk(j.mu);
     if (!tail.empty()) j.pieces.push_back(tail);
@@ -169,10 +195,9 @@ void ModelRunner::finish(Slot& s, const std::string& reason, const std::string& 
   }
   j.cv.notify_all();
   s.job.reset();
+  s.busy = false;
   s.next = -1;
-  s.sampler.reset();
-  s.detok.reset();
-  s.stops.reset();
+  s.gen.reset();
   --active_;
 }
 
@@ -196,6 +221,7 @@ void ModelRunner::start(Slot& s) {
       }
       s.cached.clear();
       s.prefilled = 0;
+      publish_kv();
       j.prompt_tokens = total;
       j.prompt_s = sw.elapsed();
       metrics_.prompted(uint64_t(total));
@@ -207,14 +233,10 @@ void ModelRunner::start(Slot& s) {
     if (p.empty()) throw RequestError(400, "empty prompt");
     const int keep = j.opt.num_keep >= 0 ? j.opt.num_keep : (tok_.wants_bos() ? 1 : 0);
     j.truncated_tokens = truncate_prompt(p, s.n_ctx, keep);
-    // Reuse the cached prefix only in whole prefill chunks computed by an earlier prefill: the
-    // chunks then match a prefill from scratch row for row, so the output does not depend on
-    // which slot (with which history) a request lands in.
-    size_t common = 0;
-    while (common < s.cached.size() && common < p.size() && s.cached[common] == p[common]) ++common;
-    common = std::min({common, size_t(s.prefilled), p.size() - 1});
-    common -= common % size_t(dec_->n_batch());
-    dec_->truncate(s.id, int(common));
+    // Reuse the cached prefix only in whole prefill chunks computed by an earlier prefill (see
+    // reusable_prefix); a slot that keeps nothing starts a new sequence.
+    const size_t common = reusable_prefix(s.cached, p, size_t(s.prefilled), dec_->n_batch());
+    dec_->trim(s.id, int(common));
     s.cached.resize(common);
     Stopwatch sw;
     const float* logits = dec_->prefill(s.id, p.data() + common, int(p.size() - common));
@@ -224,18 +246,26 @@ void ModelRunner::start(Slot& s) {
     j.prompt_tokens = int(p.size() - common);
     j.cached_tokens = int(common);
     metrics_.prompted(uint64_t(j.prompt_tokens));
-    kv_used_ = dec_->kv_bytes_used();
-    s.sampler.emplace(j.opt.sampling);
-    for (int32_t t : p) s.sampler->accept(t);
-    s.detok.emplace(tok_);
-    s.stops.emplace(j.opt.stop);
+    if (j.prompt_s > 0) {
+      std::lock_guard<std::mutex> lk(stats_mu_);
+      prefill_tok_s_ = j.prompt_tokens / j.prompt_s;
+    }
+    publish_kv();
+    if (flow_) {
+      expert_hit_rate_ = flow_->stats().hit_rate();
+      expert_recall_ = flow_->stats().recall();
+    }
+    s.gen.emplace(tok_, j.opt.sampling, j.opt.stop, j.opt.num_predict > 0 ? j.opt.num_predict : -1,
+                  std::move(j.filter));
+    s.gen->accept_prompt(p);
     s.gen_clock.reset();
     if (j.opt.num_predict == 0) return finish(s, "length");
     step(s, logits);
   } catch (const std::exception& e) {
     s.cached.clear();
     s.prefilled = 0;
-    dec_->truncate(s.id, 0);
+    dec_->reset(s.id);
+    publish_kv();
     finish(s, "error", e.what());
   }
 }
@@ -243,27 +273,21 @@ void ModelRunner::start(Slot& s) {
 void ModelRunner::step(Slot& s, const float* logits) {
   Job& j = *s.job;
   if (j.cancelled.load()) return finish(s, "cancel");
-  const int nv = dec_->n_vocab();
-  int32_t t;
-  if (j.filter) {
-    masked_.assign(logits, logits + nv);
-    j.filter->apply(masked_.data(), nv);
-    t = s.sampler->sample(masked_.data(), nv);
-    j.filter->accept(t);
-  } else {
-    t = s.sampler->sample(logits, nv);
+  const Generation::Step st = s.gen->next(logits, dec_->n_vocab());
+  if (s.gen->n_generated() > j.gen_tokens) {  // not an end-of-generation token
+    ++j.gen_tokens;
+    j.output.push_back(st.token);
+    if (j.opt.logprobs) {
+      LogprobEntry e = token_logprobs(logits, dec_->n_vocab(), st.token, j.opt.top_logprobs);
+      std::lock_guard<std::mutex> lk(j.mu);
+      j.logprobs.push_back(std::move(e));
+    }
+    metrics_.generated(1);
   }
-  s.sampler->accept(t);
-  if (tok_.is_eog(t)) return finish(s, "stop");
-  ++j.gen_tokens;
-  j.output.push_back(t);
-  metrics_.generated(1);
-  emit(s, s.stops->push(s.detok->push(t)));
-  if (s.stops->stopped()) return finish(s, "stop");
-  if (j.filter && j.filter->complete()) return finish(s, "stop");
-  if (j.opt.num_predict > 0 && j.gen_tokens >= j.opt.num_predict) return finish(s, "length");
+  emit(s, st.text);
+  if (st.done) return finish(s, st.reason);
   if (dec_->n_past(s.id) >= s.n_ctx) return finish(s, "length");
-  s.next = t;
+  s.next = st.token;
 }
 
 void ModelRunner::loop() {
@@ -289,6 +313,7 @@ void ModelRunner::loop() {
         }
         if (!best) break;
         best->job = queue_.front();
+        best->busy = true;
         queue_.pop_front();
         ++active_;
         fresh.push_back(best);
@@ -317,6 +342,7 @@ void ModelRunner::loop() {
     }
     if (rows.empty()) continue;
     const float* logits = nullptr;
+    Stopwatch step_clock;
     try {
       logits = dec_->decode(rows.data(), toks.data(), int(rows.size()));
     } catch (const std::exception& e) {
@@ -324,13 +350,16 @@ void ModelRunner::loop() {
         Slot& s = *slots_[size_t(id)];
         s.cached.clear();
         s.prefilled = 0;
-        dec_->truncate(s.id, 0);
+        dec_->reset(s.id);
         finish(s, "error", e.what());
       }
       continue;
     }
-    kv_used_ = dec_->kv_bytes_used();
-    if (flow_) expert_hit_rate_ = flow_->stats().hit_rate();
+    publish_kv();
+    if (flow_) {
+      expert_hit_rate_ = flow_->stats().hit_rate();
+      expert_recall_ = flow_->stats().recall();
+    }
     for (size_t i = 0; i < rows.size(); ++i) {
       Slot& s = *slots_[size_t(rows[i])];
       s.cached.push_back(toks[i]);
@@ -340,6 +369,14 @@ void ModelRunner::loop() {
       } catch (const std::exception& e) {
         finish(s, "error", e.what());
       }
+    }
+    {
+      // Speed over the last few seconds of decoding (the step and the sampling after it): idle
+      // time between requests does not count.
+      const auto now = std::chrono::steady_clock::now();
+      std::lock_guard<std::mutex> lk(stats_mu_);
+      decode_steps_.emplace_back(now, int(rows.size()), step_clock.elapsed());
+      while (now - std::get<0>(decode_steps_.front()) > std::chrono::seconds(5)) decode_steps_.pop_front();
     }
   }
   // Unloading: fail whatever is left.

@@ -1,4 +1,4 @@
-// One loaded model in the server: tokenizer, chat template, a BatchDecoder with N slots, a bounded
+// One loaded model in the server: tokenizer, chat template, an Engine with N slots, a bounded
 // queue of jobs and one inference thread. The thread admits queued jobs into free slots (prefill of
 // each new job runs as its own chunk, reusing the longest cached prefix among free slots), then
 // runs one decode step for all active slots together (continuous batching). Each job streams its
@@ -14,11 +14,14 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "model/model.h"
 #include "moe/expert_flow.h"
-#include "runtime/batch_decoder.h"
+#include "runtime/engine.h"
+#include "runtime/generation.h"
+#include "sampling/logprobs.h"
 #include "server/metrics.h"
 #include "server/model_store.h"
 #include "server/request.h"
@@ -26,15 +29,7 @@
 
 namespace qleap::server {
 
-// Restricts which tokens may come next (JSON grammar). apply() sets forbidden logits to -inf.
-class TokenFilter {
- public:
-  virtual ~TokenFilter() = default;
-  virtual void apply(float* logits, int n_vocab) = 0;
-  virtual void accept(int32_t token) = 0;
-  // The constrained text is complete: generation ends.
-  virtual bool complete() const = 0;
-};
+using qleap::TokenFilter;  // runtime/generation.h
 
 struct Job {
   enum Kind { kGenerate, kEmbed } kind = kGenerate;
@@ -56,7 +51,8 @@ struct Job {
   int truncated_tokens = 0;
   int gen_tokens = 0;
   double prompt_s = 0, gen_s = 0;
-  std::vector<int32_t> output;  // generated token ids
+  std::vector<int32_t> output;         // generated token ids
+  std::vector<LogprobEntry> logprobs;  // per generated token when opt.logprobs (appended before its text)
   std::vector<std::vector<float>> embeddings;
 
   std::atomic<bool> cancelled{false};
@@ -74,6 +70,8 @@ struct RunnerOptions {
   int n_threads = 0;
   std::string kv_type = "f16";
   int n_batch = 512;
+  int gpu_layers = 0;  // as `qleap run --gpu-layers` (filled in by configure from the planner)
+  std::string kv_calibration_dir;
   int parallel = 4;
   int max_queue = 128;
   // Called with the model path before loading, to fill in what was left to the planner (serve).
@@ -94,7 +92,14 @@ struct RunnerStatus {
   size_t kv_bytes_allocated = 0;
   size_t kv_bytes_per_token = 0;
   double kv_compression_vs_f16 = 1.0;
-  double expert_hit_rate = -1;  // share of routed experts computed on the expert tier; < 0: no ExpertFlow
+  size_t kv_bytes_used_f16 = 0;  // what the cached tokens would take in an f16 cache
+  std::vector<int> slot_tokens;  // tokens in each slot's KV cache
+  std::vector<bool> slot_busy;   // the slot serves a request now
+  double prefill_tok_s = 0;      // the last prompt's prefill (0: none yet)
+  double decode_tok_s = 0;       // decode steps of the last few seconds of decoding (0: none yet)
+  double decode_idle_s = -1;     // seconds since the last decode step (< 0: none yet)
+  double expert_hit_rate = -1;   // share of routed experts computed on the expert tier; < 0: no ExpertFlow
+  double expert_prefetch_recall = -1;  // prefetched experts the routing then chose; < 0: none predicted
 };
 
 class ModelRunner {
@@ -145,18 +150,25 @@ class ModelRunner {
   double load_s_ = 0;
   std::shared_ptr<const Model> model_;
   Tokenizer tok_;
-  std::unique_ptr<BatchDecoder> dec_;
+  std::unique_ptr<Engine> dec_;
   std::shared_ptr<ExpertFlow> flow_;           // used by the loop thread only, which ~ModelRunner joins first
   std::atomic<double> expert_hit_rate_{-1.0};  // flow_'s, copied by the loop thread after each step
+  std::atomic<double> expert_recall_{-1.0};
   int n_ctx_ = 0;
   std::vector<std::unique_ptr<Slot>> slots_;
-  std::vector<float> masked_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;
   std::atomic<int> active_{0};
   std::atomic<size_t> kv_used_{0};
+  // Live figures for status(), written by the loop thread (publish_kv(), the decode timer).
+  void publish_kv();
+  mutable std::mutex stats_mu_;
+  std::vector<int> slot_tokens_;
+  double prefill_tok_s_ = 0;
+  std::deque<std::tuple<std::chrono::steady_clock::time_point, int, double>>
+      decode_steps_;  // when, tokens, s
   bool stop_ = false;
   std::thread thread_;
 };

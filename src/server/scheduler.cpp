@@ -52,10 +52,12 @@ void Scheduler::evict_for(uint64_t need, std::vector<std::shared_ptr<ModelRunner
     for (const auto& [n, r] : loaded_) used += runner_bytes(*r);
     const bool too_many = int(loaded_.size()) >= std::max(1, opt_.max_loaded);
     if (!too_many && used + need <= opt_.mem_budget) return;
-    // Least recently used model that no request holds.
+    // Least recently used model that no request holds. Its runner may still be counting a job that
+    // just finished (the HTTP side hands the lease back before the runner thread frees the slot):
+    // nobody waits for such a job, so it does not keep the model loaded.
     auto victim = loaded_.end();
     for (auto it = loaded_.begin(); it != loaded_.end(); ++it) {
-      if (it->second->leases > 0 || it->second->busy() > 0) continue;
+      if (it->second->leases > 0) continue;
       if (victim == loaded_.end() || it->second->last_used < victim->second->last_used) victim = it;
     }
     if (victim == loaded_.end()) return;  // everything is busy: go over budget rather than fail

@@ -27,6 +27,8 @@ for t in $targets; do
   echo "[fuzz] $t for ${secs}s (seeds: $seeds)"
   par=()
   if [ "$jobs" -gt 1 ]; then par=(-jobs="$jobs" -workers="$jobs"); fi
+  dict="tests/fuzz/${t%_fuzz}.dict"
+  if [ -f "$dict" ]; then par+=(-dict="$dict"); fi
   if ! UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
     ./build-fuzz/"$t" -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
     "${par[@]}" -print_final_stats=1 -artifact_prefix="build-fuzz/$t-" "$work" "$seeds" tests/fuzz/regressions \

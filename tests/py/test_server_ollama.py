@@ -16,7 +16,7 @@ GREEDY = {"temperature": 0, "num_predict": 24, "repeat_penalty": 1.0}
 
 @pytest.fixture(scope="module")
 def server(qleap_bin, test_models):
-    s = Server(qleap_bin, test_models, ["--parallel", "4"], with_smollm=True)
+    s = Server(qleap_bin, test_models, ["--parallel", "4", "--allow-local-pull"], with_smollm=True)
     yield s
     rc = s.stop()
     assert rc == 0, "server exited with an error"

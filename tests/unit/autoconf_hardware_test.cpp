@@ -1,4 +1,7 @@
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,6 +11,7 @@
 
 #include "autoconf/hardware.h"
 #include "autoconf/memory_bandwidth.h"
+#include "autoconf/readiness.h"
 #include "autoconf/tuner.h"
 #include "core/thread_pool.h"
 
@@ -211,6 +215,44 @@ TEST(AutoconfBandwidth, RememberedFigureOverridesALowerProbe) {
   } else {
     unsetenv("QLEAP_TUNE_FILE");
   }
+}
+
+TEST(AutoconfReadiness, WarnsAboutScalarCpuLowMemoryAndBusyPort) {
+  HardwareInfo hw;
+  hw.isa = "avx2";
+  hw.ram_available = uint64_t(8) << 30;
+  ReadinessInput in;
+  in.hw = &hw;
+  in.default_model_bytes = 100 << 20;
+  in.default_kv_bytes = 90 << 20;
+  in.serve_addr = "127.0.0.1:11435";
+  EXPECT_TRUE(readiness_warnings(in).empty());
+
+  hw.isa = "scalar";
+  hw.ram_available = 150 << 20;  // below (100 + 90) MiB x 1.25
+  in.port_in_use = true;
+  const auto w = readiness_warnings(in);
+  ASSERT_EQ(w.size(), 3u);
+  EXPECT_NE(w[0].find("no AVX2"), std::string::npos);
+  EXPECT_NE(w[1].find("the default model needs about 0.23 GiB"), std::string::npos) << w[1];
+  EXPECT_NE(w[2].find("127.0.0.1:11435 is already in use"), std::string::npos);
+}
+
+TEST(AutoconfReadiness, DetectsAPortInUse) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  const int port = ntohs(a.sin_port);
+  EXPECT_TRUE(tcp_port_in_use("127.0.0.1", port));
+  ::close(fd);
+  EXPECT_FALSE(tcp_port_in_use("127.0.0.1", port));
+  EXPECT_FALSE(tcp_port_in_use("not-an-address", port));
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu/matmul.h"
 #include "core/error.h"
 #include "core/fp16.h"
 #include "gguf/convert.h"
@@ -179,7 +180,8 @@ TEST(GgufConvert, RejectsUnsupportedInput) {
     convert_hf_to_gguf((tmp.path() / "gemma").string(), tmp.file("x.gguf"), {});
     FAIL() << "expected Unsupported";
   } catch (const Unsupported& e) {
-    EXPECT_NE(std::string(e.what()).find("llama, mistral, mixtral, qwen2, qwen3"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("llama, mistral, mixtral, qwen2, qwen3"), std::string::npos)
+        << e.what();
   }
   copy_fixture("llama_gqa", tmp.path() / "rope", {{"rope_parameters", {{"rope_type", "longrope"}}}});
   EXPECT_THROW(convert_hf_to_gguf((tmp.path() / "rope").string(), tmp.file("x.gguf"), {}), Unsupported);

@@ -9,6 +9,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "kv/kv_calibration.h"
 #include "kv/kv_turboquant.h"
 #include "kv_test_data.h"
 #include "turboquant/tq_sensitivity.h"
@@ -235,9 +236,8 @@ TEST(TqKvAlloc, NamesTakeThePathLast) {
   ASSERT_TRUE(spec);
   EXPECT_EQ(spec->alloc_path, "/tmp/a:b/c.json");
   EXPECT_EQ(spec->window, 32);
-  EXPECT_TRUE(parse_tq_kv_type("tq3:measure")->measure);
   EXPECT_FALSE(parse_tq_kv_type("tq3:alloc="));
-  EXPECT_FALSE(parse_tq_kv_type("tq3:measured"));
+  EXPECT_FALSE(parse_tq_kv_type("tq3:measure"));  // measuring is tq_measure_sensitivity's, not a cache's
 }
 
 double rel_err(const std::vector<float>& a, const std::vector<float>& b, size_t from) {
@@ -249,41 +249,51 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& b, size_t 
   return e / r;
 }
 
-// The measurement quantizes exactly like the cache (same centering, scales and rotations), so its key
-// and value errors at 3 bits should add up to roughly what a tq3 cache really loses on the same chunk's
-// last 128 queries; errors fall with the rate and with a longer window.
+// The calibration and the chunk rows a model pass over d would give: a recorder in the cache's place.
+struct Recorded {
+  KvCalibration cal;
+  KvChunkRows rows;
+};
+Recorded record(const KvData& d, int n) {
+  KvCalibrationRecorder rec(d.s, /*keep_rows=*/true);
+  run(d, rec, n);
+  return {rec.result(), rec.rows()};
+}
+
+// The measurement quantizes exactly like a cache with the same calibration (same centering, scales and
+// rotations), so its key and value errors at 3 bits should add up to roughly what a tq3 cache really
+// loses on the same chunk's last 128 queries; errors fall with the rate and with a longer window.
 TEST(TqKvAlloc, MeasurementMatchesWhatTheCacheLoses) {
   const KvShape s{.n_layers = 1, .n_ctx = 400, .n_heads = 6, .n_kv_heads = 2, .head_dim = 64};
   const int n = 400;
   const KvData d = local_attention(s, n, 9);
-  auto measuring = make_kv_cache("tq3:w32:measure", s);
-  EXPECT_EQ(tq_kv_sensitivity(*measuring), nullptr);  // nothing measured yet
-  const std::vector<float> out = run(d, *measuring, n);
-  const TqSensitivity* sens = tq_kv_sensitivity(*measuring);
-  ASSERT_NE(sens, nullptr);
-  EXPECT_EQ(sens->tokens, n);
-  EXPECT_EQ(sens->window, 32);
-  ASSERT_EQ(sens->rates, (std::vector<int>{2, 3, 4}));
-  // Measuring changes nothing in what the cache computes.
-  auto plain = make_kv_cache("tq3:w32", s);
-  EXPECT_EQ(run(d, *plain, n), out);
+  const Recorded r = record(d, n);
+  ASSERT_EQ(r.rows.n, n);
+  EXPECT_EQ(r.rows.scale, d.scale());
+  const TqSensitivity sens = tq_measure_sensitivity(*parse_tq_kv_type("tq3:w32"), s, r.cal, r.rows, nullptr);
+  EXPECT_EQ(sens.tokens, n);
+  EXPECT_EQ(sens.window, 32);
+  ASSERT_EQ(sens.rates, (std::vector<int>{2, 3, 4}));
+  auto cache = make_kv_cache("tq3:w32", s);
+  cache->calibrate(r.cal);
+  const std::vector<float> out = run(d, *cache, n);
 
   const std::vector<float> ref = d.exact(0, n);
   const size_t from = size_t(n - 128) * d.row();
   // Per kv head: the real loss of the tq3 cache over that head's query heads.
   for (int g = 0; g < 2; ++g) {
-    double e = 0, r = 0;
+    double e = 0, rr = 0;
     for (size_t t = size_t(n - 128); t < size_t(n); ++t)
       for (int h = g * 3; h < g * 3 + 3; ++h)
         for (int i = 0; i < 64; ++i) {
           const size_t at = t * d.row() + size_t(h) * 64 + size_t(i);
           e += double(out[at] - ref[at]) * (out[at] - ref[at]);
-          r += double(ref[at]) * ref[at];
+          rr += double(ref[at]) * ref[at];
         }
-    const double real = e / r, measured = sens->k_err[size_t(g)][1] + sens->v_err[size_t(g)][1];
+    const double real = e / rr, measured = sens.k_err[size_t(g)][1] + sens.v_err[size_t(g)][1];
     EXPECT_GT(measured, 0.85 * real) << g;
     EXPECT_LT(measured, 1.2 * real) << g;
-    for (const auto* err : {&sens->k_err, &sens->v_err}) {
+    for (const auto* err : {&sens.k_err, &sens.v_err}) {
       EXPECT_GT((*err)[size_t(g)][0], 1.2 * (*err)[size_t(g)][1]) << g;
       EXPECT_GT((*err)[size_t(g)][1], 1.2 * (*err)[size_t(g)][2]) << g;
     }
@@ -291,20 +301,17 @@ TEST(TqKvAlloc, MeasurementMatchesWhatTheCacheLoses) {
   EXPECT_GT(rel_err(out, ref, from), 1e-6);  // the records do lose something
 
   // A longer window leaves fewer positions to the records: every error shrinks.
-  auto wider = make_kv_cache("tq3:w128:measure", s);
-  run(d, *wider, n);
-  const TqSensitivity* less = tq_kv_sensitivity(*wider);
-  ASSERT_NE(less, nullptr);
+  const TqSensitivity less = tq_measure_sensitivity(*parse_tq_kv_type("tq3:w128"), s, r.cal, r.rows, nullptr);
   for (int g = 0; g < 2; ++g)
-    for (size_t r = 0; r < 3; ++r) {
-      EXPECT_LT(less->k_err[size_t(g)][r], sens->k_err[size_t(g)][r]) << g << " " << r;
-      EXPECT_LT(less->v_err[size_t(g)][r], sens->v_err[size_t(g)][r]) << g << " " << r;
+    for (size_t q = 0; q < 3; ++q) {
+      EXPECT_LT(less.k_err[size_t(g)][q], sens.k_err[size_t(g)][q]) << g << " " << q;
+      EXPECT_LT(less.v_err[size_t(g)][q], sens.v_err[size_t(g)][q]) << g << " " << q;
     }
-  // Too short a chunk (fewer than kTqMeasureMinTokens): nothing is measured; not a TurboQuant cache: null.
-  auto short_chunk = make_kv_cache("tq3:w32:measure", s);
-  run(d, *short_chunk, 100);
-  EXPECT_EQ(tq_kv_sensitivity(*short_chunk), nullptr);
-  EXPECT_EQ(tq_kv_sensitivity(*make_kv_cache("f16", s)), nullptr);
+  // Too short a chunk (fewer than kTqMeasureMinTokens) is refused.
+  const Recorded short_chunk = record(d, 100);
+  EXPECT_THROW(
+      tq_measure_sensitivity(*parse_tq_kv_type("tq3:w32"), s, short_chunk.cal, short_chunk.rows, nullptr),
+      InvalidArgument);
 }
 
 }  // namespace

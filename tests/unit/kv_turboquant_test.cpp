@@ -372,7 +372,6 @@ TEST(TqKvCache, WindowIsTheSameForPrefillDecodeAndRewrites) {
   const KvShape s{.n_layers = 1, .n_ctx = 300, .n_heads = 6, .n_kv_heads = 2, .head_dim = 64};
   const int n = 300;
   const KvData d(s, n, 4), other(s, n, 5);
-  // ':nocenter': records must not depend on how the first chunk was batched (calibration does).
   const char* type = "tq3:nocenter:w8";
   for (const int threads : {1, 4}) {
     ThreadPool pool(threads);
@@ -428,10 +427,19 @@ TEST(TqKvCache, CenteringMakesOffsetsFree) {
   }
   const float scale = 1.0f / std::sqrt(float(hd));
   ThreadPool pool(2);
-  // Prefill-shaped: one store of the whole sequence, then all queries (what calibrates the cache).
+  // The calibration a model pass over this sequence would give (kv/kv_calibration.h).
+  auto calibration = [&](const std::vector<float>& kk, const std::vector<float>& vv, bool queries) {
+    KvCalibrationRecorder rec(s);
+    rec.store(0, 0, n, kk.data(), vv.data());
+    std::vector<float> out(q.size());
+    if (queries) rec.attend(0, 0, n, q.data(), out.data(), scale, pool);
+    return rec.result();
+  };
+  // Prefill-shaped: one store of the whole sequence, then all queries.
   auto run = [&](const std::string& type, const std::vector<float>& kk, const std::vector<float>& vv) {
     auto kv = make_kv_cache(type, s);
     kv->set_pool(&pool);
+    kv->calibrate(calibration(kk, vv, true));
     kv->store(0, 0, n, kk.data(), vv.data());
     std::vector<float> out(q.size());
     kv->attend(0, 0, n, q.data(), out.data(), scale, pool);
@@ -466,6 +474,7 @@ TEST(TqKvCache, CenteringMakesOffsetsFree) {
   {
     auto kv = make_kv_cache("tq3", s);
     kv->set_pool(&pool);
+    kv->calibrate(calibration(ks, vs, true));
     kv->store(0, 0, n, ks.data(), vs.data());
     std::vector<float> pre(q.size()), dec(size_t(s.n_heads) * hd);
     kv->attend(0, 0, n, q.data(), pre.data(), scale, pool);
@@ -476,8 +485,9 @@ TEST(TqKvCache, CenteringMakesOffsetsFree) {
     EXPECT_LT(diff, 1e-4f);
   }
 
-  // Two stores before the first attend: calibration finishes without queries (scales 1), still centered.
+  // A calibration without queries (scales 1) still centers.
   auto kv = make_kv_cache("tq3", s);
+  kv->calibrate(calibration(ks, vs, false));
   kv->store(0, 0, 120, ks.data(), vs.data());
   kv->store(0, 120, n - 120, ks.data() + size_t(120) * kvd, vs.data() + size_t(120) * kvd);
   std::vector<float> out(q.size());
@@ -490,9 +500,7 @@ TEST(TqKvCache, CenteringMakesOffsetsFree) {
 // ---- stories260K end to end ----
 
 std::shared_ptr<const Model> stories() {
-  static std::shared_ptr<const Model> m = [] {
-    return load_model(testing::stories_path());
-  }();
+  static std::shared_ptr<const Model> m = [] { return load_model(testing::stories_path()); }();
   return m;
 }
 
@@ -561,13 +569,15 @@ TEST(TqKvStories, TopOneAgreementWithF16) {
   Session ref(model, opt);
   const std::vector<float> r = ref.eval(seq, true);
   const int nv = ref.n_vocab(), n = int(seq.size());
-  // Without the recent window (':w0'), so that the bits decide. Measured (AVX2, 256 positions; the
-  // one-batch eval calibrates centering and key scales, sink1): tq4 240, k4v3 241, tq3 229, tq2 176
-  // agreeing positions (plain quantizer: 176, 179, 115, 58); tq2 with the default window of 64: 253.
+  // Without the recent window (':w0'), so that the bits decide. Measured (AVX-512, 256 positions,
+  // centering and key scales from the model's calibration text, sink1): tq4 199, k4v3 200, tq3 122,
+  // tq2 70 agreeing positions; tq2 with the default window of 64: 203. (When the cache calibrated on
+  // the scored sequence itself, an oracle no real request has, this toy with head_dim 8 reached 240 /
+  // 241 / 229 / 176; on SmolLM2 the fixed-text calibration measured as good or better: docs/turboquant.md.)
   std::vector<int> agreements;
   for (const auto& [kv, min_agree] :
-       {std::pair{"tq4:w0", 0.85}, std::pair{"k4v3:w0", 0.85}, std::pair{"tq3:w0", 0.75},
-        std::pair{"tq2:w0", 0.5}, std::pair{"tq2", 0.8}}) {
+       {std::pair{"tq4:w0", 0.7}, std::pair{"k4v3:w0", 0.7}, std::pair{"tq3:w0", 0.4},
+        std::pair{"tq2:w0", 0.2}, std::pair{"tq2", 0.7}}) {
     opt.kv_type = kv;
     Session s(model, opt);
     const auto& l = s.eval(seq, true);

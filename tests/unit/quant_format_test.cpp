@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/matmul.h"
 #include "core/error.h"
 #include "core/fp16.h"
 #include "quant/quant.h"

@@ -263,6 +263,13 @@ std::string matmul_path_summary() {
   return s;
 }
 
+void dequantize_row(GgmlType t, const void* src, float* dst, int64_t n) {
+  const kern::IsaKernels* k = kern::active_kernels();
+  const auto& tr = type_traits(t);
+  if (k != nullptr && tr.block_size > 0 && n % tr.block_size == 0 && k->dequantize(t, src, dst, n)) return;
+  dequantize_row_ref(t, src, dst, n);
+}
+
 void get_row(const WeightView& w, int64_t r, float* out) {
   if (r < 0 || r >= w.rows)
     throw InvalidArgument(fmt::format("get_row: row {} out of range [0, {})", r, w.rows));

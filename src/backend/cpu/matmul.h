@@ -6,22 +6,9 @@
 
 #include "core/thread_pool.h"
 #include "quant/ggml_type.h"
+#include "tensor/weight_view.h"
 
 namespace qleap {
-
-struct PackedMatrix;  // backend/cpu/packed_weights.h
-
-// A 2-D weight matrix in GGUF layout: `rows` rows of `cols` elements each (ne0 = cols), rows
-// `row_bytes` apart, in any supported format. `packed`: the same matrix repacked for the x86
-// kernels (PreparedWeights, owned by the model), used when it was made from `data`.
-struct WeightView {
-  GgmlType type = GgmlType::F32;
-  const void* data = nullptr;
-  int64_t cols = 0;
-  int64_t rows = 0;
-  size_t row_bytes = 0;
-  const PackedMatrix* packed = nullptr;
-};
 
 // y[t * rows + r] = sum_c W[r, c] * x[t * cols + c] for t in [0, m): m activation rows of length
 // cols in, m output rows of length rows out. Threads split the work.
@@ -48,6 +35,10 @@ std::string matmul_path_summary();
 
 // Reference: dequantize each weight row with the scalar decoder and accumulate in double.
 void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y);
+
+// Decodes n elements (a multiple of the block size) of type t into floats with the SIMD decoders
+// where this CPU has them, else quant/quant.h's reference decoder.
+void dequantize_row(GgmlType t, const void* src, float* dst, int64_t n);
 
 // Copies row r of w, decoded to floats (embedding lookup).
 void get_row(const WeightView& w, int64_t r, float* out);

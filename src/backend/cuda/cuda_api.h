@@ -1,6 +1,6 @@
 // The CUDA backend as seen by the rest of the engine. This header has no CUDA types, so it is
-// included by CPU-only code too; without nvcc (QLEAP_HAVE_CUDA undefined) backend/cuda_stub.cpp
-// implements it: no devices, and everything that would need one throws Unsupported.
+// included by CPU-only code too; without nvcc backend/cuda/cuda_stub.cpp implements it: no devices,
+// and everything that would need one throws Unsupported.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -8,15 +8,12 @@
 #include <string>
 #include <vector>
 
-#include "backend/cpu/matmul.h"
-#include "backend/cpu/ops.h"
+#include "backend/backend.h"
+#include "kv/kv_cache.h"
+#include "tensor/rope.h"
+#include "tensor/weight_view.h"
 
 namespace qleap {
-
-class Model;
-struct Placement;
-class ExpertTier;
-struct ExpertSet;
 
 namespace cuda {
 
@@ -34,31 +31,21 @@ bool compiled();
 int device_count();
 std::vector<DeviceInfo> devices();
 
-// Runs the decoder layers [placement.first_gpu_layer(), n_layers) and, when placement says so, the
-// final norm and output head on the GPU. The weights of those layers are copied to device memory
-// once; the keys/values of those layers live in a device f16 cache of n_ctx positions.
-class GpuLayers {
- public:
-  virtual ~GpuLayers();
-  // x: m x n_embd hidden states of tokens at positions pos0 .. pos0 + m - 1 after the CPU layers.
-  // If the head is on the GPU and logits is non-null, writes the logits of every row (all) or of
-  // the last row to logits and returns true. Otherwise copies the updated hidden states back to
-  // x and returns false (the caller runs the head). With logits null (a prefill chunk whose
-  // logits nobody wants) x is left as it was: nothing reads it.
-  virtual bool forward(float* x, int m, int pos0, float* logits, bool all) = 0;
-  virtual size_t device_bytes() const = 0;  // weights + cache + scratch held on the device
-};
+// The CUDA implementation of the backend ops (backend/backend.h) on one device: activations and the
+// prepared weights in device memory, one stream, cuBLAS for multi-row matmuls, CUDA graphs for
+// run_captured. Weights are shared between backends of the same device (one upload per tensor per
+// process, freed when the last backend holding it goes). Throws Unsupported without a device.
+std::unique_ptr<Backend> make_backend(int device);
 
-// Throws Unsupported when the backend or a device is missing, or a tensor format / architecture is
-// not implemented on the GPU. rope must outlive nothing: its table is copied.
-std::unique_ptr<GpuLayers> make_gpu_layers(const Model& model, const Placement& placement,
-                                           const RopeTable& rope, int n_ctx, int n_batch);
+// A KV cache in device memory for layers on `backend` (a backend from make_backend), reading
+// positions from KvSpan::dev_pos0 so decode steps can be replayed as graphs. nullptr when this type
+// has no device kernels yet, or backend is not a CUDA backend (the Engine then keeps a host cache for
+// those layers).
+std::unique_ptr<KvCache> make_kv_cache(const std::string& type, const KvShape& shape, Backend& backend);
 
-// ExpertFlow's fast tier on the device (moe/expert_tier.h): slots_per_layer expert slots per MoE
-// layer in device memory, uploads on a copy stream, expert FFNs on a compute stream. max_rows
-// bounds the rows computed between two syncs. Throws Unsupported without a device or for expert
-// formats without a CUDA kernel.
-std::unique_ptr<ExpertTier> make_expert_tier(const ExpertSet& set, int slots_per_layer, int max_rows);
+// ---- the ExpertFlow device tier's building blocks (moe/cuda_expert_tier.cu) ----
+// Whether the device matmul kernels take this weight format.
+bool supports_format(GgmlType t);
 
 // Re-lays out w the way upload does and decodes every row with the kernels' own decoders, run on
 // the CPU (no device needed): checks the GPU layouts against the scalar reference decoders.

@@ -104,19 +104,25 @@ void rms_norm(const float* x, const float* w, float* y, int m, int n, float eps,
 void silu_mul(float* g, const float* u, int64_t n, cudaStream_t st);
 
 struct QkvPostArgs {
-  float* q;        // m x n_heads*hd, rotated in place (and normed)
-  const float* k;  // m x kv_dim
-  const float* v;
+  float* q;                      // m x n_heads*hd, rotated in place (and normed)
+  float* k;                      // m x kv_dim; rotated in place when k_cache is null
+  float* v;                      // biased in place when k_cache is null
   const float *bq, *bk, *bv;     // may be null
   const float *q_norm, *k_norm;  // may be null (per head, hd)
   const float* rope;             // n_ctx x n_rot: cos, sin pairs
   int n_rot, neox;
-  __half *k_cache, *v_cache;  // n_ctx x kv_dim of this layer
+  __half *k_cache, *v_cache;  // n_ctx x kv_dim of this layer; null: k and v stay in place
   int n_heads, n_kv_heads, hd;
   float eps;
 };
-// Bias, per-head RMSNorm, RoPE of q and k for m tokens at *pos0..; k and v go to the cache.
+// Bias, per-head RMSNorm, RoPE of q and k for m tokens at *pos0..; k and v go to the cache (or stay
+// in place, biased and rotated, when the cache pointers are null).
 void qkv_post(const QkvPostArgs& a, int m, const int* pos0, cudaStream_t st);
+// y += x (n floats).
+void add(float* y, const float* x, int64_t n, cudaStream_t st);
+// Rows t of k and v (m x kv_dim) into positions *pos0 + t of an f16 cache (n_ctx x kv_dim).
+void kv_store_f16(const float* k, const float* v, __half* k_cache, __half* v_cache, int m, int kv_dim,
+                  const int* pos0, cudaStream_t st);
 
 struct AttnArgs {
   const float* q;  // m x n_heads*hd

@@ -58,8 +58,6 @@ std::vector<DeviceInfo> devices() {
   return out;
 }
 
-GpuLayers::~GpuLayers() = default;
-
 namespace {
 
 void require_device() {

@@ -85,10 +85,31 @@ __global__ void qkv_post_kernel(QkvPostArgs a, const int* __restrict__ pos0) {
   if (i >= hd) return;
   if (isq) {
     a.q[size_t(t) * qdim + h * hd + i] = val;
-  } else {
+  } else if (a.k_cache) {
     const size_t o = size_t(pos) * kvdim + h * hd + i;
     a.k_cache[o] = __float2half(val);
     a.v_cache[o] = __float2half(a.v[size_t(t) * kvdim + h * hd + i] + (a.bv ? a.bv[h * hd + i] : 0.0f));
+  } else {
+    // In place: every thread read its source element before the barrier above.
+    const size_t o = size_t(t) * kvdim + h * hd + i;
+    a.k[o] = val;
+    if (a.bv) a.v[o] += a.bv[h * hd + i];
+  }
+}
+
+__global__ void add_kernel(float* __restrict__ y, const float* __restrict__ x, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) y[i] += x[i];
+}
+
+__global__ void kv_store_f16_kernel(const float* __restrict__ k, const float* __restrict__ v,
+                                    __half* __restrict__ kc, __half* __restrict__ vc, int kvdim,
+                                    const int* __restrict__ pos0) {
+  const int t = blockIdx.x;
+  const size_t dst = size_t(*pos0 + t) * kvdim, src = size_t(t) * kvdim;
+  for (int i = threadIdx.x; i < kvdim; i += blockDim.x) {
+    kc[dst + i] = __float2half(k[src + i]);
+    vc[dst + i] = __float2half(v[src + i]);
   }
 }
 
@@ -240,6 +261,17 @@ void qkv_post(const QkvPostArgs& a, int m, const int* pos0, cudaStream_t st) {
   if (a.hd > 1024) throw Unsupported("CUDA: head_dim > 1024");
   const int threads = (a.hd + 31) / 32 * 32;
   qkv_post_kernel<<<dim3(m, a.n_heads + a.n_kv_heads), threads, a.hd * sizeof(float), st>>>(a, pos0);
+  QL_CHECK_LAUNCH();
+}
+
+void add(float* y, const float* x, int64_t n, cudaStream_t st) {
+  add_kernel<<<unsigned((n + 255) / 256), 256, 0, st>>>(y, x, n);
+  QL_CHECK_LAUNCH();
+}
+
+void kv_store_f16(const float* k, const float* v, __half* k_cache, __half* v_cache, int m, int kv_dim,
+                  const int* pos0, cudaStream_t st) {
+  kv_store_f16_kernel<<<m, kv_dim >= 256 ? 256 : 64, 0, st>>>(k, v, k_cache, v_cache, kv_dim, pos0);
   QL_CHECK_LAUNCH();
 }
 

@@ -1,0 +1,7 @@
+#include "backend/backend.h"
+
+namespace qleap {
+
+Backend::~Backend() = default;
+
+}  // namespace qleap
