@@ -113,6 +113,10 @@ def main():
         e["l"].append(l)
         if q > 0 and l > 0:
             e["ratio"].append(q / l)
+        # One line per measurement as it is taken: a run cut short still leaves its rounds.
+        load = open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
+        print(f"# {os.path.basename(model)} {lvl} {test}: qleap {q:.1f} llama.cpp {l:.1f} t/s "
+              f"({q / l if l > 0 else float('nan'):.2f}x, load {load})", file=sys.stderr, flush=True)
 
     t0 = time.time()
     for rnd in range(a.rounds):
