@@ -54,14 +54,15 @@ std::vector<uint8_t> make_weights(GgmlType t, int64_t rows, int64_t cols) {
     if (can_quantize(t)) {
       quantize_row_ref(t, f.data(), w.data() + size_t(r) * rb, cols);
     } else {
-      // No encoder (Q2_K, Q3_K): random bits with a small fp16 scale in the first two bytes and
-      // the last two (d / dmin live there for these formats).
+      // No encoder (Q2_K, Q3_K, most i-quants): random bits with a small fp16 scale in the first
+      // two bytes (the i-quants' d) and the last four (Q2_K's / Q3_K's d, dmin).
       for (size_t i = 0; i < rb; ++i) w[size_t(r) * rb + i] = uint8_t(rng());
       const size_t ts = type_traits(t).type_size;
       for (size_t o = 0; o < rb; o += ts) {
         const uint16_t h = fp32_to_fp16_ref(0.001f);
         std::memcpy(&w[size_t(r) * rb + o + ts - 2], &h, 2);
         std::memcpy(&w[size_t(r) * rb + o + ts - 4], &h, 2);
+        std::memcpy(&w[size_t(r) * rb + o], &h, 2);
       }
     }
   }
@@ -133,9 +134,13 @@ void register_all() {
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }
-  const GgmlType types[] = {GgmlType::Q4_0,   GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q5_1,
-                            GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K,
-                            GgmlType::Q6_K,   GgmlType::F16,  GgmlType::BF16, GgmlType::F32};
+  const GgmlType types[] = {GgmlType::Q4_0,  GgmlType::Q4_1,    GgmlType::Q8_0,    GgmlType::Q5_0,
+                            GgmlType::Q5_1,  GgmlType::IQ4_NL,  GgmlType::Q2_K,    GgmlType::Q3_K,
+                            GgmlType::Q4_K,  GgmlType::Q5_K,    GgmlType::Q6_K,    GgmlType::F16,
+                            GgmlType::BF16,  GgmlType::F32,     GgmlType::IQ2_XXS, GgmlType::IQ2_XS,
+                            GgmlType::IQ2_S, GgmlType::IQ3_XXS, GgmlType::IQ3_S,   GgmlType::IQ1_S,
+                            GgmlType::IQ1_M, GgmlType::IQ4_XS,  GgmlType::TQ1_0,   GgmlType::TQ2_0,
+                            GgmlType::MXFP4, GgmlType::NVFP4};
   // Cache-resident matvec (L2): isolates kernel compute from DRAM for A/B comparisons of kernels.
   for (GgmlType t : types) {
     const std::string name = std::string("MatvecHot/") + type_name(t) + "/256x2048/threads:1";

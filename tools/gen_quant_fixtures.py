@@ -2,11 +2,16 @@
 """Writes tests/fixtures/quant/: per tensor format, random blocks and gguf-py's decoded floats
 (<FMT>.blocks / <FMT>.f32), and for the formats gguf-py can encode, random inputs and gguf-py's
 encoded bytes (<FMT>.enc_in.f32 / <FMT>.enc.bin). gguf-py is the independent reference; the C++
-tests compare bit-exactly. Usage: tools/gen_quant_fixtures.py [out_dir]"""
+tests compare bit-exactly. The i-quant, ternary and FP4 formats (iq_blocks below) get random blocks
+plus edge blocks: zero, negative-zero, subnormal and largest scales, every grid index, every sign
+pattern and every sub-scale value. The integer and F64 tensor types, which gguf-py reads as numpy
+arrays but has no dequantizer for, are checked against numpy's conversion to float32.
+Usage: tools/gen_quant_fixtures.py [out_dir]"""
 import os
 import sys
 
 import numpy as np
+from gen_quant_fixtures_iq import INT_TYPES, IQ_DECODE_TYPES, IQ_ENCODE_TYPES, int_values, iq_blocks, iq_encode_inputs
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 from gguf.constants import GGML_QUANT_SIZES
@@ -63,6 +68,24 @@ def main():
         ref.tofile(os.path.join(out, f"{name}.f32"))
     for name in ENCODE_TYPES:
         x = encode_inputs(rng)
+        enc = quants.quantize(x.reshape(1, -1), T[name]).reshape(-1)
+        x.tofile(os.path.join(out, f"{name}.enc_in.f32"))
+        enc.tofile(os.path.join(out, f"{name}.enc.bin"))
+    # Formats added later draw from their own generator so the fixtures above stay unchanged.
+    rng = np.random.default_rng(20260418)
+    for name in IQ_DECODE_TYPES:
+        raw = iq_blocks(rng, name).reshape(-1)
+        with np.errstate(over="ignore"):  # MXFP4's largest exponents overflow to inf, as in the reference
+            ref = quants.dequantize(raw, T[name]).astype(np.float32).reshape(-1)
+        raw.tofile(os.path.join(out, f"{name}.blocks"))
+        ref.tofile(os.path.join(out, f"{name}.f32"))
+    for name in INT_TYPES:
+        vals = int_values(rng, name)
+        vals.view(np.uint8).tofile(os.path.join(out, f"{name}.blocks"))
+        with np.errstate(over="ignore"):  # F64 values beyond the float range become inf
+            vals.astype(np.float32).tofile(os.path.join(out, f"{name}.f32"))
+    for name in IQ_ENCODE_TYPES:
+        x = iq_encode_inputs(rng, name)
         enc = quants.quantize(x.reshape(1, -1), T[name]).reshape(-1)
         x.tofile(os.path.join(out, f"{name}.enc_in.f32"))
         enc.tofile(os.path.join(out, f"{name}.enc.bin"))

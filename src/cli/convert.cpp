@@ -54,7 +54,10 @@ void register_convert(CLI::App& app) {
       "Convert a Hugging Face model directory (safetensors + config.json) to GGUF, or requantize a GGUF");
   cmd->add_option("input", opt->input, "HF model directory or .gguf file")->required();
   cmd->add_option("output", opt->output, "output .gguf path")->required();
-  cmd->add_option("--type", opt->type, "weight type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, ...")
+  cmd->add_option(
+         "--type", opt->type,
+         "weight type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K, IQ4_XS, "
+         "TQ1_0, TQ2_0, MXFP4, NVFP4")
       ->capture_default_str();
   cmd->callback([opt] { convert_command(*opt); });
 }

@@ -111,6 +111,9 @@ void info_command(const InfoOptions& o) {
     e.first++;
     e.second += t.nbytes;
   }
+  // Storage bits per weight of each tensor type, from its block layout.
+  std::map<std::string, double> bpw;
+  for (const auto& t : file->tensors()) bpw[type_name(t.type)] = bits_per_weight(t.type);
   int64_t n_params = 0;
   for (const auto& t : file->tensors()) n_params += t.n_elements();
 
@@ -145,7 +148,9 @@ void info_command(const InfoOptions& o) {
     j["n_params"] = n_params;
     j["tensor_bytes"] = file->tensor_bytes();
     for (const auto& [k, v] : file->metadata()) j["metadata"][k] = v.to_display(16);
-    for (const auto& [k, v] : by_type) j["types"][k] = {{"count", v.first}, {"bytes", v.second}};
+    for (const auto& [k, v] : by_type) {
+      j["types"][k] = {{"count", v.first}, {"bytes", v.second}, {"bits_per_weight", bpw.at(k)}};
+    }
     j["kv_bytes_per_token"] = kv_per_token;
     j["kv_fixed_bytes"] = kv_fixed;
     j["repacked_bytes"] = repacked_bytes;
@@ -180,8 +185,10 @@ void info_command(const InfoOptions& o) {
   fmt::print("weights:     {} ({:.2f} bits/weight)\n", human_bytes(double(file->tensor_bytes())),
              8.0 * double(file->tensor_bytes()) / double(std::max<int64_t>(1, n_params)));
   fmt::print("tensor types:\n");
-  for (const auto& [k, v] : by_type)
-    fmt::print("  {:<6} {:>4} tensors  {}\n", k, v.first, human_bytes(double(v.second)));
+  for (const auto& [k, v] : by_type) {
+    fmt::print("  {:<7} {:>4} tensors  {:>9}  {:.4g} bits/weight\n", k, v.first,
+               human_bytes(double(v.second)), bpw.at(k));
+  }
   if (kv_per_token) {
     const double kv_total = double(kv_per_token) * o.ctx + double(kv_fixed);
     fmt::print("KV cache ({}): {} per token{}; {} at ctx {}\n", o.kv, human_bytes(double(kv_per_token)),
@@ -205,7 +212,7 @@ void info_command(const InfoOptions& o) {
     for (const auto& t : file->tensors()) {
       std::string shape;
       for (size_t d = 0; d < t.shape.size(); ++d) shape += (d ? " x " : "") + std::to_string(t.shape[d]);
-      fmt::print("  {:<36} {:<6} [{}] {}\n", t.name, type_name(t.type), shape, human_bytes(double(t.nbytes)));
+      fmt::print("  {:<36} {:<7} [{}] {}\n", t.name, type_name(t.type), shape, human_bytes(double(t.nbytes)));
     }
   }
 }

@@ -370,15 +370,19 @@ void quantize_rows(ThreadPool& pool, GgmlType t, const float* src, uint8_t* dst,
                     });
 }
 
-// The type a 2-D weight gets: the requested one when its rows fit whole blocks, else F16.
+// The type a 2-D weight gets: the requested one when its rows fit whole blocks, else IQ4_XS's
+// 32-weight sibling IQ4_NL (same codebook, as llama.cpp falls back), else F16.
 GgmlType weight_type(GgmlType want, int64_t row_len, const std::string& name, const ProgressFn& progress) {
   if (row_len % type_traits(want).block_size == 0) return want;
+  const GgmlType fallback =
+      want == GgmlType::IQ4_XS && row_len % type_traits(GgmlType::IQ4_NL).block_size == 0 ? GgmlType::IQ4_NL
+                                                                                          : GgmlType::F16;
   if (progress) {
-    progress(fmt::format("{}: row length {} is not a multiple of the {} block size; using F16", name, row_len,
-                         type_name(want)),
+    progress(fmt::format("{}: row length {} is not a multiple of the {} block size; using {}", name, row_len,
+                         type_name(want), type_name(fallback)),
              0.0);
   }
-  return GgmlType::F16;
+  return fallback;
 }
 
 void check_encoder(GgmlType t) {
@@ -420,6 +424,14 @@ uint32_t file_type_for(GgmlType t) {
       return 30;
     case GgmlType::BF16:
       return 32;
+    case GgmlType::TQ1_0:
+      return 36;
+    case GgmlType::TQ2_0:
+      return 37;
+    case GgmlType::MXFP4:
+      return 38;  // MXFP4_MOE (llama.cpp's only MXFP4 file type)
+    case GgmlType::NVFP4:
+      return 39;
     default:
       return 1024;  // GUESSED
   }

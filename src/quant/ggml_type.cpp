@@ -7,7 +7,7 @@
 namespace qleap {
 namespace {
 
-constexpr size_t kMaxType = 40;
+constexpr size_t kMaxType = 42;
 
 std::array<TypeTraits, kMaxType> make_table() {
   std::array<TypeTraits, kMaxType> t{};
@@ -28,24 +28,28 @@ std::array<TypeTraits, kMaxType> make_table() {
   set(GgmlType::Q5_K, "Q5_K", 256, 176, true);
   set(GgmlType::Q6_K, "Q6_K", 256, 210, true);
   set(GgmlType::Q8_K, "Q8_K", 256, 292, false);
-  set(GgmlType::IQ2_XXS, "IQ2_XXS", 256, 66, false);
-  set(GgmlType::IQ2_XS, "IQ2_XS", 256, 74, false);
-  set(GgmlType::IQ3_XXS, "IQ3_XXS", 256, 98, false);
-  set(GgmlType::IQ1_S, "IQ1_S", 256, 50, false);
+  set(GgmlType::IQ2_XXS, "IQ2_XXS", 256, 66, true);
+  set(GgmlType::IQ2_XS, "IQ2_XS", 256, 74, true);
+  set(GgmlType::IQ3_XXS, "IQ3_XXS", 256, 98, true);
+  set(GgmlType::IQ1_S, "IQ1_S", 256, 50, true);
   set(GgmlType::IQ4_NL, "IQ4_NL", 32, 18, true);
-  set(GgmlType::IQ3_S, "IQ3_S", 256, 110, false);
-  set(GgmlType::IQ2_S, "IQ2_S", 256, 82, false);
-  set(GgmlType::IQ4_XS, "IQ4_XS", 256, 136, false);
-  set(GgmlType::I8, "I8", 1, 1, false);
-  set(GgmlType::I16, "I16", 1, 2, false);
-  set(GgmlType::I32, "I32", 1, 4, false);
-  set(GgmlType::I64, "I64", 1, 8, false);
-  set(GgmlType::F64, "F64", 1, 8, false);
-  set(GgmlType::IQ1_M, "IQ1_M", 256, 56, false);
+  set(GgmlType::IQ3_S, "IQ3_S", 256, 110, true);
+  set(GgmlType::IQ2_S, "IQ2_S", 256, 82, true);
+  set(GgmlType::IQ4_XS, "IQ4_XS", 256, 136, true);
+  // Integer and F64 tensors decode to float (an I32 weight is unusual but legal).
+  set(GgmlType::I8, "I8", 1, 1, true);
+  set(GgmlType::I16, "I16", 1, 2, true);
+  set(GgmlType::I32, "I32", 1, 4, true);
+  set(GgmlType::I64, "I64", 1, 8, true);
+  set(GgmlType::F64, "F64", 1, 8, true);
+  set(GgmlType::IQ1_M, "IQ1_M", 256, 56, true);
   set(GgmlType::BF16, "BF16", 1, 2, true);
-  set(GgmlType::TQ1_0, "TQ1_0", 256, 54, false);
-  set(GgmlType::TQ2_0, "TQ2_0", 256, 66, false);
-  set(GgmlType::MXFP4, "MXFP4", 32, 17, false);
+  set(GgmlType::TQ1_0, "TQ1_0", 256, 54, true);
+  set(GgmlType::TQ2_0, "TQ2_0", 256, 66, true);
+  set(GgmlType::MXFP4, "MXFP4", 32, 17, true);
+  set(GgmlType::NVFP4, "NVFP4", 64, 36, true);
+  // Known to gguf 0.19 by size but without a decoder there: readable as a file, not computable.
+  set(GgmlType::Q1_0, "Q1_0", 128, 18, false);
   return t;
 }
 
@@ -74,6 +78,11 @@ std::optional<GgmlType> type_from_name(std::string_view name) {
     if (table()[i].name != nullptr && up == table()[i].name) return GgmlType(i);
   }
   return std::nullopt;
+}
+
+double bits_per_weight(GgmlType t) {
+  const auto& tr = type_traits(t);
+  return tr.block_size > 0 ? 8.0 * double(tr.type_size) / double(tr.block_size) : 0.0;
 }
 
 size_t row_size(GgmlType t, int64_t n) {

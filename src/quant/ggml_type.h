@@ -41,6 +41,8 @@ enum class GgmlType : uint32_t {
   TQ1_0 = 34,
   TQ2_0 = 35,
   MXFP4 = 39,
+  NVFP4 = 40,
+  Q1_0 = 41,
 };
 
 struct TypeTraits {
@@ -55,9 +57,11 @@ const TypeTraits& type_traits(GgmlType t);
 inline const TypeTraits& type_traits(uint32_t id) {
   return type_traits(GgmlType(id));
 }
-const char* type_name(GgmlType t);                              // "Q4_K", or "type#N" style for unknown ids
+const char* type_name(GgmlType t);                              // "Q4_K", or "UNKNOWN" for unknown ids
 std::optional<GgmlType> type_from_name(std::string_view name);  // case-insensitive
 // Bytes of a row of n elements; n must be a multiple of the block size.
 size_t row_size(GgmlType t, int64_t n);
+// Storage bits per weight of the format (block bytes * 8 / block elements); 0 for unknown ids.
+double bits_per_weight(GgmlType t);
 
 }  // namespace qleap

@@ -7,7 +7,17 @@
 
 #include "core/error.h"
 #include "core/fp16.h"
+#include "quant/block_iq1_m.h"
+#include "quant/block_iq1_s.h"
+#include "quant/block_iq2_s.h"
+#include "quant/block_iq2_xs.h"
+#include "quant/block_iq2_xxs.h"
+#include "quant/block_iq3_s.h"
+#include "quant/block_iq3_xxs.h"
 #include "quant/block_iq4_nl.h"
+#include "quant/block_iq4_xs.h"
+#include "quant/block_mxfp4.h"
+#include "quant/block_nvfp4.h"
 #include "quant/block_q2_k.h"
 #include "quant/block_q3_k.h"
 #include "quant/block_q4_0.h"
@@ -19,6 +29,8 @@
 #include "quant/block_q6_k.h"
 #include "quant/block_q8_0.h"
 #include "quant/block_q8_k.h"
+#include "quant/block_tq1_0.h"
+#include "quant/block_tq2_0.h"
 #include "quant/quant_encode.h"
 
 namespace qleap {
@@ -28,6 +40,17 @@ template <typename Block, int kBlockElems>
 void dequant_blocks(const void* src, float* dst, int64_t n) {
   const auto* b = static_cast<const Block*>(src);
   for (int64_t i = 0; i < n / kBlockElems; ++i) dequantize_block_ref(b[i], dst + i * kBlockElems);
+}
+
+// Integer and F64 tensors: a plain conversion (round to nearest even), as numpy's astype(float32).
+template <typename T>
+void convert_elems(const void* src, float* dst, int64_t n) {
+  const auto* p = static_cast<const uint8_t*>(src);
+  for (int64_t i = 0; i < n; ++i) {
+    T v;
+    std::memcpy(&v, p + size_t(i) * sizeof(T), sizeof(T));
+    dst[i] = float(v);
+  }
 }
 
 void check_multiple(GgmlType t, int64_t n) {
@@ -55,6 +78,16 @@ void dequantize_row_ref(GgmlType t, const void* src, float* dst, int64_t n) {
       for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_fp32(s[i]);
       return;
     }
+    case GgmlType::I8:
+      return convert_elems<int8_t>(src, dst, n);
+    case GgmlType::I16:
+      return convert_elems<int16_t>(src, dst, n);
+    case GgmlType::I32:
+      return convert_elems<int32_t>(src, dst, n);
+    case GgmlType::I64:
+      return convert_elems<int64_t>(src, dst, n);
+    case GgmlType::F64:
+      return convert_elems<double>(src, dst, n);
     default:
       break;
   }
@@ -84,6 +117,30 @@ void dequantize_row_ref(GgmlType t, const void* src, float* dst, int64_t n) {
       return dequant_blocks<BlockQ5_K, kQKK>(src, dst, n);
     case GgmlType::Q6_K:
       return dequant_blocks<BlockQ6_K, kQKK>(src, dst, n);
+    case GgmlType::IQ2_XXS:
+      return dequant_blocks<BlockIq2Xxs, kQKK>(src, dst, n);
+    case GgmlType::IQ2_XS:
+      return dequant_blocks<BlockIq2Xs, kQKK>(src, dst, n);
+    case GgmlType::IQ2_S:
+      return dequant_blocks<BlockIq2S, kQKK>(src, dst, n);
+    case GgmlType::IQ3_XXS:
+      return dequant_blocks<BlockIq3Xxs, kQKK>(src, dst, n);
+    case GgmlType::IQ3_S:
+      return dequant_blocks<BlockIq3S, kQKK>(src, dst, n);
+    case GgmlType::IQ1_S:
+      return dequant_blocks<BlockIq1S, kQKK>(src, dst, n);
+    case GgmlType::IQ1_M:
+      return dequant_blocks<BlockIq1M, kQKK>(src, dst, n);
+    case GgmlType::IQ4_XS:
+      return dequant_blocks<BlockIq4Xs, kQKK>(src, dst, n);
+    case GgmlType::TQ1_0:
+      return dequant_blocks<BlockTq1_0, kQKK>(src, dst, n);
+    case GgmlType::TQ2_0:
+      return dequant_blocks<BlockTq2_0, kQKK>(src, dst, n);
+    case GgmlType::MXFP4:
+      return dequant_blocks<BlockMxfp4, kQK>(src, dst, n);
+    case GgmlType::NVFP4:
+      return dequant_blocks<BlockNvfp4, kQKNv>(src, dst, n);
     default:
       throw Unsupported(fmt::format("no decoder for tensor type {}", type_name(t)));
   }
@@ -104,6 +161,11 @@ bool can_quantize(GgmlType t) {
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
     case GgmlType::Q6_K:
+    case GgmlType::TQ1_0:
+    case GgmlType::TQ2_0:
+    case GgmlType::MXFP4:
+    case GgmlType::NVFP4:
+    case GgmlType::IQ4_XS:
       return true;
     default:
       return false;
@@ -174,6 +236,21 @@ void quantize_row_ref(GgmlType t, const float* src, void* dst, int64_t n) {
         break;
       case GgmlType::Q6_K:
         quantize_block_ref(x, static_cast<BlockQ6_K*>(b));
+        break;
+      case GgmlType::TQ1_0:
+        quantize_block_ref(x, static_cast<BlockTq1_0*>(b));
+        break;
+      case GgmlType::TQ2_0:
+        quantize_block_ref(x, static_cast<BlockTq2_0*>(b));
+        break;
+      case GgmlType::MXFP4:
+        quantize_block_ref(x, static_cast<BlockMxfp4*>(b));
+        break;
+      case GgmlType::NVFP4:
+        quantize_block_ref(x, static_cast<BlockNvfp4*>(b));
+        break;
+      case GgmlType::IQ4_XS:
+        quantize_block_ref(x, static_cast<BlockIq4Xs*>(b));
         break;
       default:
         throw Unsupported(fmt::format("no encoder for tensor type {}", type_name(t)));

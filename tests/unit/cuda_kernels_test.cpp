@@ -55,8 +55,12 @@ std::vector<double> ref_matmul(const WeightView& w, const std::vector<float>& x,
 TEST(CudaLayout, KernelDecodersMatchScalarReferenceOnHost) {
   if (!cuda::compiled()) GTEST_SKIP() << "built without the CUDA backend";
   std::mt19937 rng(99);
-  for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
-                     GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
+  for (GgmlType t :
+       {GgmlType::F32,    GgmlType::F16,    GgmlType::BF16,    GgmlType::Q8_0,  GgmlType::Q4_0,
+        GgmlType::Q4_1,   GgmlType::Q4_K,   GgmlType::Q5_K,    GgmlType::Q6_K,  GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS, GgmlType::IQ2_S,  GgmlType::IQ3_XXS, GgmlType::IQ3_S, GgmlType::IQ1_S,
+        GgmlType::IQ1_M,  GgmlType::IQ4_XS, GgmlType::TQ1_0,   GgmlType::TQ2_0, GgmlType::MXFP4,
+        GgmlType::NVFP4}) {
     const bool is_float = t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16;
     const int64_t rows = 7, cols = is_float ? 172 : 768;
     const auto bytes = random_weights(t, rows, cols, rng);
@@ -106,7 +110,11 @@ TEST_P(CudaMatmul, MatVecAndGemmMatchScalarReference) {
 INSTANTIATE_TEST_SUITE_P(Formats, CudaMatmul,
                          ::testing::Values(GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0,
                                            GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q5_K,
-                                           GgmlType::Q6_K),
+                                           GgmlType::Q6_K, GgmlType::IQ2_XXS, GgmlType::IQ2_XS,
+                                           GgmlType::IQ2_S, GgmlType::IQ3_XXS, GgmlType::IQ3_S,
+                                           GgmlType::IQ1_S, GgmlType::IQ1_M, GgmlType::IQ4_XS,
+                                           GgmlType::TQ1_0, GgmlType::TQ2_0, GgmlType::MXFP4,
+                                           GgmlType::NVFP4),
                          [](const auto& info) { return std::string(type_name(info.param)); });
 
 TEST(CudaOps, RmsNormAndSiluMul) {

@@ -57,14 +57,9 @@ int act_block_of(GgmlType t) {
     case GgmlType::F16:
     case GgmlType::BF16:
       return 1;
-    case GgmlType::Q2_K:
-    case GgmlType::Q3_K:
-    case GgmlType::Q4_K:
-    case GgmlType::Q5_K:
-    case GgmlType::Q6_K:
-      return 256;
     default:
-      return 32;
+      // The 256-weight formats run against Q8_K activations, the others (including NVFP4's 64) Q8A.
+      return type_traits(t).block_size == 256 ? 256 : 32;
   }
 }
 
@@ -149,7 +144,9 @@ TEST_P(MatmulKernel, MatchesReferenceAtEveryIsaLevel) {
 
 INSTANTIATE_TEST_SUITE_P(AllFormats, MatmulKernel,
                          ::testing::Values("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-                                           "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"),
+                                           "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ2_XXS",
+                                           "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "IQ4_XS",
+                                           "TQ1_0", "TQ2_0", "MXFP4", "NVFP4"),
                          [](const auto& info) { return std::string(info.param); });
 
 TEST(MatmulKernelApi, RejectsBadShapesAndTypes) {
@@ -157,7 +154,7 @@ TEST(MatmulKernelApi, RejectsBadShapesAndTypes) {
   ThreadPool pool(1);
   float x[48] = {}, y[4] = {};
   EXPECT_THROW(matmul(WeightView{GgmlType::Q4_0, w.data(), 48, 1, 18 * 2}, x, 1, y, pool), InvalidArgument);
-  EXPECT_THROW(matmul(WeightView{GgmlType::IQ2_XXS, w.data(), 256, 1, 66}, x, 1, y, pool), Unsupported);
+  EXPECT_THROW(matmul(WeightView{GgmlType::Q1_0, w.data(), 128, 1, 18}, x, 1, y, pool), Unsupported);
   EXPECT_THROW(get_row(WeightView{GgmlType::Q4_0, w.data(), 32, 1, 18}, 1, y), InvalidArgument);
 }
 

@@ -275,6 +275,25 @@ TEST(ModelLoad, BadShapeNamed) {
   EXPECT_NE(msg.find("[8, 4]"), std::string::npos) << msg;
 }
 
+// A type id this build does not know, and a known one it cannot compute with, are named together
+// with the tensor.
+TEST(ModelLoad, UnknownAndUncomputableTensorTypesNamed) {
+  TinyConfig c;
+  c.n_embd = 128;
+  c.head_dim = 32;
+  GgufBuilder g = testing::tiny_model(c);
+  g.set_type("blk.1.ffn_up.weight", 57);
+  TempGguf tmp(g);
+  const std::string msg = expect_throw_message<FormatError>([&] { load_model(tmp.path); });
+  EXPECT_NE(msg.find("blk.1.ffn_up.weight"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("57"), std::string::npos) << msg;
+  g.set_type("blk.1.ffn_up.weight", uint32_t(GgmlType::Q1_0));
+  TempGguf tmp2(g);
+  const std::string msg2 = expect_throw_message<Unsupported>([&] { load_model(tmp2.path); });
+  EXPECT_NE(msg2.find("blk.1.ffn_up.weight"), std::string::npos) << msg2;
+  EXPECT_NE(msg2.find("Q1_0"), std::string::npos) << msg2;
+}
+
 TEST(ModelLoad, HParamsDefaultsAndScaling) {
   GgufBuilder g;
   g.add_string("general.architecture", "llama");

@@ -84,6 +84,13 @@ class GgufBuilder {
   void add_tensor(const std::string& name, std::vector<int64_t> shape, const std::vector<float>& data) {
     tensors_.push_back({name, std::move(shape), data});
   }
+  // Declares tensor `name` with another type id; its data stays the F32 bytes (enough for any
+  // type), so this tests the handling of type ids, not of their contents.
+  void set_type(const std::string& name, uint32_t type_id) {
+    for (auto& t : tensors_) {
+      if (t.name == name) t.type = type_id;
+    }
+  }
 
   std::vector<uint8_t> build() const {
     std::vector<uint8_t> out;
@@ -97,7 +104,7 @@ class GgufBuilder {
       put_str(out, t.name);
       put(out, uint32_t(t.shape.size()));
       for (int64_t d : t.shape) put(out, uint64_t(d));
-      put(out, uint32_t(0));  // F32
+      put(out, t.type);
       put(out, off);
       off += align(t.data.size() * 4);
     }
@@ -121,6 +128,7 @@ class GgufBuilder {
     std::string name;
     std::vector<int64_t> shape;
     std::vector<float> data;
+    uint32_t type = 0;  // F32
   };
   static size_t align(size_t n) { return (n + 31) / 32 * 32; }
   template <class V>

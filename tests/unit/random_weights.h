@@ -19,7 +19,18 @@ inline std::vector<int> fp16_fields(GgmlType t) {
     case GgmlType::Q5_0:
     case GgmlType::Q8_0:
     case GgmlType::IQ4_NL:
+    case GgmlType::IQ2_XXS:
+    case GgmlType::IQ2_XS:
+    case GgmlType::IQ2_S:
+    case GgmlType::IQ3_XXS:
+    case GgmlType::IQ3_S:
+    case GgmlType::IQ1_S:
+    case GgmlType::IQ4_XS:
       return {0};
+    case GgmlType::TQ1_0:
+      return {52};
+    case GgmlType::TQ2_0:
+      return {64};
     case GgmlType::Q4_1:
     case GgmlType::Q5_1:
     case GgmlType::Q4_K:
@@ -54,6 +65,16 @@ inline std::vector<uint8_t> random_weights(GgmlType t, int64_t rows, int64_t col
       const uint16_t h = fp32_to_fp16_ref(u(rng) * 0.05f);
       std::memcpy(&w[off + size_t(f)], &h, 2);
     }
+    if (t == GgmlType::IQ1_M) {
+      // The fp16 scale is spread over the top nibbles of the four scale words (bytes 48..55).
+      const uint16_t h = fp32_to_fp16_ref(u(rng) * 0.05f);
+      for (int i = 0; i < 4; ++i) {
+        uint8_t& hi = w[off + 48 + size_t(2 * i) + 1];
+        hi = uint8_t((hi & 0x0F) | (((h >> (4 * i)) & 0xF) << 4));
+      }
+    }
+    // MXFP4's exponent byte: keep the scale near 2^-6 (every exponent is in the decode fixtures).
+    if (t == GgmlType::MXFP4) w[off] = uint8_t(118 + rng() % 8);
   }
   return w;
 }

@@ -31,6 +31,9 @@
 
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/matmul_x86_impl.h"
+// The i-quant kernels (GGUF layout, no repacked or tile form) reopen the namespace above and must
+// follow it: at this level they run as on AVX-512.
+#include "backend/cpu/matmul_iq_x86_impl.h"
 #include "quant/quant.h"
 
 namespace qleap::kern::amx {

@@ -3,6 +3,8 @@
 #define QLEAP_ISA_NAME "avx2"
 #define QLEAP_USE_VNNI 0
 #include "backend/cpu/matmul_x86_impl.h"
+// The i-quant kernels reopen the namespace above and must follow it.
+#include "backend/cpu/matmul_iq_x86_impl.h"
 
 namespace qleap::kern {
 

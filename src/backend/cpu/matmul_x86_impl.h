@@ -819,6 +819,11 @@ struct FKernel {
   }
 };
 
+// I-quant, ternary and FP4 kernels: matmul_iq_x86_impl.h, included after this file.
+bool gemm_iq(GgmlType type, const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1,
+             const uint8_t* xa, size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy);
+bool dequantize_iq(GgmlType t, const void* src, float* dst, int64_t n);
+
 bool gemm(GgmlType type, const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
           size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
   switch (type) {
@@ -865,7 +870,7 @@ bool gemm(GgmlType type, const uint8_t* w, size_t rb, int64_t cols, int64_t r0, 
       FKernel<TBF16>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
       return true;
     default:
-      return false;
+      return gemm_iq(type, w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
   }
 }
 
@@ -982,7 +987,7 @@ bool dequantize(GgmlType t, const void* src, float* dst, int64_t n) {
       return true;
     }
     default:
-      return false;
+      return dequantize_iq(t, src, dst, n);
   }
 }
 

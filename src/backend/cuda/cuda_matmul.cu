@@ -11,6 +11,7 @@
 //         threads of one super-block share through L1.
 //   Q6_K  per row: each super-block's ql, qh and scales (208 bytes), then all fp16 scales d.
 //         A chunk is 16 values of each of the four 32-value groups of one 128-value half.
+//   IQ*, TQ*, MXFP4, NVFP4  unchanged (cuda_iq_formats.cuh); a chunk is one 32-weight sub-block.
 // A warp reduces one output row; lanes take chunks round robin so that a warp's loads are
 // contiguous. Prefill (many rows) dequantizes slices of the weight to fp16 and calls cublasGemmEx.
 #include <algorithm>
@@ -366,11 +367,17 @@ void launch_dequant(const DevWeight& w, int64_t r0, int64_t n, __half* out, cuda
     case GgmlType::Q6_K:                                                       \
       FN<GgmlType::Q6_K>(__VA_ARGS__);                                         \
       break;                                                                   \
+      QL_IQ_CASES(FN, __VA_ARGS__)                                             \
     default:                                                                   \
       throw Unsupported(std::string("no CUDA kernel for ") + type_name(type)); \
   }
 
 }  // namespace
+}  // namespace qleap::cuda
+
+#include "backend/cuda/cuda_iq_formats.cuh"
+
+namespace qleap::cuda {
 
 // Host-side re-layout of one row (see the file comment).
 void repack_row(GgmlType t, const uint8_t* src, int64_t cols, uint8_t* dst) {
@@ -426,7 +433,8 @@ void repack_row(GgmlType t, const uint8_t* src, int64_t cols, uint8_t* dst) {
       break;
     }
     default:
-      throw Unsupported(std::string("no CUDA kernel for ") + type_name(t));
+      if (!is_iq_format(t)) throw Unsupported(std::string("no CUDA kernel for ") + type_name(t));
+      std::memcpy(dst, src, row_size(t, cols));  // kept in the GGUF layout
   }
 }
 
@@ -450,7 +458,8 @@ size_t gpu_row_bytes(GgmlType t, int64_t cols) {
     case GgmlType::Q6_K:
       return round16(size_t(cols / 256) * 210);
     default:
-      throw Unsupported(std::string("no CUDA kernel for ") + type_name(t));
+      if (!is_iq_format(t)) throw Unsupported(std::string("no CUDA kernel for ") + type_name(t));
+      return row_size(t, cols);
   }
 }
 
@@ -498,7 +507,7 @@ bool gpu_supports(GgmlType t) {
     case GgmlType::Q6_K:
       return true;
     default:
-      return false;
+      return is_iq_format(t);
   }
 }
 
@@ -508,6 +517,7 @@ size_t device_weight_bytes(const WeightView& w) {
 
 DevWeight upload_weight(const WeightView& w) {
   if (!gpu_supports(w.type)) throw Unsupported(std::string("no CUDA kernel for ") + type_name(w.type));
+  if (is_iq_format(w.type)) ensure_iq_tables();
   DevWeight d;
   d.type = w.type;
   d.rows = w.rows;

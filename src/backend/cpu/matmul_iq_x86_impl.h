@@ -1,0 +1,507 @@
+// x86 kernels for the i-quants (IQ1_S .. IQ4_XS), the ternary formats (TQ1_0, TQ2_0) and the FP4
+// formats (MXFP4, NVFP4), compiled once per ISA like matmul_x86_impl.h: matmul_avx2.cpp and
+// matmul_avx512.cpp include this file right after that one, and it reopens the same per-ISA
+// anonymous namespace, so it uses that file's helpers and exports nothing.
+//
+// Scheme: the 256-element formats run against Q8_K activations. Every format is described by a
+// traits struct that turns a weight block into, per 32 weights, unsigned magnitudes u and a sign
+// vector s (the weight is u * sign(s)), an int8 scale per 16 weights and one float factor, so that
+//   dot(block, x) = factor * dx * sum_g scale_g * sum_{i in g} u_i * sign(x_i, s_i).
+// Decode (one activation row) unpacks in registers; prefill unpacks each weight super-block once
+// per chunk of activation rows and reuses it for all of them. MXFP4 is a 32-element signed
+// codebook format and goes through the Q8A tiles of matmul_x86_impl.h; NVFP4 (64 weights, a scale
+// per 16) has its own Q8A row kernel.
+#include <array>
+
+#include "quant/block_iq1_m.h"
+#include "quant/block_iq1_s.h"
+#include "quant/block_iq2_s.h"
+#include "quant/block_iq2_xs.h"
+#include "quant/block_iq2_xxs.h"
+#include "quant/block_iq3_s.h"
+#include "quant/block_iq3_xxs.h"
+#include "quant/block_iq4_xs.h"
+#include "quant/block_mxfp4.h"
+#include "quant/block_nvfp4.h"
+#include "quant/block_tq1_0.h"
+#include "quant/block_tq2_0.h"
+
+namespace qleap::kern::QLEAP_ISA_NS {
+namespace {
+
+// kIqKsigns expanded to one byte per weight: 0x01 (keep) or 0xFF (negate), for _mm256_sign_epi8.
+constexpr std::array<uint64_t, 128> make_sign_masks() {
+  std::array<uint64_t, 128> t{};
+  for (int i = 0; i < 128; ++i) {
+    uint64_t v = 0;
+    for (int j = 0; j < 8; ++j) v |= uint64_t((kIqKsigns[i] >> j) & 1 ? 0xFF : 0x01) << (8 * j);
+    t[size_t(i)] = v;
+  }
+  return t;
+}
+alignas(64) constexpr std::array<uint64_t, 128> kSignMask = make_sign_masks();
+
+// 32 sign bits (little-endian) -> bytes 0xFF (bit set: negate) or 0x01.
+inline __m256i sign_bits_to_mask(const uint8_t* p) {
+  return _mm256_or_si256(bits_to_bytes(p), _mm256_set1_epi8(1));
+}
+
+inline __m256i grid64(const uint64_t* g, uint32_t i0, uint32_t i1, uint32_t i2, uint32_t i3) {
+  return _mm256_set_epi64x(int64_t(g[i3]), int64_t(g[i2]), int64_t(g[i1]), int64_t(g[i0]));
+}
+inline __m256i signs64(uint32_t s0, uint32_t s1, uint32_t s2, uint32_t s3) {
+  return _mm256_set_epi64x(int64_t(kSignMask[s3]), int64_t(kSignMask[s2]), int64_t(kSignMask[s1]),
+                           int64_t(kSignMask[s0]));
+}
+
+// ---- format traits: scales(b, sc), factor(b), chunk(b, k, u, s) for weights 32k .. 32k+31 ----
+
+struct FIq2Xxs {
+  using B = BlockIq2Xxs;
+  static void scales(const B& b, int8_t* sc) {
+    for (int ib = 0; ib < 8; ++ib) {
+      uint32_t a;
+      std::memcpy(&a, b.qs + 4 * ib + 2, 4);
+      sc[2 * ib] = sc[2 * ib + 1] = int8_t(2 * (a >> 28) + 1);
+    }
+  }
+  static float factor(const B& b) { return h2f(b.d) * 0.125f; }
+  static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
+    uint32_t a[2];
+    std::memcpy(a, b.qs + 4 * k, 8);
+    *u = grid64(kIq2xxsGrid, a[0] & 0xFF, (a[0] >> 8) & 0xFF, (a[0] >> 16) & 0xFF, a[0] >> 24);
+    *s = signs64(a[1] & 127, (a[1] >> 7) & 127, (a[1] >> 14) & 127, (a[1] >> 21) & 127);
+  }
+};
+
+struct FIq2Xs {
+  using B = BlockIq2Xs;
+  static void scales(const B& b, int8_t* sc) {
+    for (int g = 0; g < 16; ++g) sc[g] = int8_t(2 * ((b.scales[g / 2] >> (4 * (g % 2))) & 0xF) + 1);
+  }
+  static float factor(const B& b) { return h2f(b.d) * 0.125f; }
+  static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
+    const uint16_t* q = b.qs + 4 * k;
+    *u = grid64(kIq2xsGrid, q[0] & 511, q[1] & 511, q[2] & 511, q[3] & 511);
+    *s = signs64(q[0] >> 9, q[1] >> 9, q[2] >> 9, q[3] >> 9);
+  }
+};
+
+struct FIq2S {
+  using B = BlockIq2S;
+  static void scales(const B& b, int8_t* sc) {
+    for (int g = 0; g < 16; ++g) sc[g] = int8_t(2 * ((b.scales[g / 2] >> (4 * (g % 2))) & 0xF) + 1);
+  }
+  static float factor(const B& b) { return h2f(b.d) * 0.125f; }
+  static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
+    const uint8_t* q = b.qs + 4 * k;
+    const uint32_t h = b.qh[k];
+    *u = grid64(kIq2sGrid, q[0] | ((h << 8) & 0x300), q[1] | ((h << 6) & 0x300), q[2] | ((h << 4) & 0x300),
+                q[3] | ((h << 2) & 0x300));
+    *s = sign_bits_to_mask(b.signs + 4 * k);
+  }
+};
+
+struct FIq3Xxs {
+  using B = BlockIq3Xxs;
+  static void scales(const B& b, int8_t* sc) {
+    for (int ib = 0; ib < 8; ++ib) {
+      uint32_t a;
+      std::memcpy(&a, b.scales_signs + 4 * ib, 4);
+      sc[2 * ib] = sc[2 * ib + 1] = int8_t(2 * (a >> 28) + 1);
+    }
+  }
+  static float factor(const B& b) { return h2f(b.d) * 0.25f; }
+  static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
+    const uint8_t* q = b.qs + 8 * k;
+    const uint32_t* g = kIq3xxsGrid;
+    *u = _mm256_set_epi32(int(g[q[7]]), int(g[q[6]]), int(g[q[5]]), int(g[q[4]]), int(g[q[3]]), int(g[q[2]]),
+                          int(g[q[1]]), int(g[q[0]]));
+    uint32_t a;
+    std::memcpy(&a, b.scales_signs + 4 * k, 4);
+    *s = signs64(a & 127, (a >> 7) & 127, (a >> 14) & 127, (a >> 21) & 127);
+  }
+};
+
+struct FIq3S {
+  using B = BlockIq3S;
+  static void scales(const B& b, int8_t* sc) {
+    for (int ib = 0; ib < 8; ++ib)
+      sc[2 * ib] = sc[2 * ib + 1] = int8_t(2 * ((b.scales[ib / 2] >> (4 * (ib % 2))) & 0xF) + 1);
+  }
+  static float factor(const B& b) { return h2f(b.d); }
+  static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
+    const uint8_t* q = b.qs + 8 * k;
+    const uint32_t h = b.qh[k];
+    const uint32_t* g = kIq3sGrid;
+    auto idx = [&](int j) { return int(g[q[j] | ((h << (8 - j)) & 0x100)]); };
+    *u = _mm256_set_epi32(idx(7), idx(6), idx(5), idx(4), idx(3), idx(2), idx(1), idx(0));
+    *s = sign_bits_to_mask(b.signs + 4 * k);
+  }
+};
+
+// IQ1: w = d * (2s + 1) * (g + delta) with g in {-1, 0, 1} and delta = +-1/8; we carry the integer
+// 8 * (g + delta) in {-9, -7, -1, 1, 7, 9}, looked up from (g + 1) + 3 * (delta < 0), and d / 8.
+inline __m256i iq1_values(__m256i g, __m256i delta_neg_x3) {
+  const __m256i tbl = _mm256_setr_epi8(-7, 1, 9, -9, -1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -7, 1, 9, -9, -1, 7,
+                                       0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm256_shuffle_epi8(tbl, _mm256_add_epi8(_mm256_add_epi8(g, _mm256_set1_epi8(1)), delta_neg_x3));
+}
+
+struct FIq1S {
+  using B = BlockIq1S;
+  static void scales(const B& b, int8_t* sc) {
+    for (int ib = 0; ib < 8; ++ib) sc[2 * ib] = sc[2 * ib + 1] = int8_t(2 * ((b.qh[ib] >> 12) & 7) + 1);
+  }
+  static float factor(const B& b) { return h2f(b.d) * 0.125f; }
+  static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
+    const uint8_t* q = b.qs + 4 * k;
+    const uint32_t h = b.qh[k];
+    const __m256i g = grid64(kIq1sGrid, q[0] | ((h << 8) & 0x700), q[1] | ((h << 5) & 0x700),
+                             q[2] | ((h << 2) & 0x700), q[3] | ((h >> 1) & 0x700));
+    const __m256i v = iq1_values(g, _mm256_set1_epi8(h & 0x8000 ? 3 : 0));
+    *u = _mm256_sign_epi8(v, v);
+    *s = v;
+  }
+};
+
+struct FIq1M {
+  using B = BlockIq1M;
+  static void scales(const B& b, int8_t* sc) {
+    uint16_t w[4];
+    std::memcpy(w, b.scales, 8);
+    for (int g = 0; g < 16; ++g) sc[g] = int8_t(2 * ((w[g / 4] >> (3 * (g % 4))) & 7) + 1);
+  }
+  static float factor(const B& b) { return fp16_to_fp32(iq1m_scale_bits(b)) * 0.125f; }
+  static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
+    const uint8_t* q = b.qs + 4 * k;
+    const uint32_t h0 = b.qh[2 * k], h1 = b.qh[2 * k + 1];
+    const __m256i g = grid64(kIq1sGrid, q[0] | ((h0 << 8) & 0x700), q[1] | ((h0 << 4) & 0x700),
+                             q[2] | ((h1 << 8) & 0x700), q[3] | ((h1 << 4) & 0x700));
+    auto neg = [](uint32_t bit) { return bit ? int64_t(0x0303030303030303) : int64_t(0); };
+    const __m256i dn = _mm256_set_epi64x(neg(h1 & 0x80), neg(h1 & 0x08), neg(h0 & 0x80), neg(h0 & 0x08));
+    const __m256i v = iq1_values(g, dn);
+    *u = _mm256_sign_epi8(v, v);
+    *s = v;
+  }
+};
+
+struct FIq4Xs {
+  using B = BlockIq4Xs;
+  static void scales(const B& b, int8_t* sc) {
+    for (int ib = 0; ib < 8; ++ib) sc[2 * ib] = sc[2 * ib + 1] = int8_t(iq4xs_scale(b, ib));
+  }
+  static float factor(const B& b) { return h2f(b.d); }
+  static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
+    const __m256i tbl =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+    const __m256i v = _mm256_shuffle_epi8(tbl, load_nibbles(b.qs + 16 * k));
+    *u = _mm256_sign_epi8(v, v);
+    *s = v;
+  }
+};
+
+struct FTq2 {
+  using B = BlockTq2_0;
+  static void scales(const B&, int8_t* sc) {
+    for (int g = 0; g < 16; ++g) sc[g] = 1;
+  }
+  static float factor(const B& b) { return h2f(b.d); }
+  static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
+    const __m256i q =
+        _mm256_and_si256(_mm256_srli_epi16(load32u(b.qs + 32 * (k / 4)), 2 * (k % 4)), _mm256_set1_epi8(3));
+    const __m256i v = _mm256_sub_epi8(q, _mm256_set1_epi8(1));
+    *u = _mm256_sign_epi8(v, v);
+    *s = v;
+  }
+};
+
+// TQ1_0: byte * 3^t mod 256, per byte, with per-byte multipliers m.
+inline __m256i mul_bytes(__m256i v, __m256i m) {
+  const __m256i lo = _mm256_and_si256(_mm256_mullo_epi16(v, m), _mm256_set1_epi16(0x00FF));
+  const __m256i hi =
+      _mm256_slli_epi16(_mm256_mullo_epi16(_mm256_srli_epi16(v, 8), _mm256_srli_epi16(m, 8)), 8);
+  return _mm256_or_si256(lo, hi);
+}
+// The trit (v * 3) >> 8 of each byte v, minus one: -1 below 86, 0 below 171, else 1.
+inline __m256i trit_minus_one(__m256i v) {
+  const __m256i ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(86)), v);
+  const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(char(171))), v);
+  return _mm256_xor_si256(_mm256_add_epi8(ge86, ge171), _mm256_set1_epi8(-1));
+}
+
+struct FTq1 {
+  using B = BlockTq1_0;
+  static void scales(const B&, int8_t* sc) {
+    for (int g = 0; g < 16; ++g) sc[g] = 1;
+  }
+  static float factor(const B& b) { return h2f(b.d); }
+  static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
+    static constexpr uint8_t kPow3[5] = {1, 3, 9, 27, 81};
+    __m256i bytes, mult;
+    if (k < 5) {
+      bytes = load32u(b.qs);
+      mult = _mm256_set1_epi8(char(kPow3[k]));
+    } else {
+      // Weights 160..239: qs[32..47] trits 0..4 (16 weights each); 240..255: qh trits 0..3.
+      const __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 32));
+      if (k < 7) {
+        bytes = _mm256_broadcastsi128_si256(q1);
+        mult = _mm256_set_m128i(_mm_set1_epi8(char(kPow3[2 * (k - 5) + 1])),
+                                _mm_set1_epi8(char(kPow3[2 * (k - 5)])));
+      } else {
+        uint32_t h;
+        std::memcpy(&h, b.qh, 4);
+        bytes = _mm256_set_m128i(_mm_set1_epi32(int(h)), q1);
+        mult = _mm256_set_m128i(_mm_setr_epi8(1, 1, 1, 1, 3, 3, 3, 3, 9, 9, 9, 9, 27, 27, 27, 27),
+                                _mm_set1_epi8(81));
+      }
+    }
+    const __m256i v = trit_minus_one(mul_bytes(bytes, mult));
+    *u = _mm256_sign_epi8(v, v);
+    *s = v;
+  }
+};
+
+// ---- 256-element formats against Q8_K ----
+
+inline void load_scales(const int8_t* sc, __m256i* sc16) {
+  const __m128i v = _mm_load_si128(reinterpret_cast<const __m128i*>(sc));
+  sc16[0] = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(v));
+  sc16[1] = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_srli_si128(v, 8)));
+}
+
+template <class F>
+float vec_dot_iq(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  using B = typename F::B;
+  const auto* wb = reinterpret_cast<const B*>(w);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    alignas(16) int8_t sc[16];
+    F::scales(wb[i], sc);
+    __m256i sc16[2];
+    load_scales(sc, sc16);
+    __m256i isum = _mm256_setzero_si256();
+    for (int k = 0; k < 8; ++k) {
+      __m256i u, s;
+      F::chunk(wb[i], k, &u, &s);
+      const __m256i xv = load32u(reinterpret_cast<const uint8_t*>(x[i].qs) + 32 * k);
+      const __m256i p = _mm256_maddubs_epi16(u, _mm256_sign_epi8(xv, s));
+      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, k16_chunk_scale(sc16, k)));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(F::factor(wb[i]) * x[i].d), _mm256_cvtepi32_ps(isum), acc);
+  }
+  return hsum(acc);
+}
+
+// A weight super-block unpacked once for a chunk of activation rows.
+struct alignas(32) IqPrep {
+  uint8_t u[256];
+  int8_t s[256];
+  int16_t sc[8][16];  // chunk k: lanes 0..7 scale of weights 32k..32k+15, lanes 8..15 the next 16
+  float f;
+};
+
+template <class F>
+void iq_prep(const typename F::B& b, IqPrep& p) {
+  alignas(16) int8_t sc[16];
+  F::scales(b, sc);
+  for (int k = 0; k < 8; ++k) {
+    __m256i u, s;
+    F::chunk(b, k, &u, &s);
+    store32(p.u + 32 * k, u);
+    store32(reinterpret_cast<uint8_t*>(p.s) + 32 * k, s);
+    for (int i = 0; i < 8; ++i) {
+      p.sc[k][i] = sc[2 * k];
+      p.sc[k][8 + i] = sc[2 * k + 1];
+    }
+  }
+  p.f = F::factor(b);
+}
+
+template <class F, int RR>
+void panel_iq(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* x, int64_t xs, int nt,
+              float* y, int64_t ldy) {
+  using B = typename F::B;
+  alignas(32) __m256 acc[RR][kActChunk];
+  for (int r = 0; r < RR; ++r) {
+    for (int c = 0; c < nt; ++c) acc[r][c] = _mm256_setzero_ps();
+  }
+  IqPrep prep[RR];
+  for (int64_t b = 0; b < nb; ++b) {
+    for (int r = 0; r < RR; ++r)
+      iq_prep<F>(reinterpret_cast<const B*>(w + size_t(r) * row_bytes)[b], prep[r]);
+    for (int c = 0; c < nt; ++c) {
+      const BlockQ8_K* xb = x + c * xs + b;
+      __m256i xv[8];
+      for (int k = 0; k < 8; ++k) xv[k] = load32u(reinterpret_cast<const uint8_t*>(xb->qs) + 32 * k);
+      for (int r = 0; r < RR; ++r) {
+        const IqPrep& p = prep[r];
+        __m256i isum = _mm256_setzero_si256();
+        for (int k = 0; k < 8; ++k) {
+          const __m256i s = _mm256_load_si256(reinterpret_cast<const __m256i*>(p.s + 32 * k));
+          const __m256i prod = _mm256_maddubs_epi16(
+              _mm256_load_si256(reinterpret_cast<const __m256i*>(p.u + 32 * k)), _mm256_sign_epi8(xv[k], s));
+          isum = _mm256_add_epi32(
+              isum, _mm256_madd_epi16(prod, _mm256_load_si256(reinterpret_cast<const __m256i*>(p.sc[k]))));
+        }
+        acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(p.f * xb->d), _mm256_cvtepi32_ps(isum), acc[r][c]);
+      }
+    }
+  }
+  for (int r = 0; r < RR; ++r) {
+    for (int c = 0; c < nt; ++c) y[c * ldy + r] = hsum(acc[r][c]);
+  }
+}
+
+template <class F>
+void run_iq(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
+            size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
+  const int64_t nb = cols / 256;
+  const int64_t xs = int64_t(xa_stride / sizeof(BlockQ8_K));
+  if (t1 - t0 <= 1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const auto* xb = reinterpret_cast<const BlockQ8_K*>(xa + size_t(t) * xa_stride);
+      for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq<F>(w + size_t(r) * rb, xb, nb);
+    }
+    return;
+  }
+  constexpr int kRR = 4;
+  for (int64_t tc = t0; tc < t1; tc += kActChunk) {
+    const int nt = int(std::min(t1, tc + kActChunk) - tc);
+    const auto* xb = reinterpret_cast<const BlockQ8_K*>(xa + size_t(tc) * xa_stride);
+    int64_t r = r0;
+    for (; r + kRR <= r1; r += kRR)
+      panel_iq<F, kRR>(w + size_t(r) * rb, rb, nb, xb, xs, nt, y + tc * ldy + r, ldy);
+    for (; r < r1; ++r) panel_iq<F, 1>(w + size_t(r) * rb, rb, nb, xb, xs, nt, y + tc * ldy + r, ldy);
+  }
+}
+
+// ---- MXFP4: a signed 16-entry codebook per 32 weights, like IQ4_NL, with a power-of-two scale ----
+
+struct TMxfp4 {
+  using B = BlockMxfp4;
+  static constexpr Kind kKind = kSignedQ;
+  static constexpr float kOffset = 0.0f;
+  static __m256i q(const B* b) {
+    const __m256i table =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4Values)));
+    return _mm256_shuffle_epi8(table, load_nibbles(b->qs));
+  }
+  static float d(const B* b) { return e8m0_to_fp32_half(b->e); }
+  static float m(const B*) { return 0.0f; }
+  static __m128 dm(const B* b) { return _mm_set1_ps(d(b)); }
+};
+
+// ---- NVFP4 against Q8A: each 32-weight half of a block has two scales of 16 ----
+
+constexpr std::array<float, 256> make_ue4m3_table() {
+  std::array<float, 256> t{};
+  for (int i = 0; i < 256; ++i) t[size_t(i)] = ue4m3_to_fp32_half(uint8_t(i));
+  return t;
+}
+alignas(64) constexpr std::array<float, 256> kUe4m3Half = make_ue4m3_table();
+
+// Codes of weights 32h .. 32h+31 of an NVFP4 block, in order, as signed values.
+inline __m256i nvfp4_half(const BlockNvfp4& b, int h) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 16 * h));
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  const __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+  // Group 2h: low nibbles of bytes 0..7 then their high nibbles; group 2h + 1 likewise for 8..15.
+  const __m256i idx = _mm256_set_m128i(_mm_unpackhi_epi64(lo, hi), _mm_unpacklo_epi64(lo, hi));
+  const __m256i table =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4Values)));
+  return _mm256_shuffle_epi8(table, idx);
+}
+
+inline float vec_dot_nvfp4(const uint8_t* w, const BlockQ8A* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const BlockNvfp4*>(w);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    for (int h = 0; h < 2; ++h) {
+      const BlockQ8A& xb = x[2 * i + h];
+      const __m256i q = nvfp4_half(wb[i], h);
+      const __m256i p =
+          dot_u8i8(_mm256_sign_epi8(q, q),
+                   _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.qs)), q));
+      const __m256 sc = _mm256_mul_ps(_mm256_set_m128(_mm_set1_ps(kUe4m3Half[wb[i].d[2 * h + 1]]),
+                                                      _mm_set1_ps(kUe4m3Half[wb[i].d[2 * h]])),
+                                      _mm256_set1_ps(xb.d));
+      acc = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc);
+    }
+  }
+  return hsum(acc);
+}
+
+void run_nvfp4(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, const uint8_t* xa,
+               size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
+  // Row-dot only: weight rows outer in small blocks so they stay in L1 while the activation rows
+  // pass (NVFP4 files are rare; no unpacked prefill tiles yet).
+  const int64_t block = std::max<int64_t>(1, int64_t(16384 / std::max<size_t>(1, rb)));
+  for (int64_t rs = r0; rs < r1; rs += block) {
+    const int64_t re = std::min(r1, rs + block);
+    for (int64_t t = t0; t < t1; ++t) {
+      const auto* xb = reinterpret_cast<const BlockQ8A*>(xa + size_t(t) * xa_stride);
+      for (int64_t r = rs; r < re; ++r) y[t * ldy + r] = vec_dot_nvfp4(w + size_t(r) * rb, xb, cols / 64);
+    }
+  }
+}
+
+bool gemm_iq(GgmlType type, const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1,
+             const uint8_t* xa, size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy) {
+  switch (type) {
+    case GgmlType::IQ2_XXS:
+      run_iq<FIq2Xxs>(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::IQ2_XS:
+      run_iq<FIq2Xs>(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::IQ2_S:
+      run_iq<FIq2S>(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::IQ3_XXS:
+      run_iq<FIq3Xxs>(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::IQ3_S:
+      run_iq<FIq3S>(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::IQ1_S:
+      run_iq<FIq1S>(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::IQ1_M:
+      run_iq<FIq1M>(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::IQ4_XS:
+      run_iq<FIq4Xs>(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::TQ1_0:
+      run_iq<FTq1>(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::TQ2_0:
+      run_iq<FTq2>(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::MXFP4:
+      Q8AKernel<TMxfp4>::run(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    case GgmlType::NVFP4:
+      run_nvfp4(w, rb, cols, r0, r1, xa, xa_stride, t0, t1, y, ldy);
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool dequantize_iq(GgmlType t, const void* src, float* dst, int64_t n) {
+  switch (t) {
+    case GgmlType::MXFP4:
+      dequant_q8a_type<TMxfp4>(src, dst, n);
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+}  // namespace qleap::kern::QLEAP_ISA_NS
