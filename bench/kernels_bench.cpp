@@ -1,7 +1,8 @@
 // Kernel benchmarks: matvec (decode, m = 1) and matmul (prefill, m = 64 / 512) per weight format,
 // with 1 and 2 threads, reporting weight bytes streamed per second; plus a plain streaming read
 // of a large buffer as the machine's memory-bandwidth ceiling.
-//   ./qleap_kernel_bench --benchmark_filter='Matvec/Q4_0'   (QLEAP_ISA=avx2|scalar caps the ISA)
+//   ./qleap_kernel_bench --benchmark_filter='Matvec/Q4_0'   (QLEAP_ISA=amx|avx512|avx2|scalar caps
+//   the ISA; QLEAP_REPACK=0 keeps the GGUF layout)
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -12,7 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "autoconf/memory_bandwidth.h"
 #include "backend/cpu/matmul.h"
+#include "backend/cpu/packed_weights.h"
 #include "core/fp16.h"
 #include "core/thread_pool.h"
 #include "quant/quant.h"
@@ -21,8 +24,12 @@ namespace qleap {
 namespace {
 
 // Decode benchmarks cycle through enough weight copies to exceed the last-level cache, so they
-// measure DRAM streaming like a real model does.
-constexpr size_t kColdBytes = size_t(160) << 20;
+// measure DRAM streaming like a real model does (some VMs report a last-level cache of hundreds
+// of MiB).
+size_t cold_bytes() {
+  static const size_t n = std::max(size_t(160) << 20, 2 * last_level_cache_bytes());
+  return n;
+}
 
 ThreadPool& pool_for(int n) {
   static std::unique_ptr<ThreadPool> pools[9];
@@ -65,9 +72,20 @@ std::vector<uint8_t> make_weights(GgmlType t, int64_t rows, int64_t cols) {
 void bm_matmul(benchmark::State& state, GgmlType t, int64_t rows, int64_t cols, int64_t m, int threads,
                bool hot = false) {
   const auto base = make_weights(t, rows, cols);
-  const size_t bytes = base.size();
-  const size_t copies = m == 1 && !hot ? std::max<size_t>(1, kColdBytes / bytes) : 1;
+  size_t bytes = base.size();
+  const size_t copies = m == 1 && !hot ? std::max<size_t>(1, cold_bytes() / bytes) : 1;
   std::vector<std::vector<uint8_t>> w(copies, base);
+  // The model's path: packable formats are repacked at load (QLEAP_REPACK=0 measures GGUF layout).
+  std::vector<WeightView> views;
+  for (auto& c : w) views.push_back(WeightView{t, c.data(), cols, rows, row_size(t, cols)});
+  std::vector<WeightView*> vp;
+  for (auto& v : views) vp.push_back(&v);
+  const auto prepared = PreparedWeights::prepare(vp, false);
+  if (prepared->matrices() > 0) {
+    // Decode then streams the repacked copy: count its bytes.
+    state.SetLabel("repacked");
+    bytes = prepared->bytes() / copies;
+  }
   std::vector<float> x(size_t(m * cols)), y(size_t(m * rows));
   std::mt19937 rng(1);
   std::normal_distribution<float> nd;
@@ -75,8 +93,7 @@ void bm_matmul(benchmark::State& state, GgmlType t, int64_t rows, int64_t cols, 
   ThreadPool& pool = pool_for(threads);
   size_t i = 0;
   for (auto _ : state) {
-    const WeightView wv{t, w[i].data(), cols, rows, row_size(t, cols)};
-    matmul(wv, x.data(), m, y.data(), pool);
+    matmul(views[i], x.data(), m, y.data(), pool);
     benchmark::DoNotOptimize(y.data());
     i = (i + 1) % copies;
   }
@@ -88,7 +105,7 @@ void bm_matmul(benchmark::State& state, GgmlType t, int64_t rows, int64_t cols, 
 
 // Streaming read of a buffer much larger than the caches: the bandwidth ceiling for decode.
 void bm_mem_read(benchmark::State& state, int threads) {
-  const size_t n = (size_t(512) << 20) / sizeof(uint64_t);
+  const size_t n = std::max(size_t(512) << 20, 2 * last_level_cache_bytes()) / sizeof(uint64_t);
   static std::vector<uint64_t> buf(n, 1);
   ThreadPool& pool = pool_for(threads);
   std::vector<uint64_t> sums(size_t(threads) * 8);

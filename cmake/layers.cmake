@@ -62,6 +62,9 @@ function(qleap_layer name)
     elseif(f MATCHES "_avx512\\.cpp$")
       set_source_files_properties(${f} PROPERTIES COMPILE_OPTIONS
         "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512vnni;-mavx512bf16;-mfma;-mf16c;-mavx2;-mbmi2")
+    elseif(f MATCHES "_amx\\.cpp$")
+      set_source_files_properties(${f} PROPERTIES COMPILE_OPTIONS
+        "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512vnni;-mavx512bf16;-mfma;-mf16c;-mavx2;-mbmi2;-mamx-tile;-mamx-int8;-mamx-bf16")
     endif()
   endforeach()
   set_property(GLOBAL APPEND PROPERTY QLEAP_LAYERS ${name})

@@ -28,7 +28,12 @@ struct HardwareInfo {
   std::string isa;         // "scalar", "avx2", "avx512"
   uint64_t ram_total = 0;  // bytes usable by this process (cgroup limit applied)
   uint64_t ram_available = 0;
-  double mem_bw_gbps = 0;  // measured read bandwidth; 0 when not measured
+  double mem_bw_gbps = 0;  // read bandwidth for planning; 0 when not measured
+  // How mem_bw_gbps was obtained: "measured" (probe now), "remembered" (`qleap tune` on this
+  // machine measured more than the probe did now), "" when not measured.
+  std::string mem_bw_source;
+  double mem_bw_probe_gbps = 0;  // what the probe in this process measured
+  bool mem_bw_busy = false;      // the probe saw a busy machine (its figure may be low)
   std::vector<GpuInfo> gpus;
   std::vector<std::string> notes;  // detection problems worth showing
 
@@ -66,6 +71,8 @@ std::vector<GpuInfo> detect_amd_gpus(const std::string& root = "/");
 
 struct DetectOptions {
   bool measure_bandwidth = true;
+  // Use the machine's bandwidth remembered by `qleap tune` when it exceeds the probe's figure.
+  bool use_remembered_bandwidth = true;
   bool detect_gpus = true;
 };
 HardwareInfo detect_hardware(const DetectOptions& opt = {});

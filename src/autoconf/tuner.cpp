@@ -55,11 +55,31 @@ nlohmann::json read_store(const std::string& store) {
   if (!in) return nlohmann::json::object();
   try {
     nlohmann::json j = nlohmann::json::parse(in);
-    if (j.is_object() && j.contains("entries") && j["entries"].is_array()) return j;
+    if (!j.is_object()) return nlohmann::json::object();
+    // Drop parts of the wrong shape; a damaged store only loses the tuning results, and the next
+    // save rewrites it.
+    if (j.contains("entries") && !j["entries"].is_array()) j.erase("entries");
+    if (j.contains("machines") && !j["machines"].is_object()) j.erase("machines");
+    return j;
   } catch (const nlohmann::json::exception&) {
-    // A damaged store only loses the tuning results; the next save rewrites it.
   }
   return nlohmann::json::object();
+}
+
+void write_store(const std::string& store, const nlohmann::json& out) {
+  std::error_code ec;
+  const fs::path p(store);
+  if (p.has_parent_path()) fs::create_directories(p.parent_path(), ec);
+  // Write then rename, so a concurrent reader never sees half a file.
+  const std::string tmp = store + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    if (!f) throw IoError("cannot write " + tmp);
+    f << out.dump(2) << "\n";
+    if (!f) throw IoError("cannot write " + tmp);
+  }
+  fs::rename(tmp, store, ec);
+  if (ec) throw IoError("cannot replace " + store + ": " + ec.message());
 }
 
 nlohmann::json settings_json(const TuneSettings& s) {
@@ -123,19 +143,34 @@ void save_tuned(const std::string& store, const TuneKey& key, const TunedEntry& 
                        {"pp_tok_s", t.baseline.pp_tok_s},
                        {"tg_tok_s", t.baseline.tg_tok_s}}}});
   nlohmann::json out = {{"version", 1}, {"entries", entries}};
-  std::error_code ec;
-  const fs::path p(store);
-  if (p.has_parent_path()) fs::create_directories(p.parent_path(), ec);
-  // Write then rename, so a concurrent reader never sees half a file.
-  const std::string tmp = store + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    if (!f) throw IoError("cannot write " + tmp);
-    f << out.dump(2) << "\n";
-    if (!f) throw IoError("cannot write " + tmp);
+  if (j.contains("machines")) out["machines"] = j["machines"];
+  write_store(store, out);
+}
+
+std::optional<RememberedBandwidth> load_machine_bandwidth(const std::string& store,
+                                                          const std::string& machine_id) {
+  const nlohmann::json j = read_store(store);
+  if (!j.contains("machines") || !j["machines"].contains(machine_id)) return std::nullopt;
+  try {
+    const auto& m = j["machines"][machine_id];
+    RememberedBandwidth b;
+    b.gbps = m.at("mem_bw_gbps").get<double>();
+    b.measured_at = m.value("measured_at", "");
+    if (!(b.gbps > 0)) return std::nullopt;
+    return b;
+  } catch (const nlohmann::json::exception&) {
+    return std::nullopt;
   }
-  fs::rename(tmp, store, ec);
-  if (ec) throw IoError("cannot replace " + store + ": " + ec.message());
+}
+
+void save_machine_bandwidth(const std::string& store, const std::string& machine_id,
+                            const RememberedBandwidth& b) {
+  nlohmann::json j = read_store(store);
+  if (auto old = load_machine_bandwidth(store, machine_id); old && old->gbps >= b.gbps) return;
+  j["version"] = 1;
+  if (!j.contains("entries")) j["entries"] = nlohmann::json::array();
+  j["machines"][machine_id] = {{"mem_bw_gbps", b.gbps}, {"measured_at", b.measured_at}};
+  write_store(store, j);
 }
 
 std::vector<int> thread_candidates(int cores, int logical) {

@@ -53,6 +53,19 @@ std::optional<TunedEntry> load_tuned(const std::string& store, const TuneKey& ke
 // Replaces the entry for key (others are kept). Throws IoError when the file cannot be written.
 void save_tuned(const std::string& store, const TuneKey& key, const TunedEntry& e);
 
+// The machine's memory read bandwidth as `qleap tune` measured it (best of many probes on a machine
+// that did not look busy), kept per machine_identity in the same store: a quick probe on a busy
+// machine reads low, and the planner's decode ceiling should not follow it.
+struct RememberedBandwidth {
+  double gbps = 0;
+  std::string measured_at;  // ISO 8601 UTC
+};
+std::optional<RememberedBandwidth> load_machine_bandwidth(const std::string& store,
+                                                          const std::string& machine_id);
+// Keeps the higher of the stored and the new figure. Throws IoError when the file cannot be written.
+void save_machine_bandwidth(const std::string& store, const std::string& machine_id,
+                            const RememberedBandwidth& b);
+
 struct TuneOptions {
   int n_prompt = 128;
   int n_gen = 32;

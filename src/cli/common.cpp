@@ -12,6 +12,7 @@
 #include "autoconf/hardware.h"
 #include "autoconf/planner.h"
 #include "autoconf/tuner.h"
+#include "backend/cpu/packed_weights.h"
 #include "core/error.h"
 #include "gguf/gguf.h"
 #include "runtime/kv_calibrate.h"
@@ -82,6 +83,9 @@ void add_common_options(CLI::App& cmd, CommonOptions& o, bool model_positional) 
          "decoder layers to run on the CUDA GPU: auto (planner), all (plus the output head), or a count "
          "(the last N layers; 0 = CPU only)")
       ->capture_default_str();
+  cmd.add_flag_callback(
+      "--no-repack", [] { set_repack_enabled(false); },
+      "keep the weights in GGUF layout (no interleaved copy for the CPU kernels; same as QLEAP_REPACK=0)");
 }
 
 void add_sampling_options(CLI::App& cmd, SamplerParams& p) {

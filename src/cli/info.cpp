@@ -10,6 +10,8 @@
 
 #include "autoconf/hardware.h"
 #include "autoconf/readiness.h"
+#include "backend/cpu/matmul.h"
+#include "backend/cpu/packed_weights.h"
 #include "cli/common.h"
 #include "core/cpu_features.h"
 #include "gguf/gguf.h"
@@ -60,11 +62,24 @@ void print_machine(bool json) {
   fmt::print("CPU:        {}\n", hw.cpu_model);
   fmt::print("cores:      {} physical, {} logical (default threads: {})\n", hw.physical_cores,
              hw.logical_cpus, hw.physical_cores);
-  fmt::print("SIMD:       {} (avx2={} fma={} f16c={} avx512f={} avx512bw={} avx512vnni={})\n", hw.isa, f.avx2,
-             f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vnni);
+  fmt::print(
+      "SIMD:       {} (avx2={} fma={} f16c={} avx512f={} avx512bw={} avx512vnni={} avx512bf16={} amx-int8={} "
+      "amx-bf16={})\n",
+      hw.isa, f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vnni, f.avx512bf16, f.amx_int8,
+      f.amx_bf16);
+  if (!amx_note().empty()) fmt::print("note:       {}\n", amx_note());
+  fmt::print("matmul:     {}\n", matmul_path_summary());
   fmt::print("RAM:        {} total, {} available\n", human_bytes(double(hw.ram_total)),
              human_bytes(double(hw.ram_available)));
-  fmt::print("memory bw:  {:.1f} GB/s read (measured, {} threads)\n", hw.mem_bw_gbps, hw.physical_cores);
+  if (hw.mem_bw_source == "remembered") {
+    fmt::print(
+        "memory bw:  {:.1f} GB/s read (remembered from `qleap tune`; probe now {:.1f} GB/s, {} threads)\n",
+        hw.mem_bw_gbps, hw.mem_bw_probe_gbps, hw.physical_cores);
+  } else {
+    fmt::print("memory bw:  {:.1f} GB/s read (best of 5 probes, {} threads{})\n", hw.mem_bw_gbps,
+               hw.physical_cores,
+               hw.mem_bw_busy ? "; machine looked busy, run `qleap tune` on a quiet machine" : "");
+  }
   if (hw.gpus.empty()) fmt::print("GPUs:       none detected (NVIDIA via libcuda.so.1, AMD via sysfs)\n");
   for (const auto& g : hw.gpus) {
     std::string line = fmt::format("GPU {} {}:  {}", g.vendor, g.index, g.name);
@@ -105,8 +120,13 @@ void info_command(const InfoOptions& o) {
   // KV bytes come from the cache implementation itself, so the figure is what a session allocates.
   size_t kv_per_token = 0, kv_fixed = 0;  // fixed: not per token (TurboQuant's exact sink and window)
   std::string kv_note;
+  std::string repacked = "not loaded";
+  size_t repacked_bytes = 0, released_bytes = 0;
   try {
     auto model = load_model(path);
+    repacked = model->prepared().describe();
+    repacked_bytes = model->prepared().bytes();
+    released_bytes = model->prepared().released_bytes();
     // At the context of the estimate: exact rows (TurboQuant's recent window) are capped by it. The
     // records are allocated but never touched, so this costs address space, not memory.
     SessionOptions po{std::max(o.ctx, 16), 1, o.kv, 16};
@@ -133,6 +153,9 @@ void info_command(const InfoOptions& o) {
     }
     j["kv_bytes_per_token"] = kv_per_token;
     j["kv_fixed_bytes"] = kv_fixed;
+    j["repacked_bytes"] = repacked_bytes;
+    j["released_gguf_bytes"] = released_bytes;
+    j["cpu_kernels"] = matmul_path_summary();
     if (o.tensors) {
       for (const auto& t : file->tensors()) {
         j["tensors"].push_back(
@@ -176,6 +199,12 @@ void info_command(const InfoOptions& o) {
   } else {
     fmt::print("KV cache: cannot size ({})\n", kv_note);
   }
+  fmt::print("CPU kernels: {}\n", matmul_path_summary());
+  fmt::print("repacked:    {}{}\n", repacked,
+             repacked_bytes ? fmt::format(" for the CPU kernels; their GGUF pages ({}) are released after "
+                                          "repacking (--no-repack / QLEAP_REPACK=0: keep GGUF layout)",
+                                          human_bytes(double(released_bytes)))
+                            : "");
   fmt::print("metadata:\n");
   for (const auto& [k, v] : file->metadata()) fmt::print("  {:<44} {}\n", k, v.to_display());
   if (o.tensors) {
@@ -199,6 +228,8 @@ void register_info(CLI::App& app) {
   cmd->add_flag("--json", opt->json, "machine-readable output");
   cmd->add_option("-c,--ctx", opt->ctx, "context length for the memory estimate")->capture_default_str();
   cmd->add_option("--kv", opt->kv, "KV cache type for the estimate")->capture_default_str();
+  cmd->add_flag_callback(
+      "--no-repack", [] { set_repack_enabled(false); }, "report without the interleaved weight copy");
   cmd->callback([opt] { info_command(*opt); });
 }
 

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "autoconf/hardware.h"
+#include "autoconf/memory_bandwidth.h"
 #include "autoconf/planner.h"
 #include "autoconf/tuner.h"
 #include "cli/common.h"
@@ -73,6 +74,24 @@ void tune_command(const TuneCliOptions& o) {
     }
   });
 
+  // The machine's read bandwidth, best of many short probes; remembered for this machine so that a
+  // later quick probe on a busy machine does not lower the planner's decode ceiling.
+  BandwidthResult bw;
+  {
+    ThreadPool bw_pool(hw.physical_cores);
+    bw = measure_read_bandwidth(bw_pool, size_t(256) << 20, 12);
+  }
+  if (!o.dry_run && bw.read_gbps > 0) {
+    save_machine_bandwidth(tune_store_path(), machine_identity(hw),
+                           RememberedBandwidth{bw.read_gbps, now_iso()});
+  }
+  if (!o.json) {
+    fmt::print(
+        "memory read bandwidth: {:.1f} GB/s (best of {} probes of {} with {} threads; median {:.1f}){}\n",
+        bw.read_gbps, bw.probes, human_bytes(double(bw.buffer_bytes)), bw.threads, bw.median_gbps,
+        bw.busy ? " - the machine looked busy: " + bw.note : "");
+  }
+
   const TuneKey key{model_identity(path), machine_identity(hw)};
   TunedEntry e;
   e.settings = r.best.settings;
@@ -97,6 +116,9 @@ void tune_command(const TuneCliOptions& o) {
     j["confirmed"] = r.confirmed;
     for (const auto& m : r.all) j["measured"].push_back(mj(m));
     j["tune_seconds"] = total.elapsed();
+    j["mem_bw"] = {{"gbps", bw.read_gbps}, {"median_gbps", bw.median_gbps},
+                   {"probes", bw.probes},  {"busy", bw.busy},
+                   {"note", bw.note},      {"cpu_share", bw.cpu_share}};
     std::cout << j.dump(2) << "\n";
     return;
   }

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #if defined(__linux__)
@@ -16,6 +17,7 @@
 #include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/fp16.h"
+#include "kv/flash_prefill.h"
 #include "kv/kv_turboquant.h"
 #include "kv/split_attention.h"
 #include "quant/block_q4_0.h"
@@ -267,6 +269,22 @@ class KvCacheImpl final : public KvCache {
       rot_q_.resize(size_t(n_q) * sh.q_dim());
       rotate_heads(layer, q, rot_q_.data(), n_q, sh.n_heads, false);
       q = rot_q_.data();
+    }
+    // Prompt blocks: the tiled kernel converts each key/value block once per block of queries. Full
+    // attention layers without soft-capping only: a sliding-window ring and gemma2's capped scores take
+    // the path below.
+    if constexpr (std::is_same_v<Format, F16Format> || std::is_same_v<Format, F32Format>) {
+      const FlashShape fs{n_q, pos0, sh.n_heads, sh.n_kv_heads, sh.head_dim, scale};
+      if (sh.window(layer) == 0 && sh.softcap == 0 && ring_[size_t(layer)] >= sh.n_ctx &&
+          flash_prefill_enabled() && flash_prefill_supported(fs)) {
+        using T = std::conditional_t<std::is_same_v<Format, F16Format>, uint16_t, float>;
+        // Head-major (kBlock 1): kv head g's positions start ring * seg_bytes_ after head g - 1's.
+        const KvRowsView<T> kv{reinterpret_cast<const T*>(seg(layer, 0, 0, 0)),
+                               reinterpret_cast<const T*>(seg(layer, 1, 0, 0)),
+                               size_t(ring_[size_t(layer)]) * seg_bytes_ / sizeof(T), seg_bytes_ / sizeof(T)};
+        flash_prefill(fs, kv, q, out, pool);
+        return;
+      }
     }
     Job job{this, layer, pos0, q, out, scale};
     job.group = sh.n_heads / sh.n_kv_heads;

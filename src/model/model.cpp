@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "backend/cpu/packed_weights.h"
 #include "core/error.h"
 #include "model/blocks.h"
 #include "model/delta_net_block.h"
@@ -134,7 +135,17 @@ HParams read_hparams(const GgufFile& f) {
 }
 
 Model::Model(std::shared_ptr<GgufFile> file, const ArchDef& arch, HParams hp, ModelWeights w)
-    : file_(std::move(file)), arch_(&arch), arch_name_(arch.name), hp_(std::move(hp)), w_(std::move(w)) {}
+    : file_(std::move(file)), arch_(&arch), arch_name_(arch.name), hp_(std::move(hp)), w_(std::move(w)) {
+  // The dense matrices go to the CPU kernels' interleaved layout; the GGUF pages of a mapped file
+  // are then released (expert matrices stay in GGUF layout: the expert tiers copy them around).
+  std::vector<WeightView*> views{&w_.output};
+  for (LayerWeights& l : w_.layers) {
+    for (WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.moe.gate_shexp,
+                          &l.moe.up_shexp, &l.moe.down_shexp})
+      views.push_back(v);
+  }
+  prepared_ = PreparedWeights::prepare(views, /*release_source=*/!file_->path().empty());
+}
 
 std::shared_ptr<const Model> load_model(std::shared_ptr<GgufFile> file) {
   const GgufFile& f = *file;

@@ -118,6 +118,7 @@ struct ModelWeights {
 };
 
 struct ArchDef;
+class PreparedWeights;
 
 class Model {
  public:
@@ -129,6 +130,8 @@ class Model {
   int n_vocab() const { return hp_.n_vocab; }
   const GgufFile& file() const { return *file_; }
   const ModelWeights& weights() const { return w_; }
+  // The matrices repacked for the CPU kernels at load (backend/cpu/packed_weights.h).
+  const PreparedWeights& prepared() const { return *prepared_; }
 
  private:
   std::shared_ptr<GgufFile> file_;
@@ -136,6 +139,7 @@ class Model {
   std::string arch_name_;
   HParams hp_;
   ModelWeights w_;
+  std::shared_ptr<const PreparedWeights> prepared_;
 };
 
 // The context a model gets when none is asked for: its training context (when the file gives one),

@@ -8,14 +8,21 @@
 
 namespace qleap {
 
+// Defined by the CPU backend (backend/cpu/packed_weights.h); declared here so a view can point at it
+// without the tensor layer depending on the backend.
+struct PackedMatrix;
+
 // A 2-D weight matrix in GGUF layout: `rows` rows of `cols` elements each (ne0 = cols), rows
-// `row_bytes` apart, in any supported format.
+// `row_bytes` apart, in any supported format. `packed`: the same matrix repacked at load for the x86
+// kernels (PreparedWeights, owned by the Model), used by the CPU backend when it was made from `data`;
+// other backends read `data`.
 struct WeightView {
   GgmlType type = GgmlType::F32;
   const void* data = nullptr;
   int64_t cols = 0;
   int64_t rows = 0;
   size_t row_bytes = 0;
+  const PackedMatrix* packed = nullptr;
 };
 
 }  // namespace qleap

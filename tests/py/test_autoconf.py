@@ -1,5 +1,6 @@
 """Hardware detection, planner and tuner through the qleap command line."""
 import json
+import os
 import pathlib
 import subprocess
 
@@ -13,10 +14,21 @@ def test_info_json_describes_the_machine(qleap_bin):
     assert r.returncode == 0, r.stderr
     j = json.loads(r.stdout)
     assert j["cpu"]["physical_cores"] >= 1
-    assert j["cpu"]["isa"] in ("scalar", "avx2", "avx512")
+    assert j["cpu"]["isa"] in ("scalar", "avx2", "avx512", "amx")
     assert j["ram"]["total_bytes"] >= j["ram"]["available_bytes"] > 0
     assert j["mem_bw_gbps"] > 0
     assert isinstance(j["gpus"], list)
+
+
+def test_amx_refused_falls_back_to_avx512_with_a_note(qleap_bin):
+    """A kernel that refuses the AMX tile state (simulated) leaves the AVX-512 kernels, and says so."""
+    r = run(qleap_bin, "info", "--json")
+    if json.loads(r.stdout)["cpu"]["isa"] != "amx":
+        return  # no AMX here: nothing to refuse
+    env = dict(os.environ, QLEAP_AMX_DENY="1")
+    r = run(qleap_bin, "info", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "SIMD:       avx512" in r.stdout and "AMX present but refused" in r.stdout
 
 
 def synthetic_machine(tmp_path, vram_gib=None, ram_gib=16):

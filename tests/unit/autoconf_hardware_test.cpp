@@ -4,11 +4,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
 #include "autoconf/hardware.h"
+#include "autoconf/memory_bandwidth.h"
 #include "autoconf/readiness.h"
+#include "autoconf/tuner.h"
+#include "core/thread_pool.h"
 
 namespace qleap {
 namespace {
@@ -160,6 +165,57 @@ TEST(AutoconfHardware, DetectionOnThisMachineIsSane) {
 
 namespace qleap {
 namespace {
+
+TEST(AutoconfBandwidth, ProbeReportsBestMedianAndLoad) {
+  ThreadPool pool(2);
+  const BandwidthResult r = measure_read_bandwidth(pool, size_t(16) << 20, 3);
+  EXPECT_EQ(r.probes, 3);
+  EXPECT_EQ(r.threads, 2);
+  EXPECT_GE(r.buffer_bytes, size_t(16) << 20);
+  // Beyond the last-level cache (capped at 1 GiB) so the probe does not measure the cache.
+  EXPECT_GE(r.buffer_bytes, std::min(size_t(1) << 30, 2 * last_level_cache_bytes()) - 64);
+  EXPECT_GT(r.read_gbps, 0.0);
+  EXPECT_LE(r.median_gbps, r.read_gbps);
+  EXPECT_GT(r.cpu_share, 0.0);
+  EXPECT_LE(r.cpu_share, 1.0);
+  EXPECT_EQ(r.busy, !r.note.empty());
+}
+
+// A figure remembered by `qleap tune` for this machine wins over a lower probe (a busy machine),
+// and the probe's own figure is kept next to it.
+TEST(AutoconfBandwidth, RememberedFigureOverridesALowerProbe) {
+  const std::string store =
+      (std::filesystem::temp_directory_path() / ("qleap_hw_bw_" + std::to_string(::getpid()) + ".json"))
+          .string();
+  const char* old = std::getenv("QLEAP_TUNE_FILE");
+  const std::string saved = old ? old : "";
+  setenv("QLEAP_TUNE_FILE", store.c_str(), 1);
+  DetectOptions opt;
+  opt.detect_gpus = false;
+  opt.measure_bandwidth = false;
+  const HardwareInfo probe_less = detect_hardware(opt);
+  save_machine_bandwidth(store, machine_identity(probe_less),
+                         RememberedBandwidth{1e6, "2026-01-01T00:00:00Z"});
+  opt.measure_bandwidth = true;
+  const HardwareInfo hw = detect_hardware(opt);
+  EXPECT_EQ(hw.mem_bw_source, "remembered");
+  EXPECT_DOUBLE_EQ(hw.mem_bw_gbps, 1e6);
+  EXPECT_GT(hw.mem_bw_probe_gbps, 0.0);
+  EXPECT_LT(hw.mem_bw_probe_gbps, 1e6);
+  opt.use_remembered_bandwidth = false;
+  const HardwareInfo fresh = detect_hardware(opt);
+  EXPECT_EQ(fresh.mem_bw_source, "measured");
+  EXPECT_DOUBLE_EQ(fresh.mem_bw_gbps, fresh.mem_bw_probe_gbps);
+  const HardwareInfo back = hardware_from_json(to_json(hw));
+  EXPECT_EQ(back.mem_bw_source, "remembered");
+  EXPECT_DOUBLE_EQ(back.mem_bw_probe_gbps, hw.mem_bw_probe_gbps);
+  std::filesystem::remove(store);
+  if (old) {
+    setenv("QLEAP_TUNE_FILE", saved.c_str(), 1);
+  } else {
+    unsetenv("QLEAP_TUNE_FILE");
+  }
+}
 
 TEST(AutoconfReadiness, WarnsAboutScalarCpuLowMemoryAndBusyPort) {
   HardwareInfo hw;

@@ -60,6 +60,33 @@ TEST(AutoconfTuner, CorruptStoreIsIgnoredAndRewritten) {
   fs::remove(store);
 }
 
+TEST(AutoconfTuner, MachineBandwidthKeepsTheHighestAndSurvivesTuneEntries) {
+  const fs::path store = temp_file("bw.json");
+  fs::remove(store);
+  EXPECT_FALSE(load_machine_bandwidth(store.string(), "machine-1").has_value());
+  save_machine_bandwidth(store.string(), "machine-1", RememberedBandwidth{20.0, "t1"});
+  save_machine_bandwidth(store.string(), "machine-1",
+                         RememberedBandwidth{12.0, "t2"});  // a busy probe: lower
+  save_machine_bandwidth(store.string(), "machine-2", RememberedBandwidth{7.0, "t3"});
+  TunedEntry e;
+  e.settings = {2, 512, "f16"};
+  save_tuned(store.string(), TuneKey{"m", "machine-1"}, e);  // rewrites the file: machines stay
+  const auto a = load_machine_bandwidth(store.string(), "machine-1");
+  const auto b = load_machine_bandwidth(store.string(), "machine-2");
+  ASSERT_TRUE(a && b);
+  EXPECT_DOUBLE_EQ(a->gbps, 20.0);
+  EXPECT_EQ(a->measured_at, "t1");
+  EXPECT_DOUBLE_EQ(b->gbps, 7.0);
+  EXPECT_TRUE(load_tuned(store.string(), TuneKey{"m", "machine-1"}).has_value());
+  save_machine_bandwidth(store.string(), "machine-1", RememberedBandwidth{25.0, "t4"});
+  EXPECT_DOUBLE_EQ(load_machine_bandwidth(store.string(), "machine-1")->gbps, 25.0);
+  EXPECT_TRUE(load_tuned(store.string(), TuneKey{"m", "machine-1"}).has_value());
+  // A machines entry of the wrong shape reads as absent.
+  std::ofstream(store) << R"({"entries": [], "machines": {"machine-1": {"mem_bw_gbps": "fast"}}})";
+  EXPECT_FALSE(load_machine_bandwidth(store.string(), "machine-1").has_value());
+  fs::remove(store);
+}
+
 TEST(AutoconfTuner, ModelIdentityFollowsTheBytes) {
   const fs::path f1 = temp_file("m1.gguf"), f2 = temp_file("m2.gguf");
   std::ofstream(f1) << "GGUF-same-content";

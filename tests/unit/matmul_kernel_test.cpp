@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/cpu/matmul.h"
+#include "backend/cpu/packed_weights.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/fp16.h"
@@ -37,6 +38,19 @@ double tolerance(const std::vector<float>& wrow, const float* x, int64_t cols, i
   return 6.0 * std::sqrt(var) + 2e-5 * mag + 1e-6;
 }
 
+// The AMX tile path rounds weights and activations to bf16 (8 significant bits, round to nearest:
+// relative error uniform in +-2^-8 each) and accumulates in fp32.
+double tolerance_bf16(const std::vector<float>& wrow, const float* x, int64_t cols) {
+  double var = 0, mag = 0;
+  const double e = std::ldexp(1.0, -8);
+  for (int64_t c = 0; c < cols; ++c) {
+    const double p = double(wrow[size_t(c)]) * x[c];
+    var += p * p * 2.0 * e * e / 3.0;
+    mag += std::fabs(p);
+  }
+  return 6.0 * std::sqrt(var) + 2e-5 * mag + 1e-6;
+}
+
 int act_block_of(GgmlType t) {
   switch (t) {
     case GgmlType::F32:
@@ -52,7 +66,7 @@ int act_block_of(GgmlType t) {
 std::vector<IsaLevel> supported_levels() {
   std::vector<IsaLevel> out;
   const IsaLevel saved = isa_level();
-  for (IsaLevel l : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+  for (IsaLevel l : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512, IsaLevel::kAmx}) {
     set_isa_level(l);
     if (isa_level() == l) out.push_back(l);
   }
@@ -77,7 +91,11 @@ TEST_P(MatmulKernel, MatchesReferenceAtEveryIsaLevel) {
     int64_t rows, cols;
   };
   const int64_t unit = std::max<int64_t>(bs, 32);
-  const Shape shapes[] = {{37, unit * 3}, {8, unit}, {13, unit * 2 + (bs == 1 ? 5 : 0)}};
+  // The last shape spans several AMX row panels and k chunks (512 columns each).
+  const Shape shapes[] = {{37, unit * 3},
+                          {8, unit},
+                          {13, unit * 2 + (bs == 1 ? 5 : 0)},
+                          {150, unit >= 256 ? unit * 3 : 640 + (bs == 1 ? 5 : 0)}};
   ThreadPool pool1(1), pool3(3);
   for (IsaLevel lvl : supported_levels()) {
     set_isa_level(lvl);
@@ -87,8 +105,10 @@ TEST_P(MatmulKernel, MatchesReferenceAtEveryIsaLevel) {
       std::vector<std::vector<float>> wrows(size_t(s.rows), std::vector<float>(size_t(s.cols)));
       for (int64_t r = 0; r < s.rows; ++r)
         dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), s.cols);
-      std::vector<int64_t> ms = {1, 2, 3, 4, 5, 9};
-      if (s.rows <= 8) ms.push_back(67);  // more activation rows than one prefill chunk (64)
+      // 33 and 67: the AMX tile path (32 rows and up) with partial token tiles; 67 is also more
+      // activation rows than one prefill chunk (64).
+      std::vector<int64_t> ms = {1, 2, 3, 4, 5, 9, 33};
+      if (s.rows <= 8 || lvl == IsaLevel::kAmx) ms.push_back(67);
       for (int64_t m : ms) {
         std::vector<float> x(size_t(m * s.cols));
         for (auto& v : x) v = nd(rng) * (1.0f + float(&v - x.data()) * 0.001f);
@@ -99,8 +119,10 @@ TEST_P(MatmulKernel, MatchesReferenceAtEveryIsaLevel) {
           matmul(wv, x.data(), m, got.data(), *pool);
           for (int64_t tt = 0; tt < m; ++tt) {
             for (int64_t r = 0; r < s.rows; ++r) {
-              const double tol = tolerance(wrows[size_t(r)], x.data() + tt * s.cols, s.cols,
-                                           lvl == IsaLevel::kScalar ? 1 : act_block_of(t));
+              const float* xt = x.data() + tt * s.cols;
+              double tol =
+                  tolerance(wrows[size_t(r)], xt, s.cols, lvl == IsaLevel::kScalar ? 1 : act_block_of(t));
+              if (lvl == IsaLevel::kAmx) tol = std::max(tol, tolerance_bf16(wrows[size_t(r)], xt, s.cols));
               const size_t i = size_t(tt * s.rows + r);
               ASSERT_NEAR(got[i], ref[i], tol)
                   << GetParam() << " isa=" << isa_name(lvl) << " rows=" << s.rows << " cols=" << s.cols
@@ -134,6 +156,100 @@ TEST(MatmulKernelApi, RejectsBadShapesAndTypes) {
   EXPECT_THROW(matmul(WeightView{GgmlType::Q4_0, w.data(), 48, 1, 18 * 2}, x, 1, y, pool), InvalidArgument);
   EXPECT_THROW(matmul(WeightView{GgmlType::Q1_0, w.data(), 128, 1, 18}, x, 1, y, pool), Unsupported);
   EXPECT_THROW(get_row(WeightView{GgmlType::Q4_0, w.data(), 32, 1, 18}, 1, y), InvalidArgument);
+}
+
+// Weights repacked at load (packed_weights.h): decode, small batches and prefill read the interleaved
+// copy; every level and token count against the reference, rows not a multiple of 16.
+class PackedMatmul : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(PackedMatmul, MatchesReferenceAtEveryIsaLevel) {
+  const GgmlType t = *type_from_name(GetParam());
+  const int64_t sbv = type_traits(t).block_size == 256 ? 256 : 32;
+  IsaGuard guard;
+  std::mt19937 rng(99);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  struct Shape {
+    int64_t rows, cols;
+  };
+  const Shape shapes[] = {{37, sbv * 3}, {16, sbv}, {150, sbv == 256 ? 768 : 640}};
+  ThreadPool pool1(1), pool3(3);
+  for (const Shape& s : shapes) {
+    const auto w = random_weights(t, s.rows, s.cols, rng);
+    WeightView wv{t, w.data(), s.cols, s.rows, row_size(t, s.cols)};
+    WeightView* views[] = {&wv};
+    const auto prepared = PreparedWeights::prepare(views, false);
+    ASSERT_NE(wv.packed, nullptr) << GetParam();
+    ASSERT_EQ(prepared->matrices(), 1);
+    // Same bits as GGUF, within 3% (K-quant scales stored as bytes) plus the 16-row padding.
+    const double gguf = double(wv.row_bytes) * double((s.rows + 15) / 16 * 16);
+    EXPECT_LE(double(prepared->bytes()), gguf * 1.03 + 64 * double((s.rows + 15) / 16)) << GetParam();
+    std::vector<std::vector<float>> wrows(size_t(s.rows), std::vector<float>(size_t(s.cols)));
+    for (int64_t r = 0; r < s.rows; ++r)
+      dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), s.cols);
+    for (IsaLevel lvl : supported_levels()) {
+      if (lvl == IsaLevel::kScalar) continue;
+      set_isa_level(lvl);
+      for (int64_t m : {1, 2, 3, 5, 9, 33, 67}) {
+        std::vector<float> x(size_t(m * s.cols));
+        for (auto& v : x) v = nd(rng);
+        std::vector<float> ref(size_t(m * s.rows)), got(size_t(m * s.rows), NAN);
+        matmul_ref(wv, x.data(), m, ref.data());
+        for (ThreadPool* pool : {&pool1, &pool3}) {
+          std::fill(got.begin(), got.end(), NAN);
+          matmul(wv, x.data(), m, got.data(), *pool);
+          for (int64_t tt = 0; tt < m; ++tt) {
+            for (int64_t r = 0; r < s.rows; ++r) {
+              const float* xt = x.data() + tt * s.cols;
+              double tol = tolerance(wrows[size_t(r)], xt, s.cols, 32);
+              if (lvl == IsaLevel::kAmx) tol = std::max(tol, tolerance_bf16(wrows[size_t(r)], xt, s.cols));
+              const size_t i = size_t(tt * s.rows + r);
+              ASSERT_NEAR(got[i], ref[i], tol) << GetParam() << " isa=" << isa_name(lvl) << " rows=" << s.rows
+                                               << " m=" << m << " t=" << tt << " r=" << r;
+            }
+          }
+        }
+        // Row-exact mode: each activation row bit-identical to a call with that row alone.
+        if (m > 1 && m < 10) {
+          std::vector<float> one(size_t(s.rows));
+          {
+            RowExactMatmul exact;
+            matmul(wv, x.data(), m, got.data(), pool3);
+          }
+          for (int64_t tt = 0; tt < m; ++tt) {
+            matmul(wv, x.data() + tt * s.cols, 1, one.data(), pool1);
+            for (int64_t r = 0; r < s.rows; ++r)
+              ASSERT_EQ(got[size_t(tt * s.rows + r)], one[size_t(r)])
+                  << GetParam() << " isa=" << isa_name(lvl) << " m=" << m << " t=" << tt << " r=" << r;
+          }
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(PackableFormats, PackedMatmul,
+                         ::testing::Values("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"),
+                         [](const auto& info) { return std::string(info.param); });
+
+TEST(PackedMatmulApi, RepackCanBeTurnedOffAndSkipsOtherFormats) {
+  std::mt19937 rng(3);
+  const auto w4 = random_weights(GgmlType::Q4_0, 20, 64, rng);
+  const auto w5 = random_weights(GgmlType::Q5_0, 20, 64, rng);
+  WeightView a{GgmlType::Q4_0, w4.data(), 64, 20, row_size(GgmlType::Q4_0, 64)};
+  WeightView b{GgmlType::Q5_0, w5.data(), 64, 20, row_size(GgmlType::Q5_0, 64)};
+  WeightView c = a;  // shares a's bytes: one copy
+  WeightView* views[] = {&a, &b, &c};
+  set_repack_enabled(false);
+  EXPECT_EQ(PreparedWeights::prepare(views, false)->matrices(), 0);
+  EXPECT_EQ(a.packed, nullptr);
+  set_repack_enabled(true);
+  if (!repack_enabled()) GTEST_SKIP() << "no AVX2: repacking stays off";
+  const auto p = PreparedWeights::prepare(views, false);
+  EXPECT_EQ(p->matrices(), 1);
+  EXPECT_NE(a.packed, nullptr);
+  EXPECT_EQ(c.packed, a.packed);
+  EXPECT_EQ(b.packed, nullptr);
+  EXPECT_NE(p->describe().find("Q4_0: 1"), std::string::npos) << p->describe();
 }
 
 // The tolerance must be tight enough to catch a kernel bug: a single flipped weight nibble moves

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend/cpu/matmul_kernels.h"
+#include "backend/cpu/packed_weights.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "quant/quant.h"
@@ -59,8 +60,13 @@ size_t act_row_bytes(ActFormat f, int64_t n) {
   return 0;
 }
 
+int panel_rows() {
+  return isa_level() >= IsaLevel::kAvx512 && cpu_features().avx512vnni ? 16 : 8;
+}
+
 const IsaKernels* active_kernels() {
   const IsaLevel lvl = isa_level();
+  if (lvl == IsaLevel::kAmx) return kernels_amx();
   if (lvl == IsaLevel::kAvx512) {
     // The AVX-512 build uses VNNI; without it the AVX2 build is the better choice.
     if (cpu_features().avx512vnni) return kernels_avx512();
@@ -128,6 +134,10 @@ void matmul_fallback(const WeightView& w, const float* x, int64_t m, float* y, T
 
 namespace {
 thread_local bool tls_row_exact = false;
+// Fewest activation rows worth the matrix units: below this the VNNI kernels win (measured).
+constexpr int64_t kTileMinRows = 32;
+// Fewest activation rows for the interleaved-panel kernels (below: the row-dot tiles).
+constexpr int64_t kPanelMinRows = 4;
 }  // namespace
 
 RowExactMatmul::RowExactMatmul() : prev_(tls_row_exact) {
@@ -159,6 +169,17 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
   const auto* wd = static_cast<const uint8_t*>(w.data);
   if (!k->gemm(w.type, wd, w.row_bytes, w.cols, 0, 0, nullptr, 0, 0, 0, y, w.rows)) {
     return matmul_fallback(w, x, m, y, pool);
+  }
+  // AMX tiles for prefill (from the repacked copy when there is one, else the GGUF rows).
+  if (!tls_row_exact && k->tile_matmul != nullptr && m >= kTileMinRows && k->tile_matmul(w, x, m, y, pool))
+    return;
+  // Repacked weights (made from these very bytes): decode and prefill read the interleaved copy.
+  if (w.packed != nullptr && w.packed->source == w.data && k->packed_matmul != nullptr &&
+      k->packed_matmul(*w.packed, x, m, y, pool, tls_row_exact && m > 1)) {
+    return;
+  }
+  if (!tls_row_exact) {
+    if (k->panel_matmul != nullptr && m >= kPanelMinRows && k->panel_matmul(w, x, m, y, pool)) return;
   }
 
   // Everything the workers need, reached through one pointer: the lambdas below then fit in
@@ -241,6 +262,17 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
                 j.xa_stride, 0, j.m, j.y, wv.rows);
     }
   });
+}
+
+std::string matmul_path_summary() {
+  const kern::IsaKernels* k = kern::active_kernels();
+  if (k == nullptr) return "scalar reference kernels (fp32)";
+  std::string s = fmt::format("{}: decode on repacked 16-row groups{} (row dot products otherwise)", k->name,
+                              repack_enabled() ? "" : " (off)");
+  if (k->panel_matmul != nullptr)
+    s += fmt::format(", prefill on {}-row int8 panels from {} rows", kern::panel_rows(), kPanelMinRows);
+  if (k->tile_matmul != nullptr) s += fmt::format(", AMX bf16 tiles from {} rows", kTileMinRows);
+  return s;
 }
 
 void dequantize_row(GgmlType t, const void* src, float* dst, int64_t n) {

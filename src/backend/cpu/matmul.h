@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "core/thread_pool.h"
 #include "quant/ggml_type.h"
@@ -28,6 +29,9 @@ class RowExactMatmul {
  private:
   bool prev_;
 };
+
+// One line on which kernels matmul() uses at the current ISA level (`qleap info`).
+std::string matmul_path_summary();
 
 // Reference: dequantize each weight row with the scalar decoder and accumulate in double.
 void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y);

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend/cpu/matmul.h"
 #include "quant/block_q8_k.h"
 #include "quant/ggml_type.h"
 
@@ -39,12 +40,27 @@ struct IsaKernels {
                const uint8_t* xa, size_t xa_stride, int64_t t0, int64_t t1, float* y, int64_t ldy);
   // Decodes n elements of type t (false when not handled here).
   bool (*dequantize)(GgmlType t, const void* src, float* dst, int64_t n);
+  // The whole product for a batch of activation rows on matrix units (AMX), threads included;
+  // nullptr where the ISA has none, false when it does not handle w's type.
+  bool (*tile_matmul)(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool);
+  // Prefill through interleaved weight panels (matmul_panel_x86.h), threads included; false when
+  // it does not handle w's type.
+  bool (*panel_matmul)(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool);
+  // The product over repacked weights (matmul_packed_x86.h), threads included; row_exact: every
+  // activation row computed as if alone. False when the format has no packed kernels here.
+  bool (*packed_matmul)(const PackedMatrix& w, const float* x, int64_t m, float* y, ThreadPool& pool,
+                        bool row_exact);
 };
 
 // The per-ISA kernel sets. Calling into one on a CPU without that ISA is illegal; go through
 // active_kernels().
 const IsaKernels* kernels_avx2();
 const IsaKernels* kernels_avx512();
+// AVX-512 VNNI kernels plus the AMX tile_matmul; needs AMX permission from the OS (cpu_features).
+const IsaKernels* kernels_amx();
+// Weight rows per interleaved panel of the active kernels (16 AVX-512, 8 AVX2).
+int panel_rows();
+
 // The kernels for the current isa_level(); nullptr at the scalar level. The AVX-512 set needs
 // VNNI; AVX-512 CPUs without it get the AVX2 set.
 const IsaKernels* active_kernels();

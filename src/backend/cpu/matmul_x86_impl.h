@@ -17,8 +17,10 @@
 #include <cstring>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "backend/cpu/matmul_kernels.h"
+#include "backend/cpu/packed_weights.h"
 #include "quant/block_iq4_nl.h"
 #include "quant/block_q2_k.h"
 #include "quant/block_q3_k.h"
@@ -989,10 +991,15 @@ bool dequantize(GgmlType t, const void* src, float* dst, int64_t n) {
   }
 }
 
+#include "backend/cpu/matmul_panel_x86.h"
+// After the panel kernels, which it uses.
+#include "backend/cpu/matmul_packed_x86.h"
+
 }  // namespace
 
 const IsaKernels* kernels() {
-  static const IsaKernels k{QLEAP_ISA_NAME, &quantize_q8a, &quantize_q8k, &gemm, &dequantize};
+  static const IsaKernels k{QLEAP_ISA_NAME, &quantize_q8a, &quantize_q8k,        &gemm,
+                            &dequantize,    nullptr,       &panel::panel_matmul, &packed::packed_matmul};
   return &k;
 }
 

@@ -1,0 +1,448 @@
+// Kernels over the repacked weights (packed_weights.h): decode (one activation row) and prefill,
+// for AVX-512 VNNI (16 rows per vector) and AVX2 (8 rows: each 64-byte vector of the layout is two
+// halves). Included at the end of matmul_x86_impl.h after matmul_panel_x86.h, inside its namespace.
+//
+// Each format has one unpacker: for a super-block it calls f(sub, U, nU, a, b) for every sub-block,
+// with nU vectors U of unsigned bytes (kPR rows x 4 consecutive values; signed for Q8_0 on AVX2)
+// and per-row floats a, b such that w = a * u + b (the panel form of matmul_panel_x86.h). Decode
+// multiplies the vectors with the activation bytes right away; prefill stores them as a panel and
+// runs the panel kernel over all tokens.
+
+namespace packed {
+
+using panel::kPR;
+using panel::kVB;
+using panel::VF;
+using panel::VI;
+
+#if QLEAP_USE_VNNI
+inline VI ldq(const uint8_t* p, int) {
+  return _mm512_load_si512(p);
+}
+// 16 fp16 -> floats (AVX2: 8 of them, rows 8h ..).
+inline VF ld_h(const uint8_t* p, int) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline VF ld_u8f(const uint8_t* p, int) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline VF ld_i8f(const uint8_t* p, int) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline VI v_and(VI a, VI b) {
+  return _mm512_and_si512(a, b);
+}
+inline VI v_or(VI a, VI b) {
+  return _mm512_or_si512(a, b);
+}
+inline VI v_xor(VI a, VI b) {
+  return _mm512_xor_si512(a, b);
+}
+inline VI v_srl16(VI a, int n) {
+  return _mm512_srli_epi16(a, unsigned(n));
+}
+inline VI v_sll16(VI a, int n) {
+  return _mm512_slli_epi16(a, unsigned(n));
+}
+inline VI v_b8(int c) {
+  return _mm512_set1_epi8(char(c));
+}
+// Adds 16 to the bytes whose bit is set in the 64-bit mask (the Q5_K fifth bit).
+inline VI v_fifth(VI v, const uint8_t* mask, int) {
+  uint64_t m;
+  std::memcpy(&m, mask, 8);
+  return _mm512_or_si512(v, _mm512_maskz_mov_epi8(__mmask64(m), _mm512_set1_epi8(0x10)));
+}
+inline VF v_neg(VF a) {
+  return _mm512_sub_ps(_mm512_setzero_ps(), a);
+}
+inline VF v_scale(VF a, float s) {
+  return _mm512_mul_ps(a, _mm512_set1_ps(s));
+}
+#else
+inline VI ldq(const uint8_t* p, int h) {
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32 * h));
+}
+inline VF ld_h(const uint8_t* p, int h) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * h)));
+}
+inline VF ld_u8f(const uint8_t* p, int h) {
+  return _mm256_cvtepi32_ps(
+      _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * h))));
+}
+inline VF ld_i8f(const uint8_t* p, int h) {
+  return _mm256_cvtepi32_ps(
+      _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * h))));
+}
+inline VI v_and(VI a, VI b) {
+  return _mm256_and_si256(a, b);
+}
+inline VI v_or(VI a, VI b) {
+  return _mm256_or_si256(a, b);
+}
+inline VI v_xor(VI a, VI b) {
+  return _mm256_xor_si256(a, b);
+}
+inline VI v_srl16(VI a, int n) {
+  return _mm256_srli_epi16(a, n);
+}
+inline VI v_sll16(VI a, int n) {
+  return _mm256_slli_epi16(a, n);
+}
+inline VI v_b8(int c) {
+  return _mm256_set1_epi8(char(c));
+}
+inline VI v_fifth(VI v, const uint8_t* mask, int h) {
+  return _mm256_or_si256(v, _mm256_and_si256(bits_to_bytes(mask + 4 * h), _mm256_set1_epi8(0x10)));
+}
+inline VF v_neg(VF a) {
+  return _mm256_sub_ps(_mm256_setzero_ps(), a);
+}
+inline VF v_scale(VF a, float s) {
+  return _mm256_mul_ps(a, _mm256_set1_ps(s));
+}
+#endif
+
+// ---- unpackers: s = the super-block's scales, q = its quants, h = AVX2 half (rows 8h ..) ----
+
+struct PQ4_0 {
+  static constexpr int kSub = 32;
+  static constexpr bool kSigned = false;
+  template <class F>
+  static void unpack(const uint8_t* s, const uint8_t* q, int h, F&& f) {
+    const VF a = ld_h(s, h);
+    VI u[8];
+    const VI m4 = v_b8(0x0F);
+    for (int j = 0; j < 4; ++j) {
+      const VI v = ldq(q + 64 * j, h);
+      u[j] = v_and(v, m4);
+      u[j + 4] = v_and(v_srl16(v, 4), m4);
+    }
+    f(0, u, 8, a, v_scale(a, -8.0f));
+  }
+};
+
+struct PQ4_1 {
+  static constexpr int kSub = 32;
+  static constexpr bool kSigned = false;
+  template <class F>
+  static void unpack(const uint8_t* s, const uint8_t* q, int h, F&& f) {
+    VI u[8];
+    const VI m4 = v_b8(0x0F);
+    for (int j = 0; j < 4; ++j) {
+      const VI v = ldq(q + 64 * j, h);
+      u[j] = v_and(v, m4);
+      u[j + 4] = v_and(v_srl16(v, 4), m4);
+    }
+    f(0, u, 8, ld_h(s, h), ld_h(s + 32, h));
+  }
+};
+
+struct PQ8_0 {
+  static constexpr int kSub = 32;
+  // VPDPBUSD takes unsigned weights: +128 (b = -128 a). AVX2 keeps them signed (sign trick).
+  static constexpr bool kSigned = !QLEAP_USE_VNNI;
+  template <class F>
+  static void unpack(const uint8_t* s, const uint8_t* q, int h, F&& f) {
+    const VF a = ld_h(s, h);
+    VI u[8];
+    for (int g = 0; g < 8; ++g) {
+      u[g] = ldq(q + 64 * g, h);
+      if constexpr (!kSigned) u[g] = v_xor(u[g], v_b8(0x80));
+    }
+    if constexpr (kSigned) {
+      f(0, u, 8, a, a);  // b unused by signed kernels
+    } else {
+      f(0, u, 8, a, v_scale(a, -128.0f));
+    }
+  }
+};
+
+template <bool kFifth>
+struct PQ45_K {
+  static constexpr int kSub = 32;
+  static constexpr bool kSigned = false;
+  template <class F>
+  static void unpack(const uint8_t* s, const uint8_t* q, int h, F&& f) {
+    const VF d = ld_h(s, h), dmin = v_neg(ld_h(s + 32, h));
+    const VI m4 = v_b8(0x0F);
+    const uint8_t* nib = kFifth ? q + 512 : q;
+    for (int c = 0; c < 4; ++c) {
+      VI lo[8], hi[8];
+      for (int v = 0; v < 8; ++v) {
+        const VI x = ldq(nib + 64 * (8 * c + v), h);
+        lo[v] = v_and(x, m4);
+        hi[v] = v_and(v_srl16(x, 4), m4);
+        if constexpr (kFifth) {
+          const uint8_t* mk = q + 16 * (8 * c + v);
+          lo[v] = v_fifth(lo[v], mk, h);
+          hi[v] = v_fifth(hi[v], mk + 8, h);
+        }
+      }
+      const int j0 = 2 * c, j1 = 2 * c + 1;
+      f(j0, lo, 8, panel::vmul(d, ld_u8f(s + 64 + 16 * j0, h)),
+        panel::vmul(dmin, ld_u8f(s + 192 + 16 * j0, h)));
+      f(j1, hi, 8, panel::vmul(d, ld_u8f(s + 64 + 16 * j1, h)),
+        panel::vmul(dmin, ld_u8f(s + 192 + 16 * j1, h)));
+    }
+  }
+};
+
+struct PQ6_K {
+  static constexpr int kSub = 16;
+  static constexpr bool kSigned = false;
+  template <class F>
+  static void unpack(const uint8_t* s, const uint8_t* q, int h, F&& f) {
+    const VF d = ld_h(s, h);
+    const VI m4 = v_b8(0x0F), m30 = v_b8(0x30);
+    const uint8_t* ql = q;
+    const uint8_t* qh = q + 2048;
+    for (int hh = 0; hh < 2; ++hh) {
+      for (int vq = 0; vq < 2; ++vq) {
+        VI alo[4], blo[4], ahi[4], bhi[4];
+        for (int i = 0; i < 4; ++i) {
+          const int v = 4 * vq + i;
+          const VI a = ldq(ql + 64 * ((2 * hh) * 8 + v), h);
+          const VI b = ldq(ql + 64 * ((2 * hh + 1) * 8 + v), h);
+          const VI x = ldq(qh + 64 * (hh * 8 + v), h);
+          alo[i] = v_or(v_and(a, m4), v_and(v_sll16(x, 4), m30));
+          blo[i] = v_or(v_and(b, m4), v_and(v_sll16(x, 2), m30));
+          ahi[i] = v_or(v_and(v_srl16(a, 4), m4), v_and(x, m30));
+          bhi[i] = v_or(v_and(v_srl16(b, 4), m4), v_and(v_srl16(x, 2), m30));
+        }
+        const int base = 8 * hh + vq;
+        const VI* parts[4] = {alo, blo, ahi, bhi};
+        for (int p = 0; p < 4; ++p) {
+          const int sub = base + 2 * p;
+          const VF a = panel::vmul(d, ld_i8f(s + 32 + 16 * sub, h));
+          f(sub, parts[p], 4, a, v_scale(a, -32.0f));
+        }
+      }
+    }
+  }
+};
+
+// ---- decode: a few activation rows, each computed exactly as if alone ----
+
+// AVX2: k-groups whose 16-bit products (PMADDUBSW pair sums, <= 2 * 127 * max byte) may be added
+// before widening: bytes up to 15 (Q4_0, Q4_1, Q4_K), 31 (Q5_K), 63 (Q6_K).
+template <class P>
+constexpr int widen_of() {
+  if constexpr (std::is_same_v<P, PQ6_K>) return 2;
+  if constexpr (std::is_same_v<P, PQ45_K<true>>) return 4;
+  return P::kSub / 4;
+}
+
+
+// y[t][0 .. nr) for tokens [t0, t0 + T) and the kPR rows of group g (AVX2: half h of it). Every
+// token runs the same operations in the same order whatever T is (batch invariance: RowExactMatmul).
+template <class P, int T>
+void gemv_rows(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0, float* y,
+               int64_t ldy, int nr) {
+  const uint8_t* gs = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* gq = gs + pm.q_offset;
+  const int64_t nsb = pm.cols / pm.sb_values;
+  const int64_t n32 = pm.cols / 32, nsub = pm.cols / P::kSub;
+  VF acc0[T], acc1[T];
+  for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = panel::vzerof();
+  for (int64_t sb = 0; sb < nsb; ++sb) {
+    const uint8_t* q = gq + size_t(sb) * pm.q_bytes;
+    // The quants stream ahead of the hardware prefetcher's reach on long rows.
+    for (size_t o = 0; o < pm.q_bytes; o += 256)
+      _mm_prefetch(reinterpret_cast<const char*>(q + 2048 + o), _MM_HINT_T0);
+    const int64_t k_sb = sb * pm.sb_values;
+    P::unpack(gs + size_t(sb) * pm.s_bytes, q, h, [&](int sub, const VI* u, int nu, VF a, VF b) {
+      const int64_t k0 = k_sb + int64_t(sub) * P::kSub;
+#if !QLEAP_USE_VNNI
+      VI abs_u[8];
+      if constexpr (P::kSigned) {
+        for (int gi = 0; gi < nu; ++gi) abs_u[gi] = _mm256_sign_epi8(u[gi], u[gi]);
+      }
+#endif
+      for (int t = 0; t < T; ++t) {
+        const int8_t* xq = x.q + size_t(t0 + t) * size_t(pm.cols) + k0;
+        VI i0 = panel::vzeroi(), i1 = panel::vzeroi();
+#if QLEAP_USE_VNNI
+        for (int gi = 0; gi < nu; ++gi) {
+          VI& acc = (gi & 1) ? i1 : i0;
+          acc = _mm512_dpbusd_epi32(acc, u[gi], panel::vbcast32(xq + 4 * gi));
+        }
+        const VI isum = _mm512_add_epi32(i0, i1);
+#else
+        const __m256i ones = _mm256_set1_epi16(1);
+        if constexpr (P::kSigned) {
+          for (int gi = 0; gi < nu; ++gi) {
+            VI& acc = (gi & 1) ? i1 : i0;
+            const __m256i p = _mm256_maddubs_epi16(abs_u[gi], _mm256_sign_epi8(panel::vbcast32(xq + 4 * gi), u[gi]));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+          }
+        } else {
+          // Narrow bytes: several 16-bit products add up before one widening (bounds: widen_of).
+          constexpr int kW = widen_of<P>();
+          for (int g0 = 0; g0 < nu; g0 += kW) {
+            __m256i p = _mm256_maddubs_epi16(u[g0], panel::vbcast32(xq + 4 * g0));
+            for (int gi = g0 + 1; gi < g0 + kW; ++gi)
+              p = _mm256_add_epi16(p, _mm256_maddubs_epi16(u[gi], panel::vbcast32(xq + 4 * gi)));
+            VI& acc = ((g0 / kW) & 1) ? i1 : i0;
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+          }
+        }
+        const VI isum = _mm256_add_epi32(i0, i1);
+#endif
+        const VF sc = panel::vmul(a, panel::vbcastf(x.d + size_t(t0 + t) * size_t(n32) + k0 / 32));
+        acc0[t] = panel::vfma(panel::vcvt(isum), sc, acc0[t]);
+        if constexpr (!P::kSigned)
+          acc1[t] =
+              panel::vfma(b, panel::vbcastf(x.s + size_t(t0 + t) * size_t(nsub) + k0 / P::kSub), acc1[t]);
+      }
+    });
+  }
+  for (int t = 0; t < T; ++t) {
+#if QLEAP_USE_VNNI
+    panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), _mm512_add_ps(acc0[t], acc1[t]), nr);
+#else
+    panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), _mm256_add_ps(acc0[t], acc1[t]), nr);
+#endif
+  }
+}
+
+// Up to kGemvTokens tokens per pass over the weights.
+constexpr int kGemvTokens = 4;
+
+template <class P>
+void gemv_tokens(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, float* y, int64_t ldy,
+                 int nr) {
+  int64_t t = 0;
+  for (; t + kGemvTokens <= x.m; t += kGemvTokens) gemv_rows<P, kGemvTokens>(pm, g, h, x, t, y, ldy, nr);
+  switch (int(x.m - t)) {
+    case 1:
+      gemv_rows<P, 1>(pm, g, h, x, t, y, ldy, nr);
+      break;
+    case 2:
+      gemv_rows<P, 2>(pm, g, h, x, t, y, ldy, nr);
+      break;
+    case 3:
+      gemv_rows<P, 3>(pm, g, h, x, t, y, ldy, nr);
+      break;
+    default:
+      break;
+  }
+}
+
+// ---- prefill: unpack a group into a panel, then the panel kernel ----
+
+template <class P>
+void fill_panel(const PackedMatrix& pm, int64_t g, int h, uint8_t* pq, float* pa, float* pb) {
+  const uint8_t* gs = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* gq = gs + pm.q_offset;
+  const int64_t nsb = pm.cols / pm.sb_values;
+  const int subs_per_sb = int(pm.sb_values / P::kSub);
+  constexpr int kGroups = P::kSub / 4;
+  for (int64_t sb = 0; sb < nsb; ++sb) {
+    P::unpack(gs + size_t(sb) * pm.s_bytes, gq + size_t(sb) * pm.q_bytes, h,
+              [&](int sub, const VI* u, int nu, VF a, VF b) {
+                const int64_t gsub = sb * subs_per_sb + sub;
+                uint8_t* dst = pq + size_t(gsub) * kGroups * kVB;
+                for (int i = 0; i < nu; ++i) std::memcpy(dst + size_t(i) * kVB, &u[i], kVB);
+                std::memcpy(pa + size_t(gsub) * kPR, &a, sizeof(VF));
+                std::memcpy(pb + size_t(gsub) * kPR, &b, sizeof(VF));
+              });
+  }
+}
+
+struct Ops {
+  void (*gemv)(const PackedMatrix&, int64_t, int, const panel::Acts&, float*, int64_t, int);
+  void (*fill)(const PackedMatrix&, int64_t, int, uint8_t*, float*, float*);
+  panel::RowsFn rows;
+  int sub;
+};
+
+template <class P>
+Ops ops_of() {
+  return {&gemv_tokens<P>, &fill_panel<P>, &panel::panel_rows<P::kSub, P::kSigned, widen_of<P>()>, P::kSub};
+}
+
+Ops packed_ops(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0:
+      return ops_of<PQ4_0>();
+    case GgmlType::Q4_1:
+      return ops_of<PQ4_1>();
+    case GgmlType::Q8_0:
+      return ops_of<PQ8_0>();
+    case GgmlType::Q4_K:
+      return ops_of<PQ45_K<false>>();
+    case GgmlType::Q5_K:
+      return ops_of<PQ45_K<true>>();
+    case GgmlType::Q6_K:
+      return ops_of<PQ6_K>();
+    default:
+      return {};
+  }
+}
+
+#if QLEAP_USE_VNNI
+constexpr int kHalves = 1;
+#else
+constexpr int kHalves = 2;
+#endif
+
+// y[t][r] for every row and token; threads split the row groups. Below kPanelTokens tokens (or
+// with row_exact) every token is computed as decode computes it alone; above, through panels.
+constexpr int64_t kPanelTokens = 4;
+
+bool packed_matmul(const PackedMatrix& pm, const float* x, int64_t m, float* y, ThreadPool& pool,
+                   bool row_exact) {
+  const Ops ops = packed_ops(pm.type);
+  if (ops.gemv == nullptr) return false;
+  const int64_t cols = pm.cols;
+  thread_local panel::Buf act;
+  const size_t qbytes = size_t(m) * size_t(cols);
+  const size_t n32 = size_t(cols / 32), nsub = size_t(cols / ops.sub);
+  uint8_t* base = act.get(qbytes + (size_t(m) * (n32 + nsub)) * sizeof(float) + 128);
+  auto* q = reinterpret_cast<int8_t*>(base);
+  auto* d = reinterpret_cast<float*>(base + (qbytes + 63) / 64 * 64);
+  float* s = d + size_t(m) * n32;
+  const panel::Acts xa{q, d, s, cols, m, ops.sub};
+  const int sub = ops.sub;
+  if (m >= 8 && pool.size() > 1) {
+    pool.parallel_for(m, std::max<int64_t>(1, m / (4 * pool.size())), [=](int64_t t0, int64_t t1, int) {
+      panel::quantize_acts(x, cols, sub, t0, t1, q, d, s);
+    });
+  } else {
+    panel::quantize_acts(x, cols, sub, 0, m, q, d, s);
+  }
+  const PackedMatrix* pp = &pm;
+  const panel::Acts* xp = &xa;
+  const Ops* op = &ops;
+  const int64_t groups = pm.groups;
+  // Decode: chunks of ~4 groups per thread turn keep every thread streaming; prefill: one group each.
+  const bool rows_path = row_exact || m < kPanelTokens;
+  const int64_t grain = rows_path ? std::max<int64_t>(1, groups / (4 * pool.size())) : 1;
+  pool.parallel_for(groups, grain, [=](int64_t g0, int64_t g1, int) {
+    (void)rows_path;
+    const PackedMatrix& p = *pp;
+    thread_local panel::Buf pbuf;
+    for (int64_t g = g0; g < g1; ++g) {
+      for (int h = 0; h < kHalves; ++h) {
+        const int64_t r0 = g * kPackRows + h * kPR;
+        if (r0 >= p.rows) break;
+        const int nr = int(std::min<int64_t>(kPR, p.rows - r0));
+        if (rows_path) {
+          op->gemv(p, g, h, *xp, y + r0, p.rows, nr);
+          continue;
+        }
+        const size_t qb = size_t(p.cols) * kPR;
+        const size_t nsb = size_t(p.cols / op->sub) * kPR;
+        uint8_t* pq = pbuf.get(qb + 2 * nsb * sizeof(float) + 64);
+        auto* pa = reinterpret_cast<float*>(pq + qb);
+        float* pb = pa + nsb;
+        op->fill(p, g, h, pq, pa, pb);
+        op->rows(pq, pa, pb, p.cols, *xp, y + r0, p.rows, nr);
+      }
+    }
+  });
+  return true;
+}
+
+}  // namespace packed

@@ -1,0 +1,323 @@
+#include "backend/cpu/packed_weights.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <new>
+#include <thread>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
+#include "core/cpu_features.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "quant/block_common.h"
+#include "quant/block_q4_0.h"
+#include "quant/block_q4_1.h"
+#include "quant/block_q4_k.h"
+#include "quant/block_q5_k.h"
+#include "quant/block_q6_k.h"
+#include "quant/block_q8_0.h"
+
+namespace qleap {
+
+// Layouts per super-block of one 16-row group ("vector" = 64 bytes: 4 bytes of each of the 16
+// rows, row n at bytes 4n .. 4n + 3; fp16 values stay fp16), scales | quants:
+//   Q4_0 (32 values): d[16] | 4 vectors: vector j holds qs[4j .. 4j+3] of every row (low
+//                     nibbles: values 4j.., high nibbles: values 16 + 4j..)          32 | 256 bytes
+//   Q4_1:             d[16] m[16] | 4 vectors as Q4_0                                64 | 256
+//   Q8_0:             d[16] | 8 vectors: vector g holds qs[4g .. 4g+3] (signed)      32 | 512
+//   Q4_K (256):       d[16] dmin[16] sc[8][16] mn[8][16] (6-bit scales as bytes,
+//                     [sub-block][row]) | 4 pairs x 8 vectors: pair c vector v holds
+//                     qs[32c + 4v ..] (low nibbles: sub-block 2c, high: 2c + 1)     320 | 2048
+//   Q5_K:             as Q4_K | first 4 pairs x 8 vectors x 2 64-bit masks, bit 4n + i = 5th
+//                     bit of value 4v + i of row n in sub-block 2c (mask 0) or 2c + 1
+//                     (mask 1), then the nibbles as Q4_K                             320 | 2560
+//   Q6_K (256):       d[16] sc[16][16] (int8, [sub-block][row]) | ql: 2 halves x {A, B} x
+//                     8 vectors: A vector v holds ql[64h + 4v ..], B ql[64h + 32 + 4v ..];
+//                     then qh: 2 halves x 8 vectors: qh[32h + 4v ..]                 288 | 3072
+namespace {
+
+constexpr int kR = kPackRows;
+
+size_t s_bytes_of(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0:
+      return 32;
+    case GgmlType::Q4_1:
+      return 64;
+    case GgmlType::Q8_0:
+      return 32;
+    case GgmlType::Q4_K:
+      return 320;
+    case GgmlType::Q5_K:
+      return 320;
+    case GgmlType::Q6_K:
+      return 288;
+    default:
+      return 0;
+  }
+}
+
+size_t q_bytes_of(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0:
+      return 256;
+    case GgmlType::Q4_1:
+      return 256;
+    case GgmlType::Q8_0:
+      return 512;
+    case GgmlType::Q4_K:
+      return 2048;
+    case GgmlType::Q5_K:
+      return 2560;
+    case GgmlType::Q6_K:
+      return 3072;
+    default:
+      return 0;
+  }
+}
+
+size_t pad64(size_t n) {
+  return (n + 63) / 64 * 64;
+}
+
+int64_t sb_values_of(GgmlType t) {
+  return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q8_0 ? 32 : 256;
+}
+
+// Copies 4 bytes of each row into one interleaved vector.
+inline void put_vector(uint8_t* dst, const uint8_t* const* rows, size_t off) {
+  for (int n = 0; n < kR; ++n) {
+    uint32_t v;
+    __builtin_memcpy(&v, rows[n] + off, 4);
+    __builtin_memcpy(dst + 4 * n, &v, 4);
+  }
+}
+
+// src[n]: super-block sb of row n (zeros for padding rows); dst: its scales, qd: its quants.
+void pack_sb(GgmlType t, const uint8_t* const* src, uint8_t* dst, uint8_t* qd) {
+  switch (t) {
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1: {
+      const bool q41 = t == GgmlType::Q4_1;
+      const size_t qs_off = q41 ? offsetof(BlockQ4_1, qs) : offsetof(BlockQ4_0, qs);
+      for (int n = 0; n < kR; ++n) {
+        std::memcpy(dst + 2 * n, src[n], 2);                    // d
+        if (q41) std::memcpy(dst + 32 + 2 * n, src[n] + 2, 2);  // m
+      }
+      for (int j = 0; j < 4; ++j) put_vector(qd + 64 * j, src, qs_off + 4 * j);
+      return;
+    }
+    case GgmlType::Q8_0: {
+      for (int n = 0; n < kR; ++n) std::memcpy(dst + 2 * n, src[n], 2);
+      for (int g = 0; g < 8; ++g) put_vector(qd + 64 * g, src, offsetof(BlockQ8_0, qs) + 4 * g);
+      return;
+    }
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K: {
+      const bool q5 = t == GgmlType::Q5_K;
+      for (int n = 0; n < kR; ++n) {
+        std::memcpy(dst + 2 * n, src[n], 2);           // d
+        std::memcpy(dst + 32 + 2 * n, src[n] + 2, 2);  // dmin
+        const uint8_t* scales = src[n] + 4;
+        for (int j = 0; j < 8; ++j) {
+          uint8_t sc, m;
+          get_scale_min_k4(j, scales, &sc, &m);
+          dst[64 + 16 * j + n] = sc;
+          dst[192 + 16 * j + n] = m;
+        }
+      }
+      uint8_t* q = qd;
+      if (q5) {
+        auto* hb = reinterpret_cast<uint64_t*>(qd);
+        for (int c = 0; c < 4; ++c) {
+          for (int v = 0; v < 8; ++v) {
+            uint64_t m0 = 0, m1 = 0;
+            for (int n = 0; n < kR; ++n) {
+              const uint8_t* qh = src[n] + offsetof(BlockQ5_K, qh);
+              for (int i = 0; i < 4; ++i) {
+                const uint8_t h = qh[4 * v + i];
+                m0 |= uint64_t((h >> (2 * c)) & 1) << (4 * n + i);
+                m1 |= uint64_t((h >> (2 * c + 1)) & 1) << (4 * n + i);
+              }
+            }
+            hb[(c * 8 + v) * 2] = m0;
+            hb[(c * 8 + v) * 2 + 1] = m1;
+          }
+        }
+        q = qd + 512;
+      }
+      const size_t qs_off = q5 ? offsetof(BlockQ5_K, qs) : offsetof(BlockQ4_K, qs);
+      for (int c = 0; c < 4; ++c)
+        for (int v = 0; v < 8; ++v) put_vector(q + 64 * (c * 8 + v), src, qs_off + 32 * c + 4 * v);
+      return;
+    }
+    case GgmlType::Q6_K: {
+      for (int n = 0; n < kR; ++n) {
+        std::memcpy(dst + 2 * n, src[n] + offsetof(BlockQ6_K, d), 2);
+        for (int s = 0; s < 16; ++s) dst[32 + 16 * s + n] = src[n][offsetof(BlockQ6_K, scales) + s];
+      }
+      uint8_t* ql = qd;
+      uint8_t* qh = ql + 2048;
+      for (int h = 0; h < 2; ++h) {
+        for (int v = 0; v < 8; ++v) {
+          put_vector(ql + 64 * ((h * 2 + 0) * 8 + v), src, offsetof(BlockQ6_K, ql) + 64 * h + 4 * v);
+          put_vector(ql + 64 * ((h * 2 + 1) * 8 + v), src, offsetof(BlockQ6_K, ql) + 64 * h + 32 + 4 * v);
+          put_vector(qh + 64 * (h * 8 + v), src, offsetof(BlockQ6_K, qh) + 32 * h + 4 * v);
+        }
+      }
+      return;
+    }
+    default:
+      throw Unsupported(fmt::format("repack: type {} not packable", type_name(t)));
+  }
+}
+
+std::atomic<int>& repack_flag() {
+  static std::atomic<int> f{[] {
+    const char* e = std::getenv("QLEAP_REPACK");
+    return e != nullptr && e[0] == '0' ? 0 : 1;
+  }()};
+  return f;
+}
+
+}  // namespace
+
+bool packable(GgmlType t) {
+  return s_bytes_of(t) != 0;
+}
+
+size_t packed_bytes(GgmlType t, int64_t rows, int64_t cols) {
+  if (!packable(t) || cols % sb_values_of(t) != 0) return 0;
+  const size_t nsb = size_t(cols / sb_values_of(t));
+  return size_t((rows + kR - 1) / kR) * (pad64(nsb * s_bytes_of(t)) + nsb * q_bytes_of(t));
+}
+
+void repack(const WeightView& w, uint8_t* dst, PackedMatrix* out) {
+  const int64_t sbv = sb_values_of(w.type);
+  if (!packable(w.type) || w.cols % sbv != 0) throw Unsupported("repack: matrix not packable");
+  const int64_t nsb = w.cols / sbv;
+  const size_t in_sb = size_t(type_traits(w.type).type_size) * size_t(sbv / type_traits(w.type).block_size);
+  out->type = w.type;
+  out->rows = w.rows;
+  out->cols = w.cols;
+  out->groups = (w.rows + kR - 1) / kR;
+  out->sb_values = sbv;
+  out->s_bytes = s_bytes_of(w.type);
+  out->q_bytes = q_bytes_of(w.type);
+  out->q_offset = pad64(size_t(nsb) * out->s_bytes);
+  out->group_bytes = out->q_offset + size_t(nsb) * out->q_bytes;
+  out->data = dst;
+  out->source = w.data;
+  std::vector<uint8_t> zero(in_sb, 0);
+  // Padding between the scales and the quants of a group.
+  std::memset(dst, 0, size_t(out->groups) * out->group_bytes);
+  for (int64_t g = 0; g < out->groups; ++g) {
+    for (int64_t s = 0; s < nsb; ++s) {
+      const uint8_t* src[kR];
+      for (int n = 0; n < kR; ++n) {
+        const int64_t r = g * kR + n;
+        src[n] = r < w.rows
+                     ? static_cast<const uint8_t*>(w.data) + size_t(r) * w.row_bytes + size_t(s) * in_sb
+                     : zero.data();
+      }
+      uint8_t* gb = dst + size_t(g) * out->group_bytes;
+      pack_sb(w.type, src, gb + size_t(s) * out->s_bytes, gb + out->q_offset + size_t(s) * out->q_bytes);
+    }
+  }
+}
+
+bool repack_enabled() {
+  return repack_flag().load(std::memory_order_relaxed) != 0 && max_isa_level() >= IsaLevel::kAvx2;
+}
+
+void set_repack_enabled(bool on) {
+  repack_flag().store(on ? 1 : 0, std::memory_order_relaxed);
+}
+
+void PreparedWeights::Block::Free::operator()(uint8_t* p) const {
+  ::operator delete[](p, std::align_val_t(64));
+}
+
+std::unique_ptr<PreparedWeights> PreparedWeights::prepare(std::span<WeightView* const> views,
+                                                          bool release_source) {
+  auto pw = std::make_unique<PreparedWeights>();
+  if (!repack_enabled()) return pw;
+  // One copy per distinct source (tied embeddings: token_embd and output share their bytes).
+  std::map<const void*, PackedMatrix*> done;
+  struct Todo {
+    WeightView view;
+    uint8_t* dst;
+    PackedMatrix* pm;
+  };
+  std::vector<Todo> todo;
+  for (WeightView* v : views) {
+    if (v == nullptr || v->data == nullptr) continue;
+    if (auto it = done.find(v->data); it != done.end()) {
+      v->packed = it->second;
+      continue;
+    }
+    const size_t n = packed_bytes(v->type, v->rows, v->cols);
+    if (n == 0 || v->row_bytes != row_size(v->type, v->cols)) continue;
+    Block b;
+    b.mem.reset(static_cast<uint8_t*>(::operator new[](n, std::align_val_t(64))));
+    b.n = n;
+    auto pm = std::make_unique<PackedMatrix>();
+    todo.push_back({*v, b.mem.get(), pm.get()});
+    v->packed = pm.get();
+    done[v->data] = pm.get();
+    pw->bytes_ += n;
+    pw->blocks_.push_back(std::move(b));
+    pw->mats_.push_back(std::move(pm));
+  }
+  if (todo.empty()) return pw;
+  ThreadPool pool(std::max(1, std::min<int>(int(todo.size()), default_thread_count())));
+  pool.parallel_for(int64_t(todo.size()), 1, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) repack(todo[size_t(i)].view, todo[size_t(i)].dst, todo[size_t(i)].pm);
+  });
+#if defined(__linux__) && defined(MADV_DONTNEED)
+  if (release_source) {
+    // The GGUF copy of a repacked matrix is no longer read (the token embedding table is: get_row;
+    // it is released only when it was not also a view left unpacked).
+    std::map<const void*, bool> still_read;
+    for (WeightView* v : views) {
+      if (v != nullptr && v->data != nullptr && v->packed == nullptr) still_read[v->data] = true;
+    }
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    for (const Todo& t : todo) {
+      if (still_read.count(t.view.data)) continue;
+      const auto b = reinterpret_cast<uintptr_t>(t.view.data);
+      const uintptr_t e = b + t.view.row_bytes * size_t(t.view.rows);
+      const uintptr_t pb = (b + page - 1) / page * page, pe = e / page * page;
+      if (pe > pb && madvise(reinterpret_cast<void*>(pb), pe - pb, MADV_DONTNEED) == 0)
+        pw->released_ += pe - pb;
+    }
+  }
+#else
+  (void)release_source;
+#endif
+  return pw;
+}
+
+std::string PreparedWeights::describe() const {
+  if (mats_.empty()) return "none";
+  std::map<std::string, int> by;
+  for (const auto& m : mats_) by[type_name(m->type)]++;
+  std::string s = fmt::format("{} matrices, {:.1f} MiB (", mats_.size(), double(bytes_) / double(1 << 20));
+  bool first = true;
+  for (const auto& [k, v] : by) {
+    s += fmt::format("{}{}: {}", first ? "" : ", ", k, v);
+    first = false;
+  }
+  return s + ")";
+}
+
+}  // namespace qleap

@@ -1,0 +1,125 @@
+#include "kv/flash_prefill.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <vector>
+
+#include "core/cpu_features.h"
+#include "core/fp16.h"
+
+namespace qleap {
+namespace {
+
+// Query rows (tokens x heads sharing a kv head) per work item: enough to fill the vector lanes and
+// reuse each converted key/value block, few enough that the blocks stay in L2.
+constexpr int kRowsPerItem = 64;
+// Fewest query tokens worth the tiled kernel (below: the per-query path is as fast).
+constexpr int kMinQueries = 4;
+
+flash_detail::ItemFn pick_item(const FlashShape& s) {
+  const IsaLevel lvl = isa_level();
+  if (lvl >= IsaLevel::kAvx512 && s.head_dim % 16 == 0) return flash_detail::item_avx512();
+  if (lvl >= IsaLevel::kAvx2 && s.head_dim % 8 == 0) return flash_detail::item_avx2();
+  return nullptr;
+}
+
+// Fewest query tokens for the AMX kernel, which converts all keys and values of the call to tiles
+// first: below this, that conversion costs more than the products it speeds up.
+constexpr int kAmxMinQueries = 32;
+
+template <class T>
+void run(const FlashShape& s, const KvRowsView<T>& kv, const float* q, float* out, ThreadPool& pool) {
+  constexpr bool kF16 = sizeof(T) == 2;
+  // AMX multiplies in bf16: only for the f16 cache, whose keys and values are already rounded; the
+  // f32 cache is the exact reference type and keeps fp32 products.
+  if (kF16 && isa_level() >= IsaLevel::kAmx && s.head_dim % 32 == 0 && s.n_q >= kAmxMinQueries) {
+    flash_detail::run_amx(s, &kv, kF16, q, out, pool);
+    return;
+  }
+  const flash_detail::ItemFn fn = pick_item(s);
+  const int group = s.n_heads / s.n_kv_heads;
+  const int q_block = std::max(1, (kRowsPerItem + group - 1) / group);
+  const int n_qb = (s.n_q + q_block - 1) / q_block;
+  const int64_t items = int64_t(n_qb) * s.n_kv_heads;
+  const void* kvp = &kv;
+  // The last query blocks see the most keys: hand them out first so the threads finish together.
+  pool.parallel_for(items, 1, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) {
+      const int qb = n_qb - 1 - int(i / s.n_kv_heads);
+      const int g = int(i % s.n_kv_heads);
+      fn(s, kvp, kF16, q_block, qb, g, q, out);
+    }
+  });
+}
+
+inline float to_f32(uint16_t h) {
+  return fp16_to_fp32(h);
+}
+inline float to_f32(float f) {
+  return f;
+}
+
+template <class T>
+void ref(const FlashShape& s, const KvRowsView<T>& kv, const float* q, float* out) {
+  const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+  std::vector<double> sc, acc(static_cast<size_t>(hd));
+  for (int t = 0; t < s.n_q; ++t) {
+    const int n_keys = s.pos0 + t + 1;
+    sc.assign(size_t(n_keys), 0.0);
+    for (int h = 0; h < s.n_heads; ++h) {
+      const int g = h / group;
+      const float* qr = q + (size_t(t) * s.n_heads + h) * hd;
+      double mx = -1e300;
+      for (int j = 0; j < n_keys; ++j) {
+        const T* kr = kv.k + size_t(g) * kv.head_stride + size_t(j) * kv.pos_stride;
+        double d = 0;
+        for (int i = 0; i < hd; ++i) d += double(qr[i]) * to_f32(kr[i]);
+        sc[size_t(j)] = d * s.scale;
+        mx = std::max(mx, sc[size_t(j)]);
+      }
+      double l = 0;
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int j = 0; j < n_keys; ++j) {
+        const double p = std::exp(sc[size_t(j)] - mx);
+        l += p;
+        const T* vr = kv.v + size_t(g) * kv.head_stride + size_t(j) * kv.pos_stride;
+        for (int i = 0; i < hd; ++i) acc[size_t(i)] += p * to_f32(vr[i]);
+      }
+      float* orow = out + (size_t(t) * s.n_heads + h) * hd;
+      for (int i = 0; i < hd; ++i) orow[i] = float(acc[size_t(i)] / l);
+    }
+  }
+}
+
+}  // namespace
+
+bool flash_prefill_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("QLEAP_FLASH_PREFILL");
+    return e == nullptr || e[0] != '0';
+  }();
+  return on;
+}
+
+bool flash_prefill_supported(const FlashShape& s) {
+  return s.n_q >= kMinQueries && s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0 && pick_item(s) != nullptr;
+}
+
+void flash_prefill(const FlashShape& s, const KvRowsView<uint16_t>& kv, const float* q, float* out,
+                   ThreadPool& pool) {
+  run(s, kv, q, out, pool);
+}
+void flash_prefill(const FlashShape& s, const KvRowsView<float>& kv, const float* q, float* out,
+                   ThreadPool& pool) {
+  run(s, kv, q, out, pool);
+}
+
+void attention_prefill_ref(const FlashShape& s, const KvRowsView<uint16_t>& kv, const float* q, float* out) {
+  ref(s, kv, q, out);
+}
+void attention_prefill_ref(const FlashShape& s, const KvRowsView<float>& kv, const float* q, float* out) {
+  ref(s, kv, q, out);
+}
+
+}  // namespace qleap

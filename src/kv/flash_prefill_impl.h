@@ -1,0 +1,364 @@
+// The tiled prefill attention kernel, compiled once per ISA: flash_prefill_avx2.cpp (8 floats per
+// vector) and flash_prefill_avx512.cpp (16) include it after defining QLEAP_FLASH_NS and
+// QLEAP_FLASH_W. Internal linkage except item().
+//
+// One work item is a block of query tokens of one kv head: R = tokens x group query rows. Rows run
+// along the vector lanes (Q and the output are held transposed, [dim][row]), keys along the loop:
+//   S[j][rows] = sum_d K[j][d] * Q^T[d][rows]     (K[j][d] broadcast, a row vector of Q^T)
+//   O^T[d][rows] += sum_j V[j][d] * P[j][rows]    (V[j][d] broadcast)
+// so the online softmax (max, exp, sum per row) is plain element-wise vector work, and K and V are
+// only converted to floats once per key block, never transposed.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "core/fp16.h"
+#include "kv/flash_prefill.h"
+
+#if !defined(QLEAP_FLASH_NS) || !defined(QLEAP_FLASH_W)
+#error "define QLEAP_FLASH_NS and QLEAP_FLASH_W before including flash_prefill_impl.h"
+#endif
+
+namespace qleap::flash_detail::QLEAP_FLASH_NS {
+namespace {
+
+constexpr int W = QLEAP_FLASH_W;
+constexpr int kKeys = 64;  // keys per block
+#if QLEAP_FLASH_W == 16
+using VF = __m512;
+constexpr int kRowVecs = 4;  // row vectors per register tile
+constexpr int kKeyTile = 4;  // keys (QK) or dims (PV) per register tile
+inline VF vload(const float* p) {
+  return _mm512_load_ps(p);
+}
+inline void vstore(float* p, VF v) {
+  _mm512_store_ps(p, v);
+}
+inline VF vset1(float x) {
+  return _mm512_set1_ps(x);
+}
+inline VF vzero() {
+  return _mm512_setzero_ps();
+}
+inline VF vfma(VF a, VF b, VF c) {
+  return _mm512_fmadd_ps(a, b, c);
+}
+inline VF vmul(VF a, VF b) {
+  return _mm512_mul_ps(a, b);
+}
+inline VF vadd(VF a, VF b) {
+  return _mm512_add_ps(a, b);
+}
+inline VF vsub(VF a, VF b) {
+  return _mm512_sub_ps(a, b);
+}
+inline VF vmax(VF a, VF b) {
+  return _mm512_max_ps(a, b);
+}
+// Lanes where pos < key get -inf.
+inline VF vmask_causal(VF s, VF pos, float key) {
+  const __mmask16 k = _mm512_cmp_ps_mask(pos, _mm512_set1_ps(key), _CMP_LT_OQ);
+  return _mm512_mask_mov_ps(s, k, _mm512_set1_ps(-std::numeric_limits<float>::infinity()));
+}
+inline void cvt_row_f16(const uint16_t* src, float* dst, int n) {
+  int i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+  for (; i < n; ++i) dst[i] = fp16_to_fp32(src[i]);
+}
+// exp(x), x <= 88; inputs below -87.3 (and -inf) give 0. Cephes-style, rel. error ~2e-7.
+inline VF vexp(VF x) {
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3365478515625f), _CMP_LT_OQ);
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.3762626647949f)), _mm512_set1_ps(-87.3365478515625f));
+  const VF fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
+  VF y = _mm512_set1_ps(1.9875691500E-4f);
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507E-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073E-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894E-2f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459E-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201E-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
+  return _mm512_maskz_mul_ps(__mmask16(~tiny), y, _mm512_castsi512_ps(e));
+}
+#else
+using VF = __m256;
+constexpr int kRowVecs = 2;
+constexpr int kKeyTile = 4;
+inline VF vload(const float* p) {
+  return _mm256_load_ps(p);
+}
+inline void vstore(float* p, VF v) {
+  _mm256_store_ps(p, v);
+}
+inline VF vset1(float x) {
+  return _mm256_set1_ps(x);
+}
+inline VF vzero() {
+  return _mm256_setzero_ps();
+}
+inline VF vfma(VF a, VF b, VF c) {
+  return _mm256_fmadd_ps(a, b, c);
+}
+inline VF vmul(VF a, VF b) {
+  return _mm256_mul_ps(a, b);
+}
+inline VF vadd(VF a, VF b) {
+  return _mm256_add_ps(a, b);
+}
+inline VF vsub(VF a, VF b) {
+  return _mm256_sub_ps(a, b);
+}
+inline VF vmax(VF a, VF b) {
+  return _mm256_max_ps(a, b);
+}
+inline VF vmask_causal(VF s, VF pos, float key) {
+  const VF lt = _mm256_cmp_ps(pos, _mm256_set1_ps(key), _CMP_LT_OQ);
+  return _mm256_blendv_ps(s, _mm256_set1_ps(-std::numeric_limits<float>::infinity()), lt);
+}
+inline void cvt_row_f16(const uint16_t* src, float* dst, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < n; ++i) dst[i] = fp16_to_fp32(src[i]);
+}
+inline VF vexp(VF x) {
+  const VF tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3365478515625f), _CMP_LT_OQ);
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-87.3365478515625f));
+  const VF fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  VF y = _mm256_set1_ps(1.9875691500E-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+#endif
+
+// Per-thread scratch, 64-byte aligned floats.
+struct Scratch {
+  std::vector<float> buf;
+  float* get(size_t n) {
+    if (buf.size() < n + 16) buf.resize(n + 16);
+    auto p = reinterpret_cast<uintptr_t>(buf.data());
+    return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
+  }
+};
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+// S[j][rv .. rv + RC) for keys j in [0, nk) (nk a multiple of kKeyTile): K rows (kf, hd floats each)
+// against Q^T (qt, rp floats per dim).
+template <int RC>
+void scores(const float* kf, int hd, int nk, const float* qt, int rp, int rv, float* st) {
+  for (int j = 0; j < nk; j += kKeyTile) {
+    VF acc[kKeyTile][RC];
+    for (int a = 0; a < kKeyTile; ++a)
+      for (int c = 0; c < RC; ++c) acc[a][c] = vzero();
+    const float* kr = kf + size_t(j) * hd;
+    for (int d = 0; d < hd; ++d) {
+      VF qv[RC];
+      for (int c = 0; c < RC; ++c) qv[c] = vload(qt + size_t(d) * rp + (rv + c) * W);
+      for (int a = 0; a < kKeyTile; ++a) {
+        const VF kb = vset1(kr[size_t(a) * hd + d]);
+        for (int c = 0; c < RC; ++c) acc[a][c] = vfma(kb, qv[c], acc[a][c]);
+      }
+    }
+    for (int a = 0; a < kKeyTile; ++a)
+      for (int c = 0; c < RC; ++c) vstore(st + size_t(j + a) * rp + (rv + c) * W, acc[a][c]);
+  }
+}
+
+// O^T[d][rv .. rv + RC) = O^T * corr + sum_j V[j][d] * P[j][rows], dims in tiles of kKeyTile.
+template <int RC>
+void accumulate(const float* vf, int hd, int nk, const float* pt, int rp, int rv, const float* corr,
+                float* ot) {
+  VF cv[RC];
+  for (int c = 0; c < RC; ++c) cv[c] = vload(corr + (rv + c) * W);
+  for (int d = 0; d < hd; d += kKeyTile) {
+    VF acc[kKeyTile][RC];
+    for (int a = 0; a < kKeyTile; ++a)
+      for (int c = 0; c < RC; ++c) acc[a][c] = vmul(vload(ot + size_t(d + a) * rp + (rv + c) * W), cv[c]);
+    for (int j = 0; j < nk; ++j) {
+      VF pv[RC];
+      for (int c = 0; c < RC; ++c) pv[c] = vload(pt + size_t(j) * rp + (rv + c) * W);
+      const float* vr = vf + size_t(j) * hd + d;
+      for (int a = 0; a < kKeyTile; ++a) {
+        const VF vb = vset1(vr[a]);
+        for (int c = 0; c < RC; ++c) acc[a][c] = vfma(vb, pv[c], acc[a][c]);
+      }
+    }
+    for (int a = 0; a < kKeyTile; ++a)
+      for (int c = 0; c < RC; ++c) vstore(ot + size_t(d + a) * rp + (rv + c) * W, acc[a][c]);
+  }
+}
+
+template <class F>
+void for_row_chunks(int rv_total, F&& f) {
+  for (int rv = 0; rv < rv_total; rv += kRowVecs) {
+    const int rc = std::min(kRowVecs, rv_total - rv);
+    f(rv, rc);
+  }
+}
+
+template <class T>
+void run_item(const FlashShape& s, const KvRowsView<T>& kv, int q_block, int qb, int g, const float* q,
+              float* out) {
+  const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+  const int t0 = qb * q_block, nt = std::min(q_block, s.n_q - t0);
+  const int rows = nt * group, rvn = (rows + W - 1) / W, rp = rvn * W;
+  const int kend = s.pos0 + t0 + nt;  // keys [0, kend)
+  const int pmin = s.pos0 + t0;       // position of the block's first query
+
+  float* base =
+      scratch().get(size_t(hd) * rp * 2 + size_t(kKeys) * rp + size_t(kKeys) * hd * 2 + size_t(rp) * 4);
+  float* qt = base;                       // [hd][rp]
+  float* ot = qt + size_t(hd) * rp;       // [hd][rp]
+  float* st = ot + size_t(hd) * rp;       // [kKeys][rp]: scores, then probabilities
+  float* kf = st + size_t(kKeys) * rp;    // [kKeys][hd]
+  float* vf = kf + size_t(kKeys) * hd;    // [kKeys][hd]
+  float* mrow = vf + size_t(kKeys) * hd;  // running max per row
+  float* lrow = mrow + rp;                // running sum per row
+  float* corr = lrow + rp;                // rescale factor of this block
+  float* posr = corr + rp;                // query position per row (padding: never masked)
+
+  for (int r = 0; r < rp; ++r) {
+    mrow[r] = -std::numeric_limits<float>::infinity();
+    lrow[r] = 0.0f;
+    posr[r] = r < rows ? float(s.pos0 + t0 + r / group) : 3.0e38f;
+  }
+  std::fill(ot, ot + size_t(hd) * rp, 0.0f);
+  for (int r = 0; r < rp; ++r) {
+    if (r >= rows) {
+      for (int d = 0; d < hd; ++d) qt[size_t(d) * rp + r] = 0.0f;
+      continue;
+    }
+    const float* qr = q + (size_t(t0 + r / group) * s.n_heads + size_t(g) * group + r % group) * hd;
+    for (int d = 0; d < hd; ++d) qt[size_t(d) * rp + r] = qr[d] * s.scale;
+  }
+
+  const T* kh = kv.k + size_t(g) * kv.head_stride;
+  const T* vh = kv.v + size_t(g) * kv.head_stride;
+  for (int j0 = 0; j0 < kend; j0 += kKeys) {
+    const int nk = std::min(kKeys, kend - j0);
+    const int nkp = (nk + kKeyTile - 1) / kKeyTile * kKeyTile;
+    for (int j = 0; j < nkp; ++j) {
+      float* kd = kf + size_t(j) * hd;
+      float* vd = vf + size_t(j) * hd;
+      if (j >= nk) {
+        std::fill(kd, kd + hd, 0.0f);
+        std::fill(vd, vd + hd, 0.0f);
+        continue;
+      }
+      const size_t off = size_t(j0 + j) * kv.pos_stride;
+      if constexpr (sizeof(T) == 2) {
+        cvt_row_f16(kh + off, kd, hd);
+        cvt_row_f16(vh + off, vd, hd);
+      } else {
+        std::memcpy(kd, kh + off, size_t(hd) * sizeof(float));
+        std::memcpy(vd, vh + off, size_t(hd) * sizeof(float));
+      }
+    }
+    for_row_chunks(rvn, [&](int rv, int rc) {
+      switch (rc) {
+        case 1:
+          scores<1>(kf, hd, nkp, qt, rp, rv, st);
+          break;
+        case 2:
+          scores<2>(kf, hd, nkp, qt, rp, rv, st);
+          break;
+#if QLEAP_FLASH_W == 16
+        case 3:
+          scores<3>(kf, hd, nkp, qt, rp, rv, st);
+          break;
+        case 4:
+          scores<4>(kf, hd, nkp, qt, rp, rv, st);
+          break;
+#endif
+        default:
+          break;
+      }
+    });
+    // Keys past a row's own position (the block's diagonal, and the zero padding) get -inf.
+    const bool diag = j0 + nkp - 1 > pmin;
+    for (int rv = 0; rv < rvn; ++rv) {
+      const VF pos = vload(posr + rv * W);
+      VF bmax = vset1(-std::numeric_limits<float>::infinity());
+      for (int j = 0; j < nkp; ++j) {
+        float* sp = st + size_t(j) * rp + rv * W;
+        VF sv = vload(sp);
+        if (diag) {
+          sv = vmask_causal(sv, pos, float(j0 + j));
+          vstore(sp, sv);
+        }
+        bmax = vmax(bmax, sv);
+      }
+      const VF mold = vload(mrow + rv * W);
+      const VF mnew = vmax(mold, bmax);
+      // Key 0 is visible to every row, so mnew is finite from the first block on; exp(-inf) = 0.
+      const VF c = vexp(vsub(mold, mnew));
+      VF sum = vzero();
+      for (int j = 0; j < nkp; ++j) {
+        float* sp = st + size_t(j) * rp + rv * W;
+        const VF p = vexp(vsub(vload(sp), mnew));
+        vstore(sp, p);
+        sum = vadd(sum, p);
+      }
+      vstore(lrow + rv * W, vfma(vload(lrow + rv * W), c, sum));
+      vstore(mrow + rv * W, mnew);
+      vstore(corr + rv * W, c);
+    }
+    for_row_chunks(rvn, [&](int rv, int rc) {
+      switch (rc) {
+        case 1:
+          accumulate<1>(vf, hd, nkp, st, rp, rv, corr, ot);
+          break;
+        case 2:
+          accumulate<2>(vf, hd, nkp, st, rp, rv, corr, ot);
+          break;
+#if QLEAP_FLASH_W == 16
+        case 3:
+          accumulate<3>(vf, hd, nkp, st, rp, rv, corr, ot);
+          break;
+        case 4:
+          accumulate<4>(vf, hd, nkp, st, rp, rv, corr, ot);
+          break;
+#endif
+        default:
+          break;
+      }
+    });
+  }
+  for (int r = 0; r < rows; ++r) {
+    float* orow = out + (size_t(t0 + r / group) * s.n_heads + size_t(g) * group + r % group) * hd;
+    const float inv = 1.0f / lrow[r];
+    for (int d = 0; d < hd; ++d) orow[d] = ot[size_t(d) * rp + r] * inv;
+  }
+}
+
+void item(const FlashShape& s, const void* kv, bool f16, int q_block, int qb, int g, const float* q,
+          float* out) {
+  if (f16) {
+    run_item(s, *static_cast<const KvRowsView<uint16_t>*>(kv), q_block, qb, g, q, out);
+  } else {
+    run_item(s, *static_cast<const KvRowsView<float>*>(kv), q_block, qb, g, q, out);
+  }
+}
+
+}  // namespace
+}  // namespace qleap::flash_detail::QLEAP_FLASH_NS
