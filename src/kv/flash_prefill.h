@@ -32,6 +32,10 @@ struct FlashShape {
 
 // False when QLEAP_FLASH_PREFILL=0 (A/B measurements against the per-query path).
 bool flash_prefill_enabled();
+// Whether f16 prompt blocks may use the AMX (bf16) kernel: off unless QLEAP_AMX_ATTENTION=1 (it rounds
+// q, k and v to bf16; see flash_prefill.cpp). Tests switch it to check that kernel.
+bool flash_prefill_amx_enabled();
+void set_flash_prefill_amx(bool on);
 
 // Whether the tiled kernel handles this shape at the current ISA level (otherwise the caller uses
 // its per-query path).

@@ -72,7 +72,8 @@ std::shared_ptr<const KvCalibration> run_pass(const std::shared_ptr<const Model>
   // The per-head sensitivity of TurboQuant caches on the same text, so that every tq type spends its
   // bits where they matter on this model without a profile to pass (measured with 3-bit caches at
   // 2, 3 and 4 bits per head; the allocation interpolates half rates).
-  const KvShape shape{hp.n_layers, n_ctx, hp.n_heads, hp.n_kv_heads, hp.head_dim};
+  // The layers a KV cache holds (a hybrid model's attention layers only).
+  const KvShape shape{hp.kv_layers(), n_ctx, hp.n_heads, hp.n_kv_heads, hp.head_dim};
   for (int w : kSensitivityWindows) {
     std::optional<TqKvSpec> spec = parse_tq_kv_type(fmt::format("tq3:w{}", w));
     if (!spec || n_ctx < std::max(kTqMeasureMinTokens, w + 64)) continue;

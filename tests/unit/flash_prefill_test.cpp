@@ -56,7 +56,8 @@ void check_case(const Case& c, int threads) {
   // softmax weights (observed up to 1e-2 here; perplexity of SmolLM2 and Qwen2.5-1.5B moved by
   // < 0.05%, docs/performance.md).
   // The f32 cache keeps fp32 products at every level.
-  const bool bf16 = sizeof(T) == 2 && isa_level() == IsaLevel::kAmx && c.n_q >= 32 && c.head_dim % 32 == 0;
+  const bool bf16 = sizeof(T) == 2 && isa_level() == IsaLevel::kAmx && c.n_q >= 32 && c.head_dim % 32 == 0 &&
+                    flash_prefill_amx_enabled();
   for (size_t i = 0; i < ref.size(); ++i) {
     const double tol = bf16 ? 1.5e-2 + 1e-2 * std::fabs(ref[i]) : 2e-5 + 2e-5 * std::fabs(ref[i]);
     ASSERT_NEAR(got[i], ref[i], tol) << "isa=" << isa_name(isa_level()) << " hd=" << c.head_dim
@@ -76,10 +77,16 @@ TEST(FlashPrefill, MatchesReferenceAtEveryIsaLevel) {
     set_isa_level(lvl);
     if (isa_level() != lvl) continue;
     ++ran;
-    for (const Case& c : cases) {
-      check_case<uint16_t>(c, 1);
-      check_case<float>(c, 3);
+    // At the AMX level, both with the bf16 tile kernel (opt-in) and without it.
+    for (bool amx : {false, true}) {
+      if (amx && lvl != IsaLevel::kAmx) continue;
+      set_flash_prefill_amx(amx);
+      for (const Case& c : cases) {
+        check_case<uint16_t>(c, 1);
+        check_case<float>(c, 3);
+      }
     }
+    set_flash_prefill_amx(false);
   }
   if (ran == 0) GTEST_SKIP() << "no AVX2 on this CPU";
 }

@@ -7,8 +7,10 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 
 #include "core/error.h"
+#include "kv/flash_prefill.h"
 #include "kv/kv_cache.h"
 #include "kv/kv_turboquant.h"
 #include "kv_test_data.h"
@@ -174,7 +176,13 @@ TEST(KvWindow, QuantizedTypesCloseToReference) {
     auto a = make_kv_cache(type, s);
     auto b = make_kv_cache(type, none);
     const std::vector<float> ra = run_chunks(*a, d, pool), rb = run_chunks(*b, d, pool);
-    EXPECT_EQ(0, std::memcmp(ra.data(), rb.data(), ra.size() * sizeof(float))) << type;
+    if (std::string(type) == "f32" && flash_prefill_enabled()) {
+      // Without a window the f32 cache's prompt chunks take the tiled kernel (kv/flash_prefill), which
+      // sums in another order than the masked per-query path a windowed layer uses.
+      for (size_t i = 0; i < ra.size(); ++i) ASSERT_NEAR(ra[i], rb[i], 1e-5f + 1e-5f * std::fabs(rb[i])) << i;
+    } else {
+      EXPECT_EQ(0, std::memcmp(ra.data(), rb.data(), ra.size() * sizeof(float))) << type;
+    }
   }
 }
 
