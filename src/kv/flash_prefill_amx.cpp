@@ -23,6 +23,7 @@
 #include <memory>
 #include <new>
 
+#include "backend/cpu/amx_tiles.h"
 #include "kv/flash_prefill.h"
 
 namespace qleap::flash_detail {
@@ -33,67 +34,9 @@ constexpr int kKeys = 64;    // keys per block: 4 key tiles, 2 steps of 32 for P
 constexpr int kRows = 128;   // query rows (tokens x group) per work item
 constexpr float kLazy = 8.0f;
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-void ensure_tile_config() {
-  thread_local bool configured = false;
-  if (configured) return;
-  TileConfig cfg;
-  for (int i = 0; i < 8; ++i) {
-    cfg.colsb[i] = 64;
-    cfg.rows[i] = 16;
-  }
-  // GCC 12 does not see LDTILECFG read the struct and may drop the stores above (observed in a
-  // test program: all-zero config, then SIGILL on the first tile instruction); the barrier keeps them.
-  __asm__ volatile("" : : "r"(&cfg) : "memory");
-  _tile_loadconfig(&cfg);
-  configured = true;
-}
-
-struct AlignedBuf {
-  struct Free {
-    void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t(64)); }
-  };
-  std::unique_ptr<uint8_t[], Free> p;
-  size_t n = 0;
-  uint8_t* get(size_t bytes) {
-    if (bytes > n) {
-      p.reset(static_cast<uint8_t*>(::operator new[](bytes, std::align_val_t(64))));
-      n = bytes;
-    }
-    return p.get();
-  }
-};
-
-inline void transpose16x16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int i = 0; i < 2; ++i) {
-    for (int j = 0; j < 4; ++j) {
-      t[8 * i + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
-      t[8 * i + 4 + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
-    }
-  }
-  for (int j = 0; j < 8; ++j) {
-    r[j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88);
-    r[8 + j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0xdd);
-  }
-}
+using amx_tiles::AlignedBuf;
+using amx_tiles::ensure_tile_config;
+using amx_tiles::transpose16x16;
 
 inline __m512 load16(const uint16_t* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));

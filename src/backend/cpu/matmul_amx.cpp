@@ -29,6 +29,7 @@
 #include <new>
 #include <vector>
 
+#include "backend/cpu/amx_tiles.h"
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/matmul_x86_impl.h"
 // The i-quant kernels (GGUF layout, no repacked or tile form) reopen the namespace above and must
@@ -44,70 +45,9 @@ constexpr int kStep = 32;         // k per tile step (32 bf16 = 64 bytes per A r
 constexpr int kTileBytes = 1024;  // every tile here: 16 rows x 64 bytes
 constexpr int64_t kChunkK = 512;  // k per chunk: a token pair's B tiles (32 KiB) stay in L1
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// Tile configuration is per thread; every tile used here is 16 rows x 64 bytes.
-void ensure_tile_config() {
-  thread_local bool configured = false;
-  if (configured) return;
-  TileConfig cfg;
-  for (int i = 0; i < 8; ++i) {
-    cfg.colsb[i] = 64;
-    cfg.rows[i] = 16;
-  }
-  // GCC 12 does not see LDTILECFG read the struct and may drop the stores above (observed in a
-  // test program: all-zero config, then SIGILL on the first tile instruction); the barrier keeps them.
-  __asm__ volatile("" : : "r"(&cfg) : "memory");
-  _tile_loadconfig(&cfg);
-  configured = true;
-}
-
-// Grow-only, 64-byte aligned per-thread buffers.
-struct AlignedBuf {
-  struct Free {
-    void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t(64)); }
-  };
-  std::unique_ptr<uint8_t[], Free> p;
-  size_t n = 0;
-  uint8_t* get(size_t bytes) {
-    if (bytes > n) {
-      p.reset(static_cast<uint8_t*>(::operator new[](bytes, std::align_val_t(64))));
-      n = bytes;
-    }
-    return p.get();
-  }
-};
-
-// out[p].dword[t] = in[t].dword[p] for a 16 x 16 block of 32-bit values.
-inline void transpose16x16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int i = 0; i < 2; ++i) {
-    for (int j = 0; j < 4; ++j) {
-      t[8 * i + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
-      t[8 * i + 4 + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
-    }
-  }
-  for (int j = 0; j < 8; ++j) {
-    r[j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88);
-    r[8 + j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0xdd);
-  }
-}
+using amx_tiles::AlignedBuf;
+using amx_tiles::ensure_tile_config;
+using amx_tiles::transpose16x16;
 
 inline __m512i to_bf16(__m512 lo, __m512 hi) {
   return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
