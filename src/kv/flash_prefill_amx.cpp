@@ -24,6 +24,7 @@
 #include <new>
 
 #include "backend/cpu/amx_tiles.h"
+#include "kv/flash_exp16.h"
 #include "kv/flash_prefill.h"
 
 namespace qleap::flash_detail {
@@ -49,25 +50,6 @@ inline __m512i to_bf16(__m512 lo, __m512 hi) {
 }
 inline __m512i bf16_dwords(__m512 v) {
   return _mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
-}
-
-// exp(x) for x <= 88; below -87.3 (and -inf) 0. Rel. error ~2e-7.
-inline __m512 vexp(__m512 x) {
-  const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3365478515625f), _CMP_LT_OQ);
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.3762626647949f)), _mm512_set1_ps(-87.3365478515625f));
-  const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
-  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
-  __m512 y = _mm512_set1_ps(1.9875691500E-4f);
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507E-3f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073E-3f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894E-2f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459E-1f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201E-1f));
-  y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
-  return _mm512_maskz_mul_ps(__mmask16(~tiny), y, _mm512_castsi512_ps(e));
 }
 
 struct Layout {
@@ -231,7 +213,7 @@ void run_item(const FlashShape& s, const Layout& L, const uint8_t* kb, const uin
       const __m512 m = _mm512_set1_ps(mrow[r]);
       __m512 sum = _mm512_setzero_ps();
       for (int c = 0; c < 4; ++c) {
-        v[c] = vexp(_mm512_sub_ps(v[c], m));
+        v[c] = exp16(_mm512_sub_ps(v[c], m));
         sum = _mm512_add_ps(sum, v[c]);
       }
       lrow[r] += _mm512_reduce_add_ps(sum);
