@@ -124,6 +124,8 @@ void info_command(const InfoOptions& o) {
   size_t repacked_bytes = 0, released_bytes = 0;
   try {
     auto model = load_model(path);
+    // What a CPU run repacks (a GPU run repacks only the layers left on the CPU).
+    model->prepare_host(0, model->hparams().n_layers, true);
     repacked = model->prepared().describe();
     repacked_bytes = model->prepared().bytes();
     released_bytes = model->prepared().released_bytes();

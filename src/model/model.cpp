@@ -135,16 +135,44 @@ HParams read_hparams(const GgufFile& f) {
 }
 
 Model::Model(std::shared_ptr<GgufFile> file, const ArchDef& arch, HParams hp, ModelWeights w)
-    : file_(std::move(file)), arch_(&arch), arch_name_(arch.name), hp_(std::move(hp)), w_(std::move(w)) {
+    : file_(std::move(file)),
+      arch_(&arch),
+      arch_name_(arch.name),
+      hp_(std::move(hp)),
+      w_(std::move(w)),
+      prepared_(std::make_unique<PreparedWeights>()),
+      layer_prepared_(w_.layers.size(), 0) {}
+
+Model::~Model() = default;
+
+void Model::prepare_host(int first, int end, bool head) const {
+  std::lock_guard<std::mutex> lk(prepare_mu_);
   // The dense matrices go to the CPU kernels' interleaved layout; the GGUF pages of a mapped file
   // are then released (expert matrices stay in GGUF layout: the expert tiers copy them around).
-  std::vector<WeightView*> views{&w_.output};
-  for (LayerWeights& l : w_.layers) {
+  // The views are rewritten in place (their `packed` pointer): the weights are logically const.
+  auto& w = const_cast<ModelWeights&>(w_);
+  std::vector<WeightView*> views;
+  if (head && !head_prepared_) {
+    views.push_back(&w.output);
+    head_prepared_ = true;
+  }
+  first = std::max(first, 0);
+  end = std::min(end, int(w.layers.size()));
+  for (int il = first; il < end; ++il) {
+    if (layer_prepared_[size_t(il)]) continue;
+    layer_prepared_[size_t(il)] = 1;
+    LayerWeights& l = w.layers[size_t(il)];
     for (WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.moe.gate_shexp,
                           &l.moe.up_shexp, &l.moe.down_shexp})
       views.push_back(v);
   }
-  prepared_ = PreparedWeights::prepare(views, /*release_source=*/!file_->path().empty());
+  if (views.empty()) return;
+  prepared_->merge(PreparedWeights::prepare(views, /*release_source=*/!file_->path().empty()));
+}
+
+const PreparedWeights& Model::prepared() const {
+  std::lock_guard<std::mutex> lk(prepare_mu_);
+  return *prepared_;
 }
 
 std::shared_ptr<const Model> load_model(std::shared_ptr<GgufFile> file) {

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -123,6 +124,7 @@ class PreparedWeights;
 class Model {
  public:
   Model(std::shared_ptr<GgufFile> file, const ArchDef& arch, HParams hp, ModelWeights w);
+  ~Model();
 
   const HParams& hparams() const { return hp_; }
   const std::string& arch() const { return arch_name_; }
@@ -130,8 +132,14 @@ class Model {
   int n_vocab() const { return hp_.n_vocab; }
   const GgufFile& file() const { return *file_; }
   const ModelWeights& weights() const { return w_; }
-  // The matrices repacked for the CPU kernels at load (backend/cpu/packed_weights.h).
-  const PreparedWeights& prepared() const { return *prepared_; }
+  // Repacks the matrices of layers [first, end) (and the output head when `head`) into the CPU
+  // kernels' layout (backend/cpu/packed_weights.h), once each. Called by the driver for the layers
+  // its CPU segment runs, so layers placed on a GPU keep no host copy; a matrix never prepared is
+  // still computed correctly from its GGUF layout, only more slowly. Thread-safe, but must not run
+  // while another engine computes over the same layers (it rewrites their views).
+  void prepare_host(int first, int end, bool head) const;
+  // Every matrix repacked so far.
+  const PreparedWeights& prepared() const;
 
  private:
   std::shared_ptr<GgufFile> file_;
@@ -139,7 +147,10 @@ class Model {
   std::string arch_name_;
   HParams hp_;
   ModelWeights w_;
-  std::shared_ptr<const PreparedWeights> prepared_;
+  mutable std::mutex prepare_mu_;
+  mutable std::unique_ptr<PreparedWeights> prepared_;
+  mutable std::vector<char> layer_prepared_;
+  mutable bool head_prepared_ = false;
 };
 
 // The context a model gets when none is asked for: its training context (when the file gives one),

@@ -12,6 +12,7 @@
 #include <random>
 
 #include "backend/cpu/matmul.h"
+#include "backend/cpu/packed_weights.h"
 #include "core/error.h"
 #include "gguf/convert.h"
 #include "model_test_util.h"
@@ -239,6 +240,45 @@ TEST(EngineDevicePath, MoeLayersOnADeviceAreRefusedClearly) {
   }
   o.gpu_layers = 0;
   EXPECT_NO_THROW({ Engine e(model, o); });
+}
+
+// Layers placed on a device keep no repacked host copy (it would double the RAM a GPU user needs);
+// the layers and head left on the CPU are repacked once, however many engines share the model.
+TEST(EngineDevicePath, OnlyHostLayersAreRepacked) {
+  if (!repack_enabled()) GTEST_SKIP() << "repacking is off at this ISA level";
+  const auto dir = std::filesystem::path(testing::source_dir()) / "tests/golden/fixtures/qwen2";
+  const auto out =
+      std::filesystem::temp_directory_path() / ("qleap_engine_pack_" + std::to_string(::getpid()) + ".gguf");
+  ConvertOptions co;
+  co.out_type = GgmlType::Q8_0;
+  convert_hf_to_gguf(dir.string(), out.string(), co);
+  auto model = load_model(out.string());
+  std::filesystem::remove(out);
+  const int n_layers = model->hparams().n_layers;
+  ASSERT_GE(n_layers, 2);
+  EXPECT_EQ(model->prepared().matrices(), 0) << "nothing is repacked before an engine needs it";
+  const ModelWeights& w = model->weights();
+  static ThreadPool sim_pool(1);
+  EngineOptions o;
+  o.n_ctx = 32;
+  o.make_device_backend = [] { return std::make_unique<testing::SimDeviceBackend>(sim_pool); };
+  o.gpu_layers = -1;
+  { Engine e(model, o); }
+  EXPECT_EQ(model->prepared().matrices(), 0);
+  o.gpu_layers = n_layers - 1;  // layer 0 on the CPU, the rest and the head on the device
+  { Engine e(model, o); }
+  EXPECT_NE(w.layers[0].wq.packed, nullptr);
+  for (int il = 1; il < n_layers; ++il) EXPECT_EQ(w.layers[size_t(il)].wq.packed, nullptr) << il;
+  const int after_one = model->prepared().matrices();
+  EXPECT_GT(after_one, 0);
+  o.gpu_layers = 0;
+  o.make_device_backend = nullptr;
+  { Engine e(model, o); }
+  for (int il = 0; il < n_layers; ++il) EXPECT_NE(w.layers[size_t(il)].wq.packed, nullptr) << il;
+  const int all = model->prepared().matrices();
+  { Engine e(model, o); }
+  EXPECT_EQ(model->prepared().matrices(), all) << "a second engine repacks nothing again";
+  EXPECT_GT(all, after_one);
 }
 
 // ---- the KV cache lifecycle through the Engine ----

@@ -307,6 +307,13 @@ std::unique_ptr<PreparedWeights> PreparedWeights::prepare(std::span<WeightView* 
   return pw;
 }
 
+void PreparedWeights::merge(std::unique_ptr<PreparedWeights> other) {
+  for (Block& b : other->blocks_) blocks_.push_back(std::move(b));
+  for (auto& m : other->mats_) mats_.push_back(std::move(m));
+  bytes_ += other->bytes_;
+  released_ += other->released_;
+}
+
 std::string PreparedWeights::describe() const {
   if (mats_.empty()) return "none";
   std::map<std::string, int> by;

@@ -63,6 +63,9 @@ class PreparedWeights {
   // returned to the OS (only for read-only file mappings: they are re-read from the file on access).
   static std::unique_ptr<PreparedWeights> prepare(std::span<WeightView* const> views, bool release_source);
 
+  // Takes over the matrices of `other` (views keep pointing at them).
+  void merge(std::unique_ptr<PreparedWeights> other);
+
   size_t bytes() const { return bytes_; }
   int matrices() const { return int(mats_.size()); }
   size_t released_bytes() const { return released_; }
