@@ -29,10 +29,8 @@ flash_detail::ItemFn pick_item(const FlashShape& s) {
 // first: below this, that conversion costs more than the products it speeds up.
 constexpr int kAmxMinQueries = 32;
 
-// The AMX kernel rounds queries, keys and values to bf16 (8 bits of mantissa). On real models that
-// moved perplexity by < 0.05%, but on the tiny hybrid golden fixtures (large random weights, sharp
-// scores) it moved logits by up to 0.78 at max |logit| 6.7 where the fp32 tiled kernel moves them by
-// 0.06. Until it keeps f16 precision it is opt-in: QLEAP_AMX_ATTENTION=1.
+// The AMX kernel splits its operands into bf16 high and low parts (flash_prefill_amx.cpp), which
+// keeps the f16 cache's precision. QLEAP_AMX_ATTENTION=0 turns it off (A/B measurements).
 std::atomic<int> g_amx_attention{-1};  // -1: not decided yet (read QLEAP_AMX_ATTENTION)
 
 template <class T>
@@ -106,7 +104,7 @@ bool flash_prefill_amx_enabled() {
   int v = g_amx_attention.load(std::memory_order_relaxed);
   if (v < 0) {
     const char* e = std::getenv("QLEAP_AMX_ATTENTION");
-    v = e != nullptr && e[0] == '1' ? 1 : 0;
+    v = e != nullptr && e[0] == '0' ? 0 : 1;
     g_amx_attention.store(v, std::memory_order_relaxed);
   }
   return v == 1;

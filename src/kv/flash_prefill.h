@@ -32,8 +32,8 @@ struct FlashShape {
 
 // False when QLEAP_FLASH_PREFILL=0 (A/B measurements against the per-query path).
 bool flash_prefill_enabled();
-// Whether f16 prompt blocks may use the AMX (bf16) kernel: off unless QLEAP_AMX_ATTENTION=1 (it rounds
-// q, k and v to bf16; see flash_prefill.cpp). Tests switch it to check that kernel.
+// Whether f16 prompt blocks may use the AMX kernel (split bf16 products, f16 precision): on unless
+// QLEAP_AMX_ATTENTION=0. Tests switch it to check both kernels.
 bool flash_prefill_amx_enabled();
 void set_flash_prefill_amx(bool on);
 

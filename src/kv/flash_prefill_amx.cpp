@@ -3,13 +3,16 @@
 // AVX-512. Keys and values are converted to tile layouts once per call for each kv head (every
 // query block reads the same tiles); queries, scores and probabilities per work item.
 //
-// bf16 keeps 8 significant bits: scores carry a relative error of about 2^-9 per product term, the
-// probabilities and values the same; the outputs (weighted means of V) then differ from fp32 by a
-// few 1e-3 relative, the size of the differences the f16 cache itself brings.
+// Precision: every operand is split into a bf16 high part and a bf16 low part (x = hi + lo, hi =
+// bf16(x), lo = bf16(x - hi)) and each product is hi*hi + hi*lo + lo*hi. An f16 key or value (11
+// significant bits) is exactly hi + lo; fp32 queries and probabilities keep 16 bits. The dropped
+// lo*lo term is below 2^-16 relative, so scores and outputs stay within fp32 rounding noise of the
+// f16 cache's own values (plain bf16, 8 bits, moved a tiny golden model's logits by 0.78). Three
+// tile products instead of one: the tile units still do them several times faster than AVX-512 FMAs.
 //
 // Softmax rescaling is lazy: the running maximum of a row only moves (and the row's output and sum
 // are rescaled) when a block's maximum exceeds it by more than kLazy; in between, probabilities
-// exp(s - m) may exceed 1 by up to e^kLazy, which fp32 sums and bf16 products hold exactly as well.
+// exp(s - m) may exceed 1 by up to e^kLazy, which fp32 sums and the split products hold as well.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -45,42 +48,61 @@ inline __m512 load16(const uint16_t* p) {
 inline __m512 load16(const float* p) {
   return _mm512_loadu_ps(p);
 }
-inline __m512i to_bf16(__m512 lo, __m512 hi) {
-  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+// bf16 of 16 floats, and the residual x - float(bf16(x)).
+inline __m256i bf16_round(__m512 x, __m512* rest) {
+  const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
+  *rest = _mm512_sub_ps(x, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+  return h;
 }
-inline __m512i bf16_dwords(__m512 v) {
-  return _mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+// 32 floats (a: elements 0-15, b: 16-31) as bf16 high parts and bf16 low parts.
+inline void split_bf16(__m512 a, __m512 b, __m512i* hi, __m512i* lo) {
+  __m512 ra, rb;
+  const __m256i ha = bf16_round(a, &ra), hb = bf16_round(b, &rb);
+  *hi = _mm512_inserti64x4(_mm512_castsi256_si512(ha), hb, 1);
+  *lo = _mm512_inserti64x4(_mm512_castsi256_si512(reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(ra))),
+                           reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(rb)), 1);
+}
+// 16 floats as bf16 in the low half of each dword, high and low parts.
+inline void split_dwords(__m512 v, __m512i* hi, __m512i* lo) {
+  __m512 r;
+  *hi = _mm512_cvtepu16_epi32(bf16_round(v, &r));
+  *lo = _mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(r)));
 }
 
 struct Layout {
   int hd, steps_k, tiles_d;      // dims / 32 (S steps), dims / 16 (output tiles)
   int64_t key_tiles, key_steps;  // per kv head: ceil(n_keys / 16), ceil(n_keys / 32)
-  size_t k_head, v_head;         // bytes of one head's K / V tiles
+  size_t k_half, v_half;         // bytes of one head's K / V high-part tiles (the low parts follow)
+  size_t k_head, v_head;         // bytes of one head's K / V tiles, both parts
 };
 
 // K tiles of kv head g, key tile kt, step s: row p holds, for key n of the tile, the dims pair
-// (32 s + 2p, 32 s + 2p + 1).
+// (32 s + 2p, 32 s + 2p + 1); high parts, then at k_half the low parts in the same layout.
 template <class T>
 void build_k(const KvRowsView<T>& kv, int g, int64_t n_keys, const Layout& L, int64_t kt, uint8_t* kb) {
   for (int s = 0; s < L.steps_k; ++s) {
-    __m512i r[16];
+    __m512i r[16], rl[16];
     for (int n = 0; n < 16; ++n) {
       const int64_t j = kt * 16 + n;
       if (j >= n_keys) {
-        r[n] = _mm512_setzero_si512();
+        r[n] = rl[n] = _mm512_setzero_si512();
         continue;
       }
       const T* p = kv.k + size_t(g) * kv.head_stride + size_t(j) * kv.pos_stride + size_t(32 * s);
-      r[n] = to_bf16(load16(p), load16(p + 16));
+      split_bf16(load16(p), load16(p + 16), &r[n], &rl[n]);
     }
     transpose16x16(r);
+    transpose16x16(rl);
     uint8_t* dst = kb + (size_t(kt) * size_t(L.steps_k) + size_t(s)) * kTile;
-    for (int p = 0; p < 16; ++p) _mm512_store_si512(dst + 64 * p, r[p]);
+    for (int p = 0; p < 16; ++p) {
+      _mm512_store_si512(dst + 64 * p, r[p]);
+      _mm512_store_si512(dst + L.k_half + 64 * p, rl[p]);
+    }
   }
 }
 
 // V tiles of kv head g, key step ks (32 keys), dim tile dt: row p holds, for dim n of the tile,
-// the keys pair (32 ks + 2p, 32 ks + 2p + 1).
+// the keys pair (32 ks + 2p, 32 ks + 2p + 1); high parts, then at v_half the low parts.
 template <class T>
 void build_v(const KvRowsView<T>& kv, int g, int64_t n_keys, const Layout& L, int64_t ks, uint8_t* vb) {
   for (int dt = 0; dt < L.tiles_d; ++dt) {
@@ -90,11 +112,25 @@ void build_v(const KvRowsView<T>& kv, int g, int64_t n_keys, const Layout& L, in
       const T* base = kv.v + size_t(g) * kv.head_stride + size_t(16 * dt);
       const __m512 a = ja < n_keys ? load16(base + size_t(ja) * kv.pos_stride) : _mm512_setzero_ps();
       const __m512 b = jb < n_keys ? load16(base + size_t(jb) * kv.pos_stride) : _mm512_setzero_ps();
-      _mm512_store_si512(dst + 64 * p,
-                         _mm512_or_si512(bf16_dwords(a), _mm512_slli_epi32(bf16_dwords(b), 16)));
+      __m512i ah, al, bh, bl;
+      split_dwords(a, &ah, &al);
+      split_dwords(b, &bh, &bl);
+      _mm512_store_si512(dst + 64 * p, _mm512_or_si512(ah, _mm512_slli_epi32(bh, 16)));
+      _mm512_store_si512(dst + L.v_half + 64 * p, _mm512_or_si512(al, _mm512_slli_epi32(bl, 16)));
     }
   }
 }
+
+// Scores of key tile c (a literal: GCC's tile intrinsics are macros that paste the register number)
+// += Q K^T over one 32-dim step, queries high/low already in tiles 4/6.
+#define QLEAP_QK_TILE(c, kt, kstep, k_half)              \
+  do {                                                   \
+    _tile_loadd(5, (kt) + (c) * (kstep), 64);            \
+    _tile_dpbf16ps(c, 4, 5);                             \
+    _tile_dpbf16ps(c, 6, 5);                             \
+    _tile_loadd(7, (kt) + (c) * (kstep) + (k_half), 64); \
+    _tile_dpbf16ps(c, 4, 7);                             \
+  } while (0)
 
 struct Scratch {
   AlignedBuf qa, pa, s, o, misc;
@@ -112,8 +148,10 @@ void run_item(const FlashShape& s, const Layout& L, const uint8_t* kb, const uin
   const int kend = s.pos0 + t0 + nt;  // keys [0, kend)
   const int pmin = s.pos0 + t0;
   Scratch& sc = scratch();
-  uint8_t* qa = sc.qa.get(size_t(rtiles) * size_t(L.steps_k) * kTile);    // [rt][step]
-  uint8_t* pa = sc.pa.get(size_t(rtiles) * 2 * kTile);                    // [rt][key step]
+  // High parts [rt][step] (queries) / [rt][key step] (probabilities), then the low parts.
+  const size_t q_half = size_t(rtiles) * size_t(L.steps_k) * kTile, p_half = size_t(rtiles) * 2 * kTile;
+  uint8_t* qa = sc.qa.get(2 * q_half);
+  uint8_t* pa = sc.pa.get(2 * p_half);
   auto* sb = reinterpret_cast<float*>(sc.s.get(size_t(rp) * kKeys * 4));  // [row][key]
   auto* ob = reinterpret_cast<float*>(sc.o.get(size_t(rp) * size_t(hd) * 4));
   auto* mrow = reinterpret_cast<float*>(sc.misc.get(size_t(rp) * 3 * 4));
@@ -130,12 +168,13 @@ void run_item(const FlashShape& s, const Layout& L, const uint8_t* kb, const uin
     posr[r] = float(s.pos0 + t0 + std::min(r, rows - 1) / group);
     const float* qr = q + (size_t(t0 + r / group) * s.n_heads + size_t(g) * group + r % group) * hd;
     for (int st = 0; st < L.steps_k; ++st) {
-      __m512i v = _mm512_setzero_si512();
+      __m512i hi = _mm512_setzero_si512(), lo = hi;
       if (r < rows)
-        v = to_bf16(_mm512_mul_ps(_mm512_loadu_ps(qr + 32 * st), scale),
-                    _mm512_mul_ps(_mm512_loadu_ps(qr + 32 * st + 16), scale));
-      _mm512_store_si512(qa + (size_t(r / 16) * size_t(L.steps_k) + size_t(st)) * kTile + 64 * size_t(r % 16),
-                         v);
+        split_bf16(_mm512_mul_ps(_mm512_loadu_ps(qr + 32 * st), scale),
+                   _mm512_mul_ps(_mm512_loadu_ps(qr + 32 * st + 16), scale), &hi, &lo);
+      uint8_t* dst = qa + (size_t(r / 16) * size_t(L.steps_k) + size_t(st)) * kTile + 64 * size_t(r % 16);
+      _mm512_store_si512(dst, hi);
+      _mm512_store_si512(dst + q_half, lo);
     }
   }
   std::memset(ob, 0, size_t(rp) * size_t(hd) * 4);
@@ -150,22 +189,17 @@ void run_item(const FlashShape& s, const Layout& L, const uint8_t* kb, const uin
       _tile_zero(2);
       _tile_zero(3);
       const uint8_t* kbase = kb + size_t(j0 / 16) * size_t(L.steps_k) * kTile;
+      // Tiles: 0-3 scores of the block's key tiles, 4/6 queries high/low, 5/7 keys high/low.
       for (int st = 0; st < L.steps_k; ++st) {
-        _tile_loadd(4, qa + (size_t(rt) * size_t(L.steps_k) + size_t(st)) * kTile, 64);
-        _tile_loadd(5, kbase + size_t(st) * kTile, 64);
-        _tile_dpbf16ps(0, 4, 5);
-        if (nkt > 1) {
-          _tile_loadd(6, kbase + (size_t(L.steps_k) + size_t(st)) * kTile, 64);
-          _tile_dpbf16ps(1, 4, 6);
-        }
-        if (nkt > 2) {
-          _tile_loadd(7, kbase + (2 * size_t(L.steps_k) + size_t(st)) * kTile, 64);
-          _tile_dpbf16ps(2, 4, 7);
-        }
-        if (nkt > 3) {
-          _tile_loadd(5, kbase + (3 * size_t(L.steps_k) + size_t(st)) * kTile, 64);
-          _tile_dpbf16ps(3, 4, 5);
-        }
+        const uint8_t* qt = qa + (size_t(rt) * size_t(L.steps_k) + size_t(st)) * kTile;
+        _tile_loadd(4, qt, 64);
+        _tile_loadd(6, qt + q_half, 64);
+        const uint8_t* kt = kbase + size_t(st) * kTile;
+        const size_t kstep = size_t(L.steps_k) * kTile;
+        if (nkt > 0) QLEAP_QK_TILE(0, kt, kstep, L.k_half);
+        if (nkt > 1) QLEAP_QK_TILE(1, kt, kstep, L.k_half);
+        if (nkt > 2) QLEAP_QK_TILE(2, kt, kstep, L.k_half);
+        if (nkt > 3) QLEAP_QK_TILE(3, kt, kstep, L.k_half);
       }
       float* srow = sb + size_t(rt) * 16 * kKeys;
       _tile_stored(0, srow, kKeys * 4);
@@ -195,8 +229,8 @@ void run_item(const FlashShape& s, const Layout& L, const uint8_t* kb, const uin
       }
       const float bm = _mm512_reduce_max_ps(bmax);
       if (bm == ninf) {
-        _mm512_store_si512(prow, _mm512_setzero_si512());
-        _mm512_store_si512(prow + kTile, _mm512_setzero_si512());
+        for (size_t off : {size_t(0), size_t(kTile), p_half, p_half + kTile})
+          _mm512_store_si512(prow + off, _mm512_setzero_si512());
         continue;
       }
       if (mrow[r] == ninf) {
@@ -217,8 +251,13 @@ void run_item(const FlashShape& s, const Layout& L, const uint8_t* kb, const uin
         sum = _mm512_add_ps(sum, v[c]);
       }
       lrow[r] += _mm512_reduce_add_ps(sum);
-      _mm512_store_si512(prow, to_bf16(v[0], v[1]));
-      _mm512_store_si512(prow + kTile, to_bf16(v[2], v[3]));
+      __m512i hi, lo;
+      split_bf16(v[0], v[1], &hi, &lo);
+      _mm512_store_si512(prow, hi);
+      _mm512_store_si512(prow + p_half, lo);
+      split_bf16(v[2], v[3], &hi, &lo);
+      _mm512_store_si512(prow + kTile, hi);
+      _mm512_store_si512(prow + kTile + p_half, lo);
     }
     // O += P V.
     const uint8_t* vbase = vb + size_t(j0 / 32) * size_t(L.tiles_d) * kTile;
@@ -228,13 +267,23 @@ void run_item(const FlashShape& s, const Layout& L, const uint8_t* kb, const uin
         float* o0 = ob + size_t(rt) * 16 * size_t(hd) + size_t(16 * dt);
         _tile_loadd(0, o0, size_t(hd) * 4);
         if (two) _tile_loadd(1, o0 + 16, size_t(hd) * 4);
+        // Tiles: 0/1 outputs, 4/5 probabilities high/low, 6/7 values high/low.
         for (int ks = 0; ks < nks; ++ks) {
-          _tile_loadd(4, pa + (size_t(rt) * 2 + size_t(ks)) * kTile, 64);
-          _tile_loadd(5, vbase + (size_t(ks) * size_t(L.tiles_d) + size_t(dt)) * kTile, 64);
-          _tile_dpbf16ps(0, 4, 5);
+          const uint8_t* pt = pa + (size_t(rt) * 2 + size_t(ks)) * kTile;
+          _tile_loadd(4, pt, 64);
+          _tile_loadd(5, pt + p_half, 64);
+          const uint8_t* vt = vbase + (size_t(ks) * size_t(L.tiles_d) + size_t(dt)) * kTile;
+          _tile_loadd(6, vt, 64);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(0, 5, 6);
+          _tile_loadd(7, vt + L.v_half, 64);
+          _tile_dpbf16ps(0, 4, 7);
           if (two) {
-            _tile_loadd(6, vbase + (size_t(ks) * size_t(L.tiles_d) + size_t(dt + 1)) * kTile, 64);
+            _tile_loadd(6, vt + kTile, 64);
             _tile_dpbf16ps(1, 4, 6);
+            _tile_dpbf16ps(1, 5, 6);
+            _tile_loadd(7, vt + kTile + L.v_half, 64);
+            _tile_dpbf16ps(1, 4, 7);
           }
         }
         _tile_stored(0, o0, size_t(hd) * 4);
@@ -262,8 +311,10 @@ void run(const FlashShape& s, const KvRowsView<T>& kv, const float* q, float* ou
   // Blocks read up to 64 keys past a tile boundary: round both up to whole blocks.
   L.key_tiles = (L.key_tiles + 3) / 4 * 4;
   L.key_steps = (L.key_steps + 1) / 2 * 2;
-  L.k_head = size_t(L.key_tiles) * size_t(L.steps_k) * kTile;
-  L.v_head = size_t(L.key_steps) * size_t(L.tiles_d) * kTile;
+  L.k_half = size_t(L.key_tiles) * size_t(L.steps_k) * kTile;
+  L.v_half = size_t(L.key_steps) * size_t(L.tiles_d) * kTile;
+  L.k_head = 2 * L.k_half;
+  L.v_head = 2 * L.v_half;
   thread_local AlignedBuf kvbuf;  // owned by the calling thread; workers read it
   uint8_t* kbuf = kvbuf.get((L.k_head + L.v_head) * size_t(s.n_kv_heads));
   uint8_t* vbuf = kbuf + L.k_head * size_t(s.n_kv_heads);
@@ -292,6 +343,8 @@ void run(const FlashShape& s, const KvRowsView<T>& kv, const float* q, float* ou
     }
   });
 }
+
+#undef QLEAP_QK_TILE
 
 }  // namespace
 
