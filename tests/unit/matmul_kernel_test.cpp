@@ -283,7 +283,8 @@ TEST_P(AmxTileMatmul, TakesTheFormatAndMatchesReference) {
     for (int64_t m : {32, 45, 64}) {
       std::vector<float> x(size_t(m * s.cols));
       for (auto& v : x) v = nd(rng);
-      std::vector<float> ref(size_t(m * s.rows)), tiles(size_t(m * s.rows), NAN), got(size_t(m * s.rows), NAN);
+      std::vector<float> ref(size_t(m * s.rows)), tiles(size_t(m * s.rows), NAN),
+          got(size_t(m * s.rows), NAN);
       matmul_ref(wv, x.data(), m, ref.data());
       ASSERT_TRUE(k->tile_matmul(wv, x.data(), m, tiles.data(), pool)) << GetParam();
       matmul(wv, x.data(), m, got.data(), pool);
@@ -291,7 +292,8 @@ TEST_P(AmxTileMatmul, TakesTheFormatAndMatchesReference) {
         for (int64_t r = 0; r < s.rows; ++r) {
           const size_t i = size_t(tt * s.rows + r);
           ASSERT_NEAR(tiles[i], ref[i], tolerance_bf16(wrows[size_t(r)], x.data() + tt * s.cols, s.cols))
-              << GetParam() << " rows=" << s.rows << " cols=" << s.cols << " m=" << m << " t=" << tt << " r=" << r;
+              << GetParam() << " rows=" << s.rows << " cols=" << s.cols << " m=" << m << " t=" << tt
+              << " r=" << r;
           ASSERT_EQ(got[i], tiles[i]) << GetParam() << " m=" << m << " t=" << tt << " r=" << r;
         }
       }

@@ -129,7 +129,8 @@ void decode_iq_rows(const uint8_t* src, int64_t s0, int64_t s1, Emit&& emit) {
       __m256i u, s;
       F::chunk(b[sb], k, &u, &s);
       const __m256i v = _mm256_sign_epi8(u, s);
-      const __m512 f0 = _mm512_mul_ps(cvt16_i8(_mm256_castsi256_si128(v)), _mm512_set1_ps(f * float(sc[2 * k])));
+      const __m512 f0 =
+          _mm512_mul_ps(cvt16_i8(_mm256_castsi256_si128(v)), _mm512_set1_ps(f * float(sc[2 * k])));
       const __m512 f1 =
           _mm512_mul_ps(cvt16_i8(_mm256_extracti128_si256(v, 1)), _mm512_set1_ps(f * float(sc[2 * k + 1])));
       emit(sb * 8 + k, to_bf16(f0, f1));
@@ -146,8 +147,8 @@ void decode_nvfp4_rows(const uint8_t* src, int64_t s0, int64_t s1, Emit&& emit) 
       const __m256i v = nvfp4_half(b[i], h);
       const __m512 f0 =
           _mm512_mul_ps(cvt16_i8(_mm256_castsi256_si128(v)), _mm512_set1_ps(kUe4m3Half[b[i].d[2 * h]]));
-      const __m512 f1 =
-          _mm512_mul_ps(cvt16_i8(_mm256_extracti128_si256(v, 1)), _mm512_set1_ps(kUe4m3Half[b[i].d[2 * h + 1]]));
+      const __m512 f1 = _mm512_mul_ps(cvt16_i8(_mm256_extracti128_si256(v, 1)),
+                                      _mm512_set1_ps(kUe4m3Half[b[i].d[2 * h + 1]]));
       emit(2 * i + h, to_bf16(f0, f1));
     }
   }
