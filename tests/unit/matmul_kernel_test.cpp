@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/cpu/matmul.h"
+#include "backend/cpu/matmul_kernels.h"
 #include "backend/cpu/packed_weights.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
@@ -251,6 +252,59 @@ TEST(PackedMatmulApi, RepackCanBeTurnedOffAndSkipsOtherFormats) {
   EXPECT_EQ(b.packed, nullptr);
   EXPECT_NE(p->describe().find("Q4_0: 1"), std::string::npos) << p->describe();
 }
+
+// The AMX prefill path for the formats without a repacked layout (i-quants, ternary, FP4): the tile
+// kernel must take them (tile_matmul returns true), compute within the bf16 bound alone (it has no
+// int8 activation rounding), and matmul() must route prefill batches to it (bit-identical results).
+class AmxTileMatmul : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(AmxTileMatmul, TakesTheFormatAndMatchesReference) {
+  const GgmlType t = *type_from_name(GetParam());
+  IsaGuard guard;
+  set_isa_level(IsaLevel::kAmx);
+  if (isa_level() != IsaLevel::kAmx) GTEST_SKIP() << "no AMX on this CPU (or the OS refused it)";
+  const kern::IsaKernels* k = kern::kernels_amx();
+  ASSERT_NE(k->tile_matmul, nullptr);
+  std::mt19937 rng(77);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t unit = std::max<int64_t>(type_traits(t).block_size, 32);
+  struct Shape {
+    int64_t rows, cols;
+  };
+  // 150 x 1536: several row panels and k chunks; 21 rows: a partial 16-row group.
+  const Shape shapes[] = {{21, unit * 2}, {150, unit * (unit == 256 ? 6 : 48)}};
+  ThreadPool pool(2);
+  for (const Shape& s : shapes) {
+    const auto w = random_weights(t, s.rows, s.cols, rng);
+    const WeightView wv{t, w.data(), s.cols, s.rows, row_size(t, s.cols)};
+    std::vector<std::vector<float>> wrows(size_t(s.rows), std::vector<float>(size_t(s.cols)));
+    for (int64_t r = 0; r < s.rows; ++r)
+      dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), s.cols);
+    for (int64_t m : {32, 45, 64}) {
+      std::vector<float> x(size_t(m * s.cols));
+      for (auto& v : x) v = nd(rng);
+      std::vector<float> ref(size_t(m * s.rows)), tiles(size_t(m * s.rows), NAN),
+          got(size_t(m * s.rows), NAN);
+      matmul_ref(wv, x.data(), m, ref.data());
+      ASSERT_TRUE(k->tile_matmul(wv, x.data(), m, tiles.data(), pool)) << GetParam();
+      matmul(wv, x.data(), m, got.data(), pool);
+      for (int64_t tt = 0; tt < m; ++tt) {
+        for (int64_t r = 0; r < s.rows; ++r) {
+          const size_t i = size_t(tt * s.rows + r);
+          ASSERT_NEAR(tiles[i], ref[i], tolerance_bf16(wrows[size_t(r)], x.data() + tt * s.cols, s.cols))
+              << GetParam() << " rows=" << s.rows << " cols=" << s.cols << " m=" << m << " t=" << tt
+              << " r=" << r;
+          ASSERT_EQ(got[i], tiles[i]) << GetParam() << " m=" << m << " t=" << tt << " r=" << r;
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(IquantTernaryFp4, AmxTileMatmul,
+                         ::testing::Values("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+                                           "IQ4_XS", "IQ4_NL", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4"),
+                         [](const auto& info) { return std::string(info.param); });
 
 // The tolerance must be tight enough to catch a kernel bug: a single flipped weight nibble moves
 // the result far outside it.

@@ -115,6 +115,45 @@ void decode_k_rows(const uint8_t* src, int64_t s0, int64_t s1, Emit&& emit) {
   }
 }
 
+// The 256-weight i-quant / ternary formats, through the traits of matmul_iq_x86_impl.h: per 32
+// weights, magnitudes u and signs s (u <= 127, so sign(u, s) is the signed code exactly), an int8
+// scale per 16 and one float factor per super-block. s0 and s1 are multiples of 8.
+template <class F, class Emit>
+void decode_iq_rows(const uint8_t* src, int64_t s0, int64_t s1, Emit&& emit) {
+  const auto* b = reinterpret_cast<const typename F::B*>(src);
+  for (int64_t sb = s0 / 8; sb < s1 / 8; ++sb) {
+    alignas(16) int8_t sc[16];
+    F::scales(b[sb], sc);
+    const float f = F::factor(b[sb]);
+    for (int k = 0; k < 8; ++k) {
+      __m256i u, s;
+      F::chunk(b[sb], k, &u, &s);
+      const __m256i v = _mm256_sign_epi8(u, s);
+      const __m512 f0 =
+          _mm512_mul_ps(cvt16_i8(_mm256_castsi256_si128(v)), _mm512_set1_ps(f * float(sc[2 * k])));
+      const __m512 f1 =
+          _mm512_mul_ps(cvt16_i8(_mm256_extracti128_si256(v, 1)), _mm512_set1_ps(f * float(sc[2 * k + 1])));
+      emit(sb * 8 + k, to_bf16(f0, f1));
+    }
+  }
+}
+
+// NVFP4: 64 weights per block (two steps), a UE4M3 scale per 16. s0 and s1 are even.
+template <class Emit>
+void decode_nvfp4_rows(const uint8_t* src, int64_t s0, int64_t s1, Emit&& emit) {
+  const auto* b = reinterpret_cast<const BlockNvfp4*>(src);
+  for (int64_t i = s0 / 2; i < s1 / 2; ++i) {
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = nvfp4_half(b[i], h);
+      const __m512 f0 =
+          _mm512_mul_ps(cvt16_i8(_mm256_castsi256_si128(v)), _mm512_set1_ps(kUe4m3Half[b[i].d[2 * h]]));
+      const __m512 f1 = _mm512_mul_ps(cvt16_i8(_mm256_extracti128_si256(v, 1)),
+                                      _mm512_set1_ps(kUe4m3Half[b[i].d[2 * h + 1]]));
+      emit(2 * i + h, to_bf16(f0, f1));
+    }
+  }
+}
+
 // Float formats (BF16 is the one routed here; F16/F32 decoders for completeness of the table); the
 // last step of a row may be partial (cols not a multiple of 32): zero-filled.
 template <class Emit>
@@ -160,6 +199,20 @@ bool amx_supports(GgmlType t) {
     case GgmlType::Q5_K:
     case GgmlType::Q6_K:
     case GgmlType::BF16:
+    // The i-quant, ternary and FP4 formats: decoded per call like the formats above (measured
+    // against their AVX-512 panels in docs/formats.md).
+    case GgmlType::IQ1_S:
+    case GgmlType::IQ1_M:
+    case GgmlType::IQ2_XXS:
+    case GgmlType::IQ2_XS:
+    case GgmlType::IQ2_S:
+    case GgmlType::IQ3_XXS:
+    case GgmlType::IQ3_S:
+    case GgmlType::IQ4_XS:
+    case GgmlType::TQ1_0:
+    case GgmlType::TQ2_0:
+    case GgmlType::MXFP4:
+    case GgmlType::NVFP4:
       return true;
     default:
       // F32 and F16 weights keep exact fp32 products (the AVX-512 kernels): bf16 would drop 16 or 3
@@ -194,6 +247,30 @@ void decode_row(GgmlType type, const uint8_t* src, int64_t cols, int64_t s0, int
       return decode_k_rows<KQ5>(src, s0, s1, emit);
     case GgmlType::Q6_K:
       return decode_k_rows<KQ6>(src, s0, s1, emit);
+    case GgmlType::IQ1_S:
+      return decode_iq_rows<FIq1S>(src, s0, s1, emit);
+    case GgmlType::IQ1_M:
+      return decode_iq_rows<FIq1M>(src, s0, s1, emit);
+    case GgmlType::IQ2_XXS:
+      return decode_iq_rows<FIq2Xxs>(src, s0, s1, emit);
+    case GgmlType::IQ2_XS:
+      return decode_iq_rows<FIq2Xs>(src, s0, s1, emit);
+    case GgmlType::IQ2_S:
+      return decode_iq_rows<FIq2S>(src, s0, s1, emit);
+    case GgmlType::IQ3_XXS:
+      return decode_iq_rows<FIq3Xxs>(src, s0, s1, emit);
+    case GgmlType::IQ3_S:
+      return decode_iq_rows<FIq3S>(src, s0, s1, emit);
+    case GgmlType::IQ4_XS:
+      return decode_iq_rows<FIq4Xs>(src, s0, s1, emit);
+    case GgmlType::TQ1_0:
+      return decode_iq_rows<FTq1>(src, s0, s1, emit);
+    case GgmlType::TQ2_0:
+      return decode_iq_rows<FTq2>(src, s0, s1, emit);
+    case GgmlType::MXFP4:
+      return decode_q8a_rows<TMxfp4>(src, s0, s1, emit);
+    case GgmlType::NVFP4:
+      return decode_nvfp4_rows(src, s0, s1, emit);
     default:
       return decode_float_rows(type, src, cols, s0, s1, emit);
   }
