@@ -133,6 +133,30 @@ FIXTURES = {
                               prompt_lens=(24, 19), seed=1234 + 15)),
 }
 
+# DeepSeek-style MLA + MoE (deepseek2 GGUF): absorbed latent attention checked against transformers'
+# expanded keys. kv_lora_rank 32 + rope 16 = a 48-wide latent; nope 16, v 24 (v != nope, so a mix-up of
+# the kv_b split shows). deepseek_v3: q_lora_rank 24, one leading dense layer, 8 experts in 4 groups
+# (top-2 groups, top-2 experts), sigmoid scores with a random selection bias, routed scale 2.5, a shared
+# expert, YaRN (factor 4, mscale = mscale_all_dim = 1: scores scaled by mscale^2) crossed by the
+# prompts (original context 16). deepseek_v2: q_lora_rank None (V2-Lite layout), softmax greedy top-2,
+# two shared experts. Explicit seeds (their place in the table is not their seed).
+MLA = dict(num_key_value_heads=4, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=24,
+           n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, intermediate_size=96,
+           num_hidden_layers=3, first_k_dense_replace=1, rms_norm_eps=1e-6, min_route_margin=0.001, ref_dtype=torch.float64,
+           pad_token_id=None, eos_token_id=None, bos_token_id=None, prompt_lens=(40, 23))
+FIXTURES.update({
+    "deepseek_v3": ("deepseek_v3", dict(MLA, q_lora_rank=24, n_group=4, topk_group=2, n_shared_experts=1,
+                                        routed_scaling_factor=2.5, norm_topk_prob=True, tie_word_embeddings=False,
+                                        rope_parameters=rope(10000.0, rope_type="yarn", factor=4.0, mscale=1.0,
+                                                             mscale_all_dim=1.0, original_max_position_embeddings=16,
+                                                             beta_fast=32.0, beta_slow=1.0),
+                                        seed=1934)),
+    "deepseek_v2_lite": ("deepseek_v2", dict(MLA, q_lora_rank=None, n_shared_experts=2, topk_method="greedy",
+                                             n_group=None, topk_group=None, routed_scaling_factor=1.0,
+                                             norm_topk_prob=False, tie_word_embeddings=False,
+                                             rope_parameters=rope(10000.0), seed=1935)),
+})
+
 CONFIG_CLASSES = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
@@ -148,6 +172,8 @@ CONFIG_CLASSES = {
     "gemma3_text": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
     "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
+    "deepseek_v3": (transformers.DeepseekV3Config, transformers.DeepseekV3ForCausalLM),
+    "deepseek_v2": (transformers.DeepseekV2Config, transformers.DeepseekV2ForCausalLM),
 }
 
 
@@ -168,6 +194,9 @@ def randomize(model, gen, centered_norms=False):
             else:
                 fan_in = p.shape[-1]  # also fused 3-D expert weights (experts, out, in)
                 p.copy_(torch.randn(p.shape, generator=gen) * (1.5 / fan_in**0.5))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # DeepSeek-V3's selection bias (zeros at init)
+                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
 
 
 def make(name, out_dir, seed):
@@ -242,8 +271,28 @@ def build(name, model_type, kw, seed, ref_dtype, centered_norms, prompt_lens, sh
         top = out[0].double().topk(module.top_k + 1, dim=-1).values
         margin = min(margin, float((top[:, -2] - top[:, -1]).min()))
 
+    def on_deepseek_route(module, args, out):
+        # The margin of the choice DeepSeek's routers make: the k-th vs (k+1)-th selection score among the
+        # experts of the chosen groups (V3: sigmoid + bias; V2: softmax), and the chosen groups' margin.
+        nonlocal margin
+        logits = out[0].double()
+        v3 = hasattr(module, "e_score_correction_bias")
+        s = logits.sigmoid() + module.e_score_correction_bias.double() if v3 else logits.softmax(-1)
+        ng = module.num_group or 1
+        if ng > 1 and (v3 or module.topk_method == "group_limited_greedy"):
+            g = s.view(s.shape[0], ng, -1)
+            gs = g.topk(2, dim=-1).values.sum(-1) if v3 else g.max(-1).values
+            top = gs.topk(module.topk_group + 1, dim=-1)
+            margin = min(margin, float((top.values[:, -2] - top.values[:, -1]).min()))
+            mask = torch.zeros_like(gs).scatter_(1, top.indices[:, :-1], 1)
+            s = s.masked_fill(~mask.bool().repeat_interleave(s.shape[1] // ng, dim=1), float("-inf"))
+        top = s.topk(module.top_k + 1, dim=-1).values
+        margin = min(margin, float((top[:, -2] - top[:, -1]).min()))
+
     hooks = [m.register_forward_hook(on_route) for m in model.modules()
              if type(m).__name__.endswith("TopKRouter") and hasattr(m, "top_k")]
+    hooks += [m.register_forward_hook(on_deepseek_route) for m in model.modules()
+              if type(m).__name__.startswith("Deepseek") and type(m).__name__.endswith("TopkRouter")]
     ref = model.to(ref_dtype)
 
     def run(lengths):

@@ -81,12 +81,15 @@ HParams read_hparams(const fs::path& dir) {
     h.arch = "llama";
   } else if (h.model_type == "qwen2" || h.model_type == "qwen3" || h.model_type == "olmoe") {
     h.arch = h.model_type;
+  } else if (h.model_type == "deepseek_v2" || h.model_type == "deepseek_v3") {
+    h.arch = "deepseek2";
   } else if (h.model_type == "qwen2_moe" || h.model_type == "qwen3_moe") {
     h.arch = h.model_type == "qwen2_moe" ? "qwen2moe" : "qwen3moe";
   } else if (!is_hybrid_model_type(h.model_type)) {
     throw Unsupported(fmt::format(
         "model_type '{}' is not supported (supported: llama, mistral, mixtral, qwen2, qwen3, qwen2_moe, "
-        "qwen3_moe, olmoe, qwen3_5, qwen3_5_moe, qwen3_next, gemma2, gemma3_text, phi3)",
+        "qwen3_moe, olmoe, qwen3_5, qwen3_5_moe, qwen3_next, gemma2, gemma3_text, phi3, deepseek_v2, "
+        "deepseek_v3)",
         h.model_type));
   }
   h.n_embd = req_int(c, "hidden_size");
@@ -103,11 +106,15 @@ HParams read_hparams(const fs::path& dir) {
       h.n_head % h.n_head_kv != 0) {
     throw FormatError("config.json has inconsistent sizes (heads, kv heads, hidden size)");
   }
-  h.n_expert = int64_t(num(c, "num_experts").value_or(num(c, "num_local_experts").value_or(0)));
+  h.n_expert =
+      int64_t(num(c, "num_experts")
+                  .value_or(num(c, "num_local_experts").value_or(num(c, "n_routed_experts").value_or(0))));
   if (h.n_expert > 0) {
     h.n_expert_used = req_int(c, "num_experts_per_tok");
     h.n_ff_exp = int64_t(num(c, "moe_intermediate_size").value_or(double(h.n_ff)));
     h.n_ff_shexp = int64_t(num(c, "shared_expert_intermediate_size").value_or(0));
+    // DeepSeek: n_shared_experts experts of moe_intermediate_size, run as one FFN of their total width.
+    if (h.arch == "deepseek2") h.n_ff_shexp = int64_t(num(c, "n_shared_experts").value_or(0)) * h.n_ff_exp;
     // Mixtral always renormalizes the top-k weights; the others follow norm_topk_prob.
     h.norm_topk = h.model_type == "mixtral" || h.model_type == "qwen3_5_moe" ||
                   h.model_type == "qwen3_5_moe_text" || c.value("norm_topk_prob", false);
@@ -215,7 +222,7 @@ void write_hparams(GgufWriter& w, const HParams& h, const std::string& name, Ggm
     if (type == "linear") {
       w.set_string(a + "rope.scaling.type", "linear");
       w.set_f32(a + "rope.scaling.factor", float(s.value("factor", 1.0)));
-    } else if (type == "yarn") {
+    } else if (type == "yarn" && h.arch != "deepseek2") {
       w.set_string(a + "rope.scaling.type", "yarn");
       w.set_f32(a + "rope.scaling.factor", float(s.value("factor", 1.0)));
       w.set_u32(a + "rope.scaling.original_context_length",
@@ -225,6 +232,14 @@ void write_hparams(GgufWriter& w, const HParams& h, const std::string& name, Ggm
       if (auto v = num(s, "attention_factor")) w.set_f32(a + "rope.scaling.attn_factor", float(*v));
     } else if (type == "llama3") {
       // Expressed by the rope_freqs tensor alone, as llama.cpp does.
+    } else if (h.arch == "deepseek2" && type == "yarn") {
+      // DeepSeek's YaRN: convert_arch.cpp (mscale / mscale_all_dim).
+      w.set_string(a + "rope.scaling.type", "yarn");
+      w.set_f32(a + "rope.scaling.factor", float(s.value("factor", 1.0)));
+      w.set_u32(a + "rope.scaling.original_context_length",
+                uint32_t(s.value("original_max_position_embeddings", double(h.n_ctx))));
+      if (auto v = num(s, "beta_fast")) w.set_f32(a + "rope.scaling.yarn_beta_fast", float(*v));
+      if (auto v = num(s, "beta_slow")) w.set_f32(a + "rope.scaling.yarn_beta_slow", float(*v));
     } else if (h.arch == "phi3" && (type == "longrope" || type == "su")) {
       // Factor tensors and the attention factor: convert_arch.cpp.
     } else {
@@ -501,6 +516,11 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
       v.resize(size_t(h.n_expert), nullptr);
       v[size_t(ex->second)] = &st.get(hf_name);
       continue;
+    }
+    if (h.arch == "deepseek2") {
+      std::vector<HybridTensor> ts = convert_detail::mla_tensors(h.config, hf, st.get(hf_name).shape);
+      for (HybridTensor& t : ts) items.push_back({t.gname, &st.get(hf_name), {}, std::move(t)});
+      if (!ts.empty()) continue;
     }
     if (h.hybrid) {
       std::vector<HybridTensor> ts = hybrid_tensors(*h.hybrid, hf, st.get(hf_name).shape);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <regex>
 
 #include "core/error.h"
 
@@ -170,7 +171,141 @@ void write_phi3(GgufWriter& w, const json& c, const CommonSizes& s) {
   w.set_f32("phi3.rope.scaling.attn_factor", float(attn));
 }
 
+int64_t req(const json& c, const char* key) {
+  auto v = num(c, key);
+  if (!v || *v <= 0) throw FormatError(fmt::format("config.json: '{}' missing or not positive", key));
+  return int64_t(*v);
+}
+
+bool deepseek_v3(const json& c) {
+  return c.value("model_type", "") == "deepseek_v3";
+}
+
+void write_deepseek2(GgufWriter& w, const json& c) {
+  const std::string a = "deepseek2.";
+  if (c.value("attention_bias", false)) throw Unsupported("deepseek: attention_bias is not supported");
+  const json& act = field(c, "hidden_act");
+  if (act.is_string() && act.get<std::string>() != "silu")
+    throw Unsupported(
+        fmt::format("deepseek: activation '{}' is not supported (silu)", act.get<std::string>()));
+  const int64_t nope = req(c, "qk_nope_head_dim"), rope = req(c, "qk_rope_head_dim"),
+                v = req(c, "v_head_dim");
+  if (rope % 2 != 0) throw FormatError("config.json: qk_rope_head_dim must be even");
+  if (auto q = num(c, "q_lora_rank")) w.set_u32(a + "attention.q_lora_rank", uint32_t(*q));
+  w.set_u32(a + "attention.kv_lora_rank", uint32_t(req(c, "kv_lora_rank")));
+  w.set_u32(a + "attention.key_length", uint32_t(nope + rope));
+  w.set_u32(a + "attention.value_length", uint32_t(v));
+  w.set_u32(a + "rope.dimension_count", uint32_t(rope));
+  w.set_u32(a + "leading_dense_block_count", uint32_t(num(c, "first_k_dense_replace").value_or(0)));
+  const bool v3 = deepseek_v3(c);
+  if (num(c, "n_routed_experts").value_or(0) > 0) {
+    w.set_u32(a + "expert_shared_count", uint32_t(num(c, "n_shared_experts").value_or(0)));
+    w.set_f32(a + "expert_weights_scale", float(num(c, "routed_scaling_factor").value_or(1.0)));
+    // llama.cpp's enum: 1 softmax, 2 sigmoid. transformers' V3 router is sigmoid, V2's softmax.
+    w.set_u32(a + "expert_gating_func", v3 ? 2 : 1);
+    const std::string method = field(c, "topk_method").is_string() ? c["topk_method"].get<std::string>()
+                                                                   : (v3 ? "noaux_tc" : "greedy");
+    if (method != "greedy" && method != "group_limited_greedy" && method != "noaux_tc")
+      throw Unsupported(fmt::format("deepseek: topk_method '{}' is not supported", method));
+    const int64_t groups = int64_t(num(c, "n_group").value_or(1)),
+                  used = int64_t(num(c, "topk_group").value_or(1));
+    // transformers' V3 router always selects by groups; V2's only with group_limited_greedy.
+    if (groups > 1 && (v3 || method == "group_limited_greedy")) {
+      w.set_u32(a + "expert_group_count", uint32_t(groups));
+      w.set_u32(a + "expert_group_used_count", uint32_t(used));
+    }
+  }
+  const json& rs =
+      field(c, "rope_scaling").is_object() ? field(c, "rope_scaling") : field(c, "rope_parameters");
+  if (rope_type(rs) == "yarn") {
+    const double factor = num(rs, "factor").value_or(1.0);
+    const auto mscale = num(rs, "mscale"), all = num(rs, "mscale_all_dim");
+    const auto mget = [&](double m) { return factor <= 1 ? 1.0 : 0.1 * m * std::log(factor) + 1.0; };
+    // transformers' cos/sin factor; the engine (as llama.cpp) keeps cos/sin at magnitude 1.
+    const double attn =
+        num(rs, "attention_factor")
+            .value_or(mscale && *mscale != 0 && all && *all != 0 ? mget(*mscale) / mget(*all) : mget(1.0));
+    if (std::fabs(attn - 1.0) > 1e-6)
+      throw Unsupported(fmt::format(
+          "deepseek: YaRN with an attention factor of {} (mscale != mscale_all_dim) is not supported", attn));
+    if (all && *all != 0) w.set_f32(a + "rope.scaling.yarn_log_multiplier", float(0.1 * *all));
+  } else if (rope_type(rs) != "default") {
+    throw Unsupported(fmt::format("deepseek: rope scaling type '{}' is not supported (yarn)", rope_type(rs)));
+  }
+}
+
+// Rows [first, first + n) of each of `heads` blocks of `stride` rows: from halves to adjacent pairs.
+std::vector<float> rope_rows_to_pairs(const std::vector<float>& f, int64_t cols, int64_t heads,
+                                      int64_t stride, int64_t first, int64_t n) {
+  std::vector<float> out = f;
+  const int64_t half = n / 2;
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t j = 0; j < 2; ++j)
+      for (int64_t i = 0; i < half; ++i) {
+        const int64_t src = h * stride + first + j * half + i, dst = h * stride + first + 2 * i + j;
+        std::copy(f.begin() + src * cols, f.begin() + (src + 1) * cols, out.begin() + dst * cols);
+      }
+  return out;
+}
+
 }  // namespace
+
+std::vector<HybridTensor> mla_tensors(const json& c, const std::string& hf,
+                                      const std::vector<int64_t>& shape) {
+  static const std::regex re(R"(model\.layers\.(\d+)\.(.+))");
+  std::smatch m;
+  if (!std::regex_match(hf, m, re)) return {};
+  const std::string blk = "blk." + m[1].str() + ".", what = m[2].str();
+  const int64_t H = req(c, "num_attention_heads"), N = req(c, "qk_nope_head_dim"),
+                P = req(c, "qk_rope_head_dim"), V = req(c, "v_head_dim"), R = req(c, "kv_lora_rank");
+  const auto expect = [&](std::vector<int64_t> want) {
+    if (shape != want)
+      throw FormatError(fmt::format("tensor '{}' does not have the shape the config gives", hf));
+  };
+  if (what == "mlp.gate.e_score_correction_bias") {
+    expect({req(c, "n_routed_experts")});
+    return {HybridTensor{blk + "exp_probs_b.bias", shape[0], 0, true, nullptr}};
+  }
+  if (what == "self_attn.kv_b_proj.weight") {
+    expect({H * (N + V), R});
+    HybridTensor k{blk + "attn_k_b.weight", H * R, N, false, [=](const std::vector<float>& f) {
+                     std::vector<float> out(size_t(H * R * N));
+                     for (int64_t h = 0; h < H; ++h)
+                       for (int64_t i = 0; i < N; ++i)
+                         for (int64_t r = 0; r < R; ++r)
+                           out[size_t((h * R + r) * N + i)] = f[size_t((h * (N + V) + i) * R + r)];
+                     return out;
+                   }};
+    HybridTensor v{blk + "attn_v_b.weight", H * V, R, false, [=](const std::vector<float>& f) {
+                     std::vector<float> out(size_t(H * V * R));
+                     for (int64_t h = 0; h < H; ++h)
+                       std::copy(f.begin() + (h * (N + V) + N) * R, f.begin() + (h * (N + V) + N + V) * R,
+                                 out.begin() + h * V * R);
+                     return out;
+                   }};
+    return {std::move(k), std::move(v)};
+  }
+  const json& ri = field(c, "rope_interleave");
+  if (!deepseek_v3(c) || !ri.is_boolean() || ri.get<bool>()) return {};
+  // rope_interleave = false: transformers rotates the rope part in halves (rotate_half).
+  if (what == "self_attn.q_proj.weight" || what == "self_attn.q_b_proj.weight") {
+    if (shape.size() != 2 || shape[0] != H * (N + P))
+      throw FormatError(fmt::format("tensor '{}': bad shape", hf));
+    const int64_t cols = shape[1];
+    const std::string g = what == "self_attn.q_proj.weight" ? "attn_q.weight" : "attn_q_b.weight";
+    return {HybridTensor{blk + g, H * (N + P), cols, false, [=](const std::vector<float>& f) {
+                           return rope_rows_to_pairs(f, cols, H, N + P, N, P);
+                         }}};
+  }
+  if (what == "self_attn.kv_a_proj_with_mqa.weight") {
+    if (shape.size() != 2 || shape[0] != R + P) throw FormatError(fmt::format("tensor '{}': bad shape", hf));
+    const int64_t cols = shape[1];
+    return {HybridTensor{blk + "attn_kv_a_mqa.weight", R + P, cols, false, [=](const std::vector<float>& f) {
+                           return rope_rows_to_pairs(f, cols, 1, R + P, R, P);
+                         }}};
+  }
+  return {};
+}
 
 std::string extra_arch(const json& c) {
   const std::string mt = c.value("model_type", "");
@@ -197,6 +332,7 @@ std::string extra_arch(const json& c) {
 void write_extra_metadata(GgufWriter& w, const std::string& arch, const json& c, const CommonSizes& s) {
   if (arch == "gemma2" || arch == "gemma3") write_gemma(w, arch, c, s);
   if (arch == "phi3") write_phi3(w, c, s);
+  if (arch == "deepseek2") write_deepseek2(w, c);
 }
 
 std::string extra_block_name(const std::string& arch, const std::string& what) {
@@ -210,7 +346,20 @@ std::string extra_block_name(const std::string& arch, const std::string& what) {
       {"self_attn.qkv_proj", "attn_qkv"},
       {"mlp.gate_up_proj", "ffn_up"},
   };
-  const auto* table = arch == "gemma2" || arch == "gemma3" ? &kGemma : arch == "phi3" ? &kPhi3 : nullptr;
+  static const std::map<std::string, std::string> kDeepseek = {
+      {"self_attn.q_a_proj", "attn_q_a"},
+      {"self_attn.q_a_layernorm", "attn_q_a_norm"},
+      {"self_attn.q_b_proj", "attn_q_b"},
+      {"self_attn.kv_a_proj_with_mqa", "attn_kv_a_mqa"},
+      {"self_attn.kv_a_layernorm", "attn_kv_a_norm"},
+      {"mlp.shared_experts.gate_proj", "ffn_gate_shexp"},
+      {"mlp.shared_experts.up_proj", "ffn_up_shexp"},
+      {"mlp.shared_experts.down_proj", "ffn_down_shexp"},
+  };
+  const auto* table = arch == "gemma2" || arch == "gemma3" ? &kGemma
+                      : arch == "phi3"                     ? &kPhi3
+                      : arch == "deepseek2"                ? &kDeepseek
+                                                           : nullptr;
   if (table == nullptr) return "";
   auto it = table->find(what);
   return it == table->end() ? "" : it->second;

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "gguf/convert_hybrid.h"
 #include "gguf/gguf_writer.h"
 
 namespace qleap::convert_detail {
@@ -37,5 +38,14 @@ bool norm_plus_one(const std::string& arch, const std::string& gguf_name);
 std::vector<std::pair<std::string, std::vector<float>>> extra_tensors(const std::string& arch,
                                                                       const nlohmann::json& config,
                                                                       const CommonSizes& s);
+
+// deepseek2 (deepseek_v2 / deepseek_v3 configs): the tensors that need more than a name, as llama.cpp's
+// newer converter writes them: kv_b_proj split per head into attn_k_b (W_UK^T: rows h * kv_lora_rank + r
+// of qk_nope values) and attn_v_b (W_UV: rows h * v_head_dim + j of kv_lora_rank values), stored 2-D
+// (the bytes of llama.cpp's 3-D [cols, rows, heads]); e_score_correction_bias as exp_probs_b.bias; and
+// with rope_interleave = false the rope rows of q and kv_a reordered from halves to adjacent pairs.
+// Empty: the common mapping applies. Throws FormatError on a shape that does not fit the config.
+std::vector<HybridTensor> mla_tensors(const nlohmann::json& config, const std::string& hf,
+                                      const std::vector<int64_t>& shape);
 
 }  // namespace qleap::convert_detail

@@ -50,6 +50,15 @@ void Activations::allocate(Backend& be, const HParams& hp, int nb) {
     dn_ba = be.alloc_floats(n * 2 * hp.delta.n_v_heads);
     dn_out = be.alloc_floats(n * hp.delta.value_dim());
   }
+  if (hp.is_mla()) {
+    const MlaParams& ml = hp.mla;
+    mla_q = be.alloc_floats(n * hp.n_heads * ml.qk_dim());
+    mla_qa = be.alloc_floats(n * std::max(ml.q_lora_rank, 1));
+    mla_kv = be.alloc_floats(n * (ml.kv_lora_rank + ml.rope_dim));
+    mla_o = be.alloc_floats(n * hp.n_heads * ml.v_dim);
+    mla_in = be.alloc_floats(n * std::max(ml.nope_dim, ml.kv_lora_rank));
+    mla_out = be.alloc_floats(n * std::max(ml.kv_lora_rank, ml.v_dim));
+  }
 }
 
 void MoeScratch::allocate(const HParams& hp, int nb) {
@@ -226,6 +235,12 @@ void prepare_layer(const LayerWeights& w, Backend& be) {
   if (w.is_moe()) {
     throw Unsupported(fmt::format(
         "MoE layers run on the CPU only ({} cannot hold them yet); keep them on the CPU (fewer --gpu-layers) "
+        "and move experts to the GPU with --expert-tier cuda",
+        be.name()));
+  }
+  if (w.is_mla()) {
+    throw Unsupported(fmt::format(
+        "MLA attention (deepseek2) runs on the CPU only ({} cannot hold it yet); run without --gpu-layers "
         "and move experts to the GPU with --expert-tier cuda",
         be.name()));
   }

@@ -22,6 +22,9 @@ struct Activations {
   // Hybrid models (hp.delta.n_v_heads > 0): the gated attention's query + gate projection and gate, and
   // the DeltaNet mixer's projections and output.
   ActBuffer qg, qgate, dn_qkv, dn_z, dn_ba, dn_out;
+  // MLA models (hp.is_mla(), model/mla_block.h): the query projection and its low-rank input, kv_a's
+  // output, the heads' outputs, and per-head gather / result rows.
+  ActBuffer mla_q, mla_qa, mla_kv, mla_o, mla_in, mla_out;
   void allocate(Backend& be, const HParams& hp, int n_batch);
 };
 
@@ -117,7 +120,8 @@ void geglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* xn
 void pre_norm_layer(const LayerWeights& w, int il, const LayerCtx& ctx);
 
 // Every tensor of layer w that a forward on a device backend reads, for Backend::prepare. Throws
-// Unsupported for layers the device backends cannot run (MoE: experts go through ExpertFlow instead).
+// Unsupported for layers the device backends cannot run (MoE: experts go through ExpertFlow instead; MLA
+// attention).
 void prepare_layer(const LayerWeights& w, Backend& be);
 
 }  // namespace qleap

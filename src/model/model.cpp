@@ -21,14 +21,15 @@ extern const ArchDef kArchQwen3Next;
 extern const ArchDef kArchGemma2;
 extern const ArchDef kArchGemma3;
 extern const ArchDef kArchPhi3;
+extern const ArchDef kArchDeepseek2;
 
 namespace {
 
 // An explicit table rather than self-registration: static constructors in a static library are
 // dropped by the linker when nothing references their object file.
-const ArchDef* const kArchs[] = {&kArchLlama,     &kArchQwen2,  &kArchQwen3,  &kArchQwen2Moe,
-                                 &kArchQwen3Moe,  &kArchOlmoe,  &kArchQwen35, &kArchQwen35Moe,
-                                 &kArchQwen3Next, &kArchGemma2, &kArchGemma3, &kArchPhi3};
+const ArchDef* const kArchs[] = {&kArchLlama,  &kArchQwen2,  &kArchQwen3,     &kArchQwen2Moe,  &kArchQwen3Moe,
+                                 &kArchOlmoe,  &kArchQwen35, &kArchQwen35Moe, &kArchQwen3Next, &kArchGemma2,
+                                 &kArchGemma3, &kArchPhi3,   &kArchDeepseek2};
 
 int64_t arch_int(const GgufFile& f, std::string_view suffix, int64_t def, bool required) {
   const GgufValue* v = f.find_arch(suffix);
@@ -79,7 +80,8 @@ HParams read_hparams(const GgufFile& f) {
   hp.head_dim = int(arch_int(f, "attention.key_length", hp.n_embd / hp.n_heads, false));
   const int head_dim_v = int(arch_int(f, "attention.value_length", hp.head_dim, false));
   if (hp.head_dim <= 0) throw FormatError("bad attention.key_length");
-  if (head_dim_v != hp.head_dim) {
+  // MLA's key and value widths differ by design; its ArchDef reads them (arch_deepseek2.cpp).
+  if (head_dim_v != hp.head_dim && arch != "deepseek2") {
     throw Unsupported(fmt::format("key_length {} != value_length {}", hp.head_dim, head_dim_v));
   }
   hp.n_ctx_train = int(arch_int(f, "context_length", 0, false));
@@ -163,7 +165,7 @@ void Model::prepare_host(int first, int end, bool head) const {
     layer_prepared_[size_t(il)] = 1;
     LayerWeights& l = w.layers[size_t(il)];
     for (WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.moe.gate_shexp,
-                          &l.moe.up_shexp, &l.moe.down_shexp})
+                          &l.moe.up_shexp, &l.moe.down_shexp, &l.wq_a})
       views.push_back(v);
   }
   if (views.empty()) return;

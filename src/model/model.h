@@ -27,6 +27,22 @@ struct DeltaNetParams {
   int conv_dim() const { return 2 * key_dim() + value_dim(); }
 };
 
+// Multi-head Latent Attention (deepseek2: DeepSeek-V2/V3, Kimi-K2-style), from the attention.*_lora_rank
+// keys. The KV cache holds one latent "head" per position, [k_pe (rope_dim) | c_kv (kv_lora_rank)]:
+// HParams::head_dim is then rope_dim + kv_lora_rank and n_kv_heads 1 (model/mla_block.h).
+struct MlaParams {
+  int q_lora_rank = 0;   // 0: one query projection (DeepSeek-V2-Lite)
+  int kv_lora_rank = 0;  // 0: not an MLA model
+  int nope_dim = 0;      // qk_nope_head_dim
+  int rope_dim = 0;      // qk_rope_head_dim
+  int v_dim = 0;         // v_head_dim
+  int qk_dim() const { return nope_dim + rope_dim; }
+  int latent_dim() const { return rope_dim + kv_lora_rank; }
+};
+
+// How a MoE router turns logits into the top-k weights beyond plain softmax top-k (deepseek2).
+enum class ExpertGating { kSoftmax, kSigmoid };
+
 struct HParams {
   int n_layers = 0;
   int n_embd = 0;
@@ -45,6 +61,17 @@ struct HParams {
   int n_ff_exp = 0;
   int n_ff_shexp = 0;
   bool expert_weights_norm = false;  // renormalize the top-k softmax weights to sum to 1
+  // DeepSeek-style routing (moe_block.h moe_route_grouped): sigmoid or softmax scores, selection among
+  // the best expert_group_used of expert_group_count groups (sigmoid: a group's best two scores plus
+  // the experts' selection bias; softmax: its best score), weights times expert_weights_scale.
+  ExpertGating expert_gating = ExpertGating::kSoftmax;
+  float expert_weights_scale = 1.0f;
+  int n_expert_group = 0, n_expert_group_used = 0;
+  bool routing_grouped() const {
+    return expert_gating != ExpertGating::kSoftmax || expert_weights_scale != 1.0f || n_expert_group > 1;
+  }
+  MlaParams mla;
+  bool is_mla() const { return mla.kv_lora_rank > 0; }
   // Architecture extras (gemma2/3, phi3), read by an ArchDef's read_hparams; the defaults change
   // nothing for the other architectures.
   float attn_scale = 0;          // attention score scale; 0: 1 / sqrt(head_dim)
@@ -83,6 +110,7 @@ struct MoeWeights {
   std::vector<WeightView> gate, up, down;
   WeightView gate_shexp, up_shexp, down_shexp;
   std::vector<float> shexp_gate;  // ffn_gate_inp_shexp (n_embd); empty: shared expert ungated
+  std::vector<float> probs_bias;  // exp_probs_b (n_expert): added to the scores for selection only
   int n_expert() const { return int(gate.size()); }
   bool has_shared() const { return gate_shexp.data != nullptr; }
 };
@@ -106,6 +134,14 @@ struct LayerWeights {
   bool qk_norm_full = false;  // q_norm / k_norm span the whole projection (olmoe), not one head
   MoeWeights moe;             // MoE blocks: router non-null and w_gate/w_up/w_down null
   bool is_moe() const { return moe.router.data != nullptr; }
+  // MLA (deepseek2): wq is attn_q or attn_q_b, wk attn_kv_a_mqa, wo attn_output; per head h, k_b[h]
+  // (kv_lora_rank x nope_dim) takes q_nope into the latent space and v_b[h] (v_dim x kv_lora_rank) the
+  // attended latent out of it. mla_owned holds k_b when it had to be made from a fused attn_kv_b.
+  WeightView wq_a;
+  std::vector<float> q_a_norm, kv_a_norm;
+  std::vector<WeightView> k_b, v_b;
+  std::shared_ptr<const std::vector<float>> mla_owned;
+  bool is_mla() const { return wk.data != nullptr && !k_b.empty(); }
   DeltaNetWeights delta;  // DeltaNet layers (hybrid models): delta.out non-null and no attention weights
   bool is_recurrent() const { return delta.out.data != nullptr; }
 };

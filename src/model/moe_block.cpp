@@ -73,6 +73,7 @@ void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights&
     m.down_shexp = load_matrix(f, blk_name(il, "ffn_down_shexp.weight"), hp.n_ff_shexp, n);
     m.shexp_gate = load_vector(f, blk_name(il, "ffn_gate_inp_shexp.weight"), n, false);
   }
+  m.probs_bias = load_vector(f, blk_name(il, "exp_probs_b.bias"), ne, false);
 }
 
 void moe_route(float* logits, int n, int k, bool norm, int32_t* ids, float* weights) {
@@ -97,6 +98,65 @@ void moe_route(float* logits, int n, int k, bool norm, int32_t* ids, float* weig
   }
 }
 
+void moe_route_grouped(float* logits, int n, int k, const HParams& hp, const float* bias, int32_t* ids,
+                       float* weights) {
+  const bool sigmoid = hp.expert_gating == ExpertGating::kSigmoid;
+  if (sigmoid) {
+    for (int e = 0; e < n; ++e) logits[e] = 1.0f / (1.0f + std::exp(-logits[e]));
+  } else {
+    softmax(logits, n);
+  }
+  thread_local std::vector<float> choice;
+  choice.assign(logits, logits + n);
+  if (bias != nullptr)
+    for (int e = 0; e < n; ++e) choice[size_t(e)] += bias[e];
+  const int ng = hp.n_expert_group, used = hp.n_expert_group_used;
+  if (ng > 1 && used > 0 && used < ng && n % ng == 0) {
+    const int per = n / ng;
+    thread_local std::vector<float> gscore;
+    thread_local std::vector<uint8_t> keep;
+    gscore.assign(size_t(ng), 0.0f);
+    for (int g = 0; g < ng; ++g) {
+      const float* c = choice.data() + size_t(g) * per;
+      float best = -INFINITY, second = -INFINITY;
+      for (int i = 0; i < per; ++i) {
+        if (c[i] > best) {
+          second = best;
+          best = c[i];
+        } else if (c[i] > second) {
+          second = c[i];
+        }
+      }
+      gscore[size_t(g)] = sigmoid && per > 1 ? best + second : best;
+    }
+    keep.assign(size_t(ng), 0);
+    for (int j = 0; j < used; ++j) {
+      int bg = -1;
+      for (int g = 0; g < ng; ++g)
+        if (!keep[size_t(g)] && (bg < 0 || gscore[size_t(g)] > gscore[size_t(bg)])) bg = g;
+      keep[size_t(bg)] = 1;
+    }
+    for (int e = 0; e < n; ++e)
+      if (!keep[size_t(e / per)]) choice[size_t(e)] = -INFINITY;
+  }
+  for (int j = 0; j < k; ++j) {
+    int best = -1;
+    for (int e = 0; e < n; ++e) {
+      bool taken = false;
+      for (int i = 0; i < j; ++i) taken |= ids[i] == e;
+      if (!taken && (best < 0 || choice[size_t(e)] > choice[size_t(best)])) best = e;
+    }
+    ids[j] = best;
+    weights[j] = logits[best];
+  }
+  if (hp.expert_weights_norm) {
+    float sum = 0;
+    for (int j = 0; j < k; ++j) sum += weights[j];
+    for (int j = 0; j < k; ++j) weights[j] /= sum + 1e-20f;
+  }
+  for (int j = 0; j < k; ++j) weights[j] *= hp.expert_weights_scale;
+}
+
 void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out) {
   const HParams& hp = ctx.hp;
   const MoeWeights& mw = w.moe;
@@ -109,6 +169,12 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
   float* wts = s.w.data();
   matmul(mw.router, xn, m, logits, ctx.pool);
   for (int t = 0; t < m; ++t) {
+    if (hp.routing_grouped() || !mw.probs_bias.empty()) {
+      moe_route_grouped(logits + size_t(t) * ne, ne, k, hp,
+                        mw.probs_bias.empty() ? nullptr : mw.probs_bias.data(), ids + size_t(t) * k,
+                        wts + size_t(t) * k);
+      continue;
+    }
     moe_route(logits + size_t(t) * ne, ne, k, hp.expert_weights_norm, ids + size_t(t) * k,
               wts + size_t(t) * k);
   }

@@ -57,6 +57,15 @@ void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights&
 // index first on ties), renormalized to sum 1 when `norm`. logits is overwritten.
 void moe_route(float* logits, int n, int k, bool norm, int32_t* ids, float* weights);
 
+// DeepSeek-style routing (HParams::routing_grouped): scores are the sigmoid (or softmax) of the logits;
+// selection ranks scores + bias (bias may be null); with n_expert_group > 1 only the experts of the
+// n_expert_group_used best groups compete, a group scored by its best two selection scores (sigmoid,
+// transformers' DeepSeek-V3 router) or its best one (softmax, DeepSeek-V2's group_limited_greedy). The
+// top k (lower index first on ties) get their scores (without the bias), renormalized when
+// hp.expert_weights_norm, times hp.expert_weights_scale. logits is overwritten.
+void moe_route_grouped(float* logits, int n, int k, const HParams& hp, const float* bias, int32_t* ids,
+                       float* weights);
+
 // out (m x n_embd) = sum over each token's k experts of weight * expert(xn) [+ shared expert].
 void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out);
 

@@ -101,8 +101,16 @@ void predict_experts(const LayerWeights& next, const HParams& hp, const float* x
     rms_norm(x + size_t(t) * n, next.ffn_norm.data(), xn.data() + size_t(t) * n, n, hp.rms_eps);
   matmul(next.moe.router, xn.data(), m, logits.data(), pool);
   float* w = logits.data() + size_t(m) * ne;  // the weights are not needed
-  for (int t = 0; t < m; ++t)
-    moe_route(logits.data() + size_t(t) * ne, ne, k, false, pred + size_t(t) * k, w);
+  const float* bias = next.moe.probs_bias.empty() ? nullptr : next.moe.probs_bias.data();
+  for (int t = 0; t < m; ++t) {
+    // The same selection rule as the forward's (DeepSeek's bias and groups), so a prediction is a guess
+    // about the next layer's input only.
+    if (hp.routing_grouped() || bias != nullptr) {
+      moe_route_grouped(logits.data() + size_t(t) * ne, ne, k, hp, bias, pred + size_t(t) * k, w);
+    } else {
+      moe_route(logits.data() + size_t(t) * ne, ne, k, false, pred + size_t(t) * k, w);
+    }
+  }
 }
 
 }  // namespace qleap

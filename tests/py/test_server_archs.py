@@ -1,8 +1,8 @@
-"""gemma3, gemma2 and phi3 in `qleap serve`: the tiny random models of tests/golden/fixtures (checked
+"""gemma3, gemma2, phi3 and deepseek2 (MLA + MoE) in `qleap serve`: the tiny random models of tests/golden/fixtures (checked
 against transformers by the C++ golden tests), converted by `qleap convert` with a byte-level
 vocabulary, give under concurrent slots the same greedy text as one request at a time, with the f16
 cache and with TurboQuant (tq3) on their attention layers, sliding-window layers included (prompts
-and generations run far past the 8-10 position windows)."""
+and generations run far past the 8-10 position windows; deepseek2: on the cached MLA latent)."""
 import concurrent.futures as cf
 import json
 import pathlib
@@ -16,7 +16,7 @@ import pytest
 from server_util import Server
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-FIXTURES = ["gemma3", "gemma2", "phi3_longrope", "phi3_swa"]
+FIXTURES = ["gemma3", "gemma2", "phi3_longrope", "phi3_swa", "deepseek_v3", "deepseek_v2_lite"]
 N = 6
 OPTS = {"temperature": 0, "num_predict": 24, "repeat_penalty": 1.0}
 

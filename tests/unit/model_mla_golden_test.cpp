@@ -1,0 +1,344 @@
+// deepseek2 (DeepSeek-V2/V3-style MLA + MoE) against transformers: the tiny random models deepseek_v3
+// (q_lora, sigmoid routing with a selection bias and groups, routed scale, a leading dense layer, YaRN)
+// and deepseek_v2_lite (q_proj, softmax greedy routing, two shared experts) of tests/golden/fixtures
+// (tools/gen_golden.py, references in float64), converted by our converter and run by the Engine on the
+// absorbed latent. F32 logits within 1e-4 at every position in every chunking; decode rows equal to
+// prefill; F16 / Q8_0 weights close with routing changes counted; the latent in q8_0 and TurboQuant
+// caches; the older fused attn_kv_b layout equal to the split one; MLA refused on a device backend.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/error.h"
+#include "gguf/convert.h"
+#include "gguf/gguf.h"
+#include "gguf/gguf_writer.h"
+#include "gguf_test_util.h"
+#include "model/model.h"
+#include "model/moe_block.h"
+#include "quant/quant.h"
+#include "runtime/engine.h"
+#include "sim_device_backend.h"
+
+namespace qleap {
+namespace {
+
+using Rows = std::vector<std::vector<float>>;  // [position][vocab]
+
+struct Golden {
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<Rows> logits;
+  double max_ref = 0;
+};
+
+Golden load_golden(const std::string& name) {
+  std::ifstream in(std::filesystem::path(testing::fixtures_dir()) / name / "golden.json");
+  const auto j = nlohmann::json::parse(in);
+  Golden g;
+  g.prompts = j.at("prompts").get<std::vector<std::vector<int32_t>>>();
+  g.logits = j.at("logits").get<std::vector<Rows>>();
+  for (const Rows& r : g.logits)
+    for (const auto& row : r)
+      for (float x : row) g.max_ref = std::max(g.max_ref, double(std::fabs(x)));
+  return g;
+}
+
+std::string convert(const std::string& name, GgmlType type, testing::TempDir& tmp) {
+  const std::string out = tmp.file(name + "_" + type_name(type) + ".gguf");
+  ConvertOptions opt;
+  opt.out_type = type;
+  convert_hf_to_gguf((std::filesystem::path(testing::fixtures_dir()) / name).string(), out, opt);
+  return out;
+}
+
+// Which experts each (layer, position) chose.
+struct RoutingLog : MoeObserver {
+  std::map<std::pair<int, int>, std::vector<int32_t>> chosen;
+  void on_routing(int il, int pos0, int m, int k, const int32_t* ids, const float*, const float*,
+                  const float*) override {
+    for (int t = 0; t < m; ++t) {
+      std::vector<int32_t> v(ids + size_t(t) * k, ids + size_t(t + 1) * k);
+      std::sort(v.begin(), v.end());
+      chosen[{il, pos0 + t}] = std::move(v);
+    }
+  }
+};
+
+EngineOptions options(const std::string& kv, int n_batch = 512) {
+  EngineOptions o;
+  o.n_ctx = 128;
+  o.n_threads = 2;
+  o.n_batch = n_batch;
+  o.kv_type = kv;
+  o.calibrate_kv = false;  // the fixtures carry no tokenizer for the calibration text
+  return o;
+}
+
+std::vector<float> run_prompt(const std::shared_ptr<const Model>& model, const std::vector<int32_t>& prompt,
+                              const EngineOptions& o, RoutingLog* log = nullptr) {
+  Engine e(model, o);
+  if (log != nullptr) e.set_moe_observer(log);
+  const float* l = e.prefill(0, prompt.data(), int(prompt.size()), true);
+  return std::vector<float>(l, l + prompt.size() * size_t(e.n_vocab()));
+}
+
+double max_err(const Rows& ref, const std::vector<float>& got, const std::set<int>& skip = {}) {
+  double e = 0;
+  const size_t nv = ref[0].size();
+  for (size_t p = 0; p < ref.size(); ++p) {
+    if (skip.count(int(p))) continue;
+    for (size_t v = 0; v < nv; ++v) e = std::max(e, double(std::fabs(got[p * nv + v] - ref[p][v])));
+  }
+  return e;
+}
+
+const char* const kFixtures[] = {"deepseek_v3", "deepseek_v2_lite"};
+
+TEST(MlaGolden, F32MatchesTransformersInEveryChunking) {
+  for (const char* name : kFixtures) {
+    testing::TempDir tmp("mla_f32");
+    auto model = load_model(convert(name, GgmlType::F32, tmp));
+    const Golden g = load_golden(name);
+    EXPECT_EQ(model->hparams().n_kv_heads, 1);
+    EXPECT_EQ(model->hparams().head_dim, 16 + 32);  // rope + kv_lora_rank: the cached latent
+    for (int n_batch : {512, 7, 1}) {
+      for (size_t p = 0; p < g.prompts.size(); ++p) {
+        const double e = max_err(g.logits[p], run_prompt(model, g.prompts[p], options("f32", n_batch)));
+        std::printf("[golden] %s F32 n_batch %d prompt %zu (%zu tokens): max abs err %.3g\n", name, n_batch,
+                    p, g.prompts[p].size(), e);
+        EXPECT_LT(e, 1e-4) << name << " n_batch " << n_batch << " prompt " << p;
+      }
+    }
+  }
+}
+
+// Slot 1 decodes the prompt token by token next to slot 0 decoding another sequence.
+TEST(MlaGolden, DecodeEqualsPrefill) {
+  for (const char* name : kFixtures) {
+    testing::TempDir tmp("mla_decode");
+    auto model = load_model(convert(name, GgmlType::F32, tmp));
+    const std::vector<int32_t> prompt = load_golden(name).prompts[0];
+    EngineOptions o = options("f32");
+    o.n_slots = 2;
+    Engine ref(model, o), dec(model, o);
+    const int n = int(prompt.size()), nv = ref.n_vocab();
+    const float* r = ref.prefill(0, prompt.data(), n, true);
+    const std::vector<float> pre(r, r + size_t(n) * nv);
+    dec.prefill(0, prompt.data(), 1);
+    dec.prefill(1, prompt.data(), 1);
+    double e = 0;
+    for (int t = 1; t < n; ++t) {
+      const int slots[2] = {0, 1};
+      const int32_t toks[2] = {int32_t((prompt[size_t(t)] * 7 + 3) % nv), prompt[size_t(t)]};
+      const float* out = dec.decode(slots, toks, 2);
+      for (int v = 0; v < nv; ++v)
+        e = std::max(e, double(std::fabs(out[size_t(nv) + v] - pre[size_t(t) * nv + v])));
+    }
+    std::printf("[golden] %s decode vs prefill over %d tokens: max abs diff %.3g\n", name, n, e);
+    EXPECT_LT(e, 1e-4) << name;
+  }
+}
+
+// Quantized weights or KV caches against the reference. A routing change (a near tie flipped by
+// rounding) changes that token by a whole expert: such positions (routing compared with the F32 model)
+// are counted, bounded and left out of the error bound; argmax must agree where the reference's top-2
+// gap exceeds the bound. Bounds: about 2x the measured figures (docs/models.md). tq3 keeps each query's
+// last 64 positions exact, which covers these prompts (the latent plumbing, nearly exact); tq3:w0
+// quantizes every position: on these tiny random models it lands where the 4-bit block caches do
+// (measured: q4_0 0.25 .. 0.58 of max |logit|, tq3:w0 0.49 .. 0.55), so its bounds only say it runs.
+struct Bound {
+  GgmlType type;
+  const char* kv;
+  double rel_tol, max_flips;
+};
+
+TEST(MlaGolden, QuantizedWeightsAndLatentCachesCloseToTransformers) {
+  const Bound bounds[] = {{GgmlType::F16, "f16", 2e-2, 0.1},
+                          {GgmlType::Q8_0, "f16", 0.8, 0.3},
+                          {GgmlType::F32, "q8_0", 0.8, 0.3},
+                          {GgmlType::F32, "tq3", 2e-2, 0.1},
+                          {GgmlType::F32, "tq3:w0", 0.8, 0.8}};
+  for (const char* name : kFixtures) {
+    const Golden g = load_golden(name);
+    testing::TempDir tmp("mla_q");
+    auto f32 = load_model(convert(name, GgmlType::F32, tmp));
+    std::vector<RoutingLog> ref_routes(g.prompts.size());
+    for (size_t p = 0; p < g.prompts.size(); ++p)
+      run_prompt(f32, g.prompts[p], options("f32"), &ref_routes[p]);
+    for (const Bound& b : bounds) {
+      auto model = b.type == GgmlType::F32 ? f32 : load_model(convert(name, b.type, tmp));
+      int positions = 0, flipped = 0, mismatch = 0, clear = 0;
+      double e = 0;
+      for (size_t p = 0; p < g.prompts.size(); ++p) {
+        RoutingLog routes;
+        const std::vector<float> logits = run_prompt(model, g.prompts[p], options(b.kv), &routes);
+        std::set<int> flips;
+        for (const auto& [key, ids] : ref_routes[p].chosen)
+          if (routes.chosen[key] != ids) flips.insert(key.second);
+        e = std::max(e, max_err(g.logits[p], logits, flips));
+        const size_t nv = g.logits[p][0].size();
+        for (size_t pos = 0; pos < g.prompts[p].size(); ++pos, ++positions) {
+          if (flips.count(int(pos))) {
+            ++flipped;
+            continue;
+          }
+          const auto& ref = g.logits[p][pos];
+          const float* got = logits.data() + pos * nv;
+          if (std::max_element(ref.begin(), ref.end()) - ref.begin() == std::max_element(got, got + nv) - got)
+            continue;
+          ++mismatch;
+          std::vector<float> s = ref;
+          std::partial_sort(s.begin(), s.begin() + 2, s.end(), std::greater<>());
+          if (s[0] - s[1] > b.rel_tol * g.max_ref) ++clear;
+        }
+      }
+      std::printf(
+          "[golden] %s %s weights, kv %s: max abs err %.3g (%.2g of max |logit| %.3g) at %d/%d positions "
+          "(%d with a routing change left out); argmax differs at %d\n",
+          name, type_name(b.type), b.kv, e, e / g.max_ref, g.max_ref, positions - flipped, positions, flipped,
+          mismatch);
+      EXPECT_LT(e, b.rel_tol * g.max_ref) << name << " " << type_name(b.type) << " " << b.kv;
+      EXPECT_EQ(clear, 0) << name << " " << type_name(b.type) << " " << b.kv;
+      EXPECT_LE(flipped, b.max_flips * positions) << name << " " << type_name(b.type) << " " << b.kv;
+    }
+  }
+}
+
+// What the converter writes: llama.cpp's deepseek2 names and keys, kv_b split per head.
+TEST(MlaConvert, FileLayout) {
+  testing::TempDir tmp("mla_layout");
+  const auto v3 = GgufFile::open(convert("deepseek_v3", GgmlType::F16, tmp));
+  EXPECT_EQ(v3->architecture(), "deepseek2");
+  for (const char* k : {"attention.q_lora_rank", "attention.kv_lora_rank", "leading_dense_block_count",
+                        "expert_shared_count", "expert_weights_scale", "expert_gating_func",
+                        "expert_group_count", "expert_group_used_count", "rope.scaling.yarn_log_multiplier"})
+    EXPECT_NE(v3->find_arch(k), nullptr) << k;
+  EXPECT_EQ(v3->find_arch("expert_gating_func")->as_int(), 2);
+  EXPECT_EQ(v3->find_arch("attention.key_length")->as_int(), 32);
+  EXPECT_EQ(v3->find_arch("attention.value_length")->as_int(), 24);
+  EXPECT_EQ(v3->find_arch("rope.dimension_count")->as_int(), 16);
+  EXPECT_EQ(v3->tensor("blk.0.attn_k_b.weight").ne(1), 4 * 32);  // heads x kv_lora_rank rows of nope
+  EXPECT_EQ(v3->tensor("blk.0.attn_v_b.weight").ne(1), 4 * 24);  // heads x v rows of kv_lora_rank
+  EXPECT_EQ(v3->tensor("blk.1.exp_probs_b.bias").type, GgmlType::F32);
+  for (const char* t :
+       {"blk.0.attn_q_a.weight", "blk.0.attn_q_a_norm.weight", "blk.0.attn_q_b.weight",
+        "blk.0.attn_kv_a_mqa.weight", "blk.0.attn_kv_a_norm.weight", "blk.0.ffn_gate.weight",
+        "blk.1.ffn_gate_exps.weight", "blk.1.ffn_gate_shexp.weight", "blk.1.ffn_gate_inp.weight"})
+    EXPECT_NE(v3->find_tensor(t), nullptr) << t;
+  EXPECT_EQ(v3->find_tensor("blk.0.attn_kv_b.weight"), nullptr);
+  EXPECT_EQ(v3->find_tensor("blk.0.ffn_gate_inp.weight"), nullptr);  // the leading dense layer
+  const auto v2 = GgufFile::open(convert("deepseek_v2_lite", GgmlType::F16, tmp));
+  EXPECT_NE(v2->find_tensor("blk.0.attn_q.weight"), nullptr);
+  EXPECT_EQ(v2->find_tensor("blk.0.attn_q_a.weight"), nullptr);
+  EXPECT_EQ(v2->find_arch("expert_gating_func")->as_int(), 1);
+  EXPECT_EQ(v2->find_arch("expert_group_count"), nullptr);
+  EXPECT_EQ(v2->find_arch("attention.q_lora_rank"), nullptr);
+}
+
+// Files from llama.cpp's converter before the kv_b split hold attn_kv_b (per head nope key rows, then v
+// value rows): rebuilt here from a split file, it must give the same logits.
+TEST(MlaConvert, FusedKvBGivesTheSameLogits) {
+  testing::TempDir tmp("mla_fused");
+  const std::string split = convert("deepseek_v3", GgmlType::F32, tmp);
+  const auto src = GgufFile::open(split);
+  const int64_t H = 4, N = 16, V = 24, R = 32;
+  GgufWriter w;
+  for (const auto& [key, v] : src->metadata())
+    if (key != "general.alignment") w.set(key, v);
+  std::vector<std::vector<float>> keep;
+  for (const GgufTensor& t : src->tensors()) {
+    if (t.name.ends_with("attn_v_b.weight")) continue;
+    if (!t.name.ends_with("attn_k_b.weight")) {
+      w.add_tensor(t.name, t.type, t.shape, static_cast<const void*>(t.data));
+      continue;
+    }
+    const std::string blk = t.name.substr(0, t.name.find("attn_k_b"));
+    const float* kb = reinterpret_cast<const float*>(t.data);
+    const float* vb = reinterpret_cast<const float*>(src->tensor(blk + "attn_v_b.weight").data);
+    std::vector<float>& kv = keep.emplace_back(size_t(H * (N + V) * R));
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t r = 0; r < R; ++r) kv[size_t((h * (N + V) + i) * R + r)] = kb[(h * R + r) * N + i];
+      std::copy(vb + h * V * R, vb + (h + 1) * V * R, kv.begin() + (h * (N + V) + N) * R);
+    }
+    w.add_tensor(blk + "attn_kv_b.weight", GgmlType::F32, {R, H * (N + V)}, kv.data());
+  }
+  const std::string fused = tmp.file("fused.gguf");
+  w.write(fused);
+  const std::vector<int32_t> prompt = load_golden("deepseek_v3").prompts[1];
+  const std::vector<float> a = run_prompt(load_model(split), prompt, options("f32"));
+  const std::vector<float> b = run_prompt(load_model(fused), prompt, options("f32"));
+  double e = 0;
+  for (size_t i = 0; i < a.size(); ++i) e = std::max(e, double(std::fabs(a[i] - b[i])));
+  EXPECT_LT(e, 1e-5);
+}
+
+// DeepSeek routing by hand: V3's sigmoid scores with group-limited selection (a group scored by its best
+// two) and a selection bias that does not enter the weights; V2's softmax with groups scored by their best.
+TEST(MoeRouteGrouped, DeepSeekRules) {
+  const float logits[8] = {3, -3, 1, 1, 0.5f, 0.5f, -1, -1};
+  const auto sig = [](float x) { return 1.0f / (1.0f + std::exp(-x)); };
+  HParams hp;
+  hp.expert_gating = ExpertGating::kSigmoid;
+  hp.n_expert_group = 4;
+  hp.n_expert_group_used = 2;
+  hp.expert_weights_norm = true;
+  hp.expert_weights_scale = 2.5f;
+  float l[8], w[2];
+  int32_t ids[2];
+  // Group sums 1.0, 1.46, 1.25, 0.54: groups 1 and 2 compete; expert 0, the best alone, does not.
+  std::copy(logits, logits + 8, l);
+  moe_route_grouped(l, 8, 2, hp, nullptr, ids, w);
+  EXPECT_EQ(ids[0], 2);
+  EXPECT_EQ(ids[1], 3);  // a tie: lower index first
+  EXPECT_NEAR(w[0], 1.25f, 1e-6);
+  EXPECT_NEAR(w[1], 1.25f, 1e-6);
+  const float bias[8] = {0, 0, 0, 0, 0.2f, 0, 0, 0};
+  std::copy(logits, logits + 8, l);
+  moe_route_grouped(l, 8, 2, hp, bias, ids, w);
+  EXPECT_EQ(ids[0], 4);
+  EXPECT_EQ(ids[1], 2);
+  const float s4 = sig(0.5f), s2 = sig(1.0f);
+  EXPECT_NEAR(w[0], 2.5f * s4 / (s4 + s2), 1e-6);  // the bias chose, the scores weigh
+  EXPECT_NEAR(w[1], 2.5f * s2 / (s4 + s2), 1e-6);
+  // Softmax, best-of-group: groups 0 (3) and 1 (1) compete.
+  hp.expert_gating = ExpertGating::kSoftmax;
+  hp.expert_weights_norm = false;
+  hp.expert_weights_scale = 1.0f;
+  std::copy(logits, logits + 8, l);
+  moe_route_grouped(l, 8, 2, hp, nullptr, ids, w);
+  EXPECT_EQ(ids[0], 0);
+  EXPECT_EQ(ids[1], 2);
+  double z = 0;
+  for (float x : logits) z += std::exp(double(x));
+  EXPECT_NEAR(w[0], std::exp(3.0) / z, 1e-6);
+  EXPECT_NEAR(w[1], std::exp(1.0) / z, 1e-6);
+}
+
+// No device kernel takes MLA yet: a layer placed on a device backend is refused with a clear message.
+TEST(MlaEngine, DeviceLayersAreRefused) {
+  testing::TempDir tmp("mla_dev");
+  auto model = load_model(convert("deepseek_v2_lite", GgmlType::F32, tmp));
+  static ThreadPool sim_pool(1);
+  EngineOptions o = options("f16");
+  o.gpu_layers = 1;
+  o.make_device_backend = [] { return std::make_unique<testing::SimDeviceBackend>(sim_pool); };
+  try {
+    Engine e(model, o);
+    const int32_t t = 1;
+    e.prefill(0, &t, 1);
+    FAIL() << "MLA layer ran on a device backend";
+  } catch (const Unsupported& e) {
+    // The last layer, a MoE layer, is refused first (the MoE message); MLA layers without experts say MLA.
+    EXPECT_NE(std::string(e.what()).find("CPU only"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace qleap
