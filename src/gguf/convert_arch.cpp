@@ -210,7 +210,14 @@ std::string extra_block_name(const std::string& arch, const std::string& what) {
       {"self_attn.qkv_proj", "attn_qkv"},
       {"mlp.gate_up_proj", "ffn_up"},
   };
-  const auto* table = arch == "gemma2" || arch == "gemma3" ? &kGemma : arch == "phi3" ? &kPhi3 : nullptr;
+  static const std::map<std::string, std::string> kGptOss = {
+      {"post_attention_layernorm", "post_attention_norm"},
+      {"mlp.router", "ffn_gate_inp"},
+  };
+  const auto* table = arch == "gemma2" || arch == "gemma3" ? &kGemma
+                      : arch == "phi3"                     ? &kPhi3
+                      : arch == "gpt-oss"                  ? &kGptOss
+                                                           : nullptr;
   if (table == nullptr) return "";
   auto it = table->find(what);
   return it == table->end() ? "" : it->second;

@@ -21,14 +21,15 @@ extern const ArchDef kArchQwen3Next;
 extern const ArchDef kArchGemma2;
 extern const ArchDef kArchGemma3;
 extern const ArchDef kArchPhi3;
+extern const ArchDef kArchGptOss;
 
 namespace {
 
 // An explicit table rather than self-registration: static constructors in a static library are
 // dropped by the linker when nothing references their object file.
-const ArchDef* const kArchs[] = {&kArchLlama,     &kArchQwen2,  &kArchQwen3,  &kArchQwen2Moe,
-                                 &kArchQwen3Moe,  &kArchOlmoe,  &kArchQwen35, &kArchQwen35Moe,
-                                 &kArchQwen3Next, &kArchGemma2, &kArchGemma3, &kArchPhi3};
+const ArchDef* const kArchs[] = {&kArchLlama,  &kArchQwen2,  &kArchQwen3,     &kArchQwen2Moe,  &kArchQwen3Moe,
+                                 &kArchOlmoe,  &kArchQwen35, &kArchQwen35Moe, &kArchQwen3Next, &kArchGemma2,
+                                 &kArchGemma3, &kArchPhi3,   &kArchGptOss};
 
 int64_t arch_int(const GgufFile& f, std::string_view suffix, int64_t def, bool required) {
   const GgufValue* v = f.find_arch(suffix);
@@ -130,6 +131,7 @@ HParams read_hparams(const GgufFile& f) {
   r.ext_factor = float(arch_float(f, "rope.scaling.yarn_ext_factor", -1.0));
   r.beta_fast = float(arch_float(f, "rope.scaling.yarn_beta_fast", 32.0));
   r.beta_slow = float(arch_float(f, "rope.scaling.yarn_beta_slow", 1.0));
+  if (const GgufValue* v = f.find_arch("rope.scaling.yarn_truncate")) r.yarn_truncate = v->as_bool();
   if (is_hybrid_arch(arch)) read_delta_net_params(f, hp);
   return hp;
 }
