@@ -626,6 +626,12 @@ void requantize_gguf(const std::string& in, const std::string& out, GgmlType typ
   w.set_u32("general.file_type", file_type_for(type));
   w.set_u32("general.quantization_version", 2);
   const auto& ts = src->tensors();
+  // MXFP4 on a MoE model is llama.cpp's MXFP4_MOE (file_type_for): the experts in MXFP4, the other
+  // tensors as they are.
+  const bool experts_only =
+      type == GgmlType::MXFP4 && std::any_of(ts.begin(), ts.end(), [](const GgufTensor& t) {
+        return t.shape.size() == 3 && t.name.find("_exps.") != std::string::npos;
+      });
   for (size_t k = 0; k < ts.size(); ++k) {
     const GgufTensor& t = ts[k];
     // Matrices and stacked expert matrices (3-D, one matrix per expert); routers stay as they are (F32
@@ -634,7 +640,8 @@ void requantize_gguf(const std::string& in, const std::string& out, GgmlType typ
         (t.shape.size() == 2 || (t.shape.size() == 3 && t.name.find("_exps.") != std::string::npos)) &&
         t.name.size() > 7 && t.name.ends_with(".weight");
     const bool router = t.name.find(".ffn_gate_inp.") != std::string::npos;
-    if (!weight || router || t.type == type) {
+    const bool skip = experts_only && t.shape.size() != 3;
+    if (!weight || router || skip || t.type == type) {
       w.add_tensor(t.name, t.type, t.shape, static_cast<const void*>(t.data));
       continue;
     }

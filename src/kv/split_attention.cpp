@@ -47,7 +47,8 @@ float SplitPartials::merge(int64_t base, int n_split, int h, float* out, float s
     l += double(p[1]) * c;
     for (int i = 0; i < head_dim_; ++i) out[i] += c * p[2 + i];
   }
-  const float inv = attn_out_factor(mx, float(l), sink);
+  const bool has_sink = sink > -std::numeric_limits<float>::infinity();
+  const float inv = has_sink ? attn_out_factor(mx, float(l), sink) : l > 0 ? float(1.0 / l) : 0.0f;
   for (int i = 0; i < head_dim_; ++i) out[i] *= inv;
   return float(l) * inv;
 }

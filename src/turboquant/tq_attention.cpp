@@ -272,9 +272,8 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
         row[j] = std::exp(row[j] - mx);
         sum += row[j];
       }
-      const float inv = m == 0             ? 0.0f
-                        : sinks != nullptr ? attn_out_factor(mx, float(sum), sinks[qi])
-                                           : float(1.0 / sum);
+      const bool sink = sinks != nullptr && sinks[qi] > -std::numeric_limits<float>::infinity();
+      const float inv = m == 0 ? 0.0f : sink ? attn_out_factor(mx, float(sum), sinks[qi]) : float(1.0 / sum);
       if (sink_share != nullptr) sink_share[qi] = 1.0f - float(sum) * inv;
       for (int64_t j = 0; j < m; ++j) row[j] *= inv;
       for (int64_t j = m; j < n_blk; ++j) row[j] = 0.0f;  // causal mask: later positions get no weight

@@ -200,7 +200,10 @@ void report(const char* what, const Closeness& c, const Golden& g) {
 
 // Quantized weights, and KV cache types, each against transformers. Bounds relative to the largest
 // logit, about 2x the largest measured (docs/models.md); the argmax must agree wherever the reference's
-// top-2 gap exceeds the bound.
+// top-2 gap exceeds the bound. TurboQuant keeps the last 64 positions exact by default, all of these
+// prompts; ":w0" makes every position a 3- or 4-bit record, which on this tiny model (routing margins of
+// 0.02) changes most routing decisions: those runs are checked for finite, bounded logits only (the
+// sink arithmetic on TurboQuant records is checked against float attention in attn_sinks_test).
 TEST(GptOssGolden, QuantizedWeightsAndKvTypesClose) {
   const Golden g = load_golden();
   testing::TempDir tmp("gptoss_q");
@@ -209,40 +212,75 @@ TEST(GptOssGolden, QuantizedWeightsAndKvTypesClose) {
     GgmlType type;
     const char* kv;
     double rel_tol;
+    bool bound_flips;
   };
-  for (const Case& k :
-       {Case{GgmlType::F16, "f16", 1e-2}, Case{GgmlType::Q8_0, "f16", 0.3}, Case{GgmlType::F32, "q8_0", 5e-2},
-        Case{GgmlType::F32, "tq4", 0.3}, Case{GgmlType::F32, "tq3", 0.5}}) {
+  for (const Case& k : {Case{GgmlType::F16, "f16", 2e-2, true}, Case{GgmlType::Q8_0, "f16", 0.5, true},
+                        Case{GgmlType::F32, "q8_0", 0.2, true}, Case{GgmlType::F32, "tq4", 1e-2, true},
+                        Case{GgmlType::F32, "tq3", 1e-2, true}, Case{GgmlType::F32, "tq4:w0", 1.5, false},
+                        Case{GgmlType::F32, "tq3:w0", 1.5, false}}) {
     auto model = load_model(convert(k.type, tmp));
     const Closeness c = compare(model, k.kv, g, routes, k.rel_tol * g.max_ref);
     report(fmt::format("{} weights, {} KV", type_name(k.type), k.kv).c_str(), c, g);
     EXPECT_LT(c.max_err, k.rel_tol * g.max_ref) << type_name(k.type) << " " << k.kv;
+    if (!k.bound_flips) continue;
     EXPECT_EQ(c.clear_mismatch, 0) << type_name(k.type) << " " << k.kv;
     EXPECT_LE(c.flipped, c.positions / 5) << type_name(k.type) << " " << k.kv;
   }
 }
 
-// The experts requantized to MXFP4 (the format of the released gpt-oss files) by `qleap convert --type`
-// on a GGUF: the experts are MXFP4, the router stays F32, and the logits stay close.
-TEST(GptOssGolden, Mxfp4ExpertsClose) {
+// The experts requantized to MXFP4 (the format of the released gpt-oss files) by `qleap convert --type
+// MXFP4` on a GGUF (llama.cpp's MXFP4_MOE: experts only). The MXFP4 expert path must give the logits of
+// the same model with those MXFP4 weights decoded to F32 (same values, other kernels); against
+// transformers, 4-bit experts on this tiny model change about half the routing decisions, so that is
+// only reported and bounded loosely.
+TEST(GptOssGolden, Mxfp4ExpertsMatchTheirDecodedWeights) {
   const Golden g = load_golden();
   testing::TempDir tmp("gptoss_mxfp4");
   const std::vector<RoutingLog> routes = f32_routing(g, tmp);
-  const std::string f32 = convert(GgmlType::F32, tmp), mx = tmp.file("gpt_oss_mxfp4.gguf");
+  const std::string f32 = convert(GgmlType::F32, tmp), mx = tmp.file("gpt_oss_mxfp4.gguf"),
+                    back = tmp.file("gpt_oss_mxfp4_f32.gguf");
   requantize_gguf(f32, mx, GgmlType::MXFP4, nullptr, 2);
+  requantize_gguf(mx, back, GgmlType::F32, nullptr, 2);
   {
     const auto f = GgufFile::open(mx);
     EXPECT_EQ(f->tensor("blk.0.ffn_gate_exps.weight").type, GgmlType::MXFP4);
     EXPECT_EQ(f->tensor("blk.3.ffn_down_exps.weight").type, GgmlType::MXFP4);
+    EXPECT_EQ(f->tensor("blk.0.attn_q.weight").type, GgmlType::F32);  // experts only
     EXPECT_EQ(f->tensor("blk.0.ffn_gate_inp.weight").type, GgmlType::F32);
     EXPECT_EQ(f->tensor("blk.0.ffn_gate_exps.bias").type, GgmlType::F32);
+    EXPECT_EQ(GgufFile::open(back)->tensor("blk.0.ffn_gate_exps.weight").type, GgmlType::F32);
   }
-  constexpr double kRelTol = 0.5;
-  const Closeness c = compare(load_model(mx), "f32", g, routes, kRelTol * g.max_ref);
-  report("MXFP4 weights", c, g);
-  EXPECT_LT(c.max_err, kRelTol * g.max_ref);
-  EXPECT_EQ(c.clear_mismatch, 0);
-  EXPECT_LE(c.flipped, c.positions / 3);
+  auto mx_model = load_model(mx), back_model = load_model(back);
+  // The MXFP4 kernels round the activations to 8 bits (as llama.cpp's do), the F32 ones do not: a routing
+  // decision near a tie may change; those positions are left out and counted.
+  double e = 0;
+  int flipped = 0, positions = 0;
+  for (const auto& prompt : g.prompts) {
+    RoutingLog a, b;
+    const std::vector<float> la = run_prompt(mx_model, prompt, "f32", a);
+    const std::vector<float> lb = run_prompt(back_model, prompt, "f32", b);
+    std::set<int> flips;
+    for (const auto& [key, ids] : b.chosen)
+      if (a.chosen[key] != ids) flips.insert(key.second);
+    const size_t nv = size_t(g.logits[0][0].size());
+    for (size_t pos = 0; pos < prompt.size(); ++pos, ++positions) {
+      if (flips.count(int(pos))) {
+        ++flipped;
+        continue;
+      }
+      for (size_t v = 0; v < nv; ++v) e = std::max(e, double(std::fabs(la[pos * nv + v] - lb[pos * nv + v])));
+    }
+  }
+  std::printf(
+      "[golden] gpt_oss MXFP4 experts vs the same weights decoded to F32: max abs diff %.3g (%.2g of max "
+      "|logit| "
+      "%.3g) at %d/%d positions (%d with a routing change)\n",
+      e, e / g.max_ref, g.max_ref, positions - flipped, positions, flipped);
+  EXPECT_LT(e, 0.2 * g.max_ref);
+  EXPECT_LE(flipped, positions / 4);
+  const Closeness c = compare(mx_model, "f32", g, routes, 1.5 * g.max_ref);
+  report("MXFP4 experts vs transformers", c, g);
+  EXPECT_LT(c.max_err, 1.5 * g.max_ref);
 }
 
 // What the converter writes: llama.cpp's gpt-oss names, F32 biases, sinks and router.
