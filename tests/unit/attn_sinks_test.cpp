@@ -91,8 +91,10 @@ TEST(AttnSinks, EveryCacheTypeAndPathMatchesReference) {
     EXPECT_GT(sink_effect, 0.3) << "the sinks must change the output for the test to mean anything";
     // Bounds: float summation for f32; the types' rounding of keys and values otherwise (TurboQuant
     // uncalibrated at 3 bits: it must still follow the sinks, far closer than without them).
+    // f16 through the AMX kernel (QLEAP_AMX_ATTENTION=1) rounds q, k, v to bf16: measured 0.013.
+    const double f16_tol = flash_prefill_amx_enabled() ? 3e-2 : 1e-2;
     for (const auto& [type, tol] : std::vector<std::pair<std::string, double>>{
-             {"f32", 2e-5}, {"f16", 1e-2}, {"q8_0", 4e-2}, {"q4_0r", 0.8}, {"tq4", 0.5}, {"tq3", 0.6}}) {
+             {"f32", 2e-5}, {"f16", f16_tol}, {"q8_0", 4e-2}, {"q4_0r", 0.8}, {"tq4", 0.5}, {"tq3", 0.6}}) {
       auto kv = make_kv_cache(type, shape(n, window, true));
       std::vector<float> got;
       int pos = 0;
