@@ -131,6 +131,19 @@ FIXTURES = {
     "phi3_swa": ("phi3", dict(intermediate_size=96, sliding_window=10, rope_parameters=rope(10000.0),
                               pad_token_id=None, eos_token_id=None, bos_token_id=None,
                               prompt_lens=(24, 19), seed=1234 + 15)),
+    # gpt-oss: 4 layers alternating sliding window (16 here, 128 in the real models) and full attention
+    # from layer 0, attention sinks, biases on q/k/v/o, the router and the experts (4, top-2) with the
+    # clamped SwiGLU, YaRN not truncated (its correction range 2.02 .. 4.35 falls between pairs at
+    # head_dim 16). Prompts of 40 / 23 tokens cross the window.
+    "gpt_oss": ("gpt_oss", dict(num_hidden_layers=4, head_dim=16, intermediate_size=32, num_local_experts=4,
+                                num_experts_per_tok=2, sliding_window=16, tie_word_embeddings=False,
+                                layer_types=["sliding_attention", "full_attention"] * 2,
+                                rope_parameters=rope(150000.0, rope_type="yarn", factor=32.0, beta_fast=32.0,
+                                                     beta_slow=1.0, truncate=False,
+                                                     original_max_position_embeddings=4096),
+                                pad_token_id=None, eos_token_id=None, bos_token_id=None,
+                                max_position_embeddings=131072, eager_experts=True, router_scale=4.0, min_route_margin=0.02,
+                                prompt_lens=(40, 23), seed=4242)),
 }
 
 # DeepSeek-style MLA + MoE (deepseek2 GGUF): absorbed latent attention checked against transformers'
@@ -174,6 +187,7 @@ CONFIG_CLASSES = {
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
     "deepseek_v3": (transformers.DeepseekV3Config, transformers.DeepseekV3ForCausalLM),
     "deepseek_v2": (transformers.DeepseekV2Config, transformers.DeepseekV2ForCausalLM),
+    "gpt_oss": (transformers.GptOssConfig, transformers.GptOssForCausalLM),
 }
 
 
@@ -189,6 +203,8 @@ def randomize(model, gen, centered_norms=False):
                 p.copy_(center + 0.2 * torch.randn(p.shape, generator=gen))
             elif name.endswith(".bias"):
                 p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".sinks"):  # gpt-oss: sink logits on the scale of the scores
+                p.copy_(2.0 * torch.randn(p.shape, generator=gen))
             elif "embed_tokens" in name:
                 p.copy_(torch.randn(p.shape, generator=gen))
             else:
@@ -208,13 +224,16 @@ def make(name, out_dir, seed):
     seed = kw.pop("seed", seed)
     ref_dtype = kw.pop("ref_dtype", torch.float32)
     centered_norms = kw.pop("centered_norms", False)
+    eager_experts = kw.pop("eager_experts", False)
+    # Router weights scaled up (gpt_oss): wider routing margins than 52 draws of the default scale gave.
+    router_scale = kw.pop("router_scale", 1.0)
     # MoE: draw again (seed + 1000) until every routing decision of the reference run has its k-th and
     # (k+1)-th router logits at least this far apart, so that quantized weights do not flip an expert
     # choice on a near tie (a flip changes that token's output by whole units, not by rounding).
     min_route_margin = kw.pop("min_route_margin", 0.0)
     for attempt in range(50):
         built = build(name, model_type, kw, seed + 1000 * attempt, ref_dtype, centered_norms, prompt_lens,
-                      short_prompt_lens)
+                      short_prompt_lens, eager_experts, router_scale)
         if built[-1] >= min_route_margin:
             break
     else:
@@ -242,7 +261,8 @@ def make(name, out_dir, seed):
     print(f"{name}: {size / 1024:.0f} KiB, seed {seed}, smallest top1-top2 logit gap {min_gap:.4f}{extra}")
 
 
-def build(name, model_type, kw, seed, ref_dtype, centered_norms, prompt_lens, short_prompt_lens=None):
+def build(name, model_type, kw, seed, ref_dtype, centered_norms, prompt_lens, short_prompt_lens=None,
+          eager_experts=False, router_scale=1.0):
     """The random model of this seed, its prompts, the reference logits and the margins."""
     cfg_cls, model_cls = CONFIG_CLASSES[model_type]
     kw = {k: v for k, v in kw.items() if v is not UNSET}
@@ -252,7 +272,7 @@ def build(name, model_type, kw, seed, ref_dtype, centered_norms, prompt_lens, sh
     else:
         cfg = cfg_cls(**kw)
     cfg._attn_implementation = "eager"
-    if ref_dtype == torch.float64:  # the grouped-matmul experts have no float64 kernel
+    if ref_dtype == torch.float64 or eager_experts:  # the grouped-matmul experts have no float64 kernel
         cfg._experts_implementation = "eager"
         if model_type == "qwen3_5":
             cfg.text_config._experts_implementation = "eager"
@@ -260,6 +280,11 @@ def build(name, model_type, kw, seed, ref_dtype, centered_norms, prompt_lens, sh
     model = model_cls(cfg).to(torch.float32).eval()
     gen = torch.Generator().manual_seed(seed)
     randomize(model, gen, centered_norms)
+    if router_scale != 1.0:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith("router.weight"):
+                    p.mul_(router_scale)
     if getattr(cfg, "tie_word_embeddings", False):
         model.tie_weights()
 

@@ -16,6 +16,7 @@
 #include "core/json_int.h"
 #include "core/thread_pool.h"
 #include "gguf/convert_arch.h"
+#include "gguf/convert_gptoss.h"
 #include "gguf/convert_hybrid.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
@@ -83,13 +84,16 @@ HParams read_hparams(const fs::path& dir) {
     h.arch = h.model_type;
   } else if (h.model_type == "deepseek_v2" || h.model_type == "deepseek_v3") {
     h.arch = "deepseek2";
+  } else if (h.model_type == "gpt_oss") {
+    convert_detail::check_gptoss_config(c);
+    h.arch = "gpt-oss";
   } else if (h.model_type == "qwen2_moe" || h.model_type == "qwen3_moe") {
     h.arch = h.model_type == "qwen2_moe" ? "qwen2moe" : "qwen3moe";
   } else if (!is_hybrid_model_type(h.model_type)) {
     throw Unsupported(fmt::format(
         "model_type '{}' is not supported (supported: llama, mistral, mixtral, qwen2, qwen3, qwen2_moe, "
         "qwen3_moe, olmoe, qwen3_5, qwen3_5_moe, qwen3_next, gemma2, gemma3_text, phi3, deepseek_v2, "
-        "deepseek_v3)",
+        "deepseek_v3, gpt_oss)",
         h.model_type));
   }
   h.n_embd = req_int(c, "hidden_size");
@@ -247,6 +251,7 @@ void write_hparams(GgufWriter& w, const HParams& h, const std::string& name, Ggm
     }
   }
   convert_detail::write_extra_metadata(w, h.arch, h.config, h.sizes());
+  if (h.arch == "gpt-oss") convert_detail::write_gptoss_metadata(w, h.config);
 }
 
 // Byte-level BPE tokenizer.json -> tokenizer.ggml.* (llama.cpp's "gpt2" model).
@@ -502,6 +507,7 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
     const SafeTensor* src = nullptr;
     std::vector<const SafeTensor*> experts;  // stacked into one 3-D tensor (src = experts[0])
     std::optional<HybridTensor> hybrid;      // its shape and transform (gguf/convert_hybrid.h)
+    int64_t stack = 0;                       // > 0: a 3-D tensor of `stack` hybrid slices (gpt-oss experts)
   };
   std::vector<Item> items;
   std::map<std::string, std::vector<const SafeTensor*>> expert_groups;
@@ -519,17 +525,23 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
     }
     if (h.arch == "deepseek2") {
       std::vector<HybridTensor> ts = convert_detail::mla_tensors(h.config, hf, st.get(hf_name).shape);
-      for (HybridTensor& t : ts) items.push_back({t.gname, &st.get(hf_name), {}, std::move(t)});
+      for (HybridTensor& t : ts) items.push_back({t.gname, &st.get(hf_name), {}, std::move(t), 0});
+      if (!ts.empty()) continue;
+    }
+    if (h.arch == "gpt-oss") {
+      std::vector<convert_detail::GptOssTensor> ts =
+          convert_detail::gptoss_tensors(hf, st.get(hf_name).shape, h.n_expert);
+      for (auto& t : ts) items.push_back({t.t.gname, &st.get(hf_name), {}, std::move(t.t), t.stack});
       if (!ts.empty()) continue;
     }
     if (h.hybrid) {
       std::vector<HybridTensor> ts = hybrid_tensors(*h.hybrid, hf, st.get(hf_name).shape);
-      for (HybridTensor& t : ts) items.push_back({t.gname, &st.get(hf_name), {}, std::move(t)});
+      for (HybridTensor& t : ts) items.push_back({t.gname, &st.get(hf_name), {}, std::move(t), 0});
       if (!ts.empty()) continue;
     }
     std::string g = gguf_name(hf, h.arch);
     if (g.empty() || (g == "output.weight" && tied)) continue;
-    items.push_back({std::move(g), &st.get(hf_name), {}, std::nullopt});
+    items.push_back({std::move(g), &st.get(hf_name), {}, std::nullopt, 0});
   }
   for (auto& [g, srcs] : expert_groups) {
     for (size_t e = 0; e < srcs.size(); ++e) {
@@ -537,7 +549,7 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
       if (srcs[e]->shape != srcs[0]->shape)
         throw FormatError(fmt::format("{}: experts 0 and {} differ in shape", g, e));
     }
-    items.push_back({g, srcs[0], srcs, std::nullopt});
+    items.push_back({g, srcs[0], srcs, std::nullopt, 0});
   }
   std::sort(items.begin(), items.end(),
             [](const Item& a, const Item& b) { return order_key(a.gname) < order_key(b.gname); });
@@ -565,7 +577,7 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
     const bool squeeze = it.gname.find("ffn_gate_inp_shexp") != std::string::npos && src.shape.size() == 2 &&
                          src.shape[0] == 1;
     const bool matrix = it.hybrid ? it.hybrid->cols > 0 : src.shape.size() == 2 && !squeeze;
-    const int64_t n_stack = it.experts.empty() ? 1 : int64_t(it.experts.size());
+    const int64_t n_stack = it.stack > 0 ? it.stack : it.experts.empty() ? 1 : int64_t(it.experts.size());
     const int64_t rows = it.hybrid ? (matrix ? it.hybrid->rows : 1) : matrix ? src.shape[0] : 1;
     const int64_t cols = it.hybrid ? (matrix ? it.hybrid->cols : it.hybrid->rows)
                          : matrix  ? src.shape[1]
@@ -584,12 +596,12 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
     // gemma's norms are applied as (1 + w): GGUF holds the sum, as llama.cpp writes it.
     const bool plus_one = convert_detail::norm_plus_one(h.arch, it.gname);
     std::vector<int64_t> shape = matrix ? std::vector<int64_t>{cols, rows} : std::vector<int64_t>{cols};
-    if (!it.experts.empty()) shape.push_back(n_stack);
+    if (!it.experts.empty() || it.stack > 0) shape.push_back(n_stack);
     const std::string gname = it.gname;
     const auto transform = it.hybrid ? it.hybrid->transform : nullptr;
     w.add_tensor(gname, type, std::move(shape),
                  [&pool, &progress, n_items, k, type, rows, cols, matrix, permute_heads, plus_one, gname,
-                  s = it.src, experts = it.experts, transform](uint8_t* dst, size_t) {
+                  s = it.src, experts = it.experts, transform, stack = it.stack](uint8_t* dst, size_t) {
                    if (progress)
                      progress(fmt::format("[{}/{}] {} -> {}", k + 1, n_items, gname, type_name(type)),
                               double(k) / double(n_items));
@@ -603,9 +615,10 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
                    }
                    std::vector<float> f = s->to_f32();
                    if (transform) f = transform(f);
-                   if (f.size() != size_t(rows) * size_t(cols))
+                   const int64_t all_rows = rows * std::max<int64_t>(stack, 1);
+                   if (f.size() != size_t(all_rows) * size_t(cols))
                      throw FormatError(
-                         fmt::format("{}: {} values for a [{}, {}] tensor", gname, f.size(), cols, rows));
+                         fmt::format("{}: {} values for a [{}, {}] tensor", gname, f.size(), cols, all_rows));
                    if (plus_one)
                      for (float& x : f) x += 1.0f;
                    if (permute_heads > 0) {
@@ -613,7 +626,7 @@ void convert_hf_to_gguf(const std::string& hf_dir, const std::string& out_path, 
                      f = matrix ? permute_rows(f, rows, cols, permute_heads)
                                 : permute_rows(f, cols, 1, permute_heads);
                    }
-                   quantize_rows(pool, type, f.data(), dst, rows, cols);
+                   quantize_rows(pool, type, f.data(), dst, all_rows, cols);
                  });
   }
   w.write(out_path);
@@ -633,10 +646,22 @@ void requantize_gguf(const std::string& in, const std::string& out, GgmlType typ
   w.set_u32("general.file_type", file_type_for(type));
   w.set_u32("general.quantization_version", 2);
   const auto& ts = src->tensors();
+  // MXFP4 on a MoE model is llama.cpp's MXFP4_MOE (file_type_for): the experts in MXFP4, the other
+  // tensors as they are.
+  const bool experts_only =
+      type == GgmlType::MXFP4 && std::any_of(ts.begin(), ts.end(), [](const GgufTensor& t) {
+        return t.shape.size() == 3 && t.name.find("_exps.") != std::string::npos;
+      });
   for (size_t k = 0; k < ts.size(); ++k) {
     const GgufTensor& t = ts[k];
-    const bool weight = t.shape.size() == 2 && t.name.size() > 7 && t.name.ends_with(".weight");
-    if (!weight || t.type == type) {
+    // Matrices and stacked expert matrices (3-D, one matrix per expert); routers stay as they are (F32
+    // from our converter, as llama.cpp keeps them: routing flips on small errors).
+    const bool weight =
+        (t.shape.size() == 2 || (t.shape.size() == 3 && t.name.find("_exps.") != std::string::npos)) &&
+        t.name.size() > 7 && t.name.ends_with(".weight");
+    const bool router = t.name.find(".ffn_gate_inp.") != std::string::npos;
+    const bool skip = experts_only && t.shape.size() != 3;
+    if (!weight || router || skip || t.type == type) {
       w.add_tensor(t.name, t.type, t.shape, static_cast<const void*>(t.data));
       continue;
     }
@@ -656,7 +681,7 @@ void requantize_gguf(const std::string& in, const std::string& out, GgmlType typ
                              type_name(dst_type)),
                  double(k) / double(ts.size()));
       }
-      const int64_t cols = t.shape[0], rows = t.shape[1];
+      const int64_t cols = t.shape[0], rows = t.shape[1] * (t.shape.size() == 3 ? t.shape[2] : 1);
       const size_t src_rs = row_size(t.type, cols), dst_rs = row_size(dst_type, cols);
       pool.parallel_for(rows, std::max<int64_t>(1, rows / (int64_t(pool.size()) * 8)),
                         [&](int64_t b, int64_t e, int) {

@@ -356,9 +356,14 @@ std::string extra_block_name(const std::string& arch, const std::string& what) {
       {"mlp.shared_experts.up_proj", "ffn_up_shexp"},
       {"mlp.shared_experts.down_proj", "ffn_down_shexp"},
   };
+  static const std::map<std::string, std::string> kGptOss = {
+      {"post_attention_layernorm", "post_attention_norm"},
+      {"mlp.router", "ffn_gate_inp"},
+  };
   const auto* table = arch == "gemma2" || arch == "gemma3" ? &kGemma
                       : arch == "phi3"                     ? &kPhi3
                       : arch == "deepseek2"                ? &kDeepseek
+                      : arch == "gpt-oss"                  ? &kGptOss
                                                            : nullptr;
   if (table == nullptr) return "";
   auto it = table->find(what);

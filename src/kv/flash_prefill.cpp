@@ -93,6 +93,8 @@ void ref(const FlashShape& s, const KvRowsView<T>& kv, const float* q, float* ou
         for (int i = 0; i < hd; ++i) acc[size_t(i)] += p * to_f32(vr[i]);
       }
       float* orow = out + (size_t(t) * s.n_heads + h) * hd;
+      // A sink adds exp(sink - mx) to the denominator only.
+      if (s.sinks != nullptr) l += std::exp(double(s.sinks[h]) - mx);
       for (int i = 0; i < hd; ++i) orow[i] = float(acc[size_t(i)] / l);
     }
   }

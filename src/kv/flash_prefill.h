@@ -28,6 +28,9 @@ struct FlashShape {
   int n_kv_heads = 0;
   int head_dim = 0;
   float scale = 1.0f;  // scores are q.k * scale
+  // Attention sinks (KvShape::attn_sinks): n_heads logits that join each query's softmax denominator
+  // without a value; nullptr: none.
+  const float* sinks = nullptr;
 };
 
 // False when QLEAP_FLASH_PREFILL=0 (A/B measurements against the per-query path).

@@ -27,6 +27,7 @@
 #include <new>
 
 #include "backend/cpu/amx_tiles.h"
+#include "backend/cpu/ops.h"
 #include "kv/flash_exp16.h"
 #include "kv/flash_prefill.h"
 
@@ -293,7 +294,9 @@ void run_item(const FlashShape& s, const Layout& L, const uint8_t* kb, const uin
   }
   for (int r = 0; r < rows; ++r) {
     float* orow = out + (size_t(t0 + r / group) * s.n_heads + size_t(g) * group + r % group) * hd;
-    const __m512 inv = _mm512_set1_ps(1.0f / lrow[r]);
+    const __m512 inv = _mm512_set1_ps(
+        s.sinks == nullptr ? 1.0f / lrow[r]
+                           : attn_out_factor(mrow[r], lrow[r], s.sinks[g * group + r % group]));
     for (int d = 0; d < hd; d += 16)
       _mm512_storeu_ps(orow + d, _mm512_mul_ps(_mm512_load_ps(ob + size_t(r) * hd + d), inv));
   }

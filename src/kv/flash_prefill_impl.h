@@ -16,6 +16,7 @@
 #include <limits>
 #include <vector>
 
+#include "backend/cpu/ops.h"
 #include "core/fp16.h"
 #include "kv/flash_prefill.h"
 
@@ -334,7 +335,8 @@ void run_item(const FlashShape& s, const KvRowsView<T>& kv, int q_block, int qb,
   }
   for (int r = 0; r < rows; ++r) {
     float* orow = out + (size_t(t0 + r / group) * s.n_heads + size_t(g) * group + r % group) * hd;
-    const float inv = 1.0f / lrow[r];
+    const float inv = s.sinks == nullptr ? 1.0f / lrow[r]
+                                         : attn_out_factor(mrow[r], lrow[r], s.sinks[g * group + r % group]);
     for (int d = 0; d < hd; ++d) orow[d] = ot[size_t(d) * rp + r] * inv;
   }
 }

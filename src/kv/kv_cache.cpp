@@ -274,7 +274,8 @@ class KvCacheImpl final : public KvCache {
     // attention layers without soft-capping only: a sliding-window ring and gemma2's capped scores take
     // the path below.
     if constexpr (std::is_same_v<Format, F16Format> || std::is_same_v<Format, F32Format>) {
-      const FlashShape fs{n_q, pos0, sh.n_heads, sh.n_kv_heads, sh.head_dim, scale};
+      FlashShape fs{n_q, pos0, sh.n_heads, sh.n_kv_heads, sh.head_dim, scale};
+      fs.sinks = sh.sinks(layer);
       if (sh.window(layer) == 0 && sh.softcap == 0 && ring_[size_t(layer)] >= sh.n_ctx &&
           flash_prefill_enabled() && flash_prefill_supported(fs)) {
         using T = std::conditional_t<std::is_same_v<Format, F16Format>, uint16_t, float>;
@@ -310,7 +311,8 @@ class KvCacheImpl final : public KvCache {
           const int g = h / job.group, sub = (h % job.group) / job.sub_heads,
                     k = (h % job.group) % job.sub_heads;
           const int64_t base = ((int64_t(t) * sh.n_kv_heads + g) * job.n_sub + sub) * job.n_split;
-          partial_.merge(base, job.n_split, k, out + (size_t(t) * sh.n_heads + h) * sh.head_dim);
+          partial_.merge(base, job.n_split, k, out + (size_t(t) * sh.n_heads + h) * sh.head_dim,
+                         sink_of(layer, h));
         }
     }
     // The output is a weighted sum of rotated values: rotate it back.
@@ -400,7 +402,7 @@ class KvCacheImpl final : public KvCache {
       for (int k = 0; k < nh; ++k) {
         if (n_split == 1) {
           float* oh = out + (size_t(t) * s.n_heads + h0 + k) * hd;
-          const float inv = 1.0f / l[k];
+          const float inv = attn_out_factor(m[k], l[k], self->sink_of(layer, h0 + k));
           for (int i = 0; i < hd; ++i) oh[i] = acc[k][i] * inv;
         } else {
           partial->put(item, k, m[k], l[k], acc[k]);
@@ -432,6 +434,10 @@ class KvCacheImpl final : public KvCache {
            ((size_t(kv) * size_t(n_segs_) + size_t(sg)) * ring + size_t(slot)) * seg_bytes_;
   }
   void check(int layer, int pos, int n) const { check_kv_span(shape_, layer, pos, n); }
+  float sink_of(int layer, int h) const {
+    const float* s = shape_.sinks(layer);
+    return s != nullptr ? s[h] : -std::numeric_limits<float>::infinity();
+  }
 
   bool head_major_ = true;
   int n_segs_ = 1, seg_width_ = 0;
@@ -499,6 +505,12 @@ void check_kv_shape(const KvShape& s) {
   for (int w : s.windows)
     if (w < 0) throw InvalidArgument("kv cache: negative sliding window");
   if (s.max_tokens < 0 || !(s.softcap >= 0)) throw InvalidArgument("kv cache: bad max_tokens or softcap");
+  if (!s.attn_sinks.empty() && s.attn_sinks.size() != size_t(s.n_layers) * size_t(s.n_heads))
+    throw InvalidArgument(fmt::format("kv cache: {} attention sinks for {} layers x {} heads",
+                                      s.attn_sinks.size(), s.n_layers, s.n_heads));
+  for (float x : s.attn_sinks)
+    if (std::isnan(x) || x == std::numeric_limits<float>::infinity())
+      throw InvalidArgument("kv cache: attention sink is NaN or +inf");
   if (s.head_dim > kMaxHeadDim) {
     throw Unsupported(fmt::format("kv cache: head_dim {} exceeds {}", s.head_dim, kMaxHeadDim));
   }

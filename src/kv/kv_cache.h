@@ -41,6 +41,14 @@ struct KvShape {
   int max_tokens = 0;
   // Attention logit soft-capping (gemma2): scores become softcap * tanh(score / softcap). 0: off.
   float softcap = 0;
+  // Attention sinks (gpt-oss): a learned logit per layer and query head that joins each query's softmax
+  // denominator without a value, [layer][n_heads] for the layers of this cache; -inf: none for that
+  // head. Empty: no sinks.
+  std::vector<float> attn_sinks = {};
+  // Layer's sinks (n_heads floats) or nullptr.
+  const float* sinks(int layer) const {
+    return attn_sinks.empty() ? nullptr : attn_sinks.data() + size_t(layer) * size_t(n_heads);
+  }
   int kv_dim() const { return n_kv_heads * head_dim; }
   int q_dim() const { return n_heads * head_dim; }
   int total_layers() const { return model_layers > 0 ? model_layers : n_layers; }

@@ -255,6 +255,8 @@ class TurboQuantKvCache final : public KvCache {
     if (n_q == 0) return;
     const KvShape& s = shape_;
     const size_t L = size_t(layer);
+    const bool centered = spec_.center && calibrated_[L];
+    set_sinks(layer, n_q, q, scale, centered);
     if (scaled_[L]) {
       // Scores on keys stored divided by s need queries multiplied by s.
       const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
@@ -279,8 +281,9 @@ class TurboQuantKvCache final : public KvCache {
     } else {
       attend_chunks(layer, pos0, n_q, q, out, scale, pool);
     }
-    if (spec_.center && calibrated_[L]) {
-      // Values were stored as (v - mu) / s: out = s * sum_j w_j (v_j - mu) / s + mu (weights sum to one).
+    if (centered) {
+      // Values were stored as (v - mu) / s: out = s * sum_j w_j (v_j - mu) / s + mu * sum_j w_j, and the
+      // weights sum to one, or with a sink to one minus its share.
       const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
       const float* mu = &mu_v_[L * s.kv_dim()];
       const float* sv = &s_v_[L * s.kv_dim()];
@@ -290,10 +293,11 @@ class TurboQuantKvCache final : public KvCache {
           float* o = out + (size_t(t) * s.n_heads + h) * hd;
           const float* m = mu + size_t(h / group) * hd;
           const float* c = sv + size_t(h / group) * hd;
+          const float keys_share = sinks_.empty() ? 1.0f : 1.0f - sink_share_[size_t(t) * s.n_heads + h];
           if (scaled) {
-            for (int i = 0; i < hd; ++i) o[i] = o[i] * c[i] + m[i];
+            for (int i = 0; i < hd; ++i) o[i] = o[i] * c[i] + keys_share * m[i];
           } else {
-            for (int i = 0; i < hd; ++i) o[i] += m[i];
+            for (int i = 0; i < hd; ++i) o[i] += keys_share * m[i];
           }
         }
     }
@@ -490,6 +494,34 @@ class TurboQuantKvCache final : public KvCache {
     w.end = pos + n;
   }
 
+  // The attention sinks (KvShape::attn_sinks) of this call per token and query head, as the scores see
+  // them: keys stored centered (k - mu) score q.k - q.mu, a shift the softmax over keys ignores but a
+  // sink does not, so the sink moves by the same -scale q.mu. Empty when the layer has none.
+  void set_sinks(int layer, int n_q, const float* q, float scale, bool centered) {
+    const KvShape& s = shape_;
+    const float* ls = s.sinks(layer);
+    if (ls == nullptr) {
+      sinks_.clear();
+      sink_share_.clear();
+      return;
+    }
+    const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads, kvd = s.kv_dim();
+    sinks_.resize(size_t(n_q) * s.n_heads);
+    sink_share_.assign(sinks_.size(), 0.0f);
+    for (int t = 0; t < n_q; ++t)
+      for (int h = 0; h < s.n_heads; ++h) {
+        float x = ls[h];
+        if (centered && x > -std::numeric_limits<float>::infinity()) {
+          const float* qh = q + (size_t(t) * s.n_heads + h) * hd;
+          const float* mu = &mu_k_[size_t(layer) * kvd + size_t(h / group) * hd];
+          double d = 0;
+          for (int i = 0; i < hd; ++i) d += double(qh[i]) * mu[i];
+          x -= float(scale * d);
+        }
+        sinks_[size_t(t) * s.n_heads + h] = x;
+      }
+  }
+
   TqExactRows exact(int layer, int g) const {
     TqExactRows x;
     const size_t off = sink_offset(layer, g);
@@ -527,7 +559,13 @@ class TurboQuantKvCache final : public KvCache {
       if (t1 <= t0) return;
       const size_t head_off = size_t(g) * group * hd;
       const TqExactRows x = exact(layer, g);
-      const TqWindow win{s.window(layer), ring_[size_t(layer)], s.softcap};
+      TqWindow win{s.window(layer), ring_[size_t(layer)], s.softcap};
+      if (!sinks_.empty()) {
+        const size_t at = size_t(t0) * s.n_heads + size_t(g) * group;
+        win.sinks = sinks_.data() + at;
+        win.sink_share = sink_share_.data() + at;
+        win.sinks_stride = size_t(s.n_heads);
+      }
       tq_attend_gqa(kstate(layer, g), vstate(layer, g), pos0 + t0, t1 - t0, group,
                     q + size_t(t0) * row + head_off, row, keys(layer, g), krec(layer, g), values(layer, g),
                     vrec(layer, g), scale, out + size_t(t0) * row + head_off, row, x.empty() ? nullptr : &x,
@@ -637,7 +675,11 @@ class TurboQuantKvCache final : public KvCache {
     for (int t = 0; t < n_q; ++t)
       for (int g = 0; g < s.n_kv_heads; ++g)
         for (int h = 0; h < group; ++h) {
-          partial_.merge((int64_t(t) * s.n_kv_heads + g) * n_split, n_split, h, a.data());
+          const size_t at = size_t(t) * s.n_heads + size_t(g) * group + size_t(h);
+          const float keys =
+              partial_.merge((int64_t(t) * s.n_kv_heads + g) * n_split, n_split, h, a.data(),
+                             sinks_.empty() ? -std::numeric_limits<float>::infinity() : sinks_[at]);
+          if (!sinks_.empty()) sink_share_[at] = 1.0f - keys;
           tq_unrotate(vstate(layer, g), a.data(), out + size_t(t) * row + (size_t(g) * group + h) * hd);
         }
   }
@@ -715,6 +757,7 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<int64_t> ring_;          // per layer: the ring of a sliding-window layer (0: none)
   std::vector<int> slots_;             // per layer: record slots (n_ctx, or twice the ring)
   std::vector<float> mu_k_, mu_v_;
+  std::vector<float> sinks_, sink_share_;  // this call's sinks and their shares (set_sinks)
   int sink_ = 0, window_ = 0;
   std::vector<WindowRing> tail_;        // per layer
   std::vector<float> sink_k_, sink_v_;  // [layer][kv head][sink position][head_dim], rotated space

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 
+#include "backend/cpu/ops.h"
+
 namespace qleap {
 
 int key_splits(int n_threads, int64_t base_items, int n_keys_max, int min_keys) {
@@ -30,7 +32,7 @@ void SplitPartials::put(int64_t item, int h, float m, float l, const float* acc)
   std::copy(acc, acc + head_dim_, p + 2);
 }
 
-void SplitPartials::merge(int64_t base, int n_split, int h, float* out) const {
+float SplitPartials::merge(int64_t base, int n_split, int h, float* out, float sink) const {
   float mx = -std::numeric_limits<float>::infinity();
   for (int sp = 0; sp < n_split; ++sp) {
     const float* p = state(base + sp, h);
@@ -45,8 +47,10 @@ void SplitPartials::merge(int64_t base, int n_split, int h, float* out) const {
     l += double(p[1]) * c;
     for (int i = 0; i < head_dim_; ++i) out[i] += c * p[2 + i];
   }
-  const float inv = l > 0 ? float(1.0 / l) : 0.0f;
+  const bool has_sink = sink > -std::numeric_limits<float>::infinity();
+  const float inv = has_sink ? attn_out_factor(mx, float(l), sink) : l > 0 ? float(1.0 / l) : 0.0f;
   for (int i = 0; i < head_dim_; ++i) out[i] *= inv;
+  return float(l) * inv;
 }
 
 void run_items(ThreadPool& pool, int64_t n_items, double work, const std::function<void(int64_t)>& fn) {

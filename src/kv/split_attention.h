@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -22,8 +23,11 @@ class SplitPartials {
   // Writes the state of head h of an item.
   void put(int64_t item, int h, float m, float l, const float* acc);
   // out (head_dim floats) = the normalized merge of head h over items [base, base + n_split).
-  // Slices that saw no key (l == 0) are skipped.
-  void merge(int64_t base, int n_split, int h, float* out) const;
+  // Slices that saw no key (l == 0) are skipped. sink: the head's attention sink logit (KvShape::
+  // attn_sinks), which joins the denominator; -inf: none.
+  // Returns the keys' total softmax weight (1 without a sink).
+  float merge(int64_t base, int n_split, int h, float* out,
+              float sink = -std::numeric_limits<float>::infinity()) const;
 
  private:
   const float* state(int64_t item, int h) const;

@@ -22,6 +22,7 @@ extern const ArchDef kArchGemma2;
 extern const ArchDef kArchGemma3;
 extern const ArchDef kArchPhi3;
 extern const ArchDef kArchDeepseek2;
+extern const ArchDef kArchGptOss;
 
 namespace {
 
@@ -29,7 +30,7 @@ namespace {
 // dropped by the linker when nothing references their object file.
 const ArchDef* const kArchs[] = {&kArchLlama,  &kArchQwen2,  &kArchQwen3,     &kArchQwen2Moe,  &kArchQwen3Moe,
                                  &kArchOlmoe,  &kArchQwen35, &kArchQwen35Moe, &kArchQwen3Next, &kArchGemma2,
-                                 &kArchGemma3, &kArchPhi3,   &kArchDeepseek2};
+                                 &kArchGemma3, &kArchPhi3,   &kArchDeepseek2, &kArchGptOss};
 
 int64_t arch_int(const GgufFile& f, std::string_view suffix, int64_t def, bool required) {
   const GgufValue* v = f.find_arch(suffix);
@@ -132,6 +133,7 @@ HParams read_hparams(const GgufFile& f) {
   r.ext_factor = float(arch_float(f, "rope.scaling.yarn_ext_factor", -1.0));
   r.beta_fast = float(arch_float(f, "rope.scaling.yarn_beta_fast", 32.0));
   r.beta_slow = float(arch_float(f, "rope.scaling.yarn_beta_slow", 1.0));
+  if (const GgufValue* v = f.find_arch("rope.scaling.yarn_truncate")) r.yarn_truncate = v->as_bool();
   if (is_hybrid_arch(arch)) read_delta_net_params(f, hp);
   return hp;
 }

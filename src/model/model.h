@@ -72,6 +72,10 @@ struct HParams {
   }
   MlaParams mla;
   bool is_mla() const { return mla.kv_lora_rank > 0; }
+  // The experts' activation: 0 for silu(gate) * up; > 0 for gpt-oss's clamped SwiGLU with this alpha:
+  // g = min(gate, limit), u = clamp(up, -limit, limit), (u + 1) * g * sigmoid(alpha * g).
+  float expert_swiglu_alpha = 0;
+  float expert_swiglu_limit = 0;
   // Architecture extras (gemma2/3, phi3), read by an ArchDef's read_hparams; the defaults change
   // nothing for the other architectures.
   float attn_scale = 0;          // attention score scale; 0: 1 / sqrt(head_dim)
@@ -111,6 +115,9 @@ struct MoeWeights {
   WeightView gate_shexp, up_shexp, down_shexp;
   std::vector<float> shexp_gate;  // ffn_gate_inp_shexp (n_embd); empty: shared expert ungated
   std::vector<float> probs_bias;  // exp_probs_b (n_expert): added to the scores for selection only
+  // gpt-oss: router bias (n_expert) and the experts' biases, [expert][n_ff_exp] for gate and up,
+  // [expert][n_embd] for down; empty: none.
+  std::vector<float> router_b, gate_b, up_b, down_b;
   int n_expert() const { return int(gate.size()); }
   bool has_shared() const { return gate_shexp.data != nullptr; }
 };
@@ -129,6 +136,8 @@ struct LayerWeights {
   std::vector<float> attn_post_norm, ffn_post_norm;  // gemma2/3: norms of the attention / FFN outputs
   std::vector<float> q_norm, k_norm;                 // per-head RMSNorm weights (head_dim), qwen3
   std::vector<float> bq, bk, bv;                     // projection biases, qwen2
+  std::vector<float> bo;                             // output projection bias (gpt-oss)
+  std::vector<float> attn_sinks;  // per query head sink logit (gpt-oss, KvShape::attn_sinks)
   WeightView wq, wk, wv, wo;
   WeightView w_gate, w_up, w_down;
   bool qk_norm_full = false;  // q_norm / k_norm span the whole projection (olmoe), not one head

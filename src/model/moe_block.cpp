@@ -157,6 +157,46 @@ void moe_route_grouped(float* logits, int n, int k, const HParams& hp, const flo
   for (int j = 0; j < k; ++j) weights[j] *= hp.expert_weights_scale;
 }
 
+namespace {
+
+// gpt-oss's clamped SwiGLU: g = (clamp(u, -limit, limit) + 1) * min(g, limit) * sigmoid(alpha * min(g,
+// limit)).
+void swiglu_oai(float* g, const float* u, int n, float alpha, float limit) {
+  for (int i = 0; i < n; ++i) {
+    const float gv = std::min(g[i], limit);
+    const float uv = std::clamp(u[i], -limit, limit);
+    g[i] = (uv + 1.0f) * gv / (1.0f + std::exp(-alpha * gv));
+  }
+}
+
+// The activation of `cnt` rows of expert e's gate (g) and up (u) projections, in place in g, after
+// their biases (when the experts have them).
+void expert_activation(const HParams& hp, const MoeWeights& mw, int e, float* g, float* u, int cnt) {
+  const int nf = hp.n_ff_exp;
+  for (int i = 0; i < cnt; ++i) {
+    float* gi = g + size_t(i) * nf;
+    float* ui = u + size_t(i) * nf;
+    if (!mw.gate_b.empty()) {
+      add_inplace(gi, mw.gate_b.data() + size_t(e) * nf, nf);
+      add_inplace(ui, mw.up_b.data() + size_t(e) * nf, nf);
+    }
+    if (hp.expert_swiglu_alpha > 0) {
+      swiglu_oai(gi, ui, nf, hp.expert_swiglu_alpha, hp.expert_swiglu_limit);
+    } else {
+      silu_mul(gi, ui, nf);
+    }
+  }
+}
+
+// y (cnt rows of n_embd) += expert e's down-projection bias, when it has one.
+void expert_down_bias(const HParams& hp, const MoeWeights& mw, int e, float* y, int cnt) {
+  if (mw.down_b.empty()) return;
+  const int n = hp.n_embd;
+  for (int i = 0; i < cnt; ++i) add_inplace(y + size_t(i) * n, mw.down_b.data() + size_t(e) * n, n);
+}
+
+}  // namespace
+
 void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out) {
   const HParams& hp = ctx.hp;
   const MoeWeights& mw = w.moe;
@@ -168,6 +208,8 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
   int32_t* ids = s.ids.data();
   float* wts = s.w.data();
   matmul(mw.router, xn, m, logits, ctx.pool);
+  if (!mw.router_b.empty())
+    for (int t = 0; t < m; ++t) add_inplace(logits + size_t(t) * ne, mw.router_b.data(), ne);
   for (int t = 0; t < m; ++t) {
     if (hp.routing_grouped() || !mw.probs_bias.empty()) {
       moe_route_grouped(logits + size_t(t) * ne, ne, k, hp,
@@ -184,7 +226,10 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
   float* g = s.g.data();
   float* u = s.u.data();
   float* y = s.y.data();
-  if (ctx.moe_executor != nullptr) {
+  // The expert tiers compute silu(gate) * up without biases: experts with biases or gpt-oss's clamped
+  // SwiGLU run in the CPU loop below instead (ExpertFlow does not support them yet, docs/models.md).
+  const bool plain_experts = mw.gate_b.empty() && mw.down_b.empty() && hp.expert_swiglu_alpha == 0;
+  if (ctx.moe_executor != nullptr && plain_experts) {
     ctx.moe_executor->run_experts(mw, il, ctx, xn, ids, wts, out);
   } else if (moe_pairwise(m, k, ctx.pool.size())) {
     std::fill(out, out + size_t(m) * n, 0.0f);
@@ -198,8 +243,9 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
         float* ui = u + size_t(i) * nf;
         matmul(mw.gate[size_t(ex)], xn + size_t(t) * n, 1, gi, solo);
         matmul(mw.up[size_t(ex)], xn + size_t(t) * n, 1, ui, solo);
-        silu_mul(gi, ui, nf);
+        expert_activation(hp, mw, ex, gi, ui, 1);
         matmul(mw.down[size_t(ex)], gi, 1, y + size_t(i) * n, solo);
+        expert_down_bias(hp, mw, ex, y + size_t(i) * n, 1);
       }
     };
     ctx.pool.parallel_for(m * k, 1, pair);
@@ -234,8 +280,9 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
       }
       matmul(mw.gate[size_t(e)], xin, cnt, g, ctx.pool);
       matmul(mw.up[size_t(e)], xin, cnt, u, ctx.pool);
-      for (int i = 0; i < cnt; ++i) silu_mul(g + size_t(i) * nf, u + size_t(i) * nf, nf);
+      expert_activation(hp, mw, e, g, u, cnt);
       matmul(mw.down[size_t(e)], g, cnt, y, ctx.pool);
+      expert_down_bias(hp, mw, e, y, cnt);
       for (int i = 0; i < cnt; ++i) {
         const int r = rows[b + i];
         axpy_f32(wts[r], y + size_t(i) * n, out + size_t(r / k) * n, n);

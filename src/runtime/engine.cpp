@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 
 #include "backend/cpu/cpu_backend.h"
@@ -15,6 +16,27 @@
 #include "runtime/kv_calibrate.h"
 
 namespace qleap {
+namespace {
+
+// The attention sinks (gpt-oss) of the attention layers [first, end) as the segment's cache holds them
+// (KvShape::attn_sinks); left empty when no layer has any.
+void set_attn_sinks(const Model& model, int first, int end, KvShape& shape) {
+  const HParams& hp = model.hparams();
+  const std::vector<LayerWeights>& layers = model.weights().layers;
+  bool any = false;
+  for (int il = first; il < end; ++il) any |= !layers[size_t(il)].attn_sinks.empty();
+  if (!any) return;
+  shape.attn_sinks.assign(size_t(shape.n_layers) * size_t(hp.n_heads),
+                          -std::numeric_limits<float>::infinity());
+  for (int il = first; il < end; ++il) {
+    const std::vector<float>& s = layers[size_t(il)].attn_sinks;
+    if (s.empty() || hp.is_recurrent(il)) continue;
+    const size_t at = size_t(hp.kv_layers_before(il) - hp.kv_layers_before(first)) * size_t(hp.n_heads);
+    std::copy(s.begin(), s.end(), shape.attn_sinks.begin() + ptrdiff_t(at));
+  }
+}
+
+}  // namespace
 
 Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& opt)
     : model_(std::move(model)), kv_type_(opt.kv_type), pool_([&] {
@@ -97,6 +119,7 @@ Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& opt)
       }
       shape.max_tokens = n_batch_;
       shape.softcap = hp.attn_softcap;
+      set_attn_sinks(*model_, seg.first, seg.end, shape);
       std::unique_ptr<KvCache> kv;
       if (seg.backend->is_host() && opt.make_host_kv) {
         kv = opt.make_host_kv(shape);

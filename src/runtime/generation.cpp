@@ -55,6 +55,8 @@ Generation::Generation(const Tokenizer& tok, const SamplerParams& sampling, std:
     : tok_(tok),
       sampler_(sampling),
       detok_(tok),
+      reasoning_detok_(tok),
+      harmony_(HarmonyStream::detect(tok)),
       stops_(std::move(stop)),
       max_tokens_(max_tokens),
       filter_(std::move(filter)) {}
@@ -86,7 +88,12 @@ Generation::Step Generation::next(const float* logits, int n_vocab) {
   };
   if (tok_.is_eog(st.token)) return end("stop");
   output_.push_back(st.token);
-  st.text = stops_.push(detok_.push(st.token));
+  const HarmonyStream::Kind kind = harmony_ ? harmony_->push(st.token) : HarmonyStream::Kind::kFinal;
+  if (kind == HarmonyStream::Kind::kFinal) {
+    st.text = stops_.push(detok_.push(st.token));
+  } else if (kind == HarmonyStream::Kind::kAnalysis) {
+    st.reasoning = reasoning_detok_.push(st.token);
+  }
   if (stops_.stopped()) return end("stop");
   if (filter_ && filter_->complete()) return end("stop");
   if (max_tokens_ >= 0 && n_generated() >= max_tokens_) return end("length");

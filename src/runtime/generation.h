@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "sampling/sampler.h"
+#include "tokenizer/harmony.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qleap {
@@ -61,6 +62,9 @@ class Generation {
   struct Step {
     int32_t token = -1;  // the sampled token (-1: none, generation had already ended)
     std::string text;    // text now safe to emit
+    // Harmony models (gpt-oss): text of the analysis channel (the model's reasoning), which `text` leaves
+    // out; callers may show it apart or drop it. Empty for other models.
+    std::string reasoning;
     bool done = false;   // stop here: token is not to be evaluated
     std::string reason;  // when done: "stop" (end of generation, stop string, filter complete) or "length"
   };
@@ -77,6 +81,8 @@ class Generation {
   const Tokenizer& tok_;
   Sampler sampler_;
   StreamDecoder detok_;
+  StreamDecoder reasoning_detok_;
+  std::optional<HarmonyStream> harmony_;  // set when the vocabulary has harmony's tokens
   StopMatcher stops_;
   int max_tokens_;
   std::unique_ptr<TokenFilter> filter_;

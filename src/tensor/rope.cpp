@@ -31,8 +31,14 @@ RopeFreqs rope_freqs(const RopeParams& p) {
     auto corr_dim = [&](double n_rotations) {
       return p.n_rot * std::log(n_ctx / (n_rotations * 2 * std::numbers::pi)) / (2 * std::log(base));
     };
-    low = std::max(0.0, std::floor(corr_dim(p.beta_fast)));
-    high = std::min(double(p.n_rot - 1), std::ceil(corr_dim(p.beta_slow)));
+    low = corr_dim(p.beta_fast);
+    high = corr_dim(p.beta_slow);
+    if (p.yarn_truncate) {
+      low = std::floor(low);
+      high = std::ceil(high);
+    }
+    low = std::max(0.0, low);
+    high = std::min(double(p.n_rot - 1), high);
     // HF scales the magnitude by 0.1 * ln(factor) + 1 (get_mscale); llama.cpp the same via freq_scale.
     out.mscale *= 1.0 + 0.1 * std::log(1.0 / freq_scale);
   }

@@ -23,6 +23,7 @@ struct RopeParams {
   float attn_factor = 1.0f;  // multiplies cos/sin (YaRN attention temperature)
   float beta_fast = 32.0f;
   float beta_slow = 1.0f;
+  bool yarn_truncate = true;        // YaRN: round the correction range out to whole pairs (HF `truncate`)
   std::vector<float> freq_factors;  // llama3-style per-pair divisors (rope_freqs.weight), may be empty
   // LongRoPE (phi3): divisors for contexts longer than orig_ctx, used instead of freq_factors (the
   // short factors) by a table of more than orig_ctx positions, as llama.cpp chooses them. May be empty.

@@ -118,6 +118,42 @@ const std::string& default_chat_template() {
   return kChatml;
 }
 
+const std::string& harmony_chat_template() {
+  // The harmony format gpt-oss is trained on (the layout its own template renders): a system message
+  // with the model identity, dates, reasoning effort and channels; the conversation's system message as
+  // the developer's instructions; assistant turns in the final channel (their reasoning, when given,
+  // only on a last assistant turn without a generation prompt, as the model's template does).
+  static const std::string kHarmony = R"TMPL(
+{%- if model_identity is not defined -%}{%- set model_identity = "You are ChatGPT, a large language model trained by OpenAI." -%}{%- endif -%}
+{%- if reasoning_effort is not defined -%}{%- set reasoning_effort = "medium" -%}{%- endif -%}
+{{- "<|start|>system<|message|>" + model_identity + "\nKnowledge cutoff: 2024-06\nCurrent date: " + strftime_now("%Y-%m-%d") + "\n\nReasoning: " + reasoning_effort + "\n\n# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>" -}}
+{%- if messages and (messages[0].role == "system" or messages[0].role == "developer") -%}
+  {{- "<|start|>developer<|message|># Instructions\n\n" + messages[0].content + "\n\n<|end|>" -}}
+  {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+  {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+  {%- if message.role == "assistant" -%}
+    {%- if loop.last and not add_generation_prompt -%}
+      {%- if message.thinking -%}{{- "<|start|>assistant<|channel|>analysis<|message|>" + message.thinking + "<|end|>" -}}{%- endif -%}
+      {{- "<|start|>assistant<|channel|>final<|message|>" + message.content + "<|return|>" -}}
+    {%- else -%}
+      {{- "<|start|>assistant<|channel|>final<|message|>" + message.content + "<|end|>" -}}
+    {%- endif -%}
+  {%- elif message.role == "user" -%}
+    {{- "<|start|>user<|message|>" + message.content + "<|end|>" -}}
+  {%- elif message.role == "tool" -%}
+    {{- "<|start|>functions." + (message.name if message.name else "tool") + " to=assistant<|channel|>commentary<|message|>" + message.content + "<|end|>" -}}
+  {%- else -%}
+    {{- raise_exception("harmony: unexpected role " + message.role) -}}
+  {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- "<|start|>assistant" -}}{%- endif -%}
+)TMPL";
+  return kHarmony;
+}
+
 const std::string& default_chat_template(std::string_view arch) {
   // google/gemma-3-*-it's tokenizer.chat_template (tests/fixtures/chat/templates/gemma3-it.jinja, which
   // the chat tests render against transformers): GGUFs of Gemma models often leave it out, and
@@ -164,6 +200,7 @@ const std::string& default_chat_template(std::string_view arch) {
 {%- endif -%}
 )TMPL";
   if (arch == "gemma" || arch == "gemma2" || arch == "gemma3") return kGemma;
+  if (arch == "gpt-oss") return harmony_chat_template();
   return default_chat_template();
 }
 

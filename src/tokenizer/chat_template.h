@@ -69,7 +69,11 @@ std::string render_template(const std::string& tmpl, const nlohmann::ordered_jso
 // A fallback for models without tokenizer.chat_template: chatml.
 const std::string& default_chat_template();
 // The fallback for a model of this architecture (general.architecture): Gemma's turn format for the
-// gemma architectures, chatml for the others.
+// gemma architectures, harmony for gpt-oss, chatml for the others.
 const std::string& default_chat_template(std::string_view arch);
+// The harmony format (gpt-oss): <|start|>system<|message|>...<|end|>, the conversation's system message as
+// a developer message, <|start|>user<|message|>...<|end|>, ..., <|start|>assistant. Variables beyond the
+// chat ones: model_identity, reasoning_effort (default "medium").
+const std::string& harmony_chat_template();
 
 }  // namespace qleap

@@ -224,6 +224,11 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     if ((ty == TokenType::kControl || ty == TokenType::kUserDefined) && is_eog_text(t.tokens_[i]))
       t.eog_[i] = true;
   }
+  // Harmony (gpt-oss): <|end|> closes one message (the reasoning) and the turn goes on; <|return|> and
+  // <|call|> end it.
+  if (const auto ret = t.token_id("<|return|>"), end = t.token_id("<|end|>"), start = t.token_id("<|start|>");
+      ret && end && start)
+    t.eog_[size_t(*end)] = false;
   return t;
 }
 

@@ -216,7 +216,7 @@ void tq_exact_accumulate(const TqExactRows& x, int64_t m, float* w, size_t w_str
 void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                size_t value_stride, float scale, float* out, size_t out_stride, const TqExactRows* exact,
-               int64_t key0, float softcap) {
+               int64_t key0, float softcap, const float* sinks, float* sink_share) {
   if (n_q <= 0) return;
   if (key0 < 0) throw InvalidArgument("turboquant: negative first key");
   const int dk = ks.layout.dim, dv = vs.layout.dim;
@@ -272,7 +272,9 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
         row[j] = std::exp(row[j] - mx);
         sum += row[j];
       }
-      const float inv = m > 0 ? float(1.0 / sum) : 0.0f;
+      const bool sink = sinks != nullptr && sinks[qi] > -std::numeric_limits<float>::infinity();
+      const float inv = m == 0 ? 0.0f : sink ? attn_out_factor(mx, float(sum), sinks[qi]) : float(1.0 / sum);
+      if (sink_share != nullptr) sink_share[qi] = 1.0f - float(sum) * inv;
       for (int64_t j = 0; j < m; ++j) row[j] *= inv;
       for (int64_t j = m; j < n_blk; ++j) row[j] = 0.0f;  // causal mask: later positions get no weight
     }
@@ -303,7 +305,9 @@ void tq_attend_gqa(const TqState& ks, const TqState& vs, int pos0, int n_tokens,
     for (int g = 0; g < group; ++g) n_kv[g] = end;
     tq_attend(ks, vs, q + size_t(t) * q_row_stride, group, size_t(dk), n_kv, keys + size_t(slot) * key_stride,
               key_stride, values + size_t(slot) * value_stride, value_stride, scale,
-              out + size_t(t) * out_row_stride, size_t(dv), exact, first, win.softcap);
+              out + size_t(t) * out_row_stride, size_t(dv), exact, first, win.softcap,
+              win.sinks != nullptr ? win.sinks + size_t(t) * win.sinks_stride : nullptr,
+              win.sink_share != nullptr ? win.sink_share + size_t(t) * win.sinks_stride : nullptr);
   }
 }
 

@@ -71,11 +71,14 @@ void tq_unrotate(const TqState& st, const float* acc_rot, float* out);
 // sum_j softmax(cap(scale * <q, k_hat_j>))_j v_hat_j, cap the soft-capping of KvShape::softcap
 // (softcap 0: none). A query with n_kv <= key0 gets zeros. ks and vs may be different states (keys
 // and values rotate independently). Exact positions (if given) use their rows instead of their
-// records.
+// records. sinks (n_q floats, or nullptr): each query's attention sink logit (KvShape::attn_sinks), which
+// joins its softmax denominator without a value; sink_share (n_q floats, or nullptr) gets the weight each
+// query put on its sink.
 void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                size_t value_stride, float scale, float* out, size_t out_stride,
-               const TqExactRows* exact = nullptr, int64_t key0 = 0, float softcap = 0);
+               const TqExactRows* exact = nullptr, int64_t key0 = 0, float softcap = 0,
+               const float* sinks = nullptr, float* sink_share = nullptr);
 
 // Where a cache keeps the records of a sliding-window layer (KvShape::windows): a query at position p
 // sees [p - window + 1, p] (window 0: [0, p]). With ring > 0 the records of position j sit in slot
@@ -85,6 +88,13 @@ struct TqWindow {
   int window = 0;
   int64_t ring = 0;
   float softcap = 0;  // as in tq_attend
+  // The `group` query heads' attention sinks (tq_attend) of token 0, the next token's sinks_stride floats
+  // further; nullptr: none. sink_share (same layout, written when given): each query's softmax weight
+  // on its sink, 1 - the weights of its keys (a cache that stores centered values adds their mean back
+  // by the keys' share).
+  const float* sinks = nullptr;
+  size_t sinks_stride = 0;
+  float* sink_share = nullptr;
 };
 
 // Causal GQA attention for one layer and KV head in the layout of KvCache::attend: n_tokens query

@@ -101,9 +101,10 @@ def hf_to_gguf_name(hf, arch=""):
 
 def fixture_names():
     # The hybrid DeltaNet and MLA fixtures have their own crosschecks (test_hybrid_crosscheck.py,
-    # test_mla_crosscheck.py).
+    # test_mla_crosscheck.py), gpt_oss its own test below (fused experts).
     return sorted(n for n in os.listdir(FIXTURES) if os.path.isdir(os.path.join(FIXTURES, n))
-                  and not n.startswith("qwen3_5") and n != "qwen3_next" and not n.startswith("deepseek"))
+                  and not n.startswith("qwen3_5") and n != "qwen3_next" and not n.startswith("deepseek")
+                  and n != "gpt_oss")
 
 
 def kv(reader):
@@ -271,3 +272,72 @@ def test_requantized_real_model(out_dir):
             np.testing.assert_array_equal(np.asarray(u.data).ravel(), x.astype(np.float16), err_msg=t.name)
         else:
             np.testing.assert_array_equal(np.asarray(u.data).ravel(), x, err_msg=t.name)
+
+
+def test_converted_gpt_oss_matches_checkpoint(out_dir):
+    """gpt-oss: llama.cpp's keys and names; the fused experts (gate_up_proj [E, H, 2I] with gate and up in
+    interleaved columns, down_proj [E, I, H], used as x @ W) split and transposed by numpy here."""
+    from safetensors.numpy import load_file
+
+    with open(os.path.join(FIXTURES, "gpt_oss", "config.json")) as f:
+        cfg = json.load(f)
+    r = gguf.GGUFReader(str(out_dir / "converted_gpt_oss.gguf"))
+    fields = kv(r)
+
+    def val(key):
+        return fields[key].contents()
+
+    a = "gpt-oss"
+    assert val("general.architecture") == a
+    assert val(f"{a}.block_count") == cfg["num_hidden_layers"]
+    assert val(f"{a}.attention.sliding_window") == cfg["sliding_window"]
+    assert val(f"{a}.expert_count") == cfg["num_local_experts"]
+    assert val(f"{a}.expert_used_count") == cfg["num_experts_per_tok"]
+    assert val(f"{a}.expert_feed_forward_length") == cfg["intermediate_size"]
+    if cfg["head_dim"] != cfg["hidden_size"] // cfg["num_attention_heads"]:
+        assert val(f"{a}.attention.key_length") == cfg["head_dim"]
+    rp = cfg["rope_parameters"]
+    assert val(f"{a}.rope.scaling.type") == "yarn"
+    assert math.isclose(val(f"{a}.rope.scaling.factor"), rp["factor"], rel_tol=1e-6)
+    assert val(f"{a}.rope.scaling.original_context_length") == rp["original_max_position_embeddings"]
+    assert bool(val(f"{a}.rope.scaling.yarn_truncate")) == rp["truncate"]
+    assert math.isclose(val(f"{a}.rope.freq_base"), rp["rope_theta"], rel_tol=1e-6)
+    assert math.isclose(val(f"{a}.expert_swiglu_alpha"), cfg["swiglu_alpha"], rel_tol=1e-6)
+    assert math.isclose(val(f"{a}.expert_swiglu_limit"), cfg["swiglu_limit"], rel_tol=1e-6)
+
+    weights = load_file(os.path.join(FIXTURES, "gpt_oss", "model.safetensors"))
+    expected = {}
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "input_layernorm": "attn_norm",
+             "post_attention_layernorm": "post_attention_norm", "mlp.router": "ffn_gate_inp"}
+    for hf, w in weights.items():
+        top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+               "lm_head.weight": "output.weight"}
+        if hf in top:
+            expected[top[hf]] = w
+            continue
+        m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf)
+        assert m, hf
+        blk, rest = f"blk.{m.group(1)}.", m.group(2)
+        if rest == "self_attn.sinks":
+            expected[blk + "attn_sinks.weight"] = w
+        elif rest == "mlp.experts.gate_up_proj":  # [E, H, 2I]: GGUF rows are W's columns, per expert
+            expected[blk + "ffn_gate_exps.weight"] = np.ascontiguousarray(np.transpose(w[:, :, 0::2], (0, 2, 1)))
+            expected[blk + "ffn_up_exps.weight"] = np.ascontiguousarray(np.transpose(w[:, :, 1::2], (0, 2, 1)))
+        elif rest == "mlp.experts.gate_up_proj_bias":  # [E, 2I]
+            expected[blk + "ffn_gate_exps.bias"] = np.ascontiguousarray(w[:, 0::2])
+            expected[blk + "ffn_up_exps.bias"] = np.ascontiguousarray(w[:, 1::2])
+        elif rest == "mlp.experts.down_proj":  # [E, I, H]
+            expected[blk + "ffn_down_exps.weight"] = np.ascontiguousarray(np.transpose(w, (0, 2, 1)))
+        elif rest == "mlp.experts.down_proj_bias":
+            expected[blk + "ffn_down_exps.bias"] = w
+        else:
+            base, kind = rest.rsplit(".", 1)
+            expected[blk + names[base] + "." + kind] = w
+    tensors = {t.name: t for t in r.tensors}
+    assert sorted(tensors) == sorted(expected)
+    for g, w in expected.items():
+        t = tensors[g]
+        assert t.tensor_type == gguf.GGMLQuantizationType.F32, g
+        assert [int(x) for x in t.shape] == list(reversed(w.shape)), g
+        np.testing.assert_array_equal(np.asarray(t.data).reshape(w.shape), w, err_msg=g)

@@ -1,4 +1,5 @@
-"""gemma3, gemma2, phi3 and deepseek2 (MLA + MoE) in `qleap serve`: the tiny random models of tests/golden/fixtures (checked
+"""gemma3, gemma2, phi3, deepseek2 (MLA + MoE) and gpt-oss in `qleap serve`: the tiny random models of
+tests/golden/fixtures (checked
 against transformers by the C++ golden tests), converted by `qleap convert` with a byte-level
 vocabulary, give under concurrent slots the same greedy text as one request at a time, with the f16
 cache and with TurboQuant (tq3) on their attention layers, sliding-window layers included (prompts
@@ -16,7 +17,7 @@ import pytest
 from server_util import Server
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-FIXTURES = ["gemma3", "gemma2", "phi3_longrope", "phi3_swa", "deepseek_v3", "deepseek_v2_lite"]
+FIXTURES = ["gemma3", "gemma2", "phi3_longrope", "phi3_swa", "deepseek_v3", "deepseek_v2_lite", "gpt_oss"]
 N = 6
 OPTS = {"temperature": 0, "num_predict": 24, "repeat_penalty": 1.0}
 

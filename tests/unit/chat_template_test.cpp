@@ -157,3 +157,51 @@ TEST(ChatTemplate, RejectsBadInput) {
 
 }  // namespace
 }  // namespace qleap
+
+namespace qleap {
+namespace {
+
+// gpt-oss GGUFs without tokenizer.chat_template get the harmony format: the system preamble, the
+// conversation's system message as developer instructions, user turns, earlier assistant turns in the
+// final channel, and the generation prompt "<|start|>assistant".
+TEST(ChatTemplate, HarmonyFallbackRendersTheConversation) {
+  EXPECT_EQ(default_chat_template("gpt-oss"), harmony_chat_template());
+  const nlohmann::json msgs = {{{"role", "system"}, {"content", "Be brief."}},
+                               {{"role", "user"}, {"content", "Hi"}},
+                               {{"role", "assistant"}, {"content", "Hello!"}},
+                               {{"role", "user"}, {"content", "2+2?"}}};
+  const ChatTemplate t(harmony_chat_template());
+  // 2025-08-05 12:00 UTC.
+  const std::string got =
+      t.apply(nlohmann::ordered_json(msgs), true, nlohmann::ordered_json::object(), 1754395200);
+  EXPECT_EQ(
+      got,
+      "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
+      "Knowledge cutoff: 2024-06\nCurrent date: 2025-08-05\n\nReasoning: medium\n\n"
+      "# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>"
+      "<|start|>developer<|message|># Instructions\n\nBe brief.\n\n<|end|>"
+      "<|start|>user<|message|>Hi<|end|>"
+      "<|start|>assistant<|channel|>final<|message|>Hello!<|end|>"
+      "<|start|>user<|message|>2+2?<|end|>"
+      "<|start|>assistant");
+  // No system message: none rendered for the developer; the effort comes from the variables.
+  const nlohmann::ordered_json one = nlohmann::ordered_json::array({{{"role", "user"}, {"content", "Q"}}});
+  const std::string high = t.apply(one, true, {{"reasoning_effort", "high"}}, 1754395200);
+  EXPECT_NE(high.find("Reasoning: high\n\n"), std::string::npos);
+  EXPECT_EQ(high.find("developer"), std::string::npos);
+  EXPECT_TRUE(high.ends_with("<|end|><|start|>user<|message|>Q<|end|><|start|>assistant"));
+  // A last assistant turn without a generation prompt ends the conversation (<|return|>), with its
+  // reasoning in the analysis channel.
+  nlohmann::ordered_json done = one;
+  done.push_back({{"role", "assistant"}, {"content", "A"}, {"thinking", "T"}});
+  EXPECT_TRUE(
+      t.apply(done, false, nlohmann::ordered_json::object(), 1754395200)
+          .ends_with(
+              "<|start|>user<|message|>Q<|end|><|start|>assistant<|channel|>analysis<|message|>T<|end|>"
+              "<|start|>assistant<|channel|>final<|message|>A<|return|>"));
+  EXPECT_THROW(t.apply(nlohmann::ordered_json::array({{{"role", "alien"}, {"content", "x"}}}), true),
+               ChatTemplateError);
+}
+
+}  // namespace
+}  // namespace qleap

@@ -239,7 +239,7 @@ TEST(ModelLoad, UnknownArchitecture) {
   EXPECT_EQ(
       msg,
       "unknown architecture 'gpt2xl' (supported: llama, qwen2, qwen3, qwen2moe, qwen3moe, olmoe, qwen35, "
-      "qwen35moe, qwen3next, gemma2, gemma3, phi3, deepseek2)");
+      "qwen35moe, qwen3next, gemma2, gemma3, phi3, deepseek2, gpt-oss)");
 }
 
 TEST(ModelLoad, MissingFileIsIoError) {

@@ -439,3 +439,131 @@ TEST(TokenizerUnit, LongWordsStayFast) {
 
 }  // namespace
 }  // namespace qleap
+
+#include "runtime/generation.h"
+#include "tokenizer/harmony.h"
+
+namespace qleap {
+namespace {
+
+// TinyBpe with harmony's control tokens: <|end|> 257, then these from 258.
+Tokenizer harmony_vocab(std::vector<uint8_t>& keep, bool harmony = true) {
+  TinyBpe t;
+  if (harmony) {
+    for (const char* s :
+         {"<|start|>", "<|channel|>", "<|message|>", "<|return|>", "<|call|>", "<|constrain|>"}) {
+      t.tokens.push_back(s);
+      t.types.push_back(3);
+    }
+  }
+  GgufBuilder b;
+  b.str("tokenizer.ggml.model", "gpt2");
+  b.str("tokenizer.ggml.pre", "default");
+  b.strs("tokenizer.ggml.tokens", t.tokens);
+  b.i32s("tokenizer.ggml.token_type", t.types);
+  b.strs("tokenizer.ggml.merges", {"a b"});
+  return from_builder(b, keep);
+}
+
+constexpr int32_t kEnd = 257, kStart = 258, kChannel = 259, kMessage = 260, kReturn = 261, kCall = 262;
+
+std::vector<int32_t> text_ids(const Tokenizer& tok, const std::string& s) {
+  return tok.encode(s, false, false);
+}
+
+// What a gpt-oss model writes after "<|start|>assistant": reasoning, then the answer.
+std::vector<int32_t> harmony_reply(const Tokenizer& tok) {
+  std::vector<int32_t> ids = {kChannel};
+  for (const auto& part :
+       {std::pair<std::vector<int32_t>, std::vector<int32_t>>{text_ids(tok, "analysis"), {kMessage}},
+        {text_ids(tok, "think hard"), {kEnd, kStart}},
+        {text_ids(tok, "assistant"), {kChannel}},
+        {text_ids(tok, "final"), {kMessage}},
+        {text_ids(tok, "4, yes"), {kReturn}}}) {
+    ids.insert(ids.end(), part.first.begin(), part.first.end());
+    ids.insert(ids.end(), part.second.begin(), part.second.end());
+  }
+  return ids;
+}
+
+TEST(Harmony, EndIsNotEndOfGenerationWhereReturnExists) {
+  std::vector<uint8_t> keep, keep2;
+  const Tokenizer h = harmony_vocab(keep);
+  EXPECT_FALSE(h.is_eog(kEnd));  // closes the reasoning message; the turn goes on
+  EXPECT_TRUE(h.is_eog(kReturn));
+  EXPECT_TRUE(h.is_eog(kCall));
+  EXPECT_FALSE(h.is_eog(kChannel));
+  const Tokenizer plain = harmony_vocab(keep2, false);
+  EXPECT_TRUE(plain.is_eog(kEnd));  // phi3 and others: <|end|> ends the turn
+  EXPECT_FALSE(HarmonyStream::detect(plain).has_value());
+}
+
+TEST(Harmony, StreamTellsChannels) {
+  std::vector<uint8_t> keep;
+  const Tokenizer tok = harmony_vocab(keep);
+  auto hs = HarmonyStream::detect(tok);
+  ASSERT_TRUE(hs.has_value());
+  std::string fin, analysis, markers;
+  for (int32_t id : harmony_reply(tok)) {
+    switch (hs->push(id)) {
+      case HarmonyStream::Kind::kFinal:
+        fin += tok.token_to_piece(id);
+        break;
+      case HarmonyStream::Kind::kAnalysis:
+        analysis += tok.token_to_piece(id);
+        break;
+      case HarmonyStream::Kind::kMarker:
+        markers += tok.token_to_piece(id);
+        break;
+      case HarmonyStream::Kind::kOther:
+        ADD_FAILURE() << "no other channel here";
+    }
+  }
+  EXPECT_EQ(fin, "4, yes");
+  EXPECT_EQ(analysis, "think hard");
+  EXPECT_EQ(hs->channel(), "final");
+  // A tool call's header carries the recipient and content type; its body is not shown.
+  auto tc = HarmonyStream::detect(tok);
+  std::vector<int32_t> call = {kChannel};
+  for (int32_t id : text_ids(tok, "commentary to=functions.f json")) call.push_back(id);
+  call.push_back(kMessage);
+  for (int32_t id : text_ids(tok, "{}")) call.push_back(id);
+  std::vector<HarmonyStream::Kind> kinds;
+  for (int32_t id : call) kinds.push_back(tc->push(id));
+  EXPECT_EQ(tc->channel(), "commentary");
+  EXPECT_EQ(kinds.back(), HarmonyStream::Kind::kOther);
+  // Text before any header (a model that skips the channels) is shown.
+  auto raw = HarmonyStream::detect(tok);
+  EXPECT_EQ(raw->push(text_ids(tok, "x")[0]), HarmonyStream::Kind::kFinal);
+}
+
+// The generation loop shows the final channel as text, the analysis channel as reasoning, and runs
+// past <|end|> to <|return|>.
+TEST(Harmony, GenerationSplitsFinalFromReasoning) {
+  std::vector<uint8_t> keep;
+  const Tokenizer tok = harmony_vocab(keep);
+  SamplerParams greedy;
+  greedy.temperature = 0;
+  Generation gen(tok, greedy, {}, -1);
+  std::string text, reasoning;
+  bool done = false;
+  const std::vector<int32_t> reply = harmony_reply(tok);
+  std::vector<float> logits(size_t(tok.n_vocab()));
+  for (int32_t id : reply) {
+    ASSERT_FALSE(done) << "stopped before <|return|>";
+    std::fill(logits.begin(), logits.end(), 0.0f);
+    logits[size_t(id)] = 10.0f;
+    const Generation::Step st = gen.next(logits.data(), tok.n_vocab());
+    EXPECT_EQ(st.token, id);
+    text += st.text;
+    reasoning += st.reasoning;
+    done = st.done;
+  }
+  text += gen.finish();
+  EXPECT_TRUE(done);
+  EXPECT_EQ(text, "4, yes");
+  EXPECT_EQ(reasoning, "think hard");
+}
+
+}  // namespace
+}  // namespace qleap

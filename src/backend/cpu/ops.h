@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "quant/block_q8_0.h"
@@ -84,6 +85,18 @@ void axpy_f16_multi_avx2(const float* p, const uint16_t* x, float* const* acc, i
 // cap 0: s.
 inline float softcap_score(float s, float cap) {
   return cap > 0 ? cap * std::tanh(s / cap) : s;
+}
+
+// The factor that turns an online-softmax accumulator (running max m, sum l of exp(score - m)) into the
+// attention output when a learned per-head sink logit joins the denominator without a value (gpt-oss):
+// out = acc * attn_out_factor(m, l, sink). sink -inf: none (1 / l). Rescaled to the larger of m and
+// sink so that neither exponential overflows.
+inline float attn_out_factor(float m, float l, float sink) {
+  if (!(l > 0)) return 0.0f;
+  if (!(sink > -std::numeric_limits<float>::infinity())) return 1.0f / l;
+  if (sink <= m) return 1.0f / (l + std::exp(sink - m));
+  const float c = std::exp(m - sink);
+  return c / (l * c + 1.0f);
 }
 
 inline float silu(float x) {

@@ -137,6 +137,9 @@ struct AttnArgs {
   int window;     // sliding window: a query at pos sees [pos - window + 1, pos]; 0: [0, pos]
   int ring;       // cache slots: position p in slot p % ring
   float softcap;  // scores become softcap * tanh(score / softcap); 0: off
+  // n_heads attention sink logits (device memory) that join each query's softmax denominator without a
+  // value (gpt-oss; -inf: none for that head); nullptr: none.
+  const float* sinks;
 };
 // Causal attention of m queries at *pos0.. over the cache positions [0, pos] (or the window). Each
 // query's key range is cut into n_splits pieces of split_len (flash-decoding), merged by a second

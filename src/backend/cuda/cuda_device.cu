@@ -165,6 +165,7 @@ void attention_host(const float* q, const float* k, const float* v, float* out, 
   a.window = 0;
   a.ring = n_kv;
   a.softcap = 0.0f;
+  a.sinks = nullptr;
   DevBuf<float> part(size_t(m) * n_heads * a.n_splits * (head_dim + 2));
   a.partial = part.get();
   auto dpos = to_dev(&pos0, 1);

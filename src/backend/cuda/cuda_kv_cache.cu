@@ -42,6 +42,10 @@ class CudaF16KvCache final : public KvCache {
       decode_splits_[size_t(l)] = (keys + kDecodeSplit - 1) / kDecodeSplit;
       most_splits = std::max(most_splits, decode_splits_[size_t(l)]);
     }
+    if (!s.attn_sinks.empty()) {
+      sinks_.alloc(s.attn_sinks.size());
+      sinks_.upload(s.attn_sinks.data(), s.attn_sinks.size());
+    }
     const size_t decode_partial = size_t(s.n_heads) * most_splits * (s.head_dim + 2);
     partial_.alloc(std::max(decode_partial, kPartialBudget / sizeof(float)));
   }
@@ -69,6 +73,7 @@ class CudaF16KvCache final : public KvCache {
     a.window = shape_.window(layer);
     a.ring = ring_[size_t(layer)];
     a.softcap = shape_.softcap;
+    a.sinks = shape_.attn_sinks.empty() ? nullptr : sinks_.get() + size_t(layer) * size_t(shape_.n_heads);
     if (s.n == 1) {
       a.split_len = kDecodeSplit;
       a.n_splits = decode_splits_[size_t(layer)];
@@ -101,6 +106,7 @@ class CudaF16KvCache final : public KvCache {
   std::vector<DevBuf<__half>> k_, v_;  // per layer: ring x kv_dim
   std::vector<int> ring_;              // per layer: slots (n_ctx unless a sliding window)
   DevBuf<float> partial_;
+  DevBuf<float> sinks_;             // KvShape::attn_sinks (empty: none)
   std::vector<int> decode_splits_;  // per layer
   size_t per_token_ = 0, fixed_bytes_ = 0;
 };

@@ -224,7 +224,17 @@ __global__ void attn_combine_kernel(AttnArgs a, const int* __restrict__ pos0) {
     const float l = base[s * stride + 1];
     if (l > 0.0f) L += l * __expf(base[s * stride] - M);
   }
-  const float inv = 1.0f / L;
+  float inv = 1.0f / L;
+  if (a.sinks != nullptr && a.sinks[h] > -FLT_MAX && L > 0.0f) {
+    // The sink joins the denominator; rescaled to the larger of M and the sink so neither overflows.
+    const float sk = a.sinks[h];
+    if (sk <= M) {
+      inv = 1.0f / (L + __expf(sk - M));
+    } else {
+      const float c = __expf(M - sk);
+      inv = c / (L * c + 1.0f);
+    }
+  }
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
     float acc = 0.0f;
     for (int s = 0; s < nvalid; ++s) {
