@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <string>
 
 #include "core/error.h"
@@ -133,31 +134,33 @@ double tq_assign_cells(const TqState& st, const float* y, uint8_t* idx) {
     // As a falls from a_hi to 1 / a_hi, |y_i / a| grows: coordinate i moves one cell outwards each time
     // a passes y_i / t for a threshold t of y_i's sign. Events sorted by falling a; the state after the
     // best prefix of them is the answer (ties: the earliest, i.e. the largest scale).
-    struct Event {
-      float a;
-      int i;
-    };
-    thread_local std::vector<Event> ev;
+    // Event key: the bits of a (positive floats order like their bits) above the coordinate.
+    thread_local std::vector<uint64_t> ev;
     ev.clear();
     const float a_lo = 1.0f / a_hi;
     for (int i = 0; i < d; ++i) {
-      const std::vector<float>& t = i < l.split ? hi.thresholds_f : lo.thresholds_f;
+      const float yi = y[i];
+      if (yi == 0) continue;
+      const float* t = i < l.split ? hi.thresholds_f.data() : lo.thresholds_f.data();
       const int nt = (1 << (i < l.split ? l.bits_hi : l.bits_lo)) - 1;
       for (int k = 0; k < nt; ++k) {
-        if ((y[i] > 0) != (t[size_t(k)] > 0) || t[size_t(k)] == 0 || y[i] == 0) continue;
-        const float a = y[i] / t[size_t(k)];
-        if (a < a_hi && a >= a_lo) ev.push_back({a, i});
+        if (yi > 0 ? t[k] <= 0 : t[k] >= 0) continue;
+        const float a = yi / t[k];
+        if (a < a_hi && a >= a_lo) {
+          uint32_t bits;
+          std::memcpy(&bits, &a, 4);
+          ev.push_back(uint64_t(bits) << 32 | uint32_t(i));
+        }
       }
     }
-    std::sort(ev.begin(), ev.end(),
-              [](const Event& x, const Event& z) { return x.a > z.a || (x.a == z.a && x.i < z.i); });
+    std::sort(ev.begin(), ev.end(), std::greater<>());
     double best_yc = yc, best_cc = cc;
     size_t best = 0;  // events applied
     const int n_hi = 1 << l.bits_hi, n_lo = 1 << l.bits_lo;
     thread_local std::vector<uint8_t> cur;
     cur.assign(idx, idx + d);
     for (size_t e = 0; e < ev.size(); ++e) {
-      const int i = ev[e].i;
+      const int i = int(uint32_t(ev[e]));
       const int k = cur[size_t(i)], n = i < l.split ? n_hi : n_lo;
       const int k2 = y[i] > 0 ? std::min(k + 1, n - 1) : std::max(k - 1, 0);
       const double c0 = cent(i, k), c1 = cent(i, k2);
@@ -172,7 +175,7 @@ double tq_assign_cells(const TqState& st, const float* y, uint8_t* idx) {
       }
     }
     for (size_t e = 0; e < best; ++e) {
-      const int i = ev[e].i, n = i < l.split ? n_hi : n_lo;
+      const int i = int(uint32_t(ev[e])), n = i < l.split ? n_hi : n_lo;
       idx[i] = uint8_t(y[i] > 0 ? std::min(idx[i] + 1, n - 1) : std::max(idx[i] - 1, 0));
     }
     yc = best_yc;
