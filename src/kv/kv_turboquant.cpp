@@ -831,6 +831,8 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
       spec.center = false;
     } else if (opt == "noscale") {
       spec.qscale = false;
+    } else if (opt == "nosearch") {
+      spec.scale_search = false;
     } else if (opt == "qjl") {
       spec.qjl_keys = true;
     } else if (opt == "vscale") {
@@ -851,6 +853,7 @@ TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value, float bits
   c.dim = head_dim;
   c.bits = bits;
   c.ls_norm = spec.ls_norm;
+  c.scale_search = spec.scale_search;
   if (!value && spec.qjl_keys) {
     // TurboQuant_prod: (b - 1)-bit MSE codes + the 1-bit QJL sketch of the residual.
     c.bits = bits - 1;
@@ -871,7 +874,8 @@ const char* tq_kv_type_help() {
          "- plain (no centering, plain norms, no exact sink or window), sinkN (first N positions exact, "
          "default 1), wN (each query's last N positions exact, default 64), drawN (another draw of the "
          "random rotations), "
-         "uniform (no per-head rates from the model's calibration), nocenter, noscale, vscale, qjl, eN "
+         "uniform (no per-head rates from the model's calibration), nocenter, noscale, nosearch, vscale, "
+         "qjl, eN "
          "(first and last N layers "
          "at 4 bits), alloc=PROFILE "
          "(per-head bits from a sensitivity profile, same mean; last option), "

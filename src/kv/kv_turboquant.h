@@ -36,7 +36,9 @@ struct TqKvSpec {
   float v_bits = 4;
   bool center = true;   // subtract the calibrated mean key / value (see above)
   bool ls_norm = true;  // least-squares norm per record
-  bool qscale = true;   // query-aware key channel scales, calibrated with the centering (needs center)
+  // With ls_norm: cells chosen for the best scale as well (TqConfig::scale_search); `nosearch`: off.
+  bool scale_search = true;
+  bool qscale = true;  // query-aware key channel scales, calibrated with the centering (needs center)
   // Leading positions kept exactly (floats, per layer and kv head: a constant, not per token).
   int sink = 1;
   // Recent positions kept exactly: a query at position p sees p - window + 1 .. p as fp16 rows (a ring
@@ -76,6 +78,7 @@ struct TqKvSpec {
 //   drawN     the N-th draw of the random rotations (default 0)
 //   nocenter  no centering and no channel scales (least-squares norms kept)
 //   noscale   centering without the query-aware key channel scales
+//   nosearch  cells assigned at the unit scale only (no scale search in the encoder)
 //   vscale    also scale value channels (measured: no gain)
 //   qjl       keys as (bits - 1)-bit MSE + 1-bit QJL residual (paper's TurboQuant_prod; slow, measured)
 //   eN        the first and last N layers at 4-bit K and V (e.g. tq3:e2)

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <string>
 
 #include "core/error.h"
@@ -109,6 +110,80 @@ float tq_record_norm(const TqLayout& l, const uint8_t* rec) {
   return fp16_to_fp32(h);
 }
 
+double tq_assign_cells(const TqState& st, const float* y, uint8_t* idx) {
+  const TqLayout& l = st.layout;
+  const int d = l.dim;
+  const TqCodebook& hi = *st.cb_hi;
+  const TqCodebook& lo = *st.cb_lo;
+  auto cent = [&](int i, int k) {
+    return i < l.split ? hi.centroids_f[size_t(k)] : lo.centroids_f[size_t(k)];
+  };
+  const bool search = st.cfg.ls_norm && st.cfg.scale_search && !l.qjl;
+  // Cells at the largest assignment scale a_hi (y / a_hi: the smallest magnitudes), or at 1.
+  const float a_hi = search ? float(kTqScaleRange) : 1.0f, inv_hi = 1.0f / a_hi;
+  for (int i = 0; i < l.split; ++i) idx[i] = cell_index(hi.thresholds_f.data(), l.bits_hi, y[i] * inv_hi);
+  for (int i = l.split; i < d; ++i) idx[i] = cell_index(lo.thresholds_f.data(), l.bits_lo, y[i] * inv_hi);
+  if (!st.cfg.ls_norm || l.qjl) return 1.0;
+  double yc = 0, cc = 0;
+  for (int i = 0; i < d; ++i) {
+    const double c = cent(i, idx[i]);
+    yc += double(y[i]) * c;
+    cc += c * c;
+  }
+  if (search) {
+    // As a falls from a_hi to 1 / a_hi, |y_i / a| grows: coordinate i moves one cell outwards each time
+    // a passes y_i / t for a threshold t of y_i's sign. Events sorted by falling a; the state after the
+    // best prefix of them is the answer (ties: the earliest, i.e. the largest scale).
+    // Event key: the bits of a (positive floats order like their bits) above the coordinate.
+    thread_local std::vector<uint64_t> ev;
+    ev.clear();
+    const float a_lo = 1.0f / a_hi;
+    for (int i = 0; i < d; ++i) {
+      const float yi = y[i];
+      if (yi == 0) continue;
+      const float* t = i < l.split ? hi.thresholds_f.data() : lo.thresholds_f.data();
+      const int nt = (1 << (i < l.split ? l.bits_hi : l.bits_lo)) - 1;
+      for (int k = 0; k < nt; ++k) {
+        if (yi > 0 ? t[k] <= 0 : t[k] >= 0) continue;
+        const float a = yi / t[k];
+        if (a < a_hi && a >= a_lo) {
+          uint32_t bits;
+          std::memcpy(&bits, &a, 4);
+          ev.push_back(uint64_t(bits) << 32 | uint32_t(i));
+        }
+      }
+    }
+    std::sort(ev.begin(), ev.end(), std::greater<>());
+    double best_yc = yc, best_cc = cc;
+    size_t best = 0;  // events applied
+    const int n_hi = 1 << l.bits_hi, n_lo = 1 << l.bits_lo;
+    thread_local std::vector<uint8_t> cur;
+    cur.assign(idx, idx + d);
+    for (size_t e = 0; e < ev.size(); ++e) {
+      const int i = int(uint32_t(ev[e]));
+      const int k = cur[size_t(i)], n = i < l.split ? n_hi : n_lo;
+      const int k2 = y[i] > 0 ? std::min(k + 1, n - 1) : std::max(k - 1, 0);
+      const double c0 = cent(i, k), c1 = cent(i, k2);
+      cur[size_t(i)] = uint8_t(k2);
+      yc += double(y[i]) * (c1 - c0);
+      cc += c1 * c1 - c0 * c0;
+      // yc^2 / cc > best_yc^2 / best_cc, both yc positive.
+      if (yc > 0 && cc > 0 && yc * yc * best_cc > best_yc * best_yc * cc) {
+        best_yc = yc;
+        best_cc = cc;
+        best = e + 1;
+      }
+    }
+    for (size_t e = 0; e < best; ++e) {
+      const int i = int(uint32_t(ev[e])), n = i < l.split ? n_hi : n_lo;
+      idx[i] = uint8_t(y[i] > 0 ? std::min(idx[i] + 1, n - 1) : std::max(idx[i] - 1, 0));
+    }
+    yc = best_yc;
+    cc = best_cc;
+  }
+  return cc > 0 && yc > 0 ? yc / cc : 0.0;
+}
+
 void tq_quantize(const TqState& st, const float* x, uint8_t* out) {
   const TqLayout& l = st.layout;
   const int d = l.dim;
@@ -126,20 +201,8 @@ void tq_quantize(const TqState& st, const float* x, uint8_t* out) {
     const float inv = float(1.0 / nrm);
     for (int i = 0; i < d; ++i) y[i] = x[i] * inv;
     rotate_forward(st.rotation, y.data(), y.data());
-    const TqCodebook& hi = *st.cb_hi;
-    const TqCodebook& lo = *st.cb_lo;
-    for (int i = 0; i < l.split; ++i) idx[i] = cell_index(hi.thresholds_f.data(), l.bits_hi, y[i]);
-    for (int i = l.split; i < d; ++i) idx[i] = cell_index(lo.thresholds_f.data(), l.bits_lo, y[i]);
-    double stored = nrm;
-    if (st.cfg.ls_norm && !l.qjl) {
-      double yc = 0, cc = 0;
-      for (int i = 0; i < d; ++i) {
-        const float c = i < l.split ? hi.centroids_f[idx[i]] : lo.centroids_f[idx[i]];
-        yc += double(y[i]) * c;
-        cc += double(c) * c;
-      }
-      if (cc > 0 && yc > 0) stored = nrm * yc / cc;
-    }
+    const double f = tq_assign_cells(st, y.data(), idx.data());
+    const double stored = f > 0 ? nrm * f : nrm;
     norm_h = fp32_to_fp16(float(std::min(stored, 65504.0)));  // saturate instead of inf
   }
   tq_pack_indices(idx.data(), l.split, l.bits_hi, out);

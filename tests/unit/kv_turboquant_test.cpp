@@ -244,6 +244,10 @@ TEST(TqKvCache, RejectsBadNamesAndRanges) {
   EXPECT_EQ(policy->v_bits_at(8, 10), 4.0f);
   EXPECT_FALSE(parse_tq_kv_type("tq3:plain")->center);
   EXPECT_FALSE(parse_tq_kv_type("tq3:plain")->ls_norm);
+  EXPECT_TRUE(parse_tq_kv_type("tq3")->scale_search);
+  EXPECT_FALSE(parse_tq_kv_type("tq3:nosearch")->scale_search);
+  EXPECT_TRUE(tq_kv_config(*parse_tq_kv_type("tq3"), 64, false).scale_search);
+  EXPECT_FALSE(tq_kv_config(*parse_tq_kv_type("tq3:w0:nosearch"), 64, true).scale_search);
   EXPECT_EQ(parse_tq_kv_type("tq3:plain")->sink, 0);
   EXPECT_EQ(parse_tq_kv_type("tq3")->sink, 1);
   EXPECT_EQ(parse_tq_kv_type("tq3:sink4")->sink, 4);
