@@ -10,6 +10,7 @@
 #include "backend/cuda/cuda_api.h"
 #include "core/error.h"
 #include "kv/kv_cache.h"
+#include "model/blocks.h"
 #include "model/model.h"
 
 namespace qleap {
@@ -183,7 +184,11 @@ KvShape kv_shape_of(const HParams& hp, int n_ctx, int n_batch) {
 }
 
 ModelInfo model_info_from_gguf(const GgufFile& f, const std::vector<std::string>& kv_types) {
-  const HParams hp = read_hparams(f);
+  HParams hp = read_hparams(f);
+  // The architecture's extras shape the caches too: sliding-window layers (rings), hybrid models'
+  // recurrent layers (no cache).
+  if (const ArchDef* arch = find_arch(f.architecture()); arch != nullptr && arch->read_hparams != nullptr)
+    arch->read_hparams(f, hp);
   ModelInfo m;
   m.name = f.get_string("general.name", "");
   m.arch = f.architecture();
