@@ -445,11 +445,11 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
       const Layout lay = p.gpu_layers > 0 ? sz.layout(p.gpu_layers, p.experts_on_gpu) : sz.layout(0, false);
       const bool ram_short = lay.ram > p.ram_budget;
       kv_line = fmt::format(
-          "KV {} would need {} for {} x {} slot{} ({} of {} in all); using {}: {}{}", best, gib(best_kv),
-          p.n_ctx, slots, slots > 1 ? "s" : "", gib(ram_short || p.gpu_layers == 0 ? lay.ram : lay.vram),
-          ram_short || p.gpu_layers == 0 ? fmt::format("RAM, budget {}", gib(p.ram_budget))
-                                         : fmt::format("VRAM, budget {}", gib(p.vram_budget)),
-          p.kv_type, gib(p.kv_bytes),
+          "KV {} would need {} for {} x {} slot{} ({} of {} in all, budget {}); using {}: {}{}", best,
+          gib(best_kv), p.n_ctx, slots, slots > 1 ? "s" : "",
+          gib(ram_short || p.gpu_layers == 0 ? lay.ram : lay.vram),
+          ram_short || p.gpu_layers == 0 ? "RAM" : "VRAM",
+          gib(ram_short || p.gpu_layers == 0 ? p.ram_budget : p.vram_budget), p.kv_type, gib(p.kv_bytes),
           chosen.kv_tier == 1 ? " (TurboQuant: about 4-5x smaller than f16 for a little perplexity, "
                                 "docs/turboquant.md)"
                               : "");
