@@ -182,14 +182,16 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
   det.measure_bandwidth = false;  // only the planner's speed estimate uses it
   HardwareInfo hw = detect_hardware(det);
   auto file = GgufFile::open(model_path);
+  // A stored `qleap tune` result for this model on this machine fills what the user left open (its
+  // KV type, e.g. q8_0, may be outside the planner's defaults: sized too).
+  const auto t = load_tuned(tune_store_path(), TuneKey{model_identity(model_path), machine_identity(hw)});
   std::vector<std::string> kv_types = planner_kv_types();
-  if (kv_given && std::find(kv_types.begin(), kv_types.end(), o.kv) == kv_types.end())
-    kv_types.push_back(o.kv);
+  for (const std::string& k : {kv_given ? o.kv : std::string(), t ? t->settings.kv_type : std::string()})
+    if (!k.empty() && std::find(kv_types.begin(), kv_types.end(), k) == kv_types.end()) kv_types.push_back(k);
   const ModelInfo info = model_info_from_gguf(*file, kv_types);
 
-  // A stored `qleap tune` result for this model on this machine fills what the user left open.
   std::string tuned_note;
-  if (auto t = load_tuned(tune_store_path(), TuneKey{model_identity(model_path), machine_identity(hw)})) {
+  if (t) {
     if (req.threads == 0) req.threads = t->settings.threads;
     if (req.batch == 0) req.batch = t->settings.batch;
     if (!kv_given && info.kv_bytes(t->settings.kv_type) > 0) req.kv_type = t->settings.kv_type;
