@@ -149,6 +149,13 @@ uint64_t ModelInfo::kv_bytes(const std::string& type) const {
   return 0;
 }
 
+bool ModelInfo::has_kv(const std::string& type) const {
+  for (const auto& [t, b] : kv_bytes_per_token) {
+    if (t == type) return true;
+  }
+  return false;
+}
+
 uint64_t ModelInfo::kv_fixed(const std::string& type) const {
   for (const auto& [t, b] : kv_fixed_bytes) {
     if (t == type) return b;
@@ -297,8 +304,7 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
       }
     }
     for (size_t ki = 0; ki < kvs.size(); ++ki) {
-      const uint64_t bpt = m.kv_bytes(kvs[ki]);
-      if (bpt == 0) {
+      if (!m.has_kv(kvs[ki])) {
         std::string why;
         for (const auto& [t, reason] : m.kv_unavailable)
           if (t == kvs[ki]) why = ": " + reason;
@@ -531,7 +537,7 @@ nlohmann::json to_json(const Plan& p) {
 }
 
 uint64_t cpu_ram_bytes(const ModelInfo& m, const std::string& kv_type, int n_ctx, int batch, int parallel) {
-  if (m.kv_bytes(kv_type) == 0) {
+  if (!m.has_kv(kv_type)) {
     std::string why;
     for (const auto& [t, reason] : m.kv_unavailable)
       if (t == kv_type) why = ": " + reason;
@@ -546,7 +552,8 @@ int max_context_in_budget(const ModelInfo& m, const std::string& kv_type, uint64
   const uint64_t base = cpu_ram_bytes(m, kv_type, 0, batch, parallel);  // everything but the positions
   const uint64_t per_position = m.kv_bytes(kv_type) * uint64_t(std::max(1, parallel));
   if (budget <= base) return 0;
-  const uint64_t n = (budget - base) / per_position;
+  // Every layer a fixed ring (sliding windows only): any context fits once the rest does.
+  const uint64_t n = per_position == 0 ? uint64_t(1) << 30 : (budget - base) / per_position;
   return int(std::min<uint64_t>(n, uint64_t(1) << 30));
 }
 

@@ -50,6 +50,9 @@ struct ModelInfo {
   uint64_t weight_bytes() const;
   uint64_t expert_bytes() const;
   bool is_moe() const { return n_experts > 1; }
+  // Whether the type was sized for this model (a model whose layers all hold sliding-window rings
+  // has 0 bytes per token).
+  bool has_kv(const std::string& type) const;
   // 0 when the type is unknown for this model.
   uint64_t kv_bytes(const std::string& type) const;
   uint64_t kv_fixed(const std::string& type) const;

@@ -194,7 +194,7 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
   if (t) {
     if (req.threads == 0) req.threads = t->settings.threads;
     if (req.batch == 0) req.batch = t->settings.batch;
-    if (!kv_given && info.kv_bytes(t->settings.kv_type) > 0) req.kv_type = t->settings.kv_type;
+    if (!kv_given && info.has_kv(t->settings.kv_type)) req.kv_type = t->settings.kv_type;
     tuned_note = fmt::format("using tuned plan from {} (measured {:.1f} tok/s decode)", tune_store_path(),
                              t->tg_tok_s);
   }

@@ -319,14 +319,17 @@ TEST(AutoconfPlanner, KvBytesAreTheCachesAllocation) {
   HParams hp = read_hparams(*f);
   const std::vector<std::string> types = {"f16", "q8_0",     "q4_0r",        "tq4",
                                           "tq3", "tq3:w128", "tq3:sink4:w0", "k4v3"};
-  for (int swa : {0, 1}) {
+  for (int swa : {0, 1, 2}) {
     if (swa) {
-      // The same model with sliding-window layers (1 of 2 local, window 300): rings are fixed bytes.
+      // The same model with sliding-window layers (1 of 2 local, or all as in phi3, window 300):
+      // rings are fixed bytes.
       hp.n_swa = 300;
       hp.swa_layers.assign(size_t(hp.n_layers), false);
-      for (int il = 0; il < hp.n_layers; il += 2) hp.swa_layers[size_t(il)] = true;
+      for (int il = 0; il < hp.n_layers; il += swa == 1 ? 2 : 1) hp.swa_layers[size_t(il)] = true;
     }
-    ModelInfo m;
+    ModelInfo m = dense_7b();
+    m.kv_bytes_per_token.clear();
+    m.kv_fixed_bytes.clear();
     add_kv_sizes(m, hp, types);
     ASSERT_TRUE(m.kv_unavailable.empty());
     for (const auto& t : types) {
@@ -340,6 +343,10 @@ TEST(AutoconfPlanner, KvBytesAreTheCachesAllocation) {
         const auto cache = make_kv_cache(t, kv_shape_of(hp, n, 512));
         EXPECT_EQ(m.kv_cache_bytes(t, n), cache->allocated_bytes()) << t << " at " << n << " swa " << swa;
         EXPECT_EQ(m.kv_bytes(t), cache->bytes_per_token()) << t;
+      }
+      EXPECT_TRUE(m.has_kv(t));
+      if (swa == 2) {
+        EXPECT_EQ(m.kv_bytes(t), 0u) << t;  // every layer a ring: nothing per position
       }
     }
   }
