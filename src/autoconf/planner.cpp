@@ -10,6 +10,7 @@
 #include "backend/cuda/cuda_api.h"
 #include "core/error.h"
 #include "kv/kv_cache.h"
+#include "model/blocks.h"
 #include "model/model.h"
 
 namespace qleap {
@@ -67,8 +68,12 @@ struct Candidate {
 
 class Sizer {
  public:
-  Sizer(const ModelInfo& m, int n_ctx, uint64_t kv_bpt, int batch)
-      : m_(m), kv_layer_(kv_bpt * uint64_t(n_ctx) / uint64_t(std::max(1, m.n_layers))), batch_(batch) {}
+  // kv_total: the KV caches of all slots, spread evenly over the layers (the remainder on the last).
+  Sizer(const ModelInfo& m, uint64_t kv_total, int batch)
+      : m_(m),
+        kv_layer_(kv_total / uint64_t(std::max(1, m.n_layers))),
+        kv_rest_(kv_total % uint64_t(std::max(1, m.n_layers))),
+        batch_(batch) {}
 
   // k: the last k layers on the GPU.
   Layout layout(int k, bool experts_gpu) const {
@@ -82,12 +87,13 @@ class Sizer {
     for (int i = 0; i < n; ++i) {
       const uint64_t dense = m_.layer_bytes[size_t(i)], exps = m_.layer_expert_bytes[size_t(i)];
       const bool gpu = i >= n - k;
+      const uint64_t kv = kv_layer_ + (i == n - 1 ? kv_rest_ : 0);
       if (gpu) {
-        l.vram += dense + kv_layer_;
+        l.vram += dense + kv;
         (l.experts_on_gpu ? l.vram : l.ram) += exps;
         if (!l.experts_on_gpu) l.cpu_bpt += uint64_t(double(exps) * frac);
       } else {
-        l.ram += dense + exps + kv_layer_;
+        l.ram += dense + exps + kv;
         l.cpu_bpt += dense + uint64_t(double(exps) * frac);
       }
     }
@@ -118,7 +124,7 @@ class Sizer {
 
  private:
   const ModelInfo& m_;
-  uint64_t kv_layer_;
+  uint64_t kv_layer_, kv_rest_;
   int batch_;
 };
 
@@ -143,13 +149,53 @@ uint64_t ModelInfo::kv_bytes(const std::string& type) const {
   return 0;
 }
 
+bool ModelInfo::has_kv(const std::string& type) const {
+  for (const auto& [t, b] : kv_bytes_per_token) {
+    if (t == type) return true;
+  }
+  return false;
+}
+
+uint64_t ModelInfo::kv_fixed(const std::string& type) const {
+  for (const auto& [t, b] : kv_fixed_bytes) {
+    if (t == type) return b;
+  }
+  return 0;
+}
+
+uint64_t ModelInfo::kv_cache_bytes(const std::string& type, int n_ctx) const {
+  return kv_bytes(type) * uint64_t(std::max(0, n_ctx)) + kv_fixed(type);
+}
+
 const std::vector<std::string>& planner_kv_types() {
-  static const std::vector<std::string> types = {"f16", "q8_0", "tq4"};
+  static const std::vector<std::string> types = {"f16", "tq4", "tq3"};
   return types;
 }
 
+KvShape kv_shape_of(const HParams& hp, int n_ctx, int n_batch) {
+  // As Engine builds one segment's cache (runtime/engine.cpp) when all layers are on one backend.
+  KvShape s;
+  s.n_layers = std::max(1, hp.kv_layers());
+  s.model_layers = hp.kv_layers();
+  s.n_ctx = n_ctx;
+  s.n_heads = hp.n_heads;
+  s.n_kv_heads = hp.n_kv_heads;
+  s.head_dim = hp.head_dim;
+  if (hp.n_swa > 0) {
+    s.windows.assign(size_t(s.n_layers), 0);
+    for (int il = 0; il < std::min(hp.n_layers, s.n_layers); ++il) s.windows[size_t(il)] = hp.window(il);
+  }
+  s.max_tokens = std::min(n_batch, n_ctx);
+  s.softcap = hp.attn_softcap;
+  return s;
+}
+
 ModelInfo model_info_from_gguf(const GgufFile& f, const std::vector<std::string>& kv_types) {
-  const HParams hp = read_hparams(f);
+  HParams hp = read_hparams(f);
+  // The architecture's extras shape the caches too: sliding-window layers (rings), hybrid models'
+  // recurrent layers (no cache).
+  if (const ArchDef* arch = find_arch(f.architecture()); arch != nullptr && arch->read_hparams != nullptr)
+    arch->read_hparams(f, hp);
   ModelInfo m;
   m.name = f.get_string("general.name", "");
   m.arch = f.architecture();
@@ -184,16 +230,27 @@ ModelInfo model_info_from_gguf(const GgufFile& f, const std::vector<std::string>
     }
   }
   if (m.tied_embeddings) m.output_bytes += m.token_embd_bytes;
-  KvShape shape{hp.kv_layers(), 32, hp.n_heads, hp.n_kv_heads, hp.head_dim};
+  add_kv_sizes(m, hp, kv_types);
+  return m;
+}
+
+void add_kv_sizes(ModelInfo& m, const HParams& hp, const std::vector<std::string>& kv_types) {
+  // Sized from a cache built at a context past every ring and exact-row count, where its allocation is
+  // bytes_per_token * n_ctx + a constant (the pages are never touched, so this costs no memory).
+  constexpr int kMaxBatch = 512;
+  int probe = 4096;
+  for (int il = 0; il < hp.n_layers; ++il) probe = std::max(probe, hp.window(il) + kMaxBatch);
+  const KvShape shape = kv_shape_of(hp, probe, kMaxBatch);
   for (const auto& type : kv_types) {
     try {
-      m.kv_bytes_per_token.emplace_back(type, make_kv_cache(type, shape)->bytes_per_token());
+      const KvStats st = make_kv_cache(type, shape)->stats();
+      m.kv_bytes_per_token.emplace_back(type, st.bytes_per_token);
+      m.kv_fixed_bytes.emplace_back(type, st.fixed_bytes);
     } catch (const Error& e) {
       // A type this model's shape cannot use (e.g. head_dim limits) is simply not a candidate.
       m.kv_unavailable.emplace_back(type, e.what());
     }
   }
-  return m;
 }
 
 Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& req) {
@@ -247,15 +304,14 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
       }
     }
     for (size_t ki = 0; ki < kvs.size(); ++ki) {
-      const uint64_t bpt = m.kv_bytes(kvs[ki]);
-      if (bpt == 0) {
+      if (!m.has_kv(kvs[ki])) {
         std::string why;
         for (const auto& [t, reason] : m.kv_unavailable)
           if (t == kvs[ki]) why = ": " + reason;
         throw InvalidArgument(fmt::format("planner: KV cache type '{}' is not available{}", kvs[ki], why));
       }
       for (int b : batches) {
-        Sizer sz(m, ctx, bpt * uint64_t(std::max(1, req.parallel)), b);
+        Sizer sz(m, m.kv_cache_bytes(kvs[ki], ctx) * uint64_t(std::max(1, req.parallel)), b);
         Candidate c;
         c.n_ctx = ctx;
         c.kv = kvs[ki];
@@ -297,11 +353,12 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
     if (found) break;
   }
   if (!found) {
-    // Nothing fits: keep the first context and the preferred KV type with the least RAM, and say so.
+    // Nothing fits: keep the first context and the candidate with the least RAM (the smallest KV
+    // type: the closest to fitting), and say so.
     auto all = candidates_at(ctxs.front());
     chosen = all.front();
     for (const auto& c : all) {
-      if (c.kv_tier == 0 && c.lay.ram < chosen.lay.ram) chosen = c;
+      if (c.lay.ram < chosen.lay.ram) chosen = c;
     }
   }
 
@@ -313,7 +370,7 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
   p.experts_on_gpu = chosen.lay.experts_on_gpu;
   p.ram_bytes = chosen.lay.ram;
   p.vram_bytes = chosen.lay.gpu_layers > 0 ? chosen.lay.vram : 0;
-  p.kv_bytes = m.kv_bytes(p.kv_type) * uint64_t(p.n_ctx) * uint64_t(std::max(1, req.parallel));
+  p.kv_bytes = m.kv_cache_bytes(p.kv_type, p.n_ctx) * uint64_t(std::max(1, req.parallel));
   p.cpu_bytes_per_token = chosen.lay.cpu_bpt;
   p.fits = found;
   p.threads = req.threads > 0 ? req.threads : std::max(1, hw.physical_cores);
@@ -376,18 +433,33 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
     }
   }
   {
-    std::string kv_line = fmt::format(
-        "KV cache {}: {} per token x {} tokens{} = {}", p.kv_type, gib(m.kv_bytes(p.kv_type)), p.n_ctx,
-        req.parallel > 1 ? fmt::format(" x {} slots", req.parallel) : "", gib(p.kv_bytes));
+    const int slots = std::max(1, req.parallel);
+    const uint64_t fixed = m.kv_fixed(p.kv_type);
+    std::string kv_line =
+        fmt::format("KV cache {}: {} per token x {} tokens{}{} = {}", p.kv_type, gib(m.kv_bytes(p.kv_type)),
+                    p.n_ctx, fixed > 0 ? fmt::format(" + {} fixed", gib(fixed)) : "",
+                    slots > 1 ? fmt::format(", x {} slots", slots) : "", gib(p.kv_bytes));
     if (!req.kv_type.empty()) {
       kv_line += " (requested)";
     } else if (p.kv_type == kvs.front()) {
       kv_line += " (best quality, and it fits)";
-    } else if (chosen.kv_tier == 0) {
-      kv_line += fmt::format(" (instead of {}: {}; q8_0 costs ~0.3% perplexity)", kvs.front(),
-                             found ? "it lets more layers onto the GPU or fits in memory" : "least memory");
     } else {
-      kv_line += " (TurboQuant, a few % perplexity: the near-lossless types do not fit)";
+      // What the preferred type would have needed at the same context, and why it was not taken.
+      const std::string& best = kvs.front();
+      const uint64_t best_kv = m.kv_cache_bytes(best, p.n_ctx) * uint64_t(slots);
+      Sizer sz(m, best_kv, p.batch);
+      const Layout lay = p.gpu_layers > 0 ? sz.layout(p.gpu_layers, p.experts_on_gpu) : sz.layout(0, false);
+      const bool ram_short = lay.ram > p.ram_budget;
+      kv_line = fmt::format(
+          "KV {} would need {} for {} x {} slot{} ({} of {} in all, budget {}); using {}: {}{}", best,
+          gib(best_kv), p.n_ctx, slots, slots > 1 ? "s" : "",
+          gib(ram_short || p.gpu_layers == 0 ? lay.ram : lay.vram),
+          ram_short || p.gpu_layers == 0 ? "RAM" : "VRAM",
+          gib(ram_short || p.gpu_layers == 0 ? p.ram_budget : p.vram_budget), p.kv_type, gib(p.kv_bytes),
+          chosen.kv_tier == 1 ? " (TurboQuant: about 4-5x smaller than f16 for a little perplexity, "
+                                "docs/turboquant.md)"
+                              : "");
+      if (!found) kv_line += " (nothing fits; this is the least memory)";
     }
     r.push_back(kv_line);
   }
@@ -462,6 +534,27 @@ nlohmann::json to_json(const Plan& p) {
           {"est_cpu_tok_s", p.est_cpu_tok_s},
           {"fits", p.fits},
           {"reasons", p.reasons}};
+}
+
+uint64_t cpu_ram_bytes(const ModelInfo& m, const std::string& kv_type, int n_ctx, int batch, int parallel) {
+  if (!m.has_kv(kv_type)) {
+    std::string why;
+    for (const auto& [t, reason] : m.kv_unavailable)
+      if (t == kv_type) why = ": " + reason;
+    throw InvalidArgument(fmt::format("KV cache type '{}' is not available for this model{}", kv_type, why));
+  }
+  Sizer sz(m, m.kv_cache_bytes(kv_type, n_ctx) * uint64_t(std::max(1, parallel)), batch);
+  return sz.layout(0, false).ram;
+}
+
+int max_context_in_budget(const ModelInfo& m, const std::string& kv_type, uint64_t budget, int batch,
+                          int parallel) {
+  const uint64_t base = cpu_ram_bytes(m, kv_type, 0, batch, parallel);  // everything but the positions
+  const uint64_t per_position = m.kv_bytes(kv_type) * uint64_t(std::max(1, parallel));
+  if (budget <= base) return 0;
+  // Every layer a fixed ring (sliding windows only): any context fits once the rest does.
+  const uint64_t n = per_position == 0 ? uint64_t(1) << 30 : (budget - base) / per_position;
+  return int(std::min<uint64_t>(n, uint64_t(1) << 30));
 }
 
 SessionOptions to_session_options(const Plan& p) {

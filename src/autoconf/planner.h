@@ -10,6 +10,8 @@
 
 #include "autoconf/hardware.h"
 #include "gguf/gguf.h"
+#include "kv/kv_cache.h"
+#include "model/model.h"
 #include "runtime/session.h"
 
 namespace qleap {
@@ -38,26 +40,46 @@ struct ModelInfo {
   bool tied_embeddings = false;
   // KV cache bytes per token (all layers, K and V) by cache type, from the cache implementations.
   std::vector<std::pair<std::string, uint64_t>> kv_bytes_per_token;
+  // What one slot's cache holds besides its per-position bytes, by cache type: TurboQuant's exact sink
+  // and recent-window rows, and the rings of sliding-window layers (sized for a prefill chunk of 512).
+  // Absent: 0.
+  std::vector<std::pair<std::string, uint64_t>> kv_fixed_bytes;
   // Types that could not be sized for this model, with the reason (reported if one is asked for).
   std::vector<std::pair<std::string, std::string>> kv_unavailable;
 
   uint64_t weight_bytes() const;
   uint64_t expert_bytes() const;
   bool is_moe() const { return n_experts > 1; }
+  // Whether the type was sized for this model (a model whose layers all hold sliding-window rings
+  // has 0 bytes per token).
+  bool has_kv(const std::string& type) const;
   // 0 when the type is unknown for this model.
   uint64_t kv_bytes(const std::string& type) const;
+  uint64_t kv_fixed(const std::string& type) const;
+  // One slot's cache of n_ctx positions: kv_bytes(type) * n_ctx + kv_fixed(type), which is the cache's
+  // allocation (KvCache::allocated_bytes) for every n_ctx at least the largest sliding-window ring
+  // (window + 511) and the exact rows (TurboQuant's sink + window); below that, an upper bound.
+  uint64_t kv_cache_bytes(const std::string& type, int n_ctx) const;
 };
 
-// KV types the planner considers by default, best quality first. tq4 is the last resort: it costs
-// about half a percent of perplexity (docs/turboquant.md), so it is only chosen when nothing else
-// fits. The planner counts per-token bytes only, not TurboQuant's fixed exact rows (~1.5 MiB for a 135M
-// model, 8 MiB for an 8B one with the default window).
+// KV types the planner considers by default, best quality first: f16, then TurboQuant tq4 (3.8x
+// smaller than f16) and tq3 (4.9x), which cost a little perplexity (docs/turboquant.md) and are only
+// chosen when f16 does not fit the context and slots asked for. q8_0 is not a default: it is 1.9x
+// smaller than f16 at best, slower than f16 and tq on the CPU, and no GPU cache holds it either.
 const std::vector<std::string>& planner_kv_types();
+
+// The shape the engine gives one slot's KV cache of this model on one backend (all attention layers,
+// sliding-window rings sized for prefill chunks of n_batch tokens).
+KvShape kv_shape_of(const HParams& hp, int n_ctx, int n_batch);
 
 // Reads sizes from the file and asks each cache type for its bytes per token. Throws FormatError
 // when the hyper-parameters are missing.
 ModelInfo model_info_from_gguf(const GgufFile& f,
                                const std::vector<std::string>& kv_types = planner_kv_types());
+
+// The KV sizes of model_info_from_gguf (kv_bytes_per_token, kv_fixed_bytes, kv_unavailable), from
+// caches of these types built for the model's shape (kv_shape_of).
+void add_kv_sizes(ModelInfo& m, const HParams& hp, const std::vector<std::string>& kv_types);
 
 constexpr int kGpuLayersAuto = -2;
 constexpr int kGpuLayersAll = -1;
@@ -93,6 +115,15 @@ struct Plan {
 };
 
 Plan make_plan(const HardwareInfo& hw, const ModelInfo& model, const PlanRequest& req);
+
+// CPU only (everything in RAM): the RAM a plan needs for n_ctx positions in each of `parallel` slots
+// with this KV type and batch (weights, KV caches, activations, runtime: what make_plan counts).
+uint64_t cpu_ram_bytes(const ModelInfo& m, const std::string& kv_type, int n_ctx, int batch,
+                       int parallel = 1);
+// The largest context whose cpu_ram_bytes fits in `budget` bytes (0: not even one position fits).
+// Throws InvalidArgument when the type is not available for this model.
+int max_context_in_budget(const ModelInfo& m, const std::string& kv_type, uint64_t budget, int batch,
+                          int parallel = 1);
 
 // Human-readable plan with its reasons (for `qleap plan` and `run --verbose`).
 std::string describe_plan(const Plan& p, const ModelInfo& m);

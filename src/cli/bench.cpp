@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "autoconf/memory_bandwidth.h"
+#include "autoconf/planner.h"
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/packed_weights.h"
 #include "cli/bench_moe.h"
@@ -48,6 +49,8 @@ struct BenchOptions {
   bool no_membw = false;
   bool moe = false;
   bool compress = false;
+  std::string mem_budget;  // --mem-budget: the largest context per KV type that fits (no timing)
+  int parallel = 1;
   MoeBenchOptions moe_opt;
 };
 
@@ -191,7 +194,66 @@ void bench_kv_compare(BenchOptions& o, const std::vector<std::string>& types) {
   if (o.json) std::cout << out.dump(2) << "\n";
 }
 
+// `--mem-budget B`: for each --kv type, the largest context whose RAM (weights + KV caches of all
+// --parallel slots + activations of one batch + runtime, as the planner counts it, CPU only) fits in B.
+// The KV bytes are the caches' own: bytes per position plus fixed rows (TurboQuant's exact sink and
+// window, sliding-window rings), checked against their allocation in tests.
+void bench_capacity(const BenchOptions& o) {
+  const uint64_t budget = parse_bytes(o.mem_budget, "--mem-budget");
+  const bool kv_given = o.common.kv_opt && o.common.kv_opt->count() > 0;
+  const std::vector<std::string> types = kv_given ? split_commas(o.common.kv) : planner_kv_types();
+  if (types.empty()) throw InvalidArgument("--kv: no type given");
+  const std::string path = resolve_model(o.common.model);
+  auto file = GgufFile::open(path);
+  const ModelInfo m = model_info_from_gguf(*file, types);
+  const int batch = o.common.batch;
+  nlohmann::json out;
+  out["model"] = path;
+  out["mem_budget"] = budget;
+  out["parallel"] = o.parallel;
+  out["batch"] = batch;
+  out["weight_bytes"] = m.weight_bytes();
+  out["n_ctx_train"] = m.n_ctx_train;
+  if (!o.json) {
+    fmt::print("model: {} ({} of weights, trained context {}); RAM budget {}, {} slot{}, batch {}\n", path,
+               human_bytes(double(m.weight_bytes())), m.n_ctx_train, human_bytes(double(budget)), o.parallel,
+               o.parallel > 1 ? "s" : "", batch);
+    fmt::print("| {:>10} | {:>10} | {:>11} | {:>18} | {:>12} | {:>9} |\n", "kv", "B/token", "fixed",
+               "max context", "RAM at max", "vs first");
+    fmt::print("| {:->10} | {:->10} | {:->11} | {:->18} | {:->12} | {:->9} |\n", "", "", "", "", "", "");
+  }
+  int first = -1;
+  for (const auto& t : types) {
+    const int n = max_context_in_budget(m, t, budget, batch, o.parallel);
+    if (first < 0) first = n;
+    const uint64_t ram = cpu_ram_bytes(m, t, n, batch, o.parallel);
+    out["types"].push_back({{"kv", t},
+                            {"kv_bytes_per_token", m.kv_bytes(t)},
+                            {"kv_fixed_bytes", m.kv_fixed(t)},
+                            {"max_ctx", n},
+                            {"ram_bytes_at_max", ram}});
+    if (!o.json) {
+      fmt::print("| {:>10} | {:>10} | {:>11} | {:>18} | {:>12} | {:>9} |\n", t, m.kv_bytes(t),
+                 human_bytes(double(m.kv_fixed(t))),
+                 n > 0 ? fmt::format("{}{}", n, m.n_ctx_train > 0 && n > m.n_ctx_train ? " (> trained)" : "")
+                       : "does not fit",
+                 human_bytes(double(ram)),
+                 first > 0 ? fmt::format("{:.2f}x", double(n) / double(first)) : "-");
+    }
+  }
+  if (o.json) {
+    std::cout << out.dump(2) << "\n";
+  } else if (first == 0) {
+    fmt::print("(weights, activations and runtime alone need {} with {})\n",
+               human_bytes(double(cpu_ram_bytes(m, types[0], 0, batch, o.parallel))), types[0]);
+  }
+}
+
 void bench_command(BenchOptions& o) {
+  if (!o.mem_budget.empty()) {
+    bench_capacity(o);
+    return;
+  }
   if (o.compress) {
     bench_compress_command(o.common, o.json);
     return;
@@ -395,6 +457,12 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--admit-hits", opt->moe_opt.admit_hits, "--moe: hits within the window before promotion")
       ->capture_default_str();
   cmd->add_option("--window", opt->moe_opt.window, "--moe: hysteresis window in tokens")
+      ->capture_default_str();
+  cmd->add_option("--mem-budget", opt->mem_budget,
+                  "report, per --kv type (default: f16,tq4,tq3), the largest context whose weights + KV + "
+                  "activations fit in this much RAM (e.g. 2GiB, 512MiB); nothing is timed");
+  cmd->add_option("--parallel", opt->parallel, "--mem-budget: slots, each with its own KV cache")
+      ->check(CLI::Range(1, 256))
       ->capture_default_str();
   add_expert_flow_options(*cmd, opt->moe_opt.experts, false);  // --moe: measured with the ExpertFlow runtime
   if (auto* kv = cmd->get_option_no_throw("--kv"))

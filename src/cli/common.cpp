@@ -4,7 +4,10 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <vector>
@@ -115,6 +118,32 @@ std::string human_bytes(double b) {
   return u == 0 ? fmt::format("{:.0f} {}", b, units[u]) : fmt::format("{:.2f} {}", b, units[u]);
 }
 
+uint64_t parse_bytes(const std::string& s, const char* what) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  std::string unit = s.substr(std::min(used, s.size()));
+  while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
+  for (char& c : unit) c = char(std::toupper(static_cast<unsigned char>(c)));
+  double mult = 0;
+  const char* const prefixes = "KMGT";
+  if (unit.empty() || unit == "B") {
+    mult = 1;
+  } else if (std::strchr(prefixes, unit[0]) != nullptr &&
+             (unit.size() == 1 || unit.substr(1) == "IB" || unit.substr(1) == "B")) {
+    const int k = int(std::strchr(prefixes, unit[0]) - prefixes) + 1;
+    mult = std::pow(unit.substr(1) == "B" ? 1000.0 : 1024.0, k);
+  }
+  if (used == 0 || mult == 0 || !std::isfinite(v) || v <= 0 || v * mult >= 1.8e19) {
+    throw InvalidArgument(fmt::format("{}: '{}' is not a size (e.g. 2GiB, 512MiB, 1.5G, or bytes)", what, s));
+  }
+  return uint64_t(v * mult);
+}
+
 size_t peak_rss_bytes() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
@@ -153,17 +182,19 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
   det.measure_bandwidth = false;  // only the planner's speed estimate uses it
   HardwareInfo hw = detect_hardware(det);
   auto file = GgufFile::open(model_path);
+  // A stored `qleap tune` result for this model on this machine fills what the user left open (its
+  // KV type, e.g. q8_0, may be outside the planner's defaults: sized too).
+  const auto t = load_tuned(tune_store_path(), TuneKey{model_identity(model_path), machine_identity(hw)});
   std::vector<std::string> kv_types = planner_kv_types();
-  if (kv_given && std::find(kv_types.begin(), kv_types.end(), o.kv) == kv_types.end())
-    kv_types.push_back(o.kv);
+  for (const std::string& k : {kv_given ? o.kv : std::string(), t ? t->settings.kv_type : std::string()})
+    if (!k.empty() && std::find(kv_types.begin(), kv_types.end(), k) == kv_types.end()) kv_types.push_back(k);
   const ModelInfo info = model_info_from_gguf(*file, kv_types);
 
-  // A stored `qleap tune` result for this model on this machine fills what the user left open.
   std::string tuned_note;
-  if (auto t = load_tuned(tune_store_path(), TuneKey{model_identity(model_path), machine_identity(hw)})) {
+  if (t) {
     if (req.threads == 0) req.threads = t->settings.threads;
     if (req.batch == 0) req.batch = t->settings.batch;
-    if (!kv_given && info.kv_bytes(t->settings.kv_type) > 0) req.kv_type = t->settings.kv_type;
+    if (!kv_given && info.has_kv(t->settings.kv_type)) req.kv_type = t->settings.kv_type;
     tuned_note = fmt::format("using tuned plan from {} (measured {:.1f} tok/s decode)", tune_store_path(),
                              t->tg_tok_s);
   }
@@ -195,6 +226,12 @@ SessionOptions auto_session_options(const CommonOptions& o, const std::string& m
                              plan.threads, plan.batch,
                              ngl > 0 ? fmt::format("{} GPU layers", ngl) : std::string("CPU only"),
                              plan.fits ? "" : "; does NOT fit in memory, see `qleap plan`");
+    // Say why a compressed cache was chosen (the planner's reason names what f16 would have needed).
+    if (!kv_given && plan.kv_type != planner_kv_types().front()) {
+      for (const auto& r : plan.reasons)
+        if (r.rfind("KV " + planner_kv_types().front() + " would need", 0) == 0)
+          std::cerr << "[" << r << "]\n";
+    }
   }
   SessionOptions so = to_session_options(plan);
   so.gpu_layers = session_gpu_layers;

@@ -49,6 +49,9 @@ void parse_host(std::string s, std::string& host, int& port);
 void serve_address(std::string& host, int& port);
 
 std::string human_bytes(double bytes);
+// A size such as "2GiB", "1.5G", "512MiB", "300M", "4096" (bytes): K/M/G/T with or without "iB" are
+// binary (1024-based), "KB"/"MB"/"GB"/"TB" decimal. Throws InvalidArgument naming `what` otherwise.
+uint64_t parse_bytes(const std::string& s, const char* what);
 // Peak resident set size of this process, in bytes.
 size_t peak_rss_bytes();
 
@@ -64,6 +67,7 @@ void register_plan(CLI::App& app);
 void register_tune(CLI::App& app);
 void register_profile(CLI::App& app);
 void register_compare(CLI::App& app);
+void register_passkey(CLI::App& app);
 void register_completion(CLI::App& app);  // needs every other subcommand registered first
 
 }  // namespace qleap::cli

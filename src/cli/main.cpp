@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   qleap::cli::register_tune(app);
   qleap::cli::register_profile(app);
   qleap::cli::register_compare(app);
+  qleap::cli::register_passkey(app);
   qleap::cli::register_completion(app);
   // llama.cpp spells the GPU layer count "-ngl"; CLI11 allows only one-letter short options.
   for (int i = 1; i < argc; ++i) {

@@ -147,3 +147,24 @@ def test_run_says_when_the_planned_offload_is_unavailable(qleap_bin, test_models
     assert r.returncode == 0, r.stderr
     assert "GPU offload is unavailable in this build" in r.stderr
     assert "CPU only" in r.stderr
+
+
+def test_plan_picks_turboquant_when_f16_does_not_fit_the_slots(qleap_bin, test_models, tmp_path):
+    """1 GiB machine (512 MiB budget): f16 KV of stories260K for 262144 x 4 slots is 640 MiB, tq4 240 MiB."""
+    hw = synthetic_machine(tmp_path, ram_gib=1)
+    m = test_models / "stories260K.gguf"
+    r = run(qleap_bin, "plan", m, "--ctx", "262144", "--parallel", "4", "--hardware", hw)
+    assert r.returncode == 0, r.stderr
+    assert "KV tq4" in r.stdout
+    assert "KV f16 would need 640.0 MiB for 262144 x 4 slots" in r.stdout
+    assert "using tq4:" in r.stdout
+    r = run(qleap_bin, "plan", m, "--ctx", "262144", "--parallel", "4", "--hardware", hw, "--json")
+    p = json.loads(r.stdout)["plan"]
+    assert p["kv_type"] == "tq4" and p["fits"] and p["n_ctx"] == 262144
+    # One slot: f16 fits.
+    r = run(qleap_bin, "plan", m, "--ctx", "262144", "--hardware", hw, "--json")
+    assert json.loads(r.stdout)["plan"]["kv_type"] == "f16"
+    # The user's --kv is the user's word, even when it does not fit.
+    r = run(qleap_bin, "plan", m, "--ctx", "262144", "--parallel", "4", "--kv", "f16", "--hardware", hw, "--json")
+    p = json.loads(r.stdout)["plan"]
+    assert p["kv_type"] == "f16" and not p["fits"]

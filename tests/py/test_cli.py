@@ -195,3 +195,68 @@ def test_kv_sensitivity_profile_feeds_the_per_head_allocation(qleap_bin, test_mo
     assert bad.returncode != 0 and "6 layers" in bad.stderr, bad.stderr
     info = run(qleap_bin, "info", model, "--kv", f"tq3:alloc={other}")
     assert "cannot size" in info.stdout and "6 layers" in info.stdout
+
+
+# ---- passkey retrieval, capacity per RAM budget ----
+def test_passkey_reports_every_type_and_depth(qleap_bin, test_models):
+    # (stories260K's tokenizer is nearly per character: instruction, needle and question take ~160 tokens)
+    r = run(qleap_bin, "passkey", test_models / "stories260K.gguf", "--tokens", "400", "--depths", "0.1,0.9",
+            "--kv", "f16,tq3", "-c", "512", "-t", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    trials = json.loads(r.stdout)["trials"]
+    assert [(t["kv"], t["depth_asked"]) for t in trials] == [("f16", 0.1), ("f16", 0.9), ("tq3", 0.1), ("tq3", 0.9)]
+    for t in trials:
+        assert t["tokens"] == 400 and len(t["key"]) == 5
+        assert abs(t["depth"] - t["depth_asked"]) < 0.15
+        digits = "".join(c if c.isdigit() else " " for c in t["answer"]).split()
+        assert t["found"] == (bool(digits) and digits[0] == t["key"])
+    # Same seed, same numbers for every type; the depths hide different ones.
+    assert trials[0]["key"] == trials[2]["key"] != trials[1]["key"]
+    r = run(qleap_bin, "passkey", test_models / "stories260K.gguf", "--tokens", "400", "--depths", "0.5",
+            "-c", "512", "-t", "1")
+    assert r.returncode == 0, r.stderr
+    assert "retrieves what f16 retrieves" in r.stdout
+
+
+def test_passkey_bad_values_are_clear_errors(qleap_bin, test_models):
+    m = test_models / "stories260K.gguf"
+    for args, msg in [(["--depths", "1.5"], "--depths"), (["--depths", "x"], "--depths"),
+                      (["--tokens", "abc"], "--tokens"), (["--tokens", "1000", "-c", "512"], "--ctx"),
+                      (["--tokens", "100"], "no room")]:
+        r = run(qleap_bin, "passkey", m, *args)
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        assert msg in r.stderr, (args, r.stderr)
+
+
+def test_bench_mem_budget_reports_the_largest_context_per_type(qleap_bin, test_models):
+    r = run(qleap_bin, "bench", test_models / "stories260K.gguf", "--kv", "f16,tq4,tq3", "--mem-budget", "200MiB",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["mem_budget"] == 200 << 20
+    t = {x["kv"]: x for x in j["types"]}
+    assert t["f16"]["kv_bytes_per_token"] == 640 and t["f16"]["kv_fixed_bytes"] == 0
+    assert t["tq3"]["kv_fixed_bytes"] > 0
+    for x in t.values():
+        assert 0 < x["ram_bytes_at_max"] <= 200 << 20
+        # one more position would not fit
+        assert x["ram_bytes_at_max"] + x["kv_bytes_per_token"] > 200 << 20
+    assert t["tq3"]["max_ctx"] > 3 * t["f16"]["max_ctx"]
+    assert t["f16"]["max_ctx"] < t["tq4"]["max_ctx"] < t["tq3"]["max_ctx"]
+    r = run(qleap_bin, "bench", test_models / "stories260K.gguf", "--kv", "f16,tq3", "--mem-budget", "1.5G")
+    assert r.returncode == 0, r.stderr
+    assert "max context" in r.stdout and "tq3" in r.stdout
+
+
+def test_bench_mem_budget_bad_values_are_clear_errors(qleap_bin, test_models):
+    m = test_models / "stories260K.gguf"
+    for v in ["lots", "0", "-1GiB", "2XB", "1e30"]:
+        r = run(qleap_bin, "bench", m, "--mem-budget", v)
+        assert r.returncode == 1, (v, r.stderr)
+        assert "--mem-budget" in r.stderr
+    r = run(qleap_bin, "bench", m, "--mem-budget", "1GiB", "--kv", "f16,bogus")
+    assert r.returncode == 1 and "bogus" in r.stderr
+    # A budget below the weights: nothing fits, said so.
+    r = run(qleap_bin, "bench", m, "--mem-budget", "1KiB")
+    assert r.returncode == 0, r.stderr
+    assert "does not fit" in r.stdout
