@@ -152,7 +152,8 @@ FIXTURES = {
 # (top-2 groups, top-2 experts), sigmoid scores with a random selection bias, routed scale 2.5, a shared
 # expert, YaRN (factor 4, mscale = mscale_all_dim = 1: scores scaled by mscale^2) crossed by the
 # prompts (original context 16). deepseek_v2: q_lora_rank None (V2-Lite layout), softmax greedy top-2,
-# two shared experts. Explicit seeds (their place in the table is not their seed).
+# two shared experts. References in float64 (as the hybrids'): the F32 bound is 1e-4. Explicit seeds
+# (their place in the table is not their seed); the routing margin is DeepSeek's own selection margin.
 MLA = dict(num_key_value_heads=4, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=24,
            n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, intermediate_size=96,
            num_hidden_layers=3, first_k_dense_replace=1, rms_norm_eps=1e-6, min_route_margin=0.001, ref_dtype=torch.float64,

@@ -211,12 +211,13 @@ class KvCacheImpl final : public KvCache {
     n_segs_ = head_major_ ? s.n_kv_heads : 1;
     seg_width_ = head_major_ ? s.head_dim : s.kv_dim();
     seg_bytes_ = Format::row_bytes(seg_width_);
+    n_kv_ = s.values_are_keys ? 1 : 2;  // one set of rows when values are the keys
     // Sliding-window layers hold a ring of positions (KvShape::ring_size), the others n_ctx.
     ring_.resize(size_t(s.n_layers));
     layer_off_.resize(size_t(s.n_layers) + 1, 0);
     for (int l = 0; l < s.n_layers; ++l) {
       ring_[size_t(l)] = s.ring_size(l);
-      const size_t layer_bytes = size_t(ring_[size_t(l)]) * seg_bytes_ * size_t(n_segs_) * 2;
+      const size_t layer_bytes = size_t(ring_[size_t(l)]) * seg_bytes_ * size_t(n_segs_) * size_t(n_kv_);
       layer_off_[size_t(l) + 1] = layer_off_[size_t(l)] + layer_bytes;
       if (ring_[size_t(l)] >= s.n_ctx) per_token_ += layer_bytes / size_t(s.n_ctx);
     }
@@ -247,7 +248,7 @@ class KvCacheImpl final : public KvCache {
       rot_k_.resize(size_t(n_tokens) * kv_dim);
       rot_v_.resize(rot_k_.size());
       rotate_heads(layer, k, rot_k_.data(), n_tokens, shape_.n_kv_heads, false);
-      rotate_heads(layer, v, rot_v_.data(), n_tokens, shape_.n_kv_heads, false);
+      if (n_kv_ == 2) rotate_heads(layer, v, rot_v_.data(), n_tokens, shape_.n_kv_heads, false);
       k = rot_k_.data();
       v = rot_v_.data();
     }
@@ -255,7 +256,7 @@ class KvCacheImpl final : public KvCache {
       for (int sg = 0; sg < n_segs_; ++sg) {
         const size_t src = size_t(t) * kv_dim + size_t(sg) * seg_width_;
         Format::encode(k + src, seg(layer, 0, sg, (pos + t) % ring), seg_width_);
-        Format::encode(v + src, seg(layer, 1, sg, (pos + t) % ring), seg_width_);
+        if (n_kv_ == 2) Format::encode(v + src, seg(layer, 1, sg, (pos + t) % ring), seg_width_);
       }
     }
   }
@@ -427,8 +428,10 @@ class KvCacheImpl final : public KvCache {
       }
   }
 
-  // Ring slot `slot` of a layer's keys (kv 0) or values (kv 1), segment sg.
+  // Ring slot `slot` of a layer's keys (kv 0) or values (kv 1; the keys when values are the keys),
+  // segment sg.
   uint8_t* seg(int layer, int kv, int sg, int slot) const {
+    if (n_kv_ == 1) kv = 0;
     const size_t ring = size_t(ring_[size_t(layer)]);
     return data_.get() + layer_off_[size_t(layer)] +
            ((size_t(kv) * size_t(n_segs_) + size_t(sg)) * ring + size_t(slot)) * seg_bytes_;
@@ -440,7 +443,7 @@ class KvCacheImpl final : public KvCache {
   }
 
   bool head_major_ = true;
-  int n_segs_ = 1, seg_width_ = 0;
+  int n_segs_ = 1, seg_width_ = 0, n_kv_ = 2;
   size_t seg_bytes_ = 0;
   std::vector<int> ring_;          // positions held per layer
   std::vector<size_t> layer_off_;  // byte offset of each layer's keys and values

@@ -68,7 +68,9 @@ void load_mla_attention(const GgufFile& f, const HParams& hp, int il, LayerWeigh
   for (int64_t h = 0; h < H; ++h) {
     float* kt = owned->data() + size_t(h * R * N);  // R rows of N
     for (int64_t i = 0; i < N; ++i) {
-      dequantize_row(kv_b.type, static_cast<const uint8_t*>(kv_b.data) + kv_b.row_bytes * size_t(h * (N + V) + i), row.data(), R);
+      dequantize_row(kv_b.type,
+                     static_cast<const uint8_t*>(kv_b.data) + kv_b.row_bytes * size_t(h * (N + V) + i),
+                     row.data(), R);
       for (int64_t r = 0; r < R; ++r) kt[r * N + i] = row[size_t(r)];
     }
     WeightView& k = w.k_b[size_t(h)];
@@ -102,19 +104,16 @@ void mla_attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, con
   } else {
     be.matmul(w.wq, xn, m, qf);
   }
-  // The latent: kv_a gives [c_kv | k_pe]; the cache wants [k_pe | rms_norm(c_kv)] (value rows [0 | c_kv]).
+  // The latent: kv_a gives [c_kv | k_pe]; the cache wants [k_pe | rms_norm(c_kv)]. It is the value too
+  // (KvShape::values_are_keys): of the attended latent only the c_kv part is used.
   float* kv = a.mla_kv.get();
   be.matmul(w.wk, xn, m, kv);
   float* k = a.k.get();
-  float* v = a.v.get();
   for (int t = 0; t < m; ++t) {
     const float* src = kv + size_t(t) * (R + P);
     float* kt = k + size_t(t) * L;
-    float* vt = v + size_t(t) * L;
     std::copy(src + R, src + R + P, kt);
     rms_norm(src, w.kv_a_norm.data(), kt + P, R, kMlaNormEps);
-    std::fill(vt, vt + P, 0.0f);
-    std::copy(kt + P, kt + L, vt + P);
   }
   // Queries in the latent space: [q_pe | W_UK[h]^T q_nope] per head.
   float* q = a.q.get();
@@ -134,7 +133,7 @@ void mla_attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, con
   QkPrep qp;
   qp.q = q;
   qp.k = k;
-  qp.v = v;
+  qp.v = a.v.get();  // untouched (no bias)
   qp.n_heads = H;
   qp.n_kv_heads = 1;
   qp.head_dim = L;
@@ -146,13 +145,13 @@ void mla_attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, con
   float* att = a.attn.get();  // m x H x L: [ignored | attended c_kv]
   if (ctx.rows == nullptr) {
     const KvSpan span{ctx.pos0, m, dev_pos};
-    ctx.kv->store(layer, span, k, v);
+    ctx.kv->store(layer, span, k, k);
     ctx.kv->attend(layer, span, q, att, hp.attn_scale, pool);
   } else {
     for (int t = 0; t < m; ++t) {
       const RowSeq& r = ctx.rows[t];
       const KvSpan span{r.pos, 1, nullptr};
-      r.kv->store(layer, span, k + size_t(t) * L, v + size_t(t) * L);
+      r.kv->store(layer, span, k + size_t(t) * L, k + size_t(t) * L);
       r.kv->attend(layer, span, q + size_t(t) * H * L, att + size_t(t) * H * L, hp.attn_scale, pool);
     }
   }

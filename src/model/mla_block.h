@@ -3,8 +3,9 @@
 // [k_pe | c_kv]: the roped decoupled key and the normalized compressed latent. Each query head h is
 // taken into that space, [q_pe | W_UK[h]^T q_nope] (W_UK[h] = LayerWeights::k_b[h]), so that its score
 // against a position is q_pe . k_pe + q_nope . (W_UK[h] c_kv), the score of the expanded keys; the
-// attended value is the latent c_kv (the cache's value rows hold [0 | c_kv]) and W_UV[h] (v_b[h]) takes
-// it to the head's output before the output projection. Attention is then MQA over the latent, and every
+// values are the keys (KvShape::values_are_keys: the float and block caches keep the latent once), of
+// the attended latent the c_kv part is used, and W_UV[h] (v_b[h]) takes it to the head's output before
+// the output projection. Attention is then MQA over the latent, and every
 // cache type (f16, q8_0, TurboQuant) stores and attends the latent through the KvCache protocol.
 //
 // Host backends only: the per-head absorption runs on the CPU threads (prepare_layer refuses MLA layers

@@ -120,6 +120,7 @@ Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& opt)
       shape.max_tokens = n_batch_;
       shape.softcap = hp.attn_softcap;
       set_attn_sinks(*model_, seg.first, seg.end, shape);
+      shape.values_are_keys = hp.is_mla();  // MLA caches its latent once (model/mla_block.h)
       std::unique_ptr<KvCache> kv;
       if (seg.backend->is_host() && opt.make_host_kv) {
         kv = opt.make_host_kv(shape);

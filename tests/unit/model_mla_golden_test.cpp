@@ -20,6 +20,7 @@
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
 #include "gguf_test_util.h"
+#include "kv/kv_cache.h"
 #include "model/model.h"
 #include "model/moe_block.h"
 #include "quant/quant.h"
@@ -319,6 +320,42 @@ TEST(MoeRouteGrouped, DeepSeekRules) {
   for (float x : logits) z += std::exp(double(x));
   EXPECT_NEAR(w[0], std::exp(3.0) / z, 1e-6);
   EXPECT_NEAR(w[1], std::exp(1.0) / z, 1e-6);
+}
+
+// KvShape::values_are_keys: the float and block caches keep one set of rows (half the bytes) and attend
+// exactly as a cache that stored the same rows as keys and values; TurboQuant stores both (a hint).
+TEST(MlaKvCache, ValuesAreKeysKeepsOneCopy) {
+  KvShape s;
+  s.n_layers = 2;
+  s.n_ctx = 80;
+  s.n_heads = 4;
+  s.n_kv_heads = 1;
+  s.head_dim = 48;
+  KvShape shared = s;
+  shared.values_are_keys = true;
+  std::vector<float> k(size_t(70) * 48), q(size_t(70) * 4 * 48);
+  for (size_t i = 0; i < k.size(); ++i) k[i] = float(std::sin(0.37 * double(i)));
+  for (size_t i = 0; i < q.size(); ++i) q[i] = float(std::cos(0.11 * double(i)));
+  ThreadPool pool(2);
+  for (const std::string type : {"f32", "f16", "q8_0", "q4_0", "q8_0r", "tq3"}) {
+    auto a = make_kv_cache(type, s), b = make_kv_cache(type, shared);
+    for (auto* c : {a.get(), b.get()}) {
+      c->store(1, 0, 60, k.data(), k.data());  // a prefill (the tiled kernel for f32 / f16)
+      c->store(1, 60, 1, k.data() + 60 * 48, k.data() + 60 * 48);
+    }
+    std::vector<float> oa(size_t(60) * 4 * 48), ob(oa.size());
+    a->attend(1, 0, 60, q.data(), oa.data(), 0.2f, pool);
+    b->attend(1, 0, 60, q.data(), ob.data(), 0.2f, pool);
+    EXPECT_EQ(0, std::memcmp(oa.data(), ob.data(), oa.size() * sizeof(float))) << type << " prefill";
+    a->attend(1, 60, 1, q.data(), oa.data(), 0.2f, pool);
+    b->attend(1, 60, 1, q.data(), ob.data(), 0.2f, pool);
+    EXPECT_EQ(0, std::memcmp(oa.data(), ob.data(), 4 * 48 * sizeof(float))) << type << " decode";
+    if (type == "tq3") {
+      EXPECT_EQ(b->bytes_per_token(), a->bytes_per_token()) << type;
+    } else {
+      EXPECT_EQ(2 * b->bytes_per_token(), a->bytes_per_token()) << type;
+    }
+  }
 }
 
 // No device kernel takes MLA yet: a layer placed on a device backend is refused with a clear message.
