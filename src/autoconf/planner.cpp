@@ -10,8 +10,10 @@
 #include "backend/cuda/cuda_api.h"
 #include "core/error.h"
 #include "kv/kv_cache.h"
+#include "kv/recurrent_state.h"
 #include "model/blocks.h"
 #include "model/model.h"
+#include "runtime/engine.h"
 
 namespace qleap {
 
@@ -241,11 +243,20 @@ void add_kv_sizes(ModelInfo& m, const HParams& hp, const std::vector<std::string
   int probe = 4096;
   for (int il = 0; il < hp.n_layers; ++il) probe = std::max(probe, hp.window(il) + kMaxBatch);
   const KvShape shape = kv_shape_of(hp, probe, kMaxBatch);
+  // Hybrid models' DeltaNet layers keep a recurrent state per slot instead (with the Engine's default
+  // number of checkpoints): fixed bytes next to the KV cache, whatever its type.
+  m.recurrent_state_bytes = 0;
+  if (const int n_rec = hp.recurrent_layers_before(hp.n_layers); n_rec > 0) {
+    const DeltaNetParams& d = hp.delta;
+    const RecurrentShape rs{n_rec, d.conv_dim(), d.conv_kernel, d.n_v_heads, d.head_k_dim, d.head_v_dim};
+    m.recurrent_state_bytes =
+        uint64_t(rs.floats()) * sizeof(float) * uint64_t(1 + EngineOptions{}.state_checkpoints);
+  }
   for (const auto& type : kv_types) {
     try {
       const KvStats st = make_kv_cache(type, shape)->stats();
       m.kv_bytes_per_token.emplace_back(type, st.bytes_per_token);
-      m.kv_fixed_bytes.emplace_back(type, st.fixed_bytes);
+      m.kv_fixed_bytes.emplace_back(type, st.fixed_bytes + m.recurrent_state_bytes);
     } catch (const Error& e) {
       // A type this model's shape cannot use (e.g. head_dim limits) is simply not a candidate.
       m.kv_unavailable.emplace_back(type, e.what());
@@ -435,10 +446,14 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
   {
     const int slots = std::max(1, req.parallel);
     const uint64_t fixed = m.kv_fixed(p.kv_type);
-    std::string kv_line =
-        fmt::format("KV cache {}: {} per token x {} tokens{}{} = {}", p.kv_type, gib(m.kv_bytes(p.kv_type)),
-                    p.n_ctx, fixed > 0 ? fmt::format(" + {} fixed", gib(fixed)) : "",
-                    slots > 1 ? fmt::format(", x {} slots", slots) : "", gib(p.kv_bytes));
+    std::string kv_line = fmt::format(
+        "KV cache {}: {} per token x {} tokens{}{} = {}", p.kv_type, gib(m.kv_bytes(p.kv_type)), p.n_ctx,
+        fixed > 0 ? fmt::format(" + {} fixed{}", gib(fixed),
+                                m.recurrent_state_bytes > 0
+                                    ? fmt::format(" (DeltaNet state {})", gib(m.recurrent_state_bytes))
+                                    : "")
+                  : "",
+        slots > 1 ? fmt::format(", x {} slots", slots) : "", gib(p.kv_bytes));
     if (!req.kv_type.empty()) {
       kv_line += " (requested)";
     } else if (p.kv_type == kvs.front()) {

@@ -41,9 +41,11 @@ struct ModelInfo {
   // KV cache bytes per token (all layers, K and V) by cache type, from the cache implementations.
   std::vector<std::pair<std::string, uint64_t>> kv_bytes_per_token;
   // What one slot's cache holds besides its per-position bytes, by cache type: TurboQuant's exact sink
-  // and recent-window rows, and the rings of sliding-window layers (sized for a prefill chunk of 512).
-  // Absent: 0.
+  // and recent-window rows, the rings of sliding-window layers (sized for a prefill chunk of 512), and
+  // a hybrid model's recurrent state. Absent: 0.
   std::vector<std::pair<std::string, uint64_t>> kv_fixed_bytes;
+  // One slot's DeltaNet recurrent state and its checkpoints (hybrid models; included in kv_fixed_bytes).
+  uint64_t recurrent_state_bytes = 0;
   // Types that could not be sized for this model, with the reason (reported if one is asked for).
   std::vector<std::pair<std::string, std::string>> kv_unavailable;
 

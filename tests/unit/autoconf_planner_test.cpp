@@ -1,14 +1,17 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
 
 #include "autoconf/planner.h"
 #include "core/error.h"
+#include "gguf/convert.h"
 #include "gguf/gguf.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
 #include "model_test_util.h"
+#include "runtime/engine.h"
 
 namespace qleap {
 namespace {
@@ -348,6 +351,35 @@ TEST(AutoconfPlanner, KvBytesAreTheCachesAllocation) {
       if (swa == 2) {
         EXPECT_EQ(m.kv_bytes(t), 0u) << t;  // every layer a ring: nothing per position
       }
+    }
+  }
+}
+
+// A hybrid model's DeltaNet layers keep a recurrent state (and its checkpoints) per slot: the plan
+// counts it as fixed bytes, and the total is what the Engine allocates.
+TEST(AutoconfPlanner, RecurrentStateIsCountedPerSlot) {
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("qleap_planner_hybrid_" + std::to_string(::getpid()) + ".gguf");
+  ConvertOptions co;
+  co.out_type = GgmlType::F32;
+  convert_hf_to_gguf(
+      (std::filesystem::path(testing::source_dir()) / "tests/golden/fixtures/qwen3_5").string(),
+      path.string(), co);
+  auto f = GgufFile::open(path.string());
+  const ModelInfo m = model_info_from_gguf(*f, {"f16", "q8_0"});
+  EXPECT_GT(m.recurrent_state_bytes, 0u);
+  auto model = load_model(path.string());  // the mapping outlives the file's name
+  std::filesystem::remove(path);
+  for (const std::string kv : {"f16", "q8_0"}) {
+    EXPECT_GE(m.kv_fixed(kv), m.recurrent_state_bytes) << kv;
+    for (int slots : {1, 3}) {
+      EngineOptions o;
+      o.n_ctx = 300;
+      o.n_slots = slots;
+      o.kv_type = kv;
+      Engine e(model, o);
+      EXPECT_EQ(m.kv_cache_bytes(kv, 300) * uint64_t(slots), e.kv_usage().allocated_bytes)
+          << kv << " x " << slots;
     }
   }
 }
