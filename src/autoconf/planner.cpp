@@ -71,11 +71,14 @@ struct Candidate {
 class Sizer {
  public:
   // kv_total: the KV caches of all slots, spread evenly over the layers (the remainder on the last).
-  Sizer(const ModelInfo& m, uint64_t kv_total, int batch)
+  // kv_type: the device holds only f16 caches (cuda::make_kv_cache); the other types of GPU layers
+  // stay in host memory (Engine::make_cache), so their bytes count as RAM.
+  Sizer(const ModelInfo& m, uint64_t kv_total, int batch, const std::string& kv_type)
       : m_(m),
         kv_layer_(kv_total / uint64_t(std::max(1, m.n_layers))),
         kv_rest_(kv_total % uint64_t(std::max(1, m.n_layers))),
-        batch_(batch) {}
+        batch_(batch),
+        kv_on_device_(kv_type == "f16") {}
 
   // k: the last k layers on the GPU.
   Layout layout(int k, bool experts_gpu) const {
@@ -91,7 +94,8 @@ class Sizer {
       const bool gpu = i >= n - k;
       const uint64_t kv = kv_layer_ + (i == n - 1 ? kv_rest_ : 0);
       if (gpu) {
-        l.vram += dense + kv;
+        l.vram += dense;
+        (kv_on_device_ ? l.vram : l.ram) += kv;
         (l.experts_on_gpu ? l.vram : l.ram) += exps;
         if (!l.experts_on_gpu) l.cpu_bpt += uint64_t(double(exps) * frac);
       } else {
@@ -128,6 +132,7 @@ class Sizer {
   const ModelInfo& m_;
   uint64_t kv_layer_, kv_rest_;
   int batch_;
+  bool kv_on_device_;
 };
 
 }  // namespace
@@ -322,7 +327,7 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
         throw InvalidArgument(fmt::format("planner: KV cache type '{}' is not available{}", kvs[ki], why));
       }
       for (int b : batches) {
-        Sizer sz(m, m.kv_cache_bytes(kvs[ki], ctx) * uint64_t(std::max(1, req.parallel)), b);
+        Sizer sz(m, m.kv_cache_bytes(kvs[ki], ctx) * uint64_t(std::max(1, req.parallel)), b, kvs[ki]);
         Candidate c;
         c.n_ctx = ctx;
         c.kv = kvs[ki];
@@ -462,7 +467,7 @@ Plan make_plan(const HardwareInfo& hw, const ModelInfo& m, const PlanRequest& re
       // What the preferred type would have needed at the same context, and why it was not taken.
       const std::string& best = kvs.front();
       const uint64_t best_kv = m.kv_cache_bytes(best, p.n_ctx) * uint64_t(slots);
-      Sizer sz(m, best_kv, p.batch);
+      Sizer sz(m, best_kv, p.batch, best);
       const Layout lay = p.gpu_layers > 0 ? sz.layout(p.gpu_layers, p.experts_on_gpu) : sz.layout(0, false);
       const bool ram_short = lay.ram > p.ram_budget;
       kv_line = fmt::format(
@@ -558,7 +563,7 @@ uint64_t cpu_ram_bytes(const ModelInfo& m, const std::string& kv_type, int n_ctx
       if (t == kv_type) why = ": " + reason;
     throw InvalidArgument(fmt::format("KV cache type '{}' is not available for this model{}", kv_type, why));
   }
-  Sizer sz(m, m.kv_cache_bytes(kv_type, n_ctx) * uint64_t(std::max(1, parallel)), batch);
+  Sizer sz(m, m.kv_cache_bytes(kv_type, n_ctx) * uint64_t(std::max(1, parallel)), batch, kv_type);
   return sz.layout(0, false).ram;
 }
 

@@ -384,5 +384,26 @@ TEST(AutoconfPlanner, RecurrentStateIsCountedPerSlot) {
   }
 }
 
+// Only f16 caches live on the device: a TurboQuant (or q8_0) cache of GPU layers stays in host memory,
+// so the plan counts it as RAM, not VRAM.
+TEST(AutoconfPlanner, NonF16KvOfGpuLayersIsCountedInRam) {
+  PlanRequest req;
+  req.n_ctx = 8192;
+  req.parallel = 2;
+  req.batch = 512;
+  req.gpu_layers = kGpuLayersAll;
+  req.kv_type = "f16";
+  const HardwareInfo hw = with_gpu(cpu_machine(64), 80);
+  const Plan f16 = make_plan(hw, dense_7b(), req);
+  for (const std::string kv : {"tq3", "q8_0"}) {
+    req.kv_type = kv;
+    const Plan p = make_plan(hw, dense_7b(), req);
+    ASSERT_EQ(p.gpu_layers, f16.gpu_layers) << kv;
+    EXPECT_GT(p.kv_bytes, 0u);
+    EXPECT_EQ(p.vram_bytes, f16.vram_bytes - f16.kv_bytes) << kv;
+    EXPECT_EQ(p.ram_bytes, f16.ram_bytes + p.kv_bytes) << kv;
+  }
+}
+
 }  // namespace
 }  // namespace qleap
