@@ -75,6 +75,10 @@ class TurboQuantKvCache final : public KvCache {
     if (!spec.head_k_bits.empty() &&
         (spec.head_k_bits.size() != size_t(ML) * H || spec.head_v_bits.size() != size_t(ML) * H))
       throw InvalidArgument("turboquant kv cache: the per-head bit allocation does not match the model");
+    // MLA's latent (KvShape::values_are_keys): one key record per position, which the attention also
+    // reads as the value (the value path decodes it with the key's state, centering and scales). QJL
+    // key records carry a residual sketch the value path would ignore, so those keep value records.
+    shared_ = s.values_are_keys && !spec.qjl_keys;
     ring_.assign(size_t(L), 0);
     slots_.assign(size_t(L), s.n_ctx);
     for (int l = 0; l < L; ++l) {
@@ -96,6 +100,7 @@ class TurboQuantKvCache final : public KvCache {
         const bool per_head = !spec.head_k_bits.empty();
         kb[i] = per_head ? spec.head_k_bits[mi] : spec.k_bits_at(ml, ML);
         vb[i] = per_head ? spec.head_v_bits[mi] : spec.v_bits_at(ml, ML);
+        if (shared_) vb[i] = kb[i];
       }
     set_rates(kb, vb);
     total_ = head_off_.back();
@@ -178,6 +183,13 @@ class TurboQuantKvCache final : public KvCache {
           vscaled_[L] = 1;
         }
       }
+      if (shared_) {
+        // The values are the key records: decoded with the keys' centering and channel scales.
+        std::copy_n(&mu_k_[L * kvd], kvd, &mu_v_[L * kvd]);
+        std::copy_n(&s_k_[L * kvd], kvd, &s_v_[L * kvd]);
+        std::copy_n(&inv_s_k_[L * kvd], kvd, &inv_s_v_[L * kvd]);
+        vscaled_[L] = scaled_[L];
+      }
     }
     calibrated_any_ = true;
   }
@@ -212,7 +224,7 @@ class TurboQuantKvCache final : public KvCache {
       rot.resize(size_t(hd));
       for (int t = t0; t < t1; ++t) {
         const float* kx = k + size_t(t) * kvd + size_t(g) * hd;
-        const float* vx = v + size_t(t) * kvd + size_t(g) * hd;
+        const float* vx = shared_ ? kx : v + size_t(t) * kvd + size_t(g) * hd;
         const float* mk = muk ? muk + size_t(g) * hd : nullptr;
         const float* mv = muv ? muv + size_t(g) * hd : nullptr;
         const float* sk = isk ? isk + size_t(g) * hd : nullptr;
@@ -221,10 +233,10 @@ class TurboQuantKvCache final : public KvCache {
         uint8_t* kd = keys(layer, g) + size_t(slot) * kr;
         uint8_t* vd = values(layer, g) + size_t(slot) * vr;
         quantize_one(ks, kx, mk, sk, tmp.data(), kd);
-        quantize_one(vs, vx, mv, sv, tmp.data(), vd);
+        if (!shared_) quantize_one(vs, vx, mv, sv, tmp.data(), vd);
         if (ring > 0) {
           std::memcpy(kd + size_t(ring) * kr, kd, kr);
-          std::memcpy(vd + size_t(ring) * vr, vd, vr);
+          if (!shared_) std::memcpy(vd + size_t(ring) * vr, vd, vr);
         }
         if (pos + t < sink_) {
           // The record is written too (it gets zero weight): every position has one.
@@ -349,7 +361,8 @@ class TurboQuantKvCache final : public KvCache {
       for (size_t r = 0; r < R; ++r) {
         const int ml = layer + sh.first_layer;
         const TqState ks = tq_make_state(tq_kv_config(spec_, hd, false, float(rates[r])), ml, g);
-        const TqState vs = tq_make_state(tq_kv_config(spec_, hd, true, float(rates[r])), ml, g);
+        const TqState vs =
+            shared_ ? ks : tq_make_state(tq_kv_config(spec_, hd, true, float(rates[r])), ml, g);
         std::vector<uint8_t> rec(std::max(ks.layout.bytes, vs.layout.bytes));
         for (int t = 0; t < n; ++t) {
           const float* kx = &k[size_t(t) * kvd + size_t(g) * hd];
@@ -702,8 +715,9 @@ class TurboQuantKvCache final : public KvCache {
         k_states_.push_back(tq_make_state(tq_kv_config(spec_, s.head_dim, false, kb[i]), ml, g));
         v_states_.push_back(tq_make_state(tq_kv_config(spec_, s.head_dim, true, vb[i]), ml, g));
         k_rec_[i] = k_states_.back().layout.bytes;
-        v_rec_[i] = v_states_.back().layout.bytes;
-        // Per (layer, kv head): the layer's slots of key records, then as many value records.
+        v_rec_[i] = shared_ ? 0 : v_states_.back().layout.bytes;
+        // Per (layer, kv head): the layer's slots of key records, then as many value records (none
+        // when they are shared).
         head_off_[i + 1] = head_off_[i] + size_t(slots_[size_t(l)]) * (k_rec_[i] + v_rec_[i]);
       }
   }
@@ -713,8 +727,9 @@ class TurboQuantKvCache final : public KvCache {
   // the records then take exactly the bytes of the uniform rates (always for head_dim a multiple of 16),
   // so the cache's size never depends on the calibration; once, before the cache holds anything.
   void allocate_from(const KvCalibration& c) {
+    // Shared key / value records (MLA) have one rate per head, which the K / V allocation cannot move.
     if (!spec_.auto_alloc || alloc_done_ || !spec_.head_k_bits.empty() || spec_.qjl_keys ||
-        spec_.edge_layers > 0 || c.tq_sensitivity.empty())
+        spec_.edge_layers > 0 || shared_ || c.tq_sensitivity.empty())
       return;
     alloc_done_ = true;
     const TqSensitivity* best = nullptr;
@@ -738,19 +753,24 @@ class TurboQuantKvCache final : public KvCache {
   }
 
   const TqState& kstate(int layer, int g) const { return k_states_[size_t(layer) * shape_.n_kv_heads + g]; }
-  const TqState& vstate(int layer, int g) const { return v_states_[size_t(layer) * shape_.n_kv_heads + g]; }
+  const TqState& vstate(int layer, int g) const {
+    return shared_ ? kstate(layer, g) : v_states_[size_t(layer) * shape_.n_kv_heads + g];
+  }
   uint8_t* keys(int layer, int g) const {
     return data_.get() + head_off_[size_t(layer) * shape_.n_kv_heads + g];
   }
   uint8_t* values(int layer, int g) const {
-    return keys(layer, g) + size_t(slots_[size_t(layer)]) * krec(layer, g);
+    return shared_ ? keys(layer, g) : keys(layer, g) + size_t(slots_[size_t(layer)]) * krec(layer, g);
   }
   size_t krec(int layer, int g) const { return k_rec_[size_t(layer) * shape_.n_kv_heads + g]; }
-  size_t vrec(int layer, int g) const { return v_rec_[size_t(layer) * shape_.n_kv_heads + g]; }
+  size_t vrec(int layer, int g) const {
+    return shared_ ? krec(layer, g) : v_rec_[size_t(layer) * shape_.n_kv_heads + g];
+  }
   void check(int layer, int pos, int n) const { check_kv_span(shape_, layer, pos, n); }
 
   std::string name_;
   TqKvSpec spec_;
+  bool shared_ = false;  // values read from the key records (KvShape::values_are_keys)
   std::vector<TqState> k_states_, v_states_;
   std::vector<size_t> k_rec_, v_rec_;  // record bytes per (layer, kv head)
   std::vector<size_t> head_off_;       // byte offset of each (layer, kv head)'s records
