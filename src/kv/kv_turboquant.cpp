@@ -115,7 +115,7 @@ class TurboQuantKvCache final : public KvCache {
     inv_s_k_.assign(size_t(L) * s.kv_dim(), 1.0f);
     sink_ = std::min(spec.sink, s.n_ctx);
     sink_k_.assign(size_t(L) * s.n_kv_heads * sink_ * s.head_dim, 0.0f);
-    sink_v_.assign(sink_k_.size(), 0.0f);
+    sink_v_.assign(shared_ ? 0 : sink_k_.size(), 0.0f);  // shared: the value rows are the key rows
     window_ = std::max(0, std::min(spec.window, s.n_ctx));
     tail_.resize(size_t(L));
     // Not zero-filled, like the other caches: store() writes every position before attend() reads it.
@@ -241,13 +241,15 @@ class TurboQuantKvCache final : public KvCache {
         if (pos + t < sink_) {
           // The record is written too (it gets zero weight): every position has one.
           exact_one(ks, kx, mk, sk, tmp.data(), sink_row(sink_k_, layer, g, pos + t));
-          exact_one(vs, vx, mv, sv, tmp.data(), sink_row(sink_v_, layer, g, pos + t));
+          if (!shared_) exact_one(vs, vx, mv, sv, tmp.data(), sink_row(sink_v_, layer, g, pos + t));
         }
         if (window_ > 0) {
           exact_one(ks, kx, mk, sk, tmp.data(), rot.data());
           fp32_to_fp16_row(rot.data(), window_row(tail_[size_t(layer)].k, layer, g, pos + t), hd);
-          exact_one(vs, vx, mv, sv, tmp.data(), rot.data());
-          fp32_to_fp16_row(rot.data(), window_row(tail_[size_t(layer)].v, layer, g, pos + t), hd);
+          if (!shared_) {
+            exact_one(vs, vx, mv, sv, tmp.data(), rot.data());
+            fp32_to_fp16_row(rot.data(), window_row(tail_[size_t(layer)].v, layer, g, pos + t), hd);
+          }
         }
       }
     };
@@ -323,10 +325,11 @@ class TurboQuantKvCache final : public KvCache {
     return n;
   }
   // The records plus the exact rows: sink_ (floats) and window_ (fp16) positions per layer and kv
-  // head, K and V (a constant). A prefill batch's own rows are held too while it is attended (window_row);
-  // like the activations they are computed from, they are not counted.
+  // head, K and V (K only when values are keys; a constant). A prefill batch's own rows are held too
+  // while it is attended (window_row); like the activations they are computed from, they are not counted.
   size_t allocated_bytes() const override {
-    const size_t window_values = size_t(window_) * shape_.n_layers * shape_.n_kv_heads * 2 * shape_.head_dim;
+    const size_t window_values =
+        size_t(window_) * shape_.n_layers * shape_.n_kv_heads * (shared_ ? 1 : 2) * shape_.head_dim;
     return total_ + (sink_k_.size() + sink_v_.size()) * sizeof(float) + window_values * sizeof(uint16_t);
   }
   const char* type_name() const override { return name_.c_str(); }
@@ -491,13 +494,13 @@ class TurboQuantKvCache final : public KvCache {
     const int64_t cap = std::max<int64_t>(need, window_);
     if (need > w.cap || w.cap > 4 * cap) {
       const size_t hd = size_t(shape_.head_dim), H = size_t(shape_.n_kv_heads);
-      std::vector<uint16_t> nk(H * size_t(cap) * hd), nv(nk.size());
+      std::vector<uint16_t> nk(H * size_t(cap) * hd), nv(shared_ ? 0 : nk.size());
       for (size_t g = 0; g < H; ++g)
         for (int64_t p = keep; p < pos; ++p) {
           const size_t from = (g * size_t(w.cap) + size_t(p % w.cap)) * hd,
                        to = (g * size_t(cap) + size_t(p % cap)) * hd;
           std::copy_n(&w.k[from], hd, &nk[to]);
-          std::copy_n(&w.v[from], hd, &nv[to]);
+          if (!shared_) std::copy_n(&w.v[from], hd, &nv[to]);
         }
       w.k.swap(nk);
       w.v.swap(nv);
@@ -540,7 +543,7 @@ class TurboQuantKvCache final : public KvCache {
     const size_t off = sink_offset(layer, g);
     x.sink = sink_;
     x.sink_k = sink_k_.data() + off;
-    x.sink_v = sink_v_.data() + off;
+    x.sink_v = (shared_ ? sink_k_ : sink_v_).data() + off;
     if (window_ > 0) {
       const WindowRing& w = tail_[size_t(layer)];
       x.window = window_;
@@ -548,7 +551,7 @@ class TurboQuantKvCache final : public KvCache {
       x.end = w.end;
       x.ring = w.cap;
       x.win_k = w.k.data() + size_t(g) * size_t(w.cap) * shape_.head_dim;
-      x.win_v = w.v.data() + size_t(g) * size_t(w.cap) * shape_.head_dim;
+      x.win_v = (shared_ ? w.k : w.v).data() + size_t(g) * size_t(w.cap) * shape_.head_dim;
     }
     return x;
   }
