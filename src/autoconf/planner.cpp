@@ -194,6 +194,7 @@ KvShape kv_shape_of(const HParams& hp, int n_ctx, int n_batch) {
   }
   s.max_tokens = std::min(n_batch, n_ctx);
   s.softcap = hp.attn_softcap;
+  s.values_are_keys = hp.is_mla();  // MLA's latent is cached once (every cache type keeps one copy)
   return s;
 }
 

@@ -50,8 +50,8 @@ struct KvShape {
     return attn_sinks.empty() ? nullptr : attn_sinks.data() + size_t(layer) * size_t(n_heads);
   }
   // The values stored are the keys themselves (MLA's latent, model/mla_block.h: store() gets v == k). A
-  // hint: a cache may then keep each row once (the block and float formats do; TurboQuant, which codes
-  // keys and values differently, and the device caches store both).
+  // hint: a cache may then keep each row once (the block and float formats do; TurboQuant keeps one key
+  // record per position and reads the values from it; the device caches store both).
   bool values_are_keys = false;
   int kv_dim() const { return n_kv_heads * head_dim; }
   int q_dim() const { return n_heads * head_dim; }

@@ -75,6 +75,10 @@ class TurboQuantKvCache final : public KvCache {
     if (!spec.head_k_bits.empty() &&
         (spec.head_k_bits.size() != size_t(ML) * H || spec.head_v_bits.size() != size_t(ML) * H))
       throw InvalidArgument("turboquant kv cache: the per-head bit allocation does not match the model");
+    // MLA's latent (KvShape::values_are_keys): one key record per position, which the attention also
+    // reads as the value (the value path decodes it with the key's state, centering and scales). QJL
+    // key records carry a residual sketch the value path would ignore, so those keep value records.
+    shared_ = s.values_are_keys && !spec.qjl_keys;
     ring_.assign(size_t(L), 0);
     slots_.assign(size_t(L), s.n_ctx);
     for (int l = 0; l < L; ++l) {
@@ -96,6 +100,7 @@ class TurboQuantKvCache final : public KvCache {
         const bool per_head = !spec.head_k_bits.empty();
         kb[i] = per_head ? spec.head_k_bits[mi] : spec.k_bits_at(ml, ML);
         vb[i] = per_head ? spec.head_v_bits[mi] : spec.v_bits_at(ml, ML);
+        if (shared_) vb[i] = kb[i];
       }
     set_rates(kb, vb);
     total_ = head_off_.back();
@@ -110,7 +115,7 @@ class TurboQuantKvCache final : public KvCache {
     inv_s_k_.assign(size_t(L) * s.kv_dim(), 1.0f);
     sink_ = std::min(spec.sink, s.n_ctx);
     sink_k_.assign(size_t(L) * s.n_kv_heads * sink_ * s.head_dim, 0.0f);
-    sink_v_.assign(sink_k_.size(), 0.0f);
+    sink_v_.assign(shared_ ? 0 : sink_k_.size(), 0.0f);  // shared: the value rows are the key rows
     window_ = std::max(0, std::min(spec.window, s.n_ctx));
     tail_.resize(size_t(L));
     // Not zero-filled, like the other caches: store() writes every position before attend() reads it.
@@ -178,6 +183,13 @@ class TurboQuantKvCache final : public KvCache {
           vscaled_[L] = 1;
         }
       }
+      if (shared_) {
+        // The values are the key records: decoded with the keys' centering and channel scales.
+        std::copy_n(&mu_k_[L * kvd], kvd, &mu_v_[L * kvd]);
+        std::copy_n(&s_k_[L * kvd], kvd, &s_v_[L * kvd]);
+        std::copy_n(&inv_s_k_[L * kvd], kvd, &inv_s_v_[L * kvd]);
+        vscaled_[L] = scaled_[L];
+      }
     }
     calibrated_any_ = true;
   }
@@ -212,7 +224,7 @@ class TurboQuantKvCache final : public KvCache {
       rot.resize(size_t(hd));
       for (int t = t0; t < t1; ++t) {
         const float* kx = k + size_t(t) * kvd + size_t(g) * hd;
-        const float* vx = v + size_t(t) * kvd + size_t(g) * hd;
+        const float* vx = shared_ ? kx : v + size_t(t) * kvd + size_t(g) * hd;
         const float* mk = muk ? muk + size_t(g) * hd : nullptr;
         const float* mv = muv ? muv + size_t(g) * hd : nullptr;
         const float* sk = isk ? isk + size_t(g) * hd : nullptr;
@@ -221,21 +233,23 @@ class TurboQuantKvCache final : public KvCache {
         uint8_t* kd = keys(layer, g) + size_t(slot) * kr;
         uint8_t* vd = values(layer, g) + size_t(slot) * vr;
         quantize_one(ks, kx, mk, sk, tmp.data(), kd);
-        quantize_one(vs, vx, mv, sv, tmp.data(), vd);
+        if (!shared_) quantize_one(vs, vx, mv, sv, tmp.data(), vd);
         if (ring > 0) {
           std::memcpy(kd + size_t(ring) * kr, kd, kr);
-          std::memcpy(vd + size_t(ring) * vr, vd, vr);
+          if (!shared_) std::memcpy(vd + size_t(ring) * vr, vd, vr);
         }
         if (pos + t < sink_) {
           // The record is written too (it gets zero weight): every position has one.
           exact_one(ks, kx, mk, sk, tmp.data(), sink_row(sink_k_, layer, g, pos + t));
-          exact_one(vs, vx, mv, sv, tmp.data(), sink_row(sink_v_, layer, g, pos + t));
+          if (!shared_) exact_one(vs, vx, mv, sv, tmp.data(), sink_row(sink_v_, layer, g, pos + t));
         }
         if (window_ > 0) {
           exact_one(ks, kx, mk, sk, tmp.data(), rot.data());
           fp32_to_fp16_row(rot.data(), window_row(tail_[size_t(layer)].k, layer, g, pos + t), hd);
-          exact_one(vs, vx, mv, sv, tmp.data(), rot.data());
-          fp32_to_fp16_row(rot.data(), window_row(tail_[size_t(layer)].v, layer, g, pos + t), hd);
+          if (!shared_) {
+            exact_one(vs, vx, mv, sv, tmp.data(), rot.data());
+            fp32_to_fp16_row(rot.data(), window_row(tail_[size_t(layer)].v, layer, g, pos + t), hd);
+          }
         }
       }
     };
@@ -311,10 +325,11 @@ class TurboQuantKvCache final : public KvCache {
     return n;
   }
   // The records plus the exact rows: sink_ (floats) and window_ (fp16) positions per layer and kv
-  // head, K and V (a constant). A prefill batch's own rows are held too while it is attended (window_row);
-  // like the activations they are computed from, they are not counted.
+  // head, K and V (K only when values are keys; a constant). A prefill batch's own rows are held too
+  // while it is attended (window_row); like the activations they are computed from, they are not counted.
   size_t allocated_bytes() const override {
-    const size_t window_values = size_t(window_) * shape_.n_layers * shape_.n_kv_heads * 2 * shape_.head_dim;
+    const size_t window_values =
+        size_t(window_) * shape_.n_layers * shape_.n_kv_heads * (shared_ ? 1 : 2) * shape_.head_dim;
     return total_ + (sink_k_.size() + sink_v_.size()) * sizeof(float) + window_values * sizeof(uint16_t);
   }
   const char* type_name() const override { return name_.c_str(); }
@@ -349,7 +364,8 @@ class TurboQuantKvCache final : public KvCache {
       for (size_t r = 0; r < R; ++r) {
         const int ml = layer + sh.first_layer;
         const TqState ks = tq_make_state(tq_kv_config(spec_, hd, false, float(rates[r])), ml, g);
-        const TqState vs = tq_make_state(tq_kv_config(spec_, hd, true, float(rates[r])), ml, g);
+        const TqState vs =
+            shared_ ? ks : tq_make_state(tq_kv_config(spec_, hd, true, float(rates[r])), ml, g);
         std::vector<uint8_t> rec(std::max(ks.layout.bytes, vs.layout.bytes));
         for (int t = 0; t < n; ++t) {
           const float* kx = &k[size_t(t) * kvd + size_t(g) * hd];
@@ -478,13 +494,13 @@ class TurboQuantKvCache final : public KvCache {
     const int64_t cap = std::max<int64_t>(need, window_);
     if (need > w.cap || w.cap > 4 * cap) {
       const size_t hd = size_t(shape_.head_dim), H = size_t(shape_.n_kv_heads);
-      std::vector<uint16_t> nk(H * size_t(cap) * hd), nv(nk.size());
+      std::vector<uint16_t> nk(H * size_t(cap) * hd), nv(shared_ ? 0 : nk.size());
       for (size_t g = 0; g < H; ++g)
         for (int64_t p = keep; p < pos; ++p) {
           const size_t from = (g * size_t(w.cap) + size_t(p % w.cap)) * hd,
                        to = (g * size_t(cap) + size_t(p % cap)) * hd;
           std::copy_n(&w.k[from], hd, &nk[to]);
-          std::copy_n(&w.v[from], hd, &nv[to]);
+          if (!shared_) std::copy_n(&w.v[from], hd, &nv[to]);
         }
       w.k.swap(nk);
       w.v.swap(nv);
@@ -527,7 +543,7 @@ class TurboQuantKvCache final : public KvCache {
     const size_t off = sink_offset(layer, g);
     x.sink = sink_;
     x.sink_k = sink_k_.data() + off;
-    x.sink_v = sink_v_.data() + off;
+    x.sink_v = (shared_ ? sink_k_ : sink_v_).data() + off;
     if (window_ > 0) {
       const WindowRing& w = tail_[size_t(layer)];
       x.window = window_;
@@ -535,7 +551,7 @@ class TurboQuantKvCache final : public KvCache {
       x.end = w.end;
       x.ring = w.cap;
       x.win_k = w.k.data() + size_t(g) * size_t(w.cap) * shape_.head_dim;
-      x.win_v = w.v.data() + size_t(g) * size_t(w.cap) * shape_.head_dim;
+      x.win_v = (shared_ ? w.k : w.v).data() + size_t(g) * size_t(w.cap) * shape_.head_dim;
     }
     return x;
   }
@@ -702,8 +718,9 @@ class TurboQuantKvCache final : public KvCache {
         k_states_.push_back(tq_make_state(tq_kv_config(spec_, s.head_dim, false, kb[i]), ml, g));
         v_states_.push_back(tq_make_state(tq_kv_config(spec_, s.head_dim, true, vb[i]), ml, g));
         k_rec_[i] = k_states_.back().layout.bytes;
-        v_rec_[i] = v_states_.back().layout.bytes;
-        // Per (layer, kv head): the layer's slots of key records, then as many value records.
+        v_rec_[i] = shared_ ? 0 : v_states_.back().layout.bytes;
+        // Per (layer, kv head): the layer's slots of key records, then as many value records (none
+        // when they are shared).
         head_off_[i + 1] = head_off_[i] + size_t(slots_[size_t(l)]) * (k_rec_[i] + v_rec_[i]);
       }
   }
@@ -713,8 +730,9 @@ class TurboQuantKvCache final : public KvCache {
   // the records then take exactly the bytes of the uniform rates (always for head_dim a multiple of 16),
   // so the cache's size never depends on the calibration; once, before the cache holds anything.
   void allocate_from(const KvCalibration& c) {
+    // Shared key / value records (MLA) have one rate per head, which the K / V allocation cannot move.
     if (!spec_.auto_alloc || alloc_done_ || !spec_.head_k_bits.empty() || spec_.qjl_keys ||
-        spec_.edge_layers > 0 || c.tq_sensitivity.empty())
+        spec_.edge_layers > 0 || shared_ || c.tq_sensitivity.empty())
       return;
     alloc_done_ = true;
     const TqSensitivity* best = nullptr;
@@ -738,19 +756,24 @@ class TurboQuantKvCache final : public KvCache {
   }
 
   const TqState& kstate(int layer, int g) const { return k_states_[size_t(layer) * shape_.n_kv_heads + g]; }
-  const TqState& vstate(int layer, int g) const { return v_states_[size_t(layer) * shape_.n_kv_heads + g]; }
+  const TqState& vstate(int layer, int g) const {
+    return shared_ ? kstate(layer, g) : v_states_[size_t(layer) * shape_.n_kv_heads + g];
+  }
   uint8_t* keys(int layer, int g) const {
     return data_.get() + head_off_[size_t(layer) * shape_.n_kv_heads + g];
   }
   uint8_t* values(int layer, int g) const {
-    return keys(layer, g) + size_t(slots_[size_t(layer)]) * krec(layer, g);
+    return shared_ ? keys(layer, g) : keys(layer, g) + size_t(slots_[size_t(layer)]) * krec(layer, g);
   }
   size_t krec(int layer, int g) const { return k_rec_[size_t(layer) * shape_.n_kv_heads + g]; }
-  size_t vrec(int layer, int g) const { return v_rec_[size_t(layer) * shape_.n_kv_heads + g]; }
+  size_t vrec(int layer, int g) const {
+    return shared_ ? krec(layer, g) : v_rec_[size_t(layer) * shape_.n_kv_heads + g];
+  }
   void check(int layer, int pos, int n) const { check_kv_span(shape_, layer, pos, n); }
 
   std::string name_;
   TqKvSpec spec_;
+  bool shared_ = false;  // values read from the key records (KvShape::values_are_keys)
   std::vector<TqState> k_states_, v_states_;
   std::vector<size_t> k_rec_, v_rec_;  // record bytes per (layer, kv head)
   std::vector<size_t> head_off_;       // byte offset of each (layer, kv head)'s records

@@ -1,6 +1,8 @@
 // TurboQuant KV cache: every (layer, kv head, position) holds one packed TurboQuant record for the key
 // and one for the value (turboquant/tq_quant.h); attention runs on the records directly
 // (tq_attend_gqa, or a key-split partial softmax for decode), nothing is ever dequantized to a buffer.
+// When the values are the keys (KvShape::values_are_keys, MLA's latent) only the key record is stored,
+// and the value path decodes it with the key's state, centering and scales (half the bytes).
 //
 // On top of the paper's quantizer (both measured in docs/turboquant.md, both on by default):
 //  - centering: keys and values are stored minus a per-(layer, kv head) mean vector mu, taken from the

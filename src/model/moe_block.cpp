@@ -169,33 +169,50 @@ void swiglu_oai(float* g, const float* u, int n, float alpha, float limit) {
   }
 }
 
-// The activation of `cnt` rows of expert e's gate (g) and up (u) projections, in place in g, after
-// their biases (when the experts have them).
-void expert_activation(const HParams& hp, const MoeWeights& mw, int e, float* g, float* u, int cnt) {
-  const int nf = hp.n_ff_exp;
+const float* bias_slice(const std::vector<float>& b, int e, int n) {
+  return b.empty() ? nullptr : b.data() + size_t(e) * size_t(n);
+}
+
+}  // namespace
+
+ExpertActivation expert_activation_of(const HParams& hp) {
+  ExpertActivation a;
+  if (hp.expert_swiglu_alpha > 0) {
+    a.alpha = hp.expert_swiglu_alpha;
+    a.limit = hp.expert_swiglu_limit;
+  }
+  return a;
+}
+
+const float* expert_gate_bias(const MoeWeights& w, int e, int nf) {
+  return bias_slice(w.gate_b, e, nf);
+}
+const float* expert_up_bias(const MoeWeights& w, int e, int nf) {
+  return bias_slice(w.up_b, e, nf);
+}
+const float* expert_down_bias(const MoeWeights& w, int e, int n_embd) {
+  return bias_slice(w.down_b, e, n_embd);
+}
+
+void expert_glu(const ExpertActivation& a, const float* gate_b, const float* up_b, float* g, float* u, int nf,
+                int cnt) {
   for (int i = 0; i < cnt; ++i) {
     float* gi = g + size_t(i) * nf;
     float* ui = u + size_t(i) * nf;
-    if (!mw.gate_b.empty()) {
-      add_inplace(gi, mw.gate_b.data() + size_t(e) * nf, nf);
-      add_inplace(ui, mw.up_b.data() + size_t(e) * nf, nf);
-    }
-    if (hp.expert_swiglu_alpha > 0) {
-      swiglu_oai(gi, ui, nf, hp.expert_swiglu_alpha, hp.expert_swiglu_limit);
+    if (gate_b != nullptr) add_inplace(gi, gate_b, nf);
+    if (up_b != nullptr) add_inplace(ui, up_b, nf);
+    if (a.clamped()) {
+      swiglu_oai(gi, ui, nf, a.alpha, a.limit);
     } else {
       silu_mul(gi, ui, nf);
     }
   }
 }
 
-// y (cnt rows of n_embd) += expert e's down-projection bias, when it has one.
-void expert_down_bias(const HParams& hp, const MoeWeights& mw, int e, float* y, int cnt) {
-  if (mw.down_b.empty()) return;
-  const int n = hp.n_embd;
-  for (int i = 0; i < cnt; ++i) add_inplace(y + size_t(i) * n, mw.down_b.data() + size_t(e) * n, n);
+void add_rows_bias(float* y, const float* b, int n, int cnt) {
+  if (b == nullptr) return;
+  for (int i = 0; i < cnt; ++i) add_inplace(y + size_t(i) * n, b, n);
 }
-
-}  // namespace
 
 void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out) {
   const HParams& hp = ctx.hp;
@@ -226,10 +243,8 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
   float* g = s.g.data();
   float* u = s.u.data();
   float* y = s.y.data();
-  // The expert tiers compute silu(gate) * up without biases: experts with biases or gpt-oss's clamped
-  // SwiGLU run in the CPU loop below instead (ExpertFlow does not support them yet, docs/models.md).
-  const bool plain_experts = mw.gate_b.empty() && mw.down_b.empty() && hp.expert_swiglu_alpha == 0;
-  if (ctx.moe_executor != nullptr && plain_experts) {
+  const ExpertActivation act = expert_activation_of(hp);
+  if (ctx.moe_executor != nullptr) {
     ctx.moe_executor->run_experts(mw, il, ctx, xn, ids, wts, out);
   } else if (moe_pairwise(m, k, ctx.pool.size())) {
     std::fill(out, out + size_t(m) * n, 0.0f);
@@ -243,9 +258,9 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
         float* ui = u + size_t(i) * nf;
         matmul(mw.gate[size_t(ex)], xn + size_t(t) * n, 1, gi, solo);
         matmul(mw.up[size_t(ex)], xn + size_t(t) * n, 1, ui, solo);
-        expert_activation(hp, mw, ex, gi, ui, 1);
+        expert_glu(act, expert_gate_bias(mw, ex, nf), expert_up_bias(mw, ex, nf), gi, ui, nf, 1);
         matmul(mw.down[size_t(ex)], gi, 1, y + size_t(i) * n, solo);
-        expert_down_bias(hp, mw, ex, y + size_t(i) * n, 1);
+        add_rows_bias(y + size_t(i) * n, expert_down_bias(mw, ex, n), n, 1);
       }
     };
     ctx.pool.parallel_for(m * k, 1, pair);
@@ -280,9 +295,9 @@ void moe_ffn_block(const LayerWeights& w, int il, const LayerCtx& ctx, const flo
       }
       matmul(mw.gate[size_t(e)], xin, cnt, g, ctx.pool);
       matmul(mw.up[size_t(e)], xin, cnt, u, ctx.pool);
-      expert_activation(hp, mw, e, g, u, cnt);
+      expert_glu(act, expert_gate_bias(mw, e, nf), expert_up_bias(mw, e, nf), g, u, nf, cnt);
       matmul(mw.down[size_t(e)], g, cnt, y, ctx.pool);
-      expert_down_bias(hp, mw, e, y, cnt);
+      add_rows_bias(y, expert_down_bias(mw, e, n), n, cnt);
       for (int i = 0; i < cnt; ++i) {
         const int r = rows[b + i];
         axpy_f32(wts[r], y + size_t(i) * n, out + size_t(r / k) * n, n);

@@ -45,6 +45,27 @@ inline bool moe_pairwise(int m, int k, int n_threads) {
   return m <= kMoeDecodeTokens && m * k >= n_threads && n_threads > 1;
 }
 
+// What each routed expert computes between its gate / up projections and its down projection, the
+// same for every place that runs experts (the CPU loop below, ExpertFlow's CPU misses and its tiers):
+// silu(gate + gate_b) * (up + up_b), or gpt-oss's clamped SwiGLU when alpha > 0:
+// g = min(gate + gate_b, limit), u = clamp(up + up_b, -limit, limit), out = (u + 1) g sigmoid(alpha g);
+// then down + down_b. Biases are per expert and optional (MoeWeights::gate_b / up_b / down_b).
+struct ExpertActivation {
+  float alpha = 0;  // > 0: gpt-oss's clamped SwiGLU
+  float limit = 0;
+  bool clamped() const { return alpha > 0; }
+};
+ExpertActivation expert_activation_of(const HParams& hp);
+// Expert e's bias slices (nf for gate / up, n_embd for down), or null when the experts have none.
+const float* expert_gate_bias(const MoeWeights& w, int e, int nf);
+const float* expert_up_bias(const MoeWeights& w, int e, int nf);
+const float* expert_down_bias(const MoeWeights& w, int e, int n_embd);
+// g (cnt rows of nf) = act(g + gate_b, u + up_b) in place; biases may be null (u is changed when biased).
+void expert_glu(const ExpertActivation& a, const float* gate_b, const float* up_b, float* g, float* u, int nf,
+                int cnt);
+// y (cnt rows of n) += b; b may be null.
+void add_rows_bias(float* y, const float* b, int n, int cnt);
+
 // A 3-D tensor with ne0 = cols, ne1 = rows, ne2 = n (experts), as n 2-D views.
 std::vector<WeightView> load_expert_matrices(const GgufFile& f, const std::string& name, int64_t cols,
                                              int64_t rows, int64_t n);

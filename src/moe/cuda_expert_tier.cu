@@ -4,8 +4,9 @@
 // layout (cuda_matmul.cu). Uploads: a host thread re-lays out the expert into one of two pinned
 // staging buffers and queues the copy on the copy stream, so a promotion costs the forward thread
 // nothing; each slot has an event recorded after its latest copy, and ready() asks that event
-// without blocking. Computes queue the activations' upload, the three matmuls, SwiGLU and the
-// result's download on the compute stream; sync() waits for that stream.
+// without blocking. Computes queue the activations' upload, the three matmuls, the experts' activation
+// (ExpertSet::act: SwiGLU or gpt-oss's clamped one, with the experts' biases when they have them, as
+// model/moe_block.cpp computes it) and the result's download on the compute stream; sync() waits for it.
 //
 // Not yet run on a GPU: it compiles in CI, and its test (CudaExpertTier.*) skips without a device.
 #include <algorithm>
@@ -27,6 +28,36 @@ namespace qleap {
 namespace cuda {
 namespace {
 
+// g = act(g + gate_b, u + up_b) over rows of nf (biases may be null), as expert_glu (moe_block.h).
+__global__ void expert_glu_kernel(float* __restrict__ g, const float* __restrict__ u,
+                                  const float* __restrict__ gb, const float* __restrict__ ub, int nf,
+                                  int64_t total, float alpha, float limit) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  const int c = int(i % nf);
+  float a = g[i] + (gb != nullptr ? gb[c] : 0.0f);
+  float b = u[i] + (ub != nullptr ? ub[c] : 0.0f);
+  if (alpha > 0) {
+    a = fminf(a, limit);
+    b = fminf(fmaxf(b, -limit), limit);
+    g[i] = (b + 1.0f) * a / (1.0f + __expf(-alpha * a));
+  } else {
+    g[i] = a / (1.0f + __expf(-a)) * b;
+  }
+}
+
+// y (rows of n) += b.
+__global__ void add_rows_bias_kernel(float* __restrict__ y, const float* __restrict__ b, int n,
+                                     int64_t total) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < total) y[i] += b[i % n];
+}
+
+constexpr int kThreads = 256;
+unsigned blocks_for(int64_t total) {
+  return unsigned((total + kThreads - 1) / kThreads);
+}
+
 class CudaExpertTier final : public ExpertTier {
  public:
   CudaExpertTier(const ExpertSet& set, int slots, int max_rows)
@@ -44,7 +75,7 @@ class CudaExpertTier final : public ExpertTier {
         max_w = std::max(max_w, size_t(v->rows) * size_t(v->cols));
       }
       staging = std::max(staging, device_weight_bytes(w->gate[0]) + device_weight_bytes(w->up[0]) +
-                                      device_weight_bytes(w->down[0]));
+                                      device_weight_bytes(w->down[0]) + bias_floats() * sizeof(float));
     }
     slot_.resize(size_t(set.n_moe()) * size_t(slots));
     for (int li = 0; li < set.n_moe(); ++li) {
@@ -60,6 +91,7 @@ class CudaExpertTier final : public ExpertTier {
           d[i]->row_bytes = gpu_row_bytes(v[i]->type, v[i]->cols);
           d[i]->data.alloc(d[i]->row_bytes * size_t(v[i]->rows));
         }
+        if (set.biases) sl->bias.alloc(bias_floats());
         QL_CUDA(cudaEventCreateWithFlags(&sl->landed, cudaEventDisableTiming));
         slot_[size_t(li) * size_t(slots) + size_t(s)] = std::move(sl);
       }
@@ -148,8 +180,23 @@ class CudaExpertTier final : public ExpertTier {
                             cudaMemcpyHostToDevice, compute_));
     matmul(sl.gate, d_x_.get() + off, rows, d_g_.get(), false, compute_, blas_, gemm_);
     matmul(sl.up, d_x_.get() + off, rows, d_u_.get(), false, compute_, blas_, gemm_);
-    silu_mul(d_g_.get(), d_u_.get(), int64_t(rows) * sl.gate.rows, compute_);
+    const int64_t gn = int64_t(rows) * sl.gate.rows;
+    if (set_.act.clamped() || sl.has_bias[0] || sl.has_bias[1]) {
+      const int nf = int(sl.gate.rows);
+      expert_glu_kernel<<<blocks_for(gn), kThreads, 0, compute_>>>(
+          d_g_.get(), d_u_.get(), sl.has_bias[0] ? sl.bias.get() : nullptr,
+          sl.has_bias[1] ? sl.bias.get() + nf : nullptr, nf, gn, set_.act.alpha, set_.act.limit);
+      QL_CHECK_LAUNCH();
+    } else {
+      silu_mul(d_g_.get(), d_u_.get(), gn, compute_);
+    }
     matmul(sl.down, d_g_.get(), rows, d_y_.get() + off, false, compute_, blas_, gemm_);
+    if (sl.has_bias[2]) {
+      const int64_t yn = int64_t(rows) * int64_t(n);
+      add_rows_bias_kernel<<<blocks_for(yn), kThreads, 0, compute_>>>(
+          d_y_.get() + off, sl.bias.get() + 2 * sl.gate.rows, int(n), yn);
+      QL_CHECK_LAUNCH();
+    }
     QL_CUDA(cudaMemcpyAsync(h_y_ + off, d_y_.get() + off, size_t(rows) * n * sizeof(float),
                             cudaMemcpyDeviceToHost, compute_));
     pending_.push_back(Pending{y, off, rows});
@@ -170,6 +217,8 @@ class CudaExpertTier final : public ExpertTier {
  private:
   struct Slot {
     DevWeight gate, up, down;
+    DevBuf<float> bias;     // gate (n_ff), up (n_ff), down (n_embd) biases, ExpertSet::biases
+    bool has_bias[3] = {};  // of the expert last uploaded (set before its copy is issued)
     cudaEvent_t landed = nullptr;
     uint64_t requested = 0;           // forward thread only
     std::atomic<uint64_t> issued{0};  // ticket whose copy (and event) is on the copy stream
@@ -189,6 +238,9 @@ class CudaExpertTier final : public ExpertTier {
     size_t bytes = 0;  // of the copy in flight from it (counted once it has landed)
     bool in_flight = false;
   };
+
+  // A slot's bias floats: gate and up at the largest FFN width, then down.
+  size_t bias_floats() const { return set_.biases ? 2 * size_t(set_.n_ff) + size_t(set_.n_embd) : 0; }
 
   Slot& slot(int layer, int s) const {
     if (layer < 0 || layer >= set_.n_moe() || s < 0 || s >= slots_)
@@ -245,6 +297,20 @@ class CudaExpertTier final : public ExpertTier {
           }
           QL_CUDA(
               cudaMemcpyAsync(d[i]->data.get(), st.p + start, off - start, cudaMemcpyHostToDevice, copy_));
+        }
+        // Biases at fixed offsets of the slot's bias buffer (gate at 0, up at n_ff, down at 2 n_ff of
+        // this expert's width), after the weights in the staging buffer.
+        const int nf = int(v[0]->rows), n = set_.n_embd;
+        const float* b[3] = {expert_gate_bias(w, u.expert, nf), expert_up_bias(w, u.expert, nf),
+                             expert_down_bias(w, u.expert, n)};
+        const size_t boff[3] = {0, size_t(nf), 2 * size_t(nf)};
+        for (int i = 0; i < 3; ++i) {
+          sl.has_bias[i] = b[i] != nullptr;
+          if (b[i] == nullptr) continue;
+          const size_t len = size_t(i == 2 ? n : nf) * sizeof(float);
+          std::memcpy(st.p + off, b[i], len);
+          QL_CUDA(cudaMemcpyAsync(sl.bias.get() + boff[i], st.p + off, len, cudaMemcpyHostToDevice, copy_));
+          off += len;
         }
         QL_CUDA(cudaEventRecord(st.done, copy_));
         QL_CUDA(cudaEventRecord(sl.landed, copy_));

@@ -80,6 +80,7 @@ void ExpertFlow::run_experts(const MoeWeights& w, int il, const LayerCtx& ctx, c
   const HParams& hp = ctx.hp;
   const int m = ctx.m, k = hp.n_expert_used, n = hp.n_embd, ne = w.n_expert(), mk = m * k;
   const int nf = int(w.gate[0].rows);
+  const ExpertActivation& act = set_.act;
   if (li == 0) {
     base_ = next_step_;
     next_step_ += m;
@@ -133,8 +134,9 @@ void ExpertFlow::run_experts(const MoeWeights& w, int il, const LayerCtx& ctx, c
           float* ui = u_.data() + size_t(i) * nf;
           matmul(w.gate[size_t(ex)], xn + size_t(t) * n, 1, gi, solo);
           matmul(w.up[size_t(ex)], xn + size_t(t) * n, 1, ui, solo);
-          silu_mul(gi, ui, nf);
+          expert_glu(act, expert_gate_bias(w, ex, nf), expert_up_bias(w, ex, nf), gi, ui, nf, 1);
           matmul(w.down[size_t(ex)], gi, 1, y + size_t(i) * n, solo);
+          add_rows_bias(y + size_t(i) * n, expert_down_bias(w, ex, n), n, 1);
         }
       });
     }
@@ -171,8 +173,9 @@ void ExpertFlow::run_experts(const MoeWeights& w, int il, const LayerCtx& ctx, c
       const float* xin = gather(e);
       matmul(w.gate[size_t(e)], xin, cnt, g_.data(), ctx.pool);
       matmul(w.up[size_t(e)], xin, cnt, u_.data(), ctx.pool);
-      for (int i = 0; i < cnt; ++i) silu_mul(g_.data() + size_t(i) * nf, u_.data() + size_t(i) * nf, nf);
+      expert_glu(act, expert_gate_bias(w, e, nf), expert_up_bias(w, e, nf), g_.data(), u_.data(), nf, cnt);
       matmul(w.down[size_t(e)], g_.data(), cnt, y + size_t(b) * n, ctx.pool);
+      add_rows_bias(y + size_t(b) * n, expert_down_bias(w, e, n), n, cnt);
     }
     tier_->sync();
     for (int e = 0; e < ne; ++e) {

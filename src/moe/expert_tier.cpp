@@ -13,6 +13,7 @@ ExpertSet expert_set_of(const Model& model) {
   ExpertSet s;
   const auto& layers = model.weights().layers;
   s.n_embd = model.hparams().n_embd;
+  s.act = expert_activation_of(model.hparams());
   for (int il = 0; il < int(layers.size()); ++il) {
     const LayerWeights& w = layers[size_t(il)];
     if (!w.is_moe()) continue;
@@ -21,9 +22,12 @@ ExpertSet expert_set_of(const Model& model) {
     s.layers.push_back(&m);
     s.n_expert = std::max(s.n_expert, m.n_expert());
     s.n_ff = std::max(s.n_ff, int(m.gate[0].rows));
+    const bool biased = !m.gate_b.empty() || !m.up_b.empty() || !m.down_b.empty();
+    s.biases = s.biases || biased;
+    const size_t bias_bytes = biased ? (2 * size_t(m.gate[0].rows) + size_t(s.n_embd)) * sizeof(float) : 0;
     s.expert_bytes = std::max(s.expert_bytes, m.gate[0].row_bytes * size_t(m.gate[0].rows) +
                                                   m.up[0].row_bytes * size_t(m.up[0].rows) +
-                                                  m.down[0].row_bytes * size_t(m.down[0].rows));
+                                                  m.down[0].row_bytes * size_t(m.down[0].rows) + bias_bytes);
   }
   if (s.moe_layers.empty()) throw InvalidArgument("the model has no mixture-of-experts layers");
   return s;

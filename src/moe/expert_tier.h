@@ -1,6 +1,7 @@
 // The "fast tier" of ExpertFlow (moe/expert_flow.h): memory that holds copies of some experts in
 // slots (GPU memory, in the real deployment), a copy engine that fills slots asynchronously, and
-// compute that runs an expert's SwiGLU FFN on the slot's copy. ExpertFlow drives it; the policy of
+// compute that runs an expert's FFN on the slot's copy (ExpertSet::act and the expert's biases: what
+// model/moe_block.cpp computes for the same expert). ExpertFlow drives it; the policy of
 // what to hold is ExpertCache's.
 //
 // Two implementations:
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "model/moe_block.h"
 
 namespace qleap {
 
@@ -26,7 +28,9 @@ struct ExpertSet {
   int n_expert = 0;
   int n_embd = 0;
   int n_ff = 0;             // largest expert FFN width
-  size_t expert_bytes = 0;  // largest expert's gate + up + down bytes (GGUF layout)
+  size_t expert_bytes = 0;  // largest expert's gate + up + down bytes (GGUF layout) + its biases
+  ExpertActivation act;     // every MoE layer's experts compute this (moe_block.h)
+  bool biases = false;      // the experts have gate / up / down biases (gpt-oss): slots hold them too
   int n_moe() const { return int(moe_layers.size()); }
 };
 // Throws InvalidArgument when the model has no MoE layers.
@@ -47,8 +51,9 @@ class ExpertTier {
   // Blocks until every upload issued so far has landed.
   virtual void wait_uploads() = 0;
 
-  // Queues y (rows x n_embd) = down(silu(gate x) * up x) with the weights of the expert in the
-  // slot, which must be ready. x and y must stay valid and untouched until sync().
+  // Queues y (rows x n_embd) = down(act(gate x + gate_b, up x + up_b)) + down_b with the weights
+  // (and biases) of the expert in the slot, which must be ready; act is ExpertSet::act. x and y must stay
+  // valid and untouched until sync().
   virtual void compute(int layer, int slot, const float* x, int rows, float* y) = 0;
   // Blocks until every queued compute has finished and its y is written.
   virtual void sync() = 0;

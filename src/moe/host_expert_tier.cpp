@@ -18,6 +18,7 @@ HostExpertTier::HostExpertTier(const ExpertSet& set, int slots_per_layer)
   for (auto& s : slot_) {
     s = std::make_unique<Slot>();
     s->bytes.resize(set.expert_bytes);
+    if (set.biases) s->bias.resize(2 * size_t(set.n_ff) + size_t(set.n_embd));
   }
   copy_thread_ = std::thread([this] { copy_main(); });
   compute_thread_ = std::thread([this] { compute_main(); });
@@ -104,6 +105,21 @@ void HostExpertTier::copy_main() {
       dst[i]->data = sl.bytes.data() + off;
       off += nb;
     }
+    // The biases travel with the expert, as they would to a device.
+    const int nf = int(src[0]->rows), n = set_.n_embd;
+    const float* b[3] = {expert_gate_bias(w, u.expert, nf), expert_up_bias(w, u.expert, nf),
+                         expert_down_bias(w, u.expert, n)};
+    const float** db[3] = {&sl.gate_b, &sl.up_b, &sl.down_b};
+    size_t boff = 0;
+    for (int i = 0; i < 3; ++i) {
+      const size_t len = size_t(i == 2 ? n : nf);
+      *db[i] = nullptr;
+      if (b[i] == nullptr) continue;
+      std::memcpy(sl.bias.data() + boff, b[i], len * sizeof(float));
+      *db[i] = sl.bias.data() + boff;
+      boff += len;
+      off += len * sizeof(float);
+    }
     bytes_.fetch_add(off);
     n_uploads_.fetch_add(1);
     sl.done.store(u.ticket, std::memory_order_release);
@@ -146,8 +162,9 @@ void HostExpertTier::compute_main() {
     // The same kernels and row grouping as the CPU path: bit-identical results.
     matmul(sl.gate, c.x, c.rows, g_.data(), solo);
     matmul(sl.up, c.x, c.rows, u_.data(), solo);
-    for (int i = 0; i < c.rows; ++i) silu_mul(g_.data() + size_t(i) * nf, u_.data() + size_t(i) * nf, nf);
+    expert_glu(set_.act, sl.gate_b, sl.up_b, g_.data(), u_.data(), nf, c.rows);
     matmul(sl.down, g_.data(), c.rows, c.y, solo);
+    add_rows_bias(c.y, sl.down_b, set_.n_embd, c.rows);
     l.lock();
     if (--compute_pending_ == 0) kdone_.notify_all();
   }

@@ -38,8 +38,10 @@ class HostExpertTier : public ExpertTier {
 
  private:
   struct Slot {
-    std::vector<uint8_t> bytes;     // gate, up, down rows back to back (GGUF layout)
-    WeightView gate, up, down;      // views into bytes for the expert last uploaded
+    std::vector<uint8_t> bytes;  // gate, up, down rows back to back (GGUF layout)
+    WeightView gate, up, down;   // views into bytes for the expert last uploaded
+    std::vector<float> bias;     // its gate, up and down biases back to back (ExpertSet::biases)
+    const float *gate_b = nullptr, *up_b = nullptr, *down_b = nullptr;  // into bias, or null
     uint64_t requested = 0;         // ticket of the latest upload issued (issuing thread only)
     std::atomic<uint64_t> done{0};  // ticket of the latest upload landed
   };

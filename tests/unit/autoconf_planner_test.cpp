@@ -384,6 +384,39 @@ TEST(AutoconfPlanner, RecurrentStateIsCountedPerSlot) {
   }
 }
 
+// MLA (deepseek2) caches its latent once (KvShape::values_are_keys): the plan counts what the Engine
+// allocates, not keys and values, for the float, block and TurboQuant caches.
+TEST(AutoconfPlanner, MlaLatentIsCountedOnce) {
+  const auto path =
+      std::filesystem::temp_directory_path() / ("qleap_planner_mla_" + std::to_string(::getpid()) + ".gguf");
+  ConvertOptions co;
+  co.out_type = GgmlType::F32;
+  convert_hf_to_gguf(
+      (std::filesystem::path(testing::source_dir()) / "tests/golden/fixtures/deepseek_v3").string(),
+      path.string(), co);
+  auto f = GgufFile::open(path.string());
+  const std::vector<std::string> types = {"f32", "f16", "q8_0", "q4_0", "tq3"};
+  const ModelInfo m = model_info_from_gguf(*f, types);
+  auto model = load_model(path.string());  // the mapping outlives the file's name
+  std::filesystem::remove(path);
+  const HParams& hp = model->hparams();
+  ASSERT_TRUE(hp.is_mla());
+  // f16: one latent row (rope + kv_lora_rank values) per layer and token.
+  EXPECT_EQ(m.kv_bytes("f16"), uint64_t(hp.n_layers) * uint64_t(hp.head_dim) * 2);
+  for (const std::string& kv : types) {
+    for (int slots : {1, 2}) {
+      EngineOptions o;
+      o.n_ctx = 300;
+      o.n_slots = slots;
+      o.kv_type = kv;
+      o.calibrate_kv = false;  // sizes only (the fixture has no tokenizer for the calibration text)
+      Engine e(model, o);
+      EXPECT_EQ(m.kv_cache_bytes(kv, 300) * uint64_t(slots), e.kv_usage().allocated_bytes)
+          << kv << " x " << slots;
+    }
+  }
+}
+
 // Only f16 caches live on the device: a TurboQuant (or q8_0) cache of GPU layers stays in host memory,
 // so the plan counts it as RAM, not VRAM.
 TEST(AutoconfPlanner, NonF16KvOfGpuLayersIsCountedInRam) {

@@ -3,7 +3,8 @@
 // by expert, and single-token decode both pair by pair and grouped); uploads are asynchronous (a
 // promoted expert whose copy has not landed is computed on the CPU, results unchanged); the
 // policy statistics and the bytes actually uploaded equal simulate_cache() on the routing trace
-// of the same run. The CUDA tier's test needs a device and skips without one.
+// of the same run; gpt-oss's biased, clamped experts too. The CUDA tier's test needs a device and skips
+// without one.
 #include "moe/expert_flow.h"
 
 #include <gtest/gtest.h>
@@ -130,7 +131,9 @@ TEST(ExpertCachePolicy, NoEvictionOfAnExpertInUseThisStep) {
 }
 
 TEST(ExpertFlow, LogitsEqualTheCpuPathForEveryModeAndBudget) {
-  for (const char* name : {"qwen3_moe", "qwen2_moe"}) {
+  // gpt_oss: experts with gate / up / down biases and the clamped SwiGLU (ExpertSet::act, biases in
+  // the slots).
+  for (const char* name : {"qwen3_moe", "qwen2_moe", "gpt_oss"}) {
     FIXTURE_OR_SKIP(model, name);
     const ExpertSet set = expert_set_of(*model);
     const ExpertProfile prof = profile_of(model);
@@ -204,7 +207,9 @@ TEST(ExpertFlow, UploadsAreAsynchronousAndInFlightExpertsRunOnTheCpu) {
 }
 
 TEST(ExpertFlow, StatisticsMatchTheCacheSimulationOfTheSameTrace) {
-  for (const char* name : {"qwen3_moe", "qwen2_moe"}) {
+  // gpt_oss: experts with gate / up / down biases and the clamped SwiGLU (ExpertSet::act, biases in
+  // the slots).
+  for (const char* name : {"qwen3_moe", "qwen2_moe", "gpt_oss"}) {
     FIXTURE_OR_SKIP(model, name);
     const ExpertSet set = expert_set_of(*model);
     const ExpertProfile prof = profile_of(model);
@@ -280,27 +285,29 @@ TEST(ExpertFlow, RejectsBadConfigurations) {
 TEST(CudaExpertTier, LogitsCloseToTheCpuPath) {
   if (cuda::device_count() == 0)
     GTEST_SKIP() << "no CUDA device (the CUDA expert tier runs on a GPU machine)";
-  FIXTURE_OR_SKIP(model, "qwen3_moe");
-  const ExpertSet set = expert_set_of(*model);
-  const std::vector<float> ref = run_logits(model, 2, nullptr);
-  for (bool prefetch : {false, true}) {
-    ExpertFlowConfig cfg;
-    cfg.tier = "cuda";
-    cfg.budget_bytes = set.expert_bytes * size_t(set.n_moe()) * 4;
-    cfg.admit_hits = 1;
-    cfg.prefetch = prefetch;
-    cfg.wait_uploads = true;
-    ExpertFlow flow(*model, cfg);
-    const std::vector<float> got = run_logits(model, 2, &flow);
-    ASSERT_EQ(got.size(), ref.size());
-    double max_err = 0, max_ref = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-      max_err = std::max(max_err, double(std::fabs(got[i] - ref[i])));
-      max_ref = std::max(max_ref, double(std::fabs(ref[i])));
+  for (const char* name : {"qwen3_moe", "gpt_oss"}) {
+    FIXTURE_OR_SKIP(model, name);
+    const ExpertSet set = expert_set_of(*model);
+    const std::vector<float> ref = run_logits(model, 2, nullptr);
+    for (bool prefetch : {false, true}) {
+      ExpertFlowConfig cfg;
+      cfg.tier = "cuda";
+      cfg.budget_bytes = set.expert_bytes * size_t(set.n_moe()) * 4;
+      cfg.admit_hits = 1;
+      cfg.prefetch = prefetch;
+      cfg.wait_uploads = true;
+      ExpertFlow flow(*model, cfg);
+      const std::vector<float> got = run_logits(model, 2, &flow);
+      ASSERT_EQ(got.size(), ref.size());
+      double max_err = 0, max_ref = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        max_err = std::max(max_err, double(std::fabs(got[i] - ref[i])));
+        max_ref = std::max(max_ref, double(std::fabs(ref[i])));
+      }
+      EXPECT_LT(max_err, 2e-2 * std::max(1.0, max_ref));
+      EXPECT_GT(flow.stats().tier_computed, 0);
+      EXPECT_GT(flow.stats().upload_bytes, 0u);
     }
-    EXPECT_LT(max_err, 2e-2 * std::max(1.0, max_ref));
-    EXPECT_GT(flow.stats().tier_computed, 0);
-    EXPECT_GT(flow.stats().upload_bytes, 0u);
   }
 }
 
