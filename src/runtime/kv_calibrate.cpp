@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -84,21 +85,34 @@ void check_allocations(const std::shared_ptr<const Model>& model, const std::vec
     tq.push_back(engine_with(fmt::format("tq3:w{}:uniform", t.window)));
   }
   const int n_vocab = model->n_vocab();
-  std::vector<double> kld(tq.size(), 0.0);
+  // Per candidate engine and position: KL(float || tq).
+  std::vector<std::vector<double>> kld(tq.size(), std::vector<double>(size_t(n)));
   for (int p = 0; p < n; p += kCheckStep) {
     const int m = std::min(kCheckStep, n - p);
     const float* base = ref->prefill(0, ids.data() + p, m, true);
     for (size_t e = 0; e < tq.size(); ++e) {
       const float* test = tq[e]->prefill(0, ids.data() + p, m, true);
       for (int i = 0; i < m; ++i)
-        kld[e] += compare_logits(base + size_t(i) * n_vocab, test + size_t(i) * n_vocab, n_vocab, -1).kld;
+        kld[e][size_t(p + i)] =
+            compare_logits(base + size_t(i) * n_vocab, test + size_t(i) * n_vocab, n_vocab, -1).kld;
     }
   }
   for (size_t i = 0; i < cal.tq_sensitivity.size(); ++i) {
     TqSensitivity& t = cal.tq_sensitivity[i];
+    const std::vector<double>&a = kld[2 * i], &u = kld[2 * i + 1];
+    double sa = 0, su = 0, sd = 0, sd2 = 0;
+    for (int p = 0; p < n; ++p) {
+      const double d = a[size_t(p)] - u[size_t(p)];
+      sa += a[size_t(p)];
+      su += u[size_t(p)];
+      sd += d;
+      sd2 += d * d;
+    }
+    const double md = sd / n, var = n > 1 ? std::max(0.0, (sd2 - n * md * md) / (n - 1)) : 0.0;
     t.check_tokens = n;
-    t.check_kld_allocated = kld[2 * i] / n;
-    t.check_kld_uniform = kld[2 * i + 1] / n;
+    t.check_kld_allocated = sa / n;
+    t.check_kld_uniform = su / n;
+    t.check_diff_se = std::sqrt(var / n);
   }
 }
 

@@ -158,6 +158,7 @@ TEST(TqSensitivity, JsonRoundTripAndMalformedFiles) {
   EXPECT_TRUE(r.allocation_pays());  // unchecked (a profile from `qleap profile`)
   for (const auto& [from, to] : {std::pair{"\"tokens\": 10", "\"tokens\": -1"},
                                  {"\"kld_uniform\": 0.25", "\"kld_uniform\": \"x\""},
+                                 {"\"diff_se\": 0.0", "\"diff_se\": -1"},
                                  {"\"check\": {", "\"check\": 5, \"x\": {"}}) {
     std::string t = tq_sensitivity_to_json(odd);
     const size_t at = t.find(from);
@@ -439,12 +440,19 @@ TEST(TqKvAlloc, CalibrationSensitivityAllocatesWithoutAProfile) {
   EXPECT_EQ(out("tq3:w0"), out("tq3:w0:alloc=" + p0));  // w0's own check is not affected
   cal.tq_sensitivity[1].check_kld_allocated = 0.005;
   EXPECT_EQ(out("tq3"), out("tq3:alloc=" + p64));
+  // Better, but by less than two standard errors of the paired differences: uniform rates.
+  cal.tq_sensitivity[1].check_kld_allocated = 0.009;
+  cal.tq_sensitivity[1].check_diff_se = 0.001;
+  EXPECT_EQ(out("tq3"), uniform);
+  cal.tq_sensitivity[1].check_diff_se = 0.0004;
+  EXPECT_EQ(out("tq3"), out("tq3:alloc=" + p64));
   cal.tq_sensitivity[1].check_kld_allocated = 0.02;
 
   const KvCalibration back = kv_calibration_from_json(kv_calibration_to_json(cal));
   EXPECT_EQ(back.tq_sensitivity[1].check_tokens, 700);
   EXPECT_DOUBLE_EQ(back.tq_sensitivity[1].check_kld_allocated, 0.02);
   EXPECT_DOUBLE_EQ(back.tq_sensitivity[1].check_kld_uniform, 0.01);
+  EXPECT_DOUBLE_EQ(back.tq_sensitivity[1].check_diff_se, 0.0004);
   EXPECT_FALSE(back.tq_sensitivity[1].allocation_pays());
   EXPECT_EQ(back.tq_sensitivity[0].check_tokens, 0);
   EXPECT_TRUE(back.tq_sensitivity[0].allocation_pays());

@@ -641,8 +641,11 @@ TEST(TqKvStories, CalibrationChecksTheAllocationAgainstUniformRates) {
     const std::string w = ":w" + std::to_string(t.window);
     const std::vector<float> alloc = logits("tq3" + w + ":alloc"), uniform = logits("tq3" + w + ":uniform");
     const double ka = mean_kld(alloc), ku = mean_kld(uniform);
-    std::printf("[ stories ] check at w%d: KLD allocated %.5f (session %.5f), uniform %.5f (session %.5f)\n",
-                t.window, t.check_kld_allocated, ka, t.check_kld_uniform, ku);
+    std::printf(
+        "[ stories ] check at w%d: KLD allocated %.5f (session %.5f), uniform %.5f (session %.5f), "
+        "difference s.e. %.5f\n",
+        t.window, t.check_kld_allocated, ka, t.check_kld_uniform, ku, t.check_diff_se);
+    EXPECT_GT(t.check_diff_se, 0.0);
     EXPECT_GT(ku, 0.0);
     EXPECT_NE(alloc, uniform) << "the allocation should move bits on this model";
     // Another prefill chunking (64 vs 512 tokens) may round differently.
