@@ -36,7 +36,7 @@ struct TqSensitivity {
   // Whether caches should spend their bits by this profile: unchecked, or the check found it better by
   // more than kTqCheckMargin standard errors. The allocation is fitted on queries of the same text (the
   // positions just after the checked ones, reading the same keys), so a small in-sample gain does not
-  // carry over: Gemma 3 270M's allocation was 9 % better than uniform rates in the check, about 1.5
+  // carry over: Gemma 3 270M's allocation was 9 % better than uniform rates in the check, 1.8
   // standard errors, and 21 % worse on held-out documentation text (docs/turboquant.md).
   bool allocation_pays() const {
     return check_tokens == 0 || check_kld_allocated - check_kld_uniform + kTqCheckMargin * check_diff_se < 0;
