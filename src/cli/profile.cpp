@@ -77,8 +77,8 @@ void kv_sensitivity_command(ProfileOptions& o, const std::string& text, const st
   };
   Engine engine(model, eo);
   const auto cal = model_kv_calibration(model, engine.pool().size(), default_kv_calibration_dir());
-  const HParams& hp = model->hparams();
-  const KvShape shape{hp.kv_layers(), n_ctx, hp.n_heads, hp.n_kv_heads, hp.head_dim};
+  // The engine's cache shape: sliding windows, soft-capping and sinks are replayed as the model attends.
+  const KvShape shape = rec->shape();
   std::optional<TqSensitivity> total;
   Stopwatch sw;
   for (int c = 0; c < n_chunks; ++c) {

@@ -158,10 +158,13 @@ class TurboQuantKvCache final : public KvCache {
     const KvShape& sh = shape_;
     const int kvd = sh.kv_dim(), hd = sh.head_dim;
     std::vector<double> a(static_cast<size_t>(hd)), b(static_cast<size_t>(hd));
+    // Soft-capped scores (gemma2) are not shift-invariant: softcap(q.(k - mu)) is not softcap(q.k) minus
+    // a constant, so keys are then stored uncentered (values still are; key scales stay exact).
+    const bool center_keys = !(sh.softcap > 0);
     for (int l = 0; l < sh.n_layers; ++l) {
       const size_t L = size_t(l);
       for (int i = 0; i < kvd; ++i) {
-        mu_k_[L * kvd + size_t(i)] = float(c.mean_k(l, i));
+        mu_k_[L * kvd + size_t(i)] = center_keys ? float(c.mean_k(l, i)) : 0.0f;
         mu_v_[L * kvd + size_t(i)] = float(c.mean_v(l, i));
       }
       calibrated_[L] = 1;
@@ -169,7 +172,8 @@ class TurboQuantKvCache final : public KvCache {
         if (spec_.qscale && c.n_queries > 0) {
           for (int i = 0; i < hd; ++i) {
             a[size_t(i)] = c.sum_q2[L * kvd + size_t(g * hd + i)];
-            b[size_t(i)] = c.centered_energy_k(l, g * hd + i);
+            b[size_t(i)] =
+                center_keys ? c.centered_energy_k(l, g * hd + i) : c.sum_k2[L * kvd + size_t(g * hd + i)];
           }
           channel_scales(a.data(), b.data(), hd, &s_k_[L * kvd + size_t(g) * hd],
                          &inv_s_k_[L * kvd + size_t(g) * hd]);
@@ -335,7 +339,7 @@ class TurboQuantKvCache final : public KvCache {
   const char* type_name() const override { return name_.c_str(); }
 
   // Sensitivity of each kv head of a layer on one chunk of a sequence (n tokens of float keys k,
-  // values v and queries q, as the model computed them): for the last kMeasureQueries queries,
+  // values v and queries q, as the model computed them): for the last kTqMeasureQueries queries,
   // attention as this cache computes it (sink and window exact, everything else from records at rate r,
   // quantized exactly as store() would: same centering, scales and rotations) against float attention,
   // once with quantized keys and exact values and once the other way round. Error = sum ||o - o_r||^2
@@ -343,11 +347,10 @@ class TurboQuantKvCache final : public KvCache {
   // it runs once per profile.
   void measure(int layer, const float* k, const float* v, const float* q, int n, float scale,
                TqSensitivity& out) const {
-    constexpr int kMeasureQueries = 128;
     const KvShape& sh = shape_;
     const size_t L = size_t(layer);
     const int kvd = sh.kv_dim(), hd = sh.head_dim, group = sh.n_heads / sh.n_kv_heads;
-    const int t_first = std::max(0, n - kMeasureQueries);
+    const int t_first = std::max(0, n - kTqMeasureQueries);
     const std::vector<int>& rates = out.rates;
     const size_t R = rates.size();
     auto run = [&](int g) {
@@ -395,15 +398,33 @@ class TurboQuantKvCache final : public KvCache {
         std::fill(out, out + hd, 0.0f);
         for (int j = 0; j < len; ++j) axpy_f32(w[j], row(j), out, hd);
       };
+      // Attention as the model computes it: a sliding-window layer sees only its window (KvShape),
+      // scores are soft-capped, and a learned sink logit joins the denominator without a value.
+      const float cap = sh.softcap;
+      const float* sink_logits = sh.sinks(layer);
+      auto weights = [&](float* p, int len, float sink) {
+        float m = sink;
+        for (int j = 0; j < len; ++j) m = std::max(m, p[j]);
+        double z = sink > -std::numeric_limits<float>::infinity() ? std::exp(double(sink - m)) : 0.0;
+        for (int j = 0; j < len; ++j) {
+          p[j] = std::exp(p[j] - m);
+          z += p[j];
+        }
+        for (int j = 0; j < len; ++j) p[j] = float(p[j] / z);
+      };
       for (int t = t_first; t < n; ++t) {
-        const int len = t + 1;
+        const int j0 = sh.first_key(layer, t), len = t + 1 - j0;
         auto is_exact = [&](int j) { return j < sink_ || t - j < window_; };
+        auto vrow = [&](int j) { return value(j0 + j); };
         for (int h = 0; h < group; ++h) {
           const float* qh = q + (size_t(t) * sh.n_heads + size_t(g) * group + h) * hd;
-          for (int j = 0; j < len; ++j) s0[size_t(j)] = scale * dot_f32(qh, key(j), hd);
+          const float sink =
+              sink_logits ? sink_logits[size_t(g) * group + h] : -std::numeric_limits<float>::infinity();
+          for (int j = 0; j < len; ++j)
+            s0[size_t(j)] = softcap_score(scale * dot_f32(qh, key(j0 + j), hd), cap);
           std::copy_n(s0.data(), len, p0.data());
-          softmax(p0.data(), len);
-          mix(p0.data(), len, value, o.data());
+          weights(p0.data(), len, sink);
+          mix(p0.data(), len, vrow, o.data());
           double on = 0;
           for (float y : o) on += double(y) * y;
           ref += on;
@@ -412,13 +433,16 @@ class TurboQuantKvCache final : public KvCache {
             const float* vr = &vh[r * un * uhd];
             // Keys at rate r, values exact.
             for (int j = 0; j < len; ++j)
-              p1[size_t(j)] = is_exact(j) ? s0[size_t(j)] : scale * dot_f32(qh, kr + size_t(j) * hd, hd);
-            softmax(p1.data(), len);
-            mix(p1.data(), len, value, o1.data());
+              p1[size_t(j)] = is_exact(j0 + j)
+                                  ? s0[size_t(j)]
+                                  : softcap_score(scale * dot_f32(qh, kr + size_t(j0 + j) * hd, hd), cap);
+            weights(p1.data(), len, sink);
+            mix(p1.data(), len, vrow, o1.data());
             ek[r] += err(o.data(), o1.data());
             // Keys exact, values at rate r.
             mix(
-                p0.data(), len, [&](int j) { return is_exact(j) ? value(j) : vr + size_t(j) * hd; },
+                p0.data(), len,
+                [&](int j) { return is_exact(j0 + j) ? value(j0 + j) : vr + size_t(j0 + j) * hd; },
                 o1.data());
             ev[r] += err(o.data(), o1.data());
           }
@@ -743,6 +767,8 @@ class TurboQuantKvCache final : public KvCache {
     if (best->n_layers != shape_.n_layers || best->n_kv_heads != shape_.n_kv_heads ||
         best->head_dim != shape_.head_dim)
       return;
+    // The calibration's model-level check found uniform rates better on its text: keep them.
+    if (!spec_.force_alloc && !best->allocation_pays()) return;
     const float avg = 0.5f * (spec_.k_bits + spec_.v_bits);
     if (avg <= float(best->rates.front()) || avg >= float(best->rates.back())) return;  // nothing to move
     const TqBitAllocation a = tq_allocate_bits(*best, avg, tq_allocation_step(shape_.head_dim));
@@ -850,6 +876,8 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
       break;
     } else if (opt == "uniform") {
       spec.auto_alloc = false;
+    } else if (opt == "alloc") {
+      spec.force_alloc = true;
     } else if (opt == "nocenter") {
       spec.center = false;
     } else if (opt == "noscale") {
@@ -897,7 +925,8 @@ const char* tq_kv_type_help() {
          "- plain (no centering, plain norms, no exact sink or window), sinkN (first N positions exact, "
          "default 1), wN (each query's last N positions exact, default 64), drawN (another draw of the "
          "random rotations), "
-         "uniform (no per-head rates from the model's calibration), nocenter, noscale, nosearch, vscale, "
+         "uniform (no per-head rates from the model's calibration), alloc (the calibration's per-head "
+         "rates even where its check found uniform rates better), nocenter, noscale, nosearch, vscale, "
          "qjl, eN "
          "(first and last N layers "
          "at 4 bits), alloc=PROFILE "

@@ -68,6 +68,9 @@ struct TqKvSpec {
   // Without alloc=: per-head rates from the sensitivity that the model's calibration measured on its
   // calibration text (KvCalibration::tq_sensitivity), same mean and bytes. `uniform`: off.
   bool auto_alloc = true;
+  // `alloc`: those rates even when the calibration's model-level check (TqSensitivity::allocation_pays)
+  // found uniform rates better on its text (to measure what the check avoided).
+  bool force_alloc = false;
   float k_bits_at(int layer, int n_layers) const;
   float v_bits_at(int layer, int n_layers) const;
 };
@@ -85,6 +88,7 @@ struct TqKvSpec {
 //   qjl       keys as (bits - 1)-bit MSE + 1-bit QJL residual (paper's TurboQuant_prod; slow, measured)
 //   eN        the first and last N layers at 4-bit K and V (e.g. tq3:e2)
 //   uniform   the same rate for every head (no per-head rates from the model's calibration)
+//   alloc     the calibration's per-head rates even where its check found uniform rates better
 //   alloc=P   per-head rates from the sensitivity profile at path P with the same mean bits (the rest
 //             of the name is the path, so this option comes last)
 // Returns nullopt for any other string.
@@ -97,6 +101,9 @@ TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value, float bits
 inline TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value) {
   return tq_kv_config(spec, head_dim, value, value ? spec.v_bits : spec.k_bits);
 }
+
+// Queries per chunk whose attention a measurement compares (the chunk's last ones).
+inline constexpr int kTqMeasureQueries = 128;
 
 // A measurement needs positions beyond the window: chunks shorter than this (or than window + 64)
 // cannot be measured.

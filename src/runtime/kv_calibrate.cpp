@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -15,13 +16,14 @@
 #include "kv/kv_calibration.h"
 #include "kv/kv_turboquant.h"
 #include "runtime/engine.h"
+#include "runtime/logit_compare.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qleap {
 namespace {
 
 // Bump when the text, the statistics or how they are used change: older files are then ignored.
-constexpr const char* kCalibrationVersion = "kvcal-4";
+constexpr const char* kCalibrationVersion = "kvcal-5";
 
 // Exact-window lengths the per-head sensitivity is measured at (TurboQuant caches use the nearest):
 // none, and the default window.
@@ -49,6 +51,71 @@ std::string cache_path(const Model& model, const std::string& dir) {
   return fmt::format("{}/{:016x}.json", dir, fnv1a64(key));
 }
 
+// Tokens per forward call of the check: the engines of every candidate advance in lockstep, so only
+// one step's logits of each are held (Gemma 3: 262,144 logits per token).
+constexpr int kCheckStep = 64;
+
+// The model-level check of each measured allocation (TqSensitivity::check_*): the calibration text's
+// positions before the measured queries, evaluated with float caches and with 3-bit TurboQuant caches
+// at each measured window, per-head rates against uniform ones; mean KL(float || tq) per position.
+void check_allocations(const std::shared_ptr<const Model>& model, const std::vector<int32_t>& ids, int n_ctx,
+                       int n_threads, KvCalibration& cal) {
+  const int n = int(ids.size()) - kTqMeasureQueries;
+  if (n < 1 || cal.tq_sensitivity.empty()) return;
+  auto engine_with = [&](const std::string& type) {
+    EngineOptions o;
+    o.n_ctx = n_ctx;
+    o.n_threads = n_threads;
+    // A batch as long as the text: sliding-window layers then keep all positions (no ring), as in the
+    // recorder's pass, so the per-head rates apply (with rings, layers differ in record slots and an
+    // allocation would change the cache's bytes: TurboQuantKvCache keeps uniform rates then).
+    o.n_batch = n_ctx;
+    o.calibrate_kv = false;  // this calibration is being made: given to the caches here
+    o.make_host_kv = [&cal, type](const KvShape& s) {
+      std::unique_ptr<KvCache> kv = make_kv_cache(type, s);
+      if (kv->wants_calibration()) kv->calibrate(cal);
+      return kv;
+    };
+    return std::make_unique<Engine>(model, o);
+  };
+  const std::unique_ptr<Engine> ref = engine_with("f32");
+  std::vector<std::unique_ptr<Engine>> tq;
+  for (const TqSensitivity& t : cal.tq_sensitivity) {
+    tq.push_back(engine_with(fmt::format("tq3:w{}", t.window)));
+    tq.push_back(engine_with(fmt::format("tq3:w{}:uniform", t.window)));
+  }
+  const int n_vocab = model->n_vocab();
+  // Per candidate engine and position: KL(float || tq).
+  std::vector<std::vector<double>> kld(tq.size(), std::vector<double>(size_t(n)));
+  for (int p = 0; p < n; p += kCheckStep) {
+    const int m = std::min(kCheckStep, n - p);
+    const float* base = ref->prefill(0, ids.data() + p, m, true);
+    for (size_t e = 0; e < tq.size(); ++e) {
+      const float* test = tq[e]->prefill(0, ids.data() + p, m, true);
+      for (int i = 0; i < m; ++i)
+        kld[e][size_t(p + i)] =
+            compare_logits(base + size_t(i) * n_vocab, test + size_t(i) * n_vocab, n_vocab, -1).kld;
+    }
+  }
+  for (size_t i = 0; i < cal.tq_sensitivity.size(); ++i) {
+    TqSensitivity& t = cal.tq_sensitivity[i];
+    const std::vector<double>&a = kld[2 * i], &u = kld[2 * i + 1];
+    double sa = 0, su = 0, sd = 0, sd2 = 0;
+    for (int p = 0; p < n; ++p) {
+      const double d = a[size_t(p)] - u[size_t(p)];
+      sa += a[size_t(p)];
+      su += u[size_t(p)];
+      sd += d;
+      sd2 += d * d;
+    }
+    const double md = sd / n, var = n > 1 ? std::max(0.0, (sd2 - n * md * md) / (n - 1)) : 0.0;
+    t.check_tokens = n;
+    t.check_kld_allocated = sa / n;
+    t.check_kld_uniform = su / n;
+    t.check_diff_se = std::sqrt(var / n);
+  }
+}
+
 std::shared_ptr<const KvCalibration> run_pass(const std::shared_ptr<const Model>& model, int n_threads) {
   const HParams& hp = model->hparams();
   const Tokenizer tok = Tokenizer::from_gguf(model->file());
@@ -73,11 +140,18 @@ std::shared_ptr<const KvCalibration> run_pass(const std::shared_ptr<const Model>
   // bits where they matter on this model without a profile to pass (measured with 3-bit caches at
   // 2, 3 and 4 bits per head; the allocation interpolates half rates).
   // The layers a KV cache holds (a hybrid model's attention layers only).
-  const KvShape shape{hp.kv_layers(), n_ctx, hp.n_heads, hp.n_kv_heads, hp.head_dim};
+  // The recorder's shape: the engine's, with sliding windows, soft-capping and attention sinks.
+  const KvShape& shape = rec->shape();
   for (int w : kSensitivityWindows) {
     std::optional<TqKvSpec> spec = parse_tq_kv_type(fmt::format("tq3:w{}", w));
     if (!spec || n_ctx < std::max(kTqMeasureMinTokens, w + 64)) continue;
     cal->tq_sensitivity.push_back(tq_measure_sensitivity(*spec, shape, *cal, rec->rows(), &engine.pool()));
+  }
+  try {
+    check_allocations(model, ids, n_ctx, n_threads, *cal);
+  } catch (const Error&) {
+    // A model whose caches the check cannot build: its allocations stay unchecked (used as before).
+    for (TqSensitivity& t : cal->tq_sensitivity) t.check_tokens = 0;
   }
   return cal;
 }

@@ -93,6 +93,11 @@ std::string tq_sensitivity_to_json(const TqSensitivity& s) {
                      {"k", s.k_err[size_t(h)]},
                      {"v", s.v_err[size_t(h)]}});
   j["heads"] = std::move(heads);
+  if (s.check_tokens > 0)
+    j["check"] = {{"tokens", s.check_tokens},
+                  {"kld_allocated", s.check_kld_allocated},
+                  {"kld_uniform", s.check_kld_uniform},
+                  {"diff_se", s.check_diff_se}};
   return j.dump(1);
 }
 
@@ -155,6 +160,21 @@ TqSensitivity parse_sensitivity(const std::string& text, const std::string& what
       }
       (kv[0] == 'k' ? s.k_err : s.v_err)[i] = std::move(e);
     }
+  }
+  if (j.contains("check")) {
+    const nlohmann::json& c = j["check"];
+    if (!c.is_object()) throw fail("'check' must be an object");
+    s.check_tokens = json_integer<int>(c.value("tokens", nlohmann::json()), "check.tokens");
+    for (auto [key, dst] : {std::pair{"kld_allocated", &s.check_kld_allocated},
+                            {"kld_uniform", &s.check_kld_uniform},
+                            {"diff_se", &s.check_diff_se}}) {
+      const nlohmann::json& x = c.value(key, nlohmann::json());
+      if (!x.is_number() || !std::isfinite(x.get<double>()))
+        throw fail(fmt::format("check.{} must be a finite number", key));
+      *dst = x.get<double>();
+    }
+    if (s.check_tokens < 0 || s.check_diff_se < 0)
+      throw fail("check.tokens and check.diff_se must not be negative");
   }
   return s;
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 
 #include "core/error.h"
@@ -148,6 +149,24 @@ TEST(TqSensitivity, JsonRoundTripAndMalformedFiles) {
   odd.k_err[1][1] = -1;
   EXPECT_THROW(tq_sensitivity_from_json(tq_sensitivity_to_json(odd), "bad"), FormatError);
   odd = s;
+  odd.check_tokens = 10;
+  odd.check_kld_allocated = 0.5;
+  odd.check_kld_uniform = 0.25;
+  const TqSensitivity checked = tq_sensitivity_from_json(tq_sensitivity_to_json(odd), "ok");
+  EXPECT_EQ(checked.check_tokens, 10);
+  EXPECT_FALSE(checked.allocation_pays());
+  EXPECT_TRUE(r.allocation_pays());  // unchecked (a profile from `qleap profile`)
+  for (const auto& [from, to] : {std::pair{"\"tokens\": 10", "\"tokens\": -1"},
+                                 {"\"kld_uniform\": 0.25", "\"kld_uniform\": \"x\""},
+                                 {"\"diff_se\": 0.0", "\"diff_se\": -1"},
+                                 {"\"check\": {", "\"check\": 5, \"x\": {"}}) {
+    std::string t = tq_sensitivity_to_json(odd);
+    const size_t at = t.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    EXPECT_THROW(tq_sensitivity_from_json(t.replace(at, std::string(from).size(), to), "bad"), FormatError)
+        << t;
+  }
+  odd = s;
   odd.v_err[2].pop_back();
   EXPECT_THROW(tq_sensitivity_from_json(tq_sensitivity_to_json(odd), "bad"), FormatError);
 }
@@ -237,7 +256,9 @@ TEST(TqKvAlloc, NamesTakeThePathLast) {
   EXPECT_EQ(spec->alloc_path, "/tmp/a:b/c.json");
   EXPECT_EQ(spec->window, 32);
   EXPECT_FALSE(parse_tq_kv_type("tq3:alloc="));
-  EXPECT_FALSE(parse_tq_kv_type("tq3:measure"));  // measuring is tq_measure_sensitivity's, not a cache's
+  EXPECT_FALSE(parse_tq_kv_type("tq3:measure"));
+  EXPECT_TRUE(parse_tq_kv_type("tq3:alloc")->force_alloc);
+  EXPECT_FALSE(parse_tq_kv_type("tq3")->force_alloc);  // measuring is tq_measure_sensitivity's, not a cache's
 }
 
 double rel_err(const std::vector<float>& a, const std::vector<float>& b, size_t from) {
@@ -314,6 +335,64 @@ TEST(TqKvAlloc, MeasurementMatchesWhatTheCacheLoses) {
       InvalidArgument);
 }
 
+// Per kv head, the relative output error of `out` against `ref` over the last 128 queries.
+double head_loss(const KvShape& s, const std::vector<float>& out, const std::vector<float>& ref, int n,
+                 int g) {
+  const int group = s.n_heads / s.n_kv_heads;
+  const size_t row = size_t(s.n_heads) * s.head_dim;
+  double e = 0, rr = 0;
+  for (size_t t = size_t(n - 128); t < size_t(n); ++t)
+    for (int h = g * group; h < (g + 1) * group; ++h)
+      for (int i = 0; i < s.head_dim; ++i) {
+        const size_t at = t * row + size_t(h) * s.head_dim + size_t(i);
+        e += double(out[at] - ref[at]) * (out[at] - ref[at]);
+        rr += double(ref[at]) * ref[at];
+      }
+  return e / rr;
+}
+
+// The measurement replays attention as the model computes it: a sliding-window layer's queries see
+// only their window, scores are soft-capped, and attention sinks join the softmax (Gemma 3 has 5 of 6
+// layers sliding, window 512, and its calibration text is longer than that). Keys older than the
+// window are made to attract the queries strongly, so a measurement that let queries see them would
+// measure another attention than the cache's (checked below: off by far more than the tolerance). Also
+// found by this test: the cache centered keys under soft-capping, which is not shift-invariant.
+TEST(TqKvAlloc, MeasurementFollowsSlidingWindowsSoftcapAndSinks) {
+  KvShape s{.n_layers = 1, .n_ctx = 400, .n_heads = 6, .n_kv_heads = 2, .head_dim = 64};
+  const int n = 400;
+  KvData d(s, n, 21);
+  for (int t = 0; t < n; ++t)
+    for (int g = 0; g < 2; ++g) {
+      if (t < 150) {
+        d.k[size_t(t) * s.kv_dim() + size_t(g) * 64 + 2] += 12.0f;
+        for (int i = 0; i < 64; ++i) d.v[size_t(t) * s.kv_dim() + size_t(g) * 64 + size_t(i)] += 4.0f;
+      }
+      for (int h = g * 3; h < g * 3 + 3; ++h) d.q[size_t(t) * d.row() + size_t(h) * 64 + 2] += 3.0f;
+    }
+  s.windows = {100};  // queries 272.. see keys from 173 on: none of the attracting ones
+  s.softcap = 30.0f;
+  s.attn_sinks = {1.0f, 2.0f, -std::numeric_limits<float>::infinity(), 0.5f, 3.0f, 1.5f};
+  const Recorded r = record(d, n);
+  auto f32 = make_kv_cache("f32", s);
+  const std::vector<float> ref = run(d, *f32, n);
+  auto cache = make_kv_cache("tq3:w32", s);
+  cache->calibrate(r.cal);
+  const std::vector<float> out = run(d, *cache, n);
+  const TqSensitivity sens = tq_measure_sensitivity(*parse_tq_kv_type("tq3:w32"), s, r.cal, r.rows, nullptr);
+  KvShape no_window = s;
+  no_window.windows.clear();
+  const TqSensitivity blind =
+      tq_measure_sensitivity(*parse_tq_kv_type("tq3:w32"), no_window, r.cal, r.rows, nullptr);
+  for (int g = 0; g < 2; ++g) {
+    const double real = head_loss(s, out, ref, n, g);
+    const double measured = sens.k_err[size_t(g)][1] + sens.v_err[size_t(g)][1];
+    const double wrong = blind.k_err[size_t(g)][1] + blind.v_err[size_t(g)][1];
+    EXPECT_GT(measured, 0.85 * real) << g;
+    EXPECT_LT(measured, 1.2 * real) << g;
+    EXPECT_TRUE(wrong > 1.5 * real || wrong < real / 1.5) << g << ": " << wrong << " vs " << real;
+  }
+}
+
 // Without alloc=, a TurboQuant cache spends its bits by the sensitivity the model's calibration
 // carries (measured on the calibration text, runtime/kv_calibrate), at the window nearest its own:
 // the same rates as passing that sensitivity as a profile, the bytes of the uniform type, and
@@ -350,7 +429,33 @@ TEST(TqKvAlloc, CalibrationSensitivityAllocatesWithoutAProfile) {
   // tq4 is already at the highest measured rate: nothing to move.
   EXPECT_EQ(out("tq4"), out("tq4:uniform"));
 
+  // The calibration's model-level check (runtime/kv_calibrate): where uniform rates did better on its
+  // text, caches keep them, and `alloc` asks for the allocation anyway.
+  EXPECT_EQ(out("tq3:alloc"), out("tq3"));
+  cal.tq_sensitivity[1].check_tokens = 700;
+  cal.tq_sensitivity[1].check_kld_allocated = 0.02;
+  cal.tq_sensitivity[1].check_kld_uniform = 0.01;
+  EXPECT_EQ(out("tq3"), uniform);
+  EXPECT_EQ(out("tq3:alloc"), out("tq3:alloc=" + p64));
+  EXPECT_EQ(out("tq3:w0"), out("tq3:w0:alloc=" + p0));  // w0's own check is not affected
+  cal.tq_sensitivity[1].check_kld_allocated = 0.005;
+  EXPECT_EQ(out("tq3"), out("tq3:alloc=" + p64));
+  // Better, but by less than two standard errors of the paired differences: uniform rates.
+  cal.tq_sensitivity[1].check_kld_allocated = 0.009;
+  cal.tq_sensitivity[1].check_diff_se = 0.001;
+  EXPECT_EQ(out("tq3"), uniform);
+  cal.tq_sensitivity[1].check_diff_se = 0.0004;
+  EXPECT_EQ(out("tq3"), out("tq3:alloc=" + p64));
+  cal.tq_sensitivity[1].check_kld_allocated = 0.02;
+
   const KvCalibration back = kv_calibration_from_json(kv_calibration_to_json(cal));
+  EXPECT_EQ(back.tq_sensitivity[1].check_tokens, 700);
+  EXPECT_DOUBLE_EQ(back.tq_sensitivity[1].check_kld_allocated, 0.02);
+  EXPECT_DOUBLE_EQ(back.tq_sensitivity[1].check_kld_uniform, 0.01);
+  EXPECT_DOUBLE_EQ(back.tq_sensitivity[1].check_diff_se, 0.0004);
+  EXPECT_FALSE(back.tq_sensitivity[1].allocation_pays());
+  EXPECT_EQ(back.tq_sensitivity[0].check_tokens, 0);
+  EXPECT_TRUE(back.tq_sensitivity[0].allocation_pays());
   ASSERT_EQ(back.tq_sensitivity.size(), 2u);
   EXPECT_EQ(back.tq_sensitivity[1].window, 64);
   EXPECT_EQ(back.tq_sensitivity[1].k_err, w64.k_err);

@@ -14,7 +14,10 @@
 #include "core/fp16.h"
 #include "kv_test_data.h"
 #include "model_test_util.h"
+#include "runtime/kv_calibrate.h"
+#include "runtime/logit_compare.h"
 #include "runtime/session.h"
+#include "tokenizer/tokenizer.h"
 #include "turboquant/tq_attention.h"
 
 namespace qleap {
@@ -601,6 +604,55 @@ TEST(TqKvStories, TopOneAgreementWithF16) {
   EXPECT_GT(agreements[0], agreements[2]) << "4 bits should beat 3";
   EXPECT_GT(agreements[2], agreements[3]) << "3 bits should beat 2";
   EXPECT_GT(agreements[4], agreements[3]) << "the recent window should help";
+}
+
+// The calibration pass checks each per-head allocation it measured against uniform rates at the model
+// level (runtime/kv_calibrate.cpp): mean KL(float || tq3) of the next-token distributions on the
+// calibration text's positions before the measured queries. The figures it records are what a session
+// with those caches gives on those tokens, and a default tq3 cache follows the verdict.
+TEST(TqKvStories, CalibrationChecksTheAllocationAgainstUniformRates) {
+  auto model = stories();
+  ASSERT_TRUE(model) << testing::stories_path();
+  const std::shared_ptr<const KvCalibration> cal = model_kv_calibration(model, 2, "");
+  ASSERT_EQ(cal->tq_sensitivity.size(), 2u);
+  const Tokenizer tok = Tokenizer::from_gguf(model->file());
+  std::vector<int32_t> ids = tok.encode(kv_calibration_text(), tok.wants_bos(), false);
+  const int n_ctx = std::min<int>(int(ids.size()), default_context(model->hparams().n_ctx_train));
+  const int n = n_ctx - kTqMeasureQueries;
+  ASSERT_GT(n, 64);
+  ids.resize(size_t(n));
+  auto logits = [&](const std::string& kv) {
+    SessionOptions opt;
+    opt.n_threads = 2;
+    opt.n_ctx = n_ctx;
+    opt.kv_type = kv;
+    Session s(model, opt);
+    return s.eval(ids, true);
+  };
+  const std::vector<float> ref = logits("f32");
+  const int nv = model->n_vocab();
+  auto mean_kld = [&](const std::vector<float>& l) {
+    double k = 0;
+    for (int t = 0; t < n; ++t) k += compare_logits(&ref[size_t(t) * nv], &l[size_t(t) * nv], nv, -1).kld;
+    return k / n;
+  };
+  for (const TqSensitivity& t : cal->tq_sensitivity) {
+    EXPECT_EQ(t.check_tokens, n) << t.window;
+    const std::string w = ":w" + std::to_string(t.window);
+    const std::vector<float> alloc = logits("tq3" + w + ":alloc"), uniform = logits("tq3" + w + ":uniform");
+    const double ka = mean_kld(alloc), ku = mean_kld(uniform);
+    std::printf(
+        "[ stories ] check at w%d: KLD allocated %.5f (session %.5f), uniform %.5f (session %.5f), "
+        "difference s.e. %.5f\n",
+        t.window, t.check_kld_allocated, ka, t.check_kld_uniform, ku, t.check_diff_se);
+    EXPECT_GT(t.check_diff_se, 0.0);
+    EXPECT_GT(ku, 0.0);
+    EXPECT_NE(alloc, uniform) << "the allocation should move bits on this model";
+    // Another prefill chunking (64 vs 512 tokens) may round differently.
+    EXPECT_NEAR(t.check_kld_allocated, ka, 0.02 * ka) << t.window;
+    EXPECT_NEAR(t.check_kld_uniform, ku, 0.02 * ku) << t.window;
+    EXPECT_EQ(logits("tq3" + w), t.allocation_pays() ? alloc : uniform) << t.window;
+  }
 }
 
 }  // namespace
