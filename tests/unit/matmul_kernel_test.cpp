@@ -229,7 +229,7 @@ TEST_P(PackedMatmul, MatchesReferenceAtEveryIsaLevel) {
 }
 
 INSTANTIATE_TEST_SUITE_P(PackableFormats, PackedMatmul,
-                         ::testing::Values("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"),
+                         ::testing::Values("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"),
                          [](const auto& info) { return std::string(info.param); });
 
 TEST(PackedMatmulApi, RepackCanBeTurnedOffAndSkipsOtherFormats) {

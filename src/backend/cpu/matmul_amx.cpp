@@ -329,6 +329,8 @@ BTilesFn btiles_fn(GgmlType t) {
       return &btiles_packed<packed::PQ45_K<true>>;
     case GgmlType::Q6_K:
       return &btiles_packed<packed::PQ6_K>;
+    case GgmlType::IQ4_XS:
+      return &btiles_packed<packed::PIQ4_XS>;
     default:
       return nullptr;
   }

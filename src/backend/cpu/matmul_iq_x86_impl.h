@@ -295,6 +295,95 @@ float vec_dot_iq(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
   return hsum(acc);
 }
 
+#if QLEAP_USE_VNNI
+// ---- AVX-512 decode for the grid formats whose lookups dominate (IQ3_S, IQ2_XXS) ----
+// 64 weights per step: one gather brings their grid bytes (IQ3_S: 16 x 4, IQ2_XXS: 8 x 8), a
+// 64-bit mask negates the activations where the weight's sign bit is set, and the byte products
+// are scaled per 32 weights in int16 (low 256 bits: the first sub-block, high: the second). The
+// integer sums are those of vec_dot_iq; only the float accumulation has wider lanes.
+
+inline __m512i negate_where(__m512i x, uint64_t neg) {
+  return _mm512_mask_sub_epi8(x, __mmask64(neg), _mm512_setzero_si512(), x);
+}
+inline __m512i scale_pair16(int s0, int s1) {
+  return _mm512_inserti64x4(_mm512_set1_epi16(short(s0)), _mm256_set1_epi16(short(s1)), 1);
+}
+
+float vec_dot_iq3s_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const BlockIq3S*>(w);
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i bit8 = _mm512_set1_epi32(0x100);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    const BlockIq3S& b = wb[i];
+    const int8_t* xq = x[i].qs;
+    __m512i isum0 = _mm512_setzero_si512(), isum1 = _mm512_setzero_si512();
+    for (int m = 0; m < 4; ++m) {
+      // Grid index l = 16m + j: qs[l] plus bit j of the 16 qh bits of the step as bit 8.
+      uint16_t qh;
+      std::memcpy(&qh, b.qh + 2 * m, 2);
+      const __m512i hi =
+          _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(int(uint32_t(qh) << 8)), lanes), bit8);
+      const __m512i idx = _mm512_or_si512(
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 16 * m))), hi);
+      const __m512i g = _mm512_i32gather_epi32(idx, kIq3sGrid, 4);
+      uint64_t sg;
+      std::memcpy(&sg, b.signs + 8 * m, 8);
+      const __m512i xv = negate_where(_mm512_loadu_si512(xq + 64 * m), sg);
+      const int s0 = b.scales[m] & 0xF, s1 = b.scales[m] >> 4;
+      const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(g, xv), scale_pair16(2 * s0 + 1, 2 * s1 + 1));
+      if (m & 1) {
+        isum1 = _mm512_add_epi32(isum1, p);
+      } else {
+        isum0 = _mm512_add_epi32(isum0, p);
+      }
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(h2f(b.d) * x[i].d),
+                          _mm512_cvtepi32_ps(_mm512_add_epi32(isum0, isum1)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// 8 sign indices of 7 bits (one per byte) -> the 8 sign bytes: bit 7 makes each byte's parity even.
+inline uint64_t iq2_sign_bytes(uint64_t s7) {
+  uint64_t p = s7 ^ (s7 >> 4);
+  p ^= p >> 2;
+  p ^= p >> 1;
+  return s7 | ((p & 0x0101010101010101ull) << 7);
+}
+
+float vec_dot_iq2xxs_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const BlockIq2Xxs*>(w);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    const BlockIq2Xxs& b = wb[i];
+    const int8_t* xq = x[i].qs;
+    uint32_t a[16];  // sub-block ib: a[2ib] = 4 grid indices, a[2ib + 1] = 4 x 7 sign bits | scale << 28
+    std::memcpy(a, b.qs, sizeof(a));
+    __m512i isum0 = _mm512_setzero_si512(), isum1 = _mm512_setzero_si512();
+    for (int m = 0; m < 4; ++m) {
+      const uint32_t g0 = a[4 * m], s0 = a[4 * m + 1], g1 = a[4 * m + 2], s1 = a[4 * m + 3];
+      const __m256i idx = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, int(g1), int(g0)));
+      const __m512i g = _mm512_i32gather_epi64(idx, kIq2xxsGrid, 8);
+      const uint64_t s7 = uint64_t(_pdep_u32(s0, 0x7F7F7F7Fu)) | (uint64_t(_pdep_u32(s1, 0x7F7F7F7Fu)) << 32);
+      const __m512i xv = negate_where(_mm512_loadu_si512(xq + 64 * m), iq2_sign_bytes(s7));
+      const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(g, xv),
+                                          scale_pair16(2 * int(s0 >> 28) + 1, 2 * int(s1 >> 28) + 1));
+      if (m & 1) {
+        isum1 = _mm512_add_epi32(isum1, p);
+      } else {
+        isum0 = _mm512_add_epi32(isum0, p);
+      }
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(h2f(b.d) * 0.125f * x[i].d),
+                          _mm512_cvtepi32_ps(_mm512_add_epi32(isum0, isum1)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+#endif
+
 // A weight super-block unpacked once for a chunk of activation rows.
 struct alignas(32) IqPrep {
   uint8_t u[256];
@@ -363,6 +452,16 @@ void run_iq(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, c
   if (t1 - t0 <= 1) {
     for (int64_t t = t0; t < t1; ++t) {
       const auto* xb = reinterpret_cast<const BlockQ8_K*>(xa + size_t(t) * xa_stride);
+#if QLEAP_USE_VNNI
+      if constexpr (std::is_same_v<F, FIq3S>) {
+        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq3s_512(w + size_t(r) * rb, xb, nb);
+        continue;
+      }
+      if constexpr (std::is_same_v<F, FIq2Xxs>) {
+        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq2xxs_512(w + size_t(r) * rb, xb, nb);
+        continue;
+      }
+#endif
       for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq<F>(w + size_t(r) * rb, xb, nb);
     }
     return;

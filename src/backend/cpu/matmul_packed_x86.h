@@ -222,6 +222,8 @@ struct PQ6_K {
   }
 };
 
+#include "backend/cpu/matmul_packed_iq_x86.h"
+
 // ---- decode: a few activation rows, each computed exactly as if alone ----
 
 // AVX2: k-groups whose 16-bit products (PMADDUBSW pair sums, <= 2 * 127 * max byte) may be added
@@ -376,6 +378,8 @@ Ops packed_ops(GgmlType t) {
       return ops_of<PQ45_K<true>>();
     case GgmlType::Q6_K:
       return ops_of<PQ6_K>();
+    case GgmlType::IQ4_XS:
+      return ops_of<PIQ4_XS>();
     default:
       return {};
   }

@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "quant/block_common.h"
+#include "quant/block_iq4_xs.h"
 #include "quant/block_q4_0.h"
 #include "quant/block_q4_1.h"
 #include "quant/block_q4_k.h"
@@ -43,6 +44,9 @@ namespace qleap {
 //   Q6_K (256):       d[16] sc[16][16] (int8, [sub-block][row]) | ql: 2 halves x {A, B} x
 //                     8 vectors: A vector v holds ql[64h + 4v ..], B ql[64h + 32 + 4v ..];
 //                     then qh: 2 halves x 8 vectors: qh[32h + 4v ..]                 288 | 3072
+//   IQ4_XS (256):     d[16] sc[8][16] (ls - 32 as int8, [sub-block][row]) | 8 sub-blocks x
+//                     4 vectors: sub-block ib vector j holds qs[16ib + 4j ..] (low nibbles:
+//                     values 4j .., high: 16 + 4j .., codes into the IQ4_NL codebook)  160 | 2048
 namespace {
 
 constexpr int kR = kPackRows;
@@ -61,6 +65,8 @@ size_t s_bytes_of(GgmlType t) {
       return 320;
     case GgmlType::Q6_K:
       return 288;
+    case GgmlType::IQ4_XS:
+      return 160;
     default:
       return 0;
   }
@@ -80,6 +86,8 @@ size_t q_bytes_of(GgmlType t) {
       return 2560;
     case GgmlType::Q6_K:
       return 3072;
+    case GgmlType::IQ4_XS:
+      return 2048;
     default:
       return 0;
   }
@@ -174,6 +182,18 @@ void pack_sb(GgmlType t, const uint8_t* const* src, uint8_t* dst, uint8_t* qd) {
           put_vector(qh + 64 * (h * 8 + v), src, offsetof(BlockQ6_K, qh) + 32 * h + 4 * v);
         }
       }
+      return;
+    }
+    case GgmlType::IQ4_XS: {
+      for (int n = 0; n < kR; ++n) {
+        BlockIq4Xs b;
+        std::memcpy(&b, src[n], sizeof(b));
+        std::memcpy(dst + 2 * n, &b.d, 2);
+        for (int ib = 0; ib < 8; ++ib) dst[32 + 16 * ib + n] = uint8_t(int8_t(iq4xs_scale(b, ib)));
+      }
+      for (int ib = 0; ib < 8; ++ib)
+        for (int j = 0; j < 4; ++j)
+          put_vector(qd + 64 * (4 * ib + j), src, offsetof(BlockIq4Xs, qs) + 16 * ib + 4 * j);
       return;
     }
     default:

@@ -5,11 +5,11 @@
 // the same unpacked vectors for a tile of tokens.
 //
 // The layout keeps the format's bits (same size as GGUF within ~3%: the K-quants' 6-bit scales
-// are stored as bytes), so decode reads as many bytes as before. The original pages are released
+// and IQ4_XS's are stored as bytes), so decode reads as many bytes as before. The original pages are released
 // after repacking when the model file is memory-mapped (they are re-read from the file if anything
 // else touches them).
 //
-// Formats: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K. Others keep the GGUF layout (row kernels for decode,
+// Formats: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS. Others keep the GGUF layout (row kernels for decode,
 // panels decoded per call for prefill).
 #pragma once
 #include <cstddef>
