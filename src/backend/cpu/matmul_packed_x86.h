@@ -252,7 +252,7 @@ void gemv_rows(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, i
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* q = gq + size_t(sb) * pm.q_bytes;
     // The quants stream ahead of the hardware prefetcher's reach (it stops at 4 KiB pages).
-    for (size_t o = 0; o < pm.q_bytes; o += 256)
+    for (size_t o = 0; o < pm.q_bytes; o += 64)
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
     const int64_t k_sb = sb * pm.sb_values;
     P::unpack(gs + size_t(sb) * pm.s_bytes, q, h, [&](int sub, const VI* u, int nu, VF a, VF b) {
