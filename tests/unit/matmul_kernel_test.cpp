@@ -253,6 +253,61 @@ TEST(PackedMatmulApi, RepackCanBeTurnedOffAndSkipsOtherFormats) {
   EXPECT_NE(p->describe().find("Q4_0: 1"), std::string::npos) << p->describe();
 }
 
+// Several matrices repacked by one prepare() share one arena (over 1 MiB here: the huge-page
+// mapping on Linux): each copy 64-byte aligned, none overlapping, each decoding its own matrix.
+TEST(PackedMatmulApi, MatricesShareOneArenaAndDecodeCorrectly) {
+  if (!repack_enabled()) GTEST_SKIP() << "no AVX2: repacking stays off";
+  IsaGuard guard;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  struct M {
+    GgmlType t;
+    int64_t rows, cols;
+  };
+  const M ms[] = {{GgmlType::Q4_0, 1000, 1024}, {GgmlType::Q8_0, 520, 2048}, {GgmlType::Q4_1, 37, 64}};
+  std::vector<std::vector<uint8_t>> bytes;
+  std::vector<WeightView> views;
+  for (const M& m : ms) {
+    bytes.push_back(random_weights(m.t, m.rows, m.cols, rng));
+    views.push_back(WeightView{m.t, bytes.back().data(), m.cols, m.rows, row_size(m.t, m.cols)});
+  }
+  std::vector<WeightView*> vp;
+  for (auto& v : views) vp.push_back(&v);
+  const auto prepared = PreparedWeights::prepare(vp, false);
+  ASSERT_EQ(prepared->matrices(), 3);
+  EXPECT_GT(prepared->bytes(), size_t(1) << 20);
+  for (size_t i = 0; i < views.size(); ++i) {
+    const PackedMatrix* p = views[i].packed;
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p->data) % 64, 0u);
+    const size_t n = packed_bytes(p->type, p->rows, p->cols);
+    for (size_t j = 0; j < views.size(); ++j) {
+      if (j == i) continue;
+      const uint8_t* o = views[j].packed->data;
+      EXPECT_TRUE(o >= p->data + n ||
+                  o + packed_bytes(views[j].type, views[j].rows, views[j].cols) <= p->data);
+    }
+  }
+  ThreadPool pool(2);
+  for (IsaLevel lvl : supported_levels()) {
+    if (lvl == IsaLevel::kScalar) continue;
+    set_isa_level(lvl);
+    for (size_t i = 0; i < views.size(); ++i) {
+      const WeightView& wv = views[i];
+      std::vector<float> x(size_t(wv.cols)), ref(size_t(wv.rows)), got(size_t(wv.rows), NAN);
+      for (auto& v : x) v = nd(rng);
+      matmul_ref(wv, x.data(), 1, ref.data());
+      matmul(wv, x.data(), 1, got.data(), pool);
+      std::vector<float> wrow(size_t(wv.cols));
+      for (int64_t r = 0; r < wv.rows; ++r) {
+        dequantize_row_ref(wv.type, bytes[i].data() + size_t(r) * wv.row_bytes, wrow.data(), wv.cols);
+        ASSERT_NEAR(got[size_t(r)], ref[size_t(r)], tolerance(wrow, x.data(), wv.cols, 32))
+            << type_name(wv.type) << " isa=" << isa_name(lvl) << " r=" << r;
+      }
+    }
+  }
+}
+
 // The AMX prefill path for the formats without a repacked layout (i-quants, ternary, FP4): the tile
 // kernel must take them (tile_matmul returns true), compute within the bf16 bound alone (it has no
 // int8 activation rounding), and matmul() must route prefill batches to it (bit-identical results).

@@ -235,6 +235,10 @@ constexpr int widen_of() {
   return P::kSub / 4;
 }
 
+// How far ahead of the kernel the quants are prefetched. A group's rows are one contiguous stream
+// and the repacked matrices of a layer follow each other in one arena (packed_weights.cpp), so the
+// prefetches stay useful past the end of a group or matrix.
+constexpr size_t kPrefetchAhead = 4096;
 
 // y[t][0 .. nr) for tokens [t0, t0 + T) and the kPR rows of group g (AVX2: half h of it). Every
 // token runs the same operations in the same order whatever T is (batch invariance: RowExactMatmul).
@@ -249,9 +253,9 @@ void gemv_rows(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, i
   for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = panel::vzerof();
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* q = gq + size_t(sb) * pm.q_bytes;
-    // The quants stream ahead of the hardware prefetcher's reach on long rows.
-    for (size_t o = 0; o < pm.q_bytes; o += 256)
-      _mm_prefetch(reinterpret_cast<const char*>(q + 2048 + o), _MM_HINT_T0);
+    // The quants stream ahead of the hardware prefetcher's reach (it stops at 4 KiB pages).
+    for (size_t o = 0; o < pm.q_bytes; o += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
     const int64_t k_sb = sb * pm.sb_values;
     P::unpack(gs + size_t(sb) * pm.s_bytes, q, h, [&](int sub, const VI* u, int nu, VF a, VF b) {
       const int64_t k0 = k_sb + int64_t(sub) * P::kSub;
@@ -308,12 +312,82 @@ void gemv_rows(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, i
   }
 }
 
+#if QLEAP_USE_VNNI
+// Decode of the 4-bit formats with one sub-block per super-block (Q4_0, Q4_1) on VNNI, T tokens.
+// The high nibbles enter VPDPBUSD as (byte & 0xF0) = 16 * nibble instead of being shifted down: one
+// AND per vector instead of shift + AND. The integer sum is then 16 * low + high = 16 * the true
+// sum, and the accumulator is scaled by 1/16 at the end; both are exact (powers of two, sums far
+// below 2^24), so the result is bit-identical to gemv_rows.
+template <bool kMin, int T>
+void gemv_rows_q4(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64_t t0, float* y, int64_t ldy,
+                  int nr) {
+  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* q = s + pm.q_offset;
+  const int64_t nsb = pm.cols / 32;
+  const int8_t* xq[T];
+  const float* xd[T];
+  const float* xs[T];
+  for (int t = 0; t < T; ++t) {
+    xq[t] = x.q + size_t(t0 + t) * size_t(pm.cols);
+    xd[t] = x.d + size_t(t0 + t) * size_t(nsb);
+    xs[t] = x.s + size_t(t0 + t) * size_t(nsb);
+  }
+  VF acc0[T], acc1[T];
+  for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = panel::vzerof();
+  const VI m_lo = v_b8(0x0F), m_hi = v_b8(0xF0);
+  for (int64_t sb = 0; sb < nsb; ++sb, q += 256, s += pm.s_bytes) {
+    for (int o = 0; o < 256; o += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
+    const VF a = ld_h(s, 0);
+    const VF b = kMin ? ld_h(s + 32, 0) : v_scale(a, -8.0f);
+    VI lo[4], hi[4];
+    for (int j = 0; j < 4; ++j) {
+      const VI v = _mm512_load_si512(q + 64 * j);
+      lo[j] = v_and(v, m_lo);
+      hi[j] = v_and(v, m_hi);
+    }
+    for (int t = 0; t < T; ++t) {
+      const int8_t* xt = xq[t] + 32 * sb;
+      VI il = _mm512_dpbusd_epi32(panel::vzeroi(), lo[0], panel::vbcast32(xt));
+      VI ih = _mm512_dpbusd_epi32(panel::vzeroi(), hi[0], panel::vbcast32(xt + 16));
+      for (int j = 1; j < 4; ++j) {
+        il = _mm512_dpbusd_epi32(il, lo[j], panel::vbcast32(xt + 4 * j));
+        ih = _mm512_dpbusd_epi32(ih, hi[j], panel::vbcast32(xt + 16 + 4 * j));
+      }
+      const VI isum = _mm512_add_epi32(_mm512_slli_epi32(il, 4), ih);
+      acc0[t] = panel::vfma(panel::vcvt(isum), panel::vmul(a, panel::vbcastf(xd[t] + sb)), acc0[t]);
+      acc1[t] = panel::vfma(b, panel::vbcastf(xs[t] + sb), acc1[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy),
+                       _mm512_add_ps(_mm512_mul_ps(acc0[t], _mm512_set1_ps(1.0f / 16)), acc1[t]), nr);
+}
+#endif
+
 // Up to kGemvTokens tokens per pass over the weights.
 constexpr int kGemvTokens = 4;
 
 template <class P>
 void gemv_tokens(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, float* y, int64_t ldy,
                  int nr) {
+#if QLEAP_USE_VNNI
+  if constexpr (std::is_same_v<P, PQ4_0> || std::is_same_v<P, PQ4_1>) {
+    constexpr bool kMin = std::is_same_v<P, PQ4_1>;
+    int64_t t = 0;
+    for (; t + kGemvTokens <= x.m; t += kGemvTokens) gemv_rows_q4<kMin, kGemvTokens>(pm, g, x, t, y, ldy, nr);
+    switch (int(x.m - t)) {
+      case 1:
+        return gemv_rows_q4<kMin, 1>(pm, g, x, t, y, ldy, nr);
+      case 2:
+        return gemv_rows_q4<kMin, 2>(pm, g, x, t, y, ldy, nr);
+      case 3:
+        return gemv_rows_q4<kMin, 3>(pm, g, x, t, y, ldy, nr);
+      default:
+        return;
+    }
+  }
+#endif
   int64_t t = 0;
   for (; t + kGemvTokens <= x.m; t += kGemvTokens) gemv_rows<P, kGemvTokens>(pm, g, h, x, t, y, ldy, nr);
   switch (int(x.m - t)) {

@@ -75,11 +75,13 @@ class PreparedWeights {
  private:
   struct Block {
     struct Free {
+      size_t mapped;  // bytes of an anonymous mapping (0: operator new; value-initialized by unique_ptr)
       void operator()(uint8_t* p) const;
     };
     std::unique_ptr<uint8_t[], Free> mem;
     size_t n = 0;
   };
+  static Block alloc_arena(size_t n);
   std::vector<Block> blocks_;
   std::vector<std::unique_ptr<PackedMatrix>> mats_;
   size_t bytes_ = 0;
