@@ -236,28 +236,12 @@ void panel_rows(const uint8_t* q, const float* a, const float* b, int64_t cols, 
 // Interleaves kPR rows of 32 bytes (rows[r]) into 8 groups of kVB bytes at dst.
 inline void interleave32(const uint8_t* const* rows, uint8_t* dst) {
 #if QLEAP_USE_VNNI
-  // A 16 x 16 dword transpose of which the first 8 columns are used.
+  // The 16 x 16 dword transpose of which the first 8 outputs (the 8 dwords loaded per row) are used.
   __m512i r[16];
   for (int i = 0; i < 16; ++i)
     r[i] = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i])));
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int i = 0; i < 2; ++i) {
-    for (int j = 0; j < 4; ++j) {
-      t[8 * i + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
-      t[8 * i + 4 + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
-    }
-  }
-  for (int j = 0; j < 8; ++j) _mm512_store_si512(dst + j * kVB, _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88));
+  qleap::simd::transpose16x16(r);
+  for (int j = 0; j < 8; ++j) _mm512_store_si512(dst + j * kVB, r[j]);
 #else
   // 8 x 8 dword transpose.
   __m256 r[8], t[8];

@@ -32,6 +32,9 @@
 #include "quant/block_q5_k.h"
 #include "quant/block_q6_k.h"
 #include "quant/block_q8_0.h"
+#if QLEAP_USE_VNNI
+#include "backend/cpu/transpose_avx512.h"
+#endif
 
 #ifndef QLEAP_ISA_NS
 #error "define QLEAP_ISA_NS before including matmul_x86_impl.h"
