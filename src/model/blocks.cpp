@@ -222,7 +222,14 @@ void pre_norm_layer(const LayerWeights& w, int il, const LayerCtx& ctx) {
   const float eps = ctx.hp.rms_eps;
   be.rms_norm(a.x.get(), w.attn_norm, a.xn.get(), m, n, eps);
   attention_block(w, il, ctx, a.xn.get(), a.x.get());
-  be.rms_norm(a.x.get(), w.ffn_norm, a.xn.get(), m, n, eps);
+  pre_norm_ffn(w, il, ctx);
+}
+
+void pre_norm_ffn(const LayerWeights& w, int il, const LayerCtx& ctx) {
+  Backend& be = ctx.be;
+  Activations& a = ctx.a;
+  const int n = ctx.hp.n_embd, m = ctx.m;
+  be.rms_norm(a.x.get(), w.ffn_norm, a.xn.get(), m, n, ctx.hp.rms_eps);
   if (w.is_moe()) {
     moe_ffn_block(w, il, ctx, a.xn.get(), a.tmp.get());
     be.add(a.x.get(), a.tmp.get(), int64_t(m) * n);

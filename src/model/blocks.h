@@ -118,6 +118,8 @@ void geglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* xn
 // The pre-norm residual block: x += attn(norm(x)); x += ffn(norm(x)) (the MoE block when the layer
 // has experts).
 void pre_norm_layer(const LayerWeights& w, int il, const LayerCtx& ctx);
+// Its second half, shared by layers whose attention differs (MLA, DeltaNet hybrids): x += ffn(norm(x)).
+void pre_norm_ffn(const LayerWeights& w, int il, const LayerCtx& ctx);
 
 // Every tensor of layer w that a forward on a device backend reads, for Backend::prepare. Throws
 // Unsupported for layers the device backends cannot run (MoE: experts go through ExpertFlow instead; MLA

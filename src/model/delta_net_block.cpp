@@ -238,13 +238,7 @@ void hybrid_layer(const LayerWeights& w, int il, const LayerCtx& ctx) {
   } else {
     gated_attention_block(w, il, ctx, a.xn.get(), a.x.get());
   }
-  be.rms_norm(a.x.get(), w.ffn_norm, a.xn.get(), m, n, eps);
-  if (w.is_moe()) {
-    moe_ffn_block(w, il, ctx, a.xn.get(), a.tmp.get());
-    be.add(a.x.get(), a.tmp.get(), int64_t(m) * n);
-  } else {
-    swiglu_ffn_block(w, ctx, a.xn.get(), a.x.get());
-  }
+  pre_norm_ffn(w, il, ctx);
 }
 
 }  // namespace qleap
