@@ -22,16 +22,6 @@ namespace qleap {
 
 namespace {
 
-// Rates accepted in names, spelled exactly like this (so each name has one spelling).
-std::optional<float> parse_rate(const std::string& s) {
-  static const std::pair<const char*, float> kRates[] = {
-      {"2", 2.0f}, {"2.5", 2.5f}, {"3", 3.0f}, {"3.5", 3.5f}, {"4", 4.0f}};
-  for (const auto& [text, bits] : kRates) {
-    if (s == text) return bits;
-  }
-  return std::nullopt;
-}
-
 struct AlignedFree {
   void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t(64)); }
 };
@@ -117,6 +107,10 @@ class TurboQuantKvCache final : public KvCache {
     sink_k_.assign(size_t(L) * s.n_kv_heads * sink_ * s.head_dim, 0.0f);
     sink_v_.assign(shared_ ? 0 : sink_k_.size(), 0.0f);  // shared: the value rows are the key rows
     window_ = std::max(0, std::min(spec.window, s.n_ctx));
+    kblock_ = spec.key_block > 0 && !shared_ ? spec.key_block : 0;
+    kshift_on_.assign(size_t(L), 0);
+    kshift_valid_.assign(size_t(L), 1);
+    if (kblock_ > 0) kshift_.assign(size_t(L) * H * kshift_blocks() * s.head_dim, 0.0f);
     tail_.resize(size_t(L));
     // Not zero-filled, like the other caches: store() writes every position before attend() reads it.
     data_.reset(static_cast<uint8_t*>(::operator new[](total_, std::align_val_t(64))));
@@ -134,6 +128,7 @@ class TurboQuantKvCache final : public KvCache {
   // A new sequence: the exact window rows go (the records are simply overwritten).
   void reset() override {
     for (WindowRing& w : tail_) w.begin = w.end = 0;
+    std::fill(kshift_valid_.begin(), kshift_valid_.end(), 1);
   }
   // Positions from n_keep on are forgotten: their window rows too, so that a later query never reads
   // a row of the old continuation.
@@ -142,6 +137,9 @@ class TurboQuantKvCache final : public KvCache {
       w.end = std::min<int64_t>(w.end, n_keep);
       w.begin = std::min(w.begin, w.end);
     }
+    // Block b's shift is the mean of block b - 1's records: it holds while those are kept.
+    if (kblock_ > 0)
+      for (int64_t& v : kshift_valid_) v = std::min<int64_t>(v, n_keep / kblock_ + 1);
   }
   bool wants_calibration() const override { return spec_.center; }
 
@@ -187,6 +185,7 @@ class TurboQuantKvCache final : public KvCache {
           vscaled_[L] = 1;
         }
       }
+      kshift_on_[L] = kblock_ > 0 && (ring_[L] == 0 || ring_[L] >= kblock_) && center_keys;
       if (shared_) {
         // The values are the key records: decoded with the keys' centering and channel scales.
         std::copy_n(&mu_k_[L * kvd], kvd, &mu_v_[L * kvd]);
@@ -204,14 +203,94 @@ class TurboQuantKvCache final : public KvCache {
   }
 
   void quantize_range(int layer, int pos, int n_tokens, const float* k, const float* v) {
+    prepare_window(layer, pos, n_tokens);
+    const size_t kvd = size_t(shape_.kv_dim());
+    if (!kshift_on_[size_t(layer)]) {
+      quantize_segment(layer, pos, n_tokens, k, v, nullptr);
+      return;
+    }
+    // Block by block: a block's keys are centered on the mean of the records of the block before.
+    // A store at pos keeps [0, pos) (a restart or rewrite of the tail, as after trim(pos)).
+    const int B = kblock_;
+    int64_t& valid = kshift_valid_[size_t(layer)];
+    valid = std::min<int64_t>(valid, pos / B + 1);
+    std::vector<float> mk(kvd);
+    for (int p = pos; p < pos + n_tokens;) {
+      const int b = p / B, e = std::min(pos + n_tokens, (b + 1) * B);
+      update_shifts(layer, b);
+      block_mean(layer, b, mk.data());
+      const size_t off = size_t(p - pos) * kvd;
+      quantize_segment(layer, p, e - p, k + off, shared_ ? nullptr : v + off, mk.data());
+      p = e;
+    }
+  }
+
+  // A block's shift row (head_dim floats) per kv head, spread over its positions (rounded up).
+  size_t shift_bytes_per_token() const {
+    return kblock_ > 0 ? (size_t(shape_.head_dim) * sizeof(float) + size_t(kblock_) - 1) / size_t(kblock_)
+                       : 0;
+  }
+  // Blocks of positions per key shift row, and rows per (layer, kv head).
+  int64_t kshift_blocks() const { return shape_.n_ctx / kblock_ + 1; }
+  float* shift_rows(int layer, int g) {
+    return &kshift_[(size_t(layer) * shape_.n_kv_heads + size_t(g)) * kshift_blocks() * shape_.head_dim];
+  }
+  const float* shift_rows(int layer, int g) const {
+    return const_cast<TurboQuantKvCache*>(this)->shift_rows(layer, g);
+  }
+  // Shift rows of blocks up to b: block c's is block c - 1's plus the mean of block c - 1's records (in
+  // the rotated space, norm * c[idx]): together, the mean of block c - 1's keys as stored, relative to
+  // the cache's mean. From the records, not the keys: after a trim they are all that is left, and
+  // the same records give the same shifts whatever the batches were.
+  void update_shifts(int layer, int b) {
+    int64_t& valid = kshift_valid_[size_t(layer)];
+    const int hd = shape_.head_dim, B = kblock_;
+    std::vector<float> y(static_cast<size_t>(hd)), acc(static_cast<size_t>(hd));
+    for (; valid <= b; ++valid) {
+      const int64_t c = valid;
+      for (int g = 0; g < shape_.n_kv_heads; ++g) {
+        const TqState& ks = kstate(layer, g);
+        const size_t kr = krec(layer, g);
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t j = (c - 1) * B; j < c * B; ++j) {
+          const int64_t ring = ring_[size_t(layer)];  // at least B: those positions are still held
+          const uint8_t* rec = keys(layer, g) + size_t(ring > 0 ? j % ring : j) * kr;
+          tq_dequantize_rotated_unit(ks, rec, y.data());
+          axpy_f32(tq_record_norm(ks.layout, rec) / float(B), y.data(), acc.data(), hd);
+        }
+        float* rows = shift_rows(layer, g);
+        for (int i = 0; i < hd; ++i) rows[size_t(c) * hd + i] = rows[size_t(c - 1) * hd + i] + acc[size_t(i)];
+      }
+    }
+  }
+  // The mean the keys of block b are centered on, in the model's space: mu + s * R^T shift_b.
+  void block_mean(int layer, int b, float* out) const {
+    const int hd = shape_.head_dim;
+    const size_t kvd = size_t(shape_.kv_dim());
+    const float* mu = &mu_k_[size_t(layer) * kvd];
+    const float* sk = &s_k_[size_t(layer) * kvd];
+    std::vector<float> d(static_cast<size_t>(hd));
+    for (int g = 0; g < shape_.n_kv_heads; ++g) {
+      tq_unrotate(kstate(layer, g), shift_rows(layer, g) + size_t(b) * hd, d.data());
+      for (int i = 0; i < hd; ++i) {
+        const size_t c = size_t(g) * hd + size_t(i);
+        out[c] = mu[c] + (scaled_[size_t(layer)] ? sk[c] : 1.0f) * d[size_t(i)];
+      }
+    }
+  }
+
+  // Records of positions [pos, pos + n_tokens) (window rows prepared); mean_k: the keys' centering
+  // (nullptr: the calibrated mean).
+  void quantize_segment(int layer, int pos, int n_tokens, const float* k, const float* v,
+                        const float* mean_k) {
     const KvShape& s = shape_;
     const int kvd = s.kv_dim(), hd = s.head_dim;
     const bool c = spec_.center && calibrated_[size_t(layer)];
-    const float* muk = c ? &mu_k_[size_t(layer) * kvd] : nullptr;
+    const float* muk = c ? (mean_k ? mean_k : &mu_k_[size_t(layer) * kvd]) : nullptr;
+    const float* muk0 = c ? &mu_k_[size_t(layer) * kvd] : nullptr;
     const float* muv = c ? &mu_v_[size_t(layer) * kvd] : nullptr;
     const float* isk = scaled_[size_t(layer)] ? &inv_s_k_[size_t(layer) * kvd] : nullptr;
     const float* isv = vscaled_[size_t(layer)] ? &inv_s_v_[size_t(layer) * kvd] : nullptr;
-    prepare_window(layer, pos, n_tokens);
     // Items: (kv head, chunk of tokens); ~2 us per vector, so prefill is worth threading.
     const int P = pool_ ? pool_->size() : 1;
     const int n_chunks = std::max(1, std::min(n_tokens / 16, (4 * P + s.n_kv_heads - 1) / s.n_kv_heads));
@@ -230,6 +309,7 @@ class TurboQuantKvCache final : public KvCache {
         const float* kx = k + size_t(t) * kvd + size_t(g) * hd;
         const float* vx = shared_ ? kx : v + size_t(t) * kvd + size_t(g) * hd;
         const float* mk = muk ? muk + size_t(g) * hd : nullptr;
+        const float* mk0 = muk0 ? muk0 + size_t(g) * hd : nullptr;  // exact rows: the cache's mean
         const float* mv = muv ? muv + size_t(g) * hd : nullptr;
         const float* sk = isk ? isk + size_t(g) * hd : nullptr;
         const float* sv = isv ? isv + size_t(g) * hd : nullptr;
@@ -244,11 +324,11 @@ class TurboQuantKvCache final : public KvCache {
         }
         if (pos + t < sink_) {
           // The record is written too (it gets zero weight): every position has one.
-          exact_one(ks, kx, mk, sk, tmp.data(), sink_row(sink_k_, layer, g, pos + t));
+          exact_one(ks, kx, mk0, sk, tmp.data(), sink_row(sink_k_, layer, g, pos + t));
           if (!shared_) exact_one(vs, vx, mv, sv, tmp.data(), sink_row(sink_v_, layer, g, pos + t));
         }
         if (window_ > 0) {
-          exact_one(ks, kx, mk, sk, tmp.data(), rot.data());
+          exact_one(ks, kx, mk0, sk, tmp.data(), rot.data());
           fp32_to_fp16_row(rot.data(), window_row(tail_[size_t(layer)].k, layer, g, pos + t), hd);
           if (!shared_) {
             exact_one(vs, vx, mv, sv, tmp.data(), rot.data());
@@ -325,7 +405,7 @@ class TurboQuantKvCache final : public KvCache {
   size_t bytes_per_token() const override {
     size_t n = 0;
     for (size_t i = 0; i < k_rec_.size(); ++i)
-      if (ring_[i / size_t(shape_.n_kv_heads)] == 0) n += k_rec_[i] + v_rec_[i];
+      if (ring_[i / size_t(shape_.n_kv_heads)] == 0) n += k_rec_[i] + v_rec_[i] + shift_bytes_per_token();
     return n;
   }
   // The records plus the exact rows: sink_ (floats) and window_ (fp16) positions per layer and kv
@@ -334,7 +414,8 @@ class TurboQuantKvCache final : public KvCache {
   size_t allocated_bytes() const override {
     const size_t window_values =
         size_t(window_) * shape_.n_layers * shape_.n_kv_heads * (shared_ ? 1 : 2) * shape_.head_dim;
-    return total_ + (sink_k_.size() + sink_v_.size()) * sizeof(float) + window_values * sizeof(uint16_t);
+    return total_ + (sink_k_.size() + sink_v_.size() + kshift_.size()) * sizeof(float) +
+           window_values * sizeof(uint16_t);
   }
   const char* type_name() const override { return name_.c_str(); }
 
@@ -577,6 +658,10 @@ class TurboQuantKvCache final : public KvCache {
       x.win_k = w.k.data() + size_t(g) * size_t(w.cap) * shape_.head_dim;
       x.win_v = (shared_ ? w.k : w.v).data() + size_t(g) * size_t(w.cap) * shape_.head_dim;
     }
+    if (kshift_on_[size_t(layer)]) {
+      x.shift_block = kblock_;
+      x.key_shift = shift_rows(layer, g);
+    }
     return x;
   }
 
@@ -808,6 +893,12 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<float> mu_k_, mu_v_;
   std::vector<float> sinks_, sink_share_;  // this call's sinks and their shares (set_sinks)
   int sink_ = 0, window_ = 0;
+  // Block key means (TqKvSpec::key_block): rows [layer][kv head][block][head_dim], per layer whether
+  // they apply and how many blocks' rows are valid (block 0's, zero, always).
+  int kblock_ = 0;
+  std::vector<float> kshift_;
+  std::vector<uint8_t> kshift_on_;
+  std::vector<int64_t> kshift_valid_;
   std::vector<WindowRing> tail_;        // per layer
   std::vector<float> sink_k_, sink_v_;  // [layer][kv head][sink position][head_dim], rotated space
   std::vector<uint8_t> calibrated_, scaled_, vscaled_;
@@ -823,116 +914,6 @@ class TurboQuantKvCache final : public KvCache {
 };
 
 }  // namespace
-
-float TqKvSpec::k_bits_at(int layer, int n_layers) const {
-  return layer < edge_layers || layer >= n_layers - edge_layers ? edge_k_bits : k_bits;
-}
-float TqKvSpec::v_bits_at(int layer, int n_layers) const {
-  return layer < edge_layers || layer >= n_layers - edge_layers ? edge_v_bits : v_bits;
-}
-
-std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
-  const size_t colon = type.find(':');
-  const std::string base = type.substr(0, colon);
-  TqKvSpec spec;
-  if (base.size() > 2 && base.compare(0, 2, "tq") == 0) {
-    const auto b = parse_rate(base.substr(2));
-    if (!b) return std::nullopt;
-    spec.k_bits = spec.v_bits = *b;
-  } else if (base.size() > 3 && base[0] == 'k') {
-    const size_t vpos = base.find('v');
-    if (vpos == std::string::npos) return std::nullopt;
-    const auto kb = parse_rate(base.substr(1, vpos - 1));
-    const auto vb = parse_rate(base.substr(vpos + 1));
-    if (!kb || !vb) return std::nullopt;
-    spec.k_bits = *kb;
-    spec.v_bits = *vb;
-  } else {
-    return std::nullopt;
-  }
-  size_t at = colon;
-  while (at != std::string::npos) {
-    const size_t next = type.find(':', at + 1);
-    const std::string opt =
-        type.substr(at + 1, next == std::string::npos ? std::string::npos : next - at - 1);
-    if (opt == "plain") {
-      spec.center = false;
-      spec.ls_norm = false;
-      spec.sink = 0;
-      spec.window = 0;
-    } else if (opt.size() > 1 && opt.size() <= 6 && opt[0] == 'w' &&
-               std::all_of(opt.begin() + 1, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-      spec.window = std::stoi(opt.substr(1));
-    } else if (opt.size() > 4 && opt.size() <= 8 && opt.compare(0, 4, "sink") == 0 &&
-               std::all_of(opt.begin() + 4, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-      spec.sink = std::stoi(opt.substr(4));
-    } else if (opt.size() > 4 && opt.size() <= 10 && opt.compare(0, 4, "draw") == 0 &&
-               std::all_of(opt.begin() + 4, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-      spec.draw = uint32_t(std::stoul(opt.substr(4)));
-    } else if (opt.compare(0, 6, "alloc=") == 0) {
-      // The path may contain ':'; it is the rest of the name.
-      spec.alloc_path = type.substr(at + 1 + 6);
-      if (spec.alloc_path.empty()) return std::nullopt;
-      break;
-    } else if (opt == "uniform") {
-      spec.auto_alloc = false;
-    } else if (opt == "alloc") {
-      spec.force_alloc = true;
-    } else if (opt == "nocenter") {
-      spec.center = false;
-    } else if (opt == "noscale") {
-      spec.qscale = false;
-    } else if (opt == "nosearch") {
-      spec.scale_search = false;
-    } else if (opt == "qjl") {
-      spec.qjl_keys = true;
-    } else if (opt == "vscale") {
-      spec.vscale = true;
-    } else if (opt.size() >= 2 && opt.size() <= 3 && opt[0] == 'e' &&
-               std::all_of(opt.begin() + 1, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-      spec.edge_layers = std::stoi(opt.substr(1));
-    } else {
-      return std::nullopt;
-    }
-    at = next;
-  }
-  return spec;
-}
-
-TqConfig tq_kv_config(const TqKvSpec& spec, int head_dim, bool value, float bits) {
-  TqConfig c;
-  c.dim = head_dim;
-  c.bits = bits;
-  c.ls_norm = spec.ls_norm;
-  c.scale_search = spec.scale_search;
-  if (!value && spec.qjl_keys) {
-    // TurboQuant_prod: (b - 1)-bit MSE codes + the 1-bit QJL sketch of the residual.
-    c.bits = bits - 1;
-    c.qjl = true;
-  }
-  // rotation kAuto: Hadamard for power-of-two head dims, Haar (dense) otherwise.
-  // Values get another base seed ("VALUES" in the high bytes) so that tq_head_seed gives every
-  // (layer, head) a value rotation independent of its key rotation.
-  if (value) c.seed = kTqDefaultSeed ^ 0x56414c5545530000ull;
-  // Another draw: a distinct base seed for every (draw, key/value); tq_head_seed mixes it per head.
-  if (spec.draw != 0) c.seed ^= (uint64_t(spec.draw) * 0x9E3779B97F4A7C15ull) | 1;
-  return c;
-}
-
-const char* tq_kv_type_help() {
-  return "tq2, tq2.5, tq3, tq3.5, tq4 (TurboQuant, K and V at that many bits), kXvY with X, Y in "
-         "{2, 2.5, 3, 3.5, 4} (e.g. k4v3, k4v2, k3v2: K at X bits, V at Y bits); options appended with ':' "
-         "- plain (no centering, plain norms, no exact sink or window), sinkN (first N positions exact, "
-         "default 1), wN (each query's last N positions exact, default 64), drawN (another draw of the "
-         "random rotations), "
-         "uniform (no per-head rates from the model's calibration), alloc (the calibration's per-head "
-         "rates even where its check found uniform rates better), nocenter, noscale, nosearch, vscale, "
-         "qjl, eN "
-         "(first and last N layers "
-         "at 4 bits), alloc=PROFILE "
-         "(per-head bits from a sensitivity profile, same mean; last option), "
-         "e.g. tq3:e2, tq3:alloc=smollm2.kvsens.json";
-}
 
 std::unique_ptr<KvCache> make_turboquant_kv_cache(const std::string& name, const TqKvSpec& spec_in,
                                                   const KvShape& shape) {

@@ -40,6 +40,19 @@ struct TqKvSpec {
   bool ls_norm = true;  // least-squares norm per record
   // With ls_norm: cells chosen for the best scale as well (TqConfig::scale_search); `nosearch`: off.
   bool scale_search = true;
+  // Unbiased record norms (TqConfig::unbiased) for keys (`ubk`) and values (`ubv`). Least-squares norms
+  // shrink every key record toward the mean by ~D(b), which lowers the contrast of all record scores
+  // alike: on SmolLM2 at 2K, tq3:w0 KLD 0.124 -> 0.110 with unbiased keys, but tq3 (window 64) 0.0102
+  // -> 0.0119, so not a default (docs/turboquant.md).
+  bool unbiased_k = false;
+  bool unbiased_v = false;
+  // Keys centered on the mean of the previous block of this many positions instead of the calibrated
+  // mean (`bmN`; 0: off), on layers without a ring shorter than a block (TqExactRows::key_shift).
+  // RoPE turns the large constant part of keys with position, so a mean calibrated on ~900 positions
+  // misfits far ones: SmolLM2 at 8K, tq3 KLD 0.054 -> 0.0100 with bm128 (docs/turboquant.md). Not a
+  // default yet: a mean that turns by about a radian per block is followed worse than by the
+  // calibrated mean (TqKvBlockMeans tests), and Qwen / Gemma are not measured.
+  int key_block = 0;
   bool qscale = true;  // query-aware key channel scales, calibrated with the centering (needs center)
   // Leading positions kept exactly (floats, per layer and kv head: a constant, not per token).
   int sink = 1;
@@ -84,6 +97,9 @@ struct TqKvSpec {
 //   nocenter  no centering and no channel scales (least-squares norms kept)
 //   noscale   centering without the query-aware key channel scales
 //   nosearch  cells assigned at the unit scale only (no scale search in the encoder)
+//   bmN       keys centered on the mean of the previous N positions (e.g. bm128; default: the
+//             calibrated mean only)
+//   ubk, ubv  unbiased key / value record norms instead of least-squares ones
 //   vscale    also scale value channels (measured: no gain)
 //   qjl       keys as (bits - 1)-bit MSE + 1-bit QJL residual (paper's TurboQuant_prod; slow, measured)
 //   eN        the first and last N layers at 4-bit K and V (e.g. tq3:e2)

@@ -168,6 +168,19 @@ bool TqExactRows::value_row(int64_t j, int64_t m, int dim, float* out) const {
 void tq_exact_scores(const TqExactRows& x, int64_t m, const float* q_rot, int n_q, int dim, int64_t j0,
                      int64_t n, float* scores, size_t score_stride) {
   const ExactRanges r = exact_ranges(x, m, j0, n);
+  if (x.shift_block > 0) {
+    // Shifts first: the exact rows below overwrite their positions' scores anyway.
+    const int64_t B = x.shift_block, je = std::min(j0 + n, m);
+    for (int64_t b = std::max<int64_t>(1, j0 / B); b * B < je; ++b) {
+      const float* d = x.key_shift + size_t(b) * dim;
+      const int64_t lo = std::max(j0, b * B), hi = std::min(je, (b + 1) * B);
+      for (int qi = 0; qi < n_q; ++qi) {
+        const float o = dot_f32(d, q_rot + size_t(qi) * dim, dim);
+        float* sc = scores + size_t(qi) * score_stride;
+        for (int64_t j = lo; j < hi; ++j) sc[j - j0] += o;
+      }
+    }
+  }
   for (int64_t j = j0; j < r.sink_end; ++j) {
     const float* k = x.sink_k + size_t(j) * dim;
     for (int qi = 0; qi < n_q; ++qi)
@@ -327,6 +340,10 @@ void tq_attend_ref(const TqState& ks, const TqState& vs, const float* q, int n_q
         tq_unrotate(ks, row.data(), k.data());
       } else {
         tq_dequantize(ks, keys + size_t(j) * key_stride, k.data());
+        if (const float* d = exact ? exact->shift_row(j, dk) : nullptr) {
+          tq_unrotate(ks, d, row.data());
+          for (int i = 0; i < dk; ++i) k[i] += row[i];
+        }
       }
       double d = 0;
       for (int i = 0; i < dk; ++i) d += double(qq[i]) * k[i];

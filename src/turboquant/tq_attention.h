@@ -34,7 +34,18 @@ struct TqExactRows {
   int64_t ring = 0;                 // the rows are a ring of this many slots: position p in slot p % ring
   const uint16_t* win_k = nullptr;  // slots of key-dim fp16 values
   const uint16_t* win_v = nullptr;  // slots of value-dim fp16 values
-  bool empty() const { return sink <= 0 && window <= 0; }
+  // Block key means: the records of position j (>= shift_block) were centered on the mean of the block
+  // before theirs instead of the cache's one mean, so their scores get <q_rot, key_shift row j /
+  // shift_block> back (rows of dim floats, the shift of block b = its mean minus the cache's mean, in
+  // the keys' rotated space; row 0 is zero). RoPE turns the large constant part of real keys at a
+  // rate set by the pair's frequency, so one mean taken at short positions stops fitting far ones.
+  int64_t shift_block = 0;  // 0: no shifts
+  const float* key_shift = nullptr;
+  bool empty() const { return sink <= 0 && window <= 0 && shift_block <= 0; }
+  // The shift row of position j, or nullptr when j's records need none.
+  const float* shift_row(int64_t j, int dim) const {
+    return shift_block > 0 && j >= shift_block ? key_shift + size_t(j / shift_block) * dim : nullptr;
+  }
   // Whether position j is exact for a query that sees [0, m); if so, its key / value row as floats
   // goes to out (dim floats).
   bool key_row(int64_t j, int64_t m, int dim, float* out) const;
@@ -42,7 +53,8 @@ struct TqExactRows {
 };
 
 // For queries that see [0, m): overwrites the scores of exact positions among keys [j0, j0 + n) with
-// exact <q_rot, k_rot> (scores laid out as in tq_scores, column j for key j0 + j).
+// exact <q_rot, k_rot> (scores laid out as in tq_scores, column j for key j0 + j), and adds the block
+// key shifts (TqExactRows::key_shift) to the scores of the others.
 void tq_exact_scores(const TqExactRows& x, int64_t m, const float* q_rot, int n_q, int dim, int64_t j0,
                      int64_t n, float* scores, size_t score_stride);
 // For queries that see [0, m) and exact positions among [j0, j0 + n): adds w * v_rot to acc_rot and

@@ -201,7 +201,13 @@ void tq_quantize(const TqState& st, const float* x, uint8_t* out) {
     const float inv = float(1.0 / nrm);
     for (int i = 0; i < d; ++i) y[i] = x[i] * inv;
     rotate_forward(st.rotation, y.data(), y.data());
-    const double f = tq_assign_cells(st, y.data(), idx.data());
+    double f = tq_assign_cells(st, y.data(), idx.data());
+    if (f > 0 && st.cfg.unbiased && st.cfg.ls_norm && !l.qjl) {
+      double yc = 0;
+      for (int i = 0; i < d; ++i)
+        yc += double(y[i]) * (i < l.split ? st.cb_hi->centroids_f[idx[i]] : st.cb_lo->centroids_f[idx[i]]);
+      f = yc > 0 ? 1.0 / yc : f;
+    }
     const double stored = f > 0 ? nrm * f : nrm;
     norm_h = fp32_to_fp16(float(std::min(stored, 65504.0)));  // saturate instead of inf
   }

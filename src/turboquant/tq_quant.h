@@ -46,6 +46,12 @@ struct TqConfig {
   // encoder works harder (Gaussian unit vectors, d = 64: 3 bits -10 % MSE, 4 bits -22 %). Range 1.6: on
   // SmolLM2 +-1.3 kept only 40 % of the KLD gain of +-1.6 (real vectors' best scales spread wider).
   bool scale_search = false;
+  // With ls_norm: store norm / <y, c> instead, so that <x_hat, x> = ||x||^2 (the record's projection on
+  // its own direction is exact). The least-squares scale shrinks every record by cos^2 of its angle
+  // to the codeword (~1 - D(b)), the same direction for all of them: scores and outputs are then biased
+  // toward the mean, an error that does not average out over many positions. This one is unbiased in
+  // that direction at a slightly larger MSE (tan^2 instead of sin^2 of the angle).
+  bool unbiased = false;
 };
 
 // The assignment scales the search covers: [1 / kTqScaleRange, kTqScaleRange].
