@@ -402,8 +402,10 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
     VF accs[T];
     for (int t = 0; t < T; ++t) accs[t] = panel::vzerof();
+#pragma GCC unroll 2
     for (int hh = 0; hh < 2; ++hh) {
       VI isum[T][4][2];
+#pragma GCC unroll 2
       for (int vq = 0; vq < 2; ++vq) {
         VI u[4][4];  // [k][i]
         for (int i = 0; i < 4; ++i) {
