@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "core/thread_pool.h"
+#include "quant/block_q6_k.h"
 #include "quant/quant.h"
 #include "random_weights.h"
 
@@ -303,6 +304,61 @@ TEST(PackedMatmulApi, MatricesShareOneArenaAndDecodeCorrectly) {
         dequantize_row_ref(wv.type, bytes[i].data() + size_t(r) * wv.row_bytes, wrow.data(), wv.cols);
         ASSERT_NEAR(got[size_t(r)], ref[size_t(r)], tolerance(wrow, x.data(), wv.cols, 32))
             << type_name(wv.type) << " isa=" << isa_name(lvl) << " r=" << r;
+      }
+    }
+  }
+}
+
+// Q6_K decode sums a sub-block exactly in 32 bits (VNNI) or pairs of products in 16 bits (AVX2):
+// the largest quants (0 and 63) with the largest scales (-128, 127) against activations at +-127
+// after quantization must not overflow at any level, alone or in a row-exact batch.
+TEST(PackedMatmulApi, Q6KExtremeQuantsAndScalesDoNotOverflow) {
+  if (!repack_enabled()) GTEST_SKIP() << "no AVX2: repacking stays off";
+  IsaGuard guard;
+  const int64_t rows = 20, cols = 1536, nsb = cols / 256;
+  std::vector<uint8_t> w(row_size(GgmlType::Q6_K, cols) * size_t(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t b = 0; b < nsb; ++b) {
+      BlockQ6_K blk;
+      // Rows 0 mod 4: every quant 63; 1: every quant 0; 2, 3: by bit pattern.
+      const uint8_t fill = r % 4 == 0 ? 0xFF : r % 4 == 1 ? 0x00 : r % 4 == 2 ? 0xF0 : 0x3C;
+      std::memset(blk.ql, fill, sizeof(blk.ql));
+      std::memset(blk.qh, fill, sizeof(blk.qh));
+      for (int s = 0; s < 16; ++s) blk.scales[s] = int8_t((r + s) % 2 == 0 ? 127 : -128);
+      blk.d = fp32_to_fp16_ref(r % 3 == 0 ? 1.0f : 0.5f);
+      std::memcpy(w.data() + size_t(r) * row_size(GgmlType::Q6_K, cols) + size_t(b) * sizeof(blk), &blk,
+                  sizeof(blk));
+    }
+  }
+  WeightView wv{GgmlType::Q6_K, w.data(), cols, rows, row_size(GgmlType::Q6_K, cols)};
+  WeightView* views[] = {&wv};
+  const auto prepared = PreparedWeights::prepare(views, false);
+  ASSERT_NE(wv.packed, nullptr);
+  const int64_t m = 5;
+  std::vector<float> x(size_t(m * cols));
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t c = 0; c < cols; ++c)
+      x[size_t(t * cols + c)] = t == 0 ? 1.0f : t == 1 ? -1.0f : ((c / (t + 1)) % 2 == 0 ? 2.0f : -2.0f);
+  std::vector<float> ref(static_cast<size_t>(m * rows)), got(static_cast<size_t>(m * rows)),
+      one(static_cast<size_t>(rows));
+  matmul_ref(wv, x.data(), m, ref.data());
+  std::vector<float> wrow(static_cast<size_t>(cols));
+  ThreadPool pool(2);
+  for (IsaLevel lvl : supported_levels()) {
+    if (lvl == IsaLevel::kScalar) continue;
+    set_isa_level(lvl);
+    {
+      RowExactMatmul exact;
+      matmul(wv, x.data(), m, got.data(), pool);
+    }
+    for (int64_t t = 0; t < m; ++t) {
+      matmul(wv, x.data() + t * cols, 1, one.data(), pool);
+      for (int64_t r = 0; r < rows; ++r) {
+        dequantize_row_ref(GgmlType::Q6_K, w.data() + size_t(r) * wv.row_bytes, wrow.data(), cols);
+        const size_t i = size_t(t * rows + r);
+        ASSERT_NEAR(got[i], ref[i], tolerance(wrow, x.data() + t * cols, cols, 32))
+            << "isa=" << isa_name(lvl) << " t=" << t << " r=" << r;
+        ASSERT_EQ(one[size_t(r)], got[i]) << "isa=" << isa_name(lvl) << " t=" << t << " r=" << r;
       }
     }
   }

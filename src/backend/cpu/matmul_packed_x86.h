@@ -188,34 +188,44 @@ struct PQ45_K {
   }
 };
 
+// The four 6-bit quant vectors of a Q6_K triple (packed_weights.cpp): a, b, c hold values k = 0,
+// 1, 2 in their low 6 bits and 2 bits each of value k = 3 in their top bits.
+inline void q6_unpack3(VI a, VI b, VI c, VI* u) {
+  const VI m6 = v_b8(0x3F);
+  u[0] = v_and(a, m6);
+  u[1] = v_and(b, m6);
+  u[2] = v_and(c, m6);
+  // 16-bit shifts pull bits of the next byte into the top: each piece keeps only its own bits.
+  const VI top = v_and(c, v_b8(0xC0));
+#if QLEAP_USE_VNNI
+  // ternlog 0xCA: m ? x : y, bit by bit.
+  const VI lo4 = _mm512_ternarylogic_epi32(v_b8(0x03), v_srl16(a, 6), v_srl16(b, 4), 0xCA);
+  u[3] = _mm512_ternarylogic_epi32(v_b8(0x0F), lo4, v_srl16(top, 2), 0xCA);
+#else
+  const VI lo4 = v_or(v_and(v_srl16(a, 6), v_b8(0x03)), v_and(v_srl16(b, 4), v_b8(0x0C)));
+  u[3] = v_or(lo4, v_srl16(top, 2));
+#endif
+}
+
 struct PQ6_K {
   static constexpr int kSub = 16;
   static constexpr bool kSigned = false;
   template <class F>
   static void unpack(const uint8_t* s, const uint8_t* q, int h, F&& f) {
     const VF d = ld_h(s, h);
-    const VI m4 = v_b8(0x0F), m30 = v_b8(0x30);
-    const uint8_t* ql = q;
-    const uint8_t* qh = q + 2048;
     for (int hh = 0; hh < 2; ++hh) {
       for (int vq = 0; vq < 2; ++vq) {
-        VI alo[4], blo[4], ahi[4], bhi[4];
+        VI u[4][4];  // [k][v]
         for (int i = 0; i < 4; ++i) {
-          const int v = 4 * vq + i;
-          const VI a = ldq(ql + 64 * ((2 * hh) * 8 + v), h);
-          const VI b = ldq(ql + 64 * ((2 * hh + 1) * 8 + v), h);
-          const VI x = ldq(qh + 64 * (hh * 8 + v), h);
-          alo[i] = v_or(v_and(a, m4), v_and(v_sll16(x, 4), m30));
-          blo[i] = v_or(v_and(b, m4), v_and(v_sll16(x, 2), m30));
-          ahi[i] = v_or(v_and(v_srl16(a, 4), m4), v_and(x, m30));
-          bhi[i] = v_or(v_and(v_srl16(b, 4), m4), v_and(v_srl16(x, 2), m30));
+          const uint8_t* t = q + 64 * 3 * (8 * hh + 4 * vq + i);
+          VI g[4];
+          q6_unpack3(ldq(t, h), ldq(t + 64, h), ldq(t + 128, h), g);
+          for (int k = 0; k < 4; ++k) u[k][i] = g[k];
         }
-        const int base = 8 * hh + vq;
-        const VI* parts[4] = {alo, blo, ahi, bhi};
-        for (int p = 0; p < 4; ++p) {
-          const int sub = base + 2 * p;
+        for (int k = 0; k < 4; ++k) {
+          const int sub = 8 * hh + 2 * k + vq;
           const VF a = panel::vmul(d, ld_i8f(s + 32 + 16 * sub, h));
-          f(sub, parts[p], 4, a, v_scale(a, -32.0f));
+          f(sub, u[k], 4, a, v_scale(a, -32.0f));
         }
       }
     }
@@ -365,6 +375,147 @@ void gemv_rows_q4(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
 }
 #endif
 
+#if QLEAP_USE_VNNI
+// Decode of Q6_K on VNNI, T tokens. The -32 offset of the quants enters as the starting value of
+// each sub-block's VPDPBUSD chain (-32 * the sub-block's activation sum, x.o16), so a sub-block's
+// integer sum is exact and costs one conversion; the two sub-blocks of an activation scale are
+// combined before it (one multiply by d * the activation scale per 32 values instead of one per 16
+// plus the offset's).
+template <int T>
+void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64_t t0, float* y, int64_t ldy,
+                  int nr) {
+  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* q = s + pm.q_offset;
+  const int64_t nsb = pm.cols / 256;
+  const int8_t* xq[T];
+  const float* xd[T];
+  const int32_t* xo[T];
+  for (int t = 0; t < T; ++t) {
+    xq[t] = x.q + size_t(t0 + t) * size_t(pm.cols);
+    xd[t] = x.d + size_t(t0 + t) * size_t(pm.cols / 32);
+    xo[t] = x.o16 + size_t(t0 + t) * size_t(pm.cols / 16);
+  }
+  VF acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = panel::vzerof();
+  for (int64_t sb = 0; sb < nsb; ++sb, q += 3072, s += pm.s_bytes) {
+    for (int o = 0; o < 3072; o += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
+    VF accs[T];
+    for (int t = 0; t < T; ++t) accs[t] = panel::vzerof();
+#pragma GCC unroll 2
+    for (int hh = 0; hh < 2; ++hh) {
+      VI isum[T][4][2];
+#pragma GCC unroll 2
+      for (int vq = 0; vq < 2; ++vq) {
+        VI u[4][4];  // [k][i]
+        for (int i = 0; i < 4; ++i) {
+          const uint8_t* tr = q + 64 * 3 * (8 * hh + 4 * vq + i);
+          VI gk[4];
+          q6_unpack3(_mm512_load_si512(tr), _mm512_load_si512(tr + 64), _mm512_load_si512(tr + 128), gk);
+          for (int k = 0; k < 4; ++k) u[k][i] = gk[k];
+        }
+        for (int t = 0; t < T; ++t) {
+          for (int k = 0; k < 4; ++k) {
+            const int64_t k0 = 256 * sb + 128 * hh + 32 * k + 16 * vq;
+            const int8_t* xt = xq[t] + k0;
+            VI is = _mm512_set1_epi32(xo[t][k0 / 16]);
+            for (int i = 0; i < 4; ++i) is = _mm512_dpbusd_epi32(is, u[k][i], panel::vbcast32(xt + 4 * i));
+            isum[t][k][vq] = is;
+          }
+        }
+      }
+      VF sc[4][2];
+      for (int k = 0; k < 4; ++k)
+        for (int vq = 0; vq < 2; ++vq) sc[k][vq] = ld_i8f(s + 32 + 16 * (8 * hh + 2 * k + vq), 0);
+      for (int t = 0; t < T; ++t) {
+        for (int k = 0; k < 4; ++k) {
+          const VF f = panel::vfma(panel::vcvt(isum[t][k][1]), sc[k][1],
+                                   panel::vmul(panel::vcvt(isum[t][k][0]), sc[k][0]));
+          accs[t] = panel::vfma(f, panel::vbcastf(xd[t] + 8 * sb + 4 * hh + k), accs[t]);
+        }
+      }
+    }
+    const VF d = ld_h(s, 0);
+    for (int t = 0; t < T; ++t) acc[t] = panel::vfma(d, accs[t], acc[t]);
+  }
+  for (int t = 0; t < T; ++t) panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), acc[t], nr);
+}
+#else
+// Decode of Q6_K on AVX2, T tokens, rows 8h ..: PMADDUBSW pairs of vectors (<= 2 * 2 * 63 * 127 in
+// 16 bits), then PMADDWD by the row's sub-block scale instead of by ones, so the two sub-blocks of
+// an activation scale and the -32 offset (-32 * sc * the activation sum, x.o16 holding the two
+// sums of a 32 as 16-bit halves) add up exactly in 32 bits: one conversion per 32 values.
+template <int T>
+void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0, float* y,
+                  int64_t ldy, int nr) {
+  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* q = s + pm.q_offset;
+  const int64_t nsb = pm.cols / 256;
+  const int8_t* xq[T];
+  const float* xd[T];
+  const int32_t* xo[T];
+  for (int t = 0; t < T; ++t) {
+    xq[t] = x.q + size_t(t0 + t) * size_t(pm.cols);
+    xd[t] = x.d + size_t(t0 + t) * size_t(pm.cols / 32);
+    xo[t] = x.o16 + size_t(t0 + t) * size_t(pm.cols / 32);
+  }
+  // Per 32-bit lane (sc0, sc1) -> (sc0, sc0) or (sc1, sc1).
+  const __m256i dup0 = _mm256_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4, 5,
+                                        4, 5, 8, 9, 8, 9, 12, 13, 12, 13);
+  const __m256i dup1 = _mm256_setr_epi8(2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3, 6,
+                                        7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15);
+  VF acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = panel::vzerof();
+  for (int64_t sb = 0; sb < nsb; ++sb, q += 3072, s += pm.s_bytes) {
+    for (int o = 0; o < 3072; o += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
+    VF accs[T];
+    for (int t = 0; t < T; ++t) accs[t] = panel::vzerof();
+    for (int hh = 0; hh < 2; ++hh) {
+      __m256i sc[4][2], isum[T][4];
+      for (int k = 0; k < 4; ++k) {
+        const uint8_t* sp = s + 32 + 16 * (8 * hh + 2 * k) + 8 * h;
+        const __m256i scp = _mm256_cvtepi8_epi16(
+            _mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp)),
+                              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp + 16))));
+        sc[k][0] = _mm256_shuffle_epi8(scp, dup0);
+        sc[k][1] = _mm256_shuffle_epi8(scp, dup1);
+        const __m256i scp32 = _mm256_slli_epi16(scp, 5);  // |32 sc| <= 4096
+        for (int t = 0; t < T; ++t)
+          isum[t][k] = _mm256_madd_epi16(scp32, _mm256_set1_epi32(xo[t][8 * sb + 4 * hh + k]));
+      }
+      for (int vq = 0; vq < 2; ++vq) {
+        VI u[4][4];  // [k][i]
+        for (int i = 0; i < 4; ++i) {
+          const uint8_t* tr = q + 64 * 3 * (8 * hh + 4 * vq + i);
+          VI gk[4];
+          q6_unpack3(ldq(tr, h), ldq(tr + 64, h), ldq(tr + 128, h), gk);
+          for (int k = 0; k < 4; ++k) u[k][i] = gk[k];
+        }
+        for (int t = 0; t < T; ++t) {
+          for (int k = 0; k < 4; ++k) {
+            const int8_t* xt = xq[t] + 256 * sb + 128 * hh + 32 * k + 16 * vq;
+            const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][0], panel::vbcast32(xt)),
+                                                _mm256_maddubs_epi16(u[k][1], panel::vbcast32(xt + 4)));
+            const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][2], panel::vbcast32(xt + 8)),
+                                                _mm256_maddubs_epi16(u[k][3], panel::vbcast32(xt + 12)));
+            isum[t][k] = _mm256_add_epi32(isum[t][k], _mm256_add_epi32(_mm256_madd_epi16(p0, sc[k][vq]),
+                                                                       _mm256_madd_epi16(p1, sc[k][vq])));
+          }
+        }
+      }
+      for (int t = 0; t < T; ++t)
+        for (int k = 0; k < 4; ++k)
+          accs[t] =
+              panel::vfma(panel::vcvt(isum[t][k]), panel::vbcastf(xd[t] + 8 * sb + 4 * hh + k), accs[t]);
+    }
+    const VF d = ld_h(s, h);
+    for (int t = 0; t < T; ++t) acc[t] = panel::vfma(d, accs[t], acc[t]);
+  }
+  for (int t = 0; t < T; ++t) panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), acc[t], nr);
+}
+#endif
+
 // Up to kGemvTokens tokens per pass over the weights.
 constexpr int kGemvTokens = 4;
 
@@ -383,6 +534,35 @@ void gemv_tokens(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x,
         return gemv_rows_q4<kMin, 2>(pm, g, x, t, y, ldy, nr);
       case 3:
         return gemv_rows_q4<kMin, 3>(pm, g, x, t, y, ldy, nr);
+      default:
+        return;
+    }
+  }
+  if constexpr (std::is_same_v<P, PQ6_K>) {
+    int64_t t = 0;
+    for (; t + kGemvTokens <= x.m; t += kGemvTokens) gemv_rows_q6<kGemvTokens>(pm, g, x, t, y, ldy, nr);
+    switch (int(x.m - t)) {
+      case 1:
+        return gemv_rows_q6<1>(pm, g, x, t, y, ldy, nr);
+      case 2:
+        return gemv_rows_q6<2>(pm, g, x, t, y, ldy, nr);
+      case 3:
+        return gemv_rows_q6<3>(pm, g, x, t, y, ldy, nr);
+      default:
+        return;
+    }
+  }
+#else
+  if constexpr (std::is_same_v<P, PQ6_K>) {
+    int64_t t = 0;
+    for (; t + kGemvTokens <= x.m; t += kGemvTokens) gemv_rows_q6<kGemvTokens>(pm, g, h, x, t, y, ldy, nr);
+    switch (int(x.m - t)) {
+      case 1:
+        return gemv_rows_q6<1>(pm, g, h, x, t, y, ldy, nr);
+      case 2:
+        return gemv_rows_q6<2>(pm, g, h, x, t, y, ldy, nr);
+      case 3:
+        return gemv_rows_q6<3>(pm, g, h, x, t, y, ldy, nr);
       default:
         return;
     }
@@ -481,7 +661,7 @@ bool packed_matmul(const PackedMatrix& pm, const float* x, int64_t m, float* y, 
   auto* q = reinterpret_cast<int8_t*>(base);
   auto* d = reinterpret_cast<float*>(base + (qbytes + 63) / 64 * 64);
   float* s = d + size_t(m) * n32;
-  const panel::Acts xa{q, d, s, cols, m, ops.sub};
+  panel::Acts xa{q, d, s, cols, m, ops.sub};
   const int sub = ops.sub;
   if (m >= 8 && pool.size() > 1) {
     pool.parallel_for(m, std::max<int64_t>(1, m / (4 * pool.size())), [=](int64_t t0, int64_t t1, int) {
@@ -489,6 +669,23 @@ bool packed_matmul(const PackedMatrix& pm, const float* x, int64_t m, float* y, 
     });
   } else {
     panel::quantize_acts(x, cols, sub, 0, m, q, d, s);
+  }
+  // The Q6_K decode kernels' activation sums (Acts::o16).
+  thread_local std::vector<int32_t> o16;
+  if (pm.type == GgmlType::Q6_K && (row_exact || m < kPanelTokens)) {
+    const size_t n16 = size_t(m) * size_t(cols / 16);
+    o16.resize(n16);
+    for (size_t j = 0; j < n16; ++j) {
+      int sum = 0;
+      for (int c = 0; c < 16; ++c) sum += q[16 * j + size_t(c)];
+#if QLEAP_USE_VNNI
+      o16[j] = -32 * sum;
+#else
+      const auto half = uint32_t(uint16_t(int16_t(-sum)));
+      o16[j / 2] = int32_t((j % 2) != 0 ? (uint32_t(o16[j / 2]) | (half << 16)) : half);
+#endif
+    }
+    xa.o16 = o16.data();
   }
   const PackedMatrix* pp = &pm;
   const panel::Acts* xp = &xa;

@@ -41,9 +41,10 @@ namespace qleap {
 //   Q5_K:             as Q4_K | first 4 pairs x 8 vectors x 2 64-bit masks, bit 4n + i = 5th
 //                     bit of value 4v + i of row n in sub-block 2c (mask 0) or 2c + 1
 //                     (mask 1), then the nibbles as Q4_K                             320 | 2560
-//   Q6_K (256):       d[16] sc[16][16] (int8, [sub-block][row]) | ql: 2 halves x {A, B} x
-//                     8 vectors: A vector v holds ql[64h + 4v ..], B ql[64h + 32 + 4v ..];
-//                     then qh: 2 halves x 8 vectors: qh[32h + 4v ..]                 288 | 3072
+//   Q6_K (256):       d[16] sc[16][16] (int8, [sub-block][row]) | 2 halves x 8 x 3 vectors: in
+//                     half h, triple v, vector c (c = 0, 1, 2) holds for values 128h + 32c + 4v ..
+//                     + 3 their 6-bit quants (low 6 bits) and bits 2c, 2c + 1 of the quants of
+//                     values 128h + 96 + 4v .. + 3 (top 2 bits)                         288 | 3072
 //   IQ4_XS (256):     d[16] sc[8][16] (ls - 32 as int8, [sub-block][row]) | 8 sub-blocks x
 //                     4 vectors: sub-block ib vector j holds qs[16ib + 4j ..] (low nibbles:
 //                     values 4j .., high: 16 + 4j .., codes into the IQ4_NL codebook)  160 | 2048
@@ -173,13 +174,19 @@ void pack_sb(GgmlType t, const uint8_t* const* src, uint8_t* dst, uint8_t* qd) {
         std::memcpy(dst + 2 * n, src[n] + offsetof(BlockQ6_K, d), 2);
         for (int s = 0; s < 16; ++s) dst[32 + 16 * s + n] = src[n][offsetof(BlockQ6_K, scales) + s];
       }
-      uint8_t* ql = qd;
-      uint8_t* qh = ql + 2048;
-      for (int h = 0; h < 2; ++h) {
-        for (int v = 0; v < 8; ++v) {
-          put_vector(ql + 64 * ((h * 2 + 0) * 8 + v), src, offsetof(BlockQ6_K, ql) + 64 * h + 4 * v);
-          put_vector(ql + 64 * ((h * 2 + 1) * 8 + v), src, offsetof(BlockQ6_K, ql) + 64 * h + 32 + 4 * v);
-          put_vector(qh + 64 * (h * 8 + v), src, offsetof(BlockQ6_K, qh) + 32 * h + 4 * v);
+      // Three bytes per 4 values: values k = 0, 1, 2 of a half whole in the low 6 bits, value k = 3
+      // split 2 + 2 + 2 bits over their top bits.
+      for (int n = 0; n < kR; ++n) {
+        BlockQ6_K b;
+        std::memcpy(&b, src[n], sizeof(b));
+        for (int h = 0; h < 2; ++h) {
+          for (int l = 0; l < 32; ++l) {
+            int u[4];
+            for (int k = 0; k < 4; ++k) u[k] = q6_k_value(b, 128 * h + 32 * k + l) + 32;
+            const int v = l / 4, i = l % 4;
+            uint8_t* o = qd + 64 * 3 * (8 * h + v) + 4 * n + i;
+            for (int c = 0; c < 3; ++c) o[64 * c] = uint8_t(u[c] | (((u[3] >> (2 * c)) & 3) << 6));
+          }
         }
       }
       return;
