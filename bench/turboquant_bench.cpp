@@ -224,20 +224,37 @@ void BM_TqScoresGatherLut4(benchmark::State& state) {
   set_counters(state, n, 1, f.st.layout.bytes);
 }
 
-// The append path: quantizing one K or V vector (per token, layer and KV head). args: bits x 2, dense?
-void BM_TqQuantize(benchmark::State& state) {
-  const float bits = float(state.range(0)) / 2;
-  const TqConfig cfg{kDim, bits, state.range(1) ? TqRotationKind::kDense : TqRotationKind::kHadamard};
+// The append path: quantizing one K or V vector (per token, layer and KV head), cycling over 256.
+void run_quantize(benchmark::State& state, const TqConfig& cfg) {
   const TqState st = tq_make_state(cfg, 0, 0);
-  const auto x = gaussian(size_t(256) * kDim, 5);
+  const auto x = gaussian(size_t(256) * cfg.dim, 5);
   std::vector<uint8_t> rec(st.layout.bytes);
   int64_t i = 0;
   for (auto _ : state) {
-    tq_quantize(st, &x[size_t(i++ & 255) * kDim], rec.data());
+    tq_quantize(st, &x[size_t(i++ & 255) * cfg.dim], rec.data());
     benchmark::DoNotOptimize(rec.data());
   }
 }
+
+// Plain cells, unit norm. args: bits x 2, dense?
+void BM_TqQuantize(benchmark::State& state) {
+  run_quantize(state, {kDim, float(state.range(0)) / 2,
+                       state.range(1) ? TqRotationKind::kDense : TqRotationKind::kHadamard});
+}
 BENCHMARK(BM_TqQuantize)->Args({6, 0})->Args({7, 0})->Args({8, 0})->Args({6, 1});
+
+// As KV caches quantize: least-squares norm with the assignment scale search (the exact sweep of
+// tq_assign_cells). args: bits x 2, dim (Hadamard where dim is a power of two, else dense).
+void BM_TqQuantizeSearch(benchmark::State& state) {
+  TqConfig cfg{int(state.range(1)), float(state.range(0)) / 2};
+  cfg.ls_norm = cfg.scale_search = true;
+  run_quantize(state, cfg);
+}
+BENCHMARK(BM_TqQuantizeSearch)
+    ->ArgsProduct({{4, 5, 6, 7, 8}, {128}})
+    ->Args({6, 64})
+    ->Args({8, 64})
+    ->Args({6, 80});
 
 void tq_args(benchmark::internal::Benchmark* b) {
   for (int64_t n : {4096, 65536})

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <string>
 
 #include "core/error.h"
@@ -19,6 +20,179 @@ inline uint8_t cell_index(const float* thresholds, int bits, float x) {
   int idx = 0;
   for (int step = 1 << (bits - 1); step >= 1; step >>= 1) idx += x >= thresholds[idx + step - 1] ? step : 0;
   return uint8_t(idx);
+}
+
+// Per-thread scratch of the scale search, grown as needed and kept: no allocation per vector.
+struct SweepScratch {
+  std::vector<uint32_t> ev32, tmp32, start;
+  std::vector<uint64_t> ev64, tmp64;
+  std::vector<float> a;
+  std::vector<uint8_t> cur;
+};
+
+SweepScratch& sweep_scratch() {
+  thread_local SweepScratch s;
+  return s;
+}
+
+// Sorts n keys below 2^key_bits into descending order; the result is in ev or tmp (returned). One
+// counting pass on the top bits into about 2n buckets leaves them nearly sorted, an insertion sort
+// finishes (linear unless many keys share a bucket: then std::sort, e.g. many equal |y_i|).
+template <typename Key>
+Key* sort_descending(Key* ev, Key* tmp, size_t n, int key_bits, std::vector<uint32_t>& start) {
+  if (n < 2) return ev;
+  int nb_bits = 1;
+  while ((size_t(1) << nb_bits) < 2 * n && nb_bits < 12) ++nb_bits;
+  const int shift = std::max(0, key_bits - nb_bits);
+  const size_t nb = size_t(1) << (key_bits - shift);
+  // Bucket b holds the keys with key >> shift == nb - 1 - b (descending bucket order).
+  start.assign(nb + 1, 0);
+  for (size_t e = 0; e < n; ++e) ++start[nb - size_t(ev[e] >> shift)];
+  for (size_t b = 1; b <= nb; ++b) start[b] += start[b - 1];
+  for (size_t e = 0; e < n; ++e) tmp[start[nb - 1 - size_t(ev[e] >> shift)]++] = ev[e];
+  size_t moves = 0;
+  for (size_t e = 1; e < n; ++e) {
+    const Key k = tmp[e];
+    size_t j = e;
+    for (; j > 0 && tmp[j - 1] < k; --j) tmp[j] = tmp[j - 1];
+    tmp[j] = k;
+    moves += e - j;
+    if (moves > 8 * n) {
+      std::sort(tmp, tmp + n, std::greater<>());
+      break;
+    }
+  }
+  return tmp;
+}
+
+// The bits the scale part of an event key needs: those of bits(a_hi) - bits(1 / a_hi) - 1.
+int scale_key_bits(float a_hi) {
+  const float a_lo = 1.0f / a_hi;
+  uint32_t lo_bits, hi_bits;
+  std::memcpy(&lo_bits, &a_lo, 4);
+  std::memcpy(&hi_bits, &a_hi, 4);
+  int b = 0;
+  while (((hi_bits - lo_bits - 1) >> b) != 0) ++b;
+  return b;
+}
+
+// The exact sweep of tq_assign_cells over the assignment scales a in [1 / a_hi, a_hi), from the cells
+// idx at a_hi (yc = <y, c>, cc = <c, c> there); leaves idx, yc and cc at the best prefix of events.
+// Event key: the bits of a (positive floats order like their bits) less those of 1 / a_hi, above the ib
+// bits of the coordinate. Descending keys are the events by falling a, ties by falling coordinate: the
+// order of the earlier std::sort of (bits of a) << 32 | i, so the sums below run in the same order and
+// the records stay the same bit for bit.
+template <typename Key>
+void sweep_scales(const TqState& st, const float* y, uint8_t* idx, float a_hi, int ib, int key_bits,
+                  double& yc, double& cc) {
+  const TqLayout& l = st.layout;
+  const int d = l.dim;
+  const float a_lo = 1.0f / a_hi;
+  uint32_t lo_bits, hi_bits;
+  std::memcpy(&lo_bits, &a_lo, 4);
+  std::memcpy(&hi_bits, &a_hi, 4);
+  const uint32_t span = hi_bits - lo_bits;  // a in range <=> bits(a) - lo_bits < span (unsigned)
+
+  // Per part, the thresholds a coordinate of each sign crosses as a falls (t > 0 for y > 0, t < 0 for
+  // y < 0), nearest to zero first; the shorter list padded with NaN, whose a = NaN is out of range.
+  struct Part {
+    int i0, i1, m;
+    float tp[256], tn[256];
+  };
+  Part parts[2];
+  int m_max = 0;
+  for (int h = 0; h < 2; ++h) {
+    Part& p = parts[h];
+    const TqCodebook& cb = h == 0 ? *st.cb_hi : *st.cb_lo;
+    const int nt = (1 << (h == 0 ? l.bits_hi : l.bits_lo)) - 1;
+    p.i0 = h == 0 ? 0 : l.split;
+    p.i1 = h == 0 ? l.split : d;
+    int np = 0, nn = 0;
+    for (int k = 0; k < nt; ++k)
+      if (cb.thresholds_f[size_t(k)] > 0) p.tp[np++] = cb.thresholds_f[size_t(k)];
+    for (int k = nt - 1; k >= 0; --k)
+      if (cb.thresholds_f[size_t(k)] < 0) p.tn[nn++] = cb.thresholds_f[size_t(k)];
+    p.m = std::max(np, nn);
+    std::fill(p.tp + np, p.tp + p.m, std::numeric_limits<float>::quiet_NaN());
+    std::fill(p.tn + nn, p.tn + p.m, std::numeric_limits<float>::quiet_NaN());
+    if (p.i1 > p.i0) m_max = std::max(m_max, p.m);
+  }
+
+  SweepScratch& s = sweep_scratch();
+  std::vector<Key>& ev = [&]() -> std::vector<Key>& {
+    if constexpr (sizeof(Key) == 4)
+      return s.ev32;
+    else
+      return s.ev64;
+  }();
+  std::vector<Key>& tmp = [&]() -> std::vector<Key>& {
+    if constexpr (sizeof(Key) == 4)
+      return s.tmp32;
+    else
+      return s.tmp64;
+  }();
+  const size_t cap = size_t(d) * size_t(m_max) + 1;  // +1: every candidate is written, the valid kept
+  if (ev.size() < cap) {
+    ev.resize(cap);
+    tmp.resize(cap);
+  }
+  if (s.a.size() < size_t(d)) s.a.resize(size_t(d));
+  float* a = s.a.data();
+  Key* evp = ev.data();
+  size_t n = 0;
+  // Branch-free: the divisions of one threshold rank vectorize, and every candidate is stored with the
+  // count advanced only for those in range (a = y_i / t is monotonic along a coordinate's list, so its
+  // events come out in falling a; y_i = 0 gives a = 0, out of range, as the old skip did).
+  for (const Part& p : parts) {
+    for (int j = 0; j < p.m; ++j) {
+      const float tpj = p.tp[j], tnj = p.tn[j];
+      for (int i = p.i0; i < p.i1; ++i) a[i] = y[i] / (y[i] > 0 ? tpj : tnj);
+      for (int i = p.i0; i < p.i1; ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, &a[i], 4);
+        const uint32_t off = bits - lo_bits;
+        evp[n] = Key(off) << ib | Key(uint32_t(i));
+        n += off < span ? 1 : 0;
+      }
+    }
+  }
+  const Key* sorted = sort_descending(evp, tmp.data(), n, key_bits, s.start);
+
+  const Key imask = (Key(1) << ib) - 1;
+  const float* c_hi = st.cb_hi->centroids_f.data();
+  const float* c_lo = st.cb_lo->centroids_f.data();
+  const int split = l.split, top_hi = (1 << l.bits_hi) - 1, top_lo = (1 << l.bits_lo) - 1;
+  s.cur.assign(idx, idx + d);
+  uint8_t* cur = s.cur.data();
+  double best_yc = yc, best_cc = cc;
+  size_t best = 0;  // events applied
+  for (size_t e = 0; e < n; ++e) {
+    // Each event moves its coordinate one cell outwards (clamped); selects, not branches: the signs and
+    // the improvements are unpredictable.
+    const int i = int(sorted[e] & imask);
+    const bool h = i < split;
+    const float* c = h ? c_hi : c_lo;
+    const int top = h ? top_hi : top_lo;
+    const float yi = y[i];
+    const int k = cur[i];
+    int k2 = yi > 0 ? k + 1 : k - 1;
+    k2 = k2 < 0 ? 0 : k2 > top ? top : k2;
+    const double c0 = c[k], c1 = c[k2];
+    cur[i] = uint8_t(k2);
+    yc += double(yi) * (c1 - c0);
+    cc += c1 * c1 - c0 * c0;
+    // yc^2 / cc > best_yc^2 / best_cc, both yc positive.
+    const bool better = (yc > 0) & (cc > 0) & (yc * yc * best_cc > best_yc * best_yc * cc);
+    best_yc = better ? yc : best_yc;
+    best_cc = better ? cc : best_cc;
+    best = better ? e + 1 : best;
+  }
+  for (size_t e = 0; e < best; ++e) {
+    const int i = int(sorted[e] & imask), top = i < split ? top_hi : top_lo;
+    idx[i] = uint8_t(y[i] > 0 ? std::min(idx[i] + 1, top) : std::max(idx[i] - 1, 0));
+  }
+  yc = best_yc;
+  cc = best_cc;
 }
 
 }  // namespace
@@ -132,54 +306,15 @@ double tq_assign_cells(const TqState& st, const float* y, uint8_t* idx) {
   }
   if (search) {
     // As a falls from a_hi to 1 / a_hi, |y_i / a| grows: coordinate i moves one cell outwards each time
-    // a passes y_i / t for a threshold t of y_i's sign. Events sorted by falling a; the state after the
-    // best prefix of them is the answer (ties: the earliest, i.e. the largest scale).
-    // Event key: the bits of a (positive floats order like their bits) above the coordinate.
-    thread_local std::vector<uint64_t> ev;
-    ev.clear();
-    const float a_lo = 1.0f / a_hi;
-    for (int i = 0; i < d; ++i) {
-      const float yi = y[i];
-      if (yi == 0) continue;
-      const float* t = i < l.split ? hi.thresholds_f.data() : lo.thresholds_f.data();
-      const int nt = (1 << (i < l.split ? l.bits_hi : l.bits_lo)) - 1;
-      for (int k = 0; k < nt; ++k) {
-        if (yi > 0 ? t[k] <= 0 : t[k] >= 0) continue;
-        const float a = yi / t[k];
-        if (a < a_hi && a >= a_lo) {
-          uint32_t bits;
-          std::memcpy(&bits, &a, 4);
-          ev.push_back(uint64_t(bits) << 32 | uint32_t(i));
-        }
-      }
-    }
-    std::sort(ev.begin(), ev.end(), std::greater<>());
-    double best_yc = yc, best_cc = cc;
-    size_t best = 0;  // events applied
-    const int n_hi = 1 << l.bits_hi, n_lo = 1 << l.bits_lo;
-    thread_local std::vector<uint8_t> cur;
-    cur.assign(idx, idx + d);
-    for (size_t e = 0; e < ev.size(); ++e) {
-      const int i = int(uint32_t(ev[e]));
-      const int k = cur[size_t(i)], n = i < l.split ? n_hi : n_lo;
-      const int k2 = y[i] > 0 ? std::min(k + 1, n - 1) : std::max(k - 1, 0);
-      const double c0 = cent(i, k), c1 = cent(i, k2);
-      cur[size_t(i)] = uint8_t(k2);
-      yc += double(y[i]) * (c1 - c0);
-      cc += c1 * c1 - c0 * c0;
-      // yc^2 / cc > best_yc^2 / best_cc, both yc positive.
-      if (yc > 0 && cc > 0 && yc * yc * best_cc > best_yc * best_yc * cc) {
-        best_yc = yc;
-        best_cc = cc;
-        best = e + 1;
-      }
-    }
-    for (size_t e = 0; e < best; ++e) {
-      const int i = int(uint32_t(ev[e])), n = i < l.split ? n_hi : n_lo;
-      idx[i] = uint8_t(y[i] > 0 ? std::min(idx[i] + 1, n - 1) : std::max(idx[i] - 1, 0));
-    }
-    yc = best_yc;
-    cc = best_cc;
+    // a passes y_i / t for a threshold t of y_i's sign. The events are applied by falling a; the state
+    // after the best prefix of them is the answer (ties: the earliest, i.e. the largest scale).
+    int ib = 0;  // bits of a coordinate index
+    while ((1 << ib) < d) ++ib;
+    const int key_bits = ib + scale_key_bits(a_hi);  // 24 + ib for kTqScaleRange 1.6
+    if (key_bits <= 32)
+      sweep_scales<uint32_t>(st, y, idx, a_hi, ib, key_bits, yc, cc);
+    else
+      sweep_scales<uint64_t>(st, y, idx, a_hi, ib, key_bits, yc, cc);
   }
   return cc > 0 && yc > 0 ? yc / cc : 0.0;
 }

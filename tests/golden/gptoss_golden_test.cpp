@@ -6,64 +6,27 @@
 #include <gtest/gtest.h>
 
 #if __has_include("runtime/session.h")
-#include <fmt/format.h>
-
-#include <algorithm>
-#include <cmath>
-#include <filesystem>
-#include <fstream>
-#include <map>
-#include <nlohmann/json.hpp>
 #include <set>
 
-#include "../unit/gguf_test_util.h"
-#include "gguf/convert.h"
+#include "../unit/golden_test_util.h"
 #include "gguf/gguf.h"
-#include "model/model.h"
-#include "model/moe_block.h"
-#include "runtime/engine.h"
 #include "runtime/session.h"
 
 namespace qleap {
 namespace {
 
+using testing::Closeness;
+using testing::Golden;
+using testing::RoutingLog;
+
 const char* const kName = "gpt_oss";
 
-struct Golden {
-  std::vector<std::vector<int32_t>> prompts;
-  std::vector<std::vector<std::vector<float>>> logits;  // [prompt][position][vocab]
-  double max_ref = 0;                                   // largest |logit|
-};
-
-std::filesystem::path fixture() {
-  return std::filesystem::path(testing::fixtures_dir()) / kName;
-}
-
 Golden load_golden() {
-  std::ifstream in(fixture() / "golden.json");
-  const auto j = nlohmann::json::parse(in);
-  Golden g{j.at("prompts").get<std::vector<std::vector<int32_t>>>(),
-           j.at("logits").get<std::vector<std::vector<std::vector<float>>>>()};
-  for (const auto& pl : g.logits)
-    for (const auto& row : pl)
-      for (float x : row) g.max_ref = std::max(g.max_ref, double(std::fabs(x)));
-  return g;
+  return testing::load_golden(kName);
 }
 
 std::string convert(GgmlType type, testing::TempDir& tmp) {
-  const std::string out = tmp.file(fmt::format("gpt_oss_{}.gguf", type_name(type)));
-  ConvertOptions opt;
-  opt.out_type = type;
-  convert_hf_to_gguf(fixture().string(), out, opt);
-  return out;
-}
-
-double max_err(const std::vector<std::vector<float>>& ref, const float* got) {
-  double e = 0;
-  const size_t nv = ref[0].size();
-  for (size_t p = 0; p < ref.size(); ++p)
-    for (size_t v = 0; v < nv; ++v) e = std::max(e, double(std::fabs(got[p * nv + v] - ref[p][v])));
-  return e;
+  return testing::convert_fixture(kName, type, tmp);
 }
 
 TEST(GptOssGolden, F32MatchesTransformersInEveryChunking) {
@@ -80,7 +43,7 @@ TEST(GptOssGolden, F32MatchesTransformersInEveryChunking) {
     for (size_t p = 0; p < g.prompts.size(); ++p) {
       Session s(model, so);
       const std::vector<float>& logits = s.eval(g.prompts[p], /*all_logits=*/true);
-      const double e = max_err(g.logits[p], logits.data());
+      const double e = testing::max_abs_err(g.logits[p], logits.data());
       std::printf(
           "[golden] gpt_oss F32 n_batch %d prompt %zu (%zu tokens): max abs err %.3g (max |logit| %.3g)\n",
           n_batch, p, g.prompts[p].size(), e, g.max_ref);
@@ -98,104 +61,33 @@ TEST(GptOssGolden, DecodeEqualsPrefill) {
   EngineOptions opt;
   opt.kv_type = "f32";
   opt.n_threads = 2;
-  opt.n_slots = 2;
-  Engine ref(model, opt), dec(model, opt);
-  const int n = int(prompt.size()), nv = ref.n_vocab();
-  const float* r = ref.prefill(0, prompt.data(), n, true);
-  const std::vector<float> prefill_logits(r, r + size_t(n) * nv);
-  dec.prefill(0, prompt.data(), 1);
-  dec.prefill(1, prompt.data(), 1);
-  double e = 0;
-  for (int t = 1; t < n; ++t) {
-    const int slots[2] = {0, 1};
-    const int32_t toks[2] = {int32_t((prompt[size_t(t)] * 7 + 3) % nv), prompt[size_t(t)]};
-    const float* out = dec.decode(slots, toks, 2);
-    for (int v = 0; v < nv; ++v)
-      e = std::max(e, double(std::fabs(out[size_t(nv) + v] - prefill_logits[size_t(t) * nv + v])));
-  }
+  const double e = testing::decode_vs_prefill(model, prompt, opt);
+  const int n = int(prompt.size());
   std::printf("[golden] gpt_oss decode vs prefill over %d tokens: max abs diff %.3g\n", n, e);
   EXPECT_LT(e, 1e-4);
 }
 
-// Which experts each (layer, position) of a prefill chose.
-struct RoutingLog : MoeObserver {
-  std::map<std::pair<int, int>, std::vector<int32_t>> chosen;
-  void on_routing(int il, int pos0, int m, int k, const int32_t* ids, const float*, const float*,
-                  const float*) override {
-    for (int t = 0; t < m; ++t) {
-      std::vector<int32_t> v(ids + size_t(t) * k, ids + size_t(t + 1) * k);
-      std::sort(v.begin(), v.end());
-      chosen[{il, pos0 + t}] = std::move(v);
-    }
-  }
-};
-
-std::vector<float> run_prompt(const std::shared_ptr<const Model>& model, const std::vector<int32_t>& prompt,
-                              const std::string& kv, RoutingLog& log) {
+testing::PromptRun runner(const std::shared_ptr<const Model>& model, const std::string& kv) {
   EngineOptions opt;
   opt.n_threads = 2;
   opt.kv_type = kv;
   opt.calibrate_kv = false;  // the fixture carries no tokenizer for the calibration text
-  Engine e(model, opt);
-  e.set_moe_observer(&log);
-  const float* l = e.prefill(0, prompt.data(), int(prompt.size()), true);
-  return std::vector<float>(l, l + prompt.size() * size_t(e.n_vocab()));
+  return [model, opt](const std::vector<int32_t>& prompt, RoutingLog& log) {
+    return testing::prefill_logits(model, prompt, opt, &log);
+  };
 }
 
-struct Closeness {
-  double max_err = 0;  // at positions without a routing change
-  int positions = 0, flipped = 0, mismatch = 0, clear_mismatch = 0;
-};
-
-// Logits of every prompt against the reference. A router whose top-k changes under rounding (routing
-// compared with the F32 model's) changes that token by a whole expert, not by rounding: such positions
-// are counted and left out of the error. clear_gap: a mismatching argmax counts as clear when the
-// reference's top-2 gap exceeds it.
 Closeness compare(const std::shared_ptr<const Model>& model, const std::string& kv, const Golden& g,
                   const std::vector<RoutingLog>& f32_routes, double clear_gap) {
-  Closeness c;
-  for (size_t p = 0; p < g.prompts.size(); ++p) {
-    RoutingLog routes;
-    const std::vector<float> logits = run_prompt(model, g.prompts[p], kv, routes);
-    std::set<int> flips;
-    for (const auto& [key, ids] : f32_routes[p].chosen)
-      if (routes.chosen[key] != ids) flips.insert(key.second);
-    const size_t nv = g.logits[p][0].size();
-    for (size_t pos = 0; pos < g.prompts[p].size(); ++pos, ++c.positions) {
-      const auto& ref = g.logits[p][pos];
-      const float* got = logits.data() + pos * nv;
-      for (size_t v = 0; v < nv; ++v) EXPECT_TRUE(std::isfinite(got[v]));
-      if (flips.count(int(pos))) {
-        ++c.flipped;
-        continue;
-      }
-      for (size_t v = 0; v < nv; ++v) c.max_err = std::max(c.max_err, double(std::fabs(got[v] - ref[v])));
-      const size_t a = size_t(std::max_element(ref.begin(), ref.end()) - ref.begin());
-      const size_t b = size_t(std::max_element(got, got + nv) - got);
-      if (a == b) continue;
-      ++c.mismatch;
-      std::vector<float> sorted = ref;
-      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
-      if (sorted[0] - sorted[1] > clear_gap) ++c.clear_mismatch;
-    }
-  }
-  return c;
+  return testing::compare_to_golden(g, f32_routes, runner(model, kv), clear_gap);
 }
 
 std::vector<RoutingLog> f32_routing(const Golden& g, testing::TempDir& tmp) {
-  std::vector<RoutingLog> out(g.prompts.size());
-  auto model = load_model(convert(GgmlType::F32, tmp));
-  for (size_t p = 0; p < g.prompts.size(); ++p) run_prompt(model, g.prompts[p], "f32", out[p]);
-  return out;
+  return testing::reference_routing(g, runner(load_model(convert(GgmlType::F32, tmp)), "f32"));
 }
 
-void report(const char* what, const Closeness& c, const Golden& g) {
-  std::printf(
-      "[golden] gpt_oss %s: max abs err %.3g (%.2g of max |logit| %.3g) at %d/%d positions (%d with a "
-      "routing "
-      "change left out); argmax differs at %d (%d clearly)\n",
-      what, c.max_err, c.max_err / g.max_ref, g.max_ref, c.positions - c.flipped, c.positions, c.flipped,
-      c.mismatch, c.clear_mismatch);
+void report(const std::string& what, const Closeness& c, const Golden& g) {
+  testing::print_closeness("gpt_oss " + what, c, g);
 }
 
 // Quantized weights, and KV cache types, each against transformers. Bounds relative to the largest
@@ -220,7 +112,8 @@ TEST(GptOssGolden, QuantizedWeightsAndKvTypesClose) {
                         Case{GgmlType::F32, "tq3:w0", 1.5, false}}) {
     auto model = load_model(convert(k.type, tmp));
     const Closeness c = compare(model, k.kv, g, routes, k.rel_tol * g.max_ref);
-    report(fmt::format("{} weights, {} KV", type_name(k.type), k.kv).c_str(), c, g);
+    report(std::string(type_name(k.type)) + " weights, " + k.kv + " KV", c, g);
+    EXPECT_EQ(c.non_finite, 0) << type_name(k.type) << " " << k.kv;
     EXPECT_LT(c.max_err, k.rel_tol * g.max_ref) << type_name(k.type) << " " << k.kv;
     if (!k.bound_flips) continue;
     EXPECT_EQ(c.clear_mismatch, 0) << type_name(k.type) << " " << k.kv;
@@ -257,8 +150,8 @@ TEST(GptOssGolden, Mxfp4ExpertsMatchTheirDecodedWeights) {
   int flipped = 0, positions = 0;
   for (const auto& prompt : g.prompts) {
     RoutingLog a, b;
-    const std::vector<float> la = run_prompt(mx_model, prompt, "f32", a);
-    const std::vector<float> lb = run_prompt(back_model, prompt, "f32", b);
+    const std::vector<float> la = runner(mx_model, "f32")(prompt, a);
+    const std::vector<float> lb = runner(back_model, "f32")(prompt, b);
     std::set<int> flips;
     for (const auto& [key, ids] : b.chosen)
       if (a.chosen[key] != ids) flips.insert(key.second);
@@ -280,6 +173,7 @@ TEST(GptOssGolden, Mxfp4ExpertsMatchTheirDecodedWeights) {
   EXPECT_LE(flipped, positions / 4);
   const Closeness c = compare(mx_model, "f32", g, routes, 1.5 * g.max_ref);
   report("MXFP4 experts vs transformers", c, g);
+  EXPECT_EQ(c.non_finite, 0);
   EXPECT_LT(c.max_err, 1.5 * g.max_ref);
 }
 

@@ -7,58 +7,17 @@
 #include <gtest/gtest.h>
 
 #if __has_include("runtime/session.h")
-#include <fmt/format.h>
-
-#include <algorithm>
-#include <cmath>
-#include <filesystem>
-#include <fstream>
-#include <map>
-#include <nlohmann/json.hpp>
-#include <set>
-
-#include "../unit/gguf_test_util.h"
-#include "gguf/convert.h"
+#include "../unit/golden_test_util.h"
 #include "gguf/gguf.h"
-#include "model/model.h"
-#include "model/moe_block.h"
-#include "runtime/engine.h"
 #include "runtime/session.h"
 
 namespace qleap {
 namespace {
 
-struct Golden {
-  std::vector<std::vector<int32_t>> prompts;
-  std::vector<std::vector<std::vector<float>>> logits;  // [prompt][position][vocab]
-};
-
-std::filesystem::path fixture(const std::string& name) {
-  return std::filesystem::path(testing::fixtures_dir()) / name;
-}
-
-Golden load_golden(const std::string& name) {
-  std::ifstream in(fixture(name) / "golden.json");
-  const auto j = nlohmann::json::parse(in);
-  return {j.at("prompts").get<std::vector<std::vector<int32_t>>>(),
-          j.at("logits").get<std::vector<std::vector<std::vector<float>>>>()};
-}
-
-std::string convert(const std::string& name, GgmlType type, testing::TempDir& tmp) {
-  const std::string out = tmp.file(fmt::format("{}_{}.gguf", name, type_name(type)));
-  ConvertOptions opt;
-  opt.out_type = type;
-  convert_hf_to_gguf(fixture(name).string(), out, opt);
-  return out;
-}
-
-double max_err(const std::vector<std::vector<float>>& ref, const float* got) {
-  double e = 0;
-  const size_t nv = ref[0].size();
-  for (size_t p = 0; p < ref.size(); ++p)
-    for (size_t v = 0; v < nv; ++v) e = std::max(e, double(std::fabs(got[p * nv + v] - ref[p][v])));
-  return e;
-}
+using testing::convert_fixture;
+using testing::Golden;
+using testing::load_golden;
+using testing::RoutingLog;
 
 // Quantized weights: bounds on max |error| / max |logit| at positions without a routing change, and on
 // the share of positions with one (measured in docs/models.md: F16 4.9e-3 .. 1.2e-2 and up to 2 of 203
@@ -72,7 +31,7 @@ class HybridGolden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(HybridGolden, F32MatchesTransformersInEveryChunking) {
   testing::TempDir tmp("hybrid_f32_" + GetParam());
-  auto model = load_model(convert(GetParam(), GgmlType::F32, tmp));
+  auto model = load_model(convert_fixture(GetParam(), GgmlType::F32, tmp));
   const Golden g = load_golden(GetParam());
   ASSERT_GT(g.prompts[0].size(), 128u);  // crosses both DeltaNet chunk boundaries
   for (int n_batch : {512, 50, 1}) {
@@ -83,7 +42,7 @@ TEST_P(HybridGolden, F32MatchesTransformersInEveryChunking) {
     for (size_t p = 0; p < g.prompts.size(); ++p) {
       Session s(model, so);
       const std::vector<float>& logits = s.eval(g.prompts[p], /*all_logits=*/true);
-      const double e = max_err(g.logits[p], logits.data());
+      const double e = testing::max_abs_err(g.logits[p], logits.data());
       std::printf("[golden] %s F32 n_batch %d prompt %zu (%zu tokens): max abs err %.3g\n",
                   GetParam().c_str(), n_batch, p, g.prompts[p].size(), e);
       EXPECT_LT(e, 1e-4) << "n_batch " << n_batch << " prompt " << p;
@@ -94,54 +53,26 @@ TEST_P(HybridGolden, F32MatchesTransformersInEveryChunking) {
 // Decode steps (the recurrent form, rows of the continuous batch) against a prefill of the same tokens.
 TEST_P(HybridGolden, DecodeEqualsPrefill) {
   testing::TempDir tmp("hybrid_decode_" + GetParam());
-  auto model = load_model(convert(GetParam(), GgmlType::F32, tmp));
+  auto model = load_model(convert_fixture(GetParam(), GgmlType::F32, tmp));
   const Golden g = load_golden(GetParam());
   const std::vector<int32_t>& prompt = g.prompts[1];
   EngineOptions opt;
   opt.kv_type = "f32";
   opt.n_threads = 2;
-  opt.n_slots = 2;
-  Engine ref(model, opt), dec(model, opt);
-  const int n = int(prompt.size()), nv = ref.n_vocab();
-  const float* r = ref.prefill(0, prompt.data(), n, true);
-  const std::vector<float> prefill_logits(r, r + size_t(n) * nv);
   // Slot 1 decodes the prompt token by token next to slot 0 decoding another sequence.
-  dec.prefill(0, prompt.data(), 1);
-  dec.prefill(1, prompt.data(), 1);
-  double e = 0;
-  for (int t = 1; t < n; ++t) {
-    const int slots[2] = {0, 1};
-    const int32_t toks[2] = {int32_t((prompt[size_t(t)] * 7 + 3) % nv), prompt[size_t(t)]};
-    const float* out = dec.decode(slots, toks, 2);
-    for (int v = 0; v < nv; ++v)
-      e = std::max(e, double(std::fabs(out[size_t(nv) + v] - prefill_logits[size_t(t) * nv + v])));
-  }
+  const double e = testing::decode_vs_prefill(model, prompt, opt);
+  const int n = int(prompt.size());
   std::printf("[golden] %s decode vs prefill over %d tokens: max abs diff %.3g\n", GetParam().c_str(), n, e);
   EXPECT_LT(e, 1e-4);
 }
 
-// Which experts each (layer, position) of a prefill chose (MoE fixtures).
-struct RoutingLog : MoeObserver {
-  std::map<std::pair<int, int>, std::vector<int32_t>> chosen;
-  void on_routing(int il, int pos0, int m, int k, const int32_t* ids, const float*, const float*,
-                  const float*) override {
-    for (int t = 0; t < m; ++t) {
-      std::vector<int32_t> v(ids + size_t(t) * k, ids + size_t(t + 1) * k);
-      std::sort(v.begin(), v.end());
-      chosen[{il, pos0 + t}] = std::move(v);
-    }
-  }
-};
-
-// All-position logits of a prompt, with the routing decisions taken.
-std::vector<float> run_prompt(const std::shared_ptr<const Model>& model, const std::vector<int32_t>& prompt,
-                              RoutingLog& log) {
+// All-position logits of a prompt, with the routing decisions taken (default KV cache).
+testing::PromptRun runner(const std::shared_ptr<const Model>& model) {
   EngineOptions opt;
   opt.n_threads = 2;
-  Engine e(model, opt);
-  e.set_moe_observer(&log);
-  const float* l = e.prefill(0, prompt.data(), int(prompt.size()), true);
-  return std::vector<float>(l, l + prompt.size() * size_t(e.n_vocab()));
+  return [model, opt](const std::vector<int32_t>& prompt, RoutingLog& log) {
+    return testing::prefill_logits(model, prompt, opt, &log);
+  };
 }
 
 // Quantized weights (and the default KV cache). A MoE router whose top-k changes under rounding (a
@@ -152,57 +83,21 @@ std::vector<float> run_prompt(const std::shared_ptr<const Model>& model, const s
 // wherever the reference's top-2 gap exceeds that bound.
 TEST_P(HybridGolden, QuantizedCloseToTransformers) {
   const Golden g = load_golden(GetParam());
-  double max_ref = 0;
-  for (const auto& pl : g.logits)
-    for (const auto& row : pl)
-      for (float x : row) max_ref = std::max(max_ref, double(std::fabs(x)));
   testing::TempDir tmp("hybrid_q_" + GetParam());
-  std::vector<RoutingLog> f32_routes(g.prompts.size());
-  {
-    auto model = load_model(convert(GetParam(), GgmlType::F32, tmp));
-    for (size_t p = 0; p < g.prompts.size(); ++p) run_prompt(model, g.prompts[p], f32_routes[p]);
-  }
+  const std::vector<RoutingLog> f32_routes =
+      testing::reference_routing(g, runner(load_model(convert_fixture(GetParam(), GgmlType::F32, tmp))));
   for (GgmlType type : {GgmlType::F16, GgmlType::Q8_0}) {
     const double rel_tol = type == GgmlType::F16 ? kF16RelTol : kQ8RelTol;
     const double max_flips = type == GgmlType::F16 ? kF16Flips : kQ8Flips;
-    auto model = load_model(convert(GetParam(), type, tmp));
-    int mismatch = 0, clear = 0, positions = 0, flipped = 0, decisions = 0;
-    double e = 0;
-    for (size_t p = 0; p < g.prompts.size(); ++p) {
-      RoutingLog routes;
-      const std::vector<float> logits = run_prompt(model, g.prompts[p], routes);
-      std::set<int> flips;
-      for (const auto& [key, ids] : f32_routes[p].chosen) {
-        ++decisions;
-        if (routes.chosen[key] != ids) flips.insert(key.second);
-      }
-      const size_t nv = g.logits[p][0].size();
-      for (size_t pos = 0; pos < g.prompts[p].size(); ++pos, ++positions) {
-        if (flips.count(int(pos))) {
-          ++flipped;
-          continue;
-        }
-        const auto& ref = g.logits[p][pos];
-        const float* got = logits.data() + pos * nv;
-        for (size_t v = 0; v < nv; ++v) e = std::max(e, double(std::fabs(got[v] - ref[v])));
-        const size_t a = size_t(std::max_element(ref.begin(), ref.end()) - ref.begin());
-        const size_t b = size_t(std::max_element(got, got + nv) - got);
-        if (a == b) continue;
-        ++mismatch;
-        std::vector<float> sorted = ref;
-        std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
-        if (sorted[0] - sorted[1] > rel_tol * max_ref) ++clear;
-      }
-    }
-    std::printf(
-        "[golden] %s %s: max abs err %.3g (%.2g of max |logit| %.3g) at %d/%d positions; %d with a "
-        "routing change (of %d decisions) left out; argmax differs at %d\n",
-        GetParam().c_str(), type_name(type), e, e / max_ref, max_ref, positions - flipped, positions, flipped,
-        decisions, mismatch);
-    EXPECT_LT(e, rel_tol * max_ref) << type_name(type);
-    EXPECT_EQ(clear, 0) << type_name(type);
-    EXPECT_LE(flipped, max_flips * positions) << type_name(type);
-    EXPECT_LE(mismatch, positions / (type == GgmlType::F16 ? 50 : 5)) << type_name(type);
+    auto model = load_model(convert_fixture(GetParam(), type, tmp));
+    const testing::Closeness c =
+        testing::compare_to_golden(g, f32_routes, runner(model), rel_tol * g.max_ref);
+    testing::print_closeness(GetParam() + " " + type_name(type), c, g);
+    EXPECT_EQ(c.non_finite, 0) << type_name(type);
+    EXPECT_LT(c.max_err, rel_tol * g.max_ref) << type_name(type);
+    EXPECT_EQ(c.clear_mismatch, 0) << type_name(type);
+    EXPECT_LE(c.flipped, max_flips * c.positions) << type_name(type);
+    EXPECT_LE(c.mismatch, c.positions / (type == GgmlType::F16 ? 50 : 5)) << type_name(type);
   }
 }
 
@@ -212,7 +107,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, HybridGolden, ::testing::Values("qwen3_5", "q
 TEST(HybridConvert, FileLayout) {
   testing::TempDir tmp("hybrid_layout");
   for (const char* name : {"qwen3_5", "qwen3_5_moe", "qwen3_next"}) {
-    const std::string path = convert(name, GgmlType::F16, tmp);
+    const std::string path = convert_fixture(name, GgmlType::F16, tmp);
     const auto f = GgufFile::open(path);
     const std::string arch = f->architecture();
     EXPECT_EQ(arch, std::string(name) == "qwen3_5"       ? "qwen35"

@@ -23,6 +23,22 @@ def test_models() -> pathlib.Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def golden_gguf(qleap_bin, tmp_path_factory):
+    """name -> tests/golden/fixtures/<name> converted to F16 with a byte-level vocabulary (golden_cli.py),
+    converted once per session."""
+    from golden_cli import convert_golden
+
+    done = {}
+
+    def get(name):
+        if name not in done:
+            done[name] = convert_golden(qleap_bin, name, tmp_path_factory.mktemp("golden_" + name))
+        return done[name]
+
+    return get
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_tune_store(tmp_path_factory):
     # `qleap run` reads tuned settings from ~/.qleap/tune.json; tests must not depend on what a

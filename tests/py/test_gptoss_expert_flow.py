@@ -1,39 +1,21 @@
-"""gpt-oss through ExpertFlow on the CLI: the tiny random gpt_oss model of tests/golden/fixtures (checked
-against transformers by tests/golden/gptoss_golden_test.cpp), converted by `qleap convert` with a byte-level
-vocabulary. Its experts have gate / up / down biases and the clamped SwiGLU (alpha, limit); the host expert
-tier computes them (ExpertSet::act, biases in the slots), so `--expert-cache` gives the plain CPU text, and
-`qleap profile` reads its four MoE layers."""
+"""gpt-oss and deepseek2 through ExpertFlow on the CLI: the tiny random models gpt_oss, deepseek_v3 and
+deepseek_v2_lite of tests/golden/fixtures (checked against transformers by tests/golden/gptoss_golden_test.cpp
+and tests/unit/model_mla_golden_test.cpp), converted with a byte-level vocabulary (golden_cli.py). gpt-oss's
+experts have gate / up / down biases and the clamped SwiGLU (alpha, limit), deepseek2's the DeepSeek routing
+(sigmoid scores, selection bias, groups, routed scale, shared experts); the host expert tier computes them
+(ExpertSet::act, biases in the slots), so `--expert-cache` gives the plain CPU text, and `qleap profile` reads
+gpt-oss's four MoE layers."""
 import json
 import re
-import shutil
-import subprocess
 
 import pytest
 
-from test_server_archs import ROOT, byte_vocab
-
-
-def run(qleap_bin, *args, timeout=120):
-    return subprocess.run([qleap_bin, *map(str, args)], capture_output=True, timeout=timeout)
+from golden_cli import gen, run
 
 
 @pytest.fixture(scope="module")
-def gptoss_model(qleap_bin, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gptoss_model")
-    src = tmp_path_factory.mktemp("hf_gpt_oss")
-    for f in ("config.json", "model.safetensors"):
-        shutil.copy(ROOT / "tests" / "golden" / "fixtures" / "gpt_oss" / f, src / f)
-    tok = {"model": {"type": "BPE", "vocab": byte_vocab(), "merges": []}, "added_tokens": []}
-    (src / "tokenizer.json").write_text(json.dumps(tok))
-    r = run(qleap_bin, "convert", src, out / "gpt_oss.gguf", "--type", "F16")
-    assert r.returncode == 0, r.stderr
-    return out / "gpt_oss.gguf"
-
-
-def gen(qleap_bin, model, *extra):
-    r = run(qleap_bin, "run", model, "The quick brown fox", "-n", "24", "--temp", "0", "--raw", "-t", "2", *extra)
-    assert r.returncode == 0, r.stderr
-    return r
+def gptoss_model(golden_gguf):
+    return golden_gguf("gpt_oss")
 
 
 def policy_hits(stderr):
@@ -45,15 +27,20 @@ def policy_hits(stderr):
     return float(m.group(1)), int(m.group(2))
 
 
-def test_host_tier_gives_the_plain_cpu_text(qleap_bin, gptoss_model):
-    plain = gen(qleap_bin, gptoss_model).stdout
+# check_hits: gpt-oss's four experts, half of them held (auto), must give the policy hits; deepseek2's are
+# not checked for that.
+@pytest.mark.parametrize("name, check_hits", [("gpt_oss", True), ("deepseek_v3", False),
+                                              ("deepseek_v2_lite", False)])
+def test_host_tier_gives_the_plain_cpu_text(qleap_bin, golden_gguf, name, check_hits):
+    model = golden_gguf(name)
+    plain = gen(qleap_bin, model).stdout
     assert len(plain) > len("The quick brown fox")
     for budget in ["0", "60K", "auto"]:
-        r = gen(qleap_bin, gptoss_model, "--expert-cache", budget, "--expert-tier", "host")
+        r = gen(qleap_bin, model, "--expert-cache", budget, "--expert-tier", "host")
         assert r.stdout == plain, budget
         assert b"expert cache: tier host" in r.stderr
         # The experts really ran through the flow: with half of them held (auto), the policy had hits.
-        if budget == "auto":
+        if budget == "auto" and check_hits:
             share, in_flight = policy_hits(r.stderr)
             assert share > 0 or in_flight > 0
 

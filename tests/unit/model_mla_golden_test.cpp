@@ -19,7 +19,7 @@
 #include "gguf/convert.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
-#include "gguf_test_util.h"
+#include "golden_test_util.h"
 #include "kv/kv_cache.h"
 #include "kv/kv_calibration.h"
 #include "model/model.h"
@@ -31,46 +31,10 @@
 namespace qleap {
 namespace {
 
-using Rows = std::vector<std::vector<float>>;  // [position][vocab]
-
-struct Golden {
-  std::vector<std::vector<int32_t>> prompts;
-  std::vector<Rows> logits;
-  double max_ref = 0;
-};
-
-Golden load_golden(const std::string& name) {
-  std::ifstream in(std::filesystem::path(testing::fixtures_dir()) / name / "golden.json");
-  const auto j = nlohmann::json::parse(in);
-  Golden g;
-  g.prompts = j.at("prompts").get<std::vector<std::vector<int32_t>>>();
-  g.logits = j.at("logits").get<std::vector<Rows>>();
-  for (const Rows& r : g.logits)
-    for (const auto& row : r)
-      for (float x : row) g.max_ref = std::max(g.max_ref, double(std::fabs(x)));
-  return g;
-}
-
-std::string convert(const std::string& name, GgmlType type, testing::TempDir& tmp) {
-  const std::string out = tmp.file(name + "_" + type_name(type) + ".gguf");
-  ConvertOptions opt;
-  opt.out_type = type;
-  convert_hf_to_gguf((std::filesystem::path(testing::fixtures_dir()) / name).string(), out, opt);
-  return out;
-}
-
-// Which experts each (layer, position) chose.
-struct RoutingLog : MoeObserver {
-  std::map<std::pair<int, int>, std::vector<int32_t>> chosen;
-  void on_routing(int il, int pos0, int m, int k, const int32_t* ids, const float*, const float*,
-                  const float*) override {
-    for (int t = 0; t < m; ++t) {
-      std::vector<int32_t> v(ids + size_t(t) * k, ids + size_t(t + 1) * k);
-      std::sort(v.begin(), v.end());
-      chosen[{il, pos0 + t}] = std::move(v);
-    }
-  }
-};
+using testing::convert_fixture;
+using testing::Golden;
+using testing::load_golden;
+using testing::RoutingLog;
 
 EngineOptions options(const std::string& kv, int n_batch = 512) {
   EngineOptions o;
@@ -82,36 +46,19 @@ EngineOptions options(const std::string& kv, int n_batch = 512) {
   return o;
 }
 
-std::vector<float> run_prompt(const std::shared_ptr<const Model>& model, const std::vector<int32_t>& prompt,
-                              const EngineOptions& o, RoutingLog* log = nullptr) {
-  Engine e(model, o);
-  if (log != nullptr) e.set_moe_observer(log);
-  const float* l = e.prefill(0, prompt.data(), int(prompt.size()), true);
-  return std::vector<float>(l, l + prompt.size() * size_t(e.n_vocab()));
-}
-
-double max_err(const Rows& ref, const std::vector<float>& got, const std::set<int>& skip = {}) {
-  double e = 0;
-  const size_t nv = ref[0].size();
-  for (size_t p = 0; p < ref.size(); ++p) {
-    if (skip.count(int(p))) continue;
-    for (size_t v = 0; v < nv; ++v) e = std::max(e, double(std::fabs(got[p * nv + v] - ref[p][v])));
-  }
-  return e;
-}
-
 const char* const kFixtures[] = {"deepseek_v3", "deepseek_v2_lite"};
 
 TEST(MlaGolden, F32MatchesTransformersInEveryChunking) {
   for (const char* name : kFixtures) {
     testing::TempDir tmp("mla_f32");
-    auto model = load_model(convert(name, GgmlType::F32, tmp));
+    auto model = load_model(convert_fixture(name, GgmlType::F32, tmp));
     const Golden g = load_golden(name);
     EXPECT_EQ(model->hparams().n_kv_heads, 1);
     EXPECT_EQ(model->hparams().head_dim, 16 + 32);  // rope + kv_lora_rank: the cached latent
     for (int n_batch : {512, 7, 1}) {
       for (size_t p = 0; p < g.prompts.size(); ++p) {
-        const double e = max_err(g.logits[p], run_prompt(model, g.prompts[p], options("f32", n_batch)));
+        const double e = testing::max_abs_err(
+            g.logits[p], testing::prefill_logits(model, g.prompts[p], options("f32", n_batch)).data());
         std::printf("[golden] %s F32 n_batch %d prompt %zu (%zu tokens): max abs err %.3g\n", name, n_batch,
                     p, g.prompts[p].size(), e);
         EXPECT_LT(e, 1e-4) << name << " n_batch " << n_batch << " prompt " << p;
@@ -124,24 +71,10 @@ TEST(MlaGolden, F32MatchesTransformersInEveryChunking) {
 TEST(MlaGolden, DecodeEqualsPrefill) {
   for (const char* name : kFixtures) {
     testing::TempDir tmp("mla_decode");
-    auto model = load_model(convert(name, GgmlType::F32, tmp));
+    auto model = load_model(convert_fixture(name, GgmlType::F32, tmp));
     const std::vector<int32_t> prompt = load_golden(name).prompts[0];
-    EngineOptions o = options("f32");
-    o.n_slots = 2;
-    Engine ref(model, o), dec(model, o);
-    const int n = int(prompt.size()), nv = ref.n_vocab();
-    const float* r = ref.prefill(0, prompt.data(), n, true);
-    const std::vector<float> pre(r, r + size_t(n) * nv);
-    dec.prefill(0, prompt.data(), 1);
-    dec.prefill(1, prompt.data(), 1);
-    double e = 0;
-    for (int t = 1; t < n; ++t) {
-      const int slots[2] = {0, 1};
-      const int32_t toks[2] = {int32_t((prompt[size_t(t)] * 7 + 3) % nv), prompt[size_t(t)]};
-      const float* out = dec.decode(slots, toks, 2);
-      for (int v = 0; v < nv; ++v)
-        e = std::max(e, double(std::fabs(out[size_t(nv) + v] - pre[size_t(t) * nv + v])));
-    }
+    const double e = testing::decode_vs_prefill(model, prompt, options("f32"));
+    const int n = int(prompt.size());
     std::printf("[golden] %s decode vs prefill over %d tokens: max abs diff %.3g\n", name, n, e);
     EXPECT_LT(e, 1e-4) << name;
   }
@@ -169,45 +102,22 @@ TEST(MlaGolden, QuantizedWeightsAndLatentCachesCloseToTransformers) {
   for (const char* name : kFixtures) {
     const Golden g = load_golden(name);
     testing::TempDir tmp("mla_q");
-    auto f32 = load_model(convert(name, GgmlType::F32, tmp));
-    std::vector<RoutingLog> ref_routes(g.prompts.size());
-    for (size_t p = 0; p < g.prompts.size(); ++p)
-      run_prompt(f32, g.prompts[p], options("f32"), &ref_routes[p]);
+    auto f32 = load_model(convert_fixture(name, GgmlType::F32, tmp));
+    auto runner = [](const std::shared_ptr<const Model>& model, const std::string& kv) -> testing::PromptRun {
+      return [model, kv](const std::vector<int32_t>& prompt, RoutingLog& log) {
+        return testing::prefill_logits(model, prompt, options(kv), &log);
+      };
+    };
+    const std::vector<RoutingLog> ref_routes = testing::reference_routing(g, runner(f32, "f32"));
     for (const Bound& b : bounds) {
-      auto model = b.type == GgmlType::F32 ? f32 : load_model(convert(name, b.type, tmp));
-      int positions = 0, flipped = 0, mismatch = 0, clear = 0;
-      double e = 0;
-      for (size_t p = 0; p < g.prompts.size(); ++p) {
-        RoutingLog routes;
-        const std::vector<float> logits = run_prompt(model, g.prompts[p], options(b.kv), &routes);
-        std::set<int> flips;
-        for (const auto& [key, ids] : ref_routes[p].chosen)
-          if (routes.chosen[key] != ids) flips.insert(key.second);
-        e = std::max(e, max_err(g.logits[p], logits, flips));
-        const size_t nv = g.logits[p][0].size();
-        for (size_t pos = 0; pos < g.prompts[p].size(); ++pos, ++positions) {
-          if (flips.count(int(pos))) {
-            ++flipped;
-            continue;
-          }
-          const auto& ref = g.logits[p][pos];
-          const float* got = logits.data() + pos * nv;
-          if (std::max_element(ref.begin(), ref.end()) - ref.begin() == std::max_element(got, got + nv) - got)
-            continue;
-          ++mismatch;
-          std::vector<float> s = ref;
-          std::partial_sort(s.begin(), s.begin() + 2, s.end(), std::greater<>());
-          if (s[0] - s[1] > b.rel_tol * g.max_ref) ++clear;
-        }
-      }
-      std::printf(
-          "[golden] %s %s weights, kv %s: max abs err %.3g (%.2g of max |logit| %.3g) at %d/%d positions "
-          "(%d with a routing change left out); argmax differs at %d\n",
-          name, type_name(b.type), b.kv, e, e / g.max_ref, g.max_ref, positions - flipped, positions, flipped,
-          mismatch);
-      EXPECT_LT(e, b.rel_tol * g.max_ref) << name << " " << type_name(b.type) << " " << b.kv;
-      EXPECT_EQ(clear, 0) << name << " " << type_name(b.type) << " " << b.kv;
-      EXPECT_LE(flipped, b.max_flips * positions) << name << " " << type_name(b.type) << " " << b.kv;
+      auto model = b.type == GgmlType::F32 ? f32 : load_model(convert_fixture(name, b.type, tmp));
+      const testing::Closeness c =
+          testing::compare_to_golden(g, ref_routes, runner(model, b.kv), b.rel_tol * g.max_ref);
+      testing::print_closeness(std::string(name) + " " + type_name(b.type) + " weights, kv " + b.kv, c, g);
+      EXPECT_EQ(c.non_finite, 0) << name << " " << type_name(b.type) << " " << b.kv;
+      EXPECT_LT(c.max_err, b.rel_tol * g.max_ref) << name << " " << type_name(b.type) << " " << b.kv;
+      EXPECT_EQ(c.clear_mismatch, 0) << name << " " << type_name(b.type) << " " << b.kv;
+      EXPECT_LE(c.flipped, b.max_flips * c.positions) << name << " " << type_name(b.type) << " " << b.kv;
     }
   }
 }
@@ -215,7 +125,7 @@ TEST(MlaGolden, QuantizedWeightsAndLatentCachesCloseToTransformers) {
 // What the converter writes: llama.cpp's deepseek2 names and keys, kv_b split per head.
 TEST(MlaConvert, FileLayout) {
   testing::TempDir tmp("mla_layout");
-  const auto v3 = GgufFile::open(convert("deepseek_v3", GgmlType::F16, tmp));
+  const auto v3 = GgufFile::open(convert_fixture("deepseek_v3", GgmlType::F16, tmp));
   EXPECT_EQ(v3->architecture(), "deepseek2");
   for (const char* k : {"attention.q_lora_rank", "attention.kv_lora_rank", "leading_dense_block_count",
                         "expert_shared_count", "expert_weights_scale", "expert_gating_func",
@@ -235,7 +145,7 @@ TEST(MlaConvert, FileLayout) {
     EXPECT_NE(v3->find_tensor(t), nullptr) << t;
   EXPECT_EQ(v3->find_tensor("blk.0.attn_kv_b.weight"), nullptr);
   EXPECT_EQ(v3->find_tensor("blk.0.ffn_gate_inp.weight"), nullptr);  // the leading dense layer
-  const auto v2 = GgufFile::open(convert("deepseek_v2_lite", GgmlType::F16, tmp));
+  const auto v2 = GgufFile::open(convert_fixture("deepseek_v2_lite", GgmlType::F16, tmp));
   EXPECT_NE(v2->find_tensor("blk.0.attn_q.weight"), nullptr);
   EXPECT_EQ(v2->find_tensor("blk.0.attn_q_a.weight"), nullptr);
   EXPECT_EQ(v2->find_arch("expert_gating_func")->as_int(), 1);
@@ -247,7 +157,7 @@ TEST(MlaConvert, FileLayout) {
 // value rows): rebuilt here from a split file, it must give the same logits.
 TEST(MlaConvert, FusedKvBGivesTheSameLogits) {
   testing::TempDir tmp("mla_fused");
-  const std::string split = convert("deepseek_v3", GgmlType::F32, tmp);
+  const std::string split = convert_fixture("deepseek_v3", GgmlType::F32, tmp);
   const auto src = GgufFile::open(split);
   const int64_t H = 4, N = 16, V = 24, R = 32;
   GgufWriter w;
@@ -274,8 +184,8 @@ TEST(MlaConvert, FusedKvBGivesTheSameLogits) {
   const std::string fused = tmp.file("fused.gguf");
   w.write(fused);
   const std::vector<int32_t> prompt = load_golden("deepseek_v3").prompts[1];
-  const std::vector<float> a = run_prompt(load_model(split), prompt, options("f32"));
-  const std::vector<float> b = run_prompt(load_model(fused), prompt, options("f32"));
+  const std::vector<float> a = testing::prefill_logits(load_model(split), prompt, options("f32"));
+  const std::vector<float> b = testing::prefill_logits(load_model(fused), prompt, options("f32"));
   double e = 0;
   for (size_t i = 0; i < a.size(); ++i) e = std::max(e, double(std::fabs(a[i] - b[i])));
   EXPECT_LT(e, 1e-5);
@@ -452,7 +362,7 @@ TEST(MlaKvCache, TurboQuantReadsValuesFromKeyRecords) {
 // No device kernel takes MLA yet: a layer placed on a device backend is refused with a clear message.
 TEST(MlaEngine, DeviceLayersAreRefused) {
   testing::TempDir tmp("mla_dev");
-  auto model = load_model(convert("deepseek_v2_lite", GgmlType::F32, tmp));
+  auto model = load_model(convert_fixture("deepseek_v2_lite", GgmlType::F32, tmp));
   static ThreadPool sim_pool(1);
   EngineOptions o = options("f16");
   o.gpu_layers = 1;
