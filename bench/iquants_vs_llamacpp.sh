@@ -14,6 +14,8 @@
 # PHASES (default "text ppl speed") picks the parts to run.
 # IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S and IQ1_M need an importance matrix in llama-quantize; the script
 # writes a uniform one (every column weight 1): the i-quants need one for quality, not for speed.
+# IMATRIX=FILE uses FILE instead (e.g. one made by llama-imatrix on a text, for usable IQ2 files);
+# files that already exist in $WORK are not requantized.
 # The llama.cpp binaries come from $LLAMA_BIN (default /work/llamacpp-build/bin); nothing here
 # builds llama.cpp.
 set -euo pipefail
@@ -35,8 +37,8 @@ has() { [[ " $PHASES " == *" $1 "* ]]; }
 mkdir -p "$WORK"
 base=$(basename "$MODEL" .gguf)
 
-imatrix="$WORK/$base.ones.imatrix"
-if [ ! -f "$imatrix" ]; then
+imatrix="${IMATRIX:-$WORK/$base.ones.imatrix}"
+if [ -z "${IMATRIX:-}" ] && [ ! -f "$imatrix" ]; then
   python3 - "$MODEL" "$imatrix" <<'PY'
 import struct, sys
 from gguf import GGUFReader

@@ -417,6 +417,56 @@ INSTANTIATE_TEST_SUITE_P(IquantTernaryFp4, AmxTileMatmul,
                                            "IQ4_XS", "IQ4_NL", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4"),
                          [](const auto& info) { return std::string(info.param); });
 
+// Activations that Q8_K holds exactly (integers in [-127, 127], every 256-block reaching 127): the
+// kernels' integer sums then equal the exact dot product up to float rounding, so one wrong grid
+// entry, sign or scale fails here, where the activation-rounding tolerance above could let a
+// single weight slip. Decode (m = 1) and small batches (m = 3) at every level.
+class IntegerExactMatmul : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(IntegerExactMatmul, MatchesExactDotOnInt8Activations) {
+  const GgmlType t = *type_from_name(GetParam());
+  IsaGuard guard;
+  std::mt19937 rng(77);
+  std::uniform_int_distribution<int> ud(-127, 127);
+  const int64_t rows = 37, cols = 768;
+  const auto w = random_weights(t, rows, cols, rng);
+  const WeightView wv{t, w.data(), cols, rows, row_size(t, cols)};
+  std::vector<std::vector<float>> wrows(static_cast<size_t>(rows),
+                                        std::vector<float>(static_cast<size_t>(cols)));
+  for (int64_t r = 0; r < rows; ++r)
+    dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), cols);
+  ThreadPool pool(1);
+  for (IsaLevel lvl : supported_levels()) {
+    set_isa_level(lvl);
+    for (int64_t m : {1, 3}) {
+      std::vector<float> x(size_t(m * cols));
+      for (auto& v : x) v = float(ud(rng));
+      for (int64_t b = 0; b < m * cols / 256; ++b)
+        x[size_t(256 * b + (rng() % 256))] = (rng() & 1) ? 127.0f : -127.0f;
+      std::vector<float> got(size_t(m * rows), NAN);
+      matmul(wv, x.data(), m, got.data(), pool);
+      for (int64_t tt = 0; tt < m; ++tt) {
+        for (int64_t r = 0; r < rows; ++r) {
+          double exact = 0, mag = 0;
+          for (int64_t c = 0; c < cols; ++c) {
+            const double p = double(wrows[size_t(r)][size_t(c)]) * x[size_t(tt * cols + c)];
+            exact += p;
+            mag += std::fabs(p);
+          }
+          ASSERT_NEAR(got[size_t(tt * rows + r)], exact, 1e-5 * mag + 1e-6)
+              << GetParam() << " isa=" << isa_name(lvl) << " m=" << m << " t=" << tt << " r=" << r;
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Q8KFormats, IntegerExactMatmul,
+                         ::testing::Values("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+                                           "IQ4_XS", "TQ1_0", "TQ2_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                                           "Q6_K"),
+                         [](const auto& info) { return std::string(info.param); });
+
 // The tolerance must be tight enough to catch a kernel bug: a single flipped weight nibble moves
 // the result far outside it.
 TEST(MatmulKernelApi, ToleranceDetectsACorruptedWeight) {
