@@ -20,6 +20,7 @@
 #include "moe/transfer_compression.h"
 #include "quant/ggml_type.h"
 #include "runtime/session.h"
+#include "runtime/kv_calibrate.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qleap::cli {
@@ -92,6 +93,7 @@ void bench_moe_command(const CommonOptions& common, int n_prompt, int n_gen, int
   if (n_prompt <= 0 || n_gen <= 0) throw InvalidArgument("bench --moe needs -p > 0 and -n > 0");
   if (!(mo.budget_frac >= 0 && mo.budget_frac <= 1)) throw InvalidArgument("--moe-budget must be in [0, 1]");
   SessionOptions so{common.ctx, common.threads, common.kv, std::max(common.batch, n_prompt)};
+  so.kv_calibration_dir = default_kv_calibration_dir();  // calibrate once per model file
   if (so.n_ctx == 0) so.n_ctx = n_prompt + n_gen + 16;
   Session session(model, so);
   const std::vector<int32_t> ids = bench_tokens(*model, mo, n_prompt + n_gen);

@@ -152,6 +152,7 @@ void profile_command(ProfileOptions& o) {
   if (o.max_tokens > 0 && int(ids.size()) > o.max_tokens) ids.resize(size_t(o.max_tokens));
   if (ids.empty()) throw InvalidArgument(fmt::format("'{}' has no tokens", o.text_file));
   SessionOptions so{o.common.ctx == 0 ? 512 : o.common.ctx, o.common.threads, o.common.kv, o.common.batch};
+  so.kv_calibration_dir = default_kv_calibration_dir();  // calibrate once per model file
   Session session(model, so);
   RoutingRecorder rec(*model, !o.no_predict);
   session.set_moe_observer(&rec);

@@ -260,3 +260,28 @@ def test_bench_mem_budget_bad_values_are_clear_errors(qleap_bin, test_models):
     r = run(qleap_bin, "bench", m, "--mem-budget", "1KiB")
     assert r.returncode == 0, r.stderr
     assert "does not fit" in r.stdout
+
+
+def test_bench_and_perplexity_cache_the_kv_calibration(qleap_bin, test_models, tmp_path):
+    # A TurboQuant cache is calibrated once per model file and kept under QLEAP_KV_CALIB_DIR: every
+    # command reuses it (bench, bench --kv A,B, perplexity and profile used to recompute it every run).
+    import os
+    import pathlib
+    import shutil
+    import tempfile
+
+    model = test_models / "stories260K.gguf"
+    text = tmp_path / "t.txt"
+    text.write_text("Once upon a time there was a little girl who liked to play in the park. " * 20)
+    commands = [
+        ["bench", model, "-p", "8", "-n", "2", "-r", "1", "--kv", "tq3", "--no-membw"],
+        ["bench", model, "-p", "0", "-n", "2", "-r", "1", "--kv", "f16,tq3", "-t", "1"],
+        ["perplexity", model, text, "-c", "64", "--kv", "tq3"],
+    ]
+    for cmd in commands:
+        d = pathlib.Path(tempfile.mkdtemp(dir=tmp_path))
+        env = dict(os.environ, QLEAP_KV_CALIB_DIR=str(d))
+        r = subprocess.run([qleap_bin, *map(str, cmd)], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, (cmd, r.stderr)
+        assert list(d.glob("*.json")), f"{cmd[0]} left no calibration in {d}"
+        shutil.rmtree(d)
