@@ -24,8 +24,8 @@
 #include "core/timer.h"
 #include "gguf/gguf.h"
 #include "model/model.h"
-#include "runtime/session.h"
 #include "runtime/kv_calibrate.h"
+#include "runtime/session.h"
 
 namespace qleap::cli {
 namespace {
@@ -115,7 +115,7 @@ void bench_kv_compare(BenchOptions& o, const std::vector<std::string>& types) {
   auto model = load_model(path);
   SessionOptions base{o.common.ctx, o.common.threads, types[0], o.common.batch};
   base.kv_calibration_dir = default_kv_calibration_dir();  // calibrate once per model file
-  CommonOptions first = o.common;  // the planner sees one type
+  CommonOptions first = o.common;                          // the planner sees one type
   first.kv = types[0];
   auto_session_options(first, path, /*quiet=*/true, &base.gpu_layers);
   if (base.n_ctx == 0) base.n_ctx = o.depth + o.n_gen + 16;
@@ -272,7 +272,7 @@ void bench_command(BenchOptions& o) {
   auto model = load_model(path);
   const GgufFile& file = model->file();
   SessionOptions so{o.common.ctx, o.common.threads, o.common.kv, o.common.batch};
-  so.kv_calibration_dir = default_kv_calibration_dir();  // calibrate once per model file
+  so.kv_calibration_dir = default_kv_calibration_dir();                  // calibrate once per model file
   auto_session_options(o.common, path, /*quiet=*/true, &so.gpu_layers);  // only the GPU layer count
   if (so.n_ctx == 0) so.n_ctx = std::max(o.n_prompt + o.pp_depth, o.depth) + o.n_gen + 16;
   if (o.pp_depth + o.n_prompt > so.n_ctx)

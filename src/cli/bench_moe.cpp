@@ -19,8 +19,8 @@
 #include "moe/routing_trace.h"
 #include "moe/transfer_compression.h"
 #include "quant/ggml_type.h"
-#include "runtime/session.h"
 #include "runtime/kv_calibrate.h"
+#include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qleap::cli {

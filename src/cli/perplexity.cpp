@@ -11,8 +11,8 @@
 #include "core/file_io.h"
 #include "core/timer.h"
 #include "model/model.h"
-#include "runtime/session.h"
 #include "runtime/kv_calibrate.h"
+#include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qleap::cli {
@@ -30,7 +30,7 @@ void perplexity_command(PplOptions& o) {
   auto model = load_model(path);
   const Tokenizer tok = Tokenizer::from_gguf(model->file());
   SessionOptions so{o.common.ctx == 0 ? 512 : o.common.ctx, o.common.threads, o.common.kv, o.common.batch};
-  so.kv_calibration_dir = default_kv_calibration_dir();  // calibrate once per model file
+  so.kv_calibration_dir = default_kv_calibration_dir();                  // calibrate once per model file
   auto_session_options(o.common, path, /*quiet=*/true, &so.gpu_layers);  // only the GPU layer count
   Session session(model, so);
   const int n_ctx = session.n_ctx();
