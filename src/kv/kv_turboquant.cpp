@@ -185,7 +185,7 @@ class TurboQuantKvCache final : public KvCache {
           vscaled_[L] = 1;
         }
       }
-      kshift_on_[L] = kblock_ > 0 && (ring_[L] == 0 || ring_[L] >= kblock_) && center_keys;
+      kshift_on_[L] = kblock_ > 0 && (ring_[L] == 0 || ring_[L] >= 2 * kblock_) && center_keys;
       if (shared_) {
         // The values are the key records: decoded with the keys' centering and channel scales.
         std::copy_n(&mu_k_[L * kvd], kvd, &mu_v_[L * kvd]);
@@ -244,24 +244,47 @@ class TurboQuantKvCache final : public KvCache {
   // the same records give the same shifts whatever the batches were.
   void update_shifts(int layer, int b) {
     int64_t& valid = kshift_valid_[size_t(layer)];
-    const int hd = shape_.head_dim, B = kblock_;
-    std::vector<float> y(static_cast<size_t>(hd)), acc(static_cast<size_t>(hd));
+    const int hd = shape_.head_dim;
+    const size_t kvd = size_t(shape_.kv_dim());
+    const float* isk = &inv_s_k_[size_t(layer) * kvd];
+    const bool scaled = scaled_[size_t(layer)] != 0;
+    std::vector<float> a(static_cast<size_t>(hd)), ap(a.size()), dm(a.size());
     for (; valid <= b; ++valid) {
       const int64_t c = valid;
       for (int g = 0; g < shape_.n_kv_heads; ++g) {
-        const TqState& ks = kstate(layer, g);
-        const size_t kr = krec(layer, g);
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t j = (c - 1) * B; j < c * B; ++j) {
-          const int64_t ring = ring_[size_t(layer)];  // at least B: those positions are still held
-          const uint8_t* rec = keys(layer, g) + size_t(ring > 0 ? j % ring : j) * kr;
-          tq_dequantize_rotated_unit(ks, rec, y.data());
-          axpy_f32(tq_record_norm(ks.layout, rec) / float(B), y.data(), acc.data(), hd);
+        // Per channel, the previous block's mean where it predicted block c - 1 better than the
+        // calibrated mean did (|a - a_prev| < |a|): slow RoPE pairs drift and are followed; a pair that
+        // turns by about a radian per block, or a channel whose mean does not move, keeps the
+        // calibrated mean (block 1 has no history: the calibrated mean).
+        stored_block_mean(layer, g, c - 1, a.data());
+        if (c >= 2) stored_block_mean(layer, g, c - 2, ap.data());
+        for (int i = 0; i < hd; ++i) {
+          const size_t u = size_t(i);
+          const float d = c >= 2 && std::fabs(a[u] - ap[u]) < std::fabs(a[u]) ? a[u] : 0.0f;
+          dm[u] = d * (scaled ? isk[size_t(g) * hd + u] : 1.0f);
         }
-        float* rows = shift_rows(layer, g);
-        for (int i = 0; i < hd; ++i) rows[size_t(c) * hd + i] = rows[size_t(c - 1) * hd + i] + acc[size_t(i)];
+        tq_rotate_query(kstate(layer, g), dm.data(), shift_rows(layer, g) + size_t(c) * hd);
       }
     }
+  }
+  // Block c's keys as stored (its records plus its shift), minus the calibrated mean, averaged, in the
+  // model's space: s * R^T (shift_c + mean of norm * c[idx]).
+  void stored_block_mean(int layer, int g, int64_t c, float* out) const {
+    const int hd = shape_.head_dim, B = kblock_;
+    const TqState& ks = kstate(layer, g);
+    const size_t kr = krec(layer, g);
+    const int64_t ring = ring_[size_t(layer)];  // at least 2 B: those positions are still held
+    std::vector<float> y(static_cast<size_t>(hd)), acc(static_cast<size_t>(hd));
+    std::copy_n(shift_rows(layer, g) + size_t(c) * hd, hd, acc.data());
+    for (int64_t j = c * B; j < (c + 1) * B; ++j) {
+      const uint8_t* rec = keys(layer, g) + size_t(ring > 0 ? j % ring : j) * kr;
+      tq_dequantize_rotated_unit(ks, rec, y.data());
+      axpy_f32(tq_record_norm(ks.layout, rec) / float(B), y.data(), acc.data(), hd);
+    }
+    tq_unrotate(ks, acc.data(), out);
+    if (scaled_[size_t(layer)])
+      for (int i = 0; i < hd; ++i)
+        out[i] *= s_k_[size_t(layer) * shape_.kv_dim() + size_t(g) * hd + size_t(i)];
   }
   // The mean the keys of block b are centered on, in the model's space: mu + s * R^T shift_b.
   void block_mean(int layer, int b, float* out) const {

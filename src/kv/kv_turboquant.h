@@ -47,7 +47,8 @@ struct TqKvSpec {
   bool unbiased_k = false;
   bool unbiased_v = false;
   // Keys centered on the mean of the previous block of this many positions instead of the calibrated
-  // mean (`bmN`; 0: off), on layers without a ring shorter than a block (TqExactRows::key_shift).
+  // mean (`bmN`; 0: off), per channel where it predicted the last block better, on layers without a
+  // ring shorter than two blocks (TqExactRows::key_shift).
   // RoPE turns the large constant part of keys with position, so a mean calibrated on ~900 positions
   // misfits far ones: SmolLM2 at 8K, tq3 KLD 0.054 -> 0.0100 with bm128 (docs/turboquant.md). Not a
   // default yet: a mean that turns by about a radian per block is followed worse than by the
