@@ -110,7 +110,21 @@ class TurboQuantKvCache final : public KvCache {
     kblock_ = spec.key_block > 0 && !shared_ ? spec.key_block : 0;
     kshift_on_.assign(size_t(L), 0);
     kshift_valid_.assign(size_t(L), 1);
-    if (kblock_ > 0) kshift_.assign(size_t(L) * H * kshift_blocks() * s.head_dim, 0.0f);
+    // Shift rows where block means can apply: full layers, a row per block of n_ctx; ring layers of at
+    // least two blocks (a block's shift is read from the two blocks before it), a ring of rows covering
+    // the positions a query sees plus those two. Soft-capped scores keep uncentered keys: none.
+    kshift_rows_.assign(size_t(L), 0);
+    kshift_off_.assign(size_t(L) + 1, 0);
+    for (int l = 0; l < L; ++l) {
+      const int r = ring_[size_t(l)];
+      if (kblock_ > 0 && !(s.softcap > 0) && (r == 0 || r >= 2 * kblock_)) {
+        kshift_rows_[size_t(l)] = r == 0 ? s.n_ctx / kblock_ + 1 : r / kblock_ + 4;
+        if (r == 0) kshift_full_heads_ += H;
+      }
+      kshift_off_[size_t(l) + 1] = kshift_off_[size_t(l)] + size_t(kshift_rows_[size_t(l)]) * H * s.head_dim;
+    }
+    // Allocated as counted (shift_bytes(), rounded up to whole floats), which holds every row above.
+    kshift_.assign(std::max(kshift_off_.back(), (shift_bytes() + sizeof(float) - 1) / sizeof(float)), 0.0f);
     tail_.resize(size_t(L));
     // Not zero-filled, like the other caches: store() writes every position before attend() reads it.
     data_.reset(static_cast<uint8_t*>(::operator new[](total_, std::align_val_t(64))));
@@ -185,7 +199,7 @@ class TurboQuantKvCache final : public KvCache {
           vscaled_[L] = 1;
         }
       }
-      kshift_on_[L] = kblock_ > 0 && (ring_[L] == 0 || ring_[L] >= 2 * kblock_) && center_keys;
+      kshift_on_[L] = kshift_rows_[L] > 0 && center_keys;
       if (shared_) {
         // The values are the key records: decoded with the keys' centering and channel scales.
         std::copy_n(&mu_k_[L * kvd], kvd, &mu_v_[L * kvd]);
@@ -225,18 +239,32 @@ class TurboQuantKvCache final : public KvCache {
     }
   }
 
-  // A block's shift row (head_dim floats) per kv head, spread over its positions (rounded up).
+  // Shift rows of full layers per position: a row (head_dim floats) per block and kv head, spread
+  // over the block's positions (rounded up once, over all of them).
   size_t shift_bytes_per_token() const {
-    return kblock_ > 0 ? (size_t(shape_.head_dim) * sizeof(float) + size_t(kblock_) - 1) / size_t(kblock_)
-                       : 0;
+    return kblock_ > 0
+               ? (kshift_full_heads_ * size_t(shape_.head_dim) * sizeof(float) + size_t(kblock_) - 1) /
+                     size_t(kblock_)
+               : 0;
   }
-  // Blocks of positions per key shift row, and rows per (layer, kv head).
-  int64_t kshift_blocks() const { return shape_.n_ctx / kblock_ + 1; }
-  float* shift_rows(int layer, int g) {
-    return &kshift_[(size_t(layer) * shape_.n_kv_heads + size_t(g)) * kshift_blocks() * shape_.head_dim];
+  // What the shift rows are counted as: per position as above, plus one row per full-layer kv head
+  // (block n_ctx / B) and the ring layers' rows (a constant). At least the rows' floats.
+  size_t shift_bytes() const {
+    size_t ring_rows = 0;
+    for (size_t l = 0; l < kshift_rows_.size(); ++l)
+      if (ring_[l] > 0) ring_rows += size_t(kshift_rows_[l]) * size_t(shape_.n_kv_heads);
+    return shift_bytes_per_token() * size_t(shape_.n_ctx) +
+           (kshift_full_heads_ + ring_rows) * size_t(shape_.head_dim) * sizeof(float);
   }
-  const float* shift_rows(int layer, int g) const {
-    return const_cast<TurboQuantKvCache*>(this)->shift_rows(layer, g);
+  // Block b's shift row of a layer and kv head (ring layers: a ring of kshift_rows_ rows).
+  float* shift_row(int layer, int g, int64_t b) {
+    const size_t l = size_t(layer);
+    const int64_t rows = kshift_rows_[l];
+    return &kshift_[kshift_off_[l] +
+                    (size_t(g) * size_t(rows) + size_t(ring_[l] > 0 ? b % rows : b)) * shape_.head_dim];
+  }
+  const float* shift_row(int layer, int g, int64_t b) const {
+    return const_cast<TurboQuantKvCache*>(this)->shift_row(layer, g, b);
   }
   // Shift rows of blocks up to b: block c's is block c - 1's plus the mean of block c - 1's records (in
   // the rotated space, norm * c[idx]): together, the mean of block c - 1's keys as stored, relative to
@@ -263,7 +291,7 @@ class TurboQuantKvCache final : public KvCache {
           const float d = c >= 2 && std::fabs(a[u] - ap[u]) < std::fabs(a[u]) ? a[u] : 0.0f;
           dm[u] = d * (scaled ? isk[size_t(g) * hd + u] : 1.0f);
         }
-        tq_rotate_query(kstate(layer, g), dm.data(), shift_rows(layer, g) + size_t(c) * hd);
+        tq_rotate_query(kstate(layer, g), dm.data(), shift_row(layer, g, c));
       }
     }
   }
@@ -275,7 +303,7 @@ class TurboQuantKvCache final : public KvCache {
     const size_t kr = krec(layer, g);
     const int64_t ring = ring_[size_t(layer)];  // at least 2 B: those positions are still held
     std::vector<float> y(static_cast<size_t>(hd)), acc(static_cast<size_t>(hd));
-    std::copy_n(shift_rows(layer, g) + size_t(c) * hd, hd, acc.data());
+    std::copy_n(shift_row(layer, g, c), hd, acc.data());
     for (int64_t j = c * B; j < (c + 1) * B; ++j) {
       const uint8_t* rec = keys(layer, g) + size_t(ring > 0 ? j % ring : j) * kr;
       tq_dequantize_rotated_unit(ks, rec, y.data());
@@ -294,7 +322,7 @@ class TurboQuantKvCache final : public KvCache {
     const float* sk = &s_k_[size_t(layer) * kvd];
     std::vector<float> d(static_cast<size_t>(hd));
     for (int g = 0; g < shape_.n_kv_heads; ++g) {
-      tq_unrotate(kstate(layer, g), shift_rows(layer, g) + size_t(b) * hd, d.data());
+      tq_unrotate(kstate(layer, g), shift_row(layer, g, b), d.data());
       for (int i = 0; i < hd; ++i) {
         const size_t c = size_t(g) * hd + size_t(i);
         out[c] = mu[c] + (scaled_[size_t(layer)] ? sk[c] : 1.0f) * d[size_t(i)];
@@ -428,8 +456,8 @@ class TurboQuantKvCache final : public KvCache {
   size_t bytes_per_token() const override {
     size_t n = 0;
     for (size_t i = 0; i < k_rec_.size(); ++i)
-      if (ring_[i / size_t(shape_.n_kv_heads)] == 0) n += k_rec_[i] + v_rec_[i] + shift_bytes_per_token();
-    return n;
+      if (ring_[i / size_t(shape_.n_kv_heads)] == 0) n += k_rec_[i] + v_rec_[i];
+    return n + shift_bytes_per_token();
   }
   // The records plus the exact rows: sink_ (floats) and window_ (fp16) positions per layer and kv
   // head, K and V (K only when values are keys; a constant). A prefill batch's own rows are held too
@@ -437,10 +465,27 @@ class TurboQuantKvCache final : public KvCache {
   size_t allocated_bytes() const override {
     const size_t window_values =
         size_t(window_) * shape_.n_layers * shape_.n_kv_heads * (shared_ ? 1 : 2) * shape_.head_dim;
-    return total_ + (sink_k_.size() + sink_v_.size() + kshift_.size()) * sizeof(float) +
+    return total_ + (sink_k_.size() + sink_v_.size()) * sizeof(float) + shift_bytes() +
            window_values * sizeof(uint16_t);
   }
   const char* type_name() const override { return name_.c_str(); }
+
+  // measure()'s copy of update_shifts() on reconstructed keys (rows of head_dim floats in the model's
+  // space, from position 0): block c's centering = mu + (per channel, block c - 1's mean minus mu where
+  // it predicted block c - 1 better than block c - 2's did, else 0).
+  void replay_block_mean(const float* rows, int64_t c, const float* mu, float* out) const {
+    const int hd = shape_.head_dim, B = kblock_;
+    std::vector<double> a(size_t(hd), 0.0), ap(size_t(hd), 0.0);
+    for (int64_t j = 0; j < B; ++j)
+      for (int i = 0; i < hd; ++i) {
+        a[size_t(i)] += rows[size_t((c - 1) * B + j) * hd + size_t(i)] - mu[i];
+        ap[size_t(i)] += rows[size_t((c - 2) * B + j) * hd + size_t(i)] - mu[i];
+      }
+    for (int i = 0; i < hd; ++i) {
+      const double m = a[size_t(i)] / B, mp = ap[size_t(i)] / B;
+      out[i] = mu[i] + (std::fabs(m - mp) < std::fabs(m) ? float(m) : 0.0f);
+    }
+  }
 
   // Sensitivity of each kv head of a layer on one chunk of a sequence (n tokens of float keys k,
   // values v and queries q, as the model computed them): for the last kTqMeasureQueries queries,
@@ -474,14 +519,17 @@ class TurboQuantKvCache final : public KvCache {
         const TqState vs =
             shared_ ? ks : tq_make_state(tq_kv_config(spec_, hd, true, float(rates[r])), ml, g);
         std::vector<uint8_t> rec(std::max(ks.layout.bytes, vs.layout.bytes));
+        std::vector<float> mub(muk, muk + hd);  // the keys' centering: per block with block means
         for (int t = 0; t < n; ++t) {
           const float* kx = &k[size_t(t) * kvd + size_t(g) * hd];
           const float* vx = &v[size_t(t) * kvd + size_t(g) * hd];
           float* ko = &kh[(r * n + size_t(t)) * hd];
           float* vo = &vh[(r * n + size_t(t)) * hd];
-          quantize_one(ks, kx, muk, ks_on ? isk : nullptr, tmp.data(), rec.data());
+          if (kshift_on_[L] && t % kblock_ == 0 && t >= 2 * kblock_)
+            replay_block_mean(&kh[r * un * uhd], t / kblock_, muk, mub.data());
+          quantize_one(ks, kx, mub.data(), ks_on ? isk : nullptr, tmp.data(), rec.data());
           tq_dequantize(ks, rec.data(), x.data());
-          for (int i = 0; i < hd; ++i) ko[i] = x[size_t(i)] * (ks_on ? sk[i] : 1.0f) + muk[i];
+          for (int i = 0; i < hd; ++i) ko[i] = x[size_t(i)] * (ks_on ? sk[i] : 1.0f) + mub[size_t(i)];
           quantize_one(vs, vx, muv, vs_on ? isv : nullptr, tmp.data(), rec.data());
           tq_dequantize(vs, rec.data(), x.data());
           for (int i = 0; i < hd; ++i) vo[i] = x[size_t(i)] * (vs_on ? sv[i] : 1.0f) + muv[i];
@@ -683,7 +731,8 @@ class TurboQuantKvCache final : public KvCache {
     }
     if (kshift_on_[size_t(layer)]) {
       x.shift_block = kblock_;
-      x.key_shift = shift_rows(layer, g);
+      x.key_shift = shift_row(layer, g, 0);
+      x.shift_ring = ring_[size_t(layer)] > 0 ? kshift_rows_[size_t(layer)] : 0;
     }
     return x;
   }
@@ -918,8 +967,12 @@ class TurboQuantKvCache final : public KvCache {
   int sink_ = 0, window_ = 0;
   // Block key means (TqKvSpec::key_block): rows [layer][kv head][block][head_dim], per layer whether
   // they apply and how many blocks' rows are valid (block 0's, zero, always).
+  // Rows per layer and kv head (kshift_rows_; 0: none) start at kshift_off_ floats.
   int kblock_ = 0;
   std::vector<float> kshift_;
+  std::vector<int64_t> kshift_rows_;
+  std::vector<size_t> kshift_off_;
+  size_t kshift_full_heads_ = 0;  // (layer, kv head) pairs of full layers with shift rows
   std::vector<uint8_t> kshift_on_;
   std::vector<int64_t> kshift_valid_;
   std::vector<WindowRing> tail_;        // per layer

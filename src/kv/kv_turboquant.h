@@ -40,20 +40,19 @@ struct TqKvSpec {
   bool ls_norm = true;  // least-squares norm per record
   // With ls_norm: cells chosen for the best scale as well (TqConfig::scale_search); `nosearch`: off.
   bool scale_search = true;
-  // Unbiased record norms (TqConfig::unbiased) for keys (`ubk`) and values (`ubv`). Least-squares norms
-  // shrink every key record toward the mean by ~D(b), which lowers the contrast of all record scores
-  // alike: on SmolLM2 at 2K, tq3:w0 KLD 0.124 -> 0.110 with unbiased keys, but tq3 (window 64) 0.0102
-  // -> 0.0119, so not a default (docs/turboquant.md).
-  bool unbiased_k = false;
+  // Unbiased record norms (TqConfig::unbiased) for keys (on; `noubk`: least-squares) and values (`ubv`).
+  // Least-squares norms shrink every key record toward the mean by ~D(b), which lowers the contrast of
+  // all record scores alike. With block key means: SmolLM2 2K tq3 KLD 0.0102 -> 0.0083, Qwen2.5-Coder
+  // 0.0156 -> 0.0130, Gemma 3 0.0308 -> 0.0210 (docs/turboquant.md).
+  bool unbiased_k = true;
   bool unbiased_v = false;
   // Keys centered on the mean of the previous block of this many positions instead of the calibrated
-  // mean (`bmN`; 0: off), per channel where it predicted the last block better, on layers without a
-  // ring shorter than two blocks (TqExactRows::key_shift).
+  // mean (`bmN`, default 128; `bm0`: off), per channel where it predicted the last block better, on
+  // layers without a ring shorter than two blocks (TqExactRows::key_shift).
   // RoPE turns the large constant part of keys with position, so a mean calibrated on ~900 positions
-  // misfits far ones: SmolLM2 at 8K, tq3 KLD 0.054 -> 0.0100 with bm128 (docs/turboquant.md). Not a
-  // default yet: a mean that turns by about a radian per block is followed worse than by the
-  // calibrated mean (TqKvBlockMeans tests), and Qwen / Gemma are not measured.
-  int key_block = 0;
+  // misfits far ones: SmolLM2 at 8K, tq3 KLD 0.054 -> 0.0100 with bm128 (docs/turboquant.md). A mean
+  // that turns by about a radian per block keeps the calibrated one (TqKvBlockMeans tests).
+  int key_block = 128;
   bool qscale = true;  // query-aware key channel scales, calibrated with the centering (needs center)
   // Leading positions kept exactly (floats, per layer and kv head: a constant, not per token).
   int sink = 1;

@@ -86,6 +86,8 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
       if (spec.key_block != 0 && spec.key_block < 8) return std::nullopt;
     } else if (opt == "ubk") {
       spec.unbiased_k = true;
+    } else if (opt == "noubk") {
+      spec.unbiased_k = false;
     } else if (opt == "ubv") {
       spec.unbiased_v = true;
     } else if (opt == "nosearch") {
@@ -134,8 +136,8 @@ const char* tq_kv_type_help() {
          "random rotations), "
          "uniform (no per-head rates from the model's calibration), alloc (the calibration's per-head "
          "rates even where its check found uniform rates better), nocenter, noscale, nosearch, bmN (keys "
-         "centered on the mean of the previous N positions, e.g. bm128), ubk, ubv (unbiased key / value "
-         "norms), vscale, "
+         "centered on the mean of the previous N positions, default bm128, bm0 off), noubk "
+         "(least-squares key norms instead of unbiased ones), ubv (unbiased value norms), vscale, "
          "qjl, eN "
          "(first and last N layers "
          "at 4 bits), alloc=PROFILE "

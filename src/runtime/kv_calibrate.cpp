@@ -23,7 +23,7 @@ namespace qleap {
 namespace {
 
 // Bump when the text, the statistics or how they are used change: older files are then ignored.
-constexpr const char* kCalibrationVersion = "kvcal-5";
+constexpr const char* kCalibrationVersion = "kvcal-6";
 
 // Exact-window lengths the per-head sensitivity is measured at (TurboQuant caches use the nearest):
 // none, and the default window.

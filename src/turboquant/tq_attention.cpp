@@ -172,7 +172,7 @@ void tq_exact_scores(const TqExactRows& x, int64_t m, const float* q_rot, int n_
     // Shifts first: the exact rows below overwrite their positions' scores anyway.
     const int64_t B = x.shift_block, je = std::min(j0 + n, m);
     for (int64_t b = std::max<int64_t>(1, j0 / B); b * B < je; ++b) {
-      const float* d = x.key_shift + size_t(b) * dim;
+      const float* d = x.shift_block_row(b, dim);
       const int64_t lo = std::max(j0, b * B), hi = std::min(je, (b + 1) * B);
       for (int qi = 0; qi < n_q; ++qi) {
         const float o = dot_f32(d, q_rot + size_t(qi) * dim, dim);

@@ -41,10 +41,14 @@ struct TqExactRows {
   // rate set by the pair's frequency, so one mean taken at short positions stops fitting far ones.
   int64_t shift_block = 0;  // 0: no shifts
   const float* key_shift = nullptr;
+  int64_t shift_ring = 0;  // > 0: the rows are a ring of this many (block b in row b % shift_ring)
+  const float* shift_block_row(int64_t b, int dim) const {
+    return key_shift + size_t(shift_ring > 0 ? b % shift_ring : b) * size_t(dim);
+  }
   bool empty() const { return sink <= 0 && window <= 0 && shift_block <= 0; }
   // The shift row of position j, or nullptr when j's records need none.
   const float* shift_row(int64_t j, int dim) const {
-    return shift_block > 0 && j >= shift_block ? key_shift + size_t(j / shift_block) * dim : nullptr;
+    return shift_block > 0 && j >= shift_block ? shift_block_row(j / shift_block, dim) : nullptr;
   }
   // Whether position j is exact for a query that sees [0, m); if so, its key / value row as floats
   // goes to out (dim floats).

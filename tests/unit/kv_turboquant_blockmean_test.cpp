@@ -66,7 +66,7 @@ TEST(TqKvBlockMeans, FollowAKeyMeanThatTurnsWithPosition) {
     return out;
   };
   const auto ref = d.exact(1000, 200);
-  const double plain = rel_err(run("tq3:w0"), ref), bm = rel_err(run("tq3:w0:bm64"), ref);
+  const double plain = rel_err(run("tq3:w0:bm0"), ref), bm = rel_err(run("tq3:w0:bm64"), ref);
   std::printf("[ block means ] attention error at positions 1000-1199: calibrated mean %.4f, bm64 %.4f\n",
               plain, bm);
   EXPECT_LT(bm, 0.65 * plain);
@@ -90,7 +90,7 @@ TEST(TqKvBlockMeans, FollowAKeyMeanThatTurnsWithPosition) {
     return out;
   };
   const auto fref = f.exact(1000, 200);
-  const double fplain = rel_err(frun("tq3:w0"), fref), fbm = rel_err(frun("tq3:w0:bm64"), fref);
+  const double fplain = rel_err(frun("tq3:w0:bm0"), fref), fbm = rel_err(frun("tq3:w0:bm64"), fref);
   std::printf("[ block means ] fast-turning mean: calibrated %.4f, bm64 %.4f\n", fplain, fbm);
   EXPECT_LT(fbm, 1.1 * fplain);
 }
@@ -145,7 +145,7 @@ TEST(TqKvBlockMeans, SameForPrefillDecodeAndRewrites) {
     const std::vector<float> tail(ref.begin() + 130 * long(d.row()), ref.end());
     EXPECT_LT(rel_err(out, tail), 1e-5) << window;
     // And the shifts do something.
-    auto none = make_kv_cache("tq3:w8", s);
+    auto none = make_kv_cache("tq3:w8:bm0", s);
     none->calibrate(cal);
     std::vector<float> plain;
     for (int p = 0; p < n; p += 60) {
@@ -193,13 +193,31 @@ TEST(TqKvBlockMeans, KernelsMatchTheReference) {
 }
 
 TEST(TqKvBlockMeans, ShiftRowsAreCounted) {
-  const KvShape s{.n_layers = 3, .n_ctx = 1000, .n_heads = 6, .n_kv_heads = 2, .head_dim = 64};
-  auto a = make_kv_cache("tq3:sink0:w0", s), b = make_kv_cache("tq3:sink0:w0:bm128", s);
-  // One row of 64 floats per block of 128 positions: 2 bytes per position per layer and kv head.
+  KvShape s{.n_layers = 3, .n_ctx = 1000, .n_heads = 6, .n_kv_heads = 2, .head_dim = 64};
+  auto a = make_kv_cache("tq3:sink0:w0:bm0", s), b = make_kv_cache("tq3:sink0:w0:bm128", s);
+  // One row of 64 floats per block of 128 positions: 2 bytes per position per layer and kv head, plus
+  // a row per layer and kv head (the block that n_ctx starts).
   EXPECT_EQ(b->bytes_per_token(), a->bytes_per_token() + 3u * 2u * 2u);
-  EXPECT_EQ(b->allocated_bytes(), a->allocated_bytes() + 3u * 2u * (1000u / 128u + 1u) * 64u * 4u);
+  EXPECT_EQ(b->allocated_bytes(), a->allocated_bytes() + 3u * 2u * 2u * 1000u + 3u * 2u * 64u * 4u);
+  EXPECT_EQ(make_kv_cache("tq3:sink0:w0", s)->allocated_bytes(), b->allocated_bytes());  // the default
+  // Sliding-window layers of at least two blocks keep a ring of rows: a constant, whatever n_ctx.
+  s.windows = {300, 0, 300};
+  s.max_tokens = 100;
+  for (int n_ctx : {1000, 5000}) {
+    s.n_ctx = n_ctx;
+    auto ra = make_kv_cache("tq3:sink0:w0:bm0", s), rb = make_kv_cache("tq3:sink0:w0:bm128", s);
+    EXPECT_EQ(rb->bytes_per_token(), ra->bytes_per_token() + 2u * 2u) << n_ctx;
+    const size_t ring_rows = 2u * 2u * (399u / 128u + 4u);  // two ring layers, ring 300 + 100 - 1
+    EXPECT_EQ(rb->allocated_bytes(),
+              ra->allocated_bytes() + 2u * 2u * size_t(n_ctx) + (2u + ring_rows) * 64u * 4u)
+        << n_ctx;
+  }
   EXPECT_FALSE(parse_tq_kv_type("tq3:bm4").has_value());
   EXPECT_EQ(parse_tq_kv_type("tq3:bm256")->key_block, 256);
+  EXPECT_EQ(parse_tq_kv_type("tq3")->key_block, 128);
+  EXPECT_TRUE(parse_tq_kv_type("tq3")->unbiased_k);
+  EXPECT_FALSE(parse_tq_kv_type("tq3:noubk")->unbiased_k);
+  EXPECT_EQ(parse_tq_kv_type("tq3:plain")->key_block, 0);
 }
 
 }  // namespace

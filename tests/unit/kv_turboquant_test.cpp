@@ -196,20 +196,28 @@ TEST(TqKvCache, BytesPerTokenIsTheAllocation) {
   const auto sink_bytes = [&](int n_sink) {
     return size_t(3 * 2 * n_sink * s.head_dim * 2 * 4) + size_t(3 * 2 * s.n_ctx * s.head_dim * 2 * 2);
   };
+  // Block key means (default bm128): a row of head_dim floats per 128 positions, layer and kv head
+  // (2 bytes per position at head_dim 64, rounded up once over all heads) plus one row each.
+  const auto shift_per_token = [&] { return (size_t(3 * 2 * s.head_dim * 4) + 127) / 128; };
+  const auto shift_fixed = [&] { return size_t(3 * 2 * s.head_dim * 4); };
   for (const auto& [type, per_head] : cases) {
     auto kv = make_kv_cache(type, s);
-    EXPECT_EQ(kv->bytes_per_token(), 3u * 2u * per_head) << type;
-    EXPECT_EQ(kv->allocated_bytes(), kv->bytes_per_token() * size_t(s.n_ctx) + sink_bytes(1)) << type;
+    EXPECT_EQ(kv->bytes_per_token(), 3u * 2u * per_head + shift_per_token()) << type;
+    EXPECT_EQ(kv->allocated_bytes(), kv->bytes_per_token() * size_t(s.n_ctx) + sink_bytes(1) + shift_fixed())
+        << type;
+    auto nobm = make_kv_cache(std::string(type) + ":bm0", s);
+    EXPECT_EQ(nobm->bytes_per_token(), 3u * 2u * per_head) << type;
+    EXPECT_EQ(nobm->allocated_bytes(), nobm->bytes_per_token() * size_t(s.n_ctx) + sink_bytes(1)) << type;
   }
-  EXPECT_EQ(make_kv_cache("tq3:sink0:w0", s)->allocated_bytes(), 3u * 2u * 52u * size_t(s.n_ctx));
-  EXPECT_EQ(make_kv_cache("tq3:sink4", s)->allocated_bytes(),
+  EXPECT_EQ(make_kv_cache("tq3:sink0:w0:bm0", s)->allocated_bytes(), 3u * 2u * 52u * size_t(s.n_ctx));
+  EXPECT_EQ(make_kv_cache("tq3:sink4:bm0", s)->allocated_bytes(),
             3u * 2u * 52u * size_t(s.n_ctx) + sink_bytes(4));
-  EXPECT_EQ(make_kv_cache("tq3:sink0:w5", s)->allocated_bytes(),
+  EXPECT_EQ(make_kv_cache("tq3:sink0:w5:bm0", s)->allocated_bytes(),
             3u * 2u * 52u * size_t(s.n_ctx) + 3u * 2u * 5u * 64u * 2u * 2u);
   s.head_dim = 8;  // stories260K: 8 coordinates at 4 bits = 4 bytes + 2
   auto kv = make_kv_cache("tq4", s);
-  EXPECT_EQ(kv->bytes_per_token(), 3u * 2u * 2u * 6u);
-  EXPECT_EQ(kv->allocated_bytes(), kv->bytes_per_token() * size_t(s.n_ctx) + sink_bytes(1));
+  EXPECT_EQ(kv->bytes_per_token(), 3u * 2u * 2u * 6u + shift_per_token());
+  EXPECT_EQ(kv->allocated_bytes(), kv->bytes_per_token() * size_t(s.n_ctx) + sink_bytes(1) + shift_fixed());
   // Far smaller than f16 (2 bytes per coordinate): 64-dim tq4 is 34 vs 128 bytes per vector.
   s.head_dim = 64;
   EXPECT_LT(make_kv_cache("tq4", s)->bytes_per_token() * 3, make_kv_cache("f16", s)->bytes_per_token());
