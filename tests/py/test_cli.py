@@ -122,7 +122,8 @@ def test_bench_decode_after_a_filled_context(qleap_bin, test_models):
     assert r.returncode == 0, r.stderr
     j = json.loads(r.stdout)
     assert j["tg"]["depth"] == 200 and j["tg"]["tps"] > 0
-    assert j["kv_bytes_per_token"] == 200 and abs(j["kv_compression_vs_f16"] - 3.2) < 1e-9
+    # Records (200 bytes) + block key means, a row of 8 floats per 128 positions (5 x 4 x 32 / 128).
+    assert j["kv_bytes_per_token"] == 205 and abs(j["kv_compression_vs_f16"] - 640 / 205) < 1e-9
 
 
 def test_bench_compares_kv_types_in_one_process(qleap_bin, test_models):
@@ -138,7 +139,7 @@ def test_bench_compares_kv_types_in_one_process(qleap_bin, test_models):
     assert all(t["tps"] > 0 and t["ratio"] > 0 for t in j["types"])
     # Sizes are each cache's real allocation per token (stories260K: 5 layers, 4 kv heads x 8).
     assert rows["f16"]["kv_bytes_per_token"] == 5 * 2 * 32 * 2
-    assert rows["tq3"]["kv_bytes_per_token"] == 200
+    assert rows["tq3"]["kv_bytes_per_token"] == 205
     bad = run(qleap_bin, "bench", test_models / "stories260K.gguf", "-n", "0", "--kv", "f16,tq3")
     assert bad.returncode != 0 and "-n > 0" in bad.stderr
 
@@ -150,14 +151,19 @@ def test_info_reports_the_turboquant_exact_rows_as_fixed_bytes(qleap_bin, test_m
         return json.loads(r.stdout)
 
     j = fixed("tq3")
-    # Records per token (5 layers x 4 kv heads x (K + V) x 10 bytes), plus the exact rows, whatever the
+    # Records per token (5 layers x 4 kv heads x (K + V) x 10 bytes) and the block key means' shift
+    # rows (8 floats per 128 positions, layer and kv head: 5 bytes), plus the exact rows, whatever the
     # context: the sink, one position of K and V per layer and kv head as floats (5 x 4 x 2 x 8 x 4
-    # bytes), and the recent window, 64 positions as fp16 (5 x 4 x 64 x 2 x 8 x 2 bytes).
-    assert j["kv_bytes_per_token"] == 200
-    assert j["kv_fixed_bytes"] == 5 * 4 * 2 * 8 * 4 + 5 * 4 * 64 * 2 * 8 * 2
-    assert fixed("tq3:w0")["kv_fixed_bytes"] == 5 * 4 * 2 * 8 * 4
-    assert fixed("tq3:sink0:w16")["kv_fixed_bytes"] == 5 * 4 * 16 * 2 * 8 * 2
-    assert fixed("tq3:sink0:w0")["kv_fixed_bytes"] == 0
+    # bytes), the recent window, 64 positions as fp16 (5 x 4 x 64 x 2 x 8 x 2 bytes), and one shift
+    # row per layer and kv head (5 x 4 x 8 x 4 bytes).
+    shift = 5 * 4 * 8 * 4
+    assert j["kv_bytes_per_token"] == 205
+    assert j["kv_fixed_bytes"] == 5 * 4 * 2 * 8 * 4 + 5 * 4 * 64 * 2 * 8 * 2 + shift
+    assert fixed("tq3:w0")["kv_fixed_bytes"] == 5 * 4 * 2 * 8 * 4 + shift
+    assert fixed("tq3:sink0:w16")["kv_fixed_bytes"] == 5 * 4 * 16 * 2 * 8 * 2 + shift
+    assert fixed("tq3:sink0:w0")["kv_fixed_bytes"] == shift
+    assert fixed("tq3:sink0:w0:bm0")["kv_fixed_bytes"] == 0
+    assert fixed("tq3:bm0")["kv_bytes_per_token"] == 200
 
 
 def test_kv_sensitivity_profile_feeds_the_per_head_allocation(qleap_bin, test_models, tmp_path):
@@ -179,7 +185,7 @@ def test_kv_sensitivity_profile_feeds_the_per_head_allocation(qleap_bin, test_mo
     # The allocation spends the bytes of tq3 (whole-bit steps at head_dim 8) and runs end to end.
     info = run(qleap_bin, "info", model, "--kv", f"tq3:alloc={out}", "--json")
     assert info.returncode == 0, info.stderr
-    assert json.loads(info.stdout)["kv_bytes_per_token"] == 200
+    assert json.loads(info.stdout)["kv_bytes_per_token"] == 205  # records + shift rows, as plain tq3
     gen = run(qleap_bin, "run", model, "--kv", f"tq3:alloc={out}", "--raw", "--temp", "0", "-n", "16", "-q")
     assert gen.returncode == 0 and gen.stdout.strip(), gen.stderr
     # Clear errors: too short a context, a cache that is not TurboQuant, a profile of another shape.
