@@ -11,7 +11,11 @@
 //    score of a query moves by the same q.mu, which the softmax ignores. For values the output is
 //    mu_v + sum_j w_j (v_j - mu_v) because the weights sum to 1. Centering removes the large shared
 //    offset of real keys, so the quantization error scales with the keys' spread, not their norm.
-//  - least-squares norms (TqConfig::ls_norm).
+//  - block key means (TqKvSpec::key_block): RoPE turns the keys' large mean with position, so keys are
+//    centered per block of 128 positions on the calibrated mean plus the last block's drift, in the
+//    channels where that drift predicts; a row per block adds the difference back to the scores.
+//  - key records with unbiased norms (TqKvSpec::unbiased_k), values with least-squares norms
+//    (TqConfig::ls_norm).
 //  - exact rows (TqExactRows): the first `sink` positions of a sequence (the attention sink, usually
 //    BOS) and each query's last `window` positions are also kept as floats, and attention uses those
 //    instead of their records. Both are constants (a few positions per layer and kv head), not a
