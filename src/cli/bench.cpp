@@ -1,7 +1,7 @@
 // `qleap bench`: prompt processing (pp) and generation (tg) throughput, peak memory, and decode
 // bandwidth set against the machine's measured bandwidth. Same test definitions as llama-bench
-// (random tokens; pp = one batch of N prompt tokens, tg = N single-token steps from an empty
-// context) so the figures compare directly.
+// (random tokens; pp = one batch of N prompt tokens unless -b is given, tg = N single-token steps from an
+// empty context) so the figures compare directly.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -288,7 +288,10 @@ void bench_command(BenchOptions& o) {
         "meaningful, quality is not)\n",
         so.n_ctx, n_train);
   }
-  if (o.n_prompt > so.n_batch) so.n_batch = o.n_prompt;
+  // pp is one batch of N tokens unless -b is given: `-b 512` processes a long prompt in 512-token
+  // batches, as run/serve and llama-bench (its -ub default) do, so long-prompt rates compare directly.
+  const bool batch_given = o.common.batch_opt != nullptr && o.common.batch_opt->count() > 0;
+  if (o.n_prompt > so.n_batch && !batch_given) so.n_batch = o.n_prompt;
   Session session(model, so);
   const int n_vocab = session.n_vocab();
   std::mt19937 rng(1234);
