@@ -4,6 +4,7 @@
 // empty context) so the figures compare directly.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <ctime>
 #include <iostream>
@@ -340,7 +341,11 @@ void bench_command(BenchOptions& o) {
       rates.push_back(o.n_prompt / sw.elapsed());
     }
     const Sample s = summarize(rates);
-    out["pp"] = {{"n", o.n_prompt}, {"depth", o.pp_depth}, {"tps", s.mean}, {"sd", s.sd}};
+    out["pp"] = {{"n", o.n_prompt},
+                 {"depth", o.pp_depth},
+                 {"batch", std::min(so.n_batch, o.n_prompt)},
+                 {"tps", s.mean},
+                 {"sd", s.sd}};
     const std::string name =
         o.pp_depth > 0 ? fmt::format("pp{}@d{}", o.n_prompt, o.pp_depth) : fmt::format("pp{}", o.n_prompt);
     if (!o.json) fmt::print("| {:>8} | {:>8.2f} ± {:<5.2f} |\n", name, s.mean, s.sd);
