@@ -53,7 +53,7 @@ in_list() { [[ " $2 " == *" $1 "* ]]; }
 
 run_q() {  # level N round
   local ctx=$(($2 + 16))
-  nice -n "$NICE" env QLEAP_ISA="$1" $QLEAP bench "$MODEL" -t "$THREADS" -p "$2" -n 0 -r 1 -b 512 -c "$ctx" \
+  nice -n "$NICE" env QLEAP_ISA="$1" "$QLEAP" bench "$MODEL" -t "$THREADS" -p "$2" -n 0 -r 1 -b 512 -c "$ctx" \
     --no-membw --json > "$WORK/q-$base-$1-$2-$3.json" 2> "$WORK/q-$base-$1-$2-$3.err"
 }
 run_l() {  # level N round
@@ -61,7 +61,7 @@ run_l() {  # level N round
     > "$WORK/l-$base-$1-$2-$3.json" 2> "$WORK/l-$base-$1-$2-$3.err"
 }
 run_d() {  # level depth round
-  nice -n "$NICE" env QLEAP_ISA="$1" $QLEAP bench "$MODEL" -t "$THREADS" -p 512 -n 0 -r 1 -b 512 \
+  nice -n "$NICE" env QLEAP_ISA="$1" "$QLEAP" bench "$MODEL" -t "$THREADS" -p 512 -n 0 -r 1 -b 512 \
     -c $(($2 + 528)) --pp-depth "$2" --fill random --no-membw --json > "$WORK/d-$base-$1-$2-$3.json" \
     2> "$WORK/d-$base-$1-$2-$3.err"
 }
