@@ -126,6 +126,20 @@ def test_bench_decode_after_a_filled_context(qleap_bin, test_models):
     assert j["kv_bytes_per_token"] == 205 and abs(j["kv_compression_vs_f16"] - 640 / 205) < 1e-9
 
 
+def test_bench_pp_is_one_batch_unless_b_is_given(qleap_bin, test_models):
+    m = test_models / "stories260K.gguf"
+    one = run(qleap_bin, "bench", m, "-p", "40", "-n", "0", "-r", "1", "--no-membw", "--json")
+    assert one.returncode == 0, one.stderr
+    assert json.loads(one.stdout)["pp"]["batch"] == 40
+    # -b 16: the 40 prompt tokens in batches of 16 (as run/serve and llama-bench's -ub do), after a
+    # context filled to 30, so batches cross the depth.
+    r = run(qleap_bin, "bench", m, "-p", "40", "-n", "0", "-r", "1", "-b", "16", "--pp-depth", "30", "--fill",
+            "random", "--no-membw", "--json")
+    assert r.returncode == 0, r.stderr
+    pp = json.loads(r.stdout)["pp"]
+    assert pp["batch"] == 16 and pp["n"] == 40 and pp["depth"] == 30 and pp["tps"] > 0
+
+
 def test_bench_compares_kv_types_in_one_process(qleap_bin, test_models):
     r = run(qleap_bin, "bench", test_models / "stories260K.gguf", "-p", "0", "-n", "4", "-r", "2", "--depth", "100",
             "--fill", "random", "--kv", "f16,q8_0,tq3", "-t", "1", "--json")

@@ -90,6 +90,27 @@ TEST(FlashPrefill, MatchesReferenceAtEveryIsaLevel) {
   if (ran == 0) GTEST_SKIP() << "no AVX2 on this CPU";
 }
 
+// A prompt block deep into a long context (SmolLM2- and Qwen2.5-like heads): thousands of keys per
+// row, so the online softmax's running maximum, lazy rescaling and fp32 sums run over many key blocks.
+TEST(FlashPrefill, LongCausalPrefillMatchesReference) {
+  IsaGuard guard;
+  const Case cases[] = {{9, 3, 64, 4000, 48}, {12, 2, 128, 2100, 33}};
+  int ran = 0;
+  const bool saved_amx = flash_prefill_amx_enabled();
+  for (IsaLevel lvl : {IsaLevel::kAvx2, IsaLevel::kAvx512, IsaLevel::kAmx}) {
+    set_isa_level(lvl);
+    if (isa_level() != lvl) continue;
+    ++ran;
+    set_flash_prefill_amx(lvl == IsaLevel::kAmx);
+    for (const Case& c : cases) {
+      check_case<uint16_t>(c, 2);
+      check_case<float>(c, 2);
+    }
+  }
+  set_flash_prefill_amx(saved_amx);
+  if (ran == 0) GTEST_SKIP() << "no AVX2 on this CPU";
+}
+
 TEST(FlashPrefill, ScalarLevelAndSingleQueriesAreLeftToTheCaches) {
   IsaGuard guard;
   set_isa_level(IsaLevel::kScalar);
