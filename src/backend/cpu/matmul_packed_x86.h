@@ -322,6 +322,22 @@ void gemv_rows(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, i
   }
 }
 
+// Where the activations of tokens t0 .. t0 + T - 1 start: quants, scales per 32, and the
+// kernel's per-token array `extra` (sub-block sums or Q6_K offsets) of per_token entries a token.
+template <int T, class E>
+struct TokenActs {
+  const int8_t* q[T];
+  const float* d[T];
+  const E* e[T];
+  TokenActs(const panel::Acts& x, int64_t t0, const E* extra, int64_t per_token) {
+    for (int t = 0; t < T; ++t) {
+      q[t] = x.q + size_t(t0 + t) * size_t(x.cols);
+      d[t] = x.d + size_t(t0 + t) * size_t(x.cols / 32);
+      e[t] = extra + size_t(t0 + t) * size_t(per_token);
+    }
+  }
+};
+
 #if QLEAP_USE_VNNI
 // Decode of the 4-bit formats with one sub-block per super-block (Q4_0, Q4_1) on VNNI, T tokens.
 // The high nibbles enter VPDPBUSD as (byte & 0xF0) = 16 * nibble instead of being shifted down: one
@@ -334,14 +350,7 @@ void gemv_rows_q4(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nsb = pm.cols / 32;
-  const int8_t* xq[T];
-  const float* xd[T];
-  const float* xs[T];
-  for (int t = 0; t < T; ++t) {
-    xq[t] = x.q + size_t(t0 + t) * size_t(pm.cols);
-    xd[t] = x.d + size_t(t0 + t) * size_t(nsb);
-    xs[t] = x.s + size_t(t0 + t) * size_t(nsb);
-  }
+  const TokenActs<T, float> xa(x, t0, x.s, nsb);
   VF acc0[T], acc1[T];
   for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = panel::vzerof();
   const VI m_lo = v_b8(0x0F), m_hi = v_b8(0xF0);
@@ -357,7 +366,7 @@ void gemv_rows_q4(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
       hi[j] = v_and(v, m_hi);
     }
     for (int t = 0; t < T; ++t) {
-      const int8_t* xt = xq[t] + 32 * sb;
+      const int8_t* xt = xa.q[t] + 32 * sb;
       VI il = _mm512_dpbusd_epi32(panel::vzeroi(), lo[0], panel::vbcast32(xt));
       VI ih = _mm512_dpbusd_epi32(panel::vzeroi(), hi[0], panel::vbcast32(xt + 16));
       for (int j = 1; j < 4; ++j) {
@@ -365,8 +374,8 @@ void gemv_rows_q4(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
         ih = _mm512_dpbusd_epi32(ih, hi[j], panel::vbcast32(xt + 16 + 4 * j));
       }
       const VI isum = _mm512_add_epi32(_mm512_slli_epi32(il, 4), ih);
-      acc0[t] = panel::vfma(panel::vcvt(isum), panel::vmul(a, panel::vbcastf(xd[t] + sb)), acc0[t]);
-      acc1[t] = panel::vfma(b, panel::vbcastf(xs[t] + sb), acc1[t]);
+      acc0[t] = panel::vfma(panel::vcvt(isum), panel::vmul(a, panel::vbcastf(xa.d[t] + sb)), acc0[t]);
+      acc1[t] = panel::vfma(b, panel::vbcastf(xa.e[t] + sb), acc1[t]);
     }
   }
   for (int t = 0; t < T; ++t)
@@ -387,14 +396,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nsb = pm.cols / 256;
-  const int8_t* xq[T];
-  const float* xd[T];
-  const int32_t* xo[T];
-  for (int t = 0; t < T; ++t) {
-    xq[t] = x.q + size_t(t0 + t) * size_t(pm.cols);
-    xd[t] = x.d + size_t(t0 + t) * size_t(pm.cols / 32);
-    xo[t] = x.o16 + size_t(t0 + t) * size_t(pm.cols / 16);
-  }
+  const TokenActs<T, int32_t> xa(x, t0, x.o16, pm.cols / 16);
   VF acc[T];
   for (int t = 0; t < T; ++t) acc[t] = panel::vzerof();
   for (int64_t sb = 0; sb < nsb; ++sb, q += 3072, s += pm.s_bytes) {
@@ -417,8 +419,8 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
         for (int t = 0; t < T; ++t) {
           for (int k = 0; k < 4; ++k) {
             const int64_t k0 = 256 * sb + 128 * hh + 32 * k + 16 * vq;
-            const int8_t* xt = xq[t] + k0;
-            VI is = _mm512_set1_epi32(xo[t][k0 / 16]);
+            const int8_t* xt = xa.q[t] + k0;
+            VI is = _mm512_set1_epi32(xa.e[t][k0 / 16]);
             for (int i = 0; i < 4; ++i) is = _mm512_dpbusd_epi32(is, u[k][i], panel::vbcast32(xt + 4 * i));
             isum[t][k][vq] = is;
           }
@@ -431,7 +433,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
         for (int k = 0; k < 4; ++k) {
           const VF f = panel::vfma(panel::vcvt(isum[t][k][1]), sc[k][1],
                                    panel::vmul(panel::vcvt(isum[t][k][0]), sc[k][0]));
-          accs[t] = panel::vfma(f, panel::vbcastf(xd[t] + 8 * sb + 4 * hh + k), accs[t]);
+          accs[t] = panel::vfma(f, panel::vbcastf(xa.d[t] + 8 * sb + 4 * hh + k), accs[t]);
         }
       }
     }
@@ -451,14 +453,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nsb = pm.cols / 256;
-  const int8_t* xq[T];
-  const float* xd[T];
-  const int32_t* xo[T];
-  for (int t = 0; t < T; ++t) {
-    xq[t] = x.q + size_t(t0 + t) * size_t(pm.cols);
-    xd[t] = x.d + size_t(t0 + t) * size_t(pm.cols / 32);
-    xo[t] = x.o16 + size_t(t0 + t) * size_t(pm.cols / 32);
-  }
+  const TokenActs<T, int32_t> xa(x, t0, x.o16, pm.cols / 32);
   // Per 32-bit lane (sc0, sc1) -> (sc0, sc0) or (sc1, sc1).
   const __m256i dup0 = _mm256_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4, 5,
                                         4, 5, 8, 9, 8, 9, 12, 13, 12, 13);
@@ -482,7 +477,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
         sc[k][1] = _mm256_shuffle_epi8(scp, dup1);
         const __m256i scp32 = _mm256_slli_epi16(scp, 5);  // |32 sc| <= 4096
         for (int t = 0; t < T; ++t)
-          isum[t][k] = _mm256_madd_epi16(scp32, _mm256_set1_epi32(xo[t][8 * sb + 4 * hh + k]));
+          isum[t][k] = _mm256_madd_epi16(scp32, _mm256_set1_epi32(xa.e[t][8 * sb + 4 * hh + k]));
       }
       for (int vq = 0; vq < 2; ++vq) {
         VI u[4][4];  // [k][i]
@@ -494,7 +489,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
         }
         for (int t = 0; t < T; ++t) {
           for (int k = 0; k < 4; ++k) {
-            const int8_t* xt = xq[t] + 256 * sb + 128 * hh + 32 * k + 16 * vq;
+            const int8_t* xt = xa.q[t] + 256 * sb + 128 * hh + 32 * k + 16 * vq;
             const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][0], panel::vbcast32(xt)),
                                                 _mm256_maddubs_epi16(u[k][1], panel::vbcast32(xt + 4)));
             const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][2], panel::vbcast32(xt + 8)),
@@ -507,7 +502,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
       for (int t = 0; t < T; ++t)
         for (int k = 0; k < 4; ++k)
           accs[t] =
-              panel::vfma(panel::vcvt(isum[t][k]), panel::vbcastf(xd[t] + 8 * sb + 4 * hh + k), accs[t]);
+              panel::vfma(panel::vcvt(isum[t][k]), panel::vbcastf(xa.d[t] + 8 * sb + 4 * hh + k), accs[t]);
     }
     const VF d = ld_h(s, h);
     for (int t = 0; t < T; ++t) acc[t] = panel::vfma(d, accs[t], acc[t]);
