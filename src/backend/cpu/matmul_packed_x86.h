@@ -644,20 +644,63 @@ constexpr int kHalves = 2;
 // with row_exact) every token is computed as decode computes it alone; above, through panels.
 constexpr int64_t kPanelTokens = 4;
 
-bool packed_matmul(const PackedMatrix& pm, const float* x, int64_t m, float* y, ThreadPool& pool,
-                   bool row_exact) {
-  const Ops ops = packed_ops(pm.type);
-  if (ops.gemv == nullptr) return false;
-  const int64_t cols = pm.cols;
+// The sums over 16 values of quantized activations (PQ6_K's sub-block), from the quants and scales
+// per 32: the same floats quantize_acts makes with sub == 16.
+void sums16_of(const int8_t* q, const float* d, int64_t cols, int64_t m, float* s16) {
+  const size_t n32 = size_t(m) * size_t(cols / 32);
+  for (size_t i = 0; i < n32; ++i) {
+    int s0 = 0, s1 = 0;
+    for (int k = 0; k < 16; ++k) {
+      s0 += q[32 * i + size_t(k)];
+      s1 += q[32 * i + 16 + size_t(k)];
+    }
+    s16[2 * i] = d[i] * float(s0);
+    s16[2 * i + 1] = d[i] * float(s1);
+  }
+}
+
+// ys[i] = x pms[i]^T for matrices with the same columns, each bit-identical to packed_matmul alone:
+// the activations are quantized once (sums per 32 and per 16 values as the formats need them) and
+// the row groups of all matrices are split over the threads in one dispatch. False (nothing done)
+// when a format has no packed kernels, the columns differ or n > kMaxPackedMany.
+bool packed_matmul_many(const PackedMatrix* const* pms, float* const* ys, int n, const float* x, int64_t m,
+                        ThreadPool& pool, bool row_exact) {
+  if (n <= 0 || n > kMaxPackedMany) return n == 0;
+  const int64_t cols = pms[0]->cols;
+  const bool rows_path = row_exact || m < kPanelTokens;
+  // Everything the workers need, behind one pointer (std::function then does not allocate).
+  struct Mat {
+    const PackedMatrix* pm;
+    Ops op;
+    panel::Acts xa;
+    float* y;
+    int64_t g_end;  // this matrix's groups end here in the joint numbering
+  };
+  struct Job {
+    Mat mats[kMaxPackedMany];
+    int n;
+    bool rows_path;
+  } job{};
+  job.n = n;
+  job.rows_path = rows_path;
+  bool need32 = false, need16 = false, need_o16 = false;
+  for (int i = 0; i < n; ++i) {
+    job.mats[i].op = packed_ops(pms[i]->type);
+    if (job.mats[i].op.gemv == nullptr || pms[i]->cols != cols) return false;
+    (job.mats[i].op.sub == 32 ? need32 : need16) = true;
+    // The Q6_K decode kernels' activation sums (Acts::o16).
+    if (pms[i]->type == GgmlType::Q6_K && rows_path) need_o16 = true;
+  }
   thread_local panel::Buf act;
   const size_t qbytes = size_t(m) * size_t(cols);
-  const size_t n32 = size_t(cols / 32), nsub = size_t(cols / ops.sub);
-  uint8_t* base = act.get(qbytes + (size_t(m) * (n32 + nsub)) * sizeof(float) + 128);
+  const size_t n32 = size_t(cols / 32), n16 = size_t(cols / 16);
+  uint8_t* base = act.get(qbytes + (size_t(m) * (2 * n32 + n16)) * sizeof(float) + 128);
   auto* q = reinterpret_cast<int8_t*>(base);
   auto* d = reinterpret_cast<float*>(base + (qbytes + 63) / 64 * 64);
-  float* s = d + size_t(m) * n32;
-  panel::Acts xa{q, d, s, cols, m, ops.sub};
-  const int sub = ops.sub;
+  float* s32 = d + size_t(m) * n32;
+  float* s16 = s32 + size_t(m) * n32;
+  const int sub = need32 ? 32 : 16;
+  float* s = need32 ? s32 : s16;
   if (m >= 8 && pool.size() > 1) {
     pool.parallel_for(m, std::max<int64_t>(1, m / (4 * pool.size())), [=](int64_t t0, int64_t t1, int) {
       panel::quantize_acts(x, cols, sub, t0, t1, q, d, s);
@@ -665,12 +708,12 @@ bool packed_matmul(const PackedMatrix& pm, const float* x, int64_t m, float* y, 
   } else {
     panel::quantize_acts(x, cols, sub, 0, m, q, d, s);
   }
-  // The Q6_K decode kernels' activation sums (Acts::o16).
+  if (need32 && need16) sums16_of(q, d, cols, m, s16);
   thread_local std::vector<int32_t> o16;
-  if (pm.type == GgmlType::Q6_K && (row_exact || m < kPanelTokens)) {
-    const size_t n16 = size_t(m) * size_t(cols / 16);
-    o16.resize(n16);
-    for (size_t j = 0; j < n16; ++j) {
+  if (need_o16) {
+    const size_t n16m = size_t(m) * n16;
+    o16.resize(n16m);
+    for (size_t j = 0; j < n16m; ++j) {
       int sum = 0;
       for (int c = 0; c < 16; ++c) sum += q[16 * j + size_t(c)];
 #if QLEAP_USE_VNNI
@@ -680,39 +723,55 @@ bool packed_matmul(const PackedMatrix& pm, const float* x, int64_t m, float* y, 
       o16[j / 2] = int32_t((j % 2) != 0 ? (uint32_t(o16[j / 2]) | (half << 16)) : half);
 #endif
     }
-    xa.o16 = o16.data();
   }
-  const PackedMatrix* pp = &pm;
-  const panel::Acts* xp = &xa;
-  const Ops* op = &ops;
-  const int64_t groups = pm.groups;
+  int64_t groups = 0;
+  for (int i = 0; i < n; ++i) {
+    Mat& mt = job.mats[i];
+    mt.pm = pms[i];
+    mt.y = ys[i];
+    const int msub = mt.op.sub;
+    mt.xa = panel::Acts{q, d, msub == 32 ? s32 : s16, cols, m, msub};
+    if (mt.pm->type == GgmlType::Q6_K && rows_path) mt.xa.o16 = o16.data();
+    groups += mt.pm->groups;
+    mt.g_end = groups;
+  }
   // Decode: chunks of ~4 groups per thread turn keep every thread streaming; prefill: one group each.
-  const bool rows_path = row_exact || m < kPanelTokens;
   const int64_t grain = rows_path ? std::max<int64_t>(1, groups / (4 * pool.size())) : 1;
-  pool.parallel_for(groups, grain, [=](int64_t g0, int64_t g1, int) {
-    (void)rows_path;
-    const PackedMatrix& p = *pp;
+  const Job* jp = &job;
+  pool.parallel_for(groups, grain, [jp](int64_t g0, int64_t g1, int) {
     thread_local panel::Buf pbuf;
-    for (int64_t g = g0; g < g1; ++g) {
+    int i = 0;
+    for (int64_t gg = g0; gg < g1; ++gg) {
+      while (gg >= jp->mats[i].g_end) ++i;
+      const Mat& mt = jp->mats[i];
+      const PackedMatrix& p = *mt.pm;
+      const int64_t g = gg - (mt.g_end - p.groups);
       for (int h = 0; h < kHalves; ++h) {
         const int64_t r0 = g * kPackRows + h * kPR;
         if (r0 >= p.rows) break;
         const int nr = int(std::min<int64_t>(kPR, p.rows - r0));
-        if (rows_path) {
-          op->gemv(p, g, h, *xp, y + r0, p.rows, nr);
+        if (jp->rows_path) {
+          mt.op.gemv(p, g, h, mt.xa, mt.y + r0, p.rows, nr);
           continue;
         }
         const size_t qb = size_t(p.cols) * kPR;
-        const size_t nsb = size_t(p.cols / op->sub) * kPR;
+        const size_t nsb = size_t(p.cols / mt.op.sub) * kPR;
         uint8_t* pq = pbuf.get(qb + 2 * nsb * sizeof(float) + 64);
         auto* pa = reinterpret_cast<float*>(pq + qb);
         float* pb = pa + nsb;
-        op->fill(p, g, h, pq, pa, pb);
-        op->rows(pq, pa, pb, p.cols, *xp, y + r0, p.rows, nr);
+        mt.op.fill(p, g, h, pq, pa, pb);
+        mt.op.rows(pq, pa, pb, p.cols, mt.xa, mt.y + r0, p.rows, nr);
       }
     }
   });
   return true;
+}
+
+bool packed_matmul(const PackedMatrix& pm, const float* x, int64_t m, float* y, ThreadPool& pool,
+                   bool row_exact) {
+  const PackedMatrix* pms[] = {&pm};
+  float* ys[] = {y};
+  return packed_matmul_many(pms, ys, 1, x, m, pool, row_exact);
 }
 
 }  // namespace packed
