@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -110,6 +111,12 @@ struct DeltaNetArgs {
   int k_head_of(int h) const { return v_tiled ? h % n_k_heads : h / (n_v_heads / n_k_heads); }
 };
 
+// One output of Backend::matmul_many: y (m x w->rows) = x W^T.
+struct MatmulOut {
+  const WeightView* w = nullptr;
+  float* y = nullptr;
+};
+
 class Backend {
  public:
   virtual ~Backend();
@@ -147,6 +154,12 @@ class Backend {
   virtual void rms_norm(const float* x, const std::vector<float>& w, float* y, int m, int n, float eps) = 0;
   // y (m x w.rows) = x (m x w.cols) W^T; accumulate: y += that.
   virtual void matmul(const WeightView& w, const float* x, int m, float* y, bool accumulate = false) = 0;
+  // Several weights on one input x (m x cols, the same cols for all): outs[i].y = x W_i^T, the same
+  // results as a matmul call for each. A backend may share the work between them (the CPU quantizes x
+  // once and runs all rows in one thread dispatch); by default, one matmul after the other.
+  virtual void matmul_many(std::span<const MatmulOut> outs, const float* x, int m) {
+    for (const MatmulOut& o : outs) matmul(*o.w, x, m, o.y);
+  }
   // y += x (n floats).
   virtual void add(float* y, const float* x, int64_t n) = 0;
   // g = silu(g) * u over m rows of n.

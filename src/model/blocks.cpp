@@ -155,9 +155,8 @@ void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const f
   Backend& be = ctx.be;
   Activations& a = ctx.a;
   const int m = ctx.m, q_dim = hp.q_dim(), kv_dim = hp.kv_dim();
-  be.matmul(w.wq, xn, m, a.q.get());
-  be.matmul(w.wk, xn, m, a.k.get());
-  be.matmul(w.wv, xn, m, a.v.get());
+  const MatmulOut qkv[] = {{&w.wq, a.q.get()}, {&w.wk, a.k.get()}, {&w.wv, a.v.get()}};
+  be.matmul_many(qkv, xn, m);
   QkPrep qp;
   qp.q = a.q.get();
   qp.k = a.k.get();
@@ -198,8 +197,8 @@ void swiglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* x
   Backend& be = ctx.be;
   Activations& a = ctx.a;
   const int m = ctx.m;
-  be.matmul(w.w_gate, xn, m, a.gate.get());
-  be.matmul(w.w_up, xn, m, a.up.get());
+  const MatmulOut gate_up[] = {{&w.w_gate, a.gate.get()}, {&w.w_up, a.up.get()}};
+  be.matmul_many(gate_up, xn, m);
   be.silu_mul(a.gate.get(), a.up.get(), m, ctx.hp.n_ff);
   be.matmul(w.w_down, a.gate.get(), m, out, /*accumulate=*/true);
 }
@@ -209,8 +208,8 @@ void geglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* xn
   Backend& be = ctx.be;
   Activations& a = ctx.a;
   const int m = ctx.m;
-  be.matmul(w.w_gate, xn, m, a.gate.get());
-  be.matmul(w.w_up, xn, m, a.up.get());
+  const MatmulOut gate_up[] = {{&w.w_gate, a.gate.get()}, {&w.w_up, a.up.get()}};
+  be.matmul_many(gate_up, xn, m);
   be.gelu_mul(a.gate.get(), a.up.get(), m, ctx.hp.n_ff);
   be.matmul(w.w_down, a.gate.get(), m, out, accumulate);
 }

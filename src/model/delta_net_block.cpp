@@ -136,10 +136,9 @@ void gated_attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, c
   Backend& be = ctx.be;
   Activations& a = ctx.a;
   const int m = ctx.m, q_dim = hp.q_dim(), kv_dim = hp.kv_dim();
-  be.matmul(w.wq, xn, m, a.qg.get());
+  const MatmulOut qkv[] = {{&w.wq, a.qg.get()}, {&w.wk, a.k.get()}, {&w.wv, a.v.get()}};
+  be.matmul_many(qkv, xn, m);
   be.split_heads(a.qg.get(), a.q.get(), a.qgate.get(), m, hp.n_heads, hp.head_dim);
-  be.matmul(w.wk, xn, m, a.k.get());
-  be.matmul(w.wv, xn, m, a.v.get());
   QkPrep qp;
   qp.q = a.q.get();
   qp.k = a.k.get();
@@ -180,16 +179,18 @@ void delta_net_block(const LayerWeights& w, int il, const LayerCtx& ctx, const f
   Backend& be = ctx.be;
   Activations& a = ctx.a;
   const int m = ctx.m, nv = d.n_v_heads;
-  be.matmul(dw.qkv, xn, m, a.dn_qkv.get());
-  be.matmul(dw.gate, xn, m, a.dn_z.get());
   DeltaNetArgs da;
   if (dw.ba.data != nullptr) {
-    be.matmul(dw.ba, xn, m, a.dn_ba.get());
+    const MatmulOut in[] = {{&dw.qkv, a.dn_qkv.get()}, {&dw.gate, a.dn_z.get()}, {&dw.ba, a.dn_ba.get()}};
+    be.matmul_many(in, xn, m);
     da.beta = a.dn_ba.get();
     da.ba_grouped = true;
   } else {
-    be.matmul(dw.beta, xn, m, a.dn_ba.get());
-    be.matmul(dw.alpha, xn, m, a.dn_ba.get() + size_t(m) * nv);
+    const MatmulOut in[] = {{&dw.qkv, a.dn_qkv.get()},
+                            {&dw.gate, a.dn_z.get()},
+                            {&dw.beta, a.dn_ba.get()},
+                            {&dw.alpha, a.dn_ba.get() + size_t(m) * nv}};
+    be.matmul_many(in, xn, m);
     da.beta = a.dn_ba.get();
     da.alpha = a.dn_ba.get() + size_t(m) * nv;
   }

@@ -71,6 +71,21 @@ void CpuBackend::matmul(const WeightView& w, const float* x, int m, float* y, bo
   add_inplace(y, acc_.data(), int64_t(n));
 }
 
+void CpuBackend::matmul_many(std::span<const MatmulOut> outs, const float* x, int m) {
+  // In pieces of a few weights (a layer has at most three on one input).
+  constexpr size_t kPiece = 8;
+  for (size_t b = 0; b < outs.size(); b += kPiece) {
+    const WeightView* ws[kPiece];
+    float* ys[kPiece];
+    const size_t n = std::min(kPiece, outs.size() - b);
+    for (size_t i = 0; i < n; ++i) {
+      ws[i] = outs[b + i].w;
+      ys[i] = outs[b + i].y;
+    }
+    qleap::matmul_many(ws, ys, int(n), x, m, pool_);
+  }
+}
+
 void CpuBackend::add(float* y, const float* x, int64_t n) {
   add_inplace(y, x, n);
 }

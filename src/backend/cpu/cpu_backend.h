@@ -27,6 +27,7 @@ class CpuBackend final : public Backend {
 
   void rms_norm(const float* x, const std::vector<float>& w, float* y, int m, int n, float eps) override;
   void matmul(const WeightView& w, const float* x, int m, float* y, bool accumulate) override;
+  void matmul_many(std::span<const MatmulOut> outs, const float* x, int m) override;
   void add(float* y, const float* x, int64_t n) override;
   void silu_mul(float* g, const float* u, int m, int n) override;
   void gelu_mul(float* g, const float* u, int m, int n) override;

@@ -264,6 +264,49 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
   });
 }
 
+void matmul_many(const WeightView* const* ws, float* const* ys, int n, const float* x, int64_t m,
+                 ThreadPool& pool) {
+  if (n <= 0) return;
+  for (int i = 0; i < n; ++i) {
+    check_view(*ws[i]);
+    if (ws[i]->cols != ws[0]->cols) {
+      throw InvalidArgument(
+          fmt::format("matmul_many: weights of {} and {} columns on one input", ws[0]->cols, ws[i]->cols));
+    }
+  }
+  const kern::IsaKernels* k = kern::active_kernels();
+  // Where matmul() would run a weight on its repacked copy, the weights share one call; the others
+  // (and the AMX prefill, which tries tiles first) go through matmul() one by one.
+  const bool tiles = !tls_row_exact && k != nullptr && k->tile_matmul != nullptr && m >= kTileMinRows;
+  const bool shared = m > 0 && k != nullptr && k->packed_matmul_many != nullptr && !tiles;
+  const PackedMatrix* pms[kern::kMaxPackedMany];
+  float* pys[kern::kMaxPackedMany];
+  int idx[kern::kMaxPackedMany];
+  int np = 0;
+  const auto flush = [&] {
+    if (np > 1 && k->packed_matmul_many(pms, pys, np, x, m, pool, tls_row_exact && m > 1)) {
+      np = 0;
+      return;
+    }
+    for (int j = 0; j < np; ++j) matmul(*ws[idx[j]], x, m, ys[idx[j]], pool);
+    np = 0;
+  };
+  for (int i = 0; i < n; ++i) {
+    const WeightView& w = *ws[i];
+    if (!shared || w.rows <= 0 || w.packed == nullptr || w.packed->source != w.data ||
+        !k->gemm(w.type, static_cast<const uint8_t*>(w.data), w.row_bytes, w.cols, 0, 0, nullptr, 0, 0, 0,
+                 ys[i], w.rows)) {
+      matmul(w, x, m, ys[i], pool);
+      continue;
+    }
+    pms[np] = w.packed;
+    pys[np] = ys[i];
+    idx[np++] = i;
+    if (np == kern::kMaxPackedMany) flush();
+  }
+  flush();
+}
+
 std::string matmul_path_summary() {
   const kern::IsaKernels* k = kern::active_kernels();
   if (k == nullptr) return "scalar reference kernels (fp32)";

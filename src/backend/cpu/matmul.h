@@ -14,6 +14,12 @@ namespace qleap {
 // cols in, m output rows of length rows out. Threads split the work.
 void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool);
 
+// One activation, several weights of the same columns: ys[i] = x W_i^T for i in [0, n), each
+// bit-identical to matmul(*ws[i], x, m, ys[i], pool). Weights on their repacked copies share one
+// quantization of x and one dispatch of the threads (decode of q, k, v or gate, up).
+void matmul_many(const WeightView* const* ws, float* const* ys, int n, const float* x, int64_t m,
+                 ThreadPool& pool);
+
 // While an instance lives on a thread, matmul() calls made from that thread compute every
 // activation row with the single-row (decode) kernels: a row's result is then bit-identical to a
 // call with that row alone, whatever other rows share the call (the multi-row tiles accumulate in

@@ -27,6 +27,9 @@ ActFormat act_format(GgmlType t);
 // Bytes of one activation row of n elements in format f.
 size_t act_row_bytes(ActFormat f, int64_t n);
 
+// Most matrices packed_matmul_many takes at once.
+constexpr int kMaxPackedMany = 8;
+
 struct IsaKernels {
   const char* name;
   // n is a multiple of 32 (Q8A) or 256 (Q8_K).
@@ -50,6 +53,11 @@ struct IsaKernels {
   // activation row computed as if alone. False when the format has no packed kernels here.
   bool (*packed_matmul)(const PackedMatrix& w, const float* x, int64_t m, float* y, ThreadPool& pool,
                         bool row_exact);
+  // Several repacked matrices with the same columns on one activation (ys[i] = x w[i]^T, each
+  // bit-identical to packed_matmul alone): one quantization of x, one dispatch. False (nothing
+  // done) when a format has no packed kernels here, the columns differ or n > kMaxPackedMany.
+  bool (*packed_matmul_many)(const PackedMatrix* const* w, float* const* ys, int n, const float* x, int64_t m,
+                             ThreadPool& pool, bool row_exact);
 };
 
 // The per-ISA kernel sets. Calling into one on a CPU without that ISA is illegal; go through

@@ -322,6 +322,22 @@ void gemv_rows(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, i
   }
 }
 
+// Where the activations of tokens t0 .. t0 + T - 1 start: quants, scales per 32, and the
+// kernel's per-token array `extra` (sub-block sums or Q6_K offsets) of per_token entries a token.
+template <int T, class E>
+struct TokenActs {
+  const int8_t* q[T];
+  const float* d[T];
+  const E* e[T];
+  TokenActs(const panel::Acts& x, int64_t t0, const E* extra, int64_t per_token) {
+    for (int t = 0; t < T; ++t) {
+      q[t] = x.q + size_t(t0 + t) * size_t(x.cols);
+      d[t] = x.d + size_t(t0 + t) * size_t(x.cols / 32);
+      e[t] = extra + size_t(t0 + t) * size_t(per_token);
+    }
+  }
+};
+
 #if QLEAP_USE_VNNI
 // Decode of the 4-bit formats with one sub-block per super-block (Q4_0, Q4_1) on VNNI, T tokens.
 // The high nibbles enter VPDPBUSD as (byte & 0xF0) = 16 * nibble instead of being shifted down: one
@@ -334,14 +350,7 @@ void gemv_rows_q4(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nsb = pm.cols / 32;
-  const int8_t* xq[T];
-  const float* xd[T];
-  const float* xs[T];
-  for (int t = 0; t < T; ++t) {
-    xq[t] = x.q + size_t(t0 + t) * size_t(pm.cols);
-    xd[t] = x.d + size_t(t0 + t) * size_t(nsb);
-    xs[t] = x.s + size_t(t0 + t) * size_t(nsb);
-  }
+  const TokenActs<T, float> xa(x, t0, x.s, nsb);
   VF acc0[T], acc1[T];
   for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = panel::vzerof();
   const VI m_lo = v_b8(0x0F), m_hi = v_b8(0xF0);
@@ -357,7 +366,7 @@ void gemv_rows_q4(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
       hi[j] = v_and(v, m_hi);
     }
     for (int t = 0; t < T; ++t) {
-      const int8_t* xt = xq[t] + 32 * sb;
+      const int8_t* xt = xa.q[t] + 32 * sb;
       VI il = _mm512_dpbusd_epi32(panel::vzeroi(), lo[0], panel::vbcast32(xt));
       VI ih = _mm512_dpbusd_epi32(panel::vzeroi(), hi[0], panel::vbcast32(xt + 16));
       for (int j = 1; j < 4; ++j) {
@@ -365,8 +374,8 @@ void gemv_rows_q4(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
         ih = _mm512_dpbusd_epi32(ih, hi[j], panel::vbcast32(xt + 16 + 4 * j));
       }
       const VI isum = _mm512_add_epi32(_mm512_slli_epi32(il, 4), ih);
-      acc0[t] = panel::vfma(panel::vcvt(isum), panel::vmul(a, panel::vbcastf(xd[t] + sb)), acc0[t]);
-      acc1[t] = panel::vfma(b, panel::vbcastf(xs[t] + sb), acc1[t]);
+      acc0[t] = panel::vfma(panel::vcvt(isum), panel::vmul(a, panel::vbcastf(xa.d[t] + sb)), acc0[t]);
+      acc1[t] = panel::vfma(b, panel::vbcastf(xa.e[t] + sb), acc1[t]);
     }
   }
   for (int t = 0; t < T; ++t)
@@ -387,14 +396,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nsb = pm.cols / 256;
-  const int8_t* xq[T];
-  const float* xd[T];
-  const int32_t* xo[T];
-  for (int t = 0; t < T; ++t) {
-    xq[t] = x.q + size_t(t0 + t) * size_t(pm.cols);
-    xd[t] = x.d + size_t(t0 + t) * size_t(pm.cols / 32);
-    xo[t] = x.o16 + size_t(t0 + t) * size_t(pm.cols / 16);
-  }
+  const TokenActs<T, int32_t> xa(x, t0, x.o16, pm.cols / 16);
   VF acc[T];
   for (int t = 0; t < T; ++t) acc[t] = panel::vzerof();
   for (int64_t sb = 0; sb < nsb; ++sb, q += 3072, s += pm.s_bytes) {
@@ -417,8 +419,8 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
         for (int t = 0; t < T; ++t) {
           for (int k = 0; k < 4; ++k) {
             const int64_t k0 = 256 * sb + 128 * hh + 32 * k + 16 * vq;
-            const int8_t* xt = xq[t] + k0;
-            VI is = _mm512_set1_epi32(xo[t][k0 / 16]);
+            const int8_t* xt = xa.q[t] + k0;
+            VI is = _mm512_set1_epi32(xa.e[t][k0 / 16]);
             for (int i = 0; i < 4; ++i) is = _mm512_dpbusd_epi32(is, u[k][i], panel::vbcast32(xt + 4 * i));
             isum[t][k][vq] = is;
           }
@@ -431,7 +433,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
         for (int k = 0; k < 4; ++k) {
           const VF f = panel::vfma(panel::vcvt(isum[t][k][1]), sc[k][1],
                                    panel::vmul(panel::vcvt(isum[t][k][0]), sc[k][0]));
-          accs[t] = panel::vfma(f, panel::vbcastf(xd[t] + 8 * sb + 4 * hh + k), accs[t]);
+          accs[t] = panel::vfma(f, panel::vbcastf(xa.d[t] + 8 * sb + 4 * hh + k), accs[t]);
         }
       }
     }
@@ -451,14 +453,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nsb = pm.cols / 256;
-  const int8_t* xq[T];
-  const float* xd[T];
-  const int32_t* xo[T];
-  for (int t = 0; t < T; ++t) {
-    xq[t] = x.q + size_t(t0 + t) * size_t(pm.cols);
-    xd[t] = x.d + size_t(t0 + t) * size_t(pm.cols / 32);
-    xo[t] = x.o16 + size_t(t0 + t) * size_t(pm.cols / 32);
-  }
+  const TokenActs<T, int32_t> xa(x, t0, x.o16, pm.cols / 32);
   // Per 32-bit lane (sc0, sc1) -> (sc0, sc0) or (sc1, sc1).
   const __m256i dup0 = _mm256_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4, 5,
                                         4, 5, 8, 9, 8, 9, 12, 13, 12, 13);
@@ -482,7 +477,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
         sc[k][1] = _mm256_shuffle_epi8(scp, dup1);
         const __m256i scp32 = _mm256_slli_epi16(scp, 5);  // |32 sc| <= 4096
         for (int t = 0; t < T; ++t)
-          isum[t][k] = _mm256_madd_epi16(scp32, _mm256_set1_epi32(xo[t][8 * sb + 4 * hh + k]));
+          isum[t][k] = _mm256_madd_epi16(scp32, _mm256_set1_epi32(xa.e[t][8 * sb + 4 * hh + k]));
       }
       for (int vq = 0; vq < 2; ++vq) {
         VI u[4][4];  // [k][i]
@@ -494,7 +489,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
         }
         for (int t = 0; t < T; ++t) {
           for (int k = 0; k < 4; ++k) {
-            const int8_t* xt = xq[t] + 256 * sb + 128 * hh + 32 * k + 16 * vq;
+            const int8_t* xt = xa.q[t] + 256 * sb + 128 * hh + 32 * k + 16 * vq;
             const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][0], panel::vbcast32(xt)),
                                                 _mm256_maddubs_epi16(u[k][1], panel::vbcast32(xt + 4)));
             const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][2], panel::vbcast32(xt + 8)),
@@ -507,7 +502,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
       for (int t = 0; t < T; ++t)
         for (int k = 0; k < 4; ++k)
           accs[t] =
-              panel::vfma(panel::vcvt(isum[t][k]), panel::vbcastf(xd[t] + 8 * sb + 4 * hh + k), accs[t]);
+              panel::vfma(panel::vcvt(isum[t][k]), panel::vbcastf(xa.d[t] + 8 * sb + 4 * hh + k), accs[t]);
     }
     const VF d = ld_h(s, h);
     for (int t = 0; t < T; ++t) acc[t] = panel::vfma(d, accs[t], acc[t]);
@@ -649,20 +644,63 @@ constexpr int kHalves = 2;
 // with row_exact) every token is computed as decode computes it alone; above, through panels.
 constexpr int64_t kPanelTokens = 4;
 
-bool packed_matmul(const PackedMatrix& pm, const float* x, int64_t m, float* y, ThreadPool& pool,
-                   bool row_exact) {
-  const Ops ops = packed_ops(pm.type);
-  if (ops.gemv == nullptr) return false;
-  const int64_t cols = pm.cols;
+// The sums over 16 values of quantized activations (PQ6_K's sub-block), from the quants and scales
+// per 32: the same floats quantize_acts makes with sub == 16.
+void sums16_of(const int8_t* q, const float* d, int64_t cols, int64_t m, float* s16) {
+  const size_t n32 = size_t(m) * size_t(cols / 32);
+  for (size_t i = 0; i < n32; ++i) {
+    int s0 = 0, s1 = 0;
+    for (int k = 0; k < 16; ++k) {
+      s0 += q[32 * i + size_t(k)];
+      s1 += q[32 * i + 16 + size_t(k)];
+    }
+    s16[2 * i] = d[i] * float(s0);
+    s16[2 * i + 1] = d[i] * float(s1);
+  }
+}
+
+// ys[i] = x pms[i]^T for matrices with the same columns, each bit-identical to packed_matmul alone:
+// the activations are quantized once (sums per 32 and per 16 values as the formats need them) and
+// the row groups of all matrices are split over the threads in one dispatch. False (nothing done)
+// when a format has no packed kernels, the columns differ or n > kMaxPackedMany.
+bool packed_matmul_many(const PackedMatrix* const* pms, float* const* ys, int n, const float* x, int64_t m,
+                        ThreadPool& pool, bool row_exact) {
+  if (n <= 0 || n > kMaxPackedMany) return n == 0;
+  const int64_t cols = pms[0]->cols;
+  const bool rows_path = row_exact || m < kPanelTokens;
+  // Everything the workers need, behind one pointer (std::function then does not allocate).
+  struct Mat {
+    const PackedMatrix* pm;
+    Ops op;
+    panel::Acts xa;
+    float* y;
+    int64_t g_end;  // this matrix's groups end here in the joint numbering
+  };
+  struct Job {
+    Mat mats[kMaxPackedMany];
+    int n;
+    bool rows_path;
+  } job{};
+  job.n = n;
+  job.rows_path = rows_path;
+  bool need32 = false, need16 = false, need_o16 = false;
+  for (int i = 0; i < n; ++i) {
+    job.mats[i].op = packed_ops(pms[i]->type);
+    if (job.mats[i].op.gemv == nullptr || pms[i]->cols != cols) return false;
+    (job.mats[i].op.sub == 32 ? need32 : need16) = true;
+    // The Q6_K decode kernels' activation sums (Acts::o16).
+    if (pms[i]->type == GgmlType::Q6_K && rows_path) need_o16 = true;
+  }
   thread_local panel::Buf act;
   const size_t qbytes = size_t(m) * size_t(cols);
-  const size_t n32 = size_t(cols / 32), nsub = size_t(cols / ops.sub);
-  uint8_t* base = act.get(qbytes + (size_t(m) * (n32 + nsub)) * sizeof(float) + 128);
+  const size_t n32 = size_t(cols / 32), n16 = size_t(cols / 16);
+  uint8_t* base = act.get(qbytes + (size_t(m) * (2 * n32 + n16)) * sizeof(float) + 128);
   auto* q = reinterpret_cast<int8_t*>(base);
   auto* d = reinterpret_cast<float*>(base + (qbytes + 63) / 64 * 64);
-  float* s = d + size_t(m) * n32;
-  panel::Acts xa{q, d, s, cols, m, ops.sub};
-  const int sub = ops.sub;
+  float* s32 = d + size_t(m) * n32;
+  float* s16 = s32 + size_t(m) * n32;
+  const int sub = need32 ? 32 : 16;
+  float* s = need32 ? s32 : s16;
   if (m >= 8 && pool.size() > 1) {
     pool.parallel_for(m, std::max<int64_t>(1, m / (4 * pool.size())), [=](int64_t t0, int64_t t1, int) {
       panel::quantize_acts(x, cols, sub, t0, t1, q, d, s);
@@ -670,12 +708,12 @@ bool packed_matmul(const PackedMatrix& pm, const float* x, int64_t m, float* y, 
   } else {
     panel::quantize_acts(x, cols, sub, 0, m, q, d, s);
   }
-  // The Q6_K decode kernels' activation sums (Acts::o16).
+  if (need32 && need16) sums16_of(q, d, cols, m, s16);
   thread_local std::vector<int32_t> o16;
-  if (pm.type == GgmlType::Q6_K && (row_exact || m < kPanelTokens)) {
-    const size_t n16 = size_t(m) * size_t(cols / 16);
-    o16.resize(n16);
-    for (size_t j = 0; j < n16; ++j) {
+  if (need_o16) {
+    const size_t n16m = size_t(m) * n16;
+    o16.resize(n16m);
+    for (size_t j = 0; j < n16m; ++j) {
       int sum = 0;
       for (int c = 0; c < 16; ++c) sum += q[16 * j + size_t(c)];
 #if QLEAP_USE_VNNI
@@ -685,39 +723,55 @@ bool packed_matmul(const PackedMatrix& pm, const float* x, int64_t m, float* y, 
       o16[j / 2] = int32_t((j % 2) != 0 ? (uint32_t(o16[j / 2]) | (half << 16)) : half);
 #endif
     }
-    xa.o16 = o16.data();
   }
-  const PackedMatrix* pp = &pm;
-  const panel::Acts* xp = &xa;
-  const Ops* op = &ops;
-  const int64_t groups = pm.groups;
+  int64_t groups = 0;
+  for (int i = 0; i < n; ++i) {
+    Mat& mt = job.mats[i];
+    mt.pm = pms[i];
+    mt.y = ys[i];
+    const int msub = mt.op.sub;
+    mt.xa = panel::Acts{q, d, msub == 32 ? s32 : s16, cols, m, msub};
+    if (mt.pm->type == GgmlType::Q6_K && rows_path) mt.xa.o16 = o16.data();
+    groups += mt.pm->groups;
+    mt.g_end = groups;
+  }
   // Decode: chunks of ~4 groups per thread turn keep every thread streaming; prefill: one group each.
-  const bool rows_path = row_exact || m < kPanelTokens;
   const int64_t grain = rows_path ? std::max<int64_t>(1, groups / (4 * pool.size())) : 1;
-  pool.parallel_for(groups, grain, [=](int64_t g0, int64_t g1, int) {
-    (void)rows_path;
-    const PackedMatrix& p = *pp;
+  const Job* jp = &job;
+  pool.parallel_for(groups, grain, [jp](int64_t g0, int64_t g1, int) {
     thread_local panel::Buf pbuf;
-    for (int64_t g = g0; g < g1; ++g) {
+    int i = 0;
+    for (int64_t gg = g0; gg < g1; ++gg) {
+      while (gg >= jp->mats[i].g_end) ++i;
+      const Mat& mt = jp->mats[i];
+      const PackedMatrix& p = *mt.pm;
+      const int64_t g = gg - (mt.g_end - p.groups);
       for (int h = 0; h < kHalves; ++h) {
         const int64_t r0 = g * kPackRows + h * kPR;
         if (r0 >= p.rows) break;
         const int nr = int(std::min<int64_t>(kPR, p.rows - r0));
-        if (rows_path) {
-          op->gemv(p, g, h, *xp, y + r0, p.rows, nr);
+        if (jp->rows_path) {
+          mt.op.gemv(p, g, h, mt.xa, mt.y + r0, p.rows, nr);
           continue;
         }
         const size_t qb = size_t(p.cols) * kPR;
-        const size_t nsb = size_t(p.cols / op->sub) * kPR;
+        const size_t nsb = size_t(p.cols / mt.op.sub) * kPR;
         uint8_t* pq = pbuf.get(qb + 2 * nsb * sizeof(float) + 64);
         auto* pa = reinterpret_cast<float*>(pq + qb);
         float* pb = pa + nsb;
-        op->fill(p, g, h, pq, pa, pb);
-        op->rows(pq, pa, pb, p.cols, *xp, y + r0, p.rows, nr);
+        mt.op.fill(p, g, h, pq, pa, pb);
+        mt.op.rows(pq, pa, pb, p.cols, mt.xa, mt.y + r0, p.rows, nr);
       }
     }
   });
   return true;
+}
+
+bool packed_matmul(const PackedMatrix& pm, const float* x, int64_t m, float* y, ThreadPool& pool,
+                   bool row_exact) {
+  const PackedMatrix* pms[] = {&pm};
+  float* ys[] = {y};
+  return packed_matmul_many(pms, ys, 1, x, m, pool, row_exact);
 }
 
 }  // namespace packed

@@ -1001,8 +1001,15 @@ bool dequantize(GgmlType t, const void* src, float* dst, int64_t n) {
 }  // namespace
 
 const IsaKernels* kernels() {
-  static const IsaKernels k{QLEAP_ISA_NAME, &quantize_q8a, &quantize_q8k,        &gemm,
-                            &dequantize,    nullptr,       &panel::panel_matmul, &packed::packed_matmul};
+  static const IsaKernels k{QLEAP_ISA_NAME,
+                            &quantize_q8a,
+                            &quantize_q8k,
+                            &gemm,
+                            &dequantize,
+                            nullptr,
+                            &panel::panel_matmul,
+                            &packed::packed_matmul,
+                            &packed::packed_matmul_many};
   return &k;
 }
 
