@@ -503,6 +503,39 @@ float vec_dot_iq2xxs_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
   }
   return _mm512_reduce_add_ps(acc);
 }
+
+// IQ3_XXS as IQ3_S above (16 x 4 grid bytes per gather) with the sign indices of IQ2_XXS: per 32
+// weights a uint32 of four 7-bit sign indices and the 4-bit scale.
+float vec_dot_iq3xxs_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const BlockIq3Xxs*>(w);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    const BlockIq3Xxs& b = wb[i];
+    const int8_t* xq = x[i].qs;
+    uint32_t a[8];  // sub-block ib: 4 x 7 sign bits | scale << 28
+    std::memcpy(a, b.scales_signs, sizeof(a));
+    __m512i isum0 = _mm512_setzero_si512(), isum1 = _mm512_setzero_si512();
+    for (int m = 0; m < 4; ++m) {
+      const __m512i idx =
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 16 * m)));
+      const __m512i g = _mm512_i32gather_epi32(idx, kIq3xxsGrid, 4);
+      const uint32_t s0 = a[2 * m], s1 = a[2 * m + 1];
+      const uint64_t s7 = uint64_t(_pdep_u32(s0, 0x7F7F7F7Fu)) | (uint64_t(_pdep_u32(s1, 0x7F7F7F7Fu)) << 32);
+      const __m512i xv = negate_where(_mm512_loadu_si512(xq + 64 * m), iq2_sign_bytes(s7));
+      const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(g, xv),
+                                          scale_pair16(2 * int(s0 >> 28) + 1, 2 * int(s1 >> 28) + 1));
+      if (m & 1) {
+        isum1 = _mm512_add_epi32(isum1, p);
+      } else {
+        isum0 = _mm512_add_epi32(isum0, p);
+      }
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(h2f(b.d) * 0.25f * x[i].d),
+                          _mm512_cvtepi32_ps(_mm512_add_epi32(isum0, isum1)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
 #endif
 
 // A weight super-block unpacked once for a chunk of activation rows.
@@ -580,6 +613,10 @@ void run_iq(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, c
       }
       if constexpr (std::is_same_v<F, FIq2Xxs>) {
         for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq2xxs_512(w + size_t(r) * rb, xb, nb);
+        continue;
+      }
+      if constexpr (std::is_same_v<F, FIq3Xxs>) {
+        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq3xxs_512(w + size_t(r) * rb, xb, nb);
         continue;
       }
 #else
