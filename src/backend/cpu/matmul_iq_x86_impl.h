@@ -536,6 +536,43 @@ float vec_dot_iq3xxs_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
   }
   return _mm512_reduce_add_ps(acc);
 }
+
+// IQ2_XS: per 8 weights a uint16 of a 9-bit grid index and a 7-bit sign index; a 4-bit scale per
+// 16 weights, so the int16 scale vector has four values per 64 weights.
+float vec_dot_iq2xs_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const BlockIq2Xs*>(w);
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2,
+                                          2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i m511 = _mm256_set1_epi32(511);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    const BlockIq2Xs& b = wb[i];
+    const int8_t* xq = x[i].qs;
+    __m512i isum0 = _mm512_setzero_si512(), isum1 = _mm512_setzero_si512();
+    for (int m = 0; m < 4; ++m) {
+      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 8 * m));
+      const __m512i g =
+          _mm512_i32gather_epi64(_mm256_and_si256(_mm256_cvtepu16_epi32(q), m511), kIq2xsGrid, 8);
+      const __m128i si = _mm_srli_epi16(q, 9);
+      const uint64_t s7 = uint64_t(_mm_cvtsi128_si64(_mm_packus_epi16(si, si)));
+      const __m512i xv = negate_where(_mm512_loadu_si512(xq + 64 * m), iq2_sign_bytes(s7));
+      uint16_t sc2;
+      std::memcpy(&sc2, b.scales + 2 * m, 2);
+      const uint32_t sc4 = 2 * _pdep_u32(sc2, 0x0F0F0F0Fu) + 0x01010101u;  // 2 ls + 1 per 16 weights
+      const __m512i scv = _mm512_cvtepu8_epi16(_mm256_shuffle_epi8(_mm256_set1_epi32(int(sc4)), spread));
+      const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(g, xv), scv);
+      if (m & 1) {
+        isum1 = _mm512_add_epi32(isum1, p);
+      } else {
+        isum0 = _mm512_add_epi32(isum0, p);
+      }
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(h2f(b.d) * 0.125f * x[i].d),
+                          _mm512_cvtepi32_ps(_mm512_add_epi32(isum0, isum1)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
 #endif
 
 // A weight super-block unpacked once for a chunk of activation rows.
@@ -617,6 +654,10 @@ void run_iq(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, c
       }
       if constexpr (std::is_same_v<F, FIq3Xxs>) {
         for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq3xxs_512(w + size_t(r) * rb, xb, nb);
+        continue;
+      }
+      if constexpr (std::is_same_v<F, FIq2Xs>) {
+        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq2xs_512(w + size_t(r) * rb, xb, nb);
         continue;
       }
 #else
