@@ -573,6 +573,49 @@ float vec_dot_iq2xs_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
   }
   return _mm512_reduce_add_ps(acc);
 }
+
+// IQ2_S: 10-bit grid indices (qs bytes, 2 high bits each from qh), one sign bit per weight, scales
+// per 16 weights as IQ2_XS.
+float vec_dot_iq2s_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const BlockIq2S*>(w);
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2,
+                                          2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i hshift = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m256i m3 = _mm256_set1_epi32(3);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    const BlockIq2S& b = wb[i];
+    const int8_t* xq = x[i].qs;
+    __m512i isum0 = _mm512_setzero_si512(), isum1 = _mm512_setzero_si512();
+    for (int m = 0; m < 4; ++m) {
+      // Entry j of the step: qs[8m + j] | bits 2(j % 4) .. +1 of qh[2m + j / 4] as bits 8, 9.
+      uint16_t qh2;
+      std::memcpy(&qh2, b.qh + 2 * m, 2);
+      const __m256i hi =
+          _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(qh2)), hshift), m3), 8);
+      const __m256i idx = _mm256_or_si256(
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + 8 * m))), hi);
+      const __m512i g = _mm512_i32gather_epi64(idx, kIq2sGrid, 8);
+      uint64_t sg;
+      std::memcpy(&sg, b.signs + 8 * m, 8);
+      const __m512i xv = negate_where(_mm512_loadu_si512(xq + 64 * m), sg);
+      uint16_t sc2;
+      std::memcpy(&sc2, b.scales + 2 * m, 2);
+      const uint32_t sc4 = 2 * _pdep_u32(sc2, 0x0F0F0F0Fu) + 0x01010101u;  // 2 ls + 1 per 16 weights
+      const __m512i scv = _mm512_cvtepu8_epi16(_mm256_shuffle_epi8(_mm256_set1_epi32(int(sc4)), spread));
+      const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(g, xv), scv);
+      if (m & 1) {
+        isum1 = _mm512_add_epi32(isum1, p);
+      } else {
+        isum0 = _mm512_add_epi32(isum0, p);
+      }
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(h2f(b.d) * 0.125f * x[i].d),
+                          _mm512_cvtepi32_ps(_mm512_add_epi32(isum0, isum1)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
 #endif
 
 // A weight super-block unpacked once for a chunk of activation rows.
@@ -658,6 +701,10 @@ void run_iq(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, c
       }
       if constexpr (std::is_same_v<F, FIq2Xs>) {
         for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq2xs_512(w + size_t(r) * rb, xb, nb);
+        continue;
+      }
+      if constexpr (std::is_same_v<F, FIq2S>) {
+        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq2s_512(w + size_t(r) * rb, xb, nb);
         continue;
       }
 #else
