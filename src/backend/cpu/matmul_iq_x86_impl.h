@@ -616,6 +616,50 @@ float vec_dot_iq2s_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
   }
   return _mm512_reduce_add_ps(acc);
 }
+
+// IQ1_S: grid bytes g in {-1, 0, 1} (8-bit index from qs, 3 high bits from qh), turned into
+// 8 (g + delta) by the byte table of iq1_values; per 32 weights qh holds the scale and the sign of
+// delta. Magnitudes by vpabsb, the signs as a mask on the activations.
+float vec_dot_iq1s_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const BlockIq1S*>(w);
+  const __m512i tbl =
+      _mm512_broadcast_i32x4(_mm_setr_epi8(-7, 1, 9, -9, -1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+  const __m256i hshift = _mm256_setr_epi32(0, 3, 6, 9, 16, 19, 22, 25);
+  const __m256i m7 = _mm256_set1_epi32(7);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    const BlockIq1S& b = wb[i];
+    const int8_t* xq = x[i].qs;
+    __m512i isum0 = _mm512_setzero_si512(), isum1 = _mm512_setzero_si512();
+    for (int m = 0; m < 4; ++m) {
+      uint32_t h;  // qh of sub-blocks 2m (low half) and 2m + 1 (high half)
+      std::memcpy(&h, b.qh + 2 * m, 4);
+      const __m256i hi =
+          _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(h)), hshift), m7), 8);
+      const __m256i idx = _mm256_or_si256(
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + 8 * m))), hi);
+      const __m512i g = _mm512_i32gather_epi64(idx, kIq1sGrid, 8);
+      const __mmask64 dneg =
+          (h & 0x8000u ? 0xFFFFFFFFull : 0ull) | (h & 0x80000000u ? 0xFFFFFFFF00000000ull : 0ull);
+      __m512i gi = _mm512_add_epi8(g, _mm512_set1_epi8(1));
+      gi = _mm512_mask_add_epi8(gi, dneg, gi, _mm512_set1_epi8(3));
+      const __m512i v = _mm512_shuffle_epi8(tbl, gi);
+      const __m512i xv = negate_where(_mm512_loadu_si512(xq + 64 * m), uint64_t(_mm512_movepi8_mask(v)));
+      const __m512i p =
+          _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(v), xv),
+                            scale_pair16(2 * int((h >> 12) & 7) + 1, 2 * int((h >> 28) & 7) + 1));
+      if (m & 1) {
+        isum1 = _mm512_add_epi32(isum1, p);
+      } else {
+        isum0 = _mm512_add_epi32(isum0, p);
+      }
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(h2f(b.d) * 0.125f * x[i].d),
+                          _mm512_cvtepi32_ps(_mm512_add_epi32(isum0, isum1)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
 #endif
 
 // A weight super-block unpacked once for a chunk of activation rows.
@@ -705,6 +749,10 @@ void run_iq(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, c
       }
       if constexpr (std::is_same_v<F, FIq2S>) {
         for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq2s_512(w + size_t(r) * rb, xb, nb);
+        continue;
+      }
+      if constexpr (std::is_same_v<F, FIq1S>) {
+        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq1s_512(w + size_t(r) * rb, xb, nb);
         continue;
       }
 #else
