@@ -660,6 +660,52 @@ float vec_dot_iq1s_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
   }
   return _mm512_reduce_add_ps(acc);
 }
+
+// IQ1_M: as IQ1_S, but per 8 weights a qh nibble (3 high index bits, the sign of delta in bit 3),
+// a 3-bit scale per 16 weights, and the fp16 factor spread over the scales' top nibbles.
+float vec_dot_iq1m_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const BlockIq1M*>(w);
+  const __m512i tbl =
+      _mm512_broadcast_i32x4(_mm_setr_epi8(-7, 1, 9, -9, -1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2,
+                                          2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i hshift = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  const __m256i m7 = _mm256_set1_epi32(7);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    const BlockIq1M& b = wb[i];
+    const int8_t* xq = x[i].qs;
+    __m512i isum0 = _mm512_setzero_si512(), isum1 = _mm512_setzero_si512();
+    for (int m = 0; m < 4; ++m) {
+      uint32_t h;  // nibble j: grid entry 8m + j
+      std::memcpy(&h, b.qh + 4 * m, 4);
+      const __m256i hi =
+          _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(h)), hshift), m7), 8);
+      const __m256i idx = _mm256_or_si256(
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + 8 * m))), hi);
+      const __m512i g = _mm512_i32gather_epi64(idx, kIq1sGrid, 8);
+      const __mmask64 dneg = __mmask64(_pdep_u64(_pext_u32(h, 0x88888888u), 0x0101010101010101ull) * 0xFF);
+      __m512i gi = _mm512_add_epi8(g, _mm512_set1_epi8(1));
+      gi = _mm512_mask_add_epi8(gi, dneg, gi, _mm512_set1_epi8(3));
+      const __m512i v = _mm512_shuffle_epi8(tbl, gi);
+      const __m512i xv = negate_where(_mm512_loadu_si512(xq + 64 * m), uint64_t(_mm512_movepi8_mask(v)));
+      uint16_t sc2;
+      std::memcpy(&sc2, b.scales + 2 * m, 2);
+      const uint32_t sc4 = 2 * _pdep_u32(sc2, 0x07070707u) + 0x01010101u;  // 2 s + 1 per 16 weights
+      const __m512i scv = _mm512_cvtepu8_epi16(_mm256_shuffle_epi8(_mm256_set1_epi32(int(sc4)), spread));
+      const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(v), xv), scv);
+      if (m & 1) {
+        isum1 = _mm512_add_epi32(isum1, p);
+      } else {
+        isum0 = _mm512_add_epi32(isum0, p);
+      }
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(fp16_to_fp32(iq1m_scale_bits(b)) * 0.125f * x[i].d),
+                          _mm512_cvtepi32_ps(_mm512_add_epi32(isum0, isum1)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
 #endif
 
 // A weight super-block unpacked once for a chunk of activation rows.
@@ -753,6 +799,10 @@ void run_iq(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, c
       }
       if constexpr (std::is_same_v<F, FIq1S>) {
         for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq1s_512(w + size_t(r) * rb, xb, nb);
+        continue;
+      }
+      if constexpr (std::is_same_v<F, FIq1M>) {
+        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq1m_512(w + size_t(r) * rb, xb, nb);
         continue;
       }
 #else
