@@ -71,6 +71,22 @@ inline __m256i signs64(uint32_t s0, uint32_t s1, uint32_t s2, uint32_t s3) {
   return rows64(kSignMask.data(), s0, s1, s2, s3);
 }
 
+#if QLEAP_USE_VNNI
+// AVX-512 builds fetch IQ3_XXS's eight 4-byte grid rows per 32 weights with one gather (indices by
+// one vpmovzxbd) and its sign rows likewise: the eight broadcasts and seven blends of rows32 need
+// every index in a general register, and in these builds GCC parks those in xmm16-31 (a vmovq
+// each way). Measured 1.3-1.4x faster there; for the 64-bit rows of IQ2_XS, IQ2_S, IQ1_S and IQ1_M
+// (four broadcasts, three blends) gathers were not faster, so those keep rows64.
+inline __m128i bcast4(const void* p) {  // 4 bytes broadcast by a load alone (no shuffle)
+  return _mm_castps_si128(_mm_broadcast_ss(reinterpret_cast<const float*>(p)));
+}
+// Four 7-bit sign indices at bits 0, 7, 14, 21 of every lane of a -> their sign-mask rows.
+inline __m256i gather_signs(__m128i a) {
+  const __m128i i = _mm_and_si128(_mm_srlv_epi32(a, _mm_setr_epi32(0, 7, 14, 21)), _mm_set1_epi32(127));
+  return _mm256_i32gather_epi64(reinterpret_cast<const long long*>(kSignMask.data()), i, 8);
+}
+#endif
+
 // ---- format traits: scales(b, sc), factor(b), chunk(b, k, u, s) for weights 32k .. 32k+31 ----
 
 struct FIq2Xxs {
@@ -130,12 +146,18 @@ struct FIq3Xxs {
   }
   static float factor(const B& b) { return h2f(b.d) * 0.25f; }
   static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
+#if QLEAP_USE_VNNI
+    const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + 8 * k)));
+    *u = _mm256_i32gather_epi32(reinterpret_cast<const int*>(kIq3xxsGrid), idx, 4);
+    *s = gather_signs(bcast4(b.scales_signs + 4 * k));
+#else
     const uint8_t* q = b.qs + 8 * k;
     const uint32_t i[8] = {q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]};
     *u = rows32(kIq3xxsGrid, i);
     uint32_t a;
     std::memcpy(&a, b.scales_signs + 4 * k, 4);
     *s = signs64(a & 127, (a >> 7) & 127, (a >> 14) & 127, (a >> 21) & 127);
+#endif
   }
 };
 
@@ -481,6 +503,209 @@ float vec_dot_iq2xxs_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
   }
   return _mm512_reduce_add_ps(acc);
 }
+
+// IQ3_XXS as IQ3_S above (16 x 4 grid bytes per gather) with the sign indices of IQ2_XXS: per 32
+// weights a uint32 of four 7-bit sign indices and the 4-bit scale.
+float vec_dot_iq3xxs_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const BlockIq3Xxs*>(w);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    const BlockIq3Xxs& b = wb[i];
+    const int8_t* xq = x[i].qs;
+    uint32_t a[8];  // sub-block ib: 4 x 7 sign bits | scale << 28
+    std::memcpy(a, b.scales_signs, sizeof(a));
+    __m512i isum0 = _mm512_setzero_si512(), isum1 = _mm512_setzero_si512();
+    for (int m = 0; m < 4; ++m) {
+      const __m512i idx =
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 16 * m)));
+      const __m512i g = _mm512_i32gather_epi32(idx, kIq3xxsGrid, 4);
+      const uint32_t s0 = a[2 * m], s1 = a[2 * m + 1];
+      const uint64_t s7 = uint64_t(_pdep_u32(s0, 0x7F7F7F7Fu)) | (uint64_t(_pdep_u32(s1, 0x7F7F7F7Fu)) << 32);
+      const __m512i xv = negate_where(_mm512_loadu_si512(xq + 64 * m), iq2_sign_bytes(s7));
+      const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(g, xv),
+                                          scale_pair16(2 * int(s0 >> 28) + 1, 2 * int(s1 >> 28) + 1));
+      if (m & 1) {
+        isum1 = _mm512_add_epi32(isum1, p);
+      } else {
+        isum0 = _mm512_add_epi32(isum0, p);
+      }
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(h2f(b.d) * 0.25f * x[i].d),
+                          _mm512_cvtepi32_ps(_mm512_add_epi32(isum0, isum1)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// IQ2_XS: per 8 weights a uint16 of a 9-bit grid index and a 7-bit sign index; a 4-bit scale per
+// 16 weights, so the int16 scale vector has four values per 64 weights.
+float vec_dot_iq2xs_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const BlockIq2Xs*>(w);
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2,
+                                          2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i m511 = _mm256_set1_epi32(511);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    const BlockIq2Xs& b = wb[i];
+    const int8_t* xq = x[i].qs;
+    __m512i isum0 = _mm512_setzero_si512(), isum1 = _mm512_setzero_si512();
+    for (int m = 0; m < 4; ++m) {
+      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 8 * m));
+      const __m512i g =
+          _mm512_i32gather_epi64(_mm256_and_si256(_mm256_cvtepu16_epi32(q), m511), kIq2xsGrid, 8);
+      const __m128i si = _mm_srli_epi16(q, 9);
+      const uint64_t s7 = uint64_t(_mm_cvtsi128_si64(_mm_packus_epi16(si, si)));
+      const __m512i xv = negate_where(_mm512_loadu_si512(xq + 64 * m), iq2_sign_bytes(s7));
+      uint16_t sc2;
+      std::memcpy(&sc2, b.scales + 2 * m, 2);
+      const uint32_t sc4 = 2 * _pdep_u32(sc2, 0x0F0F0F0Fu) + 0x01010101u;  // 2 ls + 1 per 16 weights
+      const __m512i scv = _mm512_cvtepu8_epi16(_mm256_shuffle_epi8(_mm256_set1_epi32(int(sc4)), spread));
+      const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(g, xv), scv);
+      if (m & 1) {
+        isum1 = _mm512_add_epi32(isum1, p);
+      } else {
+        isum0 = _mm512_add_epi32(isum0, p);
+      }
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(h2f(b.d) * 0.125f * x[i].d),
+                          _mm512_cvtepi32_ps(_mm512_add_epi32(isum0, isum1)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// IQ2_S: 10-bit grid indices (qs bytes, 2 high bits each from qh), one sign bit per weight, scales
+// per 16 weights as IQ2_XS.
+float vec_dot_iq2s_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const BlockIq2S*>(w);
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2,
+                                          2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i hshift = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m256i m3 = _mm256_set1_epi32(3);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    const BlockIq2S& b = wb[i];
+    const int8_t* xq = x[i].qs;
+    __m512i isum0 = _mm512_setzero_si512(), isum1 = _mm512_setzero_si512();
+    for (int m = 0; m < 4; ++m) {
+      // Entry j of the step: qs[8m + j] | bits 2(j % 4) .. +1 of qh[2m + j / 4] as bits 8, 9.
+      uint16_t qh2;
+      std::memcpy(&qh2, b.qh + 2 * m, 2);
+      const __m256i hi =
+          _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(qh2)), hshift), m3), 8);
+      const __m256i idx = _mm256_or_si256(
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + 8 * m))), hi);
+      const __m512i g = _mm512_i32gather_epi64(idx, kIq2sGrid, 8);
+      uint64_t sg;
+      std::memcpy(&sg, b.signs + 8 * m, 8);
+      const __m512i xv = negate_where(_mm512_loadu_si512(xq + 64 * m), sg);
+      uint16_t sc2;
+      std::memcpy(&sc2, b.scales + 2 * m, 2);
+      const uint32_t sc4 = 2 * _pdep_u32(sc2, 0x0F0F0F0Fu) + 0x01010101u;  // 2 ls + 1 per 16 weights
+      const __m512i scv = _mm512_cvtepu8_epi16(_mm256_shuffle_epi8(_mm256_set1_epi32(int(sc4)), spread));
+      const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(g, xv), scv);
+      if (m & 1) {
+        isum1 = _mm512_add_epi32(isum1, p);
+      } else {
+        isum0 = _mm512_add_epi32(isum0, p);
+      }
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(h2f(b.d) * 0.125f * x[i].d),
+                          _mm512_cvtepi32_ps(_mm512_add_epi32(isum0, isum1)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// IQ1_S: grid bytes g in {-1, 0, 1} (8-bit index from qs, 3 high bits from qh), turned into
+// 8 (g + delta) by the byte table of iq1_values; per 32 weights qh holds the scale and the sign of
+// delta. Magnitudes by vpabsb, the signs as a mask on the activations.
+float vec_dot_iq1s_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const BlockIq1S*>(w);
+  const __m512i tbl =
+      _mm512_broadcast_i32x4(_mm_setr_epi8(-7, 1, 9, -9, -1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+  const __m256i hshift = _mm256_setr_epi32(0, 3, 6, 9, 16, 19, 22, 25);
+  const __m256i m7 = _mm256_set1_epi32(7);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    const BlockIq1S& b = wb[i];
+    const int8_t* xq = x[i].qs;
+    __m512i isum0 = _mm512_setzero_si512(), isum1 = _mm512_setzero_si512();
+    for (int m = 0; m < 4; ++m) {
+      uint32_t h;  // qh of sub-blocks 2m (low half) and 2m + 1 (high half)
+      std::memcpy(&h, b.qh + 2 * m, 4);
+      const __m256i hi =
+          _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(h)), hshift), m7), 8);
+      const __m256i idx = _mm256_or_si256(
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + 8 * m))), hi);
+      const __m512i g = _mm512_i32gather_epi64(idx, kIq1sGrid, 8);
+      const __mmask64 dneg =
+          (h & 0x8000u ? 0xFFFFFFFFull : 0ull) | (h & 0x80000000u ? 0xFFFFFFFF00000000ull : 0ull);
+      __m512i gi = _mm512_add_epi8(g, _mm512_set1_epi8(1));
+      gi = _mm512_mask_add_epi8(gi, dneg, gi, _mm512_set1_epi8(3));
+      const __m512i v = _mm512_shuffle_epi8(tbl, gi);
+      const __m512i xv = negate_where(_mm512_loadu_si512(xq + 64 * m), uint64_t(_mm512_movepi8_mask(v)));
+      const __m512i p =
+          _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(v), xv),
+                            scale_pair16(2 * int((h >> 12) & 7) + 1, 2 * int((h >> 28) & 7) + 1));
+      if (m & 1) {
+        isum1 = _mm512_add_epi32(isum1, p);
+      } else {
+        isum0 = _mm512_add_epi32(isum0, p);
+      }
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(h2f(b.d) * 0.125f * x[i].d),
+                          _mm512_cvtepi32_ps(_mm512_add_epi32(isum0, isum1)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// IQ1_M: as IQ1_S, but per 8 weights a qh nibble (3 high index bits, the sign of delta in bit 3),
+// a 3-bit scale per 16 weights, and the fp16 factor spread over the scales' top nibbles.
+float vec_dot_iq1m_512(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const BlockIq1M*>(w);
+  const __m512i tbl =
+      _mm512_broadcast_i32x4(_mm_setr_epi8(-7, 1, 9, -9, -1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2,
+                                          2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i hshift = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  const __m256i m7 = _mm256_set1_epi32(7);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    const BlockIq1M& b = wb[i];
+    const int8_t* xq = x[i].qs;
+    __m512i isum0 = _mm512_setzero_si512(), isum1 = _mm512_setzero_si512();
+    for (int m = 0; m < 4; ++m) {
+      uint32_t h;  // nibble j: grid entry 8m + j
+      std::memcpy(&h, b.qh + 4 * m, 4);
+      const __m256i hi =
+          _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(h)), hshift), m7), 8);
+      const __m256i idx = _mm256_or_si256(
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + 8 * m))), hi);
+      const __m512i g = _mm512_i32gather_epi64(idx, kIq1sGrid, 8);
+      const __mmask64 dneg = __mmask64(_pdep_u64(_pext_u32(h, 0x88888888u), 0x0101010101010101ull) * 0xFF);
+      __m512i gi = _mm512_add_epi8(g, _mm512_set1_epi8(1));
+      gi = _mm512_mask_add_epi8(gi, dneg, gi, _mm512_set1_epi8(3));
+      const __m512i v = _mm512_shuffle_epi8(tbl, gi);
+      const __m512i xv = negate_where(_mm512_loadu_si512(xq + 64 * m), uint64_t(_mm512_movepi8_mask(v)));
+      uint16_t sc2;
+      std::memcpy(&sc2, b.scales + 2 * m, 2);
+      const uint32_t sc4 = 2 * _pdep_u32(sc2, 0x07070707u) + 0x01010101u;  // 2 s + 1 per 16 weights
+      const __m512i scv = _mm512_cvtepu8_epi16(_mm256_shuffle_epi8(_mm256_set1_epi32(int(sc4)), spread));
+      const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(v), xv), scv);
+      if (m & 1) {
+        isum1 = _mm512_add_epi32(isum1, p);
+      } else {
+        isum0 = _mm512_add_epi32(isum0, p);
+      }
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(fp16_to_fp32(iq1m_scale_bits(b)) * 0.125f * x[i].d),
+                          _mm512_cvtepi32_ps(_mm512_add_epi32(isum0, isum1)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
 #endif
 
 // A weight super-block unpacked once for a chunk of activation rows.
@@ -558,6 +783,26 @@ void run_iq(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, c
       }
       if constexpr (std::is_same_v<F, FIq2Xxs>) {
         for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq2xxs_512(w + size_t(r) * rb, xb, nb);
+        continue;
+      }
+      if constexpr (std::is_same_v<F, FIq3Xxs>) {
+        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq3xxs_512(w + size_t(r) * rb, xb, nb);
+        continue;
+      }
+      if constexpr (std::is_same_v<F, FIq2Xs>) {
+        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq2xs_512(w + size_t(r) * rb, xb, nb);
+        continue;
+      }
+      if constexpr (std::is_same_v<F, FIq2S>) {
+        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq2s_512(w + size_t(r) * rb, xb, nb);
+        continue;
+      }
+      if constexpr (std::is_same_v<F, FIq1S>) {
+        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq1s_512(w + size_t(r) * rb, xb, nb);
+        continue;
+      }
+      if constexpr (std::is_same_v<F, FIq1M>) {
+        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq1m_512(w + size_t(r) * rb, xb, nb);
         continue;
       }
 #else
