@@ -9,14 +9,11 @@
 
 #include "core/cpu_features.h"
 #include "core/fp16.h"
+#include "isa_test_util.h"
 
 namespace qleap {
 namespace {
-
-struct IsaGuard {
-  IsaLevel saved = isa_level();
-  ~IsaGuard() { set_isa_level(saved); }
-};
+using testing_util::IsaGuard;
 
 struct Case {
   int n_heads, n_kv_heads, head_dim, pos0, n_q;

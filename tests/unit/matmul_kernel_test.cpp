@@ -15,13 +15,16 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "core/thread_pool.h"
+#include "isa_test_util.h"
 #include "quant/block_q6_k.h"
 #include "quant/quant.h"
 #include "random_weights.h"
 
 namespace qleap {
 namespace {
+using testing_util::IsaGuard;
 using testing_util::random_weights;
+using testing_util::supported_levels;
 
 // Error bound: the kernels quantize activations to int8 per block (32 or 256 values), so each
 // x_c carries an error of at most d/2 (d = block absmax / 127), roughly uniform. Bound the dot
@@ -64,22 +67,6 @@ int act_block_of(GgmlType t) {
       return type_traits(t).block_size == 256 ? 256 : 32;
   }
 }
-
-std::vector<IsaLevel> supported_levels() {
-  std::vector<IsaLevel> out;
-  const IsaLevel saved = isa_level();
-  for (IsaLevel l : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512, IsaLevel::kAmx}) {
-    set_isa_level(l);
-    if (isa_level() == l) out.push_back(l);
-  }
-  set_isa_level(saved);
-  return out;
-}
-
-struct IsaGuard {
-  IsaLevel saved = isa_level();
-  ~IsaGuard() { set_isa_level(saved); }
-};
 
 class MatmulKernel : public ::testing::TestWithParam<const char*> {};
 

@@ -15,28 +15,15 @@
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "isa_test_util.h"
 #include "quant/quant.h"
 #include "random_weights.h"
 
 namespace qleap {
 namespace {
+using testing_util::IsaGuard;
 using testing_util::random_weights;
-
-std::vector<IsaLevel> supported_levels() {
-  std::vector<IsaLevel> out;
-  const IsaLevel saved = isa_level();
-  for (IsaLevel l : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512, IsaLevel::kAmx}) {
-    set_isa_level(l);
-    if (isa_level() == l) out.push_back(l);
-  }
-  set_isa_level(saved);
-  return out;
-}
-
-struct IsaGuard {
-  IsaLevel saved = isa_level();
-  ~IsaGuard() { set_isa_level(saved); }
-};
+using testing_util::supported_levels;
 
 struct Group {
   std::vector<std::vector<uint8_t>> bytes;
