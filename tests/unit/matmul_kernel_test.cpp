@@ -160,7 +160,8 @@ TEST_P(PackedMatmul, MatchesReferenceAtEveryIsaLevel) {
   struct Shape {
     int64_t rows, cols;
   };
-  const Shape shapes[] = {{37, sbv * 3}, {16, sbv}, {150, sbv == 256 ? 768 : 640}};
+  // 37 and 150 end in a group whose second 8-row half (AVX2) is empty, 45 in one with 5 of its 8 rows.
+  const Shape shapes[] = {{37, sbv * 3}, {16, sbv}, {45, sbv}, {150, sbv == 256 ? 768 : 640}};
   ThreadPool pool1(1), pool3(3);
   for (const Shape& s : shapes) {
     const auto w = random_weights(t, s.rows, s.cols, rng);

@@ -250,40 +250,53 @@ constexpr int widen_of() {
 // prefetches stay useful past the end of a group or matrix.
 constexpr size_t kPrefetchAhead = 4096;
 
-// y[t][0 .. nr) for tokens [t0, t0 + T) and the kPR rows of group g (AVX2: half h of it). Every
-// token runs the same operations in the same order whatever T is (batch invariance: RowExactMatmul).
-template <class P, int T>
-void gemv_rows(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0, float* y,
+// Stores kNH halves' results: y[0 .. nr) with nr counting the rows of all kNH halves.
+template <int kNH>
+void store_halves(float* y, const VF* v, int nr) {
+  for (int hh = 0; hh < kNH && nr > kPR * hh; ++hh)
+    panel::vstore_rows(y + kPR * hh, v[hh], std::min(kPR, nr - kPR * hh));
+}
+
+// y[t][0 .. nr) for tokens [t0, t0 + T) and the rows of group g from half h0 on (AVX2: 8 rows a
+// half, kNH halves). Every token runs the same operations in the same order whatever T and kNH
+// are (batch invariance: RowExactMatmul). AVX2 reads each 64-byte line of the layout as two
+// halves; doing both halves of a super-block before the next (kNH = 2) keeps the weights one
+// stream from memory, where a pass per half left memory idle while the second half re-read the
+// group from L2.
+template <class P, int T, int kNH = 1>
+void gemv_rows(const PackedMatrix& pm, int64_t g, int h0, const panel::Acts& x, int64_t t0, float* y,
                int64_t ldy, int nr) {
   const uint8_t* gs = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* gq = gs + pm.q_offset;
   const int64_t nsb = pm.cols / pm.sb_values;
   const int64_t n32 = pm.cols / 32, nsub = pm.cols / P::kSub;
-  VF acc0[T], acc1[T];
-  for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = panel::vzerof();
+  VF acc0[kNH][T], acc1[kNH][T];
+  for (int hh = 0; hh < kNH; ++hh)
+    for (int t = 0; t < T; ++t) acc0[hh][t] = acc1[hh][t] = panel::vzerof();
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* q = gq + size_t(sb) * pm.q_bytes;
     // The quants stream ahead of the hardware prefetcher's reach (it stops at 4 KiB pages).
     for (size_t o = 0; o < pm.q_bytes; o += 64)
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
     const int64_t k_sb = sb * pm.sb_values;
-    P::unpack(gs + size_t(sb) * pm.s_bytes, q, h, [&](int sub, const VI* u, int nu, VF a, VF b) {
-      const int64_t k0 = k_sb + int64_t(sub) * P::kSub;
+    for (int hh = 0; hh < kNH; ++hh)
+      P::unpack(gs + size_t(sb) * pm.s_bytes, q, h0 + hh, [&](int sub, const VI* u, int nu, VF a, VF b) {
+        const int64_t k0 = k_sb + int64_t(sub) * P::kSub;
 #if !QLEAP_USE_VNNI
-      VI abs_u[8];
-      if constexpr (P::kSigned) {
-        for (int gi = 0; gi < nu; ++gi) abs_u[gi] = _mm256_sign_epi8(u[gi], u[gi]);
-      }
-#endif
-      for (int t = 0; t < T; ++t) {
-        const int8_t* xq = x.q + size_t(t0 + t) * size_t(pm.cols) + k0;
-        VI i0 = panel::vzeroi(), i1 = panel::vzeroi();
-#if QLEAP_USE_VNNI
-        for (int gi = 0; gi < nu; ++gi) {
-          VI& acc = (gi & 1) ? i1 : i0;
-          acc = _mm512_dpbusd_epi32(acc, u[gi], panel::vbcast32(xq + 4 * gi));
+        VI abs_u[8];
+        if constexpr (P::kSigned) {
+          for (int gi = 0; gi < nu; ++gi) abs_u[gi] = _mm256_sign_epi8(u[gi], u[gi]);
         }
-        const VI isum = _mm512_add_epi32(i0, i1);
+#endif
+        for (int t = 0; t < T; ++t) {
+          const int8_t* xq = x.q + size_t(t0 + t) * size_t(pm.cols) + k0;
+          VI i0 = panel::vzeroi(), i1 = panel::vzeroi();
+#if QLEAP_USE_VNNI
+          for (int gi = 0; gi < nu; ++gi) {
+            VI& acc = (gi & 1) ? i1 : i0;
+            acc = _mm512_dpbusd_epi32(acc, u[gi], panel::vbcast32(xq + 4 * gi));
+          }
+          const VI isum = _mm512_add_epi32(i0, i1);
 #else
         const __m256i ones = _mm256_set1_epi16(1);
         if constexpr (P::kSigned) {
@@ -305,20 +318,22 @@ void gemv_rows(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, i
         }
         const VI isum = _mm256_add_epi32(i0, i1);
 #endif
-        const VF sc = panel::vmul(a, panel::vbcastf(x.d + size_t(t0 + t) * size_t(n32) + k0 / 32));
-        acc0[t] = panel::vfma(panel::vcvt(isum), sc, acc0[t]);
-        if constexpr (!P::kSigned)
-          acc1[t] =
-              panel::vfma(b, panel::vbcastf(x.s + size_t(t0 + t) * size_t(nsub) + k0 / P::kSub), acc1[t]);
-      }
-    });
+          const VF sc = panel::vmul(a, panel::vbcastf(x.d + size_t(t0 + t) * size_t(n32) + k0 / 32));
+          acc0[hh][t] = panel::vfma(panel::vcvt(isum), sc, acc0[hh][t]);
+          if constexpr (!P::kSigned)
+            acc1[hh][t] = panel::vfma(b, panel::vbcastf(x.s + size_t(t0 + t) * size_t(nsub) + k0 / P::kSub),
+                                      acc1[hh][t]);
+        }
+      });
   }
   for (int t = 0; t < T; ++t) {
+    VF v[kNH];
 #if QLEAP_USE_VNNI
-    panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), _mm512_add_ps(acc0[t], acc1[t]), nr);
+    for (int hh = 0; hh < kNH; ++hh) v[hh] = _mm512_add_ps(acc0[hh][t], acc1[hh][t]);
 #else
-    panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), _mm256_add_ps(acc0[t], acc1[t]), nr);
+    for (int hh = 0; hh < kNH; ++hh) v[hh] = _mm256_add_ps(acc0[hh][t], acc1[hh][t]);
 #endif
+    store_halves<kNH>(y + size_t(t0 + t) * size_t(ldy), v, nr);
   }
 }
 
@@ -447,8 +462,8 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
 // 16 bits), then PMADDWD by the row's sub-block scale instead of by ones, so the two sub-blocks of
 // an activation scale and the -32 offset (-32 * sc * the activation sum, x.o16 holding the two
 // sums of a 32 as 16-bit halves) add up exactly in 32 bits: one conversion per 32 values.
-template <int T>
-void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0, float* y,
+template <int T, int kNH = 1>
+void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h0, const panel::Acts& x, int64_t t0, float* y,
                   int64_t ldy, int nr) {
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
@@ -459,64 +474,72 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
                                         4, 5, 8, 9, 8, 9, 12, 13, 12, 13);
   const __m256i dup1 = _mm256_setr_epi8(2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3, 6,
                                         7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15);
-  VF acc[T];
-  for (int t = 0; t < T; ++t) acc[t] = panel::vzerof();
+  VF acc[kNH][T];
+  for (int hh = 0; hh < kNH; ++hh)
+    for (int t = 0; t < T; ++t) acc[hh][t] = panel::vzerof();
   for (int64_t sb = 0; sb < nsb; ++sb, q += 3072, s += pm.s_bytes) {
     for (int o = 0; o < 3072; o += 64)
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
-    VF accs[T];
-    for (int t = 0; t < T; ++t) accs[t] = panel::vzerof();
-    for (int hh = 0; hh < 2; ++hh) {
-      __m256i sc[4][2], isum[T][4];
-      for (int k = 0; k < 4; ++k) {
-        const uint8_t* sp = s + 32 + 16 * (8 * hh + 2 * k) + 8 * h;
-        const __m256i scp = _mm256_cvtepi8_epi16(
-            _mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp)),
-                              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp + 16))));
-        sc[k][0] = _mm256_shuffle_epi8(scp, dup0);
-        sc[k][1] = _mm256_shuffle_epi8(scp, dup1);
-        const __m256i scp32 = _mm256_slli_epi16(scp, 5);  // |32 sc| <= 4096
-        for (int t = 0; t < T; ++t)
-          isum[t][k] = _mm256_madd_epi16(scp32, _mm256_set1_epi32(xa.e[t][8 * sb + 4 * hh + k]));
-      }
-      for (int vq = 0; vq < 2; ++vq) {
-        VI u[4][4];  // [k][i]
-        for (int i = 0; i < 4; ++i) {
-          const uint8_t* tr = q + 64 * 3 * (8 * hh + 4 * vq + i);
-          VI gk[4];
-          q6_unpack3(ldq(tr, h), ldq(tr + 64, h), ldq(tr + 128, h), gk);
-          for (int k = 0; k < 4; ++k) u[k][i] = gk[k];
+    for (int h = h0; h < h0 + kNH; ++h) {
+      VF accs[T];
+      for (int t = 0; t < T; ++t) accs[t] = panel::vzerof();
+      for (int hh = 0; hh < 2; ++hh) {
+        __m256i sc[4][2], isum[T][4];
+        for (int k = 0; k < 4; ++k) {
+          const uint8_t* sp = s + 32 + 16 * (8 * hh + 2 * k) + 8 * h;
+          const __m256i scp = _mm256_cvtepi8_epi16(
+              _mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp)),
+                                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp + 16))));
+          sc[k][0] = _mm256_shuffle_epi8(scp, dup0);
+          sc[k][1] = _mm256_shuffle_epi8(scp, dup1);
+          const __m256i scp32 = _mm256_slli_epi16(scp, 5);  // |32 sc| <= 4096
+          for (int t = 0; t < T; ++t)
+            isum[t][k] = _mm256_madd_epi16(scp32, _mm256_set1_epi32(xa.e[t][8 * sb + 4 * hh + k]));
         }
-        for (int t = 0; t < T; ++t) {
-          for (int k = 0; k < 4; ++k) {
-            const int8_t* xt = xa.q[t] + 256 * sb + 128 * hh + 32 * k + 16 * vq;
-            const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][0], panel::vbcast32(xt)),
-                                                _mm256_maddubs_epi16(u[k][1], panel::vbcast32(xt + 4)));
-            const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][2], panel::vbcast32(xt + 8)),
-                                                _mm256_maddubs_epi16(u[k][3], panel::vbcast32(xt + 12)));
-            isum[t][k] = _mm256_add_epi32(isum[t][k], _mm256_add_epi32(_mm256_madd_epi16(p0, sc[k][vq]),
-                                                                       _mm256_madd_epi16(p1, sc[k][vq])));
+        for (int vq = 0; vq < 2; ++vq) {
+          VI u[4][4];  // [k][i]
+          for (int i = 0; i < 4; ++i) {
+            const uint8_t* tr = q + 64 * 3 * (8 * hh + 4 * vq + i);
+            VI gk[4];
+            q6_unpack3(ldq(tr, h), ldq(tr + 64, h), ldq(tr + 128, h), gk);
+            for (int k = 0; k < 4; ++k) u[k][i] = gk[k];
+          }
+          for (int t = 0; t < T; ++t) {
+            for (int k = 0; k < 4; ++k) {
+              const int8_t* xt = xa.q[t] + 256 * sb + 128 * hh + 32 * k + 16 * vq;
+              const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][0], panel::vbcast32(xt)),
+                                                  _mm256_maddubs_epi16(u[k][1], panel::vbcast32(xt + 4)));
+              const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][2], panel::vbcast32(xt + 8)),
+                                                  _mm256_maddubs_epi16(u[k][3], panel::vbcast32(xt + 12)));
+              isum[t][k] = _mm256_add_epi32(isum[t][k], _mm256_add_epi32(_mm256_madd_epi16(p0, sc[k][vq]),
+                                                                         _mm256_madd_epi16(p1, sc[k][vq])));
+            }
           }
         }
+        for (int t = 0; t < T; ++t)
+          for (int k = 0; k < 4; ++k)
+            accs[t] =
+                panel::vfma(panel::vcvt(isum[t][k]), panel::vbcastf(xa.d[t] + 8 * sb + 4 * hh + k), accs[t]);
       }
-      for (int t = 0; t < T; ++t)
-        for (int k = 0; k < 4; ++k)
-          accs[t] =
-              panel::vfma(panel::vcvt(isum[t][k]), panel::vbcastf(xa.d[t] + 8 * sb + 4 * hh + k), accs[t]);
+      const VF d = ld_h(s, h);
+      for (int t = 0; t < T; ++t) acc[h - h0][t] = panel::vfma(d, accs[t], acc[h - h0][t]);
     }
-    const VF d = ld_h(s, h);
-    for (int t = 0; t < T; ++t) acc[t] = panel::vfma(d, accs[t], acc[t]);
   }
-  for (int t = 0; t < T; ++t) panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), acc[t], nr);
+  for (int t = 0; t < T; ++t) {
+    VF v[kNH];
+    for (int hh = 0; hh < kNH; ++hh) v[hh] = acc[hh][t];
+    store_halves<kNH>(y + size_t(t0 + t) * size_t(ldy), v, nr);
+  }
 }
 #endif
 
 // Up to kGemvTokens tokens per pass over the weights.
 constexpr int kGemvTokens = 4;
 
+// Rows [kPR h, kPR h + nr) of group g for every token.
 template <class P>
-void gemv_tokens(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, float* y, int64_t ldy,
-                 int nr) {
+void gemv_half(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, float* y, int64_t ldy,
+               int nr) {
 #if QLEAP_USE_VNNI
   if constexpr (std::is_same_v<P, PQ4_0> || std::is_same_v<P, PQ4_1>) {
     constexpr bool kMin = std::is_same_v<P, PQ4_1>;
@@ -580,6 +603,23 @@ void gemv_tokens(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x,
   }
 }
 
+// The nr rows of group g for every token. AVX2 decodes a lone token's two halves in one pass
+// (gemv_rows' kNH); with several tokens the accumulators of both halves would not fit the 16
+// registers, so each half takes its own pass.
+template <class P>
+void gemv_tokens(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int64_t ldy, int nr) {
+#if !QLEAP_USE_VNNI
+  if (x.m == 1) {
+    if constexpr (std::is_same_v<P, PQ6_K>)
+      gemv_rows_q6<1, 2>(pm, g, 0, x, 0, y, ldy, nr);
+    else
+      gemv_rows<P, 1, 2>(pm, g, 0, x, 0, y, ldy, nr);
+    return;
+  }
+#endif
+  for (int h = 0; h * kPR < nr; ++h) gemv_half<P>(pm, g, h, x, y + kPR * h, ldy, std::min(kPR, nr - kPR * h));
+}
+
 // ---- prefill: unpack a group into a panel, then the panel kernel ----
 
 template <class P>
@@ -602,7 +642,7 @@ void fill_panel(const PackedMatrix& pm, int64_t g, int h, uint8_t* pq, float* pa
 }
 
 struct Ops {
-  void (*gemv)(const PackedMatrix&, int64_t, int, const panel::Acts&, float*, int64_t, int);
+  void (*gemv)(const PackedMatrix&, int64_t, const panel::Acts&, float*, int64_t, int);  // a whole group
   void (*fill)(const PackedMatrix&, int64_t, int, uint8_t*, float*, float*);
   panel::RowsFn rows;
   int sub;
@@ -746,14 +786,15 @@ bool packed_matmul_many(const PackedMatrix* const* pms, float* const* ys, int n,
       const Mat& mt = jp->mats[i];
       const PackedMatrix& p = *mt.pm;
       const int64_t g = gg - (mt.g_end - p.groups);
+      if (jp->rows_path) {
+        const int64_t r0 = g * kPackRows;
+        mt.op.gemv(p, g, mt.xa, mt.y + r0, p.rows, int(std::min<int64_t>(kPackRows, p.rows - r0)));
+        continue;
+      }
       for (int h = 0; h < kHalves; ++h) {
         const int64_t r0 = g * kPackRows + h * kPR;
         if (r0 >= p.rows) break;
         const int nr = int(std::min<int64_t>(kPR, p.rows - r0));
-        if (jp->rows_path) {
-          mt.op.gemv(p, g, h, mt.xa, mt.y + r0, p.rows, nr);
-          continue;
-        }
         const size_t qb = size_t(p.cols) * kPR;
         const size_t nsb = size_t(p.cols / mt.op.sub) * kPR;
         uint8_t* pq = pbuf.get(qb + 2 * nsb * sizeof(float) + 64);
