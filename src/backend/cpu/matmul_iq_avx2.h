@@ -78,6 +78,12 @@ inline __m256i grid_rows4(const uint32_t* grid, const uint32_t* gi) {
   }
 }
 
+// After grid indices were stored from vectors: without it GCC forwards each index from the vector
+// register by vpextrd (two ops on AMD Zen) instead of one load from the stack array.
+inline void indices_in_memory() {
+  asm volatile("" ::: "memory");
+}
+
 // The products of 32 weights: grid bytes u, sign mask s, activations xq, int16 scales sc.
 inline __m256i iq_step(__m256i u, __m256i s, const uint8_t* xq, __m256i sc) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(load32u(xq), s)), sc);
@@ -102,6 +108,7 @@ float vec_dot_iq3s_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
     }
     uint32_t sb[8];
     std::memcpy(sb, b.signs, sizeof(sb));
+    if constexpr (!kGather) indices_in_memory();
     __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
 #pragma GCC unroll 4
     for (int m = 0; m < 4; ++m) {
@@ -135,9 +142,15 @@ float vec_dot_iq3xxs_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
     const __m256i sc8 = odd_scales_top4(ss);
     alignas(32) uint32_t gi[64];
     for (int k = 0; k < 8; ++k) {
-      _mm256_store_si256(
-          reinterpret_cast<__m256i*>(gi + 8 * k),
-          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + 8 * k))));
+      if constexpr (kGather) {
+        _mm256_store_si256(
+            reinterpret_cast<__m256i*>(gi + 8 * k),
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + 8 * k))));
+      } else {
+        // Byte loads: on Zen 3 faster than a vector store and reload (IQ3_S needs the vector for its
+        // ninth bit).
+        for (int j = 0; j < 8; ++j) gi[8 * k + j] = b.qs[8 * k + j];
+      }
     }
     __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
 #pragma GCC unroll 4
@@ -177,6 +190,7 @@ float vec_dot_iq2xxs_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
       std::memcpy(&g, b.qs + 4 * k, 4);
       _mm_store_si128(reinterpret_cast<__m128i*>(gi + 4 * k), _mm_cvtepu8_epi32(_mm_cvtsi32_si128(int(g))));
     }
+    if constexpr (!kGather) indices_in_memory();
     __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
 #pragma GCC unroll 4
     for (int m = 0; m < 4; ++m) {
@@ -220,6 +234,7 @@ float vec_dot_iq2xs_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
     _mm256_store_si256(reinterpret_cast<__m256i*>(sb), ksigns_of(s));
     __m256i sc16[2];
     odd_scales_nibbles(b.scales, sc16);
+    if constexpr (!kGather) indices_in_memory();
     __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
 #pragma GCC unroll 4
     for (int m = 0; m < 4; ++m) {
@@ -264,6 +279,7 @@ float vec_dot_iq2s_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
     std::memcpy(sb, b.signs, sizeof(sb));
     __m256i sc16[2];
     odd_scales_nibbles(b.scales, sc16);
+    if constexpr (!kGather) indices_in_memory();
     __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
 #pragma GCC unroll 4
     for (int m = 0; m < 4; ++m) {
@@ -318,6 +334,7 @@ float vec_dot_iq1s_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
         _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 12), _mm_set1_epi16(7)), 1), _mm_set1_epi16(1));
     const __m256i sc8 = _mm256_broadcastsi128_si256(sc);
     const __m256i dn8 = _mm256_broadcastsi128_si256(_mm_and_si128(_mm_srai_epi16(qh, 15), _mm_set1_epi16(3)));
+    if constexpr (!kGather) indices_in_memory();
     __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
 #pragma GCC unroll 4
     for (int m = 0; m < 4; ++m) {
@@ -371,6 +388,7 @@ float vec_dot_iq1m_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
         _mm256_slli_epi16(_mm256_srli_epi16(_mm256_mullo_epi16(ws, smul), 13), 1), _mm256_set1_epi16(1));
     const __m256i sc16[2] = {_mm256_permute2x128_si256(s16, s16, 0x00),
                              _mm256_permute2x128_si256(s16, s16, 0x11)};
+    if constexpr (!kGather) indices_in_memory();
     __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
 #pragma GCC unroll 4
     for (int m = 0; m < 4; ++m) {
