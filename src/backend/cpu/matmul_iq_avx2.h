@@ -1,4 +1,5 @@
-// AVX2 decode (one activation row) of the grid i-quants: IQ3_S, IQ3_XXS, IQ2_XXS, IQ2_XS, IQ2_S.
+// AVX2 decode (one activation row) of the grid i-quants: IQ3_S, IQ3_XXS, IQ2_XXS, IQ2_XS, IQ2_S,
+// IQ1_S, IQ1_M.
 // Included from matmul_iq_x86_impl.h inside its per-ISA namespace, in the AVX2 build only (the
 // AVX-512 build has 64-weight kernels of its own there); the integer sums are those of vec_dot_iq.
 //
@@ -185,12 +186,19 @@ float vec_dot_iq2xxs_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
     _mm256_store_si256(reinterpret_cast<__m256i*>(sb), ksigns_of_dwords(ss));
     const __m256i sc8 = odd_scales_top4(ss);
     alignas(32) uint32_t gi[32];
-    for (int k = 0; k < 8; ++k) {
-      uint32_t g;
-      std::memcpy(&g, b.qs + 4 * k, 4);
-      _mm_store_si128(reinterpret_cast<__m128i*>(gi + 4 * k), _mm_cvtepu8_epi32(_mm_cvtsi32_si128(int(g))));
+    if constexpr (kGather) {
+      for (int k = 0; k < 8; ++k) {
+        uint32_t g;
+        std::memcpy(&g, b.qs + 4 * k, 4);
+        _mm_store_si128(reinterpret_cast<__m128i*>(gi + 4 * k), _mm_cvtepu8_epi32(_mm_cvtsi32_si128(int(g))));
+      }
+    } else {
+      // Byte loads, as IQ3_XXS (MatvecHot on Zen 3: 47 -> 42 us).
+      const auto* q8 = reinterpret_cast<const uint8_t*>(b.qs);
+      for (int k = 0; k < 8; ++k) {
+        for (int j = 0; j < 4; ++j) gi[4 * k + j] = q8[8 * k + j];
+      }
     }
-    if constexpr (!kGather) indices_in_memory();
     __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
 #pragma GCC unroll 4
     for (int m = 0; m < 4; ++m) {

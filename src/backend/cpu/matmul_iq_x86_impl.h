@@ -50,8 +50,8 @@ inline __m256i sign_bits_to_mask(const uint8_t* p) {
 // Table rows -> one vector, by broadcast loads and blends: a broadcast from memory is a load alone
 // and a blend runs on any vector port, where the inserts that _mm256_set_* compiles to take the
 // shuffle port (two ops each on Intel), which bound the decode of these formats. Used by every
-// format's prefill unpacking and by the decode of those without their own kernel below (IQ3_S and
-// IQ2_XXS gather instead; gathers are microcoded on AMD Zen 2/3, plain loads are not).
+// format's prefill unpacking, and by the AVX2 decode kernels (matmul_iq_avx2.h) on CPUs without
+// fast gathers (AMD: microcoded there, plain loads are not).
 inline __m256i rows64(const uint64_t* t, uint32_t i0, uint32_t i1, uint32_t i2, uint32_t i3) {
   const __m256i a = _mm256_set1_epi64x(int64_t(t[i0])), b = _mm256_set1_epi64x(int64_t(t[i1]));
   const __m256i c = _mm256_set1_epi64x(int64_t(t[i2])), d = _mm256_set1_epi64x(int64_t(t[i3]));
