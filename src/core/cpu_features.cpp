@@ -54,6 +54,9 @@ Detected detect() {
   Detected r;
   CpuFeatures& f = r.f;
   unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return r;
+  // Vendor string "AuthenticAMD" in ebx, edx, ecx.
+  const bool amd = b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return r;
   const bool osxsave = (c >> 27) & 1;
   f.fma = (c >> 12) & 1;
@@ -79,6 +82,7 @@ Detected detect() {
     f.avx512bf16 = zmm_ok && ((a >> 5) & 1);
   }
   f.fma = f.fma && ymm_ok;
+  f.fast_gather = f.avx2 && !amd;
   f.f16c = f.f16c && ymm_ok;
   if (f.amx_tile && f.amx_int8 && f.amx_bf16 && f.avx512vnni && f.avx512bf16) {
     if (!tile_ok) {
@@ -123,6 +127,15 @@ std::atomic<int>& level_slot() {
 
 }  // namespace
 
+static std::atomic<int>& gather_slot() {
+  static std::atomic<int> slot{[] {
+    const char* e = std::getenv("QLEAP_GATHER");
+    if (e != nullptr && (e[0] == '0' || e[0] == '1')) return e[0] - '0';
+    return int(cpu_features().fast_gather);
+  }()};
+  return slot;
+}
+
 const CpuFeatures& cpu_features() {
   return detected().f;
 }
@@ -143,6 +156,14 @@ void set_isa_level(IsaLevel level) {
   const IsaLevel max = supported_level(cpu_features());
   if (int(level) > int(max)) level = max;
   level_slot().store(int(level), std::memory_order_relaxed);
+}
+
+bool fast_gather() {
+  return gather_slot().load(std::memory_order_relaxed) != 0;
+}
+
+void set_fast_gather(bool on) {
+  gather_slot().store(int(on), std::memory_order_relaxed);
 }
 
 const char* isa_name(IsaLevel level) {

@@ -18,6 +18,10 @@ struct CpuFeatures {
   // ... and Linux granted this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM): tile
   // instructions are only legal after that.
   bool amx_usable = false;
+  // AVX2 gathers (vpgatherdd / vpgatherdq) beat broadcast loads and blends for the i-quant grid
+  // lookups: measured so on Intel Sapphire Rapids; not on AMD Zen 3, which microcodes them, so
+  // off on AMD (docs/formats.md).
+  bool fast_gather = false;
 };
 
 const CpuFeatures& cpu_features();
@@ -32,5 +36,9 @@ IsaLevel max_isa_level();
 void set_isa_level(IsaLevel level);
 const char* isa_name(IsaLevel level);
 std::string cpu_model_name();
+// Whether kernels with a gather and a load-and-blend form take the gather: CpuFeatures::fast_gather
+// unless QLEAP_GATHER=0|1 or set_fast_gather (tests, A/B benchmarks) says otherwise.
+bool fast_gather();
+void set_fast_gather(bool on);
 
 }  // namespace qleap

@@ -13,6 +13,7 @@
 // per 16) has its own Q8A row kernel.
 #include <array>
 
+#include "core/cpu_features.h"
 #include "quant/block_iq1_m.h"
 #include "quant/block_iq1_s.h"
 #include "quant/block_iq2_s.h"
@@ -49,8 +50,8 @@ inline __m256i sign_bits_to_mask(const uint8_t* p) {
 // Table rows -> one vector, by broadcast loads and blends: a broadcast from memory is a load alone
 // and a blend runs on any vector port, where the inserts that _mm256_set_* compiles to take the
 // shuffle port (two ops each on Intel), which bound the decode of these formats. Used by every
-// format's prefill unpacking and by the decode of those without their own kernel below (IQ3_S and
-// IQ2_XXS gather instead; gathers are microcoded on AMD Zen 2/3, plain loads are not).
+// format's prefill unpacking, and by the AVX2 decode kernels (matmul_iq_avx2.h) on CPUs without
+// fast gathers (AMD: microcoded there, plain loads are not).
 inline __m256i rows64(const uint64_t* t, uint32_t i0, uint32_t i1, uint32_t i2, uint32_t i3) {
   const __m256i a = _mm256_set1_epi64x(int64_t(t[i0])), b = _mm256_set1_epi64x(int64_t(t[i1]));
   const __m256i c = _mm256_set1_epi64x(int64_t(t[i2])), d = _mm256_set1_epi64x(int64_t(t[i3]));
@@ -336,84 +337,7 @@ float vec_dot_iq(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
 }
 
 #if !QLEAP_USE_VNNI
-// ---- AVX2 decode of IQ3_S and IQ2_XXS ----
-// Per 32 weights: the grid indices built in a vector and their rows fetched by one gather (IQ3_S:
-// 8 x 4 bytes, IQ2_XXS: 4 x 8 bytes; the IQ2_XXS sign masks likewise from kSignMask), the signs
-// applied to the activations, the scale as one broadcast int16 for vpmaddwd; two chains of 32 per
-// step. On the Sapphire Rapids development machine (AVX2 level) the gathers beat the broadcast and
-// blend rows of the other formats by 1.2-1.7x; AMD Zen 2/3 microcode their gathers (see
-// docs/formats.md), so the choice there is unmeasured. The integer sums are those of vec_dot_iq.
-
-inline __m256i odd_scale16(uint32_t s) {
-  return _mm256_set1_epi16(short(2 * s + 1));
-}
-
-float vec_dot_iq3s_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
-  const auto* wb = reinterpret_cast<const BlockIq3S*>(w);
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t i = 0; i < nb; ++i) {
-    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
-    const BlockIq3S& b = wb[i];
-    const uint8_t* xq = reinterpret_cast<const uint8_t*>(x[i].qs);
-    __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; ++m) {
-      const uint32_t sc = b.scales[m];
-      __m256i p[2];
-      for (int h = 0; h < 2; ++h) {
-        const int k = 2 * m + h;
-        // Grid index j: qs[8k + j] plus bit j of qh[k] as bit 8.
-        const __m256i hi =
-            _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(uint32_t(b.qh[k]) << 8)), lanes),
-                             _mm256_set1_epi32(0x100));
-        const __m256i idx = _mm256_or_si256(
-            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + 8 * k))), hi);
-        const __m256i u = _mm256_i32gather_epi32(reinterpret_cast<const int*>(kIq3sGrid), idx, 4);
-        const __m256i xv = _mm256_sign_epi8(load32u(xq + 32 * k), sign_bits_to_mask(b.signs + 4 * k));
-        p[h] = _mm256_madd_epi16(_mm256_maddubs_epi16(u, xv), odd_scale16((sc >> (4 * h)) & 0xF));
-      }
-      isum0 = _mm256_add_epi32(isum0, p[0]);
-      isum1 = _mm256_add_epi32(isum1, p[1]);
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * x[i].d),
-                          _mm256_cvtepi32_ps(_mm256_add_epi32(isum0, isum1)), acc);
-  }
-  return hsum(acc);
-}
-
-float vec_dot_iq2xxs_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
-  const auto* wb = reinterpret_cast<const BlockIq2Xxs*>(w);
-  const __m128i sshift = _mm_setr_epi32(0, 7, 14, 21);
-  const auto* grid = reinterpret_cast<const long long*>(kIq2xxsGrid);
-  const auto* smask = reinterpret_cast<const long long*>(kSignMask.data());
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t i = 0; i < nb; ++i) {
-    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
-    const BlockIq2Xxs& b = wb[i];
-    const uint8_t* xq = reinterpret_cast<const uint8_t*>(x[i].qs);
-    uint32_t a[16];  // sub-block k: a[2k] = 4 grid indices, a[2k + 1] = 4 x 7 sign bits | scale << 28
-    std::memcpy(a, b.qs, sizeof(a));
-    __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; ++m) {
-      __m256i p[2];
-      for (int h = 0; h < 2; ++h) {
-        const int k = 2 * m + h;
-        const uint32_t g = a[2 * k], s = a[2 * k + 1];
-        const __m256i u = _mm256_i32gather_epi64(grid, _mm_cvtepu8_epi32(_mm_cvtsi32_si128(int(g))), 8);
-        const __m128i si = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32(int(s)), sshift), _mm_set1_epi32(127));
-        const __m256i xv = _mm256_sign_epi8(load32u(xq + 32 * k), _mm256_i32gather_epi64(smask, si, 8));
-        p[h] = _mm256_madd_epi16(_mm256_maddubs_epi16(u, xv), odd_scale16(s >> 28));
-      }
-      isum0 = _mm256_add_epi32(isum0, p[0]);
-      isum1 = _mm256_add_epi32(isum1, p[1]);
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * 0.125f * x[i].d),
-                          _mm256_cvtepi32_ps(_mm256_add_epi32(isum0, isum1)), acc);
-  }
-  return hsum(acc);
-}
+#include "backend/cpu/matmul_iq_avx2.h"
 #endif
 
 #if QLEAP_USE_VNNI
@@ -806,12 +730,8 @@ void run_iq(const uint8_t* w, size_t rb, int64_t cols, int64_t r0, int64_t r1, c
         continue;
       }
 #else
-      if constexpr (std::is_same_v<F, FIq3S>) {
-        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq3s_256(w + size_t(r) * rb, xb, nb);
-        continue;
-      }
-      if constexpr (std::is_same_v<F, FIq2Xxs>) {
-        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = vec_dot_iq2xxs_256(w + size_t(r) * rb, xb, nb);
+      if (const DotIqFn dot = avx2_decode<F>(fast_gather())) {
+        for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = dot(w + size_t(r) * rb, xb, nb);
         continue;
       }
 #endif
