@@ -79,6 +79,19 @@ inline __m256i grid_rows4(const uint32_t* grid, const uint32_t* gi) {
   }
 }
 
+// The integer sums of a block's 8 sub-blocks of 32 weights, step(k) giving sub-block k's, in two
+// chains (even and odd k) so that consecutive steps do not wait on each other.
+template <class Step>
+inline __m256i two_chains(Step&& step) {
+  __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    isum0 = _mm256_add_epi32(isum0, step(2 * m));
+    isum1 = _mm256_add_epi32(isum1, step(2 * m + 1));
+  }
+  return _mm256_add_epi32(isum0, isum1);
+}
+
 // After grid indices were stored from vectors: without it GCC forwards each index from the vector
 // register by vpextrd (two ops on AMD Zen) instead of one load from the stack array.
 inline void indices_in_memory() {
@@ -110,20 +123,11 @@ float vec_dot_iq3s_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
     uint32_t sb[8];
     std::memcpy(sb, b.signs, sizeof(sb));
     if constexpr (!kGather) indices_in_memory();
-    __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; ++m) {
-      const uint32_t sc = b.scales[m];
-      const int k0 = 2 * m, k1 = 2 * m + 1;
-      isum0 =
-          _mm256_add_epi32(isum0, iq_step(grid_rows4<kGather>(kIq3sGrid, gi + 8 * k0), sign_mask_of(sb[k0]),
-                                          xq + 32 * k0, _mm256_set1_epi16(short(2 * (sc & 0xF) + 1))));
-      isum1 =
-          _mm256_add_epi32(isum1, iq_step(grid_rows4<kGather>(kIq3sGrid, gi + 8 * k1), sign_mask_of(sb[k1]),
-                                          xq + 32 * k1, _mm256_set1_epi16(short(2 * (sc >> 4) + 1))));
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * x[i].d),
-                          _mm256_cvtepi32_ps(_mm256_add_epi32(isum0, isum1)), acc);
+    const __m256i isum = two_chains([&](int k) {
+      return iq_step(grid_rows4<kGather>(kIq3sGrid, gi + 8 * k), sign_mask_of(sb[k]), xq + 32 * k,
+                     _mm256_set1_epi16(short(2 * ((b.scales[k / 2] >> (4 * (k % 2))) & 0xF) + 1)));
+    });
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * x[i].d), _mm256_cvtepi32_ps(isum), acc);
   }
   return hsum(acc);
 }
@@ -153,17 +157,11 @@ float vec_dot_iq3xxs_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
         for (int j = 0; j < 8; ++j) gi[8 * k + j] = b.qs[8 * k + j];
       }
     }
-    __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; ++m) {
-      const int k0 = 2 * m, k1 = 2 * m + 1;
-      isum0 = _mm256_add_epi32(isum0, iq_step(grid_rows4<kGather>(kIq3xxsGrid, gi + 8 * k0),
-                                              sign_mask_of(sb[k0]), xq + 32 * k0, scale_of(sc8, k0)));
-      isum1 = _mm256_add_epi32(isum1, iq_step(grid_rows4<kGather>(kIq3xxsGrid, gi + 8 * k1),
-                                              sign_mask_of(sb[k1]), xq + 32 * k1, scale_of(sc8, k1)));
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * 0.25f * x[i].d),
-                          _mm256_cvtepi32_ps(_mm256_add_epi32(isum0, isum1)), acc);
+    const __m256i isum = two_chains([&](int k) {
+      return iq_step(grid_rows4<kGather>(kIq3xxsGrid, gi + 8 * k), sign_mask_of(sb[k]), xq + 32 * k,
+                     scale_of(sc8, k));
+    });
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * 0.25f * x[i].d), _mm256_cvtepi32_ps(isum), acc);
   }
   return hsum(acc);
 }
@@ -199,17 +197,11 @@ float vec_dot_iq2xxs_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
         for (int j = 0; j < 4; ++j) gi[4 * k + j] = q8[8 * k + j];
       }
     }
-    __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; ++m) {
-      const int k0 = 2 * m, k1 = 2 * m + 1;
-      isum0 = _mm256_add_epi32(isum0, iq_step(grid_rows8<kGather>(kIq2xxsGrid, gi + 4 * k0),
-                                              sign_mask_of(sb[k0]), xq + 32 * k0, scale_of(sc8, k0)));
-      isum1 = _mm256_add_epi32(isum1, iq_step(grid_rows8<kGather>(kIq2xxsGrid, gi + 4 * k1),
-                                              sign_mask_of(sb[k1]), xq + 32 * k1, scale_of(sc8, k1)));
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * 0.125f * x[i].d),
-                          _mm256_cvtepi32_ps(_mm256_add_epi32(isum0, isum1)), acc);
+    const __m256i isum = two_chains([&](int k) {
+      return iq_step(grid_rows8<kGather>(kIq2xxsGrid, gi + 4 * k), sign_mask_of(sb[k]), xq + 32 * k,
+                     scale_of(sc8, k));
+    });
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * 0.125f * x[i].d), _mm256_cvtepi32_ps(isum), acc);
   }
   return hsum(acc);
 }
@@ -243,17 +235,11 @@ float vec_dot_iq2xs_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
     __m256i sc16[2];
     odd_scales_nibbles(b.scales, sc16);
     if constexpr (!kGather) indices_in_memory();
-    __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; ++m) {
-      const int k0 = 2 * m, k1 = 2 * m + 1;
-      isum0 = _mm256_add_epi32(isum0, iq_step(grid_rows8<kGather>(kIq2xsGrid, gi + 4 * k0),
-                                              sign_mask_of(sb[k0]), xq + 32 * k0, k16_chunk_scale(sc16, k0)));
-      isum1 = _mm256_add_epi32(isum1, iq_step(grid_rows8<kGather>(kIq2xsGrid, gi + 4 * k1),
-                                              sign_mask_of(sb[k1]), xq + 32 * k1, k16_chunk_scale(sc16, k1)));
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * 0.125f * x[i].d),
-                          _mm256_cvtepi32_ps(_mm256_add_epi32(isum0, isum1)), acc);
+    const __m256i isum = two_chains([&](int k) {
+      return iq_step(grid_rows8<kGather>(kIq2xsGrid, gi + 4 * k), sign_mask_of(sb[k]), xq + 32 * k,
+                     k16_chunk_scale(sc16, k));
+    });
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * 0.125f * x[i].d), _mm256_cvtepi32_ps(isum), acc);
   }
   return hsum(acc);
 }
@@ -288,17 +274,11 @@ float vec_dot_iq2s_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
     __m256i sc16[2];
     odd_scales_nibbles(b.scales, sc16);
     if constexpr (!kGather) indices_in_memory();
-    __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; ++m) {
-      const int k0 = 2 * m, k1 = 2 * m + 1;
-      isum0 = _mm256_add_epi32(isum0, iq_step(grid_rows8<kGather>(kIq2sGrid, gi + 4 * k0),
-                                              sign_mask_of(sb[k0]), xq + 32 * k0, k16_chunk_scale(sc16, k0)));
-      isum1 = _mm256_add_epi32(isum1, iq_step(grid_rows8<kGather>(kIq2sGrid, gi + 4 * k1),
-                                              sign_mask_of(sb[k1]), xq + 32 * k1, k16_chunk_scale(sc16, k1)));
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * 0.125f * x[i].d),
-                          _mm256_cvtepi32_ps(_mm256_add_epi32(isum0, isum1)), acc);
+    const __m256i isum = two_chains([&](int k) {
+      return iq_step(grid_rows8<kGather>(kIq2sGrid, gi + 4 * k), sign_mask_of(sb[k]), xq + 32 * k,
+                     k16_chunk_scale(sc16, k));
+    });
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * 0.125f * x[i].d), _mm256_cvtepi32_ps(isum), acc);
   }
   return hsum(acc);
 }
@@ -343,19 +323,11 @@ float vec_dot_iq1s_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
     const __m256i sc8 = _mm256_broadcastsi128_si256(sc);
     const __m256i dn8 = _mm256_broadcastsi128_si256(_mm_and_si128(_mm_srai_epi16(qh, 15), _mm_set1_epi16(3)));
     if constexpr (!kGather) indices_in_memory();
-    __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; ++m) {
-      const int k0 = 2 * m, k1 = 2 * m + 1;
-      isum0 = _mm256_add_epi32(isum0, iq1_step(grid_rows8<kGather>(kIq1sGrid, gi + 4 * k0),
-                                               _mm256_shuffle_epi8(dn8, _mm256_set1_epi8(char(2 * k0))),
-                                               xq + 32 * k0, scale_of(sc8, k0)));
-      isum1 = _mm256_add_epi32(isum1, iq1_step(grid_rows8<kGather>(kIq1sGrid, gi + 4 * k1),
-                                               _mm256_shuffle_epi8(dn8, _mm256_set1_epi8(char(2 * k1))),
-                                               xq + 32 * k1, scale_of(sc8, k1)));
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * 0.125f * x[i].d),
-                          _mm256_cvtepi32_ps(_mm256_add_epi32(isum0, isum1)), acc);
+    const __m256i isum = two_chains([&](int k) {
+      return iq1_step(grid_rows8<kGather>(kIq1sGrid, gi + 4 * k),
+                      _mm256_shuffle_epi8(dn8, _mm256_set1_epi8(char(2 * k))), xq + 32 * k, scale_of(sc8, k));
+    });
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * 0.125f * x[i].d), _mm256_cvtepi32_ps(isum), acc);
   }
   return hsum(acc);
 }
@@ -397,22 +369,15 @@ float vec_dot_iq1m_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
     const __m256i sc16[2] = {_mm256_permute2x128_si256(s16, s16, 0x00),
                              _mm256_permute2x128_si256(s16, s16, 0x11)};
     if constexpr (!kGather) indices_in_memory();
-    __m256i isum0 = _mm256_setzero_si256(), isum1 = _mm256_setzero_si256();
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; ++m) {
-      const int k0 = 2 * m, k1 = 2 * m + 1;
-      uint32_t d0, d1;
-      std::memcpy(&d0, dn + 4 * k0, 4);
-      std::memcpy(&d1, dn + 4 * k1, 4);
-      isum0 = _mm256_add_epi32(isum0, iq1_step(grid_rows8<kGather>(kIq1sGrid, gi + 4 * k0),
-                                               _mm256_shuffle_epi8(_mm256_set1_epi32(int(d0)), spread),
-                                               xq + 32 * k0, k16_chunk_scale(sc16, k0)));
-      isum1 = _mm256_add_epi32(isum1, iq1_step(grid_rows8<kGather>(kIq1sGrid, gi + 4 * k1),
-                                               _mm256_shuffle_epi8(_mm256_set1_epi32(int(d1)), spread),
-                                               xq + 32 * k1, k16_chunk_scale(sc16, k1)));
-    }
+    const __m256i isum = two_chains([&](int k) {
+      uint32_t dk;
+      std::memcpy(&dk, dn + 4 * k, 4);
+      return iq1_step(grid_rows8<kGather>(kIq1sGrid, gi + 4 * k),
+                      _mm256_shuffle_epi8(_mm256_set1_epi32(int(dk)), spread), xq + 32 * k,
+                      k16_chunk_scale(sc16, k));
+    });
     acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(iq1m_scale_bits(b)) * 0.125f * x[i].d),
-                          _mm256_cvtepi32_ps(_mm256_add_epi32(isum0, isum1)), acc);
+                          _mm256_cvtepi32_ps(isum), acc);
   }
   return hsum(acc);
 }
