@@ -9,7 +9,8 @@
 # converts it with `qleap convert` to F16 and requantizes to Q4_0 and Q8_0 (in $WORK).
 # Environment: THREADS (2), PP (512), TG (128), ROUNDS (3), DEPTHS (e.g. 4096,16384: pp at depth on
 # the top level), ISA (comma list, default all levels), LLAMA_BENCH_AT (space-separated LEVEL=PATH
-# llama-bench builds for single levels), JSON (write the measurements there).
+# llama-bench builds for single levels), JSON (write the measurements there), QLEAP (the qleap binary,
+# default ./build/qleap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LLAMA_BENCH="${1:-${LLAMA_BENCH:-}}"
@@ -19,7 +20,7 @@ if [ -z "$LLAMA_BENCH" ] || [ ! -x "$LLAMA_BENCH" ]; then
 fi
 shift || true
 WORK="${WORK:-/tmp/qleap-bench}"
-QLEAP=./build/qleap
+QLEAP="${QLEAP:-./build/qleap}"
 MODELS=("$@")
 if [ ${#MODELS[@]} -eq 0 ]; then
   mkdir -p "$WORK"

@@ -462,8 +462,8 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
 // 16 bits), then PMADDWD by the row's sub-block scale instead of by ones, so the two sub-blocks of
 // an activation scale and the -32 offset (-32 * sc * the activation sum, x.o16 holding the two
 // sums of a 32 as 16-bit halves) add up exactly in 32 bits: one conversion per 32 values.
-template <int T, int kNH = 1>
-void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h0, const panel::Acts& x, int64_t t0, float* y,
+template <int T>
+void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0, float* y,
                   int64_t ldy, int nr) {
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
@@ -474,63 +474,58 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h0, const panel::Acts& 
                                         4, 5, 8, 9, 8, 9, 12, 13, 12, 13);
   const __m256i dup1 = _mm256_setr_epi8(2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3, 6,
                                         7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15);
-  VF acc[kNH][T];
-  for (int hh = 0; hh < kNH; ++hh)
-    for (int t = 0; t < T; ++t) acc[hh][t] = panel::vzerof();
+  VF acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = panel::vzerof();
   for (int64_t sb = 0; sb < nsb; ++sb, q += 3072, s += pm.s_bytes) {
     for (int o = 0; o < 3072; o += 64)
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
-    for (int h = h0; h < h0 + kNH; ++h) {
-      VF accs[T];
-      for (int t = 0; t < T; ++t) accs[t] = panel::vzerof();
-      for (int hh = 0; hh < 2; ++hh) {
-        __m256i sc[4][2], isum[T][4];
-        for (int k = 0; k < 4; ++k) {
-          const uint8_t* sp = s + 32 + 16 * (8 * hh + 2 * k) + 8 * h;
-          const __m256i scp = _mm256_cvtepi8_epi16(
-              _mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp)),
-                                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp + 16))));
-          sc[k][0] = _mm256_shuffle_epi8(scp, dup0);
-          sc[k][1] = _mm256_shuffle_epi8(scp, dup1);
-          const __m256i scp32 = _mm256_slli_epi16(scp, 5);  // |32 sc| <= 4096
-          for (int t = 0; t < T; ++t)
-            isum[t][k] = _mm256_madd_epi16(scp32, _mm256_set1_epi32(xa.e[t][8 * sb + 4 * hh + k]));
-        }
-        for (int vq = 0; vq < 2; ++vq) {
-          VI u[4][4];  // [k][i]
-          for (int i = 0; i < 4; ++i) {
-            const uint8_t* tr = q + 64 * 3 * (8 * hh + 4 * vq + i);
-            VI gk[4];
-            q6_unpack3(ldq(tr, h), ldq(tr + 64, h), ldq(tr + 128, h), gk);
-            for (int k = 0; k < 4; ++k) u[k][i] = gk[k];
-          }
-          for (int t = 0; t < T; ++t) {
-            for (int k = 0; k < 4; ++k) {
-              const int8_t* xt = xa.q[t] + 256 * sb + 128 * hh + 32 * k + 16 * vq;
-              const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][0], panel::vbcast32(xt)),
-                                                  _mm256_maddubs_epi16(u[k][1], panel::vbcast32(xt + 4)));
-              const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][2], panel::vbcast32(xt + 8)),
-                                                  _mm256_maddubs_epi16(u[k][3], panel::vbcast32(xt + 12)));
-              isum[t][k] = _mm256_add_epi32(isum[t][k], _mm256_add_epi32(_mm256_madd_epi16(p0, sc[k][vq]),
-                                                                         _mm256_madd_epi16(p1, sc[k][vq])));
-            }
-          }
-        }
+    VF accs[T];
+    for (int t = 0; t < T; ++t) accs[t] = panel::vzerof();
+    for (int hh = 0; hh < 2; ++hh) {
+      __m256i sc[4][2], isum[T][4];
+      for (int k = 0; k < 4; ++k) {
+        const uint8_t* sp = s + 32 + 16 * (8 * hh + 2 * k) + 8 * h;
+        const __m256i scp = _mm256_cvtepi8_epi16(
+            _mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp)),
+                              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp + 16))));
+        sc[k][0] = _mm256_shuffle_epi8(scp, dup0);
+        sc[k][1] = _mm256_shuffle_epi8(scp, dup1);
+        const __m256i scp32 = _mm256_slli_epi16(scp, 5);  // |32 sc| <= 4096
         for (int t = 0; t < T; ++t)
-          for (int k = 0; k < 4; ++k)
-            accs[t] =
-                panel::vfma(panel::vcvt(isum[t][k]), panel::vbcastf(xa.d[t] + 8 * sb + 4 * hh + k), accs[t]);
+          isum[t][k] = _mm256_madd_epi16(scp32, _mm256_set1_epi32(xa.e[t][8 * sb + 4 * hh + k]));
       }
-      const VF d = ld_h(s, h);
-      for (int t = 0; t < T; ++t) acc[h - h0][t] = panel::vfma(d, accs[t], acc[h - h0][t]);
+      for (int vq = 0; vq < 2; ++vq) {
+        VI u[4][4];  // [k][i]
+        for (int i = 0; i < 4; ++i) {
+          const uint8_t* tr = q + 64 * 3 * (8 * hh + 4 * vq + i);
+          VI gk[4];
+          q6_unpack3(ldq(tr, h), ldq(tr + 64, h), ldq(tr + 128, h), gk);
+          for (int k = 0; k < 4; ++k) u[k][i] = gk[k];
+        }
+        for (int t = 0; t < T; ++t) {
+          for (int k = 0; k < 4; ++k) {
+            const int8_t* xt = xa.q[t] + 256 * sb + 128 * hh + 32 * k + 16 * vq;
+            const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][0], panel::vbcast32(xt)),
+                                                _mm256_maddubs_epi16(u[k][1], panel::vbcast32(xt + 4)));
+            const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(u[k][2], panel::vbcast32(xt + 8)),
+                                                _mm256_maddubs_epi16(u[k][3], panel::vbcast32(xt + 12)));
+            isum[t][k] = _mm256_add_epi32(isum[t][k], _mm256_add_epi32(_mm256_madd_epi16(p0, sc[k][vq]),
+                                                                       _mm256_madd_epi16(p1, sc[k][vq])));
+          }
+        }
+      }
+      for (int t = 0; t < T; ++t)
+        for (int k = 0; k < 4; ++k)
+          accs[t] =
+              panel::vfma(panel::vcvt(isum[t][k]), panel::vbcastf(xa.d[t] + 8 * sb + 4 * hh + k), accs[t]);
     }
+    const VF d = ld_h(s, h);
+    for (int t = 0; t < T; ++t) acc[t] = panel::vfma(d, accs[t], acc[t]);
   }
-  for (int t = 0; t < T; ++t) {
-    VF v[kNH];
-    for (int hh = 0; hh < kNH; ++hh) v[hh] = acc[hh][t];
-    store_halves<kNH>(y + size_t(t0 + t) * size_t(ldy), v, nr);
-  }
+  for (int t = 0; t < T; ++t) panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), acc[t], nr);
 }
+
+#include "backend/cpu/matmul_packed_avx2_gemv1.h"
 #endif
 
 // Up to kGemvTokens tokens per pass over the weights.
@@ -604,14 +599,16 @@ void gemv_half(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, f
 }
 
 // The nr rows of group g for every token. AVX2 decodes a lone token's two halves in one pass
-// (gemv_rows' kNH); with several tokens the accumulators of both halves would not fit the 16
-// registers, so each half takes its own pass.
+// (gemv_rows' kNH, or the Q4_K / Q6_K kernels of matmul_packed_avx2_gemv1.h); with several tokens
+// the accumulators of both halves would not fit the 16 registers, so each half takes its own pass.
 template <class P>
 void gemv_tokens(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int64_t ldy, int nr) {
 #if !QLEAP_USE_VNNI
   if (x.m == 1) {
     if constexpr (std::is_same_v<P, PQ6_K>)
-      gemv_rows_q6<1, 2>(pm, g, 0, x, 0, y, ldy, nr);
+      gemv1_q6k(pm, g, x, y, nr);
+    else if constexpr (std::is_same_v<P, PQ45_K<false>>)
+      gemv1_q4k(pm, g, x, y, nr);
     else
       gemv_rows<P, 1, 2>(pm, g, 0, x, 0, y, ldy, nr);
     return;

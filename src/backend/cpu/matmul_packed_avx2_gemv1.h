@@ -1,0 +1,111 @@
+// AVX2 decode of a lone token for the two K-quant formats that dominate Q4_K_M files (Q4_K, Q6_K).
+// Included by matmul_packed_x86.h inside namespace packed, AVX2 build only.
+//
+// gemv_rows / gemv_rows_q6 serve 1..4 tokens with one code path; for one token that path keeps
+// the unpacked vectors of a whole sub-block pair live (16 for Q4_K, 16 for Q6_K) plus the
+// accumulators, more than AVX2's 16 registers, and the compiler spills them every sub-block. These
+// kernels consume each vector as soon as it is unpacked. Their integer sums are exact in any order
+// (the same 16-bit bounds as widen_of), and their float operations are the same, in the same order,
+// as gemv_rows<P, 1, 2> / gemv_rows_q6<1, 2>, so a token's result does not depend on how many
+// tokens share the pass (RowExactMatmul).
+
+// Q4_K: both 8-row halves of each 64-byte line together, so one pair of activation broadcasts
+// serves 16 rows.
+inline void gemv1_q4k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
+  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* q = s + pm.q_offset;
+  const int64_t nsb = pm.cols / 256;
+  const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  VF acc0[2] = {panel::vzerof(), panel::vzerof()}, acc1[2] = {panel::vzerof(), panel::vzerof()};
+  for (int64_t sb = 0; sb < nsb; ++sb, q += pm.q_bytes, s += pm.s_bytes) {
+    for (size_t o = 0; o < pm.q_bytes; o += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
+    const int8_t* xq = x.q + 256 * sb;
+    const float* xd = x.d + 8 * sb;
+    const float* xs = x.s + 8 * sb;
+    for (int c = 0; c < 4; ++c) {
+      // Sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles), rows 0-7 and 8-15.
+      __m256i pl[2], ph[2];
+      for (int v = 0; v < 8; ++v) {
+        const uint8_t* line = q + 64 * (8 * c + v);
+        const __m256i bl = panel::vbcast32(xq + 64 * c + 4 * v);
+        const __m256i bh = panel::vbcast32(xq + 64 * c + 32 + 4 * v);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(line + 32 * h));
+          const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(w, m4), bl);
+          const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 4), m4), bh);
+          pl[h] = v == 0 ? lo : _mm256_add_epi16(pl[h], lo);
+          ph[h] = v == 0 ? hi : _mm256_add_epi16(ph[h], hi);
+        }
+      }
+      for (int h = 0; h < 2; ++h) {
+        const VF d = ld_h(s, h), dmin = v_neg(ld_h(s + 32, h));
+        for (int j = 2 * c; j <= 2 * c + 1; ++j) {
+          const __m256i isum = _mm256_madd_epi16(j == 2 * c ? pl[h] : ph[h], ones);
+          const VF a = panel::vmul(d, ld_u8f(s + 64 + 16 * j, h));
+          const VF b = panel::vmul(dmin, ld_u8f(s + 192 + 16 * j, h));
+          acc0[h] = panel::vfma(panel::vcvt(isum), panel::vmul(a, panel::vbcastf(xd + j)), acc0[h]);
+          acc1[h] = panel::vfma(b, panel::vbcastf(xs + j), acc1[h]);
+        }
+      }
+    }
+  }
+  const VF v[2] = {_mm256_add_ps(acc0[0], acc1[0]), _mm256_add_ps(acc0[1], acc1[1])};
+  store_halves<2>(y, v, nr);
+}
+
+// Q6_K: one half at a time (the scale vectors of four sub-blocks stay live); the two triples of
+// a 16-bit product pair are folded into 32 bits by the row's sub-block scale right away.
+inline void gemv1_q6k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
+  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* q = s + pm.q_offset;
+  const int64_t nsb = pm.cols / 256;
+  // Per 32-bit lane (sc0, sc1) -> (sc0, sc0) or (sc1, sc1).
+  const __m256i dup[2] = {_mm256_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4,
+                                           5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13),
+                          _mm256_setr_epi8(2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3,
+                                           6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15)};
+  VF acc[2] = {panel::vzerof(), panel::vzerof()};
+  for (int64_t sb = 0; sb < nsb; ++sb, q += 3072, s += pm.s_bytes) {
+    for (int o = 0; o < 3072; o += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
+    const int8_t* xq = x.q + 256 * sb;
+    for (int h = 0; h < 2; ++h) {
+      VF accs = panel::vzerof();
+      for (int hh = 0; hh < 2; ++hh) {
+        __m256i scp[4], isum[4];
+        for (int k = 0; k < 4; ++k) {
+          const uint8_t* sp = s + 32 + 16 * (8 * hh + 2 * k) + 8 * h;
+          scp[k] = _mm256_cvtepi8_epi16(
+              _mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp)),
+                                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp + 16))));
+          isum[k] = _mm256_madd_epi16(_mm256_slli_epi16(scp[k], 5),  // |32 sc| <= 4096
+                                      _mm256_set1_epi32(x.o16[8 * sb + 4 * hh + k]));
+        }
+        for (int vq = 0; vq < 2; ++vq) {
+          __m256i p[4] = {};
+          for (int i = 0; i < 4; ++i) {
+            const uint8_t* tr = q + 64 * 3 * (8 * hh + 4 * vq + i);
+            VI u[4];
+            q6_unpack3(ldq(tr, h), ldq(tr + 64, h), ldq(tr + 128, h), u);
+            for (int k = 0; k < 4; ++k) {
+              const __m256i pk =
+                  _mm256_maddubs_epi16(u[k], panel::vbcast32(xq + 128 * hh + 32 * k + 16 * vq + 4 * i));
+              // Two products fit 16 bits (<= 2 * 2 * 63 * 127); then into 32 bits, times the scale.
+              if (i % 2 == 0) {
+                p[k] = pk;
+              } else {
+                const __m256i sc = _mm256_shuffle_epi8(scp[k], dup[vq]);
+                isum[k] = _mm256_add_epi32(isum[k], _mm256_madd_epi16(_mm256_add_epi16(p[k], pk), sc));
+              }
+            }
+          }
+        }
+        for (int k = 0; k < 4; ++k)
+          accs = panel::vfma(panel::vcvt(isum[k]), panel::vbcastf(x.d + 8 * sb + 4 * hh + k), accs);
+      }
+      acc[h] = panel::vfma(ld_h(s, h), accs, acc[h]);
+    }
+  }
+  store_halves<2>(y, acc, nr);
+}
