@@ -1,17 +1,20 @@
-// AVX2 decode of a lone token for the two K-quant formats that dominate Q4_K_M files (Q4_K, Q6_K).
+// AVX2 decode of a lone token for the K-quant formats of Q4_K_M / Q5_K_M files (Q4_K, Q5_K, Q6_K).
 // Included by matmul_packed_x86.h inside namespace packed, AVX2 build only.
 //
 // gemv_rows / gemv_rows_q6 serve 1..4 tokens with one code path; for one token that path keeps
-// the unpacked vectors of a whole sub-block pair live (16 for Q4_K, 16 for Q6_K) plus the
+// the unpacked vectors of a whole sub-block pair live (16 for Q4_K / Q5_K and Q6_K) plus the
 // accumulators, more than AVX2's 16 registers, and the compiler spills them every sub-block. These
 // kernels consume each vector as soon as it is unpacked. Their integer sums are exact in any order
 // (the same 16-bit bounds as widen_of), and their float operations are the same, in the same order,
-// as gemv_rows<P, 1, 2> / gemv_rows_q6<1, 2>, so a token's result does not depend on how many
+// as gemv_rows<P, 1, 2> / gemv_rows_q6, so a token's result does not depend on how many
 // tokens share the pass (RowExactMatmul).
 
-// Q4_K: both 8-row halves of each 64-byte line together, so one pair of activation broadcasts
-// serves 16 rows.
-inline void gemv1_q4k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
+// Q4_K / Q5_K: both 8-row halves of each 64-byte line together, so one pair of activation
+// broadcasts serves 16 rows. Q5_K's fifth bits (16 a byte per value) add up to 31 per byte, so its
+// 16-bit sums widen every 4 lines instead of 8 (widen_of).
+template <bool kFifth>
+void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
+  constexpr int kW = kFifth ? 4 : 8;
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nsb = pm.cols / 256;
@@ -23,25 +26,36 @@ inline void gemv1_q4k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, f
     const int8_t* xq = x.q + 256 * sb;
     const float* xd = x.d + 8 * sb;
     const float* xs = x.s + 8 * sb;
+    const uint8_t* nib = kFifth ? q + 512 : q;
     for (int c = 0; c < 4; ++c) {
       // Sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles), rows 0-7 and 8-15.
-      __m256i pl[2], ph[2];
+      __m256i pl[2] = {}, ph[2] = {}, il[2] = {}, ih[2] = {};
       for (int v = 0; v < 8; ++v) {
-        const uint8_t* line = q + 64 * (8 * c + v);
+        const uint8_t* line = nib + 64 * (8 * c + v);
         const __m256i bl = panel::vbcast32(xq + 64 * c + 4 * v);
         const __m256i bh = panel::vbcast32(xq + 64 * c + 32 + 4 * v);
         for (int h = 0; h < 2; ++h) {
           const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(line + 32 * h));
-          const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(w, m4), bl);
-          const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 4), m4), bh);
-          pl[h] = v == 0 ? lo : _mm256_add_epi16(pl[h], lo);
-          ph[h] = v == 0 ? hi : _mm256_add_epi16(ph[h], hi);
+          __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+          if constexpr (kFifth) {
+            const uint8_t* mk = q + 16 * (8 * c + v);
+            ul = v_fifth(ul, mk, h);
+            uh = v_fifth(uh, mk + 8, h);
+          }
+          const __m256i lo = _mm256_maddubs_epi16(ul, bl), hi = _mm256_maddubs_epi16(uh, bh);
+          pl[h] = v % kW == 0 ? lo : _mm256_add_epi16(pl[h], lo);
+          ph[h] = v % kW == 0 ? hi : _mm256_add_epi16(ph[h], hi);
+          if (v % kW == kW - 1) {
+            const __m256i wl = _mm256_madd_epi16(pl[h], ones), wh = _mm256_madd_epi16(ph[h], ones);
+            il[h] = _mm256_add_epi32(il[h], wl);
+            ih[h] = _mm256_add_epi32(ih[h], wh);
+          }
         }
       }
       for (int h = 0; h < 2; ++h) {
         const VF d = ld_h(s, h), dmin = v_neg(ld_h(s + 32, h));
         for (int j = 2 * c; j <= 2 * c + 1; ++j) {
-          const __m256i isum = _mm256_madd_epi16(j == 2 * c ? pl[h] : ph[h], ones);
+          const __m256i isum = j == 2 * c ? il[h] : ih[h];
           const VF a = panel::vmul(d, ld_u8f(s + 64 + 16 * j, h));
           const VF b = panel::vmul(dmin, ld_u8f(s + 192 + 16 * j, h));
           acc0[h] = panel::vfma(panel::vcvt(isum), panel::vmul(a, panel::vbcastf(xd + j)), acc0[h]);

@@ -599,7 +599,7 @@ void gemv_half(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, f
 }
 
 // The nr rows of group g for every token. AVX2 decodes a lone token's two halves in one pass
-// (gemv_rows' kNH, or the Q4_K / Q6_K kernels of matmul_packed_avx2_gemv1.h); with several tokens
+// (gemv_rows' kNH, or the K-quant kernels of matmul_packed_avx2_gemv1.h); with several tokens
 // the accumulators of both halves would not fit the 16 registers, so each half takes its own pass.
 template <class P>
 void gemv_tokens(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int64_t ldy, int nr) {
@@ -608,7 +608,9 @@ void gemv_tokens(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float*
     if constexpr (std::is_same_v<P, PQ6_K>)
       gemv1_q6k(pm, g, x, y, nr);
     else if constexpr (std::is_same_v<P, PQ45_K<false>>)
-      gemv1_q4k(pm, g, x, y, nr);
+      gemv1_q45k<false>(pm, g, x, y, nr);
+    else if constexpr (std::is_same_v<P, PQ45_K<true>>)
+      gemv1_q45k<true>(pm, g, x, y, nr);
     else
       gemv_rows<P, 1, 2>(pm, g, 0, x, 0, y, ldy, nr);
     return;
