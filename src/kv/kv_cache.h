@@ -4,7 +4,7 @@
 // The cache is a small protocol with a lifecycle, the same for every storage type and device:
 //   store / attend   keys and values in, causal attention out (positions given by a KvSpan);
 //   reset()          forget the sequence (a slot starts a new conversation); calibration is kept;
-//   trim(n)          keep positions [0, n) (prefix reuse);
+//   trim(n)          keep positions [0, n) (prefix reuse), when trims_exactly(n) says it loses nothing;
 //   calibrate(c)     what the cache learns about the model before it holds anything (TurboQuant's
 //                    centering and key scales), from a calibration pass over a fixed text, so it
 //                    never depends on which request came first or how long it was;
@@ -136,6 +136,13 @@ class KvCache {
   // checks shape().can_trim (sliding-window layers cannot bring back overwritten positions).
   virtual void reset() {}
   virtual void trim(int n_keep) { (void)n_keep; }
+  // Whether trim(n_keep) leaves the cache as one that stored only positions [0, n_keep) would be; when
+  // not, the owner starts the sequence over instead (Engine::restorable), so that reusing a prefix
+  // never changes what the model computes.
+  virtual bool trims_exactly(int n_keep) const {
+    (void)n_keep;
+    return true;
+  }
   virtual bool wants_calibration() const { return false; }
   virtual void calibrate(const KvCalibration& c) { (void)c; }
   virtual KvStats stats() const;

@@ -144,6 +144,17 @@ class TurboQuantKvCache final : public KvCache {
     for (WindowRing& w : tail_) w.begin = w.end = 0;
     std::fill(kshift_valid_.begin(), kshift_valid_.end(), 1);
   }
+  // A trim to n_keep is exact when the window rows of [n_keep + 1 - window_, n_keep) are still held:
+  // the next query reads them exactly, as a cache that never went past n_keep would. The ring keeps
+  // kTrimRows rows more than queries need, so the common trims (a chat's next turn re-reads all but
+  // the last token or two of the previous one) stay exact.
+  bool trims_exactly(int n_keep) const override {
+    if (window_ <= 0) return true;
+    const int64_t from = std::max<int64_t>(0, int64_t(n_keep) + 1 - window_);
+    for (const WindowRing& w : tail_)
+      if (w.begin > from) return false;
+    return true;
+  }
   // Positions from n_keep on are forgotten: their window rows too, so that a later query never reads
   // a row of the old continuation.
   void trim(int n_keep) override {
@@ -459,12 +470,13 @@ class TurboQuantKvCache final : public KvCache {
       if (ring_[i / size_t(shape_.n_kv_heads)] == 0) n += k_rec_[i] + v_rec_[i];
     return n + shift_bytes_per_token();
   }
-  // The records plus the exact rows: sink_ (floats) and window_ (fp16) positions per layer and kv
-  // head, K and V (K only when values are keys; a constant). A prefill batch's own rows are held too
-  // while it is attended (window_row); like the activations they are computed from, they are not counted.
+  // The records plus the exact rows: sink_ (floats) and window_ + kTrimRows (fp16) positions per layer
+  // and kv head, K and V (K only when values are keys; a constant). A prefill batch's own rows are held
+  // too while it is attended (window_row); like the activations they are computed from, they are not
+  // counted.
   size_t allocated_bytes() const override {
-    const size_t window_values =
-        size_t(window_) * shape_.n_layers * shape_.n_kv_heads * (shared_ ? 1 : 2) * shape_.head_dim;
+    const size_t window_values = size_t(window_ > 0 ? std::min(window_ + kTrimRows, shape_.n_ctx) : 0) *
+                                 shape_.n_layers * shape_.n_kv_heads * (shared_ ? 1 : 2) * shape_.head_dim;
     return total_ + (sink_k_.size() + sink_v_.size()) * sizeof(float) + shift_bytes() +
            window_values * sizeof(uint16_t);
   }
@@ -665,7 +677,7 @@ class TurboQuantKvCache final : public KvCache {
     WindowRing& w = tail_[size_t(layer)];
     int64_t keep = pos;  // rows [keep, pos) are carried over
     if (w.end >= pos && w.cap > 0)
-      keep = std::min<int64_t>(pos, std::max<int64_t>(pos - (window_ - 1), w.begin));
+      keep = std::min<int64_t>(pos, std::max<int64_t>(pos - (window_ - 1) - kTrimRows, w.begin));
     const int64_t need = pos + n - keep;
     const int64_t cap = std::max<int64_t>(need, window_);
     if (need > w.cap || w.cap > 4 * cap) {
@@ -965,6 +977,8 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<float> mu_k_, mu_v_;
   std::vector<float> sinks_, sink_share_;  // this call's sinks and their shares (set_sinks)
   int sink_ = 0, window_ = 0;
+  // Window rows held beyond what queries read, so that a trim that far back stays exact (trims_exactly).
+  static constexpr int kTrimRows = 8;
   // Block key means (TqKvSpec::key_block): rows [layer][kv head][block][head_dim], per layer whether
   // they apply and how many blocks' rows are valid (block 0's, zero, always).
   // Rows per layer and kv head (kshift_rows_; 0: none) start at kshift_off_ floats.

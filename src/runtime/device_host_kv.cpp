@@ -34,6 +34,7 @@ class DeviceHostKv final : public KvCache {
   }
   void reset() override { host_->reset(); }
   void trim(int n) override { host_->trim(n); }
+  bool trims_exactly(int n) const override { return host_->trims_exactly(n); }
   bool wants_calibration() const override { return host_->wants_calibration(); }
   void calibrate(const KvCalibration& c) override { host_->calibrate(c); }
   KvStats stats() const override { return host_->stats(); }

@@ -204,9 +204,10 @@ int Engine::restorable(int slot, int n) const {
     if (st) kept = std::min(kept, st->restorable(n));
   }
   // A sliding-window ring holds the last window + n_batch - 1 positions: going back further than
-  // that would leave positions after the trim point reading overwritten rows.
+  // that would leave positions after the trim point reading overwritten rows. A cache that keeps
+  // recent rows exact only for a while (TurboQuant's window) may not bring them back either.
   for (const auto& kv : s.kv) {
-    if (kept > 0 && !kv->shape().can_trim(kept, s.n_past)) kept = 0;
+    if (kept > 0 && (!kv->shape().can_trim(kept, s.n_past) || !kv->trims_exactly(kept))) kept = 0;
   }
   return kept;
 }

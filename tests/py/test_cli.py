@@ -168,13 +168,13 @@ def test_info_reports_the_turboquant_exact_rows_as_fixed_bytes(qleap_bin, test_m
     # Records per token (5 layers x 4 kv heads x (K + V) x 10 bytes) and the block key means' shift
     # rows (8 floats per 128 positions, layer and kv head: 5 bytes), plus the exact rows, whatever the
     # context: the sink, one position of K and V per layer and kv head as floats (5 x 4 x 2 x 8 x 4
-    # bytes), the recent window, 64 positions as fp16 (5 x 4 x 64 x 2 x 8 x 2 bytes), and one shift
-    # row per layer and kv head (5 x 4 x 8 x 4 bytes).
+    # bytes), the recent window, 64 positions as fp16, and 8 more held so that short trims stay exact
+    # (5 x 4 x 72 x 2 x 8 x 2 bytes), and one shift row per layer and kv head (5 x 4 x 8 x 4 bytes).
     shift = 5 * 4 * 8 * 4
     assert j["kv_bytes_per_token"] == 205
-    assert j["kv_fixed_bytes"] == 5 * 4 * 2 * 8 * 4 + 5 * 4 * 64 * 2 * 8 * 2 + shift
+    assert j["kv_fixed_bytes"] == 5 * 4 * 2 * 8 * 4 + 5 * 4 * 72 * 2 * 8 * 2 + shift
     assert fixed("tq3:w0")["kv_fixed_bytes"] == 5 * 4 * 2 * 8 * 4 + shift
-    assert fixed("tq3:sink0:w16")["kv_fixed_bytes"] == 5 * 4 * 16 * 2 * 8 * 2 + shift
+    assert fixed("tq3:sink0:w16")["kv_fixed_bytes"] == 5 * 4 * 24 * 2 * 8 * 2 + shift
     assert fixed("tq3:sink0:w0")["kv_fixed_bytes"] == shift
     assert fixed("tq3:sink0:w0:bm0")["kv_fixed_bytes"] == 0
     assert fixed("tq3:bm0")["kv_bytes_per_token"] == 200

@@ -70,8 +70,9 @@ TEST_P(TqKvAttention, MatchesDequantizingReference) {
     tq_quantize_rows(vs[g], n, v.data() + size_t(g) * hd, size_t(kvd), vrec[g].data(), vb);
   }
   // The exact rows as the cache keeps them: R x (no centering in these types) of the sink positions and
-  // of the recent window. The last store began at 71, so the cache holds window rows from 71 - (w - 1):
-  // earlier queries see their older window positions through the records.
+  // of the recent window. The last store began at 71, so the cache holds window rows from 71 - (w - 1)
+  // - 8 (8 rows held beyond the window for exact trims): earlier queries see their older window
+  // positions through the records.
   const int n_sink = spec->sink;
   std::vector<std::vector<float>> rot_k(s.n_kv_heads), rot_v(s.n_kv_heads);
   std::vector<std::vector<uint16_t>> half_k(s.n_kv_heads), half_v(s.n_kv_heads);  // window rows are fp16
@@ -92,7 +93,7 @@ TEST_P(TqKvAttention, MatchesDequantizingReference) {
     x.win_k = half_k[g].data();
     x.win_v = half_v[g].data();
     x.window = spec->window;
-    x.begin = std::max(0, 71 - (spec->window - 1));
+    x.begin = std::max(0, 71 - (spec->window - 1) - 8);
     x.end = x.ring = n;
   }
 
@@ -212,8 +213,9 @@ TEST(TqKvCache, BytesPerTokenIsTheAllocation) {
   EXPECT_EQ(make_kv_cache("tq3:sink0:w0:bm0", s)->allocated_bytes(), 3u * 2u * 52u * size_t(s.n_ctx));
   EXPECT_EQ(make_kv_cache("tq3:sink4:bm0", s)->allocated_bytes(),
             3u * 2u * 52u * size_t(s.n_ctx) + sink_bytes(4));
+  // 5 window rows and the 8 held beyond them so that short trims stay exact (TrimIsExactOrRefused).
   EXPECT_EQ(make_kv_cache("tq3:sink0:w5:bm0", s)->allocated_bytes(),
-            3u * 2u * 52u * size_t(s.n_ctx) + 3u * 2u * 5u * 64u * 2u * 2u);
+            3u * 2u * 52u * size_t(s.n_ctx) + 3u * 2u * 13u * 64u * 2u * 2u);
   s.head_dim = 8;  // stories260K: 8 coordinates at 4 bits = 4 bytes + 2
   auto kv = make_kv_cache("tq4", s);
   EXPECT_EQ(kv->bytes_per_token(), 3u * 2u * 2u * 6u + shift_per_token());
@@ -415,6 +417,42 @@ TEST(TqKvCache, WindowIsTheSameForPrefillDecodeAndRewrites) {
     auto none = make_kv_cache("tq3:nocenter:w0", s);
     EXPECT_GT(max_rel_diff(d.step(*none, 0, n, pool), ref), 1e-3);
   }
+}
+
+// Prefix reuse: a sequence that went on past n (here with other rows) and is trimmed back to n must
+// attend exactly as one that stopped at n, or say it cannot (trims_exactly), so that the server starts
+// over instead: the window rows a query reads are gone once the ring has moved too far past them.
+TEST(TqKvCache, TrimIsExactOrRefused) {
+  const KvShape s{.n_layers = 1, .n_ctx = 300, .n_heads = 6, .n_kv_heads = 2, .head_dim = 64};
+  const int n = 200, keep = 145;
+  const KvData d(s, n, 4), other(s, n, 5);
+  ThreadPool pool(2);
+  for (const char* type : {"tq3:nocenter:w16", "tq3:nocenter:w16:bm32"}) {
+    auto fresh = make_kv_cache(type, s);
+    auto reused = make_kv_cache(type, s);
+    d.step(*fresh, 0, 100, pool);
+    d.step(*reused, 0, 100, pool);
+    for (int p = 100; p < keep; ++p) {
+      d.step(*fresh, p, 1, pool);
+      d.step(*reused, p, 1, pool);
+    }
+    for (int p = keep; p < keep + 5; ++p) other.step(*reused, p, 1, pool);
+    EXPECT_FALSE(reused->trims_exactly(keep - 20)) << type;  // rows [keep - 35, keep - 20) are gone
+    ASSERT_TRUE(reused->trims_exactly(keep)) << type;
+    reused->trim(keep);
+    for (int p = keep; p < n; p += (p < 170 ? 1 : 10)) {
+      const int m = p < 170 ? 1 : 10;
+      const auto a = d.step(*fresh, p, m, pool), b = d.step(*reused, p, m, pool);
+      ASSERT_EQ(a, b) << type << " at " << p;
+    }
+  }
+  // Without a window (or before the ring moves) every trim is exact.
+  auto w0 = make_kv_cache("tq3:nocenter:w0", s);
+  d.step(*w0, 0, 150, pool);
+  EXPECT_TRUE(w0->trims_exactly(10));
+  auto early = make_kv_cache("tq3:nocenter:w16", s);
+  d.step(*early, 0, 20, pool);
+  EXPECT_TRUE(early->trims_exactly(3));
 }
 
 // Real keys share a large offset (and values a smaller one). Centering subtracts a calibrated mean, which
