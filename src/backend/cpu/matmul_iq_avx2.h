@@ -1,5 +1,5 @@
 // AVX2 decode (one activation row) of the grid i-quants: IQ3_S, IQ3_XXS, IQ2_XXS, IQ2_XS, IQ2_S,
-// IQ1_S, IQ1_M.
+// IQ1_S, IQ1_M, and of the ternary formats TQ2_0 and TQ1_0 (at the end).
 // Included from matmul_iq_x86_impl.h inside its per-ISA namespace, in the AVX2 build only (the
 // AVX-512 build has 64-weight kernels of its own there); the integer sums are those of vec_dot_iq.
 //
@@ -382,6 +382,52 @@ float vec_dot_iq1m_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
   return hsum(acc);
 }
 
+// ---- Ternary formats: w = d * (t - 1), t in {0, 1, 2} ----
+// Per 32 weights one unsigned PMADDUBSW of the digits t against the activations, summed in int16
+// (8 steps of at most 2 x 2 x 128 stay far below 2^15), and the activations' sum (bsums)
+// subtracted once per block for the -1. The generic kernel spent two sign ops and a multiply by a
+// scale of 1 per 32 weights on the signed form.
+
+struct Tq2Digits {
+  using B = BlockTq2_0;
+  static __m256i digits(const B& b, int k) {
+    return _mm256_and_si256(_mm256_srli_epi16(load32u(b.qs + 32 * (k / 4)), 2 * (k % 4)),
+                            _mm256_set1_epi8(3));
+  }
+};
+
+struct Tq1Digits {
+  using B = BlockTq1_0;
+  // The trit (v * 3) >> 8 of each byte v: 0 below 86, 1 below 171, else 2.
+  static __m256i digits(const B& b, int k) {
+    const __m256i v = FTq1::scaled(b, k);
+    const __m256i ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(86)), v);
+    const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(char(171))), v);
+    return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(ge86, ge171));
+  }
+};
+
+template <class T>
+float vec_dot_ternary_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
+  const auto* wb = reinterpret_cast<const typename T::B*>(w);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
+    const uint8_t* xq = reinterpret_cast<const uint8_t*>(x[i].qs);
+    __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; ++m) {
+      s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(T::digits(wb[i], 2 * m), load32u(xq + 64 * m)));
+      s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(T::digits(wb[i], 2 * m + 1), load32u(xq + 64 * m + 32)));
+    }
+    const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].bsums));
+    const __m256i isum =
+        _mm256_madd_epi16(_mm256_sub_epi16(_mm256_add_epi16(s0, s1), bs), _mm256_set1_epi16(1));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(wb[i].d) * x[i].d), _mm256_cvtepi32_ps(isum), acc);
+  }
+  return hsum(acc);
+}
+
 using DotIqFn = float (*)(const uint8_t*, const BlockQ8_K*, int64_t);
 
 // The decode kernel of format F above, gathers or blends; nullptr: F uses vec_dot_iq.
@@ -396,5 +442,7 @@ DotIqFn avx2_decode(bool gather) {
   if constexpr (std::is_same_v<F, FIq2S>) return gather ? vec_dot_iq2s_256<true> : vec_dot_iq2s_256<false>;
   if constexpr (std::is_same_v<F, FIq1S>) return gather ? vec_dot_iq1s_256<true> : vec_dot_iq1s_256<false>;
   if constexpr (std::is_same_v<F, FIq1M>) return gather ? vec_dot_iq1m_256<true> : vec_dot_iq1m_256<false>;
+  if constexpr (std::is_same_v<F, FTq2>) return vec_dot_ternary_256<Tq2Digits>;
+  if constexpr (std::is_same_v<F, FTq1>) return vec_dot_ternary_256<Tq1Digits>;
   return nullptr;
 }

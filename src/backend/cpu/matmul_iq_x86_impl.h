@@ -275,7 +275,8 @@ struct FTq1 {
     for (int g = 0; g < 16; ++g) sc[g] = 1;
   }
   static float factor(const B& b) { return h2f(b.d); }
-  static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
+  // Bytes whose trit (v * 3) >> 8 is the digit of weights 32k .. 32k+31.
+  static __m256i scaled(const B& b, int k) {
     static constexpr uint8_t kPow3[5] = {1, 3, 9, 27, 81};
     __m256i bytes, mult;
     if (k < 5) {
@@ -296,7 +297,10 @@ struct FTq1 {
                                 _mm_set1_epi8(81));
       }
     }
-    const __m256i v = trit_minus_one(mul_bytes(bytes, mult));
+    return mul_bytes(bytes, mult);
+  }
+  static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
+    const __m256i v = trit_minus_one(scaled(b, k));
     *u = _mm256_sign_epi8(v, v);
     *s = v;
   }
