@@ -388,28 +388,9 @@ float vec_dot_iq1m_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
 // subtracted once per block for the -1. The generic kernel spent two sign ops and a multiply by a
 // scale of 1 per 32 weights on the signed form.
 
-struct Tq2Digits {
-  using B = BlockTq2_0;
-  static __m256i digits(const B& b, int k) {
-    return _mm256_and_si256(_mm256_srli_epi16(load32u(b.qs + 32 * (k / 4)), 2 * (k % 4)),
-                            _mm256_set1_epi8(3));
-  }
-};
-
-struct Tq1Digits {
-  using B = BlockTq1_0;
-  // The trit (v * 3) >> 8 of each byte v: 0 below 86, 1 below 171, else 2.
-  static __m256i digits(const B& b, int k) {
-    const __m256i v = FTq1::scaled(b, k);
-    const __m256i ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(86)), v);
-    const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(char(171))), v);
-    return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(ge86, ge171));
-  }
-};
-
-template <class T>
+template <class F>
 float vec_dot_ternary_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
-  const auto* wb = reinterpret_cast<const typename T::B*>(w);
+  const auto* wb = reinterpret_cast<const typename F::B*>(w);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
     _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
@@ -417,8 +398,8 @@ float vec_dot_ternary_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
     __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
 #pragma GCC unroll 4
     for (int m = 0; m < 4; ++m) {
-      s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(T::digits(wb[i], 2 * m), load32u(xq + 64 * m)));
-      s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(T::digits(wb[i], 2 * m + 1), load32u(xq + 64 * m + 32)));
+      s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(F::digits(wb[i], 2 * m), load32u(xq + 64 * m)));
+      s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(F::digits(wb[i], 2 * m + 1), load32u(xq + 64 * m + 32)));
     }
     const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].bsums));
     const __m256i isum =
@@ -442,7 +423,7 @@ DotIqFn avx2_decode(bool gather) {
   if constexpr (std::is_same_v<F, FIq2S>) return gather ? vec_dot_iq2s_256<true> : vec_dot_iq2s_256<false>;
   if constexpr (std::is_same_v<F, FIq1S>) return gather ? vec_dot_iq1s_256<true> : vec_dot_iq1s_256<false>;
   if constexpr (std::is_same_v<F, FIq1M>) return gather ? vec_dot_iq1m_256<true> : vec_dot_iq1m_256<false>;
-  if constexpr (std::is_same_v<F, FTq2>) return vec_dot_ternary_256<Tq2Digits>;
-  if constexpr (std::is_same_v<F, FTq1>) return vec_dot_ternary_256<Tq1Digits>;
+  if constexpr (std::is_same_v<F, FTq2>) return vec_dot_ternary_256<FTq2>;
+  if constexpr (std::is_same_v<F, FTq1>) return vec_dot_ternary_256<FTq1>;
   return nullptr;
 }

@@ -246,10 +246,13 @@ struct FTq2 {
     for (int g = 0; g < 16; ++g) sc[g] = 1;
   }
   static float factor(const B& b) { return h2f(b.d); }
+  // The digits t in {0, 1, 2} (w = d * (t - 1)) of weights 32k .. 32k+31.
+  static __m256i digits(const B& b, int k) {
+    return _mm256_and_si256(_mm256_srli_epi16(load32u(b.qs + 32 * (k / 4)), 2 * (k % 4)),
+                            _mm256_set1_epi8(3));
+  }
   static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
-    const __m256i q =
-        _mm256_and_si256(_mm256_srli_epi16(load32u(b.qs + 32 * (k / 4)), 2 * (k % 4)), _mm256_set1_epi8(3));
-    const __m256i v = _mm256_sub_epi8(q, _mm256_set1_epi8(1));
+    const __m256i v = _mm256_sub_epi8(digits(b, k), _mm256_set1_epi8(1));
     *u = _mm256_sign_epi8(v, v);
     *s = v;
   }
@@ -298,6 +301,13 @@ struct FTq1 {
       }
     }
     return mul_bytes(bytes, mult);
+  }
+  // The digits t in {0, 1, 2}: the trit (v * 3) >> 8 of each byte v, 0 below 86, 1 below 171, else 2.
+  static __m256i digits(const B& b, int k) {
+    const __m256i v = scaled(b, k);
+    const __m256i ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(86)), v);
+    const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(char(171))), v);
+    return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(ge86, ge171));
   }
   static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
     const __m256i v = trit_minus_one(scaled(b, k));
@@ -661,6 +671,9 @@ void iq_prep(const typename F::B& b, IqPrep& p) {
   p.f = F::factor(b);
 }
 
+template <class F>
+constexpr bool kTernary = std::is_same_v<F, FTq2> || std::is_same_v<F, FTq1>;
+
 template <class F, int RR>
 void panel_iq(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* x, int64_t xs, int nt,
               float* y, int64_t ldy) {
@@ -671,12 +684,35 @@ void panel_iq(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* x
   }
   IqPrep prep[RR];
   for (int64_t b = 0; b < nb; ++b) {
-    for (int r = 0; r < RR; ++r)
-      iq_prep<F>(reinterpret_cast<const B*>(w + size_t(r) * row_bytes)[b], prep[r]);
+    for (int r = 0; r < RR; ++r) {
+      const B& blk = reinterpret_cast<const B*>(w + size_t(r) * row_bytes)[b];
+      if constexpr (kTernary<F>) {
+        // Ternary: the digits t unsigned, the -1 of every weight taken off once per block as the
+        // activations' sum (bsums), instead of a sign op and a unit scale per 32 weights.
+        for (int k = 0; k < 8; ++k) store32(prep[r].u + 32 * k, F::digits(blk, k));
+        prep[r].f = F::factor(blk);
+      } else {
+        iq_prep<F>(blk, prep[r]);
+      }
+    }
     for (int c = 0; c < nt; ++c) {
       const BlockQ8_K* xb = x + c * xs + b;
       __m256i xv[8];
       for (int k = 0; k < 8; ++k) xv[k] = load32u(reinterpret_cast<const uint8_t*>(xb->qs) + 32 * k);
+      if constexpr (kTernary<F>) {
+        const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb->bsums));
+        for (int r = 0; r < RR; ++r) {
+          // 8 sums of at most 2 x 2 x 128 stay far below 2^15.
+          __m256i s16 = _mm256_sub_epi16(_mm256_setzero_si256(), bs);
+          for (int k = 0; k < 8; ++k)
+            s16 = _mm256_add_epi16(
+                s16, _mm256_maddubs_epi16(
+                         _mm256_load_si256(reinterpret_cast<const __m256i*>(prep[r].u + 32 * k)), xv[k]));
+          const __m256i isum = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+          acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(prep[r].f * xb->d), _mm256_cvtepi32_ps(isum), acc[r][c]);
+        }
+        continue;
+      }
       for (int r = 0; r < RR; ++r) {
         const IqPrep& p = prep[r];
         __m256i isum = _mm256_setzero_si256();
