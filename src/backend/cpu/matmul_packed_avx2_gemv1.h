@@ -74,11 +74,6 @@ inline void gemv1_q6k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, f
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nsb = pm.cols / 256;
-  // Per 32-bit lane (sc0, sc1) -> (sc0, sc0) or (sc1, sc1).
-  const __m256i dup[2] = {_mm256_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4,
-                                           5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13),
-                          _mm256_setr_epi8(2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3,
-                                           6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15)};
   VF acc[2] = {panel::vzerof(), panel::vzerof()};
   for (int64_t sb = 0; sb < nsb; ++sb, q += 3072, s += pm.s_bytes) {
     for (int o = 0; o < 3072; o += 64)
@@ -89,10 +84,7 @@ inline void gemv1_q6k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, f
       for (int hh = 0; hh < 2; ++hh) {
         __m256i scp[4], isum[4];
         for (int k = 0; k < 4; ++k) {
-          const uint8_t* sp = s + 32 + 16 * (8 * hh + 2 * k) + 8 * h;
-          scp[k] = _mm256_cvtepi8_epi16(
-              _mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp)),
-                                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp + 16))));
+          scp[k] = q6_scale_pairs(s, hh, k, h);
           isum[k] = _mm256_madd_epi16(_mm256_slli_epi16(scp[k], 5),  // |32 sc| <= 4096
                                       _mm256_set1_epi32(x.o16[8 * sb + 4 * hh + k]));
         }
@@ -109,7 +101,7 @@ inline void gemv1_q6k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, f
               if (i % 2 == 0) {
                 p[k] = pk;
               } else {
-                const __m256i sc = _mm256_shuffle_epi8(scp[k], dup[vq]);
+                const __m256i sc = q6_scale_of(scp[k], vq);
                 isum[k] = _mm256_add_epi32(isum[k], _mm256_madd_epi16(_mm256_add_epi16(p[k], pk), sc));
               }
             }

@@ -458,6 +458,22 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
   for (int t = 0; t < T; ++t) panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), acc[t], nr);
 }
 #else
+// Q6_K on AVX2, rows 8h ..: the signed scales of sub-blocks 2m and 2m + 1 (m = 4 hh + k, the
+// 32 values of activation scale m) as 16-bit pairs (sc0, sc1) per 32-bit lane, and each of them
+// alone in both halves of the lane (vq = 0: sc0, 1: sc1) for PMADDWD.
+inline __m256i q6_scale_pairs(const uint8_t* s, int hh, int k, int h) {
+  const uint8_t* sp = s + 32 + 16 * (8 * hh + 2 * k) + 8 * h;
+  return _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp)),
+                                                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp + 16))));
+}
+inline __m256i q6_scale_of(__m256i pairs, int vq) {
+  const __m256i dup = vq == 0 ? _mm256_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0,
+                                                 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13)
+                              : _mm256_setr_epi8(2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3,
+                                                 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15);
+  return _mm256_shuffle_epi8(pairs, dup);
+}
+
 // Decode of Q6_K on AVX2, T tokens, rows 8h ..: PMADDUBSW pairs of vectors (<= 2 * 2 * 63 * 127 in
 // 16 bits), then PMADDWD by the row's sub-block scale instead of by ones, so the two sub-blocks of
 // an activation scale and the -32 offset (-32 * sc * the activation sum, x.o16 holding the two
@@ -469,11 +485,6 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
   const uint8_t* q = s + pm.q_offset;
   const int64_t nsb = pm.cols / 256;
   const TokenActs<T, int32_t> xa(x, t0, x.o16, pm.cols / 32);
-  // Per 32-bit lane (sc0, sc1) -> (sc0, sc0) or (sc1, sc1).
-  const __m256i dup0 = _mm256_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4, 5,
-                                        4, 5, 8, 9, 8, 9, 12, 13, 12, 13);
-  const __m256i dup1 = _mm256_setr_epi8(2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3, 6,
-                                        7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15);
   VF acc[T];
   for (int t = 0; t < T; ++t) acc[t] = panel::vzerof();
   for (int64_t sb = 0; sb < nsb; ++sb, q += 3072, s += pm.s_bytes) {
@@ -484,12 +495,9 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
     for (int hh = 0; hh < 2; ++hh) {
       __m256i sc[4][2], isum[T][4];
       for (int k = 0; k < 4; ++k) {
-        const uint8_t* sp = s + 32 + 16 * (8 * hh + 2 * k) + 8 * h;
-        const __m256i scp = _mm256_cvtepi8_epi16(
-            _mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp)),
-                              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp + 16))));
-        sc[k][0] = _mm256_shuffle_epi8(scp, dup0);
-        sc[k][1] = _mm256_shuffle_epi8(scp, dup1);
+        const __m256i scp = q6_scale_pairs(s, hh, k, h);
+        sc[k][0] = q6_scale_of(scp, 0);
+        sc[k][1] = q6_scale_of(scp, 1);
         const __m256i scp32 = _mm256_slli_epi16(scp, 5);  // |32 sc| <= 4096
         for (int t = 0; t < T; ++t)
           isum[t][k] = _mm256_madd_epi16(scp32, _mm256_set1_epi32(xa.e[t][8 * sb + 4 * hh + k]));
