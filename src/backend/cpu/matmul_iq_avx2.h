@@ -383,10 +383,9 @@ float vec_dot_iq1m_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
 }
 
 // ---- Ternary formats: w = d * (t - 1), t in {0, 1, 2} ----
-// Per 32 weights one unsigned PMADDUBSW of the digits t against the activations, summed in int16
-// (8 steps of at most 2 x 2 x 128 stay far below 2^15), and the activations' sum (bsums)
-// subtracted once per block for the -1. The generic kernel spent two sign ops and a multiply by a
-// scale of 1 per 32 weights on the signed form.
+// The digits t go into PMADDUBSW unsigned and the -1 is subtracted once per block as the activations'
+// sum (ternary_isum). The generic kernel spent two sign ops and a multiply by a scale of 1 per 32
+// weights on the signed form.
 
 template <class F>
 float vec_dot_ternary_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
@@ -394,17 +393,11 @@ float vec_dot_ternary_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
   __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
     _mm_prefetch(reinterpret_cast<const char*>(wb + i) + kPrefetchBytes, _MM_HINT_T0);
-    const uint8_t* xq = reinterpret_cast<const uint8_t*>(x[i].qs);
-    __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; ++m) {
-      s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(F::digits(wb[i], 2 * m), load32u(xq + 64 * m)));
-      s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(F::digits(wb[i], 2 * m + 1), load32u(xq + 64 * m + 32)));
-    }
-    const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].bsums));
-    const __m256i isum =
-        _mm256_madd_epi16(_mm256_sub_epi16(_mm256_add_epi16(s0, s1), bs), _mm256_set1_epi16(1));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(wb[i].d) * x[i].d), _mm256_cvtepi32_ps(isum), acc);
+    __m256i xv[8];
+    for (int k = 0; k < 8; ++k) xv[k] = load32u(reinterpret_cast<const uint8_t*>(x[i].qs) + 32 * k);
+    const typename F::B& b = wb[i];
+    const __m256i isum = ternary_isum([&b](int k) { return F::digits(b, k); }, xv, x[i].bsums);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * x[i].d), _mm256_cvtepi32_ps(isum), acc);
   }
   return hsum(acc);
 }

@@ -316,6 +316,22 @@ struct FTq1 {
   }
 };
 
+// The integer dot of a ternary block (w = t - 1, digit(k) the digits t of weights 32k .. 32k+31)
+// with Q8_K activations xv[0..8): the digits go into PMADDUBSW unsigned and the -1 of every weight is
+// the activations' sum (bsums), taken once. Two chains in int16 (4 steps of at most 2 x 2 x 127 each,
+// and the bsums) stay far below 2^15; one widening.
+template <class Digit>
+inline __m256i ternary_isum(Digit&& digit, const __m256i* xv, const int16_t* bsums) {
+  __m256i s0 =
+      _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bsums)));
+  __m256i s1 = _mm256_setzero_si256();
+  for (int m = 0; m < 4; ++m) {
+    s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(digit(2 * m), xv[2 * m]));
+    s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(digit(2 * m + 1), xv[2 * m + 1]));
+  }
+  return _mm256_madd_epi16(_mm256_add_epi16(s0, s1), _mm256_set1_epi16(1));
+}
+
 // ---- 256-element formats against Q8_K ----
 
 inline void load_scales(const int8_t* sc, __m256i* sc16) {
@@ -700,15 +716,11 @@ void panel_iq(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* x
       __m256i xv[8];
       for (int k = 0; k < 8; ++k) xv[k] = load32u(reinterpret_cast<const uint8_t*>(xb->qs) + 32 * k);
       if constexpr (kTernary<F>) {
-        const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb->bsums));
         for (int r = 0; r < RR; ++r) {
-          // 8 sums of at most 2 x 2 x 128 stay far below 2^15.
-          __m256i s16 = _mm256_sub_epi16(_mm256_setzero_si256(), bs);
-          for (int k = 0; k < 8; ++k)
-            s16 = _mm256_add_epi16(
-                s16, _mm256_maddubs_epi16(
-                         _mm256_load_si256(reinterpret_cast<const __m256i*>(prep[r].u + 32 * k)), xv[k]));
-          const __m256i isum = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+          const uint8_t* u = prep[r].u;
+          const __m256i isum = ternary_isum(
+              [u](int k) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(u + 32 * k)); }, xv,
+              xb->bsums);
           acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(prep[r].f * xb->d), _mm256_cvtepi32_ps(isum), acc[r][c]);
         }
         continue;
