@@ -288,6 +288,11 @@ class TurboQuantKvCache final : public KvCache {
     const float* isk = &inv_s_k_[size_t(layer) * kvd];
     const bool scaled = scaled_[size_t(layer)] != 0;
     std::vector<float> a(static_cast<size_t>(hd)), ap(a.size()), dm(a.size());
+    // Block 0 is centered on the calibrated mean: its row is zero. A ring layer's row of block 0 is
+    // also the row of later blocks, so after a reset or a trim into block 0 it may hold another
+    // sequence's shift.
+    if (valid <= 1)
+      for (int g = 0; g < shape_.n_kv_heads; ++g) std::fill_n(shift_row(layer, g, 0), hd, 0.0f);
     for (; valid <= b; ++valid) {
       const int64_t c = valid;
       for (int g = 0; g < shape_.n_kv_heads; ++g) {
