@@ -90,6 +90,12 @@ class TurboQuantKvCache final : public KvCache {
         const bool per_head = !spec.head_k_bits.empty();
         kb[i] = per_head ? spec.head_k_bits[mi] : spec.k_bits_at(ml, ML);
         vb[i] = per_head ? spec.head_v_bits[mi] : spec.v_bits_at(ml, ML);
+        // A ring's records are a constant: bits there do not grow with the context.
+        if (!per_head && ring_[size_t(l)] > 0) {
+          kb[i] = spec.ring_rate(kb[i]);
+          vb[i] = spec.ring_rate(vb[i]);
+          ring_boost_ = ring_boost_ || kb[i] != spec.k_bits_at(ml, ML) || vb[i] != spec.v_bits_at(ml, ML);
+        }
         if (shared_) vb[i] = kb[i];
       }
     set_rates(kb, vb);
@@ -930,7 +936,7 @@ class TurboQuantKvCache final : public KvCache {
   void allocate_from(const KvCalibration& c) {
     // Shared key / value records (MLA) have one rate per head, which the K / V allocation cannot move.
     if (!spec_.auto_alloc || alloc_done_ || !spec_.head_k_bits.empty() || spec_.qjl_keys ||
-        spec_.edge_layers > 0 || shared_ || c.tq_sensitivity.empty())
+        spec_.edge_layers > 0 || ring_boost_ || shared_ || c.tq_sensitivity.empty())
       return;
     alloc_done_ = true;
     const TqSensitivity* best = nullptr;
@@ -994,6 +1000,7 @@ class TurboQuantKvCache final : public KvCache {
   size_t kshift_full_heads_ = 0;  // (layer, kv head) pairs of full layers with shift rows
   std::vector<uint8_t> kshift_on_;
   std::vector<int64_t> kshift_valid_;
+  bool ring_boost_ = false;             // ring layers at other rates than the spec's (TqKvSpec::ring_bits)
   std::vector<WindowRing> tail_;        // per layer
   std::vector<float> sink_k_, sink_v_;  // [layer][kv head][sink position][head_dim], rotated space
   std::vector<uint8_t> calibrated_, scaled_, vscaled_;

@@ -25,6 +25,7 @@
 //    on its calibration text (no file to pass; `uniform` turns it off); alloc=PROFILE uses a profile
 //    from `qleap profile --kv-sensitivity` instead.
 #pragma once
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <string>
@@ -77,6 +78,15 @@ struct TqKvSpec {
   int edge_layers = 0;
   float edge_k_bits = 4;
   float edge_v_bits = 4;
+  // Layers whose positions live in a ring (sliding-window layers at contexts beyond window + batch)
+  // cost a constant, not bytes per position, so they get ring_bits for K and V: by default (-1) one bit
+  // more than the spec's rate, up to 4 (`ringB`: B bits; `ring0`: the spec's rate). On Gemma 3 270M
+  // (15 of 18 layers sliding) most of tq3's error was in those layers: KLD 0.019 -> 0.009 at 2K for
+  // +0.96 MiB (docs/turboquant.md).
+  float ring_bits = -1;
+  float ring_rate(float bits) const {
+    return ring_bits < 0 ? std::min(4.0f, bits + 1.0f) : ring_bits > 0 ? ring_bits : bits;
+  }
   // Per-head rates [layer * n_kv_heads + kv_head] (empty: k_bits / v_bits and the edge policy): filled
   // by make_turboquant_kv_cache from the sensitivity profile at alloc_path (turboquant/tq_sensitivity.h),
   // spending the budget of k_bits / v_bits where the profile says it removes the most error.
@@ -94,7 +104,7 @@ struct TqKvSpec {
 
 // Parses a TurboQuant KV type name: "tqB" (K and V at B bits) or "kXvY" (K at X, V at Y bits), with
 // B, X, Y in {2, 2.5, 3, 3.5, 4}, followed by any of these options, each after a ':':
-//   plain     the paper's quantizer: no centering, plain norms, no exact sink or window
+//   plain     the paper's quantizer: no centering, plain norms, no exact sink or window, no ring bits
 //   sinkN     keep the first N positions exactly (default 1; sink0: none)
 //   wN        keep each query's last N positions exactly (default 64; w0: none)
 //   drawN     the N-th draw of the random rotations (default 0)
@@ -107,6 +117,8 @@ struct TqKvSpec {
 //   vscale    also scale value channels (measured: no gain)
 //   qjl       keys as (bits - 1)-bit MSE + 1-bit QJL residual (paper's TurboQuant_prod; slow, measured)
 //   eN        the first and last N layers at 4-bit K and V (e.g. tq3:e2)
+//   ringB     layers held in a ring (sliding windows) at B bits (default: one more than the rate, up
+//             to 4); ring0: the type's rate
 //   uniform   the same rate for every head (no per-head rates from the model's calibration)
 //   alloc     the calibration's per-head rates even where its check found uniform rates better
 //   alloc=P   per-head rates from the sensitivity profile at path P with the same mean bits (the rest

@@ -58,6 +58,7 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
       spec.key_block = 0;
       spec.sink = 0;
       spec.window = 0;
+      spec.ring_bits = 0;
     } else if (opt.size() > 1 && opt.size() <= 6 && opt[0] == 'w' &&
                std::all_of(opt.begin() + 1, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       spec.window = std::stoi(opt.substr(1));
@@ -96,6 +97,10 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
       spec.qjl_keys = true;
     } else if (opt == "vscale") {
       spec.vscale = true;
+    } else if (opt == "ring0") {
+      spec.ring_bits = 0;
+    } else if (opt.size() > 4 && opt.compare(0, 4, "ring") == 0 && parse_rate(opt.substr(4))) {
+      spec.ring_bits = *parse_rate(opt.substr(4));
     } else if (opt.size() >= 2 && opt.size() <= 3 && opt[0] == 'e' &&
                std::all_of(opt.begin() + 1, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       spec.edge_layers = std::stoi(opt.substr(1));
@@ -140,7 +145,8 @@ const char* tq_kv_type_help() {
          "(least-squares key norms instead of unbiased ones), ubv (unbiased value norms), vscale, "
          "qjl, eN "
          "(first and last N layers "
-         "at 4 bits), alloc=PROFILE "
+         "at 4 bits), ringB (sliding-window layers held in a ring at B bits; default one bit more, up to 4; "
+         "ring0: the type's rate), alloc=PROFILE "
          "(per-head bits from a sensitivity profile, same mean; last option), "
          "e.g. tq3:e2, tq3:alloc=smollm2.kvsens.json";
 }

@@ -125,14 +125,21 @@ TEST(KvWindow, F32MatchesReference) {
 TEST(KvWindow, RingEqualsFullCacheBitForBit) {
   for (int threads : {1, 3}) {
     ThreadPool pool(threads);
-    for (const char* type : {"f32", "f16", "q8_0", "q4_0", "tq3", "tq4:w4", "k4v3:sink0:w0"}) {
+    // TurboQuant rings spend one bit more than the type's rate (TqKvSpec::ring_bits): a ring of tq3
+    // equals a full tq4 cache, the same rotations at the same rates.
+    const std::pair<const char*, const char*> kTypes[] = {
+        {"f32", "f32"},          {"f16", "f16"},       {"q8_0", "q8_0"},
+        {"q4_0", "q4_0"},        {"tq3", "tq4"},       {"tq3:ring0", "tq3"},
+        {"tq2:w4", "tq3:w4"},    {"tq4:w4", "tq4:w4"}, {"k4v3:sink0:w0", "tq4:sink0:w0"},
+        {"tq3:ring3.5", "tq3.5"}};
+    for (const auto& [type, full_type] : kTypes) {
       KvShape ring = window_shape(8, 4, 3.0f);
       KvShape full = ring;
       full.max_tokens = 0;
       ASSERT_LT(ring.ring_size(0), full.ring_size(0));
       const KvData d(ring, 50, 11);
       auto a = make_kv_cache(type, ring);
-      auto b = make_kv_cache(type, full);
+      auto b = make_kv_cache(full_type, full);
       a->set_pool(&pool);
       b->set_pool(&pool);
       const std::vector<float> ra = run_chunks(*a, d, pool), rb = run_chunks(*b, d, pool);
