@@ -207,6 +207,18 @@ inline void q6_unpack3(VI a, VI b, VI c, VI* u) {
 #endif
 }
 
+// The four triples 4 vq .. 4 vq + 3 of half hh of a super-block's quants q (rows 8h .. on AVX2), as
+// u[k][i] = value k of triple 4 vq + i: the four vectors of each of the four sub-blocks 8 hh + 2 k
+// + vq.
+inline void q6_unpack_group(const uint8_t* q, int hh, int vq, int h, VI (&u)[4][4]) {
+  for (int i = 0; i < 4; ++i) {
+    const uint8_t* t = q + 64 * 3 * (8 * hh + 4 * vq + i);
+    VI g[4];
+    q6_unpack3(ldq(t, h), ldq(t + 64, h), ldq(t + 128, h), g);
+    for (int k = 0; k < 4; ++k) u[k][i] = g[k];
+  }
+}
+
 struct PQ6_K {
   static constexpr int kSub = 16;
   static constexpr bool kSigned = false;
@@ -216,12 +228,7 @@ struct PQ6_K {
     for (int hh = 0; hh < 2; ++hh) {
       for (int vq = 0; vq < 2; ++vq) {
         VI u[4][4];  // [k][v]
-        for (int i = 0; i < 4; ++i) {
-          const uint8_t* t = q + 64 * 3 * (8 * hh + 4 * vq + i);
-          VI g[4];
-          q6_unpack3(ldq(t, h), ldq(t + 64, h), ldq(t + 128, h), g);
-          for (int k = 0; k < 4; ++k) u[k][i] = g[k];
-        }
+        q6_unpack_group(q, hh, vq, h, u);
         for (int k = 0; k < 4; ++k) {
           const int sub = 8 * hh + 2 * k + vq;
           const VF a = panel::vmul(d, ld_i8f(s + 32 + 16 * sub, h));
@@ -425,12 +432,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
 #pragma GCC unroll 2
       for (int vq = 0; vq < 2; ++vq) {
         VI u[4][4];  // [k][i]
-        for (int i = 0; i < 4; ++i) {
-          const uint8_t* tr = q + 64 * 3 * (8 * hh + 4 * vq + i);
-          VI gk[4];
-          q6_unpack3(_mm512_load_si512(tr), _mm512_load_si512(tr + 64), _mm512_load_si512(tr + 128), gk);
-          for (int k = 0; k < 4; ++k) u[k][i] = gk[k];
-        }
+        q6_unpack_group(q, hh, vq, 0, u);
         for (int t = 0; t < T; ++t) {
           for (int k = 0; k < 4; ++k) {
             const int64_t k0 = 256 * sb + 128 * hh + 32 * k + 16 * vq;
@@ -504,12 +506,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
       }
       for (int vq = 0; vq < 2; ++vq) {
         VI u[4][4];  // [k][i]
-        for (int i = 0; i < 4; ++i) {
-          const uint8_t* tr = q + 64 * 3 * (8 * hh + 4 * vq + i);
-          VI gk[4];
-          q6_unpack3(ldq(tr, h), ldq(tr + 64, h), ldq(tr + 128, h), gk);
-          for (int k = 0; k < 4; ++k) u[k][i] = gk[k];
-        }
+        q6_unpack_group(q, hh, vq, h, u);
         for (int t = 0; t < T; ++t) {
           for (int k = 0; k < 4; ++k) {
             const int8_t* xt = xa.q[t] + 256 * sb + 128 * hh + 32 * k + 16 * vq;
