@@ -196,14 +196,16 @@ inline void q6_unpack3(VI a, VI b, VI c, VI* u) {
   u[1] = v_and(b, m6);
   u[2] = v_and(c, m6);
   // 16-bit shifts pull bits of the next byte into the top: each piece keeps only its own bits.
-  const VI top = v_and(c, v_b8(0xC0));
 #if QLEAP_USE_VNNI
+  const VI top = v_and(c, v_b8(0xC0));
   // ternlog 0xCA: m ? x : y, bit by bit.
   const VI lo4 = _mm512_ternarylogic_epi32(v_b8(0x03), v_srl16(a, 6), v_srl16(b, 4), 0xCA);
   u[3] = _mm512_ternarylogic_epi32(v_b8(0x0F), lo4, v_srl16(top, 2), 0xCA);
 #else
-  const VI lo4 = v_or(v_and(v_srl16(a, 6), v_b8(0x03)), v_and(v_srl16(b, 4), v_b8(0x0C)));
-  u[3] = v_or(lo4, v_srl16(top, 2));
+  // The top bits alone (ANDNOT by the 0x3F mask: one constant) shift without picking up the next
+  // byte's.
+  u[3] = v_or(v_or(v_srl16(_mm256_andnot_si256(m6, a), 6), v_srl16(_mm256_andnot_si256(m6, b), 4)),
+              v_srl16(_mm256_andnot_si256(m6, c), 2));
 #endif
 }
 
