@@ -20,14 +20,17 @@ void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* 
   const int64_t nsb = pm.cols / 256;
   const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   VF acc0[2] = {panel::vzerof(), panel::vzerof()}, acc1[2] = {panel::vzerof(), panel::vzerof()};
+  // A super-block's quants: 32 lines (Q4_K) or 40 (Q5_K), prefetched a quarter per c among the
+  // work (a loop of their own, one taken branch a line, cost more than the prefetches).
+  constexpr int kLinesC = kFifth ? 10 : 8;
   for (int64_t sb = 0; sb < nsb; ++sb, q += pm.q_bytes, s += pm.s_bytes) {
-    for (size_t o = 0; o < pm.q_bytes; o += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
     const int8_t* xq = x.q + 256 * sb;
     const float* xd = x.d + 8 * sb;
     const float* xs = x.s + 8 * sb;
     const uint8_t* nib = kFifth ? q + 512 : q;
     for (int c = 0; c < 4; ++c) {
+      const uint8_t* pf = q + kPrefetchAhead + 64 * kLinesC * c;
+      for (int o = 0; o < kLinesC; ++o) _mm_prefetch(reinterpret_cast<const char*>(pf + 64 * o), _MM_HINT_T0);
       // Sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles), rows 0-7 and 8-15.
       __m256i pl[2] = {}, ph[2] = {}, il[2] = {}, ih[2] = {};
       for (int v = 0; v < 8; ++v) {
