@@ -196,15 +196,29 @@ inline void q6_unpack3(VI a, VI b, VI c, VI* u) {
   u[1] = v_and(b, m6);
   u[2] = v_and(c, m6);
   // 16-bit shifts pull bits of the next byte into the top: each piece keeps only its own bits.
-  const VI top = v_and(c, v_b8(0xC0));
 #if QLEAP_USE_VNNI
+  const VI top = v_and(c, v_b8(0xC0));
   // ternlog 0xCA: m ? x : y, bit by bit.
   const VI lo4 = _mm512_ternarylogic_epi32(v_b8(0x03), v_srl16(a, 6), v_srl16(b, 4), 0xCA);
   u[3] = _mm512_ternarylogic_epi32(v_b8(0x0F), lo4, v_srl16(top, 2), 0xCA);
 #else
-  const VI lo4 = v_or(v_and(v_srl16(a, 6), v_b8(0x03)), v_and(v_srl16(b, 4), v_b8(0x0C)));
-  u[3] = v_or(lo4, v_srl16(top, 2));
+  // The top bits alone (ANDNOT by the 0x3F mask: one constant) shift without picking up the next
+  // byte's.
+  u[3] = v_or(v_or(v_srl16(_mm256_andnot_si256(m6, a), 6), v_srl16(_mm256_andnot_si256(m6, b), 4)),
+              v_srl16(_mm256_andnot_si256(m6, c), 2));
 #endif
+}
+
+// The four triples 4 vq .. 4 vq + 3 of half hh of a super-block's quants q (rows 8h .. on AVX2), as
+// u[k][i] = value k of triple 4 vq + i: the four vectors of each of the four sub-blocks 8 hh + 2 k
+// + vq.
+inline void q6_unpack_group(const uint8_t* q, int hh, int vq, int h, VI (&u)[4][4]) {
+  for (int i = 0; i < 4; ++i) {
+    const uint8_t* t = q + 64 * 3 * (8 * hh + 4 * vq + i);
+    VI g[4];
+    q6_unpack3(ldq(t, h), ldq(t + 64, h), ldq(t + 128, h), g);
+    for (int k = 0; k < 4; ++k) u[k][i] = g[k];
+  }
 }
 
 struct PQ6_K {
@@ -216,12 +230,7 @@ struct PQ6_K {
     for (int hh = 0; hh < 2; ++hh) {
       for (int vq = 0; vq < 2; ++vq) {
         VI u[4][4];  // [k][v]
-        for (int i = 0; i < 4; ++i) {
-          const uint8_t* t = q + 64 * 3 * (8 * hh + 4 * vq + i);
-          VI g[4];
-          q6_unpack3(ldq(t, h), ldq(t + 64, h), ldq(t + 128, h), g);
-          for (int k = 0; k < 4; ++k) u[k][i] = g[k];
-        }
+        q6_unpack_group(q, hh, vq, h, u);
         for (int k = 0; k < 4; ++k) {
           const int sub = 8 * hh + 2 * k + vq;
           const VF a = panel::vmul(d, ld_i8f(s + 32 + 16 * sub, h));
@@ -425,12 +434,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
 #pragma GCC unroll 2
       for (int vq = 0; vq < 2; ++vq) {
         VI u[4][4];  // [k][i]
-        for (int i = 0; i < 4; ++i) {
-          const uint8_t* tr = q + 64 * 3 * (8 * hh + 4 * vq + i);
-          VI gk[4];
-          q6_unpack3(_mm512_load_si512(tr), _mm512_load_si512(tr + 64), _mm512_load_si512(tr + 128), gk);
-          for (int k = 0; k < 4; ++k) u[k][i] = gk[k];
-        }
+        q6_unpack_group(q, hh, vq, 0, u);
         for (int t = 0; t < T; ++t) {
           for (int k = 0; k < 4; ++k) {
             const int64_t k0 = 256 * sb + 128 * hh + 32 * k + 16 * vq;
@@ -504,12 +508,7 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
       }
       for (int vq = 0; vq < 2; ++vq) {
         VI u[4][4];  // [k][i]
-        for (int i = 0; i < 4; ++i) {
-          const uint8_t* tr = q + 64 * 3 * (8 * hh + 4 * vq + i);
-          VI gk[4];
-          q6_unpack3(ldq(tr, h), ldq(tr + 64, h), ldq(tr + 128, h), gk);
-          for (int k = 0; k < 4; ++k) u[k][i] = gk[k];
-        }
+        q6_unpack_group(q, hh, vq, h, u);
         for (int t = 0; t < T; ++t) {
           for (int k = 0; k < 4; ++k) {
             const int8_t* xt = xa.q[t] + 256 * sb + 128 * hh + 32 * k + 16 * vq;
