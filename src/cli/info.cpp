@@ -26,6 +26,7 @@ struct InfoOptions {
   bool tensors = false;
   bool json = false;
   int ctx = 4096;
+  int batch = 512;
   std::string kv = "f16";
 };
 
@@ -131,7 +132,8 @@ void info_command(const InfoOptions& o) {
     released_bytes = model->prepared().released_bytes();
     // At the context of the estimate: exact rows (TurboQuant's recent window) are capped by it. The
     // records are allocated but never touched, so this costs address space, not memory.
-    SessionOptions po{std::max(o.ctx, 16), 1, o.kv, 16};
+    // The batch sizes the rings of sliding-window layers (window + batch - 1 positions): the run's.
+    SessionOptions po{std::max(o.ctx, 16), 1, o.kv, std::max(1, o.batch)};
     po.calibrate_kv = false;  // sizes only
     Session probe(model, po);
     const KvUsage u = probe.kv_usage();
@@ -230,6 +232,12 @@ void register_info(CLI::App& app) {
   cmd->add_flag("--json", opt->json, "machine-readable output");
   cmd->add_option("-c,--ctx", opt->ctx, "context length for the memory estimate")->capture_default_str();
   cmd->add_option("--kv", opt->kv, "KV cache type for the estimate")->capture_default_str();
+  cmd->add_option(
+         "-b,--batch", opt->batch,
+         "prompt tokens per forward pass, as `run -b` (sliding-window layers keep window + batch - 1 "
+         "positions)")
+      ->check(CLI::Range(1, 8192))
+      ->capture_default_str();
   cmd->add_flag_callback(
       "--no-repack", [] { set_repack_enabled(false); }, "report without the interleaved weight copy");
   cmd->callback([opt] { info_command(*opt); });

@@ -72,12 +72,11 @@ class TurboQuantKvCache final : public KvCache {
     ring_.assign(size_t(L), 0);
     slots_.assign(size_t(L), s.n_ctx);
     for (int l = 0; l < L; ++l) {
-      // Sliding-window layers: a ring of records, each slot written twice (TqWindow) so that every
-      // window is one contiguous run for the kernels.
+      // Sliding-window layers: a ring of records (a window may wrap around its end: TqWrap).
       const int r = s.ring_size(l);
       if (r < s.n_ctx) {
         ring_[size_t(l)] = r;
-        slots_[size_t(l)] = 2 * r;
+        slots_[size_t(l)] = r;
       }
     }
     // Rates per (layer, kv head) of this cache, from the spec (rates and edge layers follow the model
@@ -391,10 +390,6 @@ class TurboQuantKvCache final : public KvCache {
         uint8_t* vd = values(layer, g) + size_t(slot) * vr;
         quantize_one(ks, kx, mk, sk, tmp.data(), kd);
         if (!shared_) quantize_one(vs, vx, mv, sv, tmp.data(), vd);
-        if (ring > 0) {
-          std::memcpy(kd + size_t(ring) * kr, kd, kr);
-          if (!shared_) std::memcpy(vd + size_t(ring) * vr, vd, vr);
-        }
         if (pos + t < sink_) {
           // The record is written too (it gets zero weight): every position has one.
           exact_one(ks, kx, mk0, sk, tmp.data(), sink_row(sink_k_, layer, g, pos + t));
@@ -810,10 +805,11 @@ class TurboQuantKvCache final : public KvCache {
       const int64_t n_keys = int64_t(pos0) + t + 1;
       const int64_t lo = s.first_key(layer, int(n_keys - 1)), span = n_keys - lo;
       const int64_t jb = lo + span * split / n_split, je = lo + span * (split + 1) / n_split;
-      // Records of positions [lo, n_keys) are one run of slots from slot(lo) (TqWindow).
+      // Records of positions [lo, n_keys) are a run of slots from slot(lo), wrapping around a ring.
       const int64_t ring = ring_[size_t(layer)];
       const int64_t slot_lo = ring > 0 ? lo % ring : lo;
-      auto slot = [&](int64_t j) { return size_t(slot_lo + (j - lo)); };
+      const TqWrap wrap = TqWrap::of(ring, slot_lo, n_keys - lo);
+      auto slot = [&](int64_t j) { return size_t(slot_lo + wrap.offset(j - lo, 1)); };
       const float cap = s.softcap;
       const TqState& ks = kstate(layer, g);
       const TqState& vs = vstate(layer, g);
@@ -845,7 +841,8 @@ class TurboQuantKvCache final : public KvCache {
       }
       for (int64_t j0 = jb; j0 < je; j0 += kTileKeys) {
         const int64_t nt = std::min<int64_t>(kTileKeys, je - j0);
-        tq_scores(ks, qr.data(), group, keys(layer, g) + slot(j0) * kr, kr, nt, sc.data(), kTileKeys);
+        tq_scores(ks, qr.data(), group, keys(layer, g) + slot(j0) * kr, kr, nt, sc.data(), kTileKeys,
+                  wrap.from(j0 - lo));
         if (kl.qjl) {
           // + norm * sqrt(pi/2)/d * gamma * <S q', sign(S r)> (tq_qjl_inner_product, unbiased).
           const float cst = float(std::sqrt(3.14159265358979323846 / 2.0) / hd);
@@ -884,7 +881,7 @@ class TurboQuantKvCache final : public KvCache {
         }
         tq_exact_accumulate(x, n_keys, sc.data(), kTileKeys, group, hd, j0, nt, acc.data());
         tq_accumulate_values(vs, sc.data(), kTileKeys, group, values(layer, g) + slot(j0) * vr, vr, nt,
-                             acc.data());
+                             acc.data(), wrap.from(j0 - lo));
       }
       for (int h = 0; h < group; ++h) partial_.put(item, h, m[h], l[h], &acc[size_t(h) * hd]);
     };
@@ -984,7 +981,7 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<size_t> k_rec_, v_rec_;  // record bytes per (layer, kv head)
   std::vector<size_t> head_off_;       // byte offset of each (layer, kv head)'s records
   std::vector<int64_t> ring_;          // per layer: the ring of a sliding-window layer (0: none)
-  std::vector<int> slots_;             // per layer: record slots (n_ctx, or twice the ring)
+  std::vector<int> slots_;             // per layer: record slots (n_ctx, or the ring)
   std::vector<float> mu_k_, mu_v_;
   std::vector<float> sinks_, sink_share_;  // this call's sinks and their shares (set_sinks)
   int sink_ = 0, window_ = 0;

@@ -113,15 +113,26 @@ void tq_unrotate(const TqState& st, const float* acc_rot, float* out) {
 }
 
 void tq_scores(const TqState& st, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
-               int64_t n, float* scores, size_t score_stride) {
+               int64_t n, float* scores, size_t score_stride, TqWrap wrap) {
   if (n <= 0 || n_q <= 0) return;
-  pick_scores(st.layout)(kernel_args(st), q_rot, n_q, keys, key_stride, n, scores, score_stride);
+  const auto f = pick_scores(st.layout);
+  // Scores are per key: the two straight pieces of a wrapped run give what one run would.
+  const int64_t n1 = wrap.at > 0 && wrap.ring > 0 ? std::min(n, wrap.at) : n;
+  f(kernel_args(st), q_rot, n_q, keys, key_stride, n1, scores, score_stride);
+  if (n1 < n)
+    f(kernel_args(st), q_rot, n_q, keys + wrap.offset(n1, key_stride), key_stride, n - n1, scores + n1,
+      score_stride);
 }
 
 void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, int n_q, const uint8_t* values,
-                          size_t value_stride, int64_t n, float* acc_rot) {
+                          size_t value_stride, int64_t n, float* acc_rot, TqWrap wrap) {
   if (n <= 0 || n_q <= 0) return;
-  pick_accum(st.layout)(kernel_args(st), w, w_stride, n_q, values, value_stride, n, acc_rot);
+  const auto f = pick_accum(st.layout);
+  const int64_t n1 = wrap.at > 0 && wrap.ring > 0 ? std::min(n, wrap.at) : n;
+  f(kernel_args(st), w, w_stride, n_q, values, value_stride, n1, acc_rot);
+  if (n1 < n)
+    f(kernel_args(st), w + n1, w_stride, n_q, values + wrap.offset(n1, value_stride), value_stride, n - n1,
+      acc_rot);
 }
 
 namespace {
@@ -229,7 +240,7 @@ void tq_exact_accumulate(const TqExactRows& x, int64_t m, float* w, size_t w_str
 void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                size_t value_stride, float scale, float* out, size_t out_stride, const TqExactRows* exact,
-               int64_t key0, float softcap, const float* sinks, float* sink_share) {
+               int64_t key0, float softcap, const float* sinks, float* sink_share, TqWrap wrap) {
   if (n_q <= 0) return;
   if (key0 < 0) throw InvalidArgument("turboquant: negative first key");
   const int dk = ks.layout.dim, dv = vs.layout.dim;
@@ -255,7 +266,7 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
     for (int qi = q0; qi < q0 + nb; ++qi) n_blk = std::max(n_blk, count(qi));
     if (n_blk == 0) continue;
     float* wb = &w[size_t(q0) * n_max];
-    tq_scores(ks, &q_rot[size_t(q0) * dk], nb, keys, key_stride, n_blk, wb, size_t(n_max));
+    tq_scores(ks, &q_rot[size_t(q0) * dk], nb, keys, key_stride, n_blk, wb, size_t(n_max), wrap);
     // f(first query, count, context) over the runs of the block that share their exact rows: the
     // window depends on each query's context, so the block is one run only when all contexts are
     // equal (a GQA group of one token).
@@ -295,7 +306,7 @@ void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, si
       tq_exact_accumulate(*exact, m, &w[size_t(first) * n_max], size_t(n_max), cnt, dv, key0, n_blk,
                           &acc[size_t(first) * dv]);
     });
-    tq_accumulate_values(vs, wb, size_t(n_max), nb, values, value_stride, n_blk, &acc[size_t(q0) * dv]);
+    tq_accumulate_values(vs, wb, size_t(n_max), nb, values, value_stride, n_blk, &acc[size_t(q0) * dv], wrap);
   }
   for (int qi = 0; qi < n_q; ++qi) tq_unrotate(vs, &acc[size_t(qi) * dv], out + size_t(qi) * out_stride);
 }
@@ -320,7 +331,8 @@ void tq_attend_gqa(const TqState& ks, const TqState& vs, int pos0, int n_tokens,
               key_stride, values + size_t(slot) * value_stride, value_stride, scale,
               out + size_t(t) * out_row_stride, size_t(dv), exact, first, win.softcap,
               win.sinks != nullptr ? win.sinks + size_t(t) * win.sinks_stride : nullptr,
-              win.sink_share != nullptr ? win.sink_share + size_t(t) * win.sinks_stride : nullptr);
+              win.sink_share != nullptr ? win.sink_share + size_t(t) * win.sinks_stride : nullptr,
+              TqWrap::of(win.ring, slot, end - first));
   }
 }
 

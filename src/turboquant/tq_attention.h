@@ -69,14 +69,32 @@ void tq_exact_accumulate(const TqExactRows& x, int64_t m, float* w, size_t w_str
 // q_rot = R q (dim floats), once per query head.
 void tq_rotate_query(const TqState& st, const float* q, float* q_rot);
 
+// A run of records that may wrap around the end of a ring buffer: records from column `at` on sit
+// `ring` records before where a straight run would put them (the ring's slot 0 follows its last
+// slot). at <= 0 or ring == 0: a straight run.
+struct TqWrap {
+  int64_t at = 0;
+  int64_t ring = 0;
+  // The wrap of a run of n records from slot `slot` of a ring of `ring` slots (0: not a ring).
+  static TqWrap of(int64_t ring, int64_t slot, int64_t n) {
+    return ring > 0 && slot + n > ring ? TqWrap{ring - slot, ring} : TqWrap{};
+  }
+  // The same run seen from its column j0 on.
+  TqWrap from(int64_t j0) const { return at > j0 ? TqWrap{at - j0, ring} : TqWrap{}; }
+  // Byte offset of column j's record, records `stride` bytes apart.
+  int64_t offset(int64_t j, size_t stride) const {
+    return (ring > 0 && at > 0 && j >= at ? j - ring : j) * int64_t(stride);
+  }
+};
+
 // scores[qi * score_stride + j] = <q_qi, k_hat_j> for qi < n_q, j < n; q_rot holds n_q rotated
-// queries dim floats apart; records are key_stride bytes apart.
+// queries dim floats apart; records are key_stride bytes apart (wrapping as `wrap` says).
 void tq_scores(const TqState& st, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
-               int64_t n, float* scores, size_t score_stride);
+               int64_t n, float* scores, size_t score_stride, TqWrap wrap = {});
 
 // acc_rot[qi * dim + i] += sum_j w[qi * w_stride + j] * norm_j * c[idx_ji] (rotated space).
 void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, int n_q, const uint8_t* values,
-                          size_t value_stride, int64_t n, float* acc_rot);
+                          size_t value_stride, int64_t n, float* acc_rot, TqWrap wrap = {});
 
 // out = R^T acc_rot (dim floats), once per query head.
 void tq_unrotate(const TqState& st, const float* acc_rot, float* out);
@@ -89,17 +107,16 @@ void tq_unrotate(const TqState& st, const float* acc_rot, float* out);
 // and values rotate independently). Exact positions (if given) use their rows instead of their
 // records. sinks (n_q floats, or nullptr): each query's attention sink logit (KvShape::attn_sinks), which
 // joins its softmax denominator without a value; sink_share (n_q floats, or nullptr) gets the weight each
-// query put on its sink.
+// query put on its sink. wrap: where the run of keys and values wraps around a ring (TqWrap).
 void tq_attend(const TqState& ks, const TqState& vs, const float* q, int n_q, size_t q_stride,
                const int64_t* n_kv, const uint8_t* keys, size_t key_stride, const uint8_t* values,
                size_t value_stride, float scale, float* out, size_t out_stride,
                const TqExactRows* exact = nullptr, int64_t key0 = 0, float softcap = 0,
-               const float* sinks = nullptr, float* sink_share = nullptr);
+               const float* sinks = nullptr, float* sink_share = nullptr, TqWrap wrap = {});
 
 // Where a cache keeps the records of a sliding-window layer (KvShape::windows): a query at position p
 // sees [p - window + 1, p] (window 0: [0, p]). With ring > 0 the records of position j sit in slot
-// j % ring and every slot s is also written at s + ring, so that any window is one contiguous run of
-// slots; ring 0: position j in slot j.
+// j % ring (a window is then a run of slots that may wrap, TqWrap); ring 0: position j in slot j.
 struct TqWindow {
   int window = 0;
   int64_t ring = 0;

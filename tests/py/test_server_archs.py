@@ -84,3 +84,22 @@ def test_concurrent_greedy_equals_sequential(qleap_bin, test_models, arch_models
             assert [generate(s.url, name, p) for p in prompts] == sequential, f"{name}: prefix reuse changed text"
     finally:
         assert s.stop() == 0
+
+
+def test_info_sizes_the_rings_by_the_batch(qleap_bin, arch_models):
+    """A sliding-window layer keeps window + batch - 1 positions (the prefill chunk is stored before it
+    is attended): `qleap info -b` sizes them as a run with that batch would. gemma3 fixture: 2 of 3
+    layers sliding (window 8), 2 kv heads x 32."""
+    def usage(kv, batch):
+        r = subprocess.run([qleap_bin, "info", str(arch_models / "gemma3.gguf"), "--kv", kv, "-c", "256",
+                            "-b", str(batch), "--json"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        j = json.loads(r.stdout)
+        return j["kv_bytes_per_token"], j["kv_fixed_bytes"]
+
+    # 60 more ring positions x 2 layers: f16 K and V rows (2 x 64 values x 2 bytes); TurboQuant one
+    # record each of K and V per kv head (rings at 4 bits: 32 x 4 / 8 + a 2-byte norm), held once.
+    for kv, per_position in (("f16", 2 * 64 * 2), ("tq3", 2 * 2 * (16 + 2))):
+        small, large = usage(kv, 4), usage(kv, 64)
+        assert small[0] == large[0]
+        assert large[1] - small[1] == 60 * 2 * per_position, kv

@@ -121,7 +121,7 @@ TEST(KvWindow, F32MatchesReference) {
 }
 
 // The ring changes where positions live, not what is computed: bit-exact against the same window in
-// a cache of n_ctx positions, for every type (TurboQuant's records are written twice in its ring).
+// a cache of n_ctx positions, for every type (a window that wraps around the ring's end included).
 TEST(KvWindow, RingEqualsFullCacheBitForBit) {
   for (int threads : {1, 3}) {
     ThreadPool pool(threads);
@@ -150,6 +150,33 @@ TEST(KvWindow, RingEqualsFullCacheBitForBit) {
       EXPECT_EQ(a->bytes_per_token(), 0u) << type;
       EXPECT_LT(a->allocated_bytes(), b->allocated_bytes()) << type;
     }
+  }
+}
+
+// Decode over a long window splits each query's keys across threads (attend_split's tiles); a window
+// that wraps around the end of TurboQuant's ring is then cut at the wrap inside a tile. Still bit-exact
+// against a cache of n_ctx positions.
+TEST(KvWindow, LongRingDecodeSplitEqualsFullCache) {
+  ThreadPool pool(3);
+  KvShape ring{1, 1024, 4, 2, 32};
+  ring.windows = {300};
+  ring.max_tokens = 16;  // a ring of 315 positions
+  KvShape full = ring;
+  full.max_tokens = 0;
+  const int n_pos = 700;
+  const KvData d(ring, n_pos, 17);
+  for (const auto& [type, full_type] : {std::pair{"tq3", "tq4"}, std::pair{"tq3:ring0:w0", "tq3:w0"}}) {
+    auto a = make_kv_cache(type, ring);
+    auto b = make_kv_cache(full_type, full);
+    a->set_pool(&pool);
+    b->set_pool(&pool);
+    for (int pos = 0; pos < n_pos;) {
+      const int n = pos < 320 ? 16 : 1;
+      const std::vector<float> ra = d.step(*a, pos, n, pool), rb = d.step(*b, pos, n, pool);
+      ASSERT_EQ(0, std::memcmp(ra.data(), rb.data(), ra.size() * sizeof(float))) << type << " pos " << pos;
+      pos += n;
+    }
+    EXPECT_LT(2 * a->allocated_bytes(), b->allocated_bytes()) << type;
   }
 }
 
