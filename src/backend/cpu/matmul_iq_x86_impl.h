@@ -265,11 +265,16 @@ inline __m256i mul_bytes(__m256i v, __m256i m) {
       _mm256_slli_epi16(_mm256_mullo_epi16(_mm256_srli_epi16(v, 8), _mm256_srli_epi16(m, 8)), 8);
   return _mm256_or_si256(lo, hi);
 }
-// The trit (v * 3) >> 8 of each byte v, minus one: -1 below 86, 0 below 171, else 1.
-inline __m256i trit_minus_one(__m256i v) {
+// Minus the trit (v * 3) >> 8 of each byte v: 0 below 86, -1 below 171, else -2 (the sum of the two
+// all-ones compare masks).
+inline __m256i minus_trit(__m256i v) {
   const __m256i ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(86)), v);
   const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(char(171))), v);
-  return _mm256_xor_si256(_mm256_add_epi8(ge86, ge171), _mm256_set1_epi8(-1));
+  return _mm256_add_epi8(ge86, ge171);
+}
+// The trit minus one: -1 below 86, 0 below 171, else 1 (~x = -x - 1).
+inline __m256i trit_minus_one(__m256i v) {
+  return _mm256_xor_si256(minus_trit(v), _mm256_set1_epi8(-1));
 }
 
 struct FTq1 {
@@ -302,12 +307,9 @@ struct FTq1 {
     }
     return mul_bytes(bytes, mult);
   }
-  // The digits t in {0, 1, 2}: the trit (v * 3) >> 8 of each byte v, 0 below 86, 1 below 171, else 2.
+  // The digits t in {0, 1, 2} of weights 32k .. 32k+31.
   static __m256i digits(const B& b, int k) {
-    const __m256i v = scaled(b, k);
-    const __m256i ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(86)), v);
-    const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(v, _mm256_set1_epi8(char(171))), v);
-    return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(ge86, ge171));
+    return _mm256_sub_epi8(_mm256_setzero_si256(), minus_trit(scaled(b, k)));
   }
   static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
     const __m256i v = trit_minus_one(scaled(b, k));
