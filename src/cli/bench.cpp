@@ -25,6 +25,7 @@
 #include "core/timer.h"
 #include "gguf/gguf.h"
 #include "model/model.h"
+#include "runtime/engine.h"
 #include "runtime/kv_calibrate.h"
 #include "runtime/session.h"
 
@@ -252,6 +253,82 @@ void bench_capacity(const BenchOptions& o) {
   }
 }
 
+// `--parallel N` without --mem-budget: N sequences decode together (one token of each per step, as
+// the server's parallel slots do; each step reads the weights once for all N) against one of them
+// alone, in interleaved rounds on the same engine, so the ratio is immune to the machine's drift.
+void bench_slots(const BenchOptions& o) {
+  const int N = o.parallel;
+  if (o.n_gen <= 0) throw InvalidArgument("--parallel without --mem-budget times decode: give -n > 0");
+  const std::string path = resolve_model(o.common.model);
+  auto model = load_model(path);
+  SessionOptions so{o.common.ctx, o.common.threads, o.common.kv, o.common.batch};
+  so.kv_calibration_dir = default_kv_calibration_dir();
+  auto_session_options(o.common, path, /*quiet=*/true, &so.gpu_layers);
+  if (so.n_ctx == 0) so.n_ctx = o.depth + o.n_gen + 16;
+  if (o.depth + o.n_gen + 1 > so.n_ctx)
+    throw InvalidArgument(
+        fmt::format("--depth {} + -n {} exceed the context {}", o.depth, o.n_gen, so.n_ctx));
+  Engine engine(model, engine_options(so, N));
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> pick(0, engine.n_vocab() - 1);
+  std::vector<int> slots(static_cast<size_t>(N));
+  std::vector<int32_t> toks(static_cast<size_t>(N));
+  for (int i = 0; i < N; ++i) slots[size_t(i)] = i;
+  // Every round starts each slot from the same context (untimed): depth positions, then one token.
+  auto refill = [&](int slot) {
+    engine.reset(slot);
+    if (o.depth > 0) {
+      if (o.fill == "random") {
+        engine.fill_random_context(slot, o.depth, 1234 + uint64_t(slot));
+      } else {
+        std::vector<int32_t> ctx(size_t(o.depth));
+        for (auto& t : ctx) t = pick(rng);
+        engine.prefill(slot, ctx.data(), o.depth);
+      }
+    }
+    const int32_t t = pick(rng);
+    engine.prefill(slot, &t, 1);
+  };
+  auto steps = [&](int m) {  // n_gen steps of slots [0, m); tokens per second over all of them
+    for (int s = 0; s < m; ++s) refill(s);
+    Stopwatch sw;
+    for (int i = 0; i < o.n_gen; ++i) {
+      for (auto& t : toks) t = pick(rng);
+      engine.decode(slots.data(), toks.data(), m);
+    }
+    return double(m) * o.n_gen / sw.elapsed();
+  };
+  steps(1);  // warm-up (page faults, calibration, thread start)
+  std::vector<double> one, all, ratio;
+  for (int r = 0; r < o.reps; ++r) {
+    one.push_back(steps(1));
+    all.push_back(steps(N));
+    ratio.push_back(all.back() / one.back());
+  }
+  const Sample a = summarize(one), b = summarize(all), q = summarize(ratio);
+  nlohmann::json out;
+  out["model"] = path;
+  out["threads"] = engine.pool().size();
+  out["isa"] = isa_name(isa_level());
+  out["kv"] = o.common.kv;
+  out["slots"] = {{"n", N},          {"n_gen", o.n_gen},  {"depth", o.depth}, {"tps_one", a.mean},
+                  {"sd_one", a.sd},  {"tps_all", b.mean}, {"sd_all", b.sd},   {"ratio", q.mean},
+                  {"ratio_sd", q.sd}};
+  if (o.json) {
+    std::cout << out.dump(2) << "\n";
+    return;
+  }
+  fmt::print("model: {} ({} threads, {}, KV {}), {} interleaved rounds\n", path, engine.pool().size(),
+             isa_name(isa_level()), o.common.kv, o.reps);
+  const std::string test =
+      o.depth > 0 ? fmt::format("tg{}@d{}", o.n_gen, o.depth) : fmt::format("tg{}", o.n_gen);
+  fmt::print("| {:>12} | {:>22} | {:>16} |\n", "test", "t/s (all slots)", "vs 1 slot");
+  fmt::print("| {:->12} | {:->22} | {:->16} |\n", "", "", "");
+  fmt::print("| {:>12} | {:>12.2f} ± {:<7.2f} | {:>16} |\n", test + " x1", a.mean, a.sd, "1.00");
+  fmt::print("| {:>12} | {:>12.2f} ± {:<7.2f} | {:>8.2f}x ± {:<4.2f} |\n", fmt::format("{} x{}", test, N),
+             b.mean, b.sd, q.mean, q.sd);
+}
+
 void bench_command(BenchOptions& o) {
   if (!o.mem_budget.empty()) {
     bench_capacity(o);
@@ -259,6 +336,10 @@ void bench_command(BenchOptions& o) {
   }
   if (o.compress) {
     bench_compress_command(o.common, o.json);
+    return;
+  }
+  if (o.parallel > 1) {
+    bench_slots(o);
     return;
   }
   if (o.moe) {
@@ -472,7 +553,10 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--mem-budget", opt->mem_budget,
                   "report, per --kv type (default: f16,tq4,tq3), the largest context whose weights + KV + "
                   "activations fit in this much RAM (e.g. 2GiB, 512MiB); nothing is timed");
-  cmd->add_option("--parallel", opt->parallel, "--mem-budget: slots, each with its own KV cache")
+  cmd->add_option("--parallel", opt->parallel,
+                  "slots, each with its own KV cache: with --mem-budget, counted; otherwise tg decodes one "
+                  "token of each slot per step (the server's parallel slots), timed against one slot alone "
+                  "in interleaved rounds")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
   add_expert_flow_options(*cmd, opt->moe_opt.experts, false);  // --moe: measured with the ExpertFlow runtime

@@ -126,6 +126,22 @@ def test_bench_decode_after_a_filled_context(qleap_bin, test_models):
     assert j["kv_bytes_per_token"] == 205 and abs(j["kv_compression_vs_f16"] - 640 / 205) < 1e-9
 
 
+def test_bench_parallel_decodes_slots_together(qleap_bin, test_models):
+    # --parallel N (no --mem-budget): N sequences decode one token each per step, timed against one
+    # sequence alone in interleaved rounds.
+    r = run(qleap_bin, "bench", test_models / "stories260K.gguf", "--parallel", "3", "-n", "8", "-d", "5",
+            "-r", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)["slots"]
+    assert s["n"] == 3 and s["n_gen"] == 8 and s["depth"] == 5
+    assert s["tps_one"] > 0 and s["tps_all"] > 0 and s["ratio"] > 0
+    assert abs(s["ratio"] - s["tps_all"] / s["tps_one"]) < 0.5 * s["ratio"]
+    bad = run(qleap_bin, "bench", test_models / "stories260K.gguf", "--parallel", "2", "-n", "0")
+    assert bad.returncode != 0 and "-n > 0" in bad.stderr
+    text = run(qleap_bin, "bench", test_models / "stories260K.gguf", "--parallel", "2", "-n", "4", "-r", "1")
+    assert text.returncode == 0 and "x2" in text.stdout and "vs 1 slot" in text.stdout
+
+
 def test_bench_pp_is_one_batch_unless_b_is_given(qleap_bin, test_models):
     m = test_models / "stories260K.gguf"
     one = run(qleap_bin, "bench", m, "-p", "40", "-n", "0", "-r", "1", "--no-membw", "--json")
