@@ -132,7 +132,7 @@ void info_command(const InfoOptions& o) {
     released_bytes = model->prepared().released_bytes();
     // At the context of the estimate: exact rows (TurboQuant's recent window) are capped by it. The
     // records are allocated but never touched, so this costs address space, not memory.
-    // The batch sizes the rings of sliding-window layers (window + batch - 1 positions): the run's.
+    // The run's batch: a sliding-window layer's ring holds window + min(batch, 64) - 1 positions.
     SessionOptions po{std::max(o.ctx, 16), 1, o.kv, std::max(1, o.batch)};
     po.calibrate_kv = false;  // sizes only
     Session probe(model, po);
@@ -232,10 +232,9 @@ void register_info(CLI::App& app) {
   cmd->add_flag("--json", opt->json, "machine-readable output");
   cmd->add_option("-c,--ctx", opt->ctx, "context length for the memory estimate")->capture_default_str();
   cmd->add_option("--kv", opt->kv, "KV cache type for the estimate")->capture_default_str();
-  cmd->add_option(
-         "-b,--batch", opt->batch,
-         "prompt tokens per forward pass, as `run -b` (sliding-window layers keep window + batch - 1 "
-         "positions)")
+  cmd->add_option("-b,--batch", opt->batch,
+                  "prompt tokens per forward pass, as `run -b` (sliding-window layers keep window + "
+                  "min(batch, 64) - 1 positions)")
       ->check(CLI::Range(1, 8192))
       ->capture_default_str();
   cmd->add_flag_callback(

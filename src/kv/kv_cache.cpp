@@ -468,9 +468,14 @@ KvStats KvCache::stats() const {
 
 int KvShape::ring_size(int layer) const {
   const int w = window(layer);
-  if (w <= 0) return n_ctx;
-  const int64_t r = int64_t(w) + (max_tokens > 0 ? max_tokens : n_ctx) - 1;
+  if (w <= 0 || max_tokens <= 0) return n_ctx;
+  const int64_t r = int64_t(w) + std::min(max_tokens, kWindowChunk) - 1;
   return r < n_ctx ? int(r) : n_ctx;
+}
+
+int KvShape::chunk_tokens(int layer) const {
+  const int all = max_tokens > 0 ? max_tokens : n_ctx;
+  return ring_size(layer) < n_ctx ? std::min(all, kWindowChunk) : all;
 }
 
 bool KvShape::can_trim(int n_keep, int n_past) const {

@@ -38,7 +38,10 @@ struct KvShape {
   std::vector<int> windows = {};  // per layer of this cache (0: full attention)
   // The most positions one store / attend call covers (the engine's prefill chunk): a ring must also
   // hold the chunk being attended. 0: n_ctx (rings then only help when the window is much smaller).
+  // Sliding-window layers take at most kWindowChunk of them per call (chunk_tokens): the attention
+  // blocks split a longer chunk there, so that their rings stay close to the window.
   int max_tokens = 0;
+  static constexpr int kWindowChunk = 64;
   // Attention logit soft-capping (gemma2): scores become softcap * tanh(score / softcap). 0: off.
   float softcap = 0;
   // Attention sinks (gpt-oss): a learned logit per layer and query head that joins each query's softmax
@@ -57,7 +60,11 @@ struct KvShape {
   int q_dim() const { return n_heads * head_dim; }
   int total_layers() const { return model_layers > 0 ? model_layers : n_layers; }
   int window(int layer) const { return windows.empty() ? 0 : windows[size_t(layer)]; }
-  // Positions held for a layer: n_ctx, or window + max_tokens - 1 when that is smaller.
+  // The most positions one store / attend call may cover on a layer: max_tokens (0: n_ctx), at most
+  // kWindowChunk on a sliding-window layer whose ring is smaller than n_ctx.
+  int chunk_tokens(int layer) const;
+  // Positions held for a layer: n_ctx, or window + chunk - 1 when that is smaller (chunk: max_tokens,
+  // at most kWindowChunk).
   int ring_size(int layer) const;
   // Whether every layer still holds what queries after a trim to n_keep read, when positions
   // [0, n_past) were stored: a ring has overwritten positions older than n_past - ring_size.

@@ -78,7 +78,7 @@ struct TqKvSpec {
   int edge_layers = 0;
   float edge_k_bits = 4;
   float edge_v_bits = 4;
-  // Layers whose positions live in a ring (sliding-window layers at contexts beyond window + batch)
+  // Layers whose positions live in a ring (sliding-window layers at contexts beyond window + 63)
   // cost a constant, not bytes per position, so they get ring_bits for K and V: by default (-1) one bit
   // more than the spec's rate, up to 4 (`ringB`: B bits; `ring0`: the spec's rate). On Gemma 3 270M
   // (15 of 18 layers sliding) most of tq3's error was in those layers: KLD 0.019 -> 0.009 at 2K for

@@ -176,21 +176,31 @@ void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const f
 
   const float scale = hp.attn_scale > 0 ? hp.attn_scale : 1.0f / std::sqrt(float(hp.head_dim));
   const int32_t* dev_pos = be.device_positions();
-  const int layer = il - ctx.kv_first;
-  if (ctx.rows == nullptr) {
-    const KvSpan span{ctx.pos0, m, dev_pos};
-    ctx.kv->store(layer, span, a.k.get(), a.v.get());
-    ctx.kv->attend(layer, span, a.q.get(), a.attn.get(), scale, ctx.pool);
-  } else {
-    for (int t = 0; t < m; ++t) {
-      const RowSeq& r = ctx.rows[t];
-      const KvSpan span{r.pos, 1, dev_pos ? dev_pos + t : nullptr};
-      r.kv->store(layer, span, a.k.get() + size_t(t) * kv_dim, a.v.get() + size_t(t) * kv_dim);
-      r.kv->attend(layer, span, a.q.get() + size_t(t) * q_dim, a.attn.get() + size_t(t) * q_dim, scale,
-                   ctx.pool);
-    }
-  }
+  store_and_attend(ctx, il - ctx.kv_first, a.k.get(), a.v.get(), size_t(kv_dim), a.q.get(), a.attn.get(),
+                   size_t(q_dim), scale, dev_pos);
   be.matmul(w.wo, a.attn.get(), m, out, accumulate);
+}
+
+void store_and_attend(const LayerCtx& ctx, int layer, const float* k, const float* v, size_t kv_stride,
+                      const float* q, float* out, size_t q_stride, float scale, const int32_t* dev_pos) {
+  const int m = ctx.m;
+  if (ctx.rows == nullptr) {
+    // dev_pos holds one position per row: piece t0's first position is at dev_pos + t0.
+    const int piece = std::max(1, ctx.kv->shape().chunk_tokens(layer));
+    for (int t0 = 0; t0 < m; t0 += piece) {
+      const int n = std::min(piece, m - t0);
+      const KvSpan span{ctx.pos0 + t0, n, dev_pos ? dev_pos + t0 : nullptr};
+      ctx.kv->store(layer, span, k + size_t(t0) * kv_stride, v + size_t(t0) * kv_stride);
+      ctx.kv->attend(layer, span, q + size_t(t0) * q_stride, out + size_t(t0) * q_stride, scale, ctx.pool);
+    }
+    return;
+  }
+  for (int t = 0; t < m; ++t) {
+    const RowSeq& r = ctx.rows[t];
+    const KvSpan span{r.pos, 1, dev_pos ? dev_pos + t : nullptr};
+    r.kv->store(layer, span, k + size_t(t) * kv_stride, v + size_t(t) * kv_stride);
+    r.kv->attend(layer, span, q + size_t(t) * q_stride, out + size_t(t) * q_stride, scale, ctx.pool);
+  }
 }
 
 void swiglu_ffn_block(const LayerWeights& w, const LayerCtx& ctx, const float* xn, float* out) {

@@ -108,6 +108,13 @@ void load_swiglu_ffn(const GgufFile& f, const HParams& hp, int il, LayerWeights&
 // Self-attention of the m normalized rows xn; out (m x n_embd) += the output projection (= when not
 // accumulate). Layers with a sliding window (HParams::window) attend to it; the score scale is
 // HParams::attn_scale when set.
+// Stores the ctx.m tokens' keys and values on layer `layer` of the cache and attends their queries:
+// as one span, in pieces of KvShape::chunk_tokens on a sliding-window layer (its ring holds the
+// window and one piece), or row by row for a multi-sequence batch (ctx.rows). Rows of k and v are
+// kv_stride floats apart, of q and out q_stride; dev_pos: the backend's device positions (or nullptr).
+void store_and_attend(const LayerCtx& ctx, int layer, const float* k, const float* v, size_t kv_stride,
+                      const float* q, float* out, size_t q_stride, float scale, const int32_t* dev_pos);
+
 void attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, const float* xn, float* out,
                      bool accumulate = true);
 // SwiGLU feed-forward: out += W_down (silu(W_gate xn) * (W_up xn)).

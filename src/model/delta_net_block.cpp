@@ -155,19 +155,8 @@ void gated_attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, c
   const int32_t* dev_pos = be.device_positions();
   // The caches hold only the attention layers.
   const int layer = hp.kv_layers_before(il) - hp.kv_layers_before(ctx.kv_first);
-  if (ctx.rows == nullptr) {
-    const KvSpan span{ctx.pos0, m, dev_pos};
-    ctx.kv->store(layer, span, a.k.get(), a.v.get());
-    ctx.kv->attend(layer, span, a.q.get(), a.attn.get(), scale, ctx.pool);
-  } else {
-    for (int t = 0; t < m; ++t) {
-      const RowSeq& r = ctx.rows[t];
-      const KvSpan span{r.pos, 1, dev_pos ? dev_pos + t : nullptr};
-      r.kv->store(layer, span, a.k.get() + size_t(t) * kv_dim, a.v.get() + size_t(t) * kv_dim);
-      r.kv->attend(layer, span, a.q.get() + size_t(t) * q_dim, a.attn.get() + size_t(t) * q_dim, scale,
-                   ctx.pool);
-    }
-  }
+  store_and_attend(ctx, layer, a.k.get(), a.v.get(), size_t(kv_dim), a.q.get(), a.attn.get(), size_t(q_dim),
+                   scale, dev_pos);
   be.sigmoid_mul(a.attn.get(), a.qgate.get(), m, q_dim);
   be.matmul(w.wo, a.attn.get(), m, out, /*accumulate=*/true);
 }

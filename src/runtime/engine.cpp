@@ -203,7 +203,7 @@ int Engine::restorable(int slot, int n) const {
   for (const auto& st : s.state) {
     if (st) kept = std::min(kept, st->restorable(n));
   }
-  // A sliding-window ring holds the last window + n_batch - 1 positions: going back further than
+  // A sliding-window ring holds the last ring_size positions (window + 63): going back further than
   // that would leave positions after the trim point reading overwritten rows. A cache that keeps
   // recent rows exact only for a while (TurboQuant's window) may not bring them back either.
   for (const auto& kv : s.kv) {
@@ -459,8 +459,10 @@ void Engine::fill_random_context(int slot, int n, uint64_t seed) {
       dv = seg.backend->alloc_floats(v.size());
     }
     for (int layer = 0; layer < kv.shape().n_layers; ++layer) {
-      for (int p0 = 0; p0 < n; p0 += chunk) {
-        const int m = std::min(chunk, n - p0);
+      // As the attention blocks store (model/blocks.h, store_and_attend): pieces a ring can hold.
+      const int piece = std::max(1, std::min(chunk, kv.shape().chunk_tokens(layer)));
+      for (int p0 = 0; p0 < n; p0 += piece) {
+        const int m = std::min(piece, n - p0);
         for (size_t i = 0; i < size_t(m) * kvd; ++i) {
           k[i] = nd(rng) + offset[i % size_t(kvd)];
           v[i] = nd(rng);

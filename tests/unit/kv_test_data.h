@@ -50,12 +50,17 @@ struct KvData {
       }
     return out;
   }
-  // Stores positions [pos, pos + n) and attends their queries, in one batch.
+  // Stores positions [pos, pos + n) and attends their queries, in one batch, or as the attention
+  // blocks do (model/blocks.h, store_and_attend) in pieces of KvShape::chunk_tokens on a ring layer.
   std::vector<float> step(KvCache& kv, int pos, int n, ThreadPool& pool) const {
     const size_t kvd = size_t(s.kv_dim());
-    kv.store(0, pos, n, &k[size_t(pos) * kvd], &v[size_t(pos) * kvd]);
     std::vector<float> out(size_t(n) * row());
-    kv.attend(0, pos, n, &q[size_t(pos) * row()], out.data(), scale(), pool);
+    const int piece = std::max(1, kv.shape().chunk_tokens(0));
+    for (int t0 = 0; t0 < n; t0 += piece) {
+      const int p = pos + t0, m = std::min(piece, n - t0);
+      kv.store(0, p, m, &k[size_t(p) * kvd], &v[size_t(p) * kvd]);
+      kv.attend(0, p, m, &q[size_t(p) * row()], out.data() + size_t(t0) * row(), scale(), pool);
+    }
     return out;
   }
 };
