@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/fp16.h"
+#include "core/guided_for.h"
 #include "core/thread_pool.h"
 
 namespace qleap {
@@ -45,6 +46,29 @@ TEST(ThreadPool, ParallelForCoversRangeOnce) {
     });
   }
   for (auto& h : hits) EXPECT_EQ(h.load(), 50);
+}
+
+// Guided chunks: every index once, each chunk starting at a multiple of the grain and a whole number
+// of grains long except the last.
+TEST(ThreadPool, GuidedForCoversRangeInAlignedChunks) {
+  for (int nth : {1, 2, 3}) {
+    ThreadPool pool(nth);
+    for (int64_t n : {int64_t(1), int64_t(7), int64_t(64), int64_t(1001)}) {
+      for (int64_t grain : {int64_t(1), int64_t(4)}) {
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        std::atomic<int> bad{0};
+        for (int rep = 0; rep < 20; ++rep) {
+          parallel_for_guided(pool, n, grain, [&](int64_t b, int64_t e, int ith) {
+            if (b % grain != 0 || e <= b || ((e - b) % grain != 0 && e != n) || ith < 0 || ith >= nth)
+              bad.fetch_add(1);
+            for (int64_t i = b; i < e; ++i) hits[size_t(i)].fetch_add(1);
+          });
+        }
+        EXPECT_EQ(bad.load(), 0) << "nth=" << nth << " n=" << n << " grain=" << grain;
+        for (auto& h : hits) ASSERT_EQ(h.load(), 20) << "nth=" << nth << " n=" << n << " grain=" << grain;
+      }
+    }
+  }
 }
 
 // run() jobs (every thread must run once, with its own ith) interleaved with run_shared() jobs

@@ -144,6 +144,45 @@ TEST(MatmulMany, ManyWeightsAndTheBackendOp) {
   }
 }
 
+// Weights without a repacked form share one quantization and one dispatch through the row dot
+// products (per activation format, at most 8 at once): the same bits as separate matmul calls, and
+// as one thread computing every row (the threads split the rows in shrinking chunks).
+TEST(MatmulMany, UnpackedWeightsShareOneDispatch) {
+  IsaGuard guard;
+  std::mt19937 rng(29);
+  std::vector<std::pair<GgmlType, int64_t>> spec;
+  // 10 Q5_0 (more than one call takes), Q5_1, Q2_K (the other activation format), F16 (float
+  // activations); row counts not multiples of 4.
+  for (int i = 0; i < 10; ++i) spec.push_back({GgmlType::Q5_0, 13 + 7 * i});
+  spec.push_back({GgmlType::Q5_1, 45});
+  spec.push_back({GgmlType::Q2_K, 30});
+  spec.push_back({GgmlType::F16, 27});
+  const Group g = make_group(spec, 512, rng);
+  ThreadPool pool1(1), pool2(2), pool3(3);
+  for (IsaLevel lvl : supported_levels()) {
+    set_isa_level(lvl);
+    for (int64_t m : {1, 2, 3, 5}) {
+      const std::string what = std::string("isa=") + isa_name(lvl);
+      for (ThreadPool* pool : {&pool1, &pool2, &pool3})
+        expect_same_as_separate(g, m, *pool, rng, what + " threads=" + std::to_string(pool->size()));
+      if (m == 3) {
+        RowExactMatmul exact;
+        expect_same_as_separate(g, m, pool2, rng, what + " row-exact");
+      }
+      std::normal_distribution<float> nd(0.0f, 1.0f);
+      std::vector<float> x(size_t(m) * 512);
+      for (auto& v : x) v = nd(rng);
+      for (const WeightView& w : g.views) {
+        std::vector<float> one(size_t(m * w.rows)), three(size_t(m * w.rows));
+        matmul(w, x.data(), m, one.data(), pool1);
+        matmul(w, x.data(), m, three.data(), pool3);
+        ASSERT_EQ(std::memcmp(one.data(), three.data(), one.size() * sizeof(float)), 0)
+            << what << " " << type_name(w.type) << " rows=" << w.rows << " m=" << m;
+      }
+    }
+  }
+}
+
 TEST(MatmulMany, RejectsWeightsOfDifferentColumns) {
   std::mt19937 rng(5);
   const auto a = random_weights(GgmlType::Q4_0, 16, 64, rng);

@@ -11,6 +11,7 @@
 #include "backend/cpu/packed_weights.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
+#include "core/guided_for.h"
 #include "quant/quant.h"
 
 namespace qleap {
@@ -161,6 +162,126 @@ void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y) {
   }
 }
 
+namespace {
+
+// Up to kRowDotMany weights on one input through the row dot-product kernels: the activations are
+// quantized once and the rows of all weights are split over the threads in one dispatch. Each
+// output row is computed as matmul() on that weight alone computes it (chunks start at multiples of
+// 4 rows of their weight, as row_grain's did).
+constexpr int kRowDotMany = 8;
+constexpr int64_t kRowUnit = 4;
+
+void rowdot_many(const kern::IsaKernels* k, const WeightView* const* ws, float* const* ys, int n,
+                 const float* x, int64_t m, ThreadPool& pool) {
+  // Everything the workers need, reached through one pointer: the lambdas below then fit in
+  // std::function's inline storage, so a call allocates nothing once the scratch has grown.
+  struct Mat {
+    const WeightView* w;
+    float* y;
+    int64_t u_end;  // this weight's 4-row units end here in the joint numbering
+  };
+  struct Job {
+    const kern::IsaKernels* k;
+    Mat mats[kRowDotMany];
+    int n;
+    const float* x;
+    int64_t m;
+    kern::ActFormat af;
+    const uint8_t* xa;
+    uint8_t* act;
+    size_t xa_stride;
+    int64_t cols;
+    bool row_exact;
+  } job{};
+  job.k = k;
+  job.n = n;
+  job.x = x;
+  job.m = m;
+  job.cols = ws[0]->cols;
+  job.af = kern::act_format(ws[0]->type);
+  job.xa = reinterpret_cast<const uint8_t*>(x);
+  job.xa_stride = size_t(job.cols) * sizeof(float);
+  job.row_exact = tls_row_exact && m > 1;
+  int64_t units = 0;
+  for (int i = 0; i < n; ++i) {
+    units += (ws[i]->rows + kRowUnit - 1) / kRowUnit;
+    job.mats[i] = Mat{ws[i], ys[i], units};
+  }
+
+  // Quantize the activations once; every weight row reuses them.
+  if (job.af != kern::ActFormat::kF32) {
+    job.xa_stride = kern::act_row_bytes(job.af, job.cols);
+    auto& buf = scratch().act;
+    if (buf.size() < job.xa_stride * size_t(m)) buf.resize(job.xa_stride * size_t(m));
+    job.act = buf.data();
+    job.xa = job.act;
+    const auto quant_rows = [](Job& j, int64_t t0, int64_t t1) {
+      const int64_t c = j.cols;
+      for (int64_t t = t0; t < t1; ++t) {
+        uint8_t* dst = j.act + size_t(t) * j.xa_stride;
+        if (j.af == kern::ActFormat::kQ8A) {
+          j.k->quantize_q8a(j.x + t * c, reinterpret_cast<kern::BlockQ8A*>(dst), c);
+        } else {
+          j.k->quantize_q8k(j.x + t * c, reinterpret_cast<BlockQ8_K*>(dst), c);
+        }
+      }
+    };
+    if (m >= 8 && pool.size() > 1) {
+      Job* jp = &job;
+      pool.parallel_for(m, std::max<int64_t>(1, m / (4 * pool.size())),
+                        [jp, quant_rows](int64_t t0, int64_t t1, int) { quant_rows(*jp, t0, t1); });
+    } else {
+      quant_rows(job, 0, m);
+    }
+  }
+
+  const Job* jp = &job;
+  // Guided chunks: a decode dispatch on a small model lasts microseconds, and a fixed-size last
+  // chunk left one thread waiting for a measurable share of it.
+  parallel_for_guided(pool, units, 1, [jp](int64_t u0, int64_t u1, int) {
+    const Job& j = *jp;
+    int i = 0;
+    while (u0 < u1) {
+      while (u0 >= j.mats[i].u_end) ++i;
+      const Mat& mt = j.mats[i];
+      const WeightView& wv = *mt.w;
+      const int64_t u_first = mt.u_end - (wv.rows + kRowUnit - 1) / kRowUnit;
+      const int64_t ue = std::min(u1, mt.u_end);
+      const int64_t r0 = (u0 - u_first) * kRowUnit;
+      const int64_t r1 = std::min(wv.rows, (ue - u_first) * kRowUnit);
+      u0 = ue;
+      const auto* wd = static_cast<const uint8_t*>(wv.data);
+      if (j.row_exact) {
+        // One activation row at a time through the decode kernels, over blocks of weight rows small
+        // enough (~16 KiB) to stay in L1 while every activation row passes: the weights are still
+        // read from memory once.
+        const int64_t block = std::max<int64_t>(1, int64_t(16384 / std::max<size_t>(1, wv.row_bytes)));
+        for (int64_t rb = r0; rb < r1; rb += block) {
+          const int64_t re = std::min(r1, rb + block);
+          for (int64_t t = 0; t < j.m; ++t) {
+            j.k->gemm(wv.type, wd, wv.row_bytes, wv.cols, rb, re, j.xa, j.xa_stride, t, t + 1, mt.y, wv.rows);
+          }
+        }
+        continue;
+      }
+      j.k->gemm(wv.type, wd, wv.row_bytes, wv.cols, r0, r1, j.xa, j.xa_stride, 0, j.m, mt.y, wv.rows);
+    }
+  });
+}
+
+// Whether matmul() would take w through the row dot-product kernels (rowdot_many): no AMX tiles,
+// no repacked copy, no prefill panels for it.
+bool takes_rowdot(const kern::IsaKernels* k, const WeightView& w, float* y, int64_t m) {
+  if (k == nullptr || w.rows <= 0) return false;
+  if (!tls_row_exact && k->tile_matmul != nullptr && m >= kTileMinRows) return false;
+  if (w.packed != nullptr && w.packed->source == w.data && k->packed_matmul != nullptr) return false;
+  if (!tls_row_exact && k->panel_matmul != nullptr && m >= kPanelMinRows) return false;
+  return k->gemm(w.type, static_cast<const uint8_t*>(w.data), w.row_bytes, w.cols, 0, 0, nullptr, 0, 0, 0, y,
+                 w.rows);
+}
+
+}  // namespace
+
 void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool) {
   check_view(w);
   if (m <= 0 || w.rows <= 0) return;
@@ -182,86 +303,8 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
     if (k->panel_matmul != nullptr && m >= kPanelMinRows && k->panel_matmul(w, x, m, y, pool)) return;
   }
 
-  // Everything the workers need, reached through one pointer: the lambdas below then fit in
-  // std::function's inline storage, so a call allocates nothing once the scratch has grown.
-  struct Job {
-    const kern::IsaKernels* k;
-    const WeightView* w;
-    const float* x;
-    int64_t m;
-    float* y;
-    kern::ActFormat af;
-    const uint8_t* xa;
-    uint8_t* act;
-    size_t xa_stride;
-    int64_t grain;
-    bool row_exact;
-    std::atomic<int64_t> next{0};
-  } job{k,
-        &w,
-        x,
-        m,
-        y,
-        kern::act_format(w.type),
-        reinterpret_cast<const uint8_t*>(x),
-        nullptr,
-        size_t(w.cols) * sizeof(float),
-        row_grain(w.rows, pool.size()),
-        tls_row_exact && m > 1};
-
-  // Quantize the activations once; every weight row reuses them.
-  if (job.af != kern::ActFormat::kF32) {
-    job.xa_stride = kern::act_row_bytes(job.af, w.cols);
-    auto& buf = scratch().act;
-    if (buf.size() < job.xa_stride * size_t(m)) buf.resize(job.xa_stride * size_t(m));
-    job.act = buf.data();
-    job.xa = job.act;
-    const auto quant_rows = [](Job& j, int64_t t0, int64_t t1) {
-      const int64_t n = j.w->cols;
-      for (int64_t t = t0; t < t1; ++t) {
-        uint8_t* dst = j.act + size_t(t) * j.xa_stride;
-        if (j.af == kern::ActFormat::kQ8A) {
-          j.k->quantize_q8a(j.x + t * n, reinterpret_cast<kern::BlockQ8A*>(dst), n);
-        } else {
-          j.k->quantize_q8k(j.x + t * n, reinterpret_cast<BlockQ8_K*>(dst), n);
-        }
-      }
-    };
-    if (m >= 8 && pool.size() > 1) {
-      Job* jp = &job;
-      pool.parallel_for(m, std::max<int64_t>(1, m / (4 * pool.size())),
-                        [jp, quant_rows](int64_t t0, int64_t t1, int) { quant_rows(*jp, t0, t1); });
-    } else {
-      quant_rows(job, 0, m);
-    }
-  }
-
-  Job* jp = &job;
-  pool.run_shared([jp](int) {
-    Job& j = *jp;
-    const WeightView& wv = *j.w;
-    for (;;) {
-      const int64_t r0 = j.next.fetch_add(j.grain, std::memory_order_relaxed);
-      if (r0 >= wv.rows) break;
-      const int64_t r1 = std::min(wv.rows, r0 + j.grain);
-      if (j.row_exact) {
-        // One activation row at a time through the decode kernels, over blocks of weight rows small
-        // enough (~16 KiB) to stay in L1 while every activation row passes: the weights are still
-        // read from memory once.
-        const int64_t block = std::max<int64_t>(1, int64_t(16384 / std::max<size_t>(1, wv.row_bytes)));
-        for (int64_t rb = r0; rb < r1; rb += block) {
-          const int64_t re = std::min(r1, rb + block);
-          for (int64_t t = 0; t < j.m; ++t) {
-            j.k->gemm(wv.type, static_cast<const uint8_t*>(wv.data), wv.row_bytes, wv.cols, rb, re, j.xa,
-                      j.xa_stride, t, t + 1, j.y, wv.rows);
-          }
-        }
-        continue;
-      }
-      j.k->gemm(wv.type, static_cast<const uint8_t*>(wv.data), wv.row_bytes, wv.cols, r0, r1, j.xa,
-                j.xa_stride, 0, j.m, j.y, wv.rows);
-    }
-  });
+  const WeightView* wp = &w;
+  rowdot_many(k, &wp, &y, 1, x, m, pool);
 }
 
 void matmul_many(const WeightView* const* ws, float* const* ys, int n, const float* x, int64_t m,
@@ -274,6 +317,7 @@ void matmul_many(const WeightView* const* ws, float* const* ys, int n, const flo
           fmt::format("matmul_many: weights of {} and {} columns on one input", ws[0]->cols, ws[i]->cols));
     }
   }
+  if (m <= 0) return;
   const kern::IsaKernels* k = kern::active_kernels();
   // Where matmul() would run a weight on its repacked copy, the weights share one call; the others
   // (and the AMX prefill, which tries tiles first) go through matmul() one by one.
@@ -291,8 +335,27 @@ void matmul_many(const WeightView* const* ws, float* const* ys, int n, const flo
     for (int j = 0; j < np; ++j) matmul(*ws[idx[j]], x, m, ys[idx[j]], pool);
     np = 0;
   };
+  // Weights that matmul() would take through the row dot products share one quantization and one
+  // dispatch too, per activation format (a small model's decode has ~5 dispatches per layer: each
+  // costs a few microseconds of serial work and waiting, as much as a small matrix takes).
+  struct RowGroup {
+    const WeightView* ws[kRowDotMany];
+    float* ys[kRowDotMany];
+    int n = 0;
+  } rowdot[3];  // by kern::ActFormat
+  const auto flush_rowdot = [&](RowGroup& g) {
+    if (g.n > 0) rowdot_many(k, g.ws, g.ys, g.n, x, m, pool);
+    g.n = 0;
+  };
   for (int i = 0; i < n; ++i) {
     const WeightView& w = *ws[i];
+    if (takes_rowdot(k, w, ys[i], m)) {
+      RowGroup& g = rowdot[int(kern::act_format(w.type))];
+      g.ws[g.n] = &w;
+      g.ys[g.n++] = ys[i];
+      if (g.n == kRowDotMany) flush_rowdot(g);
+      continue;
+    }
     if (!shared || w.rows <= 0 || w.packed == nullptr || w.packed->source != w.data ||
         !k->gemm(w.type, static_cast<const uint8_t*>(w.data), w.row_bytes, w.cols, 0, 0, nullptr, 0, 0, 0,
                  ys[i], w.rows)) {
@@ -305,6 +368,7 @@ void matmul_many(const WeightView* const* ws, float* const* ys, int n, const flo
     if (np == kern::kMaxPackedMany) flush();
   }
   flush();
+  for (RowGroup& g : rowdot) flush_rowdot(g);
 }
 
 std::string matmul_path_summary() {

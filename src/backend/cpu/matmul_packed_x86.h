@@ -781,10 +781,8 @@ bool packed_matmul_many(const PackedMatrix* const* pms, float* const* ys, int n,
     groups += mt.pm->groups;
     mt.g_end = groups;
   }
-  // Decode: chunks of ~4 groups per thread turn keep every thread streaming; prefill: one group each.
-  const int64_t grain = rows_path ? std::max<int64_t>(1, groups / (4 * pool.size())) : 1;
   const Job* jp = &job;
-  pool.parallel_for(groups, grain, [jp](int64_t g0, int64_t g1, int) {
+  const auto work = [jp](int64_t g0, int64_t g1, int) {
     thread_local panel::Buf pbuf;
     int i = 0;
     for (int64_t gg = g0; gg < g1; ++gg) {
@@ -810,7 +808,15 @@ bool packed_matmul_many(const PackedMatrix* const* pms, float* const* ys, int n,
         mt.op.rows(pq, pa, pb, p.cols, mt.xa, mt.y + r0, p.rows, nr);
       }
     }
-  });
+  };
+  // Decode: chunks that shrink as the groups run out keep every thread streaming and end the
+  // threads within one group of each other (a decode dispatch lasts only microseconds on a small
+  // model, so a fixed-size last chunk was a measurable wait); prefill: one group each.
+  if (rows_path) {
+    parallel_for_guided(pool, groups, 1, work);
+  } else {
+    pool.parallel_for(groups, 1, work);
+  }
   return true;
 }
 

@@ -21,6 +21,7 @@
 
 #include "backend/cpu/matmul_kernels.h"
 #include "backend/cpu/packed_weights.h"
+#include "core/guided_for.h"
 #include "quant/block_iq4_nl.h"
 #include "quant/block_q2_k.h"
 #include "quant/block_q3_k.h"
