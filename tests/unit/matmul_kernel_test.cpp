@@ -265,15 +265,16 @@ TEST_P(PackedMatmul, MatchesReferenceAtEveryIsaLevel) {
 }
 
 INSTANTIATE_TEST_SUITE_P(PackableFormats, PackedMatmul,
-                         ::testing::Values("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"),
+                         ::testing::Values("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
+                                           "IQ4_XS"),
                          [](const auto& info) { return std::string(info.param); });
 
 TEST(PackedMatmulApi, RepackCanBeTurnedOffAndSkipsOtherFormats) {
   std::mt19937 rng(3);
   const auto w4 = random_weights(GgmlType::Q4_0, 20, 64, rng);
-  const auto w5 = random_weights(GgmlType::Q5_0, 20, 64, rng);
+  const auto w5 = random_weights(GgmlType::IQ4_NL, 20, 64, rng);
   WeightView a{GgmlType::Q4_0, w4.data(), 64, 20, row_size(GgmlType::Q4_0, 64)};
-  WeightView b{GgmlType::Q5_0, w5.data(), 64, 20, row_size(GgmlType::Q5_0, 64)};
+  WeightView b{GgmlType::IQ4_NL, w5.data(), 64, 20, row_size(GgmlType::IQ4_NL, 64)};
   WeightView c = a;  // shares a's bytes: one copy
   WeightView* views[] = {&a, &b, &c};
   set_repack_enabled(false);

@@ -138,6 +138,32 @@ struct PQ4_1 {
   }
 };
 
+// Q5_0 (kMin: Q5_1): the Q4_0 nibbles plus the fifth bits of packed_weights.cpp's bit vector, bit j
+// of each byte for unpacked vector j: a 16-bit shift moves it to 0x10 within its own byte (a left
+// shift by at most 4 or a right shift by at most 3 never carries another byte's bit there).
+template <bool kMin>
+struct PQ5 {
+  static constexpr int kSub = 32;
+  static constexpr bool kSigned = false;
+  template <class F>
+  static void unpack(const uint8_t* s, const uint8_t* q, int h, F&& f) {
+    const VI hb = ldq(q, h);
+    const VI m4 = v_b8(0x0F), m5 = v_b8(0x10);
+    VI u[8];
+    for (int j = 0; j < 4; ++j) {
+      const VI v = ldq(q + 64 + 64 * j, h);
+      u[j] = v_or(v_and(v, m4), v_and(v_sll16(hb, 4 - j), m5));
+      u[j + 4] = v_or(v_and(v_srl16(v, 4), m4), v_and(j == 0 ? hb : v_srl16(hb, j), m5));
+    }
+    const VF a = ld_h(s, h);
+    if constexpr (kMin) {
+      f(0, u, 8, a, ld_h(s + 32, h));
+    } else {
+      f(0, u, 8, a, v_scale(a, -16.0f));
+    }
+  }
+};
+
 struct PQ8_0 {
   static constexpr int kSub = 32;
   // VPDPBUSD takes unsigned weights: +128 (b = -128 a). AVX2 keeps them signed (sign trick).
@@ -246,11 +272,13 @@ struct PQ6_K {
 // ---- decode: a few activation rows, each computed exactly as if alone ----
 
 // AVX2: k-groups whose 16-bit products (PMADDUBSW pair sums, <= 2 * 127 * max byte) may be added
-// before widening: bytes up to 15 (Q4_0, Q4_1, Q4_K), 31 (Q5_K), 63 (Q6_K).
+// before widening: bytes up to 15 (Q4_0, Q4_1, Q4_K), 31 (Q5_0, Q5_1, Q5_K), 63 (Q6_K).
 template <class P>
 constexpr int widen_of() {
   if constexpr (std::is_same_v<P, PQ6_K>) return 2;
-  if constexpr (std::is_same_v<P, PQ45_K<true>>) return 4;
+  if constexpr (std::is_same_v<P, PQ45_K<true>> || std::is_same_v<P, PQ5<false>> ||
+                std::is_same_v<P, PQ5<true>>)
+    return 4;
   return P::kSub / 4;
 }
 
@@ -665,6 +693,13 @@ Ops packed_ops(GgmlType t) {
       return ops_of<PQ4_0>();
     case GgmlType::Q4_1:
       return ops_of<PQ4_1>();
+#if !QLEAP_USE_VNNI
+    // AVX-512 keeps the GGUF-layout kernels for these until they are checked on such a CPU.
+    case GgmlType::Q5_0:
+      return ops_of<PQ5<false>>();
+    case GgmlType::Q5_1:
+      return ops_of<PQ5<true>>();
+#endif
     case GgmlType::Q8_0:
       return ops_of<PQ8_0>();
     case GgmlType::Q4_K:

@@ -23,6 +23,8 @@
 #include "quant/block_q4_0.h"
 #include "quant/block_q4_1.h"
 #include "quant/block_q4_k.h"
+#include "quant/block_q5_0.h"
+#include "quant/block_q5_1.h"
 #include "quant/block_q5_k.h"
 #include "quant/block_q6_k.h"
 #include "quant/block_q8_0.h"
@@ -34,6 +36,12 @@ namespace qleap {
 //   Q4_0 (32 values): d[16] | 4 vectors: vector j holds qs[4j .. 4j+3] of every row (low
 //                     nibbles: values 4j.., high nibbles: values 16 + 4j..)          32 | 256 bytes
 //   Q4_1:             d[16] m[16] | 4 vectors as Q4_0                                64 | 256
+//   Q5_0 (32 values): d[16] | 1 vector of fifth bits, then the 4 nibble vectors of Q4_0: byte
+//                     4n + i of the bit vector holds in bit j the fifth bit of the value that
+//                     unpacked vector j (0-3: low nibbles, 4-7: high) has in byte 4n + i, i.e.
+//                     bit 4j + i of the block's qh (one shift by 4 - j and an AND put it at
+//                     0x10 in every byte: no per-byte expansion of a bit mask) 32 | 320
+//   Q5_1:             d[16] m[16] | as Q5_0                                          64 | 320
 //   Q8_0:             d[16] | 8 vectors: vector g holds qs[4g .. 4g+3] (signed)      32 | 512
 //   Q4_K (256):       d[16] dmin[16] sc[8][16] mn[8][16] (6-bit scales as bytes,
 //                     [sub-block][row]) | 4 pairs x 8 vectors: pair c vector v holds
@@ -58,6 +66,10 @@ size_t s_bytes_of(GgmlType t) {
       return 32;
     case GgmlType::Q4_1:
       return 64;
+    case GgmlType::Q5_0:
+      return 32;
+    case GgmlType::Q5_1:
+      return 64;
     case GgmlType::Q8_0:
       return 32;
     case GgmlType::Q4_K:
@@ -79,6 +91,10 @@ size_t q_bytes_of(GgmlType t) {
       return 256;
     case GgmlType::Q4_1:
       return 256;
+    case GgmlType::Q5_0:
+      return 320;
+    case GgmlType::Q5_1:
+      return 320;
     case GgmlType::Q8_0:
       return 512;
     case GgmlType::Q4_K:
@@ -99,7 +115,16 @@ size_t pad64(size_t n) {
 }
 
 int64_t sb_values_of(GgmlType t) {
-  return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q8_0 ? 32 : 256;
+  switch (t) {
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1:
+    case GgmlType::Q8_0:
+      return 32;
+    default:
+      return 256;
+  }
 }
 
 // Copies 4 bytes of each row into one interleaved vector.
@@ -123,6 +148,25 @@ void pack_sb(GgmlType t, const uint8_t* const* src, uint8_t* dst, uint8_t* qd) {
         if (q41) std::memcpy(dst + 32 + 2 * n, src[n] + 2, 2);  // m
       }
       for (int j = 0; j < 4; ++j) put_vector(qd + 64 * j, src, qs_off + 4 * j);
+      return;
+    }
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1: {
+      const bool q51 = t == GgmlType::Q5_1;
+      const size_t qh_off = q51 ? offsetof(BlockQ5_1, qh) : offsetof(BlockQ5_0, qh);
+      const size_t qs_off = q51 ? offsetof(BlockQ5_1, qs) : offsetof(BlockQ5_0, qs);
+      for (int n = 0; n < kR; ++n) {
+        std::memcpy(dst + 2 * n, src[n], 2);                    // d
+        if (q51) std::memcpy(dst + 32 + 2 * n, src[n] + 2, 2);  // m
+        uint32_t qh;
+        std::memcpy(&qh, src[n] + qh_off, 4);
+        for (int i = 0; i < 4; ++i) {
+          uint8_t b = 0;
+          for (int j = 0; j < 8; ++j) b = uint8_t(b | (((qh >> (4 * j + i)) & 1) << j));
+          qd[4 * n + i] = b;
+        }
+      }
+      for (int j = 0; j < 4; ++j) put_vector(qd + 64 + 64 * j, src, qs_off + 4 * j);
       return;
     }
     case GgmlType::Q8_0: {

@@ -9,8 +9,8 @@
 // after repacking when the model file is memory-mapped (they are re-read from the file if anything
 // else touches them).
 //
-// Formats: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS. Others keep the GGUF layout (row kernels for decode,
-// panels decoded per call for prefill).
+// Formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS. Others keep the GGUF layout (row kernels
+// for decode, panels decoded per call for prefill).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -30,12 +30,12 @@ namespace qleap {
 struct PackedMatrix {
   GgmlType type = GgmlType::F32;
   int64_t rows = 0, cols = 0;
-  int64_t groups = 0;             // ceil(rows / 16)
-  int64_t sb_values = 0;          // values per super-block: 32 (Q4_0, Q4_1, Q8_0) or 256 (K-quants)
-  size_t s_bytes = 0;             // scale bytes per super-block of a group
-  size_t q_bytes = 0;             // quant bytes per super-block of a group
-  size_t q_offset = 0;            // offset of the quants within a group
-  size_t group_bytes = 0;         // bytes of one group (all k), a multiple of 64
+  int64_t groups = 0;      // ceil(rows / 16)
+  int64_t sb_values = 0;   // values per super-block: 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) or 256 (K-quants)
+  size_t s_bytes = 0;      // scale bytes per super-block of a group
+  size_t q_bytes = 0;      // quant bytes per super-block of a group
+  size_t q_offset = 0;     // offset of the quants within a group
+  size_t group_bytes = 0;  // bytes of one group (all k), a multiple of 64
   const uint8_t* data = nullptr;  // 64-byte aligned
   const void* source = nullptr;   // the GGUF bytes it was made from
 };
