@@ -370,6 +370,10 @@ std::unique_ptr<PreparedWeights> PreparedWeights::prepare(std::span<WeightView* 
       v->packed = it->second;
       continue;
     }
+    // The AVX-512 and AMX kernels keep the GGUF layout for Q5_0 / Q5_1 (matmul_packed_x86.h: not yet
+    // run on such a CPU), so a copy there would only cost memory.
+    if ((v->type == GgmlType::Q5_0 || v->type == GgmlType::Q5_1) && isa_level() >= IsaLevel::kAvx512)
+      continue;
     const size_t n = packed_bytes(v->type, v->rows, v->cols);
     if (n == 0 || v->row_bytes != row_size(v->type, v->cols)) continue;
     auto pm = std::make_unique<PackedMatrix>();

@@ -9,8 +9,8 @@
 // after repacking when the model file is memory-mapped (they are re-read from the file if anything
 // else touches them).
 //
-// Formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS. Others keep the GGUF layout (row kernels
-// for decode, panels decoded per call for prefill).
+// Formats: Q4_0, Q4_1, Q5_0, Q5_1 (AVX2 level only, for now), Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS. Others keep the
+// GGUF layout (row kernels for decode, panels decoded per call for prefill).
 #pragma once
 #include <cstddef>
 #include <cstdint>
