@@ -114,17 +114,9 @@ size_t pad64(size_t n) {
   return (n + 63) / 64 * 64;
 }
 
+// A super-block is one block of the format (32 values, or 256 for the K-quants and IQ4_XS).
 int64_t sb_values_of(GgmlType t) {
-  switch (t) {
-    case GgmlType::Q4_0:
-    case GgmlType::Q4_1:
-    case GgmlType::Q5_0:
-    case GgmlType::Q5_1:
-    case GgmlType::Q8_0:
-      return 32;
-    default:
-      return 256;
-  }
+  return type_traits(t).block_size;
 }
 
 // Copies 4 bytes of each row into one interleaved vector.
@@ -276,7 +268,7 @@ void repack(const WeightView& w, uint8_t* dst, PackedMatrix* out) {
   const int64_t sbv = sb_values_of(w.type);
   if (!packable(w.type) || w.cols % sbv != 0) throw Unsupported("repack: matrix not packable");
   const int64_t nsb = w.cols / sbv;
-  const size_t in_sb = size_t(type_traits(w.type).type_size) * size_t(sbv / type_traits(w.type).block_size);
+  const size_t in_sb = size_t(type_traits(w.type).type_size);  // a super-block is one source block
   out->type = w.type;
   out->rows = w.rows;
   out->cols = w.cols;
