@@ -143,18 +143,8 @@ void mla_attention_block(const LayerWeights& w, int il, const LayerCtx& ctx, con
   const int32_t* dev_pos = be.device_positions();
   const int layer = il - ctx.kv_first;
   float* att = a.attn.get();  // m x H x L: [ignored | attended c_kv]
-  if (ctx.rows == nullptr) {
-    const KvSpan span{ctx.pos0, m, dev_pos};
-    ctx.kv->store(layer, span, k, k);
-    ctx.kv->attend(layer, span, q, att, hp.attn_scale, pool);
-  } else {
-    for (int t = 0; t < m; ++t) {
-      const RowSeq& r = ctx.rows[t];
-      const KvSpan span{r.pos, 1, nullptr};
-      r.kv->store(layer, span, k + size_t(t) * L, k + size_t(t) * L);
-      r.kv->attend(layer, span, q + size_t(t) * H * L, att + size_t(t) * H * L, hp.attn_scale, pool);
-    }
-  }
+  // The cached latent is both key and value (KvShape::values_are_keys).
+  store_and_attend(ctx, layer, k, k, L, q, att, size_t(H) * L, hp.attn_scale, dev_pos);
   // Per head out of the latent (W_UV), then the output projection.
   float* o = a.mla_o.get();  // m x H x V
   for (int h = 0; h < H; ++h) {

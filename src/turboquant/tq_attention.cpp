@@ -117,7 +117,7 @@ void tq_scores(const TqState& st, const float* q_rot, int n_q, const uint8_t* ke
   if (n <= 0 || n_q <= 0) return;
   const auto f = pick_scores(st.layout);
   // Scores are per key: the two straight pieces of a wrapped run give what one run would.
-  const int64_t n1 = wrap.at > 0 && wrap.ring > 0 ? std::min(n, wrap.at) : n;
+  const int64_t n1 = wrap.first_piece(n);
   f(kernel_args(st), q_rot, n_q, keys, key_stride, n1, scores, score_stride);
   if (n1 < n)
     f(kernel_args(st), q_rot, n_q, keys + wrap.offset(n1, key_stride), key_stride, n - n1, scores + n1,
@@ -128,7 +128,7 @@ void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, in
                           size_t value_stride, int64_t n, float* acc_rot, TqWrap wrap) {
   if (n <= 0 || n_q <= 0) return;
   const auto f = pick_accum(st.layout);
-  const int64_t n1 = wrap.at > 0 && wrap.ring > 0 ? std::min(n, wrap.at) : n;
+  const int64_t n1 = wrap.first_piece(n);
   f(kernel_args(st), w, w_stride, n_q, values, value_stride, n1, acc_rot);
   if (n1 < n)
     f(kernel_args(st), w + n1, w_stride, n_q, values + wrap.offset(n1, value_stride), value_stride, n - n1,

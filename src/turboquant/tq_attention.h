@@ -9,6 +9,7 @@
 // Values: sum_j w_j v_hat_j = R^T (sum_j w_j norm_j c[idx_j]); the sum is accumulated in the rotated
 // space and inverse-rotated once per query head.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -81,6 +82,8 @@ struct TqWrap {
   }
   // The same run seen from its column j0 on.
   TqWrap from(int64_t j0) const { return at > j0 ? TqWrap{at - j0, ring} : TqWrap{}; }
+  // Records of a run of n before the wrap: the length of its first straight piece.
+  int64_t first_piece(int64_t n) const { return at > 0 && ring > 0 ? std::min(n, at) : n; }
   // Byte offset of column j's record, records `stride` bytes apart.
   int64_t offset(int64_t j, size_t stride) const {
     return (ring > 0 && at > 0 && j >= at ? j - ring : j) * int64_t(stride);
