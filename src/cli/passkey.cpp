@@ -1,7 +1,9 @@
 // `qleap passkey`: long-context retrieval per KV cache type. A random number is hidden at several
 // depths of N tokens of filler (runtime/passkey.h) and the model is asked to repeat it; the table
 // says, for every --kv type, which depths it retrieved, and whether each type retrieves what the
-// first one (f16 by default) retrieves.
+// first one (f16 by default) retrieves. With --trials N every depth hides N different numbers: near
+// the edge of a model's reach one greedy answer flips with any change to the cache (even f16 vs f32),
+// so one trial per depth cannot tell a cache that loses keys from one that was unlucky.
 #include "runtime/passkey.h"
 
 #include <fmt/format.h>
@@ -25,6 +27,7 @@ struct PasskeyOptions {
   std::string tokens = "4096";
   std::string depths = "0.1,0.5,0.9";
   uint64_t seed = 1234;
+  int trials = 1;
   int answer_tokens = 10;
   bool json = false;
 };
@@ -74,7 +77,8 @@ void passkey_command(const PasskeyOptions& o) {
   const int n_train = model->hparams().n_ctx_train;
 
   nlohmann::json jr = nlohmann::json::array();
-  // results[length][type][depth]
+  // results[length][type][depth * trials + trial]
+  const int nt = o.trials;
   std::vector<std::vector<std::vector<PasskeyTrial>>> results(lengths.size());
   for (size_t li = 0; li < lengths.size(); ++li) {
     const int n = lengths[li];
@@ -88,19 +92,24 @@ void passkey_command(const PasskeyOptions& o) {
       std::cerr << fmt::format("[warning: {} tokens exceed the model's trained context of {}]\n", need,
                                n_train);
     std::vector<PasskeyPrompt> prompts;
+    // Trial r of depth di hides key number di * trials + r: one trial per depth keeps the keys of
+    // earlier versions.
     for (size_t di = 0; di < depths.size(); ++di)
-      prompts.push_back(make_passkey_prompt(tok, n, depths[di], passkey_key(o.seed, int(di))));
+      for (int r = 0; r < nt; ++r)
+        prompts.push_back(make_passkey_prompt(tok, n, depths[di], passkey_key(o.seed, int(di) * nt + r)));
     results[li].resize(types.size());
     for (size_t ti = 0; ti < types.size(); ++ti) {
       SessionOptions so{n_ctx, o.common.threads, types[ti], o.common.batch};
       so.kv_calibration_dir = default_kv_calibration_dir();
       Session s(model, so);
-      for (size_t di = 0; di < depths.size(); ++di) {
-        const PasskeyTrial t = run_passkey(s, tok, prompts[di], o.answer_tokens);
+      for (size_t pi = 0; pi < prompts.size(); ++pi) {
+        const size_t di = pi / size_t(nt);
+        const PasskeyTrial t = run_passkey(s, tok, prompts[pi], o.answer_tokens);
         results[li][ti].push_back(t);
         nlohmann::json j = {{"tokens", n},
                             {"kv", types[ti]},
                             {"depth_asked", depths[di]},
+                            {"trial", int(pi % size_t(nt))},
                             {"depth", t.depth},
                             {"key", t.key},
                             {"answer", t.answer},
@@ -120,20 +129,36 @@ void passkey_command(const PasskeyOptions& o) {
     std::cout << nlohmann::json{{"model", path}, {"seed", o.seed}, {"trials", jr}}.dump(2) << "\n";
     return;
   }
-  fmt::print("passkey retrieval, {} (greedy, seed {})\n", path, o.seed);
+  fmt::print("passkey retrieval, {} (greedy, seed {}{})\n", path, o.seed,
+             nt > 1 ? fmt::format(", {} trials per depth", nt) : "");
   for (size_t li = 0; li < lengths.size(); ++li) {
     fmt::print("\n{} tokens | ", lengths[li]);
     for (double d : depths) fmt::print("depth {:<5.2f} | ", d);
     fmt::print("retrieves what {} retrieves\n", types[0]);
+    const auto& base = results[li][0];
     for (size_t ti = 0; ti < types.size(); ++ti) {
+      const auto& mine = results[li][ti];
       fmt::print("{:>12} | ", types[ti]);
-      bool same = true;
       for (size_t di = 0; di < depths.size(); ++di) {
-        const bool f = results[li][ti][di].found;
-        fmt::print("{:<11} | ", f ? "yes" : "no");
-        if (results[li][0][di].found && !f) same = false;
+        int found = 0;
+        for (int r = 0; r < nt; ++r) found += mine[di * size_t(nt) + size_t(r)].found;
+        if (nt == 1)
+          fmt::print("{:<11} | ", found ? "yes" : "no");
+        else
+          fmt::print("{:<11} | ", fmt::format("{}/{}", found, nt));
       }
-      fmt::print("{}\n", ti == 0 ? "-" : (same ? "yes" : "NO"));
+      // Paired over the same prompts: keys the first type found and this one missed, and the reverse.
+      int lost = 0, gained = 0;
+      for (size_t i = 0; i < mine.size(); ++i) {
+        lost += base[i].found && !mine[i].found;
+        gained += !base[i].found && mine[i].found;
+      }
+      if (ti == 0)
+        fmt::print("-\n");
+      else if (nt == 1)
+        fmt::print("{}\n", lost == 0 ? "yes" : "NO");
+      else
+        fmt::print("{} (lost {}, gained {})\n", lost == 0 ? "yes" : "NO", lost, gained);
     }
   }
 }
@@ -152,6 +177,11 @@ void register_passkey(CLI::App& app) {
   cmd->add_option("--depths", opt->depths, "where the number is hidden, as fractions of the filler")
       ->capture_default_str();
   cmd->add_option("--seed", opt->seed, "seed of the hidden numbers (same seed: same prompts)")
+      ->capture_default_str();
+  cmd->add_option("--trials", opt->trials,
+                  "numbers hidden per depth (different keys); the table counts them, and pairs each type's "
+                  "answers with the first type's")
+      ->check(CLI::Range(1, 1000))
       ->capture_default_str();
   cmd->add_option("--answer-tokens", opt->answer_tokens, "tokens generated for the answer")
       ->check(CLI::Range(1, 64))

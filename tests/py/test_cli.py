@@ -254,6 +254,28 @@ def test_passkey_reports_every_type_and_depth(qleap_bin, test_models):
     assert "retrieves what f16 retrieves" in r.stdout
 
 
+def test_passkey_trials_hide_different_keys_and_pair_the_answers(qleap_bin, test_models):
+    m = test_models / "stories260K.gguf"
+    r = run(qleap_bin, "passkey", m, "--tokens", "400", "--depths", "0.1,0.9", "--trials", "2", "--kv", "f16,tq3",
+            "-c", "512", "-t", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    trials = json.loads(r.stdout)["trials"]
+    assert [(t["kv"], t["depth_asked"], t["trial"]) for t in trials] == [
+        (kv, d, i) for kv in ("f16", "tq3") for d in (0.1, 0.9) for i in (0, 1)]
+    keys = [t["key"] for t in trials[:4]]
+    assert len(set(keys)) == 4 and keys == [t["key"] for t in trials[4:]]
+    # One trial per depth keeps the keys it always had: trial 0 of depth i is key number i.
+    one = run(qleap_bin, "passkey", m, "--tokens", "400", "--depths", "0.1,0.9", "--kv", "f16", "-c", "512",
+              "-t", "1", "--json")
+    assert [t["key"] for t in json.loads(one.stdout)["trials"]] == [keys[0], keys[1]]
+    table = run(qleap_bin, "passkey", m, "--tokens", "400", "--depths", "0.5", "--trials", "2", "--kv", "f16,tq3",
+                "-c", "512", "-t", "1")
+    assert table.returncode == 0, table.stderr
+    assert "2 trials per depth" in table.stdout
+    row = [line for line in table.stdout.splitlines() if line.strip().startswith("tq3 |")][0]
+    assert "/2" in row and "lost " in row and "gained " in row, table.stdout
+
+
 def test_passkey_bad_values_are_clear_errors(qleap_bin, test_models):
     m = test_models / "stories260K.gguf"
     for args, msg in [(["--depths", "1.5"], "--depths"), (["--depths", "x"], "--depths"),
@@ -262,6 +284,8 @@ def test_passkey_bad_values_are_clear_errors(qleap_bin, test_models):
         r = run(qleap_bin, "passkey", m, *args)
         assert r.returncode == 1, (args, r.stdout, r.stderr)
         assert msg in r.stderr, (args, r.stderr)
+    r = run(qleap_bin, "passkey", m, "--trials", "0")
+    assert r.returncode != 0 and "--trials" in r.stderr, r.stderr
 
 
 def test_bench_mem_budget_reports_the_largest_context_per_type(qleap_bin, test_models):
