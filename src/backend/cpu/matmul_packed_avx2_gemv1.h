@@ -10,8 +10,8 @@
 // tokens share the pass (RowExactMatmul).
 
 // Q4_K / Q5_K: both 8-row halves of each 64-byte line together, so one pair of activation
-// broadcasts serves 16 rows. Q5_K's fifth bits (16 a byte per value) add up to 31 per byte, so its
-// 16-bit sums widen every 4 lines instead of 8 (widen_of).
+// broadcasts serves 16 rows. Q5_K's fifth bits (bit planes, one per line of its pair: a shift and an
+// AND each) add up to 31 per byte, so its 16-bit sums widen every 4 lines instead of 8 (widen_of).
 template <bool kFifth>
 void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
   constexpr int kW = kFifth ? 4 : 8;
@@ -33,6 +33,8 @@ void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* 
       for (int o = 0; o < kLinesC; ++o) _mm_prefetch(reinterpret_cast<const char*>(pf + 64 * o), _MM_HINT_T0);
       // Sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles), rows 0-7 and 8-15.
       __m256i pl[2] = {}, ph[2] = {}, il[2] = {}, ih[2] = {};
+      // Unrolled: v_plane's shift counts must be constants (else branches and shifts by register).
+#pragma GCC unroll 8
       for (int v = 0; v < 8; ++v) {
         const uint8_t* line = nib + 64 * (8 * c + v);
         const __m256i bl = panel::vbcast32(xq + 64 * c + 4 * v);
@@ -41,9 +43,8 @@ void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* 
           const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(line + 32 * h));
           __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
           if constexpr (kFifth) {
-            const uint8_t* mk = q + 16 * (8 * c + v);
-            ul = v_fifth(ul, mk, h);
-            uh = v_fifth(uh, mk + 8, h);
+            ul = _mm256_or_si256(ul, v_plane(ldq(q + 128 * c, h), v));
+            uh = _mm256_or_si256(uh, v_plane(ldq(q + 128 * c + 64, h), v));
           }
           const __m256i lo = _mm256_maddubs_epi16(ul, bl), hi = _mm256_maddubs_epi16(uh, bh);
           pl[h] = v % kW == 0 ? lo : _mm256_add_epi16(pl[h], lo);
