@@ -212,20 +212,27 @@ TEST_P(PackedMatmul, MatchesReferenceAtEveryIsaLevel) {
   ThreadPool pool1(1), pool3(3);
   for (const Shape& s : shapes) {
     const auto w = random_weights(t, s.rows, s.cols, rng);
-    WeightView wv{t, w.data(), s.cols, s.rows, row_size(t, s.cols)};
-    WeightView* views[] = {&wv};
-    const auto prepared = PreparedWeights::prepare(views, false);
-    ASSERT_NE(wv.packed, nullptr) << GetParam();
-    ASSERT_EQ(prepared->matrices(), 1);
-    // Same bits as GGUF, within 3% (K-quant scales stored as bytes) plus the 16-row padding.
-    const double gguf = double(wv.row_bytes) * double((s.rows + 15) / 16 * 16);
-    EXPECT_LE(double(prepared->bytes()), gguf * 1.03 + 64 * double((s.rows + 15) / 16)) << GetParam();
     std::vector<std::vector<float>> wrows(size_t(s.rows), std::vector<float>(size_t(s.cols)));
     for (int64_t r = 0; r < s.rows; ++r)
-      dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), s.cols);
+      dequantize_row_ref(t, w.data() + size_t(r) * row_size(t, s.cols), wrows[size_t(r)].data(), s.cols);
     for (IsaLevel lvl : supported_levels()) {
       if (lvl == IsaLevel::kScalar) continue;
       set_isa_level(lvl);
+      // Repacked at this level: the layout can depend on it (Q5_K's fifth bits).
+      WeightView wv{t, w.data(), s.cols, s.rows, row_size(t, s.cols)};
+      WeightView* views[] = {&wv};
+      const auto prepared = PreparedWeights::prepare(views, false);
+      // Q5_0 / Q5_1 are repacked at the AVX2 level only.
+      if ((t == GgmlType::Q5_0 || t == GgmlType::Q5_1) && lvl >= IsaLevel::kAvx512) {
+        ASSERT_EQ(wv.packed, nullptr) << GetParam();
+      } else {
+        ASSERT_NE(wv.packed, nullptr) << GetParam();
+        ASSERT_EQ(prepared->matrices(), 1);
+        EXPECT_EQ(wv.packed->fifth_planes, t == GgmlType::Q5_K && lvl == IsaLevel::kAvx2) << GetParam();
+        // Same bits as GGUF, within 3% (K-quant scales stored as bytes) plus the 16-row padding.
+        const double gguf = double(wv.row_bytes) * double((s.rows + 15) / 16 * 16);
+        EXPECT_LE(double(prepared->bytes()), gguf * 1.03 + 64 * double((s.rows + 15) / 16)) << GetParam();
+      }
       for (int64_t m : {1, 2, 3, 5, 9, 33, 67}) {
         std::vector<float> x(size_t(m * s.cols));
         for (auto& v : x) v = nd(rng);
@@ -342,6 +349,59 @@ TEST(PackedMatmulApi, MatricesShareOneArenaAndDecodeCorrectly) {
             << type_name(wv.type) << " isa=" << isa_name(lvl) << " r=" << r;
       }
     }
+  }
+}
+
+// Q5_K's fifth bits are laid out per ISA level (bit planes for AVX2, masks for AVX-512 / AMX): a copy
+// made for another level (the level changed after loading) must go to the GGUF rows, not be misread.
+// The copy here is garbage: read, it gives wrong results; with the other level's flag it must not be.
+TEST(PackedMatmulApi, Q5KCopyOfAnotherLevelIsNotRead) {
+  if (!repack_enabled()) GTEST_SKIP() << "no AVX2: repacking stays off";
+  IsaGuard guard;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t rows = 40, cols = 512;
+  const GgmlType t = GgmlType::Q5_K;
+  const auto w = random_weights(t, rows, cols, rng);
+  std::vector<float> x(size_t(2 * cols)), ref(size_t(2 * rows)), got(size_t(2 * rows));
+  for (auto& v : x) v = nd(rng);
+  WeightView wv{t, w.data(), cols, rows, row_size(t, cols)};
+  matmul_ref(wv, x.data(), 2, ref.data());
+  std::vector<std::vector<float>> wrows(static_cast<size_t>(rows),
+                                        std::vector<float>(static_cast<size_t>(cols)));
+  for (int64_t r = 0; r < rows; ++r)
+    dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), cols);
+  ThreadPool pool(1);
+  for (IsaLevel lvl : supported_levels()) {
+    if (lvl == IsaLevel::kScalar) continue;
+    set_isa_level(lvl);
+    const size_t n = packed_bytes(t, rows, cols);
+    std::vector<uint8_t> buf(n + 64);
+    auto* dst = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+    PackedMatrix pm;
+    repack(wv, dst, &pm);
+    std::memset(dst, 0x5A, n);
+    wv.packed = &pm;
+    for (const bool other : {false, true}) {
+      pm.fifth_planes = (lvl == IsaLevel::kAvx2) != other;
+      for (int64_t m : {1, 2}) {
+        matmul(wv, x.data(), m, got.data(), pool);
+        int off = 0;  // results outside the tolerance
+        for (int64_t tt = 0; tt < m; ++tt) {
+          for (int64_t r = 0; r < rows; ++r) {
+            const size_t i = size_t(tt * rows + r);
+            const double tol = tolerance(wrows[size_t(r)], x.data() + tt * cols, cols, 32);
+            off += !(std::fabs(double(got[i]) - double(ref[i])) <= tol);
+          }
+        }
+        if (other) {
+          EXPECT_EQ(off, 0) << isa_name(lvl) << " m=" << m;
+        } else {
+          EXPECT_GT(off, 0) << isa_name(lvl) << " m=" << m << ": the copy was not read";
+        }
+      }
+    }
+    wv.packed = nullptr;
   }
 }
 

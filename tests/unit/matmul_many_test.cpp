@@ -83,7 +83,7 @@ TEST(MatmulMany, BitIdenticalToSeparateMatmulsAtEveryIsaLevel) {
   IsaGuard guard;
   std::mt19937 rng(17);
   // Q4_K, Q6_K (sums per 16 and the decode offsets), Q8_0, Q5_0, IQ4_NL (no repacked form: its own
-  // call), Q5_1, IQ4_XS: one group; then Q6_K alone with Q8_0 (only the 16-value sums derived).
+  // call), Q5_1, IQ4_XS, Q5_K: one group; then Q6_K alone with Q8_0 (only the 16-value sums derived).
   const int64_t cols = 512;
   const Group mixed = make_group({{GgmlType::Q4_K, 37},
                                   {GgmlType::Q6_K, 50},
@@ -91,7 +91,8 @@ TEST(MatmulMany, BitIdenticalToSeparateMatmulsAtEveryIsaLevel) {
                                   {GgmlType::Q5_0, 19},
                                   {GgmlType::IQ4_NL, 21},
                                   {GgmlType::Q5_1, 26},
-                                  {GgmlType::IQ4_XS, 33}},
+                                  {GgmlType::IQ4_XS, 33},
+                                  {GgmlType::Q5_K, 27}},
                                  cols, rng);
   const Group q6_first = make_group({{GgmlType::Q6_K, 21}, {GgmlType::Q8_0, 40}}, cols, rng);
   const Group q6_only = make_group({{GgmlType::Q6_K, 30}, {GgmlType::Q6_K, 17}}, cols, rng);

@@ -497,7 +497,8 @@ AlignedBuf& shared_act_buf() {
 bool tile_matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool) {
   Job j{};
   j.w = &w;
-  if (w.packed != nullptr && w.packed->source == w.data &&
+  // A Q5_K copy with fifth-bit planes was made for the AVX2 kernels (before the level changed).
+  if (w.packed != nullptr && w.packed->source == w.data && !w.packed->fifth_planes &&
       (j.btiles = btiles_fn(w.packed->type)) != nullptr) {
     j.pm = w.packed;
   } else if (!amx_supports(w.type)) {

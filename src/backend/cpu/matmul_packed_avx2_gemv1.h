@@ -10,8 +10,8 @@
 // tokens share the pass (RowExactMatmul).
 
 // Q4_K / Q5_K: both 8-row halves of each 64-byte line together, so one pair of activation
-// broadcasts serves 16 rows. Q5_K's fifth bits (16 a byte per value) add up to 31 per byte, so its
-// 16-bit sums widen every 4 lines instead of 8 (widen_of).
+// broadcasts serves 16 rows. Q5_K's fifth bits (a vector of bit planes per sub-block: a shift and an
+// AND a line) add up to 31 per byte, so its 16-bit sums widen every 4 lines instead of 8 (widen_of).
 template <bool kFifth>
 void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
   constexpr int kW = kFifth ? 4 : 8;
@@ -33,25 +33,55 @@ void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* 
       for (int o = 0; o < kLinesC; ++o) _mm_prefetch(reinterpret_cast<const char*>(pf + 64 * o), _MM_HINT_T0);
       // Sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles), rows 0-7 and 8-15.
       __m256i pl[2] = {}, ph[2] = {}, il[2] = {}, ih[2] = {};
-      for (int v = 0; v < 8; ++v) {
-        const uint8_t* line = nib + 64 * (8 * c + v);
-        const __m256i bl = panel::vbcast32(xq + 64 * c + 4 * v);
-        const __m256i bh = panel::vbcast32(xq + 64 * c + 32 + 4 * v);
-        for (int h = 0; h < 2; ++h) {
-          const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(line + 32 * h));
-          __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
-          if constexpr (kFifth) {
-            const uint8_t* mk = q + 16 * (8 * c + v);
-            ul = v_fifth(ul, mk, h);
-            uh = v_fifth(uh, mk + 8, h);
+      if constexpr (kFifth) {
+        // Q5_K: bit v of the planes goes to 0x10 by a shift left by 4 - v (lines 0-3) or right by v - 4
+        // (lines 4-7), by a count in a register: a loop per direction (one loop choosing the shift
+        // per line ran no faster than the masks from L2).
+        const __m256i m5 = _mm256_set1_epi8(0x10);
+        const auto line_v = [&](int v, auto shift) {
+          const uint8_t* line = nib + 64 * (8 * c + v);
+          const __m256i bl = panel::vbcast32(xq + 64 * c + 4 * v);
+          const __m256i bh = panel::vbcast32(xq + 64 * c + 32 + 4 * v);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(line + 32 * h));
+            const __m256i ul =
+                _mm256_or_si256(_mm256_and_si256(w, m4), _mm256_and_si256(shift(ldq(q + 128 * c, h)), m5));
+            const __m256i uh = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 4), m4),
+                                               _mm256_and_si256(shift(ldq(q + 128 * c + 64, h)), m5));
+            const __m256i lo = _mm256_maddubs_epi16(ul, bl), hi = _mm256_maddubs_epi16(uh, bh);
+            pl[h] = v % kW == 0 ? lo : _mm256_add_epi16(pl[h], lo);
+            ph[h] = v % kW == 0 ? hi : _mm256_add_epi16(ph[h], hi);
+            if (v % kW == kW - 1) {
+              const __m256i wl = _mm256_madd_epi16(pl[h], ones), wh = _mm256_madd_epi16(ph[h], ones);
+              il[h] = _mm256_add_epi32(il[h], wl);
+              ih[h] = _mm256_add_epi32(ih[h], wh);
+            }
           }
-          const __m256i lo = _mm256_maddubs_epi16(ul, bl), hi = _mm256_maddubs_epi16(uh, bh);
-          pl[h] = v % kW == 0 ? lo : _mm256_add_epi16(pl[h], lo);
-          ph[h] = v % kW == 0 ? hi : _mm256_add_epi16(ph[h], hi);
-          if (v % kW == kW - 1) {
-            const __m256i wl = _mm256_madd_epi16(pl[h], ones), wh = _mm256_madd_epi16(ph[h], ones);
-            il[h] = _mm256_add_epi32(il[h], wl);
-            ih[h] = _mm256_add_epi32(ih[h], wh);
+        };
+        for (int v = 0; v < 4; ++v) {
+          const __m128i n = _mm_cvtsi32_si128(4 - v);
+          line_v(v, [n](__m256i f) { return _mm256_sll_epi16(f, n); });
+        }
+        for (int v = 4; v < 8; ++v) {
+          const __m128i n = _mm_cvtsi32_si128(v - 4);
+          line_v(v, [n](__m256i f) { return _mm256_srl_epi16(f, n); });
+        }
+      } else {
+        for (int v = 0; v < 8; ++v) {
+          const uint8_t* line = nib + 64 * (8 * c + v);
+          const __m256i bl = panel::vbcast32(xq + 64 * c + 4 * v);
+          const __m256i bh = panel::vbcast32(xq + 64 * c + 32 + 4 * v);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(line + 32 * h));
+            const __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+            const __m256i lo = _mm256_maddubs_epi16(ul, bl), hi = _mm256_maddubs_epi16(uh, bh);
+            pl[h] = v % kW == 0 ? lo : _mm256_add_epi16(pl[h], lo);
+            ph[h] = v % kW == 0 ? hi : _mm256_add_epi16(ph[h], hi);
+            if (v % kW == kW - 1) {
+              const __m256i wl = _mm256_madd_epi16(pl[h], ones), wh = _mm256_madd_epi16(ph[h], ones);
+              il[h] = _mm256_add_epi32(il[h], wl);
+              ih[h] = _mm256_add_epi32(ih[h], wh);
+            }
           }
         }
       }

@@ -92,9 +92,6 @@ inline VI v_sll16(VI a, int n) {
 inline VI v_b8(int c) {
   return _mm256_set1_epi8(char(c));
 }
-inline VI v_fifth(VI v, const uint8_t* mask, int h) {
-  return _mm256_or_si256(v, _mm256_and_si256(bits_to_bytes(mask + 4 * h), _mm256_set1_epi8(0x10)));
-}
 inline VF v_neg(VF a) {
   return _mm256_sub_ps(_mm256_setzero_ps(), a);
 }
@@ -102,6 +99,13 @@ inline VF v_scale(VF a, float s) {
   return _mm256_mul_ps(a, _mm256_set1_ps(s));
 }
 #endif
+
+// Bit v (0..7) of every byte of the bit planes f at 0x10: a 16-bit shift left by at most 4 or right
+// by at most 3 never carries another byte's bit there (Q5_K's fifth bits on AVX2).
+inline VI v_plane(VI f, int v) {
+  const VI s = v < 4 ? v_sll16(f, 4 - v) : v == 4 ? f : v_srl16(f, v - 4);
+  return v_and(s, v_b8(0x10));
+}
 
 // ---- unpackers: s = the super-block's scales, q = its quants, h = AVX2 half (rows 8h ..) ----
 
@@ -184,6 +188,7 @@ struct PQ8_0 {
   }
 };
 
+// Q4_K (kFifth: Q5_K; its fifth bits as 64-bit masks with VNNI, as bit planes on AVX2).
 template <bool kFifth>
 struct PQ45_K {
   static constexpr int kSub = 32;
@@ -200,9 +205,14 @@ struct PQ45_K {
         lo[v] = v_and(x, m4);
         hi[v] = v_and(v_srl16(x, 4), m4);
         if constexpr (kFifth) {
+#if QLEAP_USE_VNNI
           const uint8_t* mk = q + 16 * (8 * c + v);
           lo[v] = v_fifth(lo[v], mk, h);
           hi[v] = v_fifth(hi[v], mk + 8, h);
+#else
+          lo[v] = v_or(lo[v], v_plane(ldq(q + 128 * c, h), v));
+          hi[v] = v_or(hi[v], v_plane(ldq(q + 128 * c + 64, h), v));
+#endif
         }
       }
       const int j0 = 2 * c, j1 = 2 * c + 1;
@@ -687,8 +697,12 @@ Ops ops_of() {
   return {&gemv_tokens<P>, &fill_panel<P>, &panel::panel_rows<P::kSub, P::kSigned, widen_of<P>()>, P::kSub};
 }
 
-Ops packed_ops(GgmlType t) {
-  switch (t) {
+// The kernels of a matrix's layout; none ({}) for a copy laid out for another ISA level (Q5_K's
+// fifth bits: a copy made before the level changed, in tests), which then takes the GGUF rows.
+Ops packed_ops(const PackedMatrix& pm) {
+  constexpr bool kPlanes = !QLEAP_USE_VNNI;
+  if (pm.type == GgmlType::Q5_K && pm.fifth_planes != kPlanes) return {};
+  switch (pm.type) {
     case GgmlType::Q4_0:
       return ops_of<PQ4_0>();
     case GgmlType::Q4_1:
@@ -766,7 +780,7 @@ bool packed_matmul_many(const PackedMatrix* const* pms, float* const* ys, int n,
   job.rows_path = rows_path;
   bool need32 = false, need16 = false, need_o16 = false;
   for (int i = 0; i < n; ++i) {
-    job.mats[i].op = packed_ops(pms[i]->type);
+    job.mats[i].op = packed_ops(*pms[i]);
     if (job.mats[i].op.gemv == nullptr || pms[i]->cols != cols) return false;
     (job.mats[i].op.sub == 32 ? need32 : need16) = true;
     // The Q6_K decode kernels' activation sums (Acts::o16).

@@ -49,6 +49,11 @@ namespace qleap {
 //   Q5_K:             as Q4_K | first 4 pairs x 8 vectors x 2 64-bit masks, bit 4n + i = 5th
 //                     bit of value 4v + i of row n in sub-block 2c (mask 0) or 2c + 1
 //                     (mask 1), then the nibbles as Q4_K                             320 | 2560
+//     (AVX2 level:    PackedMatrix::fifth_planes) the masks' 512 bytes hold 4 pairs x 2 vectors of
+//                     bit planes instead: byte 4n + i of pair c's vector k holds in bit v the fifth
+//                     bit of the value that nibble vector v of pair c has in byte 4n + i for
+//                     sub-block 2c + k (as Q5_0: a shift by 4 - v and an AND put it at 0x10, where
+//                     a mask costs a shuffle, a compare and two more ops per 32 bytes on AVX2)
 //   Q6_K (256):       d[16] sc[16][16] (int8, [sub-block][row]) | 2 halves x 8 x 3 vectors: in
 //                     half h, triple v, vector c (c = 0, 1, 2) holds for values 128h + 32c + 4v ..
 //                     + 3 their 6-bit quants (low 6 bits) and bits 2c, 2c + 1 of the quants of
@@ -128,8 +133,9 @@ inline void put_vector(uint8_t* dst, const uint8_t* const* rows, size_t off) {
   }
 }
 
-// src[n]: super-block sb of row n (zeros for padding rows); dst: its scales, qd: its quants.
-void pack_sb(GgmlType t, const uint8_t* const* src, uint8_t* dst, uint8_t* qd) {
+// src[n]: super-block sb of row n (zeros for padding rows); dst: its scales, qd: its quants;
+// planes: Q5_K's fifth bits as bit planes.
+void pack_sb(GgmlType t, const uint8_t* const* src, uint8_t* dst, uint8_t* qd, bool planes) {
   switch (t) {
     case GgmlType::Q4_0:
     case GgmlType::Q4_1: {
@@ -181,7 +187,21 @@ void pack_sb(GgmlType t, const uint8_t* const* src, uint8_t* dst, uint8_t* qd) {
         }
       }
       uint8_t* q = qd;
-      if (q5) {
+      if (q5 && planes) {
+        for (int c = 0; c < 4; ++c) {
+          for (int k = 0; k < 2; ++k) {
+            for (int n = 0; n < kR; ++n) {
+              const uint8_t* qh = src[n] + offsetof(BlockQ5_K, qh);
+              for (int i = 0; i < 4; ++i) {
+                uint8_t b = 0;
+                for (int v = 0; v < 8; ++v) b = uint8_t(b | (((qh[4 * v + i] >> (2 * c + k)) & 1) << v));
+                qd[64 * (2 * c + k) + 4 * n + i] = b;
+              }
+            }
+          }
+        }
+        q = qd + 512;
+      } else if (q5) {
         auto* hb = reinterpret_cast<uint64_t*>(qd);
         for (int c = 0; c < 4; ++c) {
           for (int v = 0; v < 8; ++v) {
@@ -278,6 +298,9 @@ void repack(const WeightView& w, uint8_t* dst, PackedMatrix* out) {
   out->q_bytes = q_bytes_of(w.type);
   out->q_offset = pad64(size_t(nsb) * out->s_bytes);
   out->group_bytes = out->q_offset + size_t(nsb) * out->q_bytes;
+  // The AVX2 kernels read Q5_K's fifth bits as planes; AVX-512 and AMX keep the masks (planes are not
+  // yet run on such a CPU). Nothing reads the copy at the scalar level: planes there too.
+  out->fifth_planes = w.type == GgmlType::Q5_K && isa_level() < IsaLevel::kAvx512;
   out->data = dst;
   out->source = w.data;
   std::vector<uint8_t> zero(in_sb, 0);
@@ -293,7 +316,8 @@ void repack(const WeightView& w, uint8_t* dst, PackedMatrix* out) {
                      : zero.data();
       }
       uint8_t* gb = dst + size_t(g) * out->group_bytes;
-      pack_sb(w.type, src, gb + size_t(s) * out->s_bytes, gb + out->q_offset + size_t(s) * out->q_bytes);
+      pack_sb(w.type, src, gb + size_t(s) * out->s_bytes, gb + out->q_offset + size_t(s) * out->q_bytes,
+              out->fifth_planes);
     }
   }
 }

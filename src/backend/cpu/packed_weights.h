@@ -9,8 +9,9 @@
 // after repacking when the model file is memory-mapped (they are re-read from the file if anything
 // else touches them).
 //
-// Formats: Q4_0, Q4_1, Q5_0, Q5_1 (AVX2 level only, for now), Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS. Others keep the
-// GGUF layout (row kernels for decode, panels decoded per call for prefill).
+// Formats: Q4_0, Q4_1, Q5_0, Q5_1 (AVX2 level only, for now), Q8_0, Q4_K, Q5_K (its own layout at the AVX2
+// level), Q6_K, IQ4_XS. Others keep the GGUF layout (row kernels for decode, panels decoded per call for
+// prefill).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -36,6 +37,9 @@ struct PackedMatrix {
   size_t q_bytes = 0;      // quant bytes per super-block of a group
   size_t q_offset = 0;     // offset of the quants within a group
   size_t group_bytes = 0;  // bytes of one group (all k), a multiple of 64
+  // Q5_K's fifth bits as bit planes, for the AVX2 kernels (packed_weights.cpp); the AVX-512 and AMX
+  // kernels read 64-bit masks and leave a copy with planes to the GGUF-layout kernels.
+  bool fifth_planes = false;
   const uint8_t* data = nullptr;  // 64-byte aligned
   const void* source = nullptr;   // the GGUF bytes it was made from
 };
@@ -46,7 +50,8 @@ constexpr int kPackRows = 16;
 bool packable(GgmlType t);
 // Bytes of the repacked form of a rows x cols matrix of type t (0: not packable).
 size_t packed_bytes(GgmlType t, int64_t rows, int64_t cols);
-// Repacks w into dst (packed_bytes() bytes, 64-byte aligned) and describes it in out.
+// Repacks w into dst (packed_bytes() bytes, 64-byte aligned) and describes it in out, laid out for
+// the kernels of the ISA level in effect (isa_level(): Q5_K differs between AVX2 and AVX-512).
 void repack(const WeightView& w, uint8_t* dst, PackedMatrix* out);
 
 // Repacking is on unless QLEAP_REPACK=0 or set_repack_enabled(false) (CLI --no-repack); it also
