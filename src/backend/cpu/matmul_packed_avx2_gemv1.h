@@ -33,6 +33,17 @@ void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* 
       for (int o = 0; o < kLinesC; ++o) _mm_prefetch(reinterpret_cast<const char*>(pf + 64 * o), _MM_HINT_T0);
       // Sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles), rows 0-7 and 8-15.
       __m256i pl[2] = {}, ph[2] = {}, il[2] = {}, ih[2] = {};
+      // Line v's unpacked low / high nibbles of half h times their activations: 16-bit sums of kW
+      // lines, then widened to 32 bits.
+      const auto add_line = [&](int v, int h, __m256i ul, __m256i uh, __m256i bl, __m256i bh) {
+        const __m256i lo = _mm256_maddubs_epi16(ul, bl), hi = _mm256_maddubs_epi16(uh, bh);
+        pl[h] = v % kW == 0 ? lo : _mm256_add_epi16(pl[h], lo);
+        ph[h] = v % kW == 0 ? hi : _mm256_add_epi16(ph[h], hi);
+        if (v % kW == kW - 1) {
+          il[h] = _mm256_add_epi32(il[h], _mm256_madd_epi16(pl[h], ones));
+          ih[h] = _mm256_add_epi32(ih[h], _mm256_madd_epi16(ph[h], ones));
+        }
+      };
       if constexpr (kFifth) {
         // Q5_K: bit v of the planes goes to 0x10 by a shift left by 4 - v (lines 0-3) or right by v - 4
         // (lines 4-7), by a count in a register: a loop per direction (one loop choosing the shift
@@ -48,14 +59,7 @@ void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* 
                 _mm256_or_si256(_mm256_and_si256(w, m4), _mm256_and_si256(shift(ldq(q + 128 * c, h)), m5));
             const __m256i uh = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 4), m4),
                                                _mm256_and_si256(shift(ldq(q + 128 * c + 64, h)), m5));
-            const __m256i lo = _mm256_maddubs_epi16(ul, bl), hi = _mm256_maddubs_epi16(uh, bh);
-            pl[h] = v % kW == 0 ? lo : _mm256_add_epi16(pl[h], lo);
-            ph[h] = v % kW == 0 ? hi : _mm256_add_epi16(ph[h], hi);
-            if (v % kW == kW - 1) {
-              const __m256i wl = _mm256_madd_epi16(pl[h], ones), wh = _mm256_madd_epi16(ph[h], ones);
-              il[h] = _mm256_add_epi32(il[h], wl);
-              ih[h] = _mm256_add_epi32(ih[h], wh);
-            }
+            add_line(v, h, ul, uh, bl, bh);
           }
         };
         for (int v = 0; v < 4; ++v) {
@@ -74,14 +78,7 @@ void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* 
           for (int h = 0; h < 2; ++h) {
             const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(line + 32 * h));
             const __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
-            const __m256i lo = _mm256_maddubs_epi16(ul, bl), hi = _mm256_maddubs_epi16(uh, bh);
-            pl[h] = v % kW == 0 ? lo : _mm256_add_epi16(pl[h], lo);
-            ph[h] = v % kW == 0 ? hi : _mm256_add_epi16(ph[h], hi);
-            if (v % kW == kW - 1) {
-              const __m256i wl = _mm256_madd_epi16(pl[h], ones), wh = _mm256_madd_epi16(ph[h], ones);
-              il[h] = _mm256_add_epi32(il[h], wl);
-              ih[h] = _mm256_add_epi32(ih[h], wh);
-            }
+            add_line(v, h, ul, uh, bl, bh);
           }
         }
       }
