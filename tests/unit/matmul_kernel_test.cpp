@@ -22,6 +22,7 @@
 
 namespace qleap {
 namespace {
+using testing_util::dequantized_rows;
 using testing_util::IsaGuard;
 using testing_util::random_weights;
 using testing_util::supported_levels;
@@ -91,9 +92,7 @@ TEST_P(MatmulKernel, MatchesReferenceAtEveryIsaLevel) {
     for (const Shape& s : shapes) {
       const auto w = random_weights(t, s.rows, s.cols, rng);
       const WeightView wv{t, w.data(), s.cols, s.rows, row_size(t, s.cols)};
-      std::vector<std::vector<float>> wrows(size_t(s.rows), std::vector<float>(size_t(s.cols)));
-      for (int64_t r = 0; r < s.rows; ++r)
-        dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), s.cols);
+      const auto wrows = dequantized_rows(t, w.data(), s.rows, s.cols);
       // 33 and 67: the AMX tile path (32 rows and up) with partial token tiles; 67 is also more
       // activation rows than one prefill chunk (64).
       std::vector<int64_t> ms = {1, 2, 3, 4, 5, 9, 33};
@@ -153,9 +152,7 @@ TEST_P(IquantDecodeForms, GatherAndBlendMatchReference) {
   constexpr size_t nr = rows, nc = cols;
   const auto w = random_weights(t, rows, cols, rng);
   const WeightView wv{t, w.data(), cols, rows, row_size(t, cols)};
-  std::vector<std::vector<float>> wrows(nr, std::vector<float>(nc));
-  for (int64_t r = 0; r < rows; ++r)
-    dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), cols);
+  const auto wrows = dequantized_rows(t, w.data(), rows, cols);
   std::vector<float> x(nc);
   for (auto& v : x) v = nd(rng);
   std::vector<float> ref(nr);
@@ -212,9 +209,7 @@ TEST_P(PackedMatmul, MatchesReferenceAtEveryIsaLevel) {
   ThreadPool pool1(1), pool3(3);
   for (const Shape& s : shapes) {
     const auto w = random_weights(t, s.rows, s.cols, rng);
-    std::vector<std::vector<float>> wrows(size_t(s.rows), std::vector<float>(size_t(s.cols)));
-    for (int64_t r = 0; r < s.rows; ++r)
-      dequantize_row_ref(t, w.data() + size_t(r) * row_size(t, s.cols), wrows[size_t(r)].data(), s.cols);
+    const auto wrows = dequantized_rows(t, w.data(), s.rows, s.cols);
     for (IsaLevel lvl : supported_levels()) {
       if (lvl == IsaLevel::kScalar) continue;
       set_isa_level(lvl);
@@ -367,10 +362,7 @@ TEST(PackedMatmulApi, Q5KCopyOfAnotherLevelIsNotRead) {
   for (auto& v : x) v = nd(rng);
   WeightView wv{t, w.data(), cols, rows, row_size(t, cols)};
   matmul_ref(wv, x.data(), 2, ref.data());
-  std::vector<std::vector<float>> wrows(static_cast<size_t>(rows),
-                                        std::vector<float>(static_cast<size_t>(cols)));
-  for (int64_t r = 0; r < rows; ++r)
-    dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), cols);
+  const auto wrows = dequantized_rows(t, w.data(), rows, cols);
   ThreadPool pool(1);
   for (IsaLevel lvl : supported_levels()) {
     if (lvl == IsaLevel::kScalar) continue;
@@ -486,9 +478,7 @@ TEST_P(AmxTileMatmul, TakesTheFormatAndMatchesReference) {
   for (const Shape& s : shapes) {
     const auto w = random_weights(t, s.rows, s.cols, rng);
     const WeightView wv{t, w.data(), s.cols, s.rows, row_size(t, s.cols)};
-    std::vector<std::vector<float>> wrows(size_t(s.rows), std::vector<float>(size_t(s.cols)));
-    for (int64_t r = 0; r < s.rows; ++r)
-      dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), s.cols);
+    const auto wrows = dequantized_rows(t, w.data(), s.rows, s.cols);
     for (int64_t m : {32, 45, 64}) {
       std::vector<float> x(size_t(m * s.cols));
       for (auto& v : x) v = nd(rng);
@@ -529,10 +519,7 @@ TEST_P(IntegerExactMatmul, MatchesExactDotOnInt8Activations) {
   const int64_t rows = 37, cols = 768;
   const auto w = random_weights(t, rows, cols, rng);
   const WeightView wv{t, w.data(), cols, rows, row_size(t, cols)};
-  std::vector<std::vector<float>> wrows(static_cast<size_t>(rows),
-                                        std::vector<float>(static_cast<size_t>(cols)));
-  for (int64_t r = 0; r < rows; ++r)
-    dequantize_row_ref(t, w.data() + size_t(r) * wv.row_bytes, wrows[size_t(r)].data(), cols);
+  const auto wrows = dequantized_rows(t, w.data(), rows, cols);
   ThreadPool pool(1);
   for (IsaLevel lvl : supported_levels()) {
     set_isa_level(lvl);

@@ -79,4 +79,13 @@ inline std::vector<uint8_t> random_weights(GgmlType t, int64_t rows, int64_t col
   return w;
 }
 
+// The scalar reference's rows of a rows x cols matrix of type t: what every kernel is checked against.
+inline std::vector<std::vector<float>> dequantized_rows(GgmlType t, const uint8_t* w, int64_t rows,
+                                                        int64_t cols) {
+  std::vector<std::vector<float>> out(size_t(rows), std::vector<float>(static_cast<size_t>(cols)));
+  const size_t rb = row_size(t, cols);
+  for (int64_t r = 0; r < rows; ++r) dequantize_row_ref(t, w + size_t(r) * rb, out[size_t(r)].data(), cols);
+  return out;
+}
+
 }  // namespace qleap::testing_util
