@@ -101,7 +101,8 @@ inline VF v_scale(VF a, float s) {
 #endif
 
 // Bit v (0..7) of every byte of the bit planes f at 0x10: a 16-bit shift left by at most 4 or right
-// by at most 3 never carries another byte's bit there (Q5_K's fifth bits on AVX2).
+// by at most 3 never carries another byte's bit there (the fifth bits of Q5_0 / Q5_1, and of Q5_K on
+// AVX2).
 inline VI v_plane(VI f, int v) {
   const VI s = v < 4 ? v_sll16(f, 4 - v) : v == 4 ? f : v_srl16(f, v - 4);
   return v_and(s, v_b8(0x10));
@@ -143,8 +144,7 @@ struct PQ4_1 {
 };
 
 // Q5_0 (kMin: Q5_1): the Q4_0 nibbles plus the fifth bits of packed_weights.cpp's bit vector, bit j
-// of each byte for unpacked vector j: a 16-bit shift moves it to 0x10 within its own byte (a left
-// shift by at most 4 or a right shift by at most 3 never carries another byte's bit there).
+// of each byte for unpacked vector j (v_plane).
 template <bool kMin>
 struct PQ5 {
   static constexpr int kSub = 32;
@@ -152,12 +152,12 @@ struct PQ5 {
   template <class F>
   static void unpack(const uint8_t* s, const uint8_t* q, int h, F&& f) {
     const VI hb = ldq(q, h);
-    const VI m4 = v_b8(0x0F), m5 = v_b8(0x10);
+    const VI m4 = v_b8(0x0F);
     VI u[8];
     for (int j = 0; j < 4; ++j) {
       const VI v = ldq(q + 64 + 64 * j, h);
-      u[j] = v_or(v_and(v, m4), v_and(v_sll16(hb, 4 - j), m5));
-      u[j + 4] = v_or(v_and(v_srl16(v, 4), m4), v_and(j == 0 ? hb : v_srl16(hb, j), m5));
+      u[j] = v_or(v_and(v, m4), v_plane(hb, j));
+      u[j + 4] = v_or(v_and(v_srl16(v, 4), m4), v_plane(hb, j + 4));
     }
     const VF a = ld_h(s, h);
     if constexpr (kMin) {
