@@ -33,16 +33,10 @@ constexpr int kAmxMinQueries = 32;
 // keeps the f16 cache's precision. QLEAP_AMX_ATTENTION=0 turns it off (A/B measurements).
 std::atomic<int> g_amx_attention{-1};  // -1: not decided yet (read QLEAP_AMX_ATTENTION)
 
-template <class T>
-void run(const FlashShape& s, const KvRowsView<T>& kv, const float* q, float* out, ThreadPool& pool) {
-  constexpr bool kF16 = sizeof(T) == 2;
-  // AMX multiplies in bf16: only for the f16 cache, whose keys and values are already rounded; the
-  // f32 cache is the exact reference type and keeps fp32 products.
-  if (kF16 && isa_level() >= IsaLevel::kAmx && s.head_dim % 32 == 0 && s.n_q >= kAmxMinQueries &&
-      flash_prefill_amx_enabled()) {
-    flash_detail::run_amx(s, &kv, kF16, q, out, pool);
-    return;
-  }
+// Work items (query block, kv head), the last query blocks first: they see the most keys, so the
+// threads finish together.
+void run_items(const FlashShape& s, const void* kvp, bool f16, const FlashSource* src, const float* q,
+               float* out, ThreadPool& pool) {
   const flash_detail::ItemFn fn = pick_item(s);
   const int group = s.n_heads / s.n_kv_heads;
   // Whole vectors of rows: a block of ceil(64 / group) tokens spilled a few rows into a fifth,
@@ -50,15 +44,26 @@ void run(const FlashShape& s, const KvRowsView<T>& kv, const float* q, float* ou
   const int q_block = std::max(1, kRowsPerItem / group);
   const int n_qb = (s.n_q + q_block - 1) / q_block;
   const int64_t items = int64_t(n_qb) * s.n_kv_heads;
-  const void* kvp = &kv;
-  // The last query blocks see the most keys: hand them out first so the threads finish together.
   pool.parallel_for(items, 1, [&](int64_t b, int64_t e, int) {
     for (int64_t i = b; i < e; ++i) {
       const int qb = n_qb - 1 - int(i / s.n_kv_heads);
       const int g = int(i % s.n_kv_heads);
-      fn(s, kvp, kF16, q_block, qb, g, q, out);
+      fn(s, kvp, f16, src, q_block, qb, g, q, out);
     }
   });
+}
+
+template <class T>
+void run(const FlashShape& s, const KvRowsView<T>& kv, const float* q, float* out, ThreadPool& pool) {
+  constexpr bool kF16 = sizeof(T) == 2;
+  // AMX multiplies in bf16: only for the f16 cache, whose keys and values are already rounded; the
+  // f32 cache is the exact reference type and keeps fp32 products.
+  if (kF16 && isa_level() >= IsaLevel::kAmx && s.head_dim % 32 == 0 && s.n_q >= kAmxMinQueries &&
+      flash_prefill_amx_enabled() && s.sinks_stride == 0 && s.sink_share == nullptr && s.window == 0) {
+    flash_detail::run_amx(s, &kv, kF16, q, out, pool);
+    return;
+  }
+  run_items(s, &kv, kF16, nullptr, q, out, pool);
 }
 
 inline float to_f32(uint16_t h) {
@@ -138,6 +143,14 @@ void flash_prefill(const FlashShape& s, const KvRowsView<float>& kv, const float
                    ThreadPool& pool) {
   run(s, kv, q, out, pool);
 }
+
+void flash_prefill(const FlashShape& s, const FlashSource& src, const float* q, float* out,
+                   ThreadPool& pool) {
+  run_items(s, nullptr, false, &src, q, out, pool);
+}
+
+// Only called for a source with a band.
+void FlashSource::exact_rows(int, int64_t, int, float*, float*) const {}
 
 void attention_prefill_ref(const FlashShape& s, const KvRowsView<uint16_t>& kv, const float* q, float* out) {
   ref(s, kv, q, out);

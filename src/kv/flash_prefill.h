@@ -29,8 +29,30 @@ struct FlashShape {
   int head_dim = 0;
   float scale = 1.0f;  // scores are q.k * scale
   // Attention sinks (KvShape::attn_sinks): n_heads logits that join each query's softmax denominator
-  // without a value; nullptr: none.
+  // without a value; nullptr: none. With sinks_stride > 0, token t's are at sinks + t * sinks_stride
+  // (a cache that stores centered keys moves each token's sinks by its own q.mu).
   const float* sinks = nullptr;
+  size_t sinks_stride = 0;
+  // With sinks: each query row's softmax weight on its sink (n_q x n_heads), when given.
+  float* sink_share = nullptr;
+  // Sliding window: a query at position p sees keys [p - window + 1, p] (0: [0, p]). Sources only.
+  int window = 0;
+};
+
+// Keys and values that a cache hands over as float rows per block of positions instead of storing
+// them as rows (TurboQuant decodes its records): the tiled kernel asks once per block of keys and
+// block of queries. Rows live in whatever space the source fills (the caller turns queries and
+// outputs into and out of it).
+struct FlashSource {
+  virtual ~FlashSource() = default;
+  // Rows (head_dim floats each, packed) of kv head g for positions [j0, j0 + n).
+  virtual void rows(int g, int64_t j0, int n, float* k, float* v) const = 0;
+  // An exact band: a query at position p reads positions [max(p + 1 - band, band_lo), min(p + 1,
+  // band_hi)) from exact_rows instead of rows (band 0: none). Positions outside [band_lo, band_hi)
+  // may be left as anything finite.
+  int band = 0;
+  int64_t band_lo = 0, band_hi = 0;
+  virtual void exact_rows(int g, int64_t j0, int n, float* k, float* v) const;
 };
 
 // False when QLEAP_FLASH_PREFILL=0 (A/B measurements against the per-query path).
@@ -50,14 +72,18 @@ void flash_prefill(const FlashShape& s, const KvRowsView<uint16_t>& kv, const fl
 void flash_prefill(const FlashShape& s, const KvRowsView<float>& kv, const float* q, float* out,
                    ThreadPool& pool);
 
+// The same over rows from a source (avx2 / avx512 kernels only: flash_prefill_supported first).
+void flash_prefill(const FlashShape& s, const FlashSource& src, const float* q, float* out, ThreadPool& pool);
+
 // Reference (tests): two-pass softmax per query in double precision.
 void attention_prefill_ref(const FlashShape& s, const KvRowsView<uint16_t>& kv, const float* q, float* out);
 void attention_prefill_ref(const FlashShape& s, const KvRowsView<float>& kv, const float* q, float* out);
 
 namespace flash_detail {
 // One work item: query block qb (tokens [qb * q_block, ...)) of kv head g. Per ISA (impl header).
-using ItemFn = void (*)(const FlashShape& s, const void* kv, bool f16, int q_block, int qb, int g,
-                        const float* q, float* out);
+// kv: a KvRowsView<uint16_t> (f16), KvRowsView<float>, or with src a FlashSource (kv unused).
+using ItemFn = void (*)(const FlashShape& s, const void* kv, bool f16, const FlashSource* src, int q_block,
+                        int qb, int g, const float* q, float* out);
 ItemFn item_avx2();
 ItemFn item_avx512();
 // AMX: the whole call (tile layouts of K and V shared by all work items); head_dim % 32 == 0.

@@ -68,6 +68,10 @@ inline VF vmask_causal(VF s, VF pos, float key) {
   const __mmask16 k = _mm512_cmp_ps_mask(pos, _mm512_set1_ps(key), _CMP_LT_OQ);
   return _mm512_mask_mov_ps(s, k, _mm512_set1_ps(-std::numeric_limits<float>::infinity()));
 }
+// pos < x ? b : a, per lane.
+inline VF vsel_lt(VF pos, float x, VF a, VF b) {
+  return _mm512_mask_mov_ps(a, _mm512_cmp_ps_mask(pos, _mm512_set1_ps(x), _CMP_LT_OQ), b);
+}
 inline void cvt_row_f16(const uint16_t* src, float* dst, int n) {
   int i = 0;
   for (; i + 16 <= n; i += 16)
@@ -111,6 +115,9 @@ inline VF vmax(VF a, VF b) {
 inline VF vmask_causal(VF s, VF pos, float key) {
   const VF lt = _mm256_cmp_ps(pos, _mm256_set1_ps(key), _CMP_LT_OQ);
   return _mm256_blendv_ps(s, _mm256_set1_ps(-std::numeric_limits<float>::infinity()), lt);
+}
+inline VF vsel_lt(VF pos, float x, VF a, VF b) {
+  return _mm256_blendv_ps(a, b, _mm256_cmp_ps(pos, _mm256_set1_ps(x), _CMP_LT_OQ));
 }
 inline void cvt_row_f16(const uint16_t* src, float* dst, int n) {
   int i = 0;
@@ -205,30 +212,60 @@ void for_row_chunks(int rv_total, F&& f) {
   }
 }
 
+template <int RC>
+void scores_rc(int rc, const float* kf, int hd, int nk, const float* qt, int rp, int rv, float* st) {
+  if constexpr (RC > 1) {
+    if (rc < RC) return scores_rc<RC - 1>(rc, kf, hd, nk, qt, rp, rv, st);
+  }
+  scores<RC>(kf, hd, nk, qt, rp, rv, st);
+}
+
+template <int RC>
+void accumulate_rc(int rc, const float* vf, int hd, int nk, const float* pt, int rp, int rv,
+                   const float* corr, float* ot) {
+  if constexpr (RC > 1) {
+    if (rc < RC) return accumulate_rc<RC - 1>(rc, vf, hd, nk, pt, rp, rv, corr, ot);
+  }
+  accumulate<RC>(vf, hd, nk, pt, rp, rv, corr, ot);
+}
+
+// One work item: rows of keys and values come from a KvRowsView (kv) or from a source (src, then kv is
+// unused), converted to floats once per block of kKeys keys.
 template <class T>
-void run_item(const FlashShape& s, const KvRowsView<T>& kv, int q_block, int qb, int g, const float* q,
-              float* out) {
+void run_item(const FlashShape& s, const KvRowsView<T>* kv, const FlashSource* src, int q_block, int qb,
+              int g, const float* q, float* out) {
   const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
   const int t0 = qb * q_block, nt = std::min(q_block, s.n_q - t0);
   const int rows = nt * group, rvn = (rows + W - 1) / W, rp = rvn * W;
-  const int kend = s.pos0 + t0 + nt;  // keys [0, kend)
+  const int kend = s.pos0 + t0 + nt;  // keys [jlo, kend)
   const int pmin = s.pos0 + t0;       // position of the block's first query
+  const int pmax = kend - 1;
+  const int win = src != nullptr ? s.window : 0;
+  const int jlo = win > 0 ? std::max(0, pmin - win + 1) : 0;
+  const int band = src != nullptr ? src->band : 0;
 
-  float* base =
-      scratch().get(size_t(hd) * rp * 2 + size_t(kKeys) * rp + size_t(kKeys) * hd * 2 + size_t(rp) * 4);
-  float* qt = base;                       // [hd][rp]
-  float* ot = qt + size_t(hd) * rp;       // [hd][rp]
-  float* st = ot + size_t(hd) * rp;       // [kKeys][rp]: scores, then probabilities
-  float* kf = st + size_t(kKeys) * rp;    // [kKeys][hd]
-  float* vf = kf + size_t(kKeys) * hd;    // [kKeys][hd]
-  float* mrow = vf + size_t(kKeys) * hd;  // running max per row
-  float* lrow = mrow + rp;                // running sum per row
-  float* corr = lrow + rp;                // rescale factor of this block
-  float* posr = corr + rp;                // query position per row (padding: never masked)
+  const size_t tile = size_t(kKeys) * hd, smat = size_t(kKeys) * rp;
+  float* base = scratch().get(size_t(hd) * rp * 2 + smat + tile * 2 + size_t(rp) * 5 +
+                              (band > 0 ? tile * 2 + smat * 2 : 0));
+  float* qt = base;                  // [hd][rp]
+  float* ot = qt + size_t(hd) * rp;  // [hd][rp]
+  float* st = ot + size_t(hd) * rp;  // [kKeys][rp]: scores, then probabilities
+  float* kf = st + smat;             // [kKeys][hd]
+  float* vf = kf + tile;             // [kKeys][hd]
+  float* mrow = vf + tile;           // running max per row
+  float* lrow = mrow + rp;           // running sum per row
+  float* corr = lrow + rp;           // rescale factor of this block
+  float* posr = corr + rp;           // query position per row (padding: never masked)
+  float* ones = posr + rp;           // 1 per row: the exact band's values add without a rescale
+  float* ke = ones + rp;             // band: exact key rows [kKeys][hd]
+  float* ve = ke + tile;             // band: exact value rows
+  float* se = ve + tile;             // band: exact scores, then their probabilities [kKeys][rp]
+  float* em = se + smat;             // band: 1 where a row reads the exact row, else 0
 
   for (int r = 0; r < rp; ++r) {
     mrow[r] = -std::numeric_limits<float>::infinity();
     lrow[r] = 0.0f;
+    ones[r] = 1.0f;
     posr[r] = r < rows ? float(s.pos0 + t0 + r / group) : 3.0e38f;
   }
   std::fill(ot, ot + size_t(hd) * rp, 0.0f);
@@ -241,112 +278,120 @@ void run_item(const FlashShape& s, const KvRowsView<T>& kv, int q_block, int qb,
     for (int d = 0; d < hd; ++d) qt[size_t(d) * rp + r] = qr[d] * s.scale;
   }
 
-  const T* kh = kv.k + size_t(g) * kv.head_stride;
-  const T* vh = kv.v + size_t(g) * kv.head_stride;
-  for (int j0 = 0; j0 < kend; j0 += kKeys) {
+  // Zero key / value rows past nk up to a whole key tile (zero scores, masked; zero values).
+  auto pad = [&](float* k, float* v, int nk, int nkp) {
+    std::fill(k + size_t(nk) * hd, k + size_t(nkp) * hd, 0.0f);
+    std::fill(v + size_t(nk) * hd, v + size_t(nkp) * hd, 0.0f);
+  };
+  for (int j0 = jlo; j0 < kend; j0 += kKeys) {
     const int nk = std::min(kKeys, kend - j0);
     const int nkp = (nk + kKeyTile - 1) / kKeyTile * kKeyTile;
-    for (int j = 0; j < nkp; ++j) {
-      float* kd = kf + size_t(j) * hd;
-      float* vd = vf + size_t(j) * hd;
-      if (j >= nk) {
-        std::fill(kd, kd + hd, 0.0f);
-        std::fill(vd, vd + hd, 0.0f);
-        continue;
-      }
-      const size_t off = size_t(j0 + j) * kv.pos_stride;
-      if constexpr (sizeof(T) == 2) {
-        cvt_row_f16(kh + off, kd, hd);
-        cvt_row_f16(vh + off, vd, hd);
-      } else {
-        std::memcpy(kd, kh + off, size_t(hd) * sizeof(float));
-        std::memcpy(vd, vh + off, size_t(hd) * sizeof(float));
+    if (src != nullptr) {
+      src->rows(g, j0, nk, kf, vf);
+    } else {
+      const T* kh = kv->k + size_t(g) * kv->head_stride;
+      const T* vh = kv->v + size_t(g) * kv->head_stride;
+      for (int j = 0; j < nk; ++j) {
+        float* kd = kf + size_t(j) * hd;
+        float* vd = vf + size_t(j) * hd;
+        const size_t off = size_t(j0 + j) * kv->pos_stride;
+        if constexpr (sizeof(T) == 2) {
+          cvt_row_f16(kh + off, kd, hd);
+          cvt_row_f16(vh + off, vd, hd);
+        } else {
+          std::memcpy(kd, kh + off, size_t(hd) * sizeof(float));
+          std::memcpy(vd, vh + off, size_t(hd) * sizeof(float));
+        }
       }
     }
-    for_row_chunks(rvn, [&](int rv, int rc) {
-      switch (rc) {
-        case 1:
-          scores<1>(kf, hd, nkp, qt, rp, rv, st);
-          break;
-        case 2:
-          scores<2>(kf, hd, nkp, qt, rp, rv, st);
-          break;
-#if QLEAP_FLASH_W == 16
-        case 3:
-          scores<3>(kf, hd, nkp, qt, rp, rv, st);
-          break;
-        case 4:
-          scores<4>(kf, hd, nkp, qt, rp, rv, st);
-          break;
-#endif
-        default:
-          break;
+    pad(kf, vf, nk, nkp);
+    for_row_chunks(rvn, [&](int rv, int rc) { scores_rc<kRowVecs>(rc, kf, hd, nkp, qt, rp, rv, st); });
+    // The exact band reaches this block: some row's band [p + 1 - band, p] overlaps the held rows here.
+    const bool in_band =
+        band > 0 && j0 + nk - 1 >= pmin + 1 - band && j0 < src->band_hi && j0 + nk > src->band_lo;
+    if (in_band) {
+      src->exact_rows(g, j0, nk, ke, ve);
+      pad(ke, ve, nk, nkp);
+      for_row_chunks(rvn, [&](int rv, int rc) { scores_rc<kRowVecs>(rc, ke, hd, nkp, qt, rp, rv, se); });
+      for (int j = 0; j < nkp; ++j) {
+        const int64_t key = j0 + j;
+        const bool held = j < nk && key >= src->band_lo && key < src->band_hi;
+        for (int rv = 0; rv < rvn; ++rv) {
+          const size_t o = size_t(j) * rp + size_t(rv) * W;
+          // Rows with p < key + band read the exact row.
+          const VF e =
+              held ? vsel_lt(vload(posr + rv * W), float(key + band), vzero(), vset1(1.0f)) : vzero();
+          vstore(em + o, e);
+          vstore(st + o, vsel_lt(e, 0.5f, vload(se + o), vload(st + o)));
+        }
       }
-    });
-    // Keys past a row's own position (the block's diagonal, and the zero padding) get -inf.
+    }
+    // Keys past a row's own position (the block's diagonal, and the zero padding) get -inf, and so do
+    // keys that left a row's sliding window.
     const bool diag = j0 + nkp - 1 > pmin;
+    const bool old = win > 0 && j0 < pmax - win + 1;
     for (int rv = 0; rv < rvn; ++rv) {
       const VF pos = vload(posr + rv * W);
       VF bmax = vset1(-std::numeric_limits<float>::infinity());
       for (int j = 0; j < nkp; ++j) {
         float* sp = st + size_t(j) * rp + rv * W;
         VF sv = vload(sp);
-        if (diag) {
-          sv = vmask_causal(sv, pos, float(j0 + j));
+        if (diag || old) {
+          if (diag) sv = vmask_causal(sv, pos, float(j0 + j));
+          if (old) sv = vsel_lt(pos, float(j0 + j + win), vset1(-std::numeric_limits<float>::infinity()), sv);
           vstore(sp, sv);
         }
         bmax = vmax(bmax, sv);
       }
       const VF mold = vload(mrow + rv * W);
-      const VF mnew = vmax(mold, bmax);
-      // Key 0 is visible to every row, so mnew is finite from the first block on; exp(-inf) = 0.
+      // A row that sees no key of this block yet (a sliding window's first blocks) keeps a finite
+      // maximum, so that exp(-inf - m) is 0, never NaN; every row sees its own position later.
+      const VF mnew = vmax(vmax(mold, bmax), vset1(-std::numeric_limits<float>::max()));
       const VF c = vexp(vsub(mold, mnew));
       VF sum = vzero();
       for (int j = 0; j < nkp; ++j) {
         float* sp = st + size_t(j) * rp + rv * W;
         const VF p = vexp(vsub(vload(sp), mnew));
-        vstore(sp, p);
+        if (in_band) {
+          // Split the weight: the exact rows' share to se, the records' to st (1 and 0 multiply exactly).
+          float* ep = se + size_t(j) * rp + rv * W;
+          const VF pe = vmul(p, vload(em + size_t(j) * rp + rv * W));
+          vstore(ep, pe);
+          vstore(sp, vsub(p, pe));
+        } else {
+          vstore(sp, p);
+        }
         sum = vadd(sum, p);
       }
       vstore(lrow + rv * W, vfma(vload(lrow + rv * W), c, sum));
       vstore(mrow + rv * W, mnew);
       vstore(corr + rv * W, c);
     }
-    for_row_chunks(rvn, [&](int rv, int rc) {
-      switch (rc) {
-        case 1:
-          accumulate<1>(vf, hd, nkp, st, rp, rv, corr, ot);
-          break;
-        case 2:
-          accumulate<2>(vf, hd, nkp, st, rp, rv, corr, ot);
-          break;
-#if QLEAP_FLASH_W == 16
-        case 3:
-          accumulate<3>(vf, hd, nkp, st, rp, rv, corr, ot);
-          break;
-        case 4:
-          accumulate<4>(vf, hd, nkp, st, rp, rv, corr, ot);
-          break;
-#endif
-        default:
-          break;
-      }
-    });
+    for_row_chunks(rvn,
+                   [&](int rv, int rc) { accumulate_rc<kRowVecs>(rc, vf, hd, nkp, st, rp, rv, corr, ot); });
+    if (in_band)
+      for_row_chunks(rvn,
+                     [&](int rv, int rc) { accumulate_rc<kRowVecs>(rc, ve, hd, nkp, se, rp, rv, ones, ot); });
   }
   for (int r = 0; r < rows; ++r) {
-    float* orow = out + (size_t(t0 + r / group) * s.n_heads + size_t(g) * group + r % group) * hd;
-    const float inv = s.sinks == nullptr ? 1.0f / lrow[r]
-                                         : attn_out_factor(mrow[r], lrow[r], s.sinks[g * group + r % group]);
+    const int t = t0 + r / group, h = g * group + r % group;
+    float* orow = out + (size_t(t) * s.n_heads + size_t(h)) * hd;
+    const float* sk = s.sinks == nullptr ? nullptr : s.sinks + size_t(t) * s.sinks_stride;
+    const float inv = sk == nullptr ? 1.0f / lrow[r] : attn_out_factor(mrow[r], lrow[r], sk[h]);
+    if (sk != nullptr && s.sink_share != nullptr)
+      s.sink_share[size_t(t) * s.n_heads + size_t(h)] = 1.0f - lrow[r] * inv;
     for (int d = 0; d < hd; ++d) orow[d] = ot[size_t(d) * rp + r] * inv;
   }
 }
 
-void item(const FlashShape& s, const void* kv, bool f16, int q_block, int qb, int g, const float* q,
-          float* out) {
-  if (f16) {
-    run_item(s, *static_cast<const KvRowsView<uint16_t>*>(kv), q_block, qb, g, q, out);
+void item(const FlashShape& s, const void* kv, bool f16, const FlashSource* src, int q_block, int qb, int g,
+          const float* q, float* out) {
+  if (src != nullptr) {
+    run_item<float>(s, nullptr, src, q_block, qb, g, q, out);
+  } else if (f16) {
+    run_item(s, static_cast<const KvRowsView<uint16_t>*>(kv), nullptr, q_block, qb, g, q, out);
   } else {
-    run_item(s, *static_cast<const KvRowsView<float>*>(kv), q_block, qb, g, q, out);
+    run_item(s, static_cast<const KvRowsView<float>*>(kv), nullptr, q_block, qb, g, q, out);
   }
 }
 

@@ -13,6 +13,7 @@
 #include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/fp16.h"
+#include "kv/kv_turboquant_attend.h"
 #include "kv/split_attention.h"
 #include "turboquant/tq_attention.h"
 #include "turboquant/tq_quant.h"
@@ -49,8 +50,6 @@ void channel_scales(const double* a, const double* b, int n, float* s_out, float
   }
 }
 
-// Keys per online-softmax step of the key-split decode path.
-constexpr int kTileKeys = 256;
 // Fewest keys per slice when one query's keys are split across threads.
 constexpr int kMinSplitKeys = 64;
 
@@ -442,10 +441,11 @@ class TurboQuantKvCache final : public KvCache {
     const int max_keys = window > 0 ? std::min(window, pos0 + n_q) : pos0 + n_q;
     const int n_split = key_splits(pool.size(), int64_t(n_q) * s.n_kv_heads, max_keys, kMinSplitKeys);
     // QJL keys need the residual term, which only the split path's loop adds.
+    const TqLayerRecords rec = layer_records(layer);
     if (n_split > 1 || spec_.qjl_keys) {
-      attend_split(layer, pos0, n_q, q, out, scale, pool, n_split);
-    } else {
-      attend_chunks(layer, pos0, n_q, q, out, scale, pool);
+      tq_attend_split(rec, pos0, n_q, q, out, scale, pool, n_split, partial_);
+    } else if (shared_ || !tq_attend_tiled(rec, pos0, n_q, q, out, scale, pool)) {
+      tq_attend_chunks(rec, pos0, n_q, q, out, scale, pool);
     }
     if (centered) {
       // Values were stored as (v - mu) / s: out = s * sum_j w_j (v_j - mu) / s + mu * sum_j w_j, and the
@@ -755,150 +755,20 @@ class TurboQuantKvCache final : public KvCache {
     return x;
   }
 
-  // Prefill: work items (kv head, chunk of query tokens); the dynamic scheduler balances the causal
-  // triangle.
-  void attend_chunks(int layer, int pos0, int n_q, const float* q, float* out, float scale,
-                     ThreadPool& pool) {
-    const KvShape& s = shape_;
-    const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
-    const size_t row = size_t(s.n_heads) * hd;
-    const int P = pool.size();
-    const int want_chunks = std::max(1, (8 * P + s.n_kv_heads - 1) / s.n_kv_heads);
-    const int n_chunks = std::min(n_q, want_chunks);
-    const int64_t n_items = int64_t(n_chunks) * s.n_kv_heads;
-    auto run = [&](int64_t item) {
-      // Latest chunks first: they see the most keys, so the scheduler ends on the cheap ones.
-      const int c = n_chunks - 1 - int(item / s.n_kv_heads);
-      const int g = int(item % s.n_kv_heads);
-      const int t0 = int(int64_t(n_q) * c / n_chunks), t1 = int(int64_t(n_q) * (c + 1) / n_chunks);
-      if (t1 <= t0) return;
-      const size_t head_off = size_t(g) * group * hd;
-      const TqExactRows x = exact(layer, g);
-      TqWindow win{s.window(layer), ring_[size_t(layer)], s.softcap};
-      if (!sinks_.empty()) {
-        const size_t at = size_t(t0) * s.n_heads + size_t(g) * group;
-        win.sinks = sinks_.data() + at;
-        win.sink_share = sink_share_.data() + at;
-        win.sinks_stride = size_t(s.n_heads);
-      }
-      tq_attend_gqa(kstate(layer, g), vstate(layer, g), pos0 + t0, t1 - t0, group,
-                    q + size_t(t0) * row + head_off, row, keys(layer, g), krec(layer, g), values(layer, g),
-                    vrec(layer, g), scale, out + size_t(t0) * row + head_off, row, x.empty() ? nullptr : &x,
-                    win);
-    };
-    run_items(pool, n_items, double(n_q) * s.n_heads * (pos0 + 0.5 * n_q + 1) * hd * 2, run);
-  }
-
-  // Decode: items (query token, kv head, key slice); each leaves {m, l, acc_rot} per query head of
-  // the group, merged afterwards in the rotated value space (one inverse rotation per head).
-  void attend_split(int layer, int pos0, int n_q, const float* q, float* out, float scale, ThreadPool& pool,
-                    int n_split) {
-    const KvShape& s = shape_;
-    const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
-    const size_t row = size_t(s.n_heads) * hd;
-    const int64_t n_items = int64_t(n_q) * s.n_kv_heads * n_split;
-    partial_.reserve(n_items, group, hd);
-    auto run = [&](int64_t item) {
-      const int split = int(item % n_split);
-      const int g = int((item / n_split) % s.n_kv_heads);
-      const int t = int(item / n_split / s.n_kv_heads);
-      const int64_t n_keys = int64_t(pos0) + t + 1;
-      const int64_t lo = s.first_key(layer, int(n_keys - 1)), span = n_keys - lo;
-      const int64_t jb = lo + span * split / n_split, je = lo + span * (split + 1) / n_split;
-      // Records of positions [lo, n_keys) are a run of slots from slot(lo), wrapping around a ring.
-      const int64_t ring = ring_[size_t(layer)];
-      const int64_t slot_lo = ring > 0 ? lo % ring : lo;
-      const TqWrap wrap = TqWrap::of(ring, slot_lo, n_keys - lo);
-      auto slot = [&](int64_t j) { return size_t(slot_lo + wrap.offset(j - lo, 1)); };
-      const float cap = s.softcap;
-      const TqState& ks = kstate(layer, g);
-      const TqState& vs = vstate(layer, g);
-      const size_t kr = krec(layer, g), vr = vrec(layer, g);
-      const TqExactRows x = exact(layer, g);
-      thread_local std::vector<float> qr, sc, acc;
-      qr.resize(size_t(group) * hd);
-      sc.resize(size_t(group) * kTileKeys);
-      acc.assign(size_t(group) * hd, 0.0f);
-      const float* qg = q + size_t(t) * row + size_t(g) * group * hd;
-      for (int h = 0; h < group; ++h) tq_rotate_query(ks, qg + size_t(h) * hd, &qr[size_t(h) * hd]);
-      // QJL keys: S q' per head, for the residual term of every score (scalar: measured for quality).
-      thread_local std::vector<float> sq;
-      const TqLayout& kl = ks.layout;
-      if (kl.qjl) {
-        sq.resize(size_t(group) * hd);
-        for (int h = 0; h < group; ++h)
-          for (int r = 0; r < hd; ++r) {
-            const float* srow = &ks.qjl_matrix[size_t(r) * hd];
-            double acc_s = 0;
-            for (int i = 0; i < hd; ++i) acc_s += double(srow[i]) * qr[size_t(h) * hd + i];
-            sq[size_t(h) * hd + r] = float(acc_s);
-          }
-      }
-      float m[256], l[256];
-      for (int h = 0; h < group; ++h) {
-        m[h] = -std::numeric_limits<float>::infinity();
-        l[h] = 0;
-      }
-      for (int64_t j0 = jb; j0 < je; j0 += kTileKeys) {
-        const int64_t nt = std::min<int64_t>(kTileKeys, je - j0);
-        tq_scores(ks, qr.data(), group, keys(layer, g) + slot(j0) * kr, kr, nt, sc.data(), kTileKeys,
-                  wrap.from(j0 - lo));
-        if (kl.qjl) {
-          // + norm * sqrt(pi/2)/d * gamma * <S q', sign(S r)> (tq_qjl_inner_product, unbiased).
-          const float cst = float(std::sqrt(3.14159265358979323846 / 2.0) / hd);
-          for (int64_t j = 0; j < nt; ++j) {
-            const uint8_t* rec = keys(layer, g) + slot(j0 + j) * kr;
-            uint16_t gh;
-            std::memcpy(&gh, rec + kl.gamma_offset, 2);
-            const float coef = cst * fp16_to_fp32(gh) * tq_record_norm(kl, rec);
-            const uint8_t* bits = rec + kl.qjl_offset;
-            for (int h = 0; h < group; ++h) {
-              const float* v = &sq[size_t(h) * hd];
-              float dsum = 0;
-              for (int r = 0; r < hd; ++r) dsum += (bits[r >> 3] >> (r & 7)) & 1 ? v[r] : -v[r];
-              sc[size_t(h) * kTileKeys + size_t(j)] += coef * dsum;
-            }
-          }
-        }
-        tq_exact_scores(x, n_keys, qr.data(), group, hd, j0, nt, sc.data(), kTileKeys);
-        for (int h = 0; h < group; ++h) {
-          float* w = &sc[size_t(h) * kTileKeys];
-          float mx = m[h];
-          for (int64_t j = 0; j < nt; ++j) {
-            w[j] = softcap_score(w[j] * scale, cap);
-            mx = std::max(mx, w[j]);
-          }
-          if (mx > m[h] && l[h] > 0) {
-            const float c = std::exp(m[h] - mx);
-            l[h] *= c;
-            float* a = &acc[size_t(h) * hd];
-            for (int i = 0; i < hd; ++i) a[i] *= c;
-          }
-          m[h] = mx;
-          float sum = 0;
-          for (int64_t j = 0; j < nt; ++j) sum += (w[j] = std::exp(w[j] - mx));
-          l[h] += sum;
-        }
-        tq_exact_accumulate(x, n_keys, sc.data(), kTileKeys, group, hd, j0, nt, acc.data());
-        tq_accumulate_values(vs, sc.data(), kTileKeys, group, values(layer, g) + slot(j0) * vr, vr, nt,
-                             acc.data(), wrap.from(j0 - lo));
-      }
-      for (int h = 0; h < group; ++h) partial_.put(item, h, m[h], l[h], &acc[size_t(h) * hd]);
-    };
-    // Always threaded when the pool has threads: this path is taken for decode over long contexts.
-    run_items(pool, n_items, std::numeric_limits<double>::infinity(), run);
-    // Merged in the rotated value space, then one inverse rotation per head.
-    std::vector<float> a(static_cast<size_t>(hd));
-    for (int t = 0; t < n_q; ++t)
-      for (int g = 0; g < s.n_kv_heads; ++g)
-        for (int h = 0; h < group; ++h) {
-          const size_t at = size_t(t) * s.n_heads + size_t(g) * group + size_t(h);
-          const float keys =
-              partial_.merge((int64_t(t) * s.n_kv_heads + g) * n_split, n_split, h, a.data(),
-                             sinks_.empty() ? -std::numeric_limits<float>::infinity() : sinks_[at]);
-          if (!sinks_.empty()) sink_share_[at] = 1.0f - keys;
-          tq_unrotate(vstate(layer, g), a.data(), out + size_t(t) * row + (size_t(g) * group + h) * hd);
-        }
+  // A layer's records as the attention paths of kv/kv_turboquant_attend.h read them.
+  TqLayerRecords layer_records(int layer) {
+    TqLayerRecords r;
+    r.shape = &shape_;
+    r.layer = layer;
+    r.ring = ring_[size_t(layer)];
+    for (int g = 0; g < shape_.n_kv_heads; ++g)
+      r.heads.push_back(TqHeadRecords{&kstate(layer, g), &vstate(layer, g), keys(layer, g), krec(layer, g),
+                                      values(layer, g), vrec(layer, g), exact(layer, g)});
+    if (!sinks_.empty()) {
+      r.sinks = sinks_.data();
+      r.sink_share = sink_share_.data();
+    }
+    return r;
   }
 
   // Quantizer states, record sizes and offsets for these rates per (layer, kv head) of the cache.

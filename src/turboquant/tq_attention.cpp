@@ -68,6 +68,18 @@ void accum_scalar(const KernelArgs& a, const float* w, size_t w_stride, int n_q,
   }
 }
 
+void decode_scalar(const KernelArgs& a, const uint8_t* recs, size_t stride, int64_t n, float* rows,
+                   size_t row_stride) {
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* rec = recs + size_t(j) * stride;
+    float* out = rows + size_t(j) * row_stride;
+    const float nrm = load_norm(rec, a.norm_offset);
+    for (int i = 0; i < a.split; ++i) out[i] = nrm * a.cb_hi[index_at(rec, i, a.bits_hi)];
+    for (int i = a.split; i < a.dim; ++i)
+      out[i] = nrm * a.cb_lo[index_at(rec + a.hi_bytes, i - a.split, a.bits_lo)];
+  }
+}
+
 }  // namespace tq_detail
 
 namespace tq_detail {
@@ -93,6 +105,11 @@ AccumFn pick_accum(const TqLayout& l) {
   if (isa >= IsaLevel::kAvx512 && segments_multiple_of(l, 16)) return accum_avx512;
   if (isa >= IsaLevel::kAvx2 && segments_multiple_of(l, 8)) return accum_avx2;
   return accum_scalar;
+}
+
+DecodeFn pick_decode(const TqLayout& l) {
+  // One decode per key block and query block (tq_decode_rows): the AVX2 form serves AVX-512 CPUs too.
+  return isa_level() >= IsaLevel::kAvx2 && segments_multiple_of(l, 8) ? decode_avx2 : decode_scalar;
 }
 
 }  // namespace tq_detail
@@ -133,6 +150,17 @@ void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, in
   if (n1 < n)
     f(kernel_args(st), w + n1, w_stride, n_q, values + wrap.offset(n1, value_stride), value_stride, n - n1,
       acc_rot);
+}
+
+void tq_decode_rows(const TqState& st, const uint8_t* recs, size_t stride, int64_t n, float* rows,
+                    size_t row_stride, TqWrap wrap) {
+  if (n <= 0) return;
+  const auto f = pick_decode(st.layout);
+  const int64_t n1 = wrap.first_piece(n);
+  f(kernel_args(st), recs, stride, n1, rows, row_stride);
+  if (n1 < n)
+    f(kernel_args(st), recs + wrap.offset(n1, stride), stride, n - n1, rows + size_t(n1) * row_stride,
+      row_stride);
 }
 
 namespace {

@@ -99,6 +99,11 @@ void tq_scores(const TqState& st, const float* q_rot, int n_q, const uint8_t* ke
 void tq_accumulate_values(const TqState& st, const float* w, size_t w_stride, int n_q, const uint8_t* values,
                           size_t value_stride, int64_t n, float* acc_rot, TqWrap wrap = {});
 
+// rows[j * row_stride + i] = norm_j * c[idx_ji]: records in the rotated space, as the score and value
+// kernels see them (a tiled prefill decodes each block of records once for many queries).
+void tq_decode_rows(const TqState& st, const uint8_t* recs, size_t stride, int64_t n, float* rows,
+                    size_t row_stride, TqWrap wrap = {});
+
 // out = R^T acc_rot (dim floats), once per query head.
 void tq_unrotate(const TqState& st, const float* acc_rot, float* out);
 

@@ -206,6 +206,27 @@ void accum_bits(const KernelArgs& a, const float* w, size_t w_stride, int n_q, c
   }
 }
 
+template <int B>
+inline void seg_decode(const uint8_t* p, int n8, const Cents& c, __m256 nrm, float* out) {
+  for (int g = 0; g < n8; ++g)
+    _mm256_storeu_ps(out + g * 8, _mm256_mul_ps(nrm, lookup<B>(c, unpack8<B>(p + g * B))));
+}
+
+template <int BH, int BL>
+void decode_bits(const KernelArgs& a, const uint8_t* recs, size_t stride, int64_t n, float* rows,
+                 size_t row_stride) {
+  const Cents ch{_mm256_loadu_ps(a.cb_hi), _mm256_loadu_ps(a.cb_hi + 8)};
+  const Cents cl{_mm256_loadu_ps(a.cb_lo), _mm256_loadu_ps(a.cb_lo + 8)};
+  const int n8_hi = a.split / 8, n8_lo = (a.dim - a.split) / 8;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* rec = recs + size_t(j) * stride;
+    float* out = rows + size_t(j) * row_stride;
+    const __m256 nrm = _mm256_set1_ps(load_norm(rec, a.norm_offset));
+    seg_decode<BH>(rec, n8_hi, ch, nrm, out);
+    if (n8_lo > 0) seg_decode<BL>(rec + a.hi_bytes, n8_lo, cl, nrm, out + a.split);
+  }
+}
+
 // (bits_hi, bits_lo) pairs: uniform 1..4 and the half rates (2,1), (3,2), (4,3).
 template <typename Fn>
 Fn select(int bh, int bl, Fn f11, Fn f22, Fn f33, Fn f44, Fn f21, Fn f32, Fn f43) {
@@ -221,6 +242,14 @@ void scores_avx2(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t
       select<ScoresFn>(a.bits_hi, a.bits_lo, scores_bits<1, 1>, scores_bits<2, 2>, scores_bits<3, 3>,
                        scores_bits<4, 4>, scores_bits<2, 1>, scores_bits<3, 2>, scores_bits<4, 3>);
   f(a, q_rot, n_q, keys, key_stride, n, scores, score_stride);
+}
+
+void decode_avx2(const KernelArgs& a, const uint8_t* recs, size_t stride, int64_t n, float* rows,
+                 size_t row_stride) {
+  const DecodeFn f =
+      select<DecodeFn>(a.bits_hi, a.bits_lo, decode_bits<1, 1>, decode_bits<2, 2>, decode_bits<3, 3>,
+                       decode_bits<4, 4>, decode_bits<2, 1>, decode_bits<3, 2>, decode_bits<4, 3>);
+  f(a, recs, stride, n, rows, row_stride);
 }
 
 void accum_avx2(const KernelArgs& a, const float* w, size_t w_stride, int n_q, const uint8_t* values,

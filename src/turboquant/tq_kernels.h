@@ -31,11 +31,17 @@ using ScoresFn = void (*)(const KernelArgs& a, const float* q_rot, int n_q, cons
                           size_t key_stride, int64_t n, float* scores, size_t score_stride);
 using AccumFn = void (*)(const KernelArgs& a, const float* w, size_t w_stride, int n_q, const uint8_t* values,
                          size_t value_stride, int64_t n, float* acc_rot);
+using DecodeFn = void (*)(const KernelArgs& a, const uint8_t* recs, size_t stride, int64_t n, float* rows,
+                          size_t row_stride);
 
 void scores_scalar(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
                    int64_t n, float* scores, size_t score_stride);
 void accum_scalar(const KernelArgs& a, const float* w, size_t w_stride, int n_q, const uint8_t* values,
                   size_t value_stride, int64_t n, float* acc_rot);
+void decode_scalar(const KernelArgs& a, const uint8_t* recs, size_t stride, int64_t n, float* rows,
+                   size_t row_stride);
+void decode_avx2(const KernelArgs& a, const uint8_t* recs, size_t stride, int64_t n, float* rows,
+                 size_t row_stride);
 void scores_avx2(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
                  int64_t n, float* scores, size_t score_stride);
 void accum_avx2(const KernelArgs& a, const float* w, size_t w_stride, int n_q, const uint8_t* values,
@@ -49,5 +55,6 @@ void accum_avx512(const KernelArgs& a, const float* w, size_t w_stride, int n_q,
 // The kernels the dispatcher would pick for this layout at the current isa_level().
 ScoresFn pick_scores(const TqLayout& l);
 AccumFn pick_accum(const TqLayout& l);
+DecodeFn pick_decode(const TqLayout& l);
 
 }  // namespace qleap::tq_detail

@@ -108,6 +108,118 @@ TEST(FlashPrefill, LongCausalPrefillMatchesReference) {
   if (ran == 0) GTEST_SKIP() << "no AVX2 on this CPU";
 }
 
+// Rows from a source (what the TurboQuant cache hands over): two sets of rows, the exact band that
+// makes each query read its last `band` positions from the second set, a sliding window, and per-token
+// sinks with their shares, against a double-precision reference written out per query.
+struct TwoSetSource final : FlashSource {
+  int hd = 0;
+  std::vector<float> base_k, base_v, exact_k, exact_v;  // [kv head][position][hd]
+  int64_t n_pos = 0;
+  const float* at(const std::vector<float>& x, int g, int64_t j) const {
+    return x.data() + (size_t(g) * size_t(n_pos) + size_t(j)) * size_t(hd);
+  }
+  void rows(int g, int64_t j0, int n, float* k, float* v) const override {
+    for (int i = 0; i < n; ++i) {
+      std::copy_n(at(base_k, g, j0 + i), hd, k + size_t(i) * hd);
+      std::copy_n(at(base_v, g, j0 + i), hd, v + size_t(i) * hd);
+    }
+  }
+  void exact_rows(int g, int64_t j0, int n, float* k, float* v) const override {
+    for (int i = 0; i < n; ++i) {
+      const bool held = j0 + i >= band_lo && j0 + i < band_hi;
+      for (int c = 0; c < hd; ++c) {
+        k[size_t(i) * hd + c] = held ? at(exact_k, g, j0 + i)[c] : 1e30f;  // never read where not held
+        v[size_t(i) * hd + c] = held ? at(exact_v, g, j0 + i)[c] : 0.0f;
+      }
+    }
+  }
+};
+
+TEST(FlashPrefill, SourceWithBandWindowAndSinksMatchesReference) {
+  IsaGuard guard;
+  struct SCase {
+    int n_heads, n_kv_heads, hd, pos0, n_q, band, band_lo, window;
+    bool sinks;
+  };
+  const SCase cases[] = {
+      {9, 3, 64, 0, 67, 8, 0, 0, false},     {6, 2, 64, 150, 40, 64, 120, 0, true},
+      {4, 1, 32, 300, 70, 16, 1, 100, true}, {8, 2, 16, 10, 100, 0, 0, 33, false},
+      {12, 2, 128, 70, 9, 64, 30, 0, false},
+  };
+  int ran = 0;
+  for (IsaLevel lvl : {IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+    set_isa_level(lvl);
+    if (isa_level() != lvl) continue;
+    ++ran;
+    for (const SCase& c : cases) {
+      std::mt19937 rng(uint32_t(c.hd * 17 + c.pos0 + c.n_q));
+      std::normal_distribution<float> nd;
+      TwoSetSource src;
+      src.hd = c.hd;
+      src.n_pos = c.pos0 + c.n_q;
+      src.band = c.band;
+      src.band_lo = c.band_lo;
+      src.band_hi = src.n_pos;
+      for (auto* x : {&src.base_k, &src.base_v, &src.exact_k, &src.exact_v}) {
+        x->resize(size_t(c.n_kv_heads) * size_t(src.n_pos) * c.hd);
+        for (float& f : *x) f = nd(rng) * (x == &src.base_k ? 1.5f : 1.0f);
+      }
+      std::vector<float> q(size_t(c.n_q) * c.n_heads * c.hd), sinks(size_t(c.n_q) * c.n_heads);
+      for (float& f : q) f = nd(rng);
+      for (float& f : sinks) f = nd(rng) * 3.0f;
+      FlashShape s{c.n_q, c.pos0, c.n_heads, c.n_kv_heads, c.hd, 1.0f / std::sqrt(float(c.hd))};
+      std::vector<float> share(sinks.size(), NAN), got(q.size(), NAN);
+      if (c.sinks) {
+        s.sinks = sinks.data();
+        s.sinks_stride = size_t(c.n_heads);
+        s.sink_share = share.data();
+      }
+      s.window = c.window;
+      ASSERT_TRUE(flash_prefill_supported(s));
+      ThreadPool pool(2);
+      flash_prefill(s, src, q.data(), got.data(), pool);
+      const int group = c.n_heads / c.n_kv_heads;
+      for (int t = 0; t < c.n_q; ++t)
+        for (int h = 0; h < c.n_heads; ++h) {
+          const int64_t p = c.pos0 + t, g = h / group;
+          const int64_t lo = c.window > 0 ? std::max<int64_t>(0, p - c.window + 1) : 0;
+          const float* qh = &q[(size_t(t) * c.n_heads + h) * c.hd];
+          auto exact = [&](int64_t j) {
+            return c.band > 0 && j >= p + 1 - c.band && j >= src.band_lo && j < src.band_hi;
+          };
+          std::vector<double> sc;
+          double mx = -1e300;
+          for (int64_t j = lo; j <= p; ++j) {
+            const float* k = src.at(exact(j) ? src.exact_k : src.base_k, int(g), j);
+            double d = 0;
+            for (int i = 0; i < c.hd; ++i) d += double(qh[i]) * k[i];
+            sc.push_back(d * s.scale);
+            mx = std::max(mx, sc.back());
+          }
+          const double sink = c.sinks ? double(sinks[size_t(t) * c.n_heads + h]) : -1e300;
+          mx = std::max(mx, sink);
+          double l = c.sinks ? std::exp(sink - mx) : 0.0;
+          std::vector<double> o(size_t(c.hd), 0.0);
+          for (int64_t j = lo; j <= p; ++j) {
+            const double w = std::exp(sc[size_t(j - lo)] - mx);
+            l += w;
+            const float* v = src.at(exact(j) ? src.exact_v : src.base_v, int(g), j);
+            for (int i = 0; i < c.hd; ++i) o[size_t(i)] += w * v[i];
+          }
+          for (int i = 0; i < c.hd; ++i) {
+            const double r = o[size_t(i)] / l;
+            ASSERT_NEAR(got[(size_t(t) * c.n_heads + h) * c.hd + i], r, 2e-5 + 2e-5 * std::fabs(r))
+                << isa_name(lvl) << " hd=" << c.hd << " pos0=" << c.pos0 << " t=" << t << " h=" << h;
+          }
+          if (c.sinks) {
+            EXPECT_NEAR(share[size_t(t) * c.n_heads + h], std::exp(sink - mx) / l, 1e-5) << t << " " << h;
+          }
+        }
+    }
+  }
+  if (ran == 0) GTEST_SKIP() << "no AVX2 on this CPU";
+}
+
 TEST(FlashPrefill, ScalarLevelAndSingleQueriesAreLeftToTheCaches) {
   IsaGuard guard;
   set_isa_level(IsaLevel::kScalar);

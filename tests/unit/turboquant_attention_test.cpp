@@ -71,6 +71,42 @@ TEST_P(TurboQuantAttention, ScoresMatchDequantizedDotProducts) {
   set_isa_level(saved);
 }
 
+// tq_decode_rows (what the tiled prefill reads) gives norm * c[idx] exactly, at every level, for a
+// straight run and for one wrapped around a ring.
+TEST_P(TurboQuantAttention, DecodedRowsAreNormTimesCentroids) {
+  const auto [d, bits] = GetParam();
+  const TqState st = tq_make_state({d, bits}, 2, 1);
+  TqRng rng(9);
+  const int64_t n = 21;
+  auto x = gaussian(rng, size_t(n) * d);
+  for (int64_t j = 0; j < n; ++j) x[size_t(j) * d + 1] *= 12.0f;
+  const Packed p = pack(st, st, x, x, n);
+  std::vector<float> ref(size_t(n) * d), unit(d);
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* rec = &p.k[size_t(j) * p.stride_k];
+    tq_dequantize_rotated_unit(st, rec, unit.data());
+    for (int i = 0; i < d; ++i) ref[size_t(j) * d + i] = tq_record_norm(st.layout, rec) * unit[size_t(i)];
+  }
+  const IsaLevel saved = isa_level();
+  for (IsaLevel lvl : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+    set_isa_level(lvl);
+    if (isa_level() != lvl) continue;
+    const size_t row = size_t(d) + 3;  // rows need not be packed
+    std::vector<float> got(size_t(n) * row, NAN);
+    tq_decode_rows(st, p.k.data(), p.stride_k, n, got.data(), row);
+    for (int64_t j = 0; j < n; ++j)
+      for (int i = 0; i < d; ++i)
+        ASSERT_EQ(got[size_t(j) * row + i], ref[size_t(j) * d + i])
+            << j << " " << i << " " << tq_kernel_name(st.layout);
+    // A run of 9 records from slot 16 of a ring of 21: slots 16..20, then 0..3.
+    std::fill(got.begin(), got.end(), NAN);
+    tq_decode_rows(st, &p.k[16 * p.stride_k], p.stride_k, 9, got.data(), row, TqWrap::of(n, 16, 9));
+    for (int64_t c = 0; c < 9; ++c)
+      for (int i = 0; i < d; ++i) ASSERT_EQ(got[size_t(c) * row + i], ref[size_t((16 + c) % n) * d + i]) << c;
+  }
+  set_isa_level(saved);
+}
+
 TEST_P(TurboQuantAttention, ValueAccumulationMatchesScalar) {
   const auto [d, bits] = GetParam();
   const TqState st = tq_make_state({d, bits}, 0, 2);
