@@ -3,6 +3,7 @@
 #include <cmath>
 #include <string>
 
+#include "core/cpu_features.h"
 #include "core/error.h"
 
 namespace qleap {
@@ -38,7 +39,17 @@ bool tq_is_pow2(int d) {
   return d > 0 && (d & (d - 1)) == 0;
 }
 
+namespace tq_detail {
+void fwht_avx2(float* x, int n);
+}
+
 void fwht(float* x, int n) {
+  // Every rotated query, output and stored vector goes through here (twice per token and head in a
+  // TurboQuant prefill).
+  if (n >= 8 && isa_level() >= IsaLevel::kAvx2) {
+    tq_detail::fwht_avx2(x, n);
+    return;
+  }
   for (int h = 1; h < n; h <<= 1) {
     for (int i = 0; i < n; i += 2 * h) {
       for (int j = i; j < i + h; ++j) {

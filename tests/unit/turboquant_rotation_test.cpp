@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/cpu_features.h"
 #include "core/error.h"
 #include "turboquant/rotation.h"
 
@@ -81,6 +82,28 @@ TEST(TurboQuantRotationMisc, SeedsAreDeterministicAndDistinct) {
   EXPECT_NE(a.matrix, c.matrix);
   EXPECT_EQ(make_rotation(80, TqRotationKind::kAuto, 1).kind, TqRotationKind::kDense);
   EXPECT_EQ(make_rotation(64, TqRotationKind::kAuto, 1).kind, TqRotationKind::kHadamard);
+}
+
+// The AVX2 transform makes the same butterflies: bit-identical to the scalar one at every size, so a
+// cache's records do not depend on the CPU.
+TEST(TurboQuantRotationMisc, VectorTransformIsBitIdenticalToScalar) {
+  const IsaLevel saved = isa_level();
+  set_isa_level(IsaLevel::kAvx2);
+  const bool avx2 = isa_level() >= IsaLevel::kAvx2;
+  set_isa_level(saved);
+  if (!avx2) GTEST_SKIP() << "no AVX2 on this CPU";
+  TqRng rng(3);
+  for (int n = 1; n <= 2048; n *= 2) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (auto& v : x) v = float(rng.next_gaussian()) * (rng.next_u64() % 7 == 0 ? 100.0f : 1.0f);
+    std::vector<float> a = x, b = x;
+    set_isa_level(IsaLevel::kScalar);
+    fwht(a.data(), n);
+    set_isa_level(IsaLevel::kAvx2);
+    fwht(b.data(), n);
+    set_isa_level(saved);
+    for (int i = 0; i < n; ++i) ASSERT_EQ(a[size_t(i)], b[size_t(i)]) << n << " " << i;
+  }
 }
 
 TEST(TurboQuantRotationMisc, RejectsBadArguments) {
