@@ -286,8 +286,29 @@ void run_item(const FlashShape& s, const KvRowsView<T>* kv, const FlashSource* s
   for (int j0 = jlo; j0 < kend; j0 += kKeys) {
     const int nk = std::min(kKeys, kend - j0);
     const int nkp = (nk + kKeyTile - 1) / kKeyTile * kKeyTile;
+    // With an exact band: keys [0, nb) are read from the rows by some row of the block, keys [ne, nkp)
+    // from the exact rows (both in whole key tiles; in between, each row picks per key). A key that
+    // every row reads exactly (the band of the block's last row starts at or before it) is neither
+    // decoded nor scored from the rows.
+    int nb = nkp, ne = nkp;
+    if (band > 0) {
+      const int64_t lo =
+          std::max<int64_t>(src->band_lo, pmin + 1 - band);  // first key some row reads exactly
+      const int64_t all = std::max<int64_t>(src->band_lo, pmax + 1 - band);  // from here every row does
+      const int ex_lo = int(std::clamp<int64_t>(lo - j0, 0, nk));
+      const int ex_hi = int(std::clamp<int64_t>(src->band_hi - j0, 0, nk));
+      if (ex_lo < ex_hi) {
+        ne = ex_lo / kKeyTile * kKeyTile;
+        // Rows past the held ones (ex_hi < nk) are read from the records again: keep them all.
+        if (ex_hi == nk)
+          nb = std::min(nkp,
+                        (int(std::clamp<int64_t>(all - j0, ex_lo, nk)) + kKeyTile - 1) / kKeyTile * kKeyTile);
+      }
+    }
+    const bool in_band = src != nullptr && ne < nkp;
+    const int nbk = std::min(nb, nk);  // rows to fill
     if (src != nullptr) {
-      src->rows(g, j0, nk, kf, vf);
+      if (nbk > 0) src->rows(g, j0, nbk, kf, vf);
     } else {
       const T* kh = kv->k + size_t(g) * kv->head_stride;
       const T* vh = kv->v + size_t(g) * kv->head_stride;
@@ -304,25 +325,27 @@ void run_item(const FlashShape& s, const KvRowsView<T>* kv, const FlashSource* s
         }
       }
     }
-    pad(kf, vf, nk, nkp);
-    for_row_chunks(rvn, [&](int rv, int rc) { scores_rc<kRowVecs>(rc, kf, hd, nkp, qt, rp, rv, st); });
-    // The exact band reaches this block: some row's band [p + 1 - band, p] overlaps the held rows here.
-    const bool in_band =
-        band > 0 && j0 + nk - 1 >= pmin + 1 - band && j0 < src->band_hi && j0 + nk > src->band_lo;
+    pad(kf, vf, nbk, nb);
+    if (nb > 0)
+      for_row_chunks(rvn, [&](int rv, int rc) { scores_rc<kRowVecs>(rc, kf, hd, nb, qt, rp, rv, st); });
     if (in_band) {
-      src->exact_rows(g, j0, nk, ke, ve);
+      const size_t eo = size_t(ne) * hd;
+      src->exact_rows(g, j0 + ne, nk - ne, ke + eo, ve + eo);
       pad(ke, ve, nk, nkp);
-      for_row_chunks(rvn, [&](int rv, int rc) { scores_rc<kRowVecs>(rc, ke, hd, nkp, qt, rp, rv, se); });
-      for (int j = 0; j < nkp; ++j) {
+      const size_t so = size_t(ne) * rp;
+      for_row_chunks(
+          rvn, [&](int rv, int rc) { scores_rc<kRowVecs>(rc, ke + eo, hd, nkp - ne, qt, rp, rv, se + so); });
+      for (int j = ne; j < nkp; ++j) {
         const int64_t key = j0 + j;
         const bool held = j < nk && key >= src->band_lo && key < src->band_hi;
         for (int rv = 0; rv < rvn; ++rv) {
           const size_t o = size_t(j) * rp + size_t(rv) * W;
-          // Rows with p < key + band read the exact row.
+          // Rows with p < key + band read the exact row. Keys past nb have no row scores: every row
+          // of the block reads them exactly, and the zero padding is masked below.
           const VF e =
               held ? vsel_lt(vload(posr + rv * W), float(key + band), vzero(), vset1(1.0f)) : vzero();
           vstore(em + o, e);
-          vstore(st + o, vsel_lt(e, 0.5f, vload(se + o), vload(st + o)));
+          vstore(st + o, j < nb ? vsel_lt(e, 0.5f, vload(se + o), vload(st + o)) : vload(se + o));
         }
       }
     }
@@ -352,7 +375,7 @@ void run_item(const FlashShape& s, const KvRowsView<T>* kv, const FlashSource* s
       for (int j = 0; j < nkp; ++j) {
         float* sp = st + size_t(j) * rp + rv * W;
         const VF p = vexp(vsub(vload(sp), mnew));
-        if (in_band) {
+        if (in_band && j >= ne) {
           // Split the weight: the exact rows' share to se, the records' to st (1 and 0 multiply exactly).
           float* ep = se + size_t(j) * rp + rv * W;
           const VF pe = vmul(p, vload(em + size_t(j) * rp + rv * W));
@@ -367,11 +390,14 @@ void run_item(const FlashShape& s, const KvRowsView<T>* kv, const FlashSource* s
       vstore(mrow + rv * W, mnew);
       vstore(corr + rv * W, c);
     }
+    // Rescaled once: the rows' pass applies corr (over no keys when nb is 0), the exact pass adds on.
     for_row_chunks(rvn,
-                   [&](int rv, int rc) { accumulate_rc<kRowVecs>(rc, vf, hd, nkp, st, rp, rv, corr, ot); });
+                   [&](int rv, int rc) { accumulate_rc<kRowVecs>(rc, vf, hd, nb, st, rp, rv, corr, ot); });
     if (in_band)
-      for_row_chunks(rvn,
-                     [&](int rv, int rc) { accumulate_rc<kRowVecs>(rc, ve, hd, nkp, se, rp, rv, ones, ot); });
+      for_row_chunks(rvn, [&](int rv, int rc) {
+        accumulate_rc<kRowVecs>(rc, ve + size_t(ne) * hd, hd, nkp - ne, se + size_t(ne) * rp, rp, rv, ones,
+                                ot);
+      });
   }
   for (int r = 0; r < rows; ++r) {
     const int t = t0 + r / group, h = g * group + r % group;
