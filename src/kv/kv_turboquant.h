@@ -1,6 +1,7 @@
 // TurboQuant KV cache: every (layer, kv head, position) holds one packed TurboQuant record for the key
-// and one for the value (turboquant/tq_quant.h); attention runs on the records directly
-// (tq_attend_gqa, or a key-split partial softmax for decode), nothing is ever dequantized to a buffer.
+// and one for the value (turboquant/tq_quant.h); attention runs on the records (kv/kv_turboquant_attend.h:
+// decode scores and accumulates the packed records directly; a prompt block decodes 64 records at a time
+// into a per-thread tile of the tiled prefill kernel), never on a dequantized copy of the cache.
 // When the values are the keys (KvShape::values_are_keys, MLA's latent) only the key record is stored,
 // and the value path decodes it with the key's state, centering and scales (half the bytes).
 //
