@@ -444,7 +444,7 @@ class TurboQuantKvCache final : public KvCache {
     const TqLayerRecords rec = layer_records(layer);
     if (n_split > 1 || spec_.qjl_keys) {
       tq_attend_split(rec, pos0, n_q, q, out, scale, pool, n_split, partial_);
-    } else if (shared_ || !tq_attend_tiled(rec, pos0, n_q, q, out, scale, pool)) {
+    } else if (!tq_attend_tiled(rec, pos0, n_q, q, out, scale, pool)) {
       tq_attend_chunks(rec, pos0, n_q, q, out, scale, pool);
     }
     if (centered) {

@@ -42,8 +42,13 @@ class TqSource final : public FlashSource {
     const TqWrap wrap = TqWrap::of(r_.ring, slot, cnt);
     tq_decode_rows(*h.ks, h.keys + size_t(slot) * h.key_stride, h.key_stride, cnt, k + size_t(i) * hd, hd,
                    wrap);
-    tq_decode_rows(*h.vs, h.values + size_t(slot) * h.value_stride, h.value_stride, cnt, v + size_t(i) * hd,
-                   hd, wrap);
+    if (h.values == h.keys && h.vs == h.ks) {
+      // Values read from the key records (MLA's latent): the same rows.
+      std::copy_n(k + size_t(i) * hd, size_t(cnt) * hd, v + size_t(i) * hd);
+    } else {
+      tq_decode_rows(*h.vs, h.values + size_t(slot) * h.value_stride, h.value_stride, cnt, v + size_t(i) * hd,
+                     hd, wrap);
+    }
     // Block key means: the records were centered on their block's shifted mean (tq_exact_scores).
     for (; i < n; ++i)
       if (const float* d = x.shift_row(j0 + i, hd_)) {

@@ -5,8 +5,8 @@
 //    instead of unpacking it twice per query token. Queries are rotated into each head's key space
 //    first and the outputs back from its value space. Sink rows stand in for their records and the
 //    recent window is the kernel's exact band.
-//  - tq_attend_chunks (prefill where the tiled kernel does not apply: no AVX2, soft-capping, QJL keys,
-//    MLA's shared records): tq_attend_gqa per (kv head, chunk of query tokens).
+//  - tq_attend_chunks (prefill where the tiled kernel does not apply: no AVX2, head_dim not a multiple
+//    of 8, soft-capping, QJL keys): tq_attend_gqa per (kv head, chunk of query tokens).
 //  - tq_attend_split (decode): items (query token, kv head, key slice), each leaving {m, l, acc_rot}
 //    per query head, merged in the rotated value space (flash-decoding, kv/split_attention.h).
 #pragma once
