@@ -245,8 +245,8 @@ void run_item(const FlashShape& s, const KvRowsView<T>* kv, const FlashSource* s
   const int band = src != nullptr ? src->band : 0;
 
   const size_t tile = size_t(kKeys) * hd, smat = size_t(kKeys) * rp;
-  float* base = scratch().get(size_t(hd) * rp * 2 + smat + tile * 2 + size_t(rp) * 5 +
-                              (band > 0 ? tile * 2 + smat * 2 : 0));
+  // The band's buffers are allocated whether used or not (the scratch grows once per thread).
+  float* base = scratch().get(size_t(hd) * rp * 2 + smat * 3 + tile * 4 + size_t(rp) * 5);
   float* qt = base;                  // [hd][rp]
   float* ot = qt + size_t(hd) * rp;  // [hd][rp]
   float* st = ot + size_t(hd) * rp;  // [kKeys][rp]: scores, then probabilities
