@@ -72,7 +72,8 @@ void flash_prefill(const FlashShape& s, const KvRowsView<uint16_t>& kv, const fl
 void flash_prefill(const FlashShape& s, const KvRowsView<float>& kv, const float* q, float* out,
                    ThreadPool& pool);
 
-// The same over rows from a source (avx2 / avx512 kernels only: flash_prefill_supported first).
+// The same over rows from a source (avx2 / avx512 kernels only: flash_prefill_supported first). q and
+// out may be the same buffer: a work item reads its query rows before it writes their outputs.
 void flash_prefill(const FlashShape& s, const FlashSource& src, const float* q, float* out, ThreadPool& pool);
 
 // Reference (tests): two-pass softmax per query in double precision.

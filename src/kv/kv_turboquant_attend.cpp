@@ -102,22 +102,18 @@ bool tq_attend_tiled(const TqLayerRecords& r, int pos0, int n_q, const float* q,
     if (h.ks->layout.dim != s.head_dim || h.vs->layout.dim != s.head_dim || h.ks->layout.qjl) return false;
   const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
   const size_t row = size_t(s.n_heads) * hd;
-  thread_local std::vector<float> qrot, orot;
-  qrot.resize(size_t(n_q) * row);
-  orot.resize(qrot.size());
-  float* qr = qrot.data();
-  float* orr = orot.data();
-  // Queries into each kv head's key space, outputs back from its value space, a token per item.
+  // Queries into each kv head's key space, outputs back from its value space, a token per item, all in
+  // out: the kernel reads a block's query rows before it writes their outputs (no copy of q is kept).
   auto each_head = [&](auto&& f) {
     pool.parallel_for(n_q, 1, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t)
         for (int h = 0; h < s.n_heads; ++h) f(size_t(t) * row + size_t(h) * hd, r.heads[size_t(h / group)]);
     });
   };
-  each_head([&](size_t o, const TqHeadRecords& head) { tq_rotate_query(*head.ks, q + o, qr + o); });
+  each_head([&](size_t o, const TqHeadRecords& head) { tq_rotate_query(*head.ks, q + o, out + o); });
   const TqSource src(r);
-  flash_prefill(fs, src, qr, orr, pool);
-  each_head([&](size_t o, const TqHeadRecords& head) { tq_unrotate(*head.vs, orr + o, out + o); });
+  flash_prefill(fs, src, out, out, pool);
+  each_head([&](size_t o, const TqHeadRecords& head) { tq_unrotate(*head.vs, out + o, out + o); });
   return true;
 }
 
