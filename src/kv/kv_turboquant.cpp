@@ -441,7 +441,7 @@ class TurboQuantKvCache final : public KvCache {
     const int max_keys = window > 0 ? std::min(window, pos0 + n_q) : pos0 + n_q;
     const int n_split = key_splits(pool.size(), int64_t(n_q) * s.n_kv_heads, max_keys, kMinSplitKeys);
     // QJL keys need the residual term, which only the split path's loop adds.
-    const TqLayerRecords rec = layer_records(layer);
+    const TqLayerRecords& rec = layer_records(layer);
     if (n_split > 1 || spec_.qjl_keys) {
       tq_attend_split(rec, pos0, n_q, q, out, scale, pool, n_split, partial_);
     } else if (!tq_attend_tiled(rec, pos0, n_q, q, out, scale, pool)) {
@@ -755,19 +755,19 @@ class TurboQuantKvCache final : public KvCache {
     return x;
   }
 
-  // A layer's records as the attention paths of kv/kv_turboquant_attend.h read them.
-  TqLayerRecords layer_records(int layer) {
-    TqLayerRecords r;
+  // A layer's records as the attention paths of kv/kv_turboquant_attend.h read them (refilled per call
+  // into one member, so decode allocates nothing per layer and token).
+  const TqLayerRecords& layer_records(int layer) {
+    TqLayerRecords& r = records_;
     r.shape = &shape_;
     r.layer = layer;
     r.ring = ring_[size_t(layer)];
+    r.heads.clear();
     for (int g = 0; g < shape_.n_kv_heads; ++g)
       r.heads.push_back(TqHeadRecords{&kstate(layer, g), &vstate(layer, g), keys(layer, g), krec(layer, g),
                                       values(layer, g), vrec(layer, g), exact(layer, g)});
-    if (!sinks_.empty()) {
-      r.sinks = sinks_.data();
-      r.sink_share = sink_share_.data();
-    }
+    r.sinks = sinks_.empty() ? nullptr : sinks_.data();
+    r.sink_share = sinks_.empty() ? nullptr : sink_share_.data();
     return r;
   }
 
@@ -875,6 +875,7 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<float> s_k_, inv_s_k_;  // per layer and key channel: s and 1 / s
   std::vector<float> qbuf_;
   SplitPartials partial_;
+  TqLayerRecords records_;  // layer_records()
   size_t total_ = 0;
   std::vector<float> k_bits_, v_bits_;           // rates per (layer, kv head)
   bool alloc_done_ = false, allocated_ = false;  // calibrate() tried / applied an allocation

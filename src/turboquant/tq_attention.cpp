@@ -32,6 +32,12 @@ inline uint32_t index_at(const uint8_t* p, int i, int bits) {
   return v & ((1u << bits) - 1);
 }
 
+// c[i] = the centroid of coordinate i of a record (its hi or lo segment's codebook).
+inline void centroids_of(const KernelArgs& a, const uint8_t* rec, float* c) {
+  for (int i = 0; i < a.split; ++i) c[i] = a.cb_hi[index_at(rec, i, a.bits_hi)];
+  for (int i = a.split; i < a.dim; ++i) c[i] = a.cb_lo[index_at(rec + a.hi_bytes, i - a.split, a.bits_lo)];
+}
+
 }  // namespace
 
 void scores_scalar(const KernelArgs& a, const float* q_rot, int n_q, const uint8_t* keys, size_t key_stride,
@@ -39,8 +45,7 @@ void scores_scalar(const KernelArgs& a, const float* q_rot, int n_q, const uint8
   std::vector<float> c(a.dim);
   for (int64_t j = 0; j < n; ++j) {
     const uint8_t* rec = keys + size_t(j) * key_stride;
-    for (int i = 0; i < a.split; ++i) c[i] = a.cb_hi[index_at(rec, i, a.bits_hi)];
-    for (int i = a.split; i < a.dim; ++i) c[i] = a.cb_lo[index_at(rec + a.hi_bytes, i - a.split, a.bits_lo)];
+    centroids_of(a, rec, c.data());
     const float nrm = load_norm(rec, a.norm_offset);
     for (int qi = 0; qi < n_q; ++qi) {
       const float* q = q_rot + size_t(qi) * a.dim;
@@ -56,8 +61,7 @@ void accum_scalar(const KernelArgs& a, const float* w, size_t w_stride, int n_q,
   std::vector<float> c(a.dim);
   for (int64_t j = 0; j < n; ++j) {
     const uint8_t* rec = values + size_t(j) * value_stride;
-    for (int i = 0; i < a.split; ++i) c[i] = a.cb_hi[index_at(rec, i, a.bits_hi)];
-    for (int i = a.split; i < a.dim; ++i) c[i] = a.cb_lo[index_at(rec + a.hi_bytes, i - a.split, a.bits_lo)];
+    centroids_of(a, rec, c.data());
     const float nrm = load_norm(rec, a.norm_offset);
     for (int qi = 0; qi < n_q; ++qi) {
       const float coef = w[size_t(qi) * w_stride + j] * nrm;
@@ -73,10 +77,9 @@ void decode_scalar(const KernelArgs& a, const uint8_t* recs, size_t stride, int6
   for (int64_t j = 0; j < n; ++j) {
     const uint8_t* rec = recs + size_t(j) * stride;
     float* out = rows + size_t(j) * row_stride;
+    centroids_of(a, rec, out);
     const float nrm = load_norm(rec, a.norm_offset);
-    for (int i = 0; i < a.split; ++i) out[i] = nrm * a.cb_hi[index_at(rec, i, a.bits_hi)];
-    for (int i = a.split; i < a.dim; ++i)
-      out[i] = nrm * a.cb_lo[index_at(rec + a.hi_bytes, i - a.split, a.bits_lo)];
+    for (int i = 0; i < a.dim; ++i) out[i] *= nrm;
   }
 }
 
