@@ -164,27 +164,29 @@ void sweep_scales(const TqState& st, const float* y, uint8_t* idx, float a_hi, i
   const int split = l.split, top_hi = (1 << l.bits_hi) - 1, top_lo = (1 << l.bits_lo) - 1;
   s.cur.assign(idx, idx + d);
   uint8_t* cur = s.cur.data();
-  double best_yc = yc, best_cc = cc;
+  // Locals, not the references: stores through cur (uint8_t, may alias anything) would otherwise send
+  // the running sums through memory on every event.
+  double run_yc = yc, run_cc = cc, best_yc = yc, best_cc = cc;
   size_t best = 0;  // events applied
   for (size_t e = 0; e < n; ++e) {
-    // Each event moves its coordinate one cell outwards (clamped); selects, not branches: the signs and
-    // the improvements are unpredictable.
+    // Each event moves its coordinate one cell outwards (clamped); integer arithmetic and selects, not
+    // branches: the signs and the improvements are unpredictable.
     const int i = int(sorted[e] & imask);
     const bool h = i < split;
     const float* c = h ? c_hi : c_lo;
     const int top = h ? top_hi : top_lo;
     const float yi = y[i];
     const int k = cur[i];
-    int k2 = yi > 0 ? k + 1 : k - 1;
-    k2 = k2 < 0 ? 0 : k2 > top ? top : k2;
+    const int k2 = std::max(0, std::min(k - 1 + 2 * int(yi > 0), top));
     const double c0 = c[k], c1 = c[k2];
     cur[i] = uint8_t(k2);
-    yc += double(yi) * (c1 - c0);
-    cc += c1 * c1 - c0 * c0;
+    run_yc += double(yi) * (c1 - c0);
+    run_cc += c1 * c1 - c0 * c0;
     // yc^2 / cc > best_yc^2 / best_cc, both yc positive.
-    const bool better = (yc > 0) & (cc > 0) & (yc * yc * best_cc > best_yc * best_yc * cc);
-    best_yc = better ? yc : best_yc;
-    best_cc = better ? cc : best_cc;
+    const bool better =
+        (run_yc > 0) & (run_cc > 0) & (run_yc * run_yc * best_cc > best_yc * best_yc * run_cc);
+    best_yc = better ? run_yc : best_yc;
+    best_cc = better ? run_cc : best_cc;
     best = better ? e + 1 : best;
   }
   for (size_t e = 0; e < best; ++e) {
