@@ -362,9 +362,11 @@ class TurboQuantKvCache final : public KvCache {
     const float* muv = c ? &mu_v_[size_t(layer) * kvd] : nullptr;
     const float* isk = scaled_[size_t(layer)] ? &inv_s_k_[size_t(layer) * kvd] : nullptr;
     const float* isv = vscaled_[size_t(layer)] ? &inv_s_v_[size_t(layer) * kvd] : nullptr;
-    // Items: (kv head, chunk of tokens); ~2 us per vector, so prefill is worth threading.
+    // Items: (kv head, chunk of 16 tokens); ~2 us per vector, so prefill is worth threading. Many small
+    // items, taken dynamically, leave the threads at most one item apart (a few per thread, e.g. 9
+    // over 2 threads for 3 KV heads, left one thread idle for a ninth of the work).
     const int P = pool_ ? pool_->size() : 1;
-    const int n_chunks = std::max(1, std::min(n_tokens / 16, (4 * P + s.n_kv_heads - 1) / s.n_kv_heads));
+    const int n_chunks = std::max(1, n_tokens / 16);
     const int64_t n_items = int64_t(n_chunks) * s.n_kv_heads;
     auto run = [&](int64_t item) {
       const int g = int(item % s.n_kv_heads), c = int(item / s.n_kv_heads);
