@@ -14,12 +14,23 @@ namespace qleap {
 
 namespace {
 
-// The number of (sorted) thresholds <= x, by a branch-free binary search: bits steps instead of
-// 2^bits - 1 comparisons.
-inline uint8_t cell_index(const float* thresholds, int bits, float x) {
-  int idx = 0;
-  for (int step = 1 << (bits - 1); step >= 1; step >>= 1) idx += x >= thresholds[idx + step - 1] ? step : 0;
-  return uint8_t(idx);
+// cells[i] = the number of (sorted) thresholds <= y[i] * scale: every threshold compared with 16
+// coordinates at a time and the hits summed, a form the compiler vectorizes (a binary search per
+// coordinate loads a threshold that depends on the last comparison, and cost a tenth of the encoder).
+// The same count, NaN included (no comparison holds).
+void cell_indices(const float* thresholds, int bits, const float* y, float scale, int n, uint8_t* cells) {
+  const int nt = (1 << bits) - 1;
+  for (int i0 = 0; i0 < n; i0 += 16) {
+    const int m = std::min(16, n - i0);
+    float x[16] = {};
+    int32_t c[16] = {};
+    for (int j = 0; j < m; ++j) x[j] = y[i0 + j] * scale;
+    for (int k = 0; k < nt; ++k) {
+      const float t = thresholds[k];
+      for (int j = 0; j < 16; ++j) c[j] += x[j] >= t ? 1 : 0;
+    }
+    for (int j = 0; j < m; ++j) cells[i0 + j] = uint8_t(c[j]);
+  }
 }
 
 // Per-thread scratch of the scale search, grown as needed and kept: no allocation per vector.
@@ -297,8 +308,8 @@ double tq_assign_cells(const TqState& st, const float* y, uint8_t* idx) {
   const bool search = st.cfg.ls_norm && st.cfg.scale_search && !l.qjl;
   // Cells at the largest assignment scale a_hi (y / a_hi: the smallest magnitudes), or at 1.
   const float a_hi = search ? float(kTqScaleRange) : 1.0f, inv_hi = 1.0f / a_hi;
-  for (int i = 0; i < l.split; ++i) idx[i] = cell_index(hi.thresholds_f.data(), l.bits_hi, y[i] * inv_hi);
-  for (int i = l.split; i < d; ++i) idx[i] = cell_index(lo.thresholds_f.data(), l.bits_lo, y[i] * inv_hi);
+  cell_indices(hi.thresholds_f.data(), l.bits_hi, y, inv_hi, l.split, idx);
+  cell_indices(lo.thresholds_f.data(), l.bits_lo, y + l.split, inv_hi, d - l.split, idx + l.split);
   if (!st.cfg.ls_norm || l.qjl) return 1.0;
   double yc = 0, cc = 0;
   for (int i = 0; i < d; ++i) {
