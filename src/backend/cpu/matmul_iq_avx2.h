@@ -396,7 +396,9 @@ float vec_dot_ternary_256(const uint8_t* w, const BlockQ8_K* x, int64_t nb) {
     __m256i xv[8];
     for (int k = 0; k < 8; ++k) xv[k] = load32u(reinterpret_cast<const uint8_t*>(x[i].qs) + 32 * k);
     const typename F::B& b = wb[i];
-    const __m256i isum = ternary_isum([&b](int k) { return F::digits(b, k); }, xv, x[i].bsums);
+    __m256i t[8];
+    F::all_digits(b, t);
+    const __m256i isum = ternary_isum([&t](int k) { return t[k]; }, xv, x[i].bsums);
     acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * x[i].d), _mm256_cvtepi32_ps(isum), acc);
   }
   return hsum(acc);

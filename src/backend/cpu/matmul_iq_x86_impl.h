@@ -251,6 +251,9 @@ struct FTq2 {
     return _mm256_and_si256(_mm256_srli_epi16(load32u(b.qs + 32 * (k / 4)), 2 * (k % 4)),
                             _mm256_set1_epi8(3));
   }
+  static void all_digits(const B& b, __m256i* t) {
+    for (int k = 0; k < 8; ++k) t[k] = digits(b, k);
+  }
   static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
     const __m256i v = _mm256_sub_epi8(digits(b, k), _mm256_set1_epi8(1));
     *u = _mm256_sign_epi8(v, v);
@@ -275,6 +278,17 @@ inline __m256i minus_trit(__m256i v) {
 // The trit minus one: -1 below 86, 0 below 171, else 1 (~x = -x - 1).
 inline __m256i trit_minus_one(__m256i v) {
   return _mm256_xor_si256(minus_trit(v), _mm256_set1_epi8(-1));
+}
+
+// Bytes times 3 modulo 256: two byte adds, where a multiply by a power of 3 took two 16-bit
+// multiplies, shifts and masks (mul_bytes).
+inline __m256i times3(__m256i v) { return _mm256_add_epi8(v, _mm256_add_epi8(v, v)); }
+inline __m128i times3(__m128i v) { return _mm_add_epi8(v, _mm_add_epi8(v, v)); }
+// The trit (v * 3) >> 8 of each byte v, as (v >= 86) + (v >= 171) from saturating subtractions.
+inline __m256i trit(__m256i v) {
+  const __m256i one = _mm256_set1_epi8(1);
+  return _mm256_add_epi8(_mm256_min_epu8(_mm256_subs_epu8(v, _mm256_set1_epi8(85)), one),
+                         _mm256_min_epu8(_mm256_subs_epu8(v, _mm256_set1_epi8(char(170))), one));
 }
 
 struct FTq1 {
@@ -307,9 +321,24 @@ struct FTq1 {
     }
     return mul_bytes(bytes, mult);
   }
-  // The digits t in {0, 1, 2} of weights 32k .. 32k+31.
-  static __m256i digits(const B& b, int k) {
-    return _mm256_sub_epi8(_mm256_setzero_si256(), minus_trit(scaled(b, k)));
+  // The digits t in {0, 1, 2} of all 256 weights, t[k] those of weights 32k .. 32k+31 (the trits of
+  // scaled(b, k)): each power of 3 from the last one by times3.
+  static void all_digits(const B& b, __m256i* t) {
+    __m256i p = load32u(b.qs);
+    t[0] = trit(p);
+    for (int k = 1; k < 5; ++k) {
+      p = times3(p);
+      t[k] = trit(p);
+    }
+    const __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 32));
+    const __m128i q3 = times3(q1), q9 = times3(q3), q27 = times3(q9), q81 = times3(q27);
+    uint32_t h;
+    std::memcpy(&h, b.qh, 4);
+    const __m128i h1 = _mm_set1_epi32(int(h)), h3 = times3(h1), h9 = times3(h3), h27 = times3(h9);
+    const __m128i hq = _mm_blend_epi32(_mm_blend_epi32(h1, h3, 0x2), _mm_blend_epi32(h9, h27, 0x8), 0xC);
+    t[5] = trit(_mm256_set_m128i(q3, q1));
+    t[6] = trit(_mm256_set_m128i(q27, q9));
+    t[7] = trit(_mm256_set_m128i(hq, q81));
   }
   static void chunk(const B& b, int k, __m256i* u, __m256i* s) {
     const __m256i v = trit_minus_one(scaled(b, k));
@@ -707,7 +736,9 @@ void panel_iq(const uint8_t* w, size_t row_bytes, int64_t nb, const BlockQ8_K* x
       if constexpr (kTernary<F>) {
         // Ternary: the digits t unsigned, the -1 of every weight taken off once per block as the
         // activations' sum (bsums), instead of a sign op and a unit scale per 32 weights.
-        for (int k = 0; k < 8; ++k) store32(prep[r].u + 32 * k, F::digits(blk, k));
+        __m256i t[8];
+        F::all_digits(blk, t);
+        for (int k = 0; k < 8; ++k) store32(prep[r].u + 32 * k, t[k]);
         prep[r].f = F::factor(blk);
       } else {
         iq_prep<F>(blk, prep[r]);
