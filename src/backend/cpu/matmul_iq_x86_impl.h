@@ -282,8 +282,12 @@ inline __m256i trit_minus_one(__m256i v) {
 
 // Bytes times 3 modulo 256: two byte adds, where a multiply by a power of 3 took two 16-bit
 // multiplies, shifts and masks (mul_bytes).
-inline __m256i times3(__m256i v) { return _mm256_add_epi8(v, _mm256_add_epi8(v, v)); }
-inline __m128i times3(__m128i v) { return _mm_add_epi8(v, _mm_add_epi8(v, v)); }
+inline __m256i times3(__m256i v) {
+  return _mm256_add_epi8(v, _mm256_add_epi8(v, v));
+}
+inline __m128i times3(__m128i v) {
+  return _mm_add_epi8(v, _mm_add_epi8(v, v));
+}
 // The trit (v * 3) >> 8 of each byte v, as (v >= 86) + (v >= 171) from saturating subtractions.
 inline __m256i trit(__m256i v) {
   const __m256i one = _mm256_set1_epi8(1);
