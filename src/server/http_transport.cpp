@@ -385,6 +385,17 @@ struct HttpTransport::Impl {
     start_close(c, error_answer(status, msg));
   }
 
+  // A connection that looks idle may already hold a whole request in its socket buffer, not yet read
+  // because this loop has not come to its event (a loaded machine): read those before choosing whom
+  // to evict, so that a client which has sent its request is never taken for an idle one.
+  void take_waiting_requests(const Conn* except) {
+    std::vector<int> fds;
+    for (auto& [fd, cp] : conns) {
+      if (cp.get() != except && cp->st == Conn::St::kIdle && cp->in.empty()) fds.push_back(fd);
+    }
+    for (int fd : fds) on_event(fd, EPOLLIN);
+  }
+
   bool evict_one(const Conn* except) {
     Conn* best = nullptr;
     auto rank = [](const Conn& c) {
@@ -441,6 +452,7 @@ struct HttpTransport::Impl {
       c->deadline = c->since + secs(opt.header_timeout_s);
       Conn& ref = *c;
       conns.emplace(fd, std::move(c));
+      if (int(conns.size()) - n_linger > opt.max_connections) take_waiting_requests(&ref);
       if (int(conns.size()) - n_linger > opt.max_connections && !evict_one(&ref)) {
         ++stats.connections_rejected_total;
         answer_error(ref, 503, "server busy: too many connections, retry later");
