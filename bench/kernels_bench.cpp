@@ -1,6 +1,6 @@
-// Kernel benchmarks: matvec (decode, m = 1) and matmul (prefill, m = 64 / 512) per weight format,
-// with 1 and 2 threads, reporting weight bytes streamed per second; plus a plain streaming read
-// of a large buffer as the machine's memory-bandwidth ceiling.
+// Kernel benchmarks: matvec (decode, m = 1; parallel slots, m = 4) and matmul (prefill, m = 64 / 512)
+// per weight format, with 1 and 2 threads, reporting weight bytes streamed per second; plus a plain
+// streaming read of a large buffer as the machine's memory-bandwidth ceiling.
 //   ./qleap_kernel_bench --benchmark_filter='Matvec/Q4_0'   (QLEAP_ISA=amx|avx512|avx2|scalar caps
 //   the ISA; QLEAP_REPACK=0 keeps the GGUF layout)
 #include <benchmark/benchmark.h>
@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -70,10 +71,11 @@ std::vector<uint8_t> make_weights(GgmlType t, int64_t rows, int64_t cols) {
 }
 
 void bm_matmul(benchmark::State& state, GgmlType t, int64_t rows, int64_t cols, int64_t m, int threads,
-               bool hot = false) {
+               bool hot = false, bool row_exact = false) {
   const auto base = make_weights(t, rows, cols);
   size_t bytes = base.size();
-  const size_t copies = m == 1 && !hot ? std::max<size_t>(1, cold_bytes() / bytes) : 1;
+  // Decode sizes (a lone token, or the server's parallel slots) stream the weights from memory.
+  const size_t copies = m <= 4 && !hot ? std::max<size_t>(1, cold_bytes() / bytes) : 1;
   std::vector<std::vector<uint8_t>> w(copies, base);
   // The model's path: packable formats are repacked at load (QLEAP_REPACK=0 measures GGUF layout).
   std::vector<WeightView> views;
@@ -92,6 +94,9 @@ void bm_matmul(benchmark::State& state, GgmlType t, int64_t rows, int64_t cols, 
   for (auto& v : x) v = nd(rng);
   ThreadPool& pool = pool_for(threads);
   size_t i = 0;
+  // The server's batched decode: every token computed as if alone (the decode kernels, not panels).
+  std::optional<RowExactMatmul> exact;
+  if (row_exact) exact.emplace();
   for (auto _ : state) {
     matmul(views[i], x.data(), m, y.data(), pool);
     benchmark::DoNotOptimize(y.data());
@@ -147,18 +152,29 @@ void register_all() {
     benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) {
       bm_matmul(s, t, 256, 2048, 1, 1, true);
     })->Unit(benchmark::kMicrosecond);
+    // Four tokens per pass over the weights: the parallel slots' decode path (row-exact) and the
+    // prefill panels a 4-token prompt takes.
+    for (bool ex : {true, false}) {
+      const std::string name4 =
+          std::string("MatvecHot/") + type_name(t) + "/256x2048/m:4" + (ex ? "/exact" : "") + "/threads:1";
+      benchmark::RegisterBenchmark(name4.c_str(), [=](benchmark::State& s) {
+        bm_matmul(s, t, 256, 2048, 4, 1, true, ex);
+      })->Unit(benchmark::kMicrosecond);
+    }
   }
   const std::pair<int64_t, int64_t> shapes[] = {{768, 2048}, {2048, 768}, {4096, 4096}};  // rows x cols
-  for (int64_t m : {1, 64, 512}) {
+  for (int64_t m : {1, 4, 64, 512}) {
     for (GgmlType t : types) {
       for (auto [rows, cols] : shapes) {
         if (m == 512 && rows * cols > 2048 * 768) continue;  // keep the full run in minutes
         for (int th : {1, 2}) {
+          // m = 4: the server's batched decode (row-exact), streaming from memory like m = 1.
           const std::string name = std::string(m == 1 ? "Matvec/" : "Matmul/") + type_name(t) + "/" +
                                    std::to_string(rows) + "x" + std::to_string(cols) +
-                                   "/m:" + std::to_string(m) + "/threads:" + std::to_string(th);
-          benchmark::RegisterBenchmark(name.c_str(),
-                                       [=](benchmark::State& s) { bm_matmul(s, t, rows, cols, m, th); })
+                                   "/m:" + std::to_string(m) + (m == 4 ? "/exact" : "") +
+                                   "/threads:" + std::to_string(th);
+          benchmark::RegisterBenchmark(
+              name.c_str(), [=](benchmark::State& s) { bm_matmul(s, t, rows, cols, m, th, false, m == 4); })
               ->UseRealTime()
               ->Unit(benchmark::kMicrosecond);
         }

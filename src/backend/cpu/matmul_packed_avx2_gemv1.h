@@ -1,4 +1,5 @@
-// AVX2 decode of a lone token for the K-quant formats of Q4_K_M / Q5_K_M files (Q4_K, Q5_K, Q6_K).
+// AVX2 decode of a lone token for the 32-value nibble formats (Q4_0, Q4_1, Q5_0, Q5_1) and the
+// K-quant formats of Q4_K_M / Q5_K_M files (Q4_K, Q5_K, Q6_K).
 // Included by matmul_packed_x86.h inside namespace packed, AVX2 build only.
 //
 // gemv_rows / gemv_rows_q6 serve 1..4 tokens with one code path; for one token that path keeps
@@ -8,6 +9,172 @@
 // (the same 16-bit bounds as widen_of), and their float operations are the same, in the same order,
 // as gemv_rows<P, 1, 2> / gemv_rows_q6, so a token's result does not depend on how many
 // tokens share the pass (RowExactMatmul).
+
+// Q4_0, Q4_1, Q5_0, Q5_1 (one sub-block of 32 values per block): both 8-row halves of each line
+// together, one pair of activation broadcasts for 16 rows. gemv_rows<P, 1, 2> unpacked a block's 8
+// vectors per half before using any (with the accumulators, more than 16 registers: spills every
+// block). Nibble sums of a half add up in 16 bits over all 8 vectors (Q4: <= 8 * 2 * 15 * 127), the
+// fifth-bit formats over 4 (widen_of); the float operations are gemv_rows' own.
+template <bool kFive, bool kMin>
+void gemv1_q4q5(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
+  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* q = s + pm.q_offset;
+  const int64_t nb = pm.cols / 32;
+  constexpr int kLines = kFive ? 5 : 4;
+  const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  VF acc0[2] = {panel::vzerof(), panel::vzerof()}, acc1[2] = {panel::vzerof(), panel::vzerof()};
+  for (int64_t b = 0; b < nb; ++b, q += pm.q_bytes, s += pm.s_bytes) {
+    for (int o = 0; o < kLines; ++o)
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + 64 * o), _MM_HINT_T0);
+    const int8_t* xq = x.q + 32 * b;
+    const uint8_t* nib = kFive ? q + 64 : q;
+    __m256i pl[2] = {}, ph[2] = {};
+    for (int j = 0; j < 4; ++j) {
+      // Line j: values 4j .. 4j + 3 (low nibbles) and 16 + 4j .. (high) of 16 rows.
+      const __m256i bl = panel::vbcast32(xq + 4 * j), bh = panel::vbcast32(xq + 16 + 4 * j);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i w = ldq(nib + 64 * j, h);
+        __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+        if constexpr (kFive) {
+          const __m256i hb = ldq(q, h);
+          ul = _mm256_or_si256(ul, v_plane(hb, j));
+          uh = _mm256_or_si256(uh, v_plane(hb, j + 4));
+        }
+        const __m256i lo = _mm256_maddubs_epi16(ul, bl), hi = _mm256_maddubs_epi16(uh, bh);
+        pl[h] = j == 0 ? lo : _mm256_add_epi16(pl[h], lo);
+        ph[h] = j == 0 ? hi : _mm256_add_epi16(ph[h], hi);
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m256i isum =
+          kFive ? _mm256_add_epi32(_mm256_madd_epi16(pl[h], ones), _mm256_madd_epi16(ph[h], ones))
+                : _mm256_madd_epi16(_mm256_add_epi16(pl[h], ph[h]), ones);
+      const VF a = ld_h(s, h);
+      const VF bmin = kMin ? ld_h(s + 32, h) : v_scale(a, kFive ? -16.0f : -8.0f);
+      acc0[h] = panel::vfma(panel::vcvt(isum), panel::vmul(a, panel::vbcastf(x.d + b)), acc0[h]);
+      acc1[h] = panel::vfma(bmin, panel::vbcastf(x.s + b), acc1[h]);
+    }
+  }
+  const VF v[2] = {_mm256_add_ps(acc0[0], acc1[0]), _mm256_add_ps(acc0[1], acc1[1])};
+  store_halves<2>(y, v, nr);
+}
+
+// The same formats for 2-4 tokens (the server's batched decode), one 8-row half per pass: the
+// accumulators of T tokens of both halves would not fit the registers. Each line is unpacked once
+// and consumed by every token at once; per token the integer sums are exact and the float
+// operations are gemv1_q4q5's (and gemv_rows'), so a token's result does not depend on the batch.
+template <bool kFive, bool kMin, int T>
+void gemvt_q4q5(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0, float* y,
+                int64_t ldy, int nr) {
+  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* q = s + pm.q_offset;
+  const int64_t nb = pm.cols / 32;
+  constexpr int kLines = kFive ? 5 : 4;
+  const TokenActs<T, float> xa(x, t0, x.s, nb);
+  const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  VF acc0[T], acc1[T];
+  for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = panel::vzerof();
+  for (int64_t b = 0; b < nb; ++b, q += pm.q_bytes, s += pm.s_bytes) {
+    for (int o = 0; o < kLines; ++o)
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + 64 * o), _MM_HINT_T0);
+    const uint8_t* nib = kFive ? q + 64 : q;
+    __m256i pl[T], ph[T];
+    for (int j = 0; j < 4; ++j) {
+      const __m256i w = ldq(nib + 64 * j, h);
+      __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+      if constexpr (kFive) {
+        const __m256i hb = ldq(q, h);
+        ul = _mm256_or_si256(ul, v_plane(hb, j));
+        uh = _mm256_or_si256(uh, v_plane(hb, j + 4));
+      }
+      for (int t = 0; t < T; ++t) {
+        const int8_t* xq = xa.q[t] + 32 * b;
+        const __m256i lo = _mm256_maddubs_epi16(ul, panel::vbcast32(xq + 4 * j));
+        const __m256i hi = _mm256_maddubs_epi16(uh, panel::vbcast32(xq + 16 + 4 * j));
+        pl[t] = j == 0 ? lo : _mm256_add_epi16(pl[t], lo);
+        ph[t] = j == 0 ? hi : _mm256_add_epi16(ph[t], hi);
+        // Keep the sums where they are made: left free, GCC computes every product of the block
+        // first (the adds reassociated after them) and spills them all.
+        asm("" : "+x"(pl[t]), "+x"(ph[t]));
+      }
+    }
+    const VF a = ld_h(s, h);
+    const VF bmin = kMin ? ld_h(s + 32, h) : v_scale(a, kFive ? -16.0f : -8.0f);
+    for (int t = 0; t < T; ++t) {
+      const __m256i isum =
+          kFive ? _mm256_add_epi32(_mm256_madd_epi16(pl[t], ones), _mm256_madd_epi16(ph[t], ones))
+                : _mm256_madd_epi16(_mm256_add_epi16(pl[t], ph[t]), ones);
+      acc0[t] = panel::vfma(panel::vcvt(isum), panel::vmul(a, panel::vbcastf(xa.d[t] + b)), acc0[t]);
+      acc1[t] = panel::vfma(bmin, panel::vbcastf(xa.e[t] + b), acc1[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), _mm256_add_ps(acc0[t], acc1[t]), nr);
+}
+
+// Q8_0 (signed bytes: PSIGNB moves the weights' signs onto the activations), a lone token: both
+// halves of each line share its activation broadcast. gemv_rows' float operations (its acc1 stays
+// zero for signed formats and is still added at the end: x + 0 differs from x for x = -0).
+inline void gemv1_q8(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
+  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* q = s + pm.q_offset;
+  const int64_t nb = pm.cols / 32;
+  const __m256i ones = _mm256_set1_epi16(1);
+  VF acc[2] = {panel::vzerof(), panel::vzerof()};
+  for (int64_t b = 0; b < nb; ++b, q += pm.q_bytes, s += pm.s_bytes) {
+    for (int o = 0; o < 8; ++o)
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + 64 * o), _MM_HINT_T0);
+    const int8_t* xq = x.q + 32 * b;
+    __m256i is[2] = {};
+    for (int v = 0; v < 8; ++v) {
+      const __m256i bx = panel::vbcast32(xq + 4 * v);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i u = ldq(q + 64 * v, h);
+        const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(u, u), _mm256_sign_epi8(bx, u));
+        is[h] = _mm256_add_epi32(is[h], _mm256_madd_epi16(p, ones));
+      }
+      asm("" : "+x"(is[0]), "+x"(is[1]));  // see gemvt_q4q5
+    }
+    for (int h = 0; h < 2; ++h)
+      acc[h] = panel::vfma(panel::vcvt(is[h]), panel::vmul(ld_h(s, h), panel::vbcastf(x.d + b)), acc[h]);
+  }
+  const VF v[2] = {_mm256_add_ps(acc[0], panel::vzerof()), _mm256_add_ps(acc[1], panel::vzerof())};
+  store_halves<2>(y, v, nr);
+}
+
+// Q8_0 for 2-4 tokens, one half per pass (gemvt_q4q5).
+template <int T>
+void gemvt_q8(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0, float* y,
+              int64_t ldy, int nr) {
+  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* q = s + pm.q_offset;
+  const int64_t nb = pm.cols / 32;
+  const TokenActs<T, float> xa(x, t0, x.s, nb);
+  const __m256i ones = _mm256_set1_epi16(1);
+  VF acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = panel::vzerof();
+  for (int64_t b = 0; b < nb; ++b, q += pm.q_bytes, s += pm.s_bytes) {
+    for (int o = 0; o < 8; ++o)
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + 64 * o), _MM_HINT_T0);
+    __m256i is[T];
+    for (int t = 0; t < T; ++t) is[t] = _mm256_setzero_si256();
+    for (int v = 0; v < 8; ++v) {
+      const __m256i u = ldq(q + 64 * v, h);
+      const __m256i au = _mm256_sign_epi8(u, u);
+      for (int t = 0; t < T; ++t) {
+        const __m256i p =
+            _mm256_maddubs_epi16(au, _mm256_sign_epi8(panel::vbcast32(xa.q[t] + 32 * b + 4 * v), u));
+        is[t] = _mm256_add_epi32(is[t], _mm256_madd_epi16(p, ones));
+        asm("" : "+x"(is[t]));  // see gemvt_q4q5
+      }
+    }
+    const VF a = ld_h(s, h);
+    for (int t = 0; t < T; ++t)
+      acc[t] = panel::vfma(panel::vcvt(is[t]), panel::vmul(a, panel::vbcastf(xa.d[t] + b)), acc[t]);
+  }
+  for (int t = 0; t < T; ++t)
+    panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), _mm256_add_ps(acc[t], panel::vzerof()), nr);
+}
 
 // Q4_K / Q5_K: both 8-row halves of each 64-byte line together, so one pair of activation
 // broadcasts serves 16 rows. Q5_K's fifth bits (a vector of bit planes per sub-block: a shift and an
@@ -96,6 +263,64 @@ void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* 
   }
   const VF v[2] = {_mm256_add_ps(acc0[0], acc1[0]), _mm256_add_ps(acc0[1], acc1[1])};
   store_halves<2>(y, v, nr);
+}
+
+// Q4_K / Q5_K for 2-4 tokens, one half per pass (gemvt_q4q5): each line unpacked once for every
+// token; the float operations of gemv1_q45k per token.
+template <bool kFifth, int T>
+void gemvt_q45k(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0, float* y,
+                int64_t ldy, int nr) {
+  constexpr int kW = kFifth ? 4 : 8;
+  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* q = s + pm.q_offset;
+  const int64_t nsb = pm.cols / 256;
+  const TokenActs<T, float> xa(x, t0, x.s, pm.cols / 32);
+  const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  VF acc0[T], acc1[T];
+  for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = panel::vzerof();
+  constexpr int kLinesC = kFifth ? 10 : 8;
+  for (int64_t sb = 0; sb < nsb; ++sb, q += pm.q_bytes, s += pm.s_bytes) {
+    const uint8_t* nib = kFifth ? q + 512 : q;
+    const VF d = ld_h(s, h), dmin = v_neg(ld_h(s + 32, h));
+    for (int c = 0; c < 4; ++c) {
+      const uint8_t* pf = q + kPrefetchAhead + 64 * kLinesC * c;
+      for (int o = 0; o < kLinesC; ++o) _mm_prefetch(reinterpret_cast<const char*>(pf + 64 * o), _MM_HINT_T0);
+      __m256i pl[T] = {}, ph[T] = {}, il[T], ih[T];
+      for (int t = 0; t < T; ++t) il[t] = ih[t] = _mm256_setzero_si256();
+      for (int v = 0; v < 8; ++v) {
+        const __m256i w = ldq(nib + 64 * (8 * c + v), h);
+        __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+        if constexpr (kFifth) {
+          ul = _mm256_or_si256(ul, v_plane(ldq(q + 128 * c, h), v));
+          uh = _mm256_or_si256(uh, v_plane(ldq(q + 128 * c + 64, h), v));
+        }
+        for (int t = 0; t < T; ++t) {
+          const int8_t* xq = xa.q[t] + 256 * sb + 64 * c + 4 * v;
+          const __m256i lo = _mm256_maddubs_epi16(ul, panel::vbcast32(xq));
+          const __m256i hi = _mm256_maddubs_epi16(uh, panel::vbcast32(xq + 32));
+          pl[t] = v % kW == 0 ? lo : _mm256_add_epi16(pl[t], lo);
+          ph[t] = v % kW == 0 ? hi : _mm256_add_epi16(ph[t], hi);
+          asm("" : "+x"(pl[t]), "+x"(ph[t]));  // see gemvt_q4q5
+          if (v % kW == kW - 1) {
+            il[t] = _mm256_add_epi32(il[t], _mm256_madd_epi16(pl[t], ones));
+            ih[t] = _mm256_add_epi32(ih[t], _mm256_madd_epi16(ph[t], ones));
+          }
+        }
+      }
+      for (int j = 2 * c; j <= 2 * c + 1; ++j) {
+        const VF a = panel::vmul(d, ld_u8f(s + 64 + 16 * j, h));
+        const VF b = panel::vmul(dmin, ld_u8f(s + 192 + 16 * j, h));
+        for (int t = 0; t < T; ++t) {
+          const __m256i isum = j == 2 * c ? il[t] : ih[t];
+          acc0[t] =
+              panel::vfma(panel::vcvt(isum), panel::vmul(a, panel::vbcastf(xa.d[t] + 8 * sb + j)), acc0[t]);
+          acc1[t] = panel::vfma(b, panel::vbcastf(xa.e[t] + 8 * sb + j), acc1[t]);
+        }
+      }
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), _mm256_add_ps(acc0[t], acc1[t]), nr);
 }
 
 // Q6_K: one half at a time, the triples in memory order; the two triples of a 16-bit product pair

@@ -462,8 +462,6 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
   VF acc[T];
   for (int t = 0; t < T; ++t) acc[t] = panel::vzerof();
   for (int64_t sb = 0; sb < nsb; ++sb, q += 3072, s += pm.s_bytes) {
-    for (int o = 0; o < 3072; o += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
     VF accs[T];
     for (int t = 0; t < T; ++t) accs[t] = panel::vzerof();
 #pragma GCC unroll 2
@@ -545,6 +543,9 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
           isum[t][k] = _mm256_madd_epi16(scp32, _mm256_set1_epi32(xa.e[t][8 * sb + 4 * hh + k]));
       }
       for (int vq = 0; vq < 2; ++vq) {
+        // The 48 lines' prefetches, 12 per (hh, vq), among the work (gemv1_q6k).
+        const uint8_t* pf = q + kPrefetchAhead + 64 * 12 * (2 * hh + vq);
+        for (int o = 0; o < 12; ++o) _mm_prefetch(reinterpret_cast<const char*>(pf + 64 * o), _MM_HINT_T0);
         VI u[4][4];  // [k][i]
         q6_unpack_group(q, hh, vq, h, u);
         for (int t = 0; t < T; ++t) {
@@ -576,6 +577,23 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
 // Up to kGemvTokens tokens per pass over the weights.
 constexpr int kGemvTokens = 4;
 
+// f(T, t) for tokens [t, t + T) of m: passes of kGemvTokens, then one of the rest (T a constant).
+template <class F>
+void by_tokens(int64_t m, F&& f) {
+  int64_t t = 0;
+  for (; t + kGemvTokens <= m; t += kGemvTokens) f(std::integral_constant<int, kGemvTokens>{}, t);
+  switch (int(m - t)) {
+    case 1:
+      return f(std::integral_constant<int, 1>{}, t);
+    case 2:
+      return f(std::integral_constant<int, 2>{}, t);
+    case 3:
+      return f(std::integral_constant<int, 3>{}, t);
+    default:
+      return;
+  }
+}
+
 // Rows [kPR h, kPR h + nr) of group g for every token.
 template <class P>
 void gemv_half(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, float* y, int64_t ldy,
@@ -583,64 +601,27 @@ void gemv_half(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, f
 #if QLEAP_USE_VNNI
   if constexpr (std::is_same_v<P, PQ4_0> || std::is_same_v<P, PQ4_1>) {
     constexpr bool kMin = std::is_same_v<P, PQ4_1>;
-    int64_t t = 0;
-    for (; t + kGemvTokens <= x.m; t += kGemvTokens) gemv_rows_q4<kMin, kGemvTokens>(pm, g, x, t, y, ldy, nr);
-    switch (int(x.m - t)) {
-      case 1:
-        return gemv_rows_q4<kMin, 1>(pm, g, x, t, y, ldy, nr);
-      case 2:
-        return gemv_rows_q4<kMin, 2>(pm, g, x, t, y, ldy, nr);
-      case 3:
-        return gemv_rows_q4<kMin, 3>(pm, g, x, t, y, ldy, nr);
-      default:
-        return;
-    }
+    return by_tokens(x.m, [&](auto T, int64_t t) { gemv_rows_q4<kMin, T()>(pm, g, x, t, y, ldy, nr); });
   }
-  if constexpr (std::is_same_v<P, PQ6_K>) {
-    int64_t t = 0;
-    for (; t + kGemvTokens <= x.m; t += kGemvTokens) gemv_rows_q6<kGemvTokens>(pm, g, x, t, y, ldy, nr);
-    switch (int(x.m - t)) {
-      case 1:
-        return gemv_rows_q6<1>(pm, g, x, t, y, ldy, nr);
-      case 2:
-        return gemv_rows_q6<2>(pm, g, x, t, y, ldy, nr);
-      case 3:
-        return gemv_rows_q6<3>(pm, g, x, t, y, ldy, nr);
-      default:
-        return;
-    }
-  }
+  if constexpr (std::is_same_v<P, PQ6_K>)
+    return by_tokens(x.m, [&](auto T, int64_t t) { gemv_rows_q6<T()>(pm, g, x, t, y, ldy, nr); });
 #else
-  if constexpr (std::is_same_v<P, PQ6_K>) {
-    int64_t t = 0;
-    for (; t + kGemvTokens <= x.m; t += kGemvTokens) gemv_rows_q6<kGemvTokens>(pm, g, h, x, t, y, ldy, nr);
-    switch (int(x.m - t)) {
-      case 1:
-        return gemv_rows_q6<1>(pm, g, h, x, t, y, ldy, nr);
-      case 2:
-        return gemv_rows_q6<2>(pm, g, h, x, t, y, ldy, nr);
-      case 3:
-        return gemv_rows_q6<3>(pm, g, h, x, t, y, ldy, nr);
-      default:
-        return;
-    }
+  constexpr bool kQ4 = std::is_same_v<P, PQ4_0> || std::is_same_v<P, PQ4_1>;
+  constexpr bool kQ5 = std::is_same_v<P, PQ5<false>> || std::is_same_v<P, PQ5<true>>;
+  if constexpr (kQ4 || kQ5) {
+    constexpr bool kMin = std::is_same_v<P, PQ4_1> || std::is_same_v<P, PQ5<true>>;
+    return by_tokens(x.m, [&](auto T, int64_t t) { gemvt_q4q5<kQ5, kMin, T()>(pm, g, h, x, t, y, ldy, nr); });
   }
+  if constexpr (std::is_same_v<P, PQ45_K<false>> || std::is_same_v<P, PQ45_K<true>>) {
+    constexpr bool kFifth = std::is_same_v<P, PQ45_K<true>>;
+    return by_tokens(x.m, [&](auto T, int64_t t) { gemvt_q45k<kFifth, T()>(pm, g, h, x, t, y, ldy, nr); });
+  }
+  if constexpr (std::is_same_v<P, PQ8_0>)
+    return by_tokens(x.m, [&](auto T, int64_t t) { gemvt_q8<T()>(pm, g, h, x, t, y, ldy, nr); });
+  if constexpr (std::is_same_v<P, PQ6_K>)
+    return by_tokens(x.m, [&](auto T, int64_t t) { gemv_rows_q6<T()>(pm, g, h, x, t, y, ldy, nr); });
 #endif
-  int64_t t = 0;
-  for (; t + kGemvTokens <= x.m; t += kGemvTokens) gemv_rows<P, kGemvTokens>(pm, g, h, x, t, y, ldy, nr);
-  switch (int(x.m - t)) {
-    case 1:
-      gemv_rows<P, 1>(pm, g, h, x, t, y, ldy, nr);
-      break;
-    case 2:
-      gemv_rows<P, 2>(pm, g, h, x, t, y, ldy, nr);
-      break;
-    case 3:
-      gemv_rows<P, 3>(pm, g, h, x, t, y, ldy, nr);
-      break;
-    default:
-      break;
-  }
+  by_tokens(x.m, [&](auto T, int64_t t) { gemv_rows<P, T()>(pm, g, h, x, t, y, ldy, nr); });
 }
 
 // The nr rows of group g for every token. AVX2 decodes a lone token's two halves in one pass
@@ -656,6 +637,16 @@ void gemv_tokens(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float*
       gemv1_q45k<false>(pm, g, x, y, nr);
     else if constexpr (std::is_same_v<P, PQ45_K<true>>)
       gemv1_q45k<true>(pm, g, x, y, nr);
+    else if constexpr (std::is_same_v<P, PQ8_0>)
+      gemv1_q8(pm, g, x, y, nr);
+    else if constexpr (std::is_same_v<P, PQ4_0>)
+      gemv1_q4q5<false, false>(pm, g, x, y, nr);
+    else if constexpr (std::is_same_v<P, PQ4_1>)
+      gemv1_q4q5<false, true>(pm, g, x, y, nr);
+    else if constexpr (std::is_same_v<P, PQ5<false>>)
+      gemv1_q4q5<true, false>(pm, g, x, y, nr);
+    else if constexpr (std::is_same_v<P, PQ5<true>>)
+      gemv1_q4q5<true, true>(pm, g, x, y, nr);
     else
       gemv_rows<P, 1, 2>(pm, g, 0, x, 0, y, ldy, nr);
     return;
