@@ -16,7 +16,7 @@
 // block). Nibble sums of a half add up in 16 bits over all 8 vectors (Q4: <= 8 * 2 * 15 * 127), the
 // fifth-bit formats over 4 (widen_of); the float operations are gemv_rows' own.
 template <bool kFive, bool kMin>
-void gemv1_q4q5(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
+[[gnu::noinline]] void gemv1_q4q5(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nb = pm.cols / 32;
@@ -63,9 +63,10 @@ void gemv1_q4q5(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* 
 // accumulators of T tokens of both halves would not fit the registers. Each line is unpacked once
 // and consumed by every token at once; per token the integer sums are exact and the float
 // operations are gemv1_q4q5's (and gemv_rows'), so a token's result does not depend on the batch.
+// Not inlined: inlined into gemv_tokens with the other kernels, the K-quant one ran at half speed.
 template <bool kFive, bool kMin, int T>
-void gemvt_q4q5(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0, float* y,
-                int64_t ldy, int nr) {
+[[gnu::noinline]] void gemvt_q4q5(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0,
+                                  float* y, int64_t ldy, int nr) {
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nb = pm.cols / 32;
@@ -115,7 +116,8 @@ void gemvt_q4q5(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, 
 // Q8_0 (signed bytes: PSIGNB moves the weights' signs onto the activations), a lone token: both
 // halves of each line share its activation broadcast. gemv_rows' float operations (its acc1 stays
 // zero for signed formats and is still added at the end: x + 0 differs from x for x = -0).
-inline void gemv1_q8(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
+[[gnu::noinline]] inline void gemv1_q8(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y,
+                                       int nr) {
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nb = pm.cols / 32;
@@ -144,8 +146,8 @@ inline void gemv1_q8(const PackedMatrix& pm, int64_t g, const panel::Acts& x, fl
 
 // Q8_0 for 2-4 tokens, one half per pass (gemvt_q4q5).
 template <int T>
-void gemvt_q8(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0, float* y,
-              int64_t ldy, int nr) {
+[[gnu::noinline]] void gemvt_q8(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0,
+                                float* y, int64_t ldy, int nr) {
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nb = pm.cols / 32;
@@ -180,7 +182,7 @@ void gemvt_q8(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, in
 // broadcasts serves 16 rows. Q5_K's fifth bits (a vector of bit planes per sub-block: a shift and an
 // AND a line) add up to 31 per byte, so its 16-bit sums widen every 4 lines instead of 8 (widen_of).
 template <bool kFifth>
-void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
+[[gnu::noinline]] void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
   constexpr int kW = kFifth ? 4 : 8;
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
@@ -265,12 +267,12 @@ void gemv1_q45k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* 
   store_halves<2>(y, v, nr);
 }
 
-// Q4_K / Q5_K for 2-4 tokens, one half per pass (gemvt_q4q5): each line unpacked once for every
-// token; the float operations of gemv1_q45k per token.
-template <bool kFifth, int T>
-void gemvt_q45k(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0, float* y,
-                int64_t ldy, int nr) {
-  constexpr int kW = kFifth ? 4 : 8;
+// Q4_K for 2-4 tokens, one half per pass (gemvt_q4q5): each line unpacked once for every token;
+// the float operations of gemv1_q45k per token. (Q5_K keeps gemv_rows: this form with its fifth
+// bits was no faster there, 4 tokens from L2 slower.)
+template <int T>
+[[gnu::noinline]] void gemvt_q4k(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0,
+                                 float* y, int64_t ldy, int nr) {
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nsb = pm.cols / 256;
@@ -278,40 +280,30 @@ void gemvt_q45k(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, 
   const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   VF acc0[T], acc1[T];
   for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = panel::vzerof();
-  constexpr int kLinesC = kFifth ? 10 : 8;
   for (int64_t sb = 0; sb < nsb; ++sb, q += pm.q_bytes, s += pm.s_bytes) {
-    const uint8_t* nib = kFifth ? q + 512 : q;
     const VF d = ld_h(s, h), dmin = v_neg(ld_h(s + 32, h));
     for (int c = 0; c < 4; ++c) {
-      const uint8_t* pf = q + kPrefetchAhead + 64 * kLinesC * c;
-      for (int o = 0; o < kLinesC; ++o) _mm_prefetch(reinterpret_cast<const char*>(pf + 64 * o), _MM_HINT_T0);
-      __m256i pl[T] = {}, ph[T] = {}, il[T], ih[T];
-      for (int t = 0; t < T; ++t) il[t] = ih[t] = _mm256_setzero_si256();
+      const uint8_t* pf = q + kPrefetchAhead + 64 * 8 * c;
+      for (int o = 0; o < 8; ++o) _mm_prefetch(reinterpret_cast<const char*>(pf + 64 * o), _MM_HINT_T0);
+      // Sub-blocks 2c (low nibbles) and 2c + 1 (high): 8 lines' products in 16 bits (widen_of).
+      __m256i pl[T] = {}, ph[T] = {};
       for (int v = 0; v < 8; ++v) {
-        const __m256i w = ldq(nib + 64 * (8 * c + v), h);
-        __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
-        if constexpr (kFifth) {
-          ul = _mm256_or_si256(ul, v_plane(ldq(q + 128 * c, h), v));
-          uh = _mm256_or_si256(uh, v_plane(ldq(q + 128 * c + 64, h), v));
-        }
+        const __m256i w = ldq(q + 64 * (8 * c + v), h);
+        const __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
         for (int t = 0; t < T; ++t) {
           const int8_t* xq = xa.q[t] + 256 * sb + 64 * c + 4 * v;
           const __m256i lo = _mm256_maddubs_epi16(ul, panel::vbcast32(xq));
           const __m256i hi = _mm256_maddubs_epi16(uh, panel::vbcast32(xq + 32));
-          pl[t] = v % kW == 0 ? lo : _mm256_add_epi16(pl[t], lo);
-          ph[t] = v % kW == 0 ? hi : _mm256_add_epi16(ph[t], hi);
+          pl[t] = v == 0 ? lo : _mm256_add_epi16(pl[t], lo);
+          ph[t] = v == 0 ? hi : _mm256_add_epi16(ph[t], hi);
           asm("" : "+x"(pl[t]), "+x"(ph[t]));  // see gemvt_q4q5
-          if (v % kW == kW - 1) {
-            il[t] = _mm256_add_epi32(il[t], _mm256_madd_epi16(pl[t], ones));
-            ih[t] = _mm256_add_epi32(ih[t], _mm256_madd_epi16(ph[t], ones));
-          }
         }
       }
       for (int j = 2 * c; j <= 2 * c + 1; ++j) {
         const VF a = panel::vmul(d, ld_u8f(s + 64 + 16 * j, h));
         const VF b = panel::vmul(dmin, ld_u8f(s + 192 + 16 * j, h));
         for (int t = 0; t < T; ++t) {
-          const __m256i isum = j == 2 * c ? il[t] : ih[t];
+          const __m256i isum = _mm256_madd_epi16(j == 2 * c ? pl[t] : ph[t], ones);
           acc0[t] =
               panel::vfma(panel::vcvt(isum), panel::vmul(a, panel::vbcastf(xa.d[t] + 8 * sb + j)), acc0[t]);
           acc1[t] = panel::vfma(b, panel::vbcastf(xa.e[t] + 8 * sb + j), acc1[t]);
@@ -327,7 +319,8 @@ void gemvt_q45k(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, 
 // are folded into 32 bits by the row's sub-block scale right away. (Both halves in one pass, one
 // activation scale k at a time, sharing the broadcasts, ran a fifth faster from L2 but slower from
 // L3 and in whole-model decode on Zen 3.)
-inline void gemv1_q6k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
+[[gnu::noinline]] inline void gemv1_q6k(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y,
+                                        int nr) {
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nsb = pm.cols / 256;

@@ -612,10 +612,8 @@ void gemv_half(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, f
     constexpr bool kMin = std::is_same_v<P, PQ4_1> || std::is_same_v<P, PQ5<true>>;
     return by_tokens(x.m, [&](auto T, int64_t t) { gemvt_q4q5<kQ5, kMin, T()>(pm, g, h, x, t, y, ldy, nr); });
   }
-  if constexpr (std::is_same_v<P, PQ45_K<false>> || std::is_same_v<P, PQ45_K<true>>) {
-    constexpr bool kFifth = std::is_same_v<P, PQ45_K<true>>;
-    return by_tokens(x.m, [&](auto T, int64_t t) { gemvt_q45k<kFifth, T()>(pm, g, h, x, t, y, ldy, nr); });
-  }
+  if constexpr (std::is_same_v<P, PQ45_K<false>>)
+    return by_tokens(x.m, [&](auto T, int64_t t) { gemvt_q4k<T()>(pm, g, h, x, t, y, ldy, nr); });
   if constexpr (std::is_same_v<P, PQ8_0>)
     return by_tokens(x.m, [&](auto T, int64_t t) { gemvt_q8<T()>(pm, g, h, x, t, y, ldy, nr); });
   if constexpr (std::is_same_v<P, PQ6_K>)
