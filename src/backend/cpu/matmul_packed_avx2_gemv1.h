@@ -59,6 +59,23 @@ template <bool kFive, bool kMin>
   store_halves<2>(y, v, nr);
 }
 
+// One line's unpacked low (ul) and high (uh) nibbles times the activations of T tokens (at offset
+// off, the high nibbles' hi values later), added to 16-bit sums (started at the first line).
+template <int T>
+inline void line_tokens(__m256i ul, __m256i uh, const TokenActs<T, float>& xa, int64_t off, int hi,
+                        bool first, __m256i (&pl)[T], __m256i (&ph)[T]) {
+  for (int t = 0; t < T; ++t) {
+    const int8_t* xq = xa.q[t] + off;
+    const __m256i lo = _mm256_maddubs_epi16(ul, panel::vbcast32(xq));
+    const __m256i hp = _mm256_maddubs_epi16(uh, panel::vbcast32(xq + hi));
+    pl[t] = first ? lo : _mm256_add_epi16(pl[t], lo);
+    ph[t] = first ? hp : _mm256_add_epi16(ph[t], hp);
+    // Keep the sums where they are made: left free, GCC computes every product of a block first
+    // (the adds reassociated after them) and spills them all.
+    asm("" : "+x"(pl[t]), "+x"(ph[t]));
+  }
+}
+
 // The same formats for 2-4 tokens (the server's batched decode), one 8-row half per pass: the
 // accumulators of T tokens of both halves would not fit the registers. Each line is unpacked once
 // and consumed by every token at once; per token the integer sums are exact and the float
@@ -79,7 +96,7 @@ template <bool kFive, bool kMin, int T>
     for (int o = 0; o < kLines; ++o)
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + 64 * o), _MM_HINT_T0);
     const uint8_t* nib = kFive ? q + 64 : q;
-    __m256i pl[T], ph[T];
+    __m256i pl[T] = {}, ph[T] = {};
     for (int j = 0; j < 4; ++j) {
       const __m256i w = ldq(nib + 64 * j, h);
       __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
@@ -88,16 +105,7 @@ template <bool kFive, bool kMin, int T>
         ul = _mm256_or_si256(ul, v_plane(hb, j));
         uh = _mm256_or_si256(uh, v_plane(hb, j + 4));
       }
-      for (int t = 0; t < T; ++t) {
-        const int8_t* xq = xa.q[t] + 32 * b;
-        const __m256i lo = _mm256_maddubs_epi16(ul, panel::vbcast32(xq + 4 * j));
-        const __m256i hi = _mm256_maddubs_epi16(uh, panel::vbcast32(xq + 16 + 4 * j));
-        pl[t] = j == 0 ? lo : _mm256_add_epi16(pl[t], lo);
-        ph[t] = j == 0 ? hi : _mm256_add_epi16(ph[t], hi);
-        // Keep the sums where they are made: left free, GCC computes every product of the block
-        // first (the adds reassociated after them) and spills them all.
-        asm("" : "+x"(pl[t]), "+x"(ph[t]));
-      }
+      line_tokens(ul, uh, xa, 32 * b + 4 * j, 16, j == 0, pl, ph);
     }
     const VF a = ld_h(s, h);
     const VF bmin = kMin ? ld_h(s + 32, h) : v_scale(a, kFive ? -16.0f : -8.0f);
@@ -135,7 +143,7 @@ template <bool kFive, bool kMin, int T>
         const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(u, u), _mm256_sign_epi8(bx, u));
         is[h] = _mm256_add_epi32(is[h], _mm256_madd_epi16(p, ones));
       }
-      asm("" : "+x"(is[0]), "+x"(is[1]));  // see gemvt_q4q5
+      asm("" : "+x"(is[0]), "+x"(is[1]));  // see line_tokens
     }
     for (int h = 0; h < 2; ++h)
       acc[h] = panel::vfma(panel::vcvt(is[h]), panel::vmul(ld_h(s, h), panel::vbcastf(x.d + b)), acc[h]);
@@ -167,7 +175,7 @@ template <int T>
         const __m256i p =
             _mm256_maddubs_epi16(au, _mm256_sign_epi8(panel::vbcast32(xa.q[t] + 32 * b + 4 * v), u));
         is[t] = _mm256_add_epi32(is[t], _mm256_madd_epi16(p, ones));
-        asm("" : "+x"(is[t]));  // see gemvt_q4q5
+        asm("" : "+x"(is[t]));  // see line_tokens
       }
     }
     const VF a = ld_h(s, h);
@@ -290,14 +298,7 @@ template <int T>
       for (int v = 0; v < 8; ++v) {
         const __m256i w = ldq(q + 64 * (8 * c + v), h);
         const __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
-        for (int t = 0; t < T; ++t) {
-          const int8_t* xq = xa.q[t] + 256 * sb + 64 * c + 4 * v;
-          const __m256i lo = _mm256_maddubs_epi16(ul, panel::vbcast32(xq));
-          const __m256i hi = _mm256_maddubs_epi16(uh, panel::vbcast32(xq + 32));
-          pl[t] = v == 0 ? lo : _mm256_add_epi16(pl[t], lo);
-          ph[t] = v == 0 ? hi : _mm256_add_epi16(ph[t], hi);
-          asm("" : "+x"(pl[t]), "+x"(ph[t]));  // see gemvt_q4q5
-        }
+        line_tokens(ul, uh, xa, 256 * sb + 64 * c + 4 * v, 32, v == 0, pl, ph);
       }
       for (int j = 2 * c; j <= 2 * c + 1; ++j) {
         const VF a = panel::vmul(d, ld_u8f(s + 64 + 16 * j, h));
