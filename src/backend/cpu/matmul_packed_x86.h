@@ -726,7 +726,9 @@ constexpr int kHalves = 2;
 
 // y[t][r] for every row and token; threads split the row groups. Below kPanelTokens tokens (or
 // with row_exact) every token is computed as decode computes it alone; above, through panels.
-constexpr int64_t kPanelTokens = 4;
+// AVX2: 4 tokens through the decode kernels took 0.5-0.7x the panels' time for Q4_0, Q4_1, Q5_0,
+// Q8_0 and Q4_K (about equal for Q5_K and Q6_K; kernels bench, 256 x 2048, Zen 3).
+constexpr int64_t kPanelTokens = QLEAP_USE_VNNI ? 4 : 5;
 
 // The sums over 16 values of quantized activations (PQ6_K's sub-block), from the quants and scales
 // per 32: the same floats quantize_acts makes with sub == 16.
