@@ -1,14 +1,15 @@
-// AVX2 decode of a lone token for the 32-value nibble formats (Q4_0, Q4_1, Q5_0, Q5_1) and the
-// K-quant formats of Q4_K_M / Q5_K_M files (Q4_K, Q5_K, Q6_K).
-// Included by matmul_packed_x86.h inside namespace packed, AVX2 build only.
+// AVX2 decode kernels that use each unpacked line at once: a lone token for Q4_0, Q4_1, Q5_0, Q5_1,
+// Q8_0 and the K-quants of Q4_K_M / Q5_K_M files (Q4_K, Q5_K, Q6_K); 2-4 tokens (the server's
+// batched steps) for Q4_0 ... Q5_1, Q8_0 and Q4_K. Included by matmul_packed_x86.h inside namespace
+// packed, AVX2 build only.
 //
-// gemv_rows / gemv_rows_q6 serve 1..4 tokens with one code path; for one token that path keeps
-// the unpacked vectors of a whole sub-block pair live (16 for Q4_K / Q5_K and Q6_K) plus the
-// accumulators, more than AVX2's 16 registers, and the compiler spills them every sub-block. These
-// kernels consume each vector as soon as it is unpacked. Their integer sums are exact in any order
-// (the same 16-bit bounds as widen_of), and their float operations are the same, in the same order,
-// as gemv_rows<P, 1, 2> / gemv_rows_q6, so a token's result does not depend on how many
-// tokens share the pass (RowExactMatmul).
+// gemv_rows / gemv_rows_q6 serve every format and 1..4 tokens with one code path, which keeps the
+// unpacked vectors of a whole block or sub-block pair live (8 to 16) plus the accumulators, more
+// than AVX2's 16 registers, so the compiler spills them every block. These kernels consume each
+// vector as soon as it is unpacked. Their integer sums are exact in any order (the same 16-bit
+// bounds as widen_of), and their float operations are the same, in the same order, as gemv_rows<P,
+// 1, 2> / gemv_rows_q6, so a token's result does not depend on how many tokens share the pass
+// (RowExactMatmul).
 
 // Q4_0, Q4_1, Q5_0, Q5_1 (one sub-block of 32 values per block): both 8-row halves of each line
 // together, one pair of activation broadcasts for 16 rows. gemv_rows<P, 1, 2> unpacked a block's 8

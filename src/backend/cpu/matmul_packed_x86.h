@@ -462,6 +462,8 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, const panel::Acts& x, int64
   VF acc[T];
   for (int t = 0; t < T; ++t) acc[t] = panel::vzerof();
   for (int64_t sb = 0; sb < nsb; ++sb, q += 3072, s += pm.s_bytes) {
+    for (int o = 0; o < 3072; o += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
     VF accs[T];
     for (int t = 0; t < T; ++t) accs[t] = panel::vzerof();
 #pragma GCC unroll 2
@@ -528,8 +530,6 @@ void gemv_rows_q6(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x
   VF acc[T];
   for (int t = 0; t < T; ++t) acc[t] = panel::vzerof();
   for (int64_t sb = 0; sb < nsb; ++sb, q += 3072, s += pm.s_bytes) {
-    for (int o = 0; o < 3072; o += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + o), _MM_HINT_T0);
     VF accs[T];
     for (int t = 0; t < T; ++t) accs[t] = panel::vzerof();
     for (int hh = 0; hh < 2; ++hh) {
