@@ -11,49 +11,69 @@
 // 1, 2> / gemv_rows_q6, so a token's result does not depend on how many tokens share the pass
 // (RowExactMatmul).
 
+// Line j (values 4j .. 4j + 3 and 16 + 4j .. 16 + 4j + 3) of half h of a Q4_0 ... Q5_1 block q:
+// its low and high nibbles, with the fifth bits of Q5_0 / Q5_1 (the bit planes of the block's
+// first line).
+template <bool kFive>
+inline void q4q5_line(const uint8_t* q, int j, int h, __m256i& ul, __m256i& uh) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m256i w = ldq(kFive ? q + 64 + 64 * j : q + 64 * j, h);
+  ul = _mm256_and_si256(w, m4);
+  uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+  if constexpr (kFive) {
+    const __m256i hb = ldq(q, h);
+    ul = _mm256_or_si256(ul, v_plane(hb, j));
+    uh = _mm256_or_si256(uh, v_plane(hb, j + 4));
+  }
+}
+
+// A half's block sum from its 16-bit sums of low and high nibbles: Q4's two fit 16 bits together
+// (<= 8 * 2 * 15 * 127), the fifth-bit formats' are widened apart (widen_of).
+template <bool kFive>
+inline __m256i q4q5_isum(__m256i pl, __m256i ph) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  return kFive ? _mm256_add_epi32(_mm256_madd_epi16(pl, ones), _mm256_madd_epi16(ph, ones))
+               : _mm256_madd_epi16(_mm256_add_epi16(pl, ph), ones);
+}
+
+// The factor of the block's offset term (times the activations' sum): the stored minimum, or the
+// scale a times -8 (Q4_0) / -16 (Q5_0), as PQ4_0 / PQ5 unpack it.
+template <bool kFive, bool kMin>
+inline VF q4q5_min(const uint8_t* s, int h, VF a) {
+  return kMin ? ld_h(s + 32, h) : v_scale(a, kFive ? -16.0f : -8.0f);
+}
+
 // Q4_0, Q4_1, Q5_0, Q5_1 (one sub-block of 32 values per block): both 8-row halves of each line
 // together, one pair of activation broadcasts for 16 rows. gemv_rows<P, 1, 2> unpacked a block's 8
 // vectors per half before using any (with the accumulators, more than 16 registers: spills every
-// block). Nibble sums of a half add up in 16 bits over all 8 vectors (Q4: <= 8 * 2 * 15 * 127), the
-// fifth-bit formats over 4 (widen_of); the float operations are gemv_rows' own.
+// block). The float operations are gemv_rows' own.
 template <bool kFive, bool kMin>
 [[gnu::noinline]] void gemv1_q4q5(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nb = pm.cols / 32;
   constexpr int kLines = kFive ? 5 : 4;
-  const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   VF acc0[2] = {panel::vzerof(), panel::vzerof()}, acc1[2] = {panel::vzerof(), panel::vzerof()};
   for (int64_t b = 0; b < nb; ++b, q += pm.q_bytes, s += pm.s_bytes) {
     for (int o = 0; o < kLines; ++o)
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + 64 * o), _MM_HINT_T0);
     const int8_t* xq = x.q + 32 * b;
-    const uint8_t* nib = kFive ? q + 64 : q;
     __m256i pl[2] = {}, ph[2] = {};
     for (int j = 0; j < 4; ++j) {
-      // Line j: values 4j .. 4j + 3 (low nibbles) and 16 + 4j .. (high) of 16 rows.
       const __m256i bl = panel::vbcast32(xq + 4 * j), bh = panel::vbcast32(xq + 16 + 4 * j);
       for (int h = 0; h < 2; ++h) {
-        const __m256i w = ldq(nib + 64 * j, h);
-        __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
-        if constexpr (kFive) {
-          const __m256i hb = ldq(q, h);
-          ul = _mm256_or_si256(ul, v_plane(hb, j));
-          uh = _mm256_or_si256(uh, v_plane(hb, j + 4));
-        }
+        __m256i ul, uh;
+        q4q5_line<kFive>(q, j, h, ul, uh);
         const __m256i lo = _mm256_maddubs_epi16(ul, bl), hi = _mm256_maddubs_epi16(uh, bh);
         pl[h] = j == 0 ? lo : _mm256_add_epi16(pl[h], lo);
         ph[h] = j == 0 ? hi : _mm256_add_epi16(ph[h], hi);
       }
     }
     for (int h = 0; h < 2; ++h) {
-      const __m256i isum =
-          kFive ? _mm256_add_epi32(_mm256_madd_epi16(pl[h], ones), _mm256_madd_epi16(ph[h], ones))
-                : _mm256_madd_epi16(_mm256_add_epi16(pl[h], ph[h]), ones);
       const VF a = ld_h(s, h);
-      const VF bmin = kMin ? ld_h(s + 32, h) : v_scale(a, kFive ? -16.0f : -8.0f);
-      acc0[h] = panel::vfma(panel::vcvt(isum), panel::vmul(a, panel::vbcastf(x.d + b)), acc0[h]);
-      acc1[h] = panel::vfma(bmin, panel::vbcastf(x.s + b), acc1[h]);
+      acc0[h] = panel::vfma(panel::vcvt(q4q5_isum<kFive>(pl[h], ph[h])),
+                            panel::vmul(a, panel::vbcastf(x.d + b)), acc0[h]);
+      acc1[h] = panel::vfma(q4q5_min<kFive, kMin>(s, h, a), panel::vbcastf(x.s + b), acc1[h]);
     }
   }
   const VF v[2] = {_mm256_add_ps(acc0[0], acc1[0]), _mm256_add_ps(acc0[1], acc1[1])};
@@ -90,31 +110,22 @@ template <bool kFive, bool kMin, int T>
   const int64_t nb = pm.cols / 32;
   constexpr int kLines = kFive ? 5 : 4;
   const TokenActs<T, float> xa(x, t0, x.s, nb);
-  const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   VF acc0[T], acc1[T];
   for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = panel::vzerof();
   for (int64_t b = 0; b < nb; ++b, q += pm.q_bytes, s += pm.s_bytes) {
     for (int o = 0; o < kLines; ++o)
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + 64 * o), _MM_HINT_T0);
-    const uint8_t* nib = kFive ? q + 64 : q;
     __m256i pl[T] = {}, ph[T] = {};
     for (int j = 0; j < 4; ++j) {
-      const __m256i w = ldq(nib + 64 * j, h);
-      __m256i ul = _mm256_and_si256(w, m4), uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
-      if constexpr (kFive) {
-        const __m256i hb = ldq(q, h);
-        ul = _mm256_or_si256(ul, v_plane(hb, j));
-        uh = _mm256_or_si256(uh, v_plane(hb, j + 4));
-      }
+      __m256i ul, uh;
+      q4q5_line<kFive>(q, j, h, ul, uh);
       line_tokens(ul, uh, xa, 32 * b + 4 * j, 16, j == 0, pl, ph);
     }
     const VF a = ld_h(s, h);
-    const VF bmin = kMin ? ld_h(s + 32, h) : v_scale(a, kFive ? -16.0f : -8.0f);
+    const VF bmin = q4q5_min<kFive, kMin>(s, h, a);
     for (int t = 0; t < T; ++t) {
-      const __m256i isum =
-          kFive ? _mm256_add_epi32(_mm256_madd_epi16(pl[t], ones), _mm256_madd_epi16(ph[t], ones))
-                : _mm256_madd_epi16(_mm256_add_epi16(pl[t], ph[t]), ones);
-      acc0[t] = panel::vfma(panel::vcvt(isum), panel::vmul(a, panel::vbcastf(xa.d[t] + b)), acc0[t]);
+      acc0[t] = panel::vfma(panel::vcvt(q4q5_isum<kFive>(pl[t], ph[t])),
+                            panel::vmul(a, panel::vbcastf(xa.d[t] + b)), acc0[t]);
       acc1[t] = panel::vfma(bmin, panel::vbcastf(xa.e[t] + b), acc1[t]);
     }
   }
