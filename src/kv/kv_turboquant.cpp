@@ -111,6 +111,11 @@ class TurboQuantKvCache final : public KvCache {
     sink_k_.assign(size_t(L) * s.n_kv_heads * sink_ * s.head_dim, 0.0f);
     sink_v_.assign(shared_ ? 0 : sink_k_.size(), 0.0f);  // shared: the value rows are the key rows
     window_ = std::max(0, std::min(spec.window, s.n_ctx));
+    // Ring layers may keep another window (`rwN`), at most the positions such a layer attends to.
+    win_.assign(size_t(L), window_);
+    for (int l = 0; l < L; ++l)
+      if (ring_[size_t(l)] > 0 && spec.ring_window >= 0)
+        win_[size_t(l)] = std::max(0, std::min({spec.ring_window, s.window(l), s.n_ctx}));
     kblock_ = spec.key_block > 0 && !shared_ ? spec.key_block : 0;
     kshift_on_.assign(size_t(L), 0);
     kshift_valid_.assign(size_t(L), 1);
@@ -153,10 +158,11 @@ class TurboQuantKvCache final : public KvCache {
   // kTrimRows rows more than queries need, so the common trims (a chat's next turn re-reads all but
   // the last token or two of the previous one) stay exact.
   bool trims_exactly(int n_keep) const override {
-    if (window_ <= 0) return true;
-    const int64_t from = std::max<int64_t>(0, int64_t(n_keep) + 1 - window_);
-    for (const WindowRing& w : tail_)
-      if (w.begin > from) return false;
+    for (size_t l = 0; l < tail_.size(); ++l) {
+      if (win_[l] <= 0) continue;
+      const int64_t from = std::max<int64_t>(0, int64_t(n_keep) + 1 - win_[l]);
+      if (tail_[l].begin > from) return false;
+    }
     return true;
   }
   // Positions from n_keep on are forgotten: their window rows too, so that a later query never reads
@@ -396,7 +402,7 @@ class TurboQuantKvCache final : public KvCache {
           exact_one(ks, kx, mk0, sk, tmp.data(), sink_row(sink_k_, layer, g, pos + t));
           if (!shared_) exact_one(vs, vx, mv, sv, tmp.data(), sink_row(sink_v_, layer, g, pos + t));
         }
-        if (window_ > 0) {
+        if (win_[size_t(layer)] > 0) {
           exact_one(ks, kx, mk0, sk, tmp.data(), rot.data());
           fp32_to_fp16_row(rot.data(), window_row(tail_[size_t(layer)].k, layer, g, pos + t), hd);
           if (!shared_) {
@@ -483,8 +489,9 @@ class TurboQuantKvCache final : public KvCache {
   // too while it is attended (window_row); like the activations they are computed from, they are not
   // counted.
   size_t allocated_bytes() const override {
-    const size_t window_values = size_t(window_ > 0 ? std::min(window_ + kTrimRows, shape_.n_ctx) : 0) *
-                                 shape_.n_layers * shape_.n_kv_heads * (shared_ ? 1 : 2) * shape_.head_dim;
+    size_t window_rows = 0;
+    for (const int w : win_) window_rows += size_t(w > 0 ? std::min(w + kTrimRows, shape_.n_ctx) : 0);
+    const size_t window_values = window_rows * shape_.n_kv_heads * (shared_ ? 1 : 2) * shape_.head_dim;
     return total_ + (sink_k_.size() + sink_v_.size()) * sizeof(float) + shift_bytes() +
            window_values * sizeof(uint16_t);
   }
@@ -586,7 +593,7 @@ class TurboQuantKvCache final : public KvCache {
       };
       for (int t = t_first; t < n; ++t) {
         const int j0 = sh.first_key(layer, t), len = t + 1 - j0;
-        auto is_exact = [&](int j) { return j < sink_ || t - j < window_; };
+        auto is_exact = [&](int j) { return j < sink_ || t - j < win_[size_t(layer)]; };
         auto vrow = [&](int j) { return value(j0 + j); };
         for (int h = 0; h < group; ++h) {
           const float* qh = q + (size_t(t) * sh.n_heads + size_t(g) * group + h) * hd;
@@ -681,13 +688,14 @@ class TurboQuantKvCache final : public KvCache {
   // window_ - 1 previous positions and the new one); a prefill of n tokens needs window_ - 1 + n for
   // as long as it is attended, then the ring shrinks back.
   void prepare_window(int layer, int pos, int n) {
-    if (window_ <= 0) return;
+    const int window = win_[size_t(layer)];
+    if (window <= 0) return;
     WindowRing& w = tail_[size_t(layer)];
     int64_t keep = pos;  // rows [keep, pos) are carried over
     if (w.end >= pos && w.cap > 0)
-      keep = std::min<int64_t>(pos, std::max<int64_t>(pos - (window_ - 1) - kTrimRows, w.begin));
+      keep = std::min<int64_t>(pos, std::max<int64_t>(pos - (window - 1) - kTrimRows, w.begin));
     const int64_t need = pos + n - keep;
-    const int64_t cap = std::max<int64_t>(need, window_);
+    const int64_t cap = std::max<int64_t>(need, window);
     if (need > w.cap || w.cap > 4 * cap) {
       const size_t hd = size_t(shape_.head_dim), H = size_t(shape_.n_kv_heads);
       std::vector<uint16_t> nk(H * size_t(cap) * hd), nv(shared_ ? 0 : nk.size());
@@ -740,9 +748,9 @@ class TurboQuantKvCache final : public KvCache {
     x.sink = sink_;
     x.sink_k = sink_k_.data() + off;
     x.sink_v = (shared_ ? sink_k_ : sink_v_).data() + off;
-    if (window_ > 0) {
+    if (win_[size_t(layer)] > 0) {
       const WindowRing& w = tail_[size_t(layer)];
-      x.window = window_;
+      x.window = win_[size_t(layer)];
       x.begin = w.begin;
       x.end = w.end;
       x.ring = w.cap;
@@ -857,6 +865,7 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<float> mu_k_, mu_v_;
   std::vector<float> sinks_, sink_share_;  // this call's sinks and their shares (set_sinks)
   int sink_ = 0, window_ = 0;
+  std::vector<int> win_;  // per layer: window_, or the `rwN` window of a ring layer
   // Window rows held beyond what queries read, so that a trim that far back stays exact (trims_exactly).
   static constexpr int kTrimRows = 8;
   // Block key means (TqKvSpec::key_block): rows [layer][kv head][block][head_dim], per layer whether

@@ -66,6 +66,9 @@ struct TqKvSpec {
   // of `window` positions per layer and kv head, plus the current batch while it is attended). 64: on
   // SmolLM2 at 2048 context tq3 goes from +16.5% PPL without to about +2% (docs/turboquant.md).
   int window = 64;
+  // The window of layers held in a ring (sliding-window layers), when >= 0 (`rwN`); -1: `window`. A
+  // window as long as the layer's attention window keeps that layer exact (fp16 rows).
+  int ring_window = -1;
   // Which draw of the random rotations (0: the default seeds). Every draw is an equally valid cache; other
   // draws measure how much a quality figure owes to one draw's luck.
   uint32_t draw = 0;
@@ -108,6 +111,7 @@ struct TqKvSpec {
 //   plain     the paper's quantizer: no centering, plain norms, no exact sink or window, no ring bits
 //   sinkN     keep the first N positions exactly (default 1; sink0: none)
 //   wN        keep each query's last N positions exactly (default 64; w0: none)
+//   rwN       the same on layers held in a ring (sliding windows; default: wN)
 //   drawN     the N-th draw of the random rotations (default 0)
 //   nocenter  no centering and no channel scales (least-squares norms kept)
 //   noscale   centering without the query-aware key channel scales

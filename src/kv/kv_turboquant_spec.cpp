@@ -62,6 +62,9 @@ std::optional<TqKvSpec> parse_tq_kv_type(const std::string& type) {
     } else if (opt.size() > 1 && opt.size() <= 6 && opt[0] == 'w' &&
                std::all_of(opt.begin() + 1, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       spec.window = std::stoi(opt.substr(1));
+    } else if (opt.size() > 2 && opt.size() <= 7 && opt.compare(0, 2, "rw") == 0 &&
+               std::all_of(opt.begin() + 2, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      spec.ring_window = std::stoi(opt.substr(2));
     } else if (opt.size() > 4 && opt.size() <= 8 && opt.compare(0, 4, "sink") == 0 &&
                std::all_of(opt.begin() + 4, opt.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       spec.sink = std::stoi(opt.substr(4));
@@ -146,7 +149,8 @@ const char* tq_kv_type_help() {
          "qjl, eN "
          "(first and last N layers "
          "at 4 bits), ringB (sliding-window layers held in a ring at B bits; default one bit more, up to 4; "
-         "ring0: the type's rate), alloc=PROFILE "
+         "ring0: the type's rate), rwN (the exact window of those layers, default wN; as long as the "
+         "model's sliding window, e.g. rw512, they are exact fp16 rows), alloc=PROFILE "
          "(per-head bits from a sensitivity profile, same mean; last option), "
          "e.g. tq3:e2, tq3:alloc=smollm2.kvsens.json";
 }

@@ -220,5 +220,45 @@ TEST(KvWindow, QuantizedTypesCloseToReference) {
   }
 }
 
+// `rwN` gives the layers held in a ring their own exact window. One covering the layer's attention
+// window keeps it exact (fp16 rows) whatever the records' bits; a layer without a ring keeps `wN`.
+TEST(KvWindow, RingWindowCoveringTheLayerWindowIsExact) {
+  ThreadPool pool(2);
+  const KvShape s = window_shape(8, 4);
+  const KvData d(s, 50, 6);
+  auto rel_err = [&](const char* type) {
+    auto kv = make_kv_cache(type, s);
+    kv->set_pool(&pool);
+    int pos = 0;
+    double err = 0;
+    for (int n : kChunks) {
+      const std::vector<float> got = d.step(*kv, pos, n, pool);
+      const std::vector<float> ref = reference(d, pos, n, 8, 0);
+      double e = 0, r = 0;
+      for (size_t i = 0; i < ref.size(); ++i) {
+        e = std::max(e, double(std::fabs(got[i] - ref[i])));
+        r = std::max(r, double(std::fabs(ref[i])));
+      }
+      err = std::max(err, e / r);
+      pos += n;
+    }
+    return err;
+  };
+  EXPECT_LT(rel_err("tq2:w0:rw8"), 2e-3);
+  EXPECT_LT(rel_err("tq2:w0:rw100"), 2e-3);  // capped at the layer's window
+  EXPECT_GT(rel_err("tq2:w0:rw4"), 1e-2);    // older positions from the 2-bit records
+  EXPECT_GT(rel_err("tq2:w0"), 1e-2);
+  // Counted: 8 positions + the 8 rows kept for trims, 2 kv heads, K and V, 32 fp16 values.
+  EXPECT_EQ(make_kv_cache("tq2:w0:rw8", s)->allocated_bytes(),
+            make_kv_cache("tq2:w0", s)->allocated_bytes() + size_t((8 + 8) * 2 * 2 * 32 * 2));
+  // A layer without a ring keeps the window of `wN`.
+  const KvShape full{1, 64, 4, 2, 32};
+  const KvData df(full, 50, 6);
+  auto a = make_kv_cache("tq2:w0:rw8", full);
+  auto b = make_kv_cache("tq2:w0", full);
+  const std::vector<float> ra = run_chunks(*a, df, pool), rb = run_chunks(*b, df, pool);
+  EXPECT_EQ(0, std::memcmp(ra.data(), rb.data(), ra.size() * sizeof(float)));
+}
+
 }  // namespace
 }  // namespace qleap
