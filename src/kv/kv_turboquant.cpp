@@ -78,6 +78,12 @@ class TurboQuantKvCache final : public KvCache {
         slots_[size_t(l)] = r;
       }
     }
+    window_ = std::max(0, std::min(spec.window, s.n_ctx));
+    // Ring layers may keep another window (`rwN`), at most the positions such a layer attends to.
+    win_.assign(size_t(L), window_);
+    for (int l = 0; l < L; ++l)
+      if (ring_[size_t(l)] > 0 && spec.ring_window >= 0)
+        win_[size_t(l)] = std::max(0, std::min({spec.ring_window, s.window(l), s.n_ctx}));
     // Rates per (layer, kv head) of this cache, from the spec (rates and edge layers follow the model
     // layer, KvShape::first_layer); calibrate() may replace them with an allocation.
     std::vector<float> kb(size_t(L) * H), vb(kb.size());
@@ -90,8 +96,11 @@ class TurboQuantKvCache final : public KvCache {
         vb[i] = per_head ? spec.head_v_bits[mi] : spec.v_bits_at(ml, ML);
         // A ring's records are a constant: bits there do not grow with the context.
         if (!per_head && ring_[size_t(l)] > 0) {
-          kb[i] = spec.ring_rate(kb[i]);
-          vb[i] = spec.ring_rate(vb[i]);
+          // A ring window covering the layer's attention window leaves no query reading its records
+          // (exact scores and values replace theirs): the cheapest rate, for the same outputs.
+          const bool covered = win_[size_t(l)] >= s.window(l);
+          kb[i] = covered ? 2.0f : spec.ring_rate(kb[i]);
+          vb[i] = covered ? 2.0f : spec.ring_rate(vb[i]);
           ring_boost_ = ring_boost_ || kb[i] != spec.k_bits_at(ml, ML) || vb[i] != spec.v_bits_at(ml, ML);
         }
         if (shared_) vb[i] = kb[i];
@@ -110,12 +119,6 @@ class TurboQuantKvCache final : public KvCache {
     sink_ = std::min(spec.sink, s.n_ctx);
     sink_k_.assign(size_t(L) * s.n_kv_heads * sink_ * s.head_dim, 0.0f);
     sink_v_.assign(shared_ ? 0 : sink_k_.size(), 0.0f);  // shared: the value rows are the key rows
-    window_ = std::max(0, std::min(spec.window, s.n_ctx));
-    // Ring layers may keep another window (`rwN`), at most the positions such a layer attends to.
-    win_.assign(size_t(L), window_);
-    for (int l = 0; l < L; ++l)
-      if (ring_[size_t(l)] > 0 && spec.ring_window >= 0)
-        win_[size_t(l)] = std::max(0, std::min({spec.ring_window, s.window(l), s.n_ctx}));
     kblock_ = spec.key_block > 0 && !shared_ ? spec.key_block : 0;
     kshift_on_.assign(size_t(L), 0);
     kshift_valid_.assign(size_t(L), 1);

@@ -248,9 +248,16 @@ TEST(KvWindow, RingWindowCoveringTheLayerWindowIsExact) {
   EXPECT_LT(rel_err("tq2:w0:rw100"), 2e-3);  // capped at the layer's window
   EXPECT_GT(rel_err("tq2:w0:rw4"), 1e-2);    // older positions from the 2-bit records
   EXPECT_GT(rel_err("tq2:w0"), 1e-2);
-  // Counted: 8 positions + the 8 rows kept for trims, 2 kv heads, K and V, 32 fp16 values.
+  // Counted: 8 positions + the 8 rows kept for trims, 2 kv heads, K and V, 32 fp16 values; the records
+  // no query reads are at 2 bits whatever the type (rings are otherwise at one bit more).
+  const size_t rows = size_t((8 + 8) * 2 * 2 * 32 * 2);
   EXPECT_EQ(make_kv_cache("tq2:w0:rw8", s)->allocated_bytes(),
-            make_kv_cache("tq2:w0", s)->allocated_bytes() + size_t((8 + 8) * 2 * 2 * 32 * 2));
+            make_kv_cache("tq2:w0:ring2", s)->allocated_bytes() + rows);
+  EXPECT_EQ(make_kv_cache("tq4:w0:rw8", s)->allocated_bytes(),
+            make_kv_cache("tq2:w0:rw8", s)->allocated_bytes());
+  EXPECT_LT(rel_err("tq4:w0:rw8"), 2e-3);
+  EXPECT_EQ(make_kv_cache("tq4:w0:rw4", s)->allocated_bytes(),
+            make_kv_cache("tq4:w0", s)->allocated_bytes() + size_t((4 + 8) * 2 * 2 * 32 * 2));
   // A layer without a ring keeps the window of `wN`.
   const KvShape full{1, 64, 4, 2, 32};
   const KvData df(full, 50, 6);
