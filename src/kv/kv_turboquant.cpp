@@ -96,9 +96,10 @@ class TurboQuantKvCache final : public KvCache {
         vb[i] = per_head ? spec.head_v_bits[mi] : spec.v_bits_at(ml, ML);
         // A ring's records are a constant: bits there do not grow with the context.
         if (!per_head && ring_[size_t(l)] > 0) {
-          // A ring window covering the layer's attention window leaves no query reading its records
-          // (exact scores and values replace theirs): the cheapest rate, for the same outputs.
-          const bool covered = win_[size_t(l)] >= s.window(l);
+          // An `rwN` window covering the layer's attention window leaves no query reading its records
+          // (exact scores and values replace theirs): the cheapest rate, for the same outputs (and no
+          // per-head allocation, as for other ring rates). Default caches keep their rates.
+          const bool covered = spec.ring_window >= 0 && win_[size_t(l)] >= s.window(l);
           kb[i] = covered ? 2.0f : spec.ring_rate(kb[i]);
           vb[i] = covered ? 2.0f : spec.ring_rate(vb[i]);
           ring_boost_ = ring_boost_ || kb[i] != spec.k_bits_at(ml, ML) || vb[i] != spec.v_bits_at(ml, ML);
