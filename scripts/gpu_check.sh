@@ -54,6 +54,7 @@
 #   -h, --help         this text
 #
 # Environment: QLEAP_GPU_ARCH overrides the architecture (with --dry-run: the assumed one, default 90).
+# QLEAP_PYTHON: the Python that makes the synthetic MoE model (needs numpy; default python3).
 #
 # The device-tool call (docs/cuda.md, "GPU bring-up"): first `bash scripts/gpu_deps.sh` here, then
 #   run(command="bash scripts/gpu_check.sh", carry=[".gpudeps"], timeout_s=600)
@@ -61,7 +62,7 @@ set -uo pipefail
 
 self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 root="$(cd "$(dirname "$self")/.." && pwd)"
-py=python3
+py="${QLEAP_PYTHON:-python3}"
 report="$root/scripts/gpu_check_report.py"
 all_steps=(env deps configure build tests_cuda cli cuda_bench_q4k moe_model moe_bench cuda_bench_q8
   cuda_bench_32k pytest_gpu tests_rest)

@@ -25,6 +25,8 @@ def dry_run(qleap_bin, tmp_path_factory):
     build = pathlib.Path(qleap_bin).resolve().parent
     env = dict(os.environ)
     env.pop("OUT", None)
+    # The synthetic MoE model needs numpy: the test environment's (pinned), not whatever python3 is.
+    env["QLEAP_PYTHON"] = sys.executable
     r = subprocess.run(["bash", SCRIPTS / "gpu_check.sh", "--dry-run", "--build-dir", build, "--out", d / "out",
                         "--work", d / "work", "--jobs", "2"], capture_output=True, text=True, timeout=300, env=env)
     summary = json.loads((d / "out" / "summary.json").read_text())
