@@ -70,20 +70,19 @@ class TurboQuantKvCache final : public KvCache {
     shared_ = s.values_are_keys && !spec.qjl_keys;
     ring_.assign(size_t(L), 0);
     slots_.assign(size_t(L), s.n_ctx);
+    window_ = std::max(0, std::min(spec.window, s.n_ctx));
+    win_.assign(size_t(L), window_);
     for (int l = 0; l < L; ++l) {
       // Sliding-window layers: a ring of records (a window may wrap around its end: TqWrap).
       const int r = s.ring_size(l);
       if (r < s.n_ctx) {
         ring_[size_t(l)] = r;
         slots_[size_t(l)] = r;
+        // Such a layer may keep another exact window (`rwN`), at most the positions it attends to.
+        if (spec.ring_window >= 0)
+          win_[size_t(l)] = std::max(0, std::min({spec.ring_window, s.window(l), s.n_ctx}));
       }
     }
-    window_ = std::max(0, std::min(spec.window, s.n_ctx));
-    // Ring layers may keep another window (`rwN`), at most the positions such a layer attends to.
-    win_.assign(size_t(L), window_);
-    for (int l = 0; l < L; ++l)
-      if (ring_[size_t(l)] > 0 && spec.ring_window >= 0)
-        win_[size_t(l)] = std::max(0, std::min({spec.ring_window, s.window(l), s.n_ctx}));
     // Rates per (layer, kv head) of this cache, from the spec (rates and edge layers follow the model
     // layer, KvShape::first_layer); calibrate() may replace them with an allocation.
     std::vector<float> kb(size_t(L) * H), vb(kb.size());
@@ -157,7 +156,7 @@ class TurboQuantKvCache final : public KvCache {
     for (WindowRing& w : tail_) w.begin = w.end = 0;
     std::fill(kshift_valid_.begin(), kshift_valid_.end(), 1);
   }
-  // A trim to n_keep is exact when the window rows of [n_keep + 1 - window_, n_keep) are still held:
+  // A trim to n_keep is exact when every layer's window rows of [n_keep + 1 - win_, n_keep) are still held:
   // the next query reads them exactly, as a cache that never went past n_keep would. The ring keeps
   // kTrimRows rows more than queries need, so the common trims (a chat's next turn re-reads all but
   // the last token or two of the previous one) stay exact.
@@ -488,8 +487,8 @@ class TurboQuantKvCache final : public KvCache {
       if (ring_[i / size_t(shape_.n_kv_heads)] == 0) n += k_rec_[i] + v_rec_[i];
     return n + shift_bytes_per_token();
   }
-  // The records plus the exact rows: sink_ (floats) and window_ + kTrimRows (fp16) positions per layer
-  // and kv head, K and V (K only when values are keys; a constant). A prefill batch's own rows are held
+  // The records plus the exact rows: sink_ (floats) and the layer's win_ + kTrimRows (fp16) positions per
+  // layer and kv head, K and V (K only when values are keys; a constant). A prefill batch's own rows are held
   // too while it is attended (window_row); like the activations they are computed from, they are not
   // counted.
   size_t allocated_bytes() const override {
@@ -688,8 +687,8 @@ class TurboQuantKvCache final : public KvCache {
 
   // Before positions [pos, pos + n) of a layer are stored: keeps the held rows that queries of this
   // batch can still need ([pos - window + 1, pos), if held: a sequence that restarted or jumped
-  // back keeps only what it wrote) and makes room for the batch. Decode needs window_ slots (the
-  // window_ - 1 previous positions and the new one); a prefill of n tokens needs window_ - 1 + n for
+  // back keeps only what it wrote) and makes room for the batch. Decode needs window slots (the layer's
+  // win_: window - 1 previous positions and the new one); a prefill of n tokens needs window - 1 + n for
   // as long as it is attended, then the ring shrinks back.
   void prepare_window(int layer, int pos, int n) {
     const int window = win_[size_t(layer)];
