@@ -7,6 +7,8 @@
 // clamped SwiGLU (moe_block.cpp). The FFN's input norm is stored as post_attention_norm.
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "backend/cpu/matmul.h"
 #include "core/error.h"
 #include "model/moe_block.h"
@@ -73,21 +75,27 @@ void load_layer(const GgufFile& f, const HParams& hp, int il, LayerWeights& w) {
   load_attention(f, hp, il, AttnOptions{Presence::kRequired, Presence::kAbsent}, w);
   w.bo = load_vector(f, blk_name(il, "attn_output.bias"), hp.n_embd, true);
   w.attn_sinks = load_vector(f, blk_name(il, "attn_sinks.weight"), hp.n_heads, true);
-  if (f.find_tensor(blk_name(il, "ffn_gate_exps.weight")) == nullptr)
-    throw Unsupported(
-        fmt::format("gpt-oss: layer {} has no ffn_gate_exps.weight (fused gate_up experts are not "
-                    "supported; convert with separate gate and up experts)",
-                    il));
   const int64_t n = hp.n_embd, ne = hp.n_expert, nf = hp.n_ff_exp;
   w.ffn_norm = load_vector(f, blk_name(il, "post_attention_norm.weight"), n, true);
   MoeWeights& m = w.moe;
   m.router = load_matrix(f, blk_name(il, "ffn_gate_inp.weight"), n, ne);
   m.router_b = load_vector(f, blk_name(il, "ffn_gate_inp.bias"), ne, true);
-  m.gate = load_expert_matrices(f, blk_name(il, "ffn_gate_exps.weight"), n, nf, ne);
-  m.up = load_expert_matrices(f, blk_name(il, "ffn_up_exps.weight"), n, nf, ne);
+  load_gate_up_experts(f, il, n, nf, ne, m);
   m.down = load_expert_matrices(f, blk_name(il, "ffn_down_exps.weight"), nf, n, ne);
-  m.gate_b = load_rows(f, blk_name(il, "ffn_gate_exps.bias"), nf, ne);
-  m.up_b = load_rows(f, blk_name(il, "ffn_up_exps.bias"), nf, ne);
+  if (f.find_tensor(blk_name(il, "ffn_gate_up_exps.bias")) != nullptr) {
+    // Per expert its nf gate biases, then its nf up biases.
+    const std::vector<float> both = load_rows(f, blk_name(il, "ffn_gate_up_exps.bias"), 2 * nf, ne);
+    m.gate_b.resize(size_t(nf * ne));
+    m.up_b.resize(size_t(nf * ne));
+    for (int64_t e = 0; e < ne; ++e) {
+      const float* src = both.data() + 2 * nf * e;
+      std::copy(src, src + nf, m.gate_b.begin() + nf * e);
+      std::copy(src + nf, src + 2 * nf, m.up_b.begin() + nf * e);
+    }
+  } else {
+    m.gate_b = load_rows(f, blk_name(il, "ffn_gate_exps.bias"), nf, ne);
+    m.up_b = load_rows(f, blk_name(il, "ffn_up_exps.bias"), nf, ne);
+  }
   m.down_b = load_rows(f, blk_name(il, "ffn_down_exps.bias"), n, ne);
 }
 

@@ -99,6 +99,22 @@ std::vector<float> load_vector(const GgufFile& f, const std::string& name, int64
   return out;
 }
 
+std::vector<float> load_weight_scales(const GgufFile& f, const std::string& weight_name, int64_t n) {
+  const std::string suffix = ".weight";
+  if (weight_name.size() <= suffix.size() ||
+      weight_name.compare(weight_name.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return std::vector<float>(size_t(n), 1.0f);
+  const std::string name = weight_name.substr(0, weight_name.size() - suffix.size()) + ".scale";
+  const GgufTensor* t = f.find_tensor(name);
+  if (t == nullptr) return std::vector<float>(size_t(n), 1.0f);
+  // One factor for the tensor, or one per expert of a stacked tensor.
+  std::vector<float> s = load_vector(f, name, t->n_elements() == 1 ? 1 : n, true);
+  for (float v : s)
+    if (!std::isfinite(v)) throw FormatError(fmt::format("tensor '{}' holds a non-finite scale {}", name, v));
+  if (s.size() == 1) s.assign(size_t(n), s[0]);
+  return s;
+}
+
 WeightView load_matrix(const GgufFile& f, const std::string& name, int64_t cols, int64_t rows) {
   const GgufTensor& t = f.tensor(name);  // FormatError naming it when missing
   if (t.shape.size() > 2 || t.ne(0) != cols || t.ne(1) != rows) {
@@ -120,6 +136,7 @@ WeightView load_matrix(const GgufFile& f, const std::string& name, int64_t cols,
     throw FormatError(
         fmt::format("tensor '{}' holds {} bytes, expected {}", name, t.nbytes, w.row_bytes * rows));
   }
+  w.scale = load_weight_scales(f, name, 1)[0];
   return w;
 }
 

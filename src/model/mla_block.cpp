@@ -79,6 +79,7 @@ void load_mla_attention(const GgufFile& f, const HParams& hp, int il, LayerWeigh
     k.cols = N;
     k.rows = R;
     k.row_bytes = size_t(N) * sizeof(float);
+    k.scale = kv_b.scale;
     WeightView& v = w.v_b[size_t(h)];
     v.rows = V;
     v.data = static_cast<const uint8_t*>(kv_b.data) + kv_b.row_bytes * size_t(h * (N + V) + N);

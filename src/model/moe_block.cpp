@@ -37,9 +37,11 @@ std::vector<WeightView> load_expert_matrices(const GgufFile& f, const std::strin
     throw FormatError(
         fmt::format("tensor '{}' holds {} bytes, expected {}", name, t.nbytes, slice * size_t(n)));
   }
+  const std::vector<float> scales = load_weight_scales(f, name, n);
   std::vector<WeightView> out(static_cast<size_t>(n));
   for (int64_t e = 0; e < n; ++e) {
     WeightView& v = out[size_t(e)];
+    v.scale = scales[size_t(e)];
     v.type = t.type;
     v.data = t.data + slice * size_t(e);
     v.cols = cols;
@@ -47,6 +49,24 @@ std::vector<WeightView> load_expert_matrices(const GgufFile& f, const std::strin
     v.row_bytes = rb;
   }
   return out;
+}
+
+void load_gate_up_experts(const GgufFile& f, int il, int64_t n_embd, int64_t n_ff, int64_t n, MoeWeights& m) {
+  const std::string fused = blk_name(il, "ffn_gate_up_exps.weight");
+  if (f.find_tensor(fused) == nullptr) {
+    m.gate = load_expert_matrices(f, blk_name(il, "ffn_gate_exps.weight"), n_embd, n_ff, n);
+    m.up = load_expert_matrices(f, blk_name(il, "ffn_up_exps.weight"), n_embd, n_ff, n);
+    return;
+  }
+  // Each expert's slice holds its n_ff gate rows, then its n_ff up rows (llama.cpp's views of the
+  // fused product): two views into the same bytes, no copy.
+  const std::vector<WeightView> both = load_expert_matrices(f, fused, n_embd, 2 * n_ff, n);
+  m.gate = both;
+  m.up = both;
+  for (size_t e = 0; e < both.size(); ++e) {
+    m.gate[e].rows = m.up[e].rows = n_ff;
+    m.up[e].data = static_cast<const uint8_t*>(both[e].data) + both[e].row_bytes * size_t(n_ff);
+  }
 }
 
 void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights& w, std::string_view norm) {
@@ -62,8 +82,7 @@ void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights&
   w.ffn_norm = load_vector(f, blk_name(il, norm), n, true);
   MoeWeights& m = w.moe;
   m.router = load_matrix(f, blk_name(il, "ffn_gate_inp.weight"), n, ne);
-  m.gate = load_expert_matrices(f, blk_name(il, "ffn_gate_exps.weight"), n, nf, ne);
-  m.up = load_expert_matrices(f, blk_name(il, "ffn_up_exps.weight"), n, nf, ne);
+  load_gate_up_experts(f, il, n, nf, ne, m);
   m.down = load_expert_matrices(f, blk_name(il, "ffn_down_exps.weight"), nf, n, ne);
   if (f.find_tensor(blk_name(il, "ffn_gate_shexp.weight")) != nullptr) {
     if (hp.n_ff_shexp <= 0)

@@ -69,6 +69,10 @@ void add_rows_bias(float* y, const float* b, int n, int cnt);
 // A 3-D tensor with ne0 = cols, ne1 = rows, ne2 = n (experts), as n 2-D views.
 std::vector<WeightView> load_expert_matrices(const GgufFile& f, const std::string& name, int64_t cols,
                                              int64_t rows, int64_t n);
+// The experts' gate and up matrices of blk.il: from ffn_gate_exps and ffn_up_exps, or from the fused
+// ffn_gate_up_exps ([n_embd, 2 * n_ff, n]: per expert its gate rows, then its up rows) that llama.cpp's
+// converter writes with --fuse-gate-up-exps.
+void load_gate_up_experts(const GgufFile& f, int il, int64_t n_embd, int64_t n_ff, int64_t n, MoeWeights& m);
 // Loads blk.il's FFN norm and either the dense SwiGLU FFN or, when blk.il.ffn_gate_inp exists, the
 // router, the experts and any shared expert.
 void load_ffn_or_moe(const GgufFile& f, const HParams& hp, int il, LayerWeights& w,

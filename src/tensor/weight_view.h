@@ -23,6 +23,10 @@ struct WeightView {
   int64_t rows = 0;
   size_t row_bytes = 0;
   const PackedMatrix* packed = nullptr;
+  // Every product with this weight is multiplied by scale: the per-tensor (or per-expert) factor that
+  // llama.cpp's converter stores as "<name>.scale" beside NVFP4 weights from ModelOpt checkpoints
+  // (their weight_scale_2); 1 for every other file.
+  float scale = 1.0f;
 };
 
 }  // namespace qleap

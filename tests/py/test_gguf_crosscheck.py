@@ -341,3 +341,45 @@ def test_converted_gpt_oss_matches_checkpoint(out_dir):
         assert t.tensor_type == gguf.GGMLQuantizationType.F32, g
         assert [int(x) for x in t.shape] == list(reversed(w.shape)), g
         np.testing.assert_array_equal(np.asarray(t.data).reshape(w.shape), w, err_msg=g)
+
+
+# Keys our converter writes that gguf-py's tables do not name, each read with llama.cpp's value as the
+# default when a file lacks it (llama.cpp's own gpt-oss files carry none of them).
+ENGINE_KEYS = {"gpt-oss.expert_swiglu_alpha", "gpt-oss.expert_swiglu_limit", "gpt-oss.rope.scaling.yarn_truncate"}
+
+
+def _gguf_py_key_names(arch):
+    names = set()
+    for group in vars(gguf.Keys).values():
+        if isinstance(group, type):
+            for attr, v in vars(group).items():
+                if isinstance(v, str) and not attr.startswith("_"):
+                    names.add(v.replace("{arch}", arch))
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(FIXTURES)
+                                        if os.path.exists(os.path.join(FIXTURES, n, "config.json"))))
+def test_converted_names_are_llamacpp_names(out_dir, name):
+    """Every architecture name, tensor name and metadata key our converter writes is one that gguf-py (the
+    tables llama.cpp's own converter writes from) defines for that architecture, so the loader reads
+    the names of llama.cpp's files, not names of our own."""
+    r = gguf.GGUFReader(str(out_dir / f"converted_{name}.gguf"))
+    fields = {f.name: f for f in r.fields.values()}
+    arch_name = fields["general.architecture"].contents()
+    by_name = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
+    assert arch_name in by_name, arch_name
+    arch = by_name[arch_name]
+    n_blocks = fields[f"{arch_name}.block_count"].contents()
+    allowed = set()
+    for t in gguf.MODEL_TENSORS[arch]:
+        template = gguf.TENSOR_NAMES[t]
+        if "{bid}" in template:
+            allowed.update(template.format(bid=b) for b in range(n_blocks))
+        else:
+            allowed.add(template)
+    bad = [t.name for t in r.tensors if re.sub(r"\.(weight|bias)$", "", t.name) not in allowed]
+    assert not bad, f"{arch_name}: tensor names gguf-py does not define for this architecture: {bad}"
+    keys = _gguf_py_key_names(arch_name) | ENGINE_KEYS
+    bad_keys = [k for k in fields if not k.startswith("GGUF.") and k not in keys]
+    assert not bad_keys, f"{arch_name}: metadata keys gguf-py does not define: {bad_keys}"

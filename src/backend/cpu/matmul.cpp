@@ -157,7 +157,7 @@ void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y) {
       double acc = 0;
       const float* xt = x + t * w.cols;
       for (int64_t c = 0; c < w.cols; ++c) acc += double(row[size_t(c)]) * xt[c];
-      y[t * w.rows + r] = float(acc);
+      y[t * w.rows + r] = float(acc * double(w.scale));
     }
   }
 }
@@ -282,8 +282,17 @@ bool takes_rowdot(const kern::IsaKernels* k, const WeightView& w, float* y, int6
 
 }  // namespace
 
-void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool) {
-  check_view(w);
+namespace {
+
+// y (m rows of w.rows) *= w.scale: the per-tensor scale some files carry beside a weight (scale_of).
+void apply_scale(const WeightView& w, int64_t m, float* y) {
+  if (w.scale == 1.0f) return;
+  const int64_t n = m * w.rows;
+  for (int64_t i = 0; i < n; ++i) y[i] *= w.scale;
+}
+
+// matmul() without the weight's scale.
+void matmul_unscaled(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool) {
   if (m <= 0 || w.rows <= 0) return;
   const kern::IsaKernels* k = kern::active_kernels();
   if (k == nullptr) return matmul_fallback(w, x, m, y, pool);
@@ -305,6 +314,14 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool
 
   const WeightView* wp = &w;
   rowdot_many(k, &wp, &y, 1, x, m, pool);
+}
+
+}  // namespace
+
+void matmul(const WeightView& w, const float* x, int64_t m, float* y, ThreadPool& pool) {
+  check_view(w);
+  matmul_unscaled(w, x, m, y, pool);
+  if (m > 0) apply_scale(w, m, y);
 }
 
 void matmul_many(const WeightView* const* ws, float* const* ys, int n, const float* x, int64_t m,
@@ -332,7 +349,7 @@ void matmul_many(const WeightView* const* ws, float* const* ys, int n, const flo
       np = 0;
       return;
     }
-    for (int j = 0; j < np; ++j) matmul(*ws[idx[j]], x, m, ys[idx[j]], pool);
+    for (int j = 0; j < np; ++j) matmul_unscaled(*ws[idx[j]], x, m, ys[idx[j]], pool);
     np = 0;
   };
   // Weights that matmul() would take through the row dot products share one quantization and one
@@ -359,7 +376,7 @@ void matmul_many(const WeightView* const* ws, float* const* ys, int n, const flo
     if (!shared || w.rows <= 0 || w.packed == nullptr || w.packed->source != w.data ||
         !k->gemm(w.type, static_cast<const uint8_t*>(w.data), w.row_bytes, w.cols, 0, 0, nullptr, 0, 0, 0,
                  ys[i], w.rows)) {
-      matmul(w, x, m, ys[i], pool);
+      matmul_unscaled(w, x, m, ys[i], pool);
       continue;
     }
     pms[np] = w.packed;
@@ -369,6 +386,7 @@ void matmul_many(const WeightView* const* ws, float* const* ys, int n, const flo
   }
   flush();
   for (RowGroup& g : rowdot) flush_rowdot(g);
+  for (int i = 0; i < n; ++i) apply_scale(*ws[i], m, ys[i]);
 }
 
 std::string matmul_path_summary() {
@@ -393,6 +411,8 @@ void get_row(const WeightView& w, int64_t r, float* out) {
   if (r < 0 || r >= w.rows)
     throw InvalidArgument(fmt::format("get_row: row {} out of range [0, {})", r, w.rows));
   dequantize_row(w.type, row_ptr(w, r), out, w.cols);
+  if (w.scale != 1.0f)
+    for (int64_t c = 0; c < w.cols; ++c) out[c] *= w.scale;
 }
 
 }  // namespace qleap

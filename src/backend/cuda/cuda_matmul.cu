@@ -517,6 +517,11 @@ size_t device_weight_bytes(const WeightView& w) {
 
 DevWeight upload_weight(const WeightView& w) {
   if (!gpu_supports(w.type)) throw Unsupported(std::string("no CUDA kernel for ") + type_name(w.type));
+  // The CUDA kernels do not apply WeightView::scale (NVFP4 checkpoints' per-tensor factor): such
+  // weights stay on the CPU rather than give unscaled products.
+  if (w.scale != 1.0f)
+    throw Unsupported(std::string("no CUDA kernel for ") + type_name(w.type) +
+                      " weights with a per-tensor scale (<name>.scale); they run on the CPU");
   if (is_iq_format(w.type)) ensure_iq_tables();
   DevWeight d;
   d.type = w.type;

@@ -1,0 +1,132 @@
+// Per-tensor weight scales: llama.cpp's converter writes "<name>.scale" beside the NVFP4 weights of
+// ModelOpt checkpoints (their weight_scale_2, one factor per tensor or per expert of a stacked
+// tensor), and its inference multiplies the product by it. A file that holds every weight divided by
+// a power of two with that power as its scale must give the original file's logits bit for bit
+// (a power of two changes no rounding), on a dense model, a MoE with per-expert scales and a shared
+// expert, an MLA model and tied embeddings (the embedding row lookup too).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "gguf/convert.h"
+#include "gguf/gguf.h"
+#include "gguf/gguf_writer.h"
+#include "gguf_test_util.h"
+#include "model/model.h"
+#include "runtime/session.h"
+
+namespace qleap {
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Every F32 weight matrix (2-D, or 3-D stacks) of src divided by powers of two, with "<base>.scale"
+// holding them: one per 2-D tensor, one per expert of a 3-D one (shape [n] or, for `one_per_stack`,
+// [1]). Returns how many scale tensors it wrote.
+int write_scaled(const GgufFile& src, const std::string& out, bool one_per_stack) {
+  GgufWriter w;
+  w.set_alignment(uint32_t(src.alignment()));
+  for (const auto& [k, v] : src.metadata())
+    if (k != "general.alignment") w.set(k, v);
+  int k = 0, written = 0;
+  for (const GgufTensor& t : src.tensors()) {
+    if (t.type != GgmlType::F32 || t.shape.size() < 2 || !ends_with(t.name, ".weight")) {
+      w.add_tensor(t.name, t.type, t.shape, t.data);
+      continue;
+    }
+    const int64_t n = t.shape.size() == 3 && !one_per_stack ? t.ne(2) : 1;
+    const size_t per = size_t(t.n_elements() / n);
+    std::vector<float> scales(static_cast<size_t>(n));
+    std::vector<uint8_t> bytes(t.nbytes);
+    std::memcpy(bytes.data(), t.data, t.nbytes);
+    auto* v = reinterpret_cast<float*>(bytes.data());
+    for (int64_t e = 0; e < n; ++e) {
+      const int p = (k++ % 5) - 2;  // 1/4 ... 4, 1 included
+      scales[size_t(e)] = std::ldexp(1.0f, p);
+      for (size_t i = 0; i < per; ++i) v[size_t(e) * per + i] = std::ldexp(v[size_t(e) * per + i], -p);
+    }
+    w.add_tensor(t.name, t.type, t.shape, std::move(bytes));
+    std::vector<uint8_t> sb(scales.size() * sizeof(float));
+    std::memcpy(sb.data(), scales.data(), sb.size());
+    w.add_tensor(t.name.substr(0, t.name.size() - 7) + ".scale", GgmlType::F32, {n}, std::move(sb));
+    ++written;
+  }
+  w.write(out);
+  return written;
+}
+
+std::vector<float> logits(const std::string& path) {
+  auto model = load_model(path);
+  SessionOptions so;
+  so.kv_type = "f32";
+  so.n_threads = 2;
+  Session s(model, so);
+  std::vector<float> all = s.eval({3, 17, 250, 9, 9, 120, 64, 1, 200, 33}, true);
+  const std::vector<float> step = s.eval({42});
+  all.insert(all.end(), step.begin(), step.end());
+  return all;
+}
+
+TEST(WeightScale, ScaledWeightsGiveTheSameLogits) {
+  int ran = 0;
+  for (const char* name : {"qwen2", "llama_tied", "qwen2_moe", "deepseek_v2_lite", "gpt_oss"}) {
+    const auto dir = std::filesystem::path(testing::fixtures_dir()) / name;
+    if (!std::filesystem::exists(dir / "config.json")) continue;
+    testing::TempDir tmp(std::string("weight_scale_") + name);
+    ConvertOptions opt;
+    opt.out_type = GgmlType::F32;
+    convert_hf_to_gguf(dir.string(), tmp.file("plain.gguf"), opt);
+    const std::vector<float> want = logits(tmp.file("plain.gguf"));
+    for (bool one_per_stack : {false, true}) {
+      {
+        const auto src = GgufFile::open(tmp.file("plain.gguf"));
+        ASSERT_GT(write_scaled(*src, tmp.file("scaled.gguf"), one_per_stack), 4) << name;
+      }
+      const std::vector<float> got = logits(tmp.file("scaled.gguf"));
+      ASSERT_EQ(got.size(), want.size()) << name;
+      size_t differ = 0;
+      for (size_t i = 0; i < got.size(); ++i) differ += got[i] != want[i] ? 1 : 0;
+      EXPECT_EQ(differ, 0u) << name << (one_per_stack ? " (one scale per stack)" : " (one per expert)");
+    }
+    ++ran;
+  }
+  if (ran == 0) GTEST_SKIP() << "no fixtures";
+}
+
+// A scale tensor of the wrong size or with a non-finite value is a clear error naming it.
+TEST(WeightScale, BadScalesAreRefused) {
+  const auto dir = std::filesystem::path(testing::fixtures_dir()) / "qwen2";
+  if (!std::filesystem::exists(dir / "config.json")) GTEST_SKIP() << "no fixture at " << dir;
+  testing::TempDir tmp("weight_scale_bad");
+  ConvertOptions opt;
+  opt.out_type = GgmlType::F32;
+  convert_hf_to_gguf(dir.string(), tmp.file("plain.gguf"), opt);
+  const auto src = GgufFile::open(tmp.file("plain.gguf"));
+  for (const std::vector<float>& bad :
+       {std::vector<float>{1.0f, 2.0f}, std::vector<float>{std::numeric_limits<float>::infinity()}}) {
+    GgufWriter w;
+    for (const auto& [k, v] : src->metadata()) w.set(k, v);
+    for (const GgufTensor& t : src->tensors()) w.add_tensor(t.name, t.type, t.shape, t.data);
+    std::vector<uint8_t> sb(bad.size() * sizeof(float));
+    std::memcpy(sb.data(), bad.data(), sb.size());
+    w.add_tensor("blk.0.attn_q.scale", GgmlType::F32, {int64_t(bad.size())}, std::move(sb));
+    w.write(tmp.file("bad.gguf"));
+    try {
+      load_model(tmp.file("bad.gguf"));
+      FAIL() << "loaded a bad scale of " << bad.size() << " values";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find("blk.0.attn_q.scale"), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace qleap
