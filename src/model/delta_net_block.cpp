@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstring>
+#include <memory>
 
 #include "backend/cpu/matmul.h"
 #include "core/error.h"
@@ -37,17 +39,50 @@ std::vector<float> load_conv(const GgufFile& f, const std::string& name, int64_t
   return out;
 }
 
+// qwen3next files from llama.cpp's first converter keep transformers' in_proj_qkvz as ssm_in: per key
+// head [q (dk), k (dk), v (r dv), z (r dv)] (llama.cpp still reads them, through views of the product).
+// Its rows are regrouped once here into qkv [all q, all k, all v] (value heads grouped, as in those
+// files) and gate [all z], the projections the DeltaNet block takes: whole rows, so any format.
+void load_fused_qkvz(const GgufFile& f, const HParams& hp, int il, DeltaNetWeights& w) {
+  const DeltaNetParams& d = hp.delta;
+  if (d.v_tiled)
+    throw Unsupported(fmt::format("layer {}: a fused ssm_in projection in a {} file is not supported", il,
+                                  f.architecture()));
+  const int64_t nk = d.n_k_heads, dk = d.head_k_dim, rv = int64_t(d.n_v_heads / d.n_k_heads) * d.head_v_dim;
+  const int64_t group = 2 * dk + 2 * rv;
+  const WeightView all = load_matrix(f, blk_name(il, "ssm_in.weight"), hp.n_embd, nk * group);
+  auto bytes = std::make_shared<std::vector<uint8_t>>(all.row_bytes * size_t(all.rows));
+  const auto* src = static_cast<const uint8_t*>(all.data);
+  uint8_t* dst = bytes->data();
+  // (offset in a group, rows) of q, k, v, then z: each taken from every group in turn.
+  const int64_t parts[4][2] = {{0, dk}, {dk, dk}, {2 * dk, rv}, {2 * dk + rv, rv}};
+  for (const auto& [off, len] : parts) {
+    for (int64_t g = 0; g < nk; ++g) {
+      const size_t nb = all.row_bytes * size_t(len);
+      std::memcpy(dst, src + all.row_bytes * size_t(g * group + off), nb);
+      dst += nb;
+    }
+  }
+  w.qkv = all;
+  w.qkv.data = bytes->data();
+  w.qkv.rows = d.conv_dim();
+  w.qkv.packed = nullptr;
+  w.gate = w.qkv;
+  w.gate.data = bytes->data() + all.row_bytes * size_t(d.conv_dim());
+  w.gate.rows = d.value_dim();
+  w.owned = std::move(bytes);
+}
+
 void load_delta_net(const GgufFile& f, const HParams& hp, int il, DeltaNetWeights& w) {
   const DeltaNetParams& d = hp.delta;
   const int64_t n = hp.n_embd;
   if (f.find_tensor(blk_name(il, "attn_qkv.weight")) == nullptr &&
-      f.find_tensor(blk_name(il, "ssm_in.weight")) != nullptr)
-    throw Unsupported(fmt::format(
-        "layer {}: the fused ssm_in projection of early qwen3next files is not supported; convert the model "
-        "again (qleap convert, or a current llama.cpp) to get attn_qkv and attn_gate",
-        il));
-  w.qkv = load_matrix(f, blk_name(il, "attn_qkv.weight"), n, d.conv_dim());
-  w.gate = load_matrix(f, blk_name(il, "attn_gate.weight"), n, d.value_dim());
+      f.find_tensor(blk_name(il, "ssm_in.weight")) != nullptr) {
+    load_fused_qkvz(f, hp, il, w);
+  } else {
+    w.qkv = load_matrix(f, blk_name(il, "attn_qkv.weight"), n, d.conv_dim());
+    w.gate = load_matrix(f, blk_name(il, "attn_gate.weight"), n, d.value_dim());
+  }
   if (f.find_tensor(blk_name(il, "ssm_ba.weight")) != nullptr) {
     w.ba = load_matrix(f, blk_name(il, "ssm_ba.weight"), n, 2 * int64_t(d.n_v_heads));
   } else {

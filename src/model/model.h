@@ -128,6 +128,8 @@ struct MoeWeights {
 struct DeltaNetWeights {
   WeightView qkv, gate, beta, alpha, ba, out;
   std::vector<float> conv, dt_bias, a, norm;
+  // qkv and gate when they were regrouped at load from a file's fused ssm_in (their rows).
+  std::shared_ptr<const std::vector<uint8_t>> owned;
 };
 
 // Weights of one block. Optional tensors are empty (vectors) / null (views) when absent.

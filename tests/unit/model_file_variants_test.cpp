@@ -1,9 +1,12 @@
-// Per-tensor weight scales: llama.cpp's converter writes "<name>.scale" beside the NVFP4 weights of
-// ModelOpt checkpoints (their weight_scale_2, one factor per tensor or per expert of a stacked
-// tensor), and its inference multiplies the product by it. A file that holds every weight divided by
-// a power of two with that power as its scale must give the original file's logits bit for bit
-// (a power of two changes no rounding), on a dense model, a MoE with per-expert scales and a shared
-// expert, an MLA model and tied embeddings (the embedding row lookup too).
+// Layouts of llama.cpp's files that our converter does not write, rebuilt here from converted fixtures
+// and read back with the same logits (the fused expert gate/up is in moe_test.cpp):
+//  - per-tensor weight scales: llama.cpp's converter writes "<name>.scale" beside the NVFP4 weights of
+//    ModelOpt checkpoints (their weight_scale_2, one factor per tensor or per expert of a stacked
+//    tensor), and its inference multiplies the product by it. A file that holds every weight divided
+//    by a power of two with that power as its scale must give the original file's logits bit for bit
+//    (a power of two changes no rounding), on a dense model, a MoE with per-expert scales and a shared
+//    expert, an MLA model and tied embeddings (the embedding row lookup too);
+//  - qwen3next's fused ssm_in (transformers' in_proj_qkvz as it is) instead of attn_qkv + attn_gate.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -125,6 +128,80 @@ TEST(WeightScale, BadScalesAreRefused) {
     } catch (const FormatError& e) {
       EXPECT_NE(std::string(e.what()).find("blk.0.attn_q.scale"), std::string::npos) << e.what();
     }
+  }
+}
+
+// The file's attn_qkv / attn_gate pairs replaced by ssm_in in transformers' in_proj_qkvz order: per key
+// head [q (dk), k (dk), v (r dv), z (r dv)].
+void write_fused_qkvz(const GgufFile& src, const DeltaNetParams& d, const std::string& out) {
+  GgufWriter w;
+  w.set_alignment(uint32_t(src.alignment()));
+  for (const auto& [k, v] : src.metadata())
+    if (k != "general.alignment") w.set(k, v);
+  const int64_t nk = d.n_k_heads, dk = d.head_k_dim, rv = int64_t(d.n_v_heads / d.n_k_heads) * d.head_v_dim;
+  for (const GgufTensor& t : src.tensors()) {
+    if (ends_with(t.name, ".attn_gate.weight")) continue;
+    if (!ends_with(t.name, ".attn_qkv.weight")) {
+      w.add_tensor(t.name, t.type, t.shape, t.data);
+      continue;
+    }
+    const std::string blk = t.name.substr(0, t.name.size() - std::string("attn_qkv.weight").size());
+    const GgufTensor& z = src.tensor(blk + "attn_gate.weight");
+    const size_t rb = size_t(t.nbytes / uint64_t(t.ne(1)));
+    std::vector<uint8_t> bytes;
+    const auto rows = [&](const GgufTensor& from, int64_t r0, int64_t n) {
+      bytes.insert(bytes.end(), from.data + rb * size_t(r0), from.data + rb * size_t(r0 + n));
+    };
+    for (int64_t g = 0; g < nk; ++g) {
+      rows(t, g * dk, dk);                // q of key head g
+      rows(t, nk * dk + g * dk, dk);      // k
+      rows(t, 2 * nk * dk + g * rv, rv);  // its r value heads
+      rows(z, g * rv, rv);                // and their gates
+    }
+    const int64_t n_rows = int64_t(bytes.size() / rb);
+    w.add_tensor(blk + "ssm_in.weight", t.type, {t.ne(0), n_rows}, std::move(bytes));
+  }
+  w.write(out);
+}
+
+TEST(DeltaNetFile, FusedSsmInGivesTheSameLogits) {
+  const auto dir = std::filesystem::path(testing::fixtures_dir()) / "qwen3_next";
+  if (!std::filesystem::exists(dir / "config.json")) GTEST_SKIP() << "no fixture at " << dir;
+  testing::TempDir tmp("qwen3next_ssm_in");
+  ConvertOptions opt;
+  opt.out_type = GgmlType::Q8_0;
+  convert_hf_to_gguf(dir.string(), tmp.file("split.gguf"), opt);
+  {
+    const auto src = GgufFile::open(tmp.file("split.gguf"));
+    write_fused_qkvz(*src, load_model(tmp.file("split.gguf"))->hparams().delta, tmp.file("fused.gguf"));
+  }
+  const auto fused = GgufFile::open(tmp.file("fused.gguf"));
+  ASSERT_NE(fused->find_tensor("blk.0.ssm_in.weight"), nullptr);
+  ASSERT_EQ(fused->find_tensor("blk.0.attn_qkv.weight"), nullptr);
+  const std::vector<float> want = logits(tmp.file("split.gguf")), got = logits(tmp.file("fused.gguf"));
+  ASSERT_EQ(got.size(), want.size());
+  size_t differ = 0;
+  for (size_t i = 0; i < got.size(); ++i) differ += got[i] != want[i] ? 1 : 0;
+  EXPECT_EQ(differ, 0u);
+}
+
+// qwen35 files order their value heads otherwise (tiled); a fused ssm_in there is refused by name.
+TEST(DeltaNetFile, FusedSsmInOfAQwen35FileIsRefused) {
+  const auto dir = std::filesystem::path(testing::fixtures_dir()) / "qwen3_5";
+  if (!std::filesystem::exists(dir / "config.json")) GTEST_SKIP() << "no fixture at " << dir;
+  testing::TempDir tmp("qwen35_ssm_in");
+  ConvertOptions opt;
+  opt.out_type = GgmlType::F32;
+  convert_hf_to_gguf(dir.string(), tmp.file("split.gguf"), opt);
+  {
+    const auto src = GgufFile::open(tmp.file("split.gguf"));
+    write_fused_qkvz(*src, load_model(tmp.file("split.gguf"))->hparams().delta, tmp.file("fused.gguf"));
+  }
+  try {
+    load_model(tmp.file("fused.gguf"));
+    FAIL() << "loaded a qwen35 file with ssm_in";
+  } catch (const Unsupported& e) {
+    EXPECT_NE(std::string(e.what()).find("ssm_in"), std::string::npos) << e.what();
   }
 }
 
