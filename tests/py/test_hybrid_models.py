@@ -1,8 +1,8 @@
-"""The hybrid Gated DeltaNet models (Qwen3.5 / Qwen3-Next, the golden fixtures qwen3_5 and qwen3_5_moe with
-a byte-level tokenizer added) through the CLI and the server: `qleap run`, concurrent slots (greedy text
+"""The hybrid Gated DeltaNet models (Qwen3.5 / Qwen3-Next, the golden fixtures qwen3_5, qwen3_5_moe and
+qwen3_next with a byte-level tokenizer added) through the CLI and the server: `qleap run`, concurrent slots (greedy text
 under concurrency equals sequential), a slot reused for a prompt with a shorter common prefix (its
 DeltaNet state goes back to a checkpoint: same text as a fresh slot), TurboQuant KV on the attention
-layers, and ExpertFlow (host tier) on the MoE variant."""
+layers, and ExpertFlow (host tier) on the MoE variants."""
 import concurrent.futures as cf
 import json
 import pathlib
@@ -31,7 +31,7 @@ def models(qleap_bin, tmp_path_factory):
 
     out = {}
     tmp = tmp_path_factory.mktemp("hybrid")
-    for name in ("qwen3_5", "qwen3_5_moe"):
+    for name in ("qwen3_5", "qwen3_5_moe", "qwen3_next"):
         d = tmp / name
         shutil.copytree(FIXTURES / name, d)
         tok = {"version": "1.0", "added_tokens": [], "normalizer": None,
@@ -71,7 +71,7 @@ def test_run_cli(qleap_bin, models):
 
 
 @pytest.mark.parametrize("kv", ["f16", "tq3"])
-@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5_moe"])
+@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5_moe", "qwen3_next"])
 def test_concurrent_equals_sequential(qleap_bin, test_models, models, name, kv):
     s = Server(qleap_bin, test_models, ["--parallel", "4", "--ctx", "512", "-b", "32", "--kv", kv],
                extra_models=[models[name]])
@@ -109,13 +109,14 @@ def test_slot_reuse_with_shorter_prefix_equals_fresh(qleap_bin, test_models, mod
         assert s.stop() == 0
 
 
-def test_expert_flow_host_tier_equals_cpu(qleap_bin, test_models, models):
+@pytest.mark.parametrize("name", ["qwen3_5_moe", "qwen3_next"])
+def test_expert_flow_host_tier_equals_cpu(qleap_bin, test_models, models, name):
     texts = []
     for extra in ([], ["--expert-cache", "64K", "--expert-tier", "host"]):
         s = Server(qleap_bin, test_models, ["--parallel", "2", "--ctx", "512", *extra],
-                   extra_models=[models["qwen3_5_moe"]])
+                   extra_models=[models[name]])
         try:
-            texts.append([generate(s.url, "qwen3_5_moe", p)["response"] for p in PROMPTS[:3]])
+            texts.append([generate(s.url, name, p)["response"] for p in PROMPTS[:3]])
             if extra:
                 st = httpx.get(s.url + "/api/qleap/status").json()
                 assert st.get("expert_cache_hit_rate", 0) > 0, st  # the expert cache ran
