@@ -12,14 +12,6 @@
 namespace qleap {
 namespace {
 
-// Rows [row0, row0 + rows) of w.
-WeightView rows_of(const WeightView& w, int64_t row0, int64_t rows) {
-  WeightView v = w;
-  v.data = static_cast<const uint8_t*>(w.data) + size_t(row0) * w.row_bytes;
-  v.rows = rows;
-  return v;
-}
-
 void read_phi3(const GgufFile& f, HParams& hp) {
   if (const GgufValue* w = f.find_arch("attention.sliding_window")) {
     hp.n_swa = int(w->as_int());
@@ -38,17 +30,7 @@ void read_phi3(const GgufFile& f, HParams& hp) {
 }
 
 void load_layer(const GgufFile& f, const HParams& hp, int il, LayerWeights& w) {
-  const int64_t q = hp.q_dim(), kv = hp.kv_dim();
-  if (f.find_tensor(blk_name(il, "attn_qkv.weight")) != nullptr) {
-    w.attn_norm = load_vector(f, blk_name(il, "attn_norm.weight"), hp.n_embd, true);
-    const WeightView qkv = load_matrix(f, blk_name(il, "attn_qkv.weight"), hp.n_embd, q + 2 * kv);
-    w.wq = rows_of(qkv, 0, q);
-    w.wk = rows_of(qkv, q, kv);
-    w.wv = rows_of(qkv, q + kv, kv);
-    w.wo = load_matrix(f, blk_name(il, "attn_output.weight"), q, hp.n_embd);
-  } else {
-    load_attention(f, hp, il, AttnOptions{Presence::kAbsent, Presence::kAbsent}, w);
-  }
+  load_attention(f, hp, il, AttnOptions{Presence::kAbsent, Presence::kAbsent}, w);  // attn_qkv as llama.cpp
   w.ffn_norm = load_vector(f, blk_name(il, "ffn_norm.weight"), hp.n_embd, true);
   if (f.find_tensor(blk_name(il, "ffn_gate.weight")) == nullptr) {
     const WeightView up = load_matrix(f, blk_name(il, "ffn_up.weight"), hp.n_embd, 2 * int64_t(hp.n_ff));

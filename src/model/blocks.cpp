@@ -140,18 +140,44 @@ WeightView load_matrix(const GgufFile& f, const std::string& name, int64_t cols,
   return w;
 }
 
+WeightView rows_of(const WeightView& w, int64_t row0, int64_t rows) {
+  WeightView v = w;
+  v.data = static_cast<const uint8_t*>(w.data) + size_t(row0) * w.row_bytes;
+  v.rows = rows;
+  return v;
+}
+
+void load_qkv(const GgufFile& f, int il, int64_t n_embd, int64_t q_rows, int64_t kv_rows, Presence bias,
+              LayerWeights& w) {
+  const bool fused = f.find_tensor(blk_name(il, "attn_qkv.weight")) != nullptr;
+  if (fused) {
+    const WeightView qkv = load_matrix(f, blk_name(il, "attn_qkv.weight"), n_embd, q_rows + 2 * kv_rows);
+    w.wq = rows_of(qkv, 0, q_rows);
+    w.wk = rows_of(qkv, q_rows, kv_rows);
+    w.wv = rows_of(qkv, q_rows + kv_rows, kv_rows);
+  } else {
+    w.wq = load_matrix(f, blk_name(il, "attn_q.weight"), n_embd, q_rows);
+    w.wk = load_matrix(f, blk_name(il, "attn_k.weight"), n_embd, kv_rows);
+    w.wv = load_matrix(f, blk_name(il, "attn_v.weight"), n_embd, kv_rows);
+  }
+  if (bias == Presence::kAbsent) return;
+  const bool req = bias == Presence::kRequired;
+  if (fused && f.find_tensor(blk_name(il, "attn_qkv.bias")) != nullptr) {
+    const std::vector<float> b = load_vector(f, blk_name(il, "attn_qkv.bias"), q_rows + 2 * kv_rows, true);
+    w.bq.assign(b.begin(), b.begin() + q_rows);
+    w.bk.assign(b.begin() + q_rows, b.begin() + q_rows + kv_rows);
+    w.bv.assign(b.begin() + q_rows + kv_rows, b.end());
+    return;
+  }
+  w.bq = load_vector(f, blk_name(il, "attn_q.bias"), q_rows, req);
+  w.bk = load_vector(f, blk_name(il, "attn_k.bias"), kv_rows, req);
+  w.bv = load_vector(f, blk_name(il, "attn_v.bias"), kv_rows, req);
+}
+
 void load_attention(const GgufFile& f, const HParams& hp, int il, const AttnOptions& opt, LayerWeights& w) {
   w.attn_norm = load_vector(f, blk_name(il, "attn_norm.weight"), hp.n_embd, true);
-  w.wq = load_matrix(f, blk_name(il, "attn_q.weight"), hp.n_embd, hp.q_dim());
-  w.wk = load_matrix(f, blk_name(il, "attn_k.weight"), hp.n_embd, hp.kv_dim());
-  w.wv = load_matrix(f, blk_name(il, "attn_v.weight"), hp.n_embd, hp.kv_dim());
+  load_qkv(f, il, hp.n_embd, hp.q_dim(), hp.kv_dim(), opt.qkv_bias, w);
   w.wo = load_matrix(f, blk_name(il, "attn_output.weight"), hp.q_dim(), hp.n_embd);
-  if (opt.qkv_bias != Presence::kAbsent) {
-    const bool req = opt.qkv_bias == Presence::kRequired;
-    w.bq = load_vector(f, blk_name(il, "attn_q.bias"), hp.q_dim(), req);
-    w.bk = load_vector(f, blk_name(il, "attn_k.bias"), hp.kv_dim(), req);
-    w.bv = load_vector(f, blk_name(il, "attn_v.bias"), hp.kv_dim(), req);
-  }
   if (opt.qk_norm != Presence::kAbsent) {
     const bool req = opt.qk_norm == Presence::kRequired;
     w.q_norm = load_vector(f, blk_name(il, "attn_q_norm.weight"), hp.head_dim, req);

@@ -97,12 +97,19 @@ std::vector<float> load_weight_scales(const GgufFile& f, const std::string& weig
 // A 2-D weight with its scale (load_weight_scales).
 WeightView load_matrix(const GgufFile& f, const std::string& name, int64_t cols, int64_t rows);
 std::string blk_name(int il, std::string_view what);  // "blk.<il>.<what>"
+// Rows [row0, row0 + rows) of w, a view into the same bytes.
+WeightView rows_of(const WeightView& w, int64_t row0, int64_t rows);
 
 enum class Presence { kAbsent, kOptional, kRequired };
 struct AttnOptions {
   Presence qkv_bias = Presence::kOptional;
   Presence qk_norm = Presence::kAbsent;
 };
+// q, k and v projections of blk.il (q_rows, kv_rows, kv_rows outputs) with their biases: attn_q / attn_k /
+// attn_v, or the fused attn_qkv (and attn_qkv.bias) that llama.cpp's loader prefers for every
+// architecture when a file has it (its converter's --fuse-qkv), as row views of that one tensor.
+void load_qkv(const GgufFile& f, int il, int64_t n_embd, int64_t q_rows, int64_t kv_rows, Presence bias,
+              LayerWeights& w);
 void load_attention(const GgufFile& f, const HParams& hp, int il, const AttnOptions& opt, LayerWeights& w);
 // norm: the FFN's input norm (qwen35 / qwen3next files call it post_attention_norm).
 void load_swiglu_ffn(const GgufFile& f, const HParams& hp, int il, LayerWeights& w,

@@ -99,9 +99,7 @@ void load_delta_net(const GgufFile& f, const HParams& hp, int il, DeltaNetWeight
 void load_gated_attention(const GgufFile& f, const HParams& hp, int il, LayerWeights& w) {
   const int64_t n = hp.n_embd;
   // The query projection yields, per head, head_dim query values then head_dim gate values.
-  w.wq = load_matrix(f, blk_name(il, "attn_q.weight"), n, 2 * int64_t(hp.q_dim()));
-  w.wk = load_matrix(f, blk_name(il, "attn_k.weight"), n, hp.kv_dim());
-  w.wv = load_matrix(f, blk_name(il, "attn_v.weight"), n, hp.kv_dim());
+  load_qkv(f, il, n, 2 * int64_t(hp.q_dim()), hp.kv_dim(), Presence::kAbsent, w);
   w.wo = load_matrix(f, blk_name(il, "attn_output.weight"), hp.q_dim(), n);
   w.q_norm = load_vector(f, blk_name(il, "attn_q_norm.weight"), hp.head_dim, true);
   w.k_norm = load_vector(f, blk_name(il, "attn_k_norm.weight"), hp.head_dim, true);

@@ -6,7 +6,9 @@
 //    by a power of two with that power as its scale must give the original file's logits bit for bit
 //    (a power of two changes no rounding), on a dense model, a MoE with per-expert scales and a shared
 //    expert, an MLA model and tied embeddings (the embedding row lookup too);
-//  - qwen3next's fused ssm_in (transformers' in_proj_qkvz as it is) instead of attn_qkv + attn_gate.
+//  - qwen3next's fused ssm_in (transformers' in_proj_qkvz as it is) instead of attn_qkv + attn_gate;
+//  - a fused attn_qkv (and attn_qkv.bias) for any architecture, as llama.cpp's converter writes with
+//    --fuse-qkv and its loader prefers.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -129,6 +131,74 @@ TEST(WeightScale, BadScalesAreRefused) {
       EXPECT_NE(std::string(e.what()).find("blk.0.attn_q.scale"), std::string::npos) << e.what();
     }
   }
+}
+
+// The file's attn_q / attn_k / attn_v (weights, and biases where present) joined into attn_qkv.
+int write_fused_qkv(const GgufFile& src, const std::string& out) {
+  GgufWriter w;
+  w.set_alignment(uint32_t(src.alignment()));
+  for (const auto& [k, v] : src.metadata())
+    if (k != "general.alignment") w.set(k, v);
+  int fused = 0;
+  for (const GgufTensor& t : src.tensors()) {
+    const size_t at = t.name.find(".attn_q.");
+    if (at == std::string::npos) {
+      if (t.name.find(".attn_k.") != std::string::npos || t.name.find(".attn_v.") != std::string::npos)
+        continue;  // joined with their q below
+      w.add_tensor(t.name, t.type, t.shape, t.data);
+      continue;
+    }
+    std::string k = t.name, v = t.name, qkv = t.name;
+    k.replace(at, 8, ".attn_k.");
+    v.replace(at, 8, ".attn_v.");
+    qkv.replace(at, 8, ".attn_qkv.");
+    const GgufTensor& tk = src.tensor(k);
+    const GgufTensor& tv = src.tensor(v);
+    std::vector<uint8_t> bytes(t.data, t.data + t.nbytes);
+    bytes.insert(bytes.end(), tk.data, tk.data + tk.nbytes);
+    bytes.insert(bytes.end(), tv.data, tv.data + tv.nbytes);
+    std::vector<int64_t> shape = t.shape;
+    shape.back() += tk.shape.back() + tv.shape.back();
+    w.add_tensor(qkv, t.type, shape, std::move(bytes));
+    ++fused;
+  }
+  w.write(out);
+  return fused;
+}
+
+TEST(FusedQkvFile, GivesTheSameLogits) {
+  int ran = 0;
+  for (const char* name :
+       {"llama_gqa", "qwen2", "qwen3", "gemma3", "gemma2", "olmoe", "gpt_oss", "qwen3_5"}) {
+    const auto dir = std::filesystem::path(testing::fixtures_dir()) / name;
+    if (!std::filesystem::exists(dir / "config.json")) continue;
+    testing::TempDir tmp(std::string("fused_qkv_") + name);
+    ConvertOptions opt;
+    opt.out_type = GgmlType::Q8_0;
+    convert_hf_to_gguf(dir.string(), tmp.file("split.gguf"), opt);
+    {
+      const auto src = GgufFile::open(tmp.file("split.gguf"));
+      ASSERT_GT(write_fused_qkv(*src, tmp.file("fused.gguf")), 0) << name;
+    }
+    const auto fused = GgufFile::open(tmp.file("fused.gguf"));
+    int weights = 0, biases = 0;
+    for (const GgufTensor& t : fused->tensors()) {
+      ASSERT_EQ(t.name.find(".attn_q."), std::string::npos) << name << " " << t.name;
+      weights += ends_with(t.name, "attn_qkv.weight") ? 1 : 0;
+      biases += ends_with(t.name, "attn_qkv.bias") ? 1 : 0;
+    }
+    EXPECT_GT(weights, 0) << name;
+    if (std::string(name) == "qwen2" || std::string(name) == "gpt_oss") {
+      EXPECT_EQ(biases, weights) << name;
+    }
+    const std::vector<float> want = logits(tmp.file("split.gguf")), got = logits(tmp.file("fused.gguf"));
+    ASSERT_EQ(got.size(), want.size()) << name;
+    size_t differ = 0;
+    for (size_t i = 0; i < got.size(); ++i) differ += got[i] != want[i] ? 1 : 0;
+    EXPECT_EQ(differ, 0u) << name;
+    ++ran;
+  }
+  if (ran == 0) GTEST_SKIP() << "no fixtures";
 }
 
 // The file's attn_qkv / attn_gate pairs replaced by ssm_in in transformers' in_proj_qkvz order: per key
