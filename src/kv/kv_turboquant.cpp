@@ -83,6 +83,13 @@ class TurboQuantKvCache final : public KvCache {
           win_[size_t(l)] = std::max(0, std::min({spec.ring_window, s.window(l), s.n_ctx}));
       }
     }
+    // An `rwN` window covering a ring layer's attention window leaves no query reading its records:
+    // every position it attends to is an exact row, whose score and value replace the record's. Such
+    // records are not encoded (they stay zero: a zero record is a zero vector), which spares the
+    // encoder, the append path's main cost; they are still allocated and scored.
+    covered_.assign(size_t(L), 0);
+    for (int l = 0; l < L; ++l)
+      covered_[size_t(l)] = ring_[size_t(l)] > 0 && spec.ring_window >= 0 && win_[size_t(l)] >= s.window(l);
     // Rates per (layer, kv head) of this cache, from the spec (rates and edge layers follow the model
     // layer, KvShape::first_layer); calibrate() may replace them with an allocation.
     std::vector<float> kb(size_t(L) * H), vb(kb.size());
@@ -95,10 +102,9 @@ class TurboQuantKvCache final : public KvCache {
         vb[i] = per_head ? spec.head_v_bits[mi] : spec.v_bits_at(ml, ML);
         // A ring's records are a constant: bits there do not grow with the context.
         if (!per_head && ring_[size_t(l)] > 0) {
-          // An `rwN` window covering the layer's attention window leaves no query reading its records
-          // (exact scores and values replace theirs): the cheapest rate, for the same outputs (and no
-          // per-head allocation, as for other ring rates). Default caches keep their rates.
-          const bool covered = spec.ring_window >= 0 && win_[size_t(l)] >= s.window(l);
+          // Records no query reads (covered_) take the least memory, and no per-head allocation, as
+          // for other ring rates. Default caches keep their rates.
+          const bool covered = covered_[size_t(l)] != 0;
           kb[i] = covered ? 2.0f : spec.ring_rate(kb[i]);
           vb[i] = covered ? 2.0f : spec.ring_rate(vb[i]);
           ring_boost_ = ring_boost_ || kb[i] != spec.k_bits_at(ml, ML) || vb[i] != spec.v_bits_at(ml, ML);
@@ -398,8 +404,10 @@ class TurboQuantKvCache final : public KvCache {
         const int64_t slot = ring > 0 ? (pos + t) % ring : pos + t;
         uint8_t* kd = keys(layer, g) + size_t(slot) * kr;
         uint8_t* vd = values(layer, g) + size_t(slot) * vr;
-        quantize_one(ks, kx, mk, sk, tmp.data(), kd);
-        if (!shared_) quantize_one(vs, vx, mv, sv, tmp.data(), vd);
+        if (!covered_[size_t(layer)]) {
+          quantize_one(ks, kx, mk, sk, tmp.data(), kd);
+          if (!shared_) quantize_one(vs, vx, mv, sv, tmp.data(), vd);
+        }
         if (pos + t < sink_) {
           // The record is written too (it gets zero weight): every position has one.
           exact_one(ks, kx, mk0, sk, tmp.data(), sink_row(sink_k_, layer, g, pos + t));
@@ -868,7 +876,8 @@ class TurboQuantKvCache final : public KvCache {
   std::vector<float> mu_k_, mu_v_;
   std::vector<float> sinks_, sink_share_;  // this call's sinks and their shares (set_sinks)
   int sink_ = 0, window_ = 0;
-  std::vector<int> win_;  // per layer: window_, or the `rwN` window of a ring layer
+  std::vector<int> win_;       // per layer: window_, or the `rwN` window of a ring layer
+  std::vector<char> covered_;  // per layer: a ring layer whose exact window covers its attention window
   // Window rows held beyond what queries read, so that a trim that far back stays exact (trims_exactly).
   static constexpr int kTrimRows = 8;
   // Block key means (TqKvSpec::key_block): rows [layer][kv head][block][head_dim], per layer whether
