@@ -5,13 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 
 #include "core/error.h"
 #include "gguf/convert.h"
 #include "gguf/gguf.h"
-#include "gguf/gguf_writer.h"
 #include "gguf_test_util.h"
 #include "model/model.h"
 #include "model/moe_block.h"
@@ -300,118 +298,6 @@ TEST(TransferCompression, RoundTripsAndMeasuresRatio) {
     EXPECT_GT(r.decompress_gbps, 0.0);
   }
   EXPECT_THROW(measure_compression(data.data(), 0, 10), InvalidArgument);
-}
-
-}  // namespace
-}  // namespace qleap
-
-namespace qleap {
-namespace {
-
-// Rewrites src as llama.cpp's `--fuse-gate-up-exps` does: every ffn_gate_exps / ffn_up_exps pair
-// (weights, and biases where present) becomes one ffn_gate_up_exps holding, per expert, the gate rows
-// then the up rows. Everything else is copied as it is.
-void write_fused_gate_up(const GgufFile& src, const std::string& out) {
-  GgufWriter w;
-  w.set_alignment(uint32_t(src.alignment()));
-  for (const auto& [k, v] : src.metadata())
-    if (k != "general.alignment") w.set(k, v);
-  for (const GgufTensor& t : src.tensors()) {
-    const size_t at = t.name.find("ffn_up_exps.");
-    if (at != std::string::npos) continue;  // joined with its gate below
-    const size_t g = t.name.find("ffn_gate_exps.");
-    if (g == std::string::npos) {
-      w.add_tensor(t.name, t.type, t.shape, t.data);
-      continue;
-    }
-    std::string up_name = t.name, fused = t.name;
-    up_name.replace(g, 13, "ffn_up_exps");
-    fused.replace(g, 13, "ffn_gate_up_exps");
-    const GgufTensor& u = src.tensor(up_name);
-    ASSERT_EQ(u.shape, t.shape);
-    ASSERT_EQ(u.type, t.type);
-    // Weights [cols, rows, n] or biases [rows, n]: the last dimension is the expert.
-    const int64_t n = t.shape.back();
-    const size_t slice = size_t(t.nbytes / uint64_t(n));
-    std::vector<uint8_t> bytes(2 * slice * size_t(n));
-    for (int64_t e = 0; e < n; ++e) {
-      std::memcpy(bytes.data() + 2 * slice * size_t(e), t.data + slice * size_t(e), slice);
-      std::memcpy(bytes.data() + 2 * slice * size_t(e) + slice, u.data + slice * size_t(e), slice);
-    }
-    std::vector<int64_t> shape = t.shape;
-    shape[shape.size() - 2] *= 2;
-    w.add_tensor(fused, t.type, shape, std::move(bytes));
-  }
-  w.write(out);
-}
-
-// A file whose experts come as llama.cpp's fused ffn_gate_up_exps gives the same logits, bit for bit,
-// as the same weights in separate gate and up tensors, on every MoE family (gpt-oss with its biases).
-TEST(MoeModel, FusedGateUpExpertsGiveTheSameLogits) {
-  int ran = 0;
-  for (const char* name : {"mixtral", "qwen2_moe", "olmoe", "qwen3_moe", "deepseek_v3", "qwen3_5_moe",
-                           "qwen3_next", "gpt_oss"}) {
-    const auto dir = golden_fixture(name);
-    if (!std::filesystem::exists(dir / "config.json")) continue;
-    testing::TempDir tmp(std::string("moe_fused_") + name);
-    ConvertOptions opt;
-    opt.out_type = GgmlType::Q8_0;
-    convert_hf_to_gguf(dir.string(), tmp.file("split.gguf"), opt);
-    {
-      const auto split = GgufFile::open(tmp.file("split.gguf"));
-      write_fused_gate_up(*split, tmp.file("fused.gguf"));
-    }
-    const auto fused_file = GgufFile::open(tmp.file("fused.gguf"));
-    ASSERT_EQ(fused_file->find_tensor("blk.1.ffn_gate_exps.weight"), nullptr) << name;
-    ASSERT_NE(fused_file->find_tensor("blk.1.ffn_gate_up_exps.weight"), nullptr) << name;
-    if (std::string(name) == "gpt_oss") {
-      ASSERT_NE(fused_file->find_tensor("blk.1.ffn_gate_up_exps.bias"), nullptr);
-    }
-    auto a = load_model(tmp.file("split.gguf"));
-    auto b = load_model(tmp.file("fused.gguf"));
-    SessionOptions so;
-    so.kv_type = "f32";
-    so.n_threads = 2;
-    const std::vector<int32_t> prompt = {3, 17, 250, 9, 9, 120, 64, 1, 200, 33};
-    Session sa(a, so), sb(b, so);
-    const std::vector<float> la = sa.eval(prompt, true), lb = sb.eval(prompt, true);
-    ASSERT_EQ(la.size(), lb.size()) << name;
-    size_t differ = 0;
-    for (size_t i = 0; i < la.size(); ++i) differ += la[i] != lb[i] ? 1 : 0;
-    EXPECT_EQ(differ, 0u) << name;
-    // And a decode step after the prompt.
-    EXPECT_EQ(sa.eval({42}), sb.eval({42})) << name;
-    ++ran;
-  }
-  if (ran == 0) GTEST_SKIP() << "no MoE fixtures";
-}
-
-// A fused tensor of the wrong shape is a clear error naming it.
-TEST(MoeModel, FusedGateUpExpertsOfTheWrongShapeAreRefused) {
-  const auto dir = golden_fixture("qwen2_moe");
-  if (!std::filesystem::exists(dir / "config.json")) GTEST_SKIP() << "no fixture at " << dir;
-  testing::TempDir tmp("moe_fused_bad");
-  ConvertOptions opt;
-  opt.out_type = GgmlType::F32;
-  convert_hf_to_gguf(dir.string(), tmp.file("split.gguf"), opt);
-  const auto src = GgufFile::open(tmp.file("split.gguf"));
-  GgufWriter w;
-  for (const auto& [k, v] : src->metadata()) w.set(k, v);
-  for (const GgufTensor& t : src->tensors()) {
-    if (t.name == "blk.0.ffn_up_exps.weight") continue;
-    if (t.name == "blk.0.ffn_gate_exps.weight") {  // the gate alone, under the fused name
-      w.add_tensor("blk.0.ffn_gate_up_exps.weight", t.type, t.shape, t.data);
-      continue;
-    }
-    w.add_tensor(t.name, t.type, t.shape, t.data);
-  }
-  w.write(tmp.file("bad.gguf"));
-  try {
-    load_model(tmp.file("bad.gguf"));
-    FAIL() << "loaded a fused tensor of half the rows";
-  } catch (const FormatError& e) {
-    EXPECT_NE(std::string(e.what()).find("blk.0.ffn_gate_up_exps.weight"), std::string::npos) << e.what();
-  }
 }
 
 }  // namespace
