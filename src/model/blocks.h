@@ -90,11 +90,10 @@ std::string supported_architectures();  // "llama, qwen2, qwen3"
 // A 1-D tensor of n elements decoded to floats; empty when absent and !required. FormatError names
 // the tensor on a missing tensor or wrong shape.
 std::vector<float> load_vector(const GgufFile& f, const std::string& name, int64_t n, bool required);
-// A 2-D tensor with ne0 = cols, ne1 = rows.
 // The factors of "<base>.scale" for the weight "<base>.weight" (WeightView::scale): one value, or n
 // for a stack of n experts; all 1 when the file has none.
 std::vector<float> load_weight_scales(const GgufFile& f, const std::string& weight_name, int64_t n);
-// A 2-D weight with its scale (load_weight_scales).
+// A 2-D tensor with ne0 = cols, ne1 = rows, with its scale (load_weight_scales).
 WeightView load_matrix(const GgufFile& f, const std::string& name, int64_t cols, int64_t rows);
 std::string blk_name(int il, std::string_view what);  // "blk.<il>.<what>"
 // Rows [row0, row0 + rows) of w, a view into the same bytes.

@@ -284,7 +284,8 @@ bool takes_rowdot(const kern::IsaKernels* k, const WeightView& w, float* y, int6
 
 namespace {
 
-// y (m rows of w.rows) *= w.scale: the per-tensor scale some files carry beside a weight (scale_of).
+// y (m rows of w.rows) *= w.scale: the per-tensor scale some files carry beside a weight
+// (WeightView::scale).
 void apply_scale(const WeightView& w, int64_t m, float* y) {
   if (w.scale == 1.0f) return;
   const int64_t n = m * w.rows;
