@@ -27,7 +27,7 @@ if ((build_ok)); then
   QLEAP_BIN="$PWD/build/qleap" "$PYTHON" -m pytest -q tests/py 2>&1 | tee "$logs/pytest.txt"
 fi
 fuzz_passed=0 fuzz_failed=0
-for t in ${FUZZ_TARGETS:-gguf_fuzz safetensors_fuzz server_request_fuzz}; do
+for t in ${FUZZ_TARGETS:-gguf_fuzz safetensors_fuzz server_request_fuzz model_load_fuzz}; do
   if FUZZ_TARGETS="$t" bash tests/fuzz/run_fuzz.sh; then
     fuzz_passed=$((fuzz_passed + 1))
   else

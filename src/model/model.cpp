@@ -38,7 +38,11 @@ int64_t arch_int(const GgufFile& f, std::string_view suffix, int64_t def, bool r
     if (required) throw FormatError(fmt::format("missing metadata key '{}.{}'", f.architecture(), suffix));
     return def;
   }
-  return v->as_int();
+  // Every caller keeps the value in an int; a larger one would wrap into a plausible small size.
+  const int64_t x = v->as_int();
+  if (x < -(int64_t(1) << 30) || x > (int64_t(1) << 30))
+    throw FormatError(fmt::format("metadata key '{}.{}' is out of range: {}", f.architecture(), suffix, x));
+  return x;
 }
 
 double arch_float(const GgufFile& f, std::string_view suffix, double def) {
@@ -65,7 +69,12 @@ HParams read_hparams(const GgufFile& f) {
   const std::string arch = f.architecture();
   if (arch.empty()) throw FormatError("missing metadata key 'general.architecture'");
   HParams hp;
-  hp.n_layers = int(arch_int(f, "block_count", 0, true));
+  // Every block holds tensors of its own, so a file cannot have more blocks than tensors (a corrupt
+  // count would otherwise size the per-layer tables before any tensor is looked up).
+  const int64_t blocks = arch_int(f, "block_count", 0, true);
+  if (blocks <= 0 || blocks > int64_t(f.tensors().size()))
+    throw FormatError(fmt::format("bad block_count {} for a file of {} tensors", blocks, f.tensors().size()));
+  hp.n_layers = int(blocks);
   hp.n_embd = int(arch_int(f, "embedding_length", 0, true));
   // MoE files may give only the experts' FFN size (llama.cpp's qwen35moe).
   const bool moe_file = f.find_arch("expert_count") != nullptr;

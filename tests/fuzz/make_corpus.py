@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Writes the fuzzing seed corpus: a few tiny valid GGUF files (gguf-py) and safetensors files, and
 structure-aware server requests (both APIs, deep nesting, huge numbers, wrong types per field, raw
-HTTP framing) with the dictionary of the API's keys (server_request.dict)."""
+HTTP framing) with the dictionary of the API's keys (server_request.dict); and, for the model loader,
+tiny models of several architectures converted from the golden fixtures by `qleap convert` (binary from
+$QLEAP_BIN, default build/qleap; skipped when it is not built)."""
 import json
 import os
 import shutil
+import subprocess
 
 import numpy as np
 
@@ -184,5 +187,25 @@ def server_dict(path):
         f.write("\n".join(lines) + "\n")
 
 
+# One fixture per architecture reader: dense llama (GQA), gemma3 (sliding windows), phi3 (fused
+# projections, LongRoPE), qwen2moe (shared expert), gpt-oss (sinks, biased experts), qwen3next
+# (DeltaNet), deepseek_v3 (MLA). Q4_0 keeps them small.
+MODEL_SEEDS = ["llama_gqa", "gemma3", "phi3_longrope", "qwen2_moe", "gpt_oss", "qwen3_next", "deepseek_v3"]
+
+
+def model_load_seeds(d):
+    qleap = os.environ.get("QLEAP_BIN", os.path.join(HERE, "..", "..", "build", "qleap"))
+    if not os.path.exists(qleap):
+        print(f"{qleap} not built: model_load seeds left as they are")
+        return
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    fixtures = os.path.join(HERE, "..", "golden", "fixtures")
+    for name in MODEL_SEEDS:
+        subprocess.run([qleap, "convert", os.path.join(fixtures, name), os.path.join(d, name + ".gguf"),
+                        "--type", "Q4_0"], check=True, capture_output=True)
+
+
 if __name__ == "__main__":
     main()
+    model_load_seeds(os.path.join(HERE, "corpus", "model_load"))

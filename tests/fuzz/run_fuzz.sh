@@ -3,12 +3,12 @@
 # over its seed corpus. Exits non-zero when a target finds a crash, leak or sanitizer error.
 #   FUZZ_SECONDS  run time per target (default 60)
 #   FUZZ_JOBS     parallel fuzzing processes per target (default 1)
-#   FUZZ_TARGETS  targets to run (default: gguf_fuzz safetensors_fuzz server_request_fuzz)
+#   FUZZ_TARGETS  targets to run (default: gguf_fuzz safetensors_fuzz server_request_fuzz model_load_fuzz)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs="${FUZZ_SECONDS:-60}"
 jobs="${FUZZ_JOBS:-1}"
-targets="${FUZZ_TARGETS:-gguf_fuzz safetensors_fuzz server_request_fuzz}"
+targets="${FUZZ_TARGETS:-gguf_fuzz safetensors_fuzz server_request_fuzz model_load_fuzz}"
 if ! command -v clang++ >/dev/null; then
   echo "[fuzz] clang++ not found; skipping fuzzing" >&2
   exit 0
@@ -27,10 +27,18 @@ for t in $targets; do
   echo "[fuzz] $t for ${secs}s (seeds: $seeds)"
   par=()
   if [ "$jobs" -gt 1 ]; then par=(-jobs="$jobs" -workers="$jobs"); fi
+  # Inputs up to 64 KiB, or the largest seed (model_load's seeds are whole tiny models).
+  maxlen=65536
+  for f in "$seeds"/*; do
+    if [ -f "$f" ]; then
+      n=$(stat -c %s "$f")
+      if [ "$n" -gt "$maxlen" ]; then maxlen=$n; fi
+    fi
+  done
   dict="tests/fuzz/${t%_fuzz}.dict"
   if [ -f "$dict" ]; then par+=(-dict="$dict"); fi
   if ! UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
-    ./build-fuzz/"$t" -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
+    ./build-fuzz/"$t" -max_total_time="$secs" -max_len="$maxlen" -rss_limit_mb=2048 -timeout=10 \
     "${par[@]}" -print_final_stats=1 -artifact_prefix="build-fuzz/$t-" "$work" "$seeds" tests/fuzz/regressions \
     2>&1 | tail -n 25; then
     echo "[fuzz] $t FAILED: see build-fuzz/$t-* for the crashing input" >&2

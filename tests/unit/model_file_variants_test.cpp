@@ -17,6 +17,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -275,6 +276,25 @@ TEST(DeltaNetFile, FusedSsmInOfAQwen35FileIsRefused) {
   const std::string fused = with_fused_ssm_in("qwen3_5", GgmlType::F32, tmp);
   if (fused.empty()) GTEST_SKIP() << "no fixture qwen3_5";
   testing::expect_load_error<Unsupported>(fused, "ssm_in");
+}
+
+// Counts a corrupt file could carry are refused before anything is sized by them (found by
+// model_load_fuzz: a flipped bit in block_count asked for a 7 GB table of layers).
+TEST(LoaderBounds, HugeCountsAreFormatErrors) {
+  testing::TempDir tmp("loader_bounds");
+  const std::string plain = converted_fixture("llama_gqa", GgmlType::Q8_0, tmp);
+  if (plain.empty()) GTEST_SKIP() << "no fixture llama_gqa";
+  const auto src = GgufFile::open(plain);
+  const std::pair<const char*, uint64_t> cases[] = {{"llama.block_count", uint64_t(1) << 26},
+                                                    {"llama.embedding_length", (uint64_t(1) << 32) + 64},
+                                                    {"llama.context_length", uint64_t(1) << 40}};
+  for (const auto& [key, value] : cases) {
+    GgufWriter w = writer_like(*src);
+    w.set_u64(key, value);
+    for (const GgufTensor& t : src->tensors()) w.add_tensor(t.name, t.type, t.shape, t.data);
+    w.write(tmp.file("bad.gguf"));
+    testing::expect_load_error<FormatError>(tmp.file("bad.gguf"), std::string(key).substr(6));
+  }
 }
 
 }  // namespace
