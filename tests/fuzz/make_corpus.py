@@ -194,6 +194,14 @@ MODEL_SEEDS = ["llama_gqa", "gemma3", "phi3_longrope", "qwen2_moe", "gpt_oss", "
 
 
 def model_load_seeds(d):
+    """Tiny models, each with a tokenizer so the loader's fuzzing reaches the tokenizer too: a byte-level
+    BPE vocabulary of the 256 bytes (the fixtures' vocab size), and, for llama, stories260K's
+    SentencePiece vocabulary with its scores and token types."""
+    import sys
+    import tempfile
+    sys.path.insert(0, os.path.join(HERE, "..", "..", "tools"))
+    from make_random_model import byte_chars
+
     qleap = os.environ.get("QLEAP_BIN", os.path.join(HERE, "..", "..", "build", "qleap"))
     if not os.path.exists(qleap):
         print(f"{qleap} not built: model_load seeds left as they are")
@@ -201,9 +209,39 @@ def model_load_seeds(d):
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     fixtures = os.path.join(HERE, "..", "golden", "fixtures")
-    for name in MODEL_SEEDS:
-        subprocess.run([qleap, "convert", os.path.join(fixtures, name), os.path.join(d, name + ".gguf"),
-                        "--type", "Q4_0"], check=True, capture_output=True)
+    tok = {"version": "1.0", "added_tokens": [{"id": 255, "content": "\u00ff", "special": True}],
+           "normalizer": None,
+           "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                             "use_regex": True},
+           "post_processor": None, "decoder": {"type": "ByteLevel"},
+           "model": {"type": "BPE", "vocab": {c: i for i, c in enumerate(byte_chars())},
+                     "merges": [f"{byte_chars()[104]} {byte_chars()[105]}"]}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in MODEL_SEEDS:
+            src = os.path.join(tmp, name)
+            shutil.copytree(os.path.join(fixtures, name), src)
+            with open(os.path.join(src, "tokenizer.json"), "w") as f:
+                json.dump(tok, f, ensure_ascii=False)
+            subprocess.run([qleap, "convert", src, os.path.join(d, name + ".gguf"), "--type", "Q4_0"],
+                           check=True, capture_output=True)
+    # stories260K's tokenizer (SentencePiece, 512 pieces) on a metadata-only file.
+    r = gguf.GGUFReader(os.path.join(HERE, "..", "fixtures", "models", "stories260K.gguf"))
+    w = gguf.GGUFWriter(os.path.join(d, "spm_tokenizer.gguf"), "llama")
+    for field in r.fields.values():
+        if field.name.startswith("tokenizer.ggml."):
+            v = field.contents()
+            if isinstance(v, list):
+                w.add_array(field.name, v)
+            elif isinstance(v, str):
+                w.add_string(field.name, v)
+            elif isinstance(v, bool):
+                w.add_bool(field.name, v)
+            else:
+                w.add_uint32(field.name, int(v))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 if __name__ == "__main__":
