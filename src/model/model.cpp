@@ -65,15 +65,16 @@ std::string supported_architectures() {
   return s;
 }
 
+// More blocks than any model has (the largest have a few hundred).
+constexpr int64_t kMaxBlocks = 65536;
+
 HParams read_hparams(const GgufFile& f) {
   const std::string arch = f.architecture();
   if (arch.empty()) throw FormatError("missing metadata key 'general.architecture'");
   HParams hp;
-  // Every block holds tensors of its own, so a file cannot have more blocks than tensors (a corrupt
-  // count would otherwise size the per-layer tables before any tensor is looked up).
+  // Per-layer tables are sized by this count (load_model also bounds it by the file's tensors).
   const int64_t blocks = arch_int(f, "block_count", 0, true);
-  if (blocks <= 0 || blocks > int64_t(f.tensors().size()))
-    throw FormatError(fmt::format("bad block_count {} for a file of {} tensors", blocks, f.tensors().size()));
+  if (blocks > kMaxBlocks) throw FormatError(fmt::format("bad block_count {}", blocks));
   hp.n_layers = int(blocks);
   hp.n_embd = int(arch_int(f, "embedding_length", 0, true));
   // MoE files may give only the experts' FFN size (llama.cpp's qwen35moe).
@@ -221,6 +222,10 @@ std::shared_ptr<const Model> load_model(std::shared_ptr<GgufFile> file) {
     w.output = w.token_embd;
     w.tied_embeddings = true;
   }
+  // Every block holds tensors of its own: a corrupt count must not size the layer table.
+  if (size_t(hp.n_layers) > f.tensors().size())
+    throw FormatError(
+        fmt::format("bad block_count {} for a file of {} tensors", hp.n_layers, f.tensors().size()));
   w.layers.resize(size_t(hp.n_layers));
   for (int il = 0; il < hp.n_layers; ++il) arch->load_layer(f, hp, il, w.layers[size_t(il)]);
   return std::make_shared<const Model>(std::move(file), *arch, std::move(hp), std::move(w));
