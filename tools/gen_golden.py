@@ -109,6 +109,17 @@ FIXTURES = {
                                                     "sliding_attention": rope(10000.0)},
                                    pad_token_id=0, eos_token_id=1, bos_token_id=2,
                                    prompt_lens=(24, 19), centered_norms=True, seed=1234 + 12)),
+    # Gemma 3 in the shape of the released configs, which llama.cpp's files can describe (they carry no
+    # layer pattern or score scale): five local layers per global one (layers 0-4 and 6 local, 5 global),
+    # query_pre_attn_scalar = head_dim, linear rope scaling 8 on the global layers (the 4B-27B configs).
+    # tests/golden/llamacpp/gemma3_std.gguf is this fixture converted by llama.cpp's converter.
+    "gemma3_std": ("gemma3_text", dict(num_hidden_layers=7, intermediate_size=96, head_dim=32, sliding_window=8,
+                                       query_pre_attn_scalar=32, rms_norm_eps=1e-6,
+                                       rope_parameters={"full_attention": rope(1000000.0, rope_type="linear",
+                                                                               factor=8.0),
+                                                        "sliding_attention": rope(10000.0)},
+                                       pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                                       prompt_lens=(24, 19), centered_norms=True, seed=1234 + 40)),
     # Gemma 2: alternating window (layers 0 and 2 local, the default pattern), small soft-caps so that
     # tanh bends the scores and logits.
     "gemma2": ("gemma2", dict(num_hidden_layers=3, intermediate_size=96, head_dim=16, sliding_window=8,
