@@ -156,22 +156,22 @@ nlohmann::json usage_json(const KvUsage& ub, const KvUsage& ut) {
 std::vector<CompareStats> compare_text(const CompareOptions& o, const Tokenizer& tok, Session& base,
                                        std::vector<std::unique_ptr<Session>>& tests,
                                        const std::vector<std::string>& types) {
-  const std::vector<int32_t> ids = tok.encode(read_file(o.text_file), false, false);
   const int ctx = base.n_ctx(), nv = base.n_vocab(), piece = base.n_batch();
-  int n_chunks = int(ids.size()) / ctx;
-  if (o.chunks > 0) n_chunks = std::min(n_chunks, o.chunks);
+  size_t n_tokens = 0;
+  const std::vector<std::vector<int32_t>> chunks =
+      perplexity_chunks(tok, read_file(o.text_file), ctx, o.chunks, &n_tokens);
+  const int n_chunks = int(chunks.size());
   if (n_chunks == 0) {
     throw InvalidArgument(
-        fmt::format("'{}' has {} tokens, fewer than one context of {}", o.text_file, ids.size(), ctx));
+        fmt::format("'{}' has {} tokens, fewer than one context of {}", o.text_file, n_tokens, ctx));
   }
-  std::cerr << fmt::format("[{} tokens, {} chunks of {}, KV {} vs {}]\n", ids.size(), n_chunks, ctx, o.base,
+  std::cerr << fmt::format("[{} tokens, {} chunks of {}, KV {} vs {}]\n", n_tokens, n_chunks, ctx, o.base,
                            o.common.kv);
   std::vector<CompareStats> stats(tests.size());
   std::vector<float> lb;
   Stopwatch sw;
   for (int c = 0; c < n_chunks; ++c) {
-    std::vector<int32_t> chunk(ids.begin() + long(c) * ctx, ids.begin() + long(c + 1) * ctx);
-    if (tok.wants_bos()) chunk[0] = tok.bos();
+    const std::vector<int32_t>& chunk = chunks[size_t(c)];
     base.reset();
     for (auto& t : tests) t->reset();
     for (int p0 = 0; p0 < ctx; p0 += piece) {

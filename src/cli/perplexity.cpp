@@ -12,6 +12,7 @@
 #include "core/timer.h"
 #include "model/model.h"
 #include "runtime/kv_calibrate.h"
+#include "runtime/logit_compare.h"
 #include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
 
@@ -34,20 +35,19 @@ void perplexity_command(PplOptions& o) {
   auto_session_options(o.common, path, /*quiet=*/true, &so.gpu_layers);  // only the GPU layer count
   Session session(model, so);
   const int n_ctx = session.n_ctx();
-  const std::vector<int32_t> ids = tok.encode(text, false, false);
-  int n_chunks = int(ids.size()) / n_ctx;
-  if (o.chunks > 0) n_chunks = std::min(n_chunks, o.chunks);
+  size_t n_tokens = 0;
+  const std::vector<std::vector<int32_t>> chunks = perplexity_chunks(tok, text, n_ctx, o.chunks, &n_tokens);
+  const int n_chunks = int(chunks.size());
   if (n_chunks == 0) {
     throw InvalidArgument(
-        fmt::format("'{}' has {} tokens, fewer than one context of {}", o.text_file, ids.size(), n_ctx));
+        fmt::format("'{}' has {} tokens, fewer than one context of {}", o.text_file, n_tokens, n_ctx));
   }
-  std::cerr << fmt::format("[{} tokens, {} chunks of {}, KV {}]\n", ids.size(), n_chunks, n_ctx, o.common.kv);
+  std::cerr << fmt::format("[{} tokens, {} chunks of {}, KV {}]\n", n_tokens, n_chunks, n_ctx, o.common.kv);
   double sum = 0, sum2 = 0;
   int64_t count = 0;
   Stopwatch sw;
   for (int c = 0; c < n_chunks; ++c) {
-    std::vector<int32_t> chunk(ids.begin() + long(c) * n_ctx, ids.begin() + long(c + 1) * n_ctx);
-    if (tok.wants_bos()) chunk[0] = tok.bos();
+    const std::vector<int32_t>& chunk = chunks[size_t(c)];
     session.reset();
     const std::vector<float>& logits = session.eval(chunk, true);
     const int nv = session.n_vocab();

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "tokenizer/tokenizer.h"
+
 namespace qleap {
 
 namespace {
@@ -107,6 +109,21 @@ double CompareStats::se_ppl_ratio() const {
   std::vector<double> d(nll_t_.size());
   for (size_t i = 0; i < d.size(); ++i) d[i] = nll_t_[i] - nll_b_[i];
   return std::exp(mean(d)) * se_of_mean(d);
+}
+
+std::vector<std::vector<int32_t>> perplexity_chunks(const Tokenizer& tok, std::string_view text, int n_ctx,
+                                                    int max_chunks, size_t* n_tokens) {
+  const std::vector<int32_t> ids = tok.encode(text, tok.wants_bos(), false);
+  if (n_tokens != nullptr) *n_tokens = ids.size();
+  std::vector<std::vector<int32_t>> chunks;
+  if (n_ctx <= 0) return chunks;
+  size_t n = ids.size() / size_t(n_ctx);
+  if (max_chunks > 0) n = std::min(n, size_t(max_chunks));
+  for (size_t c = 0; c < n; ++c) {
+    chunks.emplace_back(ids.begin() + long(c * size_t(n_ctx)), ids.begin() + long((c + 1) * size_t(n_ctx)));
+    if (tok.wants_bos()) chunks.back()[0] = tok.bos();
+  }
+  return chunks;
 }
 
 }  // namespace qleap

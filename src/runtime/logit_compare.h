@@ -3,9 +3,12 @@
 // each. Used by `qleap compare` to measure what a lossy KV cache costs against an f16 baseline.
 #pragma once
 #include <cstdint>
+#include <string_view>
 #include <vector>
 
 namespace qleap {
+
+class Tokenizer;
 
 struct TokenCompare {
   double kld = 0;       // KL(P_base || P_test), nats
@@ -42,5 +45,12 @@ class CompareStats {
   std::vector<double> kld_, nll_b_, nll_t_;
   int64_t agree_ = 0;
 };
+
+// The perplexity protocol's chunks, made as llama-perplexity makes them, so that both engines score
+// the same tokens: the text tokenized with BOS where the model wants one, cut into chunks of n_ctx
+// tokens (a partial last chunk dropped), the first token of every chunk replaced by BOS. At most
+// max_chunks (<= 0: all). *n_tokens (if given): the length of the tokenized text.
+std::vector<std::vector<int32_t>> perplexity_chunks(const Tokenizer& tok, std::string_view text, int n_ctx,
+                                                    int max_chunks, size_t* n_tokens = nullptr);
 
 }  // namespace qleap

@@ -5,6 +5,10 @@
 
 #include <cmath>
 
+#include "gguf/gguf.h"
+#include "gguf_test_util.h"
+#include "tokenizer/tokenizer.h"
+
 namespace qleap {
 namespace {
 
@@ -54,6 +58,38 @@ TEST(LogitCompare, StatsSummarize) {
   EXPECT_NEAR(st.ppl_ratio_minus_1(), std::exp(0.3) - 1, 1e-9);
   // Paired differences 0.5 and 0.1: mean 0.3, sample sd 0.2828, se 0.2.
   EXPECT_NEAR(st.se_ppl_ratio(), std::exp(0.3) * 0.2, 1e-9);
+}
+
+// The perplexity protocol's chunks are llama-perplexity's: the text tokenized with BOS where the model
+// wants one (stories260K), then cut, each chunk's first token replaced by BOS; without (bpe_qwen2,
+// whose file adds none) the text's own first token is the first chunk's, replaced by nothing.
+TEST(PerplexityChunks, CutAsLlamaPerplexityCutsThem) {
+  const std::string text =
+      "Once upon a time there was a little girl who liked to play in the park. She had a red ball and a "
+      "blue kite, and every day she ran to the top of the hill to fly the kite in the wind.";
+  for (const char* path :
+       {"/tests/fixtures/models/stories260K.gguf", "/tests/fixtures/tokenizer/bpe_qwen2.gguf"}) {
+    const auto f = GgufFile::open(testing::source_dir() + path);
+    const Tokenizer tok = Tokenizer::from_gguf(*f);
+    std::vector<int32_t> all = tok.encode(text, false, false);
+    if (tok.wants_bos()) all.insert(all.begin(), tok.bos());
+    const int n = 8;
+    size_t n_tokens = 0;
+    const auto chunks = perplexity_chunks(tok, text, n, 0, &n_tokens);
+    EXPECT_EQ(n_tokens, all.size()) << path;
+    ASSERT_EQ(chunks.size(), all.size() / n) << path;
+    ASSERT_GE(chunks.size(), 3u) << path;
+    for (size_t c = 0; c < chunks.size(); ++c) {
+      std::vector<int32_t> want(all.begin() + long(c * n), all.begin() + long((c + 1) * n));
+      if (tok.wants_bos()) want[0] = tok.bos();
+      EXPECT_EQ(chunks[c], want) << path << " chunk " << c;
+    }
+    EXPECT_EQ(perplexity_chunks(tok, text, n, 2).size(), 2u);
+    EXPECT_TRUE(perplexity_chunks(tok, text, int(all.size()) + 1, 0).empty());
+  }
+  const Tokenizer spm = Tokenizer::from_gguf(
+      *GgufFile::open(testing::source_dir() + "/tests/fixtures/models/stories260K.gguf"));
+  EXPECT_TRUE(spm.wants_bos());  // the case above that tests the BOS
 }
 
 }  // namespace
