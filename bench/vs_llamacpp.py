@@ -13,9 +13,11 @@ Tests:
   pp<P>, tg<T>     llama-bench's definitions: a P-token prompt from an empty context, T tokens decoded
                    one at a time (qleap: `qleap bench -p P -n T`).
   pp<P>@d<D>       P prompt tokens processed after D tokens of context. qleap: `--pp-depth D`
-                   (context filled once, untimed). llama.cpp (this snapshot has no depth option):
-                   P / (t(pp D+P) - t(pp D)) with -fa 1, i.e. the time of the last P tokens of a
-                   D+P prompt (ubatch 512 keeps the chunks aligned when D is a multiple of 512).
+                   (context filled once, untimed). llama.cpp with -fa 1: where its llama-bench has
+                   a depth option (`-d`, builds since spring 2025), `-p P -d D`, its own definition
+                   of the same test; older builds (the Feb 2025 snapshot): P / (t(pp D+P) - t(pp D)),
+                   i.e. the time of the last P tokens of a D+P prompt (ubatch 512 keeps the chunks
+                   aligned when D is a multiple of 512).
 Decode bandwidth: weight bytes per token x tg rate, against the read bandwidth `qleap bench`
 measures in the same process.
 
@@ -54,9 +56,22 @@ def qleap_bench(qleap, model, isa, a, pp=0, tg=0, depth=0):
     return run_json(cmd, env=env)
 
 
-def llama_bench(binary, model, a, prompts=(), tg=0, fa=0, reps=1):
+_DEPTH_OPTION = {}
+
+
+def llama_has_depth(binary):
+    """Whether this llama-bench has `-d/--n-depth` (the Feb 2025 snapshot does not)."""
+    if binary not in _DEPTH_OPTION:
+        r = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60)
+        _DEPTH_OPTION[binary] = "--n-depth" in r.stdout + r.stderr
+    return _DEPTH_OPTION[binary]
+
+
+def llama_bench(binary, model, a, prompts=(), tg=0, fa=0, reps=1, depth=0):
     cmd = [binary, "-m", model, "-t", str(a.threads), "-r", str(reps), "-o", "json", "-fa", str(fa)]
     cmd += ["-p", ",".join(str(p) for p in prompts) if prompts else "0", "-n", str(tg)]
+    if depth:
+        cmd += ["-d", str(depth)]
     rows = run_json(cmd)
     out = {}
     for r in rows:
@@ -65,6 +80,15 @@ def llama_bench(binary, model, a, prompts=(), tg=0, fa=0, reps=1):
         elif r["n_prompt"] > 0 and r["n_gen"] == 0:
             out[f"pp{r['n_prompt']}"] = r["avg_ts"]
     return out
+
+
+def llama_pp_at_depth(binary, model, a, depth):
+    """llama.cpp's rate for a.pp prompt tokens after `depth` tokens of context, flash attention on."""
+    if llama_has_depth(binary):
+        return llama_bench(binary, model, a, prompts=[a.pp], fa=1, depth=depth).get(f"pp{a.pp}", float("nan"))
+    ld = llama_bench(binary, model, a, prompts=[depth, depth + a.pp], fa=1)
+    t_d, t_dp = depth / ld[f"pp{depth}"], (depth + a.pp) / ld[f"pp{depth + a.pp}"]
+    return a.pp / (t_dp - t_d) if t_dp > t_d else float("nan")
 
 
 def summarize(ratios):
@@ -134,9 +158,7 @@ def main():
                     if lvl not in depth_levels:
                         continue
                     qd = qleap_bench(a.qleap, model, lvl, a, pp=a.pp, depth=d)
-                    ld = llama_bench(lb, model, a, prompts=[d, d + a.pp], fa=1)
-                    t_d, t_dp = d / ld[f"pp{d}"], (d + a.pp) / ld[f"pp{d + a.pp}"]
-                    lrate = a.pp / (t_dp - t_d) if t_dp > t_d else float("nan")
+                    lrate = llama_pp_at_depth(lb, model, a, d)
                     add(model, lvl, f"pp{a.pp}@d{d}", qd["pp"]["tps"], lrate)
         print(f"# round {rnd + 1}/{a.rounds} done ({time.time() - t0:.0f} s)", file=sys.stderr)
 
