@@ -126,6 +126,16 @@ def test_bench_decode_after_a_filled_context(qleap_bin, test_models):
     assert j["kv_bytes_per_token"] == 205 and abs(j["kv_compression_vs_f16"] - 640 / 205) < 1e-9
 
 
+def test_bench_reports_the_best_and_the_median_read_probe(qleap_bin, test_models):
+    # The decode ratio is against the best probe; the median shows how far the host moved meanwhile.
+    m = test_models / "stories260K.gguf"
+    j = json.loads(run(qleap_bin, "bench", m, "-p", "0", "-n", "4", "-r", "1", "--json").stdout)
+    assert j["machine_read_probes"] == 5
+    assert j["machine_read_gbps"] >= j["machine_read_gbps_median"] > 0
+    text = run(qleap_bin, "bench", m, "-p", "0", "-n", "4", "-r", "1").stdout
+    assert "best of 5 probes, median" in text, text
+
+
 def test_bench_parallel_decodes_slots_together(qleap_bin, test_models):
     # --parallel N (no --mem-budget): N sequences decode one token each per step, timed against one
     # sequence alone in interleaved rounds.
