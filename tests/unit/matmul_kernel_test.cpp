@@ -16,6 +16,7 @@
 #include "core/fp16.h"
 #include "core/thread_pool.h"
 #include "isa_test_util.h"
+#include "quant/block_mxfp4.h"
 #include "quant/block_q6_k.h"
 #include "quant/quant.h"
 #include "random_weights.h"
@@ -268,15 +269,15 @@ TEST_P(PackedMatmul, MatchesReferenceAtEveryIsaLevel) {
 
 INSTANTIATE_TEST_SUITE_P(PackableFormats, PackedMatmul,
                          ::testing::Values("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
-                                           "IQ4_XS"),
+                                           "IQ4_XS", "IQ4_NL", "MXFP4"),
                          [](const auto& info) { return std::string(info.param); });
 
 TEST(PackedMatmulApi, RepackCanBeTurnedOffAndSkipsOtherFormats) {
   std::mt19937 rng(3);
   const auto w4 = random_weights(GgmlType::Q4_0, 20, 64, rng);
-  const auto w5 = random_weights(GgmlType::IQ4_NL, 20, 64, rng);
+  const auto w5 = random_weights(GgmlType::NVFP4, 20, 64, rng);
   WeightView a{GgmlType::Q4_0, w4.data(), 64, 20, row_size(GgmlType::Q4_0, 64)};
-  WeightView b{GgmlType::IQ4_NL, w5.data(), 64, 20, row_size(GgmlType::IQ4_NL, 64)};
+  WeightView b{GgmlType::NVFP4, w5.data(), 64, 20, row_size(GgmlType::NVFP4, 64)};
   WeightView c = a;  // shares a's bytes: one copy
   WeightView* views[] = {&a, &b, &c};
   set_repack_enabled(false);
@@ -290,6 +291,51 @@ TEST(PackedMatmulApi, RepackCanBeTurnedOffAndSkipsOtherFormats) {
   EXPECT_EQ(c.packed, a.packed);
   EXPECT_EQ(b.packed, nullptr);
   EXPECT_NE(p->describe().find("Q4_0: 1"), std::string::npos) << p->describe();
+}
+
+// The repacked MXFP4 kernels build each row's scale 2^(e - 128) from the exponent byte's bits: every
+// exponent up to 252, the subnormal ones (e < 2) included, one row each. They compute
+// a * (code + 12) - 12 a, so the activation is scaled down for the large exponents; -12 a itself
+// passes FLT_MAX above 252, and a matrix with such an exponent (no finite weight quantizes to one)
+// keeps the GGUF kernels.
+TEST(PackedMatmulApi, Mxfp4ScalesForEveryExponent) {
+  if (!repack_enabled()) GTEST_SKIP() << "no AVX2: repacking stays off";
+  IsaGuard guard;
+  const int64_t cols = 32;
+  ThreadPool pool(1);
+  for (const int64_t rows : {253, 256}) {
+    std::vector<BlockMxfp4> w(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) {
+      w[size_t(r)] = BlockMxfp4{};
+      w[size_t(r)].e = uint8_t(r);
+      w[size_t(r)].qs[0] = 0x01;  // weight 0: code 1 (doubled E2M1 value 1), the rest zero
+    }
+    WeightView wv{GgmlType::MXFP4, w.data(), cols, rows, sizeof(BlockMxfp4)};
+    WeightView* views[] = {&wv};
+    const auto prepared = PreparedWeights::prepare(views, false);
+    ASSERT_EQ(wv.packed != nullptr, rows == 253);
+    struct Pass {
+      float x0;
+      int e0, e1;  // the rows checked
+    };
+    for (const Pass ps : {Pass{1.0f, 0, 200}, Pass{std::ldexp(1.0f, -60), 100, int(rows) - 1}}) {
+      for (IsaLevel lvl : supported_levels()) {
+        if (lvl == IsaLevel::kScalar) continue;
+        set_isa_level(lvl);
+        for (int64_t m : {1, 9}) {
+          std::vector<float> xm(size_t(m * cols), 0.0f), y(size_t(m * rows), NAN);
+          for (int64_t t = 0; t < m; ++t) xm[size_t(t * cols)] = ps.x0;
+          matmul(wv, xm.data(), m, y.data(), pool);
+          for (int64_t t = 0; t < m; ++t)
+            for (int r = ps.e0; r <= ps.e1; ++r) {
+              const float want = e8m0_to_fp32_half(uint8_t(r)) * ps.x0;
+              ASSERT_NEAR(y[size_t(t * rows + r)], want, 1e-6 * want + 1e-42)
+                  << "isa=" << isa_name(lvl) << " rows=" << rows << " m=" << m << " e=" << r;
+            }
+        }
+      }
+    }
+  }
 }
 
 // Several matrices repacked by one prepare() share one arena (over 1 MiB here: the huge-page

@@ -82,17 +82,19 @@ void expect_same_as_separate(const Group& g, int64_t m, ThreadPool& pool, std::m
 TEST(MatmulMany, BitIdenticalToSeparateMatmulsAtEveryIsaLevel) {
   IsaGuard guard;
   std::mt19937 rng(17);
-  // Q4_K, Q6_K (sums per 16 and the decode offsets), Q8_0, Q5_0, IQ4_NL (no repacked form: its own
-  // call), Q5_1, IQ4_XS, Q5_K: one group; then Q6_K alone with Q8_0 (only the 16-value sums derived).
+  // Q4_K, Q6_K (sums per 16 and the decode offsets), Q8_0, Q5_0, NVFP4 (no repacked form: its own
+  // call), Q5_1, IQ4_XS, Q5_K, MXFP4: one group; then Q6_K alone with Q8_0 (only the 16-value sums
+  // derived).
   const int64_t cols = 512;
   const Group mixed = make_group({{GgmlType::Q4_K, 37},
                                   {GgmlType::Q6_K, 50},
                                   {GgmlType::Q8_0, 24},
                                   {GgmlType::Q5_0, 19},
-                                  {GgmlType::IQ4_NL, 21},
+                                  {GgmlType::NVFP4, 21},
                                   {GgmlType::Q5_1, 26},
                                   {GgmlType::IQ4_XS, 33},
-                                  {GgmlType::Q5_K, 27}},
+                                  {GgmlType::Q5_K, 27},
+                                  {GgmlType::MXFP4, 22}},
                                  cols, rng);
   const Group q6_first = make_group({{GgmlType::Q6_K, 21}, {GgmlType::Q8_0, 40}}, cols, rng);
   const Group q6_only = make_group({{GgmlType::Q6_K, 30}, {GgmlType::Q6_K, 17}}, cols, rng);

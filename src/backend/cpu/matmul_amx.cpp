@@ -331,6 +331,10 @@ BTilesFn btiles_fn(GgmlType t) {
       return &btiles_packed<packed::PQ6_K>;
     case GgmlType::IQ4_XS:
       return &btiles_packed<packed::PIQ4_XS>;
+    case GgmlType::IQ4_NL:
+      return &btiles_packed<packed::PIQ4_NL>;
+    case GgmlType::MXFP4:
+      return &btiles_packed<packed::PMXFP4>;
     default:
       return nullptr;
   }

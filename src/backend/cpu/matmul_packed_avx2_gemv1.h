@@ -1,7 +1,7 @@
 // AVX2 decode kernels that use each unpacked line at once: a lone token for Q4_0, Q4_1, Q5_0, Q5_1,
-// Q8_0 and the K-quants of Q4_K_M / Q5_K_M files (Q4_K, Q5_K, Q6_K); 2-4 tokens (the server's
-// batched steps) for Q4_0 ... Q5_1, Q8_0 and Q4_K. Included by matmul_packed_x86.h inside namespace
-// packed, AVX2 build only.
+// MXFP4, Q8_0, IQ4_NL and the K-quants of Q4_K_M / Q5_K_M files (Q4_K, Q5_K, Q6_K); 2-4 tokens (the
+// server's batched steps) for Q4_0 ... Q5_1, MXFP4, Q8_0, IQ4_NL and Q4_K. Included by matmul_packed_x86.h
+// inside namespace packed, AVX2 build only.
 //
 // gemv_rows / gemv_rows_q6 serve every format and 1..4 tokens with one code path, which keeps the
 // unpacked vectors of a whole block or sub-block pair live (8 to 16) plus the accumulators, more
@@ -11,15 +11,20 @@
 // 1, 2> / gemv_rows_q6, so a token's result does not depend on how many tokens share the pass
 // (RowExactMatmul).
 
-// Line j (values 4j .. 4j + 3 and 16 + 4j .. 16 + 4j + 3) of half h of a Q4_0 ... Q5_1 block q:
-// its low and high nibbles, with the fifth bits of Q5_0 / Q5_1 (the bit planes of the block's
-// first line).
-template <bool kFive>
+// Line j (values 4j .. 4j + 3 and 16 + 4j .. 16 + 4j + 3) of half h of a Q4_0 ... Q5_1 or MXFP4
+// block q: its low and high nibbles, with the fifth bits of Q5_0 / Q5_1 (the bit planes of the
+// block's first line), or MXFP4's codes looked up as PMXFP4 unpacks them (0 .. 24).
+template <bool kFive, bool kFp4 = false>
 inline void q4q5_line(const uint8_t* q, int j, int h, __m256i& ul, __m256i& uh) {
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   const __m256i w = ldq(kFive ? q + 64 + 64 * j : q + 64 * j, h);
   ul = _mm256_and_si256(w, m4);
   uh = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+  if constexpr (kFp4) {
+    const __m256i tbl = v_tbl16(kFp4Codes12.v);
+    ul = _mm256_shuffle_epi8(tbl, ul);
+    uh = _mm256_shuffle_epi8(tbl, uh);
+  }
   if constexpr (kFive) {
     const __m256i hb = ldq(q, h);
     ul = _mm256_or_si256(ul, v_plane(hb, j));
@@ -28,26 +33,32 @@ inline void q4q5_line(const uint8_t* q, int j, int h, __m256i& ul, __m256i& uh) 
 }
 
 // A half's block sum from its 16-bit sums of low and high nibbles: Q4's two fit 16 bits together
-// (<= 8 * 2 * 15 * 127), the fifth-bit formats' are widened apart (widen_of).
-template <bool kFive>
+// (<= 8 * 2 * 15 * 127), the fifth-bit formats' and MXFP4's (<= 4 * 2 * 24 * 127 each) are widened
+// apart (widen_of).
+template <bool kFive, bool kFp4 = false>
 inline __m256i q4q5_isum(__m256i pl, __m256i ph) {
   const __m256i ones = _mm256_set1_epi16(1);
-  return kFive ? _mm256_add_epi32(_mm256_madd_epi16(pl, ones), _mm256_madd_epi16(ph, ones))
-               : _mm256_madd_epi16(_mm256_add_epi16(pl, ph), ones);
+  return kFive || kFp4 ? _mm256_add_epi32(_mm256_madd_epi16(pl, ones), _mm256_madd_epi16(ph, ones))
+                       : _mm256_madd_epi16(_mm256_add_epi16(pl, ph), ones);
 }
 
-// The factor of the block's offset term (times the activations' sum): the stored minimum, or the
-// scale a times -8 (Q4_0) / -16 (Q5_0), as PQ4_0 / PQ5 unpack it.
-template <bool kFive, bool kMin>
+// The block's scale a (fp16, or MXFP4's power of two) and the factor of its offset term (times the
+// activations' sum): the stored minimum, or a times -8 (Q4_0) / -16 (Q5_0) / -12 (MXFP4), as PQ4_0 /
+// PQ5 / PMXFP4 unpack them.
+template <bool kFp4>
+inline VF q4q5_scale(const uint8_t* s, int h) {
+  return kFp4 ? ld_e8m0_half(s, h) : ld_h(s, h);
+}
+template <bool kFive, bool kMin, bool kFp4 = false>
 inline VF q4q5_min(const uint8_t* s, int h, VF a) {
-  return kMin ? ld_h(s + 32, h) : v_scale(a, kFive ? -16.0f : -8.0f);
+  return kMin ? ld_h(s + 32, h) : v_scale(a, kFive ? -16.0f : kFp4 ? -12.0f : -8.0f);
 }
 
 // Q4_0, Q4_1, Q5_0, Q5_1 (one sub-block of 32 values per block): both 8-row halves of each line
 // together, one pair of activation broadcasts for 16 rows. gemv_rows<P, 1, 2> unpacked a block's 8
 // vectors per half before using any (with the accumulators, more than 16 registers: spills every
-// block). The float operations are gemv_rows' own.
-template <bool kFive, bool kMin>
+// block). The float operations are gemv_rows' own. kFp4: MXFP4 (as Q4_0, with a codebook lookup).
+template <bool kFive, bool kMin, bool kFp4 = false>
 [[gnu::noinline]] void gemv1_q4q5(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
@@ -63,17 +74,17 @@ template <bool kFive, bool kMin>
       const __m256i bl = panel::vbcast32(xq + 4 * j), bh = panel::vbcast32(xq + 16 + 4 * j);
       for (int h = 0; h < 2; ++h) {
         __m256i ul, uh;
-        q4q5_line<kFive>(q, j, h, ul, uh);
+        q4q5_line<kFive, kFp4>(q, j, h, ul, uh);
         const __m256i lo = _mm256_maddubs_epi16(ul, bl), hi = _mm256_maddubs_epi16(uh, bh);
         pl[h] = j == 0 ? lo : _mm256_add_epi16(pl[h], lo);
         ph[h] = j == 0 ? hi : _mm256_add_epi16(ph[h], hi);
       }
     }
     for (int h = 0; h < 2; ++h) {
-      const VF a = ld_h(s, h);
-      acc0[h] = panel::vfma(panel::vcvt(q4q5_isum<kFive>(pl[h], ph[h])),
+      const VF a = q4q5_scale<kFp4>(s, h);
+      acc0[h] = panel::vfma(panel::vcvt(q4q5_isum<kFive, kFp4>(pl[h], ph[h])),
                             panel::vmul(a, panel::vbcastf(x.d + b)), acc0[h]);
-      acc1[h] = panel::vfma(q4q5_min<kFive, kMin>(s, h, a), panel::vbcastf(x.s + b), acc1[h]);
+      acc1[h] = panel::vfma(q4q5_min<kFive, kMin, kFp4>(s, h, a), panel::vbcastf(x.s + b), acc1[h]);
     }
   }
   const VF v[2] = {_mm256_add_ps(acc0[0], acc1[0]), _mm256_add_ps(acc0[1], acc1[1])};
@@ -102,7 +113,7 @@ inline void line_tokens(__m256i ul, __m256i uh, const TokenActs<T, float>& xa, i
 // and consumed by every token at once; per token the integer sums are exact and the float
 // operations are gemv1_q4q5's (and gemv_rows'), so a token's result does not depend on the batch.
 // Not inlined: inlined into gemv_tokens with the other kernels, the K-quant one ran at half speed.
-template <bool kFive, bool kMin, int T>
+template <bool kFive, bool kMin, int T, bool kFp4 = false>
 [[gnu::noinline]] void gemvt_q4q5(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0,
                                   float* y, int64_t ldy, int nr) {
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
@@ -118,13 +129,13 @@ template <bool kFive, bool kMin, int T>
     __m256i pl[T] = {}, ph[T] = {};
     for (int j = 0; j < 4; ++j) {
       __m256i ul, uh;
-      q4q5_line<kFive>(q, j, h, ul, uh);
+      q4q5_line<kFive, kFp4>(q, j, h, ul, uh);
       line_tokens(ul, uh, xa, 32 * b + 4 * j, 16, j == 0, pl, ph);
     }
-    const VF a = ld_h(s, h);
-    const VF bmin = q4q5_min<kFive, kMin>(s, h, a);
+    const VF a = q4q5_scale<kFp4>(s, h);
+    const VF bmin = q4q5_min<kFive, kMin, kFp4>(s, h, a);
     for (int t = 0; t < T; ++t) {
-      acc0[t] = panel::vfma(panel::vcvt(q4q5_isum<kFive>(pl[t], ph[t])),
+      acc0[t] = panel::vfma(panel::vcvt(q4q5_isum<kFive, kFp4>(pl[t], ph[t])),
                             panel::vmul(a, panel::vbcastf(xa.d[t] + b)), acc0[t]);
       acc1[t] = panel::vfma(bmin, panel::vbcastf(xa.e[t] + b), acc1[t]);
     }
@@ -133,25 +144,40 @@ template <bool kFive, bool kMin, int T>
     panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), _mm256_add_ps(acc0[t], acc1[t]), nr);
 }
 
+// Vector v (values 4v .. 4v + 3) of half h of a Q8_0 block q, or (kCb) of an IQ4_NL block: its
+// line v % 4's low (v < 4) or high nibbles looked up in the signed codebook, as PIQ4_NL unpacks them.
+template <bool kCb>
+inline __m256i q8_vector(const uint8_t* q, int v, int h) {
+  if constexpr (kCb) {
+    const __m256i w = ldq(q + 64 * (v % 4), h);
+    const __m256i nib = _mm256_and_si256(v < 4 ? w : _mm256_srli_epi16(w, 4), _mm256_set1_epi8(0x0F));
+    return _mm256_shuffle_epi8(v_tbl16(kIq4CodesS8.v), nib);
+  } else {
+    return ldq(q + 64 * v, h);
+  }
+}
+
 // Q8_0 (signed bytes: PSIGNB moves the weights' signs onto the activations), a lone token: both
 // halves of each line share its activation broadcast. gemv_rows' float operations (its acc1 stays
 // zero for signed formats and is still added at the end: x + 0 differs from x for x = -0).
-[[gnu::noinline]] inline void gemv1_q8(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y,
-                                       int nr) {
+// kCb: IQ4_NL, whose codebook values are signed bytes like Q8_0's.
+template <bool kCb = false>
+[[gnu::noinline]] void gemv1_q8(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nb = pm.cols / 32;
   const __m256i ones = _mm256_set1_epi16(1);
   VF acc[2] = {panel::vzerof(), panel::vzerof()};
+  constexpr int kLines = kCb ? 4 : 8;
   for (int64_t b = 0; b < nb; ++b, q += pm.q_bytes, s += pm.s_bytes) {
-    for (int o = 0; o < 8; ++o)
+    for (int o = 0; o < kLines; ++o)
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + 64 * o), _MM_HINT_T0);
     const int8_t* xq = x.q + 32 * b;
     __m256i is[2] = {};
     for (int v = 0; v < 8; ++v) {
       const __m256i bx = panel::vbcast32(xq + 4 * v);
       for (int h = 0; h < 2; ++h) {
-        const __m256i u = ldq(q + 64 * v, h);
+        const __m256i u = q8_vector<kCb>(q, v, h);
         const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(u, u), _mm256_sign_epi8(bx, u));
         is[h] = _mm256_add_epi32(is[h], _mm256_madd_epi16(p, ones));
       }
@@ -164,8 +190,8 @@ template <bool kFive, bool kMin, int T>
   store_halves<2>(y, v, nr);
 }
 
-// Q8_0 for 2-4 tokens, one half per pass (gemvt_q4q5).
-template <int T>
+// Q8_0 (kCb: IQ4_NL) for 2-4 tokens, one half per pass (gemvt_q4q5).
+template <int T, bool kCb = false>
 [[gnu::noinline]] void gemvt_q8(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, int64_t t0,
                                 float* y, int64_t ldy, int nr) {
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
@@ -175,13 +201,14 @@ template <int T>
   const __m256i ones = _mm256_set1_epi16(1);
   VF acc[T];
   for (int t = 0; t < T; ++t) acc[t] = panel::vzerof();
+  constexpr int kLines = kCb ? 4 : 8;
   for (int64_t b = 0; b < nb; ++b, q += pm.q_bytes, s += pm.s_bytes) {
-    for (int o = 0; o < 8; ++o)
+    for (int o = 0; o < kLines; ++o)
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + 64 * o), _MM_HINT_T0);
     __m256i is[T];
     for (int t = 0; t < T; ++t) is[t] = _mm256_setzero_si256();
     for (int v = 0; v < 8; ++v) {
-      const __m256i u = ldq(q + 64 * v, h);
+      const __m256i u = q8_vector<kCb>(q, v, h);
       const __m256i au = _mm256_sign_epi8(u, u);
       for (int t = 0; t < T; ++t) {
         const __m256i p =

@@ -6,6 +6,9 @@
 // shuffle (the codebook fits one 128-bit lane). VPDPBUSD takes unsigned weights, so with VNNI the
 // codebook is stored +128 (b = -128 a); AVX2's PMADDUBSW would saturate on those, so there the
 // codebook stays signed and the kernels take the sign path (as Q8_0).
+//
+// IQ4_NL and MXFP4: the same lookup per 32-value block (MXFP4's codebook is the E2M1 values doubled,
+// its scale the power of two 2^(e - 128) built from the exponent byte's bits).
 
 #if QLEAP_USE_VNNI
 inline VI v_shuf(VI tbl, VI idx) {
@@ -34,6 +37,38 @@ constexpr Iq4Codes iq4_codes(int add) {
 }
 inline constexpr Iq4Codes kIq4CodesS8 = iq4_codes(0), kIq4CodesU8 = iq4_codes(128);
 
+struct Fp4Codes {
+  alignas(16) uint8_t v[16];
+};
+constexpr Fp4Codes fp4_codes(int add) {
+  Fp4Codes c{};
+  for (int i = 0; i < 16; ++i) c.v[i] = uint8_t(kFp4Values[i] + add);
+  return c;
+}
+// Shifted by 12 to unsigned bytes at every level: 0 .. 24, small enough for the 16-bit sums of
+// the Q4_0 kernels on AVX2 (b = -12 a).
+inline constexpr Fp4Codes kFp4Codes12 = fp4_codes(12);
+
+// Per-row 2^(e - 128) from E8M0 bytes, bit-exact with e8m0_to_fp32_half: (e - 1) << 23 as float bits,
+// and the subnormals 0x00200000 << e for e < 2.
+#if QLEAP_USE_VNNI
+inline VF ld_e8m0_half(const uint8_t* p, int) {
+  const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m512i normal = _mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23);
+  const __m512i sub = _mm512_sllv_epi32(_mm512_set1_epi32(0x00200000), e);
+  const __mmask16 big = _mm512_cmpgt_epi32_mask(e, _mm512_set1_epi32(1));
+  return _mm512_castsi512_ps(_mm512_mask_blend_epi32(big, sub, normal));
+}
+#else
+inline VF ld_e8m0_half(const uint8_t* p, int h) {
+  const __m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * h)));
+  const __m256i normal = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+  const __m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+  const __m256i big = _mm256_cmpgt_epi32(e, _mm256_set1_epi32(1));
+  return _mm256_castsi256_ps(_mm256_blendv_epi8(sub, normal, big));
+}
+#endif
+
 // Layout (packed_weights.cpp): d[16] fp16 | sc[8][16] int8 (ls - 32) | per sub-block ib 4 vectors,
 // vector j holding qs[16 ib + 4j ..] of every row (low nibbles: values 4j .., high: 16 + 4j ..).
 struct PIQ4_XS {
@@ -56,3 +91,28 @@ struct PIQ4_XS {
     }
   }
 };
+
+// IQ4_NL (d fp16 per row) and MXFP4 (E8M0 exponent byte per row): one 32-value block per super-block,
+// its 4 nibble vectors laid out as Q4_0's, each code looked up in the format's 16-entry codebook.
+// IQ4_NL's codes as IQ4_XS's (signed on AVX2, +128 with VNNI); MXFP4's +12 (b = -12 a).
+template <bool kFp4>
+struct PCodebook4 {
+  static constexpr int kSub = 32;
+  static constexpr bool kSigned = !kFp4 && !QLEAP_USE_VNNI;
+  template <class F>
+  static void unpack(const uint8_t* s, const uint8_t* q, int h, F&& f) {
+    const VF a = kFp4 ? ld_e8m0_half(s, h) : ld_h(s, h);
+    const uint8_t* codes = kFp4 ? kFp4Codes12.v : (kSigned ? kIq4CodesS8.v : kIq4CodesU8.v);
+    const VI tbl = v_tbl16(codes);
+    const VI m4 = v_b8(0x0F);
+    VI u[8];
+    for (int j = 0; j < 4; ++j) {
+      const VI v = ldq(q + 64 * j, h);
+      u[j] = v_shuf(tbl, v_and(v, m4));
+      u[j + 4] = v_shuf(tbl, v_and(v_srl16(v, 4), m4));
+    }
+    f(0, u, 8, a, kSigned ? a : v_scale(a, kFp4 ? -12.0f : -128.0f));
+  }
+};
+using PIQ4_NL = PCodebook4<false>;
+using PMXFP4 = PCodebook4<true>;

@@ -287,7 +287,7 @@ template <class P>
 constexpr int widen_of() {
   if constexpr (std::is_same_v<P, PQ6_K>) return 2;
   if constexpr (std::is_same_v<P, PQ45_K<true>> || std::is_same_v<P, PQ5<false>> ||
-                std::is_same_v<P, PQ5<true>>)
+                std::is_same_v<P, PQ5<true>> || std::is_same_v<P, PMXFP4>)
     return 4;
   return P::kSub / 4;
 }
@@ -614,8 +614,13 @@ void gemv_half(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, f
   }
   if constexpr (std::is_same_v<P, PQ45_K<false>>)
     return by_tokens(x.m, [&](auto T, int64_t t) { gemvt_q4k<T()>(pm, g, h, x, t, y, ldy, nr); });
-  if constexpr (std::is_same_v<P, PQ8_0>)
-    return by_tokens(x.m, [&](auto T, int64_t t) { gemvt_q8<T()>(pm, g, h, x, t, y, ldy, nr); });
+  if constexpr (std::is_same_v<P, PMXFP4>)
+    return by_tokens(
+        x.m, [&](auto T, int64_t t) { gemvt_q4q5<false, false, T(), true>(pm, g, h, x, t, y, ldy, nr); });
+  if constexpr (std::is_same_v<P, PQ8_0> || std::is_same_v<P, PIQ4_NL>)
+    return by_tokens(x.m, [&](auto T, int64_t t) {
+      gemvt_q8<T(), std::is_same_v<P, PIQ4_NL>>(pm, g, h, x, t, y, ldy, nr);
+    });
   if constexpr (std::is_same_v<P, PQ6_K>)
     return by_tokens(x.m, [&](auto T, int64_t t) { gemv_rows_q6<T()>(pm, g, h, x, t, y, ldy, nr); });
 #endif
@@ -637,6 +642,10 @@ void gemv_tokens(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float*
       gemv1_q45k<true>(pm, g, x, y, nr);
     else if constexpr (std::is_same_v<P, PQ8_0>)
       gemv1_q8(pm, g, x, y, nr);
+    else if constexpr (std::is_same_v<P, PIQ4_NL>)
+      gemv1_q8<true>(pm, g, x, y, nr);
+    else if constexpr (std::is_same_v<P, PMXFP4>)
+      gemv1_q4q5<false, false, true>(pm, g, x, y, nr);
     else if constexpr (std::is_same_v<P, PQ4_0>)
       gemv1_q4q5<false, false>(pm, g, x, y, nr);
     else if constexpr (std::is_same_v<P, PQ4_1>)
@@ -713,6 +722,10 @@ Ops packed_ops(const PackedMatrix& pm) {
       return ops_of<PQ6_K>();
     case GgmlType::IQ4_XS:
       return ops_of<PIQ4_XS>();
+    case GgmlType::IQ4_NL:
+      return ops_of<PIQ4_NL>();
+    case GgmlType::MXFP4:
+      return ops_of<PMXFP4>();
     default:
       return {};
   }

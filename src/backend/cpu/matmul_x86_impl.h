@@ -33,6 +33,7 @@
 #include "quant/block_q5_k.h"
 #include "quant/block_q6_k.h"
 #include "quant/block_q8_0.h"
+#include "quant/iq_grids.h"
 #if QLEAP_USE_VNNI
 #include "backend/cpu/transpose_avx512.h"
 #endif

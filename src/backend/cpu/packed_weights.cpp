@@ -19,7 +19,9 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "quant/block_common.h"
+#include "quant/block_iq4_nl.h"
 #include "quant/block_iq4_xs.h"
+#include "quant/block_mxfp4.h"
 #include "quant/block_q4_0.h"
 #include "quant/block_q4_1.h"
 #include "quant/block_q4_k.h"
@@ -61,6 +63,8 @@ namespace qleap {
 //   IQ4_XS (256):     d[16] sc[8][16] (ls - 32 as int8, [sub-block][row]) | 8 sub-blocks x
 //                     4 vectors: sub-block ib vector j holds qs[16ib + 4j ..] (low nibbles:
 //                     values 4j .., high: 16 + 4j .., codes into the IQ4_NL codebook)  160 | 2048
+//   IQ4_NL (32):      d[16] | 4 vectors as Q4_0 (codes into the IQ4_NL codebook)     32 | 256
+//   MXFP4 (32):       e[16] (the E8M0 exponent bytes) | 4 vectors as Q4_0 (E2M1 codes) 16 | 256
 namespace {
 
 constexpr int kR = kPackRows;
@@ -85,6 +89,10 @@ size_t s_bytes_of(GgmlType t) {
       return 288;
     case GgmlType::IQ4_XS:
       return 160;
+    case GgmlType::IQ4_NL:
+      return 32;
+    case GgmlType::MXFP4:
+      return 16;
     default:
       return 0;
   }
@@ -110,6 +118,9 @@ size_t q_bytes_of(GgmlType t) {
       return 3072;
     case GgmlType::IQ4_XS:
       return 2048;
+    case GgmlType::IQ4_NL:
+    case GgmlType::MXFP4:
+      return 256;
     default:
       return 0;
   }
@@ -259,9 +270,31 @@ void pack_sb(GgmlType t, const uint8_t* const* src, uint8_t* dst, uint8_t* qd, b
           put_vector(qd + 64 * (4 * ib + j), src, offsetof(BlockIq4Xs, qs) + 16 * ib + 4 * j);
       return;
     }
+    case GgmlType::IQ4_NL: {
+      for (int n = 0; n < kR; ++n) std::memcpy(dst + 2 * n, src[n] + offsetof(BlockIq4Nl, d), 2);
+      for (int j = 0; j < 4; ++j) put_vector(qd + 64 * j, src, offsetof(BlockIq4Nl, qs) + 4 * j);
+      return;
+    }
+    case GgmlType::MXFP4: {
+      for (int n = 0; n < kR; ++n) dst[n] = src[n][offsetof(BlockMxfp4, e)];
+      for (int j = 0; j < 4; ++j) put_vector(qd + 64 * j, src, offsetof(BlockMxfp4, qs) + 4 * j);
+      return;
+    }
     default:
       throw Unsupported(fmt::format("repack: type {} not packable", type_name(t)));
   }
+}
+
+// The repacked MXFP4 kernels compute a (code + 12) - 12 a (packed::PMXFP4): -12 a passes FLT_MAX for
+// exponents above 252, which no finite weight quantizes to (2^(e - 128) * 6 >= 2^127 * 1.5). Such a
+// matrix keeps the GGUF kernels, which handle any byte.
+bool exponents_in_range(const WeightView& w) {
+  if (w.type != GgmlType::MXFP4) return true;
+  const auto* p = static_cast<const uint8_t*>(w.data);
+  const size_t n = w.row_bytes * size_t(w.rows) / sizeof(BlockMxfp4);
+  for (size_t i = 0; i < n; ++i)
+    if (p[i * sizeof(BlockMxfp4) + offsetof(BlockMxfp4, e)] > 252) return false;
+  return true;
 }
 
 std::atomic<int>& repack_flag() {
@@ -391,7 +424,7 @@ std::unique_ptr<PreparedWeights> PreparedWeights::prepare(std::span<WeightView* 
     if ((v->type == GgmlType::Q5_0 || v->type == GgmlType::Q5_1) && isa_level() >= IsaLevel::kAvx512)
       continue;
     const size_t n = packed_bytes(v->type, v->rows, v->cols);
-    if (n == 0 || v->row_bytes != row_size(v->type, v->cols)) continue;
+    if (n == 0 || v->row_bytes != row_size(v->type, v->cols) || !exponents_in_range(*v)) continue;
     auto pm = std::make_unique<PackedMatrix>();
     // dst holds the matrix's offset in the arena until the arena exists.
     todo.push_back({*v, reinterpret_cast<uint8_t*>(uintptr_t(pw->bytes_)), pm.get()});
