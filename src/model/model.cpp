@@ -2,6 +2,10 @@
 
 #include <fmt/format.h>
 
+#if defined(__linux__)
+#include <unistd.h>
+#endif
+
 #include "backend/cpu/packed_weights.h"
 #include "core/error.h"
 #include "model/blocks.h"
@@ -155,14 +159,30 @@ Model::Model(std::shared_ptr<GgufFile> file, const ArchDef& arch, HParams hp, Mo
       hp_(std::move(hp)),
       w_(std::move(w)),
       prepared_(std::make_unique<PreparedWeights>()),
-      layer_prepared_(w_.layers.size(), 0) {}
+      layer_prepared_(w_.layers.size(), 0),
+      experts_prepared_(w_.layers.size(), 0) {}
 
 Model::~Model() = default;
 
-void Model::prepare_host(int first, int end, bool head) const {
+bool Model::experts_fit_host_memory() const {
+  size_t bytes = 0;
+  for (const LayerWeights& l : w_.layers)
+    for (const auto* vs : {&l.moe.gate, &l.moe.up, &l.moe.down})
+      for (const WeightView& v : *vs) bytes += v.row_bytes * size_t(v.rows);
+  if (bytes == 0) return false;
+#if defined(__linux__)
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 && bytes <= size_t(pages) * size_t(page) / 2;
+#else
+  return false;
+#endif
+}
+
+void Model::prepare_host(int first, int end, bool head, bool experts) const {
   std::lock_guard<std::mutex> lk(prepare_mu_);
-  // The dense matrices go to the CPU kernels' interleaved layout; the GGUF pages of a mapped file
-  // are then released (expert matrices stay in GGUF layout: the expert tiers copy them around).
+  // The matrices go to the CPU kernels' interleaved layout; the GGUF pages of a mapped file are then
+  // released (expert matrices only when asked: ExpertFlow's tiers copy them around in GGUF layout,
+  // and a model larger than RAM must keep running from the page cache).
   // The views are rewritten in place (their `packed` pointer): the weights are logically const.
   auto& w = const_cast<ModelWeights&>(w_);
   std::vector<WeightView*> views;
@@ -173,12 +193,19 @@ void Model::prepare_host(int first, int end, bool head) const {
   first = std::max(first, 0);
   end = std::min(end, int(w.layers.size()));
   for (int il = first; il < end; ++il) {
-    if (layer_prepared_[size_t(il)]) continue;
-    layer_prepared_[size_t(il)] = 1;
     LayerWeights& l = w.layers[size_t(il)];
-    for (WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.moe.gate_shexp,
-                          &l.moe.up_shexp, &l.moe.down_shexp, &l.wq_a})
-      views.push_back(v);
+    if (!layer_prepared_[size_t(il)]) {
+      layer_prepared_[size_t(il)] = 1;
+      for (WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.moe.gate_shexp,
+                            &l.moe.up_shexp, &l.moe.down_shexp, &l.wq_a})
+        views.push_back(v);
+    }
+    // The experts after the layer's other matrices, so decode still reads one stream per layer.
+    if (experts && !experts_prepared_[size_t(il)] && !l.moe.gate.empty()) {
+      experts_prepared_[size_t(il)] = 1;
+      for (auto* vs : {&l.moe.gate, &l.moe.up, &l.moe.down})
+        for (WeightView& v : *vs) views.push_back(&v);
+    }
   }
   if (views.empty()) return;
   prepared_->merge(PreparedWeights::prepare(views, /*release_source=*/!file_->path().empty()));

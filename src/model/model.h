@@ -183,8 +183,14 @@ class Model {
   // kernels' layout (backend/cpu/packed_weights.h), once each. Called by the driver for the layers
   // its CPU segment runs, so layers placed on a GPU keep no host copy; a matrix never prepared is
   // still computed correctly from its GGUF layout, only more slowly. Thread-safe, but must not run
-  // while another engine computes over the same layers (it rewrites their views).
-  void prepare_host(int first, int end, bool head) const;
+  // while another engine computes over the same layers (it rewrites their views). `experts`: the
+  // routed experts' matrices too (MoE layers; see experts_fit_host_memory).
+  void prepare_host(int first, int end, bool head, bool experts = false) const;
+  // Whether repacking every routed expert is safe for memory: their GGUF bytes take at most half of
+  // the machine's RAM. A repacked copy is anonymous memory that cannot be evicted, where the mapped
+  // file's pages can (a MoE model larger than RAM runs from the page cache, slowly but without an
+  // out-of-memory kill). False for a model without experts.
+  bool experts_fit_host_memory() const;
   // Every matrix repacked so far.
   const PreparedWeights& prepared() const;
 
@@ -196,7 +202,7 @@ class Model {
   ModelWeights w_;
   mutable std::mutex prepare_mu_;
   mutable std::unique_ptr<PreparedWeights> prepared_;
-  mutable std::vector<char> layer_prepared_;
+  mutable std::vector<char> layer_prepared_, experts_prepared_;
   mutable bool head_prepared_ = false;
 };
 

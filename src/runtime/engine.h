@@ -34,6 +34,10 @@ struct EngineOptions {
   int n_batch = 512;   // prefill chunk (tokens per matmul)
   int n_slots = 1;     // sequences held at once
   int gpu_layers = 0;  // the last N layers on the CUDA device (like llama.cpp -ngl); < 0: all
+  // MoE: repack the routed experts of the CPU layers too (when they take at most half of the RAM:
+  // Model::experts_fit_host_memory). False where an ExpertFlow executor will run them from its own
+  // GGUF-layout copies.
+  bool repack_experts = true;
   // Hybrid models: how many checkpoints of each slot's DeltaNet state to keep (the newest), taken at
   // multiples of n_batch and at the end of each prefill: the prefixes trim() can return to.
   int state_checkpoints = 2;

@@ -14,6 +14,7 @@ EngineOptions engine_options(const SessionOptions& o, int n_slots) {
   e.gpu_layers = o.gpu_layers;
   e.kv_calibration_dir = o.kv_calibration_dir;
   e.calibrate_kv = o.calibrate_kv;
+  e.repack_experts = o.repack_experts;
   return e;
 }
 

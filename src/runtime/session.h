@@ -18,6 +18,7 @@ struct SessionOptions {
   int gpu_layers = 0;                   // layers run on the CUDA device (like llama.cpp -ngl); < 0: all
   std::string kv_calibration_dir = "";  // see EngineOptions
   bool calibrate_kv = true;             // see EngineOptions
+  bool repack_experts = true;           // see EngineOptions
 };
 
 class Session {

@@ -57,6 +57,7 @@ ModelRunner::ModelRunner(const ModelInfo& info, const RunnerOptions& opt, Metric
   eo.n_slots = std::max(1, opt_.parallel);
   eo.gpu_layers = opt_.gpu_layers;
   eo.kv_calibration_dir = opt_.kv_calibration_dir;
+  eo.repack_experts = !opt_.expert_flow;  // the flow computes experts from its own copies
   dec_ = std::make_unique<Engine>(model_, eo);
   if (opt_.expert_flow) {
     flow_ = opt_.expert_flow(*model_, std::max(opt_.n_batch, dec_->n_slots()));

@@ -50,7 +50,9 @@ std::shared_ptr<const Model> fixture_model(const std::string& name) {
   if (!var) GTEST_SKIP() << "no golden fixture " << name;
 
 // Prefill kPrompt in chunks of 8 (grouped by expert), then decode kDecode one token at a time;
-// every row's logits.
+// every row's logits. The experts stay in GGUF layout (repack_experts: false, in every session over
+// these shared models): the tiers compute from GGUF-layout copies, and the CPU path they are compared
+// with bit for bit must run the same kernels.
 std::vector<float> run_logits(const std::shared_ptr<const Model>& model, int threads, MoeExecutor* ex,
                               MoeObserver* obs = nullptr) {
   SessionOptions so;
@@ -58,6 +60,7 @@ std::vector<float> run_logits(const std::shared_ptr<const Model>& model, int thr
   so.n_threads = threads;
   so.n_batch = 8;
   so.n_ctx = 64;
+  so.repack_experts = false;
   Session s(model, so);
   s.set_moe_executor(ex);
   s.set_moe_observer(obs);
@@ -76,6 +79,7 @@ std::vector<float> run_decode_only(const std::shared_ptr<const Model>& model, Mo
   so.kv_type = "f32";
   so.n_threads = 2;
   so.n_ctx = 64;
+  so.repack_experts = false;
   Session s(model, so);
   s.set_moe_executor(ex);
   s.set_moe_observer(obs);
