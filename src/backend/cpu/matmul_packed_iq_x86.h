@@ -26,28 +26,20 @@ inline VI v_tbl16(const uint8_t* t) {
 }
 #endif
 
-// The IQ4_NL codebook as bytes: signed (AVX2) and shifted to unsigned, +128 (VNNI).
-struct Iq4Codes {
+// A 16-entry codebook as bytes, each value plus `add`, for one byte shuffle.
+struct Codes16 {
   alignas(16) uint8_t v[16];
 };
-constexpr Iq4Codes iq4_codes(int add) {
-  Iq4Codes c{};
-  for (int i = 0; i < 16; ++i) c.v[i] = uint8_t(kIq4nlValues[i] + add);
+constexpr Codes16 codes16(const int8_t (&values)[16], int add) {
+  Codes16 c{};
+  for (int i = 0; i < 16; ++i) c.v[i] = uint8_t(values[i] + add);
   return c;
 }
-inline constexpr Iq4Codes kIq4CodesS8 = iq4_codes(0), kIq4CodesU8 = iq4_codes(128);
-
-struct Fp4Codes {
-  alignas(16) uint8_t v[16];
-};
-constexpr Fp4Codes fp4_codes(int add) {
-  Fp4Codes c{};
-  for (int i = 0; i < 16; ++i) c.v[i] = uint8_t(kFp4Values[i] + add);
-  return c;
-}
-// Shifted by 12 to unsigned bytes at every level: 0 .. 24, small enough for the 16-bit sums of
-// the Q4_0 kernels on AVX2 (b = -12 a).
-inline constexpr Fp4Codes kFp4Codes12 = fp4_codes(12);
+// IQ4_NL's codebook signed (AVX2) and shifted to unsigned, +128 (VNNI).
+inline constexpr Codes16 kIq4CodesS8 = codes16(kIq4nlValues, 0), kIq4CodesU8 = codes16(kIq4nlValues, 128);
+// MXFP4's shifted by 12 to unsigned bytes at every level: 0 .. 24, small enough for the 16-bit sums
+// of the Q4_0 kernels on AVX2 (b = -12 a).
+inline constexpr Codes16 kFp4Codes12 = codes16(kFp4Values, 12);
 
 // Per-row 2^(e - 128) from E8M0 bytes, bit-exact with e8m0_to_fp32_half: (e - 1) << 23 as float bits,
 // and the subnormals 0x00200000 << e for e < 2.
