@@ -287,7 +287,8 @@ void pack_sb(GgmlType t, const uint8_t* const* src, uint8_t* dst, uint8_t* qd, b
 
 // The repacked MXFP4 kernels compute a (code + 12) - 12 a (packed::PMXFP4): -12 a passes FLT_MAX for
 // exponents above 252, which no finite weight quantizes to (2^(e - 128) * 6 >= 2^127 * 1.5). Such a
-// matrix keeps the GGUF kernels, which handle any byte.
+// matrix keeps the GGUF kernels, which handle any byte. Checked by the repacking worker, so the
+// check's reads are spread over the threads like the repacking's own.
 bool exponents_in_range(const WeightView& w) {
   if (w.type != GgmlType::MXFP4) return true;
   const auto* p = static_cast<const uint8_t*>(w.data);
@@ -411,6 +412,7 @@ std::unique_ptr<PreparedWeights> PreparedWeights::prepare(std::span<WeightView* 
     WeightView view;
     uint8_t* dst;
     PackedMatrix* pm;
+    bool dropped = false;  // not repacked after all (exponents_in_range)
   };
   std::vector<Todo> todo;
   for (WeightView* v : views) {
@@ -424,10 +426,10 @@ std::unique_ptr<PreparedWeights> PreparedWeights::prepare(std::span<WeightView* 
     if ((v->type == GgmlType::Q5_0 || v->type == GgmlType::Q5_1) && isa_level() >= IsaLevel::kAvx512)
       continue;
     const size_t n = packed_bytes(v->type, v->rows, v->cols);
-    if (n == 0 || v->row_bytes != row_size(v->type, v->cols) || !exponents_in_range(*v)) continue;
+    if (n == 0 || v->row_bytes != row_size(v->type, v->cols)) continue;
     auto pm = std::make_unique<PackedMatrix>();
     // dst holds the matrix's offset in the arena until the arena exists.
-    todo.push_back({*v, reinterpret_cast<uint8_t*>(uintptr_t(pw->bytes_)), pm.get()});
+    todo.push_back({*v, reinterpret_cast<uint8_t*>(uintptr_t(pw->bytes_)), pm.get(), false});
     v->packed = pm.get();
     done[v->data] = pm.get();
     pw->bytes_ += (n + 63) / 64 * 64;
@@ -441,8 +443,22 @@ std::unique_ptr<PreparedWeights> PreparedWeights::prepare(std::span<WeightView* 
   pw->blocks_.push_back(std::move(arena));
   ThreadPool pool(std::max(1, std::min<int>(int(todo.size()), default_thread_count())));
   pool.parallel_for(int64_t(todo.size()), 1, [&](int64_t b, int64_t e, int) {
-    for (int64_t i = b; i < e; ++i) repack(todo[size_t(i)].view, todo[size_t(i)].dst, todo[size_t(i)].pm);
+    for (int64_t i = b; i < e; ++i) {
+      Todo& t = todo[size_t(i)];
+      if (exponents_in_range(t.view)) {
+        repack(t.view, t.dst, t.pm);
+      } else {
+        t.dropped = true;
+      }
+    }
   });
+  // A dropped matrix's views keep the GGUF layout (its arena bytes stay unused).
+  for (const Todo& t : todo) {
+    if (!t.dropped) continue;
+    for (WeightView* v : views)
+      if (v != nullptr && v->packed == t.pm) v->packed = nullptr;
+    std::erase_if(pw->mats_, [&](const auto& m) { return m.get() == t.pm; });
+  }
 #if defined(__linux__) && defined(MADV_DONTNEED)
   if (release_source) {
     // The GGUF copy of a repacked matrix is no longer read (the token embedding table is: get_row;
