@@ -2,6 +2,7 @@
 // scale. Group s: bytes qs[8s..8s+7], low nibbles weights 16s..16s+7, high nibbles the next 8.
 // w = ue4m3(d[s]) * e2m1(q) = ue4m3(d[s]) / 2 * kFp4Values[q].
 #pragma once
+#include <array>
 #include <cstdint>
 
 #include "quant/iq_grids.h"
@@ -29,6 +30,14 @@ constexpr float ue4m3_to_fp32_half(uint8_t x) {
   }
   return v * 0.5f;
 }
+
+// ue4m3_to_fp32_half of every byte, for the SIMD kernels' table lookups.
+constexpr std::array<float, 256> make_ue4m3_table() {
+  std::array<float, 256> t{};
+  for (int i = 0; i < 256; ++i) t[size_t(i)] = ue4m3_to_fp32_half(uint8_t(i));
+  return t;
+}
+alignas(64) inline constexpr std::array<float, 256> kUe4m3Half = make_ue4m3_table();
 
 inline void dequantize_block_ref(const BlockNvfp4& b, float* y) {
   for (int s = 0; s < 4; ++s) {

@@ -2,6 +2,7 @@
 // (an AVX-512 machine runs the AVX-512 kernels automatically), on odd shapes and thread counts.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -17,6 +18,7 @@
 #include "core/thread_pool.h"
 #include "isa_test_util.h"
 #include "quant/block_mxfp4.h"
+#include "quant/block_nvfp4.h"
 #include "quant/block_q6_k.h"
 #include "quant/quant.h"
 #include "random_weights.h"
@@ -198,7 +200,7 @@ class PackedMatmul : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(PackedMatmul, MatchesReferenceAtEveryIsaLevel) {
   const GgmlType t = *type_from_name(GetParam());
-  const int64_t sbv = type_traits(t).block_size == 256 ? 256 : 32;
+  const int64_t sbv = type_traits(t).block_size;  // 32, 64 (NVFP4) or 256
   IsaGuard guard;
   std::mt19937 rng(99);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -269,15 +271,15 @@ TEST_P(PackedMatmul, MatchesReferenceAtEveryIsaLevel) {
 
 INSTANTIATE_TEST_SUITE_P(PackableFormats, PackedMatmul,
                          ::testing::Values("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
-                                           "IQ4_XS", "IQ4_NL", "MXFP4"),
+                                           "IQ4_XS", "IQ4_NL", "MXFP4", "NVFP4"),
                          [](const auto& info) { return std::string(info.param); });
 
 TEST(PackedMatmulApi, RepackCanBeTurnedOffAndSkipsOtherFormats) {
   std::mt19937 rng(3);
   const auto w4 = random_weights(GgmlType::Q4_0, 20, 64, rng);
-  const auto w5 = random_weights(GgmlType::NVFP4, 20, 64, rng);
+  const auto w5 = random_weights(GgmlType::F16, 20, 64, rng);
   WeightView a{GgmlType::Q4_0, w4.data(), 64, 20, row_size(GgmlType::Q4_0, 64)};
-  WeightView b{GgmlType::NVFP4, w5.data(), 64, 20, row_size(GgmlType::NVFP4, 64)};
+  WeightView b{GgmlType::F16, w5.data(), 64, 20, row_size(GgmlType::F16, 64)};
   WeightView c = a;  // shares a's bytes: one copy
   WeightView* views[] = {&a, &b, &c};
   set_repack_enabled(false);
@@ -333,6 +335,47 @@ TEST(PackedMatmulApi, Mxfp4ScalesForEveryExponent) {
                   << "isa=" << isa_name(lvl) << " rows=" << rows << " m=" << m << " e=" << r;
             }
         }
+      }
+    }
+  }
+}
+
+// The repacked NVFP4 kernels look each UE4M3 scale byte up in kUe4m3Half: every byte (0 and 0x7F
+// read as zero, the top bit ignored), one row each, through each of a block's four groups.
+TEST(PackedMatmulApi, Nvfp4ScalesForEveryByte) {
+  if (!repack_enabled()) GTEST_SKIP() << "no AVX2: repacking stays off";
+  IsaGuard guard;
+  const int64_t rows = 256, cols = 64;
+  std::vector<BlockNvfp4> w(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    w[size_t(r)] = BlockNvfp4{};
+    for (int g = 0; g < 4; ++g) w[size_t(r)].d[g] = uint8_t(r);
+  }
+  WeightView wv{GgmlType::NVFP4, w.data(), cols, rows, sizeof(BlockNvfp4)};
+  ThreadPool pool(1);
+  for (int g = 0; g < 4; ++g) {
+    // Weight 16 g + 8 (a high nibble): code 1 (doubled E2M1 value 1), the rest zero.
+    for (auto& b : w) {
+      std::fill(std::begin(b.qs), std::end(b.qs), uint8_t(0));
+      b.qs[8 * g] = 0x10;
+    }
+    WeightView v = wv;
+    WeightView* views[] = {&v};
+    const auto prepared = PreparedWeights::prepare(views, false);
+    ASSERT_NE(v.packed, nullptr);
+    for (IsaLevel lvl : supported_levels()) {
+      if (lvl == IsaLevel::kScalar) continue;
+      set_isa_level(lvl);
+      for (int64_t m : {1, 9}) {
+        std::vector<float> xm(size_t(m * cols), 0.0f), y(size_t(m * rows), NAN);
+        for (int64_t t = 0; t < m; ++t) xm[size_t(t * cols + 16 * g + 8)] = 1.0f;
+        matmul(v, xm.data(), m, y.data(), pool);
+        for (int64_t t = 0; t < m; ++t)
+          for (int r = 0; r < rows; ++r) {
+            const float want = ue4m3_to_fp32_half(uint8_t(r));
+            ASSERT_NEAR(y[size_t(t * rows + r)], want, 1e-6 * want)
+                << "isa=" << isa_name(lvl) << " m=" << m << " group=" << g << " byte=" << r;
+          }
       }
     }
   }

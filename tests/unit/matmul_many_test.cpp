@@ -82,15 +82,15 @@ void expect_same_as_separate(const Group& g, int64_t m, ThreadPool& pool, std::m
 TEST(MatmulMany, BitIdenticalToSeparateMatmulsAtEveryIsaLevel) {
   IsaGuard guard;
   std::mt19937 rng(17);
-  // Q4_K, Q6_K (sums per 16 and the decode offsets), Q8_0, Q5_0, NVFP4 (no repacked form: its own
+  // Q4_K, Q6_K (sums per 16 and the decode offsets), Q8_0, Q5_0, Q3_K (no repacked form: its own
   // call), Q5_1, IQ4_XS, Q5_K, MXFP4: one group; then Q6_K alone with Q8_0 (only the 16-value sums
-  // derived).
+  // derived); NVFP4 (sub-blocks of 16 without Q6_K's offsets) with Q4_0.
   const int64_t cols = 512;
   const Group mixed = make_group({{GgmlType::Q4_K, 37},
                                   {GgmlType::Q6_K, 50},
                                   {GgmlType::Q8_0, 24},
                                   {GgmlType::Q5_0, 19},
-                                  {GgmlType::NVFP4, 21},
+                                  {GgmlType::Q3_K, 21},
                                   {GgmlType::Q5_1, 26},
                                   {GgmlType::IQ4_XS, 33},
                                   {GgmlType::Q5_K, 27},
@@ -98,6 +98,7 @@ TEST(MatmulMany, BitIdenticalToSeparateMatmulsAtEveryIsaLevel) {
                                  cols, rng);
   const Group q6_first = make_group({{GgmlType::Q6_K, 21}, {GgmlType::Q8_0, 40}}, cols, rng);
   const Group q6_only = make_group({{GgmlType::Q6_K, 30}, {GgmlType::Q6_K, 17}}, cols, rng);
+  const Group nv_q4 = make_group({{GgmlType::NVFP4, 23}, {GgmlType::Q4_0, 18}}, cols, rng);
   ThreadPool pool1(1), pool3(3);
   for (IsaLevel lvl : supported_levels()) {
     set_isa_level(lvl);
@@ -109,6 +110,7 @@ TEST(MatmulMany, BitIdenticalToSeparateMatmulsAtEveryIsaLevel) {
         expect_same_as_separate(mixed, m, *pool, rng, what + " mixed");
         expect_same_as_separate(q6_first, m, *pool, rng, what + " q6+q8");
         expect_same_as_separate(q6_only, m, *pool, rng, what + " q6");
+        expect_same_as_separate(nv_q4, m, *pool, rng, what + " nvfp4+q4_0");
         if (m == 3) {
           RowExactMatmul exact;
           expect_same_as_separate(mixed, m, *pool, rng, what + " row-exact");

@@ -335,6 +335,8 @@ BTilesFn btiles_fn(GgmlType t) {
       return &btiles_packed<packed::PIQ4_NL>;
     case GgmlType::MXFP4:
       return &btiles_packed<packed::PMXFP4>;
+    case GgmlType::NVFP4:
+      return &btiles_packed<packed::PNVFP4>;
     default:
       return nullptr;
   }

@@ -857,13 +857,6 @@ struct TMxfp4 {
 
 // ---- NVFP4 against Q8A: each 32-weight half of a block has two scales of 16 ----
 
-constexpr std::array<float, 256> make_ue4m3_table() {
-  std::array<float, 256> t{};
-  for (int i = 0; i < 256; ++i) t[size_t(i)] = ue4m3_to_fp32_half(uint8_t(i));
-  return t;
-}
-alignas(64) constexpr std::array<float, 256> kUe4m3Half = make_ue4m3_table();
-
 // Codes of weights 32h .. 32h+31 of an NVFP4 block, in order, as signed values.
 inline __m256i nvfp4_half(const BlockNvfp4& b, int h) {
   const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 16 * h));

@@ -225,6 +225,47 @@ template <int T, bool kCb = false>
     panel::vstore_rows(y + size_t(t0 + t) * size_t(ldy), _mm256_add_ps(acc[t], panel::vzerof()), nr);
 }
 
+// NVFP4, a lone token: both 8-row halves of each line together (gemv1_q4q5's form); per 16-value
+// group its two lines' 16-bit sums add up before one widening (<= 2 * 2 * 2 * 24 * 127). The float
+// operations are gemv_rows' own, group by group.
+[[gnu::noinline]] inline void gemv1_nvfp4(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y,
+                                          int nr) {
+  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* q = s + pm.q_offset;
+  const int64_t nb = pm.cols / 64;
+  const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const __m256i tbl = v_tbl16(kFp4Codes12.v);
+  VF acc0[2] = {panel::vzerof(), panel::vzerof()}, acc1[2] = {panel::vzerof(), panel::vzerof()};
+  for (int64_t b = 0; b < nb; ++b, q += pm.q_bytes, s += pm.s_bytes) {
+    for (int o = 0; o < 8; ++o)
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + 64 * o), _MM_HINT_T0);
+    const int8_t* xq = x.q + 64 * b;
+    for (int gr = 0; gr < 4; ++gr) {
+      __m256i p[2] = {};
+      for (int j = 0; j < 2; ++j) {
+        const __m256i bl = panel::vbcast32(xq + 16 * gr + 4 * j),
+                      bh = panel::vbcast32(xq + 16 * gr + 8 + 4 * j);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i w = ldq(q + 64 * (2 * gr + j), h);
+          const __m256i ul = _mm256_shuffle_epi8(tbl, _mm256_and_si256(w, m4));
+          const __m256i uh = _mm256_shuffle_epi8(tbl, _mm256_and_si256(_mm256_srli_epi16(w, 4), m4));
+          const __m256i prod = _mm256_add_epi16(_mm256_maddubs_epi16(ul, bl), _mm256_maddubs_epi16(uh, bh));
+          p[h] = j == 0 ? prod : _mm256_add_epi16(p[h], prod);
+        }
+        asm("" : "+x"(p[0]), "+x"(p[1]));  // see line_tokens
+      }
+      for (int h = 0; h < 2; ++h) {
+        const VF a = ld_ue4m3_half(s + 16 * gr, h);
+        acc0[h] = panel::vfma(panel::vcvt(_mm256_madd_epi16(p[h], ones)),
+                              panel::vmul(a, panel::vbcastf(x.d + 2 * b + gr / 2)), acc0[h]);
+        acc1[h] = panel::vfma(v_scale(a, -12.0f), panel::vbcastf(x.s + 4 * b + gr), acc1[h]);
+      }
+    }
+  }
+  const VF v[2] = {_mm256_add_ps(acc0[0], acc1[0]), _mm256_add_ps(acc0[1], acc1[1])};
+  store_halves<2>(y, v, nr);
+}
+
 // Q4_K / Q5_K: both 8-row halves of each 64-byte line together, so one pair of activation
 // broadcasts serves 16 rows. Q5_K's fifth bits (a vector of bit planes per sub-block: a shift and an
 // AND a line) add up to 31 per byte, so its 16-bit sums widen every 4 lines instead of 8 (widen_of).

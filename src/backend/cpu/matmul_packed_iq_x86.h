@@ -43,6 +43,29 @@ inline constexpr Codes16 kFp4Codes12 = codes16(kFp4Values, 12);
 
 // Per-row 2^(e - 128) from E8M0 bytes, bit-exact with e8m0_to_fp32_half: (e - 1) << 23 as float bits,
 // and the subnormals 0x00200000 << e for e < 2.
+// Per-row UE4M3 scales (times 1/2) from their bytes: a lookup in kUe4m3Half.
+#if QLEAP_USE_VNNI
+inline VF ld_ue4m3_half(const uint8_t* p, int) {
+  const __m512i i = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm512_i32gather_ps(i, kUe4m3Half.data(), 4);
+}
+#else
+// AVX2 builds the floats from the bits (a gather of 8 cost more on Zen 3): exponent e = bits 3-6 and
+// mantissa m = bits 0-2 give (1 + m / 8) 2^(e - 8), float exponent field e + 119; e = 0 gives m 2^-10;
+// the byte 0x7F reads as zero.
+inline VF ld_ue4m3_half(const uint8_t* p, int h) {
+  const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * h)));
+  const __m256i e = _mm256_and_si256(_mm256_srli_epi32(x, 3), _mm256_set1_epi32(0xF));
+  const __m256i m = _mm256_and_si256(x, _mm256_set1_epi32(7));
+  const __m256i normal = _mm256_or_si256(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(119)), 23),
+                                         _mm256_slli_epi32(m, 20));
+  const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(1.0f / 1024.0f));
+  const __m256 v = _mm256_blendv_ps(_mm256_castsi256_ps(normal), sub,
+                                    _mm256_castsi256_ps(_mm256_cmpeq_epi32(e, _mm256_setzero_si256())));
+  return _mm256_andnot_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(x, _mm256_set1_epi32(0x7F))), v);
+}
+#endif
+
 #if QLEAP_USE_VNNI
 inline VF ld_e8m0_half(const uint8_t* p, int) {
   const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -108,3 +131,22 @@ struct PCodebook4 {
 };
 using PIQ4_NL = PCodebook4<false>;
 using PMXFP4 = PCodebook4<true>;
+
+// NVFP4: four 16-value groups per 64-value block, each with its UE4M3 scale; codes as MXFP4's (+12,
+// b = -12 a). Group s's vectors j = 0, 1 hold values 4j .. (low nibbles) and 8 + 4j .. (high).
+struct PNVFP4 {
+  static constexpr int kSub = 16;
+  static constexpr bool kSigned = false;
+  template <class F>
+  static void unpack(const uint8_t* s, const uint8_t* q, int h, F&& f) {
+    const VI tbl = v_tbl16(kFp4Codes12.v);
+    const VI m4 = v_b8(0x0F);
+    for (int g = 0; g < 4; ++g) {
+      const VI v0 = ldq(q + 64 * (2 * g), h), v1 = ldq(q + 64 * (2 * g + 1), h);
+      VI u[4] = {v_shuf(tbl, v_and(v0, m4)), v_shuf(tbl, v_and(v1, m4)),
+                 v_shuf(tbl, v_and(v_srl16(v0, 4), m4)), v_shuf(tbl, v_and(v_srl16(v1, 4), m4))};
+      const VF a = ld_ue4m3_half(s + 16 * g, h);
+      f(g, u, 4, a, v_scale(a, -12.0f));
+    }
+  }
+};

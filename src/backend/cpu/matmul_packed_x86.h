@@ -646,6 +646,8 @@ void gemv_tokens(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float*
       gemv1_q8<true>(pm, g, x, y, nr);
     else if constexpr (std::is_same_v<P, PMXFP4>)
       gemv1_q4q5<false, false, true>(pm, g, x, y, nr);
+    else if constexpr (std::is_same_v<P, PNVFP4>)
+      gemv1_nvfp4(pm, g, x, y, nr);
     else if constexpr (std::is_same_v<P, PQ4_0>)
       gemv1_q4q5<false, false>(pm, g, x, y, nr);
     else if constexpr (std::is_same_v<P, PQ4_1>)
@@ -726,6 +728,8 @@ Ops packed_ops(const PackedMatrix& pm) {
       return ops_of<PIQ4_NL>();
     case GgmlType::MXFP4:
       return ops_of<PMXFP4>();
+    case GgmlType::NVFP4:
+      return ops_of<PNVFP4>();
     default:
       return {};
   }

@@ -23,6 +23,7 @@
 #include "backend/cpu/packed_weights.h"
 #include "core/guided_for.h"
 #include "quant/block_iq4_nl.h"
+#include "quant/block_nvfp4.h"
 #include "quant/block_q2_k.h"
 #include "quant/block_q3_k.h"
 #include "quant/block_q4_0.h"

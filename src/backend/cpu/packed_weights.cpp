@@ -22,6 +22,7 @@
 #include "quant/block_iq4_nl.h"
 #include "quant/block_iq4_xs.h"
 #include "quant/block_mxfp4.h"
+#include "quant/block_nvfp4.h"
 #include "quant/block_q4_0.h"
 #include "quant/block_q4_1.h"
 #include "quant/block_q4_k.h"
@@ -65,6 +66,9 @@ namespace qleap {
 //                     values 4j .., high: 16 + 4j .., codes into the IQ4_NL codebook)  160 | 2048
 //   IQ4_NL (32):      d[16] | 4 vectors as Q4_0 (codes into the IQ4_NL codebook)     32 | 256
 //   MXFP4 (32):       e[16] (the E8M0 exponent bytes) | 4 vectors as Q4_0 (E2M1 codes) 16 | 256
+//   NVFP4 (64):       sc[4][16] (UE4M3 bytes, [group][row]) | 4 groups x 2 vectors: group s vector
+//                     j holds qs[8s + 4j ..] (low nibbles: values 16s + 4j .., high: 16s + 8 + 4j ..)
+//                                                                                   64 | 512
 namespace {
 
 constexpr int kR = kPackRows;
@@ -93,6 +97,8 @@ size_t s_bytes_of(GgmlType t) {
       return 32;
     case GgmlType::MXFP4:
       return 16;
+    case GgmlType::NVFP4:
+      return 64;
     default:
       return 0;
   }
@@ -121,6 +127,8 @@ size_t q_bytes_of(GgmlType t) {
     case GgmlType::IQ4_NL:
     case GgmlType::MXFP4:
       return 256;
+    case GgmlType::NVFP4:
+      return 512;
     default:
       return 0;
   }
@@ -130,7 +138,7 @@ size_t pad64(size_t n) {
   return (n + 63) / 64 * 64;
 }
 
-// A super-block is one block of the format (32 values, or 256 for the K-quants and IQ4_XS).
+// A super-block is one block of the format (32 values, 64 for NVFP4, 256 for the K-quants and IQ4_XS).
 int64_t sb_values_of(GgmlType t) {
   return type_traits(t).block_size;
 }
@@ -278,6 +286,12 @@ void pack_sb(GgmlType t, const uint8_t* const* src, uint8_t* dst, uint8_t* qd, b
     case GgmlType::MXFP4: {
       for (int n = 0; n < kR; ++n) dst[n] = src[n][offsetof(BlockMxfp4, e)];
       for (int j = 0; j < 4; ++j) put_vector(qd + 64 * j, src, offsetof(BlockMxfp4, qs) + 4 * j);
+      return;
+    }
+    case GgmlType::NVFP4: {
+      for (int n = 0; n < kR; ++n)
+        for (int g = 0; g < 4; ++g) dst[16 * g + n] = src[n][offsetof(BlockNvfp4, d) + size_t(g)];
+      for (int v = 0; v < 8; ++v) put_vector(qd + 64 * v, src, offsetof(BlockNvfp4, qs) + 4 * size_t(v));
       return;
     }
     default:
