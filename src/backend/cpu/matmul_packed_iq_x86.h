@@ -8,7 +8,8 @@
 // codebook stays signed and the kernels take the sign path (as Q8_0).
 //
 // IQ4_NL and MXFP4: the same lookup per 32-value block (MXFP4's codebook is the E2M1 values doubled,
-// its scale the power of two 2^(e - 128) built from the exponent byte's bits).
+// its scale the power of two 2^(e - 128) built from the exponent byte's bits); NVFP4 per 16-value
+// group with a UE4M3 scale.
 
 #if QLEAP_USE_VNNI
 inline VI v_shuf(VI tbl, VI idx) {
@@ -41,8 +42,6 @@ inline constexpr Codes16 kIq4CodesS8 = codes16(kIq4nlValues, 0), kIq4CodesU8 = c
 // of the Q4_0 kernels on AVX2 (b = -12 a).
 inline constexpr Codes16 kFp4Codes12 = codes16(kFp4Values, 12);
 
-// Per-row 2^(e - 128) from E8M0 bytes, bit-exact with e8m0_to_fp32_half: (e - 1) << 23 as float bits,
-// and the subnormals 0x00200000 << e for e < 2.
 // Per-row UE4M3 scales (times 1/2) from their bytes: a lookup in kUe4m3Half.
 #if QLEAP_USE_VNNI
 inline VF ld_ue4m3_half(const uint8_t* p, int) {
@@ -66,6 +65,8 @@ inline VF ld_ue4m3_half(const uint8_t* p, int h) {
 }
 #endif
 
+// Per-row 2^(e - 128) from E8M0 bytes, bit-exact with e8m0_to_fp32_half: (e - 1) << 23 as float bits,
+// and the subnormals 0x00200000 << e for e < 2.
 #if QLEAP_USE_VNNI
 inline VF ld_e8m0_half(const uint8_t* p, int) {
   const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
