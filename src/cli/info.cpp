@@ -126,7 +126,7 @@ void info_command(const InfoOptions& o) {
   try {
     auto model = load_model(path);
     // What a CPU run repacks (a GPU run repacks only the layers left on the CPU).
-    model->prepare_host(0, model->hparams().n_layers, true, model->experts_fit_host_memory());
+    model->prepare_host(0, model->hparams().n_layers, true, true);
     repacked = model->prepared().describe();
     repacked_bytes = model->prepared().bytes();
     released_bytes = model->prepared().released_bytes();

@@ -192,6 +192,7 @@ void Model::prepare_host(int first, int end, bool head, bool experts) const {
   }
   first = std::max(first, 0);
   end = std::min(end, int(w.layers.size()));
+  experts = experts && experts_fit_host_memory();
   for (int il = first; il < end; ++il) {
     LayerWeights& l = w.layers[size_t(il)];
     if (!layer_prepared_[size_t(il)]) {

@@ -184,7 +184,7 @@ class Model {
   // its CPU segment runs, so layers placed on a GPU keep no host copy; a matrix never prepared is
   // still computed correctly from its GGUF layout, only more slowly. Thread-safe, but must not run
   // while another engine computes over the same layers (it rewrites their views). `experts`: the
-  // routed experts' matrices too (MoE layers; see experts_fit_host_memory).
+  // routed experts' matrices too (MoE layers), when experts_fit_host_memory().
   void prepare_host(int first, int end, bool head, bool experts = false) const;
   // Whether repacking every routed expert is safe for memory: their GGUF bytes take at most half of
   // the machine's RAM. A repacked copy is anonymous memory that cannot be evicted, where the mapped

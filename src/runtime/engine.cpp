@@ -84,7 +84,7 @@ Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& opt)
     be.set_rope(rope_);
     if (hp.has_rope_swa) be.set_rope_swa(rope_swa_);
     if (be.is_host()) {
-      model_->prepare_host(s.first, s.end, s.head, opt.repack_experts && model_->experts_fit_host_memory());
+      model_->prepare_host(s.first, s.end, s.head, opt.repack_experts);
     } else {
       for (int il = s.first; il < s.end; ++il) prepare_layer(w.layers[size_t(il)], be);
       if (s.head) {

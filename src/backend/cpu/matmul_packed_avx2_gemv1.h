@@ -1,5 +1,5 @@
 // AVX2 decode kernels that use each unpacked line at once: a lone token for Q4_0, Q4_1, Q5_0, Q5_1,
-// MXFP4, Q8_0, IQ4_NL and the K-quants of Q4_K_M / Q5_K_M files (Q4_K, Q5_K, Q6_K); 2-4 tokens (the
+// MXFP4, NVFP4, Q8_0, IQ4_NL and the K-quants of Q4_K_M / Q5_K_M files (Q4_K, Q5_K, Q6_K); 2-4 tokens (the
 // server's batched steps) for Q4_0 ... Q5_1, MXFP4, Q8_0, IQ4_NL and Q4_K. Included by matmul_packed_x86.h
 // inside namespace packed, AVX2 build only.
 //
