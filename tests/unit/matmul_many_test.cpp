@@ -82,15 +82,16 @@ void expect_same_as_separate(const Group& g, int64_t m, ThreadPool& pool, std::m
 TEST(MatmulMany, BitIdenticalToSeparateMatmulsAtEveryIsaLevel) {
   IsaGuard guard;
   std::mt19937 rng(17);
-  // Q4_K, Q6_K (sums per 16 and the decode offsets), Q8_0, Q5_0, Q3_K (no repacked form: its own
+  // Q4_K, Q6_K (sums per 16 and the decode offsets), Q8_0, Q5_0, IQ3_S (no repacked form: its own
   // call), Q5_1, IQ4_XS, Q5_K, MXFP4: one group; then Q6_K alone with Q8_0 (only the 16-value sums
-  // derived); NVFP4 (sub-blocks of 16 without Q6_K's offsets) with Q4_0.
+  // derived); NVFP4 (sub-blocks of 16 without Q6_K's offsets) with Q4_0; Q3_K and Q2_K (the offsets
+  // of Q6_K's kernels at AVX2) with Q8_0.
   const int64_t cols = 512;
   const Group mixed = make_group({{GgmlType::Q4_K, 37},
                                   {GgmlType::Q6_K, 50},
                                   {GgmlType::Q8_0, 24},
                                   {GgmlType::Q5_0, 19},
-                                  {GgmlType::Q3_K, 21},
+                                  {GgmlType::IQ3_S, 21},
                                   {GgmlType::Q5_1, 26},
                                   {GgmlType::IQ4_XS, 33},
                                   {GgmlType::Q5_K, 27},
@@ -99,6 +100,7 @@ TEST(MatmulMany, BitIdenticalToSeparateMatmulsAtEveryIsaLevel) {
   const Group q6_first = make_group({{GgmlType::Q6_K, 21}, {GgmlType::Q8_0, 40}}, cols, rng);
   const Group q6_only = make_group({{GgmlType::Q6_K, 30}, {GgmlType::Q6_K, 17}}, cols, rng);
   const Group nv_q4 = make_group({{GgmlType::NVFP4, 23}, {GgmlType::Q4_0, 18}}, cols, rng);
+  const Group k23 = make_group({{GgmlType::Q3_K, 29}, {GgmlType::Q8_0, 16}, {GgmlType::Q2_K, 35}}, cols, rng);
   ThreadPool pool1(1), pool3(3);
   for (IsaLevel lvl : supported_levels()) {
     set_isa_level(lvl);
@@ -111,6 +113,7 @@ TEST(MatmulMany, BitIdenticalToSeparateMatmulsAtEveryIsaLevel) {
         expect_same_as_separate(q6_first, m, *pool, rng, what + " q6+q8");
         expect_same_as_separate(q6_only, m, *pool, rng, what + " q6");
         expect_same_as_separate(nv_q4, m, *pool, rng, what + " nvfp4+q4_0");
+        expect_same_as_separate(k23, m, *pool, rng, what + " q3_k+q8_0+q2_k");
         if (m == 3) {
           RowExactMatmul exact;
           expect_same_as_separate(mixed, m, *pool, rng, what + " row-exact");
@@ -158,11 +161,11 @@ TEST(MatmulMany, UnpackedWeightsShareOneDispatch) {
   IsaGuard guard;
   std::mt19937 rng(29);
   std::vector<std::pair<GgmlType, int64_t>> spec;
-  // 10 Q5_0 (more than one call takes), Q5_1, Q2_K (the other activation format), F16 (float
+  // 10 Q5_0 (more than one call takes), Q5_1, TQ2_0 (the other activation format), F16 (float
   // activations); row counts not multiples of 4.
   for (int i = 0; i < 10; ++i) spec.push_back({GgmlType::Q5_0, 13 + 7 * i});
   spec.push_back({GgmlType::Q5_1, 45});
-  spec.push_back({GgmlType::Q2_K, 30});
+  spec.push_back({GgmlType::TQ2_0, 30});
   spec.push_back({GgmlType::F16, 27});
   const Group g = make_group(spec, 512, rng);
   ThreadPool pool1(1), pool2(2), pool3(3);

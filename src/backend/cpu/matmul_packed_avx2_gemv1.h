@@ -1,7 +1,7 @@
 // AVX2 decode kernels that use each unpacked line at once: a lone token for Q4_0, Q4_1, Q5_0, Q5_1,
 // MXFP4, NVFP4, Q8_0, IQ4_NL and the K-quants of Q4_K_M / Q5_K_M files (Q4_K, Q5_K, Q6_K); 2-4 tokens (the
-// server's batched steps) for Q4_0 ... Q5_1, MXFP4, Q8_0, IQ4_NL and Q4_K. Included by matmul_packed_x86.h
-// inside namespace packed, AVX2 build only.
+// server's batched steps) for Q4_0 ... Q5_1, MXFP4, Q8_0, IQ4_NL and Q4_K; 1-4 tokens for Q2_K and Q3_K
+// (gemv_rows_k23, at the end). Included by matmul_packed_x86.h inside namespace packed, AVX2 build only.
 //
 // gemv_rows / gemv_rows_q6 serve every format and 1..4 tokens with one code path, which keeps the
 // unpacked vectors of a whole block or sub-block pair live (8 to 16) plus the accumulators, more
@@ -453,4 +453,93 @@ template <int T>
     }
   }
   store_halves<2>(y, acc, nr);
+}
+
+// Decode of Q2_K (kQ3 false) and Q3_K on AVX2, T tokens, kNH halves from rows 8 h0 on. As
+// gemv_rows_q6: the products of a sub-block's 4 vectors add up in 16 bits (<= 4 * 2 * 7 * 127), then
+// PMADDWD by the row's sub-block scale; Q3_K's -4 offset enters as -4 sc times the activation sums
+// (x.o16), Q2_K's minimums as m times them in a second sum that dmin scales. One conversion per 32
+// values (two for Q2_K), the same float operations in the same order for any T and kNH.
+template <bool kQ3, int T, int kNH>
+void gemv_rows_k23(const PackedMatrix& pm, int64_t g, int h0, const panel::Acts& x, int64_t t0, float* y,
+                   int64_t ldy, int nr) {
+  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* q = s + pm.q_offset;
+  const int64_t nsb = pm.cols / 256;
+  constexpr size_t kQB = kQ3 ? 1536 : 1024;
+  constexpr int kLines = int(kQB / 64) / (4 * kNH);  // prefetched per (half, hh, vq)
+  const TokenActs<T, int32_t> xa(x, t0, x.o16, pm.cols / 32);
+  VF acc[kNH][T];
+  for (int hn = 0; hn < kNH; ++hn)
+    for (int t = 0; t < T; ++t) acc[hn][t] = panel::vzerof();
+  for (int64_t sb = 0; sb < nsb; ++sb, q += kQB, s += pm.s_bytes) {
+    for (int hn = 0; hn < kNH; ++hn) {
+      const int h = h0 + hn;
+      VF accs[T], accm[T];
+      for (int t = 0; t < T; ++t) accs[t] = accm[t] = panel::vzerof();
+      for (int hh = 0; hh < 2; ++hh) {
+        __m256i sc[2][4], isum[T][4], imin[T][4];
+        for (int k = 0; k < 4; ++k) {
+          __m256i scp;
+          if constexpr (kQ3) {
+            scp = q6_scale_pairs(s, hh, k, h);
+          } else {
+            const uint8_t* sp = s + 64 + 16 * (8 * hh + 2 * k) + 8 * h;
+            const __m256i sm = _mm256_cvtepu8_epi16(
+                _mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp)),
+                                  _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp + 16))));
+            scp = _mm256_and_si256(sm, _mm256_set1_epi16(15));
+            for (int t = 0; t < T; ++t)
+              imin[t][k] = _mm256_madd_epi16(_mm256_srli_epi16(sm, 4),
+                                             _mm256_set1_epi32(xa.e[t][8 * sb + 4 * hh + k]));
+          }
+          sc[0][k] = q6_scale_of(scp, 0);
+          sc[1][k] = q6_scale_of(scp, 1);
+          for (int t = 0; t < T; ++t)
+            isum[t][k] = kQ3 ? _mm256_madd_epi16(_mm256_slli_epi16(scp, 2),  // |4 sc| <= 128
+                                                 _mm256_set1_epi32(xa.e[t][8 * sb + 4 * hh + k]))
+                             : _mm256_setzero_si256();
+        }
+        for (int vq = 0; vq < 2; ++vq) {
+          const uint8_t* pf = q + kPrefetchAhead + 64 * kLines * (4 * hn + 2 * hh + vq);
+          for (int o = 0; o < kLines; ++o)
+            _mm_prefetch(reinterpret_cast<const char*>(pf + 64 * o), _MM_HINT_T0);
+          VI u[4][4];  // [k][i]
+          if constexpr (kQ3) {
+            q3_unpack_group(q + 64 * 6 * (2 * hh + vq), h, u);
+          } else {
+            for (int i = 0; i < 4; ++i) {
+              const VI lo = ldq(q + 64 * (8 * hh + 4 * vq + i), h);
+              for (int k = 0; k < 4; ++k) u[k][i] = k2_bits(lo, k);
+            }
+          }
+          for (int t = 0; t < T; ++t) {
+            for (int k = 0; k < 4; ++k) {
+              const int8_t* xt = xa.q[t] + 256 * sb + 128 * hh + 32 * k + 16 * vq;
+              __m256i p = _mm256_maddubs_epi16(u[k][0], panel::vbcast32(xt));
+              for (int i = 1; i < 4; ++i)
+                p = _mm256_add_epi16(p, _mm256_maddubs_epi16(u[k][i], panel::vbcast32(xt + 4 * i)));
+              isum[t][k] = _mm256_add_epi32(isum[t][k], _mm256_madd_epi16(p, sc[vq][k]));
+            }
+          }
+        }
+        for (int t = 0; t < T; ++t) {
+          for (int k = 0; k < 4; ++k) {
+            const VF xd = panel::vbcastf(xa.d[t] + 8 * sb + 4 * hh + k);
+            accs[t] = panel::vfma(panel::vcvt(isum[t][k]), xd, accs[t]);
+            if constexpr (!kQ3) accm[t] = panel::vfma(panel::vcvt(imin[t][k]), xd, accm[t]);
+          }
+        }
+      }
+      for (int t = 0; t < T; ++t) {
+        acc[hn][t] = panel::vfma(ld_h(s, h), accs[t], acc[hn][t]);
+        if constexpr (!kQ3) acc[hn][t] = panel::vfma(ld_h(s + 32, h), accm[t], acc[hn][t]);
+      }
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    VF v[kNH];
+    for (int hn = 0; hn < kNH; ++hn) v[hn] = acc[hn][t];
+    store_halves<kNH>(y + size_t(t0 + t) * size_t(ldy), v, nr);
+  }
 }

@@ -29,6 +29,11 @@ inline VF ld_u8f(const uint8_t* p, int) {
 inline VF ld_i8f(const uint8_t* p, int) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
+// The low (hi = false) or high nibbles of 16 bytes as floats (Q2_K's scales and minimums).
+inline VF ld_u4f(const uint8_t* p, int, bool hi) {
+  const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm512_cvtepi32_ps(hi ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(15)));
+}
 inline VI v_and(VI a, VI b) {
   return _mm512_and_si512(a, b);
 }
@@ -73,6 +78,10 @@ inline VF ld_u8f(const uint8_t* p, int h) {
 inline VF ld_i8f(const uint8_t* p, int h) {
   return _mm256_cvtepi32_ps(
       _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * h))));
+}
+inline VF ld_u4f(const uint8_t* p, int h, bool hi) {
+  const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * h)));
+  return _mm256_cvtepi32_ps(hi ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(15)));
 }
 inline VI v_and(VI a, VI b) {
   return _mm256_and_si256(a, b);
@@ -271,6 +280,76 @@ struct PQ6_K {
           const int sub = 8 * hh + 2 * k + vq;
           const VF a = panel::vmul(d, ld_i8f(s + 32 + 16 * sub, h));
           f(sub, u[k], 4, a, v_scale(a, -32.0f));
+        }
+      }
+    }
+  }
+};
+
+// The 2-bit quants of a Q2_K / Q3_K low-bit vector (packed_weights.cpp): bits 2k of each byte, for
+// the four sub-blocks 8 hh + 2k + vq of the vector's (hh, vq).
+inline VI k2_bits(VI lo, int k) {
+  return v_and(k == 0 ? lo : v_srl16(lo, 2 * k), v_b8(0x03));
+}
+
+// Q2_K: w = d sc u - dmin m, u = 0..3.
+struct PQ2_K {
+  static constexpr int kSub = 16;
+  static constexpr bool kSigned = false;
+  template <class F>
+  static void unpack(const uint8_t* s, const uint8_t* q, int h, F&& f) {
+    const VF d = ld_h(s, h), dmin = v_neg(ld_h(s + 32, h));
+    for (int hh = 0; hh < 2; ++hh) {
+      for (int vq = 0; vq < 2; ++vq) {
+        VI u[4][4];  // [k][i]
+        for (int i = 0; i < 4; ++i) {
+          const VI lo = ldq(q + 64 * (8 * hh + 4 * vq + i), h);
+          for (int k = 0; k < 4; ++k) u[k][i] = k2_bits(lo, k);
+        }
+        for (int k = 0; k < 4; ++k) {
+          const int sub = 8 * hh + 2 * k + vq;
+          const uint8_t* sm = s + 64 + 16 * sub;
+          f(sub, u[k], 4, panel::vmul(d, ld_u4f(sm, h, false)), panel::vmul(dmin, ld_u4f(sm, h, true)));
+        }
+      }
+    }
+  }
+};
+
+// The quants u[k][i] (0..7, the value + 4) of Q3_K's (hh, vq) vectors t: two triples (a, b, c) of
+// 3-bit fields (packed_weights.cpp). A 16-bit shift right never brings another byte's bits into the
+// bits kept.
+inline void q3_unpack_group(const uint8_t* t, int h, VI (&u)[4][4]) {
+  const VI m3 = v_b8(0x03), m4 = v_b8(0x04), m7 = v_b8(0x07);
+  for (int p = 0; p < 2; ++p) {
+    const VI a = ldq(t + 192 * p, h), b = ldq(t + 192 * p + 64, h), c = ldq(t + 192 * p + 128, h);
+    const int i0 = 2 * p, i1 = 2 * p + 1;
+    u[0][i0] = v_and(a, m7);
+    u[1][i0] = v_and(v_srl16(a, 3), m7);
+    u[2][i0] = v_and(b, m7);
+    u[3][i0] = v_and(v_srl16(b, 3), m7);
+    u[0][i1] = v_and(c, m7);
+    u[1][i1] = v_and(v_srl16(c, 3), m7);
+    u[2][i1] = v_or(v_and(v_srl16(c, 6), m3), v_and(v_srl16(a, 4), m4));
+    u[3][i1] = v_or(v_and(v_srl16(b, 6), m3), v_and(v_srl16(a, 5), m4));
+  }
+}
+
+// Q3_K: w = d sc (u - 4), the scales as Q6_K's.
+struct PQ3_K {
+  static constexpr int kSub = 16;
+  static constexpr bool kSigned = false;
+  template <class F>
+  static void unpack(const uint8_t* s, const uint8_t* q, int h, F&& f) {
+    const VF d = ld_h(s, h);
+    for (int hh = 0; hh < 2; ++hh) {
+      for (int vq = 0; vq < 2; ++vq) {
+        VI u[4][4];
+        q3_unpack_group(q + 64 * 6 * (2 * hh + vq), h, u);
+        for (int k = 0; k < 4; ++k) {
+          const int sub = 8 * hh + 2 * k + vq;
+          const VF a = panel::vmul(d, ld_i8f(s + 32 + 16 * sub, h));
+          f(sub, u[k], 4, a, v_scale(a, -4.0f));
         }
       }
     }
@@ -623,6 +702,10 @@ void gemv_half(const PackedMatrix& pm, int64_t g, int h, const panel::Acts& x, f
     });
   if constexpr (std::is_same_v<P, PQ6_K>)
     return by_tokens(x.m, [&](auto T, int64_t t) { gemv_rows_q6<T()>(pm, g, h, x, t, y, ldy, nr); });
+  if constexpr (std::is_same_v<P, PQ2_K> || std::is_same_v<P, PQ3_K>)
+    return by_tokens(x.m, [&](auto T, int64_t t) {
+      gemv_rows_k23<std::is_same_v<P, PQ3_K>, T(), 1>(pm, g, h, x, t, y, ldy, nr);
+    });
 #endif
   by_tokens(x.m, [&](auto T, int64_t t) { gemv_rows<P, T()>(pm, g, h, x, t, y, ldy, nr); });
 }
@@ -656,6 +739,8 @@ void gemv_tokens(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float*
       gemv1_q4q5<true, false>(pm, g, x, y, nr);
     else if constexpr (std::is_same_v<P, PQ5<true>>)
       gemv1_q4q5<true, true>(pm, g, x, y, nr);
+    else if constexpr (std::is_same_v<P, PQ2_K> || std::is_same_v<P, PQ3_K>)
+      gemv_rows_k23<std::is_same_v<P, PQ3_K>, 1, 2>(pm, g, 0, x, 0, y, ldy, nr);
     else
       gemv_rows<P, 1, 2>(pm, g, 0, x, 0, y, ldy, nr);
     return;
@@ -713,6 +798,10 @@ Ops packed_ops(const PackedMatrix& pm) {
       return ops_of<PQ5<false>>();
     case GgmlType::Q5_1:
       return ops_of<PQ5<true>>();
+    case GgmlType::Q2_K:
+      return ops_of<PQ2_K>();
+    case GgmlType::Q3_K:
+      return ops_of<PQ3_K>();
 #endif
     case GgmlType::Q8_0:
       return ops_of<PQ8_0>();
@@ -746,6 +835,11 @@ constexpr int kHalves = 2;
 // AVX2: 4 tokens through the decode kernels took 0.5-0.7x the panels' time for Q4_0, Q4_1, Q5_0,
 // Q8_0 and Q4_K (about equal for Q5_K and Q6_K; kernels bench, 256 x 2048, Zen 3).
 constexpr int64_t kPanelTokens = QLEAP_USE_VNNI ? 4 : 5;
+
+// Whether a format's decode kernels read Acts::o16 (Q2_K and Q3_K: AVX2 only, packed_ops).
+constexpr bool uses_o16(GgmlType t) {
+  return t == GgmlType::Q6_K || t == GgmlType::Q3_K || t == GgmlType::Q2_K;
+}
 
 // The sums over 16 values of quantized activations (PQ6_K's sub-block), from the quants and scales
 // per 32: the same floats quantize_acts makes with sub == 16.
@@ -791,8 +885,8 @@ bool packed_matmul_many(const PackedMatrix* const* pms, float* const* ys, int n,
     job.mats[i].op = packed_ops(*pms[i]);
     if (job.mats[i].op.gemv == nullptr || pms[i]->cols != cols) return false;
     (job.mats[i].op.sub == 32 ? need32 : need16) = true;
-    // The Q6_K decode kernels' activation sums (Acts::o16).
-    if (pms[i]->type == GgmlType::Q6_K && rows_path) need_o16 = true;
+    // The Q6_K / Q3_K / Q2_K decode kernels' activation sums (Acts::o16).
+    if (uses_o16(pms[i]->type) && rows_path) need_o16 = true;
   }
   thread_local panel::Buf act;
   const size_t qbytes = size_t(m) * size_t(cols);
@@ -834,7 +928,7 @@ bool packed_matmul_many(const PackedMatrix* const* pms, float* const* ys, int n,
     mt.y = ys[i];
     const int msub = mt.op.sub;
     mt.xa = panel::Acts{q, d, msub == 32 ? s32 : s16, cols, m, msub};
-    if (mt.pm->type == GgmlType::Q6_K && rows_path) mt.xa.o16 = o16.data();
+    if (uses_o16(mt.pm->type) && rows_path) mt.xa.o16 = o16.data();
     groups += mt.pm->groups;
     mt.g_end = groups;
   }

@@ -121,8 +121,8 @@ struct Acts {
   const float* s;   // [m][cols / sub]: d * sum(q) over each sub-block
   int64_t cols, m;
   int sub;
-  // Q6_K decode: VNNI [m][cols / 16] -32 * sum(q) over 16 values; AVX2 [m][cols / 32] the two
-  // -sum(q) of a 32 as 16-bit halves.
+  // Q6_K decode (and Q3_K / Q2_K on AVX2): VNNI [m][cols / 16] -32 * sum(q) over 16 values; AVX2
+  // [m][cols / 32] the two -sum(q) of a 32 as 16-bit halves.
   const int32_t* o16 = nullptr;
 };
 

@@ -23,6 +23,8 @@
 #include "quant/block_iq4_xs.h"
 #include "quant/block_mxfp4.h"
 #include "quant/block_nvfp4.h"
+#include "quant/block_q2_k.h"
+#include "quant/block_q3_k.h"
 #include "quant/block_q4_0.h"
 #include "quant/block_q4_1.h"
 #include "quant/block_q4_k.h"
@@ -61,6 +63,18 @@ namespace qleap {
 //                     half h, triple v, vector c (c = 0, 1, 2) holds for values 128h + 32c + 4v ..
 //                     + 3 their 6-bit quants (low 6 bits) and bits 2c, 2c + 1 of the quants of
 //                     values 128h + 96 + 4v .. + 3 (top 2 bits)                         288 | 3072
+//   Q2_K (256):       d[16] dmin[16] sm[16][16] (GGUF's byte per sub-block, scale | min << 4,
+//                     [sub-block][row]) | 16 vectors: vector v holds qs[4v .. 4v + 3] (the GGUF
+//                     order: bits 2k of byte 32hh + 16vq + 4i + c are value 128hh + 32k + 16vq + 4i
+//                     + c, so vector 8hh + 4vq + i unpacks to the 4 vectors of sub-blocks
+//                     8hh + 2k + vq)                                                  320 | 1024
+//   Q3_K (256):       d[16] sc[16][16] (int8, as Q6_K) | per (hh, vq) two triples of vectors a, b, c
+//                     of 3-bit fields u = q + 4 (0..7): triple p, byte 4n + c holds u(k, ii) of value
+//                     128hh + 32k + 16vq + 4(2p + ii) + c of row n as a = u(0,0) | u(1,0) << 3 |
+//                     bit 2 of u(2,1) << 6 | bit 2 of u(3,1) << 7, b = u(2,0) | u(3,0) << 3 | low
+//                     bits of u(3,1) << 6, c = u(0,1) | u(1,1) << 3 | low bits of u(2,1) << 6
+//                     (19 operations unpack 8 vectors, where low bits and a bit plane took 40)
+//                                                                                    288 | 1536
 //   IQ4_XS (256):     d[16] sc[8][16] (ls - 32 as int8, [sub-block][row]) | 8 sub-blocks x
 //                     4 vectors: sub-block ib vector j holds qs[16ib + 4j ..] (low nibbles:
 //                     values 4j .., high: 16 + 4j .., codes into the IQ4_NL codebook)  160 | 2048
@@ -90,6 +104,10 @@ size_t s_bytes_of(GgmlType t) {
     case GgmlType::Q5_K:
       return 320;
     case GgmlType::Q6_K:
+      return 288;
+    case GgmlType::Q2_K:
+      return 320;
+    case GgmlType::Q3_K:
       return 288;
     case GgmlType::IQ4_XS:
       return 160;
@@ -122,6 +140,10 @@ size_t q_bytes_of(GgmlType t) {
       return 2560;
     case GgmlType::Q6_K:
       return 3072;
+    case GgmlType::Q2_K:
+      return 1024;
+    case GgmlType::Q3_K:
+      return 1536;
     case GgmlType::IQ4_XS:
       return 2048;
     case GgmlType::IQ4_NL:
@@ -266,6 +288,48 @@ void pack_sb(GgmlType t, const uint8_t* const* src, uint8_t* dst, uint8_t* qd, b
       }
       return;
     }
+    case GgmlType::Q2_K: {
+      for (int n = 0; n < kR; ++n) {
+        std::memcpy(dst + 2 * n, src[n] + offsetof(BlockQ2_K, d), 2);
+        std::memcpy(dst + 32 + 2 * n, src[n] + offsetof(BlockQ2_K, dmin), 2);
+        for (int j = 0; j < 16; ++j) dst[64 + 16 * j + n] = src[n][offsetof(BlockQ2_K, scales) + size_t(j)];
+      }
+      for (int v = 0; v < 16; ++v) put_vector(qd + 64 * v, src, offsetof(BlockQ2_K, qs) + 4 * size_t(v));
+      return;
+    }
+    case GgmlType::Q3_K: {
+      for (int n = 0; n < kR; ++n) {
+        std::memcpy(dst + 2 * n, src[n] + offsetof(BlockQ3_K, d), 2);
+        int8_t sc[16];
+        q3_k_scales(src[n] + offsetof(BlockQ3_K, scales), sc);
+        for (int j = 0; j < 16; ++j) dst[32 + 16 * j + n] = uint8_t(sc[j]);
+      }
+      for (int n = 0; n < kR; ++n) {
+        const uint8_t* qs = src[n] + offsetof(BlockQ3_K, qs);
+        const uint8_t* hm = src[n] + offsetof(BlockQ3_K, hmask);
+        for (int hh = 0; hh < 2; ++hh) {
+          for (int vq = 0; vq < 2; ++vq) {
+            uint8_t* o = qd + 64 * 6 * (2 * hh + vq);
+            for (int p = 0; p < 2; ++p) {
+              for (int c = 0; c < 4; ++c) {
+                // u(k, ii): value 128 hh + 32 k + l, l = 16 vq + 4 (2p + ii) + c (block_q3_k.h).
+                int u[4][2];
+                for (int ii = 0; ii < 2; ++ii) {
+                  const int l = 16 * vq + 4 * (2 * p + ii) + c;
+                  for (int k = 0; k < 4; ++k)
+                    u[k][ii] = ((qs[32 * hh + l] >> (2 * k)) & 3) | (((hm[l] >> (4 * hh + k)) & 1) << 2);
+                }
+                uint8_t* t = o + 192 * p + 4 * n + c;
+                t[0] = uint8_t(u[0][0] | (u[1][0] << 3) | ((u[2][1] >> 2) << 6) | ((u[3][1] >> 2) << 7));
+                t[64] = uint8_t(u[2][0] | (u[3][0] << 3) | ((u[3][1] & 3) << 6));
+                t[128] = uint8_t(u[0][1] | (u[1][1] << 3) | ((u[2][1] & 3) << 6));
+              }
+            }
+          }
+        }
+      }
+      return;
+    }
     case GgmlType::IQ4_XS: {
       for (int n = 0; n < kR; ++n) {
         BlockIq4Xs b;
@@ -324,6 +388,10 @@ std::atomic<int>& repack_flag() {
 
 bool packable(GgmlType t) {
   return s_bytes_of(t) != 0;
+}
+
+bool packed_at_every_level(GgmlType t) {
+  return t != GgmlType::Q5_0 && t != GgmlType::Q5_1 && t != GgmlType::Q2_K && t != GgmlType::Q3_K;
 }
 
 size_t packed_bytes(GgmlType t, int64_t rows, int64_t cols) {
@@ -435,10 +503,9 @@ std::unique_ptr<PreparedWeights> PreparedWeights::prepare(std::span<WeightView* 
       v->packed = it->second;
       continue;
     }
-    // The AVX-512 and AMX kernels keep the GGUF layout for Q5_0 / Q5_1 (matmul_packed_x86.h: not yet
-    // run on such a CPU), so a copy there would only cost memory.
-    if ((v->type == GgmlType::Q5_0 || v->type == GgmlType::Q5_1) && isa_level() >= IsaLevel::kAvx512)
-      continue;
+    // The AVX-512 and AMX kernels keep the GGUF layout for Q5_0 / Q5_1 / Q2_K / Q3_K
+    // (matmul_packed_x86.h: not yet run on such a CPU), so a copy there would only cost memory.
+    if (!packed_at_every_level(v->type) && isa_level() >= IsaLevel::kAvx512) continue;
     const size_t n = packed_bytes(v->type, v->rows, v->cols);
     if (n == 0 || v->row_bytes != row_size(v->type, v->cols)) continue;
     auto pm = std::make_unique<PackedMatrix>();

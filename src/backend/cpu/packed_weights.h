@@ -4,14 +4,14 @@
 // horizontal sums and unpacks each weight byte once for 16 rows' worth of work, and prefill reuses
 // the same unpacked vectors for a tile of tokens.
 //
-// The layout keeps the format's bits (same size as GGUF within ~3%: the K-quants' 6-bit scales
+// The layout keeps the format's bits (same size as GGUF within ~4%: the K-quants' 6-bit scales
 // and IQ4_XS's are stored as bytes), so decode reads as many bytes as before. The original pages are released
 // after repacking when the model file is memory-mapped (they are re-read from the file if anything
 // else touches them).
 //
-// Formats: Q4_0, Q4_1, Q5_0, Q5_1 (AVX2 level only, for now), Q8_0, Q4_K, Q5_K (its own layout at the AVX2
-// level), Q6_K, IQ4_XS. Others keep the GGUF layout (row kernels for decode, panels decoded per call for
-// prefill).
+// Formats: Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K (AVX2 level only, for now), Q8_0, Q4_K, Q5_K (its own
+// layout at the AVX2 level), Q6_K, IQ4_XS, IQ4_NL, MXFP4, NVFP4. Others keep the GGUF layout (row
+// kernels for decode, panels decoded per call for prefill).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -48,6 +48,9 @@ constexpr int kPackRows = 16;
 
 // Whether matrices of type t can be repacked.
 bool packable(GgmlType t);
+// False for the formats repacked only below the AVX-512 level (their AVX-512 / AMX kernels keep the
+// GGUF layout until they run on such a CPU).
+bool packed_at_every_level(GgmlType t);
 // Bytes of the repacked form of a rows x cols matrix of type t (0: not packable).
 size_t packed_bytes(GgmlType t, int64_t rows, int64_t cols);
 // Repacks w into dst (packed_bytes() bytes, 64-byte aligned) and describes it in out, laid out for
