@@ -1,7 +1,8 @@
 // AVX2 decode kernels that use each unpacked line at once: a lone token for Q4_0, Q4_1, Q5_0, Q5_1,
-// MXFP4, NVFP4, Q8_0, IQ4_NL and the K-quants of Q4_K_M / Q5_K_M files (Q4_K, Q5_K, Q6_K); 2-4 tokens (the
-// server's batched steps) for Q4_0 ... Q5_1, MXFP4, Q8_0, IQ4_NL and Q4_K; 1-4 tokens for Q2_K and Q3_K
-// (gemv_rows_k23, at the end). Included by matmul_packed_x86.h inside namespace packed, AVX2 build only.
+// MXFP4, NVFP4, Q8_0, IQ4_NL, IQ4_XS and the K-quants of Q4_K_M / Q5_K_M files (Q4_K, Q5_K, Q6_K);
+// 2-4 tokens (the server's batched steps) for Q4_0 ... Q5_1, MXFP4, Q8_0, IQ4_NL and Q4_K; 1-4 tokens
+// for Q2_K and Q3_K (gemv_rows_k23, at the end). Included by matmul_packed_x86.h inside namespace
+// packed, AVX2 build only.
 //
 // gemv_rows / gemv_rows_q6 serve every format and 1..4 tokens with one code path, which keeps the
 // unpacked vectors of a whole block or sub-block pair live (8 to 16) plus the accumulators, more
@@ -185,6 +186,42 @@ template <bool kCb = false>
     }
     for (int h = 0; h < 2; ++h)
       acc[h] = panel::vfma(panel::vcvt(is[h]), panel::vmul(ld_h(s, h), panel::vbcastf(x.d + b)), acc[h]);
+  }
+  const VF v[2] = {_mm256_add_ps(acc[0], panel::vzerof()), _mm256_add_ps(acc[1], panel::vzerof())};
+  store_halves<2>(y, v, nr);
+}
+
+// IQ4_XS, a lone token: each 32-value sub-block is laid out as an IQ4_NL block (gemv1_q8<true>), its
+// row scale d times the sub-block's int8 scale as PIQ4_XS unpacks it; gemv_rows' float operations.
+[[gnu::noinline]] inline void gemv1_iq4xs(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y,
+                                          int nr) {
+  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
+  const uint8_t* q = s + pm.q_offset;
+  const int64_t nsb = pm.cols / 256;
+  const __m256i ones = _mm256_set1_epi16(1);
+  VF acc[2] = {panel::vzerof(), panel::vzerof()};
+  for (int64_t sb = 0; sb < nsb; ++sb, q += pm.q_bytes, s += pm.s_bytes) {
+    const VF d[2] = {ld_h(s, 0), ld_h(s, 1)};
+    for (int ib = 0; ib < 8; ++ib) {
+      const uint8_t* qb = q + 256 * ib;
+      for (int o = 0; o < 4; ++o)
+        _mm_prefetch(reinterpret_cast<const char*>(qb + kPrefetchAhead + 64 * o), _MM_HINT_T0);
+      const int8_t* xq = x.q + 256 * sb + 32 * ib;
+      __m256i is[2] = {};
+      for (int v = 0; v < 8; ++v) {
+        const __m256i bx = panel::vbcast32(xq + 4 * v);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i u = q8_vector<true>(qb, v, h);
+          const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(u, u), _mm256_sign_epi8(bx, u));
+          is[h] = _mm256_add_epi32(is[h], _mm256_madd_epi16(p, ones));
+        }
+        asm("" : "+x"(is[0]), "+x"(is[1]));  // see line_tokens
+      }
+      for (int h = 0; h < 2; ++h) {
+        const VF a = panel::vmul(d[h], ld_i8f(s + 32 + 16 * ib, h));
+        acc[h] = panel::vfma(panel::vcvt(is[h]), panel::vmul(a, panel::vbcastf(x.d + 8 * sb + ib)), acc[h]);
+      }
+    }
   }
   const VF v[2] = {_mm256_add_ps(acc[0], panel::vzerof()), _mm256_add_ps(acc[1], panel::vzerof())};
   store_halves<2>(y, v, nr);
