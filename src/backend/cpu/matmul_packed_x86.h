@@ -266,26 +266,6 @@ inline void q6_unpack_group(const uint8_t* q, int hh, int vq, int h, VI (&u)[4][
   }
 }
 
-struct PQ6_K {
-  static constexpr int kSub = 16;
-  static constexpr bool kSigned = false;
-  template <class F>
-  static void unpack(const uint8_t* s, const uint8_t* q, int h, F&& f) {
-    const VF d = ld_h(s, h);
-    for (int hh = 0; hh < 2; ++hh) {
-      for (int vq = 0; vq < 2; ++vq) {
-        VI u[4][4];  // [k][v]
-        q6_unpack_group(q, hh, vq, h, u);
-        for (int k = 0; k < 4; ++k) {
-          const int sub = 8 * hh + 2 * k + vq;
-          const VF a = panel::vmul(d, ld_i8f(s + 32 + 16 * sub, h));
-          f(sub, u[k], 4, a, v_scale(a, -32.0f));
-        }
-      }
-    }
-  }
-};
-
 // The 2-bit quants of a Q2_K / Q3_K low-bit vector (packed_weights.cpp): bits 2k of each byte, for
 // the four sub-blocks 8 hh + 2k + vq of the vector's (hh, vq).
 inline VI k2_bits(VI lo, int k) {
@@ -335,8 +315,10 @@ inline void q3_unpack_group(const uint8_t* t, int h, VI (&u)[4][4]) {
   }
 }
 
-// Q3_K: w = d sc (u - 4), the scales as Q6_K's.
-struct PQ3_K {
+// Q6_K (w = d sc (u - 32)) and Q3_K (kQ3: w = d sc (u - 4)): an fp16 d and int8 scales per 16 values
+// (packed_weights.cpp), the quants of each (hh, vq) unpacked by q6_unpack_group / q3_unpack_group.
+template <bool kQ3>
+struct PSc16 {
   static constexpr int kSub = 16;
   static constexpr bool kSigned = false;
   template <class F>
@@ -344,17 +326,23 @@ struct PQ3_K {
     const VF d = ld_h(s, h);
     for (int hh = 0; hh < 2; ++hh) {
       for (int vq = 0; vq < 2; ++vq) {
-        VI u[4][4];
-        q3_unpack_group(q + 64 * 6 * (2 * hh + vq), h, u);
+        VI u[4][4];  // [k][i]
+        if constexpr (kQ3) {
+          q3_unpack_group(q + 64 * 6 * (2 * hh + vq), h, u);
+        } else {
+          q6_unpack_group(q, hh, vq, h, u);
+        }
         for (int k = 0; k < 4; ++k) {
           const int sub = 8 * hh + 2 * k + vq;
           const VF a = panel::vmul(d, ld_i8f(s + 32 + 16 * sub, h));
-          f(sub, u[k], 4, a, v_scale(a, -4.0f));
+          f(sub, u[k], 4, a, v_scale(a, kQ3 ? -4.0f : -32.0f));
         }
       }
     }
   }
 };
+using PQ6_K = PSc16<false>;
+using PQ3_K = PSc16<true>;
 
 #include "backend/cpu/matmul_packed_iq_x86.h"
 
