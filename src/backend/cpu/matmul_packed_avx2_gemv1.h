@@ -161,66 +161,39 @@ inline __m256i q8_vector(const uint8_t* q, int v, int h) {
 // Q8_0 (signed bytes: PSIGNB moves the weights' signs onto the activations), a lone token: both
 // halves of each line share its activation broadcast. gemv_rows' float operations (its acc1 stays
 // zero for signed formats and is still added at the end: x + 0 differs from x for x = -0).
-// kCb: IQ4_NL, whose codebook values are signed bytes like Q8_0's.
-template <bool kCb = false>
+// kCb: IQ4_NL, whose codebook values are signed bytes like Q8_0's. kXs: IQ4_XS, whose 32-value
+// sub-blocks are laid out as IQ4_NL blocks, 8 to a super-block, with the row scale d times the
+// sub-block's int8 scale as PIQ4_XS unpacks it.
+template <bool kCb = false, bool kXs = false>
 [[gnu::noinline]] void gemv1_q8(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y, int nr) {
+  static_assert(kCb || !kXs);
   const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
   const uint8_t* q = s + pm.q_offset;
   const int64_t nb = pm.cols / 32;
   const __m256i ones = _mm256_set1_epi16(1);
   VF acc[2] = {panel::vzerof(), panel::vzerof()};
   constexpr int kLines = kCb ? 4 : 8;
-  for (int64_t b = 0; b < nb; ++b, q += pm.q_bytes, s += pm.s_bytes) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t sb = kXs ? b / 8 : b;
+    const int ib = kXs ? int(b % 8) : 0;
+    const uint8_t* sp = s + size_t(sb) * pm.s_bytes;
+    const uint8_t* qb = q + size_t(sb) * pm.q_bytes + 256 * ib;
     for (int o = 0; o < kLines; ++o)
-      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchAhead + 64 * o), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(qb + kPrefetchAhead + 64 * o), _MM_HINT_T0);
     const int8_t* xq = x.q + 32 * b;
     __m256i is[2] = {};
     for (int v = 0; v < 8; ++v) {
       const __m256i bx = panel::vbcast32(xq + 4 * v);
       for (int h = 0; h < 2; ++h) {
-        const __m256i u = q8_vector<kCb>(q, v, h);
+        const __m256i u = q8_vector<kCb>(qb, v, h);
         const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(u, u), _mm256_sign_epi8(bx, u));
         is[h] = _mm256_add_epi32(is[h], _mm256_madd_epi16(p, ones));
       }
       asm("" : "+x"(is[0]), "+x"(is[1]));  // see line_tokens
     }
-    for (int h = 0; h < 2; ++h)
-      acc[h] = panel::vfma(panel::vcvt(is[h]), panel::vmul(ld_h(s, h), panel::vbcastf(x.d + b)), acc[h]);
-  }
-  const VF v[2] = {_mm256_add_ps(acc[0], panel::vzerof()), _mm256_add_ps(acc[1], panel::vzerof())};
-  store_halves<2>(y, v, nr);
-}
-
-// IQ4_XS, a lone token: each 32-value sub-block is laid out as an IQ4_NL block (gemv1_q8<true>), its
-// row scale d times the sub-block's int8 scale as PIQ4_XS unpacks it; gemv_rows' float operations.
-[[gnu::noinline]] inline void gemv1_iq4xs(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float* y,
-                                          int nr) {
-  const uint8_t* s = pm.data + size_t(g) * pm.group_bytes;
-  const uint8_t* q = s + pm.q_offset;
-  const int64_t nsb = pm.cols / 256;
-  const __m256i ones = _mm256_set1_epi16(1);
-  VF acc[2] = {panel::vzerof(), panel::vzerof()};
-  for (int64_t sb = 0; sb < nsb; ++sb, q += pm.q_bytes, s += pm.s_bytes) {
-    const VF d[2] = {ld_h(s, 0), ld_h(s, 1)};
-    for (int ib = 0; ib < 8; ++ib) {
-      const uint8_t* qb = q + 256 * ib;
-      for (int o = 0; o < 4; ++o)
-        _mm_prefetch(reinterpret_cast<const char*>(qb + kPrefetchAhead + 64 * o), _MM_HINT_T0);
-      const int8_t* xq = x.q + 256 * sb + 32 * ib;
-      __m256i is[2] = {};
-      for (int v = 0; v < 8; ++v) {
-        const __m256i bx = panel::vbcast32(xq + 4 * v);
-        for (int h = 0; h < 2; ++h) {
-          const __m256i u = q8_vector<true>(qb, v, h);
-          const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(u, u), _mm256_sign_epi8(bx, u));
-          is[h] = _mm256_add_epi32(is[h], _mm256_madd_epi16(p, ones));
-        }
-        asm("" : "+x"(is[0]), "+x"(is[1]));  // see line_tokens
-      }
-      for (int h = 0; h < 2; ++h) {
-        const VF a = panel::vmul(d[h], ld_i8f(s + 32 + 16 * ib, h));
-        acc[h] = panel::vfma(panel::vcvt(is[h]), panel::vmul(a, panel::vbcastf(x.d + 8 * sb + ib)), acc[h]);
-      }
+    for (int h = 0; h < 2; ++h) {
+      const VF a = kXs ? panel::vmul(ld_h(sp, h), ld_i8f(sp + 32 + 16 * ib, h)) : ld_h(sp, h);
+      acc[h] = panel::vfma(panel::vcvt(is[h]), panel::vmul(a, panel::vbcastf(x.d + b)), acc[h]);
     }
   }
   const VF v[2] = {_mm256_add_ps(acc[0], panel::vzerof()), _mm256_add_ps(acc[1], panel::vzerof())};

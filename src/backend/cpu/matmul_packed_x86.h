@@ -716,7 +716,7 @@ void gemv_tokens(const PackedMatrix& pm, int64_t g, const panel::Acts& x, float*
     else if constexpr (std::is_same_v<P, PIQ4_NL>)
       gemv1_q8<true>(pm, g, x, y, nr);
     else if constexpr (std::is_same_v<P, PIQ4_XS>)
-      gemv1_iq4xs(pm, g, x, y, nr);
+      gemv1_q8<true, true>(pm, g, x, y, nr);
     else if constexpr (std::is_same_v<P, PMXFP4>)
       gemv1_q4q5<false, false, true>(pm, g, x, y, nr);
     else if constexpr (std::is_same_v<P, PNVFP4>)
